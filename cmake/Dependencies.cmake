@@ -1,0 +1,23 @@
+# External libraries, all from Debian 12 packages (see scripts/install-deps.sh).
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+pkg_check_modules(PROTOBUFC REQUIRED IMPORTED_TARGET libprotobuf-c)
+pkg_check_modules(GRPC REQUIRED IMPORTED_TARGET grpc gpr)
+pkg_check_modules(JANSSON REQUIRED IMPORTED_TARGET jansson)
+pkg_check_modules(SQLITE REQUIRED IMPORTED_TARGET sqlite3)
+pkg_check_modules(CMOCKA IMPORTED_TARGET cmocka)
+
+find_program(PROTOC protoc REQUIRED)
+find_program(PROTOC_C protoc-c REQUIRED)
+
+# Include paths of the .proto files we use but do not own.
+set(ANA_GOOGLEAPIS_PROTO_DIR /usr/share/gocode/src/github.com/gogo/googleapis)
+set(ANA_GRPC_PROTO_DIR /usr/share/grpc-proto)
+set(ANA_WKT_PROTO_DIR /usr/include)
+foreach(f ${ANA_GOOGLEAPIS_PROTO_DIR}/google/api/annotations.proto
+          ${ANA_GRPC_PROTO_DIR}/grpc/health/v1/health.proto
+          ${ANA_WKT_PROTO_DIR}/google/protobuf/compiler/plugin.proto)
+  if(NOT EXISTS ${f})
+    message(FATAL_ERROR "${f} is missing: run scripts/install-deps.sh")
+  endif()
+endforeach()

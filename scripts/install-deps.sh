@@ -1,0 +1,64 @@
+#!/bin/sh
+# Installs the Debian 12 packages analyticsd needs to build, run and test.
+# Used by `make run`, `make test`, .ci/run and the Dockerfile, so every path
+# sets a machine up the same way. Installs only what is missing.
+#
+#   install-deps.sh build    compilers, tools and -dev packages to build
+#   install-deps.sh test     build + what the test suite needs
+#   install-deps.sh runtime  only the shared libraries the installed binaries
+#                            load (the Dockerfile's runtime stage)
+set -eu
+
+# Packages needed to build and run the service.
+BUILD_PACKAGES="build-essential cmake pkg-config git
+  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  libprotoc-dev libprotobuf-dev grpc-proto golang-github-gogo-googleapis-dev
+  libsqlite3-dev libjansson-dev"
+
+# Packages needed only by the test suite and the sanitizer/fuzz builds.
+TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev
+  python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
+  sqlite3 procps"
+
+# Shared libraries loaded by the installed binaries, and nothing to build with.
+# One runtime package per library linked in cmake/Dependencies.cmake:
+#   libgrpc29      libgrpc.so.29, libgpr.so.29 (and libupb, libaddress_sorting)
+#   libprotobuf-c1 libprotobuf-c.so.1
+#   libjansson4    libjansson.so.4
+#   libsqlite3-0   libsqlite3.so.0
+# ca-certificates lets the remote backends (ClickHouse, MongoDB, Elasticsearch,
+# Redis, RabbitMQ) verify TLS peers. A library added to the build adds its
+# runtime package here too (check with `dpkg -S libfoo.so.N`).
+RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0
+  ca-certificates"
+
+case "${1:-build}" in
+  build) wanted="$BUILD_PACKAGES" ;;
+  test) wanted="$BUILD_PACKAGES $TEST_PACKAGES" ;;
+  runtime) wanted="$RUNTIME_PACKAGES" ;;
+  *) echo "usage: $0 [build|test|runtime]" >&2; exit 2 ;;
+esac
+
+missing=""
+for pkg in $wanted; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  case "$status" in
+    *"install ok installed"*) ;;
+    *) missing="$missing $pkg" ;;
+  esac
+done
+
+if [ -z "$missing" ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages:$missing (run as root to install them)" >&2
+  exit 1
+fi
+
+echo "install-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing

@@ -1,0 +1,88 @@
+/* Configuration from environment variables, all declared in one table (config.c). */
+#ifndef ANA_CONFIG_H
+#define ANA_CONFIG_H
+
+#include "ana_error.h"
+#include "ana_log.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+/* The service's settings. Strings are owned by the struct (ana_config_fini
+ * frees them); a string setting with an empty default is NULL when unset.
+ * Durations are in milliseconds. Adding a variable means one row in the
+ * table in config.c plus one member here. */
+struct ana_config {
+  int port;       /* PORT: REST/WebSocket bridge */
+  int grpc_port;  /* GRPC_PORT */
+  char *grpc_host; /* GRPC_HOST: bind address; an IPv6 address may come without brackets */
+
+  /* Remote backends; NULL = not used (none is supported yet). */
+  char *mongodb_uri;
+  char *elasticsearch_node;
+  char *clickhouse_host; /* host, host:port or http(s) URL */
+  char *redis_url;
+  char *rabbitmq_url;
+
+  char *reports_dir;
+  char *exports_dir;
+  char *data_dir;
+
+  int retention_days;
+  int batch_size;             /* events per group commit */
+  int processing_interval_ms; /* PROCESSING_INTERVAL: how long a group commit gathers events */
+  int stream_buffer_size;     /* messages buffered per real-time subscriber */
+
+  enum ana_log_level log_level;
+  int shutdown_grace_ms;
+  char *default_account_id;
+
+  long grpc_max_message_bytes;
+  int grpc_threads; /* 0 = one per CPU */
+  int stream_send_queue_max;
+};
+
+/* Looks up one variable; returns NULL when unset. The returned string is
+ * borrowed and must stay valid until ana_config_load returns. */
+typedef const char *(*ana_getenv_fn)(const char *name, void *ctx);
+
+/* Reads every variable through getenv_fn (NULL = the process environment,
+ * ctx unused) and fills cfg. An empty value counts as unset: the default
+ * applies. Returns 0; or ANA_ERR_INVALID with err->message naming the
+ * variable, the value and what is expected, e.g.
+ *   GRPC_PORT: "70000" is not a port (1-65535)
+ * (passwords in URLs are masked); or ANA_ERR_NOMEM. On failure cfg is left
+ * zeroed. Does not block. */
+int ana_config_load(struct ana_config *cfg, ana_getenv_fn getenv_fn, void *ctx,
+                    struct ana_error *err);
+
+/* Frees the strings and zeroes cfg; safe on a zeroed or already-finished struct. */
+void ana_config_fini(struct ana_config *cfg);
+
+/* Calls fn for each variable that is set although its feature is not yet
+ * supported. name is the variable; what completes the sentence
+ * "<name> is set but <what>", e.g. "the MongoDB backend is not yet
+ * supported; using the embedded store". Both are borrowed for the call. */
+void ana_config_each_unsupported(const struct ana_config *cfg,
+                                 void (*fn)(const char *name, const char *what, void *ctx),
+                                 void *ctx);
+
+/* The --help section: each variable with its default and description. */
+void ana_config_write_help(FILE *out);
+
+/* The content of .env.example: comment lines, then NAME=default, per variable. */
+void ana_config_write_env_example(FILE *out);
+
+/* The README's table: | Variable | Default | Description |, one row per variable. */
+void ana_config_write_markdown(FILE *out);
+
+/* Parses a boolean as the configuration accepts it: true/false, 1/0, yes/no
+ * (any case). Returns 0, or ANA_ERR_INVALID and leaves *out alone. */
+int ana_config_parse_bool(const char *s, bool *out);
+
+/* Parses a duration as the configuration accepts it: an integer number of
+ * milliseconds, optionally with a suffix ms, s or m. Returns 0, or
+ * ANA_ERR_INVALID (also on overflow) and leaves *out alone. */
+int ana_config_parse_duration_ms(const char *s, long long *out);
+
+#endif

@@ -1,0 +1,314 @@
+/* JSON-lines logger: formats each line into a per-thread buffer, then writes it in one call. */
+#include "ana_log.h"
+
+#include "ana_error.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+/* Longest component name kept; longer ones are cut (they are meant to be short literals). */
+#define COMPONENT_MAX 64
+
+/* Room kept at the end of every line for ,"truncated":true}\n */
+#define TAIL_RESERVE 32
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+static atomic_int current_level = ANA_LOG_INFO;
+
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static FILE *out_file; /* NULL means stderr; guarded by out_lock */
+
+/* Per-thread, so formatting needs neither the lock nor the heap nor much stack. */
+static _Thread_local char msg_buf[ANA_LOG_MSG_MAX + 1];
+static _Thread_local char line_buf[ANA_LOG_LINE_MAX];
+
+int ana_log_level_parse(const char *s, enum ana_log_level *out) {
+  if (!s)
+    return ANA_ERR_INVALID;
+  for (size_t i = 0; i < sizeof level_names / sizeof level_names[0]; i++) {
+    if (strcasecmp(s, level_names[i]) == 0) {
+      *out = (enum ana_log_level)i;
+      return 0;
+    }
+  }
+  return ANA_ERR_INVALID;
+}
+
+const char *ana_log_level_name(enum ana_log_level level) {
+  if ((unsigned)level < sizeof level_names / sizeof level_names[0])
+    return level_names[level];
+  return "unknown";
+}
+
+void ana_log_set_level(enum ana_log_level level) {
+  atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
+}
+
+void ana_log_set_output(FILE *f) {
+  pthread_mutex_lock(&out_lock);
+  out_file = f;
+  pthread_mutex_unlock(&out_lock);
+}
+
+bool ana_log_enabled(enum ana_log_level level) {
+  return (int)level >= 0 &&
+         (int)level <= atomic_load_explicit(&current_level, memory_order_relaxed);
+}
+
+/* Length of the well-formed UTF-8 sequence at s (n > 0 bytes available), or 0
+ * when it is ill-formed; then *bad is the length of its longest valid prefix
+ * (at least 1), which is replaced by one U+FFFD as Unicode recommends. */
+static size_t utf8_sequence(const unsigned char *s, size_t n, size_t *bad) {
+  unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+  size_t need, i;
+
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 3;
+    if (c == 0xE0)
+      lo = 0xA0; /* overlong */
+    else if (c == 0xED)
+      hi = 0x9F; /* surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 4;
+    if (c == 0xF0)
+      lo = 0x90; /* overlong */
+    else if (c == 0xF4)
+      hi = 0x8F; /* above U+10FFFF */
+  } else {
+    *bad = 1;
+    return 0;
+  }
+  for (i = 1; i < need && i < n; i++) {
+    unsigned char min = i == 1 ? lo : 0x80, max = i == 1 ? hi : 0xBF;
+    if (s[i] < min || s[i] > max)
+      break;
+  }
+  if (i == need)
+    return need;
+  *bad = i;
+  return 0;
+}
+
+/* Shortens s[0..len) so that it does not end inside a multi-byte character. */
+static size_t utf8_trim(const char *s, size_t len) {
+  size_t start = len, back = 0;
+  while (start > 0 && back < 3 && ((unsigned char)s[start - 1] & 0xC0) == 0x80) {
+    start--;
+    back++;
+  }
+  if (start == 0)
+    return len;
+  start--; /* the byte that may lead the last character */
+  unsigned char c = (unsigned char)s[start];
+  size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+  return len - start < need ? start : len;
+}
+
+/* A line being built. Content grows up to limit; the bytes past it are kept
+ * for the tail, so a line can always be closed as valid JSON. */
+struct line {
+  char *buf;
+  size_t len;
+  size_t limit;
+  bool truncated;
+};
+
+static bool put(struct line *l, const char *s, size_t n) {
+  if (n > l->limit - l->len) {
+    l->truncated = true;
+    return false;
+  }
+  memcpy(l->buf + l->len, s, n);
+  l->len += n;
+  return true;
+}
+
+static bool put_str(struct line *l, const char *s) { return put(l, s, strlen(s)); }
+
+/* Appends s[0..n) as a JSON string: quotes, backslashes and control characters
+ * escaped, ill-formed UTF-8 replaced by \ufffd. When room runs out it stops at
+ * a character boundary, still closes the string, and returns false. */
+static bool put_json_string(struct line *l, const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  bool ok = true;
+
+  if (l->limit - l->len < 2) {
+    l->truncated = true;
+    return false;
+  }
+  l->buf[l->len++] = '"';
+  l->limit--; /* room for the closing quote */
+  for (size_t i = 0; i < n && ok;) {
+    char esc[8];
+    const char *out = esc;
+    size_t out_len = 0, used = 1, bad = 0;
+
+    switch (u[i]) {
+    case '"': out = "\\\""; break;
+    case '\\': out = "\\\\"; break;
+    case '\b': out = "\\b"; break;
+    case '\f': out = "\\f"; break;
+    case '\n': out = "\\n"; break;
+    case '\r': out = "\\r"; break;
+    case '\t': out = "\\t"; break;
+    default:
+      if (u[i] < 0x20) {
+        snprintf(esc, sizeof esc, "\\u%04x", u[i]);
+      } else {
+        used = utf8_sequence(u + i, n - i, &bad);
+        if (used > 0) {
+          out = s + i;
+          out_len = used;
+        } else {
+          out = "\\ufffd";
+          used = bad;
+        }
+      }
+      break;
+    }
+    if (out_len == 0)
+      out_len = strlen(out);
+    ok = put(l, out, out_len);
+    if (ok)
+      i += used;
+  }
+  l->limit++;
+  l->buf[l->len++] = '"';
+  return ok;
+}
+
+static void format_timestamp(char *out, size_t size) {
+  struct timespec now;
+  struct tm tm;
+  size_t n;
+
+  clock_gettime(CLOCK_REALTIME, &now);
+  gmtime_r(&now.tv_sec, &tm);
+  n = strftime(out, size, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + n, size - n, ".%03dZ", (int)(now.tv_nsec / 1000000));
+}
+
+/* Starts a line in this thread's buffer with ts, level, component and msg. */
+static void line_begin(struct line *l, enum ana_log_level level, const char *component,
+                       const char *msg, size_t msg_len, bool msg_truncated) {
+  char ts[48];
+  size_t component_len;
+
+  l->buf = line_buf;
+  l->len = 0;
+  l->limit = sizeof line_buf - TAIL_RESERVE;
+  l->truncated = msg_truncated;
+
+  if (!component)
+    component = "unknown";
+  component_len = utf8_trim(component, strnlen(component, COMPONENT_MAX));
+  format_timestamp(ts, sizeof ts);
+
+  put_str(l, "{\"ts\":\"");
+  put_str(l, ts);
+  put_str(l, "\",\"level\":\"");
+  put_str(l, ana_log_level_name(level));
+  put_str(l, "\",\"component\":");
+  put_json_string(l, component, component_len);
+  put_str(l, ",\"msg\":");
+  put_json_string(l, msg, msg_len);
+}
+
+/* Adds "key":"value" (or null) whole, or not at all. Returns false once the
+ * line is full, so the caller stops adding. */
+static bool line_field(struct line *l, const char *key, const char *value) {
+  size_t saved = l->len;
+  bool ok;
+
+  assert(strcmp(key, "ts") != 0 && strcmp(key, "level") != 0 &&
+         strcmp(key, "component") != 0 && strcmp(key, "msg") != 0 &&
+         strcmp(key, "truncated") != 0);
+  ok = put_str(l, ",") && put_json_string(l, key, strlen(key)) && put_str(l, ":");
+  if (ok)
+    ok = value ? put_json_string(l, value, strlen(value)) : put_str(l, "null");
+  if (!ok) {
+    l->len = saved;
+    l->truncated = true;
+  }
+  return ok;
+}
+
+/* Closes the line (the tail always fits: TAIL_RESERVE) and writes it at once. */
+static void line_finish(struct line *l) {
+  static const char mark[] = ",\"truncated\":true";
+  FILE *f;
+
+  if (l->truncated) {
+    memcpy(l->buf + l->len, mark, sizeof mark - 1);
+    l->len += sizeof mark - 1;
+  }
+  l->buf[l->len++] = '}';
+  l->buf[l->len++] = '\n';
+
+  pthread_mutex_lock(&out_lock);
+  f = out_file ? out_file : stderr;
+  fwrite(l->buf, 1, l->len, f);
+  fflush(f);
+  pthread_mutex_unlock(&out_lock);
+}
+
+void ana_log_write(enum ana_log_level level, const char *component, const char *fmt, ...) {
+  struct line l;
+  va_list ap;
+  int n;
+  size_t len;
+  bool truncated;
+
+  if (!ana_log_enabled(level))
+    return;
+  va_start(ap, fmt);
+  n = vsnprintf(msg_buf, sizeof msg_buf, fmt, ap);
+  va_end(ap);
+  if (n < 0) {
+    n = 0;
+    msg_buf[0] = '\0';
+  }
+  truncated = (size_t)n >= sizeof msg_buf;
+  len = truncated ? utf8_trim(msg_buf, ANA_LOG_MSG_MAX) : (size_t)n;
+
+  line_begin(&l, level, component, msg_buf, len, truncated);
+  line_finish(&l);
+}
+
+void ana_log_fields(enum ana_log_level level, const char *component, const char *msg, ...) {
+  struct line l;
+  va_list ap;
+  const char *key;
+  size_t len;
+  bool truncated;
+
+  if (!ana_log_enabled(level))
+    return;
+  if (!msg)
+    msg = "";
+  len = strnlen(msg, ANA_LOG_MSG_MAX + 1);
+  truncated = len > ANA_LOG_MSG_MAX;
+  if (truncated)
+    len = utf8_trim(msg, ANA_LOG_MSG_MAX);
+
+  line_begin(&l, level, component, msg, len, truncated);
+  va_start(ap, msg);
+  while ((key = va_arg(ap, const char *)) != NULL) {
+    const char *value = va_arg(ap, const char *);
+    if (!line_field(&l, key, value))
+      break;
+  }
+  va_end(ap);
+  line_finish(&l);
+}

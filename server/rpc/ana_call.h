@@ -1,0 +1,133 @@
+/* The transport-neutral handler interface: what a service method sees of a
+ * call, whichever transport (gRPC, or the REST bridge in-process) carries it.
+ *
+ * A handler is a set of callbacks bound to one method of the generated table
+ * (ana_rpc_bind). Callbacks run on a transport thread and must not block: a
+ * handler that waits for something (a group commit, a query) returns and
+ * finishes the call later, from any thread. Every call is finished exactly
+ * once with ana_call_finish (or its shorthands); the call and its arena live
+ * until then, and the handler must not touch the call afterwards. */
+#ifndef ANA_CALL_H
+#define ANA_CALL_H
+
+#include "ana_arena.h"
+#include "ana_error.h"
+#include "ana_methods.h"
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ana_call;
+
+/* Who is calling, as established by the authenticator. Strings live as long
+ * as the call. */
+struct ana_principal {
+  const char *subject;    /* user or API key id */
+  const char *account_id; /* tenant: every data access is scoped by it */
+  const char *const *roles;
+  size_t n_roles;
+};
+
+/* One request metadata entry (gRPC metadata or HTTP header); keys lower-case. */
+struct ana_metadata_entry {
+  const char *key;
+  const char *value; /* NUL-terminated; binary values may hold NULs */
+  size_t value_len;
+};
+
+/* Callbacks of one method. Which ones are used depends on the method kind;
+ * unused ones may be NULL. */
+struct ana_handler {
+  /* Unary and server-streaming: the call starts with its one request, which
+   * lives in the call's arena until the call ends. */
+  void (*on_request)(struct ana_call *call, const ProtobufCMessage *request);
+  /* Client-streaming and bidi: the stream opened (optional). */
+  void (*on_open)(struct ana_call *call);
+  /* Client-streaming and bidi: one message. It lives in its own arena, freed
+   * when this callback returns, unless the handler takes it with
+   * ana_call_keep_message. The next message is read after this returns
+   * (unless reading is paused). */
+  void (*on_message)(struct ana_call *call, const ProtobufCMessage *message);
+  /* Client-streaming and bidi: the client sent its last message. */
+  void (*on_half_close)(struct ana_call *call);
+  /* Optional, any kind: the call was cancelled (client cancel, deadline,
+   * lost connection). Sends fail from now on; the handler still finishes the
+   * call (the status goes nowhere). May run on another thread than the
+   * handler's other callbacks. */
+  void (*on_cancel)(struct ana_call *call);
+  /* Optional, long streams: the server is shutting down; finish soon (e.g.
+   * with UNAVAILABLE). Calls that do not finish within the grace period are
+   * cancelled. */
+  void (*on_drain)(struct ana_call *call);
+};
+
+/* --- Reading the call (thread-safe; results live as long as the call) --- */
+
+const struct ana_method *ana_call_method(const struct ana_call *call);
+const struct ana_principal *ana_call_principal(const struct ana_call *call);
+/* First value of a request metadata key (lower-case), or NULL. */
+const char *ana_call_metadata(const struct ana_call *call, const char *key);
+size_t ana_call_metadata_count(const struct ana_call *call);
+const struct ana_metadata_entry *ana_call_metadata_at(const struct ana_call *call, size_t i);
+/* The peer's address as the transport saw it ("ipv4:127.0.0.1:40122"). */
+const char *ana_call_peer(const struct ana_call *call);
+/* Milliseconds left before the deadline (<= 0: passed), or INT64_MAX. */
+int64_t ana_call_remaining_ms(const struct ana_call *call);
+bool ana_call_is_cancelled(const struct ana_call *call);
+
+/* The call's arena: memory for the handler that lives until the call ends.
+ * Not thread-safe: a handler that uses it from several threads serialises. */
+struct ana_arena *ana_call_arena(struct ana_call *call);
+
+/* A pointer the handler keeps with the call (its per-call state). */
+void ana_call_set_user(struct ana_call *call, void *user);
+void *ana_call_user(const struct ana_call *call);
+
+/* Inside on_message only: the handler takes ownership of the current
+ * message's arena (free it with ana_arena_destroy, from any thread). */
+struct ana_arena *ana_call_keep_message(struct ana_call *call);
+
+/* Client-streaming and bidi: stop / restart reading further messages, to
+ * bound the work a client can have in flight. Thread-safe. */
+void ana_call_pause_reading(struct ana_call *call);
+void ana_call_resume_reading(struct ana_call *call);
+
+/* --- Answering --- */
+
+/* Server-streaming and bidi: queues one message (serialised before return,
+ * so it stays the caller's). Thread-safe. Returns 0, ANA_ERR_CLOSED when the
+ * call is cancelled or finished, ANA_ERR_FULL when the outbound queue holds
+ * its limit (the caller decides: drop, coalesce, or finish). */
+int ana_call_send(struct ana_call *call, const ProtobufCMessage *message);
+
+/* Number of messages queued and not yet written to the transport. */
+size_t ana_call_send_queue_length(struct ana_call *call);
+
+/* Records a field violation (JSON path such as "events[3].eventName" and
+ * the reason); they travel with a non-OK status as google.rpc.BadRequest
+ * details. Copies both strings. Not thread-safe with other arena users. */
+void ana_call_add_violation(struct ana_call *call, const char *field, const char *description);
+
+/* Finishes the call, exactly once, from any thread. With status NULL or OK,
+ * unary and client-streaming methods send `response` (required) as their one
+ * reply; streaming methods may pass a last message or NULL. With an error
+ * status the response is ignored. The handler must not use `call` after. */
+void ana_call_finish(struct ana_call *call, const ProtobufCMessage *response,
+                     const struct ana_error *status);
+
+/* Shorthands: finish with OK and a response; finish with an error. */
+void ana_call_reply(struct ana_call *call, const ProtobufCMessage *response);
+void ana_call_fail(struct ana_call *call, enum ana_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* --- Binding handlers --- */
+
+/* Binds handler (borrowed; must outlive the server) to a method. Methods
+ * without a handler answer UNIMPLEMENTED naming their feature. Call before
+ * the transports start. */
+void ana_rpc_bind(enum ana_method_id method, const struct ana_handler *handler);
+const struct ana_handler *ana_rpc_handler(enum ana_method_id method);
+
+#endif

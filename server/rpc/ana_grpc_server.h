@@ -1,0 +1,36 @@
+/* The gRPC transport: serves the generated method table on the gRPC core C
+ * API, driving the transport-neutral handlers of ana_call.h. The only
+ * server module that includes grpc headers. */
+#ifndef ANA_GRPC_SERVER_H
+#define ANA_GRPC_SERVER_H
+
+#include "ana_error.h"
+
+struct ana_grpc_server;
+
+struct ana_grpc_server_options {
+  const char *host;        /* bind address, e.g. "0.0.0.0" */
+  int port;                /* 0 picks a free port (see ana_grpc_server_port) */
+  int threads;             /* completion-queue threads; 0 = number of CPUs */
+  long max_message_bytes;  /* largest request message accepted */
+  int send_queue_max;      /* messages queued per outbound stream */
+};
+
+/* Binds, starts the threads and begins serving. Returns NULL with err filled
+ * when the port cannot be bound or memory runs out. */
+struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_options *options,
+                                               struct ana_error *err);
+
+/* The port actually bound. */
+int ana_grpc_server_port(const struct ana_grpc_server *server);
+
+/* Graceful shutdown; blocks. Stops accepting calls, asks long streams to
+ * finish (on_drain), waits up to grace_ms for in-flight calls, cancels what
+ * is left, then stops the threads. Returns 0, or ANA_ERR_TIMEOUT when some
+ * handler never finished its call (the server is then left as it is). */
+int ana_grpc_server_shutdown(struct ana_grpc_server *server, int grace_ms);
+
+/* Frees a server that was shut down; NULL does nothing. */
+void ana_grpc_server_destroy(struct ana_grpc_server *server);
+
+#endif

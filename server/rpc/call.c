@@ -1,0 +1,239 @@
+/* The transport-neutral half of a call: accessors for handlers, admission
+ * (authentication, permission, handler lookup) and error details. */
+#include "call_internal.h"
+
+#include "ana_alloc.h"
+#include "ana_auth.h"
+#include "ana_log.h"
+#include "google/protobuf/any.pb-c.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const struct ana_handler *handlers[ANA_METHOD_COUNT];
+
+void ana_rpc_bind(enum ana_method_id method, const struct ana_handler *handler) {
+  if ((unsigned)method < ANA_METHOD_COUNT)
+    handlers[method] = handler;
+}
+
+const struct ana_handler *ana_rpc_handler(enum ana_method_id method) {
+  return (unsigned)method < ANA_METHOD_COUNT ? handlers[method] : NULL;
+}
+
+int64_t ana_call_now_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void ana_call_init(struct ana_call *call, const struct ana_call_transport *transport,
+                   const struct ana_method *method) {
+  memset(call, 0, sizeof *call);
+  call->transport = transport;
+  call->method = method;
+  call->peer = "";
+  call->deadline_mono_ms = INT64_MAX;
+  ana_arena_init(&call->arena, 8192, 0);
+  atomic_init(&call->finished, false);
+  atomic_init(&call->cancelled, false);
+  atomic_init(&call->read_paused, false);
+}
+
+void ana_call_fini(struct ana_call *call) {
+  ana_arena_destroy(call->message_arena);
+  call->message_arena = NULL;
+  ana_arena_fini(&call->arena);
+}
+
+/* Handler for methods nobody implemented: UNIMPLEMENTED naming the feature. */
+static void unimplemented_request(struct ana_call *call, const ProtobufCMessage *request) {
+  (void)request;
+  const struct ana_method *m = call->method;
+  if (m->feature[0])
+    ana_call_fail(call, ANA_STATUS_UNIMPLEMENTED, "%s are not implemented yet", m->feature);
+  else
+    ana_call_fail(call, ANA_STATUS_UNIMPLEMENTED, "%s is not implemented yet", m->path);
+}
+
+static void unimplemented_open(struct ana_call *call) { unimplemented_request(call, NULL); }
+
+static const struct ana_handler unimplemented_handler = {
+    .on_request = unimplemented_request,
+    .on_open = unimplemented_open,
+};
+
+int ana_call_admit(struct ana_call *call, struct ana_error *status) {
+  int rc = ana_auth_authenticate(call->metadata, call->n_metadata, call->peer, &call->arena,
+                                 &call->principal, status);
+  if (rc < 0)
+    return rc;
+  if (!ana_auth_permits(&call->principal, call->method->permission)) {
+    ana_error_set(status, ANA_STATUS_PERMISSION_DENIED, "permission %s is required for %s",
+                  call->method->permission, call->method->path);
+    return ANA_ERR_INVALID;
+  }
+  const struct ana_handler *h = ana_rpc_handler(ana_method_id_of(call->method));
+  call->handler = h ? h : &unimplemented_handler;
+  return 0;
+}
+
+void ana_call_mark_cancelled(struct ana_call *call) {
+  bool was = atomic_exchange(&call->cancelled, true);
+  if (!was && call->handler && call->handler->on_cancel && !atomic_load(&call->finished))
+    call->handler->on_cancel(call);
+}
+
+/* --- accessors --- */
+
+const struct ana_method *ana_call_method(const struct ana_call *call) { return call->method; }
+
+const struct ana_principal *ana_call_principal(const struct ana_call *call) {
+  return &call->principal;
+}
+
+const char *ana_call_metadata(const struct ana_call *call, const char *key) {
+  for (size_t i = 0; i < call->n_metadata; i++)
+    if (strcmp(call->metadata[i].key, key) == 0)
+      return call->metadata[i].value;
+  return NULL;
+}
+
+size_t ana_call_metadata_count(const struct ana_call *call) { return call->n_metadata; }
+
+const struct ana_metadata_entry *ana_call_metadata_at(const struct ana_call *call, size_t i) {
+  return i < call->n_metadata ? &call->metadata[i] : NULL;
+}
+
+const char *ana_call_peer(const struct ana_call *call) { return call->peer; }
+
+int64_t ana_call_remaining_ms(const struct ana_call *call) {
+  if (call->deadline_mono_ms == INT64_MAX)
+    return INT64_MAX;
+  return call->deadline_mono_ms - ana_call_now_mono_ms();
+}
+
+bool ana_call_is_cancelled(const struct ana_call *call) { return atomic_load(&call->cancelled); }
+
+struct ana_arena *ana_call_arena(struct ana_call *call) { return &call->arena; }
+
+void ana_call_set_user(struct ana_call *call, void *user) { call->user = user; }
+
+void *ana_call_user(const struct ana_call *call) { return call->user; }
+
+struct ana_arena *ana_call_keep_message(struct ana_call *call) {
+  struct ana_arena *a = call->message_arena;
+  call->message_arena = NULL;
+  return a;
+}
+
+void ana_call_pause_reading(struct ana_call *call) {
+  atomic_store(&call->read_paused, true);
+}
+
+void ana_call_resume_reading(struct ana_call *call) {
+  if (atomic_exchange(&call->read_paused, false) && call->transport->reading_changed)
+    call->transport->reading_changed(call);
+}
+
+/* --- answering --- */
+
+int ana_call_send(struct ana_call *call, const ProtobufCMessage *message) {
+  if (atomic_load(&call->finished) || atomic_load(&call->cancelled))
+    return ANA_ERR_CLOSED;
+  return call->transport->send(call, message);
+}
+
+size_t ana_call_send_queue_length(struct ana_call *call) {
+  return call->transport->send_queue_length(call);
+}
+
+void ana_call_add_violation(struct ana_call *call, const char *field, const char *description) {
+  struct ana_violation *v = ana_arena_alloc(&call->arena, sizeof *v);
+  if (!v)
+    return;
+  v->field = ana_arena_strdup(&call->arena, field);
+  v->description = ana_arena_strdup(&call->arena, description);
+  if (!v->field || !v->description)
+    return;
+  v->next = call->violations;
+  call->violations = v;
+  call->n_violations++;
+}
+
+void ana_call_finish(struct ana_call *call, const ProtobufCMessage *response,
+                     const struct ana_error *status) {
+  if (atomic_exchange(&call->finished, true)) {
+    /* A handler bug; answering twice would corrupt the transport's state. */
+    ANA_ERROR("rpc", "%s finished twice; second finish ignored", call->method->path);
+    return;
+  }
+  call->transport->finish(call, response, status);
+}
+
+void ana_call_reply(struct ana_call *call, const ProtobufCMessage *response) {
+  ana_call_finish(call, response, NULL);
+}
+
+void ana_call_fail(struct ana_call *call, enum ana_status code, const char *fmt, ...) {
+  struct ana_error err;
+  va_list ap;
+  err.code = code;
+  va_start(ap, fmt);
+  vsnprintf(err.message, sizeof err.message, fmt, ap);
+  va_end(ap);
+  ana_call_finish(call, NULL, &err);
+}
+
+uint8_t *ana_call_status_details(const struct ana_call *call, const struct ana_error *status,
+                                 size_t *size) {
+  if (call->n_violations == 0)
+    return NULL;
+  size_t n = call->n_violations;
+  Google__Rpc__BadRequest__FieldViolation *fv = ana_calloc(n, sizeof *fv);
+  Google__Rpc__BadRequest__FieldViolation **fvp = ana_calloc(n, sizeof *fvp);
+  uint8_t *bad_bytes = NULL, *out = NULL;
+  if (!fv || !fvp)
+    goto out;
+  /* The list is newest first; report in the order they were found. */
+  size_t i = n;
+  for (const struct ana_violation *v = call->violations; v; v = v->next) {
+    i--;
+    google__rpc__bad_request__field_violation__init(&fv[i]);
+    fv[i].field = (char *)v->field;
+    fv[i].description = (char *)v->description;
+    fvp[i] = &fv[i];
+  }
+  Google__Rpc__BadRequest bad = GOOGLE__RPC__BAD_REQUEST__INIT;
+  bad.n_field_violations = n;
+  bad.field_violations = fvp;
+  size_t bad_size = google__rpc__bad_request__get_packed_size(&bad);
+  bad_bytes = ana_malloc(bad_size ? bad_size : 1);
+  if (!bad_bytes)
+    goto out;
+  google__rpc__bad_request__pack(&bad, bad_bytes);
+
+  Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+  any.type_url = "type.googleapis.com/google.rpc.BadRequest";
+  any.value.data = bad_bytes;
+  any.value.len = bad_size;
+  Google__Protobuf__Any *anyp = &any;
+  Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
+  st.code = status ? (int32_t)status->code : 0;
+  st.message = status ? (char *)status->message : "";
+  st.n_details = 1;
+  st.details = &anyp;
+  *size = google__rpc__status__get_packed_size(&st);
+  out = ana_malloc(*size ? *size : 1);
+  if (out)
+    google__rpc__status__pack(&st, out);
+out:
+  ana_free(bad_bytes);
+  ana_free(fvp);
+  ana_free(fv);
+  return out;
+}

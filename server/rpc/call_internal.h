@@ -1,0 +1,76 @@
+/* What transports see of a call: the neutral state shared by every
+ * transport, and the operations a transport provides. Handlers use only
+ * ana_call.h. */
+#ifndef ANA_CALL_INTERNAL_H
+#define ANA_CALL_INTERNAL_H
+
+#include "ana_call.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* Operations of the transport carrying a call. Each is called with no
+ * runtime lock held and may be called from any thread. */
+struct ana_call_transport {
+  /* Queue one serialised message; 0, ANA_ERR_CLOSED or ANA_ERR_FULL. */
+  int (*send)(struct ana_call *call, const ProtobufCMessage *message);
+  size_t (*send_queue_length)(struct ana_call *call);
+  /* Send the final status (and response, for unary/client-streaming).
+   * Called exactly once; the transport releases the handler's reference. */
+  void (*finish)(struct ana_call *call, const ProtobufCMessage *response,
+                 const struct ana_error *status);
+  /* Pause state changed; the transport posts a read if needed. */
+  void (*reading_changed)(struct ana_call *call);
+};
+
+struct ana_violation {
+  struct ana_violation *next;
+  const char *field;
+  const char *description;
+};
+
+struct ana_call {
+  const struct ana_call_transport *transport;
+  const struct ana_method *method;
+  const struct ana_handler *handler; /* never NULL once dispatched */
+  struct ana_principal principal;
+  struct ana_arena arena; /* request, metadata copies, handler memory */
+  struct ana_metadata_entry *metadata;
+  size_t n_metadata;
+  const char *peer;
+  int64_t deadline_mono_ms; /* CLOCK_MONOTONIC ms, INT64_MAX = none */
+  void *user;
+  struct ana_violation *violations; /* newest first */
+  size_t n_violations;
+  struct ana_arena *message_arena; /* current on_message's, until kept/freed */
+  atomic_bool finished;
+  atomic_bool cancelled;
+  atomic_bool read_paused;
+};
+
+/* Monotonic clock in milliseconds. */
+int64_t ana_call_now_mono_ms(void);
+
+/* Prepares the neutral part of a call (arena init, flags). */
+void ana_call_init(struct ana_call *call, const struct ana_call_transport *transport,
+                   const struct ana_method *method);
+/* Frees the neutral part (arena, message arena). */
+void ana_call_fini(struct ana_call *call);
+
+/* Runs what every transport does before the handler: authentication, the
+ * permission check and the handler lookup. Returns 0 (call->handler set) or
+ * a negative error with status filled; the transport then finishes the
+ * call with that status. */
+int ana_call_admit(struct ana_call *call, struct ana_error *status);
+
+/* Marks the call cancelled and tells the handler (on_cancel), once. */
+void ana_call_mark_cancelled(struct ana_call *call);
+
+/* Serialises the call's violations as a google.rpc.Status with a
+ * google.rpc.BadRequest detail, for grpc-status-details-bin / JSON errors.
+ * Returns a malloc'd buffer (caller frees) and its size, or NULL when there
+ * are no violations. */
+uint8_t *ana_call_status_details(const struct ana_call *call, const struct ana_error *status,
+                                 size_t *size);
+
+#endif

@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Checks the Kubernetes manifests in k8s/ and the Dockerfile against what analyticsd needs.
+
+Usage: python3 tests/deploy/test_manifests.py [REPO_ROOT] [unittest options or test names]
+REPO_ROOT defaults to the repository this file lives in.
+"""
+import glob
+import os
+import re
+import shlex
+import sys
+import unittest
+
+import yaml
+
+# Every environment variable analyticsd reads; a ConfigMap key outside this set is a typo.
+CONFIG_VARS = frozenset({
+    "PORT", "GRPC_PORT", "GRPC_HOST", "MONGODB_URI", "ELASTICSEARCH_NODE",
+    "CLICKHOUSE_HOST", "REDIS_URL", "RABBITMQ_URL", "REPORTS_DIR", "EXPORTS_DIR",
+    "RETENTION_DAYS", "BATCH_SIZE", "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE",
+    "DATA_DIR", "LOG_LEVEL", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
+})
+HTTP_PORT = 3004
+GRPC_PORT = 50051
+# Kubernetes' default when a pod spec does not set terminationGracePeriodSeconds.
+DEFAULT_TERMINATION_GRACE_S = 30
+KUSTOMIZATION = "kustomization.yaml"
+DEBIAN_12_IMAGE = re.compile(r"^(docker\.io/)?(library/)?debian:12(\.\d+)?(-slim)?(@sha256:[0-9a-f]{64})?$")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _norm_path(path):
+    return os.path.normpath(path) if path else path
+
+
+def parse_dockerfile(text):
+    """Returns the Dockerfile's instructions as (KEYWORD, arguments) pairs, continuations joined."""
+    instructions = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if current and line.startswith("#"):
+            continue  # comment lines inside a continued instruction are dropped by Docker too
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, args = current.strip().partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        current = ""
+    if current.strip():
+        keyword, _, args = current.strip().partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def split_stages(instructions):
+    """Groups instructions by build stage: a list of {"image", "alias", "instructions"}."""
+    stages = []
+    for keyword, args in instructions:
+        if keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            image = words[0] if words else ""
+            alias = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append({"image": image, "alias": alias, "instructions": []})
+        elif stages:
+            stages[-1]["instructions"].append((keyword, args))
+    return stages
+
+
+class ManifestTest(unittest.TestCase):
+    """Static checks of k8s/*.yaml and the Dockerfile; no cluster or Docker daemon needed."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.k8s_dir = os.path.join(REPO_ROOT, "k8s")
+        cls.files = sorted(glob.glob(os.path.join(cls.k8s_dir, "*.yaml")) +
+                           glob.glob(os.path.join(cls.k8s_dir, "*.yml")))
+        cls.docs = []  # (file name, document)
+        cls.parse_errors = []
+        for path in cls.files:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    for doc in yaml.safe_load_all(f):
+                        if doc is not None:
+                            cls.docs.append((os.path.basename(path), doc))
+            except (OSError, yaml.YAMLError) as e:
+                cls.parse_errors.append("%s: %s" % (os.path.basename(path), e))
+        cls.dockerfile_path = os.path.join(REPO_ROOT, "Dockerfile")
+        try:
+            with open(cls.dockerfile_path, encoding="utf-8") as f:
+                cls.dockerfile = parse_dockerfile(f.read())
+        except OSError:
+            cls.dockerfile = None
+
+    # ---- helpers ----
+
+    def one(self, kind):
+        found = [d for _, d in self.docs if isinstance(d, dict) and d.get("kind") == kind]
+        self.assertEqual(len(found), 1, "expected exactly one %s in k8s/, found %d" % (kind, len(found)))
+        return found[0]
+
+    def configmap_data(self):
+        return self.one("ConfigMap").get("data") or {}
+
+    def pod_spec(self):
+        return (((self.one("Deployment").get("spec") or {}).get("template") or {}).get("spec")) or {}
+
+    def container(self):
+        containers = self.pod_spec().get("containers") or []
+        self.assertTrue(containers, "the Deployment's pod template has no containers")
+        for c in containers:
+            if c.get("name") == "analyticsd":
+                return c
+        return containers[0]
+
+    def container_port(self, name):
+        for p in self.container().get("ports") or []:
+            if p.get("name") == name:
+                return p.get("containerPort")
+        self.fail("the analyticsd container has no port named %r" % name)
+
+    def assert_grpc_probe(self, probe_name):
+        probe = self.container().get(probe_name)
+        self.assertIsNotNone(probe, "the analyticsd container has no %s" % probe_name)
+        other = [k for k in ("httpGet", "tcpSocket", "exec") if k in probe]
+        self.assertIn("grpc", probe, "%s must be a native gRPC probe (grpc: {port: ...}), found %s"
+                      % (probe_name, other or sorted(probe)))
+        grpc_port = self.container_port("grpc")
+        self.assertEqual(grpc_port, GRPC_PORT,
+                         "the container port named grpc is %r, expected %d" % (grpc_port, GRPC_PORT))
+        self.assertEqual((probe.get("grpc") or {}).get("port"), grpc_port,
+                         "%s probes port %r, not the container's grpc port %r"
+                         % (probe_name, (probe.get("grpc") or {}).get("port"), grpc_port))
+
+    def stages(self):
+        self.assertIsNotNone(self.dockerfile, "no Dockerfile at %s" % self.dockerfile_path)
+        return split_stages(self.dockerfile)
+
+    @staticmethod
+    def runs(stage):
+        return [args for keyword, args in stage["instructions"] if keyword == "RUN"]
+
+    # ---- Kubernetes manifests ----
+
+    def test_manifests_parse(self):
+        self.assertTrue(self.files, "no *.yaml files in %s" % self.k8s_dir)
+        self.assertEqual(self.parse_errors, [], "k8s/ files that do not parse as YAML")
+
+    def test_every_document_has_api_version_kind_and_name(self):
+        bad = []
+        for name, doc in self.docs:
+            if not isinstance(doc, dict):
+                bad.append("%s: document is a %s, not a mapping" % (name, type(doc).__name__))
+                continue
+            missing = [k for k in ("apiVersion", "kind") if not doc.get(k)]
+            if not (doc.get("metadata") or {}).get("name"):
+                missing.append("metadata.name")
+            if missing:
+                bad.append("%s (%s): missing %s" % (name, doc.get("kind"), ", ".join(missing)))
+        self.assertEqual(bad, [], "manifests without apiVersion/kind/metadata.name")
+
+    def test_deployment_has_one_replica(self):
+        replicas = (self.one("Deployment").get("spec") or {}).get("replicas")
+        self.assertEqual(replicas, 1, "Deployment replicas is %r: the embedded SQLite store allows "
+                         "one writer, so it must be exactly 1" % replicas)
+
+    def test_deployment_strategy_is_recreate(self):
+        strategy = ((self.one("Deployment").get("spec") or {}).get("strategy") or {}).get("type")
+        self.assertEqual(strategy, "Recreate", "Deployment strategy is %r: a rolling update would run "
+                         "two writers on one SQLite store; use Recreate" % strategy)
+
+    def test_deployment_reads_configmap(self):
+        cm_name = (self.one("ConfigMap").get("metadata") or {}).get("name")
+        refs = [e.get("configMapRef", {}).get("name") for e in self.container().get("envFrom") or []]
+        self.assertIn(cm_name, refs, "the analyticsd container's envFrom does not reference ConfigMap %r "
+                      "(references: %r)" % (cm_name, refs))
+
+    def test_liveness_probe_is_grpc(self):
+        self.assert_grpc_probe("livenessProbe")
+
+    def test_readiness_probe_is_grpc(self):
+        self.assert_grpc_probe("readinessProbe")
+
+    def test_container_ports_match_configmap(self):
+        data = self.configmap_data()
+        for var, name, default in (("PORT", "http", HTTP_PORT), ("GRPC_PORT", "grpc", GRPC_PORT)):
+            expected = int(data.get(var, default))
+            self.assertEqual(self.container_port(name), expected,
+                             "container port %r is %r but the service listens on %s=%d"
+                             % (name, self.container_port(name), var, expected))
+
+    def test_pvc_is_mounted_at_data_dir(self):
+        data_dir = self.configmap_data().get("DATA_DIR")
+        self.assertTrue(data_dir, "the ConfigMap does not set DATA_DIR")
+        claim = (self.one("PersistentVolumeClaim").get("metadata") or {}).get("name")
+        volumes = [v.get("name") for v in self.pod_spec().get("volumes") or []
+                   if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim]
+        self.assertTrue(volumes, "no pod volume uses PersistentVolumeClaim %r" % claim)
+        mounts = [m.get("mountPath") for m in self.container().get("volumeMounts") or []
+                  if m.get("name") in volumes]
+        self.assertIn(_norm_path(data_dir), [_norm_path(m) for m in mounts],
+                      "PersistentVolumeClaim %r is mounted at %r, not at DATA_DIR=%r"
+                      % (claim, mounts, data_dir))
+
+    def test_configmap_keys_are_known_variables(self):
+        data = self.configmap_data()
+        unknown = sorted(set(data) - CONFIG_VARS)
+        self.assertEqual(unknown, [], "ConfigMap keys that analyticsd does not read")
+        self.assertIn("DATA_DIR", data, "the ConfigMap must set DATA_DIR (where the PVC is mounted)")
+        not_strings = sorted(k for k, v in data.items() if not isinstance(v, str))
+        self.assertEqual(not_strings, [], "ConfigMap values must be quoted strings")
+
+    def test_service_ports_target_container_ports(self):
+        service = self.one("Service")
+        ports = (service.get("spec") or {}).get("ports") or []
+        by_port = {p.get("port"): p for p in ports}
+        for wanted in (HTTP_PORT, GRPC_PORT):
+            self.assertIn(wanted, by_port, "the Service does not expose port %d" % wanted)
+        container_ports = self.container().get("ports") or []
+        names = {p.get("name") for p in container_ports}
+        numbers = {p.get("containerPort") for p in container_ports}
+        for p in ports:
+            target = p.get("targetPort", p.get("port"))
+            ok = target in names if isinstance(target, str) else target in numbers
+            self.assertTrue(ok, "Service port %r targets %r, which is not a container port (names %r, "
+                            "numbers %r)" % (p.get("port"), target, sorted(names - {None}), sorted(numbers)))
+
+    def test_service_selects_the_pods(self):
+        selector = (self.one("Service").get("spec") or {}).get("selector") or {}
+        labels = (((self.one("Deployment").get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        self.assertTrue(selector, "the Service has no selector")
+        mismatched = {k: v for k, v in selector.items() if labels.get(k) != v}
+        self.assertEqual(mismatched, {}, "Service selector entries that the pod template's labels lack")
+
+    def test_termination_grace_exceeds_shutdown_grace(self):
+        grace_ms = self.configmap_data().get("SHUTDOWN_GRACE_MS")
+        self.assertIsNotNone(grace_ms, "the ConfigMap does not set SHUTDOWN_GRACE_MS")
+        termination_s = self.pod_spec().get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_S)
+        self.assertGreater(int(termination_s) * 1000, int(grace_ms),
+                           "terminationGracePeriodSeconds=%s is not longer than SHUTDOWN_GRACE_MS=%s: "
+                           "SIGKILL would cut the drain short" % (termination_s, grace_ms))
+
+    def test_runs_as_non_root(self):
+        pod_sc = self.pod_spec().get("securityContext") or {}
+        ctr_sc = self.container().get("securityContext") or {}
+        non_root = ctr_sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        uid = ctr_sc.get("runAsUser", pod_sc.get("runAsUser"))
+        self.assertTrue(non_root, "securityContext.runAsNonRoot is not true for the analyticsd container")
+        self.assertNotEqual(uid, 0, "securityContext.runAsUser is 0 (root)")
+
+    def test_resources_have_requests_and_limits(self):
+        resources = self.container().get("resources") or {}
+        for part in ("requests", "limits"):
+            got = resources.get(part) or {}
+            for res in ("cpu", "memory"):
+                self.assertIn(res, got, "the analyticsd container sets no resources.%s.%s" % (part, res))
+
+    def test_kustomization_lists_every_manifest(self):
+        kust_path = os.path.join(self.k8s_dir, KUSTOMIZATION)
+        self.assertTrue(os.path.exists(kust_path), "no %s in k8s/" % KUSTOMIZATION)
+        kust = [d for n, d in self.docs if n == KUSTOMIZATION]
+        self.assertEqual(len(kust), 1, "%s must hold one document" % KUSTOMIZATION)
+        resources = kust[0].get("resources") or []
+        manifests = sorted(os.path.basename(f) for f in self.files if os.path.basename(f) != KUSTOMIZATION)
+        self.assertEqual(sorted(set(manifests) - set(resources)), [],
+                         "k8s/ manifests missing from %s resources" % KUSTOMIZATION)
+        self.assertEqual(sorted(set(resources) - set(manifests)), [],
+                         "%s lists resources that are not files in k8s/" % KUSTOMIZATION)
+
+    # ---- Dockerfile ----
+
+    def test_dockerfile_is_multi_stage(self):
+        self.assertGreaterEqual(len(self.stages()), 2,
+                                "the Dockerfile needs a build stage and a runtime stage (two FROM lines)")
+
+    def test_dockerfile_starts_from_debian_12(self):
+        aliases = set()
+        for stage in self.stages():
+            image = stage["image"]
+            self.assertTrue(image in aliases or DEBIAN_12_IMAGE.match(image),
+                            "FROM %r: every stage must start from debian:12 or debian:12-slim" % image)
+            if stage["alias"]:
+                aliases.add(stage["alias"])
+
+    def test_dockerfile_build_stage_installs_deps_and_cmake_installs(self):
+        build_runs = [r for s in self.stages()[:-1] for r in self.runs(s)]
+        self.assertTrue(any(re.search(r"install-deps\.sh\s+build\b", r) for r in build_runs),
+                        "no build stage RUNs scripts/install-deps.sh build")
+        self.assertTrue(any("cmake --install" in r for r in build_runs),
+                        "no build stage RUNs cmake --install")
+
+    def test_dockerfile_runtime_stage_installs_runtime_deps(self):
+        runtime = self.stages()[-1]
+        self.assertTrue(any(re.search(r"install-deps\.sh\s+runtime\b", r) for r in self.runs(runtime)),
+                        "the runtime stage does not RUN install-deps.sh runtime")
+        copied = " ".join(a for k, a in self.dockerfile if k in ("COPY", "ADD"))
+        self.assertIn("scripts/install-deps.sh", copied, "the Dockerfile never copies scripts/install-deps.sh")
+
+    def test_dockerfile_exposes_ports(self):
+        exposed = set()
+        for keyword, args in self.stages()[-1]["instructions"]:
+            if keyword == "EXPOSE":
+                exposed.update(p.split("/")[0] for p in args.split())
+        for port in (HTTP_PORT, GRPC_PORT):
+            self.assertIn(str(port), exposed, "the runtime stage does not EXPOSE %d" % port)
+
+    def test_dockerfile_runs_as_non_root(self):
+        users = [a for k, a in self.stages()[-1]["instructions"] if k == "USER"]
+        self.assertTrue(users, "the runtime stage sets no USER, so it runs as root")
+        user = users[-1].split(":")[0]
+        self.assertNotIn(user, ("root", "0"), "the runtime stage runs as USER %r" % users[-1])
+
+    def test_dockerfile_data_dir_is_the_volume(self):
+        data_dir = self.configmap_data().get("DATA_DIR")
+        volumes = []
+        for keyword, args in self.stages()[-1]["instructions"]:
+            if keyword == "VOLUME":
+                volumes.extend(yaml.safe_load(args) if args.startswith("[") else shlex.split(args))
+        self.assertIn(_norm_path(data_dir), [_norm_path(v) for v in volumes],
+                      "the Dockerfile's VOLUME %r does not include DATA_DIR=%r" % (volumes, data_dir))
+
+    def test_dockerfile_entrypoint_is_analyticsd(self):
+        entry = [a for k, a in self.stages()[-1]["instructions"] if k == "ENTRYPOINT"]
+        self.assertTrue(entry, "the runtime stage has no ENTRYPOINT")
+        self.assertRegex(entry[-1], r"analyticsd\b", "ENTRYPOINT does not start analyticsd")
+        signals = [a for k, a in self.dockerfile if k == "STOPSIGNAL"]
+        self.assertIn(signals[-1] if signals else "SIGTERM", ("SIGTERM", "15"),
+                      "STOPSIGNAL must be SIGTERM: that is what starts the drain")
+
+
+def main():
+    global REPO_ROOT
+    args = sys.argv[1:]
+    # A first argument that is a directory is the repository root; anything
+    # else (test names, -v, -k PATTERN) goes to unittest.
+    if args and os.path.isdir(args[0]):
+        REPO_ROOT = os.path.abspath(args.pop(0))
+    unittest.main(argv=[sys.argv[0]] + args, verbosity=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,764 @@
+/* Unit tests for the configuration table: parsing, bounds, messages and generated docs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "ana_alloc.h"
+#include "ana_config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef ANA_SOURCE_DIR
+#error "ANA_SOURCE_DIR must name the source tree (set by tests/unit/CMakeLists.txt)"
+#endif
+
+#define README_BEGIN "<!-- config-table:begin -->"
+#define README_END "<!-- config-table:end -->"
+
+static const char *const all_names[] = {
+    "PORT",        "GRPC_PORT",          "GRPC_HOST",          "MONGODB_URI",
+    "ELASTICSEARCH_NODE", "CLICKHOUSE_HOST", "REDIS_URL",      "RABBITMQ_URL",
+    "DATA_DIR",    "REPORTS_DIR",        "EXPORTS_DIR",        "RETENTION_DAYS",
+    "BATCH_SIZE",  "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE", "STREAM_SEND_QUEUE_MAX",
+    "GRPC_MAX_MESSAGE_BYTES", "GRPC_THREADS", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
+    "LOG_LEVEL",
+};
+#define NAME_COUNT (sizeof all_names / sizeof all_names[0])
+
+/* ---- helpers ---- */
+
+/* ctx is a NULL-terminated array of "NAME=value" strings. */
+static const char *fake_getenv(const char *name, void *ctx) {
+  const char *const *env = ctx;
+  size_t n = strlen(name);
+  for (; *env; env++) {
+    if (strncmp(*env, name, n) == 0 && (*env)[n] == '=')
+      return *env + n + 1;
+  }
+  return NULL;
+}
+
+static int load_env(struct ana_config *cfg, struct ana_error *err, const char **env) {
+  return ana_config_load(cfg, fake_getenv, (void *)env, err);
+}
+
+#define LOAD(cfg, err, ...) load_env(cfg, err, (const char *[]){__VA_ARGS__, NULL})
+
+static bool is_zeroed(const struct ana_config *cfg) {
+  static const struct ana_config zero;
+  return memcmp(cfg, &zero, sizeof zero) == 0;
+}
+
+/* Loads one assignment and checks that it is accepted. */
+static void accepts(const char *assignment, struct ana_config *cfg) {
+  struct ana_error err = {0};
+  int rc = LOAD(cfg, &err, assignment);
+  if (rc != 0)
+    fail_msg("%s rejected: %s", assignment, err.message);
+}
+
+/* Loads one assignment and checks that it is rejected with a message that
+ * starts with the variable's name and contains fragment. */
+static void rejects(const char *assignment, const char *fragment) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  char prefix[64];
+  size_t name_len = strcspn(assignment, "=");
+  int rc = LOAD(&cfg, &err, assignment);
+
+  if (rc != ANA_ERR_INVALID)
+    fail_msg("%s: expected ANA_ERR_INVALID, got %d", assignment, rc);
+  assert_int_equal(err.code, ANA_STATUS_INVALID_ARGUMENT);
+  snprintf(prefix, sizeof prefix, "%.*s: \"", (int)name_len, assignment);
+  if (strncmp(err.message, prefix, strlen(prefix)) != 0)
+    fail_msg("%s: message does not name the variable: %s", assignment, err.message);
+  if (fragment && !strstr(err.message, fragment))
+    fail_msg("%s: message lacks \"%s\": %s", assignment, fragment, err.message);
+  assert_true(is_zeroed(&cfg));
+}
+
+static char *capture(void (*write)(FILE *)) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  assert_non_null(f);
+  write(f);
+  fclose(f);
+  return buf;
+}
+
+static char *read_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  char *buf;
+  long len;
+
+  if (!f)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  buf = malloc((size_t)len + 1);
+  assert_non_null(buf);
+  assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
+  buf[len] = '\0';
+  fclose(f);
+  return buf;
+}
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  fputs(text, f);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* Returns s[0..*len) without leading and trailing white space. */
+static const char *trim(const char *s, size_t *len) {
+  size_t n = *len;
+  while (n > 0 && strchr(" \t\r\n", *s)) {
+    s++;
+    n--;
+  }
+  while (n > 0 && strchr(" \t\r\n", s[n - 1]))
+    n--;
+  *len = n;
+  return s;
+}
+
+static bool update_requested(void) {
+  const char *v = getenv("ANA_UPDATE_DOCS");
+  return v && strcmp(v, "1") == 0;
+}
+
+/* ---- loading ---- */
+
+static void test_defaults(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  assert_int_equal(load_env(&cfg, &err, (const char *[]){NULL}), 0);
+  assert_int_equal(cfg.port, 3004);
+  assert_int_equal(cfg.grpc_port, 50051);
+  assert_string_equal(cfg.grpc_host, "0.0.0.0");
+  assert_null(cfg.mongodb_uri);
+  assert_null(cfg.elasticsearch_node);
+  assert_null(cfg.clickhouse_host);
+  assert_null(cfg.redis_url);
+  assert_null(cfg.rabbitmq_url);
+  assert_string_equal(cfg.data_dir, "./data");
+  assert_string_equal(cfg.reports_dir, "./data/reports");
+  assert_string_equal(cfg.exports_dir, "./data/exports");
+  assert_int_equal(cfg.retention_days, 90);
+  assert_int_equal(cfg.batch_size, 1000);
+  assert_int_equal(cfg.processing_interval_ms, 5);
+  assert_int_equal(cfg.stream_buffer_size, 1024);
+  assert_int_equal(cfg.stream_send_queue_max, 256);
+  assert_int_equal(cfg.log_level, ANA_LOG_INFO);
+  assert_int_equal(cfg.shutdown_grace_ms, 10000);
+  assert_string_equal(cfg.default_account_id, "default");
+  assert_int_equal(cfg.grpc_max_message_bytes, 4194304L);
+  assert_int_equal(cfg.grpc_threads, 0);
+  ana_config_fini(&cfg);
+  assert_true(is_zeroed(&cfg));
+}
+
+static void test_empty_counts_as_unset(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  assert_int_equal(LOAD(&cfg, &err, "PORT=", "MONGODB_URI=", "DATA_DIR=", "LOG_LEVEL=",
+                        "PROCESSING_INTERVAL="),
+                   0);
+  assert_int_equal(cfg.port, 3004);
+  assert_null(cfg.mongodb_uri);
+  assert_string_equal(cfg.data_dir, "./data");
+  assert_int_equal(cfg.log_level, ANA_LOG_INFO);
+  assert_int_equal(cfg.processing_interval_ms, 5);
+  ana_config_fini(&cfg);
+}
+
+static void test_process_environment(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  setenv("GRPC_PORT", "6000", 1);
+  assert_int_equal(ana_config_load(&cfg, NULL, NULL, &err), 0);
+  unsetenv("GRPC_PORT");
+  assert_int_equal(cfg.grpc_port, 6000);
+  ana_config_fini(&cfg);
+}
+
+static void test_ports(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  accepts("PORT=1", &cfg);
+  assert_int_equal(cfg.port, 1);
+  ana_config_fini(&cfg);
+  accepts("GRPC_PORT=65535", &cfg);
+  assert_int_equal(cfg.grpc_port, 65535);
+  ana_config_fini(&cfg);
+
+  assert_int_equal(LOAD(&cfg, &err, "GRPC_PORT=70000"), ANA_ERR_INVALID);
+  assert_string_equal(err.message, "GRPC_PORT: \"70000\" is not a port (1-65535)");
+  rejects("PORT=0", "is not a port (1-65535)");
+  rejects("PORT=65536", NULL);
+  rejects("PORT=-1", NULL);
+  rejects("PORT=12abc", "\"12abc\"");
+  rejects("PORT=abc", NULL);
+  rejects("PORT= 80", NULL);
+  rejects("PORT=80 ", NULL);
+  rejects("PORT=+80", NULL);
+  rejects("PORT=0x50", NULL);
+  rejects("PORT=99999999999999999999999", NULL);
+}
+
+static void test_integers_and_bounds(void **state) {
+  struct ana_config cfg;
+  (void)state;
+
+  accepts("RETENTION_DAYS=1", &cfg);
+  assert_int_equal(cfg.retention_days, 1);
+  ana_config_fini(&cfg);
+  accepts("RETENTION_DAYS=36500", &cfg);
+  assert_int_equal(cfg.retention_days, 36500);
+  ana_config_fini(&cfg);
+  rejects("RETENTION_DAYS=0", "is not an integer from 1 to 36500");
+  rejects("RETENTION_DAYS=36501", NULL);
+
+  accepts("BATCH_SIZE=100000", &cfg);
+  assert_int_equal(cfg.batch_size, 100000);
+  ana_config_fini(&cfg);
+  rejects("BATCH_SIZE=0", "\"0\" is not an integer from 1 to 100000");
+  rejects("BATCH_SIZE=100001", NULL);
+  rejects("BATCH_SIZE=1e3", NULL);
+  rejects("BATCH_SIZE=10.5", NULL);
+
+  accepts("STREAM_BUFFER_SIZE=1000000", &cfg);
+  assert_int_equal(cfg.stream_buffer_size, 1000000);
+  ana_config_fini(&cfg);
+  rejects("STREAM_BUFFER_SIZE=1000001", NULL);
+  rejects("STREAM_BUFFER_SIZE=0", NULL);
+
+  accepts("STREAM_SEND_QUEUE_MAX=1", &cfg);
+  assert_int_equal(cfg.stream_send_queue_max, 1);
+  ana_config_fini(&cfg);
+  rejects("STREAM_SEND_QUEUE_MAX=0", NULL);
+
+  accepts("GRPC_MAX_MESSAGE_BYTES=268435456", &cfg);
+  assert_int_equal(cfg.grpc_max_message_bytes, 268435456L);
+  ana_config_fini(&cfg);
+  accepts("GRPC_MAX_MESSAGE_BYTES=1024", &cfg);
+  assert_int_equal(cfg.grpc_max_message_bytes, 1024L);
+  ana_config_fini(&cfg);
+  rejects("GRPC_MAX_MESSAGE_BYTES=1023", "from 1024 to 268435456");
+  rejects("GRPC_MAX_MESSAGE_BYTES=268435457", NULL);
+
+  accepts("GRPC_THREADS=256", &cfg);
+  assert_int_equal(cfg.grpc_threads, 256);
+  ana_config_fini(&cfg);
+  rejects("GRPC_THREADS=257", NULL);
+  rejects("GRPC_THREADS=-1", NULL);
+}
+
+static void test_durations(void **state) {
+  struct ana_config cfg;
+  long long ms = -1;
+  (void)state;
+
+  accepts("PROCESSING_INTERVAL=250", &cfg);
+  assert_int_equal(cfg.processing_interval_ms, 250);
+  ana_config_fini(&cfg);
+  accepts("PROCESSING_INTERVAL=0", &cfg);
+  assert_int_equal(cfg.processing_interval_ms, 0);
+  ana_config_fini(&cfg);
+  accepts("PROCESSING_INTERVAL=250ms", &cfg);
+  assert_int_equal(cfg.processing_interval_ms, 250);
+  ana_config_fini(&cfg);
+  accepts("PROCESSING_INTERVAL=2s", &cfg);
+  assert_int_equal(cfg.processing_interval_ms, 2000);
+  ana_config_fini(&cfg);
+  accepts("PROCESSING_INTERVAL=1m", &cfg);
+  assert_int_equal(cfg.processing_interval_ms, 60000);
+  ana_config_fini(&cfg);
+  rejects("PROCESSING_INTERVAL=61s", "is not a duration from 0 to 60000 ms");
+  rejects("PROCESSING_INTERVAL=5h", NULL);
+  rejects("PROCESSING_INTERVAL=1.5s", NULL);
+  rejects("PROCESSING_INTERVAL=-5", NULL);
+  rejects("PROCESSING_INTERVAL=ms", NULL);
+  rejects("PROCESSING_INTERVAL=5 ms", NULL);
+  rejects("PROCESSING_INTERVAL=99999999999999999999m", NULL);
+
+  accepts("SHUTDOWN_GRACE_MS=10m", &cfg);
+  assert_int_equal(cfg.shutdown_grace_ms, 600000);
+  ana_config_fini(&cfg);
+  rejects("SHUTDOWN_GRACE_MS=11m", "from 0 to 600000 ms");
+
+  assert_int_equal(ana_config_parse_duration_ms("15s", &ms), 0);
+  assert_int_equal(ms, 15000);
+  assert_int_equal(ana_config_parse_duration_ms("9223372036854775807", &ms), 0);
+  assert_int_equal(ms, 9223372036854775807LL);
+  ms = -1;
+  assert_int_equal(ana_config_parse_duration_ms("9223372036854775808", &ms), ANA_ERR_INVALID);
+  assert_int_equal(ana_config_parse_duration_ms("153722867280912931m", &ms), ANA_ERR_INVALID);
+  assert_int_equal(ana_config_parse_duration_ms("", &ms), ANA_ERR_INVALID);
+  assert_int_equal(ana_config_parse_duration_ms("5S", &ms), ANA_ERR_INVALID);
+  assert_int_equal(ana_config_parse_duration_ms(NULL, &ms), ANA_ERR_INVALID);
+  assert_int_equal(ms, -1);
+}
+
+static void test_bools(void **state) {
+  static const char *const yes[] = {"true", "TRUE", "True", "1", "yes", "YES"};
+  static const char *const no[] = {"false", "FALSE", "0", "no", "No"};
+  static const char *const bad[] = {"", "2", "y", "n", "on", "off", "truee", " true"};
+  bool b;
+  (void)state;
+
+  for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+    b = false;
+    assert_int_equal(ana_config_parse_bool(yes[i], &b), 0);
+    assert_true(b);
+  }
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+    b = true;
+    assert_int_equal(ana_config_parse_bool(no[i], &b), 0);
+    assert_false(b);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    b = true;
+    assert_int_equal(ana_config_parse_bool(bad[i], &b), ANA_ERR_INVALID);
+    assert_true(b);
+  }
+  assert_int_equal(ana_config_parse_bool(NULL, &b), ANA_ERR_INVALID);
+}
+
+static void test_log_level(void **state) {
+  struct ana_config cfg;
+  (void)state;
+
+  accepts("LOG_LEVEL=debug", &cfg);
+  assert_int_equal(cfg.log_level, ANA_LOG_DEBUG);
+  ana_config_fini(&cfg);
+  accepts("LOG_LEVEL=WARN", &cfg);
+  assert_int_equal(cfg.log_level, ANA_LOG_WARN);
+  ana_config_fini(&cfg);
+  accepts("LOG_LEVEL=error", &cfg);
+  assert_int_equal(cfg.log_level, ANA_LOG_ERROR);
+  ana_config_fini(&cfg);
+  rejects("LOG_LEVEL=verbose",
+          "LOG_LEVEL: \"verbose\" is not a log level (error, warn, info or debug)");
+  rejects("LOG_LEVEL=warning", NULL);
+}
+
+static void test_paths(void **state) {
+  struct ana_config cfg;
+  char long_path[5000];
+  (void)state;
+
+  accepts("DATA_DIR=/var/lib/analyticsd", &cfg);
+  assert_string_equal(cfg.data_dir, "/var/lib/analyticsd");
+  ana_config_fini(&cfg);
+  accepts("REPORTS_DIR=reports with spaces", &cfg);
+  assert_string_equal(cfg.reports_dir, "reports with spaces");
+  ana_config_fini(&cfg);
+  rejects("EXPORTS_DIR=a\nb", "\"a\\x0ab\" is not a directory path");
+
+  memcpy(long_path, "DATA_DIR=", 9);
+  memset(long_path + 9, 'd', sizeof long_path - 10);
+  long_path[sizeof long_path - 1] = '\0';
+  rejects(long_path, "...\" is not a directory path");
+}
+
+static void test_urls(void **state) {
+  struct ana_config cfg;
+  (void)state;
+
+  accepts("MONGODB_URI=mongodb://localhost:27017/analytics", &cfg);
+  assert_string_equal(cfg.mongodb_uri, "mongodb://localhost:27017/analytics");
+  ana_config_fini(&cfg);
+  accepts("MONGODB_URI=mongodb+srv://cluster0.example.net/?retryWrites=true", &cfg);
+  ana_config_fini(&cfg);
+  accepts("ELASTICSEARCH_NODE=http://localhost:9200", &cfg);
+  assert_string_equal(cfg.elasticsearch_node, "http://localhost:9200");
+  ana_config_fini(&cfg);
+  accepts("ELASTICSEARCH_NODE=HTTPS://es.example.com", &cfg);
+  ana_config_fini(&cfg);
+  accepts("REDIS_URL=redis://localhost:6379/0", &cfg);
+  assert_string_equal(cfg.redis_url, "redis://localhost:6379/0");
+  ana_config_fini(&cfg);
+  accepts("REDIS_URL=rediss://:token@cache.example.com:6380", &cfg);
+  ana_config_fini(&cfg);
+  accepts("RABBITMQ_URL=amqp://guest:guest@localhost:5672/", &cfg);
+  assert_string_equal(cfg.rabbitmq_url, "amqp://guest:guest@localhost:5672/");
+  ana_config_fini(&cfg);
+
+  rejects("MONGODB_URI=localhost:27017",
+          "MONGODB_URI: \"localhost:27017\" is not a URL starting with mongodb:// or "
+          "mongodb+srv://");
+  rejects("MONGODB_URI=http://localhost:27017", NULL);
+  rejects("MONGODB_URI=mongodb://", NULL);
+  rejects("ELASTICSEARCH_NODE=localhost:9200", "http:// or https://");
+  rejects("REDIS_URL=http://localhost:6379", "redis:// or rediss://");
+  rejects("RABBITMQ_URL=amqp://host name", "amqp:// or amqps://");
+  rejects("RABBITMQ_URL=amqp:/host", NULL);
+}
+
+static void test_url_password_is_masked(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  assert_int_equal(LOAD(&cfg, &err, "RABBITMQ_URL=ftp://admin:s3cret@mq.example.com/vhost"),
+                   ANA_ERR_INVALID);
+  assert_null(strstr(err.message, "s3cret"));
+  assert_non_null(strstr(err.message, "\"ftp://admin:***@mq.example.com/vhost\""));
+
+  assert_int_equal(LOAD(&cfg, &err, "CLICKHOUSE_HOST=tcp://u:pw@@x:9000"), ANA_ERR_INVALID);
+  assert_null(strstr(err.message, "pw"));
+}
+
+static void test_clickhouse_host(void **state) {
+  static const char *const good[] = {
+      "localhost", "localhost:8123", "127.0.0.1:8123", "ch-1.internal", "[::1]:8123",
+      "[::1]", "::1", "http://localhost:8123", "https://user:pw@ch.example.com:8443/",
+      "HTTP://ch",
+  };
+  static const char *const bad[] = {
+      "localhost:0", "localhost:99999", "host:abc", "tcp://localhost:9000", "http://",
+      "a b", ":8123", "[::1]:", "[::1", "-host", "http://host:port", "host/path",
+  };
+  struct ana_config cfg;
+  char assignment[128];
+  (void)state;
+
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", good[i]);
+    accepts(assignment, &cfg);
+    assert_string_equal(cfg.clickhouse_host, good[i]);
+    ana_config_fini(&cfg);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", bad[i]);
+    rejects(assignment, "is not a host, host:port or http(s):// URL");
+  }
+}
+
+static void test_grpc_host(void **state) {
+  static const char *const good[] = {"0.0.0.0", "::", "[::]", "localhost", "127.0.0.1",
+                                     "fe80::1", "grpc.internal"};
+  static const char *const bad[] = {"a b", "host:50051", "-bad", "[::", "http://x"};
+  struct ana_config cfg;
+  char assignment[128];
+  (void)state;
+
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", good[i]);
+    accepts(assignment, &cfg);
+    assert_string_equal(cfg.grpc_host, good[i]);
+    ana_config_fini(&cfg);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", bad[i]);
+    rejects(assignment, "is not a host name or IP address");
+  }
+}
+
+static void test_account_id(void **state) {
+  struct ana_config cfg;
+  char assignment[256];
+  (void)state;
+
+  accepts("DEFAULT_ACCOUNT_ID=acct_1.eu:team-7", &cfg);
+  assert_string_equal(cfg.default_account_id, "acct_1.eu:team-7");
+  ana_config_fini(&cfg);
+
+  strcpy(assignment, "DEFAULT_ACCOUNT_ID=");
+  memset(assignment + strlen(assignment), 'a', 128);
+  assignment[19 + 128] = '\0';
+  accepts(assignment, &cfg);
+  assert_int_equal(strlen(cfg.default_account_id), 128);
+  ana_config_fini(&cfg);
+  strcat(assignment, "a");
+  rejects(assignment, "is not an account id (1 to 128 characters");
+
+  rejects("DEFAULT_ACCOUNT_ID=a b", NULL);
+  rejects("DEFAULT_ACCOUNT_ID=a/b", NULL);
+  rejects("DEFAULT_ACCOUNT_ID=caf\xc3\xa9", NULL);
+}
+
+static void test_first_error_wins_and_cfg_stays_zeroed(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  memset(&cfg, 0xab, sizeof cfg);
+  assert_int_equal(LOAD(&cfg, &err, "PORT=1", "MONGODB_URI=mongodb://m", "BATCH_SIZE=x"),
+                   ANA_ERR_INVALID);
+  assert_true(is_zeroed(&cfg));
+  assert_non_null(strstr(err.message, "BATCH_SIZE"));
+  ana_config_fini(&cfg);
+  ana_config_fini(&cfg);
+  ana_config_fini(NULL);
+}
+
+static void test_value_in_message_is_cut_and_escaped(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  char assignment[2100];
+  (void)state;
+
+  strcpy(assignment, "BATCH_SIZE=");
+  memset(assignment + 11, '9', 2000);
+  assignment[2011] = '\0';
+  assert_int_equal(load_env(&cfg, &err, (const char *[]){assignment, NULL}), ANA_ERR_INVALID);
+  assert_true(strlen(err.message) < 200);
+  assert_non_null(strstr(err.message, "...\" is not an integer"));
+
+  rejects("BATCH_SIZE=1\"2\\3", "\"1\\\"2\\\\3\"");
+}
+
+static void test_allocation_failures(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  int rc = -1;
+  long n;
+  (void)state;
+
+  for (n = 1; n < 100; n++) {
+    ana_alloc_fail_after(n);
+    rc = LOAD(&cfg, &err, "MONGODB_URI=mongodb://m", "REDIS_URL=redis://r");
+    ana_alloc_fail_after(0);
+    if (rc == 0)
+      break;
+    assert_int_equal(rc, ANA_ERR_NOMEM);
+    assert_true(is_zeroed(&cfg));
+  }
+  assert_int_equal(rc, 0);
+  assert_true(n > 1);
+  assert_string_equal(cfg.redis_url, "redis://r");
+  ana_config_fini(&cfg);
+}
+
+/* ---- not-yet-supported backends ---- */
+
+struct reported {
+  char names[8][64];
+  char whats[8][256];
+  int count;
+};
+
+static void record_unsupported(const char *name, const char *what, void *ctx) {
+  struct reported *r = ctx;
+  assert_true(r->count < 8);
+  snprintf(r->names[r->count], sizeof r->names[0], "%s", name);
+  snprintf(r->whats[r->count], sizeof r->whats[0], "%s", what);
+  r->count++;
+}
+
+static void test_unsupported_reporting(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  struct reported r = {0};
+  (void)state;
+
+  assert_int_equal(LOAD(&cfg, &err, "PORT=8080"), 0);
+  ana_config_each_unsupported(&cfg, record_unsupported, &r);
+  assert_int_equal(r.count, 0);
+  ana_config_fini(&cfg);
+
+  assert_int_equal(LOAD(&cfg, &err, "MONGODB_URI=mongodb://db:27017", "REDIS_URL=redis://r",
+                        "CLICKHOUSE_HOST=ch:8123", "ELASTICSEARCH_NODE=http://es:9200",
+                        "RABBITMQ_URL=amqp://mq"),
+                   0);
+  ana_config_each_unsupported(&cfg, record_unsupported, &r);
+  assert_int_equal(r.count, 5);
+  assert_string_equal(r.names[0], "MONGODB_URI");
+  assert_string_equal(r.whats[0],
+                      "the MongoDB backend is not yet supported; using the embedded store");
+  assert_string_equal(r.names[1], "ELASTICSEARCH_NODE");
+  assert_string_equal(r.names[2], "CLICKHOUSE_HOST");
+  assert_string_equal(r.names[3], "REDIS_URL");
+  assert_non_null(strstr(r.whats[3], "not yet supported"));
+  assert_string_equal(r.names[4], "RABBITMQ_URL");
+  ana_config_fini(&cfg);
+}
+
+static void test_unsupported_still_validated(void **state) {
+  (void)state;
+  rejects("MONGODB_URI=not a uri", NULL);
+  rejects("CLICKHOUSE_HOST=ch:0", NULL);
+}
+
+/* ---- generated documentation ---- */
+
+static void test_help_lists_every_variable(void **state) {
+  char *help = capture(ana_config_write_help);
+  char key[64];
+  (void)state;
+
+  for (size_t i = 0; i < NAME_COUNT; i++) {
+    snprintf(key, sizeof key, "\n  %s (", all_names[i]);
+    if (!strstr(help, key))
+      fail_msg("--help lacks %s", all_names[i]);
+  }
+  assert_non_null(strstr(help, "  PORT (default 3004)\n"));
+  assert_non_null(strstr(help, "  MONGODB_URI (unset by default)\n"));
+  assert_non_null(strstr(help, "Not yet supported"));
+  for (char *line = help; *line;) {
+    size_t len = strcspn(line, "\n");
+    if (len > 79)
+      fail_msg("--help line longer than 79 columns: %.*s", (int)len, line);
+    line += len + (line[len] == '\n');
+  }
+  free(help);
+}
+
+static void test_markdown_has_one_row_per_variable(void **state) {
+  char *md = capture(ana_config_write_markdown);
+  char key[64];
+  size_t rows = 0;
+  (void)state;
+
+  assert_memory_equal(md, "| Variable | Default | Description |\n|---|---|---|\n", 49);
+  for (const char *p = md; (p = strchr(p, '\n')) != NULL; p++)
+    rows++;
+  assert_int_equal(rows, NAME_COUNT + 2);
+  for (size_t i = 0; i < NAME_COUNT; i++) {
+    snprintf(key, sizeof key, "\n| `%s` | ", all_names[i]);
+    if (!strstr(md, key))
+      fail_msg("markdown table lacks %s", all_names[i]);
+  }
+  assert_non_null(strstr(md, "| `PORT` | `3004` | "));
+  assert_non_null(strstr(md, "| `REDIS_URL` | unset | "));
+  assert_non_null(strstr(md, "A-Z a-z 0-9 \\_ . : -"));
+  free(md);
+}
+
+/* Every assignment in .env.example loads, and gives the defaults. */
+static void test_env_example_round_trips(void **state) {
+  char *text = capture(ana_config_write_env_example);
+  const char *env[64];
+  size_t n = 0;
+  struct ana_config cfg, defaults;
+  struct ana_error err = {0};
+  (void)state;
+
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    if (line[0] == '#')
+      continue;
+    assert_non_null(strchr(line, '='));
+    assert_true(n < 63);
+    env[n++] = line;
+  }
+  env[n] = NULL;
+  assert_int_equal(n, NAME_COUNT);
+  assert_int_equal(load_env(&cfg, &err, env), 0);
+  assert_int_equal(load_env(&defaults, &err, (const char *[]){NULL}), 0);
+  assert_int_equal(cfg.port, defaults.port);
+  assert_string_equal(cfg.data_dir, defaults.data_dir);
+  assert_null(cfg.mongodb_uri);
+  assert_int_equal(cfg.grpc_max_message_bytes, defaults.grpc_max_message_bytes);
+  ana_config_fini(&cfg);
+  ana_config_fini(&defaults);
+  free(text);
+}
+
+static void test_env_example_file_is_current(void **state) {
+  const char *path = ANA_SOURCE_DIR "/.env.example";
+  char *want = capture(ana_config_write_env_example);
+  char *have;
+  (void)state;
+
+  if (update_requested())
+    write_file(path, want);
+  have = read_file(path);
+  if (!have)
+    fail_msg("%s is missing; run this test with ANA_UPDATE_DOCS=1 to write it", path);
+  if (strcmp(have, want) != 0)
+    fail_msg("%s differs from the configuration table; run this test with "
+             "ANA_UPDATE_DOCS=1 to rewrite it",
+             path);
+  free(have);
+  free(want);
+}
+
+static void test_readme_table_is_current(void **state) {
+  const char *path = ANA_SOURCE_DIR "/README.md";
+  char *readme = read_file(path), *want, *begin, *end;
+  const char *inside, *expected;
+  size_t inside_len, want_len;
+  (void)state;
+
+  if (!readme)
+    skip();
+  begin = strstr(readme, README_BEGIN);
+  end = begin ? strstr(begin, README_END) : NULL;
+  if (!begin || !end) {
+    free(readme);
+    skip();
+  }
+  begin += strlen(README_BEGIN);
+  want = capture(ana_config_write_markdown);
+
+  if (update_requested()) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(readme, 1, (size_t)(begin - readme), f);
+    fprintf(f, "\n%s", want);
+    fputs(end, f);
+    assert_int_equal(fclose(f), 0);
+    free(readme);
+    readme = read_file(path);
+    begin = strstr(readme, README_BEGIN) + strlen(README_BEGIN);
+    end = strstr(begin, README_END);
+  }
+
+  inside_len = (size_t)(end - begin);
+  inside = trim(begin, &inside_len);
+  want_len = strlen(want);
+  expected = trim(want, &want_len);
+  if (inside_len != want_len || memcmp(inside, expected, want_len) != 0)
+    fail_msg("the table between %s and %s in %s differs from the configuration table; run "
+             "this test with ANA_UPDATE_DOCS=1 to rewrite it",
+             README_BEGIN, README_END, path);
+  free(want);
+  free(readme);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_empty_counts_as_unset),
+      cmocka_unit_test(test_process_environment),
+      cmocka_unit_test(test_ports),
+      cmocka_unit_test(test_integers_and_bounds),
+      cmocka_unit_test(test_durations),
+      cmocka_unit_test(test_bools),
+      cmocka_unit_test(test_log_level),
+      cmocka_unit_test(test_paths),
+      cmocka_unit_test(test_urls),
+      cmocka_unit_test(test_url_password_is_masked),
+      cmocka_unit_test(test_clickhouse_host),
+      cmocka_unit_test(test_grpc_host),
+      cmocka_unit_test(test_account_id),
+      cmocka_unit_test(test_first_error_wins_and_cfg_stays_zeroed),
+      cmocka_unit_test(test_value_in_message_is_cut_and_escaped),
+      cmocka_unit_test(test_allocation_failures),
+      cmocka_unit_test(test_unsupported_reporting),
+      cmocka_unit_test(test_unsupported_still_validated),
+      cmocka_unit_test(test_help_lists_every_variable),
+      cmocka_unit_test(test_markdown_has_one_row_per_variable),
+      cmocka_unit_test(test_env_example_round_trips),
+      cmocka_unit_test(test_env_example_file_is_current),
+      cmocka_unit_test(test_readme_table_is_current),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

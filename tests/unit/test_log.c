@@ -1,0 +1,418 @@
+/* Unit tests for the JSON-lines logger: format, escaping, levels, limits, threads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "ana_error.h"
+#include "ana_log.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- capture ---- */
+
+static char *captured;
+static size_t captured_len;
+static FILE *capture_file;
+
+static int capture_start(void **state) {
+  (void)state;
+  captured = NULL;
+  captured_len = 0;
+  capture_file = open_memstream(&captured, &captured_len);
+  assert_non_null(capture_file);
+  ana_log_set_output(capture_file);
+  ana_log_set_level(ANA_LOG_INFO);
+  return 0;
+}
+
+static int capture_stop(void **state) {
+  (void)state;
+  ana_log_set_output(NULL);
+  ana_log_set_level(ANA_LOG_INFO);
+  if (capture_file)
+    fclose(capture_file);
+  capture_file = NULL;
+  free(captured);
+  captured = NULL;
+  return 0;
+}
+
+/* Starts over with an empty capture (and the level back at info). */
+static void capture_reset(void) {
+  capture_stop(NULL);
+  capture_start(NULL);
+}
+
+/* The lines written so far (each flushed as written), as one string. */
+static const char *output(void) {
+  fflush(capture_file);
+  return captured ? captured : "";
+}
+
+static size_t line_count(const char *s) {
+  size_t n = 0;
+  for (; *s; s++)
+    n += *s == '\n';
+  return n;
+}
+
+/* Parses the only line written so far; fails unless there is exactly one. */
+static json_t *only_line(void) {
+  const char *out = output();
+  json_error_t jerr;
+  json_t *obj;
+
+  assert_int_equal(line_count(out), 1);
+  assert_int_equal(out[strlen(out) - 1], '\n');
+  obj = json_loads(out, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+  if (!obj)
+    fail_msg("not JSON (%s): %s", jerr.text, out);
+  assert_true(json_is_object(obj));
+  return obj;
+}
+
+static const char *str_field(json_t *obj, const char *key) {
+  json_t *v = json_object_get(obj, key);
+  if (!json_is_string(v))
+    fail_msg("field %s missing or not a string", key);
+  return json_string_value(v);
+}
+
+/* ---- tests ---- */
+
+static void test_level_names(void **state) {
+  enum ana_log_level level = ANA_LOG_ERROR;
+  (void)state;
+
+  assert_int_equal(ana_log_level_parse("debug", &level), 0);
+  assert_int_equal(level, ANA_LOG_DEBUG);
+  assert_int_equal(ana_log_level_parse("WaRn", &level), 0);
+  assert_int_equal(level, ANA_LOG_WARN);
+  assert_int_equal(ana_log_level_parse("ERROR", &level), 0);
+  assert_int_equal(level, ANA_LOG_ERROR);
+  assert_int_equal(ana_log_level_parse("info", &level), 0);
+  assert_int_equal(level, ANA_LOG_INFO);
+  assert_int_equal(ana_log_level_parse("warning", &level), ANA_ERR_INVALID);
+  assert_int_equal(ana_log_level_parse("", &level), ANA_ERR_INVALID);
+  assert_int_equal(ana_log_level_parse(NULL, &level), ANA_ERR_INVALID);
+  assert_int_equal(level, ANA_LOG_INFO);
+
+  for (int i = ANA_LOG_ERROR; i <= ANA_LOG_DEBUG; i++) {
+    assert_int_equal(ana_log_level_parse(ana_log_level_name((enum ana_log_level)i), &level), 0);
+    assert_int_equal(level, i);
+  }
+  assert_string_equal(ana_log_level_name((enum ana_log_level)42), "unknown");
+}
+
+static void test_line_is_one_json_object(void **state) {
+  json_t *obj;
+  const char *ts;
+  (void)state;
+
+  ANA_INFO("rpc", "hello %d %s", 42, "world");
+  obj = only_line();
+  assert_int_equal(json_object_size(obj), 4);
+  assert_string_equal(str_field(obj, "level"), "info");
+  assert_string_equal(str_field(obj, "component"), "rpc");
+  assert_string_equal(str_field(obj, "msg"), "hello 42 world");
+  ts = str_field(obj, "ts");
+  assert_int_equal(strlen(ts), 24); /* 2026-11-27T20:41:02.123Z */
+  assert_int_equal(ts[4], '-');
+  assert_int_equal(ts[10], 'T');
+  assert_int_equal(ts[19], '.');
+  assert_int_equal(ts[23], 'Z');
+  assert_memory_equal(output(), "{\"ts\":\"", 7);
+  json_decref(obj);
+}
+
+static void test_each_level_is_named(void **state) {
+  static const char *const names[] = {"error", "warn", "info", "debug"};
+  json_error_t jerr;
+  const char *line;
+  (void)state;
+
+  ana_log_set_level(ANA_LOG_DEBUG);
+  ANA_ERROR("t", "e");
+  ANA_WARN("t", "w");
+  ANA_INFO("t", "i");
+  ANA_DEBUG("t", "d");
+  line = output();
+  assert_int_equal(line_count(line), 4);
+  for (int i = 0; i < 4; i++) {
+    json_t *obj = json_loadb(line, strcspn(line, "\n"), 0, &jerr);
+    assert_non_null(obj);
+    assert_string_equal(str_field(obj, "level"), names[i]);
+    json_decref(obj);
+    line += strcspn(line, "\n") + 1;
+  }
+}
+
+static void test_escaping(void **state) {
+  static const char text[] = "q\"b\\s/n\nt\tr\rc\x01\x1f del\x7f "
+                             "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
+  json_t *obj;
+  const char *raw;
+  (void)state;
+
+  ANA_WARN("esc", "%s", text);
+  raw = output();
+  assert_non_null(strstr(raw, "q\\\"b\\\\s/n\\nt\\tr\\rc\\u0001\\u001f"));
+  obj = only_line();
+  assert_string_equal(str_field(obj, "msg"), text);
+  json_decref(obj);
+}
+
+static void test_nul_in_message(void **state) {
+  json_t *obj;
+  (void)state;
+
+  ANA_INFO("esc", "a%cb", 0);
+  assert_non_null(strstr(output(), "\"a\\u0000b\""));
+  obj = only_line();
+  assert_int_equal(json_string_length(json_object_get(obj, "msg")), 3);
+  json_decref(obj);
+}
+
+static void test_invalid_utf8_is_replaced(void **state) {
+  static const struct {
+    const char *in, *out;
+  } cases[] = {
+      {"a\xff" "b", "a\xef\xbf\xbd" "b"},
+      {"\xe2\x82x", "\xef\xbf\xbdx"},                          /* truncated sequence: one U+FFFD */
+      {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
+      {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                 /* overlong */
+      {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* > U+10FFFF */
+      {"end\xc3", "end\xef\xbf\xbd"},
+      {"ok \xf0\x9f\x98\x80", "ok \xf0\x9f\x98\x80"},
+  };
+  (void)state;
+
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    json_t *obj;
+    capture_reset();
+    ana_log_fields(ANA_LOG_INFO, "utf8", cases[i].in, "field", cases[i].in, NULL);
+    obj = only_line();
+    assert_string_equal(str_field(obj, "msg"), cases[i].out);
+    assert_string_equal(str_field(obj, "field"), cases[i].out);
+    json_decref(obj);
+  }
+}
+
+static int side_effects;
+
+static int bump(void) { return ++side_effects; }
+
+static void test_level_filtering(void **state) {
+  (void)state;
+
+  side_effects = 0;
+  ana_log_set_level(ANA_LOG_WARN);
+  assert_true(ana_log_enabled(ANA_LOG_ERROR));
+  assert_true(ana_log_enabled(ANA_LOG_WARN));
+  assert_false(ana_log_enabled(ANA_LOG_INFO));
+  assert_false(ana_log_enabled(ANA_LOG_DEBUG));
+
+  ANA_INFO("lvl", "%d", bump());
+  ANA_DEBUG("lvl", "%d", bump());
+  ana_log_write(ANA_LOG_DEBUG, "lvl", "direct");
+  ana_log_fields(ANA_LOG_INFO, "lvl", "fields", "k", "v", NULL);
+  assert_int_equal(side_effects, 0);
+  assert_string_equal(output(), "");
+
+  ANA_WARN("lvl", "%d", bump());
+  assert_int_equal(side_effects, 1);
+  assert_int_equal(line_count(output()), 1);
+
+  ana_log_set_level(ANA_LOG_ERROR);
+  assert_false(ana_log_enabled(ANA_LOG_WARN));
+  ana_log_set_level(ANA_LOG_DEBUG);
+  assert_true(ana_log_enabled(ANA_LOG_DEBUG));
+}
+
+static void test_fields(void **state) {
+  json_t *obj;
+  (void)state;
+
+  ana_log_fields(ANA_LOG_INFO, "rpc", "call done", "method", "/x/Y", "code", "OK", "peer", NULL,
+                 "quote", "say \"hi\"", NULL);
+  obj = only_line();
+  assert_int_equal(json_object_size(obj), 8);
+  assert_string_equal(str_field(obj, "msg"), "call done");
+  assert_string_equal(str_field(obj, "method"), "/x/Y");
+  assert_string_equal(str_field(obj, "code"), "OK");
+  assert_true(json_is_null(json_object_get(obj, "peer")));
+  assert_string_equal(str_field(obj, "quote"), "say \"hi\"");
+  assert_null(json_object_get(obj, "truncated"));
+  json_decref(obj);
+}
+
+static void test_component_edge_cases(void **state) {
+  char long_name[200];
+  json_error_t jerr;
+  const char *out;
+  json_t *obj;
+  (void)state;
+
+  memset(long_name, 'c', sizeof long_name - 1);
+  long_name[sizeof long_name - 1] = '\0';
+  ANA_INFO(NULL, "no component");
+  ANA_INFO(long_name, "long component");
+  out = output();
+  assert_int_equal(line_count(out), 2);
+  obj = json_loadb(out, strcspn(out, "\n"), 0, &jerr);
+  assert_non_null(obj);
+  assert_string_equal(str_field(obj, "component"), "unknown");
+  json_decref(obj);
+  out += strcspn(out, "\n") + 1;
+  obj = json_loads(out, 0, &jerr);
+  assert_non_null(obj);
+  assert_int_equal(strlen(str_field(obj, "component")), 64);
+  json_decref(obj);
+}
+
+static void test_long_message_is_cut_at_a_character(void **state) {
+  size_t n = 1 + 2 * 5000;
+  char *big = malloc(n + 1);
+  json_t *obj;
+  const char *msg;
+  (void)state;
+
+  /* "x" then 5000 two-byte characters: byte ANA_LOG_MSG_MAX falls inside one. */
+  assert_non_null(big);
+  big[0] = 'x';
+  for (size_t i = 1; i < n; i += 2)
+    memcpy(big + i, "\xc3\xa9", 2);
+  big[n] = '\0';
+
+  ANA_INFO("big", "%s", big);
+  obj = only_line();
+  msg = str_field(obj, "msg");
+  assert_int_equal(strlen(msg), ANA_LOG_MSG_MAX - 1);
+  assert_null(strstr(msg, "\xef\xbf\xbd"));
+  assert_true(json_is_true(json_object_get(obj, "truncated")));
+  json_decref(obj);
+
+  capture_reset();
+  ana_log_fields(ANA_LOG_INFO, "big", big, NULL);
+  obj = only_line();
+  assert_int_equal(strlen(str_field(obj, "msg")), ANA_LOG_MSG_MAX - 1);
+  assert_true(json_is_true(json_object_get(obj, "truncated")));
+  json_decref(obj);
+  free(big);
+}
+
+static void test_line_limit(void **state) {
+  char *ctl = malloc(8001), *field = malloc(7001);
+  json_t *obj;
+  (void)state;
+
+  assert_non_null(ctl);
+  assert_non_null(field);
+  memset(ctl, 0x01, 8000); /* 6 bytes each once escaped: far over the line limit */
+  ctl[8000] = '\0';
+  memset(field, 'f', 7000);
+  field[7000] = '\0';
+
+  ana_log_fields(ANA_LOG_ERROR, "limit", ctl, "dropped", "value", NULL);
+  assert_true(strlen(output()) <= ANA_LOG_LINE_MAX);
+  obj = only_line();
+  assert_true(json_is_true(json_object_get(obj, "truncated")));
+  assert_null(json_object_get(obj, "dropped"));
+  assert_true(strlen(str_field(obj, "msg")) > 1000);
+  json_decref(obj);
+
+  capture_reset();
+  ana_log_fields(ANA_LOG_ERROR, "limit", "three big fields", "f1", field, "f2", field, "f3",
+                 field, NULL);
+  assert_true(strlen(output()) <= ANA_LOG_LINE_MAX);
+  obj = only_line();
+  assert_int_equal(strlen(str_field(obj, "f1")), 7000);
+  assert_int_equal(strlen(str_field(obj, "f2")), 7000);
+  assert_null(json_object_get(obj, "f3"));
+  assert_true(json_is_true(json_object_get(obj, "truncated")));
+  json_decref(obj);
+  free(ctl);
+  free(field);
+}
+
+#define THREADS 4
+#define LINES_PER_THREAD 2000
+
+static void *writer(void *arg) {
+  long id = (long)arg;
+  char filler[300];
+
+  memset(filler, 'a' + (int)id, sizeof filler - 1);
+  filler[sizeof filler - 1] = '\0';
+  for (int i = 0; i < LINES_PER_THREAD; i++) {
+    if (i % 2)
+      ANA_INFO("thread", "t=%ld seq=%d %s", id, i, filler);
+    else
+      ana_log_fields(ANA_LOG_INFO, "thread", filler, "t", (char[]){(char)('0' + id), 0}, NULL);
+  }
+  return NULL;
+}
+
+static void test_concurrent_writers_never_mix_lines(void **state) {
+  pthread_t threads[THREADS];
+  int per_thread[THREADS] = {0};
+  const char *p;
+  size_t lines = 0;
+  (void)state;
+
+  for (long i = 0; i < THREADS; i++)
+    assert_int_equal(pthread_create(&threads[i], NULL, writer, (void *)i), 0);
+  for (int i = 0; i < THREADS; i++)
+    assert_int_equal(pthread_join(threads[i], NULL), 0);
+
+  p = output();
+  while (*p) {
+    size_t len = strcspn(p, "\n");
+    json_error_t jerr;
+    json_t *obj = json_loadb(p, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *msg;
+    char c;
+    if (!obj)
+      fail_msg("line %zu is not JSON (%s)", lines + 1, jerr.text);
+    assert_int_equal(p[len], '\n');
+    msg = str_field(obj, "msg");
+    c = msg[strlen(msg) - 1];
+    assert_true(c >= 'a' && c < 'a' + THREADS);
+    /* The filler of a line is all one thread's letter. */
+    assert_int_equal(strspn(msg + strlen(msg) - 299, (char[]){c, 0}), 299);
+    per_thread[c - 'a']++;
+    json_decref(obj);
+    lines++;
+    p += len + 1;
+  }
+  assert_int_equal(lines, THREADS * LINES_PER_THREAD);
+  for (int i = 0; i < THREADS; i++)
+    assert_int_equal(per_thread[i], LINES_PER_THREAD);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_level_names),
+      cmocka_unit_test_setup_teardown(test_line_is_one_json_object, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_each_level_is_named, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_escaping, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_nul_in_message, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_invalid_utf8_is_replaced, capture_start,
+                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_level_filtering, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_fields, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_component_edge_cases, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_long_message_is_cut_at_a_character, capture_start,
+                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_line_limit, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_concurrent_writers_never_mix_lines, capture_start,
+                                      capture_stop),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
