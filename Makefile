@@ -1,0 +1,56 @@
+# The two commands: `make run` (set up, build, start analyticsd) and
+# `make test` (set up, build, run the whole suite). Everything else is a helper.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+.PHONY: all deps build run test test-unit test-integration asan fuzz fuzz-long crash-long \
+        format format-check docs install clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh build
+
+build: deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) -DANA_WERROR=ON
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/server/analyticsd
+
+test:
+	./scripts/test.sh all
+
+test-unit:
+	./scripts/test.sh unit
+
+test-integration:
+	./scripts/test.sh integration
+
+asan:
+	./scripts/test.sh asan
+
+fuzz:
+	./scripts/test.sh fuzz
+
+# Long fuzzing runs: FUZZ_SECONDS per target (default 600).
+fuzz-long:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} ./scripts/test.sh fuzz
+
+install: build
+	cmake --install $(BUILD)
+
+# Regenerates the files that are made from the configuration table.
+docs: build
+	./$(BUILD)/server/analyticsd --print-env-example > .env.example
+	ANA_UPDATE_DOCS=1 ./$(BUILD)/tests/unit/test_config > /dev/null
+
+format:
+	find common gen server client tests -name '*.[ch]' | xargs clang-format -i
+
+format-check:
+	find common gen server client tests -name '*.[ch]' | xargs clang-format --dry-run --Werror
+
+clean:
+	rm -rf $(BUILD) build-asan build-fuzz
