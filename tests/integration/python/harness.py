@@ -1,0 +1,419 @@
+"""Runs the real analyticsd binary for the integration tests.
+
+`Server` starts the binary on free ports with a fresh data directory,
+captures stderr (JSON log lines) to a file, waits until grpc.health.v1
+Check answers SERVING and stops it with SIGTERM (SIGKILL after a timeout,
+which fails the test).
+
+Environment:
+  ANALYTICSD      path of the binary (default <repo>/build/server/analyticsd)
+  ANA_TEST_KEEP   if set, temporary directories (data, logs, stubs) are kept
+"""
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+
+import stubs
+
+REPO = stubs.REPO
+DEFAULT_BINARY = os.path.join(REPO, "build", "server", "analyticsd")
+
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 15.0
+LOG_LEVELS = ("error", "warn", "info", "debug")
+
+# Variables of the service's configuration: never inherited from the
+# environment of the test run, only set explicitly.
+CONFIG_VARS = (
+    "PORT", "GRPC_PORT", "GRPC_HOST", "MONGODB_URI", "ELASTICSEARCH_NODE",
+    "CLICKHOUSE_HOST", "REDIS_URL", "RABBITMQ_URL", "DATA_DIR", "REPORTS_DIR",
+    "EXPORTS_DIR", "RETENTION_DAYS", "BATCH_SIZE", "PROCESSING_INTERVAL",
+    "STREAM_BUFFER_SIZE", "STREAM_SEND_QUEUE_MAX", "GRPC_MAX_MESSAGE_BYTES",
+    "GRPC_THREADS", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID", "LOG_LEVEL",
+)
+
+
+class ServerError(AssertionError):
+    """The server did not start, misbehaved while stopping, or is missing."""
+
+
+def binary_path():
+    return os.environ.get("ANALYTICSD") or DEFAULT_BINARY
+
+
+def require_binary():
+    path = binary_path()
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ServerError("analyticsd binary not found at %s (build it, or set ANALYTICSD)"
+                          % path)
+    return path
+
+
+def free_port():
+    """A TCP port that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(extra=None):
+    """The inherited environment without any configuration variable, plus extra."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    if extra:
+        for k, v in extra.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = str(v)
+    return env
+
+
+def tail(text, lines=40):
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Server:
+    """One analyticsd process.
+
+    env:       extra environment (None values remove a variable)
+    grace_ms:  SHUTDOWN_GRACE_MS
+    args:      extra command-line arguments
+    """
+
+    def __init__(self, env=None, grace_ms=2000, log_level="debug", args=()):
+        self.binary = require_binary()
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        while self.http_port == self.grpc_port:
+            self.http_port = free_port()
+        self.grace_ms = grace_ms
+        self.workdir = tempfile.mkdtemp(prefix="ana-it-")
+        self.data_dir = os.path.join(self.workdir, "data")
+        os.mkdir(self.data_dir)
+        self.stderr_path = os.path.join(self.workdir, "stderr.log")
+        self.stdout_path = os.path.join(self.workdir, "stdout.log")
+        self.env = base_env({
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": self.grpc_port,
+            "PORT": self.http_port,
+            "DATA_DIR": self.data_dir,
+            "LOG_LEVEL": log_level,
+            "SHUTDOWN_GRACE_MS": grace_ms,
+        })
+        if env:
+            for k, v in env.items():
+                if v is None:
+                    self.env.pop(k, None)
+                else:
+                    self.env[k] = str(v)
+        self.args = list(args)
+        self.proc = None
+        self.returncode = None
+        self.sigterm_at = None
+        self.exited_at = None
+        self._channels = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def target(self):
+        return "127.0.0.1:%d" % self.grpc_port
+
+    def start(self, wait_ready=True):
+        self._err = open(self.stderr_path, "wb")
+        self._out = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen([self.binary] + self.args, env=self.env,
+                                     cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                     stdout=self._out, stderr=self._err)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=READY_TIMEOUT_S):
+        """Waits until Check("") answers SERVING; raises ServerError otherwise."""
+        ns = stubs.load()
+        deadline = time.monotonic() + timeout
+        last = "no attempt"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._reap()
+                raise ServerError("analyticsd exited with %s before it was ready; "
+                                  "stderr tail:\n%s" % (self.proc.returncode,
+                                                        tail(self.stderr())))
+            if not self._port_open():
+                last = "port %d not accepting connections" % self.grpc_port
+                time.sleep(0.05)
+                continue
+            # A fresh channel per attempt: no reconnect backoff in the way.
+            ch = grpc.insecure_channel(self.target)
+            try:
+                resp = ns.health_pb2_grpc.HealthStub(ch).Check(
+                    ns.health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if resp.status == ns.health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = "Check answered %s" % ns.health_pb2.HealthCheckResponse.ServingStatus.Name(
+                    resp.status)
+            except grpc.RpcError as e:
+                last = "Check failed: %s %s" % (e.code(), e.details())
+            finally:
+                ch.close()
+            time.sleep(0.1)
+        self.kill()
+        raise ServerError("analyticsd not ready after %.0f s (%s); stderr tail:\n%s"
+                          % (timeout, last, tail(self.stderr())))
+
+    def _port_open(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self):
+        """Sends SIGTERM (once) and records when."""
+        if self.alive() and self.sigterm_at is None:
+            self.sigterm_at = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout):
+        """Waits for exit; returns the exit code or None on timeout."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reap()
+        return self.proc.returncode
+
+    def stop(self, timeout=None):
+        """SIGTERM, then wait; SIGKILL after the timeout and raise ServerError.
+
+        Returns the exit code. timeout defaults to SHUTDOWN_GRACE_MS + 10 s.
+        """
+        if self.proc is None:
+            return None
+        if timeout is None:
+            timeout = self.grace_ms / 1000.0 + 10.0
+        self.close_channels()
+        if self.proc.poll() is None:
+            self.terminate()
+            rc = self.wait_exit(timeout)
+            if rc is None:
+                self.kill()
+                raise ServerError("analyticsd still running %.1f s after SIGTERM; killed. "
+                                  "stderr tail:\n%s" % (timeout, tail(self.stderr())))
+        self._reap()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reap()
+
+    def _reap(self):
+        if self.proc is not None and self.proc.returncode is not None:
+            if self.exited_at is None:
+                self.exited_at = time.monotonic()
+            self.returncode = self.proc.returncode
+        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
+            if f is not None and not f.closed and self.returncode is not None:
+                f.close()
+
+    def cleanup(self):
+        """Kills the process if still running and removes the work directory."""
+        self.close_channels()
+        self.kill()
+        if not os.environ.get("ANA_TEST_KEEP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- clients -----------------------------------------------------------
+
+    def channel(self, options=None):
+        ch = grpc.insecure_channel(self.target, options=options or [])
+        self._channels.append(ch)
+        return ch
+
+    def close_channels(self):
+        for ch in self._channels:
+            try:
+                ch.close()
+            except Exception:
+                pass
+        self._channels = []
+
+    # -- logs --------------------------------------------------------------
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def stdout(self):
+        try:
+            with open(self.stdout_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_mark(self):
+        """An offset into stderr; pass it to log_lines(since=...)."""
+        try:
+            return os.path.getsize(self.stderr_path)
+        except FileNotFoundError:
+            return 0
+
+    def raw_log_lines(self, since=0):
+        with open(self.stderr_path, "rb") as f:
+            f.seek(since)
+            data = f.read().decode("utf-8", "replace")
+        parts = data.split("\n")
+        if self.alive() and parts and parts[-1]:
+            parts.pop()  # a line still being written
+        return [l for l in parts if l.strip()]
+
+    def log_lines(self, since=0):
+        """Parsed JSON log lines; a line that is not JSON becomes {"_raw": line}."""
+        out = []
+        for l in self.raw_log_lines(since):
+            try:
+                obj = json.loads(l)
+                if not isinstance(obj, dict):
+                    obj = {"_raw": l}
+            except ValueError:
+                obj = {"_raw": l}
+            out.append(obj)
+        return out
+
+    def error_lines(self, since=0):
+        return [l for l in self.log_lines(since) if l.get("level") == "error"]
+
+
+class StreamReader:
+    """Drains a response-streaming call on a thread.
+
+    Messages arrive in a queue; when the call ends, `code` and `details`
+    are set (code is grpc.StatusCode.OK for a clean end) and `ended` is set.
+    """
+
+    def __init__(self, call):
+        self.call = call
+        self.messages = queue.Queue()
+        self.received = []
+        self.code = None
+        self.details = None
+        self.ended = threading.Event()
+        self.ended_at = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for m in self.call:
+                self.received.append(m)
+                self.messages.put(m)
+            self.code = grpc.StatusCode.OK
+            self.details = ""
+        except grpc.RpcError as e:
+            self.code = e.code()
+            self.details = e.details()
+        except Exception as e:  # pragma: no cover - reported as a failure by callers
+            self.code = "exception"
+            self.details = repr(e)
+        finally:
+            self.ended_at = time.monotonic()
+            self.ended.set()
+
+    def next(self, timeout):
+        """The next message, or None if none arrived within timeout."""
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def wait_end(self, timeout):
+        return self.ended.wait(timeout)
+
+    def cancel(self):
+        self.call.cancel()
+
+
+class ServerTestCase(unittest.TestCase):
+    """One server per test class, started in setUpClass and stopped in tearDownClass.
+
+    Subclasses may set SERVER_ENV (dict) and GRACE_MS.
+    """
+
+    SERVER_ENV = None
+    GRACE_MS = 2000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ns = stubs.load()
+        cls.server = Server(env=cls.SERVER_ENV, grace_ms=cls.GRACE_MS)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            raise
+        cls.channel = cls.server.channel()
+        cls.health = cls.ns.health_pb2_grpc.HealthStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            rc = cls.server.stop()
+            if rc != 0:
+                raise ServerError("analyticsd exited with %s after SIGTERM; stderr tail:\n%s"
+                                  % (rc, tail(cls.server.stderr())))
+        finally:
+            cls.server.cleanup()
+
+    def assertServerAlive(self):
+        self.assertTrue(self.server.alive(), "analyticsd died (exit %s); stderr tail:\n%s"
+                        % (self.server.proc.poll(), tail(self.server.stderr())))
+
+    def assertServing(self, channel=None, fresh=False):
+        """A Check("") answers SERVING: on the class's channel, on the given one,
+        or (fresh=True) on a new connection."""
+        self.assertServerAlive()
+        own = None
+        if fresh:
+            own = channel = grpc.insecure_channel(
+                self.server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        stub = self.health if channel is None else self.ns.health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(self.ns.health_pb2.HealthCheckRequest(service=""), timeout=5)
+        except grpc.RpcError as e:
+            self.fail("Check failed: %s %s" % (e.code(), e.details()))
+        finally:
+            if own is not None:
+                own.close()
+        self.assertEqual(resp.status, self.ns.health_pb2.HealthCheckResponse.SERVING)
+
+    def assertNoErrorLogs(self, since=0):
+        errs = self.server.error_lines(since)
+        self.assertEqual(errs, [], "error-level log lines: %s" % json.dumps(errs)[:4000])
+
+
+def start_server(testcase, **kw):
+    """Starts a Server for one test; it is cleaned up after the test."""
+    s = Server(**kw)
+    testcase.addCleanup(s.cleanup)
+    s.start()
+    return s
