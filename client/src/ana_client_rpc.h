@@ -1,0 +1,147 @@
+/* Generic client runtime: channels, unary calls and streams over gRPC, driven
+ * by the generated method table. The typed stubs (ana_client_stubs.h) call it.
+ *
+ * Conventions of every function here:
+ * - Returns 0 (or 1 where documented) on success, or a negative enum ana_err:
+ *   ANA_ERR_INVALID   the call ended with a non-OK status: err->code is the
+ *                     gRPC status (enum ana_status mirrors the codes) and
+ *                     err->message its details. Arguments or metadata rejected
+ *                     locally, before anything was sent, also give this, with
+ *                     INVALID_ARGUMENT.
+ *   ANA_ERR_INTERNAL  the response could not be decoded (INTERNAL "malformed
+ *                     response"), or gRPC refused an operation.
+ *   ANA_ERR_CLOSED    a stream operation after the stream ended (see send).
+ *   ANA_ERR_NOMEM     out of memory (RESOURCE_EXHAUSTED).
+ *   Every negative return fills err; success clears it.
+ * - err is optional (NULL: the caller only wants the return code); it is owned
+ *   by the caller.
+ * - Calls block the calling thread until they are done (or the deadline in the
+ *   call options passes). Each call has its own completion queue, so any
+ *   number of threads may share one channel.
+ * - Messages given to the runtime are borrowed for the duration of the call.
+ *   Messages it returns are unpacked with the default allocator; the caller
+ *   frees them with protobuf_c_message_free_unpacked(msg, NULL). */
+#ifndef ANA_CLIENT_RPC_H
+#define ANA_CLIENT_RPC_H
+
+#include "ana_error.h"
+#include "ana_methods.h"
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* A connection (pool) to one server. Thread-safe. */
+struct ana_client_channel;
+
+/* One streaming call in progress. Not thread-safe except as documented:
+ * one thread may send while another receives, and cancel may be called from
+ * any thread until finish. */
+struct ana_client_stream;
+
+/* Per-call options; a NULL pointer means all defaults. Borrowed: the runtime
+ * copies what it keeps. */
+struct ana_call_options {
+  /* Deadline relative to the start of the call; 0 = no deadline, negative is
+   * rejected. When it passes the call ends with DEADLINE_EXCEEDED. */
+  int64_t timeout_ms;
+  /* Sent as the "authorization" metadata if not NULL ("Bearer <token>"). */
+  const char *authorization;
+  /* Extra metadata: key, value, key, value, ..., NULL. Keys are lower-case
+   * ([a-z0-9-_.]) and must not start with "grpc-"; values are printable
+   * ASCII unless the key ends in "-bin" (then any bytes up to the NUL). A
+   * violation gives INVALID_ARGUMENT before anything is sent. */
+  const char *const *metadata;
+  /* If the server is unreachable, wait (up to the deadline) for it to become
+   * reachable instead of failing at once with UNAVAILABLE. */
+  bool wait_for_ready;
+};
+
+/* Called for each message of a server stream. msg is borrowed: it is freed
+ * when the callback returns. A non-zero return cancels the stream. */
+typedef int (*ana_client_message_fn)(const ProtobufCMessage *msg, void *ctx);
+
+/* --- Channels --- */
+
+/* Creates a channel to target ("127.0.0.1:50051", "dns:///host:port",
+ * "unix:/path"), plaintext. Does not connect: the first call does, and fails
+ * with UNAVAILABLE if the server cannot be reached. Returns NULL with err
+ * filled on failure. The caller destroys it with ana_client_channel_destroy.
+ * Each live channel holds a reference on the gRPC library, released by
+ * destroy. */
+struct ana_client_channel *ana_client_channel_create(const char *target, struct ana_error *err);
+
+/* Destroys a channel. Every call and stream on it must have returned or been
+ * finished first. NULL does nothing. */
+void ana_client_channel_destroy(struct ana_client_channel *ch);
+
+/* --- Unary --- */
+
+/* Sends request and waits for the response of unary method m. On success
+ * (0), *response is the decoded response (caller frees); on failure it is
+ * NULL. request must be a message of type m->input. Blocks. */
+int ana_client_unary(struct ana_client_channel *ch, const struct ana_method *m,
+                     const ProtobufCMessage *request, ProtobufCMessage **response,
+                     const struct ana_call_options *opts, struct ana_error *err);
+
+/* --- Server streaming --- */
+
+/* Sends request to server-streaming method m and calls on_message for each
+ * message received, on the calling thread, until the stream ends. Blocks.
+ * Returns 0 if the stream ended with OK or on_message stopped it (returned
+ * non-zero; the call is then cancelled and the status ignored), otherwise a
+ * negative error as above. */
+int ana_client_server_stream(struct ana_client_channel *ch, const struct ana_method *m,
+                             const ProtobufCMessage *request, ana_client_message_fn on_message,
+                             void *ctx, const struct ana_call_options *opts, struct ana_error *err);
+
+/* --- Client streaming and bidirectional streaming --- */
+
+/* Opens a stream on client-streaming or bidi method m. Blocks until the
+ * request headers are on their way: a server that cannot be reached fails
+ * here (UNAVAILABLE, unless wait_for_ready). Returns NULL with err filled on
+ * failure. The stream must end with ana_client_stream_finish, which frees it.
+ * The channel must outlive the stream. */
+struct ana_client_stream *ana_client_stream_open(struct ana_client_channel *ch,
+                                                 const struct ana_method *m,
+                                                 const struct ana_call_options *opts,
+                                                 struct ana_error *err);
+
+/* Sends one message (of type m->input). Blocks until gRPC has taken it, which
+ * waits for flow control if the server does not read. Not after close_send.
+ * Returns 0, or ANA_ERR_CLOSED if the stream has ended (cancelled, deadline,
+ * or the server finished it): err then holds the status if it has already
+ * arrived, UNKNOWN otherwise; finish returns the status. One sender at a
+ * time. */
+int ana_client_stream_send(struct ana_client_stream *s, const ProtobufCMessage *msg,
+                           struct ana_error *err);
+
+/* Half-closes the stream: tells the server no more messages follow. Calling
+ * it again does nothing. Returns 0 or ANA_ERR_CLOSED as send does. Must not
+ * run concurrently with send. */
+int ana_client_stream_close_send(struct ana_client_stream *s, struct ana_error *err);
+
+/* Receives one message. Blocks until a message arrives or the stream ends.
+ * Returns 1 with *out set (caller frees with
+ * protobuf_c_message_free_unpacked(*out, NULL)); 0 at the end of the stream
+ * with status OK; a negative error (the status) otherwise. After the end,
+ * further calls return the same result. *out is NULL unless 1 is returned.
+ * For client-streaming methods, the single response is read here (after
+ * close_send) before finish. One receiver at a time. */
+int ana_client_stream_recv(struct ana_client_stream *s, ProtobufCMessage **out,
+                           struct ana_error *err);
+
+/* Ends the stream and frees it: half-closes if needed, receives and discards
+ * the messages not read yet, and waits for the final status. Blocks until the
+ * server ends the stream (or the deadline): cancel first to abandon a stream
+ * the server would keep open. Returns 0 if the status is OK, otherwise a
+ * negative error (a cancelled stream gives CANCELLED). No other thread may be
+ * using s; s is invalid afterwards. NULL returns 0. */
+int ana_client_stream_finish(struct ana_client_stream *s, struct ana_error *err);
+
+/* Cancels the stream: blocked and later send/recv calls return promptly with
+ * CANCELLED. Thread-safe; may be called any number of times until finish,
+ * which must still be called. Does not block. NULL does nothing. */
+void ana_client_stream_cancel(struct ana_client_stream *s);
+
+#endif
