@@ -70,6 +70,7 @@ do_fuzz() {
     echo "fuzzing $name for ${FUZZ_SECONDS}s"
     # Seeds from the repository; new inputs go to a scratch directory.
     "$target" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -timeout=10 \
+      -artifact_prefix="$ROOT/build-fuzz/" \
       -rss_limit_mb=2048 "$work" "$corpus" 2>&1 | tail -n 15
     rm -rf "$work"
   done

@@ -40,6 +40,20 @@ struct ana_config {
   long grpc_max_message_bytes;
   int grpc_threads; /* 0 = one per CPU */
   int stream_send_queue_max;
+  /* Ingestion limits and policies. */
+  int event_max_bytes;
+  int event_max_properties;
+  int event_max_depth;
+  int batch_max_events;
+  long batch_max_bytes;
+  long event_max_future_ms;
+  char *timestamp_policy; /* "correct" or "reject" */
+  int clock_skew_tolerance_ms;
+  char *trusted_proxies; /* NULL when unset */
+  int ingest_queue_max;
+  int ingest_stream_max_in_flight;
+  int search_max_page_size;
+  int retention_sweep_interval_ms;
 };
 
 /* Looks up one variable; returns NULL when unset. The returned string is

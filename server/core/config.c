@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 
 enum var_type {
   VAR_STRING,    /* free text, optionally checked by var.check */
@@ -18,7 +19,7 @@ enum var_type {
   VAR_URL,       /* scheme://..., the scheme one of var.schemes */
   VAR_INT,       /* a decimal integer within [min, max] */
   VAR_PORT,      /* an integer 1-65535 */
-  VAR_DURATION,  /* milliseconds within [min, max]; suffixes ms, s, m accepted */
+  VAR_DURATION,  /* milliseconds within [min, max]; suffixes ms, s, m, h accepted */
   VAR_LOG_LEVEL, /* error, warn, info, debug */
   VAR_BOOL,      /* true/false, 1/0, yes/no */
 };
@@ -55,6 +56,8 @@ struct var {
 static bool valid_bind_host(const char *s);
 static bool valid_clickhouse_host(const char *s);
 static bool valid_account_id(const char *s);
+static bool valid_timestamp_policy(const char *s);
+static bool valid_proxy_list(const char *s);
 
 static const struct var vars[] = {
     /* Listeners. */
@@ -114,6 +117,56 @@ static const struct var vars[] = {
     {.name = "STREAM_SEND_QUEUE_MAX", .type = VAR_INT, .def = "256", .min = 1,
      .max = 1000000, .help = "Most messages queued for sending on one outbound stream.",
      FIELD(stream_send_queue_max)},
+
+    /* Ingestion. */
+    {.name = "EVENT_MAX_BYTES", .type = VAR_INT, .def = "32768", .min = 256, .max = 4194304,
+     .help = "Largest event accepted, in bytes of its serialized form.",
+     FIELD(event_max_bytes)},
+    {.name = "EVENT_MAX_PROPERTIES", .type = VAR_INT, .def = "256", .min = 1, .max = 100000,
+     .help = "Most properties in one event, counting nested keys.",
+     FIELD(event_max_properties)},
+    {.name = "EVENT_MAX_DEPTH", .type = VAR_INT, .def = "8", .min = 1, .max = 64,
+     .help = "Deepest nesting of objects and lists in event properties.",
+     FIELD(event_max_depth)},
+    {.name = "BATCH_MAX_EVENTS", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
+     .help = "Most events in one batch request or stream message.", FIELD(batch_max_events)},
+    {.name = "BATCH_MAX_BYTES", .type = VAR_INT, .def = "4194304", .min = 1024,
+     .max = 268435456, .help = "Largest batch request or stream message, in bytes.",
+     FIELD(batch_max_bytes)},
+    {.name = "EVENT_MAX_FUTURE", .type = VAR_DURATION, .def = "24h", .min = 0,
+     .max = 31536000000LL,
+     .help = "How far in the future (after skew correction) an event timestamp may be.",
+     FIELD(event_max_future_ms)},
+    {.name = "TIMESTAMP_POLICY", .type = VAR_STRING, .def = "correct",
+     .help = "What happens to an event whose timestamp is too far in the future: correct "
+             "stores it at the time it was received (answer CORRECTED), reject refuses it "
+             "(REJECTED). Events older than RETENTION_DAYS are always rejected.",
+     .check = valid_timestamp_policy, .expect = "correct or reject",
+     FIELD(timestamp_policy)},
+    {.name = "CLOCK_SKEW_TOLERANCE", .type = VAR_DURATION, .def = "2000", .min = 0,
+     .max = 3600000,
+     .help = "When an event carries sentAt and the client clock differs from the server's "
+             "by more than this, its timestamp is shifted by the difference (answer CORRECTED).",
+     FIELD(clock_skew_tolerance_ms)},
+    {.name = "TRUSTED_PROXIES", .type = VAR_STRING, .def = "",
+     .help = "Comma-separated IP addresses or CIDR ranges of proxies whose X-Forwarded-For "
+             "header is believed for context.ip.",
+     .check = valid_proxy_list, .expect = "IP addresses or CIDR ranges separated by commas",
+     FIELD(trusted_proxies)},
+    {.name = "INGEST_QUEUE_MAX", .type = VAR_INT, .def = "100000", .min = 1, .max = 10000000,
+     .help = "Most events waiting for a commit; beyond it requests get RESOURCE_EXHAUSTED.",
+     FIELD(ingest_queue_max)},
+    {.name = "INGEST_STREAM_MAX_IN_FLIGHT", .type = VAR_INT, .def = "16", .min = 1,
+     .max = 10000,
+     .help = "Batches of one ingest stream being committed at once; reading pauses beyond it.",
+     FIELD(ingest_stream_max_in_flight)},
+    {.name = "SEARCH_MAX_PAGE_SIZE", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
+     .help = "Largest page of events a search returns (the default page is 50).",
+     FIELD(search_max_page_size)},
+    {.name = "RETENTION_SWEEP_INTERVAL", .type = VAR_DURATION, .def = "60s", .min = 100,
+     .max = 86400000,
+     .help = "How often expired events are deleted, in small chunks between commits.",
+     FIELD(retention_sweep_interval_ms)},
 
     /* Server. */
     {.name = "GRPC_MAX_MESSAGE_BYTES", .type = VAR_INT, .def = "4194304", .min = 1024,
@@ -265,6 +318,52 @@ static bool valid_clickhouse_host(const char *s) {
   return is_host_port(authority, n);
 }
 
+static bool valid_timestamp_policy(const char *s) {
+  return strcmp(s, "correct") == 0 || strcmp(s, "reject") == 0;
+}
+
+/* One IPv4/IPv6 address, optionally with a /prefix. */
+static bool valid_proxy(const char *s, size_t n) {
+  char buf[64];
+  if (n == 0 || n >= sizeof buf)
+    return false;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  char *slash = strchr(buf, '/');
+  long prefix = -1;
+  if (slash) {
+    char *end;
+    *slash = '\0';
+    errno = 0;
+    prefix = strtol(slash + 1, &end, 10);
+    if (slash[1] == '\0' || *end || errno)
+      return false;
+  }
+  unsigned char addr[16];
+  if (inet_pton(AF_INET, buf, addr) == 1)
+    return prefix <= 32;
+  if (inet_pton(AF_INET6, buf, addr) == 1)
+    return prefix <= 128;
+  return false;
+}
+
+static bool valid_proxy_list(const char *s) {
+  while (*s) {
+    while (*s == ' ')
+      s++;
+    size_t n = strcspn(s, ",");
+    size_t len = n;
+    while (len > 0 && s[len - 1] == ' ')
+      len--;
+    if (!valid_proxy(s, len))
+      return false;
+    s += n;
+    if (*s == ',')
+      s++;
+  }
+  return true;
+}
+
 static bool valid_account_id(const char *s) {
   size_t n = strlen(s);
   if (n == 0 || n > ACCOUNT_ID_MAX)
@@ -323,6 +422,8 @@ int ana_config_parse_duration_ms(const char *s, long long *out) {
     unit = 1000;
   else if (strcmp(s + i, "m") == 0)
     unit = 60000;
+  else if (strcmp(s + i, "h") == 0)
+    unit = 3600000;
   else
     return ANA_ERR_INVALID;
   if (v > LLONG_MAX / unit)
@@ -388,7 +489,7 @@ static void describe_expected(const struct var *v, char *buf, size_t size) {
   case VAR_PORT: snprintf(buf, size, "a port (%lld-%lld)", min, max); break;
   case VAR_DURATION:
     snprintf(buf, size,
-             "a duration from %lld to %lld ms (plain milliseconds, or with a suffix ms, s or m)",
+             "a duration from %lld to %lld ms (plain milliseconds, or with a suffix ms, s, m or h)",
              min, max);
     break;
   case VAR_LOG_LEVEL: snprintf(buf, size, "a log level (error, warn, info or debug)"); break;
