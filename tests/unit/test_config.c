@@ -26,6 +26,10 @@ static const char *const all_names[] = {
     "BATCH_SIZE",  "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE", "STREAM_SEND_QUEUE_MAX",
     "GRPC_MAX_MESSAGE_BYTES", "GRPC_THREADS", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
     "LOG_LEVEL",
+    "EVENT_MAX_BYTES", "EVENT_MAX_PROPERTIES", "EVENT_MAX_DEPTH", "BATCH_MAX_EVENTS",
+    "BATCH_MAX_BYTES", "EVENT_MAX_FUTURE", "TIMESTAMP_POLICY", "CLOCK_SKEW_TOLERANCE",
+    "TRUSTED_PROXIES", "INGEST_QUEUE_MAX", "INGEST_STREAM_MAX_IN_FLIGHT",
+    "SEARCH_MAX_PAGE_SIZE", "RETENTION_SWEEP_INTERVAL",
 };
 #define NAME_COUNT (sizeof all_names / sizeof all_names[0])
 
@@ -597,6 +601,27 @@ static void test_unsupported_still_validated(void **state) {
   rejects("CLICKHOUSE_HOST=ch:0", NULL);
 }
 
+static void test_ingestion_values(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  assert_int_equal(LOAD(&cfg, &err, "EVENT_MAX_FUTURE=2h", "TIMESTAMP_POLICY=reject",
+                        "TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.1,::1,fd00::/8"),
+                   0);
+  assert_int_equal(cfg.event_max_future_ms, 7200000L);
+  assert_string_equal(cfg.timestamp_policy, "reject");
+  assert_string_equal(cfg.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
+  ana_config_fini(&cfg);
+  assert_int_equal(LOAD(&cfg, &err, "TIMESTAMP_POLICY=sometimes"), ANA_ERR_INVALID);
+  assert_non_null(strstr(err.message, "TIMESTAMP_POLICY"));
+  assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.0/33"), ANA_ERR_INVALID);
+  assert_non_null(strstr(err.message, "TRUSTED_PROXIES"));
+  assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=proxy.local"), ANA_ERR_INVALID);
+  assert_int_equal(LOAD(&cfg, &err, "EVENT_MAX_BYTES=100"), ANA_ERR_INVALID);
+  assert_non_null(strstr(err.message, "EVENT_MAX_BYTES"));
+}
+
 /* ---- generated documentation ---- */
 
 static void test_help_lists_every_variable(void **state) {
@@ -645,7 +670,7 @@ static void test_markdown_has_one_row_per_variable(void **state) {
 /* Every assignment in .env.example loads, and gives the defaults. */
 static void test_env_example_round_trips(void **state) {
   char *text = capture(ana_config_write_env_example);
-  const char *env[64];
+  const char *env[128];
   size_t n = 0;
   struct ana_config cfg, defaults;
   struct ana_error err = {0};
@@ -655,7 +680,7 @@ static void test_env_example_round_trips(void **state) {
     if (line[0] == '#')
       continue;
     assert_non_null(strchr(line, '='));
-    assert_true(n < 63);
+    assert_true(n < 127);
     env[n++] = line;
   }
   env[n] = NULL;
@@ -735,6 +760,7 @@ static void test_readme_table_is_current(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_ingestion_values),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_empty_counts_as_unset),
       cmocka_unit_test(test_process_environment),
