@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build run test test-unit test-integration asan fuzz fuzz-long crash-long \
+.PHONY: all deps build run test test-unit test-integration asan fuzz fuzz-long crash-long bench \
         format format-check docs install clean
 
 all: build
@@ -37,6 +37,18 @@ fuzz:
 # Long fuzzing runs: FUZZ_SECONDS per target (default 600).
 fuzz-long:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} ./scripts/test.sh fuzz
+
+# Benchmarks: ingest throughput, ack latency, search; writes bench/RESULTS.md.
+# BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store.
+bench: build
+	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
+	  --seconds $${BENCH_SECONDS:-5} --search-events $${BENCH_SEARCH_EVENTS:-10000000} \
+	  --out bench/RESULTS.md
+
+# The long crash test: KILLS kill -9 cycles under load (default 500).
+crash-long: build
+	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $${KILLS:-500}
 
 install: build
 	cmake --install $(BUILD)

@@ -13,12 +13,12 @@ set -eu
 BUILD_PACKAGES="build-essential cmake pkg-config git
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotoc-dev libprotobuf-dev grpc-proto golang-github-gogo-googleapis-dev
-  libsqlite3-dev libjansson-dev"
+  libsqlite3-dev libjansson-dev libwebsockets-dev"
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
 TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
-  sqlite3 procps"
+  sqlite3 procps libcurl4-openssl-dev curl python3-websockets"
 
 # Shared libraries loaded by the installed binaries, and nothing to build with.
 # One runtime package per library linked in cmake/Dependencies.cmake:
@@ -26,10 +26,11 @@ TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev
 #   libprotobuf-c1 libprotobuf-c.so.1
 #   libjansson4    libjansson.so.4
 #   libsqlite3-0   libsqlite3.so.0
+#   libwebsockets17 libwebsockets.so.17
 # ca-certificates lets the remote backends (ClickHouse, MongoDB, Elasticsearch,
 # Redis, RabbitMQ) verify TLS peers. A library added to the build adds its
 # runtime package here too (check with `dpkg -S libfoo.so.N`).
-RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0
+RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0 libwebsockets17
   ca-certificates"
 
 case "${1:-build}" in

@@ -5,6 +5,10 @@
 #include "ana_config.h"
 #include "ana_grpc_server.h"
 #include "ana_log.h"
+#include "ana_restbridge.h"
+#include "ana_services.h"
+#include "ana_store.h"
+#include "ana_workers.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -85,6 +89,12 @@ int main(int argc, char **argv) {
 
   int rc = 1;
   struct ana_grpc_server *grpc = NULL;
+  struct ana_restbridge *rest = NULL;
+  struct ana_local_db *db = NULL;
+  const struct ana_event_store_ops *store_ops = ana_store_event_backend("sqlite");
+  void *store = NULL;
+  struct ana_committer *committer = NULL;
+  struct ana_workers *workers = NULL;
   if (make_dirs(cfg.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.data_dir, strerror(errno));
     goto out;
@@ -103,6 +113,49 @@ int main(int argc, char **argv) {
     goto out;
   ana_health_bind();
 
+  /* The store and the ingest path come up before any transport. */
+  db = ana_local_db_open(cfg.data_dir, &err);
+  store = db ? store_ops->open(db, &err) : NULL;
+  if (!store) {
+    ANA_ERROR("main", "cannot open the event store: %s", err.message);
+    goto out;
+  }
+  struct ana_committer_options copts = {
+      .batch_size = cfg.batch_size,
+      .processing_interval_ms = cfg.processing_interval_ms,
+      .queue_max = cfg.ingest_queue_max,
+      .retention_days = cfg.retention_days,
+      .retention_sweep_interval_ms = cfg.retention_sweep_interval_ms,
+  };
+  committer = ana_committer_create(db, store_ops, store, &copts, &err);
+  workers = ana_workers_create(4, 1024);
+  if (!committer || !workers) {
+    ANA_ERROR("main", "cannot start the ingest path: %s", err.message);
+    goto out;
+  }
+  struct ana_event_service_options eopts = {
+      .committer = committer,
+      .store_ops = store_ops,
+      .store = store,
+      .workers = workers,
+      .limits =
+          {
+              .event_max_bytes = cfg.event_max_bytes,
+              .event_max_properties = cfg.event_max_properties,
+              .event_max_depth = cfg.event_max_depth,
+              .batch_max_events = cfg.batch_max_events,
+              .batch_max_bytes = cfg.batch_max_bytes,
+              .retention_days = cfg.retention_days,
+              .event_max_future_ms = cfg.event_max_future_ms,
+              .reject_future = strcmp(cfg.timestamp_policy, "reject") == 0,
+              .clock_skew_tolerance_ms = cfg.clock_skew_tolerance_ms,
+          },
+      .trusted_proxies = cfg.trusted_proxies,
+      .search_max_page_size = cfg.search_max_page_size,
+      .stream_max_in_flight = cfg.ingest_stream_max_in_flight,
+  };
+  ana_event_service_bind(&eopts);
+
   struct ana_grpc_server_options opts = {
       .host = cfg.grpc_host,
       .port = cfg.grpc_port,
@@ -115,10 +168,24 @@ int main(int argc, char **argv) {
     ANA_ERROR("main", "cannot start the gRPC server: %s", err.message);
     goto out;
   }
-  char port[16];
+  /* The REST + WebSocket bridge drives the same handlers in-process. */
+  struct ana_restbridge_options ropts = {
+      .port = cfg.port,
+      .max_body_bytes = (size_t)cfg.http_max_body_bytes,
+      .stream_buffer_size = (size_t)cfg.stream_buffer_size,
+      .slow_consumer_ms = cfg.ws_slow_consumer_ms,
+      .cors_allowed_origins = cfg.cors_allowed_origins,
+  };
+  rest = ana_restbridge_create(&ropts, &err);
+  if (!rest) {
+    ANA_ERROR("main", "cannot start the REST bridge: %s", err.message);
+    goto out;
+  }
+  char port[16], http_port[16];
   snprintf(port, sizeof port, "%d", ana_grpc_server_port(grpc));
-  ana_log_fields(ANA_LOG_INFO, "main", "analyticsd is serving", "grpc_port", port, "data_dir",
-                 cfg.data_dir, "version", ANA_VERSION, NULL);
+  snprintf(http_port, sizeof http_port, "%d", ana_restbridge_port(rest));
+  ana_log_fields(ANA_LOG_INFO, "main", "analyticsd is serving", "grpc_port", port, "http_port",
+                 http_port, "data_dir", cfg.data_dir, "version", ANA_VERSION, NULL);
   ana_health_set_serving(true);
 
   int sig = 0;
@@ -126,6 +193,10 @@ int main(int argc, char **argv) {
   ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
                  NULL);
   ana_health_set_serving(false);
+  /* REST first: its in-flight calls finish while gRPC still serves. */
+  ana_restbridge_shutdown(rest, cfg.shutdown_grace_ms);
+  ana_restbridge_destroy(rest);
+  rest = NULL;
   if (ana_grpc_server_shutdown(grpc, cfg.shutdown_grace_ms) < 0) {
     /* Some call never ended; tearing gRPC down now could crash, so leave. */
     ANA_ERROR("main", "stopped with calls still open");
@@ -138,7 +209,14 @@ int main(int argc, char **argv) {
   rc = 0;
 
 out:
+  ana_restbridge_destroy(rest);
   ana_grpc_server_destroy(grpc);
+  /* After the transports: in-flight calls were waiting for these. */
+  ana_committer_destroy(committer);
+  ana_workers_destroy(workers);
+  if (store)
+    store_ops->close(store);
+  ana_local_db_close(db);
   ana_reflection_fini();
   ana_auth_fini();
   ana_config_fini(&cfg);

@@ -56,6 +56,7 @@ struct var {
 static bool valid_bind_host(const char *s);
 static bool valid_clickhouse_host(const char *s);
 static bool valid_account_id(const char *s);
+static bool valid_origins(const char *s);
 static bool valid_timestamp_policy(const char *s);
 static bool valid_proxy_list(const char *s);
 
@@ -68,6 +69,19 @@ static const struct var vars[] = {
     {.name = "GRPC_HOST", .type = VAR_STRING, .def = "0.0.0.0",
      .help = "Address the gRPC server binds to.", .check = valid_bind_host,
      .expect = "a host name or IP address (e.g. 0.0.0.0, ::, 127.0.0.1)", FIELD(grpc_host)},
+    {.name = "HTTP_MAX_BODY_BYTES", .type = VAR_INT, .def = "4194304", .min = 1024,
+     .max = 268435456, .help = "Largest REST request body accepted, in bytes (larger: 413).",
+     FIELD(http_max_body_bytes)},
+    {.name = "CORS_ALLOWED_ORIGINS", .type = VAR_STRING, .def = "",
+     .help = "Browser origins allowed to call the REST API (CORS); unset means none.",
+     .check = valid_origins,
+     .expect = "a comma-separated list of origins (e.g. https://app.example.com), or *",
+     FIELD(cors_allowed_origins)},
+    {.name = "WS_SLOW_CONSUMER_MS", .type = VAR_DURATION, .def = "10000", .min = 100,
+     .max = 600000,
+     .help = "A WebSocket client whose STREAM_BUFFER_SIZE messages stay unread this long is "
+             "disconnected (close code 1008).",
+     FIELD(ws_slow_consumer_ms)},
 
     /* Remote backends. */
     {.name = "MONGODB_URI", .type = VAR_URL, .def = "",
@@ -191,6 +205,30 @@ static const struct var vars[] = {
 #define VAR_COUNT (sizeof vars / sizeof vars[0])
 
 /* ---- value checks ---- */
+
+/* CORS_ALLOWED_ORIGINS: "*" or origins (scheme://host[:port]), comma-separated. */
+static bool valid_origins(const char *s) {
+  bool any = false;
+  for (const char *p = s; *p;) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    const char *start = p;
+    while (*p && *p != ',' && *p != ' ')
+      p++;
+    size_t n = (size_t)(p - start);
+    if (n == 0)
+      continue;
+    any = true;
+    if (n == 1 && *start == '*')
+      continue;
+    size_t scheme = strncmp(start, "https://", 8) == 0 ? 8
+                    : strncmp(start, "http://", 7) == 0 ? 7
+                                                         : 0;
+    if (!scheme || n == scheme || memchr(start + scheme, '/', n - scheme))
+      return false;
+  }
+  return any;
+}
 
 static bool is_hostname(const char *s, size_t n) {
   if (n == 0 || n > 253 || s[0] == '-' || s[0] == '.')

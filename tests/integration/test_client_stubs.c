@@ -364,6 +364,82 @@ static void test_unavailable(void) {
   ana_client_channel_destroy(dead);
 }
 
+/* Events through the stubs: track, duplicate, batch with a rejected item,
+ * the ingest stream, and search. */
+static void test_events(struct ana_client_channel *ch) {
+  struct ana_error err;
+  char id[64];
+  snprintf(id, sizeof id, "stub-%ld-%d", (long)time(NULL), (int)getpid());
+  Analytics__V1__Event ev = ANALYTICS__V1__EVENT__INIT;
+  ev.event_type = "message";
+  ev.event_name = "stub_event";
+  ev.event_id = id;
+  Analytics__V1__TrackEventRequest req = ANALYTICS__V1__TRACK_EVENT_REQUEST__INIT;
+  req.event = &ev;
+  for (int round = 0; round < 2; round++) {
+    Analytics__V1__TrackEventResponse *resp = NULL;
+    CHECK(ana_stub_event_service_track_event(ch, &req, &resp, NULL, &err) == 0);
+    if (resp) {
+      CHECK(strcmp(resp->result->event_id, id) == 0);
+      CHECK(resp->result->status == (round == 0 ? ANALYTICS__V1__EVENT_RESULT__STATUS__ACCEPTED
+                                                 : ANALYTICS__V1__EVENT_RESULT__STATUS__DUPLICATE));
+      protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+  }
+
+  Analytics__V1__Event bad = ANALYTICS__V1__EVENT__INIT;
+  bad.event_type = "message";
+  Analytics__V1__Event good = ANALYTICS__V1__EVENT__INIT;
+  good.event_type = "message";
+  good.event_name = "stub_batch";
+  Analytics__V1__Event *evs[2] = {&good, &bad};
+  Analytics__V1__TrackEventsRequest breq = ANALYTICS__V1__TRACK_EVENTS_REQUEST__INIT;
+  breq.n_events = 2;
+  breq.events = evs;
+  Analytics__V1__TrackEventsResponse *bresp = NULL;
+  CHECK(ana_stub_event_service_track_events(ch, &breq, &bresp, NULL, &err) == 0);
+  if (bresp) {
+    CHECK(bresp->n_results == 2 && bresp->accepted == 1 && bresp->rejected == 1);
+    CHECK(bresp->n_results == 2 && bresp->results[1]->n_violations >= 1 &&
+          strcmp(bresp->results[1]->violations[0]->field, "events[1].eventName") == 0);
+    protobuf_c_message_free_unpacked(&bresp->base, NULL);
+  }
+
+  struct ana_client_stream *s = ana_stub_event_service_ingest_events_open(ch, NULL, &err);
+  CHECK(s != NULL);
+  if (s) {
+    for (int i = 0; i < 5; i++) {
+      Analytics__V1__IngestRequest ir = ANALYTICS__V1__INGEST_REQUEST__INIT;
+      Analytics__V1__Event *one[1] = {&good};
+      ir.batch_id = "stub-batch";
+      ir.n_events = 1;
+      ir.events = one;
+      CHECK(ana_stub_event_service_ingest_events_send(s, &ir, &err) == 0);
+    }
+    CHECK(ana_client_stream_close_send(s, &err) == 0);
+    int answers = 0;
+    Analytics__V1__IngestResponse *ir;
+    while (ana_stub_event_service_ingest_events_recv(s, &ir, &err) == 1) {
+      answers += ir->accepted;
+      protobuf_c_message_free_unpacked(&ir->base, NULL);
+    }
+    CHECK(answers == 5);
+    CHECK(ana_client_stream_finish(s, &err) == 0);
+  }
+
+  Analytics__V1__SearchEventsRequest sreq = ANALYTICS__V1__SEARCH_EVENTS_REQUEST__INIT;
+  sreq.event_name = "stub_event";
+  Analytics__V1__SearchEventsResponse *sresp = NULL;
+  CHECK(ana_stub_event_service_search_events(ch, &sreq, &sresp, NULL, &err) == 0);
+  if (sresp) {
+    int found = 0;
+    for (size_t i = 0; i < sresp->n_events; i++)
+      found += strcmp(sresp->events[i]->event_id, id) == 0;
+    CHECK(found == 1);
+    protobuf_c_message_free_unpacked(&sresp->base, NULL);
+  }
+}
+
 int main(int argc, char **argv) {
   struct ana_client_channel *ch;
   struct ana_error err;
@@ -379,6 +455,7 @@ int main(int argc, char **argv) {
   }
   test_health_check(ch);
   test_unimplemented(ch);
+  test_events(ch);
   test_watch_stop(ch);
   test_watch_deadline(ch);
   test_reflection(ch);

@@ -41,6 +41,7 @@ CONFIG_VARS = (
     "EXPORTS_DIR", "RETENTION_DAYS", "BATCH_SIZE", "PROCESSING_INTERVAL",
     "STREAM_BUFFER_SIZE", "STREAM_SEND_QUEUE_MAX", "GRPC_MAX_MESSAGE_BYTES",
     "GRPC_THREADS", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID", "LOG_LEVEL",
+    "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
 )
 
 
@@ -91,7 +92,7 @@ class Server:
     args:      extra command-line arguments
     """
 
-    def __init__(self, env=None, grace_ms=2000, log_level="debug", args=()):
+    def __init__(self, env=None, grace_ms=2000, log_level="debug", args=(), preexec=None):
         self.binary = require_binary()
         self.grpc_port = free_port()
         self.http_port = free_port()
@@ -118,6 +119,7 @@ class Server:
                 else:
                     self.env[k] = str(v)
         self.args = list(args)
+        self.preexec = preexec  # run in the child before exec (resource limits)
         self.proc = None
         self.returncode = None
         self.sigterm_at = None
@@ -130,12 +132,18 @@ class Server:
     def target(self):
         return "127.0.0.1:%d" % self.grpc_port
 
+    @property
+    def rest_port(self):
+        """Port of the REST + WebSocket bridge (PORT)."""
+        return self.http_port
+
     def start(self, wait_ready=True):
         self._err = open(self.stderr_path, "wb")
         self._out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen([self.binary] + self.args, env=self.env,
                                      cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=self._out, stderr=self._err)
+                                     stdout=self._out, stderr=self._err,
+                                     preexec_fn=self.preexec)
         if wait_ready:
             self.wait_ready()
         return self

@@ -1,0 +1,793 @@
+/* Canonical proto3 JSON reader: jansson parses the text, then the tree is
+ * walked against the protobuf-c descriptors into messages in an arena. */
+#include "json_internal.h"
+
+#include "google/protobuf/any.pb-c.h"
+#include "google/protobuf/duration.pb-c.h"
+#include "google/protobuf/struct.pb-c.h"
+#include "google/protobuf/timestamp.pb-c.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Fields of one object tracked on the stack; bigger messages use the arena. */
+#define SEEN_ON_STACK 32
+
+struct dec {
+  struct ana_arena *arena;
+  bool ignore_unknown;
+  int max_depth;
+  struct ana_error *err;
+  char path[ANA_JSON_PATH_MAX]; /* JSON path of the value being decoded */
+  size_t plen;
+};
+
+/* ---- the JSON path ---- */
+
+static void path_append(struct dec *d, const char *s, size_t n) {
+  size_t room = sizeof d->path - 1 - d->plen;
+  if (n > room)
+    n = room;
+  memcpy(d->path + d->plen, s, n);
+  d->plen += n;
+  d->path[d->plen] = '\0';
+}
+
+static size_t push_key(struct dec *d, const char *key, size_t len) {
+  size_t mark = d->plen;
+  if (d->plen)
+    path_append(d, ".", 1);
+  path_append(d, key, len);
+  return mark;
+}
+
+static size_t push_index(struct dec *d, size_t i) {
+  size_t mark = d->plen;
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "[%zu]", i);
+  path_append(d, buf, (size_t)n);
+  return mark;
+}
+
+static void pop(struct dec *d, size_t mark) {
+  d->plen = mark;
+  d->path[mark] = '\0';
+}
+
+/* ---- errors ---- */
+
+static int fail(struct dec *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(struct dec *d, const char *fmt, ...) {
+  char reason[ANA_ERROR_MESSAGE_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  if (d->plen)
+    ana_error_set(d->err, ANA_STATUS_INVALID_ARGUMENT, "%s: %s", d->path, reason);
+  else
+    ana_error_set(d->err, ANA_STATUS_INVALID_ARGUMENT, "%s", reason);
+  return ANA_ERR_INVALID;
+}
+
+static int nomem(struct dec *d) {
+  ana_error_set(d->err, ANA_STATUS_RESOURCE_EXHAUSTED, "%s%sout of memory while decoding JSON",
+                d->path, d->plen ? ": " : "");
+  return ANA_ERR_NOMEM;
+}
+
+static const char *jtype(const json_t *v) {
+  switch (json_typeof(v)) {
+  case JSON_OBJECT: return "an object";
+  case JSON_ARRAY: return "an array";
+  case JSON_STRING: return "a string";
+  case JSON_INTEGER:
+  case JSON_REAL: return "a number";
+  case JSON_TRUE: return "true";
+  case JSON_FALSE: return "false";
+  case JSON_NULL: return "null";
+  }
+  return "a value";
+}
+
+/* Entering a non-empty container whose members sit at nesting level `level`. */
+static int check_depth(struct dec *d, int level) {
+  if (level > d->max_depth)
+    return fail(d, "nesting deeper than %d levels", d->max_depth);
+  return 0;
+}
+
+/* ---- scalars ---- */
+
+static int from_text(struct dec *d, const ProtobufCFieldDescriptor *f, const char *s, size_t len,
+                     void *dst) {
+  bool oom;
+  const char *reason = ana_json_scalar_from_text(f, s, len, false, dst, d->arena, &oom);
+  if (oom)
+    return nomem(d);
+  if (!reason)
+    return 0;
+  if (f->type == PROTOBUF_C_TYPE_ENUM && strcmp(reason, "unknown enum value") == 0) {
+    if (d->ignore_unknown)
+      return 1;
+    const ProtobufCEnumDescriptor *ed = f->descriptor;
+    return fail(d, "unknown value \"%.*s\" for enum %s", (int)(len > 100 ? 100 : len), s, ed->name);
+  }
+  return fail(d, "%s", reason);
+}
+
+/* An integer JSON number into an integer or enum field. */
+static int from_number(struct dec *d, const ProtobufCFieldDescriptor *f, const json_t *v,
+                       void *dst) {
+  bool neg;
+  uint64_t mag;
+  if (json_is_integer(v)) {
+    json_int_t i = json_integer_value(v);
+    neg = i < 0;
+    mag = neg ? (uint64_t)(-(i + 1)) + 1 : (uint64_t)i;
+  } else {
+    double x = json_real_value(v);
+    if (!isfinite(x) || x != floor(x))
+      return fail(d, "not an integer");
+    if (fabs(x) >= 18446744073709551616.0)
+      return fail(d, "%s", ana_json_out_of_range(f->type));
+    neg = x < 0;
+    mag = (uint64_t)fabs(x);
+  }
+  const char *reason = ana_json_store_integer(f->type, neg, mag, dst);
+  return reason ? fail(d, "%s", reason) : 0;
+}
+
+/* One scalar value of field f from v into dst. 0 stored, 1 skipped (an
+ * unknown enum name while ignoring unknown values), or an error. */
+static int dec_scalar(struct dec *d, const ProtobufCFieldDescriptor *f, const json_t *v,
+                      void *dst) {
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_INT32:
+  case PROTOBUF_C_TYPE_SINT32:
+  case PROTOBUF_C_TYPE_SFIXED32:
+  case PROTOBUF_C_TYPE_UINT32:
+  case PROTOBUF_C_TYPE_FIXED32:
+  case PROTOBUF_C_TYPE_INT64:
+  case PROTOBUF_C_TYPE_SINT64:
+  case PROTOBUF_C_TYPE_SFIXED64:
+  case PROTOBUF_C_TYPE_UINT64:
+  case PROTOBUF_C_TYPE_FIXED64:
+    if (json_is_number(v))
+      return from_number(d, f, v, dst);
+    if (json_is_string(v))
+      return from_text(d, f, json_string_value(v), json_string_length(v), dst);
+    return fail(d, "expected an integer, got %s", jtype(v));
+  case PROTOBUF_C_TYPE_FLOAT:
+  case PROTOBUF_C_TYPE_DOUBLE: {
+    if (json_is_string(v))
+      return from_text(d, f, json_string_value(v), json_string_length(v), dst);
+    if (!json_is_number(v))
+      return fail(d, "expected a number, got %s", jtype(v));
+    double x = json_number_value(v);
+    if (f->type == PROTOBUF_C_TYPE_DOUBLE) {
+      *(double *)dst = x;
+      return 0;
+    }
+    if (!ana_json_fits_float(x))
+      return fail(d, "%s", ana_json_out_of_range(f->type));
+    *(float *)dst = (float)x;
+    return 0;
+  }
+  case PROTOBUF_C_TYPE_BOOL:
+    if (!json_is_boolean(v))
+      return fail(d, "expected true or false, got %s", jtype(v));
+    *(protobuf_c_boolean *)dst = json_is_true(v);
+    return 0;
+  case PROTOBUF_C_TYPE_ENUM:
+    if (json_is_number(v))
+      return from_number(d, f, v, dst);
+    if (json_is_string(v))
+      return from_text(d, f, json_string_value(v), json_string_length(v), dst);
+    return fail(d, "expected an enum name or number, got %s", jtype(v));
+  case PROTOBUF_C_TYPE_STRING:
+    if (!json_is_string(v))
+      return fail(d, "expected a string, got %s", jtype(v));
+    return from_text(d, f, json_string_value(v), json_string_length(v), dst);
+  case PROTOBUF_C_TYPE_BYTES:
+    if (!json_is_string(v))
+      return fail(d, "expected a base64 string, got %s", jtype(v));
+    return from_text(d, f, json_string_value(v), json_string_length(v), dst);
+  case PROTOBUF_C_TYPE_MESSAGE: break;
+  }
+  return fail(d, "not a scalar field");
+}
+
+/* ---- messages ---- */
+
+static int dec_message(struct dec *d, ProtobufCMessage *m, const json_t *v, int depth);
+
+static bool is_value_type(const ProtobufCFieldDescriptor *f) {
+  return f->type == PROTOBUF_C_TYPE_MESSAGE && ana_json_wkt_of(f->descriptor) == ANA_JSON_WKT_VALUE;
+}
+
+/* A new message of f's type decoded from v (an element or map value). */
+static int dec_new_message(struct dec *d, const ProtobufCFieldDescriptor *f, const json_t *v,
+                           int depth, ProtobufCMessage **out) {
+  ProtobufCMessage *sub = ana_json_new_message(f->descriptor, d->arena);
+  if (!sub)
+    return nomem(d);
+  *out = sub;
+  return dec_message(d, sub, v, depth);
+}
+
+/* A map field from a JSON object (replacing the field's entries). */
+static int dec_map(struct dec *d, ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+                   const json_t *v, int depth) {
+  if (!json_is_object(v))
+    return fail(d, "expected an object, got %s", jtype(v));
+  size_t n = json_object_size(v);
+  ana_json_clear_field(m, f);
+  if (n == 0)
+    return 0;
+  int rc = check_depth(d, depth + 1);
+  if (rc)
+    return rc;
+  const ProtobufCMessageDescriptor *ed = f->descriptor;
+  const ProtobufCFieldDescriptor *kf = protobuf_c_message_descriptor_get_field(ed, 1);
+  const ProtobufCFieldDescriptor *vf = protobuf_c_message_descriptor_get_field(ed, 2);
+  ProtobufCMessage **entries = ana_arena_calloc(d->arena, n, sizeof *entries);
+  if (!entries)
+    return nomem(d);
+  size_t k = 0;
+  const char *key;
+  size_t klen;
+  json_t *val;
+  json_object_keylen_foreach((json_t *)v, key, klen, val) {
+    size_t mark = push_key(d, key, klen);
+    ProtobufCMessage *entry = ana_json_new_message(ed, d->arena);
+    if (!entry)
+      return nomem(d);
+    bool oom;
+    const char *reason =
+        ana_json_scalar_from_text(kf, key, klen, false, ana_json_member(entry, kf), d->arena, &oom);
+    if (oom)
+      return nomem(d);
+    if (reason)
+      return fail(d, "invalid map key: %s", reason);
+    void *slot = ana_json_member(entry, vf);
+    if (json_is_null(val) && !is_value_type(vf))
+      return fail(d, "null is not allowed as a map value");
+    if (vf->type == PROTOBUF_C_TYPE_MESSAGE) {
+      rc = dec_new_message(d, vf, val, depth + 1, slot);
+    } else {
+      rc = dec_scalar(d, vf, val, slot);
+      if (rc == 1) { /* ignored unknown enum value: drop the entry */
+        pop(d, mark);
+        continue;
+      }
+    }
+    if (rc)
+      return rc;
+    entries[k++] = entry;
+    pop(d, mark);
+  }
+  *(size_t *)ana_json_quantifier(m, f) = k;
+  *(ProtobufCMessage ***)ana_json_member(m, f) = k ? entries : NULL;
+  return 0;
+}
+
+/* A repeated field from a JSON array (replacing the field's elements). */
+static int dec_array(struct dec *d, ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+                     const json_t *v, int depth) {
+  if (!json_is_array(v))
+    return fail(d, "expected an array, got %s", jtype(v));
+  size_t n = json_array_size(v);
+  ana_json_clear_field(m, f);
+  if (n == 0)
+    return 0;
+  int rc = check_depth(d, depth + 1);
+  if (rc)
+    return rc;
+  size_t es = ana_json_elem_size(f->type);
+  char *arr = ana_arena_calloc(d->arena, n, es);
+  if (!arr)
+    return nomem(d);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    const json_t *item = json_array_get(v, i);
+    size_t mark = push_index(d, i);
+    if (json_is_null(item) && !is_value_type(f))
+      return fail(d, "null is not allowed in a repeated field");
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+      rc = dec_new_message(d, f, item, depth + 1, (ProtobufCMessage **)(arr + k * es));
+    else
+      rc = dec_scalar(d, f, item, arr + k * es);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      k++;
+    pop(d, mark);
+  }
+  *(size_t *)ana_json_quantifier(m, f) = k;
+  *(void **)ana_json_member(m, f) = k ? arr : NULL;
+  return 0;
+}
+
+/* One field of m from v; depth counts the containers around v. */
+static int dec_field(struct dec *d, ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+                     const json_t *v, int depth) {
+  if (json_is_null(v)) {
+    /* null means "unset", except where null is a value of its own. */
+    if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+      if (is_value_type(f)) {
+        ProtobufCMessage **slot = ana_json_message_slot(m, f);
+        if (!*slot && !(*slot = ana_json_new_message(f->descriptor, d->arena)))
+          return nomem(d);
+        Google__Protobuf__Value *val = (Google__Protobuf__Value *)*slot;
+        val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE;
+        val->null_value = GOOGLE__PROTOBUF__NULL_VALUE__NULL_VALUE;
+        ana_json_mark_set(m, f);
+        return 0;
+      }
+      if (f->type == PROTOBUF_C_TYPE_ENUM &&
+          strcmp(((const ProtobufCEnumDescriptor *)f->descriptor)->name,
+                 "google.protobuf.NullValue") == 0) {
+        *(int *)ana_json_member(m, f) = 0;
+        ana_json_mark_set(m, f);
+        return 0;
+      }
+    }
+    ana_json_clear_field(m, f);
+    return 0;
+  }
+  if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE &&
+        ana_json_is_map_entry(f->descriptor, ana_json_names_of(f->descriptor)))
+      return dec_map(d, m, f, v, depth);
+    return dec_array(d, m, f, v, depth);
+  }
+  int rc;
+  if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+    ProtobufCMessage **slot = ana_json_message_slot(m, f);
+    if (!*slot && !(*slot = ana_json_new_message(f->descriptor, d->arena)))
+      return nomem(d);
+    rc = dec_message(d, *slot, v, depth);
+  } else {
+    rc = dec_scalar(d, f, v, ana_json_member(m, f));
+    if (rc == 1)
+      return 0;
+  }
+  if (rc == 0)
+    ana_json_mark_set(m, f);
+  return rc;
+}
+
+/* The members of a regular message from object v (skipping skip_key, the
+ * "@type" of an Any). Fields named twice, and two members of one oneof, are
+ * errors. */
+static int dec_fields(struct dec *d, ProtobufCMessage *m, const json_t *v, int depth,
+                      const char *skip_key) {
+  if (json_object_size(v) == 0)
+    return 0;
+  int rc = check_depth(d, depth + 1);
+  if (rc)
+    return rc;
+  const ProtobufCMessageDescriptor *desc = m->descriptor;
+  const struct ana_json_message *jm = ana_json_names_of(desc);
+  /* seen[i]: the key that named field i, if any, and whether it was non-null. */
+  const char *seen_stack[SEEN_ON_STACK];
+  bool nonnull_stack[SEEN_ON_STACK];
+  const char **seen = seen_stack;
+  bool *nonnull = nonnull_stack;
+  if (desc->n_fields > SEEN_ON_STACK) {
+    seen = ana_arena_calloc(d->arena, desc->n_fields, sizeof *seen);
+    nonnull = ana_arena_calloc(d->arena, desc->n_fields, sizeof *nonnull);
+    if (!seen || !nonnull)
+      return nomem(d);
+  } else {
+    memset(seen_stack, 0, sizeof seen_stack);
+    memset(nonnull_stack, 0, sizeof nonnull_stack);
+  }
+  const char *key;
+  size_t klen;
+  json_t *val;
+  json_object_keylen_foreach((json_t *)v, key, klen, val) {
+    if (skip_key && strcmp(key, skip_key) == 0)
+      continue;
+    size_t mark = push_key(d, key, klen);
+    const ProtobufCFieldDescriptor *f = ana_json_field_by_name(desc, jm, key, klen);
+    if (!f) {
+      if (!d->ignore_unknown)
+        return fail(d, "unknown field");
+      pop(d, mark);
+      continue;
+    }
+    size_t i = (size_t)(f - desc->fields);
+    if (seen[i])
+      return fail(d, "field given twice (also as \"%s\")", seen[i]);
+    seen[i] = key;
+    nonnull[i] = !json_is_null(val);
+    if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && nonnull[i]) {
+      for (size_t j = 0; j < desc->n_fields; j++) {
+        const ProtobufCFieldDescriptor *g = &desc->fields[j];
+        if (j != i && nonnull[j] && (g->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            g->quantifier_offset == f->quantifier_offset)
+          return fail(d, "only one field of a oneof may be set (\"%s\" is set too)", seen[j]);
+      }
+    }
+    rc = dec_field(d, m, f, val, depth + 1);
+    if (rc)
+      return rc;
+    pop(d, mark);
+  }
+  return 0;
+}
+
+static int dec_value(struct dec *d, Google__Protobuf__Value *val, const json_t *v, int depth) {
+  int rc;
+  switch (json_typeof(v)) {
+  case JSON_NULL:
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE;
+    val->null_value = GOOGLE__PROTOBUF__NULL_VALUE__NULL_VALUE;
+    return 0;
+  case JSON_TRUE:
+  case JSON_FALSE:
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
+    val->bool_value = json_is_true(v);
+    return 0;
+  case JSON_INTEGER:
+  case JSON_REAL:
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
+    val->number_value = json_number_value(v);
+    return 0;
+  case JSON_STRING: {
+    char *s;
+    rc = from_text(d,
+                   protobuf_c_message_descriptor_get_field(&google__protobuf__value__descriptor, 3),
+                   json_string_value(v), json_string_length(v), &s);
+    if (rc)
+      return rc;
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+    val->string_value = s;
+    return 0;
+  }
+  case JSON_OBJECT: {
+    ProtobufCMessage *s = ana_json_new_message(&google__protobuf__struct__descriptor, d->arena);
+    if (!s)
+      return nomem(d);
+    rc = dec_map(d, s, &google__protobuf__struct__descriptor.fields[0], v, depth);
+    if (rc)
+      return rc;
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE;
+    val->struct_value = (Google__Protobuf__Struct *)s;
+    return 0;
+  }
+  case JSON_ARRAY: {
+    ProtobufCMessage *l = ana_json_new_message(&google__protobuf__list_value__descriptor, d->arena);
+    if (!l)
+      return nomem(d);
+    rc = dec_array(d, l, &google__protobuf__list_value__descriptor.fields[0], v, depth);
+    if (rc)
+      return rc;
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE;
+    val->list_value = (Google__Protobuf__ListValue *)l;
+    return 0;
+  }
+  }
+  return fail(d, "unexpected JSON value");
+}
+
+static int dec_any(struct dec *d, Google__Protobuf__Any *any, const json_t *v, int depth) {
+  if (!json_is_object(v))
+    return fail(d, "expected an object, got %s", jtype(v));
+  if (json_object_size(v) == 0)
+    return 0;
+  int rc = check_depth(d, depth + 1);
+  if (rc)
+    return rc;
+  const json_t *type = json_object_get(v, "@type");
+  if (!type)
+    return fail(d, "@type is missing");
+  size_t mark = push_key(d, "@type", 5);
+  if (!json_is_string(type))
+    return fail(d, "expected a type URL string, got %s", jtype(type));
+  const char *url = json_string_value(type);
+  if (strlen(url) != json_string_length(type))
+    return fail(d, "contains NUL (\\u0000), which is not supported");
+  const ProtobufCMessageDescriptor *desc = ana_json_type_from_url(url);
+  if (!desc)
+    return fail(d, "unknown type \"%.200s\"", url);
+  pop(d, mark);
+  ProtobufCMessage *inner = ana_json_new_message(desc, d->arena);
+  if (!inner)
+    return nomem(d);
+  if (ana_json_wkt_of(desc) != ANA_JSON_WKT_NONE) {
+    /* Types with a JSON form of their own travel as {"@type":..., "value":...}. */
+    const json_t *value = NULL;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)v, key, val) {
+      if (strcmp(key, "value") == 0) {
+        value = val;
+      } else if (strcmp(key, "@type") != 0 && !d->ignore_unknown) {
+        push_key(d, key, strlen(key));
+        return fail(d, "unknown field");
+      }
+    }
+    if (!value)
+      return fail(d, "\"value\" is missing for %s", desc->name);
+    mark = push_key(d, "value", 5);
+    rc = dec_message(d, inner, value, depth + 1);
+    if (rc)
+      return rc;
+    pop(d, mark);
+  } else {
+    rc = dec_fields(d, inner, v, depth, "@type");
+    if (rc)
+      return rc;
+  }
+  size_t size = protobuf_c_message_get_packed_size(inner);
+  uint8_t *bytes = ana_arena_alloc(d->arena, size ? size : 1);
+  char *url_copy = ana_arena_strdup(d->arena, url);
+  if (!bytes || !url_copy)
+    return nomem(d);
+  protobuf_c_message_pack(inner, bytes);
+  any->type_url = url_copy;
+  any->value.data = size ? bytes : NULL;
+  any->value.len = size;
+  return 0;
+}
+
+static int dec_field_mask(struct dec *d, ProtobufCMessage *m, const json_t *v) {
+  const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(m->descriptor, 1);
+  if (!f || f->type != PROTOBUF_C_TYPE_STRING || f->label != PROTOBUF_C_LABEL_REPEATED)
+    return fail(d, "unsupported FieldMask type");
+  if (!json_is_string(v))
+    return fail(d, "expected a FieldMask string, got %s", jtype(v));
+  const char *s = json_string_value(v);
+  size_t len = json_string_length(v);
+  ana_json_clear_field(m, f);
+  if (len == 0)
+    return 0;
+  size_t start = 0;
+  for (size_t i = 0; i <= len; i++) {
+    if (i < len && s[i] != ',')
+      continue;
+    size_t n = i - start, size = 2 * n + 1;
+    char *path = ana_arena_alloc(d->arena, size);
+    if (!path)
+      return nomem(d);
+    if (memchr(s + start, '\0', n) || ana_json_mask_path_from_json(s + start, n, path, size) < 0)
+      return fail(d, "invalid FieldMask path \"%.*s\" (paths are lowerCamelCase)",
+                  (int)(n > 100 ? 100 : n), s + start);
+    if (ana_json_append(m, f, &path, d->arena))
+      return nomem(d);
+    start = i + 1;
+  }
+  return 0;
+}
+
+/* proto2 required strings and messages must be there: protobuf-c cannot
+ * pack a message without them. (Required scalars always hold a value.) */
+static int check_required(struct dec *d, const ProtobufCMessage *m) {
+  const ProtobufCMessageDescriptor *desc = m->descriptor;
+  for (unsigned i = 0; i < desc->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &desc->fields[i];
+    if (f->label == PROTOBUF_C_LABEL_REQUIRED &&
+        (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) &&
+        !*(void *const *)ana_json_member(m, f))
+      return fail(d, "missing required field \"%s\"", f->name);
+  }
+  return 0;
+}
+
+/* Message m from v, whose JSON form depends on its type; depth counts the
+ * containers around v. */
+static int dec_message(struct dec *d, ProtobufCMessage *m, const json_t *v, int depth) {
+  const ProtobufCMessageDescriptor *desc = m->descriptor;
+  switch (ana_json_wkt_of(desc)) {
+  case ANA_JSON_WKT_TIMESTAMP: {
+    Google__Protobuf__Timestamp *t = (Google__Protobuf__Timestamp *)m;
+    int rc = -1;
+    if (json_is_string(v))
+      rc = ana_json_parse_timestamp(json_string_value(v), json_string_length(v), &t->seconds,
+                                    &t->nanos);
+    if (rc == -2)
+      return fail(d, "timestamp out of range (years 0001 to 9999)");
+    return rc ? fail(d, "not an RFC 3339 timestamp") : 0;
+  }
+  case ANA_JSON_WKT_DURATION: {
+    Google__Protobuf__Duration *t = (Google__Protobuf__Duration *)m;
+    int rc = -1;
+    if (json_is_string(v))
+      rc = ana_json_parse_duration(json_string_value(v), json_string_length(v), false, &t->seconds,
+                                   &t->nanos);
+    if (rc == -2)
+      return fail(d, "duration out of range (at most 315576000000s either way)");
+    return rc ? fail(d, "not a duration (like \"1.5s\")") : 0;
+  }
+  case ANA_JSON_WKT_WRAPPER: {
+    int rc = dec_scalar(d, &desc->fields[0], v, ana_json_member(m, &desc->fields[0]));
+    return rc < 0 ? rc : 0;
+  }
+  case ANA_JSON_WKT_FIELD_MASK: return dec_field_mask(d, m, v);
+  case ANA_JSON_WKT_VALUE: return dec_value(d, (Google__Protobuf__Value *)m, v, depth);
+  case ANA_JSON_WKT_STRUCT: return dec_map(d, m, &desc->fields[0], v, depth);
+  case ANA_JSON_WKT_LIST_VALUE: return dec_array(d, m, &desc->fields[0], v, depth);
+  case ANA_JSON_WKT_ANY: return dec_any(d, (Google__Protobuf__Any *)m, v, depth);
+  case ANA_JSON_WKT_NONE: break;
+  }
+  if (!json_is_object(v))
+    return fail(d, "expected an object, got %s", jtype(v));
+  int rc = dec_fields(d, m, v, depth, NULL);
+  if (rc)
+    return rc;
+  return check_required(d, m);
+}
+
+/* ---- entry points ---- */
+
+static void copy_path(char *out, size_t size, const char *path) {
+  if (out && size) {
+    size_t n = strlen(path);
+    if (n >= size)
+      n = size - 1;
+    memcpy(out, path, n);
+    out[n] = '\0';
+  }
+}
+
+int ana_json_decode_at(ProtobufCMessage *msg, const json_t *value, struct ana_arena *arena,
+                       const struct ana_json_options *opts, struct ana_error *err,
+                       const char *prefix, char *field_path, size_t field_path_size) {
+  struct dec d = {
+      .arena = arena,
+      .ignore_unknown = opts && opts->ignore_unknown,
+      .max_depth = opts && opts->max_depth > 0 ? opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH,
+      .err = err,
+  };
+  path_append(&d, prefix, strlen(prefix));
+  int rc;
+  if (!msg || !value || !arena)
+    rc = fail(&d, "nothing to decode");
+  else
+    rc = dec_message(&d, msg, value, 0);
+  copy_path(field_path, field_path_size, rc ? d.path : "");
+  return rc;
+}
+
+int ana_json_decode_value(ProtobufCMessage *msg, const json_t *value, struct ana_arena *arena,
+                          const struct ana_json_options *opts, struct ana_error *err,
+                          char *field_path, size_t field_path_size) {
+  return ana_json_decode_at(msg, value, arena, opts, err, "", field_path, field_path_size);
+}
+
+/* Where in text (up to byte `end`) the parser stopped: the JSON path of the
+ * innermost value being read, from a light re-scan of the valid prefix. */
+static void error_path(const char *s, size_t end, char *out, size_t size) {
+  enum { MAX_FRAMES = 64 };
+  struct frame {
+    bool array;
+    bool want_key; /* object: the next string is a key */
+    size_t index;
+    const char *key;
+    size_t klen;
+  } st[MAX_FRAMES];
+  size_t depth = 0;
+  for (size_t i = 0; i < end; i++) {
+    struct frame *top = depth && depth <= MAX_FRAMES ? &st[depth - 1] : NULL;
+    switch (s[i]) {
+    case '{':
+    case '[':
+      if (depth < MAX_FRAMES)
+        st[depth] = (struct frame){.array = s[i] == '[', .want_key = s[i] == '{'};
+      depth++;
+      break;
+    case '}':
+    case ']':
+      if (depth)
+        depth--;
+      break;
+    case ',':
+      if (top && top->array)
+        top->index++;
+      else if (top)
+        top->want_key = true, top->key = NULL;
+      break;
+    case ':':
+      if (top)
+        top->want_key = false;
+      break;
+    case '"': {
+      size_t j = i + 1;
+      while (j < end && s[j] != '"')
+        j += s[j] == '\\' ? 2 : 1;
+      if (top && !top->array && top->want_key) {
+        top->key = s + i + 1;
+        top->klen = (j < end ? j : end) - (i + 1);
+      }
+      i = j;
+      break;
+    }
+    default: break;
+    }
+  }
+  size_t n = 0;
+  if (size == 0)
+    return;
+  out[0] = '\0';
+  for (size_t k = 0; k < depth && k < MAX_FRAMES; k++) {
+    char seg[160];
+    int len;
+    if (st[k].array)
+      len = snprintf(seg, sizeof seg, "[%zu]", st[k].index);
+    else if (st[k].key)
+      len = snprintf(seg, sizeof seg, "%s%.*s", n ? "." : "",
+                     (int)(st[k].klen > 128 ? 128 : st[k].klen), st[k].key);
+    else
+      break;
+    if (len < 0 || n + (size_t)len >= size)
+      break;
+    memcpy(out + n, seg, (size_t)len + 1);
+    n += (size_t)len;
+  }
+}
+
+ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const char *json,
+                                  size_t len, struct ana_arena *arena,
+                                  const struct ana_json_options *opts, struct ana_error *err,
+                                  char *field_path, size_t field_path_size) {
+  if (!json)
+    json = "", len = 0;
+  json_error_t jerr;
+  json_t *root =
+      json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+  if (!root) {
+    char path[ANA_JSON_PATH_MAX];
+    size_t end = jerr.position > 0 ? (size_t)jerr.position : 0;
+    if (end > len)
+      end = len;
+    /* A syntax error is reported after its token: a structural character
+     * there belongs to the error, not to the path. */
+    if (json_error_code(&jerr) == json_error_invalid_syntax && end > 0 && json[end - 1] &&
+        strchr("{}[],:", json[end - 1]))
+      end--;
+    error_path(json, end, path, sizeof path);
+    const char *reason = jerr.text;
+    enum ana_status code = ANA_STATUS_INVALID_ARGUMENT;
+    switch (json_error_code(&jerr)) {
+    case json_error_invalid_utf8: reason = "invalid UTF-8 in JSON text"; break;
+    case json_error_duplicate_key: reason = "duplicate key"; break;
+    case json_error_null_byte_in_key:
+      reason = "NUL (\\u0000) in an object key is not supported";
+      break;
+    case json_error_stack_overflow: reason = "JSON nested too deeply"; break;
+    case json_error_premature_end_of_input: reason = "JSON text ends too early"; break;
+    case json_error_numeric_overflow:
+      reason = strstr(jerr.text, "integer")
+                   ? "integer out of range (write 64-bit values as strings)"
+                   : "number out of range";
+      break;
+    case json_error_out_of_memory:
+      code = ANA_STATUS_RESOURCE_EXHAUSTED;
+      reason = "out of memory while parsing JSON";
+      break;
+    default: break;
+    }
+    ana_error_set(err, code, "%s%s%s%s (line %d, column %d)", path, *path ? ": " : "",
+                  code == ANA_STATUS_INVALID_ARGUMENT && reason == jerr.text ? "invalid JSON: "
+                                                                             : "",
+                  reason, jerr.line, jerr.column);
+    copy_path(field_path, field_path_size, path);
+    return NULL;
+  }
+  ProtobufCMessage *msg = desc && arena ? ana_json_new_message(desc, arena) : NULL;
+  int rc;
+  if (!msg) {
+    rc = ANA_ERR_NOMEM;
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory while decoding JSON");
+    copy_path(field_path, field_path_size, "");
+  } else {
+    rc = ana_json_decode_at(msg, root, arena, opts, err, "", field_path, field_path_size);
+  }
+  json_decref(root);
+  return rc ? NULL : msg;
+}

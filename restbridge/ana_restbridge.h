@@ -1,0 +1,68 @@
+/* The REST + WebSocket bridge, in-process: one libwebsockets server that
+ * serves every route of the generated route table (google.api.http
+ * annotations) and drives the bound handlers through the transport-neutral
+ * call layer, with grpc-gateway's mapping rules, canonical proto3 JSON and
+ * its error shape. */
+#ifndef ANA_RESTBRIDGE_H
+#define ANA_RESTBRIDGE_H
+
+#include "ana_error.h"
+#include "ana_json.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct ana_restbridge;
+
+/* Settings; zero values pick the defaults noted. Strings are borrowed for
+ * the duration of ana_restbridge_create (they are copied). */
+struct ana_restbridge_options {
+  const char *host;        /* bind address; NULL = every interface */
+  int port;                /* 0 = pick a free port (see ana_restbridge_port) */
+  size_t max_body_bytes;   /* larger request bodies get 413; 0 = 4 MiB */
+  size_t max_header_bytes; /* all request headers together; 0 = 16 KiB (max 65535) */
+  /* WebSocket: messages queued per connection before ana_call_send answers
+   * ANA_ERR_FULL; 0 = 1024. */
+  size_t stream_buffer_size;
+  /* WebSocket: a connection whose queue stays full this long is closed with
+   * 1008 "slow consumer"; 0 = 10000 ms. */
+  int slow_consumer_ms;
+  /* Origins allowed by CORS, comma-separated ("https://a.example,https://b");
+   * "*" allows any; NULL = CORS off (no CORS headers; preflights get 403). */
+  const char *cors_allowed_origins;
+  bool ignore_unknown_query_params; /* false: 400 naming the parameter */
+  bool ignore_unknown_fields;       /* false: 400 naming the JSON field */
+  /* GET /health: called on the bridge thread (must not block). Sets *serving
+   * (false answers 503) and may append members to the JSON object, each
+   * preceded by a comma: `,"store":"ok"`. Returns 0 or a negative error
+   * (answered as 503). NULL = always serving. */
+  int (*health)(void *ctx, bool *serving, struct ana_json_buf *extra_json_fields);
+  void *health_ctx;
+};
+
+/* For the health callback: appends `,"name":"value"` (JSON-escaped) to
+ * the /health object. Returns 0 or ANA_ERR_NOMEM. */
+int ana_restbridge_health_add(struct ana_json_buf *b, const char *name, const char *value);
+
+/* Starts the bridge: binds, then serves on its own thread. Returns NULL
+ * with err filled when the port cannot be bound or memory runs out. Bind
+ * handlers (ana_rpc_bind) before. */
+struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options *o,
+                                             struct ana_error *err);
+
+/* The port actually bound (useful with port 0). */
+int ana_restbridge_port(const struct ana_restbridge *b);
+
+/* Stops serving: new requests get 503, WebSockets are closed with 1001
+ * (their calls cancelled), in-flight REST calls may finish for up to
+ * grace_ms, then the rest are cancelled and answered 503, and the service
+ * thread stops. Blocks up to grace_ms plus a moment. Returns 0, or
+ * ANA_ERR_TIMEOUT when some call was still unanswered at the end (its
+ * handler still holds it; the bridge memory stays until it finishes). */
+int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms);
+
+/* Shuts down (if not done, with no grace) and frees the bridge. Calls still
+ * held by handlers keep what they need until they finish. NULL is fine. */
+void ana_restbridge_destroy(struct ana_restbridge *b);
+
+#endif

@@ -1,0 +1,525 @@
+/* REST over HTTP/1.1: request checks (method, route, body framing and
+ * size), /health, CORS, the HTTP call transport (a unary answer encoded on
+ * the handler's thread, written on the lws thread), and response writing. */
+#include "restbridge_internal.h"
+
+#include "ana_alloc.h"
+#include "ana_id.h"
+#include "ana_log.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WRITE_CHUNK 16384
+#define HEADER_SPACE 4096
+#define DEFAULT_ALLOW_HEADERS "Authorization, Content-Type, X-Request-Id, Grpc-Timeout"
+
+static const char *const method_names[] = {
+    [LWSHUMETH_GET] = "GET",         [LWSHUMETH_POST] = "POST",   [LWSHUMETH_OPTIONS] = "OPTIONS",
+    [LWSHUMETH_PUT] = "PUT",         [LWSHUMETH_PATCH] = "PATCH", [LWSHUMETH_DELETE] = "DELETE",
+    [LWSHUMETH_CONNECT] = "CONNECT", [LWSHUMETH_HEAD] = "HEAD",
+};
+
+/* --- the transport (any thread) --- */
+
+static int http_send(struct ana_call *call, const ProtobufCMessage *message) {
+  (void)call;
+  (void)message;
+  return ANA_ERR_CLOSED; /* unary over HTTP: nothing streams */
+}
+
+static size_t http_send_queue_length(struct ana_call *call) {
+  (void)call;
+  return 0;
+}
+
+/* Encodes the answer here, on the handler's thread, and hands it over. */
+static void http_finish(struct ana_call *call, const ProtobufCMessage *response,
+                        const struct ana_error *status) {
+  struct rb_call *c = (struct rb_call *)call;
+  struct rb_reply r;
+  memset(&r, 0, sizeof r);
+  if (status && status->code != ANA_STATUS_OK) {
+    rb_reply_error(&r, call, status);
+  } else if (!response) {
+    struct ana_error st;
+    ana_error_set(&st, ANA_STATUS_INTERNAL, "%s answered without a response", call->method->path);
+    rb_reply_error(&r, call, &st);
+  } else {
+    struct ana_json_buf buf;
+    ana_json_buf_init(&buf, 0);
+    int rc = ana_json_encode(&buf, response, NULL);
+    if (rc == 0 && (r.body = rb_msg_from_buf(&buf)) != NULL) {
+      r.http_status = 200;
+    } else {
+      struct ana_error st;
+      ana_error_set(&st, ANA_STATUS_INTERNAL, "cannot encode the response of %s as JSON: %s",
+                    call->method->path, ana_strerror(rc < 0 ? rc : ANA_ERR_NOMEM));
+      rb_reply_error(&r, call, &st);
+    }
+    ana_json_buf_fini(&buf);
+  }
+  pthread_mutex_lock(&c->mu);
+  c->reply = r;
+  c->finished = true;
+  pthread_mutex_unlock(&c->mu);
+  atomic_fetch_sub(&c->bridge->inflight, 1);
+  rb_call_wake(c);
+  rb_call_unref(c); /* the handler's reference */
+}
+
+const struct ana_call_transport rb_http_transport = {
+    .send = http_send,
+    .send_queue_length = http_send_queue_length,
+    .finish = http_finish,
+};
+
+/* --- answering (lws thread) --- */
+
+static void answer(struct lws *wsi, struct rb_conn *conn) {
+  conn->state = RB_CONN_WRITING;
+  conn->headers_sent = false;
+  conn->body_off = 0;
+  lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
+  lws_callback_on_writable(wsi);
+}
+
+void rb_http_answer_error(struct lws *wsi, struct rb_conn *conn, const struct ana_error *st,
+                          bool close_after) {
+  rb_reply_error(&conn->reply, NULL, st);
+  conn->reply.close_after = close_after;
+  if (conn->call)
+    ana_call_mark_cancelled(&conn->call->base); /* its answer, if any, goes nowhere */
+  answer(wsi, conn);
+}
+
+static void answer_json(struct lws *wsi, struct rb_conn *conn, int status, const char *json,
+                        size_t len) {
+  rb_reply_clear(&conn->reply);
+  conn->reply.http_status = status;
+  conn->reply.body = len ? rb_msg_new(json, len) : NULL;
+  answer(wsi, conn);
+}
+
+static void answer_status(struct lws *wsi, struct rb_conn *conn, enum ana_status code,
+                          bool close_after, const char *fmt, const char *arg) {
+  struct ana_error st;
+  ana_error_set(&st, code, fmt, arg);
+  rb_http_answer_error(wsi, conn, &st, close_after);
+}
+
+void rb_http_on_wake(struct rb_conn *conn) {
+  struct rb_call *c = conn->call;
+  if (!c || conn->state != RB_CONN_WAITING)
+    return;
+  pthread_mutex_lock(&c->mu);
+  bool done = c->finished;
+  if (done) {
+    rb_reply_clear(&conn->reply);
+    conn->reply = c->reply;
+    memset(&c->reply, 0, sizeof c->reply);
+  }
+  pthread_mutex_unlock(&c->mu);
+  if (done)
+    answer(c->wsi, conn);
+}
+
+void rb_http_on_deadline(struct rb_conn *conn) {
+  struct rb_call *c = conn->call;
+  if (!c || conn->state != RB_CONN_WAITING)
+    return;
+  struct ana_error st;
+  ana_error_set(&st, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
+  rb_http_answer_error(c->wsi, conn, &st, false);
+}
+
+/* --- CORS --- */
+
+static bool origin_allowed(const struct ana_restbridge *b, const char *origin) {
+  const char *list = b->opt.cors_allowed_origins;
+  if (!list || !origin[0])
+    return false;
+  size_t ol = strlen(origin);
+  for (const char *p = list; *p;) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    const char *start = p;
+    while (*p && *p != ',')
+      p++;
+    const char *end = p;
+    while (end > start && end[-1] == ' ')
+      end--;
+    size_t n = (size_t)(end - start);
+    if ((n == 1 && *start == '*') || (n == ol && strncmp(start, origin, n) == 0))
+      return true;
+  }
+  return false;
+}
+
+static int add_header(struct lws *wsi, const char *name, const char *value, unsigned char **p,
+                      unsigned char *end) {
+  return lws_add_http_header_by_name(wsi, (const unsigned char *)name, (const unsigned char *)value,
+                                     (int)strlen(value), p, end);
+}
+
+/* --- writing (lws thread) --- */
+
+/* The connection is done with this request: release the call, then keep
+ * the connection for the next request or hang up. */
+static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
+  bool close_after = conn->reply.close_after;
+  rb_conn_detach(conn);
+  rb_reply_clear(&conn->reply);
+  conn->state = RB_CONN_IDLE;
+  conn->body_len = 0;
+  conn->body_too_large = false;
+  if (close_after)
+    return -1;
+  return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int write_headers(struct lws *wsi, struct rb_conn *conn) {
+  struct ana_restbridge *b = conn->bridge;
+  struct rb_reply *r = &conn->reply;
+  unsigned char buf[LWS_PRE + HEADER_SPACE];
+  unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
+  size_t len = r->body ? r->body->len : 0;
+  int rc = lws_add_http_common_headers(wsi, (unsigned)r->http_status,
+                                       len ? "application/json" : NULL, len, &p, end);
+  if (!rc && conn->request_id[0])
+    rc = add_header(wsi, "x-request-id:", conn->request_id, &p, end);
+  if (!rc && r->www_auth)
+    rc = add_header(wsi, "www-authenticate:", r->www_auth, &p, end);
+  if (!rc && r->allow)
+    rc = add_header(wsi, "allow:", r->allow, &p, end);
+  if (!rc && origin_allowed(b, conn->origin)) {
+    rc = add_header(wsi, "access-control-allow-origin:", conn->origin, &p, end);
+    if (!rc)
+      rc = add_header(wsi, "vary:", "Origin", &p, end);
+    if (!rc && r->preflight) {
+      rc = add_header(wsi, "access-control-allow-methods:", r->allow ? r->allow : "GET", &p, end);
+      if (!rc)
+        rc = add_header(wsi, "access-control-allow-headers:",
+                        r->allow_headers ? r->allow_headers : DEFAULT_ALLOW_HEADERS, &p, end);
+      if (!rc)
+        rc = add_header(wsi, "access-control-max-age:", "600", &p, end);
+    } else if (!rc) {
+      rc = add_header(wsi, "access-control-expose-headers:", "X-Request-Id, WWW-Authenticate", &p,
+                      end);
+    }
+  }
+  if (!rc && r->close_after)
+    rc = add_header(wsi, "connection:", "close", &p, end);
+  if (rc || lws_finalize_write_http_header(wsi, start, &p, end))
+    return -1;
+  conn->headers_sent = true;
+  return 0;
+}
+
+static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
+  if (conn->state != RB_CONN_WRITING)
+    return 0;
+  struct rb_msg *body = conn->reply.body;
+  if (!conn->headers_sent) {
+    if (write_headers(wsi, conn) < 0)
+      return -1;
+    if (body && body->len) {
+      lws_callback_on_writable(wsi);
+      return 0;
+    }
+    return transaction_done(wsi, conn);
+  }
+  size_t left = body->len - conn->body_off;
+  size_t n = left > WRITE_CHUNK ? WRITE_CHUNK : left;
+  bool last = n == left;
+  if (lws_write(wsi, body->data + conn->body_off, n,
+                last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) != (int)n)
+    return -1;
+  conn->body_off += n;
+  if (!last) {
+    lws_callback_on_writable(wsi);
+    return 0;
+  }
+  return transaction_done(wsi, conn);
+}
+
+/* --- requests (lws thread) --- */
+
+static void start_call(struct lws *wsi, struct rb_conn *conn) {
+  struct ana_restbridge *b = conn->bridge;
+  struct ana_error early;
+  conn->state = RB_CONN_WAITING;
+  /* lws would drop a reply that takes longer than its pending timeout. */
+  lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
+  struct rb_call *c = rb_request_start(b, wsi, conn, conn->route, conn->path, conn->body,
+                                       conn->body_len, false, NULL, &early);
+  if (!c) {
+    rb_http_answer_error(wsi, conn, &early, true);
+    return;
+  }
+  int64_t left = c->base.deadline_mono_ms;
+  if (left != INT64_MAX && conn->state == RB_CONN_WAITING) {
+    left -= ana_call_now_mono_ms();
+    lws_set_timer_usecs(wsi, left > 0 ? left * 1000 : 1);
+  }
+}
+
+static void answer_health(struct lws *wsi, struct rb_conn *conn) {
+  struct ana_restbridge *b = conn->bridge;
+  struct ana_json_buf extra, out;
+  bool serving = !atomic_load(&b->shutting_down);
+  ana_json_buf_init(&extra, 0);
+  ana_json_buf_init(&out, 0);
+  if (b->opt.health) {
+    bool s = true;
+    if (b->opt.health(b->opt.health_ctx, &s, &extra) < 0)
+      s = false;
+    serving = serving && s;
+  }
+  int rc = rb_json_append(&out, serving ? "{\"status\":\"ok\"" : "{\"status\":\"unavailable\"",
+                          serving ? 14 : 23);
+  if (rc == 0 && extra.len)
+    rc = rb_json_append(&out, extra.data + extra.reserve, extra.len);
+  if (rc == 0)
+    rc = rb_json_append(&out, "}", 1);
+  if (rc == 0)
+    answer_json(wsi, conn, serving ? 200 : 503, out.data + out.reserve, out.len);
+  else
+    answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, false, "%s", "out of memory");
+  ana_json_buf_fini(&extra);
+  ana_json_buf_fini(&out);
+}
+
+static void answer_preflight(struct lws *wsi, struct rb_conn *conn, const char *path) {
+  struct ana_restbridge *b = conn->bridge;
+  struct rb_match m;
+  char allow[80];
+  if (strcmp(path, "/health") == 0) {
+    snprintf(allow, sizeof allow, "GET, OPTIONS");
+  } else {
+    rb_route_match(path, "OPTIONS", false, NULL, &m);
+    if (!m.path_known) {
+      answer_status(wsi, conn, ANA_STATUS_NOT_FOUND, false, "no route for %s", path);
+      return;
+    }
+    snprintf(allow, sizeof allow, "%s, OPTIONS", m.allow);
+  }
+  if (conn->origin[0] && !origin_allowed(b, conn->origin)) {
+    answer_status(wsi, conn, ANA_STATUS_PERMISSION_DENIED, false,
+                  "origin %s is not allowed (CORS_ALLOWED_ORIGINS)", conn->origin);
+    return;
+  }
+  rb_reply_clear(&conn->reply);
+  conn->reply.http_status = 204;
+  conn->reply.allow = ana_strdup(allow);
+  conn->reply.preflight = true;
+  char req_headers[512];
+  int n = lws_hdr_copy(wsi, req_headers, sizeof req_headers, WSI_TOKEN_HTTP_AC_REQUEST_HEADERS);
+  if (n > 0)
+    conn->reply.allow_headers = ana_strdup(req_headers);
+  answer(wsi, conn);
+}
+
+/* A printable, short X-Request-Id is echoed and passed on; otherwise one is made. */
+static void take_request_id(struct lws *wsi, struct rb_conn *conn) {
+  char id[sizeof conn->request_id];
+  int n = lws_hdr_custom_copy(wsi, id, sizeof id, "x-request-id:", 13);
+  bool ok = n > 0;
+  for (int i = 0; ok && i < n; i++)
+    ok = isgraph((unsigned char)id[i]) != 0;
+  if (ok)
+    memcpy(conn->request_id, id, (size_t)n + 1);
+  else if (ana_uuid7_generate(conn->request_id) < 0)
+    conn->request_id[0] = '\0';
+}
+
+static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
+  struct ana_restbridge *b = conn->bridge;
+  char *uri = NULL;
+  int uri_len = 0;
+  int meth = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
+  const char *method =
+      meth >= 0 && meth < (int)(sizeof method_names / sizeof method_names[0]) && method_names[meth]
+          ? method_names[meth]
+          : "?";
+
+  rb_conn_detach(conn);
+  rb_reply_clear(&conn->reply);
+  conn->state = RB_CONN_IDLE;
+  conn->body_len = 0;
+  conn->body_too_large = false;
+  conn->route = NULL;
+  take_request_id(wsi, conn);
+  conn->origin[0] = '\0';
+  if (lws_hdr_copy(wsi, conn->origin, sizeof conn->origin, WSI_TOKEN_ORIGIN) < 0)
+    conn->origin[0] = '\0';
+
+  if (atomic_load(&b->shutting_down)) {
+    answer_status(wsi, conn, ANA_STATUS_UNAVAILABLE, true, "%s", "the server is shutting down");
+    return;
+  }
+  bool has_te = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
+  bool has_cl = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0;
+  long long cl = 0;
+  if (has_cl) {
+    char v[32];
+    char *e = NULL;
+    if (lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 ||
+        (cl = strtoll(v, &e, 10)) < 0 || !e || *e) {
+      answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s", "invalid Content-Length");
+      return;
+    }
+  }
+  bool body_method = meth == LWSHUMETH_POST || meth == LWSHUMETH_PUT || meth == LWSHUMETH_PATCH;
+  if (has_te && body_method) {
+    /* lws 4.1 does not decode chunked request bodies: read to the last
+     * chunk (so the client is not cut off mid-send), then answer 411. */
+    conn->state = RB_CONN_DISCARD_CHUNKED;
+    memset(conn->chunk_tail, 0, sizeof conn->chunk_tail);
+    return;
+  }
+  if (has_te) {
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s",
+                  "chunked request bodies are not supported; send Content-Length");
+    conn->reply.http_status = 411;
+    return;
+  }
+  if (!body_method && cl > 0) {
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "a %s request must not have a body",
+                  method);
+    return;
+  }
+  if (meth == LWSHUMETH_OPTIONS) {
+    answer_preflight(wsi, conn, path);
+    return;
+  }
+  if (strcmp(path, "/health") == 0) {
+    if (meth == LWSHUMETH_GET) {
+      answer_health(wsi, conn);
+    } else {
+      answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false, "%s is not allowed on /health",
+                    method);
+      conn->reply.allow = ana_strdup("GET, OPTIONS");
+    }
+    return;
+  }
+
+  struct rb_match m;
+  rb_route_match(path, method, false, NULL, &m);
+  if (!m.route) {
+    if (m.other_kind) {
+      answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, false,
+                    "%s is a WebSocket endpoint: connect with a WebSocket upgrade", path);
+    } else if (m.path_known) {
+      answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false,
+                    "method %s is not allowed on this path", method);
+      conn->reply.allow = ana_strdup(m.allow);
+    } else {
+      answer_status(wsi, conn, ANA_STATUS_NOT_FOUND, false, "no route for %s", path);
+    }
+    return;
+  }
+  conn->route = m.route;
+  ana_free(conn->path);
+  conn->path = ana_strdup(path);
+  if (!conn->path) {
+    answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s", "out of memory");
+    return;
+  }
+  if (!body_method) {
+    start_call(wsi, conn);
+    return;
+  }
+  if (!has_cl) {
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s",
+                  "a request body needs a Content-Length");
+    conn->reply.http_status = 411;
+    return;
+  }
+  if ((unsigned long long)cl > b->opt.max_body_bytes) {
+    /* Answered now; lws discards the body before the next request. */
+    char limit[32];
+    snprintf(limit, sizeof limit, "%zu", b->opt.max_body_bytes);
+    answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED,
+                  cl > 16 * (long long)b->opt.max_body_bytes, "request body larger than %s bytes",
+                  limit);
+    conn->reply.http_status = 413;
+    return;
+  }
+  if (cl == 0) {
+    start_call(wsi, conn);
+    return;
+  }
+  if (conn->body_cap < (size_t)cl + 1) {
+    char *nb = ana_realloc(conn->body, (size_t)cl + 1);
+    if (!nb) {
+      answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s", "out of memory");
+      return;
+    }
+    conn->body = nb;
+    conn->body_cap = (size_t)cl + 1;
+  }
+  conn->state = RB_CONN_READING_BODY;
+}
+
+/* Watches a chunked body go by for its last chunk ("0\r\n\r\n"), or for
+ * more than the body limit, then answers 411 and hangs up. */
+static void discard_chunked(struct lws *wsi, struct rb_conn *conn, const char *in, size_t len) {
+  static const char last[] = "0\r\n\r\n";
+  const size_t tl = sizeof conn->chunk_tail;
+  conn->body_len += len;
+  if (len >= tl) {
+    memcpy(conn->chunk_tail, in + len - tl, tl);
+  } else {
+    memmove(conn->chunk_tail, conn->chunk_tail + len, tl - len);
+    memcpy(conn->chunk_tail + tl - len, in, len);
+  }
+  if (memcmp(conn->chunk_tail, last, tl) != 0 && conn->body_len <= conn->bridge->opt.max_body_bytes)
+    return;
+  answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s",
+                "chunked request bodies are not supported; send Content-Length");
+  conn->reply.http_status = 411;
+}
+
+int rb_http_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
+                     void *in, size_t len) {
+  switch (reason) {
+  case LWS_CALLBACK_HTTP: on_http(wsi, conn, in ? (const char *)in : "/"); return 0;
+
+  case LWS_CALLBACK_HTTP_BODY:
+    if (conn->state == RB_CONN_DISCARD_CHUNKED) {
+      discard_chunked(wsi, conn, in, len);
+      return 0;
+    }
+    if (conn->state != RB_CONN_READING_BODY)
+      return 0;
+    if (conn->body_len + len >= conn->body_cap) {
+      conn->body_too_large = true;
+      return 0;
+    }
+    memcpy(conn->body + conn->body_len, in, len);
+    conn->body_len += len;
+    return 0;
+
+  case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+    if (conn->state != RB_CONN_READING_BODY)
+      return 0;
+    if (conn->body_too_large) {
+      answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s",
+                    "request body longer than its Content-Length");
+      conn->reply.http_status = 413;
+      return 0;
+    }
+    conn->body[conn->body_len] = '\0';
+    start_call(wsi, conn);
+    return 0;
+
+  case LWS_CALLBACK_HTTP_WRITEABLE: return on_writeable(wsi, conn);
+
+  case LWS_CALLBACK_CLOSED_HTTP: rb_conn_detach(conn); return 0;
+
+  default: return 0;
+  }
+}

@@ -1,0 +1,219 @@
+/* What the files of the bridge share: the bridge, its per-connection state
+ * and its calls. Threads: the lws service thread owns every `struct lws`
+ * and every connection; handlers may touch a call (send, finish) from any
+ * thread, so what they hand over sits in the call's mutex-protected queue
+ * and the lws thread is woken with lws_cancel_service(). */
+#ifndef ANA_RESTBRIDGE_INTERNAL_H
+#define ANA_RESTBRIDGE_INTERNAL_H
+
+#include "ana_restbridge.h"
+
+#include "ana_routes.h"
+#include "call_internal.h"
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define RB_COMPONENT "restbridge"
+#define RB_WS_PROTOCOL "restbridge.v1"
+#define RB_MAX_PATH_VARS 8
+
+/* One outbound buffer: LWS_PRE bytes of headroom, then len bytes. */
+struct rb_msg {
+  struct rb_msg *next;
+  size_t len;
+  unsigned char *data; /* points LWS_PRE bytes into the allocation */
+};
+
+/* A finished HTTP answer (status, JSON body, extra headers). */
+struct rb_reply {
+  int http_status;
+  struct rb_msg *body; /* owned; NULL = empty body */
+  char *www_auth;      /* 401: WWW-Authenticate value (owned copy) */
+  char *allow;         /* 501 on a known path: the Allow header (owned) */
+  bool close_after;    /* Connection: close, then hang up */
+  bool preflight;      /* CORS preflight: Access-Control-Allow-* headers */
+  char *allow_headers; /* preflight: Access-Control-Allow-Headers (owned) */
+};
+
+struct rb_conn;
+
+/* A call carried by the bridge. `base` first: ana_call * casts to it. */
+struct rb_call {
+  struct ana_call base;
+  struct ana_restbridge *bridge; /* holds a bridge reference */
+  const struct ana_route *route;
+  atomic_int refs; /* handler (until finish), connection, dirty list */
+  bool websocket;
+
+  pthread_mutex_t mu; /* guards everything below up to `wsi` */
+  struct rb_msg *q_head, *q_tail;
+  size_t q_len;
+  bool finished;          /* transport finish ran */
+  struct rb_reply reply;  /* HTTP: the answer, once finished */
+  struct rb_msg *ws_last; /* WebSocket: the error frame, once finished */
+  int ws_close_code;      /* WebSocket: 1000 / 1011 once finished */
+  int64_t full_since_ms;  /* WebSocket: queue full since (0 = not full) */
+  bool dirty;             /* on the bridge's dirty list (guarded by the bridge's mu) */
+  struct rb_call *dirty_next;
+
+  /* lws thread only */
+  struct lws *wsi; /* NULL once the connection is gone */
+  struct rb_conn *conn;
+};
+
+enum rb_conn_state {
+  RB_CONN_IDLE,
+  RB_CONN_READING_BODY,
+  RB_CONN_DISCARD_CHUNKED, /* reading a chunked body only to answer 411 */
+  RB_CONN_WAITING,         /* call in flight */
+  RB_CONN_WRITING,         /* reply in hand: headers, then body */
+  RB_CONN_WS_OPEN,
+  RB_CONN_WS_CLOSING,
+};
+
+/* Per-connection state (lws per-session user data, zeroed by lws). */
+struct rb_conn {
+  enum rb_conn_state state;
+  struct ana_restbridge *bridge;
+  struct rb_call *call; /* holds the connection's reference */
+  const struct ana_route *route;
+  struct rb_conn *prev, *next; /* bridge's list of live calls' connections */
+  bool listed;
+
+  /* request */
+  char *path; /* owned copy of the request path */
+  char *body;
+  size_t body_len, body_cap;
+  bool body_too_large;
+  char chunk_tail[5]; /* last bytes of a chunked body being discarded */
+  char request_id[96];
+  char origin[256];
+
+  /* response */
+  struct rb_reply reply;
+  bool headers_sent;
+  size_t body_off;
+
+  /* websocket */
+  int ws_close_code;
+  char ws_close_reason[64];
+  bool slow_timer_armed;
+};
+
+struct ana_restbridge {
+  struct ana_restbridge_options opt;
+  char *host, *cors; /* owned copies of the option strings */
+  struct lws_context *ctx;
+  struct lws_vhost *vhost;
+  struct lws_protocols *protocol; /* the vhost's copy; its name is rewritten per upgrade */
+  int port;
+  pthread_t thread;
+  bool thread_started;
+
+  pthread_mutex_t mu; /* guards ctx_live, dirty, refs bookkeeping */
+  bool ctx_live;      /* lws_cancel_service may be called */
+  struct rb_call *dirty;
+  atomic_int refs;     /* owner + one per live call */
+  atomic_int inflight; /* calls not finished yet */
+
+  atomic_bool shutting_down;
+  atomic_bool stop;
+  bool shutdown_handled;       /* lws thread: WebSockets were told to close */
+  atomic_bool cancel_inflight; /* grace is over: answer what is left with 503 */
+
+  /* lws thread only */
+  struct rb_conn *conns; /* connections with a call */
+  char ws_name[80];      /* current subprotocol name of the WS protocol */
+};
+
+/* --- bridge (server.c) --- */
+void rb_bridge_ref(struct ana_restbridge *b);
+void rb_bridge_unref(struct ana_restbridge *b);
+/* Puts the call on the dirty list and wakes the lws thread; any thread.
+ * Takes mu of the call itself. */
+void rb_call_wake(struct rb_call *c);
+
+/* --- calls (call.c) --- */
+struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route *route,
+                               struct lws *wsi, struct rb_conn *conn, bool websocket);
+void rb_call_unref(struct rb_call *c);
+void rb_msg_free(struct rb_msg *m);
+/* A buffer of len bytes with LWS_PRE headroom, copied from data. */
+struct rb_msg *rb_msg_new(const void *data, size_t len);
+void rb_reply_clear(struct rb_reply *r);
+/* Connection lost or done: drop the connection's reference; cancels the call
+ * when unanswered. lws thread. */
+void rb_conn_detach(struct rb_conn *conn);
+/* Gives the connection's reference of c to conn and lists conn as having a
+ * call (for shutdown). lws thread. */
+void rb_conn_attach(struct rb_conn *conn, struct rb_call *c);
+
+/* --- routing (route.c) --- */
+struct rb_path_var {
+  const char *field; /* field path from the pattern ("metric_id") */
+  char *value;       /* decoded value (owned by the caller's arena) */
+};
+struct rb_match {
+  const struct ana_route *route; /* NULL: none for this method */
+  bool path_known;               /* some route has this path (other method) */
+  bool other_kind;               /* this method and path exist, but as a WebSocket
+                                    (or as plain HTTP when websocket was asked) */
+  char allow[64];                /* methods of this path: "GET, PUT, DELETE" */
+  size_t n_vars;
+  struct rb_path_var vars[RB_MAX_PATH_VARS];
+};
+/* Matches path (without query) and method ("GET"...). Variable values are
+ * copied into arena. websocket: only routes served as WebSockets. */
+int rb_route_match(const char *path, const char *method, bool websocket, struct ana_arena *arena,
+                   struct rb_match *m);
+
+/* --- errors (error.c) --- */
+int rb_http_status_of(enum ana_status code);
+/* The JSON error body {"code","message","details"} (details carry the
+ * call's violations as google.rpc.BadRequest when call is not NULL). */
+struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error *status,
+                             const char *prefix, const char *suffix);
+/* Fills reply for an error status (status, body, WWW-Authenticate). */
+int rb_reply_error(struct rb_reply *r, const struct ana_call *call, const struct ana_error *status);
+
+/* --- request assembly (request.c) --- */
+/* Builds and starts the call for a matched route: metadata, deadline,
+ * admission, request message (body, query, path variables), on_request.
+ * On failure before a call exists, fills *early with the error to answer.
+ * Returns the call (also stored in conn->call), or NULL. lws thread. */
+struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, struct rb_conn *conn,
+                                 const struct ana_route *route, const char *path, const char *body,
+                                 size_t body_len, bool websocket, const char *bearer_token,
+                                 struct ana_error *early);
+
+/* --- HTTP (http.c) --- */
+extern const struct ana_call_transport rb_http_transport;
+int rb_http_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
+                     void *in, size_t len);
+/* Answers on this connection now with an error (lws thread). */
+void rb_http_answer_error(struct lws *wsi, struct rb_conn *conn, const struct ana_error *st,
+                          bool close_after);
+/* The call of this connection has something (lws thread, after a wake). */
+void rb_http_on_wake(struct rb_conn *conn);
+void rb_http_on_deadline(struct rb_conn *conn);
+
+/* --- WebSocket (websocket.c) --- */
+extern const struct ana_call_transport rb_ws_transport;
+int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi);
+int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
+                   void *in, size_t len);
+void rb_ws_on_wake(struct rb_conn *conn);
+void rb_ws_close(struct rb_conn *conn, int code, const char *reason);
+
+/* --- JSON helpers (error.c) --- */
+/* Appends s as a JSON string (quoted, escaped). */
+int rb_json_append_string(struct ana_json_buf *b, const char *s);
+int rb_json_append(struct ana_json_buf *b, const char *s, size_t n);
+/* The payload of b as an outbound buffer (copied). */
+struct rb_msg *rb_msg_from_buf(const struct ana_json_buf *b);
+
+#endif

@@ -1,0 +1,338 @@
+/* The bridge's server loop: the libwebsockets context and its service
+ * thread, the one protocol callback that dispatches to HTTP and WebSocket,
+ * the wake-up path from handler threads (dirty list + lws_cancel_service),
+ * and shutdown. */
+#include "restbridge_internal.h"
+
+#include "ana_alloc.h"
+#include "ana_log.h"
+
+#include <string.h>
+#include <time.h>
+
+#define DEFAULT_MAX_BODY (4u << 20)
+#define DEFAULT_MAX_HEADER (16u << 10)
+#define DEFAULT_STREAM_BUFFER 1024
+#define DEFAULT_SLOW_CONSUMER_MS 10000
+
+/* WebSocket keepalive: ping after 30 s without traffic, hang up after 75 s. */
+static const lws_retry_bo_t idle_policy = {
+    .secs_since_valid_ping = 30,
+    .secs_since_valid_hangup = 75,
+};
+
+void rb_bridge_ref(struct ana_restbridge *b) {
+  atomic_fetch_add(&b->refs, 1);
+}
+
+void rb_bridge_unref(struct ana_restbridge *b) {
+  if (atomic_fetch_sub(&b->refs, 1) != 1)
+    return;
+  pthread_mutex_destroy(&b->mu);
+  ana_free(b->host);
+  ana_free(b->cors);
+  ana_free(b);
+}
+
+void rb_call_wake(struct rb_call *c) {
+  struct ana_restbridge *b = c->bridge;
+  pthread_mutex_lock(&b->mu);
+  if (b->ctx_live) {
+    if (!c->dirty) {
+      c->dirty = true;
+      atomic_fetch_add(&c->refs, 1);
+      c->dirty_next = b->dirty;
+      b->dirty = c;
+    }
+    lws_cancel_service(b->ctx); /* the one lws call allowed off its thread */
+  }
+  pthread_mutex_unlock(&b->mu);
+}
+
+static struct rb_call *take_dirty(struct ana_restbridge *b) {
+  pthread_mutex_lock(&b->mu);
+  struct rb_call *list = b->dirty;
+  b->dirty = NULL;
+  for (struct rb_call *c = list; c; c = c->dirty_next)
+    c->dirty = false;
+  pthread_mutex_unlock(&b->mu);
+  return list;
+}
+
+static void drain_dirty(struct ana_restbridge *b) {
+  struct rb_call *c = take_dirty(b);
+  while (c) {
+    struct rb_call *next = c->dirty_next;
+    if (c->conn) {
+      if (c->websocket)
+        rb_ws_on_wake(c->conn);
+      else
+        rb_http_on_wake(c->conn);
+    }
+    rb_call_unref(c);
+    c = next;
+  }
+}
+
+/* Shutdown steps that must run on the lws thread. */
+static void handle_shutdown(struct ana_restbridge *b) {
+  if (!atomic_load(&b->shutting_down))
+    return;
+  bool cancel = atomic_load(&b->cancel_inflight);
+  if (b->shutdown_handled && !cancel)
+    return;
+  b->shutdown_handled = true;
+  struct rb_conn *next;
+  for (struct rb_conn *conn = b->conns; conn; conn = next) {
+    next = conn->next;
+    if (conn->call && conn->call->websocket) {
+      if (conn->state == RB_CONN_WS_OPEN)
+        rb_ws_close(conn, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
+    } else if (cancel && conn->call && conn->state == RB_CONN_WAITING) {
+      struct ana_error st;
+      ana_error_set(&st, ANA_STATUS_UNAVAILABLE, "the server is shutting down");
+      rb_http_answer_error(conn->call->wsi, conn, &st, true);
+    }
+  }
+}
+
+/* Frees what a connection holds; safe to repeat (lws reports the end of a
+ * connection through several callbacks, not all of them every time). */
+static void conn_release(struct rb_conn *conn) {
+  rb_conn_detach(conn);
+  rb_reply_clear(&conn->reply);
+  ana_free(conn->body);
+  ana_free(conn->path);
+  conn->body = NULL;
+  conn->path = NULL;
+  conn->body_cap = conn->body_len = 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len) {
+  struct ana_restbridge *b = lws_context_user(lws_get_context(wsi));
+  struct rb_conn *conn = user;
+  if (conn && !conn->bridge)
+    conn->bridge = b;
+
+  switch (reason) {
+  case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+    drain_dirty(b);
+    handle_shutdown(b);
+    return 0;
+
+  case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: return rb_ws_confirm_upgrade(b, wsi);
+
+  case LWS_CALLBACK_ESTABLISHED:
+  case LWS_CALLBACK_RECEIVE:
+  case LWS_CALLBACK_SERVER_WRITEABLE:
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return rb_ws_callback(wsi, reason, conn, in, len);
+
+  case LWS_CALLBACK_CLOSED:
+    if (conn) {
+      rb_ws_callback(wsi, reason, conn, in, len);
+      conn_release(conn);
+    }
+    return 0;
+
+  case LWS_CALLBACK_TIMER:
+    if (!conn)
+      return 0;
+    if (conn->state == RB_CONN_WS_OPEN || conn->state == RB_CONN_WS_CLOSING)
+      return rb_ws_callback(wsi, reason, conn, in, len);
+    rb_http_on_deadline(conn);
+    return 0;
+
+  case LWS_CALLBACK_HTTP:
+  case LWS_CALLBACK_HTTP_BODY:
+  case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+  case LWS_CALLBACK_HTTP_WRITEABLE:
+    if (!conn)
+      return -1;
+    return rb_http_callback(wsi, reason, conn, in, len);
+
+  case LWS_CALLBACK_CLOSED_HTTP:
+  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+  case LWS_CALLBACK_WSI_DESTROY:
+    if (conn)
+      conn_release(conn);
+    return 0;
+
+  default: break;
+  }
+  return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+static void lws_log_emit(int level, const char *line) {
+  char msg[512];
+  size_t n = strlen(line);
+  while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+    n--;
+  snprintf(msg, sizeof msg, "%.*s", (int)n, line);
+  if (level & LLL_ERR)
+    ANA_ERROR(RB_COMPONENT, "lws: %s", msg);
+  else
+    ANA_WARN(RB_COMPONENT, "lws: %s", msg);
+}
+
+static void *service_thread(void *arg) {
+  struct ana_restbridge *b = arg;
+  while (!atomic_load(&b->stop))
+    if (lws_service(b->ctx, 0) < 0)
+      break;
+  return NULL;
+}
+
+struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options *o,
+                                             struct ana_error *err) {
+  struct ana_restbridge *b = ana_calloc(1, sizeof *b);
+  if (!b) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  b->opt = *o;
+  atomic_init(&b->refs, 1);
+  atomic_init(&b->inflight, 0);
+  atomic_init(&b->shutting_down, false);
+  atomic_init(&b->stop, false);
+  atomic_init(&b->cancel_inflight, false);
+  pthread_mutex_init(&b->mu, NULL);
+  if (!b->opt.max_body_bytes)
+    b->opt.max_body_bytes = DEFAULT_MAX_BODY;
+  if (!b->opt.max_header_bytes)
+    b->opt.max_header_bytes = DEFAULT_MAX_HEADER;
+  if (b->opt.max_header_bytes > 65535)
+    b->opt.max_header_bytes = 65535; /* lws keeps it in an unsigned short */
+  if (!b->opt.stream_buffer_size)
+    b->opt.stream_buffer_size = DEFAULT_STREAM_BUFFER;
+  if (b->opt.slow_consumer_ms <= 0)
+    b->opt.slow_consumer_ms = DEFAULT_SLOW_CONSUMER_MS;
+  b->host = o->host && o->host[0] ? ana_strdup(o->host) : NULL;
+  b->cors = o->cors_allowed_origins && o->cors_allowed_origins[0]
+                ? ana_strdup(o->cors_allowed_origins)
+                : NULL;
+  b->opt.host = b->host;
+  b->opt.cors_allowed_origins = b->cors;
+  snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
+
+  lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_emit);
+
+  /* One protocol serves HTTP and WebSocket; a WebSocket without a
+   * subprotocol binds to it too (protocols[0], pitfall 7). */
+  struct lws_protocols protocols[2];
+  memset(protocols, 0, sizeof protocols);
+  protocols[0].name = RB_WS_PROTOCOL;
+  protocols[0].callback = callback;
+  protocols[0].per_session_data_size = sizeof(struct rb_conn);
+  protocols[0].rx_buffer_size = 0;
+
+  struct lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+  info.port = CONTEXT_PORT_NO_LISTEN;
+  info.user = b;
+  info.count_threads = 1;
+  info.max_http_header_data = (unsigned short)b->opt.max_header_bytes;
+  info.timeout_secs = 20;
+  b->ctx = lws_create_context(&info);
+  if (!b->ctx) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create the HTTP server context");
+    goto fail;
+  }
+  info.port = o->port;
+  info.iface = b->host;
+  info.protocols = protocols;
+  info.vhost_name = "restbridge";
+  info.retry_and_idle_policy = &idle_policy;
+  b->vhost = lws_create_vhost(b->ctx, &info);
+  if (!b->vhost) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "cannot listen on %s:%d", b->host ? b->host : "*",
+                  o->port);
+    goto fail;
+  }
+  b->port = lws_get_vhost_listen_port(b->vhost);
+  /* The vhost's own (heap) copy of the protocol, whose name is set to the
+   * subprotocol a client asks for just before lws looks it up (websocket.c). */
+  b->protocol = (struct lws_protocols *)lws_vhost_name_to_protocol(b->vhost, RB_WS_PROTOCOL);
+  b->ctx_live = true;
+  if (pthread_create(&b->thread, NULL, service_thread, b) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the HTTP server thread");
+    goto fail;
+  }
+  b->thread_started = true;
+  return b;
+
+fail:
+  b->ctx_live = false;
+  if (b->ctx)
+    lws_context_destroy(b->ctx);
+  b->ctx = NULL;
+  rb_bridge_unref(b);
+  return NULL;
+}
+
+int ana_restbridge_port(const struct ana_restbridge *b) {
+  return b->port;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static void wake(struct ana_restbridge *b) {
+  pthread_mutex_lock(&b->mu);
+  if (b->ctx_live)
+    lws_cancel_service(b->ctx);
+  pthread_mutex_unlock(&b->mu);
+}
+
+int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms) {
+  if (!b || !b->thread_started)
+    return 0;
+  atomic_store(&b->shutting_down, true);
+  wake(b);
+  int64_t deadline = ana_call_now_mono_ms() + (grace_ms > 0 ? grace_ms : 0);
+  while (atomic_load(&b->inflight) > 0 && ana_call_now_mono_ms() < deadline)
+    sleep_ms(10);
+  int rc = atomic_load(&b->inflight) > 0 ? ANA_ERR_TIMEOUT : 0;
+  if (rc < 0) {
+    /* Answer what is left with 503 and cancel it; give the handlers a
+     * moment to finish after on_cancel. */
+    atomic_store(&b->cancel_inflight, true);
+    wake(b);
+    int64_t until = ana_call_now_mono_ms() + 500;
+    while (atomic_load(&b->inflight) > 0 && ana_call_now_mono_ms() < until)
+      sleep_ms(10);
+    rc = atomic_load(&b->inflight) > 0 ? ANA_ERR_TIMEOUT : 0;
+  }
+  /* Let the close frames and last answers go out. */
+  sleep_ms(50);
+  atomic_store(&b->stop, true);
+  wake(b);
+  pthread_join(b->thread, NULL);
+  b->thread_started = false;
+  pthread_mutex_lock(&b->mu);
+  b->ctx_live = false;
+  pthread_mutex_unlock(&b->mu);
+  /* Destroying the context closes every connection (detaching its call)
+   * on this thread, now that the service thread is gone. */
+  lws_context_destroy(b->ctx);
+  b->ctx = NULL;
+  for (struct rb_call *c = take_dirty(b), *next; c; c = next) {
+    next = c->dirty_next;
+    rb_call_unref(c);
+  }
+  if (rc < 0)
+    ANA_WARN(RB_COMPONENT, "stopped with %d call(s) still unanswered by their handlers",
+             atomic_load(&b->inflight));
+  return rc;
+}
+
+void ana_restbridge_destroy(struct ana_restbridge *b) {
+  if (!b)
+    return;
+  if (b->thread_started)
+    ana_restbridge_shutdown(b, 0);
+  rb_bridge_unref(b);
+}

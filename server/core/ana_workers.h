@@ -1,0 +1,22 @@
+/* A small pool of threads for handler work that blocks (queries, file I/O),
+ * so that transport threads never wait. */
+#ifndef ANA_WORKERS_H
+#define ANA_WORKERS_H
+
+#include "ana_error.h"
+
+#include <stddef.h>
+
+struct ana_workers;
+
+/* Starts `threads` threads; at most `queue_max` jobs wait. NULL on failure. */
+struct ana_workers *ana_workers_create(int threads, size_t queue_max);
+
+/* Queues fn(arg). Returns 0, or ANA_ERR_FULL when queue_max jobs wait, or
+ * ANA_ERR_CLOSED when stopping. Thread-safe; never blocks. */
+int ana_workers_submit(struct ana_workers *w, void (*fn)(void *arg), void *arg);
+
+/* Runs every queued job, then joins the threads. NULL does nothing. */
+void ana_workers_destroy(struct ana_workers *w);
+
+#endif

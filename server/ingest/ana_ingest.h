@@ -1,0 +1,133 @@
+/* Event ingestion: validation and enrichment of each event, the group
+ * committer (deduplication, then the event store, in one durable
+ * transaction), and the hook that hears every committed event. */
+#ifndef ANA_INGEST_H
+#define ANA_INGEST_H
+
+#include "ana_arena.h"
+#include "ana_error.h"
+#include "ana_store.h"
+#include "analytics/v1/events.pb-c.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Limits and policies, from the configuration. */
+struct ana_ingest_limits {
+  int event_max_bytes;
+  int event_max_properties;
+  int event_max_depth;
+  int batch_max_events;
+  long batch_max_bytes;
+  int retention_days;
+  long event_max_future_ms;
+  bool reject_future; /* TIMESTAMP_POLICY=reject */
+  int clock_skew_tolerance_ms;
+};
+
+/* What is known about the request every event of it came in. */
+struct ana_ingest_request {
+  const char *account_id; /* the caller's, from the principal */
+  const char *client_ip;  /* "" when unknown */
+  int64_t now_ms;         /* receive time */
+  const struct ana_ingest_limits *limits;
+};
+
+#define ANA_INGEST_MAX_VIOLATIONS 8
+
+/* One event of a request, validated and enriched. */
+struct ana_ingest_item {
+  Analytics__V1__EventResult__Status status; /* ACCEPTED/CORRECTED until committed, or REJECTED */
+  const char *event_id;
+  int64_t stored_ts_ms;
+  int64_t skew_ms;
+  size_t n_violations;
+  struct {
+    const char *field; /* JSON path, e.g. "events[3].eventName" */
+    const char *description;
+  } violations[ANA_INGEST_MAX_VIOLATIONS];
+  struct ana_event_record record; /* valid when status != REJECTED */
+};
+
+/* Validates and enriches one event; `path` prefixes the JSON paths of its
+ * violations ("events[3]", or "" for a single event). Everything it makes
+ * lives in arena. Returns 0 (item filled, possibly REJECTED) or
+ * ANA_ERR_NOMEM. Does not block. */
+int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1__Event *event,
+                       const char *path, struct ana_arena *arena, struct ana_ingest_item *item);
+
+/* The client address for context.ip: the peer ("ipv4:1.2.3.4:5678"), or,
+ * when the peer is one of the trusted proxies (comma-separated IPs or CIDR
+ * ranges), the nearest untrusted address of X-Forwarded-For. Writes "" when
+ * unknown. */
+void ana_ingest_client_ip(const char *peer, const char *forwarded_for,
+                          const char *trusted_proxies, char *out, size_t out_size);
+
+/* --- group commit --- */
+
+struct ana_committer;
+
+/* One request's events waiting for a commit. The committer fills each
+ * record's duplicate/seq, then calls done once, on its own thread: rc 0 when
+ * the commit holding them is durable, or a negative error (nothing of them
+ * stored; err says why). The caller keeps the request alive until done. */
+struct ana_commit_request {
+  struct ana_event_record *records;
+  size_t n;
+  void (*done)(struct ana_commit_request *req, int rc, const struct ana_error *err);
+  void *ctx;
+  struct ana_commit_request *next; /* the committer's queue */
+  int64_t enqueued_ms;
+};
+
+/* Hears every committed (non-duplicate) event, in commit order, on the
+ * committer's thread: must not block. */
+typedef void (*ana_commit_hook_fn)(void *ctx, const struct ana_event_record *records, size_t n);
+
+struct ana_committer_options {
+  int batch_size;           /* most events per commit */
+  int processing_interval_ms; /* longest wait for more events when commits are shared */
+  int queue_max;            /* most events waiting; beyond it submit fails */
+  int retention_days;
+  int retention_sweep_interval_ms;
+};
+
+/* Starts the commit thread over the local database and event store. */
+struct ana_committer *ana_committer_create(struct ana_local_db *db,
+                                           const struct ana_event_store_ops *store_ops,
+                                           void *store, const struct ana_committer_options *o,
+                                           struct ana_error *err);
+
+/* Queues req. Returns 0, or ANA_ERR_FULL with err RESOURCE_EXHAUSTED when
+ * the queue holds queue_max events, or ANA_ERR_CLOSED when stopping. Thread-safe; never
+ * blocks for a commit. */
+int ana_committer_submit(struct ana_committer *c, struct ana_commit_request *req,
+                         struct ana_error *err);
+
+/* Registers a hook (before traffic starts). */
+int ana_committer_subscribe(struct ana_committer *c, ana_commit_hook_fn fn, void *ctx);
+
+/* Commits everything queued, then stops the thread. */
+void ana_committer_destroy(struct ana_committer *c);
+
+/* Counters for health and metrics. */
+struct ana_committer_stats {
+  uint64_t commits, events_stored, events_duplicate, failures;
+  uint64_t queued_events;
+  uint64_t last_seq;
+};
+void ana_committer_stats(struct ana_committer *c, struct ana_committer_stats *out);
+
+/* --- deduplication (the stage before the event store) --- */
+
+/* Claims (account, eventId) for each record inside the open transaction on
+ * the local database; records whose key exists get duplicate = true (also a
+ * repeat within the same batch). Returns 0 or a negative error. */
+int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+                     struct ana_error *err);
+
+/* Deletes at most max_rows expired keys; returns how many. */
+int ana_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
+                      struct ana_error *err);
+
+#endif

@@ -1,0 +1,290 @@
+/* The group committer: one thread takes the requests queued since its last
+ * commit and writes them in one transaction (deduplication, then the event
+ * store), so concurrent requests share one fsync. A request is answered
+ * only when the commit holding its events has returned, i.e. is on disk.
+ * Between commits the same thread deletes expired events in small chunks,
+ * so retention never holds the write lock for long. */
+#include "ana_ingest.h"
+
+#include "ana_alloc.h"
+#include "ana_log.h"
+
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#define DAY_MS 86400000LL
+#define RETENTION_CHUNK 1000
+#define MAX_HOOKS 8
+
+struct hook {
+  ana_commit_hook_fn fn;
+  void *ctx;
+};
+
+struct ana_committer {
+  struct ana_local_db *db;
+  const struct ana_event_store_ops *ops;
+  void *store;
+  struct ana_committer_options o;
+
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+  struct ana_commit_request *head, *tail;
+  long queued_events;
+  bool stopping;
+  pthread_t thread;
+  bool started;
+
+  struct hook hooks[MAX_HOOKS];
+  int n_hooks;
+  struct ana_committer_stats stats;
+  int last_commit_requests;
+  int64_t next_sweep_ms;
+};
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void deadline_in(struct timespec *ts, int64_t ms) {
+  clock_gettime(CLOCK_REALTIME, ts);
+  ts->tv_sec += (time_t)(ms / 1000);
+  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+/* Takes requests from the queue up to batch_size events (at least one). */
+static struct ana_commit_request *take_batch(struct ana_committer *c, size_t *events,
+                                             int *requests) {
+  struct ana_commit_request *first = c->head, *last = NULL;
+  size_t n = 0;
+  *requests = 0;
+  for (struct ana_commit_request *r = c->head; r; r = r->next) {
+    if (*requests > 0 && n + r->n > (size_t)c->o.batch_size)
+      break;
+    n += r->n;
+    last = r;
+    (*requests)++;
+  }
+  c->head = last->next;
+  if (!c->head)
+    c->tail = NULL;
+  last->next = NULL;
+  c->queued_events -= (long)n;
+  *events = n;
+  return first;
+}
+
+static int commit_batch(struct ana_committer *c, struct ana_commit_request *batch,
+                        struct ana_error *err) {
+  int rc = ana_local_db_begin(c->db, err);
+  if (rc < 0)
+    return rc;
+  for (struct ana_commit_request *r = batch; r && rc == 0; r = r->next) {
+    rc = ana_dedupe_claim(c->db, r->records, r->n, err);
+    if (rc == 0)
+      rc = c->ops->append(c->store, r->records, r->n, err);
+  }
+  if (rc < 0) {
+    ana_local_db_rollback(c->db);
+    return rc;
+  }
+  return ana_local_db_commit(c->db, err);
+}
+
+static void finish_batch(struct ana_committer *c, struct ana_commit_request *batch, int rc,
+                         const struct ana_error *err) {
+  uint64_t stored = 0, duplicate = 0, last_seq = 0;
+  if (rc == 0) {
+    for (struct ana_commit_request *r = batch; r; r = r->next) {
+      for (size_t i = 0; i < r->n; i++) {
+        if (r->records[i].duplicate) {
+          duplicate++;
+        } else {
+          stored++;
+          last_seq = r->records[i].seq;
+        }
+      }
+      /* Hooks see the events of each request, in commit order. */
+      for (int h = 0; h < c->n_hooks; h++)
+        c->hooks[h].fn(c->hooks[h].ctx, r->records, r->n);
+    }
+  } else {
+    ANA_ERROR("ingest", "commit failed, nothing of it was acknowledged: %s", err->message);
+  }
+  pthread_mutex_lock(&c->mu);
+  if (rc == 0) {
+    c->stats.commits++;
+    c->stats.events_stored += stored;
+    c->stats.events_duplicate += duplicate;
+    if (stored)
+      c->stats.last_seq = last_seq;
+  } else {
+    c->stats.failures++;
+  }
+  pthread_mutex_unlock(&c->mu);
+  while (batch) {
+    struct ana_commit_request *next = batch->next;
+    batch->done(batch, rc, err);
+    batch = next;
+  }
+}
+
+static void sweep_retention(struct ana_committer *c) {
+  struct ana_error err;
+  int64_t now = now_ms();
+  int64_t cutoff = now - (int64_t)c->o.retention_days * DAY_MS;
+  if (ana_local_db_begin(c->db, &err) < 0)
+    return;
+  int deleted = c->ops->expire(c->store, cutoff, RETENTION_CHUNK, &err);
+  int keys = deleted >= 0 ? ana_dedupe_expire(c->db, now, RETENTION_CHUNK, &err) : -1;
+  if (deleted < 0 || keys < 0 || ana_local_db_commit(c->db, &err) < 0) {
+    ana_local_db_rollback(c->db);
+    ANA_WARN("ingest", "retention sweep failed: %s", err.message);
+    c->next_sweep_ms = now + c->o.retention_sweep_interval_ms;
+    return;
+  }
+  if (deleted > 0 || keys > 0)
+    ANA_DEBUG("ingest", "retention deleted %d events and %d keys", deleted, keys);
+  /* A full chunk means more is due: continue soon, between commits. */
+  c->next_sweep_ms = (deleted == RETENTION_CHUNK || keys == RETENTION_CHUNK)
+                         ? now
+                         : now + c->o.retention_sweep_interval_ms;
+}
+
+static void *commit_thread(void *arg) {
+  struct ana_committer *c = arg;
+  pthread_mutex_lock(&c->mu);
+  for (;;) {
+    while (!c->head && !c->stopping) {
+      int64_t wait = c->next_sweep_ms - now_ms();
+      if (wait <= 0) {
+        pthread_mutex_unlock(&c->mu);
+        sweep_retention(c);
+        pthread_mutex_lock(&c->mu);
+        continue;
+      }
+      struct timespec ts;
+      deadline_in(&ts, wait);
+      pthread_cond_timedwait(&c->cond, &c->mu, &ts);
+    }
+    if (!c->head && c->stopping)
+      break;
+    /* When requests were sharing commits, wait a little for more; a lone
+     * client is not slowed down. */
+    if (c->o.processing_interval_ms > 0 && c->last_commit_requests > 1 &&
+        c->queued_events < c->o.batch_size && !c->stopping) {
+      struct timespec ts;
+      deadline_in(&ts, c->o.processing_interval_ms);
+      while (c->queued_events < c->o.batch_size && !c->stopping &&
+             pthread_cond_timedwait(&c->cond, &c->mu, &ts) == 0) {
+      }
+    }
+    size_t events;
+    int requests;
+    struct ana_commit_request *batch = take_batch(c, &events, &requests);
+    pthread_mutex_unlock(&c->mu);
+
+    struct ana_error err;
+    ana_error_clear(&err);
+    int rc = commit_batch(c, batch, &err);
+    finish_batch(c, batch, rc, &err);
+
+    pthread_mutex_lock(&c->mu);
+    c->last_commit_requests = requests;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+struct ana_committer *ana_committer_create(struct ana_local_db *db,
+                                           const struct ana_event_store_ops *ops, void *store,
+                                           const struct ana_committer_options *o,
+                                           struct ana_error *err) {
+  struct ana_committer *c = ana_calloc(1, sizeof *c);
+  if (!c) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  c->db = db;
+  c->ops = ops;
+  c->store = store;
+  c->o = *o;
+  if (c->o.batch_size < 1)
+    c->o.batch_size = 1;
+  c->next_sweep_ms = now_ms() + 1000; /* first sweep soon after start-up */
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cond, NULL);
+  if (pthread_create(&c->thread, NULL, commit_thread, c) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the commit thread");
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cond);
+    ana_free(c);
+    return NULL;
+  }
+  c->started = true;
+  return c;
+}
+
+int ana_committer_submit(struct ana_committer *c, struct ana_commit_request *req,
+                         struct ana_error *err) {
+  pthread_mutex_lock(&c->mu);
+  if (c->stopping) {
+    pthread_mutex_unlock(&c->mu);
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "the server is shutting down");
+    return ANA_ERR_CLOSED;
+  }
+  if (c->queued_events > 0 && c->queued_events + (long)req->n > c->o.queue_max) {
+    long queued = c->queued_events;
+    pthread_mutex_unlock(&c->mu);
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED,
+                  "the ingest queue is full (%ld events waiting for a commit); retry later",
+                  queued);
+    return ANA_ERR_FULL;
+  }
+  req->next = NULL;
+  req->enqueued_ms = now_ms();
+  if (c->tail)
+    c->tail->next = req;
+  else
+    c->head = req;
+  c->tail = req;
+  c->queued_events += (long)req->n;
+  pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+int ana_committer_subscribe(struct ana_committer *c, ana_commit_hook_fn fn, void *ctx) {
+  if (c->n_hooks == MAX_HOOKS)
+    return ANA_ERR_FULL;
+  c->hooks[c->n_hooks++] = (struct hook){fn, ctx};
+  return 0;
+}
+
+void ana_committer_destroy(struct ana_committer *c) {
+  if (!c)
+    return;
+  pthread_mutex_lock(&c->mu);
+  c->stopping = true;
+  pthread_cond_signal(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+  if (c->started)
+    pthread_join(c->thread, NULL);
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cond);
+  ana_free(c);
+}
+
+void ana_committer_stats(struct ana_committer *c, struct ana_committer_stats *out) {
+  pthread_mutex_lock(&c->mu);
+  *out = c->stats;
+  out->queued_events = (uint64_t)c->queued_events;
+  pthread_mutex_unlock(&c->mu);
+}

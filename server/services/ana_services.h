@@ -1,0 +1,25 @@
+/* The service implementations: each binds the handlers of one contract
+ * service to the method table. */
+#ifndef ANA_SERVICES_H
+#define ANA_SERVICES_H
+
+#include "ana_ingest.h"
+#include "ana_store.h"
+#include "ana_workers.h"
+
+struct ana_event_service_options {
+  struct ana_committer *committer;
+  const struct ana_event_store_ops *store_ops;
+  void *store;
+  struct ana_workers *workers; /* for searches */
+  struct ana_ingest_limits limits;
+  const char *trusted_proxies;   /* borrowed; NULL = none */
+  int search_max_page_size;
+  int stream_max_in_flight;      /* batches of one stream being committed at once */
+};
+
+/* Binds EventService (TrackEvent, TrackEvents, IngestEvents, ImportEvents,
+ * SearchEvents). The options are copied; pointers must outlive the server. */
+int ana_event_service_bind(const struct ana_event_service_options *o);
+
+#endif

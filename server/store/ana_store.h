@@ -1,0 +1,117 @@
+/* Storage roles. Each role is a table of operations a backend implements;
+ * backends register in registry.c and are selected by configuration. Every
+ * operation takes the account it acts for: no call reads across accounts.
+ *
+ * The embedded SQLite database (the "local database") is always present: it
+ * holds the deduplication keys and, with the embedded backend, the events
+ * themselves, so that an event and its key commit in one transaction. */
+#ifndef ANA_STORE_H
+#define ANA_STORE_H
+
+#include "ana_error.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ana_local_db;
+
+/* One validated, enriched event ready to be stored. Strings and payload are
+ * borrowed from the request for the duration of the append. */
+struct ana_event_record {
+  const char *account_id;
+  const char *event_id;
+  const char *session_id; /* "" when absent */
+  const char *event_type;
+  const char *event_name;
+  int64_t timestamp_ms;   /* as stored, after any correction */
+  int64_t received_at_ms;
+  int64_t expires_at_ms;  /* when retention deletes it (and its dedupe key) */
+  const char *properties_json; /* JSON object text, "{}" when none */
+  const char *search_text;     /* names and property values, for free-text search */
+  const uint8_t *payload;      /* the serialized analytics.v1.Event as stored */
+  size_t payload_len;
+  /* Filled by the commit: */
+  bool duplicate; /* its (account, eventId) was stored before */
+  uint64_t seq;   /* commit sequence number when stored */
+};
+
+/* A search over one account's events, newest first. */
+struct ana_event_query {
+  const char *account_id;
+  int64_t from_ms; /* inclusive; INT64_MIN = unbounded */
+  int64_t to_ms;   /* exclusive; INT64_MAX = unbounded */
+  const char *event_type; /* NULL or "" = any */
+  const char *event_name;
+  const char *session_id;
+  const char *const *property_keys; /* equality on top-level properties */
+  const char *const *property_values;
+  size_t n_properties;
+  const char *text; /* free text over names and property values; NULL = none */
+  int limit;
+  bool after_cursor; /* continue after (cursor_ts, cursor_event_id) */
+  int64_t cursor_ts;
+  const char *cursor_event_id;
+};
+
+/* Receives one search hit; the pointers are valid during the call. Return
+ * non-zero to stop. */
+typedef int (*ana_event_hit_fn)(void *ctx, const uint8_t *payload, size_t payload_len,
+                                int64_t timestamp_ms, const char *event_id, uint64_t seq);
+
+/* The event store role. */
+struct ana_event_store_ops {
+  const char *name;
+  /* Opens the store on the local database (and its own server, if any).
+   * Called once at start-up; may block. Returns NULL with err filled. */
+  void *(*open)(struct ana_local_db *db, struct ana_error *err);
+  /* Stores records[i] for each i with !records[i].duplicate, setting seq.
+   * Runs inside the transaction the committer opened on the local database
+   * and may block; nothing is durable until that transaction commits. */
+  int (*append)(void *store, struct ana_event_record *records, size_t n, struct ana_error *err);
+  /* Calls hit for each match, newest first (timestamp, then eventId,
+   * descending), at most q->limit times. Thread-safe; blocks. */
+  int (*search)(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                struct ana_error *err);
+  /* Deletes at most max_rows events with timestamp < cutoff_ms, in the
+   * committer's transaction; returns how many, or a negative error. */
+  int (*expire)(void *store, int64_t cutoff_ms, int max_rows, struct ana_error *err);
+  /* Closes the store; NULL does nothing. */
+  void (*close)(void *store);
+};
+
+/* The event store selected by configuration ("sqlite" today). */
+const struct ana_event_store_ops *ana_store_event_backend(const char *name);
+
+/* --- the local database --- */
+
+/* Opens (creating if needed) DATA_DIR/analytics.db in WAL mode with
+ * synchronous=FULL and applies pending schema migrations. Returns NULL with
+ * err filled. */
+struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err);
+void ana_local_db_close(struct ana_local_db *db);
+
+/* Path of the database file (borrowed). */
+const char *ana_local_db_path(const struct ana_local_db *db);
+
+/* Schema version after migrations. */
+int ana_local_db_schema_version(struct ana_local_db *db);
+
+/* Write transactions, used only by the committer thread: BEGIN IMMEDIATE,
+ * COMMIT (durable when it returns 0), ROLLBACK. */
+int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err);
+int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err);
+void ana_local_db_rollback(struct ana_local_db *db);
+
+/* The writer connection (for the committer's stages) and a pooled reader
+ * (for searches; return it with ana_local_db_release_reader). The reader
+ * call blocks while all readers are busy. Both are sqlite3 handles. */
+void *ana_local_db_writer(struct ana_local_db *db);
+void *ana_local_db_acquire_reader(struct ana_local_db *db);
+void ana_local_db_release_reader(struct ana_local_db *db, void *reader);
+
+/* Whether the last write failed for lack of space or an I/O error (for
+ * health reporting); cleared by the next successful commit. */
+bool ana_local_db_degraded(const struct ana_local_db *db);
+
+#endif

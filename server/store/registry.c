@@ -1,0 +1,17 @@
+/* Every storage backend, by role. Adding a backend means adding its folder,
+ * a line here, and its sources in CMakeLists.txt. */
+#include "ana_store.h"
+#include "sqlite/sqlite_backends.h"
+
+#include <string.h>
+
+static const struct ana_event_store_ops *const event_stores[] = {
+    &ana_sqlite_event_store,
+};
+
+const struct ana_event_store_ops *ana_store_event_backend(const char *name) {
+  for (size_t i = 0; i < sizeof event_stores / sizeof event_stores[0]; i++)
+    if (strcmp(event_stores[i]->name, name) == 0)
+      return event_stores[i];
+  return NULL;
+}

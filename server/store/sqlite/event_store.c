@@ -1,0 +1,265 @@
+/* The embedded event store: events in the local SQLite database, with an
+ * FTS5 index over names and property values for free-text search. */
+#include "ana_store.h"
+#include "sqlite_backends.h"
+
+#include "ana_alloc.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+
+struct sqlite_event_store {
+  struct ana_local_db *db;
+  sqlite3_stmt *insert_event; /* writer statements, used by the committer only */
+  sqlite3_stmt *insert_fts;
+};
+
+static int prepare_error(sqlite3 *db, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(db));
+  return ANA_ERR_INTERNAL;
+}
+
+static void store_close(void *p) {
+  struct sqlite_event_store *s = p;
+  if (!s)
+    return;
+  sqlite3_finalize(s->insert_event);
+  sqlite3_finalize(s->insert_fts);
+  ana_free(s);
+}
+
+static void *store_open(struct ana_local_db *db, struct ana_error *err) {
+  struct sqlite_event_store *s = ana_calloc(1, sizeof *s);
+  if (!s) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  s->db = db;
+  sqlite3 *w = ana_local_db_writer(db);
+  if (sqlite3_prepare_v3(w,
+                         "INSERT INTO events (account_id, event_id, session_id, event_type,"
+                         " event_name, ts, received_at, properties, search_text, payload)"
+                         " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         -1, SQLITE_PREPARE_PERSISTENT, &s->insert_event, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v3(w, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
+                         SQLITE_PREPARE_PERSISTENT, &s->insert_fts, NULL) != SQLITE_OK) {
+    prepare_error(w, err);
+    store_close(s);
+    return NULL;
+  }
+  return s;
+}
+
+static int store_append(void *p, struct ana_event_record *records, size_t n,
+                        struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  sqlite3 *w = ana_local_db_writer(s->db);
+  for (size_t i = 0; i < n; i++) {
+    struct ana_event_record *r = &records[i];
+    if (r->duplicate)
+      continue;
+    sqlite3_stmt *st = s->insert_event;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, r->account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->event_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->event_name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, r->timestamp_ms);
+    sqlite3_bind_int64(st, 7, r->received_at_ms);
+    sqlite3_bind_text(st, 8, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 10, r->payload, (int)r->payload_len, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
+                    sqlite3_errmsg(w));
+      sqlite3_reset(st);
+      return ANA_ERR_IO;
+    }
+    r->seq = (uint64_t)sqlite3_last_insert_rowid(w);
+    st = s->insert_fts;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->seq);
+    sqlite3_bind_text(st, 2, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot index an event: %s",
+                    sqlite3_errmsg(w));
+      sqlite3_reset(st);
+      return ANA_ERR_IO;
+    }
+  }
+  return 0;
+}
+
+/* Free text as an FTS5 query: every word must appear; each is quoted so
+ * user input cannot use FTS5 syntax. */
+static char *fts_query(const char *text) {
+  size_t n = strlen(text);
+  char *q = ana_malloc(n * 3 + 8);
+  if (!q)
+    return NULL;
+  size_t len = 0;
+  const char *p = text;
+  while (*p) {
+    while (*p == ' ' || *p == '\t' || *p == '\n')
+      p++;
+    if (!*p)
+      break;
+    if (len)
+      q[len++] = ' ';
+    q[len++] = '"';
+    while (*p && *p != ' ' && *p != '\t' && *p != '\n') {
+      if (*p == '"')
+        q[len++] = '"';
+      q[len++] = *p++;
+    }
+    q[len++] = '"';
+  }
+  q[len] = '\0';
+  return q;
+}
+
+/* JSON path of a top-level property for json_extract: $."key" */
+static char *property_path(const char *key) {
+  size_t n = strlen(key);
+  char *p = ana_malloc(n * 2 + 8);
+  if (!p)
+    return NULL;
+  size_t len = 0;
+  p[len++] = '$';
+  p[len++] = '.';
+  p[len++] = '"';
+  for (const char *k = key; *k; k++) {
+    if (*k == '"' || *k == '\\')
+      p[len++] = '\\';
+    p[len++] = *k;
+  }
+  p[len++] = '"';
+  p[len] = '\0';
+  return p;
+}
+
+#define MAX_PROPERTY_FILTERS 16
+
+static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                        struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  char sql[4096];
+  size_t len = 0;
+  char *fts = NULL, *paths[MAX_PROPERTY_FILTERS] = {0};
+  int rc = 0;
+  if (q->n_properties > MAX_PROPERTY_FILTERS)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                         "properties: at most %d property filters", MAX_PROPERTY_FILTERS);
+
+#define APPEND(...) len += (size_t)snprintf(sql + len, sizeof sql - len, __VA_ARGS__)
+  APPEND("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ?1"
+         " AND ts >= ?2 AND ts < ?3");
+  if (q->event_type && q->event_type[0])
+    APPEND(" AND event_type = ?4");
+  if (q->event_name && q->event_name[0])
+    APPEND(" AND event_name = ?5");
+  if (q->session_id && q->session_id[0])
+    APPEND(" AND session_id = ?6");
+  if (q->after_cursor)
+    APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
+  if (q->text && q->text[0]) {
+    fts = fts_query(q->text);
+    if (!fts)
+      goto nomem;
+    if (fts[0])
+      APPEND(" AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?9)");
+  }
+  for (size_t i = 0; i < q->n_properties; i++) {
+    paths[i] = property_path(q->property_keys[i]);
+    if (!paths[i])
+      goto nomem;
+    APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
+  }
+  APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
+#undef APPEND
+
+  sqlite3 *r = ana_local_db_acquire_reader(s->db);
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+    rc = prepare_error(r, err);
+    goto release;
+  }
+  sqlite3_bind_text(st, 1, q->account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, q->from_ms);
+  sqlite3_bind_int64(st, 3, q->to_ms);
+  if (q->event_type && q->event_type[0])
+    sqlite3_bind_text(st, 4, q->event_type, -1, SQLITE_STATIC);
+  if (q->event_name && q->event_name[0])
+    sqlite3_bind_text(st, 5, q->event_name, -1, SQLITE_STATIC);
+  if (q->session_id && q->session_id[0])
+    sqlite3_bind_text(st, 6, q->session_id, -1, SQLITE_STATIC);
+  if (q->after_cursor) {
+    sqlite3_bind_int64(st, 7, q->cursor_ts);
+    sqlite3_bind_text(st, 8, q->cursor_event_id, -1, SQLITE_STATIC);
+  }
+  if (fts && fts[0])
+    sqlite3_bind_text(st, 9, fts, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 10, q->limit);
+  for (size_t i = 0; i < q->n_properties; i++) {
+    sqlite3_bind_text(st, (int)(20 + 2 * i), paths[i], -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, (int)(21 + 2 * i), q->property_values[i], -1, SQLITE_STATIC);
+  }
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+            sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
+            (uint64_t)sqlite3_column_int64(st, 3)))
+      break;
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s",
+                  sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+  sqlite3_finalize(st);
+release:
+  ana_local_db_release_reader(s->db, r);
+  goto out;
+nomem:
+  rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+out:
+  ana_free(fts);
+  for (size_t i = 0; i < MAX_PROPERTY_FILTERS; i++)
+    ana_free(paths[i]);
+  return rc;
+}
+
+static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  sqlite3 *w = ana_local_db_writer(s->db);
+  char sql[512];
+  /* The FTS index is external-content: remove each row's terms first. */
+  snprintf(sql, sizeof sql,
+           "CREATE TEMP TABLE IF NOT EXISTS expiring(seq INTEGER PRIMARY KEY);"
+           "DELETE FROM expiring;"
+           "INSERT INTO expiring SELECT seq FROM events WHERE ts < %lld ORDER BY ts LIMIT %d;"
+           "INSERT INTO events_fts(events_fts, rowid, search_text)"
+           "  SELECT 'delete', seq, search_text FROM events WHERE seq IN (SELECT seq FROM expiring);"
+           "DELETE FROM events WHERE seq IN (SELECT seq FROM expiring);",
+           (long long)cutoff_ms, max_rows);
+  char *msg = NULL;
+  if (sqlite3_exec(w, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                  msg ? msg : "error");
+    sqlite3_free(msg);
+    return ANA_ERR_IO;
+  }
+  return sqlite3_changes(w);
+}
+
+const struct ana_event_store_ops ana_sqlite_event_store = {
+    .name = "sqlite",
+    .open = store_open,
+    .append = store_append,
+    .search = store_search,
+    .expire = store_expire,
+    .close = store_close,
+};

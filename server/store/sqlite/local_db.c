@@ -1,0 +1,242 @@
+/* The local SQLite database: connections, pragmas for durable commits, and
+ * versioned schema migrations. */
+#include "ana_store.h"
+
+#include "ana_alloc.h"
+#include "ana_log.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#define READERS 4
+#define BUSY_TIMEOUT_MS 10000
+
+struct ana_local_db {
+  char *path;
+  sqlite3 *writer;
+  sqlite3 *readers[READERS];
+  bool reader_busy[READERS];
+  pthread_mutex_t mu;
+  pthread_cond_t reader_free;
+  atomic_bool degraded;
+};
+
+/* Schema migrations, applied in order, each in its own transaction. Never
+ * edit a released step: add a new one. */
+static const char *const migrations[] = {
+    /* 1: events, their search index and the deduplication keys. */
+    "CREATE TABLE events ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  account_id TEXT NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  session_id TEXT NOT NULL DEFAULT '',"
+    "  event_type TEXT NOT NULL,"
+    "  event_name TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  properties TEXT NOT NULL DEFAULT '{}',"
+    "  search_text TEXT NOT NULL DEFAULT '',"
+    "  payload BLOB NOT NULL);"
+    "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"
+    "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"
+    "CREATE INDEX events_by_type ON events(account_id, event_type, ts, event_id);"
+    "CREATE INDEX events_by_session ON events(account_id, session_id, ts, event_id);"
+    "CREATE INDEX events_expiry ON events(ts);"
+    "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
+    "  content_rowid='seq');"
+    "CREATE TABLE dedupe_keys ("
+    "  account_id TEXT NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  expires_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"
+    "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);",
+};
+
+#define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+
+static int sql_error(sqlite3 *db, const char *what, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s: %s", what, sqlite3_errmsg(db));
+  return ANA_ERR_IO;
+}
+
+static int exec(sqlite3 *db, const char *sql, struct ana_error *err) {
+  char *msg = NULL;
+  if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", msg ? msg : "error");
+    sqlite3_free(msg);
+    return ANA_ERR_IO;
+  }
+  return 0;
+}
+
+static int open_connection(const char *path, int flags, sqlite3 **out, struct ana_error *err) {
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "DATA_DIR: cannot open %s: %s", path,
+                  db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_close(db);
+    return ANA_ERR_IO;
+  }
+  sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+  sqlite3_extended_result_codes(db, 1);
+  /* WAL lets searches read while the committer writes; FULL syncs the WAL
+   * on every commit, so a commit that returned is on disk. */
+  if (exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+               "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+           err) < 0) {
+    sqlite3_close(db);
+    return ANA_ERR_IO;
+  }
+  *out = db;
+  return 0;
+}
+
+static int schema_version(sqlite3 *db) {
+  sqlite3_stmt *st = NULL;
+  int v = 0;
+  if (sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", -1, &st,
+                         NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+static int migrate(sqlite3 *db, struct ana_error *err) {
+  if (exec(db,
+           "CREATE TABLE IF NOT EXISTS schema_migrations ("
+           "  version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+           err) < 0)
+    return ANA_ERR_IO;
+  int have = schema_version(db);
+  if (have > MIGRATION_COUNT) {
+    ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                  "DATA_DIR: the database has schema version %d, newer than this "
+                  "analyticsd (%d); use a newer analyticsd",
+                  have, MIGRATION_COUNT);
+    return ANA_ERR_INVALID;
+  }
+  for (int v = have + 1; v <= MIGRATION_COUNT; v++) {
+    char record[128];
+    snprintf(record, sizeof record,
+             "INSERT INTO schema_migrations VALUES (%d, CAST(strftime('%%s','now') AS INTEGER) * 1000)",
+             v);
+    if (exec(db, "BEGIN IMMEDIATE", err) < 0)
+      return ANA_ERR_IO;
+    if (exec(db, migrations[v - 1], err) < 0 || exec(db, record, err) < 0) {
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      return ANA_ERR_IO;
+    }
+    if (exec(db, "COMMIT", err) < 0) {
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      return ANA_ERR_IO;
+    }
+    ANA_INFO("store", "schema migrated to version %d", v);
+  }
+  return 0;
+}
+
+struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err) {
+  struct ana_local_db *db = ana_calloc(1, sizeof *db);
+  if (!db) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_init(&db->mu, NULL);
+  pthread_cond_init(&db->reader_free, NULL);
+  size_t n = strlen(data_dir) + sizeof "/analytics.db";
+  db->path = ana_malloc(n);
+  if (!db->path) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  snprintf(db->path, n, "%s/analytics.db", data_dir);
+  if (open_connection(db->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &db->writer, err) < 0)
+    goto fail;
+  if (migrate(db->writer, err) < 0)
+    goto fail;
+  for (int i = 0; i < READERS; i++)
+    if (open_connection(db->path, SQLITE_OPEN_READONLY, &db->readers[i], err) < 0)
+      goto fail;
+  return db;
+fail:
+  ana_local_db_close(db);
+  return NULL;
+}
+
+void ana_local_db_close(struct ana_local_db *db) {
+  if (!db)
+    return;
+  for (int i = 0; i < READERS; i++)
+    sqlite3_close(db->readers[i]);
+  sqlite3_close(db->writer);
+  pthread_mutex_destroy(&db->mu);
+  pthread_cond_destroy(&db->reader_free);
+  ana_free(db->path);
+  ana_free(db);
+}
+
+const char *ana_local_db_path(const struct ana_local_db *db) { return db->path; }
+
+int ana_local_db_schema_version(struct ana_local_db *db) { return schema_version(db->writer); }
+
+int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
+  if (sqlite3_exec(db->writer, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return sql_error(db->writer, "cannot begin a transaction", err);
+  return 0;
+}
+
+int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
+  if (sqlite3_exec(db->writer, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    int code = sqlite3_extended_errcode(db->writer);
+    sql_error(db->writer, "cannot commit", err);
+    /* A failed COMMIT may leave the transaction open; end it so the next
+     * one starts clean. Nothing of it was acknowledged. */
+    if (!sqlite3_get_autocommit(db->writer))
+      sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+    atomic_store(&db->degraded, true);
+    if ((code & 0xff) == SQLITE_FULL)
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                    "event store: the disk is full; nothing of this request was stored");
+    return ANA_ERR_IO;
+  }
+  atomic_store(&db->degraded, false);
+  return 0;
+}
+
+void ana_local_db_rollback(struct ana_local_db *db) {
+  if (!sqlite3_get_autocommit(db->writer))
+    sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
+
+void *ana_local_db_acquire_reader(struct ana_local_db *db) {
+  pthread_mutex_lock(&db->mu);
+  for (;;) {
+    for (int i = 0; i < READERS; i++) {
+      if (!db->reader_busy[i]) {
+        db->reader_busy[i] = true;
+        pthread_mutex_unlock(&db->mu);
+        return db->readers[i];
+      }
+    }
+    pthread_cond_wait(&db->reader_free, &db->mu);
+  }
+}
+
+void ana_local_db_release_reader(struct ana_local_db *db, void *reader) {
+  pthread_mutex_lock(&db->mu);
+  for (int i = 0; i < READERS; i++)
+    if (db->readers[i] == reader)
+      db->reader_busy[i] = false;
+  pthread_cond_signal(&db->reader_free);
+  pthread_mutex_unlock(&db->mu);
+}
+
+bool ana_local_db_degraded(const struct ana_local_db *db) {
+  return atomic_load(&((struct ana_local_db *)db)->degraded);
+}

@@ -1,0 +1,9 @@
+/* The embedded (SQLite) implementations of the storage roles. */
+#ifndef ANA_SQLITE_BACKENDS_H
+#define ANA_SQLITE_BACKENDS_H
+
+#include "ana_store.h"
+
+extern const struct ana_event_store_ops ana_sqlite_event_store;
+
+#endif

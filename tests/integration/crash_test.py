@@ -1,0 +1,174 @@
+"""kill -9 under sustained concurrent ingest.
+
+Writers send batches with client-chosen eventIds and record what the server
+acknowledged (ACCEPTED or DUPLICATE). The server is killed with SIGKILL at
+random moments and restarted on the same DATA_DIR; writers retry every batch
+that got no answer. At the end every acknowledged eventId must be stored
+exactly once, nothing may be stored twice, and the database must pass
+PRAGMA integrity_check.
+
+usage: crash_test.py --binary build/server/analyticsd --kills 30
+"""
+
+import argparse
+import os
+import random
+import sqlite3
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "python"))
+
+import grpc  # noqa: E402
+
+import harness  # noqa: E402
+import stubs  # noqa: E402
+
+BATCH = 20
+
+
+class Writer(threading.Thread):
+    def __init__(self, n, pb, target_fn, stop):
+        super().__init__(daemon=True)
+        self.n, self.pb, self.target_fn, self.stop = n, pb, target_fn, stop
+        self.acked = set()
+        self.sent = set()
+        self.pending = []  # batches without an answer, retried later
+        self.seq = 0
+        self.errors = []
+
+    def next_batch(self):
+        if self.pending:
+            return self.pending.pop(0)
+        ids = ["w%d-%d" % (self.n, self.seq + i) for i in range(BATCH)]
+        self.seq += BATCH
+        return ids
+
+    def run(self):
+        _, grpc_mod = self.pb
+        pb = self.pb[0]
+        channel, target = None, None
+        while not self.stop.is_set():
+            if self.target_fn() != target:
+                if channel:
+                    channel.close()
+                target = self.target_fn()
+                channel = grpc.insecure_channel(target)
+                stub = grpc_mod.EventServiceStub(channel)
+            ids = self.next_batch()
+            self.sent.update(ids)
+            req = pb.TrackEventsRequest(events=[
+                pb.Event(event_id=i, event_name="crash", event_type="test") for i in ids])
+            try:
+                resp = stub.TrackEvents(req, timeout=5)
+            except grpc.RpcError:
+                self.pending.append(ids)  # unknown outcome: retry it
+                time.sleep(0.05)
+                continue
+            for r in resp.results:
+                if r.status in (pb.EventResult.ACCEPTED, pb.EventResult.DUPLICATE):
+                    self.acked.add(r.event_id)
+                else:
+                    self.errors.append((r.event_id, r.status))
+        if channel:
+            channel.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=None)
+    ap.add_argument("--kills", type=int, default=30)
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args()
+    if args.binary:
+        os.environ["ANALYTICSD"] = os.path.abspath(args.binary)
+    seed = args.seed if args.seed is not None else int(time.time())
+    rnd = random.Random(seed)
+    ns = stubs.load()
+    events = ns.analytics["events"]
+
+    server = harness.Server(log_level="info")
+    data_dir = server.data_dir
+    server.start()
+    current = {"target": server.target}
+    stop = threading.Event()
+    writers = [Writer(i, events, lambda: current["target"], stop) for i in range(args.writers)]
+    for w in writers:
+        w.start()
+    servers = [server]
+    try:
+        for k in range(args.kills):
+            time.sleep(rnd.uniform(0.05, 0.6))
+            server.kill()
+            server = harness.Server(log_level="info", env={"DATA_DIR": data_dir})
+            servers.append(server)
+            server.start()
+            current["target"] = server.target
+        time.sleep(1.0)
+        stop.set()
+        for w in writers:
+            w.join(timeout=30)
+        # Retry what never got an answer, on a calm server.
+        for w in writers:
+            w.stop = threading.Event()
+            while w.pending:
+                ids = w.pending.pop(0)
+                pb = events[0]
+                stub = events[1].EventServiceStub(grpc.insecure_channel(server.target))
+                resp = stub.TrackEvents(pb.TrackEventsRequest(events=[
+                    pb.Event(event_id=i, event_name="crash", event_type="test") for i in ids]),
+                    timeout=10)
+                for r in resp.results:
+                    w.acked.add(r.event_id)
+        rc = server.stop()
+        if rc != 0:
+            print("final server exited with %s" % rc)
+            return 1
+    finally:
+        for s in servers:
+            if s.alive():
+                s.kill()
+
+    db = sqlite3.connect(os.path.join(data_dir, "analytics.db"))
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    counts = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id"))
+    keys = db.execute("SELECT COUNT(*) FROM dedupe_keys").fetchone()[0]
+    db.close()
+    acked = set().union(*(w.acked for w in writers))
+    sent = set().union(*(w.sent for w in writers))
+    lost = sorted(i for i in acked if counts.get(i, 0) != 1)
+    twice = sorted(i for i, c in counts.items() if c > 1)
+    unknown = sorted(i for i in counts if i not in sent)
+    item_errors = sum(len(w.errors) for w in writers)
+    print("crash test: seed %d, %d kills, %d events acknowledged, %d stored, %d keys, "
+          "integrity %s" % (seed, args.kills, len(acked), len(counts), keys, integrity))
+    for s in servers:
+        s.cleanup()
+    ok = True
+    if integrity != "ok":
+        print("FAIL: integrity_check says %s" % integrity)
+        ok = False
+    if lost:
+        print("FAIL: %d acknowledged events not stored exactly once, e.g. %s" % (
+            len(lost), lost[:5]))
+        ok = False
+    if twice:
+        print("FAIL: %d events stored more than once, e.g. %s" % (len(twice), twice[:5]))
+        ok = False
+    if unknown:
+        print("FAIL: %d stored events were never sent" % len(unknown))
+        ok = False
+    if item_errors:
+        print("FAIL: %d events got a result other than ACCEPTED/DUPLICATE" % item_errors)
+        ok = False
+    if len(acked) < args.kills * BATCH:
+        print("FAIL: too little was acknowledged (%d) for the test to mean anything" % len(acked))
+        ok = False
+    print("crash test: %s" % ("PASS" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

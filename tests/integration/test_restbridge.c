@@ -1,0 +1,620 @@
+/* The REST + WebSocket bridge in-process: test handlers bound to methods of
+ * the real contracts, served by the real bridge, driven over HTTP with
+ * libcurl. Checks unary answers from other threads, request assembly (body
+ * field, path variables, query parameters), metadata and peer, field
+ * violations as google.rpc.BadRequest, deadlines (504), replies slower than
+ * lws's pending timeout, client disconnects reaching the handler, concurrent
+ * calls, and a graceful shutdown with a call in flight.
+ *
+ * With --serve the same handlers are served on a free port (printed as
+ * "PORT <n>") until stdin closes, for the WebSocket tests in Python
+ * (tests/integration/python/test_websocket.py). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "ana_auth.h"
+#include "ana_call.h"
+#include "ana_log.h"
+#include "ana_restbridge.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct ana_restbridge *bridge;
+static int port;
+static atomic_int cancels;
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void detach(void *(*fn)(void *), void *arg) {
+  pthread_t t;
+  pthread_create(&t, NULL, fn, arg);
+  pthread_detach(t);
+}
+
+/* --- TrackEvent: answers from another thread; the event id picks a behaviour --- */
+
+static void *track_later(void *arg) {
+  struct ana_call *call = arg;
+  const Analytics__V1__TrackEventRequest *req = ana_call_user(call);
+  const char *id = req->event && req->event->event_id ? req->event->event_id : "";
+  char out[256];
+  snprintf(out, sizeof out, "%s", id);
+  if (strcmp(id, "slow") == 0) {
+    sleep_ms(6500); /* longer than lws's default pending timeout (5 s) */
+  } else if (strcmp(id, "inflight") == 0) {
+    sleep_ms(800);
+  } else {
+    sleep_ms(5);
+  }
+  if (strcmp(id, "violations") == 0) {
+    ana_call_add_violation(call, "event.eventName", "is required");
+    ana_call_add_violation(call, "event.timestamp", "is in the future");
+    ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "event is invalid");
+    return NULL;
+  }
+  if (strcmp(id, "unauthenticated") == 0) {
+    ana_call_fail(call, ANA_STATUS_UNAUTHENTICATED, "Bearer realm=\"analytics\"");
+    return NULL;
+  }
+  if (strncmp(id, "md:", 3) == 0) {
+    const char *v = ana_call_metadata(call, id + 3);
+    snprintf(out, sizeof out, "%s", v ? v : "missing");
+  } else if (strcmp(id, "peer") == 0) {
+    snprintf(out, sizeof out, "%s", ana_call_peer(call));
+  } else if (strcmp(id, "deadline") == 0) {
+    int64_t left = ana_call_remaining_ms(call);
+    snprintf(out, sizeof out, "%s", left > 0 && left <= 5000 ? "ok" : "none");
+  } else if (strcmp(id, "name") == 0) {
+    snprintf(out, sizeof out, "%s", req->event->event_name ? req->event->event_name : "");
+  }
+  Analytics__V1__EventResult result = ANALYTICS__V1__EVENT_RESULT__INIT;
+  Analytics__V1__TrackEventResponse resp = ANALYTICS__V1__TRACK_EVENT_RESPONSE__INIT;
+  result.status = ANALYTICS__V1__EVENT_RESULT__STATUS__ACCEPTED;
+  result.event_id = out;
+  result.index = 7;
+  resp.result = &result;
+  ana_call_reply(call, &resp.base);
+  return NULL;
+}
+
+static void track_event(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__TrackEventRequest *req = (const void *)request;
+  ana_call_set_user(call, (void *)request);
+  if (req->event && req->event->event_id && strcmp(req->event->event_id, "never") == 0)
+    return; /* answered in on_cancel */
+  detach(track_later, call);
+}
+
+static void track_cancel(struct ana_call *call) {
+  const Analytics__V1__TrackEventRequest *req = ana_call_user(call);
+  atomic_fetch_add(&cancels, 1);
+  if (req && req->event && req->event->event_id && strcmp(req->event->event_id, "never") == 0)
+    ana_call_fail(call, ANA_STATUS_CANCELLED, "cancelled");
+}
+
+static const struct ana_handler h_track = {.on_request = track_event, .on_cancel = track_cancel};
+
+/* --- metrics: path variables, query parameters, body field --- */
+
+static void get_metric(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__GetMetricRequest *req = (const void *)request;
+  Analytics__V1__Metric m = ANALYTICS__V1__METRIC__INIT;
+  m.metric_id = req->metric_id;
+  m.account_id = (char *)ana_call_principal(call)->account_id;
+  ana_call_reply(call, &m.base);
+}
+
+static void list_metrics(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__ListMetricsRequest *req = (const void *)request;
+  char token[160];
+  snprintf(token, sizeof token, "%d:%s", req->page_size, req->page_token);
+  Analytics__V1__ListMetricsResponse resp = ANALYTICS__V1__LIST_METRICS_RESPONSE__INIT;
+  resp.next_page_token = token;
+  ana_call_reply(call, &resp.base);
+}
+
+static void update_metric(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__UpdateMetricRequest *req = (const void *)request;
+  Analytics__V1__Metric m = ANALYTICS__V1__METRIC__INIT;
+  m.metric_id = req->metric_id;
+  m.name = req->metric ? req->metric->name : "";
+  m.n_dimensions = req->metric ? req->metric->n_dimensions : 0;
+  m.dimensions = req->metric ? req->metric->dimensions : NULL;
+  ana_call_reply(call, &m.base);
+}
+
+static const struct ana_handler h_get_metric = {.on_request = get_metric};
+static const struct ana_handler h_list_metrics = {.on_request = list_metrics};
+static const struct ana_handler h_update_metric = {.on_request = update_metric};
+
+/* --- StreamMetric: the metric id picks a behaviour (see test_websocket.py) --- */
+
+struct stream_job {
+  struct ana_call *call;
+  char id[128];
+  atomic_bool cancelled;
+};
+
+static int send_update(struct stream_job *j, uint64_t seq, const char *metric_id, bool big) {
+  Analytics__V1__MetricUpdate u = ANALYTICS__V1__METRIC_UPDATE__INIT;
+  Analytics__V1__MetricUpdate__DimensionsEntry e =
+      ANALYTICS__V1__METRIC_UPDATE__DIMENSIONS_ENTRY__INIT;
+  Analytics__V1__MetricUpdate__DimensionsEntry *ep = &e;
+  static char pad[8193];
+  u.sequence = seq;
+  u.metric_id = (char *)metric_id;
+  if (big) {
+    memset(pad, 'x', sizeof pad - 1);
+    e.key = "pad";
+    e.value = pad;
+    u.n_dimensions = 1;
+    u.dimensions = &ep;
+  }
+  for (;;) {
+    int rc = ana_call_send(j->call, &u.base);
+    if (rc != ANA_ERR_FULL)
+      return rc;
+    if (atomic_load(&j->cancelled))
+      return ANA_ERR_CLOSED;
+    sleep_ms(1); /* the queue holds its limit: wait for the client */
+  }
+}
+
+static void *stream_run(void *arg) {
+  struct stream_job *j = arg;
+  struct ana_call *call = j->call;
+  const char *id = j->id;
+  if (strncmp(id, "count-", 6) == 0) {
+    int n = atoi(id + 6);
+    for (int i = 1; i <= n; i++)
+      if (send_update(j, (uint64_t)i, id, false) < 0)
+        break;
+    if (!atomic_load(&j->cancelled))
+      ana_call_finish(call, NULL, NULL);
+  } else if (strcmp(id, "fail") == 0) {
+    send_update(j, 1, id, false);
+    send_update(j, 2, id, false);
+    ana_call_add_violation(call, "metricId", "is broken");
+    ana_call_fail(call, ANA_STATUS_INTERNAL, "boom");
+  } else if (strcmp(id, "auth") == 0) {
+    const char *a = ana_call_metadata(call, "authorization");
+    send_update(j, 1, a ? a : "missing", false);
+    ana_call_finish(call, NULL, NULL);
+  } else if (strcmp(id, "flood") == 0) {
+    for (uint64_t i = 1; !atomic_load(&j->cancelled); i++)
+      if (send_update(j, i, id, true) < 0)
+        break;
+  } else { /* "hold" and anything else: one update, then wait for the end */
+    send_update(j, 1, id, false);
+  }
+  while (!atomic_load(&j->cancelled) && strncmp(id, "count-", 6) && strcmp(id, "fail") &&
+         strcmp(id, "auth"))
+    sleep_ms(5);
+  return NULL;
+}
+
+static void stream_metric(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__StreamMetricRequest *req = (const void *)request;
+  struct stream_job *j = ana_arena_calloc(ana_call_arena(call), 1, sizeof *j);
+  j->call = call;
+  snprintf(j->id, sizeof j->id, "%s", req->metric_id);
+  atomic_init(&j->cancelled, false);
+  ana_call_set_user(call, j);
+  detach(stream_run, j);
+}
+
+static void *stream_cancelled_later(void *arg) {
+  sleep_ms(20); /* let the sender notice, then end the call */
+  ana_call_fail(arg, ANA_STATUS_CANCELLED, "cancelled");
+  return NULL;
+}
+
+static void stream_cancel(struct ana_call *call) {
+  struct stream_job *j = ana_call_user(call);
+  atomic_fetch_add(&cancels, 1);
+  atomic_store(&j->cancelled, true);
+  const char *id = j->id;
+  if (strncmp(id, "count-", 6) == 0 || strcmp(id, "fail") == 0 || strcmp(id, "auth") == 0)
+    return; /* these finish on their own */
+  detach(stream_cancelled_later, call);
+}
+
+static const struct ana_handler h_stream_metric = {.on_request = stream_metric,
+                                                   .on_cancel = stream_cancel};
+
+static void bind_handlers(void) {
+  ana_auth_init("acct-test");
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_TRACK_EVENT, &h_track);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC, &h_get_metric);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_LIST_METRICS, &h_list_metrics);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_UPDATE_METRIC, &h_update_metric);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC, &h_stream_metric);
+}
+
+static int health(void *ctx, bool *serving, struct ana_json_buf *extra) {
+  (void)ctx;
+  *serving = true;
+  return ana_restbridge_health_add(extra, "store", "test");
+}
+
+static struct ana_restbridge *start_bridge(void) {
+  struct ana_restbridge_options o = {
+      .host = "127.0.0.1",
+      .port = 0,
+      .max_body_bytes = 64 * 1024,
+      .stream_buffer_size = 16,
+      .slow_consumer_ms = 1000,
+      .cors_allowed_origins = "https://app.example",
+      .health = health,
+  };
+  struct ana_error err;
+  struct ana_restbridge *b = ana_restbridge_create(&o, &err);
+  if (!b)
+    fprintf(stderr, "bridge: %s\n", err.message);
+  return b;
+}
+
+/* --- HTTP client --- */
+
+struct resp {
+  long status;
+  char body[65536];
+  size_t len;
+  char headers[8192];
+  size_t hlen;
+};
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+  struct resp *r = ud;
+  size_t k = size * n;
+  size_t room = sizeof r->body - 1 - r->len;
+  memcpy(r->body + r->len, p, k < room ? k : room);
+  r->len += k < room ? k : room;
+  r->body[r->len] = '\0';
+  return k;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  struct resp *r = ud;
+  size_t k = size * n;
+  size_t room = sizeof r->headers - 1 - r->hlen;
+  memcpy(r->headers + r->hlen, p, k < room ? k : room);
+  r->hlen += k < room ? k : room;
+  r->headers[r->hlen] = '\0';
+  return k;
+}
+
+/* One request; headers is a NULL-terminated list of "Name: value". Returns
+ * the curl result (0 = a response arrived). */
+static int http(const char *method, const char *path, const char *body, const char *const *headers,
+                long timeout_ms, struct resp *r) {
+  char url[512];
+  memset(r, 0, sizeof *r);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+  CURL *c = curl_easy_init();
+  struct curl_slist *hl = NULL;
+  for (const char *const *h = headers; h && *h; h++)
+    hl = curl_slist_append(hl, *h);
+  if (body)
+    hl = curl_slist_append(hl, "Content-Type: application/json");
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+  if (body) {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+  }
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  int rc = (int)curl_easy_perform(c);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+  curl_slist_free_all(hl);
+  curl_easy_cleanup(c);
+  return rc;
+}
+
+static void assert_contains(const char *hay, const char *needle) {
+  if (!strstr(hay, needle)) {
+    fprintf(stderr, "expected %s in: %s\n", needle, hay);
+    fail();
+  }
+}
+
+static void track(const char *id, const char *const *headers, long timeout_ms, struct resp *r) {
+  char body[512];
+  snprintf(body, sizeof body, "{\"eventId\":\"%s\",\"eventName\":\"page_view\"}", id);
+  assert_int_equal(http("POST", "/api/events", body, headers, timeout_ms, r), 0);
+}
+
+/* --- tests --- */
+
+static void unary_answer_from_another_thread(void **state) {
+  (void)state;
+  struct resp r;
+  track("e-1", NULL, 5000, &r);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.body, "\"eventId\":\"e-1\"");
+  assert_contains(r.body, "\"status\":\"ACCEPTED\"");
+  assert_contains(r.body, "\"index\":7");
+  assert_contains(r.headers, "application/json");
+  track("name", NULL, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"page_view\"");
+}
+
+static void violations_become_bad_request_details(void **state) {
+  (void)state;
+  struct resp r;
+  track("violations", NULL, 5000, &r);
+  assert_int_equal(r.status, 400);
+  assert_contains(r.body, "\"code\":3");
+  assert_contains(r.body, "\"message\":\"event is invalid\"");
+  assert_contains(r.body, "{\"@type\":\"type.googleapis.com/google.rpc.BadRequest\","
+                          "\"fieldViolations\":[{\"field\":\"event.eventName\","
+                          "\"description\":\"is required\"},{\"field\":\"event.timestamp\"");
+  track("unauthenticated", NULL, 5000, &r);
+  assert_int_equal(r.status, 401);
+  assert_contains(r.headers, "www-authenticate: Bearer realm=\"analytics\"");
+}
+
+static void headers_become_metadata(void **state) {
+  (void)state;
+  struct resp r;
+  const char *h1[] = {"X-Request-Id: req-7", NULL};
+  track("md:x-request-id", h1, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"req-7\"");
+  assert_contains(r.headers, "x-request-id: req-7");
+  const char *h2[] = {"Authorization: Bearer abc", NULL};
+  track("md:authorization", h2, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"Bearer abc\"");
+  const char *h3[] = {"Grpc-Metadata-X-Client-Id: cli-1", NULL};
+  track("md:x-client-id", h3, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"cli-1\"");
+  const char *h4[] = {"X-Forwarded-For: 10.1.2.3", NULL};
+  track("md:x-forwarded-for", h4, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"10.1.2.3, 127.0.0.1\"");
+  track("peer", NULL, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"ipv4:127.0.0.1:");
+  const char *h5[] = {"Grpc-Timeout: 3S", NULL};
+  track("deadline", h5, 5000, &r);
+  assert_contains(r.body, "\"eventId\":\"ok\"");
+  /* No X-Request-Id: one is made and echoed. */
+  track("e-2", NULL, 5000, &r);
+  assert_contains(r.headers, "x-request-id: ");
+}
+
+static void path_query_and_body_fill_the_request(void **state) {
+  (void)state;
+  struct resp r;
+  assert_int_equal(http("GET", "/api/metrics/m%2041", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.body, "\"metricId\":\"m 41\"");
+  assert_contains(r.body, "\"accountId\":\"acct-test\"");
+  assert_int_equal(http("GET", "/api/metrics?pageSize=5&page_token=a%26b", NULL, NULL, 5000, &r),
+                   0);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.body, "\"nextPageToken\":\"5:a&b\"");
+  assert_int_equal(http("PUT", "/api/metrics/m-9", "{\"name\":\"n1\",\"dimensions\":[\"a\",\"b\"]}",
+                        NULL, 5000, &r),
+                   0);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.body, "\"metricId\":\"m-9\"");
+  assert_contains(r.body, "\"name\":\"n1\"");
+  assert_contains(r.body, "\"dimensions\":[\"a\",\"b\"]");
+}
+
+static void bad_input_is_a_json_error(void **state) {
+  (void)state;
+  struct resp r;
+  assert_int_equal(http("POST", "/api/events", "{\"eventId\":5}", NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 400);
+  assert_contains(r.body, "\"code\":3");
+  assert_contains(r.body, "google.rpc.BadRequest");
+  assert_contains(r.body, "eventId");
+  assert_int_equal(http("POST", "/api/events", "{\"eventId\":", NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 400);
+  assert_int_equal(http("GET", "/api/metrics?bogus=1", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 400);
+  assert_contains(r.body, "bogus");
+  assert_int_equal(http("GET", "/api/metrics?pageSize=x", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 400);
+  assert_contains(r.body, "pageSize");
+  assert_int_equal(http("GET", "/api/nothing", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 404);
+  assert_contains(r.body, "\"code\":5");
+  assert_int_equal(http("PATCH", "/api/metrics/x", "{}", NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 501);
+  assert_contains(r.headers, "allow: DELETE, GET, PUT");
+  static char big[70 * 1024];
+  memset(big, ' ', sizeof big - 1);
+  assert_int_equal(http("POST", "/api/events", big, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 413);
+  /* The connection still works after a body was discarded. */
+  track("after-413", NULL, 5000, &r);
+  assert_int_equal(r.status, 200);
+}
+
+static void health_cors_and_preflight(void **state) {
+  (void)state;
+  struct resp r;
+  assert_int_equal(http("GET", "/health", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.body, "{\"status\":\"ok\",\"store\":\"test\"}");
+  const char *pre[] = {"Origin: https://app.example", "Access-Control-Request-Method: POST",
+                       "Access-Control-Request-Headers: authorization, content-type", NULL};
+  assert_int_equal(http("OPTIONS", "/api/events", NULL, pre, 5000, &r), 0);
+  assert_int_equal(r.status, 204);
+  assert_contains(r.headers, "access-control-allow-origin: https://app.example");
+  assert_contains(r.headers, "access-control-allow-methods: POST, OPTIONS");
+  assert_contains(r.headers, "access-control-allow-headers: authorization, content-type");
+  const char *evil[] = {"Origin: https://evil.example", NULL};
+  assert_int_equal(http("OPTIONS", "/api/events", NULL, evil, 5000, &r), 0);
+  assert_int_equal(r.status, 403);
+  const char *ok[] = {"Origin: https://app.example", NULL};
+  track("cors", ok, 5000, &r);
+  assert_contains(r.headers, "access-control-allow-origin: https://app.example");
+}
+
+static void deadline_answers_504_and_cancels(void **state) {
+  (void)state;
+  struct resp r;
+  int before = atomic_load(&cancels);
+  const char *h[] = {"Grpc-Timeout: 300m", NULL};
+  int64_t t0 = now_ms();
+  track("never", h, 5000, &r);
+  assert_int_equal(r.status, 504);
+  assert_contains(r.body, "\"code\":4");
+  assert_true(now_ms() - t0 < 2000);
+  for (int i = 0; i < 100 && atomic_load(&cancels) == before; i++)
+    sleep_ms(10);
+  assert_true(atomic_load(&cancels) > before);
+}
+
+static void disconnect_cancels_the_call(void **state) {
+  (void)state;
+  struct resp r;
+  int before = atomic_load(&cancels);
+  char body[] = "{\"eventId\":\"never\"}";
+  assert_int_not_equal(http("POST", "/api/events", body, NULL, 300, &r), 0); /* client timeout */
+  for (int i = 0; i < 200 && atomic_load(&cancels) == before; i++)
+    sleep_ms(10);
+  assert_true(atomic_load(&cancels) > before);
+}
+
+static void slow_reply_outlives_lws_timeouts(void **state) {
+  (void)state;
+  struct resp r;
+  track("slow", NULL, 15000, &r);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.body, "\"eventId\":\"slow\"");
+}
+
+static void *track_many(void *arg) {
+  intptr_t failures = 0;
+  (void)arg;
+  for (int i = 0; i < 25; i++) {
+    char id[32], want[64];
+    struct resp *r = malloc(sizeof *r);
+    snprintf(id, sizeof id, "c-%d", i);
+    snprintf(want, sizeof want, "\"eventId\":\"%s\"", id);
+    char body[128];
+    snprintf(body, sizeof body, "{\"eventId\":\"%s\"}", id);
+    if (http("POST", "/api/events", body, NULL, 5000, r) != 0 || r->status != 200 ||
+        !strstr(r->body, want))
+      failures++;
+    free(r);
+  }
+  return (void *)failures;
+}
+
+static void concurrent_calls(void **state) {
+  (void)state;
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++)
+    pthread_create(&t[i], NULL, track_many, NULL);
+  for (int i = 0; i < 4; i++) {
+    void *failures;
+    pthread_join(t[i], &failures);
+    assert_int_equal((intptr_t)failures, 0);
+  }
+}
+
+static void *track_inflight(void *arg) {
+  struct resp *r = arg;
+  track("inflight", NULL, 5000, r);
+  return NULL;
+}
+
+static void shutdown_drains_calls_in_flight(void **state) {
+  (void)state;
+  static struct resp r;
+  pthread_t t;
+  pthread_create(&t, NULL, track_inflight, &r);
+  sleep_ms(200);
+  assert_int_equal(ana_restbridge_shutdown(bridge, 3000), 0);
+  pthread_join(t, NULL);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.body, "\"eventId\":\"inflight\"");
+  ana_restbridge_destroy(bridge);
+  bridge = NULL;
+}
+
+static int setup(void **state) {
+  (void)state;
+  ana_log_set_level(ANA_LOG_WARN);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  bind_handlers();
+  bridge = start_bridge();
+  if (!bridge)
+    return -1;
+  port = ana_restbridge_port(bridge);
+  return port > 0 ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  ana_restbridge_destroy(bridge);
+  ana_auth_fini();
+  curl_global_cleanup();
+  return 0;
+}
+
+static int serve(void) {
+  ana_log_set_level(ANA_LOG_WARN);
+  bind_handlers();
+  bridge = start_bridge();
+  if (!bridge)
+    return 1;
+  printf("PORT %d\n", ana_restbridge_port(bridge));
+  fflush(stdout);
+  char buf[64];
+  while (fgets(buf, sizeof buf, stdin))
+    ;
+  int rc = ana_restbridge_shutdown(bridge, 2000);
+  ana_restbridge_destroy(bridge);
+  ana_auth_fini();
+  return rc == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--serve") == 0)
+    return serve();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(unary_answer_from_another_thread),
+      cmocka_unit_test(violations_become_bad_request_details),
+      cmocka_unit_test(headers_become_metadata),
+      cmocka_unit_test(path_query_and_body_fill_the_request),
+      cmocka_unit_test(bad_input_is_a_json_error),
+      cmocka_unit_test(health_cors_and_preflight),
+      cmocka_unit_test(deadline_answers_504_and_cancels),
+      cmocka_unit_test(disconnect_cancels_the_call),
+      cmocka_unit_test(slow_reply_outlives_lws_timeouts),
+      cmocka_unit_test(concurrent_calls),
+      /* Last: it stops the bridge. */
+      cmocka_unit_test(shutdown_drains_calls_in_flight),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
