@@ -61,7 +61,8 @@ function(ana_generate_api plugin_target)
   set(out ${CMAKE_BINARY_DIR}/generated/api)
   file(MAKE_DIRECTORY ${out})
   set(files ana_methods.h ana_methods.c ana_routes.h ana_routes.c ana_json_names.h
-            ana_json_names.c ana_client_stubs.h ana_client_stubs.c ana_descriptor_set.c)
+            ana_json_names.c ana_client_stubs.h ana_client_stubs.c ana_descriptor_set.c
+            ana_openapi.h ana_openapi.c)
   list(TRANSFORM files PREPEND ${out}/ OUTPUT_VARIABLE outputs)
   add_custom_command(
     OUTPUT ${outputs}

@@ -1,5 +1,6 @@
 /* protoc-gen-ana: a protoc plugin that turns the contracts into the method
- * table, REST routes, JSON name tables, client stubs and the descriptor set.
+ * table, REST routes, JSON name tables, client stubs, the descriptor set and
+ * the OpenAPI document of the REST routes.
  * Usage: protoc --plugin=protoc-gen-ana=PATH --ana_out=DIR FILES... */
 #include "gen_emit.h"
 #include "gen_model.h"
@@ -39,6 +40,8 @@ static const struct output outputs[] = {
     {"ana_client_stubs.h", gen_emit_client_stubs_h},
     {"ana_client_stubs.c", gen_emit_client_stubs_c},
     {"ana_descriptor_set.c", gen_emit_descriptor_set_c},
+    {"ana_openapi.h", gen_emit_openapi_h},
+    {"ana_openapi.c", gen_emit_openapi_c},
 };
 
 #define N_OUTPUTS (sizeof outputs / sizeof outputs[0])

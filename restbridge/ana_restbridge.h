@@ -1,8 +1,9 @@
-/* The REST + WebSocket bridge, in-process: one libwebsockets server that
- * serves every route of the generated route table (google.api.http
- * annotations) and drives the bound handlers through the transport-neutral
- * call layer, with grpc-gateway's mapping rules, canonical proto3 JSON and
- * its error shape. */
+/* The REST + WebSocket bridge: one libwebsockets server that serves every
+ * route of the generated route table (google.api.http annotations), with
+ * grpc-gateway's mapping rules, canonical proto3 JSON and its error shape,
+ * plus /health, /metrics and /openapi.json. Calls go to an upstream: the
+ * bound handlers in-process (through the transport-neutral call layer), or
+ * a remote analyticsd over gRPC. */
 #ifndef ANA_RESTBRIDGE_H
 #define ANA_RESTBRIDGE_H
 
@@ -13,6 +14,24 @@
 #include <stddef.h>
 
 struct ana_restbridge;
+struct ana_call;
+
+/* Where the bridge sends its calls: the routes, the request assembly, the
+ * JSON and the errors are the bridge's; the upstream only decides who
+ * answers. NULL in the options is the in-process upstream (the handlers
+ * bound with ana_rpc_bind, behind authentication and permission checks);
+ * ana_restbridge_remote_create (ana_restbridge_remote.h) makes one that
+ * forwards each call to an analyticsd over gRPC. */
+struct ana_restbridge_upstream {
+  const char *name; /* "in-process", "remote": for logs */
+  /* Called on the bridge thread for every call, once its metadata, peer
+   * and deadline are set and before the request message is built. Sets
+   * call->handler (call_internal.h), whose on_request then receives the
+   * request, and may set the call's user pointer. Returns 0, or a negative
+   * error with st filled (the call is answered with st). Must not block. */
+  int (*admit)(void *ctx, struct ana_call *call, struct ana_error *st);
+  void *ctx;
+};
 
 /* Settings; zero values pick the defaults noted. Strings are borrowed for
  * the duration of ana_restbridge_create (they are copied). */
@@ -38,11 +57,18 @@ struct ana_restbridge_options {
    * (answered as 503). NULL = always serving. */
   int (*health)(void *ctx, bool *serving, struct ana_json_buf *extra_json_fields);
   void *health_ctx;
+  /* Directory of the live dashboard's files (WEB_ROOT), read on each
+   * request; NULL = the copy built into the binary. Copied. */
+  const char *web_root;
+  /* Borrowed; must outlive the bridge. NULL = in-process. */
+  const struct ana_restbridge_upstream *upstream;
 };
 
 /* For the health callback: appends `,"name":"value"` (JSON-escaped) to
  * the /health object. Returns 0 or ANA_ERR_NOMEM. */
 int ana_restbridge_health_add(struct ana_json_buf *b, const char *name, const char *value);
+/* The same with a number: `,"name":123`. */
+int ana_restbridge_health_add_int(struct ana_json_buf *b, const char *name, long long value);
 
 /* Starts the bridge: binds, then serves on its own thread. Returns NULL
  * with err filled when the port cannot be bound or memory runs out. Bind

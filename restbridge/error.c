@@ -95,6 +95,15 @@ int ana_restbridge_health_add(struct ana_json_buf *b, const char *name, const ch
   return 0;
 }
 
+int ana_restbridge_health_add_int(struct ana_json_buf *b, const char *name, long long value) {
+  char v[32];
+  int n = snprintf(v, sizeof v, "%lld", value);
+  if (rb_json_append(b, ",", 1) < 0 || rb_json_append_string(b, name) < 0 ||
+      rb_json_append(b, ":", 1) < 0 || rb_json_append(b, v, (size_t)n) < 0)
+    return ANA_ERR_NOMEM;
+  return 0;
+}
+
 struct rb_msg *rb_msg_from_buf(const struct ana_json_buf *b) {
   return rb_msg_new(b->data ? b->data + b->reserve : "", b->len);
 }

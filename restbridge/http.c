@@ -1,11 +1,13 @@
 /* REST over HTTP/1.1: request checks (method, route, body framing and
- * size), /health, CORS, the HTTP call transport (a unary answer encoded on
+ * size), /health, /metrics, /openapi.json, CORS, the HTTP call transport (a unary answer encoded on
  * the handler's thread, written on the lws thread), and response writing. */
 #include "restbridge_internal.h"
 
 #include "ana_alloc.h"
 #include "ana_id.h"
 #include "ana_log.h"
+#include "ana_openapi.h"
+#include "ana_prom.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -74,6 +76,7 @@ const struct ana_call_transport rb_http_transport = {
     .send = http_send,
     .send_queue_length = http_send_queue_length,
     .finish = http_finish,
+    .name = "http",
 };
 
 /* --- answering (lws thread) --- */
@@ -85,6 +88,8 @@ static void answer(struct lws *wsi, struct rb_conn *conn) {
   lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
   lws_callback_on_writable(wsi);
 }
+
+void rb_http_answer(struct lws *wsi, struct rb_conn *conn) { answer(wsi, conn); }
 
 void rb_http_answer_error(struct lws *wsi, struct rb_conn *conn, const struct ana_error *st,
                           bool close_after) {
@@ -170,6 +175,10 @@ static int add_header(struct lws *wsi, const char *name, const char *value, unsi
  * the connection for the next request or hang up. */
 static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   bool close_after = conn->reply.close_after;
+  if (conn->metric_route >= 0)
+    rb_stats_request(conn->bridge->stats, (size_t)conn->metric_route, conn->reply.http_status,
+                     (double)(rb_now_ns() - conn->started_ns) / 1e9);
+  conn->metric_route = -1;
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
   conn->state = RB_CONN_IDLE;
@@ -186,8 +195,18 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
   unsigned char buf[LWS_PRE + HEADER_SPACE];
   unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
   size_t len = r->body ? r->body->len : 0;
-  int rc = lws_add_http_common_headers(wsi, (unsigned)r->http_status,
-                                       len ? "application/json" : NULL, len, &p, end);
+  const char *type = r->content_type ? r->content_type : "application/json";
+  int rc = lws_add_http_common_headers(wsi, (unsigned)r->http_status, len ? type : NULL, len, &p,
+                                       end);
+  if (!rc && r->static_file) {
+    rc = add_header(wsi, "cache-control:", "no-cache", &p, end);
+    if (!rc)
+      rc = add_header(wsi, "x-content-type-options:", "nosniff", &p, end);
+    if (!rc)
+      rc = add_header(wsi, "content-security-policy:",
+                      "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
+                      &p, end);
+  }
   if (!rc && conn->request_id[0])
     rc = add_header(wsi, "x-request-id:", conn->request_id, &p, end);
   if (!rc && r->www_auth)
@@ -292,11 +311,55 @@ static void answer_health(struct lws *wsi, struct rb_conn *conn) {
   ana_json_buf_fini(&out);
 }
 
+/* GET /metrics: every registered collector, in the Prometheus text format. */
+static void answer_metrics(struct lws *wsi, struct rb_conn *conn) {
+  struct ana_prom_writer w;
+  ana_prom_writer_init(&w);
+  ana_prom_render(&w);
+  if (w.failed) {
+    ana_prom_writer_fini(&w);
+    answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, false, "%s", "out of memory");
+    return;
+  }
+  answer_json(wsi, conn, 200, w.data ? w.data : "", w.len);
+  conn->reply.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  ana_prom_writer_fini(&w);
+}
+
+/* GET /openapi.json: the OpenAPI 3 document the generator made from the
+ * contracts. */
+static void answer_openapi(struct lws *wsi, struct rb_conn *conn) {
+  answer_json(wsi, conn, 200, ana_openapi_json, ana_openapi_json_len);
+}
+
+/* The operational endpoints beside the routes (GET only); false when path
+ * is not one of them. */
+static bool answer_ops(struct lws *wsi, struct rb_conn *conn, const char *path, int meth) {
+  void (*fn)(struct lws *, struct rb_conn *) = NULL;
+  if (strcmp(path, "/health") == 0)
+    fn = answer_health;
+  else if (strcmp(path, "/metrics") == 0)
+    fn = answer_metrics;
+  else if (strcmp(path, "/openapi.json") == 0)
+    fn = answer_openapi;
+  else
+    return false;
+  conn->metric_route = -1; /* probes and scrapes would drown the API's figures */
+  if (meth == LWSHUMETH_GET) {
+    fn(wsi, conn);
+  } else {
+    answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false, "method not allowed on %s", path);
+    conn->reply.allow = ana_strdup("GET, OPTIONS");
+  }
+  return true;
+}
+
 static void answer_preflight(struct lws *wsi, struct rb_conn *conn, const char *path) {
   struct ana_restbridge *b = conn->bridge;
   struct rb_match m;
   char allow[80];
-  if (strcmp(path, "/health") == 0) {
+  if (strcmp(path, "/health") == 0 || strcmp(path, "/metrics") == 0 ||
+      strcmp(path, "/openapi.json") == 0) {
     snprintf(allow, sizeof allow, "GET, OPTIONS");
   } else {
     rb_route_match(path, "OPTIONS", false, NULL, &m);
@@ -351,6 +414,8 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   conn->body_len = 0;
   conn->body_too_large = false;
   conn->route = NULL;
+  conn->started_ns = rb_now_ns();
+  conn->metric_route = (long)ana_route_count;
   take_request_id(wsi, conn);
   conn->origin[0] = '\0';
   if (lws_hdr_copy(wsi, conn->origin, sizeof conn->origin, WSI_TOKEN_ORIGIN) < 0)
@@ -395,14 +460,11 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
     answer_preflight(wsi, conn, path);
     return;
   }
-  if (strcmp(path, "/health") == 0) {
-    if (meth == LWSHUMETH_GET) {
-      answer_health(wsi, conn);
-    } else {
-      answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false, "%s is not allowed on /health",
-                    method);
-      conn->reply.allow = ana_strdup("GET, OPTIONS");
-    }
+  if (answer_ops(wsi, conn, path, meth))
+    return;
+
+  if (rb_static_answer(wsi, conn, path, meth == LWSHUMETH_GET)) {
+    conn->metric_route = -1; /* dashboard files are not API requests */
     return;
   }
 
@@ -422,6 +484,7 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
     return;
   }
   conn->route = m.route;
+  conn->metric_route = (long)(m.route - ana_routes);
   ana_free(conn->path);
   conn->path = ana_strdup(path);
   if (!conn->path) {

@@ -204,75 +204,55 @@ static bool bound_elsewhere(const char *key, const struct ana_route *r, const st
   return false;
 }
 
-static int apply_query(struct rb_call *c, struct lws *wsi, const struct rb_match *m,
-                       ProtobufCMessage *msg, const struct ana_json_options *jo,
-                       struct ana_error *st) {
-  struct ana_call *call = &c->base;
+static int apply_query(struct ana_call *call, const struct ana_route *r, const struct rb_match *m,
+                       const struct rb_query_param *query, size_t n_query, ProtobufCMessage *msg,
+                       const struct rb_build_options *bo, struct ana_error *st) {
   struct ana_arena *a = &call->arena;
-  const struct ana_restbridge_options *o = &c->bridge->opt;
-  (void)jo;
-  for (int i = 0;; i++) {
-    int n = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
-    if (n <= 0) {
-      if (lws_hdr_copy_fragment(wsi, (char[1]){0}, 1, WSI_TOKEN_HTTP_URI_ARGS, i) < 0)
-        break;
-      continue; /* an empty fragment ("a=1&&b=2") */
-    }
-    char *frag = ana_arena_alloc(a, (size_t)n + 1);
-    if (!frag)
-      return ANA_ERR_NOMEM;
-    if (lws_hdr_copy_fragment(wsi, frag, n + 1, WSI_TOKEN_HTTP_URI_ARGS, i) < 0)
-      break;
-    char *eq = strchr(frag, '=');
-    const char *value = "";
-    if (eq) {
-      *eq = '\0';
-      value = eq + 1;
-    }
-    if (!frag[0])
+  for (size_t i = 0; i < n_query; i++) {
+    const char *key = query[i].key, *value = query[i].value ? query[i].value : "";
+    if (!key || !key[0])
       continue;
-    if (c->route->body[0] == '*' || bound_elsewhere(frag, c->route, m)) {
-      if (o->ignore_unknown_query_params)
+    if (r->body[0] == '*' || bound_elsewhere(key, r, m)) {
+      if (bo->ignore_unknown_query_params)
         continue;
-      ana_call_add_violation(call, frag,
+      ana_call_add_violation(call, key,
                              "bound by the request body or path; not accepted "
                              "as a query parameter");
       return ana_error_set(st, ANA_STATUS_INVALID_ARGUMENT,
-                           "query parameter \"%s\" is not accepted on %s %s", frag, c->route->verb,
-                           c->route->pattern);
+                           "query parameter \"%s\" is not accepted on %s %s", key, r->verb,
+                           r->pattern);
     }
     struct ana_error err;
     ana_error_clear(&err);
-    int rc = ana_json_set_field(msg, frag, value, a, &err);
+    int rc = ana_json_set_field(msg, key, value, a, &err);
     if (rc == ANA_ERR_NOMEM)
       return rc;
     if (rc < 0) {
       if (is_unknown_field(&err)) {
-        if (o->ignore_unknown_query_params)
+        if (bo->ignore_unknown_query_params)
           continue;
-        ana_call_add_violation(call, frag, "unknown query parameter");
+        ana_call_add_violation(call, key, "unknown query parameter");
         return ana_error_set(st, ANA_STATUS_INVALID_ARGUMENT, "unknown query parameter \"%s\"",
-                             frag);
+                             key);
       }
-      return violation(call, st, frag, &err);
+      return violation(call, st, key, &err);
     }
   }
   return 0;
 }
 
-/* The request message from body, query and path. */
-static int build_request(struct rb_call *c, struct lws *wsi, const struct rb_match *m,
-                         const char *body, size_t body_len, ProtobufCMessage **out,
-                         struct ana_error *st) {
-  struct ana_call *call = &c->base;
+int rb_request_build(struct ana_call *call, const struct ana_route *r, const struct rb_match *m,
+                     const struct rb_query_param *query, size_t n_query, const char *body,
+                     size_t body_len, const struct rb_build_options *bo, ProtobufCMessage **out,
+                     struct ana_error *st) {
   struct ana_arena *a = &call->arena;
   const ProtobufCMessageDescriptor *desc = call->method->input;
-  const struct ana_route *r = c->route;
-  struct ana_json_options jo = {.ignore_unknown = c->bridge->opt.ignore_unknown_fields};
+  struct ana_json_options jo = {.ignore_unknown = bo->ignore_unknown_fields};
   struct ana_error err;
   char path[256];
   ProtobufCMessage *msg = NULL;
   ana_error_clear(&err);
+  *out = NULL;
 
   if (r->body[0] == '*' && body_len > 0) {
     msg = ana_json_decode(desc, body, body_len, a, &jo, &err, path, sizeof path);
@@ -306,7 +286,7 @@ static int build_request(struct rb_call *c, struct lws *wsi, const struct rb_mat
     if (rc < 0)
       return violation(call, st, path, &err);
   }
-  int rc = apply_query(c, wsi, m, msg, &jo, st);
+  int rc = apply_query(call, r, m, query, n_query, msg, bo, st);
   if (rc < 0)
     return rc;
   for (size_t i = 0; i < m->n_vars; i++) {
@@ -319,6 +299,66 @@ static int build_request(struct rb_call *c, struct lws *wsi, const struct rb_mat
   }
   *out = msg;
   return 0;
+}
+
+/* The query parameters of the request (lws has percent-decoded them), in
+ * the call's arena. */
+static int read_query(struct lws *wsi, struct ana_arena *a, struct rb_query_param **out,
+                      size_t *n_out) {
+  size_t n = 0, cap = 0;
+  struct rb_query_param *q = NULL;
+  *out = NULL;
+  *n_out = 0;
+  for (int i = 0;; i++) {
+    int len = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
+    if (len <= 0) {
+      if (lws_hdr_copy_fragment(wsi, (char[1]){0}, 1, WSI_TOKEN_HTTP_URI_ARGS, i) < 0)
+        break;
+      continue; /* an empty fragment ("a=1&&b=2") */
+    }
+    char *frag = ana_arena_alloc(a, (size_t)len + 1);
+    if (!frag)
+      return ANA_ERR_NOMEM;
+    if (lws_hdr_copy_fragment(wsi, frag, len + 1, WSI_TOKEN_HTTP_URI_ARGS, i) < 0)
+      break;
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 8;
+      struct rb_query_param *nq = ana_arena_alloc(a, ncap * sizeof *nq);
+      if (!nq)
+        return ANA_ERR_NOMEM;
+      if (n)
+        memcpy(nq, q, n * sizeof *nq);
+      q = nq;
+      cap = ncap;
+    }
+    char *eq = strchr(frag, '=');
+    q[n].key = frag;
+    q[n].value = "";
+    if (eq) {
+      *eq = '\0';
+      q[n].value = eq + 1;
+    }
+    n++;
+  }
+  *out = q;
+  *n_out = n;
+  return 0;
+}
+
+/* The request message from body, query and path. */
+static int build_request(struct rb_call *c, struct lws *wsi, const struct rb_match *m,
+                         const char *body, size_t body_len, ProtobufCMessage **out,
+                         struct ana_error *st) {
+  struct rb_query_param *query = NULL;
+  size_t n_query = 0;
+  struct rb_build_options bo = {
+      .ignore_unknown_fields = c->bridge->opt.ignore_unknown_fields,
+      .ignore_unknown_query_params = c->bridge->opt.ignore_unknown_query_params,
+  };
+  int rc = read_query(wsi, &c->base.arena, &query, &n_query);
+  if (rc < 0)
+    return rc;
+  return rb_request_build(&c->base, c->route, m, query, n_query, body, body_len, &bo, out, st);
 }
 
 struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, struct rb_conn *conn,
@@ -343,8 +383,10 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
     rc = ana_error_set(&st, ANA_STATUS_INTERNAL, "route of %s changed", path);
   if (rc == 0)
     rc = capture_headers(c, wsi, conn, bearer_token, &st);
-  if (rc == 0)
-    rc = ana_call_admit(&c->base, &st);
+  if (rc == 0) {
+    const struct ana_restbridge_upstream *up = b->opt.upstream;
+    rc = up ? up->admit(up->ctx, &c->base, &st) : ana_call_admit(&c->base, &st);
+  }
   if (rc == 0) {
     enum ana_method_kind k = c->base.method->kind;
     if (k != ANA_METHOD_UNARY && k != ANA_METHOD_SERVER_STREAMING)

@@ -35,6 +35,8 @@ struct rb_reply {
   char *www_auth;      /* 401: WWW-Authenticate value (owned copy) */
   char *allow;         /* 501 on a known path: the Allow header (owned) */
   bool close_after;    /* Connection: close, then hang up */
+  const char *content_type; /* static string; NULL = application/json */
+  bool static_file;         /* dashboard file: caching and content-security headers */
   bool preflight;      /* CORS preflight: Access-Control-Allow-* headers */
   char *allow_headers; /* preflight: Access-Control-Allow-Headers (owned) */
 };
@@ -55,7 +57,8 @@ struct rb_call {
   bool finished;          /* transport finish ran */
   struct rb_reply reply;  /* HTTP: the answer, once finished */
   struct rb_msg *ws_last; /* WebSocket: the error frame, once finished */
-  int ws_close_code;      /* WebSocket: 1000 / 1011 once finished */
+  int ws_close_code;      /* WebSocket: 1000 / 1011 (1008 for RESOURCE_EXHAUSTED) once finished */
+  char ws_close_reason[124]; /* WebSocket: the error's message, cut to fit a close frame */
   int64_t full_since_ms;  /* WebSocket: queue full since (0 = not full) */
   bool dirty;             /* on the bridge's dirty list (guarded by the bridge's mu) */
   struct rb_call *dirty_next;
@@ -98,6 +101,11 @@ struct rb_conn {
   bool headers_sent;
   size_t body_off;
 
+  /* metrics */
+  int64_t started_ns; /* when the request's headers were in */
+  long metric_route;  /* index into ana_routes, ana_route_count = no route, -1 = not counted */
+  bool ws_counted;    /* counted in the open WebSockets gauge */
+
   /* websocket */
   int ws_close_code;
   char ws_close_reason[64];
@@ -107,6 +115,7 @@ struct rb_conn {
 struct ana_restbridge {
   struct ana_restbridge_options opt;
   char *host, *cors; /* owned copies of the option strings */
+  char *web_root;    /* owned copy; NULL = the built-in dashboard */
   struct lws_context *ctx;
   struct lws_vhost *vhost;
   struct lws_protocols *protocol; /* the vhost's copy; its name is rewritten per upgrade */
@@ -124,6 +133,8 @@ struct ana_restbridge {
   atomic_bool stop;
   bool shutdown_handled;       /* lws thread: WebSockets were told to close */
   atomic_bool cancel_inflight; /* grace is over: answer what is left with 503 */
+
+  struct rb_stats *stats; /* metrics (stats.c); NULL when out of memory */
 
   /* lws thread only */
   struct rb_conn *conns; /* connections with a call */
@@ -181,6 +192,26 @@ struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error
 int rb_reply_error(struct rb_reply *r, const struct ana_call *call, const struct ana_error *status);
 
 /* --- request assembly (request.c) --- */
+/* One query parameter, percent-decoded ("?k=v" gives {"k","v"}). */
+struct rb_query_param {
+  const char *key;
+  const char *value;
+};
+struct rb_build_options {
+  bool ignore_unknown_fields;       /* false: 400 naming the JSON field */
+  bool ignore_unknown_query_params; /* false: 400 naming the parameter */
+};
+/* Builds the request message of route r for call, grpc-gateway style: the
+ * JSON body (body "*": the whole request; body "field": that field), then
+ * the query parameters for what the body and path do not bind, then the
+ * path variables of m. Needs no connection (the fuzz target drives it).
+ * Returns 0 with *out set (in the call's arena), ANA_ERR_NOMEM, or another
+ * negative error with st filled and the field violations recorded on call. */
+int rb_request_build(struct ana_call *call, const struct ana_route *r, const struct rb_match *m,
+                     const struct rb_query_param *query, size_t n_query, const char *body,
+                     size_t body_len, const struct rb_build_options *bo, ProtobufCMessage **out,
+                     struct ana_error *st);
+
 /* Builds and starts the call for a matched route: metadata, deadline,
  * admission, request message (body, query, path variables), on_request.
  * On failure before a call exists, fills *early with the error to answer.
@@ -208,6 +239,28 @@ int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_
                    void *in, size_t len);
 void rb_ws_on_wake(struct rb_conn *conn);
 void rb_ws_close(struct rb_conn *conn, int code, const char *reason);
+
+/* --- the live dashboard (static.c) --- */
+/* Answers GET / and /dashboard[/...] with the dashboard's files (from
+ * opt.web_root, else the copy built in). Returns false when path is not one
+ * of them (the caller goes on routing). lws thread. */
+bool rb_static_answer(struct lws *wsi, struct rb_conn *conn, const char *path, bool is_get);
+/* Starts writing conn->reply (http.c). */
+void rb_http_answer(struct lws *wsi, struct rb_conn *conn);
+
+/* --- metrics (stats.c) --- */
+/* Allocates the bridge's metrics and registers them with ana_prom; NULL
+ * when out of memory (the bridge then runs without them). */
+struct rb_stats *rb_stats_create(void);
+/* Unregisters and frees. NULL is fine. */
+void rb_stats_destroy(struct rb_stats *s);
+/* One HTTP request answered (lws thread): route index (ana_route_count =
+ * no route), HTTP status, seconds since its headers arrived. */
+void rb_stats_request(struct rb_stats *s, size_t route, int http_status, double seconds);
+/* A WebSocket opened (+1) or closed (-1); a message frame written. */
+void rb_stats_websocket(struct rb_stats *s, int delta);
+void rb_stats_ws_message(struct rb_stats *s);
+int64_t rb_now_ns(void);
 
 /* --- JSON helpers (error.c) --- */
 /* Appends s as a JSON string (quoted, escaped). */

@@ -29,8 +29,10 @@ void rb_bridge_unref(struct ana_restbridge *b) {
   if (atomic_fetch_sub(&b->refs, 1) != 1)
     return;
   pthread_mutex_destroy(&b->mu);
+  rb_stats_destroy(b->stats);
   ana_free(b->host);
   ana_free(b->cors);
+  ana_free(b->web_root);
   ana_free(b);
 }
 
@@ -213,7 +215,10 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
                 : NULL;
   b->opt.host = b->host;
   b->opt.cors_allowed_origins = b->cors;
+  b->web_root = o->web_root && o->web_root[0] ? ana_strdup(o->web_root) : NULL;
+  b->opt.web_root = b->web_root;
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
+  b->stats = rb_stats_create();
 
   lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_emit);
 

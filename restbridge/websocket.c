@@ -30,6 +30,19 @@
 
 /* --- the transport (any thread) --- */
 
+/* Copies s into out (size bytes with the NUL), cut at a UTF-8 character
+ * boundary: a close reason must be valid UTF-8 of at most 123 bytes. */
+static void utf8_cut(char *out, size_t size, const char *s) {
+  size_t n = strlen(s);
+  if (n >= size) {
+    n = size - 1;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+      n--;
+  }
+  memcpy(out, s, n);
+  out[n] = '\0';
+}
+
 static int ws_send(struct ana_call *call, const ProtobufCMessage *message) {
   struct rb_call *c = (struct rb_call *)call;
   struct ana_json_buf buf;
@@ -82,9 +95,14 @@ static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
   struct rb_call *c = (struct rb_call *)call;
   struct rb_msg *last = NULL;
   int code = LWS_CLOSE_STATUS_NORMAL;
+  char reason[sizeof c->ws_close_reason] = "";
   if (status && status->code != ANA_STATUS_OK) {
     last = rb_error_json(call, status, "{\"error\":", "}");
-    code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    /* A stream ended for being too slow (RESOURCE_EXHAUSTED) closes like
+     * the bridge's own slow-consumer close; the message is the reason. */
+    code = status->code == ANA_STATUS_RESOURCE_EXHAUSTED ? LWS_CLOSE_STATUS_POLICY_VIOLATION
+                                                         : LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    utf8_cut(reason, sizeof reason, status->message);
   } else if (response) {
     struct ana_json_buf buf;
     ana_json_buf_init(&buf, 0);
@@ -96,6 +114,7 @@ static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
   pthread_mutex_lock(&c->mu);
   c->ws_last = last;
   c->ws_close_code = code;
+  memcpy(c->ws_close_reason, reason, sizeof reason);
   c->finished = true;
   pthread_mutex_unlock(&c->mu);
   atomic_fetch_sub(&c->bridge->inflight, 1);
@@ -107,6 +126,7 @@ const struct ana_call_transport rb_ws_transport = {
     .send = ws_send,
     .send_queue_length = ws_send_queue_length,
     .finish = ws_finish,
+    .name = "websocket",
 };
 
 /* --- upgrade (lws thread) --- */
@@ -230,8 +250,15 @@ static void on_slow_timer(struct lws *wsi, struct rb_conn *conn) {
   int64_t waited = ana_call_now_mono_ms() - since;
   int limit = conn->bridge->opt.slow_consumer_ms;
   if (waited >= limit) {
-    ANA_INFO(RB_COMPONENT, "closing a WebSocket of %s: slow consumer", c->base.method->path);
-    rb_ws_close(conn, LWS_CLOSE_STATUS_POLICY_VIOLATION, "slow consumer");
+    /* A handler that already ended the stream for being slow gave the
+     * better reason: close with it now rather than after the queue. */
+    char reason[sizeof c->ws_close_reason];
+    pthread_mutex_lock(&c->mu);
+    bool own = c->finished && c->ws_close_code == LWS_CLOSE_STATUS_POLICY_VIOLATION;
+    memcpy(reason, own ? c->ws_close_reason : "slow consumer", own ? sizeof reason : 14);
+    pthread_mutex_unlock(&c->mu);
+    ANA_INFO(RB_COMPONENT, "closing a WebSocket of %s: %s", c->base.method->path, reason);
+    rb_ws_close(conn, LWS_CLOSE_STATUS_POLICY_VIOLATION, reason);
     return;
   }
   conn->slow_timer_armed = true;
@@ -251,6 +278,7 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
     return close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "");
   size_t limit = conn->bridge->opt.stream_buffer_size;
   int close_code = 0;
+  char close_reason[sizeof c->ws_close_reason];
   pthread_mutex_lock(&c->mu);
   struct rb_msg *m = c->q_head;
   if (m) {
@@ -263,13 +291,15 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
   } else if (c->finished) {
     m = c->ws_last; /* the error frame or the last message, then the close */
     c->ws_last = NULL;
-    if (!m)
+    if (!m) {
       close_code = c->ws_close_code;
+      memcpy(close_reason, c->ws_close_reason, sizeof close_reason);
+    }
   }
   bool more = c->q_head != NULL || c->finished;
   pthread_mutex_unlock(&c->mu);
   if (close_code)
-    return close_now(wsi, close_code, "");
+    return close_now(wsi, close_code, close_reason);
   if (!m)
     return 0;
   m->next = NULL;
@@ -278,6 +308,7 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
   rb_msg_free(m);
   if (!ok)
     return -1;
+  rb_stats_ws_message(conn->bridge->stats);
   if (more)
     lws_callback_on_writable(wsi);
   return 0;
@@ -294,6 +325,10 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   conn->state = RB_CONN_WS_OPEN;
+  if (!conn->ws_counted) {
+    conn->ws_counted = true;
+    rb_stats_websocket(b->stats, 1);
+  }
   int n = lws_hdr_custom_copy(wsi, id, sizeof id, "x-request-id:", 13);
   if (n > 0)
     memcpy(conn->request_id, id, (size_t)n + 1);
@@ -326,6 +361,10 @@ int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_
   case LWS_CALLBACK_RECEIVE: /* server streams take no client messages */ return 0;
   case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return 0;
   case LWS_CALLBACK_CLOSED:
+    if (conn->ws_counted) {
+      conn->ws_counted = false;
+      rb_stats_websocket(conn->bridge->stats, -1);
+    }
     rb_conn_detach(conn);
     conn->state = RB_CONN_IDLE;
     return 0;

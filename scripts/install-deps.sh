@@ -13,12 +13,15 @@ set -eu
 BUILD_PACKAGES="build-essential cmake pkg-config git
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotoc-dev libprotobuf-dev grpc-proto golang-github-gogo-googleapis-dev
-  libsqlite3-dev libjansson-dev libwebsockets-dev"
+  libsqlite3-dev libjansson-dev libwebsockets-dev libicu-dev"
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
+# chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
+# playwright-core from npm drives Debian's chromium; no browser download).
 TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
-  sqlite3 procps libcurl4-openssl-dev curl python3-websockets"
+  sqlite3 procps libcurl4-openssl-dev curl python3-websockets
+  chromium nodejs npm"
 
 # Shared libraries loaded by the installed binaries, and nothing to build with.
 # One runtime package per library linked in cmake/Dependencies.cmake:
@@ -27,10 +30,11 @@ TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev
 #   libjansson4    libjansson.so.4
 #   libsqlite3-0   libsqlite3.so.0
 #   libwebsockets17 libwebsockets.so.17
+#   libicu72       libicuuc.so.72, libicui18n.so.72 (time zones for metric buckets)
 # ca-certificates lets the remote backends (ClickHouse, MongoDB, Elasticsearch,
 # Redis, RabbitMQ) verify TLS peers. A library added to the build adds its
 # runtime package here too (check with `dpkg -S libfoo.so.N`).
-RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0 libwebsockets17
+RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0 libwebsockets17 libicu72
   ca-certificates"
 
 case "${1:-build}" in
@@ -42,6 +46,10 @@ esac
 
 missing=""
 for pkg in $wanted; do
+  # A nodejs that bundles npm (NodeSource's) conflicts with Debian's npm.
+  if [ "$pkg" = npm ] && command -v npm >/dev/null 2>&1; then
+    continue
+  fi
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   case "$status" in
     *"install ok installed"*) ;;

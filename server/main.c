@@ -5,12 +5,14 @@
 #include "ana_config.h"
 #include "ana_grpc_server.h"
 #include "ana_log.h"
+#include "ana_realtime.h"
 #include "ana_restbridge.h"
 #include "ana_services.h"
 #include "ana_store.h"
 #include "ana_workers.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +51,32 @@ static int make_dirs(const char *path) {
   if (mkdir(buf, 0750) < 0 && errno != EEXIST)
     return -1;
   return access(buf, W_OK) == 0 ? 0 : -1;
+}
+
+/* What GET /health reports beside the serving status. */
+struct health_state {
+  struct ana_local_db *db;
+  struct ana_committer *committer;
+  int schema_version; /* read once at start: the writer connection is the committer's */
+  atomic_bool serving;
+};
+
+/* The bridge's health callback (its thread; nothing here blocks): 503 while
+ * not serving (starting, stopping) or while the store is degraded (the last
+ * write failed: disk full, I/O error). */
+static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
+  struct health_state *h = ctx;
+  bool degraded = h->db && ana_local_db_degraded(h->db);
+  struct ana_committer_stats st = {0};
+  if (h->committer)
+    ana_committer_stats(h->committer, &st);
+  *serving = atomic_load(&h->serving) && !degraded;
+  if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
+      ana_restbridge_health_add_int(extra, "schemaVersion", h->schema_version) < 0 ||
+      ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
+      ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
+    return ANA_ERR_NOMEM;
+  return 0;
 }
 
 static const char *env_lookup(const char *name, void *ctx) {
@@ -93,8 +121,12 @@ int main(int argc, char **argv) {
   struct ana_local_db *db = NULL;
   const struct ana_event_store_ops *store_ops = ana_store_event_backend("sqlite");
   void *store = NULL;
+  const struct ana_catalog_ops *catalog_ops = ana_store_catalog_backend("sqlite");
+  void *catalog = NULL;
   struct ana_committer *committer = NULL;
   struct ana_workers *workers = NULL;
+  static struct health_state health; /* read by the bridge thread until it stops */
+  struct ana_realtime *realtime = NULL;
   if (make_dirs(cfg.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.data_dir, strerror(errno));
     goto out;
@@ -156,6 +188,34 @@ int main(int argc, char **argv) {
   };
   ana_event_service_bind(&eopts);
 
+  catalog = catalog_ops->open(db, &err);
+  if (!catalog) {
+    ANA_ERROR("main", "cannot open the catalog: %s", err.message);
+    goto out;
+  }
+  struct ana_metric_service_options mopts = {
+      .catalog_ops = catalog_ops,
+      .catalog = catalog,
+      .store_ops = store_ops,
+      .store = store,
+      .workers = workers,
+  };
+  ana_metric_service_bind(&mopts);
+
+  /* Live streams hear every commit through the hook. */
+  struct ana_realtime_options rtopts = {
+      .buffer_size = (size_t)cfg.stream_buffer_size,
+      .aggregate_interval_ms = cfg.realtime_aggregate_interval_ms,
+      .slow_consumer_ms = cfg.realtime_slow_consumer_ms,
+  };
+  realtime = ana_realtime_create(&rtopts, &err);
+  if (!realtime || ana_committer_subscribe(committer, ana_realtime_on_commit, realtime) < 0) {
+    ANA_ERROR("main", "cannot start the real-time hub: %s",
+              realtime ? "too many commit hooks" : err.message);
+    goto out;
+  }
+  ana_realtime_service_bind(realtime);
+
   struct ana_grpc_server_options opts = {
       .host = cfg.grpc_host,
       .port = cfg.grpc_port,
@@ -169,12 +229,18 @@ int main(int argc, char **argv) {
     goto out;
   }
   /* The REST + WebSocket bridge drives the same handlers in-process. */
+  health.db = db;
+  health.committer = committer;
+  health.schema_version = ana_local_db_schema_version(db);
   struct ana_restbridge_options ropts = {
       .port = cfg.port,
       .max_body_bytes = (size_t)cfg.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg.stream_buffer_size,
       .slow_consumer_ms = cfg.ws_slow_consumer_ms,
       .cors_allowed_origins = cfg.cors_allowed_origins,
+      .web_root = cfg.web_root,
+      .health = rest_health,
+      .health_ctx = &health,
   };
   rest = ana_restbridge_create(&ropts, &err);
   if (!rest) {
@@ -187,12 +253,14 @@ int main(int argc, char **argv) {
   ana_log_fields(ANA_LOG_INFO, "main", "analyticsd is serving", "grpc_port", port, "http_port",
                  http_port, "data_dir", cfg.data_dir, "version", ANA_VERSION, NULL);
   ana_health_set_serving(true);
+  atomic_store(&health.serving, true);
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
   ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
                  NULL);
   ana_health_set_serving(false);
+  atomic_store(&health.serving, false);
   /* REST first: its in-flight calls finish while gRPC still serves. */
   ana_restbridge_shutdown(rest, cfg.shutdown_grace_ms);
   ana_restbridge_destroy(rest);
@@ -213,7 +281,11 @@ out:
   ana_grpc_server_destroy(grpc);
   /* After the transports: in-flight calls were waiting for these. */
   ana_committer_destroy(committer);
+  /* After the committer: its last commits still reach the hook. */
+  ana_realtime_destroy(realtime);
   ana_workers_destroy(workers);
+  if (catalog)
+    catalog_ops->close(catalog);
   if (store)
     store_ops->close(store);
   ana_local_db_close(db);

@@ -29,6 +29,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* A connection (pool) to one server. Thread-safe. */
@@ -84,6 +85,17 @@ int ana_client_unary(struct ana_client_channel *ch, const struct ana_method *m,
                      const ProtobufCMessage *request, ProtobufCMessage **response,
                      const struct ana_call_options *opts, struct ana_error *err);
 
+/* Like ana_client_unary; when the call ends with a non-OK status that
+ * carries details (the grpc-status-details-bin trailer: a serialized
+ * google.rpc.Status, e.g. with google.rpc.BadRequest field violations),
+ * *details is a copy of them (caller frees with ana_free) and *details_len
+ * their size; otherwise NULL and 0. details and details_len may both be
+ * NULL. Blocks. */
+int ana_client_unary_details(struct ana_client_channel *ch, const struct ana_method *m,
+                             const ProtobufCMessage *request, ProtobufCMessage **response,
+                             const struct ana_call_options *opts, uint8_t **details,
+                             size_t *details_len, struct ana_error *err);
+
 /* --- Server streaming --- */
 
 /* Sends request to server-streaming method m and calls on_message for each
@@ -94,6 +106,17 @@ int ana_client_unary(struct ana_client_channel *ch, const struct ana_method *m,
 int ana_client_server_stream(struct ana_client_channel *ch, const struct ana_method *m,
                              const ProtobufCMessage *request, ana_client_message_fn on_message,
                              void *ctx, const struct ana_call_options *opts, struct ana_error *err);
+
+/* Opens server-streaming method m with its one request, for a caller that
+ * must be able to cancel the stream from another thread while it waits for
+ * messages (ana_client_stream_cancel), e.g. a gateway. Read it with
+ * ana_client_stream_recv, end it with ana_client_stream_finish. Blocks
+ * until the request is on its way; NULL with err filled on failure. */
+struct ana_client_stream *ana_client_server_stream_open(struct ana_client_channel *ch,
+                                                        const struct ana_method *m,
+                                                        const ProtobufCMessage *request,
+                                                        const struct ana_call_options *opts,
+                                                        struct ana_error *err);
 
 /* --- Client streaming and bidirectional streaming --- */
 
@@ -138,6 +161,14 @@ int ana_client_stream_recv(struct ana_client_stream *s, ProtobufCMessage **out,
  * negative error (a cancelled stream gives CANCELLED). No other thread may be
  * using s; s is invalid afterwards. NULL returns 0. */
 int ana_client_stream_finish(struct ana_client_stream *s, struct ana_error *err);
+
+/* After ana_client_stream_recv returned 0 or a negative status (and before
+ * finish): a copy of the status details (grpc-status-details-bin) in
+ * *details (caller frees with ana_free) and their size. Returns 0, or
+ * ANA_ERR_NOT_FOUND (*details NULL) when there are none or the status is
+ * not in yet. Same thread as recv. */
+int ana_client_stream_status_details(struct ana_client_stream *s, uint8_t **details,
+                                     size_t *details_len);
 
 /* Cancels the stream: blocked and later send/recv calls return promptly with
  * CANCELLED. Thread-safe; may be called any number of times until finish,

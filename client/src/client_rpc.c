@@ -72,6 +72,25 @@ static int status_error(grpc_status_code code, grpc_slice details, struct ana_er
                        (const char *)GRPC_SLICE_START_PTR(details));
 }
 
+/* A copy of the grpc-status-details-bin trailer (a serialized
+ * google.rpc.Status), or NULL when the trailers hold none. */
+static uint8_t *copy_status_details(const grpc_metadata_array *trailing, size_t *len) {
+  *len = 0;
+  for (size_t i = 0; i < trailing->count; i++) {
+    const grpc_metadata *md = &trailing->metadata[i];
+    if (!grpc_slice_str_cmp(md->key, "grpc-status-details-bin")) {
+      size_t n = GRPC_SLICE_LENGTH(md->value);
+      uint8_t *out = ana_malloc(n ? n : 1);
+      if (!out)
+        return NULL;
+      memcpy(out, GRPC_SLICE_START_PTR(md->value), n);
+      *len = n;
+      return out;
+    }
+  }
+  return NULL;
+}
+
 static gpr_timespec deadline_of(const struct ana_call_options *opts) {
   if (!opts || opts->timeout_ms == 0)
     return gpr_inf_future(GPR_CLOCK_MONOTONIC);
@@ -315,13 +334,20 @@ static void call_destroy(struct ana_client_channel *ch, grpc_call *call,
 int ana_client_unary(struct ana_client_channel *ch, const struct ana_method *m,
                      const ProtobufCMessage *request, ProtobufCMessage **response,
                      const struct ana_call_options *opts, struct ana_error *err) {
+  return ana_client_unary_details(ch, m, request, response, opts, NULL, NULL, err);
+}
+
+int ana_client_unary_details(struct ana_client_channel *ch, const struct ana_method *m,
+                             const ProtobufCMessage *request, ProtobufCMessage **response,
+                             const struct ana_call_options *opts, uint8_t **details,
+                             size_t *details_len, struct ana_error *err) {
   grpc_completion_queue *cq = NULL;
   grpc_call *call = NULL;
   struct call_metadata md = {0};
   grpc_byte_buffer *send_bb = NULL, *recv_bb = NULL;
   grpc_metadata_array initial_md, trailing_md;
   grpc_status_code status = GRPC_STATUS_UNKNOWN;
-  grpc_slice details = grpc_empty_slice();
+  grpc_slice status_details = grpc_empty_slice();
   grpc_op ops[6];
   char tag;
   int rc;
@@ -331,6 +357,10 @@ int ana_client_unary(struct ana_client_channel *ch, const struct ana_method *m,
   grpc_metadata_array_init(&trailing_md);
   if (response)
     *response = NULL;
+  if (details)
+    *details = NULL;
+  if (details_len)
+    *details_len = 0;
   rc = check_method(ch, m, ANA_METHOD_UNARY, err);
   if (rc < 0)
     goto out;
@@ -365,14 +395,16 @@ int ana_client_unary(struct ana_client_channel *ch, const struct ana_method *m,
   ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
   ops[5].data.recv_status_on_client.trailing_metadata = &trailing_md;
   ops[5].data.recv_status_on_client.status = &status;
-  ops[5].data.recv_status_on_client.status_details = &details;
+  ops[5].data.recv_status_on_client.status_details = &status_details;
   rc = start_batch(call, ops, 6, &tag, err);
   if (rc < 0)
     goto out;
   (void)wait_tag(cq, &tag);
 
   if (status != GRPC_STATUS_OK) {
-    rc = status_error(status, details, err);
+    rc = status_error(status, status_details, err);
+    if (details && details_len)
+      *details = copy_status_details(&trailing_md, details_len);
     goto out;
   }
   if (!recv_bb || !(*response = decode(m->output, recv_bb))) {
@@ -386,7 +418,7 @@ out:
     grpc_byte_buffer_destroy(recv_bb);
   if (send_bb)
     grpc_byte_buffer_destroy(send_bb);
-  grpc_slice_unref(details);
+  grpc_slice_unref(status_details);
   grpc_metadata_array_destroy(&initial_md);
   grpc_metadata_array_destroy(&trailing_md);
   call_destroy(ch, call, cq);
@@ -720,6 +752,34 @@ void ana_client_stream_cancel(struct ana_client_stream *s) {
 }
 
 /* --- Server streaming --- */
+
+struct ana_client_stream *ana_client_server_stream_open(struct ana_client_channel *ch,
+                                                        const struct ana_method *m,
+                                                        const ProtobufCMessage *request,
+                                                        const struct ana_call_options *opts,
+                                                        struct ana_error *err) {
+  struct ana_client_stream *s = NULL;
+
+  ana_error_clear(err);
+  stream_open(ch, m, ANA_METHOD_SERVER_STREAMING, request, opts, &s, err);
+  return s;
+}
+
+int ana_client_stream_status_details(struct ana_client_stream *s, uint8_t **details,
+                                     size_t *details_len) {
+  *details = NULL;
+  *details_len = 0;
+  if (!s)
+    return ANA_ERR_NOT_FOUND;
+  pthread_mutex_lock(&s->mu);
+  bool in = s->status_received;
+  pthread_mutex_unlock(&s->mu);
+  if (!in)
+    return ANA_ERR_NOT_FOUND;
+  /* Fixed once the status is in: only the status op writes the trailers. */
+  *details = copy_status_details(&s->trailing_md, details_len);
+  return *details ? 0 : ANA_ERR_NOT_FOUND;
+}
 
 int ana_client_server_stream(struct ana_client_channel *ch, const struct ana_method *m,
                              const ProtobufCMessage *request, ana_client_message_fn on_message,

@@ -18,7 +18,10 @@ static int set_fail(struct ana_error *err, const char *path, const char *fmt, ..
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
   va_end(ap);
-  ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: %s", path, reason);
+  if (*path)
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: %s", path, reason);
+  else
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s", reason);
   return ANA_ERR_INVALID;
 }
 

@@ -19,6 +19,8 @@ struct ana_config {
   long http_max_body_bytes;  /* HTTP_MAX_BODY_BYTES: REST request bodies */
   char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS: NULL = none */
   int ws_slow_consumer_ms;    /* WS_SLOW_CONSUMER_MS */
+  char *web_root;             /* WEB_ROOT: dashboard files; NULL = built in */
+  char *restbridge_upstream;  /* RESTBRIDGE_UPSTREAM: analytics-restbridge only; NULL = unset */
 
   /* Remote backends; NULL = not used (none is supported yet). */
   char *mongodb_uri;
@@ -35,6 +37,8 @@ struct ana_config {
   int batch_size;             /* events per group commit */
   int processing_interval_ms; /* PROCESSING_INTERVAL: how long a group commit gathers events */
   int stream_buffer_size;     /* messages buffered per real-time subscriber */
+  int realtime_aggregate_interval_ms; /* REALTIME_AGGREGATE_INTERVAL */
+  int realtime_slow_consumer_ms;      /* REALTIME_SLOW_CONSUMER_MS */
 
   enum ana_log_level log_level;
   int shutdown_grace_ms;

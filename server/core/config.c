@@ -57,6 +57,7 @@ static bool valid_bind_host(const char *s);
 static bool valid_clickhouse_host(const char *s);
 static bool valid_account_id(const char *s);
 static bool valid_origins(const char *s);
+static bool valid_grpc_target(const char *s);
 static bool valid_timestamp_policy(const char *s);
 static bool valid_proxy_list(const char *s);
 
@@ -82,6 +83,15 @@ static const struct var vars[] = {
      .help = "A WebSocket client whose STREAM_BUFFER_SIZE messages stay unread this long is "
              "disconnected (close code 1008).",
      FIELD(ws_slow_consumer_ms)},
+    {.name = "WEB_ROOT", .type = VAR_PATH, .def = "",
+     .help = "Directory holding the live dashboard's files (index.html, app.js, app.css), served "
+             "at / and /dashboard; unset serves the copy built into the binary.",
+     FIELD(web_root)},
+    {.name = "RESTBRIDGE_UPSTREAM", .type = VAR_STRING, .def = "",
+     .help = "analytics-restbridge only (the remote REST bridge): the gRPC address of the "
+             "analyticsd it forwards to; its --upstream option wins. analyticsd ignores it.",
+     .check = valid_grpc_target, .expect = "a gRPC target: host:port or dns:///host:port",
+     FIELD(restbridge_upstream)},
 
     /* Remote backends. */
     {.name = "MONGODB_URI", .type = VAR_URL, .def = "",
@@ -123,11 +133,27 @@ static const struct var vars[] = {
     /* Processing. */
     {.name = "BATCH_SIZE", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
      .help = "Most events written by one group commit.", FIELD(batch_size)},
-    {.name = "PROCESSING_INTERVAL", .type = VAR_DURATION, .def = "5", .min = 0, .max = 60000,
-     .help = "How long a group commit waits to gather more events.",
+    {.name = "PROCESSING_INTERVAL", .type = VAR_DURATION, .def = "0", .min = 0, .max = 60000,
+     .help = "How long a group commit waits for more events while requests are sharing "
+             "commits; 0 starts the next commit at once (requests arriving during a commit "
+             "still share the next one).",
      FIELD(processing_interval_ms)},
     {.name = "STREAM_BUFFER_SIZE", .type = VAR_INT, .def = "1024", .min = 1, .max = 1000000,
-     .help = "Messages buffered for each real-time subscriber.", FIELD(stream_buffer_size)},
+     .help = "Updates held for each real-time subscriber, waiting in the server and queued by "
+             "its transport together (the WebSocket queue of a connection is this size too); "
+             "beyond it live events are dropped and counted in the next aggregate snapshot.",
+     FIELD(stream_buffer_size)},
+    {.name = "REALTIME_AGGREGATE_INTERVAL", .type = VAR_DURATION, .def = "1000", .min = 10,
+     .max = 60000,
+     .help = "How often each analytics stream subscriber gets an aggregate snapshot (events per "
+             "second by eventType and eventName over the last second).",
+     FIELD(realtime_aggregate_interval_ms)},
+    {.name = "REALTIME_SLOW_CONSUMER_MS", .type = VAR_DURATION, .def = "10000", .min = 100,
+     .max = 600000,
+     .help = "An analytics stream subscriber that stays behind (its STREAM_BUFFER_SIZE updates "
+             "full) this long is ended with RESOURCE_EXHAUSTED (a WebSocket closes with 1008 and "
+             "the reason).",
+     FIELD(realtime_slow_consumer_ms)},
     {.name = "STREAM_SEND_QUEUE_MAX", .type = VAR_INT, .def = "256", .min = 1,
      .max = 1000000, .help = "Most messages queued for sending on one outbound stream.",
      FIELD(stream_send_queue_max)},
@@ -205,6 +231,20 @@ static const struct var vars[] = {
 #define VAR_COUNT (sizeof vars / sizeof vars[0])
 
 /* ---- value checks ---- */
+
+/* RESTBRIDGE_UPSTREAM: printable, no spaces, ends with :port. */
+static bool valid_grpc_target(const char *s) {
+  const char *colon = strrchr(s, ':');
+  if (!colon || colon == s || !colon[1])
+    return false;
+  for (const char *p = s; *p; p++)
+    if (*p <= ' ' || *p > '~')
+      return false;
+  for (const char *p = colon + 1; *p; p++)
+    if (*p < '0' || *p > '9')
+      return false;
+  return true;
+}
 
 /* CORS_ALLOWED_ORIGINS: "*" or origins (scheme://host[:port]), comma-separated. */
 static bool valid_origins(const char *s) {

@@ -8,6 +8,7 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_prom.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -39,6 +40,10 @@ struct ana_committer {
   struct hook hooks[MAX_HOOKS];
   int n_hooks;
   struct ana_committer_stats stats;
+  /* Metrics (lock-free): how long each commit took (begin to the fsync'd
+   * commit), how many events it held, how long requests waited for it. */
+  struct ana_prom_histogram commit_seconds, commit_events, wait_seconds;
+  bool metrics_registered;
   int last_commit_requests;
   int64_t next_sweep_ms;
 };
@@ -47,6 +52,46 @@ static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static const double event_buckets[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_committer *c = ctx;
+  struct ana_committer_stats st;
+  ana_committer_stats(c, &st);
+  static const struct {
+    const char *name, *type, *help;
+  } families[] = {
+      {"ana_ingest_commits_total", "counter", "Group commits that reached the disk."},
+      {"ana_ingest_events_stored_total", "counter", "Events stored durably."},
+      {"ana_ingest_events_duplicate_total", "counter",
+       "Events answered DUPLICATE (their eventId was stored before)."},
+      {"ana_ingest_commit_failures_total", "counter",
+       "Group commits that failed (nothing of them was acknowledged)."},
+      {"ana_ingest_queued_events", "gauge", "Events waiting for a group commit."},
+      {"ana_ingest_last_commit_sequence", "gauge", "Commit sequence number of the last stored event."},
+  };
+  const uint64_t values[] = {st.commits,          st.events_stored, st.events_duplicate,
+                             st.failures,         st.queued_events, st.last_seq};
+  for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+    ana_prom_write_family(w, families[i].name, families[i].type, families[i].help);
+    ana_prom_write_u64(w, families[i].name, NULL, values[i]);
+  }
+  ana_prom_write_family(w, "ana_ingest_commit_duration_seconds", "histogram",
+                        "Time of one group commit, from BEGIN to the fsync'd COMMIT.");
+  ana_prom_write_histogram(w, "ana_ingest_commit_duration_seconds", NULL, &c->commit_seconds);
+  ana_prom_write_family(w, "ana_ingest_commit_events", "histogram", "Events per group commit.");
+  ana_prom_write_histogram(w, "ana_ingest_commit_events", NULL, &c->commit_events);
+  ana_prom_write_family(w, "ana_ingest_queue_wait_seconds", "histogram",
+                        "Time a request waited in the queue before its commit began.");
+  ana_prom_write_histogram(w, "ana_ingest_queue_wait_seconds", NULL, &c->wait_seconds);
 }
 
 static void deadline_in(struct timespec *ts, int64_t ms) {
@@ -193,7 +238,14 @@ static void *commit_thread(void *arg) {
 
     struct ana_error err;
     ana_error_clear(&err);
+    int64_t started_ns = mono_ns();
+    for (struct ana_commit_request *r = batch; r; r = r->next)
+      ana_prom_histogram_observe(&c->wait_seconds,
+                                 (double)(now_ms() - r->enqueued_ms) / 1000.0);
     int rc = commit_batch(c, batch, &err);
+    ana_prom_histogram_observe(&c->commit_seconds, (double)(mono_ns() - started_ns) / 1e9);
+    if (rc == 0)
+      ana_prom_histogram_observe(&c->commit_events, (double)events);
     finish_batch(c, batch, rc, &err);
 
     pthread_mutex_lock(&c->mu);
@@ -219,6 +271,11 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
   if (c->o.batch_size < 1)
     c->o.batch_size = 1;
   c->next_sweep_ms = now_ms() + 1000; /* first sweep soon after start-up */
+  ana_prom_histogram_init(&c->commit_seconds, ana_prom_latency_buckets,
+                          ana_prom_latency_buckets_n);
+  ana_prom_histogram_init(&c->wait_seconds, ana_prom_latency_buckets, ana_prom_latency_buckets_n);
+  ana_prom_histogram_init(&c->commit_events, event_buckets,
+                          sizeof event_buckets / sizeof event_buckets[0]);
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cond, NULL);
   if (pthread_create(&c->thread, NULL, commit_thread, c) != 0) {
@@ -229,6 +286,7 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
     return NULL;
   }
   c->started = true;
+  c->metrics_registered = ana_prom_register(collect, c) == 0;
   return c;
 }
 
@@ -271,6 +329,8 @@ int ana_committer_subscribe(struct ana_committer *c, ana_commit_hook_fn fn, void
 void ana_committer_destroy(struct ana_committer *c) {
   if (!c)
     return;
+  if (c->metrics_registered)
+    ana_prom_unregister(collect, c);
   pthread_mutex_lock(&c->mu);
   c->stopping = true;
   pthread_cond_signal(&c->cond);

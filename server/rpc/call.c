@@ -42,9 +42,12 @@ void ana_call_init(struct ana_call *call, const struct ana_call_transport *trans
   atomic_init(&call->finished, false);
   atomic_init(&call->cancelled, false);
   atomic_init(&call->read_paused, false);
+  atomic_init(&call->metrics_open, false);
+  ana_rpc_metrics_started(call);
 }
 
 void ana_call_fini(struct ana_call *call) {
+  ana_rpc_metrics_closed(call);
   ana_arena_destroy(call->message_arena);
   call->message_arena = NULL;
   ana_arena_fini(&call->arena);
@@ -172,6 +175,7 @@ void ana_call_finish(struct ana_call *call, const ProtobufCMessage *response,
     ANA_ERROR("rpc", "%s finished twice; second finish ignored", call->method->path);
     return;
   }
+  ana_rpc_metrics_finished(call, status);
   call->transport->finish(call, response, status);
 }
 

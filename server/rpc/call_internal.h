@@ -21,6 +21,9 @@ struct ana_call_transport {
                  const struct ana_error *status);
   /* Pause state changed; the transport posts a read if needed. */
   void (*reading_changed)(struct ana_call *call);
+  /* Label of the transport in metrics: "grpc", "http", "websocket"
+   * (NULL counts as "other"). */
+  const char *name;
 };
 
 struct ana_violation {
@@ -46,7 +49,16 @@ struct ana_call {
   atomic_bool finished;
   atomic_bool cancelled;
   atomic_bool read_paused;
+  int64_t start_mono_ns;     /* when the call was set up (metrics) */
+  atomic_bool metrics_open;  /* counted in the open-calls gauges until finish or fini */
 };
+
+/* Metrics of calls (rpc_metrics.c): per transport and method, requests by
+ * status, latency from set-up to finish, calls and streams open. Called by
+ * ana_call_init, ana_call_finish and ana_call_fini; thread-safe. */
+void ana_rpc_metrics_started(struct ana_call *call);
+void ana_rpc_metrics_finished(struct ana_call *call, const struct ana_error *status);
+void ana_rpc_metrics_closed(struct ana_call *call);
 
 /* Monotonic clock in milliseconds. */
 int64_t ana_call_now_mono_ms(void);

@@ -344,6 +344,7 @@ static const struct ana_call_transport grpc_transport = {
     .send_queue_length = t_send_queue_length,
     .finish = t_finish,
     .reading_changed = t_reading_changed,
+    .name = "grpc",
 };
 
 /* ------------------------------------------------------------------ */

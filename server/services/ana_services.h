@@ -4,6 +4,7 @@
 #define ANA_SERVICES_H
 
 #include "ana_ingest.h"
+#include "ana_realtime.h"
 #include "ana_store.h"
 #include "ana_workers.h"
 
@@ -21,5 +22,20 @@ struct ana_event_service_options {
 /* Binds EventService (TrackEvent, TrackEvents, IngestEvents, ImportEvents,
  * SearchEvents). The options are copied; pointers must outlive the server. */
 int ana_event_service_bind(const struct ana_event_service_options *o);
+
+/* Binds RealtimeService.StreamAnalytics to the hub (borrowed; must outlive
+ * the transports). StreamMetric is left to the metrics engine. */
+int ana_realtime_service_bind(struct ana_realtime *hub);
+
+struct ana_metric_service_options {
+  const struct ana_catalog_ops *catalog_ops;
+  void *catalog;
+  const struct ana_event_store_ops *store_ops; /* for metric data */
+  void *store;
+  struct ana_workers *workers;
+};
+
+/* Binds MetricService (create, list, get, update, delete, data). */
+int ana_metric_service_bind(const struct ana_metric_service_options *o);
 
 #endif

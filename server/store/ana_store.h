@@ -59,6 +59,20 @@ struct ana_event_query {
 typedef int (*ana_event_hit_fn)(void *ctx, const uint8_t *payload, size_t payload_len,
                                 int64_t timestamp_ms, const char *event_id, uint64_t seq);
 
+/* One event as a scan sees it; pointers are valid during the call. */
+struct ana_scanned_event {
+  int64_t timestamp_ms;
+  const char *event_id;
+  const char *event_type;
+  const char *event_name;
+  const char *session_id;
+  const char *properties_json;
+  uint64_t seq;
+};
+
+/* Receives one scanned event. Non-zero stops the scan. */
+typedef int (*ana_event_scan_fn)(void *ctx, const struct ana_scanned_event *ev);
+
 /* The event store role. */
 struct ana_event_store_ops {
   const char *name;
@@ -73,12 +87,59 @@ struct ana_event_store_ops {
    * descending), at most q->limit times. Thread-safe; blocks. */
   int (*search)(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                 struct ana_error *err);
+  /* Calls fn for every event of the account with from_ms <= timestamp <
+   * to_ms, restricted to the given event names when n_names > 0, in no
+   * particular order. Thread-safe; blocks. */
+  int (*scan)(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
+              const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
+              struct ana_error *err);
   /* Deletes at most max_rows events with timestamp < cutoff_ms, in the
    * committer's transaction; returns how many, or a negative error. */
   int (*expire)(void *store, int64_t cutoff_ms, int max_rows, struct ana_error *err);
   /* Closes the store; NULL does nothing. */
   void (*close)(void *store);
 };
+
+/* The catalog role: user-defined objects (metrics, reports, alerts) of one
+ * account, each stored whole as a serialized message, with a name that is
+ * unique per account and kind. */
+struct ana_catalog_object {
+  const char *kind;       /* "metric", "report", "alert" */
+  const char *account_id;
+  const char *id;
+  const char *name;       /* unique per (account, kind); NULL = unnamed */
+  const uint8_t *body;    /* the serialized message */
+  size_t body_len;
+  int64_t created_at_ms, updated_at_ms;
+};
+
+/* Receives one object; pointers are valid during the call. Non-zero stops. */
+typedef int (*ana_catalog_object_fn)(void *ctx, const struct ana_catalog_object *o);
+
+struct ana_catalog_ops {
+  const char *name;
+  void *(*open)(struct ana_local_db *db, struct ana_error *err);
+  /* Inserts (create = true: ALREADY_EXISTS when the id or the name is taken)
+   * or replaces an existing object (create = false: NOT_FOUND when absent,
+   * ALREADY_EXISTS when the new name belongs to another object). Durable when
+   * it returns. Thread-safe; blocks. */
+  int (*put)(void *cat, const struct ana_catalog_object *o, bool create, struct ana_error *err);
+  /* Calls fn once with the object, or returns ANA_ERR_NOT_FOUND. */
+  int (*get)(void *cat, const char *kind, const char *account_id, const char *id,
+             ana_catalog_object_fn fn, void *ctx, struct ana_error *err);
+  int (*get_by_name)(void *cat, const char *kind, const char *account_id, const char *name,
+                     ana_catalog_object_fn fn, void *ctx, struct ana_error *err);
+  /* Objects with id > after (all when after is NULL or ""), by id, at most
+   * limit. */
+  int (*list)(void *cat, const char *kind, const char *account_id, const char *after, int limit,
+              ana_catalog_object_fn fn, void *ctx, struct ana_error *err);
+  /* Deletes; ANA_ERR_NOT_FOUND when absent. */
+  int (*remove)(void *cat, const char *kind, const char *account_id, const char *id,
+                struct ana_error *err);
+  void (*close)(void *cat);
+};
+
+const struct ana_catalog_ops *ana_store_catalog_backend(const char *name);
 
 /* The event store selected by configuration ("sqlite" today). */
 const struct ana_event_store_ops *ana_store_event_backend(const char *name);
@@ -102,6 +163,10 @@ int ana_local_db_schema_version(struct ana_local_db *db);
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err);
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err);
 void ana_local_db_rollback(struct ana_local_db *db);
+
+/* A new read-write connection with the same settings, for a role that
+ * writes on its own (the catalog); close it with sqlite3_close. */
+void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err);
 
 /* The writer connection (for the committer's stages) and a pooled reader
  * (for searches; return it with ana_local_db_release_reader). The reader

@@ -15,3 +15,14 @@ const struct ana_event_store_ops *ana_store_event_backend(const char *name) {
       return event_stores[i];
   return NULL;
 }
+
+static const struct ana_catalog_ops *const catalogs[] = {
+    &ana_sqlite_catalog,
+};
+
+const struct ana_catalog_ops *ana_store_catalog_backend(const char *name) {
+  for (size_t i = 0; i < sizeof catalogs / sizeof catalogs[0]; i++)
+    if (strcmp(catalogs[i]->name, name) == 0)
+      return catalogs[i];
+  return NULL;
+}

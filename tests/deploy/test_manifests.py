@@ -98,10 +98,25 @@ class ManifestTest(unittest.TestCase):
 
     # ---- helpers ----
 
-    def one(self, kind):
-        found = [d for _, d in self.docs if isinstance(d, dict) and d.get("kind") == kind]
-        self.assertEqual(len(found), 1, "expected exactly one %s in k8s/, found %d" % (kind, len(found)))
+    @staticmethod
+    def component(doc):
+        return ((doc.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component")
+
+    def one(self, kind, component="analyticsd"):
+        """The one document of this kind for analyticsd (component "analyticsd",
+        or unlabelled), or for the remote bridge (component "restbridge")."""
+        found = [d for _, d in self.docs if isinstance(d, dict) and d.get("kind") == kind and
+                 (self.component(d) == component or
+                  (component == "analyticsd" and self.component(d) is None))]
+        self.assertEqual(len(found), 1, "expected exactly one %s (%s) in k8s/, found %d"
+                         % (kind, component, len(found)))
         return found[0]
+
+    def bridge_container(self):
+        spec = ((self.one("Deployment", "restbridge").get("spec") or {}).get("template") or {}).get("spec") or {}
+        containers = spec.get("containers") or []
+        self.assertEqual(len(containers), 1, "the restbridge pod should run one container")
+        return containers[0]
 
     def configmap_data(self):
         return self.one("ConfigMap").get("data") or {}
@@ -270,6 +285,69 @@ class ManifestTest(unittest.TestCase):
                          "k8s/ manifests missing from %s resources" % KUSTOMIZATION)
         self.assertEqual(sorted(set(resources) - set(manifests)), [],
                          "%s lists resources that are not files in k8s/" % KUSTOMIZATION)
+
+    # ---- the remote REST bridge (k8s/restbridge-deployment.yaml) ----
+
+    def test_restbridge_runs_the_bridge_against_the_service(self):
+        c = self.bridge_container()
+        argv = list(c.get("command") or []) + list(c.get("args") or [])
+        self.assertTrue(argv and argv[0].endswith("/analytics-restbridge"),
+                        "the restbridge container does not run analytics-restbridge: %r" % argv)
+        env = {e.get("name"): e.get("value") for e in c.get("env") or []}
+        upstream = argv[argv.index("--upstream") + 1] if "--upstream" in argv else env.get("RESTBRIDGE_UPSTREAM")
+        self.assertIsNotNone(upstream, "no --upstream and no RESTBRIDGE_UPSTREAM")
+        service = self.one("Service")
+        ports = [p.get("port") for p in (service.get("spec") or {}).get("ports") or []]
+        host, _, port = upstream.rpartition(":")
+        self.assertEqual(host, service["metadata"]["name"], "the upstream is not analyticsd's Service")
+        self.assertIn(int(port), ports)
+        self.assertEqual(int(port), GRPC_PORT)
+        self.assertEqual(c.get("image"), self.container().get("image"),
+                         "the bridge should run analyticsd's image (it holds both binaries)")
+
+    def test_restbridge_env_is_known_variables(self):
+        env = {e.get("name") for e in self.bridge_container().get("env") or []}
+        self.assertEqual(sorted(env - CONFIG_VARS - {"RESTBRIDGE_UPSTREAM", "HTTP_MAX_BODY_BYTES",
+                                                      "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS"}),
+                         [], "environment variables the bridge does not read")
+
+    def test_restbridge_probes_are_http(self):
+        c = self.bridge_container()
+        http_port = [p for p in c.get("ports") or [] if p.get("name") == "http"]
+        self.assertEqual([p.get("containerPort") for p in http_port], [HTTP_PORT])
+        ready = (c.get("readinessProbe") or {}).get("httpGet") or {}
+        self.assertEqual(ready.get("path"), "/health", "readiness must follow the upstream (/health)")
+        self.assertIn(ready.get("port"), ("http", HTTP_PORT))
+        live = (c.get("livenessProbe") or {}).get("httpGet") or {}
+        self.assertTrue(live, "the bridge has no HTTP liveness probe")
+        self.assertNotEqual(live.get("path"), "/health",
+                            "liveness must not depend on the upstream (use /metrics)")
+
+    def test_restbridge_is_stateless_and_scales(self):
+        dep = self.one("Deployment", "restbridge")
+        spec = dep.get("spec") or {}
+        self.assertGreaterEqual(spec.get("replicas", 1), 2)
+        self.assertEqual((spec.get("strategy") or {}).get("type", "RollingUpdate"), "RollingUpdate")
+        pod = (spec.get("template") or {}).get("spec") or {}
+        self.assertFalse(pod.get("volumes"), "the bridge keeps no state: no volumes")
+        self.assertTrue((pod.get("securityContext") or {}).get("runAsNonRoot"))
+        resources = self.bridge_container().get("resources") or {}
+        for part in ("requests", "limits"):
+            for res in ("cpu", "memory"):
+                self.assertIn(res, resources.get(part) or {})
+
+    def test_restbridge_service_selects_its_pods_only(self):
+        service = self.one("Service", "restbridge")
+        selector = (service.get("spec") or {}).get("selector") or {}
+        labels = (((self.one("Deployment", "restbridge").get("spec") or {}).get("template") or {})
+                  .get("metadata") or {}).get("labels") or {}
+        self.assertEqual({k: v for k, v in selector.items() if labels.get(k) != v}, {})
+        analyticsd = (((self.one("Deployment").get("spec") or {}).get("template") or {})
+                      .get("metadata") or {}).get("labels") or {}
+        self.assertFalse(all(analyticsd.get(k) == v for k, v in selector.items()),
+                         "the bridge's Service would also select analyticsd's pods")
+        ports = (service.get("spec") or {}).get("ports") or []
+        self.assertEqual([(p.get("port"), p.get("targetPort")) for p in ports], [(HTTP_PORT, "http")])
 
     # ---- Dockerfile ----
 

@@ -2,7 +2,9 @@
 # Integration tests against the real binaries of one build directory:
 #   1. the gRPC runtime in-process, through the generated C stubs, and the
 #      REST bridge in-process, over HTTP;
-#   2. the generated C stubs against a live analyticsd;
+#   2. the generated C stubs against a live analyticsd, and the client
+#      library (libanalytics), its examples and analyticsctl against the same
+#      server; then the installed library built into consumer programs;
 #   3. the Python grpcio suite (an independent gRPC implementation), which
 #      starts its own servers.
 # Usage: tests/integration/run.sh BUILD_DIR
@@ -11,6 +13,11 @@ BUILD=$(cd "${1:?usage: run.sh BUILD_DIR}" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=/usr/bin/python3
 BIN=$BUILD/server/analyticsd
+# Features whose RPCs are implemented no longer answer UNIMPLEMENTED (every suite below).
+export ANA_IMPLEMENTED_FEATURES=events,metrics
+# Methods implemented ahead of the rest of their feature ("real-time streams":
+# StreamAnalytics works, StreamMetric still answers UNIMPLEMENTED).
+export ANA_IMPLEMENTED_METHODS=/analytics.v1.RealtimeService/StreamAnalytics
 
 echo "--- runtime in-process (C stubs)"
 "$BUILD/tests/integration/test_rpc_runtime"
@@ -41,13 +48,48 @@ if ! "$BUILD/tests/integration/test_client_stubs" "127.0.0.1:$PORT"; then
   tail -n 30 "$LOG"
   exit 1
 fi
+
+echo "--- client library (libanalytics), its examples and analyticsctl against the same server"
+CLIENT_OK=1
+timeout 120 "$BUILD/tests/integration/test_client_lib" "127.0.0.1:$PORT" || CLIENT_OK=0
+for ex in track_event create_metric generate_report create_alert; do
+  echo "\$ $ex 127.0.0.1:$PORT"
+  timeout 60 "$BUILD/client/examples/$ex" "127.0.0.1:$PORT" || { echo "$ex failed"; CLIENT_OK=0; }
+done
+CTL="$BUILD/client/cli/analyticsctl --target 127.0.0.1:$PORT"
+$CTL health >/dev/null || { echo "analyticsctl health failed"; CLIENT_OK=0; }
+$CTL track message message_sent campaignId=123 charactersCount=150 | grep -q ACCEPTED ||
+  { echo "analyticsctl track failed"; CLIENT_OK=0; }
+$CTL search --name message_sent --limit 1 | grep -q message_sent ||
+  { echo "analyticsctl search failed"; CLIENT_OK=0; }
+set +e
+$CTL frobnicate 2>/dev/null; [ $? -eq 2 ] || { echo "analyticsctl: bad usage must exit 2"; CLIENT_OK=0; }
+$CTL alerts get none >/dev/null 2>&1; [ $? -eq 1 ] || { echo "analyticsctl: a failed call must exit 1"; CLIENT_OK=0; }
+set -e
+if [ $CLIENT_OK = 0 ]; then
+  tail -n 30 "$LOG"
+  exit 1
+fi
 stop_server
 trap 'rm -rf "$DATA"' EXIT
 
+echo "--- client library installed: pkg-config and find_package(analytics) consumers"
+"$HERE/install_test.sh" "$BUILD"
+
 echo "--- Python grpcio suite"
-# Features whose RPCs are implemented no longer answer UNIMPLEMENTED.
-export ANA_IMPLEMENTED_FEATURES=events
 ANALYTICSD=$BIN $PYTHON "$HERE/python/run_all.py" --binary "$BIN"
+
+# The live dashboard in headless chromium (playwright-core from npm, pinned by
+# tests/browser/package-lock.json). Not for sanitizer builds (*-asan): a browser
+# test checks the page, not memory, and is slow there.
+case "$(basename "$BUILD")" in
+  *-asan) echo "--- dashboard in a headless browser: skipped for $(basename "$BUILD")" ;;
+  *)
+    echo "--- dashboard in a headless browser (chromium + playwright-core)"
+    (cd "$HERE/../browser" && npm ci --no-audit --no-fund --loglevel=error &&
+      ANALYTICSD=$BIN node dashboard.test.mjs "$BUILD")
+    ;;
+esac
 
 echo "--- kill -9 under load (${CRASH_KILLS:-30} kills)"
 $PYTHON "$HERE/crash_test.py" --binary "$BIN" --kills "${CRASH_KILLS:-30}"

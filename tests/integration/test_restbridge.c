@@ -189,17 +189,19 @@ static void *stream_run(void *arg) {
     for (int i = 1; i <= n; i++)
       if (send_update(j, (uint64_t)i, id, false) < 0)
         break;
-    if (!atomic_load(&j->cancelled))
-      ana_call_finish(call, NULL, NULL);
+    ana_call_finish(call, NULL, NULL); /* after a cancel the status goes nowhere */
+    return NULL; /* j lives in the call's arena: gone once the call is finished */
   } else if (strcmp(id, "fail") == 0) {
     send_update(j, 1, id, false);
     send_update(j, 2, id, false);
     ana_call_add_violation(call, "metricId", "is broken");
     ana_call_fail(call, ANA_STATUS_INTERNAL, "boom");
+    return NULL;
   } else if (strcmp(id, "auth") == 0) {
     const char *a = ana_call_metadata(call, "authorization");
     send_update(j, 1, a ? a : "missing", false);
     ana_call_finish(call, NULL, NULL);
+    return NULL;
   } else if (strcmp(id, "flood") == 0) {
     for (uint64_t i = 1; !atomic_load(&j->cancelled); i++)
       if (send_update(j, i, id, true) < 0)
@@ -207,8 +209,7 @@ static void *stream_run(void *arg) {
   } else { /* "hold" and anything else: one update, then wait for the end */
     send_update(j, 1, id, false);
   }
-  while (!atomic_load(&j->cancelled) && strncmp(id, "count-", 6) && strcmp(id, "fail") &&
-         strcmp(id, "auth"))
+  while (!atomic_load(&j->cancelled))
     sleep_ms(5);
   return NULL;
 }

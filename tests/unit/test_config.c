@@ -31,6 +31,7 @@ static const char *const all_names[] = {
     "TRUSTED_PROXIES", "INGEST_QUEUE_MAX", "INGEST_STREAM_MAX_IN_FLIGHT",
     "SEARCH_MAX_PAGE_SIZE", "RETENTION_SWEEP_INTERVAL",
     "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
+    "WEB_ROOT", "RESTBRIDGE_UPSTREAM", "REALTIME_AGGREGATE_INTERVAL", "REALTIME_SLOW_CONSUMER_MS",
 };
 #define NAME_COUNT (sizeof all_names / sizeof all_names[0])
 
@@ -160,7 +161,7 @@ static void test_defaults(void **state) {
   assert_string_equal(cfg.exports_dir, "./data/exports");
   assert_int_equal(cfg.retention_days, 90);
   assert_int_equal(cfg.batch_size, 1000);
-  assert_int_equal(cfg.processing_interval_ms, 5);
+  assert_int_equal(cfg.processing_interval_ms, 0);
   assert_int_equal(cfg.stream_buffer_size, 1024);
   assert_int_equal(cfg.stream_send_queue_max, 256);
   assert_int_equal(cfg.log_level, ANA_LOG_INFO);
@@ -184,7 +185,7 @@ static void test_empty_counts_as_unset(void **state) {
   assert_null(cfg.mongodb_uri);
   assert_string_equal(cfg.data_dir, "./data");
   assert_int_equal(cfg.log_level, ANA_LOG_INFO);
-  assert_int_equal(cfg.processing_interval_ms, 5);
+  assert_int_equal(cfg.processing_interval_ms, 0);
   ana_config_fini(&cfg);
 }
 

@@ -1252,7 +1252,7 @@ static void set_field_query_parameters(void **state) {
   set_fails(s, "properties[a", "x", "properties[a: invalid map key (use m[key] or m.key)");
   set_fails(s, "pageSize.x", "1", "pageSize.x: \"pageSize\" is not a message");
   set_fails(s, "query[x]", "1", "query[x]: \"query\" is not a message");
-  set_fails(s, "", "1", ": invalid field path");
+  set_fails(s, "", "1", "invalid field path");
   set_fails(s, "from.", "1", "from.: invalid field path");
 }
 

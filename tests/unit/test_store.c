@@ -139,11 +139,11 @@ static struct hits search(struct ana_event_query q) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 1);
+  assert_int_equal(ana_local_db_schema_version(db), 2);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 1);
+  assert_int_equal(ana_local_db_schema_version(again), 2);
   ana_local_db_close(again);
 }
 
@@ -312,6 +312,54 @@ static void full_database_gives_no_ack_and_stays_intact(void **state) {
   assert_int_equal(h.n, 64);
 }
 
+static int count_objects(void *ctx, const struct ana_catalog_object *o) {
+  (void)o;
+  (*(int *)ctx)++;
+  return 0;
+}
+
+static int copy_name(void *ctx, const struct ana_catalog_object *o) {
+  snprintf(ctx, 64, "%s", o->name ? o->name : "");
+  return 1;
+}
+
+static void catalog_objects_by_account_kind_and_name(void **state) {
+  (void)state;
+  struct ana_error err;
+  const struct ana_catalog_ops *cops = ana_store_catalog_backend("sqlite");
+  void *cat = cops->open(db, &err);
+  assert_non_null(cat);
+  const uint8_t body[] = {1, 2, 3};
+  struct ana_catalog_object o = {"metric", "acct-1", "m1", "rate", body, 3, NOW, NOW};
+  assert_int_equal(cops->put(cat, &o, true, &err), 0);
+  assert_int_equal(cops->put(cat, &o, true, &err), ANA_ERR_EXISTS); /* same id */
+  struct ana_catalog_object same_name = {"metric", "acct-1", "m2", "rate", body, 3, NOW, NOW};
+  assert_int_equal(cops->put(cat, &same_name, true, &err), ANA_ERR_EXISTS);
+  assert_int_equal(err.code, ANA_STATUS_ALREADY_EXISTS);
+  /* The same name in another account or kind is fine. */
+  struct ana_catalog_object other = {"metric", "acct-2", "m2", "rate", body, 3, NOW, NOW};
+  struct ana_catalog_object alert = {"alert", "acct-1", "a1", "rate", body, 3, NOW, NOW};
+  assert_int_equal(cops->put(cat, &other, true, &err), 0);
+  assert_int_equal(cops->put(cat, &alert, true, &err), 0);
+  char name[64];
+  assert_int_equal(cops->get(cat, "metric", "acct-1", "m1", copy_name, name, &err), 0);
+  assert_string_equal(name, "rate");
+  assert_int_equal(cops->get(cat, "metric", "acct-2", "m1", copy_name, name, &err),
+                   ANA_ERR_NOT_FOUND); /* never across accounts */
+  assert_int_equal(cops->get_by_name(cat, "metric", "acct-1", "rate", copy_name, name, &err),
+                   0);
+  o.name = "renamed";
+  assert_int_equal(cops->put(cat, &o, false, &err), 0);
+  struct ana_catalog_object missing = {"metric", "acct-1", "nope", "x", body, 3, NOW, NOW};
+  assert_int_equal(cops->put(cat, &missing, false, &err), ANA_ERR_NOT_FOUND);
+  int n = 0;
+  assert_int_equal(cops->list(cat, "metric", "acct-1", NULL, 10, count_objects, &n, &err), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(cops->remove(cat, "metric", "acct-1", "m1", &err), 0);
+  assert_int_equal(cops->remove(cat, "metric", "acct-1", "m1", &err), ANA_ERR_NOT_FOUND);
+  cops->close(cat);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(schema_is_migrated_once, setup, teardown),
@@ -320,6 +368,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -232,6 +232,61 @@ out:
   return rc;
 }
 
+static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
+                      const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
+                      struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  /* One indexed range per event name (events_by_name), or the account's
+   * time range (events_by_time) when every event counts. */
+  const char *sql = n_names
+      ? "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
+        " WHERE account_id = ?1 AND event_name = ?4 AND ts >= ?2 AND ts < ?3"
+      : "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
+        " WHERE account_id = ?1 AND ts >= ?2 AND ts < ?3";
+  sqlite3 *r = ana_local_db_acquire_reader(s->db);
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+    rc = prepare_error(r, err);
+    goto out;
+  }
+  bool stop = false;
+  for (size_t i = 0; i < (n_names ? n_names : 1) && !stop; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, from_ms);
+    sqlite3_bind_int64(st, 3, to_ms);
+    if (n_names)
+      sqlite3_bind_text(st, 4, names[i], -1, SQLITE_STATIC);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+      struct ana_scanned_event ev = {
+          .timestamp_ms = sqlite3_column_int64(st, 0),
+          .event_id = (const char *)sqlite3_column_text(st, 1),
+          .event_type = (const char *)sqlite3_column_text(st, 2),
+          .event_name = (const char *)sqlite3_column_text(st, 3),
+          .session_id = (const char *)sqlite3_column_text(st, 4),
+          .properties_json = (const char *)sqlite3_column_text(st, 5),
+          .seq = (uint64_t)sqlite3_column_int64(st, 6),
+      };
+      if (fn(ctx, &ev)) {
+        stop = true;
+        break;
+      }
+    }
+    if (!stop && step != SQLITE_DONE) {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s",
+                    sqlite3_errmsg(r));
+      rc = ANA_ERR_IO;
+      break;
+    }
+  }
+out:
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(s->db, r);
+  return rc;
+}
+
 static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
@@ -260,6 +315,7 @@ const struct ana_event_store_ops ana_sqlite_event_store = {
     .open = store_open,
     .append = store_append,
     .search = store_search,
+    .scan = store_scan,
     .expire = store_expire,
     .close = store_close,
 };

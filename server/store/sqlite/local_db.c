@@ -53,6 +53,19 @@ static const char *const migrations[] = {
     "  expires_at INTEGER NOT NULL,"
     "  PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"
     "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);",
+
+    /* 2: the catalog of user-defined objects (metrics, reports, alerts). */
+    "CREATE TABLE catalog_objects ("
+    "  account_id TEXT NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  id TEXT NOT NULL,"
+    "  name TEXT,"
+    "  body BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, kind, id)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX catalog_objects_name ON catalog_objects(account_id, kind, name)"
+    "  WHERE name IS NOT NULL;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -213,6 +226,13 @@ void ana_local_db_rollback(struct ana_local_db *db) {
 }
 
 void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
+
+void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
+  sqlite3 *conn = NULL;
+  if (open_connection(db->path, SQLITE_OPEN_READWRITE, &conn, err) < 0)
+    return NULL;
+  return conn;
+}
 
 void *ana_local_db_acquire_reader(struct ana_local_db *db) {
   pthread_mutex_lock(&db->mu);

@@ -5,5 +5,6 @@
 #include "ana_store.h"
 
 extern const struct ana_event_store_ops ana_sqlite_event_store;
+extern const struct ana_catalog_ops ana_sqlite_catalog;
 
 #endif

@@ -5,8 +5,14 @@ captures stderr (JSON log lines) to a file, waits until grpc.health.v1
 Check answers SERVING and stops it with SIGTERM (SIGKILL after a timeout,
 which fails the test).
 
+`RemoteBridge` runs analytics-restbridge (the REST bridge in remote mode)
+in front of a Server; a ServerTestCase with BRIDGE = "remote" talks REST
+and WebSocket to it instead of analyticsd's own PORT (`rest_port`).
+
 Environment:
   ANALYTICSD      path of the binary (default <repo>/build/server/analyticsd)
+  ANALYTICS_RESTBRIDGE  path of analytics-restbridge (default: beside the
+                  build's analyticsd, <build>/restbridge/analytics-restbridge)
   ANA_TEST_KEEP   if set, temporary directories (data, logs, stubs) are kept
 """
 
@@ -42,6 +48,8 @@ CONFIG_VARS = (
     "STREAM_BUFFER_SIZE", "STREAM_SEND_QUEUE_MAX", "GRPC_MAX_MESSAGE_BYTES",
     "GRPC_THREADS", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID", "LOG_LEVEL",
     "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
+    "REALTIME_AGGREGATE_INTERVAL", "REALTIME_SLOW_CONSUMER_MS", "WEB_ROOT",
+    "RESTBRIDGE_UPSTREAM",
 )
 
 
@@ -312,6 +320,99 @@ class Server:
         return [l for l in self.log_lines(since) if l.get("level") == "error"]
 
 
+def restbridge_path():
+    """analytics-restbridge of the same build as analyticsd."""
+    if os.environ.get("ANALYTICS_RESTBRIDGE"):
+        return os.environ["ANALYTICS_RESTBRIDGE"]
+    build = os.path.dirname(os.path.dirname(os.path.abspath(binary_path())))
+    return os.path.join(build, "restbridge", "analytics-restbridge")
+
+
+class RemoteBridge:
+    """One analytics-restbridge process forwarding to server (a Server).
+
+    env: extra environment (the bridge-relevant variables of the server's
+    test class: body limit, CORS, stream buffer...). Ready when its /health
+    answers 200, i.e. it reached the upstream.
+    """
+
+    def __init__(self, server, env=None):
+        self.binary = restbridge_path()
+        if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
+            raise ServerError("analytics-restbridge not found at %s (build it, or set "
+                              "ANALYTICS_RESTBRIDGE)" % self.binary)
+        self.port = free_port()
+        self.stderr_path = os.path.join(server.workdir, "restbridge.log")
+        self.env = base_env({"PORT": self.port, "LOG_LEVEL": "debug",
+                             "SHUTDOWN_GRACE_MS": server.grace_ms})
+        for k, v in (env or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = str(v)
+        self.upstream = server.target
+        self.proc = None
+
+    def start(self, timeout=READY_TIMEOUT_S):
+        import http.client
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([self.binary, "--upstream", self.upstream], env=self.env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._err)
+        deadline = time.monotonic() + timeout
+        last = "no attempt"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError("analytics-restbridge exited with %s; stderr tail:\n%s"
+                                  % (self.proc.returncode, tail(self.stderr())))
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                conn.request("GET", "/health")
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                if resp.status == 200:
+                    return self
+                last = "/health answered %d %r" % (resp.status, body[:200])
+            except OSError as e:
+                last = repr(e)
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError("analytics-restbridge not ready after %.0f s (%s); stderr tail:\n%s"
+                          % (timeout, last, tail(self.stderr())))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=15):
+        """SIGTERM, then wait; returns the exit code (SIGKILL and None on timeout)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        self._err.close()
+        return self.proc.returncode
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+
+# Variables of a test class's SERVER_ENV that concern the bridge, so that
+# the remote bridge is configured like analyticsd's own.
+BRIDGE_VARS = ("HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
+               "STREAM_BUFFER_SIZE")
+
+
 class StreamReader:
     """Drains a response-streaming call on a thread.
 
@@ -364,11 +465,15 @@ class StreamReader:
 class ServerTestCase(unittest.TestCase):
     """One server per test class, started in setUpClass and stopped in tearDownClass.
 
-    Subclasses may set SERVER_ENV (dict) and GRACE_MS.
+    Subclasses may set SERVER_ENV (dict) and GRACE_MS, and BRIDGE: "in-process"
+    (REST on analyticsd's own PORT) or "remote" (analytics-restbridge pointed
+    at the server). `rest_port` is the port of whichever serves REST.
     """
 
     SERVER_ENV = None
     GRACE_MS = 2000
+    BRIDGE = "in-process"
+    bridge = None
 
     @classmethod
     def setUpClass(cls):
@@ -381,9 +486,26 @@ class ServerTestCase(unittest.TestCase):
             raise
         cls.channel = cls.server.channel()
         cls.health = cls.ns.health_pb2_grpc.HealthStub(cls.channel)
+        cls.rest_port = cls.server.http_port
+        if cls.BRIDGE == "remote":
+            env = {k: v for k, v in (cls.SERVER_ENV or {}).items() if k in BRIDGE_VARS}
+            cls.bridge = RemoteBridge(cls.server, env=env)
+            try:
+                cls.bridge.start()
+            except BaseException:
+                cls.bridge.stop()
+                cls.server.cleanup()
+                raise
+            cls.rest_port = cls.bridge.port
 
     @classmethod
     def tearDownClass(cls):
+        if cls.bridge is not None:
+            brc = cls.bridge.stop()
+            cls.bridge = None
+            if brc != 0:
+                cls.server.cleanup()
+                raise ServerError("analytics-restbridge exited with %s after SIGTERM" % brc)
         try:
             rc = cls.server.stop()
             if rc != 0:
@@ -395,6 +517,9 @@ class ServerTestCase(unittest.TestCase):
     def assertServerAlive(self):
         self.assertTrue(self.server.alive(), "analyticsd died (exit %s); stderr tail:\n%s"
                         % (self.server.proc.poll(), tail(self.server.stderr())))
+        if self.bridge is not None:
+            self.assertTrue(self.bridge.alive(), "analytics-restbridge died; stderr tail:\n%s"
+                            % tail(self.bridge.stderr()))
 
     def assertServing(self, channel=None, fresh=False):
         """A Check("") answers SERVING: on the class's channel, on the given one,

@@ -1,4 +1,6 @@
-"""The REST bridge of a live analyticsd, driven with plain HTTP (http.client).
+"""The REST bridge of a live analyticsd, driven with plain HTTP (http.client),
+in both upstream modes: in-process (analyticsd's own PORT, RestTest) and
+remote (analytics-restbridge --upstream in front of it, RestRemoteTest).
 
 Every route of the contracts' google.api.http annotations (read from the
 descriptors here, independently of the generated route table) answers
@@ -91,7 +93,7 @@ class RestTest(harness.ServerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.rest = RestClient(cls.server.http_port)
+        cls.rest = RestClient(cls.rest_port)
 
     def assertJsonError(self, status, body, http_status, code=None):
         self.assertEqual(status, http_status, body)
@@ -143,9 +145,9 @@ class RestTest(harness.ServerTestCase):
         return message_factory.MessageFactory(desc.file.pool).GetPrototype(desc)
 
     def test_unimplemented_route_body(self):
-        status, _, body = self.rest.request("GET", "/api/metrics")
+        status, _, body = self.rest.request("GET", "/api/alerts")
         self.assertEqual(status, 501)
-        self.assertEqual(body, {"code": 12, "message": "metrics are not implemented yet",
+        self.assertEqual(body, {"code": 12, "message": "alerts are not implemented yet",
                                 "details": []})
 
     def test_health(self):
@@ -210,7 +212,7 @@ class RestTest(harness.ServerTestCase):
         self.assertJsonError(status, body, 413)
 
     def test_chunked_body(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=TIMEOUT_S)
+        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=TIMEOUT_S)
         try:
             conn.request("POST", "/api/events/batch", body=iter([b"{\"events\":", b"[]}"]),
                          headers={"Content-Type": "application/json",
@@ -260,7 +262,7 @@ class RestTest(harness.ServerTestCase):
     def test_server_survives_garbage(self):
         for raw in (b"GARBAGE\r\n\r\n", b"GET /api/metrics HTTP/1.1\r\nHost: x\r\n" + b"\xff" * 10,
                     b"POST /api/events HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"):
-            with socket.create_connection(("127.0.0.1", self.server.http_port), timeout=3) as s:
+            with socket.create_connection(("127.0.0.1", self.rest_port), timeout=3) as s:
                 s.sendall(raw)
                 try:
                     s.recv(4096)
@@ -269,6 +271,13 @@ class RestTest(harness.ServerTestCase):
         self.assertServerAlive()
         status, _, _ = self.rest.request("GET", "/health")
         self.assertEqual(status, 200)
+
+
+class RestRemoteTest(RestTest):
+    """Every test above again, against analytics-restbridge (remote mode)
+    forwarding to the same kind of analyticsd: same statuses and bodies."""
+
+    BRIDGE = "remote"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,635 @@
+/* The synchronous operations: requests built as JSON, decoded by the codec
+ * into the contract's message, sent through the RPC layer, answered as JSON. */
+#include "analytics_internal.h"
+
+#include "ana_client_stubs.h"
+#include "ana_json.h"
+#include "ana_methods.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Encodes msg as JSON into *out (malloc'd). */
+static int to_json(const ProtobufCMessage *msg, char **out, analytics_error_t *err) {
+  struct ana_json_buf b;
+
+  ana_json_buf_init(&b, 0);
+  if (ana_json_encode(&b, msg, NULL) < 0 || !b.data) {
+    ana_json_buf_fini(&b);
+    return analytics_fail(err, ANALYTICS_ERR_INTERNAL, ANALYTICS_STATUS_INTERNAL,
+                          "the answer cannot be written as JSON");
+  }
+  *out = b.data; /* payload starts at 0: no headroom reserved */
+  return 0;
+}
+
+/* Calls unary method m with the request given as a JSON value (stolen).
+ * On success *json_out (if asked) holds the answer and *resp_out (if asked)
+ * the decoded answer (caller frees with protobuf_c_message_free_unpacked). */
+static int call_value(analytics_client_t *c, const struct ana_method *m, json_t *req_json,
+                      char **json_out, ProtobufCMessage **resp_out, analytics_error_t *err) {
+  struct ana_arena arena;
+  struct ana_call_options opts;
+  struct ana_error aerr;
+  ProtobufCMessage *req = NULL, *resp = NULL;
+  char path[256];
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if (resp_out)
+    *resp_out = NULL;
+  ana_arena_init(&arena, 0, 0);
+  if (!c) {
+    rc = analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                        "client is required");
+    goto out;
+  }
+  if (!req_json) {
+    rc = analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
+                        "out of memory");
+    goto out;
+  }
+  req = ana_arena_calloc(&arena, 1, m->input->sizeof_message);
+  if (!req) {
+    rc = analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
+                        "out of memory");
+    goto out;
+  }
+  protobuf_c_message_init(m->input, req);
+  if (ana_json_decode_value(req, req_json, &arena, NULL, &aerr, path, sizeof path) < 0) {
+    rc = analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT, "%s",
+                        aerr.message);
+    goto out;
+  }
+  analytics_call_options(c, &opts);
+  rc = ana_client_unary(c->channel, m, req, &resp, &opts, &aerr);
+  if (rc < 0) {
+    rc = analytics_from_ana(rc, &aerr, err);
+    goto out;
+  }
+  if (json_out) {
+    rc = to_json(resp, json_out, err);
+    if (rc < 0)
+      goto out;
+  }
+  if (resp_out) {
+    *resp_out = resp;
+    resp = NULL;
+  }
+  analytics_clear(err);
+  rc = 0;
+out:
+  if (resp)
+    protobuf_c_message_free_unpacked(resp, NULL);
+  json_decref(req_json);
+  ana_arena_fini(&arena);
+  return rc;
+}
+
+static const struct ana_method *M(enum ana_method_id id) { return &ana_methods[id]; }
+
+/* --- JSON building helpers (NULL-tolerant: a NULL value adds nothing) --- */
+
+static void put_str(json_t *o, const char *k, const char *v) {
+  if (o && v && v[0])
+    json_object_set_new(o, k, json_string(v));
+}
+
+static void put_int(json_t *o, const char *k, long long v) {
+  if (o && v)
+    json_object_set_new(o, k, json_integer(v));
+}
+
+static void put_strs(json_t *o, const char *k, const char *const *v, size_t n) {
+  json_t *a;
+
+  if (!o || !v || !n)
+    return;
+  a = json_array();
+  for (size_t i = 0; i < n; i++)
+    if (v[i])
+      json_array_append_new(a, json_string(v[i]));
+  json_object_set_new(o, k, a);
+}
+
+static void put_time(json_t *o, const char *k, int64_t ms) {
+  char buf[64];
+  struct tm tm;
+  time_t s;
+
+  if (!o || ms <= 0)
+    return;
+  s = (time_t)(ms / 1000);
+  gmtime_r(&s, &tm);
+  snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+  json_object_set_new(o, k, json_string(buf));
+}
+
+/* Parses JSON text into o[k]; fails with the field's name. */
+static int put_json(json_t *o, const char *k, const char *text, analytics_error_t *err) {
+  json_error_t jerr;
+  json_t *v;
+
+  if (!text)
+    return 0;
+  v = json_loads(text, JSON_DECODE_ANY, &jerr);
+  if (!v)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "%s: %s", k, jerr.text);
+  json_object_set_new(o, k, v);
+  return 0;
+}
+
+/* {"pageSize":..,"pageToken":..} plus one more string field. */
+static json_t *page(const char *k, const char *v, int32_t page_size, const char *token) {
+  json_t *o = json_object();
+  put_str(o, k, v);
+  put_int(o, "pageSize", page_size);
+  put_str(o, "pageToken", token);
+  return o;
+}
+
+static json_t *by_id(const char *k, const char *id) {
+  json_t *o = json_object();
+  put_str(o, k, id);
+  return o;
+}
+
+static int need(const void *p, const char *what, analytics_error_t *err) {
+  if (p)
+    return 0;
+  return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                        "%s is required", what);
+}
+
+/* --- Events --- */
+
+int analytics_track_sync(analytics_client_t *c, const analytics_event_t *ev, char **json_out,
+                         analytics_error_t *err) {
+  Analytics__V1__TrackEventRequest req = ANALYTICS__V1__TRACK_EVENT_REQUEST__INIT;
+  Analytics__V1__TrackEventResponse *resp = NULL;
+  struct ana_arena arena;
+  struct ana_call_options opts;
+  struct ana_error aerr;
+  ProtobufCMessage *e = NULL;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(c, "client", err)) < 0 || (rc = need(ev, "event", err)) < 0)
+    return rc;
+  ana_arena_init(&arena, 0, 0);
+  rc = analytics_event_build(ev, &arena, &e, err);
+  if (rc < 0)
+    goto out;
+  req.event = (Analytics__V1__Event *)e;
+  analytics_call_options(c, &opts);
+  rc = ana_stub_event_service_track_event(c->channel, &req, &resp, &opts, &aerr);
+  if (rc < 0) {
+    rc = analytics_from_ana(rc, &aerr, err);
+    goto out;
+  }
+  if (json_out && (rc = to_json(&resp->base, json_out, err)) < 0)
+    goto out;
+  analytics_clear(err);
+out:
+  if (resp)
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+  ana_arena_fini(&arena);
+  return rc;
+}
+
+int analytics_search_events(analytics_client_t *c, const analytics_search_t *s, char **json_out,
+                            analytics_error_t *err) {
+  json_t *o = json_object();
+
+  if (s) {
+    put_time(o, "from", s->from_ms);
+    put_time(o, "to", s->to_ms);
+    put_str(o, "eventType", s->event_type);
+    put_str(o, "eventName", s->event_name);
+    put_str(o, "sessionId", s->session_id);
+    put_str(o, "query", s->query);
+    put_int(o, "pageSize", s->page_size);
+    put_str(o, "pageToken", s->page_token);
+    if (s->property_count && s->property_keys && s->property_values) {
+      json_t *p = json_object();
+      for (size_t i = 0; i < s->property_count; i++)
+        if (s->property_keys[i] && s->property_values[i])
+          json_object_set_new(p, s->property_keys[i], json_string(s->property_values[i]));
+      json_object_set_new(o, "properties", p);
+    }
+  }
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_SEARCH_EVENTS), o, json_out, NULL,
+                    err);
+}
+
+/* --- Metrics --- */
+
+static json_t *metric_json(const analytics_metric_t *m, analytics_error_t *err) {
+  json_t *o = json_object();
+
+  put_str(o, "name", m->name);
+  put_str(o, "type", m->type);
+  put_str(o, "formula", m->formula);
+  put_str(o, "unit", m->unit);
+  put_str(o, "aggregation", m->aggregation);
+  put_str(o, "description", m->description);
+  put_strs(o, "dimensions", m->dimensions, m->dimension_count);
+  if (put_json(o, "filters", m->filters_json, err) < 0 ||
+      put_json(o, "variables", m->variables_json, err) < 0) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+int analytics_create_metric(analytics_client_t *c, const analytics_metric_t *metric,
+                            char **json_out, analytics_error_t *err) {
+  json_t *m, *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(metric, "metric", err)) < 0)
+    return rc;
+  if (!(m = metric_json(metric, err)))
+    return ANALYTICS_ERR_INVALID;
+  o = json_object();
+  json_object_set_new(o, "metric", m);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_CREATE_METRIC), o, json_out, NULL,
+                    err);
+}
+
+int analytics_list_metrics(analytics_client_t *c, int32_t page_size, const char *page_token,
+                           char **json_out, analytics_error_t *err) {
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_LIST_METRICS),
+                    page(NULL, NULL, page_size, page_token), json_out, NULL, err);
+}
+
+int analytics_get_metric(analytics_client_t *c, const char *id, char **json_out,
+                         analytics_error_t *err) {
+  int rc;
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "metric_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC),
+                    by_id("metricId", id), json_out, NULL, err);
+}
+
+int analytics_update_metric(analytics_client_t *c, const char *id, const analytics_metric_t *metric,
+                            char **json_out, analytics_error_t *err) {
+  json_t *m, *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "metric_id", err)) < 0 || (rc = need(metric, "metric", err)) < 0)
+    return rc;
+  if (!(m = metric_json(metric, err)))
+    return ANALYTICS_ERR_INVALID;
+  o = by_id("metricId", id);
+  json_object_set_new(o, "metric", m);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_UPDATE_METRIC), o, json_out, NULL,
+                    err);
+}
+
+int analytics_delete_metric(analytics_client_t *c, const char *id, analytics_error_t *err) {
+  int rc;
+  if ((rc = need(id, "metric_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_DELETE_METRIC),
+                    by_id("metricId", id), NULL, NULL, err);
+}
+
+int analytics_get_metric_data(analytics_client_t *c, const analytics_metric_query_t *q,
+                              char **json_out, analytics_error_t *err) {
+  json_t *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(q, "query", err)) < 0 || (rc = need(q->metric_id, "metric_id", err)) < 0)
+    return rc;
+  o = by_id("metricId", q->metric_id);
+  put_time(o, "from", q->from_ms);
+  put_time(o, "to", q->to_ms);
+  put_str(o, "interval", q->interval);
+  put_str(o, "timeZone", q->time_zone);
+  put_int(o, "topN", q->top_n);
+  put_int(o, "pageSize", q->page_size);
+  put_str(o, "pageToken", q->page_token);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC_DATA), o, json_out,
+                    NULL, err);
+}
+
+/* --- Reports --- */
+
+int analytics_generate_report(analytics_client_t *c, const analytics_report_t *r, char **json_out,
+                              analytics_error_t *err) {
+  json_t *o, *rep;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(r, "report", err)) < 0)
+    return rc;
+  rep = json_object();
+  put_str(rep, "name", r->name);
+  put_str(rep, "template", r->template_name);
+  put_str(rep, "format", r->format);
+  put_str(rep, "schedule", r->schedule);
+  put_strs(rep, "recipients", r->recipients, r->recipient_count);
+  if ((rc = put_json(rep, "parameters", r->parameters_json, err)) < 0) {
+    json_decref(rep);
+    return rc;
+  }
+  o = json_object();
+  json_object_set_new(o, "report", rep);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_GENERATE_REPORT), o, json_out,
+                    NULL, err);
+}
+
+int analytics_list_reports(analytics_client_t *c, int32_t page_size, const char *page_token,
+                           char **json_out, analytics_error_t *err) {
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_LIST_REPORTS),
+                    page(NULL, NULL, page_size, page_token), json_out, NULL, err);
+}
+
+int analytics_get_report(analytics_client_t *c, const char *id, char **json_out,
+                         analytics_error_t *err) {
+  int rc;
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "report_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_GET_REPORT),
+                    by_id("reportId", id), json_out, NULL, err);
+}
+
+int analytics_download_report(analytics_client_t *c, const char *id,
+                              analytics_report_file_t **file_out, analytics_error_t *err) {
+  ProtobufCMessage *resp = NULL;
+  analytics_report_file_t *f;
+  int rc;
+
+  if ((rc = need(file_out, "file_out", err)) < 0)
+    return rc;
+  *file_out = NULL;
+  if ((rc = need(id, "report_id", err)) < 0)
+    return rc;
+  rc = call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT),
+                  by_id("reportId", id), NULL, &resp, err);
+  if (rc < 0)
+    return rc;
+  const Analytics__V1__ReportFile *rf = (const Analytics__V1__ReportFile *)resp;
+  f = calloc(1, sizeof *f);
+  if (f) {
+    f->content_type = strdup(rf->content_type ? rf->content_type : "");
+    f->filename = strdup(rf->filename ? rf->filename : "");
+    f->data = malloc(rf->data.len ? rf->data.len : 1);
+    f->size = rf->data.len;
+    if (f->data && rf->data.len)
+      memcpy(f->data, rf->data.data, rf->data.len);
+  }
+  protobuf_c_message_free_unpacked(resp, NULL);
+  if (!f || !f->content_type || !f->filename || !f->data) {
+    analytics_report_file_destroy(f);
+    return analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
+                          "out of memory");
+  }
+  *file_out = f;
+  return 0;
+}
+
+void analytics_report_file_destroy(analytics_report_file_t *f) {
+  if (!f)
+    return;
+  free(f->content_type);
+  free(f->filename);
+  free(f->data);
+  free(f);
+}
+
+/* --- Alerts --- */
+
+static json_t *alert_json(const analytics_alert_t *a) {
+  json_t *o = json_object();
+
+  put_str(o, "name", a->name);
+  put_str(o, "metric", a->metric);
+  put_str(o, "condition", a->condition);
+  if (a->threshold != 0)
+    json_object_set_new(o, "threshold", json_real(a->threshold));
+  put_str(o, "severity", a->severity);
+  put_strs(o, "channels", a->channels, a->channel_count);
+  put_int(o, "cooldown", a->cooldown);
+  if (a->enabled)
+    json_object_set_new(o, "enabled", json_true());
+  return o;
+}
+
+int analytics_create_alert(analytics_client_t *c, const analytics_alert_t *alert, char **json_out,
+                           analytics_error_t *err) {
+  json_t *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(alert, "alert", err)) < 0)
+    return rc;
+  o = json_object();
+  json_object_set_new(o, "alert", alert_json(alert));
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_CREATE_ALERT), o, json_out, NULL,
+                    err);
+}
+
+int analytics_list_alerts(analytics_client_t *c, int32_t page_size, const char *page_token,
+                          char **json_out, analytics_error_t *err) {
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_LIST_ALERTS),
+                    page(NULL, NULL, page_size, page_token), json_out, NULL, err);
+}
+
+int analytics_get_alert(analytics_client_t *c, const char *id, char **json_out,
+                        analytics_error_t *err) {
+  int rc;
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "alert_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_GET_ALERT), by_id("alertId", id),
+                    json_out, NULL, err);
+}
+
+int analytics_update_alert(analytics_client_t *c, const char *id, const analytics_alert_t *alert,
+                           char **json_out, analytics_error_t *err) {
+  json_t *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "alert_id", err)) < 0 || (rc = need(alert, "alert", err)) < 0)
+    return rc;
+  o = by_id("alertId", id);
+  json_object_set_new(o, "alert", alert_json(alert));
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_UPDATE_ALERT), o, json_out, NULL,
+                    err);
+}
+
+int analytics_delete_alert(analytics_client_t *c, const char *id, analytics_error_t *err) {
+  int rc;
+  if ((rc = need(id, "alert_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_DELETE_ALERT),
+                    by_id("alertId", id), NULL, NULL, err);
+}
+
+int analytics_list_alert_history(analytics_client_t *c, const char *id, int32_t page_size,
+                                 const char *page_token, char **json_out, analytics_error_t *err) {
+  int rc;
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "alert_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_LIST_ALERT_HISTORY),
+                    page("alertId", id, page_size, page_token), json_out, NULL, err);
+}
+
+/* --- Streams --- */
+
+struct stream_ctx {
+  analytics_stream_fn fn;
+  void *ctx;
+  int rc; /* a local failure while encoding */
+};
+
+static int on_stream_message(const ProtobufCMessage *msg, void *arg) {
+  struct stream_ctx *s = arg;
+  char *json = NULL;
+  int stop;
+
+  if (to_json(msg, &json, NULL) < 0) {
+    s->rc = ANALYTICS_ERR_INTERNAL;
+    return 1;
+  }
+  stop = s->fn(json, s->ctx);
+  free(json);
+  return stop;
+}
+
+/* Runs server-streaming method m with the request as JSON (stolen). */
+static int stream_value(analytics_client_t *c, const struct ana_method *m, json_t *req_json,
+                        analytics_stream_fn fn, void *ctx, analytics_error_t *err) {
+  struct ana_arena arena;
+  struct ana_call_options opts;
+  struct ana_error aerr;
+  struct stream_ctx s = {fn, ctx, 0};
+  ProtobufCMessage *req;
+  int rc;
+
+  ana_arena_init(&arena, 0, 0);
+  if (!c || !fn) {
+    rc = analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                        "client and callback are required");
+    goto out;
+  }
+  req = ana_arena_calloc(&arena, 1, m->input->sizeof_message);
+  if (!req || !req_json) {
+    rc = analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
+                        "out of memory");
+    goto out;
+  }
+  protobuf_c_message_init(m->input, req);
+  if (ana_json_decode_value(req, req_json, &arena, NULL, &aerr, NULL, 0) < 0) {
+    rc = analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT, "%s",
+                        aerr.message);
+    goto out;
+  }
+  analytics_call_options(c, &opts);
+  opts.timeout_ms = 0; /* a stream lasts as long as the caller wants */
+  rc = ana_client_server_stream(c->channel, m, req, on_stream_message, &s, &opts, &aerr);
+  if (s.rc < 0)
+    rc = analytics_fail(err, s.rc, ANALYTICS_STATUS_INTERNAL, "a stream message cannot be "
+                                                             "written as JSON");
+  else
+    rc = analytics_from_ana(rc, &aerr, err);
+out:
+  json_decref(req_json);
+  ana_arena_fini(&arena);
+  return rc;
+}
+
+int analytics_stream_metric(analytics_client_t *c, const char *metric_id,
+                            analytics_stream_fn on_update, void *ctx, analytics_error_t *err) {
+  int rc;
+  if ((rc = need(metric_id, "metric_id", err)) < 0)
+    return rc;
+  return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC),
+                      by_id("metricId", metric_id), on_update, ctx, err);
+}
+
+int analytics_stream_analytics(analytics_client_t *c, const analytics_stream_filter_t *f,
+                               analytics_stream_fn on_update, void *ctx, analytics_error_t *err) {
+  json_t *o = json_object();
+  if (f) {
+    put_str(o, "eventType", f->event_type);
+    put_str(o, "eventName", f->event_name);
+    if (f->include_events)
+      json_object_set_new(o, "includeEvents", json_true());
+  }
+  return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS), o,
+                      on_update, ctx, err);
+}
+
+/* --- Other --- */
+
+int analytics_health(analytics_client_t *c, const char *service, bool *serving,
+                     analytics_error_t *err) {
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+  struct ana_call_options opts;
+  struct ana_error aerr;
+  int rc;
+
+  if (serving)
+    *serving = false;
+  if ((rc = need(c, "client", err)) < 0)
+    return rc;
+  req.service = (char *)(service ? service : "");
+  analytics_call_options(c, &opts);
+  rc = ana_stub_grpc__health__v1__health_check(c->channel, &req, &resp, &opts, &aerr);
+  if (rc < 0)
+    return analytics_from_ana(rc, &aerr, err);
+  if (serving)
+    *serving = resp->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  analytics_clear(err);
+  return 0;
+}
+
+int analytics_call(analytics_client_t *c, const char *method, const char *request_json,
+                   char **json_out, analytics_error_t *err) {
+  const struct ana_method *m;
+  json_error_t jerr;
+  json_t *req;
+
+  if (json_out)
+    *json_out = NULL;
+  m = method ? ana_method_find(method) : NULL;
+  if (!m)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "unknown method %s", method ? method : "(null)");
+  if (m->kind != ANA_METHOD_UNARY)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "%s is a streaming method", method);
+  req = request_json ? json_loads(request_json, 0, &jerr) : json_object();
+  if (!req)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "request: %s", jerr.text);
+  return call_value(c, m, req, json_out, NULL, err);
+}

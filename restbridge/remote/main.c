@@ -1,0 +1,133 @@
+/* analytics-restbridge: the REST + WebSocket bridge as its own process,
+ * forwarding every call to an analyticsd over gRPC (remote mode). Same
+ * routes, JSON and errors as the bridge inside analyticsd; configured from
+ * the same variables (PORT, HTTP_MAX_BODY_BYTES, CORS_ALLOWED_ORIGINS,
+ * STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS, SHUTDOWN_GRACE_MS, LOG_LEVEL)
+ * plus --upstream host:port (or RESTBRIDGE_UPSTREAM). */
+#include "ana_config.h"
+#include "ana_log.h"
+#include "ana_restbridge.h"
+#include "ana_restbridge_remote.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: analytics-restbridge [--upstream HOST:PORT] [--workers N] [--help | --version]\n\n"
+          "REST + WebSocket gateway for analyticsd: serves the REST routes, WebSocket\n"
+          "streams, /health, /metrics and /openapi.json on PORT and forwards each call to\n"
+          "the analyticsd at --upstream (default: $RESTBRIDGE_UPSTREAM) over gRPC.\n"
+          "  --workers N  threads carrying unary calls to the upstream (default 16)\n\n"
+          "Configured from environment variables (those of analyticsd that apply to the\n"
+          "bridge are used; the others are read, checked and ignored):\n\n");
+  ana_config_write_help(out);
+}
+
+static const char *env_lookup(const char *name, void *ctx) {
+  (void)ctx;
+  return getenv(name);
+}
+
+int main(int argc, char **argv) {
+  const char *upstream = NULL;
+  int workers = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(argv[i], "--version") == 0) {
+      printf("analytics-restbridge %s\n", ANA_VERSION);
+      return 0;
+    } else if (strcmp(argv[i], "--upstream") == 0 && i + 1 < argc) {
+      upstream = argv[++i];
+    } else if (strncmp(argv[i], "--upstream=", 11) == 0) {
+      upstream = argv[i] + 11;
+    } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
+      workers = atoi(argv[++i]);
+      if (workers < 1 || workers > 1024) {
+        fprintf(stderr, "analytics-restbridge: --workers takes 1 to 1024\n");
+        return 2;
+      }
+    } else {
+      fprintf(stderr, "analytics-restbridge: unknown argument %s\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+
+  struct ana_config cfg;
+  struct ana_error err;
+  ana_error_clear(&err);
+  if (ana_config_load(&cfg, env_lookup, NULL, &err) < 0) {
+    ANA_ERROR("config", "invalid configuration: %s", err.message);
+    return 2;
+  }
+  ana_log_set_level(cfg.log_level);
+  if (!upstream || !upstream[0])
+    upstream = cfg.restbridge_upstream;
+  if (!upstream || !upstream[0]) {
+    ANA_ERROR("config", "no upstream: pass --upstream HOST:PORT or set RESTBRIDGE_UPSTREAM");
+    ana_config_fini(&cfg);
+    return 2;
+  }
+
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  int rc = 1;
+  struct ana_restbridge *rest = NULL;
+  struct ana_restbridge_remote_options ropts = {.target = upstream, .workers = workers};
+  struct ana_restbridge_remote *remote = ana_restbridge_remote_create(&ropts, &err);
+  if (!remote) {
+    ANA_ERROR("main", "cannot set up the upstream %s: %s", upstream, err.message);
+    goto out;
+  }
+  struct ana_restbridge_options bopts = {
+      .port = cfg.port,
+      .max_body_bytes = (size_t)cfg.http_max_body_bytes,
+      .stream_buffer_size = (size_t)cfg.stream_buffer_size,
+      .slow_consumer_ms = cfg.ws_slow_consumer_ms,
+      .cors_allowed_origins = cfg.cors_allowed_origins,
+      .health = ana_restbridge_remote_health,
+      .health_ctx = remote,
+      .upstream = ana_restbridge_remote_upstream(remote),
+  };
+  rest = ana_restbridge_create(&bopts, &err);
+  if (!rest) {
+    ANA_ERROR("main", "cannot start the REST bridge: %s", err.message);
+    goto out;
+  }
+  char port[16];
+  snprintf(port, sizeof port, "%d", ana_restbridge_port(rest));
+  ana_log_fields(ANA_LOG_INFO, "main", "analytics-restbridge is serving", "http_port", port,
+                 "upstream", upstream, "version", ANA_VERSION, NULL);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
+  ana_restbridge_shutdown(rest, cfg.shutdown_grace_ms);
+  ana_restbridge_destroy(rest);
+  rest = NULL;
+  if (ana_restbridge_remote_destroy(remote, cfg.shutdown_grace_ms) < 0) {
+    ANA_ERROR("main", "stopped with forwarded calls still open");
+    ana_config_fini(&cfg);
+    _exit(1);
+  }
+  remote = NULL;
+  ANA_INFO("main", "stopped");
+  rc = 0;
+
+out:
+  ana_restbridge_destroy(rest);
+  ana_restbridge_remote_destroy(remote, 0);
+  ana_config_fini(&cfg);
+  return rc;
+}

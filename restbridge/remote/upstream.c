@@ -1,0 +1,486 @@
+/* The remote upstream of the bridge: each call admitted by the bridge is
+ * forwarded to analyticsd over gRPC with the generic client runtime.
+ * Client calls block, so none runs on the lws thread: unary calls go to a
+ * worker pool, each server stream gets its own thread (it lives as long as
+ * its WebSocket). Metadata passed on: authorization, x-request-id,
+ * x-forwarded-for/-host and the other headers the bridge captured; the
+ * deadline is what is left of the call's (Grpc-Timeout). The upstream's
+ * status code and message come back verbatim, and google.rpc.BadRequest
+ * details (grpc-status-details-bin) become the call's field violations, so
+ * the bridge renders the same error JSON as in-process. Authentication and
+ * permissions are the upstream's business: nothing is checked here. */
+#include "ana_restbridge_remote.h"
+
+#include "ana_alloc.h"
+#include "ana_client_rpc.h"
+#include "ana_log.h"
+#include "ana_prom.h"
+#include "ana_workers.h"
+#include "call_internal.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define COMPONENT "restbridge.remote"
+#define DEFAULT_WORKERS 16
+#define DEFAULT_QUEUE_MAX 1024
+#define DEFAULT_HEALTH_INTERVAL_MS 2000
+#define MAX_FORWARDED_METADATA 24
+#define BAD_REQUEST_TYPE "type.googleapis.com/google.rpc.BadRequest"
+
+struct ana_restbridge_remote {
+  struct ana_restbridge_upstream up;
+  char *target;
+  struct ana_client_channel *ch;
+  struct ana_workers *workers;
+  struct ana_prom_gauge active;  /* forwarded calls not finished yet */
+  struct ana_prom_gauge streams; /* of which server streams */
+  struct ana_prom_counter forwarded, failed;
+  atomic_int upstream_status; /* grpc.health.v1 status; -1 = no answer */
+  int health_interval_ms;
+
+  pthread_mutex_t mu; /* guards stop, for the prober's wait */
+  pthread_cond_t cv;
+  bool stop;
+  pthread_t prober;
+  bool prober_started;
+  bool registered; /* metrics collector */
+};
+
+/* Per forwarded call, in the call's arena: it lives as long as the call,
+ * which the bridge keeps alive while it may call on_cancel. */
+struct fwd {
+  struct ana_restbridge_remote *r;
+  struct ana_call *call;
+  const ProtobufCMessage *request;
+  atomic_flag lock;                 /* guards stream and cancelled (short sections) */
+  struct ana_client_stream *stream; /* while a server stream is being read */
+  bool cancelled;
+};
+
+static void fwd_lock(struct fwd *f) {
+  while (atomic_flag_test_and_set_explicit(&f->lock, memory_order_acquire)) {
+  }
+}
+
+static void fwd_unlock(struct fwd *f) { atomic_flag_clear_explicit(&f->lock, memory_order_release); }
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* --- metadata and deadline --- */
+
+static bool printable(const char *v) {
+  for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+    if (*p < 0x20 || *p > 0x7e)
+      return false;
+  return true;
+}
+
+/* Fills opts from the call: deadline, authorization, the other metadata
+ * (kv has room for MAX_FORWARDED_METADATA pairs and the NULL). Returns 0,
+ * or ANA_ERR_TIMEOUT when the deadline has already passed. */
+static int call_options(struct ana_call *call, struct ana_call_options *opts, const char **kv) {
+  memset(opts, 0, sizeof *opts);
+  int64_t left = ana_call_remaining_ms(call);
+  if (left != INT64_MAX) {
+    if (left <= 0)
+      return ANA_ERR_TIMEOUT;
+    opts->timeout_ms = left;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < ana_call_metadata_count(call); i++) {
+    const struct ana_metadata_entry *e = ana_call_metadata_at(call, i);
+    if (strcmp(e->key, "authorization") == 0) {
+      if (printable(e->value))
+        opts->authorization = e->value;
+      continue;
+    }
+    /* Header values the gRPC runtime would refuse are left out rather than
+     * failing the whole call. */
+    if (n == MAX_FORWARDED_METADATA || strncmp(e->key, "grpc-", 5) == 0 || !printable(e->value))
+      continue;
+    kv[2 * n] = e->key;
+    kv[2 * n + 1] = e->value;
+    n++;
+  }
+  kv[2 * n] = NULL;
+  opts->metadata = kv;
+  return 0;
+}
+
+/* --- answers --- */
+
+/* The google.rpc.BadRequest field violations of a serialized
+ * google.rpc.Status become the call's violations. Other detail types are
+ * dropped: the bridge renders only BadRequest. */
+static void add_details(struct ana_call *call, const uint8_t *details, size_t len) {
+  Google__Rpc__Status *st = google__rpc__status__unpack(NULL, len, details);
+  if (!st) {
+    ANA_DEBUG(COMPONENT, "%s: undecodable grpc-status-details-bin", call->method->path);
+    return;
+  }
+  for (size_t i = 0; i < st->n_details; i++) {
+    const Google__Protobuf__Any *any = st->details[i];
+    if (!any->type_url || strcmp(any->type_url, BAD_REQUEST_TYPE) != 0) {
+      ANA_DEBUG(COMPONENT, "%s: status detail %s not passed on", call->method->path,
+                any->type_url ? any->type_url : "(none)");
+      continue;
+    }
+    Google__Rpc__BadRequest *bad =
+        google__rpc__bad_request__unpack(NULL, any->value.len, any->value.data);
+    for (size_t j = 0; bad && j < bad->n_field_violations; j++) {
+      const Google__Rpc__BadRequest__FieldViolation *fv = bad->field_violations[j];
+      ana_call_add_violation(call, fv->field ? fv->field : "",
+                             fv->description ? fv->description : "");
+    }
+    if (bad)
+      google__rpc__bad_request__free_unpacked(bad, NULL);
+  }
+  google__rpc__status__free_unpacked(st, NULL);
+}
+
+/* Finishes the call with the upstream's (or the runtime's) error. Takes
+ * details (may be NULL). The call is gone afterwards. */
+static void finish_error(struct ana_restbridge_remote *r, struct ana_call *call,
+                         const struct ana_error *e, uint8_t *details, size_t details_len) {
+  struct ana_error st = *e;
+  if (st.code == ANA_STATUS_OK) /* a runtime failure without a status */
+    st.code = ANA_STATUS_INTERNAL;
+  if (details)
+    add_details(call, details, details_len);
+  ana_free(details);
+  ana_prom_counter_add(&r->failed, 1);
+  ana_call_finish(call, NULL, &st);
+}
+
+static void call_done(struct ana_restbridge_remote *r, bool stream) {
+  if (stream)
+    ana_prom_gauge_add(&r->streams, -1);
+  ana_prom_gauge_add(&r->active, -1);
+}
+
+/* --- unary (worker thread) --- */
+
+static void run_unary(void *arg) {
+  struct fwd *f = arg;
+  struct ana_restbridge_remote *r = f->r;
+  struct ana_call *call = f->call;
+  struct ana_call_options opts;
+  const char *kv[2 * MAX_FORWARDED_METADATA + 1];
+  struct ana_error err;
+  ProtobufCMessage *resp = NULL;
+  uint8_t *details = NULL;
+  size_t details_len = 0;
+
+  if (ana_call_is_cancelled(call)) {
+    ana_call_fail(call, ANA_STATUS_CANCELLED, "cancelled");
+    goto out;
+  }
+  if (call_options(call, &opts, kv) < 0) {
+    ana_call_fail(call, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
+    goto out;
+  }
+  int rc = ana_client_unary_details(r->ch, call->method, f->request, &resp, &opts, &details,
+                                    &details_len, &err);
+  if (rc < 0) {
+    finish_error(r, call, &err, details, details_len);
+    goto out;
+  }
+  ana_call_finish(call, resp, NULL); /* encodes the JSON answer here */
+  protobuf_c_message_free_unpacked(resp, NULL);
+out:
+  call_done(r, false);
+}
+
+/* --- server streams (one thread each) --- */
+
+static void *run_stream(void *arg) {
+  struct fwd *f = arg;
+  struct ana_restbridge_remote *r = f->r;
+  struct ana_call *call = f->call;
+  struct ana_call_options opts;
+  const char *kv[2 * MAX_FORWARDED_METADATA + 1];
+  struct ana_error err;
+  struct ana_client_stream *s = NULL;
+  uint8_t *details = NULL;
+  size_t details_len = 0;
+  int rc;
+
+  if (call_options(call, &opts, kv) < 0) {
+    ana_call_fail(call, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
+    goto out;
+  }
+  s = ana_client_server_stream_open(r->ch, call->method, f->request, &opts, &err);
+  if (!s) {
+    finish_error(r, call, &err, NULL, 0);
+    goto out;
+  }
+  fwd_lock(f);
+  f->stream = s;
+  bool cancelled = f->cancelled;
+  fwd_unlock(f);
+  if (cancelled)
+    ana_client_stream_cancel(s);
+
+  for (;;) {
+    ProtobufCMessage *msg = NULL;
+    rc = ana_client_stream_recv(s, &msg, &err);
+    if (rc <= 0)
+      break;
+    /* A full queue waits here, which stops reading and so holds the
+     * upstream back by gRPC flow control; the bridge closes a consumer
+     * that stays full too long (1008), which cancels the call. */
+    int src = ana_call_send(call, msg);
+    while (src == ANA_ERR_FULL) {
+      sleep_ms(5);
+      src = ana_call_send(call, msg);
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+    if (src < 0)
+      ana_client_stream_cancel(s);
+  }
+  if (rc < 0)
+    ana_client_stream_status_details(s, &details, &details_len);
+  fwd_lock(f);
+  f->stream = NULL;
+  fwd_unlock(f);
+  struct ana_error ferr;
+  int frc = ana_client_stream_finish(s, &ferr);
+  if (rc == 0 && frc < 0) {
+    rc = frc;
+    err = ferr;
+  }
+  if (rc < 0)
+    finish_error(r, call, &err, details, details_len);
+  else
+    ana_call_finish(call, NULL, NULL);
+out:
+  call_done(r, true);
+  return NULL;
+}
+
+/* --- the handler the bridge drives --- */
+
+static void fwd_on_request(struct ana_call *call, const ProtobufCMessage *request) {
+  struct fwd *f = ana_call_user(call);
+  struct ana_restbridge_remote *r = f->r;
+  f->request = request;
+  ana_prom_gauge_add(&r->active, 1);
+  ana_prom_counter_add(&r->forwarded, 1);
+  if (call->method->kind == ANA_METHOD_SERVER_STREAMING) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    ana_prom_gauge_add(&r->streams, 1);
+    int rc = pthread_create(&t, &attr, run_stream, f);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+      call_done(r, true);
+      ana_call_fail(call, ANA_STATUS_UNAVAILABLE, "the bridge cannot start a stream: %s",
+                    strerror(rc));
+    }
+    return;
+  }
+  if (ana_workers_submit(r->workers, run_unary, f) < 0) {
+    call_done(r, false);
+    ana_call_fail(call, ANA_STATUS_UNAVAILABLE, "the bridge is overloaded; retry later");
+  }
+}
+
+static void fwd_on_cancel(struct ana_call *call) {
+  struct fwd *f = ana_call_user(call);
+  fwd_lock(f);
+  f->cancelled = true;
+  if (f->stream)
+    ana_client_stream_cancel(f->stream); /* does not block */
+  fwd_unlock(f);
+}
+
+static const struct ana_handler forward_handler = {
+    .on_request = fwd_on_request,
+    .on_cancel = fwd_on_cancel,
+};
+
+static int remote_admit(void *ctx, struct ana_call *call, struct ana_error *st) {
+  struct fwd *f = ana_arena_calloc(&call->arena, 1, sizeof *f);
+  if (!f)
+    return ana_error_set(st, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  f->r = ctx;
+  f->call = call;
+  atomic_flag_clear(&f->lock);
+  call->user = f;
+  call->handler = &forward_handler;
+  return 0;
+}
+
+/* --- health and metrics --- */
+
+static int probe(struct ana_restbridge_remote *r) {
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  struct ana_call_options opts = {.timeout_ms = 1000};
+  req.service = "";
+  if (ana_client_unary(r->ch, &ana_methods[ANA_METHOD_GRPC_HEALTH_V1_HEALTH_CHECK], &req.base,
+                       &resp, &opts, NULL) < 0)
+    return -1;
+  int status = (int)((Grpc__Health__V1__HealthCheckResponse *)resp)->status;
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return status;
+}
+
+static void *prober(void *arg) {
+  struct ana_restbridge_remote *r = arg;
+  int last = -2;
+  pthread_mutex_lock(&r->mu);
+  while (!r->stop) {
+    pthread_mutex_unlock(&r->mu);
+    int status = probe(r);
+    atomic_store(&r->upstream_status, status);
+    if (status != last)
+      ANA_INFO(COMPONENT, "upstream %s: %s", r->target,
+               status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                   ? "serving"
+                   : "not serving");
+    last = status;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += r->health_interval_ms / 1000;
+    until.tv_nsec += (long)(r->health_interval_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->mu);
+    while (!r->stop && pthread_cond_timedwait(&r->cv, &r->mu, &until) != ETIMEDOUT) {
+    }
+  }
+  pthread_mutex_unlock(&r->mu);
+  return NULL;
+}
+
+int ana_restbridge_remote_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
+  struct ana_restbridge_remote *r = ctx;
+  int status = atomic_load(&r->upstream_status);
+  const char *name;
+  switch (status) {
+  case GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING: name = "SERVING"; break;
+  case GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING:
+    name = "NOT_SERVING";
+    break;
+  case -1: name = "UNREACHABLE"; break;
+  default: name = "UNKNOWN"; break;
+  }
+  *serving = status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+  if (ana_restbridge_health_add(extra, "mode", "remote") < 0 ||
+      ana_restbridge_health_add(extra, "upstream", r->target) < 0 ||
+      ana_restbridge_health_add(extra, "upstreamStatus", name) < 0)
+    return ANA_ERR_NOMEM;
+  return 0;
+}
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_restbridge_remote *r = ctx;
+  ana_prom_write_family(w, "ana_upstream_up", "gauge",
+                        "1 when the upstream analyticsd answered its last health check SERVING.");
+  ana_prom_write_i64(w, "ana_upstream_up", NULL,
+                     atomic_load(&r->upstream_status) ==
+                         GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+  ana_prom_write_family(w, "ana_upstream_calls_active", "gauge",
+                        "Calls forwarded to the upstream and not finished yet.");
+  ana_prom_write_i64(w, "ana_upstream_calls_active", NULL, ana_prom_gauge_get(&r->active));
+  ana_prom_write_family(w, "ana_upstream_streams_open", "gauge",
+                        "Server streams open to the upstream (one per WebSocket).");
+  ana_prom_write_i64(w, "ana_upstream_streams_open", NULL, ana_prom_gauge_get(&r->streams));
+  ana_prom_write_family(w, "ana_upstream_calls_total", "counter",
+                        "Calls forwarded to the upstream.");
+  ana_prom_write_u64(w, "ana_upstream_calls_total", NULL, ana_prom_counter_get(&r->forwarded));
+  ana_prom_write_family(w, "ana_upstream_errors_total", "counter",
+                        "Forwarded calls that ended with a non-OK status.");
+  ana_prom_write_u64(w, "ana_upstream_errors_total", NULL, ana_prom_counter_get(&r->failed));
+}
+
+/* --- lifecycle --- */
+
+struct ana_restbridge_remote *ana_restbridge_remote_create(
+    const struct ana_restbridge_remote_options *o, struct ana_error *err) {
+  struct ana_restbridge_remote *r = ana_calloc(1, sizeof *r);
+  if (!r) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_cond_init(&r->cv, NULL);
+  atomic_init(&r->upstream_status, -1);
+  r->health_interval_ms =
+      o->health_interval_ms > 0 ? o->health_interval_ms : DEFAULT_HEALTH_INTERVAL_MS;
+  r->up.name = "remote";
+  r->up.admit = remote_admit;
+  r->up.ctx = r;
+  r->target = ana_strdup(o->target ? o->target : "");
+  if (!r->target)
+    goto nomem;
+  r->ch = ana_client_channel_create(o->target, err);
+  if (!r->ch)
+    goto fail;
+  r->workers = ana_workers_create(o->workers > 0 ? o->workers : DEFAULT_WORKERS,
+                                  o->queue_max ? o->queue_max : DEFAULT_QUEUE_MAX);
+  if (!r->workers)
+    goto nomem;
+  if (pthread_create(&r->prober, NULL, prober, r) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the upstream health prober");
+    goto fail;
+  }
+  r->prober_started = true;
+  r->registered = ana_prom_register(collect, r) == 0;
+  return r;
+nomem:
+  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+fail:
+  ana_restbridge_remote_destroy(r, 0);
+  return NULL;
+}
+
+const struct ana_restbridge_upstream *ana_restbridge_remote_upstream(
+    struct ana_restbridge_remote *r) {
+  return &r->up;
+}
+
+int ana_restbridge_remote_destroy(struct ana_restbridge_remote *r, int grace_ms) {
+  if (!r)
+    return 0;
+  if (r->registered)
+    ana_prom_unregister(collect, r);
+  if (r->prober_started) {
+    pthread_mutex_lock(&r->mu);
+    r->stop = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->prober, NULL);
+  }
+  /* Runs what is queued (those calls were cancelled: they end fast). */
+  ana_workers_destroy(r->workers);
+  for (int waited = 0; ana_prom_gauge_get(&r->active) > 0 && waited < grace_ms; waited += 10)
+    sleep_ms(10);
+  if (ana_prom_gauge_get(&r->active) > 0) {
+    ANA_WARN(COMPONENT, "%lld forwarded call(s) still running; leaving the channel open",
+             (long long)ana_prom_gauge_get(&r->active));
+    return ANA_ERR_TIMEOUT;
+  }
+  ana_client_channel_destroy(r->ch);
+  ana_free(r->target);
+  pthread_cond_destroy(&r->cv);
+  pthread_mutex_destroy(&r->mu);
+  ana_free(r);
+  return 0;
+}

@@ -1,0 +1,51 @@
+/* Metric data: the formula evaluated per time bucket and per group of
+ * dimension values, with a summary, a total and the change against the
+ * previous period. */
+#ifndef ANA_METRIC_QUERY_H
+#define ANA_METRIC_QUERY_H
+
+#include "ana_arena.h"
+#include "ana_buckets.h"
+#include "ana_error.h"
+#include "ana_formula.h"
+#include "ana_store.h"
+#include "analytics/v1/metrics.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ANA_METRIC_MAX_BUCKETS 2000
+#define ANA_METRIC_MAX_GROUPS 10000
+#define ANA_METRIC_DEFAULT_TOP_N 10
+
+struct ana_metric_query {
+  const Analytics__V1__Metric *metric; /* its filters, dimensions, type, aggregation */
+  const struct ana_formula *formula;   /* the metric's formula, parsed */
+  const char *account_id;
+  int64_t from_ms, to_ms;
+  enum ana_interval interval;
+  const char *time_zone;
+  int top_n; /* groups kept before the rest is folded into "other"; 0 = default */
+  const char *const *dimension_keys; /* restricts groups to these dimension values */
+  const char *const *dimension_values;
+  size_t n_dimension_filters;
+};
+
+/* Answers q from the raw events (a scan of the range and of the previous
+ * period of the same length). The answer is allocated in arena. Blocks. */
+int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
+                         const struct ana_metric_query *q, struct ana_arena *arena,
+                         Analytics__V1__MetricData *out, struct ana_error *err);
+
+/* Where a field path of a filter or dimension points. */
+struct ana_field_ref {
+  bool top_level;          /* eventType, eventName, sessionId, eventId */
+  const char *name;        /* the top-level field, or the property path */
+};
+
+/* Checks the filters and dimensions of a definition; err names the field
+ * ("filters[1].op: ...", "dimensions[0]: ..."). */
+int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m,
+                                            struct ana_error *err);
+
+#endif

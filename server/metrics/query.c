@@ -1,0 +1,797 @@
+/* Metric queries over raw events: one scan of the range (and of the
+ * previous period), per-group and per-bucket accumulators for every term of
+ * the formula, then the formula per bucket, the summary, the total, the
+ * change, and top-N groups with the rest folded into "other". */
+#include "ana_metric_query.h"
+
+#include "ana_alloc.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DIMENSIONS 16
+#define KEY_MAX 1024
+
+/* ------------------------------------------------------------------ */
+/* field access */
+
+static const char *const top_level_fields[] = {"eventType", "eventName", "sessionId", "eventId"};
+
+/* A value read from an event: text and, when it is a number, the number. */
+struct value {
+  bool present;
+  bool is_number;
+  double number;
+  const char *text; /* valid until the next read */
+  char buf[64];
+};
+
+struct row {
+  const struct ana_scanned_event *ev;
+  json_t *props; /* parsed on demand */
+  bool parsed;
+};
+
+static json_t *row_props(struct row *r) {
+  if (!r->parsed) {
+    r->parsed = true;
+    r->props = json_loads(r->ev->properties_json ? r->ev->properties_json : "{}", 0, NULL);
+  }
+  return r->props;
+}
+
+/* path: "campaignId", "properties.order.total", "eventName", "context.ip"... */
+static void read_field(struct row *r, const char *path, struct value *v) {
+  memset(v, 0, sizeof *v);
+  const struct ana_scanned_event *ev = r->ev;
+  const char *top = NULL;
+  if (strcmp(path, "eventType") == 0)
+    top = ev->event_type;
+  else if (strcmp(path, "eventName") == 0)
+    top = ev->event_name;
+  else if (strcmp(path, "sessionId") == 0)
+    top = ev->session_id;
+  else if (strcmp(path, "eventId") == 0)
+    top = ev->event_id;
+  if (top) {
+    v->present = top[0] != '\0';
+    v->text = top;
+    return;
+  }
+  if (strncmp(path, "properties.", 11) == 0)
+    path += 11;
+  json_t *cur = row_props(r);
+  char seg[256];
+  while (cur && *path) {
+    size_t n = strcspn(path, ".");
+    if (n >= sizeof seg)
+      return;
+    memcpy(seg, path, n);
+    seg[n] = '\0';
+    cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
+    path += n + (path[n] == '.');
+  }
+  if (!cur || json_is_null(cur))
+    return;
+  v->present = true;
+  if (json_is_number(cur)) {
+    v->is_number = true;
+    v->number = json_number_value(cur);
+    snprintf(v->buf, sizeof v->buf, "%.15g", v->number);
+    v->text = v->buf;
+  } else if (json_is_string(cur)) {
+    v->text = json_string_value(cur);
+    char *end;
+    v->number = strtod(v->text, &end);
+    v->is_number = v->text[0] && !*end;
+  } else if (json_is_boolean(cur)) {
+    v->text = json_is_true(cur) ? "true" : "false";
+  } else {
+    v->text = "";
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* accumulators */
+
+struct hashset {
+  uint64_t *slots;
+  size_t cap, len;
+};
+
+static uint64_t hash_text(const char *s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h ? h : 1;
+}
+
+static int hashset_add(struct hashset *h, uint64_t x) {
+  if (h->len * 2 >= h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 16;
+    uint64_t *slots = ana_calloc(cap, sizeof *slots);
+    if (!slots)
+      return ANA_ERR_NOMEM;
+    for (size_t i = 0; i < h->cap; i++) {
+      if (!h->slots[i])
+        continue;
+      size_t j = h->slots[i] & (cap - 1);
+      while (slots[j])
+        j = (j + 1) & (cap - 1);
+      slots[j] = h->slots[i];
+    }
+    ana_free(h->slots);
+    h->slots = slots;
+    h->cap = cap;
+  }
+  size_t j = x & (h->cap - 1);
+  while (h->slots[j]) {
+    if (h->slots[j] == x)
+      return 0;
+    j = (j + 1) & (h->cap - 1);
+  }
+  h->slots[j] = x;
+  h->len++;
+  return 0;
+}
+
+struct acc {
+  double count, sum, min, max;
+  struct hashset distinct;
+  double *values;
+  size_t n_values, cap_values;
+};
+
+static void acc_fini(struct acc *a) {
+  ana_free(a->distinct.slots);
+  ana_free(a->values);
+}
+
+static int acc_add_value(struct acc *a, double x) {
+  if (a->n_values == a->cap_values) {
+    size_t cap = a->cap_values ? a->cap_values * 2 : 16;
+    double *v = ana_realloc(a->values, cap * sizeof *v);
+    if (!v)
+      return ANA_ERR_NOMEM;
+    a->values = v;
+    a->cap_values = cap;
+  }
+  a->values[a->n_values++] = x;
+  return 0;
+}
+
+static int acc_merge(struct acc *into, const struct acc *from) {
+  if (from->count > 0) {
+    if (into->count == 0 || from->min < into->min)
+      into->min = from->min;
+    if (into->count == 0 || from->max > into->max)
+      into->max = from->max;
+  }
+  into->count += from->count;
+  into->sum += from->sum;
+  for (size_t i = 0; i < from->distinct.cap; i++)
+    if (from->distinct.slots[i] && hashset_add(&into->distinct, from->distinct.slots[i]) < 0)
+      return ANA_ERR_NOMEM;
+  for (size_t i = 0; i < from->n_values; i++)
+    if (acc_add_value(into, from->values[i]) < 0)
+      return ANA_ERR_NOMEM;
+  return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Exact percentile (nearest rank) of the values. */
+static double percentile(struct acc *a, double p) {
+  if (a->n_values == 0)
+    return NAN;
+  qsort(a->values, a->n_values, sizeof *a->values, cmp_double);
+  size_t rank = (size_t)ceil(p / 100.0 * (double)a->n_values);
+  return a->values[rank ? rank - 1 : 0];
+}
+
+static double acc_value(struct acc *a, enum ana_agg_fn fn) {
+  switch (fn) {
+  case ANA_AGG_COUNT: return a->count;
+  case ANA_AGG_SUM: return a->sum;
+  case ANA_AGG_AVG: return a->count > 0 ? a->sum / a->count : NAN;
+  case ANA_AGG_MIN: return a->count > 0 ? a->min : NAN;
+  case ANA_AGG_MAX: return a->count > 0 ? a->max : NAN;
+  case ANA_AGG_UNIQ: return (double)a->distinct.len;
+  case ANA_AGG_P50: return percentile(a, 50);
+  case ANA_AGG_P90: return percentile(a, 90);
+  case ANA_AGG_P95: return percentile(a, 95);
+  case ANA_AGG_P99: return percentile(a, 99);
+  }
+  return NAN;
+}
+
+/* ------------------------------------------------------------------ */
+/* groups */
+
+struct group {
+  char *key;          /* dimension values joined by '\x1f' */
+  char **values;      /* one per dimension */
+  struct acc *buckets; /* n_buckets * n_terms */
+  struct acc *total;   /* n_terms */
+  struct acc *previous; /* n_terms */
+  double rank;
+  bool has_rank;
+};
+
+struct scan {
+  const struct ana_metric_query *q;
+  size_t n_terms;
+  const struct ana_agg_term *terms[64];
+  char *term_fields[64]; /* property path or top-level field, or NULL */
+  int64_t *starts;
+  size_t n_buckets;
+  size_t n_dims;
+  const char *dims[MAX_DIMENSIONS];
+  struct group **groups;
+  size_t n_groups, cap_groups;
+  int rc;
+  struct ana_error *err;
+};
+
+static void group_free(struct group *g, size_t n_buckets, size_t n_terms) {
+  if (!g)
+    return;
+  for (size_t i = 0; g->buckets && i < n_buckets * n_terms; i++)
+    acc_fini(&g->buckets[i]);
+  for (size_t i = 0; i < n_terms; i++) {
+    if (g->total)
+      acc_fini(&g->total[i]);
+    if (g->previous)
+      acc_fini(&g->previous[i]);
+  }
+  ana_free(g->buckets);
+  ana_free(g->total);
+  ana_free(g->previous);
+  ana_free(g->key);
+  ana_free(g->values);
+  ana_free(g);
+}
+
+static struct group *group_new(struct scan *s, const char *key, char *const *values) {
+  struct group *g = ana_calloc(1, sizeof *g);
+  if (!g)
+    return NULL;
+  g->key = ana_strdup(key);
+  g->values = ana_calloc(s->n_dims ? s->n_dims : 1, sizeof *g->values);
+  size_t cells = s->n_buckets * s->n_terms;
+  g->buckets = ana_calloc(cells ? cells : 1, sizeof *g->buckets);
+  g->total = ana_calloc(s->n_terms ? s->n_terms : 1, sizeof *g->total);
+  g->previous = ana_calloc(s->n_terms ? s->n_terms : 1, sizeof *g->previous);
+  if (!g->key || !g->values || !g->buckets || !g->total || !g->previous) {
+    group_free(g, 0, 0);
+    return NULL;
+  }
+  /* values point into key: the key is the values joined. */
+  char *p = g->key;
+  for (size_t d = 0; d < s->n_dims; d++) {
+    g->values[d] = p;
+    p += strlen(values[d] ? values[d] : "");
+    if (*p)
+      *p++ = '\0';
+  }
+  return g;
+}
+
+/* Linear probing would be faster; groups are few (top-N dashboards). */
+static struct group *find_group(struct scan *s, const char *key, char *const *values) {
+  /* Keys are compared as joined text: rebuild the joined form. */
+  for (size_t i = 0; i < s->n_groups; i++) {
+    struct group *g = s->groups[i];
+    size_t off = 0;
+    bool same = true;
+    for (size_t d = 0; d < s->n_dims && same; d++) {
+      size_t n = strlen(g->values[d]);
+      same = strncmp(key + off, g->values[d], n) == 0 &&
+             (key[off + n] == '\x1f' || key[off + n] == '\0');
+      off += n + 1;
+    }
+    if (same)
+      return g;
+  }
+  if (s->n_groups == ANA_METRIC_MAX_GROUPS) {
+    s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED,
+                          "dimensions: more than %d groups; add a dimensionFilter or fewer "
+                          "dimensions",
+                          ANA_METRIC_MAX_GROUPS);
+    return NULL;
+  }
+  if (s->n_groups == s->cap_groups) {
+    size_t cap = s->cap_groups ? s->cap_groups * 2 : 16;
+    struct group **gs = ana_realloc(s->groups, cap * sizeof *gs);
+    if (!gs)
+      return NULL;
+    s->groups = gs;
+    s->cap_groups = cap;
+  }
+  struct group *g = group_new(s, key, values);
+  if (g)
+    s->groups[s->n_groups++] = g;
+  return g;
+}
+
+/* ------------------------------------------------------------------ */
+/* filters */
+
+static bool value_equals(const struct value *v, const json_t *want) {
+  if (json_is_number(want))
+    return v->is_number && v->number == json_number_value(want);
+  if (json_is_string(want))
+    return strcmp(v->text, json_string_value(want)) == 0;
+  if (json_is_boolean(want))
+    return strcmp(v->text, json_is_true(want) ? "true" : "false") == 0;
+  return false;
+}
+
+/* A metric filter's value, decoded from its google.protobuf.Value. */
+static json_t *filter_value(const Google__Protobuf__Value *v) {
+  if (!v)
+    return json_null();
+  switch (v->kind_case) {
+  case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE: return json_real(v->number_value);
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE: return json_string(v->string_value);
+  case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE: return json_boolean(v->bool_value);
+  case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: {
+    json_t *a = json_array();
+    for (size_t i = 0; v->list_value && i < v->list_value->n_values; i++)
+      json_array_append_new(a, filter_value(v->list_value->values[i]));
+    return a;
+  }
+  default: return json_null();
+  }
+}
+
+static bool filter_matches(struct row *r, const Analytics__V1__MetricFilter *f, json_t *want) {
+  struct value v;
+  read_field(r, f->field, &v);
+  const char *op = f->op;
+  if (strcmp(op, "exists") == 0)
+    return v.present;
+  if (!v.present)
+    return strcmp(op, "neq") == 0;
+  if (strcmp(op, "eq") == 0)
+    return value_equals(&v, want);
+  if (strcmp(op, "neq") == 0)
+    return !value_equals(&v, want);
+  if (strcmp(op, "in") == 0) {
+    size_t i;
+    json_t *item;
+    json_array_foreach(want, i, item) {
+      if (value_equals(&v, item))
+        return true;
+    }
+    return false;
+  }
+  if (strcmp(op, "contains") == 0)
+    return json_is_string(want) && strstr(v.text, json_string_value(want)) != NULL;
+  if (!v.is_number || !json_is_number(want))
+    return false;
+  double x = v.number, y = json_number_value(want);
+  if (strcmp(op, "gt") == 0)
+    return x > y;
+  if (strcmp(op, "gte") == 0)
+    return x >= y;
+  if (strcmp(op, "lt") == 0)
+    return x < y;
+  if (strcmp(op, "lte") == 0)
+    return x <= y;
+  return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* the scan */
+
+struct scan_ctx {
+  struct scan *s;
+  json_t **filter_values;
+  int64_t previous_from;
+};
+
+static int on_event(void *ctx, const struct ana_scanned_event *ev) {
+  struct scan_ctx *c = ctx;
+  struct scan *s = c->s;
+  const struct ana_metric_query *q = s->q;
+  struct row r = {ev, NULL, false};
+  int stop = 0;
+
+  for (size_t i = 0; i < q->metric->n_filters; i++) {
+    if (!filter_matches(&r, q->metric->filters[i], c->filter_values[i]))
+      goto out;
+  }
+  /* The group: the dimension values (missing ones as ""). */
+  char key[KEY_MAX];
+  char *values[MAX_DIMENSIONS];
+  char valbuf[MAX_DIMENSIONS][128];
+  size_t off = 0;
+  for (size_t d = 0; d < s->n_dims; d++) {
+    struct value v;
+    read_field(&r, s->dims[d], &v);
+    snprintf(valbuf[d], sizeof valbuf[d], "%s", v.present ? v.text : "");
+    values[d] = valbuf[d];
+    off += (size_t)snprintf(key + off, sizeof key - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
+    if (off >= sizeof key)
+      off = sizeof key - 1;
+  }
+  key[off] = '\0';
+  for (size_t i = 0; i < q->n_dimension_filters; i++) {
+    for (size_t d = 0; d < s->n_dims; d++)
+      if (strcmp(s->dims[d], q->dimension_keys[i]) == 0 &&
+          strcmp(values[d], q->dimension_values[i]) != 0)
+        goto out;
+  }
+  struct group *g = find_group(s, key, values);
+  if (!g) {
+    if (!s->rc)
+      s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    stop = 1;
+    goto out;
+  }
+  bool previous = ev->timestamp_ms < q->from_ms;
+  size_t b = previous ? s->n_buckets
+                      : ana_bucket_index(s->starts, s->n_buckets, q->to_ms, ev->timestamp_ms);
+  for (size_t t = 0; t < s->n_terms; t++) {
+    const struct ana_agg_term *term = s->terms[t];
+    if (term->event_name && strcmp(term->event_name, ev->event_name) != 0)
+      continue;
+    struct value v = {0};
+    if (s->term_fields[t]) {
+      read_field(&r, s->term_fields[t], &v);
+      if (!v.present)
+        continue;
+    }
+    bool numeric = term->fn != ANA_AGG_COUNT && term->fn != ANA_AGG_UNIQ;
+    if (numeric && !v.is_number)
+      continue;
+    struct acc *targets[2] = {previous ? &g->previous[t] : &g->total[t],
+                              !previous && b < s->n_buckets ? &g->buckets[b * s->n_terms + t]
+                                                            : NULL};
+    for (int k = 0; k < 2; k++) {
+      struct acc *a = targets[k];
+      if (!a)
+        continue;
+      if (numeric) {
+        if (a->count == 0 || v.number < a->min)
+          a->min = v.number;
+        if (a->count == 0 || v.number > a->max)
+          a->max = v.number;
+        a->sum += v.number;
+        if (term->fn >= ANA_AGG_P50 && acc_add_value(a, v.number) < 0)
+          goto nomem;
+      } else if (term->fn == ANA_AGG_UNIQ) {
+        if (hashset_add(&a->distinct, hash_text(v.text)) < 0)
+          goto nomem;
+      }
+      a->count++;
+    }
+  }
+  goto out;
+nomem:
+  s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  stop = 1;
+out:
+  json_decref(r.props);
+  return stop;
+}
+
+/* ------------------------------------------------------------------ */
+/* answers */
+
+static bool eval(const struct scan *s, struct acc *accs, double *out) {
+  double values[64];
+  for (size_t t = 0; t < s->n_terms; t++)
+    values[t] = acc_value(&accs[t], s->terms[t]->fn);
+  return ana_formula_eval(s->q->formula, values, out);
+}
+
+static Google__Protobuf__DoubleValue *boxed(struct ana_arena *a, bool ok, double v) {
+  if (!ok)
+    return NULL;
+  Google__Protobuf__DoubleValue *d = ana_arena_alloc(a, sizeof *d);
+  if (d) {
+    google__protobuf__double_value__init(d);
+    d->value = v;
+  }
+  return d;
+}
+
+static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
+  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
+  if (t) {
+    google__protobuf__timestamp__init(t);
+    t->seconds = ms / 1000;
+    t->nanos = (int32_t)(ms % 1000) * 1000000;
+    if (t->nanos < 0) {
+      t->nanos += 1000000000;
+      t->seconds--;
+    }
+  }
+  return t;
+}
+
+static int rank_cmp(const void *pa, const void *pb) {
+  const struct group *a = *(struct group *const *)pa, *b = *(struct group *const *)pb;
+  if (a->has_rank != b->has_rank)
+    return a->has_rank ? -1 : 1;
+  if (a->has_rank && a->rank != b->rank)
+    return a->rank > b->rank ? -1 : 1;
+  return strcmp(a->key, b->key);
+}
+
+/* The summary: the metric's aggregation over the non-empty bucket values. */
+static bool summarise(const char *aggregation, const double *v, const bool *ok, size_t n,
+                      double *out) {
+  double sum = 0, min = 0, max = 0, last = 0;
+  size_t count = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!ok[i])
+      continue;
+    if (!count || v[i] < min)
+      min = v[i];
+    if (!count || v[i] > max)
+      max = v[i];
+    sum += v[i];
+    last = v[i];
+    count++;
+  }
+  if (strcmp(aggregation, "count") == 0) {
+    *out = (double)count;
+    return true;
+  }
+  if (count == 0)
+    return false;
+  if (strcmp(aggregation, "sum") == 0)
+    *out = sum;
+  else if (strcmp(aggregation, "min") == 0)
+    *out = min;
+  else if (strcmp(aggregation, "max") == 0)
+    *out = max;
+  else if (strcmp(aggregation, "last") == 0)
+    *out = last;
+  else
+    *out = sum / (double)count; /* avg, the default */
+  return true;
+}
+
+static Analytics__V1__MetricSeries *series_of(struct scan *s, struct group *g,
+                                              struct ana_arena *a, bool other) {
+  const struct ana_metric_query *q = s->q;
+  Analytics__V1__MetricSeries *ser = ana_arena_alloc(a, sizeof *ser);
+  if (!ser)
+    return NULL;
+  analytics__v1__metric_series__init(ser);
+  ser->n_dimensions = s->n_dims;
+  ser->dimensions = ana_arena_calloc(a, s->n_dims ? s->n_dims : 1, sizeof *ser->dimensions);
+  for (size_t d = 0; ser->dimensions && d < s->n_dims; d++) {
+    Analytics__V1__MetricSeries__DimensionsEntry *e = ana_arena_alloc(a, sizeof *e);
+    if (!e)
+      return NULL;
+    analytics__v1__metric_series__dimensions_entry__init(e);
+    e->key = (char *)s->dims[d];
+    e->value = other ? "other" : ana_arena_strdup(a, g->values[d]);
+    ser->dimensions[d] = e;
+  }
+  bool counter = strcmp(q->metric->type, "counter") == 0;
+  bool histogram = strcmp(q->metric->type, "histogram") == 0;
+  /* Histograms report percentiles of their first field term. */
+  size_t hist_term = s->n_terms;
+  for (size_t t = 0; histogram && t < s->n_terms; t++)
+    if (s->term_fields[t] && s->terms[t]->fn != ANA_AGG_UNIQ) {
+      hist_term = t;
+      break;
+    }
+  double *vals = ana_arena_calloc(a, s->n_buckets ? s->n_buckets : 1, sizeof *vals);
+  bool *oks = ana_arena_calloc(a, s->n_buckets ? s->n_buckets : 1, sizeof *oks);
+  ser->n_buckets = s->n_buckets;
+  ser->buckets = ana_arena_calloc(a, s->n_buckets ? s->n_buckets : 1, sizeof *ser->buckets);
+  if (!vals || !oks || !ser->buckets)
+    return NULL;
+  for (size_t b = 0; b < s->n_buckets; b++) {
+    Analytics__V1__MetricBucket *mb = ana_arena_alloc(a, sizeof *mb);
+    if (!mb)
+      return NULL;
+    analytics__v1__metric_bucket__init(mb);
+    struct acc *accs = &g->buckets[b * s->n_terms];
+    oks[b] = eval(s, accs, &vals[b]);
+    mb->start = timestamp_of(a, s->starts[b]);
+    mb->value = boxed(a, oks[b], vals[b]);
+    if (counter) {
+      int64_t end = b + 1 < s->n_buckets ? s->starts[b + 1] : q->to_ms;
+      double secs = (double)(end - s->starts[b]) / 1000.0;
+      mb->rate = boxed(a, oks[b] && secs > 0, vals[b] / secs);
+    }
+    if (hist_term < s->n_terms && accs[hist_term].n_values) {
+      static const char *const names[] = {"p50", "p90", "p95", "p99"};
+      static const double ps[] = {50, 90, 95, 99};
+      mb->n_percentiles = 4;
+      mb->percentiles = ana_arena_calloc(a, 4, sizeof *mb->percentiles);
+      for (int i = 0; mb->percentiles && i < 4; i++) {
+        Analytics__V1__MetricBucket__PercentilesEntry *e = ana_arena_alloc(a, sizeof *e);
+        if (!e)
+          return NULL;
+        analytics__v1__metric_bucket__percentiles_entry__init(e);
+        e->key = (char *)names[i];
+        e->value = percentile(&accs[hist_term], ps[i]);
+        mb->percentiles[i] = e;
+      }
+    }
+    ser->buckets[b] = mb;
+  }
+  double summary, total, prev;
+  bool has_summary = summarise(q->metric->aggregation, vals, oks, s->n_buckets, &summary);
+  bool has_total = eval(s, g->total, &total);
+  bool has_prev = eval(s, g->previous, &prev);
+  ser->summary = boxed(a, has_summary, summary);
+  ser->total = boxed(a, has_total, total);
+  ser->change = boxed(a, has_total && has_prev && prev != 0, (total - prev) / fabs(prev) * 100.0);
+  return ser;
+}
+
+int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
+                         const struct ana_metric_query *q, struct ana_arena *arena,
+                         Analytics__V1__MetricData *out, struct ana_error *err) {
+  struct scan s;
+  memset(&s, 0, sizeof s);
+  s.q = q;
+  s.err = err;
+  s.n_terms = ana_formula_term_count(q->formula);
+  if (s.n_terms > 64)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "formula: too many terms");
+  s.n_dims = q->metric->n_dimensions < MAX_DIMENSIONS ? q->metric->n_dimensions : MAX_DIMENSIONS;
+  for (size_t d = 0; d < s.n_dims; d++)
+    s.dims[d] = q->metric->dimensions[d];
+  /* Which events to read: only the named ones, unless a term wants any. */
+  const char *names[64];
+  size_t n_names = 0;
+  bool any = false;
+  for (size_t t = 0; t < s.n_terms; t++) {
+    s.terms[t] = ana_formula_term(q->formula, t);
+    const struct ana_agg_term *term = s.terms[t];
+    if (term->field_kind != ANA_FIELD_NONE && term->field)
+      s.term_fields[t] = (char *)term->field;
+    if (!term->event_name) {
+      any = true;
+      continue;
+    }
+    bool seen = false;
+    for (size_t i = 0; i < n_names && !seen; i++)
+      seen = strcmp(names[i], term->event_name) == 0;
+    if (!seen)
+      names[n_names++] = term->event_name;
+  }
+  int rc = ana_buckets_make(q->from_ms, q->to_ms, q->interval, q->time_zone,
+                            ANA_METRIC_MAX_BUCKETS, &s.starts, &s.n_buckets, err);
+  if (rc < 0)
+    return rc;
+  json_t **fvals = ana_calloc(q->metric->n_filters ? q->metric->n_filters : 1, sizeof *fvals);
+  if (!fvals) {
+    free(s.starts);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < q->metric->n_filters; i++)
+    fvals[i] = filter_value(q->metric->filters[i]->value);
+  struct scan_ctx ctx = {&s, fvals, 0};
+  int64_t span = q->to_ms - q->from_ms;
+  rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, any ? NULL : names,
+                 any ? 0 : n_names, on_event, &ctx, err);
+  if (rc == 0 && s.rc < 0)
+    rc = s.rc;
+
+  if (rc == 0) {
+    /* Rank groups by their total, keep top N, fold the rest into "other". */
+    for (size_t i = 0; i < s.n_groups; i++)
+      s.groups[i]->has_rank = eval(&s, s.groups[i]->total, &s.groups[i]->rank);
+    qsort(s.groups, s.n_groups, sizeof *s.groups, rank_cmp);
+    size_t top = s.n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
+                          : s.n_groups;
+    struct group *other = NULL;
+    if (s.n_groups > top) {
+      other = group_new(&s, "", (char *[MAX_DIMENSIONS]){0});
+      for (size_t i = top; other && i < s.n_groups; i++) {
+        struct group *g = s.groups[i];
+        for (size_t k = 0; k < s.n_buckets * s.n_terms; k++)
+          acc_merge(&other->buckets[k], &g->buckets[k]);
+        for (size_t t = 0; t < s.n_terms; t++) {
+          acc_merge(&other->total[t], &g->total[t]);
+          acc_merge(&other->previous[t], &g->previous[t]);
+        }
+      }
+    }
+    size_t shown = s.n_groups < top ? s.n_groups : top;
+    if (shown == 0 && s.n_dims == 0) {
+      /* No events at all: still one series of empty buckets. */
+      struct group *empty = find_group(&s, "", (char *[MAX_DIMENSIONS]){0});
+      shown = empty ? 1 : 0;
+    }
+    out->n_series = shown + (other ? 1 : 0);
+    out->series = ana_arena_calloc(arena, out->n_series ? out->n_series : 1, sizeof *out->series);
+    for (size_t i = 0; out->series && i < shown; i++)
+      if (!(out->series[i] = series_of(&s, s.groups[i], arena, false)))
+        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (other && out->series && rc == 0)
+      if (!(out->series[shown] = series_of(&s, other, arena, true)))
+        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    group_free(other, s.n_buckets, s.n_terms);
+    out->from = timestamp_of(arena, q->from_ms);
+    out->to = timestamp_of(arena, q->to_ms);
+    out->interval = (char *)ana_interval_name(q->interval);
+    out->time_zone = (char *)(q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
+  }
+  for (size_t i = 0; i < s.n_groups; i++)
+    group_free(s.groups[i], s.n_buckets, s.n_terms);
+  ana_free(s.groups);
+  for (size_t i = 0; i < q->metric->n_filters; i++)
+    json_decref(fvals[i]);
+  ana_free(fvals);
+  free(s.starts);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+static const char *const filter_ops[] = {"eq", "neq", "in", "gt", "gte", "lt", "lte",
+                                         "contains", "exists"};
+
+static bool valid_path(const char *p) {
+  if (!p || !p[0] || strlen(p) > 256 || p[0] == '.' || p[strlen(p) - 1] == '.')
+    return false;
+  for (; *p; p++)
+    if ((unsigned char)*p < 0x20 || (p[0] == '.' && p[1] == '.'))
+      return false;
+  return true;
+}
+
+int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m,
+                                            struct ana_error *err) {
+  for (size_t i = 0; i < m->n_filters; i++) {
+    const Analytics__V1__MetricFilter *f = m->filters[i];
+    if (!valid_path(f->field))
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "filters[%zu].field: must be an event field or property path", i);
+    bool known = false;
+    for (size_t k = 0; k < sizeof filter_ops / sizeof filter_ops[0]; k++)
+      known |= strcmp(f->op, filter_ops[k]) == 0;
+    if (!known)
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "filters[%zu].op: unknown operator \"%.32s\" (eq, neq, in, gt, gte, "
+                           "lt, lte, contains, exists)",
+                           i, f->op);
+    bool needs_value = strcmp(f->op, "exists") != 0;
+    if (needs_value && !f->value)
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "filters[%zu].value: is required",
+                           i);
+    if (strcmp(f->op, "in") == 0 &&
+        f->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE)
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "filters[%zu].value: \"in\" needs a list", i);
+    if ((strcmp(f->op, "gt") == 0 || strcmp(f->op, "gte") == 0 || strcmp(f->op, "lt") == 0 ||
+         strcmp(f->op, "lte") == 0) &&
+        f->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE)
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "filters[%zu].value: \"%s\" needs a number", i, f->op);
+  }
+  if (m->n_dimensions > MAX_DIMENSIONS)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "dimensions: at most %d dimensions",
+                         MAX_DIMENSIONS);
+  for (size_t i = 0; i < m->n_dimensions; i++) {
+    if (!valid_path(m->dimensions[i]))
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "dimensions[%zu]: \"%.64s\" is not an event field or property path", i,
+                           m->dimensions[i]);
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(m->dimensions[i], m->dimensions[j]) == 0)
+        return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                             "dimensions[%zu]: \"%.64s\" is listed twice", i, m->dimensions[i]);
+  }
+  (void)top_level_fields;
+  return 0;
+}

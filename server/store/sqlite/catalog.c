@@ -1,0 +1,209 @@
+/* The embedded catalog: user-defined objects in one table, keyed by
+ * (account, kind, id), names unique per account and kind. It writes on its
+ * own connection, so catalog changes never wait behind the event committer
+ * for longer than one commit. */
+#include "ana_store.h"
+#include "sqlite_backends.h"
+
+#include "ana_alloc.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <string.h>
+
+struct sqlite_catalog {
+  struct ana_local_db *db;
+  sqlite3 *conn;      /* writes and reads; guarded by mu */
+  pthread_mutex_t mu;
+};
+
+static void cat_close(void *p) {
+  struct sqlite_catalog *c = p;
+  if (!c)
+    return;
+  sqlite3_close(c->conn);
+  pthread_mutex_destroy(&c->mu);
+  ana_free(c);
+}
+
+static void *cat_open(struct ana_local_db *db, struct ana_error *err) {
+  struct sqlite_catalog *c = ana_calloc(1, sizeof *c);
+  if (!c) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_init(&c->mu, NULL);
+  c->db = db;
+  c->conn = ana_local_db_connect(db, err);
+  if (!c->conn) {
+    cat_close(c);
+    return NULL;
+  }
+  return c;
+}
+
+static int db_error(sqlite3 *db, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "catalog: %s", sqlite3_errmsg(db));
+  return ANA_ERR_IO;
+}
+
+static int cat_put(void *p, const struct ana_catalog_object *o, bool create,
+                   struct ana_error *err) {
+  struct sqlite_catalog *c = p;
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  pthread_mutex_lock(&c->mu);
+  const char *sql =
+      create ? "INSERT INTO catalog_objects (account_id, kind, id, name, body, created_at,"
+               " updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+             : "UPDATE catalog_objects SET name = ?4, body = ?5, updated_at = ?7"
+               " WHERE account_id = ?1 AND kind = ?2 AND id = ?3";
+  if (sqlite3_prepare_v2(c->conn, sql, -1, &st, NULL) != SQLITE_OK) {
+    rc = db_error(c->conn, err);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, o->account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, o->kind, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, o->id, -1, SQLITE_STATIC);
+  if (o->name)
+    sqlite3_bind_text(st, 4, o->name, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, 4);
+  sqlite3_bind_blob(st, 5, o->body, (int)o->body_len, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 6, o->created_at_ms);
+  sqlite3_bind_int64(st, 7, o->updated_at_ms);
+  int step = sqlite3_step(st);
+  if (step == SQLITE_CONSTRAINT || (sqlite3_extended_errcode(c->conn) & 0xff) == SQLITE_CONSTRAINT) {
+    rc = ana_error_set(err, ANA_STATUS_ALREADY_EXISTS, "name: a %s named \"%s\" exists already",
+                       o->kind, o->name ? o->name : "");
+    rc = ANA_ERR_EXISTS;
+  } else if (step != SQLITE_DONE) {
+    rc = db_error(c->conn, err);
+  } else if (!create && sqlite3_changes(c->conn) == 0) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "%s %s not found", o->kind, o->id);
+    rc = ANA_ERR_NOT_FOUND;
+  }
+out:
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&c->mu);
+  return rc;
+}
+
+static int select_objects(struct sqlite_catalog *c, const char *sql, const char *const *args,
+                          int n_args, int limit, ana_catalog_object_fn fn, void *ctx,
+                          struct ana_error *err, int *count) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  *count = 0;
+  pthread_mutex_lock(&c->mu);
+  if (sqlite3_prepare_v2(c->conn, sql, -1, &st, NULL) != SQLITE_OK) {
+    rc = db_error(c->conn, err);
+    goto out;
+  }
+  for (int i = 0; i < n_args; i++)
+    sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
+  if (limit > 0)
+    sqlite3_bind_int(st, n_args + 1, limit);
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct ana_catalog_object o = {
+        .account_id = (const char *)sqlite3_column_text(st, 0),
+        .kind = (const char *)sqlite3_column_text(st, 1),
+        .id = (const char *)sqlite3_column_text(st, 2),
+        .name = (const char *)sqlite3_column_text(st, 3),
+        .body = sqlite3_column_blob(st, 4),
+        .body_len = (size_t)sqlite3_column_bytes(st, 4),
+        .created_at_ms = sqlite3_column_int64(st, 5),
+        .updated_at_ms = sqlite3_column_int64(st, 6),
+    };
+    (*count)++;
+    if (fn(ctx, &o))
+      break;
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = db_error(c->conn, err);
+out:
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&c->mu);
+  return rc;
+}
+
+#define COLUMNS "account_id, kind, id, name, body, created_at, updated_at"
+
+static int cat_get(void *p, const char *kind, const char *account_id, const char *id,
+                   ana_catalog_object_fn fn, void *ctx, struct ana_error *err) {
+  const char *args[] = {account_id, kind, id};
+  int n;
+  int rc = select_objects(p,
+                          "SELECT " COLUMNS " FROM catalog_objects"
+                          " WHERE account_id = ?1 AND kind = ?2 AND id = ?3",
+                          args, 3, 0, fn, ctx, err, &n);
+  if (rc == 0 && n == 0) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "%s %s not found", kind, id);
+    return ANA_ERR_NOT_FOUND;
+  }
+  return rc;
+}
+
+static int cat_get_by_name(void *p, const char *kind, const char *account_id, const char *name,
+                           ana_catalog_object_fn fn, void *ctx, struct ana_error *err) {
+  const char *args[] = {account_id, kind, name};
+  int n;
+  int rc = select_objects(p,
+                          "SELECT " COLUMNS " FROM catalog_objects"
+                          " WHERE account_id = ?1 AND kind = ?2 AND name = ?3",
+                          args, 3, 0, fn, ctx, err, &n);
+  if (rc == 0 && n == 0) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "no %s named \"%s\"", kind, name);
+    return ANA_ERR_NOT_FOUND;
+  }
+  return rc;
+}
+
+static int cat_list(void *p, const char *kind, const char *account_id, const char *after,
+                    int limit, ana_catalog_object_fn fn, void *ctx, struct ana_error *err) {
+  const char *args[] = {account_id, kind, after ? after : ""};
+  int n;
+  return select_objects(p,
+                        "SELECT " COLUMNS " FROM catalog_objects"
+                        " WHERE account_id = ?1 AND kind = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+                        args, 3, limit, fn, ctx, err, &n);
+}
+
+static int cat_remove(void *p, const char *kind, const char *account_id, const char *id,
+                      struct ana_error *err) {
+  struct sqlite_catalog *c = p;
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  pthread_mutex_lock(&c->mu);
+  if (sqlite3_prepare_v2(c->conn,
+                         "DELETE FROM catalog_objects WHERE account_id = ? AND kind = ? AND id = ?",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = db_error(c->conn, err);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    rc = db_error(c->conn, err);
+  else if (sqlite3_changes(c->conn) == 0) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "%s %s not found", kind, id);
+    rc = ANA_ERR_NOT_FOUND;
+  }
+out:
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&c->mu);
+  return rc;
+}
+
+const struct ana_catalog_ops ana_sqlite_catalog = {
+    .name = "sqlite",
+    .open = cat_open,
+    .put = cat_put,
+    .get = cat_get,
+    .get_by_name = cat_get_by_name,
+    .list = cat_list,
+    .remove = cat_remove,
+    .close = cat_close,
+};
