@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define READERS 4
 #define BUSY_TIMEOUT_MS 10000
@@ -22,7 +23,19 @@ struct ana_local_db {
   pthread_mutex_t mu;
   pthread_cond_t reader_free;
   atomic_bool degraded;
+  /* Checkpoints run on their own thread and connection, so a commit never
+   * pays for copying the WAL into the database (that is SQLite's default:
+   * the commit that crosses 1,000 pages checkpoints, a latency spike). */
+  sqlite3 *checkpointer;
+  pthread_t checkpoint_thread;
+  bool checkpoint_started, checkpoint_stop;
+  int wal_pages;
+  pthread_mutex_t checkpoint_mu;
+  pthread_cond_t checkpoint_cond;
 };
+
+#define CHECKPOINT_PAGES 1000
+#define CHECKPOINT_EVERY_MS 5000
 
 /* Schema migrations, applied in order, each in its own transaction. Never
  * edit a released step: add a new one. */
@@ -152,6 +165,43 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
   return 0;
 }
 
+/* Called by SQLite after every commit on the writer, with the WAL's size. */
+static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) {
+  (void)conn;
+  (void)name;
+  struct ana_local_db *db = arg;
+  if (pages >= CHECKPOINT_PAGES) {
+    pthread_mutex_lock(&db->checkpoint_mu);
+    db->wal_pages = pages;
+    pthread_cond_signal(&db->checkpoint_cond);
+    pthread_mutex_unlock(&db->checkpoint_mu);
+  }
+  return SQLITE_OK;
+}
+
+static void *checkpoint_loop(void *arg) {
+  struct ana_local_db *db = arg;
+  pthread_mutex_lock(&db->checkpoint_mu);
+  while (!db->checkpoint_stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
+    if (db->wal_pages < CHECKPOINT_PAGES)
+      pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
+    if (db->checkpoint_stop)
+      break;
+    db->wal_pages = 0;
+    pthread_mutex_unlock(&db->checkpoint_mu);
+    /* PASSIVE never waits for the writer or readers: it copies what it can,
+     * and the next commit starts the WAL over once all of it is copied. */
+    int log = 0, done = 0;
+    sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    pthread_mutex_lock(&db->checkpoint_mu);
+  }
+  pthread_mutex_unlock(&db->checkpoint_mu);
+  return NULL;
+}
+
 struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err) {
   struct ana_local_db *db = ana_calloc(1, sizeof *db);
   if (!db) {
@@ -160,6 +210,8 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   }
   pthread_mutex_init(&db->mu, NULL);
   pthread_cond_init(&db->reader_free, NULL);
+  pthread_mutex_init(&db->checkpoint_mu, NULL);
+  pthread_cond_init(&db->checkpoint_cond, NULL);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -174,6 +226,15 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   for (int i = 0; i < READERS; i++)
     if (open_connection(db->path, SQLITE_OPEN_READONLY, &db->readers[i], err) < 0)
       goto fail;
+  if (open_connection(db->path, SQLITE_OPEN_READWRITE, &db->checkpointer, err) < 0)
+    goto fail;
+  /* The hook replaces SQLite's automatic checkpoint on the writer. */
+  sqlite3_wal_hook(db->writer, on_wal_commit, db);
+  if (pthread_create(&db->checkpoint_thread, NULL, checkpoint_loop, db) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the checkpoint thread");
+    goto fail;
+  }
+  db->checkpoint_started = true;
   return db;
 fail:
   ana_local_db_close(db);
@@ -183,6 +244,18 @@ fail:
 void ana_local_db_close(struct ana_local_db *db) {
   if (!db)
     return;
+  if (db->checkpoint_started) {
+    pthread_mutex_lock(&db->checkpoint_mu);
+    db->checkpoint_stop = true;
+    pthread_cond_signal(&db->checkpoint_cond);
+    pthread_mutex_unlock(&db->checkpoint_mu);
+    pthread_join(db->checkpoint_thread, NULL);
+  }
+  if (db->writer)
+    sqlite3_wal_hook(db->writer, NULL, NULL);
+  sqlite3_close(db->checkpointer);
+  pthread_mutex_destroy(&db->checkpoint_mu);
+  pthread_cond_destroy(&db->checkpoint_cond);
   for (int i = 0; i < READERS; i++)
     sqlite3_close(db->readers[i]);
   sqlite3_close(db->writer);
