@@ -38,11 +38,18 @@ fuzz:
 fuzz-long:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} ./scripts/test.sh fuzz
 
-# Benchmarks: ingest throughput, ack latency, search; writes bench/RESULTS.md.
-# BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store.
+# Benchmarks: ingest throughput, ack latency, search; metric rollups (their
+# rows are appended); writes bench/RESULTS.md.
+# BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store,
+# BENCH_METRIC_EVENTS events for the metric benchmark.
 bench: build
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --search-events $${BENCH_SEARCH_EVENTS:-10000000} \
+	  --out bench/RESULTS.md
+	./$(BUILD)/bench/rest_bench --server ./$(BUILD)/server/analyticsd \
+	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+	./$(BUILD)/bench/metrics_bench --events $${BENCH_METRIC_EVENTS:-10000000} --out bench/RESULTS.md
+	/usr/bin/python3 bench/metric_stream_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --out bench/RESULTS.md
 
 # The long crash test: KILLS kill -9 cycles under load (default 500).

@@ -10,6 +10,7 @@
  * usage: ingest_bench --server PATH [--seconds S] [--search-events N] [--out FILE] */
 #include "ana_client_stubs.h"
 #include "ana_store.h"
+#include "results_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -525,48 +526,49 @@ int main(int argc, char **argv) {
   if (ci)
     fclose(ci);
 
-  FILE *out = fopen(out_path, "w");
-  FILE *streams[2] = {stdout, out};
-  for (int i = 0; i < 2; i++) {
-    FILE *f = streams[i];
-    if (!f)
-      continue;
-    fprintf(f, "# Ingest and search benchmark\n\n");
-    fprintf(f, "Machine: %ld CPUs (%s), %s %s. Command: `make bench` "
-               "(`build/bench/ingest_bench --server build/server/analyticsd --seconds %.0f "
-               "--search-events %ld`). Client and server share the machine.\n\n",
-            sysconf(_SC_NPROCESSORS_ONLN), cpu, u.sysname, u.release, seconds_per_run,
-            search_events);
-    fprintf(f, "Baselines measured in the same run: raw SQLite inserts into the same tables, "
-               "indexes and FTS index with WAL and synchronous=FULL, one transaction per batch; "
-               "fdatasync of a 4 KiB write on the same disk.\n\n");
-    fprintf(f, "| Measure | Result | Baseline | Ratio | Target |\n|---|---|---|---|---|\n");
-    fprintf(f, "| raw insert, batch 1 / 100 / 1,000 | %.0f / %.0f / %.0f ev/s | | | |\n", raw1,
-            raw100, raw1000);
-    fprintf(f, "| gRPC TrackEvent (unary, 16 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | |\n",
-            unary, raw100, unary / raw100);
-    fprintf(f, "| gRPC TrackEvents, batches of 100 (4 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | >= 0.50 |\n",
-            b100, raw100, b100 / raw100);
-    fprintf(f, "| gRPC TrackEvents, batches of 1,000 (2 clients) | %.0f ev/s | raw batch 1,000: %.0f | %.2f | >= 0.50 |\n",
-            b1000, raw1000, b1000 / raw1000);
-    fprintf(f, "| gRPC IngestEvents stream, batches of 100 (2 streams) | %.0f ev/s | raw batch 100: %.0f | %.2f | >= 0.50 |\n",
-            s100, raw100, s100 / raw100);
-    fprintf(f, "| gRPC IngestEvents stream, batches of 1,000 (2 streams) | %.0f ev/s | raw batch 1,000: %.0f | %.2f | >= 0.50 |\n",
-            s1000, raw1000, s1000 / raw1000);
-    fprintf(f, "| ack latency p50 at half the unary peak (%.0f calls/s offered, %.0f achieved) | %.2f ms | fdatasync p50 %.2f ms | %.1f | |\n",
-            rate, achieved, lp50, fdatasync_p50, lp50 / fdatasync_p50);
-    fprintf(f, "| ack latency p99 at half the unary peak | %.2f ms | fdatasync p99 %.2f ms | %.1f | <= 10 |\n",
-            lp99, fdatasync_p99, lp99 / fdatasync_p99);
-    fprintf(f, "| unary TrackEvent latency p50 / p99 at peak | %.2f / %.2f ms | | | |\n", p50u,
-            p99u);
-    fprintf(f, "| search p50 / p99, eventName filter, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
-            search_events, n50, n99);
-    fprintf(f, "| search p50 / p99, free-text term, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
-            search_events, t50, t99);
-    fprintf(f, "\nThe search store was filled at %.0f ev/s (raw, batches of 10,000).\n", fill);
-  }
-  if (out)
-    fclose(out);
+  char section[8192];
+  size_t n = 0;
+#define OUT(...) n += (size_t)snprintf(section + n, n < sizeof section ? sizeof section - n : 0, __VA_ARGS__)
+  OUT("## Ingest and search\n\n");
+  OUT("Machine: %ld CPUs (%s), %s %s. Command: `make bench` "
+      "(`build/bench/ingest_bench --server build/server/analyticsd --seconds %.0f "
+      "--search-events %ld`). Client and server share the machine.\n\n",
+      sysconf(_SC_NPROCESSORS_ONLN), cpu, u.sysname, u.release, seconds_per_run, search_events);
+  OUT("Baselines measured in the same run: raw SQLite inserts into the same tables, "
+      "indexes and FTS index with WAL and synchronous=FULL, one transaction per batch; "
+      "fdatasync of a 4 KiB write on the same disk.\n\n");
+  OUT("| Measure | Result | Baseline | Ratio | Target |\n|---|---|---|---|---|\n");
+  OUT("| raw insert, batch 1 / 100 / 1,000 | %.0f / %.0f / %.0f ev/s | | | |\n", raw1, raw100,
+      raw1000);
+  OUT("| gRPC TrackEvent (unary, 16 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | |\n",
+      unary, raw100, unary / raw100);
+  OUT("| gRPC TrackEvents, batches of 100 (4 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | "
+      ">= 0.50 |\n",
+      b100, raw100, b100 / raw100);
+  OUT("| gRPC TrackEvents, batches of 1,000 (2 clients) | %.0f ev/s | raw batch 1,000: %.0f | "
+      "%.2f | >= 0.50 |\n",
+      b1000, raw1000, b1000 / raw1000);
+  OUT("| gRPC IngestEvents stream, batches of 100 (2 streams) | %.0f ev/s | raw batch 100: %.0f | "
+      "%.2f | >= 0.50 |\n",
+      s100, raw100, s100 / raw100);
+  OUT("| gRPC IngestEvents stream, batches of 1,000 (2 streams) | %.0f ev/s | raw batch 1,000: "
+      "%.0f | %.2f | >= 0.50 |\n",
+      s1000, raw1000, s1000 / raw1000);
+  OUT("| ack latency p50 at half the unary peak (%.0f calls/s offered, %.0f achieved) | %.2f ms | "
+      "fdatasync p50 %.2f ms | %.1f | |\n",
+      rate, achieved, lp50, fdatasync_p50, lp50 / fdatasync_p50);
+  OUT("| ack latency p99 at half the unary peak | %.2f ms | fdatasync p99 %.2f ms | %.1f | <= 10 "
+      "|\n",
+      lp99, fdatasync_p99, lp99 / fdatasync_p99);
+  OUT("| unary TrackEvent latency p50 / p99 at peak | %.2f / %.2f ms | | | |\n", p50u, p99u);
+  OUT("| search p50 / p99, eventName filter, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
+      search_events, n50, n99);
+  OUT("| search p50 / p99, free-text term, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
+      search_events, t50, t99);
+  OUT("\nThe search store was filled at %.0f ev/s (raw, batches of 10,000).\n", fill);
+#undef OUT
+  fputs(section, stdout);
+  bench_results_replace(out_path, "## Ingest and search", section);
   char cmd[400];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   return system(cmd) == 0 ? 0 : 1;

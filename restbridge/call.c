@@ -36,6 +36,9 @@ void rb_reply_clear(struct rb_reply *r) {
   memset(r, 0, sizeof *r);
 }
 
+/* Starts with two references: the handler's (dropped by the transport's
+ * finish) and the connection's (dropped by rb_conn_detach once
+ * rb_conn_attach has handed it to conn). See struct rb_call. */
 struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route *route,
                                struct lws *wsi, struct rb_conn *conn, bool websocket) {
   struct rb_call *c = ana_calloc(1, sizeof *c);
@@ -86,6 +89,9 @@ static void unlist(struct rb_conn *conn) {
   conn->listed = false;
 }
 
+/* Drops the connection's reference last: the call may be freed right there
+ * (the handler and the dirty list may have let go already), so nothing may
+ * touch c afterwards. */
 void rb_conn_detach(struct rb_conn *conn) {
   struct rb_call *c = conn->call;
   unlist(conn);

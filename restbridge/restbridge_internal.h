@@ -43,7 +43,22 @@ struct rb_reply {
 
 struct rb_conn;
 
-/* A call carried by the bridge. `base` first: ana_call * casts to it. */
+/* A call carried by the bridge. `base` first: ana_call * casts to it.
+ *
+ * Ownership: a call is freed when its last reference goes (rb_call_unref).
+ * Every holder owns exactly one reference, taken and dropped as follows:
+ *   - the handler: from rb_call_create until the transport's finish ran
+ *     (http_finish / ws_finish drop it last thing; any thread);
+ *   - the connection: from rb_call_create (handed over by rb_conn_attach)
+ *     until rb_conn_detach, which also clears `wsi` and `conn` (lws thread);
+ *   - the dirty list: rb_call_wake takes one when it puts the call on the
+ *     list (not already on it); the lws thread drops it in drain_dirty after
+ *     handling the wake.
+ * The lws thread touches a call only through conn->call (the connection's
+ * reference) or while draining (the list's reference). `dirty_next` links
+ * the bridge's dirty list and is rewritten by rb_call_wake on any thread
+ * as soon as `dirty` is cleared, so the lws thread walks a list it took
+ * through `wake_next`, which is its own. */
 struct rb_call {
   struct ana_call base;
   struct ana_restbridge *bridge; /* holds a bridge reference */
@@ -58,14 +73,15 @@ struct rb_call {
   struct rb_reply reply;  /* HTTP: the answer, once finished */
   struct rb_msg *ws_last; /* WebSocket: the error frame, once finished */
   int ws_close_code;      /* WebSocket: 1000 / 1011 (1008 for RESOURCE_EXHAUSTED) once finished */
-  char ws_close_reason[124]; /* WebSocket: the error's message, cut to fit a close frame */
-  int64_t full_since_ms;  /* WebSocket: queue full since (0 = not full) */
-  bool dirty;             /* on the bridge's dirty list (guarded by the bridge's mu) */
-  struct rb_call *dirty_next;
+  char ws_close_reason[124];  /* WebSocket: the error's message, cut to fit a close frame */
+  int64_t full_since_ms;      /* WebSocket: queue full since (0 = not full) */
+  bool dirty;                 /* on the bridge's dirty list (guarded by the bridge's mu) */
+  struct rb_call *dirty_next; /* guarded by the bridge's mu */
 
   /* lws thread only */
-  struct lws *wsi; /* NULL once the connection is gone */
-  struct rb_conn *conn;
+  struct rb_call *wake_next; /* the list drain_dirty took (owns its references) */
+  struct lws *wsi;           /* NULL once the connection is gone */
+  struct rb_conn *conn;      /* set while conn->call == this call */
 };
 
 enum rb_conn_state {
@@ -78,7 +94,13 @@ enum rb_conn_state {
   RB_CONN_WS_CLOSING,
 };
 
-/* Per-connection state (lws per-session user data, zeroed by lws). */
+/* Per-connection state (lws per-session user data, zeroed by lws). lws
+ * frees it after LWS_CALLBACK_CLOSED(_HTTP) / HTTP_DROP_PROTOCOL, each of
+ * which releases it (conn_release in server.c): by then the call must no
+ * longer point here, which rb_conn_detach sees to. A connection holds at
+ * most one call at a time: a keep-alive connection detaches the call of a
+ * request (transaction_done, or the next request's headers) before it
+ * starts the next. */
 struct rb_conn {
   enum rb_conn_state state;
   struct ana_restbridge *bridge;
@@ -144,8 +166,9 @@ struct ana_restbridge {
 /* --- bridge (server.c) --- */
 void rb_bridge_ref(struct ana_restbridge *b);
 void rb_bridge_unref(struct ana_restbridge *b);
-/* Puts the call on the dirty list and wakes the lws thread; any thread.
- * Takes mu of the call itself. */
+/* Puts the call on the dirty list (taking the list's reference) and wakes
+ * the lws thread unless a wake is already pending; any thread. Caller holds
+ * a reference of its own; does not take the call's mu. */
 void rb_call_wake(struct rb_call *c);
 
 /* --- calls (call.c) --- */

@@ -39,33 +39,46 @@ void rb_bridge_unref(struct ana_restbridge *b) {
 void rb_call_wake(struct rb_call *c) {
   struct ana_restbridge *b = c->bridge;
   pthread_mutex_lock(&b->mu);
-  if (b->ctx_live) {
-    if (!c->dirty) {
-      c->dirty = true;
-      atomic_fetch_add(&c->refs, 1);
-      c->dirty_next = b->dirty;
-      b->dirty = c;
-    }
-    lws_cancel_service(b->ctx); /* the one lws call allowed off its thread */
+  if (b->ctx_live && !c->dirty) {
+    /* A non-empty list has a wake pending whose drain has not taken the
+     * list yet (it takes it under mu), so only the first call needs one:
+     * at 100 subscribers x 1,000 events/s that is most of the syscalls. */
+    bool wake_pending = b->dirty != NULL;
+    c->dirty = true;
+    atomic_fetch_add(&c->refs, 1); /* the list's reference */
+    c->dirty_next = b->dirty;
+    b->dirty = c;
+    if (!wake_pending)
+      lws_cancel_service(b->ctx); /* the one lws call allowed off its thread */
   }
   pthread_mutex_unlock(&b->mu);
 }
 
+/* Takes the whole dirty list, relinked through wake_next. Once `dirty` is
+ * cleared, rb_call_wake may put a call back on the bridge's list at once,
+ * rewriting its dirty_next (and taking another reference): walking
+ * dirty_next after the unlock would then jump into the new list, skip the
+ * rest of this one and drop references it does not own. */
 static struct rb_call *take_dirty(struct ana_restbridge *b) {
   pthread_mutex_lock(&b->mu);
   struct rb_call *list = b->dirty;
   b->dirty = NULL;
-  for (struct rb_call *c = list; c; c = c->dirty_next)
+  for (struct rb_call *c = list; c; c = c->dirty_next) {
     c->dirty = false;
+    c->wake_next = c->dirty_next;
+  }
   pthread_mutex_unlock(&b->mu);
   return list;
 }
 
+/* Handles the wakes of the calls on the dirty list; each entry comes with
+ * the list's reference, dropped here. lws thread. */
 static void drain_dirty(struct ana_restbridge *b) {
   struct rb_call *c = take_dirty(b);
   while (c) {
-    struct rb_call *next = c->dirty_next;
-    if (c->conn) {
+    struct rb_call *next = c->wake_next;
+    c->wake_next = NULL;
+    if (c->conn) { /* still that connection's call */
       if (c->websocket)
         rb_ws_on_wake(c->conn);
       else
@@ -325,7 +338,7 @@ int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms) {
   lws_context_destroy(b->ctx);
   b->ctx = NULL;
   for (struct rb_call *c = take_dirty(b), *next; c; c = next) {
-    next = c->dirty_next;
+    next = c->wake_next;
     rb_call_unref(c);
   }
   if (rc < 0)

@@ -5,8 +5,10 @@
 #include "ana_config.h"
 #include "ana_grpc_server.h"
 #include "ana_log.h"
+#include "ana_metric_streams.h"
 #include "ana_realtime.h"
 #include "ana_restbridge.h"
+#include "ana_rollup.h"
 #include "ana_services.h"
 #include "ana_store.h"
 #include "ana_workers.h"
@@ -127,6 +129,8 @@ int main(int argc, char **argv) {
   struct ana_workers *workers = NULL;
   static struct health_state health; /* read by the bridge thread until it stops */
   struct ana_realtime *realtime = NULL;
+  struct ana_metric_streams *metric_streams = NULL;
+  struct ana_rollups *rollups = NULL;
   if (make_dirs(cfg.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.data_dir, strerror(errno));
     goto out;
@@ -193,12 +197,21 @@ int main(int argc, char **argv) {
     ANA_ERROR("main", "cannot open the catalog: %s", err.message);
     goto out;
   }
+  /* Metric rollups follow the commit sequence on their own thread; the
+   * hook only wakes it. */
+  rollups = ana_rollup_create(db, store_ops, store, &(struct ana_rollup_options){0}, &err);
+  if (!rollups || ana_committer_subscribe(committer, ana_rollup_on_commit, rollups) < 0) {
+    ANA_ERROR("main", "cannot start the metric rollups: %s",
+              rollups ? "too many commit hooks" : err.message);
+    goto out;
+  }
   struct ana_metric_service_options mopts = {
       .catalog_ops = catalog_ops,
       .catalog = catalog,
       .store_ops = store_ops,
       .store = store,
       .workers = workers,
+      .rollups = rollups,
   };
   ana_metric_service_bind(&mopts);
 
@@ -215,6 +228,22 @@ int main(int argc, char **argv) {
     goto out;
   }
   ana_realtime_service_bind(realtime);
+  /* Live metric streams: their own hook, pushing through the hub. */
+  struct ana_metric_streams_options msopts = {
+      .hub = realtime,
+      .store_ops = store_ops,
+      .store = store,
+      .interval_ms = cfg.metric_stream_interval_ms,
+      .history_buckets = cfg.metric_stream_history,
+  };
+  metric_streams = ana_metric_streams_create(&msopts, &err);
+  if (!metric_streams ||
+      ana_committer_subscribe(committer, ana_metric_streams_on_commit, metric_streams) < 0) {
+    ANA_ERROR("main", "cannot start the live metric streams: %s",
+              metric_streams ? "too many commit hooks" : err.message);
+    goto out;
+  }
+  ana_metric_service_bind_streams(metric_streams, realtime);
 
   struct ana_grpc_server_options opts = {
       .host = cfg.grpc_host,
@@ -282,8 +311,11 @@ out:
   /* After the transports: in-flight calls were waiting for these. */
   ana_committer_destroy(committer);
   /* After the committer: its last commits still reach the hook. */
+  ana_metric_streams_destroy(metric_streams); /* pushes through the hub: first */
   ana_realtime_destroy(realtime);
   ana_workers_destroy(workers);
+  /* After the workers (queries) and the committer (its hook). */
+  ana_rollup_destroy(rollups);
   if (catalog)
     catalog_ops->close(catalog);
   if (store)

@@ -52,6 +52,14 @@ struct analytics_config {
   analytics_options_t o;
 };
 
+/* A server stream in progress, listed on its client so that
+ * analytics_client_cancel_streams can reach it from another thread. */
+struct analytics_open_stream {
+  struct ana_client_stream *s; /* borrowed: the streaming call owns it */
+  bool cancelled;
+  struct analytics_open_stream *next;
+};
+
 struct analytics_client {
   struct analytics_config cfg;
   struct ana_client_channel *channel;
@@ -71,6 +79,7 @@ struct analytics_client {
   uint64_t inflight;
   uint64_t rnd_state;
   analytics_stats_t st;
+  struct analytics_open_stream *streams; /* streams in progress */
 };
 
 /* Clock helpers, in milliseconds. */

@@ -522,6 +522,66 @@ static int on_stream_message(const ProtobufCMessage *msg, void *arg) {
   return stop;
 }
 
+/* Opens m, lists the stream on the client for analytics_client_cancel_streams,
+ * hands each message to s, and ends it. Returns 0 (ended with OK, stopped by
+ * the callback, or cancelled) or a negative ana_err with aerr filled. */
+static int run_stream(analytics_client_t *c, const struct ana_method *m,
+                      const ProtobufCMessage *req, struct stream_ctx *s,
+                      const struct ana_call_options *opts, struct ana_error *aerr) {
+  struct analytics_open_stream node = {0}, **pp;
+  ProtobufCMessage *msg = NULL;
+  bool stopped = false;
+  int rc, frc;
+
+  node.s = ana_client_server_stream_open(c->channel, m, req, opts, aerr);
+  if (!node.s)
+    return aerr->code == ANA_STATUS_RESOURCE_EXHAUSTED ? ANA_ERR_NOMEM : ANA_ERR_INVALID;
+  pthread_mutex_lock(&c->mu);
+  node.next = c->streams;
+  c->streams = &node;
+  pthread_mutex_unlock(&c->mu);
+  for (;;) {
+    rc = ana_client_stream_recv(node.s, &msg, aerr);
+    if (rc <= 0)
+      break;
+    stopped = on_stream_message(msg, s) != 0;
+    protobuf_c_message_free_unpacked(msg, NULL);
+    if (stopped) {
+      ana_client_stream_cancel(node.s);
+      break;
+    }
+  }
+  pthread_mutex_lock(&c->mu);
+  for (pp = &c->streams; *pp; pp = &(*pp)->next)
+    if (*pp == &node) {
+      *pp = node.next;
+      break;
+    }
+  stopped = stopped || node.cancelled;
+  pthread_mutex_unlock(&c->mu);
+  /* recv already reported how the stream ended, or it was stopped. */
+  frc = ana_client_stream_finish(node.s, rc < 0 || stopped ? NULL : aerr);
+  if (stopped)
+    return 0;
+  return rc < 0 ? rc : frc;
+}
+
+int analytics_client_cancel_streams(analytics_client_t *c) {
+  int n = 0;
+
+  if (!c)
+    return ANALYTICS_ERR_INVALID;
+  pthread_mutex_lock(&c->mu);
+  for (struct analytics_open_stream *o = c->streams; o; o = o->next)
+    if (!o->cancelled) {
+      o->cancelled = true;
+      ana_client_stream_cancel(o->s);
+      n++;
+    }
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
+
 /* Runs server-streaming method m with the request as JSON (stolen). */
 static int stream_value(analytics_client_t *c, const struct ana_method *m, json_t *req_json,
                         analytics_stream_fn fn, void *ctx, analytics_error_t *err) {
@@ -552,7 +612,7 @@ static int stream_value(analytics_client_t *c, const struct ana_method *m, json_
   }
   analytics_call_options(c, &opts);
   opts.timeout_ms = 0; /* a stream lasts as long as the caller wants */
-  rc = ana_client_server_stream(c->channel, m, req, on_stream_message, &s, &opts, &aerr);
+  rc = run_stream(c, m, req, &s, &opts, &aerr);
   if (s.rc < 0)
     rc = analytics_fail(err, s.rc, ANALYTICS_STATUS_INTERNAL, "a stream message cannot be "
                                                              "written as JSON");
@@ -584,6 +644,25 @@ int analytics_stream_analytics(analytics_client_t *c, const analytics_stream_fil
   }
   return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS), o,
                       on_update, ctx, err);
+}
+
+int analytics_stream_call(analytics_client_t *c, const char *method, const char *request_json,
+                          analytics_stream_fn on_message, void *ctx, analytics_error_t *err) {
+  const struct ana_method *m = method ? ana_method_find(method) : NULL;
+  json_error_t jerr;
+  json_t *req;
+
+  if (!m)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "unknown method %s", method ? method : "(null)");
+  if (m->kind != ANA_METHOD_SERVER_STREAMING)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "%s is not a server-streaming method", method);
+  req = request_json ? json_loads(request_json, 0, &jerr) : json_object();
+  if (!req)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "request: %s", jerr.text);
+  return stream_value(c, m, req, on_message, ctx, err);
 }
 
 /* --- Other --- */

@@ -27,6 +27,58 @@ analytics_event_t *analytics_event_new(const char *event_type, const char *event
   return ev;
 }
 
+analytics_event_t *analytics_event_new_from_json(const char *json, analytics_error_t *err) {
+  Analytics__V1__Event e = ANALYTICS__V1__EVENT__INIT;
+  analytics_event_t *ev = NULL;
+  struct ana_arena arena;
+  struct ana_error aerr;
+  json_error_t jerr;
+  json_t *obj = NULL;
+  char path[256];
+
+  ana_arena_init(&arena, 0, 0);
+  if (!json) {
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                   "json is required");
+    goto out;
+  }
+  obj = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
+  if (!obj) {
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                   "%s (column %d)", jerr.text, jerr.column);
+    goto out;
+  }
+  if (!json_is_object(obj)) {
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                   "an event is a JSON object");
+    goto out;
+  }
+  /* The codec checks names and types now, so a bad line is reported by the
+   * caller instead of failing a whole batch later. */
+  if (ana_json_decode_value(&e.base, obj, &arena, NULL, &aerr, path, sizeof path) < 0) {
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT, "%s",
+                   aerr.message);
+    goto out;
+  }
+  if (!e.event_type || !e.event_type[0] || !e.event_name || !e.event_name[0]) {
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                   "%s is required", !e.event_type || !e.event_type[0] ? "eventType" : "eventName");
+    goto out;
+  }
+  ev = calloc(1, sizeof *ev);
+  if (!ev) {
+    analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  ev->obj = obj;
+  obj = NULL;
+  analytics_clear(err);
+out:
+  json_decref(obj);
+  ana_arena_fini(&arena);
+  return ev;
+}
+
 void analytics_event_destroy(analytics_event_t *ev) {
   if (!ev)
     return;
@@ -206,6 +258,12 @@ int analytics_event_build(const analytics_event_t *ev, struct ana_arena *arena,
       return analytics_fail(err, ANALYTICS_ERR_INTERNAL, ANALYTICS_STATUS_INTERNAL,
                             "no randomness for an event id");
     e->event_id = id;
+  }
+  /* A timestamp given in the event's JSON (analytics_event_new_from_json)
+   * is kept unless analytics_event_set_timestamp_ms replaced it. */
+  if (e->timestamp && !ev->has_ts) {
+    *out = &e->base;
+    return 0;
   }
   ms = ev->has_ts ? ev->ts_ms : analytics_wall_ms();
   google__protobuf__timestamp__init(ts);

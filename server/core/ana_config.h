@@ -39,6 +39,8 @@ struct ana_config {
   int stream_buffer_size;     /* messages buffered per real-time subscriber */
   int realtime_aggregate_interval_ms; /* REALTIME_AGGREGATE_INTERVAL */
   int realtime_slow_consumer_ms;      /* REALTIME_SLOW_CONSUMER_MS */
+  int metric_stream_interval_ms;      /* METRIC_STREAM_INTERVAL: 0 = every commit */
+  int metric_stream_history;          /* METRIC_STREAM_HISTORY: closed buckets kept per stream */
 
   enum ana_log_level log_level;
   int shutdown_grace_ms;

@@ -154,6 +154,15 @@ static const struct var vars[] = {
              "full) this long is ended with RESOURCE_EXHAUSTED (a WebSocket closes with 1008 and "
              "the reason).",
      FIELD(realtime_slow_consumer_ms)},
+    {.name = "METRIC_STREAM_INTERVAL", .type = VAR_DURATION, .def = "250", .min = 0,
+     .max = 60000,
+     .help = "A live metric stream (StreamMetric, /ws/metrics/{id}) sends at most one update per "
+             "group this often, with the latest value; 0 sends one after each commit.",
+     FIELD(metric_stream_interval_ms)},
+    {.name = "METRIC_STREAM_HISTORY", .type = VAR_INT, .def = "60", .min = 1, .max = 10000,
+     .help = "Closed buckets whose final values each live metric stream keeps in memory for "
+             "clients that resume (afterSequence); older ones are recomputed from the events.",
+     FIELD(metric_stream_history)},
     {.name = "STREAM_SEND_QUEUE_MAX", .type = VAR_INT, .def = "256", .min = 1,
      .max = 1000000, .help = "Most messages queued for sending on one outbound stream.",
      FIELD(stream_send_queue_max)},

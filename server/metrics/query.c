@@ -1,10 +1,13 @@
-/* Metric queries over raw events: one scan of the range (and of the
- * previous period), per-group and per-bucket accumulators for every term of
- * the formula, then the formula per bucket, the summary, the total, the
- * change, and top-N groups with the rest folded into "other". */
+/* Metric queries: per-group and per-bucket accumulators for every term of
+ * the formula, fed by raw events (one scan of the range and of the previous
+ * period) or by rollup cells (rollup.c), then the formula per bucket, the
+ * summary, the total, the change, and top-N groups with the rest folded into
+ * "other". The same accumulators, in sketch form, are the rollup cells. */
 #include "ana_metric_query.h"
 
 #include "ana_alloc.h"
+#include "ana_sketch.h"
+#include "metric_internal.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -13,7 +16,7 @@
 #include <string.h>
 
 #define MAX_DIMENSIONS 16
-#define KEY_MAX 1024
+#define KEY_MAX ANA_MQ_KEY_MAX
 
 /* ------------------------------------------------------------------ */
 /* field access */
@@ -138,16 +141,28 @@ static int hashset_add(struct hashset *h, uint64_t x) {
   return 0;
 }
 
+/* One term's aggregates. Exact form (raw path): distinct hashes and every
+ * value. Sketch form (rollups): hll and dd, allocated on first use. */
 struct acc {
   double count, sum, min, max;
   struct hashset distinct;
   double *values;
   size_t n_values, cap_values;
+  struct ana_hll *hll;
+  struct ana_ddsketch *dd;
+};
+
+struct ana_mq_cell {
+  struct acc accs[1]; /* n_terms */
 };
 
 static void acc_fini(struct acc *a) {
   ana_free(a->distinct.slots);
   ana_free(a->values);
+  ana_free(a->hll);
+  if (a->dd)
+    ana_dds_fini(a->dd);
+  ana_free(a->dd);
 }
 
 static int acc_add_value(struct acc *a, double x) {
@@ -163,22 +178,49 @@ static int acc_add_value(struct acc *a, double x) {
   return 0;
 }
 
-static int acc_merge(struct acc *into, const struct acc *from) {
-  if (from->count > 0) {
-    if (into->count == 0 || from->min < into->min)
-      into->min = from->min;
-    if (into->count == 0 || from->max > into->max)
-      into->max = from->max;
+static struct ana_hll *acc_hll(struct acc *a) {
+  if (!a->hll)
+    a->hll = ana_calloc(1, sizeof *a->hll);
+  return a->hll;
+}
+
+static struct ana_ddsketch *acc_dd(struct acc *a) {
+  if (!a->dd)
+    a->dd = ana_calloc(1, sizeof *a->dd);
+  return a->dd;
+}
+
+static void acc_merge_scalars(struct acc *into, double count, double sum, double min, double max) {
+  if (count > 0) {
+    if (into->count == 0 || min < into->min)
+      into->min = min;
+    if (into->count == 0 || max > into->max)
+      into->max = max;
   }
-  into->count += from->count;
-  into->sum += from->sum;
+  into->count += count;
+  into->sum += sum;
+}
+
+static int acc_merge(struct acc *into, const struct acc *from) {
+  acc_merge_scalars(into, from->count, from->sum, from->min, from->max);
   for (size_t i = 0; i < from->distinct.cap; i++)
     if (from->distinct.slots[i] && hashset_add(&into->distinct, from->distinct.slots[i]) < 0)
       return ANA_ERR_NOMEM;
   for (size_t i = 0; i < from->n_values; i++)
     if (acc_add_value(into, from->values[i]) < 0)
       return ANA_ERR_NOMEM;
+  if (from->hll) {
+    if (!acc_hll(into))
+      return ANA_ERR_NOMEM;
+    ana_hll_merge(into->hll, from->hll);
+  }
+  if (from->dd && (!acc_dd(into) || ana_dds_merge(into->dd, from->dd) < 0))
+    return ANA_ERR_NOMEM;
   return 0;
+}
+
+static bool acc_has_values(const struct acc *a) {
+  return a->n_values > 0 || (a->dd && a->dd->count > 0);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -186,8 +228,10 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* Exact percentile (nearest rank) of the values. */
+/* Percentile (nearest rank): exact over the values, or from the sketch. */
 static double percentile(struct acc *a, double p) {
+  if (a->dd)
+    return ana_dds_percentile(a->dd, p);
   if (a->n_values == 0)
     return NAN;
   qsort(a->values, a->n_values, sizeof *a->values, cmp_double);
@@ -202,7 +246,7 @@ static double acc_value(struct acc *a, enum ana_agg_fn fn) {
   case ANA_AGG_AVG: return a->count > 0 ? a->sum / a->count : NAN;
   case ANA_AGG_MIN: return a->count > 0 ? a->min : NAN;
   case ANA_AGG_MAX: return a->count > 0 ? a->max : NAN;
-  case ANA_AGG_UNIQ: return (double)a->distinct.len;
+  case ANA_AGG_UNIQ: return a->hll ? ana_hll_estimate(a->hll) : (double)a->distinct.len;
   case ANA_AGG_P50: return percentile(a, 50);
   case ANA_AGG_P90: return percentile(a, 90);
   case ANA_AGG_P95: return percentile(a, 95);
@@ -217,6 +261,8 @@ static double acc_value(struct acc *a, enum ana_agg_fn fn) {
 struct group {
   char *key;          /* dimension values joined by '\x1f' */
   char **values;      /* one per dimension */
+  size_t n_values;
+  uint64_t hash;      /* of the joined key */
   struct acc *buckets; /* n_buckets * n_terms */
   struct acc *total;   /* n_terms */
   struct acc *previous; /* n_terms */
@@ -224,19 +270,27 @@ struct group {
   bool has_rank;
 };
 
-struct scan {
+struct ana_mq {
   const struct ana_metric_query *q;
+  bool sketches;
   size_t n_terms;
   const struct ana_agg_term *terms[64];
   char *term_fields[64]; /* property path or top-level field, or NULL */
+  const char *names[64];
+  size_t n_names;
+  bool any;
+  json_t **filter_values;
   int64_t *starts;
   size_t n_buckets;
   size_t n_dims;
   const char *dims[MAX_DIMENSIONS];
   struct group **groups;
   size_t n_groups, cap_groups;
+  struct group **index; /* open addressing by hash; index_cap a power of two */
+  size_t index_cap;
   int rc;
   struct ana_error *err;
+  struct ana_error own_err;
 };
 
 static void group_free(struct group *g, size_t n_buckets, size_t n_terms) {
@@ -258,11 +312,12 @@ static void group_free(struct group *g, size_t n_buckets, size_t n_terms) {
   ana_free(g);
 }
 
-static struct group *group_new(struct scan *s, const char *key, char *const *values) {
+static struct group *group_new(struct ana_mq *s, const char *key, char *const *values) {
   struct group *g = ana_calloc(1, sizeof *g);
   if (!g)
     return NULL;
   g->key = ana_strdup(key);
+  g->hash = hash_text(key);
   g->values = ana_calloc(s->n_dims ? s->n_dims : 1, sizeof *g->values);
   size_t cells = s->n_buckets * s->n_terms;
   g->buckets = ana_calloc(cells ? cells : 1, sizeof *g->buckets);
@@ -273,6 +328,7 @@ static struct group *group_new(struct scan *s, const char *key, char *const *val
     return NULL;
   }
   /* values point into key: the key is the values joined. */
+  g->n_values = s->n_dims;
   char *p = g->key;
   for (size_t d = 0; d < s->n_dims; d++) {
     g->values[d] = p;
@@ -283,21 +339,49 @@ static struct group *group_new(struct scan *s, const char *key, char *const *val
   return g;
 }
 
-/* Linear probing would be faster; groups are few (top-N dashboards). */
-static struct group *find_group(struct scan *s, const char *key, char *const *values) {
-  /* Keys are compared as joined text: rebuild the joined form. */
-  for (size_t i = 0; i < s->n_groups; i++) {
-    struct group *g = s->groups[i];
-    size_t off = 0;
-    bool same = true;
-    for (size_t d = 0; d < s->n_dims && same; d++) {
-      size_t n = strlen(g->values[d]);
-      same = strncmp(key + off, g->values[d], n) == 0 &&
-             (key[off + n] == '\x1f' || key[off + n] == '\0');
-      off += n + 1;
+static bool group_is(const struct ana_mq *s, const struct group *g, const char *key) {
+  size_t off = 0;
+  for (size_t d = 0; d < s->n_dims; d++) {
+    size_t n = strlen(g->values[d]);
+    if (strncmp(key + off, g->values[d], n) != 0 ||
+        (key[off + n] != '\x1f' && key[off + n] != '\0'))
+      return false;
+    off += n + 1;
+  }
+  return true;
+}
+
+static int index_put(struct ana_mq *s, struct group *g) {
+  if ((s->n_groups + 1) * 2 > s->index_cap) {
+    size_t cap = s->index_cap ? s->index_cap * 2 : 64;
+    struct group **index = ana_calloc(cap, sizeof *index);
+    if (!index)
+      return ANA_ERR_NOMEM;
+    for (size_t i = 0; i < s->n_groups; i++) {
+      size_t j = s->groups[i]->hash & (cap - 1);
+      while (index[j])
+        j = (j + 1) & (cap - 1);
+      index[j] = s->groups[i];
     }
-    if (same)
-      return g;
+    ana_free(s->index);
+    s->index = index;
+    s->index_cap = cap;
+  }
+  size_t j = g->hash & (s->index_cap - 1);
+  while (s->index[j])
+    j = (j + 1) & (s->index_cap - 1);
+  s->index[j] = g;
+  return 0;
+}
+
+/* The group of the key (the values joined by '\x1f'), created on first
+ * sight; NULL with s->rc set when there are too many or out of memory. */
+static struct group *find_group(struct ana_mq *s, const char *key, char *const *values) {
+  uint64_t h = hash_text(key);
+  if (s->index_cap) {
+    for (size_t j = h & (s->index_cap - 1); s->index[j]; j = (j + 1) & (s->index_cap - 1))
+      if (s->index[j]->hash == h && group_is(s, s->index[j], key))
+        return s->index[j];
   }
   if (s->n_groups == ANA_METRIC_MAX_GROUPS) {
     s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED,
@@ -310,14 +394,20 @@ static struct group *find_group(struct scan *s, const char *key, char *const *va
     size_t cap = s->cap_groups ? s->cap_groups * 2 : 16;
     struct group **gs = ana_realloc(s->groups, cap * sizeof *gs);
     if (!gs)
-      return NULL;
+      goto nomem;
     s->groups = gs;
     s->cap_groups = cap;
   }
   struct group *g = group_new(s, key, values);
-  if (g)
-    s->groups[s->n_groups++] = g;
+  if (!g || index_put(s, g) < 0) {
+    group_free(g, s->n_buckets, s->n_terms);
+    goto nomem;
+  }
+  s->groups[s->n_groups++] = g;
   return g;
+nomem:
+  s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -389,104 +479,272 @@ static bool filter_matches(struct row *r, const Analytics__V1__MetricFilter *f, 
 }
 
 /* ------------------------------------------------------------------ */
-/* the scan */
+/* events */
 
-struct scan_ctx {
-  struct scan *s;
-  json_t **filter_values;
-  int64_t previous_from;
-};
+/* Whether ev is read at all: its name is one the formula reads. */
+static bool wanted(const struct ana_mq *s, const char *name) {
+  if (s->any)
+    return true;
+  for (size_t i = 0; i < s->n_names; i++)
+    if (strcmp(s->names[i], name) == 0)
+      return true;
+  return false;
+}
 
-static int on_event(void *ctx, const struct ana_scanned_event *ev) {
-  struct scan_ctx *c = ctx;
-  struct scan *s = c->s;
-  const struct ana_metric_query *q = s->q;
-  struct row r = {ev, NULL, false};
-  int stop = 0;
-
-  for (size_t i = 0; i < q->metric->n_filters; i++) {
-    if (!filter_matches(&r, q->metric->filters[i], c->filter_values[i]))
-      goto out;
-  }
-  /* The group: the dimension values (missing ones as ""). */
-  char key[KEY_MAX];
-  char *values[MAX_DIMENSIONS];
-  char valbuf[MAX_DIMENSIONS][128];
+/* Filters, then the group key (dimension values, missing ones as "").
+ * Returns true when the event passes. */
+static bool row_group(struct ana_mq *s, struct row *r, char *key, char **values,
+                      char (*valbuf)[128]) {
+  for (size_t i = 0; i < s->q->metric->n_filters; i++)
+    if (!filter_matches(r, s->q->metric->filters[i], s->filter_values[i]))
+      return false;
   size_t off = 0;
   for (size_t d = 0; d < s->n_dims; d++) {
     struct value v;
-    read_field(&r, s->dims[d], &v);
-    snprintf(valbuf[d], sizeof valbuf[d], "%s", v.present ? v.text : "");
+    read_field(r, s->dims[d], &v);
+    snprintf(valbuf[d], 128, "%s", v.present ? v.text : "");
     values[d] = valbuf[d];
-    off += (size_t)snprintf(key + off, sizeof key - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
-    if (off >= sizeof key)
-      off = sizeof key - 1;
+    off += (size_t)snprintf(key + off, KEY_MAX - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
+    if (off >= KEY_MAX)
+      off = KEY_MAX - 1;
   }
   key[off] = '\0';
-  for (size_t i = 0; i < q->n_dimension_filters; i++) {
+  return true;
+}
+
+/* Whether the query's dimensionFilter keeps the group. */
+static bool dimension_kept(const struct ana_mq *s, char *const *values) {
+  const struct ana_metric_query *q = s->q;
+  for (size_t i = 0; i < q->n_dimension_filters; i++)
     for (size_t d = 0; d < s->n_dims; d++)
       if (strcmp(s->dims[d], q->dimension_keys[i]) == 0 &&
           strcmp(values[d], q->dimension_values[i]) != 0)
-        goto out;
-  }
-  struct group *g = find_group(s, key, values);
-  if (!g) {
-    if (!s->rc)
-      s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    stop = 1;
-    goto out;
-  }
-  bool previous = ev->timestamp_ms < q->from_ms;
-  size_t b = previous ? s->n_buckets
-                      : ana_bucket_index(s->starts, s->n_buckets, q->to_ms, ev->timestamp_ms);
+        return false;
+  return true;
+}
+
+/* Adds the event's value of every term to the accumulator arrays (each
+ * n_terms long; NULL entries skipped). */
+static int row_add(struct ana_mq *s, struct row *r, struct acc **targets, size_t n_targets) {
+  const struct ana_scanned_event *ev = r->ev;
   for (size_t t = 0; t < s->n_terms; t++) {
     const struct ana_agg_term *term = s->terms[t];
     if (term->event_name && strcmp(term->event_name, ev->event_name) != 0)
       continue;
     struct value v = {0};
     if (s->term_fields[t]) {
-      read_field(&r, s->term_fields[t], &v);
+      read_field(r, s->term_fields[t], &v);
       if (!v.present)
         continue;
     }
     bool numeric = term->fn != ANA_AGG_COUNT && term->fn != ANA_AGG_UNIQ;
     if (numeric && !v.is_number)
       continue;
-    struct acc *targets[2] = {previous ? &g->previous[t] : &g->total[t],
-                              !previous && b < s->n_buckets ? &g->buckets[b * s->n_terms + t]
-                                                            : NULL};
-    for (int k = 0; k < 2; k++) {
-      struct acc *a = targets[k];
-      if (!a)
+    for (size_t k = 0; k < n_targets; k++) {
+      if (!targets[k])
         continue;
+      struct acc *a = &targets[k][t];
       if (numeric) {
         if (a->count == 0 || v.number < a->min)
           a->min = v.number;
         if (a->count == 0 || v.number > a->max)
           a->max = v.number;
         a->sum += v.number;
-        if (term->fn >= ANA_AGG_P50 && acc_add_value(a, v.number) < 0)
-          goto nomem;
+        if (term->fn >= ANA_AGG_P50) {
+          if (s->sketches ? !acc_dd(a) || ana_dds_add(a->dd, v.number) < 0
+                          : acc_add_value(a, v.number) < 0)
+            return ANA_ERR_NOMEM;
+        }
       } else if (term->fn == ANA_AGG_UNIQ) {
-        if (hashset_add(&a->distinct, hash_text(v.text)) < 0)
-          goto nomem;
+        if (s->sketches) {
+          if (!acc_hll(a))
+            return ANA_ERR_NOMEM;
+          ana_hll_add_hash(a->hll, ana_hll_hash_text(v.text));
+        } else if (hashset_add(&a->distinct, hash_text(v.text)) < 0) {
+          return ANA_ERR_NOMEM;
+        }
       }
       a->count++;
     }
   }
-  goto out;
-nomem:
-  s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  stop = 1;
+  return 0;
+}
+
+int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
+  const struct ana_metric_query *q = s->q;
+  struct row r = {ev, NULL, false};
+  char key[KEY_MAX];
+  char *values[MAX_DIMENSIONS];
+  char valbuf[MAX_DIMENSIONS][128];
+  if (!wanted(s, ev->event_name) || !row_group(s, &r, key, values, valbuf) ||
+      !dimension_kept(s, values))
+    goto out;
+  struct group *g = find_group(s, key, values);
+  if (!g)
+    goto out;
+  bool previous = ev->timestamp_ms < q->from_ms;
+  size_t b = previous ? s->n_buckets
+                      : ana_bucket_index(s->starts, s->n_buckets, q->to_ms, ev->timestamp_ms);
+  struct acc *targets[2] = {previous ? g->previous : g->total,
+                            !previous && b < s->n_buckets ? &g->buckets[b * s->n_terms] : NULL};
+  if (row_add(s, &r, targets, 2) < 0)
+    s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
 out:
   json_decref(r.props);
-  return stop;
+  return s->rc;
+}
+
+int ana_mq_feed_cells(struct ana_mq *s, const struct ana_scanned_event *ev,
+                      ana_mq_cells_fn cells_fn, void *ctx) {
+  struct row r = {ev, NULL, false};
+  char key[KEY_MAX];
+  char *values[MAX_DIMENSIONS];
+  char valbuf[MAX_DIMENSIONS][128];
+  int rc = 0;
+  if (!wanted(s, ev->event_name) || !row_group(s, &r, key, values, valbuf))
+    goto out;
+  struct ana_mq_cell *cells[8];
+  rc = cells_fn(ctx, key, cells, 8);
+  if (rc < 0)
+    goto out;
+  struct acc *targets[8];
+  for (int i = 0; i < rc; i++)
+    targets[i] = cells[i]->accs;
+  rc = row_add(s, &r, targets, (size_t)rc);
+out:
+  json_decref(r.props);
+  return rc < 0 ? rc : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* cells */
+
+struct ana_mq_cell *ana_mq_cell_new(const struct ana_mq *s) {
+  return ana_calloc(1, sizeof(struct acc) * (s->n_terms ? s->n_terms : 1));
+}
+
+void ana_mq_cell_free(const struct ana_mq *s, struct ana_mq_cell *c) {
+  if (!c)
+    return;
+  for (size_t t = 0; t < s->n_terms; t++)
+    acc_fini(&c->accs[t]);
+  ana_free(c);
+}
+
+/* Per term: a flags byte (1 = has scalars, 2 = HyperLogLog, 4 = DDSketch),
+ * then count, sum, min, max as 8-byte doubles, then the sketches. */
+static int accs_encode(const struct acc *accs, size_t n, uint8_t **buf, size_t *len,
+                       size_t *cap) {
+  for (size_t t = 0; t < n; t++) {
+    const struct acc *a = &accs[t];
+    uint8_t flags = (a->count > 0 ? 1 : 0) | (a->hll ? 2 : 0) | (a->dd ? 4 : 0);
+    size_t need = 1 + 32 + (a->hll ? ANA_HLL_MAX_ENCODED : 0);
+    if (*len + need > *cap) {
+      size_t ncap = *cap ? *cap * 2 : 256;
+      while (ncap < *len + need)
+        ncap *= 2;
+      uint8_t *b = ana_realloc(*buf, ncap);
+      if (!b)
+        return ANA_ERR_NOMEM;
+      *buf = b;
+      *cap = ncap;
+    }
+    (*buf)[(*len)++] = flags;
+    if (flags & 1) {
+      double d[4] = {a->count, a->sum, a->min, a->max};
+      memcpy(*buf + *len, d, sizeof d);
+      *len += sizeof d;
+    }
+    if (a->hll)
+      *len += ana_hll_encode(a->hll, *buf + *len);
+    if (a->dd && ana_dds_encode(a->dd, buf, len, cap) < 0)
+      return ANA_ERR_NOMEM;
+  }
+  return 0;
+}
+
+static int accs_merge_encoded(struct acc *accs, size_t n, const uint8_t *in, size_t len) {
+  size_t p = 0;
+  for (size_t t = 0; t < n; t++) {
+    struct acc *a = &accs[t];
+    if (p >= len)
+      return ANA_ERR_INVALID;
+    uint8_t flags = in[p++];
+    if (flags & 1) {
+      double d[4];
+      if (p + sizeof d > len)
+        return ANA_ERR_INVALID;
+      memcpy(d, in + p, sizeof d);
+      p += sizeof d;
+      acc_merge_scalars(a, d[0], d[1], d[2], d[3]);
+    }
+    long k;
+    if (flags & 2) {
+      if (!acc_hll(a))
+        return ANA_ERR_NOMEM;
+      if ((k = ana_hll_decode_merge(a->hll, in + p, len - p)) < 0)
+        return ANA_ERR_INVALID;
+      p += (size_t)k;
+    }
+    if (flags & 4) {
+      if (!acc_dd(a))
+        return ANA_ERR_NOMEM;
+      if ((k = ana_dds_decode_merge(a->dd, in + p, len - p)) < 0)
+        return ANA_ERR_INVALID;
+      p += (size_t)k;
+    }
+  }
+  return p == len ? 0 : ANA_ERR_INVALID;
+}
+
+int ana_mq_cell_encode(const struct ana_mq *s, const struct ana_mq_cell *c, uint8_t **buf,
+                       size_t *len, size_t *cap) {
+  return accs_encode(c->accs, s->n_terms, buf, len, cap);
+}
+
+int ana_mq_cell_merge_encoded(const struct ana_mq *s, struct ana_mq_cell *c, const uint8_t *blob,
+                              size_t len) {
+  return accs_merge_encoded(c->accs, s->n_terms, blob, len);
+}
+
+int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
+                    const uint8_t *blob, size_t len) {
+  const struct ana_metric_query *q = s->q;
+  char valbuf[KEY_MAX];
+  char *values[MAX_DIMENSIONS];
+  snprintf(valbuf, sizeof valbuf, "%s", group_key);
+  char *p = valbuf;
+  for (size_t d = 0; d < s->n_dims; d++) {
+    values[d] = p;
+    p += strcspn(p, "\x1f");
+    if (*p)
+      *p++ = '\0';
+  }
+  if (!dimension_kept(s, values))
+    return 0;
+  struct group *g = find_group(s, group_key, values);
+  if (!g)
+    return s->rc;
+  int rc;
+  if (start_ms < q->from_ms) {
+    rc = accs_merge_encoded(g->previous, s->n_terms, blob, len);
+  } else {
+    size_t b = ana_bucket_index(s->starts, s->n_buckets, q->to_ms, start_ms);
+    rc = accs_merge_encoded(g->total, s->n_terms, blob, len);
+    if (rc == 0 && b < s->n_buckets)
+      rc = accs_merge_encoded(&g->buckets[b * s->n_terms], s->n_terms, blob, len);
+  }
+  if (rc == ANA_ERR_NOMEM)
+    s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  else if (rc < 0)
+    s->rc = ana_error_set(s->err, ANA_STATUS_DATA_LOSS, "metric rollups: a cell is malformed");
+  return s->rc;
 }
 
 /* ------------------------------------------------------------------ */
 /* answers */
 
-static bool eval(const struct scan *s, struct acc *accs, double *out) {
+static bool eval(const struct ana_mq *s, struct acc *accs, double *out) {
   double values[64];
   for (size_t t = 0; t < s->n_terms; t++)
     values[t] = acc_value(&accs[t], s->terms[t]->fn);
@@ -524,7 +782,14 @@ static int rank_cmp(const void *pa, const void *pb) {
     return a->has_rank ? -1 : 1;
   if (a->has_rank && a->rank != b->rank)
     return a->rank > b->rank ? -1 : 1;
-  return strcmp(a->key, b->key);
+  /* Ties by the dimension values, all of them: an order that does not
+   * depend on the order groups were seen in. */
+  for (size_t d = 0; d < a->n_values; d++) {
+    int c = strcmp(a->values[d], b->values[d]);
+    if (c)
+      return c;
+  }
+  return 0;
 }
 
 /* The summary: the metric's aggregation over the non-empty bucket values. */
@@ -562,7 +827,7 @@ static bool summarise(const char *aggregation, const double *v, const bool *ok, 
   return true;
 }
 
-static Analytics__V1__MetricSeries *series_of(struct scan *s, struct group *g,
+static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
                                               struct ana_arena *a, bool other) {
   const struct ana_metric_query *q = s->q;
   Analytics__V1__MetricSeries *ser = ana_arena_alloc(a, sizeof *ser);
@@ -609,7 +874,7 @@ static Analytics__V1__MetricSeries *series_of(struct scan *s, struct group *g,
       double secs = (double)(end - s->starts[b]) / 1000.0;
       mb->rate = boxed(a, oks[b] && secs > 0, vals[b] / secs);
     }
-    if (hist_term < s->n_terms && accs[hist_term].n_values) {
+    if (hist_term < s->n_terms && acc_has_values(&accs[hist_term])) {
       static const char *const names[] = {"p50", "p90", "p95", "p99"};
       static const double ps[] = {50, 90, 95, 99};
       mb->n_percentiles = 4;
@@ -636,103 +901,160 @@ static Analytics__V1__MetricSeries *series_of(struct scan *s, struct group *g,
   return ser;
 }
 
-int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
-                         const struct ana_metric_query *q, struct ana_arena *arena,
-                         Analytics__V1__MetricData *out, struct ana_error *err) {
-  struct scan s;
-  memset(&s, 0, sizeof s);
-  s.q = q;
-  s.err = err;
-  s.n_terms = ana_formula_term_count(q->formula);
-  if (s.n_terms > 64)
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "formula: too many terms");
-  s.n_dims = q->metric->n_dimensions < MAX_DIMENSIONS ? q->metric->n_dimensions : MAX_DIMENSIONS;
-  for (size_t d = 0; d < s.n_dims; d++)
-    s.dims[d] = q->metric->dimensions[d];
+int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__MetricData *out,
+                  struct ana_error *err) {
+  const struct ana_metric_query *q = s->q;
+  int rc = s->rc;
+  if (rc < 0) {
+    if (err)
+      *err = *s->err;
+    return rc;
+  }
+  /* Rank groups by their total, keep top N, fold the rest into "other". */
+  for (size_t i = 0; i < s->n_groups; i++)
+    s->groups[i]->has_rank = eval(s, s->groups[i]->total, &s->groups[i]->rank);
+  if (s->n_groups) /* qsort must not see a NULL array, even empty */
+    qsort(s->groups, s->n_groups, sizeof *s->groups, rank_cmp);
+  size_t top = s->n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
+                         : s->n_groups;
+  struct group *other = NULL;
+  if (s->n_groups > top) {
+    other = group_new(s, "", (char *[MAX_DIMENSIONS]){0});
+    for (size_t i = top; other && i < s->n_groups && rc == 0; i++) {
+      struct group *g = s->groups[i];
+      for (size_t k = 0; k < s->n_buckets * s->n_terms && rc == 0; k++)
+        rc = acc_merge(&other->buckets[k], &g->buckets[k]);
+      for (size_t t = 0; t < s->n_terms && rc == 0; t++) {
+        rc = acc_merge(&other->total[t], &g->total[t]);
+        if (rc == 0)
+          rc = acc_merge(&other->previous[t], &g->previous[t]);
+      }
+    }
+    if (!other || rc < 0) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto out;
+    }
+  }
+  size_t shown = s->n_groups < top ? s->n_groups : top;
+  if (shown == 0 && s->n_dims == 0) {
+    /* No events at all: still one series of empty buckets. */
+    struct group *empty = find_group(s, "", (char *[MAX_DIMENSIONS]){0});
+    shown = empty ? 1 : 0;
+  }
+  out->n_series = shown + (other ? 1 : 0);
+  out->series = ana_arena_calloc(arena, out->n_series ? out->n_series : 1, sizeof *out->series);
+  for (size_t i = 0; out->series && i < shown; i++)
+    if (!(out->series[i] = series_of(s, s->groups[i], arena, false)))
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (other && out->series && rc == 0)
+    if (!(out->series[shown] = series_of(s, other, arena, true)))
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  out->from = timestamp_of(arena, q->from_ms);
+  out->to = timestamp_of(arena, q->to_ms);
+  out->interval = (char *)ana_interval_name(q->interval);
+  out->time_zone = (char *)(q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
+out:
+  group_free(other, s->n_buckets, s->n_terms);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* preparation */
+
+void ana_mq_destroy(struct ana_mq *s) {
+  if (!s)
+    return;
+  for (size_t i = 0; i < s->n_groups; i++)
+    group_free(s->groups[i], s->n_buckets, s->n_terms);
+  ana_free(s->groups);
+  ana_free(s->index);
+  for (size_t i = 0; s->filter_values && i < s->q->metric->n_filters; i++)
+    json_decref(s->filter_values[i]);
+  ana_free(s->filter_values);
+  free(s->starts);
+  ana_free(s);
+}
+
+struct ana_mq *ana_mq_create(const struct ana_metric_query *q, bool sketches,
+                             struct ana_error *err) {
+  struct ana_mq *s = ana_calloc(1, sizeof *s);
+  if (!s) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  s->q = q;
+  s->sketches = sketches;
+  s->err = &s->own_err;
+  ana_error_clear(s->err);
+  s->n_terms = ana_formula_term_count(q->formula);
+  if (s->n_terms > 64) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "formula: too many terms");
+    goto fail;
+  }
+  s->n_dims = q->metric->n_dimensions < MAX_DIMENSIONS ? q->metric->n_dimensions : MAX_DIMENSIONS;
+  for (size_t d = 0; d < s->n_dims; d++)
+    s->dims[d] = q->metric->dimensions[d];
   /* Which events to read: only the named ones, unless a term wants any. */
-  const char *names[64];
-  size_t n_names = 0;
-  bool any = false;
-  for (size_t t = 0; t < s.n_terms; t++) {
-    s.terms[t] = ana_formula_term(q->formula, t);
-    const struct ana_agg_term *term = s.terms[t];
+  for (size_t t = 0; t < s->n_terms; t++) {
+    s->terms[t] = ana_formula_term(q->formula, t);
+    const struct ana_agg_term *term = s->terms[t];
     if (term->field_kind != ANA_FIELD_NONE && term->field)
-      s.term_fields[t] = (char *)term->field;
+      s->term_fields[t] = (char *)term->field;
     if (!term->event_name) {
-      any = true;
+      s->any = true;
       continue;
     }
     bool seen = false;
-    for (size_t i = 0; i < n_names && !seen; i++)
-      seen = strcmp(names[i], term->event_name) == 0;
+    for (size_t i = 0; i < s->n_names && !seen; i++)
+      seen = strcmp(s->names[i], term->event_name) == 0;
     if (!seen)
-      names[n_names++] = term->event_name;
+      s->names[s->n_names++] = term->event_name;
   }
-  int rc = ana_buckets_make(q->from_ms, q->to_ms, q->interval, q->time_zone,
-                            ANA_METRIC_MAX_BUCKETS, &s.starts, &s.n_buckets, err);
-  if (rc < 0)
-    return rc;
-  json_t **fvals = ana_calloc(q->metric->n_filters ? q->metric->n_filters : 1, sizeof *fvals);
-  if (!fvals) {
-    free(s.starts);
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  if (q->from_ms < q->to_ms &&
+      ana_buckets_make(q->from_ms, q->to_ms, q->interval, q->time_zone, ANA_METRIC_MAX_BUCKETS,
+                       &s->starts, &s->n_buckets, err) < 0)
+    goto fail;
+  s->filter_values = ana_calloc(q->metric->n_filters ? q->metric->n_filters : 1,
+                                sizeof *s->filter_values);
+  if (!s->filter_values) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
   }
   for (size_t i = 0; i < q->metric->n_filters; i++)
-    fvals[i] = filter_value(q->metric->filters[i]->value);
-  struct scan_ctx ctx = {&s, fvals, 0};
-  int64_t span = q->to_ms - q->from_ms;
-  rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, any ? NULL : names,
-                 any ? 0 : n_names, on_event, &ctx, err);
-  if (rc == 0 && s.rc < 0)
-    rc = s.rc;
+    s->filter_values[i] = filter_value(q->metric->filters[i]->value);
+  return s;
+fail:
+  ana_mq_destroy(s);
+  return NULL;
+}
 
-  if (rc == 0) {
-    /* Rank groups by their total, keep top N, fold the rest into "other". */
-    for (size_t i = 0; i < s.n_groups; i++)
-      s.groups[i]->has_rank = eval(&s, s.groups[i]->total, &s.groups[i]->rank);
-    qsort(s.groups, s.n_groups, sizeof *s.groups, rank_cmp);
-    size_t top = s.n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
-                          : s.n_groups;
-    struct group *other = NULL;
-    if (s.n_groups > top) {
-      other = group_new(&s, "", (char *[MAX_DIMENSIONS]){0});
-      for (size_t i = top; other && i < s.n_groups; i++) {
-        struct group *g = s.groups[i];
-        for (size_t k = 0; k < s.n_buckets * s.n_terms; k++)
-          acc_merge(&other->buckets[k], &g->buckets[k]);
-        for (size_t t = 0; t < s.n_terms; t++) {
-          acc_merge(&other->total[t], &g->total[t]);
-          acc_merge(&other->previous[t], &g->previous[t]);
-        }
-      }
-    }
-    size_t shown = s.n_groups < top ? s.n_groups : top;
-    if (shown == 0 && s.n_dims == 0) {
-      /* No events at all: still one series of empty buckets. */
-      struct group *empty = find_group(&s, "", (char *[MAX_DIMENSIONS]){0});
-      shown = empty ? 1 : 0;
-    }
-    out->n_series = shown + (other ? 1 : 0);
-    out->series = ana_arena_calloc(arena, out->n_series ? out->n_series : 1, sizeof *out->series);
-    for (size_t i = 0; out->series && i < shown; i++)
-      if (!(out->series[i] = series_of(&s, s.groups[i], arena, false)))
-        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    if (other && out->series && rc == 0)
-      if (!(out->series[shown] = series_of(&s, other, arena, true)))
-        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    group_free(other, s.n_buckets, s.n_terms);
-    out->from = timestamp_of(arena, q->from_ms);
-    out->to = timestamp_of(arena, q->to_ms);
-    out->interval = (char *)ana_interval_name(q->interval);
-    out->time_zone = (char *)(q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
-  }
-  for (size_t i = 0; i < s.n_groups; i++)
-    group_free(s.groups[i], s.n_buckets, s.n_terms);
-  ana_free(s.groups);
-  for (size_t i = 0; i < q->metric->n_filters; i++)
-    json_decref(fvals[i]);
-  ana_free(fvals);
-  free(s.starts);
+const int64_t *ana_mq_bucket_starts(const struct ana_mq *s, size_t *n) {
+  *n = s->n_buckets;
+  return s->starts;
+}
+
+const char *const *ana_mq_names(const struct ana_mq *s, size_t *n, bool *any) {
+  *n = s->n_names;
+  *any = s->any;
+  return s->names;
+}
+
+static int on_event(void *ctx, const struct ana_scanned_event *ev) {
+  return ana_mq_add_event(ctx, ev) < 0;
+}
+
+int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
+                         const struct ana_metric_query *q, struct ana_arena *arena,
+                         Analytics__V1__MetricData *out, struct ana_error *err) {
+  struct ana_mq *s = ana_mq_create(q, false, err);
+  if (!s)
+    return ANA_ERR_INVALID;
+  int64_t span = q->to_ms - q->from_ms;
+  int rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms,
+                     s->any ? NULL : s->names, s->any ? 0 : s->n_names, on_event, s, err);
+  if (rc == 0)
+    rc = ana_mq_answer(s, arena, out, err);
+  ana_mq_destroy(s);
   return rc;
 }
 

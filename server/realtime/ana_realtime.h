@@ -74,6 +74,64 @@ int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
 void ana_realtime_unsubscribe(struct ana_realtime *rt, struct ana_call *call,
                               const struct ana_error *status);
 
+/* --- subscribers fed by another module (the metric streams) ---
+ *
+ * Such a subscriber has no filter: its owner pushes prebuilt messages to it,
+ * each shared by every subscriber it goes to. The hub gives it the same
+ * bounded buffer, pump and slow-consumer policy as the analytics stream,
+ * with coalescing by key: a message replaces any unsent one with the same
+ * key (it then goes out in the newer one's place, so messages still leave
+ * in the order they were pushed). A message with a new key that does not
+ * fit the buffer is not queued: the subscriber is then ended as soon as what
+ * is queued has been sent (or after slow_consumer_ms if it stays stuck),
+ * with RESOURCE_EXHAUSTED "subscriber too slow: N updates coalesced; resume
+ * with afterSequence=S", S the seq of the last message sent, so that the
+ * client can resume without a gap. */
+
+struct ana_realtime_msg;
+struct ana_realtime_sub;
+
+/* A message to push: make it with an arena of arena_size bytes (grows),
+ * build the message in that arena, then ana_realtime_msg_set. Returns NULL
+ * when out of memory. The creator holds one reference. */
+struct ana_realtime_msg *ana_realtime_msg_create(size_t arena_size);
+struct ana_arena *ana_realtime_msg_arena(struct ana_realtime_msg *m);
+/* message (borrowed from m's arena) is sent as is; key != 0 coalesces; seq
+ * is what the close reason reports as the last sent. */
+void ana_realtime_msg_set(struct ana_realtime_msg *m, const ProtobufCMessage *message,
+                          uint64_t key, uint64_t seq);
+uint64_t ana_realtime_msg_seq(const struct ana_realtime_msg *m);
+void ana_realtime_msg_ref(struct ana_realtime_msg *m);
+/* Drops a reference; NULL does nothing. */
+void ana_realtime_msg_unref(struct ana_realtime_msg *m);
+
+/* Called once, when a fed subscriber ends, before its call is finished and
+ * sub freed (hub mu not held; any thread): the owner forgets sub and must
+ * not push to it afterwards. */
+typedef void (*ana_realtime_end_fn)(void *ctx, struct ana_realtime_sub *sub);
+
+/* Makes call a fed subscriber. The hub finishes the call as for
+ * ana_realtime_subscribe (on_cancel and on_drain use
+ * ana_realtime_unsubscribe). Unlike ana_realtime_subscribe it does not look
+ * at cancellation: the owner registers sub, then calls
+ * ana_realtime_check_cancelled (on_end may run from there). Returns NULL
+ * when out of memory (the caller still owns the call). */
+struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt,
+                                                     struct ana_call *call,
+                                                     ana_realtime_end_fn on_end, void *ctx);
+
+/* Ends call's subscription with CANCELLED if the client has gone already. */
+void ana_realtime_check_cancelled(struct ana_realtime *rt, struct ana_call *call);
+
+/* Queues m for sub (takes its own reference). Returns 0, or ANA_ERR_CLOSED
+ * when sub is ending. Does not block; call ana_realtime_kick after a batch
+ * of pushes. */
+int ana_realtime_push(struct ana_realtime *rt, struct ana_realtime_sub *sub,
+                      struct ana_realtime_msg *m);
+
+/* Wakes the pump: something was pushed. */
+void ana_realtime_kick(struct ana_realtime *rt);
+
 /* Counters for tests and metrics. */
 struct ana_realtime_stats {
   uint64_t subscribers;     /* now */
@@ -81,6 +139,7 @@ struct ana_realtime_stats {
   uint64_t events_dropped;  /* event updates dropped for full buffers */
   uint64_t updates_sent;    /* handed to a transport */
   uint64_t slow_consumers;  /* finished with RESOURCE_EXHAUSTED */
+  uint64_t coalesced;       /* pushed messages replaced by a newer one while unsent */
 };
 void ana_realtime_stats(struct ana_realtime *rt, struct ana_realtime_stats *out);
 

@@ -43,6 +43,9 @@ struct rt_event {
   uint8_t *payload;
   size_t len;
   Analytics__V1__Event *ev; /* unpacked once: by the hook, or by the pump */
+  /* A prebuilt message (fed subscribers) instead of an event: */
+  const ProtobufCMessage *msg;
+  uint64_t key, seq;
 };
 
 static struct rt_event *event_new(const struct ana_event_record *r) {
@@ -67,6 +70,44 @@ static void event_unref(struct rt_event *e) {
     ana_arena_fini(&e->arena);
     ana_free(e);
   }
+}
+
+/* The public name of a prebuilt message is struct ana_realtime_msg. */
+struct ana_realtime_msg {
+  struct rt_event e;
+};
+
+struct ana_realtime_msg *ana_realtime_msg_create(size_t arena_size) {
+  struct ana_realtime_msg *m = ana_calloc(1, sizeof *m);
+  if (!m)
+    return NULL;
+  atomic_init(&m->e.refs, 1);
+  ana_arena_init(&m->e.arena, arena_size ? arena_size : 1024, 0);
+  return m;
+}
+
+struct ana_arena *ana_realtime_msg_arena(struct ana_realtime_msg *m) {
+  return &m->e.arena;
+}
+
+void ana_realtime_msg_set(struct ana_realtime_msg *m, const ProtobufCMessage *message,
+                          uint64_t key, uint64_t seq) {
+  m->e.msg = message;
+  m->e.key = key;
+  m->e.seq = seq;
+}
+
+uint64_t ana_realtime_msg_seq(const struct ana_realtime_msg *m) {
+  return m->e.seq;
+}
+
+void ana_realtime_msg_ref(struct ana_realtime_msg *m) {
+  atomic_fetch_add(&m->e.refs, 1);
+}
+
+void ana_realtime_msg_unref(struct ana_realtime_msg *m) {
+  if (m)
+    event_unref(&m->e);
 }
 
 static Analytics__V1__Event *event_unpacked(struct rt_event *e) {
@@ -213,6 +254,14 @@ struct sub {
   int64_t behind_since;   /* monotonic ms since the subscriber fell behind; 0 = not */
   struct rates rates;
 
+  /* fed subscribers (hub mu): */
+  bool feed;
+  ana_realtime_end_fn on_end;
+  void *end_ctx;
+  uint64_t coalesced;     /* messages replaced while unsent */
+  bool overflowed;        /* a message with a new key did not fit: end once drained */
+  uint64_t last_seq_sent; /* seq of the last message the transport took */
+
   /* pump thread only: */
   uint64_t sequence;
 };
@@ -277,6 +326,8 @@ static struct sub *sub_unref_locked(struct sub *s) {
 static void sub_end(struct sub *s) {
   if (!s)
     return;
+  if (s->on_end)
+    s->on_end(s->end_ctx, (struct ana_realtime_sub *)s);
   ana_call_finish(s->call, NULL, &s->status);
   sub_free(s);
 }
@@ -379,7 +430,7 @@ void ana_realtime_on_commit(void *ctx, const struct ana_event_record *records, s
     struct rt_event *e = NULL;
     bool unpack_failed = false;
     for (struct sub *s = rt->subs; s; s = s->next) {
-      if (!match_names(&s->f, r))
+      if (s->feed || !match_names(&s->f, r))
         continue;
       if (s->f.include_events || s->f.n_properties) {
         if (!e && !unpack_failed) {
@@ -513,16 +564,24 @@ static bool deliver(struct ana_realtime *rt, struct sub *s, struct ana_arena *a)
     pthread_mutex_unlock(&rt->mu);
     if (!is_snapshot && !e)
       break;
-    if (e) {
-      up.event = event_unpacked(e);
-      up.update_case = ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT;
+    int rc;
+    if (e && e->msg) {
+      rc = ana_call_send(s->call, e->msg); /* prebuilt: carries its own sequence */
+    } else {
+      if (e) {
+        up.event = event_unpacked(e);
+        up.update_case = ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT;
+      }
+      up.sequence = s->sequence + 1;
+      rc = (is_snapshot || up.event) ? ana_call_send(s->call, &up.base) : ANA_ERR_INVALID;
     }
-    up.sequence = s->sequence + 1;
-    int rc = (is_snapshot || up.event) ? ana_call_send(s->call, &up.base) : ANA_ERR_INVALID;
 
     pthread_mutex_lock(&rt->mu);
     if (rc == 0) {
-      s->sequence++;
+      if (e && e->msg)
+        s->last_seq_sent = e->seq;
+      else
+        s->sequence++;
       rt->stats.updates_sent++;
     }
     if (rc != ANA_ERR_FULL) {
@@ -585,6 +644,8 @@ static void *pump_main(void *arg) {
     rt->kick = false;
     if (now >= next_snapshot) {
       for (struct sub *s = rt->subs; s; s = s->next) {
+        if (s->feed)
+          continue; /* fed subscribers get what their owner pushes, no snapshots */
         if (s->snapshot_due)
           s->dropped_total++; /* the unsent one is replaced by this one */
         s->snapshot_due = true;
@@ -625,10 +686,18 @@ static void *pump_main(void *arg) {
       s->transport_len = tl;
       if (s->active && !waiting && s->len == 0 && !s->snapshot_due)
         s->behind_since = 0; /* caught up with the live events */
-      if (s->active && s->behind_since && t - s->behind_since >= rt->o.slow_consumer_ms) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "subscriber too slow: %" PRIu64 " updates dropped",
-                 s->dropped_total);
+      bool overflow_end = s->active && s->overflowed && s->len == 0;
+      if (s->active && (overflow_end || (s->behind_since &&
+                                         t - s->behind_since >= rt->o.slow_consumer_ms))) {
+        char msg[160];
+        if (s->feed)
+          snprintf(msg, sizeof msg,
+                   "subscriber too slow: %" PRIu64 " updates coalesced; resume with "
+                   "afterSequence=%" PRIu64,
+                   s->coalesced, s->last_seq_sent);
+        else
+          snprintf(msg, sizeof msg, "subscriber too slow: %" PRIu64 " updates dropped",
+                   s->dropped_total);
         if (sub_close_locked(rt, s, ANA_STATUS_RESOURCE_EXHAUSTED, msg)) {
           rt->stats.slow_consumers++;
           ANA_INFO(COMPONENT, "ending a live stream: %s", msg);
@@ -679,6 +748,82 @@ int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
     ana_realtime_unsubscribe(rt, call, &st);
   }
   return 0;
+}
+
+struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt,
+                                                     struct ana_call *call,
+                                                     ana_realtime_end_fn on_end, void *ctx) {
+  struct sub *s = ana_calloc(1, sizeof *s);
+  if (!s)
+    return NULL;
+  s->call = call;
+  s->refs = 1;
+  s->active = true;
+  s->feed = true;
+  s->on_end = on_end;
+  s->end_ctx = ctx;
+  pthread_mutex_lock(&rt->mu);
+  ana_call_set_user(call, s);
+  s->next = rt->subs;
+  if (rt->subs)
+    rt->subs->prev = s;
+  rt->subs = s;
+  rt->n_subs++;
+  rt->stats.subscribers = rt->n_subs;
+  pthread_mutex_unlock(&rt->mu);
+  return (struct ana_realtime_sub *)s;
+}
+
+void ana_realtime_check_cancelled(struct ana_realtime *rt, struct ana_call *call) {
+  if (ana_call_is_cancelled(call)) {
+    struct ana_error st;
+    ana_error_set(&st, ANA_STATUS_CANCELLED, "cancelled");
+    ana_realtime_unsubscribe(rt, call, &st);
+  }
+}
+
+int ana_realtime_push(struct ana_realtime *rt, struct ana_realtime_sub *sub,
+                      struct ana_realtime_msg *m) {
+  struct sub *s = (struct sub *)sub;
+  struct rt_event *e = &m->e;
+  int rc = 0;
+  pthread_mutex_lock(&rt->mu);
+  if (!s->active || s->overflowed) {
+    rc = s->active ? 0 : ANA_ERR_CLOSED;
+    goto out;
+  }
+  if (e->key) {
+    /* Coalesce: the unsent one with the same key leaves the queue. */
+    for (size_t i = 0; i < s->len; i++) {
+      struct rt_event *old = s->ring[(s->head + i) % s->ring_cap];
+      if (old->key != e->key)
+        continue;
+      for (size_t j = i; j + 1 < s->len; j++)
+        s->ring[(s->head + j) % s->ring_cap] = s->ring[(s->head + j + 1) % s->ring_cap];
+      s->len--;
+      event_unref(old);
+      s->coalesced++;
+      rt->stats.coalesced++;
+      break;
+    }
+  }
+  size_t before = s->len;
+  sub_push_locked(rt, s, e, now_mono());
+  if (s->len == before) {
+    /* No room for it: it cannot be dropped without a gap, so the
+     * subscriber ends once what is queued is out, and resumes. */
+    s->overflowed = true;
+  }
+out:
+  pthread_mutex_unlock(&rt->mu);
+  return rc;
+}
+
+void ana_realtime_kick(struct ana_realtime *rt) {
+  pthread_mutex_lock(&rt->mu);
+  rt->kick = true;
+  pthread_cond_signal(&rt->cond);
+  pthread_mutex_unlock(&rt->mu);
 }
 
 void ana_realtime_unsubscribe(struct ana_realtime *rt, struct ana_call *call,

@@ -4,6 +4,7 @@
 #define ANA_SERVICES_H
 
 #include "ana_ingest.h"
+#include "ana_metric_streams.h"
 #include "ana_realtime.h"
 #include "ana_store.h"
 #include "ana_workers.h"
@@ -24,8 +25,10 @@ struct ana_event_service_options {
 int ana_event_service_bind(const struct ana_event_service_options *o);
 
 /* Binds RealtimeService.StreamAnalytics to the hub (borrowed; must outlive
- * the transports). StreamMetric is left to the metrics engine. */
+ * the transports). StreamMetric is bound by ana_metric_service_bind_streams. */
 int ana_realtime_service_bind(struct ana_realtime *hub);
+
+struct ana_rollups;
 
 struct ana_metric_service_options {
   const struct ana_catalog_ops *catalog_ops;
@@ -33,9 +36,16 @@ struct ana_metric_service_options {
   const struct ana_event_store_ops *store_ops; /* for metric data */
   void *store;
   struct ana_workers *workers;
+  struct ana_rollups *rollups; /* NULL: every query reads raw events */
 };
 
 /* Binds MetricService (create, list, get, update, delete, data). */
 int ana_metric_service_bind(const struct ana_metric_service_options *o);
+
+/* Binds RealtimeService.StreamMetric (implemented with the metric
+ * definitions) to the live metric streams and the hub that carries them
+ * (borrowed; must outlive the transports). Call after
+ * ana_metric_service_bind. */
+int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct ana_realtime *hub);
 
 #endif

@@ -1,11 +1,16 @@
 /* MetricService: metric definitions in the catalog (create, list, get,
- * update, delete) and their data. Every call touches the database, so it
- * runs on the worker pool, never on a transport thread. */
+ * update, delete) and their data; and RealtimeService.StreamMetric, the
+ * live metric stream (server/realtime/metric_streams.c), which needs the
+ * same definitions. Every call touches the database, so it runs on the
+ * worker pool, never on a transport thread. */
 #include "ana_services.h"
 
 #include "ana_call.h"
 #include "ana_id.h"
+#include "ana_log.h"
 #include "ana_metric_query.h"
+#include "ana_metric_streams.h"
+#include "ana_rollup.h"
 #include "ana_text.h"
 
 #include <ctype.h>
@@ -22,6 +27,8 @@
 #define DAY_MS 86400000LL
 
 static struct ana_metric_service_options opts;
+static struct ana_metric_streams *streams_engine; /* StreamMetric */
+static struct ana_realtime *stream_hub;
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -240,6 +247,59 @@ static int save(struct ana_call *call, Analytics__V1__Metric *m, bool create,
 }
 
 /* ------------------------------------------------------------------ */
+/* rollup definitions */
+
+struct account_metrics {
+  struct ana_arena *arena;
+  Analytics__V1__Metric *items[256];
+  size_t n;
+  const char *last_id;
+};
+
+static int collect_all(void *ctx, const struct ana_catalog_object *o) {
+  struct account_metrics *p = ctx;
+  Analytics__V1__Metric *m = analytics__v1__metric__unpack(&p->arena->pb, o->body_len, o->body);
+  p->last_id = ana_arena_strdup(p->arena, o->id);
+  if (m && p->n < sizeof p->items / sizeof p->items[0])
+    p->items[p->n++] = m;
+  return 0;
+}
+
+/* Records the current definition of every metric of the caller's account
+ * with the rollups: a formula names other metrics, so a change to one may
+ * change the terms of others (those are re-backfilled; the rest is left as
+ * it is). A metric whose formula no longer parses loses its rollups. */
+static void refresh_rollups(struct ana_call *call) {
+  if (!opts.rollups)
+    return;
+  const char *account = ana_call_principal(call)->account_id;
+  const char *after = NULL;
+  for (;;) {
+    struct account_metrics page = {.arena = ana_call_arena(call)};
+    struct ana_error err;
+    if (opts.catalog_ops->list(opts.catalog, KIND, account, after, 256, collect_all, &page,
+                               &err) < 0) {
+      ANA_WARN("metrics", "cannot list metrics for rollups: %s", err.message);
+      return;
+    }
+    for (size_t i = 0; i < page.n; i++) {
+      Analytics__V1__Metric *m = page.items[i];
+      struct lookup_ctx lctx = {0};
+      struct vars own;
+      struct ana_formula *f = parse_formula(call, m, &lctx, &own, &err);
+      int rc = f ? ana_rollup_define(opts.rollups, account, m, f, &err)
+                 : ana_rollup_forget(opts.rollups, m->metric_id, &err);
+      if (rc < 0)
+        ANA_WARN("metrics", "metric %s: rollups: %s", m->metric_id, err.message);
+      ana_formula_free(f);
+    }
+    if (!page.last_id || page.n < 256)
+      return;
+    after = page.last_id;
+  }
+}
+
+/* ------------------------------------------------------------------ */
 /* handlers (run on the worker pool) */
 
 typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
@@ -288,10 +348,12 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   m->metric_id = id;
   m->created_at = timestamp_of(ana_call_arena(call), now);
   m->updated_at = m->created_at;
-  if (save(call, m, true, &err) < 0)
+  if (save(call, m, true, &err) < 0) {
     fail_with(call, &err);
-  else
-    ana_call_reply(call, &m->base);
+    return;
+  }
+  refresh_rollups(call);
+  ana_call_reply(call, &m->base);
 }
 
 static void do_get(struct ana_call *call, const ProtobufCMessage *request) {
@@ -381,10 +443,12 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
   m->metric_id = old->metric_id;
   m->created_at = old->created_at;
   m->updated_at = timestamp_of(ana_call_arena(call), now_ms());
-  if (save(call, m, false, &err) < 0)
+  if (save(call, m, false, &err) < 0) {
     fail_with(call, &err);
-  else
-    ana_call_reply(call, &m->base);
+    return;
+  }
+  refresh_rollups(call);
+  ana_call_reply(call, &m->base);
 }
 
 static void do_delete(struct ana_call *call, const ProtobufCMessage *request) {
@@ -397,6 +461,9 @@ static void do_delete(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
+  if (opts.rollups && ana_rollup_forget(opts.rollups, req->metric_id, &err) < 0)
+    ANA_WARN("metrics", "metric %s: rollups: %s", req->metric_id, err.message);
+  refresh_rollups(call);
   Analytics__V1__DeleteMetricResponse resp = ANALYTICS__V1__DELETE_METRIC_RESPONSE__INIT;
   ana_call_reply(call, &resp.base);
 }
@@ -448,12 +515,86 @@ static void do_data(struct ana_call *call, const ProtobufCMessage *request) {
   q.formula = f;
   Analytics__V1__MetricData data = ANALYTICS__V1__METRIC_DATA__INIT;
   data.metric_id = m->metric_id;
-  int rc = ana_metric_query_raw(opts.store_ops, opts.store, &q, ana_call_arena(call), &data, &err);
+  /* Rollups answer once complete, raw events until then. The request
+   * metadata "x-metric-source" forces one ("raw", or "rollup": fails with
+   * FAILED_PRECONDITION when they cannot answer), for tests and audits. */
+  const char *source = ana_call_metadata(call, "x-metric-source");
+  bool raw_only = source && strcmp(source, "raw") == 0;
+  bool rollup_only = source && strcmp(source, "rollup") == 0;
+  int rc = 0;
+  if (opts.rollups && !raw_only) {
+    rc = ana_rollup_query(opts.rollups, &q, ana_call_arena(call), &data, &err);
+    if (rc == 0) {
+      /* Unknown to the rollups, or defined otherwise (a definition written
+       * just before a crash): record it now; its backfill starts. */
+      struct ana_error derr;
+      if (ana_rollup_define(opts.rollups, q.account_id, m, f, &derr) < 0)
+        ANA_WARN("metrics", "metric %s: rollups: %s", m->metric_id, derr.message);
+    }
+  }
+  if (rc == 0 && rollup_only)
+    rc = ana_error_set(&err, ANA_STATUS_FAILED_PRECONDITION,
+                       "x-metric-source: the rollups of this metric are not complete yet");
+  else if (rc == 0)
+    rc = ana_metric_query_raw(opts.store_ops, opts.store, &q, ana_call_arena(call), &data, &err);
   ana_formula_free(f);
   if (rc < 0)
     fail_with(call, &err);
   else
     ana_call_reply(call, &data.base);
+}
+
+/* StreamMetric: the definition and its formula, then a subscriber of the
+ * metric's stream (which finishes the call from then on). */
+static void do_stream(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__StreamMetricRequest *req = (const void *)request;
+  struct ana_error err;
+  Analytics__V1__Metric *m;
+  if (!streams_engine) {
+    ana_call_fail(call, ANA_STATUS_UNIMPLEMENTED, "real-time streams are not implemented yet");
+    return;
+  }
+  if (load_metric(call, req->metric_id, &m, &err) < 0) {
+    fail_with(call, &err);
+    return;
+  }
+  struct ana_metric_stream_request sr = {
+      .account_id = ana_call_principal(call)->account_id,
+      .metric = m,
+      .interval = ANA_INTERVAL_1M,
+      .time_zone = req->time_zone,
+      .after_sequence = req->after_sequence,
+  };
+  if (req->interval && req->interval[0] &&
+      (strcmp(req->interval, "auto") == 0 ||
+       ana_interval_parse(req->interval, 0, 1, &sr.interval, &err) < 0)) {
+    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT,
+                  "interval: must be 1m, 5m, 1h or 1d (default 1m)");
+    fail_with(call, &err);
+    return;
+  }
+  struct lookup_ctx lctx = {0};
+  struct vars own;
+  sr.formula = parse_formula(call, m, &lctx, &own, &err);
+  if (!sr.formula) {
+    err.code = ANA_STATUS_FAILED_PRECONDITION;
+    fail_with(call, &err);
+    return;
+  }
+  if (ana_metric_streams_subscribe(streams_engine, call, &sr, &err) < 0)
+    fail_with(call, &err);
+}
+
+static void stream_cancel(struct ana_call *call) {
+  struct ana_error st;
+  ana_error_set(&st, ANA_STATUS_CANCELLED, "cancelled");
+  ana_realtime_unsubscribe(stream_hub, call, &st);
+}
+
+static void stream_drain(struct ana_call *call) {
+  struct ana_error st;
+  ana_error_set(&st, ANA_STATUS_UNAVAILABLE, "the server is shutting down");
+  ana_realtime_unsubscribe(stream_hub, call, &st);
 }
 
 #define ASYNC(name, fn)                                                                      \
@@ -467,6 +608,7 @@ ASYNC(list_metrics, do_list)
 ASYNC(update_metric, do_update)
 ASYNC(delete_metric, do_delete)
 ASYNC(get_metric_data, do_data)
+ASYNC(stream_metric, do_stream)
 
 static const struct ana_handler create_h = {.on_request = create_metric};
 static const struct ana_handler get_h = {.on_request = get_metric};
@@ -474,6 +616,8 @@ static const struct ana_handler list_h = {.on_request = list_metrics};
 static const struct ana_handler update_h = {.on_request = update_metric};
 static const struct ana_handler delete_h = {.on_request = delete_metric};
 static const struct ana_handler data_h = {.on_request = get_metric_data};
+static const struct ana_handler stream_h = {
+    .on_request = stream_metric, .on_cancel = stream_cancel, .on_drain = stream_drain};
 
 int ana_metric_service_bind(const struct ana_metric_service_options *o) {
   opts = *o;
@@ -483,5 +627,12 @@ int ana_metric_service_bind(const struct ana_metric_service_options *o) {
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_UPDATE_METRIC, &update_h);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_DELETE_METRIC, &delete_h);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC_DATA, &data_h);
+  return 0;
+}
+
+int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct ana_realtime *hub) {
+  streams_engine = streams;
+  stream_hub = hub;
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC, &stream_h);
   return 0;
 }

@@ -1,6 +1,7 @@
 /* RealtimeService.StreamAnalytics: each call becomes a subscriber of the
  * real-time hub (server/realtime), which sends its updates and finishes it.
- * StreamMetric belongs to the metrics engine and is not bound here. */
+ * StreamMetric is bound by the metric service (metric_service.c), over
+ * the same hub. */
 #include "ana_services.h"
 
 #include "ana_call.h"

@@ -93,6 +93,14 @@ struct ana_event_store_ops {
   int (*scan)(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
               const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
               struct ana_error *err);
+  /* Calls fn for every event of the account with after_seq < seq <=
+   * upto_seq, in commit-sequence order (whatever their timestamps): what
+   * rollups replay after their persisted watermark. Thread-safe; blocks. */
+  int (*scan_seq)(void *store, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
+                  ana_event_scan_fn fn, void *ctx, struct ana_error *err);
+  /* The highest commit sequence number stored (0 when none). Thread-safe;
+   * blocks. */
+  int (*last_seq)(void *store, uint64_t *out, struct ana_error *err);
   /* Deletes at most max_rows events with timestamp < cutoff_ms, in the
    * committer's transaction; returns how many, or a negative error. */
   int (*expire)(void *store, int64_t cutoff_ms, int max_rows, struct ana_error *err);

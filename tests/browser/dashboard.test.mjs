@@ -1,8 +1,10 @@
 // The live dashboard in a real headless browser (Debian's chromium driven by
 // playwright-core): it loads from the bridge, connects to /ws/analytics,
 // shows an event tracked through REST in its latest-events table and a
-// non-zero events/s value on its chart, and shows a metric stream's error
-// nicely. Saves a screenshot as BUILD/test-artifacts/dashboard.png.
+// non-zero events/s value on its chart, shows a metric stream's error
+// nicely, and charts a real metric (created through POST /api/metrics) live
+// as events are tracked. Saves a screenshot as
+// BUILD/test-artifacts/dashboard.png.
 //
 // Usage: node dashboard.test.mjs [BUILD_DIR]   (default: ../../build)
 // Environment: ANALYTICSD (the binary), CHROMIUM (default /usr/bin/chromium).
@@ -68,6 +70,7 @@ async function main() {
       PATH: process.env.PATH, HOME: work,
       GRPC_HOST: '127.0.0.1', GRPC_PORT: String(grpcPort), PORT: String(httpPort),
       DATA_DIR: dataDir, LOG_LEVEL: 'info', REALTIME_AGGREGATE_INTERVAL: '250',
+      METRIC_STREAM_INTERVAL: '100',
       SHUTDOWN_GRACE_MS: '2000',
       ...(process.env.WEB_ROOT ? { WEB_ROOT: process.env.WEB_ROOT } : {}),
     },
@@ -126,9 +129,38 @@ async function main() {
     const metricErr = (await panel.locator('.metric-error').textContent()) || '';
     const metricStatus = await panel.locator('.metric-status').textContent();
     log(`metric panel: status "${metricStatus}", message "${metricErr.trim()}"`);
-    if (/UNIMPLEMENTED/.test(metricErr) && !/not available on this server yet/.test(metricErr)) {
-      throw new Error('UNIMPLEMENTED metric stream not explained');
+    if (!/NOT_FOUND/.test(metricErr) || !/No such metric/.test(metricErr)) {
+      throw new Error(`unknown metric not explained: "${metricErr}"`);
     }
+    await panel.locator('.close').click();
+
+    // A real metric: created over REST, opened, and charted live.
+    const metricName = `browser_metric_${Math.random().toString(36).slice(2, 8)}`;
+    const created = await fetch(`${base}/api/metrics`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: metricName, type: 'counter', formula: 'count(signup)' }),
+    });
+    if (!created.ok) throw new Error(`POST /api/metrics answered ${created.status}: ${await created.text()}`);
+    const metricId = (await created.json()).metricId;
+    log(`created metric ${metricId}`);
+    await page.fill('#metric-id', metricId);
+    await page.click('#metric-form button[type=submit]');
+    const live = page.locator(`.metric-panel[data-metric-id="${metricId}"]`);
+    await live.locator('.metric-status').filter({ hasText: 'live' }).waitFor();
+    const before = Number(await live.locator('canvas').getAttribute('data-last-value') || 0);
+    for (let i = 0; i < 3; i++) {
+      const r = await fetch(`${base}/api/events`, {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ eventType: 'browser', eventName: 'signup', properties: { i } }),
+      });
+      if (!r.ok) throw new Error(`POST /api/events answered ${r.status}`);
+    }
+    await page.waitForFunction(([id, b]) => {
+      const c = document.querySelector(`.metric-panel[data-metric-id="${id}"] canvas`);
+      return c && Number(c.dataset.lastValue) >= b + 3;
+    }, [metricId, before]);
+    const shown = await live.locator('.metric-value').textContent();
+    log(`metric chart updated live: value ${shown} (was ${before})`);
 
     // Some steady traffic, so the picture shows a line and a few rates.
     const names = ['page_view', 'message_sent', 'signup'];

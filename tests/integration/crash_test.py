@@ -7,7 +7,12 @@ that got no answer. At the end every acknowledged eventId must be stored
 exactly once, nothing may be stored twice, and the database must pass
 PRAGMA integrity_check.
 
-usage: crash_test.py --binary build/server/analyticsd --kills 30
+With --metric, the events are `sent` and `delivered` of a few campaigns and a
+delivery-rate metric is defined before the first kill: after the last
+restart its answer from the rollups (maintained across every kill, replayed
+from their watermark) must equal the answer from the raw events.
+
+usage: crash_test.py --binary build/server/analyticsd --kills 30 [--metric]
 """
 
 import argparse
@@ -26,6 +31,17 @@ import harness  # noqa: E402
 import stubs  # noqa: E402
 
 BATCH = 20
+METRIC = False
+
+
+def make_event(pb, event_id):
+    if not METRIC:
+        return pb.Event(event_id=event_id, event_name="crash", event_type="test")
+    h = sum(event_id.encode())
+    e = pb.Event(event_id=event_id, event_type="test",
+                 event_name="delivered" if h % 3 == 0 else "sent")
+    e.properties.update({"campaignId": "c%d" % (h % 5), "groupId": "g%d" % (h % 2)})
+    return e
 
 
 class Writer(threading.Thread):
@@ -58,8 +74,7 @@ class Writer(threading.Thread):
                 stub = grpc_mod.EventServiceStub(channel)
             ids = self.next_batch()
             self.sent.update(ids)
-            req = pb.TrackEventsRequest(events=[
-                pb.Event(event_id=i, event_name="crash", event_type="test") for i in ids])
+            req = pb.TrackEventsRequest(events=[make_event(pb, i) for i in ids])
             try:
                 resp = stub.TrackEvents(req, timeout=5)
             except grpc.RpcError:
@@ -75,13 +90,53 @@ class Writer(threading.Thread):
             channel.close()
 
 
+def define_metric(ns, target):
+    mpb, mgrpc = ns.analytics["metrics"]
+    stub = mgrpc.MetricServiceStub(grpc.insecure_channel(target))
+    m = mpb.Metric(name="delivery rate", formula="(count(delivered) / count(sent)) * 100",
+                   type="gauge", unit="percentage", aggregation="avg",
+                   dimensions=["campaignId", "groupId"])
+    return stub.CreateMetric(mpb.CreateMetricRequest(metric=m), timeout=10).metric_id
+
+
+def check_metric(ns, target, metric_id):
+    """The rollups' answer (once they caught up) equals the raw events'."""
+    mpb, mgrpc = ns.analytics["metrics"]
+    stub = mgrpc.MetricServiceStub(grpc.insecure_channel(target))
+    now = int(time.time())
+    req = mpb.GetMetricDataRequest(metric_id=metric_id, interval="1h", top_n=3)
+    req.__getattribute__("from").FromSeconds(now - 6 * 3600 + 7)
+    req.to.FromSeconds(now + 3600)
+    deadline = time.time() + 60
+    while True:
+        try:
+            rolled = stub.GetMetricData(req, timeout=20, metadata=[("x-metric-source", "rollup")])
+            break
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION or time.time() > deadline:
+                print("FAIL: metric from rollups: %s" % e)
+                return False
+            time.sleep(0.2)
+    raw = stub.GetMetricData(req, timeout=20, metadata=[("x-metric-source", "raw")])
+    if rolled != raw:
+        print("FAIL: metric from rollups differs from raw events:\nrollups %s\nraw %s" % (
+            rolled, raw))
+        return False
+    print("crash test: metric from rollups equals raw events (%d series)" % len(raw.series))
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=None)
     ap.add_argument("--kills", type=int, default=30)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--metric", action="store_true",
+                    help="also check metric rollups against raw events after the kills")
     args = ap.parse_args()
+    global METRIC
+    METRIC = args.metric
     if args.binary:
         os.environ["ANALYTICSD"] = os.path.abspath(args.binary)
     seed = args.seed if args.seed is not None else int(time.time())
@@ -92,6 +147,7 @@ def main():
     server = harness.Server(log_level="info")
     data_dir = server.data_dir
     server.start()
+    metric_id = define_metric(ns, server.target) if METRIC else None
     current = {"target": server.target}
     stop = threading.Event()
     writers = [Writer(i, events, lambda: current["target"], stop) for i in range(args.writers)]
@@ -118,10 +174,10 @@ def main():
                 pb = events[0]
                 stub = events[1].EventServiceStub(grpc.insecure_channel(server.target))
                 resp = stub.TrackEvents(pb.TrackEventsRequest(events=[
-                    pb.Event(event_id=i, event_name="crash", event_type="test") for i in ids]),
-                    timeout=10)
+                    make_event(pb, i) for i in ids]), timeout=10)
                 for r in resp.results:
                     w.acked.add(r.event_id)
+        metric_ok = check_metric(ns, server.target, metric_id) if METRIC else True
         rc = server.stop()
         if rc != 0:
             print("final server exited with %s" % rc)
@@ -162,6 +218,8 @@ def main():
         ok = False
     if item_errors:
         print("FAIL: %d events got a result other than ACCEPTED/DUPLICATE" % item_errors)
+        ok = False
+    if not metric_ok:
         ok = False
     if len(acked) < args.kills * BATCH:
         print("FAIL: too little was acknowledged (%d) for the test to mean anything" % len(acked))

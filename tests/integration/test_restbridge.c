@@ -4,7 +4,8 @@
  * field, path variables, query parameters), metadata and peer, field
  * violations as google.rpc.BadRequest, deadlines (504), replies slower than
  * lws's pending timeout, client disconnects reaching the handler, concurrent
- * calls, and a graceful shutdown with a call in flight.
+ * calls, keep-alive answers and disconnects racing WebSocket streams (the
+ * wake-up list), and a graceful shutdown with a call in flight.
  *
  * With --serve the same handlers are served on a free port (printed as
  * "PORT <n>") until stdin closes, for the WebSocket tests in Python
@@ -21,12 +22,16 @@
 #include "ana_log.h"
 #include "ana_restbridge.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -205,6 +210,12 @@ static void *stream_run(void *arg) {
   } else if (strcmp(id, "flood") == 0) {
     for (uint64_t i = 1; !atomic_load(&j->cancelled); i++)
       if (send_update(j, i, id, true) < 0)
+        break;
+  } else if (strcmp(id, "firehose") == 0) {
+    /* Small updates as fast as the client takes them: every one wakes the
+     * lws thread (the dirty list), like the real-time hub's fan-out. */
+    for (uint64_t i = 1; !atomic_load(&j->cancelled); i++)
+      if (send_update(j, i, id, false) < 0)
         break;
   } else { /* "hold" and anything else: one update, then wait for the end */
     send_update(j, 1, id, false);
@@ -543,6 +554,178 @@ static void concurrent_calls(void **state) {
   }
 }
 
+/* --- keep-alive answers racing WebSocket streams --- */
+
+#define RACE_STREAMS 24
+#define RACE_CLIENTS 4
+#define RACE_REQUESTS 150
+#define RACE_HANGUPS 60
+
+/* A raw WebSocket client: the upgrade, then whatever arrives is read and
+ * dropped (server frames are unmasked; nothing needs parsing). */
+static int ws_open(const char *path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+    goto fail;
+  char req[512];
+  int n = snprintf(req, sizeof req,
+                   "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: restbridge.v1\r\n\r\n",
+                   path, port);
+  if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+    goto fail;
+  char head[4096];
+  size_t got = 0;
+  while (got < sizeof head - 1) { /* byte by byte: frames may follow the headers */
+    if (recv(fd, head + got, 1, 0) != 1)
+      goto fail;
+    got++;
+    head[got] = '\0';
+    if (got >= 4 && memcmp(head + got - 4, "\r\n\r\n", 4) == 0)
+      break;
+  }
+  if (strncmp(head, "HTTP/1.1 101", 12) != 0)
+    goto fail;
+  return fd;
+fail:
+  if (fd >= 0)
+    close(fd);
+  return -1;
+}
+
+struct ws_drain {
+  int fds[RACE_STREAMS];
+  atomic_bool stop;
+  size_t bytes;
+};
+
+static void *ws_drain_run(void *arg) {
+  struct ws_drain *d = arg;
+  struct pollfd p[RACE_STREAMS];
+  char buf[16384];
+  for (int i = 0; i < RACE_STREAMS; i++)
+    p[i] = (struct pollfd){.fd = d->fds[i], .events = POLLIN};
+  while (!atomic_load(&d->stop)) {
+    if (poll(p, RACE_STREAMS, 50) <= 0)
+      continue;
+    for (int i = 0; i < RACE_STREAMS; i++) {
+      if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+        continue;
+      ssize_t n = recv(p[i].fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (n > 0)
+        d->bytes += (size_t)n;
+      else if (n == 0)
+        p[i].fd = -1; /* closed by the server: stop watching it */
+    }
+  }
+  return NULL;
+}
+
+/* Requests with deadlines, one keep-alive connection per client: each
+ * answer is handed over on a handler thread (the dirty list) while the
+ * streams keep waking the lws thread. */
+static void *race_keepalive(void *arg) {
+  intptr_t failures = 0, k = (intptr_t)arg;
+  struct resp *r = malloc(sizeof *r);
+  CURL *c = curl_easy_init();
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/api/events", port);
+  struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/json");
+  hl = curl_slist_append(hl, "Grpc-Timeout: 20S");
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L); /* a lost answer, not a slow one */
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  for (int i = 0; i < RACE_REQUESTS; i++) {
+    char body[128], want[64];
+    snprintf(body, sizeof body, "{\"eventId\":\"k%d-%d\"}", (int)k, i);
+    snprintf(want, sizeof want, "\"eventId\":\"k%d-%d\"", (int)k, i);
+    memset(r, 0, sizeof *r);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    long status = 0;
+    if (curl_easy_perform(c) != CURLE_OK ||
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK || status != 200 ||
+        !strstr(r->body, want)) {
+      fprintf(stderr, "keep-alive request %d of client %d: status %ld, body %s\n", i, (int)k,
+              status, r->body);
+      failures++;
+    }
+  }
+  curl_slist_free_all(hl);
+  curl_easy_cleanup(c);
+  free(r);
+  return (void *)failures;
+}
+
+/* Clients that send a request and hang up at once: the answer arrives for
+ * a connection that is going or gone. */
+static void *race_hangups(void *arg) {
+  (void)arg;
+  for (int i = 0; i < RACE_HANGUPS; i++) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0)
+      continue;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+      char req[256];
+      const char body[] = "{\"eventId\":\"gone\"}";
+      int n = snprintf(req, sizeof req,
+                       "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       "Grpc-Timeout: %dm\r\nContent-Length: %zu\r\n\r\n%s",
+                       1 + i % 8, sizeof body - 1, body);
+      send(fd, req, (size_t)n, MSG_NOSIGNAL);
+      if (i % 2)
+        sleep_ms(i % 7); /* sometimes while the handler answers */
+    }
+    close(fd);
+  }
+  return NULL;
+}
+
+/* Regression: with streams waking the lws thread continuously, a call put
+ * back on the dirty list while the list it was on was being drained
+ * rewrote its link, so the drain jumped into the new list: it dropped
+ * references it did not own (heap-use-after-free in rb_conn_detach under
+ * ASan) and lost the rest of its own list (answers never written). */
+static void keepalive_answers_race_websocket_streams(void **state) {
+  (void)state;
+  static struct ws_drain d;
+  memset(&d, 0, sizeof d);
+  atomic_init(&d.stop, false);
+  for (int i = 0; i < RACE_STREAMS; i++) {
+    d.fds[i] = ws_open("/ws/metrics/firehose");
+    assert_true(d.fds[i] >= 0);
+  }
+  pthread_t drain, clients[RACE_CLIENTS], hangups;
+  pthread_create(&drain, NULL, ws_drain_run, &d);
+  pthread_create(&hangups, NULL, race_hangups, NULL);
+  for (intptr_t i = 0; i < RACE_CLIENTS; i++)
+    pthread_create(&clients[i], NULL, race_keepalive, (void *)i);
+  intptr_t failures = 0;
+  for (int i = 0; i < RACE_CLIENTS; i++) {
+    void *f;
+    pthread_join(clients[i], &f);
+    failures += (intptr_t)f;
+  }
+  pthread_join(hangups, NULL);
+  atomic_store(&d.stop, true);
+  pthread_join(drain, NULL);
+  for (int i = 0; i < RACE_STREAMS; i++)
+    close(d.fds[i]);
+  assert_int_equal(failures, 0);
+  assert_true(d.bytes > 0);
+  /* The bridge still answers afterwards. */
+  struct resp r;
+  track("after-race", NULL, 10000, &r);
+  assert_int_equal(r.status, 200);
+}
+
 static void *track_inflight(void *arg) {
   struct resp *r = arg;
   track("inflight", NULL, 5000, r);
@@ -614,6 +797,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(disconnect_cancels_the_call),
       cmocka_unit_test(slow_reply_outlives_lws_timeouts),
       cmocka_unit_test(concurrent_calls),
+      cmocka_unit_test(keepalive_answers_race_websocket_streams),
       /* Last: it stops the bridge. */
       cmocka_unit_test(shutdown_drains_calls_in_flight),
   };

@@ -139,11 +139,11 @@ static struct hits search(struct ana_event_query q) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 2);
+  assert_int_equal(ana_local_db_schema_version(db), 3);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 2);
+  assert_int_equal(ana_local_db_schema_version(again), 3);
   ana_local_db_close(again);
 }
 

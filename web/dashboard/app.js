@@ -300,15 +300,32 @@ function openMetric(id) {
   const statusEl = $('.metric-status', panel);
   const errEl = $('.metric-error', panel);
   const chart = new LineChart($('canvas', panel), CHART_SECONDS, '#15803d');
-  let lastSeq = 0;
+  // The sequence is a uint64 (a string in JSON): kept as text, sent back on
+  // reconnect so the server resumes without a gap.
+  let lastSeq = '';
+  const groups = new Map(); // group label -> latest value of the open bucket
+  const groupsEl = $('.metric-groups', panel);
   const sock = new LiveSocket(
     () => wsUrl('/ws/metrics/' + encodeURIComponent(id), lastSeq ? { afterSequence: lastSeq } : {}), {
       onState: (kind, text) => setStatus(statusEl, kind, text),
       onResult: (u) => {
-        if (u.sequence) lastSeq = u.sequence;
+        if (u.sequence) lastSeq = String(u.sequence);
         const v = u.value == null ? null : Number(u.value);
-        $('.metric-value', panel).textContent = formatNumber(v);
-        chart.push(Date.now(), v);
+        const dims = Object.entries(u.dimensions || {}).sort(([a], [b]) => (a < b ? -1 : 1));
+        const label = dims.map(([k, val]) => `${k}=${val}`).join(', ') || 'value';
+        if (u.final) return; // a closed bucket: the open one is what is charted
+        groups.set(label, v);
+        // The chart follows the first group (in label order); the list shows all.
+        const first = [...groups.keys()].sort()[0];
+        if (label === first) {
+          $('.metric-value', panel).textContent = formatNumber(v);
+          chart.push(Date.now(), v);
+        }
+        if (groups.size > 1 || dims.length) {
+          groupsEl.hidden = false;
+          groupsEl.textContent = [...groups.entries()].sort().slice(0, 12)
+            .map(([g, x]) => `${g}: ${formatNumber(x)}`).join('   ');
+        }
       },
       onFatal: (err) => {
         setStatus(statusEl, 'error', STATUS_NAMES[err.code] || 'error');
@@ -316,8 +333,9 @@ function openMetric(id) {
         $('.metric-value', panel).textContent = '';
         errEl.hidden = false;
         errEl.textContent = '';
-        const what = err.code === 12 ? 'Live metric charts are not available on this server yet'
-          : err.code === 5 ? 'No such metric' : 'The metric stream ended';
+        const what = err.code === 5 ? 'No such metric (the id of a metric of your account)'
+          : err.code === 12 ? 'Live metric charts are not available on this server'
+          : err.code === 3 ? 'The server refused the request' : 'The metric stream ended';
         const strong = document.createElement('strong');
         strong.textContent = what + ': ';
         const code = document.createElement('code');

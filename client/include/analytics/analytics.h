@@ -124,6 +124,16 @@ typedef struct analytics_event analytics_event_t;
  * or when either is NULL. Destroy with analytics_event_destroy. */
 analytics_event_t *analytics_event_new(const char *event_type, const char *event_name);
 
+/* Creates an event from the Event JSON of the API (the body of
+ * POST /api/events: eventType, eventName, properties, sessionId, eventId,
+ * timestamp, sentAt, context, ...; both JSON and proto field names). The
+ * names and types of the fields are checked now, and eventType and eventName
+ * must be present; the server's validation (lengths, limits) still applies
+ * when it is delivered. A timestamp in the JSON is kept. Returns NULL with
+ * err filled (ANALYTICS_ERR_INVALID naming the field, or
+ * ANALYTICS_ERR_NOMEM). Destroy with analytics_event_destroy. */
+analytics_event_t *analytics_event_new_from_json(const char *json, analytics_error_t *err);
+
 /* Destroys an event. An event may be destroyed right after analytics_track:
  * the queue holds its own copy. */
 void analytics_event_destroy(analytics_event_t *ev);
@@ -381,7 +391,7 @@ int analytics_get_metric_data(analytics_client_t *client, const analytics_metric
 typedef struct analytics_report {
   const char *name;
   const char *template_name; /* e.g. "campaign_performance" */
-  const char *format;        /* pdf, excel or csv */
+  const char *format;        /* pdf, xlsx or csv */
   const char *schedule;      /* optional cron expression */
   /* Optional JSON object, e.g. {"campaignId":"123","dateRange":{..}}. */
   const char *parameters_json;
@@ -468,6 +478,25 @@ typedef struct analytics_stream_filter {
  * analytics_stream_metric. */
 int analytics_stream_analytics(analytics_client_t *client, const analytics_stream_filter_t *filter,
                                analytics_stream_fn on_update, void *ctx, analytics_error_t *err);
+
+/* Runs any server-streaming RPC of the contracts by its full path
+ * ("/analytics.v1.RealtimeService/StreamAnalytics") with a JSON request (NULL:
+ * empty), calling on_message for each message like the two functions above:
+ * the escape hatch for request fields their structs do not carry (property
+ * filters, a metric stream's interval). ANALYTICS_ERR_INVALID for an unknown
+ * method, one that is not server-streaming, or a request that does not match
+ * the method's input. Blocks like analytics_stream_metric. */
+int analytics_stream_call(analytics_client_t *client, const char *method, const char *request_json,
+                          analytics_stream_fn on_message, void *ctx, analytics_error_t *err);
+
+/* Ends every stream of this client in progress (analytics_stream_metric,
+ * analytics_stream_analytics, analytics_stream_call), from any thread: each
+ * returns 0 promptly, as if its callback had returned non-zero. Streams
+ * started after the call are not affected. Not async-signal-safe: from a
+ * signal, call it on a thread that waited for the signal (sigwait). Never
+ * blocks beyond a mutex. Returns the number of streams cancelled, or
+ * ANALYTICS_ERR_INVALID for a NULL client. */
+int analytics_client_cancel_streams(analytics_client_t *client);
 
 /* --- Other --- */
 

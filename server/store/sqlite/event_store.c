@@ -287,6 +287,68 @@ out:
   return rc;
 }
 
+static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
+                          ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  /* A range of the rowid (seq): each row is read once, in commit order.
+   * "+account_id" keeps SQLite from walking the account's time index instead. */
+  const char *sql =
+      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
+      " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
+  sqlite3 *r = ana_local_db_acquire_reader(s->db);
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+    rc = prepare_error(r, err);
+    goto out;
+  }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
+  sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
+  sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct ana_scanned_event ev = {
+        .timestamp_ms = sqlite3_column_int64(st, 0),
+        .event_id = (const char *)sqlite3_column_text(st, 1),
+        .event_type = (const char *)sqlite3_column_text(st, 2),
+        .event_name = (const char *)sqlite3_column_text(st, 3),
+        .session_id = (const char *)sqlite3_column_text(st, 4),
+        .properties_json = (const char *)sqlite3_column_text(st, 5),
+        .seq = (uint64_t)sqlite3_column_int64(st, 6),
+    };
+    if (fn(ctx, &ev))
+      break;
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+out:
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(s->db, r);
+  return rc;
+}
+
+static int store_last_seq(void *p, uint64_t *out, struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  sqlite3 *r = ana_local_db_acquire_reader(s->db);
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  *out = 0;
+  if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
+      SQLITE_OK) {
+    rc = prepare_error(r, err);
+  } else if (sqlite3_step(st) == SQLITE_ROW) {
+    *out = (uint64_t)sqlite3_column_int64(st, 0);
+  } else {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(s->db, r);
+  return rc;
+}
+
 static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
@@ -316,6 +378,8 @@ const struct ana_event_store_ops ana_sqlite_event_store = {
     .append = store_append,
     .search = store_search,
     .scan = store_scan,
+    .scan_seq = store_scan_seq,
+    .last_seq = store_last_seq,
     .expire = store_expire,
     .close = store_close,
 };

@@ -79,6 +79,26 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (account_id, kind, id)) WITHOUT ROWID;"
     "CREATE UNIQUE INDEX catalog_objects_name ON catalog_objects(account_id, kind, name)"
     "  WHERE name IS NOT NULL;",
+
+    /* 3: metric rollups. One row per (metric, definition version, level,
+     * bucket start, group key) holding the mergeable state of every term;
+     * one row per metric with its current definition and the commit
+     * sequence number up to which its rollups include events. */
+    "CREATE TABLE metric_rollups ("
+    "  metric_id TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  level INTEGER NOT NULL,"
+    "  bucket INTEGER NOT NULL,"
+    "  group_key TEXT NOT NULL,"
+    "  state BLOB NOT NULL,"
+    "  PRIMARY KEY (metric_id, version, level, bucket, group_key)) WITHOUT ROWID;"
+    "CREATE TABLE metric_rollup_defs ("
+    "  metric_id TEXT PRIMARY KEY,"
+    "  account_id TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  definition BLOB NOT NULL,"
+    "  watermark INTEGER NOT NULL,"
+    "  backfill_to INTEGER NOT NULL) WITHOUT ROWID;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

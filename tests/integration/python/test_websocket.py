@@ -1,7 +1,7 @@
 """Server-streaming RPCs over WebSocket, with python3-websockets.
 
 Against a live analyticsd: the streaming routes upgrade, answer the
-handler's error as {"error":{...}} and close with 1011, accept a token as
+handler's error (an unknown metric: NOT_FOUND) as {"error":{...}} and close with 1011, accept a token as
 the subprotocol "bearer.<token>", and refuse unknown paths.
 
 Against tests/integration/test_restbridge --serve (the bridge in-process
@@ -47,13 +47,14 @@ class WebSocketServerTest(harness.ServerTestCase):
     def uri(self, path):
         return "ws://127.0.0.1:%d%s" % (self.rest_port, path)
 
-    def test_stream_metric_answers_unimplemented_then_1011(self):
+    def test_stream_metric_of_an_unknown_metric_answers_not_found_then_1011(self):
+        # Implemented (tested in test_metric_stream.py): an unknown id is an error frame.
         frames, code, _ = run(collect(self.uri("/ws/metrics/abc")))
         self.assertEqual(code, 1011)
         self.assertEqual(len(frames), 1, frames)
         err = frames[0]["error"]
-        self.assertEqual(err["code"], 12)
-        self.assertIn("not implemented", err["message"])
+        self.assertEqual(err["code"], 5)
+        self.assertIn("not found", err["message"])
         self.assertEqual(err["details"], [])
 
     def test_stream_analytics_with_query(self):

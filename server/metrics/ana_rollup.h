@@ -1,0 +1,80 @@
+/* Metric rollups: per metric, definition version, time cell and group of
+ * dimension values, the mergeable state of every aggregate term of the
+ * formula (count, sum, min, max; HyperLogLog; DDSketch), kept in the local
+ * database and maintained by one background thread that follows the commit
+ * sequence. Dashboards read cells instead of raw events.
+ *
+ * Cells are 15 minutes, 1 hour and 1 day long, aligned in UTC; a query in
+ * any time zone merges the coarsest cells that fit its local buckets (15
+ * minutes serve half- and quarter-hour offsets) and reads raw events for
+ * the parts of its range that no cell fits (an unaligned from or to).
+ *
+ * Crash safety: a metric's cells and its watermark (the commit sequence
+ * number up to which its cells include events) change in one transaction;
+ * at start-up, and whenever events are committed, the thread replays the
+ * events with seq > watermark. Queries add the raw events committed after
+ * the watermark they read, so an answer is exact whatever the lag. */
+#ifndef ANA_ROLLUP_H
+#define ANA_ROLLUP_H
+
+#include "ana_error.h"
+#include "ana_formula.h"
+#include "ana_metric_query.h"
+#include "ana_store.h"
+
+#include <stdbool.h>
+
+struct ana_rollups;
+
+struct ana_rollup_options {
+  int chunk_events; /* most events read per transaction (backfill and catch-up) */
+};
+
+/* Loads the definitions from the local database and starts the thread.
+ * Borrows db and the store (they must outlive it). Blocks. NULL with err
+ * filled on failure. */
+struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
+                                      const struct ana_event_store_ops *ops, void *store,
+                                      const struct ana_rollup_options *o, struct ana_error *err);
+
+/* Stops the thread (after its current chunk); NULL does nothing. */
+void ana_rollup_destroy(struct ana_rollups *r);
+
+/* The commit hook (ana_commit_hook_fn): wakes the thread. Never blocks
+ * beyond a short mutex. */
+void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, size_t n);
+
+/* Records the metric's current definition: its filters, dimensions, type
+ * and formula (parsed, every name resolved; borrowed). When that differs
+ * from the stored one, a new version starts and is backfilled from the raw
+ * events in the background; the same definition does nothing. Blocks (one
+ * short write). Returns 0 or a negative error with err filled. */
+int ana_rollup_define(struct ana_rollups *r, const char *account_id,
+                      const Analytics__V1__Metric *m, const struct ana_formula *f,
+                      struct ana_error *err);
+
+/* Forgets a deleted metric; its cells are deleted in the background. */
+int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err);
+
+/* Answers q (q->metric->metric_id names the metric) from the rollups.
+ * Returns 1 when answered, 0 when the rollups cannot answer it (unknown
+ * metric, another definition, backfill not complete: answer from raw events),
+ * or a negative error with err filled. Blocks. */
+int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
+                     struct ana_arena *arena, Analytics__V1__MetricData *out,
+                     struct ana_error *err);
+
+/* State of a metric's rollups, for tests and operations. */
+struct ana_rollup_status {
+  bool known, complete;
+  int64_t version;
+  uint64_t watermark, backfill_to;
+};
+void ana_rollup_status(struct ana_rollups *r, const char *metric_id,
+                       struct ana_rollup_status *out);
+
+/* Waits (at most timeout_ms) until every metric's rollups include every event
+ * committed so far; returns true when they do. For tests and benchmarks. */
+bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms);
+
+#endif

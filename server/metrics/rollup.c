@@ -1,0 +1,969 @@
+/* Metric rollups: the maintenance thread (backfill, catch-up after a crash
+ * and live updates are one loop over the commit sequence), definitions and
+ * versions, and the query path that merges cells. See ana_rollup.h. */
+#include "ana_rollup.h"
+
+#include "ana_alloc.h"
+#include "ana_log.h"
+#include "metric_internal.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define LEVELS 3
+static const int64_t level_ms[LEVELS] = {15 * 60000LL, 3600000LL, 86400000LL};
+#define DEFAULT_CHUNK 5000
+#define GARBAGE_CHUNK 5000
+#define IDLE_WAKE_MS 1000
+
+/* One metric's current definition and progress. */
+struct rmetric {
+  struct rmetric *next;
+  char *metric_id, *account_id;
+  int64_t version;
+  uint64_t watermark, backfill_to;
+  uint64_t persisted; /* the watermark as stored */
+  uint8_t *def; /* the packed definition: also its fingerprint */
+  size_t def_len;
+  Analytics__V1__Metric *metric; /* def unpacked */
+  struct ana_formula *formula;
+  struct ana_metric_query q;
+  struct ana_mq *mq;
+  bool busy; /* the thread is working on it; free it there when dead */
+  bool dead;
+};
+
+/* Rows to delete: versions below `below` of a metric (INT64_MAX: all). */
+struct garbage {
+  struct garbage *next;
+  char *metric_id;
+  int64_t below;
+};
+
+struct ana_rollups {
+  struct ana_local_db *db;
+  const struct ana_event_store_ops *ops;
+  void *store;
+  int chunk;
+  sqlite3 *conn; /* the thread's */
+  sqlite3 *ctl;  /* definitions, under mu */
+  pthread_mutex_t mu; /* metrics, garbage; may be held across a short write */
+  /* Wake-ups, on their own mutex: the commit hook must never wait for mu. */
+  pthread_mutex_t wake_mu;
+  pthread_cond_t cond;
+  struct rmetric *metrics;
+  struct garbage *garbage;
+  bool stop, kick, started;
+  pthread_t thread;
+};
+
+static void wake(struct ana_rollups *r) {
+  pthread_mutex_lock(&r->wake_mu);
+  r->kick = true;
+  pthread_cond_signal(&r->cond);
+  pthread_mutex_unlock(&r->wake_mu);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t floor_to(int64_t t, int64_t size) {
+  int64_t q = t / size;
+  if (t % size && t < 0)
+    q--;
+  return q * size;
+}
+
+static int sql_fail(sqlite3 *db, const char *what, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "metric rollups: %s: %s", what, sqlite3_errmsg(db));
+  return ANA_ERR_IO;
+}
+
+/* ------------------------------------------------------------------ */
+/* definitions */
+
+static void rmetric_free(struct rmetric *m) {
+  if (!m)
+    return;
+  ana_mq_destroy(m->mq);
+  ana_formula_free(m->formula);
+  if (m->metric)
+    analytics__v1__metric__free_unpacked(m->metric, NULL);
+  ana_free(m->def);
+  ana_free(m->metric_id);
+  ana_free(m->account_id);
+  ana_free(m);
+}
+
+/* Builds a metric from its stored definition. */
+static struct rmetric *rmetric_new(const char *metric_id, const char *account_id, int64_t version,
+                                   const uint8_t *def, size_t def_len, struct ana_error *err) {
+  struct rmetric *m = ana_calloc(1, sizeof *m);
+  if (!m)
+    goto nomem;
+  m->metric_id = ana_strdup(metric_id);
+  m->account_id = ana_strdup(account_id);
+  m->def = ana_malloc(def_len ? def_len : 1);
+  if (!m->metric_id || !m->account_id || !m->def)
+    goto nomem;
+  memcpy(m->def, def, def_len);
+  m->def_len = def_len;
+  m->version = version;
+  m->metric = analytics__v1__metric__unpack(NULL, def_len, def);
+  if (!m->metric) {
+    ana_error_set(err, ANA_STATUS_DATA_LOSS, "metric rollups: definition of %s unreadable",
+                  metric_id);
+    goto fail;
+  }
+  int pos = 0;
+  /* The stored formula is canonical: every name resolved, so no env. */
+  m->formula = ana_formula_parse(m->metric->formula, NULL, err, &pos);
+  if (!m->formula)
+    goto fail;
+  m->q.metric = m->metric;
+  m->q.formula = m->formula;
+  m->q.account_id = m->account_id;
+  m->mq = ana_mq_create(&m->q, true, err);
+  if (!m->mq)
+    goto fail;
+  return m;
+nomem:
+  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+fail:
+  rmetric_free(m);
+  return NULL;
+}
+
+/* The definition as stored: what the cells depend on (filters, dimensions,
+ * type, the formula with every name resolved). Caller frees. */
+static uint8_t *pack_definition(const Analytics__V1__Metric *m, const struct ana_formula *f,
+                                size_t *len) {
+  char *canonical = ana_formula_to_string(f);
+  if (!canonical)
+    return NULL;
+  Analytics__V1__Metric d = ANALYTICS__V1__METRIC__INIT;
+  d.metric_id = m->metric_id;
+  d.formula = canonical;
+  d.type = m->type;
+  d.n_filters = m->n_filters;
+  d.filters = m->filters;
+  d.n_dimensions = m->n_dimensions;
+  d.dimensions = m->dimensions;
+  *len = protobuf_c_message_get_packed_size(&d.base);
+  uint8_t *buf = ana_malloc(*len ? *len : 1);
+  if (buf)
+    protobuf_c_message_pack(&d.base, buf);
+  free(canonical);
+  return buf;
+}
+
+static struct rmetric **find_metric(struct ana_rollups *r, const char *metric_id) {
+  struct rmetric **p = &r->metrics;
+  while (*p && strcmp((*p)->metric_id, metric_id) != 0)
+    p = &(*p)->next;
+  return p;
+}
+
+/* Unlinks *p; frees it unless the thread holds it. Under mu. */
+static void retire(struct rmetric **p) {
+  struct rmetric *m = *p;
+  *p = m->next;
+  if (m->busy)
+    m->dead = true;
+  else
+    rmetric_free(m);
+}
+
+static int add_garbage(struct ana_rollups *r, const char *metric_id, int64_t below) {
+  struct garbage *g = ana_calloc(1, sizeof *g);
+  if (!g || !(g->metric_id = ana_strdup(metric_id))) {
+    ana_free(g);
+    return ANA_ERR_NOMEM;
+  }
+  g->below = below;
+  g->next = r->garbage;
+  r->garbage = g;
+  return 0;
+}
+
+int ana_rollup_define(struct ana_rollups *r, const char *account_id,
+                      const Analytics__V1__Metric *metric, const struct ana_formula *f,
+                      struct ana_error *err) {
+  size_t len = 0;
+  uint8_t *def = pack_definition(metric, f, &len);
+  struct rmetric *m = NULL;
+  int rc = 0;
+  if (!def)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  pthread_mutex_lock(&r->mu);
+  struct rmetric **old = find_metric(r, metric->metric_id);
+  if (*old && (*old)->def_len == len && memcmp((*old)->def, def, len) == 0)
+    goto out; /* the same definition: its cells stay */
+  /* Versions only grow, also across deletions and restarts. */
+  int64_t version = now_ms();
+  if (*old && version <= (*old)->version)
+    version = (*old)->version + 1;
+  uint64_t head = 0;
+  if ((rc = r->ops->last_seq(r->store, &head, err)) < 0)
+    goto out;
+  m = rmetric_new(metric->metric_id, account_id, version, def, len, err);
+  if (!m) {
+    rc = ANA_ERR_INVALID;
+    goto out;
+  }
+  m->backfill_to = head;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->ctl,
+                         "INSERT OR REPLACE INTO metric_rollup_defs (metric_id, account_id, "
+                         "version, definition, watermark, backfill_to) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = sql_fail(r->ctl, "cannot record a definition", err);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, m->metric_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, m->account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, version);
+  sqlite3_bind_blob(st, 4, def, (int)len, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 5, (sqlite3_int64)head);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    rc = sql_fail(r->ctl, "cannot record a definition", err);
+  sqlite3_finalize(st);
+  if (rc < 0)
+    goto out;
+  if (*old) {
+    /* The old version's cells go once the new one is complete. */
+    add_garbage(r, metric->metric_id, version);
+    m->next = (*old)->next;
+    struct rmetric *prev = *old;
+    *old = m;
+    if (prev->busy)
+      prev->dead = true;
+    else
+      rmetric_free(prev);
+  } else {
+    m->next = r->metrics;
+    r->metrics = m;
+  }
+  m = NULL;
+  ANA_INFO("rollups", "metric %s: definition version %lld, backfill up to seq %llu",
+           metric->metric_id, (long long)version, (unsigned long long)head);
+out:
+  pthread_mutex_unlock(&r->mu);
+  if (rc == 0)
+    wake(r);
+  rmetric_free(m);
+  ana_free(def);
+  return rc;
+}
+
+int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err) {
+  int rc = 0;
+  pthread_mutex_lock(&r->mu);
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->ctl, "DELETE FROM metric_rollup_defs WHERE metric_id = ?1", -1, &st,
+                         NULL) != SQLITE_OK) {
+    rc = sql_fail(r->ctl, "cannot forget a definition", err);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    rc = sql_fail(r->ctl, "cannot forget a definition", err);
+  sqlite3_finalize(st);
+  if (rc < 0)
+    goto out;
+  struct rmetric **p = find_metric(r, metric_id);
+  if (*p)
+    retire(p);
+  add_garbage(r, metric_id, INT64_MAX);
+out:
+  pthread_mutex_unlock(&r->mu);
+  if (rc == 0)
+    wake(r);
+  return rc;
+}
+
+void ana_rollup_status(struct ana_rollups *r, const char *metric_id,
+                       struct ana_rollup_status *out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&r->mu);
+  struct rmetric *m = *find_metric(r, metric_id);
+  if (m) {
+    out->known = true;
+    out->version = m->version;
+    out->watermark = m->watermark;
+    out->backfill_to = m->backfill_to;
+    out->complete = m->watermark >= m->backfill_to;
+  }
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* ------------------------------------------------------------------ */
+/* maintenance: one chunk of the commit sequence for one metric */
+
+struct cell_entry {
+  int level;
+  int64_t bucket;
+  char *key;
+  uint64_t hash;
+  struct ana_mq_cell *cell;
+};
+
+struct chunk {
+  struct rmetric *m;
+  struct cell_entry *slots;
+  size_t cap, len;
+  int64_t ts; /* of the event being fed */
+  int rc;
+};
+
+static uint64_t cell_hash(int level, int64_t bucket, const char *key) {
+  uint64_t h = 1469598103934665603ULL ^ (uint64_t)level;
+  h = (h ^ (uint64_t)bucket) * 1099511628211ULL;
+  for (; *key; key++)
+    h = (h ^ (unsigned char)*key) * 1099511628211ULL;
+  return h;
+}
+
+static struct ana_mq_cell *chunk_cell(struct chunk *c, int level, int64_t bucket,
+                                      const char *key) {
+  if ((c->len + 1) * 2 > c->cap) {
+    size_t cap = c->cap ? c->cap * 2 : 256;
+    struct cell_entry *slots = ana_calloc(cap, sizeof *slots);
+    if (!slots)
+      return NULL;
+    for (size_t i = 0; i < c->cap; i++) {
+      if (!c->slots[i].cell)
+        continue;
+      size_t j = c->slots[i].hash & (cap - 1);
+      while (slots[j].cell)
+        j = (j + 1) & (cap - 1);
+      slots[j] = c->slots[i];
+    }
+    ana_free(c->slots);
+    c->slots = slots;
+    c->cap = cap;
+  }
+  uint64_t h = cell_hash(level, bucket, key);
+  size_t j = h & (c->cap - 1);
+  for (; c->slots[j].cell; j = (j + 1) & (c->cap - 1)) {
+    struct cell_entry *e = &c->slots[j];
+    if (e->hash == h && e->level == level && e->bucket == bucket && strcmp(e->key, key) == 0)
+      return e->cell;
+  }
+  struct cell_entry *e = &c->slots[j];
+  e->key = ana_strdup(key);
+  e->cell = e->key ? ana_mq_cell_new(c->m->mq) : NULL;
+  if (!e->cell) {
+    ana_free(e->key);
+    e->key = NULL;
+    return NULL;
+  }
+  e->level = level;
+  e->bucket = bucket;
+  e->hash = h;
+  c->len++;
+  return e->cell;
+}
+
+static int cells_of(void *ctx, const char *group_key, struct ana_mq_cell **cells, size_t max) {
+  struct chunk *c = ctx;
+  for (int l = 0; l < LEVELS && (size_t)l < max; l++)
+    if (!(cells[l] = chunk_cell(c, l, floor_to(c->ts, level_ms[l]), group_key)))
+      return ANA_ERR_NOMEM;
+  return LEVELS;
+}
+
+static int feed(void *ctx, const struct ana_scanned_event *ev) {
+  struct chunk *c = ctx;
+  c->ts = ev->timestamp_ms;
+  c->rc = ana_mq_feed_cells(c->m->mq, ev, cells_of, c);
+  return c->rc < 0;
+}
+
+static void chunk_fini(struct chunk *c) {
+  for (size_t i = 0; i < c->cap; i++) {
+    ana_mq_cell_free(c->m->mq, c->slots[i].cell);
+    ana_free(c->slots[i].key);
+  }
+  ana_free(c->slots);
+}
+
+/* Reads events (lo, hi] of m's account, merges their cells into the stored
+ * ones and moves the watermark, in one transaction. Returns 0, 1 when the
+ * metric changed meanwhile (nothing written), or a negative error. */
+static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, uint64_t hi,
+                         uint64_t head, struct ana_error *err) {
+  struct chunk c = {.m = m};
+  sqlite3_stmt *sel = NULL, *put = NULL, *mark = NULL;
+  uint8_t *buf = NULL;
+  size_t cap = 0;
+  bool began = false;
+  int rc = r->ops->scan_seq(r->store, m->account_id, lo, hi, feed, &c, err);
+  if (rc == 0 && c.rc < 0)
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc < 0)
+    goto out;
+  /* Nothing of this metric (other accounts, other names): the stored
+   * watermark may lag (a restart replays an empty range), but not for long
+   * and not at the head, where queries read it. */
+  if (c.len == 0 && hi < head && hi - m->persisted < 50u * (uint64_t)r->chunk)
+    goto out;
+  if (sqlite3_exec(r->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = sql_fail(r->conn, "begin", err);
+    goto out;
+  }
+  began = true;
+  if (sqlite3_prepare_v2(r->conn,
+                         "SELECT state FROM metric_rollups WHERE metric_id = ?1 AND version = ?2"
+                         " AND level = ?3 AND bucket = ?4 AND group_key = ?5",
+                         -1, &sel, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r->conn,
+                         "INSERT OR REPLACE INTO metric_rollups (metric_id, version, level, "
+                         "bucket, group_key, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                         -1, &put, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r->conn,
+                         "UPDATE metric_rollup_defs SET watermark = ?3 WHERE metric_id = ?1 AND "
+                         "version = ?2",
+                         -1, &mark, NULL) != SQLITE_OK) {
+    rc = sql_fail(r->conn, "prepare", err);
+    goto out;
+  }
+  for (size_t i = 0; i < c.cap && rc == 0; i++) {
+    struct cell_entry *e = &c.slots[i];
+    if (!e->cell)
+      continue;
+    sqlite3_stmt *sts[2] = {sel, put};
+    for (int k = 0; k < 2; k++) {
+      sqlite3_reset(sts[k]);
+      sqlite3_bind_text(sts[k], 1, m->metric_id, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(sts[k], 2, m->version);
+      sqlite3_bind_int(sts[k], 3, e->level);
+      sqlite3_bind_int64(sts[k], 4, e->bucket);
+      sqlite3_bind_text(sts[k], 5, e->key, -1, SQLITE_STATIC);
+    }
+    if (sqlite3_step(sel) == SQLITE_ROW &&
+        ana_mq_cell_merge_encoded(m->mq, e->cell, sqlite3_column_blob(sel, 0),
+                                  (size_t)sqlite3_column_bytes(sel, 0)) < 0) {
+      rc = ana_error_set(err, ANA_STATUS_DATA_LOSS, "metric rollups: a stored cell is malformed");
+      break;
+    }
+    size_t len = 0;
+    if (ana_mq_cell_encode(m->mq, e->cell, &buf, &len, &cap) < 0) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    sqlite3_bind_blob(put, 6, buf, (int)len, SQLITE_STATIC);
+    if (sqlite3_step(put) != SQLITE_DONE)
+      rc = sql_fail(r->conn, "write a cell", err);
+  }
+  if (rc < 0)
+    goto out;
+  sqlite3_bind_text(mark, 1, m->metric_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(mark, 2, m->version);
+  sqlite3_bind_int64(mark, 3, (sqlite3_int64)hi);
+  if (sqlite3_step(mark) != SQLITE_DONE) {
+    rc = sql_fail(r->conn, "move the watermark", err);
+    goto out;
+  }
+  if (sqlite3_changes(r->conn) == 0) {
+    rc = 1; /* redefined or deleted meanwhile: these cells belong to nobody */
+    goto out;
+  }
+  if (sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = sql_fail(r->conn, "commit", err);
+    goto out;
+  }
+  began = false;
+  m->persisted = hi;
+out:
+  sqlite3_finalize(sel);
+  sqlite3_finalize(put);
+  sqlite3_finalize(mark);
+  if (began)
+    sqlite3_exec(r->conn, "ROLLBACK", NULL, NULL, NULL);
+  ana_free(buf);
+  chunk_fini(&c);
+  return rc;
+}
+
+/* Deletes one chunk of garbage whose time has come; true when some is left. */
+static bool collect_garbage(struct ana_rollups *r) {
+  pthread_mutex_lock(&r->mu);
+  struct garbage **p = &r->garbage, *g = NULL;
+  for (; *p; p = &(*p)->next) {
+    struct rmetric *m = *find_metric(r, (*p)->metric_id);
+    /* An old version waits until the new one is complete. */
+    if ((*p)->below == INT64_MAX || !m || m->watermark >= m->backfill_to) {
+      g = *p;
+      break;
+    }
+  }
+  bool left = r->garbage != NULL;
+  if (g)
+    *p = g->next;
+  pthread_mutex_unlock(&r->mu);
+  if (!g)
+    return false;
+  sqlite3_stmt *st = NULL;
+  int changes = 0;
+  if (sqlite3_prepare_v2(r->conn,
+                         "DELETE FROM metric_rollups WHERE metric_id = ?1 AND version < ?2 AND "
+                         "(version, level, bucket, group_key) IN (SELECT version, level, bucket, "
+                         "group_key FROM metric_rollups WHERE metric_id = ?1 AND version < ?2 "
+                         "LIMIT ?3)",
+                         -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, g->metric_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, g->below);
+    sqlite3_bind_int(st, 3, GARBAGE_CHUNK);
+    if (sqlite3_step(st) == SQLITE_DONE)
+      changes = sqlite3_changes(r->conn);
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_lock(&r->mu);
+  if (changes > 0) {
+    g->next = r->garbage; /* more may be left: come back */
+    r->garbage = g;
+    g = NULL;
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (g) {
+    ana_free(g->metric_id);
+    ana_free(g);
+  }
+  return left;
+}
+
+static void *rollup_thread(void *arg) {
+  struct ana_rollups *r = arg;
+  bool more = true;
+  for (;;) {
+    pthread_mutex_lock(&r->wake_mu);
+    if (!more && !r->kick && !r->stop) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_sec += IDLE_WAKE_MS / 1000;
+      pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts);
+    }
+    r->kick = false;
+    bool stop = r->stop;
+    pthread_mutex_unlock(&r->wake_mu);
+    if (stop)
+      break;
+    struct ana_error err;
+    ana_error_clear(&err);
+    uint64_t head = 0;
+    more = false;
+    if (r->ops->last_seq(r->store, &head, &err) < 0) {
+      ANA_WARN("rollups", "cannot read the commit sequence: %s", err.message);
+      continue;
+    }
+    /* The metrics behind: one chunk each per round, so a backfill never
+     * holds up the live updates of the others. */
+    pthread_mutex_lock(&r->mu);
+    size_t n = 0;
+    for (struct rmetric *m = r->metrics; m; m = m->next)
+      n += m->watermark < head;
+    struct rmetric **todo = n ? ana_calloc(n, sizeof *todo) : NULL;
+    n = 0;
+    for (struct rmetric *m = r->metrics; todo && m; m = m->next)
+      if (m->watermark < head) {
+        m->busy = true;
+        todo[n++] = m;
+      }
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+      struct rmetric *m = todo[i];
+      pthread_mutex_lock(&r->mu);
+      bool dead = m->dead;
+      pthread_mutex_unlock(&r->mu);
+      uint64_t lo = m->watermark; /* written by this thread only */
+      uint64_t hi = head - lo > (uint64_t)r->chunk ? lo + (uint64_t)r->chunk : head;
+      int rc = dead ? 1 : process_chunk(r, m, lo, hi, head, &err);
+      pthread_mutex_lock(&r->mu);
+      if (rc == 0)
+        m->watermark = hi;
+      if (rc < 0)
+        ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
+      else if (rc == 0 && hi < head)
+        more = true;
+      if (rc == 0 && hi >= m->backfill_to && lo < m->backfill_to)
+        ANA_INFO("rollups", "metric %s: version %lld complete", m->metric_id,
+                 (long long)m->version);
+      pthread_mutex_unlock(&r->mu);
+    }
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+      todo[i]->busy = false;
+      if (todo[i]->dead)
+        rmetric_free(todo[i]);
+    }
+    pthread_mutex_unlock(&r->mu);
+    ana_free(todo);
+    if (collect_garbage(r))
+      more = true;
+  }
+  return NULL;
+}
+
+void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, size_t n) {
+  (void)records;
+  (void)n;
+  wake(ctx);
+}
+
+bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
+  int64_t deadline = now_ms() + timeout_ms;
+  for (;;) {
+    struct ana_error err;
+    uint64_t head = 0;
+    if (r->ops->last_seq(r->store, &head, &err) < 0)
+      return false;
+    bool behind = false;
+    pthread_mutex_lock(&r->mu);
+    for (struct rmetric *m = r->metrics; m; m = m->next)
+      behind |= m->watermark < head;
+    behind |= r->garbage != NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (!behind)
+      return true;
+    if (now_ms() > deadline)
+      return false;
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* life cycle */
+
+/* Loads the definitions, and queues as garbage every stored version that
+ * is not a current one (a deletion cut short by a crash). */
+static int load(struct ana_rollups *r, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(r->ctl,
+                         "SELECT metric_id, account_id, version, definition, watermark, "
+                         "backfill_to FROM metric_rollup_defs",
+                         -1, &st, NULL) != SQLITE_OK)
+    return sql_fail(r->ctl, "cannot read the definitions", err);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    struct ana_error merr;
+    struct rmetric *m =
+        rmetric_new((const char *)sqlite3_column_text(st, 0),
+                    (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2),
+                    sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3), &merr);
+    if (!m) {
+      ANA_WARN("rollups", "metric %s: %s; answered from raw events",
+               (const char *)sqlite3_column_text(st, 0), merr.message);
+      continue;
+    }
+    m->watermark = m->persisted = (uint64_t)sqlite3_column_int64(st, 4);
+    m->backfill_to = (uint64_t)sqlite3_column_int64(st, 5);
+    m->next = r->metrics;
+    r->metrics = m;
+  }
+  sqlite3_finalize(st);
+  /* Distinct (metric, version) pairs by skipping through the key. */
+  if (sqlite3_prepare_v2(r->ctl,
+                         "SELECT metric_id, version FROM metric_rollups WHERE (metric_id, version)"
+                         " > (?1, ?2) ORDER BY metric_id, version LIMIT 1",
+                         -1, &st, NULL) != SQLITE_OK)
+    return sql_fail(r->ctl, "cannot read the rollups", err);
+  char last[256] = "";
+  int64_t last_version = INT64_MAX;
+  for (;;) {
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, last, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, last_version);
+    if (sqlite3_step(st) != SQLITE_ROW)
+      break;
+    snprintf(last, sizeof last, "%s", (const char *)sqlite3_column_text(st, 0));
+    last_version = sqlite3_column_int64(st, 1);
+    struct rmetric *m = *find_metric(r, last);
+    if (!m || m->version != last_version)
+      rc = add_garbage(r, last, m && last_version < m->version ? m->version : INT64_MAX);
+    if (!m || last_version >= m->version)
+      last_version = INT64_MAX; /* no later version of this metric matters */
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
+                                      const struct ana_event_store_ops *ops, void *store,
+                                      const struct ana_rollup_options *o, struct ana_error *err) {
+  struct ana_rollups *r = ana_calloc(1, sizeof *r);
+  if (!r) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  r->db = db;
+  r->ops = ops;
+  r->store = store;
+  r->chunk = o && o->chunk_events > 0 ? o->chunk_events : DEFAULT_CHUNK;
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_mutex_init(&r->wake_mu, NULL);
+  pthread_cond_init(&r->cond, NULL);
+  if (!ops->scan_seq || !ops->last_seq) {
+    ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                  "metric rollups: the event store %s cannot scan by commit sequence", ops->name);
+    goto fail;
+  }
+  if (!(r->conn = ana_local_db_connect(db, err)) || !(r->ctl = ana_local_db_connect(db, err)))
+    goto fail;
+  if (load(r, err) < 0)
+    goto fail;
+  if (pthread_create(&r->thread, NULL, rollup_thread, r) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the rollup thread");
+    goto fail;
+  }
+  r->started = true;
+  return r;
+fail:
+  ana_rollup_destroy(r);
+  return NULL;
+}
+
+void ana_rollup_destroy(struct ana_rollups *r) {
+  if (!r)
+    return;
+  if (r->started) {
+    pthread_mutex_lock(&r->wake_mu);
+    r->stop = true;
+    pthread_cond_signal(&r->cond);
+    pthread_mutex_unlock(&r->wake_mu);
+    pthread_join(r->thread, NULL);
+  }
+  while (r->metrics)
+    retire(&r->metrics);
+  while (r->garbage) {
+    struct garbage *g = r->garbage;
+    r->garbage = g->next;
+    ana_free(g->metric_id);
+    ana_free(g);
+  }
+  sqlite3_close(r->conn);
+  sqlite3_close(r->ctl);
+  pthread_mutex_destroy(&r->mu);
+  pthread_mutex_destroy(&r->wake_mu);
+  pthread_cond_destroy(&r->cond);
+  ana_free(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* queries */
+
+/* A piece of the query's time line: read from cells of a level, or from
+ * raw events (level -1). */
+struct span {
+  int64_t lo, hi;
+  int level;
+};
+
+struct plan {
+  struct span *spans;
+  size_t n, cap;
+};
+
+static int plan_push(struct plan *p, int level, int64_t lo, int64_t hi) {
+  if (lo >= hi)
+    return 0;
+  if (p->n && p->spans[p->n - 1].level == level && p->spans[p->n - 1].hi == lo) {
+    p->spans[p->n - 1].hi = hi;
+    return 0;
+  }
+  if (p->n == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 64;
+    struct span *s = ana_realloc(p->spans, cap * sizeof *s);
+    if (!s)
+      return ANA_ERR_NOMEM;
+    p->spans = s;
+    p->cap = cap;
+  }
+  p->spans[p->n++] = (struct span){lo, hi, level};
+  return 0;
+}
+
+/* [a, b) is inside one query bucket (or the previous period): the coarsest
+ * cells that fit, raw events for the unaligned ends. */
+static int plan_range(struct plan *p, int64_t a, int64_t b) {
+  int64_t lo = floor_to(a + level_ms[0] - 1, level_ms[0]);
+  int64_t hi = floor_to(b, level_ms[0]);
+  if (lo >= hi)
+    return plan_push(p, -1, a, b);
+  int rc = plan_push(p, -1, a, lo);
+  for (int64_t t = lo; t < hi && rc == 0;) {
+    int l = LEVELS - 1;
+    while (l > 0 && (floor_to(t, level_ms[l]) != t || t + level_ms[l] > hi))
+      l--;
+    rc = plan_push(p, l, t, t + level_ms[l]);
+    t += level_ms[l];
+  }
+  return rc ? rc : plan_push(p, -1, hi, b);
+}
+
+struct query_ctx {
+  struct ana_mq *mq;
+  const struct plan *plan;
+  int rc;
+};
+
+static int add_raw(void *ctx, const struct ana_scanned_event *ev) {
+  struct query_ctx *c = ctx;
+  return (c->rc = ana_mq_add_event(c->mq, ev)) < 0;
+}
+
+/* An event committed after the watermark counts where cells answer (raw
+ * spans were scanned whole). */
+static int add_tail(void *ctx, const struct ana_scanned_event *ev) {
+  struct query_ctx *c = ctx;
+  const struct plan *p = c->plan;
+  size_t lo = 0, hi = p->n;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (p->spans[mid].hi <= ev->timestamp_ms)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < p->n && p->spans[lo].lo <= ev->timestamp_ms && p->spans[lo].level >= 0)
+    return (c->rc = ana_mq_add_event(c->mq, ev)) < 0;
+  return 0;
+}
+
+int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
+                     struct ana_arena *arena, Analytics__V1__MetricData *out,
+                     struct ana_error *err) {
+  size_t def_len = 0;
+  uint8_t *def = pack_definition(q->metric, q->formula, &def_len);
+  struct ana_formula *f = NULL;
+  struct ana_mq *mq = NULL;
+  struct plan plan = {0};
+  sqlite3 *reader = NULL;
+  sqlite3_stmt *st = NULL;
+  bool in_txn = false;
+  int rc = 0;
+  if (!def)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  pthread_mutex_lock(&r->mu);
+  struct rmetric *m = *find_metric(r, q->metric->metric_id);
+  bool usable = m && m->def_len == def_len && memcmp(m->def, def, def_len) == 0 &&
+                m->watermark >= m->backfill_to;
+  int64_t version = usable ? m->version : 0;
+  /* The cells' terms are those of the canonical formula, in its order. */
+  const char *canonical = usable ? m->metric->formula : NULL;
+  int pos;
+  if (usable && !(f = ana_formula_parse(canonical, NULL, err, &pos)))
+    rc = ANA_ERR_INVALID;
+  pthread_mutex_unlock(&r->mu);
+  if (!usable || rc < 0)
+    goto out;
+  struct ana_metric_query cq = *q;
+  cq.formula = f;
+  if (!(mq = ana_mq_create(&cq, true, err))) {
+    rc = ANA_ERR_INVALID;
+    goto out;
+  }
+  /* The plan: the previous period, then each bucket clipped to [from, to). */
+  size_t nb = 0;
+  const int64_t *starts = ana_mq_bucket_starts(mq, &nb);
+  rc = plan_range(&plan, q->from_ms - (q->to_ms - q->from_ms), q->from_ms);
+  for (size_t b = 0; b < nb && rc == 0; b++) {
+    int64_t a = starts[b] > q->from_ms ? starts[b] : q->from_ms;
+    int64_t e = b + 1 < nb && starts[b + 1] < q->to_ms ? starts[b + 1] : q->to_ms;
+    rc = plan_range(&plan, a, e);
+  }
+  if (rc < 0) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  /* Cells and their watermark from one snapshot. */
+  reader = ana_local_db_acquire_reader(r->db);
+  if (sqlite3_exec(reader, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = sql_fail(reader, "begin", err);
+    goto out;
+  }
+  in_txn = true;
+  uint64_t watermark = 0;
+  if (sqlite3_prepare_v2(reader,
+                         "SELECT watermark, backfill_to FROM metric_rollup_defs WHERE metric_id = "
+                         "?1 AND version = ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = sql_fail(reader, "read the watermark", err);
+    goto out;
+  }
+  sqlite3_bind_text(st, 1, q->metric->metric_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, version);
+  if (sqlite3_step(st) != SQLITE_ROW ||
+      sqlite3_column_int64(st, 0) < sqlite3_column_int64(st, 1)) {
+    rc = 0; /* redefined or deleted since */
+    goto out;
+  }
+  watermark = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  if (sqlite3_prepare_v2(reader,
+                         "SELECT bucket, group_key, state FROM metric_rollups WHERE metric_id = ?1"
+                         " AND version = ?2 AND level = ?3 AND bucket >= ?4 AND bucket < ?5",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = sql_fail(reader, "read the rollups", err);
+    goto out;
+  }
+  for (size_t i = 0; i < plan.n && rc == 0; i++) {
+    const struct span *sp = &plan.spans[i];
+    if (sp->level < 0)
+      continue;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, q->metric->metric_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, version);
+    sqlite3_bind_int(st, 3, sp->level);
+    sqlite3_bind_int64(st, 4, sp->lo);
+    sqlite3_bind_int64(st, 5, sp->hi);
+    while (rc == 0 && sqlite3_step(st) == SQLITE_ROW)
+      rc = ana_mq_add_cell(mq, sqlite3_column_int64(st, 0),
+                           (const char *)sqlite3_column_text(st, 1), sqlite3_column_blob(st, 2),
+                           (size_t)sqlite3_column_bytes(st, 2));
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
+  in_txn = false;
+  ana_local_db_release_reader(r->db, reader);
+  reader = NULL;
+  if (rc < 0)
+    goto answer; /* the error is in mq */
+  /* Raw events where no cell fits, and those committed after the watermark. */
+  struct query_ctx qc = {mq, &plan, 0};
+  size_t n_names;
+  bool any;
+  const char *const *names = ana_mq_names(mq, &n_names, &any);
+  for (size_t i = 0; i < plan.n && rc == 0; i++)
+    if (plan.spans[i].level < 0)
+      rc = r->ops->scan(r->store, q->account_id, plan.spans[i].lo, plan.spans[i].hi,
+                        any ? NULL : names, any ? 0 : n_names, add_raw, &qc, err);
+  if (rc == 0)
+    rc = r->ops->scan_seq(r->store, q->account_id, watermark, UINT64_MAX, add_tail, &qc, err);
+  if (rc < 0)
+    goto out;
+answer:
+  rc = ana_mq_answer(mq, arena, out, err);
+  if (rc == 0)
+    rc = 1;
+out:
+  sqlite3_finalize(st);
+  if (in_txn)
+    sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
+  if (reader)
+    ana_local_db_release_reader(r->db, reader);
+  ana_free(plan.spans);
+  ana_mq_destroy(mq);
+  ana_formula_free(f);
+  ana_free(def);
+  return rc;
+}

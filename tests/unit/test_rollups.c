@@ -1,0 +1,402 @@
+/* Property test of metric rollups: for random events (names, properties,
+ * timestamps over a few days around a DST change), every formula function,
+ * several dimensions and filters, time zones with whole-, half-hour and DST
+ * offsets, aligned and unaligned ranges, the answer from the rollups equals
+ * the answer from the raw events (query.c's raw path): exactly for counts,
+ * sums, min, max and avg; within the documented bounds for uniq (HyperLogLog)
+ * and percentiles (DDSketch). Half of the events exist before the metric is
+ * defined (backfill), half arrive after (live), and some are queried before
+ * the rollups caught up (the tail past the watermark). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "ana_arena.h"
+#include "ana_rollup.h"
+#include "ana_sketch.h"
+#include "ana_store.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIN 60000LL
+#define HOUR 3600000LL
+#define DAY 86400000LL
+/* 2024-03-29T00:00:00Z: Berlin moves to summer time on 2024-03-31 01:00Z. */
+#define START 1711670400000LL
+#define END (START + 3 * DAY)
+
+static char dir[64];
+static struct ana_local_db *db;
+static const struct ana_event_store_ops *ops;
+static void *store;
+static struct ana_rollups *rollups;
+static int next_id;
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+static uint64_t rnd(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return rng;
+}
+
+static int setup(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/ana-rollups-XXXXXX");
+  if (!mkdtemp(dir))
+    return -1;
+  struct ana_error err;
+  db = ana_local_db_open(dir, &err);
+  ops = ana_store_event_backend("sqlite");
+  store = db ? ops->open(db, &err) : NULL;
+  rollups = store ? ana_rollup_create(db, ops, store, &(struct ana_rollup_options){.chunk_events = 700}, &err) : NULL;
+  if (!rollups)
+    fprintf(stderr, "setup: %s\n", err.message);
+  return rollups ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  ana_rollup_destroy(rollups);
+  ops->close(store);
+  ana_local_db_close(db);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Stores n random events in one transaction and tells the rollups. */
+static void add_events(int n) {
+  static const char *const names[] = {"a", "b", "c"};
+  struct ana_event_record *recs = calloc((size_t)n, sizeof *recs);
+  char (*ids)[32] = calloc((size_t)n, 32);
+  char (*props)[256] = calloc((size_t)n, 256);
+  static const uint8_t payload[] = {0x2a, 0x01, 'x'};
+  for (int i = 0; i < n; i++) {
+    snprintf(ids[i], 32, "e%d", next_id++);
+    int64_t ts = START - DAY + (int64_t)(rnd() % (uint64_t)(4 * DAY));
+    /* values are integers or halves: every sum is exact in binary64 */
+    double v = (double)(rnd() % 2001) / 2.0 - 200;
+    int shape = (int)(rnd() % 10);
+    if (shape == 0)
+      snprintf(props[i], 256, "{\"campaign\":\"c%d\"}", (int)(rnd() % 4));
+    else if (shape == 1)
+      snprintf(props[i], 256, "{\"v\":\"%g\",\"group\":\"g%d\",\"s\":\"u%d\"}", v,
+               (int)(rnd() % 3), (int)(rnd() % 40));
+    else
+      snprintf(props[i], 256, "{\"campaign\":\"c%d\",\"group\":\"g%d\",\"v\":%g,\"s\":\"u%d\"}",
+               (int)(rnd() % 4), (int)(rnd() % 3), v, (int)(rnd() % 300));
+    recs[i] = (struct ana_event_record){
+        .account_id = "acct",
+        .event_id = ids[i],
+        .session_id = "",
+        .event_type = "track",
+        .event_name = names[rnd() % 3],
+        .timestamp_ms = ts,
+        .received_at_ms = ts,
+        .expires_at_ms = ts + 365 * DAY,
+        .properties_json = props[i],
+        .search_text = "",
+        .payload = payload,
+        .payload_len = sizeof payload,
+    };
+  }
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ops->append(store, recs, (size_t)n, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  if (rollups)
+    ana_rollup_on_commit(rollups, recs, (size_t)n);
+  free(recs);
+  free(ids);
+  free(props);
+}
+
+enum kind { EXACT, UNIQ, PCT };
+
+struct def {
+  const char *formula;
+  const char *type;
+  const char *aggregation;
+  enum kind kind;
+  const char *dims[2];
+  size_t n_dims;
+  const char *filter_field, *filter_op;
+  double filter_number;
+  const char *filter_text;
+};
+
+static const struct def defs[] = {
+    {"count(a)", "counter", "sum", EXACT, {"campaign", NULL}, 1, NULL, NULL, 0, NULL},
+    {"(count(b) / count(a)) * 100", "gauge", "avg", EXACT, {"campaign", "group"}, 2, NULL, NULL,
+     0, NULL},
+    {"sum(a.v) + max(b.v) - min(*.v)", "gauge", "max", EXACT, {"group", NULL}, 1, "v", "gte",
+     -50, NULL},
+    {"avg(*.v) * 2", "gauge", "last", EXACT, {NULL, NULL}, 0, "group", "neq", 0, "g2"},
+    {"count(*) - count(c)", "counter", "count", EXACT, {"campaign", NULL}, 1, "campaign",
+     "exists", 0, NULL},
+    {"uniq(*.s)", "gauge", "avg", UNIQ, {"campaign", NULL}, 1, NULL, NULL, 0, NULL},
+    {"uniq(a.s)", "gauge", "sum", UNIQ, {NULL, NULL}, 0, NULL, NULL, 0, NULL},
+    {"p50(a.v)", "gauge", "min", PCT, {"group", NULL}, 1, NULL, NULL, 0, NULL},
+    {"p99(*.v)", "gauge", "avg", PCT, {NULL, NULL}, 0, NULL, NULL, 0, NULL},
+    {"p90(b.v)", "histogram", "avg", PCT, {"campaign", NULL}, 1, NULL, NULL, 0, NULL},
+    {"p95(a.v)", "gauge", "avg", PCT, {NULL, NULL}, 0, "v", "gt", 0, NULL},
+};
+#define N_DEFS (sizeof defs / sizeof defs[0])
+
+struct built {
+  Analytics__V1__Metric m;
+  Analytics__V1__MetricFilter filter, *filters[1];
+  Google__Protobuf__Value value;
+  char id[16];
+  struct ana_formula *f;
+};
+
+static void build(struct built *b, size_t i) {
+  const struct def *d = &defs[i];
+  analytics__v1__metric__init(&b->m);
+  snprintf(b->id, sizeof b->id, "m%zu", i);
+  b->m.metric_id = b->id;
+  b->m.name = b->id;
+  b->m.type = (char *)d->type;
+  b->m.aggregation = (char *)d->aggregation;
+  b->m.formula = (char *)d->formula;
+  b->m.n_dimensions = d->n_dims;
+  b->m.dimensions = (char **)d->dims;
+  if (d->filter_field) {
+    analytics__v1__metric_filter__init(&b->filter);
+    google__protobuf__value__init(&b->value);
+    b->filter.field = (char *)d->filter_field;
+    b->filter.op = (char *)d->filter_op;
+    if (d->filter_text) {
+      b->value.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+      b->value.string_value = (char *)d->filter_text;
+    } else {
+      b->value.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
+      b->value.number_value = d->filter_number;
+    }
+    b->filter.value = &b->value;
+    b->filters[0] = &b->filter;
+    b->m.n_filters = 1;
+    b->m.filters = b->filters;
+  }
+  struct ana_error err;
+  int pos;
+  b->f = ana_formula_parse(d->formula, NULL, &err, &pos);
+  assert_non_null(b->f);
+}
+
+static void series_key(const Analytics__V1__MetricSeries *s, char *out, size_t n) {
+  size_t off = 0;
+  out[0] = '\0';
+  for (size_t d = 0; d < s->n_dimensions && off < n; d++)
+    off += (size_t)snprintf(out + off, n - off, "%s=%s;", s->dimensions[d]->key,
+                            s->dimensions[d]->value);
+}
+
+static bool close_enough(enum kind k, double raw, double got) {
+  if (k == EXACT)
+    return raw == got;
+  if (k == PCT)
+    return fabs(got - raw) <= ANA_DDS_ALPHA * fabs(raw) * (1 + 1e-9) + 1e-12;
+  /* uniq: 3 standard errors, and +-1 for the small sets linear counting sees */
+  return fabs(got - raw) <= 3 * ANA_HLL_STD_ERROR * fabs(raw) + 1.0;
+}
+
+/* Formula values of sketch terms combine bounded errors; bucket summaries
+ * and changes are compared only for exact formulas. */
+static void same_value(enum kind k, const Google__Protobuf__DoubleValue *raw,
+                       const Google__Protobuf__DoubleValue *got, const char *what,
+                       const char *ctx) {
+  if (!raw || !got) {
+    if (raw != got)
+      fail_msg("%s %s: raw %s, rollup %s", ctx, what, raw ? "set" : "empty", got ? "set" : "empty");
+    return;
+  }
+  if (!close_enough(k, raw->value, got->value))
+    fail_msg("%s %s: raw %.17g, rollup %.17g", ctx, what, raw->value, got->value);
+}
+
+static void compare(enum kind k, const Analytics__V1__MetricData *raw,
+                    const Analytics__V1__MetricData *got, const char *ctx) {
+  if (raw->n_series != got->n_series)
+    fail_msg("%s: %zu series raw, %zu from rollups", ctx, raw->n_series, got->n_series);
+  for (size_t i = 0; i < raw->n_series; i++) {
+    const Analytics__V1__MetricSeries *rs = raw->series[i], *gs = NULL;
+    char rk[256], gk[256];
+    series_key(rs, rk, sizeof rk);
+    /* Exact answers rank identically; sketch answers are matched by group. */
+    for (size_t j = 0; j < got->n_series && !gs; j++) {
+      series_key(got->series[k == EXACT ? i : j], gk, sizeof gk);
+      if (strcmp(rk, gk) == 0)
+        gs = got->series[k == EXACT ? i : j];
+      if (k == EXACT)
+        break;
+    }
+    if (!gs)
+      fail_msg("%s: series %s (position %zu) missing from the rollup answer", ctx, rk, i);
+    char c[1024];
+    assert_int_equal(rs->n_buckets, gs->n_buckets);
+    for (size_t b = 0; b < rs->n_buckets; b++) {
+      snprintf(c, sizeof c, "%s series %s bucket %zu", ctx, rk, b);
+      assert_int_equal(rs->buckets[b]->start->seconds, gs->buckets[b]->start->seconds);
+      same_value(k, rs->buckets[b]->value, gs->buckets[b]->value, "value", c);
+      same_value(k, rs->buckets[b]->rate, gs->buckets[b]->rate, "rate", c);
+      assert_int_equal(rs->buckets[b]->n_percentiles, gs->buckets[b]->n_percentiles);
+      for (size_t p = 0; p < rs->buckets[b]->n_percentiles; p++)
+        if (!close_enough(PCT, rs->buckets[b]->percentiles[p]->value,
+                          gs->buckets[b]->percentiles[p]->value))
+          fail_msg("%s percentile %s: raw %g rollup %g", c, rs->buckets[b]->percentiles[p]->key,
+                   rs->buckets[b]->percentiles[p]->value, gs->buckets[b]->percentiles[p]->value);
+    }
+    snprintf(c, sizeof c, "%s series %s", ctx, rk);
+    same_value(k, rs->total, gs->total, "total", c);
+    if (k == EXACT) {
+      same_value(k, rs->summary, gs->summary, "summary", c);
+      same_value(k, rs->change, gs->change, "change", c);
+    }
+  }
+}
+
+static int checked;
+
+static void check_all(struct built *b, bool expect_rollups) {
+  static const char *const zones[] = {"UTC", "Asia/Kolkata", "Europe/Berlin", "Asia/Kathmandu"};
+  struct {
+    int64_t from, to;
+    enum ana_interval iv;
+  } ranges[] = {
+      {START, END, ANA_INTERVAL_1H},
+      {START, END, ANA_INTERVAL_1D},
+      {START + 7 * MIN + 13000, END - 22 * MIN, ANA_INTERVAL_1H},
+      {START + 5 * HOUR + 1, START + 2 * DAY + 31 * MIN, ANA_INTERVAL_1D},
+      {START + DAY + 2 * HOUR, START + DAY + 4 * HOUR, ANA_INTERVAL_5M},
+  };
+  for (size_t i = 0; i < N_DEFS; i++) {
+    for (size_t z = 0; z < sizeof zones / sizeof zones[0]; z++) {
+      for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+        for (int top = 0; top < 2; top++) {
+          struct ana_metric_query q = {
+              .metric = &b[i].m,
+              .formula = b[i].f,
+              .account_id = "acct",
+              .from_ms = ranges[r].from,
+              .to_ms = ranges[r].to,
+              .interval = ranges[r].iv,
+              .time_zone = zones[z],
+              /* top-N + "other" only where ranking is exact */
+              .top_n = top ? 2 : (defs[i].kind == EXACT ? 0 : 1000),
+          };
+          if (top && defs[i].kind != EXACT)
+            continue;
+          struct ana_arena *a = ana_arena_create(65536, 0);
+          Analytics__V1__MetricData raw = ANALYTICS__V1__METRIC_DATA__INIT;
+          Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
+          struct ana_error err;
+          assert_int_equal(ana_metric_query_raw(ops, store, &q, a, &raw, &err), 0);
+          int rc = ana_rollup_query(rollups, &q, a, &got, &err);
+          if (rc < 0)
+            fail_msg("rollup query failed: %s", err.message);
+          if (expect_rollups)
+            assert_int_equal(rc, 1);
+          char ctx[256];
+          snprintf(ctx, sizeof ctx, "%s [%s, range %zu, top %d]", defs[i].formula, zones[z], r,
+                   q.top_n);
+          if (rc == 1) {
+            compare(defs[i].kind, &raw, &got, ctx);
+            checked++;
+          }
+          ana_arena_destroy(a);
+        }
+      }
+    }
+  }
+}
+
+static void rollups_equal_raw(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  add_events(2500); /* before the definitions: backfilled */
+  struct ana_error err;
+  for (size_t i = 0; i < N_DEFS; i++) {
+    build(&b[i], i);
+    assert_int_equal(ana_rollup_define(rollups, "acct", &b[i].m, b[i].f, &err), 0);
+  }
+  /* Until complete, the rollups decline (the service answers from raw). */
+  add_events(1500); /* during the backfill: live */
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  for (size_t i = 0; i < N_DEFS; i++) {
+    struct ana_rollup_status st;
+    ana_rollup_status(rollups, b[i].m.metric_id, &st);
+    assert_true(st.known && st.complete);
+  }
+  checked = 0;
+  check_all(b, true);
+  assert_true(checked > 0);
+  /* Events past the watermark (not yet rolled up) still count. */
+  add_events(300);
+  check_all(b, true);
+  /* Defining the same metric again keeps its version. */
+  struct ana_rollup_status before, after;
+  ana_rollup_status(rollups, "m0", &before);
+  assert_int_equal(ana_rollup_define(rollups, "acct", &b[0].m, b[0].f, &err), 0);
+  ana_rollup_status(rollups, "m0", &after);
+  assert_int_equal(before.version, after.version);
+  /* A changed definition is a new version: raw until its backfill is done. */
+  b[0].m.n_dimensions = 2;
+  b[0].m.dimensions = (char *[]){"campaign", "group"};
+  assert_int_equal(ana_rollup_define(rollups, "acct", &b[0].m, b[0].f, &err), 0);
+  ana_rollup_status(rollups, "m0", &after);
+  assert_true(after.version > before.version);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  check_all(b, true);
+  /* Forgotten: declined. */
+  assert_int_equal(ana_rollup_forget(rollups, "m1", &err), 0);
+  struct ana_metric_query q = {.metric = &b[1].m, .formula = b[1].f, .account_id = "acct",
+                               .from_ms = START, .to_ms = END, .interval = ANA_INTERVAL_1H,
+                               .time_zone = "UTC"};
+  struct ana_arena *a = ana_arena_create(65536, 0);
+  Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
+  assert_int_equal(ana_rollup_query(rollups, &q, a, &got, &err), 0);
+  ana_arena_destroy(a);
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+/* After a restart (a new manager on the same database) the rollups are
+ * loaded with their watermarks and catch up with events stored meanwhile. */
+static void restart_resumes_from_the_watermark(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  struct ana_error err;
+  add_events(1000);
+  for (size_t i = 0; i < N_DEFS; i++) {
+    build(&b[i], i);
+    assert_int_equal(ana_rollup_define(rollups, "acct", &b[i].m, b[i].f, &err), 0);
+  }
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  ana_rollup_destroy(rollups);
+  rollups = NULL;
+  /* events committed while nobody rolled them up (as after a kill -9) */
+  add_events(800);
+  rollups = ana_rollup_create(db, ops, store, NULL, &err);
+  assert_non_null(rollups);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  check_all(b, true);
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(rollups_equal_raw, setup, teardown),
+      cmocka_unit_test_setup_teardown(restart_resumes_from_the_watermark, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
