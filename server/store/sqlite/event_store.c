@@ -155,8 +155,22 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
                          "properties: at most %d property filters", MAX_PROPERTY_FILTERS);
 
 #define APPEND(...) len += (size_t)snprintf(sql + len, sizeof sql - len, __VA_ARGS__)
-  APPEND("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ?1"
-         " AND ts >= ?2 AND ts < ?3");
+  if (q->text && q->text[0]) {
+    fts = fts_query(q->text);
+    if (!fts)
+      goto nomem;
+  }
+  if (fts && fts[0])
+    /* Free text: start from the words' matches (usually few) and sort them;
+     * CROSS JOIN keeps SQLite from walking the whole time index instead,
+     * probing each event against the match set. */
+    APPEND("SELECT payload, ts, event_id, seq FROM"
+           " (SELECT rowid AS hit FROM events_fts WHERE events_fts MATCH ?9)"
+           " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
+           " AND ts >= ?2 AND ts < ?3");
+  else
+    APPEND("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ?1"
+           " AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = ?4");
   if (q->event_name && q->event_name[0])
@@ -165,13 +179,6 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
     APPEND(" AND session_id = ?6");
   if (q->after_cursor)
     APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
-  if (q->text && q->text[0]) {
-    fts = fts_query(q->text);
-    if (!fts)
-      goto nomem;
-    if (fts[0])
-      APPEND(" AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?9)");
-  }
   for (size_t i = 0; i < q->n_properties; i++) {
     paths[i] = property_path(q->property_keys[i]);
     if (!paths[i])
