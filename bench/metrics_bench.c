@@ -7,6 +7,7 @@
 #include "ana_arena.h"
 #include "ana_rollup.h"
 #include "ana_store.h"
+#include "results_file.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +18,8 @@
 #define HOUR 3600000LL
 #define DAY 86400000LL
 #define T0 1704067200000LL /* 2024-01-01T00:00:00Z */
+/* This benchmark's section of bench/RESULTS.md. */
+#define METRICS_HEADING "## Metric rollups"
 
 static double now_s(void) {
   struct timespec ts;
@@ -243,9 +246,11 @@ int main(int argc, char **argv) {
   double lag_s = now_s() - lag_t;
   ana_rollup_destroy(r);
 
-  char row[4096];
-  snprintf(row, sizeof row,
-           "\n## Metric rollups (`build/bench/metrics_bench --events %ld`)\n\n"
+  /* The heading keeps the command after the stable part that
+   * bench_results_replace looks for, so one run replaces the last one. */
+  char section[4096];
+  snprintf(section, sizeof section,
+           METRICS_HEADING " (`build/bench/metrics_bench --events %ld`)\n\n"
            "Delivery rate `(count(delivered) / count(sent)) * 100` over %ld events on 30 days, "
            "30-day range at 1h buckets (Europe/Berlin), by campaignId and groupId. Load (raw "
            "inserts, batches of 10,000): %.1f s; backfill of both metrics' rollups: %.1f s.\n\n"
@@ -265,14 +270,9 @@ int main(int argc, char **argv) {
            pct(qa, REPS, 99) * 1e3, sb, pct(qb, REPS, 50) * 1e3, pct(qb, REPS, 99) * 1e3, raw_a,
            cli_a, raw_a / cli_a, raw_b, cli_b, raw_b / cli_b, ingest_n, ingest_n / with_s,
            ingest_n / none_s, none_s / with_s, lag_s);
-  fputs(row, stdout);
-  if (out_path) {
-    FILE *f = fopen(out_path, "a");
-    if (f) {
-      fputs(row, f);
-      fclose(f);
-    }
-  }
+  fputs(section, stdout);
+  if (out_path)
+    bench_results_replace(out_path, METRICS_HEADING, section);
   ops->close(store);
   ana_local_db_close(db);
   char cmd[128];

@@ -1,10 +1,13 @@
-/* Incremental per-group accumulators of one metric over one bucket (the live
- * metric stream's state). Field reading, filters and aggregates follow
- * query.c exactly, so that live values equal GetMetricData's.
- * TODO(metrics): query.c and the rollups could share these accumulators. */
+/* The reading of events for metrics, in one place: field access, filters,
+ * group keys and per-term aggregates (acc_internal.h), used by metric
+ * queries and rollups (query.c) and by the live accumulators below, so that
+ * live values equal GetMetricData's. The live accumulators: per-group
+ * aggregates of one metric over one bucket (the live metric stream's state). */
 #include "ana_metric_acc.h"
 
+#include "acc_internal.h"
 #include "ana_alloc.h"
+#include "ana_sketch.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -12,29 +15,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DIMENSIONS 16
-#define MAX_TERMS 64
-#define KEY_MAX 1024
-#define VALUE_MAX 128
+#define MAX_DIMENSIONS ANA_ACC_MAX_DIMENSIONS
+#define KEY_MAX ANA_ACC_KEY_MAX
+#define VALUE_MAX ANA_ACC_VALUE_MAX
 
 /* ------------------------------------------------------------------ */
-/* field access (as query.c reads fields) */
+/* field access */
 
+/* A value read from an event: text and, when it is a number, the number. */
 struct value {
   bool present;
   bool is_number;
   double number;
-  const char *text;
+  const char *text; /* valid until the next read */
   char buf[64];
 };
 
-struct row {
-  const struct ana_scanned_event *ev;
-  json_t *props;
-  bool parsed;
-};
-
-static json_t *row_props(struct row *r) {
+static json_t *row_props(struct ana_acc_row *r) {
   if (!r->parsed) {
     r->parsed = true;
     r->props = json_loads(r->ev->properties_json ? r->ev->properties_json : "{}", 0, NULL);
@@ -42,7 +39,14 @@ static json_t *row_props(struct row *r) {
   return r->props;
 }
 
-static void read_field(struct row *r, const char *path, struct value *v) {
+void ana_acc_row_fini(struct ana_acc_row *r) {
+  json_decref(r->props);
+  r->props = NULL;
+  r->parsed = false;
+}
+
+/* path: "campaignId", "properties.order.total", "eventName", "context.ip"... */
+static void read_field(struct ana_acc_row *r, const char *path, struct value *v) {
   memset(v, 0, sizeof *v);
   const struct ana_scanned_event *ev = r->ev;
   const char *top = NULL;
@@ -93,7 +97,7 @@ static void read_field(struct row *r, const char *path, struct value *v) {
 }
 
 /* ------------------------------------------------------------------ */
-/* filters (as query.c applies them) */
+/* filters */
 
 static bool value_equals(const struct value *v, const json_t *want) {
   if (json_is_number(want))
@@ -105,6 +109,7 @@ static bool value_equals(const struct value *v, const json_t *want) {
   return false;
 }
 
+/* A metric filter's value, decoded from its google.protobuf.Value. */
 static json_t *filter_value(const Google__Protobuf__Value *v) {
   if (!v)
     return json_null();
@@ -122,7 +127,8 @@ static json_t *filter_value(const Google__Protobuf__Value *v) {
   }
 }
 
-static bool filter_matches(struct row *r, const Analytics__V1__MetricFilter *f, json_t *want) {
+static bool filter_matches(struct ana_acc_row *r, const Analytics__V1__MetricFilter *f,
+                           json_t *want) {
   struct value v;
   read_field(r, f->field, &v);
   const char *op = f->op;
@@ -159,63 +165,173 @@ static bool filter_matches(struct row *r, const Analytics__V1__MetricFilter *f, 
   return false;
 }
 
+
+/* ------------------------------------------------------------------ */
+/* the prepared metric */
+
+int ana_acc_spec_init(struct ana_acc_spec *sp, const Analytics__V1__Metric *m,
+                      const struct ana_formula *f, struct ana_error *err) {
+  memset(sp, 0, sizeof *sp);
+  sp->metric = m;
+  size_t n_terms = ana_formula_term_count(f);
+  if (n_terms > ANA_ACC_MAX_TERMS)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "formula: too many terms");
+  sp->n_terms = n_terms;
+  for (size_t t = 0; t < n_terms; t++) {
+    sp->terms[t] = ana_formula_term(f, t);
+    if (sp->terms[t]->field_kind != ANA_FIELD_NONE && sp->terms[t]->field)
+      sp->term_fields[t] = sp->terms[t]->field;
+  }
+  sp->n_dims = m->n_dimensions < MAX_DIMENSIONS ? m->n_dimensions : MAX_DIMENSIONS;
+  for (size_t d = 0; d < sp->n_dims; d++)
+    sp->dims[d] = m->dimensions[d];
+  sp->filter_values = ana_calloc(m->n_filters ? m->n_filters : 1, sizeof *sp->filter_values);
+  if (!sp->filter_values)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; i < m->n_filters; i++)
+    sp->filter_values[i] = filter_value(m->filters[i]->value);
+  return 0;
+}
+
+void ana_acc_spec_fini(struct ana_acc_spec *sp) {
+  for (size_t i = 0; sp->filter_values && i < sp->metric->n_filters; i++)
+    json_decref(sp->filter_values[i]);
+  ana_free(sp->filter_values);
+  sp->filter_values = NULL;
+}
+
+bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
+                       char key[ANA_ACC_KEY_MAX], char **values,
+                       char (*valbuf)[ANA_ACC_VALUE_MAX]) {
+  for (size_t i = 0; i < sp->metric->n_filters; i++)
+    if (!filter_matches(r, sp->metric->filters[i], sp->filter_values[i]))
+      return false;
+  size_t off = 0;
+  for (size_t d = 0; d < sp->n_dims; d++) {
+    struct value v;
+    read_field(r, sp->dims[d], &v);
+    snprintf(valbuf[d], VALUE_MAX, "%s", v.present ? v.text : "");
+    values[d] = valbuf[d];
+    off += (size_t)snprintf(key + off, KEY_MAX - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
+    if (off >= KEY_MAX)
+      off = KEY_MAX - 1;
+  }
+  key[off] = '\0';
+  return true;
+}
+
 /* ------------------------------------------------------------------ */
 /* aggregates */
 
-struct hashset {
-  uint64_t *slots;
-  size_t cap, len;
-};
-
-static uint64_t hash_text(const char *s) {
+uint64_t ana_acc_hash_text(const char *s) {
   uint64_t h = 1469598103934665603ULL;
   for (; *s; s++)
     h = (h ^ (unsigned char)*s) * 1099511628211ULL;
   return h ? h : 1;
 }
 
-static int hashset_add(struct hashset *h, uint64_t x) {
-  if (h->len * 2 >= h->cap) {
-    size_t cap = h->cap ? h->cap * 2 : 16;
+static int distinct_add(struct ana_acc_agg *a, uint64_t x) {
+  if (a->distinct.len * 2 >= a->distinct.cap) {
+    size_t cap = a->distinct.cap ? a->distinct.cap * 2 : 16;
     uint64_t *slots = ana_calloc(cap, sizeof *slots);
     if (!slots)
       return ANA_ERR_NOMEM;
-    for (size_t i = 0; i < h->cap; i++) {
-      if (!h->slots[i])
+    for (size_t i = 0; i < a->distinct.cap; i++) {
+      if (!a->distinct.slots[i])
         continue;
-      size_t j = h->slots[i] & (cap - 1);
+      size_t j = a->distinct.slots[i] & (cap - 1);
       while (slots[j])
         j = (j + 1) & (cap - 1);
-      slots[j] = h->slots[i];
+      slots[j] = a->distinct.slots[i];
     }
-    ana_free(h->slots);
-    h->slots = slots;
-    h->cap = cap;
+    ana_free(a->distinct.slots);
+    a->distinct.slots = slots;
+    a->distinct.cap = cap;
   }
-  size_t j = x & (h->cap - 1);
-  while (h->slots[j]) {
-    if (h->slots[j] == x)
+  size_t j = x & (a->distinct.cap - 1);
+  while (a->distinct.slots[j]) {
+    if (a->distinct.slots[j] == x)
       return 0;
-    j = (j + 1) & (h->cap - 1);
+    j = (j + 1) & (a->distinct.cap - 1);
   }
-  h->slots[j] = x;
-  h->len++;
+  a->distinct.slots[j] = x;
+  a->distinct.len++;
   return 0;
 }
 
-struct agg {
-  double count, sum, min, max;
-  struct hashset distinct;
-  double *values; /* percentile terms: every value (exact, as query.c) */
-  size_t n_values, cap_values;
-};
+static int add_value(struct ana_acc_agg *a, double x) {
+  if (a->n_values == a->cap_values) {
+    size_t cap = a->cap_values ? a->cap_values * 2 : 16;
+    double *v = ana_realloc(a->values, cap * sizeof *v);
+    if (!v)
+      return ANA_ERR_NOMEM;
+    a->values = v;
+    a->cap_values = cap;
+  }
+  a->values[a->n_values++] = x;
+  return 0;
+}
+
+void ana_acc_agg_fini(struct ana_acc_agg *a) {
+  ana_free(a->distinct.slots);
+  ana_free(a->values);
+  ana_free(a->hll);
+  if (a->dd)
+    ana_dds_fini(a->dd);
+  ana_free(a->dd);
+}
+
+struct ana_hll *ana_acc_agg_hll(struct ana_acc_agg *a) {
+  if (!a->hll)
+    a->hll = ana_calloc(1, sizeof *a->hll);
+  return a->hll;
+}
+
+struct ana_ddsketch *ana_acc_agg_dd(struct ana_acc_agg *a) {
+  if (!a->dd)
+    a->dd = ana_calloc(1, sizeof *a->dd);
+  return a->dd;
+}
+
+void ana_acc_agg_merge_scalars(struct ana_acc_agg *into, double count, double sum, double min,
+                               double max) {
+  if (count > 0) {
+    if (into->count == 0 || min < into->min)
+      into->min = min;
+    if (into->count == 0 || max > into->max)
+      into->max = max;
+  }
+  into->count += count;
+  into->sum += sum;
+}
+
+int ana_acc_agg_merge(struct ana_acc_agg *into, const struct ana_acc_agg *from) {
+  ana_acc_agg_merge_scalars(into, from->count, from->sum, from->min, from->max);
+  for (size_t i = 0; i < from->distinct.cap; i++)
+    if (from->distinct.slots[i] && distinct_add(into, from->distinct.slots[i]) < 0)
+      return ANA_ERR_NOMEM;
+  for (size_t i = 0; i < from->n_values; i++)
+    if (add_value(into, from->values[i]) < 0)
+      return ANA_ERR_NOMEM;
+  if (from->hll) {
+    if (!ana_acc_agg_hll(into))
+      return ANA_ERR_NOMEM;
+    ana_hll_merge(into->hll, from->hll);
+  }
+  if (from->dd && (!ana_acc_agg_dd(into) || ana_dds_merge(into->dd, from->dd) < 0))
+    return ANA_ERR_NOMEM;
+  return 0;
+}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
 }
 
-static double percentile(struct agg *a, double p) {
+/* Exact over the values, or from the sketch. */
+double ana_acc_agg_percentile(struct ana_acc_agg *a, double p) {
+  if (a->dd)
+    return ana_dds_percentile(a->dd, p);
   if (a->n_values == 0)
     return NAN;
   qsort(a->values, a->n_values, sizeof *a->values, cmp_double);
@@ -223,40 +339,81 @@ static double percentile(struct agg *a, double p) {
   return a->values[rank ? rank - 1 : 0];
 }
 
-static double agg_value(struct agg *a, enum ana_agg_fn fn) {
+double ana_acc_agg_value(struct ana_acc_agg *a, enum ana_agg_fn fn) {
   switch (fn) {
   case ANA_AGG_COUNT: return a->count;
   case ANA_AGG_SUM: return a->sum;
   case ANA_AGG_AVG: return a->count > 0 ? a->sum / a->count : NAN;
   case ANA_AGG_MIN: return a->count > 0 ? a->min : NAN;
   case ANA_AGG_MAX: return a->count > 0 ? a->max : NAN;
-  case ANA_AGG_UNIQ: return (double)a->distinct.len;
-  case ANA_AGG_P50: return percentile(a, 50);
-  case ANA_AGG_P90: return percentile(a, 90);
-  case ANA_AGG_P95: return percentile(a, 95);
-  case ANA_AGG_P99: return percentile(a, 99);
+  case ANA_AGG_UNIQ: return a->hll ? ana_hll_estimate(a->hll) : (double)a->distinct.len;
+  case ANA_AGG_P50: return ana_acc_agg_percentile(a, 50);
+  case ANA_AGG_P90: return ana_acc_agg_percentile(a, 90);
+  case ANA_AGG_P95: return ana_acc_agg_percentile(a, 95);
+  case ANA_AGG_P99: return ana_acc_agg_percentile(a, 99);
   }
   return NAN;
 }
 
+int ana_acc_row_add(const struct ana_acc_spec *sp, struct ana_acc_row *r, bool sketches,
+                    struct ana_acc_agg *const *targets, size_t n_targets) {
+  const struct ana_scanned_event *ev = r->ev;
+  for (size_t t = 0; t < sp->n_terms; t++) {
+    const struct ana_agg_term *term = sp->terms[t];
+    if (term->event_name && strcmp(term->event_name, ev->event_name) != 0)
+      continue;
+    struct value v = {0};
+    if (sp->term_fields[t]) {
+      read_field(r, sp->term_fields[t], &v);
+      if (!v.present)
+        continue;
+    }
+    bool numeric = term->fn != ANA_AGG_COUNT && term->fn != ANA_AGG_UNIQ;
+    if (numeric && !v.is_number)
+      continue;
+    for (size_t k = 0; k < n_targets; k++) {
+      if (!targets[k])
+        continue;
+      struct ana_acc_agg *a = &targets[k][t];
+      if (numeric) {
+        if (a->count == 0 || v.number < a->min)
+          a->min = v.number;
+        if (a->count == 0 || v.number > a->max)
+          a->max = v.number;
+        a->sum += v.number;
+        if (term->fn >= ANA_AGG_P50) {
+          if (sketches ? !ana_acc_agg_dd(a) || ana_dds_add(a->dd, v.number) < 0
+                       : add_value(a, v.number) < 0)
+            return ANA_ERR_NOMEM;
+        }
+      } else if (term->fn == ANA_AGG_UNIQ) {
+        if (sketches) {
+          if (!ana_acc_agg_hll(a))
+            return ANA_ERR_NOMEM;
+          ana_hll_add_hash(a->hll, ana_hll_hash_text(v.text));
+        } else if (distinct_add(a, ana_acc_hash_text(v.text)) < 0) {
+          return ANA_ERR_NOMEM;
+        }
+      }
+      a->count++;
+    }
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------ */
-/* groups */
+/* live accumulators: groups */
 
 struct group {
-  char *key;          /* dimension values joined by '\x1f' */
-  char **values;      /* n_dims pointers into text */
-  char *text;         /* the values, NUL-separated */
-  struct agg *aggs;   /* n_terms */
+  char *key;                /* dimension values joined by '\x1f' */
+  char **values;            /* n_dims pointers into text */
+  char *text;               /* the values, NUL-separated */
+  struct ana_acc_agg *aggs; /* n_terms, exact form */
 };
 
 struct ana_metric_acc {
-  const Analytics__V1__Metric *metric;
+  struct ana_acc_spec spec;
   const struct ana_formula *formula;
-  size_t n_terms;
-  const struct ana_agg_term *terms[MAX_TERMS];
-  size_t n_dims;
-  const char *dims[MAX_DIMENSIONS];
-  json_t **filter_values;
   struct group **groups;
   size_t n_groups, cap_groups, max_groups;
   size_t *index; /* open addressing over key hashes: group + 1, 0 = free */
@@ -267,10 +424,8 @@ struct ana_metric_acc {
 static void group_free(struct group *g, size_t n_terms) {
   if (!g)
     return;
-  for (size_t t = 0; g->aggs && t < n_terms; t++) {
-    ana_free(g->aggs[t].distinct.slots);
-    ana_free(g->aggs[t].values);
-  }
+  for (size_t t = 0; g->aggs && t < n_terms; t++)
+    ana_acc_agg_fini(&g->aggs[t]);
   ana_free(g->aggs);
   ana_free(g->key);
   ana_free(g->values);
@@ -283,18 +438,18 @@ static struct group *group_new(struct ana_metric_acc *acc, const char *key, char
   if (!g)
     return NULL;
   size_t len = 0;
-  for (size_t d = 0; d < acc->n_dims; d++)
+  for (size_t d = 0; d < acc->spec.n_dims; d++)
     len += strlen(values[d]) + 1;
   g->key = ana_strdup(key);
-  g->values = ana_calloc(acc->n_dims ? acc->n_dims : 1, sizeof *g->values);
+  g->values = ana_calloc(acc->spec.n_dims ? acc->spec.n_dims : 1, sizeof *g->values);
   g->text = ana_malloc(len ? len : 1);
-  g->aggs = ana_calloc(acc->n_terms ? acc->n_terms : 1, sizeof *g->aggs);
+  g->aggs = ana_calloc(acc->spec.n_terms ? acc->spec.n_terms : 1, sizeof *g->aggs);
   if (!g->key || !g->values || !g->text || !g->aggs) {
-    group_free(g, acc->n_terms);
+    group_free(g, acc->spec.n_terms);
     return NULL;
   }
   char *p = g->text;
-  for (size_t d = 0; d < acc->n_dims; d++) {
+  for (size_t d = 0; d < acc->spec.n_dims; d++) {
     size_t n = strlen(values[d]);
     memcpy(p, values[d], n + 1);
     g->values[d] = p;
@@ -312,7 +467,7 @@ static int index_put(struct ana_metric_acc *acc, const char *key, size_t gi) {
     for (size_t i = 0; i < acc->n_groups; i++) {
       if (acc->other == i + 1)
         continue;
-      size_t j = hash_text(acc->groups[i]->key) & (cap - 1);
+      size_t j = ana_acc_hash_text(acc->groups[i]->key) & (cap - 1);
       while (ix[j])
         j = (j + 1) & (cap - 1);
       ix[j] = i + 1;
@@ -321,7 +476,7 @@ static int index_put(struct ana_metric_acc *acc, const char *key, size_t gi) {
     acc->index = ix;
     acc->index_cap = cap;
   }
-  size_t j = hash_text(key) & (acc->index_cap - 1);
+  size_t j = ana_acc_hash_text(key) & (acc->index_cap - 1);
   while (acc->index[j])
     j = (j + 1) & (acc->index_cap - 1);
   acc->index[j] = gi + 1;
@@ -331,7 +486,7 @@ static int index_put(struct ana_metric_acc *acc, const char *key, size_t gi) {
 static int index_get(const struct ana_metric_acc *acc, const char *key) {
   if (!acc->index_cap)
     return -1;
-  size_t j = hash_text(key) & (acc->index_cap - 1);
+  size_t j = ana_acc_hash_text(key) & (acc->index_cap - 1);
   while (acc->index[j]) {
     size_t gi = acc->index[j] - 1;
     if (acc->other != gi + 1 && strcmp(acc->groups[gi]->key, key) == 0)
@@ -365,11 +520,11 @@ static int find_group(struct ana_metric_acc *acc, const char *key, char *const *
     if (acc->other)
       return (int)acc->other - 1;
     char *others[MAX_DIMENSIONS];
-    for (size_t d = 0; d < acc->n_dims; d++)
+    for (size_t d = 0; d < acc->spec.n_dims; d++)
       others[d] = ANA_METRIC_ACC_OTHER;
     struct group *g = group_new(acc, "", others);
     if (!g || append_group(acc, g) < 0) {
-      group_free(g, acc->n_terms);
+      group_free(g, acc->spec.n_terms);
       return ANA_ERR_NOMEM;
     }
     acc->other = acc->n_groups;
@@ -377,12 +532,12 @@ static int find_group(struct ana_metric_acc *acc, const char *key, char *const *
   }
   struct group *g = group_new(acc, key, values);
   if (!g || append_group(acc, g) < 0) {
-    group_free(g, acc->n_terms);
+    group_free(g, acc->spec.n_terms);
     return ANA_ERR_NOMEM;
   }
   if (index_put(acc, key, acc->n_groups - 1) < 0) {
     acc->n_groups--;
-    group_free(g, acc->n_terms);
+    group_free(g, acc->spec.n_terms);
     return ANA_ERR_NOMEM;
   }
   return (int)acc->n_groups - 1;
@@ -393,34 +548,23 @@ static int find_group(struct ana_metric_acc *acc, const char *key, char *const *
 struct ana_metric_acc *ana_metric_acc_create(const Analytics__V1__Metric *m,
                                              const struct ana_formula *f, size_t max_groups,
                                              struct ana_error *err) {
-  size_t n_terms = ana_formula_term_count(f);
-  if (n_terms > MAX_TERMS) {
-    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "formula: too many terms");
+  struct ana_metric_acc *acc = ana_calloc(1, sizeof *acc);
+  if (!acc) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return NULL;
   }
-  struct ana_metric_acc *acc = ana_calloc(1, sizeof *acc);
-  if (!acc)
-    goto nomem;
-  acc->metric = m;
   acc->formula = f;
-  acc->n_terms = n_terms;
-  for (size_t t = 0; t < n_terms; t++)
-    acc->terms[t] = ana_formula_term(f, t);
-  acc->n_dims = m->n_dimensions < MAX_DIMENSIONS ? m->n_dimensions : MAX_DIMENSIONS;
-  for (size_t d = 0; d < acc->n_dims; d++)
-    acc->dims[d] = m->dimensions[d];
   acc->max_groups = max_groups ? max_groups : 1;
-  acc->filter_values = ana_calloc(m->n_filters ? m->n_filters : 1, sizeof *acc->filter_values);
-  if (!acc->filter_values)
-    goto nomem;
-  for (size_t i = 0; i < m->n_filters; i++)
-    acc->filter_values[i] = filter_value(m->filters[i]->value);
-  if (acc->n_dims == 0 && find_group(acc, "", NULL) < 0)
-    goto nomem; /* the one group exists from the start, as in GetMetricData */
+  if (ana_acc_spec_init(&acc->spec, m, f, err) < 0)
+    goto fail;
+  /* the one group exists from the start, as in GetMetricData */
+  if (acc->spec.n_dims == 0 && find_group(acc, "", NULL) < 0) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
   return acc;
-nomem:
+fail:
   ana_metric_acc_destroy(acc);
-  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   return NULL;
 }
 
@@ -428,18 +572,17 @@ void ana_metric_acc_destroy(struct ana_metric_acc *acc) {
   if (!acc)
     return;
   for (size_t i = 0; i < acc->n_groups; i++)
-    group_free(acc->groups[i], acc->n_terms);
+    group_free(acc->groups[i], acc->spec.n_terms);
   ana_free(acc->groups);
   ana_free(acc->index);
-  for (size_t i = 0; acc->filter_values && i < acc->metric->n_filters; i++)
-    json_decref(acc->filter_values[i]);
-  ana_free(acc->filter_values);
+  ana_acc_spec_fini(&acc->spec);
   ana_free(acc);
 }
 
 bool ana_metric_acc_wants(const struct ana_metric_acc *acc, const char *event_name) {
-  for (size_t t = 0; t < acc->n_terms; t++)
-    if (!acc->terms[t]->event_name || strcmp(acc->terms[t]->event_name, event_name) == 0)
+  for (size_t t = 0; t < acc->spec.n_terms; t++)
+    if (!acc->spec.terms[t]->event_name ||
+        strcmp(acc->spec.terms[t]->event_name, event_name) == 0)
       return true;
   return false;
 }
@@ -447,75 +590,22 @@ bool ana_metric_acc_wants(const struct ana_metric_acc *acc, const char *event_na
 int ana_metric_acc_add(struct ana_metric_acc *acc, const struct ana_scanned_event *ev) {
   if (!ana_metric_acc_wants(acc, ev->event_name))
     return ANA_ERR_NOT_FOUND;
-  struct row r = {ev, NULL, false};
-  int rc = ANA_ERR_NOT_FOUND;
-  for (size_t i = 0; i < acc->metric->n_filters; i++)
-    if (!filter_matches(&r, acc->metric->filters[i], acc->filter_values[i]))
-      goto out;
+  struct ana_acc_row r = ANA_ACC_ROW(ev);
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
   char valbuf[MAX_DIMENSIONS][VALUE_MAX];
-  size_t off = 0;
-  for (size_t d = 0; d < acc->n_dims; d++) {
-    struct value v;
-    read_field(&r, acc->dims[d], &v);
-    snprintf(valbuf[d], sizeof valbuf[d], "%s", v.present ? v.text : "");
-    values[d] = valbuf[d];
-    off += (size_t)snprintf(key + off, sizeof key - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
-    if (off >= sizeof key)
-      off = sizeof key - 1;
-  }
-  key[off] = '\0';
-  int gi = find_group(acc, key, values);
-  if (gi < 0) {
-    rc = gi;
+  int rc = ANA_ERR_NOT_FOUND;
+  if (!ana_acc_row_group(&acc->spec, &r, key, values, valbuf))
     goto out;
-  }
-  struct group *g = acc->groups[gi];
-  for (size_t t = 0; t < acc->n_terms; t++) {
-    const struct ana_agg_term *term = acc->terms[t];
-    if (term->event_name && strcmp(term->event_name, ev->event_name) != 0)
-      continue;
-    struct value v = {0};
-    if (term->field_kind != ANA_FIELD_NONE && term->field) {
-      read_field(&r, term->field, &v);
-      if (!v.present)
-        continue;
-    }
-    bool numeric = term->fn != ANA_AGG_COUNT && term->fn != ANA_AGG_UNIQ;
-    if (numeric && !v.is_number)
-      continue;
-    struct agg *a = &g->aggs[t];
-    if (numeric) {
-      if (a->count == 0 || v.number < a->min)
-        a->min = v.number;
-      if (a->count == 0 || v.number > a->max)
-        a->max = v.number;
-      a->sum += v.number;
-      if (term->fn >= ANA_AGG_P50) {
-        if (a->n_values == a->cap_values) {
-          size_t cap = a->cap_values ? a->cap_values * 2 : 16;
-          double *nv = ana_realloc(a->values, cap * sizeof *nv);
-          if (!nv) {
-            rc = ANA_ERR_NOMEM;
-            goto out;
-          }
-          a->values = nv;
-          a->cap_values = cap;
-        }
-        a->values[a->n_values++] = v.number;
-      }
-    } else if (term->fn == ANA_AGG_UNIQ) {
-      if (hashset_add(&a->distinct, hash_text(v.text)) < 0) {
-        rc = ANA_ERR_NOMEM;
-        goto out;
-      }
-    }
-    a->count++;
-  }
-  rc = gi;
+  rc = find_group(acc, key, values);
+  if (rc < 0)
+    goto out;
+  struct ana_acc_agg *targets[1] = {acc->groups[rc]->aggs};
+  int added = ana_acc_row_add(&acc->spec, &r, false, targets, 1);
+  if (added < 0)
+    rc = added;
 out:
-  json_decref(r.props);
+  ana_acc_row_fini(&r);
   return rc;
 }
 
@@ -528,14 +618,14 @@ const char *const *ana_metric_acc_group_values(const struct ana_metric_acc *acc,
 }
 
 size_t ana_metric_acc_dimension_count(const struct ana_metric_acc *acc) {
-  return acc->n_dims;
+  return acc->spec.n_dims;
 }
 
 bool ana_metric_acc_value(struct ana_metric_acc *acc, size_t g, double *out) {
   if (g >= acc->n_groups)
     return false;
-  double values[MAX_TERMS];
-  for (size_t t = 0; t < acc->n_terms; t++)
-    values[t] = agg_value(&acc->groups[g]->aggs[t], acc->terms[t]->fn);
+  double values[ANA_ACC_MAX_TERMS];
+  for (size_t t = 0; t < acc->spec.n_terms; t++)
+    values[t] = ana_acc_agg_value(&acc->groups[g]->aggs[t], acc->spec.terms[t]->fn);
   return ana_formula_eval(acc->formula, values, out);
 }

@@ -2,270 +2,48 @@
  * the formula, fed by raw events (one scan of the range and of the previous
  * period) or by rollup cells (rollup.c), then the formula per bucket, the
  * summary, the total, the change, and top-N groups with the rest folded into
- * "other". The same accumulators, in sketch form, are the rollup cells. */
+ * "other". The same accumulators, in sketch form, are the rollup cells.
+ * Reading an event (fields, filters, group key) and the per-term aggregates
+ * are acc.c's (acc_internal.h), shared with the live metric stream. */
 #include "ana_metric_query.h"
 
+#include "acc_internal.h"
 #include "ana_alloc.h"
 #include "ana_sketch.h"
 #include "metric_internal.h"
 
-#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DIMENSIONS 16
+#define MAX_DIMENSIONS ANA_ACC_MAX_DIMENSIONS
 #define KEY_MAX ANA_MQ_KEY_MAX
+/* Rollup cells are keyed by the group keys acc.c writes. */
+_Static_assert(ANA_MQ_KEY_MAX == ANA_ACC_KEY_MAX, "group keys differ in size");
 
 /* ------------------------------------------------------------------ */
-/* field access */
-
-static const char *const top_level_fields[] = {"eventType", "eventName", "sessionId", "eventId"};
-
-/* A value read from an event: text and, when it is a number, the number. */
-struct value {
-  bool present;
-  bool is_number;
-  double number;
-  const char *text; /* valid until the next read */
-  char buf[64];
-};
-
-struct row {
-  const struct ana_scanned_event *ev;
-  json_t *props; /* parsed on demand */
-  bool parsed;
-};
-
-static json_t *row_props(struct row *r) {
-  if (!r->parsed) {
-    r->parsed = true;
-    r->props = json_loads(r->ev->properties_json ? r->ev->properties_json : "{}", 0, NULL);
-  }
-  return r->props;
-}
-
-/* path: "campaignId", "properties.order.total", "eventName", "context.ip"... */
-static void read_field(struct row *r, const char *path, struct value *v) {
-  memset(v, 0, sizeof *v);
-  const struct ana_scanned_event *ev = r->ev;
-  const char *top = NULL;
-  if (strcmp(path, "eventType") == 0)
-    top = ev->event_type;
-  else if (strcmp(path, "eventName") == 0)
-    top = ev->event_name;
-  else if (strcmp(path, "sessionId") == 0)
-    top = ev->session_id;
-  else if (strcmp(path, "eventId") == 0)
-    top = ev->event_id;
-  if (top) {
-    v->present = top[0] != '\0';
-    v->text = top;
-    return;
-  }
-  if (strncmp(path, "properties.", 11) == 0)
-    path += 11;
-  json_t *cur = row_props(r);
-  char seg[256];
-  while (cur && *path) {
-    size_t n = strcspn(path, ".");
-    if (n >= sizeof seg)
-      return;
-    memcpy(seg, path, n);
-    seg[n] = '\0';
-    cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
-    path += n + (path[n] == '.');
-  }
-  if (!cur || json_is_null(cur))
-    return;
-  v->present = true;
-  if (json_is_number(cur)) {
-    v->is_number = true;
-    v->number = json_number_value(cur);
-    snprintf(v->buf, sizeof v->buf, "%.15g", v->number);
-    v->text = v->buf;
-  } else if (json_is_string(cur)) {
-    v->text = json_string_value(cur);
-    char *end;
-    v->number = strtod(v->text, &end);
-    v->is_number = v->text[0] && !*end;
-  } else if (json_is_boolean(cur)) {
-    v->text = json_is_true(cur) ? "true" : "false";
-  } else {
-    v->text = "";
-  }
-}
-
-/* ------------------------------------------------------------------ */
-/* accumulators */
-
-struct hashset {
-  uint64_t *slots;
-  size_t cap, len;
-};
-
-static uint64_t hash_text(const char *s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-  return h ? h : 1;
-}
-
-static int hashset_add(struct hashset *h, uint64_t x) {
-  if (h->len * 2 >= h->cap) {
-    size_t cap = h->cap ? h->cap * 2 : 16;
-    uint64_t *slots = ana_calloc(cap, sizeof *slots);
-    if (!slots)
-      return ANA_ERR_NOMEM;
-    for (size_t i = 0; i < h->cap; i++) {
-      if (!h->slots[i])
-        continue;
-      size_t j = h->slots[i] & (cap - 1);
-      while (slots[j])
-        j = (j + 1) & (cap - 1);
-      slots[j] = h->slots[i];
-    }
-    ana_free(h->slots);
-    h->slots = slots;
-    h->cap = cap;
-  }
-  size_t j = x & (h->cap - 1);
-  while (h->slots[j]) {
-    if (h->slots[j] == x)
-      return 0;
-    j = (j + 1) & (h->cap - 1);
-  }
-  h->slots[j] = x;
-  h->len++;
-  return 0;
-}
-
-/* One term's aggregates. Exact form (raw path): distinct hashes and every
- * value. Sketch form (rollups): hll and dd, allocated on first use. */
-struct acc {
-  double count, sum, min, max;
-  struct hashset distinct;
-  double *values;
-  size_t n_values, cap_values;
-  struct ana_hll *hll;
-  struct ana_ddsketch *dd;
-};
+/* cells: one ana_acc_agg per term */
 
 struct ana_mq_cell {
-  struct acc accs[1]; /* n_terms */
+  struct ana_acc_agg accs[1]; /* n_terms */
 };
 
-static void acc_fini(struct acc *a) {
-  ana_free(a->distinct.slots);
-  ana_free(a->values);
-  ana_free(a->hll);
-  if (a->dd)
-    ana_dds_fini(a->dd);
-  ana_free(a->dd);
-}
-
-static int acc_add_value(struct acc *a, double x) {
-  if (a->n_values == a->cap_values) {
-    size_t cap = a->cap_values ? a->cap_values * 2 : 16;
-    double *v = ana_realloc(a->values, cap * sizeof *v);
-    if (!v)
-      return ANA_ERR_NOMEM;
-    a->values = v;
-    a->cap_values = cap;
-  }
-  a->values[a->n_values++] = x;
-  return 0;
-}
-
-static struct ana_hll *acc_hll(struct acc *a) {
-  if (!a->hll)
-    a->hll = ana_calloc(1, sizeof *a->hll);
-  return a->hll;
-}
-
-static struct ana_ddsketch *acc_dd(struct acc *a) {
-  if (!a->dd)
-    a->dd = ana_calloc(1, sizeof *a->dd);
-  return a->dd;
-}
-
-static void acc_merge_scalars(struct acc *into, double count, double sum, double min, double max) {
-  if (count > 0) {
-    if (into->count == 0 || min < into->min)
-      into->min = min;
-    if (into->count == 0 || max > into->max)
-      into->max = max;
-  }
-  into->count += count;
-  into->sum += sum;
-}
-
-static int acc_merge(struct acc *into, const struct acc *from) {
-  acc_merge_scalars(into, from->count, from->sum, from->min, from->max);
-  for (size_t i = 0; i < from->distinct.cap; i++)
-    if (from->distinct.slots[i] && hashset_add(&into->distinct, from->distinct.slots[i]) < 0)
-      return ANA_ERR_NOMEM;
-  for (size_t i = 0; i < from->n_values; i++)
-    if (acc_add_value(into, from->values[i]) < 0)
-      return ANA_ERR_NOMEM;
-  if (from->hll) {
-    if (!acc_hll(into))
-      return ANA_ERR_NOMEM;
-    ana_hll_merge(into->hll, from->hll);
-  }
-  if (from->dd && (!acc_dd(into) || ana_dds_merge(into->dd, from->dd) < 0))
-    return ANA_ERR_NOMEM;
-  return 0;
-}
-
-static bool acc_has_values(const struct acc *a) {
+static bool acc_has_values(const struct ana_acc_agg *a) {
   return a->n_values > 0 || (a->dd && a->dd->count > 0);
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* Percentile (nearest rank): exact over the values, or from the sketch. */
-static double percentile(struct acc *a, double p) {
-  if (a->dd)
-    return ana_dds_percentile(a->dd, p);
-  if (a->n_values == 0)
-    return NAN;
-  qsort(a->values, a->n_values, sizeof *a->values, cmp_double);
-  size_t rank = (size_t)ceil(p / 100.0 * (double)a->n_values);
-  return a->values[rank ? rank - 1 : 0];
-}
-
-static double acc_value(struct acc *a, enum ana_agg_fn fn) {
-  switch (fn) {
-  case ANA_AGG_COUNT: return a->count;
-  case ANA_AGG_SUM: return a->sum;
-  case ANA_AGG_AVG: return a->count > 0 ? a->sum / a->count : NAN;
-  case ANA_AGG_MIN: return a->count > 0 ? a->min : NAN;
-  case ANA_AGG_MAX: return a->count > 0 ? a->max : NAN;
-  case ANA_AGG_UNIQ: return a->hll ? ana_hll_estimate(a->hll) : (double)a->distinct.len;
-  case ANA_AGG_P50: return percentile(a, 50);
-  case ANA_AGG_P90: return percentile(a, 90);
-  case ANA_AGG_P95: return percentile(a, 95);
-  case ANA_AGG_P99: return percentile(a, 99);
-  }
-  return NAN;
 }
 
 /* ------------------------------------------------------------------ */
 /* groups */
 
 struct group {
-  char *key;          /* dimension values joined by '\x1f' */
-  char **values;      /* one per dimension */
+  char *key;                    /* dimension values joined by '\x1f' */
+  char **values;                /* one per dimension */
   size_t n_values;
-  uint64_t hash;      /* of the joined key */
-  struct acc *buckets; /* n_buckets * n_terms */
-  struct acc *total;   /* n_terms */
-  struct acc *previous; /* n_terms */
+  uint64_t hash;                /* of the joined key */
+  struct ana_acc_agg *buckets;  /* n_buckets * n_terms */
+  struct ana_acc_agg *total;    /* n_terms */
+  struct ana_acc_agg *previous; /* n_terms */
   double rank;
   bool has_rank;
 };
@@ -273,17 +51,12 @@ struct group {
 struct ana_mq {
   const struct ana_metric_query *q;
   bool sketches;
-  size_t n_terms;
-  const struct ana_agg_term *terms[64];
-  char *term_fields[64]; /* property path or top-level field, or NULL */
-  const char *names[64];
+  struct ana_acc_spec spec; /* terms, their fields, dimensions, filters */
+  const char *names[ANA_ACC_MAX_TERMS];
   size_t n_names;
   bool any;
-  json_t **filter_values;
   int64_t *starts;
   size_t n_buckets;
-  size_t n_dims;
-  const char *dims[MAX_DIMENSIONS];
   struct group **groups;
   size_t n_groups, cap_groups;
   struct group **index; /* open addressing by hash; index_cap a power of two */
@@ -297,12 +70,12 @@ static void group_free(struct group *g, size_t n_buckets, size_t n_terms) {
   if (!g)
     return;
   for (size_t i = 0; g->buckets && i < n_buckets * n_terms; i++)
-    acc_fini(&g->buckets[i]);
+    ana_acc_agg_fini(&g->buckets[i]);
   for (size_t i = 0; i < n_terms; i++) {
     if (g->total)
-      acc_fini(&g->total[i]);
+      ana_acc_agg_fini(&g->total[i]);
     if (g->previous)
-      acc_fini(&g->previous[i]);
+      ana_acc_agg_fini(&g->previous[i]);
   }
   ana_free(g->buckets);
   ana_free(g->total);
@@ -317,20 +90,20 @@ static struct group *group_new(struct ana_mq *s, const char *key, char *const *v
   if (!g)
     return NULL;
   g->key = ana_strdup(key);
-  g->hash = hash_text(key);
-  g->values = ana_calloc(s->n_dims ? s->n_dims : 1, sizeof *g->values);
-  size_t cells = s->n_buckets * s->n_terms;
+  g->hash = ana_acc_hash_text(key);
+  g->values = ana_calloc(s->spec.n_dims ? s->spec.n_dims : 1, sizeof *g->values);
+  size_t cells = s->n_buckets * s->spec.n_terms;
   g->buckets = ana_calloc(cells ? cells : 1, sizeof *g->buckets);
-  g->total = ana_calloc(s->n_terms ? s->n_terms : 1, sizeof *g->total);
-  g->previous = ana_calloc(s->n_terms ? s->n_terms : 1, sizeof *g->previous);
+  g->total = ana_calloc(s->spec.n_terms ? s->spec.n_terms : 1, sizeof *g->total);
+  g->previous = ana_calloc(s->spec.n_terms ? s->spec.n_terms : 1, sizeof *g->previous);
   if (!g->key || !g->values || !g->buckets || !g->total || !g->previous) {
     group_free(g, 0, 0);
     return NULL;
   }
   /* values point into key: the key is the values joined. */
-  g->n_values = s->n_dims;
+  g->n_values = s->spec.n_dims;
   char *p = g->key;
-  for (size_t d = 0; d < s->n_dims; d++) {
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
     g->values[d] = p;
     p += strlen(values[d] ? values[d] : "");
     if (*p)
@@ -341,7 +114,7 @@ static struct group *group_new(struct ana_mq *s, const char *key, char *const *v
 
 static bool group_is(const struct ana_mq *s, const struct group *g, const char *key) {
   size_t off = 0;
-  for (size_t d = 0; d < s->n_dims; d++) {
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
     size_t n = strlen(g->values[d]);
     if (strncmp(key + off, g->values[d], n) != 0 ||
         (key[off + n] != '\x1f' && key[off + n] != '\0'))
@@ -377,7 +150,7 @@ static int index_put(struct ana_mq *s, struct group *g) {
 /* The group of the key (the values joined by '\x1f'), created on first
  * sight; NULL with s->rc set when there are too many or out of memory. */
 static struct group *find_group(struct ana_mq *s, const char *key, char *const *values) {
-  uint64_t h = hash_text(key);
+  uint64_t h = ana_acc_hash_text(key);
   if (s->index_cap) {
     for (size_t j = h & (s->index_cap - 1); s->index[j]; j = (j + 1) & (s->index_cap - 1))
       if (s->index[j]->hash == h && group_is(s, s->index[j], key))
@@ -400,7 +173,7 @@ static struct group *find_group(struct ana_mq *s, const char *key, char *const *
   }
   struct group *g = group_new(s, key, values);
   if (!g || index_put(s, g) < 0) {
-    group_free(g, s->n_buckets, s->n_terms);
+    group_free(g, s->n_buckets, s->spec.n_terms);
     goto nomem;
   }
   s->groups[s->n_groups++] = g;
@@ -408,74 +181,6 @@ static struct group *find_group(struct ana_mq *s, const char *key, char *const *
 nomem:
   s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   return NULL;
-}
-
-/* ------------------------------------------------------------------ */
-/* filters */
-
-static bool value_equals(const struct value *v, const json_t *want) {
-  if (json_is_number(want))
-    return v->is_number && v->number == json_number_value(want);
-  if (json_is_string(want))
-    return strcmp(v->text, json_string_value(want)) == 0;
-  if (json_is_boolean(want))
-    return strcmp(v->text, json_is_true(want) ? "true" : "false") == 0;
-  return false;
-}
-
-/* A metric filter's value, decoded from its google.protobuf.Value. */
-static json_t *filter_value(const Google__Protobuf__Value *v) {
-  if (!v)
-    return json_null();
-  switch (v->kind_case) {
-  case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE: return json_real(v->number_value);
-  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE: return json_string(v->string_value);
-  case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE: return json_boolean(v->bool_value);
-  case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: {
-    json_t *a = json_array();
-    for (size_t i = 0; v->list_value && i < v->list_value->n_values; i++)
-      json_array_append_new(a, filter_value(v->list_value->values[i]));
-    return a;
-  }
-  default: return json_null();
-  }
-}
-
-static bool filter_matches(struct row *r, const Analytics__V1__MetricFilter *f, json_t *want) {
-  struct value v;
-  read_field(r, f->field, &v);
-  const char *op = f->op;
-  if (strcmp(op, "exists") == 0)
-    return v.present;
-  if (!v.present)
-    return strcmp(op, "neq") == 0;
-  if (strcmp(op, "eq") == 0)
-    return value_equals(&v, want);
-  if (strcmp(op, "neq") == 0)
-    return !value_equals(&v, want);
-  if (strcmp(op, "in") == 0) {
-    size_t i;
-    json_t *item;
-    json_array_foreach(want, i, item) {
-      if (value_equals(&v, item))
-        return true;
-    }
-    return false;
-  }
-  if (strcmp(op, "contains") == 0)
-    return json_is_string(want) && strstr(v.text, json_string_value(want)) != NULL;
-  if (!v.is_number || !json_is_number(want))
-    return false;
-  double x = v.number, y = json_number_value(want);
-  if (strcmp(op, "gt") == 0)
-    return x > y;
-  if (strcmp(op, "gte") == 0)
-    return x >= y;
-  if (strcmp(op, "lt") == 0)
-    return x < y;
-  if (strcmp(op, "lte") == 0)
-    return x <= y;
-  return false;
 }
 
 /* ------------------------------------------------------------------ */
@@ -491,92 +196,24 @@ static bool wanted(const struct ana_mq *s, const char *name) {
   return false;
 }
 
-/* Filters, then the group key (dimension values, missing ones as "").
- * Returns true when the event passes. */
-static bool row_group(struct ana_mq *s, struct row *r, char *key, char **values,
-                      char (*valbuf)[128]) {
-  for (size_t i = 0; i < s->q->metric->n_filters; i++)
-    if (!filter_matches(r, s->q->metric->filters[i], s->filter_values[i]))
-      return false;
-  size_t off = 0;
-  for (size_t d = 0; d < s->n_dims; d++) {
-    struct value v;
-    read_field(r, s->dims[d], &v);
-    snprintf(valbuf[d], 128, "%s", v.present ? v.text : "");
-    values[d] = valbuf[d];
-    off += (size_t)snprintf(key + off, KEY_MAX - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
-    if (off >= KEY_MAX)
-      off = KEY_MAX - 1;
-  }
-  key[off] = '\0';
-  return true;
-}
-
 /* Whether the query's dimensionFilter keeps the group. */
 static bool dimension_kept(const struct ana_mq *s, char *const *values) {
   const struct ana_metric_query *q = s->q;
   for (size_t i = 0; i < q->n_dimension_filters; i++)
-    for (size_t d = 0; d < s->n_dims; d++)
-      if (strcmp(s->dims[d], q->dimension_keys[i]) == 0 &&
+    for (size_t d = 0; d < s->spec.n_dims; d++)
+      if (strcmp(s->spec.dims[d], q->dimension_keys[i]) == 0 &&
           strcmp(values[d], q->dimension_values[i]) != 0)
         return false;
   return true;
 }
 
-/* Adds the event's value of every term to the accumulator arrays (each
- * n_terms long; NULL entries skipped). */
-static int row_add(struct ana_mq *s, struct row *r, struct acc **targets, size_t n_targets) {
-  const struct ana_scanned_event *ev = r->ev;
-  for (size_t t = 0; t < s->n_terms; t++) {
-    const struct ana_agg_term *term = s->terms[t];
-    if (term->event_name && strcmp(term->event_name, ev->event_name) != 0)
-      continue;
-    struct value v = {0};
-    if (s->term_fields[t]) {
-      read_field(r, s->term_fields[t], &v);
-      if (!v.present)
-        continue;
-    }
-    bool numeric = term->fn != ANA_AGG_COUNT && term->fn != ANA_AGG_UNIQ;
-    if (numeric && !v.is_number)
-      continue;
-    for (size_t k = 0; k < n_targets; k++) {
-      if (!targets[k])
-        continue;
-      struct acc *a = &targets[k][t];
-      if (numeric) {
-        if (a->count == 0 || v.number < a->min)
-          a->min = v.number;
-        if (a->count == 0 || v.number > a->max)
-          a->max = v.number;
-        a->sum += v.number;
-        if (term->fn >= ANA_AGG_P50) {
-          if (s->sketches ? !acc_dd(a) || ana_dds_add(a->dd, v.number) < 0
-                          : acc_add_value(a, v.number) < 0)
-            return ANA_ERR_NOMEM;
-        }
-      } else if (term->fn == ANA_AGG_UNIQ) {
-        if (s->sketches) {
-          if (!acc_hll(a))
-            return ANA_ERR_NOMEM;
-          ana_hll_add_hash(a->hll, ana_hll_hash_text(v.text));
-        } else if (hashset_add(&a->distinct, hash_text(v.text)) < 0) {
-          return ANA_ERR_NOMEM;
-        }
-      }
-      a->count++;
-    }
-  }
-  return 0;
-}
-
 int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
   const struct ana_metric_query *q = s->q;
-  struct row r = {ev, NULL, false};
+  struct ana_acc_row r = ANA_ACC_ROW(ev);
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
-  char valbuf[MAX_DIMENSIONS][128];
-  if (!wanted(s, ev->event_name) || !row_group(s, &r, key, values, valbuf) ||
+  char valbuf[MAX_DIMENSIONS][ANA_ACC_VALUE_MAX];
+  if (!wanted(s, ev->event_name) || !ana_acc_row_group(&s->spec, &r, key, values, valbuf) ||
       !dimension_kept(s, values))
     goto out;
   struct group *g = find_group(s, key, values);
@@ -585,34 +222,35 @@ int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
   bool previous = ev->timestamp_ms < q->from_ms;
   size_t b = previous ? s->n_buckets
                       : ana_bucket_index(s->starts, s->n_buckets, q->to_ms, ev->timestamp_ms);
-  struct acc *targets[2] = {previous ? g->previous : g->total,
-                            !previous && b < s->n_buckets ? &g->buckets[b * s->n_terms] : NULL};
-  if (row_add(s, &r, targets, 2) < 0)
+  struct ana_acc_agg *bucket =
+      !previous && b < s->n_buckets ? &g->buckets[b * s->spec.n_terms] : NULL;
+  struct ana_acc_agg *targets[2] = {previous ? g->previous : g->total, bucket};
+  if (ana_acc_row_add(&s->spec, &r, s->sketches, targets, 2) < 0)
     s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
 out:
-  json_decref(r.props);
+  ana_acc_row_fini(&r);
   return s->rc;
 }
 
 int ana_mq_feed_cells(struct ana_mq *s, const struct ana_scanned_event *ev,
                       ana_mq_cells_fn cells_fn, void *ctx) {
-  struct row r = {ev, NULL, false};
+  struct ana_acc_row r = ANA_ACC_ROW(ev);
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
-  char valbuf[MAX_DIMENSIONS][128];
+  char valbuf[MAX_DIMENSIONS][ANA_ACC_VALUE_MAX];
   int rc = 0;
-  if (!wanted(s, ev->event_name) || !row_group(s, &r, key, values, valbuf))
+  if (!wanted(s, ev->event_name) || !ana_acc_row_group(&s->spec, &r, key, values, valbuf))
     goto out;
   struct ana_mq_cell *cells[8];
   rc = cells_fn(ctx, key, cells, 8);
   if (rc < 0)
     goto out;
-  struct acc *targets[8];
+  struct ana_acc_agg *targets[8];
   for (int i = 0; i < rc; i++)
     targets[i] = cells[i]->accs;
-  rc = row_add(s, &r, targets, (size_t)rc);
+  rc = ana_acc_row_add(&s->spec, &r, s->sketches, targets, (size_t)rc);
 out:
-  json_decref(r.props);
+  ana_acc_row_fini(&r);
   return rc < 0 ? rc : 0;
 }
 
@@ -620,23 +258,23 @@ out:
 /* cells */
 
 struct ana_mq_cell *ana_mq_cell_new(const struct ana_mq *s) {
-  return ana_calloc(1, sizeof(struct acc) * (s->n_terms ? s->n_terms : 1));
+  return ana_calloc(1, sizeof(struct ana_acc_agg) * (s->spec.n_terms ? s->spec.n_terms : 1));
 }
 
 void ana_mq_cell_free(const struct ana_mq *s, struct ana_mq_cell *c) {
   if (!c)
     return;
-  for (size_t t = 0; t < s->n_terms; t++)
-    acc_fini(&c->accs[t]);
+  for (size_t t = 0; t < s->spec.n_terms; t++)
+    ana_acc_agg_fini(&c->accs[t]);
   ana_free(c);
 }
 
 /* Per term: a flags byte (1 = has scalars, 2 = HyperLogLog, 4 = DDSketch),
  * then count, sum, min, max as 8-byte doubles, then the sketches. */
-static int accs_encode(const struct acc *accs, size_t n, uint8_t **buf, size_t *len,
+static int accs_encode(const struct ana_acc_agg *accs, size_t n, uint8_t **buf, size_t *len,
                        size_t *cap) {
   for (size_t t = 0; t < n; t++) {
-    const struct acc *a = &accs[t];
+    const struct ana_acc_agg *a = &accs[t];
     uint8_t flags = (a->count > 0 ? 1 : 0) | (a->hll ? 2 : 0) | (a->dd ? 4 : 0);
     size_t need = 1 + 32 + (a->hll ? ANA_HLL_MAX_ENCODED : 0);
     if (*len + need > *cap) {
@@ -663,10 +301,10 @@ static int accs_encode(const struct acc *accs, size_t n, uint8_t **buf, size_t *
   return 0;
 }
 
-static int accs_merge_encoded(struct acc *accs, size_t n, const uint8_t *in, size_t len) {
+static int accs_merge_encoded(struct ana_acc_agg *accs, size_t n, const uint8_t *in, size_t len) {
   size_t p = 0;
   for (size_t t = 0; t < n; t++) {
-    struct acc *a = &accs[t];
+    struct ana_acc_agg *a = &accs[t];
     if (p >= len)
       return ANA_ERR_INVALID;
     uint8_t flags = in[p++];
@@ -676,18 +314,18 @@ static int accs_merge_encoded(struct acc *accs, size_t n, const uint8_t *in, siz
         return ANA_ERR_INVALID;
       memcpy(d, in + p, sizeof d);
       p += sizeof d;
-      acc_merge_scalars(a, d[0], d[1], d[2], d[3]);
+      ana_acc_agg_merge_scalars(a, d[0], d[1], d[2], d[3]);
     }
     long k;
     if (flags & 2) {
-      if (!acc_hll(a))
+      if (!ana_acc_agg_hll(a))
         return ANA_ERR_NOMEM;
       if ((k = ana_hll_decode_merge(a->hll, in + p, len - p)) < 0)
         return ANA_ERR_INVALID;
       p += (size_t)k;
     }
     if (flags & 4) {
-      if (!acc_dd(a))
+      if (!ana_acc_agg_dd(a))
         return ANA_ERR_NOMEM;
       if ((k = ana_dds_decode_merge(a->dd, in + p, len - p)) < 0)
         return ANA_ERR_INVALID;
@@ -699,12 +337,12 @@ static int accs_merge_encoded(struct acc *accs, size_t n, const uint8_t *in, siz
 
 int ana_mq_cell_encode(const struct ana_mq *s, const struct ana_mq_cell *c, uint8_t **buf,
                        size_t *len, size_t *cap) {
-  return accs_encode(c->accs, s->n_terms, buf, len, cap);
+  return accs_encode(c->accs, s->spec.n_terms, buf, len, cap);
 }
 
 int ana_mq_cell_merge_encoded(const struct ana_mq *s, struct ana_mq_cell *c, const uint8_t *blob,
                               size_t len) {
-  return accs_merge_encoded(c->accs, s->n_terms, blob, len);
+  return accs_merge_encoded(c->accs, s->spec.n_terms, blob, len);
 }
 
 int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
@@ -714,7 +352,7 @@ int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
   char *values[MAX_DIMENSIONS];
   snprintf(valbuf, sizeof valbuf, "%s", group_key);
   char *p = valbuf;
-  for (size_t d = 0; d < s->n_dims; d++) {
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
     values[d] = p;
     p += strcspn(p, "\x1f");
     if (*p)
@@ -727,12 +365,12 @@ int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
     return s->rc;
   int rc;
   if (start_ms < q->from_ms) {
-    rc = accs_merge_encoded(g->previous, s->n_terms, blob, len);
+    rc = accs_merge_encoded(g->previous, s->spec.n_terms, blob, len);
   } else {
     size_t b = ana_bucket_index(s->starts, s->n_buckets, q->to_ms, start_ms);
-    rc = accs_merge_encoded(g->total, s->n_terms, blob, len);
+    rc = accs_merge_encoded(g->total, s->spec.n_terms, blob, len);
     if (rc == 0 && b < s->n_buckets)
-      rc = accs_merge_encoded(&g->buckets[b * s->n_terms], s->n_terms, blob, len);
+      rc = accs_merge_encoded(&g->buckets[b * s->spec.n_terms], s->spec.n_terms, blob, len);
   }
   if (rc == ANA_ERR_NOMEM)
     s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -744,10 +382,10 @@ int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
 /* ------------------------------------------------------------------ */
 /* answers */
 
-static bool eval(const struct ana_mq *s, struct acc *accs, double *out) {
-  double values[64];
-  for (size_t t = 0; t < s->n_terms; t++)
-    values[t] = acc_value(&accs[t], s->terms[t]->fn);
+static bool eval(const struct ana_mq *s, struct ana_acc_agg *accs, double *out) {
+  double values[ANA_ACC_MAX_TERMS];
+  for (size_t t = 0; t < s->spec.n_terms; t++)
+    values[t] = ana_acc_agg_value(&accs[t], s->spec.terms[t]->fn);
   return ana_formula_eval(s->q->formula, values, out);
 }
 
@@ -834,23 +472,24 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
   if (!ser)
     return NULL;
   analytics__v1__metric_series__init(ser);
-  ser->n_dimensions = s->n_dims;
-  ser->dimensions = ana_arena_calloc(a, s->n_dims ? s->n_dims : 1, sizeof *ser->dimensions);
-  for (size_t d = 0; ser->dimensions && d < s->n_dims; d++) {
+  ser->n_dimensions = s->spec.n_dims;
+  ser->dimensions =
+      ana_arena_calloc(a, s->spec.n_dims ? s->spec.n_dims : 1, sizeof *ser->dimensions);
+  for (size_t d = 0; ser->dimensions && d < s->spec.n_dims; d++) {
     Analytics__V1__MetricSeries__DimensionsEntry *e = ana_arena_alloc(a, sizeof *e);
     if (!e)
       return NULL;
     analytics__v1__metric_series__dimensions_entry__init(e);
-    e->key = (char *)s->dims[d];
+    e->key = (char *)s->spec.dims[d];
     e->value = other ? "other" : ana_arena_strdup(a, g->values[d]);
     ser->dimensions[d] = e;
   }
   bool counter = strcmp(q->metric->type, "counter") == 0;
   bool histogram = strcmp(q->metric->type, "histogram") == 0;
   /* Histograms report percentiles of their first field term. */
-  size_t hist_term = s->n_terms;
-  for (size_t t = 0; histogram && t < s->n_terms; t++)
-    if (s->term_fields[t] && s->terms[t]->fn != ANA_AGG_UNIQ) {
+  size_t hist_term = s->spec.n_terms;
+  for (size_t t = 0; histogram && t < s->spec.n_terms; t++)
+    if (s->spec.term_fields[t] && s->spec.terms[t]->fn != ANA_AGG_UNIQ) {
       hist_term = t;
       break;
     }
@@ -865,7 +504,7 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
     if (!mb)
       return NULL;
     analytics__v1__metric_bucket__init(mb);
-    struct acc *accs = &g->buckets[b * s->n_terms];
+    struct ana_acc_agg *accs = &g->buckets[b * s->spec.n_terms];
     oks[b] = eval(s, accs, &vals[b]);
     mb->start = timestamp_of(a, s->starts[b]);
     mb->value = boxed(a, oks[b], vals[b]);
@@ -874,7 +513,7 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
       double secs = (double)(end - s->starts[b]) / 1000.0;
       mb->rate = boxed(a, oks[b] && secs > 0, vals[b] / secs);
     }
-    if (hist_term < s->n_terms && acc_has_values(&accs[hist_term])) {
+    if (hist_term < s->spec.n_terms && acc_has_values(&accs[hist_term])) {
       static const char *const names[] = {"p50", "p90", "p95", "p99"};
       static const double ps[] = {50, 90, 95, 99};
       mb->n_percentiles = 4;
@@ -885,7 +524,7 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
           return NULL;
         analytics__v1__metric_bucket__percentiles_entry__init(e);
         e->key = (char *)names[i];
-        e->value = percentile(&accs[hist_term], ps[i]);
+        e->value = ana_acc_agg_percentile(&accs[hist_term], ps[i]);
         mb->percentiles[i] = e;
       }
     }
@@ -915,19 +554,19 @@ int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__Metr
     s->groups[i]->has_rank = eval(s, s->groups[i]->total, &s->groups[i]->rank);
   if (s->n_groups) /* qsort must not see a NULL array, even empty */
     qsort(s->groups, s->n_groups, sizeof *s->groups, rank_cmp);
-  size_t top = s->n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
+  size_t top = s->spec.n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
                          : s->n_groups;
   struct group *other = NULL;
   if (s->n_groups > top) {
     other = group_new(s, "", (char *[MAX_DIMENSIONS]){0});
     for (size_t i = top; other && i < s->n_groups && rc == 0; i++) {
       struct group *g = s->groups[i];
-      for (size_t k = 0; k < s->n_buckets * s->n_terms && rc == 0; k++)
-        rc = acc_merge(&other->buckets[k], &g->buckets[k]);
-      for (size_t t = 0; t < s->n_terms && rc == 0; t++) {
-        rc = acc_merge(&other->total[t], &g->total[t]);
+      for (size_t k = 0; k < s->n_buckets * s->spec.n_terms && rc == 0; k++)
+        rc = ana_acc_agg_merge(&other->buckets[k], &g->buckets[k]);
+      for (size_t t = 0; t < s->spec.n_terms && rc == 0; t++) {
+        rc = ana_acc_agg_merge(&other->total[t], &g->total[t]);
         if (rc == 0)
-          rc = acc_merge(&other->previous[t], &g->previous[t]);
+          rc = ana_acc_agg_merge(&other->previous[t], &g->previous[t]);
       }
     }
     if (!other || rc < 0) {
@@ -936,7 +575,7 @@ int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__Metr
     }
   }
   size_t shown = s->n_groups < top ? s->n_groups : top;
-  if (shown == 0 && s->n_dims == 0) {
+  if (shown == 0 && s->spec.n_dims == 0) {
     /* No events at all: still one series of empty buckets. */
     struct group *empty = find_group(s, "", (char *[MAX_DIMENSIONS]){0});
     shown = empty ? 1 : 0;
@@ -954,7 +593,7 @@ int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__Metr
   out->interval = (char *)ana_interval_name(q->interval);
   out->time_zone = (char *)(q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
 out:
-  group_free(other, s->n_buckets, s->n_terms);
+  group_free(other, s->n_buckets, s->spec.n_terms);
   return rc;
 }
 
@@ -965,12 +604,10 @@ void ana_mq_destroy(struct ana_mq *s) {
   if (!s)
     return;
   for (size_t i = 0; i < s->n_groups; i++)
-    group_free(s->groups[i], s->n_buckets, s->n_terms);
+    group_free(s->groups[i], s->n_buckets, s->spec.n_terms);
   ana_free(s->groups);
   ana_free(s->index);
-  for (size_t i = 0; s->filter_values && i < s->q->metric->n_filters; i++)
-    json_decref(s->filter_values[i]);
-  ana_free(s->filter_values);
+  ana_acc_spec_fini(&s->spec);
   free(s->starts);
   ana_free(s);
 }
@@ -986,20 +623,11 @@ struct ana_mq *ana_mq_create(const struct ana_metric_query *q, bool sketches,
   s->sketches = sketches;
   s->err = &s->own_err;
   ana_error_clear(s->err);
-  s->n_terms = ana_formula_term_count(q->formula);
-  if (s->n_terms > 64) {
-    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "formula: too many terms");
+  if (ana_acc_spec_init(&s->spec, q->metric, q->formula, err) < 0)
     goto fail;
-  }
-  s->n_dims = q->metric->n_dimensions < MAX_DIMENSIONS ? q->metric->n_dimensions : MAX_DIMENSIONS;
-  for (size_t d = 0; d < s->n_dims; d++)
-    s->dims[d] = q->metric->dimensions[d];
   /* Which events to read: only the named ones, unless a term wants any. */
-  for (size_t t = 0; t < s->n_terms; t++) {
-    s->terms[t] = ana_formula_term(q->formula, t);
-    const struct ana_agg_term *term = s->terms[t];
-    if (term->field_kind != ANA_FIELD_NONE && term->field)
-      s->term_fields[t] = (char *)term->field;
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    const struct ana_agg_term *term = s->spec.terms[t];
     if (!term->event_name) {
       s->any = true;
       continue;
@@ -1014,14 +642,6 @@ struct ana_mq *ana_mq_create(const struct ana_metric_query *q, bool sketches,
       ana_buckets_make(q->from_ms, q->to_ms, q->interval, q->time_zone, ANA_METRIC_MAX_BUCKETS,
                        &s->starts, &s->n_buckets, err) < 0)
     goto fail;
-  s->filter_values = ana_calloc(q->metric->n_filters ? q->metric->n_filters : 1,
-                                sizeof *s->filter_values);
-  if (!s->filter_values) {
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto fail;
-  }
-  for (size_t i = 0; i < q->metric->n_filters; i++)
-    s->filter_values[i] = filter_value(q->metric->filters[i]->value);
   return s;
 fail:
   ana_mq_destroy(s);
@@ -1114,6 +734,5 @@ int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m,
         return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                              "dimensions[%zu]: \"%.64s\" is listed twice", i, m->dimensions[i]);
   }
-  (void)top_level_fields;
   return 0;
 }
