@@ -252,7 +252,9 @@ static int store_encode(const struct ana_dds_store *st, uint8_t **buf, size_t *l
     hi--;
   /* zigzag offset, bin count, counts */
   int64_t off = (int64_t)st->offset + lo;
-  if (ana_sketch_put_varint(buf, len, cap, (uint64_t)((off << 1) ^ (off >> 63))) < 0 ||
+  /* Unsigned arithmetic: shifting a negative signed value is undefined. */
+  uint64_t zigzag = ((uint64_t)off << 1) ^ (off < 0 ? UINT64_MAX : 0);
+  if (ana_sketch_put_varint(buf, len, cap, zigzag) < 0 ||
       ana_sketch_put_varint(buf, len, cap, hi - lo) < 0)
     return ANA_ERR_NOMEM;
   for (uint32_t i = lo; i < hi; i++)
