@@ -7,13 +7,13 @@
 #include "ana_arena.h"
 #include "ana_rollup.h"
 #include "ana_store.h"
+#include "bench_common.h"
 #include "results_file.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define HOUR 3600000LL
 #define DAY 86400000LL
@@ -21,17 +21,13 @@
 /* This benchmark's section of bench/RESULTS.md. */
 #define METRICS_HEADING "## Metric rollups"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int cmpd(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
 }
 
+/* Nearest rank (ceil), not bench_percentile's rounded index: this section's
+ * figures stay comparable with its earlier runs. */
 static double pct(double *v, int n, double p) {
   qsort(v, (size_t)n, sizeof *v, cmpd);
   int r = (int)ceil(p / 100.0 * n);
@@ -133,10 +129,10 @@ static int query(struct ana_rollups *r, struct metric *x, int top_n, bool raw, d
   struct ana_arena *a = ana_arena_create(1 << 20, 0);
   Analytics__V1__MetricData out = ANALYTICS__V1__METRIC_DATA__INIT;
   struct ana_error err;
-  double t = now_s();
+  double t = bench_now_s();
   int rc = raw ? ana_metric_query_raw(ops, store, &q, a, &out, &err)
                : ana_rollup_query(r, &q, a, &out, &err);
-  *secs = now_s() - t;
+  *secs = bench_now_s() - t;
   if (rc < 0)
     fprintf(stderr, "query: %s\n", err.message);
   int series = (int)out.n_series;
@@ -153,10 +149,10 @@ static double sqlite_cli(const char *dir, const char *d1, const char *d2) {
            " FROM events WHERE account_id = 'bench' AND event_name IN ('sent','delivered')"
            " AND ts >= %lld AND ts < %lld GROUP BY c, g, h;\" > /dev/null",
            dir, d1, d2, (long long)(T0 - 30 * DAY), (long long)(T0 + 30 * DAY));
-  double t = now_s();
+  double t = bench_now_s();
   if (system(cmd) != 0)
     return -1;
-  return now_s() - t;
+  return bench_now_s() - t;
 }
 
 int main(int argc, char **argv) {
@@ -179,24 +175,24 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", err.message);
     return 1;
   }
-  double t = now_s();
+  double t = bench_now_s();
   if (load(events, T0, 30 * DAY, 10000) < 0)
     return 1;
-  double load_s = now_s() - t;
+  double load_s = bench_now_s() - t;
   fprintf(stderr, "loaded %ld events in %.1f s\n", events, load_s);
 
   struct ana_rollups *r = ana_rollup_create(db, ops, store, NULL, &err);
   struct metric a, b;
   metric_init(&a, "rate-10x5", "campaignId", "groupId");
   metric_init(&b, "rate-50x20", "campaign50", "group20");
-  t = now_s();
+  t = bench_now_s();
   if (ana_rollup_define(r, "bench", &a.m, a.f, &err) < 0 ||
       ana_rollup_define(r, "bench", &b.m, b.f, &err) < 0) {
     fprintf(stderr, "%s\n", err.message);
     return 1;
   }
   ana_rollup_wait_idle(r, 3600 * 1000);
-  double backfill_s = now_s() - t;
+  double backfill_s = bench_now_s() - t;
   fprintf(stderr, "backfilled 2 metrics in %.1f s\n", backfill_s);
 
   enum { REPS = 50 };
@@ -226,9 +222,9 @@ int main(int argc, char **argv) {
   ana_rollup_forget(r, "rate-50x20", &err);
   ana_rollup_wait_idle(r, 600000);
   account = "ingest"; /* the ten metrics' backfill reads no events */
-  t = now_s();
+  t = bench_now_s();
   load(ingest_n, T0 + 30 * DAY, DAY, 1000);
-  double none_s = now_s() - t;
+  double none_s = bench_now_s() - t;
   struct metric ten[10];
   char ids[10][16];
   for (int i = 0; i < 10; i++) {
@@ -238,12 +234,12 @@ int main(int argc, char **argv) {
   }
   /* Let their backfill finish so that only live maintenance is measured. */
   ana_rollup_wait_idle(r, 3600 * 1000);
-  t = now_s();
+  t = bench_now_s();
   load(ingest_n, T0 + 31 * DAY, DAY, 1000);
-  double with_s = now_s() - t;
-  double lag_t = now_s();
+  double with_s = bench_now_s() - t;
+  double lag_t = bench_now_s();
   ana_rollup_wait_idle(r, 3600 * 1000);
-  double lag_s = now_s() - lag_t;
+  double lag_s = bench_now_s() - lag_t;
   ana_rollup_destroy(r);
 
   /* The heading keeps the command after the stable part that

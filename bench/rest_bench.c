@@ -18,6 +18,7 @@
  * The section "## REST and WebSocket" of FILE (default bench/RESULTS.md) is
  * replaced (or appended); the rest of the file is kept. */
 #include "ana_client_stubs.h"
+#include "bench_common.h"
 #include "results_file.h"
 
 #include <errno.h>
@@ -36,7 +37,6 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/uio.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,116 +52,44 @@ static const char *out_path = "bench/RESULTS.md";
 static const char *only; /* "ingest" or "ws": a partial run, printed, RESULTS.md untouched */
 static char base_dir[] = "/tmp/ana-rest-bench-XXXXXX";
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int64_t wall_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double percentile(double *v, size_t n, double p) {
-  if (n == 0)
-    return NAN;
-  qsort(v, n, sizeof *v, cmp_double);
-  size_t i = (size_t)(p / 100.0 * (double)(n - 1) + 0.5);
-  return v[i < n ? i : n - 1];
-}
-
 /* ------------------------------------------------------------------ */
 /* processes: analyticsd and analytics-restbridge on free ports */
 
-struct proc {
-  pid_t pid;
-  int port;      /* HTTP (PORT) */
-  int grpc_port; /* analyticsd only */
-};
-
-static int free_port(void) {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof a;
-  bind(s, (struct sockaddr *)&a, sizeof a);
-  getsockname(s, (struct sockaddr *)&a, &len);
-  int port = ntohs(a.sin_port);
-  close(s);
-  return port;
-}
-
 static int http_get_status(int port, const char *path);
 
-static pid_t spawn(const char *path, char *const argv[], const char *const env[]) {
-  fflush(stdout);
-  pid_t pid = fork();
-  if (pid == 0) {
-    for (size_t i = 0; env[i]; i += 2)
-      setenv(env[i], env[i + 1], 1);
-    if (!freopen("/dev/null", "w", stdout))
-      _exit(127);
-    execv(path, argv);
-    _exit(127);
-  }
-  return pid;
-}
-
-static void wait_healthy(const struct proc *p, const char *what) {
-  for (int i = 0; i < 200; i++) {
-    if (http_get_status(p->port, "/health") == 200)
-      return;
-    if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
-      break;
-    usleep(50000);
-  }
-  fprintf(stderr, "bench: %s did not become healthy\n", what);
-  exit(1);
+/* Ready once the HTTP side answers: the REST and WebSocket figures use it. */
+static bool http_healthy(const struct bench_proc *p, void *arg) {
+  (void)arg;
+  return http_get_status(p->port, "/health") == 200;
 }
 
 /* analyticsd with a fresh DATA_DIR named `name` under the base directory. */
-static struct proc start_server(const char *name) {
-  struct proc p = {.port = free_port(), .grpc_port = free_port()};
-  char dir[512], port[16], gport[16];
+static struct bench_proc start_server(const char *name) {
+  char dir[512];
 
   snprintf(dir, sizeof dir, "%s/%s", base_dir, name);
   mkdir(dir, 0700);
-  snprintf(port, sizeof port, "%d", p.port);
-  snprintf(gport, sizeof gport, "%d", p.grpc_port);
-  const char *env[] = {"PORT",     port, "GRPC_PORT", gport,  "GRPC_HOST", "127.0.0.1",
-                       "DATA_DIR", dir,  "LOG_LEVEL", "warn", NULL};
-  char *argv[] = {(char *)server_path, NULL};
-  p.pid = spawn(server_path, argv, env);
-  wait_healthy(&p, "analyticsd");
-  return p;
+  return bench_server_start(server_path, dir, http_healthy, NULL);
 }
 
 /* analytics-restbridge --upstream the server's gRPC port. */
-static struct proc start_bridge(const struct proc *server) {
-  struct proc p = {.port = free_port()};
+static struct bench_proc start_bridge(const struct bench_proc *server) {
+  struct bench_proc p = {.port = bench_free_port()};
   char port[16], upstream[64];
 
   snprintf(port, sizeof port, "%d", p.port);
   snprintf(upstream, sizeof upstream, "127.0.0.1:%d", server->grpc_port);
   const char *env[] = {"PORT", port, "LOG_LEVEL", "warn", NULL};
   char *argv[] = {(char *)bridge_path, "--upstream", upstream, NULL};
-  p.pid = spawn(bridge_path, argv, env);
-  wait_healthy(&p, "analytics-restbridge");
+  p.pid = bench_spawn(bridge_path, argv, env);
+  bench_wait_ready(&p, "analytics-restbridge", http_healthy, NULL);
   return p;
-}
-
-static void stop_proc(struct proc *p) {
-  if (p->pid > 0) {
-    kill(p->pid, SIGTERM);
-    waitpid(p->pid, NULL, 0);
-  }
-  p->pid = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -346,7 +274,7 @@ static void *rest_worker(void *arg) {
 
   c->fd = -1;
   c->port = l->port;
-  while (now_s() < l->until) {
+  while (bench_now_s() < l->until) {
     size_t n = 0;
     if (l->batch == 1) {
       n = event_json(body, cap, "message_sent", 0);
@@ -376,7 +304,7 @@ static void *rest_worker(void *arg) {
 static double rest_rate(int port, int conns, int batch) {
   struct rest_load *loads = calloc((size_t)conns, sizeof *loads);
   pthread_t *t = calloc((size_t)conns, sizeof *t);
-  double start = now_s();
+  double start = bench_now_s();
   long events = 0, errors = 0;
 
   for (int i = 0; i < conns; i++) {
@@ -388,7 +316,7 @@ static double rest_rate(int port, int conns, int batch) {
     events += loads[i].events;
     errors += loads[i].errors;
   }
-  double elapsed = now_s() - start;
+  double elapsed = bench_now_s() - start;
   if (errors)
     fprintf(stderr, "bench: %ld failed REST requests\n", errors);
   free(loads);
@@ -397,173 +325,16 @@ static double rest_rate(int port, int conns, int batch) {
 }
 
 /* ------------------------------------------------------------------ */
-/* gRPC load (as in ingest_bench.c): TrackEvents and IngestEvents, batches */
+/* gRPC load, the baselines of the ratios (the same load as ingest_bench's) */
 
-static struct ana_client_channel *channel;
+static double grpc_rate(const struct bench_proc *server, int clients, int batch, bool stream) {
+  struct bench_grpc_load load = {
+      .clients = clients, .batch = batch, .stream = stream, .seconds = seconds_per_run};
+  struct ana_client_channel *channel = bench_channel_create(server);
+  double rate = bench_grpc_ingest_rate(channel, &load, NULL, NULL);
 
-/* n events with fresh ids (in ids); the caller sets their properties. */
-static Analytics__V1__Event *make_events(size_t n, char (*ids)[32]) {
-  Analytics__V1__Event *evs = calloc(n, sizeof *evs);
-  for (size_t i = 0; i < n; i++) {
-    analytics__v1__event__init(&evs[i]);
-    evs[i].event_type = "message";
-    evs[i].event_name = "message_sent";
-    snprintf(ids[i], 32, "g-%ld", atomic_fetch_add(&id_counter, 1));
-    evs[i].event_id = ids[i];
-  }
-  return evs;
-}
-
-/* The shared properties of make_events (campaignId, groupId, messageType,
- * charactersCount), built once. */
-static Google__Protobuf__Struct *shared_props(void) {
-  static Google__Protobuf__Struct__FieldsEntry e[4];
-  static Google__Protobuf__Struct__FieldsEntry *ep[4];
-  static Google__Protobuf__Value v[4];
-  static Google__Protobuf__Struct props;
-  const char *keys[] = {"campaignId", "groupId", "messageType", "charactersCount"};
-  const char *strs[] = {"123", "456", "text", NULL};
-
-  google__protobuf__struct__init(&props);
-  for (int i = 0; i < 4; i++) {
-    google__protobuf__struct__fields_entry__init(&e[i]);
-    google__protobuf__value__init(&v[i]);
-    e[i].key = (char *)keys[i];
-    if (strs[i]) {
-      v[i].kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
-      v[i].string_value = (char *)strs[i];
-    } else {
-      v[i].kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
-      v[i].number_value = 150;
-    }
-    e[i].value = &v[i];
-    ep[i] = &e[i];
-  }
-  props.n_fields = 4;
-  props.fields = ep;
-  return &props;
-}
-
-struct grpc_load {
-  int batch;
-  double until;
-  long events;
-  long errors;
-};
-
-static Google__Protobuf__Struct *props_ptr;
-
-static void *track_events_worker(void *arg) {
-  struct grpc_load *l = arg;
-  char(*ids)[32] = calloc((size_t)l->batch, 32);
-  Analytics__V1__Event **ptrs = calloc((size_t)l->batch, sizeof *ptrs);
-
-  while (now_s() < l->until) {
-    Analytics__V1__Event *evs = make_events((size_t)l->batch, ids);
-    Analytics__V1__TrackEventsRequest req = ANALYTICS__V1__TRACK_EVENTS_REQUEST__INIT;
-    Analytics__V1__TrackEventsResponse *resp = NULL;
-    struct ana_error err;
-    for (int i = 0; i < l->batch; i++) {
-      evs[i].properties = props_ptr;
-      ptrs[i] = &evs[i];
-    }
-    req.n_events = (size_t)l->batch;
-    req.events = ptrs;
-    int rc = ana_stub_event_service_track_events(channel, &req, &resp, NULL, &err);
-    if (resp)
-      protobuf_c_message_free_unpacked(&resp->base, NULL);
-    if (rc == 0)
-      l->events += l->batch;
-    else
-      l->errors++;
-    free(evs);
-  }
-  free(ids);
-  free(ptrs);
-  return NULL;
-}
-
-struct stream_reader {
-  struct ana_client_stream *s;
-  long events;
-};
-
-static void *stream_read(void *arg) {
-  struct stream_reader *r = arg;
-  Analytics__V1__IngestResponse *resp;
-  struct ana_error err;
-  while (ana_stub_event_service_ingest_events_recv(r->s, &resp, &err) == 1) {
-    r->events += resp->accepted;
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
-  }
-  return NULL;
-}
-
-static void *stream_worker(void *arg) {
-  struct grpc_load *l = arg;
-  struct ana_error err;
-  struct ana_client_stream *s = ana_stub_event_service_ingest_events_open(channel, NULL, &err);
-  if (!s) {
-    l->errors++;
-    return NULL;
-  }
-  struct stream_reader r = {s, 0};
-  pthread_t reader;
-  pthread_create(&reader, NULL, stream_read, &r);
-  char(*ids)[32] = calloc((size_t)l->batch, 32);
-  Analytics__V1__Event **ptrs = calloc((size_t)l->batch, sizeof *ptrs);
-  while (now_s() < l->until) {
-    Analytics__V1__Event *evs = make_events((size_t)l->batch, ids);
-    for (int i = 0; i < l->batch; i++) {
-      evs[i].properties = props_ptr;
-      ptrs[i] = &evs[i];
-    }
-    Analytics__V1__IngestRequest req = ANALYTICS__V1__INGEST_REQUEST__INIT;
-    req.batch_id = ids[0];
-    req.n_events = (size_t)l->batch;
-    req.events = ptrs;
-    int rc = ana_stub_event_service_ingest_events_send(s, &req, &err);
-    free(evs);
-    if (rc < 0) {
-      l->errors++;
-      break;
-    }
-  }
-  ana_client_stream_close_send(s, &err);
-  pthread_join(reader, NULL);
-  ana_client_stream_finish(s, &err);
-  l->events += r.events;
-  free(ids);
-  free(ptrs);
-  return NULL;
-}
-
-static double grpc_rate(const struct proc *server, int threads, int batch, bool stream) {
-  struct grpc_load *loads = calloc((size_t)threads, sizeof *loads);
-  pthread_t *t = calloc((size_t)threads, sizeof *t);
-  char target[64];
-  struct ana_error err;
-  long events = 0, errors = 0;
-
-  snprintf(target, sizeof target, "127.0.0.1:%d", server->grpc_port);
-  channel = ana_client_channel_create(target, &err);
-  double start = now_s();
-  for (int i = 0; i < threads; i++) {
-    loads[i] = (struct grpc_load){.batch = batch, .until = start + seconds_per_run};
-    pthread_create(&t[i], NULL, stream ? stream_worker : track_events_worker, &loads[i]);
-  }
-  for (int i = 0; i < threads; i++) {
-    pthread_join(t[i], NULL);
-    events += loads[i].events;
-    errors += loads[i].errors;
-  }
-  double elapsed = now_s() - start;
   ana_client_channel_destroy(channel);
-  if (errors)
-    fprintf(stderr, "bench: %ld failed gRPC calls\n", errors);
-  free(loads);
-  free(t);
-  return (double)events / elapsed;
+  return rate;
 }
 
 /* ------------------------------------------------------------------ */
@@ -659,7 +430,7 @@ static void *ws_producer(void *arg) {
   c->fd = -1;
   c->port = p->port;
   while (next < p->until) {
-    double wait = next - now_s();
+    double wait = next - bench_now_s();
     if (wait > 0)
       usleep((useconds_t)(wait * 1e6));
     next += p->interval;
@@ -715,12 +486,12 @@ static struct ws_result ws_latency(int port) {
       ws.errors++;
   }
   /* Connect on the caller's thread first, then hand over to the service thread. */
-  for (double t0 = now_s(); ws.established + ws.errors < WS_SUBSCRIBERS && now_s() - t0 < 20;)
+  for (double t0 = bench_now_s(); ws.established + ws.errors < WS_SUBSCRIBERS && bench_now_s() - t0 < 20;)
     lws_service(ws.ctx, 0);
   r.connected = ws.established;
   pthread_create(&svc, NULL, ws_service, NULL);
 
-  double start = now_s() + 0.2;
+  double start = bench_now_s() + 0.2;
   ws.record_from_ns = wall_ns() + (int64_t)((0.2 + warmup) * 1e9);
   for (int i = 0; i < WS_PRODUCERS; i++) {
     pr[i] = (struct producer){.port = port,
@@ -735,7 +506,7 @@ static struct ws_result ws_latency(int port) {
     sent += pr[i].sent;
     errors += pr[i].errors;
   }
-  double elapsed = now_s() - start;
+  double elapsed = bench_now_s() - start;
   usleep(1000000); /* the last frames */
   atomic_store(&ws.stop, 1);
   lws_cancel_service(ws.ctx);
@@ -745,8 +516,8 @@ static struct ws_result ws_latency(int port) {
     fprintf(stderr, "bench: %ld failed REST requests while measuring latency\n", errors);
   r.achieved_rate = (double)sent / elapsed;
   r.delivered = sent && r.connected ? (double)ws.events / ((double)sent * r.connected) : 0;
-  r.p50 = percentile(ws.lat, ws.n_lat, 50);
-  r.p99 = percentile(ws.lat, ws.n_lat, 99);
+  r.p50 = bench_percentile(ws.lat, ws.n_lat, 50);
+  r.p99 = bench_percentile(ws.lat, ws.n_lat, 99);
   r.max = ws.n_lat ? ws.lat[ws.n_lat - 1] : NAN;
   free(ws.lat);
   return r;
@@ -754,24 +525,6 @@ static struct ws_result ws_latency(int port) {
 
 /* ------------------------------------------------------------------ */
 /* results: the section of RESULTS.md replaced, the rest kept */
-
-static void machine(char *out, size_t cap) {
-  struct utsname u;
-  char cpu[256] = "unknown", line[512];
-  FILE *ci = fopen("/proc/cpuinfo", "r");
-
-  while (ci && fgets(line, sizeof line, ci))
-    if (strncmp(line, "model name", 10) == 0) {
-      snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
-      cpu[strcspn(cpu, "\n")] = '\0';
-      break;
-    }
-  if (ci)
-    fclose(ci);
-  uname(&u);
-  snprintf(out, cap, "%ld CPUs (%s), %s %s", sysconf(_SC_NPROCESSORS_ONLN), cpu, u.sysname,
-           u.release);
-}
 
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
@@ -814,42 +567,41 @@ int main(int argc, char **argv) {
     perror("bench: mkdtemp");
     return 1;
   }
-  props_ptr = shared_props();
 
   /* Each figure on a fresh server and store, so none runs on another's data. */
   double g_stream = NAN, g_batch = NAN, r_single = NAN, r_batch = NAN, m_single = NAN,
          m_batch = NAN;
   struct ws_result w = {NAN, NAN, NAN, 0, 0, 0}, wr = w;
-  struct proc s, b;
+  struct bench_proc s, b;
   if (only && strcmp(only, "ingest") != 0)
     goto latency;
   printf("gRPC ingest (baselines)...\n");
   s = start_server("grpc-stream");
   g_stream = grpc_rate(&s, 2, 100, true);
-  stop_proc(&s);
+  bench_proc_stop(&s);
   s = start_server("grpc-batch");
   g_batch = grpc_rate(&s, 4, 100, false);
-  stop_proc(&s);
+  bench_proc_stop(&s);
 
   printf("REST ingest, in-process...\n");
   s = start_server("rest-single");
   r_single = rest_rate(s.port, 16, 1);
-  stop_proc(&s);
+  bench_proc_stop(&s);
   s = start_server("rest-batch");
   r_batch = rest_rate(s.port, 4, 100);
-  stop_proc(&s);
+  bench_proc_stop(&s);
 
   printf("REST ingest, remote bridge...\n");
   s = start_server("remote-single");
   b = start_bridge(&s);
   m_single = rest_rate(b.port, 16, 1);
-  stop_proc(&b);
-  stop_proc(&s);
+  bench_proc_stop(&b);
+  bench_proc_stop(&s);
   s = start_server("remote-batch");
   b = start_bridge(&s);
   m_batch = rest_rate(b.port, 4, 100);
-  stop_proc(&b);
-  stop_proc(&s);
+  bench_proc_stop(&b);
+  bench_proc_stop(&s);
 
   if (only && strcmp(only, "ws") != 0)
     goto report;
@@ -861,17 +613,17 @@ latency:
     fprintf(stderr, "bench: analyticsd died during the latency run\n");
     s.pid = 0;
   }
-  stop_proc(&s);
+  bench_proc_stop(&s);
   s = start_server("ws-remote");
   b = start_bridge(&s);
   wr = ws_latency(b.port);
-  stop_proc(&b);
-  stop_proc(&s);
+  bench_proc_stop(&b);
+  bench_proc_stop(&s);
 
 report:;
   char mach[512], section[8192];
   size_t n = 0;
-  machine(mach, sizeof mach);
+  bench_machine(mach, sizeof mach);
 #define OUT(...) n += (size_t)snprintf(section + n, sizeof section - n, __VA_ARGS__)
   OUT(SECTION " (REST bridge and live stream)\n\n");
   OUT("Machine: %s. Command: `make bench` (`build/bench/rest_bench --server "

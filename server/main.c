@@ -81,11 +81,6 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   return 0;
 }
 
-static const char *env_lookup(const char *name, void *ctx) {
-  (void)ctx;
-  return getenv(name);
-}
-
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -110,11 +105,8 @@ int main(int argc, char **argv) {
   struct ana_config cfg;
   struct ana_error err;
   ana_error_clear(&err);
-  if (ana_config_load(&cfg, env_lookup, NULL, &err) < 0) {
-    ANA_ERROR("config", "invalid configuration: %s", err.message);
+  if (ana_config_load_at_startup(&cfg) < 0)
     return 2;
-  }
-  ana_log_set_level(cfg.log_level);
   ana_config_each_unsupported(&cfg, warn_unsupported, NULL);
 
   int rc = 1;

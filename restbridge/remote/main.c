@@ -26,11 +26,6 @@ static void usage(FILE *out) {
   ana_config_write_help(out);
 }
 
-static const char *env_lookup(const char *name, void *ctx) {
-  (void)ctx;
-  return getenv(name);
-}
-
 int main(int argc, char **argv) {
   const char *upstream = NULL;
   int workers = 0;
@@ -61,11 +56,8 @@ int main(int argc, char **argv) {
   struct ana_config cfg;
   struct ana_error err;
   ana_error_clear(&err);
-  if (ana_config_load(&cfg, env_lookup, NULL, &err) < 0) {
-    ANA_ERROR("config", "invalid configuration: %s", err.message);
+  if (ana_config_load_at_startup(&cfg) < 0)
     return 2;
-  }
-  ana_log_set_level(cfg.log_level);
   if (!upstream || !upstream[0])
     upstream = cfg.restbridge_upstream;
   if (!upstream || !upstream[0]) {

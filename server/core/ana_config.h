@@ -79,6 +79,11 @@ typedef const char *(*ana_getenv_fn)(const char *name, void *ctx);
 int ana_config_load(struct ana_config *cfg, ana_getenv_fn getenv_fn, void *ctx,
                     struct ana_error *err);
 
+/* What a program does first: loads cfg from the process environment, logs
+ * a bad value (naming the variable) at error level, and applies LOG_LEVEL.
+ * Returns 0, or a negative error after logging it (exit with status 2). */
+int ana_config_load_at_startup(struct ana_config *cfg);
+
 /* Frees the strings and zeroes cfg; safe on a zeroed or already-finished struct. */
 void ana_config_fini(struct ana_config *cfg);
 

@@ -2,6 +2,7 @@
 #include "ana_config.h"
 
 #include "ana_alloc.h"
+#include "ana_log.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -719,6 +720,18 @@ static int set_var(struct ana_config *cfg, const struct var *v, const char *valu
   } else if (v->type == VAR_INT || v->type == VAR_PORT || v->type == VAR_DURATION) {
     store_number(cfg, v, n);
   }
+  return 0;
+}
+
+int ana_config_load_at_startup(struct ana_config *cfg) {
+  struct ana_error err;
+  ana_error_clear(&err);
+  int rc = ana_config_load(cfg, NULL, NULL, &err);
+  if (rc < 0) {
+    ANA_ERROR("config", "invalid configuration: %s", err.message);
+    return rc;
+  }
+  ana_log_set_level(cfg->log_level);
   return 0;
 }
 
