@@ -42,6 +42,8 @@ fuzz-long:
 # rows are appended); writes bench/RESULTS.md.
 # BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store,
 # BENCH_METRIC_EVENTS events for the metric benchmark.
+# BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
+# generators to separate CPUs; by default they share the machine's CPUs.
 bench: build
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --search-events $${BENCH_SEARCH_EVENTS:-10000000} \

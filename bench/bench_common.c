@@ -6,6 +6,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -71,10 +72,35 @@ int bench_free_port(void) {
   return port;
 }
 
+/* Pins the calling process to the CPUs listed in the environment variable
+ * (e.g. "0" or "0,1"); nothing when it is unset. The performance notes ask
+ * for the server on one core and the load generator on the other, so that
+ * each measurement says which CPU did what. */
+static void pin_from_env(const char *var) {
+  const char *list = getenv(var);
+  if (!list || !list[0])
+    return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (const char *p = list; *p;) {
+    char *end;
+    long cpu = strtol(p, &end, 10);
+    if (end == p)
+      break;
+    if (cpu >= 0 && cpu < CPU_SETSIZE)
+      CPU_SET((int)cpu, &set);
+    p = *end == ',' ? end + 1 : end;
+  }
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+void bench_pin_client(void) { pin_from_env("BENCH_CLIENT_CPUS"); }
+
 pid_t bench_spawn(const char *path, char *const argv[], const char *const env[]) {
   fflush(stdout); /* or the child would print our buffered lines again */
   pid_t pid = fork();
   if (pid == 0) {
+    pin_from_env("BENCH_SERVER_CPUS");
     for (size_t i = 0; env[i]; i += 2)
       setenv(env[i], env[i + 1], 1);
     if (!freopen("/dev/null", "w", stdout))

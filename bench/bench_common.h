@@ -74,4 +74,8 @@ struct bench_grpc_load {
 double bench_grpc_ingest_rate(struct ana_client_channel *channel,
                               const struct bench_grpc_load *load, double *p50_ms, double *p99_ms);
 
+/* Pins this process to BENCH_CLIENT_CPUS (e.g. "1"); servers started by
+ * bench_spawn are pinned to BENCH_SERVER_CPUS. Unset: no pinning. */
+void bench_pin_client(void);
+
 #endif

@@ -219,6 +219,7 @@ static double search_p99(const char *event_name, const char *text, int runs, dou
 }
 
 int main(int argc, char **argv) {
+  bench_pin_client();
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--server") == 0 && i + 1 < argc)
       server_path = argv[++i];
@@ -288,10 +289,17 @@ int main(int argc, char **argv) {
   size_t n = 0;
 #define OUT(...) n += (size_t)snprintf(section + n, n < sizeof section ? sizeof section - n : 0, __VA_ARGS__)
   OUT("## Ingest and search\n\n");
+  const char *server_cpus = getenv("BENCH_SERVER_CPUS");
+  const char *client_cpus = getenv("BENCH_CLIENT_CPUS");
   OUT("Machine: %s. Command: `make bench` "
       "(`build/bench/ingest_bench --server build/server/analyticsd --seconds %.0f "
-      "--search-events %ld`). Client and server share the machine.\n\n",
+      "--search-events %ld`). ",
       mach, seconds_per_run, search_events);
+  if (server_cpus && client_cpus)
+    OUT("analyticsd pinned to CPU %s, the load generator to CPU %s.\n\n", server_cpus,
+        client_cpus);
+  else
+    OUT("Client and server share the machine's CPUs.\n\n");
   OUT("Baselines measured in the same run: raw SQLite inserts into the same tables, "
       "indexes and FTS index with WAL and synchronous=FULL, one transaction per batch; "
       "fdatasync of a 4 KiB write on the same disk.\n\n");

@@ -527,6 +527,7 @@ static struct ws_result ws_latency(int port) {
 /* results: the section of RESULTS.md replaced, the rest kept */
 
 int main(int argc, char **argv) {
+  bench_pin_client();
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--server") == 0 && i + 1 < argc)
       server_path = argv[++i];
