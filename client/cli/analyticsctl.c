@@ -1044,6 +1044,51 @@ static int metric_apply(const struct args *a, json_t *m) {
   return 0;
 }
 
+/* A user-defined object the CLI creates and replaces the same way for every
+ * kind: its RPCs, its JSON field names and how options fill it. */
+struct resource {
+  const char *noun;       /* "metrics": the command, for messages */
+  const char *create, *get, *update; /* RPC paths */
+  const char *id_field;   /* "metricId" */
+  const char *body_field; /* "metric" */
+  int (*apply)(const struct args *a, json_t *obj);
+};
+
+/* Fills obj (owned) from the options and sends it to the create RPC. */
+static int create_resource(analytics_client_t *c, const struct args *a, const struct resource *r,
+                           json_t *obj) {
+  int status = r->apply(a, obj);
+  if (status != 0) {
+    json_decref(obj);
+    return status;
+  }
+  return call_json(c, r->create, json_pack("{so}", r->body_field, obj));
+}
+
+/* PUT replaces the whole object: read it, change what the options say,
+ * send all of it back. */
+static int update_resource(analytics_client_t *c, const struct args *a, const struct resource *r,
+                           const int *allowed) {
+  char what[64];
+  const char *id;
+  int status;
+  snprintf(what, sizeof what, "%s update", r->noun);
+  if ((status = allowed_opts(a, what, allowed)) != 0 || !(id = need_id(a, "update", &status)))
+    return status;
+  json_t *obj = current(c, r->get, r->id_field, id, &status);
+  if (!obj)
+    return status;
+  if ((status = r->apply(a, obj)) != 0) {
+    json_decref(obj);
+    return status;
+  }
+  return call_json(c, r->update, json_pack("{ssso}", r->id_field, id, r->body_field, obj));
+}
+
+static const struct resource metric_resource = {
+    "metrics", "/analytics.v1.MetricService/CreateMetric", "/analytics.v1.MetricService/GetMetric",
+    "/analytics.v1.MetricService/UpdateMetric", "metricId", "metric", metric_apply};
+
 static int cmd_metrics(analytics_client_t *c, const struct args *a) {
   static const int ok_def[] = {O_NAME, O_TYPE, O_FORMULA, O_UNIT,     O_AGG,
                                O_DESC, O_DIM,  O_FILTER,  O_VARIABLE, 0};
@@ -1065,27 +1110,10 @@ static int cmd_metrics(analytics_client_t *c, const struct args *a) {
       return usage_error("metrics", "unexpected argument \"%s\"", a->pos[1]);
     if (!a->opt[O_NAME] || !a->opt[O_FORMULA])
       return usage_error("metrics", "metrics create needs --name and --formula");
-    json_t *m = json_object();
-    if ((status = metric_apply(a, m)) != 0) {
-      json_decref(m);
-      return status;
-    }
-    return call_json(c, "/analytics.v1.MetricService/CreateMetric", json_pack("{so}", "metric", m));
+    return create_resource(c, a, &metric_resource, json_object());
   }
-  if (!strcmp(verb, "update")) {
-    if ((status = allowed_opts(a, "metrics update", ok_def)) != 0 ||
-        !(id = need_id(a, verb, &status)))
-      return status;
-    json_t *m = current(c, "/analytics.v1.MetricService/GetMetric", "metricId", id, &status);
-    if (!m)
-      return status;
-    if ((status = metric_apply(a, m)) != 0) {
-      json_decref(m);
-      return status;
-    }
-    return call_json(c, "/analytics.v1.MetricService/UpdateMetric",
-                     json_pack("{ssso}", "metricId", id, "metric", m));
-  }
+  if (!strcmp(verb, "update"))
+    return update_resource(c, a, &metric_resource, ok_def);
   if (!strcmp(verb, "get") || !strcmp(verb, "delete")) {
     if ((status = allowed_opts(a, verb, none)) != 0 || !(id = need_id(a, verb, &status)))
       return status;
@@ -1272,6 +1300,10 @@ static int alerts_history_page(analytics_client_t *c, const struct args *a, int3
   return analytics_list_alert_history(c, a->pos[1], page_size, token, json, err);
 }
 
+static const struct resource alert_resource = {
+    "alerts", "/analytics.v1.AlertService/CreateAlert", "/analytics.v1.AlertService/GetAlert",
+    "/analytics.v1.AlertService/UpdateAlert", "alertId", "alert", alert_apply};
+
 static int cmd_alerts(analytics_client_t *c, const struct args *a) {
   static const int ok_def[] = {O_NAME,    O_METRIC,   O_CONDITION, O_THRESHOLD, O_SEVERITY,
                                O_CHANNEL, O_COOLDOWN, O_DISABLED,  O_ENABLED,   0};
@@ -1294,27 +1326,10 @@ static int cmd_alerts(analytics_client_t *c, const struct args *a) {
     if (!a->opt[O_NAME] || !a->opt[O_METRIC] || !a->opt[O_CONDITION] || !a->opt[O_THRESHOLD])
       return usage_error("alerts", "alerts create needs --name, --metric, --condition and "
                                    "--threshold");
-    json_t *al = json_pack("{sb}", "enabled", 1);
-    if ((status = alert_apply(a, al)) != 0) {
-      json_decref(al);
-      return status;
-    }
-    return call_json(c, "/analytics.v1.AlertService/CreateAlert", json_pack("{so}", "alert", al));
+    return create_resource(c, a, &alert_resource, json_pack("{sb}", "enabled", 1));
   }
-  if (!strcmp(verb, "update")) {
-    if ((status = allowed_opts(a, "alerts update", ok_def)) != 0 ||
-        !(id = need_id(a, verb, &status)))
-      return status;
-    json_t *al = current(c, "/analytics.v1.AlertService/GetAlert", "alertId", id, &status);
-    if (!al)
-      return status;
-    if ((status = alert_apply(a, al)) != 0) {
-      json_decref(al);
-      return status;
-    }
-    return call_json(c, "/analytics.v1.AlertService/UpdateAlert",
-                     json_pack("{ssso}", "alertId", id, "alert", al));
-  }
+  if (!strcmp(verb, "update"))
+    return update_resource(c, a, &alert_resource, ok_def);
   if (!strcmp(verb, "get") || !strcmp(verb, "delete")) {
     if ((status = allowed_opts(a, verb, none)) != 0 || !(id = need_id(a, verb, &status)))
       return status;
