@@ -7,7 +7,10 @@
  * bidirectional stream; ack latency at half the peak rate; search p99 over
  * a large store.
  *
- * usage: ingest_bench --server PATH [--seconds S] [--search-events N] [--out FILE] */
+ * usage: ingest_bench --server PATH [--seconds S] [--search-events N] [--out FILE]
+ *        ingest_bench --server PATH --only latency [--rate CALLS_PER_S]
+ * (--only latency measures fdatasync and the ack latency alone, printed and
+ * not written to the results file: for working on the commit path.) */
 #include "ana_client_stubs.h"
 #include "ana_store.h"
 #include "bench_common.h"
@@ -27,6 +30,8 @@ static double seconds_per_run = 5.0;
 static long search_events = 10000000;
 static const char *server_path;
 static const char *out_path = "bench/RESULTS.md";
+static const char *only;
+static double only_rate;
 
 /* ------------------------------------------------------------------ */
 /* baselines */
@@ -229,6 +234,10 @@ int main(int argc, char **argv) {
       search_events = atol(argv[++i]);
     else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
       out_path = argv[++i];
+    else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
+      only = argv[++i];
+    else if (strcmp(argv[i], "--rate") == 0 && i + 1 < argc)
+      only_rate = atof(argv[++i]);
     else {
       fprintf(stderr,
               "usage: ingest_bench --server PATH [--seconds S] [--search-events N] [--out F]\n");
@@ -252,6 +261,30 @@ int main(int argc, char **argv) {
 
   printf("measuring fdatasync...\n");
   measure_fdatasync(dir);
+  if (only && strcmp(only, "latency") == 0) {
+    start_server(d4);
+    double lp50, lp99, peak = 0;
+    if (only_rate <= 0) {
+      peak = run_load(16, 1, false, 0, NULL, NULL);
+      only_rate = peak / 2;
+    }
+    double achieved = run_load(8, 1, false, 8 / only_rate, &lp50, &lp99);
+    /* The server's own view of the same run: where the time went. */
+    char cmd[256];
+    snprintf(cmd, sizeof cmd,
+             "curl -s http://127.0.0.1:%d/metrics | grep -E "
+             ""
+             "'^ana_(ingest_(commit_duration|queue_wait)_seconds|rpc_duration_seconds.*TrackEvent\\b)'",
+             server.port);
+    if (system(cmd) != 0)
+      fprintf(stderr, "bench: could not read the server's metrics\n");
+    stop_server();
+    printf("unary peak %.0f calls/s; at %.0f offered (%.0f achieved): ack p50 %.2f ms, p99 %.2f "
+           "ms; fdatasync p50 %.3f ms, p99 %.3f ms; ratio p99 %.1f\n",
+           peak, only_rate, achieved, lp50, lp99, fdatasync_p50, fdatasync_p99,
+           lp99 / fdatasync_p99);
+    return 0;
+  }
   printf("raw SQLite inserts...\n");
   double raw1 = raw_insert_rate(d1, 1, 2000, 0);
   double raw100 = raw_insert_rate(d1, 100, 100000, 1000000);

@@ -77,7 +77,7 @@ struct ana_commit_request {
   void (*done)(struct ana_commit_request *req, int rc, const struct ana_error *err);
   void *ctx;
   struct ana_commit_request *next; /* the committer's queue */
-  int64_t enqueued_ms;
+  int64_t enqueued_ns; /* monotonic; for the queue-wait histogram */
 };
 
 /* Hears every committed (non-duplicate) event, in commit order, on the

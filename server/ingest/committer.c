@@ -241,7 +241,7 @@ static void *commit_thread(void *arg) {
     int64_t started_ns = mono_ns();
     for (struct ana_commit_request *r = batch; r; r = r->next)
       ana_prom_histogram_observe(&c->wait_seconds,
-                                 (double)(now_ms() - r->enqueued_ms) / 1000.0);
+                                 (double)(started_ns - r->enqueued_ns) / 1e9);
     int rc = commit_batch(c, batch, &err);
     ana_prom_histogram_observe(&c->commit_seconds, (double)(mono_ns() - started_ns) / 1e9);
     if (rc == 0)
@@ -307,7 +307,7 @@ int ana_committer_submit(struct ana_committer *c, struct ana_commit_request *req
     return ANA_ERR_FULL;
   }
   req->next = NULL;
-  req->enqueued_ms = now_ms();
+  req->enqueued_ns = mono_ns();
   if (c->tail)
     c->tail->next = req;
   else

@@ -6,14 +6,14 @@
 
 #include <sqlite3.h>
 
+static const char sql_claim[] = "INSERT INTO dedupe_keys (account_id, event_id, expires_at)"
+                                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+
 int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                      struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v3(w,
-                         "INSERT INTO dedupe_keys (account_id, event_id, expires_at)"
-                         " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                         -1, 0, &st, NULL) != SQLITE_OK) {
+  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_claim);
+  if (!st) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
@@ -30,7 +30,7 @@ int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, 
     }
     records[i].duplicate = sqlite3_changes(w) == 0;
   }
-  sqlite3_finalize(st);
+  sqlite3_reset(st);
   return rc;
 }
 

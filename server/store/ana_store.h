@@ -180,6 +180,13 @@ void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err);
  * (for searches; return it with ana_local_db_release_reader). The reader
  * call blocks while all readers are busy. Both are sqlite3 handles. */
 void *ana_local_db_writer(struct ana_local_db *db);
+
+/* A statement on the writer connection, prepared on first use and kept
+ * until close, found by the address of sql (a string with static storage:
+ * the same text at two addresses is two entries). Reset, bindings cleared.
+ * For statements run inside every commit; only on the committer's thread.
+ * NULL when it cannot be prepared (sqlite3_errmsg of the writer says why). */
+void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql);
 void *ana_local_db_acquire_reader(struct ana_local_db *db);
 void ana_local_db_release_reader(struct ana_local_db *db, void *reader);
 

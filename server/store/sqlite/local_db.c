@@ -15,6 +15,8 @@
 #define READERS 4
 #define BUSY_TIMEOUT_MS 10000
 
+#define WRITER_STATEMENTS 16
+
 struct ana_local_db {
   char *path;
   sqlite3 *writer;
@@ -32,6 +34,13 @@ struct ana_local_db {
   int wal_pages;
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
+  /* Statements every commit runs, prepared once on the writer: parsing
+   * them again each time would sit inside the commit, on every request's
+   * acknowledgement path. Keyed by the address of their (static) SQL. */
+  struct {
+    const char *sql;
+    sqlite3_stmt *stmt;
+  } writer_statements[WRITER_STATEMENTS];
 };
 
 #define CHECKPOINT_PAGES 1000
@@ -273,6 +282,8 @@ void ana_local_db_close(struct ana_local_db *db) {
   }
   if (db->writer)
     sqlite3_wal_hook(db->writer, NULL, NULL);
+  for (int i = 0; i < WRITER_STATEMENTS; i++)
+    sqlite3_finalize(db->writer_statements[i].stmt);
   sqlite3_close(db->checkpointer);
   pthread_mutex_destroy(&db->checkpoint_mu);
   pthread_cond_destroy(&db->checkpoint_cond);
@@ -289,20 +300,56 @@ const char *ana_local_db_path(const struct ana_local_db *db) { return db->path; 
 
 int ana_local_db_schema_version(struct ana_local_db *db) { return schema_version(db->writer); }
 
+void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
+  int i = 0;
+  for (; i < WRITER_STATEMENTS && db->writer_statements[i].sql; i++) {
+    if (db->writer_statements[i].sql == sql) {
+      sqlite3_reset(db->writer_statements[i].stmt);
+      sqlite3_clear_bindings(db->writer_statements[i].stmt);
+      return db->writer_statements[i].stmt;
+    }
+  }
+  if (i == WRITER_STATEMENTS) {
+    /* More statements than slots is a programming error the tests catch. */
+    ANA_ERROR("store", "writer statement cache full; raise WRITER_STATEMENTS");
+    return NULL;
+  }
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v3(db->writer, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK)
+    return NULL;
+  db->writer_statements[i].sql = sql;
+  db->writer_statements[i].stmt = st;
+  return st;
+}
+
+/* Runs one of the transaction statements, kept prepared. */
+static int run_writer(struct ana_local_db *db, const char *sql) {
+  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql);
+  if (!st)
+    return SQLITE_ERROR;
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static const char sql_begin[] = "BEGIN IMMEDIATE";
+static const char sql_commit[] = "COMMIT";
+static const char sql_rollback[] = "ROLLBACK";
+
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
-  if (sqlite3_exec(db->writer, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+  if (run_writer(db, sql_begin) != SQLITE_OK)
     return sql_error(db->writer, "cannot begin a transaction", err);
   return 0;
 }
 
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
-  if (sqlite3_exec(db->writer, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+  if (run_writer(db, sql_commit) != SQLITE_OK) {
     int code = sqlite3_extended_errcode(db->writer);
     sql_error(db->writer, "cannot commit", err);
     /* A failed COMMIT may leave the transaction open; end it so the next
      * one starts clean. Nothing of it was acknowledged. */
     if (!sqlite3_get_autocommit(db->writer))
-      sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+      run_writer(db, sql_rollback);
     atomic_store(&db->degraded, true);
     if ((code & 0xff) == SQLITE_FULL)
       ana_error_set(err, ANA_STATUS_UNAVAILABLE,
@@ -315,7 +362,7 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
 
 void ana_local_db_rollback(struct ana_local_db *db) {
   if (!sqlite3_get_autocommit(db->writer))
-    sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+    run_writer(db, sql_rollback);
 }
 
 void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
