@@ -7,16 +7,21 @@
 
 #include <string.h>
 
-struct rb_msg *rb_msg_new(const void *data, size_t len) {
+struct rb_msg *rb_msg_alloc(size_t len) {
   struct rb_msg *m = ana_malloc(sizeof *m + LWS_PRE + len + 1);
   if (!m)
     return NULL;
   m->next = NULL;
   m->len = len;
   m->data = (unsigned char *)(m + 1) + LWS_PRE;
-  if (len)
-    memcpy(m->data, data, len);
   m->data[len] = '\0';
+  return m;
+}
+
+struct rb_msg *rb_msg_new(const void *data, size_t len) {
+  struct rb_msg *m = rb_msg_alloc(len);
+  if (m && len)
+    memcpy(m->data, data, len);
   return m;
 }
 

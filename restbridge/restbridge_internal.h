@@ -161,6 +161,8 @@ struct ana_restbridge {
   /* lws thread only */
   struct rb_conn *conns; /* connections with a call */
   char ws_name[80];      /* current subprotocol name of the WS protocol */
+  unsigned char *ws_batch; /* frames written together are assembled here (websocket.c) */
+  size_t ws_batch_cap;
 };
 
 /* --- bridge (server.c) --- */
@@ -178,6 +180,8 @@ void rb_call_unref(struct rb_call *c);
 void rb_msg_free(struct rb_msg *m);
 /* A buffer of len bytes with LWS_PRE headroom, copied from data. */
 struct rb_msg *rb_msg_new(const void *data, size_t len);
+/* The same, for the caller to fill (data[len] is already the NUL). */
+struct rb_msg *rb_msg_alloc(size_t len);
 void rb_reply_clear(struct rb_reply *r);
 /* Connection lost or done: drop the connection's reference; cancels the call
  * when unanswered. lws thread. */
@@ -280,9 +284,9 @@ void rb_stats_destroy(struct rb_stats *s);
 /* One HTTP request answered (lws thread): route index (ana_route_count =
  * no route), HTTP status, seconds since its headers arrived. */
 void rb_stats_request(struct rb_stats *s, size_t route, int http_status, double seconds);
-/* A WebSocket opened (+1) or closed (-1); a message frame written. */
+/* A WebSocket opened (+1) or closed (-1); n message frames written. */
 void rb_stats_websocket(struct rb_stats *s, int delta);
-void rb_stats_ws_message(struct rb_stats *s);
+void rb_stats_ws_messages(struct rb_stats *s, size_t n);
 int64_t rb_now_ns(void);
 
 /* --- JSON helpers (error.c) --- */

@@ -30,6 +30,7 @@ void rb_bridge_unref(struct ana_restbridge *b) {
     return;
   pthread_mutex_destroy(&b->mu);
   rb_stats_destroy(b->stats);
+  ana_free(b->ws_batch);
   ana_free(b->host);
   ana_free(b->cors);
   ana_free(b->web_root);

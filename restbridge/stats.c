@@ -126,7 +126,7 @@ void rb_stats_websocket(struct rb_stats *s, int delta) {
     ana_prom_gauge_add(&s->ws_open, delta);
 }
 
-void rb_stats_ws_message(struct rb_stats *s) {
+void rb_stats_ws_messages(struct rb_stats *s, size_t n) {
   if (s)
-    ana_prom_counter_add(&s->ws_messages, 1);
+    ana_prom_counter_add(&s->ws_messages, n);
 }

@@ -1,76 +1,41 @@
 /* The remote upstream of the bridge: each call admitted by the bridge is
- * forwarded to analyticsd over gRPC with the generic client runtime.
- * Client calls block, so none runs on the lws thread: unary calls go to a
- * worker pool, each server stream gets its own thread (it lives as long as
- * its WebSocket). Metadata passed on: authorization, x-request-id,
- * x-forwarded-for/-host and the other headers the bridge captured; the
+ * forwarded to analyticsd over gRPC. Unary calls use the generic client
+ * runtime, whose calls block, so they run on a worker pool, never on the
+ * lws thread; server streams run on gRPC core directly, all on one
+ * completion queue and thread (streams.c). Metadata passed on:
+ * authorization, x-request-id, x-forwarded-for/-host and the other headers the bridge captured; the
  * deadline is what is left of the call's (Grpc-Timeout). The upstream's
  * status code and message come back verbatim, and google.rpc.BadRequest
  * details (grpc-status-details-bin) become the call's field violations, so
  * the bridge renders the same error JSON as in-process. Authentication and
  * permissions are the upstream's business: nothing is checked here. */
-#include "ana_restbridge_remote.h"
+#include "remote_internal.h"
 
 #include "ana_alloc.h"
-#include "ana_client_rpc.h"
 #include "ana_log.h"
-#include "ana_prom.h"
-#include "ana_workers.h"
-#include "call_internal.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-#define COMPONENT "restbridge.remote"
+#define COMPONENT RR_COMPONENT
 #define DEFAULT_WORKERS 16
 #define DEFAULT_QUEUE_MAX 1024
 #define DEFAULT_HEALTH_INTERVAL_MS 2000
-#define MAX_FORWARDED_METADATA 24
 #define BAD_REQUEST_TYPE "type.googleapis.com/google.rpc.BadRequest"
 
-struct ana_restbridge_remote {
-  struct ana_restbridge_upstream up;
-  char *target;
-  struct ana_client_channel *ch;
-  struct ana_workers *workers;
-  struct ana_prom_gauge active;  /* forwarded calls not finished yet */
-  struct ana_prom_gauge streams; /* of which server streams */
-  struct ana_prom_counter forwarded, failed;
-  atomic_int upstream_status; /* grpc.health.v1 status; -1 = no answer */
-  int health_interval_ms;
-
-  pthread_mutex_t mu; /* guards stop, for the prober's wait */
-  pthread_cond_t cv;
-  bool stop;
-  pthread_t prober;
-  bool prober_started;
-  bool registered; /* metrics collector */
-};
-
-/* Per forwarded call, in the call's arena: it lives as long as the call,
- * which the bridge keeps alive while it may call on_cancel. */
-struct fwd {
-  struct ana_restbridge_remote *r;
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  atomic_flag lock;                 /* guards stream and cancelled (short sections) */
-  struct ana_client_stream *stream; /* while a server stream is being read */
-  bool cancelled;
-};
-
-static void fwd_lock(struct fwd *f) {
+void rr_fwd_lock(struct fwd *f) {
   while (atomic_flag_test_and_set_explicit(&f->lock, memory_order_acquire)) {
   }
 }
 
-static void fwd_unlock(struct fwd *f) { atomic_flag_clear_explicit(&f->lock, memory_order_release); }
+void rr_fwd_unlock(struct fwd *f) {
+  atomic_flag_clear_explicit(&f->lock, memory_order_release);
+}
 
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -86,10 +51,7 @@ static bool printable(const char *v) {
   return true;
 }
 
-/* Fills opts from the call: deadline, authorization, the other metadata
- * (kv has room for MAX_FORWARDED_METADATA pairs and the NULL). Returns 0,
- * or ANA_ERR_TIMEOUT when the deadline has already passed. */
-static int call_options(struct ana_call *call, struct ana_call_options *opts, const char **kv) {
+int rr_call_options(struct ana_call *call, struct ana_call_options *opts, const char **kv) {
   memset(opts, 0, sizeof *opts);
   int64_t left = ana_call_remaining_ms(call);
   if (left != INT64_MAX) {
@@ -107,7 +69,7 @@ static int call_options(struct ana_call *call, struct ana_call_options *opts, co
     }
     /* Header values the gRPC runtime would refuse are left out rather than
      * failing the whole call. */
-    if (n == MAX_FORWARDED_METADATA || strncmp(e->key, "grpc-", 5) == 0 || !printable(e->value))
+    if (n == RR_MAX_FORWARDED_METADATA || strncmp(e->key, "grpc-", 5) == 0 || !printable(e->value))
       continue;
     kv[2 * n] = e->key;
     kv[2 * n + 1] = e->value;
@@ -149,10 +111,8 @@ static void add_details(struct ana_call *call, const uint8_t *details, size_t le
   google__rpc__status__free_unpacked(st, NULL);
 }
 
-/* Finishes the call with the upstream's (or the runtime's) error. Takes
- * details (may be NULL). The call is gone afterwards. */
-static void finish_error(struct ana_restbridge_remote *r, struct ana_call *call,
-                         const struct ana_error *e, uint8_t *details, size_t details_len) {
+void rr_finish_error(struct ana_restbridge_remote *r, struct ana_call *call,
+                     const struct ana_error *e, uint8_t *details, size_t details_len) {
   struct ana_error st = *e;
   if (st.code == ANA_STATUS_OK) /* a runtime failure without a status */
     st.code = ANA_STATUS_INTERNAL;
@@ -163,9 +123,9 @@ static void finish_error(struct ana_restbridge_remote *r, struct ana_call *call,
   ana_call_finish(call, NULL, &st);
 }
 
-static void call_done(struct ana_restbridge_remote *r, bool stream) {
+void rr_call_done(struct ana_restbridge_remote *r, bool stream) {
   if (stream)
-    ana_prom_gauge_add(&r->streams, -1);
+    ana_prom_gauge_add(&r->streams_open, -1);
   ana_prom_gauge_add(&r->active, -1);
 }
 
@@ -176,7 +136,7 @@ static void run_unary(void *arg) {
   struct ana_restbridge_remote *r = f->r;
   struct ana_call *call = f->call;
   struct ana_call_options opts;
-  const char *kv[2 * MAX_FORWARDED_METADATA + 1];
+  const char *kv[2 * RR_MAX_FORWARDED_METADATA + 1];
   struct ana_error err;
   ProtobufCMessage *resp = NULL;
   uint8_t *details = NULL;
@@ -186,87 +146,20 @@ static void run_unary(void *arg) {
     ana_call_fail(call, ANA_STATUS_CANCELLED, "cancelled");
     goto out;
   }
-  if (call_options(call, &opts, kv) < 0) {
+  if (rr_call_options(call, &opts, kv) < 0) {
     ana_call_fail(call, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
     goto out;
   }
   int rc = ana_client_unary_details(r->ch, call->method, f->request, &resp, &opts, &details,
                                     &details_len, &err);
   if (rc < 0) {
-    finish_error(r, call, &err, details, details_len);
+    rr_finish_error(r, call, &err, details, details_len);
     goto out;
   }
   ana_call_finish(call, resp, NULL); /* encodes the JSON answer here */
   protobuf_c_message_free_unpacked(resp, NULL);
 out:
-  call_done(r, false);
-}
-
-/* --- server streams (one thread each) --- */
-
-static void *run_stream(void *arg) {
-  struct fwd *f = arg;
-  struct ana_restbridge_remote *r = f->r;
-  struct ana_call *call = f->call;
-  struct ana_call_options opts;
-  const char *kv[2 * MAX_FORWARDED_METADATA + 1];
-  struct ana_error err;
-  struct ana_client_stream *s = NULL;
-  uint8_t *details = NULL;
-  size_t details_len = 0;
-  int rc;
-
-  if (call_options(call, &opts, kv) < 0) {
-    ana_call_fail(call, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
-    goto out;
-  }
-  s = ana_client_server_stream_open(r->ch, call->method, f->request, &opts, &err);
-  if (!s) {
-    finish_error(r, call, &err, NULL, 0);
-    goto out;
-  }
-  fwd_lock(f);
-  f->stream = s;
-  bool cancelled = f->cancelled;
-  fwd_unlock(f);
-  if (cancelled)
-    ana_client_stream_cancel(s);
-
-  for (;;) {
-    ProtobufCMessage *msg = NULL;
-    rc = ana_client_stream_recv(s, &msg, &err);
-    if (rc <= 0)
-      break;
-    /* A full queue waits here, which stops reading and so holds the
-     * upstream back by gRPC flow control; the bridge closes a consumer
-     * that stays full too long (1008), which cancels the call. */
-    int src = ana_call_send(call, msg);
-    while (src == ANA_ERR_FULL) {
-      sleep_ms(5);
-      src = ana_call_send(call, msg);
-    }
-    protobuf_c_message_free_unpacked(msg, NULL);
-    if (src < 0)
-      ana_client_stream_cancel(s);
-  }
-  if (rc < 0)
-    ana_client_stream_status_details(s, &details, &details_len);
-  fwd_lock(f);
-  f->stream = NULL;
-  fwd_unlock(f);
-  struct ana_error ferr;
-  int frc = ana_client_stream_finish(s, &ferr);
-  if (rc == 0 && frc < 0) {
-    rc = frc;
-    err = ferr;
-  }
-  if (rc < 0)
-    finish_error(r, call, &err, details, details_len);
-  else
-    ana_call_finish(call, NULL, NULL);
-out:
-  call_done(r, true);
-  return NULL;
+  rr_call_done(r, false);
 }
 
 /* --- the handler the bridge drives --- */
@@ -278,33 +171,26 @@ static void fwd_on_request(struct ana_call *call, const ProtobufCMessage *reques
   ana_prom_gauge_add(&r->active, 1);
   ana_prom_counter_add(&r->forwarded, 1);
   if (call->method->kind == ANA_METHOD_SERVER_STREAMING) {
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    ana_prom_gauge_add(&r->streams, 1);
-    int rc = pthread_create(&t, &attr, run_stream, f);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-      call_done(r, true);
-      ana_call_fail(call, ANA_STATUS_UNAVAILABLE, "the bridge cannot start a stream: %s",
-                    strerror(rc));
+    struct ana_error err;
+    ana_prom_gauge_add(&r->streams_open, 1);
+    if (rr_streams_open(r->streams, f, &err) < 0) {
+      rr_call_done(r, true);
+      rr_finish_error(r, call, &err, NULL, 0);
     }
     return;
   }
   if (ana_workers_submit(r->workers, run_unary, f) < 0) {
-    call_done(r, false);
+    rr_call_done(r, false);
     ana_call_fail(call, ANA_STATUS_UNAVAILABLE, "the bridge is overloaded; retry later");
   }
 }
 
 static void fwd_on_cancel(struct ana_call *call) {
   struct fwd *f = ana_call_user(call);
-  fwd_lock(f);
+  rr_fwd_lock(f);
   f->cancelled = true;
-  if (f->stream)
-    ana_client_stream_cancel(f->stream); /* does not block */
-  fwd_unlock(f);
+  rr_stream_cancel(f->stream); /* does not block */
+  rr_fwd_unlock(f);
 }
 
 static const struct ana_handler forward_handler = {
@@ -401,7 +287,7 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_i64(w, "ana_upstream_calls_active", NULL, ana_prom_gauge_get(&r->active));
   ana_prom_write_family(w, "ana_upstream_streams_open", "gauge",
                         "Server streams open to the upstream (one per WebSocket).");
-  ana_prom_write_i64(w, "ana_upstream_streams_open", NULL, ana_prom_gauge_get(&r->streams));
+  ana_prom_write_i64(w, "ana_upstream_streams_open", NULL, ana_prom_gauge_get(&r->streams_open));
   ana_prom_write_family(w, "ana_upstream_calls_total", "counter",
                         "Calls forwarded to the upstream.");
   ana_prom_write_u64(w, "ana_upstream_calls_total", NULL, ana_prom_counter_get(&r->forwarded));
@@ -437,6 +323,9 @@ struct ana_restbridge_remote *ana_restbridge_remote_create(
                                   o->queue_max ? o->queue_max : DEFAULT_QUEUE_MAX);
   if (!r->workers)
     goto nomem;
+  r->streams = rr_streams_create(o->target, err);
+  if (!r->streams)
+    goto fail;
   if (pthread_create(&r->prober, NULL, prober, r) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the upstream health prober");
     goto fail;
@@ -477,6 +366,7 @@ int ana_restbridge_remote_destroy(struct ana_restbridge_remote *r, int grace_ms)
              (long long)ana_prom_gauge_get(&r->active));
     return ANA_ERR_TIMEOUT;
   }
+  rr_streams_destroy(r->streams);
   ana_client_channel_destroy(r->ch);
   ana_free(r->target);
   pthread_cond_destroy(&r->cv);

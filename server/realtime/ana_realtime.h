@@ -6,7 +6,9 @@
  * Threads: the commit hook only matches, counts and enqueues (O(subscribers)
  * per event, never waits for a client); one pump thread of the hub turns
  * what is queued into AnalyticsUpdate messages and hands them to the call's
- * transport with ana_call_send.
+ * transport. An event (or a pushed message) goes to every subscriber as one
+ * shared message (ana_call_send_shared), so each transport encodes it once
+ * for all of them; only each subscriber's sequence is put in per send.
  *
  * Buffers: each subscriber holds at most buffer_size updates, counting both
  * those waiting in the hub and those the transport has queued (the gRPC

@@ -46,6 +46,12 @@ struct rt_event {
   /* A prebuilt message (fed subscribers) instead of an event: */
   const ProtobufCMessage *msg;
   uint64_t key, seq;
+  /* What goes to every subscriber, made by the pump on the first delivery
+   * (pump thread only) so that each transport encodes it once for all of
+   * them: msg, or the event's update with each subscriber's sequence put in
+   * per send. */
+  Analytics__V1__AnalyticsUpdate up;
+  struct ana_call_shared *shared;
 };
 
 static struct rt_event *event_new(const struct ana_event_record *r) {
@@ -67,6 +73,7 @@ static struct rt_event *event_new(const struct ana_event_record *r) {
 
 static void event_unref(struct rt_event *e) {
   if (e && atomic_fetch_sub(&e->refs, 1) == 1) {
+    ana_call_shared_destroy(e->shared);
     ana_arena_fini(&e->arena);
     ana_free(e);
   }
@@ -114,6 +121,30 @@ static Analytics__V1__Event *event_unpacked(struct rt_event *e) {
   if (!e->ev)
     e->ev = analytics__v1__event__unpack(&e->arena.pb, e->len, e->payload);
   return e->ev;
+}
+
+/* The shared message to send for e (pump thread); NULL when the event
+ * cannot be read (*rc ANA_ERR_INVALID) or out of memory. */
+static struct ana_call_shared *event_shared(struct rt_event *e, int *rc) {
+  *rc = 0;
+  if (e->shared)
+    return e->shared;
+  if (e->msg) {
+    e->shared = ana_call_shared_create(e->msg, false); /* carries its own sequence */
+  } else {
+    Analytics__V1__Event *ev = event_unpacked(e);
+    if (!ev) {
+      *rc = ANA_ERR_INVALID;
+      return NULL;
+    }
+    analytics__v1__analytics_update__init(&e->up);
+    e->up.update_case = ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT;
+    e->up.event = ev;
+    e->shared = ana_call_shared_create(&e->up.base, true);
+  }
+  if (!e->shared)
+    *rc = ANA_ERR_NOMEM;
+  return e->shared;
 }
 
 /* ------------------------------------------------------------------ */
@@ -565,15 +596,13 @@ static bool deliver(struct ana_realtime *rt, struct sub *s, struct ana_arena *a)
     if (!is_snapshot && !e)
       break;
     int rc;
-    if (e && e->msg) {
-      rc = ana_call_send(s->call, e->msg); /* prebuilt: carries its own sequence */
+    if (e) {
+      struct ana_call_shared *shared = event_shared(e, &rc);
+      if (shared)
+        rc = ana_call_send_shared(s->call, shared, e->msg ? 0 : s->sequence + 1);
     } else {
-      if (e) {
-        up.event = event_unpacked(e);
-        up.update_case = ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT;
-      }
       up.sequence = s->sequence + 1;
-      rc = (is_snapshot || up.event) ? ana_call_send(s->call, &up.base) : ANA_ERR_INVALID;
+      rc = ana_call_send(s->call, &up.base);
     }
 
     pthread_mutex_lock(&rt->mu);

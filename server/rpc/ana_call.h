@@ -105,6 +105,29 @@ int ana_call_send(struct ana_call *call, const ProtobufCMessage *message);
 /* Number of messages queued and not yet written to the transport. */
 size_t ana_call_send_queue_length(struct ana_call *call);
 
+/* One message fanned out to many calls (a live stream's event going to
+ * every subscriber): transports that can encode it once for all of them do,
+ * instead of once per call (at 100 subscribers that is most of the fan-out's
+ * cost). With per_call_sequence, the message differs per call in its field
+ * 1, a uint64 (the live streams' per-subscriber `sequence`), which is left
+ * 0 in the shared message and given at each send. */
+struct ana_call_shared;
+
+/* Wraps message (borrowed: it must outlive the shared message and not change
+ * while it lives). With per_call_sequence, message's field 1 must be a
+ * singular uint64 holding 0. Returns NULL when out of memory. */
+struct ana_call_shared *ana_call_shared_create(const ProtobufCMessage *message,
+                                               bool per_call_sequence);
+
+/* Frees m and the encodings the transports kept in it. No send of m may be
+ * running. NULL does nothing. */
+void ana_call_shared_destroy(struct ana_call_shared *m);
+
+/* Like ana_call_send of m's message with field 1 set to sequence (ignored
+ * unless m was made with per_call_sequence). Thread-safe; m stays the
+ * caller's. */
+int ana_call_send_shared(struct ana_call *call, struct ana_call_shared *m, uint64_t sequence);
+
 /* Records a field violation (JSON path such as "events[3].eventName" and
  * the reason); they travel with a non-OK status as google.rpc.BadRequest
  * details. Copies both strings. Not thread-safe with other arena users. */

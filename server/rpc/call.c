@@ -9,7 +9,10 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 
+#include <assert.h>
+#include <stdalign.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -153,6 +156,113 @@ int ana_call_send(struct ana_call *call, const ProtobufCMessage *message) {
 
 size_t ana_call_send_queue_length(struct ana_call *call) {
   return call->transport->send_queue_length(call);
+}
+
+/* --- shared messages --- */
+
+/* Transports one process sends a message through (gRPC and WebSocket in
+ * analyticsd), with room to spare. */
+#define SHARED_ENCODINGS 4
+
+struct ana_call_shared {
+  const ProtobufCMessage *message; /* borrowed */
+  bool per_call_sequence;
+  pthread_mutex_t mu; /* guards enc */
+  struct {
+    const struct ana_call_transport *t; /* NULL: free */
+    void *data;
+    void (*release)(void *);
+  } enc[SHARED_ENCODINGS];
+};
+
+/* Field 1 of d when it can carry a per-call sequence (a singular uint64). */
+static const ProtobufCFieldDescriptor *sequence_field(const ProtobufCMessageDescriptor *d) {
+  const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, 1);
+  if (!f || f->type != PROTOBUF_C_TYPE_UINT64 || f->label == PROTOBUF_C_LABEL_REPEATED ||
+      (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+    return NULL;
+  return f;
+}
+
+struct ana_call_shared *ana_call_shared_create(const ProtobufCMessage *message,
+                                               bool per_call_sequence) {
+  if (per_call_sequence) {
+    const ProtobufCFieldDescriptor *f = sequence_field(message->descriptor);
+    assert(f && "a per-call sequence needs field 1 to be a singular uint64");
+    assert(*(const uint64_t *)((const char *)message + f->offset) == 0);
+    (void)f;
+  }
+  struct ana_call_shared *m = ana_calloc(1, sizeof *m);
+  if (!m)
+    return NULL;
+  if (pthread_mutex_init(&m->mu, NULL) != 0) {
+    ana_free(m);
+    return NULL;
+  }
+  m->message = message;
+  m->per_call_sequence = per_call_sequence;
+  return m;
+}
+
+void ana_call_shared_destroy(struct ana_call_shared *m) {
+  if (!m)
+    return;
+  for (size_t i = 0; i < SHARED_ENCODINGS && m->enc[i].t; i++)
+    m->enc[i].release(m->enc[i].data);
+  pthread_mutex_destroy(&m->mu);
+  ana_free(m);
+}
+
+const ProtobufCMessage *ana_call_shared_message(const struct ana_call_shared *m) {
+  return m->message;
+}
+
+bool ana_call_shared_per_call_sequence(const struct ana_call_shared *m) {
+  return m->per_call_sequence;
+}
+
+void *ana_call_shared_encoding(struct ana_call_shared *m, const struct ana_call_transport *t,
+                               ana_call_shared_encode_fn encode, void (*release)(void *), int *rc) {
+  void *data = NULL;
+  *rc = 0;
+  pthread_mutex_lock(&m->mu);
+  size_t i = 0;
+  while (i < SHARED_ENCODINGS && m->enc[i].t && m->enc[i].t != t)
+    i++;
+  if (i == SHARED_ENCODINGS) {
+    *rc = ANA_ERR_NOMEM; /* more transports than slots: a programming error */
+  } else if (m->enc[i].t) {
+    data = m->enc[i].data;
+  } else if ((data = encode(m, rc)) != NULL) {
+    m->enc[i].t = t;
+    m->enc[i].data = data;
+    m->enc[i].release = release;
+  }
+  pthread_mutex_unlock(&m->mu);
+  return data;
+}
+
+int ana_call_send_shared(struct ana_call *call, struct ana_call_shared *m, uint64_t sequence) {
+  if (atomic_load(&call->finished) || atomic_load(&call->cancelled))
+    return ANA_ERR_CLOSED;
+  if (call->transport->send_shared)
+    return call->transport->send_shared(call, m, sequence);
+  if (!m->per_call_sequence)
+    return call->transport->send(call, m->message);
+  /* A shallow copy with this call's sequence; what it points to stays
+   * shared. Live-stream envelopes are small enough for the stack. */
+  const ProtobufCMessageDescriptor *d = m->message->descriptor;
+  const ProtobufCFieldDescriptor *f = sequence_field(d);
+  alignas(max_align_t) unsigned char small[256];
+  void *copy = d->sizeof_message <= sizeof small ? small : ana_malloc(d->sizeof_message);
+  if (!copy)
+    return ANA_ERR_NOMEM;
+  memcpy(copy, m->message, d->sizeof_message);
+  memcpy((char *)copy + f->offset, &sequence, sizeof sequence);
+  int rc = call->transport->send(call, copy);
+  if (copy != small)
+    ana_free(copy);
+  return rc;
 }
 
 void ana_call_add_violation(struct ana_call *call, const char *field, const char *description) {

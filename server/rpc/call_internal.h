@@ -24,7 +24,28 @@ struct ana_call_transport {
   /* Label of the transport in metrics: "grpc", "http", "websocket"
    * (NULL counts as "other"). */
   const char *name;
+  /* Optional: queue a shared message (ana_call_send_shared), typically from
+   * an encoding kept in it (ana_call_shared_encoding); same results as
+   * send. Without it, send gets a copy of the message with the call's
+   * sequence. */
+  int (*send_shared)(struct ana_call *call, struct ana_call_shared *m, uint64_t sequence);
 };
+
+/* What a transport reads of a shared message. */
+const ProtobufCMessage *ana_call_shared_message(const struct ana_call_shared *m);
+bool ana_call_shared_per_call_sequence(const struct ana_call_shared *m);
+
+/* Makes an encoding of a shared message. Returns it, or NULL with *rc set
+ * (ANA_ERR_NOMEM, or the encoder's error). */
+typedef void *(*ana_call_shared_encode_fn)(const struct ana_call_shared *m, int *rc);
+
+/* The encoding of m kept for the transport t: made by encode on the first
+ * call (under m's lock, so once however many threads send m), then kept until
+ * m is destroyed, which frees it with release. Returns NULL with *rc set
+ * when encode failed (it is tried again next time). The encoding may be used
+ * until m is destroyed. */
+void *ana_call_shared_encoding(struct ana_call_shared *m, const struct ana_call_transport *t,
+                               ana_call_shared_encode_fn encode, void (*release)(void *), int *rc);
 
 struct ana_violation {
   struct ana_violation *next;

@@ -260,9 +260,8 @@ static int queue_push_locked(struct gcall *g, grpc_byte_buffer *bb, bool over_li
 /* ------------------------------------------------------------------ */
 /* transport operations (called by ana_call_*) */
 
-static int t_send(struct ana_call *call, const ProtobufCMessage *message) {
-  struct gcall *g = (struct gcall *)call;
-  grpc_byte_buffer *bb = encode(message);
+/* Queues bb (taken) and starts sending it if nothing is in flight. */
+static int send_bb(struct gcall *g, grpc_byte_buffer *bb) {
   pthread_mutex_lock(&g->mu);
   int rc;
   if (g->closed || g->finish_requested)
@@ -275,6 +274,54 @@ static int t_send(struct ana_call *call, const ProtobufCMessage *message) {
   if (rc < 0)
     grpc_byte_buffer_destroy(bb);
   return rc;
+}
+
+static int t_send(struct ana_call *call, const ProtobufCMessage *message) {
+  return send_bb((struct gcall *)call, encode(message));
+}
+
+/* A shared message is packed once; each call's byte buffer refers to that
+ * slice, after the call's own sequence (field 1, a varint, which protobuf-c
+ * would have packed first), so fanning out costs no packing per call. */
+static void *pack_shared(const struct ana_call_shared *m, int *rc) {
+  const ProtobufCMessage *msg = ana_call_shared_message(m);
+  grpc_slice *s = ana_malloc(sizeof *s);
+  if (!s) {
+    *rc = ANA_ERR_NOMEM;
+    return NULL;
+  }
+  *s = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
+  protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(*s));
+  return s;
+}
+
+static void release_packed(void *p) {
+  grpc_slice *s = p;
+  grpc_slice_unref(*s);
+  ana_free(s);
+}
+
+static int t_send_shared(struct ana_call *call, struct ana_call_shared *m, uint64_t sequence) {
+  int rc;
+  grpc_slice *body = ana_call_shared_encoding(m, &grpc_transport, pack_shared, release_packed, &rc);
+  if (!body)
+    return rc;
+  grpc_slice parts[2];
+  size_t n = 0;
+  if (sequence && ana_call_shared_per_call_sequence(m)) {
+    uint8_t head[11];
+    size_t k = 0;
+    head[k++] = 0x08; /* field 1, varint */
+    for (; sequence >= 0x80; sequence >>= 7)
+      head[k++] = (uint8_t)(sequence | 0x80);
+    head[k++] = (uint8_t)sequence;
+    parts[n++] = grpc_slice_from_copied_buffer((const char *)head, k);
+  }
+  parts[n++] = *body;
+  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(parts, n); /* takes its own references */
+  if (n == 2)
+    grpc_slice_unref(parts[0]);
+  return send_bb((struct gcall *)call, bb);
 }
 
 static size_t t_send_queue_length(struct ana_call *call) {
@@ -345,6 +392,7 @@ static const struct ana_call_transport grpc_transport = {
     .finish = t_finish,
     .reading_changed = t_reading_changed,
     .name = "grpc",
+    .send_shared = t_send_shared,
 };
 
 /* ------------------------------------------------------------------ */

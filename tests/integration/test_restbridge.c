@@ -5,7 +5,9 @@
  * violations as google.rpc.BadRequest, deadlines (504), replies slower than
  * lws's pending timeout, client disconnects reaching the handler, concurrent
  * calls, keep-alive answers and disconnects racing WebSocket streams (the
- * wake-up list), and a graceful shutdown with a call in flight.
+ * wake-up list), a message shared by several WebSocket streams arriving in
+ * each as its own encoding would (frames written together included), and a
+ * graceful shutdown with a call in flight.
  *
  * With --serve the same handlers are served on a free port (printed as
  * "PORT <n>") until stdin closes, for the WebSocket tests in Python
@@ -19,6 +21,7 @@
 
 #include "ana_auth.h"
 #include "ana_call.h"
+#include "ana_json.h"
 #include "ana_log.h"
 #include "ana_restbridge.h"
 
@@ -160,6 +163,59 @@ struct stream_job {
   atomic_bool cancelled;
 };
 
+/* What every "shared" stream sends: SHARED_FRAMES times the same update,
+ * each stream with its own sequences (1, 2, ...), then one too big for a
+ * 16-bit frame length. Built once (shared_init), like the hub's events. */
+#define SHARED_FRAMES 40
+#define SHARED_BIG 70000
+static struct {
+  Analytics__V1__MetricUpdate update, big;
+  Analytics__V1__MetricUpdate__DimensionsEntry dim, big_dim;
+  Analytics__V1__MetricUpdate__DimensionsEntry *dims[1], *big_dims[1];
+  Google__Protobuf__Timestamp start;
+  Google__Protobuf__DoubleValue value;
+  char text[201], big_text[SHARED_BIG + 1];
+  struct ana_call_shared *msg, *big_msg;
+} shared;
+
+static void shared_init(void) {
+  analytics__v1__metric_update__init(&shared.update);
+  analytics__v1__metric_update__dimensions_entry__init(&shared.dim);
+  google__protobuf__timestamp__init(&shared.start);
+  google__protobuf__double_value__init(&shared.value);
+  memset(shared.text, 'd', sizeof shared.text - 1); /* over 125 bytes: a 16-bit length */
+  shared.dim.key = "campaign";
+  shared.dim.value = shared.text;
+  shared.dims[0] = &shared.dim;
+  shared.start.seconds = 1700000000;
+  shared.value.value = 2.5;
+  shared.update.metric_id = "shared";
+  shared.update.bucket_start = &shared.start;
+  shared.update.value = &shared.value;
+  shared.update.n_dimensions = 1;
+  shared.update.dimensions = shared.dims;
+  shared.update.final = true;
+  shared.big = shared.update;
+  shared.big_dim = shared.dim;
+  memset(shared.big_text, 'b', sizeof shared.big_text - 1);
+  shared.big_dim.value = shared.big_text;
+  shared.big_dims[0] = &shared.big_dim;
+  shared.big.dimensions = shared.big_dims;
+  shared.msg = ana_call_shared_create(&shared.update.base, true);
+  shared.big_msg = ana_call_shared_create(&shared.big.base, true);
+}
+
+static int send_shared(struct stream_job *j, struct ana_call_shared *m, uint64_t seq) {
+  for (;;) {
+    int rc = ana_call_send_shared(j->call, m, seq);
+    if (rc != ANA_ERR_FULL)
+      return rc;
+    if (atomic_load(&j->cancelled))
+      return ANA_ERR_CLOSED;
+    sleep_ms(1);
+  }
+}
+
 static int send_update(struct stream_job *j, uint64_t seq, const char *metric_id, bool big) {
   Analytics__V1__MetricUpdate u = ANALYTICS__V1__METRIC_UPDATE__INIT;
   Analytics__V1__MetricUpdate__DimensionsEntry e =
@@ -196,6 +252,14 @@ static void *stream_run(void *arg) {
         break;
     ana_call_finish(call, NULL, NULL); /* after a cancel the status goes nowhere */
     return NULL; /* j lives in the call's arena: gone once the call is finished */
+  } else if (strcmp(id, "shared") == 0) {
+    uint64_t seq = 1;
+    while (seq <= SHARED_FRAMES && send_shared(j, shared.msg, seq) == 0)
+      seq++;
+    if (seq > SHARED_FRAMES)
+      send_shared(j, shared.big_msg, seq);
+    ana_call_finish(call, NULL, NULL);
+    return NULL;
   } else if (strcmp(id, "fail") == 0) {
     send_update(j, 1, id, false);
     send_update(j, 2, id, false);
@@ -246,7 +310,8 @@ static void stream_cancel(struct ana_call *call) {
   atomic_fetch_add(&cancels, 1);
   atomic_store(&j->cancelled, true);
   const char *id = j->id;
-  if (strncmp(id, "count-", 6) == 0 || strcmp(id, "fail") == 0 || strcmp(id, "auth") == 0)
+  if (strncmp(id, "count-", 6) == 0 || strcmp(id, "fail") == 0 || strcmp(id, "auth") == 0 ||
+      strcmp(id, "shared") == 0)
     return; /* these finish on their own */
   detach(stream_cancelled_later, call);
 }
@@ -256,6 +321,7 @@ static const struct ana_handler h_stream_metric = {.on_request = stream_metric,
 
 static void bind_handlers(void) {
   ana_auth_init("acct-test");
+  shared_init();
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_TRACK_EVENT, &h_track);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC, &h_get_metric);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_LIST_METRICS, &h_list_metrics);
@@ -726,6 +792,108 @@ static void keepalive_answers_race_websocket_streams(void **state) {
   assert_int_equal(r.status, 200);
 }
 
+/* Reads one WebSocket until the server closes it; fills texts (malloc'd,
+ * NUL-terminated) with its text frames. Returns how many, or -1. */
+static int ws_read_all(int fd, char **texts, int max) {
+  size_t cap = 1 << 20, len = 0, off = 0;
+  unsigned char *buf = malloc(cap);
+  struct timeval tv = {.tv_sec = 10};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int n = 0;
+  bool closed = false;
+  while (!closed) {
+    /* Every whole frame buffered so far. */
+    for (;;) {
+      if (len - off < 2)
+        break;
+      unsigned char *h = buf + off;
+      size_t hl = 2, pl = h[1] & 0x7f;
+      if (pl == 126) {
+        hl = 4;
+        if (len - off < hl)
+          break;
+        pl = (size_t)h[2] << 8 | h[3];
+      } else if (pl == 127) {
+        hl = 10;
+        if (len - off < hl)
+          break;
+        pl = 0;
+        for (int i = 0; i < 8; i++)
+          pl = pl << 8 | h[2 + i];
+      }
+      if (len - off < hl + pl)
+        break;
+      if ((h[0] & 0x0f) == 0x8) {
+        closed = true;
+        break;
+      }
+      if ((h[0] & 0x0f) == 0x1 && n < max) {
+        texts[n] = malloc(pl + 1);
+        memcpy(texts[n], h + hl, pl);
+        texts[n][pl] = '\0';
+        n++;
+      }
+      off += hl + pl;
+    }
+    if (closed)
+      break;
+    if (len == cap) {
+      memmove(buf, buf + off, len - off);
+      len -= off;
+      off = 0;
+    }
+    ssize_t r = recv(fd, buf + len, cap - len, 0);
+    if (r <= 0) {
+      n = -1;
+      break;
+    }
+    len += (size_t)r;
+  }
+  free(buf);
+  return n;
+}
+
+/* {"result":<update with this sequence>}, as the bridge writes one message
+ * of its own. */
+static char *own_frame(const Analytics__V1__MetricUpdate *u, uint64_t seq) {
+  Analytics__V1__MetricUpdate copy = *u;
+  copy.sequence = seq;
+  struct ana_json_buf b;
+  ana_json_buf_init(&b, 0);
+  assert_int_equal(ana_json_encode(&b, &copy.base, NULL), 0);
+  char *out = malloc(b.len + 12);
+  snprintf(out, b.len + 12, "{\"result\":%s}", b.data + b.reserve);
+  ana_json_buf_fini(&b);
+  return out;
+}
+
+#define SHARED_STREAMS 3
+
+/* Several streams send one shared message, each with its own sequences:
+ * every frame is the text the message's own encoding would give, whether it
+ * was spliced from the shared encoding, and whether it left alone or in one
+ * write with others (lengths of 7, 16 and 64 bits included). */
+static void shared_message_frames_match_their_own_encoding(void **state) {
+  (void)state;
+  int fds[SHARED_STREAMS];
+  for (int i = 0; i < SHARED_STREAMS; i++) {
+    fds[i] = ws_open("/ws/metrics/shared");
+    assert_true(fds[i] >= 0);
+  }
+  for (int i = 0; i < SHARED_STREAMS; i++) {
+    char *texts[SHARED_FRAMES + 2];
+    int n = ws_read_all(fds[i], texts, SHARED_FRAMES + 2);
+    close(fds[i]);
+    assert_int_equal(n, SHARED_FRAMES + 1);
+    for (int k = 0; k < n; k++) {
+      char *want = own_frame(k < SHARED_FRAMES ? &shared.update : &shared.big, (uint64_t)k + 1);
+      assert_string_equal(texts[k], want);
+      free(want);
+      free(texts[k]);
+    }
+  }
+}
+
 static void *track_inflight(void *arg) {
   struct resp *r = arg;
   track("inflight", NULL, 5000, r);
@@ -798,6 +966,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(slow_reply_outlives_lws_timeouts),
       cmocka_unit_test(concurrent_calls),
       cmocka_unit_test(keepalive_answers_race_websocket_streams),
+      cmocka_unit_test(shared_message_frames_match_their_own_encoding),
       /* Last: it stops the bridge. */
       cmocka_unit_test(shutdown_drains_calls_in_flight),
   };

@@ -1,6 +1,7 @@
 /* Unit tests of the transport-neutral call layer (admission, answering
- * exactly once, violations as google.rpc.BadRequest) and of role
- * permissions, over a transport that records what it was asked to do. */
+ * exactly once, violations as google.rpc.BadRequest, shared messages) and
+ * of role permissions, over a transport that records what it was asked to
+ * do. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <cmocka.h>
 
 #include "ana_auth.h"
+#include "analytics/v1/realtime.pb-c.h"
 #include "call_internal.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
@@ -20,14 +22,18 @@ struct recording {
   int sends, finishes, reading_changes;
   struct ana_error status;
   bool had_response;
+  const ProtobufCMessage *last;        /* valid during the send only */
+  Analytics__V1__AnalyticsUpdate copy; /* what the last AnalyticsUpdate send held */
 };
 
 static struct recording rec;
 
 static int rec_send(struct ana_call *call, const ProtobufCMessage *m) {
   (void)call;
-  (void)m;
   rec.sends++;
+  rec.last = m;
+  if (m->descriptor == &analytics__v1__analytics_update__descriptor)
+    rec.copy = *(const Analytics__V1__AnalyticsUpdate *)m;
   return 0;
 }
 
@@ -205,6 +211,125 @@ static void metadata_deadline_and_reading(void **state) {
   ana_call_fini(&call);
 }
 
+/* --- shared messages --- */
+
+static void shared_message_goes_as_a_copy_with_the_calls_sequence(void **state) {
+  (void)state;
+  struct ana_call a, b;
+  const struct ana_method *m =
+      &ana_methods[ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS];
+  ana_call_init(&a, &recording_transport, m);
+  ana_call_init(&b, &recording_transport, m);
+  Analytics__V1__Event ev = ANALYTICS__V1__EVENT__INIT;
+  Analytics__V1__AnalyticsUpdate up = ANALYTICS__V1__ANALYTICS_UPDATE__INIT;
+  up.update_case = ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT;
+  up.event = &ev;
+  struct ana_call_shared *sh = ana_call_shared_create(&up.base, true);
+  assert_non_null(sh);
+
+  /* A transport without send_shared gets the message with each call's
+   * sequence; what it points to is shared, the message itself unchanged. */
+  assert_int_equal(ana_call_send_shared(&a, sh, 5), 0);
+  assert_int_equal(rec.copy.sequence, 5);
+  assert_ptr_equal(rec.copy.event, &ev);
+  assert_ptr_not_equal(rec.last, &up.base);
+  assert_int_equal(ana_call_send_shared(&b, sh, 70000), 0);
+  assert_int_equal(rec.copy.sequence, 70000);
+  assert_int_equal(up.sequence, 0);
+
+  /* Without a per-call sequence the message goes as it is. */
+  Analytics__V1__AnalyticsUpdate own = up;
+  own.sequence = 9;
+  struct ana_call_shared *plain = ana_call_shared_create(&own.base, false);
+  assert_int_equal(ana_call_send_shared(&a, plain, 5), 0);
+  assert_ptr_equal(rec.last, &own.base);
+
+  /* A finished call takes nothing more. */
+  ana_call_reply(&b, NULL);
+  int sends = rec.sends;
+  assert_int_equal(ana_call_send_shared(&b, sh, 6), ANA_ERR_CLOSED);
+  assert_int_equal(rec.sends, sends);
+  ana_call_shared_destroy(plain);
+  ana_call_shared_destroy(sh);
+  ana_call_shared_destroy(NULL);
+  ana_call_fini(&a);
+  ana_call_fini(&b);
+}
+
+/* A transport that encodes shared messages: counts encodings and releases. */
+static int encodings, releases, failures_left;
+static uint64_t shared_sequence;
+
+static void *count_encode(const struct ana_call_shared *m, int *rc) {
+  (void)m;
+  if (failures_left > 0) {
+    failures_left--;
+    *rc = ANA_ERR_NOMEM;
+    return NULL;
+  }
+  encodings++;
+  return malloc(16);
+}
+
+static void count_release(void *p) {
+  releases++;
+  free(p);
+}
+
+static const struct ana_call_transport encoding_transport;
+
+static int enc_send_shared(struct ana_call *call, struct ana_call_shared *m, uint64_t sequence) {
+  (void)call;
+  int rc;
+  void *e = ana_call_shared_encoding(m, &encoding_transport, count_encode, count_release, &rc);
+  if (!e)
+    return rc;
+  shared_sequence = sequence;
+  return 0;
+}
+
+static const struct ana_call_transport encoding_transport = {
+    .send = rec_send,
+    .send_queue_length = rec_queue,
+    .finish = rec_finish,
+    .reading_changed = rec_reading,
+    .send_shared = enc_send_shared,
+};
+
+static void shared_message_is_encoded_once_per_transport(void **state) {
+  (void)state;
+  encodings = releases = failures_left = 0;
+  const struct ana_method *m =
+      &ana_methods[ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS];
+  struct ana_call calls[3];
+  for (int i = 0; i < 3; i++)
+    ana_call_init(&calls[i], &encoding_transport, m);
+  Analytics__V1__AnalyticsUpdate up = ANALYTICS__V1__ANALYTICS_UPDATE__INIT;
+  struct ana_call_shared *sh = ana_call_shared_create(&up.base, true);
+
+  /* A failed encoding is reported and tried again on the next send. */
+  failures_left = 1;
+  assert_int_equal(ana_call_send_shared(&calls[0], sh, 1), ANA_ERR_NOMEM);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(ana_call_send_shared(&calls[i], sh, (uint64_t)i + 10), 0);
+    assert_int_equal(shared_sequence, (uint64_t)i + 10);
+  }
+  assert_int_equal(encodings, 1);
+  assert_int_equal(rec.sends, 0); /* never fell back to send */
+  /* Another transport keeps an encoding of its own (here: the fallback,
+   * which keeps none). */
+  struct ana_call other;
+  ana_call_init(&other, &recording_transport, m);
+  assert_int_equal(ana_call_send_shared(&other, sh, 4), 0);
+  assert_int_equal(rec.sends, 1);
+  assert_int_equal(encodings, 1);
+  ana_call_shared_destroy(sh);
+  assert_int_equal(releases, 1);
+  ana_call_fini(&other);
+  for (int i = 0; i < 3; i++)
+    ana_call_fini(&calls[i]);
+}
+
 static void role_permissions(void **state) {
   (void)state;
   const char *const reader[] = {"reader"};
@@ -226,13 +351,17 @@ static void role_permissions(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(unbound_method_answers_unimplemented_with_its_feature,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(unbound_method_answers_unimplemented_with_its_feature, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(bound_handler_runs_and_finishes_once, setup, teardown),
       cmocka_unit_test_setup_teardown(cancel_is_reported_once_and_stops_sends, setup, teardown),
       cmocka_unit_test_setup_teardown(violations_travel_as_bad_request_details, setup, teardown),
       cmocka_unit_test_setup_teardown(metadata_deadline_and_reading, setup, teardown),
       cmocka_unit_test_setup_teardown(role_permissions, setup, teardown),
+      cmocka_unit_test_setup_teardown(shared_message_goes_as_a_copy_with_the_calls_sequence, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(shared_message_is_encoded_once_per_transport, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

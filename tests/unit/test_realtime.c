@@ -1,7 +1,7 @@
 /* Unit tests of the real-time hub: filters, sequences, aggregate snapshots,
- * bounded buffers with coalescing, the slow-consumer end, cancel, and the
- * property comparison, over a transport that records what it was sent and
- * can pretend to be full. */
+ * bounded buffers with coalescing, the slow-consumer end, cancel, one shared
+ * message per event for all subscribers, and the property comparison, over
+ * a transport that records what it was sent and can pretend to be full. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include "call_internal.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -370,6 +371,108 @@ static void destroy_ends_the_remaining_subscribers(void **state) {
   rec_reset();
 }
 
+/* --- one shared message per event --- */
+
+#define FAN_SUBS 3
+#define FAN_EVENTS 4
+
+/* A transport that takes shared messages as they are: records which shared
+ * message each call got, with which sequence. */
+static struct {
+  pthread_mutex_t mu;
+  size_t n;
+  struct {
+    struct ana_call *call;
+    struct ana_call_shared *shared;
+    uint64_t sequence;
+    char name[32];
+  } sent[64];
+} fan = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int fan_send_shared(struct ana_call *to, struct ana_call_shared *m, uint64_t sequence) {
+  const Analytics__V1__AnalyticsUpdate *up = (const void *)ana_call_shared_message(m);
+  pthread_mutex_lock(&fan.mu);
+  if (fan.n < 64) {
+    fan.sent[fan.n].call = to;
+    fan.sent[fan.n].shared = m;
+    fan.sent[fan.n].sequence = sequence;
+    snprintf(fan.sent[fan.n].name, sizeof fan.sent[fan.n].name, "%s", up->event->event_name);
+    fan.n++;
+  }
+  pthread_mutex_unlock(&fan.mu);
+  assert_int_equal(up->sequence, 0); /* each subscriber's goes in per send */
+  return 0;
+}
+
+static const struct ana_call_transport fan_transport = {
+    .send = rec_send, /* snapshots */
+    .send_queue_length = rec_queue,
+    .finish = rec_finish,
+    .reading_changed = rec_reading,
+    .send_shared = fan_send_shared,
+};
+
+static size_t fan_count(void) {
+  pthread_mutex_lock(&fan.mu);
+  size_t n = fan.n;
+  pthread_mutex_unlock(&fan.mu);
+  return n;
+}
+
+static void every_subscriber_gets_the_events_one_shared_message(void **state) {
+  (void)state;
+  struct ana_realtime *rt = start(64, 10000, 10000);
+  struct ana_call calls[FAN_SUBS];
+  struct ana_realtime_filter f = {.account_id = "acct-1", .include_events = true};
+  fan.n = 0;
+  for (int i = 0; i < FAN_SUBS; i++) {
+    ana_call_init(&calls[i], &fan_transport,
+                  &ana_methods[ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS]);
+    assert_int_equal(ana_realtime_subscribe(rt, &calls[i], &f), 0);
+  }
+  commit(rt, "acct-1", "message", "first", NULL, 1);
+  WAIT_FOR(fan_count() == FAN_SUBS);
+  /* A later subscriber: its sequences start at 1 while the others go on. */
+  struct ana_call late;
+  ana_call_init(&late, &fan_transport,
+                &ana_methods[ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS]);
+  assert_int_equal(ana_realtime_subscribe(rt, &late, &f), 0);
+  commit(rt, "acct-1", "message", "next", NULL, FAN_EVENTS - 1);
+  size_t want = FAN_SUBS * FAN_EVENTS + (FAN_EVENTS - 1);
+  WAIT_FOR(fan_count() == want);
+  assert_int_equal(fan_count(), want);
+
+  pthread_mutex_lock(&fan.mu);
+  /* The same shared message for one event, whoever gets it. */
+  for (size_t i = 0; i < fan.n; i++)
+    for (size_t j = 0; j < fan.n; j++)
+      if (fan.sent[i].call != fan.sent[j].call && fan.sent[i].sequence == fan.sent[j].sequence &&
+          fan.sent[i].call != &late && fan.sent[j].call != &late)
+        assert_ptr_equal(fan.sent[i].shared, fan.sent[j].shared);
+  /* Each subscriber's own sequence: 1, 2, 3, ... */
+  for (int c = 0; c <= FAN_SUBS; c++) {
+    struct ana_call *sub = c < FAN_SUBS ? &calls[c] : &late;
+    uint64_t next = 1;
+    for (size_t i = 0; i < fan.n; i++)
+      if (fan.sent[i].call == sub)
+        assert_int_equal(fan.sent[i].sequence, next++);
+    assert_int_equal(next - 1, c < FAN_SUBS ? FAN_EVENTS : FAN_EVENTS - 1);
+  }
+  /* The late subscriber's first event is the others' second. */
+  for (size_t i = 0; i < fan.n; i++)
+    if (fan.sent[i].call == &late && fan.sent[i].sequence == 1)
+      for (size_t j = 0; j < fan.n; j++)
+        if (fan.sent[j].call == &calls[0] && fan.sent[j].sequence == 2)
+          assert_ptr_equal(fan.sent[i].shared, fan.sent[j].shared);
+  pthread_mutex_unlock(&fan.mu);
+  ana_realtime_destroy(rt);
+  for (int i = 0; i < FAN_SUBS; i++)
+    ana_call_fini(&calls[i]);
+  ana_call_fini(&late);
+  ana_call_fini(&call);
+  rec_reset();
+}
+
 static void property_values_compare_like_search(void **state) {
   (void)state;
   Google__Protobuf__Value v = GOOGLE__PROTOBUF__VALUE__INIT;
@@ -414,6 +517,7 @@ int main(void) {
       cmocka_unit_test(a_slow_but_catching_up_subscriber_stays),
       cmocka_unit_test(cancel_and_drain_finish_once),
       cmocka_unit_test(destroy_ends_the_remaining_subscribers),
+      cmocka_unit_test(every_subscriber_gets_the_events_one_shared_message),
       cmocka_unit_test(property_values_compare_like_search),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

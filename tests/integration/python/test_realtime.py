@@ -6,8 +6,10 @@ of the last second; a consumer that falls behind gets coalesced updates (a
 snapshot counting the events it missed: dropped + delivered = published),
 and one that stays behind is ended with RESOURCE_EXHAUSTED "subscriber too
 slow: N updates dropped" (over WebSocket: the error frame and close 1008
-with that reason). The ingest-to-subscriber latency is measured and
-printed, not asserted.
+with that reason). Subscribers of one filter get each event as the same
+WebSocket frame apart from their own sequence (it is encoded once for all
+of them), in-process and through analytics-restbridge. The
+ingest-to-subscriber latency is measured and printed, not asserted.
 """
 
 import asyncio
@@ -349,6 +351,69 @@ class RealtimeWebSocketTest(RealtimeBase):
                                "/dashboard/app.css": "text/css"}[path], ctype)
         self.assertIn("/ws/analytics", urllib.request.urlopen(
             "http://127.0.0.1:%d/dashboard/app.js" % self.server.rest_port).read().decode())
+
+
+class SharedFramesTest(RealtimeBase):
+    SERVER_ENV = {"REALTIME_AGGREGATE_INTERVAL": "200"}
+    SUBSCRIBERS = 3
+    EVENTS = 5
+
+    FRAME = re.compile(r'^\{"result":\{"sequence":"(\d+)",(.*)\}$', re.S)
+
+    def test_subscribers_get_the_same_event_frames(self):
+        name = unique("fan")
+        uri = "ws://127.0.0.1:%d/ws/analytics?includeEvents=true&eventName=%s" % (
+            self.rest_port, name)
+
+        async def read(ws, until):
+            texts = []
+            while time.monotonic() < until:
+                try:
+                    texts.append(await asyncio.wait_for(ws.recv(), 0.2))
+                except asyncio.TimeoutError:
+                    continue
+            return texts
+
+        async def go():
+            conns = [await websockets.connect(uri, open_timeout=TIMEOUT_S)
+                     for _ in range(self.SUBSCRIBERS)]
+            try:
+                for ws in conns:  # registered once the first snapshot is in
+                    first = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+                    self.assertIn("aggregates", first["result"])
+                ids = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: [self.track(name) for _ in range(self.EVENTS)])
+                until = time.monotonic() + 1.5
+                texts = await asyncio.gather(*(read(ws, until) for ws in conns))
+            finally:
+                for ws in conns:
+                    await ws.close()
+            return ids, texts
+
+        ids, texts = asyncio.run(asyncio.wait_for(go(), 60))
+        bodies = []
+        for sub in texts:
+            seqs, events = [], []
+            for text in sub:
+                m = self.FRAME.match(text)
+                self.assertIsNotNone(m, text[:200])
+                seqs.append(int(m.group(1)))
+                self.assertEqual(int(json.loads(text)["result"]["sequence"]), seqs[-1])
+                if m.group(2).startswith('"event":'):
+                    events.append(m.group(2))
+            self.assertEqual(seqs, list(range(seqs[0], seqs[0] + len(seqs))))
+            self.assertEqual([json.loads("{%s" % e)["event"]["eventId"] for e in events], ids)
+            bodies.append(events)
+        # Byte for byte the same event text for every subscriber.
+        for other in bodies[1:]:
+            self.assertEqual(other, bodies[0])
+
+
+class SharedFramesRemoteTest(SharedFramesTest):
+    """The same through analytics-restbridge: its streams share one decoding
+    and encoding of each event too."""
+
+    BRIDGE = "remote"
 
 
 if __name__ == "__main__":
