@@ -3,7 +3,8 @@
  * of repeated queries), from raw events (query.c) and by the equivalent
  * hand-written SQL in the sqlite3 CLI on the same database; the rollup
  * backfill time; ingest throughput with 10 active metrics against none.
- * usage: metrics_bench [--events N] [--out RESULTS.md] */
+ * usage: metrics_bench [--events N] [--reps N] [--rollups-only] [--out RESULTS.md]
+ * --rollups-only stops after the rollup queries (for profiling them). */
 #include "ana_arena.h"
 #include "ana_rollup.h"
 #include "ana_store.h"
@@ -158,9 +159,15 @@ static double sqlite_cli(const char *dir, const char *d1, const char *d2) {
 int main(int argc, char **argv) {
   long events = 10000000;
   const char *out_path = NULL;
+  int reps = 50;
+  bool rollups_only = false;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--events") == 0 && i + 1 < argc)
       events = atol(argv[++i]);
+    else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+      reps = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--rollups-only") == 0)
+      rollups_only = true;
     else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
       out_path = argv[++i];
   }
@@ -195,12 +202,20 @@ int main(int argc, char **argv) {
   double backfill_s = bench_now_s() - t;
   fprintf(stderr, "backfilled 2 metrics in %.1f s\n", backfill_s);
 
-  enum { REPS = 50 };
-  double qa[REPS], qb[REPS];
+  if (reps < 1)
+    reps = 1;
+  double *qa = calloc((size_t)reps, sizeof *qa), *qb = calloc((size_t)reps, sizeof *qb);
   int sa = 0, sb = 0;
-  for (int i = 0; i < REPS; i++) {
+  for (int i = 0; i < reps; i++) {
     sa = query(r, &a, 0, false, &qa[i]);
     sb = query(r, &b, 10, false, &qb[i]);
+  }
+  if (rollups_only) {
+    printf("(a) %d series p50 / p99 %.2f / %.2f ms\n(b) %d series p50 / p99 %.2f / %.2f ms\n", sa,
+           pct(qa, reps, 50) * 1e3, pct(qa, reps, 99) * 1e3, sb, pct(qb, reps, 50) * 1e3,
+           pct(qb, reps, 99) * 1e3);
+    ana_rollup_destroy(r);
+    goto done;
   }
   double raw_a, raw_b;
   query(r, &a, 0, true, &raw_a);
@@ -208,7 +223,7 @@ int main(int argc, char **argv) {
   double cli_a = sqlite_cli(dir, "campaignId", "groupId");
   double cli_b = sqlite_cli(dir, "campaign50", "group20");
   fprintf(stderr, "rollups a: %d series p50 %.2f ms; raw %.2f s; cli %.2f s\n", sa,
-          pct(qa, REPS, 50) * 1e3, raw_a, cli_a);
+          pct(qa, reps, 50) * 1e3, raw_a, cli_a);
 
   /* Ingest with 10 active metrics against none: same load, rollups on or
    * off; the rollup thread follows concurrently. */
@@ -262,13 +277,16 @@ int main(int argc, char **argv) {
            "| ingest, %ld events in batches of 1,000 (direct appends), 10 active metrics | %.0f "
            "ev/s | no metrics: %.0f ev/s | %.2f | >= 0.80 |\n"
            "| rollups caught up after that ingest | %.2f s later | | | |\n",
-           events, events, load_s, backfill_s, sa, pct(qa, REPS, 50) * 1e3,
-           pct(qa, REPS, 99) * 1e3, sb, pct(qb, REPS, 50) * 1e3, pct(qb, REPS, 99) * 1e3, raw_a,
+           events, events, load_s, backfill_s, sa, pct(qa, reps, 50) * 1e3,
+           pct(qa, reps, 99) * 1e3, sb, pct(qb, reps, 50) * 1e3, pct(qb, reps, 99) * 1e3, raw_a,
            cli_a, raw_a / cli_a, raw_b, cli_b, raw_b / cli_b, ingest_n, ingest_n / with_s,
            ingest_n / none_s, none_s / with_s, lag_s);
   fputs(section, stdout);
   if (out_path)
     bench_results_replace(out_path, METRICS_HEADING, section);
+done:
+  free(qa);
+  free(qb);
   ops->close(store);
   ana_local_db_close(db);
   char cmd[128];

@@ -191,7 +191,12 @@ int main(int argc, char **argv) {
   }
   /* Metric rollups follow the commit sequence on their own thread; the
    * hook only wakes it. */
-  rollups = ana_rollup_create(db, store_ops, store, &(struct ana_rollup_options){0}, &err);
+  struct ana_rollup_options roopts = {
+      .cache_bytes = cfg.rollup_cache_mb ? (int64_t)cfg.rollup_cache_mb << 20 : -1,
+      .retention_days = cfg.retention_days,
+      .sweep_interval_ms = cfg.retention_sweep_interval_ms,
+  };
+  rollups = ana_rollup_create(db, store_ops, store, &roopts, &err);
   if (!rollups || ana_committer_subscribe(committer, ana_rollup_on_commit, rollups) < 0) {
     ANA_ERROR("main", "cannot start the metric rollups: %s",
               rollups ? "too many commit hooks" : err.message);

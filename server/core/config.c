@@ -164,6 +164,12 @@ static const struct var vars[] = {
      .help = "Closed buckets whose final values each live metric stream keeps in memory for "
              "clients that resume (afterSequence); older ones are recomputed from the events.",
      FIELD(metric_stream_history)},
+    {.name = "ROLLUP_CACHE_MB", .type = VAR_INT, .def = "256", .min = 0, .max = 1048576,
+     .help = "Memory, in MiB, for metric rollup cells kept in memory: the rollup thread loads "
+             "the cells queries read and updates them with every commit, so GetMetricData "
+             "answers without reading them from the database; beyond it the least recently "
+             "read are dropped and read from the database again. 0 keeps none.",
+     FIELD(rollup_cache_mb)},
     {.name = "STREAM_SEND_QUEUE_MAX", .type = VAR_INT, .def = "256", .min = 1,
      .max = 1000000, .help = "Most messages queued for sending on one outbound stream.",
      FIELD(stream_send_queue_max)},

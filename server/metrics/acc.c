@@ -273,6 +273,9 @@ static int add_value(struct ana_acc_agg *a, double x) {
 }
 
 void ana_acc_agg_fini(struct ana_acc_agg *a) {
+  /* Most aggregates hold only scalars; a query frees thousands. */
+  if (!a->distinct.slots && !a->values && !a->hll && !a->dd)
+    return;
   ana_free(a->distinct.slots);
   ana_free(a->values);
   ana_free(a->hll);

@@ -13,7 +13,18 @@
  * number up to which its cells include events) change in one transaction;
  * at start-up, and whenever events are committed, the thread replays the
  * events with seq > watermark. Queries add the raw events committed after
- * the watermark they read, so an answer is exact whatever the lag. */
+ * the watermark they read, so an answer is exact whatever the lag.
+ *
+ * Retention: a cell is deleted once its whole time span is older than the
+ * events' retention (its events are deleted by then); a cell across the
+ * cut-off stays until it has passed.
+ *
+ * Memory: the cells of the levels queries read are kept in memory, packed,
+ * within a budget; the thread loads a level when a query missed it and
+ * updates its cells and watermark together, so a query reads them without
+ * the database. Beyond the budget (least recently read levels are evicted;
+ * a level larger than the whole budget is never kept) queries read the
+ * cells of their range from the database. */
 #ifndef ANA_ROLLUP_H
 #define ANA_ROLLUP_H
 
@@ -26,8 +37,19 @@
 
 struct ana_rollups;
 
+#define ANA_ROLLUP_CACHE_DEFAULT_MB 256
+
 struct ana_rollup_options {
   int chunk_events; /* most events read per transaction (backfill and catch-up) */
+  /* Memory for cells kept in memory, in bytes: 0 = the default
+   * (ANA_ROLLUP_CACHE_DEFAULT_MB), negative = none (always the database). */
+  int64_t cache_bytes;
+  /* Cells whose whole time span is older than this many days (the events'
+   * RETENTION_DAYS) are deleted, in chunks, every sweep_interval_ms (0 = a
+   * minute); 0 keeps them. */
+  int retention_days;
+  int sweep_interval_ms;
+  int expiry_chunk; /* most cells deleted per transaction; 0 = 2000 */
 };
 
 /* Loads the definitions from the local database and starts the thread.
@@ -69,12 +91,19 @@ struct ana_rollup_status {
   bool known, complete;
   int64_t version;
   uint64_t watermark, backfill_to;
+  unsigned cached_levels; /* bit l: level l (15 min, 1 h, 1 day) is in memory */
+  size_t cache_bytes;     /* held by the cache, every metric */
+  /* Queries answered since start-up, every metric: with cells from memory,
+   * with cells read from the database. */
+  uint64_t memory_queries, database_queries;
 };
 void ana_rollup_status(struct ana_rollups *r, const char *metric_id,
                        struct ana_rollup_status *out);
 
 /* Waits (at most timeout_ms) until every metric's rollups include every event
- * committed so far; returns true when they do. For tests and benchmarks. */
+ * committed so far, the levels queries asked for are in memory (or
+ * refused) and no expired cells are due for deletion; returns true when
+ * they are. For tests and benchmarks. */
 bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms);
 
 #endif

@@ -32,6 +32,8 @@ double ana_hll_estimate(const struct ana_hll *h);
 #define ANA_HLL_MAX_ENCODED (1 + ANA_HLL_REGISTERS)
 size_t ana_hll_encode(const struct ana_hll *h, uint8_t *out);
 long ana_hll_decode_merge(struct ana_hll *h, const uint8_t *in, size_t len);
+/* The length of the encoding at in, or -1 when malformed (no merge). */
+long ana_hll_encoded_len(const uint8_t *in, size_t len);
 
 /* --- DDSketch with relative accuracy alpha = 0.01: every quantile it
  * returns is within 1% (relative) of the exact value of the same rank.
@@ -59,9 +61,12 @@ int ana_dds_merge(struct ana_ddsketch *into, const struct ana_ddsketch *from);
  * would pick it), within ANA_DDS_ALPHA relative; NAN when empty. */
 double ana_dds_percentile(const struct ana_ddsketch *s, double p);
 /* Appends the encoding to a growing buffer (*buf, *len, *cap; realloc'd);
- * returns 0 or ANA_ERR_NOMEM. decode_merge returns bytes read or -1. */
+ * returns 0 or ANA_ERR_NOMEM. decode_merge returns bytes read,
+ * ANA_ERR_INVALID when malformed or ANA_ERR_NOMEM (bins it could not grow). */
 int ana_dds_encode(const struct ana_ddsketch *s, uint8_t **buf, size_t *len, size_t *cap);
 long ana_dds_decode_merge(struct ana_ddsketch *s, const uint8_t *in, size_t len);
+/* The length of the encoding at in, or -1 when malformed (no merge). */
+long ana_dds_encoded_len(const uint8_t *in, size_t len);
 
 /* Varint helpers shared by the encodings (LEB128). */
 int ana_sketch_put_varint(uint8_t **buf, size_t *len, size_t *cap, uint64_t v);

@@ -42,12 +42,57 @@ const char *const *ana_mq_names(const struct ana_mq *s, size_t *n, bool *any);
  * create filled). */
 int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev);
 
-/* Merges one stored cell (an encoding from ana_mq_cell_encode) whose time
- * span starts at start_ms and lies within one bucket of the query (or
- * within the previous period when before from_ms) for the group with the
- * given key. Returns 0 or a negative error. */
-int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
-                    const uint8_t *blob, size_t len);
+/* --- the rollup path ---
+ * Cells (and the raw events of the pieces no cell fits, gathered into cells
+ * by the caller) are added in two parts: first every cell counts in its
+ * group's total or previous period (ANA_MQ_TOTALS); then ana_mq_rank
+ * ranks the groups; then the cells of [from, to) count in their buckets
+ * (ANA_MQ_BUCKETS), those of groups below the top N directly in "other".
+ * So only the groups shown hold buckets, whatever the number of groups. */
+
+/* A group of the query (owned by it). */
+struct ana_mq_group;
+
+/* The index a cell's bucket is given as: the previous period. */
+#define ANA_MQ_PREVIOUS SIZE_MAX
+
+enum ana_mq_part { ANA_MQ_TOTALS, ANA_MQ_BUCKETS };
+
+/* The group of a group key (the dimension values joined by '\x1f'), made
+ * on first sight; *out NULL when the query's dimensionFilter leaves it out.
+ * Call it for every group in the totals part. Returns 0 or a negative error
+ * (too many groups, out of memory). */
+int ana_mq_group(struct ana_mq *s, const char *group_key, struct ana_mq_group **out);
+
+/* Adds a cell whose time span lies within bucket `bucket` of the query (an
+ * index into ana_mq_bucket_starts) or within the previous period
+ * (ANA_MQ_PREVIOUS), for group g, in the given part: packed, as
+ * ana_mq_cell_pack made it from an mq of the same formula, or a cell.
+ * Returns 0 or a negative error (then ana_mq_answer reports it). */
+int ana_mq_add_packed(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
+                      enum ana_mq_part part, const uint8_t *packed, size_t len);
+int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
+                    enum ana_mq_part part, const struct ana_mq_cell *c);
+
+/* Ranks the groups by their totals and folds those below the top N into
+ * "other". ana_mq_answer does it when it was not done. Returns 0 or a
+ * negative error. */
+int ana_mq_rank(struct ana_mq *s);
+
+/* Records that the caller ran out of memory while adding: ana_mq_answer
+ * reports it. Returns the (negative) error. */
+int ana_mq_nomem(struct ana_mq *s);
+
+/* Whether g was ranked below the top N (its buckets go to "other"). */
+bool ana_mq_group_folded(const struct ana_mq_group *g);
+
+/* Packed cells of a formula without sketch terms are arrays of doubles of
+ * one size (*size bytes), which merge into each other: a caller may merge
+ * many into one (ana_mq_packed_merge; `into` zeroed at first) and add that
+ * once; when *additive, merging is adding the doubles one by one. Returns
+ * whether this formula's cells are so. */
+bool ana_mq_packed_fixed(const struct ana_mq *s, size_t *size, bool *additive);
+void ana_mq_packed_merge(const struct ana_mq *s, double *into, const uint8_t *from);
 
 /* Builds the answer (in arena) from everything added. */
 int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__MetricData *out,
@@ -73,5 +118,12 @@ int ana_mq_cell_encode(const struct ana_mq *s, const struct ana_mq_cell *c, uint
                        size_t *len, size_t *cap);
 int ana_mq_cell_merge_encoded(const struct ana_mq *s, struct ana_mq_cell *c, const uint8_t *blob,
                               size_t len);
+
+/* Appends the packed form of an encoding (the form the rollup cache keeps:
+ * the scalars each term's function reads, then the sketch segments as they
+ * are) to *buf (realloc'd). Its layout depends on the formula's terms only.
+ * Returns 0, ANA_ERR_INVALID (a malformed encoding) or ANA_ERR_NOMEM. */
+int ana_mq_cell_pack(const struct ana_mq *s, const uint8_t *blob, size_t len, uint8_t **buf,
+                     size_t *blen, size_t *cap);
 
 #endif

@@ -2,7 +2,8 @@
  * the formula, fed by raw events (one scan of the range and of the previous
  * period) or by rollup cells (rollup.c), then the formula per bucket, the
  * summary, the total, the change, and top-N groups with the rest folded into
- * "other". The same accumulators, in sketch form, are the rollup cells.
+ * "other". The same accumulators, in sketch form, are the rollup cells; the
+ * rollup cache keeps cells packed (only the scalars each term reads).
  * Reading an event (fields, filters, group key) and the per-term aggregates
  * are acc.c's (acc_internal.h), shared with the live metric stream. */
 #include "ana_metric_query.h"
@@ -41,12 +42,19 @@ struct group {
   char **values;                /* one per dimension */
   size_t n_values;
   uint64_t hash;                /* of the joined key */
-  struct ana_acc_agg *buckets;  /* n_buckets * n_terms */
+  /* n_buckets * n_terms, allocated on first use: with top-N, the rollup
+   * path fills buckets only for the groups shown (and "other"). */
+  struct ana_acc_agg *buckets;
   struct ana_acc_agg *total;    /* n_terms */
   struct ana_acc_agg *previous; /* n_terms */
   double rank;
   bool has_rank;
+  bool folded; /* ranked below the top N: its buckets go to "other" */
 };
+
+/* How a term is packed (ana_mq_cell_pack): the scalars its function reads,
+ * or its sketch segment verbatim. */
+enum pack_kind { PACK_COUNT, PACK_SUM, PACK_AVG, PACK_MIN, PACK_MAX, PACK_SKETCH };
 
 struct ana_mq {
   const struct ana_metric_query *q;
@@ -61,6 +69,14 @@ struct ana_mq {
   size_t n_groups, cap_groups;
   struct group **index; /* open addressing by hash; index_cap a power of two */
   size_t index_cap;
+  bool ranked;
+  struct group *other; /* the groups below the top N, folded; NULL when none */
+  /* The packed cell layout: per term its kind and first double slot. */
+  uint8_t pack_kind[ANA_ACC_MAX_TERMS];
+  uint16_t pack_slot[ANA_ACC_MAX_TERMS];
+  size_t n_slots;
+  bool any_sketch;
+  bool additive; /* every term packs into sums only (count, sum, avg) */
   int rc;
   struct ana_error *err;
   struct ana_error own_err;
@@ -72,44 +88,50 @@ static void group_free(struct group *g, size_t n_buckets, size_t n_terms) {
   for (size_t i = 0; g->buckets && i < n_buckets * n_terms; i++)
     ana_acc_agg_fini(&g->buckets[i]);
   for (size_t i = 0; i < n_terms; i++) {
-    if (g->total)
-      ana_acc_agg_fini(&g->total[i]);
-    if (g->previous)
-      ana_acc_agg_fini(&g->previous[i]);
+    ana_acc_agg_fini(&g->total[i]);
+    ana_acc_agg_fini(&g->previous[i]);
   }
   ana_free(g->buckets);
-  ana_free(g->total);
-  ana_free(g->previous);
-  ana_free(g->key);
-  ana_free(g->values);
   ana_free(g);
 }
 
+/* One allocation: the group, its total and previous aggregates, its values
+ * and its key (a query may make thousands). */
 static struct group *group_new(struct ana_mq *s, const char *key, char *const *values) {
-  struct group *g = ana_calloc(1, sizeof *g);
+  size_t n_terms = s->spec.n_terms, n_dims = s->spec.n_dims, key_len = strlen(key) + 1;
+  size_t size = sizeof(struct group) + 2 * n_terms * sizeof(struct ana_acc_agg) +
+                n_dims * sizeof(char *) + key_len;
+  struct group *g = ana_calloc(1, size);
   if (!g)
     return NULL;
-  g->key = ana_strdup(key);
+  g->total = (struct ana_acc_agg *)(g + 1);
+  g->previous = g->total + n_terms;
+  g->values = (char **)(g->previous + n_terms);
+  g->key = (char *)(g->values + n_dims);
+  memcpy(g->key, key, key_len);
   g->hash = ana_acc_hash_text(key);
-  g->values = ana_calloc(s->spec.n_dims ? s->spec.n_dims : 1, sizeof *g->values);
-  size_t cells = s->n_buckets * s->spec.n_terms;
-  g->buckets = ana_calloc(cells ? cells : 1, sizeof *g->buckets);
-  g->total = ana_calloc(s->spec.n_terms ? s->spec.n_terms : 1, sizeof *g->total);
-  g->previous = ana_calloc(s->spec.n_terms ? s->spec.n_terms : 1, sizeof *g->previous);
-  if (!g->key || !g->values || !g->buckets || !g->total || !g->previous) {
-    group_free(g, 0, 0);
-    return NULL;
-  }
   /* values point into key: the key is the values joined. */
-  g->n_values = s->spec.n_dims;
+  g->n_values = n_dims;
   char *p = g->key;
-  for (size_t d = 0; d < s->spec.n_dims; d++) {
+  for (size_t d = 0; d < n_dims; d++) {
     g->values[d] = p;
     p += strlen(values[d] ? values[d] : "");
     if (*p)
       *p++ = '\0';
   }
   return g;
+}
+
+/* g's buckets, allocated on first use; NULL with s->rc set when out of
+ * memory. */
+static struct ana_acc_agg *group_buckets(struct ana_mq *s, struct group *g) {
+  if (!g->buckets) {
+    size_t cells = s->n_buckets * s->spec.n_terms;
+    g->buckets = ana_calloc(cells ? cells : 1, sizeof *g->buckets);
+    if (!g->buckets)
+      s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  return g->buckets;
 }
 
 static bool group_is(const struct ana_mq *s, const struct group *g, const char *key) {
@@ -222,8 +244,13 @@ int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
   bool previous = ev->timestamp_ms < q->from_ms;
   size_t b = previous ? s->n_buckets
                       : ana_bucket_index(s->starts, s->n_buckets, q->to_ms, ev->timestamp_ms);
-  struct ana_acc_agg *bucket =
-      !previous && b < s->n_buckets ? &g->buckets[b * s->spec.n_terms] : NULL;
+  struct ana_acc_agg *bucket = NULL;
+  if (!previous && b < s->n_buckets) {
+    struct ana_acc_agg *bs = group_buckets(s, g);
+    if (!bs)
+      goto out;
+    bucket = &bs[b * s->spec.n_terms];
+  }
   struct ana_acc_agg *targets[2] = {previous ? g->previous : g->total, bucket};
   if (ana_acc_row_add(&s->spec, &r, s->sketches, targets, 2) < 0)
     s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -301,36 +328,46 @@ static int accs_encode(const struct ana_acc_agg *accs, size_t n, uint8_t **buf, 
   return 0;
 }
 
+/* Merges one term's encoding (flags, scalars, sketches) at in into a;
+ * returns the bytes read or a negative error. */
+static long term_merge_encoded(struct ana_acc_agg *a, const uint8_t *in, size_t len) {
+  size_t p = 0;
+  if (p >= len)
+    return ANA_ERR_INVALID;
+  uint8_t flags = in[p++];
+  if (flags & 1) {
+    double d[4];
+    if (p + sizeof d > len)
+      return ANA_ERR_INVALID;
+    memcpy(d, in + p, sizeof d);
+    p += sizeof d;
+    ana_acc_agg_merge_scalars(a, d[0], d[1], d[2], d[3]);
+  }
+  long k;
+  if (flags & 2) {
+    if (!ana_acc_agg_hll(a))
+      return ANA_ERR_NOMEM;
+    if ((k = ana_hll_decode_merge(a->hll, in + p, len - p)) < 0)
+      return ANA_ERR_INVALID;
+    p += (size_t)k;
+  }
+  if (flags & 4) {
+    if (!ana_acc_agg_dd(a))
+      return ANA_ERR_NOMEM;
+    if ((k = ana_dds_decode_merge(a->dd, in + p, len - p)) < 0)
+      return k == ANA_ERR_NOMEM ? ANA_ERR_NOMEM : ANA_ERR_INVALID;
+    p += (size_t)k;
+  }
+  return (long)p;
+}
+
 static int accs_merge_encoded(struct ana_acc_agg *accs, size_t n, const uint8_t *in, size_t len) {
   size_t p = 0;
   for (size_t t = 0; t < n; t++) {
-    struct ana_acc_agg *a = &accs[t];
-    if (p >= len)
-      return ANA_ERR_INVALID;
-    uint8_t flags = in[p++];
-    if (flags & 1) {
-      double d[4];
-      if (p + sizeof d > len)
-        return ANA_ERR_INVALID;
-      memcpy(d, in + p, sizeof d);
-      p += sizeof d;
-      ana_acc_agg_merge_scalars(a, d[0], d[1], d[2], d[3]);
-    }
-    long k;
-    if (flags & 2) {
-      if (!ana_acc_agg_hll(a))
-        return ANA_ERR_NOMEM;
-      if ((k = ana_hll_decode_merge(a->hll, in + p, len - p)) < 0)
-        return ANA_ERR_INVALID;
-      p += (size_t)k;
-    }
-    if (flags & 4) {
-      if (!ana_acc_agg_dd(a))
-        return ANA_ERR_NOMEM;
-      if ((k = ana_dds_decode_merge(a->dd, in + p, len - p)) < 0)
-        return ANA_ERR_INVALID;
-      p += (size_t)k;
-    }
+    long k = term_merge_encoded(&accs[t], in + p, len - p);
+    if (k < 0)
+      return (int)k;
+    p += (size_t)k;
   }
   return p == len ? 0 : ANA_ERR_INVALID;
 }
@@ -345,11 +382,207 @@ int ana_mq_cell_merge_encoded(const struct ana_mq *s, struct ana_mq_cell *c, con
   return accs_merge_encoded(c->accs, s->spec.n_terms, blob, len);
 }
 
-int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
-                    const uint8_t *blob, size_t len) {
-  const struct ana_metric_query *q = s->q;
+/* ------------------------------------------------------------------ */
+/* packed cells: what the rollup cache keeps in memory */
+
+/* The layout follows from the terms' functions: a count needs the count, a
+ * sum the sum, avg both, min and max the count (is there one?) and the
+ * extreme; uniq and percentiles only their sketch, whose segment of the
+ * encoding is kept as it is. A cell of count terms packs into 8 bytes a
+ * term instead of 33. */
+static void pack_layout(struct ana_mq *s) {
+  size_t slot = 0;
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    enum pack_kind k;
+    size_t n;
+    switch (s->spec.terms[t]->fn) {
+    case ANA_AGG_COUNT: k = PACK_COUNT, n = 1; break;
+    case ANA_AGG_SUM: k = PACK_SUM, n = 1; break;
+    case ANA_AGG_AVG: k = PACK_AVG, n = 2; break;
+    case ANA_AGG_MIN: k = PACK_MIN, n = 2; break;
+    case ANA_AGG_MAX: k = PACK_MAX, n = 2; break;
+    default: k = PACK_SKETCH, n = 0; break;
+    }
+    s->pack_kind[t] = (uint8_t)k;
+    s->pack_slot[t] = (uint16_t)slot;
+    s->any_sketch |= k == PACK_SKETCH;
+    slot += n;
+  }
+  s->n_slots = slot;
+  s->additive = !s->any_sketch;
+  for (size_t t = 0; t < s->spec.n_terms; t++)
+    s->additive &= s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_SUM ||
+                   s->pack_kind[t] == PACK_AVG;
+}
+
+bool ana_mq_packed_fixed(const struct ana_mq *s, size_t *size, bool *additive) {
+  *size = s->n_slots * sizeof(double);
+  *additive = s->additive;
+  return !s->any_sketch && s->n_slots > 0;
+}
+
+void ana_mq_packed_merge(const struct ana_mq *s, double *into, const uint8_t *from) {
+  double v[2];
+  if (s->additive) {
+    for (size_t i = 0; i < s->n_slots; i++) {
+      memcpy(v, from + i * sizeof(double), sizeof(double));
+      into[i] += v[0];
+    }
+    return;
+  }
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    size_t k = s->pack_slot[t];
+    switch ((enum pack_kind)s->pack_kind[t]) {
+    case PACK_COUNT:
+    case PACK_SUM:
+      memcpy(v, from + k * sizeof(double), sizeof(double));
+      into[k] += v[0];
+      break;
+    case PACK_AVG:
+      memcpy(v, from + k * sizeof(double), 2 * sizeof(double));
+      into[k] += v[0];
+      into[k + 1] += v[1];
+      break;
+    case PACK_MIN:
+    case PACK_MAX:
+      memcpy(v, from + k * sizeof(double), 2 * sizeof(double));
+      if (v[0] > 0) {
+        bool min = s->pack_kind[t] == PACK_MIN;
+        if (into[k] == 0 || (min ? v[1] < into[k + 1] : v[1] > into[k + 1]))
+          into[k + 1] = v[1];
+        into[k] += v[0];
+      }
+      break;
+    case PACK_SKETCH: break;
+    }
+  }
+}
+
+int ana_mq_cell_pack(const struct ana_mq *s, const uint8_t *in, size_t len, uint8_t **buf,
+                     size_t *blen, size_t *cap) {
+  size_t fixed = s->n_slots * sizeof(double);
+  /* The sketch segments follow the slots; at most the whole encoding. */
+  if (*blen + fixed + len > *cap) {
+    size_t ncap = *cap ? *cap * 2 : 256;
+    while (ncap < *blen + fixed + len)
+      ncap *= 2;
+    uint8_t *b = ana_realloc(*buf, ncap);
+    if (!b)
+      return ANA_ERR_NOMEM;
+    *buf = b;
+    *cap = ncap;
+  }
+  uint8_t *out = *buf + *blen;
+  size_t o = fixed, p = 0;
+  memset(out, 0, fixed);
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    size_t start = p;
+    if (p >= len)
+      return ANA_ERR_INVALID;
+    uint8_t flags = in[p++];
+    double d[4] = {0, 0, 0, 0};
+    if (flags & 1) {
+      if (p + sizeof d > len)
+        return ANA_ERR_INVALID;
+      memcpy(d, in + p, sizeof d);
+      p += sizeof d;
+    }
+    long k;
+    if ((flags & 2) && (k = ana_hll_encoded_len(in + p, len - p)) < 0)
+      return ANA_ERR_INVALID;
+    if (flags & 2)
+      p += (size_t)k;
+    if ((flags & 4) && (k = ana_dds_encoded_len(in + p, len - p)) < 0)
+      return ANA_ERR_INVALID;
+    if (flags & 4)
+      p += (size_t)k;
+    double v[2] = {0, 0};
+    size_t n = 0;
+    switch ((enum pack_kind)s->pack_kind[t]) {
+    case PACK_COUNT: v[0] = d[0], n = 1; break;
+    case PACK_SUM: v[0] = d[1], n = 1; break;
+    case PACK_AVG: v[0] = d[0], v[1] = d[1], n = 2; break;
+    case PACK_MIN: v[0] = d[0], v[1] = d[2], n = 2; break;
+    case PACK_MAX: v[0] = d[0], v[1] = d[3], n = 2; break;
+    case PACK_SKETCH:
+      memcpy(out + o, in + start, p - start);
+      o += p - start;
+      break;
+    }
+    if (n)
+      memcpy(out + s->pack_slot[t] * sizeof(double), v, n * sizeof(double));
+  }
+  if (p != len)
+    return ANA_ERR_INVALID;
+  *blen += o;
+  return 0;
+}
+
+static int merge_packed(const struct ana_mq *s, struct ana_acc_agg *accs, const uint8_t *p,
+                        size_t len) {
+  size_t fixed = s->n_slots * sizeof(double);
+  if (len < fixed)
+    return ANA_ERR_INVALID;
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    struct ana_acc_agg *a = &accs[t];
+    double v[2];
+    const uint8_t *q = p + s->pack_slot[t] * sizeof(double);
+    switch ((enum pack_kind)s->pack_kind[t]) {
+    case PACK_COUNT:
+      memcpy(v, q, sizeof(double));
+      a->count += v[0];
+      break;
+    case PACK_SUM:
+      memcpy(v, q, sizeof(double));
+      a->sum += v[0];
+      break;
+    case PACK_AVG:
+      memcpy(v, q, 2 * sizeof(double));
+      a->count += v[0];
+      a->sum += v[1];
+      break;
+    case PACK_MIN:
+      memcpy(v, q, 2 * sizeof(double));
+      if (v[0] > 0) {
+        if (a->count == 0 || v[1] < a->min)
+          a->min = v[1];
+        a->count += v[0];
+      }
+      break;
+    case PACK_MAX:
+      memcpy(v, q, 2 * sizeof(double));
+      if (v[0] > 0) {
+        if (a->count == 0 || v[1] > a->max)
+          a->max = v[1];
+        a->count += v[0];
+      }
+      break;
+    case PACK_SKETCH: break;
+    }
+  }
+  if (!s->any_sketch)
+    return len == fixed ? 0 : ANA_ERR_INVALID;
+  size_t o = fixed;
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    if (s->pack_kind[t] != PACK_SKETCH)
+      continue;
+    long k = term_merge_encoded(&accs[t], p + o, len - o);
+    if (k < 0)
+      return (int)k;
+    o += (size_t)k;
+  }
+  return o == len ? 0 : ANA_ERR_INVALID;
+}
+
+/* ------------------------------------------------------------------ */
+/* the rollup path: totals, ranking, then buckets */
+
+int ana_mq_group(struct ana_mq *s, const char *group_key, struct ana_mq_group **out) {
   char valbuf[KEY_MAX];
   char *values[MAX_DIMENSIONS];
+  *out = NULL;
+  if (s->rc < 0)
+    return s->rc;
   snprintf(valbuf, sizeof valbuf, "%s", group_key);
   char *p = valbuf;
   for (size_t d = 0; d < s->spec.n_dims; d++) {
@@ -361,21 +594,58 @@ int ana_mq_add_cell(struct ana_mq *s, int64_t start_ms, const char *group_key,
   if (!dimension_kept(s, values))
     return 0;
   struct group *g = find_group(s, group_key, values);
-  if (!g)
-    return s->rc;
-  int rc;
-  if (start_ms < q->from_ms) {
-    rc = accs_merge_encoded(g->previous, s->spec.n_terms, blob, len);
-  } else {
-    size_t b = ana_bucket_index(s->starts, s->n_buckets, q->to_ms, start_ms);
-    rc = accs_merge_encoded(g->total, s->spec.n_terms, blob, len);
-    if (rc == 0 && b < s->n_buckets)
-      rc = accs_merge_encoded(&g->buckets[b * s->spec.n_terms], s->spec.n_terms, blob, len);
-  }
+  *out = (struct ana_mq_group *)g;
+  return s->rc;
+}
+
+int ana_mq_nomem(struct ana_mq *s) {
+  return s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+bool ana_mq_group_folded(const struct ana_mq_group *g) {
+  return ((const struct group *)g)->folded;
+}
+
+/* Where a cell of group g and bucket b (ANA_MQ_PREVIOUS: the previous
+ * period) counts in this part; NULL when nowhere (or out of memory, with
+ * s->rc set). */
+static struct ana_acc_agg *part_target(struct ana_mq *s, struct group *g, size_t b,
+                                       enum ana_mq_part part) {
+  if (part == ANA_MQ_TOTALS)
+    return b == ANA_MQ_PREVIOUS ? g->previous : g->total;
+  if (b >= s->n_buckets)
+    return NULL;
+  if (g->folded)
+    g = s->other;
+  struct ana_acc_agg *bs = group_buckets(s, g);
+  return bs ? &bs[b * s->spec.n_terms] : NULL;
+}
+
+static int merge_failed(struct ana_mq *s, int rc) {
   if (rc == ANA_ERR_NOMEM)
     s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   else if (rc < 0)
     s->rc = ana_error_set(s->err, ANA_STATUS_DATA_LOSS, "metric rollups: a cell is malformed");
+  return s->rc;
+}
+
+int ana_mq_add_packed(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
+                      enum ana_mq_part part, const uint8_t *packed, size_t len) {
+  struct ana_acc_agg *t = part_target(s, (struct group *)g, bucket, part);
+  if (!t)
+    return s->rc;
+  int rc = merge_packed(s, t, packed, len);
+  return rc < 0 ? merge_failed(s, rc) : 0;
+}
+
+int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
+                    enum ana_mq_part part, const struct ana_mq_cell *c) {
+  struct ana_acc_agg *t = part_target(s, (struct group *)g, bucket, part);
+  for (size_t i = 0; t && i < s->spec.n_terms; i++) {
+    int rc = ana_acc_agg_merge(&t[i], &c->accs[i]);
+    if (rc < 0)
+      return merge_failed(s, rc);
+  }
   return s->rc;
 }
 
@@ -465,20 +735,27 @@ static bool summarise(const char *aggregation, const double *v, const bool *ok, 
   return true;
 }
 
+/* One series. Its buckets, their values and the bucket start times (shared
+ * by every series: stamps) are arrays, not one arena allocation a point. */
 static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
-                                              struct ana_arena *a, bool other) {
+                                              struct ana_arena *a, bool other,
+                                              Google__Protobuf__Timestamp *stamps) {
   const struct ana_metric_query *q = s->q;
+  size_t nb = s->n_buckets;
   Analytics__V1__MetricSeries *ser = ana_arena_alloc(a, sizeof *ser);
-  if (!ser)
+  struct ana_acc_agg *accs_all = group_buckets(s, g);
+  if (!ser || !accs_all)
     return NULL;
   analytics__v1__metric_series__init(ser);
   ser->n_dimensions = s->spec.n_dims;
   ser->dimensions =
       ana_arena_calloc(a, s->spec.n_dims ? s->spec.n_dims : 1, sizeof *ser->dimensions);
-  for (size_t d = 0; ser->dimensions && d < s->spec.n_dims; d++) {
-    Analytics__V1__MetricSeries__DimensionsEntry *e = ana_arena_alloc(a, sizeof *e);
-    if (!e)
-      return NULL;
+  Analytics__V1__MetricSeries__DimensionsEntry *dims =
+      ana_arena_calloc(a, s->spec.n_dims ? s->spec.n_dims : 1, sizeof *dims);
+  if (!ser->dimensions || !dims)
+    return NULL;
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
+    Analytics__V1__MetricSeries__DimensionsEntry *e = &dims[d];
     analytics__v1__metric_series__dimensions_entry__init(e);
     e->key = (char *)s->spec.dims[d];
     e->value = other ? "other" : ana_arena_strdup(a, g->values[d]);
@@ -493,45 +770,56 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
       hist_term = t;
       break;
     }
-  double *vals = ana_arena_calloc(a, s->n_buckets ? s->n_buckets : 1, sizeof *vals);
-  bool *oks = ana_arena_calloc(a, s->n_buckets ? s->n_buckets : 1, sizeof *oks);
-  ser->n_buckets = s->n_buckets;
-  ser->buckets = ana_arena_calloc(a, s->n_buckets ? s->n_buckets : 1, sizeof *ser->buckets);
-  if (!vals || !oks || !ser->buckets)
+  size_t n1 = nb ? nb : 1;
+  double *vals = ana_arena_calloc(a, n1, sizeof *vals);
+  bool *oks = ana_arena_calloc(a, n1, sizeof *oks);
+  Analytics__V1__MetricBucket *mbs = ana_arena_calloc(a, n1, sizeof *mbs);
+  /* value, and rate for counters */
+  Google__Protobuf__DoubleValue *boxes = ana_arena_calloc(a, n1 * (counter ? 2 : 1), sizeof *boxes);
+  ser->n_buckets = nb;
+  ser->buckets = ana_arena_calloc(a, n1, sizeof *ser->buckets);
+  if (!vals || !oks || !mbs || !boxes || !ser->buckets)
     return NULL;
-  for (size_t b = 0; b < s->n_buckets; b++) {
-    Analytics__V1__MetricBucket *mb = ana_arena_alloc(a, sizeof *mb);
-    if (!mb)
-      return NULL;
+  size_t nbox = 0;
+  for (size_t b = 0; b < nb; b++) {
+    Analytics__V1__MetricBucket *mb = &mbs[b];
     analytics__v1__metric_bucket__init(mb);
-    struct ana_acc_agg *accs = &g->buckets[b * s->spec.n_terms];
+    struct ana_acc_agg *accs = &accs_all[b * s->spec.n_terms];
     oks[b] = eval(s, accs, &vals[b]);
-    mb->start = timestamp_of(a, s->starts[b]);
-    mb->value = boxed(a, oks[b], vals[b]);
+    mb->start = &stamps[b];
+    if (oks[b]) {
+      google__protobuf__double_value__init(&boxes[nbox]);
+      boxes[nbox].value = vals[b];
+      mb->value = &boxes[nbox++];
+    }
     if (counter) {
-      int64_t end = b + 1 < s->n_buckets ? s->starts[b + 1] : q->to_ms;
+      int64_t end = b + 1 < nb ? s->starts[b + 1] : q->to_ms;
       double secs = (double)(end - s->starts[b]) / 1000.0;
-      mb->rate = boxed(a, oks[b] && secs > 0, vals[b] / secs);
+      if (oks[b] && secs > 0) {
+        google__protobuf__double_value__init(&boxes[nbox]);
+        boxes[nbox].value = vals[b] / secs;
+        mb->rate = &boxes[nbox++];
+      }
     }
     if (hist_term < s->spec.n_terms && acc_has_values(&accs[hist_term])) {
       static const char *const names[] = {"p50", "p90", "p95", "p99"};
       static const double ps[] = {50, 90, 95, 99};
-      mb->n_percentiles = 4;
+      Analytics__V1__MetricBucket__PercentilesEntry *es = ana_arena_calloc(a, 4, sizeof *es);
       mb->percentiles = ana_arena_calloc(a, 4, sizeof *mb->percentiles);
-      for (int i = 0; mb->percentiles && i < 4; i++) {
-        Analytics__V1__MetricBucket__PercentilesEntry *e = ana_arena_alloc(a, sizeof *e);
-        if (!e)
-          return NULL;
-        analytics__v1__metric_bucket__percentiles_entry__init(e);
-        e->key = (char *)names[i];
-        e->value = ana_acc_agg_percentile(&accs[hist_term], ps[i]);
-        mb->percentiles[i] = e;
+      if (!es || !mb->percentiles)
+        return NULL;
+      mb->n_percentiles = 4;
+      for (int i = 0; i < 4; i++) {
+        analytics__v1__metric_bucket__percentiles_entry__init(&es[i]);
+        es[i].key = (char *)names[i];
+        es[i].value = ana_acc_agg_percentile(&accs[hist_term], ps[i]);
+        mb->percentiles[i] = &es[i];
       }
     }
     ser->buckets[b] = mb;
   }
   double summary, total, prev;
-  bool has_summary = summarise(q->metric->aggregation, vals, oks, s->n_buckets, &summary);
+  bool has_summary = summarise(q->metric->aggregation, vals, oks, nb, &summary);
   bool has_total = eval(s, g->total, &total);
   bool has_prev = eval(s, g->previous, &prev);
   ser->summary = boxed(a, has_summary, summary);
@@ -540,60 +828,94 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
   return ser;
 }
 
-int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__MetricData *out,
-                  struct ana_error *err) {
+/* The number of groups shown before the rest is folded into "other". */
+static size_t top_count(const struct ana_mq *s) {
   const struct ana_metric_query *q = s->q;
-  int rc = s->rc;
-  if (rc < 0) {
-    if (err)
-      *err = *s->err;
-    return rc;
-  }
+  return s->spec.n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
+                        : s->n_groups;
+}
+
+int ana_mq_rank(struct ana_mq *s) {
+  if (s->ranked || s->rc < 0)
+    return s->rc;
+  s->ranked = true;
   /* Rank groups by their total, keep top N, fold the rest into "other". */
   for (size_t i = 0; i < s->n_groups; i++)
     s->groups[i]->has_rank = eval(s, s->groups[i]->total, &s->groups[i]->rank);
   if (s->n_groups) /* qsort must not see a NULL array, even empty */
     qsort(s->groups, s->n_groups, sizeof *s->groups, rank_cmp);
-  size_t top = s->spec.n_dims ? (size_t)(q->top_n > 0 ? q->top_n : ANA_METRIC_DEFAULT_TOP_N)
-                         : s->n_groups;
-  struct group *other = NULL;
-  if (s->n_groups > top) {
-    other = group_new(s, "", (char *[MAX_DIMENSIONS]){0});
-    for (size_t i = top; other && i < s->n_groups && rc == 0; i++) {
-      struct group *g = s->groups[i];
+  size_t top = top_count(s);
+  if (s->n_groups <= top)
+    return 0;
+  int rc = 0;
+  struct group *other = group_new(s, "", (char *[MAX_DIMENSIONS]){0});
+  if (!other)
+    goto nomem;
+  s->other = other;
+  for (size_t i = top; i < s->n_groups && rc == 0; i++) {
+    struct group *g = s->groups[i];
+    g->folded = true;
+    /* Buckets filled before the ranking (the raw path) move to "other". */
+    if (g->buckets) {
+      if (!group_buckets(s, other))
+        return s->rc;
       for (size_t k = 0; k < s->n_buckets * s->spec.n_terms && rc == 0; k++)
         rc = ana_acc_agg_merge(&other->buckets[k], &g->buckets[k]);
-      for (size_t t = 0; t < s->spec.n_terms && rc == 0; t++) {
-        rc = ana_acc_agg_merge(&other->total[t], &g->total[t]);
-        if (rc == 0)
-          rc = ana_acc_agg_merge(&other->previous[t], &g->previous[t]);
-      }
     }
-    if (!other || rc < 0) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      goto out;
+    for (size_t t = 0; t < s->spec.n_terms && rc == 0; t++) {
+      rc = ana_acc_agg_merge(&other->total[t], &g->total[t]);
+      if (rc == 0)
+        rc = ana_acc_agg_merge(&other->previous[t], &g->previous[t]);
     }
   }
+  if (rc == 0)
+    return 0;
+nomem:
+  return s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__MetricData *out,
+                  struct ana_error *err) {
+  const struct ana_metric_query *q = s->q;
+  int rc = ana_mq_rank(s);
+  if (rc < 0) {
+    if (err)
+      *err = *s->err;
+    return rc;
+  }
+  size_t top = top_count(s);
   size_t shown = s->n_groups < top ? s->n_groups : top;
   if (shown == 0 && s->spec.n_dims == 0) {
     /* No events at all: still one series of empty buckets. */
     struct group *empty = find_group(s, "", (char *[MAX_DIMENSIONS]){0});
     shown = empty ? 1 : 0;
   }
-  out->n_series = shown + (other ? 1 : 0);
+  Google__Protobuf__Timestamp *stamps =
+      ana_arena_calloc(arena, s->n_buckets ? s->n_buckets : 1, sizeof *stamps);
+  for (size_t b = 0; stamps && b < s->n_buckets; b++) {
+    int64_t ms = s->starts[b];
+    google__protobuf__timestamp__init(&stamps[b]);
+    stamps[b].seconds = ms / 1000;
+    stamps[b].nanos = (int32_t)(ms % 1000) * 1000000;
+    if (stamps[b].nanos < 0) {
+      stamps[b].nanos += 1000000000;
+      stamps[b].seconds--;
+    }
+  }
+  out->n_series = shown + (s->other ? 1 : 0);
   out->series = ana_arena_calloc(arena, out->n_series ? out->n_series : 1, sizeof *out->series);
-  for (size_t i = 0; out->series && i < shown; i++)
-    if (!(out->series[i] = series_of(s, s->groups[i], arena, false)))
+  if (!stamps || !out->series)
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; rc == 0 && i < shown; i++)
+    if (!(out->series[i] = series_of(s, s->groups[i], arena, false, stamps)))
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (other && out->series && rc == 0)
-    if (!(out->series[shown] = series_of(s, other, arena, true)))
+  if (s->other && rc == 0)
+    if (!(out->series[shown] = series_of(s, s->other, arena, true, stamps)))
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   out->from = timestamp_of(arena, q->from_ms);
   out->to = timestamp_of(arena, q->to_ms);
   out->interval = (char *)ana_interval_name(q->interval);
   out->time_zone = (char *)(q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
-out:
-  group_free(other, s->n_buckets, s->spec.n_terms);
   return rc;
 }
 
@@ -605,6 +927,7 @@ void ana_mq_destroy(struct ana_mq *s) {
     return;
   for (size_t i = 0; i < s->n_groups; i++)
     group_free(s->groups[i], s->n_buckets, s->spec.n_terms);
+  group_free(s->other, s->n_buckets, s->spec.n_terms);
   ana_free(s->groups);
   ana_free(s->index);
   ana_acc_spec_fini(&s->spec);
@@ -625,6 +948,7 @@ struct ana_mq *ana_mq_create(const struct ana_metric_query *q, bool sketches,
   ana_error_clear(s->err);
   if (ana_acc_spec_init(&s->spec, q->metric, q->formula, err) < 0)
     goto fail;
+  pack_layout(s);
   /* Which events to read: only the named ones, unless a term wants any. */
   for (size_t t = 0; t < s->spec.n_terms; t++) {
     const struct ana_agg_term *term = s->spec.terms[t];

@@ -1,24 +1,32 @@
 /* Metric rollups: the maintenance thread (backfill, catch-up after a crash
- * and live updates are one loop over the commit sequence), definitions and
- * versions, and the query path that merges cells. See ana_rollup.h. */
+ * and live updates are one loop over the commit sequence; it also keeps the
+ * in-memory cache of rollup_cache.c), definitions and versions, and the
+ * query path that merges cells. See ana_rollup.h. */
 #include "ana_rollup.h"
 
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "metric_internal.h"
+#include "rollup_internal.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define LEVELS 3
+#define LEVELS ANA_ROLLUP_LEVELS
 static const int64_t level_ms[LEVELS] = {15 * 60000LL, 3600000LL, 86400000LL};
 #define DEFAULT_CHUNK 5000
 #define GARBAGE_CHUNK 5000
 #define IDLE_WAKE_MS 1000
+/* Cells deleted per transaction for retention: the write lock is shared
+ * with the commits of ingestion. */
+#define DEFAULT_EXPIRY_CHUNK 2000
+#define DEFAULT_SWEEP_MS 60000
+#define DAY_MS 86400000LL
 
 /* One metric's current definition and progress. */
 struct rmetric {
@@ -56,9 +64,19 @@ struct ana_rollups {
   pthread_mutex_t wake_mu;
   pthread_cond_t cond;
   struct rmetric *metrics;
+  struct rmetric **todo; /* the thread's, each round */
+  size_t todo_cap;
   struct garbage *garbage;
   bool stop, kick, started;
   pthread_t thread;
+  /* Cells in memory (budget 0: none). Lock order: mu before cache.lock;
+   * nothing takes mu while holding cache.lock. */
+  struct rc_cache cache;
+  bool cache_ready;
+  atomic_uint_fast64_t memory_queries, database_queries;
+  int64_t retention_ms, sweep_ms; /* 0: cells are kept */
+  int expiry_chunk;
+  int64_t next_sweep_ms;          /* under mu */
 };
 
 static void wake(struct ana_rollups *r) {
@@ -301,7 +319,18 @@ void ana_rollup_status(struct ana_rollups *r, const char *metric_id,
     out->backfill_to = m->backfill_to;
     out->complete = m->watermark >= m->backfill_to;
   }
+  if (r->cache_ready) {
+    pthread_rwlock_rdlock(&r->cache.lock);
+    struct rc_set *set = m ? rc_cache_find(&r->cache, m->metric_id, m->version) : NULL;
+    for (int l = 0; set && l < LEVELS; l++)
+      if (set->levels[l].loaded)
+        out->cached_levels |= 1u << l;
+    out->cache_bytes = r->cache.bytes;
+    pthread_rwlock_unlock(&r->cache.lock);
+  }
   pthread_mutex_unlock(&r->mu);
+  out->memory_queries = atomic_load(&r->memory_queries);
+  out->database_queries = atomic_load(&r->database_queries);
 }
 
 /* ------------------------------------------------------------------ */
@@ -315,8 +344,10 @@ struct cell_entry {
   struct ana_mq_cell *cell;
 };
 
+/* Cells by (level, bucket, group key): a chunk's changes on the thread,
+ * and a query's raw events per (bucket index, group key). */
 struct chunk {
-  struct rmetric *m;
+  const struct ana_mq *mq;
   struct cell_entry *slots;
   size_t cap, len;
   int64_t ts; /* of the event being fed */
@@ -359,7 +390,7 @@ static struct ana_mq_cell *chunk_cell(struct chunk *c, int level, int64_t bucket
   }
   struct cell_entry *e = &c->slots[j];
   e->key = ana_strdup(key);
-  e->cell = e->key ? ana_mq_cell_new(c->m->mq) : NULL;
+  e->cell = e->key ? ana_mq_cell_new(c->mq) : NULL;
   if (!e->cell) {
     ana_free(e->key);
     e->key = NULL;
@@ -383,28 +414,33 @@ static int cells_of(void *ctx, const char *group_key, struct ana_mq_cell **cells
 static int feed(void *ctx, const struct ana_scanned_event *ev) {
   struct chunk *c = ctx;
   c->ts = ev->timestamp_ms;
-  c->rc = ana_mq_feed_cells(c->m->mq, ev, cells_of, c);
+  c->rc = ana_mq_feed_cells((struct ana_mq *)c->mq, ev, cells_of, c);
   return c->rc < 0;
 }
 
 static void chunk_fini(struct chunk *c) {
   for (size_t i = 0; i < c->cap; i++) {
-    ana_mq_cell_free(c->m->mq, c->slots[i].cell);
+    ana_mq_cell_free(c->mq, c->slots[i].cell);
     ana_free(c->slots[i].key);
   }
   ana_free(c->slots);
 }
 
 /* Reads events (lo, hi] of m's account, merges their cells into the stored
- * ones and moves the watermark, in one transaction. Returns 0, 1 when the
+ * ones and moves the watermark, in one transaction; then the same cells and
+ * watermark in the cache, in one critical section. Returns 0, 1 when the
  * metric changed meanwhile (nothing written), or a negative error. */
 static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, uint64_t hi,
                          uint64_t head, struct ana_error *err) {
-  struct chunk c = {.m = m};
+  struct chunk c = {.mq = m->mq};
   sqlite3_stmt *sel = NULL, *put = NULL, *mark = NULL;
   uint8_t *buf = NULL;
   size_t cap = 0;
   bool began = false;
+  /* The thread is the only writer of the cache: it reads it unlocked. */
+  struct rc_set *set = r->cache_ready ? rc_cache_find(&r->cache, m->metric_id, m->version) : NULL;
+  struct rc_changes changes = {0};
+  bool changes_lost = false;
   int rc = r->ops->scan_seq(r->store, m->account_id, lo, hi, feed, &c, err);
   if (rc == 0 && c.rc < 0)
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -414,7 +450,7 @@ static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, 
    * watermark may lag (a restart replays an empty range), but not for long
    * and not at the head, where queries read it. */
   if (c.len == 0 && hi < head && hi - m->persisted < 50u * (uint64_t)r->chunk)
-    goto out;
+    goto advance;
   if (sqlite3_exec(r->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
     rc = sql_fail(r->conn, "begin", err);
     goto out;
@@ -448,10 +484,15 @@ static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, 
       sqlite3_bind_int64(sts[k], 4, e->bucket);
       sqlite3_bind_text(sts[k], 5, e->key, -1, SQLITE_STATIC);
     }
-    if (sqlite3_step(sel) == SQLITE_ROW &&
-        ana_mq_cell_merge_encoded(m->mq, e->cell, sqlite3_column_blob(sel, 0),
-                                  (size_t)sqlite3_column_bytes(sel, 0)) < 0) {
-      rc = ana_error_set(err, ANA_STATUS_DATA_LOSS, "metric rollups: a stored cell is malformed");
+    int merged = sqlite3_step(sel) != SQLITE_ROW
+                     ? 0
+                     : ana_mq_cell_merge_encoded(m->mq, e->cell, sqlite3_column_blob(sel, 0),
+                                                 (size_t)sqlite3_column_bytes(sel, 0));
+    if (merged < 0) {
+      rc = merged == ANA_ERR_NOMEM
+               ? ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory")
+               : ana_error_set(err, ANA_STATUS_DATA_LOSS,
+                               "metric rollups: a stored cell is malformed");
       break;
     }
     size_t len = 0;
@@ -462,6 +503,9 @@ static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, 
     sqlite3_bind_blob(put, 6, buf, (int)len, SQLITE_STATIC);
     if (sqlite3_step(put) != SQLITE_DONE)
       rc = sql_fail(r->conn, "write a cell", err);
+    if (set && set->levels[e->level].loaded && !changes_lost &&
+        rc_changes_add(&changes, m->mq, e->level, e->bucket, e->key, buf, len) < 0)
+      changes_lost = true;
   }
   if (rc < 0)
     goto out;
@@ -482,6 +526,9 @@ static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, 
   }
   began = false;
   m->persisted = hi;
+advance:
+  if (set)
+    rc_cache_advance(&r->cache, set, changes_lost ? NULL : &changes, hi);
 out:
   sqlite3_finalize(sel);
   sqlite3_finalize(put);
@@ -489,6 +536,7 @@ out:
   if (began)
     sqlite3_exec(r->conn, "ROLLBACK", NULL, NULL, NULL);
   ana_free(buf);
+  rc_changes_fini(&changes);
   chunk_fini(&c);
   return rc;
 }
@@ -540,6 +588,180 @@ static bool collect_garbage(struct ana_rollups *r) {
   return left;
 }
 
+/* ------------------------------------------------------------------ */
+/* retention */
+
+/* Deletes cells whose whole span ends at or before now - retention (only
+ * events retention deletes are in them), one chunk per call, and drops
+ * them from memory. The metrics are held busy. Returns true when more is
+ * left (come back soon). */
+static bool expire_cells(struct ana_rollups *r, struct rmetric **todo, size_t n) {
+  if (!r->retention_ms)
+    return false;
+  int64_t now = now_ms();
+  pthread_mutex_lock(&r->mu);
+  bool due = now >= r->next_sweep_ms;
+  pthread_mutex_unlock(&r->mu);
+  if (!due)
+    return false;
+  int64_t cutoff = now - r->retention_ms;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(r->conn,
+                         "DELETE FROM metric_rollups WHERE metric_id = ?1 AND version = ?2 AND "
+                         "level = ?3 AND bucket <= ?4 AND (bucket, group_key) IN (SELECT bucket, "
+                         "group_key FROM metric_rollups WHERE metric_id = ?1 AND version = ?2 "
+                         "AND level = ?3 AND bucket <= ?4 LIMIT ?5)",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ANA_WARN("rollups", "cannot expire cells: %s", sqlite3_errmsg(r->conn));
+    goto done;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct rmetric *m = todo[i];
+    for (int l = 0; l < LEVELS; l++) {
+      /* the last cell start whose span ends by the cut-off */
+      int64_t last = floor_to(cutoff - level_ms[l], level_ms[l]);
+      sqlite3_reset(st);
+      sqlite3_bind_text(st, 1, m->metric_id, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 2, m->version);
+      sqlite3_bind_int(st, 3, l);
+      sqlite3_bind_int64(st, 4, last);
+      sqlite3_bind_int(st, 5, r->expiry_chunk);
+      if (sqlite3_step(st) != SQLITE_DONE) {
+        ANA_WARN("rollups", "metric %s: cannot expire cells: %s", m->metric_id,
+                 sqlite3_errmsg(r->conn));
+        goto done;
+      }
+      int deleted = sqlite3_changes(r->conn);
+      struct rc_set *set =
+          r->cache_ready ? rc_cache_find(&r->cache, m->metric_id, m->version) : NULL;
+      if (set)
+        rc_cache_expire(&r->cache, set, l, last);
+      if (deleted == r->expiry_chunk) {
+        sqlite3_finalize(st);
+        return true;
+      }
+    }
+  }
+done:
+  sqlite3_finalize(st);
+  pthread_mutex_lock(&r->mu);
+  r->next_sweep_ms = now + r->sweep_ms;
+  pthread_mutex_unlock(&r->mu);
+  return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* the cache, on the thread */
+
+/* Reads every cell of level l into set (m's version, at the thread's
+ * watermark: the thread is the only writer of these cells) within limit
+ * bytes. Returns 0, 1 when over the limit (the level stays empty), or a
+ * negative error (logged). */
+static int load_level(struct ana_rollups *r, struct rmetric *m, struct rc_set *set, int l,
+                      size_t limit) {
+  struct ana_error err;
+  int rc = rc_set_read(set, r->conn, m->mq, l, INT64_MIN, INT64_MAX, limit, &err);
+  if (rc != 0)
+    rc_level_clear(&set->levels[l]);
+  if (rc < 0)
+    ANA_WARN("rollups", "metric %s: cannot load its cells into memory: %s", m->metric_id,
+             err.message);
+  if (rc == 0) {
+    set->levels[l].loaded = true;
+    atomic_store(&set->levels[l].used, now_ms());
+  }
+  return rc;
+}
+
+/* A metric version that becomes complete (or is found complete at
+ * start-up) gets its set with the levels that fit in what is left of the
+ * budget, coarsest first, before queries see it: the first query finds
+ * them in memory. Later, the levels queries missed (evicted, or not
+ * fitting then) are loaded, evicting the least recently read ones. m is
+ * held busy. */
+static void tend_cache(struct ana_rollups *r, struct rmetric *m) {
+  if (m->watermark < m->backfill_to)
+    return;
+  struct rc_set *set = rc_cache_find(&r->cache, m->metric_id, m->version);
+  if (!set) {
+    if (!(set = rc_set_new(m->metric_id, m->version)))
+      return;
+    set->watermark = m->watermark;
+    for (int l = LEVELS - 1; l >= 0; l--) {
+      /* Each level read apart: one that does not fit leaves nothing, and
+       * the finer ones, larger, are not tried. */
+      size_t held = r->cache.bytes + rc_set_bytes(set);
+      struct rc_set *tmp = held < r->cache.budget ? rc_set_new(m->metric_id, m->version) : NULL;
+      if (!tmp || load_level(r, m, tmp, l, r->cache.budget - held) != 0) {
+        rc_set_free(tmp);
+        break;
+      }
+      rc_set_take(set, l, tmp);
+    }
+    rc_cache_publish(&r->cache, set);
+    return;
+  }
+  for (int l = 0; l < LEVELS; l++) {
+    struct rc_level *lv = &set->levels[l];
+    if (!atomic_exchange(&lv->wanted, false) || lv->loaded || lv->refused)
+      continue;
+    struct rc_set *tmp = rc_set_new(m->metric_id, m->version);
+    int rc = tmp ? load_level(r, m, tmp, l, r->cache.budget) : ANA_ERR_NOMEM;
+    if (rc == 0) {
+      rc_cache_install(&r->cache, set, l, tmp);
+      continue;
+    }
+    rc_set_free(tmp);
+    if (rc == 1) {
+      pthread_rwlock_wrlock(&r->cache.lock);
+      lv->refused = true;
+      pthread_rwlock_unlock(&r->cache.lock);
+      if (!r->cache.warned)
+        ANA_WARN("rollups", "metric %s: its %lld-minute cells exceed ROLLUP_CACHE_MB; they are "
+                            "read from the database",
+                 m->metric_id, (long long)(level_ms[l] / 60000));
+      r->cache.warned = true;
+    }
+  }
+}
+
+/* Drops the sets of versions that are no longer current. */
+static void prune_cache(struct ana_rollups *r) {
+  for (;;) {
+    struct rc_set *stale = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (struct rc_set *s = r->cache.sets; s && !stale; s = s->next) {
+      struct rmetric *m = *find_metric(r, s->metric_id);
+      if (!m || m->version != s->version)
+        stale = s;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!stale)
+      return;
+    rc_cache_remove(&r->cache, stale);
+  }
+}
+
+/* Whether a query's request for cells is waiting, or a complete metric has
+ * no set yet. Under mu. */
+static bool cache_pending(struct ana_rollups *r) {
+  if (!r->cache_ready)
+    return false;
+  bool pending = false;
+  pthread_rwlock_rdlock(&r->cache.lock);
+  for (struct rmetric *m = r->metrics; m && !pending; m = m->next) {
+    if (m->watermark < m->backfill_to)
+      continue;
+    struct rc_set *set = rc_cache_find(&r->cache, m->metric_id, m->version);
+    pending = !set;
+    for (int l = 0; set && l < LEVELS; l++)
+      pending |= atomic_load(&set->levels[l].wanted) && !set->levels[l].loaded &&
+                 !set->levels[l].refused;
+  }
+  pthread_rwlock_unlock(&r->cache.lock);
+  return pending;
+}
+
 static void *rollup_thread(void *arg) {
   struct ana_rollups *r = arg;
   bool more = true;
@@ -564,40 +786,60 @@ static void *rollup_thread(void *arg) {
       ANA_WARN("rollups", "cannot read the commit sequence: %s", err.message);
       continue;
     }
-    /* The metrics behind: one chunk each per round, so a backfill never
-     * holds up the live updates of the others. */
+    /* Every metric, held: those behind get one chunk each per round, so a
+     * backfill never holds up the live updates of the others; the complete
+     * ones get their cells loaded into memory when queries asked. */
     pthread_mutex_lock(&r->mu);
     size_t n = 0;
     for (struct rmetric *m = r->metrics; m; m = m->next)
-      n += m->watermark < head;
-    struct rmetric **todo = n ? ana_calloc(n, sizeof *todo) : NULL;
-    n = 0;
-    for (struct rmetric *m = r->metrics; todo && m; m = m->next)
-      if (m->watermark < head) {
-        m->busy = true;
-        todo[n++] = m;
+      n++;
+    if (n > r->todo_cap) {
+      /* kept across rounds: an idle round allocates nothing */
+      struct rmetric **t = ana_realloc(r->todo, n * sizeof *t);
+      if (t) {
+        r->todo = t;
+        r->todo_cap = n;
       }
+    }
+    struct rmetric **todo = r->todo;
+    n = 0;
+    for (struct rmetric *m = r->metrics; m && n < r->todo_cap; m = m->next) {
+      m->busy = true;
+      todo[n++] = m;
+    }
     pthread_mutex_unlock(&r->mu);
     for (size_t i = 0; i < n; i++) {
       struct rmetric *m = todo[i];
       pthread_mutex_lock(&r->mu);
       bool dead = m->dead;
       pthread_mutex_unlock(&r->mu);
-      uint64_t lo = m->watermark; /* written by this thread only */
-      uint64_t hi = head - lo > (uint64_t)r->chunk ? lo + (uint64_t)r->chunk : head;
-      int rc = dead ? 1 : process_chunk(r, m, lo, hi, head, &err);
-      pthread_mutex_lock(&r->mu);
-      if (rc == 0)
-        m->watermark = hi;
-      if (rc < 0)
-        ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
-      else if (rc == 0 && hi < head)
-        more = true;
-      if (rc == 0 && hi >= m->backfill_to && lo < m->backfill_to)
-        ANA_INFO("rollups", "metric %s: version %lld complete", m->metric_id,
-                 (long long)m->version);
-      pthread_mutex_unlock(&r->mu);
+      if (dead)
+        continue;
+      if (m->watermark < head) {
+        uint64_t lo = m->watermark; /* written by this thread only */
+        uint64_t hi = head - lo > (uint64_t)r->chunk ? lo + (uint64_t)r->chunk : head;
+        int rc = process_chunk(r, m, lo, hi, head, &err);
+        pthread_mutex_lock(&r->mu);
+        if (rc == 0)
+          m->watermark = hi;
+        if (rc < 0)
+          ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
+        else if (rc == 0 && hi < head)
+          more = true;
+        if (rc == 0 && hi >= m->backfill_to && lo < m->backfill_to) {
+          ANA_INFO("rollups", "metric %s: version %lld complete", m->metric_id,
+                   (long long)m->version);
+          /* The backfill may have read events retention had not deleted
+           * yet: their cells go now. */
+          r->next_sweep_ms = 0;
+        }
+        pthread_mutex_unlock(&r->mu);
+      }
+      if (r->cache_ready)
+        tend_cache(r, m);
     }
+    if (expire_cells(r, todo, n))
+      more = true;
     pthread_mutex_lock(&r->mu);
     for (size_t i = 0; i < n; i++) {
       todo[i]->busy = false;
@@ -605,7 +847,8 @@ static void *rollup_thread(void *arg) {
         rmetric_free(todo[i]);
     }
     pthread_mutex_unlock(&r->mu);
-    ana_free(todo);
+    if (r->cache_ready)
+      prune_cache(r);
     if (collect_garbage(r))
       more = true;
   }
@@ -630,6 +873,8 @@ bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
     for (struct rmetric *m = r->metrics; m; m = m->next)
       behind |= m->watermark < head;
     behind |= r->garbage != NULL;
+    behind |= r->retention_ms && now_ms() >= r->next_sweep_ms;
+    behind |= cache_pending(r);
     pthread_mutex_unlock(&r->mu);
     if (!behind)
       return true;
@@ -708,6 +953,18 @@ struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
   r->ops = ops;
   r->store = store;
   r->chunk = o && o->chunk_events > 0 ? o->chunk_events : DEFAULT_CHUNK;
+  int64_t budget = o && o->cache_bytes ? o->cache_bytes : ANA_ROLLUP_CACHE_DEFAULT_MB << 20;
+  if (rc_cache_init(&r->cache, budget > 0 ? (size_t)budget : 0) < 0) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ana_free(r);
+    return NULL;
+  }
+  r->cache_ready = r->cache.budget > 0;
+  if (o && o->retention_days > 0) {
+    r->retention_ms = o->retention_days * DAY_MS;
+    r->sweep_ms = o->sweep_interval_ms > 0 ? o->sweep_interval_ms : DEFAULT_SWEEP_MS;
+    r->expiry_chunk = o->expiry_chunk > 0 ? o->expiry_chunk : DEFAULT_EXPIRY_CHUNK;
+  }
   pthread_mutex_init(&r->mu, NULL);
   pthread_mutex_init(&r->wake_mu, NULL);
   pthread_cond_init(&r->cond, NULL);
@@ -749,6 +1006,8 @@ void ana_rollup_destroy(struct ana_rollups *r) {
     ana_free(g->metric_id);
     ana_free(g);
   }
+  rc_cache_fini(&r->cache);
+  ana_free(r->todo);
   sqlite3_close(r->conn);
   sqlite3_close(r->ctl);
   pthread_mutex_destroy(&r->mu);
@@ -809,22 +1068,71 @@ static int plan_range(struct plan *p, int64_t a, int64_t b) {
   return rc ? rc : plan_push(p, -1, hi, b);
 }
 
-struct query_ctx {
-  struct ana_mq *mq;
+/* The levels a plan reads cells of, a bit each. */
+static unsigned plan_levels(const struct plan *p) {
+  unsigned levels = 0;
+  for (size_t i = 0; i < p->n; i++)
+    if (p->spans[i].level >= 0)
+      levels |= 1u << p->spans[i].level;
+  return levels;
+}
+
+/* Whether two plans read raw events for the same pieces. */
+static bool same_raw_spans(const struct plan *a, const struct plan *b) {
+  size_t i = 0, j = 0;
+  for (;;) {
+    while (i < a->n && a->spans[i].level >= 0)
+      i++;
+    while (j < b->n && b->spans[j].level >= 0)
+      j++;
+    if (i == a->n || j == b->n)
+      return i == a->n && j == b->n;
+    if (a->spans[i].lo != b->spans[j].lo || a->spans[i].hi != b->spans[j].hi)
+      return false;
+    i++;
+    j++;
+  }
+}
+
+/* Raw events gathered by (bucket index, group key) into cells, so that they
+ * can be added in both parts of the query like stored cells. Bucket -1 is
+ * the previous period. */
+struct raw_cells {
+  struct chunk c;
   const struct plan *plan;
-  int rc;
+  const int64_t *starts;
+  size_t n_buckets;
+  int64_t from, to;
 };
 
+static int raw_cells_of(void *ctx, const char *group_key, struct ana_mq_cell **cells,
+                        size_t max) {
+  struct raw_cells *rc = ctx;
+  int64_t ts = rc->c.ts;
+  int64_t b = -1;
+  if (ts >= rc->from) {
+    size_t i = ana_bucket_index(rc->starts, rc->n_buckets, rc->to, ts);
+    if (i >= rc->n_buckets)
+      return 0;
+    b = (int64_t)i;
+  }
+  if (max < 1)
+    return 0;
+  return (cells[0] = chunk_cell(&rc->c, 0, b, group_key)) ? 1 : ANA_ERR_NOMEM;
+}
+
 static int add_raw(void *ctx, const struct ana_scanned_event *ev) {
-  struct query_ctx *c = ctx;
-  return (c->rc = ana_mq_add_event(c->mq, ev)) < 0;
+  struct raw_cells *rc = ctx;
+  rc->c.ts = ev->timestamp_ms;
+  rc->c.rc = ana_mq_feed_cells((struct ana_mq *)rc->c.mq, ev, raw_cells_of, rc);
+  return rc->c.rc < 0;
 }
 
 /* An event committed after the watermark counts where cells answer (raw
  * spans were scanned whole). */
 static int add_tail(void *ctx, const struct ana_scanned_event *ev) {
-  struct query_ctx *c = ctx;
-  const struct plan *p = c->plan;
+  struct raw_cells *rc = ctx;
+  const struct plan *p = rc->plan;
   size_t lo = 0, hi = p->n;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
@@ -834,8 +1142,245 @@ static int add_tail(void *ctx, const struct ana_scanned_event *ev) {
       hi = mid;
   }
   if (lo < p->n && p->spans[lo].lo <= ev->timestamp_ms && p->spans[lo].level >= 0)
-    return (c->rc = ana_mq_add_event(c->mq, ev)) < 0;
+    return add_raw(ctx, ev);
   return 0;
+}
+
+/* A group the query's dimensionFilter leaves out, in the group map. */
+static const char filtered_mark;
+#define FILTERED ((struct ana_mq_group *)(void *)&filtered_mark)
+
+/* The bucket of a cell starting at start (in the plan's spans). */
+static size_t cell_bucket(const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                          int64_t start) {
+  return start < q->from_ms ? ANA_MQ_PREVIOUS : ana_bucket_index(starts, nb, q->to_ms, start);
+}
+
+/* Adds the cells of set in the plan's spans to one part of the query.
+ * gmap (one slot per key of set, zeroed at first) maps the set's groups to
+ * the query's. Returns 0 or a negative error (in mq). */
+static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
+                   const struct plan *plan, const struct ana_metric_query *q,
+                   const int64_t *starts, size_t nb, enum ana_mq_part part) {
+  for (size_t i = 0; i < plan->n; i++) {
+    const struct span *sp = &plan->spans[i];
+    if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
+      continue;
+    const struct rc_level *lv = &set->levels[sp->level];
+    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi;
+         k++) {
+      const struct rc_bucket *bk = &lv->buckets[k];
+      /* A merged span may cover several buckets; a cell lies in one. */
+      size_t b = cell_bucket(q, starts, nb, bk->start);
+      for (size_t o = 0; o < bk->len;) {
+        struct rc_record h;
+        memcpy(&h, bk->cells + o, sizeof h);
+        const uint8_t *packed = bk->cells + o + sizeof h;
+        o += rc_record_size(h.len);
+        struct ana_mq_group *g = gmap[h.group];
+        int rc;
+        if (!g) {
+          if ((rc = ana_mq_group(mq, set->keys.keys[h.group], &g)) < 0)
+            return rc;
+          gmap[h.group] = g = g ? g : FILTERED;
+        }
+        if (g != FILTERED && (rc = ana_mq_add_packed(mq, g, b, part, packed, h.len)) < 0)
+          return rc;
+      }
+    }
+  }
+  return 0;
+}
+
+/* The most bytes of flat bucket accumulators (shown groups x buckets) a
+ * query uses; beyond (a top N in the thousands) cells go one by one. */
+#define FLAT_MAX_BYTES (64u << 20)
+
+/* add_set for cells of one size (ana_mq_packed_fixed): merged first into
+ * flat accumulators, one per (group index of the set, total or previous)
+ * and one per (group shown or "other", bucket), then each added to the
+ * query once. Most of a query's time is here: no group lookup and no
+ * accumulator structure per cell. Returns 1 when the accumulators would be
+ * too large (nothing added: use add_set), else as add_set. */
+static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
+                        const struct plan *plan, const struct ana_metric_query *q,
+                        const int64_t *starts, size_t nb, enum ana_mq_part part, size_t size,
+                        bool additive) {
+  size_t n_slots = size / sizeof(double), n_keys = set->keys.n;
+  double *acc = NULL;
+  uint8_t *seen = NULL;
+  int32_t *target = NULL;
+  struct ana_mq_group **rep = NULL;
+  size_t n_acc = 0, n_targets = 0;
+  int rc = 0;
+  if (part == ANA_MQ_TOTALS) {
+    n_acc = 2 * n_keys; /* [group][total, previous] */
+  } else {
+    /* Shown groups get their own accumulators, folded ones share one. */
+    target = ana_malloc((n_keys ? n_keys : 1) * sizeof *target);
+    rep = ana_calloc(n_keys + 1, sizeof *rep);
+    if (!target || !rep)
+      goto nomem;
+    struct ana_mq_group *other = NULL;
+    for (size_t i = 0; i < n_keys; i++) {
+      struct ana_mq_group *g = gmap[i];
+      target[i] = -1;
+      if (!g || g == FILTERED)
+        continue;
+      if (ana_mq_group_folded(g)) {
+        other = g;
+        target[i] = -2;
+      } else {
+        rep[n_targets] = g;
+        target[i] = (int32_t)n_targets++;
+      }
+    }
+    for (size_t i = 0; other && i < n_keys; i++)
+      if (target[i] == -2)
+        target[i] = (int32_t)n_targets;
+    if (other)
+      rep[n_targets++] = other;
+    if (n_targets * nb * size > FLAT_MAX_BYTES) {
+      rc = 1;
+      goto out;
+    }
+    n_acc = n_targets * nb;
+  }
+  acc = ana_calloc((n_acc ? n_acc : 1) * n_slots, sizeof *acc);
+  seen = ana_calloc(n_acc ? n_acc : 1, 1);
+  if (!acc || !seen)
+    goto nomem;
+  for (size_t i = 0; i < plan->n; i++) {
+    const struct span *sp = &plan->spans[i];
+    if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
+      continue;
+    const struct rc_level *lv = &set->levels[sp->level];
+    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi;
+         k++) {
+      const struct rc_bucket *bk = &lv->buckets[k];
+      size_t b = cell_bucket(q, starts, nb, bk->start);
+      if (part == ANA_MQ_BUCKETS && b >= nb)
+        continue;
+      for (size_t o = 0; o < bk->len;) {
+        struct rc_record h;
+        memcpy(&h, bk->cells + o, sizeof h);
+        const uint8_t *packed = bk->cells + o + sizeof h;
+        o += rc_record_size(h.len);
+        size_t a;
+        if (part == ANA_MQ_TOTALS) {
+          a = 2 * (size_t)h.group + (b == ANA_MQ_PREVIOUS);
+        } else {
+          if (target[h.group] < 0)
+            continue;
+          a = (size_t)target[h.group] * nb + b;
+        }
+        double *into = &acc[a * n_slots];
+        if (additive) {
+          for (size_t j = 0; j < n_slots; j++) {
+            double v;
+            memcpy(&v, packed + j * sizeof v, sizeof v);
+            into[j] += v;
+          }
+        } else {
+          ana_mq_packed_merge(mq, into, packed);
+        }
+        seen[a] = 1;
+      }
+    }
+  }
+  for (size_t a = 0; a < n_acc && rc == 0; a++) {
+    if (!seen[a])
+      continue;
+    const uint8_t *packed = (const uint8_t *)&acc[a * n_slots];
+    if (part == ANA_MQ_BUCKETS) {
+      rc = ana_mq_add_packed(mq, rep[a / nb], a % nb, part, packed, size);
+      continue;
+    }
+    struct ana_mq_group **g = &gmap[a / 2];
+    if (!*g) {
+      if ((rc = ana_mq_group(mq, set->keys.keys[a / 2], g)) < 0)
+        break;
+      if (!*g)
+        *g = FILTERED;
+    }
+    if (*g != FILTERED)
+      rc = ana_mq_add_packed(mq, *g, a % 2 ? ANA_MQ_PREVIOUS : 0, part, packed, size);
+  }
+  goto out;
+nomem:
+  rc = ana_mq_nomem(mq);
+out:
+  ana_free(acc);
+  ana_free(seen);
+  ana_free(target);
+  ana_free(rep);
+  return rc;
+}
+
+/* Adds the gathered raw events to one part of the query. */
+static int add_raw_cells(struct ana_mq *mq, const struct raw_cells *raw, enum ana_mq_part part) {
+  for (size_t i = 0; i < raw->c.cap; i++) {
+    const struct cell_entry *e = &raw->c.slots[i];
+    if (!e->cell || (part == ANA_MQ_BUCKETS && e->bucket < 0))
+      continue;
+    struct ana_mq_group *g;
+    int rc = ana_mq_group(mq, e->key, &g);
+    if (rc == 0 && g)
+      rc = ana_mq_add_cell(mq, g, e->bucket < 0 ? ANA_MQ_PREVIOUS : (size_t)e->bucket, part,
+                           e->cell);
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
+}
+
+/* Reads the cells of the plan's spans and their watermark from one snapshot
+ * of the database into *out (caller frees). Returns 1, 0 when the version
+ * is gone or incomplete (redefined or deleted since), or a negative error. */
+static int read_cells(struct ana_rollups *r, const char *metric_id, int64_t version,
+                      const struct plan *plan, const struct ana_mq *mq, struct rc_set **out,
+                      uint64_t *watermark, struct ana_error *err) {
+  sqlite3 *reader = ana_local_db_acquire_reader(r->db);
+  sqlite3_stmt *st = NULL;
+  struct rc_set *set = NULL;
+  int rc = 0;
+  if (sqlite3_exec(reader, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = sql_fail(reader, "begin", err);
+    goto out;
+  }
+  if (sqlite3_prepare_v2(reader,
+                         "SELECT watermark, backfill_to FROM metric_rollup_defs WHERE metric_id = "
+                         "?1 AND version = ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = sql_fail(reader, "read the watermark", err);
+    goto done;
+  }
+  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, version);
+  if (sqlite3_step(st) != SQLITE_ROW ||
+      sqlite3_column_int64(st, 0) < sqlite3_column_int64(st, 1))
+    goto done; /* redefined or deleted since */
+  *watermark = (uint64_t)sqlite3_column_int64(st, 0);
+  if (!(set = rc_set_new(metric_id, version))) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < plan->n && rc == 0; i++)
+    if (plan->spans[i].level >= 0)
+      rc = rc_set_read(set, reader, mq, plan->spans[i].level, plan->spans[i].lo,
+                       plan->spans[i].hi, SIZE_MAX, err);
+  if (rc == 0)
+    rc = 1;
+done:
+  sqlite3_finalize(st);
+  sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
+out:
+  ana_local_db_release_reader(r->db, reader);
+  if (rc == 1)
+    *out = set;
+  else
+    rc_set_free(set);
+  return rc;
 }
 
 int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
@@ -845,10 +1390,12 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   uint8_t *def = pack_definition(q->metric, q->formula, &def_len);
   struct ana_formula *f = NULL;
   struct ana_mq *mq = NULL;
-  struct plan plan = {0};
-  sqlite3 *reader = NULL;
-  sqlite3_stmt *st = NULL;
-  bool in_txn = false;
+  struct plan plan = {0}, tplan = {0};
+  struct raw_cells raw = {0};
+  struct rc_set *own = NULL;
+  const struct rc_set *set = NULL;
+  struct ana_mq_group **gmap = NULL;
+  bool locked = false;
   int rc = 0;
   if (!def)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
@@ -884,84 +1431,114 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
-  /* Cells and their watermark from one snapshot. */
-  reader = ana_local_db_acquire_reader(r->db);
-  if (sqlite3_exec(reader, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = sql_fail(reader, "begin", err);
+  /* Totals need no buckets: over [from, to) as a whole the coarsest cells
+   * fit (day cells for a month), far fewer than the buckets' cells. That
+   * plan is usable when its raw pieces are the bucket plan's, so that the
+   * same raw and tail events complete both. */
+  if (plan_range(&tplan, q->from_ms - (q->to_ms - q->from_ms), q->from_ms) < 0 ||
+      plan_range(&tplan, q->from_ms, q->to_ms) < 0) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
-  in_txn = true;
-  uint64_t watermark = 0;
-  if (sqlite3_prepare_v2(reader,
-                         "SELECT watermark, backfill_to FROM metric_rollup_defs WHERE metric_id = "
-                         "?1 AND version = ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = sql_fail(reader, "read the watermark", err);
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, q->metric->metric_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, version);
-  if (sqlite3_step(st) != SQLITE_ROW ||
-      sqlite3_column_int64(st, 0) < sqlite3_column_int64(st, 1)) {
-    rc = 0; /* redefined or deleted since */
-    goto out;
-  }
-  watermark = (uint64_t)sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  if (sqlite3_prepare_v2(reader,
-                         "SELECT bucket, group_key, state FROM metric_rollups WHERE metric_id = ?1"
-                         " AND version = ?2 AND level = ?3 AND bucket >= ?4 AND bucket < ?5",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = sql_fail(reader, "read the rollups", err);
-    goto out;
-  }
-  for (size_t i = 0; i < plan.n && rc == 0; i++) {
-    const struct span *sp = &plan.spans[i];
-    if (sp->level < 0)
-      continue;
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, q->metric->metric_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, version);
-    sqlite3_bind_int(st, 3, sp->level);
-    sqlite3_bind_int64(st, 4, sp->lo);
-    sqlite3_bind_int64(st, 5, sp->hi);
-    while (rc == 0 && sqlite3_step(st) == SQLITE_ROW)
-      rc = ana_mq_add_cell(mq, sqlite3_column_int64(st, 0),
-                           (const char *)sqlite3_column_text(st, 1), sqlite3_column_blob(st, 2),
-                           (size_t)sqlite3_column_bytes(st, 2));
-  }
-  sqlite3_finalize(st);
-  st = NULL;
-  sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
-  in_txn = false;
-  ana_local_db_release_reader(r->db, reader);
-  reader = NULL;
-  if (rc < 0)
-    goto answer; /* the error is in mq */
-  /* Raw events where no cell fits, and those committed after the watermark. */
-  struct query_ctx qc = {mq, &plan, 0};
+  bool coarse_totals = same_raw_spans(&plan, &tplan);
+  unsigned levels = plan_levels(&plan), tlevels = plan_levels(&tplan);
+  raw = (struct raw_cells){.c = {.mq = mq}, .plan = &plan, .starts = starts, .n_buckets = nb,
+                           .from = q->from_ms, .to = q->to_ms};
+  /* Raw events where no cell fits: they do not depend on the watermark. */
   size_t n_names;
   bool any;
   const char *const *names = ana_mq_names(mq, &n_names, &any);
   for (size_t i = 0; i < plan.n && rc == 0; i++)
     if (plan.spans[i].level < 0)
       rc = r->ops->scan(r->store, q->account_id, plan.spans[i].lo, plan.spans[i].hi,
-                        any ? NULL : names, any ? 0 : n_names, add_raw, &qc, err);
-  if (rc == 0)
-    rc = r->ops->scan_seq(r->store, q->account_id, watermark, UINT64_MAX, add_tail, &qc, err);
+                        any ? NULL : names, any ? 0 : n_names, add_raw, &raw, err);
+  if (rc == 0 && raw.c.rc < 0)
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc < 0)
     goto out;
-answer:
+  /* Cells and their watermark: from memory, consistent under the read lock
+   * (held until the cells are added), or from one database snapshot. */
+  uint64_t watermark = 0;
+  if (r->cache_ready) {
+    bool ask = false;
+    pthread_rwlock_rdlock(&r->cache.lock);
+    struct rc_set *shared = rc_cache_find(&r->cache, q->metric->metric_id, version);
+    unsigned loaded = 0;
+    for (int l = 0; shared && l < LEVELS; l++) {
+      struct rc_level *lv = &shared->levels[l];
+      if (lv->loaded)
+        loaded |= 1u << l;
+      else if (((levels | tlevels) & (1u << l)) && !lv->refused &&
+               !atomic_exchange(&lv->wanted, true))
+        ask = true;
+    }
+    if (shared && (levels & loaded) == levels) {
+      coarse_totals &= (tlevels & loaded) == tlevels;
+      int64_t now = now_ms();
+      for (int l = 0; l < LEVELS; l++)
+        if ((levels | (coarse_totals ? tlevels : 0)) & (1u << l))
+          atomic_store_explicit(&shared->levels[l].used, now, memory_order_relaxed);
+      set = shared;
+      watermark = shared->watermark;
+      locked = true;
+    } else {
+      pthread_rwlock_unlock(&r->cache.lock);
+    }
+    if (ask)
+      wake(r);
+  }
+  if (!set) {
+    coarse_totals = false; /* only the bucket plan's cells are read */
+    rc = read_cells(r, q->metric->metric_id, version, &plan, mq, &own, &watermark, err);
+    if (rc <= 0)
+      goto out;
+    rc = 0;
+    set = own;
+    atomic_fetch_add(&r->database_queries, 1);
+  } else {
+    atomic_fetch_add(&r->memory_queries, 1);
+  }
+  /* The events committed after the watermark. */
+  rc = r->ops->scan_seq(r->store, q->account_id, watermark, UINT64_MAX, add_tail, &raw, err);
+  if (rc == 0 && raw.c.rc < 0)
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc < 0)
+    goto out;
+  /* Totals of every group, the ranking, then buckets of the groups shown. */
+  if (!(gmap = ana_calloc(set->keys.n ? set->keys.n : 1, sizeof *gmap))) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  size_t size;
+  bool additive;
+  bool flat = ana_mq_packed_fixed(mq, &size, &additive);
+  enum ana_mq_part parts[2] = {ANA_MQ_TOTALS, ANA_MQ_BUCKETS};
+  const struct plan *plans[2] = {coarse_totals ? &tplan : &plan, &plan};
+  for (int k = 0; k < 2 && rc == 0; k++) {
+    int added = flat ? add_set_flat(mq, set, gmap, plans[k], q, starts, nb, parts[k], size,
+                                    additive)
+                     : 1;
+    if (added == 1)
+      added = add_set(mq, set, gmap, plans[k], q, starts, nb, parts[k]);
+    if (added < 0 || add_raw_cells(mq, &raw, parts[k]) < 0 ||
+        (parts[k] == ANA_MQ_TOTALS && ana_mq_rank(mq) < 0))
+      break; /* the error is in mq */
+  }
+  if (locked)
+    pthread_rwlock_unlock(&r->cache.lock);
+  locked = false;
   rc = ana_mq_answer(mq, arena, out, err);
   if (rc == 0)
     rc = 1;
 out:
-  sqlite3_finalize(st);
-  if (in_txn)
-    sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
-  if (reader)
-    ana_local_db_release_reader(r->db, reader);
+  if (locked)
+    pthread_rwlock_unlock(&r->cache.lock);
+  ana_free(gmap);
+  rc_set_free(own);
+  if (raw.c.mq)
+    chunk_fini(&raw.c);
   ana_free(plan.spans);
+  ana_free(tplan.spans);
   ana_mq_destroy(mq);
   ana_formula_free(f);
   ana_free(def);

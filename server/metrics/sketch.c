@@ -140,6 +140,15 @@ long ana_hll_decode_merge(struct ana_hll *h, const uint8_t *in, size_t len) {
   return (long)(3 + 3 * n);
 }
 
+long ana_hll_encoded_len(const uint8_t *in, size_t len) {
+  if (len >= 1 + ANA_HLL_REGISTERS && in[0] == 2)
+    return 1 + ANA_HLL_REGISTERS;
+  if (len < 3 || in[0] != 1)
+    return -1;
+  size_t n = ((size_t)in[1] << 8) | in[2];
+  return len < 3 + 3 * n ? -1 : (long)(3 + 3 * n);
+}
+
 /* ------------------------------------------------------------------ */
 /* DDSketch */
 
@@ -276,18 +285,18 @@ static long store_decode_merge(struct ana_dds_store *st, uint64_t *count, const 
   size_t p = 0;
   long k = ana_sketch_get_varint(in, len, &zz);
   if (k < 0)
-    return -1;
+    return ANA_ERR_INVALID;
   p += (size_t)k;
   if ((k = ana_sketch_get_varint(in + p, len - p, &n)) < 0 || n > 100000)
-    return -1;
+    return ANA_ERR_INVALID;
   p += (size_t)k;
   int64_t off = (int64_t)(zz >> 1) ^ -(int64_t)(zz & 1);
   for (uint64_t i = 0; i < n; i++) {
     if ((k = ana_sketch_get_varint(in + p, len - p, &c)) < 0)
-      return -1;
+      return ANA_ERR_INVALID;
     p += (size_t)k;
     if (c && store_add(st, (int32_t)(off + (int64_t)i), c) < 0)
-      return -1;
+      return ANA_ERR_NOMEM;
     *count += c;
   }
   return (long)p;
@@ -297,14 +306,43 @@ long ana_dds_decode_merge(struct ana_ddsketch *s, const uint8_t *in, size_t len)
   uint64_t zero;
   long k = ana_sketch_get_varint(in, len, &zero);
   if (k < 0)
-    return -1;
+    return ANA_ERR_INVALID;
   size_t p = (size_t)k;
   s->zero += zero;
   s->count += zero;
   if ((k = store_decode_merge(&s->pos, &s->count, in + p, len - p)) < 0)
-    return -1;
+    return k;
   p += (size_t)k;
   if ((k = store_decode_merge(&s->neg, &s->count, in + p, len - p)) < 0)
-    return -1;
+    return k;
   return (long)(p + (size_t)k);
+}
+
+/* Skips one varint; -1 when malformed. */
+static long skip_varints(const uint8_t *in, size_t len, uint64_t n, size_t *p) {
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t v;
+    long k = ana_sketch_get_varint(in + *p, len - *p, &v);
+    if (k < 0)
+      return -1;
+    *p += (size_t)k;
+  }
+  return 0;
+}
+
+long ana_dds_encoded_len(const uint8_t *in, size_t len) {
+  size_t p = 0;
+  if (skip_varints(in, len, 1, &p) < 0) /* zero */
+    return -1;
+  for (int store = 0; store < 2; store++) {
+    uint64_t n;
+    long k;
+    if (skip_varints(in, len, 1, &p) < 0 || /* offset */
+        (k = ana_sketch_get_varint(in + p, len - p, &n)) < 0 || n > 100000)
+      return -1;
+    p += (size_t)k;
+    if (skip_varints(in, len, n, &p) < 0)
+      return -1;
+  }
+  return (long)p;
 }

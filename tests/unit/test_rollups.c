@@ -6,7 +6,10 @@
  * sums, min, max and avg; within the documented bounds for uniq (HyperLogLog)
  * and percentiles (DDSketch). Half of the events exist before the metric is
  * defined (backfill), half arrive after (live), and some are queried before
- * the rollups caught up (the tail past the watermark). */
+ * the rollups caught up (the tail past the watermark). The same holds with
+ * the cells in memory (after commits, a redefinition, a deletion, a
+ * restart), with a cache too small for any level (every query reads the
+ * database), one that holds some levels (eviction), and none. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "ana_alloc.h"
 #include "ana_arena.h"
 #include "ana_rollup.h"
 #include "ana_sketch.h"
@@ -23,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MIN 60000LL
 #define HOUR 3600000LL
@@ -46,20 +51,70 @@ static uint64_t rnd(void) {
   return rng;
 }
 
-static int setup(void **state) {
-  (void)state;
+/* The cache budget and retention of the next manager: 0 = the default, none. */
+static int64_t cache_bytes;
+static int retention_days;
+
+static struct ana_rollups *start_rollups(struct ana_error *err) {
+  return ana_rollup_create(db, ops, store,
+                           &(struct ana_rollup_options){.chunk_events = 700,
+                                                        .cache_bytes = cache_bytes,
+                                                        .retention_days = retention_days,
+                                                        .expiry_chunk = 50},
+                           err);
+}
+
+static int setup_with(int64_t budget) {
   snprintf(dir, sizeof dir, "/tmp/ana-rollups-XXXXXX");
   if (!mkdtemp(dir))
     return -1;
   struct ana_error err;
+  cache_bytes = budget;
   db = ana_local_db_open(dir, &err);
   ops = ana_store_event_backend("sqlite");
   store = db ? ops->open(db, &err) : NULL;
-  rollups = store ? ana_rollup_create(db, ops, store, &(struct ana_rollup_options){.chunk_events = 700}, &err) : NULL;
+  rollups = store ? start_rollups(&err) : NULL;
   if (!rollups)
     fprintf(stderr, "setup: %s\n", err.message);
   return rollups ? 0 : -1;
 }
+
+static int setup(void **state) {
+  (void)state;
+  return setup_with(0);
+}
+
+/* Smaller than any level: every query reads the database. */
+static int setup_tiny_cache(void **state) {
+  (void)state;
+  return setup_with(1);
+}
+
+/* Room for a few levels of the eleven metrics, not all of them. */
+#define SMALL_CACHE (96 << 10)
+static int setup_small_cache(void **state) {
+  (void)state;
+  return setup_with(SMALL_CACHE);
+}
+
+static int setup_no_cache(void **state) {
+  (void)state;
+  return setup_with(-1);
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A retention whose cut-off falls on the second day of the events. */
+static int setup_retention(void **state) {
+  (void)state;
+  retention_days = (int)((wall_ms() - (START + DAY)) / DAY);
+  return setup_with(0);
+}
+
 
 static int teardown(void **state) {
   (void)state;
@@ -69,6 +124,11 @@ static int teardown(void **state) {
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   return system(cmd) == 0 ? 0 : -1;
+}
+
+static int teardown_retention(void **state) {
+  retention_days = 0;
+  return teardown(state);
 }
 
 /* Stores n random events in one transaction and tells the rollups. */
@@ -385,10 +445,295 @@ static void restart_resumes_from_the_watermark(void **state) {
   rollups = NULL;
   /* events committed while nobody rolled them up (as after a kill -9) */
   add_events(800);
-  rollups = ana_rollup_create(db, ops, store, NULL, &err);
+  rollups = start_rollups(&err);
   assert_non_null(rollups);
   assert_true(ana_rollup_wait_idle(rollups, 60000));
+  /* The cells were loaded into memory again, caught up: no query reads the
+   * database. */
+  for (size_t i = 0; i < N_DEFS; i++) {
+    struct ana_rollup_status st;
+    ana_rollup_status(rollups, b[i].m.metric_id, &st);
+    assert_int_equal(st.cached_levels, 7);
+  }
   check_all(b, true);
+  struct ana_rollup_status st;
+  ana_rollup_status(rollups, "m0", &st);
+  assert_true(st.memory_queries > 0);
+  assert_int_equal(st.database_queries, 0);
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+static void define_all(struct built *b) {
+  struct ana_error err;
+  for (size_t i = 0; i < N_DEFS; i++) {
+    build(&b[i], i);
+    assert_int_equal(ana_rollup_define(rollups, "acct", &b[i].m, b[i].f, &err), 0);
+  }
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+}
+
+/* Queries answered from memory and from the database since the last call. */
+static void count_queries(uint64_t *memory, uint64_t *database) {
+  static uint64_t last_memory, last_database;
+  struct ana_rollup_status st;
+  ana_rollup_status(rollups, "m0", &st);
+  *memory = st.memory_queries - last_memory;
+  *database = st.database_queries - last_database;
+  last_memory = st.memory_queries;
+  last_database = st.database_queries;
+}
+
+/* The cells in memory follow commits into cells already there and new
+ * ones, a redefinition (the new version's cells replace the old) and a
+ * deletion, and answers from them equal the raw answers throughout. */
+static void cache_follows_commits_versions_and_deletes(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  uint64_t memory, database;
+  add_events(1500);
+  define_all(b);
+  struct ana_rollup_status st;
+  for (size_t i = 0; i < N_DEFS; i++) {
+    ana_rollup_status(rollups, b[i].m.metric_id, &st);
+    assert_int_equal(st.cached_levels, 7);
+  }
+  assert_true(st.cache_bytes > 0);
+  count_queries(&memory, &database);
+  check_all(b, true);
+  count_queries(&memory, &database);
+  assert_true(memory > 0);
+  assert_int_equal(database, 0);
+  /* New events land in cells that are in memory, in new cells, new groups. */
+  add_events(700);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  check_all(b, true);
+  /* Not yet rolled up: the tail past the watermark of the cells in memory. */
+  add_events(300);
+  check_all(b, true);
+  count_queries(&memory, &database);
+  assert_true(memory > 0);
+  assert_int_equal(database, 0);
+  /* A new version: raw until complete, then its own cells in memory. */
+  struct ana_error err;
+  struct ana_rollup_status before, after;
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  ana_rollup_status(rollups, "m0", &before);
+  b[0].m.n_dimensions = 2;
+  b[0].m.dimensions = (char *[]){"group", "campaign"};
+  assert_int_equal(ana_rollup_define(rollups, "acct", &b[0].m, b[0].f, &err), 0);
+  add_events(200);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  ana_rollup_status(rollups, "m0", &after);
+  assert_true(after.version > before.version);
+  assert_int_equal(after.cached_levels, 7);
+  check_all(b, true);
+  /* Deleted: declined, and its cells leave memory. */
+  ana_rollup_status(rollups, "m1", &before);
+  assert_int_equal(ana_rollup_forget(rollups, "m1", &err), 0);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  ana_rollup_status(rollups, "m1", &after);
+  assert_false(after.known);
+  assert_true(after.cache_bytes < before.cache_bytes);
+  struct ana_metric_query q = {.metric = &b[1].m, .formula = b[1].f, .account_id = "acct",
+                               .from_ms = START, .to_ms = END, .interval = ANA_INTERVAL_1H,
+                               .time_zone = "UTC"};
+  struct ana_arena *a = ana_arena_create(65536, 0);
+  Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
+  assert_int_equal(ana_rollup_query(rollups, &q, a, &got, &err), 0);
+  ana_arena_destroy(a);
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+/* A budget smaller than any level: nothing is kept, every query reads the
+ * database, answers are the same. */
+static void tiny_cache_reads_the_database(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  uint64_t memory, database;
+  add_events(1500);
+  define_all(b);
+  count_queries(&memory, &database);
+  check_all(b, true);
+  add_events(400);
+  check_all(b, true);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  count_queries(&memory, &database);
+  assert_int_equal(memory, 0);
+  assert_true(database > 0);
+  struct ana_rollup_status st;
+  ana_rollup_status(rollups, "m0", &st);
+  assert_int_equal(st.cached_levels, 0);
+  assert_true(st.cache_bytes <= 1);
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+/* A budget for some levels: queries that miss read the database and ask
+ * for their levels, which evicts others; answers stay the same. */
+static void small_cache_evicts(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  uint64_t memory, database;
+  add_events(1500);
+  define_all(b);
+  count_queries(&memory, &database);
+  for (int round = 0; round < 3; round++) {
+    check_all(b, true);
+    add_events(200);
+    assert_true(ana_rollup_wait_idle(rollups, 60000));
+    struct ana_rollup_status st;
+    ana_rollup_status(rollups, "m0", &st);
+    assert_true(st.cache_bytes <= SMALL_CACHE);
+  }
+  count_queries(&memory, &database);
+  assert_true(memory > 0);
+  assert_true(database > 0);
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+/* Every allocation of a query failed in turn: an error (RESOURCE_EXHAUSTED)
+ * or the right answer, never a partial one; nothing leaks (ASan build). */
+static void each_allocation_failure_of_a_query(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  add_events(800);
+  define_all(b);
+  /* additive (flat), min/max (flat), sketches (one by one); cells from memory
+   * and from the database; aligned, unaligned (raw pieces), half-hour zone */
+  static const size_t which[] = {1, 2, 5, 9};
+  static const struct {
+    const char *zone;
+    int64_t from, to;
+  } shapes[] = {
+      {"Europe/Berlin", START, END},
+      {"Asia/Kolkata", START + 7 * MIN + 13000, END - 22 * MIN},
+  };
+  for (int from_db = 0; from_db < 2; from_db++) {
+    if (from_db) {
+      /* A manager without a cache: the cells come from the database. */
+      struct ana_error err;
+      ana_rollup_destroy(rollups);
+      cache_bytes = -1;
+      rollups = start_rollups(&err);
+      assert_non_null(rollups);
+      assert_true(ana_rollup_wait_idle(rollups, 60000));
+    }
+    for (size_t w = 0; w < sizeof which / sizeof which[0]; w++) {
+      size_t i = which[w];
+      for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        struct ana_metric_query q = {.metric = &b[i].m, .formula = b[i].f,
+                                     .account_id = "acct", .from_ms = shapes[k].from,
+                                     .to_ms = shapes[k].to, .interval = ANA_INTERVAL_1H,
+                                     .time_zone = shapes[k].zone,
+                                     /* top-N + "other" only where ranking is exact */
+                                     .top_n = defs[i].kind == EXACT ? 2 : 1000};
+        struct ana_arena *ra = ana_arena_create(65536, 0);
+        Analytics__V1__MetricData raw = ANALYTICS__V1__METRIC_DATA__INIT;
+        struct ana_error err;
+        assert_int_equal(ana_metric_query_raw(ops, store, &q, ra, &raw, &err), 0);
+        int failures = 0, in_a_row = 0;
+        for (long n = 1; n < 5000 && in_a_row < 50; n++) {
+          struct ana_arena *a = ana_arena_create(65536, 0);
+          Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
+          ana_alloc_fail_after(n);
+          int rc = ana_rollup_query(rollups, &q, a, &got, &err);
+          ana_alloc_fail_after(0);
+          in_a_row = rc == 1 ? in_a_row + 1 : 0;
+          if (rc == 1) {
+            compare(defs[i].kind, &raw, &got, defs[i].formula);
+          } else {
+            if (rc >= 0 || err.code != ANA_STATUS_RESOURCE_EXHAUSTED)
+              fail_msg("%s, allocation %ld failed: rc %d, %s", defs[i].formula, n, rc,
+                       err.message);
+            failures++;
+          }
+          ana_arena_destroy(a);
+        }
+        /* 50 successes in a row: past the query's allocations */
+        assert_int_equal(in_a_row, 50);
+        assert_true(failures > 0);
+        ana_arena_destroy(ra);
+      }
+    }
+  }
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+/* Cells whose whole span ended by now - RETENTION_DAYS are deleted, from
+ * the database and from memory, in chunks (of 50 here); with the raw events expired as
+ * the committer does, answers on either side of the cut-off (away from the
+ * cells across it) equal the raw answers. */
+static void expired_cells_are_deleted(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  struct ana_error err;
+  int64_t cutoff = wall_ms() - (int64_t)retention_days * DAY;
+  assert_true(cutoff >= START + DAY && cutoff < START + 2 * DAY);
+  add_events(2500);
+  define_all(b); /* and the first sweep */
+  int deleted;
+  do {
+    assert_int_equal(ana_local_db_begin(db, &err), 0);
+    deleted = ops->expire(store, cutoff, 500, &err);
+    assert_true(deleted >= 0);
+    assert_int_equal(ana_local_db_commit(db, &err), 0);
+  } while (deleted > 0);
+  static const struct {
+    int64_t from, to;
+  } ranges[] = {
+      {START - DAY, START},                   /* and its previous period: before */
+      {START + 2 * DAY + 12 * HOUR, END},     /* and its previous period: after */
+  };
+  for (int from_db = 0; from_db < 2; from_db++) {
+    if (from_db) {
+      ana_rollup_destroy(rollups);
+      cache_bytes = -1;
+      rollups = start_rollups(&err);
+      assert_non_null(rollups);
+      assert_true(ana_rollup_wait_idle(rollups, 60000));
+    }
+    for (size_t i = 0; i < N_DEFS; i++) {
+      static const char *const zones[] = {"UTC", "Europe/Berlin", "Asia/Kolkata"};
+      for (size_t z = 0; z < 3; z++) {
+        for (size_t k = 0; k < 2; k++) {
+          struct ana_metric_query q = {.metric = &b[i].m, .formula = b[i].f,
+                                       .account_id = "acct", .from_ms = ranges[k].from,
+                                       .to_ms = ranges[k].to, .interval = ANA_INTERVAL_1H,
+                                       .time_zone = zones[z], .top_n = 1000};
+          struct ana_arena *a = ana_arena_create(65536, 0);
+          Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
+          Analytics__V1__MetricData raw = ANALYTICS__V1__METRIC_DATA__INIT;
+          assert_int_equal(ana_metric_query_raw(ops, store, &q, a, &raw, &err), 0);
+          assert_int_equal(ana_rollup_query(rollups, &q, a, &got, &err), 1);
+          char ctx[128];
+          snprintf(ctx, sizeof ctx, "%s [%s, %s the cut-off]", defs[i].formula, zones[z],
+                   k ? "after" : "before");
+          compare(defs[i].kind, &raw, &got, ctx);
+          ana_arena_destroy(a);
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < N_DEFS; i++)
+    ana_formula_free(b[i].f);
+}
+
+/* No cache at all (ROLLUP_CACHE_MB=0). */
+static void no_cache(void **state) {
+  (void)state;
+  static struct built b[N_DEFS];
+  uint64_t memory, database;
+  add_events(1500);
+  define_all(b);
+  count_queries(&memory, &database);
+  check_all(b, true);
+  count_queries(&memory, &database);
+  assert_int_equal(memory, 0);
+  assert_true(database > 0);
   for (size_t i = 0; i < N_DEFS; i++)
     ana_formula_free(b[i].f);
 }
@@ -397,6 +742,14 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(rollups_equal_raw, setup, teardown),
       cmocka_unit_test_setup_teardown(restart_resumes_from_the_watermark, setup, teardown),
+      cmocka_unit_test_setup_teardown(cache_follows_commits_versions_and_deletes, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(tiny_cache_reads_the_database, setup_tiny_cache, teardown),
+      cmocka_unit_test_setup_teardown(small_cache_evicts, setup_small_cache, teardown),
+      cmocka_unit_test_setup_teardown(no_cache, setup_no_cache, teardown),
+      cmocka_unit_test_setup_teardown(each_allocation_failure_of_a_query, setup, teardown),
+      cmocka_unit_test_setup_teardown(expired_cells_are_deleted, setup_retention,
+                                      teardown_retention),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "ana_error.h"
 #include "ana_sketch.h"
 
 #include <math.h>
@@ -138,7 +139,7 @@ static void dds_merge_is_union_and_encodes(void **state) {
   for (int p = 1; p <= 100; p++)
     assert_true(ana_dds_percentile(&d, p) == ana_dds_percentile(&u, p));
   assert_int_equal(d.count, u.count);
-  assert_int_equal(ana_dds_decode_merge(&d, e1, l1 / 2), -1);
+  assert_int_equal(ana_dds_decode_merge(&d, e1, l1 / 2), ANA_ERR_INVALID);
   free(e1), free(e2);
   ana_dds_fini(&a), ana_dds_fini(&b), ana_dds_fini(&u), ana_dds_fini(&d);
 }
