@@ -22,14 +22,36 @@
 /* ------------------------------------------------------------------ */
 /* field access */
 
-/* A value read from an event: text and, when it is a number, the number. */
+/* A value read from an event: text and, when it is a number, the number.
+ * Each event is read by every metric of its account, so what costs is made
+ * only when asked for: the text of a JSON number (value_text) and whether a
+ * string reads as a number (value_is_number). */
 struct value {
   bool present;
+  bool number_known; /* is_number and number are set */
   bool is_number;
   double number;
-  const char *text; /* valid until the next read */
+  const char *text; /* NULL until value_text for a number; valid until the next read */
   char buf[64];
 };
+
+static const char *value_text(struct value *v) {
+  if (!v->text) {
+    snprintf(v->buf, sizeof v->buf, "%.15g", v->number);
+    v->text = v->buf;
+  }
+  return v->text;
+}
+
+static bool value_is_number(struct value *v) {
+  if (!v->number_known) {
+    char *end;
+    v->number = strtod(v->text, &end);
+    v->is_number = v->text[0] && !*end;
+    v->number_known = true;
+  }
+  return v->is_number;
+}
 
 static json_t *row_props(struct ana_acc_row *r) {
   if (!r->parsed) {
@@ -43,38 +65,238 @@ void ana_acc_row_fini(struct ana_acc_row *r) {
   json_decref(r->props);
   r->props = NULL;
   r->parsed = false;
+  if (r->buf != r->small)
+    ana_free(r->buf);
+  r->buf = NULL;
+  r->flat = 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* flat properties */
+
+/* Most events' properties are a flat object of short ASCII strings and
+ * numbers; jansson builds a tree of allocations for them, which was most
+ * of the cost of rollup maintenance. flat_read reads such an object in one
+ * pass over a copy of the text, cutting the strings in place. It accepts
+ * only what jansson reads the same way and refuses the rest (escapes,
+ * non-ASCII, nesting, numbers that might overflow, anything malformed):
+ * those go to jansson, so both readings agree on every input. */
+enum { MEMBER_NULL, MEMBER_STRING, MEMBER_NUMBER, MEMBER_TRUE, MEMBER_FALSE };
+
+static char *skip_ws(char *p) {
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+    p++;
+  return p;
+}
+
+/* A string at p (after its opening quote): cut at its closing quote; the
+ * character after it, or NULL when not plain ASCII without escapes. */
+static char *flat_string(char *p) {
+  for (;; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c == '"') {
+      *p = '\0';
+      return p + 1;
+    }
+    if (c < 0x20 || c >= 0x80 || c == '\\')
+      return NULL;
+  }
+}
+
+/* A number at p (JSON's grammar, as jansson lexes it): its value in *out;
+ * the character after it, or NULL. An integer is jansson's (a long long,
+ * then a double: "-0" is 0); numbers that might overflow (more than 18
+ * digits, an exponent of three digits) go to jansson, which refuses those
+ * that do. */
+static char *flat_number(char *p, double *out) {
+  char *start = p;
+  bool real = false;
+  if (*p == '-')
+    p++;
+  char *digits = p;
+  if (*p == '0') {
+    p++;
+    if (*p >= '0' && *p <= '9')
+      return NULL;
+  } else if (*p >= '1' && *p <= '9') {
+    while (*p >= '0' && *p <= '9')
+      p++;
+  } else {
+    return NULL;
+  }
+  if (p - digits > 18)
+    return NULL;
+  if (*p == '.') {
+    real = true;
+    p++;
+    if (!(*p >= '0' && *p <= '9'))
+      return NULL;
+    while (*p >= '0' && *p <= '9')
+      p++;
+  }
+  if (*p == 'e' || *p == 'E') {
+    real = true;
+    p++;
+    if (*p == '+' || *p == '-')
+      p++;
+    char *exponent = p;
+    while (*p >= '0' && *p <= '9')
+      p++;
+    if (p == exponent || p - exponent > 2)
+      return NULL;
+  }
+  if (p - start > 40)
+    return NULL;
+  char token[48];
+  memcpy(token, start, (size_t)(p - start));
+  token[p - start] = '\0';
+  *out = real ? strtod(token, NULL) : (double)strtoll(token, NULL, 10);
+  return p;
+}
+
+/* Reads r's properties into its members; false when they are not a flat
+ * object (jansson reads them). */
+static bool flat_read(struct ana_acc_row *r) {
+  const char *text = r->ev->properties_json ? r->ev->properties_json : "{}";
+  size_t len = strlen(text);
+  r->buf = len < sizeof r->small ? r->small : ana_malloc(len + 1);
+  if (!r->buf)
+    return false;
+  memcpy(r->buf, text, len + 1);
+  r->n_members = 0;
+  char *p = skip_ws(r->buf);
+  if (*p++ != '{')
+    return false;
+  p = skip_ws(p);
+  if (*p == '}') {
+    p++;
+  } else {
+    for (;;) {
+      if (*p++ != '"' || r->n_members == ANA_ACC_FLAT_MAX)
+        return false;
+      struct ana_acc_member *m = &r->members[r->n_members];
+      m->key = p;
+      if (!(p = flat_string(p)))
+        return false;
+      p = skip_ws(p);
+      if (*p++ != ':')
+        return false;
+      p = skip_ws(p);
+      if (*p == '"') {
+        m->type = MEMBER_STRING;
+        m->text = p + 1;
+        p = flat_string(p + 1);
+      } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
+        m->type = MEMBER_NUMBER;
+        p = flat_number(p, &m->number);
+      } else if (strncmp(p, "true", 4) == 0) {
+        m->type = MEMBER_TRUE;
+        p += 4;
+      } else if (strncmp(p, "false", 5) == 0) {
+        m->type = MEMBER_FALSE;
+        p += 5;
+      } else if (strncmp(p, "null", 4) == 0) {
+        m->type = MEMBER_NULL;
+        p += 4;
+      } else {
+        return false; /* nested, or malformed */
+      }
+      if (!p)
+        return false;
+      r->n_members++;
+      p = skip_ws(p);
+      if (*p == '}') {
+        p++;
+        break;
+      }
+      if (*p++ != ',')
+        return false;
+      p = skip_ws(p);
+    }
+  }
+  return *skip_ws(p) == '\0';
+}
+
+/* The member named key (the last one: jansson keeps the last of
+ * duplicates), or NULL. */
+static const struct ana_acc_member *flat_get(const struct ana_acc_row *r, const char *key) {
+  for (size_t i = r->n_members; i-- > 0;)
+    if (strcmp(r->members[i].key, key) == 0)
+      return &r->members[i];
+  return NULL;
+}
+
+/* The event fields a path may name instead of a property. */
+enum { TOP_NONE, TOP_EVENT_TYPE, TOP_EVENT_NAME, TOP_SESSION_ID, TOP_EVENT_ID };
+
 /* path: "campaignId", "properties.order.total", "eventName", "context.ip"... */
-static void read_field(struct ana_acc_row *r, const char *path, struct value *v) {
-  memset(v, 0, sizeof *v);
+static void resolve_field(struct ana_acc_field *f, const char *path) {
+  static const char *const tops[] = {"eventType", "eventName", "sessionId", "eventId"};
+  f->top = TOP_NONE;
+  for (size_t i = 0; i < sizeof tops / sizeof tops[0]; i++)
+    if (strcmp(path, tops[i]) == 0)
+      f->top = (uint8_t)(TOP_EVENT_TYPE + i);
+  if (strncmp(path, "properties.", 11) == 0)
+    path += 11;
+  f->path = path;
+  f->nested = strchr(path, '.') != NULL;
+}
+
+static void read_field(struct ana_acc_row *r, const struct ana_acc_field *f, struct value *v) {
+  v->present = false;
+  v->number_known = true;
+  v->is_number = false;
+  v->text = "";
   const struct ana_scanned_event *ev = r->ev;
   const char *top = NULL;
-  if (strcmp(path, "eventType") == 0)
-    top = ev->event_type;
-  else if (strcmp(path, "eventName") == 0)
-    top = ev->event_name;
-  else if (strcmp(path, "sessionId") == 0)
-    top = ev->session_id;
-  else if (strcmp(path, "eventId") == 0)
-    top = ev->event_id;
+  switch (f->top) {
+  case TOP_EVENT_TYPE: top = ev->event_type; break;
+  case TOP_EVENT_NAME: top = ev->event_name; break;
+  case TOP_SESSION_ID: top = ev->session_id; break;
+  case TOP_EVENT_ID: top = ev->event_id; break;
+  default: break;
+  }
   if (top) {
     v->present = top[0] != '\0';
     v->text = top;
     return;
   }
-  if (strncmp(path, "properties.", 11) == 0)
-    path += 11;
-  json_t *cur = row_props(r);
-  char seg[256];
-  while (cur && *path) {
-    size_t n = strcspn(path, ".");
-    if (n >= sizeof seg)
+  const char *path = f->path;
+  if (!f->nested && r->flat == 0)
+    r->flat = flat_read(r) ? 1 : -1;
+  if (!f->nested && r->flat == 1) {
+    const struct ana_acc_member *m = flat_get(r, path);
+    if (!m || m->type == MEMBER_NULL)
       return;
-    memcpy(seg, path, n);
-    seg[n] = '\0';
-    cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
-    path += n + (path[n] == '.');
+    v->present = true;
+    switch (m->type) {
+    case MEMBER_NUMBER:
+      v->is_number = true;
+      v->number = m->number;
+      v->text = NULL;
+      break;
+    case MEMBER_STRING:
+      v->text = m->text;
+      v->number_known = false;
+      break;
+    default: v->text = m->type == MEMBER_TRUE ? "true" : "false"; break;
+    }
+    return;
+  }
+  json_t *cur = row_props(r);
+  if (!f->nested) {
+    cur = json_is_object(cur) ? json_object_get(cur, path) : NULL;
+  } else {
+    char seg[256];
+    while (cur && *path) {
+      size_t n = strcspn(path, ".");
+      if (n >= sizeof seg)
+        return;
+      memcpy(seg, path, n);
+      seg[n] = '\0';
+      cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
+      path += n + (path[n] == '.');
+    }
   }
   if (!cur || json_is_null(cur))
     return;
@@ -82,30 +304,25 @@ static void read_field(struct ana_acc_row *r, const char *path, struct value *v)
   if (json_is_number(cur)) {
     v->is_number = true;
     v->number = json_number_value(cur);
-    snprintf(v->buf, sizeof v->buf, "%.15g", v->number);
-    v->text = v->buf;
+    v->text = NULL;
   } else if (json_is_string(cur)) {
     v->text = json_string_value(cur);
-    char *end;
-    v->number = strtod(v->text, &end);
-    v->is_number = v->text[0] && !*end;
+    v->number_known = false;
   } else if (json_is_boolean(cur)) {
     v->text = json_is_true(cur) ? "true" : "false";
-  } else {
-    v->text = "";
   }
 }
 
 /* ------------------------------------------------------------------ */
 /* filters */
 
-static bool value_equals(const struct value *v, const json_t *want) {
+static bool value_equals(struct value *v, const json_t *want) {
   if (json_is_number(want))
-    return v->is_number && v->number == json_number_value(want);
+    return value_is_number(v) && v->number == json_number_value(want);
   if (json_is_string(want))
-    return strcmp(v->text, json_string_value(want)) == 0;
+    return strcmp(value_text(v), json_string_value(want)) == 0;
   if (json_is_boolean(want))
-    return strcmp(v->text, json_is_true(want) ? "true" : "false") == 0;
+    return strcmp(value_text(v), json_is_true(want) ? "true" : "false") == 0;
   return false;
 }
 
@@ -127,20 +344,41 @@ static json_t *filter_value(const Google__Protobuf__Value *v) {
   }
 }
 
-static bool filter_matches(struct ana_acc_row *r, const Analytics__V1__MetricFilter *f,
+/* The operators, resolved once per metric. */
+enum filter_op {
+  OP_NONE,
+  OP_EXISTS,
+  OP_EQ,
+  OP_NEQ,
+  OP_IN,
+  OP_CONTAINS,
+  OP_GT,
+  OP_GTE,
+  OP_LT,
+  OP_LTE
+};
+
+static uint8_t resolve_op(const char *op) {
+  static const char *const names[] = {"exists", "eq",  "neq", "in", "contains",
+                                      "gt",     "gte", "lt",  "lte"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(op, names[i]) == 0)
+      return (uint8_t)(OP_EXISTS + i);
+  return OP_NONE; /* refused when the metric is defined; matches nothing */
+}
+
+static bool filter_matches(struct ana_acc_row *r, const struct ana_acc_field *f, uint8_t op,
                            json_t *want) {
   struct value v;
-  read_field(r, f->field, &v);
-  const char *op = f->op;
-  if (strcmp(op, "exists") == 0)
+  read_field(r, f, &v);
+  if (op == OP_EXISTS)
     return v.present;
   if (!v.present)
-    return strcmp(op, "neq") == 0;
-  if (strcmp(op, "eq") == 0)
-    return value_equals(&v, want);
-  if (strcmp(op, "neq") == 0)
-    return !value_equals(&v, want);
-  if (strcmp(op, "in") == 0) {
+    return op == OP_NEQ;
+  switch (op) {
+  case OP_EQ: return value_equals(&v, want);
+  case OP_NEQ: return !value_equals(&v, want);
+  case OP_IN: {
     size_t i;
     json_t *item;
     json_array_foreach(want, i, item) {
@@ -149,22 +387,24 @@ static bool filter_matches(struct ana_acc_row *r, const Analytics__V1__MetricFil
     }
     return false;
   }
-  if (strcmp(op, "contains") == 0)
-    return json_is_string(want) && strstr(v.text, json_string_value(want)) != NULL;
-  if (!v.is_number || !json_is_number(want))
+  case OP_CONTAINS:
+    return json_is_string(want) && strstr(value_text(&v), json_string_value(want)) != NULL;
+  case OP_GT:
+  case OP_GTE:
+  case OP_LT:
+  case OP_LTE: break;
+  default: return false;
+  }
+  if (!value_is_number(&v) || !json_is_number(want))
     return false;
   double x = v.number, y = json_number_value(want);
-  if (strcmp(op, "gt") == 0)
-    return x > y;
-  if (strcmp(op, "gte") == 0)
-    return x >= y;
-  if (strcmp(op, "lt") == 0)
-    return x < y;
-  if (strcmp(op, "lte") == 0)
-    return x <= y;
-  return false;
+  switch (op) {
+  case OP_GT: return x > y;
+  case OP_GTE: return x >= y;
+  case OP_LT: return x < y;
+  default: return x <= y;
+  }
 }
-
 
 /* ------------------------------------------------------------------ */
 /* the prepared metric */
@@ -179,17 +419,27 @@ int ana_acc_spec_init(struct ana_acc_spec *sp, const Analytics__V1__Metric *m,
   sp->n_terms = n_terms;
   for (size_t t = 0; t < n_terms; t++) {
     sp->terms[t] = ana_formula_term(f, t);
-    if (sp->terms[t]->field_kind != ANA_FIELD_NONE && sp->terms[t]->field)
+    if (sp->terms[t]->field_kind != ANA_FIELD_NONE && sp->terms[t]->field) {
       sp->term_fields[t] = sp->terms[t]->field;
+      resolve_field(&sp->term_refs[t], sp->term_fields[t]);
+    }
   }
   sp->n_dims = m->n_dimensions < MAX_DIMENSIONS ? m->n_dimensions : MAX_DIMENSIONS;
-  for (size_t d = 0; d < sp->n_dims; d++)
+  for (size_t d = 0; d < sp->n_dims; d++) {
     sp->dims[d] = m->dimensions[d];
-  sp->filter_values = ana_calloc(m->n_filters ? m->n_filters : 1, sizeof *sp->filter_values);
-  if (!sp->filter_values)
+    resolve_field(&sp->dim_refs[d], sp->dims[d]);
+  }
+  size_t nf = m->n_filters ? m->n_filters : 1;
+  sp->filter_values = ana_calloc(nf, sizeof *sp->filter_values);
+  sp->filter_ops = ana_calloc(nf, sizeof *sp->filter_ops);
+  sp->filter_refs = ana_calloc(nf, sizeof *sp->filter_refs);
+  if (!sp->filter_values || !sp->filter_ops || !sp->filter_refs)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  for (size_t i = 0; i < m->n_filters; i++)
+  for (size_t i = 0; i < m->n_filters; i++) {
     sp->filter_values[i] = filter_value(m->filters[i]->value);
+    sp->filter_ops[i] = resolve_op(m->filters[i]->op);
+    resolve_field(&sp->filter_refs[i], m->filters[i]->field);
+  }
   return 0;
 }
 
@@ -197,24 +447,35 @@ void ana_acc_spec_fini(struct ana_acc_spec *sp) {
   for (size_t i = 0; sp->filter_values && i < sp->metric->n_filters; i++)
     json_decref(sp->filter_values[i]);
   ana_free(sp->filter_values);
+  ana_free(sp->filter_ops);
+  ana_free(sp->filter_refs);
   sp->filter_values = NULL;
+  sp->filter_ops = NULL;
+  sp->filter_refs = NULL;
 }
 
 bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
                        char key[ANA_ACC_KEY_MAX], char **values,
                        char (*valbuf)[ANA_ACC_VALUE_MAX]) {
   for (size_t i = 0; i < sp->metric->n_filters; i++)
-    if (!filter_matches(r, sp->metric->filters[i], sp->filter_values[i]))
+    if (!filter_matches(r, &sp->filter_refs[i], sp->filter_ops[i], sp->filter_values[i]))
       return false;
+  /* The values, each cut to VALUE_MAX - 1 bytes, joined by '\x1f' and the
+   * whole cut to KEY_MAX - 1 bytes. */
   size_t off = 0;
   for (size_t d = 0; d < sp->n_dims; d++) {
     struct value v;
-    read_field(r, sp->dims[d], &v);
-    snprintf(valbuf[d], VALUE_MAX, "%s", v.present ? v.text : "");
+    read_field(r, &sp->dim_refs[d], &v);
+    const char *text = v.present ? value_text(&v) : "";
+    size_t len = strnlen(text, VALUE_MAX - 1);
+    memcpy(valbuf[d], text, len);
+    valbuf[d][len] = '\0';
     values[d] = valbuf[d];
-    off += (size_t)snprintf(key + off, KEY_MAX - off, "%s%s", d ? "\x1f" : "", valbuf[d]);
-    if (off >= KEY_MAX)
-      off = KEY_MAX - 1;
+    if (d && off < KEY_MAX - 1)
+      key[off++] = '\x1f';
+    size_t room = KEY_MAX - 1 - off;
+    memcpy(key + off, valbuf[d], len < room ? len : room);
+    off += len < room ? len : room;
   }
   key[off] = '\0';
   return true;
@@ -365,14 +626,14 @@ int ana_acc_row_add(const struct ana_acc_spec *sp, struct ana_acc_row *r, bool s
     const struct ana_agg_term *term = sp->terms[t];
     if (term->event_name && strcmp(term->event_name, ev->event_name) != 0)
       continue;
-    struct value v = {0};
+    struct value v = {.number_known = true, .text = ""};
     if (sp->term_fields[t]) {
-      read_field(r, sp->term_fields[t], &v);
+      read_field(r, &sp->term_refs[t], &v);
       if (!v.present)
         continue;
     }
     bool numeric = term->fn != ANA_AGG_COUNT && term->fn != ANA_AGG_UNIQ;
-    if (numeric && !v.is_number)
+    if (numeric && !value_is_number(&v))
       continue;
     for (size_t k = 0; k < n_targets; k++) {
       if (!targets[k])
@@ -393,8 +654,8 @@ int ana_acc_row_add(const struct ana_acc_spec *sp, struct ana_acc_row *r, bool s
         if (sketches) {
           if (!ana_acc_agg_hll(a))
             return ANA_ERR_NOMEM;
-          ana_hll_add_hash(a->hll, ana_hll_hash_text(v.text));
-        } else if (distinct_add(a, ana_acc_hash_text(v.text)) < 0) {
+          ana_hll_add_hash(a->hll, ana_hll_hash_text(value_text(&v)));
+        } else if (distinct_add(a, ana_acc_hash_text(value_text(&v))) < 0) {
           return ANA_ERR_NOMEM;
         }
       }
@@ -593,7 +854,8 @@ bool ana_metric_acc_wants(const struct ana_metric_acc *acc, const char *event_na
 int ana_metric_acc_add(struct ana_metric_acc *acc, const struct ana_scanned_event *ev) {
   if (!ana_metric_acc_wants(acc, ev->event_name))
     return ANA_ERR_NOT_FOUND;
-  struct ana_acc_row r = ANA_ACC_ROW(ev);
+  struct ana_acc_row r;
+  ana_acc_row_init(&r, ev);
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
   char valbuf[MAX_DIMENSIONS][VALUE_MAX];

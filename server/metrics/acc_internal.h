@@ -20,15 +20,27 @@
 #define ANA_ACC_KEY_MAX 1024  /* a group key: dimension values joined by '\x1f' */
 #define ANA_ACC_VALUE_MAX 128 /* one dimension value, cut to fit */
 
+/* A field path resolved once (every event is read by every metric of its
+ * account): an event field, or a path into the properties. */
+struct ana_acc_field {
+  const char *path; /* borrowed: the property path, without "properties." */
+  uint8_t top;      /* which event field (acc.c), 0 for a property */
+  bool nested;      /* the property path has segments ("order.total") */
+};
+
 /* What reading an event for a metric needs, prepared once. */
 struct ana_acc_spec {
   const Analytics__V1__Metric *metric; /* borrowed */
   size_t n_terms;
   const struct ana_agg_term *terms[ANA_ACC_MAX_TERMS]; /* borrowed from the formula */
   const char *term_fields[ANA_ACC_MAX_TERMS];         /* the field a term reads, or NULL */
+  struct ana_acc_field term_refs[ANA_ACC_MAX_TERMS];  /* term_fields resolved */
   size_t n_dims;
   const char *dims[ANA_ACC_MAX_DIMENSIONS]; /* borrowed from metric */
+  struct ana_acc_field dim_refs[ANA_ACC_MAX_DIMENSIONS];
   json_t **filter_values;                   /* owned: one per filter of metric */
+  uint8_t *filter_ops;                      /* owned: each filter's operator, resolved */
+  struct ana_acc_field *filter_refs;        /* owned: each filter's field, resolved */
 };
 
 /* Fills sp for metric m and formula f (both borrowed; they must outlive sp).
@@ -38,13 +50,38 @@ int ana_acc_spec_init(struct ana_acc_spec *sp, const Analytics__V1__Metric *m,
                       const struct ana_formula *f, struct ana_error *err);
 void ana_acc_spec_fini(struct ana_acc_spec *sp);
 
-/* One event being read; its properties are parsed on first use. */
+/* The members a flat properties object is read into (acc.c); more go to
+ * jansson. */
+#define ANA_ACC_FLAT_MAX 32
+
+/* One event being read; its properties are parsed on first use: a flat
+ * object (strings without escapes, numbers, booleans, nulls; ASCII) into
+ * members, in one pass over a copy of the text; anything else by jansson.
+ * Only ev, props, parsed, flat and buf need initialising (ana_acc_row_init):
+ * an event is read by every metric of its account, and the members are
+ * large. */
 struct ana_acc_row {
   const struct ana_scanned_event *ev; /* borrowed */
   json_t *props;
   bool parsed;
+  int8_t flat; /* 0: not read yet; 1: members hold the properties; -1: jansson */
+  uint8_t n_members;
+  char *buf; /* the text the members point into: small or allocated */
+  struct ana_acc_member {
+    const char *key;
+    const char *text; /* a string's value */
+    double number;    /* a number's value */
+    uint8_t type;     /* acc.c's MEMBER_* */
+  } members[ANA_ACC_FLAT_MAX];
+  char small[256];
 };
-#define ANA_ACC_ROW(event) {(event), NULL, false}
+static inline void ana_acc_row_init(struct ana_acc_row *r, const struct ana_scanned_event *ev) {
+  r->ev = ev;
+  r->props = NULL;
+  r->parsed = false;
+  r->flat = 0;
+  r->buf = NULL;
+}
 void ana_acc_row_fini(struct ana_acc_row *r);
 
 /* Applies the metric's filters; when the event passes, writes its group key

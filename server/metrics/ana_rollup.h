@@ -40,7 +40,7 @@ struct ana_rollups;
 #define ANA_ROLLUP_CACHE_DEFAULT_MB 256
 
 struct ana_rollup_options {
-  int chunk_events; /* most events read per transaction (backfill and catch-up) */
+  int chunk_events; /* most events read per metric and round (backfill and catch-up) */
   /* Memory for cells kept in memory, in bytes: 0 = the default
    * (ANA_ROLLUP_CACHE_DEFAULT_MB), negative = none (always the database). */
   int64_t cache_bytes;
@@ -52,9 +52,10 @@ struct ana_rollup_options {
   int expiry_chunk; /* most cells deleted per transaction; 0 = 2000 */
 };
 
-/* Loads the definitions from the local database and starts the thread.
- * Borrows db and the store (they must outlive it). Blocks. NULL with err
- * filled on failure. */
+/* Loads the definitions from the local database and starts the thread;
+ * its progress is on /metrics (ana_rollup_lag_events, ...) until it is
+ * destroyed. Borrows db and the store (they must outlive it). Blocks. NULL
+ * with err filled on failure. */
 struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
                                       const struct ana_event_store_ops *ops, void *store,
                                       const struct ana_rollup_options *o, struct ana_error *err);
@@ -62,7 +63,8 @@ struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
 /* Stops the thread (after its current chunk); NULL does nothing. */
 void ana_rollup_destroy(struct ana_rollups *r);
 
-/* The commit hook (ana_commit_hook_fn): wakes the thread. Never blocks
+/* The commit hook (ana_commit_hook_fn): notes the last commit sequence
+ * number (for the lag on /metrics) and wakes the thread. Never blocks
  * beyond a short mutex. */
 void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, size_t n);
 

@@ -111,6 +111,12 @@ typedef int (*ana_mq_cells_fn)(void *ctx, const char *group_key, struct ana_mq_c
 int ana_mq_feed_cells(struct ana_mq *s, const struct ana_scanned_event *ev,
                       ana_mq_cells_fn cells_fn, void *ctx);
 
+/* The same for an event several metrics read in turn: r (acc_internal.h;
+ * borrowed: the caller inits and finis it once for all of them) keeps what
+ * was parsed of the event's properties, so they are parsed once. */
+struct ana_acc_row;
+int ana_mq_feed_row(struct ana_mq *s, struct ana_acc_row *r, ana_mq_cells_fn cells_fn, void *ctx);
+
 struct ana_mq_cell *ana_mq_cell_new(const struct ana_mq *s);
 void ana_mq_cell_free(const struct ana_mq *s, struct ana_mq_cell *c);
 /* Encodes c (appending to *buf, realloc'd) or merges an encoding into c. */

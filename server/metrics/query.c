@@ -231,7 +231,8 @@ static bool dimension_kept(const struct ana_mq *s, char *const *values) {
 
 int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
   const struct ana_metric_query *q = s->q;
-  struct ana_acc_row r = ANA_ACC_ROW(ev);
+  struct ana_acc_row r;
+  ana_acc_row_init(&r, ev);
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
   char valbuf[MAX_DIMENSIONS][ANA_ACC_VALUE_MAX];
@@ -259,26 +260,30 @@ out:
   return s->rc;
 }
 
-int ana_mq_feed_cells(struct ana_mq *s, const struct ana_scanned_event *ev,
-                      ana_mq_cells_fn cells_fn, void *ctx) {
-  struct ana_acc_row r = ANA_ACC_ROW(ev);
+int ana_mq_feed_row(struct ana_mq *s, struct ana_acc_row *r, ana_mq_cells_fn cells_fn, void *ctx) {
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
   char valbuf[MAX_DIMENSIONS][ANA_ACC_VALUE_MAX];
-  int rc = 0;
-  if (!wanted(s, ev->event_name) || !ana_acc_row_group(&s->spec, &r, key, values, valbuf))
-    goto out;
+  if (!wanted(s, r->ev->event_name) || !ana_acc_row_group(&s->spec, r, key, values, valbuf))
+    return 0;
   struct ana_mq_cell *cells[8];
-  rc = cells_fn(ctx, key, cells, 8);
-  if (rc < 0)
-    goto out;
+  int rc = cells_fn(ctx, key, cells, 8);
+  if (rc <= 0)
+    return rc;
   struct ana_acc_agg *targets[8];
   for (int i = 0; i < rc; i++)
     targets[i] = cells[i]->accs;
-  rc = ana_acc_row_add(&s->spec, &r, s->sketches, targets, (size_t)rc);
-out:
-  ana_acc_row_fini(&r);
+  rc = ana_acc_row_add(&s->spec, r, s->sketches, targets, (size_t)rc);
   return rc < 0 ? rc : 0;
+}
+
+int ana_mq_feed_cells(struct ana_mq *s, const struct ana_scanned_event *ev,
+                      ana_mq_cells_fn cells_fn, void *ctx) {
+  struct ana_acc_row r;
+  ana_acc_row_init(&r, ev);
+  int rc = ana_mq_feed_row(s, &r, cells_fn, ctx);
+  ana_acc_row_fini(&r);
+  return rc;
 }
 
 /* ------------------------------------------------------------------ */

@@ -4,8 +4,10 @@
  * query path that merges cells. See ana_rollup.h. */
 #include "ana_rollup.h"
 
+#include "acc_internal.h"
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_prom.h"
 #include "metric_internal.h"
 #include "rollup_internal.h"
 
@@ -22,6 +24,11 @@ static const int64_t level_ms[LEVELS] = {15 * 60000LL, 3600000LL, 86400000LL};
 #define DEFAULT_CHUNK 5000
 #define GARBAGE_CHUNK 5000
 #define IDLE_WAKE_MS 1000
+/* The shortest time between two rounds while commits keep coming. */
+#define ROUND_MS 50
+/* How long the thread waits for the write lock before giving up (the
+ * other connections' busy timeout). */
+#define BUSY_MS 10000
 /* Cells deleted per transaction for retention: the write lock is shared
  * with the commits of ingestion. */
 #define DEFAULT_EXPIRY_CHUNK 2000
@@ -65,7 +72,9 @@ struct ana_rollups {
   pthread_cond_t cond;
   struct rmetric *metrics;
   struct rmetric **todo; /* the thread's, each round */
+  struct work *works;    /* todo_cap of them */
   size_t todo_cap;
+  sqlite3_stmt *sel, *put, *mark; /* the thread's, on conn */
   struct garbage *garbage;
   bool stop, kick, started;
   pthread_t thread;
@@ -77,7 +86,47 @@ struct ana_rollups {
   int64_t retention_ms, sweep_ms; /* 0: cells are kept */
   int expiry_chunk;
   int64_t next_sweep_ms;          /* under mu */
+  /* For /metrics, without locks: the last commit sequence number seen (the
+   * commit hook and the thread raise it), the lowest watermark of the
+   * complete metric versions (UINT64_MAX: none) and the cache's bytes, as
+   * the thread last saw them. */
+  atomic_uint_fast64_t committed, low_watermark, cache_bytes;
+  struct ana_prom_counter events_processed, cells_written;
+  bool prom_registered;
 };
+
+/* Raises *a to at least v. */
+static void raise_to(atomic_uint_fast64_t *a, uint64_t v) {
+  uint_fast64_t cur = atomic_load_explicit(a, memory_order_relaxed);
+  while (cur < v && !atomic_compare_exchange_weak_explicit(a, &cur, v, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
+
+/* /metrics: how far behind the commits the rollups are, and their work. */
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_rollups *r = ctx;
+  uint64_t committed = atomic_load_explicit(&r->committed, memory_order_relaxed);
+  uint64_t low = atomic_load_explicit(&r->low_watermark, memory_order_relaxed);
+  ana_prom_write_family(w, "ana_rollup_lag_events", "gauge",
+                        "Last commit sequence number minus the lowest watermark of the complete "
+                        "metric rollups (0: caught up).");
+  ana_prom_write_u64(w, "ana_rollup_lag_events", NULL,
+                     low != UINT64_MAX && committed > low ? committed - low : 0);
+  ana_prom_write_family(w, "ana_rollup_events_processed_total", "counter",
+                        "Committed events read by the rollup thread (once per chunk, whatever "
+                        "the number of metrics).");
+  ana_prom_write_u64(w, "ana_rollup_events_processed_total", NULL,
+                     ana_prom_counter_get(&r->events_processed));
+  ana_prom_write_family(w, "ana_rollup_cells_written_total", "counter",
+                        "Rollup cells written to the database.");
+  ana_prom_write_u64(w, "ana_rollup_cells_written_total", NULL,
+                     ana_prom_counter_get(&r->cells_written));
+  ana_prom_write_family(w, "ana_rollup_cache_bytes", "gauge",
+                        "Memory held by rollup cells kept in memory (ROLLUP_CACHE_MB).");
+  ana_prom_write_u64(w, "ana_rollup_cache_bytes", NULL,
+                     atomic_load_explicit(&r->cache_bytes, memory_order_relaxed));
+}
 
 static void wake(struct ana_rollups *r) {
   pthread_mutex_lock(&r->wake_mu);
@@ -89,6 +138,13 @@ static void wake(struct ana_rollups *r) {
 static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* For intervals: wall-clock steps must not stretch them. */
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -334,7 +390,7 @@ void ana_rollup_status(struct ana_rollups *r, const char *metric_id,
 }
 
 /* ------------------------------------------------------------------ */
-/* maintenance: one chunk of the commit sequence for one metric */
+/* maintenance: one chunk of the commit sequence for the metrics */
 
 struct cell_entry {
   int level;
@@ -342,6 +398,7 @@ struct cell_entry {
   char *key;
   uint64_t hash;
   struct ana_mq_cell *cell;
+  size_t enc_off, enc_len; /* maintenance: its merged encoding in work.enc */
 };
 
 /* Cells by (level, bucket, group key): a chunk's changes on the thread,
@@ -352,18 +409,34 @@ struct chunk {
   size_t cap, len;
   int64_t ts; /* of the event being fed */
   int rc;
+  /* Maintenance: the cells of the last event fed, by its group key (an
+   * entry's) and 15-minute cell, which fix its hour and day cells: events
+   * in commit order mostly fall in the cells of the one before. */
+  const char *last_key;
+  int64_t last_bucket;
+  struct ana_mq_cell *last[LEVELS];
 };
 
-static uint64_t cell_hash(int level, int64_t bucket, const char *key) {
-  uint64_t h = 1469598103934665603ULL ^ (uint64_t)level;
-  h = (h ^ (uint64_t)bucket) * 1099511628211ULL;
+static uint64_t key_hash(const char *key) {
+  uint64_t h = 1469598103934665603ULL;
   for (; *key; key++)
     h = (h ^ (unsigned char)*key) * 1099511628211ULL;
   return h;
 }
 
-static struct ana_mq_cell *chunk_cell(struct chunk *c, int level, int64_t bucket,
-                                      const char *key) {
+/* key_hash(key) mixed with the level and bucket (splitmix64's finaliser):
+ * an event's group key is hashed once for its three cells. */
+static uint64_t cell_hash(int level, int64_t bucket, uint64_t kh) {
+  uint64_t h = kh ^ ((uint64_t)bucket * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)level;
+  h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL;
+  return h ^ (h >> 31);
+}
+
+/* The entry of a cell, made on first sight; NULL when out of memory. The
+ * entry moves when the table grows, its key and cell do not. */
+static struct cell_entry *chunk_cell(struct chunk *c, int level, int64_t bucket, const char *key,
+                                     uint64_t kh) {
   if ((c->len + 1) * 2 > c->cap) {
     size_t cap = c->cap ? c->cap * 2 : 256;
     struct cell_entry *slots = ana_calloc(cap, sizeof *slots);
@@ -381,12 +454,12 @@ static struct ana_mq_cell *chunk_cell(struct chunk *c, int level, int64_t bucket
     c->slots = slots;
     c->cap = cap;
   }
-  uint64_t h = cell_hash(level, bucket, key);
+  uint64_t h = cell_hash(level, bucket, kh);
   size_t j = h & (c->cap - 1);
   for (; c->slots[j].cell; j = (j + 1) & (c->cap - 1)) {
     struct cell_entry *e = &c->slots[j];
     if (e->hash == h && e->level == level && e->bucket == bucket && strcmp(e->key, key) == 0)
-      return e->cell;
+      return e;
   }
   struct cell_entry *e = &c->slots[j];
   e->key = ana_strdup(key);
@@ -400,22 +473,32 @@ static struct ana_mq_cell *chunk_cell(struct chunk *c, int level, int64_t bucket
   e->bucket = bucket;
   e->hash = h;
   c->len++;
-  return e->cell;
+  return e;
 }
 
 static int cells_of(void *ctx, const char *group_key, struct ana_mq_cell **cells, size_t max) {
   struct chunk *c = ctx;
-  for (int l = 0; l < LEVELS && (size_t)l < max; l++)
-    if (!(cells[l] = chunk_cell(c, l, floor_to(c->ts, level_ms[l]), group_key)))
+  int64_t bucket = floor_to(c->ts, level_ms[0]);
+  if (max < LEVELS)
+    return ANA_ERR_INVALID;
+  if (c->last_key && c->last_bucket == bucket && strcmp(c->last_key, group_key) == 0) {
+    memcpy(cells, c->last, sizeof c->last);
+    return LEVELS;
+  }
+  uint64_t kh = key_hash(group_key);
+  c->last_key = NULL;
+  const char *stored = NULL;
+  for (int l = 0; l < LEVELS; l++) {
+    struct cell_entry *e = chunk_cell(c, l, floor_to(c->ts, level_ms[l]), group_key, kh);
+    if (!e)
       return ANA_ERR_NOMEM;
+    cells[l] = e->cell;
+    stored = e->key;
+  }
+  c->last_key = stored;
+  c->last_bucket = bucket;
+  memcpy(c->last, cells, sizeof c->last);
   return LEVELS;
-}
-
-static int feed(void *ctx, const struct ana_scanned_event *ev) {
-  struct chunk *c = ctx;
-  c->ts = ev->timestamp_ms;
-  c->rc = ana_mq_feed_cells((struct ana_mq *)c->mq, ev, cells_of, c);
-  return c->rc < 0;
 }
 
 static void chunk_fini(struct chunk *c) {
@@ -426,119 +509,268 @@ static void chunk_fini(struct chunk *c) {
   ana_free(c->slots);
 }
 
-/* Reads events (lo, hi] of m's account, merges their cells into the stored
- * ones and moves the watermark, in one transaction; then the same cells and
- * watermark in the cache, in one critical section. Returns 0, 1 when the
- * metric changed meanwhile (nothing written), or a negative error. */
-static int process_chunk(struct ana_rollups *r, struct rmetric *m, uint64_t lo, uint64_t hi,
-                         uint64_t head, struct ana_error *err) {
-  struct chunk c = {.mq = m->mq};
-  sqlite3_stmt *sel = NULL, *put = NULL, *mark = NULL;
-  uint8_t *buf = NULL;
-  size_t cap = 0;
-  bool began = false;
-  /* The thread is the only writer of the cache: it reads it unlocked. */
-  struct rc_set *set = r->cache_ready ? rc_cache_find(&r->cache, m->metric_id, m->version) : NULL;
-  struct rc_changes changes = {0};
-  bool changes_lost = false;
-  int rc = r->ops->scan_seq(r->store, m->account_id, lo, hi, feed, &c, err);
-  if (rc == 0 && c.rc < 0)
-    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc < 0)
-    goto out;
-  /* Nothing of this metric (other accounts, other names): the stored
-   * watermark may lag (a restart replays an empty range), but not for long
-   * and not at the head, where queries read it. */
-  if (c.len == 0 && hi < head && hi - m->persisted < 50u * (uint64_t)r->chunk)
-    goto advance;
-  if (sqlite3_exec(r->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = sql_fail(r->conn, "begin", err);
-    goto out;
+/* What becomes of a metric's chunk in a round. */
+enum work_state {
+  WORK_FAILED, /* an error (logged): nothing moves, the chunk is read again */
+  WORK_QUIET,  /* no cells to write: the watermark moves in memory only */
+  WORK_WRITE,  /* cells and watermark go to the database */
+  WORK_GONE,   /* redefined or deleted meanwhile: its cells belong to nobody */
+};
+
+/* One metric's share of a round: the events (lo, hi] of its account, its
+ * cells of them, and those merged with the stored cells, encoded. */
+struct work {
+  struct rmetric *m;
+  uint64_t lo, hi;
+  struct chunk c;
+  enum work_state state;
+  struct rc_set *set; /* its cells in memory, or NULL */
+  struct rc_changes changes;
+  bool changes_lost;
+  uint8_t *enc; /* the encodings of c's cells, at their enc_off */
+  size_t enc_len, enc_cap;
+};
+
+static void work_fini(struct work *w) {
+  chunk_fini(&w->c);
+  rc_changes_fini(&w->changes);
+  ana_free(w->enc);
+}
+
+/* By account, then watermark: the metrics that read the same events are
+ * next to each other. */
+static int work_cmp(const void *a, const void *b) {
+  const struct work *x = a, *y = b;
+  int c = strcmp(x->m->account_id, y->m->account_id);
+  return c ? c : (x->lo > y->lo) - (x->lo < y->lo);
+}
+
+/* The metrics of one scan, each event read once for all of them. */
+struct scan {
+  struct work *works;
+  size_t n;
+  uint64_t events;
+  int rc;
+};
+
+static int feed(void *ctx, const struct ana_scanned_event *ev) {
+  struct scan *s = ctx;
+  /* One row for every metric: the properties are parsed once. */
+  struct ana_acc_row row;
+  ana_acc_row_init(&row, ev);
+  s->events++;
+  for (size_t i = 0; i < s->n && s->rc == 0; i++) {
+    struct chunk *c = &s->works[i].c;
+    c->ts = ev->timestamp_ms;
+    s->rc = ana_mq_feed_row((struct ana_mq *)c->mq, &row, cells_of, c);
   }
-  began = true;
+  ana_acc_row_fini(&row);
+  return s->rc < 0;
+}
+
+/* The statements of a round, prepared once on the thread's connection. */
+static int prepare(struct ana_rollups *r, struct ana_error *err) {
+  if (r->sel)
+    return 0;
   if (sqlite3_prepare_v2(r->conn,
                          "SELECT state FROM metric_rollups WHERE metric_id = ?1 AND version = ?2"
                          " AND level = ?3 AND bucket = ?4 AND group_key = ?5",
-                         -1, &sel, NULL) != SQLITE_OK ||
+                         -1, &r->sel, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(r->conn,
                          "INSERT OR REPLACE INTO metric_rollups (metric_id, version, level, "
                          "bucket, group_key, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                         -1, &put, NULL) != SQLITE_OK ||
+                         -1, &r->put, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(r->conn,
                          "UPDATE metric_rollup_defs SET watermark = ?3 WHERE metric_id = ?1 AND "
                          "version = ?2",
-                         -1, &mark, NULL) != SQLITE_OK) {
-    rc = sql_fail(r->conn, "prepare", err);
-    goto out;
+                         -1, &r->mark, NULL) != SQLITE_OK) {
+    int rc = sql_fail(r->conn, "prepare", err);
+    sqlite3_finalize(r->sel);
+    sqlite3_finalize(r->put);
+    sqlite3_finalize(r->mark);
+    r->sel = r->put = r->mark = NULL;
+    return rc;
   }
-  for (size_t i = 0; i < c.cap && rc == 0; i++) {
-    struct cell_entry *e = &c.slots[i];
+  return 0;
+}
+
+/* Merges w's cells into the stored ones and encodes them into w->enc; those
+ * of levels in memory are also packed into w->changes. Reads only: the
+ * thread is the only writer of cells, so they stay as read until the
+ * write. */
+static int merge_stored(struct ana_rollups *r, struct work *w, struct ana_error *err) {
+  struct rmetric *m = w->m;
+  for (size_t i = 0; i < w->c.cap; i++) {
+    struct cell_entry *e = &w->c.slots[i];
     if (!e->cell)
       continue;
-    sqlite3_stmt *sts[2] = {sel, put};
-    for (int k = 0; k < 2; k++) {
-      sqlite3_reset(sts[k]);
-      sqlite3_bind_text(sts[k], 1, m->metric_id, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(sts[k], 2, m->version);
-      sqlite3_bind_int(sts[k], 3, e->level);
-      sqlite3_bind_int64(sts[k], 4, e->bucket);
-      sqlite3_bind_text(sts[k], 5, e->key, -1, SQLITE_STATIC);
-    }
-    int merged = sqlite3_step(sel) != SQLITE_ROW
-                     ? 0
-                     : ana_mq_cell_merge_encoded(m->mq, e->cell, sqlite3_column_blob(sel, 0),
-                                                 (size_t)sqlite3_column_bytes(sel, 0));
-    if (merged < 0) {
-      rc = merged == ANA_ERR_NOMEM
-               ? ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory")
-               : ana_error_set(err, ANA_STATUS_DATA_LOSS,
-                               "metric rollups: a stored cell is malformed");
+    sqlite3_bind_text(r->sel, 1, m->metric_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(r->sel, 2, m->version);
+    sqlite3_bind_int(r->sel, 3, e->level);
+    sqlite3_bind_int64(r->sel, 4, e->bucket);
+    sqlite3_bind_text(r->sel, 5, e->key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(r->sel);
+    int merged = step == SQLITE_ROW
+                     ? ana_mq_cell_merge_encoded(m->mq, e->cell, sqlite3_column_blob(r->sel, 0),
+                                                 (size_t)sqlite3_column_bytes(r->sel, 0))
+                     : 0;
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+      merged = sql_fail(r->conn, "read a cell", err);
+    sqlite3_reset(r->sel);
+    if (merged == ANA_ERR_NOMEM || merged == ANA_ERR_INVALID)
+      return merged == ANA_ERR_NOMEM
+                 ? ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory")
+                 : ana_error_set(err, ANA_STATUS_DATA_LOSS,
+                                 "metric rollups: a stored cell is malformed");
+    if (merged < 0)
+      return merged;
+    e->enc_off = w->enc_len;
+    if (ana_mq_cell_encode(m->mq, e->cell, &w->enc, &w->enc_len, &w->enc_cap) < 0)
+      return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    e->enc_len = w->enc_len - e->enc_off;
+    if (w->set && w->set->levels[e->level].loaded && !w->changes_lost &&
+        rc_changes_add(&w->changes, m->mq, e->level, e->bucket, e->key, w->enc + e->enc_off,
+                       e->enc_len) < 0)
+      w->changes_lost = true;
+  }
+  return 0;
+}
+
+/* Writes the cells and watermarks of the works to write, in one
+ * transaction: each metric's cells and watermark change together. A metric
+ * whose version is no longer the stored one (redefined or deleted since the
+ * round began) is left out and marked gone. Returns 0 or a negative error
+ * (nothing written). */
+static int write_works(struct ana_rollups *r, struct work *w, size_t n, struct ana_error *err) {
+  uint64_t cells = 0;
+  int rc = 0;
+  if (sqlite3_exec(r->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return sql_fail(r->conn, "begin", err);
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    if (w[i].state != WORK_WRITE)
+      continue;
+    struct rmetric *m = w[i].m;
+    sqlite3_bind_text(r->mark, 1, m->metric_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(r->mark, 2, m->version);
+    sqlite3_bind_int64(r->mark, 3, (sqlite3_int64)w[i].hi);
+    int step = sqlite3_step(r->mark);
+    sqlite3_reset(r->mark);
+    if (step != SQLITE_DONE) {
+      rc = sql_fail(r->conn, "move the watermark", err);
       break;
     }
-    size_t len = 0;
-    if (ana_mq_cell_encode(m->mq, e->cell, &buf, &len, &cap) < 0) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      break;
+    if (sqlite3_changes(r->conn) == 0) {
+      w[i].state = WORK_GONE;
+      continue;
     }
-    sqlite3_bind_blob(put, 6, buf, (int)len, SQLITE_STATIC);
-    if (sqlite3_step(put) != SQLITE_DONE)
-      rc = sql_fail(r->conn, "write a cell", err);
-    if (set && set->levels[e->level].loaded && !changes_lost &&
-        rc_changes_add(&changes, m->mq, e->level, e->bucket, e->key, buf, len) < 0)
-      changes_lost = true;
+    for (size_t k = 0; k < w[i].c.cap && rc == 0; k++) {
+      const struct cell_entry *e = &w[i].c.slots[k];
+      if (!e->cell)
+        continue;
+      sqlite3_bind_text(r->put, 1, m->metric_id, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(r->put, 2, m->version);
+      sqlite3_bind_int(r->put, 3, e->level);
+      sqlite3_bind_int64(r->put, 4, e->bucket);
+      sqlite3_bind_text(r->put, 5, e->key, -1, SQLITE_STATIC);
+      sqlite3_bind_blob(r->put, 6, w[i].enc + e->enc_off, (int)e->enc_len, SQLITE_STATIC);
+      if (sqlite3_step(r->put) != SQLITE_DONE)
+        rc = sql_fail(r->conn, "write a cell", err);
+      sqlite3_reset(r->put);
+      cells++;
+    }
   }
-  if (rc < 0)
-    goto out;
-  sqlite3_bind_text(mark, 1, m->metric_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(mark, 2, m->version);
-  sqlite3_bind_int64(mark, 3, (sqlite3_int64)hi);
-  if (sqlite3_step(mark) != SQLITE_DONE) {
-    rc = sql_fail(r->conn, "move the watermark", err);
-    goto out;
-  }
-  if (sqlite3_changes(r->conn) == 0) {
-    rc = 1; /* redefined or deleted meanwhile: these cells belong to nobody */
-    goto out;
-  }
-  if (sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+  if (rc == 0 && sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
     rc = sql_fail(r->conn, "commit", err);
-    goto out;
+  if (rc < 0) {
+    if (!sqlite3_get_autocommit(r->conn))
+      sqlite3_exec(r->conn, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
   }
-  began = false;
-  m->persisted = hi;
-advance:
-  if (set)
-    rc_cache_advance(&r->cache, set, changes_lost ? NULL : &changes, hi);
-out:
-  sqlite3_finalize(sel);
-  sqlite3_finalize(put);
-  sqlite3_finalize(mark);
-  if (began)
-    sqlite3_exec(r->conn, "ROLLBACK", NULL, NULL, NULL);
-  ana_free(buf);
-  rc_changes_fini(&changes);
-  chunk_fini(&c);
-  return rc;
+  ana_prom_counter_add(&r->cells_written, cells);
+  return 0;
+}
+
+/* One chunk for each metric of w (each from its own watermark, up to
+ * head): one scan of the commit sequence per account and watermark, each
+ * event read once for all the metrics that start there; then every
+ * metric's changed cells and watermark in one transaction; then the same
+ * cells and watermarks in the cache (one critical section per metric).
+ * Returns true when a metric has more to do. */
+static bool advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t head) {
+  struct ana_error err;
+  ana_error_clear(&err);
+  bool more = false, reading = false, writing = false;
+  qsort(w, n, sizeof *w, work_cmp);
+  int rc = prepare(r, &err);
+  for (size_t i = 0; i < n;) {
+    size_t j = i + 1;
+    while (j < n && w[j].lo == w[i].lo && strcmp(w[j].m->account_id, w[i].m->account_id) == 0)
+      j++;
+    struct scan s = {.works = &w[i], .n = j - i};
+    int sc = rc < 0
+                 ? rc
+                 : r->ops->scan_seq(r->store, w[i].m->account_id, w[i].lo, w[i].hi, feed, &s, &err);
+    if (sc == 0 && s.rc < 0)
+      sc = ana_error_set(&err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ana_prom_counter_add(&r->events_processed, s.events);
+    for (size_t k = i; k < j; k++) {
+      w[k].state = sc < 0 ? WORK_FAILED : WORK_QUIET;
+      if (sc < 0)
+        ANA_WARN("rollups", "metric %s: %s", w[k].m->metric_id, err.message);
+    }
+    i = j;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct rmetric *m = w[i].m;
+    w[i].set = r->cache_ready ? rc_cache_find(&r->cache, m->metric_id, m->version) : NULL;
+    /* Nothing of this metric (other names, filtered out): the stored
+     * watermark may lag (a restart replays an empty range), but not for
+     * long and not at the head, where queries read it. */
+    if (w[i].state != WORK_QUIET ||
+        (w[i].c.len == 0 && w[i].hi < head && w[i].hi - m->persisted < 50u * (uint64_t)r->chunk))
+      continue;
+    /* One read transaction for every metric's stored cells. */
+    if (!reading)
+      reading = sqlite3_exec(r->conn, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+    if (merge_stored(r, &w[i], &err) < 0) {
+      ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
+      w[i].state = WORK_FAILED;
+      continue;
+    }
+    w[i].state = WORK_WRITE;
+    writing = true;
+  }
+  if (reading)
+    sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL);
+  if (writing && write_works(r, w, n, &err) < 0) {
+    ANA_WARN("rollups", "cannot write the rollups of %zu metrics: %s", n, err.message);
+    for (size_t i = 0; i < n; i++)
+      if (w[i].state == WORK_WRITE)
+        w[i].state = WORK_FAILED;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct work *x = &w[i];
+    struct rmetric *m = x->m;
+    if (x->state == WORK_QUIET || x->state == WORK_WRITE) {
+      if (x->state == WORK_WRITE)
+        m->persisted = x->hi;
+      if (x->set)
+        rc_cache_advance(&r->cache, x->set, x->changes_lost ? NULL : &x->changes, x->hi);
+      pthread_mutex_lock(&r->mu);
+      m->watermark = x->hi;
+      more |= x->hi < head;
+      if (x->hi >= m->backfill_to && x->lo < m->backfill_to) {
+        ANA_INFO("rollups", "metric %s: version %lld complete", m->metric_id,
+                 (long long)m->version);
+        /* The backfill may have read events retention had not deleted
+         * yet: their cells go now. */
+        r->next_sweep_ms = 0;
+      }
+      pthread_mutex_unlock(&r->mu);
+    }
+    work_fini(x);
+  }
+  return more;
 }
 
 /* Deletes one chunk of garbage whose time has come; true when some is left. */
@@ -762,17 +994,68 @@ static bool cache_pending(struct ana_rollups *r) {
   return pending;
 }
 
+/* Publishes the progress /metrics reports. On the thread (the only writer
+ * of watermarks and of the cache), or before it starts. */
+static void publish_progress(struct ana_rollups *r) {
+  uint64_t low = UINT64_MAX;
+  pthread_mutex_lock(&r->mu);
+  for (struct rmetric *m = r->metrics; m; m = m->next)
+    if (m->watermark >= m->backfill_to && m->watermark < low)
+      low = m->watermark;
+  pthread_mutex_unlock(&r->mu);
+  atomic_store_explicit(&r->low_watermark, low, memory_order_relaxed);
+  atomic_store_explicit(&r->cache_bytes, r->cache.bytes, memory_order_relaxed);
+}
+
+/* A deadline ms from now, for pthread_cond_timedwait. */
+static struct timespec deadline_in(int64_t ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t)(ms / 1000);
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
+/* The thread's busy handler. Under load the committer holds the write lock
+ * nearly all the time and SQLite's default handler sleeps 1, 2, 5 ... 100
+ * ms between tries: the thread would find it free only by chance, and lag.
+ * The commit hook signals each commit, that is a moment the lock was just
+ * released: the next try follows it at once (or a millisecond later). */
+static int busy_wait(void *ctx, int count) {
+  struct ana_rollups *r = ctx;
+  if (count >= BUSY_MS)
+    return 0;
+  pthread_mutex_lock(&r->wake_mu);
+  struct timespec ts = deadline_in(1);
+  pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts);
+  pthread_mutex_unlock(&r->wake_mu);
+  return 1;
+}
+
 static void *rollup_thread(void *arg) {
   struct ana_rollups *r = arg;
   bool more = true;
+  int64_t last_round = 0;
   for (;;) {
     pthread_mutex_lock(&r->wake_mu);
     if (!more && !r->kick && !r->stop) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += IDLE_WAKE_MS / 1000;
+      struct timespec ts = deadline_in(IDLE_WAKE_MS);
       pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts);
     }
+    /* Following a stream of commits, a round at most every ROUND_MS: each
+     * round's write is one the commits wait for, so it had better carry
+     * many events. A commit after a quiet spell is taken at once. */
+    int64_t wait = last_round + ROUND_MS - mono_ms();
+    if (!more && !r->stop && wait > 0) {
+      struct timespec ts = deadline_in(wait > ROUND_MS ? ROUND_MS : wait);
+      while (!r->stop && pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts) == 0) {
+      }
+    }
+    last_round = mono_ms();
     r->kick = false;
     bool stop = r->stop;
     pthread_mutex_unlock(&r->wake_mu);
@@ -786,7 +1069,9 @@ static void *rollup_thread(void *arg) {
       ANA_WARN("rollups", "cannot read the commit sequence: %s", err.message);
       continue;
     }
-    /* Every metric, held: those behind get one chunk each per round, so a
+    raise_to(&r->committed, head);
+    /* Every metric, held: those behind get one chunk each per round (the
+     * metrics of an account at the same watermark share its reading), so a
      * backfill never holds up the live updates of the others; the complete
      * ones get their cells loaded into memory when queries asked. */
     pthread_mutex_lock(&r->mu);
@@ -796,8 +1081,11 @@ static void *rollup_thread(void *arg) {
     if (n > r->todo_cap) {
       /* kept across rounds: an idle round allocates nothing */
       struct rmetric **t = ana_realloc(r->todo, n * sizeof *t);
-      if (t) {
+      if (t)
         r->todo = t;
+      struct work *w = t ? ana_realloc(r->works, n * sizeof *w) : NULL;
+      if (w) {
+        r->works = w;
         r->todo_cap = n;
       }
     }
@@ -807,36 +1095,24 @@ static void *rollup_thread(void *arg) {
       m->busy = true;
       todo[n++] = m;
     }
-    pthread_mutex_unlock(&r->mu);
+    size_t n_works = 0;
     for (size_t i = 0; i < n; i++) {
       struct rmetric *m = todo[i];
-      pthread_mutex_lock(&r->mu);
-      bool dead = m->dead;
-      pthread_mutex_unlock(&r->mu);
-      if (dead)
+      if (m->dead || m->watermark >= head)
         continue;
-      if (m->watermark < head) {
-        uint64_t lo = m->watermark; /* written by this thread only */
-        uint64_t hi = head - lo > (uint64_t)r->chunk ? lo + (uint64_t)r->chunk : head;
-        int rc = process_chunk(r, m, lo, hi, head, &err);
-        pthread_mutex_lock(&r->mu);
-        if (rc == 0)
-          m->watermark = hi;
-        if (rc < 0)
-          ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
-        else if (rc == 0 && hi < head)
-          more = true;
-        if (rc == 0 && hi >= m->backfill_to && lo < m->backfill_to) {
-          ANA_INFO("rollups", "metric %s: version %lld complete", m->metric_id,
-                   (long long)m->version);
-          /* The backfill may have read events retention had not deleted
-           * yet: their cells go now. */
-          r->next_sweep_ms = 0;
-        }
-        pthread_mutex_unlock(&r->mu);
-      }
-      if (r->cache_ready)
-        tend_cache(r, m);
+      uint64_t lo = m->watermark; /* written by this thread only */
+      uint64_t hi = head - lo > (uint64_t)r->chunk ? lo + (uint64_t)r->chunk : head;
+      r->works[n_works++] = (struct work){.m = m, .lo = lo, .hi = hi, .c = {.mq = m->mq}};
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (n_works && advance(r, r->works, n_works, head))
+      more = true;
+    for (size_t i = 0; i < n; i++) {
+      pthread_mutex_lock(&r->mu);
+      bool dead = todo[i]->dead;
+      pthread_mutex_unlock(&r->mu);
+      if (!dead && r->cache_ready)
+        tend_cache(r, todo[i]);
     }
     if (expire_cells(r, todo, n))
       more = true;
@@ -851,14 +1127,19 @@ static void *rollup_thread(void *arg) {
       prune_cache(r);
     if (collect_garbage(r))
       more = true;
+    publish_progress(r);
   }
   return NULL;
 }
 
 void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, size_t n) {
-  (void)records;
-  (void)n;
-  wake(ctx);
+  struct ana_rollups *r = ctx;
+  uint64_t last = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!records[i].duplicate && records[i].seq > last)
+      last = records[i].seq;
+  raise_to(&r->committed, last);
+  wake(r);
 }
 
 bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
@@ -975,13 +1256,32 @@ struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
   }
   if (!(r->conn = ana_local_db_connect(db, err)) || !(r->ctl = ana_local_db_connect(db, err)))
     goto fail;
+  /* The thread's transactions need not reach the disk before they return:
+   * cells and watermark are in the same transaction, so one lost with the
+   * power leaves both as they were, and the events are replayed from the
+   * older watermark (WAL keeps the order; the next synced commit of the
+   * committer makes them durable). No sync keeps the write lock short.
+   * (Checkpoints are the store's checkpoint thread's alone: connections of
+   * ana_local_db_connect never run one; a PRAGMA wal_autocheckpoint here
+   * would undo that.) */
+  if (sqlite3_exec(r->conn, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
+    sql_fail(r->conn, "cannot set its pragmas", err);
+    goto fail;
+  }
+  sqlite3_busy_handler(r->conn, busy_wait, r);
   if (load(r, err) < 0)
     goto fail;
+  uint64_t head = 0;
+  if (ops->last_seq(store, &head, err) < 0)
+    goto fail;
+  atomic_init(&r->committed, head);
+  publish_progress(r);
   if (pthread_create(&r->thread, NULL, rollup_thread, r) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the rollup thread");
     goto fail;
   }
   r->started = true;
+  r->prom_registered = ana_prom_register(collect, r) == 0;
   return r;
 fail:
   ana_rollup_destroy(r);
@@ -991,6 +1291,8 @@ fail:
 void ana_rollup_destroy(struct ana_rollups *r) {
   if (!r)
     return;
+  if (r->prom_registered)
+    ana_prom_unregister(collect, r);
   if (r->started) {
     pthread_mutex_lock(&r->wake_mu);
     r->stop = true;
@@ -1008,6 +1310,10 @@ void ana_rollup_destroy(struct ana_rollups *r) {
   }
   rc_cache_fini(&r->cache);
   ana_free(r->todo);
+  ana_free(r->works);
+  sqlite3_finalize(r->sel);
+  sqlite3_finalize(r->put);
+  sqlite3_finalize(r->mark);
   sqlite3_close(r->conn);
   sqlite3_close(r->ctl);
   pthread_mutex_destroy(&r->mu);
@@ -1118,7 +1424,8 @@ static int raw_cells_of(void *ctx, const char *group_key, struct ana_mq_cell **c
   }
   if (max < 1)
     return 0;
-  return (cells[0] = chunk_cell(&rc->c, 0, b, group_key)) ? 1 : ANA_ERR_NOMEM;
+  struct cell_entry *e = chunk_cell(&rc->c, 0, b, group_key, key_hash(group_key));
+  return e ? (cells[0] = e->cell, 1) : ANA_ERR_NOMEM;
 }
 
 static int add_raw(void *ctx, const struct ana_scanned_event *ev) {

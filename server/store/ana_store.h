@@ -186,7 +186,9 @@ void ana_local_db_rollback(struct ana_local_db *db);
 int ana_local_db_begin_unsynced(struct ana_local_db *db, struct ana_error *err);
 
 /* A new read-write connection with the same settings, for a role that
- * writes on its own (the catalog); close it with sqlite3_close. */
+ * writes on its own (the catalog, rollups); it never checkpoints (the local
+ * database's checkpoint thread does, for every connection). Close it with
+ * sqlite3_close before the local database. */
 void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err);
 
 /* The writer connection (for the committer's stages) and a pooled reader

@@ -19,6 +19,8 @@
 
 #include "ana_alloc.h"
 #include "ana_arena.h"
+#include "ana_metric_acc.h"
+#include "ana_prom.h"
 #include "ana_rollup.h"
 #include "ana_sketch.h"
 #include "ana_store.h"
@@ -131,8 +133,9 @@ static int teardown_retention(void **state) {
   return teardown(state);
 }
 
-/* Stores n random events in one transaction and tells the rollups. */
-static void add_events(int n) {
+/* Stores n random events, each of one of the accounts, in one transaction
+ * and tells the rollups. */
+static void add_events_in(int n, const char *const *accounts, size_t n_accounts) {
   static const char *const names[] = {"a", "b", "c"};
   struct ana_event_record *recs = calloc((size_t)n, sizeof *recs);
   char (*ids)[32] = calloc((size_t)n, 32);
@@ -153,7 +156,7 @@ static void add_events(int n) {
       snprintf(props[i], 256, "{\"campaign\":\"c%d\",\"group\":\"g%d\",\"v\":%g,\"s\":\"u%d\"}",
                (int)(rnd() % 4), (int)(rnd() % 3), v, (int)(rnd() % 300));
     recs[i] = (struct ana_event_record){
-        .account_id = "acct",
+        .account_id = n_accounts > 1 ? accounts[rnd() % n_accounts] : accounts[0],
         .event_id = ids[i],
         .session_id = "",
         .event_type = "track",
@@ -176,6 +179,11 @@ static void add_events(int n) {
   free(recs);
   free(ids);
   free(props);
+}
+
+static void add_events(int n) {
+  static const char *const acct[] = {"acct"};
+  add_events_in(n, acct, 1);
 }
 
 enum kind { EXACT, UNIQ, PCT };
@@ -218,10 +226,14 @@ struct built {
   struct ana_formula *f;
 };
 
-static void build(struct built *b, size_t i) {
+/* Metric defs[i] with the given id (NULL: "m<i>"). */
+static void build_as(struct built *b, size_t i, const char *id) {
   const struct def *d = &defs[i];
   analytics__v1__metric__init(&b->m);
-  snprintf(b->id, sizeof b->id, "m%zu", i);
+  if (id)
+    snprintf(b->id, sizeof b->id, "%s", id);
+  else
+    snprintf(b->id, sizeof b->id, "m%zu", i);
   b->m.metric_id = b->id;
   b->m.name = b->id;
   b->m.type = (char *)d->type;
@@ -250,6 +262,10 @@ static void build(struct built *b, size_t i) {
   int pos;
   b->f = ana_formula_parse(d->formula, NULL, &err, &pos);
   assert_non_null(b->f);
+}
+
+static void build(struct built *b, size_t i) {
+  build_as(b, i, NULL);
 }
 
 static void series_key(const Analytics__V1__MetricSeries *s, char *out, size_t n) {
@@ -326,7 +342,9 @@ static void compare(enum kind k, const Analytics__V1__MetricData *raw,
 
 static int checked;
 
-static void check_all(struct built *b, bool expect_rollups) {
+/* Metric b (built from defs[i]) of account: every zone, range and top-N
+ * answered from the rollups equals the raw answer. */
+static void check_metric(struct built *b, size_t i, const char *account, bool expect_rollups) {
   static const char *const zones[] = {"UTC", "Asia/Kolkata", "Europe/Berlin", "Asia/Kathmandu"};
   struct {
     int64_t from, to;
@@ -338,45 +356,48 @@ static void check_all(struct built *b, bool expect_rollups) {
       {START + 5 * HOUR + 1, START + 2 * DAY + 31 * MIN, ANA_INTERVAL_1D},
       {START + DAY + 2 * HOUR, START + DAY + 4 * HOUR, ANA_INTERVAL_5M},
   };
-  for (size_t i = 0; i < N_DEFS; i++) {
-    for (size_t z = 0; z < sizeof zones / sizeof zones[0]; z++) {
-      for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
-        for (int top = 0; top < 2; top++) {
-          struct ana_metric_query q = {
-              .metric = &b[i].m,
-              .formula = b[i].f,
-              .account_id = "acct",
-              .from_ms = ranges[r].from,
-              .to_ms = ranges[r].to,
-              .interval = ranges[r].iv,
-              .time_zone = zones[z],
-              /* top-N + "other" only where ranking is exact */
-              .top_n = top ? 2 : (defs[i].kind == EXACT ? 0 : 1000),
-          };
-          if (top && defs[i].kind != EXACT)
-            continue;
-          struct ana_arena *a = ana_arena_create(65536, 0);
-          Analytics__V1__MetricData raw = ANALYTICS__V1__METRIC_DATA__INIT;
-          Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
-          struct ana_error err;
-          assert_int_equal(ana_metric_query_raw(ops, store, &q, a, &raw, &err), 0);
-          int rc = ana_rollup_query(rollups, &q, a, &got, &err);
-          if (rc < 0)
-            fail_msg("rollup query failed: %s", err.message);
-          if (expect_rollups)
-            assert_int_equal(rc, 1);
-          char ctx[256];
-          snprintf(ctx, sizeof ctx, "%s [%s, range %zu, top %d]", defs[i].formula, zones[z], r,
-                   q.top_n);
-          if (rc == 1) {
-            compare(defs[i].kind, &raw, &got, ctx);
-            checked++;
-          }
-          ana_arena_destroy(a);
+  for (size_t z = 0; z < sizeof zones / sizeof zones[0]; z++) {
+    for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+      for (int top = 0; top < 2; top++) {
+        struct ana_metric_query q = {
+            .metric = &b->m,
+            .formula = b->f,
+            .account_id = account,
+            .from_ms = ranges[r].from,
+            .to_ms = ranges[r].to,
+            .interval = ranges[r].iv,
+            .time_zone = zones[z],
+            /* top-N + "other" only where ranking is exact */
+            .top_n = top ? 2 : (defs[i].kind == EXACT ? 0 : 1000),
+        };
+        if (top && defs[i].kind != EXACT)
+          continue;
+        struct ana_arena *a = ana_arena_create(65536, 0);
+        Analytics__V1__MetricData raw = ANALYTICS__V1__METRIC_DATA__INIT;
+        Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
+        struct ana_error err;
+        assert_int_equal(ana_metric_query_raw(ops, store, &q, a, &raw, &err), 0);
+        int rc = ana_rollup_query(rollups, &q, a, &got, &err);
+        if (rc < 0)
+          fail_msg("rollup query failed: %s", err.message);
+        if (expect_rollups)
+          assert_int_equal(rc, 1);
+        char ctx[256];
+        snprintf(ctx, sizeof ctx, "%s of %s [%s, range %zu, top %d]", defs[i].formula, account,
+                 zones[z], r, q.top_n);
+        if (rc == 1) {
+          compare(defs[i].kind, &raw, &got, ctx);
+          checked++;
         }
+        ana_arena_destroy(a);
       }
     }
   }
+}
+
+static void check_all(struct built *b, bool expect_rollups) {
+  for (size_t i = 0; i < N_DEFS; i++)
+    check_metric(&b[i], i, "acct", expect_rollups);
 }
 
 static void rollups_equal_raw(void **state) {
@@ -738,18 +759,275 @@ static void no_cache(void **state) {
     ana_formula_free(b[i].f);
 }
 
+/* The value of an unlabelled sample in what /metrics would show, or NAN. */
+static double prom_sample(const char *name) {
+  struct ana_prom_writer w;
+  ana_prom_writer_init(&w);
+  ana_prom_render(&w);
+  double v = NAN;
+  size_t n = strlen(name);
+  for (const char *p = w.data; p && (p = strstr(p, name)) != NULL; p += n)
+    if ((p == w.data || p[-1] == '\n') && p[n] == ' ') {
+      v = strtod(p + n + 1, NULL);
+      break;
+    }
+  ana_prom_writer_fini(&w);
+  return v;
+}
+
+/* Several metrics of several accounts, with different filters and
+ * dimensions, maintained together: those of an account at the same
+ * watermark share one reading of its events (each event is read once),
+ * others backfill meanwhile, a redefinition starts over; every answer
+ * equals the raw one, and /metrics says when they caught up. */
+static void metrics_of_several_accounts_together(void **state) {
+  (void)state;
+  static const char *const accounts[] = {"acct", "acct2", "acct3"};
+  enum { N_ACCOUNTS = 3 };
+  static struct built b[N_ACCOUNTS][N_DEFS];
+  struct ana_error err;
+  /* On an empty store: complete at once, all at the same watermark. Each
+   * account gets a third of the definitions first. */
+  for (size_t k = 0; k < N_ACCOUNTS; k++)
+    for (size_t i = 0; i < N_DEFS; i++) {
+      char id[16];
+      snprintf(id, sizeof id, "a%zum%zu", k, i);
+      build_as(&b[k][i], i, id);
+      if (i % N_ACCOUNTS == k)
+        assert_int_equal(ana_rollup_define(rollups, accounts[k], &b[k][i].m, b[k][i].f, &err), 0);
+    }
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  assert_int_equal(prom_sample("ana_rollup_lag_events"), 0);
+  double before = prom_sample("ana_rollup_events_processed_total");
+  add_events_in(3000, accounts, N_ACCOUNTS);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  /* once each, not once per metric */
+  assert_int_equal(prom_sample("ana_rollup_events_processed_total") - before, 3000);
+  assert_int_equal(prom_sample("ana_rollup_lag_events"), 0);
+  assert_true(prom_sample("ana_rollup_cells_written_total") > 0);
+  /* The rest backfill while the first follow new events of every account;
+   * one of the first is redefined (a new version, backfilled too). */
+  for (size_t k = 0; k < N_ACCOUNTS; k++)
+    for (size_t i = 0; i < N_DEFS; i++)
+      if (i % N_ACCOUNTS != k)
+        assert_int_equal(ana_rollup_define(rollups, accounts[k], &b[k][i].m, b[k][i].f, &err), 0);
+  b[0][0].m.n_dimensions = 2;
+  b[0][0].m.dimensions = (char *[]){"group", "campaign"};
+  assert_int_equal(ana_rollup_define(rollups, accounts[0], &b[0][0].m, b[0][0].f, &err), 0);
+  for (int round = 0; round < 3; round++)
+    add_events_in(500, accounts, N_ACCOUNTS);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  assert_int_equal(prom_sample("ana_rollup_lag_events"), 0);
+  struct ana_rollup_status st0;
+  ana_rollup_status(rollups, "a0m0", &st0);
+  for (size_t k = 0; k < N_ACCOUNTS; k++)
+    for (size_t i = 0; i < N_DEFS; i++) {
+      struct ana_rollup_status st;
+      ana_rollup_status(rollups, b[k][i].m.metric_id, &st);
+      assert_true(st.known && st.complete);
+      assert_int_equal(st.watermark, st0.watermark); /* all at the head */
+    }
+  checked = 0;
+  for (size_t k = 0; k < N_ACCOUNTS; k++)
+    for (size_t i = 0; i < N_DEFS; i++)
+      check_metric(&b[k][i], i, accounts[k], true);
+  assert_true(checked > 0);
+  /* And after a restart that finds events no thread has read. */
+  ana_rollup_destroy(rollups);
+  rollups = NULL;
+  add_events_in(900, accounts, N_ACCOUNTS);
+  rollups = start_rollups(&err);
+  assert_non_null(rollups);
+  assert_true(ana_rollup_wait_idle(rollups, 60000));
+  for (size_t k = 0; k < N_ACCOUNTS; k++)
+    for (size_t i = 0; i < N_DEFS; i++)
+      check_metric(&b[k][i], i, accounts[k], true);
+  for (size_t k = 0; k < N_ACCOUNTS; k++)
+    for (size_t i = 0; i < N_DEFS; i++)
+      ana_formula_free(b[k][i].f);
+}
+
+/* ------------------------------------------------------------------ */
+/* properties read without jansson */
+
+/* Appends to out one random JSON value as the properties may hold it:
+ * plain and escaped strings, non-ASCII, numbers of every shape (some
+ * jansson refuses: too large), booleans, null, nesting. */
+static void random_value(char *out, size_t cap) {
+  static const char *const fixed[] = {"\"x1\"",
+                                      "\"12\"",
+                                      "\"-3.5\"",
+                                      "\"\"",
+                                      "\"a\\\"b\"",
+                                      "\"\\u00e9t\\u00e9\"",
+                                      "\"\xc3\xa9t\xc3\xa9\"",
+                                      "-0",
+                                      "0",
+                                      "-0.0",
+                                      "1.5",
+                                      "2.5e3",
+                                      "1E+2",
+                                      "1e-5",
+                                      "0.1",
+                                      "123456789012345678",
+                                      "9223372036854775807",
+                                      "9223372036854775808",
+                                      "-9223372036854775809",
+                                      "12345678901234567890123",
+                                      "1e400",
+                                      "1e99",
+                                      "true",
+                                      "false",
+                                      "null",
+                                      "{\"n\":1}",
+                                      "[1,2]",
+                                      "01",
+                                      "1.",
+                                      "-",
+                                      "\"tab\there\""};
+  size_t len = strlen(out);
+  if (rnd() % 3 == 0)
+    snprintf(out + len, cap - len, "%d", (int)(rnd() % 2001) - 1000);
+  else if (rnd() % 4 == 0)
+    snprintf(out + len, cap - len, "\"v%d\"", (int)(rnd() % 5));
+  else
+    snprintf(out + len, cap - len, "%s", fixed[rnd() % (sizeof fixed / sizeof fixed[0])]);
+}
+
+static void random_ws(char *out, size_t cap) {
+  static const char *const ws[] = {"", "", "", " ", "\n\t", "\r\n  "};
+  size_t len = strlen(out);
+  snprintf(out + len, cap - len, "%s", ws[rnd() % (sizeof ws / sizeof ws[0])]);
+}
+
+/* A metric for the comparison below. */
+struct acc_metric {
+  Analytics__V1__Metric m;
+  Analytics__V1__MetricFilter filter, *filters[1];
+  Google__Protobuf__Value value;
+  struct ana_formula *f;
+};
+
+static void acc_metric_init(struct acc_metric *x, const char *formula, const char *const *dims,
+                            size_t n_dims, const char *field, const char *op, const char *text,
+                            double number) {
+  analytics__v1__metric__init(&x->m);
+  x->m.metric_id = "flat";
+  x->m.formula = (char *)formula;
+  x->m.dimensions = (char **)dims;
+  x->m.n_dimensions = n_dims;
+  if (field) {
+    analytics__v1__metric_filter__init(&x->filter);
+    google__protobuf__value__init(&x->value);
+    x->filter.field = (char *)field;
+    x->filter.op = (char *)op;
+    if (text) {
+      x->value.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+      x->value.string_value = (char *)text;
+    } else {
+      x->value.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
+      x->value.number_value = number;
+    }
+    x->filter.value = &x->value;
+    x->filters[0] = &x->filter;
+    x->m.filters = x->filters;
+    x->m.n_filters = 1;
+  }
+  struct ana_error err;
+  int pos;
+  x->f = ana_formula_parse(formula, NULL, &err, &pos);
+  assert_non_null(x->f);
+}
+
+/* Flat properties are read without jansson (acc.c): for random objects,
+ * flat or not, well-formed or not, every metric reads them as it reads the
+ * same object with a nested member added (which jansson reads): the same
+ * filters pass, the same groups, the same values. */
+static void properties_read_alike_flat_or_not(void **state) {
+  (void)state;
+  static const char *const d12[] = {"k1", "k2"}, *const d3[] = {"k3"};
+  struct acc_metric ms[5];
+  acc_metric_init(&ms[0], "sum(e.k2) + count(e.k3) * 1000", d12, 2, NULL, NULL, NULL, 0);
+  acc_metric_init(&ms[1], "min(e.k1) * 7 + max(e.k3)", d3, 1, "k1", "gte", NULL, -500);
+  acc_metric_init(&ms[2], "uniq(e.k1) + avg(e.k4)", NULL, 0, "k2", "exists", NULL, 0);
+  acc_metric_init(&ms[3], "count(e.k2)", d12, 2, "k3", "contains", "1", 0);
+  acc_metric_init(&ms[4], "p50(e.properties.k4)", d3, 1, "k1", "eq", "v1", 0);
+  static const char *const keys[] = {"k1", "k2", "k3", "k4"};
+  int flat_like = 0;
+  for (int n = 0; n < 3000; n++) {
+    char members[1024] = "";
+    int count = (int)(rnd() % 6);
+    for (int i = 0; i < count; i++) {
+      size_t len = strlen(members);
+      snprintf(members + len, sizeof members - len, "%s", i ? "," : "");
+      random_ws(members, sizeof members);
+      len = strlen(members);
+      snprintf(members + len, sizeof members - len, "\"%s\"", keys[rnd() % 4]);
+      random_ws(members, sizeof members);
+      len = strlen(members);
+      snprintf(members + len, sizeof members - len, ":");
+      random_ws(members, sizeof members);
+      random_value(members, sizeof members);
+      random_ws(members, sizeof members);
+    }
+    /* now and then malformed, the same way in both */
+    const char *tail = rnd() % 20 == 0 ? (rnd() % 2 ? " x" : ",") : "";
+    char flat[1200], nested[1300];
+    snprintf(flat, sizeof flat, "{%s}%s", members, tail);
+    snprintf(nested, sizeof nested, "{\"zz\":[0]%s%s}%s", count ? "," : "", members, tail);
+    flat_like += strchr(members, '{') == NULL && strchr(members, '\\') == NULL;
+    for (size_t k = 0; k < sizeof ms / sizeof ms[0]; k++) {
+      struct ana_error err;
+      struct ana_metric_acc *a = ana_metric_acc_create(&ms[k].m, ms[k].f, 100, &err);
+      struct ana_metric_acc *b = ana_metric_acc_create(&ms[k].m, ms[k].f, 100, &err);
+      assert_non_null(a);
+      assert_non_null(b);
+      struct ana_scanned_event ea = {.event_id = "x",
+                                     .event_type = "t",
+                                     .event_name = "e",
+                                     .session_id = "",
+                                     .properties_json = flat};
+      struct ana_scanned_event eb = ea;
+      eb.properties_json = nested;
+      int ga = ana_metric_acc_add(a, &ea), gb = ana_metric_acc_add(b, &eb);
+      if (ga != gb)
+        fail_msg("%s: %s counts in %d, %s in %d", ms[k].m.formula, flat, ga, nested, gb);
+      assert_int_equal(ana_metric_acc_group_count(a), ana_metric_acc_group_count(b));
+      for (size_t g = 0; g < ana_metric_acc_group_count(a); g++) {
+        const char *const *va = ana_metric_acc_group_values(a, g);
+        const char *const *vb = ana_metric_acc_group_values(b, g);
+        for (size_t d = 0; d < ana_metric_acc_dimension_count(a); d++)
+          if (strcmp(va[d], vb[d]) != 0)
+            fail_msg("%s: %s groups as \"%s\", %s as \"%s\"", ms[k].m.formula, flat, va[d], nested,
+                     vb[d]);
+        double xa = 0, xb = 0;
+        bool oka = ana_metric_acc_value(a, g, &xa), okb = ana_metric_acc_value(b, g, &xb);
+        if (oka != okb || (oka && memcmp(&xa, &xb, sizeof xa) != 0))
+          fail_msg("%s: %s gives %.17g (%d), %s gives %.17g (%d)", ms[k].m.formula, flat, xa, oka,
+                   nested, xb, okb);
+      }
+      ana_metric_acc_destroy(a);
+      ana_metric_acc_destroy(b);
+    }
+  }
+  assert_true(flat_like > 500); /* the flat reading was exercised */
+  for (size_t k = 0; k < sizeof ms / sizeof ms[0]; k++)
+    ana_formula_free(ms[k].f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(rollups_equal_raw, setup, teardown),
       cmocka_unit_test_setup_teardown(restart_resumes_from_the_watermark, setup, teardown),
-      cmocka_unit_test_setup_teardown(cache_follows_commits_versions_and_deletes, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(cache_follows_commits_versions_and_deletes, setup, teardown),
       cmocka_unit_test_setup_teardown(tiny_cache_reads_the_database, setup_tiny_cache, teardown),
       cmocka_unit_test_setup_teardown(small_cache_evicts, setup_small_cache, teardown),
       cmocka_unit_test_setup_teardown(no_cache, setup_no_cache, teardown),
       cmocka_unit_test_setup_teardown(each_allocation_failure_of_a_query, setup, teardown),
       cmocka_unit_test_setup_teardown(expired_cells_are_deleted, setup_retention,
                                       teardown_retention),
+      cmocka_unit_test_setup_teardown(metrics_of_several_accounts_together, setup, teardown),
+      cmocka_unit_test(properties_read_alike_flat_or_not),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

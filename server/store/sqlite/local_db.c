@@ -27,11 +27,25 @@ struct ana_local_db {
   atomic_bool degraded;
   /* Checkpoints run on their own thread and connection, so a commit never
    * pays for copying the WAL into the database (that is SQLite's default:
-   * the commit that crosses 1,000 pages checkpoints, a latency spike). */
+   * the commit that crosses 1,000 pages checkpoints, a latency spike). It
+   * is the only connection that checkpoints: every writing connection has
+   * automatic checkpoints off and reports its commits to on_wal_commit.
+   *
+   * SQLite up to 3.51.2 (Debian 12 has 3.40.1) has a race, the "WAL-reset
+   * bug" (sqlite.org/wal.html#walresetbug): a checkpoint that starts just
+   * after another one copied the whole WAL, while a commit on another
+   * connection resets the WAL, records a wrong backfill count, and a later
+   * checkpoint then corrupts the database. So after a checkpoint that
+   * copied the whole WAL, the next one waits until a commit has ended since
+   * (that commit did the reset, or appended behind readers, which makes a
+   * reset impossible until the next complete checkpoint). */
   sqlite3 *checkpointer;
   pthread_t checkpoint_thread;
   bool checkpoint_started, checkpoint_stop;
   int wal_pages;
+  uint64_t commits;          /* commits reported by on_wal_commit */
+  uint64_t complete_commits; /* commits when a checkpoint last copied all */
+  bool waiting_for_reset;
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
   /* Statements every commit runs, prepared once on the writer: parsing
@@ -209,12 +223,13 @@ static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) 
   (void)conn;
   (void)name;
   struct ana_local_db *db = arg;
+  pthread_mutex_lock(&db->checkpoint_mu);
+  db->commits++;
   if (pages >= CHECKPOINT_PAGES) {
-    pthread_mutex_lock(&db->checkpoint_mu);
     db->wal_pages = pages;
     pthread_cond_signal(&db->checkpoint_cond);
-    pthread_mutex_unlock(&db->checkpoint_mu);
   }
+  pthread_mutex_unlock(&db->checkpoint_mu);
   return SQLITE_OK;
 }
 
@@ -225,17 +240,25 @@ static void *checkpoint_loop(void *arg) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
-    if (db->wal_pages < CHECKPOINT_PAGES)
+    bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
+    if (blocked || db->wal_pages < CHECKPOINT_PAGES)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
+    if (db->waiting_for_reset && db->commits == db->complete_commits)
+      continue; /* no commit since the WAL was copied whole: see above */
     db->wal_pages = 0;
     pthread_mutex_unlock(&db->checkpoint_mu);
     /* PASSIVE never waits for the writer or readers: it copies what it can,
      * and the next commit starts the WAL over once all of it is copied. */
     int log = 0, done = 0;
-    sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    int rc =
+        sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
     pthread_mutex_lock(&db->checkpoint_mu);
+    /* Counted after the checkpoint returned: a commit counted later ended
+     * after the copy was complete. */
+    db->waiting_for_reset = rc == SQLITE_OK && done == log;
+    db->complete_commits = db->commits;
   }
   pthread_mutex_unlock(&db->checkpoint_mu);
   return NULL;
@@ -422,6 +445,8 @@ void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   sqlite3 *conn = NULL;
   if (open_connection(db->path, SQLITE_OPEN_READWRITE, &conn, err) < 0)
     return NULL;
+  /* Only the checkpoint thread checkpoints; commits here count for it. */
+  sqlite3_wal_hook(conn, on_wal_commit, db);
   return conn;
 }
 
