@@ -162,9 +162,6 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
     }
   }
   double rate = (double)total / (bench_now_s() - start);
-  /* These rows were indexed in their own transactions: tell the server. */
-  sqlite3_exec(w, "UPDATE events_fts_state SET indexed_seq = (SELECT MAX(seq) FROM events)", NULL,
-               NULL, NULL);
   sqlite3_finalize(key);
   sqlite3_finalize(ev);
   sqlite3_finalize(fts);

@@ -2,10 +2,8 @@
  * commit and writes them in one transaction (deduplication, then the event
  * store), so concurrent requests share one fsync. A request is answered
  * only when the commit holding its events has returned, i.e. is on disk.
- * Between commits the same thread brings the store's free-text index up to
- * date (many events per transaction, off the acknowledgement path) and
- * deletes expired events in small chunks, so retention never holds the
- * write lock for long. */
+ * Between commits the same thread deletes expired events in small chunks,
+ * so retention never holds the write lock for long. */
 #include "ana_ingest.h"
 
 #include "ana_alloc.h"
@@ -19,18 +17,6 @@
 #define DAY_MS 86400000LL
 #define RETENTION_CHUNK 1000
 #define MAX_HOOKS 8
-
-/* When the free-text index catches up: once no request came for
- * INDEX_IDLE_NS after a commit, or when INDEX_MAX_PENDING events or
- * INDEX_MAX_DELAY_NS of commits wait for it (searches wait for the index,
- * so this bounds how long). One index transaction takes at most
- * INDEX_CHUNK events. */
-#define INDEX_IDLE_NS 1000000LL
-#define INDEX_MAX_DELAY_NS 20000000LL
-#define INDEX_MAX_PENDING 2000
-#define INDEX_CHUNK 5000
-#define INDEX_RETRY_NS 1000000000LL
-#define INDEX_EXIT_CHUNKS 20
 
 struct hook {
   ana_commit_hook_fn fn;
@@ -60,11 +46,6 @@ struct ana_committer {
   bool metrics_registered;
   int last_commit_requests;
   int64_t next_sweep_ms;
-  /* The index's backlog (only the commit thread uses these). At start-up
-   * it is unknown, so the first idle moment checks. */
-  bool index_pending;
-  long index_pending_events;
-  int64_t index_pending_since_ns, index_due_ns;
 };
 
 static int64_t now_ms(void) {
@@ -162,9 +143,8 @@ static int commit_batch(struct ana_committer *c, struct ana_commit_request *batc
   return ana_local_db_commit(c->db, err);
 }
 
-/* Answers the batch's requests; returns how many events it stored. */
-static uint64_t finish_batch(struct ana_committer *c, struct ana_commit_request *batch, int rc,
-                             const struct ana_error *err) {
+static void finish_batch(struct ana_committer *c, struct ana_commit_request *batch, int rc,
+                         const struct ana_error *err) {
   uint64_t stored = 0, duplicate = 0, last_seq = 0;
   if (rc == 0) {
     for (struct ana_commit_request *r = batch; r; r = r->next) {
@@ -199,53 +179,6 @@ static uint64_t finish_batch(struct ana_committer *c, struct ana_commit_request 
     batch->done(batch, rc, err);
     batch = next;
   }
-  return stored;
-}
-
-/* Indexes the backlog, chunk by chunk, while no request waits (one chunk
- * at least). Called without the lock. */
-static void catch_up_index(struct ana_committer *c) {
-  for (;;) {
-    struct ana_error err;
-    int n = c->ops->index(c->store, INDEX_CHUNK, &err);
-    if (n < 0) {
-      ANA_WARN("ingest", "free-text indexing failed, retrying: %s", err.message);
-      c->index_due_ns = mono_ns() + INDEX_RETRY_NS;
-      c->index_pending_since_ns = c->index_due_ns; /* the same back-off under load */
-      return;
-    }
-    if (n < INDEX_CHUNK) {
-      c->index_pending = false;
-      c->index_pending_events = 0;
-      return;
-    }
-    pthread_mutex_lock(&c->mu);
-    bool busy = c->head != NULL || c->stopping;
-    pthread_mutex_unlock(&c->mu);
-    if (busy) {
-      /* A large backlog (start-up): requests first, more in a while. */
-      c->index_pending_since_ns = mono_ns();
-      c->index_pending_events = 0;
-      return;
-    }
-  }
-}
-
-/* After a commit of `stored` events: note the backlog, and index at once
- * when it is too large or too old to wait for an idle moment. */
-static void note_committed(struct ana_committer *c, uint64_t stored) {
-  if (!c->ops->index || stored == 0)
-    return;
-  int64_t now = mono_ns();
-  if (!c->index_pending) {
-    c->index_pending = true;
-    c->index_pending_since_ns = now;
-  }
-  c->index_pending_events += (long)stored;
-  c->index_due_ns = now + INDEX_IDLE_NS;
-  if (c->index_pending_events >= INDEX_MAX_PENDING ||
-      now - c->index_pending_since_ns >= INDEX_MAX_DELAY_NS)
-    catch_up_index(c);
 }
 
 static void sweep_retention(struct ana_committer *c) {
@@ -275,18 +208,7 @@ static void *commit_thread(void *arg) {
   pthread_mutex_lock(&c->mu);
   for (;;) {
     while (!c->head && !c->stopping) {
-      if (c->index_pending && c->ops->index && mono_ns() >= c->index_due_ns) {
-        pthread_mutex_unlock(&c->mu);
-        catch_up_index(c);
-        pthread_mutex_lock(&c->mu);
-        continue;
-      }
       int64_t wait = c->next_sweep_ms - now_ms();
-      if (c->index_pending && c->ops->index) {
-        int64_t index_wait = (c->index_due_ns - mono_ns() + 999999) / 1000000;
-        if (index_wait < wait)
-          wait = index_wait > 0 ? index_wait : 1;
-      }
       if (wait <= 0) {
         pthread_mutex_unlock(&c->mu);
         sweep_retention(c);
@@ -324,25 +246,12 @@ static void *commit_thread(void *arg) {
     ana_prom_histogram_observe(&c->commit_seconds, (double)(mono_ns() - started_ns) / 1e9);
     if (rc == 0)
       ana_prom_histogram_observe(&c->commit_events, (double)events);
-    note_committed(c, finish_batch(c, batch, rc, &err));
+    finish_batch(c, batch, rc, &err);
 
     pthread_mutex_lock(&c->mu);
     c->last_commit_requests = requests;
   }
   pthread_mutex_unlock(&c->mu);
-  /* What is left of the backlog now rather than at the next start-up
-   * (within reason: a huge one is for the next start-up). */
-  if (c->index_pending && c->ops->index) {
-    struct ana_error err;
-    for (int chunks = 0; chunks < INDEX_EXIT_CHUNKS; chunks++) {
-      int n = c->ops->index(c->store, INDEX_CHUNK, &err);
-      if (n < INDEX_CHUNK) {
-        if (n < 0)
-          ANA_WARN("ingest", "free-text indexing failed at exit: %s", err.message);
-        break;
-      }
-    }
-  }
   return NULL;
 }
 
@@ -362,8 +271,6 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
   if (c->o.batch_size < 1)
     c->o.batch_size = 1;
   c->next_sweep_ms = now_ms() + 1000; /* first sweep soon after start-up */
-  c->index_pending = true;             /* what a crash left unindexed */
-  c->index_pending_since_ns = c->index_due_ns = mono_ns();
   ana_prom_histogram_init(&c->commit_seconds, ana_prom_latency_buckets,
                           ana_prom_latency_buckets_n);
   ana_prom_histogram_init(&c->wait_seconds, ana_prom_latency_buckets, ana_prom_latency_buckets_n);

@@ -83,17 +83,8 @@ struct ana_event_store_ops {
    * Runs inside the transaction the committer opened on the local database
    * and may block; nothing is durable until that transaction commits. */
   int (*append)(void *store, struct ana_event_record *records, size_t n, struct ana_error *err);
-  /* Brings the free-text index up to the stored events, at most
-   * max_events of them, in a transaction of its own that is not synced (a
-   * crash loses only index work, redone from the persisted watermark by the
-   * next call). Only on the committer's thread, outside its transaction.
-   * Returns how many events it indexed (0: up to date) or a negative error.
-   * NULL for a store that indexes as it appends. */
-  int (*index)(void *store, int max_events, struct ana_error *err);
   /* Calls hit for each match, newest first (timestamp, then eventId,
-   * descending), at most q->limit times. A free-text search first waits
-   * (boundedly) until the index holds every event committed before it
-   * began, so an acknowledged event is found. Thread-safe; blocks. */
+   * descending), at most q->limit times. Thread-safe; blocks. */
   int (*search)(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                 struct ana_error *err);
   /* Calls fn for every event of the account with from_ms <= timestamp <
@@ -180,10 +171,6 @@ int ana_local_db_schema_version(struct ana_local_db *db);
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err);
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err);
 void ana_local_db_rollback(struct ana_local_db *db);
-/* The same begin for work a crash may lose because it is redone (the
- * free-text index): its COMMIT does not wait for the disk; the next synced
- * commit makes it durable too. Commit and rollback return to synced. */
-int ana_local_db_begin_unsynced(struct ana_local_db *db, struct ana_error *err);
 
 /* A new read-write connection with the same settings, for a role that
  * writes on its own (the catalog, rollups); it never checkpoints (the local

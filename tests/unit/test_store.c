@@ -139,11 +139,11 @@ static struct hits search(struct ana_event_query q) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 4);
+  assert_int_equal(ana_local_db_schema_version(db), 3);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 4);
+  assert_int_equal(ana_local_db_schema_version(again), 3);
   ana_local_db_close(again);
 }
 
@@ -269,85 +269,6 @@ static void retention_deletes_events_keys_and_index(void **state) {
   committer = ana_committer_create(db, ops, store, &o, &err);
 }
 
-/* FTS5's own check that the index matches the events table. */
-static void assert_index_consistent(void) {
-  char *msg = NULL;
-  int rc = sqlite3_exec(ana_local_db_writer(db),
-                        "INSERT INTO events_fts(events_fts, rank) VALUES('integrity-check', 1)",
-                        NULL, NULL, &msg);
-  if (rc != SQLITE_OK)
-    fail_msg("FTS integrity-check: %s", msg ? msg : "?");
-}
-
-/* Appends records in a synced commit of their own, as the committer does,
- * but without its indexing (a crash between the two). */
-static void append_unindexed(struct ana_event_record *r, size_t n) {
-  struct ana_error err;
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_dedupe_claim(db, r, n, &err), 0);
-  assert_int_equal(ops->append(store, r, n, &err), 0);
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
-}
-
-static void free_text_index_follows_commits(void **state) {
-  (void)state;
-  /* Through the committer: an acknowledged event is found at once (the
-   * search waits for the index, which follows within milliseconds). */
-  struct ana_event_record r[2] = {
-      record("acct-1", "a", "sent", NOW, "{}", "alpha"),
-      record("acct-1", "b", "sent", NOW, "{}", "beta"),
-  };
-  struct ana_commit_request req;
-  assert_int_equal(submit(r, 2, &req), 0);
-  wait_done(1);
-  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "beta"});
-  assert_int_equal(h.n, 1);
-  assert_string_equal(h.ids[0], "b");
-
-  /* A crash between a commit and its indexing: the reopened store indexes
-   * the rest, and retention may delete an event that was never indexed. */
-  ana_committer_destroy(committer);
-  committer = NULL;
-  struct ana_event_record late[2] = {
-      record("acct-1", "late", "sent", NOW, "{}", "gamma"),
-      record("acct-1", "stale", "sent", NOW - 100 * DAY, "{}", "delta"),
-  };
-  append_unindexed(late, 2);
-  ops->close(store);
-  struct ana_error err;
-  store = ops->open(db, &err);
-  assert_non_null(store);
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ops->expire(store, NOW - 90 * DAY, 1000, &err), 1); /* "stale" */
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
-  /* (FTS5's check would fail here: "late" is in the table, not yet in the
-   * index; it holds once the index has caught up.) */
-  assert_int_equal(ops->index(store, 5000, &err), 1); /* "late"; "stale" is gone */
-  assert_int_equal(ops->index(store, 5000, &err), 0);
-  assert_index_consistent();
-  h = search((struct ana_event_query){.account_id = "acct-1", .text = "gamma"});
-  assert_int_equal(h.n, 1);
-  h = search((struct ana_event_query){.account_id = "acct-1", .text = "delta"});
-  assert_int_equal(h.n, 0);
-
-  /* Chunks: at most max_events per call, in commit order. */
-  struct ana_event_record more[3] = {
-      record("acct-1", "m1", "sent", NOW, "{}", "chunked"),
-      record("acct-1", "m2", "sent", NOW, "{}", "chunked"),
-      record("acct-1", "m3", "sent", NOW, "{}", "chunked"),
-  };
-  append_unindexed(more, 3);
-  assert_int_equal(ops->index(store, 2, &err), 2);
-  assert_int_equal(ops->index(store, 2, &err), 1);
-  assert_int_equal(ops->index(store, 2, &err), 0);
-  h = search((struct ana_event_query){.account_id = "acct-1", .text = "chunked"});
-  assert_int_equal(h.n, 3);
-  assert_index_consistent();
-  struct ana_committer_options o = {.batch_size = 1000, .queue_max = 1000, .retention_days = 90,
-                                    .retention_sweep_interval_ms = 3600000};
-  committer = ana_committer_create(db, ops, store, &o, &err);
-}
-
 static void full_database_gives_no_ack_and_stays_intact(void **state) {
   (void)state;
   sqlite3 *w = ana_local_db_writer(db);
@@ -445,7 +366,6 @@ int main(void) {
       cmocka_unit_test_setup_teardown(commits_dedupe_and_sequence, setup, teardown),
       cmocka_unit_test_setup_teardown(search_filters_paging_and_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
-      cmocka_unit_test_setup_teardown(free_text_index_follows_commits, setup, teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),

@@ -1,13 +1,5 @@
 /* The embedded event store: events in the local SQLite database, with an
- * FTS5 index over names and property values for free-text search.
- *
- * The index follows the events: the committer appends events in its synced
- * commit and, between commits, indexes what is new (store_index) in an
- * unsynced transaction, many events at a time. FTS5 writes a segment per
- * transaction, so indexing in the commit cost every acknowledgement that
- * work and ran its merges more often. events_fts_state holds the commit
- * sequence number up to which the index is complete; a free-text search
- * waits until it covers the events committed before the search began. */
+ * FTS5 index over names and property values for free-text search. */
 #include "ana_store.h"
 #include "sqlite_backends.h"
 
@@ -17,21 +9,11 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-
-/* Longest a free-text search waits for the index; the committer indexes
- * within INDEX_MAX_DELAY_MS (committer.c) of a commit, so this is reached
- * only when the writer is stuck (a failing disk), and the search then
- * answers from what is indexed. */
-#define INDEX_WAIT_MS 2000
 
 struct sqlite_event_store {
   struct ana_local_db *db;
   sqlite3_stmt *insert_event; /* writer statements, used by the committer only */
-  /* The index's watermark as last committed; waiters are searches. */
-  pthread_mutex_t mu;
-  pthread_cond_t indexed;
-  uint64_t indexed_seq;
+  sqlite3_stmt *insert_fts;
 };
 
 static int prepare_error(sqlite3 *db, struct ana_error *err) {
@@ -44,8 +26,7 @@ static void store_close(void *p) {
   if (!s)
     return;
   sqlite3_finalize(s->insert_event);
-  pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->indexed);
+  sqlite3_finalize(s->insert_fts);
   ana_free(s);
 }
 
@@ -56,24 +37,18 @@ static void *store_open(struct ana_local_db *db, struct ana_error *err) {
     return NULL;
   }
   s->db = db;
-  pthread_mutex_init(&s->mu, NULL);
-  pthread_cond_init(&s->indexed, NULL);
   sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v3(w,
                          "INSERT INTO events (account_id, event_id, session_id, event_type,"
                          " event_name, ts, received_at, properties, search_text, payload)"
                          " VALUES (?,?,?,?,?,?,?,?,?,?)",
                          -1, SQLITE_PREPARE_PERSISTENT, &s->insert_event, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(w, "SELECT indexed_seq FROM events_fts_state", -1, &st, NULL) !=
-          SQLITE_OK) {
+      sqlite3_prepare_v3(w, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
+                         SQLITE_PREPARE_PERSISTENT, &s->insert_fts, NULL) != SQLITE_OK) {
     prepare_error(w, err);
     store_close(s);
     return NULL;
   }
-  if (sqlite3_step(st) == SQLITE_ROW)
-    s->indexed_seq = (uint64_t)sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
   return s;
 }
 
@@ -104,102 +79,18 @@ static int store_append(void *p, struct ana_event_record *records, size_t n,
       return ANA_ERR_IO;
     }
     r->seq = (uint64_t)sqlite3_last_insert_rowid(w);
-  }
-  return 0;
-}
-
-static const char sql_index_upto[] =
-    "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
-static const char sql_index_insert[] =
-    "INSERT INTO events_fts (rowid, search_text)"
-    " SELECT seq, search_text FROM events WHERE seq > ?1 AND seq <= ?2";
-static const char sql_index_mark[] = "UPDATE events_fts_state SET indexed_seq = ?1";
-
-static int index_step(sqlite3 *w, sqlite3_stmt *st, struct ana_error *err) {
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE || rc == SQLITE_ROW)
-    return 0;
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot index events: %s",
-                sqlite3_errmsg(w));
-  return ANA_ERR_IO;
-}
-
-static int store_index(void *p, int max_events, struct ana_error *err) {
-  struct sqlite_event_store *s = p;
-  sqlite3 *w = ana_local_db_writer(s->db);
-  pthread_mutex_lock(&s->mu);
-  uint64_t from = s->indexed_seq; /* only this thread changes it */
-  pthread_mutex_unlock(&s->mu);
-  sqlite3_stmt *st = ana_local_db_writer_statement(s->db, sql_index_upto);
-  if (!st)
-    return prepare_error(w, err);
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
-  sqlite3_bind_int(st, 2, max_events);
-  int rc = index_step(w, st, err);
-  uint64_t upto = rc == 0 && sqlite3_column_type(st, 0) != SQLITE_NULL
-                      ? (uint64_t)sqlite3_column_int64(st, 0)
-                      : 0;
-  sqlite3_reset(st);
-  if (rc < 0 || upto == 0)
-    return rc;
-  if ((rc = ana_local_db_begin_unsynced(s->db, err)) < 0)
-    return rc;
-  st = ana_local_db_writer_statement(s->db, sql_index_insert);
-  if (!st) {
-    rc = prepare_error(w, err);
-  } else {
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)upto);
-    rc = index_step(w, st, err);
+    st = s->insert_fts;
     sqlite3_reset(st);
-  }
-  if (rc == 0) {
-    st = ana_local_db_writer_statement(s->db, sql_index_mark);
-    if (!st) {
-      rc = prepare_error(w, err);
-    } else {
-      sqlite3_bind_int64(st, 1, (sqlite3_int64)upto);
-      rc = index_step(w, st, err);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->seq);
+    sqlite3_bind_text(st, 2, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot index an event: %s",
+                    sqlite3_errmsg(w));
       sqlite3_reset(st);
+      return ANA_ERR_IO;
     }
   }
-  if (rc < 0) {
-    ana_local_db_rollback(s->db);
-    return rc;
-  }
-  if ((rc = ana_local_db_commit(s->db, err)) < 0)
-    return rc;
-  pthread_mutex_lock(&s->mu);
-  s->indexed_seq = upto;
-  pthread_cond_broadcast(&s->indexed);
-  pthread_mutex_unlock(&s->mu);
-  /* Seq numbers are dense except where a rolled-back commit left a gap. */
-  return upto - from > (uint64_t)max_events ? max_events : (int)(upto - from);
-}
-
-/* Waits until the index holds every event committed so far (at most
- * INDEX_WAIT_MS); reader is a connection outside any transaction. */
-static void wait_for_index(struct sqlite_event_store *s, sqlite3 *reader) {
-  sqlite3_stmt *st = NULL;
-  uint64_t committed = 0;
-  if (sqlite3_prepare_v2(reader, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) ==
-          SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    committed = (uint64_t)sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += INDEX_WAIT_MS / 1000;
-  until.tv_nsec += (long)(INDEX_WAIT_MS % 1000) * 1000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
-  pthread_mutex_lock(&s->mu);
-  while (s->indexed_seq < committed &&
-         pthread_cond_timedwait(&s->indexed, &s->mu, &until) == 0) {
-  }
-  pthread_mutex_unlock(&s->mu);
+  return 0;
 }
 
 /* Free text as an FTS5 query: every word must appear; each is quoted so
@@ -298,8 +189,6 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
 #undef APPEND
 
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
-  if (fts && fts[0])
-    wait_for_index(s, r);
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
@@ -470,16 +359,14 @@ static int store_last_seq(void *p, uint64_t *out, struct ana_error *err) {
 static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
-  char sql[1024];
-  /* The FTS index is external-content: remove each indexed row's terms
-   * first (a row past the index's watermark has none). */
+  char sql[512];
+  /* The FTS index is external-content: remove each row's terms first. */
   snprintf(sql, sizeof sql,
            "CREATE TEMP TABLE IF NOT EXISTS expiring(seq INTEGER PRIMARY KEY);"
            "DELETE FROM expiring;"
            "INSERT INTO expiring SELECT seq FROM events WHERE ts < %lld ORDER BY ts LIMIT %d;"
            "INSERT INTO events_fts(events_fts, rowid, search_text)"
-           "  SELECT 'delete', seq, search_text FROM events WHERE seq IN (SELECT seq FROM expiring)"
-           "  AND seq <= (SELECT indexed_seq FROM events_fts_state);"
+           "  SELECT 'delete', seq, search_text FROM events WHERE seq IN (SELECT seq FROM expiring);"
            "DELETE FROM events WHERE seq IN (SELECT seq FROM expiring);",
            (long long)cutoff_ms, max_rows);
   char *msg = NULL;
@@ -496,7 +383,6 @@ const struct ana_event_store_ops ana_sqlite_event_store = {
     .name = "sqlite",
     .open = store_open,
     .append = store_append,
-    .index = store_index,
     .search = store_search,
     .scan = store_scan,
     .scan_seq = store_scan_seq,

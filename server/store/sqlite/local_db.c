@@ -55,7 +55,6 @@ struct ana_local_db {
     const char *sql;
     sqlite3_stmt *stmt;
   } writer_statements[WRITER_STATEMENTS];
-  bool unsynced; /* the writer is in an unsynced transaction */
 };
 
 #define CHECKPOINT_PAGES 1000
@@ -123,15 +122,6 @@ static const char *const migrations[] = {
     "  definition BLOB NOT NULL,"
     "  watermark INTEGER NOT NULL,"
     "  backfill_to INTEGER NOT NULL) WITHOUT ROWID;",
-
-    /* 4: the free-text index follows the events instead of being written in
-     * the same commit (that work sat on every acknowledgement's path); this
-     * row records up to which commit sequence number it holds them. Every
-     * event stored so far was indexed by its own commit. */
-    "CREATE TABLE events_fts_state ("
-    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
-    "  indexed_seq INTEGER NOT NULL);"
-    "INSERT INTO events_fts_state VALUES (1, (SELECT COALESCE(MAX(seq), 0) FROM events));",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -365,57 +355,17 @@ static int run_writer(struct ana_local_db *db, const char *sql) {
   return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-static int restore_sync(struct ana_local_db *db);
-static int commit_now(struct ana_local_db *db, struct ana_error *err);
-
 static const char sql_begin[] = "BEGIN IMMEDIATE";
 static const char sql_commit[] = "COMMIT";
 static const char sql_rollback[] = "ROLLBACK";
-static const char sql_sync_full[] = "PRAGMA synchronous=FULL";
-static const char sql_sync_normal[] = "PRAGMA synchronous=NORMAL";
 
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
-  if (restore_sync(db) < 0 || run_writer(db, sql_begin) != SQLITE_OK)
+  if (run_writer(db, sql_begin) != SQLITE_OK)
     return sql_error(db->writer, "cannot begin a transaction", err);
-  return 0;
-}
-
-int ana_local_db_begin_unsynced(struct ana_local_db *db, struct ana_error *err) {
-  /* In WAL mode NORMAL skips the sync at commit; the WAL is sequential, so
-   * the next FULL commit's sync makes these frames durable too. */
-  if (run_writer(db, sql_sync_normal) != SQLITE_OK)
-    return sql_error(db->writer, "cannot begin a transaction", err);
-  db->unsynced = true;
-  if (run_writer(db, sql_begin) != SQLITE_OK) {
-    sql_error(db->writer, "cannot begin a transaction", err);
-    restore_sync(db);
-    return ANA_ERR_IO;
-  }
-  return 0;
-}
-
-/* Back to FULL after an unsynced transaction: every other commit must be
- * on disk when it returns. While that fails, synced transactions cannot
- * begin (ana_local_db_begin retries it), so nothing is acknowledged
- * without its sync. */
-static int restore_sync(struct ana_local_db *db) {
-  if (!db->unsynced)
-    return 0;
-  if (run_writer(db, sql_sync_full) != SQLITE_OK) {
-    ANA_ERROR("store", "cannot restore synchronous=FULL: %s", sqlite3_errmsg(db->writer));
-    return ANA_ERR_IO;
-  }
-  db->unsynced = false;
   return 0;
 }
 
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
-  int rc = commit_now(db, err);
-  restore_sync(db);
-  return rc;
-}
-
-static int commit_now(struct ana_local_db *db, struct ana_error *err) {
   if (run_writer(db, sql_commit) != SQLITE_OK) {
     int code = sqlite3_extended_errcode(db->writer);
     sql_error(db->writer, "cannot commit", err);
@@ -436,7 +386,6 @@ static int commit_now(struct ana_local_db *db, struct ana_error *err) {
 void ana_local_db_rollback(struct ana_local_db *db) {
   if (!sqlite3_get_autocommit(db->writer))
     run_writer(db, sql_rollback);
-  restore_sync(db);
 }
 
 void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
