@@ -751,15 +751,8 @@ static void *pump_main(void *arg) {
 /* ------------------------------------------------------------------ */
 /* subscribe, unsubscribe, lifecycle                                    */
 
-int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
-                           const struct ana_realtime_filter *f) {
-  struct sub *s = ana_calloc(1, sizeof *s);
-  if (!s)
-    return ANA_ERR_NOMEM;
-  s->call = call;
-  s->f = *f;
-  s->refs = 1;
-  s->active = true;
+/* Lists s as call's subscriber. */
+static void sub_list(struct ana_realtime *rt, struct ana_call *call, struct sub *s) {
   pthread_mutex_lock(&rt->mu);
   ana_call_set_user(call, s);
   s->next = rt->subs;
@@ -769,6 +762,18 @@ int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
   rt->n_subs++;
   rt->stats.subscribers = rt->n_subs;
   pthread_mutex_unlock(&rt->mu);
+}
+
+int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
+                           const struct ana_realtime_filter *f) {
+  struct sub *s = ana_calloc(1, sizeof *s);
+  if (!s)
+    return ANA_ERR_NOMEM;
+  s->call = call;
+  s->f = *f;
+  s->refs = 1;
+  s->active = true;
+  sub_list(rt, call, s);
   /* A cancel that came before the subscriber was listed found nothing to
    * end: end it now. */
   if (ana_call_is_cancelled(call)) {
@@ -791,15 +796,7 @@ struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt,
   s->feed = true;
   s->on_end = on_end;
   s->end_ctx = ctx;
-  pthread_mutex_lock(&rt->mu);
-  ana_call_set_user(call, s);
-  s->next = rt->subs;
-  if (rt->subs)
-    rt->subs->prev = s;
-  rt->subs = s;
-  rt->n_subs++;
-  rt->stats.subscribers = rt->n_subs;
-  pthread_mutex_unlock(&rt->mu);
+  sub_list(rt, call, s);
   return (struct ana_realtime_sub *)s;
 }
 

@@ -239,6 +239,20 @@ out:
   return rc;
 }
 
+/* A row of the scans' SELECT (ts, event_id, event_type, event_name,
+ * session_id, properties, seq); its strings live until the next step. */
+static struct ana_scanned_event scanned_row(sqlite3_stmt *st) {
+  return (struct ana_scanned_event){
+      .timestamp_ms = sqlite3_column_int64(st, 0),
+      .event_id = (const char *)sqlite3_column_text(st, 1),
+      .event_type = (const char *)sqlite3_column_text(st, 2),
+      .event_name = (const char *)sqlite3_column_text(st, 3),
+      .session_id = (const char *)sqlite3_column_text(st, 4),
+      .properties_json = (const char *)sqlite3_column_text(st, 5),
+      .seq = (uint64_t)sqlite3_column_int64(st, 6),
+  };
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
@@ -267,15 +281,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
       sqlite3_bind_text(st, 4, names[i], -1, SQLITE_STATIC);
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = {
-          .timestamp_ms = sqlite3_column_int64(st, 0),
-          .event_id = (const char *)sqlite3_column_text(st, 1),
-          .event_type = (const char *)sqlite3_column_text(st, 2),
-          .event_name = (const char *)sqlite3_column_text(st, 3),
-          .session_id = (const char *)sqlite3_column_text(st, 4),
-          .properties_json = (const char *)sqlite3_column_text(st, 5),
-          .seq = (uint64_t)sqlite3_column_int64(st, 6),
-      };
+      struct ana_scanned_event ev = scanned_row(st);
       if (fn(ctx, &ev)) {
         stop = true;
         break;
@@ -314,15 +320,7 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_scanned_event ev = {
-        .timestamp_ms = sqlite3_column_int64(st, 0),
-        .event_id = (const char *)sqlite3_column_text(st, 1),
-        .event_type = (const char *)sqlite3_column_text(st, 2),
-        .event_name = (const char *)sqlite3_column_text(st, 3),
-        .session_id = (const char *)sqlite3_column_text(st, 4),
-        .properties_json = (const char *)sqlite3_column_text(st, 5),
-        .seq = (uint64_t)sqlite3_column_int64(st, 6),
-    };
+    struct ana_scanned_event ev = scanned_row(st);
     if (fn(ctx, &ev))
       break;
   }
