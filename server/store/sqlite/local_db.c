@@ -4,6 +4,7 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_prom.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -31,6 +32,16 @@ struct ana_local_db {
    * is the only connection that checkpoints: every writing connection has
    * automatic checkpoints off and reports its commits to on_wal_commit.
    *
+   * A checkpoint starts once CHECKPOINT_PAGES pages were appended since the
+   * last one began (or CHECKPOINT_EVERY_MS after it, if any were). Under
+   * steady ingest, commits append while it copies, so it never finds the
+   * WAL wholly copied and the WAL would grow without end (and a trigger on
+   * the WAL's size would checkpoint after every commit, two fsyncs each,
+   * competing with the commits' own). So a checkpoint that left pages
+   * behind is followed by a short catch-up while the event writer is held
+   * at its next BEGIN (`gate_closed`): it copies the rest, and the next
+   * commit starts the WAL over.
+   *
    * SQLite up to 3.51.2 (Debian 12 has 3.40.1) has a race, the "WAL-reset
    * bug" (sqlite.org/wal.html#walresetbug): a checkpoint that starts just
    * after another one copied the whole WAL, while a commit on another
@@ -38,16 +49,25 @@ struct ana_local_db {
    * checkpoint then corrupts the database. So after a checkpoint that
    * copied the whole WAL, the next one waits until a commit has ended since
    * (that commit did the reset, or appended behind readers, which makes a
-   * reset impossible until the next complete checkpoint). */
+   * reset impossible until the next complete checkpoint). A catch-up
+   * starts only when a commit appended pages after the snapshot the
+   * checkpoint copied: those are not copied yet, so no commit can start
+   * the WAL over while the catch-up runs. */
   sqlite3 *checkpointer;
   pthread_t checkpoint_thread;
   bool checkpoint_started, checkpoint_stop;
-  int wal_pages;
+  int wal_pages;             /* the WAL's size after the last commit */
+  int new_pages;             /* appended since the last checkpoint began */
   uint64_t commits;          /* commits reported by on_wal_commit */
   uint64_t complete_commits; /* commits when a checkpoint last copied all */
   bool waiting_for_reset;
+  bool gate_closed;   /* a catch-up holds the event writer at BEGIN */
+  bool writer_in_txn; /* the event writer is between BEGIN and its end */
+  uint64_t checkpoints, catch_ups;
+  bool metrics_registered;
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
+  pthread_cond_t gate_cond; /* gate_closed or writer_in_txn changed */
   /* Statements every commit runs, prepared once on the writer: parsing
    * them again each time would sit inside the commit, on every request's
    * acknowledgement path. Keyed by the address of their (static) SQL. */
@@ -57,7 +77,7 @@ struct ana_local_db {
   } writer_statements[WRITER_STATEMENTS];
 };
 
-#define CHECKPOINT_PAGES 1000
+#define CHECKPOINT_PAGES 4000
 #define CHECKPOINT_EVERY_MS 5000
 
 /* Schema migrations, applied in order, each in its own transaction. Never
@@ -208,19 +228,71 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
   return 0;
 }
 
-/* Called by SQLite after every commit on the writer, with the WAL's size. */
+/* Called by SQLite after every commit of a writing connection, with the
+ * WAL's size in pages. */
 static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) {
   (void)conn;
   (void)name;
   struct ana_local_db *db = arg;
   pthread_mutex_lock(&db->checkpoint_mu);
   db->commits++;
-  if (pages >= CHECKPOINT_PAGES) {
-    db->wal_pages = pages;
+  /* A WAL smaller than before was started over by this commit. */
+  db->new_pages += pages >= db->wal_pages ? pages - db->wal_pages : pages;
+  db->wal_pages = pages;
+  if (db->new_pages >= CHECKPOINT_PAGES)
     pthread_cond_signal(&db->checkpoint_cond);
-  }
   pthread_mutex_unlock(&db->checkpoint_mu);
   return SQLITE_OK;
+}
+
+/* One PASSIVE checkpoint (it never waits for the writer or readers: it
+ * copies what it can). Called and returns with checkpoint_mu held. Returns
+ * true when it copied the whole WAL as it was when it began. */
+static bool checkpoint_once(struct ana_local_db *db, int *log) {
+  int done = 0;
+  db->new_pages = 0;
+  pthread_mutex_unlock(&db->checkpoint_mu);
+  int rc = sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, log, &done);
+  pthread_mutex_lock(&db->checkpoint_mu);
+  /* Counted after the checkpoint returned: a commit counted later ended
+   * after the copy was complete. */
+  db->waiting_for_reset = rc == SQLITE_OK && done == *log;
+  db->complete_commits = db->commits;
+  return db->waiting_for_reset;
+}
+
+/* Copies what commits appended during the last checkpoint while the event
+ * writer waits at BEGIN, so that its next commit starts the WAL over.
+ * Called with checkpoint_mu held. */
+static void catch_up(struct ana_local_db *db) {
+  db->gate_closed = true;
+  while (db->writer_in_txn && !db->checkpoint_stop)
+    pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
+  int log = 0;
+  if (!db->checkpoint_stop) {
+    checkpoint_once(db, &log);
+    db->catch_ups++;
+  }
+  db->gate_closed = false;
+  pthread_cond_broadcast(&db->gate_cond);
+}
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_local_db *db = ctx;
+  pthread_mutex_lock(&db->checkpoint_mu);
+  uint64_t background = db->checkpoints, catch_ups = db->catch_ups;
+  uint64_t wal_pages = (uint64_t)db->wal_pages;
+  pthread_mutex_unlock(&db->checkpoint_mu);
+  ana_prom_write_family(w, "ana_store_checkpoints_total", "counter",
+                        "WAL checkpoints of the local database: in the background, and "
+                        "catch-ups that held event commits back briefly to restart the WAL.");
+  ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                     (const char *const[]){"kind", "background", NULL}, background);
+  ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                     (const char *const[]){"kind", "catch_up", NULL}, catch_ups);
+  ana_prom_write_family(w, "ana_store_wal_pages", "gauge",
+                        "Pages in the local database's WAL after the last commit.");
+  ana_prom_write_u64(w, "ana_store_wal_pages", NULL, wal_pages);
 }
 
 static void *checkpoint_loop(void *arg) {
@@ -231,24 +303,21 @@ static void *checkpoint_loop(void *arg) {
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
-    if (blocked || db->wal_pages < CHECKPOINT_PAGES)
+    if (blocked || db->new_pages < CHECKPOINT_PAGES)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
+    if (db->new_pages == 0)
+      continue; /* idle: nothing appended since the last checkpoint */
     if (db->waiting_for_reset && db->commits == db->complete_commits)
       continue; /* no commit since the WAL was copied whole: see above */
-    db->wal_pages = 0;
-    pthread_mutex_unlock(&db->checkpoint_mu);
-    /* PASSIVE never waits for the writer or readers: it copies what it can,
-     * and the next commit starts the WAL over once all of it is copied. */
-    int log = 0, done = 0;
-    int rc =
-        sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-    pthread_mutex_lock(&db->checkpoint_mu);
-    /* Counted after the checkpoint returned: a commit counted later ended
-     * after the copy was complete. */
-    db->waiting_for_reset = rc == SQLITE_OK && done == log;
-    db->complete_commits = db->commits;
+    int log = 0;
+    bool whole = checkpoint_once(db, &log);
+    db->checkpoints++;
+    /* Commits appended pages after the snapshot it copied: catch up (see
+     * struct ana_local_db). */
+    if (whole && db->wal_pages > log)
+      catch_up(db);
   }
   pthread_mutex_unlock(&db->checkpoint_mu);
   return NULL;
@@ -264,6 +333,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->reader_free, NULL);
   pthread_mutex_init(&db->checkpoint_mu, NULL);
   pthread_cond_init(&db->checkpoint_cond, NULL);
+  pthread_cond_init(&db->gate_cond, NULL);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -287,6 +357,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
     goto fail;
   }
   db->checkpoint_started = true;
+  db->metrics_registered = ana_prom_register(collect, db) == 0;
   return db;
 fail:
   ana_local_db_close(db);
@@ -296,10 +367,13 @@ fail:
 void ana_local_db_close(struct ana_local_db *db) {
   if (!db)
     return;
+  if (db->metrics_registered)
+    ana_prom_unregister(collect, db);
   if (db->checkpoint_started) {
     pthread_mutex_lock(&db->checkpoint_mu);
     db->checkpoint_stop = true;
     pthread_cond_signal(&db->checkpoint_cond);
+    pthread_cond_broadcast(&db->gate_cond);
     pthread_mutex_unlock(&db->checkpoint_mu);
     pthread_join(db->checkpoint_thread, NULL);
   }
@@ -310,6 +384,7 @@ void ana_local_db_close(struct ana_local_db *db) {
   sqlite3_close(db->checkpointer);
   pthread_mutex_destroy(&db->checkpoint_mu);
   pthread_cond_destroy(&db->checkpoint_cond);
+  pthread_cond_destroy(&db->gate_cond);
   for (int i = 0; i < READERS; i++)
     sqlite3_close(db->readers[i]);
   sqlite3_close(db->writer);
@@ -319,9 +394,13 @@ void ana_local_db_close(struct ana_local_db *db) {
   ana_free(db);
 }
 
-const char *ana_local_db_path(const struct ana_local_db *db) { return db->path; }
+const char *ana_local_db_path(const struct ana_local_db *db) {
+  return db->path;
+}
 
-int ana_local_db_schema_version(struct ana_local_db *db) { return schema_version(db->writer); }
+int ana_local_db_schema_version(struct ana_local_db *db) {
+  return schema_version(db->writer);
+}
 
 void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
   int i = 0;
@@ -359,9 +438,29 @@ static const char sql_begin[] = "BEGIN IMMEDIATE";
 static const char sql_commit[] = "COMMIT";
 static const char sql_rollback[] = "ROLLBACK";
 
+/* The event writer's transactions are visible to the checkpoint thread,
+ * which holds new ones back during a catch-up (see struct ana_local_db). */
+static void writer_txn_started(struct ana_local_db *db) {
+  pthread_mutex_lock(&db->checkpoint_mu);
+  while (db->gate_closed)
+    pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
+  db->writer_in_txn = true;
+  pthread_mutex_unlock(&db->checkpoint_mu);
+}
+
+static void writer_txn_ended(struct ana_local_db *db) {
+  pthread_mutex_lock(&db->checkpoint_mu);
+  db->writer_in_txn = false;
+  pthread_cond_broadcast(&db->gate_cond);
+  pthread_mutex_unlock(&db->checkpoint_mu);
+}
+
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
-  if (run_writer(db, sql_begin) != SQLITE_OK)
+  writer_txn_started(db);
+  if (run_writer(db, sql_begin) != SQLITE_OK) {
+    writer_txn_ended(db);
     return sql_error(db->writer, "cannot begin a transaction", err);
+  }
   return 0;
 }
 
@@ -373,12 +472,14 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
      * one starts clean. Nothing of it was acknowledged. */
     if (!sqlite3_get_autocommit(db->writer))
       run_writer(db, sql_rollback);
+    writer_txn_ended(db);
     atomic_store(&db->degraded, true);
     if ((code & 0xff) == SQLITE_FULL)
       ana_error_set(err, ANA_STATUS_UNAVAILABLE,
                     "event store: the disk is full; nothing of this request was stored");
     return ANA_ERR_IO;
   }
+  writer_txn_ended(db);
   atomic_store(&db->degraded, false);
   return 0;
 }
@@ -386,9 +487,12 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
 void ana_local_db_rollback(struct ana_local_db *db) {
   if (!sqlite3_get_autocommit(db->writer))
     run_writer(db, sql_rollback);
+  writer_txn_ended(db);
 }
 
-void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
+void *ana_local_db_writer(struct ana_local_db *db) {
+  return db->writer;
+}
 
 void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   sqlite3 *conn = NULL;
