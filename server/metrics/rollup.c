@@ -77,6 +77,10 @@ struct ana_rollups {
   sqlite3_stmt *sel, *put, *mark; /* the thread's, on conn */
   struct garbage *garbage;
   bool stop, kick, started;
+  /* The thread waits for work (not for the next round's time): only then
+   * does a commit need to signal it, rather than wake it on every commit
+   * to go back to sleep. */
+  bool idle;
   pthread_t thread;
   /* Cells in memory (budget 0: none). Lock order: mu before cache.lock;
    * nothing takes mu while holding cache.lock. */
@@ -131,7 +135,8 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
 static void wake(struct ana_rollups *r) {
   pthread_mutex_lock(&r->wake_mu);
   r->kick = true;
-  pthread_cond_signal(&r->cond);
+  if (r->idle)
+    pthread_cond_signal(&r->cond);
   pthread_mutex_unlock(&r->wake_mu);
 }
 
@@ -1044,7 +1049,9 @@ static void *rollup_thread(void *arg) {
     pthread_mutex_lock(&r->wake_mu);
     if (!more && !r->kick && !r->stop) {
       struct timespec ts = deadline_in(IDLE_WAKE_MS);
+      r->idle = true;
       pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts);
+      r->idle = false;
     }
     /* Following a stream of commits, a round at most every ROUND_MS: each
      * round's write is one the commits wait for, so it had better carry
