@@ -239,6 +239,7 @@ struct client {
   const struct bench_grpc_load *load;
   struct ana_client_channel *channel;
   double until;
+  double first; /* paced: when this client sends its first call */
   long events, errors;
   double *lat; /* ms; NULL when latencies are not asked for */
   size_t n_lat;
@@ -249,7 +250,7 @@ static void *unary_client(void *arg) {
   int batch = c->load->batch;
   char(*ids)[32] = calloc((size_t)batch, 32);
   Analytics__V1__Event **ptrs = calloc((size_t)batch, sizeof *ptrs);
-  double next = bench_now_s();
+  double next = c->first;
 
   while (bench_now_s() < c->until) {
     if (c->load->interval > 0) {
@@ -355,7 +356,13 @@ double bench_grpc_ingest_rate(struct ana_client_channel *channel,
 
   double start = bench_now_s();
   for (int i = 0; i < n; i++) {
-    clients[i] = (struct client){.load = load, .channel = channel, .until = start + load->seconds};
+    /* Paced clients take turns (client i sends i/n of an interval after
+     * client 0), so the offered load arrives evenly rather than in bursts
+     * of `clients` calls at once. */
+    clients[i] = (struct client){.load = load,
+                                 .channel = channel,
+                                 .until = start + load->seconds,
+                                 .first = start + load->interval * i / n};
     if (want_latency)
       clients[i].lat = malloc(LATENCY_CAP * sizeof(double));
     pthread_create(&t[i], NULL, load->stream ? stream_client : unary_client, &clients[i]);

@@ -278,7 +278,7 @@ int main(int argc, char **argv) {
     snprintf(cmd, sizeof cmd,
              "curl -s http://127.0.0.1:%d/metrics | grep -E "
              ""
-             "'^ana_(ingest_(commit_duration|queue_wait)_seconds|rpc_duration_seconds.*TrackEvent\\b)'",
+             "'^ana_(ingest_(commit_duration|queue_wait)_seconds|rpc_duration_seconds.*TrackEvent\\b|store_)'",
              server.port);
     if (system(cmd) != 0)
       fprintf(stderr, "bench: could not read the server's metrics\n");
