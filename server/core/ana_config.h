@@ -42,6 +42,7 @@ struct ana_config {
   int metric_stream_interval_ms;      /* METRIC_STREAM_INTERVAL: 0 = every commit */
   int metric_stream_history;          /* METRIC_STREAM_HISTORY: closed buckets kept per stream */
   int rollup_cache_mb;                /* ROLLUP_CACHE_MB: 0 = no rollup cells in memory */
+  int wal_checkpoint_mb;              /* WAL_CHECKPOINT_MB */
 
   enum ana_log_level log_level;
   int shutdown_grace_ms;

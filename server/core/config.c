@@ -170,6 +170,12 @@ static const struct var vars[] = {
              "answers without reading them from the database; beyond it the least recently "
              "read are dropped and read from the database again. 0 keeps none.",
      FIELD(rollup_cache_mb)},
+    {.name = "WAL_CHECKPOINT_MB", .type = VAR_INT, .def = "128", .min = 1, .max = 65536,
+     .help = "MiB appended to the local database's WAL after which a checkpoint copies them "
+             "into the database (in the background; event commits are held only while the "
+             "last few pages are copied, so that the WAL starts over). Fewer checkpoints "
+             "disturb commits less often; the WAL file grows to about this size.",
+     FIELD(wal_checkpoint_mb)},
     {.name = "STREAM_SEND_QUEUE_MAX", .type = VAR_INT, .def = "256", .min = 1,
      .max = 1000000, .help = "Most messages queued for sending on one outbound stream.",
      FIELD(stream_send_queue_max)},

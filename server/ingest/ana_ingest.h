@@ -68,9 +68,10 @@ void ana_ingest_client_ip(const char *peer, const char *forwarded_for,
 struct ana_committer;
 
 /* One request's events waiting for a commit. The committer fills each
- * record's duplicate/seq, then calls done once, on its own thread: rc 0 when
- * the commit holding them is durable, or a negative error (nothing of them
- * stored; err says why). The caller keeps the request alive until done. */
+ * record's duplicate/seq, then calls done once, on its answer thread (the
+ * commit thread has moved on to the next commit): rc 0 when the commit
+ * holding them is durable, or a negative error (nothing of them stored; err
+ * says why). The caller keeps the request alive until done. */
 struct ana_commit_request {
   struct ana_event_record *records;
   size_t n;

@@ -160,6 +160,10 @@ const struct ana_event_store_ops *ana_store_event_backend(const char *name);
 struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err);
 void ana_local_db_close(struct ana_local_db *db);
 
+/* Pages appended to the WAL after which the checkpoint thread copies them
+ * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). */
+void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
+
 /* Path of the database file (borrowed). */
 const char *ana_local_db_path(const struct ana_local_db *db);
 

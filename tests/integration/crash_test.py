@@ -31,6 +31,15 @@ import harness  # noqa: E402
 import stubs  # noqa: E402
 
 BATCH = 20
+
+
+def server_env(data_dir=None):
+    # A 1 MiB checkpoint threshold, so that kills also land in checkpoints
+    # and in the catch-ups that hold commits back to restart the WAL.
+    env = {"WAL_CHECKPOINT_MB": "1"}
+    if data_dir:
+        env["DATA_DIR"] = data_dir
+    return env
 METRIC = False
 
 
@@ -144,7 +153,7 @@ def main():
     ns = stubs.load()
     events = ns.analytics["events"]
 
-    server = harness.Server(log_level="info")
+    server = harness.Server(log_level="info", env=server_env())
     data_dir = server.data_dir
     server.start()
     metric_id = define_metric(ns, server.target) if METRIC else None
@@ -158,7 +167,7 @@ def main():
         for k in range(args.kills):
             time.sleep(rnd.uniform(0.05, 0.6))
             server.kill()
-            server = harness.Server(log_level="info", env={"DATA_DIR": data_dir})
+            server = harness.Server(log_level="info", env=server_env(data_dir))
             servers.append(server)
             server.start()
             current["target"] = server.target

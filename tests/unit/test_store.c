@@ -321,6 +321,7 @@ static void wal_starts_over_under_steady_commits(void **state) {
   (void)state;
   struct ana_error err;
   sqlite3 *w = ana_local_db_writer(db);
+  ana_local_db_set_checkpoint_pages(db, 4000);
   assert_int_equal(sqlite3_exec(w, "CREATE TABLE wal_probe(b BLOB)", NULL, NULL, NULL), SQLITE_OK);
   sqlite3_stmt *ins = NULL;
   assert_int_equal(

@@ -32,8 +32,8 @@ struct ana_local_db {
    * is the only connection that checkpoints: every writing connection has
    * automatic checkpoints off and reports its commits to on_wal_commit.
    *
-   * A checkpoint starts once CHECKPOINT_PAGES pages were appended since the
-   * last one began (or CHECKPOINT_EVERY_MS after it, if any were). Under
+   * A checkpoint starts once checkpoint_pages pages were appended since
+   * the last one began (or CHECKPOINT_EVERY_MS after it, if any were). Under
    * steady ingest, commits append while it copies, so it never finds the
    * WAL wholly copied and the WAL would grow without end (and a trigger on
    * the WAL's size would checkpoint after every commit, two fsyncs each,
@@ -58,6 +58,7 @@ struct ana_local_db {
   bool checkpoint_started, checkpoint_stop;
   int wal_pages;             /* the WAL's size after the last commit */
   int new_pages;             /* appended since the last checkpoint began */
+  int checkpoint_pages;      /* new_pages that start a checkpoint */
   uint64_t commits;          /* commits reported by on_wal_commit */
   uint64_t complete_commits; /* commits when a checkpoint last copied all */
   bool waiting_for_reset;
@@ -77,8 +78,12 @@ struct ana_local_db {
   } writer_statements[WRITER_STATEMENTS];
 };
 
-#define CHECKPOINT_PAGES 4000
+#define DEFAULT_CHECKPOINT_PAGES 32768
 #define CHECKPOINT_EVERY_MS 5000
+/* A catch-up holds the event writer only for the last pages appended (at
+ * most this many, unless commits outpace CATCH_UP_PASSES passes). */
+#define CATCH_UP_HELD_PAGES 100
+#define CATCH_UP_PASSES 3
 
 /* Schema migrations, applied in order, each in its own transaction. Never
  * edit a released step: add a new one. */
@@ -239,7 +244,7 @@ static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) 
   /* A WAL smaller than before was started over by this commit. */
   db->new_pages += pages >= db->wal_pages ? pages - db->wal_pages : pages;
   db->wal_pages = pages;
-  if (db->new_pages >= CHECKPOINT_PAGES)
+  if (db->new_pages >= db->checkpoint_pages)
     pthread_cond_signal(&db->checkpoint_cond);
   pthread_mutex_unlock(&db->checkpoint_mu);
   return SQLITE_OK;
@@ -261,14 +266,23 @@ static bool checkpoint_once(struct ana_local_db *db, int *log) {
   return db->waiting_for_reset;
 }
 
-/* Copies what commits appended during the last checkpoint while the event
- * writer waits at BEGIN, so that its next commit starts the WAL over.
- * Called with checkpoint_mu held. */
-static void catch_up(struct ana_local_db *db) {
+/* Copies what commits appended during the last checkpoint, so that the
+ * next commit starts the WAL over. While commits keep appending many pages
+ * it copies them alongside (a few passes at most); the last few are copied
+ * while the event writer waits at BEGIN. log: the WAL's size in the
+ * snapshot the last checkpoint copied whole. Called with checkpoint_mu
+ * held. */
+static void catch_up(struct ana_local_db *db, int log) {
+  for (int pass = 0; pass < CATCH_UP_PASSES && db->wal_pages - log > CATCH_UP_HELD_PAGES;
+       pass++) {
+    bool whole = checkpoint_once(db, &log);
+    db->checkpoints++;
+    if (!whole || db->wal_pages <= log)
+      return; /* readers kept pages back, or nothing appended: done */
+  }
   db->gate_closed = true;
   while (db->writer_in_txn && !db->checkpoint_stop)
     pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
-  int log = 0;
   if (!db->checkpoint_stop) {
     checkpoint_once(db, &log);
     db->catch_ups++;
@@ -303,7 +317,7 @@ static void *checkpoint_loop(void *arg) {
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
-    if (blocked || db->new_pages < CHECKPOINT_PAGES)
+    if (blocked || db->new_pages < db->checkpoint_pages)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
@@ -317,7 +331,7 @@ static void *checkpoint_loop(void *arg) {
     /* Commits appended pages after the snapshot it copied: catch up (see
      * struct ana_local_db). */
     if (whole && db->wal_pages > log)
-      catch_up(db);
+      catch_up(db, log);
   }
   pthread_mutex_unlock(&db->checkpoint_mu);
   return NULL;
@@ -334,6 +348,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_mutex_init(&db->checkpoint_mu, NULL);
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
+  db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -392,6 +407,12 @@ void ana_local_db_close(struct ana_local_db *db) {
   pthread_cond_destroy(&db->reader_free);
   ana_free(db->path);
   ana_free(db);
+}
+
+void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
+  pthread_mutex_lock(&db->checkpoint_mu);
+  db->checkpoint_pages = pages > 0 ? pages : 1;
+  pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
 const char *ana_local_db_path(const struct ana_local_db *db) {
