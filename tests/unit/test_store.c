@@ -2,7 +2,8 @@
  * and the group committer: commit sequence, duplicates, search filters and
  * paging, account scoping, retention, and a commit that fails for lack of
  * space (nothing stored, database intact, the next commit works), and the
- * WAL starting over under steady commits. */
+ * WAL starting over under steady commits, and the event writer waiting for
+ * another connection's write. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -344,6 +345,33 @@ static void wal_starts_over_under_steady_commits(void **state) {
   assert_true(st.st_size <= 3 * 4000 * (4096 + 24));
 }
 
+static void *commit_after_30ms(void *conn) {
+  usleep(30000);
+  sqlite3_exec(conn, "COMMIT", NULL, NULL, NULL);
+  return NULL;
+}
+
+/* The event writer waits for another connection's write transaction (its
+ * own busy handler retries in short steps) and then commits. */
+static void writer_waits_for_another_writer(void **state) {
+  (void)state;
+  struct ana_error err;
+  sqlite3 *other = ana_local_db_connect(db, &err);
+  assert_non_null(other);
+  assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE; CREATE TABLE busy_probe(x)", NULL, NULL,
+                                NULL),
+                   SQLITE_OK);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, commit_after_30ms, other), 0);
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(
+      sqlite3_exec(ana_local_db_writer(db), "INSERT INTO busy_probe VALUES (1)", NULL, NULL, NULL),
+      SQLITE_OK);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  pthread_join(t, NULL);
+  sqlite3_close(other);
+}
+
 static int count_objects(void *ctx, const struct ana_catalog_object *o) {
   (void)o;
   (*(int *)ctx)++;
@@ -402,6 +430,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),
       cmocka_unit_test_setup_teardown(wal_starts_over_under_steady_commits, setup, teardown),
+      cmocka_unit_test_setup_teardown(writer_waits_for_another_writer, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
