@@ -356,14 +356,22 @@ static int run_queries(long events, int reps, bool rollups_only, char *out, size
     reps = 1;
   double *qa = calloc((size_t)reps, sizeof *qa), *qb = calloc((size_t)reps, sizeof *qb);
   int sa = 0, sb = 0;
+  /* A first query of each reads the cells from the database and has the
+   * rollup thread load them into memory; the timed ones run once they are
+   * there (otherwise the p99 measures how soon that happened). */
+  double cold_a, cold_b;
+  query(r, &a, 0, false, &cold_a);
+  query(r, &b, 10, false, &cold_b);
+  ana_rollup_wait_idle(r, 600000);
   for (int i = 0; i < reps; i++) {
     sa = query(r, &a, 0, false, &qa[i]);
     sb = query(r, &b, 10, false, &qb[i]);
   }
   if (rollups_only) {
-    printf("(a) %d series p50 / p99 %.2f / %.2f ms\n(b) %d series p50 / p99 %.2f / %.2f ms\n", sa,
-           pct(qa, reps, 50) * 1e3, pct(qa, reps, 99) * 1e3, sb, pct(qb, reps, 50) * 1e3,
-           pct(qb, reps, 99) * 1e3);
+    printf("(a) %d series p50 / p99 %.2f / %.2f ms (first query %.2f ms)\n(b) %d series p50 / "
+           "p99 %.2f / %.2f ms (first query %.2f ms)\n",
+           sa, pct(qa, reps, 50) * 1e3, pct(qa, reps, 99) * 1e3, cold_a * 1e3, sb,
+           pct(qb, reps, 50) * 1e3, pct(qb, reps, 99) * 1e3, cold_b * 1e3);
   } else {
     double raw_a, raw_b;
     query(r, &a, 0, true, &raw_a);
@@ -378,16 +386,18 @@ static int run_queries(long events, int reps, bool rollups_only, char *out, size
              "30-day range at 1h buckets (Europe/Berlin), by campaignId and groupId. Load (raw "
              "inserts, batches of 10,000): %.1f s; backfill of both metrics' rollups: %.1f s.\n\n"
              "| Measure | Result | Baseline | Ratio | Target |\n|---|---|---|---|---|\n"
-             "| (a) 10 campaigns x 5 groups, from rollups, p50 / p99 (%d series) | %.2f / %.2f "
+             "| (a) 10 campaigns x 5 groups, from rollups, p50 / p99 (%d series; the first "
+             "query, which had the cells loaded into memory: %.1f ms) | %.2f / %.2f "
              "ms | | | p99 <= 5 ms |\n"
-             "| (b) 50 x 20 groups, top 10 + other, from rollups, p50 / p99 (%d series) | %.2f / "
-             "%.2f ms | | | |\n"
+             "| (b) 50 x 20 groups, top 10 + other, from rollups, p50 / p99 (%d series; first "
+             "query %.1f ms) | %.2f / %.2f ms | | | |\n"
              "| (a) from raw events (query.c) | %.2f s | sqlite3 CLI, hand-written SQL: %.2f s | "
              "%.2f | <= 1.5 |\n"
              "| (b) from raw events (query.c) | %.2f s | sqlite3 CLI, hand-written SQL: %.2f s | "
              "%.2f | <= 1.5 |\n",
-             events, load_s, backfill_s, sa, pct(qa, reps, 50) * 1e3, pct(qa, reps, 99) * 1e3, sb,
-             pct(qb, reps, 50) * 1e3, pct(qb, reps, 99) * 1e3, raw_a, cli_a, raw_a / cli_a, raw_b,
+             events, load_s, backfill_s, sa, cold_a * 1e3, pct(qa, reps, 50) * 1e3,
+             pct(qa, reps, 99) * 1e3, sb, cold_b * 1e3, pct(qb, reps, 50) * 1e3,
+             pct(qb, reps, 99) * 1e3, raw_a, cli_a, raw_a / cli_a, raw_b,
              cli_b, raw_b / cli_b);
   }
   ana_rollup_destroy(r);
