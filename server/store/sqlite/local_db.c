@@ -70,7 +70,6 @@ struct ana_local_db {
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
   pthread_cond_t gate_cond; /* gate_closed or writer_in_txn changed */
-  int64_t writer_busy_since_ns; /* when the event writer's current wait began */
   /* Statements every commit runs, prepared once on the writer: parsing
    * them again each time would sit inside the commit, on every request's
    * acknowledgement path. Keyed by the address of their (static) SQL. */
@@ -235,27 +234,21 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
   return 0;
 }
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* The event writer waits for another connection's write (a rollup round, a
  * catalog change) in short steps: SQLite's own busy timeout sleeps 1, 2, 5,
  * 10... ms between tries, which would turn a 1 ms write into 3 ms of waiting
- * for every request queued behind the commit. Gives up after
- * BUSY_TIMEOUT_MS, like the other connections. */
+ * for every request queued behind the commit. Gives up once its sleeps add
+ * up to BUSY_TIMEOUT_MS, like the other connections (SQLite counts so too). */
 static int writer_busy(void *arg, int tries) {
   static const useconds_t steps_us[] = {20, 50, 100, 200, 500};
-  struct ana_local_db *db = arg;
-  int64_t now = mono_ns();
-  if (tries == 0)
-    db->writer_busy_since_ns = now;
-  else if (now - db->writer_busy_since_ns > (int64_t)BUSY_TIMEOUT_MS * 1000000)
+  enum { STEPS = sizeof steps_us / sizeof steps_us[0], LAST_US = 1000 };
+  (void)arg;
+  long long slept_us = tries > STEPS ? (long long)(tries - STEPS) * LAST_US : 0;
+  for (int i = 0; i < tries && i < STEPS; i++)
+    slept_us += steps_us[i];
+  if (slept_us >= (long long)BUSY_TIMEOUT_MS * 1000)
     return 0;
-  size_t n = sizeof steps_us / sizeof steps_us[0];
-  usleep(tries < (int)n ? steps_us[tries] : 1000);
+  usleep(tries < STEPS ? steps_us[tries] : LAST_US);
   return 1;
 }
 
@@ -384,7 +377,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   snprintf(db->path, n, "%s/analytics.db", data_dir);
   if (open_connection(db->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &db->writer, err) < 0)
     goto fail;
-  sqlite3_busy_handler(db->writer, writer_busy, db);
+  sqlite3_busy_handler(db->writer, writer_busy, NULL);
   if (migrate(db->writer, err) < 0)
     goto fail;
   for (int i = 0; i < READERS; i++)
@@ -442,13 +435,9 @@ void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
-const char *ana_local_db_path(const struct ana_local_db *db) {
-  return db->path;
-}
+const char *ana_local_db_path(const struct ana_local_db *db) { return db->path; }
 
-int ana_local_db_schema_version(struct ana_local_db *db) {
-  return schema_version(db->writer);
-}
+int ana_local_db_schema_version(struct ana_local_db *db) { return schema_version(db->writer); }
 
 void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
   int i = 0;
@@ -538,9 +527,7 @@ void ana_local_db_rollback(struct ana_local_db *db) {
   writer_txn_ended(db);
 }
 
-void *ana_local_db_writer(struct ana_local_db *db) {
-  return db->writer;
-}
+void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
 
 void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   sqlite3 *conn = NULL;
