@@ -5,6 +5,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "ana_prom.h"
+#include "wal_write_vfs.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -169,7 +170,7 @@ static int exec(sqlite3 *db, const char *sql, struct ana_error *err) {
 
 static int open_connection(const char *path, int flags, sqlite3 **out, struct ana_error *err) {
   sqlite3 *db = NULL;
-  if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+  if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, ana_wal_write_vfs()) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "DATA_DIR: cannot open %s: %s", path,
                   db ? sqlite3_errmsg(db) : "out of memory");
     sqlite3_close(db);
