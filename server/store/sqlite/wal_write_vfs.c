@@ -1,11 +1,12 @@
 /* A VFS over SQLite's default one that hands each commit's WAL frames to the
- * kernel in one write. SQLite writes a frame as two calls (its 24-byte
+ * kernel in two writes. SQLite writes a frame as two calls (its 24-byte
  * header, then the page), so a commit of 25 pages cost 50 pwrite calls, the
- * largest CPU cost of a small commit after the fsync itself. Writes to the
- * WAL that follow one another are gathered in a buffer and written when the
- * frame that ends a commit is complete (the WAL file format marks it: bytes
- * 4-7 of its header hold the database size), before any other use of the
- * file (read, sync, size, truncate, close), or when the buffer is full.
+ * largest CPU cost of a small commit after the fsync itself. A transaction's
+ * first frame header is written as it comes; the writes that follow it are
+ * gathered in a buffer and written when the frame that ends a commit is
+ * complete (the WAL file format marks it: bytes 4-7 of its header hold the
+ * database size), before any other use of the file (read, sync, size,
+ * truncate, close), or when the buffer is full.
  * So nothing is ever visible to a reader, or synced, that the file does not
  * hold, whatever the connection's synchronous setting. Other files pass
  * straight through to the default VFS. */
@@ -75,10 +76,16 @@ static int wal_write(sqlite3_file *file, const void *data, int amt, sqlite3_int6
     int rc = flush(f);
     if (rc != SQLITE_OK)
       return rc;
-    if (amt > GATHER_BYTES)
-      return f->real->pMethods->xWrite(f->real, data, amt, off);
-    if (!f->buf && !(f->buf = sqlite3_malloc(GATHER_BYTES)))
-      return f->real->pMethods->xWrite(f->real, data, amt, off); /* no memory: unbuffered */
+    /* A frame header that does not extend gathered frames is written at
+     * once: it may rewrite a header already in the file (SQLite recomputes
+     * the checksums of a transaction that overwrote one of its own frames),
+     * and then no page follows it. */
+    if (amt == FRAME_HEADER_BYTES || amt > GATHER_BYTES ||
+        (!f->buf && !(f->buf = sqlite3_malloc(GATHER_BYTES)))) {
+      rc = f->real->pMethods->xWrite(f->real, data, amt, off);
+      f->commit_frame = rc == SQLITE_OK && is_commit_header(data, amt);
+      return rc;
+    }
     f->start = off;
   }
   memcpy(f->buf + f->len, data, (size_t)amt);

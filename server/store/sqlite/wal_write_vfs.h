@@ -1,5 +1,6 @@
 /* The VFS the local database opens its files with: the default one, except
- * that each commit's WAL frames reach the kernel in one write. */
+ * that each commit's WAL frames reach the kernel in two writes, not two per
+ * page. */
 #ifndef ANA_WAL_WRITE_VFS_H
 #define ANA_WAL_WRITE_VFS_H
 
