@@ -263,7 +263,13 @@ static void *unary_client(void *arg) {
     struct ana_error err;
     double t = bench_now_s();
     int rc;
-    if (batch == 1) {
+    if (batch == 0) {
+      Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+      Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+      rc = ana_stub_grpc__health__v1__health_check(c->channel, &req, &resp, NULL, &err);
+      if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    } else if (batch == 1) {
       Analytics__V1__TrackEventRequest req = ANALYTICS__V1__TRACK_EVENT_REQUEST__INIT;
       Analytics__V1__TrackEventResponse *resp = NULL;
       req.event = &evs[0];

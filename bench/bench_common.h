@@ -61,7 +61,8 @@ struct ana_client_channel *bench_channel_create(const struct bench_proc *server)
  * with the same properties and fresh ids. */
 struct bench_grpc_load {
   int clients;
-  int batch;   /* events per call; 1 = TrackEvent, more = TrackEvents */
+  int batch;   /* events per call; 1 = TrackEvent, more = TrackEvents; 0 = a gRPC
+                * health check instead (the transport's own cost, no event) */
   bool stream; /* IngestEvents, one stream per client, batch per message */
   double seconds;
   double interval; /* >0: paced (open loop), seconds between calls per client */

@@ -207,6 +207,7 @@ static void stop_server(void) {
 
 struct latency_round {
   double achieved, p50, p99, fdatasync_p50, fdatasync_p99, warmup_p99;
+  double health_p50, health_p99; /* the transport alone: no event, no commit */
 };
 
 static double round_ratio(const struct latency_round *r) { return r->p99 / r->fdatasync_p99; }
@@ -246,6 +247,7 @@ static struct latency_round latency_round(const char *dir, int round, double rat
   start_server(d);
   run_load_for(warmup_seconds, 8, 1, false, 8 / rate, NULL, &r.warmup_p99);
   r.achieved = run_load(8, 1, false, 8 / rate, &r.p50, &r.p99);
+  run_load(8, 0, false, 8 / rate, &r.health_p50, &r.health_p99);
   if (verbose) {
     char cmd[256];
     snprintf(cmd, sizeof cmd,
@@ -258,9 +260,10 @@ static struct latency_round latency_round(const char *dir, int round, double rat
   }
   stop_server();
   printf("latency round %d: %.0f calls/s offered (%.0f achieved): ack p50 %.2f ms, p99 %.2f ms; "
-         "fdatasync p50 %.3f ms, p99 %.3f ms; ratio p99 %.1f (warm-up p99 %.2f ms)\n",
+         "fdatasync p50 %.3f ms, p99 %.3f ms; ratio p99 %.1f (warm-up p99 %.2f ms; health "
+         "check p50 %.2f ms, p99 %.2f ms)\n",
          round + 1, rate, r.achieved, r.p50, r.p99, r.fdatasync_p50, r.fdatasync_p99,
-         round_ratio(&r), r.warmup_p99);
+         round_ratio(&r), r.warmup_p99, r.health_p50, r.health_p99);
   return r;
 }
 
@@ -458,6 +461,9 @@ int main(int argc, char **argv) {
   OUT("| ack latency p99 during that round's warm-up (a fresh server, WAL file growing) | "
       "%.2f ms | fdatasync p99 %.2f ms | %.1f | |\n",
       lat.warmup_p99, lat.fdatasync_p99, lat.warmup_p99 / lat.fdatasync_p99);
+  OUT("| gRPC health check p50 / p99 at the same pace, same round (the transport alone: no "
+      "event, no commit) | %.2f / %.2f ms | fdatasync p99 %.2f ms | %.1f | |\n",
+      lat.health_p50, lat.health_p99, lat.fdatasync_p99, lat.health_p99 / lat.fdatasync_p99);
   OUT("| unary TrackEvent latency p50 / p99 at peak | %.2f / %.2f ms | | | |\n", p50u, p99u);
   OUT("| search p50 / p99, eventName filter, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
       search_events, n50, n99);
