@@ -2,8 +2,9 @@
  * and the group committer: commit sequence, duplicates, search filters and
  * paging, account scoping, retention, and a commit that fails for lack of
  * space (nothing stored, database intact, the next commit works), and the
- * WAL starting over under steady commits, and the event writer waiting for
- * another connection's write. */
+ * WAL starting over under steady commits, the WAL file kept at its size
+ * with nothing to replay after a clean close, and the event writer waiting
+ * for another connection's write. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,7 +76,8 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   ana_committer_destroy(committer);
-  ops->close(store);
+  if (store)
+    ops->close(store);
   ana_local_db_close(db);
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -315,6 +317,71 @@ static void full_database_gives_no_ack_and_stays_intact(void **state) {
   assert_int_equal(h.n, 64);
 }
 
+static long file_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* Frames in the WAL that a connection opened now would see (recovery's
+ * count), read through a connection that keeps the WAL file on close. */
+static int wal_frames_to_replay(const char *db_path) {
+  sqlite3 *c = NULL;
+  int log = -1, copied = -1, persist = 1;
+  assert_int_equal(sqlite3_open_v2(db_path, &c, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+  sqlite3_file_control(c, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(c, "SELECT count(*) FROM events", -1, &st, NULL),
+                   SQLITE_OK); /* a read runs recovery */
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  sqlite3_finalize(st);
+  assert_int_equal(sqlite3_wal_checkpoint_v2(c, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied),
+                   SQLITE_OK);
+  sqlite3_close(c);
+  return log;
+}
+
+/* A clean close keeps the WAL file at its size (so the next run's commits
+ * overwrite it rather than grow it) with nothing in it to replay, and every
+ * event is there after the reopen. */
+static void wal_is_kept_at_its_size_with_nothing_to_replay(void **state) {
+  (void)state;
+  static char text[2000];
+  memset(text, 'w', sizeof text - 1);
+  struct ana_event_record r[100];
+  char ids[100][16];
+  for (int i = 0; i < 100; i++) {
+    snprintf(ids[i], sizeof ids[i], "kept-%d", i);
+    r[i] = record("acct-1", ids[i], "sent", NOW, "{}", text);
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 100, &req), 0);
+  wait_done(1);
+  assert_int_equal(last_rc, 0);
+  char wal[128], db_path[128];
+  snprintf(wal, sizeof wal, "%s/analytics.db-wal", dir);
+  snprintf(db_path, sizeof db_path, "%s/analytics.db", dir);
+  long size = file_size(wal);
+  assert_true(size > 100 * 2000);
+
+  ana_committer_destroy(committer);
+  committer = NULL;
+  ops->close(store);
+  store = NULL;
+  ana_local_db_close(db);
+  db = NULL;
+  assert_true(file_size(wal) >= size);
+  assert_in_range(wal_frames_to_replay(db_path), 0, 2);
+
+  struct ana_error err;
+  db = ana_local_db_open(dir, &err);
+  assert_non_null(db);
+  store = ops->open(db, &err);
+  assert_non_null(store);
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1"});
+  assert_int_equal(h.n, 64); /* a full page: the events are all there */
+  assert_true(file_size(wal) >= size);
+}
+
 /* Under commits that never pause, the checkpoint thread still gets the
  * WAL started over (a short catch-up holds the next commit back), so the WAL
  * stays near its checkpoint size instead of growing with every commit. */
@@ -441,6 +508,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),
       cmocka_unit_test_setup_teardown(wal_starts_over_under_steady_commits, setup, teardown),
+      cmocka_unit_test_setup_teardown(wal_is_kept_at_its_size_with_nothing_to_replay, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(writer_waits_for_another_writer, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -178,6 +178,10 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
   sqlite3_extended_result_codes(db, 1);
+  /* The last connection to close keeps the WAL file (SQLite would delete
+   * it): see ana_local_db_close. */
+  int persist_wal = 1;
+  sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
   /* WAL lets searches read while the committer writes; FULL syncs the WAL
    * on every commit, so a commit that returned is on disk. */
   if (exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
@@ -400,6 +404,34 @@ fail:
   return NULL;
 }
 
+/* A fresh WAL file grows with every commit until the first checkpoint lets
+ * it start over, and an fsync after an append also writes the file's new
+ * size (0.27 against 0.16 ms here for a commit-sized write), so the WAL is
+ * kept at its size between runs. So that the next start has nothing to
+ * replay from it, everything is copied into the database and one small
+ * write (the user_version cookie, set to itself) starts the WAL over: the
+ * rest of the file then holds only frames of a past generation, which
+ * recovery ignores. The other threads are stopped by now, so no checkpoint
+ * runs beside this (see the WAL-reset note above). Best effort: on failure
+ * the next start replays the WAL, as after a crash. */
+static void leave_wal_for_next_start(sqlite3 *w) {
+  int log = 0, copied = 0;
+  if (sqlite3_wal_checkpoint_v2(w, NULL, SQLITE_CHECKPOINT_RESTART, &log, &copied) !=
+          SQLITE_OK ||
+      log != copied)
+    return;
+  sqlite3_stmt *st = NULL;
+  int version = 0;
+  if (sqlite3_prepare_v2(w, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    version = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  char sql[48];
+  snprintf(sql, sizeof sql, "PRAGMA user_version = %d", version);
+  if (sqlite3_exec(w, sql, NULL, NULL, NULL) != SQLITE_OK)
+    ANA_DEBUG("store", "could not start the WAL over at close: %s", sqlite3_errmsg(w));
+}
+
 void ana_local_db_close(struct ana_local_db *db) {
   if (!db)
     return;
@@ -413,8 +445,10 @@ void ana_local_db_close(struct ana_local_db *db) {
     pthread_mutex_unlock(&db->checkpoint_mu);
     pthread_join(db->checkpoint_thread, NULL);
   }
-  if (db->writer)
+  if (db->writer) {
     sqlite3_wal_hook(db->writer, NULL, NULL);
+    leave_wal_for_next_start(db->writer);
+  }
   for (int i = 0; i < WRITER_STATEMENTS; i++)
     sqlite3_finalize(db->writer_statements[i].stmt);
   sqlite3_close(db->checkpointer);
