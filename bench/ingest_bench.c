@@ -233,7 +233,7 @@ static double run_load(int clients, int batch, bool stream, double interval, dou
 
 /* One round: fdatasync, then 8 paced clients offering `rate` unary calls/s
  * to a fresh server on its own directory under `dir`, first for the
- * warm-up, then measured. With `verbose`, the
+ * warm-up, then measured, then as many health checks. With `verbose`, the
  * server's own histograms of the round are printed too. */
 static struct latency_round latency_round(const char *dir, int round, double rate,
                                           bool verbose) {

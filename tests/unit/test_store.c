@@ -103,6 +103,16 @@ static struct ana_event_record record(const char *account, const char *id, const
   };
 }
 
+/* n records of acct-1 named "sent", ids "<prefix>-<i>" (written to ids),
+ * each with search text `text`. */
+static void fill_records(struct ana_event_record *r, char (*ids)[16], int n, const char *prefix,
+                         const char *text) {
+  for (int i = 0; i < n; i++) {
+    snprintf(ids[i], sizeof ids[i], "%s-%d", prefix, i);
+    r[i] = record("acct-1", ids[i], "sent", NOW, "{}", text);
+  }
+}
+
 static int submit(struct ana_event_record *r, size_t n, struct ana_commit_request *req) {
   struct ana_error err;
   memset(req, 0, sizeof *req);
@@ -291,10 +301,7 @@ static void full_database_gives_no_ack_and_stays_intact(void **state) {
   memset(big_props, 'x', sizeof big_props - 1);
   struct ana_event_record r[200];
   char ids[200][16];
-  for (int i = 0; i < 200; i++) {
-    snprintf(ids[i], sizeof ids[i], "full-%d", i);
-    r[i] = record("acct-1", ids[i], "sent", NOW, "{}", big_props);
-  }
+  fill_records(r, ids, 200, "full", big_props);
   struct ana_commit_request req;
   assert_int_equal(submit(r, 200, &req), 0);
   wait_done(1);
@@ -349,10 +356,7 @@ static void wal_is_kept_at_its_size_with_nothing_to_replay(void **state) {
   memset(text, 'w', sizeof text - 1);
   struct ana_event_record r[100];
   char ids[100][16];
-  for (int i = 0; i < 100; i++) {
-    snprintf(ids[i], sizeof ids[i], "kept-%d", i);
-    r[i] = record("acct-1", ids[i], "sent", NOW, "{}", text);
-  }
+  fill_records(r, ids, 100, "kept", text);
   struct ana_commit_request req;
   assert_int_equal(submit(r, 100, &req), 0);
   wait_done(1);

@@ -445,10 +445,10 @@ void ana_local_db_close(struct ana_local_db *db) {
     pthread_mutex_unlock(&db->checkpoint_mu);
     pthread_join(db->checkpoint_thread, NULL);
   }
-  if (db->writer) {
+  if (db->writer)
     sqlite3_wal_hook(db->writer, NULL, NULL);
+  if (db->checkpoint_started) /* opened in full: a failed open writes nothing */
     leave_wal_for_next_start(db->writer);
-  }
   for (int i = 0; i < WRITER_STATEMENTS; i++)
     sqlite3_finalize(db->writer_statements[i].stmt);
   sqlite3_close(db->checkpointer);
