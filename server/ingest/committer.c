@@ -2,9 +2,11 @@
  * commit and writes them in one transaction (deduplication, then the event
  * store), so concurrent requests share one fsync. A request is answered
  * only when the commit holding its events has returned, i.e. is on disk.
- * The answers go out on a second thread, so that sending them (a gRPC
- * write per request) overlaps the next commit instead of delaying it.
- * Between commits the commit thread deletes expired events in small
+ * The commit thread sends the answers itself, right after the commit:
+ * handing them to another thread put a wake-up on every request's path,
+ * which cost more at the tail (on 2 CPUs at half the unary peak, ack p99
+ * 2.78-3.20 ms with the hand-over, 2.35-2.82 ms without) than sending them
+ * delays the next commit (microseconds per request). Between commits the commit thread deletes expired events in small
  * chunks, so retention never holds the write lock for long. */
 #include "ana_ingest.h"
 
@@ -25,14 +27,6 @@ struct hook {
   void *ctx;
 };
 
-/* The outcome of one commit, waiting for the answer thread. */
-struct answer {
-  struct ana_commit_request *batch;
-  int rc;
-  struct ana_error err;
-  struct answer *next;
-};
-
 struct ana_committer {
   struct ana_local_db *db;
   const struct ana_event_store_ops *ops;
@@ -46,13 +40,6 @@ struct ana_committer {
   bool stopping;
   pthread_t thread;
   bool started;
-
-  /* Commits' outcomes, in commit order, for the answer thread (under mu). */
-  struct answer *answers_head, *answers_tail;
-  pthread_cond_t answers_cond;
-  bool answers_stopping;
-  pthread_t answer_thread;
-  bool answer_started;
 
   struct hook hooks[MAX_HOOKS];
   int n_hooks;
@@ -168,31 +155,6 @@ static void answer_batch(struct ana_commit_request *batch, int rc, const struct 
   }
 }
 
-/* Sends the answers of each commit, in commit order, until stopped with
- * none left. */
-static void *answer_thread(void *arg) {
-  struct ana_committer *c = arg;
-  pthread_mutex_lock(&c->mu);
-  for (;;) {
-    while (!c->answers_head && !c->answers_stopping)
-      pthread_cond_wait(&c->answers_cond, &c->mu);
-    struct answer *a = c->answers_head;
-    if (!a)
-      break;
-    c->answers_head = c->answers_tail = NULL;
-    pthread_mutex_unlock(&c->mu);
-    while (a) {
-      struct answer *next = a->next;
-      answer_batch(a->batch, a->rc, &a->err);
-      ana_free(a);
-      a = next;
-    }
-    pthread_mutex_lock(&c->mu);
-  }
-  pthread_mutex_unlock(&c->mu);
-  return NULL;
-}
-
 static void finish_batch(struct ana_committer *c, struct ana_commit_request *batch, int rc,
                          const struct ana_error *err) {
   uint64_t stored = 0, duplicate = 0, last_seq = 0;
@@ -213,7 +175,6 @@ static void finish_batch(struct ana_committer *c, struct ana_commit_request *bat
   } else {
     ANA_ERROR("ingest", "commit failed, nothing of it was acknowledged: %s", err->message);
   }
-  struct answer *a = c->answer_started ? ana_malloc(sizeof *a) : NULL;
   pthread_mutex_lock(&c->mu);
   if (rc == 0) {
     c->stats.commits++;
@@ -224,20 +185,8 @@ static void finish_batch(struct ana_committer *c, struct ana_commit_request *bat
   } else {
     c->stats.failures++;
   }
-  if (a) {
-    *a = (struct answer){.batch = batch, .rc = rc};
-    if (err)
-      a->err = *err;
-    if (c->answers_tail)
-      c->answers_tail->next = a;
-    else
-      c->answers_head = a;
-    c->answers_tail = a;
-    pthread_cond_signal(&c->answers_cond);
-  }
   pthread_mutex_unlock(&c->mu);
-  if (!a) /* no memory for the hand-over: answer here */
-    answer_batch(batch, rc, err);
+  answer_batch(batch, rc, err);
 }
 
 static void sweep_retention(struct ana_committer *c) {
@@ -314,18 +263,6 @@ static void *commit_thread(void *arg) {
   return NULL;
 }
 
-/* Lets the answer thread send what is left, then joins it. */
-static void stop_answers(struct ana_committer *c) {
-  if (!c->answer_started)
-    return;
-  pthread_mutex_lock(&c->mu);
-  c->answers_stopping = true;
-  pthread_cond_signal(&c->answers_cond);
-  pthread_mutex_unlock(&c->mu);
-  pthread_join(c->answer_thread, NULL);
-  c->answer_started = false;
-}
-
 struct ana_committer *ana_committer_create(struct ana_local_db *db,
                                            const struct ana_event_store_ops *ops, void *store,
                                            const struct ana_committer_options *o,
@@ -349,15 +286,10 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
                           sizeof event_buckets / sizeof event_buckets[0]);
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cond, NULL);
-  pthread_cond_init(&c->answers_cond, NULL);
-  /* Without the answer thread, the commit thread answers itself. */
-  c->answer_started = pthread_create(&c->answer_thread, NULL, answer_thread, c) == 0;
   if (pthread_create(&c->thread, NULL, commit_thread, c) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the commit thread");
-    stop_answers(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cond);
-    pthread_cond_destroy(&c->answers_cond);
     ana_free(c);
     return NULL;
   }
@@ -412,11 +344,9 @@ void ana_committer_destroy(struct ana_committer *c) {
   pthread_cond_signal(&c->cond);
   pthread_mutex_unlock(&c->mu);
   if (c->started)
-    pthread_join(c->thread, NULL);
-  stop_answers(c); /* after the commit thread: every request is answered */
+    pthread_join(c->thread, NULL); /* it answers every request before it ends */
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cond);
-  pthread_cond_destroy(&c->answers_cond);
   ana_free(c);
 }
 
