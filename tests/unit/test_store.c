@@ -152,13 +152,50 @@ static struct hits search(struct ana_event_query q) {
   return h;
 }
 
+/* Entries for a word in the free-text index file itself (a search would
+ * also drop entries whose event is gone, so it cannot tell). */
+static int text_index_entries(const char *word) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
+  sqlite3 *conn = NULL;
+  sqlite3_stmt *st = NULL;
+  int n = -1;
+  if (sqlite3_open_v2(path, &conn, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(conn, "SELECT count(*) FROM events_fts WHERE events_fts MATCH ?", -1, &st,
+                         NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, word, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      n = sqlite3_column_int(st, 0);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(conn);
+  return n;
+}
+
+static void close_store(void) {
+  ana_committer_destroy(committer);
+  committer = NULL;
+  ops->close(store);
+  store = NULL;
+  ana_local_db_close(db);
+  db = NULL;
+}
+
+static void open_store(void) {
+  struct ana_error err;
+  db = ana_local_db_open(dir, &err);
+  assert_non_null(db);
+  store = ops->open(db, &err);
+  assert_non_null(store);
+}
+
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 3);
+  assert_int_equal(ana_local_db_schema_version(db), 4);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 3);
+  assert_int_equal(ana_local_db_schema_version(again), 4);
   ana_local_db_close(again);
 }
 
@@ -259,6 +296,11 @@ static void retention_deletes_events_keys_and_index(void **state) {
   struct ana_commit_request req;
   assert_int_equal(submit(r, 2, &req), 0);
   wait_done(1);
+  /* Found by free text (the search waits for the index), and so indexed:
+   * retention takes only indexed events. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "ancient"});
+  assert_int_equal(h.n, 1);
+  assert_int_equal(text_index_entries("ancient"), 1);
   /* The committer is idle; run one sweep step by hand on its connection
    * (the sweep runs on the commit thread in production). */
   ana_committer_destroy(committer);
@@ -268,11 +310,13 @@ static void retention_deletes_events_keys_and_index(void **state) {
   assert_int_equal(ops->expire(store, NOW - 90 * DAY, 1000, &err), 1);
   assert_int_equal(ana_dedupe_expire(db, NOW, 1000, &err), 1);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
-  struct hits h = search((struct ana_event_query){.account_id = "acct-1"});
+  h = search((struct ana_event_query){.account_id = "acct-1"});
   assert_int_equal(h.n, 1);
   assert_string_equal(h.ids[0], "new");
   h = search((struct ana_event_query){.account_id = "acct-1", .text = "ancient"});
   assert_int_equal(h.n, 0);
+  assert_int_equal(text_index_entries("ancient"), 0);
+  assert_int_equal(text_index_entries("recent"), 1);
   /* Its key expired with it: the same id may be stored again. */
   struct ana_event_record again = record("acct-1", "old", "sent", NOW, "{}", "again");
   assert_int_equal(ana_local_db_begin(db, &err), 0);
@@ -282,6 +326,69 @@ static void retention_deletes_events_keys_and_index(void **state) {
   struct ana_committer_options o = {.batch_size = 1000, .queue_max = 1000, .retention_days = 90,
                                     .retention_sweep_interval_ms = 3600000};
   committer = ana_committer_create(db, ops, store, &o, &err);
+}
+
+/* The index is filled by its own thread, every 100 ms at most; a free-text
+ * search waits for it to reach the last commit, so an event is found the
+ * moment it is acknowledged. */
+static void free_text_finds_each_event_as_soon_as_it_is_acknowledged(void **state) {
+  (void)state;
+  for (int i = 0; i < 20; i++) {
+    char word[32], id[16];
+    snprintf(word, sizeof word, "fresh%d", i);
+    snprintf(id, sizeof id, "f%d", i);
+    struct ana_event_record r = record("acct-1", id, "sent", NOW, "{}", word);
+    struct ana_commit_request req;
+    assert_int_equal(submit(&r, 1, &req), 0);
+    wait_done(i + 1);
+    assert_int_equal(last_rc, 0);
+    struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = word});
+    assert_int_equal(h.n, 1);
+    assert_string_equal(h.ids[0], id);
+  }
+}
+
+/* The index is derived from the events: lost, it is built again; ahead of
+ * them (the events restored from an older copy), it is built again too,
+ * without the entries of events that are not there. */
+static void text_index_is_rebuilt_from_the_events(void **state) {
+  (void)state;
+  struct ana_event_record r[3];
+  char ids[3][16];
+  fill_records(r, ids, 3, "kept", "durable words");
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 3, &req), 0);
+  wait_done(1);
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
+                   3);
+  close_store();
+
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm %s/analytics-text.db*", dir);
+  assert_int_equal(system(cmd), 0);
+  open_store();
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
+                   3);
+  ops->close(store);
+  store = NULL;
+
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(conn,
+                                "INSERT INTO events_fts (rowid, search_text) VALUES (999, 'stale');"
+                                "UPDATE progress SET indexed_seq = 999",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(conn);
+  assert_int_equal(text_index_entries("stale"), 1);
+  struct ana_error err;
+  store = ops->open(db, &err);
+  assert_non_null(store);
+  assert_int_equal(text_index_entries("stale"), 0);
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
+                   3);
 }
 
 static void full_database_gives_no_ack_and_stays_intact(void **state) {
@@ -367,20 +474,11 @@ static void wal_is_kept_at_its_size_with_nothing_to_replay(void **state) {
   long size = file_size(wal);
   assert_true(size > 100 * 2000);
 
-  ana_committer_destroy(committer);
-  committer = NULL;
-  ops->close(store);
-  store = NULL;
-  ana_local_db_close(db);
-  db = NULL;
+  close_store();
   assert_true(file_size(wal) >= size);
   assert_in_range(wal_frames_to_replay(db_path), 0, 2);
 
-  struct ana_error err;
-  db = ana_local_db_open(dir, &err);
-  assert_non_null(db);
-  store = ops->open(db, &err);
-  assert_non_null(store);
+  open_store();
   struct hits h = search((struct ana_event_query){.account_id = "acct-1"});
   assert_int_equal(h.n, 64); /* a full page: the events are all there */
   assert_true(file_size(wal) >= size);
@@ -508,6 +606,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(commits_dedupe_and_sequence, setup, teardown),
       cmocka_unit_test_setup_teardown(search_filters_paging_and_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
+      cmocka_unit_test_setup_teardown(free_text_finds_each_event_as_soon_as_it_is_acknowledged,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(text_index_is_rebuilt_from_the_events, setup, teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),

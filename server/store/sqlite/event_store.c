@@ -1,7 +1,9 @@
-/* The embedded event store: events in the local SQLite database, with an
- * FTS5 index over names and property values for free-text search. */
+/* The embedded event store: events in the local SQLite database, with a
+ * free-text index over names and property values kept beside it
+ * (text_index.c). */
 #include "ana_store.h"
 #include "sqlite_backends.h"
+#include "text_index.h"
 
 #include "ana_alloc.h"
 
@@ -12,9 +14,15 @@
 
 struct sqlite_event_store {
   struct ana_local_db *db;
-  sqlite3_stmt *insert_event; /* writer statements, used by the committer only */
-  sqlite3_stmt *insert_fts;
+  sqlite3_stmt *insert_event; /* a writer statement, used by the committer only */
+  struct ana_text_index *text;
 };
+
+/* How long a free-text search waits for the index to reach the last
+ * committed event. It is normally at most INDEX_INTERVAL_MS behind; only a
+ * first start on a large store built without it (an upgrade) takes longer,
+ * and searches say so meanwhile. */
+#define TEXT_INDEX_WAIT_MS 5000
 
 static int prepare_error(sqlite3 *db, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(db));
@@ -25,8 +33,8 @@ static void store_close(void *p) {
   struct sqlite_event_store *s = p;
   if (!s)
     return;
+  ana_text_index_close(s->text);
   sqlite3_finalize(s->insert_event);
-  sqlite3_finalize(s->insert_fts);
   ana_free(s);
 }
 
@@ -42,10 +50,13 @@ static void *store_open(struct ana_local_db *db, struct ana_error *err) {
                          "INSERT INTO events (account_id, event_id, session_id, event_type,"
                          " event_name, ts, received_at, properties, search_text, payload)"
                          " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                         -1, SQLITE_PREPARE_PERSISTENT, &s->insert_event, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(w, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
-                         SQLITE_PREPARE_PERSISTENT, &s->insert_fts, NULL) != SQLITE_OK) {
+                         -1, SQLITE_PREPARE_PERSISTENT, &s->insert_event, NULL) != SQLITE_OK) {
     prepare_error(w, err);
+    store_close(s);
+    return NULL;
+  }
+  s->text = ana_text_index_open(ana_local_db_path(db), err);
+  if (!s->text) {
     store_close(s);
     return NULL;
   }
@@ -79,16 +90,6 @@ static int store_append(void *p, struct ana_event_record *records, size_t n,
       return ANA_ERR_IO;
     }
     r->seq = (uint64_t)sqlite3_last_insert_rowid(w);
-    st = s->insert_fts;
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->seq);
-    sqlite3_bind_text(st, 2, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot index an event: %s",
-                    sqlite3_errmsg(w));
-      sqlite3_reset(st);
-      return ANA_ERR_IO;
-    }
   }
   return 0;
 }
@@ -143,6 +144,35 @@ static char *property_path(const char *key) {
 
 #define MAX_PROPERTY_FILTERS 16
 
+/* Before a free-text search: the index has every event committed so far,
+ * and the reader sees it (as `text`). */
+static int text_index_ready(struct sqlite_event_store *s, sqlite3 *r, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int64_t last = -1;
+  if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) ==
+          SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    last = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  if (last < 0)
+    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s",
+                         sqlite3_errmsg(r));
+  if (ana_text_index_wait(s->text, (uint64_t)last, TEXT_INDEX_WAIT_MS, err) < 0)
+    return ANA_ERR_IO;
+  if (sqlite3_db_filename(r, "text"))
+    return 0;
+  char *path = ana_text_index_path(ana_local_db_path(s->db));
+  char *attach = path ? sqlite3_mprintf("ATTACH DATABASE %Q AS text", path) : NULL;
+  int rc = attach && sqlite3_exec(r, attach, NULL, NULL, NULL) == SQLITE_OK
+               ? 0
+               : ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                               "event store: cannot open the search index: %s",
+                               sqlite3_errmsg(r));
+  sqlite3_free(attach);
+  ana_free(path);
+  return rc;
+}
+
 static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                         struct ana_error *err) {
   struct sqlite_event_store *s = p;
@@ -165,7 +195,7 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
      * CROSS JOIN keeps SQLite from walking the whole time index instead,
      * probing each event against the match set. */
     APPEND("SELECT payload, ts, event_id, seq FROM"
-           " (SELECT rowid AS hit FROM events_fts WHERE events_fts MATCH ?9)"
+           " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
            " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
            " AND ts >= ?2 AND ts < ?3");
   else
@@ -190,6 +220,8 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
 
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
+  if (fts && fts[0] && (rc = text_index_ready(s, r, err)) < 0)
+    goto release;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto release;
@@ -354,27 +386,50 @@ static int store_last_seq(void *p, uint64_t *out, struct ana_error *err) {
   return rc;
 }
 
+/* Deletes up to max_rows events older than cutoff_ms, each after its
+ * free-text entry. Only indexed events are taken, so the index thread can
+ * never add an entry for a deleted event afterwards; the others follow in
+ * a later round. If this transaction then fails, the events stay a little
+ * longer without their entries (they are past retention already). */
 static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
-  char sql[512];
-  /* The FTS index is external-content: remove each row's terms first. */
-  snprintf(sql, sizeof sql,
-           "CREATE TEMP TABLE IF NOT EXISTS expiring(seq INTEGER PRIMARY KEY);"
-           "DELETE FROM expiring;"
-           "INSERT INTO expiring SELECT seq FROM events WHERE ts < %lld ORDER BY ts LIMIT %d;"
-           "INSERT INTO events_fts(events_fts, rowid, search_text)"
-           "  SELECT 'delete', seq, search_text FROM events WHERE seq IN (SELECT seq FROM expiring);"
-           "DELETE FROM events WHERE seq IN (SELECT seq FROM expiring);",
-           (long long)cutoff_ms, max_rows);
-  char *msg = NULL;
-  if (sqlite3_exec(w, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
-                  msg ? msg : "error");
-    sqlite3_free(msg);
-    return ANA_ERR_IO;
+  sqlite3_stmt *st = NULL;
+  int64_t *seqs = ana_malloc(sizeof *seqs * (size_t)(max_rows > 0 ? max_rows : 1));
+  size_t n = 0;
+  int rc = seqs ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 &&
+      sqlite3_prepare_v2(w, "SELECT seq FROM events WHERE ts < ? AND seq <= ? ORDER BY ts LIMIT ?",
+                         -1, &st, NULL) != SQLITE_OK)
+    rc = prepare_error(w, err);
+  if (rc == 0) {
+    sqlite3_bind_int64(st, 1, cutoff_ms);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)ana_text_index_indexed_seq(s->text));
+    sqlite3_bind_int(st, 3, max_rows);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW)
+      seqs[n++] = sqlite3_column_int64(st, 0);
+    if (step != SQLITE_DONE)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                         sqlite3_errmsg(w));
   }
-  return sqlite3_changes(w);
+  sqlite3_finalize(st);
+  st = NULL;
+  if (rc == 0 && n > 0)
+    rc = ana_text_index_remove(s->text, seqs, n, err);
+  if (rc == 0 && n > 0 &&
+      sqlite3_prepare_v2(w, "DELETE FROM events WHERE seq = ?", -1, &st, NULL) != SQLITE_OK)
+    rc = prepare_error(w, err);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, seqs[i]);
+    if (sqlite3_step(st) != SQLITE_DONE)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                         sqlite3_errmsg(w));
+  }
+  sqlite3_finalize(st);
+  ana_free(seqs);
+  return rc < 0 ? rc : (int)n;
 }
 
 const struct ana_event_store_ops ana_sqlite_event_store = {

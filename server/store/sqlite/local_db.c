@@ -149,6 +149,10 @@ static const char *const migrations[] = {
     "  definition BLOB NOT NULL,"
     "  watermark INTEGER NOT NULL,"
     "  backfill_to INTEGER NOT NULL) WITHOUT ROWID;",
+
+    /* 4: the free-text index moves to its own file, kept by its own thread
+     * off the commit path (text_index.c), which builds it from the events. */
+    "DROP TABLE events_fts;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
