@@ -483,7 +483,7 @@ int main(int argc, char **argv) {
   OUT("| search p50 / p99, free-text term, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
       search_events, t50, t99);
   OUT("\nThe search store was filled at %.0f ev/s (raw, batches of 10,000), and its free-text "
-      "index built at %.0f ev/s (as the server's index thread builds it, in batches of 5,000).\n",
+      "index built at %.0f ev/s (as the server's index thread builds it, in batches of 1,000).\n",
       fill, index_rate);
 #undef OUT
   fputs(section, stdout);

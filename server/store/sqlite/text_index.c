@@ -24,6 +24,7 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_prom.h"
 #include "wal_write_vfs.h"
 
 #include <pthread.h>
@@ -35,8 +36,8 @@
 #include <time.h>
 
 /* Events per indexing transaction: bounds its memory and how long a
- * retention step waits for it. */
-#define INDEX_BATCH 5000
+ * retention step, on the commit thread, can wait for it (a few ms). */
+#define INDEX_BATCH 1000
 /* How often the thread looks for new events when no search waits. */
 #define INDEX_INTERVAL_MS 100
 #define BUSY_TIMEOUT_MS 10000
@@ -54,6 +55,7 @@ struct ana_text_index {
   bool stop;
   pthread_t thread;
   bool started;
+  bool metrics_registered;
 };
 
 static const char schema[] =
@@ -110,6 +112,9 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
   int rc;
   while ((rc = sqlite3_step(ti->select_new)) == SQLITE_ROW) {
     last = sqlite3_column_int64(ti->select_new, 0);
+    n++;
+    if (sqlite3_column_bytes(ti->select_new, 1) == 0)
+      continue; /* no words: nothing to index, but passed */
     sqlite3_reset(ti->insert);
     sqlite3_bind_int64(ti->insert, 1, last);
     sqlite3_bind_value(ti->insert, 2, sqlite3_column_value(ti->select_new, 1));
@@ -117,7 +122,6 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
       rc = SQLITE_ERROR;
       break;
     }
-    n++;
   }
   sqlite3_reset(ti->select_new);
   if (rc != SQLITE_DONE || from < 0)
@@ -233,6 +237,14 @@ int ana_text_index_wait(struct ana_text_index *ti, uint64_t seq, int timeout_ms,
                        (unsigned long long)indexed, (unsigned long long)seq);
 }
 
+/* Compared with ana_ingest_last_commit_sequence, it shows how far the
+ * index lags behind the commits. */
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  ana_prom_write_family(w, "ana_search_index_sequence", "gauge",
+                        "Commit sequence number up to which the free-text index holds the events.");
+  ana_prom_write_u64(w, "ana_search_index_sequence", NULL, ana_text_index_indexed_seq(ctx));
+}
+
 uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
   pthread_mutex_lock(&ti->mu);
   uint64_t v = ti->indexed_seq;
@@ -293,10 +305,12 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path,
   sqlite3_file_control(ti->conn, "main", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
   if (exec(ti->conn, schema, err) < 0)
     return ANA_ERR_IO;
-  /* Indexed past the last event: the events database was replaced by an
-   * older copy. Build the index again. */
+  /* Indexed past the last sequence number ever given to an event: the
+   * events database was replaced by an older copy. Build the index again.
+   * (Not MAX(seq): retention may have deleted every event.) */
   int64_t indexed = query_int(ti->conn, "SELECT indexed_seq FROM progress");
-  int64_t last = query_int(ti->conn, "SELECT COALESCE(MAX(seq), 0) FROM ev.events");
+  int64_t last = query_int(ti->conn, "SELECT COALESCE((SELECT seq FROM ev.sqlite_sequence"
+                                     " WHERE name = 'events'), 0)");
   if (indexed < 0 || last < 0)
     return fail(ti->conn, "cannot read the progress", err);
   if (indexed > last) {
@@ -339,6 +353,7 @@ struct ana_text_index *ana_text_index_open(const char *events_db_path, struct an
     goto fail;
   }
   ti->started = true;
+  ti->metrics_registered = ana_prom_register(collect, ti) == 0;
   return ti;
 fail:
   ana_text_index_close(ti);
@@ -348,6 +363,8 @@ fail:
 void ana_text_index_close(struct ana_text_index *ti) {
   if (!ti)
     return;
+  if (ti->metrics_registered)
+    ana_prom_unregister(collect, ti);
   if (ti->started) {
     pthread_mutex_lock(&ti->mu);
     ti->stop = true;
