@@ -10,9 +10,11 @@
  * usage: ingest_bench --server PATH [--seconds S] [--search-events N] [--out FILE]
  *        ingest_bench --server PATH --only latency [--rate CALLS_PER_S] [--rounds N]
  *                     [--warmup S]
+ *        ingest_bench --server PATH --only throughput [--seconds S]
  * (--only latency measures fdatasync and the ack latency alone, printed with
- * the server's own histograms and not written to the results file: for
- * working on the commit path.) */
+ * the server's own histograms, and --only throughput the gRPC ingest rates
+ * alone; neither is written to the results file: they are for working on
+ * the commit path.) */
 #include "ana_client_stubs.h"
 #include "ana_store.h"
 #include "bench_common.h"
@@ -387,6 +389,17 @@ int main(int argc, char **argv) {
            "p99 %.1f\n",
            peak, latency_rounds, ratios, only_rate, m.achieved, m.p50, m.p99, m.fdatasync_p50,
            m.fdatasync_p99, round_ratio(&m));
+    return 0;
+  }
+  if (only && strcmp(only, "throughput") == 0) {
+    start_server(d2);
+    double unary = run_load(16, 1, false, 0, NULL, NULL);
+    double b100 = run_load(4, 100, false, 0, NULL, NULL);
+    double s100 = run_load(2, 100, true, 0, NULL, NULL);
+    stop_server();
+    printf("unary (16 clients) %.0f ev/s; batches of 100 (4 clients) %.0f ev/s; stream, batches "
+           "of 100 (2 streams) %.0f ev/s\n",
+           unary, b100, s100);
     return 0;
   }
   printf("raw SQLite inserts...\n");
