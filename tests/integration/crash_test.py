@@ -200,7 +200,23 @@ def main():
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
     counts = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id"))
     keys = db.execute("SELECT COUNT(*) FROM dedupe_keys").fetchone()[0]
+    seqs = set(r[0] for r in db.execute("SELECT seq FROM events"))
     db.close()
+    # The free-text index, written by its own thread and killed with the
+    # rest, holds exactly the events up to the sequence number it recorded
+    # in the same transactions: no entry lost, none twice, none without an
+    # event.
+    text = sqlite3.connect(os.path.join(data_dir, "analytics-text.db"))
+    text_integrity = text.execute("PRAGMA integrity_check").fetchone()[0]
+    try:
+        text.execute("INSERT INTO events_fts(events_fts) VALUES ('integrity-check')")
+    except sqlite3.DatabaseError as e:
+        text_integrity = "fts5: %s" % e
+    indexed = text.execute("SELECT indexed_seq FROM progress").fetchone()[0]
+    entries = [r[0] for r in text.execute("SELECT rowid FROM events_fts")]
+    text.close()
+    index_ok = (text_integrity == "ok" and len(entries) == len(set(entries))
+                and set(entries) == set(q for q in seqs if q <= indexed))
     acked = set().union(*(w.acked for w in writers))
     sent = set().union(*(w.sent for w in writers))
     lost = sorted(i for i in acked if counts.get(i, 0) != 1)
@@ -208,7 +224,9 @@ def main():
     unknown = sorted(i for i in counts if i not in sent)
     item_errors = sum(len(w.errors) for w in writers)
     print("crash test: seed %d, %d kills, %d events acknowledged, %d stored, %d keys, "
-          "integrity %s" % (seed, args.kills, len(acked), len(counts), keys, integrity))
+          "integrity %s; search index: %d entries up to seq %d, integrity %s" % (
+              seed, args.kills, len(acked), len(counts), keys, integrity, len(entries), indexed,
+              text_integrity))
     for s in servers:
         s.cleanup()
     ok = True
@@ -227,6 +245,9 @@ def main():
         ok = False
     if item_errors:
         print("FAIL: %d events got a result other than ACCEPTED/DUPLICATE" % item_errors)
+        ok = False
+    if not index_ok:
+        print("FAIL: the search index does not hold exactly the events up to its sequence number")
         ok = False
     if not metric_ok:
         ok = False
