@@ -391,6 +391,48 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
                    3);
 }
 
+/* A database of schema 3 kept its free-text index inside: the upgrade
+ * drops it there, and the index file is built from the stored events. */
+static void upgrade_moves_the_text_index_out_of_the_events_database(void **state) {
+  (void)state;
+  struct ana_event_record r[2];
+  char ids[2][16];
+  fill_records(r, ids, 2, "older", "upgraded words");
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 2, &req), 0);
+  wait_done(1);
+  close_store();
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(conn,
+                   "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
+                   "  content_rowid='seq');"
+                   "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
+                   "DELETE FROM schema_migrations WHERE version = 4;",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  sqlite3_close(conn);
+  snprintf(path, sizeof path, "rm %s/analytics-text.db*", dir);
+  assert_int_equal(system(path), 0);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), 4);
+  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(w, "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
+                                         " 'events_fts%'",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), 0);
+  sqlite3_finalize(st);
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "upgraded"});
+  assert_int_equal(h.n, 2);
+}
+
 static void full_database_gives_no_ack_and_stays_intact(void **state) {
   (void)state;
   sqlite3 *w = ana_local_db_writer(db);
@@ -609,6 +651,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_finds_each_event_as_soon_as_it_is_acknowledged,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(text_index_is_rebuilt_from_the_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),

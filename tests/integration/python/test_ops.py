@@ -75,6 +75,9 @@ class OpsTest(harness.ServerTestCase):
                            {"Content-Type": "application/json"})
         assert status == 200, status
         get(cls.rest_port, "/api/events/search?pageSize=1")
+        # A free-text search waits for the search index to reach the event.
+        status, _, _ = get(cls.rest_port, "/api/events/search?pageSize=1&query=scrape_test")
+        assert status == 200, status
 
     def scrape(self):
         status, h, body = get(self.rest_port, "/metrics")
@@ -100,6 +103,7 @@ class OpsTest(harness.ServerTestCase):
                          "ana_ingest_queued_events", "ana_ingest_last_commit_sequence"):
                 self.assertIn(name, samples)
             self.assertEqual(types.get("ana_ingest_commit_duration_seconds"), "histogram")
+            self.assertEqual(types.get("ana_search_index_sequence"), "gauge")
         else:
             self.assertIn("ana_upstream_up", samples)
 
@@ -112,6 +116,7 @@ class OpsTest(harness.ServerTestCase):
         if self.BRIDGE == "in-process":
             self.assertRegex(text, r"ana_ingest_events_stored_total [1-9]")
             self.assertRegex(text, r'ana_ingest_commit_duration_seconds_bucket\{le="\+Inf"\} [1-9]')
+            self.assertRegex(text, r"ana_search_index_sequence [1-9]")
 
     def test_dashboard_queries_existing_metrics(self):
         with open(DASHBOARD) as f:
