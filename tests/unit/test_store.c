@@ -391,6 +391,36 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
                    3);
 }
 
+/* An index that cannot catch up (here: another process holds its write
+ * lock) makes a free-text search fail after its wait with UNAVAILABLE,
+ * saying how far the index is, rather than answer without the newest
+ * events or hang; searches without free text still answer. */
+static void free_text_search_says_when_the_index_lags(void **state) {
+  (void)state;
+  struct ana_event_record r = record("acct-1", "late", "sent", NOW, "{}", "laggard");
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(conn, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  struct ana_commit_request req;
+  assert_int_equal(submit(&r, 1, &req), 0);
+  wait_done(1);
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1"}).n, 1);
+  struct ana_event_query q = {.account_id = "acct-1", .text = "laggard", .limit = 10,
+                              .from_ms = INT64_MIN, .to_ms = INT64_MAX};
+  struct hits h = {0};
+  struct ana_error err;
+  ana_error_clear(&err);
+  assert_true(ops->search(store, &q, collect, &h, &err) < 0);
+  assert_int_equal(err.code, ANA_STATUS_UNAVAILABLE);
+  assert_non_null(strstr(err.message, "search index is still catching up"));
+  sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);
+  sqlite3_close(conn);
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "laggard"}).n,
+                   1);
+}
+
 /* A database of schema 3 kept its free-text index inside: the upgrade
  * drops it there, and the index file is built from the stored events. */
 static void upgrade_moves_the_text_index_out_of_the_events_database(void **state) {
@@ -651,6 +681,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_finds_each_event_as_soon_as_it_is_acknowledged,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(text_index_is_rebuilt_from_the_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup,

@@ -144,21 +144,19 @@ static char *property_path(const char *key) {
 
 #define MAX_PROPERTY_FILTERS 16
 
-/* Before a free-text search: the index has every event committed so far,
- * and the reader sees it (as `text`). */
-static int text_index_ready(struct sqlite_event_store *s, sqlite3 *r, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
-  int64_t last = -1;
-  if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) ==
-          SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    last = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  if (last < 0)
-    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s",
-                         sqlite3_errmsg(r));
-  if (ana_text_index_wait(s->text, (uint64_t)last, TEXT_INDEX_WAIT_MS, err) < 0)
+static int store_last_seq(void *p, uint64_t *out, struct ana_error *err);
+
+/* Before a free-text search: waits (holding no reader) until the index has
+ * every event committed so far. */
+static int wait_for_text_index(struct sqlite_event_store *s, struct ana_error *err) {
+  uint64_t last;
+  if (store_last_seq(s, &last, err) < 0)
     return ANA_ERR_IO;
+  return ana_text_index_wait(s->text, last, TEXT_INDEX_WAIT_MS, err) < 0 ? ANA_ERR_IO : 0;
+}
+
+/* Lets a reader see the index, as `text` (once per reader). */
+static int attach_text_index(struct sqlite_event_store *s, sqlite3 *r, struct ana_error *err) {
   if (sqlite3_db_filename(r, "text"))
     return 0;
   char *path = ana_text_index_path(ana_local_db_path(s->db));
@@ -218,9 +216,11 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
   APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
 #undef APPEND
 
+  if (fts && fts[0] && (rc = wait_for_text_index(s, err)) < 0)
+    goto out;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
-  if (fts && fts[0] && (rc = text_index_ready(s, r, err)) < 0)
+  if (fts && fts[0] && (rc = attach_text_index(s, r, err)) < 0)
     goto release;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
