@@ -150,6 +150,15 @@ static void publish(struct ana_text_index *ti, uint64_t indexed) {
   pthread_mutex_unlock(&ti->mu);
 }
 
+static bool stopping(struct ana_text_index *ti) {
+  pthread_mutex_lock(&ti->mu);
+  bool stop = ti->stop;
+  pthread_mutex_unlock(&ti->mu);
+  return stop;
+}
+
+/* Batch after batch until no event is left, or the index is closing (a
+ * first build over millions of events must not hold a shutdown up). */
 int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err) {
   int n;
   do {
@@ -160,7 +169,7 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err) {
     if (n < 0)
       return n;
     publish(ti, indexed);
-  } while (n == INDEX_BATCH);
+  } while (n == INDEX_BATCH && !stopping(ti));
   return 0;
 }
 
