@@ -11,6 +11,7 @@
 #include "ana_ingest.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
 
@@ -96,16 +97,6 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_family(w, "ana_ingest_queue_wait_seconds", "histogram",
                         "Time a request waited in the queue before its commit began.");
   ana_prom_write_histogram(w, "ana_ingest_queue_wait_seconds", NULL, &c->wait_seconds);
-}
-
-static void deadline_in(struct timespec *ts, int64_t ms) {
-  clock_gettime(CLOCK_REALTIME, ts);
-  ts->tv_sec += (time_t)(ms / 1000);
-  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
 }
 
 /* Takes requests from the queue up to batch_size events (at least one). */
@@ -223,8 +214,7 @@ static void *commit_thread(void *arg) {
         pthread_mutex_lock(&c->mu);
         continue;
       }
-      struct timespec ts;
-      deadline_in(&ts, wait);
+      struct timespec ts = ana_deadline_in_ms(wait);
       pthread_cond_timedwait(&c->cond, &c->mu, &ts);
     }
     if (!c->head && c->stopping)
@@ -233,8 +223,7 @@ static void *commit_thread(void *arg) {
      * client is not slowed down. */
     if (c->o.processing_interval_ms > 0 && c->last_commit_requests > 1 &&
         c->queued_events < c->o.batch_size && !c->stopping) {
-      struct timespec ts;
-      deadline_in(&ts, c->o.processing_interval_ms);
+      struct timespec ts = ana_deadline_in_ms(c->o.processing_interval_ms);
       while (c->queued_events < c->o.batch_size && !c->stopping &&
              pthread_cond_timedwait(&c->cond, &c->mu, &ts) == 0) {
       }

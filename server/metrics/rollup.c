@@ -6,6 +6,7 @@
 
 #include "acc_internal.h"
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
 #include "metric_internal.h"
@@ -1012,19 +1013,6 @@ static void publish_progress(struct ana_rollups *r) {
   atomic_store_explicit(&r->cache_bytes, r->cache.bytes, memory_order_relaxed);
 }
 
-/* A deadline ms from now, for pthread_cond_timedwait. */
-static struct timespec deadline_in(int64_t ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += (time_t)(ms / 1000);
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
-
 /* The thread's busy handler. Under load the committer holds the write lock
  * nearly all the time and SQLite's default handler sleeps 1, 2, 5 ... 100
  * ms between tries: the thread would find it free only by chance, and lag.
@@ -1035,7 +1023,7 @@ static int busy_wait(void *ctx, int count) {
   if (count >= BUSY_MS)
     return 0;
   pthread_mutex_lock(&r->wake_mu);
-  struct timespec ts = deadline_in(1);
+  struct timespec ts = ana_deadline_in_ms(1);
   pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts);
   pthread_mutex_unlock(&r->wake_mu);
   return 1;
@@ -1048,7 +1036,7 @@ static void *rollup_thread(void *arg) {
   for (;;) {
     pthread_mutex_lock(&r->wake_mu);
     if (!more && !r->kick && !r->stop) {
-      struct timespec ts = deadline_in(IDLE_WAKE_MS);
+      struct timespec ts = ana_deadline_in_ms(IDLE_WAKE_MS);
       r->idle = true;
       pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts);
       r->idle = false;
@@ -1058,7 +1046,7 @@ static void *rollup_thread(void *arg) {
      * many events. A commit after a quiet spell is taken at once. */
     int64_t wait = last_round + ROUND_MS - mono_ms();
     if (!more && !r->stop && wait > 0) {
-      struct timespec ts = deadline_in(wait > ROUND_MS ? ROUND_MS : wait);
+      struct timespec ts = ana_deadline_in_ms(wait > ROUND_MS ? ROUND_MS : wait);
       while (!r->stop && pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts) == 0) {
       }
     }

@@ -3,6 +3,7 @@
 #include "ana_realtime.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_arena.h"
 #include "ana_log.h"
 #include "analytics/v1/realtime.pb-c.h"
@@ -658,15 +659,7 @@ static void *pump_main(void *arg) {
     if (retry && now + RETRY_MS < wake)
       wake = now + RETRY_MS;
     if (!rt->kick && now < wake) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      int64_t wait = wake - now;
-      ts.tv_sec += (time_t)(wait / 1000);
-      ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-      if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-      }
+      struct timespec ts = ana_deadline_in_ms(wake - now);
       pthread_cond_timedwait(&rt->cond, &rt->mu, &ts);
       continue;
     }

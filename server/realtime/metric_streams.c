@@ -4,6 +4,7 @@
 #include "ana_metric_streams.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_arena.h"
 #include "ana_log.h"
 #include "ana_metric_acc.h"
@@ -664,14 +665,7 @@ static void *ticker_main(void *arg) {
     int64_t wait = wake - now_mono();
     if (wait <= 0)
       continue;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(wait / 1000);
-    ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = ana_deadline_in_ms(wait);
     pthread_cond_timedwait(&ms->tick, &ms->mu, &ts);
   }
   pthread_mutex_unlock(&ms->mu);

@@ -23,6 +23,7 @@
 #include "text_index.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
 #include "wal_write_vfs.h"
@@ -173,16 +174,6 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err) {
   return 0;
 }
 
-static void deadline_in(struct timespec *ts, int64_t ms) {
-  clock_gettime(CLOCK_REALTIME, ts);
-  ts->tv_sec += (time_t)(ms / 1000);
-  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
-}
-
 static void *index_thread(void *arg) {
   struct ana_text_index *ti = arg;
   /* Its batches are background work: as SCHED_BATCH it keeps its share of
@@ -196,8 +187,7 @@ static void *index_thread(void *arg) {
   pthread_mutex_lock(&ti->mu);
   while (!ti->stop) {
     if (ti->wanted_seq <= ti->indexed_seq) {
-      struct timespec ts;
-      deadline_in(&ts, pause_ms);
+      struct timespec ts = ana_deadline_in_ms(pause_ms);
       pthread_cond_timedwait(&ti->wake, &ti->mu, &ts);
       if (ti->stop)
         break;
@@ -214,8 +204,7 @@ static void *index_thread(void *arg) {
     pthread_mutex_lock(&ti->mu);
     if (pause_ms > INDEX_INTERVAL_MS && ti->wanted_seq > ti->indexed_seq) {
       /* Failing: do not spin on a waiting search. */
-      struct timespec ts;
-      deadline_in(&ts, pause_ms);
+      struct timespec ts = ana_deadline_in_ms(pause_ms);
       pthread_cond_timedwait(&ti->wake, &ti->mu, &ts);
     }
   }
@@ -225,8 +214,7 @@ static void *index_thread(void *arg) {
 
 int ana_text_index_wait(struct ana_text_index *ti, uint64_t seq, int timeout_ms,
                         struct ana_error *err) {
-  struct timespec deadline;
-  deadline_in(&deadline, timeout_ms);
+  struct timespec deadline = ana_deadline_in_ms(timeout_ms);
   pthread_mutex_lock(&ti->mu);
   if (ti->indexed_seq < seq) {
     if (ti->wanted_seq < seq)
