@@ -227,6 +227,50 @@ static void stop_server(void) {
   bench_proc_stop(&server);
 }
 
+/* The server's last commit sequence number and how far its free-text
+ * index has come (from /metrics); false when they cannot be read. */
+static bool read_index_progress(uint64_t *committed, uint64_t *indexed) {
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "curl -s http://127.0.0.1:%d/metrics", server.port);
+  FILE *f = popen(cmd, "r");
+  if (!f)
+    return false;
+  char line[512];
+  int found = 0;
+  unsigned long long v;
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "ana_ingest_last_commit_sequence %llu", &v) == 1) {
+      *committed = v;
+      found |= 1;
+    } else if (sscanf(line, "ana_search_index_sequence %llu", &v) == 1) {
+      *indexed = v;
+      found |= 2;
+    }
+  }
+  return pclose(f) == 0 && found == 3;
+}
+
+/* How far the free-text index is behind the commits when the load stops
+ * (events), and how long it then takes to reach them (ms; polled every
+ * 10 ms). Negative when the metrics cannot be read or it never catches up
+ * within 60 s. */
+static void measure_index_lag(long *behind, double *catch_up_ms) {
+  uint64_t committed = 0, indexed = 0;
+  *behind = -1;
+  *catch_up_ms = -1;
+  double start = bench_now_s();
+  if (!read_index_progress(&committed, &indexed))
+    return;
+  *behind = (long)(committed - indexed);
+  while (indexed < committed && bench_now_s() - start < 60) {
+    usleep(10000);
+    if (!read_index_progress(&committed, &indexed))
+      return;
+  }
+  if (indexed >= committed)
+    *catch_up_ms = (bench_now_s() - start) * 1e3;
+}
+
 struct latency_round {
   double achieved, p50, p99, fdatasync_p50, fdatasync_p99, warmup_p99;
   double health_p50, health_p99; /* the transport alone: no event, no commit */
@@ -404,10 +448,14 @@ int main(int argc, char **argv) {
     double unary = run_load(16, 1, false, 0, NULL, NULL);
     double b100 = run_load(4, 100, false, 0, NULL, NULL);
     double s100 = run_load(2, 100, true, 0, NULL, NULL);
+    long behind;
+    double catch_up_ms;
+    measure_index_lag(&behind, &catch_up_ms);
     stop_server();
     printf("unary (16 clients) %.0f ev/s; batches of 100 (4 clients) %.0f ev/s; stream, batches "
-           "of 100 (2 streams) %.0f ev/s\n",
-           unary, b100, s100);
+           "of 100 (2 streams) %.0f ev/s; free-text index %ld events behind at the end, caught "
+           "up in %.0f ms\n",
+           unary, b100, s100, behind, catch_up_ms);
     return remove_dir(dir);
   }
   printf("raw SQLite inserts...\n");
@@ -423,6 +471,9 @@ int main(int argc, char **argv) {
   double b1000 = run_load(2, 1000, false, 0, NULL, NULL);
   double s100 = run_load(2, 100, true, 0, NULL, NULL);
   double s1000 = run_load(2, 1000, true, 0, NULL, NULL);
+  long index_behind;
+  double index_catch_up_ms;
+  measure_index_lag(&index_behind, &index_catch_up_ms);
   stop_server();
 
   /* Ack latency at half the peak rate of unary calls, paced (open loop),
@@ -499,6 +550,9 @@ int main(int argc, char **argv) {
       "event, no commit) | %.2f / %.2f ms | fdatasync p99 %.2f ms | %.1f | |\n",
       lat.health_p50, lat.health_p99, lat.fdatasync_p99, lat.health_p99 / lat.fdatasync_p99);
   OUT("| unary TrackEvent latency p50 / p99 at peak | %.2f / %.2f ms | | | |\n", p50u, p99u);
+  OUT("| free-text index behind the commits when the ingest runs above stop (after %.0f s at "
+      "their peak rates), and the time it then took to catch up | %ld events, %.0f ms | | | |\n",
+      5 * seconds_per_run, index_behind, index_catch_up_ms);
   OUT("| search p50 / p99, eventName filter, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
       search_events, n50, n99);
   OUT("| search p50 / p99, free-text term, %ld events | %.2f / %.2f ms | | | p99 < 100 ms |\n",
