@@ -22,6 +22,8 @@
 #include "sqlite/text_index.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -59,6 +61,8 @@ static double warmup_seconds = 2.0;
 
 static double fdatasync_p50, fdatasync_p99;
 
+#define STALL_PROBE_SECONDS 2.0
+
 /* 2,000 samples, so that the p99 rests on 20 of them rather than 5. */
 #define FDATASYNC_SAMPLES 2000
 
@@ -81,6 +85,62 @@ static void measure_fdatasync(const char *dir) {
   unlink(path);
   fdatasync_p50 = bench_percentile(lat, (size_t)n, 50);
   fdatasync_p99 = bench_percentile(lat, (size_t)n, 99);
+}
+
+/* How often this machine takes a CPU away from a running thread: one thread
+ * pinned to each CPU spins on the clock for `seconds`, with nothing else
+ * running, and counts the gaps between two readings over 1 ms (a shared
+ * VM's host running something else on that CPU). Any request in flight on
+ * a stalled CPU waits as long, whatever the server does, so these stalls
+ * bound the ack latency's tail from below. */
+struct cpu_stalls {
+  int over_1ms;
+  double longest_ms;
+};
+
+struct stall_probe {
+  int cpu;
+  double until;
+  struct cpu_stalls found;
+};
+
+static void *spin_on_cpu(void *arg) {
+  struct stall_probe *p = arg;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(p->cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  double last = bench_now_s();
+  while (last < p->until) {
+    double t = bench_now_s(), gap_ms = (t - last) * 1e3;
+    if (gap_ms > 1)
+      p->found.over_1ms++;
+    if (gap_ms > p->found.longest_ms)
+      p->found.longest_ms = gap_ms;
+    last = t;
+  }
+  return NULL;
+}
+
+static struct cpu_stalls measure_cpu_stalls(double seconds) {
+  int cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (cpus < 1 || cpus > 64)
+    cpus = cpus < 1 ? 1 : 64;
+  struct stall_probe probes[64];
+  pthread_t threads[64];
+  double until = bench_now_s() + seconds;
+  for (int i = 0; i < cpus; i++) {
+    probes[i] = (struct stall_probe){.cpu = i, .until = until};
+    pthread_create(&threads[i], NULL, spin_on_cpu, &probes[i]);
+  }
+  struct cpu_stalls all = {0};
+  for (int i = 0; i < cpus; i++) {
+    pthread_join(threads[i], NULL);
+    all.over_1ms += probes[i].found.over_1ms;
+    if (probes[i].found.longest_ms > all.longest_ms)
+      all.longest_ms = probes[i].found.longest_ms;
+  }
+  return all;
 }
 
 /* Inserts `total` events in transactions of `batch`, straight into the
@@ -274,6 +334,7 @@ static void measure_index_lag(long *behind, double *catch_up_ms) {
 struct latency_round {
   double achieved, p50, p99, fdatasync_p50, fdatasync_p99, warmup_p99;
   double health_p50, health_p99; /* the transport alone: no event, no commit */
+  struct cpu_stalls stalls;      /* measured just before the round */
 };
 
 static double round_ratio(const struct latency_round *r) { return r->p99 / r->fdatasync_p99; }
@@ -307,6 +368,7 @@ static struct latency_round latency_round(const char *dir, int round, double rat
   char d[320];
   snprintf(d, sizeof d, "%s/latency-%d", dir, round);
   mkdir(d, 0700);
+  r.stalls = measure_cpu_stalls(STALL_PROBE_SECONDS);
   measure_fdatasync(dir);
   r.fdatasync_p50 = fdatasync_p50;
   r.fdatasync_p99 = fdatasync_p99;
@@ -327,9 +389,11 @@ static struct latency_round latency_round(const char *dir, int round, double rat
   stop_server();
   printf("latency round %d: %.0f calls/s offered (%.0f achieved): ack p50 %.2f ms, p99 %.2f ms; "
          "fdatasync p50 %.3f ms, p99 %.3f ms; ratio p99 %.1f (warm-up p99 %.2f ms; health "
-         "check p50 %.2f ms, p99 %.2f ms)\n",
+         "check p50 %.2f ms, p99 %.2f ms; CPU stalls over 1 ms before it: %d in %.0f s, the "
+         "longest %.1f ms)\n",
          round + 1, rate, r.achieved, r.p50, r.p99, r.fdatasync_p50, r.fdatasync_p99,
-         round_ratio(&r), r.warmup_p99, r.health_p50, r.health_p99);
+         round_ratio(&r), r.warmup_p99, r.health_p50, r.health_p99, r.stalls.over_1ms,
+         STALL_PROBE_SECONDS, r.stalls.longest_ms);
   return r;
 }
 
@@ -549,6 +613,10 @@ int main(int argc, char **argv) {
   OUT("| gRPC health check p50 / p99 at the same pace, same round (the transport alone: no "
       "event, no commit) | %.2f / %.2f ms | fdatasync p99 %.2f ms | %.1f | |\n",
       lat.health_p50, lat.health_p99, lat.fdatasync_p99, lat.health_p99 / lat.fdatasync_p99);
+  OUT("| CPU stalls before that round: gaps over 1 ms seen by a thread spinning on each CPU for "
+      "%.0f s, nothing else running (a shared VM's host taking the CPU) | %d, the longest "
+      "%.1f ms | | | |\n",
+      STALL_PROBE_SECONDS, lat.stalls.over_1ms, lat.stalls.longest_ms);
   OUT("| unary TrackEvent latency p50 / p99 at peak | %.2f / %.2f ms | | | |\n", p50u, p99u);
   OUT("| free-text index behind the commits when the ingest runs above stop (after %.0f s at "
       "their peak rates), and the time it then took to catch up | %ld events, %.0f ms | | | |\n",
