@@ -311,17 +311,17 @@ static bool read_index_progress(uint64_t *committed, uint64_t *indexed) {
 }
 
 /* How far the free-text index is behind the commits when the load stops
- * (events), and how long it then takes to reach them (ms; polled every
- * 10 ms). Negative when the metrics cannot be read or it never catches up
- * within 60 s. */
+ * (events), and how long it then takes to reach them (ms, from the first
+ * reading, polled every 10 ms; 0 when it was not behind). Negative when the
+ * metrics cannot be read or it never catches up within 60 s. */
 static void measure_index_lag(long *behind, double *catch_up_ms) {
   uint64_t committed = 0, indexed = 0;
   *behind = -1;
   *catch_up_ms = -1;
-  double start = bench_now_s();
   if (!read_index_progress(&committed, &indexed))
     return;
   *behind = (long)(committed - indexed);
+  double start = bench_now_s();
   while (indexed < committed && bench_now_s() - start < 60) {
     usleep(10000);
     if (!read_index_progress(&committed, &indexed))
