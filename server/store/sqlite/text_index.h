@@ -28,7 +28,8 @@ int ana_text_index_wait(struct ana_text_index *ti, uint64_t seq, int timeout_ms,
 /* The highest commit sequence number indexed so far (all below it are). */
 uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti);
 
-/* Removes the entries of these events (retention), durably. */
+/* Removes the entries of these events (retention), durably. The events must
+ * still be in the events database: their text says which words to remove. */
 int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
                           struct ana_error *err);
 
