@@ -143,8 +143,10 @@ int main(int argc, char **argv) {
 
   /* The store and the ingest path come up before any transport. */
   db = ana_local_db_open(cfg.data_dir, &err);
-  if (db) /* MiB of WAL in pages of 4 KiB */
+  if (db) { /* MiB of WAL in pages of 4 KiB */
     ana_local_db_set_checkpoint_pages(db, cfg.wal_checkpoint_mb * 256);
+    ana_local_db_set_search_index_wait_ms(db, cfg.search_index_wait_ms);
+  }
   store = db ? store_ops->open(db, &err) : NULL;
   if (!store) {
     ANA_ERROR("main", "cannot open the event store: %s", err.message);

@@ -225,6 +225,11 @@ static const struct var vars[] = {
     {.name = "SEARCH_MAX_PAGE_SIZE", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
      .help = "Largest page of events a search returns (the default page is 50).",
      FIELD(search_max_page_size)},
+    {.name = "SEARCH_INDEX_WAIT", .type = VAR_DURATION, .def = "5s", .min = 0, .max = 60000,
+     .help = "Longest wait of a free-text search for the search index to reach the last "
+             "acknowledged event (it is normally at most 100 ms behind); past it the search "
+             "answers UNAVAILABLE, saying how far the index is.",
+     FIELD(search_index_wait_ms)},
     {.name = "RETENTION_SWEEP_INTERVAL", .type = VAR_DURATION, .def = "60s", .min = 100,
      .max = 86400000,
      .help = "How often expired events are deleted, in small chunks between commits.",

@@ -164,6 +164,11 @@ void ana_local_db_close(struct ana_local_db *db);
  * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). */
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
 
+/* How long a free-text search waits for the search index to reach the last
+ * committed event (SEARCH_INDEX_WAIT; 5,000 ms until set; 0: not at all). */
+void ana_local_db_set_search_index_wait_ms(struct ana_local_db *db, int ms);
+int ana_local_db_search_index_wait_ms(struct ana_local_db *db);
+
 /* Path of the database file (borrowed). */
 const char *ana_local_db_path(const struct ana_local_db *db);
 

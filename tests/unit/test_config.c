@@ -29,7 +29,7 @@ static const char *const all_names[] = {
     "EVENT_MAX_BYTES", "EVENT_MAX_PROPERTIES", "EVENT_MAX_DEPTH", "BATCH_MAX_EVENTS",
     "BATCH_MAX_BYTES", "EVENT_MAX_FUTURE", "TIMESTAMP_POLICY", "CLOCK_SKEW_TOLERANCE",
     "TRUSTED_PROXIES", "INGEST_QUEUE_MAX", "INGEST_STREAM_MAX_IN_FLIGHT",
-    "SEARCH_MAX_PAGE_SIZE", "RETENTION_SWEEP_INTERVAL",
+    "SEARCH_MAX_PAGE_SIZE", "SEARCH_INDEX_WAIT", "RETENTION_SWEEP_INTERVAL",
     "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
     "WEB_ROOT", "RESTBRIDGE_UPSTREAM", "REALTIME_AGGREGATE_INTERVAL", "REALTIME_SLOW_CONSUMER_MS",
     "METRIC_STREAM_INTERVAL", "METRIC_STREAM_HISTORY", "ROLLUP_CACHE_MB", "WAL_CHECKPOINT_MB",
@@ -170,6 +170,7 @@ static void test_defaults(void **state) {
   assert_string_equal(cfg.default_account_id, "default");
   assert_int_equal(cfg.grpc_max_message_bytes, 4194304L);
   assert_int_equal(cfg.grpc_threads, 0);
+  assert_int_equal(cfg.search_index_wait_ms, 5000);
   ana_config_fini(&cfg);
   assert_true(is_zeroed(&cfg));
 }
@@ -274,6 +275,14 @@ static void test_integers_and_bounds(void **state) {
   ana_config_fini(&cfg);
   rejects("GRPC_THREADS=257", NULL);
   rejects("GRPC_THREADS=-1", NULL);
+
+  accepts("SEARCH_INDEX_WAIT=0", &cfg); /* a lagging index answers at once */
+  assert_int_equal(cfg.search_index_wait_ms, 0);
+  ana_config_fini(&cfg);
+  accepts("SEARCH_INDEX_WAIT=250ms", &cfg);
+  assert_int_equal(cfg.search_index_wait_ms, 250);
+  ana_config_fini(&cfg);
+  rejects("SEARCH_INDEX_WAIT=61s", "from 0 to 60000");
 }
 
 static void test_durations(void **state) {

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -442,11 +443,13 @@ static void text_index_of_the_first_format_is_rebuilt_contentless(void **state) 
 }
 
 /* An index that cannot catch up (here: another process holds its write
- * lock) makes a free-text search fail after its wait with UNAVAILABLE,
- * saying how far the index is, rather than answer without the newest
- * events or hang; searches without free text still answer. */
+ * lock) makes a free-text search fail after its wait (SEARCH_INDEX_WAIT,
+ * here 300 ms) with UNAVAILABLE, saying how far the index is, rather than
+ * answer without the newest events or hang; searches without free text
+ * still answer. */
 static void free_text_search_says_when_the_index_lags(void **state) {
   (void)state;
+  ana_local_db_set_search_index_wait_ms(db, 300);
   struct ana_event_record r = record("acct-1", "late", "sent", NOW, "{}", "laggard");
   char path[128];
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
@@ -462,7 +465,12 @@ static void free_text_search_says_when_the_index_lags(void **state) {
   struct hits h = {0};
   struct ana_error err;
   ana_error_clear(&err);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   assert_true(ops->search(store, &q, collect, &h, &err) < 0);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  /* It waited for the index as long as configured, not less. */
+  assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 290);
   assert_int_equal(err.code, ANA_STATUS_UNAVAILABLE);
   assert_non_null(strstr(err.message, "search index is still catching up"));
   sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);

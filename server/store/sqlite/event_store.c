@@ -18,12 +18,6 @@ struct sqlite_event_store {
   struct ana_text_index *text;
 };
 
-/* How long a free-text search waits for the index to reach the last
- * committed event. It is normally at most INDEX_INTERVAL_MS behind; only a
- * first start on a large store built without it (an upgrade) takes longer,
- * and searches say so meanwhile. */
-#define TEXT_INDEX_WAIT_MS 5000
-
 static int prepare_error(sqlite3 *db, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(db));
   return ANA_ERR_INTERNAL;
@@ -147,12 +141,16 @@ static char *property_path(const char *key) {
 static int store_last_seq(void *p, uint64_t *out, struct ana_error *err);
 
 /* Before a free-text search: waits (holding no reader) until the index has
- * every event committed so far. */
+ * every event committed so far, at most SEARCH_INDEX_WAIT. The index is
+ * normally at most INDEX_INTERVAL_MS behind; only a first build over a
+ * large store (an upgrade, a lost index) takes longer, and searches say so
+ * meanwhile. */
 static int wait_for_text_index(struct sqlite_event_store *s, struct ana_error *err) {
   uint64_t last;
   if (store_last_seq(s, &last, err) < 0)
     return ANA_ERR_IO;
-  return ana_text_index_wait(s->text, last, TEXT_INDEX_WAIT_MS, err) < 0 ? ANA_ERR_IO : 0;
+  int wait_ms = ana_local_db_search_index_wait_ms(s->db);
+  return ana_text_index_wait(s->text, last, wait_ms, err) < 0 ? ANA_ERR_IO : 0;
 }
 
 /* Lets a reader see the index, as `text` (once per reader). */

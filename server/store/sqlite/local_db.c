@@ -61,6 +61,7 @@ struct ana_local_db {
   int wal_pages;             /* the WAL's size after the last commit */
   int new_pages;             /* appended since the last checkpoint began */
   int checkpoint_pages;      /* new_pages that start a checkpoint */
+  atomic_int search_index_wait_ms; /* see ana_local_db_set_search_index_wait_ms */
   uint64_t commits;          /* commits reported by on_wal_commit */
   uint64_t complete_commits; /* commits when a checkpoint last copied all */
   bool waiting_for_reset;
@@ -81,6 +82,7 @@ struct ana_local_db {
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
+#define DEFAULT_SEARCH_INDEX_WAIT_MS 5000
 #define CHECKPOINT_EVERY_MS 5000
 /* A catch-up holds the event writer only for the last pages appended (at
  * most this many, unless commits outpace CATCH_UP_PASSES passes). */
@@ -377,6 +379,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
   db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
+  atomic_init(&db->search_index_wait_ms, DEFAULT_SEARCH_INDEX_WAIT_MS);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -472,6 +475,14 @@ void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_lock(&db->checkpoint_mu);
   db->checkpoint_pages = pages > 0 ? pages : 1;
   pthread_mutex_unlock(&db->checkpoint_mu);
+}
+
+void ana_local_db_set_search_index_wait_ms(struct ana_local_db *db, int ms) {
+  atomic_store(&db->search_index_wait_ms, ms > 0 ? ms : 0);
+}
+
+int ana_local_db_search_index_wait_ms(struct ana_local_db *db) {
+  return atomic_load(&db->search_index_wait_ms);
 }
 
 const char *ana_local_db_path(const struct ana_local_db *db) { return db->path; }
