@@ -123,11 +123,14 @@ static void *spin_on_cpu(void *arg) {
 }
 
 static struct cpu_stalls measure_cpu_stalls(double seconds) {
+  enum { MAX_CPUS = 64 };
   int cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (cpus < 1 || cpus > 64)
-    cpus = cpus < 1 ? 1 : 64;
-  struct stall_probe probes[64];
-  pthread_t threads[64];
+  if (cpus < 1)
+    cpus = 1;
+  if (cpus > MAX_CPUS)
+    cpus = MAX_CPUS;
+  struct stall_probe probes[MAX_CPUS];
+  pthread_t threads[MAX_CPUS];
   double until = bench_now_s() + seconds;
   for (int i = 0; i < cpus; i++) {
     probes[i] = (struct stall_probe){.cpu = i, .until = until};

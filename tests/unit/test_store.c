@@ -123,6 +123,31 @@ static int submit(struct ana_event_record *r, size_t n, struct ana_commit_reques
   return ana_committer_submit(committer, req, &err);
 }
 
+/* Commits n events (ids prefix-0, prefix-1, ..., all with this text) as one
+ * request and waits for its answer; last_rc then says how it went. */
+static void commit_records(int n, const char *prefix, const char *text) {
+  struct ana_event_record *r = calloc((size_t)n, sizeof *r);
+  char(*ids)[16] = calloc((size_t)n, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  fill_records(r, ids, n, prefix, text);
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, (size_t)n, &req), 0);
+  wait_done(before + 1);
+  free(ids);
+  free(r);
+}
+
+/* Deletes the free-text index's files (the index is derived data). */
+static void remove_text_index(void) {
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm %s/analytics-text.db*", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 struct hits {
   int n;
   char ids[64][32];
@@ -354,19 +379,12 @@ static void free_text_finds_each_event_as_soon_as_it_is_acknowledged(void **stat
  * without the entries of events that are not there. */
 static void text_index_is_rebuilt_from_the_events(void **state) {
   (void)state;
-  struct ana_event_record r[3];
-  char ids[3][16];
-  fill_records(r, ids, 3, "kept", "durable words");
-  struct ana_commit_request req;
-  assert_int_equal(submit(r, 3, &req), 0);
-  wait_done(1);
+  commit_records(3, "kept", "durable words");
   assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
                    3);
   close_store();
 
-  char cmd[160];
-  snprintf(cmd, sizeof cmd, "rm %s/analytics-text.db*", dir);
-  assert_int_equal(system(cmd), 0);
+  remove_text_index();
   open_store();
   assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
                    3);
@@ -398,17 +416,11 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
  * events are found. */
 static void text_index_of_the_first_format_is_rebuilt_contentless(void **state) {
   (void)state;
-  struct ana_event_record r[3];
-  char ids[3][16];
-  fill_records(r, ids, 3, "old", "durable words");
-  struct ana_commit_request req;
-  assert_int_equal(submit(r, 3, &req), 0);
-  wait_done(1);
+  commit_records(3, "old", "durable words");
   close_store();
 
-  char cmd[160], path[128];
-  snprintf(cmd, sizeof cmd, "rm %s/analytics-text.db*", dir);
-  assert_int_equal(system(cmd), 0);
+  remove_text_index();
+  char path[128];
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
@@ -483,12 +495,7 @@ static void free_text_search_says_when_the_index_lags(void **state) {
  * drops it there, and the index file is built from the stored events. */
 static void upgrade_moves_the_text_index_out_of_the_events_database(void **state) {
   (void)state;
-  struct ana_event_record r[2];
-  char ids[2][16];
-  fill_records(r, ids, 2, "older", "upgraded words");
-  struct ana_commit_request req;
-  assert_int_equal(submit(r, 2, &req), 0);
-  wait_done(1);
+  commit_records(2, "older", "upgraded words");
   close_store();
   char path[128];
   snprintf(path, sizeof path, "%s/analytics.db", dir);
@@ -503,8 +510,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(conn);
-  snprintf(path, sizeof path, "rm %s/analytics-text.db*", dir);
-  assert_int_equal(system(path), 0);
+  remove_text_index();
 
   open_store();
   assert_int_equal(ana_local_db_schema_version(db), 4);
@@ -591,12 +597,7 @@ static void wal_is_kept_at_its_size_with_nothing_to_replay(void **state) {
   (void)state;
   static char text[2000];
   memset(text, 'w', sizeof text - 1);
-  struct ana_event_record r[100];
-  char ids[100][16];
-  fill_records(r, ids, 100, "kept", text);
-  struct ana_commit_request req;
-  assert_int_equal(submit(r, 100, &req), 0);
-  wait_done(1);
+  commit_records(100, "kept", text);
   assert_int_equal(last_rc, 0);
   char wal[128], db_path[128];
   snprintf(wal, sizeof wal, "%s/analytics.db-wal", dir);

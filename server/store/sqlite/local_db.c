@@ -28,6 +28,7 @@ struct ana_local_db {
   pthread_mutex_t mu;
   pthread_cond_t reader_free;
   atomic_bool degraded;
+  atomic_int search_index_wait_ms; /* SEARCH_INDEX_WAIT, read by free-text searches */
   /* Checkpoints run on their own thread and connection, so a commit never
    * pays for copying the WAL into the database (that is SQLite's default:
    * the commit that crosses 1,000 pages checkpoints, a latency spike). It
@@ -61,7 +62,6 @@ struct ana_local_db {
   int wal_pages;             /* the WAL's size after the last commit */
   int new_pages;             /* appended since the last checkpoint began */
   int checkpoint_pages;      /* new_pages that start a checkpoint */
-  atomic_int search_index_wait_ms; /* see ana_local_db_set_search_index_wait_ms */
   uint64_t commits;          /* commits reported by on_wal_commit */
   uint64_t complete_commits; /* commits when a checkpoint last copied all */
   bool waiting_for_reset;
