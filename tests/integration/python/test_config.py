@@ -73,6 +73,9 @@ class BadValueTest(unittest.TestCase):
     def test_port_out_of_range(self):
         self.assertRejected("PORT", "70000")
 
+    def test_search_index_wait_over_a_minute(self):
+        self.assertRejected("SEARCH_INDEX_WAIT", "61s")
+
 
 class HelpTest(unittest.TestCase):
 
