@@ -242,6 +242,7 @@ struct client {
   double first; /* paced: when this client sends its first call */
   long events, errors;
   double *lat; /* ms; NULL when latencies are not asked for */
+  double *sent; /* bench_now_s of each call in lat; NULL when no log is asked for */
   size_t n_lat;
 };
 
@@ -285,8 +286,11 @@ static void *unary_client(void *arg) {
       if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
     }
-    if (c->lat && c->n_lat < LATENCY_CAP)
+    if (c->lat && c->n_lat < LATENCY_CAP) {
+      if (c->sent)
+        c->sent[c->n_lat] = t;
       c->lat[c->n_lat++] = (bench_now_s() - t) * 1e3;
+    }
     if (rc == 0)
       c->events += batch;
     else
@@ -351,12 +355,46 @@ static void *stream_client(void *arg) {
   return NULL;
 }
 
+void bench_call_log_free(struct bench_call_log *log) {
+  free(log->sent_s);
+  free(log->ms);
+  *log = (struct bench_call_log){0};
+}
+
+struct logged_call {
+  double sent_s, ms;
+};
+
+static int by_send_time(const void *a, const void *b) {
+  double x = ((const struct logged_call *)a)->sent_s, y = ((const struct logged_call *)b)->sent_s;
+  return (x > y) - (x < y);
+}
+
+/* Merges the clients' calls into log, in send order. */
+static void fill_call_log(struct bench_call_log *log, const struct client *clients, int n,
+                          size_t n_lat) {
+  struct logged_call *all = malloc((n_lat ? n_lat : 1) * sizeof *all);
+  size_t k = 0;
+  for (int i = 0; i < n; i++)
+    for (size_t j = 0; j < clients[i].n_lat; j++)
+      all[k++] = (struct logged_call){clients[i].sent[j], clients[i].lat[j]};
+  qsort(all, n_lat, sizeof *all, by_send_time);
+  log->sent_s = malloc((n_lat ? n_lat : 1) * sizeof *log->sent_s);
+  log->ms = malloc((n_lat ? n_lat : 1) * sizeof *log->ms);
+  for (size_t i = 0; i < n_lat; i++) {
+    log->sent_s[i] = all[i].sent_s;
+    log->ms[i] = all[i].ms;
+  }
+  log->n = n_lat;
+  free(all);
+}
+
 double bench_grpc_ingest_rate(struct ana_client_channel *channel,
                               const struct bench_grpc_load *load, double *p50_ms, double *p99_ms) {
   int n = load->clients;
   struct client *clients = calloc((size_t)n, sizeof *clients);
   pthread_t *t = calloc((size_t)n, sizeof *t);
-  bool want_latency = p50_ms || p99_ms;
+  bool want_latency = p50_ms || p99_ms || load->log;
   long events = 0, errors = 0;
   size_t n_lat = 0;
 
@@ -371,6 +409,8 @@ double bench_grpc_ingest_rate(struct ana_client_channel *channel,
                                  .first = start + load->interval * i / n};
     if (want_latency)
       clients[i].lat = malloc(LATENCY_CAP * sizeof(double));
+    if (load->log)
+      clients[i].sent = malloc(LATENCY_CAP * sizeof(double));
     pthread_create(&t[i], NULL, load->stream ? stream_client : unary_client, &clients[i]);
   }
   for (int i = 0; i < n; i++) {
@@ -380,6 +420,8 @@ double bench_grpc_ingest_rate(struct ana_client_channel *channel,
     n_lat += clients[i].n_lat;
   }
   double elapsed = bench_now_s() - start;
+  if (load->log)
+    fill_call_log(load->log, clients, n, n_lat);
   if (want_latency) {
     double *all = malloc((n_lat ? n_lat : 1) * sizeof *all);
     size_t k = 0;
@@ -387,6 +429,7 @@ double bench_grpc_ingest_rate(struct ana_client_channel *channel,
       memcpy(all + k, clients[i].lat, clients[i].n_lat * sizeof *all);
       k += clients[i].n_lat;
       free(clients[i].lat);
+      free(clients[i].sent);
     }
     if (p50_ms)
       *p50_ms = bench_percentile(all, n_lat, 50);

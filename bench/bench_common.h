@@ -57,6 +57,15 @@ void bench_proc_stop(struct bench_proc *p);
  * ana_client_channel_destroy. NULL on failure. */
 struct ana_client_channel *bench_channel_create(const struct bench_proc *server);
 
+/* Every unary call of a run: when it was sent (bench_now_s) and how long it
+ * took (ms), ordered by send time. Freed with bench_call_log_free. */
+struct bench_call_log {
+  double *sent_s, *ms;
+  size_t n;
+};
+
+void bench_call_log_free(struct bench_call_log *log);
+
 /* One gRPC ingest run: `clients` threads for `seconds`, each sending events
  * with the same properties and fresh ids. */
 struct bench_grpc_load {
@@ -66,6 +75,7 @@ struct bench_grpc_load {
   bool stream; /* IngestEvents, one stream per client, batch per message */
   double seconds;
   double interval; /* >0: paced (open loop), seconds between calls per client */
+  struct bench_call_log *log; /* unary calls: filled when not NULL */
 };
 
 /* Runs load on channel (borrowed) and returns the accepted events per
