@@ -67,11 +67,14 @@ docs: build
 	./$(BUILD)/server/analyticsd --print-env-example > .env.example
 	ANA_UPDATE_DOCS=1 ./$(BUILD)/tests/unit/test_config > /dev/null
 
+# Every C source of the tree (generated code lives under build directories).
+FORMATTED_DIRS = common gen server client restbridge bench tests
+
 format:
-	find common gen server client tests -name '*.[ch]' | xargs clang-format -i
+	find $(FORMATTED_DIRS) -name '*.[ch]' | xargs clang-format -i
 
 format-check:
-	find common gen server client tests -name '*.[ch]' | xargs clang-format --dry-run --Werror
+	find $(FORMATTED_DIRS) -name '*.[ch]' | xargs clang-format --dry-run --Werror
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

@@ -94,7 +94,9 @@ static void pin_from_env(const char *var) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
-void bench_pin_client(void) { pin_from_env("BENCH_CLIENT_CPUS"); }
+void bench_pin_client(void) {
+  pin_from_env("BENCH_CLIENT_CPUS");
+}
 
 pid_t bench_spawn(const char *path, char *const argv[], const char *const env[]) {
   fflush(stdout); /* or the child would print our buffered lines again */
@@ -241,7 +243,7 @@ struct client {
   double until;
   double first; /* paced: when this client sends its first call */
   long events, errors;
-  double *lat; /* ms; NULL when latencies are not asked for */
+  double *lat;  /* ms; NULL when latencies are not asked for */
   double *sent; /* bench_now_s of each call in lat; NULL when no log is asked for */
   size_t n_lat;
 };

@@ -74,7 +74,7 @@ struct bench_grpc_load {
                 * health check instead (the transport's own cost, no event) */
   bool stream; /* IngestEvents, one stream per client, batch per message */
   double seconds;
-  double interval; /* >0: paced (open loop), seconds between calls per client */
+  double interval;            /* >0: paced (open loop), seconds between calls per client */
   struct bench_call_log *log; /* unary calls: filled when not NULL */
 };
 

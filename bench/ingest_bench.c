@@ -158,15 +158,15 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
   }
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *key, *ev;
-  sqlite3_prepare_v2(w, "INSERT INTO dedupe_keys VALUES (?, ?, ?) ON CONFLICT DO NOTHING", -1,
-                     &key, NULL);
+  sqlite3_prepare_v2(w, "INSERT INTO dedupe_keys VALUES (?, ?, ?) ON CONFLICT DO NOTHING", -1, &key,
+                     NULL);
   sqlite3_prepare_v2(w,
                      "INSERT INTO events (account_id, event_id, session_id, event_type,"
                      " event_name, ts, received_at, properties, search_text, payload)"
                      " VALUES ('default', ?, 's', 'message', ?, ?, ?, ?, ?, ?)",
                      -1, &ev, NULL);
-  static const char props[] =
-      "{\"campaignId\":\"123\",\"groupId\":\"456\",\"messageType\":\"text\",\"charactersCount\":150}";
+  static const char props[] = "{\"campaignId\":\"123\",\"groupId\":\"456\",\"messageType\":"
+                              "\"text\",\"charactersCount\":150}";
   /* The payload is a real serialized event, as the server stores it, so
    * searches over this store read what they would read in production. */
   static const char *const keys[] = {"campaignId", "groupId", "messageType", "charactersCount"};
@@ -383,7 +383,9 @@ static double slow_in_bursts(const struct bench_call_log *log, double p99) {
   return slow ? (double)in_bursts / (double)slow : 0;
 }
 
-static double round_ratio(const struct latency_round *r) { return r->p99 / r->fdatasync_p99; }
+static double round_ratio(const struct latency_round *r) {
+  return r->p99 / r->fdatasync_p99;
+}
 
 static int by_ratio(const void *a, const void *b) {
   double x = round_ratio(a), y = round_ratio(b);
@@ -393,8 +395,11 @@ static int by_ratio(const void *a, const void *b) {
 /* Runs `clients` clients for `seconds`; returns events/s. */
 static double run_load_for(double seconds, int clients, int batch, bool stream, double interval,
                            double *p50, double *p99) {
-  struct bench_grpc_load load = {
-      .clients = clients, .batch = batch, .stream = stream, .seconds = seconds, .interval = interval};
+  struct bench_grpc_load load = {.clients = clients,
+                                 .batch = batch,
+                                 .stream = stream,
+                                 .seconds = seconds,
+                                 .interval = interval};
   return bench_grpc_ingest_rate(channel, &load, p50, p99);
 }
 
@@ -421,8 +426,7 @@ static double paced_run(int batch, double rate, double *p50, double *p99, double
  * to a fresh server on its own directory under `dir`, first for the
  * warm-up, then measured, then as many health checks. With `verbose`, the
  * server's own histograms of the round are printed too. */
-static struct latency_round latency_round(const char *dir, int round, double rate,
-                                          bool verbose) {
+static struct latency_round latency_round(const char *dir, int round, double rate, bool verbose) {
   static int rounds_started; /* every round gets a directory of its own */
   struct latency_round r = {0};
   char d[320];
@@ -454,8 +458,7 @@ static struct latency_round latency_round(const char *dir, int round, double rat
          "%.0f%% of the health checks)\n",
          round + 1, rate, r.achieved, r.p50, r.p99, r.fdatasync_p50, r.fdatasync_p99,
          round_ratio(&r), r.warmup_p99, r.health_p50, r.health_p99, r.stalls.over_1ms,
-         STALL_PROBE_SECONDS, r.stalls.longest_ms, 100 * r.burst_share,
-         100 * r.health_burst_share);
+         STALL_PROBE_SECONDS, r.stalls.longest_ms, 100 * r.burst_share, 100 * r.health_burst_share);
   return r;
 }
 
@@ -628,7 +631,8 @@ int main(int argc, char **argv) {
   char mach[512], section[12288];
   bench_machine(mach, sizeof mach);
   size_t n = 0;
-#define OUT(...) n += (size_t)snprintf(section + n, n < sizeof section ? sizeof section - n : 0, __VA_ARGS__)
+#define OUT(...)                                                                                   \
+  n += (size_t)snprintf(section + n, n < sizeof section ? sizeof section - n : 0, __VA_ARGS__)
   OUT("## Ingest and search\n\n");
   const char *server_cpus = getenv("BENCH_SERVER_CPUS");
   const char *client_cpus = getenv("BENCH_CLIENT_CPUS");
@@ -637,12 +641,12 @@ int main(int argc, char **argv) {
       "--search-events %ld`). ",
       mach, seconds_per_run, search_events);
   if (server_cpus && client_cpus)
-    OUT("analyticsd pinned to CPU %s, the load generator to CPU %s.\n\n", server_cpus,
-        client_cpus);
+    OUT("analyticsd pinned to CPU %s, the load generator to CPU %s.\n\n", server_cpus, client_cpus);
   else
     OUT("Client and server share the machine's CPUs.\n\n");
   OUT("Baselines measured in the same run: raw SQLite inserts into the same tables, "
-      "indexes with WAL and synchronous=FULL (the free-text index is built off the commit by its own thread, in the server as here), one transaction per batch; "
+      "indexes with WAL and synchronous=FULL (the free-text index is built off the commit by its "
+      "own thread, in the server as here), one transaction per batch; "
       "fdatasync of a 4 KiB write on the same disk. The ack latency is measured in %d rounds "
       "of %.0f s, each on a fresh server right after its own fdatasync baseline (2,000 "
       "samples) and %.0f s of the same load, measured apart (the warm-up: until the server's "
@@ -654,8 +658,8 @@ int main(int argc, char **argv) {
   OUT("| Measure | Result | Baseline | Ratio | Target |\n|---|---|---|---|---|\n");
   OUT("| raw insert, batch 1 / 100 / 1,000 | %.0f / %.0f / %.0f ev/s | | | |\n", raw1, raw100,
       raw1000);
-  OUT("| gRPC TrackEvent (unary, 16 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | |\n",
-      unary, raw100, unary / raw100);
+  OUT("| gRPC TrackEvent (unary, 16 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | |\n", unary,
+      raw100, unary / raw100);
   OUT("| gRPC TrackEvents, batches of 100 (4 clients) | %.0f ev/s | raw batch 100: %.0f | %.2f | "
       ">= 0.50 |\n",
       b100, raw100, b100 / raw100);
@@ -670,8 +674,7 @@ int main(int argc, char **argv) {
       s1000, raw1000, s1000 / raw1000);
   OUT("| ack latency p50 at half the unary peak (%.0f calls/s offered, %.0f achieved; the median "
       "of %d rounds) | %.2f ms | fdatasync p50 %.2f ms | %.1f | |\n",
-      rate, lat.achieved, latency_rounds, lat.p50, lat.fdatasync_p50,
-      lat.p50 / lat.fdatasync_p50);
+      rate, lat.achieved, latency_rounds, lat.p50, lat.fdatasync_p50, lat.p50 / lat.fdatasync_p50);
   OUT("| ack latency p99 at half the unary peak (p99 ratios of the rounds: %s) | %.2f ms | "
       "fdatasync p99 %.2f ms | %.1f | <= 10 |\n",
       ratios, lat.p99, lat.fdatasync_p99, round_ratio(&lat));

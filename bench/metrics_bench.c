@@ -397,8 +397,7 @@ static int run_queries(long events, int reps, bool rollups_only, char *out, size
              "%.2f | <= 1.5 |\n",
              events, load_s, backfill_s, sa, cold_a * 1e3, pct(qa, reps, 50) * 1e3,
              pct(qa, reps, 99) * 1e3, sb, cold_b * 1e3, pct(qb, reps, 50) * 1e3,
-             pct(qb, reps, 99) * 1e3, raw_a, cli_a, raw_a / cli_a, raw_b,
-             cli_b, raw_b / cli_b);
+             pct(qb, reps, 99) * 1e3, raw_a, cli_a, raw_a / cli_a, raw_b, cli_b, raw_b / cli_b);
   }
   ana_rollup_destroy(r);
   ana_formula_free(a.f);

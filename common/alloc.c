@@ -12,9 +12,13 @@ static int should_fail(void) {
   return 0;
 }
 
-void ana_alloc_fail_after(long n) { fail_countdown = n; }
+void ana_alloc_fail_after(long n) {
+  fail_countdown = n;
+}
 
-void *ana_malloc(size_t size) { return should_fail() ? NULL : malloc(size); }
+void *ana_malloc(size_t size) {
+  return should_fail() ? NULL : malloc(size);
+}
 
 void *ana_calloc(size_t count, size_t size) {
   return should_fail() ? NULL : calloc(count, size);
@@ -32,4 +36,6 @@ char *ana_strdup(const char *s) {
   return p;
 }
 
-void ana_free(void *ptr) { free(ptr); }
+void ana_free(void *ptr) {
+  free(ptr);
+}

@@ -27,8 +27,8 @@ struct ana_prom_gauge {
 /* A histogram over fixed upper bounds (ascending, +Inf implied). Zeroed
  * memory plus ana_prom_histogram_init is a valid histogram. */
 struct ana_prom_histogram {
-  const double *bounds; /* borrowed; must outlive the histogram */
-  size_t n_bounds;      /* at most ANA_PROM_MAX_BUCKETS */
+  const double *bounds;                                   /* borrowed; must outlive the histogram */
+  size_t n_bounds;                                        /* at most ANA_PROM_MAX_BUCKETS */
   atomic_uint_fast64_t buckets[ANA_PROM_MAX_BUCKETS + 1]; /* not cumulative; last = +Inf */
   atomic_uint_fast64_t count;
   atomic_uint_fast64_t sum_bits; /* the sum, a double's bits (CAS-updated) */
@@ -85,8 +85,8 @@ void ana_prom_write_u64(struct ana_prom_writer *w, const char *name, const char 
                         uint64_t value);
 void ana_prom_write_i64(struct ana_prom_writer *w, const char *name, const char *const *labels,
                         int64_t value);
-void ana_prom_write_double(struct ana_prom_writer *w, const char *name,
-                           const char *const *labels, double value);
+void ana_prom_write_double(struct ana_prom_writer *w, const char *name, const char *const *labels,
+                           double value);
 
 /* The series of one histogram: name_bucket{labels,le="..."} (cumulative,
  * ending with le="+Inf"), name_sum{labels}, name_count{labels}. */

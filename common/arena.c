@@ -17,7 +17,9 @@ struct ana_arena_chunk {
 #define DEFAULT_CHUNK 4096
 #define ALIGN_UP(n) (((n) + (alignof(max_align_t) - 1)) & ~(alignof(max_align_t) - 1))
 
-static void *pb_alloc(void *data, size_t size) { return ana_arena_alloc(data, size); }
+static void *pb_alloc(void *data, size_t size) {
+  return ana_arena_alloc(data, size);
+}
 
 /* Arena memory is freed all at once, so protobuf-c's free is a no-op. */
 static void pb_free(void *data, void *ptr) {

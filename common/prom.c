@@ -55,7 +55,9 @@ uint64_t ana_prom_histogram_count(const struct ana_prom_histogram *h) {
 
 /* --- the writer --- */
 
-void ana_prom_writer_init(struct ana_prom_writer *w) { memset(w, 0, sizeof *w); }
+void ana_prom_writer_init(struct ana_prom_writer *w) {
+  memset(w, 0, sizeof *w);
+}
 
 void ana_prom_writer_fini(struct ana_prom_writer *w) {
   ana_free(w->data);
@@ -82,7 +84,9 @@ static void put(struct ana_prom_writer *w, const char *s, size_t n) {
   w->data[w->len] = '\0';
 }
 
-static void puts_(struct ana_prom_writer *w, const char *s) { put(w, s, strlen(s)); }
+static void puts_(struct ana_prom_writer *w, const char *s) {
+  put(w, s, strlen(s));
+}
 
 /* HELP text escapes backslash and newline; label values also the quote. */
 static void put_escaped(struct ana_prom_writer *w, const char *s, bool quote) {
@@ -174,8 +178,8 @@ void ana_prom_write_i64(struct ana_prom_writer *w, const char *name, const char 
   put_value(w, v);
 }
 
-void ana_prom_write_double(struct ana_prom_writer *w, const char *name,
-                           const char *const *labels, double value) {
+void ana_prom_write_double(struct ana_prom_writer *w, const char *name, const char *const *labels,
+                           double value) {
   char v[40];
   format_double(v, sizeof v, value);
   put_series(w, name, "", labels, NULL);
@@ -198,7 +202,8 @@ void ana_prom_write_histogram(struct ana_prom_writer *w, const char *name,
     put_value(w, v);
   }
   char sum[40];
-  format_double(sum, sizeof sum, double_of(atomic_load_explicit(&m->sum_bits, memory_order_relaxed)));
+  format_double(sum, sizeof sum,
+                double_of(atomic_load_explicit(&m->sum_bits, memory_order_relaxed)));
   put_series(w, name, "_sum", labels, NULL);
   put_value(w, sum);
   /* The count is the +Inf bucket, so the two always agree in one scrape. */

@@ -48,41 +48,40 @@ char *gen_emit_methods_h(const struct gen_model *m) {
              "#ifndef ANA_METHODS_H\n#define ANA_METHODS_H\n\n"
              "#include <protobuf-c/protobuf-c.h>\n#include <stdbool.h>\n#include <stddef.h>\n\n");
   include_all_pb_headers(&b, m);
-  gen_printf(&b,
-             "\nenum ana_method_kind {\n"
-             "  ANA_METHOD_UNARY,\n  ANA_METHOD_SERVER_STREAMING,\n"
-             "  ANA_METHOD_CLIENT_STREAMING,\n  ANA_METHOD_BIDI_STREAMING,\n};\n\n"
-             "/* One RPC. Strings are never NULL (\"\" when absent). */\n"
-             "struct ana_method {\n"
-             "  const char *path;    /* \"/analytics.v1.EventService/TrackEvent\" */\n"
-             "  const char *service; /* \"analytics.v1.EventService\" */\n"
-             "  const char *name;    /* \"TrackEvent\" */\n"
-             "  enum ana_method_kind kind;\n"
-             "  const ProtobufCMessageDescriptor *input;\n"
-             "  const ProtobufCMessageDescriptor *output;\n"
-             "  const char *permission; /* required permission; \"\" = none */\n"
-             "  bool audited;           /* every call goes to the audit log */\n"
-             "  const char *feature;    /* \"metrics\": names the feature in messages */\n"
-             "  unsigned rate_cost;     /* rate-limit cost of one call (>= 1) */\n"
-             "};\n\n"
-             "/* Method ids: indexes into ana_methods. */\nenum ana_method_id {\n");
+  gen_printf(&b, "\nenum ana_method_kind {\n"
+                 "  ANA_METHOD_UNARY,\n  ANA_METHOD_SERVER_STREAMING,\n"
+                 "  ANA_METHOD_CLIENT_STREAMING,\n  ANA_METHOD_BIDI_STREAMING,\n};\n\n"
+                 "/* One RPC. Strings are never NULL (\"\" when absent). */\n"
+                 "struct ana_method {\n"
+                 "  const char *path;    /* \"/analytics.v1.EventService/TrackEvent\" */\n"
+                 "  const char *service; /* \"analytics.v1.EventService\" */\n"
+                 "  const char *name;    /* \"TrackEvent\" */\n"
+                 "  enum ana_method_kind kind;\n"
+                 "  const ProtobufCMessageDescriptor *input;\n"
+                 "  const ProtobufCMessageDescriptor *output;\n"
+                 "  const char *permission; /* required permission; \"\" = none */\n"
+                 "  bool audited;           /* every call goes to the audit log */\n"
+                 "  const char *feature;    /* \"metrics\": names the feature in messages */\n"
+                 "  unsigned rate_cost;     /* rate-limit cost of one call (>= 1) */\n"
+                 "};\n\n"
+                 "/* Method ids: indexes into ana_methods. */\nenum ana_method_id {\n");
   for (size_t i = 0; i < m->n_methods; i++) {
     const struct gen_method *x = &m->methods[i];
     gen_printf(&b, "  /* %s (%s)\n   * request %s, response %s */\n  %s,\n", x->path,
                kind_text(x->kind), x->input_c_type, x->output_c_type, x->enum_name);
   }
   gen_printf(&b, "  ANA_METHOD_COUNT\n};\n\n"
-             "extern const struct ana_method ana_methods[ANA_METHOD_COUNT];\n\n"
-             "/* The method with this path, or NULL. */\n"
-             "const struct ana_method *ana_method_find(const char *path);\n\n"
-             "/* Index of m in ana_methods. */\n"
-             "static inline enum ana_method_id ana_method_id_of(const struct ana_method *m) {\n"
-             "  return (enum ana_method_id)(m - ana_methods);\n}\n\n"
-             "/* FileDescriptorSet (serialized) of every contract and its imports, for\n"
-             " * server reflection. */\n"
-             "extern const unsigned char ana_descriptor_set[];\n"
-             "extern const size_t ana_descriptor_set_size;\n\n"
-             "#endif\n");
+                 "extern const struct ana_method ana_methods[ANA_METHOD_COUNT];\n\n"
+                 "/* The method with this path, or NULL. */\n"
+                 "const struct ana_method *ana_method_find(const char *path);\n\n"
+                 "/* Index of m in ana_methods. */\n"
+                 "static inline enum ana_method_id ana_method_id_of(const struct ana_method *m) {\n"
+                 "  return (enum ana_method_id)(m - ana_methods);\n}\n\n"
+                 "/* FileDescriptorSet (serialized) of every contract and its imports, for\n"
+                 " * server reflection. */\n"
+                 "extern const unsigned char ana_descriptor_set[];\n"
+                 "extern const size_t ana_descriptor_set_size;\n\n"
+                 "#endif\n");
   return gen_take(&b);
 }
 
@@ -106,38 +105,40 @@ char *gen_emit_methods_c(const struct gen_model *m) {
     gen_printf(&b, ",\n    .rate_cost = %u,\n  },\n", x->rate_cost);
   }
   gen_printf(&b, "};\n\n"
-             "const struct ana_method *ana_method_find(const char *path) {\n"
-             "  for (size_t i = 0; i < ANA_METHOD_COUNT; i++)\n"
-             "    if (strcmp(ana_methods[i].path, path) == 0)\n"
-             "      return &ana_methods[i];\n"
-             "  return NULL;\n}\n");
+                 "const struct ana_method *ana_method_find(const char *path) {\n"
+                 "  for (size_t i = 0; i < ANA_METHOD_COUNT; i++)\n"
+                 "    if (strcmp(ana_methods[i].path, path) == 0)\n"
+                 "      return &ana_methods[i];\n"
+                 "  return NULL;\n}\n");
   return gen_take(&b);
 }
 
 char *gen_emit_routes_h(const struct gen_model *m) {
   (void)m;
   struct gen_buf b = {0};
-  gen_printf(&b, HEADER_NOTE
-             "/* REST routes from the google.api.http annotations, most specific first:\n"
-             " * at the first segment where two routes differ, a literal segment comes\n"
-             " * before a variable, so a linear first-match scan honours precedence. */\n"
-             "#ifndef ANA_ROUTES_H\n#define ANA_ROUTES_H\n\n#include \"ana_methods.h\"\n\n"
-             "struct ana_route {\n"
-             "  const char *verb;          /* \"GET\", \"POST\", \"PUT\", \"DELETE\", \"PATCH\" */\n"
-             "  const char *pattern;       /* \"/api/metrics/{metric_id}/data\" */\n"
-             "  const char *body;          /* \"\" (none), \"*\" or a top-level request field */\n"
-             "  const char *response_body; /* \"\" (whole response) or a response field */\n"
-             "  enum ana_method_id method;\n"
-             "  bool websocket;            /* server-streaming: served as a WebSocket */\n"
-             "};\n\n"
-             "extern const struct ana_route ana_routes[];\n"
-             "extern const size_t ana_route_count;\n\n#endif\n");
+  gen_printf(
+      &b, HEADER_NOTE
+      "/* REST routes from the google.api.http annotations, most specific first:\n"
+      " * at the first segment where two routes differ, a literal segment comes\n"
+      " * before a variable, so a linear first-match scan honours precedence. */\n"
+      "#ifndef ANA_ROUTES_H\n#define ANA_ROUTES_H\n\n#include \"ana_methods.h\"\n\n"
+      "struct ana_route {\n"
+      "  const char *verb;          /* \"GET\", \"POST\", \"PUT\", \"DELETE\", \"PATCH\" */\n"
+      "  const char *pattern;       /* \"/api/metrics/{metric_id}/data\" */\n"
+      "  const char *body;          /* \"\" (none), \"*\" or a top-level request field */\n"
+      "  const char *response_body; /* \"\" (whole response) or a response field */\n"
+      "  enum ana_method_id method;\n"
+      "  bool websocket;            /* server-streaming: served as a WebSocket */\n"
+      "};\n\n"
+      "extern const struct ana_route ana_routes[];\n"
+      "extern const size_t ana_route_count;\n\n#endif\n");
   return gen_take(&b);
 }
 
 char *gen_emit_routes_c(const struct gen_model *m) {
   struct gen_buf b = {0};
-  gen_printf(&b, HEADER_NOTE "#include \"ana_routes.h\"\n\nconst struct ana_route ana_routes[] = {\n");
+  gen_printf(&b,
+             HEADER_NOTE "#include \"ana_routes.h\"\n\nconst struct ana_route ana_routes[] = {\n");
   for (size_t i = 0; i < m->n_routes; i++) {
     const struct gen_route *r = &m->routes[i];
     const struct gen_method *x = &m->methods[r->method];
@@ -174,7 +175,8 @@ char *gen_emit_json_names_h(const struct gen_model *m) {
              "extern const struct ana_json_message ana_json_messages[];\n"
              "extern const size_t ana_json_message_count;\n\n"
              "/* The entry for a descriptor, or NULL. */\n"
-             "const struct ana_json_message *ana_json_message_find(const ProtobufCMessageDescriptor *d);\n\n"
+             "const struct ana_json_message *ana_json_message_find(const "
+             "ProtobufCMessageDescriptor *d);\n\n"
              "#endif\n");
   return gen_take(&b);
 }
@@ -223,7 +225,8 @@ char *gen_emit_json_names_c(const struct gen_model *m) {
       gen_printf(&b, "NULL},\n");
   }
   gen_printf(&b, "};\n\nconst size_t ana_json_message_count = %zu;\n\n", m->n_messages);
-  gen_printf(&b, "const struct ana_json_message *ana_json_message_find(const ProtobufCMessageDescriptor *d) {\n"
+  gen_printf(&b, "const struct ana_json_message *ana_json_message_find(const "
+                 "ProtobufCMessageDescriptor *d) {\n"
                  "  size_t lo = 0, hi = ana_json_message_count;\n"
                  "  while (lo < hi) {\n"
                  "    size_t mid = lo + (hi - lo) / 2;\n"
@@ -250,10 +253,11 @@ char *gen_emit_client_stubs_h(const struct gen_model *m) {
     gen_printf(&b, "\n/* %s (%s) */\n", x->path, kind_text(x->kind));
     switch (x->kind) {
     case GEN_UNARY:
-      gen_printf(&b,
-                 "int %s(struct ana_client_channel *channel, const %s *request,\n"
-                 "    %s **response, const struct ana_call_options *options, struct ana_error *error);\n",
-                 x->stub_name, x->input_c_type, x->output_c_type);
+      gen_printf(
+          &b,
+          "int %s(struct ana_client_channel *channel, const %s *request,\n"
+          "    %s **response, const struct ana_call_options *options, struct ana_error *error);\n",
+          x->stub_name, x->input_c_type, x->output_c_type);
       break;
     case GEN_SERVER_STREAMING:
       gen_printf(&b,
@@ -268,16 +272,19 @@ char *gen_emit_client_stubs_h(const struct gen_model *m) {
                  x->stub_name, x->output_c_type, x->stub_name, x->input_c_type, x->stub_name);
       break;
     default:
-      gen_printf(&b,
-                 "/* Opens the stream; NULL on failure. Close it with ana_client_stream_finish. */\n"
-                 "struct ana_client_stream *%s_open(struct ana_client_channel *channel,\n"
-                 "    const struct ana_call_options *options, struct ana_error *error);\n"
-                 "/* Sends one message; blocks while the previous one is in flight. */\n"
-                 "int %s_send(struct ana_client_stream *stream, const %s *request, struct ana_error *error);\n"
-                 "/* Receives one message: 1 with *response set (caller frees), 0 at the end\n"
-                 " * of the stream, or a negative error. */\n"
-                 "int %s_recv(struct ana_client_stream *stream, %s **response, struct ana_error *error);\n",
-                 x->stub_name, x->stub_name, x->input_c_type, x->stub_name, x->output_c_type);
+      gen_printf(
+          &b,
+          "/* Opens the stream; NULL on failure. Close it with ana_client_stream_finish. */\n"
+          "struct ana_client_stream *%s_open(struct ana_client_channel *channel,\n"
+          "    const struct ana_call_options *options, struct ana_error *error);\n"
+          "/* Sends one message; blocks while the previous one is in flight. */\n"
+          "int %s_send(struct ana_client_stream *stream, const %s *request, struct ana_error "
+          "*error);\n"
+          "/* Receives one message: 1 with *response set (caller frees), 0 at the end\n"
+          " * of the stream, or a negative error. */\n"
+          "int %s_recv(struct ana_client_stream *stream, %s **response, struct ana_error "
+          "*error);\n",
+          x->stub_name, x->stub_name, x->input_c_type, x->stub_name, x->output_c_type);
       break;
     }
   }
@@ -292,13 +299,15 @@ char *gen_emit_client_stubs_c(const struct gen_model *m) {
     const struct gen_method *x = &m->methods[i];
     switch (x->kind) {
     case GEN_UNARY:
-      gen_printf(&b,
-                 "\nint %s(struct ana_client_channel *channel, const %s *request,\n"
-                 "    %s **response, const struct ana_call_options *options, struct ana_error *error) {\n"
-                 "  ProtobufCMessage *out = NULL;\n"
-                 "  int rc = ana_client_unary(channel, &ana_methods[%s], &request->base, &out, options, error);\n"
-                 "  *response = (%s *)out;\n  return rc;\n}\n",
-                 x->stub_name, x->input_c_type, x->output_c_type, x->enum_name, x->output_c_type);
+      gen_printf(
+          &b,
+          "\nint %s(struct ana_client_channel *channel, const %s *request,\n"
+          "    %s **response, const struct ana_call_options *options, struct ana_error *error) {\n"
+          "  ProtobufCMessage *out = NULL;\n"
+          "  int rc = ana_client_unary(channel, &ana_methods[%s], &request->base, &out, options, "
+          "error);\n"
+          "  *response = (%s *)out;\n  return rc;\n}\n",
+          x->stub_name, x->input_c_type, x->output_c_type, x->enum_name, x->output_c_type);
       break;
     case GEN_SERVER_STREAMING:
       gen_printf(&b,
@@ -316,18 +325,21 @@ char *gen_emit_client_stubs_c(const struct gen_model *m) {
                  x->stub_name);
       break;
     default:
-      gen_printf(&b,
-                 "\nstruct ana_client_stream *%s_open(struct ana_client_channel *channel,\n"
-                 "    const struct ana_call_options *options, struct ana_error *error) {\n"
-                 "  return ana_client_stream_open(channel, &ana_methods[%s], options, error);\n}\n\n"
-                 "int %s_send(struct ana_client_stream *stream, const %s *request, struct ana_error *error) {\n"
-                 "  return ana_client_stream_send(stream, &request->base, error);\n}\n\n"
-                 "int %s_recv(struct ana_client_stream *stream, %s **response, struct ana_error *error) {\n"
-                 "  ProtobufCMessage *out = NULL;\n"
-                 "  int rc = ana_client_stream_recv(stream, &out, error);\n"
-                 "  *response = (%s *)out;\n  return rc;\n}\n",
-                 x->stub_name, x->enum_name, x->stub_name, x->input_c_type, x->stub_name,
-                 x->output_c_type, x->output_c_type);
+      gen_printf(
+          &b,
+          "\nstruct ana_client_stream *%s_open(struct ana_client_channel *channel,\n"
+          "    const struct ana_call_options *options, struct ana_error *error) {\n"
+          "  return ana_client_stream_open(channel, &ana_methods[%s], options, error);\n}\n\n"
+          "int %s_send(struct ana_client_stream *stream, const %s *request, struct ana_error "
+          "*error) {\n"
+          "  return ana_client_stream_send(stream, &request->base, error);\n}\n\n"
+          "int %s_recv(struct ana_client_stream *stream, %s **response, struct ana_error *error) "
+          "{\n"
+          "  ProtobufCMessage *out = NULL;\n"
+          "  int rc = ana_client_stream_recv(stream, &out, error);\n"
+          "  *response = (%s *)out;\n  return rc;\n}\n",
+          x->stub_name, x->enum_name, x->stub_name, x->input_c_type, x->stub_name, x->output_c_type,
+          x->output_c_type);
       break;
     }
   }
@@ -352,7 +364,8 @@ char *gen_emit_descriptor_set_c(const struct gen_model *m) {
   google__protobuf__file_descriptor_set__pack(&set, data);
 
   struct gen_buf b = {0};
-  gen_printf(&b, HEADER_NOTE "#include \"ana_methods.h\"\n\nconst unsigned char ana_descriptor_set[] = {");
+  gen_printf(&b, HEADER_NOTE
+             "#include \"ana_methods.h\"\n\nconst unsigned char ana_descriptor_set[] = {");
   for (size_t i = 0; i < n; i++)
     gen_printf(&b, "%s%u,", i % 20 == 0 ? "\n  " : "", data[i]);
   gen_printf(&b, "\n};\n\nconst size_t ana_descriptor_set_size = %zu;\n", n);

@@ -44,7 +44,9 @@ static void camel_to_lower(struct gen_buf *b, const char *s) {
   }
 }
 
-static const char *skip_dot(const char *s) { return s[0] == '.' ? s + 1 : s; }
+static const char *skip_dot(const char *s) {
+  return s[0] == '.' ? s + 1 : s;
+}
 
 char *gen_c_lower_name(const char *full_name) {
   struct gen_buf b = {0};
@@ -147,7 +149,7 @@ static const uint8_t *unknown_payload(const ProtobufCMessageUnknownField *u, siz
 }
 
 static const ProtobufCMessageUnknownField *find_option(const ProtobufCMessage *opts,
-                                                      uint32_t number) {
+                                                       uint32_t number) {
   if (!opts)
     return NULL;
   for (unsigned i = 0; i < opts->n_unknown_fields; i++)
@@ -212,15 +214,17 @@ static int add_route(struct gen_model *m, size_t method_index, const char *verb,
   if (response_body[0]) {
     const struct gen_message *out = gen_model_message(m, method->output_full);
     if (!find_field(out->proto, response_body))
-      return fail(m, "%s: response_body \"%s\" is not a field of %s", method->path,
-                  response_body, out->full_name);
+      return fail(m, "%s: response_body \"%s\" is not a field of %s", method->path, response_body,
+                  out->full_name);
   }
   m->routes = realloc(m->routes, (m->n_routes + 1) * sizeof *m->routes);
   if (!m->routes)
     return fail(m, "out of memory");
-  m->routes[m->n_routes++] = (struct gen_route){
-      .verb = verb, .pattern = pattern, .body = body, .response_body = response_body,
-      .method = method_index};
+  m->routes[m->n_routes++] = (struct gen_route){.verb = verb,
+                                                .pattern = pattern,
+                                                .body = body,
+                                                .response_body = response_body,
+                                                .method = method_index};
   return 0;
 }
 
@@ -228,11 +232,26 @@ static int read_http_rule(struct gen_model *m, size_t method_index,
                           const Google__Api__HttpRule *rule, bool nested) {
   const char *verb = NULL, *pattern = NULL;
   switch (rule->pattern_case) {
-  case GOOGLE__API__HTTP_RULE__PATTERN_GET: verb = "GET"; pattern = rule->get; break;
-  case GOOGLE__API__HTTP_RULE__PATTERN_PUT: verb = "PUT"; pattern = rule->put; break;
-  case GOOGLE__API__HTTP_RULE__PATTERN_POST: verb = "POST"; pattern = rule->post; break;
-  case GOOGLE__API__HTTP_RULE__PATTERN_DELETE: verb = "DELETE"; pattern = rule->delete_; break;
-  case GOOGLE__API__HTTP_RULE__PATTERN_PATCH: verb = "PATCH"; pattern = rule->patch; break;
+  case GOOGLE__API__HTTP_RULE__PATTERN_GET:
+    verb = "GET";
+    pattern = rule->get;
+    break;
+  case GOOGLE__API__HTTP_RULE__PATTERN_PUT:
+    verb = "PUT";
+    pattern = rule->put;
+    break;
+  case GOOGLE__API__HTTP_RULE__PATTERN_POST:
+    verb = "POST";
+    pattern = rule->post;
+    break;
+  case GOOGLE__API__HTTP_RULE__PATTERN_DELETE:
+    verb = "DELETE";
+    pattern = rule->delete_;
+    break;
+  case GOOGLE__API__HTTP_RULE__PATTERN_PATCH:
+    verb = "PATCH";
+    pattern = rule->patch;
+    break;
   default:
     return fail(m, "%s: only get/put/post/delete/patch routes are supported",
                 m->methods[method_index].path);
@@ -404,8 +423,7 @@ int gen_model_build(struct gen_model *m,
     const char *package = file->package ? file->package : "";
     for (size_t s = 0; s < file->n_service; s++)
       for (size_t i = 0; i < file->service[s]->n_method; i++)
-        if (add_method(m, &method_cap, package, file->service[s], file->service[s]->method[i]) <
-            0)
+        if (add_method(m, &method_cap, package, file->service[s], file->service[s]->method[i]) < 0)
           return -1;
   }
   qsort(m->routes, m->n_routes, sizeof *m->routes, compare_routes);

@@ -19,12 +19,12 @@ struct gen_route {
 };
 
 struct gen_method {
-  char *full_service; /* "analytics.v1.EventService" */
+  char *full_service;        /* "analytics.v1.EventService" */
   const char *service_short; /* "EventService" */
-  const char *name;   /* "TrackEvent" */
-  char *path;         /* "/analytics.v1.EventService/TrackEvent" */
-  char *enum_name;    /* "ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_TRACK_EVENT" */
-  char *stub_name;    /* "ana_stub_event_service_track_event" */
+  const char *name;          /* "TrackEvent" */
+  char *path;                /* "/analytics.v1.EventService/TrackEvent" */
+  char *enum_name;           /* "ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_TRACK_EVENT" */
+  char *stub_name;           /* "ana_stub_event_service_track_event" */
   enum gen_kind kind;
   char *input_c_type, *output_c_type;   /* "Analytics__V1__TrackEventRequest" */
   char *input_desc, *output_desc;       /* "analytics__v1__track_event_request__descriptor" */
@@ -59,8 +59,8 @@ int gen_model_build(struct gen_model *model,
 const struct gen_message *gen_model_message(const struct gen_model *model, const char *full_name);
 
 /* Name helpers matching protoc-c's naming rules. */
-char *gen_c_type_name(const char *full_name);       /* a.b.FooBar -> A__B__FooBar */
-char *gen_c_lower_name(const char *full_name);      /* a.b.FooBar -> a__b__foo_bar */
-char *gen_upper_snake(const char *full_name);       /* a.b.FooBar -> A_B_FOO_BAR */
+char *gen_c_type_name(const char *full_name);  /* a.b.FooBar -> A__B__FooBar */
+char *gen_c_lower_name(const char *full_name); /* a.b.FooBar -> a__b__foo_bar */
+char *gen_upper_snake(const char *full_name);  /* a.b.FooBar -> A_B_FOO_BAR */
 
 #endif

@@ -33,7 +33,9 @@ static void json_str(struct gen_buf *b, const char *s) {
   gen_append(b, "\"", 1);
 }
 
-static const char *skip_dot(const char *s) { return s && s[0] == '.' ? s + 1 : s; }
+static const char *skip_dot(const char *s) {
+  return s && s[0] == '.' ? s + 1 : s;
+}
 
 /* --- enums --- */
 
@@ -237,7 +239,9 @@ static void field_schema(struct gen_buf *b, const struct gen_model *m, const Fie
   scalar_schema(b, m, f, w);
 }
 
-static const char *json_name(const Field *f) { return f->json_name ? f->json_name : f->name; }
+static const char *json_name(const Field *f) {
+  return f->json_name ? f->json_name : f->name;
+}
 
 static void message_schema(struct gen_buf *b, const struct gen_model *m,
                            const struct gen_message *msg, struct names *w) {
@@ -349,7 +353,7 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
       bool bound = strcmp(f->name, r->body) == 0;
       for (size_t v = 0; v < n_vars && !bound; v++)
         bound = strcmp(vars[v], f->name) == 0 || (strncmp(vars[v], f->name, strlen(f->name)) == 0 &&
-                                                   vars[v][strlen(f->name)] == '.');
+                                                  vars[v][strlen(f->name)] == '.');
       if (bound || !queryable(m, f))
         continue;
       bool map = is_map_field(m, f);
@@ -379,9 +383,11 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
     }
     gen_printf(b, "}}}");
   }
-  gen_printf(b, ",\"responses\":{\"%s\":{\"description\":\"%s\",\"content\":{\"application/"
-                "json\":{\"schema\":",
-             ws ? "101" : "200", ws ? "switching to WebSocket; frames {\\\"result\\\": message}" : "OK");
+  gen_printf(b,
+             ",\"responses\":{\"%s\":{\"description\":\"%s\",\"content\":{\"application/"
+             "json\":{\"schema\":",
+             ws ? "101" : "200",
+             ws ? "switching to WebSocket; frames {\\\"result\\\": message}" : "OK");
   const Field *rf = r->response_body[0] ? top_field(out, r->response_body) : NULL;
   if (rf) {
     field_schema(b, m, rf, w, false);
@@ -402,14 +408,13 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
 char *gen_emit_openapi_json(const struct gen_model *m) {
   struct gen_buf b = {0};
   struct names w = {0};
-  gen_printf(&b,
-             "{\"openapi\":\"3.0.3\",\"info\":{\"title\":\"analyticsd REST API\",\"version\":"
-             "\"v1\",\"description\":\"REST and WebSocket routes of analyticsd, generated from "
-             "the contracts' google.api.http annotations. JSON is canonical proto3 JSON "
-             "(lowerCamelCase names; 64-bit integers as strings; enums by name). Errors are "
-             "google.rpc.Status {code,message,details} with grpc-gateway's HTTP status for "
-             "the gRPC code.\"},\"servers\":[{\"url\":\"/\"}],"
-             "\"security\":[{},{\"bearer\":[]}],\"paths\":{");
+  gen_printf(&b, "{\"openapi\":\"3.0.3\",\"info\":{\"title\":\"analyticsd REST API\",\"version\":"
+                 "\"v1\",\"description\":\"REST and WebSocket routes of analyticsd, generated from "
+                 "the contracts' google.api.http annotations. JSON is canonical proto3 JSON "
+                 "(lowerCamelCase names; 64-bit integers as strings; enums by name). Errors are "
+                 "google.rpc.Status {code,message,details} with grpc-gateway's HTTP status for "
+                 "the gRPC code.\"},\"servers\":[{\"url\":\"/\"}],"
+                 "\"security\":[{},{\"bearer\":[]}],\"paths\":{");
   char **done = gen_xcalloc(m->n_routes + 1, sizeof *done);
   size_t n_done = 0;
   for (size_t i = 0; i < m->n_routes; i++) {
@@ -455,19 +460,18 @@ char *gen_emit_openapi_json(const struct gen_model *m) {
   }
   /* The bridge's own endpoints. */
   gen_printf(
-      &b,
-      ",\n\"/health\":{\"get\":{\"operationId\":\"health\",\"tags\":[\"operations\"],"
-      "\"summary\":\"Liveness and readiness, with the store's state\",\"responses\":{\"200\":{"
-      "\"description\":\"serving\",\"content\":{\"application/json\":{\"schema\":{\"type\":"
-      "\"object\",\"properties\":{\"status\":{\"type\":\"string\"}},\"additionalProperties\":"
-      "true}}}},\"503\":{\"description\":\"not serving, or the store is degraded\"}}}}"
-      ",\n\"/metrics\":{\"get\":{\"operationId\":\"metrics\",\"tags\":[\"operations\"],"
-      "\"summary\":\"Prometheus metrics (text exposition format 0.0.4)\",\"responses\":{"
-      "\"200\":{\"description\":\"metrics\",\"content\":{\"text/plain\":{\"schema\":{\"type\":"
-      "\"string\"}}}}}}}"
-      ",\n\"/openapi.json\":{\"get\":{\"operationId\":\"openapi\",\"tags\":[\"operations\"],"
-      "\"summary\":\"This document\",\"responses\":{\"200\":{\"description\":\"OpenAPI 3 "
-      "document\",\"content\":{\"application/json\":{\"schema\":{\"type\":\"object\"}}}}}}}");
+      &b, ",\n\"/health\":{\"get\":{\"operationId\":\"health\",\"tags\":[\"operations\"],"
+          "\"summary\":\"Liveness and readiness, with the store's state\",\"responses\":{\"200\":{"
+          "\"description\":\"serving\",\"content\":{\"application/json\":{\"schema\":{\"type\":"
+          "\"object\",\"properties\":{\"status\":{\"type\":\"string\"}},\"additionalProperties\":"
+          "true}}}},\"503\":{\"description\":\"not serving, or the store is degraded\"}}}}"
+          ",\n\"/metrics\":{\"get\":{\"operationId\":\"metrics\",\"tags\":[\"operations\"],"
+          "\"summary\":\"Prometheus metrics (text exposition format 0.0.4)\",\"responses\":{"
+          "\"200\":{\"description\":\"metrics\",\"content\":{\"text/plain\":{\"schema\":{\"type\":"
+          "\"string\"}}}}}}}"
+          ",\n\"/openapi.json\":{\"get\":{\"operationId\":\"openapi\",\"tags\":[\"operations\"],"
+          "\"summary\":\"This document\",\"responses\":{\"200\":{\"description\":\"OpenAPI 3 "
+          "document\",\"content\":{\"application/json\":{\"schema\":{\"type\":\"object\"}}}}}}}");
   gen_printf(&b, "},\n\"components\":{\"securitySchemes\":{\"bearer\":{\"type\":\"http\","
                  "\"scheme\":\"bearer\"}},\"responses\":{\"Error\":{\"description\":\"an error "
                  "(HTTP status from the gRPC code)\",\"content\":{\"application/json\":{"

@@ -89,7 +89,9 @@ static void answer(struct lws *wsi, struct rb_conn *conn) {
   lws_callback_on_writable(wsi);
 }
 
-void rb_http_answer(struct lws *wsi, struct rb_conn *conn) { answer(wsi, conn); }
+void rb_http_answer(struct lws *wsi, struct rb_conn *conn) {
+  answer(wsi, conn);
+}
 
 void rb_http_answer_error(struct lws *wsi, struct rb_conn *conn, const struct ana_error *st,
                           bool close_after) {
@@ -196,16 +198,16 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
   unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
   size_t len = r->body ? r->body->len : 0;
   const char *type = r->content_type ? r->content_type : "application/json";
-  int rc = lws_add_http_common_headers(wsi, (unsigned)r->http_status, len ? type : NULL, len, &p,
-                                       end);
+  int rc =
+      lws_add_http_common_headers(wsi, (unsigned)r->http_status, len ? type : NULL, len, &p, end);
   if (!rc && r->static_file) {
     rc = add_header(wsi, "cache-control:", "no-cache", &p, end);
     if (!rc)
       rc = add_header(wsi, "x-content-type-options:", "nosniff", &p, end);
     if (!rc)
       rc = add_header(wsi, "content-security-policy:",
-                      "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
-                      &p, end);
+                      "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:", &p,
+                      end);
   }
   if (!rc && conn->request_id[0])
     rc = add_header(wsi, "x-request-id:", conn->request_id, &p, end);

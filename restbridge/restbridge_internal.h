@@ -31,14 +31,14 @@ struct rb_msg {
 /* A finished HTTP answer (status, JSON body, extra headers). */
 struct rb_reply {
   int http_status;
-  struct rb_msg *body; /* owned; NULL = empty body */
-  char *www_auth;      /* 401: WWW-Authenticate value (owned copy) */
-  char *allow;         /* 501 on a known path: the Allow header (owned) */
-  bool close_after;    /* Connection: close, then hang up */
+  struct rb_msg *body;      /* owned; NULL = empty body */
+  char *www_auth;           /* 401: WWW-Authenticate value (owned copy) */
+  char *allow;              /* 501 on a known path: the Allow header (owned) */
+  bool close_after;         /* Connection: close, then hang up */
   const char *content_type; /* static string; NULL = application/json */
   bool static_file;         /* dashboard file: caching and content-security headers */
-  bool preflight;      /* CORS preflight: Access-Control-Allow-* headers */
-  char *allow_headers; /* preflight: Access-Control-Allow-Headers (owned) */
+  bool preflight;           /* CORS preflight: Access-Control-Allow-* headers */
+  char *allow_headers;      /* preflight: Access-Control-Allow-Headers (owned) */
 };
 
 struct rb_conn;
@@ -159,8 +159,8 @@ struct ana_restbridge {
   struct rb_stats *stats; /* metrics (stats.c); NULL when out of memory */
 
   /* lws thread only */
-  struct rb_conn *conns; /* connections with a call */
-  char ws_name[80];      /* current subprotocol name of the WS protocol */
+  struct rb_conn *conns;   /* connections with a call */
+  char ws_name[80];        /* current subprotocol name of the WS protocol */
   unsigned char *ws_batch; /* frames written together are assembled here (websocket.c) */
   size_t ws_batch_cap;
 };

@@ -69,8 +69,7 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
     const char *method, *route;
     route_labels(i, &method, &route);
     const char *labels[] = {"method", method, "route", route, NULL};
-    ana_prom_write_histogram(w, "ana_http_request_duration_seconds", labels,
-                             &s->routes[i].latency);
+    ana_prom_write_histogram(w, "ana_http_request_duration_seconds", labels, &s->routes[i].latency);
   }
   ana_prom_write_family(w, "ana_websocket_connections_open", "gauge",
                         "WebSocket streams open on the bridge.");

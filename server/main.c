@@ -287,8 +287,8 @@ int main(int argc, char **argv) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
-                 NULL);
+  ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
   ana_health_set_serving(false);
   atomic_store(&health.serving, false);
   /* REST first: its in-flight calls finish while gRPC still serves. */

@@ -1047,10 +1047,10 @@ static int metric_apply(const struct args *a, json_t *m) {
 /* A user-defined object the CLI creates and replaces the same way for every
  * kind: its RPCs, its JSON field names and how options fill it. */
 struct resource {
-  const char *noun;       /* "metrics": the command, for messages */
+  const char *noun;                  /* "metrics": the command, for messages */
   const char *create, *get, *update; /* RPC paths */
-  const char *id_field;   /* "metricId" */
-  const char *body_field; /* "metric" */
+  const char *id_field;              /* "metricId" */
+  const char *body_field;            /* "metric" */
   int (*apply)(const struct args *a, json_t *obj);
 };
 
@@ -1085,9 +1085,13 @@ static int update_resource(analytics_client_t *c, const struct args *a, const st
   return call_json(c, r->update, json_pack("{ssso}", r->id_field, id, r->body_field, obj));
 }
 
-static const struct resource metric_resource = {
-    "metrics", "/analytics.v1.MetricService/CreateMetric", "/analytics.v1.MetricService/GetMetric",
-    "/analytics.v1.MetricService/UpdateMetric", "metricId", "metric", metric_apply};
+static const struct resource metric_resource = {"metrics",
+                                                "/analytics.v1.MetricService/CreateMetric",
+                                                "/analytics.v1.MetricService/GetMetric",
+                                                "/analytics.v1.MetricService/UpdateMetric",
+                                                "metricId",
+                                                "metric",
+                                                metric_apply};
 
 static int cmd_metrics(analytics_client_t *c, const struct args *a) {
   static const int ok_def[] = {O_NAME, O_TYPE, O_FORMULA, O_UNIT,     O_AGG,
@@ -1300,9 +1304,13 @@ static int alerts_history_page(analytics_client_t *c, const struct args *a, int3
   return analytics_list_alert_history(c, a->pos[1], page_size, token, json, err);
 }
 
-static const struct resource alert_resource = {
-    "alerts", "/analytics.v1.AlertService/CreateAlert", "/analytics.v1.AlertService/GetAlert",
-    "/analytics.v1.AlertService/UpdateAlert", "alertId", "alert", alert_apply};
+static const struct resource alert_resource = {"alerts",
+                                               "/analytics.v1.AlertService/CreateAlert",
+                                               "/analytics.v1.AlertService/GetAlert",
+                                               "/analytics.v1.AlertService/UpdateAlert",
+                                               "alertId",
+                                               "alert",
+                                               alert_apply};
 
 static int cmd_alerts(analytics_client_t *c, const struct args *a) {
   static const int ok_def[] = {O_NAME,    O_METRIC,   O_CONDITION, O_THRESHOLD, O_SEVERITY,

@@ -15,8 +15,8 @@
  * eventName, sessionId, eventId, context, properties), decoded by the JSON
  * codec when it is tracked. */
 struct analytics_event {
-  json_t *obj;        /* owned */
-  int64_t ts_ms;      /* valid when has_ts */
+  json_t *obj;   /* owned */
+  int64_t ts_ms; /* valid when has_ts */
   bool has_ts;
 };
 
@@ -83,8 +83,8 @@ struct analytics_client {
 };
 
 /* Clock helpers, in milliseconds. */
-int64_t analytics_now_ms(void);      /* monotonic */
-int64_t analytics_wall_ms(void);     /* Unix time */
+int64_t analytics_now_ms(void);  /* monotonic */
+int64_t analytics_wall_ms(void); /* Unix time */
 
 /* Turns a runtime result into a library code and fills err from aerr. */
 int analytics_from_ana(int rc, const struct ana_error *aerr, analytics_error_t *err);

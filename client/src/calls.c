@@ -89,7 +89,9 @@ out:
   return rc;
 }
 
-static const struct ana_method *M(enum ana_method_id id) { return &ana_methods[id]; }
+static const struct ana_method *M(enum ana_method_id id) {
+  return &ana_methods[id];
+}
 
 /* --- JSON building helpers (NULL-tolerant: a NULL value adds nothing) --- */
 
@@ -124,8 +126,8 @@ static void put_time(json_t *o, const char *k, int64_t ms) {
     return;
   s = (time_t)(ms / 1000);
   gmtime_r(&s, &tm);
-  snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+  snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
   json_object_set_new(o, k, json_string(buf));
 }
 
@@ -138,8 +140,8 @@ static int put_json(json_t *o, const char *k, const char *text, analytics_error_
     return 0;
   v = json_loads(text, JSON_DECODE_ANY, &jerr);
   if (!v)
-    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
-                          "%s: %s", k, jerr.text);
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT, "%s: %s",
+                          k, jerr.text);
   json_object_set_new(o, k, v);
   return 0;
 }
@@ -278,8 +280,8 @@ int analytics_get_metric(analytics_client_t *c, const char *id, char **json_out,
     *json_out = NULL;
   if ((rc = need(id, "metric_id", err)) < 0)
     return rc;
-  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC),
-                    by_id("metricId", id), json_out, NULL, err);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC), by_id("metricId", id),
+                    json_out, NULL, err);
 }
 
 int analytics_update_metric(analytics_client_t *c, const char *id, const analytics_metric_t *metric,
@@ -324,8 +326,8 @@ int analytics_get_metric_data(analytics_client_t *c, const analytics_metric_quer
   put_int(o, "topN", q->top_n);
   put_int(o, "pageSize", q->page_size);
   put_str(o, "pageToken", q->page_token);
-  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC_DATA), o, json_out,
-                    NULL, err);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC_DATA), o, json_out, NULL,
+                    err);
 }
 
 /* --- Reports --- */
@@ -351,8 +353,8 @@ int analytics_generate_report(analytics_client_t *c, const analytics_report_t *r
   }
   o = json_object();
   json_object_set_new(o, "report", rep);
-  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_GENERATE_REPORT), o, json_out,
-                    NULL, err);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_GENERATE_REPORT), o, json_out, NULL,
+                    err);
 }
 
 int analytics_list_reports(analytics_client_t *c, int32_t page_size, const char *page_token,
@@ -368,8 +370,8 @@ int analytics_get_report(analytics_client_t *c, const char *id, char **json_out,
     *json_out = NULL;
   if ((rc = need(id, "report_id", err)) < 0)
     return rc;
-  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_GET_REPORT),
-                    by_id("reportId", id), json_out, NULL, err);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_GET_REPORT), by_id("reportId", id),
+                    json_out, NULL, err);
 }
 
 int analytics_download_report(analytics_client_t *c, const char *id,
@@ -485,8 +487,8 @@ int analytics_delete_alert(analytics_client_t *c, const char *id, analytics_erro
   int rc;
   if ((rc = need(id, "alert_id", err)) < 0)
     return rc;
-  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_DELETE_ALERT),
-                    by_id("alertId", id), NULL, NULL, err);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_DELETE_ALERT), by_id("alertId", id),
+                    NULL, NULL, err);
 }
 
 int analytics_list_alert_history(analytics_client_t *c, const char *id, int32_t page_size,
@@ -614,8 +616,9 @@ static int stream_value(analytics_client_t *c, const struct ana_method *m, json_
   opts.timeout_ms = 0; /* a stream lasts as long as the caller wants */
   rc = run_stream(c, m, req, &s, &opts, &aerr);
   if (s.rc < 0)
-    rc = analytics_fail(err, s.rc, ANALYTICS_STATUS_INTERNAL, "a stream message cannot be "
-                                                             "written as JSON");
+    rc = analytics_fail(err, s.rc, ANALYTICS_STATUS_INTERNAL,
+                        "a stream message cannot be "
+                        "written as JSON");
   else
     rc = analytics_from_ana(rc, &aerr, err);
 out:
@@ -642,8 +645,8 @@ int analytics_stream_analytics(analytics_client_t *c, const analytics_stream_fil
     if (f->include_events)
       json_object_set_new(o, "includeEvents", json_true());
   }
-  return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS), o,
-                      on_update, ctx, err);
+  return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS), o, on_update,
+                      ctx, err);
 }
 
 int analytics_stream_call(analytics_client_t *c, const char *method, const char *request_json,

@@ -297,8 +297,7 @@ int analytics_flush(analytics_client_t *c, int64_t timeout_ms, analytics_error_t
   while (c->resolved < target) {
     if (deadline) {
       struct timespec ts = abs_ms(deadline);
-      if (pthread_cond_timedwait(&c->done_cond, &c->mu, &ts) == ETIMEDOUT &&
-          c->resolved < target) {
+      if (pthread_cond_timedwait(&c->done_cond, &c->mu, &ts) == ETIMEDOUT && c->resolved < target) {
         rc = ANALYTICS_ERR_TIMEOUT;
         break;
       }
@@ -371,7 +370,8 @@ static bool retryable(int status) {
 }
 
 /* Accounts the server's per-event results of a delivered batch. */
-static void account(analytics_client_t *c, struct batch *b, const Analytics__V1__TrackEventsResponse *r) {
+static void account(analytics_client_t *c, struct batch *b,
+                    const Analytics__V1__TrackEventsResponse *r) {
   uint64_t acc = 0, dup = 0, rej = 0, lost = 0;
   bool *seen = ana_arena_calloc(&b->arena, b->n ? b->n : 1, sizeof *seen);
 
@@ -478,9 +478,9 @@ static void deliver(analytics_client_t *c, struct batch *b) {
       return;
     }
     /* Wait before the next attempt; destroy shortens the wait to its deadline. */
-    int64_t wake = analytics_now_ms() +
-                   analytics_backoff_ms(attempt + 1, c->cfg.o.backoff_base_ms,
-                                        c->cfg.o.backoff_max_ms, next_rand(&c->rnd_state));
+    int64_t wake = analytics_now_ms() + analytics_backoff_ms(attempt + 1, c->cfg.o.backoff_base_ms,
+                                                             c->cfg.o.backoff_max_ms,
+                                                             next_rand(&c->rnd_state));
     pthread_mutex_lock(&c->mu);
     c->st.retries++;
     for (;;) {

@@ -428,7 +428,9 @@ out:
 
 /* --- Streams --- */
 
-static void *stream_tag(struct ana_client_stream *s, enum stream_op op) { return &s->tags[op]; }
+static void *stream_tag(struct ana_client_stream *s, enum stream_op op) {
+  return &s->tags[op];
+}
 
 static int stream_start(struct ana_client_stream *s, const grpc_op *ops, size_t n,
                         enum stream_op op, struct ana_error *err) {

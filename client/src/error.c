@@ -28,7 +28,9 @@ const char *analytics_status_name(int status) {
   return ana_status_name((enum ana_status)status);
 }
 
-void analytics_free(void *ptr) { free(ptr); }
+void analytics_free(void *ptr) {
+  free(ptr);
+}
 
 void analytics_clear(analytics_error_t *err) {
   if (err) {
@@ -66,7 +68,9 @@ int analytics_from_ana(int rc, const struct ana_error *aerr, analytics_error_t *
   case ANA_STATUS_UNAVAILABLE:
   case ANA_STATUS_DEADLINE_EXCEEDED:
   case ANA_STATUS_RESOURCE_EXHAUSTED: code = ANALYTICS_ERR_UNAVAILABLE; break;
-  case ANA_STATUS_INTERNAL: code = rc == ANA_ERR_INTERNAL ? ANALYTICS_ERR_INTERNAL : ANALYTICS_ERR_SERVER; break;
+  case ANA_STATUS_INTERNAL:
+    code = rc == ANA_ERR_INTERNAL ? ANALYTICS_ERR_INTERNAL : ANALYTICS_ERR_SERVER;
+    break;
   default: code = ANALYTICS_ERR_SERVER; break;
   }
   return code;

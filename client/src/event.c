@@ -44,8 +44,8 @@ analytics_event_t *analytics_event_new_from_json(const char *json, analytics_err
   }
   obj = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
   if (!obj) {
-    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
-                   "%s (column %d)", jerr.text, jerr.column);
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT, "%s (column %d)",
+                   jerr.text, jerr.column);
     goto out;
   }
   if (!json_is_object(obj)) {
@@ -61,8 +61,8 @@ analytics_event_t *analytics_event_new_from_json(const char *json, analytics_err
     goto out;
   }
   if (!e.event_type || !e.event_type[0] || !e.event_name || !e.event_name[0]) {
-    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
-                   "%s is required", !e.event_type || !e.event_type[0] ? "eventType" : "eventName");
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT, "%s is required",
+                   !e.event_type || !e.event_type[0] ? "eventType" : "eventName");
     goto out;
   }
   ev = calloc(1, sizeof *ev);
@@ -146,8 +146,7 @@ int analytics_event_set_properties_json(analytics_event_t *ev, const char *json,
   v = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
   if (!v)
     return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
-                          "properties: %s (line %d, column %d)", jerr.text, jerr.line,
-                          jerr.column);
+                          "properties: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
   if (!json_is_object(v)) {
     json_decref(v);
     return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
@@ -183,8 +182,9 @@ int analytics_event_set_session(analytics_event_t *ev, const char *session_id) {
 int analytics_event_set_id(analytics_event_t *ev, const char *event_id) {
   if (event_id) {
     size_t n = strlen(event_id);
-    if (n == 0 || n > 128 || strspn(event_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                              "0123456789_.:-") != n)
+    if (n == 0 || n > 128 ||
+        strspn(event_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                         "0123456789_.:-") != n)
       return ANALYTICS_ERR_INVALID;
   }
   return set_top(ev, "eventId", event_id);

@@ -25,12 +25,12 @@ struct ana_restbridge_remote_options {
 
 /* Creates the channel (it connects on first use), the worker pool and the
  * health prober. NULL with err filled on failure. */
-struct ana_restbridge_remote *ana_restbridge_remote_create(
-    const struct ana_restbridge_remote_options *o, struct ana_error *err);
+struct ana_restbridge_remote *
+ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, struct ana_error *err);
 
 /* The upstream to put in ana_restbridge_options.upstream; lives as long as r. */
-const struct ana_restbridge_upstream *ana_restbridge_remote_upstream(
-    struct ana_restbridge_remote *r);
+const struct ana_restbridge_upstream *
+ana_restbridge_remote_upstream(struct ana_restbridge_remote *r);
 
 /* For the bridge's health callback (any thread, never blocks): serving is
  * whether the last probe of the upstream answered SERVING; adds

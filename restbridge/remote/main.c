@@ -15,14 +15,15 @@
 #include <string.h>
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: analytics-restbridge [--upstream HOST:PORT] [--workers N] [--help | --version]\n\n"
-          "REST + WebSocket gateway for analyticsd: serves the REST routes, WebSocket\n"
-          "streams, /health, /metrics and /openapi.json on PORT and forwards each call to\n"
-          "the analyticsd at --upstream (default: $RESTBRIDGE_UPSTREAM) over gRPC.\n"
-          "  --workers N  threads carrying unary calls to the upstream (default 16)\n\n"
-          "Configured from environment variables (those of analyticsd that apply to the\n"
-          "bridge are used; the others are read, checked and ignored):\n\n");
+  fprintf(
+      out,
+      "usage: analytics-restbridge [--upstream HOST:PORT] [--workers N] [--help | --version]\n\n"
+      "REST + WebSocket gateway for analyticsd: serves the REST routes, WebSocket\n"
+      "streams, /health, /metrics and /openapi.json on PORT and forwards each call to\n"
+      "the analyticsd at --upstream (default: $RESTBRIDGE_UPSTREAM) over gRPC.\n"
+      "  --workers N  threads carrying unary calls to the upstream (default 16)\n\n"
+      "Configured from environment variables (those of analyticsd that apply to the\n"
+      "bridge are used; the others are read, checked and ignored):\n\n");
   ana_config_write_help(out);
 }
 

@@ -298,8 +298,8 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
 
 /* --- lifecycle --- */
 
-struct ana_restbridge_remote *ana_restbridge_remote_create(
-    const struct ana_restbridge_remote_options *o, struct ana_error *err) {
+struct ana_restbridge_remote *
+ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, struct ana_error *err) {
   struct ana_restbridge_remote *r = ana_calloc(1, sizeof *r);
   if (!r) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -340,8 +340,8 @@ fail:
   return NULL;
 }
 
-const struct ana_restbridge_upstream *ana_restbridge_remote_upstream(
-    struct ana_restbridge_remote *r) {
+const struct ana_restbridge_upstream *
+ana_restbridge_remote_upstream(struct ana_restbridge_remote *r) {
   return &r->up;
 }
 

@@ -45,7 +45,7 @@ struct role_grants {
   const char *const *permissions;
 };
 
-static const char *const reader_permissions[] = {"events:read", "metrics:read", "reports:read",
+static const char *const reader_permissions[] = {"events:read", "metrics:read",  "reports:read",
                                                  "alerts:read", "realtime:read", NULL};
 static const char *const writer_permissions[] = {"events:write", NULL};
 

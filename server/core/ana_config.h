@@ -13,10 +13,10 @@
  * Durations are in milliseconds. Adding a variable means one row in the
  * table in config.c plus one member here. */
 struct ana_config {
-  int port;       /* PORT: REST/WebSocket bridge */
-  int grpc_port;  /* GRPC_PORT */
-  char *grpc_host; /* GRPC_HOST: bind address; an IPv6 address may come without brackets */
-  long http_max_body_bytes;  /* HTTP_MAX_BODY_BYTES: REST request bodies */
+  int port;                 /* PORT: REST/WebSocket bridge */
+  int grpc_port;            /* GRPC_PORT */
+  char *grpc_host;          /* GRPC_HOST: bind address; an IPv6 address may come without brackets */
+  long http_max_body_bytes; /* HTTP_MAX_BODY_BYTES: REST request bodies */
   char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS: NULL = none */
   int ws_slow_consumer_ms;    /* WS_SLOW_CONSUMER_MS */
   char *web_root;             /* WEB_ROOT: dashboard files; NULL = built in */

@@ -54,10 +54,10 @@ void ana_log_write(enum ana_log_level level, const char *component, const char *
 void ana_log_fields(enum ana_log_level level, const char *component, const char *msg, ...)
     __attribute__((sentinel));
 
-#define ANA_LOG(level, component, ...)                                                   \
-  do {                                                                                   \
-    if (ana_log_enabled(level))                                                          \
-      ana_log_write(level, component, __VA_ARGS__);                                      \
+#define ANA_LOG(level, component, ...)                                                             \
+  do {                                                                                             \
+    if (ana_log_enabled(level))                                                                    \
+      ana_log_write(level, component, __VA_ARGS__);                                                \
   } while (0)
 
 #define ANA_ERROR(component, ...) ANA_LOG(ANA_LOG_ERROR, component, __VA_ARGS__)

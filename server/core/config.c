@@ -34,21 +34,20 @@ enum var_status {
 struct var {
   const char *name;
   enum var_type type;
-  const char *def;  /* default as a user would write it; "" = unset */
-  const char *help; /* one or more sentences, each ending with '.' */
-  long long min, max;   /* VAR_INT, VAR_DURATION */
-  const char *schemes;  /* VAR_URL: accepted schemes, separated by spaces */
+  const char *def;                  /* default as a user would write it; "" = unset */
+  const char *help;                 /* one or more sentences, each ending with '.' */
+  long long min, max;               /* VAR_INT, VAR_DURATION */
+  const char *schemes;              /* VAR_URL: accepted schemes, separated by spaces */
   bool (*check)(const char *value); /* VAR_STRING: extra validation, or NULL */
-  const char *expect;   /* VAR_STRING with check: what check accepts */
+  const char *expect;               /* VAR_STRING with check: what check accepts */
   enum var_status status;
-  const char *feature;  /* VAR_NOT_YET_SUPPORTED: "the MongoDB backend" */
-  const char *instead;  /* VAR_NOT_YET_SUPPORTED: what happens meanwhile */
-  size_t offset, size;  /* where in struct ana_config, and how big */
+  const char *feature; /* VAR_NOT_YET_SUPPORTED: "the MongoDB backend" */
+  const char *instead; /* VAR_NOT_YET_SUPPORTED: what happens meanwhile */
+  size_t offset, size; /* where in struct ana_config, and how big */
 };
 
-#define FIELD(member)                                                                    \
-  .offset = offsetof(struct ana_config, member),                                         \
-  .size = sizeof(((struct ana_config *)0)->member)
+#define FIELD(member)                                                                              \
+  .offset = offsetof(struct ana_config, member), .size = sizeof(((struct ana_config *)0)->member)
 
 #define PATH_MAX_LEN 4095
 #define ACCOUNT_ID_MAX 128
@@ -64,195 +63,359 @@ static bool valid_proxy_list(const char *s);
 
 static const struct var vars[] = {
     /* Listeners. */
-    {.name = "PORT", .type = VAR_PORT, .def = "3004",
-     .help = "Port of the REST and WebSocket API (the bridge).", FIELD(port)},
-    {.name = "GRPC_PORT", .type = VAR_PORT, .def = "50051", .help = "Port of the gRPC API.",
+    {.name = "PORT",
+     .type = VAR_PORT,
+     .def = "3004",
+     .help = "Port of the REST and WebSocket API (the bridge).",
+     FIELD(port)},
+    {.name = "GRPC_PORT",
+     .type = VAR_PORT,
+     .def = "50051",
+     .help = "Port of the gRPC API.",
      FIELD(grpc_port)},
-    {.name = "GRPC_HOST", .type = VAR_STRING, .def = "0.0.0.0",
-     .help = "Address the gRPC server binds to.", .check = valid_bind_host,
-     .expect = "a host name or IP address (e.g. 0.0.0.0, ::, 127.0.0.1)", FIELD(grpc_host)},
-    {.name = "HTTP_MAX_BODY_BYTES", .type = VAR_INT, .def = "4194304", .min = 1024,
-     .max = 268435456, .help = "Largest REST request body accepted, in bytes (larger: 413).",
+    {.name = "GRPC_HOST",
+     .type = VAR_STRING,
+     .def = "0.0.0.0",
+     .help = "Address the gRPC server binds to.",
+     .check = valid_bind_host,
+     .expect = "a host name or IP address (e.g. 0.0.0.0, ::, 127.0.0.1)",
+     FIELD(grpc_host)},
+    {.name = "HTTP_MAX_BODY_BYTES",
+     .type = VAR_INT,
+     .def = "4194304",
+     .min = 1024,
+     .max = 268435456,
+     .help = "Largest REST request body accepted, in bytes (larger: 413).",
      FIELD(http_max_body_bytes)},
-    {.name = "CORS_ALLOWED_ORIGINS", .type = VAR_STRING, .def = "",
+    {.name = "CORS_ALLOWED_ORIGINS",
+     .type = VAR_STRING,
+     .def = "",
      .help = "Browser origins allowed to call the REST API (CORS); unset means none.",
      .check = valid_origins,
      .expect = "a comma-separated list of origins (e.g. https://app.example.com), or *",
      FIELD(cors_allowed_origins)},
-    {.name = "WS_SLOW_CONSUMER_MS", .type = VAR_DURATION, .def = "10000", .min = 100,
+    {.name = "WS_SLOW_CONSUMER_MS",
+     .type = VAR_DURATION,
+     .def = "10000",
+     .min = 100,
      .max = 600000,
      .help = "A WebSocket client whose STREAM_BUFFER_SIZE messages stay unread this long is "
              "disconnected (close code 1008).",
      FIELD(ws_slow_consumer_ms)},
-    {.name = "WEB_ROOT", .type = VAR_PATH, .def = "",
+    {.name = "WEB_ROOT",
+     .type = VAR_PATH,
+     .def = "",
      .help = "Directory holding the live dashboard's files (index.html, app.js, app.css), served "
              "at / and /dashboard; unset serves the copy built into the binary.",
      FIELD(web_root)},
-    {.name = "RESTBRIDGE_UPSTREAM", .type = VAR_STRING, .def = "",
+    {.name = "RESTBRIDGE_UPSTREAM",
+     .type = VAR_STRING,
+     .def = "",
      .help = "analytics-restbridge only (the remote REST bridge): the gRPC address of the "
              "analyticsd it forwards to; its --upstream option wins. analyticsd ignores it.",
-     .check = valid_grpc_target, .expect = "a gRPC target: host:port or dns:///host:port",
+     .check = valid_grpc_target,
+     .expect = "a gRPC target: host:port or dns:///host:port",
      FIELD(restbridge_upstream)},
 
     /* Remote backends. */
-    {.name = "MONGODB_URI", .type = VAR_URL, .def = "",
+    {.name = "MONGODB_URI",
+     .type = VAR_URL,
+     .def = "",
      .help = "MongoDB connection string, for the catalog of metrics, reports and alerts.",
-     .schemes = "mongodb mongodb+srv", .status = VAR_NOT_YET_SUPPORTED,
-     .feature = "the MongoDB backend", .instead = "using the embedded store",
+     .schemes = "mongodb mongodb+srv",
+     .status = VAR_NOT_YET_SUPPORTED,
+     .feature = "the MongoDB backend",
+     .instead = "using the embedded store",
      FIELD(mongodb_uri)},
-    {.name = "ELASTICSEARCH_NODE", .type = VAR_URL, .def = "",
-     .help = "Elasticsearch URL, for event search.", .schemes = "http https",
-     .status = VAR_NOT_YET_SUPPORTED, .feature = "the Elasticsearch backend",
-     .instead = "using the embedded store", FIELD(elasticsearch_node)},
-    {.name = "CLICKHOUSE_HOST", .type = VAR_STRING, .def = "",
+    {.name = "ELASTICSEARCH_NODE",
+     .type = VAR_URL,
+     .def = "",
+     .help = "Elasticsearch URL, for event search.",
+     .schemes = "http https",
+     .status = VAR_NOT_YET_SUPPORTED,
+     .feature = "the Elasticsearch backend",
+     .instead = "using the embedded store",
+     FIELD(elasticsearch_node)},
+    {.name = "CLICKHOUSE_HOST",
+     .type = VAR_STRING,
+     .def = "",
      .help = "ClickHouse server, for events and analytics queries.",
      .check = valid_clickhouse_host,
      .expect = "a host, host:port or http(s):// URL (e.g. localhost:8123)",
-     .status = VAR_NOT_YET_SUPPORTED, .feature = "the ClickHouse backend",
-     .instead = "using the embedded store", FIELD(clickhouse_host)},
-    {.name = "REDIS_URL", .type = VAR_URL, .def = "",
+     .status = VAR_NOT_YET_SUPPORTED,
+     .feature = "the ClickHouse backend",
+     .instead = "using the embedded store",
+     FIELD(clickhouse_host)},
+    {.name = "REDIS_URL",
+     .type = VAR_URL,
+     .def = "",
      .help = "Redis connection URL, for state shared between instances.",
-     .schemes = "redis rediss", .status = VAR_NOT_YET_SUPPORTED,
-     .feature = "the Redis integration", .instead = "running as a single instance",
+     .schemes = "redis rediss",
+     .status = VAR_NOT_YET_SUPPORTED,
+     .feature = "the Redis integration",
+     .instead = "running as a single instance",
      FIELD(redis_url)},
-    {.name = "RABBITMQ_URL", .type = VAR_URL, .def = "",
+    {.name = "RABBITMQ_URL",
+     .type = VAR_URL,
+     .def = "",
      .help = "RabbitMQ connection URL, for events passed between instances.",
-     .schemes = "amqp amqps", .status = VAR_NOT_YET_SUPPORTED,
-     .feature = "the RabbitMQ integration", .instead = "running as a single instance",
+     .schemes = "amqp amqps",
+     .status = VAR_NOT_YET_SUPPORTED,
+     .feature = "the RabbitMQ integration",
+     .instead = "running as a single instance",
      FIELD(rabbitmq_url)},
 
     /* Storage. */
-    {.name = "DATA_DIR", .type = VAR_PATH, .def = "./data",
-     .help = "Directory of the embedded store.", FIELD(data_dir)},
-    {.name = "REPORTS_DIR", .type = VAR_PATH, .def = "./data/reports",
-     .help = "Directory where generated reports are stored.", FIELD(reports_dir)},
-    {.name = "EXPORTS_DIR", .type = VAR_PATH, .def = "./data/exports",
-     .help = "Directory where data exports are written.", FIELD(exports_dir)},
-    {.name = "RETENTION_DAYS", .type = VAR_INT, .def = "90", .min = 1, .max = 36500,
-     .help = "Days events are kept before they are deleted.", FIELD(retention_days)},
+    {.name = "DATA_DIR",
+     .type = VAR_PATH,
+     .def = "./data",
+     .help = "Directory of the embedded store.",
+     FIELD(data_dir)},
+    {.name = "REPORTS_DIR",
+     .type = VAR_PATH,
+     .def = "./data/reports",
+     .help = "Directory where generated reports are stored.",
+     FIELD(reports_dir)},
+    {.name = "EXPORTS_DIR",
+     .type = VAR_PATH,
+     .def = "./data/exports",
+     .help = "Directory where data exports are written.",
+     FIELD(exports_dir)},
+    {.name = "RETENTION_DAYS",
+     .type = VAR_INT,
+     .def = "90",
+     .min = 1,
+     .max = 36500,
+     .help = "Days events are kept before they are deleted.",
+     FIELD(retention_days)},
 
     /* Processing. */
-    {.name = "BATCH_SIZE", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
-     .help = "Most events written by one group commit.", FIELD(batch_size)},
-    {.name = "PROCESSING_INTERVAL", .type = VAR_DURATION, .def = "0", .min = 0, .max = 60000,
+    {.name = "BATCH_SIZE",
+     .type = VAR_INT,
+     .def = "1000",
+     .min = 1,
+     .max = 100000,
+     .help = "Most events written by one group commit.",
+     FIELD(batch_size)},
+    {.name = "PROCESSING_INTERVAL",
+     .type = VAR_DURATION,
+     .def = "0",
+     .min = 0,
+     .max = 60000,
      .help = "How long a group commit waits for more events while requests are sharing "
              "commits; 0 starts the next commit at once (requests arriving during a commit "
              "still share the next one).",
      FIELD(processing_interval_ms)},
-    {.name = "STREAM_BUFFER_SIZE", .type = VAR_INT, .def = "1024", .min = 1, .max = 1000000,
+    {.name = "STREAM_BUFFER_SIZE",
+     .type = VAR_INT,
+     .def = "1024",
+     .min = 1,
+     .max = 1000000,
      .help = "Updates held for each real-time subscriber, waiting in the server and queued by "
              "its transport together (the WebSocket queue of a connection is this size too); "
              "beyond it live events are dropped and counted in the next aggregate snapshot.",
      FIELD(stream_buffer_size)},
-    {.name = "REALTIME_AGGREGATE_INTERVAL", .type = VAR_DURATION, .def = "1000", .min = 10,
+    {.name = "REALTIME_AGGREGATE_INTERVAL",
+     .type = VAR_DURATION,
+     .def = "1000",
+     .min = 10,
      .max = 60000,
      .help = "How often each analytics stream subscriber gets an aggregate snapshot (events per "
              "second by eventType and eventName over the last second).",
      FIELD(realtime_aggregate_interval_ms)},
-    {.name = "REALTIME_SLOW_CONSUMER_MS", .type = VAR_DURATION, .def = "10000", .min = 100,
+    {.name = "REALTIME_SLOW_CONSUMER_MS",
+     .type = VAR_DURATION,
+     .def = "10000",
+     .min = 100,
      .max = 600000,
      .help = "An analytics stream subscriber that stays behind (its STREAM_BUFFER_SIZE updates "
              "full) this long is ended with RESOURCE_EXHAUSTED (a WebSocket closes with 1008 and "
              "the reason).",
      FIELD(realtime_slow_consumer_ms)},
-    {.name = "METRIC_STREAM_INTERVAL", .type = VAR_DURATION, .def = "250", .min = 0,
+    {.name = "METRIC_STREAM_INTERVAL",
+     .type = VAR_DURATION,
+     .def = "250",
+     .min = 0,
      .max = 60000,
      .help = "A live metric stream (StreamMetric, /ws/metrics/{id}) sends at most one update per "
              "group this often, with the latest value; 0 sends one after each commit.",
      FIELD(metric_stream_interval_ms)},
-    {.name = "METRIC_STREAM_HISTORY", .type = VAR_INT, .def = "60", .min = 1, .max = 10000,
+    {.name = "METRIC_STREAM_HISTORY",
+     .type = VAR_INT,
+     .def = "60",
+     .min = 1,
+     .max = 10000,
      .help = "Closed buckets whose final values each live metric stream keeps in memory for "
              "clients that resume (afterSequence); older ones are recomputed from the events.",
      FIELD(metric_stream_history)},
-    {.name = "ROLLUP_CACHE_MB", .type = VAR_INT, .def = "256", .min = 0, .max = 1048576,
+    {.name = "ROLLUP_CACHE_MB",
+     .type = VAR_INT,
+     .def = "256",
+     .min = 0,
+     .max = 1048576,
      .help = "Memory, in MiB, for metric rollup cells kept in memory: the rollup thread loads "
              "the cells queries read and updates them with every commit, so GetMetricData "
              "answers without reading them from the database; beyond it the least recently "
              "read are dropped and read from the database again. 0 keeps none.",
      FIELD(rollup_cache_mb)},
-    {.name = "WAL_CHECKPOINT_MB", .type = VAR_INT, .def = "128", .min = 1, .max = 65536,
+    {.name = "WAL_CHECKPOINT_MB",
+     .type = VAR_INT,
+     .def = "128",
+     .min = 1,
+     .max = 65536,
      .help = "MiB appended to the local database's WAL after which a checkpoint copies them "
              "into the database (in the background; event commits are held only while the "
              "last few pages are copied, so that the WAL starts over). Fewer checkpoints "
              "disturb commits less often; the WAL file grows to about this size.",
      FIELD(wal_checkpoint_mb)},
-    {.name = "STREAM_SEND_QUEUE_MAX", .type = VAR_INT, .def = "256", .min = 1,
-     .max = 1000000, .help = "Most messages queued for sending on one outbound stream.",
+    {.name = "STREAM_SEND_QUEUE_MAX",
+     .type = VAR_INT,
+     .def = "256",
+     .min = 1,
+     .max = 1000000,
+     .help = "Most messages queued for sending on one outbound stream.",
      FIELD(stream_send_queue_max)},
 
     /* Ingestion. */
-    {.name = "EVENT_MAX_BYTES", .type = VAR_INT, .def = "32768", .min = 256, .max = 4194304,
+    {.name = "EVENT_MAX_BYTES",
+     .type = VAR_INT,
+     .def = "32768",
+     .min = 256,
+     .max = 4194304,
      .help = "Largest event accepted, in bytes of its serialized form.",
      FIELD(event_max_bytes)},
-    {.name = "EVENT_MAX_PROPERTIES", .type = VAR_INT, .def = "256", .min = 1, .max = 100000,
+    {.name = "EVENT_MAX_PROPERTIES",
+     .type = VAR_INT,
+     .def = "256",
+     .min = 1,
+     .max = 100000,
      .help = "Most properties in one event, counting nested keys.",
      FIELD(event_max_properties)},
-    {.name = "EVENT_MAX_DEPTH", .type = VAR_INT, .def = "8", .min = 1, .max = 64,
+    {.name = "EVENT_MAX_DEPTH",
+     .type = VAR_INT,
+     .def = "8",
+     .min = 1,
+     .max = 64,
      .help = "Deepest nesting of objects and lists in event properties.",
      FIELD(event_max_depth)},
-    {.name = "BATCH_MAX_EVENTS", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
-     .help = "Most events in one batch request or stream message.", FIELD(batch_max_events)},
-    {.name = "BATCH_MAX_BYTES", .type = VAR_INT, .def = "4194304", .min = 1024,
-     .max = 268435456, .help = "Largest batch request or stream message, in bytes.",
+    {.name = "BATCH_MAX_EVENTS",
+     .type = VAR_INT,
+     .def = "1000",
+     .min = 1,
+     .max = 100000,
+     .help = "Most events in one batch request or stream message.",
+     FIELD(batch_max_events)},
+    {.name = "BATCH_MAX_BYTES",
+     .type = VAR_INT,
+     .def = "4194304",
+     .min = 1024,
+     .max = 268435456,
+     .help = "Largest batch request or stream message, in bytes.",
      FIELD(batch_max_bytes)},
-    {.name = "EVENT_MAX_FUTURE", .type = VAR_DURATION, .def = "24h", .min = 0,
+    {.name = "EVENT_MAX_FUTURE",
+     .type = VAR_DURATION,
+     .def = "24h",
+     .min = 0,
      .max = 31536000000LL,
      .help = "How far in the future (after skew correction) an event timestamp may be.",
      FIELD(event_max_future_ms)},
-    {.name = "TIMESTAMP_POLICY", .type = VAR_STRING, .def = "correct",
+    {.name = "TIMESTAMP_POLICY",
+     .type = VAR_STRING,
+     .def = "correct",
      .help = "What happens to an event whose timestamp is too far in the future: correct "
              "stores it at the time it was received (answer CORRECTED), reject refuses it "
              "(REJECTED). Events older than RETENTION_DAYS are always rejected.",
-     .check = valid_timestamp_policy, .expect = "correct or reject",
+     .check = valid_timestamp_policy,
+     .expect = "correct or reject",
      FIELD(timestamp_policy)},
-    {.name = "CLOCK_SKEW_TOLERANCE", .type = VAR_DURATION, .def = "2000", .min = 0,
+    {.name = "CLOCK_SKEW_TOLERANCE",
+     .type = VAR_DURATION,
+     .def = "2000",
+     .min = 0,
      .max = 3600000,
      .help = "When an event carries sentAt and the client clock differs from the server's "
              "by more than this, its timestamp is shifted by the difference (answer CORRECTED).",
      FIELD(clock_skew_tolerance_ms)},
-    {.name = "TRUSTED_PROXIES", .type = VAR_STRING, .def = "",
+    {.name = "TRUSTED_PROXIES",
+     .type = VAR_STRING,
+     .def = "",
      .help = "Comma-separated IP addresses or CIDR ranges of proxies whose X-Forwarded-For "
              "header is believed for context.ip.",
-     .check = valid_proxy_list, .expect = "IP addresses or CIDR ranges separated by commas",
+     .check = valid_proxy_list,
+     .expect = "IP addresses or CIDR ranges separated by commas",
      FIELD(trusted_proxies)},
-    {.name = "INGEST_QUEUE_MAX", .type = VAR_INT, .def = "100000", .min = 1, .max = 10000000,
+    {.name = "INGEST_QUEUE_MAX",
+     .type = VAR_INT,
+     .def = "100000",
+     .min = 1,
+     .max = 10000000,
      .help = "Most events waiting for a commit; beyond it requests get RESOURCE_EXHAUSTED.",
      FIELD(ingest_queue_max)},
-    {.name = "INGEST_STREAM_MAX_IN_FLIGHT", .type = VAR_INT, .def = "16", .min = 1,
+    {.name = "INGEST_STREAM_MAX_IN_FLIGHT",
+     .type = VAR_INT,
+     .def = "16",
+     .min = 1,
      .max = 10000,
      .help = "Batches of one ingest stream being committed at once; reading pauses beyond it.",
      FIELD(ingest_stream_max_in_flight)},
-    {.name = "SEARCH_MAX_PAGE_SIZE", .type = VAR_INT, .def = "1000", .min = 1, .max = 100000,
+    {.name = "SEARCH_MAX_PAGE_SIZE",
+     .type = VAR_INT,
+     .def = "1000",
+     .min = 1,
+     .max = 100000,
      .help = "Largest page of events a search returns (the default page is 50).",
      FIELD(search_max_page_size)},
-    {.name = "SEARCH_INDEX_WAIT", .type = VAR_DURATION, .def = "5s", .min = 0, .max = 60000,
+    {.name = "SEARCH_INDEX_WAIT",
+     .type = VAR_DURATION,
+     .def = "5s",
+     .min = 0,
+     .max = 60000,
      .help = "Longest wait of a free-text search for the search index to reach the last "
              "acknowledged event (it is normally at most 100 ms behind); past it the search "
              "answers UNAVAILABLE, saying how far the index is.",
      FIELD(search_index_wait_ms)},
-    {.name = "RETENTION_SWEEP_INTERVAL", .type = VAR_DURATION, .def = "60s", .min = 100,
+    {.name = "RETENTION_SWEEP_INTERVAL",
+     .type = VAR_DURATION,
+     .def = "60s",
+     .min = 100,
      .max = 86400000,
      .help = "How often expired events are deleted, in small chunks between commits.",
      FIELD(retention_sweep_interval_ms)},
 
     /* Server. */
-    {.name = "GRPC_MAX_MESSAGE_BYTES", .type = VAR_INT, .def = "4194304", .min = 1024,
-     .max = 268435456, .help = "Largest request message accepted, in bytes.",
+    {.name = "GRPC_MAX_MESSAGE_BYTES",
+     .type = VAR_INT,
+     .def = "4194304",
+     .min = 1024,
+     .max = 268435456,
+     .help = "Largest request message accepted, in bytes.",
      FIELD(grpc_max_message_bytes)},
-    {.name = "GRPC_THREADS", .type = VAR_INT, .def = "0", .min = 0, .max = 256,
+    {.name = "GRPC_THREADS",
+     .type = VAR_INT,
+     .def = "0",
+     .min = 0,
+     .max = 256,
      .help = "Threads serving gRPC completion queues; 0 means one per CPU.",
      FIELD(grpc_threads)},
-    {.name = "SHUTDOWN_GRACE_MS", .type = VAR_DURATION, .def = "10000", .min = 0,
+    {.name = "SHUTDOWN_GRACE_MS",
+     .type = VAR_DURATION,
+     .def = "10000",
+     .min = 0,
      .max = 600000,
      .help = "On SIGTERM, how long in-flight calls may take to finish.",
      FIELD(shutdown_grace_ms)},
-    {.name = "DEFAULT_ACCOUNT_ID", .type = VAR_STRING, .def = "default",
+    {.name = "DEFAULT_ACCOUNT_ID",
+     .type = VAR_STRING,
+     .def = "default",
      .help = "Account that every request runs as until authentication is configured.",
      .check = valid_account_id,
      .expect = "an account id (1 to 128 characters from A-Z a-z 0-9 _ . : -)",
      FIELD(default_account_id)},
-    {.name = "LOG_LEVEL", .type = VAR_LOG_LEVEL, .def = "info",
-     .help = "Most verbose level logged.", FIELD(log_level)},
+    {.name = "LOG_LEVEL",
+     .type = VAR_LOG_LEVEL,
+     .def = "info",
+     .help = "Most verbose level logged.",
+     FIELD(log_level)},
 };
 
 #define VAR_COUNT (sizeof vars / sizeof vars[0])
@@ -288,9 +451,9 @@ static bool valid_origins(const char *s) {
     any = true;
     if (n == 1 && *start == '*')
       continue;
-    size_t scheme = strncmp(start, "https://", 8) == 0 ? 8
+    size_t scheme = strncmp(start, "https://", 8) == 0  ? 8
                     : strncmp(start, "http://", 7) == 0 ? 7
-                                                         : 0;
+                                                        : 0;
     if (!scheme || n == scheme || memchr(start + scheme, '/', n - scheme))
       return false;
   }
@@ -574,9 +737,7 @@ static void describe_expected(const struct var *v, char *buf, size_t size) {
 
   bounds(v, &min, &max);
   switch (v->type) {
-  case VAR_STRING:
-    snprintf(buf, size, "%s", v->expect ? v->expect : "a string");
-    break;
+  case VAR_STRING: snprintf(buf, size, "%s", v->expect ? v->expect : "a string"); break;
   case VAR_PATH: snprintf(buf, size, "a directory path"); break;
   case VAR_URL: {
     size_t len = (size_t)snprintf(buf, size, "a URL starting with");
@@ -835,8 +996,7 @@ static void write_wrapped(FILE *out, const char *prefix, const char *text, size_
 void ana_config_write_help(FILE *out) {
   char text[1024];
 
-  fputs("Environment variables (an empty value counts as unset, so the default applies):\n",
-        out);
+  fputs("Environment variables (an empty value counts as unset, so the default applies):\n", out);
   for (size_t i = 0; i < VAR_COUNT; i++) {
     const struct var *v = &vars[i];
     if (v->def[0])

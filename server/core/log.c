@@ -134,7 +134,9 @@ static bool put(struct line *l, const char *s, size_t n) {
   return true;
 }
 
-static bool put_str(struct line *l, const char *s) { return put(l, s, strlen(s)); }
+static bool put_str(struct line *l, const char *s) {
+  return put(l, s, strlen(s));
+}
 
 /* Appends s[0..n) as a JSON string: quotes, backslashes and control characters
  * escaped, ill-formed UTF-8 replaced by \ufffd. When room runs out it stops at
@@ -231,9 +233,8 @@ static bool line_field(struct line *l, const char *key, const char *value) {
   size_t saved = l->len;
   bool ok;
 
-  assert(strcmp(key, "ts") != 0 && strcmp(key, "level") != 0 &&
-         strcmp(key, "component") != 0 && strcmp(key, "msg") != 0 &&
-         strcmp(key, "truncated") != 0);
+  assert(strcmp(key, "ts") != 0 && strcmp(key, "level") != 0 && strcmp(key, "component") != 0 &&
+         strcmp(key, "msg") != 0 && strcmp(key, "truncated") != 0);
   ok = put_str(l, ",") && put_json_string(l, key, strlen(key)) && put_str(l, ":");
   if (ok)
     ok = value ? put_json_string(l, value, strlen(value)) : put_str(l, "null");

@@ -60,8 +60,8 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
  * when the peer is one of the trusted proxies (comma-separated IPs or CIDR
  * ranges), the nearest untrusted address of X-Forwarded-For. Writes "" when
  * unknown. */
-void ana_ingest_client_ip(const char *peer, const char *forwarded_for,
-                          const char *trusted_proxies, char *out, size_t out_size);
+void ana_ingest_client_ip(const char *peer, const char *forwarded_for, const char *trusted_proxies,
+                          char *out, size_t out_size);
 
 /* --- group commit --- */
 
@@ -78,7 +78,7 @@ struct ana_commit_request {
   void (*done)(struct ana_commit_request *req, int rc, const struct ana_error *err);
   void *ctx;
   struct ana_commit_request *next; /* the committer's queue */
-  int64_t enqueued_ns; /* monotonic; for the queue-wait histogram */
+  int64_t enqueued_ns;             /* monotonic; for the queue-wait histogram */
 };
 
 /* Hears every committed (non-duplicate) event, in commit order, on the
@@ -86,17 +86,17 @@ struct ana_commit_request {
 typedef void (*ana_commit_hook_fn)(void *ctx, const struct ana_event_record *records, size_t n);
 
 struct ana_committer_options {
-  int batch_size;           /* most events per commit */
+  int batch_size;             /* most events per commit */
   int processing_interval_ms; /* longest wait for more events when commits are shared */
-  int queue_max;            /* most events waiting; beyond it submit fails */
+  int queue_max;              /* most events waiting; beyond it submit fails */
   int retention_days;
   int retention_sweep_interval_ms;
 };
 
 /* Starts the commit thread over the local database and event store. */
 struct ana_committer *ana_committer_create(struct ana_local_db *db,
-                                           const struct ana_event_store_ops *store_ops,
-                                           void *store, const struct ana_committer_options *o,
+                                           const struct ana_event_store_ops *store_ops, void *store,
+                                           const struct ana_committer_options *o,
                                            struct ana_error *err);
 
 /* Queues req. Returns 0, or ANA_ERR_FULL with err RESOURCE_EXHAUSTED when
@@ -128,7 +128,6 @@ int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, 
                      struct ana_error *err);
 
 /* Deletes at most max_rows expired keys; returns how many. */
-int ana_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
-                      struct ana_error *err);
+int ana_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows, struct ana_error *err);
 
 #endif

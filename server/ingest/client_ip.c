@@ -104,8 +104,8 @@ static bool parse_peer(const char *peer, struct addr *a) {
   return false;
 }
 
-void ana_ingest_client_ip(const char *peer, const char *forwarded_for,
-                          const char *trusted_proxies, char *out, size_t out_size) {
+void ana_ingest_client_ip(const char *peer, const char *forwarded_for, const char *trusted_proxies,
+                          char *out, size_t out_size) {
   struct addr a;
   if (out_size)
     out[0] = '\0';

@@ -6,8 +6,8 @@
  * handing them to another thread put a wake-up on every request's path,
  * which cost more at the tail (on 2 CPUs at half the unary peak, ack p99
  * 2.78-3.20 ms with the hand-over, 2.35-2.82 ms without) than sending them
- * delays the next commit (microseconds per request). Between commits the commit thread deletes expired events in small
- * chunks, so retention never holds the write lock for long. */
+ * delays the next commit (microseconds per request). Between commits the commit thread deletes
+ * expired events in small chunks, so retention never holds the write lock for long. */
 #include "ana_ingest.h"
 
 #include "ana_alloc.h"
@@ -81,10 +81,11 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
       {"ana_ingest_commit_failures_total", "counter",
        "Group commits that failed (nothing of them was acknowledged)."},
       {"ana_ingest_queued_events", "gauge", "Events waiting for a group commit."},
-      {"ana_ingest_last_commit_sequence", "gauge", "Commit sequence number of the last stored event."},
+      {"ana_ingest_last_commit_sequence", "gauge",
+       "Commit sequence number of the last stored event."},
   };
-  const uint64_t values[] = {st.commits,          st.events_stored, st.events_duplicate,
-                             st.failures,         st.queued_events, st.last_seq};
+  const uint64_t values[] = {st.commits,  st.events_stored, st.events_duplicate,
+                             st.failures, st.queued_events, st.last_seq};
   for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
     ana_prom_write_family(w, families[i].name, families[i].type, families[i].help);
     ana_prom_write_u64(w, families[i].name, NULL, values[i]);
@@ -237,8 +238,7 @@ static void *commit_thread(void *arg) {
     ana_error_clear(&err);
     int64_t started_ns = mono_ns();
     for (struct ana_commit_request *r = batch; r; r = r->next)
-      ana_prom_histogram_observe(&c->wait_seconds,
-                                 (double)(started_ns - r->enqueued_ns) / 1e9);
+      ana_prom_histogram_observe(&c->wait_seconds, (double)(started_ns - r->enqueued_ns) / 1e9);
     int rc = commit_batch(c, batch, &err);
     ana_prom_histogram_observe(&c->commit_seconds, (double)(mono_ns() - started_ns) / 1e9);
     if (rc == 0)
@@ -268,8 +268,7 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
   if (c->o.batch_size < 1)
     c->o.batch_size = 1;
   c->next_sweep_ms = now_ms() + 1000; /* first sweep soon after start-up */
-  ana_prom_histogram_init(&c->commit_seconds, ana_prom_latency_buckets,
-                          ana_prom_latency_buckets_n);
+  ana_prom_histogram_init(&c->commit_seconds, ana_prom_latency_buckets, ana_prom_latency_buckets_n);
   ana_prom_histogram_init(&c->wait_seconds, ana_prom_latency_buckets, ana_prom_latency_buckets_n);
   ana_prom_histogram_init(&c->commit_events, event_buckets,
                           sizeof event_buckets / sizeof event_buckets[0]);

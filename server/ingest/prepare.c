@@ -166,8 +166,7 @@ static int walk_value(struct walk *w, const Google__Protobuf__Value *v, char *pa
         return rc;
     }
     return 0;
-  default:
-    return 0;
+  default: return 0;
   }
 }
 
@@ -230,7 +229,6 @@ static void search_words(struct words *b, const Google__Protobuf__Value *v) {
   }
 }
 
-
 static Google__Protobuf__Timestamp *make_timestamp(struct ana_arena *arena, int64_t ms) {
   Google__Protobuf__Timestamp *t = ana_arena_alloc(arena, sizeof *t);
   if (t) {
@@ -279,8 +277,7 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   }
   size_t size = protobuf_c_message_get_packed_size(&ev->base);
   if (size > (size_t)lim->event_max_bytes)
-    rc |= violation(&c, "", "is %zu bytes, more than the limit of %d", size,
-                    lim->event_max_bytes);
+    rc |= violation(&c, "", "is %zu bytes, more than the limit of %d", size, lim->event_max_bytes);
   if (rc < 0)
     return ANA_ERR_NOMEM;
   if (item->status == ANALYTICS__V1__EVENT_RESULT__STATUS__REJECTED)

@@ -845,8 +845,7 @@ void ana_metric_acc_destroy(struct ana_metric_acc *acc) {
 
 bool ana_metric_acc_wants(const struct ana_metric_acc *acc, const char *event_name) {
   for (size_t t = 0; t < acc->spec.n_terms; t++)
-    if (!acc->spec.terms[t]->event_name ||
-        strcmp(acc->spec.terms[t]->event_name, event_name) == 0)
+    if (!acc->spec.terms[t]->event_name || strcmp(acc->spec.terms[t]->event_name, event_name) == 0)
       return true;
   return false;
 }

@@ -33,14 +33,14 @@ struct ana_acc_spec {
   const Analytics__V1__Metric *metric; /* borrowed */
   size_t n_terms;
   const struct ana_agg_term *terms[ANA_ACC_MAX_TERMS]; /* borrowed from the formula */
-  const char *term_fields[ANA_ACC_MAX_TERMS];         /* the field a term reads, or NULL */
-  struct ana_acc_field term_refs[ANA_ACC_MAX_TERMS];  /* term_fields resolved */
+  const char *term_fields[ANA_ACC_MAX_TERMS];          /* the field a term reads, or NULL */
+  struct ana_acc_field term_refs[ANA_ACC_MAX_TERMS];   /* term_fields resolved */
   size_t n_dims;
   const char *dims[ANA_ACC_MAX_DIMENSIONS]; /* borrowed from metric */
   struct ana_acc_field dim_refs[ANA_ACC_MAX_DIMENSIONS];
-  json_t **filter_values;                   /* owned: one per filter of metric */
-  uint8_t *filter_ops;                      /* owned: each filter's operator, resolved */
-  struct ana_acc_field *filter_refs;        /* owned: each filter's field, resolved */
+  json_t **filter_values;            /* owned: one per filter of metric */
+  uint8_t *filter_ops;               /* owned: each filter's operator, resolved */
+  struct ana_acc_field *filter_refs; /* owned: each filter's field, resolved */
 };
 
 /* Fills sp for metric m and formula f (both borrowed; they must outlive sp).
@@ -88,8 +88,7 @@ void ana_acc_row_fini(struct ana_acc_row *r);
  * (missing values as "") and points values[d] at valbuf[d]. Returns whether
  * the event passes. */
 bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
-                       char key[ANA_ACC_KEY_MAX], char **values,
-                       char (*valbuf)[ANA_ACC_VALUE_MAX]);
+                       char key[ANA_ACC_KEY_MAX], char **values, char (*valbuf)[ANA_ACC_VALUE_MAX]);
 
 /* One term's aggregates. Exact form: distinct hashes and every value (raw
  * queries, live values). Sketch form: hll and dd, allocated on first use

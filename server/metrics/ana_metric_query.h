@@ -39,13 +39,12 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
 
 /* Where a field path of a filter or dimension points. */
 struct ana_field_ref {
-  bool top_level;          /* eventType, eventName, sessionId, eventId */
-  const char *name;        /* the top-level field, or the property path */
+  bool top_level;   /* eventType, eventName, sessionId, eventId */
+  const char *name; /* the top-level field, or the property path */
 };
 
 /* Checks the filters and dimensions of a definition; err names the field
  * ("filters[1].op: ...", "dimensions[0]: ..."). */
-int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m,
-                                            struct ana_error *err);
+int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m, struct ana_error *err);
 
 #endif

@@ -73,9 +73,8 @@ void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, siz
  * from the stored one, a new version starts and is backfilled from the raw
  * events in the background; the same definition does nothing. Blocks (one
  * short write). Returns 0 or a negative error with err filled. */
-int ana_rollup_define(struct ana_rollups *r, const char *account_id,
-                      const Analytics__V1__Metric *m, const struct ana_formula *f,
-                      struct ana_error *err);
+int ana_rollup_define(struct ana_rollups *r, const char *account_id, const Analytics__V1__Metric *m,
+                      const struct ana_formula *f, struct ana_error *err);
 
 /* Forgets a deleted metric; its cells are deleted in the background. */
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err);
@@ -99,8 +98,7 @@ struct ana_rollup_status {
    * with cells read from the database. */
   uint64_t memory_queries, database_queries;
 };
-void ana_rollup_status(struct ana_rollups *r, const char *metric_id,
-                       struct ana_rollup_status *out);
+void ana_rollup_status(struct ana_rollups *r, const char *metric_id, struct ana_rollup_status *out);
 
 /* Waits (at most timeout_ms) until every metric's rollups include every event
  * committed so far, the levels queries asked for are in memory (or

@@ -41,8 +41,8 @@ long ana_hll_encoded_len(const uint8_t *in, size_t len);
 #define ANA_DDS_ALPHA 0.01
 
 struct ana_dds_store {
-  int32_t offset;    /* index of counts[0] */
-  uint32_t n;        /* bins in use */
+  int32_t offset; /* index of counts[0] */
+  uint32_t n;     /* bins in use */
   uint64_t *counts;
 };
 

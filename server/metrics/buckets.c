@@ -19,9 +19,13 @@ static const struct {
     [ANA_INTERVAL_1D] = {"1d", 86400000},
 };
 
-const char *ana_interval_name(enum ana_interval iv) { return intervals[iv].name; }
+const char *ana_interval_name(enum ana_interval iv) {
+  return intervals[iv].name;
+}
 
-int64_t ana_interval_ms(enum ana_interval iv) { return intervals[iv].ms; }
+int64_t ana_interval_ms(enum ana_interval iv) {
+  return intervals[iv].ms;
+}
 
 int ana_interval_parse(const char *text, int64_t from_ms, int64_t to_ms, enum ana_interval *out,
                        struct ana_error *err) {

@@ -71,8 +71,8 @@ int ana_mq_group(struct ana_mq *s, const char *group_key, struct ana_mq_group **
  * Returns 0 or a negative error (then ana_mq_answer reports it). */
 int ana_mq_add_packed(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
                       enum ana_mq_part part, const uint8_t *packed, size_t len);
-int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
-                    enum ana_mq_part part, const struct ana_mq_cell *c);
+int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket, enum ana_mq_part part,
+                    const struct ana_mq_cell *c);
 
 /* Ranks the groups by their totals and folds those below the top N into
  * "other". ana_mq_answer does it when it was not done. Returns 0 or a

@@ -38,10 +38,10 @@ static bool acc_has_values(const struct ana_acc_agg *a) {
 /* groups */
 
 struct group {
-  char *key;                    /* dimension values joined by '\x1f' */
-  char **values;                /* one per dimension */
+  char *key;     /* dimension values joined by '\x1f' */
+  char **values; /* one per dimension */
   size_t n_values;
-  uint64_t hash;                /* of the joined key */
+  uint64_t hash; /* of the joined key */
   /* n_buckets * n_terms, allocated on first use: with top-N, the rollup
    * path fills buckets only for the groups shown (and "other"). */
   struct ana_acc_agg *buckets;
@@ -416,8 +416,8 @@ static void pack_layout(struct ana_mq *s) {
   s->n_slots = slot;
   s->additive = !s->any_sketch;
   for (size_t t = 0; t < s->spec.n_terms; t++)
-    s->additive &= s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_SUM ||
-                   s->pack_kind[t] == PACK_AVG;
+    s->additive &=
+        s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_SUM || s->pack_kind[t] == PACK_AVG;
 }
 
 bool ana_mq_packed_fixed(const struct ana_mq *s, size_t *size, bool *additive) {
@@ -643,8 +643,8 @@ int ana_mq_add_packed(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
   return rc < 0 ? merge_failed(s, rc) : 0;
 }
 
-int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
-                    enum ana_mq_part part, const struct ana_mq_cell *c) {
+int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket, enum ana_mq_part part,
+                    const struct ana_mq_cell *c) {
   struct ana_acc_agg *t = part_target(s, (struct group *)g, bucket, part);
   for (size_t i = 0; t && i < s->spec.n_terms; i++) {
     int rc = ana_acc_agg_merge(&t[i], &c->accs[i]);
@@ -999,8 +999,8 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
   if (!s)
     return ANA_ERR_INVALID;
   int64_t span = q->to_ms - q->from_ms;
-  int rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms,
-                     s->any ? NULL : s->names, s->any ? 0 : s->n_names, on_event, s, err);
+  int rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, s->any ? NULL : s->names,
+                     s->any ? 0 : s->n_names, on_event, s, err);
   if (rc == 0)
     rc = ana_mq_answer(s, arena, out, err);
   ana_mq_destroy(s);
@@ -1009,8 +1009,8 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
 
 /* ------------------------------------------------------------------ */
 
-static const char *const filter_ops[] = {"eq", "neq", "in", "gt", "gte", "lt", "lte",
-                                         "contains", "exists"};
+static const char *const filter_ops[] = {"eq", "neq", "in",       "gt",    "gte",
+                                         "lt", "lte", "contains", "exists"};
 
 static bool valid_path(const char *p) {
   if (!p || !p[0] || strlen(p) > 256 || p[0] == '.' || p[strlen(p) - 1] == '.')
@@ -1021,8 +1021,7 @@ static bool valid_path(const char *p) {
   return true;
 }
 
-int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m,
-                                            struct ana_error *err) {
+int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m, struct ana_error *err) {
   for (size_t i = 0; i < m->n_filters; i++) {
     const Analytics__V1__MetricFilter *f = m->filters[i];
     if (!valid_path(f->field))
@@ -1038,10 +1037,8 @@ int ana_metric_check_filters_and_dimensions(const Analytics__V1__Metric *m,
                            i, f->op);
     bool needs_value = strcmp(f->op, "exists") != 0;
     if (needs_value && !f->value)
-      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "filters[%zu].value: is required",
-                           i);
-    if (strcmp(f->op, "in") == 0 &&
-        f->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE)
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "filters[%zu].value: is required", i);
+    if (strcmp(f->op, "in") == 0 && f->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE)
       return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                            "filters[%zu].value: \"in\" needs a list", i);
     if ((strcmp(f->op, "gt") == 0 || strcmp(f->op, "gte") == 0 || strcmp(f->op, "lt") == 0 ||

@@ -43,7 +43,7 @@ struct rmetric {
   int64_t version;
   uint64_t watermark, backfill_to;
   uint64_t persisted; /* the watermark as stored */
-  uint8_t *def; /* the packed definition: also its fingerprint */
+  uint8_t *def;       /* the packed definition: also its fingerprint */
   size_t def_len;
   Analytics__V1__Metric *metric; /* def unpacked */
   struct ana_formula *formula;
@@ -65,8 +65,8 @@ struct ana_rollups {
   const struct ana_event_store_ops *ops;
   void *store;
   int chunk;
-  sqlite3 *conn; /* the thread's */
-  sqlite3 *ctl;  /* definitions, under mu */
+  sqlite3 *conn;      /* the thread's */
+  sqlite3 *ctl;       /* definitions, under mu */
   pthread_mutex_t mu; /* metrics, garbage; may be held across a short write */
   /* Wake-ups, on their own mutex: the commit hook must never wait for mu. */
   pthread_mutex_t wake_mu;
@@ -90,7 +90,7 @@ struct ana_rollups {
   atomic_uint_fast64_t memory_queries, database_queries;
   int64_t retention_ms, sweep_ms; /* 0: cells are kept */
   int expiry_chunk;
-  int64_t next_sweep_ms;          /* under mu */
+  int64_t next_sweep_ms; /* under mu */
   /* For /metrics, without locks: the last commit sequence number seen (the
    * commit hook and the thread raise it), the lowest watermark of the
    * complete metric versions (UINT64_MAX: none) and the cache's bytes, as
@@ -300,10 +300,11 @@ int ana_rollup_define(struct ana_rollups *r, const char *account_id,
   }
   m->backfill_to = head;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r->ctl,
-                         "INSERT OR REPLACE INTO metric_rollup_defs (metric_id, account_id, "
-                         "version, definition, watermark, backfill_to) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-                         -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(
+          r->ctl,
+          "INSERT OR REPLACE INTO metric_rollup_defs (metric_id, account_id, "
+          "version, definition, watermark, backfill_to) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+          -1, &st, NULL) != SQLITE_OK) {
     rc = sql_fail(r->ctl, "cannot record a definition", err);
     goto out;
   }
@@ -955,8 +956,9 @@ static void tend_cache(struct ana_rollups *r, struct rmetric *m) {
       lv->refused = true;
       pthread_rwlock_unlock(&r->cache.lock);
       if (!r->cache.warned)
-        ANA_WARN("rollups", "metric %s: its %lld-minute cells exceed ROLLUP_CACHE_MB; they are "
-                            "read from the database",
+        ANA_WARN("rollups",
+                 "metric %s: its %lld-minute cells exceed ROLLUP_CACHE_MB; they are "
+                 "read from the database",
                  m->metric_id, (long long)(level_ms[l] / 60000));
       r->cache.warned = true;
     }
@@ -993,8 +995,8 @@ static bool cache_pending(struct ana_rollups *r) {
     struct rc_set *set = rc_cache_find(&r->cache, m->metric_id, m->version);
     pending = !set;
     for (int l = 0; set && l < LEVELS; l++)
-      pending |= atomic_load(&set->levels[l].wanted) && !set->levels[l].loaded &&
-                 !set->levels[l].refused;
+      pending |=
+          atomic_load(&set->levels[l].wanted) && !set->levels[l].loaded && !set->levels[l].refused;
   }
   pthread_rwlock_unlock(&r->cache.lock);
   return pending;
@@ -1406,8 +1408,7 @@ struct raw_cells {
   int64_t from, to;
 };
 
-static int raw_cells_of(void *ctx, const char *group_key, struct ana_mq_cell **cells,
-                        size_t max) {
+static int raw_cells_of(void *ctx, const char *group_key, struct ana_mq_cell **cells, size_t max) {
   struct raw_cells *rc = ctx;
   int64_t ts = rc->c.ts;
   int64_t b = -1;
@@ -1462,15 +1463,14 @@ static size_t cell_bucket(const struct ana_metric_query *q, const int64_t *start
  * gmap (one slot per key of set, zeroed at first) maps the set's groups to
  * the query's. Returns 0 or a negative error (in mq). */
 static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
-                   const struct plan *plan, const struct ana_metric_query *q,
-                   const int64_t *starts, size_t nb, enum ana_mq_part part) {
+                   const struct plan *plan, const struct ana_metric_query *q, const int64_t *starts,
+                   size_t nb, enum ana_mq_part part) {
   for (size_t i = 0; i < plan->n; i++) {
     const struct span *sp = &plan->spans[i];
     if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
       continue;
     const struct rc_level *lv = &set->levels[sp->level];
-    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi;
-         k++) {
+    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi; k++) {
       const struct rc_bucket *bk = &lv->buckets[k];
       /* A merged span may cover several buckets; a cell lies in one. */
       size_t b = cell_bucket(q, starts, nb, bk->start);
@@ -1557,8 +1557,7 @@ static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_
     if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
       continue;
     const struct rc_level *lv = &set->levels[sp->level];
-    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi;
-         k++) {
+    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi; k++) {
       const struct rc_bucket *bk = &lv->buckets[k];
       size_t b = cell_bucket(q, starts, nb, bk->start);
       if (part == ANA_MQ_BUCKETS && b >= nb)
@@ -1659,8 +1658,7 @@ static int read_cells(struct ana_rollups *r, const char *metric_id, int64_t vers
   }
   sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, version);
-  if (sqlite3_step(st) != SQLITE_ROW ||
-      sqlite3_column_int64(st, 0) < sqlite3_column_int64(st, 1))
+  if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int64(st, 0) < sqlite3_column_int64(st, 1))
     goto done; /* redefined or deleted since */
   *watermark = (uint64_t)sqlite3_column_int64(st, 0);
   if (!(set = rc_set_new(metric_id, version))) {
@@ -1669,8 +1667,8 @@ static int read_cells(struct ana_rollups *r, const char *metric_id, int64_t vers
   }
   for (size_t i = 0; i < plan->n && rc == 0; i++)
     if (plan->spans[i].level >= 0)
-      rc = rc_set_read(set, reader, mq, plan->spans[i].level, plan->spans[i].lo,
-                       plan->spans[i].hi, SIZE_MAX, err);
+      rc = rc_set_read(set, reader, mq, plan->spans[i].level, plan->spans[i].lo, plan->spans[i].hi,
+                       SIZE_MAX, err);
   if (rc == 0)
     rc = 1;
 done:
@@ -1744,8 +1742,12 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   }
   bool coarse_totals = same_raw_spans(&plan, &tplan);
   unsigned levels = plan_levels(&plan), tlevels = plan_levels(&tplan);
-  raw = (struct raw_cells){.c = {.mq = mq}, .plan = &plan, .starts = starts, .n_buckets = nb,
-                           .from = q->from_ms, .to = q->to_ms};
+  raw = (struct raw_cells){.c = {.mq = mq},
+                           .plan = &plan,
+                           .starts = starts,
+                           .n_buckets = nb,
+                           .from = q->from_ms,
+                           .to = q->to_ms};
   /* Raw events where no cell fits: they do not depend on the watermark. */
   size_t n_names;
   bool any;
@@ -1817,9 +1819,8 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   enum ana_mq_part parts[2] = {ANA_MQ_TOTALS, ANA_MQ_BUCKETS};
   const struct plan *plans[2] = {coarse_totals ? &tplan : &plan, &plan};
   for (int k = 0; k < 2 && rc == 0; k++) {
-    int added = flat ? add_set_flat(mq, set, gmap, plans[k], q, starts, nb, parts[k], size,
-                                    additive)
-                     : 1;
+    int added =
+        flat ? add_set_flat(mq, set, gmap, plans[k], q, starts, nb, parts[k], size, additive) : 1;
     if (added == 1)
       added = add_set(mq, set, gmap, plans[k], q, starts, nb, parts[k]);
     if (added < 0 || add_raw_cells(mq, &raw, parts[k]) < 0 ||

@@ -152,7 +152,9 @@ long ana_hll_encoded_len(const uint8_t *in, size_t len) {
 /* ------------------------------------------------------------------ */
 /* DDSketch */
 
-static double dds_gamma(void) { return (1.0 + ANA_DDS_ALPHA) / (1.0 - ANA_DDS_ALPHA); }
+static double dds_gamma(void) {
+  return (1.0 + ANA_DDS_ALPHA) / (1.0 - ANA_DDS_ALPHA);
+}
 
 /* The bin of x > 0: ceil(log_gamma(x)). */
 static int32_t dds_index(double x) {
@@ -217,12 +219,12 @@ int ana_dds_add(struct ana_ddsketch *s, double x) {
 
 int ana_dds_merge(struct ana_ddsketch *into, const struct ana_ddsketch *from) {
   for (uint32_t i = 0; i < from->pos.n; i++)
-    if (from->pos.counts[i] && store_add(&into->pos, from->pos.offset + (int32_t)i,
-                                         from->pos.counts[i]) < 0)
+    if (from->pos.counts[i] &&
+        store_add(&into->pos, from->pos.offset + (int32_t)i, from->pos.counts[i]) < 0)
       return ANA_ERR_NOMEM;
   for (uint32_t i = 0; i < from->neg.n; i++)
-    if (from->neg.counts[i] && store_add(&into->neg, from->neg.offset + (int32_t)i,
-                                         from->neg.counts[i]) < 0)
+    if (from->neg.counts[i] &&
+        store_add(&into->neg, from->neg.offset + (int32_t)i, from->neg.counts[i]) < 0)
       return ANA_ERR_NOMEM;
   into->zero += from->zero;
   into->count += from->count;

@@ -47,10 +47,11 @@
 struct ana_metric_streams;
 
 struct ana_metric_streams_options {
-  struct ana_realtime *hub;                     /* borrowed; outlives the streams */
-  const struct ana_event_store_ops *store_ops;  /* for the initial and resume scans */
+  struct ana_realtime *hub;                    /* borrowed; outlives the streams */
+  const struct ana_event_store_ops *store_ops; /* for the initial and resume scans */
   void *store;
-  int interval_ms;     /* METRIC_STREAM_INTERVAL: at most one update per stream per interval; 0 = each commit */
+  int interval_ms; /* METRIC_STREAM_INTERVAL: at most one update per stream per interval; 0 = each
+                      commit */
   int history_buckets; /* METRIC_STREAM_HISTORY: closed buckets kept per stream; 0 = 60 */
 };
 
@@ -94,8 +95,7 @@ struct ana_metric_streams_stats {
   uint64_t updates;     /* messages built (live and final) */
   uint64_t recomputed;  /* final values recomputed from raw events for resumes */
 };
-void ana_metric_streams_stats(struct ana_metric_streams *ms,
-                              struct ana_metric_streams_stats *out);
+void ana_metric_streams_stats(struct ana_metric_streams *ms, struct ana_metric_streams_stats *out);
 
 /* Splits a sequence number: the start of its bucket's first minute (ms) and
  * its offset. */

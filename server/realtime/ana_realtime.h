@@ -100,8 +100,8 @@ struct ana_realtime_msg *ana_realtime_msg_create(size_t arena_size);
 struct ana_arena *ana_realtime_msg_arena(struct ana_realtime_msg *m);
 /* message (borrowed from m's arena) is sent as is; key != 0 coalesces; seq
  * is what the close reason reports as the last sent. */
-void ana_realtime_msg_set(struct ana_realtime_msg *m, const ProtobufCMessage *message,
-                          uint64_t key, uint64_t seq);
+void ana_realtime_msg_set(struct ana_realtime_msg *m, const ProtobufCMessage *message, uint64_t key,
+                          uint64_t seq);
 uint64_t ana_realtime_msg_seq(const struct ana_realtime_msg *m);
 void ana_realtime_msg_ref(struct ana_realtime_msg *m);
 /* Drops a reference; NULL does nothing. */
@@ -118,8 +118,7 @@ typedef void (*ana_realtime_end_fn)(void *ctx, struct ana_realtime_sub *sub);
  * at cancellation: the owner registers sub, then calls
  * ana_realtime_check_cancelled (on_end may run from there). Returns NULL
  * when out of memory (the caller still owns the call). */
-struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt,
-                                                     struct ana_call *call,
+struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt, struct ana_call *call,
                                                      ana_realtime_end_fn on_end, void *ctx);
 
 /* Ends call's subscription with CANCELLED if the client has gone already. */

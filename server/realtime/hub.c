@@ -98,8 +98,8 @@ struct ana_arena *ana_realtime_msg_arena(struct ana_realtime_msg *m) {
   return &m->e.arena;
 }
 
-void ana_realtime_msg_set(struct ana_realtime_msg *m, const ProtobufCMessage *message,
-                          uint64_t key, uint64_t seq) {
+void ana_realtime_msg_set(struct ana_realtime_msg *m, const ProtobufCMessage *message, uint64_t key,
+                          uint64_t seq) {
   m->e.msg = message;
   m->e.key = key;
   m->e.seq = seq;
@@ -709,8 +709,8 @@ static void *pump_main(void *arg) {
       if (s->active && !waiting && s->len == 0 && !s->snapshot_due)
         s->behind_since = 0; /* caught up with the live events */
       bool overflow_end = s->active && s->overflowed && s->len == 0;
-      if (s->active && (overflow_end || (s->behind_since &&
-                                         t - s->behind_since >= rt->o.slow_consumer_ms))) {
+      if (s->active &&
+          (overflow_end || (s->behind_since && t - s->behind_since >= rt->o.slow_consumer_ms))) {
         char msg[160];
         if (s->feed)
           snprintf(msg, sizeof msg,
@@ -777,8 +777,7 @@ int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
   return 0;
 }
 
-struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt,
-                                                     struct ana_call *call,
+struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt, struct ana_call *call,
                                                      ana_realtime_end_fn on_end, void *ctx) {
   struct sub *s = ana_calloc(1, sizeof *s);
   if (!s)

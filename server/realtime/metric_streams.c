@@ -171,10 +171,9 @@ static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms
 
 /* A MetricUpdate message ready to push; NULL when out of memory. */
 static struct ana_realtime_msg *make_update(const char *metric_id, int64_t start, int64_t end,
-                                            uint64_t seq, bool final, bool has_value,
-                                            double value, const char *const *keys,
-                                            const char *const *values, size_t n_dims,
-                                            uint64_t key) {
+                                            uint64_t seq, bool final, bool has_value, double value,
+                                            const char *const *keys, const char *const *values,
+                                            size_t n_dims, uint64_t key) {
   struct ana_realtime_msg *m = ana_realtime_msg_create(512 + n_dims * 96);
   if (!m)
     return NULL;
@@ -556,8 +555,8 @@ static void pending_add(struct mstream *st, const struct ana_scanned_event *ev) 
   struct pending *p = &st->pending[st->n_pending++];
   p->strings = s;
   p->ev = *ev;
-  const char **dst[5] = {&p->ev.event_id, &p->ev.event_type, &p->ev.event_name,
-                         &p->ev.session_id, &p->ev.properties_json};
+  const char **dst[5] = {&p->ev.event_id, &p->ev.event_type, &p->ev.event_name, &p->ev.session_id,
+                         &p->ev.properties_json};
   for (int i = 0; i < 5; i++) {
     memcpy(s, src[i] ? src[i] : "", lens[i] + 1);
     *dst[i] = s;
@@ -649,8 +648,8 @@ static void *ticker_main(void *arg) {
         else if (due < wake)
           wake = due;
       }
-      int64_t edge = st->n_open == 2 ? st->open[0].end + ANA_METRIC_STREAM_CLOSE_GRACE_MS
-                                     : st->open[0].end;
+      int64_t edge =
+          st->n_open == 2 ? st->open[0].end + ANA_METRIC_STREAM_CLOSE_GRACE_MS : st->open[0].end;
       if (mono + (edge - now) < wake)
         wake = mono + (edge - now);
     }
@@ -722,8 +721,8 @@ static int load(struct ana_metric_streams *ms, struct mstream *st, uint64_t *max
   size_t n_names = term_names(st->formula, names, &any);
   struct bucket *b = &st->open[0];
   struct scan_ctx c = {b->acc, 0, 0};
-  int rc = ms->o.store_ops->scan(ms->o.store, st->account_id, b->start, b->end,
-                                 any ? NULL : names, any ? 0 : n_names, on_scanned, &c, err);
+  int rc = ms->o.store_ops->scan(ms->o.store, st->account_id, b->start, b->end, any ? NULL : names,
+                                 any ? 0 : n_names, on_scanned, &c, err);
   if (rc == 0 && c.rc < 0)
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t g = 0; g < ana_metric_acc_group_count(b->acc); g++)
@@ -731,7 +730,6 @@ static int load(struct ana_metric_streams *ms, struct mstream *st, uint64_t *max
   *max_seq = c.max_seq;
   return rc;
 }
-
 
 struct series_ref {
   const Analytics__V1__MetricSeries *s;
@@ -792,10 +790,9 @@ static int recompute(struct ana_metric_streams *ms, struct mstream *st, int64_t 
       if (seq <= after || k >= refs[i].s->n_buckets)
         continue;
       const Google__Protobuf__DoubleValue *v = refs[i].s->buckets[k]->value;
-      struct ana_realtime_msg *m =
-          make_update(st->metric_id, start, end, seq, true, v != NULL, v ? v->value : 0,
-                      (const char *const *)st->metric->dimensions, refs[i].values, n_dims,
-                      msg_key(start, i));
+      struct ana_realtime_msg *m = make_update(
+          st->metric_id, start, end, seq, true, v != NULL, v ? v->value : 0,
+          (const char *const *)st->metric->dimensions, refs[i].values, n_dims, msg_key(start, i));
       if (!m) {
         rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
@@ -1097,8 +1094,7 @@ void ana_metric_streams_destroy(struct ana_metric_streams *ms) {
   ana_free(ms);
 }
 
-void ana_metric_streams_stats(struct ana_metric_streams *ms,
-                              struct ana_metric_streams_stats *out) {
+void ana_metric_streams_stats(struct ana_metric_streams *ms, struct ana_metric_streams_stats *out) {
   pthread_mutex_lock(&ms->mu);
   *out = ms->stats;
   pthread_mutex_unlock(&ms->mu);

@@ -9,11 +9,11 @@
 struct ana_grpc_server;
 
 struct ana_grpc_server_options {
-  const char *host;        /* bind address, e.g. "0.0.0.0" */
-  int port;                /* 0 picks a free port (see ana_grpc_server_port) */
-  int threads;             /* completion-queue threads; 0 = number of CPUs */
-  long max_message_bytes;  /* largest request message accepted */
-  int send_queue_max;      /* messages queued per outbound stream */
+  const char *host;       /* bind address, e.g. "0.0.0.0" */
+  int port;               /* 0 picks a free port (see ana_grpc_server_port) */
+  int threads;            /* completion-queue threads; 0 = number of CPUs */
+  long max_message_bytes; /* largest request message accepted */
+  int send_queue_max;     /* messages queued per outbound stream */
 };
 
 /* Binds, starts the threads and begins serving. Returns NULL with err filled

@@ -66,7 +66,9 @@ static void unimplemented_request(struct ana_call *call, const ProtobufCMessage 
     ana_call_fail(call, ANA_STATUS_UNIMPLEMENTED, "%s is not implemented yet", m->path);
 }
 
-static void unimplemented_open(struct ana_call *call) { unimplemented_request(call, NULL); }
+static void unimplemented_open(struct ana_call *call) {
+  unimplemented_request(call, NULL);
+}
 
 static const struct ana_handler unimplemented_handler = {
     .on_request = unimplemented_request,
@@ -96,7 +98,9 @@ void ana_call_mark_cancelled(struct ana_call *call) {
 
 /* --- accessors --- */
 
-const struct ana_method *ana_call_method(const struct ana_call *call) { return call->method; }
+const struct ana_method *ana_call_method(const struct ana_call *call) {
+  return call->method;
+}
 
 const struct ana_principal *ana_call_principal(const struct ana_call *call) {
   return &call->principal;
@@ -109,13 +113,17 @@ const char *ana_call_metadata(const struct ana_call *call, const char *key) {
   return NULL;
 }
 
-size_t ana_call_metadata_count(const struct ana_call *call) { return call->n_metadata; }
+size_t ana_call_metadata_count(const struct ana_call *call) {
+  return call->n_metadata;
+}
 
 const struct ana_metadata_entry *ana_call_metadata_at(const struct ana_call *call, size_t i) {
   return i < call->n_metadata ? &call->metadata[i] : NULL;
 }
 
-const char *ana_call_peer(const struct ana_call *call) { return call->peer; }
+const char *ana_call_peer(const struct ana_call *call) {
+  return call->peer;
+}
 
 int64_t ana_call_remaining_ms(const struct ana_call *call) {
   if (call->deadline_mono_ms == INT64_MAX)
@@ -123,13 +131,21 @@ int64_t ana_call_remaining_ms(const struct ana_call *call) {
   return call->deadline_mono_ms - ana_call_now_mono_ms();
 }
 
-bool ana_call_is_cancelled(const struct ana_call *call) { return atomic_load(&call->cancelled); }
+bool ana_call_is_cancelled(const struct ana_call *call) {
+  return atomic_load(&call->cancelled);
+}
 
-struct ana_arena *ana_call_arena(struct ana_call *call) { return &call->arena; }
+struct ana_arena *ana_call_arena(struct ana_call *call) {
+  return &call->arena;
+}
 
-void ana_call_set_user(struct ana_call *call, void *user) { call->user = user; }
+void ana_call_set_user(struct ana_call *call, void *user) {
+  call->user = user;
+}
 
-void *ana_call_user(const struct ana_call *call) { return call->user; }
+void *ana_call_user(const struct ana_call *call) {
+  return call->user;
+}
 
 struct ana_arena *ana_call_keep_message(struct ana_call *call) {
   struct ana_arena *a = call->message_arena;

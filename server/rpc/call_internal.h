@@ -70,8 +70,8 @@ struct ana_call {
   atomic_bool finished;
   atomic_bool cancelled;
   atomic_bool read_paused;
-  int64_t start_mono_ns;     /* when the call was set up (metrics) */
-  atomic_bool metrics_open;  /* counted in the open-calls gauges until finish or fini */
+  int64_t start_mono_ns;    /* when the call was set up (metrics) */
+  atomic_bool metrics_open; /* counted in the open-calls gauges until finish or fini */
 };
 
 /* Metrics of calls (rpc_metrics.c): per transport and method, requests by

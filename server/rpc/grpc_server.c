@@ -56,8 +56,7 @@ struct gcall {
   int cancelled_flag;
   grpc_byte_buffer *recv_buf;
   grpc_byte_buffer *sending;
-  bool recv_in_flight, send_in_flight, md_sent, status_sent, finish_requested, closed,
-      half_closed;
+  bool recv_in_flight, send_in_flight, md_sent, status_sent, finish_requested, closed, half_closed;
   grpc_byte_buffer **queue; /* ring of serialised outbound messages */
   size_t q_head, q_len, q_cap;
   grpc_status_code status_code;
@@ -111,8 +110,8 @@ static ProtobufCMessage *decode(grpc_byte_buffer *bb, const ProtobufCMessageDesc
     return NULL;
   grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
   grpc_byte_buffer_reader_destroy(&reader);
-  ProtobufCMessage *m = protobuf_c_message_unpack(desc, &arena->pb, GRPC_SLICE_LENGTH(s),
-                                                  GRPC_SLICE_START_PTR(s));
+  ProtobufCMessage *m =
+      protobuf_c_message_unpack(desc, &arena->pb, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
   grpc_slice_unref(s);
   return m;
 }
@@ -373,8 +372,7 @@ static void t_finish(struct ana_call *call, const ProtobufCMessage *response,
 
   if (ana_log_enabled(ANA_LOG_DEBUG)) {
     char ms[32];
-    snprintf(ms, sizeof ms, "%lld",
-             (long long)(ana_call_now_mono_ms() - g->started_mono_ms));
+    snprintf(ms, sizeof ms, "%lld", (long long)(ana_call_now_mono_ms() - g->started_mono_ms));
     ana_log_fields(ANA_LOG_DEBUG, "rpc", "call finished", "method",
                    call->method ? call->method->path : "?", "code",
                    ok ? "OK" : ana_status_name(status->code), "duration_ms", ms, NULL);
@@ -384,7 +382,9 @@ static void t_finish(struct ana_call *call, const ProtobufCMessage *response,
 
 static void post_read(struct gcall *g);
 
-static void t_reading_changed(struct ana_call *call) { post_read((struct gcall *)call); }
+static void t_reading_changed(struct ana_call *call) {
+  post_read((struct gcall *)call);
+}
 
 static const struct ana_call_transport grpc_transport = {
     .send = t_send,
@@ -443,8 +443,8 @@ static void on_recv_message(struct gcall *g, bool ok) {
     if (!call->message_arena)
       ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     else if (!m)
-      ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT,
-                    "malformed request: not a valid %s message", call->method->input->name);
+      ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "malformed request: not a valid %s message",
+                    call->method->input->name);
     else if (call->handler->on_message)
       call->handler->on_message(call, m);
     ana_arena_destroy(call->message_arena);
@@ -525,8 +525,8 @@ static struct gcall *gcall_create(struct ana_grpc_server *srv, const struct ana_
 /* Copies metadata, peer and deadline into the call's arena. */
 static int capture_request(struct gcall *g, grpc_metadata_array *md, gpr_timespec deadline) {
   struct ana_call *call = &g->base;
-  call->metadata = ana_arena_calloc(&call->arena, md->count ? md->count : 1,
-                                    sizeof *call->metadata);
+  call->metadata =
+      ana_arena_calloc(&call->arena, md->count ? md->count : 1, sizeof *call->metadata);
   if (!call->metadata)
     return ANA_ERR_NOMEM;
   for (size_t i = 0; i < md->count; i++) {
@@ -752,7 +752,9 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
       {.type = GRPC_ARG_INTEGER,
        .key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
        .value.integer = 10000},
-      {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, .value.integer = 1},
+      {.type = GRPC_ARG_INTEGER,
+       .key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+       .value.integer = 1},
   };
   grpc_channel_args channel_args = {.num_args = sizeof args / sizeof args[0], .args = args};
   srv->server = grpc_server_create(&channel_args, NULL);
@@ -813,8 +815,9 @@ fail:
   for (int i = 0; srv->cqs && i < srv->n_threads; i++) {
     if (srv->cqs[i]) {
       grpc_completion_queue_shutdown(srv->cqs[i]);
-      while (grpc_completion_queue_next(srv->cqs[i], gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
-                 .type != GRPC_QUEUE_SHUTDOWN) {
+      while (
+          grpc_completion_queue_next(srv->cqs[i], gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+          GRPC_QUEUE_SHUTDOWN) {
       }
       grpc_completion_queue_destroy(srv->cqs[i]);
     }
@@ -828,7 +831,9 @@ fail:
   return NULL;
 }
 
-int ana_grpc_server_port(const struct ana_grpc_server *srv) { return srv->port; }
+int ana_grpc_server_port(const struct ana_grpc_server *srv) {
+  return srv->port;
+}
 
 /* Asks every live call whose handler can drain to finish. */
 static void drain_live_calls(struct ana_grpc_server *srv) {

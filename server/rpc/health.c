@@ -33,7 +33,8 @@ static bool service_known(const char *name) {
   return false;
 }
 
-static int send_status(struct ana_call *call, Grpc__Health__V1__HealthCheckResponse__ServingStatus s) {
+static int send_status(struct ana_call *call,
+                       Grpc__Health__V1__HealthCheckResponse__ServingStatus s) {
   Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
   resp.status = s;
   return ana_call_send(call, &resp.base);

@@ -31,7 +31,9 @@ static size_t n_symbols, cap_symbols;
 static struct extension *extensions;
 static size_t n_extensions, cap_extensions;
 
-static const char *undot(const char *s) { return s && s[0] == '.' ? s + 1 : s; }
+static const char *undot(const char *s) {
+  return s && s[0] == '.' ? s + 1 : s;
+}
 
 static char *qualify(const char *scope, const char *name) {
   size_t n = strlen(scope) + strlen(name) + 2;
@@ -199,8 +201,8 @@ static void answer_files(struct answer *a, long file) {
         answer_error(a, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
       }
-      a->blobs[k].len = google__protobuf__file_descriptor_proto__pack(set->file[f],
-                                                                      a->blobs[k].data);
+      a->blobs[k].len =
+          google__protobuf__file_descriptor_proto__pack(set->file[f], a->blobs[k].data);
       k++;
     }
   }
@@ -292,9 +294,7 @@ static void answer(struct answer *a, Grpc__Reflection__V1__ServerReflectionReque
   case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES:
     answer_list(a);
     break;
-  default:
-    answer_error(a, ANA_STATUS_INVALID_ARGUMENT, "the request names no question");
-    break;
+  default: answer_error(a, ANA_STATUS_INVALID_ARGUMENT, "the request names no question"); break;
   }
 }
 
@@ -324,7 +324,8 @@ static ProtobufCMessage *convert(const ProtobufCMessage *from,
 }
 
 static void on_message(struct ana_call *call, const ProtobufCMessage *message) {
-  bool alpha = ana_call_method(call)->input != &grpc__reflection__v1__server_reflection_request__descriptor;
+  bool alpha =
+      ana_call_method(call)->input != &grpc__reflection__v1__server_reflection_request__descriptor;
   ProtobufCMessage *v1req =
       convert(message, &grpc__reflection__v1__server_reflection_request__descriptor);
   if (!v1req) {
@@ -351,7 +352,9 @@ static void on_message(struct ana_call *call, const ProtobufCMessage *message) {
                   "too many reflection answers waiting to be read");
 }
 
-static void on_half_close(struct ana_call *call) { ana_call_finish(call, NULL, NULL); }
+static void on_half_close(struct ana_call *call) {
+  ana_call_finish(call, NULL, NULL);
+}
 
 static void on_cancel(struct ana_call *call) {
   /* The client is gone; only this call's own callbacks finish it, and they

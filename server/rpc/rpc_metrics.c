@@ -52,8 +52,10 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
         uint64_t v = ana_prom_counter_get(&m.requests[t][i][c]);
         if (!v)
           continue;
-        const char *labels[] = {"transport", transport_names[t], "method", ana_methods[i].path,
-                                "code", ana_status_name((enum ana_status)c), NULL};
+        const char *labels[] = {"transport", transport_names[t],
+                                "method",    ana_methods[i].path,
+                                "code",      ana_status_name((enum ana_status)c),
+                                NULL};
         ana_prom_write_u64(w, "ana_rpc_requests_total", labels, v);
       }
   ana_prom_write_family(w, "ana_rpc_duration_seconds", "histogram",
@@ -62,8 +64,7 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
     for (size_t i = 0; i < ANA_METHOD_COUNT; i++) {
       if (!ana_prom_histogram_count(&m.latency[t][i]))
         continue;
-      const char *labels[] = {"transport", transport_names[t], "method", ana_methods[i].path,
-                              NULL};
+      const char *labels[] = {"transport", transport_names[t], "method", ana_methods[i].path, NULL};
       ana_prom_write_histogram(w, "ana_rpc_duration_seconds", labels, &m.latency[t][i]);
     }
   ana_prom_write_family(w, "ana_rpc_calls_open", "gauge", "Calls in progress, by transport.");

@@ -15,9 +15,9 @@ struct ana_event_service_options {
   void *store;
   struct ana_workers *workers; /* for searches */
   struct ana_ingest_limits limits;
-  const char *trusted_proxies;   /* borrowed; NULL = none */
+  const char *trusted_proxies; /* borrowed; NULL = none */
   int search_max_page_size;
-  int stream_max_in_flight;      /* batches of one stream being committed at once */
+  int stream_max_in_flight; /* batches of one stream being committed at once */
 };
 
 /* Binds EventService (TrackEvent, TrackEvents, IngestEvents, ImportEvents,

@@ -108,8 +108,8 @@ static int check_batch_limits(const ProtobufCMessage *msg, size_t n_events, cons
                               struct ana_error *err) {
   if (n_events > (size_t)opts.limits.batch_max_events)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
-                         "%s: the batch has %zu events, more than the limit of %d", field,
-                         n_events, opts.limits.batch_max_events);
+                         "%s: the batch has %zu events, more than the limit of %d", field, n_events,
+                         opts.limits.batch_max_events);
   size_t size = protobuf_c_message_get_packed_size(msg);
   if (size > (size_t)opts.limits.batch_max_bytes)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
@@ -144,8 +144,8 @@ static Analytics__V1__EventResult *result_of(struct ana_arena *a, const struct a
   r->status = it->status;
   if (it->status == ST_REJECTED) {
     r->n_violations = it->n_violations;
-    r->violations = ana_arena_calloc(a, it->n_violations ? it->n_violations : 1,
-                                     sizeof *r->violations);
+    r->violations =
+        ana_arena_calloc(a, it->n_violations ? it->n_violations : 1, sizeof *r->violations);
     Analytics__V1__FieldViolation *fv =
         ana_arena_calloc(a, it->n_violations ? it->n_violations : 1, sizeof *fv);
     if (!r->violations || !fv)
@@ -435,8 +435,12 @@ static void stream_open(struct ana_call *call, bool import) {
   ana_call_set_user(call, s);
 }
 
-static void ingest_open(struct ana_call *call) { stream_open(call, false); }
-static void import_open(struct ana_call *call) { stream_open(call, true); }
+static void ingest_open(struct ana_call *call) {
+  stream_open(call, false);
+}
+static void import_open(struct ana_call *call) {
+  stream_open(call, true);
+}
 
 static void stream_message(struct ana_call *call, const ProtobufCMessage *message) {
   struct stream *s = ana_call_user(call);

@@ -152,11 +152,10 @@ static int check_text(const char *field, const char *s, bool required, size_t ma
                       struct ana_error *err) {
   size_t chars = 0;
   if (!s || !s[0])
-    return required ? ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: is required", field)
-                    : 0;
+    return required ? ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: is required", field) : 0;
   if (!ana_utf8_valid(s, &chars) || !ana_text_printable(s))
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
-                         "%s: must be printable UTF-8 text", field);
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: must be printable UTF-8 text",
+                         field);
   if (chars > max)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: must be at most %zu characters",
                          field, max);
@@ -277,8 +276,8 @@ static void refresh_rollups(struct ana_call *call) {
   for (;;) {
     struct account_metrics page = {.arena = ana_call_arena(call)};
     struct ana_error err;
-    if (opts.catalog_ops->list(opts.catalog, KIND, account, after, 256, collect_all, &page,
-                               &err) < 0) {
+    if (opts.catalog_ops->list(opts.catalog, KIND, account, after, 256, collect_all, &page, &err) <
+        0) {
       ANA_WARN("metrics", "cannot list metrics for rollups: %s", err.message);
       return;
     }
@@ -597,9 +596,9 @@ static void stream_drain(struct ana_call *call) {
   ana_realtime_unsubscribe(stream_hub, call, &st);
 }
 
-#define ASYNC(name, fn)                                                                      \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                \
-    submit(call, request, fn);                                                               \
+#define ASYNC(name, fn)                                                                            \
+  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
+    submit(call, request, fn);                                                                     \
   }
 
 ASYNC(create_metric, do_create)

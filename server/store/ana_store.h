@@ -24,9 +24,9 @@ struct ana_event_record {
   const char *session_id; /* "" when absent */
   const char *event_type;
   const char *event_name;
-  int64_t timestamp_ms;   /* as stored, after any correction */
+  int64_t timestamp_ms; /* as stored, after any correction */
   int64_t received_at_ms;
-  int64_t expires_at_ms;  /* when retention deletes it (and its dedupe key) */
+  int64_t expires_at_ms;       /* when retention deletes it (and its dedupe key) */
   const char *properties_json; /* JSON object text, "{}" when none */
   const char *search_text;     /* names and property values, for free-text search */
   const uint8_t *payload;      /* the serialized analytics.v1.Event as stored */
@@ -39,8 +39,8 @@ struct ana_event_record {
 /* A search over one account's events, newest first. */
 struct ana_event_query {
   const char *account_id;
-  int64_t from_ms; /* inclusive; INT64_MIN = unbounded */
-  int64_t to_ms;   /* exclusive; INT64_MAX = unbounded */
+  int64_t from_ms;        /* inclusive; INT64_MIN = unbounded */
+  int64_t to_ms;          /* exclusive; INT64_MAX = unbounded */
   const char *event_type; /* NULL or "" = any */
   const char *event_name;
   const char *session_id;
@@ -112,11 +112,11 @@ struct ana_event_store_ops {
  * account, each stored whole as a serialized message, with a name that is
  * unique per account and kind. */
 struct ana_catalog_object {
-  const char *kind;       /* "metric", "report", "alert" */
+  const char *kind; /* "metric", "report", "alert" */
   const char *account_id;
   const char *id;
-  const char *name;       /* unique per (account, kind); NULL = unnamed */
-  const uint8_t *body;    /* the serialized message */
+  const char *name;    /* unique per (account, kind); NULL = unnamed */
+  const uint8_t *body; /* the serialized message */
   size_t body_len;
   int64_t created_at_ms, updated_at_ms;
 };

@@ -7,11 +7,26 @@
 #include <string.h>
 
 static const char *const names[] = {
-    "PORT",           "GRPC_PORT",          "GRPC_HOST",       "MONGODB_URI",
-    "ELASTICSEARCH_NODE", "CLICKHOUSE_HOST", "REDIS_URL",      "RABBITMQ_URL",
-    "REPORTS_DIR",    "EXPORTS_DIR",        "RETENTION_DAYS",  "BATCH_SIZE",
-    "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE", "DATA_DIR",   "LOG_LEVEL",
-    "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID", "GRPC_MAX_MESSAGE_BYTES", "GRPC_THREADS",
+    "PORT",
+    "GRPC_PORT",
+    "GRPC_HOST",
+    "MONGODB_URI",
+    "ELASTICSEARCH_NODE",
+    "CLICKHOUSE_HOST",
+    "REDIS_URL",
+    "RABBITMQ_URL",
+    "REPORTS_DIR",
+    "EXPORTS_DIR",
+    "RETENTION_DAYS",
+    "BATCH_SIZE",
+    "PROCESSING_INTERVAL",
+    "STREAM_BUFFER_SIZE",
+    "DATA_DIR",
+    "LOG_LEVEL",
+    "SHUTDOWN_GRACE_MS",
+    "DEFAULT_ACCOUNT_ID",
+    "GRPC_MAX_MESSAGE_BYTES",
+    "GRPC_THREADS",
     "STREAM_SEND_QUEUE_MAX",
 };
 #define N_NAMES (sizeof names / sizeof names[0])

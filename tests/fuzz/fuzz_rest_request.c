@@ -53,8 +53,8 @@ static void url_decode(char *s) {
   *o = '\0';
 }
 
-static void assemble(const struct ana_route *route, const char *path, char *query,
-                     const char *body, size_t body_len, bool flip) {
+static void assemble(const struct ana_route *route, const char *path, char *query, const char *body,
+                     size_t body_len, bool flip) {
   struct ana_call call;
   ana_call_init(&call, &fuzz_transport, &ana_methods[route->method]);
   struct rb_match m;

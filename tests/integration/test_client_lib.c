@@ -159,8 +159,8 @@ static void test_track_thousand(void) {
             (unsigned long long)st.failed, fl.message);
 
   const char *keys[] = {"runId"}, *values[] = {run};
-  analytics_search_t s = {.property_keys = keys, .property_values = values, .property_count = 1,
-                          .page_size = 100};
+  analytics_search_t s = {
+      .property_keys = keys, .property_values = values, .property_count = 1, .page_size = 100};
   long found = count_search(c, s);
   CHECK(found == 1000);
   if (found != 1000)
@@ -333,7 +333,7 @@ static void check_unimplemented(const char *what, const char *feature, int rc, c
     CHECK(json == NULL);
     if (rc != ANALYTICS_ERR_UNIMPLEMENTED || !strstr(err->message, expect))
       fprintf(stderr, "  %s: rc %d, %s \"%s\"\n", what, rc, analytics_status_name(err->code),
-                      err->message);
+              err->message);
   }
   analytics_free(json);
 }
@@ -352,13 +352,21 @@ static void test_other_operations(void) {
   char *json = NULL;
   int rc;
   const char *dims[] = {"campaignId"}, *channels[] = {"email"};
-  analytics_metric_t m = {.name = "m", .type = "gauge", .formula = "a", .dimensions = dims,
-                          .dimension_count = 1, .filters_json = "[{\"field\":\"eventName\","
-                                                                "\"op\":\"eq\",\"value\":\"x\"}]"};
-  analytics_report_t r = {.template_name = "t", .format = "csv",
-                          .parameters_json = "{\"a\":{\"b\":1}}"};
-  analytics_alert_t a = {.name = "a", .metric = "m", .condition = "greater_than",
-                         .threshold = 1, .channels = channels, .channel_count = 1};
+  analytics_metric_t m = {.name = "m",
+                          .type = "gauge",
+                          .formula = "a",
+                          .dimensions = dims,
+                          .dimension_count = 1,
+                          .filters_json = "[{\"field\":\"eventName\","
+                                          "\"op\":\"eq\",\"value\":\"x\"}]"};
+  analytics_report_t r = {
+      .template_name = "t", .format = "csv", .parameters_json = "{\"a\":{\"b\":1}}"};
+  analytics_alert_t a = {.name = "a",
+                         .metric = "m",
+                         .condition = "greater_than",
+                         .threshold = 1,
+                         .channels = channels,
+                         .channel_count = 1};
   analytics_metric_query_t q = {.metric_id = "none", .interval = "1h", .from_ms = 1700000000000};
 
   if (!c)

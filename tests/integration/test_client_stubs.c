@@ -384,7 +384,7 @@ static void test_events(struct ana_client_channel *ch) {
     if (resp) {
       CHECK(strcmp(resp->result->event_id, id) == 0);
       CHECK(resp->result->status == (round == 0 ? ANALYTICS__V1__EVENT_RESULT__STATUS__ACCEPTED
-                                                 : ANALYTICS__V1__EVENT_RESULT__STATUS__DUPLICATE));
+                                                : ANALYTICS__V1__EVENT_RESULT__STATUS__DUPLICATE));
       protobuf_c_message_free_unpacked(&resp->base, NULL);
     }
   }

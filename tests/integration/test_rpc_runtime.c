@@ -453,8 +453,8 @@ static void *watch_metric(void *arg) {
   struct ana_error *err = arg;
   static atomic_int updates;
   Analytics__V1__StreamMetricRequest req = ANALYTICS__V1__STREAM_METRIC_REQUEST__INIT;
-  intptr_t rc = ana_stub_realtime_service_stream_metric(channel, &req, on_metric_update,
-                                                        &updates, NULL, err);
+  intptr_t rc =
+      ana_stub_realtime_service_stream_metric(channel, &req, on_metric_update, &updates, NULL, err);
   return (void *)rc;
 }
 
@@ -481,9 +481,8 @@ static void shutdown_drains_calls_in_flight(void **state) {
 /* --- set-up --- */
 
 static const struct ana_handler h_track = {.on_request = track_event};
-static const struct ana_handler h_stream = {.on_request = stream_analytics,
-                                            .on_cancel = stream_cancelled,
-                                            .on_drain = stream_cancelled};
+static const struct ana_handler h_stream = {
+    .on_request = stream_analytics, .on_cancel = stream_cancelled, .on_drain = stream_cancelled};
 static const struct ana_handler h_search = {.on_request = search_hangs,
                                             .on_cancel = stream_cancelled};
 static const struct ana_handler h_import = {
@@ -509,9 +508,11 @@ static int setup(void **state) {
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_LIST_ALERTS, &h_list_alerts);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_LIST_REPORTS, &h_list_reports);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC, &h_stream_metric);
-  struct ana_grpc_server_options o = {
-      .host = "127.0.0.1", .port = 0, .threads = 2, .max_message_bytes = 1 << 20,
-      .send_queue_max = 8};
+  struct ana_grpc_server_options o = {.host = "127.0.0.1",
+                                      .port = 0,
+                                      .threads = 2,
+                                      .max_message_bytes = 1 << 20,
+                                      .send_queue_max = 8};
   struct ana_error err;
   server = ana_grpc_server_create(&o, &err);
   if (!server)

@@ -56,23 +56,22 @@ static void half_and_quarter_hour_zones(void **state) {
   size_t n;
   struct ana_error err;
   /* India is UTC+5:30: local hours start at :30 UTC. */
-  assert_int_equal(ana_buckets_make(JAN1, JAN1 + 2 * HOUR, ANA_INTERVAL_1H, "Asia/Kolkata", 100,
-                                    &s, &n, &err),
-                   0);
+  assert_int_equal(
+      ana_buckets_make(JAN1, JAN1 + 2 * HOUR, ANA_INTERVAL_1H, "Asia/Kolkata", 100, &s, &n, &err),
+      0);
   assert_int_equal(s[0], JAN1 - 30 * MIN);
   assert_int_equal(s[1], JAN1 + 30 * MIN);
   free(s);
   /* Nepal is UTC+5:45. */
-  assert_int_equal(ana_buckets_make(JAN1, JAN1 + 2 * HOUR, ANA_INTERVAL_1H, "Asia/Kathmandu", 100,
-                                    &s, &n, &err),
-                   0);
+  assert_int_equal(
+      ana_buckets_make(JAN1, JAN1 + 2 * HOUR, ANA_INTERVAL_1H, "Asia/Kathmandu", 100, &s, &n, &err),
+      0);
   assert_int_equal(s[0], JAN1 - 45 * MIN);
   assert_int_equal(s[1], JAN1 + 15 * MIN);
   free(s);
   /* A local day in India starts at 18:30 UTC the day before. */
-  assert_int_equal(ana_buckets_make(JAN1, JAN1 + DAY, ANA_INTERVAL_1D, "Asia/Kolkata", 100, &s,
-                                    &n, &err),
-                   0);
+  assert_int_equal(
+      ana_buckets_make(JAN1, JAN1 + DAY, ANA_INTERVAL_1D, "Asia/Kolkata", 100, &s, &n, &err), 0);
   assert_int_equal(s[0], JAN1 - 5 * HOUR - 30 * MIN);
   assert_int_equal(s[1], s[0] + DAY);
   free(s);
@@ -85,17 +84,17 @@ static void dst_days_are_23_and_25_hours(void **state) {
   struct ana_error err;
   /* Berlin: 2024-03-31 has 23 hours, 2024-10-27 has 25. */
   int64_t mar30 = 1711753200000LL; /* 2024-03-30T00:00+01:00 */
-  assert_int_equal(ana_buckets_make(mar30, mar30 + 3 * DAY, ANA_INTERVAL_1D, "Europe/Berlin", 100,
-                                    &s, &n, &err),
-                   0);
+  assert_int_equal(
+      ana_buckets_make(mar30, mar30 + 3 * DAY, ANA_INTERVAL_1D, "Europe/Berlin", 100, &s, &n, &err),
+      0);
   assert_int_equal(s[0], mar30);
   assert_int_equal(s[1] - s[0], 24 * HOUR);
   assert_int_equal(s[2] - s[1], 23 * HOUR);
   free(s);
   int64_t oct26 = 1729893600000LL; /* 2024-10-26T00:00+02:00 */
-  assert_int_equal(ana_buckets_make(oct26, oct26 + 3 * DAY, ANA_INTERVAL_1D, "Europe/Berlin", 100,
-                                    &s, &n, &err),
-                   0);
+  assert_int_equal(
+      ana_buckets_make(oct26, oct26 + 3 * DAY, ANA_INTERVAL_1D, "Europe/Berlin", 100, &s, &n, &err),
+      0);
   assert_int_equal(s[2] - s[1], 25 * HOUR);
   free(s);
   /* Hour buckets across the change stay one real hour each, none lost. */
@@ -114,13 +113,13 @@ static void errors_name_the_field(void **state) {
   int64_t *s;
   size_t n;
   struct ana_error err;
-  assert_int_equal(ana_buckets_make(JAN1, JAN1 + HOUR, ANA_INTERVAL_1M, "Mars/Olympus", 100, &s,
-                                    &n, &err),
-                   ANA_ERR_INVALID);
+  assert_int_equal(
+      ana_buckets_make(JAN1, JAN1 + HOUR, ANA_INTERVAL_1M, "Mars/Olympus", 100, &s, &n, &err),
+      ANA_ERR_INVALID);
   assert_memory_equal(err.message, "timeZone: unknown time zone \"Mars/Olympus\"", 42);
-  assert_int_equal(ana_buckets_make(JAN1, JAN1 + 30 * DAY, ANA_INTERVAL_1M, "UTC", 1000, &s, &n,
-                                    &err),
-                   ANA_ERR_INVALID);
+  assert_int_equal(
+      ana_buckets_make(JAN1, JAN1 + 30 * DAY, ANA_INTERVAL_1M, "UTC", 1000, &s, &n, &err),
+      ANA_ERR_INVALID);
   assert_memory_equal(err.message, "interval: 1m over this range", 28);
   assert_int_equal(ana_buckets_make(JAN1, JAN1, ANA_INTERVAL_1M, "UTC", 1000, &s, &n, &err),
                    ANA_ERR_INVALID);
@@ -129,10 +128,8 @@ static void errors_name_the_field(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(intervals_parse_and_auto),
-      cmocka_unit_test(utc_hours),
-      cmocka_unit_test(half_and_quarter_hour_zones),
-      cmocka_unit_test(dst_days_are_23_and_25_hours),
+      cmocka_unit_test(intervals_parse_and_auto),    cmocka_unit_test(utc_hours),
+      cmocka_unit_test(half_and_quarter_hour_zones), cmocka_unit_test(dst_days_are_23_and_25_hours),
       cmocka_unit_test(errors_name_the_field),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

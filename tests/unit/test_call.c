@@ -58,8 +58,8 @@ static void rec_reading(struct ana_call *call) {
   rec.reading_changes++;
 }
 
-static const struct ana_call_transport recording_transport = {
-    rec_send, rec_queue, rec_finish, rec_reading};
+static const struct ana_call_transport recording_transport = {rec_send, rec_queue, rec_finish,
+                                                              rec_reading};
 
 static int setup(void **state) {
   (void)state;

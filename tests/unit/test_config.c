@@ -20,19 +20,52 @@
 #define README_END "<!-- config-table:end -->"
 
 static const char *const all_names[] = {
-    "PORT",        "GRPC_PORT",          "GRPC_HOST",          "MONGODB_URI",
-    "ELASTICSEARCH_NODE", "CLICKHOUSE_HOST", "REDIS_URL",      "RABBITMQ_URL",
-    "DATA_DIR",    "REPORTS_DIR",        "EXPORTS_DIR",        "RETENTION_DAYS",
-    "BATCH_SIZE",  "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE", "STREAM_SEND_QUEUE_MAX",
-    "GRPC_MAX_MESSAGE_BYTES", "GRPC_THREADS", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
+    "PORT",
+    "GRPC_PORT",
+    "GRPC_HOST",
+    "MONGODB_URI",
+    "ELASTICSEARCH_NODE",
+    "CLICKHOUSE_HOST",
+    "REDIS_URL",
+    "RABBITMQ_URL",
+    "DATA_DIR",
+    "REPORTS_DIR",
+    "EXPORTS_DIR",
+    "RETENTION_DAYS",
+    "BATCH_SIZE",
+    "PROCESSING_INTERVAL",
+    "STREAM_BUFFER_SIZE",
+    "STREAM_SEND_QUEUE_MAX",
+    "GRPC_MAX_MESSAGE_BYTES",
+    "GRPC_THREADS",
+    "SHUTDOWN_GRACE_MS",
+    "DEFAULT_ACCOUNT_ID",
     "LOG_LEVEL",
-    "EVENT_MAX_BYTES", "EVENT_MAX_PROPERTIES", "EVENT_MAX_DEPTH", "BATCH_MAX_EVENTS",
-    "BATCH_MAX_BYTES", "EVENT_MAX_FUTURE", "TIMESTAMP_POLICY", "CLOCK_SKEW_TOLERANCE",
-    "TRUSTED_PROXIES", "INGEST_QUEUE_MAX", "INGEST_STREAM_MAX_IN_FLIGHT",
-    "SEARCH_MAX_PAGE_SIZE", "SEARCH_INDEX_WAIT", "RETENTION_SWEEP_INTERVAL",
-    "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
-    "WEB_ROOT", "RESTBRIDGE_UPSTREAM", "REALTIME_AGGREGATE_INTERVAL", "REALTIME_SLOW_CONSUMER_MS",
-    "METRIC_STREAM_INTERVAL", "METRIC_STREAM_HISTORY", "ROLLUP_CACHE_MB", "WAL_CHECKPOINT_MB",
+    "EVENT_MAX_BYTES",
+    "EVENT_MAX_PROPERTIES",
+    "EVENT_MAX_DEPTH",
+    "BATCH_MAX_EVENTS",
+    "BATCH_MAX_BYTES",
+    "EVENT_MAX_FUTURE",
+    "TIMESTAMP_POLICY",
+    "CLOCK_SKEW_TOLERANCE",
+    "TRUSTED_PROXIES",
+    "INGEST_QUEUE_MAX",
+    "INGEST_STREAM_MAX_IN_FLIGHT",
+    "SEARCH_MAX_PAGE_SIZE",
+    "SEARCH_INDEX_WAIT",
+    "RETENTION_SWEEP_INTERVAL",
+    "HTTP_MAX_BODY_BYTES",
+    "CORS_ALLOWED_ORIGINS",
+    "WS_SLOW_CONSUMER_MS",
+    "WEB_ROOT",
+    "RESTBRIDGE_UPSTREAM",
+    "REALTIME_AGGREGATE_INTERVAL",
+    "REALTIME_SLOW_CONSUMER_MS",
+    "METRIC_STREAM_INTERVAL",
+    "METRIC_STREAM_HISTORY",
+    "ROLLUP_CACHE_MB",
+    "WAL_CHECKPOINT_MB",
 };
 #define NAME_COUNT (sizeof all_names / sizeof all_names[0])
 
@@ -180,9 +213,9 @@ static void test_empty_counts_as_unset(void **state) {
   struct ana_error err = {0};
   (void)state;
 
-  assert_int_equal(LOAD(&cfg, &err, "PORT=", "MONGODB_URI=", "DATA_DIR=", "LOG_LEVEL=",
-                        "PROCESSING_INTERVAL="),
-                   0);
+  assert_int_equal(
+      LOAD(&cfg, &err, "PORT=", "MONGODB_URI=", "DATA_DIR=", "LOG_LEVEL=", "PROCESSING_INTERVAL="),
+      0);
   assert_int_equal(cfg.port, 3004);
   assert_null(cfg.mongodb_uri);
   assert_string_equal(cfg.data_dir, "./data");
@@ -443,13 +476,30 @@ static void test_url_password_is_masked(void **state) {
 
 static void test_clickhouse_host(void **state) {
   static const char *const good[] = {
-      "localhost", "localhost:8123", "127.0.0.1:8123", "ch-1.internal", "[::1]:8123",
-      "[::1]", "::1", "http://localhost:8123", "https://user:pw@ch.example.com:8443/",
+      "localhost",
+      "localhost:8123",
+      "127.0.0.1:8123",
+      "ch-1.internal",
+      "[::1]:8123",
+      "[::1]",
+      "::1",
+      "http://localhost:8123",
+      "https://user:pw@ch.example.com:8443/",
       "HTTP://ch",
   };
   static const char *const bad[] = {
-      "localhost:0", "localhost:99999", "host:abc", "tcp://localhost:9000", "http://",
-      "a b", ":8123", "[::1]:", "[::1", "-host", "http://host:port", "host/path",
+      "localhost:0",
+      "localhost:99999",
+      "host:abc",
+      "tcp://localhost:9000",
+      "http://",
+      "a b",
+      ":8123",
+      "[::1]:",
+      "[::1",
+      "-host",
+      "http://host:port",
+      "host/path",
   };
   struct ana_config cfg;
   char assignment[128];
@@ -468,8 +518,8 @@ static void test_clickhouse_host(void **state) {
 }
 
 static void test_grpc_host(void **state) {
-  static const char *const good[] = {"0.0.0.0", "::", "[::]", "localhost", "127.0.0.1",
-                                     "fe80::1", "grpc.internal"};
+  static const char *const good[] = {"0.0.0.0",   "::",      "[::]",         "localhost",
+                                     "127.0.0.1", "fe80::1", "grpc.internal"};
   static const char *const bad[] = {"a b", "host:50051", "-bad", "[::", "http://x"};
   struct ana_config cfg;
   char assignment[128];

@@ -88,12 +88,14 @@ static void routes_are_the_specs(void **state) {
        ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT},
       {"GET", "/api/alerts", "", ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_LIST_ALERTS},
       {"POST", "/api/alerts", "alert", ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_CREATE_ALERT},
-      {"PUT", "/api/alerts/{alert_id}", "alert", ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_UPDATE_ALERT},
+      {"PUT", "/api/alerts/{alert_id}", "alert",
+       ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_UPDATE_ALERT},
       {"DELETE", "/api/alerts/{alert_id}", "", ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_DELETE_ALERT},
       {"GET", "/api/alerts/{alert_id}/history", "",
        ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_LIST_ALERT_HISTORY},
       {"GET", "/ws/analytics", "", ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS},
-      {"GET", "/ws/metrics/{metric_id}", "", ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC},
+      {"GET", "/ws/metrics/{metric_id}", "",
+       ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC},
   };
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
     const struct ana_route *r = route(want[i].verb, want[i].pattern);
@@ -101,8 +103,7 @@ static void routes_are_the_specs(void **state) {
       fail_msg("missing route %s %s", want[i].verb, want[i].pattern);
     assert_string_equal(r->body, want[i].body);
     assert_int_equal(r->method, want[i].method);
-    assert_int_equal(r->websocket,
-                     ana_methods[r->method].kind == ANA_METHOD_SERVER_STREAMING);
+    assert_int_equal(r->websocket, ana_methods[r->method].kind == ANA_METHOD_SERVER_STREAMING);
   }
 }
 
@@ -163,9 +164,8 @@ static void json_names_follow_descriptor_order(void **state) {
 
 static void descriptor_set_holds_every_contract_with_options(void **state) {
   (void)state;
-  Google__Protobuf__FileDescriptorSet *set =
-      google__protobuf__file_descriptor_set__unpack(NULL, ana_descriptor_set_size,
-                                                     ana_descriptor_set);
+  Google__Protobuf__FileDescriptorSet *set = google__protobuf__file_descriptor_set__unpack(
+      NULL, ana_descriptor_set_size, ana_descriptor_set);
   assert_non_null(set);
   bool events = false, health = false, descriptor = false;
   for (size_t i = 0; i < set->n_file; i++) {
@@ -198,7 +198,8 @@ static int generate(const char *proto_text, const char *err_path) {
   fputs(proto_text, f);
   fclose(f);
   snprintf(cmd, sizeof cmd,
-           "ASAN_OPTIONS=detect_leaks=0 protoc -I%s -I%s/proto -I/usr/share/gocode/src/github.com/gogo/googleapis "
+           "ASAN_OPTIONS=detect_leaks=0 protoc -I%s -I%s/proto "
+           "-I/usr/share/gocode/src/github.com/gogo/googleapis "
            "-I/usr/include --plugin=protoc-gen-ana=%s --ana_out=%s t.proto 2>%s",
            dir, ANA_SOURCE_DIR, ANA_GENERATOR, dir, err_path);
   int rc = system(cmd);
@@ -208,8 +209,8 @@ static int generate(const char *proto_text, const char *err_path) {
   return rc;
 }
 
-#define PROTO_HEAD                                                                          \
-  "syntax = \"proto3\";\npackage t;\nimport \"google/api/annotations.proto\";\n"            \
+#define PROTO_HEAD                                                                                 \
+  "syntax = \"proto3\";\npackage t;\nimport \"google/api/annotations.proto\";\n"                   \
   "message Req { string id = 1; repeated string tags = 2; }\nmessage Resp {}\n"
 
 static bool file_contains(const char *path, const char *needle) {

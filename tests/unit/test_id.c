@@ -55,7 +55,9 @@ static void *generate_many(void *arg) {
   return NULL;
 }
 
-static int cmp(const void *a, const void *b) { return strcmp(a, b); }
+static int cmp(const void *a, const void *b) {
+  return strcmp(a, b);
+}
 
 static void unique_across_threads(void **state) {
   (void)state;

@@ -57,7 +57,9 @@ static void prepare_with(const struct ana_ingest_limits *lim, const char *path) 
   assert_int_equal(ana_ingest_prepare(&req, &ev, path, &arena, &item), 0);
 }
 
-static void prepare(const char *path) { prepare_with(&limits, path); }
+static void prepare(const char *path) {
+  prepare_with(&limits, path);
+}
 
 static void set_ms(Google__Protobuf__Timestamp *t, int64_t ms) {
   t->seconds = ms / 1000;

@@ -183,8 +183,11 @@ static void test_invalid_utf8_is_replaced(void **state) {
   static const struct {
     const char *in, *out;
   } cases[] = {
-      {"a\xff" "b", "a\xef\xbf\xbd" "b"},
-      {"\xe2\x82x", "\xef\xbf\xbdx"},                          /* truncated sequence: one U+FFFD */
+      {"a\xff"
+       "b",
+       "a\xef\xbf\xbd"
+       "b"},
+      {"\xe2\x82x", "\xef\xbf\xbdx"},                           /* truncated sequence: one U+FFFD */
       {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
       {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                 /* overlong */
       {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* > U+10FFFF */
@@ -206,7 +209,9 @@ static void test_invalid_utf8_is_replaced(void **state) {
 
 static int side_effects;
 
-static int bump(void) { return ++side_effects; }
+static int bump(void) {
+  return ++side_effects;
+}
 
 static void test_level_filtering(void **state) {
   (void)state;
@@ -328,8 +333,8 @@ static void test_line_limit(void **state) {
   json_decref(obj);
 
   capture_reset();
-  ana_log_fields(ANA_LOG_ERROR, "limit", "three big fields", "f1", field, "f2", field, "f3",
-                 field, NULL);
+  ana_log_fields(ANA_LOG_ERROR, "limit", "three big fields", "f1", field, "f2", field, "f3", field,
+                 NULL);
   assert_true(strlen(output()) <= ANA_LOG_LINE_MAX);
   obj = only_line();
   assert_int_equal(strlen(str_field(obj, "f1")), 7000);
@@ -403,8 +408,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_each_level_is_named, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_escaping, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_nul_in_message, capture_start, capture_stop),
-      cmocka_unit_test_setup_teardown(test_invalid_utf8_is_replaced, capture_start,
-                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_invalid_utf8_is_replaced, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_level_filtering, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_fields, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_component_edge_cases, capture_start, capture_stop),

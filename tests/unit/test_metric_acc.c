@@ -58,7 +58,8 @@ static void ratio_per_group_with_a_filter(void **state) {
   assert_int_equal(add(acc, "sent", "{\"campaignId\":\"a\",\"plan\":\"pro\"}"), 0);
   assert_int_equal(add(acc, "delivered", "{\"campaignId\":\"a\",\"plan\":\"pro\"}"), 0);
   assert_int_equal(add(acc, "sent", "{\"campaignId\":\"a\",\"plan\":\"free\"}"), ANA_ERR_NOT_FOUND);
-  assert_int_equal(add(acc, "opened", "{\"campaignId\":\"a\",\"plan\":\"pro\"}"), ANA_ERR_NOT_FOUND);
+  assert_int_equal(add(acc, "opened", "{\"campaignId\":\"a\",\"plan\":\"pro\"}"),
+                   ANA_ERR_NOT_FOUND);
   int b = add(acc, "sent", "{\"campaignId\":123,\"plan\":\"pro\"}");
   assert_int_equal(b, 1);
   assert_string_equal(ana_metric_acc_group_values(acc, 1)[0], "123");

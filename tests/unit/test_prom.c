@@ -121,7 +121,8 @@ static void registry_renders_in_order_and_unregisters(void **state) {
   struct ana_prom_writer w;
   ana_prom_writer_init(&w);
   ana_prom_render(&w);
-  assert_string_equal(w.data, "# HELP a A.\n# TYPE a gauge\na 1\n# HELP b B.\n# TYPE b gauge\nb 2\n");
+  assert_string_equal(w.data,
+                      "# HELP a A.\n# TYPE a gauge\na 1\n# HELP b B.\n# TYPE b gauge\nb 2\n");
   ana_prom_writer_fini(&w);
   ana_prom_unregister(collect_a, &one);
   ana_prom_writer_init(&w);

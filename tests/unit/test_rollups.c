@@ -117,7 +117,6 @@ static int setup_retention(void **state) {
   return setup_with(0);
 }
 
-
 static int teardown(void **state) {
   (void)state;
   ana_rollup_destroy(rollups);
@@ -138,8 +137,8 @@ static int teardown_retention(void **state) {
 static void add_events_in(int n, const char *const *accounts, size_t n_accounts) {
   static const char *const names[] = {"a", "b", "c"};
   struct ana_event_record *recs = calloc((size_t)n, sizeof *recs);
-  char (*ids)[32] = calloc((size_t)n, 32);
-  char (*props)[256] = calloc((size_t)n, 256);
+  char(*ids)[32] = calloc((size_t)n, 32);
+  char(*props)[256] = calloc((size_t)n, 256);
   static const uint8_t payload[] = {0x2a, 0x01, 'x'};
   for (int i = 0; i < n; i++) {
     snprintf(ids[i], 32, "e%d", next_id++);
@@ -150,8 +149,8 @@ static void add_events_in(int n, const char *const *accounts, size_t n_accounts)
     if (shape == 0)
       snprintf(props[i], 256, "{\"campaign\":\"c%d\"}", (int)(rnd() % 4));
     else if (shape == 1)
-      snprintf(props[i], 256, "{\"v\":\"%g\",\"group\":\"g%d\",\"s\":\"u%d\"}", v,
-               (int)(rnd() % 3), (int)(rnd() % 40));
+      snprintf(props[i], 256, "{\"v\":\"%g\",\"group\":\"g%d\",\"s\":\"u%d\"}", v, (int)(rnd() % 3),
+               (int)(rnd() % 40));
     else
       snprintf(props[i], 256, "{\"campaign\":\"c%d\",\"group\":\"g%d\",\"v\":%g,\"s\":\"u%d\"}",
                (int)(rnd() % 4), (int)(rnd() % 3), v, (int)(rnd() % 300));
@@ -202,13 +201,37 @@ struct def {
 
 static const struct def defs[] = {
     {"count(a)", "counter", "sum", EXACT, {"campaign", NULL}, 1, NULL, NULL, 0, NULL},
-    {"(count(b) / count(a)) * 100", "gauge", "avg", EXACT, {"campaign", "group"}, 2, NULL, NULL,
-     0, NULL},
-    {"sum(a.v) + max(b.v) - min(*.v)", "gauge", "max", EXACT, {"group", NULL}, 1, "v", "gte",
-     -50, NULL},
+    {"(count(b) / count(a)) * 100",
+     "gauge",
+     "avg",
+     EXACT,
+     {"campaign", "group"},
+     2,
+     NULL,
+     NULL,
+     0,
+     NULL},
+    {"sum(a.v) + max(b.v) - min(*.v)",
+     "gauge",
+     "max",
+     EXACT,
+     {"group", NULL},
+     1,
+     "v",
+     "gte",
+     -50,
+     NULL},
     {"avg(*.v) * 2", "gauge", "last", EXACT, {NULL, NULL}, 0, "group", "neq", 0, "g2"},
-    {"count(*) - count(c)", "counter", "count", EXACT, {"campaign", NULL}, 1, "campaign",
-     "exists", 0, NULL},
+    {"count(*) - count(c)",
+     "counter",
+     "count",
+     EXACT,
+     {"campaign", NULL},
+     1,
+     "campaign",
+     "exists",
+     0,
+     NULL},
     {"uniq(*.s)", "gauge", "avg", UNIQ, {"campaign", NULL}, 1, NULL, NULL, 0, NULL},
     {"uniq(a.s)", "gauge", "sum", UNIQ, {NULL, NULL}, 0, NULL, NULL, 0, NULL},
     {"p50(a.v)", "gauge", "min", PCT, {"group", NULL}, 1, NULL, NULL, 0, NULL},
@@ -439,8 +462,12 @@ static void rollups_equal_raw(void **state) {
   check_all(b, true);
   /* Forgotten: declined. */
   assert_int_equal(ana_rollup_forget(rollups, "m1", &err), 0);
-  struct ana_metric_query q = {.metric = &b[1].m, .formula = b[1].f, .account_id = "acct",
-                               .from_ms = START, .to_ms = END, .interval = ANA_INTERVAL_1H,
+  struct ana_metric_query q = {.metric = &b[1].m,
+                               .formula = b[1].f,
+                               .account_id = "acct",
+                               .from_ms = START,
+                               .to_ms = END,
+                               .interval = ANA_INTERVAL_1H,
                                .time_zone = "UTC"};
   struct ana_arena *a = ana_arena_create(65536, 0);
   Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
@@ -556,8 +583,12 @@ static void cache_follows_commits_versions_and_deletes(void **state) {
   ana_rollup_status(rollups, "m1", &after);
   assert_false(after.known);
   assert_true(after.cache_bytes < before.cache_bytes);
-  struct ana_metric_query q = {.metric = &b[1].m, .formula = b[1].f, .account_id = "acct",
-                               .from_ms = START, .to_ms = END, .interval = ANA_INTERVAL_1H,
+  struct ana_metric_query q = {.metric = &b[1].m,
+                               .formula = b[1].f,
+                               .account_id = "acct",
+                               .from_ms = START,
+                               .to_ms = END,
+                               .interval = ANA_INTERVAL_1H,
                                .time_zone = "UTC"};
   struct ana_arena *a = ana_arena_create(65536, 0);
   Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
@@ -645,9 +676,12 @@ static void each_allocation_failure_of_a_query(void **state) {
     for (size_t w = 0; w < sizeof which / sizeof which[0]; w++) {
       size_t i = which[w];
       for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
-        struct ana_metric_query q = {.metric = &b[i].m, .formula = b[i].f,
-                                     .account_id = "acct", .from_ms = shapes[k].from,
-                                     .to_ms = shapes[k].to, .interval = ANA_INTERVAL_1H,
+        struct ana_metric_query q = {.metric = &b[i].m,
+                                     .formula = b[i].f,
+                                     .account_id = "acct",
+                                     .from_ms = shapes[k].from,
+                                     .to_ms = shapes[k].to,
+                                     .interval = ANA_INTERVAL_1H,
                                      .time_zone = shapes[k].zone,
                                      /* top-N + "other" only where ranking is exact */
                                      .top_n = defs[i].kind == EXACT ? 2 : 1000};
@@ -667,8 +701,7 @@ static void each_allocation_failure_of_a_query(void **state) {
             compare(defs[i].kind, &raw, &got, defs[i].formula);
           } else {
             if (rc >= 0 || err.code != ANA_STATUS_RESOURCE_EXHAUSTED)
-              fail_msg("%s, allocation %ld failed: rc %d, %s", defs[i].formula, n, rc,
-                       err.message);
+              fail_msg("%s, allocation %ld failed: rc %d, %s", defs[i].formula, n, rc, err.message);
             failures++;
           }
           ana_arena_destroy(a);
@@ -706,8 +739,8 @@ static void expired_cells_are_deleted(void **state) {
   static const struct {
     int64_t from, to;
   } ranges[] = {
-      {START - DAY, START},                   /* and its previous period: before */
-      {START + 2 * DAY + 12 * HOUR, END},     /* and its previous period: after */
+      {START - DAY, START},               /* and its previous period: before */
+      {START + 2 * DAY + 12 * HOUR, END}, /* and its previous period: after */
   };
   for (int from_db = 0; from_db < 2; from_db++) {
     if (from_db) {
@@ -721,10 +754,14 @@ static void expired_cells_are_deleted(void **state) {
       static const char *const zones[] = {"UTC", "Europe/Berlin", "Asia/Kolkata"};
       for (size_t z = 0; z < 3; z++) {
         for (size_t k = 0; k < 2; k++) {
-          struct ana_metric_query q = {.metric = &b[i].m, .formula = b[i].f,
-                                       .account_id = "acct", .from_ms = ranges[k].from,
-                                       .to_ms = ranges[k].to, .interval = ANA_INTERVAL_1H,
-                                       .time_zone = zones[z], .top_n = 1000};
+          struct ana_metric_query q = {.metric = &b[i].m,
+                                       .formula = b[i].f,
+                                       .account_id = "acct",
+                                       .from_ms = ranges[k].from,
+                                       .to_ms = ranges[k].to,
+                                       .interval = ANA_INTERVAL_1H,
+                                       .time_zone = zones[z],
+                                       .top_n = 1000};
           struct ana_arena *a = ana_arena_create(65536, 0);
           Analytics__V1__MetricData got = ANALYTICS__V1__METRIC_DATA__INIT;
           Analytics__V1__MetricData raw = ANALYTICS__V1__METRIC_DATA__INIT;

@@ -24,7 +24,9 @@ static uint64_t rnd(void) {
   rng_state ^= rng_state << 17;
   return rng_state;
 }
-static double rnd01(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
+static double rnd01(void) {
+  return (double)(rnd() >> 11) / 9007199254740992.0;
+}
 
 static void hll_within_bound(void **state) {
   (void)state;
@@ -98,9 +100,9 @@ static void dds_within_bound(void **state) {
     for (size_t i = 0; i < n; i++) {
       double x;
       switch (round % 3) {
-      case 0: x = exp(rnd01() * 20 - 5); break;                       /* log-uniform */
-      case 1: x = (double)(rnd() % 1000) - 300; break;                 /* ints, zeros, negatives */
-      default: x = -log(rnd01() + 1e-12) * 100; break;                 /* exponential */
+      case 0: x = exp(rnd01() * 20 - 5); break;        /* log-uniform */
+      case 1: x = (double)(rnd() % 1000) - 300; break; /* ints, zeros, negatives */
+      default: x = -log(rnd01() + 1e-12) * 100; break; /* exponential */
       }
       v[i] = x;
       assert_int_equal(ana_dds_add(&s, x), 0);

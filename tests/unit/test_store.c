@@ -305,12 +305,14 @@ static void search_filters_paging_and_accounts(void **state) {
   assert_string_equal(h.ids[0], "b");
 
   const char *keys[] = {"campaignId"}, *values[] = {"123"};
-  h = search((struct ana_event_query){.account_id = "acct-1", .property_keys = keys,
-                                      .property_values = values, .n_properties = 1});
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = keys, .property_values = values, .n_properties = 1});
   assert_int_equal(h.n, 2);
   const char *nkeys[] = {"n"}, *nvalues[] = {"150"};
-  h = search((struct ana_event_query){.account_id = "acct-1", .property_keys = nkeys,
-                                      .property_values = nvalues, .n_properties = 1});
+  h = search((struct ana_event_query){.account_id = "acct-1",
+                                      .property_keys = nkeys,
+                                      .property_values = nvalues,
+                                      .n_properties = 1});
   assert_int_equal(h.n, 1);
   assert_string_equal(h.ids[0], "c");
 
@@ -320,13 +322,15 @@ static void search_filters_paging_and_accounts(void **state) {
   h = search((struct ana_event_query){.account_id = "acct-1", .text = "\"hello\" OR *"});
   assert_int_equal(h.n, 0); /* FTS syntax in user text is taken literally */
 
-  h = search((struct ana_event_query){.account_id = "acct-1", .from_ms = NOW - 4000,
-                                      .to_ms = NOW - 1000});
+  h = search(
+      (struct ana_event_query){.account_id = "acct-1", .from_ms = NOW - 4000, .to_ms = NOW - 1000});
   assert_int_equal(h.n, 3); /* b, c, d: to is exclusive */
 
   /* Paging: after (NOW-3000, "d") comes "c" (same time, smaller id). */
-  h = search((struct ana_event_query){.account_id = "acct-1", .after_cursor = true,
-                                      .cursor_ts = NOW - 3000, .cursor_event_id = "d"});
+  h = search((struct ana_event_query){.account_id = "acct-1",
+                                      .after_cursor = true,
+                                      .cursor_ts = NOW - 3000,
+                                      .cursor_event_id = "d"});
   assert_int_equal(h.n, 3);
   assert_string_equal(h.ids[0], "c");
 
@@ -371,7 +375,9 @@ static void retention_deletes_events_keys_and_index(void **state) {
   assert_int_equal(ana_dedupe_claim(db, &again, 1, &err), 0);
   assert_false(again.duplicate);
   ana_local_db_rollback(db);
-  struct ana_committer_options o = {.batch_size = 1000, .queue_max = 1000, .retention_days = 90,
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 1000,
+                                    .retention_days = 90,
                                     .retention_sweep_interval_ms = 3600000};
   committer = ana_committer_create(db, ops, store, &o, &err);
 }
@@ -529,8 +535,11 @@ static void free_text_search_says_when_the_index_lags(void **state) {
   assert_int_equal(submit(&r, 1, &req), 0);
   wait_done(1);
   assert_int_equal(search((struct ana_event_query){.account_id = "acct-1"}).n, 1);
-  struct ana_event_query q = {.account_id = "acct-1", .text = "laggard", .limit = 10,
-                              .from_ms = INT64_MIN, .to_ms = INT64_MAX};
+  struct ana_event_query q = {.account_id = "acct-1",
+                              .text = "laggard",
+                              .limit = 10,
+                              .from_ms = INT64_MIN,
+                              .to_ms = INT64_MAX};
   struct hits h = {0};
   struct ana_error err;
   ana_error_clear(&err);
@@ -573,8 +582,9 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   assert_int_equal(ana_local_db_schema_version(db), 4);
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *st = NULL;
-  assert_int_equal(sqlite3_prepare_v2(w, "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
-                                         " 'events_fts%'",
+  assert_int_equal(sqlite3_prepare_v2(w,
+                                      "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
+                                      " 'events_fts%'",
                                       -1, &st, NULL),
                    SQLITE_OK);
   assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -726,9 +736,9 @@ static void writer_waits_for_another_writer(void **state) {
   take_writer();
   sqlite3 *other = ana_local_db_connect(db, &err);
   assert_non_null(other);
-  assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE; CREATE TABLE busy_probe(x)", NULL, NULL,
-                                NULL),
-                   SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(other, "BEGIN IMMEDIATE; CREATE TABLE busy_probe(x)", NULL, NULL, NULL),
+      SQLITE_OK);
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, commit_after_30ms, other), 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
@@ -774,8 +784,7 @@ static void catalog_objects_by_account_kind_and_name(void **state) {
   assert_string_equal(name, "rate");
   assert_int_equal(cops->get(cat, "metric", "acct-2", "m1", copy_name, name, &err),
                    ANA_ERR_NOT_FOUND); /* never across accounts */
-  assert_int_equal(cops->get_by_name(cat, "metric", "acct-1", "rate", copy_name, name, &err),
-                   0);
+  assert_int_equal(cops->get_by_name(cat, "metric", "acct-1", "rate", copy_name, name, &err), 0);
   o.name = "renamed";
   assert_int_equal(cops->put(cat, &o, false, &err), 0);
   struct ana_catalog_object missing = {"metric", "acct-1", "nope", "x", body, 3, NOW, NOW};
@@ -804,8 +813,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
-      cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup, teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),
       cmocka_unit_test_setup_teardown(wal_starts_over_under_steady_commits, setup, teardown),
       cmocka_unit_test_setup_teardown(wal_is_kept_at_its_size_with_nothing_to_replay, setup,

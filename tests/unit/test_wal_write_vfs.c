@@ -40,8 +40,8 @@ static int teardown(void **state) {
 
 static sqlite3 *open_db(const char *p, const char *vfs, const char *sync) {
   sqlite3 *db = NULL;
-  assert_int_equal(
-      sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs), SQLITE_OK);
+  assert_int_equal(sqlite3_open_v2(p, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs),
+                   SQLITE_OK);
   char sql[128];
   snprintf(sql, sizeof sql, "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s;", sync);
   assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);

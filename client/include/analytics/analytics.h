@@ -222,16 +222,16 @@ typedef void (*analytics_delivery_fn)(const analytics_delivery_failure_t *failur
 /* Settings of a client. Fields left 0 (or NULL) take the default given.
  * Start from analytics_options_init, or from a zeroed struct. */
 typedef struct analytics_options {
-  const char *target;         /* "127.0.0.1:50051"; also "dns:///host:port", "unix:/path" */
-  const char *token;          /* sent as "authorization: Bearer <token>"; NULL: none */
-  int64_t timeout_ms;         /* deadline of each call: 10000 */
-  size_t queue_capacity;      /* events analytics_track may hold: 10000 */
-  size_t batch_size;          /* most events per TrackEvents request: 100 (server max 1000) */
-  int64_t flush_interval_ms;  /* longest time an event waits for its batch to fill: 1000 */
-  int max_retries;            /* retries of a batch after the first attempt: 5; -1 = none */
-  int64_t backoff_base_ms;    /* first retry delay before jitter: 100 */
-  int64_t backoff_max_ms;     /* cap of the retry delay: 10000 */
-  int64_t close_timeout_ms;   /* how long destroy tries to deliver what is queued: 5000 */
+  const char *target;        /* "127.0.0.1:50051"; also "dns:///host:port", "unix:/path" */
+  const char *token;         /* sent as "authorization: Bearer <token>"; NULL: none */
+  int64_t timeout_ms;        /* deadline of each call: 10000 */
+  size_t queue_capacity;     /* events analytics_track may hold: 10000 */
+  size_t batch_size;         /* most events per TrackEvents request: 100 (server max 1000) */
+  int64_t flush_interval_ms; /* longest time an event waits for its batch to fill: 1000 */
+  int max_retries;           /* retries of a batch after the first attempt: 5; -1 = none */
+  int64_t backoff_base_ms;   /* first retry delay before jitter: 100 */
+  int64_t backoff_max_ms;    /* cap of the retry delay: 10000 */
+  int64_t close_timeout_ms;  /* how long destroy tries to deliver what is queued: 5000 */
   analytics_delivery_fn on_delivery_failure; /* NULL: failures are only counted */
   void *delivery_ctx;                        /* passed to on_delivery_failure */
 } analytics_options_t;
@@ -428,7 +428,7 @@ typedef struct analytics_alert {
   const char *metric;    /* the metric watched, e.g. "error_rate" */
   const char *condition; /* e.g. "greater_than" */
   double threshold;
-  const char *severity;  /* e.g. "critical" */
+  const char *severity;        /* e.g. "critical" */
   const char *const *channels; /* e.g. {"email", "slack"} */
   size_t channel_count;
   int64_t cooldown; /* seconds between notifications; 0: the server's default */
@@ -445,8 +445,7 @@ int analytics_list_alerts(analytics_client_t *client, int32_t page_size, const c
 int analytics_get_alert(analytics_client_t *client, const char *alert_id, char **json_out,
                         analytics_error_t *err);
 int analytics_update_alert(analytics_client_t *client, const char *alert_id,
-                           const analytics_alert_t *alert, char **json_out,
-                           analytics_error_t *err);
+                           const analytics_alert_t *alert, char **json_out, analytics_error_t *err);
 int analytics_delete_alert(analytics_client_t *client, const char *alert_id,
                            analytics_error_t *err);
 int analytics_list_alert_history(analytics_client_t *client, const char *alert_id,

@@ -13,7 +13,7 @@
 
 struct sqlite_catalog {
   struct ana_local_db *db;
-  sqlite3 *conn;      /* writes and reads; guarded by mu */
+  sqlite3 *conn; /* writes and reads; guarded by mu */
   pthread_mutex_t mu;
 };
 
@@ -73,7 +73,8 @@ static int cat_put(void *p, const struct ana_catalog_object *o, bool create,
   sqlite3_bind_int64(st, 6, o->created_at_ms);
   sqlite3_bind_int64(st, 7, o->updated_at_ms);
   int step = sqlite3_step(st);
-  if (step == SQLITE_CONSTRAINT || (sqlite3_extended_errcode(c->conn) & 0xff) == SQLITE_CONSTRAINT) {
+  if (step == SQLITE_CONSTRAINT ||
+      (sqlite3_extended_errcode(c->conn) & 0xff) == SQLITE_CONSTRAINT) {
     rc = ana_error_set(err, ANA_STATUS_ALREADY_EXISTS, "name: a %s named \"%s\" exists already",
                        o->kind, o->name ? o->name : "");
     rc = ANA_ERR_EXISTS;
@@ -160,8 +161,8 @@ static int cat_get_by_name(void *p, const char *kind, const char *account_id, co
   return rc;
 }
 
-static int cat_list(void *p, const char *kind, const char *account_id, const char *after,
-                    int limit, ana_catalog_object_fn fn, void *ctx, struct ana_error *err) {
+static int cat_list(void *p, const char *kind, const char *account_id, const char *after, int limit,
+                    ana_catalog_object_fn fn, void *ctx, struct ana_error *err) {
   const char *args[] = {account_id, kind, after ? after : ""};
   int n;
   return select_objects(p,

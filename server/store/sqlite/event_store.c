@@ -162,8 +162,7 @@ static int attach_text_index(struct sqlite_event_store *s, sqlite3 *r, struct an
   int rc = attach && sqlite3_exec(r, attach, NULL, NULL, NULL) == SQLITE_OK
                ? 0
                : ana_error_set(err, ANA_STATUS_UNAVAILABLE,
-                               "event store: cannot open the search index: %s",
-                               sqlite3_errmsg(r));
+                               "event store: cannot open the search index: %s", sqlite3_errmsg(r));
   sqlite3_free(attach);
   ana_free(path);
   return rc;
@@ -252,8 +251,7 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
       break;
   }
   if (step != SQLITE_ROW && step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s",
-                  sqlite3_errmsg(r));
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_IO;
   }
   sqlite3_finalize(st);
@@ -289,11 +287,12 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   struct sqlite_event_store *s = p;
   /* One indexed range per event name (events_by_name), or the account's
    * time range (events_by_time) when every event counts. */
-  const char *sql = n_names
-      ? "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-        " WHERE account_id = ?1 AND event_name = ?4 AND ts >= ?2 AND ts < ?3"
-      : "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-        " WHERE account_id = ?1 AND ts >= ?2 AND ts < ?3";
+  const char *sql =
+      n_names
+          ? "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
+            " WHERE account_id = ?1 AND event_name = ?4 AND ts >= ?2 AND ts < ?3"
+          : "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
+            " WHERE account_id = ?1 AND ts >= ?2 AND ts < ?3";
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -318,8 +317,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
       }
     }
     if (!stop && step != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s",
-                    sqlite3_errmsg(r));
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
       rc = ANA_ERR_IO;
       break;
     }

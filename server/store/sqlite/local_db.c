@@ -190,8 +190,9 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
   /* WAL lets searches read while the committer writes; FULL syncs the WAL
    * on every commit, so a commit that returned is on disk. */
-  if (exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-               "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+  if (exec(db,
+           "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+           "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
            err) < 0) {
     sqlite3_close(db);
     return ANA_ERR_IO;
@@ -227,9 +228,10 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
   }
   for (int v = have + 1; v <= MIGRATION_COUNT; v++) {
     char record[128];
-    snprintf(record, sizeof record,
-             "INSERT INTO schema_migrations VALUES (%d, CAST(strftime('%%s','now') AS INTEGER) * 1000)",
-             v);
+    snprintf(
+        record, sizeof record,
+        "INSERT INTO schema_migrations VALUES (%d, CAST(strftime('%%s','now') AS INTEGER) * 1000)",
+        v);
     if (exec(db, "BEGIN IMMEDIATE", err) < 0)
       return ANA_ERR_IO;
     if (exec(db, migrations[v - 1], err) < 0 || exec(db, record, err) < 0) {
@@ -303,8 +305,7 @@ static bool checkpoint_once(struct ana_local_db *db, int *log) {
  * snapshot the last checkpoint copied whole. Called with checkpoint_mu
  * held. */
 static void catch_up(struct ana_local_db *db, int log) {
-  for (int pass = 0; pass < CATCH_UP_PASSES && db->wal_pages - log > CATCH_UP_HELD_PAGES;
-       pass++) {
+  for (int pass = 0; pass < CATCH_UP_PASSES && db->wal_pages - log > CATCH_UP_HELD_PAGES; pass++) {
     bool whole = checkpoint_once(db, &log);
     db->checkpoints++;
     if (!whole || db->wal_pages <= log)
@@ -423,8 +424,7 @@ fail:
  * the next start replays the WAL, as after a crash. */
 static void leave_wal_for_next_start(sqlite3 *w) {
   int log = 0, copied = 0;
-  if (sqlite3_wal_checkpoint_v2(w, NULL, SQLITE_CHECKPOINT_RESTART, &log, &copied) !=
-          SQLITE_OK ||
+  if (sqlite3_wal_checkpoint_v2(w, NULL, SQLITE_CHECKPOINT_RESTART, &log, &copied) != SQLITE_OK ||
       log != copied)
     return;
   sqlite3_stmt *st = NULL;
@@ -485,9 +485,13 @@ int ana_local_db_search_index_wait_ms(struct ana_local_db *db) {
   return atomic_load(&db->search_index_wait_ms);
 }
 
-const char *ana_local_db_path(const struct ana_local_db *db) { return db->path; }
+const char *ana_local_db_path(const struct ana_local_db *db) {
+  return db->path;
+}
 
-int ana_local_db_schema_version(struct ana_local_db *db) { return schema_version(db->writer); }
+int ana_local_db_schema_version(struct ana_local_db *db) {
+  return schema_version(db->writer);
+}
 
 void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
   int i = 0;
@@ -577,7 +581,9 @@ void ana_local_db_rollback(struct ana_local_db *db) {
   writer_txn_ended(db);
 }
 
-void *ana_local_db_writer(struct ana_local_db *db) { return db->writer; }
+void *ana_local_db_writer(struct ana_local_db *db) {
+  return db->writer;
+}
 
 void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   sqlite3 *conn = NULL;

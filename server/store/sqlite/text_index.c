@@ -44,7 +44,7 @@
 #define BUSY_TIMEOUT_MS 10000
 
 struct ana_text_index {
-  sqlite3 *conn; /* the index, with the events attached as `ev` */
+  sqlite3 *conn;           /* the index, with the events attached as `ev` */
   pthread_mutex_t conn_mu; /* one user of conn at a time */
   sqlite3_stmt *select_new, *insert, *set_progress, *remove;
 
@@ -94,7 +94,7 @@ char *ana_text_index_path(const char *events_db_path) {
   /* analytics.db -> analytics-text.db */
   size_t n = strlen(events_db_path);
   const char *dot = n > 3 && strcmp(events_db_path + n - 3, ".db") == 0 ? events_db_path + n - 3
-                                                                         : events_db_path + n;
+                                                                        : events_db_path + n;
   size_t stem = (size_t)(dot - events_db_path);
   char *p = ana_malloc(stem + sizeof "-text.db");
   if (p) {
@@ -279,8 +279,7 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
 }
 
 /* Opens the connection, creates the schema and prepares the statements. */
-static int open_conn(struct ana_text_index *ti, const char *events_db_path,
-                     struct ana_error *err) {
+static int open_conn(struct ana_text_index *ti, const char *events_db_path, struct ana_error *err) {
   char *path = ana_text_index_path(events_db_path);
   if (!path)
     return fail(NULL, "cannot open", err);
@@ -311,8 +310,8 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path,
       0) {
     ANA_WARN("store", "search index in the earlier format (with its own copy of the text): "
                       "rebuilding it");
-    if (exec(ti->conn, "BEGIN; DROP TABLE events_fts; DROP TABLE IF EXISTS progress; COMMIT",
-             err) < 0 ||
+    if (exec(ti->conn, "BEGIN; DROP TABLE events_fts; DROP TABLE IF EXISTS progress; COMMIT", err) <
+            0 ||
         exec(ti->conn, "VACUUM", err) < 0)
       return ANA_ERR_IO;
   }
@@ -337,9 +336,9 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path,
     indexed = 0;
   }
   ti->indexed_seq = (uint64_t)indexed;
-  if (sqlite3_prepare_v3(ti->conn,
-                         "SELECT seq, search_text FROM ev.events WHERE seq > ? ORDER BY seq LIMIT ?",
-                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v3(
+          ti->conn, "SELECT seq, search_text FROM ev.events WHERE seq > ? ORDER BY seq LIMIT ?", -1,
+          SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "UPDATE progress SET indexed_seq = ?", -1,

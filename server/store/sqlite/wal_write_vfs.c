@@ -26,7 +26,7 @@
 struct wal_file {
   sqlite3_file base; /* pMethods = &wal_methods */
   sqlite3_file *real;
-  unsigned char *buf; /* allocated on the first write */
+  unsigned char *buf;  /* allocated on the first write */
   sqlite3_int64 start; /* file offset of buf[0] */
   int len;
   bool commit_frame; /* the last header gathered ends a commit */
