@@ -16,9 +16,9 @@ BUILD_PACKAGES="build-essential cmake pkg-config git
   libsqlite3-dev libjansson-dev libwebsockets-dev libicu-dev"
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
-# chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
+# clang-format checks the house formatting (`make format-check`). chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
 # playwright-core from npm drives Debian's chromium; no browser download).
-TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev
+TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev clang-format
   python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
   sqlite3 procps libcurl4-openssl-dev curl python3-websockets
   chromium nodejs npm"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs the test suite in stages and prints how long each took.
 #   scripts/test.sh all          everything `make test` runs
-#   scripts/test.sh STAGE...     deps build unit deploy integration asan fuzz
+#   scripts/test.sh STAGE...     deps format build unit deploy integration asan fuzz
 # Environment: BUILD (default build), FUZZ_SECONDS (default 20 per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,9 @@ configure_and_build() {
 }
 
 do_deps() { ./scripts/install-deps.sh test; }
+
+# The house formatting (.clang-format): `make format` applies it.
+do_format() { make --no-print-directory format-check; }
 
 do_build() {
   mkdir -p "$BUILD"
@@ -79,6 +82,7 @@ do_fuzz() {
 run_stage() {
   case "$1" in
     deps) stage deps do_deps ;;
+    format) stage format do_format ;;
     build) stage build do_build ;;
     unit) stage unit do_unit ;;
     deploy) stage deploy do_deploy ;;
@@ -90,7 +94,7 @@ run_stage() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = all ]; then
-  set -- deps build unit deploy integration asan fuzz
+  set -- deps format build unit deploy integration asan fuzz
 elif [ "$1" = unit ] || [ "$1" = integration ]; then
   set -- deps build "$@"
 fi
