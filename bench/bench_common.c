@@ -358,37 +358,24 @@ static void *stream_client(void *arg) {
 }
 
 void bench_call_log_free(struct bench_call_log *log) {
-  free(log->sent_s);
-  free(log->ms);
+  free(log->calls);
   *log = (struct bench_call_log){0};
 }
 
-struct logged_call {
-  double sent_s, ms;
-};
-
 static int by_send_time(const void *a, const void *b) {
-  double x = ((const struct logged_call *)a)->sent_s, y = ((const struct logged_call *)b)->sent_s;
+  double x = ((const struct bench_call *)a)->sent_s, y = ((const struct bench_call *)b)->sent_s;
   return (x > y) - (x < y);
 }
 
 /* Merges the clients' calls into log, in send order. */
 static void fill_call_log(struct bench_call_log *log, const struct client *clients, int n,
                           size_t n_lat) {
-  struct logged_call *all = malloc((n_lat ? n_lat : 1) * sizeof *all);
-  size_t k = 0;
+  log->calls = malloc((n_lat ? n_lat : 1) * sizeof *log->calls);
+  log->n = 0;
   for (int i = 0; i < n; i++)
     for (size_t j = 0; j < clients[i].n_lat; j++)
-      all[k++] = (struct logged_call){clients[i].sent[j], clients[i].lat[j]};
-  qsort(all, n_lat, sizeof *all, by_send_time);
-  log->sent_s = malloc((n_lat ? n_lat : 1) * sizeof *log->sent_s);
-  log->ms = malloc((n_lat ? n_lat : 1) * sizeof *log->ms);
-  for (size_t i = 0; i < n_lat; i++) {
-    log->sent_s[i] = all[i].sent_s;
-    log->ms[i] = all[i].ms;
-  }
-  log->n = n_lat;
-  free(all);
+      log->calls[log->n++] = (struct bench_call){clients[i].sent[j], clients[i].lat[j]};
+  qsort(log->calls, log->n, sizeof *log->calls, by_send_time);
 }
 
 double bench_grpc_ingest_rate(struct ana_client_channel *channel,

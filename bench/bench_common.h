@@ -57,10 +57,15 @@ void bench_proc_stop(struct bench_proc *p);
  * ana_client_channel_destroy. NULL on failure. */
 struct ana_client_channel *bench_channel_create(const struct bench_proc *server);
 
-/* Every unary call of a run: when it was sent (bench_now_s) and how long it
- * took (ms), ordered by send time. Freed with bench_call_log_free. */
+/* One unary call: when it was sent (bench_now_s) and how long it took. */
+struct bench_call {
+  double sent_s, ms;
+};
+
+/* Every unary call of a run, ordered by send time. Freed with
+ * bench_call_log_free. */
 struct bench_call_log {
-  double *sent_s, *ms;
+  struct bench_call *calls;
   size_t n;
 };
 

@@ -367,16 +367,17 @@ static double slow_in_bursts(const struct bench_call_log *log, double p99) {
   size_t slow = 0, in_bursts = 0, run = 0;
   double last_sent = -1;
   for (size_t i = 0; i < log->n; i++) {
-    if (log->ms[i] < p99)
+    const struct bench_call *c = &log->calls[i];
+    if (c->ms < p99)
       continue;
     slow++;
-    if (run > 0 && log->sent_s[i] - last_sent > BURST_GAP_S) {
+    if (run > 0 && c->sent_s - last_sent > BURST_GAP_S) {
       if (run >= BURST_MIN_CALLS)
         in_bursts += run;
       run = 0;
     }
     run++;
-    last_sent = log->sent_s[i];
+    last_sent = c->sent_s;
   }
   if (run >= BURST_MIN_CALLS)
     in_bursts += run;

@@ -178,16 +178,22 @@ static struct hits search(struct ana_event_query q) {
   return h;
 }
 
-/* Entries for a word in the free-text index file itself (a search would
- * also drop entries whose event is gone, so it cannot tell). */
-static int text_index_entries(const char *word) {
+/* The free-text index file, read-only, to look into it directly. */
+static sqlite3 *open_text_index(void) {
   char path[128];
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
   sqlite3 *conn = NULL;
+  sqlite3_open_v2(path, &conn, SQLITE_OPEN_READONLY, NULL);
+  return conn;
+}
+
+/* Entries for a word in the free-text index file itself (a search would
+ * also drop entries whose event is gone, so it cannot tell). */
+static int text_index_entries(const char *word) {
+  sqlite3 *conn = open_text_index();
   sqlite3_stmt *st = NULL;
   int n = -1;
-  if (sqlite3_open_v2(path, &conn, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-      sqlite3_prepare_v2(conn, "SELECT count(*) FROM events_fts WHERE events_fts MATCH ?", -1, &st,
+  if (sqlite3_prepare_v2(conn, "SELECT count(*) FROM events_fts WHERE events_fts MATCH ?", -1, &st,
                          NULL) == SQLITE_OK) {
     sqlite3_bind_text(st, 1, word, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW)
@@ -202,13 +208,10 @@ static int text_index_entries(const char *word) {
  * record. Removing an entry twice would count it off twice, though every
  * search and FTS5's integrity check look the same afterwards. */
 static int text_index_documents(void) {
-  char path[128];
-  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
-  sqlite3 *conn = NULL;
+  sqlite3 *conn = open_text_index();
   sqlite3_stmt *st = NULL;
   int n = -1;
-  if (sqlite3_open_v2(path, &conn, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-      sqlite3_prepare_v2(conn, "SELECT block FROM events_fts_data WHERE id = 1", -1, &st, NULL) ==
+  if (sqlite3_prepare_v2(conn, "SELECT block FROM events_fts_data WHERE id = 1", -1, &st, NULL) ==
           SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) > 0) {
     const unsigned char *b = sqlite3_column_blob(st, 0);
@@ -218,6 +221,16 @@ static int text_index_documents(void) {
   sqlite3_finalize(st);
   sqlite3_close(conn);
   return n;
+}
+
+/* The first column of the first row of sql on conn (which must give one). */
+static int query_int(sqlite3 *conn, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(conn, sql, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  int v = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return v;
 }
 
 static void close_store(void) {
@@ -505,15 +518,8 @@ static void text_index_of_the_first_format_is_rebuilt_contentless(void **state) 
   assert_int_equal(text_index_entries("stale"), 0);
   assert_int_equal(text_index_entries("durable"), 3);
   assert_int_equal(sqlite3_open_v2(path, &conn, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-  sqlite3_stmt *st = NULL;
-  assert_int_equal(sqlite3_prepare_v2(conn,
-                                      "SELECT count(*) FROM sqlite_master WHERE name ="
-                                      " 'events_fts_content'",
-                                      -1, &st, NULL),
-                   SQLITE_OK);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  assert_int_equal(sqlite3_column_int(st, 0), 0);
-  sqlite3_finalize(st);
+  assert_int_equal(
+      query_int(conn, "SELECT count(*) FROM sqlite_master WHERE name = 'events_fts_content'"), 0);
   sqlite3_close(conn);
 }
 
@@ -580,16 +586,9 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
 
   open_store();
   assert_int_equal(ana_local_db_schema_version(db), 4);
-  sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *st = NULL;
-  assert_int_equal(sqlite3_prepare_v2(w,
-                                      "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
-                                      " 'events_fts%'",
-                                      -1, &st, NULL),
-                   SQLITE_OK);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  assert_int_equal(sqlite3_column_int(st, 0), 0);
-  sqlite3_finalize(st);
+  assert_int_equal(query_int(ana_local_db_writer(db),
+                             "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
+                   0);
   struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "upgraded"});
   assert_int_equal(h.n, 2);
 }
@@ -646,11 +645,7 @@ static int wal_frames_to_replay(const char *db_path) {
   int log = -1, copied = -1, persist = 1;
   assert_int_equal(sqlite3_open_v2(db_path, &c, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
   sqlite3_file_control(c, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
-  sqlite3_stmt *st = NULL;
-  assert_int_equal(sqlite3_prepare_v2(c, "SELECT count(*) FROM events", -1, &st, NULL),
-                   SQLITE_OK); /* a read runs recovery */
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  sqlite3_finalize(st);
+  query_int(c, "SELECT count(*) FROM events"); /* a read runs recovery */
   assert_int_equal(sqlite3_wal_checkpoint_v2(c, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied),
                    SQLITE_OK);
   sqlite3_close(c);
