@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs the test suite in stages and prints how long each took.
 #   scripts/test.sh all          everything `make test` runs
-#   scripts/test.sh STAGE...     deps format build unit deploy integration asan fuzz
+#   scripts/test.sh STAGE...     deps format build unit deploy integration adversarial asan fuzz
 # Environment: BUILD (default build), FUZZ_SECONDS (default 20 per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +50,9 @@ do_deploy() { $PYTHON tests/deploy/test_manifests.py "$ROOT"; }
 
 do_integration() { tests/integration/run.sh "$ROOT/$BUILD"; }
 
+# Attacks over the real sockets (tests/adversarial/): the server must survive each.
+do_adversarial() { $PYTHON tests/adversarial/run_all.py --binary "$BUILD/server/analyticsd"; }
+
 do_asan() {
   mkdir -p build-asan
   configure_and_build build-asan -DCMAKE_BUILD_TYPE=Debug -DANA_SANITIZE=ON
@@ -87,6 +90,7 @@ run_stage() {
     unit) stage unit do_unit ;;
     deploy) stage deploy do_deploy ;;
     integration) stage integration do_integration ;;
+    adversarial) stage adversarial do_adversarial ;;
     asan) stage asan do_asan ;;
     fuzz) stage fuzz do_fuzz ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
@@ -94,8 +98,8 @@ run_stage() {
 }
 
 if [ $# -eq 0 ] || [ "$1" = all ]; then
-  set -- deps format build unit deploy integration asan fuzz
-elif [ "$1" = unit ] || [ "$1" = integration ]; then
+  set -- deps format build unit deploy integration adversarial asan fuzz
+elif [ "$1" = unit ] || [ "$1" = integration ] || [ "$1" = adversarial ]; then
   set -- deps build "$@"
 fi
 
