@@ -91,7 +91,8 @@ static void answer(struct lws *wsi, struct rb_conn *conn) {
   conn->state = RB_CONN_WRITING;
   conn->headers_sent = false;
   conn->body_off = 0;
-  lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
+  /* No LWS_SET_TIMER_USEC_CANCEL: lws 4.1 fires the timer at once on it. A
+   * deadline timer still pending finds the connection no longer WAITING. */
   lws_callback_on_writable(wsi);
 }
 
@@ -143,6 +144,14 @@ void rb_http_on_deadline(struct rb_conn *conn) {
   struct rb_call *c = conn->call;
   if (!c || conn->state != RB_CONN_WAITING)
     return;
+  int64_t left = c->base.deadline_mono_ms == INT64_MAX
+                     ? INT64_MAX
+                     : c->base.deadline_mono_ms - ana_call_now_mono_ms();
+  if (left > 0) { /* a timer of an earlier request, or the framer's retry */
+    if (left != INT64_MAX)
+      lws_set_timer_usecs(c->wsi, left * 1000);
+    return;
+  }
   struct ana_error st;
   ana_error_set(&st, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
   rb_http_answer_error(c->wsi, conn, &st, false);
