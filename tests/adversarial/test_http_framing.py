@@ -13,7 +13,7 @@ import time
 from adversary import AttackTestCase, raw_http, status_codes
 
 HEAD = "POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-CLTE = HEAD + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+CLTE = HEAD + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
 
 
 def close_wait_count(port):
