@@ -42,20 +42,22 @@ static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end, u
   return NULL;
 }
 
-/* The wire type a scalar of type t travels with (LEN also for packed ones). */
+/* The wire type a field of type t travels with (LEN also for packed ones),
+ * indexed by ProtobufCType. */
+static const uint8_t wire_types[] = {
+    [PROTOBUF_C_TYPE_INT32] = WT_VARINT,  [PROTOBUF_C_TYPE_SINT32] = WT_VARINT,
+    [PROTOBUF_C_TYPE_SFIXED32] = WT_I32,  [PROTOBUF_C_TYPE_INT64] = WT_VARINT,
+    [PROTOBUF_C_TYPE_SINT64] = WT_VARINT, [PROTOBUF_C_TYPE_SFIXED64] = WT_I64,
+    [PROTOBUF_C_TYPE_UINT32] = WT_VARINT, [PROTOBUF_C_TYPE_FIXED32] = WT_I32,
+    [PROTOBUF_C_TYPE_UINT64] = WT_VARINT, [PROTOBUF_C_TYPE_FIXED64] = WT_I64,
+    [PROTOBUF_C_TYPE_FLOAT] = WT_I32,     [PROTOBUF_C_TYPE_DOUBLE] = WT_I64,
+    [PROTOBUF_C_TYPE_BOOL] = WT_VARINT,   [PROTOBUF_C_TYPE_ENUM] = WT_VARINT,
+    [PROTOBUF_C_TYPE_STRING] = WT_LEN,    [PROTOBUF_C_TYPE_BYTES] = WT_LEN,
+    [PROTOBUF_C_TYPE_MESSAGE] = WT_LEN,
+};
+
 static inline int wire_type_of(ProtobufCType t) {
-  switch (t) {
-  case PROTOBUF_C_TYPE_SFIXED64:
-  case PROTOBUF_C_TYPE_FIXED64:
-  case PROTOBUF_C_TYPE_DOUBLE: return WT_I64;
-  case PROTOBUF_C_TYPE_SFIXED32:
-  case PROTOBUF_C_TYPE_FIXED32:
-  case PROTOBUF_C_TYPE_FLOAT: return WT_I32;
-  case PROTOBUF_C_TYPE_STRING:
-  case PROTOBUF_C_TYPE_BYTES:
-  case PROTOBUF_C_TYPE_MESSAGE: return WT_LEN;
-  default: return WT_VARINT;
-  }
+  return (unsigned)t < sizeof wire_types ? wire_types[t] : WT_VARINT;
 }
 
 /* Field `num` of d, trying the last field seen and the next one first
@@ -69,10 +71,25 @@ static inline const ProtobufCFieldDescriptor *field_of(const ProtobufCMessageDes
     *hint = h + 1;
     return &d->fields[h + 1];
   }
+  if (num - 1 < d->n_fields && d->fields[num - 1].id == num) { /* numbered 1, 2, 3, ... */
+    *hint = num - 1;
+    return &d->fields[num - 1];
+  }
   const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, num);
   if (f)
     *hint = (unsigned)(f - d->fields);
   return f;
+}
+
+/* Whether n bytes at p hold a 0; most strings are short, and a loop beats
+ * a call for them. */
+static inline bool has_nul(const uint8_t *p, size_t n) {
+  if (n > 32)
+    return memchr(p, 0, n) != NULL;
+  uint8_t all = 0xff;
+  for (size_t i = 0; i < n; i++)
+    all &= (uint8_t)(p[i] ? 0xff : 0);
+  return all == 0 && n > 0;
 }
 
 /* Packed repeated scalars: whole elements only. */
@@ -261,7 +278,7 @@ static void put_element(struct path *pa, const struct frame *parent,
 static int report(struct ana_proto_violation *v, const struct frame *fs, int top,
                   const ProtobufCFieldDescriptor *fd, const uint8_t *ftag, const uint8_t *vstart,
                   const uint8_t *vend, enum ana_proto_problem problem, const char *fmt, ...)
-    __attribute__((format(printf, 9, 10)));
+    __attribute__((format(printf, 9, 10), cold, noinline));
 static int report(struct ana_proto_violation *v, const struct frame *fs, int top,
                   const ProtobufCFieldDescriptor *fd, const uint8_t *ftag, const uint8_t *vstart,
                   const uint8_t *vend, enum ana_proto_problem problem, const char *fmt, ...) {
@@ -311,15 +328,18 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
   fs[0] = (struct frame){.start = data, .end = data + len, .tag = data, .desc = desc};
   const uint8_t *p = data;
   const uint8_t *end = fs[0].end;
+  const ProtobufCMessageDescriptor *d = desc; /* fs[top]'s, kept in registers */
+  unsigned hint = 0;
   for (;;) {
     if (p == end) {
       if (top == 0)
         return 0;
       top--;
       end = fs[top].end;
+      d = fs[top].desc;
+      hint = fs[top].hint;
       continue;
     }
-    struct frame *f = &fs[top];
     const uint8_t *ftag = p;
     uint64_t tag;
     if (*p < 0x80) {
@@ -335,7 +355,7 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
     if (num == 0 || num > 536870911)
       return report(v, fs, top, NULL, NULL, NULL, NULL, ANA_PROTO_MALFORMED,
                     "has a field numbered %llu, which is invalid", (unsigned long long)num);
-    const ProtobufCFieldDescriptor *fd = field_of(f->desc, (uint32_t)num, &f->hint);
+    const ProtobufCFieldDescriptor *fd = field_of(d, (uint32_t)num, &hint);
     uint64_t x = 0;
     switch (wt) {
     case WT_VARINT:
@@ -384,13 +404,18 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
         if (top >= max_depth)
           return report(v, fs, top, fd, ftag, p, vend, ANA_PROTO_TOO_DEEP,
                         "nests messages more than %d levels deep", max_depth);
+        fs[top].hint = hint;
         top++;
-        fs[top] =
-            (struct frame){.start = p, .end = vend, .tag = ftag, .desc = fd->descriptor, .via = fd};
-        end = vend;
+        d = fd->descriptor;
+        hint = 0;
+        fs[top].start = p;
+        fs[top].end = end = vend;
+        fs[top].tag = ftag;
+        fs[top].desc = d;
+        fs[top].via = fd;
         continue;
       case PROTOBUF_C_TYPE_STRING:
-        if (x && memchr(p, 0, (size_t)x))
+        if (has_nul(p, (size_t)x))
           return report(v, fs, top, fd, ftag, p, vend, ANA_PROTO_NUL, "contains a NUL byte");
         break;
       case PROTOBUF_C_TYPE_BYTES: break;
