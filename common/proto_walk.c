@@ -158,7 +158,7 @@ static void put_key(struct path *pa, const uint8_t *k, size_t n) {
   tmp[o++] = '[';
   tmp[o++] = '"';
   for (size_t i = 0; i < n; i++) {
-    if (o + 10 > sizeof tmp) {
+    if (o + 6 + 3 + 2 > sizeof tmp) { /* an escape, "...", the closing "] */
       memcpy(tmp + o, "...", 3);
       o += 3;
       break;
@@ -238,7 +238,7 @@ static void put_entry_key(struct path *pa, const ProtobufCMessageDescriptor *ent
     if (!p)
       break;
     p = skip_value(p, end, (int)(tag & 7), &val, &vlen);
-    if (p && (tag >> 3) == 1) {
+    if (p && (tag >> 3) == 1 && ((tag & 7) == WT_LEN) == is_string) {
       key = val;
       klen = vlen;
       kint = vlen;
