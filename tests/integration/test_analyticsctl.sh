@@ -166,7 +166,7 @@ either "reports generate" ctl reports generate --template campaign_performance -
   --param campaignId=123 --name ctl
 either "reports list" ctl reports list
 either "reports status" ctl reports status no-such-report
-either "reports download" ctl reports download no-such-report -o "$TMP/report.bin"
+either "reports download" ctl reports download no-such-report --file "$TMP/report.bin"
 either "alerts create" ctl alerts create --name "High Error Rate" --metric error_rate \
   --condition greater_than --threshold 5 --severity critical --channel email --channel slack
 either "alerts list" ctl alerts list
