@@ -218,7 +218,14 @@ void cli_print(const json_t *doc, const struct cli_view *view) {
     return;
   }
   rows = rows_of(doc, view, &key);
-  if (!rows) {
+  if (!rows && view && view->rows && !json_object_get(doc, view->rows)) {
+    /* An empty list: proto3 JSON leaves the member out. */
+    printf("(no %s)\n", view->rows);
+    if (json_object_size(doc)) {
+      putchar('\n');
+      print_pairs(doc, NULL);
+    }
+  } else if (!rows) {
     print_pairs(doc, view && view->rows ? view->rows : NULL);
   } else {
     if (json_array_size(rows))
