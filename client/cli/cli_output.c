@@ -173,11 +173,15 @@ static void print_table(const json_t *rows, const char *const *columns) {
   }
   putchar('\n');
   for (size_t r = 0; r < nrows; r++) {
+    size_t pending = 0; /* spaces owed; dropped at the end of the line */
     for (size_t c = 0; c < ncols; c++) {
       const char *t = cells[r * ncols + c] ? cells[r * ncols + c] : "";
-      fputs(t, stdout);
-      if (c + 1 < ncols)
-        pad(width[c] - columns_of(t) + 2);
+      if (*t) {
+        pad(pending);
+        fputs(t, stdout);
+        pending = 0;
+      }
+      pending += width[c] - columns_of(t) + 2;
     }
     putchar('\n');
   }

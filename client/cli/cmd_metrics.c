@@ -2,6 +2,7 @@
  * delete) and a metric's data. */
 #include "cli.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -145,6 +146,68 @@ static int metrics_page(analytics_client_t *c, const struct cli_args *a, int32_t
   return analytics_list_metrics(c, page_size, token, json, err);
 }
 
+/* "k=v,k2=v2" of a series' dimensions (a new string; "" for none). */
+static json_t *dims_label(const json_t *dims) {
+  char buf[512] = "";
+  size_t len = 0;
+  const char *k;
+  json_t *v;
+
+  json_object_foreach((json_t *)dims, k, v) {
+    int n = snprintf(buf + len, sizeof buf - len, "%s%s=%s", len ? "," : "", k,
+                     json_is_string(v) ? json_string_value(v) : "?");
+    if (n < 0 || (size_t)n >= sizeof buf - len)
+      break;
+    len += (size_t)n;
+  }
+  return json_string(buf);
+}
+
+/* GetMetricData with req (stolen). As a table: one row per bucket (series,
+ * start, value, rate), then one per series (summary, total, change). */
+static int data_call(analytics_client_t *c, json_t *req) {
+  static const char *const point_cols[] = {"series", "start", "value", "rate", NULL};
+  static const char *const series_cols[] = {"series", "summary", "total", "change", NULL};
+  static const struct cli_view points_view = {"buckets", point_cols};
+  static const struct cli_view series_view = {"series", series_cols};
+  char *text = json_dumps(req, JSON_COMPACT), *json = NULL;
+  json_t *doc, *points, *series, *s, *b, *row;
+  analytics_error_t err;
+  size_t i, j;
+  int rc;
+
+  json_decref(req);
+  rc = analytics_call(c, "/analytics.v1.MetricService/GetMetricData", text, &json, &err);
+  free(text);
+  if (rc < 0 || cli_format == CLI_FORMAT_JSON || !(doc = json_loads(json, 0, NULL)))
+    return cli_finish(rc, json, &err, NULL);
+  analytics_free(json);
+  points = json_pack("{s[]}", "buckets");
+  series = json_pack("{s[]}", "series");
+  json_array_foreach(json_object_get(doc, "series"), i, s) {
+    json_t *label = dims_label(json_object_get(s, "dimensions"));
+    json_array_foreach(json_object_get(s, "buckets"), j, b) {
+      row = json_deep_copy(b);
+      json_object_set(row, "series", label);
+      json_array_append_new(json_object_get(points, "buckets"), row);
+    }
+    row = json_deep_copy(s);
+    json_object_set(row, "series", label);
+    json_array_append_new(json_object_get(series, "series"), row);
+    json_decref(label);
+  }
+  json_object_del(doc, "series");
+  cli_print(points, &points_view);
+  putchar('\n');
+  cli_print(series, &series_view);
+  putchar('\n');
+  cli_print(doc, NULL);
+  json_decref(points);
+  json_decref(series);
+  json_decref(doc);
+  return 0;
+}
+
 static int data(analytics_client_t *c, const struct cli_args *a) {
   static const char *const ok[] = {
       "from", "to", "interval", "time-zone", "top-n", "dimension-filter", NULL};
@@ -186,7 +249,7 @@ static int data(analytics_client_t *c, const struct cli_args *a) {
     }
     json_object_set_new(req, "dimensionFilter", dimf);
   }
-  return cli_call_json(c, "/analytics.v1.MetricService/GetMetricData", req, NULL);
+  return data_call(c, req);
 }
 
 static int run(analytics_client_t *c, const struct cli_args *a) {

@@ -120,6 +120,22 @@ class TableOnATerminal(unittest.TestCase):
         self.assertRegex(rows[0], r"^METRICID\s+NAME\s+TYPE\s+FORMULA")
         self.assertTrue(any(name in r for r in rows[1:]), out)
 
+    def test_metric_data_is_a_row_per_bucket(self):
+        rc, out, err = run(["metrics", "create", "--name", "tty data " + RUN,
+                            "--formula", "count(%s_tbl)" % RUN, "--type", "counter",
+                            "--aggregation", "sum", "--dimension", "campaignId"],
+                           out_tty=False)
+        self.assertEqual(rc, 0, err)
+        metric_id = json.loads(out)["metricId"]
+        rc, out, err = run(["metrics", "data", metric_id, "--from", "-1h", "--interval", "5m"])
+        self.assertEqual(rc, 0, err)
+        rows = lines_of(out)
+        self.assertRegex(rows[0], r"^SERIES\s+START\s+VALUE\s+RATE$")
+        self.assertTrue(any(re.match(r"campaignId=tbl\s+\S+Z\s+1(\s|$)", r) for r in rows),
+                        out)
+        self.assertTrue(any(re.match(r"^SERIES\s+SUMMARY\s+TOTAL", r) for r in rows), out)
+        self.assertTrue(all(r == r.rstrip() for r in out.split("\n")), "trailing blanks")
+
     def test_dash_o_json_on_a_terminal(self):
         rc, out, err = run(["-o", "json", "search", "--name", RUN + "_tbl"])
         self.assertEqual(rc, 0, err)
