@@ -307,6 +307,7 @@ int main(int argc, char **argv) {
       .port = cfg.grpc_port,
       .threads = cfg.grpc_threads,
       .max_message_bytes = cfg.grpc_max_message_bytes,
+      .proto_max_depth = cfg.proto_max_depth,
       .send_queue_max = cfg.stream_send_queue_max,
       .max_concurrent_streams = cfg.grpc_max_concurrent_streams,
       .max_metadata_bytes = cfg.grpc_max_metadata_bytes,

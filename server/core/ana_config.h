@@ -54,6 +54,7 @@ struct ana_config {
   int grpc_max_concurrent_streams; /* per connection */
   int grpc_max_metadata_bytes;
   int grpc_streams_per_peer; /* open server-streaming calls per client IP */
+  int proto_max_depth;       /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
   int grpc_threads;          /* 0 = one per CPU */
   int stream_send_queue_max;
   /* Ingestion limits and policies. */
