@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct ana_restbridge;
 struct ana_call;
@@ -78,6 +79,12 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
 
 /* The port actually bound (useful with port 0). */
 int ana_restbridge_port(const struct ana_restbridge *b);
+
+/* When the service thread last finished a loop turn (CLOCK_MONOTONIC ms, as
+ * ana_call_now_mono_ms; 0 before it started). It turns at least once a
+ * second even when idle, so a value more than a few seconds old means the
+ * thread is stuck. Thread-safe (one atomic load). */
+int64_t ana_restbridge_last_loop_ms(const struct ana_restbridge *b);
 
 /* Stops serving: new requests get 503, WebSockets are closed with 1001
  * (their calls cancelled), in-flight REST calls may finish for up to

@@ -153,6 +153,10 @@ struct ana_restbridge {
 
   atomic_bool shutting_down;
   atomic_bool stop;
+  /* The service loop's last turn (monotonic ms; 0 before it started) and
+   * the timer that wakes it when idle (server.c). */
+  _Atomic int64_t last_loop_ms;
+  lws_sorted_usec_list_t heartbeat_sul;
   bool shutdown_handled;       /* lws thread: WebSockets were told to close */
   atomic_bool cancel_inflight; /* grace is over: answer what is left with 503 */
 

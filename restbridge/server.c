@@ -205,12 +205,28 @@ static void lws_log_emit(int level, const char *line) {
     ANA_WARN(RB_COMPONENT, "lws: %s", msg);
 }
 
+/* Wakes an idle service loop once a second, so its heartbeat goes on. */
+#define HEARTBEAT_US LWS_US_PER_SEC
+
+static void heartbeat_tick(lws_sorted_usec_list_t *sul) {
+  struct ana_restbridge *b = lws_container_of(sul, struct ana_restbridge, heartbeat_sul);
+  lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
+}
+
 static void *service_thread(void *arg) {
   struct ana_restbridge *b = arg;
-  while (!atomic_load(&b->stop))
+  atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
+  lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
+  while (!atomic_load(&b->stop)) {
     if (lws_service(b->ctx, 0) < 0)
       break;
+    atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
+  }
   return NULL;
+}
+
+int64_t ana_restbridge_last_loop_ms(const struct ana_restbridge *b) {
+  return atomic_load(&((struct ana_restbridge *)b)->last_loop_ms);
 }
 
 struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options *o,

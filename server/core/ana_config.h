@@ -41,16 +41,21 @@ struct ana_config {
   int realtime_slow_consumer_ms;      /* REALTIME_SLOW_CONSUMER_MS */
   int metric_stream_interval_ms;      /* METRIC_STREAM_INTERVAL: 0 = every commit */
   int metric_stream_history;          /* METRIC_STREAM_HISTORY: closed buckets kept per stream */
+  int metric_streams_per_peer;        /* METRIC_STREAMS_PER_PEER */
   int rollup_cache_mb;                /* ROLLUP_CACHE_MB: 0 = no rollup cells in memory */
   int wal_checkpoint_mb;              /* WAL_CHECKPOINT_MB */
+  int store_min_free_mb;              /* STORE_MIN_FREE_MB: 0 = no check */
 
   enum ana_log_level log_level;
   int shutdown_grace_ms;
   char *default_account_id;
 
   long grpc_max_message_bytes;
-  int proto_max_depth; /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
-  int grpc_threads;    /* 0 = one per CPU */
+  int grpc_max_concurrent_streams; /* per connection */
+  int grpc_max_metadata_bytes;
+  int grpc_streams_per_peer; /* open server-streaming calls per client IP */
+  int proto_max_depth;       /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
+  int grpc_threads;          /* 0 = one per CPU */
   int stream_send_queue_max;
   /* Ingestion limits and policies. */
   int event_max_bytes;

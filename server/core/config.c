@@ -248,6 +248,14 @@ static const struct var vars[] = {
      .help = "Closed buckets whose final values each live metric stream keeps in memory for "
              "clients that resume (afterSequence); older ones are recomputed from the events.",
      FIELD(metric_stream_history)},
+    {.name = "METRIC_STREAMS_PER_PEER",
+     .type = VAR_INT,
+     .def = "32",
+     .min = 1,
+     .max = 100000,
+     .help = "Live metric streams (StreamMetric, /ws/metrics/{id}) one client address may hold "
+             "open at once; further ones get RESOURCE_EXHAUSTED (a WebSocket closes with 1008).",
+     FIELD(metric_streams_per_peer)},
     {.name = "ROLLUP_CACHE_MB",
      .type = VAR_INT,
      .def = "256",
@@ -268,6 +276,15 @@ static const struct var vars[] = {
              "last few pages are copied, so that the WAL starts over). Fewer checkpoints "
              "disturb commits less often; the WAL file grows to about this size.",
      FIELD(wal_checkpoint_mb)},
+    {.name = "STORE_MIN_FREE_MB",
+     .type = VAR_INT,
+     .def = "16",
+     .min = 0,
+     .max = 1048576,
+     .help = "Free space, in MiB, DATA_DIR's filesystem must keep: below it (checked every "
+             "second) event writes answer UNAVAILABLE and readiness (gRPC health \"\", REST "
+             "/health) is NOT_SERVING / 503 while reads go on. 0 disables the check.",
+     FIELD(store_min_free_mb)},
     {.name = "STREAM_SEND_QUEUE_MAX",
      .type = VAR_INT,
      .def = "256",
@@ -399,6 +416,30 @@ static const struct var vars[] = {
              "requests, like string fields holding a NUL byte, get INVALID_ARGUMENT naming the "
              "field.",
      FIELD(proto_max_depth)},
+    {.name = "GRPC_MAX_CONCURRENT_STREAMS",
+     .type = VAR_INT,
+     .def = "100",
+     .min = 1,
+     .max = 100000,
+     .help = "Calls one gRPC connection may have open at once (HTTP/2 "
+             "SETTINGS_MAX_CONCURRENT_STREAMS); further ones wait at the client.",
+     FIELD(grpc_max_concurrent_streams)},
+    {.name = "GRPC_MAX_METADATA_BYTES",
+     .type = VAR_INT,
+     .def = "16384",
+     .min = 1024,
+     .max = 1048576,
+     .help = "Largest request metadata (headers) of a gRPC call, in bytes; a call with more is "
+             "refused (RESOURCE_EXHAUSTED).",
+     FIELD(grpc_max_metadata_bytes)},
+    {.name = "GRPC_STREAMS_PER_PEER",
+     .type = VAR_INT,
+     .def = "64",
+     .min = 1,
+     .max = 100000,
+     .help = "Server-streaming gRPC calls one client IP address may have open at once, over all "
+             "its connections; further ones get RESOURCE_EXHAUSTED.",
+     FIELD(grpc_streams_per_peer)},
     {.name = "GRPC_THREADS",
      .type = VAR_INT,
      .def = "0",

@@ -24,7 +24,8 @@
 #define MAX_PAGE 1000
 #define NAME_MAX_CHARS 128
 #define UNIT_MAX_CHARS 32
-#define MAX_VARIABLES 32
+/* Variables per metric: the formula engine's limit, documented in the README. */
+#define MAX_VARIABLES ANA_FORMULA_MAX_VARS
 #define DAY_MS 86400000LL
 
 static struct ana_metric_service_options opts;

@@ -38,6 +38,9 @@ static const char *const all_names[] = {
     "STREAM_SEND_QUEUE_MAX",
     "GRPC_MAX_MESSAGE_BYTES",
     "PROTO_MAX_DEPTH",
+    "GRPC_MAX_CONCURRENT_STREAMS",
+    "GRPC_MAX_METADATA_BYTES",
+    "GRPC_STREAMS_PER_PEER",
     "GRPC_THREADS",
     "SHUTDOWN_GRACE_MS",
     "DEFAULT_ACCOUNT_ID",
@@ -65,8 +68,10 @@ static const char *const all_names[] = {
     "REALTIME_SLOW_CONSUMER_MS",
     "METRIC_STREAM_INTERVAL",
     "METRIC_STREAM_HISTORY",
+    "METRIC_STREAMS_PER_PEER",
     "ROLLUP_CACHE_MB",
     "WAL_CHECKPOINT_MB",
+    "STORE_MIN_FREE_MB",
 };
 #define NAME_COUNT (sizeof all_names / sizeof all_names[0])
 
