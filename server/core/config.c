@@ -234,7 +234,7 @@ static const struct var vars[] = {
      FIELD(realtime_slow_consumer_ms)},
     {.name = "METRIC_STREAM_INTERVAL",
      .type = VAR_DURATION,
-     .def = "250",
+     .def = "10",
      .min = 0,
      .max = 60000,
      .help = "A live metric stream (StreamMetric, /ws/metrics/{id}) sends at most one update per "

@@ -210,6 +210,10 @@ static void test_defaults(void **state) {
   assert_int_equal(cfg.grpc_max_message_bytes, 4194304L);
   assert_int_equal(cfg.grpc_threads, 0);
   assert_int_equal(cfg.search_index_wait_ms, 5000);
+  /* A metric stream's coalescing is the largest part of its latency at
+   * default settings: it must leave room for the 50 ms real-time target
+   * (bench/realtime_latency_bench.py measures the whole path). */
+  assert_int_equal(cfg.metric_stream_interval_ms, 10);
   ana_config_fini(&cfg);
   assert_true(is_zeroed(&cfg));
 }
