@@ -15,7 +15,7 @@
 
 /* Freed bytes after which the trimming thread gives memory back, and how
  * often at most (malloc_trim walks every arena). */
-#define TRIM_AFTER_BYTES (1u << 20)
+#define TRIM_AFTER_BYTES (4u << 20)
 #define TRIM_EVERY_MS 1000
 
 struct rb_budget {

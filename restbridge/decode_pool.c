@@ -9,8 +9,17 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_prom.h"
 
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* Decoding is background work beside the lws thread's answers: at this
+ * niceness the scheduler lets the lws thread in first when they share a
+ * core (with two cores and two decoders busy, /health would otherwise wait
+ * for a time slice). */
+#define DECODER_NICE 10
 
 struct rb_decode_job {
   struct rb_decode_job *next;                /* the pool's queue (pool mu) */
@@ -38,6 +47,8 @@ struct rb_decode_pool {
   struct rb_decode_job *head, *tail; /* waiting to be decoded */
   struct rb_decode_job *all;         /* every job not dispatched */
   bool stop;
+  struct ana_prom_gauge pending;   /* handed over, not decoded yet */
+  struct ana_prom_counter decoded; /* bodies decoded */
   int n_threads;
   pthread_t threads[];
 };
@@ -59,11 +70,26 @@ static void decode(struct rb_decode_job *j) {
   rb_budget_body_release(bud, j->reserved);
   j->reserved = 0;
   atomic_store(&j->done, true);
+  ana_prom_gauge_add(&j->pool->pending, -1);
+  ana_prom_counter_add(&j->pool->decoded, 1);
   rb_call_wake(c);
+}
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct rb_decode_pool *p = ctx;
+  ana_prom_write_family(w, "ana_http_decode_pending", "gauge",
+                        "REST request bodies over 64 KiB waiting for or being decoded on the "
+                        "HTTP_DECODE_THREADS pool.");
+  ana_prom_write_i64(w, "ana_http_decode_pending", NULL, ana_prom_gauge_get(&p->pending));
+  ana_prom_write_family(w, "ana_http_decoded_total", "counter",
+                        "REST request bodies decoded on the HTTP_DECODE_THREADS pool.");
+  ana_prom_write_u64(w, "ana_http_decoded_total", NULL, ana_prom_counter_get(&p->decoded));
 }
 
 static void *worker(void *arg) {
   struct rb_decode_pool *p = arg;
+  /* Linux: the niceness of this thread only. Failing is harmless. */
+  (void)setpriority(PRIO_PROCESS, (id_t)gettid(), DECODER_NICE);
   pthread_mutex_lock(&p->mu);
   for (;;) {
     while (!p->stop && !p->head)
@@ -96,7 +122,7 @@ struct rb_decode_pool *rb_decode_pool_create(int threads) {
       break;
     p->n_threads++;
   }
-  if (!p->n_threads) {
+  if (!p->n_threads || ana_prom_register(collect, p) < 0) {
     rb_decode_pool_destroy(p);
     return NULL;
   }
@@ -138,6 +164,7 @@ static void settle(struct rb_decode_job *j, bool run) {
 void rb_decode_pool_destroy(struct rb_decode_pool *p) {
   if (!p)
     return;
+  ana_prom_unregister(collect, p);
   pthread_mutex_lock(&p->mu);
   p->stop = true;
   pthread_cond_broadcast(&p->cv);
@@ -177,6 +204,7 @@ int rb_decode_pool_submit(struct rb_decode_pool *p, struct rb_call *c, struct rb
   conn->body_reserved = 0;
   atomic_init(&j->done, false);
   c->decode = j;
+  ana_prom_gauge_add(&p->pending, 1);
   pthread_mutex_lock(&p->mu);
   j->all_next = p->all;
   if (p->all)
