@@ -30,6 +30,8 @@
 #include <string.h>
 
 #define BEARER_PREFIX "bearer."
+/* Seconds a closing WebSocket may wait for room for its close frame. */
+#define WS_CLOSE_GRACE_S 5
 
 /* --- the transport (any thread) --- */
 
@@ -343,9 +345,10 @@ void rb_ws_close(struct rb_conn *conn, int code, const char *reason) {
     if (c->wsi) {
       lws_callback_on_writable(c->wsi);
       /* A client that does not read never makes the socket writable, so
-       * the close frame may never go: hang up regardless after a moment,
-       * not when the keepalive gives up a minute later. */
-      lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 1);
+       * the close frame may never go: hang up regardless after a few
+       * seconds (time for a client that reads again to get the close
+       * frame), not when the keepalive gives up a minute later. */
+      lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, WS_CLOSE_GRACE_S);
     }
   }
 }
