@@ -271,10 +271,16 @@ void rb_http_answer_error(struct lws *wsi, struct rb_conn *conn, const struct an
                           bool close_after);
 /* The call of this connection has something (lws thread, after a wake). */
 void rb_http_on_wake(struct rb_conn *conn);
-/* The connection's timer: the call's deadline, or a body's rate window. */
-void rb_http_on_deadline(struct lws *wsi, struct rb_conn *conn);
+void rb_http_on_deadline(struct rb_conn *conn);
+/* The connection's timer: the call's deadline, or input back on after the
+ * framer held back a pipelined request (lws thread). */
+void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
 
 /* --- WebSocket (websocket.c) --- */
+/* Answers with an HTTP error written raw (before lws knows the request's
+ * HTTP version, or on a connection lws turned raw) and hangs up: returns -1
+ * for the callback to return. */
+int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message);
 extern const struct ana_call_transport rb_ws_transport;
 int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi);
 int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,

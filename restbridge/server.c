@@ -6,6 +6,7 @@
 
 #include "budget.h"
 #include "decode_pool.h"
+#include "framing.h"
 
 #include "ana_alloc.h"
 #include "ana_log.h"
@@ -146,6 +147,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     handle_shutdown(b);
     return 0;
 
+  case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+    rb_framer_register(lws_get_socket_fd(wsi), wsi); /* lws reads it one request at a time */
+    return 0;
+
+  case LWS_CALLBACK_RAW_ADOPT:
+    /* lws turns a CONNECT request into a raw connection: refuse it. */
+    rb_framer_unregister(lws_get_socket_fd(wsi));
+    return rb_refuse_raw(wsi, ANA_STATUS_UNIMPLEMENTED, "method CONNECT is not implemented");
+
   case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: return rb_ws_confirm_upgrade(b, wsi);
 
   case LWS_CALLBACK_ESTABLISHED:
@@ -154,6 +164,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
   case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return rb_ws_callback(wsi, reason, conn, in, len);
 
   case LWS_CALLBACK_CLOSED:
+    rb_framer_unregister(lws_get_socket_fd(wsi));
     if (conn) {
       rb_ws_callback(wsi, reason, conn, in, len);
       conn_release(conn);
@@ -165,7 +176,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
       return 0;
     if (conn->state == RB_CONN_WS_OPEN || conn->state == RB_CONN_WS_CLOSING)
       return rb_ws_callback(wsi, reason, conn, in, len);
-    rb_http_on_deadline(wsi, conn);
+    rb_http_on_timer(conn, wsi);
     return 0;
 
   case LWS_CALLBACK_HTTP:
@@ -177,8 +188,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return rb_http_callback(wsi, reason, conn, in, len);
 
   case LWS_CALLBACK_CLOSED_HTTP:
-  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
   case LWS_CALLBACK_WSI_DESTROY:
+    rb_framer_unregister(lws_get_socket_fd(wsi));
+    /* fallthrough */
+  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
     if (conn)
       conn_release(conn);
     return 0;

@@ -256,7 +256,7 @@ const struct ana_call_transport rb_ws_transport = {
  * Written raw: at this point lws has not yet recorded the request's HTTP
  * version (its header helpers would say HTTP/1.0, which clients refuse),
  * and the wsi has no session data yet. Returns -1 (lws closes). */
-static int refuse_upgrade(struct lws *wsi, enum ana_status code, const char *message) {
+int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
   struct ana_error st;
   ana_error_set(&st, code, "%s", message);
   struct rb_msg *body = rb_error_json(NULL, &st, NULL, NULL);
@@ -269,6 +269,8 @@ static int refuse_upgrade(struct lws *wsi, enum ana_status code, const char *mes
                     "content-length: %zu\r\nconnection: close\r\n\r\n",
                     status,
                     status == 404   ? "Not Found"
+                    : status == 403 ? "Forbidden"
+                    : status == 501 ? "Not Implemented"
                     : status == 503 ? "Service Unavailable"
                                     : "Bad Request",
                     body->len);
@@ -309,14 +311,14 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
   char *uri = NULL;
   int uri_len = 0;
   if (lws_http_get_uri_and_method(wsi, &uri, &uri_len) < 0 || !uri)
-    return refuse_upgrade(wsi, ANA_STATUS_INVALID_ARGUMENT, "malformed request");
+    return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT, "malformed request");
   if (atomic_load(&b->shutting_down))
-    return refuse_upgrade(wsi, ANA_STATUS_UNAVAILABLE, "the server is shutting down");
+    return rb_refuse_raw(wsi, ANA_STATUS_UNAVAILABLE, "the server is shutting down");
   struct rb_match m;
   rb_route_match(uri, "GET", true, NULL, &m);
   if (!m.route)
-    return refuse_upgrade(wsi, m.path_known ? ANA_STATUS_INVALID_ARGUMENT : ANA_STATUS_NOT_FOUND,
-                          m.path_known ? "not a WebSocket endpoint" : "no WebSocket route");
+    return rb_refuse_raw(wsi, m.path_known ? ANA_STATUS_INVALID_ARGUMENT : ANA_STATUS_NOT_FOUND,
+                         m.path_known ? "not a WebSocket endpoint" : "no WebSocket route");
   char sub[sizeof b->ws_name];
   if (!bearer_subprotocol(wsi, sub, sizeof sub))
     snprintf(sub, sizeof sub, "%s", RB_WS_PROTOCOL);

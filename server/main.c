@@ -251,6 +251,7 @@ int main(int argc, char **argv) {
       .port = cfg.grpc_port,
       .threads = cfg.grpc_threads,
       .max_message_bytes = cfg.grpc_max_message_bytes,
+      .proto_max_depth = cfg.proto_max_depth,
       .send_queue_max = cfg.stream_send_queue_max,
   };
   grpc = ana_grpc_server_create(&opts, &err);

@@ -3,6 +3,7 @@
 
 #include "ana_id.h"
 #include "ana_json.h"
+#include "json_internal.h"
 #include "analytics/v1/events.pb-c.h"
 
 #include <math.h>
@@ -271,5 +272,27 @@ int analytics_event_build(const analytics_event_t *ev, struct ana_arena *arena,
   ts->nanos = (int32_t)(ms % 1000) * 1000000;
   e->timestamp = ts;
   *out = &e->base;
+  return 0;
+}
+
+int analytics_parse_timestamp(const char *text, int64_t *unix_ms, analytics_error_t *err) {
+  int64_t seconds;
+  int32_t nanos;
+  int rc;
+
+  if (!text || !unix_ms)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "text and unix_ms are required");
+  /* The parser of the server's JSON decoder (common/json), so a time read
+   * here is one the server reads the same way. */
+  rc = ana_json_parse_timestamp(text, strlen(text), &seconds, &nanos);
+  if (rc < 0)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          rc == -2 ? "\"%.64s\": out of range (years 0001 to 9999)"
+                                   : "\"%.64s\": not an RFC 3339 timestamp "
+                                     "(e.g. 2024-05-01T10:00:00Z)",
+                          text);
+  *unix_ms = seconds * 1000 + nanos / 1000000;
+  analytics_clear(err);
   return 0;
 }

@@ -54,7 +54,8 @@ struct ana_config {
   char *default_account_id;
 
   long grpc_max_message_bytes;
-  int grpc_threads; /* 0 = one per CPU */
+  int proto_max_depth; /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
+  int grpc_threads;    /* 0 = one per CPU */
   int stream_send_queue_max;
   /* Ingestion limits and policies. */
   int event_max_bytes;

@@ -430,6 +430,15 @@ static const struct var vars[] = {
      .max = 268435456,
      .help = "Largest request message accepted, in bytes.",
      FIELD(grpc_max_message_bytes)},
+    {.name = "PROTO_MAX_DEPTH",
+     .type = VAR_INT,
+     .def = "100",
+     .min = 1,
+     .max = 1000,
+     .help = "Deepest nesting of messages in a gRPC request (protobuf C++'s limit); deeper "
+             "requests, like string fields holding a NUL byte, get INVALID_ARGUMENT naming the "
+             "field.",
+     FIELD(proto_max_depth)},
     {.name = "GRPC_THREADS",
      .type = VAR_INT,
      .def = "0",

@@ -2,6 +2,7 @@
  * coalesced updates through the hub, history of closed buckets and resume
  * (see ana_metric_streams.h for the sequence numbers). */
 #include "ana_metric_streams.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
@@ -496,7 +497,8 @@ static struct mstream *stream_new(struct ana_metric_streams *ms,
   if (!st->account_id || !st->metric_id || !st->tz || !buf || !st->hist)
     goto nomem;
   protobuf_c_message_pack(&req->metric->base, buf);
-  st->metric = analytics__v1__metric__unpack(&st->arena.pb, len, buf);
+  st->metric = (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, &st->arena.pb, buf, len,
+                                        ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   ana_free(buf);
   buf = NULL;
   if (!st->metric)

@@ -13,6 +13,7 @@ struct ana_grpc_server_options {
   int port;               /* 0 picks a free port (see ana_grpc_server_port) */
   int threads;            /* completion-queue threads; 0 = number of CPUs */
   long max_message_bytes; /* largest request message accepted */
+  int proto_max_depth;    /* deepest message nesting accepted; 0 = 100 */
   int send_queue_max;     /* messages queued per outbound stream */
 };
 

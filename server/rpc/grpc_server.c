@@ -6,6 +6,7 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_proto_walk.h"
 #include "call_internal.h"
 
 #include <grpc/byte_buffer.h>
@@ -77,6 +78,7 @@ struct ana_grpc_server {
   int n_started;
   int port;
   long max_message_bytes;
+  int proto_max_depth;
   int send_queue_max;
   void *registered[ANA_METHOD_COUNT];
   struct tag shutdown_tag;
@@ -103,17 +105,39 @@ static grpc_byte_buffer *encode(const ProtobufCMessage *msg) {
   return bb;
 }
 
-static ProtobufCMessage *decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
-                                struct ana_arena *arena) {
+/* The request in bb as a message of type desc, allocated in arena; walked
+ * against desc first (depth, NUL bytes, wire format) so that protobuf-c's
+ * recursive unpack never sees what could overflow the stack. NULL with v
+ * filled when it is not a valid message. */
+static ProtobufCMessage *decode(struct ana_grpc_server *srv, grpc_byte_buffer *bb,
+                                const ProtobufCMessageDescriptor *desc, struct ana_arena *arena,
+                                struct ana_proto_violation *v) {
   grpc_byte_buffer_reader reader;
-  if (!grpc_byte_buffer_reader_init(&reader, bb))
+  if (!grpc_byte_buffer_reader_init(&reader, bb)) {
+    v->problem = ANA_PROTO_MALFORMED;
+    v->field[0] = '\0';
+    snprintf(v->description, sizeof v->description, "cannot be decompressed");
     return NULL;
+  }
   grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
   grpc_byte_buffer_reader_destroy(&reader);
-  ProtobufCMessage *m =
-      protobuf_c_message_unpack(desc, &arena->pb, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+  ProtobufCMessage *m = ana_proto_unpack(desc, &arena->pb, GRPC_SLICE_START_PTR(s),
+                                         GRPC_SLICE_LENGTH(s), srv->proto_max_depth, v);
   grpc_slice_unref(s);
   return m;
+}
+
+/* Fails call for a request that decode() refused: INVALID_ARGUMENT naming the
+ * field (also as a google.rpc.BadRequest violation) or the message type. */
+static void fail_decode(struct ana_call *call, const struct ana_proto_violation *v) {
+  if (!v->field[0]) {
+    ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "malformed request: %s %s",
+                  call->method->input->name, v->description);
+    return;
+  }
+  ana_call_add_violation(call, v->field, v->description);
+  ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "%s: %s%s", v->field, v->description,
+                v->problem == ANA_PROTO_TOO_DEEP ? " (PROTO_MAX_DEPTH)" : "");
 }
 
 /* ------------------------------------------------------------------ */
@@ -437,14 +461,15 @@ static void on_recv_message(struct gcall *g, bool ok) {
       call->handler->on_half_close(call);
   } else {
     call->message_arena = ana_arena_create(8192, 0);
-    ProtobufCMessage *m =
-        call->message_arena ? decode(bb, call->method->input, call->message_arena) : NULL;
+    struct ana_proto_violation v;
+    ProtobufCMessage *m = call->message_arena
+                              ? decode(g->srv, bb, call->method->input, call->message_arena, &v)
+                              : NULL;
     grpc_byte_buffer_destroy(bb);
     if (!call->message_arena)
       ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     else if (!m)
-      ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "malformed request: not a valid %s message",
-                    call->method->input->name);
+      fail_decode(call, &v);
     else if (call->handler->on_message)
       call->handler->on_message(call, m);
     ana_arena_destroy(call->message_arena);
@@ -584,12 +609,12 @@ static void dispatch(struct ana_grpc_server *srv, struct request_slot *slot) {
   } else if (ana_call_admit(c, &status) < 0) {
     ana_call_finish(c, NULL, &status);
   } else if (method->kind == ANA_METHOD_UNARY || method->kind == ANA_METHOD_SERVER_STREAMING) {
-    ProtobufCMessage *req = payload ? decode(payload, method->input, &c->arena) : NULL;
+    struct ana_proto_violation v;
+    ProtobufCMessage *req = payload ? decode(srv, payload, method->input, &c->arena, &v) : NULL;
     if (!payload)
       ana_call_fail(c, ANA_STATUS_INVALID_ARGUMENT, "the request message is missing");
     else if (!req)
-      ana_call_fail(c, ANA_STATUS_INVALID_ARGUMENT, "malformed request: not a valid %s message",
-                    method->input->name);
+      fail_decode(c, &v);
     else
       c->handler->on_request(c, req);
   } else {
@@ -738,6 +763,7 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   pthread_mutex_init(&srv->mu, NULL);
   pthread_cond_init(&srv->cond, NULL);
   srv->max_message_bytes = o->max_message_bytes;
+  srv->proto_max_depth = o->proto_max_depth > 0 ? o->proto_max_depth : ANA_PROTO_DEFAULT_MAX_DEPTH;
   srv->send_queue_max = o->send_queue_max > 0 ? o->send_queue_max : 256;
   srv->shutdown_tag = (struct tag){TAG_SHUTDOWN, srv};
   srv->n_threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);

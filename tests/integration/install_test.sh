@@ -12,6 +12,19 @@ PREFIX=$TMP/prefix
 cmake --install "$BUILD" --prefix "$PREFIX" >"$TMP/install.log"
 test -f "$PREFIX/include/analytics/analytics.h"
 test -x "$PREFIX/bin/analyticsctl"
+# The installed tool finds the installed library by itself: a RUNPATH relative
+# to its own place ($ORIGIN), so it runs from any prefix with no
+# LD_LIBRARY_PATH (the build tree's path is not left in it).
+RUNPATH=$(readelf -d "$PREFIX/bin/analyticsctl" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]/\1/p')
+case "$RUNPATH" in
+  '$ORIGIN/'*) ;;
+  *) echo "analyticsctl installed without a \$ORIGIN RUNPATH: '$RUNPATH'"; exit 1 ;;
+esac
+case "$RUNPATH" in *"$BUILD"*) echo "RUNPATH names the build tree: $RUNPATH"; exit 1 ;; esac
+mv "$PREFIX" "$TMP/moved" && PREFIX=$TMP/moved
+env -u LD_LIBRARY_PATH "$PREFIX/bin/analyticsctl" --version
+env -u LD_LIBRARY_PATH ldd "$PREFIX/bin/analyticsctl" | grep -q "$PREFIX/.*libanalytics.so" ||
+  { echo "installed analyticsctl does not load the installed libanalytics"; exit 1; }
 
 cat >"$TMP/consumer.c" <<'C'
 #include <analytics/analytics.h>

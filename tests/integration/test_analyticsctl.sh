@@ -1,8 +1,10 @@
 #!/bin/bash
 # analyticsctl against a live analyticsd: every command's happy path (or the
 # server's documented UNIMPLEMENTED answer: exit 1 with the message), --help
-# for every command, usage errors (exit 2), track --stdin with bad lines, and
-# tail ended cleanly by SIGINT.
+# for every command, usage errors (exit 2), track --stdin with bad lines,
+# tail ended cleanly by SIGINT, KEY=VALUE strings and KEY:=JSON values, times
+# read by the server's strict RFC 3339 parser, the examples' exit status, and
+# (test_analyticsctl_tty.py) tables and progress on a pseudo-terminal.
 # Usage: test_analyticsctl.sh ANALYTICSCTL HOST:PORT
 set -uo pipefail
 CTL_BIN=${1:?usage: test_analyticsctl.sh ANALYTICSCTL HOST:PORT}
@@ -75,7 +77,7 @@ expect 0 "health" -- ctl health && json 'd["status"] == "SERVING"' || fail "heal
 expect 1 "health of an unreachable server" -- "$CTL_BIN" --target 127.0.0.1:1 --timeout 2000 health
 
 # --- track from arguments: queued, flushed, summary ---
-expect 0 "track" -- ctl track message message_sent campaignId=ctl-$RUN charactersCount=150 \
+expect 0 "track" -- ctl track message message_sent campaignId=ctl-$RUN charactersCount:=150 \
   --session s-ctl && json 'd["tracked"] == 1 and d["accepted"] == 1 and d["rejected"] == 0' ||
   fail "track summary: $(cat "$TMP/out")"
 EVENT_ID=$($PY -c "import json; print(json.load(open('$TMP/out'))['eventId'])" 2>/dev/null)
@@ -166,7 +168,7 @@ either "reports generate" ctl reports generate --template campaign_performance -
   --param campaignId=123 --name ctl
 either "reports list" ctl reports list
 either "reports status" ctl reports status no-such-report
-either "reports download" ctl reports download no-such-report -o "$TMP/report.bin"
+either "reports download" ctl reports download no-such-report --file "$TMP/report.bin"
 either "alerts create" ctl alerts create --name "High Error Rate" --metric error_rate \
   --condition greater_than --threshold 5 --severity critical --channel email --channel slack
 either "alerts list" ctl alerts list
@@ -219,6 +221,59 @@ grep -q '"aggregates"' "$TMP/tail.out" || fail "tail --snapshots prints snapshot
 # The metric stream: UNIMPLEMENTED (exit 1), or NOT_FOUND for an unknown metric.
 expect 1 "tail --metric (unknown metric)" -- ctl tail --metric no-such-metric &&
   grep -Eq "UNIMPLEMENTED|NOT_FOUND" "$TMP/err" || fail "tail --metric error"
+
+# --- KEY=VALUE is a string, KEY:=JSON a JSON value (as httpie reads them) ---
+expect 0 "track KEY=VALUE and KEY:=JSON" -- ctl track message ctl_kv_$RUN str=150 num:=150 \
+  flag:=true list:='[1,"a"]' obj:='{"k":null}' text='a:=b' ||
+  fail "track with typed properties"
+expect 0 "search the typed properties" -- ctl search --name ctl_kv_$RUN &&
+  json 'd["events"][0]["properties"] == {"str": "150", "num": 150, "flag": True, "list": [1, "a"], "obj": {"k": None}, "text": "a:=b"}' ||
+  fail "stored properties: $(cat "$TMP/out")"
+expect 2 "KEY:= with bad JSON" -- ctl track message ctl_kv_$RUN n:=15x
+expect 2 "--param KEY:= with bad JSON" -- ctl reports generate --template t --param days:=thirty
+
+# --- times: RFC 3339 read by the server's own strict parser ---
+expect 2 "--timestamp on a day that does not exist" -- ctl track message m --timestamp 2024-02-30T10:00:00Z
+expect 2 "--timestamp with a lowercase t" -- ctl track message m --timestamp 2024-05-01t10:00:00Z
+expect 2 "--timestamp with second 60" -- ctl track message m --timestamp 2024-05-01T10:00:60Z
+expect 2 "--timestamp with 10 fractional digits" -- ctl track message m --timestamp 2024-05-01T10:00:00.1234567891Z
+expect 2 "--from with an offset of 24 hours" -- ctl search --from 2024-05-01T10:00:00+24:00
+expect 2 "--from a date that does not exist" -- ctl search --from 2023-02-29
+TS_LOCAL=$($PY -c "
+import datetime as dt
+t = dt.datetime.now(dt.timezone(dt.timedelta(hours=2))) - dt.timedelta(minutes=5)
+print(t.strftime('%Y-%m-%dT%H:%M:%S') + '.250+02:00')")
+TS_UTC=$($PY -c "
+import datetime as dt
+t = dt.datetime.fromisoformat('$TS_LOCAL').astimezone(dt.timezone.utc)
+print(t.strftime('%Y-%m-%dT%H:%M:%S.250Z'))")
+expect 0 "--timestamp with an offset and a fraction" -- ctl track message ctl_ts_$RUN --timestamp "$TS_LOCAL" ||
+  fail "offset timestamp"
+expect 0 "search --from with an offset" -- ctl search --name ctl_ts_$RUN --from "$TS_LOCAL" &&
+  json 'd["events"][0]["timestamp"] == "'"$TS_UTC"'"' || fail "stored time: $(cat "$TMP/out"), want $TS_UTC"
+
+# --- the spec's example programs: exit 0 only when the call worked ---
+EXAMPLES=$(dirname "$CTL_BIN")/../examples
+if [ -x "$EXAMPLES/generate_report" ]; then
+  for ex in generate_report create_alert; do
+    CHECKS=$((CHECKS + 1))
+    "$EXAMPLES/$ex" "$TARGET" >"$TMP/out" 2>"$TMP/err"
+    rc=$?
+    if grep -q UNIMPLEMENTED "$TMP/out" "$TMP/err" && [ $rc -eq 0 ]; then
+      fail "$ex: the server answered UNIMPLEMENTED and it exited 0"
+    fi
+    [ $rc -eq 0 ] || grep -q "failed" "$TMP/err" || fail "$ex: exit $rc without the error on stderr"
+  done
+  "$EXAMPLES/create_metric" "$TARGET" >/dev/null 2>&1 # created, or there already
+  expect 1 "create_metric example, the name taken" -- "$EXAMPLES/create_metric" "$TARGET" &&
+    grep -q ALREADY_EXISTS "$TMP/err" || fail "create_metric twice: $(cat "$TMP/err")"
+  expect 1 "track_event example, server unreachable" -- "$EXAMPLES/track_event" 127.0.0.1:1
+fi
+
+# --- on a terminal: tables, and the progress of track --stdin ---
+CHECKS=$((CHECKS + 1))
+$PY "$(dirname "$0")/test_analyticsctl_tty.py" "$CTL_BIN" "$TARGET" >"$TMP/tty.log" 2>&1 ||
+  { fail "analyticsctl on a terminal"; tail -n 40 "$TMP/tty.log"; }
 
 echo "analyticsctl: $CHECKS checks, $FAILS failed"
 [ $FAILS -eq 0 ]

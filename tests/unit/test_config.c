@@ -37,6 +37,7 @@ static const char *const all_names[] = {
     "STREAM_BUFFER_SIZE",
     "STREAM_SEND_QUEUE_MAX",
     "GRPC_MAX_MESSAGE_BYTES",
+    "PROTO_MAX_DEPTH",
     "GRPC_THREADS",
     "SHUTDOWN_GRACE_MS",
     "DEFAULT_ACCOUNT_ID",

@@ -162,6 +162,12 @@ int analytics_event_set_session(analytics_event_t *ev, const char *session_id);
  * ANALYTICS_ERR_INVALID for a negative time. */
 int analytics_event_set_timestamp_ms(analytics_event_t *ev, int64_t unix_ms);
 
+/* Reads an RFC 3339 timestamp ("2024-05-01T10:00:00Z", "...T12:00:00.250+02:00")
+ * with the server's own strict parser: uppercase T and Z, any offset, up to 9
+ * fractional digits (kept to the millisecond), years 0001-9999, real dates
+ * only. Returns 0 with *unix_ms, or ANALYTICS_ERR_INVALID (err says why). */
+int analytics_parse_timestamp(const char *text, int64_t *unix_ms, analytics_error_t *err);
+
 /* Sets the event id (copied; NULL clears it): up to 128 characters of
  * A-Z a-z 0-9 _ . : -. When none is set, analytics_track assigns a UUIDv7.
  * Returns 0, ANALYTICS_ERR_INVALID or ANALYTICS_ERR_NOMEM. */

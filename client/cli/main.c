@@ -1,0 +1,138 @@
+/* analyticsctl: the command-line tool on libanalytics. Global options, the
+ * command table, and the client each command runs with.
+ * Answers go to stdout (tables on a terminal, JSON otherwise; -o decides),
+ * errors to stderr. Exit status: 0 success, 1 the call failed (or, for
+ * track, an event was not stored), 2 bad usage. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The commands, in the order of the help. A new command is one
+ * cmd_<name>.c defining cli_cmd_<name> and one row here. */
+#define CLI_COMMANDS(X)                                                                            \
+  X(track)                                                                                         \
+  X(search)                                                                                        \
+  X(metrics)                                                                                       \
+  X(reports)                                                                                       \
+  X(alerts)                                                                                        \
+  X(tail)                                                                                          \
+  X(health)                                                                                        \
+  X(call)
+
+#define DECLARE(name) extern const struct cli_command cli_cmd_##name;
+#define ROW(name) &cli_cmd_##name,
+CLI_COMMANDS(DECLARE)
+static const struct cli_command *const commands[] = {CLI_COMMANDS(ROW)};
+#define N_COMMANDS (sizeof commands / sizeof *commands)
+
+static void main_help(void) {
+  fputs("usage: analyticsctl [--target HOST:PORT] [--token TOKEN] [--timeout MS]\n"
+        "                    [-o json|table] COMMAND ...\n"
+        "\n"
+        "commands:\n",
+        stdout);
+  for (size_t k = 0; k < N_COMMANDS; k++)
+    printf("  %-9s %s\n", commands[k]->name, commands[k]->summary);
+  fputs("\n"
+        "global options:\n"
+        "  --target HOST:PORT   gRPC address of analyticsd ($ANALYTICS_TARGET, default\n"
+        "                       127.0.0.1:50051)\n"
+        "  --token TOKEN        bearer token ($ANALYTICS_TOKEN)\n"
+        "  --timeout MS         deadline of each call (default 10000)\n"
+        "  -o, --output FORMAT  json or table (default: table when stdout is a terminal,\n"
+        "                       else json); also accepted after the command\n"
+        "\n"
+        "`analyticsctl COMMAND --help` describes a command. Exit status 0 on success, 1\n"
+        "when the server or the call failed (the status and message on stderr), 2 on a\n"
+        "usage error.\n",
+        stdout);
+}
+
+static const struct cli_command *find(const char *name) {
+  for (size_t k = 0; k < N_COMMANDS; k++)
+    if (!strcmp(commands[k]->name, name))
+      return commands[k];
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  const struct cli_command *cmd;
+  analytics_options_t opts;
+  analytics_client_t *c;
+  analytics_error_t err;
+  struct cli_args a;
+  long timeout;
+  int i, rc;
+
+  analytics_options_init(&opts);
+  if (getenv("ANALYTICS_TARGET") && *getenv("ANALYTICS_TARGET"))
+    opts.target = getenv("ANALYTICS_TARGET");
+  if (getenv("ANALYTICS_TOKEN") && *getenv("ANALYTICS_TOKEN"))
+    opts.token = getenv("ANALYTICS_TOKEN");
+  cli_format = isatty(STDOUT_FILENO) == 1 ? CLI_FORMAT_TABLE : CLI_FORMAT_JSON;
+  /* Global options come before the command. */
+  for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+    const char *o = argv[i];
+    if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+      main_help();
+      return 0;
+    }
+    if (!strcmp(o, "--version")) {
+      puts(ANALYTICS_VERSION_STRING);
+      return 0;
+    }
+    if (strcmp(o, "--target") && strcmp(o, "--token") && strcmp(o, "--timeout") &&
+        strcmp(o, "-o") && strcmp(o, "--output"))
+      return cli_usage(NULL, "unknown option %s", o);
+    if (i + 1 >= argc)
+      return cli_usage(NULL, "%s needs a value", o);
+    const char *v = argv[++i];
+    if (!strcmp(o, "--target"))
+      opts.target = v;
+    else if (!strcmp(o, "--token"))
+      opts.token = v;
+    else if (!strcmp(o, "--timeout")) {
+      if (cli_parse_long(v, 1, 86400000, &timeout) < 0)
+        return cli_usage(NULL, "--timeout takes milliseconds (1 to 86400000)");
+      opts.timeout_ms = timeout;
+    } else if (cli_format_set(v) < 0)
+      return cli_usage(NULL, "-o/--output takes json or table, not \"%s\"", v);
+  }
+  if (i >= argc)
+    return cli_usage(NULL, "missing command");
+  if (!strcmp(argv[i], "help")) {
+    cmd = i + 1 < argc ? find(argv[i + 1]) : NULL;
+    if (cmd)
+      fputs(cmd->help, stdout);
+    else
+      main_help();
+    return 0;
+  }
+  if (!(cmd = find(argv[i])))
+    return cli_usage(NULL, "unknown command \"%s\"", argv[i]);
+  /* The command's own arguments: argv[i] plays argv[0] for getopt. */
+  rc = cli_args_parse(cmd, argc - i, argv + i, &a);
+  if (rc != 0)
+    return rc < 0 ? 0 : rc;
+
+  opts.max_retries = -1;
+  if (cmd->configure)
+    cmd->configure(&a, &opts);
+  if (cmd->streams)
+    cli_signals_block();
+  c = analytics_client_new(&opts, &err);
+  if (!c) {
+    fprintf(stderr, "analyticsctl: %s\n", err.message);
+    return err.code == ANALYTICS_STATUS_INVALID_ARGUMENT ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+  }
+  if (cmd->streams)
+    cli_signals_watch(c);
+  rc = cmd->run(c, &a);
+  if (cmd->streams)
+    cli_signals_unwatch();
+  analytics_client_destroy(c);
+  return rc;
+}
