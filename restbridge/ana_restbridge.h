@@ -47,6 +47,19 @@ struct ana_restbridge_options {
   /* WebSocket: a connection whose queue stays full this long is closed with
    * 1008 "slow consumer"; 0 = 10000 ms. */
   int slow_consumer_ms;
+  /* All request bodies being read or decoded together; past it a new body
+   * gets 503 with Retry-After. 0 = 128 MiB. */
+  size_t body_budget_bytes;
+  /* All queued WebSocket frames together; past it the connection with the
+   * most queued bytes is closed with 1008. 0 = 128 MiB. */
+  size_t stream_budget_bytes;
+  /* A request body arriving slower than this many bytes per second, averaged
+   * over body_rate_window_ms, ends with 408 and close. 0 = 1024. */
+  size_t body_min_rate;
+  int body_rate_window_ms; /* 0 = 10000 */
+  /* Threads decoding request bodies over 64 KiB off the bridge thread;
+   * 0 = 2; negative = decode every body on the bridge thread. */
+  int decode_threads;
   /* Origins allowed by CORS, comma-separated ("https://a.example,https://b");
    * "*" allows any; NULL = CORS off (no CORS headers; preflights get 403). */
   const char *cors_allowed_origins;

@@ -17,10 +17,15 @@ struct ana_config {
   int grpc_port;            /* GRPC_PORT */
   char *grpc_host;          /* GRPC_HOST: bind address; an IPv6 address may come without brackets */
   long http_max_body_bytes; /* HTTP_MAX_BODY_BYTES: REST request bodies */
-  char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS: NULL = none */
-  int ws_slow_consumer_ms;    /* WS_SLOW_CONSUMER_MS */
-  char *web_root;             /* WEB_ROOT: dashboard files; NULL = built in */
-  char *restbridge_upstream;  /* RESTBRIDGE_UPSTREAM: analytics-restbridge only; NULL = unset */
+  int http_body_budget_mb;  /* HTTP_BODY_BUDGET_MB: all bodies together */
+  int http_body_min_rate;   /* HTTP_BODY_MIN_RATE: bytes per second */
+  int http_body_rate_window_ms; /* HTTP_BODY_RATE_WINDOW */
+  int http_decode_threads;      /* HTTP_DECODE_THREADS: 0 = on the bridge thread */
+  char *cors_allowed_origins;   /* CORS_ALLOWED_ORIGINS: NULL = none */
+  int ws_slow_consumer_ms;      /* WS_SLOW_CONSUMER_MS */
+  int stream_queue_budget_mb;   /* STREAM_QUEUE_BUDGET_MB: all WebSocket queues together */
+  char *web_root;               /* WEB_ROOT: dashboard files; NULL = built in */
+  char *restbridge_upstream;    /* RESTBRIDGE_UPSTREAM: analytics-restbridge only; NULL = unset */
 
   /* Remote backends; NULL = not used (none is supported yet). */
   char *mongodb_uri;
