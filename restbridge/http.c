@@ -3,6 +3,9 @@
  * the handler's thread, written on the lws thread), and response writing. */
 #include "restbridge_internal.h"
 
+#include "budget.h"
+#include "framing.h"
+
 #include "ana_alloc.h"
 #include "ana_id.h"
 #include "ana_log.h"
@@ -13,8 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define WRITE_CHUNK 16384
+#define GATED_RETRY_US 5000
 #define HEADER_SPACE 4096
 #define DEFAULT_ALLOW_HEADERS "Authorization, Content-Type, X-Request-Id, Grpc-Timeout"
 
@@ -82,10 +87,13 @@ const struct ana_call_transport rb_http_transport = {
 /* --- answering (lws thread) --- */
 
 static void answer(struct lws *wsi, struct rb_conn *conn) {
+  /* lws 4.1 serves an HTTP/1 connection's POLLOUT only while its rx is on. */
+  lws_rx_flow_control(wsi, 1);
   conn->state = RB_CONN_WRITING;
   conn->headers_sent = false;
   conn->body_off = 0;
-  lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
+  /* No LWS_SET_TIMER_USEC_CANCEL: lws 4.1 fires the timer at once on it. A
+   * deadline timer still pending finds the connection no longer WAITING. */
   lws_callback_on_writable(wsi);
 }
 
@@ -137,9 +145,45 @@ void rb_http_on_deadline(struct rb_conn *conn) {
   struct rb_call *c = conn->call;
   if (!c || conn->state != RB_CONN_WAITING)
     return;
+  int64_t left = c->base.deadline_mono_ms == INT64_MAX
+                     ? INT64_MAX
+                     : c->base.deadline_mono_ms - ana_call_now_mono_ms();
+  if (left > 0) { /* a timer of an earlier request, or the framer's retry */
+    if (left != INT64_MAX)
+      lws_set_timer_usecs(c->wsi, left * 1000);
+    return;
+  }
   struct ana_error st;
   ana_error_set(&st, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
   rb_http_answer_error(c->wsi, conn, &st, false);
+}
+
+/* recv() held back the next request while this one is unanswered (the
+ * framer): stop polling for input, which would spin. While a call is in
+ * flight, answer() turns input back on; while the answer is being written
+ * (lws 4.1 serves POLLOUT only with input on), a short timer does. */
+void rb_http_on_gated(struct lws *wsi) {
+  struct rb_conn *conn = lws_wsi_user(wsi);
+  lws_rx_flow_control(wsi, 0);
+  if (!conn || conn->state != RB_CONN_WAITING)
+    lws_set_timer_usecs(wsi, GATED_RETRY_US);
+}
+
+void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi) {
+  if (conn->rate_timer && conn->state == RB_CONN_READING_BODY) {
+    /* A body's rate window (budget.c). */
+    if (rb_budget_body_too_slow(wsi, conn)) {
+      answer_status(wsi, conn, ANA_STATUS_DEADLINE_EXCEEDED, true,
+                    "request body arrived slower than %s (HTTP_BODY_MIN_RATE)", "the minimum rate");
+      conn->reply.http_status = 408;
+    }
+    return;
+  }
+  conn->rate_timer = false;
+  if (conn->state == RB_CONN_WAITING)
+    rb_http_on_deadline(conn);
+  else
+    lws_rx_flow_control(wsi, 1);
 }
 
 /* --- CORS --- */
@@ -184,11 +228,17 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
   conn->state = RB_CONN_IDLE;
+  rb_budget_body_free(conn);
   conn->body_len = 0;
   conn->body_too_large = false;
   if (close_after)
     return -1;
-  return lws_http_transaction_completed(wsi) ? -1 : 0;
+  /* The next request (pipelined or not) may be read now. */
+  rb_framer_answered(lws_get_socket_fd(wsi));
+  if (lws_http_transaction_completed(wsi))
+    return -1;
+  lws_rx_flow_control(wsi, 1);
+  return 0;
 }
 
 static int write_headers(struct lws *wsi, struct rb_conn *conn) {
@@ -231,6 +281,11 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
                       end);
     }
   }
+  if (!rc && r->retry_after_s > 0) {
+    char secs[16];
+    snprintf(secs, sizeof secs, "%d", r->retry_after_s);
+    rc = add_header(wsi, "retry-after:", secs, &p, end);
+  }
   if (!rc && r->close_after)
     rc = add_header(wsi, "connection:", "close", &p, end);
   if (rc || lws_finalize_write_http_header(wsi, start, &p, end))
@@ -272,14 +327,17 @@ static void start_call(struct lws *wsi, struct rb_conn *conn) {
   struct ana_restbridge *b = conn->bridge;
   struct ana_error early;
   conn->state = RB_CONN_WAITING;
+  conn->rate_timer = false; /* a body's rate window may still fire: ignored */
   /* lws would drop a reply that takes longer than its pending timeout. */
   lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
   struct rb_call *c = rb_request_start(b, wsi, conn, conn->route, conn->path, conn->body,
                                        conn->body_len, false, NULL, &early);
   if (!c) {
     rb_http_answer_error(wsi, conn, &early, true);
+    rb_budget_body_free(conn);
     return;
   }
+  rb_budget_body_free(conn); /* decoded (or handed to the decode pool, which took it) */
   int64_t left = c->base.deadline_mono_ms;
   if (left != INT64_MAX && conn->state == RB_CONN_WAITING) {
     left -= ana_call_now_mono_ms();
@@ -400,6 +458,26 @@ static void take_request_id(struct lws *wsi, struct rb_conn *conn) {
     conn->request_id[0] = '\0';
 }
 
+/* The Content-Length of the request: one decimal value (a repeated header
+ * arrives comma-joined, which fails here); -1 when invalid. */
+static long long content_length(struct lws *wsi) {
+  char v[32];
+  char *e = NULL;
+  if (lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 ||
+      !isdigit((unsigned char)v[0]))
+    return -1;
+  long long cl = strtoll(v, &e, 10);
+  return cl < 0 || !e || *e ? -1 : cl;
+}
+
+/* Transfer-Encoding names chunked and nothing else. */
+static bool transfer_encoding_chunked(struct lws *wsi) {
+  char v[64];
+  if (lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_TRANSFER_ENCODING) <= 0)
+    return false;
+  return strcasecmp(v, "chunked") == 0;
+}
+
 static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   struct ana_restbridge *b = conn->bridge;
   char *uri = NULL;
@@ -429,17 +507,24 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   }
   bool has_te = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
   bool has_cl = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0;
-  long long cl = 0;
-  if (has_cl) {
-    char v[32];
-    char *e = NULL;
-    if (lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0 ||
-        (cl = strtoll(v, &e, 10)) < 0 || !e || *e) {
-      answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s", "invalid Content-Length");
-      return;
-    }
-  }
   bool body_method = meth == LWSHUMETH_POST || meth == LWSHUMETH_PUT || meth == LWSHUMETH_PATCH;
+  long long cl = 0;
+  if (has_te && has_cl) {
+    /* RFC 9112 6.3: a request smuggling vector; never guess the framing. */
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s",
+                  "Transfer-Encoding and Content-Length together");
+    return;
+  }
+  if (has_cl && (cl = content_length(wsi)) < 0) {
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "%s",
+                  "invalid Content-Length (one decimal value)");
+    return;
+  }
+  if (has_te && !transfer_encoding_chunked(wsi)) {
+    answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, true, "%s",
+                  "Transfer-Encoding other than chunked is not implemented");
+    return;
+  }
   if (has_te && body_method) {
     /* lws 4.1 does not decode chunked request bodies: read to the last
      * chunk (so the client is not cut off mid-send), then answer 411. */
@@ -456,6 +541,11 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   if (!body_method && cl > 0) {
     answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, true, "a %s request must not have a body",
                   method);
+    return;
+  }
+  if (strcmp(method, "?") == 0 || meth == LWSHUMETH_CONNECT) {
+    answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, true, "method %s is not implemented",
+                  meth == LWSHUMETH_CONNECT ? "CONNECT" : "(unknown)");
     return;
   }
   if (meth == LWSHUMETH_OPTIONS) {
@@ -517,16 +607,23 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
     start_call(wsi, conn);
     return;
   }
-  if (conn->body_cap < (size_t)cl + 1) {
-    char *nb = ana_realloc(conn->body, (size_t)cl + 1);
-    if (!nb) {
-      answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s", "out of memory");
-      return;
-    }
-    conn->body = nb;
-    conn->body_cap = (size_t)cl + 1;
+  rb_budget_body_free(conn);
+  if (!rb_budget_body_reserve(b->budget, (size_t)cl + 1)) {
+    answer_status(wsi, conn, ANA_STATUS_UNAVAILABLE, true, "%s",
+                  "too many request bodies in progress (HTTP_BODY_BUDGET_MB); retry later");
+    conn->reply.retry_after_s = 1;
+    return;
   }
+  conn->body_reserved = (size_t)cl + 1;
+  conn->body = ana_malloc((size_t)cl + 1);
+  if (!conn->body) {
+    rb_budget_body_free(conn);
+    answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s", "out of memory");
+    return;
+  }
+  conn->body_cap = (size_t)cl + 1;
   conn->state = RB_CONN_READING_BODY;
+  rb_budget_body_watch(wsi, conn);
 }
 
 /* Watches a chunked body go by for its last chunk ("0\r\n\r\n"), or for

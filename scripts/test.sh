@@ -73,10 +73,13 @@ do_fuzz() {
     local corpus=tests/fuzz/corpus/$name
     local work
     work=$(mktemp -d)
-    echo "fuzzing $name for ${FUZZ_SECONDS}s"
+    # Per-target libFuzzer flags (e.g. a larger -max_len) from tests/fuzz/<target>.options.
+    local extra=()
+    [ -f "tests/fuzz/$name.options" ] && read -r -a extra < "tests/fuzz/$name.options"
+    echo "fuzzing $name for ${FUZZ_SECONDS}s ${extra[*]}"
     # Seeds from the repository; new inputs go to a scratch directory.
     "$target" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -timeout=10 \
-      -artifact_prefix="$ROOT/build-fuzz/" \
+      -artifact_prefix="$ROOT/build-fuzz/" "${extra[@]}" \
       -rss_limit_mb=2048 "$work" "$corpus" 2>&1 | tail -n 15
     rm -rf "$work"
   done

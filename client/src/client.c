@@ -1,6 +1,7 @@
 /* The client: options, the bounded event queue and the delivery thread that
  * batches, sends (TrackEvents) and retries with backoff. */
 #include "analytics_internal.h"
+#include "ana_proto_walk.h"
 
 #include "ana_client_stubs.h"
 #include "ana_id.h"
@@ -429,8 +430,9 @@ static void deliver(analytics_client_t *c, struct batch *b) {
 
   /* Undecodable items cannot happen (we packed them); skip them defensively. */
   for (size_t i = 0; i < b->n; i++) {
-    Analytics__V1__Event *e = (Analytics__V1__Event *)protobuf_c_message_unpack(
-        &analytics__v1__event__descriptor, &b->arena.pb, b->items[i].len, b->items[i].data);
+    Analytics__V1__Event *e = (Analytics__V1__Event *)ana_proto_unpack(
+        &analytics__v1__event__descriptor, &b->arena.pb, b->items[i].data, b->items[i].len,
+        ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
     if (e)
       b->events[n++] = e;
   }
@@ -521,8 +523,9 @@ void *analytics_worker_main(void *arg) {
       /* Out of time (or memory): whatever is queued is given up. */
       struct analytics_item it;
       while (analytics_queue_pop(&c->queue, &it, 1) == 1) {
-        Analytics__V1__Event *e = (Analytics__V1__Event *)protobuf_c_message_unpack(
-            &analytics__v1__event__descriptor, NULL, it.len, it.data);
+        Analytics__V1__Event *e = (Analytics__V1__Event *)ana_proto_unpack(
+            &analytics__v1__event__descriptor, NULL, it.data, it.len, ANA_PROTO_DEFAULT_MAX_DEPTH,
+            NULL);
         c->st.failed++;
         c->resolved++;
         pthread_mutex_unlock(&c->mu);

@@ -1,5 +1,6 @@
 /* Client runtime over the gRPC core C API; the only client file that sees grpc. */
 #include "ana_client_rpc.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 
@@ -157,7 +158,8 @@ static ProtobufCMessage *decode(const ProtobufCMessageDescriptor *desc, grpc_byt
     return NULL;
   s = grpc_byte_buffer_reader_readall(&reader);
   grpc_byte_buffer_reader_destroy(&reader);
-  msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+  msg = ana_proto_unpack(desc, NULL, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s),
+                         ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
   grpc_slice_unref(s);
   return msg;
 }

@@ -1,6 +1,7 @@
 /* Canonical proto3 JSON writer: straight from protobuf-c structs into a
  * growable buffer with headroom, no intermediate JSON tree. */
 #include "json_internal.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 
@@ -505,8 +506,8 @@ static void enc_any(struct enc *e, const ProtobufCMessage *m, int depth) {
     fail(e, ANA_ERR_INVALID);
     return;
   }
-  ProtobufCMessage *inner =
-      protobuf_c_message_unpack(d, &e->tmp.pb, any->value.len, any->value.data);
+  ProtobufCMessage *inner = ana_proto_unpack(d, &e->tmp.pb, any->value.data, any->value.len,
+                                             ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
   if (!inner) {
     fail(e, ANA_ERR_INVALID);
     return;

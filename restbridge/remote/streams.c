@@ -26,6 +26,7 @@
  * (grpc_call_cancel is thread-safe); fwd's lock keeps the stream alive
  * meanwhile. */
 #include "remote_internal.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 #include "ana_log.h"
@@ -176,7 +177,7 @@ static struct rr_message *message_get(struct rr_streams *ss, const ProtobufCMess
   m->hash = h;
   m->len = n;
   m->bytes = ana_malloc(n ? n : 1);
-  m->msg = protobuf_c_message_unpack(d, NULL, n, p);
+  m->msg = ana_proto_unpack(d, NULL, p, n, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
   if (!m->msg)
     *malformed = true;
   if (m->bytes && m->msg) {

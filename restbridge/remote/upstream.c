@@ -10,6 +10,7 @@
  * the bridge renders the same error JSON as in-process. Authentication and
  * permissions are the upstream's business: nothing is checked here. */
 #include "remote_internal.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 #include "ana_log.h"
@@ -86,7 +87,8 @@ int rr_call_options(struct ana_call *call, struct ana_call_options *opts, const 
  * google.rpc.Status become the call's violations. Other detail types are
  * dropped: the bridge renders only BadRequest. */
 static void add_details(struct ana_call *call, const uint8_t *details, size_t len) {
-  Google__Rpc__Status *st = google__rpc__status__unpack(NULL, len, details);
+  Google__Rpc__Status *st = (void *)ana_proto_unpack(
+      &google__rpc__status__descriptor, NULL, details, len, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
   if (!st) {
     ANA_DEBUG(COMPONENT, "%s: undecodable grpc-status-details-bin", call->method->path);
     return;
@@ -99,7 +101,8 @@ static void add_details(struct ana_call *call, const uint8_t *details, size_t le
       continue;
     }
     Google__Rpc__BadRequest *bad =
-        google__rpc__bad_request__unpack(NULL, any->value.len, any->value.data);
+        (void *)ana_proto_unpack(&google__rpc__bad_request__descriptor, NULL, any->value.data,
+                                 any->value.len, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
     for (size_t j = 0; bad && j < bad->n_field_violations; j++) {
       const Google__Rpc__BadRequest__FieldViolation *fv = bad->field_violations[j];
       ana_call_add_violation(call, fv->field ? fv->field : "",

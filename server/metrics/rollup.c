@@ -3,6 +3,7 @@
  * in-memory cache of rollup_cache.c), definitions and versions, and the
  * query path that merges cells. See ana_rollup.h. */
 #include "ana_rollup.h"
+#include "ana_proto_walk.h"
 
 #include "acc_internal.h"
 #include "ana_alloc.h"
@@ -196,7 +197,8 @@ static struct rmetric *rmetric_new(const char *metric_id, const char *account_id
   memcpy(m->def, def, def_len);
   m->def_len = def_len;
   m->version = version;
-  m->metric = analytics__v1__metric__unpack(NULL, def_len, def);
+  m->metric = (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, NULL, def, def_len,
+                                       ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   if (!m->metric) {
     ana_error_set(err, ANA_STATUS_DATA_LOSS, "metric rollups: definition of %s unreadable",
                   metric_id);

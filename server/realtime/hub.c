@@ -1,6 +1,7 @@
 /* The real-time hub: subscribers, fan-out of committed events, live rates,
  * bounded per-subscriber buffers and the pump that feeds the transports. */
 #include "ana_realtime.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
@@ -120,7 +121,8 @@ void ana_realtime_msg_unref(struct ana_realtime_msg *m) {
 
 static Analytics__V1__Event *event_unpacked(struct rt_event *e) {
   if (!e->ev)
-    e->ev = analytics__v1__event__unpack(&e->arena.pb, e->len, e->payload);
+    e->ev = (void *)ana_proto_unpack(&analytics__v1__event__descriptor, &e->arena.pb, e->payload,
+                                     e->len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   return e->ev;
 }
 

@@ -2,6 +2,7 @@
  * services and returns file descriptors, with their transitive imports, from
  * the descriptor set embedded at build time. */
 #include "ana_builtin_services.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 #include "ana_call.h"
@@ -318,7 +319,7 @@ static ProtobufCMessage *convert(const ProtobufCMessage *from,
   if (!buf)
     return NULL;
   protobuf_c_message_pack(from, buf);
-  ProtobufCMessage *m = protobuf_c_message_unpack(to, NULL, n, buf);
+  ProtobufCMessage *m = ana_proto_unpack(to, NULL, buf, n, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
   ana_free(buf);
   return m;
 }
@@ -369,8 +370,9 @@ static const struct ana_handler reflection_handler = {
 };
 
 int ana_reflection_bind(void) {
-  set = google__protobuf__file_descriptor_set__unpack(NULL, ana_descriptor_set_size,
-                                                      ana_descriptor_set);
+  set = (void *)ana_proto_unpack(&google__protobuf__file_descriptor_set__descriptor, NULL,
+                                 ana_descriptor_set, ana_descriptor_set_size,
+                                 ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
   if (!set || build_index() < 0) {
     ANA_ERROR("reflection", "cannot read the embedded descriptor set");
     ana_reflection_fini();

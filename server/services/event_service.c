@@ -3,6 +3,7 @@
  * then queued for a group commit; the answer goes out from the committer's
  * thread once the commit holding the events is durable. */
 #include "ana_services.h"
+#include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
 #include "ana_call.h"
@@ -389,8 +390,9 @@ static void stream_batch_done(struct batch *b, int rc, const struct ana_error *e
         if (!buf)
           break;
         protobuf_c_message_pack(&rs[i]->base, buf);
-        Analytics__V1__EventResult *copy =
-            analytics__v1__event_result__unpack(&s->results_arena->pb, len, buf);
+        Analytics__V1__EventResult *copy = (void *)ana_proto_unpack(
+            &analytics__v1__event_result__descriptor, &s->results_arena->pb, buf, len,
+            ANA_PROTO_MAX_DEPTH_CEILING, NULL);
         if (copy)
           s->results[s->n_results++] = copy;
       }
@@ -607,7 +609,8 @@ static int on_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, con
     return 1;
   }
   struct ana_arena *a = ana_call_arena(s->call);
-  Analytics__V1__Event *ev = analytics__v1__event__unpack(&a->pb, len, payload);
+  Analytics__V1__Event *ev = (void *)ana_proto_unpack(
+      &analytics__v1__event__descriptor, &a->pb, payload, len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   if (!ev) {
     s->failed = 1;
     return 1;

@@ -4,6 +4,7 @@
  * same definitions. Every call touches the database, so it runs on the
  * worker pool, never on a transport thread. */
 #include "ana_services.h"
+#include "ana_proto_walk.h"
 
 #include "ana_call.h"
 #include "ana_id.h"
@@ -24,7 +25,8 @@
 #define MAX_PAGE 1000
 #define NAME_MAX_CHARS 128
 #define UNIT_MAX_CHARS 32
-#define MAX_VARIABLES 32
+/* Variables per metric: the formula engine's limit, documented in the README. */
+#define MAX_VARIABLES ANA_FORMULA_MAX_VARS
 #define DAY_MS 86400000LL
 
 static struct ana_metric_service_options opts;
@@ -77,7 +79,8 @@ struct loaded {
 
 static int keep_metric(void *ctx, const struct ana_catalog_object *o) {
   struct loaded *l = ctx;
-  l->metric = analytics__v1__metric__unpack(&l->arena->pb, o->body_len, o->body);
+  l->metric = (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, &l->arena->pb, o->body,
+                                       o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   return 1;
 }
 
@@ -477,7 +480,9 @@ struct account_metrics {
 
 static int collect_all(void *ctx, const struct ana_catalog_object *o) {
   struct account_metrics *p = ctx;
-  Analytics__V1__Metric *m = analytics__v1__metric__unpack(&p->arena->pb, o->body_len, o->body);
+  Analytics__V1__Metric *m =
+      (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, &p->arena->pb, o->body,
+                               o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   p->last_id = ana_arena_strdup(p->arena, o->id);
   if (m && p->n < sizeof p->items / sizeof p->items[0])
     p->items[p->n++] = m;
@@ -686,7 +691,9 @@ static int collect(void *ctx, const struct ana_catalog_object *o) {
   struct page *p = ctx;
   if (p->n == p->cap)
     return 1;
-  Analytics__V1__Metric *m = analytics__v1__metric__unpack(&p->arena->pb, o->body_len, o->body);
+  Analytics__V1__Metric *m =
+      (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, &p->arena->pb, o->body,
+                               o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   if (m) {
     p->items[p->n++] = m;
     p->last_id = ana_arena_strdup(p->arena, o->id);

@@ -194,11 +194,23 @@ class ManifestTest(unittest.TestCase):
         self.assertIn(cm_name, refs, "the analyticsd container's envFrom does not reference ConfigMap %r "
                       "(references: %r)" % (cm_name, refs))
 
+    def probe_service(self, probe_name):
+        return ((self.container().get(probe_name) or {}).get("grpc") or {}).get("service", "")
+
     def test_liveness_probe_is_grpc(self):
         self.assert_grpc_probe("livenessProbe")
 
+    def test_liveness_and_startup_probes_ask_the_liveness_service(self):
+        # Service "" is readiness: NOT_SERVING on a full disk, which must take
+        # the pod out of the Service, not restart it again and again.
+        for probe in ("livenessProbe", "startupProbe"):
+            self.assertEqual(self.probe_service(probe), "liveness",
+                             "%s must name grpc service 'liveness'" % probe)
+
     def test_readiness_probe_is_grpc(self):
         self.assert_grpc_probe("readinessProbe")
+        self.assertEqual(self.probe_service("readinessProbe"), "",
+                         "readinessProbe must ask service '' (readiness)")
 
     def test_container_ports_match_configmap(self):
         data = self.configmap_data()

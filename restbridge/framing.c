@@ -1,0 +1,225 @@
+/* HTTP/1.1 request framing in front of libwebsockets: lws reads a bridge
+ * connection one request at a time, so that it never holds a pipelined
+ * request in its own input buffer.
+ *
+ * Why: lws 4.1 mishandles a request with a body whose headers it parsed
+ * from its input buffer (a request that arrived in the same read as the
+ * previous one): lws_http_action() then feeds that buffer, from its start,
+ * to the body parser again (the request's own headers come out as its
+ * body) and, once the Content-Length is used up, loops for ever delivering
+ * HTTP_BODY_COMPLETION without consuming anything. A request read from the
+ * socket itself is handled right. lws reads with recv(); for the sockets
+ * registered here, recv() returns at most the rest of the current request
+ * (request line and headers, then Content-Length bytes of body), peeking
+ * first to find where it ends. Every other socket of the process reads as
+ * usual. A request the bridge refuses and hangs up on (Transfer-Encoding,
+ * several or a bad Content-Length, an Upgrade) turns the connection into
+ * plain reads. Together with rx flow control while a request is in flight
+ * (http.c), lws holds at most one request of a connection at a time. */
+#include "framing.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#define MAX_FD 65536
+
+/* Connections registered by the lws thread; read from whatever thread
+ * calls recv() (only lws does, on its own thread, for these sockets). */
+static _Atomic(struct rb_framer *) framers[MAX_FD];
+
+static void reset_message(struct rb_framer *f) {
+  f->phase = RB_FRAME_HEADERS;
+  f->line_len = 0;
+  f->line_long = false;
+  f->seen_request_line = false;
+  f->content_length = 0;
+  f->n_content_length = 0;
+  f->bad_content_length = false;
+  f->transfer_encoding = false;
+  f->upgrade = false;
+}
+
+void rb_framer_init(struct rb_framer *f) {
+  memset(f, 0, sizeof *f);
+  reset_message(f);
+}
+
+/* Case-insensitive "name:" prefix of line; the value after it, or NULL. */
+static const char *header_value(const char *line, size_t n, const char *name) {
+  size_t nl = strlen(name);
+  if (n < nl || strncasecmp(line, name, nl) != 0)
+    return NULL;
+  const char *v = line + nl;
+  while (*v == ' ' || *v == '\t')
+    v++;
+  return v;
+}
+
+static void header_line(struct rb_framer *f) {
+  f->line[f->line_len] = '\0';
+  const char *v;
+  if (f->line_long) {
+    /* Longer than any Content-Length: only its name matters. */
+    if (header_value(f->line, f->line_len, "content-length:"))
+      f->bad_content_length = true;
+    else if (header_value(f->line, f->line_len, "transfer-encoding:"))
+      f->transfer_encoding = true;
+    else if (header_value(f->line, f->line_len, "upgrade:"))
+      f->upgrade = true;
+    return;
+  }
+  if ((v = header_value(f->line, f->line_len, "content-length:")) != NULL) {
+    char *end = NULL;
+    f->n_content_length++;
+    if (!isdigit((unsigned char)*v)) {
+      f->bad_content_length = true;
+      return;
+    }
+    unsigned long long cl = strtoull(v, &end, 10);
+    while (end && (*end == ' ' || *end == '\t'))
+      end++;
+    if (!end || *end || cl > RB_FRAME_MAX_BODY)
+      f->bad_content_length = true;
+    else
+      f->content_length = cl;
+  } else if (header_value(f->line, f->line_len, "transfer-encoding:")) {
+    f->transfer_encoding = true;
+  } else if (header_value(f->line, f->line_len, "upgrade:")) {
+    f->upgrade = true;
+  }
+}
+
+/* The headers are in: what follows. */
+static void headers_done(struct rb_framer *f) {
+  if (f->transfer_encoding || f->upgrade || f->bad_content_length || f->n_content_length > 1) {
+    /* Refused and closed by the bridge, or a WebSocket: plain reads. */
+    f->phase = RB_FRAME_PASS;
+  } else if (f->content_length) {
+    f->phase = RB_FRAME_BODY;
+    f->body_left = f->content_length;
+  } else {
+    reset_message(f);
+  }
+}
+
+size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    if (f->phase == RB_FRAME_PASS)
+      return n;
+    if (f->phase == RB_FRAME_BODY) {
+      size_t take = n - i;
+      if ((unsigned long long)take > f->body_left)
+        take = (size_t)f->body_left;
+      f->body_left -= take;
+      i += take;
+      if (f->body_left == 0) {
+        reset_message(f);
+        f->ended++;
+        return i; /* the end of this request */
+      }
+      continue;
+    }
+    unsigned char c = p[i++];
+    if (c != '\n') {
+      if (f->line_len < sizeof f->line - 1)
+        f->line[f->line_len++] = (char)c;
+      else
+        f->line_long = true;
+      continue;
+    }
+    if (f->line_len && f->line[f->line_len - 1] == '\r')
+      f->line_len--;
+    bool empty = f->line_len == 0 && !f->line_long;
+    if (!f->seen_request_line) {
+      /* Empty lines before a request line are skipped (RFC 9112 2.2). */
+      f->seen_request_line = !empty;
+    } else if (empty) {
+      headers_done(f);
+      if (f->phase == RB_FRAME_HEADERS) {
+        f->ended++;
+        return i; /* a request without a body ends here */
+      }
+    } else {
+      header_line(f);
+    }
+    f->line_len = 0;
+    f->line_long = false;
+  }
+  return n;
+}
+
+void rb_framer_register(int fd, struct lws *wsi) {
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  struct rb_framer *f = malloc(sizeof *f);
+  if (f) {
+    rb_framer_init(f);
+    f->wsi = wsi;
+  }
+  /* Without memory the connection reads as it used to. */
+  free(atomic_exchange(&framers[fd], f));
+}
+
+void rb_framer_unregister(int fd) {
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  free(atomic_exchange(&framers[fd], NULL));
+}
+
+void rb_framer_answered(int fd) {
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  struct rb_framer *f = atomic_load(&framers[fd]);
+  if (f)
+    f->answered++;
+}
+
+void rb_framer_pass(int fd) {
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  struct rb_framer *f = atomic_load(&framers[fd]);
+  if (f)
+    f->phase = RB_FRAME_PASS;
+}
+
+/* The recv() lws calls (libwebsockets.so binds to this definition, as to
+ * any symbol the executable defines). Plain recvfrom() for every socket not
+ * registered above, and for any call with flags. */
+ssize_t recv(int fd, void *buf, size_t len, int flags) {
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  if (!f || flags || !len || f->phase == RB_FRAME_PASS)
+    return recvfrom(fd, buf, len, flags, NULL, NULL);
+  if (f->ended > f->answered) {
+    /* The previous request is not answered yet: it stays in the socket
+     * (RFC 9112 9.3.2: answers go out in request order). */
+    rb_http_on_gated(f->wsi);
+    errno = EAGAIN;
+    return -1;
+  }
+  if (f->phase == RB_FRAME_BODY) {
+    size_t want = len;
+    if ((unsigned long long)want > f->body_left)
+      want = (size_t)f->body_left;
+    ssize_t got = recvfrom(fd, buf, want, 0, NULL, NULL);
+    if (got > 0)
+      rb_framer_scan(f, buf, (size_t)got);
+    return got;
+  }
+  ssize_t peeked = recvfrom(fd, buf, len, MSG_PEEK, NULL, NULL);
+  if (peeked <= 0)
+    return peeked;
+  struct rb_framer next = *f;
+  size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+  ssize_t got = recvfrom(fd, buf, want, 0, NULL, NULL);
+  if (got == (ssize_t)want)
+    *f = next;
+  else if (got > 0)
+    rb_framer_scan(f, buf, (size_t)got);
+  return got;
+}

@@ -1,0 +1,60 @@
+/* HTTP/1.1 request framing in front of libwebsockets (framing.c): lws reads
+ * a bridge connection one request at a time. */
+#ifndef ANA_RESTBRIDGE_FRAMING_H
+#define ANA_RESTBRIDGE_FRAMING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Larger Content-Length values are refused by the bridge anyway. */
+#define RB_FRAME_MAX_BODY (1ull << 40)
+
+enum rb_frame_phase {
+  RB_FRAME_HEADERS, /* request line and header lines */
+  RB_FRAME_BODY,    /* body_left bytes of Content-Length body */
+  RB_FRAME_PASS,    /* no more framing: WebSocket, or refused and closing */
+};
+
+/* Where a connection's byte stream stands. */
+struct rb_framer {
+  enum rb_frame_phase phase;
+  unsigned long long body_left;
+  /* the current message's headers */
+  char line[96]; /* the current header line (longer ones: line_long) */
+  size_t line_len;
+  bool line_long;
+  bool seen_request_line;
+  unsigned long long content_length;
+  int n_content_length;
+  bool bad_content_length;
+  bool transfer_encoding;
+  bool upgrade;
+  /* requests read to their end, and answered by the bridge: while a read
+   * one is unanswered, recv() gives nothing more (EAGAIN) */
+  unsigned long ended, answered;
+  struct lws *wsi;
+};
+
+void rb_framer_init(struct rb_framer *f);
+/* Scans n bytes that are the next of the stream; returns how many of them
+ * belong to the current request (at least 1 when n > 0): all n, or up to
+ * the end of the request (then f is ready for the next one). */
+size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n);
+
+struct lws;
+
+/* The socket of a new HTTP connection: recv() on it returns one request at
+ * a time from now on, and nothing while a request read is unanswered (it
+ * then calls rb_http_on_gated(wsi)). lws thread. */
+void rb_framer_register(int fd, struct lws *wsi);
+/* The bridge answered the current request of this connection. */
+void rb_framer_answered(int fd);
+/* recv() held back the next request of wsi (http.c). lws thread. */
+void rb_http_on_gated(struct lws *wsi);
+/* The connection is gone (its descriptor may be reused). */
+void rb_framer_unregister(int fd);
+/* Plain reads from now on (an upgraded WebSocket). */
+void rb_framer_pass(int fd);
+
+#endif
