@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct ana_restbridge;
 struct ana_call;
@@ -46,6 +47,19 @@ struct ana_restbridge_options {
   /* WebSocket: a connection whose queue stays full this long is closed with
    * 1008 "slow consumer"; 0 = 10000 ms. */
   int slow_consumer_ms;
+  /* All request bodies being read or decoded together; past it a new body
+   * gets 503 with Retry-After. 0 = 128 MiB. */
+  size_t body_budget_bytes;
+  /* All queued WebSocket frames together; past it the connection with the
+   * most queued bytes is closed with 1008. 0 = 128 MiB. */
+  size_t stream_budget_bytes;
+  /* A request body arriving slower than this many bytes per second, averaged
+   * over body_rate_window_ms, ends with 408 and close. 0 = 1024. */
+  size_t body_min_rate;
+  int body_rate_window_ms; /* 0 = 10000 */
+  /* Threads decoding request bodies over 64 KiB off the bridge thread;
+   * 0 = 2; negative = decode every body on the bridge thread. */
+  int decode_threads;
   /* Origins allowed by CORS, comma-separated ("https://a.example,https://b");
    * "*" allows any; NULL = CORS off (no CORS headers; preflights get 403). */
   const char *cors_allowed_origins;
@@ -78,6 +92,12 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
 
 /* The port actually bound (useful with port 0). */
 int ana_restbridge_port(const struct ana_restbridge *b);
+
+/* When the service thread last finished a loop turn (CLOCK_MONOTONIC ms, as
+ * ana_call_now_mono_ms; 0 before it started). It turns at least once a
+ * second even when idle, so a value more than a few seconds old means the
+ * thread is stuck. Thread-safe (one atomic load). */
+int64_t ana_restbridge_last_loop_ms(const struct ana_restbridge *b);
 
 /* Stops serving: new requests get 503, WebSockets are closed with 1001
  * (their calls cancelled), in-flight REST calls may finish for up to

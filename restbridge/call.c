@@ -3,6 +3,8 @@
  * the hand-over between a connection and its call. */
 #include "restbridge_internal.h"
 
+#include "budget.h"
+
 #include "ana_alloc.h"
 
 #include <string.h>
@@ -62,6 +64,8 @@ struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route 
   atomic_init(&c->refs, 2); /* the handler's (released by finish) and the connection's */
   c->wsi = wsi;
   c->conn = conn;
+  atomic_init(&c->q_bytes, 0);
+  atomic_init(&c->evicted, false);
   rb_bridge_ref(b);
   atomic_fetch_add(&b->inflight, 1);
   return c;
@@ -71,6 +75,7 @@ void rb_call_unref(struct rb_call *c) {
   if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
     return;
   struct ana_restbridge *b = c->bridge;
+  rb_budget_stream_pop(b->budget, c, atomic_load(&c->q_bytes));
   rb_msg_free(c->q_head);
   rb_msg_free(c->ws_last);
   rb_reply_clear(&c->reply);
@@ -110,12 +115,20 @@ void rb_conn_detach(struct rb_conn *conn) {
   pthread_mutex_unlock(&c->mu);
   if (!answered)
     ana_call_mark_cancelled(&c->base);
+  if (c->websocket) {
+    /* Untracked while the connection's reference still holds the call
+     * (budget.c picks tracked calls by reference); its queue goes now. */
+    rb_budget_stream_untrack(conn->bridge->budget, c);
+    rb_budget_stream_drop(conn->bridge->budget, c);
+  }
   rb_call_unref(c);
 }
 
 void rb_conn_attach(struct rb_conn *conn, struct rb_call *c) {
   struct ana_restbridge *b = conn->bridge;
   conn->call = c;
+  if (c->websocket)
+    rb_budget_stream_track(b->budget, c);
   if (conn->listed)
     return;
   conn->prev = NULL;

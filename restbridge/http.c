@@ -3,6 +3,7 @@
  * the handler's thread, written on the lws thread), and response writing. */
 #include "restbridge_internal.h"
 
+#include "budget.h"
 #include "framing.h"
 
 #include "ana_alloc.h"
@@ -169,6 +170,16 @@ void rb_http_on_gated(struct lws *wsi) {
 }
 
 void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi) {
+  if (conn->rate_timer && conn->state == RB_CONN_READING_BODY) {
+    /* A body's rate window (budget.c). */
+    if (rb_budget_body_too_slow(wsi, conn)) {
+      answer_status(wsi, conn, ANA_STATUS_DEADLINE_EXCEEDED, true,
+                    "request body arrived slower than %s (HTTP_BODY_MIN_RATE)", "the minimum rate");
+      conn->reply.http_status = 408;
+    }
+    return;
+  }
+  conn->rate_timer = false;
   if (conn->state == RB_CONN_WAITING)
     rb_http_on_deadline(conn);
   else
@@ -217,6 +228,7 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
   conn->state = RB_CONN_IDLE;
+  rb_budget_body_free(conn);
   conn->body_len = 0;
   conn->body_too_large = false;
   if (close_after)
@@ -269,6 +281,11 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
                       end);
     }
   }
+  if (!rc && r->retry_after_s > 0) {
+    char secs[16];
+    snprintf(secs, sizeof secs, "%d", r->retry_after_s);
+    rc = add_header(wsi, "retry-after:", secs, &p, end);
+  }
   if (!rc && r->close_after)
     rc = add_header(wsi, "connection:", "close", &p, end);
   if (rc || lws_finalize_write_http_header(wsi, start, &p, end))
@@ -310,14 +327,17 @@ static void start_call(struct lws *wsi, struct rb_conn *conn) {
   struct ana_restbridge *b = conn->bridge;
   struct ana_error early;
   conn->state = RB_CONN_WAITING;
+  conn->rate_timer = false; /* a body's rate window may still fire: ignored */
   /* lws would drop a reply that takes longer than its pending timeout. */
   lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
   struct rb_call *c = rb_request_start(b, wsi, conn, conn->route, conn->path, conn->body,
                                        conn->body_len, false, NULL, &early);
   if (!c) {
     rb_http_answer_error(wsi, conn, &early, true);
+    rb_budget_body_free(conn);
     return;
   }
+  rb_budget_body_free(conn); /* decoded (or handed to the decode pool, which took it) */
   int64_t left = c->base.deadline_mono_ms;
   if (left != INT64_MAX && conn->state == RB_CONN_WAITING) {
     left -= ana_call_now_mono_ms();
@@ -619,16 +639,23 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
     start_call(wsi, conn);
     return;
   }
-  if (conn->body_cap < (size_t)cl + 1) {
-    char *nb = ana_realloc(conn->body, (size_t)cl + 1);
-    if (!nb) {
-      answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s", "out of memory");
-      return;
-    }
-    conn->body = nb;
-    conn->body_cap = (size_t)cl + 1;
+  rb_budget_body_free(conn);
+  if (!rb_budget_body_reserve(b->budget, (size_t)cl + 1)) {
+    answer_status(wsi, conn, ANA_STATUS_UNAVAILABLE, true, "%s",
+                  "too many request bodies in progress (HTTP_BODY_BUDGET_MB); retry later");
+    conn->reply.retry_after_s = 1;
+    return;
   }
+  conn->body_reserved = (size_t)cl + 1;
+  conn->body = ana_malloc((size_t)cl + 1);
+  if (!conn->body) {
+    rb_budget_body_free(conn);
+    answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, true, "%s", "out of memory");
+    return;
+  }
+  conn->body_cap = (size_t)cl + 1;
   conn->state = RB_CONN_READING_BODY;
+  rb_budget_body_watch(wsi, conn);
 }
 
 /* Watches a chunked body go by for its last chunk ("0\r\n\r\n"), or for

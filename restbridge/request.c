@@ -6,6 +6,8 @@
  * the deadline. */
 #include "restbridge_internal.h"
 
+#include "decode_pool.h"
+
 #include "ana_alloc.h"
 #include "ana_log.h"
 
@@ -352,10 +354,12 @@ static int read_query(struct lws *wsi, struct ana_arena *a, struct rb_query_para
   return 0;
 }
 
-/* The request message from body, query and path. */
-static int build_request(struct rb_call *c, struct lws *wsi, const struct rb_match *m,
-                         const char *body, size_t body_len, ProtobufCMessage **out,
-                         struct ana_error *st) {
+/* The request message from body, query and path. A body over
+ * RB_DECODE_INLINE_MAX (conn's own) goes to the decode pool instead: then
+ * *deferred is set and the pool starts the call once it is decoded. */
+static int build_request(struct rb_call *c, struct lws *wsi, struct rb_conn *conn,
+                         const struct rb_match *m, const char *body, size_t body_len,
+                         ProtobufCMessage **out, bool *deferred, struct ana_error *st) {
   struct rb_query_param *query = NULL;
   size_t n_query = 0;
   struct rb_build_options bo = {
@@ -365,6 +369,11 @@ static int build_request(struct rb_call *c, struct lws *wsi, const struct rb_mat
   int rc = read_query(wsi, &c->base.arena, &query, &n_query);
   if (rc < 0)
     return rc;
+  if (c->bridge->decode && body_len > RB_DECODE_INLINE_MAX && body == conn->body &&
+      rb_decode_pool_submit(c->bridge->decode, c, conn, m, query, n_query, &bo) == 0) {
+    *deferred = true;
+    return 0;
+  }
   return rb_request_build(&c->base, c->route, m, query, n_query, body, body_len, &bo, out, st);
 }
 
@@ -400,8 +409,11 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
       rc = ana_error_set(&st, ANA_STATUS_UNIMPLEMENTED, "%s is not available over REST",
                          c->base.method->path);
   }
+  bool deferred = false;
   if (rc == 0)
-    rc = build_request(c, wsi, m, body, body_len, &req, &st);
+    rc = build_request(c, wsi, conn, m, body, body_len, &req, &deferred, &st);
+  if (rc == 0 && deferred)
+    return c; /* decoded on the pool, started from the lws thread after */
   if (rc == ANA_ERR_NOMEM)
     ana_error_set(&st, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc < 0) {

@@ -39,10 +39,12 @@ struct rb_reply {
   const char *content_type; /* static string; NULL = application/json */
   bool static_file;         /* dashboard file: caching and content-security headers */
   bool preflight;           /* CORS preflight: Access-Control-Allow-* headers */
+  int retry_after_s;        /* > 0: a Retry-After header */
   char *allow_headers;      /* preflight: Access-Control-Allow-Headers (owned) */
 };
 
 struct rb_conn;
+struct rb_decode_job;
 
 /* A call carried by the bridge. `base` first: ana_call * casts to it.
  *
@@ -79,10 +81,17 @@ struct rb_call {
   bool dirty;                 /* on the bridge's dirty list (guarded by the bridge's mu) */
   struct rb_call *dirty_next; /* guarded by the bridge's mu */
 
+  /* memory budget (budget.c) */
+  atomic_size_t q_bytes;               /* bytes of the frames in q_head (changed under mu) */
+  atomic_bool evicted;                 /* the queue budget took its queue: close with 1008 */
+  struct rb_call *bud_prev, *bud_next; /* the budget's tracked calls (its mu) */
+  bool bud_listed;                     /* lws thread */
+
   /* lws thread only */
-  struct rb_call *wake_next; /* the list drain_dirty took (owns its references) */
-  struct lws *wsi;           /* NULL once the connection is gone */
-  struct rb_conn *conn;      /* set while conn->call == this call */
+  struct rb_decode_job *decode; /* its body is on the decode pool (decode_pool.c) */
+  struct rb_call *wake_next;    /* the list drain_dirty took (owns its references) */
+  struct lws *wsi;              /* NULL once the connection is gone */
+  struct rb_conn *conn;         /* set while conn->call == this call */
 };
 
 enum rb_conn_state {
@@ -114,6 +123,9 @@ struct rb_conn {
   char *path; /* owned copy of the request path */
   char *body;
   size_t body_len, body_cap;
+  size_t body_reserved; /* bytes of the body budget held for body (budget.c) */
+  size_t rate_mark;     /* body_len when the current rate window began */
+  bool rate_timer;      /* the connection's timer is the body's rate window */
   bool body_too_large;
   char chunk_tail[5]; /* last bytes of a chunked body being discarded */
   char request_id[96];
@@ -155,10 +167,16 @@ struct ana_restbridge {
 
   atomic_bool shutting_down;
   atomic_bool stop;
+  /* The service loop's last turn (monotonic ms; 0 before it started) and
+   * the timer that wakes it when idle (server.c). */
+  _Atomic int64_t last_loop_ms;
+  lws_sorted_usec_list_t heartbeat_sul;
   bool shutdown_handled;       /* lws thread: WebSockets were told to close */
   atomic_bool cancel_inflight; /* grace is over: answer what is left with 503 */
 
-  struct rb_stats *stats; /* metrics (stats.c); NULL when out of memory */
+  struct rb_stats *stats;        /* metrics (stats.c); NULL when out of memory */
+  struct rb_budget *budget;      /* memory budgets (budget.c); NULL when out of memory */
+  struct rb_decode_pool *decode; /* large bodies' decoding (decode_pool.c); NULL = inline */
 
   /* lws thread only */
   struct rb_conn *conns;   /* connections with a call */

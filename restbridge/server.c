@@ -4,6 +4,8 @@
  * and shutdown. */
 #include "restbridge_internal.h"
 
+#include "budget.h"
+#include "decode_pool.h"
 #include "framing.h"
 
 #include "ana_alloc.h"
@@ -16,6 +18,10 @@
 #define DEFAULT_MAX_HEADER (16u << 10)
 #define DEFAULT_STREAM_BUFFER 1024
 #define DEFAULT_SLOW_CONSUMER_MS 10000
+#define DEFAULT_BUDGET (128u << 20)
+#define DEFAULT_BODY_MIN_RATE 1024
+#define DEFAULT_RATE_WINDOW_MS 10000
+#define DEFAULT_DECODE_THREADS 2
 
 /* WebSocket keepalive: ping after 30 s without traffic, hang up after 75 s. */
 static const lws_retry_bo_t idle_policy = {
@@ -32,6 +38,7 @@ void rb_bridge_unref(struct ana_restbridge *b) {
     return;
   pthread_mutex_destroy(&b->mu);
   rb_stats_destroy(b->stats);
+  rb_budget_destroy(b->budget);
   ana_free(b->ws_batch);
   ana_free(b->host);
   ana_free(b->cors);
@@ -81,7 +88,8 @@ static void drain_dirty(struct ana_restbridge *b) {
   while (c) {
     struct rb_call *next = c->wake_next;
     c->wake_next = NULL;
-    if (c->conn) { /* still that connection's call */
+    rb_decode_pool_dispatch(c); /* a body decoded off this thread: start its call */
+    if (c->conn) {              /* still that connection's call */
       if (c->websocket)
         rb_ws_on_wake(c->conn);
       else
@@ -119,11 +127,11 @@ static void handle_shutdown(struct ana_restbridge *b) {
 static void conn_release(struct rb_conn *conn) {
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
-  ana_free(conn->body);
+  if (conn->bridge)
+    rb_budget_body_free(conn);
   ana_free(conn->path);
-  conn->body = NULL;
   conn->path = NULL;
-  conn->body_cap = conn->body_len = 0;
+  conn->body_len = 0;
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -205,12 +213,28 @@ static void lws_log_emit(int level, const char *line) {
     ANA_WARN(RB_COMPONENT, "lws: %s", msg);
 }
 
+/* Wakes an idle service loop once a second, so its heartbeat goes on. */
+#define HEARTBEAT_US LWS_US_PER_SEC
+
+static void heartbeat_tick(lws_sorted_usec_list_t *sul) {
+  struct ana_restbridge *b = lws_container_of(sul, struct ana_restbridge, heartbeat_sul);
+  lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
+}
+
 static void *service_thread(void *arg) {
   struct ana_restbridge *b = arg;
-  while (!atomic_load(&b->stop))
+  atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
+  lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
+  while (!atomic_load(&b->stop)) {
     if (lws_service(b->ctx, 0) < 0)
       break;
+    atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
+  }
   return NULL;
+}
+
+int64_t ana_restbridge_last_loop_ms(const struct ana_restbridge *b) {
+  return atomic_load(&((struct ana_restbridge *)b)->last_loop_ms);
 }
 
 struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options *o,
@@ -247,6 +271,26 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   b->opt.web_root = b->web_root;
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   b->stats = rb_stats_create();
+  if (!b->opt.body_budget_bytes)
+    b->opt.body_budget_bytes = DEFAULT_BUDGET;
+  if (!b->opt.stream_budget_bytes)
+    b->opt.stream_budget_bytes = DEFAULT_BUDGET;
+  if (!b->opt.body_min_rate)
+    b->opt.body_min_rate = DEFAULT_BODY_MIN_RATE;
+  if (b->opt.body_rate_window_ms <= 0)
+    b->opt.body_rate_window_ms = DEFAULT_RATE_WINDOW_MS;
+  if (!b->opt.decode_threads)
+    b->opt.decode_threads = DEFAULT_DECODE_THREADS;
+  b->budget = rb_budget_create(b->opt.body_budget_bytes, b->opt.stream_budget_bytes,
+                               b->opt.body_min_rate, b->opt.body_rate_window_ms);
+  if (!b->budget) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  if (b->opt.decode_threads > 0 && !(b->decode = rb_decode_pool_create(b->opt.decode_threads))) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the request decoding threads");
+    goto fail;
+  }
 
   lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_emit);
 
@@ -303,6 +347,8 @@ fail:
   if (b->ctx)
     lws_context_destroy(b->ctx);
   b->ctx = NULL;
+  rb_decode_pool_destroy(b->decode);
+  b->decode = NULL;
   rb_bridge_unref(b);
   return NULL;
 }
@@ -355,6 +401,9 @@ int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms) {
    * on this thread, now that the service thread is gone. */
   lws_context_destroy(b->ctx);
   b->ctx = NULL;
+  /* Bodies still being decoded: their calls end CANCELLED. */
+  rb_decode_pool_destroy(b->decode);
+  b->decode = NULL;
   for (struct rb_call *c = take_dirty(b), *next; c; c = next) {
     next = c->wake_next;
     rb_call_unref(c);

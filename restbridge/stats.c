@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <time.h>
 
-static const int statuses[] = {200, 204, 400, 401, 403, 404, 409, 411,
-                               413, 429, 499, 500, 501, 503, 504};
+static const int statuses[] = {200, 204, 400, 401, 403, 404, 408, 409,
+                               411, 413, 429, 499, 500, 501, 503, 504};
 #define N_STATUSES (sizeof statuses / sizeof statuses[0])
 
 struct rb_route_stats {

@@ -19,6 +19,7 @@
  * subprotocol list to 127 bytes and one name to 63. */
 #include "restbridge_internal.h"
 
+#include "budget.h"
 #include "framing.h"
 
 #include "ana_alloc.h"
@@ -30,6 +31,8 @@
 #include <string.h>
 
 #define BEARER_PREFIX "bearer."
+/* Seconds a closing WebSocket may wait for room for its close frame. */
+#define WS_CLOSE_GRACE_S 5
 
 /* --- the transport (any thread) --- */
 
@@ -50,9 +53,10 @@ static void utf8_cut(char *out, size_t size, const char *s) {
  * ANA_ERR_FULL at stream_buffer_size frames. */
 static int queue_frame(struct rb_call *c, struct rb_msg *m) {
   size_t limit = c->bridge->opt.stream_buffer_size;
+  size_t bytes = m->len;
   int rc;
   pthread_mutex_lock(&c->mu);
-  if (c->finished || atomic_load(&c->base.cancelled)) {
+  if (c->finished || atomic_load(&c->base.cancelled) || atomic_load(&c->evicted)) {
     rc = ANA_ERR_CLOSED;
   } else if (c->q_len >= limit) {
     if (!c->full_since_ms)
@@ -65,11 +69,14 @@ static int queue_frame(struct rb_call *c, struct rb_msg *m) {
       c->q_head = m;
     c->q_tail = m;
     c->q_len++;
+    rb_budget_stream_push(c->bridge->budget, c, bytes);
     m = NULL;
     rc = 0;
   }
   pthread_mutex_unlock(&c->mu);
   rb_msg_free(m);
+  if (rc == 0)
+    rb_budget_stream_enforce(c->bridge->budget);
   if (rc != ANA_ERR_CLOSED)
     rb_call_wake(c);
   return rc;
@@ -375,9 +382,18 @@ void rb_ws_close(struct rb_conn *conn, int code, const char *reason) {
   }
   conn->state = RB_CONN_WS_CLOSING;
   if (conn->call) {
-    ana_call_mark_cancelled(&conn->call->base);
-    if (conn->call->wsi)
-      lws_callback_on_writable(conn->call->wsi);
+    struct rb_call *c = conn->call;
+    ana_call_mark_cancelled(&c->base);
+    /* Nothing queued goes out any more: free it now, not at the close. */
+    rb_budget_stream_drop(conn->bridge->budget, c);
+    if (c->wsi) {
+      lws_callback_on_writable(c->wsi);
+      /* A client that does not read never makes the socket writable, so
+       * the close frame may never go: hang up regardless after a few
+       * seconds (time for a client that reads again to get the close
+       * frame), not when the keepalive gives up a minute later. */
+      lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, WS_CLOSE_GRACE_S);
+    }
   }
 }
 
@@ -388,6 +404,12 @@ void rb_ws_on_wake(struct rb_conn *conn) {
   pthread_mutex_lock(&c->mu);
   bool full = c->full_since_ms != 0;
   pthread_mutex_unlock(&c->mu);
+  if (atomic_load(&c->evicted)) {
+    ANA_INFO(RB_COMPONENT, "closing a WebSocket of %s: over the stream queue budget",
+             c->base.method->path);
+    rb_ws_close(conn, LWS_CLOSE_STATUS_POLICY_VIOLATION, "stream queue budget exceeded");
+    return;
+  }
   if (full && !conn->slow_timer_armed) {
     conn->slow_timer_armed = true;
     lws_set_timer_usecs(c->wsi, (lws_usec_t)conn->bridge->opt.slow_consumer_ms * 1000);
@@ -416,6 +438,7 @@ static void on_slow_timer(struct lws *wsi, struct rb_conn *conn) {
     memcpy(reason, own ? c->ws_close_reason : "slow consumer", own ? sizeof reason : 14);
     pthread_mutex_unlock(&c->mu);
     ANA_INFO(RB_COMPONENT, "closing a WebSocket of %s: %s", c->base.method->path, reason);
+    rb_budget_count_slow_close(conn->bridge->budget);
     rb_ws_close(conn, LWS_CLOSE_STATUS_POLICY_VIOLATION, reason);
     return;
   }
@@ -526,7 +549,7 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
     /* Take what fits the budget: the queued frames, then, once the call
      * is finished, its last frame (error or last message), then the close. */
     struct rb_msg *list = NULL, **tail = &list;
-    size_t n = 0, bytes = 0;
+    size_t n = 0, bytes = 0, popped = 0;
     int close_code = 0;
     char close_reason[sizeof c->ws_close_reason];
     pthread_mutex_lock(&c->mu);
@@ -546,6 +569,7 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
         if (!c->q_head)
           c->q_tail = NULL;
         c->q_len--;
+        popped += m->len;
       }
       m->next = NULL;
       *tail = m;
@@ -560,6 +584,7 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
       memcpy(close_reason, c->ws_close_reason, sizeof close_reason);
     }
     bool more = c->q_head != NULL || c->finished;
+    rb_budget_stream_pop(conn->bridge->budget, c, popped);
     pthread_mutex_unlock(&c->mu);
     if (close_code)
       return close_now(wsi, close_code, close_reason);

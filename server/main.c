@@ -4,6 +4,7 @@
 #include "ana_builtin_services.h"
 #include "ana_config.h"
 #include "ana_grpc_server.h"
+#include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_metric_streams.h"
 #include "ana_realtime.h"
@@ -20,7 +21,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+/* Readiness fails while the REST bridge's loop has not turned for this long;
+ * liveness while it or any registered thread has made no progress for
+ * LIVENESS_STALL_MS. */
+#define READINESS_BRIDGE_STALL_MS 5000
+#define LIVENESS_STALL_MS 30000
+/* How often the main thread re-evaluates both (and DATA_DIR's free space). */
+#define HEALTH_PERIOD_MS 250
 
 static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd [--help | --version | --print-env-example | "
@@ -61,24 +71,66 @@ struct health_state {
   struct ana_committer *committer;
   int schema_version; /* read once at start: the writer connection is the committer's */
   atomic_bool serving;
+  atomic_bool ready; /* readiness as last evaluated by the main thread */
 };
 
-/* The bridge's health callback (its thread; nothing here blocks): 503 while
- * not serving (starting, stopping) or while the store is degraded (the last
- * write failed: disk full, I/O error). */
+/* The bridge's health callback (its thread; nothing here blocks): readiness,
+ * 503 while not serving (starting, stopping), while the store cannot write
+ * (the last write failed, or DATA_DIR is short of space) or while the
+ * bridge itself was stalled (then it could not answer anyway). */
 static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   struct health_state *h = ctx;
   bool degraded = h->db && ana_local_db_degraded(h->db);
   struct ana_committer_stats st = {0};
   if (h->committer)
     ana_committer_stats(h->committer, &st);
-  *serving = atomic_load(&h->serving) && !degraded;
+  *serving = atomic_load(&h->serving) && atomic_load(&h->ready) && !degraded;
   if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
       ana_restbridge_health_add_int(extra, "schemaVersion", h->schema_version) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
     return ANA_ERR_NOMEM;
   return 0;
+}
+
+/* Evaluates readiness and liveness, publishes both to gRPC health (Watch
+ * streams hear the changes) and logs each change once. */
+static void update_health(struct health_state *h, struct ana_restbridge *rest) {
+  static bool was_ready = true, was_live = true;
+  ana_local_db_check_space(h->db);
+  int64_t now = ana_heartbeat_now_ms();
+  int64_t bridge_age = 0;
+  if (rest) {
+    int64_t last = ana_restbridge_last_loop_ms(rest);
+    bridge_age = last > 0 ? now - last : 0;
+  }
+  char stalled[32];
+  int64_t thread_age = ana_heartbeat_oldest_ms(stalled, sizeof stalled);
+  bool store_ok = !ana_local_db_degraded(h->db);
+  bool bridge_ok = bridge_age < READINESS_BRIDGE_STALL_MS;
+  bool ready = atomic_load(&h->serving) && store_ok && bridge_ok;
+  bool live = bridge_age < LIVENESS_STALL_MS && thread_age < LIVENESS_STALL_MS;
+  atomic_store(&h->ready, ready);
+  ana_health_set_serving(ready);
+  ana_health_set_live(live);
+  if (ready != was_ready && atomic_load(&h->serving)) {
+    if (ready)
+      ANA_INFO("main", "ready again");
+    else
+      ANA_WARN("main", "not ready: %s",
+               !store_ok ? "the store cannot write (disk full or I/O errors)"
+                         : "the REST bridge has not turned its loop for 5 s");
+  }
+  if (live != was_live) {
+    if (live)
+      ANA_INFO("main", "live again");
+    else
+      ANA_ERROR("main", "not live: thread %s has made no progress for %lld ms",
+                bridge_age >= LIVENESS_STALL_MS ? "restbridge" : stalled,
+                (long long)(bridge_age > thread_age ? bridge_age : thread_age));
+  }
+  was_ready = ready;
+  was_live = live;
 }
 
 int main(int argc, char **argv) {
@@ -123,6 +175,7 @@ int main(int argc, char **argv) {
   struct ana_realtime *realtime = NULL;
   struct ana_metric_streams *metric_streams = NULL;
   struct ana_rollups *rollups = NULL;
+  struct ana_event_names *names = NULL;
   if (make_dirs(cfg.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.data_dir, strerror(errno));
     goto out;
@@ -139,6 +192,7 @@ int main(int argc, char **argv) {
 
   if (ana_auth_init(cfg.default_account_id) < 0 || ana_reflection_bind() < 0)
     goto out;
+  ana_log_register_metrics();
   ana_health_bind();
 
   /* The store and the ingest path come up before any transport. */
@@ -146,6 +200,8 @@ int main(int argc, char **argv) {
   if (db) { /* MiB of WAL in pages of 4 KiB */
     ana_local_db_set_checkpoint_pages(db, cfg.wal_checkpoint_mb * 256);
     ana_local_db_set_search_index_wait_ms(db, cfg.search_index_wait_ms);
+    ana_local_db_set_min_free_bytes(db, (int64_t)cfg.store_min_free_mb << 20);
+    ana_local_db_check_space(db);
   }
   store = db ? store_ops->open(db, &err) : NULL;
   if (!store) {
@@ -163,6 +219,12 @@ int main(int argc, char **argv) {
   workers = ana_workers_create(4, 1024);
   if (!committer || !workers) {
     ANA_ERROR("main", "cannot start the ingest path: %s", err.message);
+    goto out;
+  }
+  /* The catalog of event names: its own hook, stored by its own thread. */
+  names = ana_event_names_create(db, &(struct ana_event_names_options){cfg.event_names_max}, &err);
+  if (!names || ana_committer_subscribe(committer, ana_event_names_on_commit, names) < 0) {
+    ANA_ERROR("main", "cannot open the event names: %s", names ? "too many hooks" : err.message);
     goto out;
   }
   struct ana_event_service_options eopts = {
@@ -185,6 +247,7 @@ int main(int argc, char **argv) {
       .trusted_proxies = cfg.trusted_proxies,
       .search_max_page_size = cfg.search_max_page_size,
       .stream_max_in_flight = cfg.ingest_stream_max_in_flight,
+      .event_names = names,
   };
   ana_event_service_bind(&eopts);
 
@@ -213,8 +276,11 @@ int main(int argc, char **argv) {
       .store = store,
       .workers = workers,
       .rollups = rollups,
+      .event_names = names,
   };
   ana_metric_service_bind(&mopts);
+  if (ana_event_names_start(names, ana_metric_service_names_added, NULL, &err) < 0)
+    goto out;
 
   /* Live streams hear every commit through the hook. */
   struct ana_realtime_options rtopts = {
@@ -236,6 +302,7 @@ int main(int argc, char **argv) {
       .store = store,
       .interval_ms = cfg.metric_stream_interval_ms,
       .history_buckets = cfg.metric_stream_history,
+      .streams_per_peer = cfg.metric_streams_per_peer,
   };
   metric_streams = ana_metric_streams_create(&msopts, &err);
   if (!metric_streams ||
@@ -253,6 +320,9 @@ int main(int argc, char **argv) {
       .max_message_bytes = cfg.grpc_max_message_bytes,
       .proto_max_depth = cfg.proto_max_depth,
       .send_queue_max = cfg.stream_send_queue_max,
+      .max_concurrent_streams = cfg.grpc_max_concurrent_streams,
+      .max_metadata_bytes = cfg.grpc_max_metadata_bytes,
+      .streams_per_peer = cfg.grpc_streams_per_peer,
   };
   grpc = ana_grpc_server_create(&opts, &err);
   if (!grpc) {
@@ -268,6 +338,11 @@ int main(int argc, char **argv) {
       .max_body_bytes = (size_t)cfg.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg.stream_buffer_size,
       .slow_consumer_ms = cfg.ws_slow_consumer_ms,
+      .body_budget_bytes = (size_t)cfg.http_body_budget_mb << 20,
+      .stream_budget_bytes = (size_t)cfg.stream_queue_budget_mb << 20,
+      .body_min_rate = (size_t)cfg.http_body_min_rate,
+      .body_rate_window_ms = cfg.http_body_rate_window_ms,
+      .decode_threads = cfg.http_decode_threads ? cfg.http_decode_threads : -1,
       .cors_allowed_origins = cfg.cors_allowed_origins,
       .web_root = cfg.web_root,
       .health = rest_health,
@@ -283,11 +358,20 @@ int main(int argc, char **argv) {
   snprintf(http_port, sizeof http_port, "%d", ana_restbridge_port(rest));
   ana_log_fields(ANA_LOG_INFO, "main", "analyticsd is serving", "grpc_port", port, "http_port",
                  http_port, "data_dir", cfg.data_dir, "version", ANA_VERSION, NULL);
-  ana_health_set_serving(true);
   atomic_store(&health.serving, true);
+  atomic_store(&health.ready, true);
+  update_health(&health, rest);
 
+  /* Waits for SIGTERM/SIGINT, re-evaluating health meanwhile. */
   int sig = 0;
-  sigwait(&stop_signals, &sig);
+  for (;;) {
+    struct timespec period = {0, HEALTH_PERIOD_MS * 1000000L};
+    sig = sigtimedwait(&stop_signals, NULL, &period);
+    if (sig == SIGTERM || sig == SIGINT)
+      break;
+    update_health(&health, rest);
+    ana_log_flush_suppressed();
+  }
   ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal",
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
   ana_health_set_serving(false);
@@ -312,6 +396,7 @@ out:
   ana_grpc_server_destroy(grpc);
   /* After the transports: in-flight calls were waiting for these. */
   ana_committer_destroy(committer);
+  ana_event_names_destroy(names); /* after the committer's hook; uses the rollups */
   /* After the committer: its last commits still reach the hook. */
   ana_metric_streams_destroy(metric_streams); /* pushes through the hub: first */
   ana_realtime_destroy(realtime);

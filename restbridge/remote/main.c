@@ -1,8 +1,10 @@
 /* analytics-restbridge: the REST + WebSocket bridge as its own process,
  * forwarding every call to an analyticsd over gRPC (remote mode). Same
  * routes, JSON and errors as the bridge inside analyticsd; configured from
- * the same variables (PORT, HTTP_MAX_BODY_BYTES, CORS_ALLOWED_ORIGINS,
- * STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS, SHUTDOWN_GRACE_MS, LOG_LEVEL)
+ * the same variables (PORT, HTTP_MAX_BODY_BYTES, HTTP_BODY_BUDGET_MB,
+ * HTTP_BODY_MIN_RATE, HTTP_BODY_RATE_WINDOW, HTTP_DECODE_THREADS,
+ * CORS_ALLOWED_ORIGINS, STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS,
+ * STREAM_QUEUE_BUDGET_MB, SHUTDOWN_GRACE_MS, LOG_LEVEL)
  * plus --upstream host:port (or RESTBRIDGE_UPSTREAM). */
 #include "ana_config.h"
 #include "ana_log.h"
@@ -87,6 +89,11 @@ int main(int argc, char **argv) {
       .max_body_bytes = (size_t)cfg.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg.stream_buffer_size,
       .slow_consumer_ms = cfg.ws_slow_consumer_ms,
+      .body_budget_bytes = (size_t)cfg.http_body_budget_mb << 20,
+      .stream_budget_bytes = (size_t)cfg.stream_queue_budget_mb << 20,
+      .body_min_rate = (size_t)cfg.http_body_min_rate,
+      .body_rate_window_ms = cfg.http_body_rate_window_ms,
+      .decode_threads = cfg.http_decode_threads ? cfg.http_decode_threads : -1,
       .cors_allowed_origins = cfg.cors_allowed_origins,
       .health = ana_restbridge_remote_health,
       .health_ctx = remote,

@@ -17,10 +17,15 @@ struct ana_config {
   int grpc_port;            /* GRPC_PORT */
   char *grpc_host;          /* GRPC_HOST: bind address; an IPv6 address may come without brackets */
   long http_max_body_bytes; /* HTTP_MAX_BODY_BYTES: REST request bodies */
-  char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS: NULL = none */
-  int ws_slow_consumer_ms;    /* WS_SLOW_CONSUMER_MS */
-  char *web_root;             /* WEB_ROOT: dashboard files; NULL = built in */
-  char *restbridge_upstream;  /* RESTBRIDGE_UPSTREAM: analytics-restbridge only; NULL = unset */
+  int http_body_budget_mb;  /* HTTP_BODY_BUDGET_MB: all bodies together */
+  int http_body_min_rate;   /* HTTP_BODY_MIN_RATE: bytes per second */
+  int http_body_rate_window_ms; /* HTTP_BODY_RATE_WINDOW */
+  int http_decode_threads;      /* HTTP_DECODE_THREADS: 0 = on the bridge thread */
+  char *cors_allowed_origins;   /* CORS_ALLOWED_ORIGINS: NULL = none */
+  int ws_slow_consumer_ms;      /* WS_SLOW_CONSUMER_MS */
+  int stream_queue_budget_mb;   /* STREAM_QUEUE_BUDGET_MB: all WebSocket queues together */
+  char *web_root;               /* WEB_ROOT: dashboard files; NULL = built in */
+  char *restbridge_upstream;    /* RESTBRIDGE_UPSTREAM: analytics-restbridge only; NULL = unset */
 
   /* Remote backends; NULL = not used (none is supported yet). */
   char *mongodb_uri;
@@ -41,16 +46,21 @@ struct ana_config {
   int realtime_slow_consumer_ms;      /* REALTIME_SLOW_CONSUMER_MS */
   int metric_stream_interval_ms;      /* METRIC_STREAM_INTERVAL: 0 = every commit */
   int metric_stream_history;          /* METRIC_STREAM_HISTORY: closed buckets kept per stream */
+  int metric_streams_per_peer;        /* METRIC_STREAMS_PER_PEER */
   int rollup_cache_mb;                /* ROLLUP_CACHE_MB: 0 = no rollup cells in memory */
   int wal_checkpoint_mb;              /* WAL_CHECKPOINT_MB */
+  int store_min_free_mb;              /* STORE_MIN_FREE_MB: 0 = no check */
 
   enum ana_log_level log_level;
   int shutdown_grace_ms;
   char *default_account_id;
 
   long grpc_max_message_bytes;
-  int proto_max_depth; /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
-  int grpc_threads;    /* 0 = one per CPU */
+  int grpc_max_concurrent_streams; /* per connection */
+  int grpc_max_metadata_bytes;
+  int grpc_streams_per_peer; /* open server-streaming calls per client IP */
+  int proto_max_depth;       /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
+  int grpc_threads;          /* 0 = one per CPU */
   int stream_send_queue_max;
   /* Ingestion limits and policies. */
   int event_max_bytes;
@@ -65,6 +75,7 @@ struct ana_config {
   int ingest_queue_max;
   int ingest_stream_max_in_flight;
   int search_max_page_size;
+  int event_names_max;      /* EVENT_NAMES_MAX: names in each account's catalog */
   int search_index_wait_ms; /* SEARCH_INDEX_WAIT */
   int retention_sweep_interval_ms;
 };

@@ -54,10 +54,49 @@ void ana_log_write(enum ana_log_level level, const char *component, const char *
 void ana_log_fields(enum ana_log_level level, const char *component, const char *msg, ...)
     __attribute__((sentinel));
 
+/* Flood control: each call site of the ANA_* macros writes at most
+ * ANA_LOG_SITE_LINES_PER_S lines per second. The rest are counted, added to
+ * the Prometheus counter ana_log_suppressed_total, and reported in one line
+ * per site ("suppressed N lines", with the site) when the site's second
+ * ends: on the site's next line, or by ana_log_flush_suppressed, which the
+ * server calls a few times a second. */
+#define ANA_LOG_SITE_LINES_PER_S 10
+
+/* One call site's state: a static in each macro expansion, zero-initialised,
+ * updated with atomics only (no lock, no allocation). */
+struct ana_log_site {
+  const char *file;
+  int line;
+  const char *_Atomic component;     /* set by the first suppressed line */
+  _Atomic long long second;          /* monotonic second of the current window */
+  _Atomic unsigned count;            /* lines attempted in it */
+  _Atomic unsigned suppressed;       /* not written and not yet reported */
+  _Atomic int listed;                /* on the list ana_log_flush_suppressed walks */
+  struct ana_log_site *_Atomic next; /* that list */
+};
+
+/* Whether the site may write a line now (counting it); false means it is
+ * suppressed. May first report what the site suppressed in an earlier
+ * second. Thread-safe and lock-free. */
+bool ana_log_site_admit(struct ana_log_site *site, const char *component);
+
+/* Reports, one line per site, the lines suppressed in seconds that are over.
+ * Thread-safe; cheap when nothing was suppressed. */
+void ana_log_flush_suppressed(void);
+
+/* Lines suppressed since the start (ana_log_suppressed_total). */
+unsigned long long ana_log_suppressed_total(void);
+
+/* Adds ana_log_suppressed_total to /metrics. Returns 0 or ANA_ERR_FULL. */
+int ana_log_register_metrics(void);
+
 #define ANA_LOG(level, component, ...)                                                             \
   do {                                                                                             \
-    if (ana_log_enabled(level))                                                                    \
-      ana_log_write(level, component, __VA_ARGS__);                                                \
+    static struct ana_log_site ana_log_site_ = {.file = __FILE__, .line = __LINE__};               \
+    if (ana_log_enabled(level)) {                                                                  \
+      if (ana_log_site_admit(&ana_log_site_, component))                                           \
+        ana_log_write(level, component, __VA_ARGS__);                                              \
+    }                                                                                              \
   } while (0)
 
 #define ANA_ERROR(component, ...) ANA_LOG(ANA_LOG_ERROR, component, __VA_ARGS__)

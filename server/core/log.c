@@ -2,6 +2,7 @@
 #include "ana_log.h"
 
 #include "ana_error.h"
+#include "ana_prom.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -17,6 +18,9 @@
 
 /* Room kept at the end of every line for ,"truncated":true}\n */
 #define TAIL_RESERVE 32
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -312,4 +316,87 @@ void ana_log_fields(enum ana_log_level level, const char *component, const char 
   }
   va_end(ap);
   line_finish(&l);
+}
+
+/* ------------------------------------------------------------------ */
+/* flood control */
+
+static _Atomic unsigned long long suppressed_total;
+/* Sites that suppressed something, pushed once each (never removed: sites
+ * are statics). */
+static struct ana_log_site *_Atomic suppressing_sites;
+
+static long long mono_second(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (long long)ts.tv_sec;
+}
+
+/* Writes the report of what the site suppressed, if anything. */
+static void report_suppressed(struct ana_log_site *site) {
+  unsigned n = atomic_exchange_explicit(&site->suppressed, 0, memory_order_relaxed);
+  if (n == 0)
+    return;
+  char count[16], where[300];
+  snprintf(count, sizeof count, "%u", n);
+  snprintf(where, sizeof where, "%s:%d", site->file ? site->file : "?", site->line);
+  const char *component = atomic_load_explicit(&site->component, memory_order_relaxed);
+  ana_log_fields(
+      ANA_LOG_WARN, component ? component : "log",
+      "suppressed lines of one call site (over " STRINGIFY(ANA_LOG_SITE_LINES_PER_S) " per second)",
+      "suppressed", count, "site", where, NULL);
+}
+
+/* Starts a new second for the site when its current one is over; the
+ * thread that starts it reports the previous second's suppressed lines. */
+static void roll_second(struct ana_log_site *site, long long now) {
+  long long seen = atomic_load_explicit(&site->second, memory_order_relaxed);
+  if (seen == now)
+    return;
+  if (!atomic_compare_exchange_strong(&site->second, &seen, now))
+    return; /* another thread rolled it */
+  atomic_store_explicit(&site->count, 0, memory_order_relaxed);
+  report_suppressed(site);
+}
+
+bool ana_log_site_admit(struct ana_log_site *site, const char *component) {
+  roll_second(site, mono_second());
+  if (atomic_fetch_add_explicit(&site->count, 1, memory_order_relaxed) < ANA_LOG_SITE_LINES_PER_S)
+    return true;
+  atomic_fetch_add_explicit(&site->suppressed, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&suppressed_total, 1, memory_order_relaxed);
+  if (atomic_load_explicit(&site->listed, memory_order_acquire) == 0) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&site->listed, &expected, 1)) {
+      atomic_store_explicit(&site->component, component, memory_order_relaxed);
+      struct ana_log_site *head = atomic_load(&suppressing_sites);
+      do
+        site->next = head;
+      while (!atomic_compare_exchange_weak(&suppressing_sites, &head, site));
+    }
+  }
+  return false;
+}
+
+void ana_log_flush_suppressed(void) {
+  long long now = mono_second();
+  for (struct ana_log_site *s = atomic_load(&suppressing_sites); s; s = s->next)
+    if (atomic_load_explicit(&s->suppressed, memory_order_relaxed) > 0)
+      roll_second(s, now);
+}
+
+unsigned long long ana_log_suppressed_total(void) {
+  return atomic_load_explicit(&suppressed_total, memory_order_relaxed);
+}
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  (void)ctx;
+  ana_prom_write_family(w, "ana_log_suppressed_total", "counter",
+                        "Log lines not written because their call site exceeded " STRINGIFY(
+                            ANA_LOG_SITE_LINES_PER_S) " lines per second.");
+  ana_prom_write_u64(w, "ana_log_suppressed_total", NULL, ana_log_suppressed_total());
+}
+
+int ana_log_register_metrics(void) {
+  return ana_prom_register(collect, NULL);
 }

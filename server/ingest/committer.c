@@ -12,6 +12,7 @@
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
+#include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_prom.h"
 
@@ -22,6 +23,8 @@
 #define DAY_MS 86400000LL
 #define RETENTION_CHUNK 1000
 #define MAX_HOOKS 8
+/* An idle commit thread wakes at least this often to beat (liveness). */
+#define IDLE_BEAT_MS 1000
 
 struct hook {
   ana_commit_hook_fn fn;
@@ -205,9 +208,12 @@ static void sweep_retention(struct ana_committer *c) {
 
 static void *commit_thread(void *arg) {
   struct ana_committer *c = arg;
+  /* Idle, the thread still wakes every second to beat (liveness). */
+  struct ana_heartbeat *hb = ana_heartbeat_register("committer");
   pthread_mutex_lock(&c->mu);
   for (;;) {
     while (!c->head && !c->stopping) {
+      ana_heartbeat_beat(hb);
       int64_t wait = c->next_sweep_ms - now_ms();
       if (wait <= 0) {
         pthread_mutex_unlock(&c->mu);
@@ -215,9 +221,10 @@ static void *commit_thread(void *arg) {
         pthread_mutex_lock(&c->mu);
         continue;
       }
-      struct timespec ts = ana_deadline_in_ms(wait);
+      struct timespec ts = ana_deadline_in_ms(wait < IDLE_BEAT_MS ? wait : IDLE_BEAT_MS);
       pthread_cond_timedwait(&c->cond, &c->mu, &ts);
     }
+    ana_heartbeat_beat(hb);
     if (!c->head && c->stopping)
       break;
     /* When requests were sharing commits, wait a little for more; a lone
@@ -249,6 +256,7 @@ static void *commit_thread(void *arg) {
     c->last_commit_requests = requests;
   }
   pthread_mutex_unlock(&c->mu);
+  ana_heartbeat_unregister(hb);
   return NULL;
 }
 

@@ -24,6 +24,7 @@
 #define OFFSET_SPAN (1ULL << SEQ_BITS)
 /* Live offsets stay below the finals' (2^27 - groups .. 2^27 - 1). */
 #define LIVE_MAX (OFFSET_SPAN - 2 - (ANA_METRIC_STREAM_MAX_GROUPS + 1))
+#define DEFAULT_STREAMS_PER_PEER 32
 #define DEFAULT_HISTORY 60
 #define MAX_PENDING 100000 /* events held while a new stream loads */
 #define MAX_WAIT_MS 1000   /* the ticker looks at least this often */
@@ -41,6 +42,7 @@ struct msub {
   struct mstream *st;
   struct ana_realtime_sub *sub;
   struct ana_call *call;
+  char peer[64]; /* the client's IP (METRIC_STREAMS_PER_PEER) */
 };
 
 /* An open bucket: accumulators and, per group, the latest update built. */
@@ -847,6 +849,21 @@ static struct mstream *find_stream(struct ana_metric_streams *ms,
   return NULL;
 }
 
+/* Subscriptions the client at ip holds over every stream; ms->mu held. */
+static int peer_subs_locked(struct ana_metric_streams *ms, const char *ip) {
+  int n = 0;
+  for (struct mstream *st = ms->streams; st; st = st->next)
+    for (struct msub *s = st->subs; s; s = s->next)
+      n += strcmp(s->peer, ip) == 0;
+  return n;
+}
+
+static int peer_limit_error(struct ana_metric_streams *ms, const char *ip, struct ana_error *err) {
+  return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED,
+                       "METRIC_STREAMS_PER_PEER: %s already holds %d live metric streams", ip,
+                       ms->o.streams_per_peer);
+}
+
 static int cmp_by_seq(const void *pa, const void *pb) {
   uint64_t a = ana_realtime_msg_seq(*(struct ana_realtime_msg *const *)pa);
   uint64_t b = ana_realtime_msg_seq(*(struct ana_realtime_msg *const *)pb);
@@ -860,8 +877,16 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
   struct msub *s = NULL;
   uint64_t after = req->after_sequence;
   int rc = 0;
+  char ip[64];
+  ana_call_peer_ip(call, ip, sizeof ip);
 
   pthread_mutex_lock(&ms->mu);
+  /* Checked again when subscribing, as others may have come meanwhile. */
+  if (peer_subs_locked(ms, ip) >= ms->o.streams_per_peer) {
+    pthread_mutex_unlock(&ms->mu);
+    rc = peer_limit_error(ms, ip, err);
+    goto out;
+  }
   struct mstream *st = find_stream(ms, req);
   if (!st) {
     if (ms->n_streams >= ANA_METRIC_STREAM_MAX_STREAMS) {
@@ -958,6 +983,13 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
   s = ana_calloc(1, sizeof *s);
   pthread_mutex_lock(&ms->mu);
   st->waiting--;
+  if (peer_subs_locked(ms, ip) >= ms->o.streams_per_peer) {
+    pthread_mutex_unlock(&ms->mu);
+    ana_free(s);
+    s = NULL;
+    rc = peer_limit_error(ms, ip, err);
+    goto out;
+  }
   struct ana_realtime_sub *sub =
       s ? ana_realtime_subscribe_feed(ms->o.hub, call, on_sub_end, s) : NULL;
   if (!sub) {
@@ -967,7 +999,8 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
-  *s = (struct msub){st->subs, ms, st, sub, call};
+  *s = (struct msub){st->subs, ms, st, sub, call, {0}};
+  snprintf(s->peer, sizeof s->peer, "%s", ip);
   /* What it missed, oldest first: recomputed buckets, the history, then the
    * open buckets' latest values. */
   int64_t oldest = st->hist_len ? st->hist[st->hist_head].start : st->open[0].start;
@@ -1042,6 +1075,8 @@ struct ana_metric_streams *ana_metric_streams_create(const struct ana_metric_str
     ms->o.interval_ms = 0;
   if (ms->o.history_buckets <= 0)
     ms->o.history_buckets = DEFAULT_HISTORY;
+  if (ms->o.streams_per_peer <= 0)
+    ms->o.streams_per_peer = DEFAULT_STREAMS_PER_PEER;
   pthread_mutex_init(&ms->mu, NULL);
   pthread_cond_init(&ms->tick, NULL);
   pthread_cond_init(&ms->loaded, NULL);

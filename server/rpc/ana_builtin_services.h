@@ -8,9 +8,17 @@
 /* Binds Health/Check and Health/Watch. The server starts NOT_SERVING. */
 void ana_health_bind(void);
 
-/* Sets the status of the whole server (and of every service in it) and
- * pushes it to open Watch streams. Thread-safe. */
+/* Readiness: sets the status of the whole server (service "", and every
+ * service in it) and pushes it to open Watch streams. Thread-safe. */
 void ana_health_set_serving(bool serving);
+
+/* The service name of liveness: NOT_SERVING only while a server thread is
+ * stuck (a restart helps), never for a full disk or a slow dependency. */
+#define ANA_HEALTH_LIVENESS "liveness"
+
+/* Sets liveness (SERVING from the start) and pushes it to open Watch streams
+ * of ANA_HEALTH_LIVENESS. Thread-safe. */
+void ana_health_set_live(bool live);
 
 /* Binds ServerReflectionInfo (v1 and v1alpha). Returns 0, or a negative
  * error when the embedded descriptor set cannot be read. */

@@ -73,6 +73,9 @@ size_t ana_call_metadata_count(const struct ana_call *call);
 const struct ana_metadata_entry *ana_call_metadata_at(const struct ana_call *call, size_t i);
 /* The peer's address as the transport saw it ("ipv4:127.0.0.1:40122"). */
 const char *ana_call_peer(const struct ana_call *call);
+/* The peer's IP address alone ("127.0.0.1", "::1"; other peer forms whole),
+ * copied into out (size bytes): the key of per-client limits. */
+void ana_call_peer_ip(const struct ana_call *call, char *out, size_t size);
 /* Milliseconds left before the deadline (<= 0: passed), or INT64_MAX. */
 int64_t ana_call_remaining_ms(const struct ana_call *call);
 bool ana_call_is_cancelled(const struct ana_call *call);

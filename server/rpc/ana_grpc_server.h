@@ -9,13 +9,22 @@
 struct ana_grpc_server;
 
 struct ana_grpc_server_options {
-  const char *host;       /* bind address, e.g. "0.0.0.0" */
-  int port;               /* 0 picks a free port (see ana_grpc_server_port) */
-  int threads;            /* completion-queue threads; 0 = number of CPUs */
-  long max_message_bytes; /* largest request message accepted */
-  int proto_max_depth;    /* deepest message nesting accepted; 0 = 100 */
-  int send_queue_max;     /* messages queued per outbound stream */
+  const char *host;           /* bind address, e.g. "0.0.0.0" */
+  int port;                   /* 0 picks a free port (see ana_grpc_server_port) */
+  int threads;                /* completion-queue threads; 0 = number of CPUs */
+  long max_message_bytes;     /* largest request message accepted */
+  int proto_max_depth;        /* deepest message nesting accepted; 0 = 100 */
+  int send_queue_max;         /* messages queued per outbound stream */
+  int max_concurrent_streams; /* calls open at once per connection; 0 = 100 */
+  int max_metadata_bytes;     /* request metadata per call; 0 = 16 KiB */
+  int streams_per_peer;       /* open server-streaming calls per client IP; 0 = 64 */
 };
+
+/* Abusive HTTP/2 pings: a client pinging more often than this without data
+ * in between earns a strike; after ANA_GRPC_MAX_PING_STRIKES the connection
+ * is closed (GOAWAY ENHANCE_YOUR_CALM). */
+#define ANA_GRPC_MIN_RECV_PING_INTERVAL_MS 10000
+#define ANA_GRPC_MAX_PING_STRIKES 2
 
 /* Binds, starts the threads and begins serving. Returns NULL with err filled
  * when the port cannot be bound or memory runs out. */

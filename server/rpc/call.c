@@ -125,6 +125,21 @@ const char *ana_call_peer(const struct ana_call *call) {
   return call->peer;
 }
 
+void ana_call_peer_ip(const struct ana_call *call, char *out, size_t size) {
+  const char *peer = call->peer ? call->peer : "", *p = peer;
+  if (strncmp(p, "ipv4:", 5) == 0 || strncmp(p, "ipv6:", 5) == 0)
+    p += 5;
+  size_t n = strlen(p);
+  const char *colon = strrchr(p, ':');
+  if (colon && p != peer && (p[0] != '[' || colon[-1] == ']'))
+    n = (size_t)(colon - p);
+  if (n >= 2 && p[0] == '[' && p[n - 1] == ']') {
+    p++;
+    n -= 2;
+  }
+  snprintf(out, size, "%.*s", (int)n, p);
+}
+
 int64_t ana_call_remaining_ms(const struct ana_call *call) {
   if (call->deadline_mono_ms == INT64_MAX)
     return INT64_MAX;

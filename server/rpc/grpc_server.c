@@ -5,6 +5,7 @@
 #include "ana_grpc_server.h"
 
 #include "ana_alloc.h"
+#include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_proto_walk.h"
 #include "call_internal.h"
@@ -23,6 +24,9 @@
  * one method can arrive at once before core has to queue them. */
 #define SLOTS_PER_METHOD 4
 #define GENERIC_SLOTS 2
+
+/* A completion-queue thread waits at most this long before it beats. */
+#define CQ_BEAT_MS 1000
 
 enum tag_kind { TAG_REQUEST, TAG_RECV_CLOSE, TAG_RECV_MESSAGE, TAG_SEND, TAG_SHUTDOWN };
 
@@ -68,6 +72,14 @@ struct gcall {
   grpc_metadata_array request_md;
   int64_t started_mono_ms;
   struct gcall *prev, *next; /* the server's live list */
+  struct peer_streams *peer; /* counted in it (server-streaming); srv->mu */
+};
+
+/* Open server-streaming calls of one client IP address. */
+struct peer_streams {
+  struct peer_streams *next;
+  int open;
+  char ip[64];
 };
 
 struct ana_grpc_server {
@@ -80,6 +92,7 @@ struct ana_grpc_server {
   long max_message_bytes;
   int proto_max_depth;
   int send_queue_max;
+  int streams_per_peer;
   void *registered[ANA_METHOD_COUNT];
   struct tag shutdown_tag;
 
@@ -89,6 +102,7 @@ struct ana_grpc_server {
   bool shutdown_notified;
   long live_calls;
   struct gcall *live;
+  struct peer_streams *peers; /* IPs with server streams open */
 };
 
 static const struct ana_call_transport grpc_transport;
@@ -152,6 +166,15 @@ static void gcall_free(struct gcall *g) {
     srv->live = g->next;
   if (g->next)
     g->next->prev = g->prev;
+  if (g->peer && --g->peer->open == 0) {
+    for (struct peer_streams **p = &srv->peers; *p; p = &(*p)->next) {
+      if (*p == g->peer) {
+        *p = g->peer->next;
+        ana_free(g->peer);
+        break;
+      }
+    }
+  }
   srv->live_calls--;
   pthread_cond_broadcast(&srv->cond);
   pthread_mutex_unlock(&srv->mu);
@@ -581,6 +604,39 @@ static int capture_request(struct gcall *g, grpc_metadata_array *md, gpr_timespe
   return 0;
 }
 
+/* Counts a server-streaming call against its peer's GRPC_STREAMS_PER_PEER.
+ * Returns 0, or ANA_ERR_FULL with status filled when the peer is at the
+ * limit (ANA_ERR_NOMEM when out of memory). */
+static int admit_peer_stream(struct gcall *g, struct ana_error *status) {
+  struct ana_grpc_server *srv = g->srv;
+  char ip[64];
+  ana_call_peer_ip(&g->base, ip, sizeof ip);
+  int rc = 0;
+  pthread_mutex_lock(&srv->mu);
+  struct peer_streams *ps = srv->peers;
+  while (ps && strcmp(ps->ip, ip) != 0)
+    ps = ps->next;
+  if (ps && ps->open >= srv->streams_per_peer) {
+    ana_error_set(status, ANA_STATUS_RESOURCE_EXHAUSTED,
+                  "GRPC_STREAMS_PER_PEER: %s already has %d server-streaming calls open", ip,
+                  ps->open);
+    rc = ANA_ERR_FULL;
+  } else if (!ps && !(ps = ana_calloc(1, sizeof *ps))) {
+    ana_error_set(status, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    rc = ANA_ERR_NOMEM;
+  } else {
+    if (ps->open == 0) {
+      snprintf(ps->ip, sizeof ps->ip, "%s", ip);
+      ps->next = srv->peers;
+      srv->peers = ps;
+    }
+    ps->open++;
+    g->peer = ps;
+  }
+  pthread_mutex_unlock(&srv->mu);
+  return rc;
+}
+
 static void dispatch(struct ana_grpc_server *srv, struct request_slot *slot) {
   const struct ana_method *method = &ana_methods[slot->method];
   grpc_call *call = slot->call;
@@ -607,6 +663,8 @@ static void dispatch(struct ana_grpc_server *srv, struct request_slot *slot) {
   if (capture_request(g, &g->request_md, deadline) < 0) {
     ana_call_fail(c, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   } else if (ana_call_admit(c, &status) < 0) {
+    ana_call_finish(c, NULL, &status);
+  } else if (method->kind == ANA_METHOD_SERVER_STREAMING && admit_peer_stream(g, &status) < 0) {
     ana_call_finish(c, NULL, &status);
   } else if (method->kind == ANA_METHOD_UNARY || method->kind == ANA_METHOD_SERVER_STREAMING) {
     struct ana_proto_violation v;
@@ -713,8 +771,14 @@ struct thread_arg {
 static void *cq_thread(void *arg) {
   struct thread_arg ta = *(struct thread_arg *)arg;
   ana_free(arg);
+  /* Idle, the thread still wakes every second to beat (liveness). */
+  struct ana_heartbeat *hb = ana_heartbeat_register("grpc-cq");
   for (;;) {
-    grpc_event ev = grpc_completion_queue_next(ta.cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_event ev = grpc_completion_queue_next(
+        ta.cq,
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(CQ_BEAT_MS, GPR_TIMESPAN)),
+        NULL);
+    ana_heartbeat_beat(hb);
     if (ev.type == GRPC_QUEUE_SHUTDOWN)
       break;
     if (ev.type != GRPC_OP_COMPLETE)
@@ -733,6 +797,7 @@ static void *cq_thread(void *arg) {
       break;
     }
   }
+  ana_heartbeat_unregister(hb);
   return NULL;
 }
 
@@ -765,6 +830,7 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   srv->max_message_bytes = o->max_message_bytes;
   srv->proto_max_depth = o->proto_max_depth > 0 ? o->proto_max_depth : ANA_PROTO_DEFAULT_MAX_DEPTH;
   srv->send_queue_max = o->send_queue_max > 0 ? o->send_queue_max : 256;
+  srv->streams_per_peer = o->streams_per_peer > 0 ? o->streams_per_peer : 64;
   srv->shutdown_tag = (struct tag){TAG_SHUTDOWN, srv};
   srv->n_threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (srv->n_threads < 1)
@@ -775,12 +841,27 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
       {.type = GRPC_ARG_INTEGER,
        .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
        .value.integer = (int)o->max_message_bytes},
+      /* Keepalive pings are welcome, floods are not: see ana_grpc_server.h. */
       {.type = GRPC_ARG_INTEGER,
        .key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-       .value.integer = 10000},
+       .value.integer = ANA_GRPC_MIN_RECV_PING_INTERVAL_MS},
+      {.type = GRPC_ARG_INTEGER,
+       .key = GRPC_ARG_HTTP2_MAX_PING_STRIKES,
+       .value.integer = ANA_GRPC_MAX_PING_STRIKES},
       {.type = GRPC_ARG_INTEGER,
        .key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
        .value.integer = 1},
+      {.type = GRPC_ARG_INTEGER,
+       .key = GRPC_ARG_MAX_CONCURRENT_STREAMS,
+       .value.integer = o->max_concurrent_streams > 0 ? o->max_concurrent_streams : 100},
+      /* The only metadata limit of core 1.51 (hard: a call over it is
+       * refused); later cores split it into soft and absolute limits. */
+      {.type = GRPC_ARG_INTEGER,
+       .key = GRPC_ARG_MAX_METADATA_SIZE,
+       .value.integer = o->max_metadata_bytes > 0 ? o->max_metadata_bytes : 16384},
+      {.type = GRPC_ARG_INTEGER,
+       .key = "grpc.absolute_max_metadata_size",
+       .value.integer = o->max_metadata_bytes > 0 ? o->max_metadata_bytes : 16384},
   };
   grpc_channel_args channel_args = {.num_args = sizeof args / sizeof args[0], .args = args};
   srv->server = grpc_server_create(&channel_args, NULL);

@@ -1,5 +1,5 @@
 /* grpc.health.v1.Health: Check for probes (Kubernetes, grpc_health_probe) and
- * Watch streams that hear every change of the serving status. */
+ * Watch streams that hear every change; "" is readiness, "liveness" liveness. */
 #include "ana_builtin_services.h"
 
 #include "ana_alloc.h"
@@ -13,24 +13,40 @@
 #define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
 #define SERVICE_UNKNOWN GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
 
+/* What a service name reports. */
+enum service_kind { SERVICE_NONE, SERVICE_READINESS, SERVICE_LIVENESS };
+
 struct watcher {
   struct watcher *next;
   struct ana_call *call;
-  bool known; /* the watched service exists */
+  enum service_kind kind;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static bool serving;
+static bool serving;     /* readiness */
+static bool live = true; /* liveness */
 static struct watcher *watchers;
 
-/* "" is the whole server; otherwise any service of the method table. */
-static bool service_known(const char *name) {
+/* "" (the whole server) and every service of the method table report
+ * readiness; ANA_HEALTH_LIVENESS reports liveness. */
+static enum service_kind service_kind(const char *name) {
   if (!name[0])
-    return true;
+    return SERVICE_READINESS;
+  if (strcmp(name, ANA_HEALTH_LIVENESS) == 0)
+    return SERVICE_LIVENESS;
   for (size_t i = 0; i < ANA_METHOD_COUNT; i++)
     if (strcmp(ana_methods[i].service, name) == 0)
-      return true;
-  return false;
+      return SERVICE_READINESS;
+  return SERVICE_NONE;
+}
+
+/* The status of a service kind; lock held. */
+static Grpc__Health__V1__HealthCheckResponse__ServingStatus status_locked(enum service_kind k) {
+  switch (k) {
+  case SERVICE_READINESS: return serving ? SERVING : NOT_SERVING;
+  case SERVICE_LIVENESS: return live ? SERVING : NOT_SERVING;
+  default: return SERVICE_UNKNOWN;
+  }
 }
 
 static int send_status(struct ana_call *call,
@@ -42,13 +58,14 @@ static int send_status(struct ana_call *call,
 
 static void check(struct ana_call *call, const ProtobufCMessage *request) {
   const Grpc__Health__V1__HealthCheckRequest *req = (const void *)request;
-  if (!service_known(req->service)) {
+  enum service_kind k = service_kind(req->service);
+  if (k == SERVICE_NONE) {
     ana_call_fail(call, ANA_STATUS_NOT_FOUND, "unknown service %s", req->service);
     return;
   }
   Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
   pthread_mutex_lock(&lock);
-  resp.status = serving ? SERVING : NOT_SERVING;
+  resp.status = status_locked(k);
   pthread_mutex_unlock(&lock);
   ana_call_reply(call, &resp.base);
 }
@@ -61,11 +78,11 @@ static void watch(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   w->call = call;
-  w->known = service_known(req->service);
+  w->kind = service_kind(req->service);
   ana_call_set_user(call, w);
   pthread_mutex_lock(&lock);
   /* Sent under the lock so no change can overtake the first status. */
-  send_status(call, !w->known ? SERVICE_UNKNOWN : serving ? SERVING : NOT_SERVING);
+  send_status(call, status_locked(w->kind));
   w->next = watchers;
   watchers = w;
   pthread_mutex_unlock(&lock);
@@ -109,13 +126,28 @@ void ana_health_bind(void) {
   ana_rpc_bind(ANA_METHOD_GRPC_HEALTH_V1_HEALTH_WATCH, &watch_handler);
 }
 
+/* Pushes the status of kind k to its watchers; lock held. A full send
+ * queue skips one update. */
+static void notify_locked(enum service_kind k) {
+  for (struct watcher *w = watchers; w; w = w->next)
+    if (w->kind == k)
+      send_status(w->call, status_locked(k));
+}
+
 void ana_health_set_serving(bool value) {
   pthread_mutex_lock(&lock);
   if (serving != value) {
     serving = value;
-    for (struct watcher *w = watchers; w; w = w->next)
-      if (w->known)
-        send_status(w->call, value ? SERVING : NOT_SERVING); /* a full queue skips one update */
+    notify_locked(SERVICE_READINESS);
+  }
+  pthread_mutex_unlock(&lock);
+}
+
+void ana_health_set_live(bool value) {
+  pthread_mutex_lock(&lock);
+  if (live != value) {
+    live = value;
+    notify_locked(SERVICE_LIVENESS);
   }
   pthread_mutex_unlock(&lock);
 }

@@ -201,8 +201,18 @@ void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql);
 void *ana_local_db_acquire_reader(struct ana_local_db *db);
 void ana_local_db_release_reader(struct ana_local_db *db, void *reader);
 
-/* Whether the last write failed for lack of space or an I/O error (for
- * health reporting); cleared by the next successful commit. */
+/* Whether the store cannot write (for readiness): the last commit failed
+ * for lack of space or an I/O error (cleared by the next successful commit,
+ * or by ana_local_db_check_space finding room 5 s later), or DATA_DIR has
+ * less free space than the minimum. */
 bool ana_local_db_degraded(const struct ana_local_db *db);
+
+/* The free space DATA_DIR must have for commits (STORE_MIN_FREE_MB in
+ * bytes); below it ana_local_db_begin fails with UNAVAILABLE. 0: no check. */
+void ana_local_db_set_min_free_bytes(struct ana_local_db *db, int64_t bytes);
+
+/* Measures DATA_DIR's free space (statvfs) against the minimum; returns
+ * true when there is room. Cheap; call it about once a second. */
+bool ana_local_db_check_space(struct ana_local_db *db);
 
 #endif

@@ -20,6 +20,12 @@ CONFIG_VARS = frozenset({
     "RETENTION_DAYS", "BATCH_SIZE", "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE",
     "DATA_DIR", "LOG_LEVEL", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
 })
+# What analytics-restbridge reads beyond those (restbridge/remote/main.c).
+BRIDGE_VARS = frozenset({
+    "RESTBRIDGE_UPSTREAM", "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
+    "HTTP_BODY_BUDGET_MB", "STREAM_QUEUE_BUDGET_MB", "HTTP_BODY_MIN_RATE", "HTTP_BODY_RATE_WINDOW",
+    "HTTP_DECODE_THREADS",
+})
 HTTP_PORT = 3004
 GRPC_PORT = 50051
 # Kubernetes' default when a pod spec does not set terminationGracePeriodSeconds.
@@ -194,11 +200,23 @@ class ManifestTest(unittest.TestCase):
         self.assertIn(cm_name, refs, "the analyticsd container's envFrom does not reference ConfigMap %r "
                       "(references: %r)" % (cm_name, refs))
 
+    def probe_service(self, probe_name):
+        return ((self.container().get(probe_name) or {}).get("grpc") or {}).get("service", "")
+
     def test_liveness_probe_is_grpc(self):
         self.assert_grpc_probe("livenessProbe")
 
+    def test_liveness_and_startup_probes_ask_the_liveness_service(self):
+        # Service "" is readiness: NOT_SERVING on a full disk, which must take
+        # the pod out of the Service, not restart it again and again.
+        for probe in ("livenessProbe", "startupProbe"):
+            self.assertEqual(self.probe_service(probe), "liveness",
+                             "%s must name grpc service 'liveness'" % probe)
+
     def test_readiness_probe_is_grpc(self):
         self.assert_grpc_probe("readinessProbe")
+        self.assertEqual(self.probe_service("readinessProbe"), "",
+                         "readinessProbe must ask service '' (readiness)")
 
     def test_container_ports_match_configmap(self):
         data = self.configmap_data()
@@ -307,8 +325,7 @@ class ManifestTest(unittest.TestCase):
 
     def test_restbridge_env_is_known_variables(self):
         env = {e.get("name") for e in self.bridge_container().get("env") or []}
-        self.assertEqual(sorted(env - CONFIG_VARS - {"RESTBRIDGE_UPSTREAM", "HTTP_MAX_BODY_BYTES",
-                                                      "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS"}),
+        self.assertEqual(sorted(env - CONFIG_VARS - BRIDGE_VARS),
                          [], "environment variables the bridge does not read")
 
     def test_restbridge_probes_are_http(self):

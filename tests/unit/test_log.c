@@ -10,9 +10,11 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- capture ---- */
 
@@ -357,7 +359,7 @@ static void *writer(void *arg) {
   filler[sizeof filler - 1] = '\0';
   for (int i = 0; i < LINES_PER_THREAD; i++) {
     if (i % 2)
-      ANA_INFO("thread", "t=%ld seq=%d %s", id, i, filler);
+      ana_log_write(ANA_LOG_INFO, "thread", "t=%ld seq=%d %s", id, i, filler); /* unlimited */
     else
       ana_log_fields(ANA_LOG_INFO, "thread", filler, "t", (char[]){(char)('0' + id), 0}, NULL);
   }
@@ -401,6 +403,122 @@ static void test_concurrent_writers_never_mix_lines(void **state) {
     assert_int_equal(per_thread[i], LINES_PER_THREAD);
 }
 
+/* ---- flood control ---- */
+
+/* Counts, in what was written so far, the lines whose msg starts with
+ * prefix, and sums the "suppressed" fields of reports whose site is in this
+ * file at line `site_line` (0: any line of this file). */
+static void tally(const char *prefix, int site_line, size_t *written, unsigned long *suppressed,
+                  size_t *reports) {
+  const char *p = output();
+  char site[64];
+  snprintf(site, sizeof site, "test_log.c:%d", site_line);
+  *written = 0;
+  *suppressed = 0;
+  *reports = 0;
+  while (*p) {
+    size_t len = strcspn(p, "\n");
+    json_error_t jerr;
+    json_t *obj = json_loadb(p, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!obj)
+      fail_msg("not JSON (%s): %.*s", jerr.text, (int)len, p);
+    const char *msg = str_field(obj, "msg");
+    json_t *n = json_object_get(obj, "suppressed");
+    if (n) {
+      const char *where = str_field(obj, "site");
+      if (site_line ? strstr(where, site) != NULL : strstr(where, "test_log.c:") != NULL) {
+        *suppressed += strtoul(json_string_value(n), NULL, 10);
+        (*reports)++;
+      }
+    } else if (strncmp(msg, prefix, strlen(prefix)) == 0) {
+      (*written)++;
+    }
+    json_decref(obj);
+    p += len + (p[len] == '\n');
+  }
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static void test_a_flooding_site_writes_ten_lines_a_second(void **state) {
+  (void)state;
+  unsigned long long before = ana_log_suppressed_total();
+  int site = 0;
+  for (int i = 0; i < 500; i++) {
+    site = __LINE__ + 1;
+    ANA_WARN("flood", "flood line %d", i);
+  }
+  size_t written, reports;
+  unsigned long suppressed;
+  tally("flood line", site, &written, &suppressed, &reports);
+  /* One second, or the end of one and the start of the next. */
+  assert_true(written >= ANA_LOG_SITE_LINES_PER_S && written <= 2 * ANA_LOG_SITE_LINES_PER_S);
+  assert_int_equal(ana_log_suppressed_total() - before, 500 - written);
+
+  /* The second is over: the flush reports what is left, in one line. */
+  sleep_ms(1100);
+  ana_log_flush_suppressed();
+  tally("flood line", site, &written, &suppressed, &reports);
+  assert_int_equal(written + suppressed, 500);
+  assert_true(reports >= 1 && reports <= 2);
+  /* Nothing left to report: a second flush writes nothing. */
+  size_t before_len = strlen(output());
+  ana_log_flush_suppressed();
+  assert_int_equal(strlen(output()), before_len);
+
+  /* A new second: the site writes again. */
+  ANA_WARN("flood", "flood line again");
+  tally("flood line again", site, &written, &suppressed, &reports);
+  assert_int_equal(written, 1);
+}
+
+static void test_sites_are_limited_independently(void **state) {
+  (void)state;
+  for (int i = 0; i < 100; i++)
+    ANA_WARN("a", "site a %d", i);
+  for (int i = 0; i < ANA_LOG_SITE_LINES_PER_S; i++)
+    ANA_WARN("b", "site b %d", i);
+  size_t written, reports;
+  unsigned long suppressed;
+  tally("site b", 0, &written, &suppressed, &reports);
+  assert_int_equal(written, ANA_LOG_SITE_LINES_PER_S); /* a's flood did not silence b */
+}
+
+#define FLOOD_THREADS 4
+#define FLOOD_LINES 5000
+
+static atomic_int flooder_line; /* the line of the ANA_ERROR below */
+
+static void *flooder(void *arg) {
+  (void)arg;
+  for (int i = 0; i < FLOOD_LINES; i++) {
+    atomic_store(&flooder_line, __LINE__ + 1);
+    ANA_ERROR("flood", "threads line %d", i);
+  }
+  return NULL;
+}
+
+static void test_concurrent_flood_counts_every_line_once(void **state) {
+  (void)state;
+  pthread_t threads[FLOOD_THREADS];
+  unsigned long long before = ana_log_suppressed_total();
+  for (int i = 0; i < FLOOD_THREADS; i++)
+    assert_int_equal(pthread_create(&threads[i], NULL, flooder, NULL), 0);
+  for (int i = 0; i < FLOOD_THREADS; i++)
+    assert_int_equal(pthread_join(threads[i], NULL), 0);
+  sleep_ms(1100);
+  ana_log_flush_suppressed();
+  size_t written, reports;
+  unsigned long suppressed;
+  tally("threads line", atomic_load(&flooder_line), &written, &suppressed, &reports);
+  assert_int_equal(written + suppressed, FLOOD_THREADS * FLOOD_LINES);
+  assert_int_equal(ana_log_suppressed_total() - before, suppressed);
+  assert_true(written <= 3 * ANA_LOG_SITE_LINES_PER_S);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_level_names),
@@ -416,6 +534,12 @@ int main(void) {
                                       capture_stop),
       cmocka_unit_test_setup_teardown(test_line_limit, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_concurrent_writers_never_mix_lines, capture_start,
+                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_a_flooding_site_writes_ten_lines_a_second, capture_start,
+                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_sites_are_limited_independently, capture_start,
+                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_concurrent_flood_counts_every_line_once, capture_start,
                                       capture_stop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

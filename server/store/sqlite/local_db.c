@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +29,11 @@ struct ana_local_db {
   pthread_mutex_t mu;
   pthread_cond_t reader_free;
   atomic_bool degraded;
+  /* DATA_DIR's filesystem had less than min_free_bytes available at the
+   * last ana_local_db_check_space: new commits are refused up front. */
+  atomic_bool low_space;
+  _Atomic int64_t min_free_bytes;
+  _Atomic int64_t degraded_at_ms;  /* when the last failed commit set degraded */
   atomic_int search_index_wait_ms; /* SEARCH_INDEX_WAIT, read by free-text searches */
   /* Checkpoints run on their own thread and connection, so a commit never
    * pays for copying the WAL into the database (that is SQLite's default:
@@ -84,6 +90,8 @@ struct ana_local_db {
 #define DEFAULT_CHECKPOINT_PAGES 32768
 #define DEFAULT_SEARCH_INDEX_WAIT_MS 5000
 #define CHECKPOINT_EVERY_MS 5000
+/* A failed commit keeps the store degraded at least this long. */
+#define DEGRADED_RETRY_MS 5000
 /* A catch-up holds the event writer only for the last pages appended (at
  * most this many, unless commits outpace CATCH_UP_PASSES passes). */
 #define CATCH_UP_HELD_PAGES 100
@@ -155,9 +163,30 @@ static const char *const migrations[] = {
     /* 4: the free-text index moves to its own file, kept by its own thread
      * off the commit path (text_index.c), which builds it from the events. */
     "DROP TABLE events_fts;",
+
+    /* 5: each account's catalog of the event names it has sent, kept off
+     * the commit path (server/ingest/event_names.c), and the commit
+     * sequence number up to which it holds the events. */
+    "CREATE TABLE event_names ("
+    "  account_id TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  first_seen INTEGER NOT NULL,"
+    "  last_seen INTEGER NOT NULL,"
+    "  count INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, name)) WITHOUT ROWID;"
+    "CREATE TABLE event_names_progress ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  watermark INTEGER NOT NULL);"
+    "INSERT INTO event_names_progress VALUES (1, 0);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int sql_error(sqlite3 *db, const char *what, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s: %s", what, sqlite3_errmsg(db));
@@ -547,6 +576,13 @@ static void writer_txn_ended(struct ana_local_db *db) {
 }
 
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
+  if (atomic_load(&db->low_space)) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                  "event store: the disk is full (less than STORE_MIN_FREE_MB = %lld MiB free "
+                  "in DATA_DIR); nothing of this request was stored",
+                  (long long)(atomic_load(&db->min_free_bytes) >> 20));
+    return ANA_ERR_IO;
+  }
   writer_txn_started(db);
   if (run_writer(db, sql_begin) != SQLITE_OK) {
     writer_txn_ended(db);
@@ -564,6 +600,7 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     if (!sqlite3_get_autocommit(db->writer))
       run_writer(db, sql_rollback);
     writer_txn_ended(db);
+    atomic_store(&db->degraded_at_ms, mono_ms());
     atomic_store(&db->degraded, true);
     if ((code & 0xff) == SQLITE_FULL)
       ana_error_set(err, ANA_STATUS_UNAVAILABLE,
@@ -618,5 +655,36 @@ void ana_local_db_release_reader(struct ana_local_db *db, void *reader) {
 }
 
 bool ana_local_db_degraded(const struct ana_local_db *db) {
-  return atomic_load(&((struct ana_local_db *)db)->degraded);
+  struct ana_local_db *d = (struct ana_local_db *)db;
+  return atomic_load(&d->degraded) || atomic_load(&d->low_space);
+}
+
+void ana_local_db_set_min_free_bytes(struct ana_local_db *db, int64_t bytes) {
+  atomic_store(&db->min_free_bytes, bytes);
+}
+
+bool ana_local_db_check_space(struct ana_local_db *db) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", db->path);
+  char *slash = strrchr(dir, '/');
+  if (slash)
+    *slash = '\0';
+  struct statvfs st;
+  int64_t min = atomic_load(&db->min_free_bytes);
+  bool low = false;
+  if (min > 0 && statvfs(slash ? dir : ".", &st) == 0)
+    low = (int64_t)st.f_bavail * (int64_t)st.f_frsize < min;
+  if (low != atomic_load(&db->low_space))
+    ANA_WARN("store",
+             low ? "DATA_DIR has less than %lld MiB free: refusing writes"
+                 : "DATA_DIR has %lld MiB free again: accepting writes",
+             (long long)(min >> 20));
+  atomic_store(&db->low_space, low);
+  /* With room again, a failed commit no longer marks the store degraded
+   * once it is old: the next commit shows whether writing works (without
+   * this, a store nobody writes to would stay unready for good). */
+  if (!low && atomic_load(&db->degraded) &&
+      mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
+    atomic_store(&db->degraded, false);
+  return !low;
 }
