@@ -272,8 +272,15 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) {
     return got;
   }
   if (f->ended > f->answered) {
-    /* The previous request is not answered yet: it stays in the socket
-     * (RFC 9112 9.3.2: answers go out in request order). */
+    /* The previous request is not answered yet. Its client may have gone
+     * (end of stream or a reset: passed on, so that lws closes the
+     * connection and the call is cancelled); otherwise the next request
+     * stays in the socket (RFC 9112 9.3.2: answers go out in request
+     * order) and input is turned off until the answer, which would spin. */
+    char next_byte;
+    ssize_t peeked = recvfrom(fd, &next_byte, 1, MSG_PEEK | MSG_DONTWAIT, NULL, NULL);
+    if (peeked <= 0)
+      return peeked;
     rb_http_on_gated(f->wsi);
     errno = EAGAIN;
     return -1;
