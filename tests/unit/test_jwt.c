@@ -700,6 +700,64 @@ static void test_bearer_parsing(void **state) {
   assert_null(ana_jwt_bearer(NULL, &n));
 }
 
+/* ---- Several threads verifying the same and different tokens ---- */
+
+struct worker {
+  struct ana_jwt_verifier *v;
+  char **tokens;
+  size_t n;
+  atomic_int *failures;
+};
+
+static void *verify_loop(void *arg) {
+  struct worker *w = arg;
+  struct ana_arena arena;
+  ana_arena_init(&arena, 0, 0);
+  for (int round = 0; round < 200; round++)
+    for (size_t i = 0; i < w->n; i++) {
+      struct ana_jwt_principal p;
+      struct ana_error err;
+      if (ana_jwt_verify(w->v, w->tokens[i], strlen(w->tokens[i]), &arena, &p, &err, NULL) != 0 ||
+          !p.account_id || strcmp(p.account_id, "acme") != 0)
+        atomic_fetch_add(w->failures, 1);
+      ana_arena_reset(&arena);
+    }
+  ana_arena_fini(&arena);
+  return NULL;
+}
+
+static void test_cache_concurrent_threads(void **state) {
+  (void)state;
+  struct ana_jwt_settings s;
+  base_settings(&s);
+  s.cache_entries = 16; /* smaller than the token set: evictions race with hits */
+  struct ana_error err;
+  struct ana_jwt_verifier *v = ana_jwt_verifier_create(&s, &err);
+  char *tokens[40];
+  for (int i = 0; i < 40; i++) {
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"account_id\":\"acme\",\"n\":%d", i);
+    tokens[i] = mint_std(i % 8 == 0 ? "ES256" : "HS256", extra);
+  }
+  atomic_int failures = 0;
+  pthread_t th[4];
+  struct worker w[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (struct worker){v, tokens + i * 5, 20, &failures};
+    pthread_create(&th[i], NULL, verify_loop, &w[i]);
+  }
+  for (int i = 0; i < 4; i++)
+    pthread_join(th[i], NULL);
+  assert_int_equal(atomic_load(&failures), 0);
+  struct ana_jwt_stats st;
+  ana_jwt_verifier_stats(v, &st);
+  assert_int_equal(st.accepted, 4 * 200 * 20);
+  assert_true(st.cache_size <= 16);
+  for (int i = 0; i < 40; i++)
+    free(tokens[i]);
+  ana_jwt_verifier_destroy(v);
+}
+
 /* ---- A JWKS served over HTTP by the test ---- */
 
 struct jwks_server {
@@ -871,6 +929,7 @@ int main(void) {
       cmocka_unit_test_setup(test_issuer_and_audience, reset_clock),
       cmocka_unit_test_setup(test_cache_one_verification_per_token, reset_clock),
       cmocka_unit_test_setup(test_cache_bounded, reset_clock),
+      cmocka_unit_test_setup(test_cache_concurrent_threads, reset_clock),
       cmocka_unit_test_setup(test_settings_errors, reset_clock),
       cmocka_unit_test(test_bearer_parsing),
       cmocka_unit_test_setup(test_jwks_url_refresh_on_unknown_kid, reset_clock),
