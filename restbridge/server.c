@@ -221,8 +221,11 @@ static void heartbeat_tick(lws_sorted_usec_list_t *sul) {
   lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
 }
 
+_Thread_local bool rb_lws_thread;
+
 static void *service_thread(void *arg) {
   struct ana_restbridge *b = arg;
+  rb_lws_thread = true;
   atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
   lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
   while (!atomic_load(&b->stop)) {
