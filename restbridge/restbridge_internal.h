@@ -156,6 +156,7 @@ struct ana_restbridge {
   int port;
   pthread_t thread;
   bool thread_started;
+  bool thread_stuck; /* shutdown gave up joining it (ana_restbridge_stopped) */
 
   pthread_mutex_t mu; /* guards ctx_live, dirty, refs bookkeeping */
   bool ctx_live;      /* lws_cancel_service may be called */

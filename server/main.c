@@ -365,13 +365,19 @@ int main(int argc, char **argv) {
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
   ana_health_set_serving(false);
   atomic_store(&health.serving, false);
-  /* REST first: its in-flight calls finish while gRPC still serves. */
+  /* REST first: its in-flight calls finish while gRPC still serves. Both
+   * within the one grace period, counted from the signal. */
+  int64_t stop_start = ana_heartbeat_now_ms();
   ana_restbridge_shutdown(rest, cfg.shutdown_grace_ms);
-  ana_restbridge_destroy(rest);
+  bool rest_stuck = !ana_restbridge_stopped(rest);
+  if (!rest_stuck)
+    ana_restbridge_destroy(rest);
   rest = NULL;
-  if (ana_grpc_server_shutdown(grpc, cfg.shutdown_grace_ms) < 0) {
-    /* Some call never ended; tearing gRPC down now could crash, so leave. */
-    ANA_ERROR("main", "stopped with calls still open");
+  int64_t left = cfg.shutdown_grace_ms - (ana_heartbeat_now_ms() - stop_start);
+  if (ana_grpc_server_shutdown(grpc, left > 0 ? (int)left : 0) < 0 || rest_stuck) {
+    /* Some call never ended, or the HTTP thread is stuck in a callback;
+     * tearing down now could crash, so leave (forced stop: exit 1). */
+    ANA_ERROR("main", "stopped with %s", rest_stuck ? "the HTTP thread stuck" : "calls still open");
     ana_config_fini(&cfg);
     _exit(1);
   }
