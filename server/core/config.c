@@ -454,7 +454,7 @@ static const struct var vars[] = {
      .max = 1000,
      .help = "Deepest nesting of messages in a gRPC request (protobuf C++'s limit); deeper "
              "requests, like string fields holding a NUL byte, get INVALID_ARGUMENT naming the "
-             "field.",
+             "field. analytics-restbridge applies it to analyticsd's replies (deeper: 500).",
      FIELD(proto_max_depth)},
     {.name = "GRPC_MAX_CONCURRENT_STREAMS",
      .type = VAR_INT,
