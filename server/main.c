@@ -191,6 +191,7 @@ int main(int argc, char **argv) {
 
   if (ana_auth_init(cfg.default_account_id) < 0 || ana_reflection_bind() < 0)
     goto out;
+  ana_rpc_set_trusted_proxies(cfg.trusted_proxies); /* per-client limits behind proxies */
   ana_log_register_metrics();
   ana_health_bind();
 
