@@ -38,6 +38,43 @@ bool ana_utf8_valid(const char *str, size_t *chars) {
   return true;
 }
 
+bool ana_utf8_feed(struct ana_utf8_state *st, const void *p, size_t n) {
+  const unsigned char *s = p;
+  for (size_t i = 0; i < n; i++) {
+    unsigned c = s[i];
+    if (st->need) {
+      if ((c & 0xc0) != 0x80)
+        return false;
+      st->cp = st->cp << 6 | (c & 0x3f);
+      st->need--;
+      /* Overlongs and surrogates are known by the second byte already. */
+      unsigned long top = st->cp << (6 * st->need);
+      if (top > 0x10ffff || (top >= 0xd800 && top <= 0xdfff) ||
+          (top | ((1ul << (6 * st->need)) - 1)) < st->min)
+        return false;
+      continue;
+    }
+    if (c < 0x80)
+      continue;
+    if ((c & 0xe0) == 0xc0)
+      st->need = 1, st->min = 0x80, st->cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0)
+      st->need = 2, st->min = 0x800, st->cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0)
+      st->need = 3, st->min = 0x10000, st->cp = c & 0x07;
+    else
+      return false;
+    if ((st->cp << (6 * st->need)) > 0x10ffff ||
+        ((st->cp << (6 * st->need)) | ((1ul << (6 * st->need)) - 1)) < st->min)
+      return false;
+  }
+  return true;
+}
+
+bool ana_utf8_complete(const struct ana_utf8_state *st) {
+  return st->need == 0;
+}
+
 bool ana_text_printable(const char *str) {
   const unsigned char *s = (const unsigned char *)str;
   for (; *s; s++) {

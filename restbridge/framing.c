@@ -15,7 +15,11 @@
  * usual. A request the bridge refuses and hangs up on (Transfer-Encoding,
  * several or a bad Content-Length, an Upgrade) turns the connection into
  * plain reads. Together with rx flow control while a request is in flight
- * (http.c), lws holds at most one request of a connection at a time. */
+ * (http.c), lws holds at most one request of a connection at a time.
+ *
+ * After a WebSocket upgrade the framer follows the client's frame headers
+ * (lws 4.1 accepts unmasked client frames): reads stop before a frame
+ * without a mask, and the bridge fails the connection with 1002. */
 #include "framing.h"
 
 #include <ctype.h>
@@ -42,6 +46,7 @@ static void reset_message(struct rb_framer *f) {
   f->bad_content_length = false;
   f->transfer_encoding = false;
   f->upgrade = false;
+  f->upgrade_websocket = false;
 }
 
 void rb_framer_init(struct rb_framer *f) {
@@ -89,15 +94,21 @@ static void header_line(struct rb_framer *f) {
       f->content_length = cl;
   } else if (header_value(f->line, f->line_len, "transfer-encoding:")) {
     f->transfer_encoding = true;
-  } else if (header_value(f->line, f->line_len, "upgrade:")) {
+  } else if ((v = header_value(f->line, f->line_len, "upgrade:")) != NULL) {
     f->upgrade = true;
+    f->upgrade_websocket = strncasecmp(v, "websocket", 9) == 0 && (!v[9] || v[9] == ' ');
   }
 }
 
 /* The headers are in: what follows. */
 static void headers_done(struct rb_framer *f) {
-  if (f->transfer_encoding || f->upgrade || f->bad_content_length || f->n_content_length > 1) {
-    /* Refused and closed by the bridge, or a WebSocket: plain reads. */
+  bool refused = f->transfer_encoding || f->bad_content_length || f->n_content_length > 1;
+  if (f->upgrade && f->upgrade_websocket && !refused && !f->content_length) {
+    f->phase = RB_FRAME_WS; /* refused upgrades are closed: no harm */
+    f->ws_have = 0;
+    f->ws_left = 0;
+  } else if (refused || f->upgrade) {
+    /* Refused and closed by the bridge, or another protocol: plain reads. */
     f->phase = RB_FRAME_PASS;
   } else if (f->content_length) {
     f->phase = RB_FRAME_BODY;
@@ -107,11 +118,49 @@ static void headers_done(struct rb_framer *f) {
   }
 }
 
+/* Follows WebSocket frames from p[i]: n, or the offset of the header of an
+ * unmasked frame (ws_unmasked set). */
+static size_t scan_ws(struct rb_framer *f, const unsigned char *p, size_t i, size_t n) {
+  size_t start = i; /* where the current header began in p (if it did) */
+  while (i < n && !f->ws_unmasked) {
+    if (f->ws_left) {
+      size_t take = n - i;
+      if ((unsigned long long)take > f->ws_left)
+        take = (size_t)f->ws_left;
+      f->ws_left -= take;
+      i += take;
+      continue;
+    }
+    unsigned char c = p[i];
+    if (f->ws_have == 0) {
+      start = i;
+    } else if (f->ws_have == 1) {
+      if (!(c & 0x80)) {
+        f->ws_unmasked = true;
+        return start < i ? start : i;
+      }
+      unsigned len7 = c & 0x7f;
+      f->ws_len = len7 < 126 ? len7 : 0;
+      f->ws_need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + 4;
+    } else if (f->ws_have < f->ws_need - 4) {
+      f->ws_len = f->ws_len << 8 | c; /* extended payload length */
+    }
+    i++;
+    if (++f->ws_have >= 2 && f->ws_have == f->ws_need) {
+      f->ws_have = 0;
+      f->ws_left = f->ws_len;
+    }
+  }
+  return i;
+}
+
 size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n) {
   size_t i = 0;
   while (i < n) {
     if (f->phase == RB_FRAME_PASS)
       return n;
+    if (f->phase == RB_FRAME_WS)
+      return scan_ws(f, p, i, n);
     if (f->phase == RB_FRAME_BODY) {
       size_t take = n - i;
       if ((unsigned long long)take > f->body_left)
@@ -195,9 +244,43 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) {
   struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
   if (!f || flags || !len || f->phase == RB_FRAME_PASS)
     return recvfrom(fd, buf, len, flags, NULL, NULL);
+  if (f->ws_unmasked) {
+    /* Nothing from the unmasked frame on reaches lws: the bridge fails
+     * the connection (or, on no WebSocket, the stream reads as it is). */
+    if (!rb_ws_on_unmasked(f->wsi)) {
+      f->phase = RB_FRAME_PASS;
+      return recvfrom(fd, buf, len, flags, NULL, NULL);
+    }
+    errno = EAGAIN;
+    return -1;
+  }
+  if (f->phase == RB_FRAME_WS) {
+    ssize_t peeked = recvfrom(fd, buf, len, MSG_PEEK, NULL, NULL);
+    if (peeked <= 0)
+      return peeked;
+    struct rb_framer next = *f;
+    size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+    if (want == 0) {
+      *f = next;
+      return recv(fd, buf, len, flags); /* the unmasked frame is next */
+    }
+    ssize_t got = recvfrom(fd, buf, want, 0, NULL, NULL);
+    if (got == (ssize_t)want)
+      *f = next;
+    else if (got > 0)
+      rb_framer_scan(f, buf, (size_t)got);
+    return got;
+  }
   if (f->ended > f->answered) {
-    /* The previous request is not answered yet: it stays in the socket
-     * (RFC 9112 9.3.2: answers go out in request order). */
+    /* The previous request is not answered yet. Its client may have gone
+     * (end of stream or a reset: passed on, so that lws closes the
+     * connection and the call is cancelled); otherwise the next request
+     * stays in the socket (RFC 9112 9.3.2: answers go out in request
+     * order) and input is turned off until the answer, which would spin. */
+    char next_byte;
+    ssize_t peeked = recvfrom(fd, &next_byte, 1, MSG_PEEK | MSG_DONTWAIT, NULL, NULL);
+    if (peeked <= 0)
+      return peeked;
     rb_http_on_gated(f->wsi);
     errno = EAGAIN;
     return -1;

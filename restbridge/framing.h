@@ -13,7 +13,8 @@
 enum rb_frame_phase {
   RB_FRAME_HEADERS, /* request line and header lines */
   RB_FRAME_BODY,    /* body_left bytes of Content-Length body */
-  RB_FRAME_PASS,    /* no more framing: WebSocket, or refused and closing */
+  RB_FRAME_WS,      /* a WebSocket upgrade's frames: their headers are watched */
+  RB_FRAME_PASS,    /* no more framing: refused and closing, or another protocol */
 };
 
 /* Where a connection's byte stream stands. */
@@ -30,6 +31,13 @@ struct rb_framer {
   bool bad_content_length;
   bool transfer_encoding;
   bool upgrade;
+  bool upgrade_websocket; /* Upgrade: websocket */
+  /* RB_FRAME_WS: the client frame being read (RFC 6455 5.2) */
+  unsigned ws_have;           /* header bytes seen (0: at a frame's start) */
+  unsigned ws_need;           /* its header's length, once its second byte is in */
+  unsigned long long ws_len;  /* payload length */
+  unsigned long long ws_left; /* payload bytes still to come */
+  bool ws_unmasked;           /* a client frame without a mask: the stream stops before it */
   /* requests read to their end, and answered by the bridge: while a read
    * one is unanswered, recv() gives nothing more (EAGAIN) */
   unsigned long ended, answered;
@@ -39,7 +47,10 @@ struct rb_framer {
 void rb_framer_init(struct rb_framer *f);
 /* Scans n bytes that are the next of the stream; returns how many of them
  * belong to the current request (at least 1 when n > 0): all n, or up to
- * the end of the request (then f is ready for the next one). */
+ * the end of the request (then f is ready for the next one). After a
+ * WebSocket upgrade, up to the header of a client frame without a mask
+ * (RFC 6455 5.1: the server must fail the connection), which sets
+ * ws_unmasked and may return 0. */
 size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n);
 
 struct lws;
@@ -52,6 +63,10 @@ void rb_framer_register(int fd, struct lws *wsi);
 void rb_framer_answered(int fd);
 /* recv() held back the next request of wsi (http.c). lws thread. */
 void rb_http_on_gated(struct lws *wsi);
+/* recv() stopped before an unmasked client frame of wsi (websocket.c): the
+ * bridge fails the connection (1002); false when wsi is no WebSocket (the
+ * stream then reads as it is). lws thread. */
+bool rb_ws_on_unmasked(struct lws *wsi);
 /* The connection is gone (its descriptor may be reused). */
 void rb_framer_unregister(int fd);
 /* Plain reads from now on (an upgraded WebSocket). */

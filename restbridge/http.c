@@ -188,7 +188,7 @@ void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi) {
 
 /* --- CORS --- */
 
-static bool origin_allowed(const struct ana_restbridge *b, const char *origin) {
+bool rb_origin_allowed(const struct ana_restbridge *b, const char *origin) {
   const char *list = b->opt.cors_allowed_origins;
   if (!list || !origin[0])
     return false;
@@ -265,7 +265,7 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
     rc = add_header(wsi, "www-authenticate:", r->www_auth, &p, end);
   if (!rc && r->allow)
     rc = add_header(wsi, "allow:", r->allow, &p, end);
-  if (!rc && origin_allowed(b, conn->origin)) {
+  if (!rc && rb_origin_allowed(b, conn->origin)) {
     rc = add_header(wsi, "access-control-allow-origin:", conn->origin, &p, end);
     if (!rc)
       rc = add_header(wsi, "vary:", "Origin", &p, end);
@@ -429,7 +429,7 @@ static void answer_preflight(struct lws *wsi, struct rb_conn *conn, const char *
     }
     snprintf(allow, sizeof allow, "%s, OPTIONS", m.allow);
   }
-  if (conn->origin[0] && !origin_allowed(b, conn->origin)) {
+  if (conn->origin[0] && !rb_origin_allowed(b, conn->origin)) {
     answer_status(wsi, conn, ANA_STATUS_PERMISSION_DENIED, false,
                   "origin %s is not allowed (CORS_ALLOWED_ORIGINS)", conn->origin);
     return;
@@ -476,6 +476,28 @@ static bool transfer_encoding_chunked(struct lws *wsi) {
   if (lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_TRANSFER_ENCODING) <= 0)
     return false;
   return strcasecmp(v, "chunked") == 0;
+}
+
+/* The request's Content-Type is JSON: application/json, compared without
+ * case, parameters (charset) ignored. A web page can send text/plain or a
+ * form to any origin without a CORS preflight; JSON it cannot. */
+static bool content_type_json(struct lws *wsi, char *got, size_t size) {
+  static const char json[] = "application/json";
+  got[0] = '\0';
+  if (lws_hdr_copy(wsi, got, (int)size, WSI_TOKEN_HTTP_CONTENT_TYPE) <= 0) {
+    got[0] = '\0';
+    return false;
+  }
+  const char *v = got;
+  while (*v == ' ' || *v == '\t')
+    v++;
+  size_t n = strlen(json);
+  if (strncasecmp(v, json, n) != 0)
+    return false;
+  v += n;
+  while (*v == ' ' || *v == '\t')
+    v++;
+  return *v == '\0' || *v == ';';
 }
 
 static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
@@ -585,6 +607,16 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   }
   if (!body_method) {
     start_call(wsi, conn);
+    return;
+  }
+  char type[128];
+  if (m.route->body[0] && !content_type_json(wsi, type, sizeof type)) {
+    /* Answered now; lws discards the body before the next request. */
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, cl > (long long)b->opt.max_body_bytes,
+                  type[0] ? "Content-Type %s is not supported: send application/json"
+                          : "%sContent-Type is missing: send application/json",
+                  type);
+    conn->reply.http_status = 415;
     return;
   }
   if (!has_cl) {

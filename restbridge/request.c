@@ -323,6 +323,13 @@ static int read_query(struct lws *wsi, struct ana_arena *a, struct rb_query_para
       return ANA_ERR_NOMEM;
     if (lws_hdr_copy_fragment(wsi, frag, len + 1, WSI_TOKEN_HTTP_URI_ARGS, i) < 0)
       break;
+    /* lws 4.1 fills an empty last segment ("?a&", "?&&&") with "/" (its
+     * stand-in for an empty URI): an empty segment, skipped like the rest.
+     * No field path starts with "/", so nothing real is lost. */
+    if (i > 0 && strcmp(frag, "/") == 0 &&
+        lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i + 1) <= 0 &&
+        lws_hdr_copy_fragment(wsi, (char[1]){0}, 1, WSI_TOKEN_HTTP_URI_ARGS, i + 1) < 0)
+      break;
     if (n == cap) {
       size_t ncap = cap ? cap * 2 : 8;
       struct rb_query_param *nq = ana_arena_alloc(a, ncap * sizeof *nq);

@@ -9,6 +9,7 @@
 #include "ana_restbridge.h"
 
 #include "ana_routes.h"
+#include "ana_text.h"
 #include "call_internal.h"
 
 #include <libwebsockets.h>
@@ -144,6 +145,7 @@ struct rb_conn {
   int ws_close_code;
   char ws_close_reason[64];
   bool slow_timer_armed;
+  struct ana_utf8_state ws_utf8; /* the client's text message so far */
 };
 
 struct ana_restbridge {
@@ -277,6 +279,8 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
 extern const struct ana_call_transport rb_http_transport;
 int rb_http_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
                      void *in, size_t len);
+/* Whether origin is listed in CORS_ALLOWED_ORIGINS (or the list is "*"). */
+bool rb_origin_allowed(const struct ana_restbridge *b, const char *origin);
 /* Answers on this connection now with an error (lws thread). */
 void rb_http_answer_error(struct lws *wsi, struct rb_conn *conn, const struct ana_error *st,
                           bool close_after);

@@ -310,6 +310,9 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
 
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof info);
+  /* Not LWS_SERVER_OPTION_VALIDATE_UTF8: lws 4.1 then drops a connection
+   * whose close reason is not UTF-8 without a close frame, and misses a
+   * message whose last fragment is empty; websocket.c checks instead. */
   info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.user = b;

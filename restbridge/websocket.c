@@ -20,6 +20,7 @@
 #include "restbridge_internal.h"
 
 #include "budget.h"
+#include "framing.h"
 
 #include "ana_alloc.h"
 #include "ana_id.h"
@@ -307,6 +308,43 @@ static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size) {
   return false;
 }
 
+/* Strips a default port (":80" for http/ws, ":443" for https/wss) from
+ * the end of the n bytes of hostport; returns the length left. */
+static size_t strip_default_port(const char *hostport, size_t n, bool secure) {
+  const char *port = secure ? ":443" : ":80";
+  size_t pl = strlen(port);
+  if (n > pl && strncmp(hostport + n - pl, port, pl) == 0)
+    return n - pl;
+  return n;
+}
+
+/* Browsers apply no CORS to a WebSocket, so any page could open one with
+ * its user's cookies: an upgrade that names an Origin must come from the
+ * server's own (scheme://host:port naming the request's Host) or from one
+ * in CORS_ALLOWED_ORIGINS. No Origin: not a browser, allowed. */
+static bool ws_origin_ok(struct ana_restbridge *b, struct lws *wsi) {
+  char origin[256], host[256];
+  int on = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+  if (on == 0 && lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) == 0)
+    return true;
+  if (on <= 0)
+    return false; /* longer than any origin of ours */
+  if (rb_origin_allowed(b, origin))
+    return true;
+  if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0)
+    return false;
+  const char *sep = strstr(origin, "://");
+  if (!sep)
+    return false; /* "null" and other opaque origins */
+  size_t scheme = (size_t)(sep - origin);
+  bool secure = (scheme == 5 && strncasecmp(origin, "https", 5) == 0) ||
+                (scheme == 3 && strncasecmp(origin, "wss", 3) == 0);
+  const char *oh = sep + 3;
+  size_t ol = strip_default_port(oh, strlen(oh), secure);
+  size_t hl = strip_default_port(host, strlen(host), secure);
+  return ol == hl && strncasecmp(oh, host, ol) == 0;
+}
+
 int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
   char *uri = NULL;
   int uri_len = 0;
@@ -319,6 +357,10 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
   if (!m.route)
     return rb_refuse_raw(wsi, m.path_known ? ANA_STATUS_INVALID_ARGUMENT : ANA_STATUS_NOT_FOUND,
                          m.path_known ? "not a WebSocket endpoint" : "no WebSocket route");
+  if (!ws_origin_ok(b, wsi))
+    return rb_refuse_raw(wsi, ANA_STATUS_PERMISSION_DENIED,
+                         "the Origin header names an origin that is neither this server's nor "
+                         "in CORS_ALLOWED_ORIGINS");
   char sub[sizeof b->ws_name];
   if (!bearer_subprotocol(wsi, sub, sizeof sub))
     snprintf(sub, sizeof sub, "%s", RB_WS_PROTOCOL);
@@ -590,18 +632,61 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   }
 }
 
+bool rb_ws_on_unmasked(struct lws *wsi) {
+  struct rb_conn *conn = lws_wsi_user(wsi);
+  if (!conn || (conn->state != RB_CONN_WS_OPEN && conn->state != RB_CONN_WS_CLOSING))
+    return false;
+  lws_rx_flow_control(wsi, 0); /* recv() has nothing more to give */
+  rb_ws_close(conn, LWS_CLOSE_STATUS_PROTOCOL_ERR, "unmasked client frame");
+  lws_callback_on_writable(wsi);
+  return true;
+}
+
+/* A client message: the streams take none, but a text message must be
+ * UTF-8 (RFC 6455 8.1), checked as its fragments arrive (a code point may
+ * be split between them); otherwise the connection fails with 1007. lws
+ * has already failed bad framing (a continuation without a start, a new
+ * message inside a fragmented one) with 1002. */
+static int on_receive(struct lws *wsi, struct rb_conn *conn, const void *in, size_t len) {
+  if (lws_frame_is_binary(wsi))
+    return 0;
+  bool final = lws_is_final_fragment(wsi) != 0;
+  bool ok = ana_utf8_feed(&conn->ws_utf8, in, len) && (!final || ana_utf8_complete(&conn->ws_utf8));
+  if (final || !ok)
+    memset(&conn->ws_utf8, 0, sizeof conn->ws_utf8);
+  if (!ok)
+    return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "text message is not UTF-8");
+  return 0;
+}
+
+/* The client's close frame (in: its payload): lws echoes the code, and has
+ * replaced a code that must not be sent (below 1000, 1004-1006, 1015...)
+ * with 1002. What it lets through is failed here: a 1-byte payload and
+ * codes from 5000 (1002), a reason that is not UTF-8 (1007). */
+static int on_peer_close(struct lws *wsi, const unsigned char *in, size_t len) {
+  if (len == 1)
+    return close_now(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, "close payload of 1 byte");
+  if (len < 2)
+    return 0;
+  unsigned code = (unsigned)in[0] << 8 | in[1];
+  if (code >= 5000)
+    return close_now(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, "invalid close code");
+  struct ana_utf8_state st = {0};
+  if (!ana_utf8_feed(&st, in + 2, len - 2) || !ana_utf8_complete(&st))
+    return close_now(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "close reason is not UTF-8");
+  return 0;
+}
+
 int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
                    void *in, size_t len) {
-  (void)in;
-  (void)len;
   if (!conn)
     return 0;
   switch (reason) {
   case LWS_CALLBACK_ESTABLISHED: on_established(wsi, conn); return 0;
   case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(wsi, conn);
   case LWS_CALLBACK_TIMER: on_slow_timer(wsi, conn); return 0;
-  case LWS_CALLBACK_RECEIVE: /* server streams take no client messages */ return 0;
-  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return 0;
+  case LWS_CALLBACK_RECEIVE: return on_receive(wsi, conn, in, len);
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return on_peer_close(wsi, in, len);
   case LWS_CALLBACK_CLOSED:
     if (conn->ws_counted) {
       conn->ws_counted = false;

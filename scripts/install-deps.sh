@@ -13,7 +13,8 @@ set -eu
 BUILD_PACKAGES="build-essential cmake pkg-config git
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotoc-dev libprotobuf-dev grpc-proto golang-github-gogo-googleapis-dev
-  libsqlite3-dev libjansson-dev libwebsockets-dev libicu-dev"
+  libsqlite3-dev libjansson-dev libwebsockets-dev libicu-dev libssl-dev
+  libcurl4-openssl-dev"
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
 # clang-format checks the house formatting (`make format-check`). chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
@@ -31,11 +32,13 @@ TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev clang-format
 #   libsqlite3-0   libsqlite3.so.0
 #   libwebsockets17 libwebsockets.so.17
 #   libicu72       libicuuc.so.72, libicui18n.so.72 (time zones for metric buckets)
+#   libssl3        libcrypto.so.3 (JWT signatures)
+#   libcurl4       libcurl.so.4 (JWKS URL)
 # ca-certificates lets the remote backends (ClickHouse, MongoDB, Elasticsearch,
 # Redis, RabbitMQ) verify TLS peers. A library added to the build adds its
 # runtime package here too (check with `dpkg -S libfoo.so.N`).
 RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0 libwebsockets17 libicu72
-  ca-certificates"
+  libssl3 libcurl4 ca-certificates"
 
 case "${1:-build}" in
   build) wanted="$BUILD_PACKAGES" ;;

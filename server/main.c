@@ -175,6 +175,7 @@ int main(int argc, char **argv) {
   struct ana_realtime *realtime = NULL;
   struct ana_metric_streams *metric_streams = NULL;
   struct ana_rollups *rollups = NULL;
+  struct ana_event_names *names = NULL;
   if (make_dirs(cfg.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.data_dir, strerror(errno));
     goto out;
@@ -221,6 +222,12 @@ int main(int argc, char **argv) {
     ANA_ERROR("main", "cannot start the ingest path: %s", err.message);
     goto out;
   }
+  /* The catalog of event names: its own hook, stored by its own thread. */
+  names = ana_event_names_create(db, &(struct ana_event_names_options){cfg.event_names_max}, &err);
+  if (!names || ana_committer_subscribe(committer, ana_event_names_on_commit, names) < 0) {
+    ANA_ERROR("main", "cannot open the event names: %s", names ? "too many hooks" : err.message);
+    goto out;
+  }
   struct ana_event_service_options eopts = {
       .committer = committer,
       .store_ops = store_ops,
@@ -241,6 +248,7 @@ int main(int argc, char **argv) {
       .trusted_proxies = cfg.trusted_proxies,
       .search_max_page_size = cfg.search_max_page_size,
       .stream_max_in_flight = cfg.ingest_stream_max_in_flight,
+      .event_names = names,
   };
   ana_event_service_bind(&eopts);
 
@@ -269,8 +277,11 @@ int main(int argc, char **argv) {
       .store = store,
       .workers = workers,
       .rollups = rollups,
+      .event_names = names,
   };
   ana_metric_service_bind(&mopts);
+  if (ana_event_names_start(names, ana_metric_service_names_added, NULL, &err) < 0)
+    goto out;
 
   /* Live streams hear every commit through the hook. */
   struct ana_realtime_options rtopts = {
@@ -392,6 +403,7 @@ out:
   ana_grpc_server_destroy(grpc);
   /* After the transports: in-flight calls were waiting for these. */
   ana_committer_destroy(committer);
+  ana_event_names_destroy(names); /* after the committer's hook; uses the rollups */
   /* After the committer: its last commits still reach the hook. */
   ana_metric_streams_destroy(metric_streams); /* pushes through the hub: first */
   ana_realtime_destroy(realtime);

@@ -75,6 +75,7 @@ struct ana_config {
   int ingest_queue_max;
   int ingest_stream_max_in_flight;
   int search_max_page_size;
+  int event_names_max;      /* EVENT_NAMES_MAX: names in each account's catalog */
   int search_index_wait_ms; /* SEARCH_INDEX_WAIT */
   int retention_sweep_interval_ms;
 };

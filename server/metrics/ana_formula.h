@@ -65,6 +65,11 @@ struct ana_formula_env {
                        const char *const **var_names, const char *const **var_formulas,
                        size_t *n_vars);
   void *ctx;
+  /* Resolves a bare name that is neither a variable nor a metric: returns
+   * the event name whose events it counts (borrowed, copied by the parse),
+   * or NULL for the name as written. Called during ana_formula_parse only,
+   * with ctx. May be NULL. */
+  const char *(*resolve_event)(void *ctx, const char *name);
 };
 
 struct ana_formula;
@@ -102,5 +107,29 @@ char *ana_formula_to_string(const struct ana_formula *f);
 
 /* Frees f and everything it owns; NULL does nothing. */
 void ana_formula_free(struct ana_formula *f);
+
+/* How a bare name relates to the event names an account has sent. */
+enum ana_name_match {
+  ANA_NAME_EXACT,     /* an event with exactly this name was seen */
+  ANA_NAME_SUFFIX,    /* exactly one seen name ends in "_<name>": *match */
+  ANA_NAME_NONE,      /* neither */
+  ANA_NAME_AMBIGUOUS, /* several seen names end in "_<name>" */
+};
+
+#define ANA_FORMULA_MAX_SUGGEST 8
+
+/* The rule for a bare name of a formula that is not a variable or a metric,
+ * against the event names seen (borrowed, any order, duplicates allowed):
+ * an exact name wins; else the one seen name ending in "_<name>"
+ * (delivered -> message_delivered). *match gets the seen name for EXACT and
+ * SUFFIX, NULL otherwise. For NONE and AMBIGUOUS, suggest[] (may be NULL)
+ * gets at most max_suggest (at most ANA_FORMULA_MAX_SUGGEST) seen names,
+ * closest first: the names ending in "_<name>", or those within an edit
+ * distance of max(2, length / 3) of the name or of a seen name's part after
+ * one of its '_'; *n_suggest how many. */
+enum ana_name_match ana_formula_match_event_name(const char *name, const char *const *seen,
+                                                 size_t n_seen, const char **match,
+                                                 const char **suggest, size_t max_suggest,
+                                                 size_t *n_suggest);
 
 #endif

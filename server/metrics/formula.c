@@ -679,7 +679,20 @@ static struct node *parse_name(struct parser *p, struct src *s, size_t off, cons
     struct frame fr = {true, name, NULL};
     return expand(p, s, off, fr, formula, &inner);
   }
-  struct ana_agg_term t = {.fn = ANA_AGG_COUNT, .event_name = name};
+  /* Not a variable nor a metric: the count of an event name, the one the
+   * environment resolves it to (see ana_formula_match_event_name). */
+  const char *event = name;
+  if (env && env->resolve_event) {
+    const char *r = env->resolve_event(env->ctx, name);
+    if (r && strcmp(r, name) != 0) {
+      event = ana_arena_strdup(&p->f->arena, r);
+      if (!event) {
+        fail_nomem(p);
+        return NULL;
+      }
+    }
+  }
+  struct ana_agg_term t = {.fn = ANA_AGG_COUNT, .event_name = event};
   return term_node(p, s, off, &t);
 }
 
@@ -1133,4 +1146,123 @@ char *ana_formula_to_string(const struct ana_formula *f) {
     return NULL;
   }
   return b.data;
+}
+
+/* ---- bare names and the event names seen ---- */
+
+#define MATCH_NAME_MAX 256
+
+/* Levenshtein distance of a and b (bytes), or SIZE_MAX when either is
+ * longer than MATCH_NAME_MAX. */
+static size_t edit_distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > MATCH_NAME_MAX || lb > MATCH_NAME_MAX)
+    return SIZE_MAX;
+  size_t row[MATCH_NAME_MAX + 1];
+  for (size_t j = 0; j <= lb; j++)
+    row[j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= lb; j++) {
+      size_t up = row[j];
+      size_t best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best)
+        best = up + 1;
+      if (row[j - 1] + 1 < best)
+        best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[lb];
+}
+
+/* How far a seen name is from a bare name: the distance to the whole name
+ * or to any of its parts after a '_' (delivred ~ message_delivered). */
+static size_t closeness(const char *name, const char *seen) {
+  size_t d = edit_distance(name, seen);
+  for (const char *tail = strchr(seen, '_'); tail && d > 0; tail = strchr(tail + 1, '_')) {
+    size_t t = tail[1] ? edit_distance(name, tail + 1) : SIZE_MAX;
+    if (t < d)
+      d = t;
+  }
+  return d;
+}
+
+static bool ends_with_part(const char *seen, const char *name, size_t name_len) {
+  size_t n = strlen(seen);
+  return n > name_len + 1 && seen[n - name_len - 1] == '_' &&
+         memcmp(seen + n - name_len, name, name_len) == 0;
+}
+
+/* Keeps the max closest candidates in suggest[] (by distance, then name). */
+static void suggest_add(const char **suggest, size_t *dist, size_t max, size_t *n, const char *cand,
+                        size_t d) {
+  for (size_t i = 0; i < *n; i++)
+    if (strcmp(suggest[i], cand) == 0)
+      return;
+  size_t at = *n;
+  while (at > 0 && (dist[at - 1] > d || (dist[at - 1] == d && strcmp(suggest[at - 1], cand) > 0)))
+    at--;
+  if (at >= max)
+    return;
+  size_t end = *n < max ? *n : max - 1;
+  for (size_t i = end; i > at; i--) {
+    suggest[i] = suggest[i - 1];
+    dist[i] = dist[i - 1];
+  }
+  suggest[at] = cand;
+  dist[at] = d;
+  if (*n < max)
+    (*n)++;
+}
+
+enum ana_name_match ana_formula_match_event_name(const char *name, const char *const *seen,
+                                                 size_t n_seen, const char **match,
+                                                 const char **suggest, size_t max_suggest,
+                                                 size_t *n_suggest) {
+  size_t len = strlen(name), found = 0;
+  size_t dist[ANA_FORMULA_MAX_SUGGEST];
+  size_t n_sug = 0;
+  if (max_suggest > ANA_FORMULA_MAX_SUGGEST)
+    max_suggest = ANA_FORMULA_MAX_SUGGEST;
+  *match = NULL;
+  for (size_t i = 0; i < n_seen; i++) {
+    if (strcmp(seen[i], name) == 0) {
+      *match = seen[i];
+      if (n_suggest)
+        *n_suggest = 0;
+      return ANA_NAME_EXACT;
+    }
+  }
+  for (size_t i = 0; i < n_seen; i++) {
+    if (!ends_with_part(seen[i], name, len))
+      continue;
+    if (found == 0 || strcmp(seen[i], *match) != 0)
+      found++;
+    if (found == 1)
+      *match = seen[i];
+    if (suggest && max_suggest)
+      suggest_add(suggest, dist, max_suggest, &n_sug, seen[i], 0);
+  }
+  if (found == 1) {
+    if (n_suggest)
+      *n_suggest = 0;
+    return ANA_NAME_SUFFIX;
+  }
+  *match = NULL;
+  /* Several names end in _<name>: they are the suggestions (closest
+   * first); otherwise the seen names closest to it, if any is close. */
+  if (found == 0 && suggest && max_suggest) {
+    size_t limit = len / 3 > 2 ? len / 3 : 2;
+    for (size_t i = 0; i < n_seen; i++) {
+      size_t d = closeness(name, seen[i]);
+      if (d <= limit)
+        suggest_add(suggest, dist, max_suggest, &n_sug, seen[i], d);
+    }
+  }
+  if (n_suggest)
+    *n_suggest = n_sug;
+  return found ? ANA_NAME_AMBIGUOUS : ANA_NAME_NONE;
 }

@@ -3,6 +3,7 @@
 #ifndef ANA_SERVICES_H
 #define ANA_SERVICES_H
 
+#include "ana_event_names.h"
 #include "ana_ingest.h"
 #include "ana_metric_streams.h"
 #include "ana_realtime.h"
@@ -17,7 +18,8 @@ struct ana_event_service_options {
   struct ana_ingest_limits limits;
   const char *trusted_proxies; /* borrowed; NULL = none */
   int search_max_page_size;
-  int stream_max_in_flight; /* batches of one stream being committed at once */
+  int stream_max_in_flight;            /* batches of one stream being committed at once */
+  struct ana_event_names *event_names; /* ListEventNames; NULL: UNIMPLEMENTED */
 };
 
 /* Binds EventService (TrackEvent, TrackEvents, IngestEvents, ImportEvents,
@@ -36,11 +38,18 @@ struct ana_metric_service_options {
   const struct ana_event_store_ops *store_ops; /* for metric data */
   void *store;
   struct ana_workers *workers;
-  struct ana_rollups *rollups; /* NULL: every query reads raw events */
+  struct ana_rollups *rollups;         /* NULL: every query reads raw events */
+  struct ana_event_names *event_names; /* seen names for bare formula names; NULL: none */
 };
 
 /* Binds MetricService (create, list, get, update, delete, data). */
 int ana_metric_service_bind(const struct ana_metric_service_options *o);
+
+/* An ana_event_names_added_fn (ctx unused): resolves the bare names of the
+ * account's metrics that waited for a matching event name (a new
+ * definition version, with its backfill). Runs on the caller's thread. */
+void ana_metric_service_names_added(void *ctx, const char *account_id, const char *const *names,
+                                    size_t n);
 
 /* Binds RealtimeService.StreamMetric (implemented with the metric
  * definitions) to the live metric streams and the hub that carries them

@@ -8,6 +8,7 @@
 #include "ana_alloc.h"
 #include "ana_call.h"
 #include "ana_client_ip.h"
+#include "ana_event_names.h"
 #include "ana_log.h"
 
 #include <pthread.h>
@@ -703,6 +704,106 @@ nomem:
 }
 
 /* ------------------------------------------------------------------ */
+/* ListEventNames: the account's catalog of event names, by name; the page
+ * token is the last name of the page. */
+
+#define NAMES_DEFAULT_PAGE 100
+#define NAMES_MAX_PAGE 1000
+
+struct names_page {
+  struct ana_call *call;
+  const Analytics__V1__ListEventNamesRequest *req;
+  Analytics__V1__EventName **items;
+  size_t n, size;
+  bool more, failed;
+};
+
+static Google__Protobuf__Timestamp *names_ts(struct ana_arena *a, int64_t ms) {
+  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
+  if (t) {
+    google__protobuf__timestamp__init(t);
+    t->seconds = ms / 1000;
+    t->nanos = (int32_t)(ms % 1000) * 1000000;
+  }
+  return t;
+}
+
+static int on_name(void *ctx, const struct ana_event_name_info *info) {
+  struct names_page *p = ctx;
+  if (p->n == p->size) {
+    p->more = true;
+    return 1;
+  }
+  struct ana_arena *a = ana_call_arena(p->call);
+  Analytics__V1__EventName *e = ana_arena_alloc(a, sizeof *e);
+  if (!e) {
+    p->failed = true;
+    return 1;
+  }
+  analytics__v1__event_name__init(e);
+  e->name = ana_arena_strdup(a, info->name);
+  e->first_seen = names_ts(a, info->first_seen_ms);
+  e->last_seen = names_ts(a, info->last_seen_ms);
+  e->count = info->count;
+  if (!e->name || !e->first_seen || !e->last_seen) {
+    p->failed = true;
+    return 1;
+  }
+  p->items[p->n++] = e;
+  return 0;
+}
+
+static void names_job(void *arg) {
+  struct names_page *p = arg;
+  struct ana_error err;
+  const Analytics__V1__ListEventNamesRequest *req = p->req;
+  if (ana_event_names_list(opts.event_names, ana_call_principal(p->call)->account_id, req->prefix,
+                           req->page_token, (int)p->size + 1, on_name, p, &err) < 0) {
+    ana_call_finish(p->call, NULL, &err);
+    return;
+  }
+  if (p->failed) {
+    ana_call_fail(p->call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  Analytics__V1__ListEventNamesResponse resp = ANALYTICS__V1__LIST_EVENT_NAMES_RESPONSE__INIT;
+  resp.names = p->items;
+  resp.n_names = p->n;
+  if (p->more && p->n)
+    resp.next_page_token = p->items[p->n - 1]->name;
+  ana_call_reply(p->call, &resp.base);
+}
+
+static void list_event_names(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__ListEventNamesRequest *req = (const void *)request;
+  struct ana_arena *a = ana_call_arena(call);
+  if (!opts.event_names) {
+    ana_call_fail(call, ANA_STATUS_UNIMPLEMENTED, "the event names catalog is not enabled");
+    return;
+  }
+  if (req->page_size < 0 || req->page_size > NAMES_MAX_PAGE) {
+    ana_call_add_violation(call, "pageSize", "must be between 0 and 1000");
+    ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
+                  NAMES_MAX_PAGE);
+    return;
+  }
+  struct names_page *p = ana_arena_calloc(a, 1, sizeof *p);
+  if (!p)
+    goto nomem;
+  p->call = call;
+  p->req = req;
+  p->size = req->page_size ? (size_t)req->page_size : NAMES_DEFAULT_PAGE;
+  p->items = ana_arena_calloc(a, p->size, sizeof *p->items);
+  if (!p->items)
+    goto nomem;
+  if (ana_workers_submit(opts.workers, names_job, p) < 0)
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
+  return;
+nomem:
+  ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+/* ------------------------------------------------------------------ */
 
 static const struct ana_handler track_event_handler = {.on_request = track_event};
 static const struct ana_handler track_events_handler = {.on_request = track_events};
@@ -715,6 +816,7 @@ static const struct ana_handler import_handler = {.on_open = import_open,
                                                   .on_half_close = stream_half_close,
                                                   .on_cancel = stream_cancel};
 static const struct ana_handler search_handler = {.on_request = search_events};
+static const struct ana_handler names_handler = {.on_request = list_event_names};
 
 int ana_event_service_bind(const struct ana_event_service_options *o) {
   opts = *o;
@@ -725,5 +827,6 @@ int ana_event_service_bind(const struct ana_event_service_options *o) {
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_INGEST_EVENTS, &ingest_handler);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_IMPORT_EVENTS, &import_handler);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_SEARCH_EVENTS, &search_handler);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_LIST_EVENT_NAMES, &names_handler);
   return 0;
 }

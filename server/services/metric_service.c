@@ -15,6 +15,7 @@
 #include "ana_text.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -31,6 +32,8 @@
 static struct ana_metric_service_options opts;
 static struct ana_metric_streams *streams_engine; /* StreamMetric */
 static struct ana_realtime *stream_hub;
+/* Serialises storing a metric's resolved names against a PUT. */
+static pthread_mutex_t resolve_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -109,11 +112,36 @@ static void vars_of(const Analytics__V1__Metric *m, struct vars *v) {
   }
 }
 
+/* How bare names that are neither variables nor metrics become event
+ * names (the rule: ana_formula_match_event_name). */
+enum resolve_mode {
+  RESOLVE_APPLY,  /* as the metric recorded them (resolvedNames) */
+  RESOLVE_NEW,    /* against the names seen now (create, replace) */
+  RESOLVE_WAITING /* the recorded ones, and its pendingNames against the names seen now */
+};
+
+#define MAX_RESOLVED ANA_FORMULA_MAX_TERMS
+#define SUGGESTIONS 3
+
+struct resolution {
+  const char **seen; /* the account's event names (NEW, WAITING) */
+  size_t n_seen;
+  const char *names[MAX_RESOLVED]; /* each bare name decided, once */
+  const char *to[MAX_RESOLVED];    /* its event name; NULL = as written */
+  bool pending[MAX_RESOLVED];      /* nothing matching was seen yet */
+  char *warning[MAX_RESOLVED];
+  size_t n;
+};
+
 struct lookup_ctx {
-  struct ana_call *call;
+  struct ana_arena *arena;
+  const char *account;
   const char *self_name; /* a metric does not resolve to itself */
   struct vars vars[8];
   int used;
+  enum resolve_mode mode;
+  const Analytics__V1__Metric *metric; /* its resolvedNames and pendingNames */
+  struct resolution *res;              /* NEW, WAITING */
 };
 
 static int lookup_metric(void *ctx, const char *name, const char **formula,
@@ -122,10 +150,10 @@ static int lookup_metric(void *ctx, const char *name, const char **formula,
   struct lookup_ctx *c = ctx;
   if ((c->self_name && strcmp(name, c->self_name) == 0) || c->used == 8)
     return -1;
-  struct loaded l = {ana_call_arena(c->call), NULL};
+  struct loaded l = {c->arena, NULL};
   struct ana_error err;
-  if (opts.catalog_ops->get_by_name(opts.catalog, KIND, ana_call_principal(c->call)->account_id,
-                                    name, keep_metric, &l, &err) < 0 ||
+  if (opts.catalog_ops->get_by_name(opts.catalog, KIND, c->account, name, keep_metric, &l, &err) <
+          0 ||
       !l.metric)
     return -1;
   struct vars *v = &c->vars[c->used++];
@@ -137,15 +165,194 @@ static int lookup_metric(void *ctx, const char *name, const char **formula,
   return 0;
 }
 
+static const char *recorded(const Analytics__V1__Metric *m, const char *name) {
+  for (size_t i = 0; i < m->n_resolved_names; i++)
+    if (strcmp(m->resolved_names[i]->key, name) == 0)
+      return m->resolved_names[i]->value;
+  return NULL;
+}
+
+static bool is_pending(const Analytics__V1__Metric *m, const char *name) {
+  for (size_t i = 0; i < m->n_pending_names; i++)
+    if (strcmp(m->pending_names[i], name) == 0)
+      return true;
+  return false;
+}
+
+static const char *resolve_event(void *ctx, const char *name) {
+  struct lookup_ctx *c = ctx;
+  if (c->mode == RESOLVE_APPLY)
+    return recorded(c->metric, name);
+  struct resolution *r = c->res;
+  for (size_t i = 0; i < r->n; i++)
+    if (strcmp(r->names[i], name) == 0)
+      return r->to[i];
+  if (r->n == MAX_RESOLVED)
+    return NULL; /* the parse fails on its term limit anyway */
+  size_t i = r->n;
+  r->names[i] = ana_arena_strdup(c->arena, name);
+  if (!r->names[i])
+    return NULL;
+  r->n++;
+  r->to[i] = NULL;
+  r->pending[i] = false;
+  r->warning[i] = NULL;
+  if (c->mode == RESOLVE_WAITING && !is_pending(c->metric, name))
+    return r->to[i] = (char *)recorded(c->metric, name);
+  const char *match = NULL, *suggest[SUGGESTIONS];
+  size_t n_suggest = 0;
+  enum ana_name_match how = ana_formula_match_event_name(name, r->seen, r->n_seen, &match, suggest,
+                                                         SUGGESTIONS, &n_suggest);
+  char list[512] = "";
+  for (size_t k = 0; k < n_suggest; k++) {
+    size_t used = strlen(list);
+    snprintf(list + used, sizeof list - used, "%s\"%.100s\"", k ? ", " : "", suggest[k]);
+  }
+  char msg[768];
+  switch (how) {
+  case ANA_NAME_EXACT: return NULL;
+  case ANA_NAME_SUFFIX: r->to[i] = match; return match;
+  case ANA_NAME_AMBIGUOUS:
+    snprintf(msg, sizeof msg,
+             "formula: \"%.100s\" matches several event names (%s); it counts events named "
+             "\"%.100s\": write the full name or a variable",
+             name, list, name);
+    break;
+  case ANA_NAME_NONE:
+    r->pending[i] = true;
+    if (n_suggest)
+      snprintf(msg, sizeof msg,
+               "formula: no event named \"%.100s\" or \"*_%.100s\" seen yet (closest: %s); "
+               "it counts events named \"%.100s\" until one appears",
+               name, name, list, name);
+    else
+      snprintf(msg, sizeof msg,
+               "formula: no event named \"%.100s\" or \"*_%.100s\" seen yet; it counts events "
+               "named \"%.100s\" until one appears",
+               name, name, name);
+    break;
+  }
+  r->warning[i] = ana_arena_strdup(c->arena, msg);
+  return NULL;
+}
+
+static struct ana_formula *parse_formula_as(struct ana_arena *arena, const char *account,
+                                            const Analytics__V1__Metric *m, struct lookup_ctx *lctx,
+                                            struct vars *own, enum resolve_mode mode,
+                                            struct resolution *res, struct ana_error *err) {
+  vars_of(m, own);
+  struct ana_formula_env env = {own->names,    own->formulas, own->n,
+                                lookup_metric, lctx,          resolve_event};
+  lctx->arena = arena;
+  lctx->account = account;
+  lctx->self_name = m->name;
+  lctx->mode = mode;
+  lctx->metric = m;
+  lctx->res = res;
+  int pos = 0;
+  return ana_formula_parse(m->formula, &env, err, &pos);
+}
+
+/* The formula of a stored metric, its bare names as it recorded them. */
 static struct ana_formula *parse_formula(struct ana_call *call, const Analytics__V1__Metric *m,
                                          struct lookup_ctx *lctx, struct vars *own,
                                          struct ana_error *err) {
-  vars_of(m, own);
-  struct ana_formula_env env = {own->names, own->formulas, own->n, lookup_metric, lctx};
-  lctx->call = call;
-  lctx->self_name = m->name;
-  int pos = 0;
-  return ana_formula_parse(m->formula, &env, err, &pos);
+  return parse_formula_as(ana_call_arena(call), ana_call_principal(call)->account_id, m, lctx, own,
+                          RESOLVE_APPLY, NULL, err);
+}
+
+struct seen_list {
+  struct ana_arena *arena;
+  const char **items;
+  size_t n, cap;
+  bool failed;
+};
+
+static int keep_seen(void *ctx, const struct ana_event_name_info *info) {
+  struct seen_list *l = ctx;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 256;
+    const char **items = ana_arena_alloc(l->arena, cap * sizeof *items);
+    if (!items) {
+      l->failed = true;
+      return 1;
+    }
+    if (l->n)
+      memcpy(items, l->items, l->n * sizeof *items);
+    l->items = items;
+    l->cap = cap;
+  }
+  l->items[l->n] = ana_arena_strdup(l->arena, info->name);
+  if (!l->items[l->n]) {
+    l->failed = true;
+    return 1;
+  }
+  l->n++;
+  return 0;
+}
+
+/* Fills res->seen with the account's event names. */
+static int load_seen(struct ana_arena *arena, const char *account, struct resolution *res,
+                     struct ana_error *err) {
+  struct seen_list l = {arena, NULL, 0, 0, false};
+  if (opts.event_names &&
+      ana_event_names_each_seen(opts.event_names, account, keep_seen, &l, err) < 0)
+    return ANA_ERR_IO;
+  if (l.failed)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  res->seen = l.items;
+  res->n_seen = l.n;
+  return 0;
+}
+
+/* Records the outcome of a resolution on the metric: resolvedNames,
+ * pendingNames, warnings (arena copies). WAITING keeps the warnings of the
+ * names still unresolved as they were. */
+static int record_resolution(struct ana_arena *a, Analytics__V1__Metric *m,
+                             const struct resolution *r, enum resolve_mode mode) {
+  Analytics__V1__Metric__ResolvedNamesEntry **map = ana_arena_calloc(a, r->n + 1, sizeof *map);
+  char **pending = ana_arena_calloc(a, r->n + 1, sizeof *pending);
+  char **warnings = ana_arena_calloc(a, r->n + m->n_warnings + 1, sizeof *warnings);
+  if (!map || !pending || !warnings)
+    return ANA_ERR_NOMEM;
+  size_t n_map = 0, n_pending = 0, n_warnings = 0;
+  for (size_t i = 0; i < r->n; i++) {
+    if (r->to[i]) {
+      Analytics__V1__Metric__ResolvedNamesEntry *e = ana_arena_alloc(a, sizeof *e);
+      if (!e)
+        return ANA_ERR_NOMEM;
+      analytics__v1__metric__resolved_names_entry__init(e);
+      e->key = (char *)r->names[i];
+      e->value = (char *)r->to[i];
+      map[n_map++] = e;
+    }
+    if (r->pending[i])
+      pending[n_pending++] = (char *)r->names[i];
+    if (mode == RESOLVE_WAITING && r->pending[i]) {
+      /* still waiting: its earlier warning stays */
+      char prefix[160];
+      snprintf(prefix, sizeof prefix, "formula: no event named \"%.100s\"", r->names[i]);
+      for (size_t k = 0; k < m->n_warnings; k++)
+        if (strncmp(m->warnings[k], prefix, strlen(prefix)) == 0)
+          warnings[n_warnings++] = m->warnings[k];
+    } else if (r->warning[i]) {
+      warnings[n_warnings++] = r->warning[i];
+    } else if (mode == RESOLVE_WAITING && !is_pending(m, r->names[i])) {
+      /* not looked at again: its earlier warning (an ambiguity) stays */
+      char prefix[160];
+      snprintf(prefix, sizeof prefix, "formula: \"%.100s\"", r->names[i]);
+      for (size_t k = 0; k < m->n_warnings; k++)
+        if (strncmp(m->warnings[k], prefix, strlen(prefix)) == 0)
+          warnings[n_warnings++] = m->warnings[k];
+    }
+  }
+  m->resolved_names = map;
+  m->n_resolved_names = n_map;
+  m->pending_names = pending;
+  m->n_pending_names = n_pending;
+  m->warnings = warnings;
+  m->n_warnings = n_warnings;
+  return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -214,20 +421,33 @@ static int check_metric(struct ana_call *call, Analytics__V1__Metric *m, struct 
   }
   if (ana_metric_check_filters_and_dimensions(m, err) < 0)
     return ANA_ERR_INVALID;
+  /* Bare names are resolved against the event names seen now; what the
+   * client sent in the server-set fields is ignored. */
+  struct ana_arena *a = ana_call_arena(call);
+  struct resolution *res = ana_arena_calloc(a, 1, sizeof *res);
+  if (!res)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (load_seen(a, account, res, err) < 0)
+    return ANA_ERR_IO;
+  m->n_resolved_names = 0;
+  m->n_pending_names = 0;
+  m->n_warnings = 0;
   struct lookup_ctx lctx = {0};
   struct vars own;
-  struct ana_formula *f = parse_formula(call, m, &lctx, &own, err);
+  struct ana_formula *f = parse_formula_as(a, account, m, &lctx, &own, RESOLVE_NEW, res, err);
   if (!f)
     return ANA_ERR_INVALID;
   ana_formula_free(f);
+  if (record_resolution(a, m, res, RESOLVE_NEW) < 0)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   m->account_id = (char *)account;
   return 0;
 }
 
-static int save(struct ana_call *call, Analytics__V1__Metric *m, bool create,
+static int save(struct ana_arena *arena, Analytics__V1__Metric *m, bool create,
                 struct ana_error *err) {
   size_t n = protobuf_c_message_get_packed_size(&m->base);
-  uint8_t *body = ana_arena_alloc(ana_call_arena(call), n ? n : 1);
+  uint8_t *body = ana_arena_alloc(arena, n ? n : 1);
   if (!body)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   protobuf_c_message_pack(&m->base, body);
@@ -273,13 +493,12 @@ static int collect_all(void *ctx, const struct ana_catalog_object *o) {
  * with the rollups: a formula names other metrics, so a change to one may
  * change the terms of others (those are re-backfilled; the rest is left as
  * it is). A metric whose formula no longer parses loses its rollups. */
-static void refresh_rollups(struct ana_call *call) {
+static void refresh_rollups(struct ana_arena *arena, const char *account) {
   if (!opts.rollups)
     return;
-  const char *account = ana_call_principal(call)->account_id;
   const char *after = NULL;
   for (;;) {
-    struct account_metrics page = {.arena = ana_call_arena(call)};
+    struct account_metrics page = {.arena = arena};
     struct ana_error err;
     if (opts.catalog_ops->list(opts.catalog, KIND, account, after, 256, collect_all, &page, &err) <
         0) {
@@ -290,7 +509,8 @@ static void refresh_rollups(struct ana_call *call) {
       Analytics__V1__Metric *m = page.items[i];
       struct lookup_ctx lctx = {0};
       struct vars own;
-      struct ana_formula *f = parse_formula(call, m, &lctx, &own, &err);
+      struct ana_formula *f =
+          parse_formula_as(arena, account, m, &lctx, &own, RESOLVE_APPLY, NULL, &err);
       int rc = f ? ana_rollup_define(opts.rollups, account, m, f, &err)
                  : ana_rollup_forget(opts.rollups, m->metric_id, &err);
       if (rc < 0)
@@ -301,6 +521,93 @@ static void refresh_rollups(struct ana_call *call) {
       return;
     after = page.last_id;
   }
+}
+
+/* Whether a new event name matches a name waiting in pendingNames. */
+static bool matches_waiting(const Analytics__V1__Metric *m, const char *const *names, size_t n) {
+  if (!names)
+    return m->n_pending_names > 0;
+  for (size_t i = 0; i < m->n_pending_names; i++) {
+    const char *p = m->pending_names[i];
+    size_t lp = strlen(p);
+    for (size_t k = 0; k < n; k++) {
+      size_t ln = strlen(names[k]);
+      if (strcmp(names[k], p) == 0 ||
+          (ln > lp + 1 && names[k][ln - lp - 1] == '_' && strcmp(names[k] + ln - lp, p) == 0))
+        return true;
+    }
+  }
+  return false;
+}
+
+/* Resolves, once, the pending names of the account's metrics that a new
+ * event name (names, or any seen name when names is NULL) matches: the
+ * metric is stored with its new resolvedNames, and the rollups record a new
+ * definition version with its backfill. Under resolve_mu, so that a PUT
+ * (which resolves everything again) is never overwritten. */
+static void resolve_waiting(struct ana_arena *arena, const char *account, const char *const *names,
+                            size_t n) {
+  bool changed = false;
+  const char *after = NULL;
+  struct resolution *res = ana_arena_calloc(arena, 1, sizeof *res);
+  struct ana_error err;
+  if (!res || load_seen(arena, account, res, &err) < 0)
+    return;
+  pthread_mutex_lock(&resolve_mu);
+  for (;;) {
+    struct account_metrics page = {.arena = arena};
+    if (opts.catalog_ops->list(opts.catalog, KIND, account, after, 256, collect_all, &page, &err) <
+        0) {
+      ANA_WARN("metrics", "cannot list metrics to resolve names: %s", err.message);
+      break;
+    }
+    for (size_t i = 0; i < page.n; i++) {
+      Analytics__V1__Metric *m = page.items[i];
+      if (!matches_waiting(m, names, n))
+        continue;
+      struct lookup_ctx lctx = {0};
+      struct vars own;
+      const char **seen = res->seen;
+      size_t n_seen = res->n_seen;
+      memset(res, 0, sizeof *res);
+      res->seen = seen;
+      res->n_seen = n_seen;
+      struct ana_formula *f =
+          parse_formula_as(arena, account, m, &lctx, &own, RESOLVE_WAITING, res, &err);
+      if (!f)
+        continue;
+      ana_formula_free(f);
+      size_t before = m->n_pending_names;
+      if (record_resolution(arena, m, res, RESOLVE_WAITING) < 0 || m->n_pending_names == before)
+        continue;
+      if (save(arena, m, false, &err) < 0) {
+        ANA_WARN("metrics", "metric %s: cannot store its resolved names: %s", m->metric_id,
+                 err.message);
+        continue;
+      }
+      ANA_INFO("metrics", "metric %s: %zu bare names resolved on their first event", m->metric_id,
+               before - m->n_pending_names);
+      changed = true;
+    }
+    if (!page.last_id || page.n < 256)
+      break;
+    after = page.last_id;
+  }
+  pthread_mutex_unlock(&resolve_mu);
+  if (changed)
+    refresh_rollups(arena, account);
+}
+
+void ana_metric_service_names_added(void *ctx, const char *account_id, const char *const *names,
+                                    size_t n) {
+  (void)ctx;
+  if (!opts.catalog_ops)
+    return;
+  struct ana_arena *arena = ana_arena_create(64 * 1024, 0);
+  if (!arena)
+    return;
+  resolve_waiting(arena, account_id, names, n);
+  ana_arena_destroy(arena);
 }
 
 /* ------------------------------------------------------------------ */
@@ -352,11 +659,14 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   m->metric_id = id;
   m->created_at = timestamp_of(ana_call_arena(call), now);
   m->updated_at = m->created_at;
-  if (save(call, m, true, &err) < 0) {
+  if (save(ana_call_arena(call), m, true, &err) < 0) {
     fail_with(call, &err);
     return;
   }
-  refresh_rollups(call);
+  refresh_rollups(ana_call_arena(call), ana_call_principal(call)->account_id);
+  /* A name that appeared between the resolution and the save. */
+  if (m->n_pending_names)
+    resolve_waiting(ana_call_arena(call), ana_call_principal(call)->account_id, NULL, 0);
   ana_call_reply(call, &m->base);
 }
 
@@ -446,14 +756,21 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
+  int rc;
   m->metric_id = old->metric_id;
   m->created_at = old->created_at;
   m->updated_at = timestamp_of(ana_call_arena(call), now_ms());
-  if (save(call, m, false, &err) < 0) {
+  pthread_mutex_lock(&resolve_mu);
+  rc = save(ana_call_arena(call), m, false, &err);
+  pthread_mutex_unlock(&resolve_mu);
+  if (rc < 0) {
     fail_with(call, &err);
     return;
   }
-  refresh_rollups(call);
+  refresh_rollups(ana_call_arena(call), ana_call_principal(call)->account_id);
+  /* A name that appeared between the resolution and the save. */
+  if (m->n_pending_names)
+    resolve_waiting(ana_call_arena(call), ana_call_principal(call)->account_id, NULL, 0);
   ana_call_reply(call, &m->base);
 }
 
@@ -469,7 +786,7 @@ static void do_delete(struct ana_call *call, const ProtobufCMessage *request) {
   }
   if (opts.rollups && ana_rollup_forget(opts.rollups, req->metric_id, &err) < 0)
     ANA_WARN("metrics", "metric %s: rollups: %s", req->metric_id, err.message);
-  refresh_rollups(call);
+  refresh_rollups(ana_call_arena(call), ana_call_principal(call)->account_id);
   Analytics__V1__DeleteMetricResponse resp = ANALYTICS__V1__DELETE_METRIC_RESPONSE__INIT;
   ana_call_reply(call, &resp.base);
 }

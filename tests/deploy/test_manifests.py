@@ -20,6 +20,12 @@ CONFIG_VARS = frozenset({
     "RETENTION_DAYS", "BATCH_SIZE", "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE",
     "DATA_DIR", "LOG_LEVEL", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
 })
+# What analytics-restbridge reads beyond those (restbridge/remote/main.c).
+BRIDGE_VARS = frozenset({
+    "RESTBRIDGE_UPSTREAM", "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
+    "HTTP_BODY_BUDGET_MB", "STREAM_QUEUE_BUDGET_MB", "HTTP_BODY_MIN_RATE", "HTTP_BODY_RATE_WINDOW",
+    "HTTP_DECODE_THREADS",
+})
 HTTP_PORT = 3004
 GRPC_PORT = 50051
 # Kubernetes' default when a pod spec does not set terminationGracePeriodSeconds.
@@ -319,8 +325,7 @@ class ManifestTest(unittest.TestCase):
 
     def test_restbridge_env_is_known_variables(self):
         env = {e.get("name") for e in self.bridge_container().get("env") or []}
-        self.assertEqual(sorted(env - CONFIG_VARS - {"RESTBRIDGE_UPSTREAM", "HTTP_MAX_BODY_BYTES",
-                                                      "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS"}),
+        self.assertEqual(sorted(env - CONFIG_VARS - BRIDGE_VARS),
                          [], "environment variables the bridge does not read")
 
     def test_restbridge_probes_are_http(self):

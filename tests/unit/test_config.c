@@ -57,6 +57,7 @@ static const char *const all_names[] = {
     "INGEST_QUEUE_MAX",
     "INGEST_STREAM_MAX_IN_FLIGHT",
     "SEARCH_MAX_PAGE_SIZE",
+    "EVENT_NAMES_MAX",
     "SEARCH_INDEX_WAIT",
     "RETENTION_SWEEP_INTERVAL",
     "HTTP_MAX_BODY_BYTES",

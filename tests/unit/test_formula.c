@@ -923,6 +923,110 @@ static void test_allocation_failures(void **state) {
   ana_formula_free(NULL);
 }
 
+/* ---- bare names and the event names seen ---- */
+
+static const char *const spec_seen[] = {"message_sent", "message_delivered", "page_view", "signup",
+                                        "ad_signup"};
+#define N_SPEC_SEEN (sizeof spec_seen / sizeof spec_seen[0])
+
+static enum ana_name_match match(const char *name, const char **out, const char **suggest,
+                                 size_t *n_suggest) {
+  return ana_formula_match_event_name(name, spec_seen, N_SPEC_SEEN, out, suggest, 3, n_suggest);
+}
+
+static void test_bare_name_resolves_to_the_one_name_ending_in_it(void **state) {
+  (void)state;
+  const char *out = NULL, *sug[3];
+  size_t n = 99;
+  assert_int_equal(match("delivered", &out, sug, &n), ANA_NAME_SUFFIX);
+  assert_string_equal(out, "message_delivered");
+  assert_int_equal(n, 0);
+  assert_int_equal(match("sent", &out, sug, &n), ANA_NAME_SUFFIX);
+  assert_string_equal(out, "message_sent");
+  assert_int_equal(match("view", &out, sug, &n), ANA_NAME_SUFFIX);
+  assert_string_equal(out, "page_view");
+  /* A whole part only: "ent" is no part of message_sent. */
+  assert_int_equal(match("ent", &out, NULL, NULL), ANA_NAME_NONE);
+  assert_null(out);
+}
+
+static void test_exact_name_wins(void **state) {
+  (void)state;
+  const char *out = NULL;
+  /* "signup" was seen as such, and "ad_signup" ends in it: exact wins. */
+  assert_int_equal(match("signup", &out, NULL, NULL), ANA_NAME_EXACT);
+  assert_string_equal(out, "signup");
+  assert_int_equal(match("message_sent", &out, NULL, NULL), ANA_NAME_EXACT);
+}
+
+static void test_several_matches_are_ambiguous_and_suggested(void **state) {
+  (void)state;
+  static const char *const seen[] = {"push_open", "mail_open", "push_open", "opened"};
+  const char *out = "x", *sug[3];
+  size_t n = 0;
+  assert_int_equal(ana_formula_match_event_name("open", seen, 4, &out, sug, 3, &n),
+                   ANA_NAME_AMBIGUOUS);
+  assert_null(out);
+  assert_int_equal(n, 2); /* the matches, each once, by name */
+  assert_string_equal(sug[0], "mail_open");
+  assert_string_equal(sug[1], "push_open");
+  /* The same name seen twice is one match. */
+  static const char *const twice[] = {"push_open", "push_open"};
+  assert_int_equal(ana_formula_match_event_name("open", twice, 2, &out, NULL, 0, NULL),
+                   ANA_NAME_SUFFIX);
+  assert_string_equal(out, "push_open");
+}
+
+static void test_no_match_suggests_the_closest_names(void **state) {
+  (void)state;
+  const char *out = "x", *sug[3];
+  size_t n = 0;
+  /* A typo: closest by edit distance to a part after '_'. */
+  assert_int_equal(match("delivred", &out, sug, &n), ANA_NAME_NONE);
+  assert_null(out);
+  assert_int_equal(n, 1);
+  assert_string_equal(sug[0], "message_delivered");
+  /* Nothing close: no suggestion. */
+  assert_int_equal(match("purchase", &out, sug, &n), ANA_NAME_NONE);
+  assert_int_equal(n, 0);
+  /* Nothing seen at all. */
+  assert_int_equal(ana_formula_match_event_name("sent", NULL, 0, &out, sug, 3, &n), ANA_NAME_NONE);
+  assert_int_equal(n, 0);
+  /* Closest first, at most max_suggest. */
+  static const char *const seen[] = {"sends", "sen", "sentx", "xsent", "a_snt"};
+  assert_int_equal(ana_formula_match_event_name("sent", seen, 5, &out, sug, 2, &n), ANA_NAME_NONE);
+  assert_int_equal(n, 2);
+  assert_string_equal(sug[0], "a_snt");
+  assert_string_equal(sug[1], "sen");
+}
+
+static const char *resolve_spec(void *ctx, const char *name) {
+  (void)ctx;
+  const char *out = NULL;
+  return ana_formula_match_event_name(name, spec_seen, N_SPEC_SEEN, &out, NULL, 0, NULL) ==
+                 ANA_NAME_SUFFIX
+             ? out
+             : NULL;
+}
+
+static void test_parse_counts_the_resolved_names(void **state) {
+  (void)state;
+  struct vars v = {0};
+  vars_add(&v, "rate", "delivered / sent");
+  struct ana_formula_env env = {v.names, v.formulas, v.n, NULL, NULL, resolve_spec};
+  struct ana_error err;
+  int pos;
+  struct ana_formula *f = ana_formula_parse("rate * 100 + count(sent) + signup", &env, &err, &pos);
+  assert_non_null(f);
+  char *text = ana_formula_to_string(f);
+  /* Bare names resolve (also inside variables); count(sent) is literal. */
+  assert_string_equal(text,
+                      "(count(message_delivered) / count(message_sent)) * 100 + count(sent) + "
+                      "count(signup)");
+  free(text);
+  ana_formula_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_precedence_and_associativity),
@@ -941,6 +1045,11 @@ int main(void) {
       cmocka_unit_test(test_limits),
       cmocka_unit_test(test_to_string_round_trip),
       cmocka_unit_test(test_allocation_failures),
+      cmocka_unit_test(test_bare_name_resolves_to_the_one_name_ending_in_it),
+      cmocka_unit_test(test_exact_name_wins),
+      cmocka_unit_test(test_several_matches_are_ambiguous_and_suggested),
+      cmocka_unit_test(test_no_match_suggests_the_closest_names),
+      cmocka_unit_test(test_parse_counts_the_resolved_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

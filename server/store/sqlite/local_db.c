@@ -163,6 +163,21 @@ static const char *const migrations[] = {
     /* 4: the free-text index moves to its own file, kept by its own thread
      * off the commit path (text_index.c), which builds it from the events. */
     "DROP TABLE events_fts;",
+
+    /* 5: each account's catalog of the event names it has sent, kept off
+     * the commit path (server/ingest/event_names.c), and the commit
+     * sequence number up to which it holds the events. */
+    "CREATE TABLE event_names ("
+    "  account_id TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  first_seen INTEGER NOT NULL,"
+    "  last_seen INTEGER NOT NULL,"
+    "  count INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, name)) WITHOUT ROWID;"
+    "CREATE TABLE event_names_progress ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  watermark INTEGER NOT NULL);"
+    "INSERT INTO event_names_progress VALUES (1, 0);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
