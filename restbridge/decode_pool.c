@@ -21,7 +21,7 @@
  * lowest niceness (a weight of 15 against the lws thread's 1024) the
  * scheduler lets the lws thread in first when they share a core (with two
  * cores and two decoders busy, /health would otherwise wait for a time
- * slice; at nice 10 its p99 under two 3.5 MB posters was 2-3x that at 19). */
+ * slice). */
 #define DECODER_NICE 19
 
 struct rb_decode_job {
