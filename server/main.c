@@ -193,6 +193,7 @@ int main(int argc, char **argv) {
 
   if (ana_auth_init(cfg.auth.default_account_id) < 0 || ana_reflection_bind() < 0)
     goto out;
+  ana_rpc_set_trusted_proxies(cfg.ingest.trusted_proxies); /* per-client limits behind proxies */
   ana_log_register_metrics();
   ana_health_bind();
 
@@ -320,7 +321,7 @@ int main(int argc, char **argv) {
       .port = cfg.rpc.grpc_port,
       .threads = cfg.rpc.grpc_threads,
       .max_message_bytes = cfg.rpc.grpc_max_message_bytes,
-      .proto_max_depth = cfg.rpc.proto_max_depth,
+      .proto_max_depth = cfg.process.proto_max_depth,
       .send_queue_max = cfg.rpc.stream_send_queue_max,
       .max_concurrent_streams = cfg.rpc.grpc_max_concurrent_streams,
       .max_metadata_bytes = cfg.rpc.grpc_max_metadata_bytes,
@@ -378,13 +379,19 @@ int main(int argc, char **argv) {
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
   ana_health_set_serving(false);
   atomic_store(&health.serving, false);
-  /* REST first: its in-flight calls finish while gRPC still serves. */
+  /* REST first: its in-flight calls finish while gRPC still serves. Both
+   * within the one grace period, counted from the signal. */
+  int64_t stop_start = ana_heartbeat_now_ms();
   ana_restbridge_shutdown(rest, cfg.process.shutdown_grace_ms);
-  ana_restbridge_destroy(rest);
+  bool rest_stuck = !ana_restbridge_stopped(rest);
+  if (!rest_stuck)
+    ana_restbridge_destroy(rest);
   rest = NULL;
-  if (ana_grpc_server_shutdown(grpc, cfg.process.shutdown_grace_ms) < 0) {
-    /* Some call never ended; tearing gRPC down now could crash, so leave. */
-    ANA_ERROR("main", "stopped with calls still open");
+  int64_t left = cfg.process.shutdown_grace_ms - (ana_heartbeat_now_ms() - stop_start);
+  if (ana_grpc_server_shutdown(grpc, left > 0 ? (int)left : 0) < 0 || rest_stuck) {
+    /* Some call never ended, or the HTTP thread is stuck in a callback;
+     * tearing down now could crash, so leave (forced stop: exit 1). */
+    ANA_ERROR("main", "stopped with %s", rest_stuck ? "the HTTP thread stuck" : "calls still open");
     ana_config_fini(&cfg);
     _exit(1);
   }

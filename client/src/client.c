@@ -91,6 +91,7 @@ void analytics_options_init(analytics_options_t *o) {
   o->backoff_base_ms = 100;
   o->backoff_max_ms = 10000;
   o->close_timeout_ms = 5000;
+  o->proto_max_depth = ANA_PROTO_DEFAULT_MAX_DEPTH;
 }
 
 static int config_init(struct analytics_config *cfg, const analytics_options_t *in,
@@ -125,6 +126,12 @@ static int config_init(struct analytics_config *cfg, const analytics_options_t *
     return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
                           "options: durations must be positive and backoff_max_ms >= "
                           "backoff_base_ms");
+  if (o->proto_max_depth == 0)
+    o->proto_max_depth = d.proto_max_depth;
+  if (o->proto_max_depth < 1 || o->proto_max_depth > ANA_PROTO_MAX_DEPTH_CEILING)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "options: proto_max_depth %d is outside 1 to %d", o->proto_max_depth,
+                          ANA_PROTO_MAX_DEPTH_CEILING);
   if (o->batch_size > 1000)
     return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
                           "options: batch_size %zu is over the server's limit of 1000",
@@ -186,6 +193,7 @@ analytics_client_t *analytics_client_new(const analytics_options_t *opts, analyt
     analytics_fail(err, ANALYTICS_ERR_INVALID, (int)aerr.code, "%s", aerr.message);
     goto fail;
   }
+  ana_client_channel_set_max_depth(c->channel, c->cfg.o.proto_max_depth);
   if (pthread_create(&c->worker, NULL, analytics_worker_main, c) != 0) {
     analytics_fail(err, ANALYTICS_ERR_INTERNAL, ANALYTICS_STATUS_INTERNAL,
                    "cannot start the delivery thread");

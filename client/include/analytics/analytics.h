@@ -240,6 +240,10 @@ typedef struct analytics_options {
   int64_t close_timeout_ms;  /* how long destroy tries to deliver what is queued: 5000 */
   analytics_delivery_fn on_delivery_failure; /* NULL: failures are only counted */
   void *delivery_ctx;                        /* passed to on_delivery_failure */
+  /* Deepest nesting of messages accepted in the server's replies, checked
+   * before they are decoded (a deeper reply is an error, not a crash): 100,
+   * as the server's PROTO_MAX_DEPTH; 1 to 1000. */
+  int proto_max_depth;
 } analytics_options_t;
 
 /* Fills opts with the defaults listed above (target included). */

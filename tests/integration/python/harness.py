@@ -416,7 +416,8 @@ class RemoteBridge:
 # the remote bridge is configured like analyticsd's own.
 BRIDGE_VARS = ("HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
                "STREAM_BUFFER_SIZE", "HTTP_BODY_BUDGET_MB", "HTTP_BODY_MIN_RATE",
-               "HTTP_BODY_RATE_WINDOW", "HTTP_DECODE_THREADS", "STREAM_QUEUE_BUDGET_MB")
+               "HTTP_BODY_RATE_WINDOW", "HTTP_DECODE_THREADS", "STREAM_QUEUE_BUDGET_MB",
+               "PROTO_MAX_DEPTH")
 
 
 class StreamReader:
