@@ -101,7 +101,7 @@ int ana_keys_cli_main(int argc, char **argv) {
   struct ana_error err;
   ana_error_clear(&err);
   const struct ana_api_key_store_ops *ops = ana_store_api_key_backend("sqlite");
-  struct ana_local_db *db = ana_local_db_open(cfg.data_dir, &err);
+  struct ana_local_db *db = ana_local_db_open(cfg.store.data_dir, &err);
   void *store = db ? ops->open(db, &err) : NULL;
   struct ana_api_keys *keys = NULL;
   if (store) {
@@ -114,7 +114,7 @@ int ana_keys_cli_main(int argc, char **argv) {
     keys = ana_api_keys_create(&o, &err);
   }
   if (!keys) {
-    fprintf(stderr, "analyticsd keys: cannot open the store in %s: %s\n", cfg.data_dir,
+    fprintf(stderr, "analyticsd keys: cannot open the store in %s: %s\n", cfg.store.data_dir,
             err.message);
     goto out;
   }
