@@ -13,6 +13,7 @@
 #include "ana_services.h"
 #include "ana_store.h"
 #include "ana_workers.h"
+#include "keys_cli.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -34,7 +35,8 @@
 
 static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd [--help | --version | --print-env-example | "
-               "--print-config-markdown]\n\n"
+               "--print-config-markdown]\n"
+               "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n\n"
                "Analytics service: event ingestion, metrics, reports and alerts over gRPC\n"
                "and REST. Configured from environment variables:\n\n");
   ana_config_write_help(out);
@@ -134,6 +136,8 @@ static void update_health(struct health_state *h, struct ana_restbridge *rest) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "keys") == 0)
+    return ana_keys_cli_main(argc - 1, argv + 1);
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
@@ -176,6 +180,9 @@ int main(int argc, char **argv) {
   struct ana_metric_streams *metric_streams = NULL;
   struct ana_rollups *rollups = NULL;
   struct ana_event_names *names = NULL;
+  const struct ana_api_key_store_ops *key_store_ops = ana_store_api_key_backend("sqlite");
+  void *key_store = NULL;
+  struct ana_api_keys *api_keys = NULL;
   if (make_dirs(cfg.store.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.store.data_dir,
               strerror(errno));
@@ -259,6 +266,15 @@ int main(int argc, char **argv) {
     ANA_ERROR("main", "cannot open the catalog: %s", err.message);
     goto out;
   }
+  struct ana_api_keys_options kopts;
+  ana_api_keys_options_init(&kopts);
+  kopts.ops = key_store_ops;
+  kopts.store = key_store = key_store_ops->open(db, &err);
+  if (!key_store || !(api_keys = ana_api_keys_create(&kopts, &err))) {
+    ANA_ERROR("main", "cannot open the API keys: %s", err.message);
+    goto out;
+  }
+  ana_key_service_bind(&(struct ana_key_service_options){api_keys, workers});
   /* Metric rollups follow the commit sequence on their own thread; the
    * hook only wakes it. */
   struct ana_rollup_options roopts = {
@@ -412,6 +428,9 @@ out:
   ana_workers_destroy(workers);
   /* After the workers (queries) and the committer (its hook). */
   ana_rollup_destroy(rollups);
+  ana_api_keys_destroy(api_keys); /* after the workers: KeyService calls */
+  if (key_store)
+    key_store_ops->close(key_store);
   if (catalog)
     catalog_ops->close(catalog);
   if (store)
