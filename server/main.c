@@ -176,8 +176,9 @@ int main(int argc, char **argv) {
   struct ana_metric_streams *metric_streams = NULL;
   struct ana_rollups *rollups = NULL;
   struct ana_event_names *names = NULL;
-  if (make_dirs(cfg.data_dir) < 0) {
-    ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.data_dir, strerror(errno));
+  if (make_dirs(cfg.store.data_dir) < 0) {
+    ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.store.data_dir,
+              strerror(errno));
     goto out;
   }
 
@@ -190,17 +191,17 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   signal(SIGPIPE, SIG_IGN);
 
-  if (ana_auth_init(cfg.default_account_id) < 0 || ana_reflection_bind() < 0)
+  if (ana_auth_init(cfg.auth.default_account_id) < 0 || ana_reflection_bind() < 0)
     goto out;
   ana_log_register_metrics();
   ana_health_bind();
 
   /* The store and the ingest path come up before any transport. */
-  db = ana_local_db_open(cfg.data_dir, &err);
+  db = ana_local_db_open(cfg.store.data_dir, &err);
   if (db) { /* MiB of WAL in pages of 4 KiB */
-    ana_local_db_set_checkpoint_pages(db, cfg.wal_checkpoint_mb * 256);
-    ana_local_db_set_search_index_wait_ms(db, cfg.search_index_wait_ms);
-    ana_local_db_set_min_free_bytes(db, (int64_t)cfg.store_min_free_mb << 20);
+    ana_local_db_set_checkpoint_pages(db, cfg.store.wal_checkpoint_mb * 256);
+    ana_local_db_set_search_index_wait_ms(db, cfg.store.search_index_wait_ms);
+    ana_local_db_set_min_free_bytes(db, (int64_t)cfg.store.store_min_free_mb << 20);
     ana_local_db_check_space(db);
   }
   store = db ? store_ops->open(db, &err) : NULL;
@@ -209,11 +210,11 @@ int main(int argc, char **argv) {
     goto out;
   }
   struct ana_committer_options copts = {
-      .batch_size = cfg.batch_size,
-      .processing_interval_ms = cfg.processing_interval_ms,
-      .queue_max = cfg.ingest_queue_max,
-      .retention_days = cfg.retention_days,
-      .retention_sweep_interval_ms = cfg.retention_sweep_interval_ms,
+      .batch_size = cfg.ingest.batch_size,
+      .processing_interval_ms = cfg.ingest.processing_interval_ms,
+      .queue_max = cfg.ingest.ingest_queue_max,
+      .retention_days = cfg.store.retention_days,
+      .retention_sweep_interval_ms = cfg.store.retention_sweep_interval_ms,
   };
   committer = ana_committer_create(db, store_ops, store, &copts, &err);
   workers = ana_workers_create(4, 1024);
@@ -222,7 +223,8 @@ int main(int argc, char **argv) {
     goto out;
   }
   /* The catalog of event names: its own hook, stored by its own thread. */
-  names = ana_event_names_create(db, &(struct ana_event_names_options){cfg.event_names_max}, &err);
+  names = ana_event_names_create(db, &(struct ana_event_names_options){cfg.ingest.event_names_max},
+                                 &err);
   if (!names || ana_committer_subscribe(committer, ana_event_names_on_commit, names) < 0) {
     ANA_ERROR("main", "cannot open the event names: %s", names ? "too many hooks" : err.message);
     goto out;
@@ -234,19 +236,19 @@ int main(int argc, char **argv) {
       .workers = workers,
       .limits =
           {
-              .event_max_bytes = cfg.event_max_bytes,
-              .event_max_properties = cfg.event_max_properties,
-              .event_max_depth = cfg.event_max_depth,
-              .batch_max_events = cfg.batch_max_events,
-              .batch_max_bytes = cfg.batch_max_bytes,
-              .retention_days = cfg.retention_days,
-              .event_max_future_ms = cfg.event_max_future_ms,
-              .reject_future = strcmp(cfg.timestamp_policy, "reject") == 0,
-              .clock_skew_tolerance_ms = cfg.clock_skew_tolerance_ms,
+              .event_max_bytes = cfg.ingest.event_max_bytes,
+              .event_max_properties = cfg.ingest.event_max_properties,
+              .event_max_depth = cfg.ingest.event_max_depth,
+              .batch_max_events = cfg.ingest.batch_max_events,
+              .batch_max_bytes = cfg.ingest.batch_max_bytes,
+              .retention_days = cfg.store.retention_days,
+              .event_max_future_ms = cfg.ingest.event_max_future_ms,
+              .reject_future = strcmp(cfg.ingest.timestamp_policy, "reject") == 0,
+              .clock_skew_tolerance_ms = cfg.ingest.clock_skew_tolerance_ms,
           },
-      .trusted_proxies = cfg.trusted_proxies,
-      .search_max_page_size = cfg.search_max_page_size,
-      .stream_max_in_flight = cfg.ingest_stream_max_in_flight,
+      .trusted_proxies = cfg.ingest.trusted_proxies,
+      .search_max_page_size = cfg.store.search_max_page_size,
+      .stream_max_in_flight = cfg.ingest.ingest_stream_max_in_flight,
       .event_names = names,
   };
   ana_event_service_bind(&eopts);
@@ -259,9 +261,9 @@ int main(int argc, char **argv) {
   /* Metric rollups follow the commit sequence on their own thread; the
    * hook only wakes it. */
   struct ana_rollup_options roopts = {
-      .cache_bytes = cfg.rollup_cache_mb ? (int64_t)cfg.rollup_cache_mb << 20 : -1,
-      .retention_days = cfg.retention_days,
-      .sweep_interval_ms = cfg.retention_sweep_interval_ms,
+      .cache_bytes = cfg.metrics.rollup_cache_mb ? (int64_t)cfg.metrics.rollup_cache_mb << 20 : -1,
+      .retention_days = cfg.store.retention_days,
+      .sweep_interval_ms = cfg.store.retention_sweep_interval_ms,
   };
   rollups = ana_rollup_create(db, store_ops, store, &roopts, &err);
   if (!rollups || ana_committer_subscribe(committer, ana_rollup_on_commit, rollups) < 0) {
@@ -284,9 +286,9 @@ int main(int argc, char **argv) {
 
   /* Live streams hear every commit through the hook. */
   struct ana_realtime_options rtopts = {
-      .buffer_size = (size_t)cfg.stream_buffer_size,
-      .aggregate_interval_ms = cfg.realtime_aggregate_interval_ms,
-      .slow_consumer_ms = cfg.realtime_slow_consumer_ms,
+      .buffer_size = (size_t)cfg.bridge.stream_buffer_size,
+      .aggregate_interval_ms = cfg.realtime.realtime_aggregate_interval_ms,
+      .slow_consumer_ms = cfg.realtime.realtime_slow_consumer_ms,
   };
   realtime = ana_realtime_create(&rtopts, &err);
   if (!realtime || ana_committer_subscribe(committer, ana_realtime_on_commit, realtime) < 0) {
@@ -300,9 +302,9 @@ int main(int argc, char **argv) {
       .hub = realtime,
       .store_ops = store_ops,
       .store = store,
-      .interval_ms = cfg.metric_stream_interval_ms,
-      .history_buckets = cfg.metric_stream_history,
-      .streams_per_peer = cfg.metric_streams_per_peer,
+      .interval_ms = cfg.metrics.metric_stream_interval_ms,
+      .history_buckets = cfg.metrics.metric_stream_history,
+      .streams_per_peer = cfg.metrics.metric_streams_per_peer,
   };
   metric_streams = ana_metric_streams_create(&msopts, &err);
   if (!metric_streams ||
@@ -314,15 +316,15 @@ int main(int argc, char **argv) {
   ana_metric_service_bind_streams(metric_streams, realtime);
 
   struct ana_grpc_server_options opts = {
-      .host = cfg.grpc_host,
-      .port = cfg.grpc_port,
-      .threads = cfg.grpc_threads,
-      .max_message_bytes = cfg.grpc_max_message_bytes,
-      .proto_max_depth = cfg.proto_max_depth,
-      .send_queue_max = cfg.stream_send_queue_max,
-      .max_concurrent_streams = cfg.grpc_max_concurrent_streams,
-      .max_metadata_bytes = cfg.grpc_max_metadata_bytes,
-      .streams_per_peer = cfg.grpc_streams_per_peer,
+      .host = cfg.rpc.grpc_host,
+      .port = cfg.rpc.grpc_port,
+      .threads = cfg.rpc.grpc_threads,
+      .max_message_bytes = cfg.rpc.grpc_max_message_bytes,
+      .proto_max_depth = cfg.rpc.proto_max_depth,
+      .send_queue_max = cfg.rpc.stream_send_queue_max,
+      .max_concurrent_streams = cfg.rpc.grpc_max_concurrent_streams,
+      .max_metadata_bytes = cfg.rpc.grpc_max_metadata_bytes,
+      .streams_per_peer = cfg.rpc.grpc_streams_per_peer,
   };
   grpc = ana_grpc_server_create(&opts, &err);
   if (!grpc) {
@@ -334,17 +336,17 @@ int main(int argc, char **argv) {
   health.committer = committer;
   health.schema_version = ana_local_db_schema_version(db);
   struct ana_restbridge_options ropts = {
-      .port = cfg.port,
-      .max_body_bytes = (size_t)cfg.http_max_body_bytes,
-      .stream_buffer_size = (size_t)cfg.stream_buffer_size,
-      .slow_consumer_ms = cfg.ws_slow_consumer_ms,
-      .body_budget_bytes = (size_t)cfg.http_body_budget_mb << 20,
-      .stream_budget_bytes = (size_t)cfg.stream_queue_budget_mb << 20,
-      .body_min_rate = (size_t)cfg.http_body_min_rate,
-      .body_rate_window_ms = cfg.http_body_rate_window_ms,
-      .decode_threads = cfg.http_decode_threads ? cfg.http_decode_threads : -1,
-      .cors_allowed_origins = cfg.cors_allowed_origins,
-      .web_root = cfg.web_root,
+      .port = cfg.bridge.port,
+      .max_body_bytes = (size_t)cfg.bridge.http_max_body_bytes,
+      .stream_buffer_size = (size_t)cfg.bridge.stream_buffer_size,
+      .slow_consumer_ms = cfg.bridge.ws_slow_consumer_ms,
+      .body_budget_bytes = (size_t)cfg.bridge.http_body_budget_mb << 20,
+      .stream_budget_bytes = (size_t)cfg.bridge.stream_queue_budget_mb << 20,
+      .body_min_rate = (size_t)cfg.bridge.http_body_min_rate,
+      .body_rate_window_ms = cfg.bridge.http_body_rate_window_ms,
+      .decode_threads = cfg.bridge.http_decode_threads ? cfg.bridge.http_decode_threads : -1,
+      .cors_allowed_origins = cfg.bridge.cors_allowed_origins,
+      .web_root = cfg.bridge.web_root,
       .health = rest_health,
       .health_ctx = &health,
   };
@@ -357,7 +359,7 @@ int main(int argc, char **argv) {
   snprintf(port, sizeof port, "%d", ana_grpc_server_port(grpc));
   snprintf(http_port, sizeof http_port, "%d", ana_restbridge_port(rest));
   ana_log_fields(ANA_LOG_INFO, "main", "analyticsd is serving", "grpc_port", port, "http_port",
-                 http_port, "data_dir", cfg.data_dir, "version", ANA_VERSION, NULL);
+                 http_port, "data_dir", cfg.store.data_dir, "version", ANA_VERSION, NULL);
   atomic_store(&health.serving, true);
   atomic_store(&health.ready, true);
   update_health(&health, rest);
@@ -377,10 +379,10 @@ int main(int argc, char **argv) {
   ana_health_set_serving(false);
   atomic_store(&health.serving, false);
   /* REST first: its in-flight calls finish while gRPC still serves. */
-  ana_restbridge_shutdown(rest, cfg.shutdown_grace_ms);
+  ana_restbridge_shutdown(rest, cfg.process.shutdown_grace_ms);
   ana_restbridge_destroy(rest);
   rest = NULL;
-  if (ana_grpc_server_shutdown(grpc, cfg.shutdown_grace_ms) < 0) {
+  if (ana_grpc_server_shutdown(grpc, cfg.process.shutdown_grace_ms) < 0) {
     /* Some call never ended; tearing gRPC down now could crash, so leave. */
     ANA_ERROR("main", "stopped with calls still open");
     ana_config_fini(&cfg);

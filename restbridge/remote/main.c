@@ -4,17 +4,43 @@
  * the same variables (PORT, HTTP_MAX_BODY_BYTES, HTTP_BODY_BUDGET_MB,
  * HTTP_BODY_MIN_RATE, HTTP_BODY_RATE_WINDOW, HTTP_DECODE_THREADS,
  * CORS_ALLOWED_ORIGINS, STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS,
- * STREAM_QUEUE_BUDGET_MB, SHUTDOWN_GRACE_MS, LOG_LEVEL)
- * plus --upstream host:port (or RESTBRIDGE_UPSTREAM). */
-#include "ana_config.h"
+ * STREAM_QUEUE_BUDGET_MB, SHUTDOWN_GRACE_MS, LOG_LEVEL: the bridge's own
+ * rows and the shared ones, nothing else) plus --upstream host:port (or
+ * RESTBRIDGE_UPSTREAM). */
+#include "ana_config_table.h"
 #include "ana_log.h"
 #include "ana_restbridge.h"
+#include "ana_restbridge_config.h"
 #include "ana_restbridge_remote.h"
 
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The settings this program reads: the bridge's rows and the shared ones. */
+struct remote_config {
+  struct ana_bridge_settings bridge;
+  struct ana_process_settings process;
+};
+
+#define N_TABLES 2
+
+/* The bridge's tables, bound to cfg (NULL: for --help). */
+static const struct ana_config_binding *bridge_tables(struct remote_config *cfg,
+                                                      struct ana_config_binding *b) {
+  static struct ana_config_binding docs[N_TABLES];
+  if (!b)
+    b = docs;
+  b[0] = (struct ana_config_binding){&ana_bridge_config_table, cfg ? &cfg->bridge : NULL};
+  b[1] = (struct ana_config_binding){&ana_process_config_table, cfg ? &cfg->process : NULL};
+  return b;
+}
+
+static void log_bad(const char *message, void *ctx) {
+  (void)ctx;
+  ANA_ERROR("config", "invalid configuration: %s", message);
+}
 
 static void usage(FILE *out) {
   fprintf(
@@ -24,9 +50,8 @@ static void usage(FILE *out) {
       "streams, /health, /metrics and /openapi.json on PORT and forwards each call to\n"
       "the analyticsd at --upstream (default: $RESTBRIDGE_UPSTREAM) over gRPC.\n"
       "  --workers N  threads carrying unary calls to the upstream (default 16)\n\n"
-      "Configured from environment variables (those of analyticsd that apply to the\n"
-      "bridge are used; the others are read, checked and ignored):\n\n");
-  ana_config_write_help(out);
+      "Configured from these environment variables (analyticsd's others do not apply):\n\n");
+  ana_config_table_write_help(bridge_tables(NULL, NULL), N_TABLES, out);
 }
 
 int main(int argc, char **argv) {
@@ -56,16 +81,23 @@ int main(int argc, char **argv) {
     }
   }
 
-  struct ana_config cfg;
+  struct remote_config cfg;
+  struct ana_config_binding tables[N_TABLES];
   struct ana_error err;
   ana_error_clear(&err);
-  if (ana_config_load_at_startup(&cfg) < 0)
+  memset(&cfg, 0, sizeof cfg);
+  bridge_tables(&cfg, tables);
+  if (ana_config_table_load(tables, N_TABLES, NULL, NULL, log_bad, NULL, &err) < 0) {
+    if (err.code == ANA_STATUS_RESOURCE_EXHAUSTED)
+      ANA_ERROR("config", "invalid configuration: %s", err.message);
     return 2;
+  }
+  ana_log_set_level(cfg.process.log_level);
   if (!upstream || !upstream[0])
-    upstream = cfg.restbridge_upstream;
+    upstream = cfg.bridge.restbridge_upstream;
   if (!upstream || !upstream[0]) {
     ANA_ERROR("config", "no upstream: pass --upstream HOST:PORT or set RESTBRIDGE_UPSTREAM");
-    ana_config_fini(&cfg);
+    ana_config_table_fini(tables, N_TABLES);
     return 2;
   }
 
@@ -85,16 +117,16 @@ int main(int argc, char **argv) {
     goto out;
   }
   struct ana_restbridge_options bopts = {
-      .port = cfg.port,
-      .max_body_bytes = (size_t)cfg.http_max_body_bytes,
-      .stream_buffer_size = (size_t)cfg.stream_buffer_size,
-      .slow_consumer_ms = cfg.ws_slow_consumer_ms,
-      .body_budget_bytes = (size_t)cfg.http_body_budget_mb << 20,
-      .stream_budget_bytes = (size_t)cfg.stream_queue_budget_mb << 20,
-      .body_min_rate = (size_t)cfg.http_body_min_rate,
-      .body_rate_window_ms = cfg.http_body_rate_window_ms,
-      .decode_threads = cfg.http_decode_threads ? cfg.http_decode_threads : -1,
-      .cors_allowed_origins = cfg.cors_allowed_origins,
+      .port = cfg.bridge.port,
+      .max_body_bytes = (size_t)cfg.bridge.http_max_body_bytes,
+      .stream_buffer_size = (size_t)cfg.bridge.stream_buffer_size,
+      .slow_consumer_ms = cfg.bridge.ws_slow_consumer_ms,
+      .body_budget_bytes = (size_t)cfg.bridge.http_body_budget_mb << 20,
+      .stream_budget_bytes = (size_t)cfg.bridge.stream_queue_budget_mb << 20,
+      .body_min_rate = (size_t)cfg.bridge.http_body_min_rate,
+      .body_rate_window_ms = cfg.bridge.http_body_rate_window_ms,
+      .decode_threads = cfg.bridge.http_decode_threads ? cfg.bridge.http_decode_threads : -1,
+      .cors_allowed_origins = cfg.bridge.cors_allowed_origins,
       .health = ana_restbridge_remote_health,
       .health_ctx = remote,
       .upstream = ana_restbridge_remote_upstream(remote),
@@ -113,12 +145,12 @@ int main(int argc, char **argv) {
   sigwait(&stop_signals, &sig);
   ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal",
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
-  ana_restbridge_shutdown(rest, cfg.shutdown_grace_ms);
+  ana_restbridge_shutdown(rest, cfg.process.shutdown_grace_ms);
   ana_restbridge_destroy(rest);
   rest = NULL;
-  if (ana_restbridge_remote_destroy(remote, cfg.shutdown_grace_ms) < 0) {
+  if (ana_restbridge_remote_destroy(remote, cfg.process.shutdown_grace_ms) < 0) {
     ANA_ERROR("main", "stopped with forwarded calls still open");
-    ana_config_fini(&cfg);
+    ana_config_table_fini(tables, N_TABLES);
     _exit(1);
   }
   remote = NULL;
@@ -128,6 +160,6 @@ int main(int argc, char **argv) {
 out:
   ana_restbridge_destroy(rest);
   ana_restbridge_remote_destroy(remote, 0);
-  ana_config_fini(&cfg);
+  ana_config_table_fini(tables, N_TABLES);
   return rc;
 }

@@ -1,29 +1,91 @@
-/* The authenticator seam: every call's principal is established here, by
- * whichever transport carries it. Until token authentication is configured
- * it yields the configured default account. */
+/* Admission: who is calling and whether they may. Every transport's call
+ * goes through one pipeline of stages, driven by the method's policy from the
+ * generated method table: authenticate -> account -> permission -> rate limit
+ * -> audit. auth owns the principal; it knows nothing of the call runtime
+ * (which sits above it and calls ana_admission_run). */
 #ifndef ANA_AUTH_H
 #define ANA_AUTH_H
 
 #include "ana_arena.h"
-#include "ana_call.h"
 #include "ana_error.h"
+#include "ana_methods.h"
 
 #include <stdbool.h>
+#include <stddef.h>
+
+/* One request metadata entry (gRPC metadata or HTTP header); keys lower-case. */
+struct ana_metadata_entry {
+  const char *key;
+  const char *value; /* NUL-terminated; binary values may hold NULs */
+  size_t value_len;
+};
+
+/* How the principal proved who it is. */
+enum ana_credential_kind {
+  ANA_CREDENTIAL_NONE,    /* no credentials: the default account (loopback mode) */
+  ANA_CREDENTIAL_JWT,     /* a verified bearer token */
+  ANA_CREDENTIAL_API_KEY, /* an API key (one account, one role) */
+};
+
+/* One account a principal holds, and its role there. */
+struct ana_account_role {
+  const char *account_id;
+  const char *role;
+};
+
+/* Who is calling, as admission established it. Strings live as long as the
+ * arena admission was given (the call's). account_id and roles are those of
+ * the account this request acts on; accounts lists every account the
+ * principal holds (empty when it holds just account_id). */
+struct ana_principal {
+  const char *subject;    /* user or API key id */
+  const char *account_id; /* tenant: every data access is scoped by it */
+  const char *const *roles;
+  size_t n_roles;
+  const struct ana_account_role *accounts;
+  size_t n_accounts;
+  enum ana_credential_kind credential;
+};
+
+/* What admission looks at: the request, as any transport carries it. All
+ * borrowed for the duration of ana_admission_run. */
+struct ana_admission_input {
+  const struct ana_metadata_entry *metadata;
+  size_t n_metadata;
+  const char *peer;                /* transport's peer text, for logs */
+  bool peer_is_loopback;           /* judged from the socket, never from headers */
+  const struct ana_method *method; /* its permission, audited and rate_cost */
+};
 
 /* Sets the account used when a request carries no credentials (borrowed
  * string copied). Call once at start-up. Returns 0 or ANA_ERR_NOMEM. */
 int ana_auth_init(const char *default_account_id);
 void ana_auth_fini(void);
 
-/* Establishes who is calling from the request metadata; strings of *out are
- * allocated in arena. Returns 0, or a negative error with err filled
- * (UNAUTHENTICATED) when credentials are present but not acceptable. */
-int ana_auth_authenticate(const struct ana_metadata_entry *md, size_t n_md, const char *peer,
-                          struct ana_arena *arena, struct ana_principal *out,
-                          struct ana_error *err);
+/* Runs every admission stage in order; the first that refuses ends it.
+ * Fills *out (strings in arena). Returns 0, or a negative error with status
+ * filled: UNAUTHENTICATED (credentials missing or not acceptable),
+ * INVALID_ARGUMENT (several accounts held and none chosen),
+ * PERMISSION_DENIED (account not held, or the role lacks the method's
+ * permission), RESOURCE_EXHAUSTED. */
+int ana_admission_run(const struct ana_admission_input *in, struct ana_arena *arena,
+                      struct ana_principal *out, struct ana_error *status);
+
+/* The stages' names in order ("authenticate", "account", "permission",
+ * "rate_limit", "audit"); n_out receives the count. For tests and logs. */
+const char *const *ana_admission_stage_names(size_t *n_out);
+
+/* Whether peer text names a loopback address: "ipv4:127.0.0.1:5000",
+ * "ipv6:[::1]:5000", "127.0.0.1", "::1" (transports that know the socket
+ * address should judge it themselves). */
+bool ana_auth_peer_is_loopback(const char *peer);
 
 /* Whether the principal's roles grant permission ("events:write"; "" is
  * always granted). */
 bool ana_auth_permits(const struct ana_principal *principal, const char *permission);
+
+/* Whether role (one of viewer, reader, analyst, editor, admin, ingest)
+ * grants permission; an unknown role grants nothing. */
+bool ana_auth_role_permits(const char *role, const char *permission);
 
 #endif

@@ -1,7 +1,7 @@
-/* Default authenticator: every caller acts as the configured default account
- * with the admin role. Token verification replaces the body of
- * ana_auth_authenticate; transports and handlers do not change. */
-#include "ana_auth.h"
+/* The authenticate stage: until a credential source is configured every
+ * caller acts as the configured default account with the admin role. Token
+ * and API-key verification plug in here; the other stages do not change. */
+#include "auth_internal.h"
 
 #include "ana_alloc.h"
 
@@ -22,52 +22,31 @@ void ana_auth_fini(void) {
   default_account = NULL;
 }
 
-int ana_auth_authenticate(const struct ana_metadata_entry *md, size_t n_md, const char *peer,
-                          struct ana_arena *arena, struct ana_principal *out,
-                          struct ana_error *err) {
-  (void)md;
-  (void)n_md;
-  (void)peer;
+int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *arena,
+                      struct ana_principal *out, struct ana_error *status) {
+  (void)in;
   const char *account = default_account ? default_account : "default";
+  memset(out, 0, sizeof *out);
   out->account_id = ana_arena_strdup(arena, account);
   out->subject = out->account_id;
   out->roles = admin_roles;
   out->n_roles = 1;
+  out->credential = ANA_CREDENTIAL_NONE;
   if (!out->account_id)
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+    return ana_error_set(status, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
   return 0;
 }
 
-/* Roles and the permissions they grant. "admin" grants everything; the
- * others grant their listed permissions. */
-struct role_grants {
-  const char *role;
-  const char *const *permissions;
-};
-
-static const char *const reader_permissions[] = {"events:read", "metrics:read",  "reports:read",
-                                                 "alerts:read", "realtime:read", NULL};
-static const char *const writer_permissions[] = {"events:write", NULL};
-
-static const struct role_grants grants[] = {
-    {"reader", reader_permissions},
-    {"ingest", writer_permissions},
-};
-
-bool ana_auth_permits(const struct ana_principal *principal, const char *permission) {
-  if (!permission || !permission[0])
+bool ana_auth_peer_is_loopback(const char *peer) {
+  if (!peer)
+    return false;
+  if (strncmp(peer, "ipv4:", 5) == 0)
+    peer += 5;
+  else if (strncmp(peer, "ipv6:", 5) == 0)
+    peer += 5;
+  if (strncmp(peer, "127.", 4) == 0)
     return true;
-  for (size_t r = 0; r < principal->n_roles; r++) {
-    const char *role = principal->roles[r];
-    if (strcmp(role, "admin") == 0)
-      return true;
-    for (size_t g = 0; g < sizeof grants / sizeof grants[0]; g++) {
-      if (strcmp(grants[g].role, role) != 0)
-        continue;
-      for (const char *const *p = grants[g].permissions; *p; p++)
-        if (strcmp(*p, permission) == 0)
-          return true;
-    }
-  }
-  return false;
+  if (strncmp(peer, "[::1]", 5) == 0 || strcmp(peer, "::1") == 0)
+    return true;
+  return strncmp(peer, "[::ffff:127.", 12) == 0 || strncmp(peer, "::ffff:127.", 11) == 0;
 }

@@ -11,6 +11,7 @@
 #define ANA_CALL_H
 
 #include "ana_arena.h"
+#include "ana_auth.h" /* struct ana_principal, struct ana_metadata_entry */
 #include "ana_error.h"
 #include "ana_methods.h"
 
@@ -20,22 +21,6 @@
 #include <stdint.h>
 
 struct ana_call;
-
-/* Who is calling, as established by the authenticator. Strings live as long
- * as the call. */
-struct ana_principal {
-  const char *subject;    /* user or API key id */
-  const char *account_id; /* tenant: every data access is scoped by it */
-  const char *const *roles;
-  size_t n_roles;
-};
-
-/* One request metadata entry (gRPC metadata or HTTP header); keys lower-case. */
-struct ana_metadata_entry {
-  const char *key;
-  const char *value; /* NUL-terminated; binary values may hold NULs */
-  size_t value_len;
-};
 
 /* Callbacks of one method. Which ones are used depends on the method kind;
  * unused ones may be NULL. */

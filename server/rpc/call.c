@@ -76,15 +76,16 @@ static const struct ana_handler unimplemented_handler = {
 };
 
 int ana_call_admit(struct ana_call *call, struct ana_error *status) {
-  int rc = ana_auth_authenticate(call->metadata, call->n_metadata, call->peer, &call->arena,
-                                 &call->principal, status);
+  struct ana_admission_input in = {
+      .metadata = call->metadata,
+      .n_metadata = call->n_metadata,
+      .peer = call->peer,
+      .peer_is_loopback = ana_auth_peer_is_loopback(call->peer),
+      .method = call->method,
+  };
+  int rc = ana_admission_run(&in, &call->arena, &call->principal, status);
   if (rc < 0)
     return rc;
-  if (!ana_auth_permits(&call->principal, call->method->permission)) {
-    ana_error_set(status, ANA_STATUS_PERMISSION_DENIED, "permission %s is required for %s",
-                  call->method->permission, call->method->path);
-    return ANA_ERR_INVALID;
-  }
   const struct ana_handler *h = ana_rpc_handler(ana_method_id_of(call->method));
   call->handler = h ? h : &unimplemented_handler;
   return 0;

@@ -208,7 +208,7 @@ static const char *resolve_event(void *ctx, const char *name) {
     size_t used = strlen(list);
     snprintf(list + used, sizeof list - used, "%s\"%.100s\"", k ? ", " : "", suggest[k]);
   }
-  char msg[768];
+  char msg[1024]; /* room for three names and the whole list */
   switch (how) {
   case ANA_NAME_EXACT: return NULL;
   case ANA_NAME_SUFFIX: r->to[i] = match; return match;

@@ -194,32 +194,32 @@ static void test_defaults(void **state) {
   (void)state;
 
   assert_int_equal(load_env(&cfg, &err, (const char *[]){NULL}), 0);
-  assert_int_equal(cfg.port, 3004);
-  assert_int_equal(cfg.grpc_port, 50051);
-  assert_string_equal(cfg.grpc_host, "0.0.0.0");
-  assert_null(cfg.mongodb_uri);
-  assert_null(cfg.elasticsearch_node);
-  assert_null(cfg.clickhouse_host);
-  assert_null(cfg.redis_url);
-  assert_null(cfg.rabbitmq_url);
-  assert_string_equal(cfg.data_dir, "./data");
-  assert_string_equal(cfg.reports_dir, "./data/reports");
-  assert_string_equal(cfg.exports_dir, "./data/exports");
-  assert_int_equal(cfg.retention_days, 90);
-  assert_int_equal(cfg.batch_size, 1000);
-  assert_int_equal(cfg.processing_interval_ms, 0);
-  assert_int_equal(cfg.stream_buffer_size, 1024);
-  assert_int_equal(cfg.stream_send_queue_max, 256);
-  assert_int_equal(cfg.log_level, ANA_LOG_INFO);
-  assert_int_equal(cfg.shutdown_grace_ms, 10000);
-  assert_string_equal(cfg.default_account_id, "default");
-  assert_int_equal(cfg.grpc_max_message_bytes, 4194304L);
-  assert_int_equal(cfg.grpc_threads, 0);
-  assert_int_equal(cfg.search_index_wait_ms, 5000);
+  assert_int_equal(cfg.bridge.port, 3004);
+  assert_int_equal(cfg.rpc.grpc_port, 50051);
+  assert_string_equal(cfg.rpc.grpc_host, "0.0.0.0");
+  assert_null(cfg.store.mongodb_uri);
+  assert_null(cfg.store.elasticsearch_node);
+  assert_null(cfg.store.clickhouse_host);
+  assert_null(cfg.store.redis_url);
+  assert_null(cfg.store.rabbitmq_url);
+  assert_string_equal(cfg.store.data_dir, "./data");
+  assert_string_equal(cfg.store.reports_dir, "./data/reports");
+  assert_string_equal(cfg.store.exports_dir, "./data/exports");
+  assert_int_equal(cfg.store.retention_days, 90);
+  assert_int_equal(cfg.ingest.batch_size, 1000);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 0);
+  assert_int_equal(cfg.bridge.stream_buffer_size, 1024);
+  assert_int_equal(cfg.rpc.stream_send_queue_max, 256);
+  assert_int_equal(cfg.process.log_level, ANA_LOG_INFO);
+  assert_int_equal(cfg.process.shutdown_grace_ms, 10000);
+  assert_string_equal(cfg.auth.default_account_id, "default");
+  assert_int_equal(cfg.rpc.grpc_max_message_bytes, 4194304L);
+  assert_int_equal(cfg.rpc.grpc_threads, 0);
+  assert_int_equal(cfg.store.search_index_wait_ms, 5000);
   /* A metric stream's coalescing is the largest part of its latency at
    * default settings: it must leave room for the 50 ms real-time target
    * (bench/realtime_latency_bench.py measures the whole path). */
-  assert_int_equal(cfg.metric_stream_interval_ms, 10);
+  assert_int_equal(cfg.metrics.metric_stream_interval_ms, 10);
   ana_config_fini(&cfg);
   assert_true(is_zeroed(&cfg));
 }
@@ -232,11 +232,11 @@ static void test_empty_counts_as_unset(void **state) {
   assert_int_equal(
       LOAD(&cfg, &err, "PORT=", "MONGODB_URI=", "DATA_DIR=", "LOG_LEVEL=", "PROCESSING_INTERVAL="),
       0);
-  assert_int_equal(cfg.port, 3004);
-  assert_null(cfg.mongodb_uri);
-  assert_string_equal(cfg.data_dir, "./data");
-  assert_int_equal(cfg.log_level, ANA_LOG_INFO);
-  assert_int_equal(cfg.processing_interval_ms, 0);
+  assert_int_equal(cfg.bridge.port, 3004);
+  assert_null(cfg.store.mongodb_uri);
+  assert_string_equal(cfg.store.data_dir, "./data");
+  assert_int_equal(cfg.process.log_level, ANA_LOG_INFO);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 0);
   ana_config_fini(&cfg);
 }
 
@@ -248,7 +248,7 @@ static void test_process_environment(void **state) {
   setenv("GRPC_PORT", "6000", 1);
   assert_int_equal(ana_config_load(&cfg, NULL, NULL, &err), 0);
   unsetenv("GRPC_PORT");
-  assert_int_equal(cfg.grpc_port, 6000);
+  assert_int_equal(cfg.rpc.grpc_port, 6000);
   ana_config_fini(&cfg);
 }
 
@@ -258,10 +258,10 @@ static void test_ports(void **state) {
   (void)state;
 
   accepts("PORT=1", &cfg);
-  assert_int_equal(cfg.port, 1);
+  assert_int_equal(cfg.bridge.port, 1);
   ana_config_fini(&cfg);
   accepts("GRPC_PORT=65535", &cfg);
-  assert_int_equal(cfg.grpc_port, 65535);
+  assert_int_equal(cfg.rpc.grpc_port, 65535);
   ana_config_fini(&cfg);
 
   assert_int_equal(LOAD(&cfg, &err, "GRPC_PORT=70000"), ANA_ERR_INVALID);
@@ -283,16 +283,16 @@ static void test_integers_and_bounds(void **state) {
   (void)state;
 
   accepts("RETENTION_DAYS=1", &cfg);
-  assert_int_equal(cfg.retention_days, 1);
+  assert_int_equal(cfg.store.retention_days, 1);
   ana_config_fini(&cfg);
   accepts("RETENTION_DAYS=36500", &cfg);
-  assert_int_equal(cfg.retention_days, 36500);
+  assert_int_equal(cfg.store.retention_days, 36500);
   ana_config_fini(&cfg);
   rejects("RETENTION_DAYS=0", "is not an integer from 1 to 36500");
   rejects("RETENTION_DAYS=36501", NULL);
 
   accepts("BATCH_SIZE=100000", &cfg);
-  assert_int_equal(cfg.batch_size, 100000);
+  assert_int_equal(cfg.ingest.batch_size, 100000);
   ana_config_fini(&cfg);
   rejects("BATCH_SIZE=0", "\"0\" is not an integer from 1 to 100000");
   rejects("BATCH_SIZE=100001", NULL);
@@ -300,36 +300,36 @@ static void test_integers_and_bounds(void **state) {
   rejects("BATCH_SIZE=10.5", NULL);
 
   accepts("STREAM_BUFFER_SIZE=1000000", &cfg);
-  assert_int_equal(cfg.stream_buffer_size, 1000000);
+  assert_int_equal(cfg.bridge.stream_buffer_size, 1000000);
   ana_config_fini(&cfg);
   rejects("STREAM_BUFFER_SIZE=1000001", NULL);
   rejects("STREAM_BUFFER_SIZE=0", NULL);
 
   accepts("STREAM_SEND_QUEUE_MAX=1", &cfg);
-  assert_int_equal(cfg.stream_send_queue_max, 1);
+  assert_int_equal(cfg.rpc.stream_send_queue_max, 1);
   ana_config_fini(&cfg);
   rejects("STREAM_SEND_QUEUE_MAX=0", NULL);
 
   accepts("GRPC_MAX_MESSAGE_BYTES=268435456", &cfg);
-  assert_int_equal(cfg.grpc_max_message_bytes, 268435456L);
+  assert_int_equal(cfg.rpc.grpc_max_message_bytes, 268435456L);
   ana_config_fini(&cfg);
   accepts("GRPC_MAX_MESSAGE_BYTES=1024", &cfg);
-  assert_int_equal(cfg.grpc_max_message_bytes, 1024L);
+  assert_int_equal(cfg.rpc.grpc_max_message_bytes, 1024L);
   ana_config_fini(&cfg);
   rejects("GRPC_MAX_MESSAGE_BYTES=1023", "from 1024 to 268435456");
   rejects("GRPC_MAX_MESSAGE_BYTES=268435457", NULL);
 
   accepts("GRPC_THREADS=256", &cfg);
-  assert_int_equal(cfg.grpc_threads, 256);
+  assert_int_equal(cfg.rpc.grpc_threads, 256);
   ana_config_fini(&cfg);
   rejects("GRPC_THREADS=257", NULL);
   rejects("GRPC_THREADS=-1", NULL);
 
   accepts("SEARCH_INDEX_WAIT=0", &cfg); /* a lagging index answers at once */
-  assert_int_equal(cfg.search_index_wait_ms, 0);
+  assert_int_equal(cfg.store.search_index_wait_ms, 0);
   ana_config_fini(&cfg);
   accepts("SEARCH_INDEX_WAIT=250ms", &cfg);
-  assert_int_equal(cfg.search_index_wait_ms, 250);
+  assert_int_equal(cfg.store.search_index_wait_ms, 250);
   ana_config_fini(&cfg);
   rejects("SEARCH_INDEX_WAIT=61s", "from 0 to 60000");
 }
@@ -340,19 +340,19 @@ static void test_durations(void **state) {
   (void)state;
 
   accepts("PROCESSING_INTERVAL=250", &cfg);
-  assert_int_equal(cfg.processing_interval_ms, 250);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 250);
   ana_config_fini(&cfg);
   accepts("PROCESSING_INTERVAL=0", &cfg);
-  assert_int_equal(cfg.processing_interval_ms, 0);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 0);
   ana_config_fini(&cfg);
   accepts("PROCESSING_INTERVAL=250ms", &cfg);
-  assert_int_equal(cfg.processing_interval_ms, 250);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 250);
   ana_config_fini(&cfg);
   accepts("PROCESSING_INTERVAL=2s", &cfg);
-  assert_int_equal(cfg.processing_interval_ms, 2000);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 2000);
   ana_config_fini(&cfg);
   accepts("PROCESSING_INTERVAL=1m", &cfg);
-  assert_int_equal(cfg.processing_interval_ms, 60000);
+  assert_int_equal(cfg.ingest.processing_interval_ms, 60000);
   ana_config_fini(&cfg);
   rejects("PROCESSING_INTERVAL=61s", "is not a duration from 0 to 60000 ms");
   rejects("PROCESSING_INTERVAL=5h", NULL);
@@ -363,7 +363,7 @@ static void test_durations(void **state) {
   rejects("PROCESSING_INTERVAL=99999999999999999999m", NULL);
 
   accepts("SHUTDOWN_GRACE_MS=10m", &cfg);
-  assert_int_equal(cfg.shutdown_grace_ms, 600000);
+  assert_int_equal(cfg.process.shutdown_grace_ms, 600000);
   ana_config_fini(&cfg);
   rejects("SHUTDOWN_GRACE_MS=11m", "from 0 to 600000 ms");
 
@@ -410,13 +410,13 @@ static void test_log_level(void **state) {
   (void)state;
 
   accepts("LOG_LEVEL=debug", &cfg);
-  assert_int_equal(cfg.log_level, ANA_LOG_DEBUG);
+  assert_int_equal(cfg.process.log_level, ANA_LOG_DEBUG);
   ana_config_fini(&cfg);
   accepts("LOG_LEVEL=WARN", &cfg);
-  assert_int_equal(cfg.log_level, ANA_LOG_WARN);
+  assert_int_equal(cfg.process.log_level, ANA_LOG_WARN);
   ana_config_fini(&cfg);
   accepts("LOG_LEVEL=error", &cfg);
-  assert_int_equal(cfg.log_level, ANA_LOG_ERROR);
+  assert_int_equal(cfg.process.log_level, ANA_LOG_ERROR);
   ana_config_fini(&cfg);
   rejects("LOG_LEVEL=verbose",
           "LOG_LEVEL: \"verbose\" is not a log level (error, warn, info or debug)");
@@ -429,10 +429,10 @@ static void test_paths(void **state) {
   (void)state;
 
   accepts("DATA_DIR=/var/lib/analyticsd", &cfg);
-  assert_string_equal(cfg.data_dir, "/var/lib/analyticsd");
+  assert_string_equal(cfg.store.data_dir, "/var/lib/analyticsd");
   ana_config_fini(&cfg);
   accepts("REPORTS_DIR=reports with spaces", &cfg);
-  assert_string_equal(cfg.reports_dir, "reports with spaces");
+  assert_string_equal(cfg.store.reports_dir, "reports with spaces");
   ana_config_fini(&cfg);
   rejects("EXPORTS_DIR=a\nb", "\"a\\x0ab\" is not a directory path");
 
@@ -447,22 +447,22 @@ static void test_urls(void **state) {
   (void)state;
 
   accepts("MONGODB_URI=mongodb://localhost:27017/analytics", &cfg);
-  assert_string_equal(cfg.mongodb_uri, "mongodb://localhost:27017/analytics");
+  assert_string_equal(cfg.store.mongodb_uri, "mongodb://localhost:27017/analytics");
   ana_config_fini(&cfg);
   accepts("MONGODB_URI=mongodb+srv://cluster0.example.net/?retryWrites=true", &cfg);
   ana_config_fini(&cfg);
   accepts("ELASTICSEARCH_NODE=http://localhost:9200", &cfg);
-  assert_string_equal(cfg.elasticsearch_node, "http://localhost:9200");
+  assert_string_equal(cfg.store.elasticsearch_node, "http://localhost:9200");
   ana_config_fini(&cfg);
   accepts("ELASTICSEARCH_NODE=HTTPS://es.example.com", &cfg);
   ana_config_fini(&cfg);
   accepts("REDIS_URL=redis://localhost:6379/0", &cfg);
-  assert_string_equal(cfg.redis_url, "redis://localhost:6379/0");
+  assert_string_equal(cfg.store.redis_url, "redis://localhost:6379/0");
   ana_config_fini(&cfg);
   accepts("REDIS_URL=rediss://:token@cache.example.com:6380", &cfg);
   ana_config_fini(&cfg);
   accepts("RABBITMQ_URL=amqp://guest:guest@localhost:5672/", &cfg);
-  assert_string_equal(cfg.rabbitmq_url, "amqp://guest:guest@localhost:5672/");
+  assert_string_equal(cfg.store.rabbitmq_url, "amqp://guest:guest@localhost:5672/");
   ana_config_fini(&cfg);
 
   rejects("MONGODB_URI=localhost:27017",
@@ -524,7 +524,7 @@ static void test_clickhouse_host(void **state) {
   for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
     snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", good[i]);
     accepts(assignment, &cfg);
-    assert_string_equal(cfg.clickhouse_host, good[i]);
+    assert_string_equal(cfg.store.clickhouse_host, good[i]);
     ana_config_fini(&cfg);
   }
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -544,7 +544,7 @@ static void test_grpc_host(void **state) {
   for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
     snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", good[i]);
     accepts(assignment, &cfg);
-    assert_string_equal(cfg.grpc_host, good[i]);
+    assert_string_equal(cfg.rpc.grpc_host, good[i]);
     ana_config_fini(&cfg);
   }
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -559,14 +559,14 @@ static void test_account_id(void **state) {
   (void)state;
 
   accepts("DEFAULT_ACCOUNT_ID=acct_1.eu:team-7", &cfg);
-  assert_string_equal(cfg.default_account_id, "acct_1.eu:team-7");
+  assert_string_equal(cfg.auth.default_account_id, "acct_1.eu:team-7");
   ana_config_fini(&cfg);
 
   strcpy(assignment, "DEFAULT_ACCOUNT_ID=");
   memset(assignment + strlen(assignment), 'a', 128);
   assignment[19 + 128] = '\0';
   accepts(assignment, &cfg);
-  assert_int_equal(strlen(cfg.default_account_id), 128);
+  assert_int_equal(strlen(cfg.auth.default_account_id), 128);
   ana_config_fini(&cfg);
   strcat(assignment, "a");
   rejects(assignment, "is not an account id (1 to 128 characters");
@@ -625,7 +625,7 @@ static void test_allocation_failures(void **state) {
   }
   assert_int_equal(rc, 0);
   assert_true(n > 1);
-  assert_string_equal(cfg.redis_url, "redis://r");
+  assert_string_equal(cfg.store.redis_url, "redis://r");
   ana_config_fini(&cfg);
 }
 
@@ -679,6 +679,44 @@ static void test_unsupported_still_validated(void **state) {
   rejects("CLICKHOUSE_HOST=ch:0", NULL);
 }
 
+/* Every bad variable is named, not just the first, and the struct stays zeroed. */
+static void test_every_bad_variable_is_reported(void **state) {
+  struct ana_config cfg;
+  struct ana_error err = {0};
+  (void)state;
+
+  assert_int_equal(LOAD(&cfg, &err, "PORT=0", "GRPC_PORT=70000", "DATA_DIR=/tmp/x",
+                        "TIMESTAMP_POLICY=sometimes", "LOG_LEVEL=loud"),
+                   ANA_ERR_INVALID);
+  assert_true(is_zeroed(&cfg));
+  assert_non_null(strstr(err.message, "PORT: \"0\""));
+  assert_non_null(strstr(err.message, "; GRPC_PORT: \"70000\""));
+  assert_non_null(strstr(err.message, "; TIMESTAMP_POLICY: "));
+  assert_non_null(strstr(err.message, "; LOG_LEVEL: "));
+}
+
+static size_t count_occurrences(const char *text, const char *key) {
+  size_t n = 0, key_len = strlen(key);
+  for (size_t i = 0; text[i]; i++)
+    n += strncmp(text + i, key, key_len) == 0;
+  return n;
+}
+
+/* No two modules declare the same variable. */
+static void test_names_are_unique(void **state) {
+  char *md = capture(ana_config_write_markdown);
+  char key[64];
+  (void)state;
+
+  for (size_t i = 0; i < NAME_COUNT; i++) {
+    snprintf(key, sizeof key, "\n| `%s` | ", all_names[i]);
+    size_t n = count_occurrences(md, key);
+    if (n != 1)
+      fail_msg("%s is declared %zu times", all_names[i], n);
+  }
+  free(md);
+}
+
 static void test_ingestion_values(void **state) {
   struct ana_config cfg;
   struct ana_error err = {0};
@@ -687,9 +725,9 @@ static void test_ingestion_values(void **state) {
   assert_int_equal(LOAD(&cfg, &err, "EVENT_MAX_FUTURE=2h", "TIMESTAMP_POLICY=reject",
                         "TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.1,::1,fd00::/8"),
                    0);
-  assert_int_equal(cfg.event_max_future_ms, 7200000L);
-  assert_string_equal(cfg.timestamp_policy, "reject");
-  assert_string_equal(cfg.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
+  assert_int_equal(cfg.ingest.event_max_future_ms, 7200000L);
+  assert_string_equal(cfg.ingest.timestamp_policy, "reject");
+  assert_string_equal(cfg.ingest.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
   ana_config_fini(&cfg);
   assert_int_equal(LOAD(&cfg, &err, "TIMESTAMP_POLICY=sometimes"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "TIMESTAMP_POLICY"));
@@ -765,10 +803,10 @@ static void test_env_example_round_trips(void **state) {
   assert_int_equal(n, NAME_COUNT);
   assert_int_equal(load_env(&cfg, &err, env), 0);
   assert_int_equal(load_env(&defaults, &err, (const char *[]){NULL}), 0);
-  assert_int_equal(cfg.port, defaults.port);
-  assert_string_equal(cfg.data_dir, defaults.data_dir);
-  assert_null(cfg.mongodb_uri);
-  assert_int_equal(cfg.grpc_max_message_bytes, defaults.grpc_max_message_bytes);
+  assert_int_equal(cfg.bridge.port, defaults.bridge.port);
+  assert_string_equal(cfg.store.data_dir, defaults.store.data_dir);
+  assert_null(cfg.store.mongodb_uri);
+  assert_int_equal(cfg.rpc.grpc_max_message_bytes, defaults.rpc.grpc_max_message_bytes);
   ana_config_fini(&cfg);
   ana_config_fini(&defaults);
   free(text);
@@ -839,6 +877,8 @@ static void test_readme_table_is_current(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ingestion_values),
+      cmocka_unit_test(test_every_bad_variable_is_reported),
+      cmocka_unit_test(test_names_are_unique),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_empty_counts_as_unset),
       cmocka_unit_test(test_process_environment),

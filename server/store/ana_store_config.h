@@ -1,0 +1,28 @@
+/* Storage settings: data directories, retention, the embedded store, remote backends: the struct
+ * its configuration rows fill. */
+#ifndef ANA_STORE_CONFIG_H
+#define ANA_STORE_CONFIG_H
+
+#include "ana_config_table.h"
+
+/* Filled by ana_store_config_table (config_rows.c); strings owned by the struct. */
+struct ana_store_settings {
+  char *mongodb_uri;
+  char *elasticsearch_node;
+  char *clickhouse_host; /* host, host:port or http(s) URL */
+  char *redis_url;
+  char *rabbitmq_url;
+  char *data_dir;
+  char *reports_dir;
+  char *exports_dir;
+  int retention_days;
+  int wal_checkpoint_mb; /* WAL_CHECKPOINT_MB */
+  int store_min_free_mb; /* STORE_MIN_FREE_MB: 0 = no check */
+  int search_max_page_size;
+  int search_index_wait_ms; /* SEARCH_INDEX_WAIT */
+  int retention_sweep_interval_ms;
+};
+
+extern const struct ana_config_table ana_store_config_table;
+
+#endif
