@@ -10,9 +10,10 @@
  * slow_consumer_ms is closed with 1008 "slow consumer" and its call
  * cancelled.
  *
- * Browsers cannot set Authorization on a WebSocket, so a token may come as
- * the subprotocol "bearer.<token>"; it is echoed back as the accepted
- * subprotocol and passed on as "authorization: Bearer <token>". lws 4.1
+ * Browsers cannot set Authorization on a WebSocket, so a token may come in
+ * the subprotocol list "bearer, <token>": the upgrade accepts "bearer" (the
+ * token is never echoed) and the token is passed on as "authorization:
+ * Bearer <token>", as an Authorization header would be. lws 4.1
  * accepts a subprotocol only by the name of a registered protocol, so the
  * name of the bridge's one protocol is set to the client's choice just
  * before lws looks it up (all on the lws thread). lws limits the
@@ -30,7 +31,10 @@
 #include <inttypes.h>
 #include <string.h>
 
-#define BEARER_PREFIX "bearer."
+#define BEARER_PROTOCOL "bearer"
+/* libwebsockets 4.1 copies the Sec-WebSocket-Protocol list into 128 bytes
+ * and drops the connection without an answer when it is longer. */
+#define WS_PROTOCOL_LIST_MAX 127
 /* Seconds a closing WebSocket may wait for room for its close frame. */
 #define WS_CLOSE_GRACE_S 5
 
@@ -285,11 +289,14 @@ int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
   return -1;
 }
 
-/* The "bearer.<token>" entry of the Sec-WebSocket-Protocol list, copied
- * into out; false when there is none. */
-static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size) {
-  char list[256];
+/* The token of a "bearer, <token>" Sec-WebSocket-Protocol list (the entry
+ * after "bearer"), copied into out; false when the list names no bearer
+ * token. *bearer tells whether "bearer" was offered at all. */
+static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size, bool *bearer) {
+  char list[WS_PROTOCOL_LIST_MAX + 1];
+  bool after_bearer = false;
   out[0] = '\0';
+  *bearer = false;
   if (lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL) <= 0)
     return false;
   for (char *p = list; *p;) {
@@ -299,11 +306,17 @@ static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size) {
     while (*p && *p != ',' && *p != ' ')
       p++;
     size_t n = (size_t)(p - start);
-    if (n > strlen(BEARER_PREFIX) && n < size && strncmp(start, BEARER_PREFIX, 7) == 0) {
+    if (n == 0)
+      break;
+    if (after_bearer) {
+      if (n >= size)
+        return false;
       memcpy(out, start, n);
       out[n] = '\0';
       return true;
     }
+    if (n == strlen(BEARER_PROTOCOL) && strncmp(start, BEARER_PROTOCOL, n) == 0)
+      *bearer = after_bearer = true;
   }
   return false;
 }
@@ -361,12 +374,20 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
     return rb_refuse_raw(wsi, ANA_STATUS_PERMISSION_DENIED,
                          "the Origin header names an origin that is neither this server's nor "
                          "in CORS_ALLOWED_ORIGINS");
-  char sub[sizeof b->ws_name];
-  if (!bearer_subprotocol(wsi, sub, sizeof sub))
-    snprintf(sub, sizeof sub, "%s", RB_WS_PROTOCOL);
-  memcpy(b->ws_name, sub, sizeof sub);
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > WS_PROTOCOL_LIST_MAX)
+    return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
+                         "Sec-WebSocket-Protocol is longer than 127 bytes: send a long token in "
+                         "the Authorization header instead");
+  char token[WS_PROTOCOL_LIST_MAX + 1];
+  bool bearer;
+  if (!bearer_subprotocol(wsi, token, sizeof token, &bearer) && bearer)
+    return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
+                         "the bearer subprotocol takes the token as the next value: "
+                         "Sec-WebSocket-Protocol: bearer, <token>");
+  snprintf(b->ws_name, sizeof b->ws_name, "%s", bearer ? BEARER_PROTOCOL : RB_WS_PROTOCOL);
   /* The vhost's heap copy of our protocol: lws matches the client's list
-   * against this name next, and echoes it in the handshake. */
+   * against this name next, and echoes it in the handshake: "bearer" alone,
+   * never the token. */
   b->protocol->name = b->ws_name;
   return 0;
 }
@@ -604,7 +625,8 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   int uri_len = 0;
   struct rb_match m;
   struct ana_error early;
-  char sub[sizeof b->ws_name], id[sizeof conn->request_id];
+  char sub[WS_PROTOCOL_LIST_MAX + 1], id[sizeof conn->request_id];
+  bool bearer;
 
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
@@ -624,7 +646,7 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     lws_callback_on_writable(wsi);
     return;
   }
-  const char *token = bearer_subprotocol(wsi, sub, sizeof sub) ? sub + 7 : NULL;
+  const char *token = bearer_subprotocol(wsi, sub, sizeof sub, &bearer) ? sub : NULL;
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
   if (!c) {
     conn->ws_close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
