@@ -7,6 +7,7 @@
 #include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_metric_streams.h"
+#include "ana_notify.h"
 #include "ana_realtime.h"
 #include "ana_restbridge.h"
 #include "ana_rollup.h"
@@ -183,6 +184,7 @@ int main(int argc, char **argv) {
   const struct ana_api_key_store_ops *key_store_ops = ana_store_api_key_backend("sqlite");
   void *key_store = NULL;
   struct ana_api_keys *api_keys = NULL;
+  struct ana_notify *notify = NULL;
   if (make_dirs(cfg.store.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.store.data_dir,
               strerror(errno));
@@ -275,6 +277,31 @@ int main(int argc, char **argv) {
     goto out;
   }
   ana_key_service_bind(&(struct ana_key_service_options){api_keys, workers});
+  /* Notification channels and the outbox's senders (their own threads). */
+  struct ana_notify_options nopts = {
+      .db = db,
+      .catalog_ops = catalog_ops,
+      .catalog = catalog,
+      .smtp_url = cfg.notify.smtp_url,
+      .smtp_user = cfg.notify.smtp_user,
+      .smtp_password = cfg.notify.smtp_password,
+      .smtp_password_file = cfg.notify.smtp_password_file,
+      .smtp_from = cfg.notify.smtp_from,
+      .telegram_api_url = cfg.notify.telegram_api_url,
+      .allow_private_networks = cfg.notify.allow_private_networks,
+      .threads = cfg.notify.notify_threads,
+      .max_attempts = cfg.notify.notify_max_attempts,
+      .backoff_initial_ms = cfg.notify.notify_backoff_initial_ms,
+      .backoff_max_ms = cfg.notify.notify_backoff_max_ms,
+      .timeout_ms = cfg.notify.notify_timeout_ms,
+      .poll_ms = cfg.notify.notify_poll_ms,
+  };
+  notify = ana_notify_create(&nopts, &err);
+  if (!notify || ana_notify_start(notify, &err) < 0) {
+    ANA_ERROR("main", "cannot start the notifications: %s", err.message);
+    goto out;
+  }
+  ana_channel_service_bind(&(struct ana_channel_service_options){notify, workers});
   /* Metric rollups follow the commit sequence on their own thread; the
    * hook only wakes it. */
   struct ana_rollup_options roopts = {
@@ -429,6 +456,7 @@ out:
   /* After the workers (queries) and the committer (its hook). */
   ana_rollup_destroy(rollups);
   ana_api_keys_destroy(api_keys); /* after the workers: KeyService calls */
+  ana_notify_destroy(notify);     /* after the workers: channel tests; before the catalog */
   if (key_store)
     key_store_ops->close(key_store);
   if (catalog)
