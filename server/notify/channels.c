@@ -145,13 +145,14 @@ static int save(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_aren
   return rc;
 }
 
-/* Every channel of the account, calling fn (non-zero stops). */
+/* Every channel of the account, calling fn (non-zero stops) after the
+ * catalog's listing returned: fn may write to the catalog. */
 struct each {
   struct ana_arena *arena;
-  int (*fn)(void *ctx, Analytics__V1__Channel *c);
-  void *ctx;
+  Analytics__V1__Channel **items;
+  size_t n, cap;
   char last[64];
-  bool stopped, nomem;
+  bool nomem;
   int seen;
 };
 
@@ -159,23 +160,31 @@ static int each_one(void *ctx, const struct ana_catalog_object *o) {
   struct each *e = ctx;
   snprintf(e->last, sizeof e->last, "%s", o->id);
   e->seen++;
-  Analytics__V1__Channel *c = clone_bytes(o->body, o->body_len, e->arena);
-  if (!c) {
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? e->cap * 2 : 64;
+    Analytics__V1__Channel **items = ana_arena_calloc(e->arena, cap, sizeof *items);
+    if (!items) {
+      e->nomem = true;
+      return 1;
+    }
+    if (e->n)
+      memcpy(items, e->items, e->n * sizeof *items);
+    e->items = items;
+    e->cap = cap;
+  }
+  if (!(e->items[e->n] = clone_bytes(o->body, o->body_len, e->arena))) {
     e->nomem = true;
     return 1;
   }
-  if (e->fn(e->ctx, c)) {
-    e->stopped = true;
-    return 1;
-  }
+  e->n++;
   return 0;
 }
 
 static int each_channel(struct ana_notify *n, const char *account, struct ana_arena *arena,
                         int (*fn)(void *ctx, Analytics__V1__Channel *c), void *ctx,
                         struct ana_error *err) {
-  struct each e = {arena, fn, ctx, "", false, false, 0};
-  for (;;) {
+  struct each e = {arena, NULL, 0, 0, "", false, 0};
+  do {
     e.seen = 0;
     char after[64];
     snprintf(after, sizeof after, "%s", e.last);
@@ -184,9 +193,11 @@ static int each_channel(struct ana_notify *n, const char *account, struct ana_ar
       return rc;
     if (e.nomem)
       return nomem(err);
-    if (e.stopped || e.seen < 256)
-      return 0;
-  }
+  } while (e.seen == 256);
+  for (size_t i = 0; i < e.n; i++)
+    if (fn(ctx, e.items[i]))
+      break;
+  return 0;
 }
 
 struct defaults {
