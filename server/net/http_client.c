@@ -165,15 +165,18 @@ static int parse_target(const char *url, const char *field, struct target *t,
     ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: is required", field);
     goto out;
   }
-  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+  if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK) {
     ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: is not an absolute http(s) URL", field);
     goto out;
   }
   if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0) {
     ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: scheme %s is not allowed (http or https)",
                   field, scheme);
+    goto out;
+  }
+  if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: has no host", field);
     goto out;
   }
   if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
