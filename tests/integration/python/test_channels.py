@@ -304,6 +304,7 @@ class ChannelsTest(harness.ServerTestCase):
                            ("DELETE", "/api/channels/nope")):
             status, _, body = self.rest.request(verb, path, {} if verb == "POST" else None)
             self.assertEqual(status, 404, body)
+            self.assertIn("channelId: no channel", body["message"])
 
 
 class PrivateNetworksTest(harness.ServerTestCase):
