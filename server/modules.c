@@ -162,6 +162,41 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* Notification channels and the outbox's senders (their own threads). */
+static int notify_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  struct ana_notify_options nopts = {
+      .db = s->db,
+      .catalog_ops = s->catalog_ops,
+      .catalog = s->catalog,
+      .smtp_url = cfg->notify.smtp_url,
+      .smtp_user = cfg->notify.smtp_user,
+      .smtp_password = cfg->notify.smtp_password,
+      .smtp_password_file = cfg->notify.smtp_password_file,
+      .smtp_from = cfg->notify.smtp_from,
+      .telegram_api_url = cfg->notify.telegram_api_url,
+      .allow_private_networks = cfg->notify.allow_private_networks,
+      .threads = cfg->notify.notify_threads,
+      .max_attempts = cfg->notify.notify_max_attempts,
+      .backoff_initial_ms = cfg->notify.notify_backoff_initial_ms,
+      .backoff_max_ms = cfg->notify.notify_backoff_max_ms,
+      .timeout_ms = cfg->notify.notify_timeout_ms,
+      .poll_ms = cfg->notify.notify_poll_ms,
+  };
+  s->notify = ana_notify_create(&nopts, err);
+  if (!s->notify || ana_notify_start(s->notify, err) < 0)
+    return fail(err, "cannot start the notifications");
+  return 0;
+}
+
+/* After the workers (channel tests) and before the catalog: an attempt
+ * under way ends within NOTIFY_TIMEOUT; undelivered rows wait in the outbox. */
+static int notify_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_notify_destroy(s->notify);
+  s->notify = NULL;
+  return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the post-commit pipeline and its subscribers                         */
 
@@ -347,6 +382,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
   };
   ana_event_service_bind(&eopts);
   ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
+  ana_channel_service_bind(&(struct ana_channel_service_options){s->notify, s->workers});
   struct ana_metric_service_options mopts = {
       .catalog_ops = s->catalog_ops,
       .catalog = s->catalog,
@@ -475,6 +511,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "store", .start = store_start, .stop = store_stop},
     {.name = "catalog", .start = catalog_start, .stop = catalog_stop},
     {.name = "api_keys", .start = api_keys_start, .stop = api_keys_stop},
+    {.name = "notify", .start = notify_start, .stop = notify_stop},
     {.name = "post_commit", .start = post_commit_start, .stop = post_commit_stop},
     {.name = "rollups", .start = rollups_start, .stop = rollups_stop},
     {.name = "workers", .start = workers_start, .stop = workers_stop},

@@ -78,6 +78,19 @@ static const char *const all_names[] = {
     "ROLLUP_CACHE_MB",
     "WAL_CHECKPOINT_MB",
     "STORE_MIN_FREE_MB",
+    "SMTP_URL",
+    "SMTP_USER",
+    "SMTP_PASSWORD",
+    "SMTP_PASSWORD_FILE",
+    "SMTP_FROM",
+    "TELEGRAM_API_URL",
+    "NOTIFY_ALLOW_PRIVATE_NETWORKS",
+    "NOTIFY_THREADS",
+    "NOTIFY_MAX_ATTEMPTS",
+    "NOTIFY_BACKOFF_INITIAL",
+    "NOTIFY_BACKOFF_MAX",
+    "NOTIFY_TIMEOUT",
+    "NOTIFY_POLL_INTERVAL",
 };
 #define NAME_COUNT (sizeof all_names / sizeof all_names[0])
 
