@@ -42,6 +42,7 @@ void rb_bridge_unref(struct ana_restbridge *b) {
   ana_free(b->ws_batch);
   ana_free(b->host);
   ana_free(b->cors);
+  ana_free(b->allowed_hosts);
   ana_free(b->web_root);
   ana_free(b);
 }
@@ -269,6 +270,8 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   b->opt.cors_allowed_origins = b->cors;
   b->web_root = o->web_root && o->web_root[0] ? ana_strdup(o->web_root) : NULL;
   b->opt.web_root = b->web_root;
+  b->allowed_hosts = o->allowed_hosts && o->allowed_hosts[0] ? ana_strdup(o->allowed_hosts) : NULL;
+  b->opt.allowed_hosts = b->allowed_hosts;
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   b->stats = rb_stats_create();
   if (!b->opt.body_budget_bytes)

@@ -10,9 +10,11 @@
  * slow_consumer_ms is closed with 1008 "slow consumer" and its call
  * cancelled.
  *
- * Browsers cannot set Authorization on a WebSocket, so a token may come as
- * the subprotocol "bearer.<token>"; it is echoed back as the accepted
- * subprotocol and passed on as "authorization: Bearer <token>". lws 4.1
+ * Browsers cannot set Authorization on a WebSocket, so a token may come in
+ * Sec-WebSocket-Protocol as "bearer, <token>": "bearer" is the accepted
+ * subprotocol (the token is never echoed) and the token is passed on as
+ * "authorization: Bearer <token>" (the older single entry "bearer.<token>"
+ * is still accepted, and echoed as lws can select only an offered name). lws 4.1
  * accepts a subprotocol only by the name of a registered protocol, so the
  * name of the bridge's one protocol is set to the client's choice just
  * before lws looks it up (all on the lws thread). lws limits the
@@ -31,6 +33,10 @@
 #include <string.h>
 
 #define BEARER_PREFIX "bearer."
+#define BEARER_NAME "bearer"
+/* lws 4.1 fails an upgrade whose subprotocol list is longer (it copies the
+ * list into 128 bytes before selecting). */
+#define WS_PROTOCOL_LIST_MAX 127
 /* Seconds a closing WebSocket may wait for room for its close frame. */
 #define WS_CLOSE_GRACE_S 5
 
@@ -257,24 +263,19 @@ const struct ana_call_transport rb_ws_transport = {
  * Written raw: at this point lws has not yet recorded the request's HTTP
  * version (its header helpers would say HTTP/1.0, which clients refuse),
  * and the wsi has no session data yet. Returns -1 (lws closes). */
-int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
+/* rb_refuse_raw with an explicit HTTP status and reason phrase. */
+static int refuse_raw_status(struct lws *wsi, int status, const char *phrase, enum ana_status code,
+                             const char *message) {
   struct ana_error st;
   ana_error_set(&st, code, "%s", message);
   struct rb_msg *body = rb_error_json(NULL, &st, NULL, NULL);
   if (!body)
     return -1;
   char head[256];
-  int status = rb_http_status_of(code);
   int hn = snprintf(head, sizeof head,
                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                     "content-length: %zu\r\nconnection: close\r\n\r\n",
-                    status,
-                    status == 404   ? "Not Found"
-                    : status == 403 ? "Forbidden"
-                    : status == 501 ? "Not Implemented"
-                    : status == 503 ? "Service Unavailable"
-                                    : "Bad Request",
-                    body->len);
+                    status, phrase, body->len);
   struct rb_msg *all = rb_msg_new(head, (size_t)hn + body->len);
   if (all) {
     memcpy(all->data + hn, body->data, body->len);
@@ -285,27 +286,63 @@ int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
   return -1;
 }
 
-/* The "bearer.<token>" entry of the Sec-WebSocket-Protocol list, copied
- * into out; false when there is none. */
-static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size) {
-  char list[256];
-  out[0] = '\0';
-  if (lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL) <= 0)
-    return false;
-  for (char *p = list; *p;) {
+int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
+  int status = rb_http_status_of(code);
+  return refuse_raw_status(wsi, status,
+                           status == 404   ? "Not Found"
+                           : status == 403 ? "Forbidden"
+                           : status == 501 ? "Not Implemented"
+                           : status == 503 ? "Service Unavailable"
+                                           : "Bad Request",
+                           code, message);
+}
+
+/* A NUL-terminated copy of the n bytes at s; NULL when out of memory. */
+static char *copy_n(const char *s, size_t n) {
+  char *out = ana_malloc(n + 1);
+  if (out) {
+    memcpy(out, s, n);
+    out[n] = '\0';
+  }
+  return out;
+}
+
+/* The bearer token of the Sec-WebSocket-Protocol list: the entry after
+ * "bearer" (the form "bearer, <token>"), or the rest of an entry
+ * "bearer.<token>" (the older form, *legacy set). Returns a malloc'd copy
+ * (caller frees), or NULL when there is none. */
+static char *ws_bearer(struct lws *wsi, bool *legacy) {
+  *legacy = false;
+  int total = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
+  if (total <= 0)
+    return NULL;
+  char *list = ana_malloc((size_t)total + 1);
+  if (!list || lws_hdr_copy(wsi, list, total + 1, WSI_TOKEN_PROTOCOL) <= 0) {
+    ana_free(list);
+    return NULL;
+  }
+  char *token = NULL;
+  bool after_bearer = false;
+  for (char *p = list; *p && !token;) {
     while (*p == ' ' || *p == ',')
       p++;
     char *start = p;
     while (*p && *p != ',' && *p != ' ')
       p++;
     size_t n = (size_t)(p - start);
-    if (n > strlen(BEARER_PREFIX) && n < size && strncmp(start, BEARER_PREFIX, 7) == 0) {
-      memcpy(out, start, n);
-      out[n] = '\0';
-      return true;
+    if (n == 0)
+      break;
+    if (after_bearer) {
+      token = copy_n(start, n);
+    } else if (n == strlen(BEARER_NAME) && strncmp(start, BEARER_NAME, n) == 0) {
+      after_bearer = true;
+    } else if (n > strlen(BEARER_PREFIX) && strncmp(start, BEARER_PREFIX, 7) == 0) {
+      token = copy_n(start + 7, n - 7);
+      *legacy = token != NULL;
     }
   }
-  return false;
+  ana_free(list);
+  return token;
 }
 
 /* Strips a default port (":80" for http/ws, ":443" for https/wss) from
@@ -361,10 +398,25 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
     return rb_refuse_raw(wsi, ANA_STATUS_PERMISSION_DENIED,
                          "the Origin header names an origin that is neither this server's nor "
                          "in CORS_ALLOWED_ORIGINS");
-  char sub[sizeof b->ws_name];
-  if (!bearer_subprotocol(wsi, sub, sizeof sub))
-    snprintf(sub, sizeof sub, "%s", RB_WS_PROTOCOL);
-  memcpy(b->ws_name, sub, sizeof sub);
+  if (!rb_host_allowed(b, wsi))
+    return refuse_raw_status(wsi, 421, "Misdirected Request", ANA_STATUS_INVALID_ARGUMENT,
+                             "this Host is not served: authentication is not configured, so "
+                             "only localhost, 127.0.0.1, [::1] and HTTP_ALLOWED_HOSTS are");
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > WS_PROTOCOL_LIST_MAX)
+    return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
+                         "Sec-WebSocket-Protocol is longer than 127 bytes (the limit of this "
+                         "server's WebSocket library): send a longer token in Authorization, or "
+                         "as ?access_token= where JWT_ALLOW_QUERY_TOKEN is set");
+  /* The selected subprotocol: "bearer" for "bearer, <token>" (the token is
+   * never echoed), the entry itself for the older "bearer.<token>", else
+   * restbridge.v1. */
+  bool legacy;
+  char *token = ws_bearer(wsi, &legacy);
+  if (token && legacy)
+    snprintf(b->ws_name, sizeof b->ws_name, "%s%s", BEARER_PREFIX, token);
+  else
+    snprintf(b->ws_name, sizeof b->ws_name, "%s", token ? BEARER_NAME : RB_WS_PROTOCOL);
+  ana_free(token);
   /* The vhost's heap copy of our protocol: lws matches the client's list
    * against this name next, and echoes it in the handshake. */
   b->protocol->name = b->ws_name;
@@ -604,7 +656,7 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   int uri_len = 0;
   struct rb_match m;
   struct ana_error early;
-  char sub[sizeof b->ws_name], id[sizeof conn->request_id];
+  char id[sizeof conn->request_id];
 
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
@@ -624,8 +676,10 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     lws_callback_on_writable(wsi);
     return;
   }
-  const char *token = bearer_subprotocol(wsi, sub, sizeof sub) ? sub + 7 : NULL;
+  bool legacy;
+  char *token = ws_bearer(wsi, &legacy);
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
+  ana_free(token);
   if (!c) {
     conn->ws_close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
     lws_callback_on_writable(wsi);

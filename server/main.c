@@ -86,6 +86,7 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
     ana_committer_stats(h->committer, &st);
   *serving = atomic_load(&h->serving) && atomic_load(&h->ready) && !degraded;
   if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
+      ana_restbridge_health_add(extra, "auth", ana_auth_mode_name()) < 0 ||
       ana_restbridge_health_add_int(extra, "schemaVersion", h->schema_version) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
@@ -193,6 +194,17 @@ int main(int argc, char **argv) {
 
   if (ana_auth_init(cfg.auth.default_account_id) < 0 || ana_reflection_bind() < 0)
     goto out;
+  if (ana_auth_configure(&cfg.auth, &err) < 0) {
+    ANA_ERROR("config", "invalid configuration: %s", err.message);
+    rc = 2;
+    goto out;
+  }
+  if (ana_auth_protected_mode())
+    ANA_WARN("auth",
+             "protected mode: no authentication is configured, so only loopback clients "
+             "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
+             "JWT_JWKS_URL) to serve other hosts",
+             cfg.auth.default_account_id);
   ana_log_register_metrics();
   ana_health_bind();
 
@@ -336,6 +348,7 @@ int main(int argc, char **argv) {
   health.committer = committer;
   health.schema_version = ana_local_db_schema_version(db);
   struct ana_restbridge_options ropts = {
+      .host = cfg.bridge.http_host,
       .port = cfg.bridge.port,
       .max_body_bytes = (size_t)cfg.bridge.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg.bridge.stream_buffer_size,
@@ -349,6 +362,11 @@ int main(int argc, char **argv) {
       .web_root = cfg.bridge.web_root,
       .health = rest_health,
       .health_ctx = &health,
+      .protected_mode = ana_auth_protected_mode,
+      .allowed_hosts = cfg.bridge.http_allowed_hosts,
+      .allow_query_token = cfg.auth.jwt_allow_query_token,
+      .health_require_auth = cfg.auth.health_require_auth,
+      .metrics_require_auth = cfg.auth.metrics_require_auth,
   };
   rest = ana_restbridge_create(&ropts, &err);
   if (!rest) {

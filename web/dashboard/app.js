@@ -22,10 +22,11 @@ function wsUrl(path, params) {
   return `${proto}//${location.host}${path}${qs ? '?' + qs : ''}`;
 }
 
-// A token may be given as #token=... (sent as the subprotocol bearer.<token>).
+// A token may be given as #token=... (sent as the subprotocols "bearer, <token>";
+// the server selects "bearer" and never echoes the token).
 function subprotocols() {
   const m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
-  return m ? ['bearer.' + decodeURIComponent(m[1])] : [];
+  return m ? ['bearer', decodeURIComponent(m[1])] : [];
 }
 
 // A WebSocket that reconnects with exponential backoff (0.5 s doubling to
