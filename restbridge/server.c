@@ -11,6 +11,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 #include <time.h>
 
@@ -323,7 +324,13 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
     goto fail;
   }
   info.port = o->port;
-  info.iface = b->host;
+  /* 0.0.0.0 and :: mean every interface (lws: no iface, dual-stack); lws
+   * binds an IPv4 address only with IPv6 off on the vhost. */
+  bool any = !b->host || strcmp(b->host, "0.0.0.0") == 0 || strcmp(b->host, "::") == 0;
+  struct in_addr v4;
+  info.iface = any ? NULL : b->host;
+  if (!any && inet_pton(AF_INET, b->host, &v4) == 1)
+    info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
   info.protocols = protocols;
   info.vhost_name = "restbridge";
   info.retry_and_idle_policy = &idle_policy;
