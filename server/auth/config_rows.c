@@ -49,7 +49,8 @@ static const struct ana_config_row rows[] = {
     {.name = "DEFAULT_ACCOUNT_ID",
      .type = ANA_CONFIG_STRING,
      .def = "default",
-     .help = "Account that every request runs as until authentication is configured.",
+     .help = "Account that loopback clients act as (admin) in protected mode, while no "
+             "authentication is configured.",
      .check = valid_account_id,
      .expect = "an account id (1 to 128 characters from A-Z a-z 0-9 _ . : -)",
      ROW(default_account_id)},
