@@ -63,7 +63,7 @@ class JwtCase(harness.ServerTestCase):
 
 class Hs256Test(JwtCase):
     SERVER_ENV = {"JWT_HS256_SECRET": authkit.SECRET, "JWT_ISSUER": ISSUER,
-                  "JWT_AUDIENCE": AUDIENCE}
+                  "JWT_AUDIENCE": AUDIENCE, "METRICS_REQUIRE_AUTH": "true"}
 
     def good(self, **kw):
         kw.setdefault("iss", ISSUER)
@@ -76,6 +76,16 @@ class Hs256Test(JwtCase):
         self.assertEqual(self.rest_track(token)[0], "OK")
         code, _, _ = ws_call(self.rest_port, "/ws/analytics", headers=bearer(token))
         self.assertEqual(code, "OK")
+
+    def test_health_stays_open_and_metrics_follow_metrics_require_auth(self):
+        code, body, _ = rest_call(self.rest_port, "GET", "/health")
+        self.assertEqual(code, "OK")
+        self.assertEqual(json.loads(body)["auth"], "required")
+        self.assertEqual(rest_call(self.rest_port, "GET", "/metrics")[0], "UNAUTHENTICATED")
+        self.assertEqual(rest_call(self.rest_port, "GET", "/metrics",
+                                   bearer(hs256(self.good())))[0], "OK")
+        self.assertEqual(rest_call(self.rest_port, "GET", "/metrics",
+                                   bearer(hs256(self.good(ttl=-3600))))[0], "UNAUTHENTICATED")
 
     def test_no_credentials_are_refused_even_on_loopback(self):
         code, details = self.grpc_track()
