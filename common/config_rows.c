@@ -17,6 +17,15 @@ static const struct ana_config_row rows[] = {
      .def = "info",
      .help = "Most verbose level logged.",
      ROW(log_level)},
+    {.name = "PROTO_MAX_DEPTH",
+     .type = ANA_CONFIG_INT,
+     .def = "100",
+     .min = 1,
+     .max = 1000,
+     .help = "Deepest nesting of messages in a gRPC request (protobuf C++'s limit); deeper "
+             "requests, like string fields holding a NUL byte, get INVALID_ARGUMENT naming the "
+             "field. analytics-restbridge applies it to analyticsd's replies (deeper: 500).",
+     ROW(proto_max_depth)},
 };
 
 const struct ana_config_table ana_process_config_table = ANA_CONFIG_TABLE("process", rows);

@@ -116,16 +116,29 @@ int ana_restbridge_port(const struct ana_restbridge *b);
  * thread is stuck. Thread-safe (one atomic load). */
 int64_t ana_restbridge_last_loop_ms(const struct ana_restbridge *b);
 
+/* How long shutdown waits for the service thread past grace_ms before it
+ * gives up on a thread stuck in a callback. */
+#define ANA_RESTBRIDGE_STOP_MARGIN_MS 1000
+
 /* Stops serving: new requests get 503, WebSockets are closed with 1001
  * (their calls cancelled), in-flight REST calls may finish for up to
  * grace_ms, then the rest are cancelled and answered 503, and the service
- * thread stops. Blocks up to grace_ms plus a moment. Returns 0, or
- * ANA_ERR_TIMEOUT when some call was still unanswered at the end (its
- * handler still holds it; the bridge memory stays until it finishes). */
+ * thread stops. Blocks at most grace_ms + ANA_RESTBRIDGE_STOP_MARGIN_MS,
+ * whatever the service thread is doing. Returns 0, or ANA_ERR_TIMEOUT when
+ * some call was still unanswered at the end (its handler still holds it;
+ * the bridge memory stays until it finishes) or the service thread did not
+ * stop (ana_restbridge_stopped says which; an error is logged). */
 int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms);
 
+/* False while the service thread runs: before shutdown, or after one that
+ * gave up on a stuck thread (nothing of the bridge may then be freed; the
+ * process should exit). */
+bool ana_restbridge_stopped(const struct ana_restbridge *b);
+
 /* Shuts down (if not done, with no grace) and frees the bridge. Calls still
- * held by handlers keep what they need until they finish. NULL is fine. */
+ * held by handlers keep what they need until they finish. A service thread
+ * still stuck after its margin leaves the bridge allocated (not freed
+ * under it). NULL is fine. */
 void ana_restbridge_destroy(struct ana_restbridge *b);
 
 #endif

@@ -4,6 +4,7 @@
 #include "restbridge_internal.h"
 
 #include "budget.h"
+#include "decode_pool.h"
 
 #include "ana_alloc.h"
 
@@ -71,9 +72,7 @@ struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route 
   return c;
 }
 
-void rb_call_unref(struct rb_call *c) {
-  if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
-    return;
+void rb_call_free(struct rb_call *c) {
   struct ana_restbridge *b = c->bridge;
   rb_budget_stream_pop(b->budget, c, atomic_load(&c->q_bytes));
   rb_msg_free(c->q_head);
@@ -83,6 +82,20 @@ void rb_call_unref(struct rb_call *c) {
   ana_call_fini(&c->base);
   ana_free(c);
   rb_bridge_unref(b);
+}
+
+void rb_call_unref(struct rb_call *c) {
+  if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
+    return;
+  /* A large request's arena (200,000 keys: tens of MB in pieces) takes
+   * milliseconds to give back: not on the lws thread, which answers
+   * everyone else meanwhile. */
+  struct ana_restbridge *b = c->bridge;
+  if (rb_lws_thread && b->decode && c->base.arena.used > RB_DECODE_INLINE_MAX) {
+    rb_decode_pool_reap(b->decode, c);
+    return;
+  }
+  rb_call_free(c);
 }
 
 static void unlist(struct rb_conn *conn) {

@@ -1,7 +1,9 @@
 /* Decoding large REST request bodies (JSON -> request message) off the lws
  * thread: the lws thread hands a body over, a pool thread decodes it into
- * the call's arena and wakes the lws thread (rb_call_wake, through
- * lws_cancel_service), which then starts the call. */
+ * the call's arena and starts the call itself (on_request), or, for
+ * handlers with an on_cancel, wakes the lws thread (rb_call_wake, through
+ * lws_cancel_service), which then starts it. The pool also frees large
+ * calls for the lws thread. */
 #include "decode_pool.h"
 
 #include "budget.h"
@@ -15,11 +17,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* Decoding is background work beside the lws thread's answers: at this
- * niceness the scheduler lets the lws thread in first when they share a
- * core (with two cores and two decoders busy, /health would otherwise wait
- * for a time slice). */
-#define DECODER_NICE 10
+/* Decoding is background work beside the lws thread's answers: at the
+ * lowest niceness (a weight of 15 against the lws thread's 1024) the
+ * scheduler lets the lws thread in first when they share a core (with two
+ * cores and two decoders busy, /health would otherwise wait for a time
+ * slice). */
+#define DECODER_NICE 19
 
 struct rb_decode_job {
   struct rb_decode_job *next;                /* the pool's queue (pool mu) */
@@ -36,6 +39,7 @@ struct rb_decode_job {
 
   /* results, published by `done` */
   atomic_bool done;
+  bool started; /* on_request ran on the pool: the dispatch only lets go */
   int rc;
   struct ana_error st;
   ProtobufCMessage *req; /* in the call's arena */
@@ -46,12 +50,21 @@ struct rb_decode_pool {
   pthread_cond_t cv;
   struct rb_decode_job *head, *tail; /* waiting to be decoded */
   struct rb_decode_job *all;         /* every job not dispatched */
+  struct rb_call *reap;              /* calls to free (linked through wake_next) */
   bool stop;
   struct ana_prom_gauge pending;   /* handed over, not decoded yet */
   struct ana_prom_counter decoded; /* bodies decoded */
   int n_threads;
   pthread_t threads[];
 };
+
+/* Whether the pool thread may start the call: a handler without on_cancel
+ * (unary) never learns of a cancel, so starting it here with the call's
+ * handler left unset keeps cancels from reaching it, as during the decode.
+ * Handlers with on_cancel are started from the lws thread, in order. */
+static bool start_here(const struct rb_decode_job *j) {
+  return j->handler && !j->handler->on_cancel && j->call->base.method->kind == ANA_METHOD_UNARY;
+}
 
 static void decode(struct rb_decode_job *j) {
   struct rb_call *c = j->call;
@@ -69,6 +82,14 @@ static void decode(struct rb_decode_job *j) {
   j->body = NULL;
   rb_budget_body_release(bud, j->reserved);
   j->reserved = 0;
+  if (j->rc == 0 && start_here(j) && !atomic_load(&c->base.cancelled)) {
+    /* The handler's own work on the request (validation, sizing 200,000
+     * keys) runs here too, not on the lws thread. Its finish may come
+     * before `done`: the lws thread then answers and the dispatch after
+     * only lets go of the job. */
+    j->started = true;
+    j->handler->on_request(&c->base, j->req);
+  }
   atomic_store(&j->done, true);
   ana_prom_gauge_add(&j->pool->pending, -1);
   ana_prom_counter_add(&j->pool->decoded, 1);
@@ -92,10 +113,18 @@ static void *worker(void *arg) {
   (void)setpriority(PRIO_PROCESS, (id_t)gettid(), DECODER_NICE);
   pthread_mutex_lock(&p->mu);
   for (;;) {
-    while (!p->stop && !p->head)
+    while (!p->stop && !p->head && !p->reap)
       pthread_cond_wait(&p->cv, &p->mu);
     if (p->stop)
       break;
+    if (p->reap) {
+      struct rb_call *c = p->reap;
+      p->reap = c->wake_next;
+      pthread_mutex_unlock(&p->mu);
+      rb_call_free(c);
+      pthread_mutex_lock(&p->mu);
+      continue;
+    }
     struct rb_decode_job *j = p->head;
     p->head = j->next;
     if (!p->head)
@@ -145,15 +174,17 @@ static void unlist(struct rb_decode_pool *p, struct rb_decode_job *j) {
 static void settle(struct rb_decode_job *j, bool run) {
   struct rb_call *c = j->call;
   c->decode = NULL;
-  c->base.handler = j->handler;
-  if (!run || atomic_load(&c->base.cancelled)) {
-    struct ana_error st;
-    ana_error_set(&st, ANA_STATUS_CANCELLED, "the request was cancelled while being decoded");
-    ana_call_finish(&c->base, NULL, &st);
-  } else if (j->rc < 0) {
-    ana_call_finish(&c->base, NULL, &j->st);
-  } else {
-    c->base.handler->on_request(&c->base, j->req);
+  if (!j->started) { /* otherwise started on the pool: its handler finishes it */
+    c->base.handler = j->handler;
+    if (!run || atomic_load(&c->base.cancelled)) {
+      struct ana_error st;
+      ana_error_set(&st, ANA_STATUS_CANCELLED, "the request was cancelled while being decoded");
+      ana_call_finish(&c->base, NULL, &st);
+    } else if (j->rc < 0) {
+      ana_call_finish(&c->base, NULL, &j->st);
+    } else {
+      c->base.handler->on_request(&c->base, j->req);
+    }
   }
   ana_free(j->body);
   rb_budget_body_release(c->bridge->budget, j->reserved);
@@ -171,6 +202,11 @@ void rb_decode_pool_destroy(struct rb_decode_pool *p) {
   pthread_mutex_unlock(&p->mu);
   for (int i = 0; i < p->n_threads; i++)
     pthread_join(p->threads[i], NULL);
+  while (p->reap) {
+    struct rb_call *c = p->reap;
+    p->reap = c->wake_next;
+    rb_call_free(c);
+  }
   while (p->all) {
     struct rb_decode_job *j = p->all;
     unlist(p, j);
@@ -229,4 +265,12 @@ void rb_decode_pool_dispatch(struct rb_call *c) {
   unlist(p, j);
   pthread_mutex_unlock(&p->mu);
   settle(j, true);
+}
+
+void rb_decode_pool_reap(struct rb_decode_pool *p, struct rb_call *c) {
+  pthread_mutex_lock(&p->mu);
+  c->wake_next = p->reap;
+  p->reap = c;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
 }

@@ -37,8 +37,14 @@ int rb_decode_pool_submit(struct rb_decode_pool *p, struct rb_call *c, struct rb
                           size_t n_query, const struct rb_build_options *bo);
 
 /* After a wake of c: when its body has been decoded, starts the call
- * (on_request with the message), or finishes it with the decoding error,
- * or CANCELLED when the client went away meanwhile. lws thread. */
+ * (on_request with the message) unless the pool started it already, or
+ * finishes it with the decoding error, or CANCELLED when the client went
+ * away meanwhile. lws thread. */
 void rb_decode_pool_dispatch(struct rb_call *c);
+
+/* Frees c (its last reference gone) on a pool thread: a large call's arena
+ * takes milliseconds to give back. lws thread, before the pool is
+ * destroyed. */
+void rb_decode_pool_reap(struct rb_decode_pool *p, struct rb_call *c);
 
 #endif

@@ -21,7 +21,8 @@
 #define WRITE_CHUNK 16384
 #define GATED_RETRY_US 5000
 #define HEADER_SPACE 4096
-#define DEFAULT_ALLOW_HEADERS "Authorization, Content-Type, X-Request-Id, Grpc-Timeout"
+#define DEFAULT_ALLOW_HEADERS                                                                      \
+  "Authorization, X-Account-Id, X-Request-Id, X-Api-Key, Content-Type, Grpc-Timeout"
 
 static const char *const method_names[] = {
     [LWSHUMETH_GET] = "GET",         [LWSHUMETH_POST] = "POST",   [LWSHUMETH_OPTIONS] = "OPTIONS",

@@ -1,8 +1,8 @@
 /* Request assembly, grpc-gateway style: the request message from the JSON
  * body (body "*": the whole request; body "field": that field), then the
  * query parameters for what the body does not bind, then the path
- * variables; the headers become call metadata (authorization,
- * x-request-id, grpc-metadata-*, x-forwarded-for/-host) and Grpc-Timeout
+ * variables; the headers become call metadata (authorization, x-api-key,
+ * x-account-id, x-request-id, grpc-metadata-*, x-forwarded-for/-host) and Grpc-Timeout
  * the deadline. */
 #include "restbridge_internal.h"
 
@@ -130,6 +130,19 @@ static int64_t parse_grpc_timeout(const char *s) {
   return -1;
 }
 
+/* Headers passed on under their own name (as well as Grpc-Metadata-<name>,
+ * which they win over): the credentials and the account, so that the
+ * server's admission sees the same metadata from the in-process and the
+ * remote bridge as from a gRPC client. */
+static const char *const plain_metadata_names[] = {"x-api-key", "x-account-id"};
+
+static bool is_plain(const char *key) {
+  for (size_t i = 0; i < sizeof plain_metadata_names / sizeof plain_metadata_names[0]; i++)
+    if (strcmp(key, plain_metadata_names[i]) == 0)
+      return true;
+  return false;
+}
+
 /* Fills the call's metadata, peer and deadline. Returns 0, ANA_ERR_NOMEM,
  * or ANA_ERR_INVALID with st filled (a bad Grpc-Timeout). */
 static int capture_headers(struct rb_call *c, struct lws *wsi, struct rb_conn *conn,
@@ -150,12 +163,6 @@ static int capture_headers(struct rb_call *c, struct lws *wsi, struct rb_conn *c
     snprintf(auth, n, "Bearer %s", bearer_token);
   }
   md_add(&md, "authorization", auth);
-  /* X-Account-Id and X-Api-Key also as plain headers (the grpc-metadata-
-   * forms below win when both are sent). */
-  if (lws_hdr_custom_length(wsi, "grpc-metadata-x-account-id:", 27) < 0)
-    md_add(&md, "x-account-id", custom_header(wsi, a, "x-account-id:"));
-  if (lws_hdr_custom_length(wsi, "grpc-metadata-x-api-key:", 24) < 0)
-    md_add(&md, "x-api-key", custom_header(wsi, a, "x-api-key:"));
   if (conn->request_id[0])
     md_add(&md, "x-request-id", ana_arena_strdup(a, conn->request_id));
   for (size_t i = 0; i < sizeof grpc_metadata_names / sizeof grpc_metadata_names[0]; i++) {
@@ -163,8 +170,16 @@ static int capture_headers(struct rb_call *c, struct lws *wsi, struct rb_conn *c
     const char *key = grpc_metadata_names[i];
     if (strcmp(key, "x-request-id") == 0 && conn->request_id[0])
       continue;
-    snprintf(name, sizeof name, "grpc-metadata-%s:", key);
-    md_add(&md, key, custom_header(wsi, a, name));
+    char *value = NULL;
+    if (is_plain(key)) {
+      snprintf(name, sizeof name, "%s:", key);
+      value = custom_header(wsi, a, name);
+    }
+    if (!value) {
+      snprintf(name, sizeof name, "grpc-metadata-%s:", key);
+      value = custom_header(wsi, a, name);
+    }
+    md_add(&md, key, value);
   }
 
   call->peer = peer_of(wsi, a, ip, sizeof ip);

@@ -159,6 +159,7 @@ struct ana_restbridge {
   int port;
   pthread_t thread;
   bool thread_started;
+  bool thread_stuck; /* shutdown gave up joining it (ana_restbridge_stopped) */
 
   pthread_mutex_t mu; /* guards ctx_live, dirty, refs bookkeeping */
   bool ctx_live;      /* lws_cancel_service may be called */
@@ -198,6 +199,12 @@ void rb_call_wake(struct rb_call *c);
 struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route *route,
                                struct lws *wsi, struct rb_conn *conn, bool websocket);
 void rb_call_unref(struct rb_call *c);
+/* Frees c, whose last reference is gone (rb_call_unref, or the decode pool
+ * that rb_call_unref handed a large call to). */
+void rb_call_free(struct rb_call *c);
+
+/* True on the lws (service) thread only. */
+extern _Thread_local bool rb_lws_thread;
 void rb_msg_free(struct rb_msg *m);
 /* A buffer of len bytes with LWS_PRE headroom, copied from data. */
 struct rb_msg *rb_msg_new(const void *data, size_t len);

@@ -12,6 +12,8 @@
 #include "ana_log.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
@@ -223,8 +225,11 @@ static void heartbeat_tick(lws_sorted_usec_list_t *sul) {
   lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
 }
 
+_Thread_local bool rb_lws_thread;
+
 static void *service_thread(void *arg) {
   struct ana_restbridge *b = arg;
+  rb_lws_thread = true;
   atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
   lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
   while (!atomic_load(&b->stop)) {
@@ -367,6 +372,8 @@ int ana_restbridge_port(const struct ana_restbridge *b) {
   return b->port;
 }
 
+static int finish_shutdown(struct ana_restbridge *b, int rc);
+
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
@@ -379,12 +386,46 @@ static void wake(struct ana_restbridge *b) {
   pthread_mutex_unlock(&b->mu);
 }
 
+/* Joins the service thread, waiting until stop_by (monotonic ms, at least
+ * 100 ms from now). Returns 0, or ANA_ERR_TIMEOUT (the thread still runs). */
+static int join_by(struct ana_restbridge *b, int64_t stop_by) {
+  int64_t wait = stop_by - ana_call_now_mono_ms();
+  if (wait < 100)
+    wait = 100;
+  struct timespec ts; /* pthread_timedjoin_np takes CLOCK_REALTIME */
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += wait / 1000;
+  ts.tv_nsec += (wait % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  int rc = pthread_timedjoin_np(b->thread, NULL, &ts);
+  while (rc == EINTR)
+    rc = pthread_timedjoin_np(b->thread, NULL, &ts);
+  return rc == 0 ? 0 : ANA_ERR_TIMEOUT;
+}
+
+bool ana_restbridge_stopped(const struct ana_restbridge *b) {
+  return !b || !b->thread_started;
+}
+
 int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms) {
   if (!b || !b->thread_started)
     return 0;
+  int64_t start = ana_call_now_mono_ms();
+  int64_t stop_by = start + (grace_ms > 0 ? grace_ms : 0) + ANA_RESTBRIDGE_STOP_MARGIN_MS;
+  if (b->thread_stuck) {
+    /* An earlier shutdown gave up on the thread: one more bounded try. */
+    if (join_by(b, stop_by) < 0)
+      return ANA_ERR_TIMEOUT;
+    b->thread_stuck = false;
+    b->thread_started = false;
+    return finish_shutdown(b, atomic_load(&b->inflight) > 0 ? ANA_ERR_TIMEOUT : 0);
+  }
   atomic_store(&b->shutting_down, true);
   wake(b);
-  int64_t deadline = ana_call_now_mono_ms() + (grace_ms > 0 ? grace_ms : 0);
+  int64_t deadline = start + (grace_ms > 0 ? grace_ms : 0);
   while (atomic_load(&b->inflight) > 0 && ana_call_now_mono_ms() < deadline)
     sleep_ms(10);
   int rc = atomic_load(&b->inflight) > 0 ? ANA_ERR_TIMEOUT : 0;
@@ -402,8 +443,22 @@ int ana_restbridge_shutdown(struct ana_restbridge *b, int grace_ms) {
   sleep_ms(50);
   atomic_store(&b->stop, true);
   wake(b);
-  pthread_join(b->thread, NULL);
+  if (join_by(b, stop_by) < 0) {
+    /* Stuck in a callback (a handler or health check that blocks): the
+     * context cannot be destroyed under it, so everything stays as is. */
+    b->thread_stuck = true;
+    ANA_ERROR(RB_COMPONENT,
+              "the HTTP service thread did not stop within %d ms of the grace period; "
+              "leaving it running",
+              ANA_RESTBRIDGE_STOP_MARGIN_MS);
+    return ANA_ERR_TIMEOUT;
+  }
   b->thread_started = false;
+  return finish_shutdown(b, rc);
+}
+
+/* The rest of shutdown once the service thread is gone. Returns rc. */
+static int finish_shutdown(struct ana_restbridge *b, int rc) {
   pthread_mutex_lock(&b->mu);
   b->ctx_live = false;
   pthread_mutex_unlock(&b->mu);
@@ -429,5 +484,7 @@ void ana_restbridge_destroy(struct ana_restbridge *b) {
     return;
   if (b->thread_started)
     ana_restbridge_shutdown(b, 0);
+  if (b->thread_started)
+    return; /* still stuck: freeing would pull the bridge from under it */
   rb_bridge_unref(b);
 }

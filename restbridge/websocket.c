@@ -11,10 +11,9 @@
  * cancelled.
  *
  * Browsers cannot set Authorization on a WebSocket, so a token may come in
- * Sec-WebSocket-Protocol as "bearer, <token>": "bearer" is the accepted
- * subprotocol (the token is never echoed) and the token is passed on as
- * "authorization: Bearer <token>" (the older single entry "bearer.<token>"
- * is still accepted, and echoed as lws can select only an offered name). lws 4.1
+ * the subprotocol list "bearer, <token>": the upgrade accepts "bearer" (the
+ * token is never echoed) and the token is passed on as "authorization:
+ * Bearer <token>", as an Authorization header would be. lws 4.1
  * accepts a subprotocol only by the name of a registered protocol, so the
  * name of the bridge's one protocol is set to the client's choice just
  * before lws looks it up (all on the lws thread). lws limits the
@@ -32,10 +31,9 @@
 #include <inttypes.h>
 #include <string.h>
 
-#define BEARER_PREFIX "bearer."
-#define BEARER_NAME "bearer"
-/* lws 4.1 fails an upgrade whose subprotocol list is longer (it copies the
- * list into 128 bytes before selecting). */
+#define BEARER_PROTOCOL "bearer"
+/* libwebsockets 4.1 copies the Sec-WebSocket-Protocol list into 128 bytes
+ * and drops the connection without an answer when it is longer. */
 #define WS_PROTOCOL_LIST_MAX 127
 /* Seconds a closing WebSocket may wait for room for its close frame. */
 #define WS_CLOSE_GRACE_S 5
@@ -297,33 +295,17 @@ int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
                            code, message);
 }
 
-/* A NUL-terminated copy of the n bytes at s; NULL when out of memory. */
-static char *copy_n(const char *s, size_t n) {
-  char *out = ana_malloc(n + 1);
-  if (out) {
-    memcpy(out, s, n);
-    out[n] = '\0';
-  }
-  return out;
-}
-
-/* The bearer token of the Sec-WebSocket-Protocol list: the entry after
- * "bearer" (the form "bearer, <token>"), or the rest of an entry
- * "bearer.<token>" (the older form, *legacy set). Returns a malloc'd copy
- * (caller frees), or NULL when there is none. */
-static char *ws_bearer(struct lws *wsi, bool *legacy) {
-  *legacy = false;
-  int total = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
-  if (total <= 0)
-    return NULL;
-  char *list = ana_malloc((size_t)total + 1);
-  if (!list || lws_hdr_copy(wsi, list, total + 1, WSI_TOKEN_PROTOCOL) <= 0) {
-    ana_free(list);
-    return NULL;
-  }
-  char *token = NULL;
+/* The token of a "bearer, <token>" Sec-WebSocket-Protocol list (the entry
+ * after "bearer"), copied into out; false when the list names no bearer
+ * token. *bearer tells whether "bearer" was offered at all. */
+static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size, bool *bearer) {
+  char list[WS_PROTOCOL_LIST_MAX + 1];
   bool after_bearer = false;
-  for (char *p = list; *p && !token;) {
+  out[0] = '\0';
+  *bearer = false;
+  if (lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL) <= 0)
+    return false;
+  for (char *p = list; *p;) {
     while (*p == ' ' || *p == ',')
       p++;
     char *start = p;
@@ -333,16 +315,16 @@ static char *ws_bearer(struct lws *wsi, bool *legacy) {
     if (n == 0)
       break;
     if (after_bearer) {
-      token = copy_n(start, n);
-    } else if (n == strlen(BEARER_NAME) && strncmp(start, BEARER_NAME, n) == 0) {
-      after_bearer = true;
-    } else if (n > strlen(BEARER_PREFIX) && strncmp(start, BEARER_PREFIX, 7) == 0) {
-      token = copy_n(start + 7, n - 7);
-      *legacy = token != NULL;
+      if (n >= size)
+        return false;
+      memcpy(out, start, n);
+      out[n] = '\0';
+      return true;
     }
+    if (n == strlen(BEARER_PROTOCOL) && strncmp(start, BEARER_PROTOCOL, n) == 0)
+      *bearer = after_bearer = true;
   }
-  ana_free(list);
-  return token;
+  return false;
 }
 
 /* Strips a default port (":80" for http/ws, ":443" for https/wss) from
@@ -404,21 +386,19 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
                              "only localhost, 127.0.0.1, [::1] and HTTP_ALLOWED_HOSTS are");
   if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > WS_PROTOCOL_LIST_MAX)
     return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
-                         "Sec-WebSocket-Protocol is longer than 127 bytes (the limit of this "
-                         "server's WebSocket library): send a longer token in Authorization, or "
-                         "as ?access_token= where JWT_ALLOW_QUERY_TOKEN is set");
-  /* The selected subprotocol: "bearer" for "bearer, <token>" (the token is
-   * never echoed), the entry itself for the older "bearer.<token>", else
-   * restbridge.v1. */
-  bool legacy;
-  char *token = ws_bearer(wsi, &legacy);
-  if (token && legacy)
-    snprintf(b->ws_name, sizeof b->ws_name, "%s%s", BEARER_PREFIX, token);
-  else
-    snprintf(b->ws_name, sizeof b->ws_name, "%s", token ? BEARER_NAME : RB_WS_PROTOCOL);
-  ana_free(token);
+                         "Sec-WebSocket-Protocol is longer than 127 bytes: send a long token in "
+                         "the Authorization header instead, or as ?access_token= where "
+                         "JWT_ALLOW_QUERY_TOKEN is set");
+  char token[WS_PROTOCOL_LIST_MAX + 1];
+  bool bearer;
+  if (!bearer_subprotocol(wsi, token, sizeof token, &bearer) && bearer)
+    return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
+                         "the bearer subprotocol takes the token as the next value: "
+                         "Sec-WebSocket-Protocol: bearer, <token>");
+  snprintf(b->ws_name, sizeof b->ws_name, "%s", bearer ? BEARER_PROTOCOL : RB_WS_PROTOCOL);
   /* The vhost's heap copy of our protocol: lws matches the client's list
-   * against this name next, and echoes it in the handshake. */
+   * against this name next, and echoes it in the handshake: "bearer" alone,
+   * never the token. */
   b->protocol->name = b->ws_name;
   return 0;
 }
@@ -656,7 +636,8 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   int uri_len = 0;
   struct rb_match m;
   struct ana_error early;
-  char id[sizeof conn->request_id];
+  char sub[WS_PROTOCOL_LIST_MAX + 1], id[sizeof conn->request_id];
+  bool bearer;
 
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
@@ -676,10 +657,8 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     lws_callback_on_writable(wsi);
     return;
   }
-  bool legacy;
-  char *token = ws_bearer(wsi, &legacy);
+  const char *token = bearer_subprotocol(wsi, sub, sizeof sub, &bearer) ? sub : NULL;
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
-  ana_free(token);
   if (!c) {
     conn->ws_close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
     lws_callback_on_writable(wsi);

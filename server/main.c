@@ -13,6 +13,7 @@
 #include "ana_services.h"
 #include "ana_store.h"
 #include "ana_workers.h"
+#include "keys_cli.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -34,7 +35,8 @@
 
 static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd [--help | --version | --print-env-example | "
-               "--print-config-markdown]\n\n"
+               "--print-config-markdown]\n"
+               "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n\n"
                "Analytics service: event ingestion, metrics, reports and alerts over gRPC\n"
                "and REST. Configured from environment variables:\n\n");
   ana_config_write_help(out);
@@ -135,6 +137,8 @@ static void update_health(struct health_state *h, struct ana_restbridge *rest) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "keys") == 0)
+    return ana_keys_cli_main(argc - 1, argv + 1);
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
@@ -177,6 +181,9 @@ int main(int argc, char **argv) {
   struct ana_metric_streams *metric_streams = NULL;
   struct ana_rollups *rollups = NULL;
   struct ana_event_names *names = NULL;
+  const struct ana_api_key_store_ops *key_store_ops = ana_store_api_key_backend("sqlite");
+  void *key_store = NULL;
+  struct ana_api_keys *api_keys = NULL;
   if (make_dirs(cfg.store.data_dir) < 0) {
     ANA_ERROR("config", "DATA_DIR: cannot create or write %s: %s", cfg.store.data_dir,
               strerror(errno));
@@ -205,6 +212,7 @@ int main(int argc, char **argv) {
              "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
              "JWT_JWKS_URL) to serve other hosts",
              cfg.auth.default_account_id);
+  ana_rpc_set_trusted_proxies(cfg.ingest.trusted_proxies); /* per-client limits behind proxies */
   ana_log_register_metrics();
   ana_health_bind();
 
@@ -270,6 +278,15 @@ int main(int argc, char **argv) {
     ANA_ERROR("main", "cannot open the catalog: %s", err.message);
     goto out;
   }
+  struct ana_api_keys_options kopts;
+  ana_api_keys_options_init(&kopts);
+  kopts.ops = key_store_ops;
+  kopts.store = key_store = key_store_ops->open(db, &err);
+  if (!key_store || !(api_keys = ana_api_keys_create(&kopts, &err))) {
+    ANA_ERROR("main", "cannot open the API keys: %s", err.message);
+    goto out;
+  }
+  ana_key_service_bind(&(struct ana_key_service_options){api_keys, workers});
   /* Metric rollups follow the commit sequence on their own thread; the
    * hook only wakes it. */
   struct ana_rollup_options roopts = {
@@ -332,7 +349,7 @@ int main(int argc, char **argv) {
       .port = cfg.rpc.grpc_port,
       .threads = cfg.rpc.grpc_threads,
       .max_message_bytes = cfg.rpc.grpc_max_message_bytes,
-      .proto_max_depth = cfg.rpc.proto_max_depth,
+      .proto_max_depth = cfg.process.proto_max_depth,
       .send_queue_max = cfg.rpc.stream_send_queue_max,
       .max_concurrent_streams = cfg.rpc.grpc_max_concurrent_streams,
       .max_metadata_bytes = cfg.rpc.grpc_max_metadata_bytes,
@@ -396,13 +413,19 @@ int main(int argc, char **argv) {
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
   ana_health_set_serving(false);
   atomic_store(&health.serving, false);
-  /* REST first: its in-flight calls finish while gRPC still serves. */
+  /* REST first: its in-flight calls finish while gRPC still serves. Both
+   * within the one grace period, counted from the signal. */
+  int64_t stop_start = ana_heartbeat_now_ms();
   ana_restbridge_shutdown(rest, cfg.process.shutdown_grace_ms);
-  ana_restbridge_destroy(rest);
+  bool rest_stuck = !ana_restbridge_stopped(rest);
+  if (!rest_stuck)
+    ana_restbridge_destroy(rest);
   rest = NULL;
-  if (ana_grpc_server_shutdown(grpc, cfg.process.shutdown_grace_ms) < 0) {
-    /* Some call never ended; tearing gRPC down now could crash, so leave. */
-    ANA_ERROR("main", "stopped with calls still open");
+  int64_t left = cfg.process.shutdown_grace_ms - (ana_heartbeat_now_ms() - stop_start);
+  if (ana_grpc_server_shutdown(grpc, left > 0 ? (int)left : 0) < 0 || rest_stuck) {
+    /* Some call never ended, or the HTTP thread is stuck in a callback;
+     * tearing down now could crash, so leave (forced stop: exit 1). */
+    ANA_ERROR("main", "stopped with %s", rest_stuck ? "the HTTP thread stuck" : "calls still open");
     ana_config_fini(&cfg);
     _exit(1);
   }
@@ -423,6 +446,9 @@ out:
   ana_workers_destroy(workers);
   /* After the workers (queries) and the committer (its hook). */
   ana_rollup_destroy(rollups);
+  ana_api_keys_destroy(api_keys); /* after the workers: KeyService calls */
+  if (key_store)
+    key_store_ops->close(key_store);
   if (catalog)
     catalog_ops->close(catalog);
   if (store)

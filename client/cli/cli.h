@@ -59,6 +59,9 @@ struct cli_command {
    * queue and retries). Without it, calls are not retried. */
   void (*configure)(const struct cli_args *a, analytics_options_t *opts);
   bool streams; /* may run a stream: Ctrl-C/SIGTERM end it cleanly */
+  /* Instead of run: a command that needs no server (token); no client is
+   * created and the global options are ignored. */
+  int (*run_local)(const struct cli_args *a);
 };
 
 /* --- Arguments (cli_args.c) --- */

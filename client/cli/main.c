@@ -20,7 +20,8 @@
   X(alerts)                                                                                        \
   X(tail)                                                                                          \
   X(health)                                                                                        \
-  X(call)
+  X(call)                                                                                          \
+  X(token)
 
 #define DECLARE(name) extern const struct cli_command cli_cmd_##name;
 #define ROW(name) &cli_cmd_##name,
@@ -29,8 +30,8 @@ static const struct cli_command *const commands[] = {CLI_COMMANDS(ROW)};
 #define N_COMMANDS (sizeof commands / sizeof *commands)
 
 static void main_help(void) {
-  fputs("usage: analyticsctl [--target HOST:PORT] [--token TOKEN] [--timeout MS]\n"
-        "                    [-o json|table] COMMAND ...\n"
+  fputs("usage: analyticsctl [--target HOST:PORT] [--token TOKEN | --api-key KEY]\n"
+        "                    [--account ID] [--timeout MS] [-o json|table] COMMAND ...\n"
         "\n"
         "commands:\n",
         stdout);
@@ -40,15 +41,28 @@ static void main_help(void) {
         "global options:\n"
         "  --target HOST:PORT   gRPC address of analyticsd ($ANALYTICS_TARGET, default\n"
         "                       127.0.0.1:50051)\n"
-        "  --token TOKEN        bearer token ($ANALYTICS_TOKEN)\n"
+        "  --token TOKEN        bearer token (a JWT), sent as authorization: Bearer\n"
+        "                       ($ANALYTICS_TOKEN; `analyticsctl token` mints one)\n"
+        "  --api-key KEY        API key ana_<id>_<secret>, sent as x-api-key\n"
+        "                       ($ANALYTICS_API_KEY); instead of a token\n"
+        "  --account ID         the account to act on, sent as x-account-id\n"
+        "                       ($ANALYTICS_ACCOUNT); needed when the token holds\n"
+        "                       several accounts\n"
         "  --timeout MS         deadline of each call (default 10000)\n"
         "  -o, --output FORMAT  json or table (default: table when stdout is a terminal,\n"
         "                       else json); also accepted after the command\n"
         "\n"
+        "Flags win over the environment; an empty variable counts as unset.\n"
         "`analyticsctl COMMAND --help` describes a command. Exit status 0 on success, 1\n"
-        "when the server or the call failed (the status and message on stderr), 2 on a\n"
-        "usage error.\n",
+        "when the server or the call failed (the status and message on stderr, e.g.\n"
+        "UNAUTHENTICATED), 2 on a usage error.\n",
         stdout);
+}
+
+/* $name when set and not empty, else fallback. */
+static const char *env_or(const char *fallback, const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : fallback;
 }
 
 static const struct cli_command *find(const char *name) {
@@ -64,14 +78,15 @@ int main(int argc, char **argv) {
   analytics_client_t *c;
   analytics_error_t err;
   struct cli_args a;
+  const char *flag_token = NULL, *flag_api_key = NULL;
   long timeout;
   int i, rc;
 
   analytics_options_init(&opts);
-  if (getenv("ANALYTICS_TARGET") && *getenv("ANALYTICS_TARGET"))
-    opts.target = getenv("ANALYTICS_TARGET");
-  if (getenv("ANALYTICS_TOKEN") && *getenv("ANALYTICS_TOKEN"))
-    opts.token = getenv("ANALYTICS_TOKEN");
+  opts.target = env_or(opts.target, "ANALYTICS_TARGET");
+  opts.token = env_or(NULL, "ANALYTICS_TOKEN");
+  opts.api_key = env_or(NULL, "ANALYTICS_API_KEY");
+  opts.account_id = env_or(NULL, "ANALYTICS_ACCOUNT");
   cli_format = isatty(STDOUT_FILENO) == 1 ? CLI_FORMAT_TABLE : CLI_FORMAT_JSON;
   /* Global options come before the command. */
   for (i = 1; i < argc && argv[i][0] == '-'; i++) {
@@ -84,8 +99,9 @@ int main(int argc, char **argv) {
       puts(ANALYTICS_VERSION_STRING);
       return 0;
     }
-    if (strcmp(o, "--target") && strcmp(o, "--token") && strcmp(o, "--timeout") &&
-        strcmp(o, "-o") && strcmp(o, "--output"))
+    if (strcmp(o, "--target") && strcmp(o, "--token") && strcmp(o, "--api-key") &&
+        strcmp(o, "--account") && strcmp(o, "--timeout") && strcmp(o, "-o") &&
+        strcmp(o, "--output"))
       return cli_usage(NULL, "unknown option %s", o);
     if (i + 1 >= argc)
       return cli_usage(NULL, "%s needs a value", o);
@@ -93,7 +109,11 @@ int main(int argc, char **argv) {
     if (!strcmp(o, "--target"))
       opts.target = v;
     else if (!strcmp(o, "--token"))
-      opts.token = v;
+      flag_token = v;
+    else if (!strcmp(o, "--api-key"))
+      flag_api_key = v;
+    else if (!strcmp(o, "--account"))
+      opts.account_id = v;
     else if (!strcmp(o, "--timeout")) {
       if (cli_parse_long(v, 1, 86400000, &timeout) < 0)
         return cli_usage(NULL, "--timeout takes milliseconds (1 to 86400000)");
@@ -101,6 +121,14 @@ int main(int argc, char **argv) {
     } else if (cli_format_set(v) < 0)
       return cli_usage(NULL, "-o/--output takes json or table, not \"%s\"", v);
   }
+  /* A credential given as a flag replaces both from the environment: a
+   * --api-key beside $ANALYTICS_TOKEN means the key. */
+  if (flag_token || flag_api_key) {
+    opts.token = flag_token;
+    opts.api_key = flag_api_key;
+  }
+  if (opts.token && opts.api_key)
+    return cli_usage(NULL, "give a token or an API key, not both");
   if (i >= argc)
     return cli_usage(NULL, "missing command");
   if (!strcmp(argv[i], "help")) {
@@ -117,6 +145,8 @@ int main(int argc, char **argv) {
   rc = cli_args_parse(cmd, argc - i, argv + i, &a);
   if (rc != 0)
     return rc < 0 ? 0 : rc;
+  if (cmd->run_local)
+    return cmd->run_local(&a);
 
   opts.max_retries = -1;
   if (cmd->configure)

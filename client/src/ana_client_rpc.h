@@ -72,6 +72,15 @@ typedef int (*ana_client_message_fn)(const ProtobufCMessage *msg, void *ctx);
  * destroy. */
 struct ana_client_channel *ana_client_channel_create(const char *target, struct ana_error *err);
 
+/* Nesting limit for the messages received on ch (PROTO_MAX_DEPTH; the wire
+ * walk of common/ana_proto_walk.h runs before each unpack): a response
+ * nested deeper is refused as malformed (INTERNAL). <= 0 = the default
+ * ANA_PROTO_DEFAULT_MAX_DEPTH (100); clamped to
+ * ANA_PROTO_MAX_DEPTH_CEILING. Applies to calls started afterwards; any
+ * thread. */
+void ana_client_channel_set_max_depth(struct ana_client_channel *ch, int max_depth);
+int ana_client_channel_max_depth(const struct ana_client_channel *ch);
+
 /* Destroys a channel. Every call and stream on it must have returned or been
  * finished first. NULL does nothing. */
 void ana_client_channel_destroy(struct ana_client_channel *ch);

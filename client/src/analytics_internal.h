@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 /* An event being built: the JSON form of analytics.v1.Event (eventType,
  * eventName, sessionId, eventId, context, properties), decoded by the JSON
@@ -45,10 +46,26 @@ size_t analytics_queue_pop(struct analytics_queue *q, struct analytics_item *out
  * [cap/2, cap], driven by rnd (any 64-bit random value). */
 int64_t analytics_backoff_ms(int attempt, int64_t base_ms, int64_t max_ms, uint64_t rnd);
 
+/* The bearer token of a client as its metadata value ("Bearer <token>"):
+ * immutable, shared by the client and every call that started with it, freed
+ * by the last reference. */
+struct analytics_token {
+  atomic_int refs;
+  char authorization[];
+};
+
+/* A new token with one reference; NULL when out of memory. */
+struct analytics_token *analytics_token_new(const char *token);
+/* Drops a reference; NULL does nothing. */
+void analytics_token_release(struct analytics_token *tok);
+
 /* Options with the defaults applied; the strings are owned. */
 struct analytics_config {
   char *target;
-  char *authorization; /* "Bearer <token>" or NULL */
+  char *api_key;    /* or NULL */
+  char *account_id; /* or NULL */
+  /* x-api-key and x-account-id as call metadata: key, value, ..., NULL. */
+  const char *metadata[5];
   analytics_options_t o;
 };
 
@@ -63,6 +80,12 @@ struct analytics_open_stream {
 struct analytics_client {
   struct analytics_config cfg;
   struct ana_client_channel *channel;
+
+  /* The current bearer token (NULL: none), replaced by
+   * analytics_client_set_token; guarded by token_mu, held only to take or
+   * swap a reference. */
+  pthread_mutex_t token_mu;
+  struct analytics_token *token;
 
   pthread_mutex_t mu;
   pthread_cond_t work_cond; /* the worker waits here */
@@ -93,8 +116,12 @@ int analytics_fail(analytics_error_t *err, int code, int status, const char *fmt
     __attribute__((format(printf, 4, 5)));
 void analytics_clear(analytics_error_t *err);
 
-/* Call options for one synchronous call of client c. */
-void analytics_call_options(const analytics_client_t *c, struct ana_call_options *out);
+/* Call options for one call of client c: its timeout and credentials.
+ * *tok receives a reference on the token the call sends (or NULL), which
+ * out->authorization points into: release it with analytics_token_release
+ * once the call has returned. */
+void analytics_call_options(analytics_client_t *c, struct ana_call_options *out,
+                            struct analytics_token **tok);
 
 /* Builds the analytics.v1.Event of ev in arena with its id and timestamp
  * filled. Returns 0 or a negative code with err filled. */

@@ -32,6 +32,7 @@ static int call_value(analytics_client_t *c, const struct ana_method *m, json_t 
                       char **json_out, ProtobufCMessage **resp_out, analytics_error_t *err) {
   struct ana_arena arena;
   struct ana_call_options opts;
+  struct analytics_token *tok;
   struct ana_error aerr;
   ProtobufCMessage *req = NULL, *resp = NULL;
   char path[256];
@@ -64,8 +65,9 @@ static int call_value(analytics_client_t *c, const struct ana_method *m, json_t 
                         aerr.message);
     goto out;
   }
-  analytics_call_options(c, &opts);
+  analytics_call_options(c, &opts, &tok);
   rc = ana_client_unary(c->channel, m, req, &resp, &opts, &aerr);
+  analytics_token_release(tok);
   if (rc < 0) {
     rc = analytics_from_ana(rc, &aerr, err);
     goto out;
@@ -176,6 +178,7 @@ int analytics_track_sync(analytics_client_t *c, const analytics_event_t *ev, cha
   Analytics__V1__TrackEventResponse *resp = NULL;
   struct ana_arena arena;
   struct ana_call_options opts;
+  struct analytics_token *tok;
   struct ana_error aerr;
   ProtobufCMessage *e = NULL;
   int rc;
@@ -189,8 +192,9 @@ int analytics_track_sync(analytics_client_t *c, const analytics_event_t *ev, cha
   if (rc < 0)
     goto out;
   req.event = (Analytics__V1__Event *)e;
-  analytics_call_options(c, &opts);
+  analytics_call_options(c, &opts, &tok);
   rc = ana_stub_event_service_track_event(c->channel, &req, &resp, &opts, &aerr);
+  analytics_token_release(tok);
   if (rc < 0) {
     rc = analytics_from_ana(rc, &aerr, err);
     goto out;
@@ -589,6 +593,7 @@ static int stream_value(analytics_client_t *c, const struct ana_method *m, json_
                         analytics_stream_fn fn, void *ctx, analytics_error_t *err) {
   struct ana_arena arena;
   struct ana_call_options opts;
+  struct analytics_token *tok;
   struct ana_error aerr;
   struct stream_ctx s = {fn, ctx, 0};
   ProtobufCMessage *req;
@@ -612,9 +617,10 @@ static int stream_value(analytics_client_t *c, const struct ana_method *m, json_
                         aerr.message);
     goto out;
   }
-  analytics_call_options(c, &opts);
+  analytics_call_options(c, &opts, &tok);
   opts.timeout_ms = 0; /* a stream lasts as long as the caller wants */
   rc = run_stream(c, m, req, &s, &opts, &aerr);
+  analytics_token_release(tok);
   if (s.rc < 0)
     rc = analytics_fail(err, s.rc, ANALYTICS_STATUS_INTERNAL,
                         "a stream message cannot be "
@@ -675,6 +681,7 @@ int analytics_health(analytics_client_t *c, const char *service, bool *serving,
   Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   Grpc__Health__V1__HealthCheckResponse *resp = NULL;
   struct ana_call_options opts;
+  struct analytics_token *tok;
   struct ana_error aerr;
   int rc;
 
@@ -683,8 +690,9 @@ int analytics_health(analytics_client_t *c, const char *service, bool *serving,
   if ((rc = need(c, "client", err)) < 0)
     return rc;
   req.service = (char *)(service ? service : "");
-  analytics_call_options(c, &opts);
+  analytics_call_options(c, &opts, &tok);
   rc = ana_stub_grpc__health__v1__health_check(c->channel, &req, &resp, &opts, &aerr);
+  analytics_token_release(tok);
   if (rc < 0)
     return analytics_from_ana(rc, &aerr, err);
   if (serving)

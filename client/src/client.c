@@ -91,6 +91,24 @@ void analytics_options_init(analytics_options_t *o) {
   o->backoff_base_ms = 100;
   o->backoff_max_ms = 10000;
   o->close_timeout_ms = 5000;
+  o->proto_max_depth = ANA_PROTO_DEFAULT_MAX_DEPTH;
+}
+
+/* A credential or account id must be a valid metadata value: 1 to 8192
+ * printable ASCII characters (what gRPC would otherwise refuse at every
+ * call). NULL is fine (not set). */
+static int bad_credential(const char *v, const char *name, analytics_error_t *err) {
+  size_t n = 0;
+  if (!v)
+    return 0;
+  for (const unsigned char *p = (const unsigned char *)v; *p; p++, n++)
+    if (*p < 0x20 || *p > 0x7e)
+      return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                            "options: %s holds a character that is not printable ASCII", name);
+  if (n == 0 || n > 8192)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "options: %s must be 1 to 8192 characters", name);
+  return 0;
 }
 
 static int config_init(struct analytics_config *cfg, const analytics_options_t *in,
@@ -125,29 +143,96 @@ static int config_init(struct analytics_config *cfg, const analytics_options_t *
     return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
                           "options: durations must be positive and backoff_max_ms >= "
                           "backoff_base_ms");
+  if (o->proto_max_depth == 0)
+    o->proto_max_depth = d.proto_max_depth;
+  if (o->proto_max_depth < 1 || o->proto_max_depth > ANA_PROTO_MAX_DEPTH_CEILING)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "options: proto_max_depth %d is outside 1 to %d", o->proto_max_depth,
+                          ANA_PROTO_MAX_DEPTH_CEILING);
   if (o->batch_size > 1000)
     return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
                           "options: batch_size %zu is over the server's limit of 1000",
                           o->batch_size);
+  if (o->token && o->api_key)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "options: token and api_key are exclusive (one credential per client)");
+  if (bad_credential(o->token, "token", err) < 0 ||
+      bad_credential(o->api_key, "api_key", err) < 0 ||
+      bad_credential(o->account_id, "account_id", err) < 0)
+    return ANALYTICS_ERR_INVALID;
   cfg->target = strdup(o->target);
   o->target = cfg->target;
-  if (o->token) {
-    size_t n = strlen(o->token) + sizeof "Bearer ";
-    cfg->authorization = malloc(n);
-    if (cfg->authorization)
-      snprintf(cfg->authorization, n, "Bearer %s", o->token);
-  }
-  o->token = NULL; /* not kept: only the header value is */
-  if (!cfg->target || (in && in->token && !cfg->authorization))
+  cfg->api_key = o->api_key ? strdup(o->api_key) : NULL;
+  cfg->account_id = o->account_id ? strdup(o->account_id) : NULL;
+  if (!cfg->target || (o->api_key && !cfg->api_key) || (o->account_id && !cfg->account_id))
     return analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
                           "out of memory");
+  o->api_key = cfg->api_key;
+  o->account_id = cfg->account_id;
+  size_t n = 0;
+  if (cfg->api_key) {
+    cfg->metadata[n++] = "x-api-key";
+    cfg->metadata[n++] = cfg->api_key;
+  }
+  if (cfg->account_id) {
+    cfg->metadata[n++] = "x-account-id";
+    cfg->metadata[n++] = cfg->account_id;
+  }
+  cfg->metadata[n] = NULL;
+  o->token = NULL; /* not kept here: the client holds it as an analytics_token */
   return 0;
 }
 
-void analytics_call_options(const analytics_client_t *c, struct ana_call_options *out) {
+struct analytics_token *analytics_token_new(const char *token) {
+  size_t n = strlen(token) + sizeof "Bearer ";
+  struct analytics_token *tok = malloc(sizeof *tok + n);
+  if (!tok)
+    return NULL;
+  atomic_init(&tok->refs, 1);
+  snprintf(tok->authorization, n, "Bearer %s", token);
+  return tok;
+}
+
+void analytics_token_release(struct analytics_token *tok) {
+  if (tok && atomic_fetch_sub(&tok->refs, 1) == 1)
+    free(tok);
+}
+
+void analytics_call_options(analytics_client_t *c, struct ana_call_options *out,
+                            struct analytics_token **tok) {
   memset(out, 0, sizeof *out);
   out->timeout_ms = c->cfg.o.timeout_ms;
-  out->authorization = c->cfg.authorization;
+  out->metadata = c->cfg.metadata[0] ? c->cfg.metadata : NULL;
+  pthread_mutex_lock(&c->token_mu);
+  *tok = c->token;
+  if (*tok)
+    atomic_fetch_add(&(*tok)->refs, 1);
+  pthread_mutex_unlock(&c->token_mu);
+  if (*tok)
+    out->authorization = (*tok)->authorization;
+}
+
+int analytics_client_set_token(analytics_client_t *c, const char *token, analytics_error_t *err) {
+  struct analytics_token *tok = NULL, *old;
+
+  if (!c)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "client is required");
+  if (token && c->cfg.api_key)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "token: the client authenticates with an API key");
+  if (bad_credential(token, "token", err) < 0)
+    return ANALYTICS_ERR_INVALID;
+  if (token && !(tok = analytics_token_new(token)))
+    return analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
+                          "out of memory");
+  pthread_mutex_lock(&c->token_mu);
+  old = c->token;
+  c->token = tok;
+  pthread_mutex_unlock(&c->token_mu);
+  analytics_token_release(old); /* freed here unless a call still sends it */
+  analytics_clear(err);
+  return 0;
 }
 
 /* --- Lifecycle --- */
@@ -164,6 +249,7 @@ analytics_client_t *analytics_client_new(const analytics_options_t *opts, analyt
     return NULL;
   }
   pthread_mutex_init(&c->mu, NULL);
+  pthread_mutex_init(&c->token_mu, NULL);
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&c->work_cond, &ca);
@@ -171,6 +257,10 @@ analytics_client_t *analytics_client_new(const analytics_options_t *opts, analyt
   pthread_condattr_destroy(&ca);
   if (config_init(&c->cfg, opts, err) < 0)
     goto fail;
+  if (opts && opts->token && !(c->token = analytics_token_new(opts->token))) {
+    analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
   if (analytics_queue_init(&c->queue, c->cfg.o.queue_capacity) < 0) {
     analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
@@ -186,6 +276,7 @@ analytics_client_t *analytics_client_new(const analytics_options_t *opts, analyt
     analytics_fail(err, ANALYTICS_ERR_INVALID, (int)aerr.code, "%s", aerr.message);
     goto fail;
   }
+  ana_client_channel_set_max_depth(c->channel, c->cfg.o.proto_max_depth);
   if (pthread_create(&c->worker, NULL, analytics_worker_main, c) != 0) {
     analytics_fail(err, ANALYTICS_ERR_INTERNAL, ANALYTICS_STATUS_INTERNAL,
                    "cannot start the delivery thread");
@@ -215,8 +306,11 @@ void analytics_client_destroy(analytics_client_t *c) {
   pthread_cond_destroy(&c->work_cond);
   pthread_cond_destroy(&c->done_cond);
   pthread_mutex_destroy(&c->mu);
+  pthread_mutex_destroy(&c->token_mu);
+  analytics_token_release(c->token);
   free(c->cfg.target);
-  free(c->cfg.authorization);
+  free(c->cfg.api_key);
+  free(c->cfg.account_id);
   free(c);
 }
 
@@ -425,6 +519,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
   Analytics__V1__TrackEventsRequest req = ANALYTICS__V1__TRACK_EVENTS_REQUEST__INIT;
   Analytics__V1__TrackEventsResponse *resp = NULL;
   struct ana_call_options opts;
+  struct analytics_token *tok;
   struct ana_error aerr = {0};
   size_t n = 0;
 
@@ -457,7 +552,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
       for (size_t i = 0; i < n; i++)
         b->events[i]->sent_at = sent_at;
     }
-    analytics_call_options(c, &opts);
+    analytics_call_options(c, &opts, &tok);
     pthread_mutex_lock(&c->mu);
     if (c->closing) {
       deadline = c->close_deadline_ms;
@@ -470,6 +565,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
     pthread_mutex_unlock(&c->mu);
 
     int rc = ana_stub_event_service_track_events(c->channel, &req, &resp, &opts, &aerr);
+    analytics_token_release(tok);
     if (rc == 0) {
       account(c, b, resp);
       protobuf_c_message_free_unpacked(&resp->base, NULL);

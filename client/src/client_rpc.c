@@ -19,6 +19,7 @@
 struct ana_client_channel {
   grpc_channel *channel;
   atomic_int live_calls; /* calls and streams not finished yet */
+  atomic_int max_depth;  /* nesting limit of the responses (PROTO_MAX_DEPTH) */
 };
 
 /* The caller's request metadata as gRPC wants it: refcounted copies, kept
@@ -148,8 +149,10 @@ static grpc_byte_buffer *encode(const ProtobufCMessage *msg) {
   return bb;
 }
 
-/* NULL if the buffer does not hold a message of type desc. */
-static ProtobufCMessage *decode(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb) {
+/* NULL if the buffer does not hold a message of type desc (or one nested
+ * deeper than max_depth). */
+static ProtobufCMessage *decode(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                                int max_depth) {
   grpc_byte_buffer_reader reader;
   ProtobufCMessage *msg;
   grpc_slice s;
@@ -158,8 +161,8 @@ static ProtobufCMessage *decode(const ProtobufCMessageDescriptor *desc, grpc_byt
     return NULL;
   s = grpc_byte_buffer_reader_readall(&reader);
   grpc_byte_buffer_reader_destroy(&reader);
-  msg = ana_proto_unpack(desc, NULL, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s),
-                         ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
+  msg =
+      ana_proto_unpack(desc, NULL, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), max_depth, NULL);
   grpc_slice_unref(s);
   return msg;
 }
@@ -272,6 +275,7 @@ struct ana_client_channel *ana_client_channel_create(const char *target, struct 
     return NULL;
   }
   atomic_init(&ch->live_calls, 0);
+  atomic_init(&ch->max_depth, ANA_PROTO_DEFAULT_MAX_DEPTH);
   /* Core counts grpc_init calls and cleans up at the matching last
    * grpc_shutdown, so one reference per channel keeps the library up exactly
    * while channels exist, also beside other users in the same process. */
@@ -285,6 +289,16 @@ struct ana_client_channel *ana_client_channel_create(const char *target, struct 
     return NULL;
   }
   return ch;
+}
+
+void ana_client_channel_set_max_depth(struct ana_client_channel *ch, int max_depth) {
+  if (ch)
+    atomic_store(&ch->max_depth, max_depth > 0 ? max_depth : ANA_PROTO_DEFAULT_MAX_DEPTH);
+}
+
+int ana_client_channel_max_depth(const struct ana_client_channel *ch) {
+  return ch ? atomic_load(&((struct ana_client_channel *)ch)->max_depth)
+            : ANA_PROTO_DEFAULT_MAX_DEPTH;
 }
 
 void ana_client_channel_destroy(struct ana_client_channel *ch) {
@@ -409,7 +423,7 @@ int ana_client_unary_details(struct ana_client_channel *ch, const struct ana_met
       *details = copy_status_details(&trailing_md, details_len);
     goto out;
   }
-  if (!recv_bb || !(*response = decode(m->output, recv_bb))) {
+  if (!recv_bb || !(*response = decode(m->output, recv_bb, atomic_load(&ch->max_depth)))) {
     rc = malformed_response(err);
     goto out;
   }
@@ -715,7 +729,7 @@ int ana_client_stream_recv(struct ana_client_stream *s, ProtobufCMessage **out,
     stream_collect_status(s);
     return stream_result(s, err);
   }
-  *out = decode(s->method->output, bb);
+  *out = decode(s->method->output, bb, atomic_load(&s->ch->max_depth));
   grpc_byte_buffer_destroy(bb);
   if (!*out) {
     /* The rest of the stream cannot be trusted; the status becomes ours. */

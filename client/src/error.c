@@ -18,6 +18,8 @@ const char *analytics_strerror(int code) {
   case ANALYTICS_ERR_UNIMPLEMENTED: return "not implemented by the server";
   case ANALYTICS_ERR_SERVER: return "server error";
   case ANALYTICS_ERR_INTERNAL: return "internal error";
+  case ANALYTICS_ERR_UNAUTHENTICATED: return "not authenticated";
+  case ANALYTICS_ERR_PERMISSION_DENIED: return "permission denied";
   default: return "unknown error";
   }
 }
@@ -65,6 +67,8 @@ int analytics_from_ana(int rc, const struct ana_error *aerr, analytics_error_t *
     return ANALYTICS_ERR_NOMEM;
   switch (aerr->code) {
   case ANA_STATUS_UNIMPLEMENTED: code = ANALYTICS_ERR_UNIMPLEMENTED; break;
+  case ANA_STATUS_UNAUTHENTICATED: code = ANALYTICS_ERR_UNAUTHENTICATED; break;
+  case ANA_STATUS_PERMISSION_DENIED: code = ANALYTICS_ERR_PERMISSION_DENIED; break;
   case ANA_STATUS_UNAVAILABLE:
   case ANA_STATUS_DEADLINE_EXCEEDED:
   case ANA_STATUS_RESOURCE_EXHAUSTED: code = ANALYTICS_ERR_UNAVAILABLE; break;

@@ -21,6 +21,10 @@ struct ana_restbridge_remote_options {
   /* How often the upstream's grpc.health.v1 Check is probed for /health;
    * 0 = 2000 ms. */
   int health_interval_ms;
+  /* Deepest nesting of messages accepted in the upstream's replies and
+   * stream messages (PROTO_MAX_DEPTH), checked before they are decoded;
+   * 0 = 100. */
+  int proto_max_depth;
 };
 
 /* Creates the channel (it connects on first use), the worker pool and the

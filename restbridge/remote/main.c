@@ -110,7 +110,8 @@ int main(int argc, char **argv) {
 
   int rc = 1;
   struct ana_restbridge *rest = NULL;
-  struct ana_restbridge_remote_options ropts = {.target = upstream, .workers = workers};
+  struct ana_restbridge_remote_options ropts = {
+      .target = upstream, .workers = workers, .proto_max_depth = cfg.process.proto_max_depth};
   struct ana_restbridge_remote *remote = ana_restbridge_remote_create(&ropts, &err);
   if (!remote) {
     ANA_ERROR("main", "cannot set up the upstream %s: %s", upstream, err.message);

@@ -32,6 +32,7 @@ struct ana_restbridge_remote {
   struct ana_prom_counter forwarded, failed;
   atomic_int upstream_status; /* grpc.health.v1 status; -1 = no answer */
   int health_interval_ms;
+  int max_depth; /* PROTO_MAX_DEPTH: nesting limit of the upstream's replies */
 
   pthread_mutex_t mu; /* guards stop, for the prober's wait */
   pthread_cond_t cv;
@@ -72,8 +73,9 @@ void rr_call_done(struct ana_restbridge_remote *r, bool stream);
 /* --- server streams (streams.c) --- */
 
 /* Starts the thread that carries every server stream, on its own channel to
- * target. NULL with err filled on failure. */
-struct rr_streams *rr_streams_create(const char *target, struct ana_error *err);
+ * target; messages nested deeper than max_depth are refused as malformed.
+ * NULL with err filled on failure. */
+struct rr_streams *rr_streams_create(const char *target, int max_depth, struct ana_error *err);
 
 /* Opens the upstream stream of f's call (f->request is its request) and
  * forwards what comes back with ana_call_send, then finishes the call with

@@ -72,6 +72,7 @@ struct rr_streams {
   bool thread_started;
   struct rr_message *cache[CACHE_SLOTS]; /* streams thread only */
   struct rr_stream *blocked;             /* streams thread only: full WebSockets */
+  int max_depth;                         /* PROTO_MAX_DEPTH */
 };
 
 struct rr_stream {
@@ -177,7 +178,7 @@ static struct rr_message *message_get(struct rr_streams *ss, const ProtobufCMess
   m->hash = h;
   m->len = n;
   m->bytes = ana_malloc(n ? n : 1);
-  m->msg = ana_proto_unpack(d, NULL, p, n, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
+  m->msg = ana_proto_unpack(d, NULL, p, n, ss->max_depth, NULL);
   if (!m->msg)
     *malformed = true;
   if (m->bytes && m->msg) {
@@ -553,12 +554,13 @@ void rr_stream_cancel(struct rr_stream *s) {
 
 /* --- lifecycle --- */
 
-struct rr_streams *rr_streams_create(const char *target, struct ana_error *err) {
+struct rr_streams *rr_streams_create(const char *target, int max_depth, struct ana_error *err) {
   struct rr_streams *ss = ana_calloc(1, sizeof *ss);
   if (!ss) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return NULL;
   }
+  ss->max_depth = max_depth;
   grpc_init(); /* released by destroy */
   /* Its own connection, so that the unary calls' answers are not queued
    * behind the streams' traffic (channels with the same target and

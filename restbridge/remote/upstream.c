@@ -86,9 +86,9 @@ int rr_call_options(struct ana_call *call, struct ana_call_options *opts, const 
 /* The google.rpc.BadRequest field violations of a serialized
  * google.rpc.Status become the call's violations. Other detail types are
  * dropped: the bridge renders only BadRequest. */
-static void add_details(struct ana_call *call, const uint8_t *details, size_t len) {
-  Google__Rpc__Status *st = (void *)ana_proto_unpack(
-      &google__rpc__status__descriptor, NULL, details, len, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
+static void add_details(struct ana_call *call, const uint8_t *details, size_t len, int max_depth) {
+  Google__Rpc__Status *st = (void *)ana_proto_unpack(&google__rpc__status__descriptor, NULL,
+                                                     details, len, max_depth, NULL);
   if (!st) {
     ANA_DEBUG(COMPONENT, "%s: undecodable grpc-status-details-bin", call->method->path);
     return;
@@ -102,7 +102,7 @@ static void add_details(struct ana_call *call, const uint8_t *details, size_t le
     }
     Google__Rpc__BadRequest *bad =
         (void *)ana_proto_unpack(&google__rpc__bad_request__descriptor, NULL, any->value.data,
-                                 any->value.len, ANA_PROTO_DEFAULT_MAX_DEPTH, NULL);
+                                 any->value.len, max_depth, NULL);
     for (size_t j = 0; bad && j < bad->n_field_violations; j++) {
       const Google__Rpc__BadRequest__FieldViolation *fv = bad->field_violations[j];
       ana_call_add_violation(call, fv->field ? fv->field : "",
@@ -120,7 +120,7 @@ void rr_finish_error(struct ana_restbridge_remote *r, struct ana_call *call,
   if (st.code == ANA_STATUS_OK) /* a runtime failure without a status */
     st.code = ANA_STATUS_INTERNAL;
   if (details)
-    add_details(call, details, details_len);
+    add_details(call, details, details_len, r->max_depth);
   ana_free(details);
   ana_prom_counter_add(&r->failed, 1);
   ana_call_finish(call, NULL, &st);
@@ -319,14 +319,16 @@ ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, stru
   r->target = ana_strdup(o->target ? o->target : "");
   if (!r->target)
     goto nomem;
+  r->max_depth = o->proto_max_depth > 0 ? o->proto_max_depth : ANA_PROTO_DEFAULT_MAX_DEPTH;
   r->ch = ana_client_channel_create(o->target, err);
   if (!r->ch)
     goto fail;
+  ana_client_channel_set_max_depth(r->ch, r->max_depth);
   r->workers = ana_workers_create(o->workers > 0 ? o->workers : DEFAULT_WORKERS,
                                   o->queue_max ? o->queue_max : DEFAULT_QUEUE_MAX);
   if (!r->workers)
     goto nomem;
-  r->streams = rr_streams_create(o->target, err);
+  r->streams = rr_streams_create(o->target, r->max_depth, err);
   if (!r->streams)
     goto fail;
   if (pthread_create(&r->prober, NULL, prober, r) != 0) {

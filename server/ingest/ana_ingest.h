@@ -56,13 +56,6 @@ struct ana_ingest_item {
 int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1__Event *event,
                        const char *path, struct ana_arena *arena, struct ana_ingest_item *item);
 
-/* The client address for context.ip: the peer ("ipv4:1.2.3.4:5678"), or,
- * when the peer is one of the trusted proxies (comma-separated IPs or CIDR
- * ranges), the nearest untrusted address of X-Forwarded-For. Writes "" when
- * unknown. */
-void ana_ingest_client_ip(const char *peer, const char *forwarded_for, const char *trusted_proxies,
-                          char *out, size_t out_size);
-
 /* --- group commit --- */
 
 struct ana_committer;

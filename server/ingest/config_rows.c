@@ -135,7 +135,8 @@ static const struct ana_config_row rows[] = {
      .type = ANA_CONFIG_STRING,
      .def = "",
      .help = "Comma-separated IP addresses or CIDR ranges of proxies whose X-Forwarded-For "
-             "header is believed for context.ip.",
+             "header is believed for context.ip and for the client address of per-client limits "
+             "(GRPC_STREAMS_PER_PEER, METRIC_STREAMS_PER_PEER).",
      .check = valid_proxy_list,
      .expect = "IP addresses or CIDR ranges separated by commas",
      ROW(trusted_proxies)},

@@ -58,8 +58,11 @@ size_t ana_call_metadata_count(const struct ana_call *call);
 const struct ana_metadata_entry *ana_call_metadata_at(const struct ana_call *call, size_t i);
 /* The peer's address as the transport saw it ("ipv4:127.0.0.1:40122"). */
 const char *ana_call_peer(const struct ana_call *call);
-/* The peer's IP address alone ("127.0.0.1", "::1"; other peer forms whole),
- * copied into out (size bytes): the key of per-client limits. */
+/* The client's IP address alone ("127.0.0.1", "::1"; other peer forms
+ * whole), copied into out (size bytes): the key of per-client limits. The
+ * peer's, or, when the peer is one of the trusted proxies
+ * (ana_rpc_set_trusted_proxies) and sent x-forwarded-for, the client
+ * address it forwarded (as context.ip is found). */
 void ana_call_peer_ip(const struct ana_call *call, char *out, size_t size);
 /* Milliseconds left before the deadline (<= 0: passed), or INT64_MAX. */
 int64_t ana_call_remaining_ms(const struct ana_call *call);
@@ -139,6 +142,12 @@ void ana_call_fail(struct ana_call *call, enum ana_status code, const char *fmt,
  * without a handler answer UNIMPLEMENTED naming their feature. Call before
  * the transports start. */
 void ana_rpc_bind(enum ana_method_id method, const struct ana_handler *handler);
+
+/* TRUSTED_PROXIES (comma-separated IPs or CIDR ranges; borrowed, must
+ * outlive the transports; NULL = none): peers whose x-forwarded-for names
+ * the client for per-client limits (ana_call_peer_ip). Call before the
+ * transports start. */
+void ana_rpc_set_trusted_proxies(const char *list);
 const struct ana_handler *ana_rpc_handler(enum ana_method_id method);
 
 #endif

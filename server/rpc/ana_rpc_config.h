@@ -9,7 +9,6 @@ struct ana_rpc_settings {
   int grpc_port;   /* GRPC_PORT */
   char *grpc_host; /* GRPC_HOST: bind address; an IPv6 address may come without brackets */
   long grpc_max_message_bytes;
-  int proto_max_depth;             /* PROTO_MAX_DEPTH: nested messages in a gRPC request */
   int grpc_max_concurrent_streams; /* per connection */
   int grpc_max_metadata_bytes;
   int grpc_streams_per_peer; /* open server-streaming calls per client IP */

@@ -4,6 +4,7 @@
 
 #include "ana_alloc.h"
 #include "ana_auth.h"
+#include "ana_client_ip.h"
 #include "ana_log.h"
 #include "google/protobuf/any.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
@@ -18,6 +19,11 @@
 #include <time.h>
 
 static const struct ana_handler *handlers[ANA_METHOD_COUNT];
+static const char *trusted_proxies; /* set before the transports start */
+
+void ana_rpc_set_trusted_proxies(const char *list) {
+  trusted_proxies = list && list[0] ? list : NULL;
+}
 
 void ana_rpc_bind(enum ana_method_id method, const struct ana_handler *handler) {
   if ((unsigned)method < ANA_METHOD_COUNT)
@@ -128,6 +134,12 @@ const char *ana_call_peer(const struct ana_call *call) {
 
 void ana_call_peer_ip(const struct ana_call *call, char *out, size_t size) {
   const char *peer = call->peer ? call->peer : "", *p = peer;
+  const char *xff = trusted_proxies ? ana_call_metadata(call, "x-forwarded-for") : NULL;
+  if (xff && size) {
+    ana_client_ip(peer, xff, trusted_proxies, out, size);
+    if (out[0])
+      return;
+  }
   if (strncmp(p, "ipv4:", 5) == 0 || strncmp(p, "ipv6:", 5) == 0)
     p += 5;
   size_t n = strlen(p);

@@ -24,15 +24,6 @@ static const struct ana_config_row rows[] = {
      .max = 268435456,
      .help = "Largest request message accepted, in bytes.",
      ROW(grpc_max_message_bytes)},
-    {.name = "PROTO_MAX_DEPTH",
-     .type = ANA_CONFIG_INT,
-     .def = "100",
-     .min = 1,
-     .max = 1000,
-     .help = "Deepest nesting of messages in a gRPC request (protobuf C++'s limit); deeper "
-             "requests, like string fields holding a NUL byte, get INVALID_ARGUMENT naming the "
-             "field.",
-     ROW(proto_max_depth)},
     {.name = "GRPC_MAX_CONCURRENT_STREAMS",
      .type = ANA_CONFIG_INT,
      .def = "100",

@@ -3,6 +3,7 @@
 #ifndef ANA_SERVICES_H
 #define ANA_SERVICES_H
 
+#include "ana_api_keys.h"
 #include "ana_event_names.h"
 #include "ana_ingest.h"
 #include "ana_metric_streams.h"
@@ -56,5 +57,14 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
  * (borrowed; must outlive the transports). Call after
  * ana_metric_service_bind. */
 int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct ana_realtime *hub);
+
+struct ana_key_service_options {
+  struct ana_api_keys *keys; /* borrowed; must outlive the transports */
+  struct ana_workers *workers;
+};
+
+/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey). The options are
+ * copied. */
+int ana_key_service_bind(const struct ana_key_service_options *o);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include "ana_alloc.h"
 #include "ana_call.h"
+#include "ana_client_ip.h"
 #include "ana_event_names.h"
 #include "ana_log.h"
 
@@ -47,8 +48,8 @@ struct batch {
 
 static void fill_request(struct ana_call *call, struct ana_ingest_request *r, char *ip,
                          size_t ip_size) {
-  ana_ingest_client_ip(ana_call_peer(call), ana_call_metadata(call, "x-forwarded-for"),
-                       opts.trusted_proxies, ip, ip_size);
+  ana_client_ip(ana_call_peer(call), ana_call_metadata(call, "x-forwarded-for"),
+                opts.trusted_proxies, ip, ip_size);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   r->account_id = ana_call_principal(call)->account_id;

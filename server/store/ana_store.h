@@ -149,6 +149,11 @@ struct ana_catalog_ops {
 
 const struct ana_catalog_ops *ana_store_catalog_backend(const char *name);
 
+/* The API key store role (struct ana_api_key_store_ops, declared with the
+ * keys in server/auth/ana_api_keys.h). */
+struct ana_api_key_store_ops;
+const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name);
+
 /* The event store selected by configuration ("sqlite" today). */
 const struct ana_event_store_ops *ana_store_event_backend(const char *name);
 

@@ -1,5 +1,6 @@
 /* Every storage backend, by role. Adding a backend means adding its folder,
  * a line here, and its sources in CMakeLists.txt. */
+#include "ana_api_keys.h"
 #include "ana_store.h"
 #include "sqlite/sqlite_backends.h"
 
@@ -24,5 +25,16 @@ const struct ana_catalog_ops *ana_store_catalog_backend(const char *name) {
   for (size_t i = 0; i < sizeof catalogs / sizeof catalogs[0]; i++)
     if (strcmp(catalogs[i]->name, name) == 0)
       return catalogs[i];
+  return NULL;
+}
+
+static const struct ana_api_key_store_ops *const key_stores[] = {
+    &ana_sqlite_api_key_store,
+};
+
+const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name) {
+  for (size_t i = 0; i < sizeof key_stores / sizeof key_stores[0]; i++)
+    if (strcmp(key_stores[i]->name, name) == 0)
+      return key_stores[i];
   return NULL;
 }

@@ -1,7 +1,9 @@
 """Issue 14, point 6 (gRPC part): what one client may hold over gRPC is bounded
 by configuration: calls per connection (GRPC_MAX_CONCURRENT_STREAMS),
 request metadata (GRPC_MAX_METADATA_BYTES) and open server-streaming calls
-per client IP over all its connections (GRPC_STREAMS_PER_PEER).
+per client IP over all its connections (GRPC_STREAMS_PER_PEER). Behind
+analytics-restbridge, when it is one of TRUSTED_PROXIES, the client IP is
+the one it forwards (x-forwarded-for), not the bridge's.
 
 Small limits keep the attacks cheap. Ping abuse (GRPC_ARG_HTTP2_MAX_PING_STRIKES,
 MIN_RECV_PING_INTERVAL) is not attacked here: grpcio cannot send a ping
@@ -9,6 +11,9 @@ flood and there is no HTTP/2 library to hand-craft one; the arguments are
 set in server/rpc/grpc_server.c.
 """
 
+import base64
+import os
+import socket
 import time
 import unittest
 
@@ -114,6 +119,92 @@ class StreamsPerPeerTest(GrpcLimitsBase):
                                  % (again.code, again.details))
             for r in held[1:] + [again]:
                 r.cancel()
+        self.assert_survived()
+
+
+def ws_from(source_ip, port, path):
+    """A raw WebSocket client socket bound to source_ip (a loopback address
+    of its own: another client to the bridge), handshake done."""
+    s = socket.socket()
+    s.settimeout(10)
+    s.bind((source_ip, 0))
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: restbridge.v1\r\n\r\n"
+               % (path, key)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise AssertionError("WebSocket handshake: connection closed: %r" % buf)
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise AssertionError("WebSocket handshake refused: %r" % head[:200])
+    return s, rest
+
+
+def closed_within(sock, rest, seconds):
+    """The text of the frames until a close frame arrives, or None if the
+    stream is still open after seconds."""
+    buf, text = rest, b""
+    end = time.monotonic() + seconds
+    while True:
+        while len(buf) >= 2:
+            op, n, hdr = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if n == 126:
+                n, hdr = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                n, hdr = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < hdr + n:
+                break
+            payload, buf = buf[hdr:hdr + n], buf[hdr + n:]
+            text += payload
+            if op == 0x8:
+                return text
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return None
+        if not chunk:
+            return text
+        buf += chunk
+
+
+class StreamsPerClientBehindBridgeTest(AttackTestCase):
+    """Every client of analytics-restbridge counted as the bridge's one
+    address: two clients together could hold only GRPC_STREAMS_PER_PEER
+    streams. With the bridge in TRUSTED_PROXIES each counts on its own."""
+    SERVER_ENV = {"GRPC_STREAMS_PER_PEER": 2, "TRUSTED_PROXIES": "127.0.0.1/32"}
+
+    def test_clients_behind_the_remote_bridge_shared_one_streams_per_peer(self):
+        bridge = harness.RemoteBridge(self.server).start()
+        self.addCleanup(bridge.stop)
+        socks = []
+        with self.rss_watch():
+            for _ in range(2):
+                s, rest = ws_from("127.0.0.2", bridge.port, "/ws/analytics")
+                socks.append(s)
+                self.assertIsNone(closed_within(s, rest, 0.5), "a stream within the cap closed")
+            s, rest = ws_from("127.0.0.2", bridge.port, "/ws/analytics")
+            socks.append(s)
+            end = closed_within(s, rest, 5)
+            self.assertIsNotNone(end, "a third stream of 127.0.0.2 stayed open")
+            self.assertIn(b"GRPC_STREAMS_PER_PEER: 127.0.0.2", end)
+            # Another client of the same bridge has its own two.
+            for _ in range(2):
+                s, rest = ws_from("127.0.0.3", bridge.port, "/ws/analytics")
+                socks.append(s)
+                end = closed_within(s, rest, 1.0)
+                self.assertIsNone(end, "127.0.0.3 was refused: %r" % end)
+            for s in socks:
+                s.close()
         self.assert_survived()
 
 

@@ -55,3 +55,50 @@ class ProtoNesting(adversary.AttackTestCase):
         self.assertIn(LIMIT_TEXT, err.details())
         self.assertIn('events[0].properties.fields["a"]', err.details())
         self.assert_survived()
+
+
+def http_json(port, method, path, body=None):
+    import http.client
+    import json
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data,
+                     headers={"Content-Type": "application/json"} if data else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class RemoteBridgeReplyDepth(adversary.AttackTestCase):
+    """The remote bridge decoded analyticsd's replies with the built-in limit
+    of 100 whatever PROTO_MAX_DEPTH said: its own configuration must reach
+    its reply decoding (here a limit of 4, below a search result's nesting:
+    response, event, properties, entry, value, struct...)."""
+
+    def test_remote_bridge_ignored_proto_max_depth_for_replies(self):
+        import harness
+        nested = {"b": {"c": {"d": 1}}}
+        status, body = http_json(self.server.http_port, "POST", "/api/events",
+                                 {"eventType": "track", "eventName": "deep-reply",
+                                  "properties": {"a": nested}})
+        self.assertEqual(status, 200, body)
+        path = "/api/events/search?eventName=deep-reply"
+        status, body = http_json(self.server.http_port, "GET", path)
+        self.assertEqual(status, 200, body)
+        self.assertIn(b'"d":1', body.replace(b" ", b""))
+
+        bridge = harness.RemoteBridge(self.server, env={"PROTO_MAX_DEPTH": 4}).start()
+        self.addCleanup(bridge.stop)
+        status, body = http_json(bridge.port, "GET", path)
+        self.assertEqual(status, 500, body)
+        self.assertIn(b"malformed response", body)
+        # The same bridge at the default limit passes the reply on.
+        bridge.stop()
+        bridge = harness.RemoteBridge(self.server).start()
+        self.addCleanup(bridge.stop)
+        status, body = http_json(bridge.port, "GET", path)
+        self.assertEqual(status, 200, body)
+        self.assertIn(b'"d":1', body.replace(b" ", b""))
+        self.assert_survived()

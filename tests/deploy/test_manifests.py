@@ -18,14 +18,18 @@ CONFIG_VARS = frozenset({
     "PORT", "GRPC_PORT", "GRPC_HOST", "MONGODB_URI", "ELASTICSEARCH_NODE",
     "CLICKHOUSE_HOST", "REDIS_URL", "RABBITMQ_URL", "REPORTS_DIR", "EXPORTS_DIR",
     "RETENTION_DAYS", "BATCH_SIZE", "PROCESSING_INTERVAL", "STREAM_BUFFER_SIZE",
-    "DATA_DIR", "LOG_LEVEL", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID",
+    "DATA_DIR", "LOG_LEVEL", "SHUTDOWN_GRACE_MS", "DEFAULT_ACCOUNT_ID", "JWT_HS256_SECRET",
 })
 # What analytics-restbridge reads beyond those (restbridge/remote/main.c).
 BRIDGE_VARS = frozenset({
     "RESTBRIDGE_UPSTREAM", "HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
     "HTTP_BODY_BUDGET_MB", "STREAM_QUEUE_BUDGET_MB", "HTTP_BODY_MIN_RATE", "HTTP_BODY_RATE_WINDOW",
-    "HTTP_DECODE_THREADS",
+    "HTTP_DECODE_THREADS", "JWT_HS256_SECRET",
 })
+# The Secret template (not applied by the kustomization) and the key both
+# deployments take from it.
+SECRET_EXAMPLE = "secret.example.yaml"
+SECRET_KEY = "JWT_HS256_SECRET"
 HTTP_PORT = 3004
 GRPC_PORT = 50051
 # Kubernetes' default when a pod spec does not set terminationGracePeriodSeconds.
@@ -298,11 +302,32 @@ class ManifestTest(unittest.TestCase):
         kust = [d for n, d in self.docs if n == KUSTOMIZATION]
         self.assertEqual(len(kust), 1, "%s must hold one document" % KUSTOMIZATION)
         resources = kust[0].get("resources") or []
-        manifests = sorted(os.path.basename(f) for f in self.files if os.path.basename(f) != KUSTOMIZATION)
+        manifests = sorted(os.path.basename(f) for f in self.files
+                           if os.path.basename(f) not in (KUSTOMIZATION, SECRET_EXAMPLE))
         self.assertEqual(sorted(set(manifests) - set(resources)), [],
                          "k8s/ manifests missing from %s resources" % KUSTOMIZATION)
         self.assertEqual(sorted(set(resources) - set(manifests)), [],
                          "%s lists resources that are not files in k8s/" % KUSTOMIZATION)
+
+    def secret_refs(self, container):
+        """(secret name, key, optional) of each env taken from a Secret."""
+        return {e.get("name"): ((e.get("valueFrom") or {}).get("secretKeyRef") or {})
+                for e in container.get("env") or [] if (e.get("valueFrom") or {}).get("secretKeyRef")}
+
+    def test_secret_template_is_used_by_both_deployments_and_never_applied(self):
+        path = os.path.join(self.k8s_dir, SECRET_EXAMPLE)
+        with open(path, encoding="utf-8") as f:
+            secret = yaml.safe_load(f)
+        self.assertEqual(secret.get("kind"), "Secret")
+        self.assertIn(SECRET_KEY, secret.get("stringData") or secret.get("data") or {})
+        kust = [d for n, d in self.docs if n == KUSTOMIZATION][0]
+        self.assertNotIn(SECRET_EXAMPLE, kust.get("resources") or [],
+                         "the placeholder secret must not be applied")
+        for name, c in (("analyticsd", self.container()), ("restbridge", self.bridge_container())):
+            ref = self.secret_refs(c).get(SECRET_KEY)
+            self.assertIsNotNone(ref, "%s does not take %s from a Secret" % (name, SECRET_KEY))
+            self.assertEqual(ref.get("name"), secret["metadata"]["name"])
+            self.assertEqual(ref.get("key"), SECRET_KEY)
 
     # ---- the remote REST bridge (k8s/restbridge-deployment.yaml) ----
 

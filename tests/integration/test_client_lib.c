@@ -431,6 +431,53 @@ static void test_other_operations(void) {
   analytics_client_destroy(c);
 }
 
+/* (6) proto_max_depth: a reply nested deeper than the client's limit is an
+ * error (INTERNAL), not decoded; the default (100) takes it. A search
+ * result with a property is nested 4 deep (response, event, properties,
+ * entry, value). */
+static void test_reply_depth(void) {
+  analytics_options_t o;
+  analytics_error_t err;
+  char *json = NULL;
+
+  analytics_options_init(&o);
+  CHECK(o.proto_max_depth == 100);
+  o.target = target;
+  o.token = "test-token";
+  o.proto_max_depth = 1001;
+  CHECK(analytics_client_new(&o, &err) == NULL);
+  CHECK(err.code == ANALYTICS_STATUS_INVALID_ARGUMENT && strstr(err.message, "proto_max_depth"));
+
+  analytics_options_init(&o);
+  o.target = target;
+  o.token = "test-token";
+  analytics_client_t *deflt = analytics_client_new(&o, &err);
+  o.proto_max_depth = 3;
+  analytics_client_t *shallow = analytics_client_new(&o, &err);
+  CHECK(deflt && shallow);
+  if (!deflt || !shallow)
+    goto out;
+  analytics_event_t *ev = analytics_event_new("test", "reply_depth");
+  CHECK(analytics_event_set_string(ev, "k", "v") == 0);
+  CHECK_OK(analytics_track_sync(deflt, ev, &json, &err), err);
+  analytics_free(json);
+  json = NULL;
+  analytics_event_destroy(ev);
+
+  analytics_search_t s = {.event_name = "reply_depth", .page_size = 1};
+  CHECK_OK(analytics_search_events(deflt, &s, &json, &err), err);
+  CHECK(json && strstr(json, "\"k\""));
+  analytics_free(json);
+  json = NULL;
+  int rc = analytics_search_events(shallow, &s, &json, &err);
+  CHECK(rc == ANALYTICS_ERR_INTERNAL && json == NULL);
+  if (rc != ANALYTICS_ERR_INTERNAL)
+    fprintf(stderr, "  rc %d (%s): %s\n", rc, analytics_strerror(rc), err.message);
+out:
+  analytics_client_destroy(deflt);
+  analytics_client_destroy(shallow);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: test_client_lib HOST:PORT\n");
@@ -442,6 +489,7 @@ int main(int argc, char **argv) {
   test_rejected();
   test_server_down();
   test_other_operations();
+  test_reply_depth();
   printf("test_client_lib: %d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

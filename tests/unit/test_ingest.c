@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "ana_id.h"
+#include "ana_client_ip.h"
 #include "ana_ingest.h"
 
 #include <stdio.h>
@@ -296,22 +297,21 @@ static void timestamps_outside_the_window(void **state) {
 static void client_ip_from_peer_and_trusted_proxies(void **state) {
   (void)state;
   char ip[64];
-  ana_ingest_client_ip("ipv4:198.51.100.4:5000", NULL, NULL, ip, sizeof ip);
+  ana_client_ip("ipv4:198.51.100.4:5000", NULL, NULL, ip, sizeof ip);
   assert_string_equal(ip, "198.51.100.4");
-  ana_ingest_client_ip("ipv6:[::1]:5000", NULL, NULL, ip, sizeof ip);
+  ana_client_ip("ipv6:[::1]:5000", NULL, NULL, ip, sizeof ip);
   assert_string_equal(ip, "::1");
   /* X-Forwarded-For is ignored unless the peer is a trusted proxy. */
-  ana_ingest_client_ip("ipv4:198.51.100.4:5000", "1.2.3.4", "10.0.0.0/8", ip, sizeof ip);
+  ana_client_ip("ipv4:198.51.100.4:5000", "1.2.3.4", "10.0.0.0/8", ip, sizeof ip);
   assert_string_equal(ip, "198.51.100.4");
-  ana_ingest_client_ip("ipv4:10.1.2.3:5000", "1.2.3.4", "10.0.0.0/8", ip, sizeof ip);
+  ana_client_ip("ipv4:10.1.2.3:5000", "1.2.3.4", "10.0.0.0/8", ip, sizeof ip);
   assert_string_equal(ip, "1.2.3.4");
   /* Walks back through trusted hops to the first untrusted address. */
-  ana_ingest_client_ip("ipv4:10.1.2.3:5000", "6.6.6.6, 1.2.3.4, 10.9.9.9", "10.0.0.0/8", ip,
-                       sizeof ip);
+  ana_client_ip("ipv4:10.1.2.3:5000", "6.6.6.6, 1.2.3.4, 10.9.9.9", "10.0.0.0/8", ip, sizeof ip);
   assert_string_equal(ip, "1.2.3.4");
-  ana_ingest_client_ip("ipv4:10.1.2.3:5000", "garbage", "10.0.0.0/8", ip, sizeof ip);
+  ana_client_ip("ipv4:10.1.2.3:5000", "garbage", "10.0.0.0/8", ip, sizeof ip);
   assert_string_equal(ip, "10.1.2.3");
-  ana_ingest_client_ip("unix:/tmp/x", NULL, NULL, ip, sizeof ip);
+  ana_client_ip("unix:/tmp/x", NULL, NULL, ip, sizeof ip);
   assert_string_equal(ip, "");
 }
 

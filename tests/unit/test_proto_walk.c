@@ -23,6 +23,8 @@ struct buf {
 };
 
 static void put_bytes(struct buf *b, const void *p, size_t n) {
+  if (n == 0)
+    return; /* an empty part may come with no buffer at all */
   if (b->len + n > b->cap) {
     b->cap = (b->len + n) * 2 + 64;
     b->p = realloc(b->p, b->cap);

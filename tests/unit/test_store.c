@@ -252,11 +252,11 @@ static void open_store(void) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 5);
+  assert_int_equal(ana_local_db_schema_version(db), 6);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 5);
+  assert_int_equal(ana_local_db_schema_version(again), 6);
   ana_local_db_close(again);
 }
 
@@ -578,7 +578,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
                    "  content_rowid='seq');"
                    "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
-                   "DROP TABLE event_names; DROP TABLE event_names_progress;"
+                   "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
                    "DELETE FROM schema_migrations WHERE version >= 4;",
                    NULL, NULL, NULL),
       SQLITE_OK);
@@ -586,7 +586,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 5);
+  assert_int_equal(ana_local_db_schema_version(db), 6);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);

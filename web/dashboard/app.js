@@ -22,8 +22,7 @@ function wsUrl(path, params) {
   return `${proto}//${location.host}${path}${qs ? '?' + qs : ''}`;
 }
 
-// A token may be given as #token=... (sent as the subprotocols "bearer, <token>";
-// the server selects "bearer" and never echoes the token).
+// A token may be given as #token=... (sent as the subprotocols bearer, <token>).
 function subprotocols() {
   const m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
   return m ? ['bearer', decodeURIComponent(m[1])] : [];

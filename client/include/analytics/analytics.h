@@ -65,12 +65,21 @@ typedef enum analytics_code {
    * are not implemented yet". */
   ANALYTICS_ERR_UNIMPLEMENTED = -7,
   /* The server answered with another error status (INVALID_ARGUMENT,
-   * NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, ...): see err->code and
-   * err->message. */
+   * NOT_FOUND, FAILED_PRECONDITION, ...): see err->code and err->message. */
   ANALYTICS_ERR_SERVER = -8,
   /* The answer could not be decoded, or the library failed internally
    * (err->code INTERNAL). */
   ANALYTICS_ERR_INTERNAL = -9,
+  /* The server did not accept the credentials (err->code UNAUTHENTICATED):
+   * none were sent and the server requires some, or the token expired, is
+   * malformed or signed with another key, or the API key is unknown or
+   * revoked. Not retried; after a token refresh
+   * (analytics_client_set_token) the next call may succeed. */
+  ANALYTICS_ERR_UNAUTHENTICATED = -10,
+  /* The credentials are valid but do not allow the call (err->code
+   * PERMISSION_DENIED): the role lacks the method's permission, or
+   * account_id names an account the principal does not hold. */
+  ANALYTICS_ERR_PERMISSION_DENIED = -11,
 } analytics_code_t;
 
 /* gRPC status codes, as found in analytics_error_t.code. */
@@ -228,8 +237,11 @@ typedef void (*analytics_delivery_fn)(const analytics_delivery_failure_t *failur
 /* Settings of a client. Fields left 0 (or NULL) take the default given.
  * Start from analytics_options_init, or from a zeroed struct. */
 typedef struct analytics_options {
-  const char *target;        /* "127.0.0.1:50051"; also "dns:///host:port", "unix:/path" */
-  const char *token;         /* sent as "authorization: Bearer <token>"; NULL: none */
+  const char *target; /* "127.0.0.1:50051"; also "dns:///host:port", "unix:/path" */
+  /* A bearer token (a JWT), sent on every call as the metadata
+   * "authorization: Bearer <token>"; NULL: none. Copied; change it later
+   * with analytics_client_set_token. */
+  const char *token;
   int64_t timeout_ms;        /* deadline of each call: 10000 */
   size_t queue_capacity;     /* events analytics_track may hold: 10000 */
   size_t batch_size;         /* most events per TrackEvents request: 100 (server max 1000) */
@@ -240,17 +252,40 @@ typedef struct analytics_options {
   int64_t close_timeout_ms;  /* how long destroy tries to deliver what is queued: 5000 */
   analytics_delivery_fn on_delivery_failure; /* NULL: failures are only counted */
   void *delivery_ctx;                        /* passed to on_delivery_failure */
+  /* Deepest nesting of messages accepted in the server's replies, checked
+   * before they are decoded (a deeper reply is an error, not a crash): 100,
+   * as the server's PROTO_MAX_DEPTH; 1 to 1000. */
+  int proto_max_depth;
+  /* An API key ("ana_<id>_<secret>", what trackers use instead of a JWT),
+   * sent on every call as the metadata "x-api-key: <key>"; NULL: none.
+   * Copied. A client has one credential: token and api_key together are
+   * refused (ANALYTICS_ERR_INVALID). */
+  const char *api_key;
+  /* The account the calls act on, sent as the metadata "x-account-id" on
+   * every call; NULL: none (the credential's only account). Needed when a
+   * token holds several accounts. Copied. */
+  const char *account_id;
 } analytics_options_t;
 
 /* Fills opts with the defaults listed above (target included). */
 void analytics_options_init(analytics_options_t *opts);
 
 /* Creates a client: copies opts (NULL: all defaults) and starts the
- * background delivery thread. Does not connect: the first call does, and a
- * server that cannot be reached is only noticed then. Returns NULL with err
- * filled on failure (ANALYTICS_ERR_INVALID for bad options). Destroy with
- * analytics_client_destroy. */
+ * background delivery thread. Credentials (token or api_key, and
+ * account_id) are checked here: printable ASCII, 1 to 8192 characters. Does not connect: the first
+ * call does, and a server that cannot be reached is only noticed then. Returns NULL with err filled
+ * on failure (ANALYTICS_ERR_INVALID for bad options). Destroy with analytics_client_destroy. */
 analytics_client_t *analytics_client_new(const analytics_options_t *opts, analytics_error_t *err);
+
+/* Replaces the client's bearer token (copied; NULL removes it), for token
+ * refresh: calls and batches started after it returns send the new token;
+ * calls in flight keep the one they started with. Thread-safe: any thread,
+ * any time, beside calls on other threads (the token is swapped under a
+ * mutex held for a few instructions). The token must be 1 to 8192 printable
+ * ASCII characters. Returns 0 or ANALYTICS_ERR_INVALID (NULL client, a bad
+ * token, or a client created with an api_key), ANALYTICS_ERR_NOMEM. */
+int analytics_client_set_token(analytics_client_t *client, const char *token,
+                               analytics_error_t *err);
 
 /* Delivers what is queued (waiting at most close_timeout_ms, retries
  * included), reports what is left through the callback as UNDELIVERED, stops

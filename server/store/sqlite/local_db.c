@@ -178,6 +178,20 @@ static const char *const migrations[] = {
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  watermark INTEGER NOT NULL);"
     "INSERT INTO event_names_progress VALUES (1, 0);",
+
+    /* 6: API keys, found by key id (server/auth/api_keys.c); only the
+     * SHA-256 of each key is kept. 0 in last_used_at / revoked_at: never. */
+    "CREATE TABLE api_keys ("
+    "  key_id TEXT PRIMARY KEY,"
+    "  account_id TEXT NOT NULL,"
+    "  role TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  created_by TEXT NOT NULL,"
+    "  secret_sha256 BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  last_used_at INTEGER NOT NULL DEFAULT 0,"
+    "  revoked_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE INDEX api_keys_by_account ON api_keys(account_id, key_id);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

@@ -1,8 +1,8 @@
 """Server-streaming RPCs over WebSocket, with python3-websockets.
 
 Against a live analyticsd: the streaming routes upgrade, answer the
-handler's error (an unknown metric: NOT_FOUND) as {"error":{...}} and close with 1011, accept a token as
-the subprotocol "bearer.<token>", and refuse unknown paths.
+handler's error (an unknown metric: NOT_FOUND) as {"error":{...}} and close with 1011, accept a token in
+the subprotocol list "bearer, <token>" (answering "bearer" only), and refuse unknown paths.
 
 Against tests/integration/test_restbridge --serve (the bridge in-process
 with test handlers): 100 messages in order then close 1000, an error after
@@ -74,8 +74,8 @@ class WebSocketServerTest(harness.ServerTestCase):
         self.assertIn("bogus", frames[0]["error"]["message"])
 
     def test_bearer_subprotocol_is_accepted(self):
-        frames, code, ws = run(collect(self.uri("/ws/metrics/abc"), subprotocols=["bearer.x"]))
-        self.assertEqual(ws.subprotocol, "bearer.x")
+        frames, code, ws = run(collect(self.uri("/ws/metrics/abc"), subprotocols=["bearer", "x"]))
+        self.assertEqual(ws.subprotocol, "bearer")
         self.assertEqual(code, 1011)
 
     def test_unknown_path_is_refused(self):
@@ -171,8 +171,8 @@ class WebSocketBridgeTest(unittest.TestCase):
 
     def test_token_from_subprotocol(self):
         frames, code, ws = run(collect(self.uri("/ws/metrics/auth"),
-                                       subprotocols=["bearer.tok-1"]))
-        self.assertEqual(ws.subprotocol, "bearer.tok-1")
+                                       subprotocols=["bearer", "tok-1"]))
+        self.assertEqual(ws.subprotocol, "bearer")
         self.assertEqual(frames[0]["result"]["metricId"], "Bearer tok-1")
         self.assertEqual(code, 1000)
 

@@ -1,6 +1,8 @@
-/* context.ip: the address the event came from, believing X-Forwarded-For
- * only as far as it was written by trusted proxies. */
-#include "ana_ingest.h"
+/* A call's client address: its peer, or behind trusted proxies the address
+ * they forwarded (X-Forwarded-For), believed only as far as they wrote it. */
+#include "ana_client_ip.h"
+
+#include <stdbool.h>
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -104,8 +106,8 @@ static bool parse_peer(const char *peer, struct addr *a) {
   return false;
 }
 
-void ana_ingest_client_ip(const char *peer, const char *forwarded_for, const char *trusted_proxies,
-                          char *out, size_t out_size) {
+void ana_client_ip(const char *peer, const char *forwarded_for, const char *trusted_proxies,
+                   char *out, size_t out_size) {
   struct addr a;
   if (out_size)
     out[0] = '\0';

@@ -1,0 +1,163 @@
+/* `analyticsd keys create|list|revoke`: opens the store under DATA_DIR
+ * directly (WAL lets it write beside a running server), so the first admin
+ * key can be made before anything can authenticate. */
+#include "keys_cli.h"
+
+#include "ana_api_keys.h"
+#include "ana_config.h"
+#include "ana_store.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: analyticsd keys create --account ACCOUNT --role ROLE [--name NAME]\n"
+          "       analyticsd keys list --account ACCOUNT\n"
+          "       analyticsd keys revoke KEY_ID\n\n"
+          "Manages API keys in the store under DATA_DIR, with or without a running\n"
+          "server. `create` prints the key once: it is stored only as a SHA-256.\n"
+          "Roles: %s.\n",
+          ana_api_key_roles_text);
+}
+
+/* An ISO-8601 UTC time, or "-" for 0. */
+static const char *when(int64_t ms, char *buf, size_t size) {
+  if (!ms)
+    return "-";
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+static int print_key(void *ctx, const struct ana_api_key_record *r) {
+  (void)ctx;
+  char c[32], u[32], v[32];
+  printf("%s  %-8s  %-24s  created %s by %s  last used %s  revoked %s\n", r->key_id, r->role,
+         r->name[0] ? r->name : "-", when(r->created_at_ms, c, sizeof c),
+         r->created_by[0] ? r->created_by : "-", when(r->last_used_at_ms, u, sizeof u),
+         when(r->revoked_at_ms, v, sizeof v));
+  return 0;
+}
+
+struct last_id {
+  char id[ANA_API_KEY_ID_CHARS + 1];
+  int n;
+};
+
+static int print_and_note(void *ctx, const struct ana_api_key_record *r) {
+  struct last_id *l = ctx;
+  memcpy(l->id, r->key_id, sizeof l->id);
+  l->n++;
+  return print_key(NULL, r);
+}
+
+int ana_keys_cli_main(int argc, char **argv) {
+  const char *verb = argc > 1 ? argv[1] : "";
+  const char *account = NULL, *role = NULL, *name = NULL, *key_id = NULL;
+  for (int i = 2; i < argc; i++) {
+    const char **slot = strcmp(argv[i], "--account") == 0 ? &account
+                        : strcmp(argv[i], "--role") == 0  ? &role
+                        : strcmp(argv[i], "--name") == 0  ? &name
+                                                          : NULL;
+    if (slot && i + 1 < argc) {
+      *slot = argv[++i];
+    } else if (!slot && argv[i][0] != '-' && !key_id) {
+      key_id = argv[i];
+    } else {
+      fprintf(stderr, "analyticsd keys: unexpected argument %s\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  bool create = strcmp(verb, "create") == 0, list = strcmp(verb, "list") == 0,
+       revoke = strcmp(verb, "revoke") == 0;
+  if (strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if ((!create && !list && !revoke) || ((create || list) && (!account || !account[0] || key_id)) ||
+      (create && !role) || (revoke && (!key_id || account || role || name)) ||
+      (list && (role || name))) {
+    usage(stderr);
+    return 2;
+  }
+  if (create && !ana_api_key_role(role)) {
+    fprintf(stderr, "analyticsd keys: --role: must be one of %s\n", ana_api_key_roles_text);
+    return 2;
+  }
+
+  /* The store's own start-up lines are noise here unless asked for. */
+  setenv("LOG_LEVEL", "warn", 0);
+  struct ana_config cfg;
+  if (ana_config_load_at_startup(&cfg) < 0)
+    return 2;
+  int rc = 1;
+  struct ana_error err;
+  ana_error_clear(&err);
+  const struct ana_api_key_store_ops *ops = ana_store_api_key_backend("sqlite");
+  struct ana_local_db *db = ana_local_db_open(cfg.store.data_dir, &err);
+  void *store = db ? ops->open(db, &err) : NULL;
+  struct ana_api_keys *keys = NULL;
+  if (store) {
+    struct ana_api_keys_options o;
+    ana_api_keys_options_init(&o);
+    o.ops = ops;
+    o.store = store;
+    o.cache_slots = 0;
+    o.touch_thread = false;
+    keys = ana_api_keys_create(&o, &err);
+  }
+  if (!keys) {
+    fprintf(stderr, "analyticsd keys: cannot open the store in %s: %s\n", cfg.store.data_dir,
+            err.message);
+    goto out;
+  }
+  if (create) {
+    char key[ANA_API_KEY_CHARS + 1];
+    struct ana_api_key_record rec;
+    if (ana_api_keys_issue(keys, account, role, name, "cli", key, &rec, &err) < 0) {
+      fprintf(stderr, "analyticsd keys: %s\n", err.message);
+      goto out;
+    }
+    printf("%s\n", key);
+    fflush(stdout);
+    OPENSSL_cleanse(key, sizeof key);
+    fprintf(stderr,
+            "API key %s for account %s, role %s. It is shown only now: store it, the server "
+            "keeps only its SHA-256.\n",
+            rec.key_id, account, rec.role);
+    rc = 0;
+  } else if (list) {
+    struct last_id l = {"", 0};
+    do {
+      char after[ANA_API_KEY_ID_CHARS + 1];
+      memcpy(after, l.id, sizeof after);
+      l.n = 0;
+      if (ana_api_keys_list(keys, account, after, 500, print_and_note, &l, &err) < 0) {
+        fprintf(stderr, "analyticsd keys: %s\n", err.message);
+        goto out;
+      }
+    } while (l.n == 500);
+    rc = 0;
+  } else {
+    if (ana_api_keys_revoke(keys, NULL, key_id, &err) < 0) {
+      fprintf(stderr, "analyticsd keys: %s\n", err.message);
+      goto out;
+    }
+    fprintf(stderr, "API key %s revoked.\n", key_id);
+    rc = 0;
+  }
+out:
+  ana_api_keys_destroy(keys);
+  if (store)
+    ops->close(store);
+  ana_local_db_close(db);
+  ana_config_fini(&cfg);
+  return rc;
+}

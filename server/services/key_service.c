@@ -1,0 +1,255 @@
+/* KeyService: an account's API keys (create, list, get, revoke) through the
+ * key registry. Every call touches the database, so it runs on the worker
+ * pool, never on a transport thread. The key itself leaves the server once,
+ * in CreateKeyResponse; every other answer carries metadata only. */
+#include "ana_services.h"
+
+#include "analytics/v1/keys.pb-c.h"
+#include "ana_api_keys.h"
+#include "ana_call.h"
+#include "ana_log.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <string.h>
+
+#define DEFAULT_PAGE 50
+#define MAX_PAGE 1000
+
+static struct ana_key_service_options opts;
+
+static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
+  if (!ms)
+    return NULL; /* never */
+  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
+  if (t) {
+    google__protobuf__timestamp__init(t);
+    t->seconds = ms / 1000;
+    t->nanos = (int32_t)(ms % 1000) * 1000000;
+  }
+  return t;
+}
+
+/* Fails the call with err, recording the field (the text before ':') as a
+ * violation so REST and gRPC clients get it as BadRequest details. */
+static void fail_with(struct ana_call *call, const struct ana_error *err) {
+  if (err->code == ANA_STATUS_INVALID_ARGUMENT) {
+    const char *colon = strstr(err->message, ": ");
+    if (colon) {
+      char field[256];
+      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
+      ana_call_add_violation(call, field, colon + 2);
+    }
+  }
+  ana_call_finish(call, NULL, err);
+}
+
+/* The message for a record, in the arena (strings copied). NULL: no
+ * memory. */
+static Analytics__V1__ApiKey *message_of(struct ana_arena *a, const struct ana_api_key_record *r) {
+  Analytics__V1__ApiKey *m = ana_arena_alloc(a, sizeof *m);
+  if (!m)
+    return NULL;
+  analytics__v1__api_key__init(m);
+  m->key_id = ana_arena_strdup(a, r->key_id);
+  m->account_id = ana_arena_strdup(a, r->account_id);
+  m->name = ana_arena_strdup(a, r->name ? r->name : "");
+  m->role = ana_arena_strdup(a, r->role);
+  m->created_by = ana_arena_strdup(a, r->created_by ? r->created_by : "");
+  m->created_at = timestamp_of(a, r->created_at_ms);
+  m->last_used_at = timestamp_of(a, r->last_used_at_ms);
+  m->revoked_at = timestamp_of(a, r->revoked_at_ms);
+  if (!m->key_id || !m->account_id || !m->name || !m->role || !m->created_by ||
+      (r->created_at_ms && !m->created_at) || (r->last_used_at_ms && !m->last_used_at) ||
+      (r->revoked_at_ms && !m->revoked_at))
+    return NULL;
+  return m;
+}
+
+struct one {
+  struct ana_arena *arena;
+  Analytics__V1__ApiKey *key;
+  bool nomem;
+};
+
+static int keep_one(void *ctx, const struct ana_api_key_record *r) {
+  struct one *o = ctx;
+  o->key = message_of(o->arena, r);
+  o->nomem = !o->key;
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* handlers (run on the worker pool) */
+
+typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
+
+struct job {
+  struct ana_call *call;
+  const ProtobufCMessage *request;
+  job_fn fn;
+};
+
+static void run_job(void *arg) {
+  struct job *j = arg;
+  j->fn(j->call, j->request);
+}
+
+static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
+  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
+  if (!j) {
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  *j = (struct job){call, request, fn};
+  if (ana_workers_submit(opts.workers, run_job, j) < 0)
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
+}
+
+static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__CreateKeyRequest *req = (const void *)request;
+  const struct ana_principal *who = ana_call_principal(call);
+  struct ana_arena *a = ana_call_arena(call);
+  struct ana_error err;
+  struct ana_api_key_record rec;
+  char key[ANA_API_KEY_CHARS + 1];
+  /* One account per principal until principals hold several: the key
+   * belongs to the caller's. */
+  if (req->account_id && req->account_id[0] && strcmp(req->account_id, who->account_id) != 0) {
+    ana_error_set(&err, ANA_STATUS_PERMISSION_DENIED,
+                  "accountId: keys can be created for your own account only");
+    fail_with(call, &err);
+    return;
+  }
+  if (!req->role || !req->role[0]) {
+    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "role: is required (one of %s)",
+                  ana_api_key_roles_text);
+    fail_with(call, &err);
+    return;
+  }
+  if (ana_api_keys_issue(opts.keys, who->account_id, req->role, req->name,
+                         who->subject ? who->subject : "", key, &rec, &err) < 0) {
+    fail_with(call, &err);
+    return;
+  }
+  Analytics__V1__CreateKeyResponse resp = ANALYTICS__V1__CREATE_KEY_RESPONSE__INIT;
+  resp.key = message_of(a, &rec);
+  resp.api_key = key;
+  ANA_INFO("keys", "API key %s created for account %s with role %s", rec.key_id, who->account_id,
+           rec.role);
+  /* The reply is serialised before ana_call_finish returns. */
+  if (!resp.key)
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  else
+    ana_call_reply(call, &resp.base);
+  OPENSSL_cleanse(key, sizeof key);
+}
+
+static void do_get(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__GetKeyRequest *req = (const void *)request;
+  struct ana_error err;
+  struct one o = {ana_call_arena(call), NULL, false};
+  if (ana_api_keys_get(opts.keys, ana_call_principal(call)->account_id, req->key_id, keep_one, &o,
+                       &err) < 0)
+    fail_with(call, &err);
+  else if (o.nomem || !o.key)
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  else
+    ana_call_reply(call, &o.key->base);
+}
+
+struct page {
+  struct ana_arena *arena;
+  Analytics__V1__ApiKey **items;
+  size_t n, cap;
+  bool nomem;
+};
+
+static int collect(void *ctx, const struct ana_api_key_record *r) {
+  struct page *p = ctx;
+  if (p->n == p->cap)
+    return 1;
+  if (!(p->items[p->n] = message_of(p->arena, r))) {
+    p->nomem = true;
+    return 1;
+  }
+  p->n++;
+  return 0;
+}
+
+static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__ListKeysRequest *req = (const void *)request;
+  struct ana_error err;
+  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
+    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
+                  MAX_PAGE);
+    fail_with(call, &err);
+    return;
+  }
+  size_t size = req->page_size ? (size_t)req->page_size : DEFAULT_PAGE;
+  struct ana_arena *a = ana_call_arena(call);
+  struct page p = {a, ana_arena_calloc(a, size + 1, sizeof *p.items), 0, size + 1, false};
+  if (!p.items) {
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  if (ana_api_keys_list(opts.keys, ana_call_principal(call)->account_id, req->page_token,
+                        (int)size + 1, collect, &p, &err) < 0) {
+    fail_with(call, &err);
+    return;
+  }
+  if (p.nomem) {
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  Analytics__V1__ListKeysResponse resp = ANALYTICS__V1__LIST_KEYS_RESPONSE__INIT;
+  if (p.n > size) {
+    p.n = size;
+    resp.next_page_token = p.items[size - 1]->key_id;
+  }
+  resp.n_keys = p.n;
+  resp.keys = p.items;
+  ana_call_reply(call, &resp.base);
+}
+
+static void do_revoke(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__RevokeKeyRequest *req = (const void *)request;
+  const char *account = ana_call_principal(call)->account_id;
+  struct ana_error err;
+  struct one o = {ana_call_arena(call), NULL, false};
+  if (ana_api_keys_revoke(opts.keys, account, req->key_id, &err) < 0 ||
+      ana_api_keys_get(opts.keys, account, req->key_id, keep_one, &o, &err) < 0) {
+    fail_with(call, &err);
+    return;
+  }
+  if (o.nomem || !o.key) {
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  ANA_INFO("keys", "API key %s of account %s revoked", o.key->key_id, account);
+  ana_call_reply(call, &o.key->base);
+}
+
+#define ASYNC(name, fn)                                                                            \
+  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
+    submit(call, request, fn);                                                                     \
+  }
+
+ASYNC(create_key, do_create)
+ASYNC(get_key, do_get)
+ASYNC(list_keys, do_list)
+ASYNC(revoke_key, do_revoke)
+
+static const struct ana_handler create_h = {.on_request = create_key};
+static const struct ana_handler get_h = {.on_request = get_key};
+static const struct ana_handler list_h = {.on_request = list_keys};
+static const struct ana_handler revoke_h = {.on_request = revoke_key};
+
+int ana_key_service_bind(const struct ana_key_service_options *o) {
+  opts = *o;
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_CREATE_KEY, &create_h);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_GET_KEY, &get_h);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_LIST_KEYS, &list_h);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_REVOKE_KEY, &revoke_h);
+  return 0;
+}
