@@ -326,10 +326,11 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
   json_str(b, x->path);
   if (ws)
     gen_printf(
-        b, ",\"description\":\"WebSocket: connect with an upgrade on this path (token in "
-           "Authorization or in the subprotocol list \"bearer, <token>\"). Each message is a text "
-           "frame {\\\"result\\\":...}; an error ends the stream with "
-           "{\\\"error\\\":{code,message,details}} and close code 1011.\"");
+        b,
+        ",\"description\":\"WebSocket: connect with an upgrade on this path (token in "
+        "Authorization or in the subprotocol list \\\"bearer, <token>\\\"). Each message is a text "
+        "frame {\\\"result\\\":...}; an error ends the stream with "
+        "{\\\"error\\\":{code,message,details}} and close code 1011.\"");
   if (x->permission && x->permission[0]) {
     gen_printf(b, ",\"x-permission\":");
     json_str(b, x->permission);

@@ -1,11 +1,12 @@
 /* Event ingestion: validation and enrichment of each event, the group
  * committer (deduplication, then the event store, in one durable
- * transaction), and the hook that hears every committed event. */
+ * transaction), which hands every commit to the post-commit pipeline. */
 #ifndef ANA_INGEST_H
 #define ANA_INGEST_H
 
 #include "ana_arena.h"
 #include "ana_error.h"
+#include "ana_post_commit.h"
 #include "ana_store.h"
 #include "analytics/v1/events.pb-c.h"
 
@@ -74,16 +75,15 @@ struct ana_commit_request {
   int64_t enqueued_ns;             /* monotonic; for the queue-wait histogram */
 };
 
-/* Hears every committed (non-duplicate) event, in commit order, on the
- * committer's thread: must not block. */
-typedef void (*ana_commit_hook_fn)(void *ctx, const struct ana_event_record *records, size_t n);
-
 struct ana_committer_options {
   int batch_size;             /* most events per commit */
   int processing_interval_ms; /* longest wait for more events when commits are shared */
   int queue_max;              /* most events waiting; beyond it submit fails */
   int retention_days;
   int retention_sweep_interval_ms;
+  /* Hears each committed request's records, in commit order, on the commit
+   * thread, before its answer (borrowed; started; may be NULL). */
+  struct ana_post_commit *post_commit;
 };
 
 /* Starts the commit thread over the local database and event store. */
@@ -98,10 +98,8 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
 int ana_committer_submit(struct ana_committer *c, struct ana_commit_request *req,
                          struct ana_error *err);
 
-/* Registers a hook (before traffic starts). */
-int ana_committer_subscribe(struct ana_committer *c, ana_commit_hook_fn fn, void *ctx);
-
-/* Commits everything queued, then stops the thread. */
+/* Commits everything queued (its last commits still reach the post-commit
+ * pipeline), then stops the thread. */
 void ana_committer_destroy(struct ana_committer *c);
 
 /* Counters for health and metrics. */

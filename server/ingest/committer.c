@@ -22,14 +22,8 @@
 
 #define DAY_MS 86400000LL
 #define RETENTION_CHUNK 1000
-#define MAX_HOOKS 8
 /* An idle commit thread wakes at least this often to beat (liveness). */
 #define IDLE_BEAT_MS 1000
-
-struct hook {
-  ana_commit_hook_fn fn;
-  void *ctx;
-};
 
 struct ana_committer {
   struct ana_local_db *db;
@@ -45,8 +39,6 @@ struct ana_committer {
   pthread_t thread;
   bool started;
 
-  struct hook hooks[MAX_HOOKS];
-  int n_hooks;
   struct ana_committer_stats stats;
   /* Metrics (lock-free): how long each commit took (begin to the fsync'd
    * commit), how many events it held, how long requests waited for it. */
@@ -163,9 +155,8 @@ static void finish_batch(struct ana_committer *c, struct ana_commit_request *bat
           last_seq = r->records[i].seq;
         }
       }
-      /* Hooks see the events of each request, in commit order. */
-      for (int h = 0; h < c->n_hooks; h++)
-        c->hooks[h].fn(c->hooks[h].ctx, r->records, r->n);
+      /* The subscribers see the events of each request, in commit order. */
+      ana_post_commit_run(c->o.post_commit, r->records, r->n);
     }
   } else {
     ANA_ERROR("ingest", "commit failed, nothing of it was acknowledged: %s", err->message);
@@ -320,13 +311,6 @@ int ana_committer_submit(struct ana_committer *c, struct ana_commit_request *req
   c->queued_events += (long)req->n;
   pthread_cond_signal(&c->cond);
   pthread_mutex_unlock(&c->mu);
-  return 0;
-}
-
-int ana_committer_subscribe(struct ana_committer *c, ana_commit_hook_fn fn, void *ctx) {
-  if (c->n_hooks == MAX_HOOKS)
-    return ANA_ERR_FULL;
-  c->hooks[c->n_hooks++] = (struct hook){fn, ctx};
   return 0;
 }
 

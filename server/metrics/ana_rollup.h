@@ -63,7 +63,7 @@ struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
 /* Stops the thread (after its current chunk); NULL does nothing. */
 void ana_rollup_destroy(struct ana_rollups *r);
 
-/* The commit hook (ana_commit_hook_fn): notes the last commit sequence
+/* The commit hook (ana_post_commit_fn): notes the last commit sequence
  * number (for the lag on /metrics) and wakes the thread. Never blocks
  * beyond a short mutex. */
 void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, size_t n);

@@ -67,7 +67,7 @@ struct ana_metric_streams *ana_metric_streams_create(const struct ana_metric_str
  * NULL does nothing. */
 void ana_metric_streams_destroy(struct ana_metric_streams *ms);
 
-/* The commit hook (ana_commit_hook_fn); ctx is the streams. */
+/* The commit hook (ana_post_commit_fn); ctx is the streams. */
 void ana_metric_streams_on_commit(void *ctx, const struct ana_event_record *records, size_t n);
 
 /* What a subscriber asks for. */

@@ -57,7 +57,7 @@ struct ana_realtime *ana_realtime_create(const struct ana_realtime_options *o,
  * NULL does nothing. Blocks until the pump thread has stopped. */
 void ana_realtime_destroy(struct ana_realtime *rt);
 
-/* The commit hook (ana_commit_hook_fn): ctx is the hub. Skips duplicates.
+/* The commit hook (ana_post_commit_fn): ctx is the hub. Skips duplicates.
  * Runs on the committer's thread; takes the hub's lock briefly, never
  * waits for a subscriber. */
 void ana_realtime_on_commit(void *ctx, const struct ana_event_record *records, size_t n);

@@ -215,6 +215,7 @@ class Options(ctypes.Structure):
                 ("max_retries", ctypes.c_int), ("backoff_base_ms", ctypes.c_int64),
                 ("backoff_max_ms", ctypes.c_int64), ("close_timeout_ms", ctypes.c_int64),
                 ("on_delivery_failure", ctypes.c_void_p), ("delivery_ctx", ctypes.c_void_p),
+                ("proto_max_depth", ctypes.c_int),
                 ("api_key", ctypes.c_char_p), ("account_id", ctypes.c_char_p)]
 
 

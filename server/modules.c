@@ -1,0 +1,505 @@
+/* analyticsd's module table: each module's start and stop, in the order the
+ * service comes up (store, the commit path and its subscribers, services,
+ * transports) and goes down in reverse (stop accepting, drain in-flight
+ * calls, drain the committer, stop the post-commit subscribers, close the
+ * store, which checkpoints its WAL). */
+#include "ana_server.h"
+
+#include "ana_builtin_services.h"
+#include "ana_heartbeat.h"
+#include "ana_log.h"
+#include "ana_services.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The post-commit pipeline's order: each commit reaches the subscribers in
+ * this order, on the commit thread, before its requests are answered. Each
+ * registers itself from its module's start below (the module order is the
+ * order of their dependencies, not this one). */
+static const char *const post_commit_order[] = {
+    "event_names",    /* hands names to the catalog's map; its thread stores them */
+    "rollups",        /* notes the last sequence and wakes the rollup thread */
+    "realtime",       /* matches live subscribers' filters, queues for the pump */
+    "metric_streams", /* folds events into open buckets; the ticker pushes */
+};
+
+/* Prefixes err's message with what failed; returns the error to return. */
+static int fail(struct ana_error *err, const char *what) {
+  char detail[sizeof err->message];
+  memcpy(detail, err->message, sizeof detail);
+  ana_error_set(err, err->code ? err->code : ANA_STATUS_INTERNAL, "%s: %s", what, detail);
+  return ANA_ERR_INTERNAL;
+}
+
+/* ------------------------------------------------------------------ */
+/* the process: principal defaults, built-in services, metrics          */
+
+static int auth_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  (void)s;
+  if (ana_auth_init(cfg->auth.default_account_id) < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot initialise authentication");
+  /* The JWT source (JWT_*); API keys add theirs with ana_auth_add_source. */
+  if (ana_auth_configure(&cfg->auth, err) < 0)
+    return fail(err, "invalid authentication settings");
+  if (ana_auth_protected_mode())
+    ANA_WARN("auth",
+             "protected mode: no authentication is configured, so only loopback clients "
+             "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
+             "JWT_JWKS_URL) to serve other hosts",
+             cfg->auth.default_account_id);
+  return 0;
+}
+
+static int auth_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)s, (void)deadline_ms;
+  ana_auth_fini();
+  return 0;
+}
+
+static int rpc_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  (void)s;
+  if (ana_reflection_bind() < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot load the reflection descriptors");
+  ana_rpc_set_trusted_proxies(cfg->ingest.trusted_proxies); /* per-client limits behind proxies */
+  ana_log_register_metrics();
+  ana_health_bind();
+  return 0;
+}
+
+static int rpc_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)s, (void)deadline_ms;
+  ana_reflection_fini();
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* storage                                                              */
+
+/* mkdir -p: creates path and its parents (mode 0750). */
+static int make_dirs(const char *path) {
+  char buf[4096];
+  size_t n = strlen(path);
+  if (n == 0 || n >= sizeof buf)
+    return -1;
+  memcpy(buf, path, n + 1);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/')
+      continue;
+    *p = '\0';
+    if (mkdir(buf, 0750) < 0 && errno != EEXIST)
+      return -1;
+    *p = '/';
+  }
+  if (mkdir(buf, 0750) < 0 && errno != EEXIST)
+    return -1;
+  return access(buf, W_OK) == 0 ? 0 : -1;
+}
+
+static int store_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  if (make_dirs(cfg->store.data_dir) < 0)
+    return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                         "DATA_DIR: cannot create or write %s: %s", cfg->store.data_dir,
+                         strerror(errno));
+  s->store_ops = ana_store_event_backend("sqlite");
+  s->db = ana_local_db_open(cfg->store.data_dir, err);
+  if (s->db) { /* MiB of WAL in pages of 4 KiB */
+    ana_local_db_set_checkpoint_pages(s->db, cfg->store.wal_checkpoint_mb * 256);
+    ana_local_db_set_search_index_wait_ms(s->db, cfg->store.search_index_wait_ms);
+    ana_local_db_set_min_free_bytes(s->db, (int64_t)cfg->store.store_min_free_mb << 20);
+    ana_local_db_check_space(s->db);
+  }
+  s->store = s->db ? s->store_ops->open(s->db, err) : NULL;
+  if (!s->store)
+    return fail(err, "cannot open the event store");
+  s->schema_version = ana_local_db_schema_version(s->db);
+  return 0;
+}
+
+/* Last of all: closing the local database checkpoints its WAL. */
+static int store_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  if (s->store)
+    s->store_ops->close(s->store);
+  s->store = NULL;
+  ana_local_db_close(s->db);
+  s->db = NULL;
+  return 0;
+}
+
+static int catalog_start(struct ana_server *s, const struct ana_config *cfg,
+                         struct ana_error *err) {
+  (void)cfg;
+  s->catalog_ops = ana_store_catalog_backend("sqlite");
+  s->catalog = s->catalog_ops->open(s->db, err);
+  if (!s->catalog)
+    return fail(err, "cannot open the catalog");
+  return 0;
+}
+
+static int catalog_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  if (s->catalog)
+    s->catalog_ops->close(s->catalog);
+  s->catalog = NULL;
+  return 0;
+}
+
+static int api_keys_start(struct ana_server *s, const struct ana_config *cfg,
+                          struct ana_error *err) {
+  (void)cfg;
+  struct ana_api_keys_options kopts;
+  ana_api_keys_options_init(&kopts);
+  s->key_store_ops = kopts.ops = ana_store_api_key_backend("sqlite");
+  kopts.store = s->key_store = s->key_store_ops->open(s->db, err);
+  if (!s->key_store || !(s->api_keys = ana_api_keys_create(&kopts, err)))
+    return fail(err, "cannot open the API keys");
+  return 0;
+}
+
+/* After the workers: KeyService calls use the keys. */
+static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_api_keys_destroy(s->api_keys);
+  s->api_keys = NULL;
+  if (s->key_store)
+    s->key_store_ops->close(s->key_store);
+  s->key_store = NULL;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the post-commit pipeline and its subscribers                         */
+
+static int post_commit_start(struct ana_server *s, const struct ana_config *cfg,
+                             struct ana_error *err) {
+  (void)cfg;
+  s->post_commit = ana_post_commit_create(
+      post_commit_order, sizeof post_commit_order / sizeof post_commit_order[0], err);
+  return s->post_commit ? 0 : ANA_ERR_INVALID;
+}
+
+/* After the committer and every subscriber. */
+static int post_commit_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_post_commit_destroy(s->post_commit);
+  s->post_commit = NULL;
+  return 0;
+}
+
+/* Metric rollups follow the commit sequence on their own thread; the hook
+ * only wakes it. */
+static int rollups_start(struct ana_server *s, const struct ana_config *cfg,
+                         struct ana_error *err) {
+  struct ana_rollup_options roopts = {
+      .cache_bytes =
+          cfg->metrics.rollup_cache_mb ? (int64_t)cfg->metrics.rollup_cache_mb << 20 : -1,
+      .retention_days = cfg->store.retention_days,
+      .sweep_interval_ms = cfg->store.retention_sweep_interval_ms,
+  };
+  s->rollups = ana_rollup_create(s->db, s->store_ops, s->store, &roopts, err);
+  if (!s->rollups)
+    return fail(err, "cannot start the metric rollups");
+  return ana_post_commit_register(s->post_commit, "rollups", ana_rollup_on_commit, s->rollups, err);
+}
+
+/* After the workers (queries), the committer (its hook) and the event
+ * names (their callback resolves metrics). */
+static int rollups_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_rollup_destroy(s->rollups);
+  s->rollups = NULL;
+  return 0;
+}
+
+static int workers_start(struct ana_server *s, const struct ana_config *cfg,
+                         struct ana_error *err) {
+  (void)cfg;
+  s->workers = ana_workers_create(4, 1024);
+  if (!s->workers)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the worker pool");
+  return 0;
+}
+
+/* After the transports: every call is finished, so no job is left. */
+static int workers_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_workers_destroy(s->workers);
+  s->workers = NULL;
+  return 0;
+}
+
+/* Live streams hear every commit through the hook. */
+static int realtime_start(struct ana_server *s, const struct ana_config *cfg,
+                          struct ana_error *err) {
+  struct ana_realtime_options rtopts = {
+      .buffer_size = (size_t)cfg->bridge.stream_buffer_size,
+      .aggregate_interval_ms = cfg->realtime.realtime_aggregate_interval_ms,
+      .slow_consumer_ms = cfg->realtime.realtime_slow_consumer_ms,
+  };
+  s->realtime = ana_realtime_create(&rtopts, err);
+  if (!s->realtime)
+    return fail(err, "cannot start the real-time hub");
+  return ana_post_commit_register(s->post_commit, "realtime", ana_realtime_on_commit, s->realtime,
+                                  err);
+}
+
+static int realtime_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_realtime_destroy(s->realtime);
+  s->realtime = NULL;
+  return 0;
+}
+
+/* Live metric streams: their own hook, pushing through the hub. */
+static int metric_streams_start(struct ana_server *s, const struct ana_config *cfg,
+                                struct ana_error *err) {
+  struct ana_metric_streams_options msopts = {
+      .hub = s->realtime,
+      .store_ops = s->store_ops,
+      .store = s->store,
+      .interval_ms = cfg->metrics.metric_stream_interval_ms,
+      .history_buckets = cfg->metrics.metric_stream_history,
+      .streams_per_peer = cfg->metrics.metric_streams_per_peer,
+  };
+  s->metric_streams = ana_metric_streams_create(&msopts, err);
+  if (!s->metric_streams)
+    return fail(err, "cannot start the live metric streams");
+  return ana_post_commit_register(s->post_commit, "metric_streams", ana_metric_streams_on_commit,
+                                  s->metric_streams, err);
+}
+
+/* Before the hub: it pushes through it. */
+static int metric_streams_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_metric_streams_destroy(s->metric_streams);
+  s->metric_streams = NULL;
+  return 0;
+}
+
+/* The catalog of event names: its own hook, stored by its own thread
+ * (started with the services: its callback is the metric service's). */
+static int event_names_start(struct ana_server *s, const struct ana_config *cfg,
+                             struct ana_error *err) {
+  s->names = ana_event_names_create(
+      s->db, &(struct ana_event_names_options){cfg->ingest.event_names_max}, err);
+  if (!s->names)
+    return fail(err, "cannot open the event names");
+  return ana_post_commit_register(s->post_commit, "event_names", ana_event_names_on_commit,
+                                  s->names, err);
+}
+
+/* After the committer's hook; before the rollups its callback uses. */
+static int event_names_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_event_names_destroy(s->names);
+  s->names = NULL;
+  return 0;
+}
+
+/* The group committer: from here on the pipeline's list is sealed. */
+static int ingest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  ana_post_commit_start(s->post_commit);
+  struct ana_committer_options copts = {
+      .batch_size = cfg->ingest.batch_size,
+      .processing_interval_ms = cfg->ingest.processing_interval_ms,
+      .queue_max = cfg->ingest.ingest_queue_max,
+      .retention_days = cfg->store.retention_days,
+      .retention_sweep_interval_ms = cfg->store.retention_sweep_interval_ms,
+      .post_commit = s->post_commit,
+  };
+  s->committer = ana_committer_create(s->db, s->store_ops, s->store, &copts, err);
+  if (!s->committer)
+    return fail(err, "cannot start the ingest path");
+  return 0;
+}
+
+/* After the transports (in-flight calls were waiting for it): commits
+ * what is queued, whose last commits still reach the subscribers, which
+ * stop after it. */
+static int ingest_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_committer_destroy(s->committer);
+  s->committer = NULL;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the services                                                         */
+
+static int services_start(struct ana_server *s, const struct ana_config *cfg,
+                          struct ana_error *err) {
+  struct ana_event_service_options eopts = {
+      .committer = s->committer,
+      .store_ops = s->store_ops,
+      .store = s->store,
+      .workers = s->workers,
+      .limits =
+          {
+              .event_max_bytes = cfg->ingest.event_max_bytes,
+              .event_max_properties = cfg->ingest.event_max_properties,
+              .event_max_depth = cfg->ingest.event_max_depth,
+              .batch_max_events = cfg->ingest.batch_max_events,
+              .batch_max_bytes = cfg->ingest.batch_max_bytes,
+              .retention_days = cfg->store.retention_days,
+              .event_max_future_ms = cfg->ingest.event_max_future_ms,
+              .reject_future = strcmp(cfg->ingest.timestamp_policy, "reject") == 0,
+              .clock_skew_tolerance_ms = cfg->ingest.clock_skew_tolerance_ms,
+          },
+      .trusted_proxies = cfg->ingest.trusted_proxies,
+      .search_max_page_size = cfg->store.search_max_page_size,
+      .stream_max_in_flight = cfg->ingest.ingest_stream_max_in_flight,
+      .event_names = s->names,
+  };
+  ana_event_service_bind(&eopts);
+  ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
+  struct ana_metric_service_options mopts = {
+      .catalog_ops = s->catalog_ops,
+      .catalog = s->catalog,
+      .store_ops = s->store_ops,
+      .store = s->store,
+      .workers = s->workers,
+      .rollups = s->rollups,
+      .event_names = s->names,
+  };
+  ana_metric_service_bind(&mopts);
+  if (ana_event_names_start(s->names, ana_metric_service_names_added, NULL, err) < 0)
+    return fail(err, "cannot start the event names");
+  ana_realtime_service_bind(s->realtime);
+  ana_metric_service_bind_streams(s->metric_streams, s->realtime);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the transports                                                       */
+
+static int grpc_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  struct ana_grpc_server_options opts = {
+      .host = cfg->rpc.grpc_host,
+      .port = cfg->rpc.grpc_port,
+      .threads = cfg->rpc.grpc_threads,
+      .max_message_bytes = cfg->rpc.grpc_max_message_bytes,
+      .proto_max_depth = cfg->process.proto_max_depth,
+      .send_queue_max = cfg->rpc.stream_send_queue_max,
+      .max_concurrent_streams = cfg->rpc.grpc_max_concurrent_streams,
+      .max_metadata_bytes = cfg->rpc.grpc_max_metadata_bytes,
+      .streams_per_peer = cfg->rpc.grpc_streams_per_peer,
+  };
+  s->grpc = ana_grpc_server_create(&opts, err);
+  if (!s->grpc)
+    return fail(err, "cannot start the gRPC server");
+  return 0;
+}
+
+/* After REST (its in-flight calls finish while gRPC still serves), within
+ * what is left of the grace period. */
+static int grpc_stop(struct ana_server *s, int64_t deadline_ms) {
+  if (!s->grpc)
+    return 0;
+  if (s->draining) {
+    int64_t left = deadline_ms - ana_heartbeat_now_ms();
+    if (ana_grpc_server_shutdown(s->grpc, left > 0 ? (int)left : 0) < 0) {
+      /* Some call never ended: tearing down now could crash. */
+      if (!s->forced)
+        s->forced = "calls still open";
+      return ANA_ERR_TIMEOUT;
+    }
+  }
+  ana_grpc_server_destroy(s->grpc);
+  s->grpc = NULL;
+  return 0;
+}
+
+/* The bridge's health callback (its thread; nothing here blocks): readiness,
+ * 503 while not serving (starting, stopping), while the store cannot write
+ * (the last write failed, or DATA_DIR is short of space) or while the
+ * bridge itself was stalled (then it could not answer anyway). */
+static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
+  struct ana_server *s = ctx;
+  bool degraded = s->db && ana_local_db_degraded(s->db);
+  struct ana_committer_stats st = {0};
+  if (s->committer)
+    ana_committer_stats(s->committer, &st);
+  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && !degraded;
+  if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
+      ana_restbridge_health_add(extra, "auth", ana_auth_mode_name()) < 0 ||
+      ana_restbridge_health_add_int(extra, "schemaVersion", s->schema_version) < 0 ||
+      ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
+      ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
+    return ANA_ERR_NOMEM;
+  return 0;
+}
+
+/* The REST + WebSocket bridge drives the same handlers in-process. */
+static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  struct ana_restbridge_options ropts = {
+      .host = cfg->bridge.http_host,
+      .port = cfg->bridge.port,
+      .max_body_bytes = (size_t)cfg->bridge.http_max_body_bytes,
+      .stream_buffer_size = (size_t)cfg->bridge.stream_buffer_size,
+      .slow_consumer_ms = cfg->bridge.ws_slow_consumer_ms,
+      .body_budget_bytes = (size_t)cfg->bridge.http_body_budget_mb << 20,
+      .stream_budget_bytes = (size_t)cfg->bridge.stream_queue_budget_mb << 20,
+      .body_min_rate = (size_t)cfg->bridge.http_body_min_rate,
+      .body_rate_window_ms = cfg->bridge.http_body_rate_window_ms,
+      .decode_threads = cfg->bridge.http_decode_threads ? cfg->bridge.http_decode_threads : -1,
+      .cors_allowed_origins = cfg->bridge.cors_allowed_origins,
+      .web_root = cfg->bridge.web_root,
+      .health = rest_health,
+      .health_ctx = s,
+      .protected_mode = ana_auth_protected_mode,
+      .allowed_hosts = cfg->bridge.http_allowed_hosts,
+      .allow_query_token = cfg->auth.jwt_allow_query_token,
+      .health_require_auth = cfg->auth.health_require_auth,
+      .metrics_require_auth = cfg->auth.metrics_require_auth,
+  };
+  s->rest = ana_restbridge_create(&ropts, err);
+  if (!s->rest)
+    return fail(err, "cannot start the REST bridge");
+  return 0;
+}
+
+/* First: its in-flight calls finish while gRPC still serves, within the
+ * one grace period counted from the signal. A bridge thread stuck in a
+ * callback is left running (destroying it could crash). */
+static int rest_stop(struct ana_server *s, int64_t deadline_ms) {
+  if (!s->rest)
+    return 0;
+  if (s->draining) {
+    int64_t left = deadline_ms - ana_heartbeat_now_ms();
+    ana_restbridge_shutdown(s->rest, left > 0 ? (int)left : 0);
+    if (!ana_restbridge_stopped(s->rest)) {
+      s->rest = NULL;
+      if (!s->forced)
+        s->forced = "the HTTP thread stuck";
+      return ANA_ERR_TIMEOUT;
+    }
+  }
+  ana_restbridge_destroy(s->rest);
+  s->rest = NULL;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+const struct ana_module ana_server_modules[] = {
+    {.name = "auth", .start = auth_start, .stop = auth_stop},
+    {.name = "rpc", .start = rpc_start, .stop = rpc_stop},
+    {.name = "store", .start = store_start, .stop = store_stop},
+    {.name = "catalog", .start = catalog_start, .stop = catalog_stop},
+    {.name = "api_keys", .start = api_keys_start, .stop = api_keys_stop},
+    {.name = "post_commit", .start = post_commit_start, .stop = post_commit_stop},
+    {.name = "rollups", .start = rollups_start, .stop = rollups_stop},
+    {.name = "workers", .start = workers_start, .stop = workers_stop},
+    {.name = "realtime", .start = realtime_start, .stop = realtime_stop},
+    {.name = "metric_streams", .start = metric_streams_start, .stop = metric_streams_stop},
+    {.name = "event_names", .start = event_names_start, .stop = event_names_stop},
+    {.name = "ingest", .start = ingest_start, .stop = ingest_stop},
+    {.name = "services", .start = services_start},
+    {.name = "grpc", .start = grpc_start, .stop = grpc_stop, .drains = true},
+    {.name = "rest", .start = rest_start, .stop = rest_stop, .drains = true},
+};
+const size_t ana_server_n_modules = sizeof ana_server_modules / sizeof ana_server_modules[0];
