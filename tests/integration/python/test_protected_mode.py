@@ -155,6 +155,43 @@ class ProtectedModeTest(harness.ServerTestCase):
         self.assertEqual(self.names("localhost")[0], "OK")
 
 
+class ForwardedClientTest(harness.ServerTestCase):
+    """A proxy on this host (analytics-restbridge) listed in TRUSTED_PROXIES
+    does not lend its loopback address to the clients it forwards for; an
+    untrusted one's X-Forwarded-For changes nothing."""
+    SERVER_ENV = {"TRUSTED_PROXIES": "127.0.0.1/32"}
+
+    def track(self, forwarded_for):
+        pb = self.ns.analytics["events"][0]
+        payload = pb.TrackEventRequest(event=pb.Event(event_name="signup", event_type="user"))\
+            .SerializeToString()
+        return grpc_call(self.channel, TRACK, payload, [("x-forwarded-for", forwarded_for)])
+
+    def test_a_remote_client_forwarded_by_a_trusted_proxy_is_refused(self):
+        code, details = self.track("198.51.100.9")
+        self.assertEqual(code, "UNAUTHENTICATED")
+        self.assertIn("JWT_HS256_SECRET", details)
+        self.assertEqual(self.track("127.0.0.9")[0], "OK")
+
+    def test_through_the_remote_bridge(self):
+        bridge = harness.RemoteBridge(self.server).start()
+        self.addCleanup(bridge.stop)
+        code, body, _ = rest_call(bridge.port, "GET", "/api/events/names",
+                                  {"X-Forwarded-For": "198.51.100.9"})
+        self.assertEqual(code, "UNAUTHENTICATED", body)
+        self.assertEqual(rest_call(bridge.port, "GET", "/api/events/names")[0], "OK")
+
+
+class UntrustedForwardedForTest(harness.ServerTestCase):
+
+    def test_forwarded_for_from_an_untrusted_loopback_peer_changes_nothing(self):
+        pb = self.ns.analytics["events"][0]
+        payload = pb.TrackEventRequest(event=pb.Event(event_name="signup", event_type="user"))\
+            .SerializeToString()
+        code, _ = grpc_call(self.channel, TRACK, payload, [("x-forwarded-for", "198.51.100.9")])
+        self.assertEqual(code, "OK")
+
+
 class HttpHostTest(unittest.TestCase):
     """HTTP_HOST binds the REST port like GRPC_HOST binds gRPC."""
 
