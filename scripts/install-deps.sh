@@ -22,6 +22,7 @@ BUILD_PACKAGES="build-essential cmake pkg-config git
 TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev clang-format
   python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
   sqlite3 procps libcurl4-openssl-dev curl python3-websockets python3-aiosmtpd
+  python3-cryptography iproute2
   chromium nodejs npm"
 
 # Shared libraries loaded by the installed binaries, and nothing to build with.

@@ -42,6 +42,15 @@ static int auth_start(struct ana_server *s, const struct ana_config *cfg, struct
   (void)s;
   if (ana_auth_init(cfg->auth.default_account_id) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot initialise authentication");
+  /* The JWT source (JWT_*); API keys add theirs with ana_auth_add_source. */
+  if (ana_auth_configure(&cfg->auth, err) < 0)
+    return fail(err, "invalid authentication settings");
+  if (ana_auth_protected_mode())
+    ANA_WARN("auth",
+             "protected mode: no authentication is configured, so only loopback clients "
+             "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
+             "JWT_JWKS_URL) to serve other hosts",
+             cfg->auth.default_account_id);
   return 0;
 }
 
@@ -452,6 +461,7 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
     ana_committer_stats(s->committer, &st);
   *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && !degraded;
   if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
+      ana_restbridge_health_add(extra, "auth", ana_auth_mode_name()) < 0 ||
       ana_restbridge_health_add_int(extra, "schemaVersion", s->schema_version) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
@@ -462,6 +472,7 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
 /* The REST + WebSocket bridge drives the same handlers in-process. */
 static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
   struct ana_restbridge_options ropts = {
+      .host = cfg->bridge.http_host,
       .port = cfg->bridge.port,
       .max_body_bytes = (size_t)cfg->bridge.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg->bridge.stream_buffer_size,
@@ -475,6 +486,11 @@ static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct
       .web_root = cfg->bridge.web_root,
       .health = rest_health,
       .health_ctx = s,
+      .protected_mode = ana_auth_protected_mode,
+      .allowed_hosts = cfg->bridge.http_allowed_hosts,
+      .allow_query_token = cfg->auth.jwt_allow_query_token,
+      .health_require_auth = cfg->auth.health_require_auth,
+      .metrics_require_auth = cfg->auth.metrics_require_auth,
   };
   s->rest = ana_restbridge_create(&ropts, err);
   if (!s->rest)
