@@ -1070,25 +1070,19 @@ fail:
 }
 
 struct load_ctx {
-  struct ana_alerts *al;
   char last[64];
   int n;
+  Analytics__V1__Alert *got[100];
 };
 
+/* Keeps the page's rules: they are loaded after the catalog call returns
+ * (loading one reads the catalog again). */
 static int load_one(void *ctx, const struct ana_catalog_object *o) {
   struct load_ctx *lc = ctx;
   snprintf(lc->last, sizeof lc->last, "%s", o->id);
-  lc->n++;
-  Analytics__V1__Alert *a =
-      (void *)ana_proto_unpack(&analytics__v1__alert__descriptor, NULL, o->body, o->body_len,
-                               ANA_PROTO_MAX_DEPTH_CEILING, NULL);
-  if (!a)
-    return 0;
-  struct ana_error err;
-  if (ana_alerts_put(lc->al, a, &err) < 0)
-    ANA_WARN("alerts", "alert %s not evaluated: %s", o->id, err.message);
-  protobuf_c_message_free_unpacked(&a->base, NULL);
-  return 0;
+  lc->got[lc->n++] = (void *)ana_proto_unpack(&analytics__v1__alert__descriptor, NULL, o->body,
+                                              o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+  return lc->n == 100;
 }
 
 void ana_alerts_load_all(struct ana_alerts *al) {
@@ -1109,13 +1103,20 @@ void ana_alerts_load_all(struct ana_alerts *al) {
     }
   sqlite3_finalize(st);
   for (size_t i = 0; i < n; i++) {
-    struct load_ctx lc = {al, "", 0};
+    struct load_ctx lc = {"", 0, {0}};
     struct ana_error err;
     do {
       lc.n = 0;
       if (accounts[i] && al->o.catalog_ops->list(al->o.catalog, KIND, accounts[i], lc.last, 100,
                                                  load_one, &lc, &err) < 0)
         break;
+      for (int k = 0; k < lc.n; k++) {
+        if (!lc.got[k])
+          continue;
+        if (ana_alerts_put(al, lc.got[k], &err) < 0)
+          ANA_WARN("alerts", "alert %s not evaluated: %s", lc.got[k]->alert_id, err.message);
+        protobuf_c_message_free_unpacked(&lc.got[k]->base, NULL);
+      }
     } while (lc.n == 100);
     ana_free(accounts[i]);
   }
