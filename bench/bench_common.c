@@ -246,6 +246,7 @@ struct client {
   double *lat;  /* ms; NULL when latencies are not asked for */
   double *sent; /* bench_now_s of each call in lat; NULL when no log is asked for */
   size_t n_lat;
+  int index; /* among the run's clients */
 };
 
 static void *unary_client(void *arg) {
@@ -264,6 +265,11 @@ static void *unary_client(void *arg) {
     }
     Analytics__V1__Event *evs = make_events((size_t)batch, ids, ptrs);
     struct ana_error err;
+    struct ana_call_options call_opts = {0}, *opts = NULL;
+    if (c->load->authorization) {
+      call_opts.authorization = c->load->authorization(c->load->auth_ctx, c->index);
+      opts = &call_opts;
+    }
     double t = bench_now_s();
     int rc;
     if (batch == 0) {
@@ -276,7 +282,7 @@ static void *unary_client(void *arg) {
       Analytics__V1__TrackEventRequest req = ANALYTICS__V1__TRACK_EVENT_REQUEST__INIT;
       Analytics__V1__TrackEventResponse *resp = NULL;
       req.event = &evs[0];
-      rc = ana_stub_event_service_track_event(c->channel, &req, &resp, NULL, &err);
+      rc = ana_stub_event_service_track_event(c->channel, &req, &resp, opts, &err);
       if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
     } else {
@@ -395,7 +401,8 @@ double bench_grpc_ingest_rate(struct ana_client_channel *channel,
     clients[i] = (struct client){.load = load,
                                  .channel = channel,
                                  .until = start + load->seconds,
-                                 .first = start + load->interval * i / n};
+                                 .first = start + load->interval * i / n,
+                                 .index = i};
     if (want_latency)
       clients[i].lat = malloc(LATENCY_CAP * sizeof(double));
     if (load->log)

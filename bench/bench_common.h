@@ -81,6 +81,11 @@ struct bench_grpc_load {
   double seconds;
   double interval;            /* >0: paced (open loop), seconds between calls per client */
   struct bench_call_log *log; /* unary calls: filled when not NULL */
+  /* Unary calls: the "authorization" metadata of client `client`'s next call
+   * ("Bearer <token>", borrowed until the call returns), or NULL for none;
+   * NULL function: no credentials. Called on the client's thread. */
+  const char *(*authorization)(void *ctx, int client);
+  void *auth_ctx;
 };
 
 /* Runs load on channel (borrowed) and returns the accepted events per

@@ -76,6 +76,23 @@ struct ana_restbridge_options {
   const char *web_root;
   /* Borrowed; must outlive the bridge. NULL = in-process. */
   const struct ana_restbridge_upstream *upstream;
+  /* Protected mode (no credential source configured): called per request on
+   * the bridge thread (cheap). While it answers true, only requests whose
+   * Host is localhost, 127.0.0.1, [::1] (any port) or one of allowed_hosts
+   * are served (421 otherwise: DNS rebinding); /health and /metrics are
+   * exempt. NULL = never. */
+  bool (*protected_mode)(void);
+  /* Extra Host names (comma-separated, no port) served in protected mode
+   * (HTTP_ALLOWED_HOSTS). Copied. */
+  const char *allowed_hosts;
+  /* ?access_token=<token> stands for Authorization: Bearer <token>
+   * (JWT_ALLOW_QUERY_TOKEN); false: the parameter is refused like any other
+   * unknown one. Never logged either way. */
+  bool allow_query_token;
+  /* GET /health and GET /metrics need the admission of a request carrying
+   * credentials (HEALTH_REQUIRE_AUTH, METRICS_REQUIRE_AUTH); false: open. */
+  bool health_require_auth;
+  bool metrics_require_auth;
 };
 
 /* For the health callback: appends `,"name":"value"` (JSON-escaped) to

@@ -8,6 +8,8 @@
 /* Filled by ana_bridge_config_table (config_rows.c); strings owned by the struct. */
 struct ana_bridge_settings {
   int port;                     /* PORT: REST/WebSocket bridge */
+  char *http_host;              /* HTTP_HOST: bind address of PORT */
+  char *http_allowed_hosts;     /* HTTP_ALLOWED_HOSTS: Host names served in protected mode */
   long http_max_body_bytes;     /* HTTP_MAX_BODY_BYTES: REST request bodies */
   int http_body_budget_mb;      /* HTTP_BODY_BUDGET_MB: all bodies together */
   int http_body_min_rate;       /* HTTP_BODY_MIN_RATE: bytes per second */

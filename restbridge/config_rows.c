@@ -42,6 +42,14 @@ static bool valid_origins(const char *s) {
   return any;
 }
 
+/* HTTP_ALLOWED_HOSTS: comma-separated host names, printable, no port. */
+static bool valid_host_list(const char *s) {
+  for (const char *p = s; *p; p++)
+    if (*p < ' ' || *p > '~' || *p == '/' || *p == '@')
+      return false;
+  return true;
+}
+
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_bridge_settings, member)
 
 static const struct ana_config_row rows[] = {
@@ -50,6 +58,21 @@ static const struct ana_config_row rows[] = {
      .def = "3004",
      .help = "Port of the REST and WebSocket API (the bridge).",
      ROW(port)},
+    {.name = "HTTP_HOST",
+     .type = ANA_CONFIG_STRING,
+     .def = "0.0.0.0",
+     .help = "Address the REST and WebSocket port binds to (as GRPC_HOST for gRPC).",
+     .check = ana_config_valid_bind_host,
+     .expect = "a host name or IP address (e.g. 0.0.0.0, ::, 127.0.0.1)",
+     ROW(http_host)},
+    {.name = "HTTP_ALLOWED_HOSTS",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Host names (comma-separated, without port) served besides localhost, 127.0.0.1 "
+             "and [::1] while authentication is not configured (other Hosts get 421).",
+     .check = valid_host_list,
+     .expect = "comma-separated host names",
+     ROW(http_allowed_hosts)},
     {.name = "HTTP_MAX_BODY_BYTES",
      .type = ANA_CONFIG_INT,
      .def = "4194304",

@@ -160,6 +160,8 @@ int rb_reply_error(struct rb_reply *r, const struct ana_call *call,
   r->http_status = rb_http_status_of(status->code);
   r->body = rb_error_json(call, status, NULL, NULL);
   if (status->code == ANA_STATUS_UNAUTHENTICATED)
-    r->www_auth = ana_strdup(status->message[0] ? status->message : "Bearer");
+    r->www_auth =
+        ana_strdup(strcmp(status->message, "invalid token") == 0 ? "Bearer error=\"invalid_token\""
+                                                                 : "Bearer realm=\"analyticsd\"");
   return r->body ? 0 : ANA_ERR_NOMEM;
 }

@@ -187,6 +187,46 @@ void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi) {
     lws_rx_flow_control(wsi, 1);
 }
 
+/* --- protected mode: Host --- */
+
+/* Whether the n bytes of name equal one entry of the comma-separated list. */
+static bool in_host_list(const char *list, const char *name, size_t n) {
+  for (const char *p = list ? list : ""; *p;) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    const char *start = p;
+    while (*p && *p != ',' && *p != ' ')
+      p++;
+    size_t len = (size_t)(p - start);
+    if (len && len == n && strncasecmp(start, name, n) == 0)
+      return true;
+  }
+  return false;
+}
+
+bool rb_host_allowed(const struct ana_restbridge *b, struct lws *wsi) {
+  if (!b->opt.protected_mode || !b->opt.protected_mode())
+    return true;
+  char host[256];
+  if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0)
+    return false;
+  /* The name without the port: "[::1]:3004" -> "[::1]", "localhost:80" -> "localhost". */
+  size_t n = strlen(host);
+  const char *colon = strrchr(host, ':');
+  if (host[0] == '[') {
+    const char *close = strchr(host, ']');
+    if (!close)
+      return false;
+    n = (size_t)(close - host) + 1;
+  } else if (colon) {
+    n = (size_t)(colon - host);
+  }
+  if ((n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
+      (n == 9 && strncmp(host, "127.0.0.1", 9) == 0) || (n == 5 && strncmp(host, "[::1]", 5) == 0))
+    return true;
+  return in_host_list(b->opt.allowed_hosts, host, n);
+}
+
 /* --- CORS --- */
 
 bool rb_origin_allowed(const struct ana_restbridge *b, const char *origin) {
@@ -406,7 +446,13 @@ static bool answer_ops(struct lws *wsi, struct rb_conn *conn, const char *path, 
   else
     return false;
   conn->metric_route = -1; /* probes and scrapes would drown the API's figures */
-  if (meth == LWSHUMETH_GET) {
+  bool need_auth = fn == answer_health    ? conn->bridge->opt.health_require_auth
+                   : fn == answer_metrics ? conn->bridge->opt.metrics_require_auth
+                                          : false;
+  struct ana_error st;
+  if (meth == LWSHUMETH_GET && need_auth && rb_request_admit_plain(wsi, &st) < 0) {
+    rb_http_answer_error(wsi, conn, &st, false);
+  } else if (meth == LWSHUMETH_GET) {
     fn(wsi, conn);
   } else {
     answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false, "method not allowed on %s", path);
@@ -569,6 +615,15 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   if (strcmp(method, "?") == 0 || meth == LWSHUMETH_CONNECT) {
     answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, true, "method %s is not implemented",
                   meth == LWSHUMETH_CONNECT ? "CONNECT" : "(unknown)");
+    return;
+  }
+  bool ops_path = strcmp(path, "/health") == 0 || strcmp(path, "/metrics") == 0;
+  if (!ops_path && !rb_host_allowed(b, wsi)) {
+    /* DNS rebinding: a page of another site reaching a loopback server. */
+    answer_status(wsi, conn, ANA_STATUS_INVALID_ARGUMENT, false, "%s",
+                  "this Host is not served: authentication is not configured, so only "
+                  "localhost, 127.0.0.1, [::1] and HTTP_ALLOWED_HOSTS are");
+    conn->reply.http_status = 421;
     return;
   }
   if (meth == LWSHUMETH_OPTIONS) {

@@ -66,6 +66,20 @@ static char *custom_header(struct lws *wsi, struct ana_arena *a, const char *nam
   return buf;
 }
 
+/* The query parameter standing for Authorization: Bearer (JWT_ALLOW_QUERY_TOKEN). */
+#define QUERY_TOKEN "access_token"
+/* Longest query token read (longer ones are not tokens the verifier takes). */
+#define QUERY_TOKEN_MAX 16384
+
+/* The value of ?access_token=, copied into a; NULL when absent. */
+static const char *query_token(struct lws *wsi, struct ana_arena *a) {
+  char *buf = ana_arena_alloc(a, QUERY_TOKEN_MAX);
+  if (!buf)
+    return NULL;
+  const char *v = lws_get_urlarg_by_name(wsi, QUERY_TOKEN "=", buf, QUERY_TOKEN_MAX);
+  return v && v[0] ? v : NULL;
+}
+
 /* "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678", as gRPC spells peers. */
 static const char *peer_of(struct lws *wsi, struct ana_arena *a, char *ip, size_t ip_size) {
   struct sockaddr_storage ss;
@@ -139,6 +153,8 @@ static int capture_headers(struct rb_call *c, struct lws *wsi, struct rb_conn *c
   char ip[INET6_ADDRSTRLEN];
 
   char *auth = header(wsi, a, WSI_TOKEN_HTTP_AUTHORIZATION);
+  if (!auth && !bearer_token && c->bridge->opt.allow_query_token)
+    bearer_token = query_token(wsi, a);
   if (!auth && bearer_token) {
     size_t n = strlen(bearer_token) + 8;
     auth = ana_arena_alloc(a, n);
@@ -326,8 +342,8 @@ int rb_request_build(struct ana_call *call, const struct ana_route *r, const str
 
 /* The query parameters of the request (lws has percent-decoded them), in
  * the call's arena. */
-static int read_query(struct lws *wsi, struct ana_arena *a, struct rb_query_param **out,
-                      size_t *n_out) {
+static int read_query(struct lws *wsi, struct ana_arena *a, bool drop_access_token,
+                      struct rb_query_param **out, size_t *n_out) {
   size_t n = 0, cap = 0;
   struct rb_query_param *q = NULL;
   *out = NULL;
@@ -368,11 +384,35 @@ static int read_query(struct lws *wsi, struct ana_arena *a, struct rb_query_para
       *eq = '\0';
       q[n].value = eq + 1;
     }
+    if (drop_access_token && strcmp(frag, QUERY_TOKEN) == 0)
+      continue; /* the credential, taken by capture_headers */
     n++;
   }
   *out = q;
   *n_out = n;
   return 0;
+}
+
+int rb_request_admit_plain(struct lws *wsi, struct ana_error *st) {
+  struct ana_arena arena;
+  char ip[INET6_ADDRSTRLEN];
+  ana_arena_init(&arena, 1024, 0);
+  struct ana_metadata_entry md[1];
+  size_t n = 0;
+  char *auth = header(wsi, &arena, WSI_TOKEN_HTTP_AUTHORIZATION);
+  if (auth)
+    md[n++] = (struct ana_metadata_entry){"authorization", auth, strlen(auth)};
+  const char *peer = peer_of(wsi, &arena, ip, sizeof ip);
+  struct ana_admission_input in = {
+      .metadata = md,
+      .n_metadata = n,
+      .peer = peer,
+      .peer_is_loopback = ana_auth_peer_is_loopback(peer),
+  };
+  struct ana_principal p;
+  int rc = ana_admission_run(&in, &arena, &p, st);
+  ana_arena_fini(&arena);
+  return rc;
 }
 
 /* The request message from body, query and path. A body over
@@ -387,7 +427,7 @@ static int build_request(struct rb_call *c, struct lws *wsi, struct rb_conn *con
       .ignore_unknown_fields = c->bridge->opt.ignore_unknown_fields,
       .ignore_unknown_query_params = c->bridge->opt.ignore_unknown_query_params,
   };
-  int rc = read_query(wsi, &c->base.arena, &query, &n_query);
+  int rc = read_query(wsi, &c->base.arena, c->bridge->opt.allow_query_token, &query, &n_query);
   if (rc < 0)
     return rc;
   if (c->bridge->decode && body_len > RB_DECODE_INLINE_MAX && body == conn->body &&

@@ -150,8 +150,9 @@ struct rb_conn {
 
 struct ana_restbridge {
   struct ana_restbridge_options opt;
-  char *host, *cors; /* owned copies of the option strings */
-  char *web_root;    /* owned copy; NULL = the built-in dashboard */
+  char *host, *cors;   /* owned copies of the option strings */
+  char *web_root;      /* owned copy; NULL = the built-in dashboard */
+  char *allowed_hosts; /* owned copy of HTTP_ALLOWED_HOSTS; NULL = none */
   struct lws_context *ctx;
   struct lws_vhost *vhost;
   struct lws_protocols *protocol; /* the vhost's copy; its name is rewritten per upgrade */
@@ -275,10 +276,19 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
                                  size_t body_len, bool websocket, const char *bearer_token,
                                  struct ana_error *early);
 
+/* Admission of a request that is not a call (GET /health, /metrics when
+ * they require credentials): its Authorization header and socket peer.
+ * Returns 0, or a negative error with st filled. lws thread. */
+int rb_request_admit_plain(struct lws *wsi, struct ana_error *st);
+
 /* --- HTTP (http.c) --- */
 extern const struct ana_call_transport rb_http_transport;
 int rb_http_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
                      void *in, size_t len);
+/* In protected mode, whether the request's Host may be served: localhost,
+ * 127.0.0.1, [::1] (any port) or one of HTTP_ALLOWED_HOSTS. Always true
+ * outside protected mode. */
+bool rb_host_allowed(const struct ana_restbridge *b, struct lws *wsi);
 /* Whether origin is listed in CORS_ALLOWED_ORIGINS (or the list is "*"). */
 bool rb_origin_allowed(const struct ana_restbridge *b, const char *origin);
 /* Answers on this connection now with an error (lws thread). */

@@ -11,6 +11,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
@@ -44,6 +45,7 @@ void rb_bridge_unref(struct ana_restbridge *b) {
   ana_free(b->ws_batch);
   ana_free(b->host);
   ana_free(b->cors);
+  ana_free(b->allowed_hosts);
   ana_free(b->web_root);
   ana_free(b);
 }
@@ -274,6 +276,8 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   b->opt.cors_allowed_origins = b->cors;
   b->web_root = o->web_root && o->web_root[0] ? ana_strdup(o->web_root) : NULL;
   b->opt.web_root = b->web_root;
+  b->allowed_hosts = o->allowed_hosts && o->allowed_hosts[0] ? ana_strdup(o->allowed_hosts) : NULL;
+  b->opt.allowed_hosts = b->allowed_hosts;
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   b->stats = rb_stats_create();
   if (!b->opt.body_budget_bytes)
@@ -325,7 +329,13 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
     goto fail;
   }
   info.port = o->port;
-  info.iface = b->host;
+  /* 0.0.0.0 and :: mean every interface (lws: no iface, dual-stack); lws
+   * binds an IPv4 address only with IPv6 off on the vhost. */
+  bool any = !b->host || strcmp(b->host, "0.0.0.0") == 0 || strcmp(b->host, "::") == 0;
+  struct in_addr v4;
+  info.iface = any ? NULL : b->host;
+  if (!any && inet_pton(AF_INET, b->host, &v4) == 1)
+    info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
   info.protocols = protocols;
   info.vhost_name = "restbridge";
   info.retry_and_idle_policy = &idle_policy;

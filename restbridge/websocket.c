@@ -261,24 +261,19 @@ const struct ana_call_transport rb_ws_transport = {
  * Written raw: at this point lws has not yet recorded the request's HTTP
  * version (its header helpers would say HTTP/1.0, which clients refuse),
  * and the wsi has no session data yet. Returns -1 (lws closes). */
-int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
+/* rb_refuse_raw with an explicit HTTP status and reason phrase. */
+static int refuse_raw_status(struct lws *wsi, int status, const char *phrase, enum ana_status code,
+                             const char *message) {
   struct ana_error st;
   ana_error_set(&st, code, "%s", message);
   struct rb_msg *body = rb_error_json(NULL, &st, NULL, NULL);
   if (!body)
     return -1;
   char head[256];
-  int status = rb_http_status_of(code);
   int hn = snprintf(head, sizeof head,
                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                     "content-length: %zu\r\nconnection: close\r\n\r\n",
-                    status,
-                    status == 404   ? "Not Found"
-                    : status == 403 ? "Forbidden"
-                    : status == 501 ? "Not Implemented"
-                    : status == 503 ? "Service Unavailable"
-                                    : "Bad Request",
-                    body->len);
+                    status, phrase, body->len);
   struct rb_msg *all = rb_msg_new(head, (size_t)hn + body->len);
   if (all) {
     memcpy(all->data + hn, body->data, body->len);
@@ -287,6 +282,17 @@ int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
   rb_msg_free(all);
   rb_msg_free(body);
   return -1;
+}
+
+int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
+  int status = rb_http_status_of(code);
+  return refuse_raw_status(wsi, status,
+                           status == 404   ? "Not Found"
+                           : status == 403 ? "Forbidden"
+                           : status == 501 ? "Not Implemented"
+                           : status == 503 ? "Service Unavailable"
+                                           : "Bad Request",
+                           code, message);
 }
 
 /* The token of a "bearer, <token>" Sec-WebSocket-Protocol list (the entry
@@ -374,10 +380,15 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
     return rb_refuse_raw(wsi, ANA_STATUS_PERMISSION_DENIED,
                          "the Origin header names an origin that is neither this server's nor "
                          "in CORS_ALLOWED_ORIGINS");
+  if (!rb_host_allowed(b, wsi))
+    return refuse_raw_status(wsi, 421, "Misdirected Request", ANA_STATUS_INVALID_ARGUMENT,
+                             "this Host is not served: authentication is not configured, so "
+                             "only localhost, 127.0.0.1, [::1] and HTTP_ALLOWED_HOSTS are");
   if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > WS_PROTOCOL_LIST_MAX)
     return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
                          "Sec-WebSocket-Protocol is longer than 127 bytes: send a long token in "
-                         "the Authorization header instead");
+                         "the Authorization header instead, or as ?access_token= where "
+                         "JWT_ALLOW_QUERY_TOKEN is set");
   char token[WS_PROTOCOL_LIST_MAX + 1];
   bool bearer;
   if (!bearer_subprotocol(wsi, token, sizeof token, &bearer) && bearer)

@@ -17,11 +17,12 @@ BUILD_PACKAGES="build-essential cmake pkg-config git
   libcurl4-openssl-dev"
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
-# clang-format checks the house formatting (`make format-check`). chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
+# python3-aiosmtpd is the SMTP server the channel tests send to. clang-format checks the house formatting (`make format-check`). chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
 # playwright-core from npm drives Debian's chromium; no browser download).
 TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev clang-format
   python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
-  sqlite3 procps libcurl4-openssl-dev curl python3-websockets
+  sqlite3 procps libcurl4-openssl-dev curl python3-websockets python3-aiosmtpd
+  python3-cryptography iproute2
   chromium nodejs npm"
 
 # Shared libraries loaded by the installed binaries, and nothing to build with.

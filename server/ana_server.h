@@ -12,6 +12,7 @@
 #include "ana_grpc_server.h"
 #include "ana_ingest.h"
 #include "ana_metric_streams.h"
+#include "ana_notify.h"
 #include "ana_post_commit.h"
 #include "ana_realtime.h"
 #include "ana_restbridge.h"
@@ -38,6 +39,7 @@ struct ana_server {
   const struct ana_api_key_store_ops *key_store_ops;
   void *key_store;
   struct ana_api_keys *api_keys;
+  struct ana_notify *notify; /* channels, outbox and its senders */
   /* the commit path and what hears it */
   struct ana_post_commit *post_commit;
   struct ana_committer *committer;

@@ -43,6 +43,15 @@ static int auth_start(struct ana_server *s, const struct ana_config *cfg, struct
   (void)s;
   if (ana_auth_init(cfg->auth.default_account_id) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot initialise authentication");
+  /* The JWT source (JWT_*); API keys add theirs with ana_auth_add_source. */
+  if (ana_auth_configure(&cfg->auth, err) < 0)
+    return fail(err, "invalid authentication settings");
+  if (ana_auth_protected_mode())
+    ANA_WARN("auth",
+             "protected mode: no authentication is configured, so only loopback clients "
+             "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
+             "JWT_JWKS_URL) to serve other hosts",
+             cfg->auth.default_account_id);
   return 0;
 }
 
@@ -160,6 +169,41 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   if (s->key_store)
     s->key_store_ops->close(s->key_store);
   s->key_store = NULL;
+  return 0;
+}
+
+/* Notification channels and the outbox's senders (their own threads). */
+static int notify_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  struct ana_notify_options nopts = {
+      .db = s->db,
+      .catalog_ops = s->catalog_ops,
+      .catalog = s->catalog,
+      .smtp_url = cfg->notify.smtp_url,
+      .smtp_user = cfg->notify.smtp_user,
+      .smtp_password = cfg->notify.smtp_password,
+      .smtp_password_file = cfg->notify.smtp_password_file,
+      .smtp_from = cfg->notify.smtp_from,
+      .telegram_api_url = cfg->notify.telegram_api_url,
+      .allow_private_networks = cfg->notify.allow_private_networks,
+      .threads = cfg->notify.notify_threads,
+      .max_attempts = cfg->notify.notify_max_attempts,
+      .backoff_initial_ms = cfg->notify.notify_backoff_initial_ms,
+      .backoff_max_ms = cfg->notify.notify_backoff_max_ms,
+      .timeout_ms = cfg->notify.notify_timeout_ms,
+      .poll_ms = cfg->notify.notify_poll_ms,
+  };
+  s->notify = ana_notify_create(&nopts, err);
+  if (!s->notify || ana_notify_start(s->notify, err) < 0)
+    return fail(err, "cannot start the notifications");
+  return 0;
+}
+
+/* After the workers (channel tests) and before the catalog: an attempt
+ * under way ends within NOTIFY_TIMEOUT; undelivered rows wait in the outbox. */
+static int notify_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_notify_destroy(s->notify);
+  s->notify = NULL;
   return 0;
 }
 
@@ -376,6 +420,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
   };
   ana_event_service_bind(&eopts);
   ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
+  ana_channel_service_bind(&(struct ana_channel_service_options){s->notify, s->workers});
   struct ana_metric_service_options mopts = {
       .catalog_ops = s->catalog_ops,
       .catalog = s->catalog,
@@ -448,6 +493,7 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
     ana_committer_stats(s->committer, &st);
   *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && !degraded;
   if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
+      ana_restbridge_health_add(extra, "auth", ana_auth_mode_name()) < 0 ||
       ana_restbridge_health_add_int(extra, "schemaVersion", s->schema_version) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
@@ -458,6 +504,7 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
 /* The REST + WebSocket bridge drives the same handlers in-process. */
 static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
   struct ana_restbridge_options ropts = {
+      .host = cfg->bridge.http_host,
       .port = cfg->bridge.port,
       .max_body_bytes = (size_t)cfg->bridge.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg->bridge.stream_buffer_size,
@@ -471,6 +518,11 @@ static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct
       .web_root = cfg->bridge.web_root,
       .health = rest_health,
       .health_ctx = s,
+      .protected_mode = ana_auth_protected_mode,
+      .allowed_hosts = cfg->bridge.http_allowed_hosts,
+      .allow_query_token = cfg->auth.jwt_allow_query_token,
+      .health_require_auth = cfg->auth.health_require_auth,
+      .metrics_require_auth = cfg->auth.metrics_require_auth,
   };
   s->rest = ana_restbridge_create(&ropts, err);
   if (!s->rest)
@@ -507,6 +559,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "store", .start = store_start, .stop = store_stop},
     {.name = "catalog", .start = catalog_start, .stop = catalog_stop},
     {.name = "api_keys", .start = api_keys_start, .stop = api_keys_stop},
+    {.name = "notify", .start = notify_start, .stop = notify_stop},
     {.name = "post_commit", .start = post_commit_start, .stop = post_commit_stop},
     {.name = "rollups", .start = rollups_start, .stop = rollups_stop},
     {.name = "workers", .start = workers_start, .stop = workers_stop},

@@ -118,6 +118,7 @@ int main(int argc, char **argv) {
     goto out;
   }
   struct ana_restbridge_options bopts = {
+      .host = cfg.bridge.http_host,
       .port = cfg.bridge.port,
       .max_body_bytes = (size_t)cfg.bridge.http_max_body_bytes,
       .stream_buffer_size = (size_t)cfg.bridge.stream_buffer_size,

@@ -7,6 +7,7 @@
 #define ANA_AUTH_H
 
 #include "ana_arena.h"
+#include "ana_auth_config.h"
 #include "ana_error.h"
 #include "ana_methods.h"
 
@@ -60,7 +61,57 @@ struct ana_admission_input {
 /* Sets the account used when a request carries no credentials (borrowed
  * string copied). Call once at start-up. Returns 0 or ANA_ERR_NOMEM. */
 int ana_auth_init(const char *default_account_id);
+/* Forgets the default account and every credential source (destroying the
+ * JWT verifier). No admission may be running. */
 void ana_auth_fini(void);
+
+/* A source of credentials, tried in the order sources were added. Sources
+ * are added at start-up, before any transport serves. */
+struct ana_credential_source {
+  const char *name; /* "jwt", "api_key": for logs */
+  /* Whether the source can accept anything now (a key exists, a verifier
+   * is set up); while no source is, the server is in protected mode.
+   * Called per request: must be cheap and thread-safe. */
+  bool (*configured)(void *ctx);
+  /* Looks for this source's credential in the request. Returns 1 when it
+   * found one and accepted it (*out filled, strings in arena), 0 when the
+   * request carries none of its kind (the next source is tried), or a
+   * negative error with status filled (UNAUTHENTICATED "invalid token":
+   * the precise reason goes to the log only). Thread-safe. */
+  int (*authenticate)(void *ctx, const struct ana_admission_input *in, struct ana_arena *arena,
+                      struct ana_principal *out, struct ana_error *status);
+  void *ctx;
+};
+
+#define ANA_AUTH_MAX_SOURCES 4
+
+/* Adds a credential source (copied; ctx borrowed until ana_auth_fini).
+ * Returns 0, or ANA_ERR_FULL beyond ANA_AUTH_MAX_SOURCES. API keys plug in
+ * here: the keys module adds {"api_key", <at least one non-revoked key>,
+ * <checks Authorization: Bearer ana_... and X-Api-Key>} at start-up. */
+int ana_auth_add_source(const struct ana_credential_source *source);
+
+/* Reads the JWT settings of s (secrets from their *_FILE twins, the JWKS
+ * file) and, when a key source is set, adds the JWT credential source.
+ * Also takes the open-endpoint switches (HEALTH_REQUIRE_AUTH). Returns 0, or
+ * ANA_ERR_INVALID with err naming the variable, or ANA_ERR_NOMEM. */
+int ana_auth_configure(const struct ana_auth_settings *s, struct ana_error *err);
+
+/* Protected mode: no credential source is configured, so only loopback
+ * peers are served (as the default account, admin). */
+bool ana_auth_protected_mode(void);
+
+/* "protected-mode" or "required", for /health and the start-up line. */
+const char *ana_auth_mode_name(void);
+
+/* What a non-loopback peer is told in protected mode. */
+#define ANA_AUTH_PROTECTED_MESSAGE                                                                 \
+  "authentication is not configured, so this server serves only loopback clients: set "            \
+  "JWT_HS256_SECRET (or JWT_JWKS_FILE / JWT_JWKS_URL) and send Authorization: Bearer <token>"
+
+/* The JWT verifier's counters (zeros when none is configured). */
+struct ana_jwt_stats;
+void ana_auth_jwt_stats(struct ana_jwt_stats *out);
 
 /* Runs every admission stage in order; the first that refuses ends it.
  * Fills *out (strings in arena). Returns 0, or a negative error with status

@@ -4,9 +4,26 @@
 
 #include "ana_config_table.h"
 
-/* Filled by ana_auth_config_table (config_rows.c); strings owned by the struct. */
+#include <stdbool.h>
+
+/* Filled by ana_auth_config_table (config_rows.c); strings owned by the struct
+ * (NULL when unset). */
 struct ana_auth_settings {
   char *default_account_id;
+  char *jwt_hs256_secret;      /* JWT_HS256_SECRET */
+  char *jwt_hs256_secret_file; /* JWT_HS256_SECRET_FILE: the secret read from a file */
+  char *jwt_jwks_file;         /* JWT_JWKS_FILE */
+  char *jwt_jwks_url;          /* JWT_JWKS_URL */
+  char *jwt_algorithms;        /* JWT_ALGORITHMS: NULL = from the key sources */
+  char *jwt_issuer;            /* JWT_ISSUER */
+  char *jwt_audience;          /* JWT_AUDIENCE */
+  int jwt_leeway_s;            /* JWT_LEEWAY, seconds */
+  char *jwt_account_claim;     /* JWT_ACCOUNT_CLAIM */
+  char *jwt_roles_claim;       /* JWT_ROLES_CLAIM */
+  char *jwt_accounts_claim;    /* JWT_ACCOUNTS_CLAIM */
+  bool jwt_allow_query_token;  /* JWT_ALLOW_QUERY_TOKEN: ?access_token= accepted */
+  bool metrics_require_auth;   /* METRICS_REQUIRE_AUTH: /metrics needs credentials */
+  bool health_require_auth;    /* HEALTH_REQUIRE_AUTH: /health and gRPC health need them */
 };
 
 extern const struct ana_config_table ana_auth_config_table;

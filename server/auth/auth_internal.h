@@ -16,4 +16,10 @@ struct admission_stage {
 int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *arena,
                       struct ana_principal *principal, struct ana_error *status);
 
+/* gRPC health is served without credentials (HEALTH_REQUIRE_AUTH false). */
+void auth_set_health_open(bool open);
+
+/* Destroys the JWT verifier (source_jwt.c); safe when there is none. */
+void auth_jwt_fini(void);
+
 #endif

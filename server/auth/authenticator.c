@@ -1,40 +1,112 @@
-/* The authenticate stage: until a credential source is configured every
- * caller acts as the configured default account with the admin role. Token
- * and API-key verification plug in here; the other stages do not change. */
+/* The authenticate stage: a table of credential sources tried in order (JWT
+ * bearer tokens; API keys plug in with ana_auth_add_source). While none is
+ * configured the server is in protected mode: loopback peers act as the
+ * default account with the admin role, any other peer is refused. */
 #include "auth_internal.h"
 
 #include "ana_alloc.h"
+#include "ana_log.h"
 
 #include <string.h>
 
+#define HEALTH_SERVICE "grpc.health.v1.Health"
+
 static char *default_account;
+static struct ana_credential_source sources[ANA_AUTH_MAX_SOURCES];
+static size_t n_sources;
+static bool health_open = true;
 
 static const char *const admin_roles[] = {"admin"};
 
 int ana_auth_init(const char *default_account_id) {
-  ana_auth_fini();
+  ana_free(default_account);
   default_account = ana_strdup(default_account_id);
   return default_account ? 0 : ANA_ERR_NOMEM;
 }
 
 void ana_auth_fini(void) {
+  auth_jwt_fini();
   ana_free(default_account);
   default_account = NULL;
+  n_sources = 0;
+  health_open = true;
 }
 
-int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *arena,
-                      struct ana_principal *out, struct ana_error *status) {
-  (void)in;
+int ana_auth_add_source(const struct ana_credential_source *source) {
+  if (n_sources == ANA_AUTH_MAX_SOURCES)
+    return ANA_ERR_FULL;
+  sources[n_sources++] = *source;
+  return 0;
+}
+
+void auth_set_health_open(bool open) {
+  health_open = open;
+}
+
+bool ana_auth_protected_mode(void) {
+  for (size_t i = 0; i < n_sources; i++)
+    if (sources[i].configured(sources[i].ctx))
+      return false;
+  return true;
+}
+
+const char *ana_auth_mode_name(void) {
+  return ana_auth_protected_mode() ? "protected-mode" : "required";
+}
+
+static const char *metadata_value(const struct ana_admission_input *in, const char *key) {
+  for (size_t i = 0; i < in->n_metadata; i++)
+    if (strcmp(in->metadata[i].key, key) == 0)
+      return in->metadata[i].value;
+  return NULL;
+}
+
+static int as_default_account(struct ana_arena *arena, struct ana_principal *out,
+                              struct ana_error *status, bool admin) {
   const char *account = default_account ? default_account : "default";
   memset(out, 0, sizeof *out);
   out->account_id = ana_arena_strdup(arena, account);
   out->subject = out->account_id;
-  out->roles = admin_roles;
-  out->n_roles = 1;
+  out->roles = admin ? admin_roles : NULL;
+  out->n_roles = admin ? 1 : 0;
   out->credential = ANA_CREDENTIAL_NONE;
   if (!out->account_id)
     return ana_error_set(status, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
   return 0;
+}
+
+int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *arena,
+                      struct ana_principal *out, struct ana_error *status) {
+  /* Probes: gRPC health stays open unless HEALTH_REQUIRE_AUTH (no account
+   * data, no role). */
+  if (health_open && in->method && strcmp(in->method->service, HEALTH_SERVICE) == 0)
+    return as_default_account(arena, out, status, false);
+  bool configured = false;
+  for (size_t i = 0; i < n_sources; i++) {
+    if (!sources[i].configured(sources[i].ctx))
+      continue;
+    configured = true;
+    int rc = sources[i].authenticate(sources[i].ctx, in, arena, out, status);
+    if (rc < 0)
+      return rc;
+    if (rc > 0)
+      return 0;
+  }
+  if (!configured) {
+    if (in->peer_is_loopback)
+      return as_default_account(arena, out, status, true);
+    ANA_WARN("auth", "refused %s: protected mode serves only loopback peers",
+             in->peer ? in->peer : "?");
+    return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "%s", ANA_AUTH_PROTECTED_MESSAGE),
+           ANA_ERR_INVALID;
+  }
+  if (metadata_value(in, "authorization") || metadata_value(in, "x-api-key")) {
+    ANA_WARN("auth", "refused %s: credentials of no configured kind", in->peer ? in->peer : "?");
+    return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "invalid token"), ANA_ERR_INVALID;
+  }
+  return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED,
+                       "credentials required: send Authorization: Bearer <token>"),
+         ANA_ERR_INVALID;
 }
 
 bool ana_auth_peer_is_loopback(const char *peer) {

@@ -19,16 +19,128 @@ static bool valid_account_id(const char *s) {
   return true;
 }
 
+/* JWT_ALGORITHMS: a comma-separated list of HS256, RS256, ES256. */
+static bool valid_algorithms(const char *s) {
+  bool any = false;
+  for (const char *p = s; *p;) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    const char *start = p;
+    while (*p && *p != ',' && *p != ' ')
+      p++;
+    size_t n = (size_t)(p - start);
+    if (n == 0)
+      continue;
+    if (n != 5 || (strncmp(start, "HS256", 5) != 0 && strncmp(start, "RS256", 5) != 0 &&
+                   strncmp(start, "ES256", 5) != 0))
+      return false;
+    any = true;
+  }
+  return any;
+}
+
+static bool valid_claim(const char *s) {
+  return strlen(s) <= 64 && valid_account_id(s);
+}
+
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_auth_settings, member)
 
 static const struct ana_config_row rows[] = {
     {.name = "DEFAULT_ACCOUNT_ID",
      .type = ANA_CONFIG_STRING,
      .def = "default",
-     .help = "Account that every request runs as until authentication is configured.",
+     .help = "Account that loopback clients act as (admin) in protected mode, while no "
+             "authentication is configured.",
      .check = valid_account_id,
      .expect = "an account id (1 to 128 characters from A-Z a-z 0-9 _ . : -)",
      ROW(default_account_id)},
+    {.name = "JWT_HS256_SECRET",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Shared secret (at least 32 bytes) verifying HS256 bearer tokens; setting it ends "
+             "protected mode: every caller must then authenticate.",
+     ROW(jwt_hs256_secret)},
+    {.name = "JWT_HS256_SECRET_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "File holding JWT_HS256_SECRET (one trailing newline ignored); set one of the two.",
+     ROW(jwt_hs256_secret_file)},
+    {.name = "JWT_JWKS_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "JWKS document (RSA and P-256 public keys) verifying RS256 and ES256 tokens.",
+     ROW(jwt_jwks_file)},
+    {.name = "JWT_JWKS_URL",
+     .type = ANA_CONFIG_URL,
+     .def = "",
+     .schemes = "http https",
+     .help = "URL of a JWKS, fetched at start and again (at most once a minute) when a token "
+             "names an unknown kid.",
+     ROW(jwt_jwks_url)},
+    {.name = "JWT_ALGORITHMS",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Accepted token algorithms, comma-separated among HS256, RS256, ES256 (unset: "
+             "HS256 with a secret, RS256,ES256 with a JWKS); none is never accepted.",
+     .check = valid_algorithms,
+     .expect = "a comma-separated list of HS256, RS256, ES256",
+     ROW(jwt_algorithms)},
+    {.name = "JWT_ISSUER",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Required iss claim of tokens (unset: not checked).",
+     ROW(jwt_issuer)},
+    {.name = "JWT_AUDIENCE",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Required aud claim of tokens (unset: not checked).",
+     ROW(jwt_audience)},
+    {.name = "JWT_LEEWAY",
+     .type = ANA_CONFIG_INT,
+     .def = "60",
+     .min = 0,
+     .max = 3600,
+     .help = "Clock skew allowed on exp, nbf and iat, in seconds.",
+     ROW(jwt_leeway_s)},
+    {.name = "JWT_ACCOUNT_CLAIM",
+     .type = ANA_CONFIG_STRING,
+     .def = "account_id",
+     .help = "Claim naming the account a token acts on.",
+     .check = valid_claim,
+     .expect = "a claim name (1 to 64 characters from A-Z a-z 0-9 _ . : -)",
+     ROW(jwt_account_claim)},
+    {.name = "JWT_ROLES_CLAIM",
+     .type = ANA_CONFIG_STRING,
+     .def = "roles",
+     .help = "Claim listing the token's roles (viewer, analyst, editor, admin, ingest).",
+     .check = valid_claim,
+     .expect = "a claim name (1 to 64 characters from A-Z a-z 0-9 _ . : -)",
+     ROW(jwt_roles_claim)},
+    {.name = "JWT_ACCOUNTS_CLAIM",
+     .type = ANA_CONFIG_STRING,
+     .def = "accounts",
+     .help = "Claim {account: role} of a principal holding several accounts; each request "
+             "names one in X-Account-Id.",
+     .check = valid_claim,
+     .expect = "a claim name (1 to 64 characters from A-Z a-z 0-9 _ . : -)",
+     ROW(jwt_accounts_claim)},
+    {.name = "JWT_ALLOW_QUERY_TOKEN",
+     .type = ANA_CONFIG_BOOL,
+     .def = "false",
+     .help = "Accept a token in the query parameter access_token (never logged); for clients "
+             "that can set neither a header nor a WebSocket subprotocol.",
+     ROW(jwt_allow_query_token)},
+    {.name = "METRICS_REQUIRE_AUTH",
+     .type = ANA_CONFIG_BOOL,
+     .def = "false",
+     .help = "Whether GET /metrics needs credentials (false: open to scrapers).",
+     ROW(metrics_require_auth)},
+    {.name = "HEALTH_REQUIRE_AUTH",
+     .type = ANA_CONFIG_BOOL,
+     .def = "false",
+     .help = "Whether GET /health and the gRPC health service need credentials (false: open to "
+             "probes).",
+     ROW(health_require_auth)},
 };
 
 const struct ana_config_table ana_auth_config_table = ANA_CONFIG_TABLE("auth", rows);

@@ -10,6 +10,7 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <stdalign.h>
 #include <stdarg.h>
@@ -82,11 +83,17 @@ static const struct ana_handler unimplemented_handler = {
 };
 
 int ana_call_admit(struct ana_call *call, struct ana_error *status) {
+  /* Loopback: the socket's peer, and the client a trusted proxy (such as
+   * analytics-restbridge in TRUSTED_PROXIES) forwards for, so that a proxy
+   * on this host does not lend its loopback address to remote clients. */
+  char client[INET6_ADDRSTRLEN + 8];
+  ana_call_peer_ip(call, client, sizeof client);
   struct ana_admission_input in = {
       .metadata = call->metadata,
       .n_metadata = call->n_metadata,
       .peer = call->peer,
-      .peer_is_loopback = ana_auth_peer_is_loopback(call->peer),
+      .peer_is_loopback =
+          ana_auth_peer_is_loopback(call->peer) && ana_auth_peer_is_loopback(client),
       .method = call->method,
   };
   int rc = ana_admission_run(&in, &call->arena, &call->principal, status);

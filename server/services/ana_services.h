@@ -91,4 +91,15 @@ struct ana_key_service_options {
  * copied. */
 int ana_key_service_bind(const struct ana_key_service_options *o);
 
+struct ana_notify;
+
+struct ana_channel_service_options {
+  struct ana_notify *notify; /* borrowed; must outlive the transports */
+  struct ana_workers *workers;
+};
+
+/* Binds ChannelService (CreateChannel, ListChannels, GetChannel,
+ * UpdateChannel, DeleteChannel, TestChannel). The options are copied. */
+int ana_channel_service_bind(const struct ana_channel_service_options *o);
+
 #endif

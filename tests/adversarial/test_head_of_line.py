@@ -29,7 +29,7 @@ def big_body(keys=200000):
 def post(port, body, timeout=60):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
-        s.sendall(b"POST /api/events/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        s.sendall(b"POST /api/events/batch HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
                   b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
         return adversary.read_all(s, timeout, until_close=True)
     finally:
@@ -43,7 +43,7 @@ class KeepAliveProbe:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
 
     def get(self, path):
-        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path.encode())
         data = b""
         while True:
             chunk = self.sock.recv(65536)

@@ -50,7 +50,7 @@ class HealthTruthBase(unittest.TestCase):
         return self.health.Check(self.hpb.HealthCheckRequest(service=service), timeout=5).status
 
     def rest_health(self, server):
-        data = raw_http(server.rest_port, "GET /health HTTP/1.1\r\nHost: x\r\n"
+        data = raw_http(server.rest_port, "GET /health HTTP/1.1\r\nHost: localhost\r\n"
                         "Connection: close\r\n\r\n", until_close=True)
         codes = status_codes(data)
         self.assertTrue(codes, "/health gave no answer: %r" % data[:200])

@@ -87,7 +87,7 @@ class LogFloodTest(unittest.TestCase):
         self.assertEqual(reported + len(commit_lines), failed,
                          "written plus suppressed lines do not add up to the failed writes")
 
-        metrics = raw_http(server.rest_port, "GET /metrics HTTP/1.1\r\nHost: x\r\n"
+        metrics = raw_http(server.rest_port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
                            "Connection: close\r\n\r\n", until_close=True).decode("latin-1")
         m = re.search(r"^ana_log_suppressed_total (\d+)$", metrics, re.M)
         self.assertIsNotNone(m, "ana_log_suppressed_total missing from /metrics")

@@ -135,7 +135,7 @@ class SlowSubscriber(threading.Thread):
 
 
 def metrics(port):
-    data = adversary.raw_http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    data = adversary.raw_http(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                               until_close=True)
     out = {}
     for line in data.decode("latin-1").splitlines():
@@ -147,7 +147,7 @@ def metrics(port):
 
 def post_json(port, path, body, timeout=30):
     raw = json.dumps(body).encode()
-    data = adversary.raw_http(port, b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    data = adversary.raw_http(port, b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json"
                               b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                               % (path.encode(), len(raw)) + raw,
                               read_timeout=timeout, until_close=True)
@@ -219,14 +219,14 @@ class BodyBudgetTest(adversary.AttackTestCase):
             # Each announces 4 MiB and sends most of it: two fit the budget.
             for _ in range(2):
                 s = socket.create_connection(("127.0.0.1", self.rest_port), timeout=10)
-                s.sendall(b"POST /api/events/batch HTTP/1.1\r\nHost: x\r\n"
+                s.sendall(b"POST /api/events/batch HTTP/1.1\r\nHost: localhost\r\n"
                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size)
                 s.sendall(b" " * (size - 4096))
                 socks.append(s)
             time.sleep(0.3)
             # The third is refused at once: 503 with Retry-After.
             data = adversary.raw_http(
-                self.rest_port, b"POST /api/events/batch HTTP/1.1\r\nHost: x\r\n"
+                self.rest_port, b"POST /api/events/batch HTTP/1.1\r\nHost: localhost\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size,
                 read_timeout=5, until_close=True)
             self.assertEqual(adversary.status_codes(data)[:1], [503], data[:300])

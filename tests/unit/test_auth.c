@@ -99,6 +99,10 @@ static void pipeline_default_account(void **state) {
     assert_int_equal(ana_admission_run(&in, &arena, &p, &status), 0);
     assert_string_equal(p.account_id, "acct-1");
     assert_int_equal(p.credential, ANA_CREDENTIAL_NONE);
+    if (strcmp(ana_methods[i].service, "grpc.health.v1.Health") == 0) {
+      assert_int_equal(p.n_roles, 0); /* probes: open, no role */
+      continue;
+    }
     assert_int_equal(p.n_roles, 1);
     assert_string_equal(p.roles[0], "admin");
   }
@@ -118,6 +122,119 @@ static void loopback_peers(void **state) {
   assert_false(ana_auth_peer_is_loopback(NULL));
 }
 
+/* A credential source for the pipeline's tests: accepts "Bearer good" as
+ * account "acme" (viewer), refuses "Bearer bad", ignores anything else. */
+static bool fake_on;
+static bool fake_configured(void *ctx) {
+  (void)ctx;
+  return fake_on;
+}
+static int fake_authenticate(void *ctx, const struct ana_admission_input *in,
+                             struct ana_arena *arena, struct ana_principal *out,
+                             struct ana_error *status) {
+  (void)ctx, (void)arena;
+  static const char *const viewer[] = {"viewer"};
+  for (size_t i = 0; i < in->n_metadata; i++) {
+    if (strcmp(in->metadata[i].key, "authorization") != 0)
+      continue;
+    if (strcmp(in->metadata[i].value, "Bearer good") == 0) {
+      memset(out, 0, sizeof *out);
+      out->account_id = "acme";
+      out->roles = viewer;
+      out->n_roles = 1;
+      out->credential = ANA_CREDENTIAL_JWT;
+      return 1;
+    }
+    if (strcmp(in->metadata[i].value, "Bearer bad") == 0)
+      return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "invalid token"), ANA_ERR_INVALID;
+  }
+  return 0;
+}
+
+static int admit(const char *peer, bool loopback, const char *auth, const struct ana_method *m,
+                 struct ana_principal *p, struct ana_error *status, struct ana_arena *arena) {
+  struct ana_metadata_entry md[] = {{"authorization", auth, auth ? strlen(auth) : 0}};
+  struct ana_admission_input in = {.metadata = md,
+                                   .n_metadata = auth ? 1 : 0,
+                                   .peer = peer,
+                                   .peer_is_loopback = loopback,
+                                   .method = m};
+  return ana_admission_run(&in, arena, p, status);
+}
+
+static const struct ana_method *method_named(const char *path) {
+  const struct ana_method *m = ana_method_find(path);
+  assert_non_null(m);
+  return m;
+}
+
+/* No source configured: loopback is the default account, any other peer is
+ * told how to configure authentication. */
+static void protected_mode_serves_only_loopback(void **state) {
+  (void)state;
+  struct ana_arena arena;
+  struct ana_principal p;
+  struct ana_error status = {0};
+  const struct ana_method *track = method_named("/analytics.v1.EventService/TrackEvent");
+  assert_int_equal(ana_auth_init("acct-1"), 0);
+  fake_on = false;
+  assert_int_equal(ana_auth_add_source(&(struct ana_credential_source){"fake", fake_configured,
+                                                                       fake_authenticate, NULL}),
+                   0);
+  ana_arena_init(&arena, 0, 0);
+  assert_true(ana_auth_protected_mode());
+  assert_string_equal(ana_auth_mode_name(), "protected-mode");
+  assert_int_equal(admit("ipv4:127.0.0.1:1", true, NULL, track, &p, &status, &arena), 0);
+  assert_string_equal(p.account_id, "acct-1");
+  assert_int_equal(admit("ipv4:198.51.100.2:1", false, "Bearer good", track, &p, &status, &arena),
+                   ANA_ERR_INVALID);
+  assert_int_equal(status.code, ANA_STATUS_UNAUTHENTICATED);
+  assert_non_null(strstr(status.message, "JWT_HS256_SECRET"));
+  /* Probes stay open from anywhere. */
+  assert_int_equal(admit("ipv4:198.51.100.2:1", false, NULL,
+                         method_named("/grpc.health.v1.Health/Check"), &p, &status, &arena),
+                   0);
+  ana_arena_fini(&arena);
+  ana_auth_fini();
+}
+
+/* A configured source: every peer, loopback included, must authenticate;
+ * unclaimed credentials are an invalid token; the source's refusal stands. */
+static void configured_source_is_required_everywhere(void **state) {
+  (void)state;
+  struct ana_arena arena;
+  struct ana_principal p;
+  struct ana_error status = {0};
+  const struct ana_method *track = method_named("/analytics.v1.EventService/TrackEvent");
+  const struct ana_method *names = method_named("/analytics.v1.EventService/ListEventNames");
+  assert_int_equal(ana_auth_init("acct-1"), 0);
+  fake_on = true;
+  assert_int_equal(ana_auth_add_source(&(struct ana_credential_source){"fake", fake_configured,
+                                                                       fake_authenticate, NULL}),
+                   0);
+  ana_arena_init(&arena, 0, 0);
+  assert_false(ana_auth_protected_mode());
+  assert_string_equal(ana_auth_mode_name(), "required");
+  assert_int_equal(admit("ipv4:127.0.0.1:1", true, NULL, names, &p, &status, &arena),
+                   ANA_ERR_INVALID);
+  assert_int_equal(status.code, ANA_STATUS_UNAUTHENTICATED);
+  assert_int_equal(admit("ipv4:127.0.0.1:1", true, "Bearer bad", names, &p, &status, &arena),
+                   ANA_ERR_INVALID);
+  assert_string_equal(status.message, "invalid token");
+  assert_int_equal(admit("ipv4:127.0.0.1:1", true, "Basic eDp5", names, &p, &status, &arena),
+                   ANA_ERR_INVALID);
+  assert_string_equal(status.message, "invalid token");
+  assert_int_equal(admit("ipv4:198.51.100.2:1", false, "Bearer good", names, &p, &status, &arena),
+                   0);
+  assert_string_equal(p.account_id, "acme");
+  /* The viewer role has no events:write. */
+  assert_int_equal(admit("ipv4:198.51.100.2:1", false, "Bearer good", track, &p, &status, &arena),
+                   ANA_ERR_INVALID);
+  assert_int_equal(status.code, ANA_STATUS_PERMISSION_DENIED);
+  ana_arena_fini(&arena);
+  ana_auth_fini();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(viewer_reads_everything_but_sensitive),
@@ -127,6 +244,8 @@ int main(void) {
       cmocka_unit_test(pipeline_stages_in_order),
       cmocka_unit_test(pipeline_default_account),
       cmocka_unit_test(loopback_peers),
+      cmocka_unit_test(protected_mode_serves_only_loopback),
+      cmocka_unit_test(configured_source_is_required_everywhere),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

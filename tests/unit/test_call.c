@@ -81,6 +81,7 @@ static void unbound_method_answers_unimplemented_with_its_feature(void **state) 
   ana_call_init(&call, &recording_transport,
                 &ana_methods[ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_CREATE_METRIC]);
   struct ana_error st;
+  call.peer = "ipv4:127.0.0.1:1"; /* protected mode serves loopback peers */
   assert_int_equal(ana_call_admit(&call, &st), 0);
   assert_string_equal(ana_call_principal(&call)->account_id, "acct-1");
   call.handler->on_request(&call, NULL);
@@ -92,6 +93,7 @@ static void unbound_method_answers_unimplemented_with_its_feature(void **state) 
   /* Streams too, from on_open. */
   ana_call_init(&call, &recording_transport,
                 &ana_methods[ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_INGEST_EVENTS]);
+  call.peer = "ipv4:127.0.0.1:1"; /* protected mode serves loopback peers */
   assert_int_equal(ana_call_admit(&call, &st), 0);
   call.handler->on_open(&call);
   assert_string_equal(rec.status.message, "events are not implemented yet");
@@ -110,6 +112,7 @@ static void bound_handler_runs_and_finishes_once(void **state) {
   ana_call_init(&call, &recording_transport,
                 &ana_methods[ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_GET_ALERT]);
   struct ana_error st;
+  call.peer = "ipv4:127.0.0.1:1"; /* protected mode serves loopback peers */
   assert_int_equal(ana_call_admit(&call, &st), 0);
   assert_ptr_equal(call.handler, &h);
   Analytics__V1__GetAlertRequest req = ANALYTICS__V1__GET_ALERT_REQUEST__INIT;
@@ -138,6 +141,7 @@ static void cancel_is_reported_once_and_stops_sends(void **state) {
   ana_call_init(&call, &recording_transport,
                 &ana_methods[ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC]);
   struct ana_error st;
+  call.peer = "ipv4:127.0.0.1:1"; /* protected mode serves loopback peers */
   assert_int_equal(ana_call_admit(&call, &st), 0);
   Analytics__V1__MetricUpdate u = ANALYTICS__V1__METRIC_UPDATE__INIT;
   assert_int_equal(ana_call_send(&call, &u.base), 0);

@@ -192,6 +192,34 @@ static const char *const migrations[] = {
     "  last_used_at INTEGER NOT NULL DEFAULT 0,"
     "  revoked_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
     "CREATE INDEX api_keys_by_account ON api_keys(account_id, key_id);",
+
+    /* 7: the notification outbox and its delivery log (server/notify/). A
+     * row is written in the transaction of what caused it and stays until
+     * delivered or failed; every attempt is one row of notify_attempts. */
+    "CREATE TABLE notify_outbox ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  idempotency_key TEXT NOT NULL UNIQUE,"
+    "  account_id TEXT NOT NULL,"
+    "  channel_id TEXT NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  payload TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_attempt_at INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL);"
+    "CREATE INDEX notify_outbox_due ON notify_outbox(state, next_attempt_at);"
+    "CREATE INDEX notify_outbox_by_source ON notify_outbox(account_id, source);"
+    "CREATE INDEX notify_outbox_by_channel ON notify_outbox(account_id, channel_id);"
+    "CREATE TABLE notify_attempts ("
+    "  outbox_id INTEGER NOT NULL,"
+    "  attempt INTEGER NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  outcome TEXT NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  error TEXT NOT NULL,"
+    "  duration_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (outbox_id, attempt)) WITHOUT ROWID;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

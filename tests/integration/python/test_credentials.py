@@ -227,13 +227,27 @@ ERR_INVALID = -1
 ERR_UNAUTHENTICATED = -10
 
 
+def sanitizer_build(path):
+    """Whether a shared library needs a sanitizer runtime (libasan, libubsan)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return b"libasan.so" in data or b"libubsan.so" in data
+
+
 class LibanalyticsCredentialsTest(RecorderTestCase):
     """The C library: options, token refresh, the UNAUTHENTICATED code."""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        lib = ctypes.CDLL(os.path.join(build_dir(), "client", "libanalytics.so"))
+        path = os.path.join(build_dir(), "client", "libanalytics.so")
+        if sanitizer_build(path):
+            # A sanitizer's runtime must be the process's first library: it
+            # cannot be loaded into Python (it aborts the whole process). The
+            # plain build runs these tests.
+            cls.tearDownClass()
+            raise unittest.SkipTest("libanalytics is a sanitizer build")
+        lib = ctypes.CDLL(path)
         lib.analytics_client_new.restype = ctypes.c_void_p
         lib.analytics_client_new.argtypes = [ctypes.POINTER(Options), ctypes.POINTER(Error)]
         lib.analytics_client_destroy.argtypes = [ctypes.c_void_p]

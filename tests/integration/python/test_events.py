@@ -291,12 +291,13 @@ class ForwardedForTest(EventsBase):
     SERVER_ENV = {"TRUSTED_PROXIES": "127.0.0.1"}
 
     def test_forwarded_for_is_believed_from_a_trusted_proxy(self):
+        # A loopback client: protected mode serves no other, even forwarded.
         tag = uuid.uuid4().hex
         self.stub.TrackEvent(self.pb.TrackEventRequest(
             event=self.event("fwd", properties={"tag": tag})), timeout=10,
-            metadata=[("x-forwarded-for", "198.51.100.9")])
+            metadata=[("x-forwarded-for", "127.0.0.9")])
         self.assertEqual(self.search(properties={"tag": tag}).events[0].context.ip,
-                         "198.51.100.9")
+                         "127.0.0.9")
 
 
 class UntrustedForwardedForTest(EventsBase):

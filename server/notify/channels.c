@@ -1,0 +1,421 @@
+/* Channels: validation, storage in the catalog (kind "channel", the whole
+ * Channel message with its secrets), the default channel of each type, and
+ * masking of secrets in every answer. */
+#include "notify_internal.h"
+
+#include "ana_arena.h"
+#include "ana_id.h"
+#include "ana_proto_walk.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define KIND "channel"
+#define NAME_MAX_CHARS 200
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static Google__Protobuf__Timestamp *ts_of(struct ana_arena *a, int64_t ms) {
+  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
+  if (t) {
+    google__protobuf__timestamp__init(t);
+    t->seconds = ms / 1000;
+    t->nanos = (int32_t)(ms % 1000) * 1000000;
+  }
+  return t;
+}
+
+static int nomem(struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return ANA_ERR_NOMEM;
+}
+
+/* A deep copy of m in arena (pack, then unpack with the arena's allocator). */
+static Analytics__V1__Channel *clone_bytes(const uint8_t *data, size_t len,
+                                           struct ana_arena *arena) {
+  return (void *)ana_proto_unpack(&analytics__v1__channel__descriptor, &arena->pb, data, len, 64,
+                                  NULL);
+}
+
+static Analytics__V1__Channel *copy_of(const Analytics__V1__Channel *m, struct ana_arena *arena) {
+  size_t n = protobuf_c_message_get_packed_size(&m->base);
+  uint8_t *buf = ana_arena_alloc(arena, n ? n : 1);
+  if (!buf)
+    return NULL;
+  protobuf_c_message_pack(&m->base, buf);
+  return clone_bytes(buf, n, arena);
+}
+
+struct loaded {
+  struct ana_arena *arena;
+  Analytics__V1__Channel *ch;
+};
+
+static int keep(void *ctx, const struct ana_catalog_object *o) {
+  struct loaded *l = ctx;
+  l->ch = clone_bytes(o->body, o->body_len, l->arena);
+  return 1;
+}
+
+int ana_notify_channel_load(struct ana_notify *n, const char *account_id, const char *id,
+                            struct ana_arena *arena, Analytics__V1__Channel **out,
+                            struct ana_error *err) {
+  struct loaded l = {arena, NULL};
+  if (!id || !id[0] || !ana_uuid_is_valid(id)) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "channelId: no channel %.64s", id ? id : "");
+    return ANA_ERR_NOT_FOUND;
+  }
+  int rc = n->o.catalog_ops->get(n->o.catalog, KIND, account_id, id, keep, &l, err);
+  if (rc == ANA_ERR_NOT_FOUND) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "channelId: no channel %s", id);
+    return rc;
+  }
+  if (rc < 0)
+    return rc;
+  if (!l.ch)
+    return nomem(err);
+  *out = l.ch;
+  return 0;
+}
+
+static int masked(const Analytics__V1__Channel *ch, struct ana_arena *arena,
+                  Analytics__V1__Channel **out, struct ana_error *err) {
+  Analytics__V1__Channel *c = copy_of(ch, arena);
+  if (!c)
+    return nomem(err);
+  const struct ana_notifier_ops *ops = ana_notifier_find(ana_notifier_type_of(c));
+  if (ops && ops->mask)
+    ops->mask(c, arena);
+  *out = c;
+  return 0;
+}
+
+/* Checks the fields every channel has and the type's settings. */
+static int validate(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_error *err) {
+  if (!c->name || !c->name[0])
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "name: is required");
+  if (strlen(c->name) > NAME_MAX_CHARS)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "name: is longer than %d bytes",
+                         NAME_MAX_CHARS);
+  const char *type = ana_notifier_type_of(c);
+  if (!type) {
+    if (c->type && c->type[0] && !ana_notifier_find(c->type))
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "type: \"%.40s\" is not %s", c->type,
+                           ana_notifier_types_text);
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                         "%s: the settings of the channel are required (one of email, slack, "
+                         "webhook, telegram)",
+                         c->type && c->type[0] ? c->type : "type");
+  }
+  if (c->type && c->type[0] && strcmp(c->type, type) != 0)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                         "type: is \"%.40s\" but the settings given are %s's", c->type, type);
+  c->type = (char *)type;
+  return ana_notifier_find(type)->validate(&n->env, c, err);
+}
+
+static int save(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_arena *arena,
+                bool create, struct ana_error *err) {
+  size_t len = protobuf_c_message_get_packed_size(&c->base);
+  uint8_t *body = ana_arena_alloc(arena, len ? len : 1);
+  if (!body)
+    return nomem(err);
+  protobuf_c_message_pack(&c->base, body);
+  struct ana_catalog_object o = {
+      .kind = KIND,
+      .account_id = c->account_id,
+      .id = c->channel_id,
+      .name = c->name,
+      .body = body,
+      .body_len = len,
+      .created_at_ms =
+          c->created_at ? c->created_at->seconds * 1000 + c->created_at->nanos / 1000000 : 0,
+      .updated_at_ms =
+          c->updated_at ? c->updated_at->seconds * 1000 + c->updated_at->nanos / 1000000 : 0,
+  };
+  int rc = n->o.catalog_ops->put(n->o.catalog, &o, create, err);
+  if (rc == ANA_ERR_EXISTS)
+    ana_error_set(err, ANA_STATUS_ALREADY_EXISTS, "name: a channel named \"%s\" exists already",
+                  c->name);
+  return rc;
+}
+
+/* Every channel of the account, calling fn (non-zero stops) after the
+ * catalog's listing returned: fn may write to the catalog. */
+struct each {
+  struct ana_arena *arena;
+  Analytics__V1__Channel **items;
+  size_t n, cap;
+  char last[64];
+  bool nomem;
+  int seen;
+};
+
+static int each_one(void *ctx, const struct ana_catalog_object *o) {
+  struct each *e = ctx;
+  snprintf(e->last, sizeof e->last, "%s", o->id);
+  e->seen++;
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? e->cap * 2 : 64;
+    Analytics__V1__Channel **items = ana_arena_calloc(e->arena, cap, sizeof *items);
+    if (!items) {
+      e->nomem = true;
+      return 1;
+    }
+    if (e->n)
+      memcpy(items, e->items, e->n * sizeof *items);
+    e->items = items;
+    e->cap = cap;
+  }
+  if (!(e->items[e->n] = clone_bytes(o->body, o->body_len, e->arena))) {
+    e->nomem = true;
+    return 1;
+  }
+  e->n++;
+  return 0;
+}
+
+static int each_channel(struct ana_notify *n, const char *account, struct ana_arena *arena,
+                        int (*fn)(void *ctx, Analytics__V1__Channel *c), void *ctx,
+                        struct ana_error *err) {
+  struct each e = {arena, NULL, 0, 0, "", false, 0};
+  do {
+    e.seen = 0;
+    char after[64];
+    snprintf(after, sizeof after, "%s", e.last);
+    int rc = n->o.catalog_ops->list(n->o.catalog, KIND, account, after, 256, each_one, &e, err);
+    if (rc < 0)
+      return rc;
+    if (e.nomem)
+      return nomem(err);
+  } while (e.seen == 256);
+  for (size_t i = 0; i < e.n; i++)
+    if (fn(ctx, e.items[i]))
+      break;
+  return 0;
+}
+
+struct defaults {
+  struct ana_notify *n;
+  struct ana_arena *arena;
+  const char *type, *except;
+  bool clear;  /* clear the flag on the others */
+  bool found;  /* another default of the type exists */
+  char id[64]; /* the default found */
+  int rc;
+  struct ana_error *err;
+};
+
+static int on_default(void *ctx, Analytics__V1__Channel *c) {
+  struct defaults *d = ctx;
+  if (!c->is_default || strcmp(c->type ? c->type : "", d->type) != 0 ||
+      (d->except && strcmp(c->channel_id, d->except) == 0))
+    return 0;
+  d->found = true;
+  snprintf(d->id, sizeof d->id, "%s", c->channel_id);
+  if (!d->clear)
+    return 1;
+  c->is_default = false;
+  c->updated_at = ts_of(d->arena, now_ms());
+  if (!c->updated_at)
+    return d->rc = nomem(d->err), 1;
+  if ((d->rc = save(d->n, c, d->arena, false, d->err)) < 0)
+    return 1;
+  return 0;
+}
+
+int ana_notify_resolve_channel_type(struct ana_notify *n, const char *account_id, const char *type,
+                                    char *id_out, struct ana_error *err) {
+  if (!ana_notifier_find(type))
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "channels: \"%.40s\" is not %s",
+                         type ? type : "", ana_notifier_types_text);
+  struct ana_arena *arena = ana_arena_create(16384, 0);
+  if (!arena)
+    return nomem(err);
+  struct defaults d = {n, arena, type, NULL, false, false, "", 0, err};
+  int rc = each_channel(n, account_id, arena, on_default, &d, err);
+  if (rc == 0 && d.rc < 0)
+    rc = d.rc;
+  if (rc == 0 && !d.found) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "channels: the account has no default %s channel",
+                  type);
+    rc = ANA_ERR_NOT_FOUND;
+  }
+  if (rc == 0)
+    snprintf(id_out, ANA_UUID_STR_LEN + 1, "%s", d.id);
+  ana_arena_destroy(arena);
+  return rc;
+}
+
+bool ana_notify_channel_exists(struct ana_notify *n, const char *account_id, const char *id) {
+  struct ana_arena *arena = ana_arena_create(4096, 0);
+  Analytics__V1__Channel *c = NULL;
+  struct ana_error err;
+  bool ok = arena && ana_notify_channel_load(n, account_id, id, arena, &c, &err) == 0;
+  ana_arena_destroy(arena);
+  return ok;
+}
+
+/* Sets or clears the default flags around c (before it is saved): the
+ * first channel of a type becomes its default; a channel made default
+ * clears the others'. */
+static int settle_defaults(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_arena *arena,
+                           struct ana_error *err) {
+  struct defaults d = {n, arena, c->type, c->channel_id, c->is_default, false, "", 0, err};
+  int rc = each_channel(n, c->account_id, arena, on_default, &d, err);
+  if (rc == 0 && d.rc < 0)
+    rc = d.rc;
+  if (rc == 0 && !d.found)
+    c->is_default = true;
+  return rc;
+}
+
+int ana_notify_channel_create(struct ana_notify *n, const char *account_id,
+                              const Analytics__V1__Channel *in, struct ana_arena *arena,
+                              Analytics__V1__Channel **out, struct ana_error *err) {
+  char id[ANA_UUID_STR_LEN + 1];
+  Analytics__V1__Channel *c = in ? copy_of(in, arena) : NULL;
+  if (!in)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "channel: is required");
+  if (!c)
+    return nomem(err);
+  int rc = validate(n, c, err);
+  if (rc < 0)
+    return rc;
+  const struct ana_notifier_ops *ops = ana_notifier_find(c->type);
+  if (ops->prepare && (rc = ops->prepare(c, arena, err)) < 0)
+    return rc;
+  if (ana_uuid7_generate(id) < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "no randomness for an id");
+  c->channel_id = ana_arena_strdup(arena, id);
+  c->account_id = ana_arena_strdup(arena, account_id);
+  int64_t now = now_ms();
+  c->created_at = ts_of(arena, now);
+  c->updated_at = ts_of(arena, now);
+  if (!c->channel_id || !c->account_id || !c->created_at || !c->updated_at)
+    return nomem(err);
+  pthread_mutex_lock(&n->channels_mu);
+  rc = settle_defaults(n, c, arena, err);
+  if (rc == 0)
+    rc = save(n, c, arena, true, err);
+  pthread_mutex_unlock(&n->channels_mu);
+  if (rc < 0)
+    return rc;
+  /* The answer shows the generated signing secret, this once. */
+  Analytics__V1__Channel *a = copy_of(c, arena);
+  if (!a)
+    return nomem(err);
+  if (ops->mask && a->settings_case != ANALYTICS__V1__CHANNEL__SETTINGS_WEBHOOK)
+    ops->mask(a, arena);
+  *out = a;
+  return 0;
+}
+
+int ana_notify_channel_update(struct ana_notify *n, const char *account_id, const char *id,
+                              const Analytics__V1__Channel *in, struct ana_arena *arena,
+                              Analytics__V1__Channel **out, struct ana_error *err) {
+  Analytics__V1__Channel *old = NULL, *c = NULL;
+  if (!in)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "channel: is required");
+  if (in->channel_id && in->channel_id[0] && id && strcmp(in->channel_id, id) != 0)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                         "channel.channelId: differs from the channel in the path");
+  pthread_mutex_lock(&n->channels_mu);
+  int rc = ana_notify_channel_load(n, account_id, id, arena, &old, err);
+  if (rc < 0)
+    goto out;
+  if (!(c = copy_of(in, arena))) {
+    rc = nomem(err);
+    goto out;
+  }
+  /* Secrets not sent again (or sent back masked) keep their values; only
+   * when the type stays the same. */
+  const char *type = ana_notifier_type_of(c);
+  const struct ana_notifier_ops *ops = ana_notifier_find(type);
+  if (ops && ops->keep_secrets && type && strcmp(type, old->type ? old->type : "") == 0)
+    ops->keep_secrets(c, old);
+  if ((rc = validate(n, c, err)) < 0)
+    goto out;
+  if (ops->prepare && c->settings_case == ANALYTICS__V1__CHANNEL__SETTINGS_WEBHOOK &&
+      (!c->webhook->signing_secret || !c->webhook->signing_secret[0] ||
+       ana_notify_is_masked(c->webhook->signing_secret)) &&
+      (rc = ops->prepare(c, arena, err)) < 0)
+    goto out;
+  c->channel_id = old->channel_id;
+  c->account_id = old->account_id;
+  c->created_at = old->created_at;
+  if (!(c->updated_at = ts_of(arena, now_ms()))) {
+    rc = nomem(err);
+    goto out;
+  }
+  if ((rc = settle_defaults(n, c, arena, err)) < 0)
+    goto out;
+  rc = save(n, c, arena, false, err);
+out:
+  pthread_mutex_unlock(&n->channels_mu);
+  if (rc < 0)
+    return rc;
+  return masked(c, arena, out, err);
+}
+
+int ana_notify_channel_get(struct ana_notify *n, const char *account_id, const char *id,
+                           struct ana_arena *arena, Analytics__V1__Channel **out,
+                           struct ana_error *err) {
+  Analytics__V1__Channel *c = NULL;
+  int rc = ana_notify_channel_load(n, account_id, id, arena, &c, err);
+  return rc < 0 ? rc : masked(c, arena, out, err);
+}
+
+struct page {
+  struct ana_arena *arena;
+  Analytics__V1__Channel **items;
+  size_t n, cap;
+  bool nomem;
+};
+
+static int collect(void *ctx, const struct ana_catalog_object *o) {
+  struct page *p = ctx;
+  struct ana_error err;
+  Analytics__V1__Channel *c = clone_bytes(o->body, o->body_len, p->arena);
+  if (!c || masked(c, p->arena, &p->items[p->n], &err) < 0) {
+    p->nomem = true;
+    return 1;
+  }
+  return ++p->n == p->cap;
+}
+
+int ana_notify_channel_list(struct ana_notify *n, const char *account_id, const char *after,
+                            int limit, struct ana_arena *arena, Analytics__V1__Channel ***out,
+                            size_t *n_out, struct ana_error *err) {
+  struct page p = {arena, ana_arena_calloc(arena, (size_t)limit + 1, sizeof *p.items), 0,
+                   (size_t)limit, false};
+  if (!p.items)
+    return nomem(err);
+  int rc = n->o.catalog_ops->list(n->o.catalog, KIND, account_id, after, limit, collect, &p, err);
+  if (rc < 0)
+    return rc;
+  if (p.nomem)
+    return nomem(err);
+  *out = p.items;
+  *n_out = p.n;
+  return 0;
+}
+
+int ana_notify_channel_delete(struct ana_notify *n, const char *account_id, const char *id,
+                              struct ana_error *err) {
+  if (!id || !ana_uuid_is_valid(id)) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "channelId: no channel %.64s", id ? id : "");
+    return ANA_ERR_NOT_FOUND;
+  }
+  pthread_mutex_lock(&n->channels_mu);
+  int rc = n->o.catalog_ops->remove(n->o.catalog, KIND, account_id, id, err);
+  pthread_mutex_unlock(&n->channels_mu);
+  if (rc == ANA_ERR_NOT_FOUND)
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "channelId: no channel %s", id);
+  return rc;
+}
