@@ -35,7 +35,7 @@ TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev clang-format
 #   libicu72       libicuuc.so.72, libicui18n.so.72 (time zones for metric buckets)
 #   libssl3        libcrypto.so.3 (JWT signatures)
 #   libcurl4       libcurl.so.4 (JWKS URL)
-#   libhpdf-2.3.0  libhpdf.so.2.3.0 (PDF reports), fonts-dejavu-core its embedded font
+#   libhpdf-2.3.0  libhpdf-2.3.0.so (PDF reports), fonts-dejavu-core its embedded font
 #   libxlsxwriter4 libxlsxwriter.so.4 (Excel reports)
 # ca-certificates lets the remote backends (ClickHouse, MongoDB, Elasticsearch,
 # Redis, RabbitMQ) verify TLS peers. A library added to the build adds its
