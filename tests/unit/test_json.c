@@ -160,11 +160,11 @@ static void encode_defaults_and_proto_names(void **state) {
 
 static void encode_integers(void **state) {
   (void)state;
-  Analytics__V1__Alert a = ANALYTICS__V1__ALERT__INIT;
-  a.cooldown = -300;
-  assert_string_equal(enc(&a, NULL), "{\"cooldown\":\"-300\"}");
-  a.cooldown = INT64_MIN;
-  assert_string_equal(enc(&a, NULL), "{\"cooldown\":\"-9223372036854775808\"}");
+  Analytics__V1__ImportEventsResponse a = ANALYTICS__V1__IMPORT_EVENTS_RESPONSE__INIT;
+  a.accepted = -300;
+  assert_string_equal(enc(&a, NULL), "{\"accepted\":\"-300\"}");
+  a.accepted = INT64_MIN;
+  assert_string_equal(enc(&a, NULL), "{\"accepted\":\"-9223372036854775808\"}");
   Analytics__V1__AnalyticsUpdate u = ANALYTICS__V1__ANALYTICS_UPDATE__INIT;
   u.sequence = UINT64_MAX;
   assert_string_equal(enc(&u, NULL), "{\"sequence\":\"18446744073709551615\"}");
@@ -682,15 +682,15 @@ static void decode_integers(void **state) {
                "column 32)",
                "sequence");
 
-  const ProtobufCMessageDescriptor *al = &analytics__v1__alert__descriptor;
-  Analytics__V1__Alert *a = dec(al, "{\"cooldown\":\"-9223372036854775808\"}", NULL);
+  const ProtobufCMessageDescriptor *al = &analytics__v1__import_events_response__descriptor;
+  Analytics__V1__ImportEventsResponse *a = dec(al, "{\"accepted\":\"-9223372036854775808\"}", NULL);
   assert_non_null(a);
-  assert_true(a->cooldown == INT64_MIN);
-  a = dec(al, "{\"cooldown\":-9223372036854775808}", NULL);
+  assert_true(a->accepted == INT64_MIN);
+  a = dec(al, "{\"accepted\":-9223372036854775808}", NULL);
   assert_non_null(a);
-  assert_true(a->cooldown == INT64_MIN);
-  decode_fails(al, "{\"cooldown\":\"9223372036854775808\"}", NULL,
-               "cooldown: out of range for int64", "cooldown");
+  assert_true(a->accepted == INT64_MIN);
+  decode_fails(al, "{\"accepted\":\"9223372036854775808\"}", NULL,
+               "accepted: out of range for int64", "accepted");
 
   const ProtobufCMessageDescriptor *ls = &analytics__v1__list_metrics_request__descriptor;
   Analytics__V1__ListMetricsRequest *l = dec(ls, "{\"pageSize\":\"25\"}", NULL);
