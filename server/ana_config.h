@@ -3,6 +3,7 @@
 #ifndef ANA_CONFIG_H
 #define ANA_CONFIG_H
 
+#include "ana_alerts_config.h"
 #include "ana_auth_config.h"
 #include "ana_config_table.h"
 #include "ana_error.h"
@@ -30,6 +31,7 @@ struct ana_config {
   struct ana_ingest_settings ingest;
   struct ana_realtime_settings realtime;
   struct ana_metrics_settings metrics;
+  struct ana_alerts_settings alerts;
   struct ana_auth_settings auth;
   struct ana_notify_settings notify;
   struct ana_process_settings process;

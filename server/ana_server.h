@@ -4,6 +4,7 @@
 #ifndef ANA_SERVER_H
 #define ANA_SERVER_H
 
+#include "ana_alerts.h"
 #include "ana_auth.h"
 #include "ana_config.h"
 #include "ana_error.h"
@@ -47,6 +48,7 @@ struct ana_server {
   struct ana_realtime *realtime;
   struct ana_metric_streams *metric_streams;
   struct ana_event_names *names;
+  struct ana_alerts *alerts;
   /* transports */
   struct ana_grpc_server *grpc;
   struct ana_restbridge *rest;

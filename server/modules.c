@@ -25,6 +25,7 @@ static const char *const post_commit_order[] = {
     "rollups",        /* notes the last sequence and wakes the rollup thread */
     "realtime",       /* matches live subscribers' filters, queues for the pump */
     "metric_streams", /* folds events into open buckets; the ticker pushes */
+    "alerts",         /* copies events of accounts with rules; the evaluator steps them */
 };
 
 /* Prefixes err's message with what failed; returns the error to return. */
@@ -339,6 +340,34 @@ static int event_names_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* The alert evaluator: its own hook and thread (rules load with the
+ * services: they resolve metrics through the metric service). */
+static int alerts_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  struct ana_alerts_options aopts = {
+      .db = s->db,
+      .store_ops = s->store_ops,
+      .store = s->store,
+      .catalog_ops = s->catalog_ops,
+      .catalog = s->catalog,
+      .hub = s->realtime,
+      .resolve = ana_metric_service_resolve,
+      .max_instances = cfg->alerts.alert_max_instances,
+      .history_days = cfg->alerts.alert_history_days,
+  };
+  s->alerts = ana_alerts_create(&aopts, err);
+  if (!s->alerts)
+    return fail(err, "cannot start the alert evaluator");
+  return ana_post_commit_register(s->post_commit, "alerts", ana_alerts_on_commit, s->alerts, err);
+}
+
+/* After the committer (its hook); before the hub it pushes through. */
+static int alerts_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_alerts_destroy(s->alerts);
+  s->alerts = NULL;
+  return 0;
+}
+
 /* The group committer: from here on the pipeline's list is sealed. */
 static int ingest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
   ana_post_commit_start(s->post_commit);
@@ -409,6 +438,9 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
   if (ana_event_names_start(s->names, ana_metric_service_names_added, NULL, err) < 0)
     return fail(err, "cannot start the event names");
   ana_realtime_service_bind(s->realtime);
+  ana_alert_service_bind(&(struct ana_alert_service_options){s->catalog_ops, s->catalog, s->workers,
+                                                             s->alerts, s->realtime});
+  ana_alerts_load_all(s->alerts);
   ana_metric_service_bind_streams(s->metric_streams, s->realtime);
   return 0;
 }
@@ -538,6 +570,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "realtime", .start = realtime_start, .stop = realtime_stop},
     {.name = "metric_streams", .start = metric_streams_start, .stop = metric_streams_stop},
     {.name = "event_names", .start = event_names_start, .stop = event_names_stop},
+    {.name = "alerts", .start = alerts_start, .stop = alerts_stop},
     {.name = "ingest", .start = ingest_start, .stop = ingest_stop},
     {.name = "services", .start = services_start},
     {.name = "grpc", .start = grpc_start, .stop = grpc_stop, .drains = true},

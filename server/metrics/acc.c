@@ -893,3 +893,57 @@ bool ana_metric_acc_value(struct ana_metric_acc *acc, size_t g, double *out) {
     values[t] = ana_acc_agg_value(&acc->groups[g]->aggs[t], acc->spec.terms[t]->fn);
   return ana_formula_eval(acc->formula, values, out);
 }
+
+const char *ana_metric_acc_group_key(const struct ana_metric_acc *acc, size_t g) {
+  return g < acc->n_groups ? acc->groups[g]->key : NULL;
+}
+
+bool ana_metric_acc_group_is_other(const struct ana_metric_acc *acc, size_t g) {
+  return acc->other == g + 1;
+}
+
+int ana_metric_acc_find(const struct ana_metric_acc *acc, const char *key) {
+  if (acc->spec.n_dims == 0)
+    return acc->n_groups ? 0 : -1;
+  return index_get(acc, key);
+}
+
+static int merge_group(struct ana_acc_agg *into, const struct group *g, size_t n_terms) {
+  for (size_t t = 0; t < n_terms; t++)
+    if (ana_acc_agg_merge(&into[t], &g->aggs[t]) < 0)
+      return ANA_ERR_NOMEM;
+  return 0;
+}
+
+int ana_metric_acc_value_merged(struct ana_metric_acc *const *accs, size_t n, const char *key,
+                                ana_metric_acc_pick_fn pick, void *ctx, double *out) {
+  if (n == 0)
+    return 0;
+  size_t n_terms = accs[0]->spec.n_terms;
+  struct ana_acc_agg merged[ANA_ACC_MAX_TERMS];
+  memset(merged, 0, sizeof merged);
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    struct ana_metric_acc *acc = accs[i];
+    if (!acc)
+      continue;
+    if (key) {
+      int g = ana_metric_acc_find(acc, key);
+      if (g >= 0)
+        rc = merge_group(merged, acc->groups[g], n_terms);
+      continue;
+    }
+    for (size_t g = 0; g < acc->n_groups && rc == 0; g++)
+      if (pick(ctx, acc, g))
+        rc = merge_group(merged, acc->groups[g], n_terms);
+  }
+  if (rc == 0) {
+    double values[ANA_ACC_MAX_TERMS];
+    for (size_t t = 0; t < n_terms; t++)
+      values[t] = ana_acc_agg_value(&merged[t], accs[0]->spec.terms[t]->fn);
+    rc = ana_formula_eval(accs[0]->formula, values, out) ? 1 : 0;
+  }
+  for (size_t t = 0; t < n_terms; t++)
+    ana_acc_agg_fini(&merged[t]);
+  return rc;
+}

@@ -61,4 +61,26 @@ size_t ana_metric_acc_dimension_count(const struct ana_metric_acc *acc);
  * *out, or false when the value is empty (see ana_formula_eval). */
 bool ana_metric_acc_value(struct ana_metric_acc *acc, size_t g, double *out);
 
+/* The key of group g: its dimension values joined by '\x1f' ("" for the
+ * "(other)" group and for the one group of a metric without dimensions).
+ * Borrowed from acc. */
+const char *ana_metric_acc_group_key(const struct ana_metric_acc *acc, size_t g);
+
+/* Whether group g is the "(other)" group. */
+bool ana_metric_acc_group_is_other(const struct ana_metric_acc *acc, size_t g);
+
+/* The index of the group with this key (never the "(other)" group), or -1. */
+int ana_metric_acc_find(const struct ana_metric_acc *acc, const char *key);
+
+/* Picks the groups a merged value covers: group g of accs[i]. */
+typedef bool (*ana_metric_acc_pick_fn)(void *ctx, const struct ana_metric_acc *acc, size_t g);
+
+/* Evaluates the formula over the aggregates of groups merged across n
+ * accumulators made for the same metric and formula (the buckets of one
+ * window): with key != NULL the group of that key in each; otherwise every
+ * group pick accepts. Returns 1 and sets *out, 0 when the value is empty,
+ * or ANA_ERR_NOMEM. */
+int ana_metric_acc_value_merged(struct ana_metric_acc *const *accs, size_t n, const char *key,
+                                ana_metric_acc_pick_fn pick, void *ctx, double *out);
+
 #endif

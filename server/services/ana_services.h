@@ -58,6 +58,30 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
  * ana_metric_service_bind. */
 int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct ana_realtime *hub);
 
+/* Loads the account's metric by id, else by name, into arena, with its
+ * formula parsed as the metric recorded its names (free it with
+ * ana_formula_free; it borrows from arena). Returns 0, or a negative error
+ * with err NOT_FOUND naming "metric", FAILED_PRECONDITION (the formula no
+ * longer holds) or the catalog's. Blocks. Call after
+ * ana_metric_service_bind. */
+int ana_metric_service_resolve(const char *account, const char *id_or_name, struct ana_arena *arena,
+                               Analytics__V1__Metric **metric, struct ana_formula **formula,
+                               struct ana_error *err);
+
+struct ana_alerts;
+
+struct ana_alert_service_options {
+  const struct ana_catalog_ops *catalog_ops; /* the rules */
+  void *catalog;
+  struct ana_workers *workers;
+  struct ana_alerts *alerts; /* the evaluator; borrowed */
+  struct ana_realtime *hub;  /* StreamAlerts; NULL: unbound */
+};
+
+/* Binds AlertService and RealtimeService.StreamAlerts. Call after
+ * ana_metric_service_bind (rules resolve their metric through it). */
+int ana_alert_service_bind(const struct ana_alert_service_options *o);
+
 struct ana_key_service_options {
   struct ana_api_keys *keys; /* borrowed; must outlive the transports */
   struct ana_workers *workers;

@@ -959,3 +959,32 @@ int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct a
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC, &stream_h);
   return 0;
 }
+
+int ana_metric_service_resolve(const char *account, const char *id_or_name, struct ana_arena *arena,
+                               Analytics__V1__Metric **metric, struct ana_formula **formula,
+                               struct ana_error *err) {
+  struct loaded l = {arena, NULL};
+  int rc = opts.catalog_ops->get(opts.catalog, KIND, account, id_or_name, keep_metric, &l, err);
+  if (rc == ANA_ERR_NOT_FOUND)
+    rc = opts.catalog_ops->get_by_name(opts.catalog, KIND, account, id_or_name, keep_metric, &l,
+                                       err);
+  if (rc == ANA_ERR_NOT_FOUND)
+    return ana_error_set(err, ANA_STATUS_NOT_FOUND,
+                         "metric: no metric with id or name \"%.128s\" in this account",
+                         id_or_name);
+  if (rc < 0)
+    return rc;
+  if (!l.metric)
+    return ana_error_set(err, ANA_STATUS_DATA_LOSS, "metric: %.128s cannot be read", id_or_name);
+  struct lookup_ctx *lctx = ana_arena_calloc(arena, 1, sizeof *lctx);
+  struct vars *own = ana_arena_calloc(arena, 1, sizeof *own);
+  if (!lctx || !own)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  *formula = parse_formula_as(arena, account, l.metric, lctx, own, RESOLVE_APPLY, NULL, err);
+  if (!*formula) {
+    err->code = ANA_STATUS_FAILED_PRECONDITION;
+    return ANA_ERR_INVALID;
+  }
+  *metric = l.metric;
+  return 0;
+}

@@ -92,6 +92,8 @@ static const char *const all_names[] = {
     "METRIC_STREAM_HISTORY",
     "METRIC_STREAMS_PER_PEER",
     "ROLLUP_CACHE_MB",
+    "ALERT_MAX_INSTANCES",
+    "ALERT_HISTORY_DAYS",
     "WAL_CHECKPOINT_MB",
     "STORE_MIN_FREE_MB",
     "SMTP_URL",

@@ -160,11 +160,11 @@ static void encode_defaults_and_proto_names(void **state) {
 
 static void encode_integers(void **state) {
   (void)state;
-  Analytics__V1__Alert a = ANALYTICS__V1__ALERT__INIT;
-  a.cooldown = -300;
-  assert_string_equal(enc(&a, NULL), "{\"cooldown\":\"-300\"}");
-  a.cooldown = INT64_MIN;
-  assert_string_equal(enc(&a, NULL), "{\"cooldown\":\"-9223372036854775808\"}");
+  Analytics__V1__ImportEventsResponse a = ANALYTICS__V1__IMPORT_EVENTS_RESPONSE__INIT;
+  a.accepted = -300;
+  assert_string_equal(enc(&a, NULL), "{\"accepted\":\"-300\"}");
+  a.accepted = INT64_MIN;
+  assert_string_equal(enc(&a, NULL), "{\"accepted\":\"-9223372036854775808\"}");
   Analytics__V1__AnalyticsUpdate u = ANALYTICS__V1__ANALYTICS_UPDATE__INIT;
   u.sequence = UINT64_MAX;
   assert_string_equal(enc(&u, NULL), "{\"sequence\":\"18446744073709551615\"}");
@@ -682,15 +682,15 @@ static void decode_integers(void **state) {
                "column 32)",
                "sequence");
 
-  const ProtobufCMessageDescriptor *al = &analytics__v1__alert__descriptor;
-  Analytics__V1__Alert *a = dec(al, "{\"cooldown\":\"-9223372036854775808\"}", NULL);
+  const ProtobufCMessageDescriptor *al = &analytics__v1__import_events_response__descriptor;
+  Analytics__V1__ImportEventsResponse *a = dec(al, "{\"accepted\":\"-9223372036854775808\"}", NULL);
   assert_non_null(a);
-  assert_true(a->cooldown == INT64_MIN);
-  a = dec(al, "{\"cooldown\":-9223372036854775808}", NULL);
+  assert_true(a->accepted == INT64_MIN);
+  a = dec(al, "{\"accepted\":-9223372036854775808}", NULL);
   assert_non_null(a);
-  assert_true(a->cooldown == INT64_MIN);
-  decode_fails(al, "{\"cooldown\":\"9223372036854775808\"}", NULL,
-               "cooldown: out of range for int64", "cooldown");
+  assert_true(a->accepted == INT64_MIN);
+  decode_fails(al, "{\"accepted\":\"9223372036854775808\"}", NULL,
+               "accepted: out of range for int64", "accepted");
 
   const ProtobufCMessageDescriptor *ls = &analytics__v1__list_metrics_request__descriptor;
   Analytics__V1__ListMetricsRequest *l = dec(ls, "{\"pageSize\":\"25\"}", NULL);
@@ -1293,11 +1293,17 @@ static void set_field_scalars_and_wkts(void **state) {
   (void)state;
   Analytics__V1__Alert *a = ana_arena_alloc(&arena, sizeof *a);
   analytics__v1__alert__init(a);
-  set_ok(a, "enabled", "true");
-  assert_true(a->enabled);
-  set_ok(a, "enabled", "0");
-  assert_false(a->enabled);
-  set_fails(a, "enabled", "yes", "enabled: expected true or false");
+  Analytics__V1__StreamAnalyticsRequest *sa = ana_arena_alloc(&arena, sizeof *sa);
+  analytics__v1__stream_analytics_request__init(sa);
+  set_ok(sa, "include_events", "true");
+  assert_true(sa->include_events);
+  set_ok(sa, "includeEvents", "0");
+  assert_false(sa->include_events);
+  set_fails(sa, "include_events", "yes", "include_events: expected true or false");
+  /* A google.protobuf.BoolValue takes the same text. */
+  set_ok(a, "enabled", "false");
+  assert_non_null(a->enabled);
+  assert_false(a->enabled->value);
   set_ok(a, "threshold", "Infinity");
   assert_true(isinf(a->threshold));
   set_ok(a, "threshold", "2.5");
@@ -1312,8 +1318,9 @@ static void set_field_scalars_and_wkts(void **state) {
   assert_int_equal(a->condition->kind_case, GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE);
   set_ok(a, "created_at", "2024-01-01T00:00:00.5Z");
   assert_string_equal(
-      enc(a, NULL), "{\"condition\":\"above\",\"threshold\":2.5,\"channels\":[\"email\",\"slack\"],"
-                    "\"cooldown\":\"300\",\"createdAt\":\"2024-01-01T00:00:00.500Z\"}");
+      enc(a, NULL),
+      "{\"condition\":\"above\",\"threshold\":2.5,\"channels\":[\"email\",\"slack\"],"
+      "\"cooldown\":300,\"enabled\":false,\"createdAt\":\"2024-01-01T00:00:00.500Z\"}");
   set_fails(a, "condition", "{\"a\":\"\\u0000\"}",
             "condition.a: contains NUL (\\u0000), which is not supported");
   set_fails(a, "name", "a\xff", "name: not valid UTF-8");

@@ -1,0 +1,1167 @@
+/* The alert evaluator: rules' windows in panes of metric accumulators fed
+ * by the commit hook, instance states stepped on its own thread, every
+ * change written with its history in one local-store transaction, and
+ * pushed live to StreamAlerts subscribers. */
+#include "ana_alerts.h"
+
+#include "ana_alloc.h"
+#include "ana_log.h"
+#include "ana_metric_acc.h"
+#include "ana_proto_walk.h"
+#include "analytics/v1/realtime.pb-c.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define KIND "alert"
+#define QUEUE_MAX 1000000
+#define TICK_MS 1000
+#define OTHER_KEY "\x1e(other)"
+#define HISTORY_SWEEP_MS 600000
+
+struct instance {
+  char *key;
+  char **vals; /* n_dims */
+  bool other;
+  struct ana_alert_instance_state st;
+};
+
+struct rule {
+  struct rule *next;
+  char *id, *account;
+  struct ana_arena *arena;
+  Analytics__V1__Alert *alert;
+  Analytics__V1__Metric *metric;
+  struct ana_formula *formula;
+  struct ana_alert_params p;
+  int64_t pane_ms, cur_start;
+  struct ana_metric_acc *panes[ANA_ALERT_PANES];
+  int64_t pane_start[ANA_ALERT_PANES];
+  struct instance *inst;
+  size_t n_inst, cap_inst;
+  size_t n_dims;
+  uint64_t seed_seq;
+};
+
+struct qev {
+  struct qev *next;
+  char *account;
+  struct ana_scanned_event ev;
+};
+
+struct sub {
+  struct sub *next;
+  struct ana_realtime_sub *rs;
+  char *account;
+  char **ids;
+  size_t n_ids;
+};
+
+struct ana_alerts {
+  struct ana_alerts_options o;
+  sqlite3 *conn;
+  pthread_t thread;
+  bool started;
+  /* the hook's queue */
+  pthread_mutex_t qmu;
+  pthread_cond_t qcond;
+  struct qev *head, *tail;
+  size_t queued;
+  uint64_t dropped;
+  char **accounts; /* accounts with rules (never shrinks) */
+  size_t n_accounts, cap_accounts;
+  bool stop;
+  /* the rules (evaluator thread and rule changes) */
+  pthread_mutex_t mu;
+  struct rule *rules;
+  int64_t last_sweep_ms;
+  /* subscribers */
+  pthread_mutex_t smu;
+  struct sub *subs;
+  struct ana_alerts_stats stats;
+};
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t floor_to(int64_t t, int64_t step) {
+  int64_t q = t / step;
+  if (t < 0 && q * step != t)
+    q--;
+  return q * step;
+}
+
+/* ------------------------------------------------------------------ */
+/* rules and instances */
+
+static void rule_free(struct rule *r) {
+  if (!r)
+    return;
+  for (size_t i = 0; i < ANA_ALERT_PANES; i++)
+    ana_metric_acc_destroy(r->panes[i]);
+  for (size_t i = 0; i < r->n_inst; i++) {
+    ana_free(r->inst[i].key);
+    for (size_t d = 0; r->inst[i].vals && d < r->n_dims; d++)
+      ana_free(r->inst[i].vals[d]);
+    ana_free(r->inst[i].vals);
+  }
+  ana_free(r->inst);
+  ana_formula_free(r->formula);
+  ana_free(r->id);
+  ana_free(r->account);
+  if (r->arena)
+    ana_arena_destroy(r->arena);
+  ana_free(r);
+}
+
+/* The instance of key (values: n_dims, or NULL to split key). NULL when out
+ * of memory. */
+static struct instance *instance_get(struct ana_alerts *al, struct rule *r, const char *key,
+                                     const char *const *values, bool create) {
+  bool other = strcmp(key, OTHER_KEY) == 0;
+  for (size_t i = 0; i < r->n_inst; i++)
+    if (strcmp(r->inst[i].key, key) == 0)
+      return &r->inst[i];
+  if (!create)
+    return NULL;
+  size_t plain = r->n_inst;
+  for (size_t i = 0; i < r->n_inst; i++)
+    plain -= r->inst[i].other ? 1 : 0;
+  if (!other && plain >= (size_t)al->o.max_instances)
+    return instance_get(al, r, OTHER_KEY, NULL, true);
+  if (r->n_inst == r->cap_inst) {
+    size_t cap = r->cap_inst ? r->cap_inst * 2 : 4;
+    struct instance *n = ana_realloc(r->inst, cap * sizeof *n);
+    if (!n)
+      return NULL;
+    r->inst = n;
+    r->cap_inst = cap;
+  }
+  struct instance *in = &r->inst[r->n_inst];
+  memset(in, 0, sizeof *in);
+  in->key = ana_strdup(key);
+  in->other = other;
+  in->vals = ana_calloc(r->n_dims ? r->n_dims : 1, sizeof *in->vals);
+  if (!in->key || !in->vals) {
+    ana_free(in->key);
+    ana_free(in->vals);
+    return NULL;
+  }
+  const char *p = key;
+  for (size_t d = 0; d < r->n_dims; d++) {
+    if (other) {
+      in->vals[d] = ana_strdup(ANA_METRIC_ACC_OTHER);
+    } else if (values) {
+      in->vals[d] = ana_strdup(values[d]);
+    } else {
+      const char *e = strchr(p, '\x1f');
+      size_t n = e ? (size_t)(e - p) : strlen(p);
+      in->vals[d] = ana_malloc(n + 1);
+      if (in->vals[d]) {
+        memcpy(in->vals[d], p, n);
+        in->vals[d][n] = '\0';
+      }
+      p = e ? e + 1 : p + n;
+    }
+  }
+  in->st.state = ANA_ALERT_OK;
+  r->n_inst++;
+  return in;
+}
+
+/* Moves the window so that its current pane holds t; drops the panes that
+ * left it. Returns whether it moved. */
+static bool advance(struct rule *r, int64_t t) {
+  int64_t cur = floor_to(t, r->pane_ms);
+  if (cur <= r->cur_start)
+    return false;
+  r->cur_start = cur;
+  int64_t oldest = cur - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  for (size_t i = 0; i < ANA_ALERT_PANES; i++)
+    if (r->panes[i] && r->pane_start[i] < oldest) {
+      ana_metric_acc_destroy(r->panes[i]);
+      r->panes[i] = NULL;
+    }
+  return true;
+}
+
+/* Adds ev to its pane; returns the instance it counts in, or NULL (outside
+ * the window, filtered out, out of memory). */
+static struct instance *route(struct ana_alerts *al, struct rule *r,
+                              const struct ana_scanned_event *ev, bool make_instance) {
+  int64_t oldest = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  if (ev->timestamp_ms < oldest || ev->timestamp_ms >= r->cur_start + r->pane_ms)
+    return NULL;
+  int64_t start = floor_to(ev->timestamp_ms, r->pane_ms);
+  size_t idx = (size_t)((start / r->pane_ms) % ANA_ALERT_PANES);
+  if (!r->panes[idx] || r->pane_start[idx] != start) {
+    ana_metric_acc_destroy(r->panes[idx]);
+    struct ana_error err;
+    r->panes[idx] = ana_metric_acc_create(r->metric, r->formula, 100000, &err);
+    r->pane_start[idx] = start;
+    if (!r->panes[idx])
+      return NULL;
+  }
+  int g = ana_metric_acc_add(r->panes[idx], ev);
+  if (g < 0 || !make_instance)
+    return NULL;
+  if (ana_metric_acc_group_is_other(r->panes[idx], (size_t)g))
+    return instance_get(al, r, OTHER_KEY, NULL, true);
+  return instance_get(al, r, ana_metric_acc_group_key(r->panes[idx], (size_t)g),
+                      ana_metric_acc_group_values(r->panes[idx], (size_t)g), true);
+}
+
+struct pick_ctx {
+  struct rule *r;
+};
+
+static bool pick_other(void *ctx, const struct ana_metric_acc *acc, size_t g) {
+  struct rule *r = ((struct pick_ctx *)ctx)->r;
+  if (ana_metric_acc_group_is_other(acc, g))
+    return true;
+  const char *key = ana_metric_acc_group_key(acc, g);
+  for (size_t i = 0; i < r->n_inst; i++)
+    if (!r->inst[i].other && strcmp(r->inst[i].key, key) == 0)
+      return false;
+  return true;
+}
+
+/* The window's value of an instance: returns 1 (value), 0 (no data). */
+static int window_value(struct rule *r, struct instance *in, double *out) {
+  struct ana_metric_acc *accs[ANA_ALERT_PANES];
+  size_t n = 0;
+  int64_t oldest = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  for (size_t i = 0; i < ANA_ALERT_PANES; i++)
+    if (r->panes[i] && r->pane_start[i] >= oldest && r->pane_start[i] <= r->cur_start)
+      accs[n++] = r->panes[i];
+  if (n == 0) {
+    /* an empty window: the formula over empty aggregates (a count is 0) */
+    struct ana_error err;
+    struct ana_metric_acc *empty = ana_metric_acc_create(r->metric, r->formula, 1, &err);
+    if (!empty)
+      return 0;
+    int rc = r->n_dims == 0 ? ana_metric_acc_value_merged(&empty, 1, "", NULL, NULL, out) : 0;
+    ana_metric_acc_destroy(empty);
+    return rc > 0;
+  }
+  struct pick_ctx pc = {r};
+  int rc = ana_metric_acc_value_merged(accs, n, in->other ? NULL : in->key, pick_other, &pc, out);
+  return rc > 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* changes: history, instance state, notifications, live pushes */
+
+struct change {
+  struct rule *r;
+  struct instance *in;
+  struct ana_alert_step step;
+  int64_t at;
+};
+
+static char *group_json(const struct rule *r, const struct instance *in) {
+  json_t *o = json_object();
+  for (size_t d = 0; o && d < r->n_dims; d++)
+    json_object_set_new(o, r->metric->dimensions[d], json_string(in->vals[d] ? in->vals[d] : ""));
+  char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+  json_decref(o);
+  return s;
+}
+
+/* The notification step: today every named channel is recorded as having
+ * no channel to deliver to (the outbox takes over once channels exist). */
+static void notify_in_txn(struct rule *r, char *channels, size_t csize, char *failed,
+                          size_t fsize) {
+  channels[0] = failed[0] = '\0';
+  size_t fl = 0;
+  for (size_t i = 0; i < r->alert->n_channels; i++) {
+    int n = snprintf(failed + fl, fsize - fl, "%s%s: no channel", fl ? "\n" : "",
+                     r->alert->channels[i]);
+    if (n < 0 || (size_t)n >= fsize - fl)
+      break;
+    fl += (size_t)n;
+  }
+  (void)csize;
+}
+
+static void push_entry(struct ana_alerts *al, const struct rule *r, uint64_t entry_id,
+                       const Analytics__V1__AlertHistoryEntry *e);
+
+static void build_entry(struct ana_arena *a, const struct rule *r, const struct instance *in,
+                        const struct change *c, const char *message,
+                        Analytics__V1__AlertHistoryEntry *e) {
+  analytics__v1__alert_history_entry__init(e);
+  e->alert_id = r->id;
+  e->state = (char *)ana_alert_state_name(c->step.to);
+  e->previous_state = (char *)ana_alert_state_name(c->step.from);
+  e->kind = c->step.changed ? "state" : "notification";
+  e->value = in->st.value;
+  e->has_value = in->st.has_value;
+  e->threshold = r->p.threshold;
+  e->severity = (char *)ana_alert_severity_name(r->p.severity);
+  e->message = (char *)message;
+  e->at = ana_arena_alloc(a, sizeof *e->at);
+  if (e->at) {
+    google__protobuf__timestamp__init(e->at);
+    e->at->seconds = c->at / 1000;
+    e->at->nanos = (int32_t)(c->at % 1000) * 1000000;
+  }
+  if (r->n_dims) {
+    e->group = ana_arena_calloc(a, r->n_dims, sizeof *e->group);
+    for (size_t d = 0; e->group && d < r->n_dims; d++) {
+      Analytics__V1__AlertHistoryEntry__GroupEntry *ge = ana_arena_alloc(a, sizeof *ge);
+      if (!ge)
+        break;
+      analytics__v1__alert_history_entry__group_entry__init(ge);
+      ge->key = r->metric->dimensions[d];
+      ge->value = in->vals[d];
+      e->group[e->n_group++] = ge;
+    }
+  }
+}
+
+static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
+  if (n == 0)
+    return 0;
+  sqlite3 *db = al->conn;
+  uint64_t *ids = ana_calloc(n, sizeof *ids);
+  char(*msgs)[1024] = ana_calloc(n, sizeof *msgs);
+  if (!ids || !msgs) {
+    ana_free(ids);
+    ana_free(msgs);
+    return ANA_ERR_NOMEM;
+  }
+  int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  sqlite3_stmt *up = NULL, *hist = NULL;
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db,
+                            "INSERT OR REPLACE INTO alert_instances (alert_id, group_key, state,"
+                            " since, last_notified, notified, value, has_value)"
+                            " VALUES (?,?,?,?,?,?,?,?)",
+                            -1, &up, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db,
+                            "INSERT INTO alert_history (alert_id, account_id, at, kind, state,"
+                            " previous_state, value, has_value, threshold, severity, group_json,"
+                            " message, channels, failed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            -1, &hist, NULL);
+  for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
+    struct change *c = &cs[i];
+    struct rule *r = c->r;
+    struct instance *in = c->in;
+    const char *names[16];
+    size_t nd = r->n_dims < 16 ? r->n_dims : 16;
+    for (size_t d = 0; d < nd; d++)
+      names[d] = r->metric->dimensions[d];
+    ana_alert_render(r->alert->message, r->alert->name, r->alert->metric,
+                     ana_alert_state_name(c->step.to), ana_alert_severity_name(r->p.severity),
+                     in->st.has_value, in->st.value, r->p.threshold, names,
+                     (const char *const *)in->vals, nd, msgs[i], sizeof msgs[i]);
+    sqlite3_reset(up);
+    sqlite3_bind_text(up, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(up, 2, in->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int(up, 3, (int)in->st.state);
+    sqlite3_bind_int64(up, 4, in->st.since_ms);
+    sqlite3_bind_int64(up, 5, in->st.last_notified_ms);
+    sqlite3_bind_int(up, 6, in->st.notified);
+    sqlite3_bind_double(up, 7, in->st.value);
+    sqlite3_bind_int(up, 8, in->st.has_value);
+    if (sqlite3_step(up) != SQLITE_DONE) {
+      rc = SQLITE_ERROR;
+      break;
+    }
+    char channels[1024], failed[2048];
+    channels[0] = failed[0] = '\0';
+    if (c->step.notify)
+      notify_in_txn(r, channels, sizeof channels, failed, sizeof failed);
+    else if (c->step.suppressed)
+      snprintf(failed, sizeof failed, "cooldown: not notified");
+    char *gj = group_json(r, in);
+    sqlite3_reset(hist);
+    sqlite3_bind_text(hist, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(hist, 2, r->account, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(hist, 3, c->at);
+    sqlite3_bind_text(hist, 4, c->step.changed ? "state" : "notification", -1, SQLITE_STATIC);
+    sqlite3_bind_text(hist, 5, ana_alert_state_name(c->step.to), -1, SQLITE_STATIC);
+    sqlite3_bind_text(hist, 6, ana_alert_state_name(c->step.from), -1, SQLITE_STATIC);
+    sqlite3_bind_double(hist, 7, in->st.value);
+    sqlite3_bind_int(hist, 8, in->st.has_value);
+    sqlite3_bind_double(hist, 9, r->p.threshold);
+    sqlite3_bind_text(hist, 10, ana_alert_severity_name(r->p.severity), -1, SQLITE_STATIC);
+    sqlite3_bind_text(hist, 11, gj ? gj : "{}", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(hist, 12, msgs[i], -1, SQLITE_STATIC);
+    sqlite3_bind_text(hist, 13, channels, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(hist, 14, failed, -1, SQLITE_TRANSIENT);
+    free(gj);
+    if (sqlite3_step(hist) != SQLITE_DONE) {
+      rc = SQLITE_ERROR;
+      break;
+    }
+    ids[i] = (uint64_t)sqlite3_last_insert_rowid(db);
+  }
+  sqlite3_finalize(up);
+  sqlite3_finalize(hist);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    ANA_ERROR("alerts", "cannot store %zu alert state changes: %s", n, sqlite3_errmsg(db));
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      al->stats.transitions++;
+      if (cs[i].step.notify)
+        al->stats.notifications++;
+      struct ana_arena *a = ana_arena_create(4096, 0);
+      if (!a)
+        continue;
+      Analytics__V1__AlertHistoryEntry e;
+      build_entry(a, cs[i].r, cs[i].in, &cs[i], msgs[i], &e);
+      e.entry_id = ids[i];
+      push_entry(al, cs[i].r, ids[i], &e);
+      ana_arena_destroy(a);
+    }
+  }
+  ana_free(ids);
+  ana_free(msgs);
+  return rc == SQLITE_OK ? 0 : ANA_ERR_IO;
+}
+
+/* A growing list of changes of one pass. */
+struct changes {
+  struct change *v;
+  size_t n, cap;
+};
+
+static void evaluate(struct rule *r, struct instance *in, int64_t now, struct changes *out) {
+  double v = 0;
+  bool has = window_value(r, in, &v) == 1;
+  struct ana_alert_step step;
+  ana_alert_step(&r->p, &in->st, has, v, now, &step);
+  if (!step.changed && !step.notify)
+    return;
+  if (out->n == out->cap) {
+    size_t cap = out->cap ? out->cap * 2 : 16;
+    struct change *n = ana_realloc(out->v, cap * sizeof *n);
+    if (!n)
+      return;
+    out->v = n;
+    out->cap = cap;
+  }
+  out->v[out->n++] = (struct change){r, in, step, now};
+}
+
+/* ------------------------------------------------------------------ */
+/* live subscribers */
+
+static void push_entry(struct ana_alerts *al, const struct rule *r, uint64_t entry_id,
+                       const Analytics__V1__AlertHistoryEntry *e) {
+  if (!al->o.hub)
+    return;
+  pthread_mutex_lock(&al->smu);
+  struct ana_realtime_msg *m = NULL;
+  bool pushed = false;
+  for (struct sub *s = al->subs; s; s = s->next) {
+    if (strcmp(s->account, r->account) != 0)
+      continue;
+    bool want = s->n_ids == 0;
+    for (size_t i = 0; !want && i < s->n_ids; i++)
+      want = strcmp(s->ids[i], r->id) == 0;
+    if (!want)
+      continue;
+    if (!m) {
+      m = ana_realtime_msg_create(4096);
+      if (!m)
+        break;
+      struct ana_arena *a = ana_realtime_msg_arena(m);
+      Analytics__V1__AlertUpdate *u = ana_arena_alloc(a, sizeof *u);
+      Analytics__V1__AlertHistoryEntry *copy = u ? ana_arena_alloc(a, sizeof *copy) : NULL;
+      if (!copy) {
+        ana_realtime_msg_unref(m);
+        m = NULL;
+        break;
+      }
+      /* a deep copy through the wire format keeps it in the message's arena */
+      size_t len = protobuf_c_message_get_packed_size(&e->base);
+      uint8_t *buf = ana_arena_alloc(a, len ? len : 1);
+      Analytics__V1__AlertHistoryEntry *dec = NULL;
+      if (buf) {
+        protobuf_c_message_pack(&e->base, buf);
+        dec = (void *)ana_proto_unpack(&analytics__v1__alert_history_entry__descriptor, &a->pb, buf,
+                                       len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+      }
+      if (!dec) {
+        ana_realtime_msg_unref(m);
+        m = NULL;
+        break;
+      }
+      analytics__v1__alert_update__init(u);
+      u->sequence = entry_id;
+      u->name = r->alert->name;
+      u->name = ana_arena_strdup(a, r->alert->name);
+      u->entry = dec;
+      ana_realtime_msg_set(m, &u->base, 0, entry_id);
+    }
+    pushed = ana_realtime_push(al->o.hub, s->rs, m) == 0 || pushed;
+  }
+  pthread_mutex_unlock(&al->smu);
+  if (m)
+    ana_realtime_msg_unref(m);
+  if (pushed)
+    ana_realtime_kick(al->o.hub);
+}
+
+static void sub_ended(void *ctx, struct ana_realtime_sub *rs) {
+  struct ana_alerts *al = ctx;
+  pthread_mutex_lock(&al->smu);
+  for (struct sub **pp = &al->subs; *pp; pp = &(*pp)->next)
+    if ((*pp)->rs == rs) {
+      struct sub *s = *pp;
+      *pp = s->next;
+      ana_free(s);
+      break;
+    }
+  pthread_mutex_unlock(&al->smu);
+}
+
+int ana_alerts_subscribe(struct ana_alerts *al, struct ana_call *call, const char *account,
+                         char **alert_ids, size_t n) {
+  struct sub *s = ana_calloc(1, sizeof *s);
+  if (!s)
+    return ANA_ERR_NOMEM;
+  s->account = (char *)account; /* the call's arena outlives the subscription */
+  s->ids = alert_ids;
+  s->n_ids = n;
+  pthread_mutex_lock(&al->smu);
+  s->rs = ana_realtime_subscribe_feed(al->o.hub, call, sub_ended, al);
+  if (!s->rs) {
+    pthread_mutex_unlock(&al->smu);
+    ana_free(s);
+    return ANA_ERR_NOMEM;
+  }
+  s->next = al->subs;
+  al->subs = s;
+  pthread_mutex_unlock(&al->smu);
+  ana_realtime_check_cancelled(al->o.hub, call);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the thread */
+
+static struct rule *find_rule(struct ana_alerts *al, const char *id) {
+  for (struct rule *r = al->rules; r; r = r->next)
+    if (strcmp(r->id, id) == 0)
+      return r;
+  return NULL;
+}
+
+static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
+                           struct changes *cs) {
+  for (struct qev *q = list; q; q = q->next)
+    for (struct rule *r = al->rules; r; r = r->next) {
+      if (!r->p.enabled || q->ev.seq <= r->seed_seq || strcmp(r->account, q->account) != 0)
+        continue;
+      struct instance *in = route(al, r, &q->ev, true);
+      if (!in)
+        continue;
+      al->stats.events++;
+      evaluate(r, in, now, cs);
+    }
+}
+
+static void sweep_history(struct ana_alerts *al, int64_t now) {
+  if (now - al->last_sweep_ms < HISTORY_SWEEP_MS)
+    return;
+  al->last_sweep_ms = now;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(al->conn, "DELETE FROM alert_history WHERE at < ?", -1, &st, NULL) ==
+      SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, now - (int64_t)al->o.history_days * 86400000LL);
+    sqlite3_step(st);
+  }
+  sqlite3_finalize(st);
+}
+
+static void *run(void *arg) {
+  struct ana_alerts *al = arg;
+  struct changes cs = {0};
+  for (;;) {
+    pthread_mutex_lock(&al->qmu);
+    int64_t wake = now_ms() + TICK_MS;
+    pthread_mutex_lock(&al->mu);
+    for (struct rule *r = al->rules; r; r = r->next) {
+      if (!r->p.enabled)
+        continue;
+      if (r->cur_start + r->pane_ms < wake)
+        wake = r->cur_start + r->pane_ms;
+      for (size_t i = 0; i < r->n_inst; i++) {
+        int64_t due = ana_alert_next_due(&r->p, &r->inst[i].st);
+        if (due < wake)
+          wake = due;
+      }
+    }
+    pthread_mutex_unlock(&al->mu);
+    while (!al->head && !al->stop && now_ms() < wake) {
+      int64_t w = wake;
+      struct timespec ts = {w / 1000, (long)(w % 1000) * 1000000};
+      pthread_cond_timedwait(&al->qcond, &al->qmu, &ts);
+    }
+    struct qev *list = al->head;
+    al->head = al->tail = NULL;
+    al->queued = 0;
+    bool stop = al->stop;
+    pthread_mutex_unlock(&al->qmu);
+    int64_t now = now_ms();
+    pthread_mutex_lock(&al->mu);
+    cs.n = 0;
+    for (struct rule *r = al->rules; r; r = r->next) {
+      if (!r->p.enabled)
+        continue;
+      bool moved = advance(r, now);
+      for (size_t i = 0; i < r->n_inst; i++)
+        if (moved || ana_alert_next_due(&r->p, &r->inst[i].st) <= now)
+          evaluate(r, &r->inst[i], now, &cs);
+    }
+    process_events(al, list, now, &cs);
+    write_changes(al, cs.v, cs.n);
+    sweep_history(al, now);
+    pthread_mutex_unlock(&al->mu);
+    while (list) {
+      struct qev *n = list->next;
+      ana_free(list);
+      list = n;
+    }
+    if (stop)
+      break;
+  }
+  ana_free(cs.v);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* the hook */
+
+static char *put_str(char **p, const char *s) {
+  size_t n = strlen(s ? s : "") + 1;
+  memcpy(*p, s ? s : "", n);
+  char *r = *p;
+  *p += n;
+  return r;
+}
+
+static bool has_account(struct ana_alerts *al, const char *account) {
+  for (size_t i = 0; i < al->n_accounts; i++)
+    if (strcmp(al->accounts[i], account) == 0)
+      return true;
+  return false;
+}
+
+void ana_alerts_on_commit(void *ctx, const struct ana_event_record *records, size_t n) {
+  struct ana_alerts *al = ctx;
+  pthread_mutex_lock(&al->qmu);
+  bool any = false;
+  for (size_t i = 0; i < n; i++) {
+    const struct ana_event_record *rec = &records[i];
+    if (rec->duplicate || !has_account(al, rec->account_id))
+      continue;
+    if (al->queued >= QUEUE_MAX) {
+      al->dropped++;
+      continue;
+    }
+    size_t len = sizeof(struct qev) + strlen(rec->account_id) + strlen(rec->event_id) +
+                 strlen(rec->event_type) + strlen(rec->event_name) +
+                 strlen(rec->session_id ? rec->session_id : "") +
+                 strlen(rec->properties_json ? rec->properties_json : "{}") + 6;
+    struct qev *q = ana_malloc(len);
+    if (!q) {
+      al->dropped++;
+      continue;
+    }
+    char *p = (char *)(q + 1);
+    q->next = NULL;
+    q->account = put_str(&p, rec->account_id);
+    q->ev.timestamp_ms = rec->timestamp_ms;
+    q->ev.event_id = put_str(&p, rec->event_id);
+    q->ev.event_type = put_str(&p, rec->event_type);
+    q->ev.event_name = put_str(&p, rec->event_name);
+    q->ev.session_id = put_str(&p, rec->session_id);
+    q->ev.properties_json = put_str(&p, rec->properties_json ? rec->properties_json : "{}");
+    q->ev.seq = rec->seq;
+    if (al->tail)
+      al->tail->next = q;
+    else
+      al->head = q;
+    al->tail = q;
+    al->queued++;
+    any = true;
+  }
+  if (any)
+    pthread_cond_signal(&al->qcond);
+  pthread_mutex_unlock(&al->qmu);
+}
+
+/* ------------------------------------------------------------------ */
+/* rule changes */
+
+static int note_account(struct ana_alerts *al, const char *account) {
+  int rc = 0;
+  pthread_mutex_lock(&al->qmu);
+  if (!has_account(al, account)) {
+    if (al->n_accounts == al->cap_accounts) {
+      size_t cap = al->cap_accounts ? al->cap_accounts * 2 : 8;
+      char **n = ana_realloc(al->accounts, cap * sizeof *n);
+      if (n) {
+        al->accounts = n;
+        al->cap_accounts = cap;
+      }
+    }
+    char *copy = al->n_accounts < al->cap_accounts ? ana_strdup(account) : NULL;
+    if (copy)
+      al->accounts[al->n_accounts++] = copy;
+    else
+      rc = ANA_ERR_NOMEM;
+  }
+  pthread_mutex_unlock(&al->qmu);
+  sqlite3_stmt *st = NULL;
+  pthread_mutex_lock(&al->mu);
+  if (sqlite3_prepare_v2(al->conn, "INSERT OR IGNORE INTO alert_accounts VALUES (?)", -1, &st,
+                         NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC);
+    sqlite3_step(st);
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&al->mu);
+  return rc;
+}
+
+struct seed_ctx {
+  struct ana_alerts *al;
+  struct rule *r;
+  uint64_t upto;
+};
+
+static int seed_one(void *ctx, const struct ana_scanned_event *ev) {
+  struct seed_ctx *s = ctx;
+  if (ev->seq > s->upto)
+    return 0;
+  struct instance *in = route(s->al, s->r, ev, true);
+  (void)in;
+  return 0;
+}
+
+static int seed_after(void *ctx, const struct ana_scanned_event *ev) {
+  struct seed_ctx *s = ctx;
+  route(s->al, s->r, ev, true);
+  return 0;
+}
+
+/* Restores the persisted instances of r. */
+static void restore_instances(struct ana_alerts *al, struct rule *r) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(al->conn,
+                         "SELECT group_key, state, since, last_notified, notified, value,"
+                         " has_value FROM alert_instances WHERE alert_id = ?",
+                         -1, &st, NULL) != SQLITE_OK)
+    return;
+  sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char *key = (const char *)sqlite3_column_text(st, 0);
+    struct instance *in = instance_get(al, r, key ? key : "", NULL, true);
+    if (!in)
+      continue;
+    in->st.state = (enum ana_alert_state)sqlite3_column_int(st, 1);
+    in->st.since_ms = sqlite3_column_int64(st, 2);
+    in->st.last_notified_ms = sqlite3_column_int64(st, 3);
+    in->st.notified = sqlite3_column_int(st, 4) != 0;
+    in->st.value = sqlite3_column_double(st, 5);
+    in->st.has_value = sqlite3_column_int(st, 6) != 0;
+  }
+  sqlite3_finalize(st);
+}
+
+int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct ana_error *err) {
+  struct rule *r = ana_calloc(1, sizeof *r);
+  if (!r)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  r->arena = ana_arena_create(8192, 0);
+  r->id = ana_strdup(a->alert_id);
+  r->account = ana_strdup(a->account_id);
+  int rc = ANA_ERR_NOMEM;
+  if (!r->arena || !r->id || !r->account) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  size_t len = protobuf_c_message_get_packed_size(&a->base);
+  uint8_t *buf = ana_arena_alloc(r->arena, len ? len : 1);
+  if (buf) {
+    protobuf_c_message_pack(&a->base, buf);
+    r->alert = (void *)ana_proto_unpack(&analytics__v1__alert__descriptor, &r->arena->pb, buf, len,
+                                        ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+  }
+  if (!r->alert) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  if ((rc = ana_alert_rule_check(r->alert, &r->p, err)) < 0)
+    goto fail;
+  if ((rc = al->o.resolve(r->account, r->alert->metric, r->arena, &r->metric, &r->formula, err)) <
+      0)
+    goto fail;
+  r->n_dims = r->metric->n_dimensions;
+  r->pane_ms = r->p.window_ms / ANA_ALERT_PANES;
+  if (r->pane_ms < 1)
+    r->pane_ms = 1;
+  if ((rc = note_account(al, r->account)) < 0) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  /* Seed from the stored events up to a commit sequence number... */
+  uint64_t upto = 0;
+  if ((rc = al->o.store_ops->last_seq(al->o.store, &upto, err)) < 0)
+    goto fail;
+  int64_t now = now_ms();
+  advance(r, now);
+  struct seed_ctx sc = {al, r, upto};
+  int64_t from = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  if (r->p.enabled &&
+      (rc = al->o.store_ops->scan(al->o.store, r->account, from, r->cur_start + r->pane_ms, NULL, 0,
+                                  seed_one, &sc, err)) < 0)
+    goto fail;
+  pthread_mutex_lock(&al->mu);
+  /* ... then what was committed since, with the evaluator held: from here
+   * on it sees every later event (the account is noted). */
+  uint64_t upto2 = upto;
+  struct ana_error e2;
+  if (r->p.enabled && al->o.store_ops->last_seq(al->o.store, &upto2, &e2) == 0 && upto2 > upto)
+    al->o.store_ops->scan_seq(al->o.store, r->account, upto, upto2, seed_after, &sc, &e2);
+  r->seed_seq = upto2;
+  struct rule *old = NULL;
+  for (struct rule **pp = &al->rules; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->id, r->id) == 0) {
+      old = *pp;
+      *pp = old->next;
+      break;
+    }
+  rule_free(old);
+  restore_instances(al, r);
+  if (r->n_dims == 0)
+    instance_get(al, r, "", NULL, true);
+  struct changes cs = {0};
+  for (size_t i = 0; r->p.enabled && i < r->n_inst; i++)
+    evaluate(r, &r->inst[i], now, &cs);
+  r->next = al->rules;
+  al->rules = r;
+  write_changes(al, cs.v, cs.n);
+  ana_free(cs.v);
+  pthread_mutex_unlock(&al->mu);
+  pthread_cond_signal(&al->qcond);
+  return 0;
+fail:
+  rule_free(r);
+  return rc < 0 ? rc : ANA_ERR_INVALID;
+}
+
+void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *alert_id) {
+  (void)account;
+  pthread_mutex_lock(&al->mu);
+  for (struct rule **pp = &al->rules; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->id, alert_id) == 0) {
+      struct rule *r = *pp;
+      *pp = r->next;
+      rule_free(r);
+      break;
+    }
+  static const char *const sql[] = {"DELETE FROM alert_instances WHERE alert_id = ?",
+                                    "DELETE FROM alert_history WHERE alert_id = ?"};
+  for (size_t i = 0; i < 2; i++) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(al->conn, sql[i], -1, &st, NULL) == SQLITE_OK) {
+      sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
+      sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&al->mu);
+}
+
+void ana_alerts_counts(struct ana_alerts *al, const char *alert_id, int counts[4]) {
+  memset(counts, 0, 4 * sizeof *counts);
+  pthread_mutex_lock(&al->mu);
+  struct rule *r = find_rule(al, alert_id);
+  for (size_t i = 0; r && i < r->n_inst; i++)
+    if ((unsigned)r->inst[i].st.state < 4)
+      counts[r->inst[i].st.state]++;
+  pthread_mutex_unlock(&al->mu);
+}
+
+/* ------------------------------------------------------------------ */
+/* history */
+
+static char *col_text(struct ana_arena *a, sqlite3_stmt *st, int i) {
+  const char *s = (const char *)sqlite3_column_text(st, i);
+  return ana_arena_strdup(a, s ? s : "");
+}
+
+static void split_lines(struct ana_arena *a, char *text, char ***out, size_t *n) {
+  *n = 0;
+  if (!text || !*text)
+    return;
+  size_t cap = 1;
+  for (char *p = text; *p; p++)
+    cap += *p == '\n';
+  *out = ana_arena_calloc(a, cap, sizeof **out);
+  if (!*out)
+    return;
+  char *save = NULL;
+  for (char *t = strtok_r(text, "\n", &save); t; t = strtok_r(NULL, "\n", &save))
+    (*out)[(*n)++] = t;
+}
+
+int ana_alerts_history(struct ana_alerts *al, const char *account, const char *alert_id,
+                       uint64_t before, int64_t from_ms, int64_t to_ms, const char *state,
+                       int limit, struct ana_arena *arena, Analytics__V1__AlertHistoryEntry ***out,
+                       bool *more, struct ana_error *err) {
+  sqlite3 *db = ana_local_db_acquire_reader(al->o.db);
+  sqlite3_stmt *st = NULL;
+  int n = 0;
+  *more = false;
+  *out = ana_arena_calloc(arena, (size_t)limit + 1, sizeof **out);
+  if (!*out) {
+    ana_local_db_release_reader(al->o.db, db);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  if (sqlite3_prepare_v2(db,
+                         "SELECT entry_id, at, kind, state, previous_state, value, has_value,"
+                         " threshold, severity, group_json, message, channels, failed"
+                         " FROM alert_history WHERE alert_id = ?1 AND account_id = ?2"
+                         " AND entry_id < ?3 AND at >= ?4 AND at < ?5"
+                         " AND (?6 = '' OR state = ?6 OR kind = ?6)"
+                         " ORDER BY entry_id DESC LIMIT ?7",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alert history: %s", sqlite3_errmsg(db));
+    ana_local_db_release_reader(al->o.db, db);
+    return ANA_ERR_IO;
+  }
+  sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, before ? (int64_t)before : INT64_MAX);
+  sqlite3_bind_int64(st, 4, from_ms);
+  sqlite3_bind_int64(st, 5, to_ms);
+  sqlite3_bind_text(st, 6, state ? state : "", -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 7, limit + 1);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    if (n == limit) {
+      *more = true;
+      break;
+    }
+    Analytics__V1__AlertHistoryEntry *e = ana_arena_alloc(arena, sizeof *e);
+    if (!e)
+      break;
+    analytics__v1__alert_history_entry__init(e);
+    e->alert_id = ana_arena_strdup(arena, alert_id);
+    e->entry_id = (uint64_t)sqlite3_column_int64(st, 0);
+    int64_t at = sqlite3_column_int64(st, 1);
+    e->at = ana_arena_alloc(arena, sizeof *e->at);
+    if (e->at) {
+      google__protobuf__timestamp__init(e->at);
+      e->at->seconds = at / 1000;
+      e->at->nanos = (int32_t)(at % 1000) * 1000000;
+    }
+    e->kind = col_text(arena, st, 2);
+    e->state = col_text(arena, st, 3);
+    e->previous_state = col_text(arena, st, 4);
+    e->value = sqlite3_column_double(st, 5);
+    e->has_value = sqlite3_column_int(st, 6) != 0;
+    e->threshold = sqlite3_column_double(st, 7);
+    e->severity = col_text(arena, st, 8);
+    const char *gj = (const char *)sqlite3_column_text(st, 9);
+    json_t *g = gj ? json_loads(gj, 0, NULL) : NULL;
+    if (json_is_object(g) && json_object_size(g)) {
+      e->group = ana_arena_calloc(arena, json_object_size(g), sizeof *e->group);
+      const char *k;
+      json_t *v;
+      json_object_foreach(g, k, v) {
+        Analytics__V1__AlertHistoryEntry__GroupEntry *ge = ana_arena_alloc(arena, sizeof *ge);
+        if (!ge || !e->group)
+          break;
+        analytics__v1__alert_history_entry__group_entry__init(ge);
+        ge->key = ana_arena_strdup(arena, k);
+        ge->value = ana_arena_strdup(arena, json_string_value(v) ? json_string_value(v) : "");
+        e->group[e->n_group++] = ge;
+      }
+    }
+    json_decref(g);
+    e->message = col_text(arena, st, 10);
+    split_lines(arena, col_text(arena, st, 11), &e->notified_channels, &e->n_notified_channels);
+    split_lines(arena, col_text(arena, st, 12), &e->failed_channels, &e->n_failed_channels);
+    (*out)[n++] = e;
+  }
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(al->o.db, db);
+  return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* life cycle */
+
+struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct ana_error *err) {
+  struct ana_alerts *al = ana_calloc(1, sizeof *al);
+  if (!al) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  al->o = *o;
+  if (al->o.max_instances <= 0)
+    al->o.max_instances = 1000;
+  if (al->o.history_days <= 0)
+    al->o.history_days = 90;
+  pthread_mutex_init(&al->qmu, NULL);
+  pthread_mutex_init(&al->mu, NULL);
+  pthread_mutex_init(&al->smu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_cond_init(&al->qcond, &ca);
+  pthread_condattr_destroy(&ca);
+  al->conn = ana_local_db_connect(o->db, err);
+  if (!al->conn)
+    goto fail;
+  char *msg = NULL;
+  if (sqlite3_exec(al->conn,
+                   "CREATE TABLE IF NOT EXISTS alert_accounts (account_id TEXT PRIMARY KEY)"
+                   " WITHOUT ROWID;"
+                   "CREATE TABLE IF NOT EXISTS alert_instances ("
+                   "  alert_id TEXT NOT NULL, group_key TEXT NOT NULL, state INTEGER NOT NULL,"
+                   "  since INTEGER NOT NULL, last_notified INTEGER NOT NULL,"
+                   "  notified INTEGER NOT NULL, value REAL NOT NULL, has_value INTEGER NOT NULL,"
+                   "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
+                   "CREATE TABLE IF NOT EXISTS alert_history ("
+                   "  entry_id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL,"
+                   "  account_id TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL,"
+                   "  state TEXT NOT NULL, previous_state TEXT NOT NULL, value REAL NOT NULL,"
+                   "  has_value INTEGER NOT NULL, threshold REAL NOT NULL,"
+                   "  severity TEXT NOT NULL, group_json TEXT NOT NULL, message TEXT NOT NULL,"
+                   "  channels TEXT NOT NULL, failed TEXT NOT NULL);"
+                   "CREATE INDEX IF NOT EXISTS alert_history_by_alert"
+                   "  ON alert_history(alert_id, entry_id);"
+                   "CREATE INDEX IF NOT EXISTS alert_history_by_time ON alert_history(at);",
+                   NULL, NULL, &msg) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alerts: cannot create tables: %s",
+                  msg ? msg : "error");
+    sqlite3_free(msg);
+    goto fail;
+  }
+  if (pthread_create(&al->thread, NULL, run, al) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "alerts: cannot start the evaluator thread");
+    goto fail;
+  }
+  al->started = true;
+  return al;
+fail:
+  ana_alerts_destroy(al);
+  return NULL;
+}
+
+struct load_ctx {
+  char last[64];
+  int n;
+  Analytics__V1__Alert *got[100];
+};
+
+/* Keeps the page's rules: they are loaded after the catalog call returns
+ * (loading one reads the catalog again). */
+static int load_one(void *ctx, const struct ana_catalog_object *o) {
+  struct load_ctx *lc = ctx;
+  snprintf(lc->last, sizeof lc->last, "%s", o->id);
+  lc->got[lc->n++] = (void *)ana_proto_unpack(&analytics__v1__alert__descriptor, NULL, o->body,
+                                              o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+  return lc->n == 100;
+}
+
+void ana_alerts_load_all(struct ana_alerts *al) {
+  sqlite3_stmt *st = NULL;
+  char **accounts = NULL;
+  size_t n = 0, cap = 0;
+  if (sqlite3_prepare_v2(al->conn, "SELECT account_id FROM alert_accounts", -1, &st, NULL) ==
+      SQLITE_OK)
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      if (n == cap) {
+        cap = cap ? cap * 2 : 8;
+        char **nn = ana_realloc(accounts, cap * sizeof *nn);
+        if (!nn)
+          break;
+        accounts = nn;
+      }
+      accounts[n++] = ana_strdup((const char *)sqlite3_column_text(st, 0));
+    }
+  sqlite3_finalize(st);
+  for (size_t i = 0; i < n; i++) {
+    struct load_ctx lc = {"", 0, {0}};
+    struct ana_error err;
+    do {
+      lc.n = 0;
+      if (accounts[i] && al->o.catalog_ops->list(al->o.catalog, KIND, accounts[i], lc.last, 100,
+                                                 load_one, &lc, &err) < 0)
+        break;
+      for (int k = 0; k < lc.n; k++) {
+        if (!lc.got[k])
+          continue;
+        if (ana_alerts_put(al, lc.got[k], &err) < 0)
+          ANA_WARN("alerts", "alert %s not evaluated: %s", lc.got[k]->alert_id, err.message);
+        protobuf_c_message_free_unpacked(&lc.got[k]->base, NULL);
+      }
+    } while (lc.n == 100);
+    ana_free(accounts[i]);
+  }
+  ana_free(accounts);
+}
+
+void ana_alerts_destroy(struct ana_alerts *al) {
+  if (!al)
+    return;
+  if (al->started) {
+    pthread_mutex_lock(&al->qmu);
+    al->stop = true;
+    pthread_cond_signal(&al->qcond);
+    pthread_mutex_unlock(&al->qmu);
+    pthread_join(al->thread, NULL);
+  }
+  while (al->rules) {
+    struct rule *r = al->rules;
+    al->rules = r->next;
+    rule_free(r);
+  }
+  while (al->head) {
+    struct qev *q = al->head;
+    al->head = q->next;
+    ana_free(q);
+  }
+  for (size_t i = 0; i < al->n_accounts; i++)
+    ana_free(al->accounts[i]);
+  ana_free(al->accounts);
+  while (al->subs) {
+    struct sub *s = al->subs;
+    al->subs = s->next;
+    ana_free(s);
+  }
+  if (al->conn)
+    sqlite3_close(al->conn);
+  pthread_mutex_destroy(&al->qmu);
+  pthread_mutex_destroy(&al->mu);
+  pthread_mutex_destroy(&al->smu);
+  pthread_cond_destroy(&al->qcond);
+  ana_free(al);
+}
+
+void ana_alerts_stats(struct ana_alerts *al, struct ana_alerts_stats *out) {
+  pthread_mutex_lock(&al->mu);
+  *out = al->stats;
+  pthread_mutex_unlock(&al->mu);
+}
