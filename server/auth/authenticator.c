@@ -1,5 +1,5 @@
 /* The authenticate stage: a table of credential sources tried in order (JWT
- * bearer tokens; API keys plug in with ana_auth_add_source). While none is
+ * bearer tokens, then API keys: source_jwt.c, source_api_key.c). While none is
  * configured the server is in protected mode: loopback peers act as the
  * default account with the admin role, any other peer is refused. */
 #include "auth_internal.h"
@@ -54,13 +54,6 @@ const char *ana_auth_mode_name(void) {
   return ana_auth_protected_mode() ? "protected-mode" : "required";
 }
 
-static const char *metadata_value(const struct ana_admission_input *in, const char *key) {
-  for (size_t i = 0; i < in->n_metadata; i++)
-    if (strcmp(in->metadata[i].key, key) == 0)
-      return in->metadata[i].value;
-  return NULL;
-}
-
 static int as_default_account(struct ana_arena *arena, struct ana_principal *out,
                               struct ana_error *status, bool admin) {
   const char *account = default_account ? default_account : "default";
@@ -82,16 +75,8 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
   if (health_open && in->method && strcmp(in->method->service, HEALTH_SERVICE) == 0)
     return as_default_account(arena, out, status, false);
   bool configured = false;
-  for (size_t i = 0; i < n_sources; i++) {
-    if (!sources[i].configured(sources[i].ctx))
-      continue;
-    configured = true;
-    int rc = sources[i].authenticate(sources[i].ctx, in, arena, out, status);
-    if (rc < 0)
-      return rc;
-    if (rc > 0)
-      return 0;
-  }
+  for (size_t i = 0; i < n_sources && !configured; i++)
+    configured = sources[i].configured(sources[i].ctx);
   if (!configured) {
     if (in->peer_is_loopback)
       return as_default_account(arena, out, status, true);
@@ -100,12 +85,37 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
     return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "%s", ANA_AUTH_PROTECTED_MESSAGE),
            ANA_ERR_INVALID;
   }
-  if (metadata_value(in, "authorization") || metadata_value(in, "x-api-key")) {
+  /* One credential per request (RFC 6750 section 2: more than one is an
+   * invalid request): with two, which one acts would depend on the order
+   * sources are tried, and a proxy checking one could be fooled by the
+   * other. */
+  size_t n_credentials = 0;
+  for (size_t i = 0; i < in->n_metadata; i++)
+    if (strcmp(in->metadata[i].key, "authorization") == 0 ||
+        strcmp(in->metadata[i].key, "x-api-key") == 0)
+      n_credentials++;
+  if (n_credentials > 1) {
+    ANA_WARN("auth", "refused %s: %zu credentials in one request", in->peer ? in->peer : "?",
+             n_credentials);
+    return ana_error_set(status, ANA_STATUS_INVALID_ARGUMENT,
+                         "send one credential: Authorization or X-Api-Key, not both"),
+           ANA_ERR_INVALID;
+  }
+  for (size_t i = 0; i < n_sources; i++) {
+    if (!sources[i].configured(sources[i].ctx))
+      continue;
+    int rc = sources[i].authenticate(sources[i].ctx, in, arena, out, status);
+    if (rc < 0)
+      return rc;
+    if (rc > 0)
+      return 0;
+  }
+  if (n_credentials) {
     ANA_WARN("auth", "refused %s: credentials of no configured kind", in->peer ? in->peer : "?");
     return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "invalid token"), ANA_ERR_INVALID;
   }
   return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED,
-                       "credentials required: send Authorization: Bearer <token>"),
+                       "credentials required: send Authorization: Bearer <token> or X-Api-Key"),
          ANA_ERR_INVALID;
 }
 
