@@ -17,7 +17,7 @@ BIN=$BUILD/server/analyticsd
 export ANA_IMPLEMENTED_FEATURES="events,metrics,API keys,channels,alerts"
 # Methods implemented ahead of the rest of their feature ("real-time streams":
 # StreamAnalytics and StreamMetric both work).
-export ANA_IMPLEMENTED_METHODS=/analytics.v1.RealtimeService/StreamAnalytics,/analytics.v1.RealtimeService/StreamMetric
+export ANA_IMPLEMENTED_METHODS=/analytics.v1.RealtimeService/StreamAnalytics,/analytics.v1.RealtimeService/StreamMetric,/analytics.v1.RealtimeService/StreamAlerts
 
 echo "--- runtime in-process (C stubs)"
 "$BUILD/tests/integration/test_rpc_runtime"
