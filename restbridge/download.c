@@ -361,6 +361,12 @@ bool rb_download_on_wake(struct rb_conn *conn) {
   }
   if (failed && !data) {
     conn->reply = r;
+    /* A file that is not ready (a report run not completed) conflicts with
+     * the resource's state: 409, as the download contract documents. */
+    if (code == ANA_STATUS_FAILED_PRECONDITION)
+      conn->reply.http_status = 409;
+    else if (code == ANA_STATUS_OUT_OF_RANGE && conn->dl_range)
+      conn->reply.http_status = 416;
     return true;
   }
   rb_reply_clear(&r);
