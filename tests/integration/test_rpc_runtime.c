@@ -5,7 +5,12 @@
  * cancellation, deadlines, metadata, error status, unbound methods, and a
  * graceful shutdown with calls in flight. A file sent by the file stream
  * helper as FileChunks reaches libanalytics' streaming download whole, in
- * order, resumed from an offset, and a current ETag sends no data. */
+ * order, resumed from an offset, and a current ETag sends no data.
+ *
+ * With --serve, DownloadReport (that file) and grpc.health.v1 are served on
+ * a free port (printed as "PORT <n> FILE <path>") until stdin closes: the
+ * upstream of the remote bridge's download tests
+ * (tests/integration/python/test_downloads.py). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +19,7 @@
 #include <cmocka.h>
 
 #include "ana_auth.h"
+#include "ana_builtin_services.h"
 #include "ana_call.h"
 #include "ana_client_stubs.h"
 #include "ana_file_stream.h"
@@ -544,15 +550,20 @@ static int dl_piece(const analytics_file_chunk_t *ch, void *ctx) {
   return 0;
 }
 
-static void download_streams_to_libanalytics(void **state) {
-  (void)state;
+static int dl_make_file(void) {
   strcpy(dl_path, "/tmp/ana-rpc-dl-XXXXXX");
   int fd = mkstemp(dl_path);
-  assert_true(fd >= 0);
-  FILE *f = fdopen(fd, "wb");
+  FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+  if (!f)
+    return -1;
   for (int64_t i = 0; i < DL_SIZE; i++)
     fputc(dl_byte(i), f);
-  fclose(f);
+  return fclose(f);
+}
+
+static void download_streams_to_libanalytics(void **state) {
+  (void)state;
+  assert_int_equal(dl_make_file(), 0);
   char target[64];
   snprintf(target, sizeof target, "127.0.0.1:%d", ana_grpc_server_port(server));
   analytics_options_t opts = {.target = target};
@@ -628,7 +639,38 @@ static int teardown(void **state) {
   return 0;
 }
 
-int main(void) {
+static int serve(void) {
+  ana_log_set_level(ANA_LOG_WARN);
+  ana_auth_init("acct-test");
+  ana_health_bind();
+  ana_health_set_serving(true);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT, &h_download);
+  if (dl_make_file() < 0)
+    return 1;
+  struct ana_grpc_server_options o = {.host = "127.0.0.1",
+                                      .port = 0,
+                                      .threads = 2,
+                                      .max_message_bytes = 1 << 20,
+                                      .send_queue_max = 8};
+  struct ana_error err;
+  server = ana_grpc_server_create(&o, &err);
+  if (!server)
+    return 1;
+  printf("PORT %d FILE %s\n", ana_grpc_server_port(server), dl_path);
+  fflush(stdout);
+  char buf[64];
+  while (fgets(buf, sizeof buf, stdin))
+    ;
+  ana_grpc_server_shutdown(server, 1000);
+  ana_grpc_server_destroy(server);
+  unlink(dl_path);
+  ana_auth_fini();
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--serve") == 0)
+    return serve();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unary_finishes_from_another_thread),
       cmocka_unit_test(unary_sees_metadata_deadline_and_principal),
