@@ -7,13 +7,18 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #define HEALTH_SERVICE "grpc.health.v1.Health"
 
 static char *default_account;
 static struct ana_credential_source sources[ANA_AUTH_MAX_SOURCES];
-static size_t n_sources;
+/* Sources are only ever appended, and may be while calls run (API keys
+ * register theirs when a store that waited for disk space opens): an entry
+ * is written before the count that publishes it (release), and readers take
+ * the count first (acquire). */
+static atomic_size_t n_sources;
 static bool health_open = true;
 
 static const char *const admin_roles[] = {"admin"};
@@ -33,9 +38,11 @@ void ana_auth_fini(void) {
 }
 
 int ana_auth_add_source(const struct ana_credential_source *source) {
-  if (n_sources == ANA_AUTH_MAX_SOURCES)
+  size_t n = atomic_load_explicit(&n_sources, memory_order_relaxed);
+  if (n == ANA_AUTH_MAX_SOURCES)
     return ANA_ERR_FULL;
-  sources[n_sources++] = *source;
+  sources[n] = *source;
+  atomic_store_explicit(&n_sources, n + 1, memory_order_release);
   return 0;
 }
 
@@ -44,7 +51,7 @@ void auth_set_health_open(bool open) {
 }
 
 bool ana_auth_protected_mode(void) {
-  for (size_t i = 0; i < n_sources; i++)
+  for (size_t i = 0, n = atomic_load_explicit(&n_sources, memory_order_acquire); i < n; i++)
     if (sources[i].configured(sources[i].ctx))
       return false;
   return true;
@@ -75,7 +82,8 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
   if (health_open && in->method && strcmp(in->method->service, HEALTH_SERVICE) == 0)
     return as_default_account(arena, out, status, false);
   bool configured = false;
-  for (size_t i = 0; i < n_sources && !configured; i++)
+  for (size_t i = 0, n = atomic_load_explicit(&n_sources, memory_order_acquire);
+       i < n && !configured; i++)
     configured = sources[i].configured(sources[i].ctx);
   if (!configured) {
     if (in->peer_is_loopback)
@@ -101,7 +109,7 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
                          "send one credential: Authorization or X-Api-Key, not both"),
            ANA_ERR_INVALID;
   }
-  for (size_t i = 0; i < n_sources; i++) {
+  for (size_t i = 0, n = atomic_load_explicit(&n_sources, memory_order_acquire); i < n; i++) {
     if (!sources[i].configured(sources[i].ctx))
       continue;
     int rc = sources[i].authenticate(sources[i].ctx, in, arena, out, status);
