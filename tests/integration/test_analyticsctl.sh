@@ -169,7 +169,7 @@ either "reports generate" ctl reports generate --template campaign_performance -
 either "reports list" ctl reports list
 either "reports status" ctl reports status no-such-report
 either "reports download" ctl reports download no-such-report --file "$TMP/report.bin"
-either "alerts create" ctl alerts create --name "High Error Rate" --metric error_rate \
+either "alerts create" ctl alerts create --name "High Error Rate $RUN" --metric error_rate \
   --condition greater_than --threshold 5 --severity critical --channel email --channel slack
 either "alerts list" ctl alerts list
 either "alerts get" ctl alerts get no-such-alert
