@@ -7,6 +7,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "ana_metric_acc.h"
+#include "ana_notify.h"
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 
@@ -276,20 +277,79 @@ static char *group_json(const struct rule *r, const struct instance *in) {
   return s;
 }
 
-/* The notification step: today every named channel is recorded as having
- * no channel to deliver to (the outbox takes over once channels exist). */
-static void notify_in_txn(struct rule *r, char *channels, size_t csize, char *failed,
-                          size_t fsize) {
+/* Appends "<line>" to a newline-separated list in buf. */
+static void add_line(char *buf, size_t size, const char *fmt, const char *a, const char *b) {
+  size_t l = strlen(buf);
+  if (l + 2 >= size)
+    return;
+  if (l)
+    buf[l++] = '\n';
+  snprintf(buf + l, size - l, fmt, a, b);
+}
+
+/* The notification step, in the transaction of the state change (entry_id:
+ * its history entry): one outbox row per channel the rule names, a type
+ * resolving to the account's default channel of that type now. The
+ * idempotency key "<alertId>.<entryId>.<channelId>" names the rule, the
+ * instance's state change and the channel: stable across retries and
+ * restarts (the change and its rows commit together or not at all). Fills
+ * channels (delivered to the outbox) and failed ("slack: no channel").
+ * Returns how many rows were written. */
+static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const struct instance *in,
+                         const struct change *c, uint64_t entry_id, const char *text,
+                         char *channels, size_t csize, char *failed, size_t fsize) {
   channels[0] = failed[0] = '\0';
-  size_t fl = 0;
+  int queued = 0;
+  char source[80], title[512], vbuf[32], tbuf[32];
+  snprintf(source, sizeof source, "alert:%s", r->id);
+  snprintf(title, sizeof title, "[%s] %s: %s", ana_alert_severity_name(r->p.severity),
+           r->alert->name, ana_alert_state_name(c->step.to));
+  snprintf(vbuf, sizeof vbuf, "%.17g", in->st.value);
+  snprintf(tbuf, sizeof tbuf, "%.17g", r->p.threshold);
+  struct ana_notify_value vals[3 + 16];
+  size_t nv = 0;
+  vals[nv++] = (struct ana_notify_value){"value", in->st.has_value ? vbuf : "no data"};
+  vals[nv++] = (struct ana_notify_value){"threshold", tbuf};
+  vals[nv++] = (struct ana_notify_value){"state", ana_alert_state_name(c->step.to)};
+  for (size_t d = 0; d < r->n_dims && d < 16; d++)
+    vals[nv++] = (struct ana_notify_value){r->metric->dimensions[d], in->vals[d]};
   for (size_t i = 0; i < r->alert->n_channels; i++) {
-    int n = snprintf(failed + fl, fsize - fl, "%s%s: no channel", fl ? "\n" : "",
-                     r->alert->channels[i]);
-    if (n < 0 || (size_t)n >= fsize - fl)
-      break;
-    fl += (size_t)n;
+    const char *name = r->alert->channels[i];
+    char id[40];
+    struct ana_error err;
+    if (!al->o.notify) {
+      add_line(failed, fsize, "%s: %s", name, "no channel");
+      continue;
+    }
+    if (ana_notify_is_channel_type(name)) {
+      if (ana_notify_resolve_channel_type(al->o.notify, r->account, name, id, &err) < 0) {
+        add_line(failed, fsize, "%s: %s", name, "no channel");
+        continue;
+      }
+    } else {
+      snprintf(id, sizeof id, "%s", name);
+    }
+    char key[201];
+    snprintf(key, sizeof key, "%s.%llu.%s", r->id, (unsigned long long)entry_id, id);
+    struct ana_notification nt = {
+        .account_id = r->account,
+        .channel_id = id,
+        .source = source,
+        .idempotency_key = key,
+        .title = title,
+        .text = text,
+        .severity = ana_alert_severity_name(r->p.severity),
+        .values = vals,
+        .n_values = nv,
+    };
+    if (ana_notify_enqueue_in_txn(al->o.notify, al->conn, &nt, NULL, &err) < 0) {
+      add_line(failed, fsize, "%s: %s", name, err.message);
+      continue;
+    }
+    add_line(channels, csize, "%s%s", id, "");
+    queued++;
   }
-  (void)csize;
+  return queued;
 }
 
 static void push_entry(struct ana_alerts *al, const struct rule *r, uint64_t entry_id,
@@ -340,7 +400,12 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
     return ANA_ERR_NOMEM;
   }
   int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-  sqlite3_stmt *up = NULL, *hist = NULL;
+  sqlite3_stmt *up = NULL, *hist = NULL, *note = NULL;
+  int queued = 0;
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db,
+                            "UPDATE alert_history SET channels = ?, failed = ? WHERE entry_id = ?",
+                            -1, &note, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db,
                             "INSERT OR REPLACE INTO alert_instances (alert_id, group_key, state,"
@@ -380,9 +445,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
     }
     char channels[1024], failed[2048];
     channels[0] = failed[0] = '\0';
-    if (c->step.notify)
-      notify_in_txn(r, channels, sizeof channels, failed, sizeof failed);
-    else if (c->step.suppressed)
+    if (c->step.suppressed)
       snprintf(failed, sizeof failed, "cooldown: not notified");
     char *gj = group_json(r, in);
     sqlite3_reset(hist);
@@ -406,15 +469,30 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
       break;
     }
     ids[i] = (uint64_t)sqlite3_last_insert_rowid(db);
+    if (c->step.notify && r->alert->n_channels) {
+      queued += notify_in_txn(al, r, in, c, ids[i], msgs[i], channels, sizeof channels, failed,
+                              sizeof failed);
+      sqlite3_reset(note);
+      sqlite3_bind_text(note, 1, channels, -1, SQLITE_STATIC);
+      sqlite3_bind_text(note, 2, failed, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(note, 3, (int64_t)ids[i]);
+      if (sqlite3_step(note) != SQLITE_DONE) {
+        rc = SQLITE_ERROR;
+        break;
+      }
+    }
   }
   sqlite3_finalize(up);
   sqlite3_finalize(hist);
+  sqlite3_finalize(note);
   if (rc == SQLITE_OK)
     rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
     ANA_ERROR("alerts", "cannot store %zu alert state changes: %s", n, sqlite3_errmsg(db));
     sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
   } else {
+    if (queued && al->o.notify)
+      ana_notify_wake(al->o.notify);
     for (size_t i = 0; i < n; i++) {
       al->stats.transitions++;
       if (cs[i].step.notify)
@@ -925,41 +1003,75 @@ static void split_lines(struct ana_arena *a, char *text, char ***out, size_t *n)
     (*out)[(*n)++] = t;
 }
 
+/* The history and the delivery log as one list, newest first: (at, k, id)
+ * orders it (k 0 a state change, id its entry; k 1 an attempt, id outbox
+ * row * 1000 + attempt). */
+#define HISTORY_COLS                                                                               \
+  "at, k, id, kind, state, previous_state, value, has_value, threshold, severity, group_json,"     \
+  " message, channels, failed, channel_id, ikey, attempt, status, error, duration_ms"
+#define HISTORY_STATES                                                                             \
+  "SELECT at, 0 AS k, entry_id AS id, kind, state, previous_state, value, has_value, threshold,"   \
+  " severity, group_json, message, channels, failed, '' AS channel_id, '' AS ikey, 0 AS attempt,"  \
+  " 0 AS status, '' AS error, 0 AS duration_ms FROM alert_history"                                 \
+  " WHERE alert_id = ?1 AND account_id = ?2"
+#define HISTORY_DELIVERIES                                                                         \
+  " UNION ALL SELECT a.at, 1, a.outbox_id * 1000 + a.attempt, 'delivery', a.outcome, o.state, 0,"  \
+  " 0, 0, '', '{}', '', CASE a.outcome WHEN 'delivered' THEN o.channel_id ELSE '' END,"            \
+  " CASE a.outcome WHEN 'delivered' THEN '' ELSE o.channel_id || ': ' || a.error END,"             \
+  " o.channel_id, o.idempotency_key, a.attempt, a.status, a.error, a.duration_ms"                  \
+  " FROM notify_outbox o JOIN notify_attempts a ON a.outbox_id = o.id"                             \
+  " WHERE o.account_id = ?2 AND o.source = ?8"
+#define HISTORY_WHERE                                                                              \
+  " WHERE (at, k, id) < (?3, ?9, ?10) AND at >= ?4 AND at < ?5"                                    \
+  " AND (?6 = '' OR state = ?6 OR kind = ?6) ORDER BY at DESC, k DESC, id DESC LIMIT ?7"
+
 int ana_alerts_history(struct ana_alerts *al, const char *account, const char *alert_id,
-                       uint64_t before, int64_t from_ms, int64_t to_ms, const char *state,
+                       const char *page_token, int64_t from_ms, int64_t to_ms, const char *state,
                        int limit, struct ana_arena *arena, Analytics__V1__AlertHistoryEntry ***out,
-                       bool *more, struct ana_error *err) {
+                       char **next_token, struct ana_error *err) {
+  long long t_at = INT64_MAX, t_k = 1, t_id = INT64_MAX;
+  *next_token = NULL;
+  if (page_token && *page_token) {
+    int used = 0;
+    if (sscanf(page_token, "%lld.%lld.%lld%n", &t_at, &t_k, &t_id, &used) != 3 ||
+        page_token[used] != '\0' || (t_k != 0 && t_k != 1))
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "pageToken: not a token of this list");
+  }
+  *out = ana_arena_calloc(arena, (size_t)limit + 1, sizeof **out);
+  if (!*out)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   sqlite3 *db = ana_local_db_acquire_reader(al->o.db);
   sqlite3_stmt *st = NULL;
   int n = 0;
-  *more = false;
-  *out = ana_arena_calloc(arena, (size_t)limit + 1, sizeof **out);
-  if (!*out) {
-    ana_local_db_release_reader(al->o.db, db);
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  if (sqlite3_prepare_v2(db,
-                         "SELECT entry_id, at, kind, state, previous_state, value, has_value,"
-                         " threshold, severity, group_json, message, channels, failed"
-                         " FROM alert_history WHERE alert_id = ?1 AND account_id = ?2"
-                         " AND entry_id < ?3 AND at >= ?4 AND at < ?5"
-                         " AND (?6 = '' OR state = ?6 OR kind = ?6)"
-                         " ORDER BY entry_id DESC LIMIT ?7",
-                         -1, &st, NULL) != SQLITE_OK) {
+  const char *sql = al->o.notify ? "SELECT " HISTORY_COLS
+                                   " FROM (" HISTORY_STATES HISTORY_DELIVERIES ")" HISTORY_WHERE
+                                 : "SELECT " HISTORY_COLS " FROM (" HISTORY_STATES
+                                   ")" HISTORY_WHERE;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alert history: %s", sqlite3_errmsg(db));
     ana_local_db_release_reader(al->o.db, db);
     return ANA_ERR_IO;
   }
+  char source[80];
+  snprintf(source, sizeof source, "alert:%s", alert_id);
   sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, before ? (int64_t)before : INT64_MAX);
+  sqlite3_bind_int64(st, 3, t_at);
   sqlite3_bind_int64(st, 4, from_ms);
   sqlite3_bind_int64(st, 5, to_ms);
   sqlite3_bind_text(st, 6, state ? state : "", -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 7, limit + 1);
+  if (al->o.notify)
+    sqlite3_bind_text(st, 8, source, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 9, t_k);
+  sqlite3_bind_int64(st, 10, t_id);
+  int64_t last_at = 0, last_k = 0, last_id = 0;
   while (sqlite3_step(st) == SQLITE_ROW) {
     if (n == limit) {
-      *more = true;
+      *next_token = ana_arena_alloc(arena, 72);
+      if (*next_token)
+        snprintf(*next_token, 72, "%lld.%lld.%lld", (long long)last_at, (long long)last_k,
+                 (long long)last_id);
       break;
     }
     Analytics__V1__AlertHistoryEntry *e = ana_arena_alloc(arena, sizeof *e);
@@ -967,22 +1079,25 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
       break;
     analytics__v1__alert_history_entry__init(e);
     e->alert_id = ana_arena_strdup(arena, alert_id);
-    e->entry_id = (uint64_t)sqlite3_column_int64(st, 0);
-    int64_t at = sqlite3_column_int64(st, 1);
+    int64_t at = sqlite3_column_int64(st, 0);
+    last_at = at;
+    last_k = sqlite3_column_int64(st, 1);
+    last_id = sqlite3_column_int64(st, 2);
+    e->entry_id = last_k == 0 ? (uint64_t)last_id : 0;
     e->at = ana_arena_alloc(arena, sizeof *e->at);
     if (e->at) {
       google__protobuf__timestamp__init(e->at);
       e->at->seconds = at / 1000;
       e->at->nanos = (int32_t)(at % 1000) * 1000000;
     }
-    e->kind = col_text(arena, st, 2);
-    e->state = col_text(arena, st, 3);
-    e->previous_state = col_text(arena, st, 4);
-    e->value = sqlite3_column_double(st, 5);
-    e->has_value = sqlite3_column_int(st, 6) != 0;
-    e->threshold = sqlite3_column_double(st, 7);
-    e->severity = col_text(arena, st, 8);
-    const char *gj = (const char *)sqlite3_column_text(st, 9);
+    e->kind = col_text(arena, st, 3);
+    e->state = col_text(arena, st, 4);
+    e->previous_state = col_text(arena, st, 5);
+    e->value = sqlite3_column_double(st, 6);
+    e->has_value = sqlite3_column_int(st, 7) != 0;
+    e->threshold = sqlite3_column_double(st, 8);
+    e->severity = col_text(arena, st, 9);
+    const char *gj = (const char *)sqlite3_column_text(st, 10);
     json_t *g = gj ? json_loads(gj, 0, NULL) : NULL;
     if (json_is_object(g) && json_object_size(g)) {
       e->group = ana_arena_calloc(arena, json_object_size(g), sizeof *e->group);
@@ -999,9 +1114,15 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
       }
     }
     json_decref(g);
-    e->message = col_text(arena, st, 10);
-    split_lines(arena, col_text(arena, st, 11), &e->notified_channels, &e->n_notified_channels);
-    split_lines(arena, col_text(arena, st, 12), &e->failed_channels, &e->n_failed_channels);
+    e->message = col_text(arena, st, 11);
+    split_lines(arena, col_text(arena, st, 12), &e->notified_channels, &e->n_notified_channels);
+    split_lines(arena, col_text(arena, st, 13), &e->failed_channels, &e->n_failed_channels);
+    e->channel_id = col_text(arena, st, 14);
+    e->idempotency_key = col_text(arena, st, 15);
+    e->attempt = sqlite3_column_int(st, 16);
+    e->status_code = sqlite3_column_int(st, 17);
+    e->error = col_text(arena, st, 18);
+    e->duration_ms = sqlite3_column_int64(st, 19);
     (*out)[n++] = e;
   }
   sqlite3_finalize(st);
