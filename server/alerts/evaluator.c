@@ -29,6 +29,7 @@ struct instance {
   char *key;
   char **vals; /* n_dims */
   bool other;
+  uint64_t touched; /* the pass that last folded an event into it */
   struct ana_alert_instance_state st;
 };
 
@@ -47,6 +48,16 @@ struct rule {
   size_t n_inst, cap_inst;
   size_t n_dims;
   uint64_t seed_seq;
+  char **names; /* the event names its formula counts ("" = any), distinct */
+  size_t n_names;
+};
+
+/* Which rules an event may count in: (account, event name) -> rule, sorted
+ * by key, rebuilt when the rules change; a rule counting any event is under
+ * the name "". */
+struct index_entry {
+  char *key; /* "<account>\x1f<event name>" */
+  struct rule *r;
 };
 
 struct qev {
@@ -80,6 +91,10 @@ struct ana_alerts {
   /* the rules (evaluator thread and rule changes) */
   pthread_mutex_t mu;
   struct rule *rules;
+  struct index_entry *index;
+  size_t n_index;
+  bool index_dirty;
+  uint64_t pass;
   int64_t last_sweep_ms;
   /* subscribers */
   pthread_mutex_t smu;
@@ -115,6 +130,9 @@ static void rule_free(struct rule *r) {
     ana_free(r->inst[i].vals);
   }
   ana_free(r->inst);
+  for (size_t i = 0; i < r->n_names; i++)
+    ana_free(r->names[i]);
+  ana_free(r->names);
   ana_formula_free(r->formula);
   ana_free(r->id);
   ana_free(r->account);
@@ -641,18 +659,129 @@ static struct rule *find_rule(struct ana_alerts *al, const char *id) {
   return NULL;
 }
 
+static int index_cmp(const void *a, const void *b) {
+  return strcmp(((const struct index_entry *)a)->key, ((const struct index_entry *)b)->key);
+}
+
+static void index_free(struct ana_alerts *al) {
+  for (size_t i = 0; i < al->n_index; i++)
+    ana_free(al->index[i].key);
+  ana_free(al->index);
+  al->index = NULL;
+  al->n_index = 0;
+}
+
+/* Rebuilds the index (al->mu held); on failure it stays dirty. */
+static void index_build(struct ana_alerts *al) {
+  index_free(al);
+  size_t n = 0;
+  for (struct rule *r = al->rules; r; r = r->next)
+    n += r->p.enabled ? r->n_names : 0;
+  al->index = ana_calloc(n ? n : 1, sizeof *al->index);
+  if (!al->index)
+    return;
+  for (struct rule *r = al->rules; r; r = r->next)
+    for (size_t i = 0; r->p.enabled && i < r->n_names; i++) {
+      size_t la = strlen(r->account), ln = strlen(r->names[i]);
+      char *k = ana_malloc(la + ln + 2);
+      if (!k) {
+        index_free(al);
+        return;
+      }
+      memcpy(k, r->account, la);
+      k[la] = '\x1f';
+      memcpy(k + la + 1, r->names[i], ln + 1);
+      al->index[al->n_index++] = (struct index_entry){k, r};
+    }
+  qsort(al->index, al->n_index, sizeof *al->index, index_cmp);
+  al->index_dirty = false;
+}
+
+/* The entries of key: [*first, return value). */
+static size_t index_find(const struct ana_alerts *al, const char *key, size_t *first) {
+  size_t lo = 0, hi = al->n_index;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (strcmp(al->index[mid].key, key) < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *first = lo;
+  hi = al->n_index;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (strcmp(al->index[mid].key, key) <= 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+struct touched {
+  struct rule *r;
+  size_t inst; /* an index: r->inst may move as instances are added */
+};
+
+/* Folds the events into the panes of the rules that count them, then steps
+ * each instance they touched once (its window's value after all of them). */
 static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
                            struct changes *cs) {
-  for (struct qev *q = list; q; q = q->next)
-    for (struct rule *r = al->rules; r; r = r->next) {
-      if (!r->p.enabled || q->ev.seq <= r->seed_seq || strcmp(r->account, q->account) != 0)
+  if (al->index_dirty)
+    index_build(al);
+  if (al->index_dirty) { /* out of memory: every rule, as a fallback */
+    for (struct qev *q = list; q; q = q->next)
+      for (struct rule *r = al->rules; r; r = r->next) {
+        if (!r->p.enabled || q->ev.seq <= r->seed_seq || strcmp(r->account, q->account) != 0)
+          continue;
+        struct instance *in = route(al, r, &q->ev, true);
+        if (in) {
+          al->stats.events++;
+          evaluate(r, in, now, cs);
+        }
+      }
+    return;
+  }
+  uint64_t pass = ++al->pass;
+  struct touched *t = NULL;
+  size_t nt = 0, ct = 0;
+  for (struct qev *q = list; q; q = q->next) {
+    char key[512];
+    const char *names[2] = {q->ev.event_name, ""};
+    for (size_t w = 0; w < 2; w++) {
+      int kl = snprintf(key, sizeof key, "%s\x1f%s", q->account, names[w]);
+      if (kl < 0 || (size_t)kl >= sizeof key)
         continue;
-      struct instance *in = route(al, r, &q->ev, true);
-      if (!in)
-        continue;
-      al->stats.events++;
-      evaluate(r, in, now, cs);
+      size_t first, end = index_find(al, key, &first);
+      for (size_t i = first; i < end; i++) {
+        struct rule *r = al->index[i].r;
+        if (q->ev.seq <= r->seed_seq)
+          continue;
+        struct instance *in = route(al, r, &q->ev, true);
+        if (!in)
+          continue;
+        al->stats.events++;
+        if (in->touched == pass)
+          continue;
+        in->touched = pass;
+        if (nt == ct) {
+          size_t cap = ct ? ct * 2 : 64;
+          struct touched *n = ana_realloc(t, cap * sizeof *n);
+          if (!n) {
+            evaluate(r, in, now, cs);
+            continue;
+          }
+          t = n;
+          ct = cap;
+        }
+        t[nt++] = (struct touched){r, (size_t)(in - r->inst)};
+      }
     }
+  }
+  for (size_t i = 0; i < nt; i++)
+    evaluate(t[i].r, &t[i].r->inst[t[i].inst], now, cs);
+  ana_free(t);
 }
 
 static void sweep_history(struct ana_alerts *al, int64_t now) {
@@ -894,6 +1023,26 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
       0)
     goto fail;
   r->n_dims = r->metric->n_dimensions;
+  size_t nterms = ana_formula_term_count(r->formula);
+  r->names = ana_calloc(nterms ? nterms : 1, sizeof *r->names);
+  if (!r->names) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  for (size_t i = 0; i < nterms; i++) {
+    const struct ana_agg_term *term = ana_formula_term(r->formula, i);
+    const char *name = term && term->event_name ? term->event_name : "";
+    bool seen = false;
+    for (size_t k = 0; k < r->n_names && !seen; k++)
+      seen = strcmp(r->names[k], name) == 0;
+    if (seen)
+      continue;
+    if (!(r->names[r->n_names] = ana_strdup(name))) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto fail;
+    }
+    r->n_names++;
+  }
   r->pane_ms = r->p.window_ms / ANA_ALERT_PANES;
   if (r->pane_ms < 1)
     r->pane_ms = 1;
@@ -937,6 +1086,7 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
     evaluate(r, &r->inst[i], now, &cs);
   r->next = al->rules;
   al->rules = r;
+  al->index_dirty = true;
   write_changes(al, cs.v, cs.n);
   ana_free(cs.v);
   pthread_mutex_unlock(&al->mu);
@@ -955,6 +1105,7 @@ void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *a
       struct rule *r = *pp;
       *pp = r->next;
       rule_free(r);
+      al->index_dirty = true;
       break;
     }
   static const char *const sql[] = {"DELETE FROM alert_instances WHERE alert_id = ?",
@@ -1254,6 +1405,7 @@ void ana_alerts_destroy(struct ana_alerts *al) {
     pthread_mutex_unlock(&al->qmu);
     pthread_join(al->thread, NULL);
   }
+  index_free(al);
   while (al->rules) {
     struct rule *r = al->rules;
     al->rules = r->next;
