@@ -121,6 +121,71 @@ class AlertsRestTest(harness.ServerTestCase):
         self.assertEqual(resolved[0]["previousState"], "firing")
         self.assertEqual(resolved[0].get("value", 0), 0)
 
+    def get_total(self, metric_id, frm, to):
+        """GetMetricData's total per group over [frm, to) ms."""
+        iso = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + \
+            ".%03dZ" % (ms % 1000)
+        data = self.req("GET", "/api/metrics/%s/data?from=%s&to=%s&interval=1m" % (
+            metric_id, iso(frm), iso(to)))
+        return {s["dimensions"]["g"]: s.get("total") for s in data.get("series", [])}
+
+    def test_window_equals_get_metric_data_over_pane_aligned_ranges(self):
+        """The panes (seeded from the store at creation, then fed live) give
+        the value GetMetricData gives over [pane start - 9 panes, pane end)."""
+        name = "w_" + uuid.uuid4().hex[:8]
+        ev = "pay_" + name
+        m = self.req("POST", "/api/metrics", {
+            "name": name, "formula": "(sum(%s.amount) + max(%s.amount)) / count(%s)"
+            % (ev, ev, ev), "dimensions": ["g"]})
+        now = int(time.time() * 1000)
+        rnd = __import__("random").Random(5)
+
+        def events(n):
+            return [{"eventType": "app", "eventName": ev,
+                     "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // 1000)) +
+                     ".%03dZ" % (t % 1000),
+                     "properties": {"g": "g%d" % (i % 3), "amount": rnd.randrange(1, 1000)}}
+                    for i, t in enumerate(now - rnd.randrange(0, 500000) for _ in range(n))]
+        seed = events(90)
+        resp = self.req("POST", "/api/events/batch", {"events": seed})
+        self.assertEqual(resp["accepted"], 90)
+        # Seeded: created after the events, it fires at once with the window's value.
+        seeded = self.req("POST", "/api/alerts", {
+            "name": "seeded " + name, "metric": name, "threshold": -1,
+            "condition": {"op": ">=", "window": "10m"}})
+        firing = wait_for(lambda: self.history(seeded["alertId"], "firing"))
+        self.assertEqual(len(firing), 3)
+        at = max(int(__import__("datetime").datetime.fromisoformat(
+            e["at"].replace("Z", "+00:00")).timestamp() * 1000) for e in firing)
+        pane_end = at - at % 60000 + 60000
+        want = self.get_total(m["metricId"], pane_end - 600000, pane_end)
+        got = {e["group"]["g"]: e["value"] for e in firing}
+        self.assertEqual(set(got), {"g0", "g1", "g2"})
+        for g in got:
+            self.assertAlmostEqual(got[g], want[g], places=9, msg=g)
+        # Live: an alert that fires exactly when every event of three batches
+        # (spread over the panes) is in its window.
+        live_m = self.req("POST", "/api/metrics", {"name": name + "_sum",
+                                                   "formula": "sum(%s.amount)" % ev})
+        batches = [events(40) for _ in range(3)]
+        total = sum(e["properties"]["amount"] for b in [seed] + batches for e in b)
+        live = self.req("POST", "/api/alerts", {
+            "name": "live " + name, "metric": name + "_sum", "threshold": total,
+            "condition": {"op": ">=", "window": "10m"}})
+        for b in batches:
+            self.assertEqual(self.req("POST", "/api/events/batch", {"events": b})["accepted"], 40)
+        firing = wait_for(lambda: self.history(live["alertId"], "firing"))
+        self.assertTrue(firing)
+        at = int(__import__("datetime").datetime.fromisoformat(
+            firing[0]["at"].replace("Z", "+00:00")).timestamp() * 1000)
+        pane_end = at - at % 60000 + 60000
+        data = self.req("GET", "/api/metrics/%s/data?from=%s&to=%s&interval=1m" % (
+            live_m["metricId"],
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((pane_end - 600000) // 1000)),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pane_end // 1000))))
+        self.assertEqual(firing[0]["value"], total)
+        self.assertEqual(firing[0]["value"], data["series"][0]["total"])
+
     def test_bad_rules_name_the_field(self):
         self.metric("bad_rule_metric", "count(x)")
         cases = [
