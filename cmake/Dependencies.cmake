@@ -24,3 +24,11 @@ foreach(f ${ANA_GOOGLEAPIS_PROTO_DIR}/google/api/annotations.proto
     message(FATAL_ERROR "${f} is missing: run scripts/install-deps.sh")
   endif()
 endforeach()
+
+# Report writers: libxlsxwriter ships a .pc file, libharu (libhpdf-dev) does not.
+pkg_check_modules(XLSXWRITER REQUIRED IMPORTED_TARGET xlsxwriter)
+find_library(HPDF_LIBRARY NAMES hpdf REQUIRED)
+find_path(HPDF_INCLUDE_DIR hpdf.h REQUIRED)
+add_library(ana_hpdf INTERFACE IMPORTED)
+target_link_libraries(ana_hpdf INTERFACE ${HPDF_LIBRARY})
+target_include_directories(ana_hpdf INTERFACE ${HPDF_INCLUDE_DIR})

@@ -52,6 +52,13 @@ struct ana_server {
   /* transports */
   struct ana_grpc_server *grpc;
   struct ana_restbridge *rest;
+  /* A new DATA_DIR on a full disk: store_start found no room to create the
+   * database and left db NULL. The driver then skips the modules up to the
+   * transports and starts them once there is room (startup.c); main's
+   * thread only. */
+  bool store_waiting;
+  char store_wait_reason[640]; /* why, as held calls and /health say it; set before serving */
+  atomic_bool store_open;      /* the storage modules have started: any thread may read them */
   /* health, as GET /health and gRPC health report it */
   int schema_version; /* read once at start: the writer connection is the committer's */
   atomic_bool serving;

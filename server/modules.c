@@ -107,6 +107,18 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
                          strerror(errno));
   s->store_ops = ana_store_event_backend("sqlite");
   s->db = ana_local_db_open(cfg->store.data_dir, err);
+  int64_t min_free = (int64_t)cfg->store.store_min_free_mb << 20;
+  if (!s->db && (err->code == ANA_STATUS_RESOURCE_EXHAUSTED ||
+                 (err->code == ANA_STATUS_UNAVAILABLE &&
+                  !ana_local_db_dir_has_room(cfg->store.data_dir, min_free)))) {
+    /* No room for a new database: wait for it (startup.c), serving health. */
+    if (!ana_local_db_dir_has_room(cfg->store.data_dir, min_free))
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                    "the disk is full (less than STORE_MIN_FREE_MB = %d MiB free in DATA_DIR)",
+                    cfg->store.store_min_free_mb);
+    s->store_waiting = true;
+    return 0;
+  }
   if (s->db) { /* MiB of WAL in pages of 4 KiB */
     ana_local_db_set_checkpoint_pages(s->db, cfg->store.wal_checkpoint_mb * 256);
     ana_local_db_set_search_index_wait_ms(s->db, cfg->store.search_index_wait_ms);
@@ -484,18 +496,25 @@ static int grpc_stop(struct ana_server *s, int64_t deadline_ms) {
 
 /* The bridge's health callback (its thread; nothing here blocks): readiness,
  * 503 while not serving (starting, stopping), while the store cannot write
- * (the last write failed, or DATA_DIR is short of space) or while the
- * bridge itself was stalled (then it could not answer anyway). */
+ * (the last write failed, DATA_DIR is short of space, or the store waits
+ * for room to create its database) or while the bridge itself was stalled
+ * (then it could not answer anyway). */
 static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   struct ana_server *s = ctx;
-  bool degraded = s->db && ana_local_db_degraded(s->db);
+  bool open = atomic_load(&s->store_open); /* before it, db and committer are main's */
+  bool degraded = open && ana_local_db_degraded(s->db);
   struct ana_committer_stats st = {0};
-  if (s->committer)
+  if (open && s->committer)
     ana_committer_stats(s->committer, &st);
-  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && !degraded;
-  if (ana_restbridge_health_add(extra, "store", degraded ? "degraded" : "ok") < 0 ||
+  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && open && !degraded;
+  if (!open && ana_restbridge_health_add(extra, "storeError", s->store_wait_reason) < 0)
+    return ANA_ERR_NOMEM;
+  if (ana_restbridge_health_add(extra, "store",
+                                !open      ? "waiting"
+                                : degraded ? "degraded"
+                                           : "ok") < 0 ||
       ana_restbridge_health_add(extra, "auth", ana_auth_mode_name()) < 0 ||
-      ana_restbridge_health_add_int(extra, "schemaVersion", s->schema_version) < 0 ||
+      ana_restbridge_health_add_int(extra, "schemaVersion", open ? s->schema_version : 0) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
     return ANA_ERR_NOMEM;

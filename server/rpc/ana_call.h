@@ -140,8 +140,19 @@ void ana_call_fail(struct ana_call *call, enum ana_status code, const char *fmt,
 
 /* Binds handler (borrowed; must outlive the server) to a method. Methods
  * without a handler answer UNIMPLEMENTED naming their feature. Call before
- * the transports start. */
+ * the transports start, or while the method is held (below). */
 void ana_rpc_bind(enum ana_method_id method, const struct ana_handler *handler);
+
+/* Holds every method that has no handler now (the data services, while the
+ * store waits for room on a full disk): until ana_rpc_release_held, a call
+ * of one of them is answered with code and message after admission, even
+ * once its handler is bound. Call before the transports start; the message
+ * is copied. */
+void ana_rpc_hold_unbound(enum ana_status code, const char *message);
+
+/* Ends the hold. Handlers bound before this call are seen by every call
+ * admitted after it (any thread). */
+void ana_rpc_release_held(void);
 
 /* TRUSTED_PROXIES (comma-separated IPs or CIDR ranges; borrowed, must
  * outlive the transports; NULL = none): peers whose x-forwarded-for names

@@ -14,6 +14,7 @@
 #include <assert.h>
 #include <stdalign.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +22,13 @@
 
 static const struct ana_handler *handlers[ANA_METHOD_COUNT];
 static const char *trusted_proxies; /* set before the transports start */
+/* Methods held by ana_rpc_hold_unbound: while `holding`, their handlers are
+ * neither read nor called (they are bound meanwhile from another thread), so
+ * the release-store that ends the hold publishes the handlers and the
+ * options the services stored before binding them. */
+static bool held[ANA_METHOD_COUNT];
+static atomic_bool holding;
+static struct ana_error hold_status;
 
 void ana_rpc_set_trusted_proxies(const char *list) {
   trusted_proxies = list && list[0] ? list : NULL;
@@ -29,6 +37,17 @@ void ana_rpc_set_trusted_proxies(const char *list) {
 void ana_rpc_bind(enum ana_method_id method, const struct ana_handler *handler) {
   if ((unsigned)method < ANA_METHOD_COUNT)
     handlers[method] = handler;
+}
+
+void ana_rpc_hold_unbound(enum ana_status code, const char *message) {
+  for (size_t i = 0; i < ANA_METHOD_COUNT; i++)
+    held[i] = handlers[i] == NULL;
+  ana_error_set(&hold_status, code, "%s", message);
+  atomic_store_explicit(&holding, true, memory_order_release);
+}
+
+void ana_rpc_release_held(void) {
+  atomic_store_explicit(&holding, false, memory_order_release);
 }
 
 const struct ana_handler *ana_rpc_handler(enum ana_method_id method) {
@@ -99,7 +118,11 @@ int ana_call_admit(struct ana_call *call, struct ana_error *status) {
   int rc = ana_admission_run(&in, &call->arena, &call->principal, status);
   if (rc < 0)
     return rc;
-  const struct ana_handler *h = ana_rpc_handler(ana_method_id_of(call->method));
+  enum ana_method_id id = ana_method_id_of(call->method);
+  if (atomic_load_explicit(&holding, memory_order_acquire) && (unsigned)id < ANA_METHOD_COUNT &&
+      held[id])
+    return ana_error_set(status, hold_status.code, "%s", hold_status.message);
+  const struct ana_handler *h = ana_rpc_handler(id);
   call->handler = h ? h : &unimplemented_handler;
   return 0;
 }

@@ -161,7 +161,9 @@ const struct ana_event_store_ops *ana_store_event_backend(const char *name);
 
 /* Opens (creating if needed) DATA_DIR/analytics.db in WAL mode with
  * synchronous=FULL and applies pending schema migrations. Returns NULL with
- * err filled. */
+ * err filled: its code is RESOURCE_EXHAUSTED and its message starts with
+ * "the disk is full" when SQLite could not write for lack of space (a new
+ * database on a full disk), which a later try may overcome. */
 struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err);
 void ana_local_db_close(struct ana_local_db *db);
 
@@ -215,6 +217,10 @@ bool ana_local_db_degraded(const struct ana_local_db *db);
 /* The free space DATA_DIR must have for commits (STORE_MIN_FREE_MB in
  * bytes); below it ana_local_db_begin fails with UNAVAILABLE. 0: no check. */
 void ana_local_db_set_min_free_bytes(struct ana_local_db *db, int64_t bytes);
+
+/* Whether the filesystem of dir has at least min_free_bytes available
+ * (statvfs; true when min_free_bytes <= 0 or it cannot tell). */
+bool ana_local_db_dir_has_room(const char *dir, int64_t min_free_bytes);
 
 /* Measures DATA_DIR's free space (statvfs) against the minimum; returns
  * true when there is room. Cheap; call it about once a second. */

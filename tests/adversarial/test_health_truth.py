@@ -155,6 +155,22 @@ class FullFilesystemTest(HealthTruthBase):
         st = os.statvfs(d)
         self.assertLess(st.f_bavail * st.f_frsize, 64 * 1024)
 
+    def start_live(self, server):
+        """Starts server without waiting for readiness; returns once liveness is SERVING."""
+        server.start(wait_ready=False)
+        self.connect(server)
+        deadline = time.monotonic() + 20
+        while True:
+            self.assertTrue(server.alive(), "analyticsd refused to start on a full disk:\n%s"
+                            % harness.tail(server.stderr()))
+            try:
+                if self.check(LIVENESS) == self.hpb.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            self.assertLess(time.monotonic(), deadline, "not live within 20 s")
+            time.sleep(0.1)
+
     def test_server_starts_on_a_full_disk_reads_work_writes_unavailable(self):
         d = self.mount("8m")
         data_dir = os.path.join(d, "data")
@@ -170,19 +186,7 @@ class FullFilesystemTest(HealthTruthBase):
         server = harness.Server(env={"DATA_DIR": data_dir, "STORE_MIN_FREE_MB": 1},
                                 log_level="info")
         self.addCleanup(server.cleanup)
-        server.start(wait_ready=False)
-        self.connect(server)
-        deadline = time.monotonic() + 20
-        while True:
-            self.assertTrue(server.alive(), "analyticsd refused to start on a full disk:\n%s"
-                            % harness.tail(server.stderr()))
-            try:
-                if self.check(LIVENESS) == self.hpb.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            self.assertLess(time.monotonic(), deadline, "not live within 20 s")
-            time.sleep(0.1)
+        self.start_live(server)
 
         self.wait_status("", self.hpb.HealthCheckResponse.NOT_SERVING)
         code, data = self.rest_health(server)
@@ -202,6 +206,43 @@ class FullFilesystemTest(HealthTruthBase):
         os.remove(os.path.join(d, "filler"))
         self.wait_status("", self.hpb.HealthCheckResponse.SERVING, timeout=5)
         self.assertIsNone(self.track(n=5, size=10))
+        self.assertEqual(server.stop(), 0)
+
+
+    def test_new_data_dir_on_a_full_disk_starts_and_opens_once_there_is_room(self):
+        d = self.mount("8m")
+        data_dir = os.path.join(d, "data")
+        os.mkdir(data_dir)
+        self.fill(d)  # nothing of the database exists yet: no room for its schema
+        server = harness.Server(env={"DATA_DIR": data_dir, "STORE_MIN_FREE_MB": 1},
+                                log_level="info")
+        self.addCleanup(server.cleanup)
+        self.start_live(server)
+
+        self.wait_status("", self.hpb.HealthCheckResponse.NOT_SERVING)
+        code, data = self.rest_health(server)
+        self.assertEqual(code, 503, data[:300])
+        self.assertIn(b"disk is full", data)
+        # Every data call answers UNAVAILABLE naming the cause, reads included.
+        error = self.track(n=5, size=10)
+        self.assertIsNotNone(error, "a write was acknowledged on a full disk")
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE, error.details())
+        self.assertIn("disk is full", error.details())
+        with self.assertRaises(grpc.RpcError) as read:
+            self.events.SearchEvents(self.pb.SearchEventsRequest(event_name="x"), timeout=10)
+        self.assertEqual(read.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("disk is full", read.exception.details())
+        self.assertEqual(self.check(LIVENESS), self.hpb.HealthCheckResponse.SERVING)
+
+        # Room again: the store is created, the server becomes ready, no restart.
+        os.remove(os.path.join(d, "filler"))
+        self.wait_status("", self.hpb.HealthCheckResponse.SERVING, timeout=5)
+        code, data = self.rest_health(server)
+        self.assertEqual(code, 200, data[:300])
+        self.assertIsNone(self.track(n=5, size=10, name="after-room"))
+        found = self.events.SearchEvents(self.pb.SearchEventsRequest(event_name="after-room"),
+                                         timeout=10)
+        self.assertEqual(len(found.events), 5)
         self.assertEqual(server.stop(), 0)
 
 

@@ -1293,11 +1293,17 @@ static void set_field_scalars_and_wkts(void **state) {
   (void)state;
   Analytics__V1__Alert *a = ana_arena_alloc(&arena, sizeof *a);
   analytics__v1__alert__init(a);
-  set_ok(a, "enabled", "true");
-  assert_true(a->enabled);
-  set_ok(a, "enabled", "0");
-  assert_false(a->enabled);
-  set_fails(a, "enabled", "yes", "enabled: expected true or false");
+  Analytics__V1__StreamAnalyticsRequest *sa = ana_arena_alloc(&arena, sizeof *sa);
+  analytics__v1__stream_analytics_request__init(sa);
+  set_ok(sa, "include_events", "true");
+  assert_true(sa->include_events);
+  set_ok(sa, "includeEvents", "0");
+  assert_false(sa->include_events);
+  set_fails(sa, "include_events", "yes", "include_events: expected true or false");
+  /* A google.protobuf.BoolValue takes the same text. */
+  set_ok(a, "enabled", "false");
+  assert_non_null(a->enabled);
+  assert_false(a->enabled->value);
   set_ok(a, "threshold", "Infinity");
   assert_true(isinf(a->threshold));
   set_ok(a, "threshold", "2.5");
@@ -1312,8 +1318,9 @@ static void set_field_scalars_and_wkts(void **state) {
   assert_int_equal(a->condition->kind_case, GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE);
   set_ok(a, "created_at", "2024-01-01T00:00:00.5Z");
   assert_string_equal(
-      enc(a, NULL), "{\"condition\":\"above\",\"threshold\":2.5,\"channels\":[\"email\",\"slack\"],"
-                    "\"cooldown\":\"300\",\"createdAt\":\"2024-01-01T00:00:00.500Z\"}");
+      enc(a, NULL),
+      "{\"condition\":\"above\",\"threshold\":2.5,\"channels\":[\"email\",\"slack\"],"
+      "\"cooldown\":300,\"enabled\":false,\"createdAt\":\"2024-01-01T00:00:00.500Z\"}");
   set_fails(a, "condition", "{\"a\":\"\\u0000\"}",
             "condition.a: contains NUL (\\u0000), which is not supported");
   set_fails(a, "name", "a\xff", "name: not valid UTF-8");

@@ -238,7 +238,11 @@ static int sql_error(sqlite3 *db, const char *what, struct ana_error *err) {
 static int exec(sqlite3 *db, const char *sql, struct ana_error *err) {
   char *msg = NULL;
   if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", msg ? msg : "error");
+    if ((sqlite3_errcode(db) & 0xff) == SQLITE_FULL) /* see ana_local_db_open */
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "the disk is full: %s",
+                    msg ? msg : "no space left");
+    else
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", msg ? msg : "error");
     sqlite3_free(msg);
     return ANA_ERR_IO;
   }
@@ -705,17 +709,21 @@ void ana_local_db_set_min_free_bytes(struct ana_local_db *db, int64_t bytes) {
   atomic_store(&db->min_free_bytes, bytes);
 }
 
+bool ana_local_db_dir_has_room(const char *dir, int64_t min_free_bytes) {
+  struct statvfs st;
+  if (min_free_bytes <= 0 || statvfs(dir, &st) != 0)
+    return true;
+  return (int64_t)st.f_bavail * (int64_t)st.f_frsize >= min_free_bytes;
+}
+
 bool ana_local_db_check_space(struct ana_local_db *db) {
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", db->path);
   char *slash = strrchr(dir, '/');
   if (slash)
     *slash = '\0';
-  struct statvfs st;
   int64_t min = atomic_load(&db->min_free_bytes);
-  bool low = false;
-  if (min > 0 && statvfs(slash ? dir : ".", &st) == 0)
-    low = (int64_t)st.f_bavail * (int64_t)st.f_frsize < min;
+  bool low = !ana_local_db_dir_has_room(slash ? dir : ".", min);
   if (low != atomic_load(&db->low_space))
     ANA_WARN("store",
              low ? "DATA_DIR has less than %lld MiB free: refusing writes"
