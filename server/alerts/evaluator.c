@@ -33,6 +33,28 @@ struct instance {
   struct ana_alert_instance_state st;
 };
 
+/* The sliding window of one metric definition and pane length, shared by
+ * every rule over it: an event is folded into it once, whatever the number
+ * of rules. */
+struct paneset {
+  struct paneset *next;
+  char *key; /* "<account>\x1f<metric id>\x1f<pane ms>\x1f<definition hash>[\x1f-]" */
+  char *account;
+  struct ana_arena *arena;
+  Analytics__V1__Metric *metric;
+  struct ana_formula *formula;
+  int64_t pane_ms, cur_start;
+  struct ana_metric_acc *panes[ANA_ALERT_PANES];
+  int64_t pane_start[ANA_ALERT_PANES];
+  uint64_t seed_seq;
+  char **names; /* the event names its formula counts ("" = any), distinct */
+  size_t n_names;
+  int refs;
+  bool moved;          /* its window moved in this pass */
+  struct rule **rules; /* its enabled rules (index_build) */
+  size_t n_rules;
+};
+
 struct rule {
   struct rule *next;
   char *id, *account;
@@ -41,23 +63,18 @@ struct rule {
   Analytics__V1__Metric *metric;
   struct ana_formula *formula;
   struct ana_alert_params p;
-  int64_t pane_ms, cur_start;
-  struct ana_metric_acc *panes[ANA_ALERT_PANES];
-  int64_t pane_start[ANA_ALERT_PANES];
+  struct paneset *ps; /* a reference */
   struct instance *inst;
   size_t n_inst, cap_inst;
   size_t n_dims;
-  uint64_t seed_seq;
-  char **names; /* the event names its formula counts ("" = any), distinct */
-  size_t n_names;
 };
 
-/* Which rules an event may count in: (account, event name) -> rule, sorted
- * by key, rebuilt when the rules change; a rule counting any event is under
- * the name "". */
+/* Which panesets an event may count in: (account, event name) -> paneset,
+ * sorted by key, rebuilt when the rules change; a formula counting any
+ * event is under the name "". */
 struct index_entry {
   char *key; /* "<account>\x1f<event name>" */
-  struct rule *r;
+  struct paneset *ps;
 };
 
 struct qev {
@@ -91,6 +108,7 @@ struct ana_alerts {
   /* the rules (evaluator thread and rule changes) */
   pthread_mutex_t mu;
   struct rule *rules;
+  struct paneset *pansets;
   struct index_entry *index;
   size_t n_index;
   bool index_dirty;
@@ -118,11 +136,39 @@ static int64_t floor_to(int64_t t, int64_t step) {
 /* ------------------------------------------------------------------ */
 /* rules and instances */
 
-static void rule_free(struct rule *r) {
-  if (!r)
+static void ps_free(struct paneset *ps) {
+  if (!ps)
     return;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    ana_metric_acc_destroy(r->panes[i]);
+    ana_metric_acc_destroy(ps->panes[i]);
+  for (size_t i = 0; i < ps->n_names; i++)
+    ana_free(ps->names[i]);
+  ana_free(ps->names);
+  ana_free(ps->rules);
+  ana_formula_free(ps->formula);
+  ana_free(ps->key);
+  ana_free(ps->account);
+  if (ps->arena)
+    ana_arena_destroy(ps->arena);
+  ana_free(ps);
+}
+
+/* Drops a reference (al->mu held, or ps not shared yet). */
+static void ps_release(struct ana_alerts *al, struct paneset *ps) {
+  if (!ps || --ps->refs > 0)
+    return;
+  for (struct paneset **pp = &al->pansets; *pp; pp = &(*pp)->next)
+    if (*pp == ps) {
+      *pp = ps->next;
+      break;
+    }
+  ps_free(ps);
+}
+
+static void rule_free(struct ana_alerts *al, struct rule *r) {
+  if (!r)
+    return;
+  ps_release(al, r->ps);
   for (size_t i = 0; i < r->n_inst; i++) {
     ana_free(r->inst[i].key);
     for (size_t d = 0; r->inst[i].vals && d < r->n_dims; d++)
@@ -130,9 +176,6 @@ static void rule_free(struct rule *r) {
     ana_free(r->inst[i].vals);
   }
   ana_free(r->inst);
-  for (size_t i = 0; i < r->n_names; i++)
-    ana_free(r->names[i]);
-  ana_free(r->names);
   ana_formula_free(r->formula);
   ana_free(r->id);
   ana_free(r->account);
@@ -198,44 +241,59 @@ static struct instance *instance_get(struct ana_alerts *al, struct rule *r, cons
 
 /* Moves the window so that its current pane holds t; drops the panes that
  * left it. Returns whether it moved. */
-static bool advance(struct rule *r, int64_t t) {
-  int64_t cur = floor_to(t, r->pane_ms);
-  if (cur <= r->cur_start)
+static bool advance(struct paneset *ps, int64_t t) {
+  int64_t cur = floor_to(t, ps->pane_ms);
+  if (cur <= ps->cur_start)
     return false;
-  r->cur_start = cur;
-  int64_t oldest = cur - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  ps->cur_start = cur;
+  int64_t oldest = cur - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    if (r->panes[i] && r->pane_start[i] < oldest) {
-      ana_metric_acc_destroy(r->panes[i]);
-      r->panes[i] = NULL;
+    if (ps->panes[i] && ps->pane_start[i] < oldest) {
+      ana_metric_acc_destroy(ps->panes[i]);
+      ps->panes[i] = NULL;
     }
   return true;
 }
 
-/* Adds ev to its pane; returns the instance it counts in, or NULL (outside
- * the window, filtered out, out of memory). */
-static struct instance *route(struct ana_alerts *al, struct rule *r,
-                              const struct ana_scanned_event *ev, bool make_instance) {
-  int64_t oldest = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
-  if (ev->timestamp_ms < oldest || ev->timestamp_ms >= r->cur_start + r->pane_ms)
-    return NULL;
-  int64_t start = floor_to(ev->timestamp_ms, r->pane_ms);
-  size_t idx = (size_t)((start / r->pane_ms) % ANA_ALERT_PANES);
-  if (!r->panes[idx] || r->pane_start[idx] != start) {
-    ana_metric_acc_destroy(r->panes[idx]);
+/* Adds ev to its pane: returns its group in *acc, or -1 (outside the
+ * window, filtered out, out of memory). */
+static int ps_add(struct paneset *ps, const struct ana_scanned_event *ev,
+                  struct ana_metric_acc **acc) {
+  int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
+  if (ev->timestamp_ms < oldest || ev->timestamp_ms >= ps->cur_start + ps->pane_ms)
+    return -1;
+  int64_t start = floor_to(ev->timestamp_ms, ps->pane_ms);
+  size_t idx = (size_t)((start / ps->pane_ms) % ANA_ALERT_PANES);
+  if (!ps->panes[idx] || ps->pane_start[idx] != start) {
+    ana_metric_acc_destroy(ps->panes[idx]);
     struct ana_error err;
-    r->panes[idx] = ana_metric_acc_create(r->metric, r->formula, 100000, &err);
-    r->pane_start[idx] = start;
-    if (!r->panes[idx])
-      return NULL;
+    ps->panes[idx] = ana_metric_acc_create(ps->metric, ps->formula, 100000, &err);
+    ps->pane_start[idx] = start;
+    if (!ps->panes[idx])
+      return -1;
   }
-  int g = ana_metric_acc_add(r->panes[idx], ev);
-  if (g < 0 || !make_instance)
-    return NULL;
-  if (ana_metric_acc_group_is_other(r->panes[idx], (size_t)g))
+  *acc = ps->panes[idx];
+  int g = ana_metric_acc_add(ps->panes[idx], ev);
+  return g < 0 ? -1 : g;
+}
+
+/* The rule's instance of group g of acc (created). */
+static struct instance *group_instance(struct ana_alerts *al, struct rule *r,
+                                       const struct ana_metric_acc *acc, size_t g) {
+  if (ana_metric_acc_group_is_other(acc, g))
     return instance_get(al, r, OTHER_KEY, NULL, true);
-  return instance_get(al, r, ana_metric_acc_group_key(r->panes[idx], (size_t)g),
-                      ana_metric_acc_group_values(r->panes[idx], (size_t)g), true);
+  return instance_get(al, r, ana_metric_acc_group_key(acc, g), ana_metric_acc_group_values(acc, g),
+                      true);
+}
+
+/* The rule's instances of every group in its window. */
+static void instances_from_panes(struct ana_alerts *al, struct rule *r) {
+  struct paneset *ps = r->ps;
+  int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
+  for (size_t i = 0; i < ANA_ALERT_PANES; i++)
+    if (ps->panes[i] && ps->pane_start[i] >= oldest)
+      for (size_t g = 0; g < ana_metric_acc_group_count(ps->panes[i]); g++)
+        group_instance(al, r, ps->panes[i], g);
 }
 
 struct pick_ctx {
@@ -257,10 +315,11 @@ static bool pick_other(void *ctx, const struct ana_metric_acc *acc, size_t g) {
 static int window_value(struct rule *r, struct instance *in, double *out) {
   struct ana_metric_acc *accs[ANA_ALERT_PANES];
   size_t n = 0;
-  int64_t oldest = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  const struct paneset *ps = r->ps;
+  int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    if (r->panes[i] && r->pane_start[i] >= oldest && r->pane_start[i] <= r->cur_start)
-      accs[n++] = r->panes[i];
+    if (ps->panes[i] && ps->pane_start[i] >= oldest && ps->pane_start[i] <= ps->cur_start)
+      accs[n++] = ps->panes[i];
   if (n == 0) {
     /* an empty window: the formula over empty aggregates (a count is 0) */
     struct ana_error err;
@@ -671,27 +730,46 @@ static void index_free(struct ana_alerts *al) {
   al->n_index = 0;
 }
 
-/* Rebuilds the index (al->mu held); on failure it stays dirty. */
+/* Rebuilds the index and each paneset's list of enabled rules (al->mu
+ * held); on failure it stays dirty. */
 static void index_build(struct ana_alerts *al) {
   index_free(al);
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next) {
+    ana_free(ps->rules);
+    ps->rules = NULL;
+    ps->n_rules = 0;
+  }
   size_t n = 0;
   for (struct rule *r = al->rules; r; r = r->next)
-    n += r->p.enabled ? r->n_names : 0;
+    if (r->p.enabled)
+      r->ps->n_rules++;
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next) {
+    if (!ps->n_rules)
+      continue;
+    n += ps->n_names;
+    ps->rules = ana_calloc(ps->n_rules, sizeof *ps->rules);
+    if (!ps->rules)
+      return;
+    ps->n_rules = 0;
+  }
+  for (struct rule *r = al->rules; r; r = r->next)
+    if (r->p.enabled)
+      r->ps->rules[r->ps->n_rules++] = r;
   al->index = ana_calloc(n ? n : 1, sizeof *al->index);
   if (!al->index)
     return;
-  for (struct rule *r = al->rules; r; r = r->next)
-    for (size_t i = 0; r->p.enabled && i < r->n_names; i++) {
-      size_t la = strlen(r->account), ln = strlen(r->names[i]);
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next)
+    for (size_t i = 0; ps->n_rules && i < ps->n_names; i++) {
+      size_t la = strlen(ps->account), ln = strlen(ps->names[i]);
       char *k = ana_malloc(la + ln + 2);
       if (!k) {
         index_free(al);
         return;
       }
-      memcpy(k, r->account, la);
+      memcpy(k, ps->account, la);
       k[la] = '\x1f';
-      memcpy(k + la + 1, r->names[i], ln + 1);
-      al->index[al->n_index++] = (struct index_entry){k, r};
+      memcpy(k + la + 1, ps->names[i], ln + 1);
+      al->index[al->n_index++] = (struct index_entry){k, ps};
     }
   qsort(al->index, al->n_index, sizeof *al->index, index_cmp);
   al->index_dirty = false;
@@ -724,29 +802,41 @@ struct touched {
   size_t inst; /* an index: r->inst may move as instances are added */
 };
 
-/* Folds the events into the panes of the rules that count them, then steps
- * each instance they touched once (its window's value after all of them). */
+static void touch(struct touched **t, size_t *nt, size_t *ct, struct rule *r, struct instance *in,
+                  uint64_t pass, int64_t now, struct changes *cs) {
+  if (in->touched == pass)
+    return;
+  in->touched = pass;
+  if (*nt == *ct) {
+    size_t cap = *ct ? *ct * 2 : 64;
+    struct touched *n = ana_realloc(*t, cap * sizeof *n);
+    if (!n) {
+      evaluate(r, in, now, cs);
+      return;
+    }
+    *t = n;
+    *ct = cap;
+  }
+  (*t)[(*nt)++] = (struct touched){r, (size_t)(in - r->inst)};
+}
+
+/* Folds the events into the panesets that count them (once each), then
+ * steps each rule instance they touched once (its window's value after all
+ * of them). */
 static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
                            struct changes *cs) {
   if (al->index_dirty)
     index_build(al);
-  if (al->index_dirty) { /* out of memory: every rule, as a fallback */
-    for (struct qev *q = list; q; q = q->next)
-      for (struct rule *r = al->rules; r; r = r->next) {
-        if (!r->p.enabled || q->ev.seq <= r->seed_seq || strcmp(r->account, q->account) != 0)
-          continue;
-        struct instance *in = route(al, r, &q->ev, true);
-        if (in) {
-          al->stats.events++;
-          evaluate(r, in, now, cs);
-        }
-      }
+  if (al->index_dirty) {
+    ANA_WARN("alerts", "out of memory for the rule index: events not evaluated");
     return;
   }
   uint64_t pass = ++al->pass;
   struct touched *t = NULL;
-  size_t nt = 0, ct = 0;
+  size_t nt = 0, ct = 0, seen = 0;
   for (struct qev *q = list; q; q = q->next) {
+    if ((++seen & 1023) == 0 && al->stop)
+      break;
     char key[512];
     const char *names[2] = {q->ev.event_name, ""};
     for (size_t w = 0; w < 2; w++) {
@@ -755,27 +845,20 @@ static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
         continue;
       size_t first, end = index_find(al, key, &first);
       for (size_t i = first; i < end; i++) {
-        struct rule *r = al->index[i].r;
-        if (q->ev.seq <= r->seed_seq)
+        struct paneset *ps = al->index[i].ps;
+        if (q->ev.seq <= ps->seed_seq)
           continue;
-        struct instance *in = route(al, r, &q->ev, true);
-        if (!in)
+        struct ana_metric_acc *acc;
+        int g = ps_add(ps, &q->ev, &acc);
+        if (g < 0)
           continue;
         al->stats.events++;
-        if (in->touched == pass)
-          continue;
-        in->touched = pass;
-        if (nt == ct) {
-          size_t cap = ct ? ct * 2 : 64;
-          struct touched *n = ana_realloc(t, cap * sizeof *n);
-          if (!n) {
-            evaluate(r, in, now, cs);
-            continue;
-          }
-          t = n;
-          ct = cap;
+        for (size_t k = 0; k < ps->n_rules; k++) {
+          struct rule *r = ps->rules[k];
+          struct instance *in = group_instance(al, r, acc, (size_t)g);
+          if (in)
+            touch(&t, &nt, &ct, r, in, pass, now, cs);
         }
-        t[nt++] = (struct touched){r, (size_t)(in - r->inst)};
       }
     }
   }
@@ -807,8 +890,8 @@ static void *run(void *arg) {
     for (struct rule *r = al->rules; r; r = r->next) {
       if (!r->p.enabled)
         continue;
-      if (r->cur_start + r->pane_ms < wake)
-        wake = r->cur_start + r->pane_ms;
+      if (r->ps->cur_start + r->ps->pane_ms < wake)
+        wake = r->ps->cur_start + r->ps->pane_ms;
       for (size_t i = 0; i < r->n_inst; i++) {
         int64_t due = ana_alert_next_due(&r->p, &r->inst[i].st);
         if (due < wake)
@@ -826,15 +909,24 @@ static void *run(void *arg) {
     al->queued = 0;
     bool stop = al->stop;
     pthread_mutex_unlock(&al->qmu);
+    if (stop) { /* the events are stored: a restart seeds the windows again */
+      while (list) {
+        struct qev *n = list->next;
+        ana_free(list);
+        list = n;
+      }
+      break;
+    }
     int64_t now = now_ms();
     pthread_mutex_lock(&al->mu);
     cs.n = 0;
+    for (struct paneset *ps = al->pansets; ps; ps = ps->next)
+      ps->moved = advance(ps, now);
     for (struct rule *r = al->rules; r; r = r->next) {
       if (!r->p.enabled)
         continue;
-      bool moved = advance(r, now);
       for (size_t i = 0; i < r->n_inst; i++)
-        if (moved || ana_alert_next_due(&r->p, &r->inst[i].st) <= now)
+        if (r->ps->moved || ana_alert_next_due(&r->p, &r->inst[i].st) <= now)
           evaluate(r, &r->inst[i], now, &cs);
     }
     process_events(al, list, now, &cs);
@@ -950,24 +1042,100 @@ static int note_account(struct ana_alerts *al, const char *account) {
 }
 
 struct seed_ctx {
-  struct ana_alerts *al;
-  struct rule *r;
+  struct paneset *ps;
   uint64_t upto;
 };
 
 static int seed_one(void *ctx, const struct ana_scanned_event *ev) {
   struct seed_ctx *s = ctx;
-  if (ev->seq > s->upto)
-    return 0;
-  struct instance *in = route(s->al, s->r, ev, true);
-  (void)in;
+  struct ana_metric_acc *acc;
+  if (ev->seq <= s->upto)
+    ps_add(s->ps, ev, &acc);
   return 0;
 }
 
 static int seed_after(void *ctx, const struct ana_scanned_event *ev) {
   struct seed_ctx *s = ctx;
-  route(s->al, s->r, ev, true);
+  struct ana_metric_acc *acc;
+  ps_add(s->ps, ev, &acc);
   return 0;
+}
+
+/* The key of r's paneset: the account, the metric's id and definition, the
+ * pane length; a disabled rule's is its own (never fed). */
+static char *ps_key(const struct rule *r, int64_t pane_ms) {
+  size_t len = protobuf_c_message_get_packed_size(&r->metric->base);
+  uint8_t *buf = ana_malloc(len ? len : 1);
+  if (!buf)
+    return NULL;
+  protobuf_c_message_pack(&r->metric->base, buf);
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ buf[i]) * 1099511628211ULL;
+  ana_free(buf);
+  char tmp[600];
+  snprintf(tmp, sizeof tmp, "%s\x1f%s\x1f%lld\x1f%016llx%s%s", r->account,
+           r->metric->metric_id ? r->metric->metric_id : "", (long long)pane_ms,
+           (unsigned long long)h, r->p.enabled ? "" : "\x1f-", r->p.enabled ? "" : r->id);
+  return ana_strdup(tmp);
+}
+
+/* A new paneset for r, seeded from the stored events up to upto_out (the
+ * events committed later come through the hook or seed_after). */
+static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const char *key,
+                                 int64_t pane_ms, int64_t now, uint64_t *upto_out,
+                                 struct ana_error *err) {
+  struct paneset *ps = ana_calloc(1, sizeof *ps);
+  if (!ps) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  ps->refs = 1;
+  ps->pane_ms = pane_ms;
+  ps->key = ana_strdup(key);
+  ps->account = ana_strdup(r->account);
+  ps->arena = ana_arena_create(8192, 0);
+  if (!ps->key || !ps->account || !ps->arena) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  if (al->o.resolve(r->account, r->alert->metric, ps->arena, &ps->metric, &ps->formula, err) < 0)
+    goto fail;
+  size_t nterms = ana_formula_term_count(ps->formula);
+  ps->names = ana_calloc(nterms ? nterms : 1, sizeof *ps->names);
+  if (!ps->names) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  for (size_t i = 0; i < nterms; i++) {
+    const struct ana_agg_term *term = ana_formula_term(ps->formula, i);
+    const char *name = term && term->event_name ? term->event_name : "";
+    bool seen = false;
+    for (size_t k = 0; k < ps->n_names && !seen; k++)
+      seen = strcmp(ps->names[k], name) == 0;
+    if (seen)
+      continue;
+    if (!(ps->names[ps->n_names] = ana_strdup(name))) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto fail;
+    }
+    ps->n_names++;
+  }
+  uint64_t upto = 0;
+  if (al->o.store_ops->last_seq(al->o.store, &upto, err) < 0)
+    goto fail;
+  advance(ps, now);
+  struct seed_ctx sc = {ps, upto};
+  int64_t from = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
+  if (r->p.enabled &&
+      al->o.store_ops->scan(al->o.store, r->account, from, ps->cur_start + ps->pane_ms, NULL, 0,
+                            seed_one, &sc, err) < 0)
+    goto fail;
+  *upto_out = upto;
+  return ps;
+fail:
+  ps_free(ps);
+  return NULL;
 }
 
 /* Restores the persisted instances of r. */
@@ -1023,53 +1191,53 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
       0)
     goto fail;
   r->n_dims = r->metric->n_dimensions;
-  size_t nterms = ana_formula_term_count(r->formula);
-  r->names = ana_calloc(nterms ? nterms : 1, sizeof *r->names);
-  if (!r->names) {
-    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto fail;
-  }
-  for (size_t i = 0; i < nterms; i++) {
-    const struct ana_agg_term *term = ana_formula_term(r->formula, i);
-    const char *name = term && term->event_name ? term->event_name : "";
-    bool seen = false;
-    for (size_t k = 0; k < r->n_names && !seen; k++)
-      seen = strcmp(r->names[k], name) == 0;
-    if (seen)
-      continue;
-    if (!(r->names[r->n_names] = ana_strdup(name))) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      goto fail;
-    }
-    r->n_names++;
-  }
-  r->pane_ms = r->p.window_ms / ANA_ALERT_PANES;
-  if (r->pane_ms < 1)
-    r->pane_ms = 1;
+  int64_t pane_ms = r->p.window_ms / ANA_ALERT_PANES;
+  if (pane_ms < 1)
+    pane_ms = 1;
   if ((rc = note_account(al, r->account)) < 0) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  /* Seed from the stored events up to a commit sequence number... */
-  uint64_t upto = 0;
-  if ((rc = al->o.store_ops->last_seq(al->o.store, &upto, err)) < 0)
+  char *key = ps_key(r, pane_ms);
+  if (!key) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
+  }
   int64_t now = now_ms();
-  advance(r, now);
-  struct seed_ctx sc = {al, r, upto};
-  int64_t from = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
-  if (r->p.enabled &&
-      (rc = al->o.store_ops->scan(al->o.store, r->account, from, r->cur_start + r->pane_ms, NULL, 0,
-                                  seed_one, &sc, err)) < 0)
-    goto fail;
+  /* A window the rules over the same metric and pane length keep already
+   * is shared (it has seen every event since it was seeded)... */
   pthread_mutex_lock(&al->mu);
-  /* ... then what was committed since, with the evaluator held: from here
-   * on it sees every later event (the account is noted). */
-  uint64_t upto2 = upto;
-  struct ana_error e2;
-  if (r->p.enabled && al->o.store_ops->last_seq(al->o.store, &upto2, &e2) == 0 && upto2 > upto)
-    al->o.store_ops->scan_seq(al->o.store, r->account, upto, upto2, seed_after, &sc, &e2);
-  r->seed_seq = upto2;
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next)
+    if (strcmp(ps->key, key) == 0) {
+      ps->refs++;
+      r->ps = ps;
+      break;
+    }
+  if (!r->ps) {
+    /* ... otherwise a new one is seeded from the stored events up to a
+     * commit sequence number, then (with the evaluator held) from what was
+     * committed since: from there on it sees every later event (the account
+     * is noted). */
+    pthread_mutex_unlock(&al->mu);
+    uint64_t upto = 0;
+    struct paneset *ps = ps_create(al, r, key, pane_ms, now, &upto, err);
+    if (!ps) {
+      ana_free(key);
+      rc = ANA_ERR_IO;
+      goto fail;
+    }
+    pthread_mutex_lock(&al->mu);
+    uint64_t upto2 = upto;
+    struct ana_error e2;
+    struct seed_ctx sc = {ps, upto};
+    if (r->p.enabled && al->o.store_ops->last_seq(al->o.store, &upto2, &e2) == 0 && upto2 > upto)
+      al->o.store_ops->scan_seq(al->o.store, r->account, upto, upto2, seed_after, &sc, &e2);
+    ps->seed_seq = upto2;
+    ps->next = al->pansets;
+    al->pansets = ps;
+    r->ps = ps;
+  }
+  ana_free(key);
   struct rule *old = NULL;
   for (struct rule **pp = &al->rules; *pp; pp = &(*pp)->next)
     if (strcmp((*pp)->id, r->id) == 0) {
@@ -1077,10 +1245,11 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
       *pp = old->next;
       break;
     }
-  rule_free(old);
+  rule_free(al, old);
   restore_instances(al, r);
   if (r->n_dims == 0)
     instance_get(al, r, "", NULL, true);
+  instances_from_panes(al, r);
   struct changes cs = {0};
   for (size_t i = 0; r->p.enabled && i < r->n_inst; i++)
     evaluate(r, &r->inst[i], now, &cs);
@@ -1093,7 +1262,7 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
   pthread_cond_signal(&al->qcond);
   return 0;
 fail:
-  rule_free(r);
+  rule_free(al, r);
   return rc < 0 ? rc : ANA_ERR_INVALID;
 }
 
@@ -1104,7 +1273,7 @@ void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *a
     if (strcmp((*pp)->id, alert_id) == 0) {
       struct rule *r = *pp;
       *pp = r->next;
-      rule_free(r);
+      rule_free(al, r);
       al->index_dirty = true;
       break;
     }
@@ -1409,7 +1578,12 @@ void ana_alerts_destroy(struct ana_alerts *al) {
   while (al->rules) {
     struct rule *r = al->rules;
     al->rules = r->next;
-    rule_free(r);
+    rule_free(al, r);
+  }
+  while (al->pansets) {
+    struct paneset *ps = al->pansets;
+    al->pansets = ps->next;
+    ps_free(ps);
   }
   while (al->head) {
     struct qev *q = al->head;
