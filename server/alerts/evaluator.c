@@ -65,7 +65,9 @@ struct rule {
   struct ana_alert_params p;
   struct paneset *ps; /* a reference */
   struct instance *inst;
-  size_t n_inst, cap_inst;
+  size_t n_inst, cap_inst, n_other;
+  uint32_t *slots; /* open addressing by key hash: instance index + 1; 0 empty */
+  size_t n_slots;  /* a power of two, at least twice n_inst */
   size_t n_dims;
 };
 
@@ -176,6 +178,7 @@ static void rule_free(struct ana_alerts *al, struct rule *r) {
     ana_free(r->inst[i].vals);
   }
   ana_free(r->inst);
+  ana_free(r->slots);
   ana_formula_free(r->formula);
   ana_free(r->id);
   ana_free(r->account);
@@ -186,19 +189,55 @@ static void rule_free(struct ana_alerts *al, struct rule *r) {
 
 /* The instance of key (values: n_dims, or NULL to split key). NULL when out
  * of memory. */
+static uint64_t key_hash(const char *key) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+    h = (h ^ *p) * 1099511628211ULL;
+  return h;
+}
+
+/* Rebuilds the slots for at least n instances; false when out of memory. */
+static bool slots_grow(struct rule *r, size_t n) {
+  size_t want = 16;
+  while (want < 2 * n)
+    want *= 2;
+  if (want <= r->n_slots)
+    return true;
+  uint32_t *slots = ana_calloc(want, sizeof *slots);
+  if (!slots)
+    return false;
+  for (size_t i = 0; i < r->n_inst; i++) {
+    size_t k = (size_t)key_hash(r->inst[i].key) & (want - 1);
+    while (slots[k])
+      k = (k + 1) & (want - 1);
+    slots[k] = (uint32_t)i + 1;
+  }
+  ana_free(r->slots);
+  r->slots = slots;
+  r->n_slots = want;
+  return true;
+}
+
 static struct instance *instance_get(struct ana_alerts *al, struct rule *r, const char *key,
                                      const char *const *values, bool create) {
   bool other = strcmp(key, OTHER_KEY) == 0;
-  for (size_t i = 0; i < r->n_inst; i++)
-    if (strcmp(r->inst[i].key, key) == 0)
-      return &r->inst[i];
+  uint64_t h = key_hash(key);
+  size_t slot = 0;
+  if (r->n_slots) {
+    for (slot = (size_t)h & (r->n_slots - 1); r->slots[slot]; slot = (slot + 1) & (r->n_slots - 1))
+      if (strcmp(r->inst[r->slots[slot] - 1].key, key) == 0)
+        return &r->inst[r->slots[slot] - 1];
+  }
   if (!create)
     return NULL;
-  size_t plain = r->n_inst;
-  for (size_t i = 0; i < r->n_inst; i++)
-    plain -= r->inst[i].other ? 1 : 0;
-  if (!other && plain >= (size_t)al->o.max_instances)
+  if (!other && r->n_inst - r->n_other >= (size_t)al->o.max_instances)
     return instance_get(al, r, OTHER_KEY, NULL, true);
+  if (!r->n_slots || 2 * (r->n_inst + 1) > r->n_slots) {
+    if (!slots_grow(r, r->n_inst + 1))
+      return NULL;
+    for (slot = (size_t)h & (r->n_slots - 1); r->slots[slot]; slot = (slot + 1) & (r->n_slots - 1))
+      ;
+  }
   if (r->n_inst == r->cap_inst) {
     size_t cap = r->cap_inst ? r->cap_inst * 2 : 4;
     struct instance *n = ana_realloc(r->inst, cap * sizeof *n);
@@ -235,6 +274,8 @@ static struct instance *instance_get(struct ana_alerts *al, struct rule *r, cons
     }
   }
   in->st.state = ANA_ALERT_OK;
+  r->slots[slot] = (uint32_t)r->n_inst + 1;
+  r->n_other += other ? 1 : 0;
   r->n_inst++;
   return in;
 }
@@ -304,11 +345,8 @@ static bool pick_other(void *ctx, const struct ana_metric_acc *acc, size_t g) {
   struct rule *r = ((struct pick_ctx *)ctx)->r;
   if (ana_metric_acc_group_is_other(acc, g))
     return true;
-  const char *key = ana_metric_acc_group_key(acc, g);
-  for (size_t i = 0; i < r->n_inst; i++)
-    if (!r->inst[i].other && strcmp(r->inst[i].key, key) == 0)
-      return false;
-  return true;
+  struct instance *in = instance_get(NULL, r, ana_metric_acc_group_key(acc, g), NULL, false);
+  return !in || in->other;
 }
 
 /* The window's value of an instance: returns 1 (value), 0 (no data). */
