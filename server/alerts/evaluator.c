@@ -29,7 +29,6 @@ struct instance {
   char *key;
   char **vals; /* n_dims */
   bool other;
-  uint64_t touched; /* the pass that last folded an event into it */
   struct ana_alert_instance_state st;
 };
 
@@ -114,7 +113,6 @@ struct ana_alerts {
   struct index_entry *index;
   size_t n_index;
   bool index_dirty;
-  uint64_t pass;
   int64_t last_sweep_ms;
   /* subscribers */
   pthread_mutex_t smu;
@@ -633,9 +631,8 @@ struct changes {
   size_t n, cap;
 };
 
-static void evaluate(struct rule *r, struct instance *in, int64_t now, struct changes *out) {
-  double v = 0;
-  bool has = window_value(r, in, &v) == 1;
+static void evaluate_with(struct rule *r, struct instance *in, bool has, double v, int64_t now,
+                          struct changes *out) {
   struct ana_alert_step step;
   ana_alert_step(&r->p, &in->st, has, v, now, &step);
   if (!step.changed && !step.notify)
@@ -649,6 +646,12 @@ static void evaluate(struct rule *r, struct instance *in, int64_t now, struct ch
     out->cap = cap;
   }
   out->v[out->n++] = (struct change){r, in, step, now};
+}
+
+static void evaluate(struct rule *r, struct instance *in, int64_t now, struct changes *out) {
+  double v = 0;
+  bool has = window_value(r, in, &v) == 1;
+  evaluate_with(r, in, has, v, now, out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -835,32 +838,101 @@ static size_t index_find(const struct ana_alerts *al, const char *key, size_t *f
   return lo;
 }
 
+/* A group of a paneset that events touched in this pass: its key and
+ * dimension values, copied (a pane may be replaced later in the pass). */
 struct touched {
-  struct rule *r;
-  size_t inst; /* an index: r->inst may move as instances are added */
+  struct paneset *ps;
+  uint64_t hash;
+  char *key;   /* in the block of vals */
+  char **vals; /* n_dims, then the strings and the key: one allocation */
 };
 
-static void touch(struct touched **t, size_t *nt, size_t *ct, struct rule *r, struct instance *in,
-                  uint64_t pass, int64_t now, struct changes *cs) {
-  if (in->touched == pass)
-    return;
-  in->touched = pass;
-  if (*nt == *ct) {
-    size_t cap = *ct ? *ct * 2 : 64;
-    struct touched *n = ana_realloc(*t, cap * sizeof *n);
-    if (!n) {
-      evaluate(r, in, now, cs);
-      return;
-    }
-    *t = n;
-    *ct = cap;
-  }
-  (*t)[(*nt)++] = (struct touched){r, (size_t)(in - r->inst)};
+struct touched_set {
+  struct touched *v;
+  size_t n, cap;
+  uint32_t *slots; /* index + 1 */
+  size_t n_slots;
+};
+
+static void touched_fini(struct touched_set *t) {
+  for (size_t i = 0; i < t->n; i++)
+    ana_free(t->v[i].vals); /* the block holding the values and the key */
+  ana_free(t->v);
+  ana_free(t->slots);
 }
 
-/* Folds the events into the panesets that count them (once each), then
- * steps each rule instance they touched once (its window's value after all
- * of them). */
+static bool touched_rehash(struct touched_set *t, size_t want) {
+  uint32_t *slots = ana_calloc(want, sizeof *slots);
+  if (!slots)
+    return false;
+  for (size_t i = 0; i < t->n; i++) {
+    size_t k = (size_t)t->v[i].hash & (want - 1);
+    while (slots[k])
+      k = (k + 1) & (want - 1);
+    slots[k] = (uint32_t)i + 1;
+  }
+  ana_free(t->slots);
+  t->slots = slots;
+  t->n_slots = want;
+  return true;
+}
+
+/* Notes group g of acc in ps as touched (once per pass). */
+static void touch(struct touched_set *t, struct paneset *ps, const struct ana_metric_acc *acc,
+                  size_t g) {
+  const char *key =
+      ana_metric_acc_group_is_other(acc, g) ? OTHER_KEY : ana_metric_acc_group_key(acc, g);
+  uint64_t h = key_hash(key) ^ ((uint64_t)(uintptr_t)ps * 0x9E3779B97F4A7C15ULL);
+  size_t k = 0;
+  if (t->n_slots)
+    for (k = (size_t)h & (t->n_slots - 1); t->slots[k]; k = (k + 1) & (t->n_slots - 1)) {
+      const struct touched *e = &t->v[t->slots[k] - 1];
+      if (e->ps == ps && e->hash == h && strcmp(e->key, key) == 0)
+        return;
+    }
+  if (2 * (t->n + 1) > t->n_slots) {
+    if (!touched_rehash(t, t->n_slots ? t->n_slots * 2 : 64))
+      return;
+    for (k = (size_t)h & (t->n_slots - 1); t->slots[k]; k = (k + 1) & (t->n_slots - 1))
+      ;
+  }
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    struct touched *n = ana_realloc(t->v, cap * sizeof *n);
+    if (!n)
+      return;
+    t->v = n;
+    t->cap = cap;
+  }
+  size_t nd = ps->metric->n_dimensions;
+  const char *const *vals = ana_metric_acc_group_values(acc, g);
+  size_t len = strlen(key) + 1 + nd * sizeof(char *);
+  for (size_t d = 0; vals && d < nd; d++)
+    len += strlen(vals[d] ? vals[d] : "") + 1;
+  char *block = ana_malloc(len);
+  if (!block)
+    return;
+  struct touched *e = &t->v[t->n];
+  e->ps = ps;
+  e->hash = h;
+  e->vals = (char **)(void *)block;
+  char *p = block + nd * sizeof(char *);
+  for (size_t d = 0; d < nd; d++) {
+    const char *v = vals && vals[d] ? vals[d] : "";
+    size_t l = strlen(v) + 1;
+    memcpy(p, v, l);
+    e->vals[d] = p;
+    p += l;
+  }
+  memcpy(p, key, strlen(key) + 1);
+  e->key = p;
+  t->slots[k] = (uint32_t)t->n + 1;
+  t->n++;
+}
+
+/* Folds the events into the panesets that count them (once each); then, for
+ * each group they touched, computes its window's value once and steps the
+ * instance of every rule over that paneset with it. */
 static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
                            struct changes *cs) {
   if (al->index_dirty)
@@ -869,9 +941,8 @@ static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
     ANA_WARN("alerts", "out of memory for the rule index: events not evaluated");
     return;
   }
-  uint64_t pass = ++al->pass;
-  struct touched *t = NULL;
-  size_t nt = 0, ct = 0, seen = 0;
+  struct touched_set t = {0};
+  size_t seen = 0;
   for (struct qev *q = list; q; q = q->next) {
     if ((++seen & 1023) == 0 && al->stop)
       break;
@@ -891,18 +962,37 @@ static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
         if (g < 0)
           continue;
         al->stats.events++;
-        for (size_t k = 0; k < ps->n_rules; k++) {
-          struct rule *r = ps->rules[k];
-          struct instance *in = group_instance(al, r, acc, (size_t)g);
-          if (in)
-            touch(&t, &nt, &ct, r, in, pass, now, cs);
-        }
+        touch(&t, ps, acc, (size_t)g);
       }
     }
   }
-  for (size_t i = 0; i < nt; i++)
-    evaluate(t[i].r, &t[i].r->inst[t[i].inst], now, cs);
-  ana_free(t);
+  /* the instances first (adding one may move a rule's array), then the steps */
+  for (size_t i = 0; i < t.n; i++)
+    for (size_t k = 0; k < t.v[i].ps->n_rules; k++)
+      instance_get(al, t.v[i].ps->rules[k], t.v[i].key, (const char *const *)t.v[i].vals, true);
+  for (size_t i = 0; i < t.n; i++) {
+    struct paneset *ps = t.v[i].ps;
+    bool computed = false, has = false;
+    double v = 0;
+    for (size_t k = 0; k < ps->n_rules; k++) {
+      struct rule *r = ps->rules[k];
+      struct instance *in = instance_get(al, r, t.v[i].key, NULL, false);
+      if (!in) /* past ALERT_MAX_INSTANCES: the rule's (other) */
+        in = instance_get(al, r, OTHER_KEY, NULL, false);
+      if (!in)
+        continue;
+      if (in->other) {
+        evaluate(r, in, now, cs);
+        continue;
+      }
+      if (!computed) {
+        has = window_value(r, in, &v) == 1;
+        computed = true;
+      }
+      evaluate_with(r, in, has, v, now, cs);
+    }
+  }
+  touched_fini(&t);
 }
 
 static void sweep_history(struct ana_alerts *al, int64_t now) {
