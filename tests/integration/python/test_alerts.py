@@ -270,6 +270,7 @@ NOTIFY_ENV = {
     "NOTIFY_BACKOFF_MAX": "100ms",
     "NOTIFY_TIMEOUT": "2s",
     "NOTIFY_POLL_INTERVAL": "50ms",
+    "ALERT_MAX_INSTANCES": "3",
 }
 
 
@@ -491,6 +492,31 @@ class AlertNotifyTest(NotifyBase):
         self.assertEqual(status, 404, resp)
         self.assertIn("channels[0]", resp["message"])
         self.req("GET", "/api/alerts/" + a["alertId"])
+
+    def test_groups_past_the_instance_limit_share_one_other_instance(self):
+        name = "d_" + uuid.uuid4().hex[:8]
+        self.req("POST", "/api/metrics", {"name": name, "formula": "count(ev_%s)" % name,
+                                          "dimensions": ["g"]})
+        rules = [self.alert(name, [], window="1m", threshold=t) for t in (1, 2)]
+        evs = [{"eventType": "app", "eventName": "ev_" + name, "properties": {"g": "g%d" % i}}
+               for i in range(6)]
+        self.req("POST", "/api/events/batch", {"events": evs})
+        a = rules[0]
+        self.assertTrue(wait_for(lambda: len(self.history(a["alertId"], "?state=firing")) == 4))
+        firing = self.history(a["alertId"], "?state=firing")
+        plain = sorted(e["value"] for e in firing if e["group"]["g"] in
+                       {"g%d" % i for i in range(6)})
+        self.assertEqual(plain, [1, 1, 1])
+        other = [e for e in firing if e["group"]["g"] not in {"g%d" % i for i in range(6)}]
+        self.assertEqual([e["value"] for e in other], [3])
+        self.assertEqual(self.req("GET", "/api/alerts/" + a["alertId"])["instanceStates"],
+                         {"firing": 4})
+        # the second rule over the same window: only the (other) instance reaches 2
+        b = rules[1]
+        self.assertTrue(wait_for(lambda: self.history(b["alertId"], "?state=firing")))
+        time.sleep(0.2)
+        firing = self.history(b["alertId"], "?state=firing")
+        self.assertEqual([e["value"] for e in firing], [3])
 
     def test_history_filters_and_paging(self):
         m = self.metric()
