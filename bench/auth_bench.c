@@ -3,13 +3,20 @@
  * and, in the same run, against one verifying JWTs: a cached HS256 token per
  * client, a cached RS256 token per client, and a fresh RS256 token per call
  * (a signature check every call; the tokens are minted before the clock
- * starts). Rounds alternate the cases; each figure is the median round.
+ * starts); and against one with API keys only, an ingest key per client
+ * (made with `analyticsd keys create` before the server starts). Rounds
+ * alternate the cases; each figure is the median round. Then, in-process,
+ * what one key verification costs on a cache miss (one SQLite point read on
+ * the calling thread) and with the key cached.
  * usage: auth_bench [--server PATH] [--seconds S] [--rounds N] [--out RESULTS.md] */
 #include "bench_common.h"
 #include "jwt_mint.h"
 #include "results_file.h"
 
+#include "ana_api_keys.h"
 #include "ana_client_rpc.h"
+#include "ana_log.h"
+#include "ana_store.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,6 +33,9 @@
 /* Fresh RS256 tokens minted up front: more than a fresh run can use. */
 #define FRESH_TOKENS 15000
 #define FRESH_SECONDS 0.5
+/* The cache-miss measurement: keys in the store, verifications timed. */
+#define MISS_KEYS 1000
+#define MISS_CALLS 20000
 
 static EVP_PKEY *rsa;
 
@@ -67,6 +77,92 @@ static const char *fresh(void *ctx, int client) {
   struct tokens *t = ctx;
   long i = atomic_fetch_add(&t->next, 1);
   return i < t->n_fresh ? t->fresh[i] : NULL; /* NULL: counted as a failed call */
+}
+
+/* An ingest key for account acme, made offline on data_dir by the server
+ * binary ("Bearer ana_..."); caller frees. */
+static char *make_key(const char *server_path, const char *data_dir) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "DATA_DIR='%s' LOG_LEVEL=error '%s' keys create --account acme --role "
+           "ingest",
+           data_dir, server_path);
+  FILE *p = popen(cmd, "r");
+  char key[ANA_API_KEY_CHARS + 2] = "";
+  if (!p || !fgets(key, sizeof key, p) || pclose(p) != 0 || strlen(key) < ANA_API_KEY_CHARS) {
+    fprintf(stderr, "auth_bench: %s failed\n", cmd);
+    exit(1);
+  }
+  key[ANA_API_KEY_CHARS] = '\0';
+  size_t n = strlen(key) + 8;
+  char *out = malloc(n);
+  snprintf(out, n, "Bearer %s", key);
+  return out;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Times ana_api_keys_verify on MISS_KEYS stored keys: with the cache off
+ * (every call a point read) and on (every call a hit). Fills median and p99
+ * microseconds of each. */
+static void measure_verify(const char *dir, double *miss_med, double *miss_p99, double *hit_med) {
+  struct ana_error err;
+  char sub[300];
+  ana_log_set_level(ANA_LOG_WARN); /* the store's migration lines */
+  snprintf(sub, sizeof sub, "%s/keys", dir);
+  mkdir(sub, 0700);
+  const struct ana_api_key_store_ops *ops = ana_store_api_key_backend("sqlite");
+  struct ana_local_db *db = ana_local_db_open(sub, &err);
+  void *store = db ? ops->open(db, &err) : NULL;
+  if (!store) {
+    fprintf(stderr, "auth_bench: key store: %s\n", err.message);
+    exit(1);
+  }
+  static char keys[MISS_KEYS][ANA_API_KEY_CHARS + 1];
+  static double us[MISS_CALLS];
+  for (int cached = 0; cached < 2; cached++) {
+    struct ana_api_keys_options o;
+    ana_api_keys_options_init(&o);
+    o.ops = ops;
+    o.store = store;
+    o.touch_thread = false;
+    o.cache_slots = cached ? 4 * MISS_KEYS : 0;
+    o.cache_ttl_ms = 3600 * 1000;
+    struct ana_api_keys *k = ana_api_keys_create(&o, &err);
+    struct ana_api_key_record rec;
+    for (int i = 0; i < MISS_KEYS && !cached; i++)
+      if (ana_api_keys_issue(k, "acme", "ingest", NULL, "bench", keys[i], &rec, &err) < 0) {
+        fprintf(stderr, "auth_bench: issue: %s\n", err.message);
+        exit(1);
+      }
+    struct ana_arena arena;
+    ana_arena_init(&arena, 4096, 0);
+    for (int i = 0; i < MISS_CALLS; i++) {
+      struct ana_api_key_principal kp;
+      const char *key = keys[(i * 7919) % MISS_KEYS];
+      double t0 = bench_now_s();
+      if (ana_api_keys_verify(k, key, ANA_API_KEY_CHARS, &arena, &kp, NULL, &err) < 0) {
+        fprintf(stderr, "auth_bench: verify: %s\n", err.message);
+        exit(1);
+      }
+      us[i] = (bench_now_s() - t0) * 1e6;
+      ana_arena_reset(&arena);
+    }
+    ana_arena_fini(&arena);
+    ana_api_keys_destroy(k);
+    qsort(us, MISS_CALLS, sizeof us[0], cmp_double);
+    if (cached) {
+      *hit_med = us[MISS_CALLS / 2];
+    } else {
+      *miss_med = us[MISS_CALLS / 2];
+      *miss_p99 = us[MISS_CALLS * 99 / 100];
+    }
+  }
+  ops->close(store);
+  ana_local_db_close(db);
 }
 
 static double run(struct ana_client_channel *ch, double seconds, const char *(*auth)(void *, int),
@@ -137,15 +233,23 @@ int main(int argc, char **argv) {
    * store's growth would otherwise favour whichever case ran first): in
    * protected mode (no credential source) for "none", verifying HS256 and
    * RS256 for the others. */
-  double r_none[MAX_ROUNDS], r_hs[MAX_ROUNDS], r_rs[MAX_ROUNDS], r_fresh[MAX_ROUNDS];
-  double p_none[MAX_ROUNDS], p_hs[MAX_ROUNDS], p_rs[MAX_ROUNDS], p_fresh[MAX_ROUNDS];
+  double r_none[MAX_ROUNDS], r_hs[MAX_ROUNDS], r_rs[MAX_ROUNDS], r_fresh[MAX_ROUNDS],
+      r_key[MAX_ROUNDS];
+  double p_none[MAX_ROUNDS], p_hs[MAX_ROUNDS], p_rs[MAX_ROUNDS], p_fresh[MAX_ROUNDS],
+      p_key[MAX_ROUNDS];
+  struct tokens ak = {0};
   long per_round = FRESH_TOKENS / rounds;
   for (int r = 0; r < rounds; r++) {
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
       char d[300];
       snprintf(d, sizeof d, "%s/r%d-%d", dir, r, k);
       mkdir(d, 0700);
-      if (k > 0) {
+      if (k == 4) /* API keys only: one ingest key per client, made offline */
+        for (int i = 0; i < CLIENTS; i++) {
+          free(ak.per_client[i]);
+          ak.per_client[i] = make_key(server_path, d);
+        }
+      if (k > 0 && k < 4) {
         setenv("JWT_HS256_SECRET", SECRET, 1);
         setenv("JWT_JWKS_FILE", path, 1);
         setenv("JWT_ALGORITHMS", "HS256,RS256", 1);
@@ -155,11 +259,13 @@ int main(int argc, char **argv) {
       unsetenv("JWT_JWKS_FILE");
       unsetenv("JWT_ALGORITHMS");
       struct ana_client_channel *ch = bench_channel_create(&srv);
-      struct tokens *t = k == 1 ? &hs : &rs;
+      struct tokens *t = k == 1 ? &hs : k == 4 ? &ak : &rs;
       /* Warm-up: connections, and the cached cases' tokens into the cache. */
       run(ch, 0.3, k == 0 ? NULL : per_client, k == 0 ? NULL : t, NULL);
       if (k == 0) {
         r_none[r] = run(ch, seconds, NULL, NULL, &p_none[r]);
+      } else if (k == 4) {
+        r_key[r] = run(ch, seconds, per_client, t, &p_key[r]);
       } else if (k < 3) {
         double *rate = k == 1 ? &r_hs[r] : &r_rs[r], *p99 = k == 1 ? &p_hs[r] : &p_rs[r];
         *rate = run(ch, seconds, per_client, t, p99);
@@ -175,15 +281,18 @@ int main(int argc, char **argv) {
       bench_proc_stop(&srv);
     }
     printf("round %d: none %.0f/s, HS256 cached %.0f/s, RS256 cached %.0f/s, RS256 fresh "
-           "%.0f/s\n",
-           r, r_none[r], r_hs[r], r_rs[r], r_fresh[r]);
+           "%.0f/s, API key %.0f/s\n",
+           r, r_none[r], r_hs[r], r_rs[r], r_fresh[r], r_key[r]);
   }
+  double miss_med, miss_p99, hit_med;
+  measure_verify(dir, &miss_med, &miss_p99, &hit_med);
+  double key_m = median(r_key, rounds), pk = median(p_key, rounds);
   double none_m = median(r_none, rounds), hs_m = median(r_hs, rounds), rs_m = median(r_rs, rounds),
          fr_m = median(r_fresh, rounds);
   double pn = median(p_none, rounds), ph = median(p_hs, rounds), pr = median(p_rs, rounds),
          pf = median(p_fresh, rounds);
 
-  char machine[256], section[4096];
+  char machine[256], section[6144];
   bench_machine(machine, sizeof machine);
   snprintf(section, sizeof section,
            "%s\n\nMachine: %s. Command: `build/bench/auth_bench --seconds %.0f --rounds %d`. "
@@ -191,14 +300,19 @@ int main(int argc, char **argv) {
            "(a fresh-token run lasts %.1f s: each of %d pre-minted RS256 tokens is used "
            "at most once), each case on a fresh server and data directory. The server without "
            "authentication is in protected mode (loopback); the others verify HS256 and RS256 "
-           "(2048-bit, JWKS file).\n\n"
+           "(2048-bit, JWKS file); the API-key server has no JWT settings and %d ingest keys.\n\n"
            "| Credentials | calls/s | vs none | p99 ms |\n|---|---|---|---|\n"
            "| none (protected mode) | %.0f | 1.00x | %.2f |\n"
            "| HS256, one cached token per client | %.0f | %.2fx | %.2f |\n"
            "| RS256, one cached token per client | %.0f | %.2fx | %.2f |\n"
-           "| RS256, a fresh token per call | %.0f | %.2fx | %.2f |\n",
-           HEADING, machine, seconds, rounds, CLIENTS, rounds, FRESH_SECONDS, FRESH_TOKENS, none_m,
-           pn, hs_m, hs_m / none_m, ph, rs_m, rs_m / none_m, pr, fr_m, fr_m / none_m, pf);
+           "| RS256, a fresh token per call | %.0f | %.2fx | %.2f |\n"
+           "| API key, one per client | %.0f | %.2fx | %.2f |\n\n"
+           "One API-key verification in-process (%d keys stored, %d calls): %.1f us median, "
+           "%.1f us p99 on a cache miss (one SQLite point read on the calling thread); %.1f us "
+           "median when cached.\n",
+           HEADING, machine, seconds, rounds, CLIENTS, rounds, FRESH_SECONDS, FRESH_TOKENS, CLIENTS,
+           none_m, pn, hs_m, hs_m / none_m, ph, rs_m, rs_m / none_m, pr, fr_m, fr_m / none_m, pf,
+           key_m, key_m / none_m, pk, MISS_KEYS, MISS_CALLS, miss_med, miss_p99, hit_med);
   fputs(section, stdout);
   if (out)
     bench_results_replace(out, HEADING, section);

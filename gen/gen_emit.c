@@ -129,6 +129,8 @@ char *gen_emit_routes_h(const struct gen_model *m) {
       "  const char *response_body; /* \"\" (whole response) or a response field */\n"
       "  enum ana_method_id method;\n"
       "  bool websocket;            /* server-streaming: served as a WebSocket */\n"
+      "  bool download;             /* server-streaming of FileChunk: served as raw\n"
+      "                                HTTP bytes (Range, ETag), not a WebSocket */\n"
       "};\n\n"
       "extern const struct ana_route ana_routes[];\n"
       "extern const size_t ana_route_count;\n\n#endif\n");
@@ -148,8 +150,9 @@ char *gen_emit_routes_c(const struct gen_model *m) {
     gen_c_string(&b, r->body);
     gen_printf(&b, ", ");
     gen_c_string(&b, r->response_body);
-    gen_printf(&b, ", %s, %s},\n", x->enum_name,
-               x->kind == GEN_SERVER_STREAMING ? "true" : "false");
+    gen_printf(&b, ", %s, %s, %s},\n", x->enum_name,
+               x->kind == GEN_SERVER_STREAMING && !x->download ? "true" : "false",
+               x->download ? "true" : "false");
   }
   if (m->n_routes == 0)
     gen_printf(&b, "  {0},\n");

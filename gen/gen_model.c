@@ -308,6 +308,7 @@ static int add_method(struct gen_model *m, size_t *cap, const char *package,
                : (ss ? GEN_SERVER_STREAMING : GEN_UNARY);
   x->input_full = md->input_type;
   x->output_full = md->output_type;
+  x->download = x->kind == GEN_SERVER_STREAMING && strcmp(md->output_type, GEN_FILE_CHUNK) == 0;
   const struct gen_message *in = gen_model_message(m, md->input_type);
   const struct gen_message *out = gen_model_message(m, md->output_type);
   if (!in || !out)

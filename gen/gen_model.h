@@ -26,6 +26,7 @@ struct gen_method {
   char *enum_name;           /* "ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_TRACK_EVENT" */
   char *stub_name;           /* "ana_stub_event_service_track_event" */
   enum gen_kind kind;
+  bool download; /* server-streaming of analytics.v1.FileChunk: an HTTP download */
   char *input_c_type, *output_c_type;   /* "Analytics__V1__TrackEventRequest" */
   char *input_desc, *output_desc;       /* "analytics__v1__track_event_request__descriptor" */
   const char *input_full, *output_full; /* ".analytics.v1.TrackEventRequest" */
@@ -33,6 +34,10 @@ struct gen_method {
   bool audited;
   unsigned rate_cost;
 };
+
+/* The message a server-streaming method returns to be served as an HTTP
+ * download (raw bytes) rather than a WebSocket. */
+#define GEN_FILE_CHUNK ".analytics.v1.FileChunk"
 
 struct gen_message {
   char *full_name; /* "analytics.v1.Event" (no leading dot) */

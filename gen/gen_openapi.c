@@ -314,7 +314,7 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
   const struct gen_method *x = &m->methods[r->method];
   const struct gen_message *in = gen_model_message(m, x->input_full);
   const struct gen_message *out = gen_model_message(m, x->output_full);
-  bool ws = x->kind == GEN_SERVER_STREAMING;
+  bool ws = x->kind == GEN_SERVER_STREAMING && !x->download;
   char *vars[16];
   size_t n_vars = path_vars(r->pattern, vars, 16);
 
@@ -331,6 +331,12 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
         "Authorization or in the subprotocol list \\\"bearer, <token>\\\"). Each message is a text "
         "frame {\\\"result\\\":...}; an error ends the stream with "
         "{\\\"error\\\":{code,message,details}} and close code 1011.\"");
+  if (x->download)
+    gen_printf(b, ",\"description\":\"A file download: the raw bytes with Content-Type, "
+                  "Content-Disposition (attachment), Content-Length and ETag. If-None-Match "
+                  "with the current ETag answers 304; one Range (bytes=a-b, a- or -n) answers "
+                  "206 with Content-Range, 416 when unsatisfiable; several ranges are ignored "
+                  "(200). Errors before the first byte are JSON errors.\"");
   if (x->permission && x->permission[0]) {
     gen_printf(b, ",\"x-permission\":");
     json_str(b, x->permission);
@@ -356,6 +362,11 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
       for (size_t v = 0; v < n_vars && !bound; v++)
         bound = strcmp(vars[v], f->name) == 0 || (strncmp(vars[v], f->name, strlen(f->name)) == 0 &&
                                                   vars[v][strlen(f->name)] == '.');
+      /* A download's offset, length and if_none_match come from the Range
+       * and If-None-Match headers. */
+      if (x->download && (strcmp(f->name, "offset") == 0 || strcmp(f->name, "length") == 0 ||
+                          strcmp(f->name, "if_none_match") == 0))
+        continue;
       if (bound || !queryable(m, f))
         continue;
       bool map = is_map_field(m, f);
@@ -372,6 +383,12 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
       gen_printf(b, "}");
     }
   }
+  if (x->download)
+    gen_printf(b,
+               "%s{\"name\":\"Range\",\"in\":\"header\",\"required\":false,\"schema\":{"
+               "\"type\":\"string\"},\"example\":\"bytes=0-1023\"},{\"name\":\"If-None-"
+               "Match\",\"in\":\"header\",\"required\":false,\"schema\":{\"type\":\"string\"}}",
+               first ? "" : ",");
   gen_printf(b, "]");
   if (r->body[0]) {
     gen_printf(b, ",\"requestBody\":{\"required\":true,\"content\":{\"application/json\":{"
@@ -384,6 +401,26 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
       gen_printf(b, "{\"$ref\":\"#/components/schemas/%s\"}", skip_dot(x->input_full));
     }
     gen_printf(b, "}}}");
+  }
+  if (x->download) {
+    static const char file[] =
+        "\"content\":{\"application/octet-stream\":{\"schema\":{\"type\":\"string\","
+        "\"format\":\"binary\"}}}";
+    static const char headers[] =
+        "\"headers\":{\"Content-Disposition\":{\"schema\":{\"type\":\"string\"}},\"ETag\":{"
+        "\"schema\":{\"type\":\"string\"}},\"Content-Length\":{\"schema\":{\"type\":"
+        "\"integer\"}}}";
+    gen_printf(b,
+               ",\"responses\":{\"200\":{\"description\":\"the whole file\",%s,%s},"
+               "\"206\":{\"description\":\"the requested range (Content-Range)\",%s,%s},"
+               "\"304\":{\"description\":\"not modified: If-None-Match holds the ETag\"},"
+               "\"409\":{\"$ref\":\"#/components/responses/Error\"},"
+               "\"416\":{\"description\":\"range not satisfiable (Content-Range: bytes */size)\"},"
+               "\"default\":{\"$ref\":\"#/components/responses/Error\"}}}",
+               file, headers, file, headers);
+    for (size_t i = 0; i < n_vars; i++)
+      free(vars[i]);
+    return;
   }
   gen_printf(b,
              ",\"responses\":{\"%s\":{\"description\":\"%s\",\"content\":{\"application/"

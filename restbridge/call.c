@@ -52,7 +52,10 @@ struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route 
   struct rb_call *c = ana_calloc(1, sizeof *c);
   if (!c)
     return NULL;
-  ana_call_init(&c->base, websocket ? &rb_ws_transport : &rb_http_transport,
+  ana_call_init(&c->base,
+                websocket         ? &rb_ws_transport
+                : route->download ? &rb_download_transport
+                                  : &rb_http_transport,
                 &ana_methods[route->method]);
   if (pthread_mutex_init(&c->mu, NULL) != 0) {
     ana_call_fini(&c->base);
@@ -78,6 +81,9 @@ void rb_call_free(struct rb_call *c) {
   rb_msg_free(c->q_head);
   rb_msg_free(c->ws_last);
   rb_reply_clear(&c->reply);
+  ana_free(c->dl_type);
+  ana_free(c->dl_etag);
+  ana_free(c->dl_filename);
   pthread_mutex_destroy(&c->mu);
   ana_call_fini(&c->base);
   ana_free(c);
@@ -128,6 +134,8 @@ void rb_conn_detach(struct rb_conn *conn) {
   pthread_mutex_unlock(&c->mu);
   if (!answered)
     ana_call_mark_cancelled(&c->base);
+  if (c->route->download)
+    rb_budget_stream_drop(conn->bridge->budget, c); /* its unwritten chunks go now */
   if (c->websocket) {
     /* Untracked while the connection's reference still holds the call
      * (budget.c picks tracked calls by reference); its queue goes now. */

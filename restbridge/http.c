@@ -128,6 +128,13 @@ static void answer_status(struct lws *wsi, struct rb_conn *conn, enum ana_status
 
 void rb_http_on_wake(struct rb_conn *conn) {
   struct rb_call *c = conn->call;
+  if (c && c->route->download) {
+    if (conn->state == RB_CONN_WRITING && conn->dl_streaming && conn->headers_sent)
+      lws_callback_on_writable(c->wsi); /* more of the file */
+    else if (conn->state == RB_CONN_WAITING && rb_download_on_wake(conn))
+      answer(c->wsi, conn);
+    return;
+  }
   if (!c || conn->state != RB_CONN_WAITING)
     return;
   pthread_mutex_lock(&c->mu);
@@ -268,6 +275,7 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   conn->metric_route = -1;
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
+  rb_download_reset(conn);
   conn->state = RB_CONN_IDLE;
   rb_budget_body_free(conn);
   conn->body_len = 0;
@@ -289,8 +297,14 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
   unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
   size_t len = r->body ? r->body->len : 0;
   const char *type = r->content_type ? r->content_type : "application/json";
+  if (conn->dl_streaming) {
+    len = (size_t)conn->dl_left;
+    type = conn->dl_type;
+  }
   int rc =
       lws_add_http_common_headers(wsi, (unsigned)r->http_status, len ? type : NULL, len, &p, end);
+  if (!rc && conn->dl_status_headers)
+    rc = rb_download_add_headers(wsi, conn, &p, end);
   if (!rc && r->static_file) {
     rc = add_header(wsi, "cache-control:", "no-cache", &p, end);
     if (!rc)
@@ -339,9 +353,19 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
   if (conn->state != RB_CONN_WRITING)
     return 0;
   struct rb_msg *body = conn->reply.body;
+  if (conn->dl_streaming && conn->headers_sent) {
+    int rc = rb_download_write(wsi, conn);
+    return rc == 1 ? transaction_done(wsi, conn) : rc;
+  }
   if (!conn->headers_sent) {
     if (write_headers(wsi, conn) < 0)
       return -1;
+    if (conn->dl_streaming) {
+      if (conn->dl_left == 0)
+        return rb_download_write(wsi, conn) == 1 ? transaction_done(wsi, conn) : 0;
+      lws_callback_on_writable(wsi);
+      return 0;
+    }
     if (body && body->len) {
       lws_callback_on_writable(wsi);
       return 0;
@@ -655,6 +679,9 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   }
   conn->route = m.route;
   conn->metric_route = (long)(m.route - ana_routes);
+  rb_download_reset(conn);
+  if (m.route->download)
+    rb_download_read_headers(wsi, conn);
   ana_free(conn->path);
   conn->path = ana_strdup(path);
   if (!conn->path) {

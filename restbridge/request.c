@@ -477,6 +477,8 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
     return c; /* decoded on the pool, started from the lws thread after */
   if (rc == ANA_ERR_NOMEM)
     ana_error_set(&st, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && route->download && rb_download_fill_request(c, conn, req) < 0)
+    rc = ana_error_set(&st, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc < 0) {
     ana_call_finish(&c->base, NULL, &st);
     return c;

@@ -21,6 +21,8 @@
 #define RB_COMPONENT "restbridge"
 #define RB_WS_PROTOCOL "restbridge.v1"
 #define RB_MAX_PATH_VARS 8
+/* Bytes of file data a download call queues at most (download.c). */
+#define RB_DOWNLOAD_QUEUE_MAX (256 * 1024)
 
 /* One outbound buffer: LWS_PRE bytes of headroom, then len bytes. */
 struct rb_msg {
@@ -76,8 +78,13 @@ struct rb_call {
   struct rb_reply reply;  /* HTTP: the answer, once finished */
   struct rb_msg *ws_last; /* WebSocket: the error frame, once finished */
   int ws_close_code;      /* WebSocket: 1000 / 1011 (1008 for RESOURCE_EXHAUSTED) once finished */
-  char ws_close_reason[124];  /* WebSocket: the error's message, cut to fit a close frame */
-  int64_t full_since_ms;      /* WebSocket: queue full since (0 = not full) */
+  char ws_close_reason[124]; /* WebSocket: the error's message, cut to fit a close frame */
+  int64_t full_since_ms;     /* WebSocket: queue full since (0 = not full) */
+  bool dl_head;              /* download: the first FileChunk came (its headers below) */
+  int64_t dl_total;          /* download: the file's size */
+  char *dl_type, *dl_etag, *dl_filename; /* download: owned; NULL = not given */
+  bool dl_failed;                        /* download: finished with an error */
+  enum ana_status dl_code;               /* download: the finish status */
   bool dirty;                 /* on the bridge's dirty list (guarded by the bridge's mu) */
   struct rb_call *dirty_next; /* guarded by the bridge's mu */
 
@@ -140,6 +147,19 @@ struct rb_conn {
   int64_t started_ns; /* when the request's headers were in */
   long metric_route;  /* index into ana_routes, ana_route_count = no route, -1 = not counted */
   bool ws_counted;    /* counted in the open WebSockets gauge */
+
+  /* download (download.c) */
+  bool dl_range;                /* one Range was asked for (dl_offset, dl_length) */
+  int64_t dl_offset, dl_length; /* as DownloadReportRequest's offset / length */
+  char dl_if_none_match[192];
+  bool dl_status_headers; /* the reply carries the download's headers */
+  bool dl_streaming;      /* the body comes from the call's queue */
+  int64_t dl_left;        /* body bytes still to write */
+  size_t dl_msg_off;      /* bytes of the queue's head written */
+  const char *dl_type;    /* Content-Type (the call's string) */
+  char *dl_disposition;   /* owned */
+  char dl_etag[200];
+  char dl_content_range[96];
 
   /* websocket */
   int ws_close_code;
@@ -300,6 +320,22 @@ void rb_http_on_deadline(struct rb_conn *conn);
 /* The connection's timer: the call's deadline, or input back on after the
  * framer held back a pipelined request (lws thread). */
 void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
+
+/* --- downloads (download.c) --- */
+extern const struct ana_call_transport rb_download_transport;
+/* Reads Range and If-None-Match of a download request into conn. */
+void rb_download_read_headers(struct lws *wsi, struct rb_conn *conn);
+/* Sets the request's offset, length and if_none_match from them. */
+int rb_download_fill_request(struct rb_call *c, const struct rb_conn *conn, ProtobufCMessage *req);
+/* The call woke a waiting download: true when conn->reply is ready. */
+bool rb_download_on_wake(struct rb_conn *conn);
+/* Accept-Ranges, ETag, Content-Range, Content-Disposition. */
+int rb_download_add_headers(struct lws *wsi, struct rb_conn *conn, unsigned char **p,
+                            unsigned char *end);
+/* Writes the next piece: 0 wait, 1 all done, -1 hang up. */
+int rb_download_write(struct lws *wsi, struct rb_conn *conn);
+/* Frees and clears conn's download answer state. */
+void rb_download_reset(struct rb_conn *conn);
 
 /* --- WebSocket (websocket.c) --- */
 /* Answers with an HTTP error written raw (before lws knows the request's

@@ -131,6 +131,7 @@ static void handle_shutdown(struct ana_restbridge *b) {
 static void conn_release(struct rb_conn *conn) {
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
+  rb_download_reset(conn);
   if (conn->bridge)
     rb_budget_body_free(conn);
   ana_free(conn->path);

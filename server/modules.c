@@ -43,15 +43,9 @@ static int auth_start(struct ana_server *s, const struct ana_config *cfg, struct
   (void)s;
   if (ana_auth_init(cfg->auth.default_account_id) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot initialise authentication");
-  /* The JWT source (JWT_*); API keys add theirs with ana_auth_add_source. */
+  /* The JWT source (JWT_*); API keys add theirs in api_keys_start. */
   if (ana_auth_configure(&cfg->auth, err) < 0)
     return fail(err, "invalid authentication settings");
-  if (ana_auth_protected_mode())
-    ANA_WARN("auth",
-             "protected mode: no authentication is configured, so only loopback clients "
-             "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
-             "JWT_JWKS_URL) to serve other hosts",
-             cfg->auth.default_account_id);
   return 0;
 }
 
@@ -163,13 +157,23 @@ static int catalog_stop(struct ana_server *s, int64_t deadline_ms) {
 
 static int api_keys_start(struct ana_server *s, const struct ana_config *cfg,
                           struct ana_error *err) {
-  (void)cfg;
   struct ana_api_keys_options kopts;
   ana_api_keys_options_init(&kopts);
   s->key_store_ops = kopts.ops = ana_store_api_key_backend("sqlite");
   kopts.store = s->key_store = s->key_store_ops->open(s->db, err);
   if (!s->key_store || !(s->api_keys = ana_api_keys_create(&kopts, err)))
     return fail(err, "cannot open the API keys");
+  if (ana_auth_add_api_keys(s->api_keys) < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "too many credential sources");
+  if (ana_auth_protected_mode())
+    ANA_WARN("auth",
+             "protected mode: no authentication is configured, so only loopback clients "
+             "are served (as account %s); set JWT_HS256_SECRET (or JWT_JWKS_FILE / "
+             "JWT_JWKS_URL) or create an API key to serve other hosts",
+             cfg->auth.default_account_id);
+  else if (ana_api_keys_active(s->api_keys) > 0)
+    ANA_INFO("auth", "API keys accepted (%lld not revoked)",
+             (long long)ana_api_keys_active(s->api_keys));
   return 0;
 }
 

@@ -142,6 +142,8 @@ void cli_progress_init(struct cli_progress *p);
  * (always drawn when on, then a newline). */
 void cli_progress_update(struct cli_progress *p, const char *unit, uint64_t done, uint64_t errors,
                          bool final);
+/* A transfer: a bar when total is known (> 0), bytes so far and the rate. */
+void cli_progress_bytes(struct cli_progress *p, uint64_t done, int64_t total, bool final);
 
 /* --- Calls shared by metrics, reports, alerts (cli_calls.c) --- */
 

@@ -293,3 +293,32 @@ void cli_progress_update(struct cli_progress *p, const char *unit, uint64_t done
           errors == 1 ? "" : "s", secs, final ? "\n" : "");
   fflush(stderr);
 }
+
+void cli_progress_bytes(struct cli_progress *p, uint64_t done, int64_t total, bool final) {
+  static const char hashes[] = "##############################";
+  static const char dashes[] = "------------------------------";
+  const int width = (int)sizeof hashes - 1;
+  int64_t now;
+  double secs, mib = 1024.0 * 1024.0;
+
+  if (!p->on)
+    return;
+  now = mono_ms();
+  if (!final && now - p->last_ms < 200)
+    return;
+  p->last_ms = now;
+  secs = (double)(now - p->start_ms) / 1000.0;
+  fprintf(stderr, "\r\033[K");
+  if (total > 0) {
+    int filled = (int)((double)done / (double)total * width);
+    if (filled > width)
+      filled = width;
+    fprintf(stderr, "[%.*s%.*s] %3.0f%% %.1f/%.1f MiB", filled, hashes, width - filled, dashes,
+            100.0 * (double)done / (double)total, (double)done / mib, (double)total / mib);
+  } else {
+    fprintf(stderr, "%.1f MiB", (double)done / mib);
+  }
+  fprintf(stderr, ", %.1f MiB/s%s", secs > 0.001 ? (double)done / mib / secs : 0.0,
+          final ? "\n" : "");
+  fflush(stderr);
+}

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char help[] =
     "usage: analyticsctl reports generate --template T [--format pdf|xlsx|csv] [--name N]\n"
@@ -12,21 +14,27 @@ static const char help[] =
     "                                     [--recipient ADDR]...\n"
     "       analyticsctl reports list [--limit N] [--page TOKEN] [--all]\n"
     "       analyticsctl reports status ID\n"
-    "       analyticsctl reports download ID [--file FILE]\n"
+    "       analyticsctl reports download ID [--file FILE] [--continue] [--run RUN]\n"
     "\n"
     "  --param K=V      a report parameter, a string; K:=JSON for a number, a\n"
     "                   boolean, a list or an object (days:=30); repeatable\n"
     "  --file F         where the file goes (default: the server's filename; - for\n"
-    "                   stdout, then nothing else is printed)\n"
+    "                   stdout, then nothing else is printed); the file is streamed,\n"
+    "                   with a progress bar on a terminal\n"
+    "  --continue       resume a partial FILE (needs --file): asks for the bytes\n"
+    "                   after its current size and appends them\n"
+    "  --run RUN        that run's file instead of the latest completed one\n"
     "\n"
     "Until reports are implemented the server answers UNIMPLEMENTED: the message is\n"
     "printed on stderr and the exit status is 1.\n";
 
-static const struct cli_option options[] = {
-    {"template", CLI_VALUE}, {"format", CLI_VALUE},     {"name", CLI_VALUE},
-    {"param", CLI_LIST},     {"parameters", CLI_VALUE}, {"schedule", CLI_VALUE},
-    {"recipient", CLI_LIST}, {"file", CLI_VALUE},       {"limit", CLI_VALUE},
-    {"page", CLI_VALUE},     {"all", CLI_FLAG},         {NULL, 0}};
+static const struct cli_option options[] = {{"template", CLI_VALUE},   {"format", CLI_VALUE},
+                                            {"name", CLI_VALUE},       {"param", CLI_LIST},
+                                            {"parameters", CLI_VALUE}, {"schedule", CLI_VALUE},
+                                            {"recipient", CLI_LIST},   {"file", CLI_VALUE},
+                                            {"limit", CLI_VALUE},      {"continue", CLI_FLAG},
+                                            {"run", CLI_VALUE},        {"page", CLI_VALUE},
+                                            {"all", CLI_FLAG},         {NULL, 0}};
 
 static const char *const columns[] = {"reportId", "name", "template", "format", "status", NULL};
 static const struct cli_view list_view = {"reports", columns};
@@ -35,17 +43,6 @@ static int reports_page(analytics_client_t *c, const struct cli_args *a, int32_t
                         const char *token, char **json, analytics_error_t *err) {
   (void)a;
   return analytics_list_reports(c, page_size, token, json, err);
-}
-
-static int write_file(const char *path, const analytics_report_file_t *f) {
-  FILE *out = strcmp(path, "-") ? fopen(path, "wb") : stdout;
-  int ok = out && fwrite(f->data, 1, f->size, out) == f->size;
-
-  if (out && out != stdout && fclose(out) != 0)
-    ok = 0;
-  if (!ok)
-    fprintf(stderr, "analyticsctl: cannot write %s: %s\n", path, strerror(errno));
-  return ok ? 0 : CLI_EXIT_FAIL;
 }
 
 static int generate(analytics_client_t *c, const struct cli_args *a) {
@@ -90,31 +87,102 @@ static int generate(analytics_client_t *c, const struct cli_args *a) {
                        json_pack("{so}", "report", r), NULL);
 }
 
+/* A download in progress: the file is opened at the first piece (its name
+ * may come from the server), each piece is written as it arrives. */
+struct download_state {
+  const char *path; /* --file, or NULL until the server names it */
+  char name[256];
+  bool append;
+  FILE *out;
+  int64_t start; /* bytes already in the file (--continue) */
+  int64_t got;
+  int64_t total;
+  char content_type[128];
+  struct cli_progress progress;
+  int err; /* errno of a failed open or write */
+};
+
+static int on_piece(const analytics_file_chunk_t *ch, void *ctx) {
+  struct download_state *d = ctx;
+  if (!d->out) {
+    if (!d->path) {
+      snprintf(d->name, sizeof d->name, "%s",
+               ch->filename[0] && !strchr(ch->filename, '/') && ch->filename[0] != '.'
+                   ? ch->filename
+                   : "report.bin");
+      d->path = d->name;
+    }
+    d->out = strcmp(d->path, "-") ? fopen(d->path, d->append ? "ab" : "wb") : stdout;
+    if (!d->out) {
+      d->err = errno;
+      return 1;
+    }
+    d->total = ch->total_size;
+    snprintf(d->content_type, sizeof d->content_type, "%s", ch->content_type);
+  }
+  if (ch->size && fwrite(ch->data, 1, ch->size, d->out) != ch->size) {
+    d->err = errno ? errno : EIO;
+    return 1;
+  }
+  d->got += (int64_t)ch->size;
+  cli_progress_bytes(&d->progress, (uint64_t)(d->start + d->got), d->total, false);
+  return 0;
+}
+
 static int download(analytics_client_t *c, const struct cli_args *a) {
-  static const char *const ok[] = {"file", NULL};
-  analytics_report_file_t *f = NULL;
+  static const char *const ok[] = {"file", "continue", "run", NULL};
+  analytics_download_options_t o = {0};
+  struct download_state d = {0};
   analytics_error_t err;
-  const char *id, *path;
+  const char *id;
+  struct stat st;
   int status, rc;
 
   if ((status = cli_only(a, "reports download", ok)) != 0 ||
       !(id = cli_need_id(a, "download", &status)))
     return status;
-  rc = analytics_download_report(c, id, &f, &err);
-  if (rc < 0)
+  d.path = cli_opt(a, "file");
+  o.run_id = cli_opt(a, "run");
+  if (cli_opt(a, "continue")) {
+    if (!d.path || !strcmp(d.path, "-"))
+      return cli_usage(a, "--continue needs --file FILE (the partial file)");
+    if (stat(d.path, &st) == 0 && st.st_size > 0) {
+      d.start = o.offset = st.st_size;
+      d.append = true;
+    }
+  }
+  cli_progress_init(&d.progress);
+  if (d.path && !strcmp(d.path, "-"))
+    d.progress.on = d.progress.on && !isatty(STDOUT_FILENO);
+  rc = analytics_download_report(c, id, &o, on_piece, &d, &err);
+  if (d.out && d.out != stdout && fclose(d.out) != 0 && !d.err)
+    d.err = errno;
+  else if (d.out == stdout && fflush(stdout) != 0 && !d.err)
+    d.err = errno;
+  if (rc == 0 && d.err) {
+    if (d.progress.on)
+      fputc('\n', stderr);
+    fprintf(stderr, "analyticsctl: cannot write %s: %s\n", d.path ? d.path : "the file",
+            strerror(d.err));
+    return CLI_EXIT_FAIL;
+  }
+  if (rc < 0 && d.start > 0 && err.code == ANALYTICS_STATUS_OUT_OF_RANGE) {
+    /* Nothing after the partial file's end: it is complete already. */
+    rc = 0;
+    d.total = d.start;
+  } else if (rc < 0) {
+    if (d.progress.on && d.got)
+      fputc('\n', stderr);
     return cli_failed(rc, &err);
-  path = cli_opt(a, "file")                                           ? cli_opt(a, "file")
-         : f->filename && f->filename[0] && !strchr(f->filename, '/') ? f->filename
-                                                                      : "report.bin";
-  status = write_file(path, f);
-  if (!status && strcmp(path, "-")) {
-    json_t *v = json_pack("{sssIss}", "file", path, "bytes", (json_int_t)f->size, "contentType",
-                          f->content_type ? f->content_type : "");
+  }
+  cli_progress_bytes(&d.progress, (uint64_t)(d.start + d.got), d.total, true);
+  if (d.path && strcmp(d.path, "-")) {
+    json_t *v = json_pack("{sssIsIss}", "file", d.path, "bytes", (json_int_t)(d.start + d.got),
+                          "resumedFrom", (json_int_t)d.start, "contentType", d.content_type);
     cli_print(v, NULL);
     json_decref(v);
   }
-  analytics_report_file_destroy(f);
-  return status;
+  return 0;
 }
 
 static int run(analytics_client_t *c, const struct cli_args *a) {

@@ -6,6 +6,7 @@
 #include "ana_json.h"
 #include "ana_methods.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -378,50 +379,6 @@ int analytics_get_report(analytics_client_t *c, const char *id, char **json_out,
                     json_out, NULL, err);
 }
 
-int analytics_download_report(analytics_client_t *c, const char *id,
-                              analytics_report_file_t **file_out, analytics_error_t *err) {
-  ProtobufCMessage *resp = NULL;
-  analytics_report_file_t *f;
-  int rc;
-
-  if ((rc = need(file_out, "file_out", err)) < 0)
-    return rc;
-  *file_out = NULL;
-  if ((rc = need(id, "report_id", err)) < 0)
-    return rc;
-  rc = call_value(c, M(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT),
-                  by_id("reportId", id), NULL, &resp, err);
-  if (rc < 0)
-    return rc;
-  const Analytics__V1__ReportFile *rf = (const Analytics__V1__ReportFile *)resp;
-  f = calloc(1, sizeof *f);
-  if (f) {
-    f->content_type = strdup(rf->content_type ? rf->content_type : "");
-    f->filename = strdup(rf->filename ? rf->filename : "");
-    f->data = malloc(rf->data.len ? rf->data.len : 1);
-    f->size = rf->data.len;
-    if (f->data && rf->data.len)
-      memcpy(f->data, rf->data.data, rf->data.len);
-  }
-  protobuf_c_message_free_unpacked(resp, NULL);
-  if (!f || !f->content_type || !f->filename || !f->data) {
-    analytics_report_file_destroy(f);
-    return analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
-                          "out of memory");
-  }
-  *file_out = f;
-  return 0;
-}
-
-void analytics_report_file_destroy(analytics_report_file_t *f) {
-  if (!f)
-    return;
-  free(f->content_type);
-  free(f->filename);
-  free(f->data);
-  free(f);
-}
-
 /* --- Alerts --- */
 
 static json_t *alert_json(const analytics_alert_t *a) {
@@ -512,12 +469,17 @@ struct stream_ctx {
   analytics_stream_fn fn;
   void *ctx;
   int rc; /* a local failure while encoding */
+  /* instead of fn: the decoded message itself (downloads) */
+  int (*raw)(const ProtobufCMessage *msg, void *ctx);
 };
 
 static int on_stream_message(const ProtobufCMessage *msg, void *arg) {
   struct stream_ctx *s = arg;
   char *json = NULL;
   int stop;
+
+  if (s->raw)
+    return s->raw(msg, s->ctx);
 
   if (to_json(msg, &json, NULL) < 0) {
     s->rc = ANALYTICS_ERR_INTERNAL;
@@ -630,6 +592,120 @@ static int stream_value(analytics_client_t *c, const struct ana_method *m, json_
 out:
   json_decref(req_json);
   ana_arena_fini(&arena);
+  return rc;
+}
+
+/* --- Downloads --- */
+
+struct download_ctx {
+  analytics_file_chunk_fn fn;
+  void *ctx;
+  int64_t offset; /* where the next piece belongs */
+  bool first;
+  analytics_file_chunk_t head; /* the first piece's headers (strings owned) */
+};
+
+static int on_file_chunk(const ProtobufCMessage *msg, void *arg) {
+  struct download_ctx *d = arg;
+  const Analytics__V1__FileChunk *ch = (const Analytics__V1__FileChunk *)msg;
+  analytics_file_chunk_t out;
+  if (d->first) {
+    d->first = false;
+    d->head.content_type = strdup(ch->content_type ? ch->content_type : "");
+    d->head.filename = strdup(ch->filename ? ch->filename : "");
+    d->head.etag = strdup(ch->etag ? ch->etag : "");
+    d->head.total_size = ch->total_size;
+    if (!d->head.content_type || !d->head.filename || !d->head.etag)
+      return -1;
+  }
+  out = d->head;
+  out.offset = d->offset;
+  out.data = ch->data.data;
+  out.size = ch->data.len;
+  d->offset += (int64_t)ch->data.len;
+  return d->fn(&out, d->ctx);
+}
+
+int analytics_download_report(analytics_client_t *c, const char *id,
+                              const analytics_download_options_t *o,
+                              analytics_file_chunk_fn on_chunk, void *ctx, analytics_error_t *err) {
+  Analytics__V1__DownloadReportRequest req = ANALYTICS__V1__DOWNLOAD_REPORT_REQUEST__INIT;
+  struct download_ctx d = {.fn = on_chunk, .ctx = ctx, .first = true};
+  struct stream_ctx s = {.ctx = &d, .raw = on_file_chunk};
+  struct ana_call_options opts;
+  struct analytics_token *tok;
+  struct ana_error aerr;
+  int rc;
+
+  if ((rc = need(c, "client", err)) < 0 || (rc = need(id, "report_id", err)) < 0 ||
+      (rc = need(on_chunk ? id : NULL, "on_chunk", err)) < 0)
+    return rc;
+  if (o && o->length < 0)
+    return analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                          "length must not be negative");
+  req.report_id = (char *)id;
+  if (o) {
+    req.run_id = (char *)(o->run_id ? o->run_id : "");
+    req.offset = o->offset;
+    req.length = o->length;
+    req.if_none_match = (char *)(o->if_none_match ? o->if_none_match : "");
+  }
+  if (o && o->offset > 0)
+    d.offset = o->offset;
+  analytics_call_options(c, &opts, &tok);
+  opts.timeout_ms = 0; /* as long as the file takes */
+  rc = run_stream(c, &ana_methods[ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT],
+                  &req.base, &s, &opts, &aerr);
+  analytics_token_release(tok);
+  if (!d.first && (!d.head.content_type || !d.head.filename || !d.head.etag))
+    rc = analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED,
+                        "out of memory");
+  else
+    rc = analytics_from_ana(rc, &aerr, err);
+  free((char *)d.head.content_type);
+  free((char *)d.head.filename);
+  free((char *)d.head.etag);
+  return rc;
+}
+
+struct to_file_ctx {
+  FILE *out;
+  analytics_download_info_t *info;
+  bool failed;
+};
+
+static int write_chunk(const analytics_file_chunk_t *ch, void *arg) {
+  struct to_file_ctx *t = arg;
+  if (t->info && t->info->total_size < 0) {
+    snprintf(t->info->content_type, sizeof t->info->content_type, "%s", ch->content_type);
+    snprintf(t->info->filename, sizeof t->info->filename, "%s", ch->filename);
+    snprintf(t->info->etag, sizeof t->info->etag, "%s", ch->etag);
+    t->info->total_size = ch->total_size;
+  }
+  if (ch->size && fwrite(ch->data, 1, ch->size, t->out) != ch->size) {
+    t->failed = true;
+    return 1;
+  }
+  if (t->info)
+    t->info->written += (int64_t)ch->size;
+  return 0;
+}
+
+int analytics_download_report_to_file(analytics_client_t *c, const char *id,
+                                      const analytics_download_options_t *o, FILE *out,
+                                      analytics_download_info_t *info, analytics_error_t *err) {
+  struct to_file_ctx t = {out, info, false};
+  int rc;
+  if ((rc = need(out, "out", err)) < 0)
+    return rc;
+  if (info) {
+    memset(info, 0, sizeof *info);
+    info->total_size = -1;
+  }
+  rc = analytics_download_report(c, id, o, write_chunk, &t, err);
+  if (rc == 0 && (t.failed || fflush(out) != 0))
+    return analytics_fail(err, ANALYTICS_ERR_INTERNAL, ANALYTICS_STATUS_INTERNAL,
+                          "cannot write the file: %s", strerror(errno));
   return rc;
 }
 

@@ -163,9 +163,13 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n) {
 static struct rr_message *message_get(struct rr_streams *ss, const ProtobufCMessageDescriptor *d,
                                       const uint8_t *p, size_t n, bool *malformed) {
   *malformed = false;
-  uint64_t h = hash_bytes(p, n) ^ (uint64_t)(uintptr_t)d;
+  /* Only live updates (with a per-call sequence) repeat across streams; a
+   * download's chunks never do and are not kept (they would pin up to
+   * CACHE_SLOTS x 64 KiB). */
+  bool cacheable = has_sequence(d);
+  uint64_t h = cacheable ? hash_bytes(p, n) ^ (uint64_t)(uintptr_t)d : 0;
   struct rr_message **slot = &ss->cache[h % CACHE_SLOTS];
-  struct rr_message *m = *slot;
+  struct rr_message *m = cacheable ? *slot : NULL;
   if (m && m->hash == h && m->desc == d && m->len == n && memcmp(m->bytes, p, n) == 0) {
     m->refs++;
     return m;
@@ -196,6 +200,8 @@ static struct rr_message *message_get(struct rr_streams *ss, const ProtobufCMess
     return NULL;
   }
   memcpy(m->bytes, p, n);
+  if (!cacheable)
+    return m;
   m->refs++; /* the cache's */
   message_unref(*slot);
   *slot = m;

@@ -28,6 +28,7 @@
 #define ANA_API_KEYS_DEFAULT_CACHE_SLOTS 4096
 #define ANA_API_KEYS_DEFAULT_CACHE_TTL_MS 1000
 #define ANA_API_KEYS_DEFAULT_TOUCH_INTERVAL_MS 60000
+#define ANA_API_KEYS_DEFAULT_RECOUNT_MS 1000
 
 /* One stored key. Strings are borrowed (from the store during a callback,
  * from the caller otherwise). Times are Unix ms; 0 means never. */
@@ -71,6 +72,8 @@ struct ana_api_key_store_ops {
                 struct ana_error *err);
   /* Raises last_used_at to at_ms. A missing key is not an error. */
   int (*touch)(void *store, const char *key_id, int64_t at_ms, struct ana_error *err);
+  /* Counts the keys not revoked (every account) into *out. */
+  int (*count_active)(void *store, int64_t *out, struct ana_error *err);
   /* Closes; NULL does nothing. */
   void (*close)(void *store);
 };
@@ -127,7 +130,11 @@ struct ana_api_keys_options {
   size_t cache_slots;                      /* direct-mapped cache of keys by id; 0 disables it */
   int cache_ttl_ms;                        /* how long a cached key (or unknown id) is trusted */
   int touch_interval_ms;                   /* lastUsedAt is written at most once per this per key */
-  bool touch_thread;           /* false: lastUsedAt is written only by ana_api_keys_flush */
+  bool touch_thread; /* false: lastUsedAt is written only by ana_api_keys_flush */
+  /* How often the touch thread re-reads the count of keys not revoked (so
+   * that keys created or revoked by another process are seen); without the
+   * thread only ana_api_keys_recount reads it. */
+  int recount_ms;
   ana_api_keys_clock_fn clock; /* NULL: the real-time clock */
   void *clock_ctx;
 };
@@ -190,5 +197,14 @@ int ana_api_keys_revoke(struct ana_api_keys *k, const char *account_id, const ch
 
 /* Writes the queued last-use times now. Blocks. */
 void ana_api_keys_flush(struct ana_api_keys *k);
+
+/* The keys not revoked, every account, as last counted: at creation, after
+ * each issue and revoke through this registry, and every recount_ms by the
+ * touch thread. Lock-free: the authenticate stage reads it per request. */
+int64_t ana_api_keys_active(const struct ana_api_keys *k);
+
+/* Counts the keys not revoked now. Returns 0, or a store error (the last
+ * count stays). Blocks (one read). */
+int ana_api_keys_recount(struct ana_api_keys *k, struct ana_error *err);
 
 #endif

@@ -87,9 +87,20 @@ struct ana_credential_source {
 
 /* Adds a credential source (copied; ctx borrowed until ana_auth_fini).
  * Returns 0, or ANA_ERR_FULL beyond ANA_AUTH_MAX_SOURCES. API keys plug in
- * here: the keys module adds {"api_key", <at least one non-revoked key>,
- * <checks Authorization: Bearer ana_... and X-Api-Key>} at start-up. */
+ * here (ana_auth_add_api_keys, ana_api_keys.h). A request carrying more than
+ * one credential (Authorization and X-Api-Key) is INVALID_ARGUMENT once any
+ * source is configured. */
 int ana_auth_add_source(const struct ana_credential_source *source);
+
+struct ana_api_keys;
+/* The API-key credential source (source_api_key.c; the registry in
+ * ana_api_keys.h). Adds API keys to the authenticate stage: X-Api-Key: ana_... (gRPC
+ * metadata x-api-key) or Authorization: Bearer ana_...; the principal is the
+ * key's account with the key's role, subject "key:<id>". The source counts
+ * as configured while ana_api_keys_active(k) > 0: the first key ends
+ * protected mode. k is borrowed until ana_auth_fini. Returns 0 or
+ * ANA_ERR_FULL. */
+int ana_auth_add_api_keys(struct ana_api_keys *k);
 
 /* Reads the JWT settings of s (secrets from their *_FILE twins, the JWKS
  * file) and, when a key source is set, adds the JWT credential source.
@@ -107,7 +118,8 @@ const char *ana_auth_mode_name(void);
 /* What a non-loopback peer is told in protected mode. */
 #define ANA_AUTH_PROTECTED_MESSAGE                                                                 \
   "authentication is not configured, so this server serves only loopback clients: set "            \
-  "JWT_HS256_SECRET (or JWT_JWKS_FILE / JWT_JWKS_URL) and send Authorization: Bearer <token>"
+  "JWT_HS256_SECRET (or JWT_JWKS_FILE / JWT_JWKS_URL) or create an API key (analyticsd keys "      \
+  "create), then send Authorization: Bearer <token> or X-Api-Key"
 
 /* The JWT verifier's counters (zeros when none is configured). */
 struct ana_jwt_stats;

@@ -9,6 +9,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
@@ -129,6 +130,8 @@ struct ana_api_keys {
   pthread_cond_t wake;
   bool stop, thread_started;
   pthread_t thread;
+  _Atomic int64_t active; /* keys not revoked, as last counted */
+  int64_t counted_at_ms;  /* touch thread only */
 };
 
 static int64_t now_ms(struct ana_api_keys *k) {
@@ -145,7 +148,23 @@ void ana_api_keys_options_init(struct ana_api_keys_options *o) {
       .cache_ttl_ms = ANA_API_KEYS_DEFAULT_CACHE_TTL_MS,
       .touch_interval_ms = ANA_API_KEYS_DEFAULT_TOUCH_INTERVAL_MS,
       .touch_thread = true,
+      .recount_ms = ANA_API_KEYS_DEFAULT_RECOUNT_MS,
   };
+}
+
+int64_t ana_api_keys_active(const struct ana_api_keys *k) {
+  return atomic_load_explicit(&k->active, memory_order_relaxed);
+}
+
+int ana_api_keys_recount(struct ana_api_keys *k, struct ana_error *err) {
+  int64_t n = 0;
+  if (!k->o.ops->count_active)
+    return ana_error_set(err, ANA_STATUS_UNIMPLEMENTED, "API keys: the store cannot count keys"),
+           ANA_ERR_UNSUPPORTED;
+  int rc = k->o.ops->count_active(k->o.store, &n, err);
+  if (rc == 0)
+    atomic_store_explicit(&k->active, n, memory_order_relaxed);
+  return rc;
 }
 
 void ana_api_keys_flush(struct ana_api_keys *k) {
@@ -165,12 +184,25 @@ static void *touch_main(void *arg) {
   struct ana_api_keys *k = arg;
   pthread_mutex_lock(&k->mu);
   while (!k->stop) {
+    int period_ms = TOUCH_PERIOD_MS;
+    if (k->o.recount_ms > 0 && k->o.recount_ms < period_ms)
+      period_ms = k->o.recount_ms;
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += TOUCH_PERIOD_MS / 1000;
+    until.tv_nsec += (long)(period_ms % 1000) * 1000000L;
+    until.tv_sec += period_ms / 1000 + until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
     pthread_cond_timedwait(&k->wake, &k->mu, &until);
     pthread_mutex_unlock(&k->mu);
     ana_api_keys_flush(k);
+    /* Keys created or revoked by another process (`analyticsd keys`). */
+    int64_t now = now_ms(k);
+    if (k->o.recount_ms > 0 &&
+        (now - k->counted_at_ms >= k->o.recount_ms || now < k->counted_at_ms)) {
+      struct ana_error err;
+      k->counted_at_ms = now;
+      ana_api_keys_recount(k, &err);
+    }
     pthread_mutex_lock(&k->mu);
   }
   pthread_mutex_unlock(&k->mu);
@@ -197,6 +229,12 @@ struct ana_api_keys *ana_api_keys_create(const struct ana_api_keys_options *o,
       goto nomem;
     k->mask = n - 1;
   }
+  /* The count decides protected mode from the first request on. */
+  if (o->ops->count_active && ana_api_keys_recount(k, err) < 0) {
+    ana_api_keys_destroy(k);
+    return NULL;
+  }
+  k->counted_at_ms = now_ms(k);
   if (o->touch_thread) {
     if (pthread_create(&k->thread, NULL, touch_main, k) != 0) {
       ana_error_set(err, ANA_STATUS_INTERNAL, "API keys: cannot start a thread: %s",
@@ -287,6 +325,11 @@ int ana_api_keys_issue(struct ana_api_keys *k, const char *account_id, const cha
     rc = k->o.ops->insert(k->o.store, rec, err);
     if (rc != ANA_ERR_EXISTS)
       break;
+  }
+  if (rc == 0 && k->o.ops->count_active) {
+    struct ana_error ignored;
+    if (ana_api_keys_recount(k, &ignored) < 0)
+      atomic_fetch_add_explicit(&k->active, 1, memory_order_relaxed);
   }
 out:
   OPENSSL_cleanse(secret, sizeof secret);
@@ -512,5 +555,9 @@ int ana_api_keys_revoke(struct ana_api_keys *k, const char *account_id, const ch
       s->key_id[0] = '\0';
   }
   pthread_mutex_unlock(&k->mu);
+  if (rc == 0 && k->o.ops->count_active) {
+    struct ana_error ignored;
+    ana_api_keys_recount(k, &ignored); /* on failure the touch thread recounts */
+  }
   return rc;
 }

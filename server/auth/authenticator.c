@@ -1,5 +1,5 @@
 /* The authenticate stage: a table of credential sources tried in order (JWT
- * bearer tokens; API keys plug in with ana_auth_add_source). While none is
+ * bearer tokens, then API keys: source_jwt.c, source_api_key.c). While none is
  * configured the server is in protected mode: loopback peers act as the
  * default account with the admin role, any other peer is refused. */
 #include "auth_internal.h"
@@ -7,13 +7,18 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #define HEALTH_SERVICE "grpc.health.v1.Health"
 
 static char *default_account;
 static struct ana_credential_source sources[ANA_AUTH_MAX_SOURCES];
-static size_t n_sources;
+/* Sources are only ever appended, and may be while calls run (API keys
+ * register theirs when a store that waited for disk space opens): an entry
+ * is written before the count that publishes it (release), and readers take
+ * the count first (acquire). */
+static atomic_size_t n_sources;
 static bool health_open = true;
 
 static const char *const admin_roles[] = {"admin"};
@@ -33,9 +38,11 @@ void ana_auth_fini(void) {
 }
 
 int ana_auth_add_source(const struct ana_credential_source *source) {
-  if (n_sources == ANA_AUTH_MAX_SOURCES)
+  size_t n = atomic_load_explicit(&n_sources, memory_order_relaxed);
+  if (n == ANA_AUTH_MAX_SOURCES)
     return ANA_ERR_FULL;
-  sources[n_sources++] = *source;
+  sources[n] = *source;
+  atomic_store_explicit(&n_sources, n + 1, memory_order_release);
   return 0;
 }
 
@@ -44,7 +51,7 @@ void auth_set_health_open(bool open) {
 }
 
 bool ana_auth_protected_mode(void) {
-  for (size_t i = 0; i < n_sources; i++)
+  for (size_t i = 0, n = atomic_load_explicit(&n_sources, memory_order_acquire); i < n; i++)
     if (sources[i].configured(sources[i].ctx))
       return false;
   return true;
@@ -52,13 +59,6 @@ bool ana_auth_protected_mode(void) {
 
 const char *ana_auth_mode_name(void) {
   return ana_auth_protected_mode() ? "protected-mode" : "required";
-}
-
-static const char *metadata_value(const struct ana_admission_input *in, const char *key) {
-  for (size_t i = 0; i < in->n_metadata; i++)
-    if (strcmp(in->metadata[i].key, key) == 0)
-      return in->metadata[i].value;
-  return NULL;
 }
 
 static int as_default_account(struct ana_arena *arena, struct ana_principal *out,
@@ -82,16 +82,9 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
   if (health_open && in->method && strcmp(in->method->service, HEALTH_SERVICE) == 0)
     return as_default_account(arena, out, status, false);
   bool configured = false;
-  for (size_t i = 0; i < n_sources; i++) {
-    if (!sources[i].configured(sources[i].ctx))
-      continue;
-    configured = true;
-    int rc = sources[i].authenticate(sources[i].ctx, in, arena, out, status);
-    if (rc < 0)
-      return rc;
-    if (rc > 0)
-      return 0;
-  }
+  for (size_t i = 0, n = atomic_load_explicit(&n_sources, memory_order_acquire);
+       i < n && !configured; i++)
+    configured = sources[i].configured(sources[i].ctx);
   if (!configured) {
     if (in->peer_is_loopback)
       return as_default_account(arena, out, status, true);
@@ -100,12 +93,37 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
     return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "%s", ANA_AUTH_PROTECTED_MESSAGE),
            ANA_ERR_INVALID;
   }
-  if (metadata_value(in, "authorization") || metadata_value(in, "x-api-key")) {
+  /* One credential per request (RFC 6750 section 2: more than one is an
+   * invalid request): with two, which one acts would depend on the order
+   * sources are tried, and a proxy checking one could be fooled by the
+   * other. */
+  size_t n_credentials = 0;
+  for (size_t i = 0; i < in->n_metadata; i++)
+    if (strcmp(in->metadata[i].key, "authorization") == 0 ||
+        strcmp(in->metadata[i].key, "x-api-key") == 0)
+      n_credentials++;
+  if (n_credentials > 1) {
+    ANA_WARN("auth", "refused %s: %zu credentials in one request", in->peer ? in->peer : "?",
+             n_credentials);
+    return ana_error_set(status, ANA_STATUS_INVALID_ARGUMENT,
+                         "send one credential: Authorization or X-Api-Key, not both"),
+           ANA_ERR_INVALID;
+  }
+  for (size_t i = 0, n = atomic_load_explicit(&n_sources, memory_order_acquire); i < n; i++) {
+    if (!sources[i].configured(sources[i].ctx))
+      continue;
+    int rc = sources[i].authenticate(sources[i].ctx, in, arena, out, status);
+    if (rc < 0)
+      return rc;
+    if (rc > 0)
+      return 0;
+  }
+  if (n_credentials) {
     ANA_WARN("auth", "refused %s: credentials of no configured kind", in->peer ? in->peer : "?");
     return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED, "invalid token"), ANA_ERR_INVALID;
   }
   return ana_error_set(status, ANA_STATUS_UNAUTHENTICATED,
-                       "credentials required: send Authorization: Bearer <token>"),
+                       "credentials required: send Authorization: Bearer <token> or X-Api-Key"),
          ANA_ERR_INVALID;
 }
 

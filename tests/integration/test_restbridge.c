@@ -7,7 +7,10 @@
  * calls, keep-alive answers and disconnects racing WebSocket streams (the
  * wake-up list), a message shared by several WebSocket streams arriving in
  * each as its own encoding would (frames written together included), and a
- * graceful shutdown with a call in flight.
+ * graceful shutdown with a call in flight. File downloads (DownloadReport,
+ * a stream of FileChunk sent by the file stream helper): headers, ETag and
+ * 304, one Range (206, 416; several ranges get 200), errors before the
+ * first byte, and a slow reader of 5 MB holding the sender back.
  *
  * With --serve the same handlers are served on a free port (printed as
  * "PORT <n>") until stdin closes, for the WebSocket tests in Python
@@ -21,6 +24,7 @@
 
 #include "ana_auth.h"
 #include "ana_call.h"
+#include "ana_file_stream.h"
 #include "ana_json.h"
 #include "ana_log.h"
 #include "ana_restbridge.h"
@@ -319,6 +323,57 @@ static void stream_cancel(struct ana_call *call) {
 static const struct ana_handler h_stream_metric = {.on_request = stream_metric,
                                                    .on_cancel = stream_cancel};
 
+/* --- DownloadReport: files sent by the file stream helper --- */
+
+#define BIG_SIZE (5 * 1024 * 1024)
+#define SMALL_SIZE 1000
+
+static char small_path[64] = "", big_path[64] = "";
+
+static unsigned char file_byte(size_t i) {
+  return (unsigned char)(i * 7 + i / 251);
+}
+
+static void make_file(char *path, size_t size) {
+  strcpy(path, "/tmp/ana-dl-XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  static unsigned char buf[65536];
+  for (size_t off = 0; off < size; off += sizeof buf) {
+    size_t n = size - off < sizeof buf ? size - off : sizeof buf;
+    for (size_t i = 0; i < n; i++)
+      buf[i] = file_byte(off + i);
+    assert_int_equal(write(fd, buf, n), (ssize_t)n);
+  }
+  close(fd);
+}
+
+static void download(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__DownloadReportRequest *req = (const void *)request;
+  const char *id = req->report_id;
+  if (strcmp(id, "running") == 0) {
+    ana_call_fail(call, ANA_STATUS_FAILED_PRECONDITION, "report run r1 is running, not completed");
+    return;
+  }
+  if (strcmp(id, "small") != 0 && strcmp(id, "unicode") != 0 && strcmp(id, "big") != 0) {
+    ana_call_fail(call, ANA_STATUS_NOT_FOUND, "report %s not found", id);
+    return;
+  }
+  struct ana_file_stream_options o = {
+      .path = strcmp(id, "big") == 0 ? big_path : small_path,
+      .content_type = strcmp(id, "big") == 0 ? "application/pdf" : "text/csv",
+      .filename = strcmp(id, "unicode") == 0 ? "Отчёт 2026-12.csv" : "report.csv",
+      .etag = strcmp(id, "big") == 0 ? NULL : "\"v1\"",
+      .offset = req->offset,
+      .length = req->length,
+      .if_none_match = req->if_none_match,
+  };
+  if (ana_file_stream_start(call, &o) < 0)
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "too many downloads");
+}
+
+static const struct ana_handler h_download = {.on_request = download};
+
 static void bind_handlers(void) {
   ana_auth_init("acct-test");
   shared_init();
@@ -327,6 +382,11 @@ static void bind_handlers(void) {
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_LIST_METRICS, &h_list_metrics);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_UPDATE_METRIC, &h_update_metric);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC, &h_stream_metric);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT, &h_download);
+  if (!small_path[0]) {
+    make_file(small_path, SMALL_SIZE);
+    make_file(big_path, BIG_SIZE);
+  }
 }
 
 static int health(void *ctx, bool *serving, struct ana_json_buf *extra) {
@@ -895,6 +955,173 @@ static void shared_message_frames_match_their_own_encoding(void **state) {
   }
 }
 
+/* --- downloads --- */
+
+static bool body_is_file_range(const struct resp *r, size_t start, size_t n) {
+  if (r->len != n)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)r->body[i] != file_byte(start + i))
+      return false;
+  return true;
+}
+
+static void download_sends_the_file_with_its_headers(void **state) {
+  (void)state;
+  struct resp r;
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_true(body_is_file_range(&r, 0, SMALL_SIZE));
+  assert_contains(r.headers, "content-type: text/csv");
+  assert_contains(r.headers, "content-length: 1000");
+  assert_contains(r.headers, "etag: \"v1\"");
+  assert_contains(r.headers, "accept-ranges: bytes");
+  assert_contains(r.headers, "content-disposition: attachment; filename=\"report.csv\"");
+  /* RFC 6266: an ASCII fallback and the UTF-8 name. */
+  assert_int_equal(http("GET", "/api/reports/unicode/download", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_contains(r.headers, "filename=\"_____ 2026-12.csv\"; "
+                             "filename*=UTF-8''%D0%9E%D1%82%D1%87%D1%91%D1%82%202026-12.csv");
+}
+
+static void download_if_none_match_answers_304(void **state) {
+  (void)state;
+  struct resp r;
+  const char *same[] = {"If-None-Match: \"v1\"", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, same, 5000, &r), 0);
+  assert_int_equal(r.status, 304);
+  assert_int_equal(r.len, 0);
+  assert_contains(r.headers, "etag: \"v1\"");
+  const char *list[] = {"If-None-Match: \"x\", W/\"v1\"", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, list, 5000, &r), 0);
+  assert_int_equal(r.status, 304);
+  const char *other[] = {"If-None-Match: \"v0\"", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, other, 5000, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_true(body_is_file_range(&r, 0, SMALL_SIZE));
+}
+
+static void download_one_range_answers_206(void **state) {
+  (void)state;
+  struct resp r;
+  const char *mid[] = {"Range: bytes=10-19", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, mid, 5000, &r), 0);
+  assert_int_equal(r.status, 206);
+  assert_contains(r.headers, "content-range: bytes 10-19/1000");
+  assert_contains(r.headers, "content-length: 10");
+  assert_true(body_is_file_range(&r, 10, 10));
+  const char *from[] = {"Range: bytes=990-", NULL}; /* what curl -C - sends */
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, from, 5000, &r), 0);
+  assert_int_equal(r.status, 206);
+  assert_contains(r.headers, "content-range: bytes 990-999/1000");
+  assert_true(body_is_file_range(&r, 990, 10));
+  const char *last[] = {"Range: bytes=-5", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, last, 5000, &r), 0);
+  assert_int_equal(r.status, 206);
+  assert_contains(r.headers, "content-range: bytes 995-999/1000");
+  assert_true(body_is_file_range(&r, 995, 5));
+  const char *past_end[] = {"Range: bytes=900-5000", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, past_end, 5000, &r), 0);
+  assert_int_equal(r.status, 206);
+  assert_contains(r.headers, "content-range: bytes 900-999/1000");
+  assert_true(body_is_file_range(&r, 900, 100));
+}
+
+static void download_unsatisfiable_range_answers_416(void **state) {
+  (void)state;
+  struct resp r;
+  const char *h[] = {"Range: bytes=1000-", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, h, 5000, &r), 0);
+  assert_int_equal(r.status, 416);
+  assert_contains(r.headers, "content-range: bytes */1000");
+  assert_contains(r.body, "\"code\":11");
+}
+
+static void download_several_ranges_send_the_whole_file(void **state) {
+  (void)state;
+  struct resp r;
+  const char *h[] = {"Range: bytes=0-1,5-6", NULL};
+  assert_int_equal(http("GET", "/api/reports/small/download", NULL, h, 5000, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_true(body_is_file_range(&r, 0, SMALL_SIZE));
+  assert_true(strstr(r.headers, "content-range") == NULL);
+}
+
+static void download_errors_before_the_first_byte_are_json(void **state) {
+  (void)state;
+  struct resp r;
+  assert_int_equal(http("GET", "/api/reports/running/download", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 409);
+  assert_contains(r.body, "\"code\":9");
+  assert_contains(r.body, "is running");
+  assert_contains(r.headers, "content-type: application/json");
+  assert_int_equal(http("GET", "/api/reports/nope/download", NULL, NULL, 5000, &r), 0);
+  assert_int_equal(r.status, 404);
+  assert_contains(r.body, "\"code\":5");
+}
+
+/* The bridge's queued stream bytes (its /metrics gauge). */
+static long long queued_bytes(void) {
+  struct resp r;
+  if (http("GET", "/metrics", NULL, NULL, 5000, &r) != 0)
+    return -1;
+  const char *p = strstr(r.body, "\nana_websocket_queue_budget_used_bytes ");
+  return p ? atoll(p + strlen("\nana_websocket_queue_budget_used_bytes ")) : -1;
+}
+
+static void download_slow_reader_holds_the_sender_back(void **state) {
+  (void)state;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int small = 16 * 1024;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  static const char req[] = "GET /api/reports/big/download HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  assert_int_equal(send(fd, req, sizeof req - 1, 0), (ssize_t)(sizeof req - 1));
+  static char buf[65536];
+  ssize_t n = recv(fd, buf, 4096, 0);
+  assert_true(n > 0);
+  buf[n] = '\0';
+  char *eoh = strstr(buf, "\r\n\r\n");
+  assert_non_null(eoh);
+  assert_non_null(strstr(buf, "content-length: 5242880"));
+  size_t body = (size_t)n - (size_t)(eoh + 4 - buf);
+  /* The reader stops: the sender must wait, its queue within the limit. */
+  long long most = 0;
+  for (int i = 0; i < 8; i++) {
+    sleep_ms(50);
+    long long q = queued_bytes();
+    assert_true(q >= 0);
+    if (q > most)
+      most = q;
+  }
+  fprintf(stderr, "slow reader: at most %lld bytes queued, %d stream(s) still sending\n", most,
+          ana_file_stream_active());
+  assert_true(most <= 256 * 1024 + 64 * 1024);
+  assert_int_equal(ana_file_stream_active(), 1); /* still waiting for room */
+  /* Then reads everything: every byte arrives, in order. */
+  size_t pos = 0;
+  bool same = true;
+  for (size_t i = (size_t)(eoh + 4 - buf); i < (size_t)n; i++, pos++)
+    same = same && (unsigned char)buf[i] == file_byte(pos);
+  while (body < BIG_SIZE) {
+    n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0)
+      break;
+    for (ssize_t i = 0; i < n; i++, pos++)
+      same = same && (unsigned char)buf[i] == file_byte(pos);
+    body += (size_t)n;
+  }
+  close(fd);
+  assert_int_equal(body, BIG_SIZE);
+  assert_true(same);
+  for (int i = 0; i < 100 && (ana_file_stream_active() || queued_bytes() != 0); i++)
+    sleep_ms(10);
+  assert_int_equal(ana_file_stream_active(), 0);
+  assert_int_equal(queued_bytes(), 0);
+}
+
 static void *track_inflight(void *arg) {
   struct resp *r = arg;
   track("inflight", NULL, 5000, r);
@@ -929,6 +1156,10 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
+  if (small_path[0]) {
+    unlink(small_path);
+    unlink(big_path);
+  }
   ana_restbridge_destroy(bridge);
   ana_auth_fini();
   curl_global_cleanup();
@@ -968,6 +1199,13 @@ int main(int argc, char **argv) {
       cmocka_unit_test(concurrent_calls),
       cmocka_unit_test(keepalive_answers_race_websocket_streams),
       cmocka_unit_test(shared_message_frames_match_their_own_encoding),
+      cmocka_unit_test(download_sends_the_file_with_its_headers),
+      cmocka_unit_test(download_if_none_match_answers_304),
+      cmocka_unit_test(download_one_range_answers_206),
+      cmocka_unit_test(download_unsatisfiable_range_answers_416),
+      cmocka_unit_test(download_several_ranges_send_the_whole_file),
+      cmocka_unit_test(download_errors_before_the_first_byte_are_json),
+      cmocka_unit_test(download_slow_reader_holds_the_sender_back),
       /* Last: it stops the bridge. */
       cmocka_unit_test(shutdown_drains_calls_in_flight),
   };

@@ -3,7 +3,14 @@
  * transport, called through the generated client stubs. Checks asynchronous
  * finish from other threads, streaming back-pressure, kept messages,
  * cancellation, deadlines, metadata, error status, unbound methods, and a
- * graceful shutdown with calls in flight. */
+ * graceful shutdown with calls in flight. A file sent by the file stream
+ * helper as FileChunks reaches libanalytics' streaming download whole, in
+ * order, resumed from an offset, and a current ETag sends no data.
+ *
+ * With --serve, DownloadReport (that file) and grpc.health.v1 are served on
+ * a free port (printed as "PORT <n> FILE <path>") until stdin closes: the
+ * upstream of the remote bridge's download tests
+ * (tests/integration/python/test_downloads.py). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,8 +19,11 @@
 #include <cmocka.h>
 
 #include "ana_auth.h"
+#include "ana_builtin_services.h"
 #include "ana_call.h"
 #include "ana_client_stubs.h"
+#include "ana_file_stream.h"
+#include "analytics/analytics.h"
 #include "ana_grpc_server.h"
 #include "ana_log.h"
 
@@ -495,6 +505,100 @@ static const struct ana_handler h_list_reports = {.on_request = list_reports_no_
 static const struct ana_handler h_stream_metric = {.on_request = stream_metric,
                                                    .on_drain = stream_metric_drain};
 
+/* --- DownloadReport: the file stream helper over gRPC, read by libanalytics --- */
+
+#define DL_SIZE (3 * 1024 * 1024 + 17)
+static char dl_path[64];
+
+static unsigned char dl_byte(int64_t i) {
+  return (unsigned char)(i * 13 + i / 509);
+}
+
+static void download_report(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__DownloadReportRequest *req = (const void *)request;
+  struct ana_file_stream_options o = {.path = dl_path,
+                                      .content_type = "application/pdf",
+                                      .filename = "campaign.pdf",
+                                      .etag = "\"e1\"",
+                                      .offset = req->offset,
+                                      .length = req->length,
+                                      .if_none_match = req->if_none_match};
+  if (ana_file_stream_start(call, &o) < 0)
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "busy");
+}
+
+static const struct ana_handler h_download = {.on_request = download_report};
+
+struct dl_seen {
+  int64_t next, pieces, bytes;
+  bool in_order;
+  char etag[16];
+};
+
+static int dl_piece(const analytics_file_chunk_t *ch, void *ctx) {
+  struct dl_seen *s = ctx;
+  if (s->pieces++ == 0) {
+    snprintf(s->etag, sizeof s->etag, "%s", ch->etag);
+    s->next = ch->offset;
+    s->in_order = ch->total_size == DL_SIZE && strcmp(ch->filename, "campaign.pdf") == 0;
+  }
+  for (size_t i = 0; i < ch->size; i++)
+    s->in_order = s->in_order && ch->data[i] == dl_byte(s->next + (int64_t)i);
+  s->in_order = s->in_order && ch->offset == s->next;
+  s->next += (int64_t)ch->size;
+  s->bytes += (int64_t)ch->size;
+  return 0;
+}
+
+static int dl_make_file(void) {
+  strcpy(dl_path, "/tmp/ana-rpc-dl-XXXXXX");
+  int fd = mkstemp(dl_path);
+  FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+  if (!f)
+    return -1;
+  for (int64_t i = 0; i < DL_SIZE; i++)
+    fputc(dl_byte(i), f);
+  return fclose(f);
+}
+
+static void download_streams_to_libanalytics(void **state) {
+  (void)state;
+  assert_int_equal(dl_make_file(), 0);
+  char target[64];
+  snprintf(target, sizeof target, "127.0.0.1:%d", ana_grpc_server_port(server));
+  analytics_options_t opts = {.target = target};
+  analytics_error_t err;
+  analytics_client_t *c = analytics_client_new(&opts, &err);
+  assert_non_null(c);
+
+  struct dl_seen whole = {0};
+  assert_int_equal(analytics_download_report(c, "r1", NULL, dl_piece, &whole, &err), 0);
+  assert_int_equal(whole.bytes, DL_SIZE);
+  assert_true(whole.in_order);
+  assert_true(whole.pieces >= DL_SIZE / ANA_FILE_STREAM_CHUNK); /* streamed, not one message */
+  assert_string_equal(whole.etag, "\"e1\"");
+
+  analytics_download_options_t resume = {.offset = 1000000};
+  struct dl_seen rest = {0};
+  assert_int_equal(analytics_download_report(c, "r1", &resume, dl_piece, &rest, &err), 0);
+  assert_int_equal(rest.bytes, DL_SIZE - 1000000);
+  assert_true(rest.in_order);
+
+  analytics_download_options_t same = {.if_none_match = "\"e1\""};
+  struct dl_seen none = {0};
+  assert_int_equal(analytics_download_report(c, "r1", &same, dl_piece, &none, &err), 0);
+  assert_int_equal(none.pieces, 1);
+  assert_int_equal(none.bytes, 0);
+
+  analytics_download_options_t past = {.offset = DL_SIZE};
+  struct dl_seen nothing = {0};
+  assert_true(analytics_download_report(c, "r1", &past, dl_piece, &nothing, &err) < 0);
+  assert_int_equal(err.code, ANALYTICS_STATUS_OUT_OF_RANGE);
+
+  analytics_client_destroy(c);
+  unlink(dl_path);
+}
+
 static int setup(void **state) {
   (void)state;
   ana_log_set_level(ANA_LOG_WARN);
@@ -508,6 +612,7 @@ static int setup(void **state) {
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_ALERT_SERVICE_LIST_ALERTS, &h_list_alerts);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_LIST_REPORTS, &h_list_reports);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC, &h_stream_metric);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT, &h_download);
   struct ana_grpc_server_options o = {.host = "127.0.0.1",
                                       .port = 0,
                                       .threads = 2,
@@ -534,7 +639,38 @@ static int teardown(void **state) {
   return 0;
 }
 
-int main(void) {
+static int serve(void) {
+  ana_log_set_level(ANA_LOG_WARN);
+  ana_auth_init("acct-test");
+  ana_health_bind();
+  ana_health_set_serving(true);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REPORT_SERVICE_DOWNLOAD_REPORT, &h_download);
+  if (dl_make_file() < 0)
+    return 1;
+  struct ana_grpc_server_options o = {.host = "127.0.0.1",
+                                      .port = 0,
+                                      .threads = 2,
+                                      .max_message_bytes = 1 << 20,
+                                      .send_queue_max = 8};
+  struct ana_error err;
+  server = ana_grpc_server_create(&o, &err);
+  if (!server)
+    return 1;
+  printf("PORT %d FILE %s\n", ana_grpc_server_port(server), dl_path);
+  fflush(stdout);
+  char buf[64];
+  while (fgets(buf, sizeof buf, stdin))
+    ;
+  ana_grpc_server_shutdown(server, 1000);
+  ana_grpc_server_destroy(server);
+  unlink(dl_path);
+  ana_auth_fini();
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--serve") == 0)
+    return serve();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unary_finishes_from_another_thread),
       cmocka_unit_test(unary_sees_metadata_deadline_and_principal),
@@ -547,6 +683,7 @@ int main(void) {
       cmocka_unit_test(error_status_reaches_the_client),
       cmocka_unit_test(unbound_method_is_unimplemented),
       cmocka_unit_test(finish_without_response_is_internal),
+      cmocka_unit_test(download_streams_to_libanalytics),
       /* Last: it stops the server. */
       cmocka_unit_test(shutdown_drains_calls_in_flight),
   };

@@ -1,8 +1,9 @@
 /* Unit tests of API keys: the key text (format, parse, base62, hash), and
  * verification against the real SQLite key store with a fixed clock: bad
  * shapes, unknown ids, wrong secrets, revocation (at once through the
- * registry, within the cache lifetime through the store), roles, and
- * last-use times written at most once per interval. */
+ * registry, within the cache lifetime through the store), roles,
+ * last-use times written at most once per interval, and the count of keys
+ * not revoked (which ends protected mode). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -345,6 +346,38 @@ static void list_is_per_account_and_paged_by_id(void **state) {
   assert_string_equal(page.ids[0], l.ids[1]);
 }
 
+/* The count: 0 on an empty store, kept by issue and revoke here, and seen
+ * by a recount when another registry (another process) changes the store. */
+static void active_keys_are_counted(void **state) {
+  (void)state;
+  struct ana_error err;
+  char key[ANA_API_KEY_CHARS + 1];
+  struct ana_api_key_record rec, rec2;
+  assert_int_equal(ana_api_keys_active(keys), 0);
+  issue("acme", "ingest", key, &rec);
+  assert_int_equal(ana_api_keys_active(keys), 1);
+  issue("other", "admin", key, &rec2);
+  assert_int_equal(ana_api_keys_active(keys), 2);
+  assert_int_equal(ana_api_keys_revoke(keys, "acme", rec.key_id, &err), 0);
+  assert_int_equal(ana_api_keys_active(keys), 1);
+  assert_int_equal(ana_api_keys_revoke(keys, "acme", rec.key_id, &err), 0); /* again: no change */
+  assert_int_equal(ana_api_keys_active(keys), 1);
+
+  struct ana_api_keys_options o;
+  ana_api_keys_options_init(&o);
+  o.ops = ops;
+  o.store = store;
+  o.touch_thread = false;
+  struct ana_api_keys *cli = ana_api_keys_create(&o, &err);
+  assert_non_null(cli);
+  assert_int_equal(ana_api_keys_active(cli), 1);
+  assert_int_equal(ana_api_keys_revoke(cli, NULL, rec2.key_id, &err), 0);
+  ana_api_keys_destroy(cli);
+  assert_int_equal(ana_api_keys_active(keys), 1); /* not yet re-read */
+  assert_int_equal(ana_api_keys_recount(keys, &err), 0);
+  assert_int_equal(ana_api_keys_active(keys), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(format_is_prefix_id_and_43_base62_digits),
@@ -359,6 +392,7 @@ int main(void) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(last_use_is_written_at_most_once_a_minute, setup, teardown),
       cmocka_unit_test_setup_teardown(list_is_per_account_and_paged_by_id, setup, teardown),
+      cmocka_unit_test_setup_teardown(active_keys_are_counted, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -235,9 +235,46 @@ static void configured_source_is_required_everywhere(void **state) {
   ana_auth_fini();
 }
 
+/* Two credentials in one request (Authorization and X-Api-Key, or either
+ * twice) are INVALID_ARGUMENT once a source is configured, even when one of
+ * them would be accepted; in protected mode loopback is served as before. */
+static void two_credentials_are_refused(void **state) {
+  (void)state;
+  struct ana_arena arena;
+  struct ana_principal p;
+  struct ana_error status = {0};
+  const struct ana_method *names = method_named("/analytics.v1.EventService/ListEventNames");
+  struct ana_metadata_entry md[] = {{"authorization", "Bearer good", 11},
+                                    {"x-api-key", "ana_x", 5}};
+  struct ana_admission_input in = {.metadata = md,
+                                   .n_metadata = 2,
+                                   .peer = "ipv4:127.0.0.1:1",
+                                   .peer_is_loopback = true,
+                                   .method = names};
+  assert_int_equal(ana_auth_init("acct-1"), 0);
+  assert_int_equal(ana_auth_add_source(&(struct ana_credential_source){"fake", fake_configured,
+                                                                       fake_authenticate, NULL}),
+                   0);
+  ana_arena_init(&arena, 0, 0);
+  fake_on = false;
+  assert_int_equal(ana_admission_run(&in, &arena, &p, &status), 0);
+  fake_on = true;
+  assert_int_equal(ana_admission_run(&in, &arena, &p, &status), ANA_ERR_INVALID);
+  assert_int_equal(status.code, ANA_STATUS_INVALID_ARGUMENT);
+  md[1].key = "authorization";
+  assert_int_equal(ana_admission_run(&in, &arena, &p, &status), ANA_ERR_INVALID);
+  assert_int_equal(status.code, ANA_STATUS_INVALID_ARGUMENT);
+  in.n_metadata = 1;
+  assert_int_equal(ana_admission_run(&in, &arena, &p, &status), 0);
+  assert_string_equal(p.account_id, "acme");
+  ana_arena_fini(&arena);
+  ana_auth_fini();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(viewer_reads_everything_but_sensitive),
+      cmocka_unit_test(two_credentials_are_refused),
       cmocka_unit_test(analyst_and_editor_add_their_writes),
       cmocka_unit_test(admin_has_everything_ingest_only_writes_events),
       cmocka_unit_test(principal_with_roles),

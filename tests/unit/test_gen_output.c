@@ -103,8 +103,13 @@ static void routes_are_the_specs(void **state) {
       fail_msg("missing route %s %s", want[i].verb, want[i].pattern);
     assert_string_equal(r->body, want[i].body);
     assert_int_equal(r->method, want[i].method);
-    assert_int_equal(r->websocket, ana_methods[r->method].kind == ANA_METHOD_SERVER_STREAMING);
+    bool stream = ana_methods[r->method].kind == ANA_METHOD_SERVER_STREAMING;
+    bool file = ana_methods[r->method].output == &analytics__v1__file_chunk__descriptor;
+    /* A stream of FileChunk is a download (raw HTTP), any other a WebSocket. */
+    assert_int_equal(r->download, stream && file);
+    assert_int_equal(r->websocket, stream && !file);
   }
+  assert_true(route("GET", "/api/reports/{report_id}/download")->download);
 }
 
 /* Index of the first segment where a is a literal and b a variable, or the

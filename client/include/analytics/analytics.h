@@ -25,6 +25,7 @@
 #define ANALYTICS_H
 
 #include <stdbool.h>
+#include <stdio.h> /* FILE (analytics_download_report_to_file) */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -449,19 +450,57 @@ int analytics_list_reports(analytics_client_t *client, int32_t page_size, const 
 int analytics_get_report(analytics_client_t *client, const char *report_id, char **json_out,
                          analytics_error_t *err);
 
-/* A downloaded report file. Free with analytics_report_file_destroy. */
-typedef struct analytics_report_file {
-  char *content_type; /* e.g. "application/pdf" */
-  char *filename;
-  unsigned char *data;
+/* One piece of a report file being downloaded (DownloadReport streams the
+ * file; it is never held whole). Everything is borrowed: valid only during
+ * the callback. The first piece carries the headers (content_type,
+ * filename, etag, total_size) and maybe data; the others carry data. */
+typedef struct analytics_file_chunk {
+  const char *content_type; /* e.g. "application/pdf" */
+  const char *filename;
+  const char *etag;
+  int64_t total_size; /* the whole file, not just the range asked for */
+  int64_t offset;     /* where data belongs in the file */
+  const unsigned char *data;
   size_t size;
-} analytics_report_file_t;
+} analytics_file_chunk_t;
 
-/* Downloads a finished report. On success *file_out is the file (caller
- * destroys); NULL after a failure. */
+/* Called for each piece, in order, on the calling thread; non-zero stops
+ * the download (analytics_download_report then returns 0). */
+typedef int (*analytics_file_chunk_fn)(const analytics_file_chunk_t *chunk, void *ctx);
+
+/* What to download; a NULL options pointer means the whole file of the
+ * latest completed run. */
+typedef struct analytics_download_options {
+  const char *run_id;        /* NULL = the latest completed run */
+  int64_t offset;            /* first byte (resume); negative = the last -offset bytes */
+  int64_t length;            /* bytes from offset; 0 = to the end */
+  const char *if_none_match; /* an ETag held: when it is current only the
+                                first piece comes, with size 0 */
+} analytics_download_options_t;
+
+/* Downloads a report's file as a stream of pieces. Returns 0, or a negative
+ * error: ANALYTICS_ERR_* with the server's status (FAILED_PRECONDITION when
+ * the run is not completed, OUT_OF_RANGE for an offset past the end).
+ * Changed in 0.1 (ABI): it used to return the whole file in memory
+ * (analytics_report_file_t, analytics_report_file_destroy, both gone). */
 int analytics_download_report(analytics_client_t *client, const char *report_id,
-                              analytics_report_file_t **file_out, analytics_error_t *err);
-void analytics_report_file_destroy(analytics_report_file_t *file);
+                              const analytics_download_options_t *options,
+                              analytics_file_chunk_fn on_chunk, void *ctx, analytics_error_t *err);
+
+/* The same, writing the pieces to out at its current position (a resume
+ * passes the file opened for append and options->offset = its size). When
+ * info is not NULL it receives the first piece's headers (strings copied
+ * into it; data NULL). */
+typedef struct analytics_download_info {
+  char content_type[128];
+  char filename[256];
+  char etag[128];
+  int64_t total_size;
+  int64_t written; /* bytes written to out */
+} analytics_download_info_t;
+int analytics_download_report_to_file(analytics_client_t *client, const char *report_id,
+                                      const analytics_download_options_t *options, FILE *out,
+                                      analytics_download_info_t *info, analytics_error_t *err);
 
 /* An alert rule (the spec's Alert Schema). */
 typedef struct analytics_alert {

@@ -201,6 +201,22 @@ static int keys_touch(void *p, const char *key_id, int64_t at_ms, struct ana_err
                    key_id, NULL, at_ms, &changes, err);
 }
 
+static int keys_count_active(void *p, int64_t *out, struct ana_error *err) {
+  struct sqlite_keys *s = p;
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  pthread_mutex_lock(&s->mu);
+  if (sqlite3_prepare_v2(s->conn, "SELECT COUNT(*) FROM api_keys WHERE revoked_at = 0", -1, &st,
+                         NULL) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW)
+    rc = db_error(s->conn, err);
+  else
+    *out = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
 const struct ana_api_key_store_ops ana_sqlite_api_key_store = {
     .name = "sqlite",
     .open = keys_open,
@@ -209,5 +225,6 @@ const struct ana_api_key_store_ops ana_sqlite_api_key_store = {
     .list = keys_list,
     .revoke = keys_revoke,
     .touch = keys_touch,
+    .count_active = keys_count_active,
     .close = keys_close,
 };

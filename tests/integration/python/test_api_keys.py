@@ -2,7 +2,9 @@
 (`analyticsd keys create|list|revoke` on the running server's DATA_DIR): the
 key is shown once and never again, only its SHA-256 is stored, revocation is
 recorded, another account's key is NOT_FOUND and a bad role is
-INVALID_ARGUMENT naming `role`."""
+INVALID_ARGUMENT naming `role`. The first key ends protected mode, so every
+call here carries an admin JWT of the account (test_api_key_auth.py covers
+keys as credentials)."""
 
 import glob
 import os
@@ -11,6 +13,7 @@ import subprocess
 
 import grpc
 
+import authkit
 import harness
 from test_rest import RestClient
 
@@ -19,16 +22,50 @@ ACCOUNT = "acme-keys"
 KEY_RE = re.compile(r"^ana_([0-9A-Za-z]{12})_[0-9A-Za-z]{43}$")
 
 
+class _Credentials(grpc.UnaryUnaryClientInterceptor):
+    """Adds the authorization metadata to every unary call."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def intercept_unary_unary(self, continuation, details, request):
+        md = list(details.metadata or []) + [("authorization", self.value)]
+        details = details._replace(metadata=md) if hasattr(details, "_replace") else \
+            _Details(details.method, details.timeout, md, details.credentials,
+                     details.wait_for_ready, details.compression)
+        return continuation(details, request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = (credentials, wait_for_ready,
+                                                                   compression)
+
+
+class _AuthedRest(RestClient):
+    def __init__(self, port, value):
+        super().__init__(port)
+        self.value = value
+
+    def request(self, verb, path, body=None, headers=None, raw_body=None):
+        return super().request(verb, path, body, dict(headers or {}, Authorization=self.value),
+                               raw_body)
+
+
 class ApiKeysTest(harness.ServerTestCase):
 
-    SERVER_ENV = {"DEFAULT_ACCOUNT_ID": ACCOUNT}
+    SERVER_ENV = {"DEFAULT_ACCOUNT_ID": ACCOUNT, "JWT_HS256_SECRET": authkit.SECRET}
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
+        bearer = "Bearer " + authkit.hs256(authkit.claims(account=ACCOUNT, roles=["admin"],
+                                                          ttl=3600))
         cls.pb, kgrpc = cls.ns.analytics["keys"]
-        cls.keys = kgrpc.KeyServiceStub(cls.channel)
-        cls.rest = RestClient(cls.rest_port)
+        cls.keys = kgrpc.KeyServiceStub(grpc.intercept_channel(cls.channel,
+                                                               _Credentials(bearer)))
+        cls.rest = _AuthedRest(cls.rest_port, bearer)
 
     def offline(self, *args, check=True):
         """Runs `analyticsd keys ARGS` on the server's DATA_DIR."""

@@ -14,7 +14,10 @@ every method and transport:
   A's token with a role lacking the method's permission -> PERMISSION_DENIED
   B's admin token with A's object ids -> NOT_FOUND (or UNIMPLEMENTED), never
                             PERMISSION_DENIED, which would confirm the id
-and no response body ever carries A's marker.
+and the same with API keys (X-Api-Key) in place of tokens: a bad key ->
+UNAUTHENTICATED, B's admin key naming A -> PERMISSION_DENIED, A's key with a
+role lacking the permission -> PERMISSION_DENIED, B's admin key with A's ids
+-> NOT_FOUND; no response body ever carries A's marker.
 """
 
 import json
@@ -50,6 +53,16 @@ class TenancyMatrixTest(harness.ServerTestCase):
         cls.token_a = hs256(claims(account=A, roles=["admin"]))
         cls.token_b = hs256(claims(account=B, roles=["admin"]))
         cls.ids = cls.plant()
+        cls.key_b = cls.create_key(cls.token_b, "admin")
+        cls.keys_a = {r: cls.create_key(cls.token_a, r) for r in ("viewer", "ingest")}
+
+    @classmethod
+    def create_key(cls, token, role):
+        code, text, _ = rest_call(cls.rest_port, "POST", "/api/keys", bearer(token),
+                                  json.dumps({"role": role}))
+        if code != "OK":
+            raise AssertionError("CreateKey %s: %s %s" % (role, code, text))
+        return json.loads(text)["apiKey"]
 
     @classmethod
     def plant(cls):
@@ -101,9 +114,18 @@ class TenancyMatrixTest(harness.ServerTestCase):
              dict(bearer(hs256(claims(account=None, accounts={B: "admin"}))),
                   **{"X-Account-Id": A}), {"PERMISSION_DENIED"}),
         ]
+        out += [
+            ("bad API key", {"X-Api-Key": "ana_" + "A" * 12 + "_" + "A" * 43},
+             {"UNAUTHENTICATED"}),
+            ("another account's API key", {"X-Api-Key": self.key_b, "X-Account-Id": A},
+             {"PERMISSION_DENIED"}),
+        ]
         if perm:
             out.append(("role without %s" % perm,
                         bearer(hs256(claims(account=A, roles=[self.weaker_role(perm)]))),
+                        {"PERMISSION_DENIED"}))
+            out.append(("API key role without %s" % perm,
+                        {"X-Api-Key": self.keys_a[self.weaker_role(perm)]},
                         {"PERMISSION_DENIED"}))
         return out
 
@@ -146,34 +168,34 @@ class TenancyMatrixTest(harness.ServerTestCase):
                         self.assert_no_marker(m.path, text)
 
     def test_another_accounts_object_ids_are_not_found(self):
-        md = bearer(self.token_b)
-        for m in self.methods:
-            payload, filled = self.request_with_ids(m, self.ids)
-            with self.subTest(method=m.path, transport="grpc"):
-                code, out = self.call_grpc(m, md, payload)
-                self.assert_no_marker(m.path, out)
-                if filled:
-                    self.assertIn(code, {"NOT_FOUND", "UNIMPLEMENTED", "INVALID_ARGUMENT"},
-                                  "%s with A's id answered %s %r" % (m.path, code, out))
-            route = self.routes.get(m.path)
-            if route and "{" in route[1]:
-                with self.subTest(method=m.path, transport="rest/ws"):
-                    field = route[1][route[1].index("{") + 1:route[1].index("}")]
-                    the_id = self.ids.get(field, next(iter(self.ids.values())))
-                    code, text = self.call_rest(m, md, fill=the_id)
-                    self.assert_no_marker(m.path, text)
-                    self.assertIn(code, {"NOT_FOUND", "UNIMPLEMENTED", "INVALID_ARGUMENT"},
-                                  "%s with A's id answered %s %r" % (m.path, code, text))
+        for cred, md in (("token", bearer(self.token_b)), ("API key", {"X-Api-Key": self.key_b})):
+            for m in self.methods:
+                payload, filled = self.request_with_ids(m, self.ids)
+                with self.subTest(method=m.path, transport="grpc", credential=cred):
+                    code, out = self.call_grpc(m, md, payload)
+                    self.assert_no_marker(m.path, out)
+                    if filled:
+                        self.assertIn(code, {"NOT_FOUND", "UNIMPLEMENTED", "INVALID_ARGUMENT"},
+                                      "%s with A's id answered %s %r" % (m.path, code, out))
+                route = self.routes.get(m.path)
+                if route and "{" in route[1]:
+                    with self.subTest(method=m.path, transport="rest/ws", credential=cred):
+                        field = route[1][route[1].index("{") + 1:route[1].index("}")]
+                        the_id = self.ids.get(field, next(iter(self.ids.values())))
+                        code, text = self.call_rest(m, md, fill=the_id)
+                        self.assert_no_marker(m.path, text)
+                        self.assertIn(code, {"NOT_FOUND", "UNIMPLEMENTED", "INVALID_ARGUMENT"},
+                                      "%s with A's id answered %s %r" % (m.path, code, text))
 
     def test_another_account_lists_nothing_of_a(self):
         # Every method B may call without ids (lists, searches, streams): B's
         # own view, never A's marker.
-        md = bearer(self.token_b)
-        for m in self.methods:
-            if m.path in self.routes:
-                with self.subTest(method=m.path):
-                    code, text = self.call_rest(m, md)
-                    self.assert_no_marker(m.path, text)
+        for cred, md in (("token", bearer(self.token_b)), ("API key", {"X-Api-Key": self.key_b})):
+            for m in self.methods:
+                if m.path in self.routes:
+                    with self.subTest(method=m.path, credential=cred):
+                        code, text = self.call_rest(m, md)
+                        self.assert_no_marker(m.path, text)
 
     def test_tenant_a_sees_its_own_data(self):
         # The control: the marker is findable by its owner, so its absence
