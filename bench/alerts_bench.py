@@ -215,12 +215,15 @@ def main():
         % (a.rules, setup_s, ruled, plain, ruled / plain),
     ]
     heading = "## Alerts (`bench/alerts_bench.py`)"
-    section = ("%s\n\nMachine: %d CPUs, Linux %s; client (Python grpcio, pre-serialised batches),"
+    load = os.getloadavg()[0]
+    section = ("%s\n\nMachine: %d CPUs, Linux %s (1-minute load average %.1f at the end: other"
+               " work on the machine shows in every figure); client (Python grpcio, pre-serialised"
+               " batches),"
                " analyticsd and the webhook sink (Python http.server) share the machine; each"
                " part runs on a fresh analyticsd and store. Notifications go through the outbox"
                " (written in the state change's transaction) and the sender threads.\n\n"
                "| Measure | Result | Baseline | Ratio | Target |\n"
-               "|---|---|---|---|---|\n%s\n" % (heading, os.cpu_count(), platform.release(),
+               "|---|---|---|---|---|\n%s\n" % (heading, os.cpu_count(), platform.release(), load,
                                                   "\n".join(rows)))
     replace_section(a.out, heading, section)
     print("\n".join(rows))
