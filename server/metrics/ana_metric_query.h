@@ -37,6 +37,26 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
                          const struct ana_metric_query *q, struct ana_arena *arena,
                          Analytics__V1__MetricData *out, struct ana_error *err);
 
+/* An ad-hoc query: a formula with filters and dimensions that is no stored
+ * metric (reports use it), answered by the same engine as GetMetricData.
+ * Event names in the formula are taken as written. */
+struct ana_metric_adhoc {
+  const char *formula;                         /* e.g. "count(message_sent)" */
+  Analytics__V1__MetricFilter *const *filters; /* borrowed */
+  size_t n_filters;
+  char *const *dimensions; /* borrowed */
+  size_t n_dimensions;
+  const char *aggregation; /* the summary; NULL = "sum" */
+};
+
+/* Parses and checks the ad-hoc query (errors name "formula", "filters[i]",
+ * "dimensions[i]") and answers it over q's account, range, interval, zone and
+ * top N (q->metric and q->formula are ignored) from the raw events. */
+int ana_metric_query_adhoc(const struct ana_event_store_ops *ops, void *store,
+                           const struct ana_metric_adhoc *a, const struct ana_metric_query *q,
+                           struct ana_arena *arena, Analytics__V1__MetricData *out,
+                           struct ana_error *err);
+
 /* Where a field path of a filter or dimension points. */
 struct ana_field_ref {
   bool top_level;   /* eventType, eventName, sessionId, eventId */

@@ -1007,6 +1007,32 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
   return rc;
 }
 
+int ana_metric_query_adhoc(const struct ana_event_store_ops *ops, void *store,
+                           const struct ana_metric_adhoc *a, const struct ana_metric_query *q,
+                           struct ana_arena *arena, Analytics__V1__MetricData *out,
+                           struct ana_error *err) {
+  Analytics__V1__Metric m = ANALYTICS__V1__METRIC__INIT;
+  m.name = "ad hoc";
+  m.type = "gauge";
+  m.formula = (char *)a->formula;
+  m.aggregation = (char *)(a->aggregation ? a->aggregation : "sum");
+  m.filters = (Analytics__V1__MetricFilter **)a->filters;
+  m.n_filters = a->n_filters;
+  m.dimensions = (char **)a->dimensions;
+  m.n_dimensions = a->n_dimensions;
+  if (ana_metric_check_filters_and_dimensions(&m, err) < 0)
+    return ANA_ERR_INVALID;
+  struct ana_formula *f = ana_formula_parse(a->formula, NULL, err, NULL);
+  if (!f)
+    return ANA_ERR_INVALID;
+  struct ana_metric_query aq = *q;
+  aq.metric = &m;
+  aq.formula = f;
+  int rc = ana_metric_query_raw(ops, store, &aq, arena, out, err);
+  ana_formula_free(f);
+  return rc;
+}
+
 /* ------------------------------------------------------------------ */
 
 static const char *const filter_ops[] = {"eq", "neq", "in",       "gt",    "gte",
