@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +27,8 @@
 #define EXPIRE_EVERY_MS (10 * 60 * 1000)
 #define TMP_PREFIX ".tmp-"
 #define NICE 10
+/* Free bytes below which a failed generation is put down to a full disk. */
+#define FULL_BYTES (64 * 1024)
 
 struct ana_report_runner {
   struct ana_report_runner_options o;
@@ -170,6 +173,16 @@ static void generate(struct ana_report_runner *r, const char *run_id) {
   if (rc == 0 && stat(final, &sb) < 0)
     rc = ana_error_set(&err, ANA_STATUS_UNAVAILABLE, "the file vanished: %s", strerror(errno));
   if (rc < 0) {
+    /* A full disk shows in the writer's error only as its library's code:
+     * say so, measured before the partial file goes. */
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < FULL_BYTES) {
+      char detail[sizeof err.message];
+      snprintf(detail, sizeof detail, "%s", err.message);
+      ana_error_set(&err, ANA_STATUS_RESOURCE_EXHAUSTED,
+                    "no space left on the disk of REPORTS_DIR (%llu KiB free): %s",
+                    (unsigned long long)vfs.f_bavail * vfs.f_frsize / 1024, detail);
+    }
     unlink(tmp);
     ANA_WARN("reports", "run %s of report %s failed: %s", run_id, report, err.message);
     finish_run(r, run_id, "failed", err.message[0] ? err.message : "generation failed", "", 0);

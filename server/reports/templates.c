@@ -15,7 +15,7 @@
 
 #define DAY_MS 86400000LL
 #define HOUR_MS 3600000LL
-#define MAX_DAYS 3660
+#define MAX_DAYS ANA_METRIC_MAX_BUCKETS /* one point per day */
 #define MAX_METRICS 20
 #define TABLE_TOP_N 1000
 
@@ -612,6 +612,8 @@ static int build_summary(const struct ana_report_template_env *env, const char *
       m->dimensions = (char **)sm->dimensions;
       m->n_dimensions = sm->n_dimensions;
     }
+    char **dims = m->dimensions;
+    size_t n_dims = m->n_dimensions;
     struct ana_metric_query q = {.metric = m,
                                  .formula = f,
                                  .account_id = account,
@@ -622,13 +624,26 @@ static int build_summary(const struct ana_report_template_env *env, const char *
                                  .top_n = sm->top_n};
     Analytics__V1__MetricData d = ANALYTICS__V1__METRIC_DATA__INIT;
     int rc = ana_metric_query_raw(env->store_ops, env->store, &q, a, &d, err);
-    ana_formula_free(f);
-    if (rc < 0)
+    if (rc < 0) {
+      ana_formula_free(f);
       return rc;
+    }
     const char *name = m->name && m->name[0] ? m->name : sm->metrics[i];
-    /* The tile: the whole range's value (the ungrouped total when grouped:
-     * the first series otherwise). */
-    tile(&tiles[i], name, ANA_REPORT_NUMBER, first(&d));
+    /* The tile: the whole range's value over every group (the same query
+     * without its dimensions when it has some). */
+    Analytics__V1__MetricData whole = d;
+    if (n_dims) {
+      m->n_dimensions = 0;
+      analytics__v1__metric_data__init(&whole);
+      rc = ana_metric_query_raw(env->store_ops, env->store, &q, a, &whole, err);
+      m->n_dimensions = n_dims;
+      if (rc < 0) {
+        ana_formula_free(f);
+        return rc;
+      }
+    }
+    ana_formula_free(f);
+    tile(&tiles[i], name, ANA_REPORT_NUMBER, first(&whole));
     tiles[i].unit = m->unit && m->unit[0] ? m->unit : NULL;
     if (d.n_series == 0)
       continue;
@@ -671,13 +686,13 @@ static int build_summary(const struct ana_report_template_env *env, const char *
                                             ns,
                                             m->unit && m->unit[0] ? m->unit : NULL};
     /* Table: one row per group with its total and change. */
-    size_t nc = sm->n_dimensions + 3;
+    size_t nc = n_dims + 3;
     struct ana_report_column *cols = ana_arena_calloc(a, nc, sizeof *cols);
     struct mem_table *t = ana_arena_calloc(a, 1, sizeof *t);
     if (!cols || !t || !(t->cells = ana_arena_calloc(a, d.n_series * nc + 1, sizeof *t->cells)))
       return nomem(err);
-    for (size_t k = 0; k < sm->n_dimensions; k++)
-      cols[k] = (struct ana_report_column){sm->dimensions[k], ANA_REPORT_TEXT};
+    for (size_t k = 0; k < n_dims; k++)
+      cols[k] = (struct ana_report_column){dims[k], ANA_REPORT_TEXT};
     cols[nc - 3] = (struct ana_report_column){"Metric", ANA_REPORT_TEXT};
     cols[nc - 2] = (struct ana_report_column){"Total", ANA_REPORT_NUMBER};
     cols[nc - 1] = (struct ana_report_column){"Change", ANA_REPORT_PERCENT};
@@ -685,8 +700,8 @@ static int build_summary(const struct ana_report_template_env *env, const char *
     t->n_rows = d.n_series;
     for (size_t j = 0; j < d.n_series; j++) {
       struct ana_report_cell *row = t->cells + j * nc;
-      for (size_t k = 0; k < sm->n_dimensions; k++)
-        row[k].text = series_dim(d.series[j], sm->dimensions[k]);
+      for (size_t k = 0; k < n_dims; k++)
+        row[k].text = series_dim(d.series[j], dims[k]);
       row[nc - 3].text = name;
       double v = total_of(d.series[j]);
       row[nc - 2].null = !isfinite(v);

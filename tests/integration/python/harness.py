@@ -130,6 +130,7 @@ class Server:
             "GRPC_PORT": self.grpc_port,
             "PORT": self.http_port,
             "DATA_DIR": self.data_dir,
+            "REPORTS_DIR": os.path.join(self.workdir, "reports"),
             "LOG_LEVEL": log_level,
             "SHUTDOWN_GRACE_MS": grace_ms,
         })
