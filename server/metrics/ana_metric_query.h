@@ -49,13 +49,15 @@ struct ana_metric_adhoc {
   const char *aggregation; /* the summary; NULL = "sum" */
 };
 
-/* Parses and checks the ad-hoc query (errors name "formula", "filters[i]",
- * "dimensions[i]") and answers it over q's account, range, interval, zone and
- * top N (q->metric and q->formula are ignored) from the raw events. */
-int ana_metric_query_adhoc(const struct ana_event_store_ops *ops, void *store,
-                           const struct ana_metric_adhoc *a, const struct ana_metric_query *q,
-                           struct ana_arena *arena, Analytics__V1__MetricData *out,
-                           struct ana_error *err);
+/* n ad-hoc queries over q's account, range, interval, zone and top N
+ * (q->metric and q->formula are ignored), answered in one pass over the
+ * events (the union of the names they read): outs[i] answers a[i]. Each is
+ * parsed and checked first; an error names the field ("formula: ...",
+ * "filters[j].op: ...") of the first that fails. Blocks. */
+int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *store,
+                                 const struct ana_metric_adhoc *a, size_t n,
+                                 const struct ana_metric_query *q, struct ana_arena *arena,
+                                 Analytics__V1__MetricData *outs, struct ana_error *err);
 
 /* Where a field path of a filter or dimension points. */
 struct ana_field_ref {
