@@ -12,6 +12,7 @@
 #include "ana_metrics_config.h"
 #include "ana_notify_config.h"
 #include "ana_realtime_config.h"
+#include "ana_reports_config.h"
 #include "ana_restbridge_config.h"
 #include "ana_rpc_config.h"
 #include "ana_store_config.h"
@@ -32,6 +33,7 @@ struct ana_config {
   struct ana_realtime_settings realtime;
   struct ana_metrics_settings metrics;
   struct ana_alerts_settings alerts;
+  struct ana_reports_settings reports;
   struct ana_auth_settings auth;
   struct ana_notify_settings notify;
   struct ana_process_settings process;

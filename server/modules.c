@@ -458,6 +458,34 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
   return 0;
 }
 
+/* Reports: the runner's threads (resuming interrupted runs) and the
+ * service; stopped after the transports, so no call uses them. */
+static int reports_start(struct ana_server *s, const struct ana_config *cfg,
+                         struct ana_error *err) {
+  struct ana_report_service_options ro = {
+      .catalog_ops = s->catalog_ops,
+      .catalog = s->catalog,
+      .store_ops = s->store_ops,
+      .store = s->store,
+      .db = s->db,
+      .workers = s->workers,
+      .reports_dir = cfg->store.reports_dir,
+      .report_workers = cfg->reports.report_workers,
+      .queue_max = cfg->reports.report_queue_max,
+      .retention_days = cfg->reports.report_retention_days,
+      .max_attempts = cfg->reports.report_max_attempts,
+  };
+  if (ana_report_service_start(&ro, err) < 0)
+    return fail(err, "cannot start the report runner");
+  return 0;
+}
+
+static int reports_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)s, (void)deadline_ms;
+  ana_report_service_stop();
+  return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the transports                                                       */
 
@@ -593,6 +621,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "alerts", .start = alerts_start, .stop = alerts_stop},
     {.name = "ingest", .start = ingest_start, .stop = ingest_stop},
     {.name = "services", .start = services_start},
+    {.name = "reports", .start = reports_start, .stop = reports_stop},
     {.name = "grpc", .start = grpc_start, .stop = grpc_stop, .drains = true},
     {.name = "rest", .start = rest_start, .stop = rest_stop, .drains = true},
 };

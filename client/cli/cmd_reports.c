@@ -3,8 +3,10 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char help[] =
@@ -13,7 +15,8 @@ static const char help[] =
     "                                     [--parameters JSON] [--schedule CRON]\n"
     "                                     [--recipient ADDR]...\n"
     "       analyticsctl reports list [--limit N] [--page TOKEN] [--all]\n"
-    "       analyticsctl reports status ID\n"
+    "       analyticsctl reports status ID    (also: get ID)\n"
+    "       analyticsctl reports wait ID [--timeout SECONDS]\n"
     "       analyticsctl reports download ID [--file FILE] [--continue] [--run RUN]\n"
     "\n"
     "  --param K=V      a report parameter, a string; K:=JSON for a number, a\n"
@@ -28,13 +31,12 @@ static const char help[] =
     "Until reports are implemented the server answers UNIMPLEMENTED: the message is\n"
     "printed on stderr and the exit status is 1.\n";
 
-static const struct cli_option options[] = {{"template", CLI_VALUE},   {"format", CLI_VALUE},
-                                            {"name", CLI_VALUE},       {"param", CLI_LIST},
-                                            {"parameters", CLI_VALUE}, {"schedule", CLI_VALUE},
-                                            {"recipient", CLI_LIST},   {"file", CLI_VALUE},
-                                            {"limit", CLI_VALUE},      {"continue", CLI_FLAG},
-                                            {"run", CLI_VALUE},        {"page", CLI_VALUE},
-                                            {"all", CLI_FLAG},         {NULL, 0}};
+static const struct cli_option options[] = {
+    {"template", CLI_VALUE}, {"format", CLI_VALUE},     {"name", CLI_VALUE},
+    {"param", CLI_LIST},     {"parameters", CLI_VALUE}, {"schedule", CLI_VALUE},
+    {"recipient", CLI_LIST}, {"file", CLI_VALUE},       {"limit", CLI_VALUE},
+    {"continue", CLI_FLAG},  {"run", CLI_VALUE},        {"page", CLI_VALUE},
+    {"all", CLI_FLAG},       {"timeout", CLI_VALUE},    {NULL, 0}};
 
 static const char *const columns[] = {"reportId", "name", "template", "format", "status", NULL};
 static const struct cli_view list_view = {"reports", columns};
@@ -185,6 +187,54 @@ static int download(analytics_client_t *c, const struct cli_args *a) {
   return 0;
 }
 
+/* wait ID: polls the report until its latest run ends. */
+static int wait_report(analytics_client_t *c, const struct cli_args *a) {
+  static const char *const ok[] = {"timeout", NULL};
+  const char *id, *t = cli_opt(a, "timeout");
+  analytics_error_t err;
+  int status;
+  char *end = NULL;
+  double timeout_s = t ? strtod(t, &end) : 120;
+
+  if ((status = cli_only(a, "wait", ok)) != 0 || !(id = cli_need_id(a, "wait", &status)))
+    return status;
+  if (t && (end == t || *end || timeout_s <= 0 || timeout_s > 86400))
+    return cli_usage(a, "--timeout takes seconds (0 < S <= 86400)");
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  double deadline = (double)ts.tv_sec + ts.tv_nsec / 1e9 + timeout_s;
+  for (;;) {
+    char *json = NULL;
+    int rc = analytics_get_report(c, id, &json, &err);
+    if (rc < 0)
+      return cli_finish(rc, json, &err, NULL);
+    json_t *v = json_loads(json, 0, NULL);
+    const char *st = json_string_value(json_object_get(v, "status"));
+    char state[32];
+    snprintf(state, sizeof state, "%s", st ? st : "");
+    if (!strcmp(state, "completed")) {
+      json_decref(v);
+      return cli_finish(0, json, &err, NULL);
+    }
+    if (!strcmp(state, "failed") || !strcmp(state, "scheduled") || !strcmp(state, "expired")) {
+      const char *e = json_string_value(json_object_get(v, "error"));
+      fprintf(stderr, "analyticsctl: report %s is %s%s%s\n", id, state, e && *e ? ": " : "",
+              e ? e : "");
+      json_decref(v);
+      analytics_free(json);
+      return 1;
+    }
+    json_decref(v);
+    analytics_free(json);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if ((double)ts.tv_sec + ts.tv_nsec / 1e9 >= deadline) {
+      fprintf(stderr, "analyticsctl: report %s is still %s after %g s\n", id, state, timeout_s);
+      return 1;
+    }
+    usleep(200 * 1000);
+  }
+}
+
 static int run(analytics_client_t *c, const struct cli_args *a) {
   static const char *const none[] = {NULL};
   const char *verb = a->n_pos ? a->pos[0] : NULL, *id;
@@ -193,7 +243,7 @@ static int run(analytics_client_t *c, const struct cli_args *a) {
   int status;
 
   if (!verb)
-    return cli_usage(a, "reports needs a verb: generate, list, status, download");
+    return cli_usage(a, "reports needs a verb: generate, list, status, wait, download");
   if (!strcmp(verb, "list"))
     return cli_list_verb(c, a, "reports", reports_page, &list_view);
   if (!strcmp(verb, "generate"))
@@ -206,7 +256,9 @@ static int run(analytics_client_t *c, const struct cli_args *a) {
   }
   if (!strcmp(verb, "download"))
     return download(c, a);
-  return cli_usage(a, "unknown verb \"%s\": generate, list, status, download", verb);
+  if (!strcmp(verb, "wait"))
+    return wait_report(c, a);
+  return cli_usage(a, "unknown verb \"%s\": generate, list, status, wait, download", verb);
 }
 
 const struct cli_command cli_cmd_reports = {

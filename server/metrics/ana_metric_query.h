@@ -37,6 +37,28 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
                          const struct ana_metric_query *q, struct ana_arena *arena,
                          Analytics__V1__MetricData *out, struct ana_error *err);
 
+/* An ad-hoc query: a formula with filters and dimensions that is no stored
+ * metric (reports use it), answered by the same engine as GetMetricData.
+ * Event names in the formula are taken as written. */
+struct ana_metric_adhoc {
+  const char *formula;                         /* e.g. "count(message_sent)" */
+  Analytics__V1__MetricFilter *const *filters; /* borrowed */
+  size_t n_filters;
+  char *const *dimensions; /* borrowed */
+  size_t n_dimensions;
+  const char *aggregation; /* the summary; NULL = "sum" */
+};
+
+/* n ad-hoc queries over q's account, range, interval, zone and top N
+ * (q->metric and q->formula are ignored), answered in one pass over the
+ * events (the union of the names they read): outs[i] answers a[i]. Each is
+ * parsed and checked first; an error names the field ("formula: ...",
+ * "filters[j].op: ...") of the first that fails. Blocks. */
+int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *store,
+                                 const struct ana_metric_adhoc *a, size_t n,
+                                 const struct ana_metric_query *q, struct ana_arena *arena,
+                                 Analytics__V1__MetricData *outs, struct ana_error *err);
+
 /* Where a field path of a filter or dimension points. */
 struct ana_field_ref {
   bool top_level;   /* eventType, eventName, sessionId, eventId */

@@ -1007,6 +1007,92 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
   return rc;
 }
 
+/* One scan feeding every query of a batch. */
+struct batch {
+  struct ana_mq **states;
+  size_t n;
+};
+
+static int on_batch_event(void *ctx, const struct ana_scanned_event *ev) {
+  struct batch *b = ctx;
+  for (size_t i = 0; i < b->n; i++)
+    if (ana_mq_add_event(b->states[i], ev) < 0)
+      return 1;
+  return 0;
+}
+
+int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *store,
+                                 const struct ana_metric_adhoc *a, size_t n,
+                                 const struct ana_metric_query *q, struct ana_arena *arena,
+                                 Analytics__V1__MetricData *outs, struct ana_error *err) {
+  int rc = 0;
+  Analytics__V1__Metric *metrics = ana_calloc(n ? n : 1, sizeof *metrics);
+  struct ana_formula **formulas = ana_calloc(n ? n : 1, sizeof *formulas);
+  struct ana_metric_query *queries = ana_calloc(n ? n : 1, sizeof *queries);
+  struct ana_mq **states = ana_calloc(n ? n : 1, sizeof *states);
+  const char **names = ana_calloc(n * ANA_FORMULA_MAX_TERMS + 1, sizeof *names);
+  size_t n_names = 0;
+  bool any = false;
+  if (!metrics || !formulas || !queries || !states || !names) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    Analytics__V1__Metric *m = &metrics[i];
+    analytics__v1__metric__init(m);
+    m->name = "ad hoc";
+    m->type = "gauge";
+    m->formula = (char *)a[i].formula;
+    m->aggregation = (char *)(a[i].aggregation ? a[i].aggregation : "sum");
+    m->filters = (Analytics__V1__MetricFilter **)a[i].filters;
+    m->n_filters = a[i].n_filters;
+    m->dimensions = (char **)a[i].dimensions;
+    m->n_dimensions = a[i].n_dimensions;
+    if (ana_metric_check_filters_and_dimensions(m, err) < 0 ||
+        !(formulas[i] = ana_formula_parse(a[i].formula, NULL, err, NULL))) {
+      rc = ANA_ERR_INVALID;
+      goto out;
+    }
+    queries[i] = *q;
+    queries[i].metric = m;
+    queries[i].formula = formulas[i];
+    if (!(states[i] = ana_mq_create(&queries[i], false, err))) {
+      rc = ANA_ERR_INVALID;
+      goto out;
+    }
+    size_t k;
+    bool all;
+    const char *const *own = ana_mq_names(states[i], &k, &all);
+    any |= all;
+    for (size_t j = 0; j < k; j++) {
+      bool seen = false;
+      for (size_t x = 0; x < n_names && !seen; x++)
+        seen = strcmp(names[x], own[j]) == 0;
+      if (!seen)
+        names[n_names++] = own[j];
+    }
+  }
+  struct batch b = {states, n};
+  int64_t span = q->to_ms - q->from_ms;
+  rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, any ? NULL : names,
+                 any ? 0 : n_names, on_batch_event, &b, err);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    analytics__v1__metric_data__init(&outs[i]);
+    rc = ana_mq_answer(states[i], arena, &outs[i], err);
+  }
+out:
+  for (size_t i = 0; states && i < n; i++)
+    ana_mq_destroy(states[i]);
+  for (size_t i = 0; formulas && i < n; i++)
+    ana_formula_free(formulas[i]);
+  ana_free(names);
+  ana_free(states);
+  ana_free(queries);
+  ana_free(formulas);
+  ana_free(metrics);
+  return rc;
+}
+
 /* ------------------------------------------------------------------ */
 
 static const char *const filter_ops[] = {"eq", "neq", "in",       "gt",    "gte",

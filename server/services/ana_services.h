@@ -103,4 +103,22 @@ struct ana_channel_service_options {
  * UpdateChannel, DeleteChannel, TestChannel). The options are copied. */
 int ana_channel_service_bind(const struct ana_channel_service_options *o);
 
+struct ana_report_service_options {
+  const struct ana_catalog_ops *catalog_ops; /* the report definitions */
+  void *catalog;
+  const struct ana_event_store_ops *store_ops; /* what templates read */
+  void *store;
+  struct ana_local_db *db; /* the runs */
+  struct ana_workers *workers;
+  const char *reports_dir; /* REPORTS_DIR */
+  int report_workers, queue_max, retention_days, max_attempts;
+};
+
+/* Starts the report runner (resuming the runs a stop interrupted) and binds
+ * ReportService. NULL runner: err filled. Call after ana_metric_service_bind
+ * (templates resolve metrics). */
+int ana_report_service_start(const struct ana_report_service_options *o, struct ana_error *err);
+/* Stops the report runner; after the transports. */
+void ana_report_service_stop(void);
+
 #endif

@@ -220,6 +220,24 @@ static const char *const migrations[] = {
     "  error TEXT NOT NULL,"
     "  duration_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (outbox_id, attempt)) WITHOUT ROWID;",
+
+    /* 8: report runs (server/reports/runner.c): one row per generation of a
+     * report's file, its state surviving restarts (a run found `running` at
+     * start was interrupted and runs again, up to its attempt limit). */
+    "CREATE TABLE report_runs ("
+    "  run_id TEXT PRIMARY KEY,"
+    "  account_id TEXT NOT NULL,"
+    "  report_id TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT NOT NULL DEFAULT '',"
+    "  path TEXT NOT NULL DEFAULT '',"
+    "  size_bytes INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  started_at INTEGER NOT NULL DEFAULT 0,"
+    "  finished_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE INDEX report_runs_by_report ON report_runs(account_id, report_id, created_at);"
+    "CREATE INDEX report_runs_by_state ON report_runs(state, created_at);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

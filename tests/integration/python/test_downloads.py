@@ -2,10 +2,9 @@
 
 DownloadReport is a server-streaming RPC of analytics.v1.FileChunk, which
 the generator marks as a download route: plain HTTP (not a WebSocket), an
-application/octet-stream answer in OpenAPI with 206/304/409/416. analyticsd
-has no report runs yet, so its DownloadReport answers UNIMPLEMENTED: over
-REST that must arrive as a JSON error with 501 through the download path,
-in-process and through analytics-restbridge.
+application/octet-stream answer in OpenAPI with 206/304/409/416. A report
+id that does not exist answers NOT_FOUND: over REST a JSON error with 404
+through the download path, in-process and through analytics-restbridge.
 
 The bytes themselves through the remote bridge: analytics-restbridge in
 front of tests/integration/test_rpc_runtime --serve, a gRPC server whose
@@ -45,10 +44,10 @@ class DownloadRouteTest(harness.ServerTestCase):
     def test_download_is_plain_http_not_a_websocket(self):
         status, h, body = get(self.rest_port, "/api/reports/r1/download?runId=x",
                               {"Range": "bytes=0-9", "If-None-Match": '"e"'})
-        self.assertEqual(status, 501, body)
+        self.assertEqual(status, 404, body)
         self.assertEqual(h.get("content-type"), "application/json")
         err = json.loads(body)
-        self.assertEqual(err["code"], 12)
+        self.assertEqual(err["code"], 5)
         self.assertNotIn("WebSocket", err["message"])
 
     def test_openapi_documents_a_file_answer(self):

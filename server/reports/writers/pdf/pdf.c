@@ -7,6 +7,7 @@
 #include <hpdf.h>
 #include <math.h>
 #include <stdio.h>
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
@@ -26,6 +27,7 @@ struct ana_report_writer {
   size_t max_table_rows;
   char *path;
   HPDF_STATUS error, detail; /* the first libharu error */
+  int sys_errno;             /* errno when it happened (a file error: ENOSPC...) */
 };
 
 struct rgb {
@@ -42,12 +44,18 @@ static void on_error(HPDF_STATUS error, HPDF_STATUS detail, void *user) {
   if (!w->error) {
     w->error = error;
     w->detail = detail;
+    w->sys_errno = errno;
   }
 }
 
 static int check(struct ana_report_writer *w, struct ana_error *err) {
   if (!w->error)
     return 0;
+  if ((w->error == HPDF_FILE_IO_ERROR || w->detail == HPDF_FILE_IO_ERROR) && w->sys_errno) {
+    ana_error_set(err, w->sys_errno == ENOSPC ? ANA_STATUS_RESOURCE_EXHAUSTED : ANA_STATUS_INTERNAL,
+                  "writing %s: %s", w->path, strerror(w->sys_errno));
+    return ANA_ERR_IO;
+  }
   ana_error_set(err, ANA_STATUS_INTERNAL, "writing %s: libharu error 0x%04X (detail %u)", w->path,
                 (unsigned)w->error, (unsigned)w->detail);
   return ANA_ERR_IO;
@@ -646,6 +654,7 @@ static int pdf_close(struct ana_report_writer *w, struct ana_error *err) {
     text_at(w, w->font, 8, (w->w - text_width(w->font, 8, buf)) / 2, 24, buf);
   }
   int rc = check(w, err);
+  errno = 0;
   if (rc == 0 && HPDF_SaveToFile(w->pdf, w->path) != HPDF_OK)
     rc = check(w, err) < 0
              ? ANA_ERR_IO
