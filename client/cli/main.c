@@ -20,6 +20,7 @@
   X(alerts)                                                                                        \
   X(tail)                                                                                          \
   X(health)                                                                                        \
+  X(audit)                                                                                         \
   X(call)                                                                                          \
   X(token)
 
