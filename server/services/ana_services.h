@@ -96,6 +96,7 @@ struct ana_audit;
 struct ana_audit_service_options {
   struct ana_audit *audit; /* borrowed; must outlive the transports */
   struct ana_workers *workers;
+  const char *default_account_id; /* where authentication failures are recorded (borrowed) */
 };
 
 /* Binds AuditService (ListAuditRecords) and sets the call runtime's finish

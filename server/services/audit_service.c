@@ -60,7 +60,9 @@ static void on_finish(const struct ana_call *call, const ProtobufCMessage *respo
     key_id = p->subject + 4;
   struct ana_audit_record r = {
       .kind = auth_failure ? "auth_failure" : "call",
-      .account_id = p->account_id,
+      /* An authentication failure has no account of its own: it goes to the
+       * operator's (DEFAULT_ACCOUNT_ID), whose admins watch the server. */
+      .account_id = p->account_id ? p->account_id : opts.default_account_id,
       .subject = p->subject,
       .key_id = key_id,
       .method = m->path,
