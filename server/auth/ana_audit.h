@@ -38,9 +38,9 @@ struct ana_audit_store_ops {
   /* The last record's (seq, hash), or the anchor's when there is none. */
   int (*head)(void *store, struct ana_audit_anchor *out, struct ana_error *err);
   int (*anchor)(void *store, struct ana_audit_anchor *out, struct ana_error *err);
-  /* Appends records (chained already) in one transaction; durable on return. */
-  int (*append)(void *store, const struct ana_audit_record *records, size_t n,
-                struct ana_error *err);
+  /* Appends records in one transaction, chaining them to the head as stored
+   * then (seq, prev_hash and hash are set in records); durable on return. */
+  int (*append)(void *store, struct ana_audit_record *records, size_t n, struct ana_error *err);
   /* Deletes records older than before_ms, moving the anchor to the last one
    * deleted; *deleted receives how many. One transaction. */
   int (*retain)(void *store, int64_t before_ms, int64_t *deleted, struct ana_error *err);

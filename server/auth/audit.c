@@ -37,9 +37,7 @@ struct ana_audit {
   uint64_t submitted, written; /* records taken in / handled (stored or lost) */
   bool stop, thread_started, sign_requested;
   pthread_t thread;
-  struct ana_audit_anchor chain; /* the last stored record; writer thread only */
-  uint64_t signed_seq;           /* last head signed */
-  bool signed_any;
+  struct ana_audit_anchor chain; /* the head last signed; writer thread only */
   struct ana_prom_counter dropped, stored;
   bool prom_registered;
 };
@@ -66,7 +64,14 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_u64(w, "ana_audit_records_total", NULL, ana_prom_counter_get(&a->stored));
 }
 
+/* Signs the head as stored (other processes may have appended). */
 static void sign_head(struct ana_audit *a) {
+  struct ana_error err;
+  ana_error_clear(&err);
+  if (a->ops->head(a->store, &a->chain, &err) < 0) {
+    ANA_ERROR("audit", "cannot read the audit chain head: %s", err.message);
+    return;
+  }
   uint8_t mac[32];
   char hash_hex[2 * ANA_AUDIT_HASH_LEN + 1], mac_hex[65], seq[24];
   if (ana_audit_head_mac(a->head_key, a->chain.seq, a->chain.hash, mac) < 0) {
@@ -78,33 +83,21 @@ static void sign_head(struct ana_audit *a) {
   snprintf(seq, sizeof seq, "%llu", (unsigned long long)a->chain.seq);
   ana_log_fields(ANA_LOG_INFO, "audit", "audit_head", "seq", seq, "hash", hash_hex, "mac", mac_hex,
                  NULL);
-  a->signed_seq = a->chain.seq;
-  a->signed_any = true;
 }
 
-/* Chains and stores a batch; on failure the records are lost (counted). */
+/* Stores a batch (the store chains it); on failure the records are lost
+ * (counted). */
 static void write_batch(struct ana_audit *a, struct entry **batch, size_t n) {
   struct ana_audit_record recs[BATCH_MAX];
-  struct ana_audit_anchor h = a->chain;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; i < n; i++)
     recs[i] = batch[i]->r;
-    recs[i].seq = h.seq + 1;
-    memcpy(recs[i].prev_hash, h.hash, ANA_AUDIT_HASH_LEN);
-    if (ana_audit_record_hash(&recs[i], recs[i].hash) < 0) {
-      n = i;
-      break;
-    }
-    h.seq = recs[i].seq;
-    memcpy(h.hash, recs[i].hash, ANA_AUDIT_HASH_LEN);
-  }
   struct ana_error err;
   ana_error_clear(&err);
-  if (n && a->ops->append(a->store, recs, n, &err) < 0) {
+  if (a->ops->append(a->store, recs, n, &err) < 0) {
     ana_prom_counter_add(&a->dropped, n);
     ANA_ERROR("audit", "cannot store %zu audit records: %s", n, err.message);
     return;
   }
-  a->chain = h;
   ana_prom_counter_add(&a->stored, n);
 }
 
@@ -164,8 +157,7 @@ static void *writer(void *arg) {
       next_retain = now + RETAIN_EVERY_MS;
     }
     if (sign || stopping || now >= next_sign) {
-      if (sign || !a->signed_any || a->signed_seq != a->chain.seq || now >= next_sign)
-        sign_head(a);
+      sign_head(a);
       if (a->sign_interval_ms > 0)
         next_sign = now + a->sign_interval_ms;
     }

@@ -92,8 +92,7 @@ static int audit_head(void *p, struct ana_audit_anchor *out, struct ana_error *e
   return rc;
 }
 
-static int audit_append(void *p, const struct ana_audit_record *r, size_t n,
-                        struct ana_error *err) {
+static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct ana_error *err) {
   struct sqlite_audit *s = p;
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -101,6 +100,27 @@ static int audit_append(void *p, const struct ana_audit_record *r, size_t n,
   if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
     rc = db_error(s->conn, err);
     goto out;
+  }
+  /* Chained inside the write transaction, from the head as stored: another
+   * process appending (analyticsd keys) is serialised by SQLite's lock. */
+  struct ana_audit_anchor head;
+  bool found;
+  if ((rc = read_pair(s, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &head, &found,
+                      err)) < 0 ||
+      (!found && (rc = read_pair(s, "SELECT seq, hash FROM audit_anchor WHERE id = 1", &head,
+                                 &found, err)) < 0))
+    goto rollback;
+  if (!found)
+    memset(&head, 0, sizeof head);
+  for (size_t i = 0; i < n; i++) {
+    r[i].seq = head.seq + 1;
+    memcpy(r[i].prev_hash, head.hash, ANA_AUDIT_HASH_LEN);
+    if (ana_audit_record_hash(&r[i], r[i].hash) < 0) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto rollback;
+    }
+    head.seq = r[i].seq;
+    memcpy(head.hash, r[i].hash, ANA_AUDIT_HASH_LEN);
   }
   if (sqlite3_prepare_v2(s->conn,
                          "INSERT INTO audit_log (seq, at, kind, account_id, subject, key_id, "
