@@ -60,6 +60,12 @@ static void audit_key_change(struct ana_local_db *db, const char *what, const ch
   ops->close(store);
 }
 
+/* Copies a key's account (ctx: 129 bytes). */
+static int note_account(void *ctx, const struct ana_api_key_record *r) {
+  snprintf(ctx, 129, "%s", r->account_id);
+  return 1;
+}
+
 static int print_key(void *ctx, const struct ana_api_key_record *r) {
   (void)ctx;
   char c[32], u[32], v[32];
@@ -129,7 +135,7 @@ int ana_keys_cli_main(int argc, char **argv) {
   struct ana_local_db *db = ana_local_db_open(cfg.store.data_dir, &err);
   void *store = db ? ops->open(db, &err) : NULL;
   struct ana_api_keys *keys = NULL;
-  char created_id[ANA_API_KEY_ID_CHARS + 1] = "";
+  char created_id[ANA_API_KEY_ID_CHARS + 1] = "", key_account[129] = "";
   if (store) {
     struct ana_api_keys_options o;
     ana_api_keys_options_init(&o);
@@ -173,6 +179,7 @@ int ana_keys_cli_main(int argc, char **argv) {
     } while (l.n == 500);
     rc = 0;
   } else {
+    ana_api_keys_get(keys, NULL, key_id, note_account, key_account, &err);
     if (ana_api_keys_revoke(keys, NULL, key_id, &err) < 0) {
       fprintf(stderr, "analyticsd keys: %s\n", err.message);
       goto out;
@@ -182,7 +189,7 @@ int ana_keys_cli_main(int argc, char **argv) {
   }
   if (rc == 0 && !list)
     audit_key_change(db, create ? "analyticsd keys create" : "analyticsd keys revoke",
-                     create ? account : "", create ? created_id : key_id);
+                     create ? account : key_account, create ? created_id : key_id);
 out:
   ana_api_keys_destroy(keys);
   if (store)

@@ -1,5 +1,6 @@
-/* The audit log's writer: a bounded queue, one thread that chains and stores
- * records, runs retention and signs the chain head into the JSON log. */
+/* The audit log's writer: a bounded queue, one thread that stores records
+ * (the store chains them), runs retention and signs the chain head into the
+ * JSON log. */
 #include "ana_audit.h"
 
 #include "ana_alloc.h"

@@ -155,7 +155,7 @@ static const struct ana_config_row rows[] = {
      .min = 100,
      .max = 86400000,
      .help = "How often the audit chain head (sequence, hash) is HMAC-signed into the log as "
-             "an audit_head line (when it moved), and at shutdown.",
+             "an audit_head line; also at shutdown.",
      ROW(audit_sign_interval_ms)},
     {.name = "AUDIT_QUEUE_MAX",
      .type = ANA_CONFIG_INT,

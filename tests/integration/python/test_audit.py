@@ -66,7 +66,7 @@ class AuditTest(unittest.TestCase):
     def some_calls(self, s, n=3):
         for i in range(n):
             code, _ = self.rest(s, "POST", "/api/metrics",
-                                body={"name": "m%d" % i, "formula": "count(x)"})
+                                body={"name": "m%d" % time.monotonic_ns(), "formula": "count(x)"})
             self.assertEqual(code, "OK")
 
     def head_line(self, s, at_least):
@@ -134,6 +134,24 @@ class AuditTest(unittest.TestCase):
         self.assertEqual({r["method"] for r in only}, {fail["method"]})
         page = self.records(s, pageSize=2)
         self.assertEqual(len(page), 2)
+        rc, out = self.ctl(s, "verify")
+        self.assertEqual(rc, 0, out)
+
+    def test_offline_key_changes_join_the_running_servers_chain(self):
+        s = self.boot()
+        self.some_calls(s, 2)
+        env = harness.base_env({"DATA_DIR": s.data_dir})
+        p = subprocess.run([s.binary, "keys", "create", "--account", ACCOUNT, "--role", "viewer"],
+                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        key_id = p.stdout.strip().split("_")[1]
+        p = subprocess.run([s.binary, "keys", "revoke", key_id], env=env, capture_output=True,
+                           text=True, timeout=TIMEOUT_S)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.some_calls(s, 1)
+        recs = self.records(s, subject="cli")
+        self.assertEqual([(r["method"], r["targetId"]) for r in recs],
+                         [("analyticsd keys revoke", key_id), ("analyticsd keys create", key_id)])
         rc, out = self.ctl(s, "verify")
         self.assertEqual(rc, 0, out)
 
