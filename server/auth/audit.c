@@ -199,6 +199,10 @@ struct ana_audit *ana_audit_create(const struct ana_audit_options *o, struct ana
     goto fail;
   }
   a->thread_started = true;
+  if (!ana_log_enabled(ANA_LOG_INFO))
+    ANA_WARN("audit", "LOG_LEVEL is above info: the signed audit heads (info lines "
+                      "\"audit_head\") are not logged, so removing the newest audit records "
+                      "cannot be detected; set LOG_LEVEL=info");
   a->prom_registered = ana_prom_register(collect, a) == 0;
   return a;
 fail:
