@@ -88,6 +88,7 @@ static void decode(struct rb_decode_job *j) {
      * before `done`: the lws thread then answers and the dispatch after
      * only lets go of the job. */
     j->started = true;
+    c->base.request = j->req;
     j->handler->on_request(&c->base, j->req);
   }
   atomic_store(&j->done, true);
@@ -183,6 +184,7 @@ static void settle(struct rb_decode_job *j, bool run) {
     } else if (j->rc < 0) {
       ana_call_finish(&c->base, NULL, &j->st);
     } else {
+      c->base.request = j->req;
       c->base.handler->on_request(&c->base, j->req);
     }
   }

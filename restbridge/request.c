@@ -483,6 +483,7 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
     ana_call_finish(&c->base, NULL, &st);
     return c;
   }
+  c->base.request = req;
   c->base.handler->on_request(&c->base, req);
   return c;
 }

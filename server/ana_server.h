@@ -5,6 +5,7 @@
 #define ANA_SERVER_H
 
 #include "ana_alerts.h"
+#include "ana_audit.h"
 #include "ana_auth.h"
 #include "ana_config.h"
 #include "ana_error.h"
@@ -39,6 +40,9 @@ struct ana_server {
   const struct ana_api_key_store_ops *key_store_ops;
   void *key_store;
   struct ana_api_keys *api_keys;
+  const struct ana_audit_store_ops *audit_store_ops;
+  void *audit_store;
+  struct ana_audit *audit;
   struct ana_notify *notify; /* channels, outbox and its senders */
   /* the commit path and what hears it */
   struct ana_post_commit *post_commit;

@@ -11,6 +11,7 @@
 #include "ana_services.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -185,6 +186,45 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   if (s->key_store)
     s->key_store_ops->close(s->key_store);
   s->key_store = NULL;
+  return 0;
+}
+
+/* The audit log's writer; its records come from the call hook the audit
+ * service sets, and it stops after the transports (the last calls' records
+ * are written, the head signed). */
+static int audit_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  uint8_t master[4096];
+  int n = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir, master,
+                               sizeof master, err);
+  if (n < 0)
+    return fail(err, "cannot read the master key");
+  s->audit_store_ops = ana_store_audit_backend("sqlite");
+  s->audit_store = s->audit_store_ops->open(s->db, err);
+  struct ana_audit_options o = {
+      .ops = s->audit_store_ops,
+      .store = s->audit_store,
+      .queue_max = (size_t)cfg->auth.audit_queue_max,
+      .retention_days = cfg->auth.audit_retention_days,
+      .sign_interval_ms = cfg->auth.audit_sign_interval_ms,
+      .master_key = master,
+      .master_key_len = (size_t)n,
+  };
+  if (s->audit_store)
+    s->audit = ana_audit_create(&o, err);
+  OPENSSL_cleanse(master, sizeof master);
+  if (!s->audit)
+    return fail(err, "cannot open the audit log");
+  return 0;
+}
+
+static int audit_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_rpc_set_finish_hook(NULL);
+  ana_audit_destroy(s->audit);
+  s->audit = NULL;
+  if (s->audit_store)
+    s->audit_store_ops->close(s->audit_store);
+  s->audit_store = NULL;
   return 0;
 }
 
@@ -437,6 +477,8 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
   };
   ana_event_service_bind(&eopts);
   ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
+  ana_audit_service_bind(
+      &(struct ana_audit_service_options){s->audit, s->workers, cfg->auth.default_account_id});
   ana_channel_service_bind(&(struct ana_channel_service_options){s->notify, s->workers});
   struct ana_metric_service_options mopts = {
       .catalog_ops = s->catalog_ops,
@@ -611,6 +653,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "store", .start = store_start, .stop = store_stop},
     {.name = "catalog", .start = catalog_start, .stop = catalog_stop},
     {.name = "api_keys", .start = api_keys_start, .stop = api_keys_stop},
+    {.name = "audit", .start = audit_start, .stop = audit_stop},
     {.name = "notify", .start = notify_start, .stop = notify_stop},
     {.name = "post_commit", .start = post_commit_start, .stop = post_commit_stop},
     {.name = "rollups", .start = rollups_start, .stop = rollups_stop},

@@ -21,6 +21,7 @@
   X(channels)                                                                                      \
   X(tail)                                                                                          \
   X(health)                                                                                        \
+  X(audit)                                                                                         \
   X(call)                                                                                          \
   X(token)
 

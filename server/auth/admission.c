@@ -70,7 +70,11 @@ static int stage_rate_limit(const struct ana_admission_input *in, struct ana_are
   return 0;
 }
 
-/* Filled by the second security issue: methods marked audited are recorded. */
+/* Methods marked audited are recorded when the call finishes, once its
+ * outcome is known: the call runtime's finish hook (audit_service.c) queues
+ * the record for the audit writer. Admission never waits for the audit log,
+ * and a call is never failed for it: a full audit queue drops the record,
+ * counts it (ana_audit_dropped_total) and logs an error. */
 static int stage_audit(const struct ana_admission_input *in, struct ana_arena *arena,
                        struct ana_principal *p, struct ana_error *status) {
   (void)in, (void)arena, (void)p, (void)status;

@@ -24,6 +24,10 @@ struct ana_auth_settings {
   bool jwt_allow_query_token;  /* JWT_ALLOW_QUERY_TOKEN: ?access_token= accepted */
   bool metrics_require_auth;   /* METRICS_REQUIRE_AUTH: /metrics needs credentials */
   bool health_require_auth;    /* HEALTH_REQUIRE_AUTH: /health and gRPC health need them */
+  int audit_retention_days;    /* AUDIT_RETENTION_DAYS: 0 keeps every record */
+  int audit_sign_interval_ms;  /* AUDIT_SIGN_INTERVAL */
+  int audit_queue_max;         /* AUDIT_QUEUE_MAX */
+  char *encryption_key_file;   /* ENCRYPTION_KEY_FILE: the master key ("": generated) */
 };
 
 extern const struct ana_config_table ana_auth_config_table;

@@ -141,6 +141,37 @@ static const struct ana_config_row rows[] = {
      .help = "Whether GET /health and the gRPC health service need credentials (false: open to "
              "probes).",
      ROW(health_require_auth)},
+    {.name = "AUDIT_RETENTION_DAYS",
+     .type = ANA_CONFIG_INT,
+     .def = "365",
+     .min = 0,
+     .max = 36500,
+     .help = "Days audit records are kept; older ones are deleted hourly, the last deleted "
+             "one kept as the chain's anchor (0: kept forever).",
+     ROW(audit_retention_days)},
+    {.name = "AUDIT_SIGN_INTERVAL",
+     .type = ANA_CONFIG_DURATION,
+     .def = "60s",
+     .min = 100,
+     .max = 86400000,
+     .help = "How often the audit chain head (sequence, hash) is HMAC-signed into the log as "
+             "an audit_head line; also at shutdown.",
+     ROW(audit_sign_interval_ms)},
+    {.name = "AUDIT_QUEUE_MAX",
+     .type = ANA_CONFIG_INT,
+     .def = "10000",
+     .min = 1,
+     .max = 1000000,
+     .help = "Audit records waiting for the audit writer; beyond it records are dropped "
+             "(ana_audit_dropped_total), never the calls.",
+     ROW(audit_queue_max)},
+    {.name = "ENCRYPTION_KEY_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "Master key file (at least 16 bytes, e.g. 64 hex digits; trailing white space "
+             "ignored): the audit head signing key is derived from it. Unset: "
+             "DATA_DIR/master.key, generated if absent, with a warning.",
+     ROW(encryption_key_file)},
 };
 
 const struct ana_config_table ana_auth_config_table = ANA_CONFIG_TABLE("auth", rows);

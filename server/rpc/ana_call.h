@@ -52,6 +52,9 @@ struct ana_handler {
 
 const struct ana_method *ana_call_method(const struct ana_call *call);
 const struct ana_principal *ana_call_principal(const struct ana_call *call);
+/* Unary and server-streaming: the request, once handed to the handler
+ * (NULL before, and for streaming requests). */
+const ProtobufCMessage *ana_call_request(const struct ana_call *call);
 /* First value of a request metadata key (lower-case), or NULL. */
 const char *ana_call_metadata(const struct ana_call *call, const char *key);
 size_t ana_call_metadata_count(const struct ana_call *call);
@@ -160,5 +163,13 @@ void ana_rpc_release_held(void);
  * transports start. */
 void ana_rpc_set_trusted_proxies(const char *list);
 const struct ana_handler *ana_rpc_handler(enum ana_method_id method);
+
+/* Called by ana_call_finish with every call's outcome, before the transport
+ * answers (the audit log records audited calls and authentication failures
+ * here). Must not block; the call is readable during the hook. Set once
+ * before the transports start; NULL removes it. */
+typedef void (*ana_call_finish_hook)(const struct ana_call *call, const ProtobufCMessage *response,
+                                     const struct ana_error *status);
+void ana_rpc_set_finish_hook(ana_call_finish_hook hook);
 
 #endif

@@ -21,7 +21,8 @@
 #include <time.h>
 
 static const struct ana_handler *handlers[ANA_METHOD_COUNT];
-static const char *trusted_proxies; /* set before the transports start */
+static const char *trusted_proxies;      /* set before the transports start */
+static ana_call_finish_hook finish_hook; /* set before the transports start */
 /* Methods held by ana_rpc_hold_unbound: while `holding`, their handlers are
  * neither read nor called (they are bound meanwhile from another thread), so
  * the release-store that ends the hold publishes the handlers and the
@@ -48,6 +49,10 @@ void ana_rpc_hold_unbound(enum ana_status code, const char *message) {
 
 void ana_rpc_release_held(void) {
   atomic_store_explicit(&holding, false, memory_order_release);
+}
+
+void ana_rpc_set_finish_hook(ana_call_finish_hook hook) {
+  finish_hook = hook;
 }
 
 const struct ana_handler *ana_rpc_handler(enum ana_method_id method) {
@@ -141,6 +146,10 @@ const struct ana_method *ana_call_method(const struct ana_call *call) {
 
 const struct ana_principal *ana_call_principal(const struct ana_call *call) {
   return &call->principal;
+}
+
+const ProtobufCMessage *ana_call_request(const struct ana_call *call) {
+  return call->request;
 }
 
 const char *ana_call_metadata(const struct ana_call *call, const char *key) {
@@ -360,6 +369,8 @@ void ana_call_finish(struct ana_call *call, const ProtobufCMessage *response,
     return;
   }
   ana_rpc_metrics_finished(call, status);
+  if (finish_hook)
+    finish_hook(call, response, status);
   call->transport->finish(call, response, status);
 }
 

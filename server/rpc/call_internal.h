@@ -57,6 +57,7 @@ struct ana_call {
   const struct ana_call_transport *transport;
   const struct ana_method *method;
   const struct ana_handler *handler; /* never NULL once dispatched */
+  const ProtobufCMessage *request;   /* unary and server-streaming, once dispatched */
   struct ana_principal principal;
   struct ana_arena arena; /* request, metadata copies, handler memory */
   struct ana_metadata_entry *metadata;

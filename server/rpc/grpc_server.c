@@ -673,8 +673,10 @@ static void dispatch(struct ana_grpc_server *srv, struct request_slot *slot) {
       ana_call_fail(c, ANA_STATUS_INVALID_ARGUMENT, "the request message is missing");
     else if (!req)
       fail_decode(c, &v);
-    else
+    else {
+      c->request = req;
       c->handler->on_request(c, req);
+    }
   } else {
     if (c->handler->on_open)
       c->handler->on_open(c);

@@ -92,6 +92,18 @@ struct ana_key_service_options {
  * copied. */
 int ana_key_service_bind(const struct ana_key_service_options *o);
 
+struct ana_audit;
+
+struct ana_audit_service_options {
+  struct ana_audit *audit; /* borrowed; must outlive the transports */
+  struct ana_workers *workers;
+  const char *default_account_id; /* where authentication failures are recorded (borrowed) */
+};
+
+/* Binds AuditService (ListAuditRecords) and sets the call runtime's finish
+ * hook that records audited calls and authentication failures. */
+int ana_audit_service_bind(const struct ana_audit_service_options *o);
+
 struct ana_notify;
 
 struct ana_channel_service_options {

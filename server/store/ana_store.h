@@ -154,6 +154,10 @@ const struct ana_catalog_ops *ana_store_catalog_backend(const char *name);
 struct ana_api_key_store_ops;
 const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name);
 
+/* The audit store role (struct ana_audit_store_ops, in server/auth/ana_audit.h). */
+struct ana_audit_store_ops;
+const struct ana_audit_store_ops *ana_store_audit_backend(const char *name);
+
 /* The event store selected by configuration ("sqlite" today). */
 const struct ana_event_store_ops *ana_store_event_backend(const char *name);
 

@@ -1,6 +1,7 @@
 /* Every storage backend, by role. Adding a backend means adding its folder,
  * a line here, and its sources in CMakeLists.txt. */
 #include "ana_api_keys.h"
+#include "ana_audit.h"
 #include "ana_store.h"
 #include "sqlite/sqlite_backends.h"
 
@@ -36,5 +37,16 @@ const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name) 
   for (size_t i = 0; i < sizeof key_stores / sizeof key_stores[0]; i++)
     if (strcmp(key_stores[i]->name, name) == 0)
       return key_stores[i];
+  return NULL;
+}
+
+static const struct ana_audit_store_ops *const audit_stores[] = {
+    &ana_sqlite_audit_store,
+};
+
+const struct ana_audit_store_ops *ana_store_audit_backend(const char *name) {
+  for (size_t i = 0; i < sizeof audit_stores / sizeof audit_stores[0]; i++)
+    if (strcmp(audit_stores[i]->name, name) == 0)
+      return audit_stores[i];
   return NULL;
 }

@@ -238,6 +238,31 @@ static const char *const migrations[] = {
     "  finished_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
     "CREATE INDEX report_runs_by_report ON report_runs(account_id, report_id, created_at);"
     "CREATE INDEX report_runs_by_state ON report_runs(state, created_at);",
+
+    /* 9: the audit log (server/auth/audit.c), hash-chained by seq; the
+     * anchor holds the sequence and hash of the last record retention
+     * deleted (0 and zeros before any was). */
+    "CREATE TABLE audit_log ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  at INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  account_id TEXT NOT NULL,"
+    "  subject TEXT NOT NULL,"
+    "  key_id TEXT NOT NULL,"
+    "  method TEXT NOT NULL,"
+    "  target_id TEXT NOT NULL,"
+    "  code INTEGER NOT NULL,"
+    "  peer TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  prev_hash BLOB NOT NULL,"
+    "  hash BLOB NOT NULL);"
+    "CREATE INDEX audit_log_by_account ON audit_log(account_id, seq);"
+    "CREATE INDEX audit_log_by_time ON audit_log(at);"
+    "CREATE TABLE audit_anchor ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  seq INTEGER NOT NULL,"
+    "  hash BLOB NOT NULL);"
+    "INSERT INTO audit_anchor VALUES (1, 0, zeroblob(32));",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
