@@ -24,6 +24,11 @@ struct ana_auth_settings {
   bool jwt_allow_query_token;  /* JWT_ALLOW_QUERY_TOKEN: ?access_token= accepted */
   bool metrics_require_auth;   /* METRICS_REQUIRE_AUTH: /metrics needs credentials */
   bool health_require_auth;    /* HEALTH_REQUIRE_AUTH: /health and gRPC health need them */
+  char *rate_limit_default;    /* RATE_LIMIT_DEFAULT: "1000/s burst 2000" or "off" */
+  char *rate_limit_roles;      /* RATE_LIMIT_ROLES: "role=LIMIT,..." */
+  char *rate_limit_accounts;   /* RATE_LIMIT_ACCOUNTS: "account=LIMIT,..." */
+  char *rate_limit_keys;       /* RATE_LIMIT_KEYS: "keyid=LIMIT,..." */
+  int rate_limit_max_entries;  /* RATE_LIMIT_MAX_ENTRIES: budgets kept in memory */
 };
 
 extern const struct ana_config_table ana_auth_config_table;
