@@ -16,6 +16,9 @@ struct ana_rate_limit {
   int64_t burst;
 };
 
+/* The violation field of events a stream rejects for the rate limit. */
+#define ANA_RATE_LIMIT_FIELD "rate_limit"
+
 /* Largest burst and cost accepted (keeps every product within int64). */
 #define ANA_RATE_LIMIT_MAX_BURST 1000000000LL
 #define ANA_RATE_LIMIT_MAX_TEXT 96

@@ -143,6 +143,17 @@ const struct ana_principal *ana_call_principal(const struct ana_call *call) {
   return &call->principal;
 }
 
+int ana_call_rate_charge(struct ana_call *call, int64_t cost, struct ana_error *err) {
+  return ana_auth_rate_charge(&call->principal, cost, err);
+}
+
+int64_t ana_call_rate_retry_after_s(const struct ana_call *call) {
+  const struct ana_principal *p = &call->principal;
+  if (!p->rate_charged || p->rate.allowed || p->rate.retry_after_ns < 0)
+    return 0;
+  return ana_auth_rate_retry_after_s(&p->rate);
+}
+
 const char *ana_call_metadata(const struct ana_call *call, const char *key) {
   for (size_t i = 0; i < call->n_metadata; i++)
     if (strcmp(call->metadata[i].key, key) == 0)
