@@ -245,6 +245,31 @@ class PerKeyLimitTest(harness.ServerTestCase):
         self.assertEqual((code, h.get("retry-after")), ("RESOURCE_EXHAUSTED", "20"))
 
 
+class ClientRetryInfoTest(harness.ServerTestCase):
+    """libanalytics' tracker waits as long as RetryInfo says, then delivers:
+    one retry, where its own backoff (50, 100, 200 ms...) would take several."""
+
+    # Loopback without credentials: the default account, one call per 500 ms.
+    SERVER_ENV = {"RATE_LIMIT_DEFAULT": "2/s burst 1"}
+
+    def test_tracker_waits_retry_info_then_delivers(self):
+        example = os.path.join(os.path.dirname(os.path.abspath(harness.require_binary())),
+                               "..", "client", "examples", "track_event")
+        if not os.path.exists(example):
+            self.skipTest("client examples not built")
+        code, _, h = rest_call(self.rest_port, "POST", "/api/events",
+                               body=json.dumps(event_json()))
+        self.assertEqual((code, h.get("ratelimit-remaining")), ("OK", "0"))
+        t0 = time.monotonic()
+        p = subprocess.run([example, self.server.target], capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+        took = time.monotonic() - t0
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("accepted 1", p.stdout)
+        self.assertIn("retries 1", p.stdout)
+        self.assertGreater(took, 0.3)
+
+
 class BadLimitsTest(unittest.TestCase):
     """A bad limit stops the server at start with the variable named."""
 
