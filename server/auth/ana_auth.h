@@ -47,6 +47,9 @@ struct ana_principal {
   const struct ana_account_role *accounts;
   size_t n_accounts;
   enum ana_credential_kind credential;
+  /* An API key's own rate limit (its rateLimit), when key_rate_limited. */
+  struct ana_rate_limit key_rate_limit;
+  bool key_rate_limited;
   /* Set by the rate_limit stage: the budget this principal draws on (NULL
    * rate_key: not limited), and the outcome of the call's charge, which
    * transports turn into RateLimit-* headers or RetryInfo. */

@@ -134,10 +134,14 @@ int64_t ana_auth_rate_retry_after_s(const struct ana_rate_decision *d) {
 }
 
 /* The limit of p (NULL: none) and whether it is the key's own. Precedence:
- * the API key's, the account's, the most generous of its roles', the
- * default. */
+ * the API key's (its rateLimit, then RATE_LIMIT_KEYS), the account's, the most generous of its
+ * roles', the default. */
 static const struct ana_rate_limit *limit_of(const struct ana_principal *p, bool *per_key) {
   *per_key = false;
+  if (p->credential == ANA_CREDENTIAL_API_KEY && p->key_rate_limited) {
+    *per_key = true;
+    return &p->key_rate_limit;
+  }
   if (p->credential == ANA_CREDENTIAL_API_KEY && p->subject &&
       strncmp(p->subject, "key:", 4) == 0) {
     const struct ana_rate_limit *k = list_find(&rl.keys, p->subject + 4);

@@ -220,6 +220,9 @@ static const char *const migrations[] = {
     "  error TEXT NOT NULL,"
     "  duration_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (outbox_id, attempt)) WITHOUT ROWID;",
+
+    /* 8: an API key's own rate limit, as text ("" = its account's). */
+    "ALTER TABLE api_keys ADD COLUMN rate_limit TEXT NOT NULL DEFAULT '';",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

@@ -210,16 +210,18 @@ class PerKeyLimitTest(harness.ServerTestCase):
         os.mkdir(data_dir)
         env = harness.base_env({"DATA_DIR": data_dir})
         keys = []
-        for _ in range(2):
+        for role in ("ingest", "ingest", "admin"):
             p = subprocess.run([harness.require_binary(), "keys", "create", "--account", "keyed",
-                                "--role", "ingest"], env=env, capture_output=True, text=True,
+                                "--role", role], env=env, capture_output=True, text=True,
                                timeout=TIMEOUT_S)
             assert p.returncode == 0, p.stderr
             keys.append(p.stdout.strip().splitlines()[-1].strip())
-        cls.own, cls.shared = keys
-        key_id = re.match(r"^ana_([0-9A-Za-z]{12})_", cls.own).group(1)
+        cls.own, cls.shared, cls.admin = keys
+        key_id, admin_id = (re.match(r"^ana_([0-9A-Za-z]{12})_", k).group(1)
+                            for k in (cls.own, cls.admin))
+        # The admin key (creating keys here) is not limited at all.
         cls.SERVER_ENV = {"DATA_DIR": data_dir, "RATE_LIMIT_DEFAULT": "3/m burst 3",
-                          "RATE_LIMIT_KEYS": "%s=1/m burst 6" % key_id}
+                          "RATE_LIMIT_KEYS": "%s=1/m burst 6, %s=off" % (key_id, admin_id)}
         super().setUpClass()
 
     @classmethod
@@ -243,6 +245,32 @@ class PerKeyLimitTest(harness.ServerTestCase):
             self.assertEqual((code, h.get("ratelimit-limit")), ("OK", "3"))
         code, _, h = self.track(self.shared)
         self.assertEqual((code, h.get("retry-after")), ("RESOURCE_EXHAUSTED", "20"))
+
+    def create_key(self, **body):
+        code, text, _ = rest_call(self.rest_port, "POST", "/api/keys",
+                                  headers={"X-Api-Key": self.admin},
+                                  body=json.dumps(dict({"name": "k", "role": "ingest"}, **body)))
+        return code, json.loads(text)
+
+    def test_a_key_created_with_its_own_rate_limit(self):
+        code, body = self.create_key(rateLimit="2/m burst 2")
+        self.assertEqual(code, "OK", body)
+        self.assertEqual(body["key"]["rateLimit"], "2/m burst 2")
+        key = body["apiKey"]
+        for _ in range(2):
+            code, _, h = self.track(key)
+            self.assertEqual((code, h.get("ratelimit-limit")), ("OK", "2"))
+        code, _, h = self.track(key)
+        self.assertEqual((code, h.get("retry-after")), ("RESOURCE_EXHAUSTED", "30"))
+        code, text, _ = rest_call(self.rest_port, "GET", "/api/keys/" + body["key"]["keyId"],
+                                  headers={"X-Api-Key": self.admin})
+        self.assertEqual(json.loads(text)["rateLimit"], "2/m burst 2")
+
+    def test_a_bad_key_rate_limit_is_refused_naming_the_field(self):
+        code, body = self.create_key(rateLimit="2/d")
+        self.assertEqual(code, "INVALID_ARGUMENT")
+        fields = [v["field"] for d in body["details"] for v in d.get("fieldViolations", [])]
+        self.assertEqual(fields, ["rateLimit"])
 
 
 class ClientRetryInfoTest(harness.ServerTestCase):
