@@ -58,6 +58,8 @@ bench: build
 	./$(BUILD)/bench/metrics_bench --events $${BENCH_METRIC_EVENTS:-10000000} --out bench/RESULTS.md
 	/usr/bin/python3 bench/metric_stream_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --out bench/RESULTS.md
+	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
+	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 
 # The long crash test: KILLS kill -9 cycles under load (default 500).
 crash-long: build

@@ -364,6 +364,7 @@ static int alerts_start(struct ana_server *s, const struct ana_config *cfg, stru
       .catalog_ops = s->catalog_ops,
       .catalog = s->catalog,
       .hub = s->realtime,
+      .notify = s->notify,
       .resolve = ana_metric_service_resolve,
       .max_instances = cfg->alerts.alert_max_instances,
       .history_days = cfg->alerts.alert_history_days,
@@ -453,7 +454,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
     return fail(err, "cannot start the event names");
   ana_realtime_service_bind(s->realtime);
   ana_alert_service_bind(&(struct ana_alert_service_options){s->catalog_ops, s->catalog, s->workers,
-                                                             s->alerts, s->realtime});
+                                                             s->alerts, s->realtime, s->notify});
   ana_alerts_load_all(s->alerts);
   ana_metric_service_bind_streams(s->metric_streams, s->realtime);
   return 0;

@@ -10,6 +10,7 @@
 static const char help[] =
     "usage: analyticsctl alerts create --name N --metric M --condition C --threshold X\n"
     "                                  [--severity S] [--channel C]... [--cooldown SEC]\n"
+    "                                  [--message TEXT] [--renotify SEC] [--no-data WHAT]\n"
     "                                  [--disabled]\n"
     "       analyticsctl alerts list [--limit N] [--page TOKEN] [--all]\n"
     "       analyticsctl alerts get ID\n"
@@ -18,27 +19,25 @@ static const char help[] =
     "       analyticsctl alerts history ID [--limit N] [--page TOKEN] [--all]\n"
     "\n"
     "  --condition C    e.g. greater_than, or a JSON object\n"
+    "  --channel C      a channel type (email, slack, webhook, telegram: the account's\n"
+    "                   default channel of it) or a channel id (see analyticsctl channels)\n"
+    "  --message TEXT   the notification; {{value}}, {{threshold}}, {{severity}}, ...\n"
+    "  --no-data WHAT   ok, alerting or keep\n"
     "  update           reads the alert, applies the options given, replaces it\n"
-    "\n"
-    "Until alerts are implemented the server answers UNIMPLEMENTED: the message is\n"
-    "printed on stderr and the exit status is 1.\n";
+    "  history          state changes and delivery attempts, newest first\n";
 
-static const struct cli_option options[] = {{"name", CLI_VALUE},
-                                            {"metric", CLI_VALUE},
-                                            {"condition", CLI_VALUE},
-                                            {"threshold", CLI_VALUE},
-                                            {"severity", CLI_VALUE},
-                                            {"channel", CLI_LIST},
-                                            {"cooldown", CLI_VALUE},
-                                            {"disabled", CLI_FLAG},
-                                            {"enabled", CLI_FLAG},
-                                            {"limit", CLI_VALUE},
-                                            {"page", CLI_VALUE},
-                                            {"all", CLI_FLAG},
-                                            {NULL, 0}};
+static const struct cli_option options[] = {{"name", CLI_VALUE},      {"metric", CLI_VALUE},
+                                            {"condition", CLI_VALUE}, {"threshold", CLI_VALUE},
+                                            {"severity", CLI_VALUE},  {"channel", CLI_LIST},
+                                            {"cooldown", CLI_VALUE},  {"message", CLI_VALUE},
+                                            {"renotify", CLI_VALUE},  {"no-data", CLI_VALUE},
+                                            {"disabled", CLI_FLAG},   {"enabled", CLI_FLAG},
+                                            {"limit", CLI_VALUE},     {"page", CLI_VALUE},
+                                            {"all", CLI_FLAG},        {NULL, 0}};
 
-static const char *const def_opts[] = {"name",    "metric",   "condition", "threshold", "severity",
-                                       "channel", "cooldown", "disabled",  "enabled",   NULL};
+static const char *const def_opts[] = {"name",     "metric",   "condition", "threshold", "severity",
+                                       "channel",  "cooldown", "message",   "renotify",  "no-data",
+                                       "disabled", "enabled",  NULL};
 
 static const char *const columns[] = {"alertId",   "name",     "metric",  "condition",
                                       "threshold", "severity", "enabled", NULL};
@@ -53,6 +52,14 @@ static int apply(const struct cli_args *a, json_t *al) {
   cli_set_str(al, "name", cli_opt(a, "name"));
   cli_set_str(al, "metric", cli_opt(a, "metric"));
   cli_set_str(al, "severity", cli_opt(a, "severity"));
+  cli_set_str(al, "message", cli_opt(a, "message"));
+  cli_set_str(al, "noData", cli_opt(a, "no-data"));
+  if ((v = cli_opt(a, "renotify"))) {
+    long renotify;
+    if (cli_parse_long(v, 0, 604800, &renotify) < 0)
+      return cli_usage(a, "--renotify takes seconds (a number)");
+    json_object_set_new(al, "renotifyInterval", json_integer(renotify));
+  }
   if ((v = cli_opt(a, "condition"))) {
     json_t *cond = json_loads(v, 0, NULL);
     json_object_set_new(al, "condition", json_is_object(cond) ? cond : json_string(v));

@@ -18,6 +18,7 @@
   X(metrics)                                                                                       \
   X(reports)                                                                                       \
   X(alerts)                                                                                        \
+  X(channels)                                                                                      \
   X(tail)                                                                                          \
   X(health)                                                                                        \
   X(call)                                                                                          \

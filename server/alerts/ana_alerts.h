@@ -23,6 +23,8 @@
 #include "ana_formula.h"
 #include "ana_realtime.h"
 #include "ana_store.h"
+
+struct ana_notify;
 #include "analytics/v1/alerts.pb-c.h"
 #include "analytics/v1/metrics.pb-c.h"
 
@@ -43,7 +45,8 @@ struct ana_alerts_options {
   void *store;
   const struct ana_catalog_ops *catalog_ops; /* the rules */
   void *catalog;
-  struct ana_realtime *hub; /* StreamAlerts; NULL: none */
+  struct ana_realtime *hub;  /* StreamAlerts; NULL: none */
+  struct ana_notify *notify; /* the outbox; NULL: every firing records "no channel" */
   ana_alerts_resolve_fn resolve;
   int max_instances; /* ALERT_MAX_INSTANCES */
   int history_days;  /* ALERT_HISTORY_DAYS */
@@ -73,13 +76,17 @@ void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *a
 /* Instances per state of a rule (counts[4], by enum ana_alert_state). */
 void ana_alerts_counts(struct ana_alerts *al, const char *alert_id, int counts[4]);
 
-/* History of a rule, newest first: entries with entry_id < before (0 =
- * from the newest), at <= [from, to) ms, state "" = any; at most limit.
- * Entries are allocated in arena. Returns how many (and *more). Blocks. */
+/* History of a rule, newest first: its state changes and the delivery
+ * attempts of its notifications (kind "delivery", state the outcome:
+ * delivered, retry, failed), at in [from, to) ms, state "" = any (a state,
+ * a kind, or an outcome), at most limit, after page_token ("" or NULL: from
+ * the newest; otherwise a token this call returned in *next_token, NULL at
+ * the end). Entries are allocated in arena. Returns how many, or
+ * ANA_ERR_INVALID for a token that is not one. Blocks. */
 int ana_alerts_history(struct ana_alerts *al, const char *account, const char *alert_id,
-                       uint64_t before, int64_t from_ms, int64_t to_ms, const char *state,
+                       const char *page_token, int64_t from_ms, int64_t to_ms, const char *state,
                        int limit, struct ana_arena *arena, Analytics__V1__AlertHistoryEntry ***out,
-                       bool *more, struct ana_error *err);
+                       char **next_token, struct ana_error *err);
 
 /* Makes call a StreamAlerts subscriber (alert_ids: n filters, borrowed from
  * the call's arena). Returns 0 or ANA_ERR_NOMEM. */

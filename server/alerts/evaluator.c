@@ -7,6 +7,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "ana_metric_acc.h"
+#include "ana_notify.h"
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 
@@ -31,6 +32,28 @@ struct instance {
   struct ana_alert_instance_state st;
 };
 
+/* The sliding window of one metric definition and pane length, shared by
+ * every rule over it: an event is folded into it once, whatever the number
+ * of rules. */
+struct paneset {
+  struct paneset *next;
+  char *key; /* "<account>\x1f<metric id>\x1f<pane ms>\x1f<definition hash>[\x1f-]" */
+  char *account;
+  struct ana_arena *arena;
+  Analytics__V1__Metric *metric;
+  struct ana_formula *formula;
+  int64_t pane_ms, cur_start;
+  struct ana_metric_acc *panes[ANA_ALERT_PANES];
+  int64_t pane_start[ANA_ALERT_PANES];
+  uint64_t seed_seq;
+  char **names; /* the event names its formula counts ("" = any), distinct */
+  size_t n_names;
+  int refs;
+  bool moved;          /* its window moved in this pass */
+  struct rule **rules; /* its enabled rules (index_build) */
+  size_t n_rules;
+};
+
 struct rule {
   struct rule *next;
   char *id, *account;
@@ -39,13 +62,20 @@ struct rule {
   Analytics__V1__Metric *metric;
   struct ana_formula *formula;
   struct ana_alert_params p;
-  int64_t pane_ms, cur_start;
-  struct ana_metric_acc *panes[ANA_ALERT_PANES];
-  int64_t pane_start[ANA_ALERT_PANES];
+  struct paneset *ps; /* a reference */
   struct instance *inst;
-  size_t n_inst, cap_inst;
+  size_t n_inst, cap_inst, n_other;
+  uint32_t *slots; /* open addressing by key hash: instance index + 1; 0 empty */
+  size_t n_slots;  /* a power of two, at least twice n_inst */
   size_t n_dims;
-  uint64_t seed_seq;
+};
+
+/* Which panesets an event may count in: (account, event name) -> paneset,
+ * sorted by key, rebuilt when the rules change; a formula counting any
+ * event is under the name "". */
+struct index_entry {
+  char *key; /* "<account>\x1f<event name>" */
+  struct paneset *ps;
 };
 
 struct qev {
@@ -79,6 +109,10 @@ struct ana_alerts {
   /* the rules (evaluator thread and rule changes) */
   pthread_mutex_t mu;
   struct rule *rules;
+  struct paneset *pansets;
+  struct index_entry *index;
+  size_t n_index;
+  bool index_dirty;
   int64_t last_sweep_ms;
   /* subscribers */
   pthread_mutex_t smu;
@@ -102,11 +136,39 @@ static int64_t floor_to(int64_t t, int64_t step) {
 /* ------------------------------------------------------------------ */
 /* rules and instances */
 
-static void rule_free(struct rule *r) {
-  if (!r)
+static void ps_free(struct paneset *ps) {
+  if (!ps)
     return;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    ana_metric_acc_destroy(r->panes[i]);
+    ana_metric_acc_destroy(ps->panes[i]);
+  for (size_t i = 0; i < ps->n_names; i++)
+    ana_free(ps->names[i]);
+  ana_free(ps->names);
+  ana_free(ps->rules);
+  ana_formula_free(ps->formula);
+  ana_free(ps->key);
+  ana_free(ps->account);
+  if (ps->arena)
+    ana_arena_destroy(ps->arena);
+  ana_free(ps);
+}
+
+/* Drops a reference (al->mu held, or ps not shared yet). */
+static void ps_release(struct ana_alerts *al, struct paneset *ps) {
+  if (!ps || --ps->refs > 0)
+    return;
+  for (struct paneset **pp = &al->pansets; *pp; pp = &(*pp)->next)
+    if (*pp == ps) {
+      *pp = ps->next;
+      break;
+    }
+  ps_free(ps);
+}
+
+static void rule_free(struct ana_alerts *al, struct rule *r) {
+  if (!r)
+    return;
+  ps_release(al, r->ps);
   for (size_t i = 0; i < r->n_inst; i++) {
     ana_free(r->inst[i].key);
     for (size_t d = 0; r->inst[i].vals && d < r->n_dims; d++)
@@ -114,6 +176,7 @@ static void rule_free(struct rule *r) {
     ana_free(r->inst[i].vals);
   }
   ana_free(r->inst);
+  ana_free(r->slots);
   ana_formula_free(r->formula);
   ana_free(r->id);
   ana_free(r->account);
@@ -124,19 +187,55 @@ static void rule_free(struct rule *r) {
 
 /* The instance of key (values: n_dims, or NULL to split key). NULL when out
  * of memory. */
+static uint64_t key_hash(const char *key) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+    h = (h ^ *p) * 1099511628211ULL;
+  return h;
+}
+
+/* Rebuilds the slots for at least n instances; false when out of memory. */
+static bool slots_grow(struct rule *r, size_t n) {
+  size_t want = 16;
+  while (want < 2 * n)
+    want *= 2;
+  if (want <= r->n_slots)
+    return true;
+  uint32_t *slots = ana_calloc(want, sizeof *slots);
+  if (!slots)
+    return false;
+  for (size_t i = 0; i < r->n_inst; i++) {
+    size_t k = (size_t)key_hash(r->inst[i].key) & (want - 1);
+    while (slots[k])
+      k = (k + 1) & (want - 1);
+    slots[k] = (uint32_t)i + 1;
+  }
+  ana_free(r->slots);
+  r->slots = slots;
+  r->n_slots = want;
+  return true;
+}
+
 static struct instance *instance_get(struct ana_alerts *al, struct rule *r, const char *key,
                                      const char *const *values, bool create) {
   bool other = strcmp(key, OTHER_KEY) == 0;
-  for (size_t i = 0; i < r->n_inst; i++)
-    if (strcmp(r->inst[i].key, key) == 0)
-      return &r->inst[i];
+  uint64_t h = key_hash(key);
+  size_t slot = 0;
+  if (r->n_slots) {
+    for (slot = (size_t)h & (r->n_slots - 1); r->slots[slot]; slot = (slot + 1) & (r->n_slots - 1))
+      if (strcmp(r->inst[r->slots[slot] - 1].key, key) == 0)
+        return &r->inst[r->slots[slot] - 1];
+  }
   if (!create)
     return NULL;
-  size_t plain = r->n_inst;
-  for (size_t i = 0; i < r->n_inst; i++)
-    plain -= r->inst[i].other ? 1 : 0;
-  if (!other && plain >= (size_t)al->o.max_instances)
+  if (!other && r->n_inst - r->n_other >= (size_t)al->o.max_instances)
     return instance_get(al, r, OTHER_KEY, NULL, true);
+  if (!r->n_slots || 2 * (r->n_inst + 1) > r->n_slots) {
+    if (!slots_grow(r, r->n_inst + 1))
+      return NULL;
+    for (slot = (size_t)h & (r->n_slots - 1); r->slots[slot]; slot = (slot + 1) & (r->n_slots - 1))
+      ;
+  }
   if (r->n_inst == r->cap_inst) {
     size_t cap = r->cap_inst ? r->cap_inst * 2 : 4;
     struct instance *n = ana_realloc(r->inst, cap * sizeof *n);
@@ -173,50 +272,67 @@ static struct instance *instance_get(struct ana_alerts *al, struct rule *r, cons
     }
   }
   in->st.state = ANA_ALERT_OK;
+  r->slots[slot] = (uint32_t)r->n_inst + 1;
+  r->n_other += other ? 1 : 0;
   r->n_inst++;
   return in;
 }
 
 /* Moves the window so that its current pane holds t; drops the panes that
  * left it. Returns whether it moved. */
-static bool advance(struct rule *r, int64_t t) {
-  int64_t cur = floor_to(t, r->pane_ms);
-  if (cur <= r->cur_start)
+static bool advance(struct paneset *ps, int64_t t) {
+  int64_t cur = floor_to(t, ps->pane_ms);
+  if (cur <= ps->cur_start)
     return false;
-  r->cur_start = cur;
-  int64_t oldest = cur - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  ps->cur_start = cur;
+  int64_t oldest = cur - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    if (r->panes[i] && r->pane_start[i] < oldest) {
-      ana_metric_acc_destroy(r->panes[i]);
-      r->panes[i] = NULL;
+    if (ps->panes[i] && ps->pane_start[i] < oldest) {
+      ana_metric_acc_destroy(ps->panes[i]);
+      ps->panes[i] = NULL;
     }
   return true;
 }
 
-/* Adds ev to its pane; returns the instance it counts in, or NULL (outside
- * the window, filtered out, out of memory). */
-static struct instance *route(struct ana_alerts *al, struct rule *r,
-                              const struct ana_scanned_event *ev, bool make_instance) {
-  int64_t oldest = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
-  if (ev->timestamp_ms < oldest || ev->timestamp_ms >= r->cur_start + r->pane_ms)
-    return NULL;
-  int64_t start = floor_to(ev->timestamp_ms, r->pane_ms);
-  size_t idx = (size_t)((start / r->pane_ms) % ANA_ALERT_PANES);
-  if (!r->panes[idx] || r->pane_start[idx] != start) {
-    ana_metric_acc_destroy(r->panes[idx]);
+/* Adds ev to its pane: returns its group in *acc, or -1 (outside the
+ * window, filtered out, out of memory). */
+static int ps_add(struct paneset *ps, const struct ana_scanned_event *ev,
+                  struct ana_metric_acc **acc) {
+  int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
+  if (ev->timestamp_ms < oldest || ev->timestamp_ms >= ps->cur_start + ps->pane_ms)
+    return -1;
+  int64_t start = floor_to(ev->timestamp_ms, ps->pane_ms);
+  size_t idx = (size_t)((start / ps->pane_ms) % ANA_ALERT_PANES);
+  if (!ps->panes[idx] || ps->pane_start[idx] != start) {
+    ana_metric_acc_destroy(ps->panes[idx]);
     struct ana_error err;
-    r->panes[idx] = ana_metric_acc_create(r->metric, r->formula, 100000, &err);
-    r->pane_start[idx] = start;
-    if (!r->panes[idx])
-      return NULL;
+    ps->panes[idx] = ana_metric_acc_create(ps->metric, ps->formula, 100000, &err);
+    ps->pane_start[idx] = start;
+    if (!ps->panes[idx])
+      return -1;
   }
-  int g = ana_metric_acc_add(r->panes[idx], ev);
-  if (g < 0 || !make_instance)
-    return NULL;
-  if (ana_metric_acc_group_is_other(r->panes[idx], (size_t)g))
+  *acc = ps->panes[idx];
+  int g = ana_metric_acc_add(ps->panes[idx], ev);
+  return g < 0 ? -1 : g;
+}
+
+/* The rule's instance of group g of acc (created). */
+static struct instance *group_instance(struct ana_alerts *al, struct rule *r,
+                                       const struct ana_metric_acc *acc, size_t g) {
+  if (ana_metric_acc_group_is_other(acc, g))
     return instance_get(al, r, OTHER_KEY, NULL, true);
-  return instance_get(al, r, ana_metric_acc_group_key(r->panes[idx], (size_t)g),
-                      ana_metric_acc_group_values(r->panes[idx], (size_t)g), true);
+  return instance_get(al, r, ana_metric_acc_group_key(acc, g), ana_metric_acc_group_values(acc, g),
+                      true);
+}
+
+/* The rule's instances of every group in its window. */
+static void instances_from_panes(struct ana_alerts *al, struct rule *r) {
+  struct paneset *ps = r->ps;
+  int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
+  for (size_t i = 0; i < ANA_ALERT_PANES; i++)
+    if (ps->panes[i] && ps->pane_start[i] >= oldest)
+      for (size_t g = 0; g < ana_metric_acc_group_count(ps->panes[i]); g++)
+        group_instance(al, r, ps->panes[i], g);
 }
 
 struct pick_ctx {
@@ -227,21 +343,19 @@ static bool pick_other(void *ctx, const struct ana_metric_acc *acc, size_t g) {
   struct rule *r = ((struct pick_ctx *)ctx)->r;
   if (ana_metric_acc_group_is_other(acc, g))
     return true;
-  const char *key = ana_metric_acc_group_key(acc, g);
-  for (size_t i = 0; i < r->n_inst; i++)
-    if (!r->inst[i].other && strcmp(r->inst[i].key, key) == 0)
-      return false;
-  return true;
+  struct instance *in = instance_get(NULL, r, ana_metric_acc_group_key(acc, g), NULL, false);
+  return !in || in->other;
 }
 
 /* The window's value of an instance: returns 1 (value), 0 (no data). */
 static int window_value(struct rule *r, struct instance *in, double *out) {
   struct ana_metric_acc *accs[ANA_ALERT_PANES];
   size_t n = 0;
-  int64_t oldest = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
+  const struct paneset *ps = r->ps;
+  int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    if (r->panes[i] && r->pane_start[i] >= oldest && r->pane_start[i] <= r->cur_start)
-      accs[n++] = r->panes[i];
+    if (ps->panes[i] && ps->pane_start[i] >= oldest && ps->pane_start[i] <= ps->cur_start)
+      accs[n++] = ps->panes[i];
   if (n == 0) {
     /* an empty window: the formula over empty aggregates (a count is 0) */
     struct ana_error err;
@@ -276,20 +390,79 @@ static char *group_json(const struct rule *r, const struct instance *in) {
   return s;
 }
 
-/* The notification step: today every named channel is recorded as having
- * no channel to deliver to (the outbox takes over once channels exist). */
-static void notify_in_txn(struct rule *r, char *channels, size_t csize, char *failed,
-                          size_t fsize) {
+/* Appends "<line>" to a newline-separated list in buf. */
+static void add_line(char *buf, size_t size, const char *fmt, const char *a, const char *b) {
+  size_t l = strlen(buf);
+  if (l + 2 >= size)
+    return;
+  if (l)
+    buf[l++] = '\n';
+  snprintf(buf + l, size - l, fmt, a, b);
+}
+
+/* The notification step, in the transaction of the state change (entry_id:
+ * its history entry): one outbox row per channel the rule names, a type
+ * resolving to the account's default channel of that type now. The
+ * idempotency key "<alertId>.<entryId>.<channelId>" names the rule, the
+ * instance's state change and the channel: stable across retries and
+ * restarts (the change and its rows commit together or not at all). Fills
+ * channels (delivered to the outbox) and failed ("slack: no channel").
+ * Returns how many rows were written. */
+static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const struct instance *in,
+                         const struct change *c, uint64_t entry_id, const char *text,
+                         char *channels, size_t csize, char *failed, size_t fsize) {
   channels[0] = failed[0] = '\0';
-  size_t fl = 0;
+  int queued = 0;
+  char source[80], title[512], vbuf[32], tbuf[32];
+  snprintf(source, sizeof source, "alert:%s", r->id);
+  snprintf(title, sizeof title, "[%s] %s: %s", ana_alert_severity_name(r->p.severity),
+           r->alert->name, ana_alert_state_name(c->step.to));
+  snprintf(vbuf, sizeof vbuf, "%.17g", in->st.value);
+  snprintf(tbuf, sizeof tbuf, "%.17g", r->p.threshold);
+  struct ana_notify_value vals[3 + 16];
+  size_t nv = 0;
+  vals[nv++] = (struct ana_notify_value){"value", in->st.has_value ? vbuf : "no data"};
+  vals[nv++] = (struct ana_notify_value){"threshold", tbuf};
+  vals[nv++] = (struct ana_notify_value){"state", ana_alert_state_name(c->step.to)};
+  for (size_t d = 0; d < r->n_dims && d < 16; d++)
+    vals[nv++] = (struct ana_notify_value){r->metric->dimensions[d], in->vals[d]};
   for (size_t i = 0; i < r->alert->n_channels; i++) {
-    int n = snprintf(failed + fl, fsize - fl, "%s%s: no channel", fl ? "\n" : "",
-                     r->alert->channels[i]);
-    if (n < 0 || (size_t)n >= fsize - fl)
-      break;
-    fl += (size_t)n;
+    const char *name = r->alert->channels[i];
+    char id[40];
+    struct ana_error err;
+    if (!al->o.notify) {
+      add_line(failed, fsize, "%s: %s", name, "no channel");
+      continue;
+    }
+    if (ana_notify_is_channel_type(name)) {
+      if (ana_notify_resolve_channel_type(al->o.notify, r->account, name, id, &err) < 0) {
+        add_line(failed, fsize, "%s: %s", name, "no channel");
+        continue;
+      }
+    } else {
+      snprintf(id, sizeof id, "%s", name);
+    }
+    char key[201];
+    snprintf(key, sizeof key, "%s.%llu.%s", r->id, (unsigned long long)entry_id, id);
+    struct ana_notification nt = {
+        .account_id = r->account,
+        .channel_id = id,
+        .source = source,
+        .idempotency_key = key,
+        .title = title,
+        .text = text,
+        .severity = ana_alert_severity_name(r->p.severity),
+        .values = vals,
+        .n_values = nv,
+    };
+    if (ana_notify_enqueue_in_txn(al->o.notify, al->conn, &nt, NULL, &err) < 0) {
+      add_line(failed, fsize, "%s: %s", name, err.message);
+      continue;
+    }
+    add_line(channels, csize, "%s%s", id, "");
+    queued++;
   }
-  (void)csize;
+  return queued;
 }
 
 static void push_entry(struct ana_alerts *al, const struct rule *r, uint64_t entry_id,
@@ -340,7 +513,12 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
     return ANA_ERR_NOMEM;
   }
   int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-  sqlite3_stmt *up = NULL, *hist = NULL;
+  sqlite3_stmt *up = NULL, *hist = NULL, *note = NULL;
+  int queued = 0;
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db,
+                            "UPDATE alert_history SET channels = ?, failed = ? WHERE entry_id = ?",
+                            -1, &note, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db,
                             "INSERT OR REPLACE INTO alert_instances (alert_id, group_key, state,"
@@ -380,9 +558,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
     }
     char channels[1024], failed[2048];
     channels[0] = failed[0] = '\0';
-    if (c->step.notify)
-      notify_in_txn(r, channels, sizeof channels, failed, sizeof failed);
-    else if (c->step.suppressed)
+    if (c->step.suppressed)
       snprintf(failed, sizeof failed, "cooldown: not notified");
     char *gj = group_json(r, in);
     sqlite3_reset(hist);
@@ -406,15 +582,30 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
       break;
     }
     ids[i] = (uint64_t)sqlite3_last_insert_rowid(db);
+    if (c->step.notify && r->alert->n_channels) {
+      queued += notify_in_txn(al, r, in, c, ids[i], msgs[i], channels, sizeof channels, failed,
+                              sizeof failed);
+      sqlite3_reset(note);
+      sqlite3_bind_text(note, 1, channels, -1, SQLITE_STATIC);
+      sqlite3_bind_text(note, 2, failed, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(note, 3, (int64_t)ids[i]);
+      if (sqlite3_step(note) != SQLITE_DONE) {
+        rc = SQLITE_ERROR;
+        break;
+      }
+    }
   }
   sqlite3_finalize(up);
   sqlite3_finalize(hist);
+  sqlite3_finalize(note);
   if (rc == SQLITE_OK)
     rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
     ANA_ERROR("alerts", "cannot store %zu alert state changes: %s", n, sqlite3_errmsg(db));
     sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
   } else {
+    if (queued && al->o.notify)
+      ana_notify_wake(al->o.notify);
     for (size_t i = 0; i < n; i++) {
       al->stats.transitions++;
       if (cs[i].step.notify)
@@ -440,9 +631,8 @@ struct changes {
   size_t n, cap;
 };
 
-static void evaluate(struct rule *r, struct instance *in, int64_t now, struct changes *out) {
-  double v = 0;
-  bool has = window_value(r, in, &v) == 1;
+static void evaluate_with(struct rule *r, struct instance *in, bool has, double v, int64_t now,
+                          struct changes *out) {
   struct ana_alert_step step;
   ana_alert_step(&r->p, &in->st, has, v, now, &step);
   if (!step.changed && !step.notify)
@@ -456,6 +646,12 @@ static void evaluate(struct rule *r, struct instance *in, int64_t now, struct ch
     out->cap = cap;
   }
   out->v[out->n++] = (struct change){r, in, step, now};
+}
+
+static void evaluate(struct rule *r, struct instance *in, int64_t now, struct changes *out) {
+  double v = 0;
+  bool has = window_value(r, in, &v) == 1;
+  evaluate_with(r, in, has, v, now, out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -563,18 +759,240 @@ static struct rule *find_rule(struct ana_alerts *al, const char *id) {
   return NULL;
 }
 
+static int index_cmp(const void *a, const void *b) {
+  return strcmp(((const struct index_entry *)a)->key, ((const struct index_entry *)b)->key);
+}
+
+static void index_free(struct ana_alerts *al) {
+  for (size_t i = 0; i < al->n_index; i++)
+    ana_free(al->index[i].key);
+  ana_free(al->index);
+  al->index = NULL;
+  al->n_index = 0;
+}
+
+/* Rebuilds the index and each paneset's list of enabled rules (al->mu
+ * held); on failure it stays dirty. */
+static void index_build(struct ana_alerts *al) {
+  index_free(al);
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next) {
+    ana_free(ps->rules);
+    ps->rules = NULL;
+    ps->n_rules = 0;
+  }
+  size_t n = 0;
+  for (struct rule *r = al->rules; r; r = r->next)
+    if (r->p.enabled)
+      r->ps->n_rules++;
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next) {
+    if (!ps->n_rules)
+      continue;
+    n += ps->n_names;
+    ps->rules = ana_calloc(ps->n_rules, sizeof *ps->rules);
+    if (!ps->rules)
+      return;
+    ps->n_rules = 0;
+  }
+  for (struct rule *r = al->rules; r; r = r->next)
+    if (r->p.enabled)
+      r->ps->rules[r->ps->n_rules++] = r;
+  al->index = ana_calloc(n ? n : 1, sizeof *al->index);
+  if (!al->index)
+    return;
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next)
+    for (size_t i = 0; ps->n_rules && i < ps->n_names; i++) {
+      size_t la = strlen(ps->account), ln = strlen(ps->names[i]);
+      char *k = ana_malloc(la + ln + 2);
+      if (!k) {
+        index_free(al);
+        return;
+      }
+      memcpy(k, ps->account, la);
+      k[la] = '\x1f';
+      memcpy(k + la + 1, ps->names[i], ln + 1);
+      al->index[al->n_index++] = (struct index_entry){k, ps};
+    }
+  qsort(al->index, al->n_index, sizeof *al->index, index_cmp);
+  al->index_dirty = false;
+}
+
+/* The entries of key: [*first, return value). */
+static size_t index_find(const struct ana_alerts *al, const char *key, size_t *first) {
+  size_t lo = 0, hi = al->n_index;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (strcmp(al->index[mid].key, key) < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *first = lo;
+  hi = al->n_index;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (strcmp(al->index[mid].key, key) <= 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* A group of a paneset that events touched in this pass: its key and
+ * dimension values, copied (a pane may be replaced later in the pass). */
+struct touched {
+  struct paneset *ps;
+  uint64_t hash;
+  char *key;   /* in the block of vals */
+  char **vals; /* n_dims, then the strings and the key: one allocation */
+};
+
+struct touched_set {
+  struct touched *v;
+  size_t n, cap;
+  uint32_t *slots; /* index + 1 */
+  size_t n_slots;
+};
+
+static void touched_fini(struct touched_set *t) {
+  for (size_t i = 0; i < t->n; i++)
+    ana_free(t->v[i].vals); /* the block holding the values and the key */
+  ana_free(t->v);
+  ana_free(t->slots);
+}
+
+static bool touched_rehash(struct touched_set *t, size_t want) {
+  uint32_t *slots = ana_calloc(want, sizeof *slots);
+  if (!slots)
+    return false;
+  for (size_t i = 0; i < t->n; i++) {
+    size_t k = (size_t)t->v[i].hash & (want - 1);
+    while (slots[k])
+      k = (k + 1) & (want - 1);
+    slots[k] = (uint32_t)i + 1;
+  }
+  ana_free(t->slots);
+  t->slots = slots;
+  t->n_slots = want;
+  return true;
+}
+
+/* Notes group g of acc in ps as touched (once per pass). */
+static void touch(struct touched_set *t, struct paneset *ps, const struct ana_metric_acc *acc,
+                  size_t g) {
+  const char *key =
+      ana_metric_acc_group_is_other(acc, g) ? OTHER_KEY : ana_metric_acc_group_key(acc, g);
+  uint64_t h = key_hash(key) ^ ((uint64_t)(uintptr_t)ps * 0x9E3779B97F4A7C15ULL);
+  size_t k = 0;
+  if (t->n_slots)
+    for (k = (size_t)h & (t->n_slots - 1); t->slots[k]; k = (k + 1) & (t->n_slots - 1)) {
+      const struct touched *e = &t->v[t->slots[k] - 1];
+      if (e->ps == ps && e->hash == h && strcmp(e->key, key) == 0)
+        return;
+    }
+  if (2 * (t->n + 1) > t->n_slots) {
+    if (!touched_rehash(t, t->n_slots ? t->n_slots * 2 : 64))
+      return;
+    for (k = (size_t)h & (t->n_slots - 1); t->slots[k]; k = (k + 1) & (t->n_slots - 1))
+      ;
+  }
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    struct touched *n = ana_realloc(t->v, cap * sizeof *n);
+    if (!n)
+      return;
+    t->v = n;
+    t->cap = cap;
+  }
+  size_t nd = ps->metric->n_dimensions;
+  const char *const *vals = ana_metric_acc_group_values(acc, g);
+  size_t len = strlen(key) + 1 + nd * sizeof(char *);
+  for (size_t d = 0; vals && d < nd; d++)
+    len += strlen(vals[d] ? vals[d] : "") + 1;
+  char *block = ana_malloc(len);
+  if (!block)
+    return;
+  struct touched *e = &t->v[t->n];
+  e->ps = ps;
+  e->hash = h;
+  e->vals = (char **)(void *)block;
+  char *p = block + nd * sizeof(char *);
+  for (size_t d = 0; d < nd; d++) {
+    const char *v = vals && vals[d] ? vals[d] : "";
+    size_t l = strlen(v) + 1;
+    memcpy(p, v, l);
+    e->vals[d] = p;
+    p += l;
+  }
+  memcpy(p, key, strlen(key) + 1);
+  e->key = p;
+  t->slots[k] = (uint32_t)t->n + 1;
+  t->n++;
+}
+
+/* Folds the events into the panesets that count them (once each); then, for
+ * each group they touched, computes its window's value once and steps the
+ * instance of every rule over that paneset with it. */
 static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
                            struct changes *cs) {
-  for (struct qev *q = list; q; q = q->next)
-    for (struct rule *r = al->rules; r; r = r->next) {
-      if (!r->p.enabled || q->ev.seq <= r->seed_seq || strcmp(r->account, q->account) != 0)
+  if (al->index_dirty)
+    index_build(al);
+  if (al->index_dirty) {
+    ANA_WARN("alerts", "out of memory for the rule index: events not evaluated");
+    return;
+  }
+  struct touched_set t = {0};
+  size_t seen = 0;
+  for (struct qev *q = list; q; q = q->next) {
+    if ((++seen & 1023) == 0 && al->stop)
+      break;
+    char key[512];
+    const char *names[2] = {q->ev.event_name, ""};
+    for (size_t w = 0; w < 2; w++) {
+      int kl = snprintf(key, sizeof key, "%s\x1f%s", q->account, names[w]);
+      if (kl < 0 || (size_t)kl >= sizeof key)
         continue;
-      struct instance *in = route(al, r, &q->ev, true);
+      size_t first, end = index_find(al, key, &first);
+      for (size_t i = first; i < end; i++) {
+        struct paneset *ps = al->index[i].ps;
+        if (q->ev.seq <= ps->seed_seq)
+          continue;
+        struct ana_metric_acc *acc;
+        int g = ps_add(ps, &q->ev, &acc);
+        if (g < 0)
+          continue;
+        al->stats.events++;
+        touch(&t, ps, acc, (size_t)g);
+      }
+    }
+  }
+  /* the instances first (adding one may move a rule's array), then the steps */
+  for (size_t i = 0; i < t.n; i++)
+    for (size_t k = 0; k < t.v[i].ps->n_rules; k++)
+      instance_get(al, t.v[i].ps->rules[k], t.v[i].key, (const char *const *)t.v[i].vals, true);
+  for (size_t i = 0; i < t.n; i++) {
+    struct paneset *ps = t.v[i].ps;
+    bool computed = false, has = false;
+    double v = 0;
+    for (size_t k = 0; k < ps->n_rules; k++) {
+      struct rule *r = ps->rules[k];
+      struct instance *in = instance_get(al, r, t.v[i].key, NULL, false);
+      if (!in) /* past ALERT_MAX_INSTANCES: the rule's (other) */
+        in = instance_get(al, r, OTHER_KEY, NULL, false);
       if (!in)
         continue;
-      al->stats.events++;
-      evaluate(r, in, now, cs);
+      if (in->other) {
+        evaluate(r, in, now, cs);
+        continue;
+      }
+      if (!computed) {
+        has = window_value(r, in, &v) == 1;
+        computed = true;
+      }
+      evaluate_with(r, in, has, v, now, cs);
     }
+  }
+  touched_fini(&t);
 }
 
 static void sweep_history(struct ana_alerts *al, int64_t now) {
@@ -600,8 +1018,8 @@ static void *run(void *arg) {
     for (struct rule *r = al->rules; r; r = r->next) {
       if (!r->p.enabled)
         continue;
-      if (r->cur_start + r->pane_ms < wake)
-        wake = r->cur_start + r->pane_ms;
+      if (r->ps->cur_start + r->ps->pane_ms < wake)
+        wake = r->ps->cur_start + r->ps->pane_ms;
       for (size_t i = 0; i < r->n_inst; i++) {
         int64_t due = ana_alert_next_due(&r->p, &r->inst[i].st);
         if (due < wake)
@@ -619,15 +1037,24 @@ static void *run(void *arg) {
     al->queued = 0;
     bool stop = al->stop;
     pthread_mutex_unlock(&al->qmu);
+    if (stop) { /* the events are stored: a restart seeds the windows again */
+      while (list) {
+        struct qev *n = list->next;
+        ana_free(list);
+        list = n;
+      }
+      break;
+    }
     int64_t now = now_ms();
     pthread_mutex_lock(&al->mu);
     cs.n = 0;
+    for (struct paneset *ps = al->pansets; ps; ps = ps->next)
+      ps->moved = advance(ps, now);
     for (struct rule *r = al->rules; r; r = r->next) {
       if (!r->p.enabled)
         continue;
-      bool moved = advance(r, now);
       for (size_t i = 0; i < r->n_inst; i++)
-        if (moved || ana_alert_next_due(&r->p, &r->inst[i].st) <= now)
+        if (r->ps->moved || ana_alert_next_due(&r->p, &r->inst[i].st) <= now)
           evaluate(r, &r->inst[i], now, &cs);
     }
     process_events(al, list, now, &cs);
@@ -743,24 +1170,100 @@ static int note_account(struct ana_alerts *al, const char *account) {
 }
 
 struct seed_ctx {
-  struct ana_alerts *al;
-  struct rule *r;
+  struct paneset *ps;
   uint64_t upto;
 };
 
 static int seed_one(void *ctx, const struct ana_scanned_event *ev) {
   struct seed_ctx *s = ctx;
-  if (ev->seq > s->upto)
-    return 0;
-  struct instance *in = route(s->al, s->r, ev, true);
-  (void)in;
+  struct ana_metric_acc *acc;
+  if (ev->seq <= s->upto)
+    ps_add(s->ps, ev, &acc);
   return 0;
 }
 
 static int seed_after(void *ctx, const struct ana_scanned_event *ev) {
   struct seed_ctx *s = ctx;
-  route(s->al, s->r, ev, true);
+  struct ana_metric_acc *acc;
+  ps_add(s->ps, ev, &acc);
   return 0;
+}
+
+/* The key of r's paneset: the account, the metric's id and definition, the
+ * pane length; a disabled rule's is its own (never fed). */
+static char *ps_key(const struct rule *r, int64_t pane_ms) {
+  size_t len = protobuf_c_message_get_packed_size(&r->metric->base);
+  uint8_t *buf = ana_malloc(len ? len : 1);
+  if (!buf)
+    return NULL;
+  protobuf_c_message_pack(&r->metric->base, buf);
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ buf[i]) * 1099511628211ULL;
+  ana_free(buf);
+  char tmp[600];
+  snprintf(tmp, sizeof tmp, "%s\x1f%s\x1f%lld\x1f%016llx%s%s", r->account,
+           r->metric->metric_id ? r->metric->metric_id : "", (long long)pane_ms,
+           (unsigned long long)h, r->p.enabled ? "" : "\x1f-", r->p.enabled ? "" : r->id);
+  return ana_strdup(tmp);
+}
+
+/* A new paneset for r, seeded from the stored events up to upto_out (the
+ * events committed later come through the hook or seed_after). */
+static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const char *key,
+                                 int64_t pane_ms, int64_t now, uint64_t *upto_out,
+                                 struct ana_error *err) {
+  struct paneset *ps = ana_calloc(1, sizeof *ps);
+  if (!ps) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  ps->refs = 1;
+  ps->pane_ms = pane_ms;
+  ps->key = ana_strdup(key);
+  ps->account = ana_strdup(r->account);
+  ps->arena = ana_arena_create(8192, 0);
+  if (!ps->key || !ps->account || !ps->arena) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  if (al->o.resolve(r->account, r->alert->metric, ps->arena, &ps->metric, &ps->formula, err) < 0)
+    goto fail;
+  size_t nterms = ana_formula_term_count(ps->formula);
+  ps->names = ana_calloc(nterms ? nterms : 1, sizeof *ps->names);
+  if (!ps->names) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  for (size_t i = 0; i < nterms; i++) {
+    const struct ana_agg_term *term = ana_formula_term(ps->formula, i);
+    const char *name = term && term->event_name ? term->event_name : "";
+    bool seen = false;
+    for (size_t k = 0; k < ps->n_names && !seen; k++)
+      seen = strcmp(ps->names[k], name) == 0;
+    if (seen)
+      continue;
+    if (!(ps->names[ps->n_names] = ana_strdup(name))) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto fail;
+    }
+    ps->n_names++;
+  }
+  uint64_t upto = 0;
+  if (al->o.store_ops->last_seq(al->o.store, &upto, err) < 0)
+    goto fail;
+  advance(ps, now);
+  struct seed_ctx sc = {ps, upto};
+  int64_t from = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
+  if (r->p.enabled &&
+      al->o.store_ops->scan(al->o.store, r->account, from, ps->cur_start + ps->pane_ms, NULL, 0,
+                            seed_one, &sc, err) < 0)
+    goto fail;
+  *upto_out = upto;
+  return ps;
+fail:
+  ps_free(ps);
+  return NULL;
 }
 
 /* Restores the persisted instances of r. */
@@ -816,33 +1319,53 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
       0)
     goto fail;
   r->n_dims = r->metric->n_dimensions;
-  r->pane_ms = r->p.window_ms / ANA_ALERT_PANES;
-  if (r->pane_ms < 1)
-    r->pane_ms = 1;
+  int64_t pane_ms = r->p.window_ms / ANA_ALERT_PANES;
+  if (pane_ms < 1)
+    pane_ms = 1;
   if ((rc = note_account(al, r->account)) < 0) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  /* Seed from the stored events up to a commit sequence number... */
-  uint64_t upto = 0;
-  if ((rc = al->o.store_ops->last_seq(al->o.store, &upto, err)) < 0)
+  char *key = ps_key(r, pane_ms);
+  if (!key) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
+  }
   int64_t now = now_ms();
-  advance(r, now);
-  struct seed_ctx sc = {al, r, upto};
-  int64_t from = r->cur_start - (ANA_ALERT_PANES - 1) * r->pane_ms;
-  if (r->p.enabled &&
-      (rc = al->o.store_ops->scan(al->o.store, r->account, from, r->cur_start + r->pane_ms, NULL, 0,
-                                  seed_one, &sc, err)) < 0)
-    goto fail;
+  /* A window the rules over the same metric and pane length keep already
+   * is shared (it has seen every event since it was seeded)... */
   pthread_mutex_lock(&al->mu);
-  /* ... then what was committed since, with the evaluator held: from here
-   * on it sees every later event (the account is noted). */
-  uint64_t upto2 = upto;
-  struct ana_error e2;
-  if (r->p.enabled && al->o.store_ops->last_seq(al->o.store, &upto2, &e2) == 0 && upto2 > upto)
-    al->o.store_ops->scan_seq(al->o.store, r->account, upto, upto2, seed_after, &sc, &e2);
-  r->seed_seq = upto2;
+  for (struct paneset *ps = al->pansets; ps; ps = ps->next)
+    if (strcmp(ps->key, key) == 0) {
+      ps->refs++;
+      r->ps = ps;
+      break;
+    }
+  if (!r->ps) {
+    /* ... otherwise a new one is seeded from the stored events up to a
+     * commit sequence number, then (with the evaluator held) from what was
+     * committed since: from there on it sees every later event (the account
+     * is noted). */
+    pthread_mutex_unlock(&al->mu);
+    uint64_t upto = 0;
+    struct paneset *ps = ps_create(al, r, key, pane_ms, now, &upto, err);
+    if (!ps) {
+      ana_free(key);
+      rc = ANA_ERR_IO;
+      goto fail;
+    }
+    pthread_mutex_lock(&al->mu);
+    uint64_t upto2 = upto;
+    struct ana_error e2;
+    struct seed_ctx sc = {ps, upto};
+    if (r->p.enabled && al->o.store_ops->last_seq(al->o.store, &upto2, &e2) == 0 && upto2 > upto)
+      al->o.store_ops->scan_seq(al->o.store, r->account, upto, upto2, seed_after, &sc, &e2);
+    ps->seed_seq = upto2;
+    ps->next = al->pansets;
+    al->pansets = ps;
+    r->ps = ps;
+  }
+  ana_free(key);
   struct rule *old = NULL;
   for (struct rule **pp = &al->rules; *pp; pp = &(*pp)->next)
     if (strcmp((*pp)->id, r->id) == 0) {
@@ -850,22 +1373,24 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
       *pp = old->next;
       break;
     }
-  rule_free(old);
+  rule_free(al, old);
   restore_instances(al, r);
   if (r->n_dims == 0)
     instance_get(al, r, "", NULL, true);
+  instances_from_panes(al, r);
   struct changes cs = {0};
   for (size_t i = 0; r->p.enabled && i < r->n_inst; i++)
     evaluate(r, &r->inst[i], now, &cs);
   r->next = al->rules;
   al->rules = r;
+  al->index_dirty = true;
   write_changes(al, cs.v, cs.n);
   ana_free(cs.v);
   pthread_mutex_unlock(&al->mu);
   pthread_cond_signal(&al->qcond);
   return 0;
 fail:
-  rule_free(r);
+  rule_free(al, r);
   return rc < 0 ? rc : ANA_ERR_INVALID;
 }
 
@@ -876,7 +1401,8 @@ void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *a
     if (strcmp((*pp)->id, alert_id) == 0) {
       struct rule *r = *pp;
       *pp = r->next;
-      rule_free(r);
+      rule_free(al, r);
+      al->index_dirty = true;
       break;
     }
   static const char *const sql[] = {"DELETE FROM alert_instances WHERE alert_id = ?",
@@ -925,41 +1451,75 @@ static void split_lines(struct ana_arena *a, char *text, char ***out, size_t *n)
     (*out)[(*n)++] = t;
 }
 
+/* The history and the delivery log as one list, newest first: (at, k, id)
+ * orders it (k 0 a state change, id its entry; k 1 an attempt, id outbox
+ * row * 1000 + attempt). */
+#define HISTORY_COLS                                                                               \
+  "at, k, id, kind, state, previous_state, value, has_value, threshold, severity, group_json,"     \
+  " message, channels, failed, channel_id, ikey, attempt, status, error, duration_ms"
+#define HISTORY_STATES                                                                             \
+  "SELECT at, 0 AS k, entry_id AS id, kind, state, previous_state, value, has_value, threshold,"   \
+  " severity, group_json, message, channels, failed, '' AS channel_id, '' AS ikey, 0 AS attempt,"  \
+  " 0 AS status, '' AS error, 0 AS duration_ms FROM alert_history"                                 \
+  " WHERE alert_id = ?1 AND account_id = ?2"
+#define HISTORY_DELIVERIES                                                                         \
+  " UNION ALL SELECT a.at, 1, a.outbox_id * 1000 + a.attempt, 'delivery', a.outcome, o.state, 0,"  \
+  " 0, 0, '', '{}', '', CASE a.outcome WHEN 'delivered' THEN o.channel_id ELSE '' END,"            \
+  " CASE a.outcome WHEN 'delivered' THEN '' ELSE o.channel_id || ': ' || a.error END,"             \
+  " o.channel_id, o.idempotency_key, a.attempt, a.status, a.error, a.duration_ms"                  \
+  " FROM notify_outbox o JOIN notify_attempts a ON a.outbox_id = o.id"                             \
+  " WHERE o.account_id = ?2 AND o.source = ?8"
+#define HISTORY_WHERE                                                                              \
+  " WHERE (at, k, id) < (?3, ?9, ?10) AND at >= ?4 AND at < ?5"                                    \
+  " AND (?6 = '' OR state = ?6 OR kind = ?6) ORDER BY at DESC, k DESC, id DESC LIMIT ?7"
+
 int ana_alerts_history(struct ana_alerts *al, const char *account, const char *alert_id,
-                       uint64_t before, int64_t from_ms, int64_t to_ms, const char *state,
+                       const char *page_token, int64_t from_ms, int64_t to_ms, const char *state,
                        int limit, struct ana_arena *arena, Analytics__V1__AlertHistoryEntry ***out,
-                       bool *more, struct ana_error *err) {
+                       char **next_token, struct ana_error *err) {
+  long long t_at = INT64_MAX, t_k = 1, t_id = INT64_MAX;
+  *next_token = NULL;
+  if (page_token && *page_token) {
+    int used = 0;
+    if (sscanf(page_token, "%lld.%lld.%lld%n", &t_at, &t_k, &t_id, &used) != 3 ||
+        page_token[used] != '\0' || (t_k != 0 && t_k != 1))
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "pageToken: not a token of this list");
+  }
+  *out = ana_arena_calloc(arena, (size_t)limit + 1, sizeof **out);
+  if (!*out)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   sqlite3 *db = ana_local_db_acquire_reader(al->o.db);
   sqlite3_stmt *st = NULL;
   int n = 0;
-  *more = false;
-  *out = ana_arena_calloc(arena, (size_t)limit + 1, sizeof **out);
-  if (!*out) {
-    ana_local_db_release_reader(al->o.db, db);
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  if (sqlite3_prepare_v2(db,
-                         "SELECT entry_id, at, kind, state, previous_state, value, has_value,"
-                         " threshold, severity, group_json, message, channels, failed"
-                         " FROM alert_history WHERE alert_id = ?1 AND account_id = ?2"
-                         " AND entry_id < ?3 AND at >= ?4 AND at < ?5"
-                         " AND (?6 = '' OR state = ?6 OR kind = ?6)"
-                         " ORDER BY entry_id DESC LIMIT ?7",
-                         -1, &st, NULL) != SQLITE_OK) {
+  const char *sql = al->o.notify ? "SELECT " HISTORY_COLS
+                                   " FROM (" HISTORY_STATES HISTORY_DELIVERIES ")" HISTORY_WHERE
+                                 : "SELECT " HISTORY_COLS " FROM (" HISTORY_STATES
+                                   ")" HISTORY_WHERE;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alert history: %s", sqlite3_errmsg(db));
     ana_local_db_release_reader(al->o.db, db);
     return ANA_ERR_IO;
   }
+  char source[80];
+  snprintf(source, sizeof source, "alert:%s", alert_id);
   sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, before ? (int64_t)before : INT64_MAX);
+  sqlite3_bind_int64(st, 3, t_at);
   sqlite3_bind_int64(st, 4, from_ms);
   sqlite3_bind_int64(st, 5, to_ms);
   sqlite3_bind_text(st, 6, state ? state : "", -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 7, limit + 1);
+  if (al->o.notify)
+    sqlite3_bind_text(st, 8, source, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 9, t_k);
+  sqlite3_bind_int64(st, 10, t_id);
+  int64_t last_at = 0, last_k = 0, last_id = 0;
   while (sqlite3_step(st) == SQLITE_ROW) {
     if (n == limit) {
-      *more = true;
+      *next_token = ana_arena_alloc(arena, 72);
+      if (*next_token)
+        snprintf(*next_token, 72, "%lld.%lld.%lld", (long long)last_at, (long long)last_k,
+                 (long long)last_id);
       break;
     }
     Analytics__V1__AlertHistoryEntry *e = ana_arena_alloc(arena, sizeof *e);
@@ -967,22 +1527,25 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
       break;
     analytics__v1__alert_history_entry__init(e);
     e->alert_id = ana_arena_strdup(arena, alert_id);
-    e->entry_id = (uint64_t)sqlite3_column_int64(st, 0);
-    int64_t at = sqlite3_column_int64(st, 1);
+    int64_t at = sqlite3_column_int64(st, 0);
+    last_at = at;
+    last_k = sqlite3_column_int64(st, 1);
+    last_id = sqlite3_column_int64(st, 2);
+    e->entry_id = last_k == 0 ? (uint64_t)last_id : 0;
     e->at = ana_arena_alloc(arena, sizeof *e->at);
     if (e->at) {
       google__protobuf__timestamp__init(e->at);
       e->at->seconds = at / 1000;
       e->at->nanos = (int32_t)(at % 1000) * 1000000;
     }
-    e->kind = col_text(arena, st, 2);
-    e->state = col_text(arena, st, 3);
-    e->previous_state = col_text(arena, st, 4);
-    e->value = sqlite3_column_double(st, 5);
-    e->has_value = sqlite3_column_int(st, 6) != 0;
-    e->threshold = sqlite3_column_double(st, 7);
-    e->severity = col_text(arena, st, 8);
-    const char *gj = (const char *)sqlite3_column_text(st, 9);
+    e->kind = col_text(arena, st, 3);
+    e->state = col_text(arena, st, 4);
+    e->previous_state = col_text(arena, st, 5);
+    e->value = sqlite3_column_double(st, 6);
+    e->has_value = sqlite3_column_int(st, 7) != 0;
+    e->threshold = sqlite3_column_double(st, 8);
+    e->severity = col_text(arena, st, 9);
+    const char *gj = (const char *)sqlite3_column_text(st, 10);
     json_t *g = gj ? json_loads(gj, 0, NULL) : NULL;
     if (json_is_object(g) && json_object_size(g)) {
       e->group = ana_arena_calloc(arena, json_object_size(g), sizeof *e->group);
@@ -999,9 +1562,15 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
       }
     }
     json_decref(g);
-    e->message = col_text(arena, st, 10);
-    split_lines(arena, col_text(arena, st, 11), &e->notified_channels, &e->n_notified_channels);
-    split_lines(arena, col_text(arena, st, 12), &e->failed_channels, &e->n_failed_channels);
+    e->message = col_text(arena, st, 11);
+    split_lines(arena, col_text(arena, st, 12), &e->notified_channels, &e->n_notified_channels);
+    split_lines(arena, col_text(arena, st, 13), &e->failed_channels, &e->n_failed_channels);
+    e->channel_id = col_text(arena, st, 14);
+    e->idempotency_key = col_text(arena, st, 15);
+    e->attempt = sqlite3_column_int(st, 16);
+    e->status_code = sqlite3_column_int(st, 17);
+    e->error = col_text(arena, st, 18);
+    e->duration_ms = sqlite3_column_int64(st, 19);
     (*out)[n++] = e;
   }
   sqlite3_finalize(st);
@@ -1133,10 +1702,16 @@ void ana_alerts_destroy(struct ana_alerts *al) {
     pthread_mutex_unlock(&al->qmu);
     pthread_join(al->thread, NULL);
   }
+  index_free(al);
   while (al->rules) {
     struct rule *r = al->rules;
     al->rules = r->next;
-    rule_free(r);
+    rule_free(al, r);
+  }
+  while (al->pansets) {
+    struct paneset *ps = al->pansets;
+    al->pansets = ps->next;
+    ps_free(ps);
   }
   while (al->head) {
     struct qev *q = al->head;

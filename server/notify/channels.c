@@ -247,7 +247,7 @@ int ana_notify_resolve_channel_type(struct ana_notify *n, const char *account_id
     rc = ANA_ERR_NOT_FOUND;
   }
   if (rc == 0)
-    snprintf(id_out, ANA_UUID_STR_LEN + 1, "%s", d.id);
+    snprintf(id_out, ANA_UUID_STR_LEN + 1, "%.*s", ANA_UUID_STR_LEN, d.id); /* ids are UUIDs */
   ana_arena_destroy(arena);
   return rc;
 }

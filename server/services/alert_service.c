@@ -7,6 +7,7 @@
 #include "ana_alerts.h"
 #include "ana_call.h"
 #include "ana_id.h"
+#include "ana_notify.h"
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 
@@ -105,11 +106,21 @@ static void decorate(struct ana_call *call, Analytics__V1__Alert *a) {
     a->severity = "warning";
   if (!a->no_data || !*a->no_data)
     a->no_data = "ok";
-  /* every channel type is unresolved until the account has channels */
+  /* channel types the account has no default channel of (yet: a channel
+   * created later resolves at the next firing) */
   a->unresolved_channels = ana_arena_calloc(ar, a->n_channels + 1, sizeof *a->unresolved_channels);
   a->n_unresolved_channels = 0;
-  for (size_t i = 0; a->unresolved_channels && i < a->n_channels; i++)
+  for (size_t i = 0; a->unresolved_channels && i < a->n_channels; i++) {
+    char id[40];
+    struct ana_error err;
+    if (!ana_notify_is_channel_type(a->channels[i]))
+      continue;
+    if (opts.notify &&
+        ana_notify_resolve_channel_type(opts.notify, ana_call_principal(call)->account_id,
+                                        a->channels[i], id, &err) == 0)
+      continue;
     a->unresolved_channels[a->n_unresolved_channels++] = a->channels[i];
+  }
   int counts[4];
   ana_alerts_counts(opts.alerts, a->alert_id, counts);
   a->instance_states = ana_arena_calloc(ar, 4, sizeof *a->instance_states);
@@ -145,6 +156,12 @@ static int store_rule(struct ana_call *call, Analytics__V1__Alert *a, bool creat
   ana_arena_destroy(scratch);
   if (rc < 0)
     return rc;
+  /* a channel id must be one of the account's channels */
+  for (size_t i = 0; i < a->n_channels; i++)
+    if (!ana_notify_is_channel_type(a->channels[i]) &&
+        (!opts.notify || !ana_notify_channel_exists(opts.notify, account, a->channels[i])))
+      return ana_error_set(err, ANA_STATUS_NOT_FOUND, "channels[%zu]: channel %.64s not found", i,
+                           a->channels[i]);
   a->account_id = (char *)account;
   /* output-only fields are not stored */
   a->n_unresolved_channels = 0;
@@ -309,43 +326,32 @@ static void do_history(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
-  if (req->state && *req->state && ana_alert_state_parse(req->state) < 0 &&
-      strcmp(req->state, "notification") != 0) {
+  static const char *const kinds[] = {"notification", "delivery", "delivered", "retry", "failed"};
+  bool known = !req->state || !*req->state || ana_alert_state_parse(req->state) >= 0;
+  for (size_t i = 0; !known && i < sizeof kinds / sizeof *kinds; i++)
+    known = strcmp(req->state, kinds[i]) == 0;
+  if (!known) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT,
-                  "state: must be ok, pending, firing, resolved or notification");
+                  "state: must be ok, pending, firing, resolved, notification, delivery,"
+                  " delivered, retry or failed");
     fail_with(call, &err);
     return;
-  }
-  uint64_t before = 0;
-  if (req->page_token && *req->page_token) {
-    char *end;
-    before = strtoull(req->page_token, &end, 10);
-    if (*end || before == 0) {
-      ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageToken: not a token of this list");
-      fail_with(call, &err);
-      return;
-    }
   }
   int64_t from = req->from ? ms_of(req->from) : INT64_MIN;
   int64_t to = req->to ? ms_of(req->to) : INT64_MAX;
   int limit = req->page_size ? req->page_size : DEFAULT_PAGE;
   Analytics__V1__ListAlertHistoryResponse resp = ANALYTICS__V1__LIST_ALERT_HISTORY_RESPONSE__INIT;
-  bool more = false;
+  char *next = NULL;
   int n = ana_alerts_history(opts.alerts, ana_call_principal(call)->account_id, req->alert_id,
-                             before, from, to, req->state, limit, ana_call_arena(call),
-                             &resp.entries, &more, &err);
+                             req->page_token, from, to, req->state, limit, ana_call_arena(call),
+                             &resp.entries, &next, &err);
   if (n < 0) {
     fail_with(call, &err);
     return;
   }
   resp.n_entries = (size_t)n;
-  if (more && n > 0) {
-    char *tok = ana_arena_alloc(ana_call_arena(call), 24);
-    if (tok) {
-      snprintf(tok, 24, "%llu", (unsigned long long)resp.entries[n - 1]->entry_id);
-      resp.next_page_token = tok;
-    }
-  }
+  if (next)
+    resp.next_page_token = next;
   ana_call_reply(call, &resp.base);
 }
 

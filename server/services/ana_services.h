@@ -76,6 +76,7 @@ struct ana_alert_service_options {
   struct ana_workers *workers;
   struct ana_alerts *alerts; /* the evaluator; borrowed */
   struct ana_realtime *hub;  /* StreamAlerts; NULL: unbound */
+  struct ana_notify *notify; /* channels named by rules; NULL: none resolve */
 };
 
 /* Binds AlertService and RealtimeService.StreamAlerts. Call after

@@ -2,13 +2,32 @@
 crossing the threshold fire the alert within the commit's wake (state in
 the history), the window recovers and the alert resolves, bad rules are
 refused naming the field, and a firing alert survives kill -9 without
-being notified again."""
+being notified again.
 
+Notifications through real receivers on loopback (an aiosmtpd SMTP server,
+an HTTP server verifying the webhook signature): an email and a webhook POST
+when the threshold is crossed, the cooldown holds, a resolve notifies once,
+a receiver that is down gets retries then a failed delivery entry in the
+history, kill -9 with notifications pending delivers every idempotency key
+after the restart and does not notify the firing again; StreamAlerts over
+gRPC and /ws/alerts push the change; another account's alert is NOT_FOUND;
+history filters and paging."""
+
+import asyncio
+import email
+import json
+import threading
 import time
 import unittest
 import uuid
 
+import grpc
+import websockets
+from aiosmtpd.controller import Controller
+
+import authkit
 import harness
+from test_channels import Mailbox, Receiver, verify_signature
 from test_rest import RestClient
 
 SPEC_ALERT = {
@@ -102,6 +121,71 @@ class AlertsRestTest(harness.ServerTestCase):
         self.assertEqual(resolved[0]["previousState"], "firing")
         self.assertEqual(resolved[0].get("value", 0), 0)
 
+    def get_total(self, metric_id, frm, to):
+        """GetMetricData's total per group over [frm, to) ms."""
+        iso = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + \
+            ".%03dZ" % (ms % 1000)
+        data = self.req("GET", "/api/metrics/%s/data?from=%s&to=%s&interval=1m" % (
+            metric_id, iso(frm), iso(to)))
+        return {s["dimensions"]["g"]: s.get("total") for s in data.get("series", [])}
+
+    def test_window_equals_get_metric_data_over_pane_aligned_ranges(self):
+        """The panes (seeded from the store at creation, then fed live) give
+        the value GetMetricData gives over [pane start - 9 panes, pane end)."""
+        name = "w_" + uuid.uuid4().hex[:8]
+        ev = "pay_" + name
+        m = self.req("POST", "/api/metrics", {
+            "name": name, "formula": "(sum(%s.amount) + max(%s.amount)) / count(%s)"
+            % (ev, ev, ev), "dimensions": ["g"]})
+        now = int(time.time() * 1000)
+        rnd = __import__("random").Random(5)
+
+        def events(n):
+            return [{"eventType": "app", "eventName": ev,
+                     "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // 1000)) +
+                     ".%03dZ" % (t % 1000),
+                     "properties": {"g": "g%d" % (i % 3), "amount": rnd.randrange(1, 1000)}}
+                    for i, t in enumerate(now - rnd.randrange(0, 500000) for _ in range(n))]
+        seed = events(90)
+        resp = self.req("POST", "/api/events/batch", {"events": seed})
+        self.assertEqual(resp["accepted"], 90)
+        # Seeded: created after the events, it fires at once with the window's value.
+        seeded = self.req("POST", "/api/alerts", {
+            "name": "seeded " + name, "metric": name, "threshold": -1,
+            "condition": {"op": ">=", "window": "10m"}})
+        firing = wait_for(lambda: self.history(seeded["alertId"], "firing"))
+        self.assertEqual(len(firing), 3)
+        at = max(int(__import__("datetime").datetime.fromisoformat(
+            e["at"].replace("Z", "+00:00")).timestamp() * 1000) for e in firing)
+        pane_end = at - at % 60000 + 60000
+        want = self.get_total(m["metricId"], pane_end - 600000, pane_end)
+        got = {e["group"]["g"]: e["value"] for e in firing}
+        self.assertEqual(set(got), {"g0", "g1", "g2"})
+        for g in got:
+            self.assertAlmostEqual(got[g], want[g], places=9, msg=g)
+        # Live: an alert that fires exactly when every event of three batches
+        # (spread over the panes) is in its window.
+        live_m = self.req("POST", "/api/metrics", {"name": name + "_sum",
+                                                   "formula": "sum(%s.amount)" % ev})
+        batches = [events(40) for _ in range(3)]
+        total = sum(e["properties"]["amount"] for b in [seed] + batches for e in b)
+        live = self.req("POST", "/api/alerts", {
+            "name": "live " + name, "metric": name + "_sum", "threshold": total,
+            "condition": {"op": ">=", "window": "10m"}})
+        for b in batches:
+            self.assertEqual(self.req("POST", "/api/events/batch", {"events": b})["accepted"], 40)
+        firing = wait_for(lambda: self.history(live["alertId"], "firing"))
+        self.assertTrue(firing)
+        at = int(__import__("datetime").datetime.fromisoformat(
+            firing[0]["at"].replace("Z", "+00:00")).timestamp() * 1000)
+        pane_end = at - at % 60000 + 60000
+        data = self.req("GET", "/api/metrics/%s/data?from=%s&to=%s&interval=1m" % (
+            live_m["metricId"],
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((pane_end - 600000) // 1000)),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pane_end // 1000))))
+        self.assertEqual(firing[0]["value"], total)
+        self.assertEqual(firing[0]["value"], data["series"][0]["total"])
+
     def test_bad_rules_name_the_field(self):
         self.metric("bad_rule_metric", "count(x)")
         cases = [
@@ -172,6 +256,342 @@ class AlertsRestartTest(harness.ServerTestCase):
             "entries", [])
         self.assertEqual(after, before)
         got = rest.request("GET", "/api/alerts/" + a["alertId"])[2]
+        self.assertEqual(got["instanceStates"], {"firing": 1})
+
+
+ACCOUNT_A = "alerts-a"
+ACCOUNT_B = "alerts-b"
+NOTIFY_ENV = {
+    "JWT_HS256_SECRET": authkit.SECRET,
+    "NOTIFY_ALLOW_PRIVATE_NETWORKS": "true",
+    "SMTP_FROM": "alerts@analytics.example",
+    "NOTIFY_MAX_ATTEMPTS": "3",
+    "NOTIFY_BACKOFF_INITIAL": "50ms",
+    "NOTIFY_BACKOFF_MAX": "100ms",
+    "NOTIFY_TIMEOUT": "2s",
+    "NOTIFY_POLL_INTERVAL": "50ms",
+    "ALERT_MAX_INSTANCES": "3",
+}
+
+
+class TokenRest(RestClient):
+    """REST with a bearer token of one account."""
+
+    def __init__(self, port, account):
+        super().__init__(port)
+        self.token = authkit.hs256(authkit.claims(account=account))
+
+    def request(self, verb, path, body=None, headers=None, raw_body=None):
+        h = dict(headers or {})
+        h.update(authkit.bearer(self.token))
+        return super().request(verb, path, body, headers=h, raw_body=raw_body)
+
+
+class NotifyBase(harness.ServerTestCase):
+
+    def req(self, verb, path, body=None, want=200, rest=None):
+        status, _, resp = (rest or self.rest).request(verb, path, body)
+        self.assertEqual(status, want, resp)
+        return resp
+
+    def metric(self, name=None):
+        name = name or "m_" + uuid.uuid4().hex[:10]
+        self.req("POST", "/api/metrics", {"name": name, "type": "counter",
+                                          "formula": "count(ev_%s)" % name,
+                                          "aggregation": "sum"})
+        return name
+
+    def track(self, metric, n):
+        evs = [{"eventType": "app", "eventName": "ev_" + metric} for _ in range(n)]
+        self.assertEqual(self.req("POST", "/api/events/batch", {"events": evs})["accepted"], n)
+
+    def alert(self, metric, channels, window="2s", cooldown=300, **kw):
+        body = {"name": "a " + uuid.uuid4().hex[:8], "metric": metric, "threshold": 2,
+                "condition": {"op": ">=", "window": window}, "severity": "critical",
+                "channels": channels, "cooldown": cooldown,
+                "message": "{{value}} >= {{threshold}}"}
+        body.update(kw)
+        return self.req("POST", "/api/alerts", body)
+
+    def history(self, alert_id, query=""):
+        return self.req("GET", "/api/alerts/%s/history%s" % (alert_id, query)).get("entries", [])
+
+    def hook(self, path):
+        ch = self.req("POST", "/api/channels", {"name": "hook " + uuid.uuid4().hex[:8],
+                                                "webhook": {"url": self.receiver.url(path)}})
+        return ch["channelId"], ch["webhook"]["signingSecret"]
+
+    def posts(self, path):
+        with self.receiver.cond:
+            return [r for r in self.receiver.requests if r[0] == path]
+
+
+class AlertNotifyTest(NotifyBase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.receiver = Receiver()
+        cls.mailbox = Mailbox()
+        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port())
+        cls.smtp.start()
+        cls.SERVER_ENV = dict(NOTIFY_ENV, SMTP_URL="smtp://127.0.0.1:%d" % cls.smtp.port)
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.smtp.stop()
+            cls.receiver.stop()
+            raise
+        cls.rest = TokenRest(cls.rest_port, ACCOUNT_A)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.smtp.stop()
+            cls.receiver.stop()
+
+    def test_crossing_sends_an_email_and_a_signed_webhook(self):
+        mail = self.req("POST", "/api/channels", {"name": "oncall",
+                                                  "email": {"to": ["oncall@example.com"]},
+                                                  "isDefault": True})
+        hook_id, secret = self.hook("/cross")
+        m = self.metric()
+        a = self.alert(m, ["email", hook_id, "telegram"], window="1m")
+        self.assertEqual(a["unresolvedChannels"], ["telegram"])
+        self.track(m, 2)
+        path, headers, body = self.receiver.wait_for(lambda r: r[0] == "/cross")
+        self.assertTrue(verify_signature(secret, headers["x-analytics-signature"], body))
+        doc = json.loads(body)
+        self.assertEqual(doc["source"], "alert:" + a["alertId"])
+        key = headers["idempotency-key"]
+        firing = self.history(a["alertId"], "?state=firing")
+        self.assertEqual(len(firing), 1)
+        self.assertEqual(key, "%s.%s.%s" % (a["alertId"], firing[0]["entryId"], hook_id))
+        self.assertEqual(sorted(firing[0]["notifiedChannels"]),
+                         sorted([mail["channelId"], hook_id]))
+        self.assertEqual(firing[0]["failedChannels"], ["telegram: no channel"])
+        env = self.mailbox.wait()
+        msg = email.message_from_bytes(env.content)
+        self.assertEqual(env.rcpt_tos, ["oncall@example.com"])
+        self.assertEqual(msg["Message-ID"], "<%s.%s.%s@analytics.example>"
+                         % (a["alertId"], firing[0]["entryId"], mail["channelId"]))
+        self.assertIn("2 >= 2", msg.get_payload(decode=True).decode())
+        # The delivery log joins the history, newest first.
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            delivered = self.history(a["alertId"], "?state=delivered")
+            if len(delivered) == 2:
+                break
+            time.sleep(0.05)
+        self.assertEqual(sorted(d["channelId"] for d in delivered),
+                         sorted([mail["channelId"], hook_id]))
+        self.assertTrue(all(d["kind"] == "delivery" and d["attempt"] == 1 for d in delivered))
+        everything = self.history(a["alertId"])
+        stamps = [e["at"] for e in everything]
+        self.assertEqual(stamps, sorted(stamps, reverse=True))
+        # A telegram channel created later resolves (at the next firing).
+        self.req("POST", "/api/channels", {"name": "tg", "telegram": {"botToken": "1:x",
+                                                                      "chatId": "1"}})
+        self.assertEqual(self.req("GET", "/api/alerts/" + a["alertId"]).get(
+            "unresolvedChannels", []), [])
+
+    def test_cooldown_holds_and_resolve_notifies_once(self):
+        hook_id, _ = self.hook("/cool")
+        m = self.metric()
+        a = self.alert(m, [hook_id], window="1s", cooldown=60)
+        self.track(m, 2)
+        self.receiver.wait_for(lambda r: r[0] == "/cool")
+        resolved = wait_for(lambda: self.history(a["alertId"], "?state=resolved"), timeout=5)
+        self.assertTrue(resolved)
+        self.receiver.wait_for(lambda r: r[0] == "/cool" and b'"resolved"' in r[2])
+        # A second crossing within the cooldown: firing, not notified; its
+        # resolve (of an unnotified firing) is not notified either.
+        self.track(m, 2)
+        fired = wait_for(lambda: len(self.history(a["alertId"], "?state=firing")) == 2)
+        self.assertTrue(fired)
+        self.assertEqual(self.history(a["alertId"], "?state=firing")[0]["failedChannels"],
+                         ["cooldown: not notified"])
+        self.assertTrue(wait_for(lambda: len(self.history(a["alertId"], "?state=resolved")) == 2,
+                                 timeout=5))
+        time.sleep(0.3)
+        got = self.posts("/cool")
+        self.assertEqual(len(got), 2, [json.loads(b)["title"] for _, _, b in got])
+        self.assertEqual(len({h["idempotency-key"] for _, h, _ in got}), 2)
+
+    def test_down_channel_retries_then_failed_in_history(self):
+        ch = self.req("POST", "/api/channels", {
+            "name": "down", "webhook": {"url": "http://127.0.0.1:%d/x" % harness.free_port()}})
+        m = self.metric()
+        a = self.alert(m, [ch["channelId"]], window="1m")
+        self.track(m, 2)
+        failed = wait_for(lambda: self.history(a["alertId"], "?state=failed"), timeout=10)
+        self.assertTrue(failed, self.history(a["alertId"]))
+        retries = self.history(a["alertId"], "?state=retry")
+        self.assertEqual([r["attempt"] for r in retries], [2, 1])
+        self.assertEqual(failed[0]["attempt"], 3)
+        self.assertIn("127.0.0.1", failed[0]["error"])
+        self.assertEqual(len({e["idempotencyKey"] for e in failed + retries}), 1)
+
+    def test_stream_alerts_over_grpc_and_websocket(self):
+        m = self.metric()
+        a = self.alert(m, [], window="1m")
+        rpb, rgrpc = self.ns.analytics["realtime"]
+        stub = rgrpc.RealtimeServiceStub(self.channel)
+        md = [("authorization", "Bearer " + self.rest.token)]
+        call = stub.StreamAlerts(rpb.StreamAlertsRequest(alert_ids=[a["alertId"]]),
+                                 metadata=md, timeout=10)
+        got = {}
+
+        def read_grpc():
+            try:
+                for u in call:
+                    got["grpc"] = u
+                    return
+            except grpc.RpcError as e:
+                got["grpc_error"] = e
+
+        async def read_ws():
+            uri = "ws://127.0.0.1:%d/ws/alerts?alertIds=%s" % (self.rest_port, a["alertId"])
+            async with websockets.connect(uri, extra_headers=authkit.bearer(self.rest.token),
+                                          open_timeout=5) as ws:
+                await asyncio.sleep(0.3)
+                await asyncio.get_running_loop().run_in_executor(None, self.track, m, 2)
+                return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+        t = threading.Thread(target=read_grpc, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        frame = asyncio.run(read_ws())
+        t.join(5)
+        call.cancel()
+        self.assertIn("grpc", got, got)
+        self.assertEqual(got["grpc"].entry.state, "firing")
+        self.assertEqual(got["grpc"].entry.alert_id, a["alertId"])
+        self.assertEqual(frame["result"]["entry"]["state"], "firing", frame)
+        self.assertEqual(frame["result"]["entry"]["alertId"], a["alertId"])
+
+    def test_another_accounts_alert_is_not_found(self):
+        m = self.metric()
+        a = self.alert(m, [])
+        other = TokenRest(self.rest_port, ACCOUNT_B)
+        for verb, path, body in (("GET", "/api/alerts/" + a["alertId"], None),
+                                 ("GET", "/api/alerts/%s/history" % a["alertId"], None),
+                                 ("PUT", "/api/alerts/" + a["alertId"],
+                                  dict(SPEC_ALERT, metric=m)),
+                                 ("DELETE", "/api/alerts/" + a["alertId"], None)):
+            status, _, resp = other.request(verb, path, body)
+            self.assertEqual(status, 404, (verb, path, resp))
+        listed = other.request("GET", "/api/alerts")[2].get("alerts", [])
+        self.assertNotIn(a["alertId"], [x["alertId"] for x in listed])
+        # a channel id of account A named by a rule of B: NOT_FOUND naming it
+        hook_id, _ = self.hook("/foreign")
+        self.req("POST", "/api/metrics", {"name": m, "formula": "count(x)"}, rest=other)
+        status, _, resp = other.request("POST", "/api/alerts", dict(
+            SPEC_ALERT, metric=m, channels=[hook_id]))
+        self.assertEqual(status, 404, resp)
+        self.assertIn("channels[0]", resp["message"])
+        self.req("GET", "/api/alerts/" + a["alertId"])
+
+    def test_groups_past_the_instance_limit_share_one_other_instance(self):
+        name = "d_" + uuid.uuid4().hex[:8]
+        self.req("POST", "/api/metrics", {"name": name, "formula": "count(ev_%s)" % name,
+                                          "dimensions": ["g"]})
+        rules = [self.alert(name, [], window="1m", threshold=t) for t in (1, 2)]
+        evs = [{"eventType": "app", "eventName": "ev_" + name, "properties": {"g": "g%d" % i}}
+               for i in range(6)]
+        self.req("POST", "/api/events/batch", {"events": evs})
+        a = rules[0]
+        self.assertTrue(wait_for(lambda: len(self.history(a["alertId"], "?state=firing")) == 4))
+        firing = self.history(a["alertId"], "?state=firing")
+        plain = sorted(e["value"] for e in firing if e["group"]["g"] in
+                       {"g%d" % i for i in range(6)})
+        self.assertEqual(plain, [1, 1, 1])
+        other = [e for e in firing if e["group"]["g"] not in {"g%d" % i for i in range(6)}]
+        self.assertEqual([e["value"] for e in other], [3])
+        self.assertEqual(self.req("GET", "/api/alerts/" + a["alertId"])["instanceStates"],
+                         {"firing": 4})
+        # the second rule over the same window: only the (other) instance reaches 2
+        b = rules[1]
+        self.assertTrue(wait_for(lambda: self.history(b["alertId"], "?state=firing")))
+        time.sleep(0.2)
+        firing = self.history(b["alertId"], "?state=firing")
+        self.assertEqual([e["value"] for e in firing], [3])
+
+    def test_history_filters_and_paging(self):
+        m = self.metric()
+        a = self.alert(m, [], window="1s", cooldown=0)
+        for round_ in range(2):
+            self.track(m, 2)
+            self.assertTrue(wait_for(
+                lambda: len(self.history(a["alertId"], "?state=resolved")) == round_ + 1))
+        entries = self.history(a["alertId"])
+        self.assertEqual([e["state"] for e in entries],
+                         ["resolved", "firing", "resolved", "firing"])
+        paged, token = [], ""
+        while True:
+            resp = self.req("GET", "/api/alerts/%s/history?pageSize=1%s" % (
+                a["alertId"], "&pageToken=" + token if token else ""))
+            paged += resp.get("entries", [])
+            token = resp.get("nextPageToken", "")
+            if not token:
+                break
+        self.assertEqual(paged, entries)
+        second_fire = entries[1]["at"]
+        since = self.history(a["alertId"], "?from=" + second_fire)
+        self.assertEqual([e["state"] for e in since], ["resolved", "firing"])
+        until = self.history(a["alertId"], "?to=" + second_fire)
+        self.assertEqual([e["state"] for e in until], ["resolved", "firing"])
+        self.assertEqual(until, entries[2:])
+        status, _, resp = self.rest.request(
+            "GET", "/api/alerts/%s/history?pageToken=nope" % a["alertId"])
+        self.assertEqual(status, 400, resp)
+        status, _, resp = self.rest.request(
+            "GET", "/api/alerts/%s/history?state=exploded" % a["alertId"])
+        self.assertEqual(status, 400, resp)
+
+
+class AlertNotifyCrashTest(NotifyBase):
+    """kill -9 with notifications pending (the receiver down): after the
+    restart every idempotency key arrives, and the firing is not notified
+    again."""
+
+    SERVER_ENV = dict(NOTIFY_ENV, NOTIFY_MAX_ATTEMPTS="50", NOTIFY_BACKOFF_INITIAL="300ms",
+                      NOTIFY_BACKOFF_MAX="300ms")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.rest = TokenRest(cls.rest_port, ACCOUNT_A)
+
+    def test_pending_notifications_survive_kill_9(self):
+        port = harness.free_port()
+        hooks = []
+        for path in ("/k1", "/k2"):
+            ch = self.req("POST", "/api/channels", {
+                "name": "crash " + path,
+                "webhook": {"url": "http://127.0.0.1:%d%s" % (port, path)}})
+            hooks.append(ch["channelId"])
+        m = self.metric()
+        a = self.alert(m, hooks, window="10m")
+        self.track(m, 2)
+        firing = wait_for(lambda: self.history(a["alertId"], "?state=firing"))
+        self.assertTrue(firing)
+        keys = {"%s.%s.%s" % (a["alertId"], firing[0]["entryId"], h) for h in hooks}
+        self.assertTrue(wait_for(lambda: self.history(a["alertId"], "?state=retry")))
+        self.server.kill()
+        receiver = Receiver(port)
+        self.addCleanup(receiver.stop)
+        self.server.start()
+        self.rest = TokenRest(self.server.http_port, ACCOUNT_A)
+        for k in keys:
+            receiver.wait_for(lambda r, k=k: r[1].get("idempotency-key") == k)
+        time.sleep(0.5)
+        with receiver.cond:
+            seen = {r[1]["idempotency-key"] for r in receiver.requests}
+        self.assertEqual(seen, keys)
+        self.assertEqual(len(self.history(a["alertId"], "?state=firing")), 1)
+        got = self.req("GET", "/api/alerts/" + a["alertId"])
         self.assertEqual(got["instanceStates"], {"firing": 1})
 
 

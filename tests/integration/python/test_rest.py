@@ -145,9 +145,18 @@ class RestTest(harness.ServerTestCase):
         return message_factory.MessageFactory(desc.file.pool).GetPrototype(desc)
 
     def test_unimplemented_route_body(self):
-        status, _, body = self.rest.request("GET", "/api/alerts")
-        self.assertEqual(status, 501)
-        self.assertEqual(body, {"code": 12, "message": "alerts are not implemented yet",
+        # A GET route of a feature not built yet (ANA_IMPLEMENTED_FEATURES, as in
+        # test_unimplemented.py); none left means there is nothing to check.
+        from test_unimplemented import implemented_features, implemented_methods
+        done, done_methods = implemented_features(), implemented_methods()
+        todo = [(m, template) for m, verb, template, _ in http_routes()
+                if verb == "GET" and m.feature not in done and m.path not in done_methods]
+        if not todo:
+            self.skipTest("every feature with a REST route is implemented")
+        m, template = todo[0]
+        status, _, body = self.rest.request("GET", fill_path(template)[0])
+        self.assertEqual(status, 501, body)
+        self.assertEqual(body, {"code": 12, "message": "%s are not implemented yet" % m.feature,
                                 "details": []})
 
     def test_health(self):
