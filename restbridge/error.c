@@ -168,7 +168,7 @@ void rb_reply_rate(struct rb_reply *r, const struct ana_call *call) {
   const struct ana_principal *p = &call->principal;
   if (!p->rate_charged)
     return;
-  r->rate_headers = true;
+  r->rate_headers = p->rate.limit >= 0; /* unknown behind a remote upstream */
   r->rate_limit = p->rate.limit;
   r->rate_remaining = p->rate.remaining;
   r->rate_reset_s = (p->rate.reset_after_ns + 999999999LL) / 1000000000LL;

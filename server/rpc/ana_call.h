@@ -59,6 +59,11 @@ const struct ana_principal *ana_call_principal(const struct ana_call *call);
  * Retry-After over REST and a google.rpc.RetryInfo over gRPC. One thread at
  * a time per call (a handler's callbacks). */
 int ana_call_rate_charge(struct ana_call *call, int64_t cost, struct ana_error *err);
+/* Records that an upstream server's rate limit refused this call, asking
+ * for a wait of retry_after_ns (its google.rpc.RetryInfo): the transport
+ * then answers as for a local refusal (Retry-After, RetryInfo), without the
+ * RateLimit-* figures it does not know. For proxies (the remote bridge). */
+void ana_call_note_upstream_retry(struct ana_call *call, int64_t retry_after_ns);
 /* Seconds until a refused charge of this call would pass (>= 1), 0 when the
  * last charge passed or there was none. */
 int64_t ana_call_rate_retry_after_s(const struct ana_call *call);

@@ -147,6 +147,14 @@ int ana_call_rate_charge(struct ana_call *call, int64_t cost, struct ana_error *
   return ana_auth_rate_charge(&call->principal, cost, err);
 }
 
+void ana_call_note_upstream_retry(struct ana_call *call, int64_t retry_after_ns) {
+  struct ana_principal *p = &call->principal;
+  p->rate_charged = true;
+  p->rate = (struct ana_rate_decision){.allowed = false,
+                                       .limit = -1, /* not known here */
+                                       .retry_after_ns = retry_after_ns < 0 ? 0 : retry_after_ns};
+}
+
 int64_t ana_call_rate_retry_after_s(const struct ana_call *call) {
   const struct ana_principal *p = &call->principal;
   if (!p->rate_charged || p->rate.allowed || p->rate.retry_after_ns < 0)

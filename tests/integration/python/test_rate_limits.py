@@ -198,6 +198,28 @@ class RateLimitTest(harness.ServerTestCase):
             self.assertEqual(resp.status, self.ns.health_pb2.HealthCheckResponse.SERVING)
 
 
+class RemoteBridgeRateLimitTest(harness.ServerTestCase):
+    """analytics-restbridge --upstream passes the server's refusal on: 429
+    with Retry-After and RetryInfo (the RateLimit-* figures stay with the
+    server's own REST port)."""
+
+    BRIDGE = "remote"
+    SERVER_ENV = {"JWT_HS256_SECRET": authkit.SECRET, "RATE_LIMIT_DEFAULT": "3/m burst 3"}
+
+    def test_429_with_retry_after_through_the_remote_bridge(self):
+        for _ in range(3):
+            code, text, _ = rest_call(self.rest_port, "POST", "/api/events",
+                                      headers=headers("remote"), body=json.dumps(event_json()))
+            self.assertEqual(code, "OK", text)
+        code, text, h = rest_call(self.rest_port, "POST", "/api/events",
+                                  headers=headers("remote"), body=json.dumps(event_json()))
+        self.assertEqual(code, "RESOURCE_EXHAUSTED", text)
+        self.assertEqual(h.get("retry-after"), "20")
+        info = [d for d in json.loads(text)["details"]
+                if d["@type"] == "type.googleapis.com/google.rpc.RetryInfo"]
+        self.assertEqual(len(info), 1)
+
+
 class PerKeyLimitTest(harness.ServerTestCase):
     """A key with a limit of its own draws on its own budget, not its
     account's; the account's other keys share the account's."""
