@@ -121,16 +121,25 @@ int main(int argc, char **argv) {
   char section[4096];
   struct utsname u;
   uname(&u);
-  int len =
-      snprintf(section, sizeof section,
-               HEADING "\n\nMachine: %ld CPUs, Linux %s. Command: `build/bench/rate_limit_bench "
-                       "--seconds %g`. In-process limiter (`ana_rate_limiter_charge`, 64 "
-                       "shards), the monotonic clock read included in each decision; limit "
-                       "1000000/s burst 1000 (the loop outruns it: decisions are a mix of "
-                       "allowed and refused). Target: <= 1 us per decision with 2 threads on "
-                       "one account.\n\n| Case | ns per decision | Decisions | Allowed |\n"
-                       "|---|---|---|---|\n",
-               sysconf(_SC_NPROCESSORS_ONLN), u.release, seconds);
+  double load = 0;
+  FILE *lf = fopen("/proc/loadavg", "r");
+  if (lf) {
+    if (fscanf(lf, "%lf", &load) != 1)
+      load = 0;
+    fclose(lf);
+  }
+  int len = snprintf(
+      section, sizeof section,
+      HEADING
+      "\n\nMachine: %ld CPUs, Linux %s, 1-minute load average %.1f at the start (other work "
+      "on the machine shows in the figures). Command: `build/bench/rate_limit_bench "
+      "--seconds %g`. In-process limiter (`ana_rate_limiter_charge`, 64 "
+      "shards), the monotonic clock read included in each decision; limit "
+      "1000000/s burst 1000 (the loop outruns it: decisions are a mix of "
+      "allowed and refused). Target: <= 1 us per decision with 2 threads on "
+      "one account.\n\n| Case | ns per decision | Decisions | Allowed |\n"
+      "|---|---|---|---|\n",
+      sysconf(_SC_NPROCESSORS_ONLN), u.release, load, seconds);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     long calls;
     double share;
