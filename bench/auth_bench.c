@@ -134,7 +134,7 @@ static void measure_verify(const char *dir, double *miss_med, double *miss_p99, 
     struct ana_api_keys *k = ana_api_keys_create(&o, &err);
     struct ana_api_key_record rec;
     for (int i = 0; i < MISS_KEYS && !cached; i++)
-      if (ana_api_keys_issue(k, "acme", "ingest", NULL, "bench", keys[i], &rec, &err) < 0) {
+      if (ana_api_keys_issue(k, "acme", "ingest", NULL, NULL, "bench", keys[i], &rec, &err) < 0) {
         fprintf(stderr, "auth_bench: issue: %s\n", err.message);
         exit(1);
       }

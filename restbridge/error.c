@@ -141,6 +141,16 @@ struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error
     ana_free(order);
     rc = rc < 0 ? rc : append_cstr(&b, "]}");
   }
+  const struct ana_principal *p = call ? &call->principal : NULL;
+  if (p && p->rate_charged && !p->rate.allowed && p->rate.retry_after_ns >= 0 && rc == 0) {
+    char delay[160];
+    snprintf(delay, sizeof delay,
+             "%s{\"@type\":\"type.googleapis.com/google.rpc.RetryInfo\","
+             "\"retryDelay\":\"%lld.%09llds\"}",
+             call->n_violations ? "," : "", (long long)(p->rate.retry_after_ns / 1000000000LL),
+             (long long)(p->rate.retry_after_ns % 1000000000LL));
+    rc = append_cstr(&b, delay);
+  }
   rc = rc < 0 ? rc : append_cstr(&b, "]}");
   rc = rc < 0 ? rc : append_cstr(&b, suffix ? suffix : "");
   if (rc == 0)
@@ -152,6 +162,18 @@ struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error
   }
   ana_json_buf_fini(&b);
   return m;
+}
+
+void rb_reply_rate(struct rb_reply *r, const struct ana_call *call) {
+  const struct ana_principal *p = &call->principal;
+  if (!p->rate_charged)
+    return;
+  r->rate_headers = p->rate.limit >= 0; /* unknown behind a remote upstream */
+  r->rate_limit = p->rate.limit;
+  r->rate_remaining = p->rate.remaining;
+  r->rate_reset_s = (p->rate.reset_after_ns + 999999999LL) / 1000000000LL;
+  if (!p->rate.allowed && p->rate.retry_after_ns >= 0)
+    r->retry_after_s = (int)ana_auth_rate_retry_after_s(&p->rate);
 }
 
 int rb_reply_error(struct rb_reply *r, const struct ana_call *call,

@@ -69,6 +69,7 @@ static void http_finish(struct ana_call *call, const ProtobufCMessage *response,
     }
     ana_json_buf_fini(&buf);
   }
+  rb_reply_rate(&r, call);
   pthread_mutex_lock(&c->mu);
   c->reply = r;
   c->finished = true;
@@ -332,14 +333,25 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
       if (!rc)
         rc = add_header(wsi, "access-control-max-age:", "600", &p, end);
     } else if (!rc) {
-      rc = add_header(wsi, "access-control-expose-headers:", "X-Request-Id, WWW-Authenticate", &p,
-                      end);
+      rc = add_header(wsi, "access-control-expose-headers:",
+                      "X-Request-Id, WWW-Authenticate, Retry-After, "
+                      "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset",
+                      &p, end);
     }
   }
   if (!rc && r->retry_after_s > 0) {
     char secs[16];
     snprintf(secs, sizeof secs, "%d", r->retry_after_s);
     rc = add_header(wsi, "retry-after:", secs, &p, end);
+  }
+  if (!rc && r->rate_headers) {
+    char v[24];
+    snprintf(v, sizeof v, "%lld", r->rate_limit);
+    rc = add_header(wsi, "ratelimit-limit:", v, &p, end);
+    snprintf(v, sizeof v, "%lld", r->rate_remaining);
+    rc = rc ? rc : add_header(wsi, "ratelimit-remaining:", v, &p, end);
+    snprintf(v, sizeof v, "%lld", r->rate_reset_s);
+    rc = rc ? rc : add_header(wsi, "ratelimit-reset:", v, &p, end);
   }
   if (!rc && r->close_after)
     rc = add_header(wsi, "connection:", "close", &p, end);

@@ -42,7 +42,9 @@ struct rb_reply {
   bool static_file;         /* dashboard file: caching and content-security headers */
   bool preflight;           /* CORS preflight: Access-Control-Allow-* headers */
   int retry_after_s;        /* > 0: a Retry-After header */
-  char *allow_headers;      /* preflight: Access-Control-Allow-Headers (owned) */
+  bool rate_headers;        /* RateLimit-Limit, -Remaining, -Reset */
+  long long rate_limit, rate_remaining, rate_reset_s;
+  char *allow_headers; /* preflight: Access-Control-Allow-Headers (owned) */
 };
 
 struct rb_conn;
@@ -265,6 +267,9 @@ struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error
                              const char *prefix, const char *suffix);
 /* Fills reply for an error status (status, body, WWW-Authenticate). */
 int rb_reply_error(struct rb_reply *r, const struct ana_call *call, const struct ana_error *status);
+/* Adds the rate-limit headers of the call's charge, if it was charged
+ * (Retry-After too when it was refused). */
+void rb_reply_rate(struct rb_reply *r, const struct ana_call *call);
 
 /* --- request assembly (request.c) --- */
 /* One query parameter, percent-decoded ("?k=v" gives {"k","v"}). */

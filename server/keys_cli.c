@@ -5,6 +5,7 @@
 
 #include "ana_api_keys.h"
 #include "ana_audit.h"
+#include "ana_rate_limit.h"
 #include "ana_config.h"
 #include "ana_store.h"
 
@@ -17,11 +18,13 @@
 static void usage(FILE *out) {
   fprintf(out,
           "usage: analyticsd keys create --account ACCOUNT --role ROLE [--name NAME]\n"
+          "                              [--rate-limit LIMIT]\n"
           "       analyticsd keys list --account ACCOUNT\n"
           "       analyticsd keys revoke KEY_ID\n\n"
           "Manages API keys in the store under DATA_DIR, with or without a running\n"
           "server. `create` prints the key once: it is stored only as a SHA-256.\n"
-          "Roles: %s.\n",
+          "Roles: %s.\n"
+          "LIMIT: the key's own rate limit, as in \"100/s burst 200\" or \"off\".\n",
           ana_api_key_roles_text);
 }
 
@@ -90,12 +93,13 @@ static int print_and_note(void *ctx, const struct ana_api_key_record *r) {
 
 int ana_keys_cli_main(int argc, char **argv) {
   const char *verb = argc > 1 ? argv[1] : "";
-  const char *account = NULL, *role = NULL, *name = NULL, *key_id = NULL;
+  const char *account = NULL, *role = NULL, *name = NULL, *key_id = NULL, *rate_limit = NULL;
   for (int i = 2; i < argc; i++) {
-    const char **slot = strcmp(argv[i], "--account") == 0 ? &account
-                        : strcmp(argv[i], "--role") == 0  ? &role
-                        : strcmp(argv[i], "--name") == 0  ? &name
-                                                          : NULL;
+    const char **slot = strcmp(argv[i], "--account") == 0      ? &account
+                        : strcmp(argv[i], "--role") == 0       ? &role
+                        : strcmp(argv[i], "--name") == 0       ? &name
+                        : strcmp(argv[i], "--rate-limit") == 0 ? &rate_limit
+                                                               : NULL;
     if (slot && i + 1 < argc) {
       *slot = argv[++i];
     } else if (!slot && argv[i][0] != '-' && !key_id) {
@@ -113,13 +117,20 @@ int ana_keys_cli_main(int argc, char **argv) {
     return 0;
   }
   if ((!create && !list && !revoke) || ((create || list) && (!account || !account[0] || key_id)) ||
-      (create && !role) || (revoke && (!key_id || account || role || name)) ||
-      (list && (role || name))) {
+      (create && !role) || (revoke && (!key_id || account || role || name || rate_limit)) ||
+      (list && (role || name || rate_limit))) {
     usage(stderr);
     return 2;
   }
   if (create && !ana_api_key_role(role)) {
     fprintf(stderr, "analyticsd keys: --role: must be one of %s\n", ana_api_key_roles_text);
+    return 2;
+  }
+  struct ana_rate_limit parsed;
+  char why[128];
+  if (rate_limit &&
+      !ana_rate_limit_parse(rate_limit, strlen(rate_limit), &parsed, why, sizeof why)) {
+    fprintf(stderr, "analyticsd keys: --rate-limit: %s\n", why);
     return 2;
   }
 
@@ -153,7 +164,7 @@ int ana_keys_cli_main(int argc, char **argv) {
   if (create) {
     char key[ANA_API_KEY_CHARS + 1];
     struct ana_api_key_record rec;
-    if (ana_api_keys_issue(keys, account, role, name, "cli", key, &rec, &err) < 0) {
+    if (ana_api_keys_issue(keys, account, role, name, rate_limit, "cli", key, &rec, &err) < 0) {
       fprintf(stderr, "analyticsd keys: %s\n", err.message);
       goto out;
     }

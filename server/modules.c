@@ -47,6 +47,8 @@ static int auth_start(struct ana_server *s, const struct ana_config *cfg, struct
   /* The JWT source (JWT_*); API keys add theirs in api_keys_start. */
   if (ana_auth_configure(&cfg->auth, err) < 0)
     return fail(err, "invalid authentication settings");
+  if (ana_auth_rate_configure(&cfg->auth, err) < 0)
+    return fail(err, "invalid rate-limit settings");
   return 0;
 }
 

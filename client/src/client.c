@@ -4,7 +4,10 @@
 #include "ana_proto_walk.h"
 
 #include "ana_client_stubs.h"
+#include "ana_alloc.h"
 #include "ana_id.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -464,11 +467,55 @@ static bool retryable(int status) {
          status == ANA_STATUS_DEADLINE_EXCEEDED;
 }
 
-/* Accounts the server's per-event results of a delivered batch. */
-static void account(analytics_client_t *c, struct batch *b,
-                    const Analytics__V1__TrackEventsResponse *r) {
+/* The violation field of events the server rejects for its rate limit
+ * (its description: "rate limit exceeded: retry after N s"). */
+#define RATE_LIMIT_FIELD "rate_limit"
+
+/* The delay of a google.rpc.RetryInfo among the details (a serialized
+ * google.rpc.Status) in ms, rounded up; -1 when there is none. */
+static int64_t retry_info_ms(const uint8_t *details, size_t len) {
+  int64_t ms = -1;
+  if (!details)
+    return -1;
+  Google__Rpc__Status *st = google__rpc__status__unpack(NULL, len, details);
+  for (size_t i = 0; st && i < st->n_details && ms < 0; i++) {
+    const Google__Protobuf__Any *any = st->details[i];
+    if (!any->type_url || strcmp(any->type_url, "type.googleapis.com/google.rpc.RetryInfo") != 0)
+      continue;
+    Google__Rpc__RetryInfo *ri =
+        google__rpc__retry_info__unpack(NULL, any->value.len, any->value.data);
+    if (ri && ri->retry_delay && ri->retry_delay->seconds >= 0 && ri->retry_delay->nanos >= 0)
+      ms = ri->retry_delay->seconds * 1000 + (ri->retry_delay->nanos + 999999) / 1000000;
+    if (ri)
+      google__rpc__retry_info__free_unpacked(ri, NULL);
+  }
+  if (st)
+    google__rpc__status__free_unpacked(st, NULL);
+  return ms;
+}
+
+/* The delay of a per-event rate-limit rejection in ms; -1 when the result
+ * is not one. */
+static int64_t rate_limited_ms(const Analytics__V1__EventResult *res) {
+  if (res->n_violations == 0 || !res->violations[0]->field ||
+      strcmp(res->violations[0]->field, RATE_LIMIT_FIELD) != 0)
+    return -1;
+  const char *d = res->violations[0]->description;
+  const char *p = d ? strstr(d, "retry after ") : NULL;
+  long s = p ? strtol(p + 12, NULL, 10) : 1;
+  return (s > 0 ? s : 1) * 1000;
+}
+
+/* Accounts the server's per-event results of a delivered batch. Events the
+ * rate limit rejected are not failures: they are moved to the front of
+ * b->events to be sent again after *wait_ms; returns how many. */
+static size_t account(analytics_client_t *c, struct batch *b,
+                      const Analytics__V1__TrackEventsResponse *r, int64_t *wait_ms) {
   uint64_t acc = 0, dup = 0, rej = 0, lost = 0;
   bool *seen = ana_arena_calloc(&b->arena, b->n ? b->n : 1, sizeof *seen);
+  Analytics__V1__Event **again = ana_arena_calloc(&b->arena, b->n ? b->n : 1, sizeof *again);
+  size_t n_again = 0;
+  *wait_ms = 0;
 
   for (size_t i = 0; i < r->n_results; i++) {
     const Analytics__V1__EventResult *res = r->results[i];
@@ -481,6 +528,13 @@ static void account(analytics_client_t *c, struct batch *b,
     case ANALYTICS__V1__EVENT_RESULT__STATUS__CORRECTED: acc++; break;
     case ANALYTICS__V1__EVENT_RESULT__STATUS__DUPLICATE: dup++; break;
     default: {
+      int64_t wait = rate_limited_ms(res);
+      if (wait >= 0 && again) {
+        again[n_again++] = b->events[res->index];
+        if (wait > *wait_ms)
+          *wait_ms = wait;
+        break;
+      }
       analytics_violation_t v[16];
       size_t nv = res->n_violations < 16 ? res->n_violations : 16;
       for (size_t k = 0; k < nv; k++)
@@ -511,6 +565,9 @@ static void account(analytics_client_t *c, struct batch *b,
   c->st.failed += lost;
   c->st.batches++;
   pthread_mutex_unlock(&c->mu);
+  for (size_t i = 0; i < n_again; i++)
+    b->events[i] = again[i];
+  return n_again;
 }
 
 /* Sends batch b until it is answered, retries run out, or the close deadline
@@ -542,7 +599,10 @@ static void deliver(analytics_client_t *c, struct batch *b) {
   if (n == 0)
     return;
 
-  for (int attempt = 0;; attempt++) {
+  /* attempt counts failures; waits the server asked for (RetryInfo, events
+   * rejected by its rate limit) do not use up retries: the server says when
+   * the batch will pass, and only the close deadline ends them. */
+  for (int attempt = 0;;) {
     int64_t sent_ms = analytics_wall_ms(), deadline = 0;
     Google__Protobuf__Timestamp *sent_at = ana_arena_alloc(&b->arena, sizeof *sent_at);
     if (sent_at) {
@@ -564,21 +624,41 @@ static void deliver(analytics_client_t *c, struct batch *b) {
     }
     pthread_mutex_unlock(&c->mu);
 
-    int rc = ana_stub_event_service_track_events(c->channel, &req, &resp, &opts, &aerr);
+    uint8_t *details = NULL;
+    size_t details_len = 0;
+    ProtobufCMessage *out = NULL;
+    int rc = ana_client_unary_details(
+        c->channel, &ana_methods[ANA_METHOD_ANALYTICS_V1_EVENT_SERVICE_TRACK_EVENTS], &req.base,
+        &out, &opts, &details, &details_len, &aerr);
     analytics_token_release(tok);
+    resp = (Analytics__V1__TrackEventsResponse *)out;
+    int64_t server_wait_ms = -1;
+    if (rc < 0 && aerr.code == ANA_STATUS_RESOURCE_EXHAUSTED)
+      server_wait_ms = retry_info_ms(details, details_len);
+    ana_free(details);
     if (rc == 0) {
-      account(c, b, resp);
+      size_t k = account(c, b, resp, &server_wait_ms);
       protobuf_c_message_free_unpacked(&resp->base, NULL);
-      return;
-    }
-    if (!retryable((int)aerr.code) || attempt >= c->cfg.o.max_retries) {
+      if (k == 0)
+        return;
+      b->n = n = k; /* the events the rate limit rejected, sent again */
+      req.n_events = k;
+      snprintf(aerr.message, sizeof aerr.message, "rate limit exceeded");
+      aerr.code = ANA_STATUS_RESOURCE_EXHAUSTED;
+    } else if (!retryable((int)aerr.code) ||
+               (server_wait_ms < 0 && attempt >= c->cfg.o.max_retries)) {
       fail_batch(c, b, (int)aerr.code, aerr.message);
       return;
     }
-    /* Wait before the next attempt; destroy shortens the wait to its deadline. */
-    int64_t wake = analytics_now_ms() + analytics_backoff_ms(attempt + 1, c->cfg.o.backoff_base_ms,
-                                                             c->cfg.o.backoff_max_ms,
-                                                             next_rand(&c->rnd_state));
+    if (server_wait_ms < 0)
+      attempt++;
+    /* Wait before the next attempt (as long as the server asked, else a
+     * backoff); destroy shortens the wait to its deadline. */
+    int64_t wake = analytics_now_ms() +
+                   (server_wait_ms >= 0
+                        ? server_wait_ms
+                        : analytics_backoff_ms(attempt, c->cfg.o.backoff_base_ms,
+                                               c->cfg.o.backoff_max_ms, next_rand(&c->rnd_state)));
     pthread_mutex_lock(&c->mu);
     c->st.retries++;
     for (;;) {

@@ -28,6 +28,7 @@
 #define DEFAULT_QUEUE_MAX 1024
 #define DEFAULT_HEALTH_INTERVAL_MS 2000
 #define BAD_REQUEST_TYPE "type.googleapis.com/google.rpc.BadRequest"
+#define RETRY_INFO_TYPE "type.googleapis.com/google.rpc.RetryInfo"
 
 void rr_fwd_lock(struct fwd *f) {
   while (atomic_flag_test_and_set_explicit(&f->lock, memory_order_acquire)) {
@@ -84,8 +85,9 @@ int rr_call_options(struct ana_call *call, struct ana_call_options *opts, const 
 /* --- answers --- */
 
 /* The google.rpc.BadRequest field violations of a serialized
- * google.rpc.Status become the call's violations. Other detail types are
- * dropped: the bridge renders only BadRequest. */
+ * google.rpc.Status become the call's violations, and a google.rpc.RetryInfo
+ * (the upstream's rate limit) the call's retry delay. Other detail types are
+ * dropped: the bridge renders only these. */
 static void add_details(struct ana_call *call, const uint8_t *details, size_t len, int max_depth) {
   Google__Rpc__Status *st = (void *)ana_proto_unpack(&google__rpc__status__descriptor, NULL,
                                                      details, len, max_depth, NULL);
@@ -95,6 +97,20 @@ static void add_details(struct ana_call *call, const uint8_t *details, size_t le
   }
   for (size_t i = 0; i < st->n_details; i++) {
     const Google__Protobuf__Any *any = st->details[i];
+    if (any->type_url && strcmp(any->type_url, RETRY_INFO_TYPE) == 0) {
+      Google__Rpc__RetryInfo *ri =
+          (void *)ana_proto_unpack(&google__rpc__retry_info__descriptor, NULL, any->value.data,
+                                   any->value.len, max_depth, NULL);
+      /* At most a day, so that a wild delay cannot overflow. */
+      if (ri && ri->retry_delay && ri->retry_delay->seconds >= 0)
+        ana_call_note_upstream_retry(call, ri->retry_delay->seconds > 86400
+                                               ? 86400 * 1000000000LL
+                                               : ri->retry_delay->seconds * 1000000000LL +
+                                                     ri->retry_delay->nanos);
+      if (ri)
+        google__rpc__retry_info__free_unpacked(ri, NULL);
+      continue;
+    }
     if (!any->type_url || strcmp(any->type_url, BAD_REQUEST_TYPE) != 0) {
       ANA_DEBUG(COMPONENT, "%s: status detail %s not passed on", call->method->path,
                 any->type_url ? any->type_url : "(none)");

@@ -62,14 +62,6 @@ static int stage_permission(const struct ana_admission_input *in, struct ana_are
                        m->permission, m->path);
 }
 
-/* Filled by the second security issue: the method's rate_cost against the
- * principal's budget. */
-static int stage_rate_limit(const struct ana_admission_input *in, struct ana_arena *arena,
-                            struct ana_principal *p, struct ana_error *status) {
-  (void)in, (void)arena, (void)p, (void)status;
-  return 0;
-}
-
 /* Methods marked audited are recorded when the call finishes, once its
  * outcome is known: the call runtime's finish hook (audit_service.c) queues
  * the record for the audit writer. Admission never waits for the audit log,
@@ -85,7 +77,7 @@ static const struct admission_stage stages[] = {
     {"authenticate", auth_authenticate},
     {"account", stage_account},
     {"permission", stage_permission},
-    {"rate_limit", stage_rate_limit},
+    {"rate_limit", auth_stage_rate_limit},
     {"audit", stage_audit},
 };
 #define N_STAGES (sizeof stages / sizeof stages[0])

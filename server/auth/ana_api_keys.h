@@ -38,6 +38,7 @@ struct ana_api_key_record {
   const char *role; /* canonical: viewer, analyst, editor, admin, ingest */
   const char *name; /* "" when none */
   const char *created_by;
+  const char *rate_limit; /* the key's own rate limit as text; "" (or NULL): its account's */
   uint8_t hash[ANA_API_KEY_HASH_BYTES]; /* SHA-256 of the whole key text */
   int64_t created_at_ms;
   int64_t last_used_at_ms;
@@ -152,13 +153,17 @@ struct ana_api_keys *ana_api_keys_create(const struct ana_api_keys_options *o,
  * nothing. */
 void ana_api_keys_destroy(struct ana_api_keys *k);
 
+/* Longest rate limit text a key stores. */
+#define ANA_API_KEY_RATE_LIMIT_MAX_CHARS 48
+
 /* Makes a new key for account with role (any accepted name; stored
- * canonical), name (NULL = "") and created_by (borrowed). Writes the full
+ * canonical), name (NULL = ""), rate_limit (NULL or "" = none; its syntax is
+ * the caller's to check) and created_by (borrowed). Writes the full
  * key into key_out (shown once: never stored) and fills *rec (strings
  * borrowed from the arguments and static storage). Errors: INVALID_ARGUMENT
  * naming role or name; store errors. Blocks. */
 int ana_api_keys_issue(struct ana_api_keys *k, const char *account_id, const char *role,
-                       const char *name, const char *created_by,
+                       const char *name, const char *rate_limit, const char *created_by,
                        char key_out[ANA_API_KEY_CHARS + 1], struct ana_api_key_record *rec,
                        struct ana_error *err);
 
@@ -167,6 +172,7 @@ struct ana_api_key_principal {
   const char *key_id;
   const char *account_id;
   const char *role;
+  const char *rate_limit; /* the key's own limit as text, "" when none */
 };
 
 /* Verifies a presented key (len bytes). Returns 0 with *out filled, or

@@ -10,6 +10,7 @@
 #include "ana_auth_config.h"
 #include "ana_error.h"
 #include "ana_methods.h"
+#include "ana_rate_limit.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,6 +47,16 @@ struct ana_principal {
   const struct ana_account_role *accounts;
   size_t n_accounts;
   enum ana_credential_kind credential;
+  /* An API key's own rate limit (its rateLimit), when key_rate_limited. */
+  struct ana_rate_limit key_rate_limit;
+  bool key_rate_limited;
+  /* Set by the rate_limit stage: the budget this principal draws on (NULL
+   * rate_key: not limited), and the outcome of the call's charge, which
+   * transports turn into RateLimit-* headers or RetryInfo. */
+  const char *rate_key;
+  struct ana_rate_limit rate_limit;
+  struct ana_rate_decision rate;
+  bool rate_charged;
 };
 
 /* What admission looks at: the request, as any transport carries it. All
@@ -134,6 +145,22 @@ void ana_auth_jwt_stats(struct ana_jwt_stats *out);
 int ana_admission_run(const struct ana_admission_input *in, struct ana_arena *arena,
                       struct ana_principal *out, struct ana_error *status);
 
+/* The rate-limit settings of s (RATE_LIMIT_*), parsed and installed with an
+ * in-process limiter. Returns 0, or ANA_ERR_INVALID with err naming the
+ * variable, or ANA_ERR_NOMEM. */
+int ana_auth_rate_configure(const struct ana_auth_settings *s, struct ana_error *err);
+/* Whether any rate limit is configured. */
+bool ana_auth_rate_enabled(void);
+
+/* Charges cost more units to the principal's budget (a batch's events,
+ * beyond the call's base cost), all or nothing; p->rate is updated. Returns
+ * 0 when allowed (or not limited), or ANA_ERR_FULL with status filled
+ * (RESOURCE_EXHAUSTED naming the retry delay). Thread-safe. */
+int ana_auth_rate_charge(struct ana_principal *p, int64_t cost, struct ana_error *status);
+
+/* Seconds to tell a client to wait (Retry-After), rounded up, >= 1. */
+int64_t ana_auth_rate_retry_after_s(const struct ana_rate_decision *d);
+
 /* The stages' names in order ("authenticate", "account", "permission",
  * "rate_limit", "audit"); n_out receives the count. For tests and logs. */
 const char *const *ana_admission_stage_names(size_t *n_out);
@@ -150,5 +177,8 @@ bool ana_auth_permits(const struct ana_principal *principal, const char *permiss
 /* Whether role (one of viewer, reader, analyst, editor, admin, ingest)
  * grants permission; an unknown role grants nothing. */
 bool ana_auth_role_permits(const char *role, const char *permission);
+
+/* Whether role is one of viewer, reader, analyst, editor, admin, ingest. */
+bool ana_auth_role_known(const char *role);
 
 #endif

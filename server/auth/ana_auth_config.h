@@ -28,6 +28,11 @@ struct ana_auth_settings {
   int audit_sign_interval_ms;  /* AUDIT_SIGN_INTERVAL */
   int audit_queue_max;         /* AUDIT_QUEUE_MAX */
   char *encryption_key_file;   /* ENCRYPTION_KEY_FILE: the master key ("": generated) */
+  char *rate_limit_default;    /* RATE_LIMIT_DEFAULT: "1000/s burst 2000" or "off" */
+  char *rate_limit_roles;      /* RATE_LIMIT_ROLES: "role=LIMIT,..." */
+  char *rate_limit_accounts;   /* RATE_LIMIT_ACCOUNTS: "account=LIMIT,..." */
+  char *rate_limit_keys;       /* RATE_LIMIT_KEYS: "keyid=LIMIT,..." */
+  int rate_limit_max_entries;  /* RATE_LIMIT_MAX_ENTRIES: budgets kept in memory */
 };
 
 extern const struct ana_config_table ana_auth_config_table;

@@ -108,6 +108,7 @@ struct slot {
   bool known;                            /* false: no key has this id */
   char *account_id;                      /* owned */
   const char *role;                      /* static (ana_api_key_role) */
+  char rate_limit[ANA_API_KEY_RATE_LIMIT_MAX_CHARS + 1];
   uint8_t hash[ANA_API_KEY_HASH_BYTES];
   int64_t revoked_at_ms;
   int64_t last_used_at_ms; /* stored or queued */
@@ -290,7 +291,7 @@ static int random_base62(char *out, size_t n) {
 }
 
 int ana_api_keys_issue(struct ana_api_keys *k, const char *account_id, const char *role,
-                       const char *name, const char *created_by,
+                       const char *name, const char *rate_limit, const char *created_by,
                        char key_out[ANA_API_KEY_CHARS + 1], struct ana_api_key_record *rec,
                        struct ana_error *err) {
   uint8_t secret[ANA_API_KEY_SECRET_BYTES];
@@ -306,7 +307,13 @@ int ana_api_keys_issue(struct ana_api_keys *k, const char *account_id, const cha
                          ANA_API_KEY_NAME_MAX_CHARS);
   if (!account_id || !account_id[0])
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "accountId: is required");
+  if (!rate_limit)
+    rate_limit = "";
+  if (strlen(rate_limit) > ANA_API_KEY_RATE_LIMIT_MAX_CHARS)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "rateLimit: longer than %d characters",
+                         ANA_API_KEY_RATE_LIMIT_MAX_CHARS);
   memset(rec, 0, sizeof *rec);
+  rec->rate_limit = rate_limit;
   rec->account_id = account_id;
   rec->role = canonical;
   rec->name = name;
@@ -343,6 +350,7 @@ struct loaded_key {
   bool known;
   char *account_id; /* in the arena */
   const char *role;
+  char rate_limit[ANA_API_KEY_RATE_LIMIT_MAX_CHARS + 1];
   uint8_t hash[ANA_API_KEY_HASH_BYTES];
   int64_t revoked_at_ms, last_used_at_ms;
   struct ana_arena *arena;
@@ -353,6 +361,7 @@ static int keep_loaded(void *ctx, const struct ana_api_key_record *r) {
   l->known = true;
   l->account_id = ana_arena_strdup(l->arena, r->account_id);
   l->role = ana_api_key_role(r->role);
+  snprintf(l->rate_limit, sizeof l->rate_limit, "%s", r->rate_limit ? r->rate_limit : "");
   memcpy(l->hash, r->hash, sizeof l->hash);
   l->revoked_at_ms = r->revoked_at_ms;
   l->last_used_at_ms = r->last_used_at_ms;
@@ -379,6 +388,7 @@ static int load_key(struct ana_api_keys *k, const char *id, int64_t now, struct 
       l->known = s->known;
       l->account_id = s->known ? ana_arena_strdup(l->arena, s->account_id) : NULL;
       l->role = s->role;
+      memcpy(l->rate_limit, s->rate_limit, sizeof l->rate_limit);
       memcpy(l->hash, s->hash, sizeof l->hash);
       l->revoked_at_ms = s->revoked_at_ms;
       l->last_used_at_ms = s->last_used_at_ms;
@@ -412,6 +422,7 @@ static int load_key(struct ana_api_keys *k, const char *id, int64_t now, struct 
     s->account_id = account;
     account = NULL;
     s->role = l->role;
+    memcpy(s->rate_limit, l->rate_limit, sizeof s->rate_limit);
     memcpy(s->hash, l->hash, sizeof s->hash);
     s->revoked_at_ms = l->revoked_at_ms;
     s->last_used_at_ms = l->last_used_at_ms;
@@ -486,7 +497,8 @@ int ana_api_keys_verify(struct ana_api_keys *k, const char *key, size_t len,
   out->key_id = ana_arena_strdup(arena, id);
   out->account_id = l.account_id;
   out->role = l.role;
-  if (!out->key_id) {
+  out->rate_limit = l.rate_limit[0] ? ana_arena_strdup(arena, l.rate_limit) : "";
+  if (!out->key_id || !out->rate_limit) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return ANA_ERR_NOMEM;
   }

@@ -19,6 +19,11 @@ int auth_authenticate(const struct ana_admission_input *in, struct ana_arena *ar
 /* gRPC health is served without credentials (HEALTH_REQUIRE_AUTH false). */
 void auth_set_health_open(bool open);
 
+/* The rate_limit stage (rate_stage.c) and its teardown. */
+int auth_stage_rate_limit(const struct ana_admission_input *in, struct ana_arena *arena,
+                          struct ana_principal *principal, struct ana_error *status);
+void auth_rate_fini(void);
+
 /* Destroys the JWT verifier (source_jwt.c); safe when there is none. */
 void auth_jwt_fini(void);
 

@@ -31,6 +31,7 @@ int ana_auth_init(const char *default_account_id) {
 
 void ana_auth_fini(void) {
   auth_jwt_fini();
+  auth_rate_fini();
   ana_free(default_account);
   default_account = NULL;
   n_sources = 0;

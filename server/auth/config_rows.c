@@ -1,6 +1,7 @@
 /* Configuration rows: authentication settings. Adding a variable = a row here and a member in
  * struct ana_auth_settings. */
 #include "ana_auth_config.h"
+#include "ana_rate_limit.h"
 
 #include <ctype.h>
 #include <string.h>
@@ -42,6 +43,22 @@ static bool valid_algorithms(const char *s) {
 static bool valid_claim(const char *s) {
   return strlen(s) <= 64 && valid_account_id(s);
 }
+
+static bool valid_rate_limit(const char *s) {
+  struct ana_rate_limit lim;
+  char why[128];
+  return ana_rate_limit_parse(s, strlen(s), &lim, why, sizeof why);
+}
+
+static bool valid_rate_limit_list(const char *s) {
+  char why[192];
+  return ana_rate_limit_parse_list(s, NULL, NULL, why, sizeof why);
+}
+
+#define RATE_LIMIT_EXPECT                                                                          \
+  "off, or <rate>/<s|m|h> with an optional \" burst <n>\" (1 to 1000000000), as in 1000/s burst "  \
+  "2000"
+#define RATE_LIMIT_LIST_EXPECT "a comma-separated list of name=LIMIT, each LIMIT " RATE_LIMIT_EXPECT
 
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_auth_settings, member)
 
@@ -172,6 +189,47 @@ static const struct ana_config_row rows[] = {
              "ignored): the audit head signing key is derived from it. Unset: "
              "DATA_DIR/master.key, generated if absent, with a warning.",
      ROW(encryption_key_file)},
+    {.name = "RATE_LIMIT_DEFAULT",
+     .type = ANA_CONFIG_STRING,
+     .def = "off",
+     .help = "Rate limit of every account (GCRA, charged by each method's cost and per event of "
+             "a batch or stream): \"1000/s burst 2000\" lets 2000 through at once and 1000 a "
+             "second after; off: no limit.",
+     .check = valid_rate_limit,
+     .expect = RATE_LIMIT_EXPECT,
+     ROW(rate_limit_default)},
+    {.name = "RATE_LIMIT_ROLES",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Limits per role, replacing RATE_LIMIT_DEFAULT for principals holding the role (the "
+             "most generous of their roles applies), as in \"ingest=5000/s burst 10000, "
+             "viewer=20/s\".",
+     .check = valid_rate_limit_list,
+     .expect = RATE_LIMIT_LIST_EXPECT,
+     ROW(rate_limit_roles)},
+    {.name = "RATE_LIMIT_ACCOUNTS",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Limits per account, before roles and the default, as in \"acme=100/s burst 500\".",
+     .check = valid_rate_limit_list,
+     .expect = RATE_LIMIT_LIST_EXPECT,
+     ROW(rate_limit_accounts)},
+    {.name = "RATE_LIMIT_KEYS",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Limits per API key id, before the account's: such a key has a budget of its own "
+             "instead of drawing on its account's, as in \"k_3f9a=10/s\".",
+     .check = valid_rate_limit_list,
+     .expect = RATE_LIMIT_LIST_EXPECT,
+     ROW(rate_limit_keys)},
+    {.name = "RATE_LIMIT_MAX_ENTRIES",
+     .type = ANA_CONFIG_INT,
+     .def = "100000",
+     .min = 64,
+     .max = 100000000,
+     .help = "Budgets (accounts and keys) the rate limiter keeps in memory; beyond it idle ones "
+             "(whose budget is whole again) are forgotten first.",
+     ROW(rate_limit_max_entries)},
 };
 
 const struct ana_config_table ana_auth_config_table = ANA_CONFIG_TABLE("auth", rows);

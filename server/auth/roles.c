@@ -59,6 +59,10 @@ bool ana_auth_role_permits(const char *role, const char *permission) {
   return level >= ROLE_EDITOR && in_list(editor_writes, permission);
 }
 
+bool ana_auth_role_known(const char *role) {
+  return role && (strcmp(role, "ingest") == 0 || level_of(role) != ROLE_NONE);
+}
+
 bool ana_auth_permits(const struct ana_principal *principal, const char *permission) {
   if (!permission || !permission[0])
     return true;

@@ -77,6 +77,11 @@ static int keys_authenticate(void *ctx, const struct ana_admission_input *in,
   out->account_id = kp.account_id;
   out->roles = roles;
   out->n_roles = 1;
+  /* The key's own rate limit (checked when stored; one that no longer
+   * parses is ignored: the account's applies). */
+  out->key_rate_limited =
+      kp.rate_limit && kp.rate_limit[0] &&
+      ana_rate_limit_parse(kp.rate_limit, strlen(kp.rate_limit), &out->key_rate_limit, NULL, 0);
   /* Held as its one account: an X-Account-Id naming another is refused by
    * the account stage (PERMISSION_DENIED) rather than ignored. */
   out->accounts = acc;

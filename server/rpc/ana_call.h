@@ -55,6 +55,21 @@ const struct ana_principal *ana_call_principal(const struct ana_call *call);
 /* Unary and server-streaming: the request, once handed to the handler
  * (NULL before, and for streaming requests). */
 const ProtobufCMessage *ana_call_request(const struct ana_call *call);
+/* Charges cost more units (a batch's events) to the caller's rate-limit
+ * budget, all or nothing. Returns 0 when allowed (or not limited), or
+ * ANA_ERR_FULL with err filled (RESOURCE_EXHAUSTED, "rate limit exceeded:
+ * retry after N s"); finishing the call with err then answers 429 with
+ * Retry-After over REST and a google.rpc.RetryInfo over gRPC. One thread at
+ * a time per call (a handler's callbacks). */
+int ana_call_rate_charge(struct ana_call *call, int64_t cost, struct ana_error *err);
+/* Records that an upstream server's rate limit refused this call, asking
+ * for a wait of retry_after_ns (its google.rpc.RetryInfo): the transport
+ * then answers as for a local refusal (Retry-After, RetryInfo), without the
+ * RateLimit-* figures it does not know. For proxies (the remote bridge). */
+void ana_call_note_upstream_retry(struct ana_call *call, int64_t retry_after_ns);
+/* Seconds until a refused charge of this call would pass (>= 1), 0 when the
+ * last charge passed or there was none. */
+int64_t ana_call_rate_retry_after_s(const struct ana_call *call);
 /* First value of a request metadata key (lower-case), or NULL. */
 const char *ana_call_metadata(const struct ana_call *call, const char *key);
 size_t ana_call_metadata_count(const struct ana_call *call);

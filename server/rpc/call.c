@@ -152,6 +152,25 @@ const ProtobufCMessage *ana_call_request(const struct ana_call *call) {
   return call->request;
 }
 
+int ana_call_rate_charge(struct ana_call *call, int64_t cost, struct ana_error *err) {
+  return ana_auth_rate_charge(&call->principal, cost, err);
+}
+
+void ana_call_note_upstream_retry(struct ana_call *call, int64_t retry_after_ns) {
+  struct ana_principal *p = &call->principal;
+  p->rate_charged = true;
+  p->rate = (struct ana_rate_decision){.allowed = false,
+                                       .limit = -1, /* not known here */
+                                       .retry_after_ns = retry_after_ns < 0 ? 0 : retry_after_ns};
+}
+
+int64_t ana_call_rate_retry_after_s(const struct ana_call *call) {
+  const struct ana_principal *p = &call->principal;
+  if (!p->rate_charged || p->rate.allowed || p->rate.retry_after_ns < 0)
+    return 0;
+  return ana_auth_rate_retry_after_s(&p->rate);
+}
+
 const char *ana_call_metadata(const struct ana_call *call, const char *key) {
   for (size_t i = 0; i < call->n_metadata; i++)
     if (strcmp(call->metadata[i].key, key) == 0)
@@ -388,14 +407,38 @@ void ana_call_fail(struct ana_call *call, enum ana_status code, const char *fmt,
   ana_call_finish(call, NULL, &err);
 }
 
-uint8_t *ana_call_status_details(const struct ana_call *call, const struct ana_error *status,
-                                 size_t *size) {
-  if (call->n_violations == 0)
-    return NULL;
+/* The google.rpc.RetryInfo of a call the rate limit refused, packed in
+ * *any (value malloc'd, caller frees). Returns false when there is none. */
+static bool retry_info_of(const struct ana_call *call, Google__Protobuf__Any *any) {
+  const struct ana_principal *p = &call->principal;
+  if (!p->rate_charged || p->rate.allowed || p->rate.retry_after_ns < 0)
+    return false;
+  Google__Protobuf__Duration delay = GOOGLE__PROTOBUF__DURATION__INIT;
+  delay.seconds = p->rate.retry_after_ns / 1000000000LL;
+  delay.nanos = (int32_t)(p->rate.retry_after_ns % 1000000000LL);
+  Google__Rpc__RetryInfo info = GOOGLE__RPC__RETRY_INFO__INIT;
+  info.retry_delay = &delay;
+  size_t size = google__rpc__retry_info__get_packed_size(&info);
+  uint8_t *bytes = ana_malloc(size ? size : 1);
+  if (!bytes)
+    return false;
+  google__rpc__retry_info__pack(&info, bytes);
+  any->type_url = "type.googleapis.com/google.rpc.RetryInfo";
+  any->value.data = bytes;
+  any->value.len = size;
+  return true;
+}
+
+/* The call's violations as a google.rpc.BadRequest packed in *any (value
+ * malloc'd, caller frees). Returns false when there are none (or no
+ * memory). */
+static bool bad_request_of(const struct ana_call *call, Google__Protobuf__Any *any) {
   size_t n = call->n_violations;
+  if (n == 0)
+    return false;
+  bool ok = false;
   Google__Rpc__BadRequest__FieldViolation *fv = ana_calloc(n, sizeof *fv);
   Google__Rpc__BadRequest__FieldViolation **fvp = ana_calloc(n, sizeof *fvp);
-  uint8_t *bad_bytes = NULL, *out = NULL;
   if (!fv || !fvp)
     goto out;
   /* The list is newest first; report in the order they were found. */
@@ -411,28 +454,42 @@ uint8_t *ana_call_status_details(const struct ana_call *call, const struct ana_e
   bad.n_field_violations = n;
   bad.field_violations = fvp;
   size_t bad_size = google__rpc__bad_request__get_packed_size(&bad);
-  bad_bytes = ana_malloc(bad_size ? bad_size : 1);
+  uint8_t *bad_bytes = ana_malloc(bad_size ? bad_size : 1);
   if (!bad_bytes)
     goto out;
   google__rpc__bad_request__pack(&bad, bad_bytes);
+  any->type_url = "type.googleapis.com/google.rpc.BadRequest";
+  any->value.data = bad_bytes;
+  any->value.len = bad_size;
+  ok = true;
+out:
+  ana_free(fvp);
+  ana_free(fv);
+  return ok;
+}
 
-  Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
-  any.type_url = "type.googleapis.com/google.rpc.BadRequest";
-  any.value.data = bad_bytes;
-  any.value.len = bad_size;
-  Google__Protobuf__Any *anyp = &any;
+uint8_t *ana_call_status_details(const struct ana_call *call, const struct ana_error *status,
+                                 size_t *size) {
+  Google__Protobuf__Any anys[2] = {GOOGLE__PROTOBUF__ANY__INIT, GOOGLE__PROTOBUF__ANY__INIT};
+  Google__Protobuf__Any *anyp[2];
+  size_t n = 0;
+  uint8_t *out = NULL;
+  if (bad_request_of(call, &anys[n]))
+    anyp[n] = &anys[n], n++;
+  if (retry_info_of(call, &anys[n]))
+    anyp[n] = &anys[n], n++;
+  if (n == 0)
+    return NULL;
   Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
   st.code = status ? (int32_t)status->code : 0;
   st.message = status ? (char *)status->message : "";
-  st.n_details = 1;
-  st.details = &anyp;
+  st.n_details = n;
+  st.details = anyp;
   *size = google__rpc__status__get_packed_size(&st);
   out = ana_malloc(*size ? *size : 1);
   if (out)
     google__rpc__status__pack(&st, out);
-out:
-  ana_free(bad_bytes);
-  ana_free(fvp);
-  ana_free(fv);
+  for (size_t i = 0; i < n; i++)
+    ana_free(anys[i].value.data);
   return out;
 }

@@ -100,10 +100,10 @@ int ana_call_admit(struct ana_call *call, struct ana_error *status);
 /* Marks the call cancelled and tells the handler (on_cancel), once. */
 void ana_call_mark_cancelled(struct ana_call *call);
 
-/* Serialises the call's violations as a google.rpc.Status with a
- * google.rpc.BadRequest detail, for grpc-status-details-bin / JSON errors.
- * Returns a malloc'd buffer (caller frees) and its size, or NULL when there
- * are no violations. */
+/* Serialises the call's details as a google.rpc.Status, for
+ * grpc-status-details-bin: a google.rpc.BadRequest of its violations, a
+ * google.rpc.RetryInfo when the rate limit refused it. Returns a malloc'd
+ * buffer (caller frees) and its size, or NULL when there are no details. */
 uint8_t *ana_call_status_details(const struct ana_call *call, const struct ana_error *status,
                                  size_t *size);
 

@@ -10,6 +10,7 @@
 #include "ana_client_ip.h"
 #include "ana_event_names.h"
 #include "ana_log.h"
+#include "ana_rate_limit.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -268,6 +269,13 @@ static void track_events(struct ana_call *call, const ProtobufCMessage *request)
     ana_call_finish(call, NULL, &err);
     return;
   }
+  /* A batch costs one unit per event (the call's base cost, taken at
+   * admission, counts towards them). */
+  int64_t base = ana_call_method(call)->rate_cost;
+  if (ana_call_rate_charge(call, (int64_t)req->n_events - base, &err) < 0) {
+    ana_call_finish(call, NULL, &err);
+    return;
+  }
   struct batch *b = ana_arena_calloc(ana_call_arena(call), 1, sizeof *b);
   if (!b) {
     ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -470,23 +478,34 @@ static void stream_message(struct ana_call *call, const ProtobufCMessage *messag
   b->owner = s;
   b->batch_id = req->batch_id;
   b->done = stream_batch_done;
+  const char *field = "events", *reason = NULL;
   int rc = check_batch_limits(message, req->n_events, "events", &err);
+  /* Each message of a stream costs one unit per event (opening the stream
+   * cost the method's base). */
+  if (rc == 0 && ana_call_rate_charge(call, (int64_t)req->n_events, &err) < 0) {
+    field = ANA_RATE_LIMIT_FIELD;
+    reason = ana_arena_strdup(arena, err.message);
+    err.code = ANA_STATUS_INVALID_ARGUMENT; /* rejected per event, below */
+    rc = ANA_ERR_FULL;
+  }
   if (rc == 0)
     rc = batch_start(b, req->events, req->n_events, "events", &err);
   if (rc == 0) {
     stream_batch_done(b, 0, NULL);
   } else if (rc < 0) {
     if (err.code == ANA_STATUS_INVALID_ARGUMENT) {
-      /* A batch over the limits: every event of it is rejected, the stream
-       * goes on. */
+      /* A batch over the limits (or over the rate limit): every event of it
+       * is rejected, the stream goes on. */
+      if (!reason)
+        reason = ana_arena_strdup(arena, strchr(err.message, ':') + 2);
       b->n = req->n_events;
       b->items = ana_arena_calloc(arena, b->n ? b->n : 1, sizeof *b->items);
       for (size_t i = 0; b->items && i < b->n; i++) {
         b->items[i].status = ST_REJECTED;
         b->items[i].event_id = req->events[i]->event_id ? req->events[i]->event_id : "";
         b->items[i].n_violations = 1;
-        b->items[i].violations[0].field = "events";
-        b->items[i].violations[0].description = strchr(err.message, ':') + 2;
+        b->items[i].violations[0].field = field;
+        b->items[i].violations[0].description = reason ? reason : "rejected";
       }
       stream_batch_done(b, 0, NULL);
     } else {

@@ -6,6 +6,7 @@
 
 #include "analytics/v1/keys.pb-c.h"
 #include "ana_api_keys.h"
+#include "ana_rate_limit.h"
 #include "ana_call.h"
 #include "ana_log.h"
 
@@ -56,10 +57,11 @@ static Analytics__V1__ApiKey *message_of(struct ana_arena *a, const struct ana_a
   m->name = ana_arena_strdup(a, r->name ? r->name : "");
   m->role = ana_arena_strdup(a, r->role);
   m->created_by = ana_arena_strdup(a, r->created_by ? r->created_by : "");
+  m->rate_limit = ana_arena_strdup(a, r->rate_limit ? r->rate_limit : "");
   m->created_at = timestamp_of(a, r->created_at_ms);
   m->last_used_at = timestamp_of(a, r->last_used_at_ms);
   m->revoked_at = timestamp_of(a, r->revoked_at_ms);
-  if (!m->key_id || !m->account_id || !m->name || !m->role || !m->created_by ||
+  if (!m->key_id || !m->account_id || !m->name || !m->role || !m->created_by || !m->rate_limit ||
       (r->created_at_ms && !m->created_at) || (r->last_used_at_ms && !m->last_used_at) ||
       (r->revoked_at_ms && !m->revoked_at))
     return NULL;
@@ -127,7 +129,15 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
-  if (ana_api_keys_issue(opts.keys, who->account_id, req->role, req->name,
+  struct ana_rate_limit limit;
+  char why[128];
+  if (req->rate_limit && req->rate_limit[0] &&
+      !ana_rate_limit_parse(req->rate_limit, strlen(req->rate_limit), &limit, why, sizeof why)) {
+    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "rateLimit: %s", why);
+    fail_with(call, &err);
+    return;
+  }
+  if (ana_api_keys_issue(opts.keys, who->account_id, req->role, req->name, req->rate_limit,
                          who->subject ? who->subject : "", key, &rec, &err) < 0) {
     fail_with(call, &err);
     return;

@@ -69,7 +69,7 @@ static int teardown(void **state) {
 static void issue(const char *account, const char *role, char key[ANA_API_KEY_CHARS + 1],
                   struct ana_api_key_record *rec) {
   struct ana_error err;
-  assert_int_equal(ana_api_keys_issue(keys, account, role, "k", "test", key, rec, &err), 0);
+  assert_int_equal(ana_api_keys_issue(keys, account, role, "k", NULL, "test", key, rec, &err), 0);
 }
 
 static enum ana_api_key_reason verify(const char *key, struct ana_api_key_principal *p) {
@@ -195,14 +195,14 @@ static void an_issued_key_verifies_to_its_account_and_role(void **state) {
   assert_string_not_equal(rec.key_id, rec2.key_id);
   assert_memory_not_equal(key + 17, key2 + 17, 43);
   /* A bad role or an over-long name names the field. */
-  assert_int_equal(ana_api_keys_issue(keys, "acme", "boss", NULL, "t", key2, &rec2, &err),
+  assert_int_equal(ana_api_keys_issue(keys, "acme", "boss", NULL, NULL, "t", key2, &rec2, &err),
                    ANA_ERR_INVALID);
   assert_int_equal(err.code, ANA_STATUS_INVALID_ARGUMENT);
   assert_non_null(strstr(err.message, "role: "));
   char name[200];
   memset(name, 'n', sizeof name - 1);
   name[sizeof name - 1] = '\0';
-  assert_int_equal(ana_api_keys_issue(keys, "acme", "admin", name, "t", key2, &rec2, &err),
+  assert_int_equal(ana_api_keys_issue(keys, "acme", "admin", name, NULL, "t", key2, &rec2, &err),
                    ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "name: "));
 }

@@ -252,11 +252,11 @@ static void open_store(void) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 9);
+  assert_int_equal(ana_local_db_schema_version(db), 10);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 9);
+  assert_int_equal(ana_local_db_schema_version(again), 10);
   ana_local_db_close(again);
 }
 
@@ -588,7 +588,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 9);
+  assert_int_equal(ana_local_db_schema_version(db), 10);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);

@@ -47,7 +47,7 @@ static int db_error(sqlite3 *db, struct ana_error *err) {
 
 #define COLUMNS                                                                                    \
   "key_id, account_id, role, name, created_by, secret_sha256, created_at, last_used_at, "          \
-  "revoked_at"
+  "revoked_at, rate_limit"
 
 static int keys_insert(void *p, const struct ana_api_key_record *r, struct ana_error *err) {
   struct sqlite_keys *s = p;
@@ -56,7 +56,7 @@ static int keys_insert(void *p, const struct ana_api_key_record *r, struct ana_e
   pthread_mutex_lock(&s->mu);
   if (sqlite3_prepare_v2(s->conn,
                          "INSERT INTO api_keys (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
-                         " ?8, ?9)",
+                         " ?8, ?9, ?10)",
                          -1, &st, NULL) != SQLITE_OK) {
     rc = db_error(s->conn, err);
     goto out;
@@ -70,6 +70,7 @@ static int keys_insert(void *p, const struct ana_api_key_record *r, struct ana_e
   sqlite3_bind_int64(st, 7, r->created_at_ms);
   sqlite3_bind_int64(st, 8, r->last_used_at_ms);
   sqlite3_bind_int64(st, 9, r->revoked_at_ms);
+  sqlite3_bind_text(st, 10, r->rate_limit ? r->rate_limit : "", -1, SQLITE_STATIC);
   int step = sqlite3_step(st);
   if ((sqlite3_extended_errcode(s->conn) & 0xff) == SQLITE_CONSTRAINT) {
     ana_error_set(err, ANA_STATUS_ALREADY_EXISTS, "API key %s exists already", r->key_id);
@@ -108,6 +109,7 @@ static int select_keys(struct sqlite_keys *s, const char *sql, const char *const
         .created_at_ms = sqlite3_column_int64(st, 6),
         .last_used_at_ms = sqlite3_column_int64(st, 7),
         .revoked_at_ms = sqlite3_column_int64(st, 8),
+        .rate_limit = (const char *)sqlite3_column_text(st, 9),
     };
     const char *id = (const char *)sqlite3_column_text(st, 0);
     if (!id || strlen(id) != ANA_API_KEY_ID_CHARS ||

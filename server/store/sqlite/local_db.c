@@ -263,6 +263,9 @@ static const char *const migrations[] = {
     "  seq INTEGER NOT NULL,"
     "  hash BLOB NOT NULL);"
     "INSERT INTO audit_anchor VALUES (1, 0, zeroblob(32));",
+
+    /* 10: an API key's own rate limit, as text ("" = its account's). */
+    "ALTER TABLE api_keys ADD COLUMN rate_limit TEXT NOT NULL DEFAULT '';",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
