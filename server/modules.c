@@ -506,6 +506,13 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
  * service; stopped after the transports, so no call uses them. */
 static int reports_start(struct ana_server *s, const struct ana_config *cfg,
                          struct ana_error *err) {
+  /* REPORTS_DIR unset: beside the store, wherever DATA_DIR points. */
+  char default_dir[4096];
+  const char *reports_dir = cfg->store.reports_dir;
+  if (!reports_dir) {
+    snprintf(default_dir, sizeof default_dir, "%s/reports", cfg->store.data_dir);
+    reports_dir = default_dir;
+  }
   struct ana_report_service_options ro = {
       .catalog_ops = s->catalog_ops,
       .catalog = s->catalog,
@@ -513,7 +520,7 @@ static int reports_start(struct ana_server *s, const struct ana_config *cfg,
       .store = s->store,
       .db = s->db,
       .workers = s->workers,
-      .reports_dir = cfg->store.reports_dir,
+      .reports_dir = reports_dir,
       .report_workers = cfg->reports.report_workers,
       .queue_max = cfg->reports.report_queue_max,
       .retention_days = cfg->reports.report_retention_days,

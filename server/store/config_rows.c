@@ -58,8 +58,9 @@ static const struct ana_config_row rows[] = {
      ROW(data_dir)},
     {.name = "REPORTS_DIR",
      .type = ANA_CONFIG_PATH,
-     .def = "./data/reports",
-     .help = "Directory where generated reports are stored.",
+     .def = "",
+     .help = "Directory where generated reports are stored; unset: the folder reports in "
+             "DATA_DIR.",
      ROW(reports_dir)},
     {.name = "EXPORTS_DIR",
      .type = ANA_CONFIG_PATH,

@@ -247,7 +247,7 @@ static void test_defaults(void **state) {
   assert_null(cfg.store.redis_url);
   assert_null(cfg.store.rabbitmq_url);
   assert_string_equal(cfg.store.data_dir, "./data");
-  assert_string_equal(cfg.store.reports_dir, "./data/reports");
+  assert_null(cfg.store.reports_dir); /* the folder reports in DATA_DIR */
   assert_string_equal(cfg.store.exports_dir, "./data/exports");
   assert_int_equal(cfg.store.retention_days, 90);
   assert_int_equal(cfg.ingest.batch_size, 1000);
