@@ -274,8 +274,13 @@ static int refuse_raw_status(struct lws *wsi, int status, const char *phrase, en
                     "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                     "content-length: %zu\r\nconnection: close\r\n\r\n",
                     status, phrase, body->len);
-  struct rb_msg *all = rb_msg_new(head, (size_t)hn + body->len);
+  if (hn < 0 || (size_t)hn >= sizeof head) {
+    rb_msg_free(body);
+    return -1;
+  }
+  struct rb_msg *all = rb_msg_alloc((size_t)hn + body->len);
   if (all) {
+    memcpy(all->data, head, (size_t)hn);
     memcpy(all->data + hn, body->data, body->len);
     lws_write(wsi, all->data, all->len, LWS_WRITE_RAW);
   }
