@@ -22,6 +22,7 @@ struct frame {
   const ProtobufCMessageDescriptor *desc;
   const ProtobufCFieldDescriptor *via; /* the parent's field holding it; NULL at the top */
   unsigned hint;                       /* index of the last field seen, to skip the search */
+  uint64_t merged;                     /* singular message fields (index < 64) seen */
 };
 
 /* Reads a varint of at most 10 bytes; NULL when it is unterminated. */
@@ -401,6 +402,18 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
       }
       switch (fd->type) {
       case PROTOBUF_C_TYPE_MESSAGE:
+        /* protobuf-c 1.4.1 cannot always merge two occurrences of a singular
+         * message field (a oneof anywhere inside makes protobuf_c_message_unpack
+         * fail), and encoders never write one twice: the second is refused
+         * here, with its path. */
+        if (fd->label != PROTOBUF_C_LABEL_REPEATED) {
+          size_t idx = (size_t)(fd - d->fields);
+          uint64_t bit = idx < 64 ? (uint64_t)1 << idx : 0;
+          if (fs[top].merged & bit)
+            return report(v, fs, top, fd, ftag, p, vend, ANA_PROTO_MALFORMED,
+                          "is given more than once");
+          fs[top].merged |= bit;
+        }
         if (top >= max_depth)
           return report(v, fs, top, fd, ftag, p, vend, ANA_PROTO_TOO_DEEP,
                         "nests messages more than %d levels deep", max_depth);
@@ -413,6 +426,7 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
         fs[top].tag = ftag;
         fs[top].desc = d;
         fs[top].via = fd;
+        fs[top].merged = 0;
         continue;
       case PROTOBUF_C_TYPE_STRING:
         if (has_nul(p, (size_t)x))
