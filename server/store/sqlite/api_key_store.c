@@ -3,6 +3,7 @@
  * connection, like the catalog. */
 #include "ana_api_keys.h"
 #include "ana_store.h"
+#include "locked_conn.h"
 #include "sqlite_backends.h"
 
 #include "ana_alloc.h"
@@ -10,35 +11,6 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
-
-struct sqlite_keys {
-  sqlite3 *conn; /* guarded by mu */
-  pthread_mutex_t mu;
-};
-
-static void keys_close(void *p) {
-  struct sqlite_keys *s = p;
-  if (!s)
-    return;
-  sqlite3_close(s->conn);
-  pthread_mutex_destroy(&s->mu);
-  ana_free(s);
-}
-
-static void *keys_open(struct ana_local_db *db, struct ana_error *err) {
-  struct sqlite_keys *s = ana_calloc(1, sizeof *s);
-  if (!s) {
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
-  pthread_mutex_init(&s->mu, NULL);
-  s->conn = ana_local_db_connect(db, err);
-  if (!s->conn) {
-    keys_close(s);
-    return NULL;
-  }
-  return s;
-}
 
 static int db_error(sqlite3 *db, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "API keys: %s", sqlite3_errmsg(db));
@@ -50,7 +22,7 @@ static int db_error(sqlite3 *db, struct ana_error *err) {
   "revoked_at, rate_limit"
 
 static int keys_insert(void *p, const struct ana_api_key_record *r, struct ana_error *err) {
-  struct sqlite_keys *s = p;
+  struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
   int rc = 0;
   pthread_mutex_lock(&s->mu);
@@ -84,9 +56,9 @@ out:
   return rc;
 }
 
-static int select_keys(struct sqlite_keys *s, const char *sql, const char *const *args, int n_args,
-                       int limit, ana_api_key_record_fn fn, void *ctx, struct ana_error *err,
-                       int *count) {
+static int select_keys(struct sqlite_locked_conn *s, const char *sql, const char *const *args,
+                       int n_args, int limit, ana_api_key_record_fn fn, void *ctx,
+                       struct ana_error *err, int *count) {
   sqlite3_stmt *st = NULL;
   int rc = 0;
   *count = 0;
@@ -154,7 +126,7 @@ static int keys_list(void *p, const char *account_id, const char *after, int lim
 
 /* Runs a one-statement write with (text, text-or-NULL, int64) bindings;
  * *changes gets the rows changed. */
-static int write_one(struct sqlite_keys *s, const char *sql, const char *a, const char *b,
+static int write_one(struct sqlite_locked_conn *s, const char *sql, const char *a, const char *b,
                      int64_t v, int *changes, struct ana_error *err) {
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -204,7 +176,7 @@ static int keys_touch(void *p, const char *key_id, int64_t at_ms, struct ana_err
 }
 
 static int keys_count_active(void *p, int64_t *out, struct ana_error *err) {
-  struct sqlite_keys *s = p;
+  struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
   int rc = 0;
   pthread_mutex_lock(&s->mu);
@@ -221,12 +193,12 @@ static int keys_count_active(void *p, int64_t *out, struct ana_error *err) {
 
 const struct ana_api_key_store_ops ana_sqlite_api_key_store = {
     .name = "sqlite",
-    .open = keys_open,
+    .open = sqlite_locked_conn_open,
     .insert = keys_insert,
     .get = keys_get,
     .list = keys_list,
     .revoke = keys_revoke,
     .touch = keys_touch,
     .count_active = keys_count_active,
-    .close = keys_close,
+    .close = sqlite_locked_conn_close,
 };

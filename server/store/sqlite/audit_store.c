@@ -2,6 +2,7 @@
  * retention anchor audit_anchor, on a connection of its own. */
 #include "ana_audit.h"
 #include "ana_store.h"
+#include "locked_conn.h"
 #include "sqlite_backends.h"
 
 #include "ana_alloc.h"
@@ -10,35 +11,6 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
-
-struct sqlite_audit {
-  sqlite3 *conn; /* guarded by mu */
-  pthread_mutex_t mu;
-};
-
-static void audit_close(void *p) {
-  struct sqlite_audit *s = p;
-  if (!s)
-    return;
-  sqlite3_close(s->conn);
-  pthread_mutex_destroy(&s->mu);
-  ana_free(s);
-}
-
-static void *audit_open(struct ana_local_db *db, struct ana_error *err) {
-  struct sqlite_audit *s = ana_calloc(1, sizeof *s);
-  if (!s) {
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
-  pthread_mutex_init(&s->mu, NULL);
-  s->conn = ana_local_db_connect(db, err);
-  if (!s->conn) {
-    audit_close(s);
-    return NULL;
-  }
-  return s;
-}
 
 static int db_error(sqlite3 *db, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "audit log: %s", sqlite3_errmsg(db));
@@ -54,7 +26,7 @@ static void blob32(sqlite3_stmt *st, int col, uint8_t out[ANA_AUDIT_HASH_LEN]) {
 }
 
 /* One row (seq, hash) from sql into out; found = whether there was one. */
-static int read_pair(struct sqlite_audit *s, const char *sql, struct ana_audit_anchor *out,
+static int read_pair(struct sqlite_locked_conn *s, const char *sql, struct ana_audit_anchor *out,
                      bool *found, struct ana_error *err) {
   sqlite3_stmt *st = NULL;
   *found = false;
@@ -71,7 +43,7 @@ static int read_pair(struct sqlite_audit *s, const char *sql, struct ana_audit_a
 }
 
 static int audit_anchor(void *p, struct ana_audit_anchor *out, struct ana_error *err) {
-  struct sqlite_audit *s = p;
+  struct sqlite_locked_conn *s = p;
   bool found;
   memset(out, 0, sizeof *out);
   pthread_mutex_lock(&s->mu);
@@ -81,7 +53,7 @@ static int audit_anchor(void *p, struct ana_audit_anchor *out, struct ana_error 
 }
 
 static int audit_head(void *p, struct ana_audit_anchor *out, struct ana_error *err) {
-  struct sqlite_audit *s = p;
+  struct sqlite_locked_conn *s = p;
   bool found;
   pthread_mutex_lock(&s->mu);
   int rc =
@@ -93,7 +65,7 @@ static int audit_head(void *p, struct ana_audit_anchor *out, struct ana_error *e
 }
 
 static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct ana_error *err) {
-  struct sqlite_audit *s = p;
+  struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
   int rc = 0;
   pthread_mutex_lock(&s->mu);
@@ -162,7 +134,7 @@ out:
 }
 
 static int audit_retain(void *p, int64_t before_ms, int64_t *deleted, struct ana_error *err) {
-  struct sqlite_audit *s = p;
+  struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
   int rc = 0;
   *deleted = 0;
@@ -216,7 +188,7 @@ out:
 
 static int audit_list(void *p, const struct ana_audit_query *q, ana_audit_record_fn fn, void *ctx,
                       struct ana_error *err) {
-  struct sqlite_audit *s = p;
+  struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
   int rc = 0;
   const char *cols = "SELECT seq, at, kind, account_id, subject, key_id, method, target_id, code, "
@@ -280,11 +252,11 @@ out:
 
 const struct ana_audit_store_ops ana_sqlite_audit_store = {
     .name = "sqlite",
-    .open = audit_open,
+    .open = sqlite_locked_conn_open,
     .head = audit_head,
     .anchor = audit_anchor,
     .append = audit_append,
     .retain = audit_retain,
     .list = audit_list,
-    .close = audit_close,
+    .close = sqlite_locked_conn_close,
 };
