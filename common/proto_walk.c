@@ -25,14 +25,20 @@ struct frame {
   uint64_t merged;                     /* singular message fields (index < 64) seen */
 };
 
-/* Reads a varint of at most 10 bytes; NULL when it is unterminated. */
-static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end, uint64_t *out) {
+/* protobuf-c 1.4.1 reads a field's tag and a length prefix from at most 5
+ * bytes (values take up to 10): a longer, overlong encoding such as
+ * 80 80 80 80 80 80 00 for zero is refused there, so it is refused here too. */
+enum { TAG_MAX_BYTES = 5, LENGTH_MAX_BYTES = 5, VARINT_MAX_BYTES = 10 };
+
+/* Reads a varint of at most max_bytes bytes; NULL when it is unterminated. */
+static inline const uint8_t *read_varint_upto(const uint8_t *p, const uint8_t *end, uint64_t *out,
+                                              unsigned max_bytes) {
   if (p < end && *p < 0x80) {
     *out = *p;
     return p + 1;
   }
   uint64_t v = 0;
-  for (unsigned i = 0; i < 10 && p < end; i++) {
+  for (unsigned i = 0; i < max_bytes && p < end; i++) {
     uint8_t b = *p++;
     v |= (uint64_t)(b & 0x7f) << (7 * i);
     if (!(b & 0x80)) {
@@ -41,6 +47,10 @@ static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end, u
     }
   }
   return NULL;
+}
+
+static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end, uint64_t *out) {
+  return read_varint_upto(p, end, out, VARINT_MAX_BYTES);
 }
 
 /* The wire type a field of type t travels with (LEN also for packed ones),
@@ -346,10 +356,10 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
     if (*p < 0x80) {
       tag = *p++;
     } else {
-      p = read_varint(p, end, &tag);
+      p = read_varint_upto(p, end, &tag, TAG_MAX_BYTES);
       if (!p)
         return report(v, fs, top, NULL, NULL, NULL, NULL, ANA_PROTO_MALFORMED,
-                      "is truncated: a field tag runs past its end");
+                      "is truncated or malformed: a field tag runs past its end or 5 bytes");
     }
     uint64_t num = tag >> 3;
     int wt = (int)(tag & 7);
@@ -386,10 +396,10 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
       if (p < end && *p < 0x80) {
         x = *p++;
       } else {
-        p = read_varint(p, end, &x);
+        p = read_varint_upto(p, end, &x, LENGTH_MAX_BYTES);
         if (!p)
           return report(v, fs, top, fd, ftag, ftag, end, ANA_PROTO_MALFORMED,
-                        "is truncated: a length runs past its end");
+                        "is truncated or malformed: a length runs past its end or 5 bytes");
       }
       if (x > (uint64_t)(end - p))
         return report(v, fs, top, fd, ftag, p, end, ANA_PROTO_MALFORMED,

@@ -254,6 +254,13 @@ static void truncated_and_malformed_input_fails(void **state) {
   expect_malformed(&google__protobuf__timestamp__descriptor,
                    "\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12, "seconds",
                    "is truncated or malformed");
+  /* Tags and length prefixes longer than 5 bytes (overlong zeros): protobuf-c
+   * refuses them, so the walk does too; 5 bytes still pass. */
+  expect_malformed(ev, "\x2a\x80\x80\x80\x80\x80\x00", 7, "eventName", "is truncated or malformed");
+  expect_malformed(ev, "\xaa\x80\x80\x80\x80\x00\x00", 7, "", "is truncated or malformed");
+  struct ana_proto_violation ok;
+  assert_int_equal(ana_proto_walk(ev, (const uint8_t *)"\x2a\x80\x80\x80\x80\x00", 6, 100, &ok), 0);
+  assert_int_equal(ana_proto_walk(ev, (const uint8_t *)"\xaa\x80\x80\x80\x00\x00", 6, 100, &ok), 0);
   /* Packed repeated scalars: whole elements only. */
   const ProtobufCMessageDescriptor *loc = &google__protobuf__source_code_info__location__descriptor;
   struct ana_proto_violation v;
