@@ -232,10 +232,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
 
   case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
-    /* lws reads a plaintext connection one request at a time; over TLS,
-     * OpenSSL reads the socket (framing.c sees no plaintext there). */
-    if (!b->tls_cert)
-      rb_framer_register(lws_get_socket_fd(wsi), wsi);
+    /* lws reads a connection one request at a time (over TLS, from the
+     * plaintext of SSL_read). */
+    rb_framer_register(lws_get_socket_fd(wsi), wsi, b->tls_cert != NULL);
     return 0;
 
   case LWS_CALLBACK_RAW_ADOPT:
