@@ -324,11 +324,11 @@ static int real_ssl_read(SSL *ssl, void *buf, int num) {
   return fn(ssl, buf, num);
 }
 
-/* Nothing for lws now. With no plaintext left, SSL_peek fails with
+/* A request is unanswered: nothing for lws now. With no plaintext left, SSL_peek fails with
  * WANT_READ (lws waits) or reports the end; with plaintext there (the
  * client sent more while a request is unanswered) lws cannot be told to
  * wait: -1 without WANT_READ, and lws closes the connection. */
-static int ssl_nothing(struct rb_framer *f, SSL *ssl) {
+static int ssl_gated(struct rb_framer *f, SSL *ssl) {
   char next_byte;
   int peeked = SSL_peek(ssl, &next_byte, 1);
   if (peeked <= 0)
@@ -358,10 +358,17 @@ int SSL_read(SSL *ssl, void *buf, int num) {
       f->phase = RB_FRAME_PASS;
       return real_ssl_read(ssl, buf, num);
     }
-    return ssl_nothing(f, ssl);
+    /* The connection is being failed (1002): what follows is never read;
+     * draining it until OpenSSL wants more lets lws wait, and send the
+     * close frame, instead of giving up on the connection. */
+    char scratch[4096];
+    int got;
+    while ((got = real_ssl_read(ssl, scratch, sizeof scratch)) > 0) {
+    }
+    return got;
   }
   if (f->phase != RB_FRAME_WS && f->ended > f->answered)
-    return ssl_nothing(f, ssl);
+    return ssl_gated(f, ssl);
   if (f->phase == RB_FRAME_BODY) {
     int want = num;
     if ((unsigned long long)want > f->body_left)
@@ -376,9 +383,9 @@ int SSL_read(SSL *ssl, void *buf, int num) {
     return peeked;
   struct rb_framer next = *f;
   size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
-  if (want == 0) { /* an unmasked WebSocket frame is next */
+  if (want == 0) {
     *f = next;
-    return ssl_nothing(f, ssl);
+    return SSL_read(ssl, buf, num); /* the unmasked frame is next */
   }
   int got = real_ssl_read(ssl, buf, (int)want);
   if (got == (int)want)

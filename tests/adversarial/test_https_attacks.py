@@ -2,10 +2,13 @@
 
 Pipelined requests in one TLS write used to reach lws together (OpenSSL
 decrypts them at once), which sent the bridge thread into its endless
-HTTP_BODY_COMPLETION loop: every HTTPS client was stuck. SIGHUP, now a
-certificate reload, used to stop the server (its default action).
+HTTP_BODY_COMPLETION loop: every HTTPS client was stuck. An unmasked
+client frame over WSS reached lws, which accepts it (the framer only saw
+ciphertext). SIGHUP, now a certificate reload, used to stop the server
+(its default action).
 """
 
+import base64
 import json
 import os
 import shutil
@@ -77,3 +80,25 @@ class HttpsAttackTest(AttackTestCase):
         self.assert_survived()
         msgs = [l.get("msg") for l in self.server.log_lines(mark)]
         self.assertIn("HTTP TLS certificate reloaded", msgs)
+
+    def test_unmasked_wss_frame_is_failed_with_1002(self):
+        with self.rss_watch():
+            with self.tls_socket() as s:
+                key = base64.b64encode(os.urandom(16)).decode()
+                s.sendall(("GET /ws/analytics HTTP/1.1\r\nHost: localhost\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           % key).encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = s.recv(4096)
+                    self.assertTrue(chunk, "no upgrade answer")
+                    head += chunk
+                self.assertIn(b" 101 ", head.split(b"\r\n")[0])
+                s.sendall(b"\x81\x05hello")  # a text frame without a mask
+                data = head.split(b"\r\n\r\n", 1)[1] + read_all(s, 5, until_close=True)
+        # A close frame (opcode 8) carrying 1002, and nothing delivered.
+        i = data.find(b"\x88")
+        self.assertGreaterEqual(i, 0, data[:200])
+        self.assertEqual(data[i + 2:i + 4], (1002).to_bytes(2, "big"), data[:200])
+        self.assert_survived()
