@@ -18,12 +18,13 @@ BUILD_PACKAGES="build-essential cmake pkg-config git
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
 # python3-aiosmtpd is the SMTP server the channel tests send to. clang-format checks the house formatting (`make format-check`). chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
-# playwright-core from npm drives Debian's chromium; no browser download).
+# playwright-core from npm drives Debian's chromium; no browser download) and the OpenAPI
+# validator (tests/openapi/). prometheus provides promtool, which checks GET /metrics.
 TEST_PACKAGES="libcmocka-dev clang libclang-rt-14-dev clang-format
   python3 python3-grpcio python3-protobuf protobuf-compiler-grpc python3-yaml
   sqlite3 procps libcurl4-openssl-dev curl python3-websockets python3-aiosmtpd
   python3-cryptography iproute2 poppler-utils python3-openpyxl python3-pypdf unzip
-  chromium nodejs npm"
+  chromium nodejs npm prometheus"
 
 # Shared libraries loaded by the installed binaries, and nothing to build with.
 # One runtime package per library linked in cmake/Dependencies.cmake:
