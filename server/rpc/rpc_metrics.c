@@ -8,6 +8,7 @@
 #include "call_internal.h"
 
 #include "ana_prom.h"
+#include "ana_clock.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -56,12 +57,6 @@ static int transport_of(const struct ana_call *call) {
     if (strcmp(n, transport_names[i]) == 0)
       return i;
   return T_OTHER;
-}
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static bool is_stream(const struct ana_call *call) {
@@ -174,7 +169,7 @@ static void setup(void) {
 
 void ana_rpc_metrics_started(struct ana_call *call) {
   pthread_once(&once, setup);
-  call->start_mono_ns = now_ns();
+  call->start_mono_ns = ana_clock_mono_ns();
   int t = transport_of(call);
   ana_prom_gauge_add(&m.open[t], 1);
   if (is_stream(call))
@@ -204,7 +199,7 @@ void ana_rpc_metrics_finished(struct ana_call *call, const struct ana_error *sta
   if (call->method) {
     size_t i = (size_t)ana_method_id_of(call->method);
     if (i < ANA_METHOD_COUNT) {
-      double seconds = (double)(now_ns() - call->start_mono_ns) / 1e9;
+      double seconds = (double)(ana_clock_mono_ns() - call->start_mono_ns) / 1e9;
       ana_prom_counter_add(&m.requests[t][i][code], 1);
       ana_prom_histogram_observe(&m.latency[t][i], seconds);
       if (t == T_GRPC)
