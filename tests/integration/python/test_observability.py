@@ -8,10 +8,12 @@
 - the go-grpc-prometheus families (grpc_server_started_total,
   grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code},
   grpc_server_handling_seconds) count gRPC calls, and only gRPC calls;
+- the scrape is gzip-compressed when Accept-Encoding asks for it (as Prometheus does);
 - every metric the Grafana dashboard queries exists in a scrape;
 - `analyticsd healthcheck` (the Dockerfile's HEALTHCHECK) exits 0 only while /health answers 200.
 """
 
+import gzip
 import json
 import os
 import re
@@ -69,6 +71,22 @@ class ObservabilityTest(harness.ServerTestCase):
                            capture_output=True, timeout=30)
         self.assertEqual(r.returncode, 0, "promtool check metrics:\n%s%s"
                          % (r.stdout.decode(), r.stderr.decode()))
+
+    def test_gzip_when_the_scraper_asks(self):
+        status, h, body = get(self.rest_port, "/metrics",
+                              headers={"Accept-Encoding": "gzip, deflate"})
+        self.assertEqual(status, 200)
+        self.assertEqual(h.get("content-encoding"), "gzip")
+        self.assertIn("Accept-Encoding", h.get("vary", ""))
+        self.assertEqual(int(h["content-length"]), len(body))
+        text = gzip.decompress(body).decode()
+        self.assertIn("# TYPE process_cpu_seconds_total counter", text)
+        self.assertLess(len(body), len(text) / 3)
+        for refused in ("gzip;q=0", "identity", "br"):
+            status, h, body = get(self.rest_port, "/metrics", headers={"Accept-Encoding": refused})
+            self.assertEqual(status, 200)
+            self.assertNotIn("content-encoding", h, refused)
+            self.assertIn("# TYPE", body.decode())
 
     def test_process_families(self):
         text = self.scrape()
