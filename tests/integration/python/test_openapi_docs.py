@@ -70,6 +70,13 @@ class OpenApiDocsTest(harness.ServerTestCase):
         self.assertEqual(sorted(metric.get("required", [])), ["formula", "name"])
         for name in ("metricId", "createdAt", "updatedAt", "resolvedNames", "warnings"):
             self.assertTrue(metric["properties"][name].get("readOnly"), name)
+        alert = schemas["analytics.v1.Alert"]
+        self.assertEqual(sorted(alert.get("required", [])), ["condition", "metric", "name"])
+        self.assertTrue(alert["properties"]["alertId"].get("readOnly"))
+        self.assertEqual(schemas["analytics.v1.Report"].get("required"), ["template"])
+        self.assertTrue(schemas["analytics.v1.Report"]["properties"]["status"].get("readOnly"))
+        self.assertTrue(schemas["analytics.v1.ApiKey"]["properties"]["keyId"].get("readOnly"))
+        self.assertEqual(schemas["analytics.v1.CreateKeyRequest"].get("required"), ["role"])
 
     def test_reflection_carries_the_comments(self):
         pb2 = self.ns.reflection_v1_pb2
