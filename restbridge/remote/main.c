@@ -10,6 +10,7 @@
  * SIGHUP reloads the HTTP_TLS_* files. */
 #include "ana_config_table.h"
 #include "ana_log.h"
+#include "ana_prom_process.h"
 #include "ana_restbridge.h"
 #include "ana_restbridge_config.h"
 #include "ana_restbridge_remote.h"
@@ -171,6 +172,7 @@ int main(int argc, char **argv) {
       .tls_key_file = cfg.bridge.http_tls_key_file,
       .tls_client_ca_file = cfg.bridge.http_tls_client_ca_file,
   };
+  ana_prom_process_register("analytics_restbridge", ANA_VERSION, ANA_REVISION);
   rest = ana_restbridge_create(&bopts, &err);
   if (!rest) {
     ANA_ERROR("main", "cannot start the REST bridge: %s", err.message);
