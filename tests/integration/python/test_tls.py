@@ -396,6 +396,49 @@ class ReloadTest(TlsTestCase):
         self.assertTrue(srv.alive())
 
 
+class ClientCaReloadTest(TlsTestCase):
+    """SIGHUP reads GRPC_TLS_CLIENT_CA_FILE / HTTP_TLS_CLIENT_CA_FILE again."""
+
+    MTLS = True
+
+    def test_sighup_swaps_the_client_ca(self):
+        pki, srv = self.pki, self.server
+        new_ca, new_ca_key = pki.path("ca2.pem"), pki.path("ca2.key")
+        pki.make_ca(new_ca, new_ca_key, "ana-test-ca-2")
+        client2, client2_key = pki.path("client2.pem"), pki.path("client2.key")
+        pki.issue(client2, client2_key, "client2", 0x2002, "extendedKeyUsage=clientAuth\n",
+                  ca=(new_ca, new_ca_key))
+        old_ca = pki.read(pki.ca)
+        self.addCleanup(lambda: open(pki.ca, "wb").write(old_ca))
+        shutil.copy(new_ca, pki.ca)  # the file the server was started with
+        # The test's clients still check the server against the first CA.
+        server_roots = old_ca
+        mark = srv.log_mark()
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            msgs = [l.get("msg") for l in srv.log_lines(mark)]
+            if "HTTP TLS certificate reloaded" in msgs and "gRPC TLS certificate reloaded" in msgs:
+                break
+            time.sleep(0.05)
+        ctx2 = ssl.create_default_context(cadata=server_roots.decode())
+        ctx2.load_cert_chain(client2, client2_key)
+        self.assertEqual(https(srv.rest_port, ctx2)[0], 200)
+        ctx1 = ssl.create_default_context(cadata=server_roots.decode())
+        ctx1.load_cert_chain(pki.client, pki.client_key)
+        with self.assertRaises((ssl.SSLError, ConnectionError, urllib.error.URLError,
+                                http.client.HTTPException)):
+            https(srv.rest_port, ctx1)
+        creds2 = grpc.ssl_channel_credentials(root_certificates=server_roots,
+                                              private_key=pki.read(client2_key),
+                                              certificate_chain=pki.read(client2))
+        self.assertEqual(self.grpc_batch(creds2), [self.events_pb.EventResult.ACCEPTED] * 3)
+        creds1 = grpc.ssl_channel_credentials(root_certificates=server_roots,
+                                              private_key=pki.read(pki.client_key),
+                                              certificate_chain=pki.read(pki.client))
+        self.assertGrpcRefused(grpc.secure_channel(srv.target, creds1))
+
+
 class StartRefusedTest(unittest.TestCase):
     """A half-configured or bad TLS setting refuses start, naming the variable and path."""
 
