@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -30,6 +30,7 @@
 #include "ana_prom.h"
 
 #include <pthread.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -14,6 +14,7 @@
 #include "rollup_internal.h"
 
 #include <pthread.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>

@@ -7,6 +7,7 @@
 #define ANA_NOTIFY_H
 
 #include "ana_error.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 
 #include <stdbool.h>

@@ -13,6 +13,7 @@
 #include "ana_log.h"
 
 #include <errno.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* The local SQLite database: connections, pragmas for durable commits, and
  * versioned schema migrations. */
-#include "ana_store.h"
+#include "local_db_sql.h"
 
 #include "ana_alloc.h"
 #include "ana_log.h"
@@ -33,8 +33,7 @@ struct ana_local_db {
    * last ana_local_db_check_space: new commits are refused up front. */
   atomic_bool low_space;
   _Atomic int64_t min_free_bytes;
-  _Atomic int64_t degraded_at_ms;  /* when the last failed commit set degraded */
-  atomic_int search_index_wait_ms; /* SEARCH_INDEX_WAIT, read by free-text searches */
+  _Atomic int64_t degraded_at_ms; /* when the last failed commit set degraded */
   /* Checkpoints run on their own thread and connection, so a commit never
    * pays for copying the WAL into the database (that is SQLite's default:
    * the commit that crosses 1,000 pages checkpoints, a latency spike). It
@@ -88,7 +87,6 @@ struct ana_local_db {
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
-#define DEFAULT_SEARCH_INDEX_WAIT_MS 5000
 #define CHECKPOINT_EVERY_MS 5000
 /* A failed commit keeps the store degraded at least this long. */
 #define DEGRADED_RETRY_MS 5000
@@ -501,7 +499,6 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
   db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
-  atomic_init(&db->search_index_wait_ms, DEFAULT_SEARCH_INDEX_WAIT_MS);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -598,14 +595,6 @@ void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
-void ana_local_db_set_search_index_wait_ms(struct ana_local_db *db, int ms) {
-  atomic_store(&db->search_index_wait_ms, ms > 0 ? ms : 0);
-}
-
-int ana_local_db_search_index_wait_ms(struct ana_local_db *db) {
-  return atomic_load(&db->search_index_wait_ms);
-}
-
 const char *ana_local_db_path(const struct ana_local_db *db) {
   return db->path;
 }
@@ -614,7 +603,7 @@ int ana_local_db_schema_version(struct ana_local_db *db) {
   return schema_version(db->writer);
 }
 
-void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
+sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
   int i = 0;
   for (; i < WRITER_STATEMENTS && db->writer_statements[i].sql; i++) {
     if (db->writer_statements[i].sql == sql) {
@@ -710,11 +699,11 @@ void ana_local_db_rollback(struct ana_local_db *db) {
   writer_txn_ended(db);
 }
 
-void *ana_local_db_writer(struct ana_local_db *db) {
+sqlite3 *ana_local_db_writer(struct ana_local_db *db) {
   return db->writer;
 }
 
-void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
+sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   sqlite3 *conn = NULL;
   if (open_connection(db->path, SQLITE_OPEN_READWRITE, &conn, err) < 0)
     return NULL;
@@ -723,7 +712,7 @@ void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   return conn;
 }
 
-void *ana_local_db_acquire_reader(struct ana_local_db *db) {
+sqlite3 *ana_local_db_acquire_reader(struct ana_local_db *db) {
   pthread_mutex_lock(&db->mu);
   for (;;) {
     for (int i = 0; i < READERS; i++) {
@@ -737,7 +726,7 @@ void *ana_local_db_acquire_reader(struct ana_local_db *db) {
   }
 }
 
-void ana_local_db_release_reader(struct ana_local_db *db, void *reader) {
+void ana_local_db_release_reader(struct ana_local_db *db, sqlite3 *reader) {
   pthread_mutex_lock(&db->mu);
   for (int i = 0; i < READERS; i++)
     if (db->readers[i] == reader)
