@@ -93,4 +93,45 @@ int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
 /* The highest sequence number in the spool (0 when empty). */
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);
 
+/* --- the catalog of event names (event_names_table.c) --- */
+
+struct ana_local_names;
+
+/* One (account, name) and its events; strings borrowed. */
+struct ana_local_name_count {
+  const char *account, *name;
+  int64_t count, first_ms, last_ms;
+  bool added; /* set by ana_local_names_store: new to the account */
+};
+
+/* Receives one row; valid during the call. Non-zero stops a listing. */
+typedef int (*ana_local_name_count_fn)(void *ctx, const struct ana_local_name_count *c);
+/* Hears a name refused because its account has max_names already. */
+typedef void (*ana_local_names_full_fn)(void *ctx, const char *account, const char *name);
+
+/* Opens the catalog's own writing connection; *watermark receives the
+ * stored watermark, *last_seq the spool's last sequence. NULL with err. */
+struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *watermark,
+                                             uint64_t *last_seq, struct ana_error *err);
+void ana_local_names_close(struct ana_local_names *ln);
+
+/* Adds items (sorted by account) to the catalog, new names only while their
+ * account has fewer than max_names (full hears the others), and stores the
+ * watermark, in one transaction; sets each item's added. Blocks. */
+int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_count *items, size_t n,
+                          int max_names, uint64_t watermark, ana_local_names_full_fn full,
+                          void *ctx, struct ana_error *err);
+
+/* Calls fn with each (account, name) of the spooled events with after_seq <
+ * seq <= upto_seq and their count, first and last receive time. Returns how
+ * many, or a negative error. */
+int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint64_t upto_seq,
+                            ana_local_name_count_fn fn, void *ctx, struct ana_error *err);
+
+/* The account's names > after starting with prefix, by name, at most limit
+ * (a pooled reader; thread-safe). */
+int ana_local_names_list(struct ana_local_db *db, const char *account_id, const char *prefix,
+                         const char *after, int limit, ana_local_name_count_fn fn, void *ctx,
+                         struct ana_error *err);
+
 #endif
