@@ -134,4 +134,95 @@ int ana_local_names_list(struct ana_local_db *db, const char *account_id, const 
                          const char *after, int limit, ana_local_name_count_fn fn, void *ctx,
                          struct ana_error *err);
 
+/* --- rollup cells and definitions (rollup_cells.c) --- */
+
+struct ana_rollup_cells;
+/* A connection to read cells from: the rollups' own, or a snapshot. */
+struct ana_local_reader;
+
+/* One stored definition; pointers valid during the call. */
+struct ana_rollup_def {
+  const char *metric_id, *account_id;
+  int64_t version;
+  const void *def;
+  size_t len;
+  uint64_t watermark, backfill_to;
+};
+typedef void (*ana_rollup_def_fn)(void *ctx, const struct ana_rollup_def *d);
+/* A stored cell's state; valid during the call. Returns 0 or what the
+ * caller wants returned. */
+typedef int (*ana_rollup_blob_fn)(void *ctx, const void *state, size_t len);
+/* One cell of a scan; valid during the call. Non-zero stops the scan and
+ * is returned. */
+typedef int (*ana_rollup_cell_fn)(void *ctx, int64_t bucket, const char *group_key,
+                                  const void *state, size_t len);
+
+/* Opens the rollups' two connections (the thread's, with busy as its busy
+ * handler and synchronous=NORMAL, and one for definitions). NULL with err. */
+struct ana_rollup_cells *ana_rollup_cells_open(struct ana_local_db *db,
+                                               int (*busy)(void *ctx, int count), void *busy_ctx,
+                                               struct ana_error *err);
+void ana_rollup_cells_close(struct ana_rollup_cells *h);
+
+/* Definitions (on their connection; the caller serializes these calls). */
+int ana_rollup_cells_put_def(struct ana_rollup_cells *h, const char *metric_id,
+                             const char *account_id, int64_t version, const void *def, size_t len,
+                             uint64_t backfill_to, struct ana_error *err);
+int ana_rollup_cells_forget_def(struct ana_rollup_cells *h, const char *metric_id,
+                                struct ana_error *err);
+int ana_rollup_cells_each_def(struct ana_rollup_cells *h, ana_rollup_def_fn fn, void *ctx,
+                              struct ana_error *err);
+/* The first stored (metric, version) of cells after (after_metric,
+ * after_version): 1 with it, 0 when none, or a negative error. */
+int ana_rollup_cells_next_version(struct ana_rollup_cells *h, const char *after_metric,
+                                  int64_t after_version, char *metric_out, size_t cap,
+                                  int64_t *version_out, struct ana_error *err);
+
+/* The rollup thread's rounds, on its connection. prepare before the
+ * others; a read transaction (begin_read/end_read) around merges, a write
+ * transaction (begin_write, mark and put, commit or rollback). */
+int ana_rollup_cells_prepare(struct ana_rollup_cells *h, struct ana_error *err);
+bool ana_rollup_cells_begin_read(struct ana_rollup_cells *h);
+void ana_rollup_cells_end_read(struct ana_rollup_cells *h);
+/* Calls fn with the stored state of the cell and returns what it returns;
+ * 0 when there is none; a negative error when it cannot be read. */
+int ana_rollup_cells_merge(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                           int level, int64_t bucket, const char *group_key, ana_rollup_blob_fn fn,
+                           void *ctx, struct ana_error *err);
+int ana_rollup_cells_begin_write(struct ana_rollup_cells *h, struct ana_error *err);
+/* Moves the version's watermark: 1, 0 when the version is no longer stored
+ * (redefined or deleted), or a negative error. */
+int ana_rollup_cells_mark(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                          uint64_t watermark, struct ana_error *err);
+int ana_rollup_cells_put(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                         int level, int64_t bucket, const char *group_key, const void *state,
+                         size_t len, struct ana_error *err);
+int ana_rollup_cells_commit(struct ana_rollup_cells *h, struct ana_error *err);
+void ana_rollup_cells_rollback(struct ana_rollup_cells *h);
+/* Deletes at most limit cells of the metric's versions below `below`;
+ * returns how many (0 also when it cannot). */
+int ana_rollup_cells_drop_versions(struct ana_rollup_cells *h, const char *metric_id, int64_t below,
+                                   int limit);
+/* Deletes at most limit cells of the version's level with bucket <=
+ * last_bucket; returns how many, or a negative error. */
+int ana_rollup_cells_expire(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                            int level, int64_t last_bucket, int limit, struct ana_error *err);
+
+/* Reading: the thread's own connection (borrowed from h), or a snapshot
+ * of a pooled reader (ana_local_snapshot_begin; end it with
+ * ana_local_snapshot_end). */
+struct ana_local_reader *ana_rollup_cells_reader(struct ana_rollup_cells *h);
+struct ana_local_reader *ana_local_snapshot_begin(struct ana_local_db *db, struct ana_error *err);
+void ana_local_snapshot_end(struct ana_local_db *db, struct ana_local_reader *rd);
+/* The version's watermark and backfill target: 1, 0 when it is not
+ * stored, or a negative error. */
+int ana_rollup_cells_version(struct ana_local_reader *rd, const char *metric_id, int64_t version,
+                             uint64_t *watermark, uint64_t *backfill_to, struct ana_error *err);
+/* Calls fn for each cell of the version's level with lo <= bucket < hi,
+ * by bucket ascending. Returns 0, fn's non-zero result, or a negative
+ * error. */
+int ana_rollup_cells_scan(struct ana_local_reader *rd, const char *metric_id, int64_t version,
+                          int level, int64_t lo, int64_t hi, ana_rollup_cell_fn fn, void *ctx,
+                          struct ana_error *err);
+
 #endif
