@@ -225,4 +225,51 @@ int ana_rollup_cells_scan(struct ana_local_reader *rd, const char *metric_id, in
                           int level, int64_t lo, int64_t hi, ana_rollup_cell_fn fn, void *ctx,
                           struct ana_error *err);
 
+/* --- report runs: job state (report_runs.c) --- */
+
+struct ana_local_runs;
+
+/* One run; strings valid during the call that hands it. */
+struct ana_local_run {
+  const char *run_id, *report_id, *account_id;
+  const char *state; /* pending, running, completed, failed, expired */
+  const char *error, *path;
+  int attempts;
+  int64_t size_bytes;
+  int64_t created_at_ms, started_at_ms, finished_at_ms;
+};
+typedef void (*ana_local_run_fn)(void *ctx, const struct ana_local_run *run);
+
+/* Opens the runs' own connection; every call below is thread-safe (one at
+ * a time) and blocks. */
+struct ana_local_runs *ana_local_runs_open(struct ana_local_db *db, struct ana_error *err);
+void ana_local_runs_close(struct ana_local_runs *h);
+/* A new pending run. */
+int ana_local_runs_insert(struct ana_local_runs *h, const char *run_id, const char *account_id,
+                          const char *report_id, int64_t created_ms, struct ana_error *err);
+/* Takes a pending run: running, one more attempt; copies its account and
+ * report. false when it is gone or not pending. */
+bool ana_local_runs_start(struct ana_local_runs *h, const char *run_id, int64_t now_ms,
+                          char *account, size_t acc_size, char *report, size_t rep_size);
+/* A run's end: its state, error, file and size. */
+int ana_local_runs_finish(struct ana_local_runs *h, const char *run_id, const char *state,
+                          const char *error, const char *path, int64_t size, int64_t now_ms,
+                          struct ana_error *err);
+/* Marks runs completed before cutoff_ms expired, calling fn with each one's
+ * file path (to remove it). */
+void ana_local_runs_expire(struct ana_local_runs *h, int64_t cutoff_ms,
+                           void (*fn)(void *ctx, const char *path), void *ctx);
+/* After a stop: runs left running fail with error after max_attempts, the
+ * others are pending again; calls fn with every pending run, oldest first
+ * (a negative return stops). Returns how many, or a negative error. */
+int ana_local_runs_recover(struct ana_local_runs *h, int max_attempts, const char *error,
+                           int64_t now_ms, int (*fn)(void *ctx, const char *run_id), void *ctx,
+                           struct ana_error *err);
+/* The report's runs, newest first, at most limit: how many, or an error. */
+int ana_local_runs_list(struct ana_local_runs *h, const char *account_id, const char *report_id,
+                        int limit, ana_local_run_fn fn, void *ctx, struct ana_error *err);
+/* One run: 1 when found (fn called), 0 when not, or a negative error. */
+int ana_local_runs_get(struct ana_local_runs *h, const char *account_id, const char *report_id,
+                       const char *run_id, ana_local_run_fn fn, void *ctx, struct ana_error *err);
+
 #endif
