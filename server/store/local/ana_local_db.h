@@ -272,4 +272,72 @@ int ana_local_runs_list(struct ana_local_runs *h, const char *account_id, const 
 int ana_local_runs_get(struct ana_local_runs *h, const char *account_id, const char *report_id,
                        const char *run_id, ana_local_run_fn fn, void *ctx, struct ana_error *err);
 
+/* --- a connection of a module's own, for its transactions (outbox.c) --- */
+
+struct ana_local_conn;
+
+/* A new read-write connection (it never checkpoints); one user at a time
+ * (the caller serializes). Close it before the local database. */
+struct ana_local_conn *ana_local_conn_open(struct ana_local_db *db, struct ana_error *err);
+void ana_local_conn_close(struct ana_local_conn *c);
+/* BEGIN IMMEDIATE, COMMIT, ROLLBACK. */
+int ana_local_conn_begin(struct ana_local_conn *c, struct ana_error *err);
+int ana_local_conn_commit(struct ana_local_conn *c, struct ana_error *err);
+void ana_local_conn_rollback(struct ana_local_conn *c);
+/* Why the last call on c failed (borrowed, until the next call). */
+const char *ana_local_conn_errmsg(struct ana_local_conn *c);
+
+/* --- the notification outbox and delivery log (outbox.c) --- */
+
+/* One pending notification; strings valid during the call. */
+struct ana_local_outbox_row {
+  int64_t id;
+  const char *key, *account_id, *channel_id, *source, *payload;
+  int attempts;
+  int64_t created_ms, next_attempt_ms;
+};
+/* Non-zero stops. */
+typedef int (*ana_local_outbox_fn)(void *ctx, const struct ana_local_outbox_row *row);
+
+/* One delivery attempt; strings valid during the call. */
+struct ana_local_attempt {
+  int64_t outbox_id;
+  const char *idempotency_key, *channel_id, *source;
+  const char *state;
+  int attempt;
+  int64_t at_ms;
+  const char *outcome;
+  int status;
+  const char *error;
+  int64_t duration_ms;
+};
+/* Non-zero stops. */
+typedef int (*ana_local_attempt_fn)(void *ctx, const struct ana_local_attempt *a);
+
+/* Adds a pending notification (none when the key exists) inside the
+ * caller's transaction on c. */
+int ana_local_outbox_insert(struct ana_local_conn *c, const char *key, const char *account_id,
+                            const char *channel_id, const char *source, const char *payload,
+                            int64_t now_ms, struct ana_error *err);
+/* Calls fn with the pending notifications, soonest due first, at most
+ * limit (nothing when they cannot be read). */
+void ana_local_outbox_pending(struct ana_local_conn *c, int limit, ana_local_outbox_fn fn,
+                              void *ctx);
+/* Records an attempt and the notification's new state in one transaction. */
+int ana_local_outbox_record(struct ana_local_conn *c, int64_t id, int attempt, int64_t at_ms,
+                            const char *outcome, int status, const char *error, int64_t duration_ms,
+                            const char *state, int64_t next_due_ms, struct ana_error *err);
+/* The account's attempts (source, channel_id: exact or NULL for any; before
+ * at_ms < before_ms unless 0), newest first, at most limit. */
+int ana_local_outbox_attempts(struct ana_local_conn *c, const char *account_id, const char *source,
+                              const char *channel_id, int64_t before_ms, int limit,
+                              ana_local_attempt_fn fn, void *ctx, struct ana_error *err);
+/* A notification's state and attempts: 1, 0 when there is none, or an error. */
+int ana_local_outbox_state(struct ana_local_conn *c, const char *account_id, const char *key,
+                           char *state, size_t state_size, int *attempts, struct ana_error *err);
+/* Calls fn with the first attempt of the notification with that key, if
+ * made; whether it was. */
+bool ana_local_outbox_first_attempt(struct ana_local_conn *c, const char *key,
+                                    ana_local_attempt_fn fn, void *ctx);
+
 #endif

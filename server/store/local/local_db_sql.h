@@ -28,4 +28,8 @@ sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char 
 sqlite3 *ana_local_db_acquire_reader(struct ana_local_db *db);
 void ana_local_db_release_reader(struct ana_local_db *db, sqlite3 *reader);
 
+/* The SQLite connection of a module's connection (for the store's typed
+ * tables that share its transactions). */
+sqlite3 *ana_local_conn_sqlite(struct ana_local_conn *c);
+
 #endif
