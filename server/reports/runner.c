@@ -8,6 +8,7 @@
 
 #include "ana_id.h"
 #include "ana_log.h"
+#include "ana_clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -44,12 +45,6 @@ struct ana_report_runner {
   int n_threads;
 };
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The account's folder name: the id with anything but [A-Za-z0-9_.-] as
  * '_' and no leading dot. */
 static void account_dir(const struct ana_report_runner *r, const char *account, char *buf,
@@ -83,7 +78,8 @@ static int fsync_path(const char *path, int flags) {
 static void finish_run(struct ana_report_runner *r, const char *run_id, const char *state,
                        const char *error, const char *path, int64_t size) {
   struct ana_error err;
-  if (ana_local_runs_finish(r->runs, run_id, state, error, path, size, now_ms(), &err) < 0)
+  if (ana_local_runs_finish(r->runs, run_id, state, error, path, size, ana_clock_wall_ms(), &err) <
+      0)
     ANA_WARN("reports", "run %s: %s", run_id, err.message);
 }
 
@@ -91,7 +87,8 @@ static void finish_run(struct ana_report_runner *r, const char *run_id, const ch
  * is gone or not pending any more. */
 static bool start_run(struct ana_report_runner *r, const char *run_id, char *account,
                       size_t acc_size, char *report, size_t rep_size) {
-  return ana_local_runs_start(r->runs, run_id, now_ms(), account, acc_size, report, rep_size);
+  return ana_local_runs_start(r->runs, run_id, ana_clock_wall_ms(), account, acc_size, report,
+                              rep_size);
 }
 
 static void generate(struct ana_report_runner *r, const char *run_id) {
@@ -110,7 +107,7 @@ static void generate(struct ana_report_runner *r, const char *run_id) {
     return;
   }
   snprintf(tmp, sizeof tmp, "%s/" TMP_PREFIX "%s", dir, run_id);
-  int64_t t0 = now_ms();
+  int64_t t0 = ana_clock_wall_ms();
   int rc = r->o.generate(r->o.ctx, account, report, run_id, tmp, &ext, &err);
   if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
     rc = ana_error_set(&err, ANA_STATUS_UNAVAILABLE, "cannot write the file: %s", strerror(errno));
@@ -139,7 +136,7 @@ static void generate(struct ana_report_runner *r, const char *run_id) {
     return;
   }
   ANA_INFO("reports", "run %s of report %s: %lld bytes in %lld ms", run_id, report,
-           (long long)sb.st_size, (long long)(now_ms() - t0));
+           (long long)sb.st_size, (long long)(ana_clock_wall_ms() - t0));
   finish_run(r, run_id, "completed", "", final, (int64_t)sb.st_size);
 }
 
@@ -151,7 +148,7 @@ static void remove_file(void *ctx, const char *path) {
 
 /* Removes the files of runs completed before the retention cutoff. */
 static void expire(struct ana_report_runner *r) {
-  int64_t cutoff = now_ms() - (int64_t)r->o.retention_days * 86400000;
+  int64_t cutoff = ana_clock_wall_ms() - (int64_t)r->o.retention_days * 86400000;
   ana_local_runs_expire(r->runs, cutoff, remove_file, NULL);
 }
 
@@ -161,7 +158,7 @@ static void *worker(void *arg) {
   (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), NICE);
   pthread_mutex_lock(&r->lock);
   while (!r->stopping) {
-    int64_t now = now_ms();
+    int64_t now = ana_clock_wall_ms();
     if (now >= r->next_expiry_ms) {
       r->next_expiry_ms = now + EXPIRE_EVERY_MS;
       pthread_mutex_unlock(&r->lock);
@@ -170,9 +167,7 @@ static void *worker(void *arg) {
       continue;
     }
     if (r->len == 0) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += 5;
+      struct timespec ts = ana_deadline_in_ms(5000);
       pthread_cond_timedwait(&r->cond, &r->lock, &ts);
       continue;
     }
@@ -246,7 +241,8 @@ static int recover(struct ana_report_runner *r, struct ana_error *err) {
   snprintf(msg, sizeof msg,
            "generation was interrupted %d times (the server stopped while it ran); giving up",
            r->o.max_attempts);
-  int n = ana_local_runs_recover(r->runs, r->o.max_attempts, msg, now_ms(), push_pending, r, err);
+  int n = ana_local_runs_recover(r->runs, r->o.max_attempts, msg, ana_clock_wall_ms(), push_pending,
+                                 r, err);
   if (n < 0)
     return n;
   if (n)
@@ -325,7 +321,7 @@ int ana_report_runner_submit(struct ana_report_runner *r, const char *account_id
                          "%d report runs are waiting (REPORT_QUEUE_MAX); retry later",
                          r->o.queue_max);
   }
-  int rc = ana_local_runs_insert(r->runs, run_id, account_id, report_id, now_ms(), err);
+  int rc = ana_local_runs_insert(r->runs, run_id, account_id, report_id, ana_clock_wall_ms(), err);
   if (rc == 0)
     push(r, run_id, false);
   pthread_mutex_unlock(&r->lock);
