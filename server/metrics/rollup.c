@@ -139,19 +139,6 @@ static void wake(struct ana_rollups *r) {
   pthread_mutex_unlock(&r->wake_mu);
 }
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* For intervals: wall-clock steps must not stretch them. */
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t floor_to(int64_t t, int64_t size) {
   int64_t q = t / size;
   if (t % size && t < 0)
@@ -281,7 +268,7 @@ int ana_rollup_define(struct ana_rollups *r, const char *account_id,
   if (*old && (*old)->def_len == len && memcmp((*old)->def, def, len) == 0)
     goto out; /* the same definition: its cells stay */
   /* Versions only grow, also across deletions and restarts. */
-  int64_t version = now_ms();
+  int64_t version = ana_clock_wall_ms();
   if (*old && version <= (*old)->version)
     version = (*old)->version + 1;
   uint64_t head = 0;
@@ -755,7 +742,7 @@ static bool collect_garbage(struct ana_rollups *r) {
 static bool expire_cells(struct ana_rollups *r, struct rmetric **todo, size_t n) {
   if (!r->retention_ms)
     return false;
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   pthread_mutex_lock(&r->mu);
   bool due = now >= r->next_sweep_ms;
   pthread_mutex_unlock(&r->mu);
@@ -808,7 +795,7 @@ static int load_level(struct ana_rollups *r, struct rmetric *m, struct rc_set *s
              err.message);
   if (rc == 0) {
     set->levels[l].loaded = true;
-    atomic_store(&set->levels[l].used, now_ms());
+    atomic_store(&set->levels[l].used, ana_clock_wall_ms());
   }
   return rc;
 }
@@ -947,13 +934,13 @@ static void *rollup_thread(void *arg) {
     /* Following a stream of commits, a round at most every ROUND_MS: each
      * round's write is one the commits wait for, so it had better carry
      * many events. A commit after a quiet spell is taken at once. */
-    int64_t wait = last_round + ROUND_MS - mono_ms();
+    int64_t wait = last_round + ROUND_MS - ana_clock_mono_ms();
     if (!more && !r->stop && wait > 0) {
       struct timespec ts = ana_deadline_in_ms(wait > ROUND_MS ? ROUND_MS : wait);
       while (!r->stop && pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts) == 0) {
       }
     }
-    last_round = mono_ms();
+    last_round = ana_clock_mono_ms();
     r->kick = false;
     bool stop = r->stop;
     pthread_mutex_unlock(&r->wake_mu);
@@ -1041,7 +1028,7 @@ void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, siz
 }
 
 bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = ana_clock_wall_ms() + timeout_ms;
   for (;;) {
     struct ana_error err;
     uint64_t head = 0;
@@ -1052,12 +1039,12 @@ bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
     for (struct rmetric *m = r->metrics; m; m = m->next)
       behind |= m->watermark < head;
     behind |= r->garbage != NULL;
-    behind |= r->retention_ms && now_ms() >= r->next_sweep_ms;
+    behind |= r->retention_ms && ana_clock_wall_ms() >= r->next_sweep_ms;
     behind |= cache_pending(r);
     pthread_mutex_unlock(&r->mu);
     if (!behind)
       return true;
-    if (now_ms() > deadline)
+    if (ana_clock_wall_ms() > deadline)
       return false;
     struct timespec ts = {0, 5000000};
     nanosleep(&ts, NULL);
@@ -1638,7 +1625,7 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
     }
     if (shared && (levels & loaded) == levels) {
       coarse_totals &= (tlevels & loaded) == tlevels;
-      int64_t now = now_ms();
+      int64_t now = ana_clock_wall_ms();
       for (int l = 0; l < LEVELS; l++)
         if ((levels | (coarse_totals ? tlevels : 0)) & (1u << l))
           atomic_store_explicit(&shared->levels[l].used, now, memory_order_relaxed);

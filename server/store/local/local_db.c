@@ -3,6 +3,7 @@
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
 #include "wal_write_vfs.h"
@@ -268,12 +269,6 @@ static const char *const migrations[] = {
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int sql_error(sqlite3 *db, const char *what, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s: %s", what, sqlite3_errmsg(db));
   return ANA_ERR_IO;
@@ -463,9 +458,7 @@ static void *checkpoint_loop(void *arg) {
   struct ana_local_db *db = arg;
   pthread_mutex_lock(&db->checkpoint_mu);
   while (!db->checkpoint_stop) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
+    struct timespec ts = ana_clock_deadline(CLOCK_REALTIME, CHECKPOINT_EVERY_MS);
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
     if (blocked || db->new_pages < db->checkpoint_pages)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
@@ -681,7 +674,7 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     if (!sqlite3_get_autocommit(db->writer))
       run_writer(db, sql_rollback);
     writer_txn_ended(db);
-    atomic_store(&db->degraded_at_ms, mono_ms());
+    atomic_store(&db->degraded_at_ms, ana_clock_mono_ms());
     atomic_store(&db->degraded, true);
     if ((code & 0xff) == SQLITE_FULL)
       ana_error_set(err, ANA_STATUS_UNAVAILABLE,
@@ -769,7 +762,7 @@ bool ana_local_db_check_space(struct ana_local_db *db) {
    * once it is old: the next commit shows whether writing works (without
    * this, a store nobody writes to would stay unready for good). */
   if (!low && atomic_load(&db->degraded) &&
-      mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
+      ana_clock_mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
     atomic_store(&db->degraded, false);
   return !low;
 }
