@@ -109,9 +109,9 @@ struct ana_spooled_event {
  * is committed to the local database's spool with its deduplication key
  * (ana_local_spool_append, in one transaction with ana_local_dedupe_claim).
  * A store that is not the local database drains the spool in commit-sequence
- * order through the shipper contract: the shipper takes a batch of spooled
- * events after the sequence the store last confirmed
- * (ana_local_spool_take), hands it to ship, and the store confirms the
+ * order through the shipper contract: the shipper (ana_store_ship_batch,
+ * below) takes a batch of spooled events after the sequence the store last
+ * confirmed (ana_local_spool_take), hands it to ship, and the store confirms the
  * highest sequence it holds durably (shipped_seq); the shipper never skips a
  * sequence and may hand a batch again after a crash, so ship must be
  * idempotent on seq. Reads (search, scan, scan_seq, last_seq) see only
@@ -285,6 +285,16 @@ struct ana_store_selection {
  * or a negative error with err naming backend, role and operation. */
 int ana_store_select(const struct ana_store_settings *cfg, struct ana_store_selection *out,
                      struct ana_error *err);
+
+/* --- the shipper --- */
+
+/* One step of the shipper: hands ops->ship the (at most max) spooled
+ * events after the store's shipped_seq, in sequence order. Returns how many
+ * were handed (0: the store has everything), or a negative error (nothing
+ * is confirmed; the next step hands them again). On the shipper's thread;
+ * blocks. */
+int ana_store_ship_batch(struct ana_local_db *db, const struct ana_event_store_ops *ops,
+                         void *store, int max, struct ana_error *err);
 
 /* --- the roles together --- */
 

@@ -277,6 +277,70 @@ static void open_store(void) {
   assert_non_null(store);
 }
 
+/* A remote event store as the shipper sees it: what it was handed, in order,
+ * and the highest sequence it confirmed. */
+struct fake_remote {
+  uint64_t confirmed;
+  uint64_t seqs[16];
+  char ids[16][16];
+  size_t n;
+  bool fail_next;
+};
+
+static int fake_ship(void *p, const struct ana_spooled_event *ev, size_t n, struct ana_error *err) {
+  struct fake_remote *f = p;
+  if (f->fail_next) {
+    f->fail_next = false;
+    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "remote store unreachable");
+  }
+  for (size_t i = 0; i < n && f->n < 16; i++) {
+    assert_true(ev[i].seq == f->confirmed + 1); /* no gap, no repeat */
+    assert_int_equal(ev[i].payload_len, 3);
+    f->seqs[f->n] = ev[i].seq;
+    snprintf(f->ids[f->n++], sizeof f->ids[0], "%s", ev[i].event_id);
+    f->confirmed = ev[i].seq;
+  }
+  return 0;
+}
+
+static int fake_shipped_seq(void *p, uint64_t *out, struct ana_error *err) {
+  (void)err;
+  *out = ((struct fake_remote *)p)->confirmed;
+  return 0;
+}
+
+/* The shipper contract: a store that is not the local database gets the
+ * committed events in commit-sequence order, in batches after what it
+ * confirmed; a batch it failed is handed again; the embedded store has
+ * nothing to ship. */
+static void a_remote_event_store_drains_the_spool_in_order(void **state) {
+  (void)state;
+  commit_records(5, "ship", "shipped words");
+  struct ana_event_store_ops remote = *ops;
+  remote.name = "remote";
+  remote.ship = fake_ship;
+  remote.shipped_seq = fake_shipped_seq;
+  struct ana_error err;
+  assert_int_equal(ana_store_check_event_store(&remote, &err), 0);
+  struct fake_remote f = {0};
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 2);
+  assert_int_equal(f.confirmed, 2);
+  f.fail_next = true;
+  assert_true(ana_store_ship_batch(db, &remote, &f, 2, &err) < 0);
+  assert_int_equal(f.confirmed, 2);
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 2);
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 1);
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 0);
+  assert_int_equal(f.n, 5);
+  for (size_t i = 0; i < 5; i++) {
+    char want[16];
+    snprintf(want, sizeof want, "ship-%zu", i);
+    assert_int_equal(f.seqs[i], i + 1);
+    assert_string_equal(f.ids[i], want);
+  }
+  assert_int_equal(ana_store_ship_batch(db, ops, store, 100, &err), 0);
+}
+
 static void schema_is_migrated_once(void **state) {
   (void)state;
   assert_int_equal(ana_local_db_schema_version(db), 10);
@@ -823,6 +887,8 @@ static void catalog_objects_by_account_kind_and_name(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(schema_is_migrated_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_remote_event_store_drains_the_spool_in_order, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(commits_dedupe_and_sequence, setup, teardown),
       cmocka_unit_test_setup_teardown(search_filters_paging_and_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
