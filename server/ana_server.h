@@ -33,8 +33,12 @@ struct ana_server {
   const struct ana_config *cfg; /* borrowed: main's */
   /* store */
   struct ana_local_db *db;
+  struct ana_store_selection backends; /* chosen from the configuration */
   const struct ana_event_store_ops *store_ops;
   void *store;
+  const struct ana_search_index_ops *search_ops;
+  void *search_index;
+  struct ana_store_roles roles; /* the event store and search index together */
   const struct ana_catalog_ops *catalog_ops;
   void *catalog;
   const struct ana_api_key_store_ops *key_store_ops;

@@ -4,13 +4,18 @@
 
 #include <string.h>
 
-#define N_TABLES 11
+#define N_TABLES 14
 
 /* The tables in the order --help, .env.example and the README list them. */
 static void bind(struct ana_config *cfg, struct ana_config_binding *b) {
   size_t i = 0;
   b[i++] = (struct ana_config_binding){&ana_bridge_config_table, cfg ? &cfg->bridge : NULL};
   b[i++] = (struct ana_config_binding){&ana_rpc_config_table, cfg ? &cfg->rpc : NULL};
+  b[i++] = (struct ana_config_binding){&ana_store_mongodb_config_table, cfg ? &cfg->store : NULL};
+  b[i++] =
+      (struct ana_config_binding){&ana_store_elasticsearch_config_table, cfg ? &cfg->store : NULL};
+  b[i++] =
+      (struct ana_config_binding){&ana_store_clickhouse_config_table, cfg ? &cfg->store : NULL};
   b[i++] = (struct ana_config_binding){&ana_store_config_table, cfg ? &cfg->store : NULL};
   b[i++] = (struct ana_config_binding){&ana_ingest_config_table, cfg ? &cfg->ingest : NULL};
   b[i++] = (struct ana_config_binding){&ana_realtime_config_table, cfg ? &cfg->realtime : NULL};

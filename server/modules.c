@@ -3,6 +3,7 @@
  * transports) and goes down in reverse (stop accepting, drain in-flight
  * calls, drain the committer, stop the post-commit subscribers, close the
  * store, which checkpoints its WAL). */
+#include "ana_local_db.h"
 #include "ana_server.h"
 
 #include "ana_builtin_services.h"
@@ -102,7 +103,10 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
     return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
                          "DATA_DIR: cannot create or write %s: %s", cfg->store.data_dir,
                          strerror(errno));
-  s->store_ops = ana_store_event_backend("sqlite");
+  if (ana_store_select(&cfg->store, &s->backends, err) < 0)
+    return fail(err, "cannot choose the storage backends");
+  s->store_ops = s->backends.events;
+  s->search_ops = s->backends.search;
   s->db = ana_local_db_open(cfg->store.data_dir, err);
   int64_t min_free = (int64_t)cfg->store.store_min_free_mb << 20;
   if (!s->db && (err->code == ANA_STATUS_RESOURCE_EXHAUSTED ||
@@ -118,13 +122,22 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
   }
   if (s->db) { /* MiB of WAL in pages of 4 KiB */
     ana_local_db_set_checkpoint_pages(s->db, cfg->store.wal_checkpoint_mb * 256);
-    ana_local_db_set_search_index_wait_ms(s->db, cfg->store.search_index_wait_ms);
     ana_local_db_set_min_free_bytes(s->db, (int64_t)cfg->store.store_min_free_mb << 20);
     ana_local_db_check_space(s->db);
   }
   s->store = s->db ? s->store_ops->open(s->db, err) : NULL;
   if (!s->store)
     return fail(err, "cannot open the event store");
+  s->search_index = s->search_ops->open(s->db, err);
+  if (!s->search_index)
+    return fail(err, "cannot open the search index");
+  s->roles = (struct ana_store_roles){
+      .events = s->store_ops,
+      .event_store = s->store,
+      .search = s->search_ops,
+      .search_index = s->search_index,
+      .search_wait_ms = cfg->store.search_index_wait_ms,
+  };
   s->schema_version = ana_local_db_schema_version(s->db);
   return 0;
 }
@@ -132,6 +145,9 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
 /* Last of all: closing the local database checkpoints its WAL. */
 static int store_stop(struct ana_server *s, int64_t deadline_ms) {
   (void)deadline_ms;
+  if (s->search_index)
+    s->search_ops->close(s->search_index);
+  s->search_index = NULL;
   if (s->store)
     s->store_ops->close(s->store);
   s->store = NULL;
@@ -143,7 +159,7 @@ static int store_stop(struct ana_server *s, int64_t deadline_ms) {
 static int catalog_start(struct ana_server *s, const struct ana_config *cfg,
                          struct ana_error *err) {
   (void)cfg;
-  s->catalog_ops = ana_store_catalog_backend("sqlite");
+  s->catalog_ops = s->backends.catalog;
   s->catalog = s->catalog_ops->open(s->db, err);
   if (!s->catalog)
     return fail(err, "cannot open the catalog");
@@ -162,7 +178,7 @@ static int api_keys_start(struct ana_server *s, const struct ana_config *cfg,
                           struct ana_error *err) {
   struct ana_api_keys_options kopts;
   ana_api_keys_options_init(&kopts);
-  s->key_store_ops = kopts.ops = ana_store_api_key_backend("sqlite");
+  s->key_store_ops = kopts.ops = s->backends.api_keys;
   kopts.store = s->key_store = s->key_store_ops->open(s->db, err);
   if (!s->key_store || !(s->api_keys = ana_api_keys_create(&kopts, err)))
     return fail(err, "cannot open the API keys");
@@ -200,7 +216,7 @@ static int audit_start(struct ana_server *s, const struct ana_config *cfg, struc
                                sizeof master, err);
   if (n < 0)
     return fail(err, "cannot read the master key");
-  s->audit_store_ops = ana_store_audit_backend("sqlite");
+  s->audit_store_ops = s->backends.audit;
   s->audit_store = s->audit_store_ops->open(s->db, err);
   struct ana_audit_options o = {
       .ops = s->audit_store_ops,
@@ -434,7 +450,7 @@ static int ingest_start(struct ana_server *s, const struct ana_config *cfg, stru
       .retention_sweep_interval_ms = cfg->store.retention_sweep_interval_ms,
       .post_commit = s->post_commit,
   };
-  s->committer = ana_committer_create(s->db, s->store_ops, s->store, &copts, err);
+  s->committer = ana_committer_create(s->db, &s->roles, &copts, err);
   if (!s->committer)
     return fail(err, "cannot start the ingest path");
   return 0;
@@ -457,8 +473,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
                           struct ana_error *err) {
   struct ana_event_service_options eopts = {
       .committer = s->committer,
-      .store_ops = s->store_ops,
-      .store = s->store,
+      .roles = &s->roles,
       .workers = s->workers,
       .limits =
           {

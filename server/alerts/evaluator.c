@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,7 +96,8 @@ struct sub {
 
 struct ana_alerts {
   struct ana_alerts_options o;
-  sqlite3 *conn;
+  struct ana_local_conn *lconn; /* its transactions, which the outbox joins */
+  sqlite3 *conn;                /* lconn's */
   pthread_t thread;
   bool started;
   /* the hook's queue */
@@ -450,7 +452,7 @@ static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const stru
         .values = vals,
         .n_values = nv,
     };
-    if (ana_notify_enqueue_in_txn(al->o.notify, al->conn, &nt, NULL, &err) < 0) {
+    if (ana_notify_enqueue_in_txn(al->o.notify, al->lconn, &nt, NULL, &err) < 0) {
       add_line(failed, fsize, "%s: %s", name, err.message);
       continue;
     }
@@ -1594,9 +1596,10 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
   pthread_condattr_init(&ca);
   pthread_cond_init(&al->qcond, &ca);
   pthread_condattr_destroy(&ca);
-  al->conn = ana_local_db_connect(o->db, err);
-  if (!al->conn)
+  al->lconn = ana_local_conn_open(o->db, err);
+  if (!al->lconn)
     goto fail;
+  al->conn = ana_local_conn_sqlite(al->lconn);
   char *msg = NULL;
   if (sqlite3_exec(al->conn,
                    "CREATE TABLE IF NOT EXISTS alert_accounts (account_id TEXT PRIMARY KEY)"
@@ -1721,8 +1724,7 @@ void ana_alerts_destroy(struct ana_alerts *al) {
     al->subs = s->next;
     ana_free(s);
   }
-  if (al->conn)
-    sqlite3_close(al->conn);
+  ana_local_conn_close(al->lconn);
   pthread_mutex_destroy(&al->qmu);
   pthread_mutex_destroy(&al->mu);
   pthread_mutex_destroy(&al->smu);

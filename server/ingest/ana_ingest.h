@@ -1,6 +1,7 @@
 /* Event ingestion: validation and enrichment of each event, the group
- * committer (deduplication, then the event store, in one durable
- * transaction), which hands every commit to the post-commit pipeline. */
+ * committer (deduplication keys and the spool of committed events in the
+ * local database, in one durable transaction), which hands every commit to
+ * the post-commit pipeline. */
 #ifndef ANA_INGEST_H
 #define ANA_INGEST_H
 
@@ -86,9 +87,11 @@ struct ana_committer_options {
   struct ana_post_commit *post_commit;
 };
 
-/* Starts the commit thread over the local database and event store. */
+/* Starts the commit thread over the local database (deduplication keys and
+ * the spool of committed events) and the roles (retention; roles is copied,
+ * what it points to borrowed). */
 struct ana_committer *ana_committer_create(struct ana_local_db *db,
-                                           const struct ana_event_store_ops *store_ops, void *store,
+                                           const struct ana_store_roles *roles,
                                            const struct ana_committer_options *o,
                                            struct ana_error *err);
 
@@ -109,16 +112,5 @@ struct ana_committer_stats {
   uint64_t last_seq;
 };
 void ana_committer_stats(struct ana_committer *c, struct ana_committer_stats *out);
-
-/* --- deduplication (the stage before the event store) --- */
-
-/* Claims (account, eventId) for each record inside the open transaction on
- * the local database; records whose key exists get duplicate = true (also a
- * repeat within the same batch). Returns 0 or a negative error. */
-int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
-                     struct ana_error *err);
-
-/* Deletes at most max_rows expired keys; returns how many. */
-int ana_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows, struct ana_error *err);
 
 #endif

@@ -13,9 +13,8 @@
 
 struct ana_event_service_options {
   struct ana_committer *committer;
-  const struct ana_event_store_ops *store_ops;
-  void *store;
-  struct ana_workers *workers; /* for searches */
+  const struct ana_store_roles *roles; /* searches (borrowed) */
+  struct ana_workers *workers;         /* for searches */
   struct ana_ingest_limits limits;
   const char *trusted_proxies; /* borrowed; NULL = none */
   int search_max_page_size;

@@ -643,7 +643,7 @@ static int on_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, con
 static void search_job(void *arg) {
   struct search *s = arg;
   struct ana_error err;
-  int rc = opts.store_ops->search(opts.store, &s->q, on_hit, s, &err);
+  int rc = ana_store_search(opts.roles, &s->q, on_hit, s, &err);
   if (rc < 0) {
     ana_call_finish(s->call, NULL, &err);
     return;
