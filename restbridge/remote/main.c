@@ -3,7 +3,7 @@
  * routes, JSON and errors as the bridge inside analyticsd; configured from
  * the same variables (PORT, HTTP_MAX_BODY_BYTES, HTTP_BODY_BUDGET_MB,
  * HTTP_BODY_MIN_RATE, HTTP_BODY_RATE_WINDOW, HTTP_DECODE_THREADS,
- * CORS_ALLOWED_ORIGINS, STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS,
+ * CORS_ALLOWED_ORIGINS, HTTP_ALLOWED_HOSTS, STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS,
  * STREAM_QUEUE_BUDGET_MB, SHUTDOWN_GRACE_MS, LOG_LEVEL: the bridge's own
  * rows and the shared ones, nothing else) plus --upstream host:port (or
  * RESTBRIDGE_UPSTREAM). */
@@ -132,6 +132,9 @@ int main(int argc, char **argv) {
       .health = ana_restbridge_remote_health,
       .health_ctx = remote,
       .upstream = ana_restbridge_remote_upstream(remote),
+      .protected_mode = ana_restbridge_remote_protected_mode,
+      .protected_mode_ctx = remote,
+      .allowed_hosts = cfg.bridge.http_allowed_hosts,
   };
   rest = ana_restbridge_create(&bopts, &err);
   if (!rest) {
