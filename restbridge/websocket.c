@@ -307,8 +307,8 @@ int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
  * RB_FRAME_MAX_PROTOCOLS, or, from lws's copy, possibly cut. */
 static const char *protocol_list(struct lws *wsi, char *fallback, size_t size, bool *too_long) {
   const char *list = rb_framer_ws_protocols(lws_get_socket_fd(wsi), too_long);
-  if (list)
-    return list;
+  if (list && (*list || *too_long || lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) == 0))
+    return list; /* else a header lws parsed that the framer did not see as one: lws's copy */
   int n = lws_hdr_copy(wsi, fallback, (int)size, WSI_TOKEN_PROTOCOL);
   if (n < 0)
     n = 0;
