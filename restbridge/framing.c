@@ -477,6 +477,7 @@ int SSL_read(SSL *ssl, void *buf, int num) {
     return peeked;
   struct rb_framer next = *f;
   size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+  f->protocols = next.protocols; /* the same bytes at the same offsets */
   if (want == 0) {
     *f = next;
     return SSL_read(ssl, buf, num); /* the unmasked frame is next */
