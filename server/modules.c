@@ -632,6 +632,12 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   return 0;
 }
 
+/* The bridge's protected-mode callback: this server's own credential sources. */
+static bool rest_protected_mode(void *ctx) {
+  (void)ctx;
+  return ana_auth_protected_mode();
+}
+
 /* The REST + WebSocket bridge drives the same handlers in-process. */
 static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
   struct ana_restbridge_options ropts = {
@@ -649,7 +655,7 @@ static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct
       .web_root = cfg->bridge.web_root,
       .health = rest_health,
       .health_ctx = s,
-      .protected_mode = ana_auth_protected_mode,
+      .protected_mode = rest_protected_mode,
       .allowed_hosts = cfg->bridge.http_allowed_hosts,
       .allow_query_token = cfg->auth.jwt_allow_query_token,
       .health_require_auth = cfg->auth.health_require_auth,
