@@ -1602,31 +1602,6 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
   al->conn = ana_local_db_connect(o->db, err);
   if (!al->conn)
     goto fail;
-  char *msg = NULL;
-  if (sqlite3_exec(al->conn,
-                   "CREATE TABLE IF NOT EXISTS alert_accounts (account_id TEXT PRIMARY KEY)"
-                   " WITHOUT ROWID;"
-                   "CREATE TABLE IF NOT EXISTS alert_instances ("
-                   "  alert_id TEXT NOT NULL, group_key TEXT NOT NULL, state INTEGER NOT NULL,"
-                   "  since INTEGER NOT NULL, last_notified INTEGER NOT NULL,"
-                   "  notified INTEGER NOT NULL, value REAL NOT NULL, has_value INTEGER NOT NULL,"
-                   "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
-                   "CREATE TABLE IF NOT EXISTS alert_history ("
-                   "  entry_id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL,"
-                   "  account_id TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL,"
-                   "  state TEXT NOT NULL, previous_state TEXT NOT NULL, value REAL NOT NULL,"
-                   "  has_value INTEGER NOT NULL, threshold REAL NOT NULL,"
-                   "  severity TEXT NOT NULL, group_json TEXT NOT NULL, message TEXT NOT NULL,"
-                   "  channels TEXT NOT NULL, failed TEXT NOT NULL);"
-                   "CREATE INDEX IF NOT EXISTS alert_history_by_alert"
-                   "  ON alert_history(alert_id, entry_id);"
-                   "CREATE INDEX IF NOT EXISTS alert_history_by_time ON alert_history(at);",
-                   NULL, NULL, &msg) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alerts: cannot create tables: %s",
-                  msg ? msg : "error");
-    sqlite3_free(msg);
-    goto fail;
-  }
   if (pthread_create(&al->thread, NULL, run, al) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "alerts: cannot start the evaluator thread");
     goto fail;
