@@ -110,6 +110,21 @@ static void smap_fini(struct smap *m) {
   m->n = m->cap = 0;
 }
 
+/* An instance of a rule: r->inst[ii]. */
+struct active {
+  struct rule *r;
+  size_t ii;
+};
+
+/* Rules by threshold, a binary heap on sign * threshold: the rules an
+ * event's value v may make breach are those at or below sign * v, found by
+ * walking down from the root, without looking at the others. */
+struct theap {
+  struct rule **v;
+  size_t n, cap;
+  int sign;
+};
+
 struct instance {
   char *key;
   char **vals; /* n_dims */
@@ -129,6 +144,9 @@ struct pgroup {
   uint64_t valued;  /* the generation of value and has */
   bool has;
   double value;
+  uint64_t epoch;     /* every rule of ps->epoch has its instance */
+  struct active *act; /* the instances of it pending or firing */
+  size_t n_act, cap_act;
 };
 
 /* The sliding window of one metric definition and pane length, shared by
@@ -154,6 +172,11 @@ struct paneset {
   bool indexed;        /* its names are in the index (it has enabled rules) */
   struct rule **rules; /* its enabled rules */
   size_t n_rules, cap_rules;
+  struct theap up;     /* those with op > or >= (sign 1) */
+  struct theap down;   /* those with op < or <= (sign -1) */
+  struct theap any;    /* those with op == or != (kept unordered) */
+  uint64_t epoch;      /* counts the rules attached */
+  size_t n_with_other; /* rules with an "(other)" instance: every rule steps */
   struct pgroup *groups;
   size_t n_groups, cap_groups;
   struct smap group_map; /* key -> pgroup + 1 */
@@ -176,6 +199,7 @@ struct rule {
   uint32_t *by_pg; /* pgroup of its paneset -> instance index + 1; 0 not known yet */
   size_t n_by_pg;
   size_t ps_slot;  /* its place in ps->rules; SIZE_MAX: not there */
+  size_t tpos;    /* its place in its paneset's theap */
   int64_t due;     /* at or before its instances' earliest due step; INT64_MAX none */
   size_t heap_pos; /* in al->heap; SIZE_MAX: not there */
 };
@@ -325,6 +349,122 @@ static void due_remove(struct ana_alerts *al, struct rule *r) {
 }
 
 /* ------------------------------------------------------------------ */
+/* rules by threshold (struct theap) and the active instances of a group */
+
+static double tkey(const struct theap *h, const struct rule *r) {
+  return h->sign * r->p.threshold;
+}
+
+static void th_set(struct theap *h, size_t i, struct rule *r) {
+  h->v[i] = r;
+  r->tpos = i;
+}
+
+static void th_up(struct theap *h, size_t i) {
+  struct rule *r = h->v[i];
+  while (h->sign && i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (tkey(h, h->v[parent]) <= tkey(h, r))
+      break;
+    th_set(h, i, h->v[parent]);
+    i = parent;
+  }
+  th_set(h, i, r);
+}
+
+static void th_down(struct theap *h, size_t i) {
+  struct rule *r = h->v[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (!h->sign || c >= h->n)
+      break;
+    if (c + 1 < h->n && tkey(h, h->v[c + 1]) < tkey(h, h->v[c]))
+      c++;
+    if (tkey(h, h->v[c]) >= tkey(h, r))
+      break;
+    th_set(h, i, h->v[c]);
+    i = c;
+  }
+  th_set(h, i, r);
+}
+
+static bool th_insert(struct theap *h, struct rule *r) {
+  if (h->n == h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 8;
+    struct rule **n = ana_realloc(h->v, cap * sizeof *n);
+    if (!n)
+      return false;
+    h->v = n;
+    h->cap = cap;
+  }
+  th_set(h, h->n++, r);
+  th_up(h, r->tpos);
+  return true;
+}
+
+static void th_remove(struct theap *h, struct rule *r) {
+  size_t i = r->tpos;
+  if (i >= h->n || h->v[i] != r)
+    return;
+  struct rule *last = h->v[--h->n];
+  if (i < h->n) {
+    th_set(h, i, last);
+    th_up(h, last->tpos);
+    th_down(h, last->tpos);
+  }
+}
+
+static struct theap *th_of(struct paneset *ps, const struct rule *r) {
+  switch (r->p.op) {
+  case ANA_ALERT_GT:
+  case ANA_ALERT_GE:
+    return &ps->up;
+  case ANA_ALERT_LT:
+  case ANA_ALERT_LE:
+    return &ps->down;
+  default:
+    return &ps->any;
+  }
+}
+
+static bool is_active(enum ana_alert_state s) {
+  return s == ANA_ALERT_PENDING || s == ANA_ALERT_FIRING;
+}
+
+static void act_add(struct pgroup *g, struct rule *r, size_t ii) {
+  if (g->n_act == g->cap_act) {
+    size_t cap = g->cap_act ? g->cap_act * 2 : 4;
+    struct active *n = ana_realloc(g->act, cap * sizeof *n);
+    if (!n)
+      return; /* stepped when its window moves */
+    g->act = n;
+    g->cap_act = cap;
+  }
+  g->act[g->n_act++] = (struct active){r, ii};
+}
+
+static void act_del(struct pgroup *g, const struct rule *r, size_t ii) {
+  for (size_t j = 0; j < g->n_act; j++)
+    if (g->act[j].r == r && g->act[j].ii == ii) {
+      g->act[j] = g->act[--g->n_act];
+      return;
+    }
+}
+
+/* Keeps instance ii of r in its group's active list while it is pending
+ * or firing (r attached to its paneset). */
+static void act_track(struct rule *r, size_t ii, bool was) {
+  struct instance *in = &r->inst[ii];
+  bool now = is_active(in->st.state);
+  if (was == now || in->pg < 0 || in->other || r->ps_slot == SIZE_MAX)
+    return;
+  if (now)
+    act_add(&r->ps->groups[in->pg], r, ii);
+  else
+    act_del(&r->ps->groups[in->pg], r, ii);
+}
+
+/* ------------------------------------------------------------------ */
 /* rules and instances */
 
 static void pane_drop(struct paneset *ps, size_t i) {
@@ -347,8 +487,13 @@ static void ps_free(struct paneset *ps) {
   ana_free(ps->names);
   ana_free(ps->ikeys);
   ana_free(ps->rules);
-  for (size_t i = 0; i < ps->n_groups; i++)
+  for (size_t i = 0; i < ps->n_groups; i++) {
     ana_free(ps->groups[i].vals);
+    ana_free(ps->groups[i].act);
+  }
+  ana_free(ps->up.v);
+  ana_free(ps->down.v);
+  ana_free(ps->any.v);
   ana_free(ps->groups);
   smap_fini(&ps->group_map);
   ana_formula_free(ps->formula);
@@ -440,8 +585,14 @@ static bool ps_attach(struct ana_alerts *al, struct paneset *ps, struct rule *r)
   }
   if (!index_set(al, ps, true))
     return false;
+  if (!th_insert(th_of(ps, r), r)) {
+    if (ps->n_rules == 0)
+      index_set(al, ps, false);
+    return false;
+  }
   r->ps_slot = ps->n_rules;
   ps->rules[ps->n_rules++] = r;
+  ps->epoch++;
   int64_t end = ps->cur_start + ps->pane_ms;
   if (end < al->next_boundary)
     al->next_boundary = end;
@@ -452,6 +603,10 @@ static void ps_detach(struct ana_alerts *al, struct rule *r) {
   struct paneset *ps = r->ps;
   if (!ps || r->ps_slot == SIZE_MAX)
     return;
+  for (size_t i = 0; i < r->n_inst; i++)
+    if (r->inst[i].pg >= 0 && !r->inst[i].other && is_active(r->inst[i].st.state))
+      act_del(&ps->groups[r->inst[i].pg], r, i);
+  th_remove(th_of(ps, r), r);
   struct rule *last = ps->rules[--ps->n_rules];
   if (r->ps_slot < ps->n_rules) {
     ps->rules[r->ps_slot] = last;
@@ -484,6 +639,8 @@ static void rule_free(struct ana_alerts *al, struct rule *r) {
     return;
   ps_detach(al, r);
   due_remove(al, r);
+  if (r->n_other && r->ps)
+    r->ps->n_with_other--;
   ps_release(al, r->ps);
   for (size_t i = 0; i < r->n_inst; i++) {
     ana_free(r->inst[i].key);
@@ -590,6 +747,8 @@ static struct instance *instance_get(struct ana_alerts *al, struct rule *r, cons
   }
   in->st.state = ANA_ALERT_OK;
   r->slots[slot] = (uint32_t)r->n_inst + 1;
+  if (other && r->ps)
+    r->ps->n_with_other++;
   r->n_other += other ? 1 : 0;
   r->n_inst++;
   return in;
@@ -1096,7 +1255,9 @@ struct changes {
 static void step_instance(struct ana_alerts *al, struct rule *r, size_t ii, bool has, double v,
                           int64_t now, struct changes *out) {
   struct ana_alert_step step;
+  bool was = is_active(r->inst[ii].st.state);
   ana_alert_step(&r->p, &r->inst[ii].st, has, v, now, &step);
+  act_track(r, ii, was);
   due_note(al, r, ana_alert_next_due(&r->p, &r->inst[ii].st));
   if (!step.changed && !step.notify)
     return;
@@ -1235,6 +1396,58 @@ static void touch(struct ana_alerts *al, struct paneset *ps, int pg) {
   al->touched[al->n_touched++] = (struct touched){ps, pg};
 }
 
+/* Steps the quiet (ok, resolved) instance of group pg of each rule in the
+ * subtree of h at i whose threshold v reaches (all of them when h is
+ * unordered). */
+static void step_reached(struct ana_alerts *al, struct theap *h, size_t i, int pg, double v,
+                         int64_t now, struct changes *cs) {
+  while (i < h->n) {
+    struct rule *r = h->v[i];
+    if (h->sign && tkey(h, r) > h->sign * v)
+      return; /* nor any below it */
+    long ii = rule_instance(al, r, pg);
+    if (ii >= 0 && !is_active(r->inst[ii].st.state))
+      step_instance(al, r, (size_t)ii, true, v, now, cs);
+    if (!h->sign) {
+      i++;
+      continue;
+    }
+    step_reached(al, h, 2 * i + 1, pg, v, now, cs);
+    i = 2 * i + 2;
+  }
+}
+
+/* Steps every rule over ps whose instance of group pg an event of the
+ * group may change: its pending and firing instances, and the rules whose
+ * threshold its value reaches (the others stay ok: their step would change
+ * nothing). */
+static void step_group(struct ana_alerts *al, struct paneset *ps, int pg, int64_t now,
+                       struct changes *cs) {
+  if (ps->groups[pg].epoch != ps->epoch) {
+    /* rules attached since the group was last touched get their instance */
+    for (size_t k = 0; k < ps->n_rules; k++)
+      rule_instance(al, ps->rules[k], pg);
+    ps->groups[pg].epoch = ps->epoch;
+  }
+  double v = 0;
+  bool has = !ps->groups[pg].other && group_value(al, ps, pg, &v);
+  if (!has || ps->n_with_other) {
+    for (size_t k = 0; k < ps->n_rules; k++) {
+      long ii = rule_instance(al, ps->rules[k], pg);
+      if (ii >= 0)
+        evaluate(al, ps->rules[k], (size_t)ii, now, cs);
+    }
+    return;
+  }
+  struct pgroup *g = &ps->groups[pg];
+  for (size_t j = g->n_act; j-- > 0;) /* stepping may take entry j out */
+    if (j < g->n_act)
+      step_instance(al, g->act[j].r, g->act[j].ii, true, v, now, cs);
+  struct theap *hs[3] = {&ps->up, &ps->down, &ps->any};
+  for (size_t h = 0; h < 3; h++)
+    step_reached(al, hs[h], 0, pg, v, now, cs);
+}
+
 /* Folds the events into the panesets that count them (once each, found by
  * account and event name); then, for each group they touched, computes its
  * window's value once and steps the instance of every rule over that
@@ -1270,16 +1483,8 @@ static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
     }
   }
   al->generation++;
-  for (size_t t = 0; t < al->n_touched; t++) {
-    struct paneset *ps = al->touched[t].ps;
-    int pg = al->touched[t].pg;
-    for (size_t k = 0; k < ps->n_rules; k++) {
-      struct rule *r = ps->rules[k];
-      long ii = rule_instance(al, r, pg);
-      if (ii >= 0)
-        evaluate(al, r, (size_t)ii, now, cs);
-    }
-  }
+  for (size_t t = 0; t < al->n_touched; t++)
+    step_group(al, al->touched[t].ps, al->touched[t].pg, now, cs);
 }
 
 /* Every instance of the rules over ps, whose window moved. */
@@ -1536,6 +1741,8 @@ static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const ch
   }
   ps->refs = 1;
   ps->other_pg = -1;
+  ps->up.sign = 1;
+  ps->down.sign = -1;
   ps->pane_ms = pane_ms;
   ps->key = ana_strdup(key);
   ps->account = ana_strdup(r->account);
@@ -1612,6 +1819,7 @@ static void restore_instances(struct ana_alerts *al, struct rule *r) {
     in->st.notified = sqlite3_column_int(st, 4) != 0;
     in->st.value = sqlite3_column_double(st, 5);
     in->st.has_value = sqlite3_column_int(st, 6) != 0;
+    act_track(r, (size_t)(in - r->inst), false);
   }
   sqlite3_finalize(st);
 }
