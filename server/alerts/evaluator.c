@@ -177,6 +177,7 @@ struct paneset {
   struct theap any;    /* those with op == or != (kept unordered) */
   uint64_t epoch;      /* counts the rules attached */
   size_t n_with_other; /* rules with an "(other)" instance: every rule steps */
+  size_t n_unmapped;   /* instances of no group (restored past its limit) */
   struct pgroup *groups;
   size_t n_groups, cap_groups;
   struct smap group_map; /* key -> pgroup + 1 */
@@ -196,10 +197,11 @@ struct rule {
   uint32_t *slots; /* open addressing by key hash: instance index + 1; 0 empty */
   size_t n_slots;  /* a power of two, at least twice n_inst */
   size_t n_dims;
-  uint32_t *by_pg; /* pgroup of its paneset -> instance index + 1; 0 not known yet */
+  size_t n_unmapped; /* its instances of no group of the paneset */
+  uint32_t *by_pg;   /* pgroup of its paneset -> instance index + 1; 0 not known yet */
   size_t n_by_pg;
   size_t ps_slot;  /* its place in ps->rules; SIZE_MAX: not there */
-  size_t tpos;    /* its place in its paneset's theap */
+  size_t tpos;     /* its place in its paneset's theap */
   int64_t due;     /* at or before its instances' earliest due step; INT64_MAX none */
   size_t heap_pos; /* in al->heap; SIZE_MAX: not there */
 };
@@ -417,13 +419,10 @@ static void th_remove(struct theap *h, struct rule *r) {
 static struct theap *th_of(struct paneset *ps, const struct rule *r) {
   switch (r->p.op) {
   case ANA_ALERT_GT:
-  case ANA_ALERT_GE:
-    return &ps->up;
+  case ANA_ALERT_GE: return &ps->up;
   case ANA_ALERT_LT:
-  case ANA_ALERT_LE:
-    return &ps->down;
-  default:
-    return &ps->any;
+  case ANA_ALERT_LE: return &ps->down;
+  default: return &ps->any;
   }
 }
 
@@ -641,6 +640,8 @@ static void rule_free(struct ana_alerts *al, struct rule *r) {
   due_remove(al, r);
   if (r->n_other && r->ps)
     r->ps->n_with_other--;
+  if (r->ps)
+    r->ps->n_unmapped -= r->n_unmapped;
   ps_release(al, r->ps);
   for (size_t i = 0; i < r->n_inst; i++) {
     ana_free(r->inst[i].key);
@@ -882,8 +883,14 @@ static long rule_instance(struct ana_alerts *al, struct rule *r, int pg) {
 static struct instance *rule_instance_of_key(struct ana_alerts *al, struct rule *r,
                                              const char *key) {
   int pg = ps_group(al, r->ps, key, NULL);
-  if (pg < 0 || (r->ps->groups[pg].other && strcmp(key, OTHER_KEY) != 0))
-    return instance_get(al, r, key, NULL, true);
+  if (pg < 0 || (r->ps->groups[pg].other && strcmp(key, OTHER_KEY) != 0)) {
+    struct instance *in = instance_get(al, r, key, NULL, true);
+    if (in && !in->other && in->pg < 0) {
+      r->n_unmapped++;
+      r->ps->n_unmapped++;
+    }
+    return in;
+  }
   long idx = rule_instance(al, r, pg);
   return idx < 0 ? NULL : &r->inst[idx];
 }
@@ -1396,23 +1403,30 @@ static void touch(struct ana_alerts *al, struct paneset *ps, int pg) {
   al->touched[al->n_touched++] = (struct touched){ps, pg};
 }
 
+/* r's instance of group pg: created when create, else -1 when it has none. */
+static long instance_of(struct ana_alerts *al, struct rule *r, int pg, bool create) {
+  if (create)
+    return rule_instance(al, r, pg);
+  return (size_t)pg < r->n_by_pg && r->by_pg[pg] ? (long)r->by_pg[pg] - 1 : -1;
+}
+
 /* Steps the quiet (ok, resolved) instance of group pg of each rule in the
  * subtree of h at i whose threshold v reaches (all of them when h is
  * unordered). */
 static void step_reached(struct ana_alerts *al, struct theap *h, size_t i, int pg, double v,
-                         int64_t now, struct changes *cs) {
+                         bool create, int64_t now, struct changes *cs) {
   while (i < h->n) {
     struct rule *r = h->v[i];
     if (h->sign && tkey(h, r) > h->sign * v)
       return; /* nor any below it */
-    long ii = rule_instance(al, r, pg);
+    long ii = instance_of(al, r, pg, create);
     if (ii >= 0 && !is_active(r->inst[ii].st.state))
       step_instance(al, r, (size_t)ii, true, v, now, cs);
     if (!h->sign) {
       i++;
       continue;
     }
-    step_reached(al, h, 2 * i + 1, pg, v, now, cs);
+    step_reached(al, h, 2 * i + 1, pg, v, create, now, cs);
     i = 2 * i + 2;
   }
 }
@@ -1421,9 +1435,9 @@ static void step_reached(struct ana_alerts *al, struct theap *h, size_t i, int p
  * group may change: its pending and firing instances, and the rules whose
  * threshold its value reaches (the others stay ok: their step would change
  * nothing). */
-static void step_group(struct ana_alerts *al, struct paneset *ps, int pg, int64_t now,
+static void step_group(struct ana_alerts *al, struct paneset *ps, int pg, bool create, int64_t now,
                        struct changes *cs) {
-  if (ps->groups[pg].epoch != ps->epoch) {
+  if (create && ps->groups[pg].epoch != ps->epoch) {
     /* rules attached since the group was last touched get their instance */
     for (size_t k = 0; k < ps->n_rules; k++)
       rule_instance(al, ps->rules[k], pg);
@@ -1433,7 +1447,7 @@ static void step_group(struct ana_alerts *al, struct paneset *ps, int pg, int64_
   bool has = !ps->groups[pg].other && group_value(al, ps, pg, &v);
   if (!has || ps->n_with_other) {
     for (size_t k = 0; k < ps->n_rules; k++) {
-      long ii = rule_instance(al, ps->rules[k], pg);
+      long ii = instance_of(al, ps->rules[k], pg, create);
       if (ii >= 0)
         evaluate(al, ps->rules[k], (size_t)ii, now, cs);
     }
@@ -1445,7 +1459,7 @@ static void step_group(struct ana_alerts *al, struct paneset *ps, int pg, int64_
       step_instance(al, g->act[j].r, g->act[j].ii, true, v, now, cs);
   struct theap *hs[3] = {&ps->up, &ps->down, &ps->any};
   for (size_t h = 0; h < 3; h++)
-    step_reached(al, hs[h], 0, pg, v, now, cs);
+    step_reached(al, hs[h], 0, pg, v, create, now, cs);
 }
 
 /* Folds the events into the panesets that count them (once each, found by
@@ -1484,17 +1498,25 @@ static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
   }
   al->generation++;
   for (size_t t = 0; t < al->n_touched; t++)
-    step_group(al, al->touched[t].ps, al->touched[t].pg, now, cs);
+    step_group(al, al->touched[t].ps, al->touched[t].pg, true, now, cs);
 }
 
-/* Every instance of the rules over ps, whose window moved. */
+/* The instances of the rules over ps, whose window moved: per group, its
+ * pending and firing instances and those of the rules its value reaches
+ * (every instance when a rule has an "(other)" instance or an instance of
+ * no group). */
 static void evaluate_moved(struct ana_alerts *al, struct paneset *ps, int64_t now,
                            struct changes *cs) {
-  for (size_t k = 0; k < ps->n_rules; k++) {
-    struct rule *r = ps->rules[k];
-    for (size_t i = 0; i < r->n_inst; i++)
-      evaluate(al, r, i, now, cs);
+  if (ps->n_with_other || ps->n_unmapped) {
+    for (size_t k = 0; k < ps->n_rules; k++) {
+      struct rule *r = ps->rules[k];
+      for (size_t i = 0; i < r->n_inst; i++)
+        evaluate(al, r, i, now, cs);
+    }
+    return;
   }
+  for (size_t pg = 0; pg < ps->n_groups; pg++)
+    step_group(al, ps, (int)pg, false, now, cs);
 }
 
 /* The steps due by now: the rules whose earliest due step came. */

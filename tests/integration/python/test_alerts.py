@@ -163,6 +163,22 @@ class AlertsRestTest(harness.ServerTestCase):
         resolved = self.history(rules["ne1"], "resolved")
         self.assertEqual(resolved, [])
 
+    def test_firing_resolves_when_the_window_slides_below_the_line(self):
+        """Events leave the window (a pane closes), the value drops below
+        the threshold but the group still has data: resolved with that value."""
+        name = "s_" + uuid.uuid4().hex[:8]
+        self.metric(name, "count(%s)" % name)
+        alert = self.req("POST", "/api/alerts", {
+            "name": "slide " + name, "metric": name, "threshold": 2, "cooldown": 0,
+            "condition": {"type": "threshold", "op": ">=", "window": "2s"}})
+        self.track(name, 2)
+        self.assertTrue(wait_for(lambda: self.history(alert["alertId"], "firing")))
+        time.sleep(1.0)
+        self.track(name, 1)
+        resolved = wait_for(lambda: self.history(alert["alertId"], "resolved"), timeout=5)
+        self.assertTrue(resolved, self.history(alert["alertId"]))
+        self.assertEqual(resolved[-1].get("value"), 1, resolved)
+
     def test_for_pends_then_fires_by_the_timer_and_reminds(self):
         name = "p_" + uuid.uuid4().hex[:8]
         self.metric(name, "count(%s)" % name)
