@@ -178,6 +178,7 @@ struct paneset {
   uint64_t epoch;      /* counts the rules attached */
   size_t n_with_other; /* rules with an "(other)" instance: every rule steps */
   size_t n_unmapped;   /* instances of no group (restored past its limit) */
+  size_t bpos;         /* in al->bheap; SIZE_MAX: not there */
   struct pgroup *groups;
   size_t n_groups, cap_groups;
   struct smap group_map; /* key -> pgroup + 1 */
@@ -254,7 +255,8 @@ struct ana_alerts {
   struct smap index;  /* "<account>\x1f<name>" -> index_list */
   struct rule **heap; /* rules with a due step, earliest first */
   size_t n_heap, cap_heap;
-  int64_t next_boundary; /* the earliest end of a paneset's current pane */
+  struct paneset **bheap; /* panesets with rules, earliest end of current pane first */
+  size_t n_bheap, cap_bheap;
   uint64_t pass, generation;
   struct touched *touched; /* the groups of a pass's events */
   size_t n_touched, cap_touched;
@@ -348,6 +350,74 @@ static void due_remove(struct ana_alerts *al, struct rule *r) {
   }
   r->heap_pos = SIZE_MAX;
   r->due = INT64_MAX;
+}
+
+/* Pane boundaries: a binary heap of the panesets with rules by the end of
+ * their current pane. */
+static int64_t ps_end(const struct paneset *ps) {
+  return ps->cur_start + ps->pane_ms;
+}
+
+static void bh_set(struct ana_alerts *al, size_t i, struct paneset *ps) {
+  al->bheap[i] = ps;
+  ps->bpos = i;
+}
+
+static void bh_up(struct ana_alerts *al, size_t i) {
+  struct paneset *ps = al->bheap[i];
+  while (i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (ps_end(al->bheap[parent]) <= ps_end(ps))
+      break;
+    bh_set(al, i, al->bheap[parent]);
+    i = parent;
+  }
+  bh_set(al, i, ps);
+}
+
+static void bh_down(struct ana_alerts *al, size_t i) {
+  struct paneset *ps = al->bheap[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= al->n_bheap)
+      break;
+    if (c + 1 < al->n_bheap && ps_end(al->bheap[c + 1]) < ps_end(al->bheap[c]))
+      c++;
+    if (ps_end(al->bheap[c]) >= ps_end(ps))
+      break;
+    bh_set(al, i, al->bheap[c]);
+    i = c;
+  }
+  bh_set(al, i, ps);
+}
+
+static bool bh_insert(struct ana_alerts *al, struct paneset *ps) {
+  if (ps->bpos != SIZE_MAX)
+    return true;
+  if (al->n_bheap == al->cap_bheap) {
+    size_t cap = al->cap_bheap ? al->cap_bheap * 2 : 64;
+    struct paneset **n = ana_realloc(al->bheap, cap * sizeof *n);
+    if (!n)
+      return false;
+    al->bheap = n;
+    al->cap_bheap = cap;
+  }
+  bh_set(al, al->n_bheap++, ps);
+  bh_up(al, ps->bpos);
+  return true;
+}
+
+static void bh_remove(struct ana_alerts *al, struct paneset *ps) {
+  if (ps->bpos == SIZE_MAX)
+    return;
+  size_t i = ps->bpos;
+  struct paneset *last = al->bheap[--al->n_bheap];
+  if (i < al->n_bheap) {
+    bh_set(al, i, last);
+    bh_up(al, last->bpos);
+    bh_down(al, last->bpos);
+  }
+  ps->bpos = SIZE_MAX;
 }
 
 /* ------------------------------------------------------------------ */
@@ -584,17 +654,21 @@ static bool ps_attach(struct ana_alerts *al, struct paneset *ps, struct rule *r)
   }
   if (!index_set(al, ps, true))
     return false;
-  if (!th_insert(th_of(ps, r), r)) {
+  if (!bh_insert(al, ps)) {
     if (ps->n_rules == 0)
       index_set(al, ps, false);
+    return false;
+  }
+  if (!th_insert(th_of(ps, r), r)) {
+    if (ps->n_rules == 0) {
+      index_set(al, ps, false);
+      bh_remove(al, ps);
+    }
     return false;
   }
   r->ps_slot = ps->n_rules;
   ps->rules[ps->n_rules++] = r;
   ps->epoch++;
-  int64_t end = ps->cur_start + ps->pane_ms;
-  if (end < al->next_boundary)
-    al->next_boundary = end;
   return true;
 }
 
@@ -612,8 +686,10 @@ static void ps_detach(struct ana_alerts *al, struct rule *r) {
     last->ps_slot = r->ps_slot;
   }
   r->ps_slot = SIZE_MAX;
-  if (ps->n_rules == 0)
+  if (ps->n_rules == 0) {
     index_set(al, ps, false);
+    bh_remove(al, ps);
+  }
 }
 
 /* Drops a reference (al->mu held, or ps not shared yet). */
@@ -621,6 +697,7 @@ static void ps_release(struct ana_alerts *al, struct paneset *ps) {
   if (!ps || --ps->refs > 0)
     return;
   index_set(al, ps, false);
+  bh_remove(al, ps);
   if (smap_get(&al->pansets, ps->key) == ps) {
     smap_del(&al->pansets, ps->key);
     if (ps->prev)
@@ -1567,8 +1644,8 @@ static void *run(void *arg) {
     pthread_mutex_lock(&al->qmu);
     int64_t wake = now_ms() + TICK_MS;
     pthread_mutex_lock(&al->mu);
-    if (al->next_boundary < wake)
-      wake = al->next_boundary;
+    if (al->n_bheap && ps_end(al->bheap[0]) < wake)
+      wake = ps_end(al->bheap[0]);
     if (al->n_heap && al->heap[0]->due < wake)
       wake = al->heap[0]->due;
     pthread_mutex_unlock(&al->mu);
@@ -1595,16 +1672,12 @@ static void *run(void *arg) {
     cs.n = 0;
     al->pass++;
     al->generation++;
-    if (now >= al->next_boundary) {
-      /* a pane closed: the windows that moved are evaluated whole */
-      int64_t next = INT64_MAX;
-      for (struct paneset *ps = al->ps_list; ps; ps = ps->next) {
-        if (advance(ps, now) && ps->n_rules)
-          evaluate_moved(al, ps, now, &cs);
-        if (ps->n_rules && ps->cur_start + ps->pane_ms < next)
-          next = ps->cur_start + ps->pane_ms;
-      }
-      al->next_boundary = next;
+    /* panes closed: the windows that moved are evaluated */
+    while (al->n_bheap && ps_end(al->bheap[0]) <= now) {
+      struct paneset *ps = al->bheap[0];
+      if (advance(ps, now))
+        evaluate_moved(al, ps, now, &cs);
+      bh_down(al, 0);
     }
     evaluate_due(al, now, &cs);
     process_events(al, list, now, &cs);
@@ -1762,6 +1835,7 @@ static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const ch
     return NULL;
   }
   ps->refs = 1;
+  ps->bpos = SIZE_MAX;
   ps->other_pg = -1;
   ps->up.sign = 1;
   ps->down.sign = -1;
@@ -2162,7 +2236,6 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
     return NULL;
   }
   al->o = *o;
-  al->next_boundary = INT64_MAX;
   if (al->o.max_instances <= 0)
     al->o.max_instances = 1000;
   if (al->o.history_days <= 0)
@@ -2276,6 +2349,7 @@ void ana_alerts_destroy(struct ana_alerts *al) {
     }
   smap_fini(&al->index);
   ana_free(al->heap);
+  ana_free(al->bheap);
   ana_free(al->touched);
   ana_free(al->taken);
   while (al->head) {

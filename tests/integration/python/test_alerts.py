@@ -179,6 +179,44 @@ class AlertsRestTest(harness.ServerTestCase):
         self.assertTrue(resolved, self.history(alert["alertId"]))
         self.assertEqual(resolved[-1].get("value"), 1, resolved)
 
+    def test_recovery_threshold_holds_a_firing_alert(self):
+        """Hysteresis: with recoveryThreshold 1 a firing `>= 2` alert stays
+        firing at 1 and resolves only below it (here: no data)."""
+        name = "h_" + uuid.uuid4().hex[:8]
+        self.metric(name, "count(%s)" % name)
+        alert = self.req("POST", "/api/alerts", {
+            "name": "hyst " + name, "metric": name, "threshold": 2, "cooldown": 0,
+            "condition": {"type": "threshold", "op": ">=", "window": "2s",
+                          "recoveryThreshold": 1}})
+        t0 = time.time()
+        self.track(name, 2)
+        self.assertTrue(wait_for(lambda: self.history(alert["alertId"], "firing")))
+        time.sleep(max(0, t0 + 1.0 - time.time()))
+        self.track(name, 1)
+        # the first two leave the window: 1 is not below the recovery line
+        time.sleep(max(0, t0 + 2.5 - time.time()))
+        self.assertEqual(self.history(alert["alertId"], "resolved"), [])
+        self.assertEqual(self.states(alert["alertId"]), {"firing": 1})
+        resolved = wait_for(lambda: self.history(alert["alertId"], "resolved"), timeout=5)
+        self.assertTrue(resolved, self.history(alert["alertId"]))
+
+    def test_no_data_alerting_fires_when_a_group_leaves_the_window(self):
+        name = "n_" + uuid.uuid4().hex[:8]
+        self.req("POST", "/api/metrics", {"name": name, "type": "counter",
+                                          "formula": "count(%s)" % name, "dimensions": ["g"],
+                                          "aggregation": "sum"})
+        alert = self.req("POST", "/api/alerts", {
+            "name": "nodata " + name, "metric": name, "threshold": 100, "cooldown": 0,
+            "noData": "alerting", "message": "{{g}} silent",
+            "condition": {"type": "threshold", "op": ">", "window": "1s"}})
+        self.track(name, 1, g="quiet")
+        self.assertTrue(wait_for(lambda: self.states(alert["alertId"]) == {"ok": 1}))
+        firing = wait_for(lambda: self.history(alert["alertId"], "firing"), timeout=5)
+        self.assertTrue(firing, self.history(alert["alertId"]))
+        self.assertFalse(firing[0].get("hasValue", False))
+        self.assertEqual(firing[0]["message"], "quiet silent")
+        self.assertEqual(firing[0]["group"], {"g": "quiet"})
+
     def test_for_pends_then_fires_by_the_timer_and_reminds(self):
         name = "p_" + uuid.uuid4().hex[:8]
         self.metric(name, "count(%s)" % name)
