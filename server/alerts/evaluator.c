@@ -1497,7 +1497,9 @@ static void step_reached(struct ana_alerts *al, struct theap *h, size_t i, int p
     if (h->sign && tkey(h, r) > h->sign * v)
       return; /* nor any below it */
     long ii = instance_of(al, r, pg, create);
-    if (ii >= 0 && !is_active(r->inst[ii].st.state))
+    if (ii >= 0 && r->inst[ii].other) /* its value is the merged one */
+      evaluate(al, r, (size_t)ii, now, cs);
+    else if (ii >= 0 && !is_active(r->inst[ii].st.state))
       step_instance(al, r, (size_t)ii, true, v, now, cs);
     if (!h->sign) {
       i++;
