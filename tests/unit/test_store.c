@@ -343,11 +343,11 @@ static void a_remote_event_store_drains_the_spool_in_order(void **state) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 10);
+  assert_int_equal(ana_local_db_schema_version(db), 11);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 10);
+  assert_int_equal(ana_local_db_schema_version(again), 11);
   ana_local_db_close(again);
 }
 
@@ -677,12 +677,48 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 10);
+  assert_int_equal(ana_local_db_schema_version(db), 11);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);
   struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "upgraded"});
   assert_int_equal(h.n, 2);
+}
+
+/* A database of schema 10 whose alert tables the evaluator created itself
+ * (earlier builds did): migration 11 keeps them and what they hold. */
+static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
+  (void)state;
+  close_store();
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(conn,
+                   "DROP TABLE alert_accounts; DROP TABLE alert_instances;"
+                   "DROP TABLE alert_history;"
+                   "DELETE FROM schema_migrations WHERE version >= 11;"
+                   "CREATE TABLE alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
+                   "CREATE TABLE alert_instances (alert_id TEXT NOT NULL,"
+                   "  group_key TEXT NOT NULL, state INTEGER NOT NULL, since INTEGER NOT NULL,"
+                   "  last_notified INTEGER NOT NULL, notified INTEGER NOT NULL,"
+                   "  value REAL NOT NULL, has_value INTEGER NOT NULL,"
+                   "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
+                   "INSERT INTO alert_accounts VALUES ('acct-1');"
+                   "INSERT INTO alert_instances VALUES ('a1', '', 2, 5, 5, 1, 7.5, 1);",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), 11);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM alert_accounts"), 1);
+  assert_int_equal(query_int(w, "SELECT state FROM alert_instances WHERE alert_id = 'a1'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM alert_history"), 0);
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'alert_history_by_time'"), 1);
 }
 
 static void full_database_gives_no_ack_and_stays_intact(void **state) {
@@ -902,6 +938,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(upgrade_keeps_alert_tables_an_earlier_build_created, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup, teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),
       cmocka_unit_test_setup_teardown(wal_starts_over_under_steady_commits, setup, teardown),

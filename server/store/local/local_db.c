@@ -265,6 +265,40 @@ static const char *const migrations[] = {
 
     /* 10: an API key's own rate limit, as text ("" = its account's). */
     "ALTER TABLE api_keys ADD COLUMN rate_limit TEXT NOT NULL DEFAULT '';",
+
+    /* 11: alert evaluation (server/alerts/evaluator.c): the accounts with
+     * rules, each instance's state, and the history of state changes. IF
+     * NOT EXISTS: data directories of earlier builds may hold them already
+     * (the evaluator created them itself before this step). */
+    "CREATE TABLE IF NOT EXISTS alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS alert_instances ("
+    "  alert_id TEXT NOT NULL,"
+    "  group_key TEXT NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  since INTEGER NOT NULL,"
+    "  last_notified INTEGER NOT NULL,"
+    "  notified INTEGER NOT NULL,"
+    "  value REAL NOT NULL,"
+    "  has_value INTEGER NOT NULL,"
+    "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS alert_history ("
+    "  entry_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  alert_id TEXT NOT NULL,"
+    "  account_id TEXT NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  previous_state TEXT NOT NULL,"
+    "  value REAL NOT NULL,"
+    "  has_value INTEGER NOT NULL,"
+    "  threshold REAL NOT NULL,"
+    "  severity TEXT NOT NULL,"
+    "  group_json TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  channels TEXT NOT NULL,"
+    "  failed TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS alert_history_by_alert ON alert_history(alert_id, entry_id);"
+    "CREATE INDEX IF NOT EXISTS alert_history_by_time ON alert_history(at);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
