@@ -158,6 +158,10 @@ const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name);
 struct ana_audit_store_ops;
 const struct ana_audit_store_ops *ana_store_audit_backend(const char *name);
 
+/* The data key store role (struct ana_data_key_store_ops, in server/crypto/ana_crypto.h). */
+struct ana_data_key_store_ops;
+const struct ana_data_key_store_ops *ana_store_data_key_backend(const char *name);
+
 /* The event store selected by configuration ("sqlite" today). */
 const struct ana_event_store_ops *ana_store_event_backend(const char *name);
 

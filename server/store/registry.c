@@ -2,6 +2,7 @@
  * a line here, and its sources in CMakeLists.txt. */
 #include "ana_api_keys.h"
 #include "ana_audit.h"
+#include "ana_crypto.h"
 #include "ana_store.h"
 #include "sqlite/sqlite_backends.h"
 
@@ -48,5 +49,16 @@ const struct ana_audit_store_ops *ana_store_audit_backend(const char *name) {
   for (size_t i = 0; i < sizeof audit_stores / sizeof audit_stores[0]; i++)
     if (strcmp(audit_stores[i]->name, name) == 0)
       return audit_stores[i];
+  return NULL;
+}
+
+static const struct ana_data_key_store_ops *const data_key_stores[] = {
+    &ana_sqlite_data_key_store,
+};
+
+const struct ana_data_key_store_ops *ana_store_data_key_backend(const char *name) {
+  for (size_t i = 0; i < sizeof data_key_stores / sizeof data_key_stores[0]; i++)
+    if (strcmp(data_key_stores[i]->name, name) == 0)
+      return data_key_stores[i];
   return NULL;
 }

@@ -252,11 +252,11 @@ static void open_store(void) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 10);
+  assert_int_equal(ana_local_db_schema_version(db), 11);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 10);
+  assert_int_equal(ana_local_db_schema_version(again), 11);
   ana_local_db_close(again);
 }
 
@@ -580,7 +580,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
                    "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
                    "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
-                   "DROP TABLE audit_log; DROP TABLE audit_anchor;"
+                   "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;"
                    "DELETE FROM schema_migrations WHERE version >= 4;",
                    NULL, NULL, NULL),
       SQLITE_OK);
@@ -588,7 +588,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 10);
+  assert_int_equal(ana_local_db_schema_version(db), 11);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);

@@ -266,6 +266,15 @@ static const char *const migrations[] = {
 
     /* 10: an API key's own rate limit, as text ("" = its account's). */
     "ALTER TABLE api_keys ADD COLUMN rate_limit TEXT NOT NULL DEFAULT '';",
+
+    /* 11: each account's data keys (server/crypto/), wrapped by the master
+     * key; the highest key id is the current one. */
+    "CREATE TABLE data_keys ("
+    "  account_id TEXT NOT NULL,"
+    "  key_id INTEGER NOT NULL,"
+    "  wrapped BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, key_id)) WITHOUT ROWID;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
