@@ -257,8 +257,6 @@ struct each {
   char last[64];
   bool nomem;
   int seen;
-  bool failed; /* a channel did not load: err says why */
-  struct ana_error *err;
 };
 
 static int each_one(void *ctx, const struct ana_catalog_object *o) {
@@ -277,10 +275,14 @@ static int each_one(void *ctx, const struct ana_catalog_object *o) {
     e->items = items;
     e->cap = cap;
   }
-  if (!(e->items[e->n] = load_body(e->notify, o->body, o->body_len, e->arena, e->err))) {
-    e->failed = true;
+  if (!(e->items[e->n] = clone_bytes(o->body, o->body_len, e->arena))) {
+    e->nomem = true;
     return 1;
   }
+  /* A secret that does not open stays sealed: the default flags need none,
+   * and saving the channel again keeps it as it was. */
+  struct ana_error ignored;
+  open_secrets(e->notify, e->items[e->n], e->arena, &ignored);
   e->n++;
   return 0;
 }
@@ -288,7 +290,7 @@ static int each_one(void *ctx, const struct ana_catalog_object *o) {
 static int each_channel(struct ana_notify *n, const char *account, struct ana_arena *arena,
                         int (*fn)(void *ctx, Analytics__V1__Channel *c), void *ctx,
                         struct ana_error *err) {
-  struct each e = {n, arena, NULL, 0, 0, "", false, 0, false, err};
+  struct each e = {n, arena, NULL, 0, 0, "", false, 0};
   do {
     e.seen = 0;
     char after[64];
@@ -296,8 +298,6 @@ static int each_channel(struct ana_notify *n, const char *account, struct ana_ar
     int rc = n->o.catalog_ops->list(n->o.catalog, KIND, account, after, 256, each_one, &e, err);
     if (rc < 0)
       return rc;
-    if (e.failed)
-      return ANA_ERR_INVALID;
     if (e.nomem)
       return nomem(err);
   } while (e.seen == 256);

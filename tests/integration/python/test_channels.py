@@ -301,6 +301,10 @@ class ChannelsTest(harness.ServerTestCase):
         status, _, body = self.rest.request("POST", "/api/channels/%s/test" % tg["channelId"], {})
         self.assertNotEqual(status, 200, body)
         self.assertIn("does not authenticate", json.dumps(body))
+        # Other channels are still made and listed beside it.
+        self.create({"name": "after-tamper", "telegram": {"botToken": "1:x", "chatId": "1"}})
+        status, _, listed = self.rest.request("GET", "/api/channels?pageSize=1000")
+        self.assertEqual(status, 200, listed)
 
     def test_bad_channels_name_the_field(self):
         for channel, field in (({"name": "x", "webhook": {"url": "ftp://example.com/"}},
