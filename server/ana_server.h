@@ -9,6 +9,7 @@
 #include "ana_auth.h"
 #include "ana_config.h"
 #include "ana_crypto.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_event_names.h"
 #include "ana_grpc_server.h"
@@ -51,7 +52,8 @@ struct ana_server {
   const struct ana_data_key_store_ops *data_key_store_ops;
   void *data_key_store;
   struct ana_crypto *crypto;
-  struct ana_notify *notify; /* channels, outbox and its senders */
+  struct ana_crypto_fields *encrypted; /* ENCRYPTED_FIELDS; NULL: none */
+  struct ana_notify *notify;           /* channels, outbox and its senders */
   /* the commit path and what hears it */
   struct ana_post_commit *post_commit;
   struct ana_committer *committer;

@@ -211,12 +211,16 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
   };
   if (!(s->crypto = ana_crypto_create(&o, err)))
     return fail(err, "cannot start the encryption");
+  if (ana_crypto_fields_parse(cfg->crypto.encrypted_fields, &s->encrypted, err) < 0)
+    return fail(err, "cannot start the encryption");
   return 0;
 }
 
 /* After everything that seals or opens. */
 static int crypto_stop(struct ana_server *s, int64_t deadline_ms) {
   (void)deadline_ms;
+  ana_crypto_fields_free(s->encrypted);
+  s->encrypted = NULL;
   ana_crypto_destroy(s->crypto);
   s->crypto = NULL;
   if (s->data_key_store)
@@ -366,6 +370,7 @@ static int realtime_start(struct ana_server *s, const struct ana_config *cfg,
       .buffer_size = (size_t)cfg->bridge.stream_buffer_size,
       .aggregate_interval_ms = cfg->realtime.realtime_aggregate_interval_ms,
       .slow_consumer_ms = cfg->realtime.realtime_slow_consumer_ms,
+      .crypto = s->crypto,
   };
   s->realtime = ana_realtime_create(&rtopts, err);
   if (!s->realtime)
@@ -509,6 +514,8 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .search_max_page_size = cfg->store.search_max_page_size,
       .stream_max_in_flight = cfg->ingest.ingest_stream_max_in_flight,
       .event_names = s->names,
+      .encrypted = s->encrypted,
+      .crypto = s->crypto,
   };
   ana_event_service_bind(&eopts);
   ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
@@ -523,11 +530,13 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .workers = s->workers,
       .rollups = s->rollups,
       .event_names = s->names,
+      .encrypted = s->encrypted,
+      .crypto = s->crypto,
   };
   ana_metric_service_bind(&mopts);
   if (ana_event_names_start(s->names, ana_metric_service_names_added, NULL, err) < 0)
     return fail(err, "cannot start the event names");
-  ana_realtime_service_bind(s->realtime);
+  ana_realtime_service_bind(s->realtime, s->encrypted);
   ana_alert_service_bind(&(struct ana_alert_service_options){s->catalog_ops, s->catalog, s->workers,
                                                              s->alerts, s->realtime, s->notify});
   ana_alerts_load_all(s->alerts);

@@ -34,6 +34,9 @@ struct ana_realtime_options {
   size_t buffer_size;        /* STREAM_BUFFER_SIZE: updates held per subscriber; 0 = 1024 */
   int aggregate_interval_ms; /* REALTIME_AGGREGATE_INTERVAL; 0 = 1000 */
   int slow_consumer_ms;      /* REALTIME_SLOW_CONSUMER_MS; 0 = 10000 */
+  /* Opens encrypted fields for subscribers with clear_pii (borrowed; NULL:
+   * everyone gets them masked). */
+  struct ana_crypto *crypto;
 };
 
 /* What a subscriber wants. Strings are borrowed and must live as long as
@@ -46,6 +49,7 @@ struct ana_realtime_filter {
   const char *const *property_values; /* compared as text (as SearchEvents does) */
   size_t n_properties;
   bool include_events; /* send each matching event; aggregates are always sent */
+  bool clear_pii;      /* encrypted fields in clear (pii:read); masked otherwise */
 };
 
 /* Starts the hub and its pump thread. Returns NULL with err filled. */
