@@ -371,6 +371,7 @@ static int realtime_start(struct ana_server *s, const struct ana_config *cfg,
       .aggregate_interval_ms = cfg->realtime.realtime_aggregate_interval_ms,
       .slow_consumer_ms = cfg->realtime.realtime_slow_consumer_ms,
       .crypto = s->crypto,
+      .encrypted = s->encrypted,
   };
   s->realtime = ana_realtime_create(&rtopts, err);
   if (!s->realtime)

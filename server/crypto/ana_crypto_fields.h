@@ -40,12 +40,15 @@ int ana_crypto_event_seal(struct ana_crypto *c, const struct ana_crypto_fields *
 char *ana_crypto_blind_text(struct ana_crypto *c, const char *account_id, const char *name,
                             const char *value, struct ana_arena *arena);
 
-/* Replaces every sealed text in ev's context and properties (an event
- * unpacked in arena, written in place): by its value when clear, else by
- * ANA_CRYPTO_MASK. Returns how many it found (0: ev untouched), or a
- * negative error when clear and one does not open (err says which field;
- * DATA_LOSS). */
-int ana_crypto_event_reveal(struct ana_crypto *c, const char *account_id, Analytics__V1__Event *ev,
-                            bool clear, struct ana_arena *arena, struct ana_error *err);
+/* The encrypted fields of ev (an event unpacked in arena, written in
+ * place), only those f names (a string that looks sealed elsewhere is the
+ * sender's text and stays): when clear, each sealed value is opened (one
+ * stored before the field was configured stays as it is); otherwise each
+ * value is replaced by ANA_CRYPTO_MASK. Returns how many values it found (0:
+ * ev untouched), or a negative error when clear and one does not open (err
+ * names the field; DATA_LOSS). */
+int ana_crypto_event_reveal(struct ana_crypto *c, const struct ana_crypto_fields *f,
+                            const char *account_id, Analytics__V1__Event *ev, bool clear,
+                            struct ana_arena *arena, struct ana_error *err);
 
 #endif

@@ -295,22 +295,24 @@ struct reveal {
   bool clear;
   struct ana_arena *arena;
   struct ana_error *err;
+  const char *name; /* the field's canonical name */
   int found;
-  char path[MAX_NAME];
 };
 
-/* Replaces *s when sealed; name is its field's canonical name. */
-static int reveal_string(struct reveal *r, char **s, const char *name) {
-  if (!ana_crypto_is_sealed(*s))
+/* Reveals or masks one value of an encrypted field. */
+static int reveal_string(struct reveal *r, char **s) {
+  if (!*s || !**s)
     return 0;
   r->found++;
   if (!r->clear) {
     *s = (char *)ANA_CRYPTO_MASK;
     return 0;
   }
+  if (!ana_crypto_is_sealed(*s))
+    return 0; /* stored before the field was configured */
   char *pt = NULL;
   size_t n = 0;
-  if (ana_crypto_open(r->c, r->account, name, *s, &pt, &n, r->err) < 0)
+  if (ana_crypto_open(r->c, r->account, r->name, *s, &pt, &n, r->err) < 0)
     return ANA_ERR_INVALID;
   *s = ana_arena_strndup(r->arena, pt, n);
   OPENSSL_cleanse(pt, n);
@@ -320,38 +322,44 @@ static int reveal_string(struct reveal *r, char **s, const char *name) {
   return 0;
 }
 
-static int reveal_struct(struct reveal *r, Google__Protobuf__Struct *s, size_t len) {
-  for (size_t i = 0; i < s->n_fields; i++) {
-    Google__Protobuf__Struct__FieldsEntry *e = s->fields[i];
-    Google__Protobuf__Value *v = e->value;
-    if (!v || !e->key)
-      continue;
-    int n = snprintf(r->path + len, sizeof r->path - len, ".%s", e->key);
-    if (n < 0 || (size_t)n >= sizeof r->path - len)
-      continue; /* deeper than any configured name */
-    int rc = 0;
-    if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE)
-      rc = reveal_string(r, &v->string_value, r->path);
-    else if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE && v->struct_value)
-      rc = reveal_struct(r, v->struct_value, len + (size_t)n);
-    r->path[len] = '\0';
-    if (rc < 0)
-      return rc;
-  }
+static int reveal_slot(void *ctx, Google__Protobuf__Value **slot) {
+  struct reveal *r = ctx;
+  Google__Protobuf__Value *v = *slot;
+  if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE)
+    return reveal_string(r, &v->string_value);
+  if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE ||
+      v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND__NOT_SET || r->clear)
+    return 0;
+  /* Not sealed (stored before the field was configured): masked all the same. */
+  Google__Protobuf__Value *m = string_value(ANA_CRYPTO_MASK, r->arena);
+  if (!m)
+    return ana_error_set(r->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  *slot = m;
+  r->found++;
   return 0;
 }
 
-int ana_crypto_event_reveal(struct ana_crypto *c, const char *account_id, Analytics__V1__Event *ev,
-                            bool clear, struct ana_arena *arena, struct ana_error *err) {
-  struct reveal r = {c, account_id, clear && c, arena, err, 0, "properties"};
-  int rc = 0;
-  if (ev->context) {
-    if ((rc = reveal_string(&r, &ev->context->ip, "context.ip")) < 0 ||
-        (rc = reveal_string(&r, &ev->context->user_agent, "context.userAgent")) < 0 ||
-        (rc = reveal_string(&r, &ev->context->locale, "context.locale")) < 0)
+int ana_crypto_event_reveal(struct ana_crypto *c, const struct ana_crypto_fields *f,
+                            const char *account_id, Analytics__V1__Event *ev, bool clear,
+                            struct ana_arena *arena, struct ana_error *err) {
+  struct reveal r = {c, account_id, clear && c, arena, err, NULL, 0};
+  for (size_t i = 0; f && i < f->n; i++) {
+    r.name = f->names[i];
+    int rc = 0;
+    if (strncmp(r.name, "context.", 8) == 0) {
+      if (ev->context)
+        rc = reveal_string(&r, strcmp(r.name, "context.ip") == 0          ? &ev->context->ip
+                               : strcmp(r.name, "context.userAgent") == 0 ? &ev->context->user_agent
+                                                                          : &ev->context->locale);
+    } else if (ev->properties) {
+      /* ev is the caller's own: the copies each_slot makes on the way are
+       * only wasted arena space. */
+      rc = each_slot(ev->properties, r.name + 11, arena, reveal_slot, &r);
+      if (rc == ANA_ERR_NOMEM)
+        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    if (rc < 0)
       return rc;
   }
-  if (ev->properties && (rc = reveal_struct(&r, ev->properties, strlen(r.path))) < 0)
-    return rc;
   return r.found;
 }

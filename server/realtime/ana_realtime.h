@@ -21,6 +21,7 @@
 #define ANA_REALTIME_H
 
 #include "ana_call.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_store.h"
 
@@ -37,6 +38,7 @@ struct ana_realtime_options {
   /* Opens encrypted fields for subscribers with clear_pii (borrowed; NULL:
    * everyone gets them masked). */
   struct ana_crypto *crypto;
+  const struct ana_crypto_fields *encrypted; /* ENCRYPTED_FIELDS (borrowed); NULL: none */
 };
 
 /* What a subscriber wants. Strings are borrowed and must live as long as

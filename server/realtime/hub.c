@@ -127,13 +127,14 @@ void ana_realtime_msg_unref(struct ana_realtime_msg *m) {
     event_unref(&m->e);
 }
 
-static Analytics__V1__Event *event_unpacked(struct rt_event *e) {
+static Analytics__V1__Event *event_unpacked(struct rt_event *e,
+                                            const struct ana_crypto_fields *encrypted) {
   if (!e->ev) {
     e->ev = (void *)ana_proto_unpack(&analytics__v1__event__descriptor, &e->arena.pb, e->payload,
                                      e->len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
     /* Encrypted fields are masked in the copy every subscriber shares. */
-    if (e->ev)
-      e->sealed = ana_crypto_event_reveal(NULL, NULL, e->ev, false, &e->arena, NULL) > 0;
+    if (e->ev && encrypted)
+      e->sealed = ana_crypto_event_reveal(NULL, encrypted, NULL, e->ev, false, &e->arena, NULL) > 0;
   }
   return e->ev;
 }
@@ -141,6 +142,7 @@ static Analytics__V1__Event *event_unpacked(struct rt_event *e) {
 /* The clear encoding of an event with encrypted fields (pump thread); the
  * masked one when they cannot be opened. */
 static struct ana_call_shared *event_shared_clear(struct rt_event *e, struct ana_crypto *crypto,
+                                                  const struct ana_crypto_fields *encrypted,
                                                   struct ana_call_shared *masked) {
   if (e->shared_clear)
     return e->shared_clear;
@@ -148,7 +150,8 @@ static struct ana_call_shared *event_shared_clear(struct rt_event *e, struct ana
       (void *)ana_proto_unpack(&analytics__v1__event__descriptor, &e->arena.pb, e->payload, e->len,
                                ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   struct ana_error err;
-  if (!ev || ana_crypto_event_reveal(crypto, ev->account_id, ev, true, &e->arena, &err) < 0) {
+  if (!ev ||
+      ana_crypto_event_reveal(crypto, encrypted, ev->account_id, ev, true, &e->arena, &err) < 0) {
     ANA_WARN(COMPONENT, "a live event's encrypted fields are sent masked: %s",
              ev ? err.message : "it cannot be read");
     return masked;
@@ -162,14 +165,15 @@ static struct ana_call_shared *event_shared_clear(struct rt_event *e, struct ana
 
 /* The shared message to send for e (pump thread); NULL when the event
  * cannot be read (*rc ANA_ERR_INVALID) or out of memory. */
-static struct ana_call_shared *event_shared(struct rt_event *e, int *rc) {
+static struct ana_call_shared *event_shared(struct rt_event *e,
+                                            const struct ana_crypto_fields *encrypted, int *rc) {
   *rc = 0;
   if (e->shared)
     return e->shared;
   if (e->msg) {
     e->shared = ana_call_shared_create(e->msg, false); /* carries its own sequence */
   } else {
-    Analytics__V1__Event *ev = event_unpacked(e);
+    Analytics__V1__Event *ev = event_unpacked(e, encrypted);
     if (!ev) {
       *rc = ANA_ERR_INVALID;
       return NULL;
@@ -503,7 +507,7 @@ void ana_realtime_on_commit(void *ctx, const struct ana_event_record *records, s
       if (s->f.include_events || s->f.n_properties) {
         if (!e && !unpack_failed) {
           e = event_new(r);
-          if (!e || !event_unpacked(e)) {
+          if (!e || !event_unpacked(e, rt->o.encrypted)) {
             ANA_WARN(COMPONENT, "a committed event cannot be read for the live streams");
             event_unref(e);
             e = NULL;
@@ -634,9 +638,9 @@ static bool deliver(struct ana_realtime *rt, struct sub *s, struct ana_arena *a)
       break;
     int rc;
     if (e) {
-      struct ana_call_shared *shared = event_shared(e, &rc);
+      struct ana_call_shared *shared = event_shared(e, rt->o.encrypted, &rc);
       if (shared && !e->msg && e->sealed && s->f.clear_pii && rt->o.crypto)
-        shared = event_shared_clear(e, rt->o.crypto, shared);
+        shared = event_shared_clear(e, rt->o.crypto, rt->o.encrypted, shared);
       if (shared)
         rc = ana_call_send_shared(s->call, shared, e->msg ? 0 : s->sequence + 1);
     } else {

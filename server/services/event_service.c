@@ -641,8 +641,8 @@ static int on_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, con
     return 1;
   }
   /* Encrypted fields: in clear for pii:read, masked for the others. */
-  if (opts.crypto &&
-      ana_crypto_event_reveal(opts.crypto, s->q.account_id, ev, s->pii, a, &s->reveal_err) < 0) {
+  if (opts.encrypted && ana_crypto_event_reveal(opts.crypto, opts.encrypted, s->q.account_id, ev,
+                                                s->pii, a, &s->reveal_err) < 0) {
     s->failed = 2;
     return 1;
   }
