@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/core_names.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -54,6 +55,84 @@ struct ana_crypto {
   pthread_mutex_t load_mu; /* one loader at a time (serialises key creation) */
 };
 
+/* Each thread's cipher and MAC contexts, made once (OpenSSL 3 makes a
+ * context and fetches its algorithm anew on every one-shot call: that was
+ * most of the cost of a seal). Freed when the thread ends. */
+struct thread_ctx {
+  EVP_CIPHER_CTX *enc, *dec; /* AES-256-GCM, initialised without a key */
+  EVP_MAC_CTX *mac;          /* HMAC-SHA256 */
+  /* Nonces: 8 random bytes drawn when the thread starts sealing (and again
+   * every 2^32 seals), then a 4-byte counter: NIST SP 800-38D's
+   * deterministic construction, unique per thread without a RAND_bytes call
+   * per seal. Two threads (or processes) repeat a nonce only if their random
+   * parts collide (2^-64 per pair). */
+  uint8_t nonce_prefix[8];
+  uint32_t nonce_counter;
+  bool nonce_ready;
+};
+
+static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
+static pthread_key_t thread_key;
+static EVP_CIPHER *aes_gcm;
+static EVP_MAC *hmac;
+
+static void thread_ctx_free(void *p) {
+  struct thread_ctx *t = p;
+  EVP_CIPHER_CTX_free(t->enc);
+  EVP_CIPHER_CTX_free(t->dec);
+  EVP_MAC_CTX_free(t->mac);
+  ana_free(t);
+}
+
+static void thread_init(void) {
+  pthread_key_create(&thread_key, thread_ctx_free);
+  aes_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+  hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+}
+
+/* The calling thread's contexts; NULL when out of memory. */
+static struct thread_ctx *thread_ctx(void) {
+  pthread_once(&thread_once, thread_init);
+  struct thread_ctx *t = pthread_getspecific(thread_key);
+  if (t)
+    return t;
+  if (!aes_gcm || !hmac || !(t = ana_calloc(1, sizeof *t)))
+    return NULL;
+  t->enc = EVP_CIPHER_CTX_new();
+  t->dec = EVP_CIPHER_CTX_new();
+  t->mac = EVP_MAC_CTX_new(hmac);
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+                         OSSL_PARAM_construct_end()};
+  if (!t->enc || !t->dec || !t->mac || EVP_MAC_CTX_set_params(t->mac, params) != 1 ||
+      EVP_EncryptInit_ex2(t->enc, aes_gcm, NULL, NULL, NULL) != 1 ||
+      EVP_DecryptInit_ex2(t->dec, aes_gcm, NULL, NULL, NULL) != 1 ||
+      pthread_setspecific(thread_key, t) != 0) {
+    thread_ctx_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+/* The next nonce of the calling thread; -1 without randomness. */
+static int next_nonce(uint8_t nonce[NONCE_LEN]) {
+  struct thread_ctx *t = thread_ctx();
+  if (!t)
+    return -1;
+  if (!t->nonce_ready || t->nonce_counter == UINT32_MAX) {
+    if (RAND_bytes(t->nonce_prefix, sizeof t->nonce_prefix) != 1)
+      return -1;
+    t->nonce_counter = 0;
+    t->nonce_ready = true;
+  }
+  uint32_t n = ++t->nonce_counter;
+  memcpy(nonce, t->nonce_prefix, 8);
+  nonce[8] = (uint8_t)(n >> 24);
+  nonce[9] = (uint8_t)(n >> 16);
+  nonce[10] = (uint8_t)(n >> 8);
+  nonce[11] = (uint8_t)n;
+  return 0;
+}
+
 static int64_t mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -93,9 +172,10 @@ static uint32_t hash_of(const char *s) {
 static int gcm_seal(const uint8_t key[KEY_LEN], const uint8_t nonce[NONCE_LEN], const void *aad1,
                     size_t aad1_len, const void *aad2, size_t aad2_len, const void *pt, size_t n,
                     uint8_t *out) {
-  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  struct thread_ctx *t = thread_ctx();
+  EVP_CIPHER_CTX *ctx = t ? t->enc : NULL;
   int len = 0, rc = -1;
-  if (!ctx || EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1)
+  if (!ctx || EVP_EncryptInit_ex2(ctx, NULL, key, nonce, NULL) != 1)
     goto out;
   if (aad1_len && EVP_EncryptUpdate(ctx, NULL, &len, aad1, (int)aad1_len) != 1)
     goto out;
@@ -108,7 +188,6 @@ static int gcm_seal(const uint8_t key[KEY_LEN], const uint8_t nonce[NONCE_LEN], 
     goto out;
   rc = 0;
 out:
-  EVP_CIPHER_CTX_free(ctx);
   return rc;
 }
 
@@ -117,9 +196,10 @@ out:
 static int gcm_open(const uint8_t key[KEY_LEN], const uint8_t nonce[NONCE_LEN], const void *aad1,
                     size_t aad1_len, const void *aad2, size_t aad2_len, const uint8_t *in, size_t n,
                     uint8_t *out) {
-  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  struct thread_ctx *t = thread_ctx();
+  EVP_CIPHER_CTX *ctx = t ? t->dec : NULL;
   int len = 0, rc = -1;
-  if (!ctx || EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1)
+  if (!ctx || EVP_DecryptInit_ex2(ctx, NULL, key, nonce, NULL) != 1)
     goto out;
   if (aad1_len && EVP_DecryptUpdate(ctx, NULL, &len, aad1, (int)aad1_len) != 1)
     goto out;
@@ -132,7 +212,6 @@ static int gcm_open(const uint8_t key[KEY_LEN], const uint8_t nonce[NONCE_LEN], 
     goto out;
   rc = 0;
 out:
-  EVP_CIPHER_CTX_free(ctx);
   return rc;
 }
 
@@ -392,9 +471,8 @@ int ana_crypto_seal(struct ana_crypto *c, const char *account_id, const char *co
   raw[3] = (uint8_t)(k.id >> 8);
   raw[4] = (uint8_t)k.id;
   const char *ctx = context ? context : "";
-  if (RAND_bytes(raw + 5, NONCE_LEN) != 1 ||
-      gcm_seal(k.key, raw + 5, account_id, strlen(account_id) + 1, ctx, strlen(ctx), pt, n,
-               raw + HEADER_LEN) < 0) {
+  if (next_nonce(raw + 5) < 0 || gcm_seal(k.key, raw + 5, account_id, strlen(account_id) + 1, ctx,
+                                          strlen(ctx), pt, n, raw + HEADER_LEN) < 0) {
     rc = ana_error_set(err, ANA_STATUS_INTERNAL, "cannot seal a value");
     goto out;
   }
@@ -517,17 +595,16 @@ int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const c
   memcpy(key, a->blind_key, sizeof key);
   pthread_rwlock_unlock(&c->lock);
   uint8_t mac[EVP_MAX_MD_SIZE];
-  unsigned int mac_len = 0;
+  size_t mac_len = 0;
   int rc = -1;
   const char *ctx = context ? context : "";
-  size_t ctx_len = strlen(ctx);
-  uint8_t *msg = ana_malloc(ctx_len + 1 + n);
-  if (msg) {
-    memcpy(msg, ctx, ctx_len);
-    msg[ctx_len] = 0;
-    if (n)
-      memcpy(msg + ctx_len + 1, value, n);
-    if (HMAC(EVP_sha256(), key, KEY_LEN, msg, ctx_len + 1 + n, mac, &mac_len)) {
+  struct thread_ctx *t = thread_ctx();
+  if (t) {
+    /* HMAC over context, NUL, value. */
+    if (EVP_MAC_init(t->mac, key, KEY_LEN, NULL) == 1 &&
+        EVP_MAC_update(t->mac, (const unsigned char *)ctx, strlen(ctx) + 1) == 1 &&
+        EVP_MAC_update(t->mac, value, n) == 1 &&
+        EVP_MAC_final(t->mac, mac, &mac_len, sizeof mac) == 1 && mac_len >= 16) {
       /* base64url of the first 16 bytes, unpadded: 22 characters */
       char b64[32];
       EVP_EncodeBlock((unsigned char *)b64, mac, 16);
@@ -538,7 +615,6 @@ int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const c
       out[ANA_CRYPTO_BLIND_CHARS] = '\0';
       rc = 0;
     }
-    ana_free(msg);
   }
   OPENSSL_cleanse(key, sizeof key);
   return rc;
