@@ -429,6 +429,14 @@ struct ana_crypto *ana_crypto_create(const struct ana_crypto_options *o, struct 
 void ana_crypto_destroy(struct ana_crypto *c) {
   if (!c)
     return;
+  /* The calling thread's contexts (the main thread's are never freed by
+   * the key's destructor). */
+  pthread_once(&thread_once, thread_init);
+  struct thread_ctx *t = pthread_getspecific(thread_key);
+  if (t) {
+    pthread_setspecific(thread_key, NULL);
+    thread_ctx_free(t);
+  }
   for (int i = 0; i < BUCKETS; i++)
     for (struct account_keys *a = c->buckets[i], *next; a; a = next) {
       next = a->next;
