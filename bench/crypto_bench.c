@@ -5,6 +5,7 @@
 #include "results_file.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_crypto.h"
 #include "ana_log.h"
 #include "ana_store.h"
@@ -14,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
-#include <time.h>
 #include <unistd.h>
 
 #define HEADING "## Field encryption (`build/bench/crypto_bench`)"
@@ -24,9 +24,7 @@ static long count = 200000;
 static struct ana_crypto *crypto;
 
 static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  return (double)ana_clock_mono_ns() / 1e9;
 }
 
 static void *seal_loop(void *arg) {

@@ -39,6 +39,7 @@ struct rb_reply {
   char *allow;              /* 501 on a known path: the Allow header (owned) */
   bool close_after;         /* Connection: close, then hang up */
   const char *content_type; /* static string; NULL = application/json */
+  bool gzip;                /* the body is gzip-compressed: Content-Encoding, Vary */
   bool static_file;         /* dashboard file: caching and content-security headers */
   bool preflight;           /* CORS preflight: Access-Control-Allow-* headers */
   int retry_after_s;        /* > 0: a Retry-After header */

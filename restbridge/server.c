@@ -10,6 +10,7 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -393,14 +394,7 @@ static int join_by(struct ana_restbridge *b, int64_t stop_by) {
   int64_t wait = stop_by - ana_call_now_mono_ms();
   if (wait < 100)
     wait = 100;
-  struct timespec ts; /* pthread_timedjoin_np takes CLOCK_REALTIME */
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += wait / 1000;
-  ts.tv_nsec += (wait % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = ana_deadline_in_ms(wait); /* pthread_timedjoin_np: CLOCK_REALTIME */
   int rc = pthread_timedjoin_np(b->thread, NULL, &ts);
   while (rc == EINTR)
     rc = pthread_timedjoin_np(b->thread, NULL, &ts);

@@ -5,8 +5,10 @@
 #include "ana_config.h"
 #include "ana_heartbeat.h"
 #include "ana_log.h"
+#include "ana_prom_process.h"
 #include "ana_server.h"
 #include "data_keys_cli.h"
+#include "healthcheck.h"
 #include "keys_cli.h"
 
 #include <signal.h>
@@ -23,7 +25,8 @@ static void usage(FILE *out) {
                "--print-config-markdown]\n"
                "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n"
                "       analyticsd data-keys rotate|list ...     (encryption keys; data-keys "
-               "--help)\n\n"
+               "--help)\n"
+               "       analyticsd healthcheck   (exit 0 if GET /health on PORT answers 200)\n\n"
                "Analytics service: event ingestion, metrics, reports and alerts over gRPC\n"
                "and REST. Configured from environment variables:\n\n");
   ana_config_write_help(out);
@@ -64,6 +67,8 @@ int main(int argc, char **argv) {
     return ana_keys_cli_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "data-keys") == 0)
     return ana_data_keys_cli_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "healthcheck") == 0)
+    return ana_healthcheck_main(argc - 1, argv + 1);
   int rc = handle_args(argc, argv);
   if (rc >= 0)
     return rc;
@@ -82,6 +87,7 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   signal(SIGPIPE, SIG_IGN);
 
+  ana_prom_process_register("analyticsd", ANA_VERSION, ANA_REVISION);
   static struct ana_server server; /* read by the bridge thread until it stops */
   if (ana_server_start(&server, &cfg) < 0) {
     ana_config_fini(&cfg);

@@ -9,6 +9,7 @@
  * RESTBRIDGE_UPSTREAM). */
 #include "ana_config_table.h"
 #include "ana_log.h"
+#include "ana_prom_process.h"
 #include "ana_restbridge.h"
 #include "ana_restbridge_config.h"
 #include "ana_restbridge_remote.h"
@@ -133,6 +134,7 @@ int main(int argc, char **argv) {
       .health_ctx = remote,
       .upstream = ana_restbridge_remote_upstream(remote),
   };
+  ana_prom_process_register("analytics_restbridge", ANA_VERSION, ANA_REVISION);
   rest = ana_restbridge_create(&bopts, &err);
   if (!rest) {
     ANA_ERROR("main", "cannot start the REST bridge: %s", err.message);

@@ -17,6 +17,7 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -258,14 +259,7 @@ static void *prober(void *arg) {
                    ? "serving"
                    : "not serving");
     last = status;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += r->health_interval_ms / 1000;
-    until.tv_nsec += (long)(r->health_interval_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = ana_deadline_in_ms(r->health_interval_ms);
     pthread_mutex_lock(&r->mu);
     while (!r->stop && pthread_cond_timedwait(&r->cv, &r->mu, &until) != ETIMEDOUT) {
     }

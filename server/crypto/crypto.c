@@ -4,6 +4,7 @@
 #include "ana_crypto.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 
 #include <openssl/crypto.h>
@@ -15,7 +16,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #define KEY_LEN 32
 #define NONCE_LEN 12
@@ -69,6 +69,10 @@ struct thread_ctx {
   uint8_t nonce_prefix[8];
   uint32_t nonce_counter;
   bool nonce_ready;
+  /* The key enc was last set up with: the next seal under the same key
+   * (most of them) sets only the nonce, keeping the key schedule. */
+  uint8_t enc_key[KEY_LEN];
+  bool enc_keyed;
 };
 
 static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
@@ -78,6 +82,7 @@ static EVP_MAC *hmac;
 
 static void thread_ctx_free(void *p) {
   struct thread_ctx *t = p;
+  OPENSSL_cleanse(t->enc_key, sizeof t->enc_key);
   EVP_CIPHER_CTX_free(t->enc);
   EVP_CIPHER_CTX_free(t->dec);
   EVP_MAC_CTX_free(t->mac);
@@ -133,18 +138,6 @@ static int next_nonce(uint8_t nonce[NONCE_LEN]) {
   return 0;
 }
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int hkdf(const uint8_t *master, size_t master_len, const char *info, size_t info_len,
                 uint8_t out[KEY_LEN]) {
   EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
@@ -175,8 +168,17 @@ static int gcm_seal(const uint8_t key[KEY_LEN], const uint8_t nonce[NONCE_LEN], 
   struct thread_ctx *t = thread_ctx();
   EVP_CIPHER_CTX *ctx = t ? t->enc : NULL;
   int len = 0, rc = -1;
-  if (!ctx || EVP_EncryptInit_ex2(ctx, NULL, key, nonce, NULL) != 1)
+  if (!ctx)
     goto out;
+  bool same = t->enc_keyed && CRYPTO_memcmp(t->enc_key, key, KEY_LEN) == 0;
+  if (EVP_EncryptInit_ex2(ctx, NULL, same ? NULL : key, nonce, NULL) != 1) {
+    t->enc_keyed = false;
+    goto out;
+  }
+  if (!same) {
+    memcpy(t->enc_key, key, KEY_LEN);
+    t->enc_keyed = true;
+  }
   if (aad1_len && EVP_EncryptUpdate(ctx, NULL, &len, aad1, (int)aad1_len) != 1)
     goto out;
   if (aad2_len && EVP_EncryptUpdate(ctx, NULL, &len, aad2, (int)aad2_len) != 1)
@@ -294,7 +296,7 @@ static int add_key(struct ana_crypto *c, const char *account, uint32_t id, struc
   OPENSSL_cleanse(key, sizeof key);
   if (rc < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot wrap a data key");
-  struct ana_data_key_record r = {account, id, wrapped, sizeof wrapped, wall_ms()};
+  struct ana_data_key_record r = {account, id, wrapped, sizeof wrapped, ana_clock_wall_ms()};
   return c->ops->insert(c->store, &r, err);
 }
 
@@ -346,7 +348,7 @@ static struct account_keys *load(struct ana_crypto *c, const char *account, bool
                   account);
     return NULL;
   }
-  a->loaded_at_ms = mono_ms();
+  a->loaded_at_ms = ana_clock_mono_ms();
   uint32_t b = hash_of(account) % BUCKETS;
   pthread_rwlock_wrlock(&c->lock);
   struct account_keys **p = &c->buckets[b], *old = NULL;
@@ -382,14 +384,16 @@ static struct account_keys *acquire(struct ana_crypto *c, const char *account, u
   }
   pthread_rwlock_rdlock(&c->lock);
   struct account_keys *a = find(c, account);
-  if (a && mono_ms() - a->loaded_at_ms < c->refresh_ms && (!want || want <= a->keys[a->n - 1].id))
+  if (a && ana_clock_mono_ms() - a->loaded_at_ms < c->refresh_ms &&
+      (!want || want <= a->keys[a->n - 1].id))
     return a;
   pthread_rwlock_unlock(&c->lock);
   pthread_mutex_lock(&c->load_mu);
   /* Another thread may have loaded it meanwhile. */
   pthread_rwlock_rdlock(&c->lock);
   a = find(c, account);
-  if (a && mono_ms() - a->loaded_at_ms < c->refresh_ms && (!want || want <= a->keys[a->n - 1].id)) {
+  if (a && ana_clock_mono_ms() - a->loaded_at_ms < c->refresh_ms &&
+      (!want || want <= a->keys[a->n - 1].id)) {
     pthread_mutex_unlock(&c->load_mu);
     return a;
   }

@@ -9,6 +9,7 @@
 #include "ana_log.h"
 #include "ana_proto_walk.h"
 #include "call_internal.h"
+#include "ana_clock.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -975,12 +976,7 @@ static bool wait_quiet(struct ana_grpc_server *srv, int64_t deadline_ms) {
     int64_t left = deadline_ms - ana_call_now_mono_ms();
     if (left <= 0)
       break;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t step = left < 100 ? left : 100;
-    ts.tv_nsec += (long)(step % 1000) * 1000000L;
-    ts.tv_sec += (time_t)(step / 1000) + ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = ana_deadline_in_ms(left < 100 ? left : 100);
     pthread_cond_timedwait(&srv->cond, &srv->mu, &ts);
   }
   bool done = srv->live_calls == 0 && srv->shutdown_notified;
