@@ -73,6 +73,9 @@ struct thread_ctx {
    * (most of them) sets only the nonce, keeping the key schedule. */
   uint8_t enc_key[KEY_LEN];
   bool enc_keyed;
+  /* The same for mac: HMAC keeps its padded key states between inits. */
+  uint8_t mac_key[KEY_LEN];
+  bool mac_keyed;
 };
 
 static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
@@ -83,6 +86,7 @@ static EVP_MAC *hmac;
 static void thread_ctx_free(void *p) {
   struct thread_ctx *t = p;
   OPENSSL_cleanse(t->enc_key, sizeof t->enc_key);
+  OPENSSL_cleanse(t->mac_key, sizeof t->mac_key);
   EVP_CIPHER_CTX_free(t->enc);
   EVP_CIPHER_CTX_free(t->dec);
   EVP_MAC_CTX_free(t->mac);
@@ -612,9 +616,13 @@ int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const c
   const char *ctx = context ? context : "";
   struct thread_ctx *t = thread_ctx();
   if (t) {
+    bool same = t->mac_keyed && CRYPTO_memcmp(t->mac_key, key, KEY_LEN) == 0;
+    bool ready = EVP_MAC_init(t->mac, same ? NULL : key, same ? 0 : KEY_LEN, NULL) == 1;
+    t->mac_keyed = ready;
+    if (ready && !same)
+      memcpy(t->mac_key, key, KEY_LEN);
     /* HMAC over context, NUL, value. */
-    if (EVP_MAC_init(t->mac, key, KEY_LEN, NULL) == 1 &&
-        EVP_MAC_update(t->mac, (const unsigned char *)ctx, strlen(ctx) + 1) == 1 &&
+    if (ready && EVP_MAC_update(t->mac, (const unsigned char *)ctx, strlen(ctx) + 1) == 1 &&
         EVP_MAC_update(t->mac, value, n) == 1 &&
         EVP_MAC_final(t->mac, mac, &mac_len, sizeof mac) == 1 && mac_len >= 16) {
       /* base64url of the first 16 bytes, unpadded: 22 characters */
