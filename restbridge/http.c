@@ -282,7 +282,8 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_budget_body_free(conn);
   conn->body_len = 0;
   conn->body_too_large = false;
-  if (close_after)
+  /* Over TLS, a pipelined request already decrypted would wait for ever. */
+  if (close_after || rb_framer_tls_pipelined(lws_get_socket_fd(wsi)))
     return -1;
   /* The next request (pipelined or not) may be read now. */
   rb_framer_answered(lws_get_socket_fd(wsi));

@@ -1,6 +1,6 @@
 /* analyticsd: reads the configuration, starts the modules (server/modules.c)
  * and serves until SIGTERM/SIGINT, then stops them in reverse, draining
- * in-flight work within the grace period. */
+ * in-flight work within the grace period. SIGHUP reloads the TLS files. */
 #include "ana_builtin_services.h"
 #include "ana_config.h"
 #include "ana_heartbeat.h"
@@ -84,6 +84,7 @@ int main(int argc, char **argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP); /* not a stop: reloads the TLS files */
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   signal(SIGPIPE, SIG_IGN);
 
@@ -109,6 +110,10 @@ int main(int argc, char **argv) {
     sig = sigtimedwait(&stop_signals, NULL, &period);
     if (sig == SIGTERM || sig == SIGINT)
       break;
+    if (sig == SIGHUP) {
+      ANA_INFO("main", "SIGHUP: reloading the TLS certificates");
+      ana_server_reload_tls(&server);
+    }
     ana_server_update_health(&server);
     ana_log_flush_suppressed();
   }

@@ -275,7 +275,15 @@ analytics_client_t *analytics_client_new(const analytics_options_t *opts, analyt
       c->rnd_state = c->rnd_state * 31 + (uint64_t)*p;
   if (!c->rnd_state)
     c->rnd_state = 0x9e3779b97f4a7c15ULL;
-  c->channel = ana_client_channel_create(c->cfg.target, &aerr);
+  struct ana_client_tls tls = {.enabled = c->cfg.o.tls,
+                               .ca_file = c->cfg.o.tls_ca_file,
+                               .cert_file = c->cfg.o.tls_cert_file,
+                               .key_file = c->cfg.o.tls_key_file,
+                               .server_name = c->cfg.o.tls_server_name};
+  c->channel = ana_client_channel_create_tls(c->cfg.target, &tls, &aerr);
+  /* The files are read: the caller's strings are not kept. */
+  c->cfg.o.tls_ca_file = c->cfg.o.tls_cert_file = c->cfg.o.tls_key_file = NULL;
+  c->cfg.o.tls_server_name = NULL;
   if (!c->channel) {
     analytics_fail(err, ANALYTICS_ERR_INVALID, (int)aerr.code, "%s", aerr.message);
     goto fail;
