@@ -54,6 +54,7 @@ bench: build
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/jwt_bench --out bench/RESULTS.md
 	./$(BUILD)/bench/rate_limit_bench --out bench/RESULTS.md
+	./$(BUILD)/bench/crypto_bench --out bench/RESULTS.md
 	./$(BUILD)/bench/auth_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/report_writers_bench --rows $${BENCH_REPORT_ROWS:-1000000} --out bench/RESULTS.md

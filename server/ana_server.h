@@ -8,6 +8,8 @@
 #include "ana_audit.h"
 #include "ana_auth.h"
 #include "ana_config.h"
+#include "ana_crypto.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_event_names.h"
 #include "ana_grpc_server.h"
@@ -47,7 +49,15 @@ struct ana_server {
   const struct ana_audit_store_ops *audit_store_ops;
   void *audit_store;
   struct ana_audit *audit;
-  struct ana_notify *notify; /* channels, outbox and its senders */
+  /* envelope encryption: the master key (read by the crypto module, used by
+   * audit's start, cleansed after), data keys, sealed fields and secrets */
+  uint8_t master_key[4096];
+  int master_key_len;
+  const struct ana_data_key_store_ops *data_key_store_ops;
+  void *data_key_store;
+  struct ana_crypto *crypto;
+  struct ana_crypto_fields *encrypted; /* ENCRYPTED_FIELDS; NULL: none */
+  struct ana_notify *notify;           /* channels, outbox and its senders */
   /* the commit path and what hears it */
   struct ana_post_commit *post_commit;
   struct ana_committer *committer;

@@ -207,15 +207,51 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* Envelope encryption: reads the master key (generating DATA_DIR/master.key
+ * when ENCRYPTION_KEY_FILE is unset) and opens the data key store. */
+static int crypto_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  s->master_key_len = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir,
+                                           s->master_key, sizeof s->master_key, err);
+  if (s->master_key_len < 0)
+    return fail(err, "cannot read the master key");
+  s->data_key_store_ops = ana_store_data_key_backend("sqlite");
+  s->data_key_store = s->data_key_store_ops->open(s->db, err);
+  if (!s->data_key_store)
+    return fail(err, "cannot open the data keys");
+  struct ana_crypto_options o = {
+      .master_key = s->master_key,
+      .master_key_len = (size_t)s->master_key_len,
+      .ops = s->data_key_store_ops,
+      .store = s->data_key_store,
+      .refresh_ms = 10000,
+  };
+  if (!(s->crypto = ana_crypto_create(&o, err)))
+    return fail(err, "cannot start the encryption");
+  if (ana_crypto_fields_parse(cfg->crypto.encrypted_fields, &s->encrypted, err) < 0)
+    return fail(err, "cannot start the encryption");
+  return 0;
+}
+
+/* After everything that seals or opens. */
+static int crypto_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_crypto_fields_free(s->encrypted);
+  s->encrypted = NULL;
+  ana_crypto_destroy(s->crypto);
+  s->crypto = NULL;
+  if (s->data_key_store)
+    s->data_key_store_ops->close(s->data_key_store);
+  s->data_key_store = NULL;
+  OPENSSL_cleanse(s->master_key, sizeof s->master_key);
+  return 0;
+}
+
 /* The audit log's writer; its records come from the call hook the audit
  * service sets, and it stops after the transports (the last calls' records
  * are written, the head signed). */
 static int audit_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
-  uint8_t master[4096];
-  int n = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir, master,
-                               sizeof master, err);
-  if (n < 0)
-    return fail(err, "cannot read the master key");
+  uint8_t *master = s->master_key; /* read by crypto_start */
+  int n = s->master_key_len;
   s->audit_store_ops = s->backends.audit;
   s->audit_store = s->audit_store_ops->open(s->db, err);
   struct ana_audit_options o = {
@@ -229,7 +265,7 @@ static int audit_start(struct ana_server *s, const struct ana_config *cfg, struc
   };
   if (s->audit_store)
     s->audit = ana_audit_create(&o, err);
-  OPENSSL_cleanse(master, sizeof master);
+  OPENSSL_cleanse(s->master_key, sizeof s->master_key);
   if (!s->audit)
     return fail(err, "cannot open the audit log");
   return 0;
@@ -265,6 +301,7 @@ static int notify_start(struct ana_server *s, const struct ana_config *cfg, stru
       .backoff_max_ms = cfg->notify.notify_backoff_max_ms,
       .timeout_ms = cfg->notify.notify_timeout_ms,
       .poll_ms = cfg->notify.notify_poll_ms,
+      .crypto = s->crypto,
   };
   s->notify = ana_notify_create(&nopts, err);
   if (!s->notify || ana_notify_start(s->notify, err) < 0)
@@ -349,6 +386,8 @@ static int realtime_start(struct ana_server *s, const struct ana_config *cfg,
       .buffer_size = (size_t)cfg->bridge.stream_buffer_size,
       .aggregate_interval_ms = cfg->realtime.realtime_aggregate_interval_ms,
       .slow_consumer_ms = cfg->realtime.realtime_slow_consumer_ms,
+      .crypto = s->crypto,
+      .encrypted = s->encrypted,
   };
   s->realtime = ana_realtime_create(&rtopts, err);
   if (!s->realtime)
@@ -491,6 +530,8 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .search_max_page_size = cfg->store.search_max_page_size,
       .stream_max_in_flight = cfg->ingest.ingest_stream_max_in_flight,
       .event_names = s->names,
+      .encrypted = s->encrypted,
+      .crypto = s->crypto,
   };
   ana_event_service_bind(&eopts);
   ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
@@ -505,11 +546,13 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .workers = s->workers,
       .rollups = s->rollups,
       .event_names = s->names,
+      .encrypted = s->encrypted,
+      .crypto = s->crypto,
   };
   ana_metric_service_bind(&mopts);
   if (ana_event_names_start(s->names, ana_metric_service_names_added, NULL, err) < 0)
     return fail(err, "cannot start the event names");
-  ana_realtime_service_bind(s->realtime);
+  ana_realtime_service_bind(s->realtime, s->encrypted);
   ana_alert_service_bind(&(struct ana_alert_service_options){s->catalog_ops, s->catalog, s->workers,
                                                              s->alerts, s->realtime, s->notify});
   ana_alerts_load_all(s->alerts);
@@ -699,6 +742,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "store", .start = store_start, .stop = store_stop},
     {.name = "catalog", .start = catalog_start, .stop = catalog_stop},
     {.name = "api_keys", .start = api_keys_start, .stop = api_keys_stop},
+    {.name = "crypto", .start = crypto_start, .stop = crypto_stop},
     {.name = "audit", .start = audit_start, .stop = audit_stop},
     {.name = "notify", .start = notify_start, .stop = notify_stop},
     {.name = "post_commit", .start = post_commit_start, .stop = post_commit_stop},

@@ -6,6 +6,7 @@
 #define ANA_INGEST_H
 
 #include "ana_arena.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_post_commit.h"
 #include "ana_store.h"
@@ -33,6 +34,9 @@ struct ana_ingest_request {
   const char *client_ip;  /* "" when unknown */
   int64_t now_ms;         /* receive time */
   const struct ana_ingest_limits *limits;
+  /* ENCRYPTED_FIELDS (NULL: none) and the keys that seal them. */
+  const struct ana_crypto_fields *encrypted;
+  struct ana_crypto *crypto;
 };
 
 #define ANA_INGEST_MAX_VIOLATIONS 8

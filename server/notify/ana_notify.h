@@ -30,6 +30,9 @@ struct ana_notify_options {
   int backoff_initial_ms, backoff_max_ms;
   int timeout_ms; /* one attempt */
   int poll_ms;    /* how often due retries are looked for */
+  /* Seals each channel's secrets before they are stored and opens them when
+   * loaded (borrowed; outlives the module). NULL: stored as given. */
+  struct ana_crypto *crypto;
 };
 
 /* Opens the module (and recovers the outbox: rows that were being sent when

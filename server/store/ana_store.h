@@ -258,6 +258,10 @@ const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name);
 struct ana_audit_store_ops;
 const struct ana_audit_store_ops *ana_store_audit_backend(const char *name);
 
+/* The data key store role (struct ana_data_key_store_ops, in server/crypto/ana_crypto.h). */
+struct ana_data_key_store_ops;
+const struct ana_data_key_store_ops *ana_store_data_key_backend(const char *name);
+
 /* Checks a backend's table: its version is the role's, and every mandatory
  * operation is set. Returns 0, or ANA_ERR_INVALID with err saying
  * "storage backend \"<name>\" (<role>): ..." naming the operation or the

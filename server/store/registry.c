@@ -4,6 +4,7 @@
  * CMakeLists.txt. */
 #include "ana_api_keys.h"
 #include "ana_audit.h"
+#include "ana_crypto.h"
 #include "ana_store.h"
 #include "ana_store_config.h"
 #include "sqlite/sqlite_backends.h"
@@ -240,4 +241,15 @@ int ana_store_select(const struct ana_store_settings *cfg, struct ana_store_sele
     return ANA_ERR_INVALID;
   }
   return 0;
+}
+
+static const struct ana_data_key_store_ops *const data_key_stores[] = {
+    &ana_sqlite_data_key_store,
+};
+
+const struct ana_data_key_store_ops *ana_store_data_key_backend(const char *name) {
+  for (size_t i = 0; i < sizeof data_key_stores / sizeof data_key_stores[0]; i++)
+    if (strcmp(data_key_stores[i]->name, name) == 0)
+      return data_key_stores[i];
+  return NULL;
 }

@@ -343,11 +343,11 @@ static void a_remote_event_store_drains_the_spool_in_order(void **state) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 11);
+  assert_int_equal(ana_local_db_schema_version(db), 12);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 11);
+  assert_int_equal(ana_local_db_schema_version(again), 12);
   ana_local_db_close(again);
 }
 
@@ -669,7 +669,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
                    "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
                    "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
-                   "DROP TABLE audit_log; DROP TABLE audit_anchor;"
+                   "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;"
                    "DELETE FROM schema_migrations WHERE version >= 4;",
                    NULL, NULL, NULL),
       SQLITE_OK);
@@ -677,7 +677,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 11);
+  assert_int_equal(ana_local_db_schema_version(db), 12);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);
@@ -697,7 +697,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   assert_int_equal(
       sqlite3_exec(conn,
                    "DROP TABLE alert_accounts; DROP TABLE alert_instances;"
-                   "DROP TABLE alert_history;"
+                   "DROP TABLE alert_history; DROP TABLE data_keys;"
                    "DELETE FROM schema_migrations WHERE version >= 11;"
                    "CREATE TABLE alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
                    "CREATE TABLE alert_instances (alert_id TEXT NOT NULL,"
@@ -712,7 +712,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   sqlite3_close(conn);
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 11);
+  assert_int_equal(ana_local_db_schema_version(db), 12);
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM alert_accounts"), 1);
   assert_int_equal(query_int(w, "SELECT state FROM alert_instances WHERE alert_id = 'a1'"), 2);

@@ -299,6 +299,15 @@ static const char *const migrations[] = {
     "  failed TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS alert_history_by_alert ON alert_history(alert_id, entry_id);"
     "CREATE INDEX IF NOT EXISTS alert_history_by_time ON alert_history(at);",
+
+    /* 12: each account's data keys (server/crypto/), wrapped by the master
+     * key; the highest key id is the current one. */
+    "CREATE TABLE data_keys ("
+    "  account_id TEXT NOT NULL,"
+    "  key_id INTEGER NOT NULL,"
+    "  wrapped BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, key_id)) WITHOUT ROWID;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

@@ -9,6 +9,7 @@ extern const struct ana_search_index_ops ana_sqlite_search_index;
 extern const struct ana_catalog_ops ana_sqlite_catalog;
 extern const struct ana_api_key_store_ops ana_sqlite_api_key_store;
 extern const struct ana_audit_store_ops ana_sqlite_audit_store;
+extern const struct ana_data_key_store_ops ana_sqlite_data_key_store;
 
 /* The events matching q in the local database, newest first: the event
  * store's search and, with text_path (the free-text index's file, attached
