@@ -83,6 +83,13 @@ struct ana_restbridge_options {
    * exempt. NULL = never. */
   bool (*protected_mode)(void *ctx);
   void *protected_mode_ctx;
+  /* The remote bridge, which cannot see its upstream's credential sources:
+   * the Host rule above applies to every request that brings no credentials
+   * of its own (Authorization, X-Api-Key, a `bearer` WebSocket subprotocol).
+   * DNS rebinding is a page of another site calling under its own name; it
+   * cannot send the user's credentials, so a caller with them is served
+   * under any Host (the upstream judges them). */
+  bool host_check_without_credentials;
   /* Extra Host names (comma-separated, no port) served in protected mode
    * (HTTP_ALLOWED_HOSTS). Copied. */
   const char *allowed_hosts;

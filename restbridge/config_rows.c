@@ -78,7 +78,7 @@ static const struct ana_config_row rows[] = {
      .def = "",
      .help = "Host names (comma-separated, without port) served besides localhost, 127.0.0.1 "
              "and [::1] while authentication is not configured (other Hosts get 421); in "
-             "analytics-restbridge, while its upstream serves callers without credentials.",
+             "analytics-restbridge, for every request that brings no credentials.",
      .check = valid_host_list,
      .expect = "comma-separated host names",
      ROW(http_allowed_hosts)},

@@ -213,8 +213,23 @@ static bool in_host_list(const char *list, const char *name, size_t n) {
   return false;
 }
 
+/* Whether the request brings credentials of its own: Authorization,
+ * X-Api-Key, or a WebSocket `bearer` subprotocol (lws keeps the list's first
+ * bytes; the token itself is read elsewhere). */
+static bool brings_credentials(struct lws *wsi) {
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 ||
+      lws_hdr_custom_length(wsi, "x-api-key:", 10) > 0)
+    return true;
+  char proto[160];
+  return lws_hdr_copy_fragment(wsi, proto, sizeof proto, WSI_TOKEN_PROTOCOL, 0) >= 6 &&
+         strncasecmp(proto, "bearer", 6) == 0;
+}
+
 bool rb_host_allowed(const struct ana_restbridge *b, struct lws *wsi) {
-  if (!b->opt.protected_mode || !b->opt.protected_mode(b->opt.protected_mode_ctx))
+  bool check = b->opt.protected_mode && b->opt.protected_mode(b->opt.protected_mode_ctx);
+  if (!check && b->opt.host_check_without_credentials)
+    check = !brings_credentials(wsi);
+  if (!check)
     return true;
   char host[256];
   if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0)

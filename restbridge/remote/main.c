@@ -171,8 +171,7 @@ int main(int argc, char **argv) {
       .tls_cert_file = cfg.bridge.http_tls_cert_file,
       .tls_key_file = cfg.bridge.http_tls_key_file,
       .tls_client_ca_file = cfg.bridge.http_tls_client_ca_file,
-      .protected_mode = ana_restbridge_remote_protected_mode,
-      .protected_mode_ctx = remote,
+      .host_check_without_credentials = true,
       .allowed_hosts = cfg.bridge.http_allowed_hosts,
   };
   ana_prom_process_register("analytics_restbridge", ANA_VERSION, ANA_REVISION);

@@ -184,13 +184,16 @@ def ws_call(port, path, subprotocols=None, headers=None):
     return asyncio.run(asyncio.wait_for(_ws(uri, subprotocols, headers), TIMEOUT_S * 3))
 
 
-def ws_upgrade_status(port, path, host, origin=None):
-    """The HTTP status a WebSocket upgrade with this Host (and Origin) gets."""
+def ws_upgrade_status(port, path, host, origin=None, token=None):
+    """The HTTP status a WebSocket upgrade with this Host (and Origin, and a
+    token in the `bearer, <token>` subprotocol form) gets."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
     h = {"Host": host, "Connection": "Upgrade", "Upgrade": "websocket",
          "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     if origin:
         h["Origin"] = origin
+    if token:
+        h["Sec-WebSocket-Protocol"] = "bearer, " + token
     try:
         conn.request("GET", path, headers=h)
         return conn.getresponse().status
