@@ -492,6 +492,7 @@ static bool answer_ops(struct lws *wsi, struct rb_conn *conn, const char *path, 
     fn(wsi, conn);
   } else {
     answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false, "method not allowed on %s", path);
+    conn->reply.http_status = 405;
     conn->reply.allow = ana_strdup("GET, OPTIONS");
   }
   return true;
@@ -683,6 +684,7 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
     } else if (m.path_known) {
       answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false,
                     "method %s is not allowed on this path", method);
+      conn->reply.http_status = 405; /* RFC 9110 15.5.6, with Allow */
       conn->reply.allow = ana_strdup(m.allow);
     } else {
       answer_status(wsi, conn, ANA_STATUS_NOT_FOUND, false, "no route for %s", path);

@@ -243,8 +243,9 @@ class RestTest(harness.ServerTestCase):
         self.assertJsonError(status, body, 404, 5)
 
     def test_wrong_method(self):
+        # RFC 9110 15.5.6: a known path with another method is 405 with Allow.
         status, h, body = self.rest.request("PATCH", "/api/metrics", body={})
-        self.assertJsonError(status, body, 501, 12)
+        self.assertJsonError(status, body, 405, 12)
         self.assertEqual(h.get("allow"), "GET, POST")
 
     def test_headers_over_limit(self):
