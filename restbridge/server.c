@@ -9,6 +9,7 @@
 #include "framing.h"
 
 #include "ana_alloc.h"
+#include "ana_listen.h"
 #include "ana_log.h"
 
 #include <arpa/inet.h>
@@ -342,8 +343,10 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   info.retry_and_idle_policy = &idle_policy;
   b->vhost = lws_create_vhost(b->ctx, &info);
   if (!b->vhost) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "cannot listen on %s:%d", b->host ? b->host : "*",
-                  o->port);
+    char why[128];
+    ana_listen_error(any ? NULL : b->host, o->port, why, sizeof why);
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "PORT %d: cannot listen on %s:%d: %s", o->port,
+                  b->host ? b->host : "*", o->port, why);
     goto fail;
   }
   b->port = lws_get_vhost_listen_port(b->vhost);

@@ -8,6 +8,7 @@
  * rows and the shared ones, nothing else) plus --upstream host:port (or
  * RESTBRIDGE_UPSTREAM). */
 #include "ana_config_table.h"
+#include "ana_grpc_log.h"
 #include "ana_log.h"
 #include "ana_restbridge.h"
 #include "ana_restbridge_config.h"
@@ -93,6 +94,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   ana_log_set_level(cfg.process.log_level);
+  ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
   if (!upstream || !upstream[0])
     upstream = cfg.bridge.restbridge_upstream;
   if (!upstream || !upstream[0]) {

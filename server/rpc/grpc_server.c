@@ -6,6 +6,7 @@
 
 #include "ana_alloc.h"
 #include "ana_heartbeat.h"
+#include "ana_listen.h"
 #include "ana_log.h"
 #include "ana_proto_walk.h"
 #include "call_internal.h"
@@ -889,7 +890,10 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   srv->port = grpc_server_add_http2_port(srv->server, addr, creds);
   grpc_server_credentials_release(creds);
   if (srv->port == 0) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "GRPC_PORT: cannot listen on %s", addr);
+    char why[128];
+    ana_listen_error(o->host && o->host[0] ? o->host : NULL, o->port, why, sizeof why);
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "GRPC_PORT %d: cannot listen on %s: %s", o->port,
+                  addr, why);
     goto fail;
   }
   grpc_server_start(srv->server);
