@@ -36,7 +36,7 @@ struct rb_reply {
   int http_status;
   struct rb_msg *body;      /* owned; NULL = empty body */
   char *www_auth;           /* 401: WWW-Authenticate value (owned copy) */
-  char *allow;              /* 501 on a known path: the Allow header (owned) */
+  char *allow;              /* 405 on a known path: the Allow header (owned) */
   bool close_after;         /* Connection: close, then hang up */
   const char *content_type; /* static string; NULL = application/json */
   bool static_file;         /* dashboard file: caching and content-security headers */
@@ -76,10 +76,10 @@ struct rb_call {
   pthread_mutex_t mu; /* guards everything below up to `wsi` */
   struct rb_msg *q_head, *q_tail;
   size_t q_len;
-  bool finished;          /* transport finish ran */
-  struct rb_reply reply;  /* HTTP: the answer, once finished */
-  struct rb_msg *ws_last; /* WebSocket: the error frame, once finished */
-  int ws_close_code;      /* WebSocket: 1000 / 1011 (1008 for RESOURCE_EXHAUSTED) once finished */
+  bool finished;             /* transport finish ran */
+  struct rb_reply reply;     /* HTTP: the answer, once finished */
+  struct rb_msg *ws_last;    /* WebSocket: the error frame, once finished */
+  int ws_close_code;         /* WebSocket: rb_ws_close_code_of the finish status, once finished */
   char ws_close_reason[124]; /* WebSocket: the error's message, cut to fit a close frame */
   int64_t full_since_ms;     /* WebSocket: queue full since (0 = not full) */
   bool dl_head;              /* download: the first FileChunk came (its headers below) */
@@ -165,9 +165,10 @@ struct rb_conn {
 
   /* websocket */
   int ws_close_code;
-  char ws_close_reason[64];
+  char ws_close_reason[124]; /* fits a close frame (123 bytes) */
   bool slow_timer_armed;
   struct ana_utf8_state ws_utf8; /* the client's text message so far */
+  size_t ws_msg_len;             /* bytes of the client's message so far */
 };
 
 struct ana_restbridge {
@@ -353,6 +354,12 @@ int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_
                    void *in, size_t len);
 void rb_ws_on_wake(struct rb_conn *conn);
 void rb_ws_close(struct rb_conn *conn, int code, const char *reason);
+/* A stream that ended with an error closes with 4000 + its gRPC status
+ * (NOT_FOUND 4005, RESOURCE_EXHAUSTED 4008, UNAUTHENTICATED 4016), except a
+ * slow consumer's (ANA_SLOW_CONSUMER_MESSAGE) with 1008 and UNAVAILABLE while
+ * the bridge shuts down with 1001; OK closes with 1000. */
+#define RB_WS_CLOSE_STATUS_BASE 4000
+int rb_ws_close_code_of(const struct ana_error *status, bool shutting_down);
 
 /* --- the live dashboard (static.c) --- */
 /* Answers GET / and /dashboard[/...] with the dashboard's files (from

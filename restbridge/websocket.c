@@ -219,6 +219,20 @@ static size_t ws_send_queue_length(struct ana_call *call) {
   return n;
 }
 
+int rb_ws_close_code_of(const struct ana_error *status, bool shutting_down) {
+  if (!status || status->code == ANA_STATUS_OK)
+    return LWS_CLOSE_STATUS_NORMAL;
+  /* A stream the handler ended for being too slow closes like the bridge's
+   * own slow-consumer close. */
+  if (status->code == ANA_STATUS_RESOURCE_EXHAUSTED &&
+      strncmp(status->message, ANA_SLOW_CONSUMER_MESSAGE, strlen(ANA_SLOW_CONSUMER_MESSAGE)) == 0)
+    return LWS_CLOSE_STATUS_POLICY_VIOLATION;
+  /* Long streams end with UNAVAILABLE when the server drains. */
+  if (status->code == ANA_STATUS_UNAVAILABLE && shutting_down)
+    return LWS_CLOSE_STATUS_GOINGAWAY;
+  return RB_WS_CLOSE_STATUS_BASE + (int)status->code;
+}
+
 static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
                       const struct ana_error *status) {
   struct rb_call *c = (struct rb_call *)call;
@@ -227,10 +241,7 @@ static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
   char reason[sizeof c->ws_close_reason] = "";
   if (status && status->code != ANA_STATUS_OK) {
     last = rb_error_json(call, status, "{\"error\":", "}");
-    /* A stream ended for being too slow (RESOURCE_EXHAUSTED) closes like
-     * the bridge's own slow-consumer close; the message is the reason. */
-    code = status->code == ANA_STATUS_RESOURCE_EXHAUSTED ? LWS_CLOSE_STATUS_POLICY_VIOLATION
-                                                         : LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    code = rb_ws_close_code_of(status, atomic_load(&c->bridge->shutting_down));
     utf8_cut(reason, sizeof reason, status->message);
   } else if (response) {
     int rc;
@@ -665,7 +676,8 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   const char *token = bearer_subprotocol(wsi, sub, sizeof sub, &bearer) ? sub : NULL;
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
   if (!c) {
-    conn->ws_close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    conn->ws_close_code = rb_ws_close_code_of(&early, atomic_load(&b->shutting_down));
+    utf8_cut(conn->ws_close_reason, sizeof conn->ws_close_reason, early.message);
     lws_callback_on_writable(wsi);
   }
 }
@@ -686,9 +698,20 @@ bool rb_ws_on_unmasked(struct lws *wsi) {
  * has already failed bad framing (a continuation without a start, a new
  * message inside a fragmented one) with 1002. */
 static int on_receive(struct lws *wsi, struct rb_conn *conn, const void *in, size_t len) {
+  bool final = lws_is_final_fragment(wsi) != 0;
+  /* The streams take no client messages; one larger than a request body
+   * may be fails with 1009 (RFC 6455 7.4.1), however it is fragmented. */
+  size_t max = conn->bridge->opt.max_body_bytes;
+  conn->ws_msg_len += len;
+  if (conn->ws_msg_len > max) {
+    char reason[64];
+    snprintf(reason, sizeof reason, "message over HTTP_MAX_BODY_BYTES (%zu bytes)", max);
+    return close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, reason);
+  }
+  if (final)
+    conn->ws_msg_len = 0;
   if (lws_frame_is_binary(wsi))
     return 0;
-  bool final = lws_is_final_fragment(wsi) != 0;
   bool ok = ana_utf8_feed(&conn->ws_utf8, in, len) && (!final || ana_utf8_complete(&conn->ws_utf8));
   if (final || !ok)
     memset(&conn->ws_utf8, 0, sizeof conn->ws_utf8);

@@ -32,6 +32,11 @@ struct ana_ingest_request {
   const char *client_ip;  /* "" when unknown */
   int64_t now_ms;         /* receive time */
   const struct ana_ingest_limits *limits;
+  /* The client's User-Agent and first Accept-Language tag, as the REST
+   * bridge passes them (x-client-user-agent, x-client-locale): an event's
+   * context.userAgent / locale when it has none. NULL = not known. */
+  const char *user_agent;
+  const char *locale;
 };
 
 #define ANA_INGEST_MAX_VIOLATIONS 8

@@ -55,6 +55,10 @@ static void fill_request(struct ana_call *call, struct ana_ingest_request *r, ch
   clock_gettime(CLOCK_REALTIME, &ts);
   r->account_id = ana_call_principal(call)->account_id;
   r->client_ip = ip;
+  /* The REST bridge's (in-process or remote) reading of User-Agent and
+   * Accept-Language; gRPC's own user-agent names the library, not the client. */
+  r->user_agent = ana_call_metadata(call, "x-client-user-agent");
+  r->locale = ana_call_metadata(call, "x-client-locale");
   r->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   r->limits = &opts.limits;
 }
