@@ -145,10 +145,14 @@ struct rb_conn {
   bool headers_sent;
   size_t body_off;
 
-  /* metrics */
-  int64_t started_ns; /* when the request's headers were in */
-  long metric_route;  /* index into ana_routes, ana_route_count = no route, -1 = not counted */
-  bool ws_counted;    /* counted in the open WebSockets gauge */
+  /* metrics and the access log */
+  int64_t started_ns;      /* when the request's headers were in */
+  const char *method_name; /* "GET"... (static), NULL before a request */
+  char log_path[128];      /* the request path, cut (for a request without a route) */
+  long long bytes_in;      /* WebSocket: client message bytes */
+  long long bytes_out;     /* body bytes written (HTTP), frame payload bytes (WebSocket) */
+  long metric_route;       /* index into ana_routes, ana_route_count = no route, -1 = not counted */
+  bool ws_counted;         /* counted in the open WebSockets gauge */
 
   /* download (download.c) */
   bool dl_range;                /* one Range was asked for (dl_offset, dl_length) */
@@ -166,6 +170,7 @@ struct rb_conn {
   /* websocket */
   int ws_close_code;
   char ws_close_reason[124]; /* fits a close frame (123 bytes) */
+  int ws_logged_code;        /* the close code sent or echoed (access log); 0 = none yet */
   bool slow_timer_armed;
   struct ana_utf8_state ws_utf8; /* the client's text message so far */
   size_t ws_msg_len;             /* bytes of the client's message so far */
@@ -262,8 +267,10 @@ int rb_route_match(const char *path, const char *method, bool websocket, struct 
 
 /* --- errors (error.c) --- */
 int rb_http_status_of(enum ana_status code);
-/* The JSON error body {"code","message","details"} (details carry the
- * call's violations as google.rpc.BadRequest when call is not NULL). */
+/* The JSON error body {"code","message","details","requestId"} (details
+ * carry the call's violations as google.rpc.BadRequest when call is not
+ * NULL; requestId is the call's x-request-id, or without a call this
+ * thread's ana_log_request_id, and is left out when there is none). */
 struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error *status,
                              const char *prefix, const char *suffix);
 /* Fills reply for an error status (status, body, WWW-Authenticate). */
@@ -326,6 +333,11 @@ void rb_http_on_deadline(struct rb_conn *conn);
 /* The connection's timer: the call's deadline, or input back on after the
  * framer held back a pipelined request (lws thread). */
 void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
+
+/* Writes the access-log line of the connection's request (HTTP: when
+ * answered, status its HTTP status; WebSocket: when closed, status its close
+ * code), if ACCESS_LOG_SAMPLE picks it (lws thread). */
+void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool success);
 
 /* --- downloads (download.c) --- */
 extern const struct ana_call_transport rb_download_transport;

@@ -140,7 +140,7 @@ static void conn_release(struct rb_conn *conn) {
   conn->body_len = 0;
 }
 
-static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+static int dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len) {
   struct ana_restbridge *b = lws_context_user(lws_get_context(wsi));
   struct rb_conn *conn = user;
@@ -205,6 +205,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
   default: break;
   }
   return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* Every line logged while a connection's callback runs carries its request id. */
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len) {
+  struct rb_conn *conn = user;
+  ana_log_set_request_id(conn ? conn->request_id : NULL);
+  int rc = dispatch(wsi, reason, user, in, len);
+  ana_log_set_request_id(NULL);
+  return rc;
 }
 
 static void lws_log_emit(int level, const char *line) {

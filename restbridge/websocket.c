@@ -495,6 +495,9 @@ static void on_slow_timer(struct lws *wsi, struct rb_conn *conn) {
 }
 
 static int close_now(struct lws *wsi, int code, const char *reason) {
+  struct rb_conn *conn = lws_wsi_user(wsi);
+  if (conn)
+    conn->ws_logged_code = code; /* for the access log */
   lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)reason, strlen(reason));
   return -1;
 }
@@ -573,8 +576,11 @@ static int write_frames(struct lws *wsi, struct rb_conn *conn, struct rb_msg *li
   size_t len = (size_t)(p - start);
   rc = lws_write(wsi, start, len, LWS_WRITE_RAW) == (int)len ? 0 : -1;
 out:
-  if (rc == 0)
+  if (rc == 0) {
     rb_stats_ws_messages(b->stats, n);
+    for (struct rb_msg *m = list; m; m = m->next)
+      conn->bytes_out += (long long)m->len;
+  }
   rb_msg_free(list);
   return rc;
 }
@@ -658,6 +664,11 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   conn->state = RB_CONN_WS_OPEN;
+  conn->started_ns = rb_now_ns();
+  conn->method_name = "GET";
+  conn->route = NULL;
+  conn->bytes_in = conn->bytes_out = 0;
+  conn->ws_logged_code = 0;
   if (!conn->ws_counted) {
     conn->ws_counted = true;
     rb_stats_websocket(b->stats, 1);
@@ -667,12 +678,17 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     memcpy(conn->request_id, id, (size_t)n + 1);
   else if (ana_uuid7_generate(conn->request_id) < 0)
     conn->request_id[0] = '\0';
-  if (lws_http_get_uri_and_method(wsi, &uri, &uri_len) < 0 || !uri ||
-      rb_route_match(uri, "GET", true, NULL, &m) < 0) {
+  int got = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
+  snprintf(conn->log_path, sizeof conn->log_path, "%.*s", uri ? uri_len : 0, uri ? uri : "");
+  char *q = strchr(conn->log_path, '?');
+  if (q)
+    *q = '\0';
+  if (got < 0 || !uri || rb_route_match(uri, "GET", true, NULL, &m) < 0) {
     rb_ws_close(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "route lost");
     lws_callback_on_writable(wsi);
     return;
   }
+  conn->route = m.route;
   const char *token = bearer_subprotocol(wsi, sub, sizeof sub, &bearer) ? sub : NULL;
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
   if (!c) {
@@ -699,6 +715,7 @@ bool rb_ws_on_unmasked(struct lws *wsi) {
  * message inside a fragmented one) with 1002. */
 static int on_receive(struct lws *wsi, struct rb_conn *conn, const void *in, size_t len) {
   bool final = lws_is_final_fragment(wsi) != 0;
+  conn->bytes_in += (long long)len;
   /* The streams take no client messages; one larger than a request body
    * may be fails with 1009 (RFC 6455 7.4.1), however it is fragmented. */
   size_t max = conn->bridge->opt.max_body_bytes;
@@ -730,6 +747,9 @@ static int on_peer_close(struct lws *wsi, const unsigned char *in, size_t len) {
   if (len < 2)
     return 0;
   unsigned code = (unsigned)in[0] << 8 | in[1];
+  struct rb_conn *conn = lws_wsi_user(wsi);
+  if (conn && !conn->ws_logged_code)
+    conn->ws_logged_code = (int)code; /* lws echoes it */
   if (code >= 5000)
     return close_now(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, "invalid close code");
   struct ana_utf8_state st = {0};
@@ -748,7 +768,13 @@ int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_
   case LWS_CALLBACK_TIMER: on_slow_timer(wsi, conn); return 0;
   case LWS_CALLBACK_RECEIVE: return on_receive(wsi, conn, in, len);
   case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return on_peer_close(wsi, in, len);
-  case LWS_CALLBACK_CLOSED:
+  case LWS_CALLBACK_CLOSED: {
+    /* 1006: the connection ended without a close frame. */
+    int code = conn->ws_logged_code ? conn->ws_logged_code : LWS_CLOSE_STATUS_ABNORMAL_CLOSE;
+    rb_access_log(wsi, conn, code,
+                  code == LWS_CLOSE_STATUS_NORMAL || code == LWS_CLOSE_STATUS_GOINGAWAY);
+    conn->method_name = NULL;
+  }
     if (conn->ws_counted) {
       conn->ws_counted = false;
       rb_stats_websocket(conn->bridge->stats, -1);

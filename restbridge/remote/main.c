@@ -94,6 +94,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   ana_log_set_level(cfg.process.log_level);
+  double share;
+  if (ana_log_access_sample_parse(cfg.process.access_log_sample, &share) == 0)
+    ana_log_access_set_sample(share);
   ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
   if (!upstream || !upstream[0])
     upstream = cfg.bridge.restbridge_upstream;

@@ -70,6 +70,7 @@ static const char *const all_names[] = {
     "HTTP_HOST",
     "HTTP_ALLOWED_HOSTS",
     "LOG_LEVEL",
+    "ACCESS_LOG_SAMPLE",
     "EVENT_MAX_BYTES",
     "EVENT_MAX_PROPERTIES",
     "EVENT_MAX_DEPTH",
