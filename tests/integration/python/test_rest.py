@@ -99,7 +99,7 @@ class RestTest(harness.ServerTestCase):
     def assertJsonError(self, status, body, http_status, code=None):
         self.assertEqual(status, http_status, body)
         self.assertIsInstance(body, dict, body)
-        self.assertEqual(set(body), {"code", "message", "details"}, body)
+        self.assertEqual(set(body), {"code", "message", "details", "requestId"}, body)
         if code is not None:
             self.assertEqual(body["code"], code, body)
         self.assertIsInstance(body["details"], list)
@@ -155,10 +155,10 @@ class RestTest(harness.ServerTestCase):
         if not todo:
             self.skipTest("every feature with a REST route is implemented")
         m, template = todo[0]
-        status, _, body = self.rest.request("GET", fill_path(template)[0])
+        status, h, body = self.rest.request("GET", fill_path(template)[0])
         self.assertEqual(status, 501, body)
         self.assertEqual(body, {"code": 12, "message": "%s are not implemented yet" % m.feature,
-                                "details": []})
+                                "details": [], "requestId": h["x-request-id"]})
 
     def test_health(self):
         status, h, body = self.rest.request("GET", "/health")
