@@ -424,7 +424,6 @@ void ana_log_access(const struct ana_access_entry *e) {
   const char *saved = current_request_id;
   current_request_id = NULL; /* the entry's own id goes in its place */
   line_begin(&l, ANA_LOG_INFO, "access", msg, utf8_trim(msg, strlen(msg)), false);
-  current_request_id = saved;
   (void)(line_field(&l, "requestId", e->request_id) &&
          line_field(&l, "transport", e->transport ? e->transport : "?") &&
          line_field(&l, "method", e->method ? e->method : "?") &&
@@ -434,6 +433,7 @@ void ana_log_access(const struct ana_access_entry *e) {
          line_number(&l, "bytesIn", "%lld", e->bytes_in) &&
          line_number(&l, "bytesOut", "%lld", e->bytes_out) &&
          line_number(&l, "durationMs", "%.3f", e->duration_ms) && line_field(&l, "peer", e->peer));
+  current_request_id = saved;
   line_finish(&l);
 }
 
