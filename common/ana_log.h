@@ -94,8 +94,14 @@ void ana_log_access_set_sample(double share);
 /* Whether a request with this outcome gets a line (the sampling draw for a
  * successful one). Cheap; thread-safe. */
 bool ana_log_access_sampled(bool success);
-/* Writes e's line at info level (no flood control: sampling bounds it). */
+/* Writes e's line at info level. At most ACCESS_LOG_MAX_PER_S lines a
+ * second (a flood of failures is not sampled): the rest are counted in
+ * ana_log_suppressed_total and reported in one warn line, {"component":
+ * "access","msg":"suppressed access lines (over ACCESS_LOG_MAX_PER_S)",
+ * "suppressed":"N"}, once the second is over. */
 void ana_log_access(const struct ana_access_entry *e);
+/* ACCESS_LOG_MAX_PER_S (default 100; 0 counts as 1). Thread-safe. */
+void ana_log_access_set_max_per_second(unsigned n);
 
 /* Flood control: each call site of the ANA_* macros writes at most
  * ANA_LOG_SITE_LINES_PER_S lines per second. The rest are counted, added to

@@ -33,6 +33,15 @@ static const struct ana_config_row rows[] = {
              "every other request is always written. 1 logs every request, 0 only failures; "
              "LOG_LEVEL=warn turns the access log off.",
      ROW(access_log_sample)},
+    {.name = "ACCESS_LOG_MAX_PER_S",
+     .type = ANA_CONFIG_INT,
+     .def = "100",
+     .min = 1,
+     .max = 1000000,
+     .help = "Most access-log lines written per second (a flood of failing requests is not "
+             "sampled); the rest are counted in ana_log_suppressed_total and reported in one "
+             "line per second.",
+     ROW(access_log_max_per_s)},
     {.name = "PROTO_MAX_DEPTH",
      .type = ANA_CONFIG_INT,
      .def = "100",

@@ -410,11 +410,51 @@ static bool line_number(struct line *l, const char *key, const char *fmt, ...) {
   return ok;
 }
 
+static long long mono_second(void);
+static _Atomic unsigned long long suppressed_total;
+
+/* At most access_max access lines per (monotonic) second; the rest are
+ * counted, in ana_log_suppressed_total too, and reported in one line when
+ * the second is over. */
+static atomic_uint access_max = 100;
+static _Atomic long long access_second;
+static atomic_uint access_count, access_suppressed;
+
+void ana_log_access_set_max_per_second(unsigned n) {
+  atomic_store_explicit(&access_max, n ? n : 1, memory_order_relaxed);
+}
+
+static void access_report(void) {
+  unsigned n = atomic_exchange_explicit(&access_suppressed, 0, memory_order_relaxed);
+  if (n == 0)
+    return;
+  char count[16], max[16];
+  snprintf(count, sizeof count, "%u", n);
+  snprintf(max, sizeof max, "%u", atomic_load_explicit(&access_max, memory_order_relaxed));
+  ana_log_fields(ANA_LOG_WARN, "access", "suppressed access lines (over ACCESS_LOG_MAX_PER_S)",
+                 "suppressed", count, "max_per_s", max, NULL);
+}
+
+static void access_roll(long long now) {
+  long long seen = atomic_load_explicit(&access_second, memory_order_relaxed);
+  if (seen == now || !atomic_compare_exchange_strong(&access_second, &seen, now))
+    return;
+  atomic_store_explicit(&access_count, 0, memory_order_relaxed);
+  access_report();
+}
+
 void ana_log_access(const struct ana_access_entry *e) {
   struct line l;
   char msg[512];
   if (!ana_log_enabled(ANA_LOG_INFO))
     return;
+  access_roll(mono_second());
+  if (atomic_fetch_add_explicit(&access_count, 1, memory_order_relaxed) >=
+      atomic_load_explicit(&access_max, memory_order_relaxed)) {
+    atomic_fetch_add_explicit(&access_suppressed, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&suppressed_total, 1, memory_order_relaxed);
+    return;
+  }
   if (e->code)
     snprintf(msg, sizeof msg, "%s%s%s %s", e->method ? e->method : "?", e->route ? " " : "",
              e->route ? e->route : "", e->code);
@@ -440,7 +480,6 @@ void ana_log_access(const struct ana_access_entry *e) {
 /* ------------------------------------------------------------------ */
 /* flood control */
 
-static _Atomic unsigned long long suppressed_total;
 /* Sites that suppressed something, pushed once each (never removed: sites
  * are statics). */
 static struct ana_log_site *_Atomic suppressing_sites;
@@ -499,6 +538,8 @@ bool ana_log_site_admit(struct ana_log_site *site, const char *component) {
 
 void ana_log_flush_suppressed(void) {
   long long now = mono_second();
+  if (atomic_load_explicit(&access_suppressed, memory_order_relaxed) > 0)
+    access_roll(now);
   for (struct ana_log_site *s = atomic_load(&suppressing_sites); s; s = s->next)
     if (atomic_load_explicit(&s->suppressed, memory_order_relaxed) > 0)
       roll_second(s, now);

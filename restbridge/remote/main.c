@@ -97,6 +97,7 @@ int main(int argc, char **argv) {
   double share;
   if (ana_log_access_sample_parse(cfg.process.access_log_sample, &share) == 0)
     ana_log_access_set_sample(share);
+  ana_log_access_set_max_per_second((unsigned)cfg.process.access_log_max_per_s);
   ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
   if (!upstream || !upstream[0])
     upstream = cfg.bridge.restbridge_upstream;

@@ -310,6 +310,37 @@ static void test_access_line(void **state) {
   json_decref(obj);
 }
 
+/* Sleeps until the monotonic second changes (the log's windows are those). */
+static void next_second(void) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &t0);
+  do {
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+  } while (t.tv_sec == t0.tv_sec);
+}
+
+static void test_access_lines_are_capped_per_second(void **state) {
+  (void)state;
+  struct ana_access_entry e = {.transport = "grpc", .method = "/x/Y", .status = 5, .peer = "p"};
+  unsigned long long before = ana_log_suppressed_total();
+  ana_log_access_set_max_per_second(3);
+  next_second();
+  for (int i = 0; i < 10; i++)
+    ana_log_access(&e);
+  assert_int_equal(line_count(output()), 3);
+  assert_int_equal(ana_log_suppressed_total() - before, 7);
+  capture_reset();
+  next_second();
+  ana_log_flush_suppressed();
+  json_t *obj = only_line();
+  assert_string_equal(str_field(obj, "msg"), "suppressed access lines (over ACCESS_LOG_MAX_PER_S)");
+  assert_string_equal(str_field(obj, "suppressed"), "7");
+  json_decref(obj);
+  ana_log_access_set_max_per_second(100);
+}
+
 static void test_access_sampling(void **state) {
   double v = -1;
   (void)state;
@@ -614,6 +645,8 @@ int main(void) {
                                       capture_stop),
       cmocka_unit_test_setup_teardown(test_access_line, capture_start, capture_stop),
       cmocka_unit_test(test_access_sampling),
+      cmocka_unit_test_setup_teardown(test_access_lines_are_capped_per_second, capture_start,
+                                      capture_stop),
       cmocka_unit_test_setup_teardown(test_component_edge_cases, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_long_message_is_cut_at_a_character, capture_start,
                                       capture_stop),
