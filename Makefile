@@ -50,6 +50,8 @@ bench: build
 	  --out bench/RESULTS.md
 	./$(BUILD)/bench/rest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+	./$(BUILD)/bench/tls_bench --server ./$(BUILD)/server/analyticsd \
+	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/jwt_bench --out bench/RESULTS.md
 	./$(BUILD)/bench/rate_limit_bench --out bench/RESULTS.md
 	./$(BUILD)/bench/auth_bench --server ./$(BUILD)/server/analyticsd \

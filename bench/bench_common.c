@@ -2,6 +2,7 @@
 #include "bench_common.h"
 
 #include "ana_client_stubs.h"
+#include "ana_clock.h"
 
 #include <math.h>
 #include <netinet/in.h>
@@ -22,9 +23,7 @@
 #define LATENCY_CAP 2000000
 
 double bench_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  return (double)ana_clock_mono_ns() / 1e9;
 }
 
 static int cmp_double(const void *a, const void *b) {

@@ -20,6 +20,7 @@
 #include "bench_common.h"
 #include "results_file.h"
 #include "sqlite/text_index.h"
+#include "ana_clock.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -192,9 +193,7 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
   pstruct.fields = fep;
   uint8_t payload[512];
   const char *names[] = {"message_sent", "message_delivered", "message_read", "link_clicked"};
-  struct timespec rt;
-  clock_gettime(CLOCK_REALTIME, &rt);
-  int64_t now_ms = (int64_t)rt.tv_sec * 1000;
+  int64_t now_ms = ana_clock_wall_ms() / 1000 * 1000;
   double start = bench_now_s();
   char id[48], text[160];
   for (long done = 0; done < total;) {

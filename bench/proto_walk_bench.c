@@ -4,6 +4,7 @@
 #include "ana_proto_walk.h"
 #include "analytics/v1/events.pb-c.h"
 #include "results_file.h"
+#include "ana_clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +16,7 @@
 #define RUNS 9
 
 static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  return (double)ana_clock_mono_ns() / 1e9;
 }
 
 static int cmp_double(const void *a, const void *b) {

@@ -6,6 +6,7 @@
 #include "results_file.h"
 
 #include "ana_rate_limit.h"
+#include "ana_clock.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,12 +23,6 @@
 
 static double seconds = 2.0;
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 struct worker {
   struct ana_rate_limiter *l;
   const struct ana_rate_limit *lim;
@@ -41,7 +36,7 @@ static void *run(void *arg) {
   struct worker *w = arg;
   char key[32];
   struct ana_rate_decision d;
-  int64_t t0 = now_ns();
+  int64_t t0 = ana_clock_mono_ns();
   long i = 0;
   while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
     for (int j = 0; j < 1024; j++, i++) {
@@ -50,12 +45,12 @@ static void *run(void *arg) {
         snprintf(key, sizeof key, "a:acct-%ld", i % SPREAD_KEYS);
         k = key;
       }
-      if (ana_rate_limiter_charge(w->l, k, w->lim, 1, now_ns(), &d) == 0 && d.allowed)
+      if (ana_rate_limiter_charge(w->l, k, w->lim, 1, ana_clock_mono_ns(), &d) == 0 && d.allowed)
         w->allowed++;
     }
   }
   w->calls = i;
-  w->elapsed_s = (double)(now_ns() - t0) / 1e9;
+  w->elapsed_s = (double)(ana_clock_mono_ns() - t0) / 1e9;
   return NULL;
 }
 

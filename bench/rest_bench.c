@@ -21,6 +21,7 @@
 #include "ana_client_stubs.h"
 #include "bench_common.h"
 #include "results_file.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <libwebsockets.h>
@@ -58,12 +59,6 @@ static const char *server_path, *bridge_path;
 static const char *out_path = "bench/RESULTS.md";
 static const char *only; /* "ingest" or "ws": a partial run, printed, RESULTS.md untouched */
 static char base_dir[] = "/tmp/ana-rest-bench-XXXXXX";
-
-static int64_t wall_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------ */
 /* processes: analyticsd and analytics-restbridge on free ports */
@@ -375,7 +370,7 @@ static struct ws_sub subs[WS_SUBSCRIBERS];
 
 static void ws_frame(struct ws_client *c, const char *text, size_t len) {
   static const char key[] = "\"sentNs\":\"";
-  int64_t now = wall_ns();
+  int64_t now = ana_clock_wall_ns();
   const char *p;
 
   (void)len;
@@ -452,7 +447,7 @@ static void *ws_producer(void *arg) {
     if (wait > 0)
       usleep((useconds_t)(wait * 1e6));
     next += p->interval;
-    size_t n = event_json(body, sizeof body, "bench_ws", wall_ns());
+    size_t n = event_json(body, sizeof body, "bench_ws", ana_clock_wall_ns());
     if (http_request(c, "POST", "/api/events", body, n, NULL, 0) == 200)
       p->sent++;
     else
@@ -525,7 +520,7 @@ static struct ws_result ws_latency(int port) {
     r.connected += atomic_load(&ws.clients[k].established);
 
   double start = bench_now_s() + 0.2;
-  ws.record_from_ns = wall_ns() + (int64_t)((0.2 + warmup) * 1e9);
+  ws.record_from_ns = ana_clock_wall_ns() + (int64_t)((0.2 + warmup) * 1e9);
   for (int i = 0; i < WS_PRODUCERS; i++) {
     pr[i] = (struct producer){.port = port,
                               .start = start + (double)i / WS_RATE,

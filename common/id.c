@@ -3,6 +3,7 @@
 #include "ana_id.h"
 
 #include "ana_error.h"
+#include "ana_clock.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -16,9 +17,7 @@ static uint64_t last_ms;
 static uint32_t last_counter;
 
 static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  return (uint64_t)ana_clock_wall_ms();
 }
 
 static int fill_random(void *buf, size_t n) {

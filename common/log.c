@@ -3,6 +3,7 @@
 
 #include "ana_error.h"
 #include "ana_prom.h"
+#include "ana_clock.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -197,14 +198,14 @@ static bool put_json_string(struct line *l, const char *s, size_t n) {
 }
 
 static void format_timestamp(char *out, size_t size) {
-  struct timespec now;
+  int64_t ms = ana_clock_wall_ms();
+  time_t secs = (time_t)(ms / 1000);
   struct tm tm;
   size_t n;
 
-  clock_gettime(CLOCK_REALTIME, &now);
-  gmtime_r(&now.tv_sec, &tm);
+  gmtime_r(&secs, &tm);
   n = strftime(out, size, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + n, size - n, ".%03dZ", (int)(now.tv_nsec / 1000000));
+  snprintf(out + n, size - n, ".%03dZ", (int)(ms % 1000));
 }
 
 static _Thread_local const char *current_request_id;
@@ -485,9 +486,7 @@ void ana_log_access(const struct ana_access_entry *e) {
 static struct ana_log_site *_Atomic suppressing_sites;
 
 static long long mono_second(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return (long long)ts.tv_sec;
+  return (long long)(ana_clock_mono_coarse_ms() / 1000);
 }
 
 /* Writes the report of what the site suppressed, if anything. */

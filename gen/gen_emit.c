@@ -350,13 +350,15 @@ char *gen_emit_client_stubs_c(const struct gen_model *m) {
 }
 
 char *gen_emit_descriptor_set_c(const struct gen_model *m) {
-  /* Source info only bloats the binary: reflection clients do not need it. */
+  /* The contracts keep their source info, so reflection clients show their
+   * comments (grpcurl describe); the other files' would only bloat the binary. */
   const Google__Protobuf__Compiler__CodeGeneratorRequest *req = m->request;
   Google__Protobuf__FileDescriptorProto **files = gen_xcalloc(req->n_proto_file, sizeof *files);
   Google__Protobuf__FileDescriptorProto *copies = gen_xcalloc(req->n_proto_file, sizeof *copies);
   for (size_t i = 0; i < req->n_proto_file; i++) {
     copies[i] = *req->proto_file[i];
-    copies[i].source_code_info = NULL;
+    if (strncmp(copies[i].name, "analytics/", 10) != 0)
+      copies[i].source_code_info = NULL;
     files[i] = &copies[i];
   }
   Google__Protobuf__FileDescriptorSet set = GOOGLE__PROTOBUF__FILE_DESCRIPTOR_SET__INIT;

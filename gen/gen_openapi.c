@@ -20,16 +20,23 @@ typedef Google__Protobuf__FieldDescriptorProto Field;
 
 /* --- JSON text --- */
 
-static void json_str(struct gen_buf *b, const char *s) {
-  gen_append(b, "\"", 1);
+/* s escaped for a JSON string, without the quotes. */
+static void json_text(struct gen_buf *b, const char *s) {
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
     if (*p == '"' || *p == '\\')
       gen_printf(b, "\\%c", *p);
+    else if (*p == '\n')
+      gen_printf(b, "\\n");
     else if (*p < 0x20)
       gen_printf(b, "\\u%04x", *p);
     else
       gen_append(b, p, 1);
   }
+}
+
+static void json_str(struct gen_buf *b, const char *s) {
+  gen_append(b, "\"", 1);
+  json_text(b, s);
   gen_append(b, "\"", 1);
 }
 
@@ -76,6 +83,127 @@ static const Google__Protobuf__EnumDescriptorProto *find_enum(const struct gen_m
 }
 
 /* --- schemas --- */
+
+/* --- comments and field behavior from the contracts --- */
+
+/* analytics.v1.field_behavior (options.proto), read as an unknown field of
+ * FieldOptions like the method policy; its values are google.api's. */
+#define FIELD_BEHAVIOR_OPTION_NUMBER 51002u
+enum { BEHAVIOR_REQUIRED = 2, BEHAVIOR_OUTPUT_ONLY = 3 };
+
+static int field_behavior(const Field *f) {
+  const ProtobufCMessage *opts = (const ProtobufCMessage *)f->options;
+  for (unsigned i = 0; opts && i < opts->n_unknown_fields; i++) {
+    const ProtobufCMessageUnknownField *u = &opts->unknown_fields[i];
+    if (u->tag == FIELD_BEHAVIOR_OPTION_NUMBER && u->wire_type == PROTOBUF_C_WIRE_TYPE_VARINT &&
+        u->len >= 1)
+      return u->data[0] & 0x7f;
+  }
+  return 0;
+}
+
+#define MAX_DOC_PATH 16
+
+/* The SourceCodeInfo path of node (a message or a field) inside d, whose own
+ * path is path[0..n); true with *out_n set when found. */
+static bool find_in_message(const Google__Protobuf__DescriptorProto *d, const void *node,
+                            int32_t *path, size_t n, size_t *out_n) {
+  if ((const void *)d == node) {
+    *out_n = n;
+    return true;
+  }
+  if (n + 2 > MAX_DOC_PATH)
+    return false;
+  for (size_t i = 0; i < d->n_field; i++)
+    if ((const void *)d->field[i] == node) {
+      path[n] = 2; /* DescriptorProto.field */
+      path[n + 1] = (int32_t)i;
+      *out_n = n + 2;
+      return true;
+    }
+  for (size_t i = 0; i < d->n_nested_type; i++) {
+    path[n] = 3; /* DescriptorProto.nested_type */
+    path[n + 1] = (int32_t)i;
+    if (find_in_message(d->nested_type[i], node, path, n + 2, out_n))
+      return true;
+  }
+  return false;
+}
+
+/* The comment protoc recorded at path (the leading one, else the trailing
+ * one), each line's first space dropped and the ends trimmed; NULL when
+ * there is none. The caller frees. */
+static char *location_comment(const Google__Protobuf__FileDescriptorProto *file,
+                              const int32_t *path, size_t n) {
+  const Google__Protobuf__SourceCodeInfo *info = file->source_code_info;
+  for (size_t i = 0; info && i < info->n_location; i++) {
+    const Google__Protobuf__SourceCodeInfo__Location *loc = info->location[i];
+    if (loc->n_path != n || memcmp(loc->path, path, n * sizeof *path) != 0)
+      continue;
+    const char *c = loc->leading_comments && loc->leading_comments[0] ? loc->leading_comments
+                                                                      : loc->trailing_comments;
+    if (!c)
+      return NULL;
+    struct gen_buf b = {0};
+    while (*c) {
+      if (*c == ' ')
+        c++;
+      const char *eol = strchr(c, '\n');
+      size_t len = eol ? (size_t)(eol - c) : strlen(c);
+      gen_append(&b, c, len);
+      gen_append(&b, "\n", 1);
+      c += len + (eol ? 1 : 0);
+    }
+    char *text = gen_take(&b);
+    size_t len = strlen(text);
+    while (len && (text[len - 1] == '\n' || text[len - 1] == ' '))
+      text[--len] = '\0';
+    if (!len) {
+      free(text);
+      return NULL;
+    }
+    return text;
+  }
+  return NULL;
+}
+
+/* The comment of a message or field descriptor of the request's files. */
+static char *node_comment(const struct gen_model *m, const void *node) {
+  const Google__Protobuf__Compiler__CodeGeneratorRequest *req = m->request;
+  int32_t path[MAX_DOC_PATH];
+  size_t n = 0;
+  for (size_t fi = 0; fi < req->n_proto_file; fi++) {
+    const Google__Protobuf__FileDescriptorProto *file = req->proto_file[fi];
+    for (size_t i = 0; i < file->n_message_type; i++) {
+      path[0] = 4; /* FileDescriptorProto.message_type */
+      path[1] = (int32_t)i;
+      if (find_in_message(file->message_type[i], node, path, 2, &n))
+        return location_comment(file, path, n);
+    }
+  }
+  return NULL;
+}
+
+/* The comment of an RPC. */
+static char *method_comment(const struct gen_model *m, const struct gen_method *x) {
+  const Google__Protobuf__Compiler__CodeGeneratorRequest *req = m->request;
+  for (size_t fi = 0; fi < req->n_proto_file; fi++) {
+    const Google__Protobuf__FileDescriptorProto *file = req->proto_file[fi];
+    size_t plen = file->package ? strlen(file->package) : 0;
+    if (!plen || strncmp(x->full_service, file->package, plen) != 0 || x->full_service[plen] != '.')
+      continue;
+    for (size_t s = 0; s < file->n_service; s++) {
+      if (strcmp(file->service[s]->name, x->full_service + plen + 1) != 0)
+        continue;
+      for (size_t k = 0; k < file->service[s]->n_method; k++)
+        if (strcmp(file->service[s]->method[k]->name, x->name) == 0) {
+          int32_t path[4] = {6, (int32_t)s, 2, (int32_t)k}; /* service[s].method[k] */
+          return location_comment(file, path, 4);
+        }
+    }
+  }
+  return NULL;
+}
 
 static bool is_map_entry(const struct gen_message *msg) {
   return msg && msg->proto->options && msg->proto->options->has_map_entry &&
@@ -243,18 +371,66 @@ static const char *json_name(const Field *f) {
   return f->json_name ? f->json_name : f->name;
 }
 
+/* A property's schema with its comment as description and, for an
+ * OUTPUT_ONLY field, readOnly. A $ref takes no siblings in OpenAPI 3.0, nor
+ * may a description be given twice: those are wrapped in allOf. */
+static void property_schema(struct gen_buf *b, const struct gen_model *m, const Field *f,
+                            struct names *w) {
+  struct gen_buf fb = {0};
+  field_schema(&fb, m, f, w, false);
+  char *schema = gen_take(&fb);
+  char *doc = node_comment(m, f);
+  bool read_only = field_behavior(f) == BEHAVIOR_OUTPUT_ONLY;
+  if (!doc && !read_only) {
+    gen_printf(b, "%s", schema);
+  } else {
+    if (strncmp(schema, "{\"$ref\"", 7) == 0 || strstr(schema, "\"description\""))
+      gen_printf(b, "{\"allOf\":[%s],", schema);
+    else if (strcmp(schema, "{}") == 0)
+      gen_printf(b, "{");
+    else
+      gen_printf(b, "%.*s,", (int)strlen(schema) - 1, schema);
+    if (doc) {
+      gen_printf(b, "\"description\":");
+      json_str(b, doc);
+    }
+    if (read_only)
+      gen_printf(b, "%s\"readOnly\":true", doc ? "," : "");
+    gen_printf(b, "}");
+  }
+  free(doc);
+  free(schema);
+}
+
 static void message_schema(struct gen_buf *b, const struct gen_model *m,
                            const struct gen_message *msg, struct names *w) {
-  gen_printf(b, "{\"type\":\"object\",\"properties\":{");
+  gen_printf(b, "{\"type\":\"object\"");
+  char *doc = node_comment(m, msg->proto);
+  if (doc) {
+    gen_printf(b, ",\"description\":");
+    json_str(b, doc);
+    free(doc);
+  }
+  gen_printf(b, ",\"properties\":{");
   for (size_t i = 0; i < msg->proto->n_field; i++) {
     const Field *f = msg->proto->field[i];
     if (i)
       gen_append(b, ",", 1);
     json_str(b, json_name(f));
     gen_append(b, ":", 1);
-    field_schema(b, m, f, w, false);
+    property_schema(b, m, f, w);
   }
-  gen_printf(b, "}}");
+  gen_printf(b, "}");
+  bool first = true;
+  for (size_t i = 0; i < msg->proto->n_field; i++) {
+    const Field *f = msg->proto->field[i];
+    if (field_behavior(f) != BEHAVIOR_REQUIRED)
+      continue;
+    gen_printf(b, "%s", first ? ",\"required\":[" : ",");
+    first = false;
+    json_str(b, json_name(f));
+  }
+  gen_printf(b, "%s}", first ? "" : "]");
 }
 
 /* --- paths --- */
@@ -324,19 +500,31 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
   json_str(b, x->service_short);
   gen_printf(b, "],\"summary\":");
   json_str(b, x->path);
+  char *doc = method_comment(m, x);
+  bool described = doc || ws || x->download;
+  if (described) {
+    gen_printf(b, ",\"description\":\"");
+    if (doc)
+      json_text(b, doc);
+    if (doc && (ws || x->download))
+      gen_printf(b, "\\n\\n");
+  }
+  free(doc);
   if (ws)
     gen_printf(
         b,
-        ",\"description\":\"WebSocket: connect with an upgrade on this path (token in "
+        "WebSocket: connect with an upgrade on this path (token in "
         "Authorization or in the subprotocol list \\\"bearer, <token>\\\"). Each message is a text "
         "frame {\\\"result\\\":...}; an error ends the stream with "
-        "{\\\"error\\\":{code,message,details}} and close code 1011.\"");
+        "{\\\"error\\\":{code,message,details}} and close code 1011.");
   if (x->download)
-    gen_printf(b, ",\"description\":\"A file download: the raw bytes with Content-Type, "
+    gen_printf(b, "A file download: the raw bytes with Content-Type, "
                   "Content-Disposition (attachment), Content-Length and ETag. If-None-Match "
                   "with the current ETag answers 304; one Range (bytes=a-b, a- or -n) answers "
                   "206 with Content-Range, 416 when unsatisfiable; several ranges are ignored "
-                  "(200). Errors before the first byte are JSON errors.\"");
+                  "(200). Errors before the first byte are JSON errors.");
+  if (described)
+    gen_printf(b, "\"");
   if (x->permission && x->permission[0]) {
     gen_printf(b, ",\"x-permission\":");
     json_str(b, x->permission);
@@ -373,7 +561,14 @@ static void operation(struct gen_buf *b, const struct gen_model *m, const struct
       gen_printf(b, "%s{\"name\":", first ? "" : ",");
       first = false;
       json_str(b, json_name(f));
-      gen_printf(b, ",\"in\":\"query\",\"required\":false");
+      gen_printf(b, ",\"in\":\"query\",\"required\":%s",
+                 field_behavior(f) == BEHAVIOR_REQUIRED ? "true" : "false");
+      char *pdoc = node_comment(m, f);
+      if (pdoc) {
+        gen_printf(b, ",\"description\":");
+        json_str(b, pdoc);
+        free(pdoc);
+      }
       if (map)
         gen_printf(b, ",\"style\":\"deepObject\",\"explode\":true");
       else if (is_repeated(f))

@@ -93,6 +93,14 @@ struct ana_restbridge_options {
    * credentials (HEALTH_REQUIRE_AUTH, METRICS_REQUIRE_AUTH); false: open. */
   bool health_require_auth;
   bool metrics_require_auth;
+  /* HTTPS and WSS (HTTP_TLS_*): PEM certificate chain and private key, both
+   * or neither (plaintext); with tls_client_ca_file, clients must present
+   * a certificate it signed (mTLS). ALPN offers http/1.1 only. The
+   * variable names head the error messages (tls_*_var; NULL: the HTTP_TLS_
+   * ones). Copied. */
+  const char *tls_cert_file;
+  const char *tls_key_file;
+  const char *tls_client_ca_file;
 };
 
 /* For the health callback: appends `,"name":"value"` (JSON-escaped) to
@@ -106,6 +114,14 @@ int ana_restbridge_health_add_int(struct ana_json_buf *b, const char *name, long
  * handlers (ana_rpc_bind) before. */
 struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options *o,
                                              struct ana_error *err);
+
+/* Reads the TLS files again (SIGHUP) and hands them to the service thread,
+ * which loads them into the listening context: connections from the next
+ * handshake on get the new certificate (and client CA); open ones keep
+ * theirs. Returns 0 (also without TLS), or ANA_ERR_INVALID with err naming
+ * the variable and path when a file is unreadable or bad: the certificate
+ * in use stays. Blocks on the file reads only; any thread but the bridge's. */
+int ana_restbridge_reload_tls(struct ana_restbridge *b, struct ana_error *err);
 
 /* The port actually bound (useful with port 0). */
 int ana_restbridge_port(const struct ana_restbridge *b);

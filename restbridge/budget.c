@@ -8,6 +8,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "ana_prom.h"
+#include "ana_clock.h"
 
 #include <malloc.h>
 #include <string.h>
@@ -37,12 +38,6 @@ struct rb_budget {
   pthread_t trimmer;
   bool trimmer_started;
 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void collect(struct ana_prom_writer *w, void *ctx) {
   struct rb_budget *bud = ctx;
@@ -95,23 +90,16 @@ static void *trimmer(void *arg) {
       pthread_cond_wait(&bud->trim_cv, &bud->trim_mu);
       continue;
     }
-    int64_t wait = last + TRIM_EVERY_MS - now_ms();
+    int64_t wait = last + TRIM_EVERY_MS - ana_clock_mono_ms();
     if (wait > 0) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += wait / 1000;
-      ts.tv_nsec += (wait % 1000) * 1000000;
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
+      struct timespec ts = ana_deadline_in_ms(wait);
       pthread_cond_timedwait(&bud->trim_cv, &bud->trim_mu, &ts);
       continue;
     }
     bud->freed = 0;
     pthread_mutex_unlock(&bud->trim_mu);
     malloc_trim(0);
-    last = now_ms();
+    last = ana_clock_mono_ms();
     pthread_mutex_lock(&bud->trim_mu);
   }
   pthread_mutex_unlock(&bud->trim_mu);

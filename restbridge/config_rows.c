@@ -50,6 +50,14 @@ static bool valid_host_list(const char *s) {
   return true;
 }
 
+/* RESTBRIDGE_UPSTREAM_SERVER_NAME: a host name, printable, no spaces. */
+static bool valid_server_name(const char *s) {
+  for (const char *p = s; *p; p++)
+    if (*p <= ' ' || *p > '~' || *p == '/' || *p == ':')
+      return false;
+  return true;
+}
+
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_bridge_settings, member)
 
 static const struct ana_config_row rows[] = {
@@ -158,6 +166,57 @@ static const struct ana_config_row rows[] = {
              "its transport together (the WebSocket queue of a connection is this size too); "
              "beyond it live events are dropped and counted in the next aggregate snapshot.",
      ROW(stream_buffer_size)},
+    {.name = "HTTP_TLS_CERT_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "PEM certificate chain the REST and WebSocket port serves HTTPS and WSS with (with "
+             "HTTP_TLS_KEY_FILE; both or neither; ALPN offers http/1.1 only); unset serves "
+             "plaintext. Read again on SIGHUP.",
+     ROW(http_tls_cert_file)},
+    {.name = "HTTP_TLS_KEY_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "PEM private key of HTTP_TLS_CERT_FILE (unencrypted). Read again on SIGHUP.",
+     ROW(http_tls_key_file)},
+    {.name = "HTTP_TLS_CLIENT_CA_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "PEM CA certificates: when set, HTTPS and WSS clients must present a certificate "
+             "they signed (mutual TLS); needs HTTP_TLS_CERT_FILE. Read again on SIGHUP.",
+     ROW(http_tls_client_ca_file)},
+    {.name = "RESTBRIDGE_UPSTREAM_TLS",
+     .type = ANA_CONFIG_BOOL,
+     .def = "false",
+     .help = "analytics-restbridge only: reach RESTBRIDGE_UPSTREAM over TLS, trusting the "
+             "system's CA certificates unless RESTBRIDGE_UPSTREAM_CA_FILE is set (setting any "
+             "RESTBRIDGE_UPSTREAM_*_FILE turns TLS on too).",
+     ROW(upstream_tls)},
+    {.name = "RESTBRIDGE_UPSTREAM_CA_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "analytics-restbridge only: PEM CA certificates the upstream's certificate must "
+             "chain to; its --upstream-ca option wins.",
+     ROW(upstream_ca_file)},
+    {.name = "RESTBRIDGE_UPSTREAM_CERT_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "analytics-restbridge only: PEM client certificate presented to the upstream "
+             "(mutual TLS, with RESTBRIDGE_UPSTREAM_KEY_FILE); its --upstream-cert option wins.",
+     ROW(upstream_cert_file)},
+    {.name = "RESTBRIDGE_UPSTREAM_KEY_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "analytics-restbridge only: PEM private key of RESTBRIDGE_UPSTREAM_CERT_FILE; its "
+             "--upstream-key option wins.",
+     ROW(upstream_key_file)},
+    {.name = "RESTBRIDGE_UPSTREAM_SERVER_NAME",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "analytics-restbridge only: the name the upstream's certificate is checked against "
+             "(and sent as SNI) instead of the host of RESTBRIDGE_UPSTREAM.",
+     .check = valid_server_name,
+     .expect = "a host name",
+     ROW(upstream_server_name)},
 };
 
 const struct ana_config_table ana_bridge_config_table = ANA_CONFIG_TABLE("restbridge", rows);

@@ -23,7 +23,9 @@
 #include "framing.h"
 
 #include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
+#include <openssl/ssl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,13 +205,14 @@ size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n) {
   return n;
 }
 
-void rb_framer_register(int fd, struct lws *wsi) {
+void rb_framer_register(int fd, struct lws *wsi, bool tls) {
   if (fd < 0 || fd >= MAX_FD)
     return;
   struct rb_framer *f = malloc(sizeof *f);
   if (f) {
     rb_framer_init(f);
     f->wsi = wsi;
+    f->tls = tls;
   }
   /* Without memory the connection reads as it used to. */
   free(atomic_exchange(&framers[fd], f));
@@ -242,7 +245,7 @@ void rb_framer_pass(int fd) {
  * registered above, and for any call with flags. */
 ssize_t recv(int fd, void *buf, size_t len, int flags) {
   struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
-  if (!f || flags || !len || f->phase == RB_FRAME_PASS)
+  if (!f || f->tls || flags || !len || f->phase == RB_FRAME_PASS)
     return recvfrom(fd, buf, len, flags, NULL, NULL);
   if (f->ws_unmasked) {
     /* Nothing from the unmasked frame on reaches lws: the bridge fails
@@ -301,6 +304,91 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) {
   size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
   ssize_t got = recvfrom(fd, buf, want, 0, NULL, NULL);
   if (got == (ssize_t)want)
+    *f = next;
+  else if (got > 0)
+    rb_framer_scan(f, buf, (size_t)got);
+  return got;
+}
+
+/* --- HTTPS: the same framing over the plaintext of SSL_read --- */
+
+typedef int (*ssl_read_fn)(SSL *ssl, void *buf, int num);
+
+static int real_ssl_read(SSL *ssl, void *buf, int num) {
+  static _Atomic(ssl_read_fn) real;
+  ssl_read_fn fn = atomic_load(&real);
+  if (!fn) {
+    fn = (ssl_read_fn)dlsym(RTLD_NEXT, "SSL_read");
+    atomic_store(&real, fn);
+  }
+  return fn(ssl, buf, num);
+}
+
+/* A request is unanswered: nothing for lws now. With no plaintext left, SSL_peek fails with
+ * WANT_READ (lws waits) or reports the end; with plaintext there (the
+ * client sent more while a request is unanswered) lws cannot be told to
+ * wait: -1 without WANT_READ, and lws closes the connection. */
+static int ssl_gated(struct rb_framer *f, SSL *ssl) {
+  char next_byte;
+  int peeked = SSL_peek(ssl, &next_byte, 1);
+  if (peeked <= 0)
+    return peeked;
+  rb_http_on_gated(f->wsi);
+  return -1;
+}
+
+bool rb_framer_tls_pipelined(int fd) {
+  if (fd < 0 || fd >= MAX_FD)
+    return false;
+  struct rb_framer *f = atomic_load(&framers[fd]);
+  return f && f->tls && f->ssl && f->phase != RB_FRAME_PASS && SSL_has_pending(f->ssl);
+}
+
+/* The SSL_read lws calls (libwebsockets.so binds to this definition, as to
+ * recv() above): the real one for every SSL not registered (gRPC's among
+ * them: no socket of its own), as recv() above for the bridge's. */
+int SSL_read(SSL *ssl, void *buf, int num) {
+  int fd = SSL_get_fd(ssl);
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  if (!f || !f->tls || num <= 0 || f->phase == RB_FRAME_PASS)
+    return real_ssl_read(ssl, buf, num);
+  f->ssl = ssl;
+  if (f->ws_unmasked) {
+    if (!rb_ws_on_unmasked(f->wsi)) {
+      f->phase = RB_FRAME_PASS;
+      return real_ssl_read(ssl, buf, num);
+    }
+    /* The connection is being failed (1002): what follows is never read;
+     * draining it until OpenSSL wants more lets lws wait, and send the
+     * close frame, instead of giving up on the connection. */
+    char scratch[4096];
+    int got;
+    while ((got = real_ssl_read(ssl, scratch, sizeof scratch)) > 0) {
+    }
+    return got;
+  }
+  if (f->phase != RB_FRAME_WS && f->ended > f->answered)
+    return ssl_gated(f, ssl);
+  if (f->phase == RB_FRAME_BODY) {
+    int want = num;
+    if ((unsigned long long)want > f->body_left)
+      want = (int)f->body_left;
+    int got = real_ssl_read(ssl, buf, want);
+    if (got > 0)
+      rb_framer_scan(f, buf, (size_t)got);
+    return got;
+  }
+  int peeked = SSL_peek(ssl, buf, num);
+  if (peeked <= 0)
+    return peeked;
+  struct rb_framer next = *f;
+  size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+  if (want == 0) {
+    *f = next;
+    return SSL_read(ssl, buf, num); /* the unmasked frame is next */
+  }
+  int got = real_ssl_read(ssl, buf, (int)want);
+  if (got == (int)want)
     *f = next;
   else if (got > 0)
     rb_framer_scan(f, buf, (size_t)got);

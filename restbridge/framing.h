@@ -42,6 +42,10 @@ struct rb_framer {
    * one is unanswered, recv() gives nothing more (EAGAIN) */
   unsigned long ended, answered;
   struct lws *wsi;
+  /* HTTPS: the stream is the plaintext SSL_read gives lws (framing.c
+   * interposes it), not the socket's */
+  bool tls;
+  void *ssl; /* the connection's SSL, once read */
 };
 
 void rb_framer_init(struct rb_framer *f);
@@ -55,10 +59,17 @@ size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n);
 
 struct lws;
 
-/* The socket of a new HTTP connection: recv() on it returns one request at
- * a time from now on, and nothing while a request read is unanswered (it
- * then calls rb_http_on_gated(wsi)). lws thread. */
-void rb_framer_register(int fd, struct lws *wsi);
+/* The socket of a new HTTP connection: recv() on it (SSL_read, with tls)
+ * returns one request at a time from now on, and nothing while a request
+ * read is unanswered (it then calls rb_http_on_gated(wsi); over TLS, where
+ * "nothing now" cannot be told to lws when plaintext is already decrypted,
+ * the connection is closed instead). lws thread. */
+void rb_framer_register(int fd, struct lws *wsi, bool tls);
+/* Over TLS, whether plaintext beyond the answered requests is already read
+ * from the socket (a pipelined request): lws would never be woken for it,
+ * so the bridge closes the connection after the answer (RFC 9112 9.3.2:
+ * the client retries the rest). lws thread. */
+bool rb_framer_tls_pipelined(int fd);
 /* The bridge answered the current request of this connection. */
 void rb_framer_answered(int fd);
 /* recv() held back the next request of wsi (http.c). lws thread. */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <zlib.h>
 
 #define WRITE_CHUNK 16384
 #define GATED_RETRY_US 5000
@@ -309,7 +310,8 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_budget_body_free(conn);
   conn->body_len = 0;
   conn->body_too_large = false;
-  if (close_after)
+  /* Over TLS, a pipelined request already decrypted would wait for ever. */
+  if (close_after || rb_framer_tls_pipelined(lws_get_socket_fd(wsi)))
     return -1;
   /* The next request (pipelined or not) may be read now. */
   rb_framer_answered(lws_get_socket_fd(wsi));
@@ -342,6 +344,11 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
       rc = add_header(wsi, "content-security-policy:",
                       "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:", &p,
                       end);
+  }
+  if (!rc && r->gzip) {
+    rc = add_header(wsi, "content-encoding:", "gzip", &p, end);
+    if (!rc)
+      rc = add_header(wsi, "vary:", "Accept-Encoding", &p, end);
   }
   if (!rc && conn->request_id[0])
     rc = add_header(wsi, "x-request-id:", conn->request_id, &p, end);
@@ -477,19 +484,69 @@ static void answer_health(struct lws *wsi, struct rb_conn *conn) {
   ana_json_buf_fini(&out);
 }
 
-/* GET /metrics: every registered collector, in the Prometheus text format. */
+/* Whether Accept-Encoding takes gzip: a "gzip" or "*" element whose q is
+ * not 0 (RFC 9110 12.5.3). */
+static bool accepts_gzip(struct lws *wsi) {
+  char v[256];
+  if (lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_ACCEPT_ENCODING) <= 0)
+    return false;
+  char *save = NULL;
+  for (char *el = strtok_r(v, ",", &save); el; el = strtok_r(NULL, ",", &save)) {
+    el += strspn(el, " \t");
+    size_t name_len = strcspn(el, " \t;");
+    if (!((name_len == 4 && strncasecmp(el, "gzip", 4) == 0) || (name_len == 1 && *el == '*')))
+      continue;
+    const char *q = strstr(el + name_len, "q=");
+    if (!q || strtod(q + 2, NULL) > 0)
+      return true;
+  }
+  return false;
+}
+
+/* body gzip-compressed (zlib, a gzip wrapper), or NULL when out of memory. */
+static struct rb_msg *gzip_msg(const char *body, size_t len) {
+  z_stream zs;
+  memset(&zs, 0, sizeof zs);
+  if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    return NULL;
+  struct rb_msg *m = NULL;
+  size_t cap = deflateBound(&zs, (uLong)len);
+  char *out = ana_malloc(cap);
+  if (!out)
+    goto out;
+  zs.next_in = (Bytef *)body;
+  zs.avail_in = (uInt)len;
+  zs.next_out = (Bytef *)out;
+  zs.avail_out = (uInt)cap;
+  if (deflate(&zs, Z_FINISH) == Z_STREAM_END)
+    m = rb_msg_new(out, zs.total_out);
+out:
+  deflateEnd(&zs);
+  ana_free(out);
+  return m;
+}
+
+/* GET /metrics: every registered collector, in the Prometheus text format;
+ * gzip-compressed when Accept-Encoding asks for it (Prometheus does). */
 static void answer_metrics(struct lws *wsi, struct rb_conn *conn) {
   struct ana_prom_writer w;
   ana_prom_writer_init(&w);
   ana_prom_render(&w);
+  struct rb_msg *gz = NULL;
+  if (!w.failed && w.len && accepts_gzip(wsi) && !(gz = gzip_msg(w.data, w.len)))
+    w.failed = true;
   if (w.failed) {
     ana_prom_writer_fini(&w);
     answer_status(wsi, conn, ANA_STATUS_RESOURCE_EXHAUSTED, false, "%s", "out of memory");
     return;
   }
-  answer_json(wsi, conn, 200, w.data ? w.data : "", w.len);
+  rb_reply_clear(&conn->reply);
+  conn->reply.http_status = 200;
+  conn->reply.body = gz ? gz : w.len ? rb_msg_new(w.data, w.len) : NULL;
+  conn->reply.gzip = gz != NULL;
   conn->reply.content_type = "text/plain; version=0.0.4; charset=utf-8";
   ana_prom_writer_fini(&w);
+  answer(wsi, conn);
 }
 
 /* GET /openapi.json: the OpenAPI 3 document the generator made from the

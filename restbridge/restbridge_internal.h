@@ -39,6 +39,7 @@ struct rb_reply {
   char *allow;              /* 405 on a known path: the Allow header (owned) */
   bool close_after;         /* Connection: close, then hang up */
   const char *content_type; /* static string; NULL = application/json */
+  bool gzip;                /* the body is gzip-compressed: Content-Encoding, Vary */
   bool static_file;         /* dashboard file: caching and content-security headers */
   bool preflight;           /* CORS preflight: Access-Control-Allow-* headers */
   int retry_after_s;        /* > 0: a Retry-After header */
@@ -213,6 +214,12 @@ struct ana_restbridge {
   char ws_name[80];        /* current subprotocol name of the WS protocol */
   unsigned char *ws_batch; /* frames written together are assembled here (websocket.c) */
   size_t ws_batch_cap;
+
+  /* TLS (HTTP_TLS_*): owned copies of the paths; NULL cert = plaintext */
+  char *tls_cert, *tls_key, *tls_ca;
+  void *ssl_ctx;          /* the vhost's SSL_CTX (lws owns it); lws thread */
+  atomic_bool tls_reload; /* a reload waits for the lws thread */
+  char tls_serial[64];    /* the certificate the reload brings (for its log line) */
 };
 
 /* --- bridge (server.c) --- */

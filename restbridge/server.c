@@ -9,11 +9,16 @@
 #include "framing.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_listen.h"
 #include "ana_log.h"
+#include "ana_tls_files.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -48,6 +53,9 @@ void rb_bridge_unref(struct ana_restbridge *b) {
   ana_free(b->cors);
   ana_free(b->allowed_hosts);
   ana_free(b->web_root);
+  ana_free(b->tls_cert);
+  ana_free(b->tls_key);
+  ana_free(b->tls_ca);
   ana_free(b);
 }
 
@@ -127,6 +135,63 @@ static void handle_shutdown(struct ana_restbridge *b) {
   }
 }
 
+/* ------------------------------------------------------------------ */
+/* TLS                                                                  */
+
+/* The client CA of mutual TLS, read again into a new store (the files
+ * were checked by the caller of the reload). lws thread. */
+static int reload_client_ca(struct ana_restbridge *b) {
+  X509_STORE *store = X509_STORE_new();
+  if (!store || X509_STORE_load_file(store, b->tls_ca) != 1) {
+    X509_STORE_free(store);
+    return -1;
+  }
+  SSL_CTX_set_cert_store(b->ssl_ctx, store); /* frees the old one */
+  STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(b->tls_ca);
+  if (names)
+    SSL_CTX_set_client_CA_list(b->ssl_ctx, names);
+  return 0;
+}
+
+/* A reload asked for by ana_restbridge_reload_tls: lws loads the files
+ * into the vhost's SSL_CTX; handshakes from now on use them. lws thread. */
+static void handle_tls_reload(struct ana_restbridge *b) {
+  if (!atomic_exchange(&b->tls_reload, false) || !b->tls_cert)
+    return;
+  char serial[64];
+  pthread_mutex_lock(&b->mu);
+  memcpy(serial, b->tls_serial, sizeof serial);
+  pthread_mutex_unlock(&b->mu);
+  lws_tls_cert_updated(b->ctx, b->tls_cert, b->tls_key, NULL, 0, NULL, 0);
+  if (b->tls_ca && b->ssl_ctx && reload_client_ca(b) < 0) {
+    ERR_clear_error();
+    ANA_ERROR(RB_COMPONENT, "HTTP_TLS_CLIENT_CA_FILE: cannot load %s; the previous CA stays",
+              b->tls_ca);
+  }
+  ana_log_fields(ANA_LOG_INFO, RB_COMPONENT, "HTTP TLS certificate reloaded", "certificate_serial",
+                 serial, NULL);
+}
+
+int ana_restbridge_reload_tls(struct ana_restbridge *b, struct ana_error *err) {
+  if (!b || !b->tls_cert)
+    return 0;
+  struct ana_tls_paths paths = {
+      "HTTP_TLS_CERT_FILE", "HTTP_TLS_KEY_FILE", "HTTP_TLS_CLIENT_CA_FILE",
+      b->tls_cert,          b->tls_key,          b->tls_ca};
+  struct ana_tls_files files;
+  int rc = ana_tls_files_load(&paths, &files, err);
+  if (rc < 0)
+    return rc;
+  pthread_mutex_lock(&b->mu);
+  memcpy(b->tls_serial, files.serial, sizeof b->tls_serial);
+  atomic_store(&b->tls_reload, true);
+  if (b->ctx_live)
+    lws_cancel_service(b->ctx);
+  pthread_mutex_unlock(&b->mu);
+  ana_tls_files_fini(&files);
+  return 0;
+}
+
 /* Frees what a connection holds; safe to repeat (lws reports the end of a
  * connection through several callbacks, not all of them every time). */
 static void conn_release(struct rb_conn *conn) {
@@ -143,6 +208,20 @@ static void conn_release(struct rb_conn *conn) {
 static int dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len) {
   struct ana_restbridge *b = lws_context_user(lws_get_context(wsi));
+  /* TLS callbacks first: their user pointer is no connection's. */
+  switch (reason) {
+  case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+    b->ssl_ctx = user; /* the vhost's SSL_CTX, for reloading the client CA */
+    return 0;
+  case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION:
+    /* len is OpenSSL's verdict on the client's chain; lws takes 0 as
+     * accept, so a bad chain must be refused here. */
+    return len ? 0 : 1;
+  case LWS_CALLBACK_OPENSSL_CONTEXT_REQUIRES_PRIVATE_KEY:
+  case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_CLIENT_VERIFY_CERTS:
+  case LWS_CALLBACK_SSL_INFO: return 0;
+  default: break;
+  }
   struct rb_conn *conn = user;
   if (conn && !conn->bridge)
     conn->bridge = b;
@@ -151,10 +230,13 @@ static int dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *use
   case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
     drain_dirty(b);
     handle_shutdown(b);
+    handle_tls_reload(b);
     return 0;
 
   case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
-    rb_framer_register(lws_get_socket_fd(wsi), wsi); /* lws reads it one request at a time */
+    /* lws reads a connection one request at a time (over TLS, from the
+     * plaintext of SSL_read). */
+    rb_framer_register(lws_get_socket_fd(wsi), wsi, b->tls_cert != NULL);
     return 0;
 
   case LWS_CALLBACK_RAW_ADOPT:
@@ -290,6 +372,28 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   b->opt.web_root = b->web_root;
   b->allowed_hosts = o->allowed_hosts && o->allowed_hosts[0] ? ana_strdup(o->allowed_hosts) : NULL;
   b->opt.allowed_hosts = b->allowed_hosts;
+  atomic_init(&b->tls_reload, false);
+  struct ana_tls_paths tls_paths = {"HTTP_TLS_CERT_FILE",      "HTTP_TLS_KEY_FILE",
+                                    "HTTP_TLS_CLIENT_CA_FILE", o->tls_cert_file,
+                                    o->tls_key_file,           o->tls_client_ca_file};
+  struct ana_tls_files tls_files;
+  if (ana_tls_files_load(&tls_paths, &tls_files, err) < 0)
+    goto fail;
+  if (tls_files.cert) {
+    b->tls_cert = ana_strdup(o->tls_cert_file);
+    b->tls_key = ana_strdup(o->tls_key_file);
+    b->tls_ca = tls_files.ca ? ana_strdup(o->tls_client_ca_file) : NULL;
+    memcpy(b->tls_serial, tls_files.serial, sizeof b->tls_serial);
+    ana_tls_files_fini(&tls_files);
+    if (!b->tls_cert || !b->tls_key ||
+        (o->tls_client_ca_file && o->tls_client_ca_file[0] && !b->tls_ca)) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto fail;
+    }
+  }
+  b->opt.tls_cert_file = b->tls_cert;
+  b->opt.tls_key_file = b->tls_key;
+  b->opt.tls_client_ca_file = b->tls_ca;
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   b->stats = rb_stats_create();
   if (!b->opt.body_budget_bytes)
@@ -330,6 +434,8 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
    * whose close reason is not UTF-8 without a close frame, and misses a
    * message whose last fragment is empty; websocket.c checks instead. */
   info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+  if (b->tls_cert)
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.user = b;
   info.count_threads = 1;
@@ -351,6 +457,17 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   info.protocols = protocols;
   info.vhost_name = "restbridge";
   info.retry_and_idle_policy = &idle_policy;
+  if (b->tls_cert) {
+    info.ssl_cert_filepath = b->tls_cert;
+    info.ssl_private_key_filepath = b->tls_key;
+    /* lws keeps the pointer: a literal. HTTP/1.1 only (lws has h2 built in;
+     * the bridge speaks HTTP/1.1). */
+    info.alpn = "http/1.1";
+    if (b->tls_ca) {
+      info.ssl_ca_filepath = b->tls_ca;
+      info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
+    }
+  }
   b->vhost = lws_create_vhost(b->ctx, &info);
   if (!b->vhost) {
     char why[128];
@@ -360,6 +477,10 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
     goto fail;
   }
   b->port = lws_get_vhost_listen_port(b->vhost);
+  if (b->tls_cert)
+    ana_log_fields(ANA_LOG_INFO, RB_COMPONENT, "HTTP serves TLS", "certificate_serial",
+                   b->tls_serial, "client_certificates", b->tls_ca ? "required" : "not requested",
+                   NULL);
   /* The vhost's own (heap) copy of the protocol, whose name is set to the
    * subprotocol a client asks for just before lws looks it up (websocket.c). */
   b->protocol = (struct lws_protocols *)lws_vhost_name_to_protocol(b->vhost, RB_WS_PROTOCOL);
@@ -406,14 +527,7 @@ static int join_by(struct ana_restbridge *b, int64_t stop_by) {
   int64_t wait = stop_by - ana_call_now_mono_ms();
   if (wait < 100)
     wait = 100;
-  struct timespec ts; /* pthread_timedjoin_np takes CLOCK_REALTIME */
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += wait / 1000;
-  ts.tv_nsec += (wait % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = ana_deadline_in_ms(wait); /* pthread_timedjoin_np: CLOCK_REALTIME */
   int rc = pthread_timedjoin_np(b->thread, NULL, &ts);
   while (rc == EINTR)
     rc = pthread_timedjoin_np(b->thread, NULL, &ts);

@@ -5,6 +5,7 @@
 
 #include "ana_alloc.h"
 #include "ana_prom.h"
+#include "ana_clock.h"
 
 #include <stdio.h>
 #include <time.h>
@@ -25,9 +26,7 @@ struct rb_stats {
 };
 
 int64_t rb_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  return ana_clock_mono_ns();
 }
 
 static void route_labels(size_t i, const char **method, const char **route) {

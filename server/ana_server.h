@@ -107,6 +107,11 @@ int ana_server_start(struct ana_server *s, const struct ana_config *cfg);
  * caller exits 1 at once). */
 int ana_server_stop(struct ana_server *s, int64_t deadline_ms);
 
+/* SIGHUP: both transports read their TLS files again; a bad file is logged
+ * (naming the variable and path) and that port keeps its certificate.
+ * main's thread; blocks on the file reads only. */
+void ana_server_reload_tls(struct ana_server *s);
+
 /* Re-evaluates readiness and liveness, publishes both to gRPC health and
  * logs each change once. main's thread, every HEALTH_PERIOD_MS. */
 void ana_server_update_health(struct ana_server *s);

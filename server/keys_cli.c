@@ -8,6 +8,7 @@
 #include "ana_rate_limit.h"
 #include "ana_config.h"
 #include "ana_store.h"
+#include "ana_clock.h"
 
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -47,10 +48,8 @@ static void audit_key_change(struct ana_local_db *db, const char *what, const ch
   struct ana_error err;
   ana_error_clear(&err);
   void *store = ops->open(db, &err);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
   struct ana_audit_record r = {
-      .at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+      .at_ms = ana_clock_wall_ms(),
       .kind = "call",
       .account_id = account,
       .subject = "cli",

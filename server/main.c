@@ -1,12 +1,14 @@
 /* analyticsd: reads the configuration, starts the modules (server/modules.c)
  * and serves until SIGTERM/SIGINT, then stops them in reverse, draining
- * in-flight work within the grace period. */
+ * in-flight work within the grace period. SIGHUP reloads the TLS files. */
 #include "ana_builtin_services.h"
 #include "ana_config.h"
 #include "ana_grpc_log.h"
 #include "ana_heartbeat.h"
 #include "ana_log.h"
+#include "ana_prom_process.h"
 #include "ana_server.h"
+#include "healthcheck.h"
 #include "keys_cli.h"
 
 #include <signal.h>
@@ -21,7 +23,8 @@
 static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd [--help | --version | --print-env-example | "
                "--print-config-markdown]\n"
-               "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n\n"
+               "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n"
+               "       analyticsd healthcheck   (exit 0 if GET /health on PORT answers 200)\n\n"
                "Analytics service: event ingestion, metrics, reports and alerts over gRPC\n"
                "and REST. Configured from environment variables:\n\n");
   ana_config_write_help(out);
@@ -60,6 +63,8 @@ static int handle_args(int argc, char **argv) {
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "keys") == 0)
     return ana_keys_cli_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "healthcheck") == 0)
+    return ana_healthcheck_main(argc - 1, argv + 1);
   int rc = handle_args(argc, argv);
   if (rc >= 0)
     return rc;
@@ -76,9 +81,11 @@ int main(int argc, char **argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP); /* not a stop: reloads the TLS files */
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   signal(SIGPIPE, SIG_IGN);
 
+  ana_prom_process_register("analyticsd", ANA_VERSION, ANA_REVISION);
   static struct ana_server server; /* read by the bridge thread until it stops */
   if (ana_server_start(&server, &cfg) < 0) {
     ana_config_fini(&cfg);
@@ -100,6 +107,10 @@ int main(int argc, char **argv) {
     sig = sigtimedwait(&stop_signals, NULL, &period);
     if (sig == SIGTERM || sig == SIGINT)
       break;
+    if (sig == SIGHUP) {
+      ANA_INFO("main", "SIGHUP: reloading the TLS certificates");
+      ana_server_reload_tls(&server);
+    }
     ana_server_update_health(&server);
     ana_log_flush_suppressed();
   }

@@ -551,6 +551,9 @@ static int grpc_start(struct ana_server *s, const struct ana_config *cfg, struct
       .max_concurrent_streams = cfg->rpc.grpc_max_concurrent_streams,
       .max_metadata_bytes = cfg->rpc.grpc_max_metadata_bytes,
       .streams_per_peer = cfg->rpc.grpc_streams_per_peer,
+      .tls_cert_file = cfg->rpc.grpc_tls_cert_file,
+      .tls_key_file = cfg->rpc.grpc_tls_key_file,
+      .tls_client_ca_file = cfg->rpc.grpc_tls_client_ca_file,
   };
   s->grpc = ana_grpc_server_create(&opts, err);
   if (!s->grpc)
@@ -577,6 +580,16 @@ static int grpc_stop(struct ana_server *s, int64_t deadline_ms) {
   ana_grpc_server_destroy(s->grpc);
   s->grpc = NULL;
   return 0;
+}
+
+void ana_server_reload_tls(struct ana_server *s) {
+  struct ana_error err;
+  ana_error_clear(&err);
+  if (s->grpc && ana_grpc_server_reload_tls(s->grpc, &err) < 0)
+    ANA_ERROR("rpc", "TLS reload refused, the certificate in use stays: %s", err.message);
+  ana_error_clear(&err);
+  if (s->rest && ana_restbridge_reload_tls(s->rest, &err) < 0)
+    ANA_ERROR("restbridge", "TLS reload refused, the certificate in use stays: %s", err.message);
 }
 
 /* The bridge's health callback (its thread; nothing here blocks): readiness,
@@ -628,6 +641,9 @@ static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct
       .allow_query_token = cfg->auth.jwt_allow_query_token,
       .health_require_auth = cfg->auth.health_require_auth,
       .metrics_require_auth = cfg->auth.metrics_require_auth,
+      .tls_cert_file = cfg->bridge.http_tls_cert_file,
+      .tls_key_file = cfg->bridge.http_tls_key_file,
+      .tls_client_ca_file = cfg->bridge.http_tls_client_ca_file,
   };
   s->rest = ana_restbridge_create(&ropts, err);
   if (!s->rest)

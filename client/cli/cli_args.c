@@ -1,6 +1,7 @@
 /* analyticsctl's argument helpers: a command's options by its own table, and
  * the values users type (times, numbers, KEY=VALUE / KEY:=JSON). */
 #include "cli.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -139,19 +140,12 @@ int cli_parse_long(const char *s, long min, long max, long *out) {
   return 0;
 }
 
-static int64_t wall_ms(void) {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int cli_parse_time(const char *s, int64_t *ms) {
   size_t len = strlen(s);
   char *end;
 
   if (!strcmp(s, "now")) {
-    *ms = wall_ms();
+    *ms = ana_clock_wall_ms();
     return 0;
   }
   if (s[0] == '-') {
@@ -163,7 +157,7 @@ int cli_parse_time(const char *s, int64_t *ms) {
                                     : 0;
     if (end == s + 1 || !unit || !isfinite(v) || v < 0 || strspn(s + 1, "0123456789.") == 0)
       return -1;
-    *ms = wall_ms() - (int64_t)(v * (double)unit);
+    *ms = ana_clock_wall_ms() - (int64_t)(v * (double)unit);
     return 0;
   }
   if (len > 0 && len < 16 && strspn(s, "0123456789") == len) {

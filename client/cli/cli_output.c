@@ -1,6 +1,7 @@
 /* analyticsctl's output: answers as JSON or as aligned tables, errors and
  * usage errors on stderr, progress of long runs on a terminal. */
 #include "cli.h"
+#include "ana_clock.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -263,16 +264,9 @@ int cli_finish(int rc, char *json, const analytics_error_t *err, const struct cl
 
 /* --- Progress --- */
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void cli_progress_init(struct cli_progress *p) {
   p->on = isatty(STDERR_FILENO) == 1;
-  p->start_ms = p->last_ms = mono_ms();
+  p->start_ms = p->last_ms = ana_clock_mono_ms();
 }
 
 void cli_progress_update(struct cli_progress *p, const char *unit, uint64_t done, uint64_t errors,
@@ -282,7 +276,7 @@ void cli_progress_update(struct cli_progress *p, const char *unit, uint64_t done
 
   if (!p->on)
     return;
-  now = mono_ms();
+  now = ana_clock_mono_ms();
   if (!final && now - p->last_ms < 200)
     return;
   p->last_ms = now;
@@ -303,7 +297,7 @@ void cli_progress_bytes(struct cli_progress *p, uint64_t done, int64_t total, bo
 
   if (!p->on)
     return;
-  now = mono_ms();
+  now = ana_clock_mono_ms();
   if (!final && now - p->last_ms < 200)
     return;
   p->last_ms = now;

@@ -1,5 +1,6 @@
 /* analyticsctl reports: generate, list, inspect and download reports. */
 #include "cli.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -200,9 +201,7 @@ static int wait_report(analytics_client_t *c, const struct cli_args *a) {
     return status;
   if (t && (end == t || *end || timeout_s <= 0 || timeout_s > 86400))
     return cli_usage(a, "--timeout takes seconds (0 < S <= 86400)");
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  double deadline = (double)ts.tv_sec + ts.tv_nsec / 1e9 + timeout_s;
+  double deadline = (double)ana_clock_mono_ms() / 1e3 + timeout_s;
   for (;;) {
     char *json = NULL;
     int rc = analytics_get_report(c, id, &json, &err);
@@ -226,8 +225,7 @@ static int wait_report(analytics_client_t *c, const struct cli_args *a) {
     }
     json_decref(v);
     analytics_free(json);
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    if ((double)ts.tv_sec + ts.tv_nsec / 1e9 >= deadline) {
+    if ((double)ana_clock_mono_ms() / 1e3 >= deadline) {
       fprintf(stderr, "analyticsctl: report %s is still %s after %g s\n", id, state, timeout_s);
       return 1;
     }

@@ -33,7 +33,9 @@ static const struct cli_command *const commands[] = {CLI_COMMANDS(ROW)};
 
 static void main_help(void) {
   fputs("usage: analyticsctl [--target HOST:PORT] [--token TOKEN | --api-key KEY]\n"
-        "                    [--account ID] [--timeout MS] [-o json|table] COMMAND ...\n"
+        "                    [--account ID] [--timeout MS] [-o json|table]\n"
+        "                    [--tls] [--ca FILE] [--cert FILE --key FILE]\n"
+        "                    [--server-name NAME] COMMAND ...\n"
         "\n"
         "commands:\n",
         stdout);
@@ -51,6 +53,14 @@ static void main_help(void) {
         "                       ($ANALYTICS_ACCOUNT); needed when the token holds\n"
         "                       several accounts\n"
         "  --timeout MS         deadline of each call (default 10000)\n"
+        "  --tls                connect over TLS, trusting the system's CA certificates\n"
+        "                       ($ANALYTICS_TLS=true); implied by --ca, --cert, --key\n"
+        "  --ca FILE            PEM CA certificates the server's certificate must chain\n"
+        "                       to ($ANALYTICS_CA)\n"
+        "  --cert FILE          PEM client certificate for mutual TLS ($ANALYTICS_CERT)\n"
+        "  --key FILE           PEM private key of --cert ($ANALYTICS_KEY)\n"
+        "  --server-name NAME   name the server's certificate must carry, instead of the\n"
+        "                       host of --target ($ANALYTICS_SERVER_NAME)\n"
         "  -o, --output FORMAT  json or table (default: table when stdout is a terminal,\n"
         "                       else json); also accepted after the command\n"
         "\n"
@@ -89,6 +99,15 @@ int main(int argc, char **argv) {
   opts.token = env_or(NULL, "ANALYTICS_TOKEN");
   opts.api_key = env_or(NULL, "ANALYTICS_API_KEY");
   opts.account_id = env_or(NULL, "ANALYTICS_ACCOUNT");
+  const char *tls_env = env_or(NULL, "ANALYTICS_TLS");
+  if (tls_env && strcmp(tls_env, "true") && strcmp(tls_env, "1") && strcmp(tls_env, "false") &&
+      strcmp(tls_env, "0"))
+    return cli_usage(NULL, "ANALYTICS_TLS takes true or false, not \"%s\"", tls_env);
+  opts.tls = tls_env && (!strcmp(tls_env, "true") || !strcmp(tls_env, "1"));
+  opts.tls_ca_file = env_or(NULL, "ANALYTICS_CA");
+  opts.tls_cert_file = env_or(NULL, "ANALYTICS_CERT");
+  opts.tls_key_file = env_or(NULL, "ANALYTICS_KEY");
+  opts.tls_server_name = env_or(NULL, "ANALYTICS_SERVER_NAME");
   cli_format = isatty(STDOUT_FILENO) == 1 ? CLI_FORMAT_TABLE : CLI_FORMAT_JSON;
   /* Global options come before the command. */
   for (i = 1; i < argc && argv[i][0] == '-'; i++) {
@@ -101,9 +120,14 @@ int main(int argc, char **argv) {
       puts(ANALYTICS_VERSION_STRING);
       return 0;
     }
+    if (!strcmp(o, "--tls")) {
+      opts.tls = true;
+      continue;
+    }
     if (strcmp(o, "--target") && strcmp(o, "--token") && strcmp(o, "--api-key") &&
         strcmp(o, "--account") && strcmp(o, "--timeout") && strcmp(o, "-o") &&
-        strcmp(o, "--output"))
+        strcmp(o, "--output") && strcmp(o, "--ca") && strcmp(o, "--cert") && strcmp(o, "--key") &&
+        strcmp(o, "--server-name"))
       return cli_usage(NULL, "unknown option %s", o);
     if (i + 1 >= argc)
       return cli_usage(NULL, "%s needs a value", o);
@@ -116,6 +140,14 @@ int main(int argc, char **argv) {
       flag_api_key = v;
     else if (!strcmp(o, "--account"))
       opts.account_id = v;
+    else if (!strcmp(o, "--ca"))
+      opts.tls_ca_file = v;
+    else if (!strcmp(o, "--cert"))
+      opts.tls_cert_file = v;
+    else if (!strcmp(o, "--key"))
+      opts.tls_key_file = v;
+    else if (!strcmp(o, "--server-name"))
+      opts.tls_server_name = v;
     else if (!strcmp(o, "--timeout")) {
       if (cli_parse_long(v, 1, 86400000, &timeout) < 0)
         return cli_usage(NULL, "--timeout takes milliseconds (1 to 86400000)");

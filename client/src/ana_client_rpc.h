@@ -72,6 +72,35 @@ typedef int (*ana_client_message_fn)(const ProtobufCMessage *msg, void *ctx);
  * destroy. */
 struct ana_client_channel *ana_client_channel_create(const char *target, struct ana_error *err);
 
+/* TLS of a channel; everything borrowed for the create call. */
+struct ana_client_tls {
+  bool enabled;            /* TLS on; also implied by any file below */
+  const char *ca_file;     /* PEM roots the server must chain to; NULL = the system's */
+  const char *cert_file;   /* PEM client certificate (mTLS), with key_file; NULL = none */
+  const char *key_file;    /* PEM private key of cert_file */
+  const char *server_name; /* checked against the server's certificate (and sent as SNI)
+                              instead of the target's host; NULL = the target's host */
+};
+
+/* Like ana_client_channel_create; tls NULL or off = plaintext. The files
+ * are read here (blocks on them): an unreadable file, one that holds no
+ * PEM, or a certificate without its key fails with INVALID_ARGUMENT naming
+ * the path. A server whose certificate does not verify fails the first call
+ * with UNAVAILABLE. */
+struct ana_client_channel *ana_client_channel_create_tls(const char *target,
+                                                         const struct ana_client_tls *tls,
+                                                         struct ana_error *err);
+
+/* The gRPC core channel underneath, for a caller that drives core itself
+ * (the remote bridge's streams): target, TLS as above, and, with
+ * own_connection, a connection not shared with other channels to target.
+ * Returns a grpc_channel (destroy with grpc_channel_destroy; the caller
+ * holds its own grpc_init reference), or NULL with err filled. */
+struct grpc_channel;
+struct grpc_channel *ana_client_grpc_channel_create(const char *target,
+                                                    const struct ana_client_tls *tls,
+                                                    bool own_connection, struct ana_error *err);
+
 /* Nesting limit for the messages received on ch (PROTO_MAX_DEPTH; the wire
  * walk of common/ana_proto_walk.h runs before each unpack): a response
  * nested deeper is refused as malformed (INTERNAL). <= 0 = the default

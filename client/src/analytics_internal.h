@@ -106,8 +106,6 @@ struct analytics_client {
 };
 
 /* Clock helpers, in milliseconds. */
-int64_t analytics_now_ms(void);  /* monotonic */
-int64_t analytics_wall_ms(void); /* Unix time */
 
 /* Turns a runtime result into a library code and fills err from aerr. */
 int analytics_from_ana(int rc, const struct ana_error *aerr, analytics_error_t *err);

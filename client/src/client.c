@@ -8,6 +8,7 @@
 #include "ana_id.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -268,13 +269,21 @@ analytics_client_t *analytics_client_new(const analytics_options_t *opts, analyt
     analytics_fail(err, ANALYTICS_ERR_NOMEM, ANALYTICS_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  c->rnd_state = (uint64_t)analytics_wall_ms() ^ (uint64_t)(uintptr_t)c;
+  c->rnd_state = (uint64_t)ana_clock_wall_ms() ^ (uint64_t)(uintptr_t)c;
   if (ana_uuid7_generate(seed) == 0)
     for (const char *p = seed; *p; p++)
       c->rnd_state = c->rnd_state * 31 + (uint64_t)*p;
   if (!c->rnd_state)
     c->rnd_state = 0x9e3779b97f4a7c15ULL;
-  c->channel = ana_client_channel_create(c->cfg.target, &aerr);
+  struct ana_client_tls tls = {.enabled = c->cfg.o.tls,
+                               .ca_file = c->cfg.o.tls_ca_file,
+                               .cert_file = c->cfg.o.tls_cert_file,
+                               .key_file = c->cfg.o.tls_key_file,
+                               .server_name = c->cfg.o.tls_server_name};
+  c->channel = ana_client_channel_create_tls(c->cfg.target, &tls, &aerr);
+  /* The files are read: the caller's strings are not kept. */
+  c->cfg.o.tls_ca_file = c->cfg.o.tls_cert_file = c->cfg.o.tls_key_file = NULL;
+  c->cfg.o.tls_server_name = NULL;
   if (!c->channel) {
     analytics_fail(err, ANALYTICS_ERR_INVALID, (int)aerr.code, "%s", aerr.message);
     goto fail;
@@ -299,7 +308,7 @@ void analytics_client_destroy(analytics_client_t *c) {
   if (c->worker_started) {
     pthread_mutex_lock(&c->mu);
     c->closing = true;
-    c->close_deadline_ms = analytics_now_ms() + c->cfg.o.close_timeout_ms;
+    c->close_deadline_ms = ana_clock_mono_ms() + c->cfg.o.close_timeout_ms;
     pthread_cond_broadcast(&c->work_cond);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->worker, NULL);
@@ -340,7 +349,7 @@ int analytics_track(analytics_client_t *c, const analytics_event_t *ev, analytic
     goto out;
   }
   protobuf_c_message_pack(msg, it.data);
-  it.enqueued_ms = analytics_now_ms();
+  it.enqueued_ms = ana_clock_mono_ms();
 
   pthread_mutex_lock(&c->mu);
   if (c->closing) {
@@ -380,7 +389,7 @@ static struct timespec abs_ms(int64_t ms) {
 
 int analytics_flush(analytics_client_t *c, int64_t timeout_ms, analytics_error_t *err) {
   uint64_t target, failed_before;
-  int64_t deadline = timeout_ms > 0 ? analytics_now_ms() + timeout_ms : 0;
+  int64_t deadline = timeout_ms > 0 ? ana_clock_mono_ms() + timeout_ms : 0;
   int rc = 0;
 
   if (!c)
@@ -603,7 +612,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
    * rejected by its rate limit) do not use up retries: the server says when
    * the batch will pass, and only the close deadline ends them. */
   for (int attempt = 0;;) {
-    int64_t sent_ms = analytics_wall_ms(), deadline = 0;
+    int64_t sent_ms = ana_clock_wall_ms(), deadline = 0;
     Google__Protobuf__Timestamp *sent_at = ana_arena_alloc(&b->arena, sizeof *sent_at);
     if (sent_at) {
       google__protobuf__timestamp__init(sent_at);
@@ -616,7 +625,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
     pthread_mutex_lock(&c->mu);
     if (c->closing) {
       deadline = c->close_deadline_ms;
-      int64_t left = deadline - analytics_now_ms();
+      int64_t left = deadline - ana_clock_mono_ms();
       if (left < 1)
         left = 1;
       if (left < opts.timeout_ms)
@@ -654,7 +663,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
       attempt++;
     /* Wait before the next attempt (as long as the server asked, else a
      * backoff); destroy shortens the wait to its deadline. */
-    int64_t wake = analytics_now_ms() +
+    int64_t wake = ana_clock_mono_ms() +
                    (server_wait_ms >= 0
                         ? server_wait_ms
                         : analytics_backoff_ms(attempt, c->cfg.o.backoff_base_ms,
@@ -665,12 +674,12 @@ static void deliver(analytics_client_t *c, struct batch *b) {
       int64_t until = wake;
       if (c->closing && c->close_deadline_ms < until)
         until = c->close_deadline_ms;
-      if (analytics_now_ms() >= until)
+      if (ana_clock_mono_ms() >= until)
         break;
       struct timespec ts = abs_ms(until);
       pthread_cond_timedwait(&c->work_cond, &c->mu, &ts);
     }
-    bool expired = c->closing && analytics_now_ms() >= c->close_deadline_ms;
+    bool expired = c->closing && ana_clock_mono_ms() >= c->close_deadline_ms;
     pthread_mutex_unlock(&c->mu);
     if (expired) {
       char msg[600];
@@ -687,7 +696,7 @@ void *analytics_worker_main(void *arg) {
 
   pthread_mutex_lock(&c->mu);
   for (;;) {
-    int64_t now = analytics_now_ms();
+    int64_t now = ana_clock_mono_ms();
     if (c->queue.len == 0) {
       if (c->closing)
         break;

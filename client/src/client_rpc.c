@@ -12,8 +12,10 @@
 #include <grpc/support/time.h>
 
 #include <assert.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
 struct ana_client_channel {
@@ -260,9 +262,106 @@ static int metadata_build(const struct ana_call_options *opts, struct call_metad
 
 /* --- Channels --- */
 
+/* Largest TLS file read; a certificate bundle is far smaller. */
+#define MAX_PEM_BYTES (1 << 20)
+
+static bool set(const char *s) {
+  return s && s[0];
+}
+
+/* Reads a PEM file whole into *out (NUL-terminated; caller frees). */
+static int read_pem(const char *what, const char *path, char **out, struct ana_error *err) {
+  int rc = ANA_ERR_INVALID;
+  char *buf = NULL;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "TLS %s %s: cannot read: %s", what, path,
+                         strerror(errno));
+  buf = ana_malloc(MAX_PEM_BYTES + 1);
+  if (!buf) {
+    rc = nomem(err);
+    goto out;
+  }
+  size_t n = fread(buf, 1, MAX_PEM_BYTES + 1, f);
+  buf[n > MAX_PEM_BYTES ? MAX_PEM_BYTES : n] = '\0';
+  if (ferror(f) || n > MAX_PEM_BYTES || !strstr(buf, "-----BEGIN ")) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "TLS %s %s: %s", what, path,
+                  ferror(f) ? "cannot read" : "holds no PEM data");
+    goto out;
+  }
+  *out = buf;
+  buf = NULL;
+  rc = 0;
+out:
+  ana_free(buf);
+  fclose(f);
+  return rc;
+}
+
+/* The channel credentials tls asks for (NULL with err filled). */
+static grpc_channel_credentials *channel_credentials(const struct ana_client_tls *tls,
+                                                     struct ana_error *err) {
+  if (!tls || !(tls->enabled || set(tls->ca_file) || set(tls->cert_file) || set(tls->key_file)))
+    return grpc_insecure_credentials_create();
+  grpc_channel_credentials *creds = NULL;
+  char *ca = NULL, *cert = NULL, *key = NULL;
+  if (set(tls->cert_file) != set(tls->key_file)) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                  "TLS client certificate: the certificate and its key go together (the %s is "
+                  "missing)",
+                  set(tls->cert_file) ? "key" : "certificate");
+    goto out;
+  }
+  if ((set(tls->ca_file) && read_pem("CA file", tls->ca_file, &ca, err) < 0) ||
+      (set(tls->cert_file) && read_pem("certificate file", tls->cert_file, &cert, err) < 0) ||
+      (set(tls->key_file) && read_pem("key file", tls->key_file, &key, err) < 0))
+    goto out;
+  grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+  /* Core copies the PEM strings. */
+  creds = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL);
+  if (!creds)
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot set up TLS");
+out:
+  ana_free(ca);
+  ana_free(cert);
+  if (key)
+    memset(key, 0, strlen(key));
+  ana_free(key);
+  return creds;
+}
+
+struct grpc_channel *ana_client_grpc_channel_create(const char *target,
+                                                    const struct ana_client_tls *tls,
+                                                    bool own_connection, struct ana_error *err) {
+  grpc_arg args[2];
+  size_t n = 0;
+  if (own_connection)
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
+                           .value.integer = 1};
+  if (tls && set(tls->server_name))
+    args[n++] = (grpc_arg){.type = GRPC_ARG_STRING,
+                           .key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                           .value.string = (char *)tls->server_name};
+  grpc_channel_args channel_args = {.num_args = n, .args = args};
+  grpc_channel_credentials *creds = channel_credentials(tls, err);
+  if (!creds)
+    return NULL;
+  grpc_channel *channel = grpc_channel_create(target, creds, n ? &channel_args : NULL);
+  grpc_channel_credentials_release(creds);
+  if (!channel)
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a channel to %s", target);
+  return channel;
+}
+
 struct ana_client_channel *ana_client_channel_create(const char *target, struct ana_error *err) {
+  return ana_client_channel_create_tls(target, NULL, err);
+}
+
+struct ana_client_channel *ana_client_channel_create_tls(const char *target,
+                                                         const struct ana_client_tls *tls,
+                                                         struct ana_error *err) {
   struct ana_client_channel *ch;
-  grpc_channel_credentials *creds;
 
   ana_error_clear(err);
   if (!target || !*target) {
@@ -280,11 +379,8 @@ struct ana_client_channel *ana_client_channel_create(const char *target, struct 
    * grpc_shutdown, so one reference per channel keeps the library up exactly
    * while channels exist, also beside other users in the same process. */
   grpc_init();
-  creds = grpc_insecure_credentials_create();
-  ch->channel = grpc_channel_create(target, creds, NULL);
-  grpc_channel_credentials_release(creds);
+  ch->channel = ana_client_grpc_channel_create(target, tls, false, err);
   if (!ch->channel) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a channel to %s", target);
     ana_client_channel_destroy(ch);
     return NULL;
   }

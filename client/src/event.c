@@ -5,6 +5,7 @@
 #include "ana_json.h"
 #include "json_internal.h"
 #include "analytics/v1/events.pb-c.h"
+#include "ana_clock.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -221,18 +222,6 @@ int analytics_generate_event_id(char out[ANALYTICS_EVENT_ID_SIZE]) {
   return ana_uuid7_generate(out) < 0 ? ANALYTICS_ERR_INTERNAL : 0;
 }
 
-int64_t analytics_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t analytics_wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int analytics_event_build(const analytics_event_t *ev, struct ana_arena *arena,
                           ProtobufCMessage **out, analytics_error_t *err) {
   Analytics__V1__Event *e;
@@ -266,7 +255,7 @@ int analytics_event_build(const analytics_event_t *ev, struct ana_arena *arena,
     *out = &e->base;
     return 0;
   }
-  ms = ev->has_ts ? ev->ts_ms : analytics_wall_ms();
+  ms = ev->has_ts ? ev->ts_ms : ana_clock_wall_ms();
   google__protobuf__timestamp__init(ts);
   ts->seconds = ms / 1000;
   ts->nanos = (int32_t)(ms % 1000) * 1000000;

@@ -25,6 +25,15 @@ struct ana_restbridge_remote_options {
    * stream messages (PROTO_MAX_DEPTH), checked before they are decoded;
    * 0 = 100. */
   int proto_max_depth;
+  /* TLS to the upstream (RESTBRIDGE_UPSTREAM_*): on with tls or any file;
+   * CA NULL = the system's roots; a client certificate and key for mTLS;
+   * server_name replaces the target's host in the certificate check. The
+   * files are read by create. */
+  bool tls;
+  const char *tls_ca_file;
+  const char *tls_cert_file;
+  const char *tls_key_file;
+  const char *tls_server_name;
 };
 
 /* Creates the channel (it connects on first use), the worker pool and the

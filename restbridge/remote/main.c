@@ -4,12 +4,14 @@
  * the same variables (PORT, HTTP_MAX_BODY_BYTES, HTTP_BODY_BUDGET_MB,
  * HTTP_BODY_MIN_RATE, HTTP_BODY_RATE_WINDOW, HTTP_DECODE_THREADS,
  * CORS_ALLOWED_ORIGINS, STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS,
- * STREAM_QUEUE_BUDGET_MB, SHUTDOWN_GRACE_MS, LOG_LEVEL: the bridge's own
- * rows and the shared ones, nothing else) plus --upstream host:port (or
- * RESTBRIDGE_UPSTREAM). */
+ * STREAM_QUEUE_BUDGET_MB, HTTP_TLS_*, SHUTDOWN_GRACE_MS, LOG_LEVEL: the
+ * bridge's own rows and the shared ones, nothing else) plus --upstream
+ * host:port (or RESTBRIDGE_UPSTREAM) and TLS to it (RESTBRIDGE_UPSTREAM_*).
+ * SIGHUP reloads the HTTP_TLS_* files. */
 #include "ana_config_table.h"
 #include "ana_grpc_log.h"
 #include "ana_log.h"
+#include "ana_prom_process.h"
 #include "ana_restbridge.h"
 #include "ana_restbridge_config.h"
 #include "ana_restbridge_remote.h"
@@ -44,19 +46,38 @@ static void log_bad(const char *message, void *ctx) {
 }
 
 static void usage(FILE *out) {
-  fprintf(
-      out,
-      "usage: analytics-restbridge [--upstream HOST:PORT] [--workers N] [--help | --version]\n\n"
-      "REST + WebSocket gateway for analyticsd: serves the REST routes, WebSocket\n"
-      "streams, /health, /metrics and /openapi.json on PORT and forwards each call to\n"
-      "the analyticsd at --upstream (default: $RESTBRIDGE_UPSTREAM) over gRPC.\n"
-      "  --workers N  threads carrying unary calls to the upstream (default 16)\n\n"
-      "Configured from these environment variables (analyticsd's others do not apply):\n\n");
+  fprintf(out,
+          "usage: analytics-restbridge [--upstream HOST:PORT] [--workers N]\n"
+          "                            [--upstream-tls] [--upstream-ca FILE]\n"
+          "                            [--upstream-cert FILE --upstream-key FILE]\n"
+          "                            [--help | --version]\n\n"
+          "REST + WebSocket gateway for analyticsd: serves the REST routes, WebSocket\n"
+          "streams, /health, /metrics and /openapi.json on PORT and forwards each call to\n"
+          "the analyticsd at --upstream (default: $RESTBRIDGE_UPSTREAM) over gRPC.\n"
+          "  --workers N           threads carrying unary calls to the upstream (default 16)\n"
+          "  --upstream-tls        reach the upstream over TLS ($RESTBRIDGE_UPSTREAM_TLS)\n"
+          "  --upstream-ca FILE    PEM CA the upstream's certificate chains to (implies TLS)\n"
+          "  --upstream-cert FILE  PEM client certificate for mutual TLS, with --upstream-key\n"
+          "  --upstream-key FILE   its PEM private key\n\n"
+          "Configured from these environment variables (analyticsd's others do not apply):\n\n");
   ana_config_table_write_help(bridge_tables(NULL, NULL), N_TABLES, out);
 }
 
+/* "--name VALUE" or "--name=VALUE" at argv[*i]: the value (advancing *i), or NULL. */
+static const char *opt_value(int argc, char **argv, int *i, const char *name) {
+  size_t n = strlen(name);
+  if (strncmp(argv[*i], name, n) != 0)
+    return NULL;
+  if (argv[*i][n] == '=')
+    return argv[*i] + n + 1;
+  if (argv[*i][n] == '\0' && *i + 1 < argc)
+    return argv[++*i];
+  return NULL;
+}
+
 int main(int argc, char **argv) {
-  const char *upstream = NULL;
+  const char *upstream = NULL, *up_ca = NULL, *up_cert = NULL, *up_key = NULL, *v;
+  bool up_tls = false;
   int workers = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -65,10 +86,16 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--version") == 0) {
       printf("analytics-restbridge %s\n", ANA_VERSION);
       return 0;
-    } else if (strcmp(argv[i], "--upstream") == 0 && i + 1 < argc) {
-      upstream = argv[++i];
-    } else if (strncmp(argv[i], "--upstream=", 11) == 0) {
-      upstream = argv[i] + 11;
+    } else if (strcmp(argv[i], "--upstream-tls") == 0) {
+      up_tls = true;
+    } else if ((v = opt_value(argc, argv, &i, "--upstream-ca"))) {
+      up_ca = v;
+    } else if ((v = opt_value(argc, argv, &i, "--upstream-cert"))) {
+      up_cert = v;
+    } else if ((v = opt_value(argc, argv, &i, "--upstream-key"))) {
+      up_key = v;
+    } else if ((v = opt_value(argc, argv, &i, "--upstream"))) {
+      upstream = v;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       workers = atoi(argv[++i]);
       if (workers < 1 || workers > 1024) {
@@ -111,13 +138,22 @@ int main(int argc, char **argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP); /* not a stop: reloads the HTTP_TLS_* files */
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   signal(SIGPIPE, SIG_IGN);
 
   int rc = 1;
   struct ana_restbridge *rest = NULL;
   struct ana_restbridge_remote_options ropts = {
-      .target = upstream, .workers = workers, .proto_max_depth = cfg.process.proto_max_depth};
+      .target = upstream,
+      .workers = workers,
+      .proto_max_depth = cfg.process.proto_max_depth,
+      .tls = up_tls || cfg.bridge.upstream_tls,
+      .tls_ca_file = up_ca ? up_ca : cfg.bridge.upstream_ca_file,
+      .tls_cert_file = up_cert ? up_cert : cfg.bridge.upstream_cert_file,
+      .tls_key_file = up_key ? up_key : cfg.bridge.upstream_key_file,
+      .tls_server_name = cfg.bridge.upstream_server_name,
+  };
   struct ana_restbridge_remote *remote = ana_restbridge_remote_create(&ropts, &err);
   if (!remote) {
     ANA_ERROR("main", "cannot set up the upstream %s: %s", upstream, err.message);
@@ -138,7 +174,11 @@ int main(int argc, char **argv) {
       .health = ana_restbridge_remote_health,
       .health_ctx = remote,
       .upstream = ana_restbridge_remote_upstream(remote),
+      .tls_cert_file = cfg.bridge.http_tls_cert_file,
+      .tls_key_file = cfg.bridge.http_tls_key_file,
+      .tls_client_ca_file = cfg.bridge.http_tls_client_ca_file,
   };
+  ana_prom_process_register("analytics_restbridge", ANA_VERSION, ANA_REVISION);
   rest = ana_restbridge_create(&bopts, &err);
   if (!rest) {
     ANA_ERROR("main", "cannot start the REST bridge: %s", err.message);
@@ -150,7 +190,11 @@ int main(int argc, char **argv) {
                  "upstream", upstream, "version", ANA_VERSION, NULL);
 
   int sig = 0;
-  sigwait(&stop_signals, &sig);
+  while (sigwait(&stop_signals, &sig) == 0 && sig == SIGHUP) {
+    ANA_INFO("main", "SIGHUP: reloading the TLS certificates");
+    if (ana_restbridge_reload_tls(rest, &err) < 0)
+      ANA_ERROR("restbridge", "TLS reload refused, the certificate in use stays: %s", err.message);
+  }
   ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal",
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);
   ana_restbridge_shutdown(rest, cfg.process.shutdown_grace_ms);

@@ -75,7 +75,8 @@ void rr_call_done(struct ana_restbridge_remote *r, bool stream);
 /* Starts the thread that carries every server stream, on its own channel to
  * target; messages nested deeper than max_depth are refused as malformed.
  * NULL with err filled on failure. */
-struct rr_streams *rr_streams_create(const char *target, int max_depth, struct ana_error *err);
+struct rr_streams *rr_streams_create(const char *target, const struct ana_client_tls *tls,
+                                     int max_depth, struct ana_error *err);
 
 /* Opens the upstream stream of f's call (f->request is its request) and
  * forwards what comes back with ana_call_send, then finishes the call with

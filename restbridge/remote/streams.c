@@ -560,7 +560,8 @@ void rr_stream_cancel(struct rr_stream *s) {
 
 /* --- lifecycle --- */
 
-struct rr_streams *rr_streams_create(const char *target, int max_depth, struct ana_error *err) {
+struct rr_streams *rr_streams_create(const char *target, const struct ana_client_tls *tls,
+                                     int max_depth, struct ana_error *err) {
   struct rr_streams *ss = ana_calloc(1, sizeof *ss);
   if (!ss) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -571,13 +572,9 @@ struct rr_streams *rr_streams_create(const char *target, int max_depth, struct a
   /* Its own connection, so that the unary calls' answers are not queued
    * behind the streams' traffic (channels with the same target and
    * arguments would share one). */
-  grpc_arg arg = {.type = GRPC_ARG_INTEGER,
-                  .key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
-                  .value.integer = 1};
-  grpc_channel_args args = {.num_args = 1, .args = &arg};
-  grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-  ss->channel = grpc_channel_create(target, creds, &args);
-  grpc_channel_credentials_release(creds);
+  ss->channel = ana_client_grpc_channel_create(target, tls, true, err);
+  if (!ss->channel)
+    goto fail;
   ss->cq = grpc_completion_queue_create_for_next(NULL);
   if (!ss->channel || !ss->cq) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create the streams' channel to %s", target);

@@ -17,6 +17,7 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -258,14 +259,7 @@ static void *prober(void *arg) {
                    ? "serving"
                    : "not serving");
     last = status;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += r->health_interval_ms / 1000;
-    until.tv_nsec += (long)(r->health_interval_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = ana_deadline_in_ms(r->health_interval_ms);
     pthread_mutex_lock(&r->mu);
     while (!r->stop && pthread_cond_timedwait(&r->cv, &r->mu, &until) != ETIMEDOUT) {
     }
@@ -336,7 +330,12 @@ ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, stru
   if (!r->target)
     goto nomem;
   r->max_depth = o->proto_max_depth > 0 ? o->proto_max_depth : ANA_PROTO_DEFAULT_MAX_DEPTH;
-  r->ch = ana_client_channel_create(o->target, err);
+  struct ana_client_tls tls = {.enabled = o->tls,
+                               .ca_file = o->tls_ca_file,
+                               .cert_file = o->tls_cert_file,
+                               .key_file = o->tls_key_file,
+                               .server_name = o->tls_server_name};
+  r->ch = ana_client_channel_create_tls(o->target, &tls, err);
   if (!r->ch)
     goto fail;
   ana_client_channel_set_max_depth(r->ch, r->max_depth);
@@ -344,7 +343,7 @@ ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, stru
                                   o->queue_max ? o->queue_max : DEFAULT_QUEUE_MAX);
   if (!r->workers)
     goto nomem;
-  r->streams = rr_streams_create(o->target, r->max_depth, err);
+  r->streams = rr_streams_create(o->target, &tls, r->max_depth, err);
   if (!r->streams)
     goto fail;
   if (pthread_create(&r->prober, NULL, prober, r) != 0) {

@@ -10,6 +10,7 @@
 #include "ana_notify.h"
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
+#include "ana_clock.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -119,12 +120,6 @@ struct ana_alerts {
   struct sub *subs;
   struct ana_alerts_stats stats;
 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int64_t floor_to(int64_t t, int64_t step) {
   int64_t q = t / step;
@@ -1013,7 +1008,7 @@ static void *run(void *arg) {
   struct changes cs = {0};
   for (;;) {
     pthread_mutex_lock(&al->qmu);
-    int64_t wake = now_ms() + TICK_MS;
+    int64_t wake = ana_clock_wall_ms() + TICK_MS;
     pthread_mutex_lock(&al->mu);
     for (struct rule *r = al->rules; r; r = r->next) {
       if (!r->p.enabled)
@@ -1027,7 +1022,7 @@ static void *run(void *arg) {
       }
     }
     pthread_mutex_unlock(&al->mu);
-    while (!al->head && !al->stop && now_ms() < wake) {
+    while (!al->head && !al->stop && ana_clock_wall_ms() < wake) {
       int64_t w = wake;
       struct timespec ts = {w / 1000, (long)(w % 1000) * 1000000};
       pthread_cond_timedwait(&al->qcond, &al->qmu, &ts);
@@ -1045,7 +1040,7 @@ static void *run(void *arg) {
       }
       break;
     }
-    int64_t now = now_ms();
+    int64_t now = ana_clock_wall_ms();
     pthread_mutex_lock(&al->mu);
     cs.n = 0;
     for (struct paneset *ps = al->pansets; ps; ps = ps->next)
@@ -1331,7 +1326,7 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   /* A window the rules over the same metric and pane length keep already
    * is shared (it has seen every event since it was seeded)... */
   pthread_mutex_lock(&al->mu);

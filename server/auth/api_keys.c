@@ -3,6 +3,7 @@
 #include "ana_api_keys.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -138,9 +139,7 @@ struct ana_api_keys {
 static int64_t now_ms(struct ana_api_keys *k) {
   if (k->o.clock)
     return k->o.clock(k->o.clock_ctx);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return ana_clock_wall_ms();
 }
 
 void ana_api_keys_options_init(struct ana_api_keys_options *o) {
@@ -188,11 +187,7 @@ static void *touch_main(void *arg) {
     int period_ms = TOUCH_PERIOD_MS;
     if (k->o.recount_ms > 0 && k->o.recount_ms < period_ms)
       period_ms = k->o.recount_ms;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += (long)(period_ms % 1000) * 1000000L;
-    until.tv_sec += period_ms / 1000 + until.tv_nsec / 1000000000L;
-    until.tv_nsec %= 1000000000L;
+    struct timespec until = ana_deadline_in_ms(period_ms);
     pthread_cond_timedwait(&k->wake, &k->mu, &until);
     pthread_mutex_unlock(&k->mu);
     ana_api_keys_flush(k);

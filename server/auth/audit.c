@@ -6,6 +6,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "ana_prom.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,18 +43,6 @@ struct ana_audit {
   struct ana_prom_counter dropped, stored;
   bool prom_registered;
 };
-
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void collect(struct ana_prom_writer *w, void *ctx) {
   struct ana_audit *a = ctx;
@@ -116,24 +105,17 @@ static void retain(struct ana_audit *a, int64_t now_ms) {
 
 static void *writer(void *arg) {
   struct ana_audit *a = arg;
-  int64_t next_sign = a->sign_interval_ms > 0 ? mono_ms() + a->sign_interval_ms : INT64_MAX;
-  int64_t next_retain = mono_ms();
+  int64_t next_sign =
+      a->sign_interval_ms > 0 ? ana_clock_mono_ms() + a->sign_interval_ms : INT64_MAX;
+  int64_t next_retain = ana_clock_mono_ms();
   pthread_mutex_lock(&a->mu);
   for (;;) {
     while (!a->stop && a->len == 0 && !a->sign_requested) {
-      int64_t now = mono_ms();
+      int64_t now = ana_clock_mono_ms();
       int64_t until = next_sign < next_retain ? next_sign : next_retain;
       if (until <= now)
         break;
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      int64_t wait = until - now;
-      ts.tv_sec += wait / 1000;
-      ts.tv_nsec += (wait % 1000) * 1000000;
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
+      struct timespec ts = ana_deadline_in_ms(until - now);
       pthread_cond_timedwait(&a->wake, &a->mu, &ts);
     }
     struct entry *batch[BATCH_MAX];
@@ -152,9 +134,9 @@ static void *writer(void *arg) {
       write_batch(a, batch, n);
     for (size_t i = 0; i < n; i++)
       ana_free(batch[i]);
-    int64_t now = mono_ms();
+    int64_t now = ana_clock_mono_ms();
     if (now >= next_retain) {
-      retain(a, wall_ms());
+      retain(a, ana_clock_wall_ms());
       next_retain = now + RETAIN_EVERY_MS;
     }
     if (sign || stopping || now >= next_sign) {
@@ -253,7 +235,7 @@ void ana_audit_submit(struct ana_audit *a, const struct ana_audit_record *r) {
   if (e) {
     memset(&e->r, 0, sizeof e->r);
     char *p = e->text;
-    e->r.at_ms = r->at_ms ? r->at_ms : wall_ms();
+    e->r.at_ms = r->at_ms ? r->at_ms : ana_clock_wall_ms();
     e->r.code = r->code;
     e->r.kind = scopy(&p, r->kind);
     e->r.account_id = scopy(&p, r->account_id);
@@ -284,21 +266,14 @@ void ana_audit_submit(struct ana_audit *a, const struct ana_audit_record *r) {
 }
 
 int ana_audit_flush(struct ana_audit *a, int timeout_ms) {
-  int64_t until = mono_ms() + timeout_ms;
+  int64_t until = ana_clock_mono_ms() + timeout_ms;
   pthread_mutex_lock(&a->mu);
   uint64_t target = a->submitted;
   while (a->written < target && !a->stop) {
-    int64_t left = until - mono_ms();
+    int64_t left = until - ana_clock_mono_ms();
     if (left <= 0)
       break;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += left / 1000;
-    ts.tv_nsec += (left % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = ana_deadline_in_ms(left);
     pthread_cond_timedwait(&a->done, &a->mu, &ts);
   }
   bool ok = a->written >= target;

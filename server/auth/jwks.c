@@ -3,6 +3,7 @@
 #include "jwt_internal.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -306,12 +307,6 @@ struct jwks_source {
   uint64_t fetches, failures;
 };
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void src_log(struct jwks_source *src, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void src_log(struct jwks_source *src, int level, const char *fmt, ...) {
@@ -405,7 +400,7 @@ static void *source_thread(void *arg) {
       break;
     src->want = false;
     src->fetching = true;
-    src->last_attempt_ms = mono_ms();
+    src->last_attempt_ms = ana_clock_mono_ms();
     src->fetches++;
     pthread_mutex_unlock(&src->mu);
     struct jwks_set *set = fetch(src);
@@ -479,7 +474,7 @@ struct jwks_set *jwks_source_current(struct jwks_source *src) {
 
 bool jwks_source_refresh(struct jwks_source *src) {
   pthread_mutex_lock(&src->mu);
-  int64_t now = mono_ms();
+  int64_t now = ana_clock_mono_ms();
   if (!src->fetching && !src->want) {
     if (src->last_attempt_ms != INT64_MIN && now - src->last_attempt_ms < src->refresh_ms) {
       pthread_mutex_unlock(&src->mu);
@@ -489,14 +484,7 @@ bool jwks_source_refresh(struct jwks_source *src) {
     pthread_cond_signal(&src->wake);
   }
   uint64_t gen = src->generation;
-  struct timespec deadline;
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += src->wait_ms / 1000;
-  deadline.tv_nsec += (long)(src->wait_ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  struct timespec deadline = ana_clock_deadline(CLOCK_MONOTONIC, src->wait_ms);
   while (src->generation == gen && !src->stop)
     if (pthread_cond_timedwait(&src->done, &src->mu, &deadline) != 0)
       break;

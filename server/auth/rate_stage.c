@@ -4,6 +4,7 @@
 
 #include "ana_alloc.h"
 #include "ana_log.h"
+#include "ana_clock.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -122,12 +123,6 @@ bool ana_auth_rate_enabled(void) {
   return rl.enabled;
 }
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 int64_t ana_auth_rate_retry_after_s(const struct ana_rate_decision *d) {
   int64_t s = (d->retry_after_ns + 999999999LL) / 1000000000LL;
   return s < 1 ? 1 : s;
@@ -181,7 +176,8 @@ int ana_auth_rate_charge(struct ana_principal *p, int64_t cost, struct ana_error
   if (!p->rate_key || cost <= 0)
     return 0;
   struct ana_rate_decision d;
-  if (ana_rate_limiter_charge(&rl.limiter, p->rate_key, &p->rate_limit, cost, now_ns(), &d) < 0)
+  if (ana_rate_limiter_charge(&rl.limiter, p->rate_key, &p->rate_limit, cost, ana_clock_mono_ns(),
+                              &d) < 0)
     return 0; /* the store failed: let the call through rather than refuse everyone */
   p->rate = d;
   p->rate_charged = true;

@@ -1,5 +1,6 @@
 /* Progress beats: a static table of per-thread monotonic timestamps, written lock-free. */
 #include "ana_heartbeat.h"
+#include "ana_clock.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -17,9 +18,7 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ana_heartbeat table[ANA_HEARTBEAT_MAX];
 
 int64_t ana_heartbeat_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return ana_clock_mono_ms();
 }
 
 struct ana_heartbeat *ana_heartbeat_register(const char *name) {

@@ -48,18 +48,6 @@ struct ana_committer {
   int64_t next_sweep_ms;
 };
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static const double event_buckets[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
 
 static void collect(struct ana_prom_writer *w, void *ctx) {
@@ -177,7 +165,7 @@ static void finish_batch(struct ana_committer *c, struct ana_commit_request *bat
 
 static void sweep_retention(struct ana_committer *c) {
   struct ana_error err;
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   int64_t cutoff = now - (int64_t)c->o.retention_days * DAY_MS;
   if (ana_local_db_begin(c->db, &err) < 0)
     return;
@@ -205,7 +193,7 @@ static void *commit_thread(void *arg) {
   for (;;) {
     while (!c->head && !c->stopping) {
       ana_heartbeat_beat(hb);
-      int64_t wait = c->next_sweep_ms - now_ms();
+      int64_t wait = c->next_sweep_ms - ana_clock_wall_ms();
       if (wait <= 0) {
         pthread_mutex_unlock(&c->mu);
         sweep_retention(c);
@@ -234,11 +222,12 @@ static void *commit_thread(void *arg) {
 
     struct ana_error err;
     ana_error_clear(&err);
-    int64_t started_ns = mono_ns();
+    int64_t started_ns = ana_clock_mono_ns();
     for (struct ana_commit_request *r = batch; r; r = r->next)
       ana_prom_histogram_observe(&c->wait_seconds, (double)(started_ns - r->enqueued_ns) / 1e9);
     int rc = commit_batch(c, batch, &err);
-    ana_prom_histogram_observe(&c->commit_seconds, (double)(mono_ns() - started_ns) / 1e9);
+    ana_prom_histogram_observe(&c->commit_seconds,
+                               (double)(ana_clock_mono_ns() - started_ns) / 1e9);
     if (rc == 0)
       ana_prom_histogram_observe(&c->commit_events, (double)events);
     finish_batch(c, batch, rc, &err);
@@ -266,7 +255,7 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
   c->o = *o;
   if (c->o.batch_size < 1)
     c->o.batch_size = 1;
-  c->next_sweep_ms = now_ms() + 1000; /* first sweep soon after start-up */
+  c->next_sweep_ms = ana_clock_wall_ms() + 1000; /* first sweep soon after start-up */
   ana_prom_histogram_init(&c->commit_seconds, ana_prom_latency_buckets, ana_prom_latency_buckets_n);
   ana_prom_histogram_init(&c->wait_seconds, ana_prom_latency_buckets, ana_prom_latency_buckets_n);
   ana_prom_histogram_init(&c->commit_events, event_buckets,
@@ -302,7 +291,7 @@ int ana_committer_submit(struct ana_committer *c, struct ana_commit_request *req
     return ANA_ERR_FULL;
   }
   req->next = NULL;
-  req->enqueued_ns = mono_ns();
+  req->enqueued_ns = ana_clock_mono_ns();
   if (c->tail)
     c->tail->next = req;
   else

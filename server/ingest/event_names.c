@@ -81,12 +81,6 @@ struct ana_event_names {
   bool metrics_registered;
 };
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static uint64_t hash_of(const char *account, const char *name) {
   uint64_t h = 1469598103934665603ULL;
   for (const char *p = account; *p; p++)
@@ -173,7 +167,7 @@ static void warn_full(struct ana_event_names *en, const char *account, const cha
   for (size_t i = 0; i < en->n_warned; i++)
     if (strcmp(en->warned[i], account) == 0)
       return;
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   if (now - en->last_warn_ms < 1000 || en->n_warned == WARNED_MAX)
     return;
   en->last_warn_ms = now;

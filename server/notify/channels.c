@@ -6,6 +6,7 @@
 #include "ana_arena.h"
 #include "ana_id.h"
 #include "ana_proto_walk.h"
+#include "ana_clock.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -13,12 +14,6 @@
 
 #define KIND "channel"
 #define NAME_MAX_CHARS 200
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static Google__Protobuf__Timestamp *ts_of(struct ana_arena *a, int64_t ms) {
   Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
@@ -221,7 +216,7 @@ static int on_default(void *ctx, Analytics__V1__Channel *c) {
   if (!d->clear)
     return 1;
   c->is_default = false;
-  c->updated_at = ts_of(d->arena, now_ms());
+  c->updated_at = ts_of(d->arena, ana_clock_wall_ms());
   if (!c->updated_at)
     return d->rc = nomem(d->err), 1;
   if ((d->rc = save(d->n, c, d->arena, false, d->err)) < 0)
@@ -294,7 +289,7 @@ int ana_notify_channel_create(struct ana_notify *n, const char *account_id,
     return ana_error_set(err, ANA_STATUS_INTERNAL, "no randomness for an id");
   c->channel_id = ana_arena_strdup(arena, id);
   c->account_id = ana_arena_strdup(arena, account_id);
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   c->created_at = ts_of(arena, now);
   c->updated_at = ts_of(arena, now);
   if (!c->channel_id || !c->account_id || !c->created_at || !c->updated_at)
@@ -349,7 +344,7 @@ int ana_notify_channel_update(struct ana_notify *n, const char *account_id, cons
   c->channel_id = old->channel_id;
   c->account_id = old->account_id;
   c->created_at = old->created_at;
-  if (!(c->updated_at = ts_of(arena, now_ms()))) {
+  if (!(c->updated_at = ts_of(arena, ana_clock_wall_ms()))) {
     rc = nomem(err);
     goto out;
   }

@@ -11,6 +11,7 @@
 #include "ana_heartbeat.h"
 #include "ana_id.h"
 #include "ana_log.h"
+#include "ana_clock.h"
 
 #include <errno.h>
 #include <sqlite3.h>
@@ -22,12 +23,6 @@
 
 #define CLAIM_BATCH 32
 #define KEY_MAX 200
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static char *dup_or_null(const char *s) {
   return s && s[0] ? ana_strdup(s) : NULL;
@@ -87,7 +82,7 @@ int ana_notify_enqueue_in_txn(struct ana_notify *n, void *conn, const struct ana
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   sqlite3_stmt *st = NULL;
   int rc = 0;
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   if (sqlite3_prepare_v2(db,
                          "INSERT OR IGNORE INTO notify_outbox (idempotency_key, account_id,"
                          " channel_id, source, payload, state, attempts, next_attempt_at,"
@@ -167,7 +162,7 @@ static int claim(struct ana_notify *n, int slot, struct job *j, int64_t *next_du
   sqlite3 *db = n->conn;
   sqlite3_stmt *st = NULL;
   int found = 0;
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   *next_due = INT64_MAX;
   pthread_mutex_lock(&n->db_mu);
   if (sqlite3_prepare_v2(db,
@@ -213,7 +208,7 @@ out:
 static uint64_t random64(void) {
   uint64_t r = 0;
   if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-    r = (uint64_t)now_ms() * 6364136223846793005ULL;
+    r = (uint64_t)ana_clock_wall_ms() * 6364136223846793005ULL;
   return r;
 }
 
@@ -303,7 +298,7 @@ static void deliver(struct ana_notify *n, const struct job *j) {
   struct ana_arena *arena = ana_arena_create(8192, 0);
   Analytics__V1__Channel *ch = NULL;
   json_t *doc = message_of(j, &m, values, 32, links, 8);
-  int64_t start = now_ms();
+  int64_t start = ana_clock_wall_ms();
   int rc = -1;
   ana_error_clear(&err);
   if (!arena || !doc) {
@@ -315,7 +310,7 @@ static void deliver(struct ana_notify *n, const struct job *j) {
   } else {
     rc = ana_notifier_find(ana_notifier_type_of(ch))->send(&n->env, ch, &m, &res);
   }
-  int64_t took = now_ms() - start;
+  int64_t took = ana_clock_wall_ms() - start;
   const char *outcome, *state;
   int64_t next = start + took;
   if (rc == 0) {
@@ -365,17 +360,10 @@ static void *sender_main(void *arg) {
       pthread_cond_broadcast(&n->wake); /* another thread may take the next one */
       continue;
     }
-    int64_t wait = n->o.poll_ms, left = due == INT64_MAX ? wait : due - now_ms();
+    int64_t wait = n->o.poll_ms, left = due == INT64_MAX ? wait : due - ana_clock_wall_ms();
     if (left < wait)
       wait = left < 1 ? 1 : left;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += wait / 1000;
-    until.tv_nsec += (wait % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000;
-    }
+    struct timespec until = ana_deadline_in_ms(wait);
     while (!n->stop && !n->woken)
       if (pthread_cond_timedwait(&n->wake, &n->mu, &until) == ETIMEDOUT)
         break;
@@ -623,15 +611,7 @@ int ana_notify_channel_test(struct ana_notify *n, const char *account_id, const 
   if ((rc = ana_notify_enqueue(n, &nt, res->key, err)) < 0)
     goto out;
   snprintf(res->outcome, sizeof res->outcome, "pending");
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  int64_t total = (int64_t)n->env.timeout_ms + wait_ms;
-  until.tv_sec += total / 1000;
-  until.tv_nsec += (total % 1000) * 1000000;
-  if (until.tv_nsec >= 1000000000) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000;
-  }
+  struct timespec until = ana_deadline_in_ms((int64_t)n->env.timeout_ms + wait_ms);
   /* Under mu, so the broadcast after the attempt cannot slip in between
    * the look and the wait (lock order: mu, then db_mu, as the senders). */
   pthread_mutex_lock(&n->mu);

@@ -4,6 +4,7 @@
 
 #include "ana_alloc.h"
 #include "ana_prom.h"
+#include "ana_clock.h"
 
 #include <stdbool.h>
 #include <string.h>
@@ -23,12 +24,6 @@ struct ana_post_commit {
   bool started;
   bool metrics_registered;
 };
-
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void collect(struct ana_prom_writer *w, void *ctx) {
   struct ana_post_commit *pc = ctx;
@@ -126,13 +121,13 @@ void ana_post_commit_run(struct ana_post_commit *pc, const struct ana_event_reco
     return;
   /* One clock read per subscriber plus one: each hook's end is the next's
    * start (the loop's own cost is counted to the hook before it). */
-  int64_t t0 = mono_ns();
+  int64_t t0 = ana_clock_mono_ns();
   for (size_t i = 0; i < pc->n; i++) {
     struct subscriber *s = &pc->subs[i];
     if (!s->fn)
       continue;
     s->fn(s->ctx, records, n);
-    int64_t t1 = mono_ns();
+    int64_t t1 = ana_clock_mono_ns();
     ana_prom_counter_add(&s->calls, 1);
     ana_prom_counter_add(&s->records, n);
     ana_prom_counter_add(&s->nanoseconds, (uint64_t)(t1 - t0));

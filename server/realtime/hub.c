@@ -313,12 +313,6 @@ struct ana_realtime {
   struct ana_realtime_stats stats;
 };
 
-static int64_t now_mono(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void sub_free(struct sub *s) {
   for (size_t i = 0; i < s->len; i++)
     event_unref(s->ring[(s->head + i) % s->ring_cap]);
@@ -454,7 +448,7 @@ static void sub_push_locked(struct ana_realtime *rt, struct sub *s, struct rt_ev
 
 void ana_realtime_on_commit(void *ctx, const struct ana_event_record *records, size_t n) {
   struct ana_realtime *rt = ctx;
-  int64_t now = now_mono();
+  int64_t now = ana_clock_mono_ms();
   bool queued = false;
   pthread_mutex_lock(&rt->mu);
   for (size_t i = 0; i < n && rt->subs; i++) {
@@ -500,13 +494,12 @@ void ana_realtime_on_commit(void *ctx, const struct ana_event_record *records, s
 /* the pump                                                             */
 
 static Google__Protobuf__Timestamp *timestamp_now(struct ana_arena *a) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t ns = ana_clock_wall_ns();
   Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
   if (t) {
     google__protobuf__timestamp__init(t);
-    t->seconds = ts.tv_sec;
-    t->nanos = (int32_t)ts.tv_nsec;
+    t->seconds = ns / 1000000000;
+    t->nanos = (int32_t)(ns % 1000000000);
   }
   return t;
 }
@@ -572,7 +565,7 @@ static bool deliver(struct ana_realtime *rt, struct sub *s, struct ana_arena *a)
     struct rt_event *e = NULL;
     uint64_t dropped_sent = 0;
     bool is_snapshot = false;
-    int64_t now = now_mono();
+    int64_t now = ana_clock_mono_ms();
 
     pthread_mutex_lock(&rt->mu);
     if (!s->active) {
@@ -649,14 +642,14 @@ static void *pump_main(void *arg) {
   struct ana_realtime *rt = arg;
   struct ana_arena arena;
   ana_arena_init(&arena, 16384, 0);
-  int64_t next_snapshot = now_mono() + rt->o.aggregate_interval_ms;
+  int64_t next_snapshot = ana_clock_mono_ms() + rt->o.aggregate_interval_ms;
   bool retry = false;
   struct sub **batch = NULL;
   size_t batch_cap = 0;
 
   pthread_mutex_lock(&rt->mu);
   while (!rt->stop) {
-    int64_t now = now_mono();
+    int64_t now = ana_clock_mono_ms();
     int64_t wake = next_snapshot;
     if (retry && now + RETRY_MS < wake)
       wake = now + RETRY_MS;
@@ -705,7 +698,7 @@ static void *pump_main(void *arg) {
       struct sub *s = batch[i];
       bool waiting = deliver(rt, s, &arena);
       size_t tl = ana_call_send_queue_length(s->call);
-      int64_t t = now_mono();
+      int64_t t = ana_clock_mono_ms();
       pthread_mutex_lock(&rt->mu);
       s->transport_len = tl;
       if (s->active && !waiting && s->len == 0 && !s->snapshot_due)
@@ -828,7 +821,7 @@ int ana_realtime_push(struct ana_realtime *rt, struct ana_realtime_sub *sub,
     }
   }
   size_t before = s->len;
-  sub_push_locked(rt, s, e, now_mono());
+  sub_push_locked(rt, s, e, ana_clock_mono_ms());
   if (s->len == before) {
     /* No room for it: it cannot be dropped without a gap, so the
      * subscriber ends once what is queued is out, and resumes. */

@@ -105,18 +105,6 @@ struct ana_metric_streams {
   struct ana_metric_streams_stats stats;
 };
 
-static int64_t now_real(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t now_mono(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t floor_div(int64_t a, int64_t b) {
   return a / b - (a % b != 0 && (a < 0) != (b < 0));
 }
@@ -343,8 +331,8 @@ static bool stream_dirty(const struct mstream *st) {
 static void emit(struct ana_metric_streams *ms, struct mstream *st) {
   if (!st->n_open)
     return;
-  emit_bucket(ms, st, &st->open[0], now_real());
-  st->last_emit = now_mono();
+  emit_bucket(ms, st, &st->open[0], ana_clock_wall_ms());
+  st->last_emit = ana_clock_mono_ms();
 }
 
 static int cmp_values(const char *const *a, const char *const *b, size_t n) {
@@ -508,7 +496,7 @@ static struct mstream *stream_new(struct ana_metric_streams *ms,
   st->formula = req->formula;
   req->formula = NULL;
   int64_t start, end;
-  if (bucket_bounds(st->iv, st->tz, now_real(), &start, &end, err) < 0) {
+  if (bucket_bounds(st->iv, st->tz, ana_clock_wall_ms(), &start, &end, err) < 0) {
     stream_free(st);
     return NULL;
   }
@@ -579,7 +567,7 @@ void ana_metric_streams_on_commit(void *ctx, const struct ana_event_record *reco
     pthread_mutex_unlock(&ms->mu);
     return;
   }
-  int64_t now = now_real(), mono = now_mono();
+  int64_t now = ana_clock_wall_ms(), mono = ana_clock_mono_ms();
   for (struct mstream *st = ms->streams; st; st = st->next) {
     if (st->failed)
       continue;
@@ -629,7 +617,7 @@ static void *ticker_main(void *arg) {
   struct ana_metric_streams *ms = arg;
   pthread_mutex_lock(&ms->mu);
   while (!ms->stop) {
-    int64_t now = now_real(), mono = now_mono();
+    int64_t now = ana_clock_wall_ms(), mono = ana_clock_mono_ms();
     int64_t wake = mono + MAX_WAIT_MS;
     for (struct mstream *st = ms->streams, *next; st; st = next) {
       next = st->next;
@@ -665,7 +653,7 @@ static void *ticker_main(void *arg) {
       pthread_mutex_lock(&ms->mu);
       continue;
     }
-    int64_t wait = wake - now_mono();
+    int64_t wait = wake - ana_clock_mono_ms();
     if (wait <= 0)
       continue;
     struct timespec ts = ana_deadline_in_ms(wait);
@@ -933,7 +921,7 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
     st->loading = false;
     st->failed = rc < 0;
     if (rc == 0) {
-      advance(ms, st, now_real());
+      advance(ms, st, ana_clock_wall_ms());
       emit(ms, st);
     }
     pthread_cond_broadcast(&ms->loaded);

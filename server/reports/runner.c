@@ -7,6 +7,7 @@
 
 #include "ana_id.h"
 #include "ana_log.h"
+#include "ana_clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -44,12 +45,6 @@ struct ana_report_runner {
   pthread_t threads[MAX_THREADS];
   int n_threads;
 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int db_fail(struct ana_report_runner *r, struct ana_error *err, const char *what) {
   return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "report runs: %s: %s", what,
@@ -109,7 +104,7 @@ static void finish_run(struct ana_report_runner *r, const char *run_id, const ch
                        const char *error, const char *path, int64_t size) {
   struct ana_error err;
   const char *t[] = {state, error, path, run_id};
-  int64_t ints[] = {size, now_ms()};
+  int64_t ints[] = {size, ana_clock_wall_ms()};
   pthread_mutex_lock(&r->db_lock);
   if (exec_bind(r,
                 "UPDATE report_runs SET state = ?1, error = ?2, path = ?3, size_bytes = ?5, "
@@ -132,7 +127,7 @@ static bool start_run(struct ana_report_runner *r, const char *run_id, char *acc
                          "RETURNING account_id, report_id",
                          -1, &st, NULL) == SQLITE_OK) {
     sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms());
+    sqlite3_bind_int64(st, 2, ana_clock_wall_ms());
     if (sqlite3_step(st) == SQLITE_ROW) {
       snprintf(account, acc_size, "%s", (const char *)sqlite3_column_text(st, 0));
       snprintf(report, rep_size, "%s", (const char *)sqlite3_column_text(st, 1));
@@ -160,7 +155,7 @@ static void generate(struct ana_report_runner *r, const char *run_id) {
     return;
   }
   snprintf(tmp, sizeof tmp, "%s/" TMP_PREFIX "%s", dir, run_id);
-  int64_t t0 = now_ms();
+  int64_t t0 = ana_clock_wall_ms();
   int rc = r->o.generate(r->o.ctx, account, report, run_id, tmp, &ext, &err);
   if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
     rc = ana_error_set(&err, ANA_STATUS_UNAVAILABLE, "cannot write the file: %s", strerror(errno));
@@ -189,13 +184,13 @@ static void generate(struct ana_report_runner *r, const char *run_id) {
     return;
   }
   ANA_INFO("reports", "run %s of report %s: %lld bytes in %lld ms", run_id, report,
-           (long long)sb.st_size, (long long)(now_ms() - t0));
+           (long long)sb.st_size, (long long)(ana_clock_wall_ms() - t0));
   finish_run(r, run_id, "completed", "", final, (int64_t)sb.st_size);
 }
 
 /* Removes the files of runs completed before the retention cutoff. */
 static void expire(struct ana_report_runner *r) {
-  int64_t cutoff = now_ms() - (int64_t)r->o.retention_days * 86400000;
+  int64_t cutoff = ana_clock_wall_ms() - (int64_t)r->o.retention_days * 86400000;
   pthread_mutex_lock(&r->db_lock);
   sqlite3_stmt *st;
   if (sqlite3_prepare_v2(r->conn,
@@ -219,7 +214,7 @@ static void *worker(void *arg) {
   (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), NICE);
   pthread_mutex_lock(&r->lock);
   while (!r->stopping) {
-    int64_t now = now_ms();
+    int64_t now = ana_clock_wall_ms();
     if (now >= r->next_expiry_ms) {
       r->next_expiry_ms = now + EXPIRE_EVERY_MS;
       pthread_mutex_unlock(&r->lock);
@@ -228,9 +223,7 @@ static void *worker(void *arg) {
       continue;
     }
     if (r->len == 0) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += 5;
+      struct timespec ts = ana_deadline_in_ms(5000);
       pthread_cond_timedwait(&r->cond, &r->lock, &ts);
       continue;
     }
@@ -301,7 +294,7 @@ static int recover(struct ana_report_runner *r, struct ana_error *err) {
            "generation was interrupted %d times (the server stopped while it ran); giving up",
            r->o.max_attempts);
   const char *t[] = {msg};
-  int64_t ints[] = {(int64_t)r->o.max_attempts, now_ms()};
+  int64_t ints[] = {(int64_t)r->o.max_attempts, ana_clock_wall_ms()};
   if (exec_bind(r,
                 "UPDATE report_runs SET state = 'failed', error = ?1, finished_at = ?3 "
                 "WHERE state = 'running' AND attempts >= ?2",
@@ -402,7 +395,7 @@ int ana_report_runner_submit(struct ana_report_runner *r, const char *account_id
                          r->o.queue_max);
   }
   const char *t[] = {run_id, account_id, report_id};
-  int64_t ints[] = {now_ms()};
+  int64_t ints[] = {ana_clock_wall_ms()};
   pthread_mutex_lock(&r->db_lock);
   int rc = exec_bind(r,
                      "INSERT INTO report_runs (run_id, account_id, report_id, state, created_at) "

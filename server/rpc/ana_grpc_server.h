@@ -18,6 +18,12 @@ struct ana_grpc_server_options {
   int max_concurrent_streams; /* calls open at once per connection; 0 = 100 */
   int max_metadata_bytes;     /* request metadata per call; 0 = 16 KiB */
   int streams_per_peer;       /* open server-streaming calls per client IP; 0 = 64 */
+  /* TLS (GRPC_TLS_*): PEM certificate chain and private key, both or
+   * neither (plaintext); with client_ca, clients must present a certificate
+   * it signed (mTLS). Borrowed; copied. */
+  const char *tls_cert_file;
+  const char *tls_key_file;
+  const char *tls_client_ca_file;
 };
 
 /* Abusive HTTP/2 pings: a client pinging more often than this without data
@@ -30,6 +36,13 @@ struct ana_grpc_server_options {
  * when the port cannot be bound or memory runs out. */
 struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_options *options,
                                                struct ana_error *err);
+
+/* Reads the TLS files again (SIGHUP): connections from the next handshake
+ * on get the new certificate (and client CA); open ones keep theirs.
+ * Returns 0 (also without TLS), or ANA_ERR_INVALID with err naming the
+ * variable and path when a file is unreadable or bad: the certificate in
+ * use stays. Blocks on the file reads only; any thread. */
+int ana_grpc_server_reload_tls(struct ana_grpc_server *server, struct ana_error *err);
 
 /* The port actually bound. */
 int ana_grpc_server_port(const struct ana_grpc_server *server);

@@ -14,6 +14,9 @@ struct ana_rpc_settings {
   int grpc_streams_per_peer; /* open server-streaming calls per client IP */
   int grpc_threads;          /* 0 = one per CPU */
   int stream_send_queue_max;
+  char *grpc_tls_cert_file;      /* GRPC_TLS_CERT_FILE: NULL = plaintext */
+  char *grpc_tls_key_file;       /* GRPC_TLS_KEY_FILE */
+  char *grpc_tls_client_ca_file; /* GRPC_TLS_CLIENT_CA_FILE: NULL = no client certificates */
 };
 
 extern const struct ana_config_table ana_rpc_config_table;

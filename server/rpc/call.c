@@ -9,6 +9,7 @@
 #include "google/protobuf/any.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
+#include "ana_clock.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -60,9 +61,7 @@ const struct ana_handler *ana_rpc_handler(enum ana_method_id method) {
 }
 
 int64_t ana_call_now_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return ana_clock_mono_ms();
 }
 
 void ana_call_init(struct ana_call *call, const struct ana_call_transport *transport,

@@ -62,6 +62,23 @@ static const struct ana_config_row rows[] = {
      .max = 1000000,
      .help = "Most messages queued for sending on one outbound stream.",
      ROW(stream_send_queue_max)},
+    {.name = "GRPC_TLS_CERT_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "PEM certificate chain the gRPC port serves TLS with (with GRPC_TLS_KEY_FILE; both "
+             "or neither); unset serves plaintext. Read again on SIGHUP.",
+     ROW(grpc_tls_cert_file)},
+    {.name = "GRPC_TLS_KEY_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "PEM private key of GRPC_TLS_CERT_FILE (unencrypted). Read again on SIGHUP.",
+     ROW(grpc_tls_key_file)},
+    {.name = "GRPC_TLS_CLIENT_CA_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "PEM CA certificates: when set, gRPC clients must present a certificate they signed "
+             "(mutual TLS); needs GRPC_TLS_CERT_FILE. Read again on SIGHUP.",
+     ROW(grpc_tls_client_ca_file)},
 };
 
 const struct ana_config_table ana_rpc_config_table = ANA_CONFIG_TABLE("rpc", rows);

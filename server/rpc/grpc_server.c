@@ -10,13 +10,16 @@
 #include "ana_listen.h"
 #include "ana_log.h"
 #include "ana_proto_walk.h"
+#include "ana_tls_files.h"
 #include "call_internal.h"
+#include "ana_clock.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <ctype.h>
 #include <stdio.h>
@@ -115,6 +118,12 @@ struct ana_grpc_server {
   long live_calls;
   struct gcall *live;
   struct peer_streams *peers; /* IPs with server streams open */
+
+  /* TLS (GRPC_TLS_*): the paths, read again on reload; the configuration
+   * core takes at its next handshake (the fetcher swaps it out). */
+  bool tls;
+  char *tls_cert_file, *tls_key_file, *tls_ca_file;
+  _Atomic(grpc_ssl_server_certificate_config *) tls_pending;
 };
 
 static const struct ana_call_transport grpc_transport;
@@ -899,6 +908,119 @@ static int post_initial_requests(struct ana_grpc_server *srv, grpc_completion_qu
   return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* TLS                                                                  */
+
+static const char *const tls_vars[3] = {"GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE",
+                                        "GRPC_TLS_CLIENT_CA_FILE"};
+
+/* Reads and checks the TLS files into a configuration for core (NULL with
+ * err filled on failure). Blocks on the file reads. */
+static grpc_ssl_server_certificate_config *tls_config_load(const struct ana_grpc_server *srv,
+                                                           char *serial, size_t serial_size,
+                                                           struct ana_error *err) {
+  struct ana_tls_paths paths = {tls_vars[0],        tls_vars[1],       tls_vars[2],
+                                srv->tls_cert_file, srv->tls_key_file, srv->tls_ca_file};
+  struct ana_tls_files files;
+  if (ana_tls_files_load(&paths, &files, err) < 0)
+    return NULL;
+  grpc_ssl_pem_key_cert_pair pair = {.private_key = files.key, .cert_chain = files.cert};
+  /* Core copies the strings. Core 1.51 asserts that a fetched
+   * configuration has roots even when no client certificate is asked for;
+   * the server's own chain stands in then (never used). */
+  grpc_ssl_server_certificate_config *c =
+      grpc_ssl_server_certificate_config_create(files.ca ? files.ca : files.cert, &pair, 1);
+  snprintf(serial, serial_size, "%s", files.serial);
+  ana_tls_files_fini(&files);
+  if (!c)
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return c;
+}
+
+/* Core asks on every new connection's handshake: the configuration a
+ * reload left, if any (core takes it over), else UNCHANGED. One atomic
+ * exchange: never blocks a handshake. */
+static grpc_ssl_certificate_config_reload_status
+tls_fetch(void *user_data, grpc_ssl_server_certificate_config **config) {
+  struct ana_grpc_server *srv = user_data;
+  grpc_ssl_server_certificate_config *c = atomic_exchange(&srv->tls_pending, NULL);
+  if (!c)
+    return GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+  *config = c;
+  return GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW;
+}
+
+/* Leaves c for the next handshake, replacing one not taken yet. */
+static void tls_offer(struct ana_grpc_server *srv, grpc_ssl_server_certificate_config *c) {
+  grpc_ssl_server_certificate_config *old = atomic_exchange(&srv->tls_pending, c);
+  if (old)
+    grpc_ssl_server_certificate_config_destroy(old);
+}
+
+/* The listening credentials: TLS through the fetcher above (the first
+ * configuration is offered before the port is added, which fetches it),
+ * or plaintext. */
+static grpc_server_credentials *server_credentials(struct ana_grpc_server *srv,
+                                                   struct ana_error *err) {
+  if (!srv->tls)
+    return grpc_insecure_server_credentials_create();
+  char serial[64];
+  grpc_ssl_server_certificate_config *c = tls_config_load(srv, serial, sizeof serial, err);
+  if (!c)
+    return NULL;
+  tls_offer(srv, c);
+  grpc_ssl_server_credentials_options *opts =
+      grpc_ssl_server_credentials_create_options_using_config_fetcher(
+          srv->tls_ca_file ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                           : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+          tls_fetch, srv);
+  grpc_server_credentials *creds =
+      opts ? grpc_ssl_server_credentials_create_with_options(opts) : NULL;
+  if (!creds)
+    ana_error_set(err, ANA_STATUS_INTERNAL, "GRPC_TLS_CERT_FILE: cannot set up TLS");
+  else
+    ana_log_fields(ANA_LOG_INFO, "rpc", "gRPC serves TLS", "certificate_serial", serial,
+                   "client_certificates", srv->tls_ca_file ? "required" : "not requested", NULL);
+  return creds;
+}
+
+int ana_grpc_server_reload_tls(struct ana_grpc_server *srv, struct ana_error *err) {
+  if (!srv->tls)
+    return 0;
+  char serial[64];
+  grpc_ssl_server_certificate_config *c = tls_config_load(srv, serial, sizeof serial, err);
+  if (!c)
+    return ANA_ERR_INVALID;
+  tls_offer(srv, c);
+  ana_log_fields(ANA_LOG_INFO, "rpc", "gRPC TLS certificate reloaded", "certificate_serial", serial,
+                 NULL);
+  return 0;
+}
+
+/* After the server is destroyed (no handshake can fetch any more). */
+static void tls_free(struct ana_grpc_server *srv) {
+  grpc_ssl_server_certificate_config *c = atomic_exchange(&srv->tls_pending, NULL);
+  if (c)
+    grpc_ssl_server_certificate_config_destroy(c);
+  ana_free(srv->tls_cert_file);
+  ana_free(srv->tls_key_file);
+  ana_free(srv->tls_ca_file);
+}
+
+/* Core's own log lines (failed TLS handshakes among them) as JSON lines of
+ * component "grpc": its errors at warn (a peer's doing, mostly), the rest
+ * at debug; rate-limited per level like every log site. */
+static void core_log(gpr_log_func_args *a) {
+  if (a->severity == GPR_LOG_SEVERITY_ERROR)
+    ANA_LOG(ANA_LOG_WARN, "grpc", "%s (%s:%d)", a->message, a->file, a->line);
+  else
+    ANA_LOG(ANA_LOG_DEBUG, "grpc", "%s (%s:%d)", a->message, a->file, a->line);
+}
+
+static char *dup_set(const char *s) {
+  return s && s[0] ? ana_strdup(s) : NULL;
+}
+
 struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_options *o,
                                                struct ana_error *err) {
   struct ana_grpc_server *srv = ana_calloc(1, sizeof *srv);
@@ -916,7 +1038,13 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   srv->n_threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (srv->n_threads < 1)
     srv->n_threads = 1;
+  atomic_init(&srv->tls_pending, NULL);
+  srv->tls_cert_file = dup_set(o->tls_cert_file);
+  srv->tls_key_file = dup_set(o->tls_key_file);
+  srv->tls_ca_file = dup_set(o->tls_client_ca_file);
+  srv->tls = srv->tls_cert_file || srv->tls_key_file || srv->tls_ca_file;
 
+  gpr_set_log_function(core_log);
   grpc_init();
   grpc_arg args[] = {
       {.type = GRPC_ARG_INTEGER,
@@ -964,7 +1092,9 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
 
   char addr[300];
   snprintf(addr, sizeof addr, "%s:%d", o->host && o->host[0] ? o->host : "0.0.0.0", o->port);
-  grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+  grpc_server_credentials *creds = server_credentials(srv, err);
+  if (!creds)
+    goto fail;
   srv->port = grpc_server_add_http2_port(srv->server, addr, creds);
   grpc_server_credentials_release(creds);
   if (srv->port == 0) {
@@ -1015,6 +1145,7 @@ fail:
   }
   ana_free(srv->cqs);
   ana_free(srv->threads);
+  tls_free(srv);
   pthread_mutex_destroy(&srv->mu);
   pthread_cond_destroy(&srv->cond);
   ana_free(srv);
@@ -1057,12 +1188,7 @@ static bool wait_quiet(struct ana_grpc_server *srv, int64_t deadline_ms) {
     int64_t left = deadline_ms - ana_call_now_mono_ms();
     if (left <= 0)
       break;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t step = left < 100 ? left : 100;
-    ts.tv_nsec += (long)(step % 1000) * 1000000L;
-    ts.tv_sec += (time_t)(step / 1000) + ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = ana_deadline_in_ms(left < 100 ? left : 100);
     pthread_cond_timedwait(&srv->cond, &srv->mu, &ts);
   }
   bool done = srv->live_calls == 0 && srv->shutdown_notified;
@@ -1099,11 +1225,16 @@ int ana_grpc_server_shutdown(struct ana_grpc_server *srv, int grace_ms) {
 void ana_grpc_server_destroy(struct ana_grpc_server *srv) {
   if (!srv)
     return;
+  /* Core asserts that a server with listeners was shut down (a later
+   * module failed to start: nothing was served yet). */
+  if (!srv->shutting_down && ana_grpc_server_shutdown(srv, 1000) < 0)
+    return; /* a handler still holds a call: left as it is */
   grpc_server_destroy(srv->server);
   for (int i = 0; i < srv->n_threads; i++)
     grpc_completion_queue_destroy(srv->cqs[i]);
   ana_free(srv->cqs);
   ana_free(srv->threads);
+  tls_free(srv);
   pthread_mutex_destroy(&srv->mu);
   pthread_cond_destroy(&srv->cond);
   ana_free(srv);

@@ -10,6 +10,7 @@
 #include "ana_notify.h"
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
+#include "ana_clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,12 +23,6 @@
 #define MAX_STREAM_IDS 100
 
 static struct ana_alert_service_options opts;
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
   Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
@@ -172,7 +167,7 @@ static int store_rule(struct ana_call *call, Analytics__V1__Alert *a, bool creat
   if (!body)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   protobuf_c_message_pack(&a->base, body);
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   struct ana_catalog_object o = {
       KIND, account, a->alert_id, a->name, body, len, create ? now : created, now};
   if ((rc = opts.catalog_ops->put(opts.catalog, &o, create, err)) < 0) {

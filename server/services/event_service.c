@@ -11,6 +11,7 @@
 #include "ana_event_names.h"
 #include "ana_log.h"
 #include "ana_rate_limit.h"
+#include "ana_clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -51,15 +52,13 @@ static void fill_request(struct ana_call *call, struct ana_ingest_request *r, ch
                          size_t ip_size) {
   ana_client_ip(ana_call_peer(call), ana_call_metadata(call, "x-forwarded-for"),
                 opts.trusted_proxies, ip, ip_size);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
   r->account_id = ana_call_principal(call)->account_id;
   r->client_ip = ip;
   /* The REST bridge's (in-process or remote) reading of User-Agent and
    * Accept-Language; gRPC's own user-agent names the library, not the client. */
   r->user_agent = ana_call_metadata(call, "x-client-user-agent");
   r->locale = ana_call_metadata(call, "x-client-locale");
-  r->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  r->now_ms = ana_clock_wall_ms();
   r->limits = &opts.limits;
 }
 

@@ -13,6 +13,7 @@
 #include "ana_metric_streams.h"
 #include "ana_rollup.h"
 #include "ana_text.h"
+#include "ana_clock.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -34,12 +35,6 @@ static struct ana_metric_streams *streams_engine; /* StreamMetric */
 static struct ana_realtime *stream_hub;
 /* Serialises storing a metric's resolved names against a PUT. */
 static pthread_mutex_t resolve_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
   Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
@@ -655,7 +650,7 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
     ana_call_fail(call, ANA_STATUS_INTERNAL, "cannot make an id");
     return;
   }
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   m->metric_id = id;
   m->created_at = timestamp_of(ana_call_arena(call), now);
   m->updated_at = m->created_at;
@@ -759,7 +754,7 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
   int rc;
   m->metric_id = old->metric_id;
   m->created_at = old->created_at;
-  m->updated_at = timestamp_of(ana_call_arena(call), now_ms());
+  m->updated_at = timestamp_of(ana_call_arena(call), ana_clock_wall_ms());
   pthread_mutex_lock(&resolve_mu);
   rc = save(ana_call_arena(call), m, false, &err);
   pthread_mutex_unlock(&resolve_mu);
@@ -800,7 +795,7 @@ static void do_data(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   struct ana_metric_query q = {.metric = m, .account_id = ana_call_principal(call)->account_id};
-  q.to_ms = req->to ? ms_of(req->to) : now_ms();
+  q.to_ms = req->to ? ms_of(req->to) : ana_clock_wall_ms();
   q.from_ms = req->from ? ms_of(req->from) : q.to_ms - DAY_MS;
   if (q.from_ms >= q.to_ms) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "to: must be after from");

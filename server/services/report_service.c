@@ -12,6 +12,7 @@
 #include "ana_report_runner.h"
 #include "ana_report_templates.h"
 #include "ana_report_writer.h"
+#include "ana_clock.h"
 
 #include <libgen.h>
 #include <stdio.h>
@@ -43,12 +44,6 @@ static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms
     t->nanos = (int32_t)(ms % 1000) * 1000000;
   }
   return t;
-}
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Fails the call with err, the field before ": " as a violation. */
@@ -261,7 +256,7 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
     return;
   }
   protobuf_c_message_pack(&r->base, body);
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   struct ana_catalog_object o = {KIND, account, id, NULL, body, len, now, now};
   if (opts.catalog_ops->put(opts.catalog, &o, true, &err) < 0) {
     fail_with(call, &err);

@@ -29,6 +29,9 @@ BRIDGE_VARS = frozenset({
 # The Secret template (not applied by the kustomization) and the key both
 # deployments take from it.
 SECRET_EXAMPLE = "secret.example.yaml"
+# The Prometheus operator's scrape configuration: needs the operator's CRD, so
+# the kustomization leaves it out too.
+SERVICE_MONITOR = "servicemonitor.yaml"
 SECRET_KEY = "JWT_HS256_SECRET"
 HTTP_PORT = 3004
 GRPC_PORT = 50051
@@ -303,11 +306,57 @@ class ManifestTest(unittest.TestCase):
         self.assertEqual(len(kust), 1, "%s must hold one document" % KUSTOMIZATION)
         resources = kust[0].get("resources") or []
         manifests = sorted(os.path.basename(f) for f in self.files
-                           if os.path.basename(f) not in (KUSTOMIZATION, SECRET_EXAMPLE))
+                           if os.path.basename(f) not in (KUSTOMIZATION, SECRET_EXAMPLE,
+                                                          SERVICE_MONITOR))
         self.assertEqual(sorted(set(manifests) - set(resources)), [],
                          "k8s/ manifests missing from %s resources" % KUSTOMIZATION)
         self.assertEqual(sorted(set(resources) - set(manifests)), [],
                          "%s lists resources that are not files in k8s/" % KUSTOMIZATION)
+
+    # ---- monitoring and images ----
+
+    def test_pods_carry_scrape_annotations(self):
+        for component in ("analyticsd", "restbridge"):
+            tmpl = (self.one("Deployment", component).get("spec") or {}).get("template") or {}
+            ann = (tmpl.get("metadata") or {}).get("annotations") or {}
+            self.assertEqual(ann.get("prometheus.io/scrape"), "true", component)
+            self.assertEqual(ann.get("prometheus.io/port"), str(HTTP_PORT), component)
+            self.assertEqual(ann.get("prometheus.io/path"), "/metrics", component)
+
+    def test_service_monitor_scrapes_both_services(self):
+        mon = self.one("ServiceMonitor")
+        self.assertEqual(mon.get("apiVersion"), "monitoring.coreos.com/v1")
+        kust = [d for n, d in self.docs if n == KUSTOMIZATION][0]
+        self.assertNotIn(SERVICE_MONITOR, kust.get("resources") or [],
+                         "the ServiceMonitor needs the operator's CRD: kubectl apply -k would fail")
+        spec = mon.get("spec") or {}
+        match = (spec.get("selector") or {}).get("matchLabels") or {}
+        self.assertTrue(match, "the ServiceMonitor selects no Service")
+        endpoints = spec.get("endpoints") or []
+        self.assertTrue(endpoints)
+        for component in ("analyticsd", "restbridge"):
+            service = self.one("Service", component)
+            labels = (service.get("metadata") or {}).get("labels") or {}
+            self.assertTrue(all(labels.get(k) == v for k, v in match.items()),
+                            "the ServiceMonitor does not select the %s Service" % component)
+            names = [p.get("name") for p in (service.get("spec") or {}).get("ports") or []]
+            for ep in endpoints:
+                self.assertIn(ep.get("port"), names, "endpoint port must name a Service port")
+                self.assertEqual(ep.get("path", "/metrics"), "/metrics")
+
+    def test_images_are_tagged_by_version(self):
+        with open(os.path.join(REPO_ROOT, "CMakeLists.txt"), encoding="utf-8") as f:
+            version = re.search(r"project\(analyticsd VERSION ([0-9.]+)", f.read()).group(1)
+        for component in ("analyticsd", "restbridge"):
+            spec = ((self.one("Deployment", component).get("spec") or {}).get("template")
+                    or {}).get("spec") or {}
+            for c in spec.get("containers") or []:
+                image = c.get("image", "")
+                self.assertRegex(image, r":%s$" % re.escape(version),
+                                 "%s: image %r is not tagged with the version %s"
+                                 % (component, image, version))
+        args = " ".join(a for k, a in self.stages()[-1]["instructions"] if k == "ARG")
+        self.assertIn("VERSION=%s" % version, args, "the Dockerfile's VERSION default")
 
     def secret_refs(self, container):
         """(secret name, key, optional) of each env taken from a Secret."""
@@ -450,6 +499,17 @@ class ManifestTest(unittest.TestCase):
         signals = [a for k, a in self.dockerfile if k == "STOPSIGNAL"]
         self.assertIn(signals[-1] if signals else "SIGTERM", ("SIGTERM", "15"),
                       "STOPSIGNAL must be SIGTERM: that is what starts the drain")
+
+    def test_dockerfile_has_healthcheck(self):
+        checks = [a for k, a in self.stages()[-1]["instructions"] if k == "HEALTHCHECK"]
+        self.assertEqual(len(checks), 1, "the runtime stage needs one HEALTHCHECK")
+        opts, _, cmd = checks[0].partition("CMD")
+        self.assertTrue(cmd, "HEALTHCHECK without CMD: %r" % checks[0])
+        argv = yaml.safe_load(cmd.strip())
+        self.assertIsInstance(argv, list, "use the exec form: the slim image has no curl")
+        self.assertEqual(argv, ["/opt/analyticsd/bin/analyticsd", "healthcheck"])
+        for opt in ("--interval=", "--timeout=", "--start-period="):
+            self.assertIn(opt, opts)
 
 
 def main():

@@ -87,6 +87,9 @@ case "$(basename "$BUILD")" in
 esac
 
 echo "--- Python grpcio suite"
+# test_openapi_docs.py validates /openapi.json with @seriousme/openapi-schema-validator
+# (pinned by tests/openapi/package-lock.json).
+(cd "$HERE/../openapi" && npm ci --no-audit --no-fund --loglevel=error)
 ANALYTICSD=$BIN $PYTHON "$HERE/python/run_all.py" --binary "$BIN"
 
 # The live dashboard in headless chromium (playwright-core from npm, pinned by

@@ -3,6 +3,7 @@
  * and every other operation. Usage: test_client_lib HOST:PORT.
  * ANA_IMPLEMENTED_FEATURES (comma-separated, e.g. "events,metrics") lists the
  * features whose RPCs no longer answer UNIMPLEMENTED. */
+#include "ana_test_util.h"
 #include <analytics/analytics.h>
 
 #include <arpa/inet.h>
@@ -37,26 +38,6 @@ static int checks, failures;
   } while (0)
 
 static const char *target;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int unused_port(void) {
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof addr;
-  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-
-  if (fd < 0)
-    return -1;
-  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0 &&
-      getsockname(fd, (struct sockaddr *)&addr, &len) == 0)
-    port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 struct failures {
   int undelivered, rejected;
@@ -136,10 +117,10 @@ static void test_track_thousand(void) {
     analytics_event_t *ev = analytics_event_new("message", "message_sent");
     analytics_event_set_string(ev, "runId", run);
     analytics_event_set_number(ev, "seq", i);
-    t0 = now_s();
+    t0 = ana_test_now_s();
     int rc = analytics_track(c, ev, &err);
-    if (now_s() - t0 > slowest)
-      slowest = now_s() - t0;
+    if (ana_test_now_s() - t0 > slowest)
+      slowest = ana_test_now_s() - t0;
     CHECK_OK(rc, err);
     analytics_event_destroy(ev);
   }
@@ -253,7 +234,7 @@ static void test_server_down(void) {
   char dead[64];
   double t0;
 
-  snprintf(dead, sizeof dead, "127.0.0.1:%d", unused_port());
+  snprintf(dead, sizeof dead, "127.0.0.1:%d", ana_test_unused_port());
   analytics_options_init(&o);
   o.target = dead;
   o.flush_interval_ms = 10;
@@ -268,10 +249,10 @@ static void test_server_down(void) {
   if (!c)
     return;
   analytics_event_t *ev = analytics_event_new("test", "offline");
-  t0 = now_s();
+  t0 = ana_test_now_s();
   for (int i = 0; i < 5; i++)
     CHECK_OK(analytics_track(c, ev, &err), err);
-  CHECK(now_s() - t0 < 2.0); /* returns at once, not after a connect timeout */
+  CHECK(ana_test_now_s() - t0 < 2.0); /* returns at once, not after a connect timeout */
   analytics_event_destroy(ev);
 
   int rc = analytics_flush(c, 500, &err);
@@ -286,9 +267,9 @@ static void test_server_down(void) {
             (unsigned long long)st.retries, fl.message);
   CHECK(st.sent == 0);
 
-  t0 = now_s();
+  t0 = ana_test_now_s();
   analytics_client_destroy(c);
-  CHECK(now_s() - t0 < 20.0);
+  CHECK(ana_test_now_s() - t0 < 20.0);
   CHECK(fl.undelivered == 5);
 
   /* Synchronous calls fail at once with UNAVAILABLE. */

@@ -1,6 +1,7 @@
 /* The generated C client stubs against a running analyticsd.
  * Usage: test_client_stubs HOST:PORT (the server's gRPC address). */
 #include "ana_client_stubs.h"
+#include "ana_test_util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -39,27 +40,6 @@ static int checks, failures;
       fprintf(stderr, "  rc %d (%s): %s \"%s\"\n", (rc), ana_strerror(rc),                         \
               ana_status_name((err).code), (err).message);                                         \
   } while (0)
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* A loopback port with nothing listening (bound, read, released). */
-static int unused_port(void) {
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof addr;
-  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-
-  if (fd < 0)
-    return -1;
-  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0 &&
-      getsockname(fd, (struct sockaddr *)&addr, &len) == 0)
-    port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 static int health_check(struct ana_client_channel *ch, const char *service,
                         const struct ana_call_options *opts, int *serving_status,
@@ -163,12 +143,12 @@ static void test_watch_deadline(struct ana_client_channel *ch) {
   struct ana_call_options opts = {.timeout_ms = 200};
   struct watch_ctx w = {.first_status = -1};
   struct ana_error err;
-  double start = now_s(), elapsed;
+  double start = ana_test_now_s(), elapsed;
   int rc;
 
   req.service = "";
   rc = ana_stub_grpc__health__v1__health_watch(ch, &req, on_health, &w, &opts, &err);
-  elapsed = now_s() - start;
+  elapsed = ana_test_now_s() - start;
   CHECK_STATUS(rc, err, ANA_STATUS_DEADLINE_EXCEEDED);
   CHECK(w.messages >= 1);
   CHECK(elapsed >= 0.15 && elapsed < 5.0);
@@ -282,14 +262,14 @@ static void test_cancel_from_thread(struct ana_client_channel *ch) {
   CHECK(c.stream != NULL);
   if (!c.stream)
     return;
-  start = now_s();
+  start = ana_test_now_s();
   CHECK(pthread_create(&thread, NULL, cancel_later, &c) == 0);
   /* Nothing was asked, so nothing comes until the cancel. */
   rc = ana_stub_grpc__reflection__v1__server_reflection_server_reflection_info_recv(c.stream, &resp,
                                                                                     &err);
   CHECK_STATUS(rc, err, ANA_STATUS_CANCELLED);
   CHECK(resp == NULL);
-  CHECK(now_s() - start < 5.0);
+  CHECK(ana_test_now_s() - start < 5.0);
   pthread_join(thread, NULL);
   rc = ana_client_stream_finish(c.stream, &err);
   CHECK_STATUS(rc, err, ANA_STATUS_CANCELLED);
@@ -348,7 +328,7 @@ static void test_unavailable(void) {
   struct ana_error err;
   char target[64];
   double start;
-  int status, rc, port = unused_port();
+  int status, rc, port = ana_test_unused_port();
 
   CHECK(port > 0);
   snprintf(target, sizeof target, "127.0.0.1:%d", port);
@@ -356,7 +336,7 @@ static void test_unavailable(void) {
   CHECK(dead != NULL);
   if (!dead)
     return;
-  start = now_s();
+  start = ana_test_now_s();
   rc = health_check(dead, "", NULL, &status, &err);
   CHECK_STATUS(rc, err, ANA_STATUS_UNAVAILABLE);
   s = ana_stub_grpc__reflection__v1__server_reflection_server_reflection_info_open(dead, NULL,
@@ -364,7 +344,7 @@ static void test_unavailable(void) {
   CHECK(s == NULL);
   CHECK(err.code == ANA_STATUS_UNAVAILABLE);
   ana_client_stream_finish(s, NULL); /* NULL-safe, in case the open succeeded */
-  CHECK(now_s() - start < 5.0);
+  CHECK(ana_test_now_s() - start < 5.0);
   ana_client_channel_destroy(dead);
 }
 

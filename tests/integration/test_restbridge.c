@@ -28,6 +28,8 @@
 #include "ana_json.h"
 #include "ana_log.h"
 #include "ana_restbridge.h"
+#include "ana_clock.h"
+#include "ana_test_util.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -46,23 +48,6 @@ static struct ana_restbridge *bridge;
 static int port;
 static atomic_int cancels;
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void detach(void *(*fn)(void *), void *arg) {
-  pthread_t t;
-  pthread_create(&t, NULL, fn, arg);
-  pthread_detach(t);
-}
-
 /* --- TrackEvent: answers from another thread; the event id picks a behaviour --- */
 
 static void *track_later(void *arg) {
@@ -72,11 +57,11 @@ static void *track_later(void *arg) {
   char out[256];
   snprintf(out, sizeof out, "%s", id);
   if (strcmp(id, "slow") == 0) {
-    sleep_ms(6500); /* longer than lws's default pending timeout (5 s) */
+    ana_test_sleep_ms(6500); /* longer than lws's default pending timeout (5 s) */
   } else if (strcmp(id, "inflight") == 0) {
-    sleep_ms(800);
+    ana_test_sleep_ms(800);
   } else {
-    sleep_ms(5);
+    ana_test_sleep_ms(5);
   }
   if (strcmp(id, "violations") == 0) {
     ana_call_add_violation(call, "event.eventName", "is required");
@@ -114,7 +99,7 @@ static void track_event(struct ana_call *call, const ProtobufCMessage *request) 
   ana_call_set_user(call, (void *)request);
   if (req->event && req->event->event_id && strcmp(req->event->event_id, "never") == 0)
     return; /* answered in on_cancel */
-  detach(track_later, call);
+  ana_test_detach(track_later, call);
 }
 
 static void track_cancel(struct ana_call *call) {
@@ -216,7 +201,7 @@ static int send_shared(struct stream_job *j, struct ana_call_shared *m, uint64_t
       return rc;
     if (atomic_load(&j->cancelled))
       return ANA_ERR_CLOSED;
-    sleep_ms(1);
+    ana_test_sleep_ms(1);
   }
 }
 
@@ -241,7 +226,7 @@ static int send_update(struct stream_job *j, uint64_t seq, const char *metric_id
       return rc;
     if (atomic_load(&j->cancelled))
       return ANA_ERR_CLOSED;
-    sleep_ms(1); /* the queue holds its limit: wait for the client */
+    ana_test_sleep_ms(1); /* the queue holds its limit: wait for the client */
   }
 }
 
@@ -289,7 +274,7 @@ static void *stream_run(void *arg) {
     send_update(j, 1, id, false);
   }
   while (!atomic_load(&j->cancelled))
-    sleep_ms(5);
+    ana_test_sleep_ms(5);
   return NULL;
 }
 
@@ -300,11 +285,11 @@ static void stream_metric(struct ana_call *call, const ProtobufCMessage *request
   snprintf(j->id, sizeof j->id, "%s", req->metric_id);
   atomic_init(&j->cancelled, false);
   ana_call_set_user(call, j);
-  detach(stream_run, j);
+  ana_test_detach(stream_run, j);
 }
 
 static void *stream_cancelled_later(void *arg) {
-  sleep_ms(20); /* let the sender notice, then end the call */
+  ana_test_sleep_ms(20); /* let the sender notice, then end the call */
   ana_call_fail(arg, ANA_STATUS_CANCELLED, "cancelled");
   return NULL;
 }
@@ -317,7 +302,7 @@ static void stream_cancel(struct ana_call *call) {
   if (strncmp(id, "count-", 6) == 0 || strcmp(id, "fail") == 0 || strcmp(id, "auth") == 0 ||
       strcmp(id, "shared") == 0)
     return; /* these finish on their own */
-  detach(stream_cancelled_later, call);
+  ana_test_detach(stream_cancelled_later, call);
 }
 
 static const struct ana_handler h_stream_metric = {.on_request = stream_metric,
@@ -622,13 +607,13 @@ static void deadline_answers_504_and_cancels(void **state) {
   struct resp r;
   int before = atomic_load(&cancels);
   const char *h[] = {"Grpc-Timeout: 300m", NULL};
-  int64_t t0 = now_ms();
+  int64_t t0 = ana_clock_mono_ms();
   track("never", h, 5000, &r);
   assert_int_equal(r.status, 504);
   assert_contains(r.body, "\"code\":4");
-  assert_true(now_ms() - t0 < 2000);
+  assert_true(ana_clock_mono_ms() - t0 < 2000);
   for (int i = 0; i < 100 && atomic_load(&cancels) == before; i++)
-    sleep_ms(10);
+    ana_test_sleep_ms(10);
   assert_true(atomic_load(&cancels) > before);
 }
 
@@ -639,7 +624,7 @@ static void disconnect_cancels_the_call(void **state) {
   char body[] = "{\"eventId\":\"never\"}";
   assert_int_not_equal(http("POST", "/api/events", body, NULL, 300, &r), 0); /* client timeout */
   for (int i = 0; i < 200 && atomic_load(&cancels) == before; i++)
-    sleep_ms(10);
+    ana_test_sleep_ms(10);
   assert_true(atomic_load(&cancels) > before);
 }
 
@@ -808,7 +793,7 @@ static void *race_hangups(void *arg) {
                        1 + i % 8, sizeof body - 1, body);
       send(fd, req, (size_t)n, MSG_NOSIGNAL);
       if (i % 2)
-        sleep_ms(i % 7); /* sometimes while the handler answers */
+        ana_test_sleep_ms(i % 7); /* sometimes while the handler answers */
     }
     close(fd);
   }
@@ -1090,7 +1075,7 @@ static void download_slow_reader_holds_the_sender_back(void **state) {
   /* The reader stops: the sender must wait, its queue within the limit. */
   long long most = 0;
   for (int i = 0; i < 8; i++) {
-    sleep_ms(50);
+    ana_test_sleep_ms(50);
     long long q = queued_bytes();
     assert_true(q >= 0);
     if (q > most)
@@ -1117,7 +1102,7 @@ static void download_slow_reader_holds_the_sender_back(void **state) {
   assert_int_equal(body, BIG_SIZE);
   assert_true(same);
   for (int i = 0; i < 100 && (ana_file_stream_active() || queued_bytes() != 0); i++)
-    sleep_ms(10);
+    ana_test_sleep_ms(10);
   assert_int_equal(ana_file_stream_active(), 0);
   assert_int_equal(queued_bytes(), 0);
 }
@@ -1133,7 +1118,7 @@ static void shutdown_drains_calls_in_flight(void **state) {
   static struct resp r;
   pthread_t t;
   pthread_create(&t, NULL, track_inflight, &r);
-  sleep_ms(200);
+  ana_test_sleep_ms(200);
   assert_int_equal(ana_restbridge_shutdown(bridge, 3000), 0);
   pthread_join(t, NULL);
   assert_int_equal(r.status, 200);

@@ -26,6 +26,8 @@
 #include "analytics/analytics.h"
 #include "ana_grpc_server.h"
 #include "ana_log.h"
+#include "ana_clock.h"
+#include "ana_test_util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -40,31 +42,13 @@ static struct ana_client_channel *channel;
 static atomic_int server_cancels;
 static atomic_int drains;
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void *detach(void *(*fn)(void *), void *arg) {
-  pthread_t t;
-  pthread_create(&t, NULL, fn, arg);
-  pthread_detach(t);
-  return NULL;
-}
-
 /* --- unary: TrackEvent answers from another thread --- */
 
 static void *track_event_later(void *arg) {
   struct ana_call *call = arg;
   const Analytics__V1__TrackEventRequest *req = ana_call_user(call);
   const char *id = req->event && req->event->event_id ? req->event->event_id : "";
-  sleep_ms(strcmp(id, "slow") == 0 ? 300 : 20);
+  ana_test_sleep_ms(strcmp(id, "slow") == 0 ? 300 : 20);
   Analytics__V1__EventResult result = ANALYTICS__V1__EVENT_RESULT__INIT;
   Analytics__V1__TrackEventResponse resp = ANALYTICS__V1__TRACK_EVENT_RESPONSE__INIT;
   result.status = ANALYTICS__V1__EVENT_RESULT__STATUS__ACCEPTED;
@@ -85,7 +69,7 @@ static void *track_event_later(void *arg) {
 
 static void track_event(struct ana_call *call, const ProtobufCMessage *request) {
   ana_call_set_user(call, (void *)request);
-  detach(track_event_later, call);
+  ana_test_detach(track_event_later, call);
 }
 
 static int track(const char *id, const char *const *md, int64_t timeout_ms, char *out,
@@ -164,7 +148,7 @@ static void *stream_updates(void *arg) {
     u.sequence = i;
     int rc;
     while ((rc = ana_call_send(call, &u.base)) == ANA_ERR_FULL)
-      sleep_ms(1); /* the queue limit (8) holds us back */
+      ana_test_sleep_ms(1); /* the queue limit (8) holds us back */
     if (rc == ANA_ERR_CLOSED)
       break;
   }
@@ -176,7 +160,7 @@ static void *stream_updates(void *arg) {
 
 static void stream_analytics(struct ana_call *call, const ProtobufCMessage *request) {
   ana_call_set_user(call, (void *)request);
-  detach(stream_updates, call);
+  ana_test_detach(stream_updates, call);
 }
 
 static void stream_cancelled(struct ana_call *call) {
@@ -212,7 +196,7 @@ static void server_stream_in_order_with_backpressure(void **state) {
 
 static void wait_for(atomic_int *counter, int at_least) {
   for (int i = 0; i < 300 && atomic_load(counter) < at_least; i++)
-    sleep_ms(10);
+    ana_test_sleep_ms(10);
 }
 
 static void client_cancel_reaches_the_handler(void **state) {
@@ -242,10 +226,10 @@ static void deadline_cancels_the_call(void **state) {
   Analytics__V1__SearchEventsResponse *resp = NULL;
   struct ana_error err;
   struct ana_call_options opts = {.timeout_ms = 200};
-  int64_t start = now_ms();
+  int64_t start = ana_clock_mono_ms();
   assert_true(ana_stub_event_service_search_events(channel, &req, &resp, &opts, &err) < 0);
   assert_int_equal(err.code, ANA_STATUS_DEADLINE_EXCEEDED);
-  assert_true(now_ms() - start < 3000);
+  assert_true(ana_clock_mono_ms() - start < 3000);
   wait_for(&server_cancels, before + 1);
   assert_int_equal(atomic_load(&server_cancels), before + 1);
 }
@@ -318,13 +302,13 @@ static void ingest_maybe_finish(struct ana_call *call, struct ingest_state *st, 
 
 static void *ingest_later(void *arg) {
   struct ingest_job *job = arg;
-  sleep_ms(rand() % 5);
+  ana_test_sleep_ms(rand() % 5);
   Analytics__V1__IngestResponse resp = ANALYTICS__V1__INGEST_RESPONSE__INIT;
   resp.batch_id = job->req->batch_id;
   resp.accepted = (int32_t)job->req->n_events;
   int rc;
   while ((rc = ana_call_send(job->call, &resp.base)) == ANA_ERR_FULL)
-    sleep_ms(1);
+    ana_test_sleep_ms(1);
   ana_arena_destroy(job->arena);
   ingest_maybe_finish(job->call, ana_call_user(job->call), -1, false);
   free(job);
@@ -343,7 +327,7 @@ static void ingest_message(struct ana_call *call, const ProtobufCMessage *messag
   job->req = (const void *)message;
   job->arena = ana_call_keep_message(call);
   ingest_maybe_finish(call, ana_call_user(call), +1, false);
-  detach(ingest_later, job);
+  ana_test_detach(ingest_later, job);
 }
 
 static void ingest_half_close(struct ana_call *call) {
@@ -473,9 +457,9 @@ static void shutdown_drains_calls_in_flight(void **state) {
   struct ana_error unary_err, stream_err;
   pthread_t unary, stream;
   pthread_create(&stream, NULL, watch_metric, &stream_err);
-  sleep_ms(100);
+  ana_test_sleep_ms(100);
   pthread_create(&unary, NULL, slow_track, &unary_err);
-  sleep_ms(100); /* the slow call is in the handler now */
+  ana_test_sleep_ms(100); /* the slow call is in the handler now */
   assert_int_equal(ana_grpc_server_shutdown(server, 5000), 0);
   void *rc;
   pthread_join(unary, &rc);

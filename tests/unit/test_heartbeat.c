@@ -7,14 +7,10 @@
 
 #include "ana_heartbeat.h"
 #include "ana_restbridge.h"
+#include "ana_test_util.h"
 
 #include <string.h>
 #include <time.h>
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
 static void test_a_thread_that_stops_beating_is_the_oldest(void **state) {
   (void)state;
@@ -25,7 +21,7 @@ static void test_a_thread_that_stops_beating_is_the_oldest(void **state) {
   char name[32];
   assert_true(ana_heartbeat_oldest_ms(name, sizeof name) < 50);
   for (int i = 0; i < 12; i++) {
-    sleep_ms(10);
+    ana_test_sleep_ms(10);
     ana_heartbeat_beat(a);
   }
   int64_t age = ana_heartbeat_oldest_ms(name, sizeof name);
@@ -35,7 +31,7 @@ static void test_a_thread_that_stops_beating_is_the_oldest(void **state) {
   ana_heartbeat_beat(b);
   assert_true(ana_heartbeat_oldest_ms(NULL, 0) < 50);
   /* A thread that ended no longer counts. */
-  sleep_ms(60);
+  ana_test_sleep_ms(60);
   ana_heartbeat_beat(a);
   ana_heartbeat_unregister(b);
   assert_true(ana_heartbeat_oldest_ms(name, sizeof name) < 50);
@@ -71,10 +67,10 @@ static void test_an_idle_bridge_loop_keeps_beating(void **state) {
   struct ana_error err;
   struct ana_restbridge *b = ana_restbridge_create(&o, &err);
   assert_non_null(b);
-  sleep_ms(100);
+  ana_test_sleep_ms(100);
   assert_true(ana_restbridge_last_loop_ms(b) > 0);
   for (int i = 0; i < 5; i++) {
-    sleep_ms(600);
+    ana_test_sleep_ms(600);
     int64_t age = ana_heartbeat_now_ms() - ana_restbridge_last_loop_ms(b);
     assert_true(age >= 0 && age < 1500);
   }

@@ -7,6 +7,7 @@
 
 #include "ana_error.h"
 #include "ana_log.h"
+#include "ana_test_util.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -550,11 +551,6 @@ static void tally(const char *prefix, int site_line, size_t *written, unsigned l
   }
 }
 
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 static void test_a_flooding_site_writes_ten_lines_a_second(void **state) {
   (void)state;
   unsigned long long before = ana_log_suppressed_total();
@@ -571,7 +567,7 @@ static void test_a_flooding_site_writes_ten_lines_a_second(void **state) {
   assert_int_equal(ana_log_suppressed_total() - before, 500 - written);
 
   /* The second is over: the flush reports what is left, in one line. */
-  sleep_ms(1100);
+  ana_test_sleep_ms(1100);
   ana_log_flush_suppressed();
   tally("flood line", site, &written, &suppressed, &reports);
   assert_int_equal(written + suppressed, 500);
@@ -621,7 +617,7 @@ static void test_concurrent_flood_counts_every_line_once(void **state) {
     assert_int_equal(pthread_create(&threads[i], NULL, flooder, NULL), 0);
   for (int i = 0; i < FLOOD_THREADS; i++)
     assert_int_equal(pthread_join(threads[i], NULL), 0);
-  sleep_ms(1100);
+  ana_test_sleep_ms(1100);
   ana_log_flush_suppressed();
   size_t written, reports;
   unsigned long suppressed;

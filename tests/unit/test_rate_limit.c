@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "ana_rate_limit.h"
+#include "ana_clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -144,10 +145,8 @@ struct contender {
 static void *contend(void *arg) {
   struct contender *c = arg;
   struct ana_rate_decision d;
-  struct timespec ts;
   for (int i = 0; i < 20000; i++) {
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
+    int64_t now = ana_clock_mono_ns();
     if (ana_rate_limiter_charge(c->l, "a:shared", c->lim, 1, now, &d) == 0 && d.allowed)
       c->allowed++;
   }

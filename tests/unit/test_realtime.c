@@ -13,6 +13,7 @@
 #include "ana_realtime.h"
 #include "analytics/v1/realtime.pb-c.h"
 #include "call_internal.h"
+#include "ana_test_util.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -104,16 +105,11 @@ static int finish_count(void) {
   return n;
 }
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 /* Waits up to 2 s for cond. */
 #define WAIT_FOR(cond)                                                                             \
   do {                                                                                             \
     for (int w_ = 0; w_ < 400 && !(cond); w_++)                                                    \
-      sleep_ms(5);                                                                                 \
+      ana_test_sleep_ms(5);                                                                        \
   } while (0)
 
 /* --- committed events --- */
@@ -224,7 +220,7 @@ static void filters_pick_the_events_and_sequences_count_up(void **state) {
   commit(rt, "acct-2", "message", "sent", "pro", 2);  /* another account */
   commit(rt, "acct-1", "message", "delivered", "pro", 1);
   WAIT_FOR(sent_count() >= 4);
-  sleep_ms(50);
+  ana_test_sleep_ms(50);
   assert_int_equal(sent_count(), 4);
   assert_int_equal(count_events("sent"), 3);
   assert_int_equal(count_events("delivered"), 1);
@@ -237,7 +233,7 @@ static void filters_pick_the_events_and_sequences_count_up(void **state) {
   make_event(&fe, "acct-1", "message", "sent", "pro");
   fe.rec.duplicate = true;
   ana_realtime_on_commit(rt, &fe.rec, 1);
-  sleep_ms(50);
+  ana_test_sleep_ms(50);
   assert_int_equal(sent_count(), 4);
   stop(rt);
 }
@@ -261,7 +257,7 @@ static void snapshots_carry_the_rates_of_the_last_second(void **state) {
   assert_int_equal(s->dropped_events, 0);
   assert_non_null(s->at);
   /* A second later the window is empty again. */
-  sleep_ms(1100);
+  ana_test_sleep_ms(1100);
   size_t n = sent_count();
   WAIT_FOR(sent_count() > n);
   s = snapshot_at(n, NULL);
@@ -277,7 +273,7 @@ static void full_buffer_drops_events_and_the_snapshot_reports_them(void **state)
   assert_int_equal(ana_realtime_subscribe(rt, &call, &f), 0);
   set_full(true);
   commit(rt, "acct-1", "message", "sent", NULL, 10);
-  sleep_ms(300); /* several snapshot intervals pass while full: one is kept */
+  ana_test_sleep_ms(300); /* several snapshot intervals pass while full: one is kept */
   struct ana_realtime_stats st;
   ana_realtime_stats(rt, &st);
   assert_int_equal(st.events_enqueued, 4);
@@ -330,9 +326,9 @@ static void a_slow_but_catching_up_subscriber_stays(void **state) {
   assert_int_equal(ana_realtime_subscribe(rt, &call, &f), 0);
   set_full(true);
   commit(rt, "acct-1", "message", "sent", NULL, 5);
-  sleep_ms(150);
+  ana_test_sleep_ms(150);
   set_full(false);
-  sleep_ms(400);
+  ana_test_sleep_ms(400);
   assert_int_equal(finish_count(), 0);
   assert_int_equal(count_events(NULL), 2);
   stop(rt);
@@ -348,7 +344,7 @@ static void cancel_and_drain_finish_once(void **state) {
   ana_realtime_unsubscribe(rt, &call, &st);
   ana_realtime_unsubscribe(rt, &call, &st); /* again: nothing */
   WAIT_FOR(finish_count() == 1);
-  sleep_ms(100);
+  ana_test_sleep_ms(100);
   assert_int_equal(finish_count(), 1);
   assert_int_equal(rec.status.code, ANA_STATUS_UNAVAILABLE);
   assert_string_equal(rec.status.message, "the server is shutting down");

@@ -24,6 +24,7 @@
 #include "ana_rollup.h"
 #include "ana_sketch.h"
 #include "ana_store.h"
+#include "ana_clock.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -104,16 +105,10 @@ static int setup_no_cache(void **state) {
   return setup_with(-1);
 }
 
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A retention whose cut-off falls on the second day of the events. */
 static int setup_retention(void **state) {
   (void)state;
-  retention_days = (int)((wall_ms() - (START + DAY)) / DAY);
+  retention_days = (int)((ana_clock_wall_ms() - (START + DAY)) / DAY);
   return setup_with(0);
 }
 
@@ -725,7 +720,7 @@ static void expired_cells_are_deleted(void **state) {
   (void)state;
   static struct built b[N_DEFS];
   struct ana_error err;
-  int64_t cutoff = wall_ms() - (int64_t)retention_days * DAY;
+  int64_t cutoff = ana_clock_wall_ms() - (int64_t)retention_days * DAY;
   assert_true(cutoff >= START + DAY && cutoff < START + 2 * DAY);
   add_events(2500);
   define_all(b); /* and the first sweep */

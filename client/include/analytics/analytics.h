@@ -266,6 +266,18 @@ typedef struct analytics_options {
    * every call; NULL: none (the credential's only account). Needed when a
    * token holds several accounts. Copied. */
   const char *account_id;
+  /* TLS to the server (GRPC_TLS_* on analyticsd). false: plaintext, unless
+   * one of the files below is set, which turns TLS on too. The files are
+   * read by analytics_client_new (an unreadable one, one without PEM data,
+   * or a certificate without its key is ANALYTICS_ERR_INVALID naming the
+   * path); a server whose certificate does not verify fails the calls with
+   * UNAVAILABLE. */
+  bool tls;
+  const char *tls_ca_file;     /* PEM roots to trust; NULL: the system's */
+  const char *tls_cert_file;   /* PEM client certificate (mutual TLS), with tls_key_file */
+  const char *tls_key_file;    /* PEM private key of tls_cert_file (unencrypted) */
+  const char *tls_server_name; /* name the server's certificate must carry (and SNI);
+                                  NULL: the host of target */
 } analytics_options_t;
 
 /* Fills opts with the defaults listed above (target included). */

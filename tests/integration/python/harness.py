@@ -67,6 +67,10 @@ CONFIG_VARS = (
     "AUDIT_SIGN_INTERVAL", "AUDIT_QUEUE_MAX", "ENCRYPTION_KEY_FILE",
     "HEALTH_REQUIRE_AUTH", "HTTP_HOST", "HTTP_ALLOWED_HOSTS", "RATE_LIMIT_DEFAULT", "RATE_LIMIT_ROLES",
     "RATE_LIMIT_ACCOUNTS", "RATE_LIMIT_KEYS", "RATE_LIMIT_MAX_ENTRIES",
+    "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CLIENT_CA_FILE", "HTTP_TLS_CERT_FILE",
+    "HTTP_TLS_KEY_FILE", "HTTP_TLS_CLIENT_CA_FILE", "RESTBRIDGE_UPSTREAM_TLS",
+    "RESTBRIDGE_UPSTREAM_CA_FILE", "RESTBRIDGE_UPSTREAM_CERT_FILE", "RESTBRIDGE_UPSTREAM_KEY_FILE",
+    "RESTBRIDGE_UPSTREAM_SERVER_NAME",
 )
 
 
@@ -117,8 +121,12 @@ class Server:
     args:      extra command-line arguments
     """
 
-    def __init__(self, env=None, grace_ms=2000, log_level="debug", args=(), preexec=None):
+    def __init__(self, env=None, grace_ms=2000, log_level="debug", args=(), preexec=None,
+                 grpc_credentials=None):
         self.binary = require_binary()
+        # grpc.ssl_channel_credentials for a server with GRPC_TLS_*: used by
+        # wait_ready and channel(); None = plaintext.
+        self.grpc_credentials = grpc_credentials
         self.grpc_port = free_port()
         self.http_port = free_port()
         while self.http_port == self.grpc_port:
@@ -190,7 +198,7 @@ class Server:
                 time.sleep(0.05)
                 continue
             # A fresh channel per attempt: no reconnect backoff in the way.
-            ch = grpc.insecure_channel(self.target)
+            ch = self._new_channel()
             try:
                 resp = ns.health_pb2_grpc.HealthStub(ch).Check(
                     ns.health_pb2.HealthCheckRequest(service=""), timeout=1.0)
@@ -276,8 +284,13 @@ class Server:
 
     # -- clients -----------------------------------------------------------
 
+    def _new_channel(self, options=None):
+        if self.grpc_credentials is not None:
+            return grpc.secure_channel(self.target, self.grpc_credentials, options=options or [])
+        return grpc.insecure_channel(self.target, options=options or [])
+
     def channel(self, options=None):
-        ch = grpc.insecure_channel(self.target, options=options or [])
+        ch = self._new_channel(options)
         self._channels.append(ch)
         return ch
 
@@ -354,8 +367,10 @@ class RemoteBridge:
     answers 200, i.e. it reached the upstream.
     """
 
-    def __init__(self, server, env=None):
+    def __init__(self, server, env=None, args=(), ssl_context=None):
         self.binary = restbridge_path()
+        self.args = list(args)  # extra arguments (--upstream-ca ...)
+        self.ssl_context = ssl_context  # for its /health over HTTPS (HTTP_TLS_*)
         if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
             raise ServerError("analytics-restbridge not found at %s (build it, or set "
                               "ANALYTICS_RESTBRIDGE)" % self.binary)
@@ -374,7 +389,8 @@ class RemoteBridge:
     def start(self, timeout=READY_TIMEOUT_S):
         import http.client
         self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([self.binary, "--upstream", self.upstream], env=self.env,
+        self.proc = subprocess.Popen([self.binary, "--upstream", self.upstream] + self.args,
+                                     env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._err)
         deadline = time.monotonic() + timeout
@@ -384,7 +400,11 @@ class RemoteBridge:
                 raise ServerError("analytics-restbridge exited with %s; stderr tail:\n%s"
                                   % (self.proc.returncode, tail(self.stderr())))
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                if self.ssl_context is not None:
+                    conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1,
+                                                       context=self.ssl_context)
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 conn.request("GET", "/health")
                 resp = conn.getresponse()
                 body = resp.read()
@@ -430,8 +450,8 @@ class RemoteBridge:
 BRIDGE_VARS = ("HTTP_MAX_BODY_BYTES", "CORS_ALLOWED_ORIGINS", "WS_SLOW_CONSUMER_MS",
                "STREAM_BUFFER_SIZE", "HTTP_BODY_BUDGET_MB", "HTTP_BODY_MIN_RATE",
                "HTTP_BODY_RATE_WINDOW", "HTTP_DECODE_THREADS", "STREAM_QUEUE_BUDGET_MB",
-               "PROTO_MAX_DEPTH", "HTTP_HOST", "ACCESS_LOG_SAMPLE",
-               "ACCESS_LOG_MAX_PER_S")
+               "PROTO_MAX_DEPTH", "HTTP_HOST", "HTTP_TLS_CERT_FILE", "HTTP_TLS_KEY_FILE",
+               "HTTP_TLS_CLIENT_CA_FILE", "ACCESS_LOG_SAMPLE", "ACCESS_LOG_MAX_PER_S")
 
 
 class StreamReader:
