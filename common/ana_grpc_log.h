@@ -4,11 +4,12 @@
 
 /* Routes gRPC core's log (gpr_set_log_function) into ana_log: each line
  * becomes {"level","component":"grpc","msg","source":"file.cc:123"}, core's
- * ERROR as error, INFO as info, DEBUG as debug, so nothing of core reaches
+ * ERROR as warn (mostly a peer's doing: a failed TLS handshake), INFO as
+ * info, DEBUG as debug, so nothing of core reaches
  * stderr as raw text. GRPC_VERBOSITY (and GRPC_TRACE) still choose what
  * core produces; LOG_LEVEL what is written. Error and info lines share one
- * flood-control site (ANA_LOG_SITE_LINES_PER_S). Call once, before
- * grpc_init, from the program (not from a library). */
+ * flood-control site (ANA_LOG_SITE_LINES_PER_S). Call before grpc_init;
+ * calling it again is harmless. */
 void ana_grpc_log_route(void);
 
 #endif

@@ -13,7 +13,10 @@
 static struct ana_log_site grpc_site = {.file = "grpc", .line = 0};
 
 static void grpc_log(gpr_log_func_args *args) {
-  enum ana_log_level level = args->severity == GPR_LOG_SEVERITY_ERROR  ? ANA_LOG_ERROR
+  /* Core's errors are mostly a peer's doing (a failed TLS handshake, a bad
+   * HTTP/2 preface): warn. What fails on our side gets an error line of its
+   * own (a port that cannot be bound: "start-up failed"). */
+  enum ana_log_level level = args->severity == GPR_LOG_SEVERITY_ERROR  ? ANA_LOG_WARN
                              : args->severity == GPR_LOG_SEVERITY_INFO ? ANA_LOG_INFO
                                                                        : ANA_LOG_DEBUG;
   if (!ana_log_enabled(level))

@@ -5,6 +5,7 @@
 #include "ana_grpc_server.h"
 
 #include "ana_alloc.h"
+#include "ana_grpc_log.h"
 #include "ana_heartbeat.h"
 #include "ana_id.h"
 #include "ana_listen.h"
@@ -1007,16 +1008,6 @@ static void tls_free(struct ana_grpc_server *srv) {
   ana_free(srv->tls_ca_file);
 }
 
-/* Core's own log lines (failed TLS handshakes among them) as JSON lines of
- * component "grpc": its errors at warn (a peer's doing, mostly), the rest
- * at debug; rate-limited per level like every log site. */
-static void core_log(gpr_log_func_args *a) {
-  if (a->severity == GPR_LOG_SEVERITY_ERROR)
-    ANA_LOG(ANA_LOG_WARN, "grpc", "%s (%s:%d)", a->message, a->file, a->line);
-  else
-    ANA_LOG(ANA_LOG_DEBUG, "grpc", "%s (%s:%d)", a->message, a->file, a->line);
-}
-
 static char *dup_set(const char *s) {
   return s && s[0] ? ana_strdup(s) : NULL;
 }
@@ -1044,7 +1035,7 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   srv->tls_ca_file = dup_set(o->tls_client_ca_file);
   srv->tls = srv->tls_cert_file || srv->tls_key_file || srv->tls_ca_file;
 
-  gpr_set_log_function(core_log);
+  ana_grpc_log_route(); /* analyticsd's main did already; tests and tools too */
   grpc_init();
   grpc_arg args[] = {
       {.type = GRPC_ARG_INTEGER,
