@@ -379,9 +379,8 @@ bool ana_log_access_sampled(bool success) {
    * state's own address (threads differ). */
   static _Thread_local uint64_t x;
   if (x == 0) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    x = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)&x;
+    uint64_t ns = (uint64_t)ana_clock_mono_ns();
+    x = (ns << 20) ^ (ns >> 30) ^ (uint64_t)(uintptr_t)&x;
     if (x == 0)
       x = 0x9E3779B97F4A7C15ull;
   }

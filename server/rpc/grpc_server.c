@@ -132,12 +132,6 @@ static const struct ana_call_transport grpc_transport;
 /* ------------------------------------------------------------------ */
 /* messages */
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static grpc_byte_buffer *encode(const ProtobufCMessage *msg) {
   size_t n = protobuf_c_message_get_packed_size(msg);
   grpc_slice s = grpc_slice_malloc(n);
@@ -469,7 +463,7 @@ static void t_finish(struct ana_call *call, const ProtobufCMessage *response,
         .code = ana_status_name(code),
         .bytes_in = atomic_load(&g->bytes_in),
         .bytes_out = out,
-        .duration_ms = (double)(mono_ns() - g->started_ns) / 1e6,
+        .duration_ms = (double)(ana_clock_mono_ns() - g->started_ns) / 1e6,
         .peer = ip,
         .success = ok,
     };
@@ -603,7 +597,7 @@ static struct gcall *gcall_create(struct ana_grpc_server *srv, const struct ana_
   g->send_tag = (struct tag){TAG_SEND, g};
   g->status_details = grpc_empty_slice();
   g->started_mono_ms = ana_call_now_mono_ms();
-  g->started_ns = mono_ns();
+  g->started_ns = ana_clock_mono_ns();
   grpc_metadata_array_init(&g->request_md);
 
   pthread_mutex_lock(&srv->mu);
