@@ -54,9 +54,12 @@ bench: build
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/jwt_bench --out bench/RESULTS.md
 	./$(BUILD)/bench/rate_limit_bench --out bench/RESULTS.md
+	./$(BUILD)/bench/crypto_bench --out bench/RESULTS.md
 	./$(BUILD)/bench/auth_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/report_writers_bench --rows $${BENCH_REPORT_ROWS:-1000000} --out bench/RESULTS.md
+	/usr/bin/python3 bench/reports_bench.py --binary ./$(BUILD)/server/analyticsd \
+	  --events $${BENCH_REPORT_EVENTS:-1000000} --out bench/RESULTS.md
 	./$(BUILD)/bench/metrics_bench --events $${BENCH_METRIC_EVENTS:-10000000} --out bench/RESULTS.md
 	/usr/bin/python3 bench/metric_stream_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --out bench/RESULTS.md

@@ -16,6 +16,7 @@
 #include "ana_api_keys.h"
 #include "ana_client_rpc.h"
 #include "ana_log.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 
 #include <stdatomic.h>

@@ -16,17 +16,16 @@
  * alone; neither is written to the results file: they are for working on
  * the commit path.) */
 #include "ana_client_stubs.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 #include "bench_common.h"
 #include "results_file.h"
-#include "sqlite/text_index.h"
 #include "ana_clock.h"
 
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,8 +147,9 @@ static struct cpu_stalls measure_cpu_stalls(double seconds) {
 }
 
 /* Inserts `total` events in transactions of `batch`, straight into the
- * local database's tables (same schema, indexes, pragmas), as fast as
- * SQLite can; returns events per second. */
+ * local database (its deduplication keys and spool, as the committer does,
+ * without the server around it), as fast as SQLite can; returns events per
+ * second. */
 static double raw_insert_rate(const char *dir, int batch, long total, long id_base) {
   struct ana_error err;
   struct ana_local_db *db = ana_local_db_open(dir, &err);
@@ -157,15 +157,6 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
     fprintf(stderr, "bench: %s\n", err.message);
     exit(1);
   }
-  sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *key, *ev;
-  sqlite3_prepare_v2(w, "INSERT INTO dedupe_keys VALUES (?, ?, ?) ON CONFLICT DO NOTHING", -1, &key,
-                     NULL);
-  sqlite3_prepare_v2(w,
-                     "INSERT INTO events (account_id, event_id, session_id, event_type,"
-                     " event_name, ts, received_at, properties, search_text, payload)"
-                     " VALUES ('default', ?, 's', 'message', ?, ?, ?, ?, ?, ?)",
-                     -1, &ev, NULL);
   static const char props[] = "{\"campaignId\":\"123\",\"groupId\":\"456\",\"messageType\":"
                               "\"text\",\"charactersCount\":150}";
   /* The payload is a real serialized event, as the server stores it, so
@@ -191,18 +182,29 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
   }
   pstruct.n_fields = 4;
   pstruct.fields = fep;
-  uint8_t payload[512];
   const char *names[] = {"message_sent", "message_delivered", "message_read", "link_clicked"};
   int64_t now_ms = ana_clock_wall_ms() / 1000 * 1000;
   double start = bench_now_s();
-  char id[48], text[160];
+  struct raw_event {
+    char id[48], text[160];
+    uint8_t payload[512];
+    struct ana_event_record r;
+  } *evs = calloc((size_t)batch, sizeof *evs);
+  struct ana_event_record *recs = calloc((size_t)batch, sizeof *recs);
+  if (!evs || !recs) {
+    fprintf(stderr, "bench: out of memory\n");
+    exit(1);
+  }
   for (long done = 0; done < total;) {
     ana_local_db_begin(db, &err);
-    for (int i = 0; i < batch && done < total; i++, done++) {
+    int k = 0;
+    for (; k < batch && done < total; k++, done++) {
+      char *id = evs[k].id, *text = evs[k].text;
+      uint8_t *payload = evs[k].payload;
       long n = id_base + done;
-      snprintf(id, sizeof id, "raw-%ld", n);
+      snprintf(id, sizeof evs[k].id, "raw-%ld", n);
       const char *name = names[n % 4];
-      snprintf(text, sizeof text, "%s message 123 456 text 150 w%ld", name, n % 100000);
+      snprintf(text, sizeof evs[k].text, "%s message 123 456 text 150 w%ld", name, n % 100000);
       int64_t ts = now_ms - (n % (30L * 86400)) * 1000;
       Analytics__V1__Event e = ANALYTICS__V1__EVENT__INIT;
       Google__Protobuf__Timestamp ets = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
@@ -218,47 +220,53 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
       e.received_at = &rts;
       e.properties = &pstruct;
       size_t payload_len = analytics__v1__event__pack(&e, payload);
-      sqlite3_reset(key);
-      sqlite3_bind_text(key, 1, "default", -1, SQLITE_STATIC);
-      sqlite3_bind_text(key, 2, id, -1, SQLITE_TRANSIENT);
-      sqlite3_bind_int64(key, 3, ts + 90LL * 86400000);
-      sqlite3_step(key);
-      sqlite3_reset(ev);
-      sqlite3_bind_text(ev, 1, id, -1, SQLITE_TRANSIENT);
-      sqlite3_bind_text(ev, 2, name, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(ev, 3, ts);
-      sqlite3_bind_int64(ev, 4, now_ms);
-      sqlite3_bind_text(ev, 5, props, -1, SQLITE_STATIC);
-      sqlite3_bind_text(ev, 6, text, -1, SQLITE_TRANSIENT);
-      sqlite3_bind_blob(ev, 7, payload, (int)payload_len, SQLITE_STATIC);
-      sqlite3_step(ev);
+      recs[k] = (struct ana_event_record){
+          .account_id = "default",
+          .event_id = id,
+          .session_id = "s",
+          .event_type = "message",
+          .event_name = name,
+          .timestamp_ms = ts,
+          .received_at_ms = now_ms,
+          .expires_at_ms = ts + 90LL * 86400000,
+          .properties_json = props,
+          .search_text = text,
+          .payload = payload,
+          .payload_len = payload_len,
+      };
     }
-    if (ana_local_db_commit(db, &err) < 0) {
+    if (ana_local_dedupe_claim(db, recs, (size_t)k, &err) < 0 ||
+        ana_local_spool_append(db, recs, (size_t)k, &err) < 0 ||
+        ana_local_db_commit(db, &err) < 0) {
       fprintf(stderr, "bench: %s\n", err.message);
       exit(1);
     }
   }
   double rate = (double)total / (bench_now_s() - start);
-  sqlite3_finalize(key);
-  sqlite3_finalize(ev);
+  free(evs);
+  free(recs);
   ana_local_db_close(db);
   return rate;
 }
 
-/* Builds the free-text index of a store filled by raw_insert_rate, as the
- * server's index thread would (in the same batches); returns events per
- * second. */
+/* Builds the search index of a store filled by raw_insert_rate, as the
+ * server does (the embedded search index, its thread and batches), waiting
+ * until it has every event; returns events per second. */
 static double build_text_index(const char *dir, long events) {
   struct ana_error err;
+  const struct ana_search_index_ops *ops = ana_store_search_backend("sqlite");
   struct ana_local_db *db = ana_local_db_open(dir, &err);
-  struct ana_text_index *ti = db ? ana_text_index_open(ana_local_db_path(db), &err) : NULL;
+  uint64_t last = 0;
+  if (db && ana_local_spool_last_seq(db, &last, &err) < 0)
+    last = 0;
+  void *index = db ? ops->open(db, &err) : NULL;
   double start = bench_now_s();
-  if (!ti || ana_text_index_catch_up(ti, &err) < 0) {
+  if (!index || ops->wait(index, last, 3600 * 1000, &err) < 0) {
     fprintf(stderr, "bench: %s\n", err.message);
     exit(1);
   }
   double rate = (double)events / (bench_now_s() - start);
-  ana_text_index_close(ti);
+  ops->close(index);
   ana_local_db_close(db);
   return rate;
 }

@@ -22,6 +22,7 @@
 #include "ana_arena.h"
 #include "ana_client_stubs.h"
 #include "ana_rollup.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 #include "bench_common.h"
 #include "results_file.h"
@@ -130,7 +131,7 @@ static int load(const char *account, enum shape shape, long n, int64_t t0, int64
           .payload_len = sizeof payload,
       };
     }
-    if (ana_local_db_begin(db, &err) < 0 || ops->append(store, recs, (size_t)k, &err) < 0 ||
+    if (ana_local_db_begin(db, &err) < 0 || ana_local_spool_append(db, recs, (size_t)k, &err) < 0 ||
         ana_local_db_commit(db, &err) < 0) {
       fprintf(stderr, "load: %s\n", err.message);
       return -1;

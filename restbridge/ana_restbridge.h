@@ -81,7 +81,8 @@ struct ana_restbridge_options {
    * Host is localhost, 127.0.0.1, [::1] (any port) or one of allowed_hosts
    * are served (421 otherwise: DNS rebinding); /health and /metrics are
    * exempt. NULL = never. */
-  bool (*protected_mode)(void);
+  bool (*protected_mode)(void *ctx);
+  void *protected_mode_ctx;
   /* Extra Host names (comma-separated, no port) served in protected mode
    * (HTTP_ALLOWED_HOSTS). Copied. */
   const char *allowed_hosts;

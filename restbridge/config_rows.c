@@ -77,7 +77,8 @@ static const struct ana_config_row rows[] = {
      .type = ANA_CONFIG_STRING,
      .def = "",
      .help = "Host names (comma-separated, without port) served besides localhost, 127.0.0.1 "
-             "and [::1] while authentication is not configured (other Hosts get 421).",
+             "and [::1] while authentication is not configured (other Hosts get 421); in "
+             "analytics-restbridge, while its upstream serves callers without credentials.",
      .check = valid_host_list,
      .expect = "comma-separated host names",
      ROW(http_allowed_hosts)},

@@ -33,6 +33,8 @@
 #include <sys/socket.h>
 
 #define MAX_FD 65536
+#define PROTOCOL_HEADER "sec-websocket-protocol:"
+#define PROTOCOL_HEADER_LEN (sizeof PROTOCOL_HEADER - 1)
 
 /* Connections registered by the lws thread; read from whatever thread
  * calls recv() (only lws does, on its own thread, for these sockets). */
@@ -49,11 +51,71 @@ static void reset_message(struct rb_framer *f) {
   f->transfer_encoding = false;
   f->upgrade = false;
   f->upgrade_websocket = false;
+  f->protocols_len = 0;
+  f->value_start = 0;
+  f->in_protocols = false;
+  f->protocols_long = false;
+  if (f->protocols)
+    f->protocols[0] = '\0';
 }
 
 void rb_framer_init(struct rb_framer *f) {
   memset(f, 0, sizeof *f);
   reset_message(f);
+}
+
+void rb_framer_fini(struct rb_framer *f) {
+  free(f->protocols);
+  f->protocols = NULL;
+}
+
+/* Appends byte c to the Sec-WebSocket-Protocol list. */
+static void protocols_put(struct rb_framer *f, char c) {
+  if (f->protocols_long)
+    return;
+  if (!f->protocols && !(f->protocols = malloc(RB_FRAME_MAX_PROTOCOLS + 1))) {
+    f->protocols_long = true;
+    return;
+  }
+  if (f->protocols_len == RB_FRAME_MAX_PROTOCOLS) {
+    f->protocols_long = true;
+    return;
+  }
+  f->protocols[f->protocols_len++] = c;
+  f->protocols[f->protocols_len] = '\0';
+}
+
+/* A Sec-WebSocket-Protocol header starts: its value joins the list. */
+static void protocols_begin(struct rb_framer *f) {
+  f->in_protocols = true;
+  if (f->protocols_len) {
+    protocols_put(f, ',');
+    protocols_put(f, ' ');
+  }
+  f->value_start = f->protocols_len;
+}
+
+/* A byte of a Sec-WebSocket-Protocol header's value (leading blanks
+ * dropped). */
+static void protocols_byte(struct rb_framer *f, char c) {
+  if (f->protocols_len == f->value_start && (c == ' ' || c == '\t'))
+    return;
+  protocols_put(f, c);
+}
+
+/* The header's line ended: trailing blanks (and the CR) are dropped, and an
+ * empty value adds nothing. */
+static void protocols_end(struct rb_framer *f) {
+  f->in_protocols = false;
+  if (!f->protocols || f->protocols_long)
+    return;
+  while (f->protocols_len > f->value_start &&
+         (f->protocols[f->protocols_len - 1] == ' ' || f->protocols[f->protocols_len - 1] == '\t' ||
+          f->protocols[f->protocols_len - 1] == '\r'))
+    f->protocols_len--;
+  if (f->protocols_len == f->value_start && f->value_start >= 2)
+    f->protocols_len = f->value_start - 2; /* the ", " before it */
+  f->protocols[f->protocols_len] = '\0';
 }
 
 /* Case-insensitive "name:" prefix of line; the value after it, or NULL. */
@@ -182,8 +244,15 @@ size_t rb_framer_scan(struct rb_framer *f, const unsigned char *p, size_t n) {
         f->line[f->line_len++] = (char)c;
       else
         f->line_long = true;
+      if (f->in_protocols)
+        protocols_byte(f, (char)c);
+      else if (f->line_len == PROTOCOL_HEADER_LEN && !f->line_long && f->seen_request_line &&
+               strncasecmp(f->line, PROTOCOL_HEADER, PROTOCOL_HEADER_LEN) == 0)
+        protocols_begin(f);
       continue;
     }
+    if (f->in_protocols)
+      protocols_end(f);
     if (f->line_len && f->line[f->line_len - 1] == '\r')
       f->line_len--;
     bool empty = f->line_len == 0 && !f->line_long;
@@ -215,13 +284,28 @@ void rb_framer_register(int fd, struct lws *wsi, bool tls) {
     f->tls = tls;
   }
   /* Without memory the connection reads as it used to. */
-  free(atomic_exchange(&framers[fd], f));
+  struct rb_framer *old = atomic_exchange(&framers[fd], f);
+  if (old)
+    rb_framer_fini(old);
+  free(old);
 }
 
 void rb_framer_unregister(int fd) {
   if (fd < 0 || fd >= MAX_FD)
     return;
-  free(atomic_exchange(&framers[fd], NULL));
+  struct rb_framer *old = atomic_exchange(&framers[fd], NULL);
+  if (old)
+    rb_framer_fini(old);
+  free(old);
+}
+
+const char *rb_framer_ws_protocols(int fd, bool *too_long) {
+  *too_long = false;
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  if (!f)
+    return NULL;
+  *too_long = f->protocols_long;
+  return f->protocols && f->protocols_len ? f->protocols : "";
 }
 
 void rb_framer_answered(int fd) {
@@ -238,6 +322,14 @@ void rb_framer_pass(int fd) {
   struct rb_framer *f = atomic_load(&framers[fd]);
   if (f)
     f->phase = RB_FRAME_PASS;
+}
+
+void rb_framer_drop_protocols(int fd) {
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  if (f) {
+    rb_framer_fini(f);
+    f->protocols_len = 0;
+  }
 }
 
 /* The recv() lws calls (libwebsockets.so binds to this definition, as to
@@ -263,6 +355,7 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) {
       return peeked;
     struct rb_framer next = *f;
     size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+    f->protocols = next.protocols; /* the same bytes at the same offsets */
     if (want == 0) {
       *f = next;
       return recv(fd, buf, len, flags); /* the unmasked frame is next */
@@ -302,6 +395,7 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) {
     return peeked;
   struct rb_framer next = *f;
   size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+  f->protocols = next.protocols; /* the same bytes at the same offsets */
   ssize_t got = recvfrom(fd, buf, want, 0, NULL, NULL);
   if (got == (ssize_t)want)
     *f = next;
@@ -383,6 +477,7 @@ int SSL_read(SSL *ssl, void *buf, int num) {
     return peeked;
   struct rb_framer next = *f;
   size_t want = rb_framer_scan(&next, buf, (size_t)peeked);
+  f->protocols = next.protocols; /* the same bytes at the same offsets */
   if (want == 0) {
     *f = next;
     return SSL_read(ssl, buf, num); /* the unmasked frame is next */

@@ -9,6 +9,10 @@
 
 /* Larger Content-Length values are refused by the bridge anyway. */
 #define RB_FRAME_MAX_BODY (1ull << 40)
+/* The longest Sec-WebSocket-Protocol list kept (every such header of a
+ * request together, joined by ", "): room for "bearer, <token>" with any
+ * real JWT. */
+#define RB_FRAME_MAX_PROTOCOLS 8192
 
 enum rb_frame_phase {
   RB_FRAME_HEADERS, /* request line and header lines */
@@ -38,6 +42,17 @@ struct rb_framer {
   unsigned long long ws_len;  /* payload length */
   unsigned long long ws_left; /* payload bytes still to come */
   bool ws_unmasked;           /* a client frame without a mask: the stream stops before it */
+  /* The current request's Sec-WebSocket-Protocol list as the client sent
+   * it: lws 4.1 keeps only 126 bytes of it (the bridge sets that token
+   * limit, so that a longer list is cut rather than the connection dropped),
+   * so a bearer token is taken from here. The buffer (RB_FRAME_MAX_PROTOCOLS
+   * + 1 bytes, allocated on the first such header) is shared by the copies
+   * recv() scans ahead with, which hold the same bytes at the same offsets. */
+  char *protocols;
+  size_t protocols_len;
+  size_t value_start;  /* where the current header's value starts in it */
+  bool in_protocols;   /* the current line is a Sec-WebSocket-Protocol header */
+  bool protocols_long; /* longer than RB_FRAME_MAX_PROTOCOLS (or no memory) */
   /* requests read to their end, and answered by the bridge: while a read
    * one is unanswered, recv() gives nothing more (EAGAIN) */
   unsigned long ended, answered;
@@ -49,6 +64,8 @@ struct rb_framer {
 };
 
 void rb_framer_init(struct rb_framer *f);
+/* Frees what f holds (not f). */
+void rb_framer_fini(struct rb_framer *f);
 /* Scans n bytes that are the next of the stream; returns how many of them
  * belong to the current request (at least 1 when n > 0): all n, or up to
  * the end of the request (then f is ready for the next one). After a
@@ -82,5 +99,13 @@ bool rb_ws_on_unmasked(struct lws *wsi);
 void rb_framer_unregister(int fd);
 /* Plain reads from now on (an upgraded WebSocket). */
 void rb_framer_pass(int fd);
+/* The Sec-WebSocket-Protocol list of the request just read on fd (headers
+ * complete), as the client sent it, NUL-terminated; "" when it sent none;
+ * NULL when the connection has no framer (lws's copy is all there is).
+ * *too_long: the list is longer than RB_FRAME_MAX_PROTOCOLS (then the
+ * result is cut). lws thread; valid until the next read on fd. */
+const char *rb_framer_ws_protocols(int fd, bool *too_long);
+/* Frees the list kept for fd (the upgrade is done with it). lws thread. */
+void rb_framer_drop_protocols(int fd);
 
 #endif

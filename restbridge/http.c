@@ -214,7 +214,7 @@ static bool in_host_list(const char *list, const char *name, size_t n) {
 }
 
 bool rb_host_allowed(const struct ana_restbridge *b, struct lws *wsi) {
-  if (!b->opt.protected_mode || !b->opt.protected_mode())
+  if (!b->opt.protected_mode || !b->opt.protected_mode(b->opt.protected_mode_ctx))
     return true;
   char host[256];
   if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0)

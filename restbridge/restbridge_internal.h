@@ -20,6 +20,11 @@
 
 #define RB_COMPONENT "restbridge"
 #define RB_WS_PROTOCOL "restbridge.v1"
+/* What libwebsockets 4.1 accepts of a Sec-WebSocket-Protocol list (it
+ * copies it into 128 bytes with the NUL and drops the connection, unanswered,
+ * when it is longer): the bridge has lws keep no more of each such header
+ * (server.c) and reads the whole list from the framer (websocket.c). */
+#define RB_WS_LWS_PROTOCOLS_MAX 126
 #define RB_MAX_PATH_VARS 8
 /* Bytes of file data a download call queues at most (download.c). */
 #define RB_DOWNLOAD_QUEUE_MAX (256 * 1024)

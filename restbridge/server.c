@@ -305,7 +305,9 @@ static void lws_log_emit(int level, const char *line) {
   while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
     n--;
   snprintf(msg, sizeof msg, "%.*s", (int)n, line);
-  if (level & LLL_ERR)
+  if (strstr(msg, "exceeds limit"))
+    ANA_DEBUG(RB_COMPONENT, "lws: %s", msg); /* a long Sec-WebSocket-Protocol, cut on purpose */
+  else if (level & LLL_ERR)
     ANA_ERROR(RB_COMPONENT, "lws: %s", msg);
   else
     ANA_WARN(RB_COMPONENT, "lws: %s", msg);
@@ -440,6 +442,12 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   info.user = b;
   info.count_threads = 1;
   info.max_http_header_data = (unsigned short)b->opt.max_header_bytes;
+  /* lws 4.1 drops an upgrade whose Sec-WebSocket-Protocol list is over 126
+   * bytes: it keeps no more of it (websocket.c reads the whole list from
+   * the framer); 0 leaves every other header to max_http_header_data. */
+  static const struct lws_token_limits token_limits = {
+      .token_limit = {[WSI_TOKEN_PROTOCOL] = RB_WS_LWS_PROTOCOLS_MAX}};
+  info.token_limits = &token_limits;
   info.timeout_secs = 20;
   b->ctx = lws_create_context(&info);
   if (!b->ctx) {

@@ -16,8 +16,11 @@
  * Bearer <token>", as an Authorization header would be. lws 4.1
  * accepts a subprotocol only by the name of a registered protocol, so the
  * name of the bridge's one protocol is set to the client's choice just
- * before lws looks it up (all on the lws thread). lws limits the
- * subprotocol list to 127 bytes and one name to 63. */
+ * before lws looks it up (all on the lws thread). lws 4.1 handles at most
+ * 126 bytes of the list (and 63 of a name): it is told to keep no more, so
+ * that a long token is cut in its copy instead of the connection being
+ * dropped, and the token is read from the bytes the framer saw (up to
+ * RB_FRAME_MAX_PROTOCOLS). */
 #include "restbridge_internal.h"
 
 #include "budget.h"
@@ -32,9 +35,7 @@
 #include <string.h>
 
 #define BEARER_PROTOCOL "bearer"
-/* libwebsockets 4.1 copies the Sec-WebSocket-Protocol list into 128 bytes
- * and drops the connection without an answer when it is longer. */
-#define WS_PROTOCOL_LIST_MAX 127
+#define WS_PROTOCOL_LIST_MAX RB_WS_LWS_PROTOCOLS_MAX
 /* Seconds a closing WebSocket may wait for room for its close frame. */
 #define WS_CLOSE_GRACE_S 5
 
@@ -311,21 +312,34 @@ int rb_refuse_raw(struct lws *wsi, enum ana_status code, const char *message) {
                            code, message);
 }
 
+/* The request's Sec-WebSocket-Protocol list: as the client sent it (the
+ * framer's copy: lws keeps 126 bytes of it), or lws's copy (into fallback)
+ * on a connection without a framer. *too_long: longer than
+ * RB_FRAME_MAX_PROTOCOLS, or, from lws's copy, possibly cut. */
+static const char *protocol_list(struct lws *wsi, char *fallback, size_t size, bool *too_long) {
+  const char *list = rb_framer_ws_protocols(lws_get_socket_fd(wsi), too_long);
+  if (list && (*list || *too_long || lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) == 0))
+    return list; /* else a header lws parsed that the framer did not see as one: lws's copy */
+  int n = lws_hdr_copy(wsi, fallback, (int)size, WSI_TOKEN_PROTOCOL);
+  if (n < 0)
+    n = 0;
+  fallback[n] = '\0';
+  *too_long = n >= WS_PROTOCOL_LIST_MAX;
+  return fallback;
+}
+
 /* The token of a "bearer, <token>" Sec-WebSocket-Protocol list (the entry
  * after "bearer"), copied into out; false when the list names no bearer
  * token. *bearer tells whether "bearer" was offered at all. */
-static bool bearer_subprotocol(struct lws *wsi, char *out, size_t size, bool *bearer) {
-  char list[WS_PROTOCOL_LIST_MAX + 1];
+static bool bearer_subprotocol(const char *list, char *out, size_t size, bool *bearer) {
   bool after_bearer = false;
   out[0] = '\0';
   *bearer = false;
-  if (lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL) <= 0)
-    return false;
-  for (char *p = list; *p;) {
-    while (*p == ' ' || *p == ',')
+  for (const char *p = list; *p;) {
+    while (*p == ' ' || *p == ',' || *p == '\t')
       p++;
-    char *start = p;
-    while (*p && *p != ',' && *p != ' ')
+    const char *start = p;
+    while (*p && *p != ',' && *p != ' ' && *p != '\t')
       p++;
     size_t n = (size_t)(p - start);
     if (n == 0)
@@ -400,14 +414,21 @@ int rb_ws_confirm_upgrade(struct ana_restbridge *b, struct lws *wsi) {
     return refuse_raw_status(wsi, 421, "Misdirected Request", ANA_STATUS_INVALID_ARGUMENT,
                              "this Host is not served: authentication is not configured, so "
                              "only localhost, 127.0.0.1, [::1] and HTTP_ALLOWED_HOSTS are");
+  /* lws keeps at most 126 bytes of each Sec-WebSocket-Protocol header and
+   * drops the connection, unanswered, when what it kept of all of them adds
+   * up to more. */
   if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > WS_PROTOCOL_LIST_MAX)
     return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
-                         "Sec-WebSocket-Protocol is longer than 127 bytes: send a long token in "
+                         "send the WebSocket subprotocols in one Sec-WebSocket-Protocol header");
+  char fallback[WS_PROTOCOL_LIST_MAX + 1], token[RB_FRAME_MAX_PROTOCOLS + 1];
+  bool bearer, too_long;
+  const char *list = protocol_list(wsi, fallback, sizeof fallback, &too_long);
+  if (too_long)
+    return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
+                         "Sec-WebSocket-Protocol is longer than 8192 bytes: send a long token in "
                          "the Authorization header instead, or as ?access_token= where "
                          "JWT_ALLOW_QUERY_TOKEN is set");
-  char token[WS_PROTOCOL_LIST_MAX + 1];
-  bool bearer;
-  if (!bearer_subprotocol(wsi, token, sizeof token, &bearer) && bearer)
+  if (!bearer_subprotocol(list, token, sizeof token, &bearer) && bearer)
     return rb_refuse_raw(wsi, ANA_STATUS_INVALID_ARGUMENT,
                          "the bearer subprotocol takes the token as the next value: "
                          "Sec-WebSocket-Protocol: bearer, <token>");
@@ -658,8 +679,9 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   int uri_len = 0;
   struct rb_match m;
   struct ana_error early;
-  char sub[WS_PROTOCOL_LIST_MAX + 1], id[sizeof conn->request_id];
-  bool bearer;
+  char sub[RB_FRAME_MAX_PROTOCOLS + 1], fallback[WS_PROTOCOL_LIST_MAX + 1],
+      id[sizeof conn->request_id];
+  bool bearer, too_long;
 
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
@@ -689,7 +711,9 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     return;
   }
   conn->route = m.route;
-  const char *token = bearer_subprotocol(wsi, sub, sizeof sub, &bearer) ? sub : NULL;
+  const char *list = protocol_list(wsi, fallback, sizeof fallback, &too_long);
+  const char *token = bearer_subprotocol(list, sub, sizeof sub, &bearer) ? sub : NULL;
+  rb_framer_drop_protocols(lws_get_socket_fd(wsi));
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
   if (!c) {
     conn->ws_close_code = rb_ws_close_code_of(&early, atomic_load(&b->shutting_down));

@@ -6,6 +6,7 @@
 #include "ana_alerts_config.h"
 #include "ana_auth_config.h"
 #include "ana_config_table.h"
+#include "ana_crypto_config.h"
 #include "ana_error.h"
 #include "ana_ingest_config.h"
 #include "ana_log.h"
@@ -35,6 +36,7 @@ struct ana_config {
   struct ana_alerts_settings alerts;
   struct ana_reports_settings reports;
   struct ana_auth_settings auth;
+  struct ana_crypto_settings crypto;
   struct ana_notify_settings notify;
   struct ana_process_settings process;
 };

@@ -8,6 +8,8 @@
 #include "ana_audit.h"
 #include "ana_auth.h"
 #include "ana_config.h"
+#include "ana_crypto.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_event_names.h"
 #include "ana_grpc_server.h"
@@ -33,8 +35,12 @@ struct ana_server {
   const struct ana_config *cfg; /* borrowed: main's */
   /* store */
   struct ana_local_db *db;
+  struct ana_store_selection backends; /* chosen from the configuration */
   const struct ana_event_store_ops *store_ops;
   void *store;
+  const struct ana_search_index_ops *search_ops;
+  void *search_index;
+  struct ana_store_roles roles; /* the event store and search index together */
   const struct ana_catalog_ops *catalog_ops;
   void *catalog;
   const struct ana_api_key_store_ops *key_store_ops;
@@ -43,7 +49,15 @@ struct ana_server {
   const struct ana_audit_store_ops *audit_store_ops;
   void *audit_store;
   struct ana_audit *audit;
-  struct ana_notify *notify; /* channels, outbox and its senders */
+  /* envelope encryption: the master key (read by the crypto module, used by
+   * audit's start, cleansed after), data keys, sealed fields and secrets */
+  uint8_t master_key[4096];
+  int master_key_len;
+  const struct ana_data_key_store_ops *data_key_store_ops;
+  void *data_key_store;
+  struct ana_crypto *crypto;
+  struct ana_crypto_fields *encrypted; /* ENCRYPTED_FIELDS; NULL: none */
+  struct ana_notify *notify;           /* channels, outbox and its senders */
   /* the commit path and what hears it */
   struct ana_post_commit *post_commit;
   struct ana_committer *committer;

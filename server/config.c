@@ -4,13 +4,18 @@
 
 #include <string.h>
 
-#define N_TABLES 11
+#define N_TABLES 15
 
 /* The tables in the order --help, .env.example and the README list them. */
 static void bind(struct ana_config *cfg, struct ana_config_binding *b) {
   size_t i = 0;
   b[i++] = (struct ana_config_binding){&ana_bridge_config_table, cfg ? &cfg->bridge : NULL};
   b[i++] = (struct ana_config_binding){&ana_rpc_config_table, cfg ? &cfg->rpc : NULL};
+  b[i++] = (struct ana_config_binding){&ana_store_mongodb_config_table, cfg ? &cfg->store : NULL};
+  b[i++] =
+      (struct ana_config_binding){&ana_store_elasticsearch_config_table, cfg ? &cfg->store : NULL};
+  b[i++] =
+      (struct ana_config_binding){&ana_store_clickhouse_config_table, cfg ? &cfg->store : NULL};
   b[i++] = (struct ana_config_binding){&ana_store_config_table, cfg ? &cfg->store : NULL};
   b[i++] = (struct ana_config_binding){&ana_ingest_config_table, cfg ? &cfg->ingest : NULL};
   b[i++] = (struct ana_config_binding){&ana_realtime_config_table, cfg ? &cfg->realtime : NULL};
@@ -18,6 +23,7 @@ static void bind(struct ana_config *cfg, struct ana_config_binding *b) {
   b[i++] = (struct ana_config_binding){&ana_alerts_config_table, cfg ? &cfg->alerts : NULL};
   b[i++] = (struct ana_config_binding){&ana_reports_config_table, cfg ? &cfg->reports : NULL};
   b[i++] = (struct ana_config_binding){&ana_auth_config_table, cfg ? &cfg->auth : NULL};
+  b[i++] = (struct ana_config_binding){&ana_crypto_config_table, cfg ? &cfg->crypto : NULL};
   b[i++] = (struct ana_config_binding){&ana_notify_config_table, cfg ? &cfg->notify : NULL};
   b[i++] = (struct ana_config_binding){&ana_process_config_table, cfg ? &cfg->process : NULL};
 }

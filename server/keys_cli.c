@@ -7,6 +7,7 @@
 #include "ana_audit.h"
 #include "ana_rate_limit.h"
 #include "ana_config.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 #include "ana_clock.h"
 

@@ -8,6 +8,7 @@
 #include "ana_log.h"
 #include "ana_prom_process.h"
 #include "ana_server.h"
+#include "data_keys_cli.h"
 #include "healthcheck.h"
 #include "keys_cli.h"
 
@@ -24,6 +25,8 @@ static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd [--help | --version | --print-env-example | "
                "--print-config-markdown]\n"
                "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n"
+               "       analyticsd data-keys rotate|list ...     (encryption keys; data-keys "
+               "--help)\n"
                "       analyticsd healthcheck   (exit 0 if GET /health on PORT answers 200)\n\n"
                "Analytics service: event ingestion, metrics, reports and alerts over gRPC\n"
                "and REST. Configured from environment variables:\n\n");
@@ -63,6 +66,8 @@ static int handle_args(int argc, char **argv) {
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "keys") == 0)
     return ana_keys_cli_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "data-keys") == 0)
+    return ana_data_keys_cli_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "healthcheck") == 0)
     return ana_healthcheck_main(argc - 1, argv + 1);
   int rc = handle_args(argc, argv);

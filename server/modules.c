@@ -3,6 +3,7 @@
  * transports) and goes down in reverse (stop accepting, drain in-flight
  * calls, drain the committer, stop the post-commit subscribers, close the
  * store, which checkpoints its WAL). */
+#include "ana_local_db.h"
 #include "ana_server.h"
 
 #include "ana_builtin_services.h"
@@ -102,7 +103,10 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
     return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
                          "DATA_DIR: cannot create or write %s: %s", cfg->store.data_dir,
                          strerror(errno));
-  s->store_ops = ana_store_event_backend("sqlite");
+  if (ana_store_select(&cfg->store, &s->backends, err) < 0)
+    return fail(err, "cannot choose the storage backends");
+  s->store_ops = s->backends.events;
+  s->search_ops = s->backends.search;
   s->db = ana_local_db_open(cfg->store.data_dir, err);
   int64_t min_free = (int64_t)cfg->store.store_min_free_mb << 20;
   if (!s->db && (err->code == ANA_STATUS_RESOURCE_EXHAUSTED ||
@@ -118,13 +122,22 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
   }
   if (s->db) { /* MiB of WAL in pages of 4 KiB */
     ana_local_db_set_checkpoint_pages(s->db, cfg->store.wal_checkpoint_mb * 256);
-    ana_local_db_set_search_index_wait_ms(s->db, cfg->store.search_index_wait_ms);
     ana_local_db_set_min_free_bytes(s->db, (int64_t)cfg->store.store_min_free_mb << 20);
     ana_local_db_check_space(s->db);
   }
   s->store = s->db ? s->store_ops->open(s->db, err) : NULL;
   if (!s->store)
     return fail(err, "cannot open the event store");
+  s->search_index = s->search_ops->open(s->db, err);
+  if (!s->search_index)
+    return fail(err, "cannot open the search index");
+  s->roles = (struct ana_store_roles){
+      .events = s->store_ops,
+      .event_store = s->store,
+      .search = s->search_ops,
+      .search_index = s->search_index,
+      .search_wait_ms = cfg->store.search_index_wait_ms,
+  };
   s->schema_version = ana_local_db_schema_version(s->db);
   return 0;
 }
@@ -132,6 +145,9 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
 /* Last of all: closing the local database checkpoints its WAL. */
 static int store_stop(struct ana_server *s, int64_t deadline_ms) {
   (void)deadline_ms;
+  if (s->search_index)
+    s->search_ops->close(s->search_index);
+  s->search_index = NULL;
   if (s->store)
     s->store_ops->close(s->store);
   s->store = NULL;
@@ -143,7 +159,7 @@ static int store_stop(struct ana_server *s, int64_t deadline_ms) {
 static int catalog_start(struct ana_server *s, const struct ana_config *cfg,
                          struct ana_error *err) {
   (void)cfg;
-  s->catalog_ops = ana_store_catalog_backend("sqlite");
+  s->catalog_ops = s->backends.catalog;
   s->catalog = s->catalog_ops->open(s->db, err);
   if (!s->catalog)
     return fail(err, "cannot open the catalog");
@@ -162,7 +178,7 @@ static int api_keys_start(struct ana_server *s, const struct ana_config *cfg,
                           struct ana_error *err) {
   struct ana_api_keys_options kopts;
   ana_api_keys_options_init(&kopts);
-  s->key_store_ops = kopts.ops = ana_store_api_key_backend("sqlite");
+  s->key_store_ops = kopts.ops = s->backends.api_keys;
   kopts.store = s->key_store = s->key_store_ops->open(s->db, err);
   if (!s->key_store || !(s->api_keys = ana_api_keys_create(&kopts, err)))
     return fail(err, "cannot open the API keys");
@@ -191,16 +207,52 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* Envelope encryption: reads the master key (generating DATA_DIR/master.key
+ * when ENCRYPTION_KEY_FILE is unset) and opens the data key store. */
+static int crypto_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
+  s->master_key_len = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir,
+                                           s->master_key, sizeof s->master_key, err);
+  if (s->master_key_len < 0)
+    return fail(err, "cannot read the master key");
+  s->data_key_store_ops = ana_store_data_key_backend("sqlite");
+  s->data_key_store = s->data_key_store_ops->open(s->db, err);
+  if (!s->data_key_store)
+    return fail(err, "cannot open the data keys");
+  struct ana_crypto_options o = {
+      .master_key = s->master_key,
+      .master_key_len = (size_t)s->master_key_len,
+      .ops = s->data_key_store_ops,
+      .store = s->data_key_store,
+      .refresh_ms = 10000,
+  };
+  if (!(s->crypto = ana_crypto_create(&o, err)))
+    return fail(err, "cannot start the encryption");
+  if (ana_crypto_fields_parse(cfg->crypto.encrypted_fields, &s->encrypted, err) < 0)
+    return fail(err, "cannot start the encryption");
+  return 0;
+}
+
+/* After everything that seals or opens. */
+static int crypto_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_crypto_fields_free(s->encrypted);
+  s->encrypted = NULL;
+  ana_crypto_destroy(s->crypto);
+  s->crypto = NULL;
+  if (s->data_key_store)
+    s->data_key_store_ops->close(s->data_key_store);
+  s->data_key_store = NULL;
+  OPENSSL_cleanse(s->master_key, sizeof s->master_key);
+  return 0;
+}
+
 /* The audit log's writer; its records come from the call hook the audit
  * service sets, and it stops after the transports (the last calls' records
  * are written, the head signed). */
 static int audit_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
-  uint8_t master[4096];
-  int n = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir, master,
-                               sizeof master, err);
-  if (n < 0)
-    return fail(err, "cannot read the master key");
-  s->audit_store_ops = ana_store_audit_backend("sqlite");
+  uint8_t *master = s->master_key; /* read by crypto_start */
+  int n = s->master_key_len;
+  s->audit_store_ops = s->backends.audit;
   s->audit_store = s->audit_store_ops->open(s->db, err);
   struct ana_audit_options o = {
       .ops = s->audit_store_ops,
@@ -213,7 +265,7 @@ static int audit_start(struct ana_server *s, const struct ana_config *cfg, struc
   };
   if (s->audit_store)
     s->audit = ana_audit_create(&o, err);
-  OPENSSL_cleanse(master, sizeof master);
+  OPENSSL_cleanse(s->master_key, sizeof s->master_key);
   if (!s->audit)
     return fail(err, "cannot open the audit log");
   return 0;
@@ -249,6 +301,7 @@ static int notify_start(struct ana_server *s, const struct ana_config *cfg, stru
       .backoff_max_ms = cfg->notify.notify_backoff_max_ms,
       .timeout_ms = cfg->notify.notify_timeout_ms,
       .poll_ms = cfg->notify.notify_poll_ms,
+      .crypto = s->crypto,
   };
   s->notify = ana_notify_create(&nopts, err);
   if (!s->notify || ana_notify_start(s->notify, err) < 0)
@@ -333,6 +386,8 @@ static int realtime_start(struct ana_server *s, const struct ana_config *cfg,
       .buffer_size = (size_t)cfg->bridge.stream_buffer_size,
       .aggregate_interval_ms = cfg->realtime.realtime_aggregate_interval_ms,
       .slow_consumer_ms = cfg->realtime.realtime_slow_consumer_ms,
+      .crypto = s->crypto,
+      .encrypted = s->encrypted,
   };
   s->realtime = ana_realtime_create(&rtopts, err);
   if (!s->realtime)
@@ -434,7 +489,7 @@ static int ingest_start(struct ana_server *s, const struct ana_config *cfg, stru
       .retention_sweep_interval_ms = cfg->store.retention_sweep_interval_ms,
       .post_commit = s->post_commit,
   };
-  s->committer = ana_committer_create(s->db, s->store_ops, s->store, &copts, err);
+  s->committer = ana_committer_create(s->db, &s->roles, &copts, err);
   if (!s->committer)
     return fail(err, "cannot start the ingest path");
   return 0;
@@ -457,8 +512,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
                           struct ana_error *err) {
   struct ana_event_service_options eopts = {
       .committer = s->committer,
-      .store_ops = s->store_ops,
-      .store = s->store,
+      .roles = &s->roles,
       .workers = s->workers,
       .limits =
           {
@@ -476,6 +530,8 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .search_max_page_size = cfg->store.search_max_page_size,
       .stream_max_in_flight = cfg->ingest.ingest_stream_max_in_flight,
       .event_names = s->names,
+      .encrypted = s->encrypted,
+      .crypto = s->crypto,
   };
   ana_event_service_bind(&eopts);
   ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
@@ -490,11 +546,13 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .workers = s->workers,
       .rollups = s->rollups,
       .event_names = s->names,
+      .encrypted = s->encrypted,
+      .crypto = s->crypto,
   };
   ana_metric_service_bind(&mopts);
   if (ana_event_names_start(s->names, ana_metric_service_names_added, NULL, err) < 0)
     return fail(err, "cannot start the event names");
-  ana_realtime_service_bind(s->realtime);
+  ana_realtime_service_bind(s->realtime, s->encrypted);
   ana_alert_service_bind(&(struct ana_alert_service_options){s->catalog_ops, s->catalog, s->workers,
                                                              s->alerts, s->realtime, s->notify});
   ana_alerts_load_all(s->alerts);
@@ -619,6 +677,12 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   return 0;
 }
 
+/* The bridge's protected-mode callback: this server's own credential sources. */
+static bool rest_protected_mode(void *ctx) {
+  (void)ctx;
+  return ana_auth_protected_mode();
+}
+
 /* The REST + WebSocket bridge drives the same handlers in-process. */
 static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
   struct ana_restbridge_options ropts = {
@@ -636,7 +700,7 @@ static int rest_start(struct ana_server *s, const struct ana_config *cfg, struct
       .web_root = cfg->bridge.web_root,
       .health = rest_health,
       .health_ctx = s,
-      .protected_mode = ana_auth_protected_mode,
+      .protected_mode = rest_protected_mode,
       .allowed_hosts = cfg->bridge.http_allowed_hosts,
       .allow_query_token = cfg->auth.jwt_allow_query_token,
       .health_require_auth = cfg->auth.health_require_auth,
@@ -680,6 +744,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "store", .start = store_start, .stop = store_stop},
     {.name = "catalog", .start = catalog_start, .stop = catalog_stop},
     {.name = "api_keys", .start = api_keys_start, .stop = api_keys_stop},
+    {.name = "crypto", .start = crypto_start, .stop = crypto_stop},
     {.name = "audit", .start = audit_start, .stop = audit_stop},
     {.name = "notify", .start = notify_start, .stop = notify_stop},
     {.name = "post_commit", .start = post_commit_start, .stop = post_commit_stop},

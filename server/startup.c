@@ -1,5 +1,6 @@
 /* Drives the module table: start in order, stop in reverse with the
  * forced-stop rule, and the readiness/liveness evaluation main runs. */
+#include "ana_local_db.h"
 #include "ana_server.h"
 
 #include "ana_builtin_services.h"

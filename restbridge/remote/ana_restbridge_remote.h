@@ -50,6 +50,13 @@ ana_restbridge_remote_upstream(struct ana_restbridge_remote *r);
  * ,"upstream":"<target>","upstreamStatus":"SERVING|..." to /health. */
 int ana_restbridge_remote_health(void *r, bool *serving, struct ana_json_buf *extra);
 
+/* For the bridge's protected_mode callback (any thread, never blocks):
+ * whether the upstream served this bridge's last probe without credentials
+ * (true until the first answer), so that the bridge checks Host names as
+ * the upstream's own bridge does (421 outside localhost, 127.0.0.1, [::1]
+ * and HTTP_ALLOWED_HOSTS). */
+bool ana_restbridge_remote_protected_mode(void *r);
+
 /* Stops the health prober, waits up to grace_ms for forwarded calls to end
  * (the bridge cancels its calls when it shuts down, which cancels their
  * streams), then frees everything. Call after ana_restbridge_shutdown.

@@ -3,8 +3,8 @@
  * routes, JSON and errors as the bridge inside analyticsd; configured from
  * the same variables (PORT, HTTP_MAX_BODY_BYTES, HTTP_BODY_BUDGET_MB,
  * HTTP_BODY_MIN_RATE, HTTP_BODY_RATE_WINDOW, HTTP_DECODE_THREADS,
- * CORS_ALLOWED_ORIGINS, STREAM_BUFFER_SIZE, WS_SLOW_CONSUMER_MS,
- * STREAM_QUEUE_BUDGET_MB, HTTP_TLS_*, SHUTDOWN_GRACE_MS, LOG_LEVEL: the
+ * CORS_ALLOWED_ORIGINS, HTTP_ALLOWED_HOSTS, STREAM_BUFFER_SIZE,
+ * WS_SLOW_CONSUMER_MS, STREAM_QUEUE_BUDGET_MB, HTTP_TLS_*, SHUTDOWN_GRACE_MS, LOG_LEVEL: the
  * bridge's own rows and the shared ones, nothing else) plus --upstream
  * host:port (or RESTBRIDGE_UPSTREAM) and TLS to it (RESTBRIDGE_UPSTREAM_*).
  * SIGHUP reloads the HTTP_TLS_* files. */
@@ -177,6 +177,9 @@ int main(int argc, char **argv) {
       .tls_cert_file = cfg.bridge.http_tls_cert_file,
       .tls_key_file = cfg.bridge.http_tls_key_file,
       .tls_client_ca_file = cfg.bridge.http_tls_client_ca_file,
+      .protected_mode = ana_restbridge_remote_protected_mode,
+      .protected_mode_ctx = remote,
+      .allowed_hosts = cfg.bridge.http_allowed_hosts,
   };
   ana_prom_process_register("analytics_restbridge", ANA_VERSION, ANA_REVISION);
   rest = ana_restbridge_create(&bopts, &err);

@@ -31,6 +31,10 @@ struct ana_restbridge_remote {
   struct ana_prom_gauge streams_open; /* of which server streams */
   struct ana_prom_counter forwarded, failed;
   atomic_int upstream_status; /* grpc.health.v1 status; -1 = no answer */
+  /* Whether the upstream serves this bridge's callers without credentials
+   * (its protected mode, as it judges a loopback client of this bridge);
+   * true until an answer says otherwise. */
+  atomic_bool upstream_open;
   int health_interval_ms;
   int max_depth; /* PROTO_MAX_DEPTH: nesting limit of the upstream's replies */
 

@@ -16,6 +16,7 @@
 #include "ana_log.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
+#include "analytics/v1/metrics.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "ana_clock.h"
 
@@ -245,6 +246,44 @@ static int probe(struct ana_restbridge_remote *r) {
   return status;
 }
 
+/* Whether the upstream serves a caller of this bridge that brings no
+ * credentials: a GetMetric with none, for a loopback client of this bridge
+ * (x-forwarded-for, believed where the upstream trusts this bridge, else
+ * the bridge's own address is judged). UNAUTHENTICATED: it does not (it
+ * requires authentication, or serves only its own loopback peers); any
+ * other answer (NOT_FOUND) means it does; no answer leaves open as it was. */
+static void probe_open(struct ana_restbridge_remote *r) {
+  Analytics__V1__GetMetricRequest req = ANALYTICS__V1__GET_METRIC_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  static const char *const md[] = {"x-forwarded-for", "127.0.0.1", NULL};
+  struct ana_call_options opts = {.timeout_ms = 1000, .metadata = md};
+  struct ana_error err;
+  ana_error_clear(&err);
+  req.metric_id = "protected-mode-probe";
+  int rc = ana_client_unary(r->ch, &ana_methods[ANA_METHOD_ANALYTICS_V1_METRIC_SERVICE_GET_METRIC],
+                            &req.base, &resp, &opts, &err);
+  if (resp)
+    protobuf_c_message_free_unpacked(resp, NULL);
+  bool open;
+  if (rc == 0 || err.code != ANA_STATUS_UNAUTHENTICATED) {
+    if (rc < 0 && (err.code == ANA_STATUS_UNAVAILABLE || err.code == ANA_STATUS_DEADLINE_EXCEEDED))
+      return;
+    open = true;
+  } else {
+    open = false;
+  }
+  if (atomic_exchange(&r->upstream_open, open) != open)
+    ANA_INFO(COMPONENT, "upstream %s %s", r->target,
+             open ? "serves callers without credentials (protected mode): Host names are "
+                    "checked (HTTP_ALLOWED_HOSTS)"
+                  : "requires authentication");
+}
+
+bool ana_restbridge_remote_protected_mode(void *ctx) {
+  struct ana_restbridge_remote *r = ctx;
+  return atomic_load(&r->upstream_open);
+}
+
 static void *prober(void *arg) {
   struct ana_restbridge_remote *r = arg;
   int last = -2;
@@ -252,6 +291,9 @@ static void *prober(void *arg) {
   while (!r->stop) {
     pthread_mutex_unlock(&r->mu);
     int status = probe(r);
+    /* Before the status: once /health says SERVING, the mode is known. */
+    if (status >= 0)
+      probe_open(r);
     atomic_store(&r->upstream_status, status);
     if (status != last)
       ANA_INFO(COMPONENT, "upstream %s: %s", r->target,
@@ -283,7 +325,9 @@ int ana_restbridge_remote_health(void *ctx, bool *serving, struct ana_json_buf *
   *serving = status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
   if (ana_restbridge_health_add(extra, "mode", "remote") < 0 ||
       ana_restbridge_health_add(extra, "upstream", r->target) < 0 ||
-      ana_restbridge_health_add(extra, "upstreamStatus", name) < 0)
+      ana_restbridge_health_add(extra, "upstreamStatus", name) < 0 ||
+      ana_restbridge_health_add(extra, "auth",
+                                atomic_load(&r->upstream_open) ? "protected-mode" : "required") < 0)
     return ANA_ERR_NOMEM;
   return 0;
 }
@@ -321,6 +365,7 @@ ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, stru
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
   atomic_init(&r->upstream_status, -1);
+  atomic_init(&r->upstream_open, true);
   r->health_interval_ms =
       o->health_interval_ms > 0 ? o->health_interval_ms : DEFAULT_HEALTH_INTERVAL_MS;
   r->up.name = "remote";

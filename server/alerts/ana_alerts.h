@@ -52,7 +52,8 @@ struct ana_alerts_options {
   int history_days;  /* ALERT_HISTORY_DAYS */
 };
 
-/* Opens its tables and starts the thread; rules are loaded by
+/* Connects to the local database (its tables are schema migration 11 of
+ * server/store/local/local_db.c) and starts the thread; rules are loaded by
  * ana_alerts_load_all. Returns NULL with err filled. */
 struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct ana_error *err);
 

@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include "local_db_sql.h"
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,19 +27,136 @@
 #define OTHER_KEY "\x1e(other)"
 #define HISTORY_SWEEP_MS 600000
 
+/* A string-keyed hash table (open addressing, linear probing, deletion by
+ * shifting back): the keys are borrowed from the values. */
+struct smap_slot {
+  uint64_t hash;
+  const char *key; /* NULL: empty */
+  void *val;
+};
+
+struct smap {
+  struct smap_slot *v;
+  size_t n, cap; /* cap a power of two, at least twice n */
+};
+
+static uint64_t key_hash(const char *key) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+    h = (h ^ *p) * 1099511628211ULL;
+  return h;
+}
+
+static struct smap_slot *smap_find(const struct smap *m, const char *key) {
+  if (!m->cap)
+    return NULL;
+  uint64_t h = key_hash(key);
+  for (size_t k = (size_t)h & (m->cap - 1); m->v[k].key; k = (k + 1) & (m->cap - 1))
+    if (m->v[k].hash == h && strcmp(m->v[k].key, key) == 0)
+      return &m->v[k];
+  return NULL;
+}
+
+static void *smap_get(const struct smap *m, const char *key) {
+  struct smap_slot *s = smap_find(m, key);
+  return s ? s->val : NULL;
+}
+
+/* Adds key (not in m yet; borrowed). Returns false when out of memory. */
+static bool smap_put(struct smap *m, const char *key, void *val) {
+  if (2 * (m->n + 1) > m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 16;
+    struct smap_slot *v = ana_calloc(cap, sizeof *v);
+    if (!v)
+      return false;
+    for (size_t i = 0; i < m->cap; i++)
+      if (m->v[i].key) {
+        size_t k = (size_t)m->v[i].hash & (cap - 1);
+        while (v[k].key)
+          k = (k + 1) & (cap - 1);
+        v[k] = m->v[i];
+      }
+    ana_free(m->v);
+    m->v = v;
+    m->cap = cap;
+  }
+  uint64_t h = key_hash(key);
+  size_t k = (size_t)h & (m->cap - 1);
+  while (m->v[k].key)
+    k = (k + 1) & (m->cap - 1);
+  m->v[k] = (struct smap_slot){h, key, val};
+  m->n++;
+  return true;
+}
+
+static void smap_del(struct smap *m, const char *key) {
+  struct smap_slot *s = smap_find(m, key);
+  if (!s)
+    return;
+  size_t mask = m->cap - 1, i = (size_t)(s - m->v);
+  for (size_t j = (i + 1) & mask; m->v[j].key; j = (j + 1) & mask) {
+    size_t home = (size_t)m->v[j].hash & mask;
+    bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+    if (!stays) {
+      m->v[i] = m->v[j];
+      i = j;
+    }
+  }
+  m->v[i].key = NULL;
+  m->n--;
+}
+
+static void smap_fini(struct smap *m) {
+  ana_free(m->v);
+  m->v = NULL;
+  m->n = m->cap = 0;
+}
+
+/* An instance of a rule: r->inst[ii]. */
+struct active {
+  struct rule *r;
+  size_t ii;
+};
+
+/* Rules by threshold, a binary heap on sign * threshold: the rules an
+ * event's value v may make breach are those at or below sign * v, found by
+ * walking down from the root, without looking at the others. */
+struct theap {
+  struct rule **v;
+  size_t n, cap;
+  int sign;
+};
+
 struct instance {
   char *key;
   char **vals; /* n_dims */
   bool other;
+  int pg; /* its group of the paneset, or -1 */
   struct ana_alert_instance_state st;
+};
+
+/* A group (dimension values) a paneset has seen: the rules' instances of
+ * it are found by its number, its window's value is computed once per
+ * pass. */
+struct pgroup {
+  char *key;   /* in the block of vals */
+  char **vals; /* n_dims, then the strings and the key: one allocation */
+  bool other;
+  uint64_t touched; /* the pass that last noted it */
+  uint64_t valued;  /* the generation of value and has */
+  bool has;
+  double value;
+  uint64_t epoch;     /* every rule of ps->epoch has its instance */
+  struct active *act; /* the instances of it pending or firing */
+  size_t n_act, cap_act;
 };
 
 /* The sliding window of one metric definition and pane length, shared by
  * every rule over it: an event is folded into it once, whatever the number
  * of rules. */
 struct paneset {
-  struct paneset *next;
-  char *key; /* "<account>\x1f<metric id>\x1f<pane ms>\x1f<definition hash>[\x1f-]" */
+  struct paneset *prev, *next;
+  char *key; /* "<account>\x1f<metric id>\x1f<pane ms>\x1f<definition hash>[\x1f-<id>]" */
   char *account;
   struct ana_arena *arena;
   Analytics__V1__Metric *metric;
@@ -46,17 +164,30 @@ struct paneset {
   int64_t pane_ms, cur_start;
   struct ana_metric_acc *panes[ANA_ALERT_PANES];
   int64_t pane_start[ANA_ALERT_PANES];
+  uint32_t *pane_pg[ANA_ALERT_PANES]; /* a pane's group -> pgroup + 1; 0 not known yet */
+  size_t n_pane_pg[ANA_ALERT_PANES];
   uint64_t seed_seq;
   char **names; /* the event names its formula counts ("" = any), distinct */
+  char **ikeys; /* "<account>\x1f<name>" of each name: its index keys */
   size_t n_names;
   int refs;
-  bool moved;          /* its window moved in this pass */
-  struct rule **rules; /* its enabled rules (index_build) */
-  size_t n_rules;
+  bool indexed;        /* its names are in the index (it has enabled rules) */
+  struct rule **rules; /* its enabled rules */
+  size_t n_rules, cap_rules;
+  struct theap up;     /* those with op > or >= (sign 1) */
+  struct theap down;   /* those with op < or <= (sign -1) */
+  struct theap any;    /* those with op == or != (kept unordered) */
+  uint64_t epoch;      /* counts the rules attached */
+  size_t n_with_other; /* rules with an "(other)" instance: every rule steps */
+  size_t n_unmapped;   /* instances of no group (restored past its limit) */
+  size_t bpos;         /* in al->bheap; SIZE_MAX: not there */
+  struct pgroup *groups;
+  size_t n_groups, cap_groups;
+  struct smap group_map; /* key -> pgroup + 1 */
+  int other_pg;          /* -1: none yet */
 };
 
 struct rule {
-  struct rule *next;
   char *id, *account;
   struct ana_arena *arena;
   Analytics__V1__Alert *alert;
@@ -69,14 +200,21 @@ struct rule {
   uint32_t *slots; /* open addressing by key hash: instance index + 1; 0 empty */
   size_t n_slots;  /* a power of two, at least twice n_inst */
   size_t n_dims;
+  size_t n_unmapped; /* its instances of no group of the paneset */
+  uint32_t *by_pg;   /* pgroup of its paneset -> instance index + 1; 0 not known yet */
+  size_t n_by_pg;
+  size_t ps_slot;  /* its place in ps->rules; SIZE_MAX: not there */
+  size_t tpos;     /* its place in its paneset's theap */
+  int64_t due;     /* at or before its instances' earliest due step; INT64_MAX none */
+  size_t heap_pos; /* in al->heap; SIZE_MAX: not there */
 };
 
-/* Which panesets an event may count in: (account, event name) -> paneset,
- * sorted by key, rebuilt when the rules change; a formula counting any
- * event is under the name "". */
-struct index_entry {
+/* The panesets an event of an account and name may count in; a formula
+ * counting any event is under the name "". */
+struct index_list {
   char *key; /* "<account>\x1f<event name>" */
-  struct paneset *ps;
+  struct paneset **v;
+  size_t n, cap;
 };
 
 struct qev {
@@ -93,9 +231,15 @@ struct sub {
   size_t n_ids;
 };
 
+struct touched {
+  struct paneset *ps;
+  int pg;
+};
+
 struct ana_alerts {
   struct ana_alerts_options o;
-  sqlite3 *conn;
+  struct ana_local_conn *lconn; /* its transactions, which the outbox joins */
+  sqlite3 *conn;                /* lconn's */
   pthread_t thread;
   bool started;
   /* the hook's queue */
@@ -104,16 +248,23 @@ struct ana_alerts {
   struct qev *head, *tail;
   size_t queued;
   uint64_t dropped;
-  char **accounts; /* accounts with rules (never shrinks) */
-  size_t n_accounts, cap_accounts;
+  struct smap accounts; /* accounts with rules (never shrinks): key -> the key */
   bool stop;
   /* the rules (evaluator thread and rule changes) */
   pthread_mutex_t mu;
-  struct rule *rules;
-  struct paneset *pansets;
-  struct index_entry *index;
-  size_t n_index;
-  bool index_dirty;
+  struct smap rules;   /* id -> rule */
+  struct smap pansets; /* key -> paneset */
+  struct paneset *ps_list;
+  struct smap index;  /* "<account>\x1f<name>" -> index_list */
+  struct rule **heap; /* rules with a due step, earliest first */
+  size_t n_heap, cap_heap;
+  struct paneset **bheap; /* panesets with rules, earliest end of current pane first */
+  size_t n_bheap, cap_bheap;
+  uint64_t pass, generation;
+  struct touched *touched; /* the groups of a pass's events */
+  size_t n_touched, cap_touched;
+  struct rule **taken; /* the rules of a pass's due steps */
+  size_t cap_taken;
   int64_t last_sweep_ms;
   /* subscribers */
   pthread_mutex_t smu;
@@ -129,17 +280,288 @@ static int64_t floor_to(int64_t t, int64_t step) {
 }
 
 /* ------------------------------------------------------------------ */
+/* due steps: a binary heap of rules by their due time */
+
+static void heap_set(struct ana_alerts *al, size_t i, struct rule *r) {
+  al->heap[i] = r;
+  r->heap_pos = i;
+}
+
+static void heap_up(struct ana_alerts *al, size_t i) {
+  struct rule *r = al->heap[i];
+  while (i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (al->heap[parent]->due <= r->due)
+      break;
+    heap_set(al, i, al->heap[parent]);
+    i = parent;
+  }
+  heap_set(al, i, r);
+}
+
+static void heap_down(struct ana_alerts *al, size_t i) {
+  struct rule *r = al->heap[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= al->n_heap)
+      break;
+    if (c + 1 < al->n_heap && al->heap[c + 1]->due < al->heap[c]->due)
+      c++;
+    if (al->heap[c]->due >= r->due)
+      break;
+    heap_set(al, i, al->heap[c]);
+    i = c;
+  }
+  heap_set(al, i, r);
+}
+
+/* Notes that an instance of r is due at d (al->mu held). */
+static void due_note(struct ana_alerts *al, struct rule *r, int64_t d) {
+  if (d >= r->due)
+    return;
+  if (r->heap_pos == SIZE_MAX) {
+    if (al->n_heap == al->cap_heap) {
+      size_t cap = al->cap_heap ? al->cap_heap * 2 : 64;
+      struct rule **n = ana_realloc(al->heap, cap * sizeof *n);
+      if (!n)
+        return; /* the next pane boundary evaluates it */
+      al->heap = n;
+      al->cap_heap = cap;
+    }
+    r->due = d;
+    heap_set(al, al->n_heap++, r);
+  }
+  r->due = d;
+  heap_up(al, r->heap_pos);
+}
+
+static void due_remove(struct ana_alerts *al, struct rule *r) {
+  if (r->heap_pos == SIZE_MAX)
+    return;
+  size_t i = r->heap_pos;
+  struct rule *last = al->heap[--al->n_heap];
+  if (i < al->n_heap) {
+    heap_set(al, i, last);
+    heap_up(al, last->heap_pos);
+    heap_down(al, last->heap_pos);
+  }
+  r->heap_pos = SIZE_MAX;
+  r->due = INT64_MAX;
+}
+
+/* Pane boundaries: a binary heap of the panesets with rules by the end of
+ * their current pane. */
+static int64_t ps_end(const struct paneset *ps) {
+  return ps->cur_start + ps->pane_ms;
+}
+
+static void bh_set(struct ana_alerts *al, size_t i, struct paneset *ps) {
+  al->bheap[i] = ps;
+  ps->bpos = i;
+}
+
+static void bh_up(struct ana_alerts *al, size_t i) {
+  struct paneset *ps = al->bheap[i];
+  while (i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (ps_end(al->bheap[parent]) <= ps_end(ps))
+      break;
+    bh_set(al, i, al->bheap[parent]);
+    i = parent;
+  }
+  bh_set(al, i, ps);
+}
+
+static void bh_down(struct ana_alerts *al, size_t i) {
+  struct paneset *ps = al->bheap[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= al->n_bheap)
+      break;
+    if (c + 1 < al->n_bheap && ps_end(al->bheap[c + 1]) < ps_end(al->bheap[c]))
+      c++;
+    if (ps_end(al->bheap[c]) >= ps_end(ps))
+      break;
+    bh_set(al, i, al->bheap[c]);
+    i = c;
+  }
+  bh_set(al, i, ps);
+}
+
+static bool bh_insert(struct ana_alerts *al, struct paneset *ps) {
+  if (ps->bpos != SIZE_MAX)
+    return true;
+  if (al->n_bheap == al->cap_bheap) {
+    size_t cap = al->cap_bheap ? al->cap_bheap * 2 : 64;
+    struct paneset **n = ana_realloc(al->bheap, cap * sizeof *n);
+    if (!n)
+      return false;
+    al->bheap = n;
+    al->cap_bheap = cap;
+  }
+  bh_set(al, al->n_bheap++, ps);
+  bh_up(al, ps->bpos);
+  return true;
+}
+
+static void bh_remove(struct ana_alerts *al, struct paneset *ps) {
+  if (ps->bpos == SIZE_MAX)
+    return;
+  size_t i = ps->bpos;
+  struct paneset *last = al->bheap[--al->n_bheap];
+  if (i < al->n_bheap) {
+    bh_set(al, i, last);
+    bh_up(al, last->bpos);
+    bh_down(al, last->bpos);
+  }
+  ps->bpos = SIZE_MAX;
+}
+
+/* ------------------------------------------------------------------ */
+/* rules by threshold (struct theap) and the active instances of a group */
+
+static double tkey(const struct theap *h, const struct rule *r) {
+  return h->sign * r->p.threshold;
+}
+
+static void th_set(struct theap *h, size_t i, struct rule *r) {
+  h->v[i] = r;
+  r->tpos = i;
+}
+
+static void th_up(struct theap *h, size_t i) {
+  struct rule *r = h->v[i];
+  while (h->sign && i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (tkey(h, h->v[parent]) <= tkey(h, r))
+      break;
+    th_set(h, i, h->v[parent]);
+    i = parent;
+  }
+  th_set(h, i, r);
+}
+
+static void th_down(struct theap *h, size_t i) {
+  struct rule *r = h->v[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (!h->sign || c >= h->n)
+      break;
+    if (c + 1 < h->n && tkey(h, h->v[c + 1]) < tkey(h, h->v[c]))
+      c++;
+    if (tkey(h, h->v[c]) >= tkey(h, r))
+      break;
+    th_set(h, i, h->v[c]);
+    i = c;
+  }
+  th_set(h, i, r);
+}
+
+static bool th_insert(struct theap *h, struct rule *r) {
+  if (h->n == h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 8;
+    struct rule **n = ana_realloc(h->v, cap * sizeof *n);
+    if (!n)
+      return false;
+    h->v = n;
+    h->cap = cap;
+  }
+  th_set(h, h->n++, r);
+  th_up(h, r->tpos);
+  return true;
+}
+
+static void th_remove(struct theap *h, struct rule *r) {
+  size_t i = r->tpos;
+  if (i >= h->n || h->v[i] != r)
+    return;
+  struct rule *last = h->v[--h->n];
+  if (i < h->n) {
+    th_set(h, i, last);
+    th_up(h, last->tpos);
+    th_down(h, last->tpos);
+  }
+}
+
+static struct theap *th_of(struct paneset *ps, const struct rule *r) {
+  switch (r->p.op) {
+  case ANA_ALERT_GT:
+  case ANA_ALERT_GE: return &ps->up;
+  case ANA_ALERT_LT:
+  case ANA_ALERT_LE: return &ps->down;
+  default: return &ps->any;
+  }
+}
+
+static bool is_active(enum ana_alert_state s) {
+  return s == ANA_ALERT_PENDING || s == ANA_ALERT_FIRING;
+}
+
+static void act_add(struct pgroup *g, struct rule *r, size_t ii) {
+  if (g->n_act == g->cap_act) {
+    size_t cap = g->cap_act ? g->cap_act * 2 : 4;
+    struct active *n = ana_realloc(g->act, cap * sizeof *n);
+    if (!n)
+      return; /* stepped when its window moves */
+    g->act = n;
+    g->cap_act = cap;
+  }
+  g->act[g->n_act++] = (struct active){r, ii};
+}
+
+static void act_del(struct pgroup *g, const struct rule *r, size_t ii) {
+  for (size_t j = 0; j < g->n_act; j++)
+    if (g->act[j].r == r && g->act[j].ii == ii) {
+      g->act[j] = g->act[--g->n_act];
+      return;
+    }
+}
+
+/* Keeps instance ii of r in its group's active list while it is pending
+ * or firing (r attached to its paneset). */
+static void act_track(struct rule *r, size_t ii, bool was) {
+  struct instance *in = &r->inst[ii];
+  bool now = is_active(in->st.state);
+  if (was == now || in->pg < 0 || in->other || r->ps_slot == SIZE_MAX)
+    return;
+  if (now)
+    act_add(&r->ps->groups[in->pg], r, ii);
+  else
+    act_del(&r->ps->groups[in->pg], r, ii);
+}
+
+/* ------------------------------------------------------------------ */
 /* rules and instances */
+
+static void pane_drop(struct paneset *ps, size_t i) {
+  ana_metric_acc_destroy(ps->panes[i]);
+  ps->panes[i] = NULL;
+  ana_free(ps->pane_pg[i]);
+  ps->pane_pg[i] = NULL;
+  ps->n_pane_pg[i] = 0;
+}
 
 static void ps_free(struct paneset *ps) {
   if (!ps)
     return;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    ana_metric_acc_destroy(ps->panes[i]);
-  for (size_t i = 0; i < ps->n_names; i++)
+    pane_drop(ps, i);
+  for (size_t i = 0; i < ps->n_names; i++) {
     ana_free(ps->names[i]);
+    ana_free(ps->ikeys ? ps->ikeys[i] : NULL);
+  }
   ana_free(ps->names);
+  ana_free(ps->ikeys);
   ana_free(ps->rules);
+  for (size_t i = 0; i < ps->n_groups; i++) {
+    ana_free(ps->groups[i].vals);
+    ana_free(ps->groups[i].act);
+  }
+  ana_free(ps->up.v);
+  ana_free(ps->down.v);
+  ana_free(ps->any.v);
+  ana_free(ps->groups);
+  smap_fini(&ps->group_map);
   ana_formula_free(ps->formula);
   ana_free(ps->key);
   ana_free(ps->account);
@@ -148,21 +570,152 @@ static void ps_free(struct paneset *ps) {
   ana_free(ps);
 }
 
+static void index_remove(struct ana_alerts *al, struct paneset *ps, size_t i) {
+  struct index_list *l = smap_get(&al->index, ps->ikeys[i]);
+  if (!l)
+    return;
+  for (size_t j = 0; j < l->n; j++)
+    if (l->v[j] == ps) {
+      l->v[j] = l->v[--l->n];
+      break;
+    }
+  if (l->n == 0) {
+    smap_del(&al->index, l->key);
+    ana_free(l->key);
+    ana_free(l->v);
+    ana_free(l);
+  }
+}
+
+static bool index_add(struct ana_alerts *al, struct paneset *ps, size_t i) {
+  struct index_list *l = smap_get(&al->index, ps->ikeys[i]);
+  if (!l) {
+    l = ana_calloc(1, sizeof *l);
+    if (l)
+      l->key = ana_strdup(ps->ikeys[i]);
+    if (!l || !l->key || !smap_put(&al->index, l->key, l)) {
+      if (l)
+        ana_free(l->key);
+      ana_free(l);
+      return false;
+    }
+  }
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 4;
+    struct paneset **n = ana_realloc(l->v, cap * sizeof *n);
+    if (!n) {
+      if (l->n == 0) {
+        smap_del(&al->index, l->key);
+        ana_free(l->key);
+        ana_free(l);
+      }
+      return false;
+    }
+    l->v = n;
+    l->cap = cap;
+  }
+  l->v[l->n++] = ps;
+  return true;
+}
+
+/* Puts ps's names in the index or takes them out (al->mu held). Returns
+ * false when out of memory (then nothing changed). */
+static bool index_set(struct ana_alerts *al, struct paneset *ps, bool in) {
+  if (ps->indexed == in)
+    return true;
+  if (!in) {
+    for (size_t i = 0; i < ps->n_names; i++)
+      index_remove(al, ps, i);
+    ps->indexed = false;
+    return true;
+  }
+  for (size_t i = 0; i < ps->n_names; i++)
+    if (!index_add(al, ps, i)) {
+      while (i-- > 0)
+        index_remove(al, ps, i);
+      return false;
+    }
+  ps->indexed = true;
+  return true;
+}
+
+/* Makes r (enabled) one of ps's rules; false when out of memory. */
+static bool ps_attach(struct ana_alerts *al, struct paneset *ps, struct rule *r) {
+  if (ps->n_rules == ps->cap_rules) {
+    size_t cap = ps->cap_rules ? ps->cap_rules * 2 : 4;
+    struct rule **n = ana_realloc(ps->rules, cap * sizeof *n);
+    if (!n)
+      return false;
+    ps->rules = n;
+    ps->cap_rules = cap;
+  }
+  if (!index_set(al, ps, true))
+    return false;
+  if (!bh_insert(al, ps)) {
+    if (ps->n_rules == 0)
+      index_set(al, ps, false);
+    return false;
+  }
+  if (!th_insert(th_of(ps, r), r)) {
+    if (ps->n_rules == 0) {
+      index_set(al, ps, false);
+      bh_remove(al, ps);
+    }
+    return false;
+  }
+  r->ps_slot = ps->n_rules;
+  ps->rules[ps->n_rules++] = r;
+  ps->epoch++;
+  return true;
+}
+
+static void ps_detach(struct ana_alerts *al, struct rule *r) {
+  struct paneset *ps = r->ps;
+  if (!ps || r->ps_slot == SIZE_MAX)
+    return;
+  for (size_t i = 0; i < r->n_inst; i++)
+    if (r->inst[i].pg >= 0 && !r->inst[i].other && is_active(r->inst[i].st.state))
+      act_del(&ps->groups[r->inst[i].pg], r, i);
+  th_remove(th_of(ps, r), r);
+  struct rule *last = ps->rules[--ps->n_rules];
+  if (r->ps_slot < ps->n_rules) {
+    ps->rules[r->ps_slot] = last;
+    last->ps_slot = r->ps_slot;
+  }
+  r->ps_slot = SIZE_MAX;
+  if (ps->n_rules == 0) {
+    index_set(al, ps, false);
+    bh_remove(al, ps);
+  }
+}
+
 /* Drops a reference (al->mu held, or ps not shared yet). */
 static void ps_release(struct ana_alerts *al, struct paneset *ps) {
   if (!ps || --ps->refs > 0)
     return;
-  for (struct paneset **pp = &al->pansets; *pp; pp = &(*pp)->next)
-    if (*pp == ps) {
-      *pp = ps->next;
-      break;
-    }
+  index_set(al, ps, false);
+  bh_remove(al, ps);
+  if (smap_get(&al->pansets, ps->key) == ps) {
+    smap_del(&al->pansets, ps->key);
+    if (ps->prev)
+      ps->prev->next = ps->next;
+    else
+      al->ps_list = ps->next;
+    if (ps->next)
+      ps->next->prev = ps->prev;
+  }
   ps_free(ps);
 }
 
 static void rule_free(struct ana_alerts *al, struct rule *r) {
   if (!r)
     return;
+  ps_detach(al, r);
+  due_remove(al, r);
+  if (r->n_other && r->ps)
+    r->ps->n_with_other--;
+  if (r->ps)
+    r->ps->n_unmapped -= r->n_unmapped;
   ps_release(al, r->ps);
   for (size_t i = 0; i < r->n_inst; i++) {
     ana_free(r->inst[i].key);
@@ -172,21 +725,13 @@ static void rule_free(struct ana_alerts *al, struct rule *r) {
   }
   ana_free(r->inst);
   ana_free(r->slots);
+  ana_free(r->by_pg);
   ana_formula_free(r->formula);
   ana_free(r->id);
   ana_free(r->account);
   if (r->arena)
     ana_arena_destroy(r->arena);
   ana_free(r);
-}
-
-/* The instance of key (values: n_dims, or NULL to split key). NULL when out
- * of memory. */
-static uint64_t key_hash(const char *key) {
-  uint64_t h = 1469598103934665603ULL;
-  for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-    h = (h ^ *p) * 1099511628211ULL;
-  return h;
 }
 
 /* Rebuilds the slots for at least n instances; false when out of memory. */
@@ -211,6 +756,25 @@ static bool slots_grow(struct rule *r, size_t n) {
   return true;
 }
 
+/* Splits a group key ("\x1f"-separated values) into n strings; false when
+ * out of memory. */
+static bool split_key(const char *key, size_t n, char **vals) {
+  const char *p = key;
+  for (size_t d = 0; d < n; d++) {
+    const char *e = strchr(p, '\x1f');
+    size_t l = e ? (size_t)(e - p) : strlen(p);
+    vals[d] = ana_malloc(l + 1);
+    if (!vals[d])
+      return false;
+    memcpy(vals[d], p, l);
+    vals[d][l] = '\0';
+    p = e ? e + 1 : p + l;
+  }
+  return true;
+}
+
+/* The instance of key (values: n_dims, or NULL to split key). NULL when out
+ * of memory. */
 static struct instance *instance_get(struct ana_alerts *al, struct rule *r, const char *key,
                                      const char *const *values, bool create) {
   bool other = strcmp(key, OTHER_KEY) == 0;
@@ -243,34 +807,166 @@ static struct instance *instance_get(struct ana_alerts *al, struct rule *r, cons
   memset(in, 0, sizeof *in);
   in->key = ana_strdup(key);
   in->other = other;
+  in->pg = -1;
   in->vals = ana_calloc(r->n_dims ? r->n_dims : 1, sizeof *in->vals);
   if (!in->key || !in->vals) {
     ana_free(in->key);
     ana_free(in->vals);
     return NULL;
   }
-  const char *p = key;
-  for (size_t d = 0; d < r->n_dims; d++) {
-    if (other) {
-      in->vals[d] = ana_strdup(ANA_METRIC_ACC_OTHER);
-    } else if (values) {
-      in->vals[d] = ana_strdup(values[d]);
-    } else {
-      const char *e = strchr(p, '\x1f');
-      size_t n = e ? (size_t)(e - p) : strlen(p);
-      in->vals[d] = ana_malloc(n + 1);
-      if (in->vals[d]) {
-        memcpy(in->vals[d], p, n);
-        in->vals[d][n] = '\0';
-      }
-      p = e ? e + 1 : p + n;
-    }
+  if (other || values) {
+    for (size_t d = 0; d < r->n_dims; d++)
+      in->vals[d] = ana_strdup(other ? ANA_METRIC_ACC_OTHER : values[d]);
+  } else {
+    split_key(key, r->n_dims, in->vals);
   }
   in->st.state = ANA_ALERT_OK;
   r->slots[slot] = (uint32_t)r->n_inst + 1;
+  if (other && r->ps)
+    r->ps->n_with_other++;
   r->n_other += other ? 1 : 0;
   r->n_inst++;
   return in;
+}
+
+/* The paneset's group of key (values: its dimension values, or NULL to
+ * split key), created when new; past ps_group_limit groups a new key is
+ * the "(other)" group. -1 when out of memory. */
+static int ps_group(struct ana_alerts *al, struct paneset *ps, const char *key,
+                    const char *const *values) {
+  bool other = strcmp(key, OTHER_KEY) == 0;
+  if (other && ps->other_pg >= 0)
+    return ps->other_pg;
+  if (!other) {
+    uintptr_t v = (uintptr_t)smap_get(&ps->group_map, key);
+    if (v)
+      return (int)(v - 1);
+    /* as many groups as rules keep instances apart, and as many again */
+    if (ps->n_groups >= 2 * (size_t)al->o.max_instances + 1)
+      return ps_group(al, ps, OTHER_KEY, NULL);
+  }
+  if (ps->n_groups == ps->cap_groups) {
+    size_t cap = ps->cap_groups ? ps->cap_groups * 2 : 16;
+    struct pgroup *n = ana_realloc(ps->groups, cap * sizeof *n);
+    if (!n)
+      return -1;
+    ps->groups = n;
+    ps->cap_groups = cap;
+  }
+  size_t nd = ps->metric->n_dimensions;
+  size_t len = strlen(key) + 1 + nd * sizeof(char *);
+  char *split[16] = {0};
+  if (!other && !values) {
+    if (nd > 16 || !split_key(key, nd, split)) {
+      for (size_t d = 0; d < 16; d++)
+        ana_free(split[d]);
+      return -1;
+    }
+    values = (const char *const *)split;
+  }
+  for (size_t d = 0; d < nd; d++)
+    len += strlen(other ? ANA_METRIC_ACC_OTHER : values[d] ? values[d] : "") + 1;
+  char *block = ana_malloc(len);
+  struct pgroup *g = &ps->groups[ps->n_groups];
+  memset(g, 0, sizeof *g);
+  if (block) {
+    g->vals = (char **)(void *)block;
+    char *p = block + nd * sizeof(char *);
+    for (size_t d = 0; d < nd; d++) {
+      const char *v = other ? ANA_METRIC_ACC_OTHER : values[d] ? values[d] : "";
+      size_t l = strlen(v) + 1;
+      memcpy(p, v, l);
+      g->vals[d] = p;
+      p += l;
+    }
+    memcpy(p, key, strlen(key) + 1);
+    g->key = p;
+    g->other = other;
+  }
+  for (size_t d = 0; d < 16; d++)
+    ana_free(split[d]);
+  if (!block)
+    return -1;
+  int pg = (int)ps->n_groups;
+  if (other) {
+    ps->other_pg = pg;
+  } else if (!smap_put(&ps->group_map, g->key, (void *)(uintptr_t)(pg + 1))) {
+    ana_free(block);
+    return -1;
+  }
+  ps->n_groups++;
+  return pg;
+}
+
+/* The paneset's group of group g of pane i. */
+static int pane_group(struct ana_alerts *al, struct paneset *ps, size_t i, size_t g) {
+  if (g < ps->n_pane_pg[i] && ps->pane_pg[i][g])
+    return (int)ps->pane_pg[i][g] - 1;
+  const struct ana_metric_acc *acc = ps->panes[i];
+  int pg =
+      ana_metric_acc_group_is_other(acc, g)
+          ? ps_group(al, ps, OTHER_KEY, NULL)
+          : ps_group(al, ps, ana_metric_acc_group_key(acc, g), ana_metric_acc_group_values(acc, g));
+  if (pg < 0)
+    return -1;
+  if (g >= ps->n_pane_pg[i]) {
+    size_t n = ps->n_pane_pg[i] ? ps->n_pane_pg[i] : 16;
+    while (n <= g)
+      n *= 2;
+    uint32_t *m = ana_realloc(ps->pane_pg[i], n * sizeof *m);
+    if (!m)
+      return pg;
+    memset(m + ps->n_pane_pg[i], 0, (n - ps->n_pane_pg[i]) * sizeof *m);
+    ps->pane_pg[i] = m;
+    ps->n_pane_pg[i] = n;
+  }
+  ps->pane_pg[i][g] = (uint32_t)pg + 1;
+  return pg;
+}
+
+/* The index of r's instance of its paneset's group pg (created), or -1
+ * when out of memory. */
+static long rule_instance(struct ana_alerts *al, struct rule *r, int pg) {
+  if ((size_t)pg < r->n_by_pg && r->by_pg[pg])
+    return (long)r->by_pg[pg] - 1;
+  const struct pgroup *g = &r->ps->groups[pg];
+  struct instance *in = instance_get(al, r, g->other ? OTHER_KEY : g->key,
+                                     g->other ? NULL : (const char *const *)g->vals, true);
+  if (!in)
+    return -1;
+  long idx = (long)(in - r->inst);
+  if (!in->other)
+    in->pg = pg;
+  if ((size_t)pg >= r->n_by_pg) {
+    size_t n = r->n_by_pg ? r->n_by_pg : 16;
+    while (n <= (size_t)pg)
+      n *= 2;
+    uint32_t *m = ana_realloc(r->by_pg, n * sizeof *m);
+    if (!m)
+      return idx;
+    memset(m + r->n_by_pg, 0, (n - r->n_by_pg) * sizeof *m);
+    r->by_pg = m;
+    r->n_by_pg = n;
+  }
+  r->by_pg[pg] = (uint32_t)idx + 1;
+  return idx;
+}
+
+/* r's instance of key (restored state, or the one group of a metric
+ * without dimensions), through the paneset's group when there is one. */
+static struct instance *rule_instance_of_key(struct ana_alerts *al, struct rule *r,
+                                             const char *key) {
+  int pg = ps_group(al, r->ps, key, NULL);
+  if (pg < 0 || (r->ps->groups[pg].other && strcmp(key, OTHER_KEY) != 0)) {
+    struct instance *in = instance_get(al, r, key, NULL, true);
+    if (in && !in->other && in->pg < 0) {
+      r->n_unmapped++;
+      r->ps->n_unmapped++;
+    }
+    return in;
+  }
+  long idx = rule_instance(al, r, pg);
+  return idx < 0 ? NULL : &r->inst[idx];
 }
 
 /* Moves the window so that its current pane holds t; drops the panes that
@@ -282,42 +978,30 @@ static bool advance(struct paneset *ps, int64_t t) {
   ps->cur_start = cur;
   int64_t oldest = cur - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
-    if (ps->panes[i] && ps->pane_start[i] < oldest) {
-      ana_metric_acc_destroy(ps->panes[i]);
-      ps->panes[i] = NULL;
-    }
+    if (ps->panes[i] && ps->pane_start[i] < oldest)
+      pane_drop(ps, i);
   return true;
 }
 
-/* Adds ev to its pane: returns its group in *acc, or -1 (outside the
- * window, filtered out, out of memory). */
-static int ps_add(struct paneset *ps, const struct ana_scanned_event *ev,
-                  struct ana_metric_acc **acc) {
+/* Adds ev to its pane: returns its group and the pane in *pane, or -1
+ * (outside the window, filtered out, out of memory). */
+static int ps_add(struct paneset *ps, const struct ana_scanned_event *ev, size_t *pane) {
   int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   if (ev->timestamp_ms < oldest || ev->timestamp_ms >= ps->cur_start + ps->pane_ms)
     return -1;
   int64_t start = floor_to(ev->timestamp_ms, ps->pane_ms);
   size_t idx = (size_t)((start / ps->pane_ms) % ANA_ALERT_PANES);
   if (!ps->panes[idx] || ps->pane_start[idx] != start) {
-    ana_metric_acc_destroy(ps->panes[idx]);
+    pane_drop(ps, idx);
     struct ana_error err;
     ps->panes[idx] = ana_metric_acc_create(ps->metric, ps->formula, 100000, &err);
     ps->pane_start[idx] = start;
     if (!ps->panes[idx])
       return -1;
   }
-  *acc = ps->panes[idx];
+  *pane = idx;
   int g = ana_metric_acc_add(ps->panes[idx], ev);
   return g < 0 ? -1 : g;
-}
-
-/* The rule's instance of group g of acc (created). */
-static struct instance *group_instance(struct ana_alerts *al, struct rule *r,
-                                       const struct ana_metric_acc *acc, size_t g) {
-  if (ana_metric_acc_group_is_other(acc, g))
-    return instance_get(al, r, OTHER_KEY, NULL, true);
-  return instance_get(al, r, ana_metric_acc_group_key(acc, g), ana_metric_acc_group_values(acc, g),
-                      true);
 }
 
 /* The rule's instances of every group in its window. */
@@ -326,10 +1010,12 @@ static void instances_from_panes(struct ana_alerts *al, struct rule *r) {
   int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
     if (ps->panes[i] && ps->pane_start[i] >= oldest)
-      for (size_t g = 0; g < ana_metric_acc_group_count(ps->panes[i]); g++)
-        group_instance(al, r, ps->panes[i], g);
+      for (size_t g = 0; g < ana_metric_acc_group_count(ps->panes[i]); g++) {
+        int pg = pane_group(al, ps, i, g);
+        if (pg >= 0)
+          rule_instance(al, r, pg);
+      }
 }
-
 struct pick_ctx {
   struct rule *r;
 };
@@ -342,11 +1028,12 @@ static bool pick_other(void *ctx, const struct ana_metric_acc *acc, size_t g) {
   return !in || in->other;
 }
 
-/* The window's value of an instance: returns 1 (value), 0 (no data). */
-static int window_value(struct rule *r, struct instance *in, double *out) {
+/* The window's value of key (NULL: the groups pick takes): returns 1
+ * (value), 0 (no data). */
+static int ps_value(const struct paneset *ps, const char *key, ana_metric_acc_pick_fn pick,
+                    void *ctx, double *out) {
   struct ana_metric_acc *accs[ANA_ALERT_PANES];
   size_t n = 0;
-  const struct paneset *ps = r->ps;
   int64_t oldest = ps->cur_start - (ANA_ALERT_PANES - 1) * ps->pane_ms;
   for (size_t i = 0; i < ANA_ALERT_PANES; i++)
     if (ps->panes[i] && ps->pane_start[i] >= oldest && ps->pane_start[i] <= ps->cur_start)
@@ -354,16 +1041,34 @@ static int window_value(struct rule *r, struct instance *in, double *out) {
   if (n == 0) {
     /* an empty window: the formula over empty aggregates (a count is 0) */
     struct ana_error err;
-    struct ana_metric_acc *empty = ana_metric_acc_create(r->metric, r->formula, 1, &err);
+    struct ana_metric_acc *empty = ana_metric_acc_create(ps->metric, ps->formula, 1, &err);
     if (!empty)
       return 0;
-    int rc = r->n_dims == 0 ? ana_metric_acc_value_merged(&empty, 1, "", NULL, NULL, out) : 0;
+    int rc = ps->metric->n_dimensions == 0
+                 ? ana_metric_acc_value_merged(&empty, 1, "", NULL, NULL, out)
+                 : 0;
     ana_metric_acc_destroy(empty);
     return rc > 0;
   }
-  struct pick_ctx pc = {r};
-  int rc = ana_metric_acc_value_merged(accs, n, in->other ? NULL : in->key, pick_other, &pc, out);
+  int rc = ana_metric_acc_value_merged(accs, n, key, pick, ctx, out);
   return rc > 0;
+}
+
+/* The window's value of an instance: returns 1 (value), 0 (no data). */
+static int window_value(struct rule *r, struct instance *in, double *out) {
+  struct pick_ctx pc = {r};
+  return ps_value(r->ps, in->other ? NULL : in->key, pick_other, &pc, out);
+}
+
+/* The window's value of group pg, computed once per generation. */
+static bool group_value(struct ana_alerts *al, struct paneset *ps, int pg, double *out) {
+  struct pgroup *g = &ps->groups[pg];
+  if (g->valued != al->generation) {
+    g->has = ps_value(ps, g->key, NULL, NULL, &g->value) == 1;
+    g->valued = al->generation;
+  }
+  *out = g->value;
+  return g->has;
 }
 
 /* ------------------------------------------------------------------ */
@@ -371,7 +1076,7 @@ static int window_value(struct rule *r, struct instance *in, double *out) {
 
 struct change {
   struct rule *r;
-  struct instance *in;
+  size_t ii; /* its instance: r->inst[ii] (the array may move within a pass) */
   struct ana_alert_step step;
   int64_t at;
 };
@@ -450,7 +1155,7 @@ static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const stru
         .values = vals,
         .n_values = nv,
     };
-    if (ana_notify_enqueue_in_txn(al->o.notify, al->conn, &nt, NULL, &err) < 0) {
+    if (ana_notify_enqueue_in_txn(al->o.notify, al->lconn, &nt, NULL, &err) < 0) {
       add_line(failed, fsize, "%s: %s", name, err.message);
       continue;
     }
@@ -529,7 +1234,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
   for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
     struct change *c = &cs[i];
     struct rule *r = c->r;
-    struct instance *in = c->in;
+    struct instance *in = &r->inst[c->ii];
     const char *names[16];
     size_t nd = r->n_dims < 16 ? r->n_dims : 16;
     for (size_t d = 0; d < nd; d++)
@@ -609,7 +1314,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
       if (!a)
         continue;
       Analytics__V1__AlertHistoryEntry e;
-      build_entry(a, cs[i].r, cs[i].in, &cs[i], msgs[i], &e);
+      build_entry(a, cs[i].r, &cs[i].r->inst[cs[i].ii], &cs[i], msgs[i], &e);
       e.entry_id = ids[i];
       push_entry(al, cs[i].r, ids[i], &e);
       ana_arena_destroy(a);
@@ -621,15 +1326,20 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
 }
 
 /* A growing list of changes of one pass. */
+/* A growing list of changes of one pass. */
 struct changes {
   struct change *v;
   size_t n, cap;
 };
 
-static void evaluate_with(struct rule *r, struct instance *in, bool has, double v, int64_t now,
-                          struct changes *out) {
+/* Steps instance ii of r with the window's value; notes its next due step. */
+static void step_instance(struct ana_alerts *al, struct rule *r, size_t ii, bool has, double v,
+                          int64_t now, struct changes *out) {
   struct ana_alert_step step;
-  ana_alert_step(&r->p, &in->st, has, v, now, &step);
+  bool was = is_active(r->inst[ii].st.state);
+  ana_alert_step(&r->p, &r->inst[ii].st, has, v, now, &step);
+  act_track(r, ii, was);
+  due_note(al, r, ana_alert_next_due(&r->p, &r->inst[ii].st));
   if (!step.changed && !step.notify)
     return;
   if (out->n == out->cap) {
@@ -640,13 +1350,16 @@ static void evaluate_with(struct rule *r, struct instance *in, bool has, double 
     out->v = n;
     out->cap = cap;
   }
-  out->v[out->n++] = (struct change){r, in, step, now};
+  out->v[out->n++] = (struct change){r, ii, step, now};
 }
 
-static void evaluate(struct rule *r, struct instance *in, int64_t now, struct changes *out) {
+static void evaluate(struct ana_alerts *al, struct rule *r, size_t ii, int64_t now,
+                     struct changes *out) {
   double v = 0;
-  bool has = window_value(r, in, &v) == 1;
-  evaluate_with(r, in, has, v, now, out);
+  struct instance *in = &r->inst[ii];
+  bool has =
+      in->pg >= 0 && !in->other ? group_value(al, r->ps, in->pg, &v) : window_value(r, in, &v) == 1;
+  step_instance(al, r, ii, has, v, now, out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -747,196 +1460,92 @@ int ana_alerts_subscribe(struct ana_alerts *al, struct ana_call *call, const cha
 /* ------------------------------------------------------------------ */
 /* the thread */
 
-static struct rule *find_rule(struct ana_alerts *al, const char *id) {
-  for (struct rule *r = al->rules; r; r = r->next)
-    if (strcmp(r->id, id) == 0)
-      return r;
-  return NULL;
-}
-
-static int index_cmp(const void *a, const void *b) {
-  return strcmp(((const struct index_entry *)a)->key, ((const struct index_entry *)b)->key);
-}
-
-static void index_free(struct ana_alerts *al) {
-  for (size_t i = 0; i < al->n_index; i++)
-    ana_free(al->index[i].key);
-  ana_free(al->index);
-  al->index = NULL;
-  al->n_index = 0;
-}
-
-/* Rebuilds the index and each paneset's list of enabled rules (al->mu
- * held); on failure it stays dirty. */
-static void index_build(struct ana_alerts *al) {
-  index_free(al);
-  for (struct paneset *ps = al->pansets; ps; ps = ps->next) {
-    ana_free(ps->rules);
-    ps->rules = NULL;
-    ps->n_rules = 0;
-  }
-  size_t n = 0;
-  for (struct rule *r = al->rules; r; r = r->next)
-    if (r->p.enabled)
-      r->ps->n_rules++;
-  for (struct paneset *ps = al->pansets; ps; ps = ps->next) {
-    if (!ps->n_rules)
-      continue;
-    n += ps->n_names;
-    ps->rules = ana_calloc(ps->n_rules, sizeof *ps->rules);
-    if (!ps->rules)
-      return;
-    ps->n_rules = 0;
-  }
-  for (struct rule *r = al->rules; r; r = r->next)
-    if (r->p.enabled)
-      r->ps->rules[r->ps->n_rules++] = r;
-  al->index = ana_calloc(n ? n : 1, sizeof *al->index);
-  if (!al->index)
+/* Notes group pg of ps as touched in this pass (once). */
+static void touch(struct ana_alerts *al, struct paneset *ps, int pg) {
+  struct pgroup *g = &ps->groups[pg];
+  if (g->touched == al->pass)
     return;
-  for (struct paneset *ps = al->pansets; ps; ps = ps->next)
-    for (size_t i = 0; ps->n_rules && i < ps->n_names; i++) {
-      size_t la = strlen(ps->account), ln = strlen(ps->names[i]);
-      char *k = ana_malloc(la + ln + 2);
-      if (!k) {
-        index_free(al);
-        return;
-      }
-      memcpy(k, ps->account, la);
-      k[la] = '\x1f';
-      memcpy(k + la + 1, ps->names[i], ln + 1);
-      al->index[al->n_index++] = (struct index_entry){k, ps};
-    }
-  qsort(al->index, al->n_index, sizeof *al->index, index_cmp);
-  al->index_dirty = false;
-}
-
-/* The entries of key: [*first, return value). */
-static size_t index_find(const struct ana_alerts *al, const char *key, size_t *first) {
-  size_t lo = 0, hi = al->n_index;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (strcmp(al->index[mid].key, key) < 0)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  *first = lo;
-  hi = al->n_index;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (strcmp(al->index[mid].key, key) <= 0)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
-/* A group of a paneset that events touched in this pass: its key and
- * dimension values, copied (a pane may be replaced later in the pass). */
-struct touched {
-  struct paneset *ps;
-  uint64_t hash;
-  char *key;   /* in the block of vals */
-  char **vals; /* n_dims, then the strings and the key: one allocation */
-};
-
-struct touched_set {
-  struct touched *v;
-  size_t n, cap;
-  uint32_t *slots; /* index + 1 */
-  size_t n_slots;
-};
-
-static void touched_fini(struct touched_set *t) {
-  for (size_t i = 0; i < t->n; i++)
-    ana_free(t->v[i].vals); /* the block holding the values and the key */
-  ana_free(t->v);
-  ana_free(t->slots);
-}
-
-static bool touched_rehash(struct touched_set *t, size_t want) {
-  uint32_t *slots = ana_calloc(want, sizeof *slots);
-  if (!slots)
-    return false;
-  for (size_t i = 0; i < t->n; i++) {
-    size_t k = (size_t)t->v[i].hash & (want - 1);
-    while (slots[k])
-      k = (k + 1) & (want - 1);
-    slots[k] = (uint32_t)i + 1;
-  }
-  ana_free(t->slots);
-  t->slots = slots;
-  t->n_slots = want;
-  return true;
-}
-
-/* Notes group g of acc in ps as touched (once per pass). */
-static void touch(struct touched_set *t, struct paneset *ps, const struct ana_metric_acc *acc,
-                  size_t g) {
-  const char *key =
-      ana_metric_acc_group_is_other(acc, g) ? OTHER_KEY : ana_metric_acc_group_key(acc, g);
-  uint64_t h = key_hash(key) ^ ((uint64_t)(uintptr_t)ps * 0x9E3779B97F4A7C15ULL);
-  size_t k = 0;
-  if (t->n_slots)
-    for (k = (size_t)h & (t->n_slots - 1); t->slots[k]; k = (k + 1) & (t->n_slots - 1)) {
-      const struct touched *e = &t->v[t->slots[k] - 1];
-      if (e->ps == ps && e->hash == h && strcmp(e->key, key) == 0)
-        return;
-    }
-  if (2 * (t->n + 1) > t->n_slots) {
-    if (!touched_rehash(t, t->n_slots ? t->n_slots * 2 : 64))
-      return;
-    for (k = (size_t)h & (t->n_slots - 1); t->slots[k]; k = (k + 1) & (t->n_slots - 1))
-      ;
-  }
-  if (t->n == t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    struct touched *n = ana_realloc(t->v, cap * sizeof *n);
+  if (al->n_touched == al->cap_touched) {
+    size_t cap = al->cap_touched ? al->cap_touched * 2 : 64;
+    struct touched *n = ana_realloc(al->touched, cap * sizeof *n);
     if (!n)
       return;
-    t->v = n;
-    t->cap = cap;
+    al->touched = n;
+    al->cap_touched = cap;
   }
-  size_t nd = ps->metric->n_dimensions;
-  const char *const *vals = ana_metric_acc_group_values(acc, g);
-  size_t len = strlen(key) + 1 + nd * sizeof(char *);
-  for (size_t d = 0; vals && d < nd; d++)
-    len += strlen(vals[d] ? vals[d] : "") + 1;
-  char *block = ana_malloc(len);
-  if (!block)
-    return;
-  struct touched *e = &t->v[t->n];
-  e->ps = ps;
-  e->hash = h;
-  e->vals = (char **)(void *)block;
-  char *p = block + nd * sizeof(char *);
-  for (size_t d = 0; d < nd; d++) {
-    const char *v = vals && vals[d] ? vals[d] : "";
-    size_t l = strlen(v) + 1;
-    memcpy(p, v, l);
-    e->vals[d] = p;
-    p += l;
-  }
-  memcpy(p, key, strlen(key) + 1);
-  e->key = p;
-  t->slots[k] = (uint32_t)t->n + 1;
-  t->n++;
+  g->touched = al->pass;
+  al->touched[al->n_touched++] = (struct touched){ps, pg};
 }
 
-/* Folds the events into the panesets that count them (once each); then, for
- * each group they touched, computes its window's value once and steps the
- * instance of every rule over that paneset with it. */
-static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
-                           struct changes *cs) {
-  if (al->index_dirty)
-    index_build(al);
-  if (al->index_dirty) {
-    ANA_WARN("alerts", "out of memory for the rule index: events not evaluated");
+/* r's instance of group pg: created when create, else -1 when it has none. */
+static long instance_of(struct ana_alerts *al, struct rule *r, int pg, bool create) {
+  if (create)
+    return rule_instance(al, r, pg);
+  return (size_t)pg < r->n_by_pg && r->by_pg[pg] ? (long)r->by_pg[pg] - 1 : -1;
+}
+
+/* Steps the quiet (ok, resolved) instance of group pg of each rule in the
+ * subtree of h at i whose threshold v reaches (all of them when h is
+ * unordered). */
+static void step_reached(struct ana_alerts *al, struct theap *h, size_t i, int pg, double v,
+                         bool create, int64_t now, struct changes *cs) {
+  while (i < h->n) {
+    struct rule *r = h->v[i];
+    if (h->sign && tkey(h, r) > h->sign * v)
+      return; /* nor any below it */
+    long ii = instance_of(al, r, pg, create);
+    if (ii >= 0 && r->inst[ii].other) /* its value is the merged one */
+      evaluate(al, r, (size_t)ii, now, cs);
+    else if (ii >= 0 && !is_active(r->inst[ii].st.state))
+      step_instance(al, r, (size_t)ii, true, v, now, cs);
+    if (!h->sign) {
+      i++;
+      continue;
+    }
+    step_reached(al, h, 2 * i + 1, pg, v, create, now, cs);
+    i = 2 * i + 2;
+  }
+}
+
+/* Steps every rule over ps whose instance of group pg an event of the
+ * group may change: its pending and firing instances, and the rules whose
+ * threshold its value reaches (the others stay ok: their step would change
+ * nothing). */
+static void step_group(struct ana_alerts *al, struct paneset *ps, int pg, bool create, int64_t now,
+                       struct changes *cs) {
+  if (create && ps->groups[pg].epoch != ps->epoch) {
+    /* rules attached since the group was last touched get their instance */
+    for (size_t k = 0; k < ps->n_rules; k++)
+      rule_instance(al, ps->rules[k], pg);
+    ps->groups[pg].epoch = ps->epoch;
+  }
+  double v = 0;
+  bool has = !ps->groups[pg].other && group_value(al, ps, pg, &v);
+  if (!has || ps->n_with_other) {
+    for (size_t k = 0; k < ps->n_rules; k++) {
+      long ii = instance_of(al, ps->rules[k], pg, create);
+      if (ii >= 0)
+        evaluate(al, ps->rules[k], (size_t)ii, now, cs);
+    }
     return;
   }
-  struct touched_set t = {0};
+  struct pgroup *g = &ps->groups[pg];
+  for (size_t j = g->n_act; j-- > 0;) /* stepping may take entry j out */
+    if (j < g->n_act)
+      step_instance(al, g->act[j].r, g->act[j].ii, true, v, now, cs);
+  struct theap *hs[3] = {&ps->up, &ps->down, &ps->any};
+  for (size_t h = 0; h < 3; h++)
+    step_reached(al, hs[h], 0, pg, v, create, now, cs);
+}
+
+/* Folds the events into the panesets that count them (once each, found by
+ * account and event name); then, for each group they touched, computes its
+ * window's value once and steps the instance of every rule over that
+ * paneset with it. The work grows with the events and the rules over what
+ * they touched, not with the other rules. */
+static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
+                           struct changes *cs) {
+  al->n_touched = 0;
   size_t seen = 0;
   for (struct qev *q = list; q; q = q->next) {
     if ((++seen & 1023) == 0 && al->stop)
@@ -947,47 +1556,71 @@ static void process_events(struct ana_alerts *al, struct qev *list, int64_t now,
       int kl = snprintf(key, sizeof key, "%s\x1f%s", q->account, names[w]);
       if (kl < 0 || (size_t)kl >= sizeof key)
         continue;
-      size_t first, end = index_find(al, key, &first);
-      for (size_t i = first; i < end; i++) {
-        struct paneset *ps = al->index[i].ps;
+      const struct index_list *l = smap_get(&al->index, key);
+      for (size_t i = 0; l && i < l->n; i++) {
+        struct paneset *ps = l->v[i];
         if (q->ev.seq <= ps->seed_seq)
           continue;
-        struct ana_metric_acc *acc;
-        int g = ps_add(ps, &q->ev, &acc);
+        size_t pane;
+        int g = ps_add(ps, &q->ev, &pane);
         if (g < 0)
           continue;
         al->stats.events++;
-        touch(&t, ps, acc, (size_t)g);
+        int pg = pane_group(al, ps, pane, (size_t)g);
+        if (pg >= 0)
+          touch(al, ps, pg);
       }
     }
   }
-  /* the instances first (adding one may move a rule's array), then the steps */
-  for (size_t i = 0; i < t.n; i++)
-    for (size_t k = 0; k < t.v[i].ps->n_rules; k++)
-      instance_get(al, t.v[i].ps->rules[k], t.v[i].key, (const char *const *)t.v[i].vals, true);
-  for (size_t i = 0; i < t.n; i++) {
-    struct paneset *ps = t.v[i].ps;
-    bool computed = false, has = false;
-    double v = 0;
+  al->generation++;
+  for (size_t t = 0; t < al->n_touched; t++)
+    step_group(al, al->touched[t].ps, al->touched[t].pg, true, now, cs);
+}
+
+/* The instances of the rules over ps, whose window moved: per group, its
+ * pending and firing instances and those of the rules its value reaches
+ * (every instance when a rule has an "(other)" instance or an instance of
+ * no group). */
+static void evaluate_moved(struct ana_alerts *al, struct paneset *ps, int64_t now,
+                           struct changes *cs) {
+  if (ps->n_with_other || ps->n_unmapped) {
     for (size_t k = 0; k < ps->n_rules; k++) {
       struct rule *r = ps->rules[k];
-      struct instance *in = instance_get(al, r, t.v[i].key, NULL, false);
-      if (!in) /* past ALERT_MAX_INSTANCES: the rule's (other) */
-        in = instance_get(al, r, OTHER_KEY, NULL, false);
-      if (!in)
-        continue;
-      if (in->other) {
-        evaluate(r, in, now, cs);
-        continue;
-      }
-      if (!computed) {
-        has = window_value(r, in, &v) == 1;
-        computed = true;
-      }
-      evaluate_with(r, in, has, v, now, cs);
+      for (size_t i = 0; i < r->n_inst; i++)
+        evaluate(al, r, i, now, cs);
+    }
+    return;
+  }
+  for (size_t pg = 0; pg < ps->n_groups; pg++)
+    step_group(al, ps, (int)pg, false, now, cs);
+}
+
+/* The steps due by now: the rules whose earliest due step came. */
+static void evaluate_due(struct ana_alerts *al, int64_t now, struct changes *cs) {
+  size_t n = 0;
+  while (al->n_heap && al->heap[0]->due <= now) {
+    struct rule *r = al->heap[0];
+    if (n == al->cap_taken) {
+      size_t cap = al->cap_taken ? al->cap_taken * 2 : 64;
+      struct rule **t = ana_realloc(al->taken, cap * sizeof *t);
+      if (!t)
+        break; /* the rest in the next pass */
+      al->taken = t;
+      al->cap_taken = cap;
+    }
+    due_remove(al, r);
+    al->taken[n++] = r;
+  }
+  for (size_t k = 0; k < n; k++) {
+    struct rule *r = al->taken[k];
+    for (size_t i = 0; i < r->n_inst; i++) {
+      int64_t due = ana_alert_next_due(&r->p, &r->inst[i].st);
+      if (due <= now)
+        evaluate(al, r, i, now, cs);
+      else
+        due_note(al, r, due);
     }
   }
-  touched_fini(&t);
 }
 
 static void sweep_history(struct ana_alerts *al, int64_t now) {
@@ -1010,17 +1643,10 @@ static void *run(void *arg) {
     pthread_mutex_lock(&al->qmu);
     int64_t wake = ana_clock_wall_ms() + TICK_MS;
     pthread_mutex_lock(&al->mu);
-    for (struct rule *r = al->rules; r; r = r->next) {
-      if (!r->p.enabled)
-        continue;
-      if (r->ps->cur_start + r->ps->pane_ms < wake)
-        wake = r->ps->cur_start + r->ps->pane_ms;
-      for (size_t i = 0; i < r->n_inst; i++) {
-        int64_t due = ana_alert_next_due(&r->p, &r->inst[i].st);
-        if (due < wake)
-          wake = due;
-      }
-    }
+    if (al->n_bheap && ps_end(al->bheap[0]) < wake)
+      wake = ps_end(al->bheap[0]);
+    if (al->n_heap && al->heap[0]->due < wake)
+      wake = al->heap[0]->due;
     pthread_mutex_unlock(&al->mu);
     while (!al->head && !al->stop && ana_clock_wall_ms() < wake) {
       int64_t w = wake;
@@ -1043,15 +1669,16 @@ static void *run(void *arg) {
     int64_t now = ana_clock_wall_ms();
     pthread_mutex_lock(&al->mu);
     cs.n = 0;
-    for (struct paneset *ps = al->pansets; ps; ps = ps->next)
-      ps->moved = advance(ps, now);
-    for (struct rule *r = al->rules; r; r = r->next) {
-      if (!r->p.enabled)
-        continue;
-      for (size_t i = 0; i < r->n_inst; i++)
-        if (r->ps->moved || ana_alert_next_due(&r->p, &r->inst[i].st) <= now)
-          evaluate(r, &r->inst[i], now, &cs);
+    al->pass++;
+    al->generation++;
+    /* panes closed: the windows that moved are evaluated */
+    while (al->n_bheap && ps_end(al->bheap[0]) <= now) {
+      struct paneset *ps = al->bheap[0];
+      if (advance(ps, now))
+        evaluate_moved(al, ps, now, &cs);
+      bh_down(al, 0);
     }
+    evaluate_due(al, now, &cs);
     process_events(al, list, now, &cs);
     write_changes(al, cs.v, cs.n);
     sweep_history(al, now);
@@ -1061,8 +1688,6 @@ static void *run(void *arg) {
       ana_free(list);
       list = n;
     }
-    if (stop)
-      break;
   }
   ana_free(cs.v);
   return NULL;
@@ -1080,10 +1705,7 @@ static char *put_str(char **p, const char *s) {
 }
 
 static bool has_account(struct ana_alerts *al, const char *account) {
-  for (size_t i = 0; i < al->n_accounts; i++)
-    if (strcmp(al->accounts[i], account) == 0)
-      return true;
-  return false;
+  return smap_get(&al->accounts, account) != NULL;
 }
 
 void ana_alerts_on_commit(void *ctx, const struct ana_event_record *records, size_t n) {
@@ -1133,25 +1755,23 @@ void ana_alerts_on_commit(void *ctx, const struct ana_event_record *records, siz
 /* ------------------------------------------------------------------ */
 /* rule changes */
 
+/* Notes that account has rules: the hook copies its events from now on. */
 static int note_account(struct ana_alerts *al, const char *account) {
   int rc = 0;
+  bool added = false;
   pthread_mutex_lock(&al->qmu);
   if (!has_account(al, account)) {
-    if (al->n_accounts == al->cap_accounts) {
-      size_t cap = al->cap_accounts ? al->cap_accounts * 2 : 8;
-      char **n = ana_realloc(al->accounts, cap * sizeof *n);
-      if (n) {
-        al->accounts = n;
-        al->cap_accounts = cap;
-      }
-    }
-    char *copy = al->n_accounts < al->cap_accounts ? ana_strdup(account) : NULL;
-    if (copy)
-      al->accounts[al->n_accounts++] = copy;
-    else
+    char *copy = ana_strdup(account);
+    if (copy && smap_put(&al->accounts, copy, copy)) {
+      added = true;
+    } else {
+      ana_free(copy);
       rc = ANA_ERR_NOMEM;
+    }
   }
   pthread_mutex_unlock(&al->qmu);
+  if (!added)
+    return rc;
   sqlite3_stmt *st = NULL;
   pthread_mutex_lock(&al->mu);
   if (sqlite3_prepare_v2(al->conn, "INSERT OR IGNORE INTO alert_accounts VALUES (?)", -1, &st,
@@ -1171,16 +1791,16 @@ struct seed_ctx {
 
 static int seed_one(void *ctx, const struct ana_scanned_event *ev) {
   struct seed_ctx *s = ctx;
-  struct ana_metric_acc *acc;
+  size_t pane;
   if (ev->seq <= s->upto)
-    ps_add(s->ps, ev, &acc);
+    ps_add(s->ps, ev, &pane);
   return 0;
 }
 
 static int seed_after(void *ctx, const struct ana_scanned_event *ev) {
   struct seed_ctx *s = ctx;
-  struct ana_metric_acc *acc;
-  ps_add(s->ps, ev, &acc);
+  size_t pane;
+  ps_add(s->ps, ev, &pane);
   return 0;
 }
 
@@ -1214,6 +1834,10 @@ static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const ch
     return NULL;
   }
   ps->refs = 1;
+  ps->bpos = SIZE_MAX;
+  ps->other_pg = -1;
+  ps->up.sign = 1;
+  ps->down.sign = -1;
   ps->pane_ms = pane_ms;
   ps->key = ana_strdup(key);
   ps->account = ana_strdup(r->account);
@@ -1226,7 +1850,8 @@ static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const ch
     goto fail;
   size_t nterms = ana_formula_term_count(ps->formula);
   ps->names = ana_calloc(nterms ? nterms : 1, sizeof *ps->names);
-  if (!ps->names) {
+  ps->ikeys = ana_calloc(nterms ? nterms : 1, sizeof *ps->ikeys);
+  if (!ps->names || !ps->ikeys) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
@@ -1238,11 +1863,19 @@ static struct paneset *ps_create(struct ana_alerts *al, struct rule *r, const ch
       seen = strcmp(ps->names[k], name) == 0;
     if (seen)
       continue;
-    if (!(ps->names[ps->n_names] = ana_strdup(name))) {
+    size_t la = strlen(r->account), ln = strlen(name);
+    ps->names[ps->n_names] = ana_strdup(name);
+    ps->ikeys[ps->n_names] = ana_malloc(la + ln + 2);
+    if (ps->ikeys[ps->n_names]) {
+      memcpy(ps->ikeys[ps->n_names], r->account, la);
+      ps->ikeys[ps->n_names][la] = '\x1f';
+      memcpy(ps->ikeys[ps->n_names] + la + 1, name, ln + 1);
+    }
+    ps->n_names++;
+    if (!ps->names[ps->n_names - 1] || !ps->ikeys[ps->n_names - 1]) {
       ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       goto fail;
     }
-    ps->n_names++;
   }
   uint64_t upto = 0;
   if (al->o.store_ops->last_seq(al->o.store, &upto, err) < 0)
@@ -1272,7 +1905,7 @@ static void restore_instances(struct ana_alerts *al, struct rule *r) {
   sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
   while (sqlite3_step(st) == SQLITE_ROW) {
     const char *key = (const char *)sqlite3_column_text(st, 0);
-    struct instance *in = instance_get(al, r, key ? key : "", NULL, true);
+    struct instance *in = rule_instance_of_key(al, r, key ? key : "");
     if (!in)
       continue;
     in->st.state = (enum ana_alert_state)sqlite3_column_int(st, 1);
@@ -1281,6 +1914,7 @@ static void restore_instances(struct ana_alerts *al, struct rule *r) {
     in->st.notified = sqlite3_column_int(st, 4) != 0;
     in->st.value = sqlite3_column_double(st, 5);
     in->st.has_value = sqlite3_column_int(st, 6) != 0;
+    act_track(r, (size_t)(in - r->inst), false);
   }
   sqlite3_finalize(st);
 }
@@ -1289,6 +1923,8 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
   struct rule *r = ana_calloc(1, sizeof *r);
   if (!r)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  r->ps_slot = r->heap_pos = SIZE_MAX;
+  r->due = INT64_MAX;
   r->arena = ana_arena_create(8192, 0);
   r->id = ana_strdup(a->alert_id);
   r->account = ana_strdup(a->account_id);
@@ -1330,12 +1966,11 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
   /* A window the rules over the same metric and pane length keep already
    * is shared (it has seen every event since it was seeded)... */
   pthread_mutex_lock(&al->mu);
-  for (struct paneset *ps = al->pansets; ps; ps = ps->next)
-    if (strcmp(ps->key, key) == 0) {
-      ps->refs++;
-      r->ps = ps;
-      break;
-    }
+  struct paneset *shared = smap_get(&al->pansets, key);
+  if (shared) {
+    shared->refs++;
+    r->ps = shared;
+  }
   if (!r->ps) {
     /* ... otherwise a new one is seeded from the stored events up to a
      * commit sequence number, then (with the evaluator held) from what was
@@ -1350,56 +1985,73 @@ int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct 
       goto fail;
     }
     pthread_mutex_lock(&al->mu);
+    if ((shared = smap_get(&al->pansets, key)) != NULL) {
+      /* another change made it meanwhile */
+      ps_free(ps);
+      shared->refs++;
+      r->ps = shared;
+      goto have_window;
+    }
     uint64_t upto2 = upto;
     struct ana_error e2;
     struct seed_ctx sc = {ps, upto};
     if (r->p.enabled && al->o.store_ops->last_seq(al->o.store, &upto2, &e2) == 0 && upto2 > upto)
       al->o.store_ops->scan_seq(al->o.store, r->account, upto, upto2, seed_after, &sc, &e2);
     ps->seed_seq = upto2;
-    ps->next = al->pansets;
-    al->pansets = ps;
     r->ps = ps;
-  }
-  ana_free(key);
-  struct rule *old = NULL;
-  for (struct rule **pp = &al->rules; *pp; pp = &(*pp)->next)
-    if (strcmp((*pp)->id, r->id) == 0) {
-      old = *pp;
-      *pp = old->next;
-      break;
+    if (!smap_put(&al->pansets, ps->key, ps)) {
+      pthread_mutex_unlock(&al->mu);
+      ana_free(key);
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto fail;
     }
-  rule_free(al, old);
+    ps->next = al->ps_list;
+    if (ps->next)
+      ps->next->prev = ps;
+    al->ps_list = ps;
+  }
+have_window:
+  ana_free(key);
+  struct rule *old = smap_get(&al->rules, r->id);
+  if (old) {
+    smap_del(&al->rules, old->id);
+    rule_free(al, old);
+  }
+  if (!smap_put(&al->rules, r->id, r) || (r->p.enabled && !ps_attach(al, r->ps, r))) {
+    if (smap_get(&al->rules, r->id) == r)
+      smap_del(&al->rules, r->id);
+    rule_free(al, r);
+    pthread_mutex_unlock(&al->mu);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
   restore_instances(al, r);
   if (r->n_dims == 0)
-    instance_get(al, r, "", NULL, true);
+    rule_instance_of_key(al, r, "");
   instances_from_panes(al, r);
   struct changes cs = {0};
+  al->generation++;
   for (size_t i = 0; r->p.enabled && i < r->n_inst; i++)
-    evaluate(r, &r->inst[i], now, &cs);
-  r->next = al->rules;
-  al->rules = r;
-  al->index_dirty = true;
+    evaluate(al, r, i, now, &cs);
   write_changes(al, cs.v, cs.n);
   ana_free(cs.v);
   pthread_mutex_unlock(&al->mu);
   pthread_cond_signal(&al->qcond);
   return 0;
 fail:
+  pthread_mutex_lock(&al->mu);
   rule_free(al, r);
+  pthread_mutex_unlock(&al->mu);
   return rc < 0 ? rc : ANA_ERR_INVALID;
 }
 
 void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *alert_id) {
   (void)account;
   pthread_mutex_lock(&al->mu);
-  for (struct rule **pp = &al->rules; *pp; pp = &(*pp)->next)
-    if (strcmp((*pp)->id, alert_id) == 0) {
-      struct rule *r = *pp;
-      *pp = r->next;
-      rule_free(al, r);
-      al->index_dirty = true;
-      break;
-    }
+  struct rule *r = smap_get(&al->rules, alert_id);
+  if (r) {
+    smap_del(&al->rules, r->id);
+    rule_free(al, r);
+  }
   static const char *const sql[] = {"DELETE FROM alert_instances WHERE alert_id = ?",
                                     "DELETE FROM alert_history WHERE alert_id = ?"};
   for (size_t i = 0; i < 2; i++) {
@@ -1416,7 +2068,7 @@ void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *a
 void ana_alerts_counts(struct ana_alerts *al, const char *alert_id, int counts[4]) {
   memset(counts, 0, 4 * sizeof *counts);
   pthread_mutex_lock(&al->mu);
-  struct rule *r = find_rule(al, alert_id);
+  struct rule *r = smap_get(&al->rules, alert_id);
   for (size_t i = 0; r && i < r->n_inst; i++)
     if ((unsigned)r->inst[i].st.state < 4)
       counts[r->inst[i].st.state]++;
@@ -1594,34 +2246,10 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
   pthread_condattr_init(&ca);
   pthread_cond_init(&al->qcond, &ca);
   pthread_condattr_destroy(&ca);
-  al->conn = ana_local_db_connect(o->db, err);
-  if (!al->conn)
+  al->lconn = ana_local_conn_open(o->db, err);
+  if (!al->lconn)
     goto fail;
-  char *msg = NULL;
-  if (sqlite3_exec(al->conn,
-                   "CREATE TABLE IF NOT EXISTS alert_accounts (account_id TEXT PRIMARY KEY)"
-                   " WITHOUT ROWID;"
-                   "CREATE TABLE IF NOT EXISTS alert_instances ("
-                   "  alert_id TEXT NOT NULL, group_key TEXT NOT NULL, state INTEGER NOT NULL,"
-                   "  since INTEGER NOT NULL, last_notified INTEGER NOT NULL,"
-                   "  notified INTEGER NOT NULL, value REAL NOT NULL, has_value INTEGER NOT NULL,"
-                   "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
-                   "CREATE TABLE IF NOT EXISTS alert_history ("
-                   "  entry_id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL,"
-                   "  account_id TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL,"
-                   "  state TEXT NOT NULL, previous_state TEXT NOT NULL, value REAL NOT NULL,"
-                   "  has_value INTEGER NOT NULL, threshold REAL NOT NULL,"
-                   "  severity TEXT NOT NULL, group_json TEXT NOT NULL, message TEXT NOT NULL,"
-                   "  channels TEXT NOT NULL, failed TEXT NOT NULL);"
-                   "CREATE INDEX IF NOT EXISTS alert_history_by_alert"
-                   "  ON alert_history(alert_id, entry_id);"
-                   "CREATE INDEX IF NOT EXISTS alert_history_by_time ON alert_history(at);",
-                   NULL, NULL, &msg) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alerts: cannot create tables: %s",
-                  msg ? msg : "error");
-    sqlite3_free(msg);
-    goto fail;
-  }
+  al->conn = ana_local_conn_sqlite(al->lconn);
   if (pthread_create(&al->thread, NULL, run, al) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "alerts: cannot start the evaluator thread");
     goto fail;
@@ -1697,32 +2325,48 @@ void ana_alerts_destroy(struct ana_alerts *al) {
     pthread_mutex_unlock(&al->qmu);
     pthread_join(al->thread, NULL);
   }
-  index_free(al);
-  while (al->rules) {
-    struct rule *r = al->rules;
-    al->rules = r->next;
-    rule_free(al, r);
-  }
-  while (al->pansets) {
-    struct paneset *ps = al->pansets;
-    al->pansets = ps->next;
+  for (size_t i = 0; i < al->rules.cap; i++)
+    if (al->rules.v[i].key) {
+      struct rule *r = al->rules.v[i].val;
+      r->ps_slot = SIZE_MAX;
+      r->heap_pos = SIZE_MAX;
+      r->ps = NULL; /* the panesets go below */
+      rule_free(al, r);
+    }
+  smap_fini(&al->rules);
+  while (al->ps_list) {
+    struct paneset *ps = al->ps_list;
+    al->ps_list = ps->next;
     ps_free(ps);
   }
+  smap_fini(&al->pansets);
+  for (size_t i = 0; i < al->index.cap; i++)
+    if (al->index.v[i].key) {
+      struct index_list *l = al->index.v[i].val;
+      ana_free(l->key);
+      ana_free(l->v);
+      ana_free(l);
+    }
+  smap_fini(&al->index);
+  ana_free(al->heap);
+  ana_free(al->bheap);
+  ana_free(al->touched);
+  ana_free(al->taken);
   while (al->head) {
     struct qev *q = al->head;
     al->head = q->next;
     ana_free(q);
   }
-  for (size_t i = 0; i < al->n_accounts; i++)
-    ana_free(al->accounts[i]);
-  ana_free(al->accounts);
+  for (size_t i = 0; i < al->accounts.cap; i++)
+    if (al->accounts.v[i].key)
+      ana_free(al->accounts.v[i].val);
+  smap_fini(&al->accounts);
   while (al->subs) {
     struct sub *s = al->subs;
     al->subs = s->next;
     ana_free(s);
   }
-  if (al->conn)
-    sqlite3_close(al->conn);
+  ana_local_conn_close(al->lconn);
   pthread_mutex_destroy(&al->qmu);
   pthread_mutex_destroy(&al->mu);
   pthread_mutex_destroy(&al->smu);

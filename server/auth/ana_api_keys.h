@@ -52,7 +52,10 @@ struct ana_local_db;
 
 /* The key store role. Every operation is thread-safe and may block (point
  * reads and writes on the local database). */
+#define ANA_API_KEY_STORE_VERSION 1
+
 struct ana_api_key_store_ops {
+  int version; /* ANA_API_KEY_STORE_VERSION */
   const char *name;
   /* Opens the store on the local database. Returns NULL with err filled. */
   void *(*open)(struct ana_local_db *db, struct ana_error *err);

@@ -32,7 +32,10 @@ struct ana_audit_query {
  * another account's record in a chain listing). Non-zero stops. */
 typedef int (*ana_audit_record_fn)(void *ctx, const struct ana_audit_record *r);
 
+#define ANA_AUDIT_STORE_VERSION 1
+
 struct ana_audit_store_ops {
+  int version; /* ANA_AUDIT_STORE_VERSION */
   const char *name;
   void *(*open)(struct ana_local_db *db, struct ana_error *err);
   /* The last record's (seq, hash), or the anchor's when there is none. */

@@ -338,7 +338,8 @@ int ana_audit_master_key(const char *path, const char *data_dir, uint8_t *out, s
     }
     ANA_WARN("audit",
              "ENCRYPTION_KEY_FILE is not set: the master key is %s%s, beside the data it "
-             "protects; anyone who can read DATA_DIR can forge signed audit heads. Set "
+             "protects; anyone who can read DATA_DIR can open encrypted fields and secrets and "
+             "forge signed audit heads. Set "
              "ENCRYPTION_KEY_FILE to a key kept elsewhere",
              path, generated ? " (generated now)" : "");
   }

@@ -185,9 +185,11 @@ static const struct ana_config_row rows[] = {
     {.name = "ENCRYPTION_KEY_FILE",
      .type = ANA_CONFIG_PATH,
      .def = "",
-     .help = "Master key file (at least 16 bytes, e.g. 64 hex digits; trailing white space "
-             "ignored): the audit head signing key is derived from it. Unset: "
-             "DATA_DIR/master.key, generated if absent, with a warning.",
+     .help = "Master key file (16 to 4096 bytes, raw or text such as 64 hex digits from "
+             "`openssl rand -hex 32`, used as bytes; trailing white space ignored): the keys "
+             "that wrap each account's data keys, sign audit heads and make blind indexes are "
+             "derived from it (HKDF-SHA256). Unset: DATA_DIR/master.key (mode 0600), generated "
+             "if absent, with a warning.",
      ROW(encryption_key_file)},
     {.name = "RATE_LIMIT_DEFAULT",
      .type = ANA_CONFIG_STRING,

@@ -1,10 +1,12 @@
 /* Event ingestion: validation and enrichment of each event, the group
- * committer (deduplication, then the event store, in one durable
- * transaction), which hands every commit to the post-commit pipeline. */
+ * committer (deduplication keys and the spool of committed events in the
+ * local database, in one durable transaction), which hands every commit to
+ * the post-commit pipeline. */
 #ifndef ANA_INGEST_H
 #define ANA_INGEST_H
 
 #include "ana_arena.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_post_commit.h"
 #include "ana_store.h"
@@ -37,6 +39,9 @@ struct ana_ingest_request {
    * context.userAgent / locale when it has none. NULL = not known. */
   const char *user_agent;
   const char *locale;
+  /* ENCRYPTED_FIELDS (NULL: none) and the keys that seal them. */
+  const struct ana_crypto_fields *encrypted;
+  struct ana_crypto *crypto;
 };
 
 #define ANA_INGEST_MAX_VIOLATIONS 8
@@ -91,9 +96,11 @@ struct ana_committer_options {
   struct ana_post_commit *post_commit;
 };
 
-/* Starts the commit thread over the local database and event store. */
+/* Starts the commit thread over the local database (deduplication keys and
+ * the spool of committed events) and the roles (retention; roles is copied,
+ * what it points to borrowed). */
 struct ana_committer *ana_committer_create(struct ana_local_db *db,
-                                           const struct ana_event_store_ops *store_ops, void *store,
+                                           const struct ana_store_roles *roles,
                                            const struct ana_committer_options *o,
                                            struct ana_error *err);
 
@@ -114,16 +121,5 @@ struct ana_committer_stats {
   uint64_t last_seq;
 };
 void ana_committer_stats(struct ana_committer *c, struct ana_committer_stats *out);
-
-/* --- deduplication (the stage before the event store) --- */
-
-/* Claims (account, eventId) for each record inside the open transaction on
- * the local database; records whose key exists get duplicate = true (also a
- * repeat within the same batch). Returns 0 or a negative error. */
-int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
-                     struct ana_error *err);
-
-/* Deletes at most max_rows expired keys; returns how many. */
-int ana_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows, struct ana_error *err);
 
 #endif

@@ -9,6 +9,7 @@
  * delays the next commit (microseconds per request). Between commits the commit thread deletes
  * expired events in small chunks, so retention never holds the write lock for long. */
 #include "ana_ingest.h"
+#include "ana_local_db.h"
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
@@ -27,8 +28,7 @@
 
 struct ana_committer {
   struct ana_local_db *db;
-  const struct ana_event_store_ops *ops;
-  void *store;
+  struct ana_store_roles roles;
   struct ana_committer_options o;
 
   pthread_mutex_t mu;
@@ -111,9 +111,9 @@ static int commit_batch(struct ana_committer *c, struct ana_commit_request *batc
   if (rc < 0)
     return rc;
   for (struct ana_commit_request *r = batch; r && rc == 0; r = r->next) {
-    rc = ana_dedupe_claim(c->db, r->records, r->n, err);
+    rc = ana_local_dedupe_claim(c->db, r->records, r->n, err);
     if (rc == 0)
-      rc = c->ops->append(c->store, r->records, r->n, err);
+      rc = ana_local_spool_append(c->db, r->records, r->n, err);
   }
   if (rc < 0) {
     ana_local_db_rollback(c->db);
@@ -146,6 +146,10 @@ static void finish_batch(struct ana_committer *c, struct ana_commit_request *bat
       /* The subscribers see the events of each request, in commit order. */
       ana_post_commit_run(c->o.post_commit, r->records, r->n);
     }
+    /* Index after commit: a search index that is told (the embedded one
+     * follows the committed events by itself). */
+    if (stored && c->roles.search && c->roles.search->committed)
+      c->roles.search->committed(c->roles.search_index, last_seq);
   } else {
     ANA_ERROR("ingest", "commit failed, nothing of it was acknowledged: %s", err->message);
   }
@@ -169,8 +173,8 @@ static void sweep_retention(struct ana_committer *c) {
   int64_t cutoff = now - (int64_t)c->o.retention_days * DAY_MS;
   if (ana_local_db_begin(c->db, &err) < 0)
     return;
-  int deleted = c->ops->expire(c->store, cutoff, RETENTION_CHUNK, &err);
-  int keys = deleted >= 0 ? ana_dedupe_expire(c->db, now, RETENTION_CHUNK, &err) : -1;
+  int deleted = ana_store_expire(&c->roles, cutoff, RETENTION_CHUNK, &err);
+  int keys = deleted >= 0 ? ana_local_dedupe_expire(c->db, now, RETENTION_CHUNK, &err) : -1;
   if (deleted < 0 || keys < 0 || ana_local_db_commit(c->db, &err) < 0) {
     ana_local_db_rollback(c->db);
     ANA_WARN("ingest", "retention sweep failed: %s", err.message);
@@ -241,7 +245,7 @@ static void *commit_thread(void *arg) {
 }
 
 struct ana_committer *ana_committer_create(struct ana_local_db *db,
-                                           const struct ana_event_store_ops *ops, void *store,
+                                           const struct ana_store_roles *roles,
                                            const struct ana_committer_options *o,
                                            struct ana_error *err) {
   struct ana_committer *c = ana_calloc(1, sizeof *c);
@@ -250,8 +254,7 @@ struct ana_committer *ana_committer_create(struct ana_local_db *db,
     return NULL;
   }
   c->db = db;
-  c->ops = ops;
-  c->store = store;
+  c->roles = *roles;
   c->o = *o;
   if (c->o.batch_size < 1)
     c->o.batch_size = 1;

@@ -23,6 +23,7 @@
  * (ana_event_names_refused_total) but not added; a warning is logged once
  * per account (at most one such line a second). */
 #include "ana_event_names.h"
+#include "ana_local_db.h"
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
@@ -30,7 +31,6 @@
 #include "ana_prom.h"
 
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -56,7 +56,7 @@ struct entry {
 
 struct ana_event_names {
   struct ana_local_db *db;
-  sqlite3 *conn; /* the thread's own writing connection */
+  struct ana_local_names *table; /* the thread's own writing connection */
   int max_names;
 
   pthread_mutex_t mu;
@@ -89,12 +89,6 @@ static uint64_t hash_of(const char *account, const char *name) {
   for (const char *p = name; *p; p++)
     h = (h ^ (unsigned char)*p) * 1099511628211ULL;
   return h;
-}
-
-static int fail(sqlite3 *conn, const char *what, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event names: %s: %s", what,
-                conn ? sqlite3_errmsg(conn) : "out of memory");
-  return ANA_ERR_IO;
 }
 
 /* Adds to the map; called with mu held. Returns false when out of memory
@@ -147,8 +141,8 @@ void ana_event_names_on_commit(void *ctx, const struct ana_event_record *records
   pthread_mutex_unlock(&en->mu);
 }
 
-static int cmp_entry(const void *a, const void *b) {
-  const struct entry *x = *(const struct entry *const *)a, *y = *(const struct entry *const *)b;
+static int cmp_item(const void *a, const void *b) {
+  const struct ana_local_name_count *x = a, *y = b;
   int c = strcmp(x->account, y->account);
   return c ? c : strcmp(x->name, y->name);
 }
@@ -162,7 +156,8 @@ static void free_list(struct entry *e) {
 }
 
 /* Logs, once per account and at most once a second, that it is full. */
-static void warn_full(struct ana_event_names *en, const char *account, const char *name) {
+static void warn_full(void *ctx, const char *account, const char *name) {
+  struct ana_event_names *en = ctx;
   atomic_fetch_add(&en->refused, 1);
   for (size_t i = 0; i < en->n_warned; i++)
     if (strcmp(en->warned[i], account) == 0)
@@ -186,77 +181,21 @@ struct added {
   size_t n;
 };
 
-/* Writes the entries (sorted by account, name) and the watermark in one
+/* Writes the items (sorted by account, name) and the watermark in one
  * transaction. Fills *added with the names new to each account (borrowed
- * from the entries). */
-static int store(struct ana_event_names *en, struct entry **items, size_t n, uint64_t watermark,
-                 struct added *added, size_t *n_added, const char **names_buf,
+ * from the items). */
+static int store(struct ana_event_names *en, struct ana_local_name_count *items, size_t n,
+                 uint64_t watermark, struct added *added, size_t *n_added, const char **names_buf,
                  struct ana_error *err) {
-  static const char update_sql[] =
-      "UPDATE event_names SET count = count + ?3, first_seen = MIN(first_seen, ?4),"
-      " last_seen = MAX(last_seen, ?5) WHERE account_id = ?1 AND name = ?2";
-  static const char insert_sql[] =
-      "INSERT INTO event_names (account_id, name, first_seen, last_seen, count)"
-      " VALUES (?1, ?2, ?4, ?5, ?3)";
-  static const char count_sql[] = "SELECT COUNT(*) FROM event_names WHERE account_id = ?1";
-  static const char mark_sql[] = "UPDATE event_names_progress SET watermark = ?1 WHERE id = 1";
-  sqlite3_stmt *upd = NULL, *ins = NULL, *cnt = NULL, *mark = NULL;
-  int rc = 0;
   *n_added = 0;
-  if (sqlite3_exec(en->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-    return fail(en->conn, "begin", err);
-  if (sqlite3_prepare_v2(en->conn, update_sql, -1, &upd, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(en->conn, insert_sql, -1, &ins, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(en->conn, count_sql, -1, &cnt, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(en->conn, mark_sql, -1, &mark, NULL) != SQLITE_OK) {
-    rc = fail(en->conn, "prepare", err);
-    goto out;
-  }
-  const char *account = NULL;
+  int rc = ana_local_names_store(en->table, items, n, en->max_names, watermark, warn_full, en, err);
+  if (rc < 0)
+    return rc;
   size_t used = 0;
-  int64_t have = -1; /* names of the account, counted when first needed */
-  for (size_t i = 0; i < n && rc == 0; i++) {
-    struct entry *e = items[i];
-    if (!account || strcmp(account, e->account) != 0) {
-      account = e->account;
-      have = -1;
-    }
-    sqlite3_reset(upd);
-    sqlite3_bind_text(upd, 1, e->account, -1, SQLITE_STATIC);
-    sqlite3_bind_text(upd, 2, e->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(upd, 3, e->count);
-    sqlite3_bind_int64(upd, 4, e->first_ms);
-    sqlite3_bind_int64(upd, 5, e->last_ms);
-    if (sqlite3_step(upd) != SQLITE_DONE) {
-      rc = fail(en->conn, "update", err);
-      break;
-    }
-    if (sqlite3_changes(en->conn) > 0)
+  for (size_t i = 0; i < n; i++) {
+    struct ana_local_name_count *e = &items[i];
+    if (!e->added)
       continue;
-    if (have < 0) {
-      sqlite3_reset(cnt);
-      sqlite3_bind_text(cnt, 1, e->account, -1, SQLITE_STATIC);
-      if (sqlite3_step(cnt) != SQLITE_ROW) {
-        rc = fail(en->conn, "count", err);
-        break;
-      }
-      have = sqlite3_column_int64(cnt, 0);
-    }
-    if (have >= en->max_names) {
-      warn_full(en, e->account, e->name);
-      continue;
-    }
-    sqlite3_reset(ins);
-    sqlite3_bind_text(ins, 1, e->account, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 2, e->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(ins, 3, e->count);
-    sqlite3_bind_int64(ins, 4, e->first_ms);
-    sqlite3_bind_int64(ins, 5, e->last_ms);
-    if (sqlite3_step(ins) != SQLITE_DONE) {
-      rc = fail(en->conn, "insert", err);
-      break;
-    }
-    have++;
     struct added *a = *n_added ? &added[*n_added - 1] : NULL;
     if (!a || strcmp(a->account, e->account) != 0) {
       a = &added[(*n_added)++];
@@ -267,23 +206,7 @@ static int store(struct ana_event_names *en, struct entry **items, size_t n, uin
     a->names[a->n++] = e->name;
     used++;
   }
-  if (rc == 0) {
-    sqlite3_bind_int64(mark, 1, (sqlite3_int64)watermark);
-    if (sqlite3_step(mark) != SQLITE_DONE)
-      rc = fail(en->conn, "watermark", err);
-  }
-  if (rc == 0 && sqlite3_exec(en->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-    rc = fail(en->conn, "commit", err);
-out:
-  if (rc < 0) {
-    sqlite3_exec(en->conn, "ROLLBACK", NULL, NULL, NULL);
-    *n_added = 0;
-  }
-  sqlite3_finalize(upd);
-  sqlite3_finalize(ins);
-  sqlite3_finalize(cnt);
-  sqlite3_finalize(mark);
-  return rc;
+  return 0;
 }
 
 int ana_event_names_flush(struct ana_event_names *en, struct ana_error *err) {
@@ -309,7 +232,7 @@ int ana_event_names_flush(struct ana_event_names *en, struct ana_error *err) {
     pthread_mutex_unlock(&en->flush_mu);
     return 0;
   }
-  struct entry **items = ana_calloc(n ? n : 1, sizeof *items);
+  struct ana_local_name_count *items = ana_calloc(n ? n : 1, sizeof *items);
   struct added *added = ana_calloc(n ? n : 1, sizeof *added);
   const char **names_buf = ana_calloc(n ? n : 1, sizeof *names_buf);
   size_t n_added = 0;
@@ -318,8 +241,9 @@ int ana_event_names_flush(struct ana_event_names *en, struct ana_error *err) {
   } else {
     size_t i = 0;
     for (struct entry *e = list; e; e = e->next)
-      items[i++] = e;
-    qsort(items, n, sizeof *items, cmp_entry);
+      items[i++] = (struct ana_local_name_count){e->account,  e->name,    e->count,
+                                                 e->first_ms, e->last_ms, false};
+    qsort(items, n, sizeof *items, cmp_item);
     rc = store(en, items, n, watermark, added, &n_added, names_buf, err);
   }
   if (rc == 0)
@@ -343,36 +267,25 @@ int ana_event_names_flush(struct ana_event_names *en, struct ana_error *err) {
   return rc;
 }
 
+static int add_rebuilt(void *ctx, const struct ana_local_name_count *c) {
+  struct ana_event_names *en = ctx;
+  add_locked(en, c->account, c->name, c->count, c->first_ms, c->last_ms);
+  return 0;
+}
+
 /* Adds the events committed after the stored watermark, up to what was
  * committed when the catalog opened (later ones reach the hook). */
 static int rebuild(struct ana_event_names *en, struct ana_error *err) {
   if (en->rebuild_upto <= en->stored_seq)
     return 0;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(en->conn,
-                         "SELECT account_id, event_name, COUNT(*), MIN(received_at),"
-                         " MAX(received_at) FROM events WHERE seq > ?1 AND seq <= ?2"
-                         " GROUP BY account_id, event_name",
-                         -1, &st, NULL) != SQLITE_OK)
-    return fail(en->conn, "rebuild", err);
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)en->stored_seq);
-  sqlite3_bind_int64(st, 2, (sqlite3_int64)en->rebuild_upto);
-  int rc, names = 0;
   pthread_mutex_lock(&en->mu);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    const char *account = (const char *)sqlite3_column_text(st, 0);
-    const char *name = (const char *)sqlite3_column_text(st, 1);
-    if (account && name)
-      add_locked(en, account, name, sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3),
-                 sqlite3_column_int64(st, 4));
-    names++;
-  }
-  if (en->rebuild_upto > en->heard_seq)
+  int names =
+      ana_local_names_rebuild(en->table, en->stored_seq, en->rebuild_upto, add_rebuilt, en, err);
+  if (names >= 0 && en->rebuild_upto > en->heard_seq)
     en->heard_seq = en->rebuild_upto;
   pthread_mutex_unlock(&en->mu);
-  sqlite3_finalize(st);
-  if (rc != SQLITE_DONE)
-    return fail(en->conn, "rebuild", err);
+  if (names < 0)
+    return names;
   ANA_INFO("events", "event names: %d names of events after commit %llu added", names,
            (unsigned long long)en->stored_seq);
   return 0;
@@ -426,22 +339,9 @@ struct ana_event_names *ana_event_names_create(struct ana_local_db *db,
   pthread_mutex_init(&en->mu, NULL);
   pthread_mutex_init(&en->flush_mu, NULL);
   pthread_cond_init(&en->wake, NULL);
-  en->conn = ana_local_db_connect(db, err);
-  if (!en->conn)
+  en->table = ana_local_names_open(db, &en->stored_seq, &en->rebuild_upto, err);
+  if (!en->table)
     goto fail;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(en->conn,
-                         "SELECT (SELECT watermark FROM event_names_progress WHERE id = 1),"
-                         " (SELECT COALESCE(MAX(seq), 0) FROM events)",
-                         -1, &st, NULL) != SQLITE_OK ||
-      sqlite3_step(st) != SQLITE_ROW) {
-    fail(en->conn, "open", err);
-    sqlite3_finalize(st);
-    goto fail;
-  }
-  en->stored_seq = (uint64_t)sqlite3_column_int64(st, 0);
-  en->rebuild_upto = (uint64_t)sqlite3_column_int64(st, 1);
-  sqlite3_finalize(st);
   /* A catalog ahead of its events (a database restored from an older
    * copy): start the watermark over at the events. */
   if (en->stored_seq > en->rebuild_upto)
@@ -480,57 +380,34 @@ void ana_event_names_destroy(struct ana_event_names *en) {
     free_list(en->buckets[b]);
   for (size_t i = 0; i < en->n_warned; i++)
     ana_free(en->warned[i]);
-  if (en->conn)
-    sqlite3_close(en->conn);
+  ana_local_names_close(en->table);
   pthread_mutex_destroy(&en->mu);
   pthread_mutex_destroy(&en->flush_mu);
   pthread_cond_destroy(&en->wake);
   ana_free(en);
 }
 
-static int list_rows(struct ana_event_names *en, sqlite3 *conn, const char *account_id,
-                     const char *prefix, const char *after, int limit, bool names_only,
-                     ana_event_name_fn fn, void *ctx, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
-  (void)en;
-  /* Names are compared as bytes: those starting with prefix are a range
-   * that starts at prefix. */
-  if (sqlite3_prepare_v2(conn,
-                         "SELECT name, first_seen, last_seen, count FROM event_names"
-                         " WHERE account_id = ?1 AND name > ?2 AND name >= ?3"
-                         " ORDER BY name LIMIT ?4",
-                         -1, &st, NULL) != SQLITE_OK)
-    return fail(conn, "list", err);
-  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, after ? after : "", -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 3, prefix ? prefix : "", -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 4, limit);
-  size_t plen = prefix ? strlen(prefix) : 0;
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_event_name_info info = {
-        .name = (const char *)sqlite3_column_text(st, 0),
-        .first_seen_ms = names_only ? 0 : sqlite3_column_int64(st, 1),
-        .last_seen_ms = names_only ? 0 : sqlite3_column_int64(st, 2),
-        .count = names_only ? 0 : sqlite3_column_int64(st, 3),
-    };
-    if (!info.name || (plen && strncmp(info.name, prefix, plen) != 0))
-      break;
-    if (fn(ctx, &info) != 0)
-      break;
-  }
-  int result = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : fail(conn, "list", err);
-  sqlite3_finalize(st);
-  return result;
+struct list_ctx {
+  ana_event_name_fn fn;
+  void *ctx;
+};
+
+static int list_row(void *ctx, const struct ana_local_name_count *c) {
+  struct list_ctx *l = ctx;
+  struct ana_event_name_info info = {
+      .name = c->name,
+      .first_seen_ms = c->first_ms,
+      .last_seen_ms = c->last_ms,
+      .count = c->count,
+  };
+  return l->fn(l->ctx, &info);
 }
 
 int ana_event_names_list(struct ana_event_names *en, const char *account_id, const char *prefix,
                          const char *after, int limit, ana_event_name_fn fn, void *ctx,
                          struct ana_error *err) {
-  sqlite3 *reader = ana_local_db_acquire_reader(en->db);
-  int rc = list_rows(en, reader, account_id, prefix, after, limit, false, fn, ctx, err);
-  ana_local_db_release_reader(en->db, reader);
-  return rc;
+  struct list_ctx l = {fn, ctx};
+  return ana_local_names_list(en->db, account_id, prefix, after, limit, list_row, &l, err);
 }
 
 int ana_event_names_each_seen(struct ana_event_names *en, const char *account_id,

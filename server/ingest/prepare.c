@@ -209,7 +209,11 @@ static void search_struct(struct words *b, const Google__Protobuf__Struct *s) {
 static void search_words(struct words *b, const Google__Protobuf__Value *v) {
   char num[64];
   switch (v->kind_case) {
-  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE: append_text(b, v->string_value); break;
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+    if (v->string_value &&
+        strncmp(v->string_value, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1))
+      append_text(b, v->string_value); /* an encrypted field's blind index is not free text */
+    break;
   case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
     snprintf(num, sizeof num, "%.15g", v->number_value);
     append_text(b, num);
@@ -367,6 +371,17 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   if (!out->timestamp || !out->received_at)
     return ANA_ERR_NOMEM;
 
+  /* Encrypted fields: sealed in the stored event; their blind indexes are
+   * what is aggregated and filtered on, and the free text has neither. */
+  Google__Protobuf__Struct *indexed = ev->properties;
+  if (req->encrypted) {
+    struct ana_error serr;
+    if (ana_crypto_event_seal(req->crypto, req->encrypted, req->account_id, out, arena, &indexed,
+                              &serr) < 0)
+      return violation(&c, "", "cannot be stored encrypted: %s", serr.message) < 0 ? ANA_ERR_NOMEM
+                                                                                   : 0;
+  }
+
   /* --- the record --- */
   struct ana_event_record *r = &item->record;
   r->account_id = req->account_id;
@@ -385,18 +400,18 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   r->payload = payload;
 
   r->properties_json = "{}";
-  if (ev->properties) {
+  if (indexed) {
     struct ana_json_buf b;
     ana_json_buf_init(&b, 0);
-    int erc = ana_json_encode(&b, &ev->properties->base, NULL);
+    int erc = ana_json_encode(&b, &indexed->base, NULL);
     r->properties_json = erc < 0 ? NULL : ana_arena_strndup(arena, b.data + b.reserve, b.len);
     ana_json_buf_fini(&b);
   }
   struct words w = {0};
   append_text(&w, ev->event_name);
   append_text(&w, ev->event_type);
-  if (ev->properties)
-    search_struct(&w, ev->properties);
+  if (indexed)
+    search_struct(&w, indexed);
   r->search_text = w.failed ? NULL : ana_arena_strdup(arena, w.data ? w.data : "");
   ana_free(w.data);
   if (!r->properties_json || !r->search_text)

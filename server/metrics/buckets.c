@@ -106,6 +106,11 @@ static int64_t next_local(UCalendar *cal, enum ana_interval iv, int64_t start) {
     return start + intervals[iv].ms; /* elapsed time: repeated hours are separate buckets */
   ucal_setMillis(cal, (UDate)start, &status);
   ucal_add(cal, UCAL_DATE, 1, &status);
+  /* Back to the next day's first instant: where a clock change skips
+   * midnight (America/Havana in March) a day starts at 01:00, and adding a
+   * day to that start would keep 01:00 for every day after it. */
+  ucal_set(cal, UCAL_HOUR_OF_DAY, 0);
+  ucal_set(cal, UCAL_MINUTE, 0);
   return (int64_t)ucal_getMillis(cal, &status);
 }
 

@@ -14,7 +14,6 @@
 #include "rollup_internal.h"
 
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,9 +65,8 @@ struct ana_rollups {
   const struct ana_event_store_ops *ops;
   void *store;
   int chunk;
-  sqlite3 *conn;      /* the thread's */
-  sqlite3 *ctl;       /* definitions, under mu */
-  pthread_mutex_t mu; /* metrics, garbage; may be held across a short write */
+  struct ana_rollup_cells *cells; /* the thread's connection; definitions under mu */
+  pthread_mutex_t mu;             /* metrics, garbage; may be held across a short write */
   /* Wake-ups, on their own mutex: the commit hook must never wait for mu. */
   pthread_mutex_t wake_mu;
   pthread_cond_t cond;
@@ -76,7 +74,6 @@ struct ana_rollups {
   struct rmetric **todo; /* the thread's, each round */
   struct work *works;    /* todo_cap of them */
   size_t todo_cap;
-  sqlite3_stmt *sel, *put, *mark; /* the thread's, on conn */
   struct garbage *garbage;
   bool stop, kick, started;
   /* The thread waits for work (not for the next round's time): only then
@@ -142,29 +139,11 @@ static void wake(struct ana_rollups *r) {
   pthread_mutex_unlock(&r->wake_mu);
 }
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* For intervals: wall-clock steps must not stretch them. */
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t floor_to(int64_t t, int64_t size) {
   int64_t q = t / size;
   if (t % size && t < 0)
     q--;
   return q * size;
-}
-
-static int sql_fail(sqlite3 *db, const char *what, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "metric rollups: %s: %s", what, sqlite3_errmsg(db));
-  return ANA_ERR_IO;
 }
 
 /* ------------------------------------------------------------------ */
@@ -289,7 +268,7 @@ int ana_rollup_define(struct ana_rollups *r, const char *account_id,
   if (*old && (*old)->def_len == len && memcmp((*old)->def, def, len) == 0)
     goto out; /* the same definition: its cells stay */
   /* Versions only grow, also across deletions and restarts. */
-  int64_t version = now_ms();
+  int64_t version = ana_clock_wall_ms();
   if (*old && version <= (*old)->version)
     version = (*old)->version + 1;
   uint64_t head = 0;
@@ -301,23 +280,8 @@ int ana_rollup_define(struct ana_rollups *r, const char *account_id,
     goto out;
   }
   m->backfill_to = head;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(
-          r->ctl,
-          "INSERT OR REPLACE INTO metric_rollup_defs (metric_id, account_id, "
-          "version, definition, watermark, backfill_to) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-          -1, &st, NULL) != SQLITE_OK) {
-    rc = sql_fail(r->ctl, "cannot record a definition", err);
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, m->metric_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, m->account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, version);
-  sqlite3_bind_blob(st, 4, def, (int)len, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 5, (sqlite3_int64)head);
-  if (sqlite3_step(st) != SQLITE_DONE)
-    rc = sql_fail(r->ctl, "cannot record a definition", err);
-  sqlite3_finalize(st);
+  rc =
+      ana_rollup_cells_put_def(r->cells, m->metric_id, m->account_id, version, def, len, head, err);
   if (rc < 0)
     goto out;
   if (*old) {
@@ -349,16 +313,7 @@ out:
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err) {
   int rc = 0;
   pthread_mutex_lock(&r->mu);
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r->ctl, "DELETE FROM metric_rollup_defs WHERE metric_id = ?1", -1, &st,
-                         NULL) != SQLITE_OK) {
-    rc = sql_fail(r->ctl, "cannot forget a definition", err);
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE)
-    rc = sql_fail(r->ctl, "cannot forget a definition", err);
-  sqlite3_finalize(st);
+  rc = ana_rollup_cells_forget_def(r->cells, metric_id, err);
   if (rc < 0)
     goto out;
   struct rmetric **p = find_metric(r, metric_id);
@@ -577,30 +532,14 @@ static int feed(void *ctx, const struct ana_scanned_event *ev) {
   return s->rc < 0;
 }
 
-/* The statements of a round, prepared once on the thread's connection. */
-static int prepare(struct ana_rollups *r, struct ana_error *err) {
-  if (r->sel)
-    return 0;
-  if (sqlite3_prepare_v2(r->conn,
-                         "SELECT state FROM metric_rollups WHERE metric_id = ?1 AND version = ?2"
-                         " AND level = ?3 AND bucket = ?4 AND group_key = ?5",
-                         -1, &r->sel, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(r->conn,
-                         "INSERT OR REPLACE INTO metric_rollups (metric_id, version, level, "
-                         "bucket, group_key, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                         -1, &r->put, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(r->conn,
-                         "UPDATE metric_rollup_defs SET watermark = ?3 WHERE metric_id = ?1 AND "
-                         "version = ?2",
-                         -1, &r->mark, NULL) != SQLITE_OK) {
-    int rc = sql_fail(r->conn, "prepare", err);
-    sqlite3_finalize(r->sel);
-    sqlite3_finalize(r->put);
-    sqlite3_finalize(r->mark);
-    r->sel = r->put = r->mark = NULL;
-    return rc;
-  }
-  return 0;
+struct merge_ctx {
+  const struct ana_mq *mq;
+  struct ana_mq_cell *cell;
+};
+
+static int merge_one(void *ctx, const void *state, size_t len) {
+  struct merge_ctx *c = ctx;
+  return ana_mq_cell_merge_encoded(c->mq, c->cell, state, len);
 }
 
 /* Merges w's cells into the stored ones and encodes them into w->enc; those
@@ -613,19 +552,9 @@ static int merge_stored(struct ana_rollups *r, struct work *w, struct ana_error 
     struct cell_entry *e = &w->c.slots[i];
     if (!e->cell)
       continue;
-    sqlite3_bind_text(r->sel, 1, m->metric_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(r->sel, 2, m->version);
-    sqlite3_bind_int(r->sel, 3, e->level);
-    sqlite3_bind_int64(r->sel, 4, e->bucket);
-    sqlite3_bind_text(r->sel, 5, e->key, -1, SQLITE_STATIC);
-    int step = sqlite3_step(r->sel);
-    int merged = step == SQLITE_ROW
-                     ? ana_mq_cell_merge_encoded(m->mq, e->cell, sqlite3_column_blob(r->sel, 0),
-                                                 (size_t)sqlite3_column_bytes(r->sel, 0))
-                     : 0;
-    if (step != SQLITE_ROW && step != SQLITE_DONE)
-      merged = sql_fail(r->conn, "read a cell", err);
-    sqlite3_reset(r->sel);
+    struct merge_ctx mc = {m->mq, e->cell};
+    int merged = ana_rollup_cells_merge(r->cells, m->metric_id, m->version, e->level, e->bucket,
+                                        e->key, merge_one, &mc, err);
     if (merged == ANA_ERR_NOMEM || merged == ANA_ERR_INVALID)
       return merged == ANA_ERR_NOMEM
                  ? ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory")
@@ -653,22 +582,18 @@ static int merge_stored(struct ana_rollups *r, struct work *w, struct ana_error 
 static int write_works(struct ana_rollups *r, struct work *w, size_t n, struct ana_error *err) {
   uint64_t cells = 0;
   int rc = 0;
-  if (sqlite3_exec(r->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-    return sql_fail(r->conn, "begin", err);
+  if ((rc = ana_rollup_cells_begin_write(r->cells, err)) < 0)
+    return rc;
   for (size_t i = 0; i < n && rc == 0; i++) {
     if (w[i].state != WORK_WRITE)
       continue;
     struct rmetric *m = w[i].m;
-    sqlite3_bind_text(r->mark, 1, m->metric_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(r->mark, 2, m->version);
-    sqlite3_bind_int64(r->mark, 3, (sqlite3_int64)w[i].hi);
-    int step = sqlite3_step(r->mark);
-    sqlite3_reset(r->mark);
-    if (step != SQLITE_DONE) {
-      rc = sql_fail(r->conn, "move the watermark", err);
+    int marked = ana_rollup_cells_mark(r->cells, m->metric_id, m->version, w[i].hi, err);
+    if (marked < 0) {
+      rc = marked;
       break;
     }
-    if (sqlite3_changes(r->conn) == 0) {
+    if (marked == 0) {
       w[i].state = WORK_GONE;
       continue;
     }
@@ -676,23 +601,15 @@ static int write_works(struct ana_rollups *r, struct work *w, size_t n, struct a
       const struct cell_entry *e = &w[i].c.slots[k];
       if (!e->cell)
         continue;
-      sqlite3_bind_text(r->put, 1, m->metric_id, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(r->put, 2, m->version);
-      sqlite3_bind_int(r->put, 3, e->level);
-      sqlite3_bind_int64(r->put, 4, e->bucket);
-      sqlite3_bind_text(r->put, 5, e->key, -1, SQLITE_STATIC);
-      sqlite3_bind_blob(r->put, 6, w[i].enc + e->enc_off, (int)e->enc_len, SQLITE_STATIC);
-      if (sqlite3_step(r->put) != SQLITE_DONE)
-        rc = sql_fail(r->conn, "write a cell", err);
-      sqlite3_reset(r->put);
+      rc = ana_rollup_cells_put(r->cells, m->metric_id, m->version, e->level, e->bucket, e->key,
+                                w[i].enc + e->enc_off, e->enc_len, err);
       cells++;
     }
   }
-  if (rc == 0 && sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-    rc = sql_fail(r->conn, "commit", err);
+  if (rc == 0)
+    rc = ana_rollup_cells_commit(r->cells, err);
   if (rc < 0) {
-    if (!sqlite3_get_autocommit(r->conn))
-      sqlite3_exec(r->conn, "ROLLBACK", NULL, NULL, NULL);
+    ana_rollup_cells_rollback(r->cells);
     return rc;
   }
   ana_prom_counter_add(&r->cells_written, cells);
@@ -710,7 +627,7 @@ static bool advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t he
   ana_error_clear(&err);
   bool more = false, reading = false, writing = false;
   qsort(w, n, sizeof *w, work_cmp);
-  int rc = prepare(r, &err);
+  int rc = ana_rollup_cells_prepare(r->cells, &err);
   for (size_t i = 0; i < n;) {
     size_t j = i + 1;
     while (j < n && w[j].lo == w[i].lo && strcmp(w[j].m->account_id, w[i].m->account_id) == 0)
@@ -740,7 +657,7 @@ static bool advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t he
       continue;
     /* One read transaction for every metric's stored cells. */
     if (!reading)
-      reading = sqlite3_exec(r->conn, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+      reading = ana_rollup_cells_begin_read(r->cells);
     if (merge_stored(r, &w[i], &err) < 0) {
       ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
       w[i].state = WORK_FAILED;
@@ -750,7 +667,7 @@ static bool advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t he
     writing = true;
   }
   if (reading)
-    sqlite3_exec(r->conn, "COMMIT", NULL, NULL, NULL);
+    ana_rollup_cells_end_read(r->cells);
   if (writing && write_works(r, w, n, &err) < 0) {
     ANA_WARN("rollups", "cannot write the rollups of %zu metrics: %s", n, err.message);
     for (size_t i = 0; i < n; i++)
@@ -800,21 +717,7 @@ static bool collect_garbage(struct ana_rollups *r) {
   pthread_mutex_unlock(&r->mu);
   if (!g)
     return false;
-  sqlite3_stmt *st = NULL;
-  int changes = 0;
-  if (sqlite3_prepare_v2(r->conn,
-                         "DELETE FROM metric_rollups WHERE metric_id = ?1 AND version < ?2 AND "
-                         "(version, level, bucket, group_key) IN (SELECT version, level, bucket, "
-                         "group_key FROM metric_rollups WHERE metric_id = ?1 AND version < ?2 "
-                         "LIMIT ?3)",
-                         -1, &st, NULL) == SQLITE_OK) {
-    sqlite3_bind_text(st, 1, g->metric_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, g->below);
-    sqlite3_bind_int(st, 3, GARBAGE_CHUNK);
-    if (sqlite3_step(st) == SQLITE_DONE)
-      changes = sqlite3_changes(r->conn);
-  }
-  sqlite3_finalize(st);
+  int changes = ana_rollup_cells_drop_versions(r->cells, g->metric_id, g->below, GARBAGE_CHUNK);
   pthread_mutex_lock(&r->mu);
   if (changes > 0) {
     g->next = r->garbage; /* more may be left: come back */
@@ -839,52 +742,34 @@ static bool collect_garbage(struct ana_rollups *r) {
 static bool expire_cells(struct ana_rollups *r, struct rmetric **todo, size_t n) {
   if (!r->retention_ms)
     return false;
-  int64_t now = now_ms();
+  int64_t now = ana_clock_wall_ms();
   pthread_mutex_lock(&r->mu);
   bool due = now >= r->next_sweep_ms;
   pthread_mutex_unlock(&r->mu);
   if (!due)
     return false;
   int64_t cutoff = now - r->retention_ms;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r->conn,
-                         "DELETE FROM metric_rollups WHERE metric_id = ?1 AND version = ?2 AND "
-                         "level = ?3 AND bucket <= ?4 AND (bucket, group_key) IN (SELECT bucket, "
-                         "group_key FROM metric_rollups WHERE metric_id = ?1 AND version = ?2 "
-                         "AND level = ?3 AND bucket <= ?4 LIMIT ?5)",
-                         -1, &st, NULL) != SQLITE_OK) {
-    ANA_WARN("rollups", "cannot expire cells: %s", sqlite3_errmsg(r->conn));
-    goto done;
-  }
   for (size_t i = 0; i < n; i++) {
     struct rmetric *m = todo[i];
     for (int l = 0; l < LEVELS; l++) {
       /* the last cell start whose span ends by the cut-off */
       int64_t last = floor_to(cutoff - level_ms[l], level_ms[l]);
-      sqlite3_reset(st);
-      sqlite3_bind_text(st, 1, m->metric_id, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(st, 2, m->version);
-      sqlite3_bind_int(st, 3, l);
-      sqlite3_bind_int64(st, 4, last);
-      sqlite3_bind_int(st, 5, r->expiry_chunk);
-      if (sqlite3_step(st) != SQLITE_DONE) {
-        ANA_WARN("rollups", "metric %s: cannot expire cells: %s", m->metric_id,
-                 sqlite3_errmsg(r->conn));
+      struct ana_error err;
+      int deleted = ana_rollup_cells_expire(r->cells, m->metric_id, m->version, l, last,
+                                            r->expiry_chunk, &err);
+      if (deleted < 0) {
+        ANA_WARN("rollups", "metric %s: %s", m->metric_id, err.message);
         goto done;
       }
-      int deleted = sqlite3_changes(r->conn);
       struct rc_set *set =
           r->cache_ready ? rc_cache_find(&r->cache, m->metric_id, m->version) : NULL;
       if (set)
         rc_cache_expire(&r->cache, set, l, last);
-      if (deleted == r->expiry_chunk) {
-        sqlite3_finalize(st);
+      if (deleted == r->expiry_chunk)
         return true;
-      }
     }
   }
 done:
-  sqlite3_finalize(st);
   pthread_mutex_lock(&r->mu);
   r->next_sweep_ms = now + r->sweep_ms;
   pthread_mutex_unlock(&r->mu);
@@ -901,7 +786,8 @@ done:
 static int load_level(struct ana_rollups *r, struct rmetric *m, struct rc_set *set, int l,
                       size_t limit) {
   struct ana_error err;
-  int rc = rc_set_read(set, r->conn, m->mq, l, INT64_MIN, INT64_MAX, limit, &err);
+  int rc = rc_set_read(set, ana_rollup_cells_reader(r->cells), m->mq, l, INT64_MIN, INT64_MAX,
+                       limit, &err);
   if (rc != 0)
     rc_level_clear(&set->levels[l]);
   if (rc < 0)
@@ -909,7 +795,7 @@ static int load_level(struct ana_rollups *r, struct rmetric *m, struct rc_set *s
              err.message);
   if (rc == 0) {
     set->levels[l].loaded = true;
-    atomic_store(&set->levels[l].used, now_ms());
+    atomic_store(&set->levels[l].used, ana_clock_wall_ms());
   }
   return rc;
 }
@@ -1048,13 +934,13 @@ static void *rollup_thread(void *arg) {
     /* Following a stream of commits, a round at most every ROUND_MS: each
      * round's write is one the commits wait for, so it had better carry
      * many events. A commit after a quiet spell is taken at once. */
-    int64_t wait = last_round + ROUND_MS - mono_ms();
+    int64_t wait = last_round + ROUND_MS - ana_clock_mono_ms();
     if (!more && !r->stop && wait > 0) {
       struct timespec ts = ana_deadline_in_ms(wait > ROUND_MS ? ROUND_MS : wait);
       while (!r->stop && pthread_cond_timedwait(&r->cond, &r->wake_mu, &ts) == 0) {
       }
     }
-    last_round = mono_ms();
+    last_round = ana_clock_mono_ms();
     r->kick = false;
     bool stop = r->stop;
     pthread_mutex_unlock(&r->wake_mu);
@@ -1142,7 +1028,7 @@ void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, siz
 }
 
 bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
+  int64_t deadline = ana_clock_wall_ms() + timeout_ms;
   for (;;) {
     struct ana_error err;
     uint64_t head = 0;
@@ -1153,12 +1039,12 @@ bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
     for (struct rmetric *m = r->metrics; m; m = m->next)
       behind |= m->watermark < head;
     behind |= r->garbage != NULL;
-    behind |= r->retention_ms && now_ms() >= r->next_sweep_ms;
+    behind |= r->retention_ms && ana_clock_wall_ms() >= r->next_sweep_ms;
     behind |= cache_pending(r);
     pthread_mutex_unlock(&r->mu);
     if (!behind)
       return true;
-    if (now_ms() > deadline)
+    if (ana_clock_wall_ms() > deadline)
       return false;
     struct timespec ts = {0, 5000000};
     nanosleep(&ts, NULL);
@@ -1168,56 +1054,41 @@ bool ana_rollup_wait_idle(struct ana_rollups *r, int timeout_ms) {
 /* ------------------------------------------------------------------ */
 /* life cycle */
 
+static void load_def(void *ctx, const struct ana_rollup_def *d) {
+  struct ana_rollups *r = ctx;
+  struct ana_error merr;
+  struct rmetric *m = rmetric_new(d->metric_id, d->account_id, d->version, d->def, d->len, &merr);
+  if (!m) {
+    ANA_WARN("rollups", "metric %s: %s; answered from raw events", d->metric_id, merr.message);
+    return;
+  }
+  m->watermark = m->persisted = d->watermark;
+  m->backfill_to = d->backfill_to;
+  m->next = r->metrics;
+  r->metrics = m;
+}
+
 /* Loads the definitions, and queues as garbage every stored version that
  * is not a current one (a deletion cut short by a crash). */
 static int load(struct ana_rollups *r, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  if (sqlite3_prepare_v2(r->ctl,
-                         "SELECT metric_id, account_id, version, definition, watermark, "
-                         "backfill_to FROM metric_rollup_defs",
-                         -1, &st, NULL) != SQLITE_OK)
-    return sql_fail(r->ctl, "cannot read the definitions", err);
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    struct ana_error merr;
-    struct rmetric *m =
-        rmetric_new((const char *)sqlite3_column_text(st, 0),
-                    (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2),
-                    sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3), &merr);
-    if (!m) {
-      ANA_WARN("rollups", "metric %s: %s; answered from raw events",
-               (const char *)sqlite3_column_text(st, 0), merr.message);
-      continue;
-    }
-    m->watermark = m->persisted = (uint64_t)sqlite3_column_int64(st, 4);
-    m->backfill_to = (uint64_t)sqlite3_column_int64(st, 5);
-    m->next = r->metrics;
-    r->metrics = m;
-  }
-  sqlite3_finalize(st);
-  /* Distinct (metric, version) pairs by skipping through the key. */
-  if (sqlite3_prepare_v2(r->ctl,
-                         "SELECT metric_id, version FROM metric_rollups WHERE (metric_id, version)"
-                         " > (?1, ?2) ORDER BY metric_id, version LIMIT 1",
-                         -1, &st, NULL) != SQLITE_OK)
-    return sql_fail(r->ctl, "cannot read the rollups", err);
+  int rc = ana_rollup_cells_each_def(r->cells, load_def, r, err);
+  if (rc < 0)
+    return rc;
   char last[256] = "";
   int64_t last_version = INT64_MAX;
   for (;;) {
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, last, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, last_version);
-    if (sqlite3_step(st) != SQLITE_ROW)
+    int found = ana_rollup_cells_next_version(r->cells, last, last_version, last, sizeof last,
+                                              &last_version, err);
+    if (found < 0)
+      return found;
+    if (found == 0)
       break;
-    snprintf(last, sizeof last, "%s", (const char *)sqlite3_column_text(st, 0));
-    last_version = sqlite3_column_int64(st, 1);
     struct rmetric *m = *find_metric(r, last);
     if (!m || m->version != last_version)
       rc = add_garbage(r, last, m && last_version < m->version ? m->version : INT64_MAX);
     if (!m || last_version >= m->version)
       last_version = INT64_MAX; /* no later version of this metric matters */
   }
-  sqlite3_finalize(st);
   return rc;
 }
 
@@ -1253,21 +1124,9 @@ struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
                   "metric rollups: the event store %s cannot scan by commit sequence", ops->name);
     goto fail;
   }
-  if (!(r->conn = ana_local_db_connect(db, err)) || !(r->ctl = ana_local_db_connect(db, err)))
+  /* (the thread's commits are not synced: see rollup_cells.c) */
+  if (!(r->cells = ana_rollup_cells_open(db, busy_wait, r, err)))
     goto fail;
-  /* The thread's transactions need not reach the disk before they return:
-   * cells and watermark are in the same transaction, so one lost with the
-   * power leaves both as they were, and the events are replayed from the
-   * older watermark (WAL keeps the order; the next synced commit of the
-   * committer makes them durable). No sync keeps the write lock short.
-   * (Checkpoints are the store's checkpoint thread's alone: connections of
-   * ana_local_db_connect never run one; a PRAGMA wal_autocheckpoint here
-   * would undo that.) */
-  if (sqlite3_exec(r->conn, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
-    sql_fail(r->conn, "cannot set its pragmas", err);
-    goto fail;
-  }
-  sqlite3_busy_handler(r->conn, busy_wait, r);
   if (load(r, err) < 0)
     goto fail;
   uint64_t head = 0;
@@ -1310,11 +1169,7 @@ void ana_rollup_destroy(struct ana_rollups *r) {
   rc_cache_fini(&r->cache);
   ana_free(r->todo);
   ana_free(r->works);
-  sqlite3_finalize(r->sel);
-  sqlite3_finalize(r->put);
-  sqlite3_finalize(r->mark);
-  sqlite3_close(r->conn);
-  sqlite3_close(r->ctl);
+  ana_rollup_cells_close(r->cells);
   pthread_mutex_destroy(&r->mu);
   pthread_mutex_destroy(&r->wake_mu);
   pthread_cond_destroy(&r->cond);
@@ -1643,26 +1498,19 @@ static int add_raw_cells(struct ana_mq *mq, const struct raw_cells *raw, enum an
 static int read_cells(struct ana_rollups *r, const char *metric_id, int64_t version,
                       const struct plan *plan, const struct ana_mq *mq, struct rc_set **out,
                       uint64_t *watermark, struct ana_error *err) {
-  sqlite3 *reader = ana_local_db_acquire_reader(r->db);
-  sqlite3_stmt *st = NULL;
+  struct ana_local_reader *reader = ana_local_snapshot_begin(r->db, err);
   struct rc_set *set = NULL;
+  uint64_t mark = 0, backfill_to = 0;
   int rc = 0;
-  if (sqlite3_exec(reader, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = sql_fail(reader, "begin", err);
-    goto out;
-  }
-  if (sqlite3_prepare_v2(reader,
-                         "SELECT watermark, backfill_to FROM metric_rollup_defs WHERE metric_id = "
-                         "?1 AND version = ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = sql_fail(reader, "read the watermark", err);
-    goto done;
-  }
-  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, version);
-  if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int64(st, 0) < sqlite3_column_int64(st, 1))
+  if (!reader)
+    return ANA_ERR_IO;
+  rc = ana_rollup_cells_version(reader, metric_id, version, &mark, &backfill_to, err);
+  if (rc <= 0 || (int64_t)mark < (int64_t)backfill_to) {
+    rc = rc < 0 ? rc : 0;
     goto done; /* redefined or deleted since */
-  *watermark = (uint64_t)sqlite3_column_int64(st, 0);
+  }
+  rc = 0;
+  *watermark = mark;
   if (!(set = rc_set_new(metric_id, version))) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto done;
@@ -1674,10 +1522,7 @@ static int read_cells(struct ana_rollups *r, const char *metric_id, int64_t vers
   if (rc == 0)
     rc = 1;
 done:
-  sqlite3_finalize(st);
-  sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL);
-out:
-  ana_local_db_release_reader(r->db, reader);
+  ana_local_snapshot_end(r->db, reader);
   if (rc == 1)
     *out = set;
   else
@@ -1780,7 +1625,7 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
     }
     if (shared && (levels & loaded) == levels) {
       coarse_totals &= (tlevels & loaded) == tlevels;
-      int64_t now = now_ms();
+      int64_t now = ana_clock_wall_ms();
       for (int l = 0; l < LEVELS; l++)
         if ((levels | (coarse_totals ? tlevels : 0)) & (1u << l))
           atomic_store_explicit(&shared->levels[l].used, now, memory_order_relaxed);

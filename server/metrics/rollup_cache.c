@@ -186,70 +186,52 @@ static void bucket_trim(struct rc_bucket *b, size_t *bytes) {
   }
 }
 
-int rc_set_read(struct rc_set *set, sqlite3 *conn, const struct ana_mq *mq, int level, int64_t lo,
-                int64_t hi, size_t limit, struct ana_error *err) {
-  struct rc_level *lv = &set->levels[level];
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  if (sqlite3_prepare_v2(conn,
-                         "SELECT bucket, group_key, state FROM metric_rollups WHERE metric_id = ?1"
-                         " AND version = ?2 AND level = ?3 AND bucket >= ?4 AND bucket < ?5",
-                         -1, &st, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "metric rollups: read the rollups: %s",
-                  sqlite3_errmsg(conn));
-    return ANA_ERR_IO;
-  }
-  sqlite3_bind_text(st, 1, set->metric_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, set->version);
-  sqlite3_bind_int(st, 3, level);
-  sqlite3_bind_int64(st, 4, lo);
-  sqlite3_bind_int64(st, 5, hi);
-  struct rc_bucket *b = NULL;
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    int64_t start = sqlite3_column_int64(st, 0);
-    if (!b || b->start != start) {
-      if (b)
-        bucket_trim(b, &lv->bytes);
-      /* Rows come by bucket, ascending (the primary key): each new one
-       * goes last. */
-      if (lv->n && lv->buckets[lv->n - 1].start >= start) {
-        rc = ana_error_set(err, ANA_STATUS_INTERNAL, "metric rollups: cells read out of order");
-        goto out;
-      }
-      if (!(b = level_insert(lv, lv->n, start)))
-        goto nomem;
-    }
-    long g = keys_get(&set->keys, (const char *)sqlite3_column_text(st, 1));
-    if (g < 0)
+struct read_ctx {
+  struct rc_set *set;
+  struct rc_level *lv;
+  struct rc_bucket *b;
+  const struct ana_mq *mq;
+  size_t limit;
+  struct ana_error *err;
+};
+
+/* One stored cell into the set: 0, 1 over the limit, or a negative error. */
+static int read_cell(void *ctx, int64_t start, const char *group_key, const void *state,
+                     size_t len) {
+  struct read_ctx *c = ctx;
+  struct rc_level *lv = c->lv;
+  if (!c->b || c->b->start != start) {
+    if (c->b)
+      bucket_trim(c->b, &lv->bytes);
+    /* Rows come by bucket, ascending (the primary key): each new one goes
+     * last. */
+    if (lv->n && lv->buckets[lv->n - 1].start >= start)
+      return ana_error_set(c->err, ANA_STATUS_INTERNAL, "metric rollups: cells read out of order");
+    if (!(c->b = level_insert(lv, lv->n, start)))
       goto nomem;
-    rc = bucket_append(b, &lv->bytes, mq, (uint32_t)g, sqlite3_column_blob(st, 2),
-                       (size_t)sqlite3_column_bytes(st, 2));
-    if (rc == ANA_ERR_NOMEM)
-      goto nomem;
-    if (rc < 0) {
-      rc = ana_error_set(err, ANA_STATUS_DATA_LOSS, "metric rollups: a stored cell is malformed");
-      goto out;
-    }
-    if (lv->bytes + set->keys.bytes > limit) {
-      rc = 1;
-      goto out;
-    }
   }
-  if (step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "metric rollups: read the rollups: %s",
-                  sqlite3_errmsg(conn));
-    rc = ANA_ERR_IO;
-    goto out;
-  }
-  if (b)
-    bucket_trim(b, &lv->bytes);
-  goto out;
+  long g = keys_get(&c->set->keys, group_key);
+  if (g < 0)
+    goto nomem;
+  int rc = bucket_append(c->b, &lv->bytes, c->mq, (uint32_t)g, state, len);
+  if (rc == ANA_ERR_NOMEM)
+    goto nomem;
+  if (rc < 0)
+    return ana_error_set(c->err, ANA_STATUS_DATA_LOSS,
+                         "metric rollups: a stored cell is malformed");
+  return lv->bytes + c->set->keys.bytes > c->limit ? 1 : 0;
 nomem:
-  rc = ANA_ERR_NOMEM;
-  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-out:
-  sqlite3_finalize(st);
+  ana_error_set(c->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return ANA_ERR_NOMEM;
+}
+
+int rc_set_read(struct rc_set *set, struct ana_local_reader *rd, const struct ana_mq *mq, int level,
+                int64_t lo, int64_t hi, size_t limit, struct ana_error *err) {
+  struct read_ctx c = {set, &set->levels[level], NULL, mq, limit, err};
+  int rc =
+      ana_rollup_cells_scan(rd, set->metric_id, set->version, level, lo, hi, read_cell, &c, err);
+  if (rc == 0 && c.b)
+    bucket_trim(c.b, &c.lv->bytes);
   return rc;
 }
 

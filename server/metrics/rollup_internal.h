@@ -10,10 +10,10 @@
 #define ANA_ROLLUP_INTERNAL_H
 
 #include "ana_error.h"
+#include "ana_local_db.h"
 #include "metric_internal.h"
 
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -86,13 +86,13 @@ int rc_set_take(struct rc_set *set, int level, struct rc_set *from);
 size_t rc_level_seek(const struct rc_level *lv, int64_t t);
 
 /* Reads the stored cells of set's metric version at `level` with
- * lo <= bucket < hi through conn (borrowed; a transaction of the caller's
+ * lo <= bucket < hi through rd (borrowed; a transaction of the caller's
  * gives the snapshot), packed by mq, into set. Calls for one level must come
  * in ascending, disjoint ranges. Returns 0; 1 when the level would hold
  * more than limit bytes (what was read stays: the caller frees the set);
  * or a negative error with err filled. Blocks. */
-int rc_set_read(struct rc_set *set, sqlite3 *conn, const struct ana_mq *mq, int level, int64_t lo,
-                int64_t hi, size_t limit, struct ana_error *err);
+int rc_set_read(struct rc_set *set, struct ana_local_reader *rd, const struct ana_mq *mq, int level,
+                int64_t lo, int64_t hi, size_t limit, struct ana_error *err);
 
 /* Changed cells of one chunk, packed, for rc_cache_advance. */
 struct rc_change {

@@ -7,6 +7,7 @@
 #define ANA_NOTIFY_H
 
 #include "ana_error.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 
 #include <stdbool.h>
@@ -29,6 +30,9 @@ struct ana_notify_options {
   int backoff_initial_ms, backoff_max_ms;
   int timeout_ms; /* one attempt */
   int poll_ms;    /* how often due retries are looked for */
+  /* Seals each channel's secrets before they are stored and opens them when
+   * loaded (borrowed; outlives the module). NULL: stored as given. */
+  struct ana_crypto *crypto;
 };
 
 /* Opens the module (and recovers the outbox: rows that were being sent when
@@ -74,15 +78,15 @@ struct ana_notification {
   size_t n_links;
 };
 
-/* Writes n into the outbox on conn, a sqlite3 connection to the local
- * database (ana_local_db_connect, or the writer) on which the caller has
- * begun a write transaction: the notification exists exactly when the
- * caller's transaction commits. Call ana_notify_wake after the commit.
- * Fills key_out (when not NULL, 201 bytes) with the idempotency key. Does
- * not check the channel (a deleted channel fails at delivery). Blocks on
- * SQLite only; never on the network. */
-int ana_notify_enqueue_in_txn(struct ana_notify *n, void *conn, const struct ana_notification *nt,
-                              char *key_out, struct ana_error *err);
+/* Writes n into the outbox on conn, the caller's connection to the local
+ * database (ana_local_conn_open) on which it has begun a write transaction: the notification exists
+ * exactly when the caller's transaction commits. Call ana_notify_wake after the commit. Fills
+ * key_out (when not NULL, 201 bytes) with the idempotency key. Does not check the channel (a
+ * deleted channel fails at delivery). Blocks on SQLite only; never on the network. */
+struct ana_local_conn;
+int ana_notify_enqueue_in_txn(struct ana_notify *n, struct ana_local_conn *conn,
+                              const struct ana_notification *nt, char *key_out,
+                              struct ana_error *err);
 
 /* The same in a transaction of its own (for callers with none: reports).
  * Wakes the sender. */

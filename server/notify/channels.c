@@ -3,11 +3,15 @@
  * masking of secrets in every answer. */
 #include "notify_internal.h"
 
+#include "ana_alloc.h"
+#include "ana_crypto.h"
+
 #include "ana_arena.h"
 #include "ana_id.h"
 #include "ana_proto_walk.h"
 #include "ana_clock.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -46,21 +50,112 @@ static Analytics__V1__Channel *copy_of(const Analytics__V1__Channel *m, struct a
   return clone_bytes(buf, n, arena);
 }
 
+/* The secrets of a channel's settings: slots (their string members) and
+ * their names; returns how many. */
+static size_t secrets_of(Analytics__V1__Channel *c, char ***slots, const char **names) {
+  size_t k = 0;
+  if (c->settings_case == ANALYTICS__V1__CHANNEL__SETTINGS_SLACK && c->slack) {
+    slots[k] = &c->slack->webhook_url;
+    names[k++] = "slack.webhookUrl";
+  } else if (c->settings_case == ANALYTICS__V1__CHANNEL__SETTINGS_WEBHOOK && c->webhook) {
+    slots[k] = &c->webhook->signing_secret;
+    names[k++] = "webhook.signingSecret";
+  } else if (c->settings_case == ANALYTICS__V1__CHANNEL__SETTINGS_TELEGRAM && c->telegram) {
+    slots[k] = &c->telegram->bot_token;
+    names[k++] = "telegram.botToken";
+  }
+  return k;
+}
+
+/* What a sealed secret is bound to: its channel and field. */
+static void secret_context(const Analytics__V1__Channel *c, const char *name, char *out,
+                           size_t size) {
+  snprintf(out, size, "channel:%s:%s", c->channel_id ? c->channel_id : "", name);
+}
+
+/* Replaces c's secrets by their sealed texts (in arena), before c is
+ * stored. A secret sealed already stays. */
+static int seal_secrets(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_arena *arena,
+                        struct ana_error *err) {
+  char **slots[4];
+  const char *names[4];
+  size_t k = n->o.crypto ? secrets_of(c, slots, names) : 0;
+  for (size_t i = 0; i < k; i++) {
+    const char *v = *slots[i];
+    if (!v || !v[0] || ana_crypto_is_sealed(v))
+      continue;
+    char context[128], *sealed = NULL;
+    secret_context(c, names[i], context, sizeof context);
+    int rc = ana_crypto_seal(n->o.crypto, c->account_id, context, v, strlen(v), &sealed, err);
+    if (rc < 0)
+      return rc;
+    *slots[i] = ana_arena_strdup(arena, sealed);
+    ana_free(sealed);
+    if (!*slots[i])
+      return nomem(err);
+  }
+  return 0;
+}
+
+/* Replaces c's sealed secrets by their values (in arena), after c was
+ * loaded. A sealed secret that does not open is an error (DATA_LOSS). */
+static int open_secrets(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_arena *arena,
+                        struct ana_error *err) {
+  char **slots[4];
+  const char *names[4];
+  size_t k = secrets_of(c, slots, names);
+  for (size_t i = 0; i < k; i++) {
+    if (!ana_crypto_is_sealed(*slots[i]))
+      continue; /* stored before secrets were sealed: sealed at its next save */
+    if (!n->o.crypto)
+      return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                           "channel %s: its secrets are sealed and no key is loaded",
+                           c->channel_id ? c->channel_id : "");
+    char context[128], *value = NULL;
+    size_t len = 0;
+    secret_context(c, names[i], context, sizeof context);
+    int rc = ana_crypto_open(n->o.crypto, c->account_id, context, *slots[i], &value, &len, err);
+    if (rc < 0)
+      return rc;
+    *slots[i] = ana_arena_strndup(arena, value, len);
+    OPENSSL_cleanse(value, len);
+    ana_free(value);
+    if (!*slots[i])
+      return nomem(err);
+  }
+  return 0;
+}
+
+/* A stored channel (arena), its secrets opened; NULL with err filled. */
+static Analytics__V1__Channel *load_body(struct ana_notify *n, const uint8_t *data, size_t len,
+                                         struct ana_arena *arena, struct ana_error *err) {
+  Analytics__V1__Channel *c = clone_bytes(data, len, arena);
+  if (!c) {
+    nomem(err);
+    return NULL;
+  }
+  return open_secrets(n, c, arena, err) < 0 ? NULL : c;
+}
+
 struct loaded {
+  struct ana_notify *n;
   struct ana_arena *arena;
   Analytics__V1__Channel *ch;
+  struct ana_error *err;
+  bool failed;
 };
 
 static int keep(void *ctx, const struct ana_catalog_object *o) {
   struct loaded *l = ctx;
-  l->ch = clone_bytes(o->body, o->body_len, l->arena);
+  l->ch = load_body(l->n, o->body, o->body_len, l->arena, l->err);
+  l->failed = !l->ch;
   return 1;
 }
 
 int ana_notify_channel_load(struct ana_notify *n, const char *account_id, const char *id,
                             struct ana_arena *arena, Analytics__V1__Channel **out,
                             struct ana_error *err) {
-  struct loaded l = {arena, NULL};
+  struct loaded l = {n, arena, NULL, err, false};
   if (!id || !id[0] || !ana_uuid_is_valid(id)) {
     ana_error_set(err, ANA_STATUS_NOT_FOUND, "channelId: no channel %.64s", id ? id : "");
     return ANA_ERR_NOT_FOUND;
@@ -72,8 +167,8 @@ int ana_notify_channel_load(struct ana_notify *n, const char *account_id, const 
   }
   if (rc < 0)
     return rc;
-  if (!l.ch)
-    return nomem(err);
+  if (l.failed)
+    return ANA_ERR_INVALID; /* err says why */
   *out = l.ch;
   return 0;
 }
@@ -114,8 +209,15 @@ static int validate(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_
   return ana_notifier_find(type)->validate(&n->env, c, err);
 }
 
-static int save(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_arena *arena,
+static int save(struct ana_notify *n, const Analytics__V1__Channel *in, struct ana_arena *arena,
                 bool create, struct ana_error *err) {
+  /* Sealed on a copy: the caller's c keeps its values for the answer. */
+  Analytics__V1__Channel *c = copy_of(in, arena);
+  if (!c)
+    return nomem(err);
+  int rc = seal_secrets(n, c, arena, err);
+  if (rc < 0)
+    return rc;
   size_t len = protobuf_c_message_get_packed_size(&c->base);
   uint8_t *body = ana_arena_alloc(arena, len ? len : 1);
   if (!body)
@@ -133,7 +235,7 @@ static int save(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_aren
       .updated_at_ms =
           c->updated_at ? c->updated_at->seconds * 1000 + c->updated_at->nanos / 1000000 : 0,
   };
-  int rc = n->o.catalog_ops->put(n->o.catalog, &o, create, err);
+  rc = n->o.catalog_ops->put(n->o.catalog, &o, create, err);
   if (rc == ANA_ERR_EXISTS)
     ana_error_set(err, ANA_STATUS_ALREADY_EXISTS, "name: a channel named \"%s\" exists already",
                   c->name);
@@ -143,6 +245,7 @@ static int save(struct ana_notify *n, Analytics__V1__Channel *c, struct ana_aren
 /* Every channel of the account, calling fn (non-zero stops) after the
  * catalog's listing returned: fn may write to the catalog. */
 struct each {
+  struct ana_notify *notify;
   struct ana_arena *arena;
   Analytics__V1__Channel **items;
   size_t n, cap;
@@ -171,6 +274,10 @@ static int each_one(void *ctx, const struct ana_catalog_object *o) {
     e->nomem = true;
     return 1;
   }
+  /* A secret that does not open stays sealed: the default flags need none,
+   * and saving the channel again keeps it as it was. */
+  struct ana_error ignored;
+  open_secrets(e->notify, e->items[e->n], e->arena, &ignored);
   e->n++;
   return 0;
 }
@@ -178,7 +285,7 @@ static int each_one(void *ctx, const struct ana_catalog_object *o) {
 static int each_channel(struct ana_notify *n, const char *account, struct ana_arena *arena,
                         int (*fn)(void *ctx, Analytics__V1__Channel *c), void *ctx,
                         struct ana_error *err) {
-  struct each e = {arena, NULL, 0, 0, "", false, 0};
+  struct each e = {n, arena, NULL, 0, 0, "", false, 0};
   do {
     e.seen = 0;
     char after[64];
@@ -367,6 +474,7 @@ int ana_notify_channel_get(struct ana_notify *n, const char *account_id, const c
 }
 
 struct page {
+  struct ana_notify *notify;
   struct ana_arena *arena;
   Analytics__V1__Channel **items;
   size_t n, cap;
@@ -376,7 +484,15 @@ struct page {
 static int collect(void *ctx, const struct ana_catalog_object *o) {
   struct page *p = ctx;
   struct ana_error err;
-  Analytics__V1__Channel *c = clone_bytes(o->body, o->body_len, p->arena);
+  Analytics__V1__Channel *c = load_body(p->notify, o->body, o->body_len, p->arena, &err);
+  if (!c && (c = clone_bytes(o->body, o->body_len, p->arena))) {
+    /* A secret that does not open is listed as a mask (get says why). */
+    char **slots[4];
+    const char *names[4];
+    size_t k = secrets_of(c, slots, names);
+    for (size_t i = 0; i < k; i++)
+      *slots[i] = (char *)ANA_CRYPTO_MASK;
+  }
   if (!c || masked(c, p->arena, &p->items[p->n], &err) < 0) {
     p->nomem = true;
     return 1;
@@ -387,8 +503,8 @@ static int collect(void *ctx, const struct ana_catalog_object *o) {
 int ana_notify_channel_list(struct ana_notify *n, const char *account_id, const char *after,
                             int limit, struct ana_arena *arena, Analytics__V1__Channel ***out,
                             size_t *n_out, struct ana_error *err) {
-  struct page p = {arena, ana_arena_calloc(arena, (size_t)limit + 1, sizeof *p.items), 0,
-                   (size_t)limit, false};
+  struct page p = {n, arena,         ana_arena_calloc(arena, (size_t)limit + 1, sizeof *p.items),
+                   0, (size_t)limit, false};
   if (!p.items)
     return nomem(err);
   int rc = n->o.catalog_ops->list(n->o.catalog, KIND, account_id, after, limit, collect, &p, err);

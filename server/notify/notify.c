@@ -14,7 +14,6 @@
 #include "ana_clock.h"
 
 #include <errno.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,11 +25,6 @@
 
 static char *dup_or_null(const char *s) {
   return s && s[0] ? ana_strdup(s) : NULL;
-}
-
-static int db_fail(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "notifications: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
 }
 
 static bool key_ok(const char *k) {
@@ -62,10 +56,10 @@ static char *payload_of(const struct ana_notification *nt) {
   return s;
 }
 
-int ana_notify_enqueue_in_txn(struct ana_notify *n, void *conn, const struct ana_notification *nt,
-                              char *key_out, struct ana_error *err) {
+int ana_notify_enqueue_in_txn(struct ana_notify *n, struct ana_local_conn *conn,
+                              const struct ana_notification *nt, char *key_out,
+                              struct ana_error *err) {
   (void)n;
-  sqlite3 *db = conn;
   char key[KEY_MAX + 1];
   if (!nt->account_id || !nt->channel_id || !nt->channel_id[0])
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "channelId: is required");
@@ -80,28 +74,8 @@ int ana_notify_enqueue_in_txn(struct ana_notify *n, void *conn, const struct ana
   char *payload = payload_of(nt);
   if (!payload)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  int64_t now = ana_clock_wall_ms();
-  if (sqlite3_prepare_v2(db,
-                         "INSERT OR IGNORE INTO notify_outbox (idempotency_key, account_id,"
-                         " channel_id, source, payload, state, attempts, next_attempt_at,"
-                         " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6,"
-                         " ?6, ?6)",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_fail(db, err);
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, nt->account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 3, nt->channel_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 4, nt->source ? nt->source : "", -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 5, payload, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 6, now);
-  if (sqlite3_step(st) != SQLITE_DONE)
-    rc = db_fail(db, err);
-out:
-  sqlite3_finalize(st);
+  int rc = ana_local_outbox_insert(conn, key, nt->account_id, nt->channel_id,
+                                   nt->source ? nt->source : "", payload, ana_clock_wall_ms(), err);
   free(payload);
   if (rc == 0 && key_out)
     snprintf(key_out, KEY_MAX + 1, "%s", key);
@@ -110,16 +84,15 @@ out:
 
 int ana_notify_enqueue(struct ana_notify *n, const struct ana_notification *nt, char *key_out,
                        struct ana_error *err) {
-  sqlite3 *db = n->conn;
+  struct ana_local_conn *db = n->conn;
   pthread_mutex_lock(&n->db_mu);
-  int rc =
-      sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : db_fail(db, err);
+  int rc = ana_local_conn_begin(db, err);
   if (rc == 0) {
     rc = ana_notify_enqueue_in_txn(n, db, nt, key_out, err);
-    if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-      rc = db_fail(db, err);
+    if (rc == 0)
+      rc = ana_local_conn_commit(db, err);
     if (rc < 0)
-      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      ana_local_conn_rollback(db);
   }
   pthread_mutex_unlock(&n->db_mu);
   if (rc == 0)
@@ -151,58 +124,53 @@ static void job_fini(struct job *j) {
   memset(j, 0, sizeof *j);
 }
 
-static char *col(sqlite3_stmt *st, int i) {
-  const unsigned char *t = sqlite3_column_text(st, i);
-  return ana_strdup(t ? (const char *)t : "");
+struct claiming {
+  struct ana_notify *n;
+  int slot;
+  struct job *j;
+  int64_t now, *next_due;
+  int found;
+};
+
+static int claim_row(void *ctx, const struct ana_local_outbox_row *row) {
+  struct claiming *c = ctx;
+  struct ana_notify *n = c->n;
+  bool busy = false;
+  for (int i = 0; i < n->n_threads; i++)
+    busy = busy || n->in_flight[i] == row->id;
+  if (busy)
+    return 0;
+  if (row->next_attempt_ms > c->now) {
+    *c->next_due = row->next_attempt_ms;
+    return 1;
+  }
+  struct job *j = c->j;
+  j->id = row->id;
+  j->key = ana_strdup(row->key);
+  j->account = ana_strdup(row->account_id);
+  j->channel = ana_strdup(row->channel_id);
+  j->source = ana_strdup(row->source);
+  j->payload = ana_strdup(row->payload);
+  j->attempts = row->attempts;
+  j->created_ms = row->created_ms;
+  if (!j->key || !j->account || !j->channel || !j->source || !j->payload) {
+    job_fini(j);
+    return 1;
+  }
+  n->in_flight[c->slot] = row->id;
+  c->found = 1;
+  return 1;
 }
 
 /* Under n->mu: claims a due row no other sender has (1), or finds none (0)
  * and sets *next_due to when the earliest pending row is due. */
 static int claim(struct ana_notify *n, int slot, struct job *j, int64_t *next_due) {
-  sqlite3 *db = n->conn;
-  sqlite3_stmt *st = NULL;
-  int found = 0;
-  int64_t now = ana_clock_wall_ms();
   *next_due = INT64_MAX;
+  struct claiming c = {n, slot, j, ana_clock_wall_ms(), next_due, 0};
   pthread_mutex_lock(&n->db_mu);
-  if (sqlite3_prepare_v2(db,
-                         "SELECT id, idempotency_key, account_id, channel_id, source, payload,"
-                         " attempts, created_at, next_attempt_at FROM notify_outbox"
-                         " WHERE state = 'pending' ORDER BY next_attempt_at, id LIMIT ?1",
-                         -1, &st, NULL) != SQLITE_OK)
-    goto out;
-  sqlite3_bind_int(st, 1, CLAIM_BATCH + n->n_threads);
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    int64_t id = sqlite3_column_int64(st, 0), due = sqlite3_column_int64(st, 8);
-    bool busy = false;
-    for (int i = 0; i < n->n_threads; i++)
-      busy = busy || n->in_flight[i] == id;
-    if (busy)
-      continue;
-    if (due > now) {
-      *next_due = due;
-      break;
-    }
-    j->id = id;
-    j->key = col(st, 1);
-    j->account = col(st, 2);
-    j->channel = col(st, 3);
-    j->source = col(st, 4);
-    j->payload = col(st, 5);
-    j->attempts = sqlite3_column_int(st, 6);
-    j->created_ms = sqlite3_column_int64(st, 7);
-    if (!j->key || !j->account || !j->channel || !j->source || !j->payload) {
-      job_fini(j);
-      break;
-    }
-    n->in_flight[slot] = id;
-    found = 1;
-    break;
-  }
-out:
-  sqlite3_finalize(st);
+  ana_local_outbox_pending(n->conn, CLAIM_BATCH + n->n_threads, claim_row, &c);
   pthread_mutex_unlock(&n->db_mu);
-  return found;
+  return c.found;
 }
 
 static uint64_t random64(void) {
@@ -216,41 +184,11 @@ static uint64_t random64(void) {
 static void record(struct ana_notify *n, const struct job *j, int64_t at, int64_t took,
                    const char *outcome, const char *state, int64_t next_due,
                    const struct ana_notify_result *res) {
-  sqlite3 *db = n->conn;
-  sqlite3_stmt *a = NULL, *u = NULL;
+  struct ana_error err;
   pthread_mutex_lock(&n->db_mu);
-  bool ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
-  ok = ok && sqlite3_prepare_v2(db,
-                                "INSERT OR REPLACE INTO notify_attempts (outbox_id, attempt, at,"
-                                " outcome, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4,"
-                                " ?5, ?6, ?7)",
-                                -1, &a, NULL) == SQLITE_OK;
-  ok = ok && sqlite3_prepare_v2(db,
-                                "UPDATE notify_outbox SET state = ?2, attempts = ?3,"
-                                " next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
-                                -1, &u, NULL) == SQLITE_OK;
-  if (ok) {
-    sqlite3_bind_int64(a, 1, j->id);
-    sqlite3_bind_int(a, 2, j->attempts + 1);
-    sqlite3_bind_int64(a, 3, at);
-    sqlite3_bind_text(a, 4, outcome, -1, SQLITE_STATIC);
-    sqlite3_bind_int(a, 5, res->status);
-    sqlite3_bind_text(a, 6, res->error, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(a, 7, took);
-    sqlite3_bind_int64(u, 1, j->id);
-    sqlite3_bind_text(u, 2, state, -1, SQLITE_STATIC);
-    sqlite3_bind_int(u, 3, j->attempts + 1);
-    sqlite3_bind_int64(u, 4, next_due);
-    sqlite3_bind_int64(u, 5, at + took);
-    ok = sqlite3_step(a) == SQLITE_DONE && sqlite3_step(u) == SQLITE_DONE;
-  }
-  ok = ok && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
-  if (!ok) {
-    ANA_ERROR("notify", "cannot record delivery attempt of %s: %s", j->key, sqlite3_errmsg(db));
-    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-  }
-  sqlite3_finalize(a);
-  sqlite3_finalize(u);
+  if (ana_local_outbox_record(n->conn, j->id, j->attempts + 1, at, outcome, res->status, res->error,
+                              took, state, next_due, &err) < 0)
+    ANA_ERROR("notify", "cannot record delivery attempt of %s: %s", j->key, err.message);
   pthread_mutex_unlock(&n->db_mu);
 }
 
@@ -434,7 +372,7 @@ struct ana_notify *ana_notify_create(const struct ana_notify_options *o, struct 
       goto fail;
   }
   n->env.smtp_password = n->smtp_password;
-  if (!(n->conn = ana_local_db_connect(o->db, err)))
+  if (!(n->conn = ana_local_conn_open(o->db, err)))
     goto fail;
   return n;
 fail:
@@ -466,7 +404,7 @@ void ana_notify_destroy(struct ana_notify *n) {
   pthread_mutex_unlock(&n->mu);
   for (int i = 0; i < n->n_threads; i++)
     pthread_join(n->threads[i], NULL);
-  sqlite3_close(n->conn);
+  ana_local_conn_close(n->conn);
   ana_http_client_destroy(n->env.http);
   ana_free(n->in_flight);
   ana_free(n->threads);
@@ -487,83 +425,50 @@ void ana_notify_destroy(struct ana_notify *n) {
 
 /* --- the delivery log --- */
 
+struct attempts_ctx {
+  ana_notify_attempt_fn fn;
+  void *ctx;
+};
+
+static int each_attempt(void *ctx, const struct ana_local_attempt *la) {
+  struct attempts_ctx *c = ctx;
+  struct ana_notify_attempt a = {
+      .outbox_id = la->outbox_id,
+      .idempotency_key = la->idempotency_key,
+      .channel_id = la->channel_id,
+      .source = la->source,
+      .state = la->state,
+      .attempt = la->attempt,
+      .at_ms = la->at_ms,
+      .outcome = la->outcome,
+      .status = la->status,
+      .error = la->error,
+      .duration_ms = la->duration_ms,
+  };
+  return c->fn(c->ctx, &a);
+}
+
 int ana_notify_attempts(struct ana_notify *n, const char *account_id, const char *source,
                         const char *channel_id, int64_t before_ms, int limit,
                         ana_notify_attempt_fn fn, void *ctx, struct ana_error *err) {
-  sqlite3 *db = n->conn;
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
+  struct attempts_ctx c = {fn, ctx};
   pthread_mutex_lock(&n->db_mu);
-  if (sqlite3_prepare_v2(db,
-                         "SELECT a.outbox_id, o.idempotency_key, o.channel_id, o.source, o.state,"
-                         " a.attempt, a.at, a.outcome, a.status, a.error, a.duration_ms"
-                         " FROM notify_outbox o JOIN notify_attempts a ON a.outbox_id = o.id"
-                         " WHERE o.account_id = ?1 AND (?2 IS NULL OR o.source = ?2)"
-                         " AND (?3 IS NULL OR o.channel_id = ?3) AND (?4 = 0 OR a.at < ?4)"
-                         " ORDER BY a.at DESC, a.outbox_id DESC, a.attempt DESC LIMIT ?5",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_fail(db, err);
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-  if (source)
-    sqlite3_bind_text(st, 2, source, -1, SQLITE_STATIC);
-  if (channel_id)
-    sqlite3_bind_text(st, 3, channel_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 4, before_ms);
-  sqlite3_bind_int(st, 5, limit);
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_notify_attempt a = {
-        .outbox_id = sqlite3_column_int64(st, 0),
-        .idempotency_key = (const char *)sqlite3_column_text(st, 1),
-        .channel_id = (const char *)sqlite3_column_text(st, 2),
-        .source = (const char *)sqlite3_column_text(st, 3),
-        .state = (const char *)sqlite3_column_text(st, 4),
-        .attempt = sqlite3_column_int(st, 5),
-        .at_ms = sqlite3_column_int64(st, 6),
-        .outcome = (const char *)sqlite3_column_text(st, 7),
-        .status = sqlite3_column_int(st, 8),
-        .error = (const char *)sqlite3_column_text(st, 9),
-        .duration_ms = sqlite3_column_int64(st, 10),
-    };
-    if (fn(ctx, &a))
-      break;
-  }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_fail(db, err);
-out:
-  sqlite3_finalize(st);
+  int rc = ana_local_outbox_attempts(n->conn, account_id, source, channel_id, before_ms, limit,
+                                     each_attempt, &c, err);
   pthread_mutex_unlock(&n->db_mu);
   return rc;
 }
 
 int ana_notify_state(struct ana_notify *n, const char *account_id, const char *key, char *state,
                      size_t state_size, int *attempts, struct ana_error *err) {
-  sqlite3 *db = n->conn;
-  sqlite3_stmt *st = NULL;
-  int rc = ANA_ERR_NOT_FOUND;
   pthread_mutex_lock(&n->db_mu);
-  if (sqlite3_prepare_v2(db,
-                         "SELECT state, attempts FROM notify_outbox WHERE idempotency_key = ?1"
-                         " AND account_id = ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_fail(db, err);
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, account_id, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    snprintf(state, state_size, "%s", (const char *)sqlite3_column_text(st, 0));
-    *attempts = sqlite3_column_int(st, 1);
-    rc = 0;
-  } else {
-    ana_error_set(err, ANA_STATUS_NOT_FOUND, "no notification %s", key);
-  }
-out:
-  sqlite3_finalize(st);
+  int rc = ana_local_outbox_state(n->conn, account_id, key, state, state_size, attempts, err);
   pthread_mutex_unlock(&n->db_mu);
-  return rc;
+  if (rc == 0) {
+    ana_error_set(err, ANA_STATUS_NOT_FOUND, "no notification %s", key);
+    return ANA_ERR_NOT_FOUND;
+  }
+  return rc < 0 ? rc : 0;
 }
 
 /* --- channel tests --- */
@@ -617,26 +522,9 @@ int ana_notify_channel_test(struct ana_notify *n, const char *account_id, const 
   pthread_mutex_lock(&n->mu);
   for (;;) {
     struct first f = {res, false};
-    sqlite3_stmt *st = NULL;
+    struct attempts_ctx c = {keep_first, &f};
     pthread_mutex_lock(&n->db_mu);
-    if (sqlite3_prepare_v2(n->conn,
-                           "SELECT a.outcome, a.status, a.error, a.duration_ms FROM"
-                           " notify_attempts a JOIN notify_outbox o ON o.id = a.outbox_id"
-                           " WHERE o.idempotency_key = ?1 AND a.attempt = 1",
-                           -1, &st, NULL) == SQLITE_OK) {
-      sqlite3_bind_text(st, 1, res->key, -1, SQLITE_STATIC);
-      if (sqlite3_step(st) == SQLITE_ROW) {
-        struct ana_notify_attempt a = {
-            .attempt = 1,
-            .outcome = (const char *)sqlite3_column_text(st, 0),
-            .status = sqlite3_column_int(st, 1),
-            .error = (const char *)sqlite3_column_text(st, 2),
-            .duration_ms = sqlite3_column_int64(st, 3),
-        };
-        keep_first(&f, &a);
-      }
-    }
-    sqlite3_finalize(st);
+    ana_local_outbox_first_attempt(n->conn, res->key, each_attempt, &c);
     pthread_mutex_unlock(&n->db_mu);
     if (f.seen || pthread_cond_timedwait(&n->attempted, &n->mu, &until) == ETIMEDOUT)
       break;

@@ -94,7 +94,7 @@ struct ana_notify {
   char *smtp_url, *smtp_user, *smtp_password, *smtp_from, *telegram_api_url; /* owned */
   pthread_mutex_t channels_mu; /* serialises channel writes (the default flag) */
   /* Outbox and sender (outbox.c). */
-  void *conn; /* sqlite3, guarded by db_mu */
+  struct ana_local_conn *conn; /* the outbox's, guarded by db_mu */
   pthread_mutex_t db_mu;
   pthread_mutex_t mu; /* guards what follows */
   pthread_cond_t wake;

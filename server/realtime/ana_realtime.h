@@ -21,6 +21,7 @@
 #define ANA_REALTIME_H
 
 #include "ana_call.h"
+#include "ana_crypto_fields.h"
 #include "ana_error.h"
 #include "ana_store.h"
 
@@ -34,6 +35,10 @@ struct ana_realtime_options {
   size_t buffer_size;        /* STREAM_BUFFER_SIZE: updates held per subscriber; 0 = 1024 */
   int aggregate_interval_ms; /* REALTIME_AGGREGATE_INTERVAL; 0 = 1000 */
   int slow_consumer_ms;      /* REALTIME_SLOW_CONSUMER_MS; 0 = 10000 */
+  /* Opens encrypted fields for subscribers with clear_pii (borrowed; NULL:
+   * everyone gets them masked). */
+  struct ana_crypto *crypto;
+  const struct ana_crypto_fields *encrypted; /* ENCRYPTED_FIELDS (borrowed); NULL: none */
 };
 
 /* What a subscriber wants. Strings are borrowed and must live as long as
@@ -46,6 +51,7 @@ struct ana_realtime_filter {
   const char *const *property_values; /* compared as text (as SearchEvents does) */
   size_t n_properties;
   bool include_events; /* send each matching event; aggregates are always sent */
+  bool clear_pii;      /* encrypted fields in clear (pii:read); masked otherwise */
 };
 
 /* Starts the hub and its pump thread. Returns NULL with err filled. */

@@ -5,6 +5,7 @@
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
+#include "ana_crypto_fields.h"
 #include "ana_arena.h"
 #include "ana_log.h"
 #include "analytics/v1/realtime.pb-c.h"
@@ -54,6 +55,12 @@ struct rt_event {
    * per send. */
   Analytics__V1__AnalyticsUpdate up;
   struct ana_call_shared *shared;
+  /* An event with encrypted fields: ev and shared hold them masked; the
+   * clear encoding, for subscribers with pii:read, is made (pump thread) on
+   * the first delivery to one. */
+  bool sealed;
+  Analytics__V1__AnalyticsUpdate up_clear;
+  struct ana_call_shared *shared_clear;
 };
 
 static struct rt_event *event_new(const struct ana_event_record *r) {
@@ -76,6 +83,7 @@ static struct rt_event *event_new(const struct ana_event_record *r) {
 static void event_unref(struct rt_event *e) {
   if (e && atomic_fetch_sub(&e->refs, 1) == 1) {
     ana_call_shared_destroy(e->shared);
+    ana_call_shared_destroy(e->shared_clear);
     ana_arena_fini(&e->arena);
     ana_free(e);
   }
@@ -119,23 +127,53 @@ void ana_realtime_msg_unref(struct ana_realtime_msg *m) {
     event_unref(&m->e);
 }
 
-static Analytics__V1__Event *event_unpacked(struct rt_event *e) {
-  if (!e->ev)
+static Analytics__V1__Event *event_unpacked(struct rt_event *e,
+                                            const struct ana_crypto_fields *encrypted) {
+  if (!e->ev) {
     e->ev = (void *)ana_proto_unpack(&analytics__v1__event__descriptor, &e->arena.pb, e->payload,
                                      e->len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+    /* Encrypted fields are masked in the copy every subscriber shares. */
+    if (e->ev && encrypted)
+      e->sealed = ana_crypto_event_reveal(NULL, encrypted, NULL, e->ev, false, &e->arena, NULL) > 0;
+  }
   return e->ev;
+}
+
+/* The clear encoding of an event with encrypted fields (pump thread); the
+ * masked one when they cannot be opened. */
+static struct ana_call_shared *event_shared_clear(struct rt_event *e, struct ana_crypto *crypto,
+                                                  const struct ana_crypto_fields *encrypted,
+                                                  struct ana_call_shared *masked) {
+  if (e->shared_clear)
+    return e->shared_clear;
+  Analytics__V1__Event *ev =
+      (void *)ana_proto_unpack(&analytics__v1__event__descriptor, &e->arena.pb, e->payload, e->len,
+                               ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+  struct ana_error err;
+  if (!ev ||
+      ana_crypto_event_reveal(crypto, encrypted, ev->account_id, ev, true, &e->arena, &err) < 0) {
+    ANA_WARN(COMPONENT, "a live event's encrypted fields are sent masked: %s",
+             ev ? err.message : "it cannot be read");
+    return masked;
+  }
+  analytics__v1__analytics_update__init(&e->up_clear);
+  e->up_clear.update_case = ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT;
+  e->up_clear.event = ev;
+  e->shared_clear = ana_call_shared_create(&e->up_clear.base, true);
+  return e->shared_clear ? e->shared_clear : masked;
 }
 
 /* The shared message to send for e (pump thread); NULL when the event
  * cannot be read (*rc ANA_ERR_INVALID) or out of memory. */
-static struct ana_call_shared *event_shared(struct rt_event *e, int *rc) {
+static struct ana_call_shared *event_shared(struct rt_event *e,
+                                            const struct ana_crypto_fields *encrypted, int *rc) {
   *rc = 0;
   if (e->shared)
     return e->shared;
   if (e->msg) {
     e->shared = ana_call_shared_create(e->msg, false); /* carries its own sequence */
   } else {
-    Analytics__V1__Event *ev = event_unpacked(e);
+    Analytics__V1__Event *ev = event_unpacked(e, encrypted);
     if (!ev) {
       *rc = ANA_ERR_INVALID;
       return NULL;
@@ -463,7 +501,7 @@ void ana_realtime_on_commit(void *ctx, const struct ana_event_record *records, s
       if (s->f.include_events || s->f.n_properties) {
         if (!e && !unpack_failed) {
           e = event_new(r);
-          if (!e || !event_unpacked(e)) {
+          if (!e || !event_unpacked(e, rt->o.encrypted)) {
             ANA_WARN(COMPONENT, "a committed event cannot be read for the live streams");
             event_unref(e);
             e = NULL;
@@ -593,7 +631,9 @@ static bool deliver(struct ana_realtime *rt, struct sub *s, struct ana_arena *a)
       break;
     int rc;
     if (e) {
-      struct ana_call_shared *shared = event_shared(e, &rc);
+      struct ana_call_shared *shared = event_shared(e, rt->o.encrypted, &rc);
+      if (shared && !e->msg && e->sealed && s->f.clear_pii && rt->o.crypto)
+        shared = event_shared_clear(e, rt->o.crypto, rt->o.encrypted, shared);
       if (shared)
         rc = ana_call_send_shared(s->call, shared, e->msg ? 0 : s->sequence + 1);
     } else {

@@ -36,6 +36,15 @@ const char *ana_report_template_title(const char *name);
 int ana_report_template_check(const char *name, const Google__Protobuf__Struct *params,
                               char *name_out, size_t name_size, struct ana_error *err);
 
+/* The instants of a report's date range: the calendar days first_day to
+ * last_day (days since 1970-01-01), both inclusive, in the IANA zone tz,
+ * as [*from_ms, *to_ms): the local midnight that starts the first day to
+ * the one that ends the last, so a day of the range lasts 23 or 25 hours
+ * where the zone changes its clock. Returns 0, or ANA_ERR_INVALID with err
+ * naming parameters.timeZone. */
+int ana_report_date_range(int64_t first_day, int64_t last_day, const char *tz, int64_t *from_ms,
+                          int64_t *to_ms, struct ana_error *err);
+
 /* Builds the document of a report of the template for the account, every
  * number from the metrics engine; everything lives in arena. Blocks (reads
  * the events). */

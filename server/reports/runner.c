@@ -3,6 +3,7 @@
  * A file is written under a temporary name, fsynced, renamed into
  * REPORTS_DIR/<account>/<run>.<ext> and its directory fsynced: a partial
  * file never has a served name. */
+#include "ana_local_db.h"
 #include "ana_report_runner.h"
 
 #include "ana_id.h"
@@ -13,7 +14,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +34,7 @@
 struct ana_report_runner {
   struct ana_report_runner_options o;
   char *dir;
-  sqlite3 *conn; /* db_lock */
-  pthread_mutex_t db_lock;
+  struct ana_local_runs *runs;
   pthread_mutex_t lock; /* the queue */
   pthread_cond_t cond;
   char (*queue)[40]; /* ring of run ids */
@@ -45,11 +44,6 @@ struct ana_report_runner {
   pthread_t threads[MAX_THREADS];
   int n_threads;
 };
-
-static int db_fail(struct ana_report_runner *r, struct ana_error *err, const char *what) {
-  return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "report runs: %s: %s", what,
-                       sqlite3_errmsg(r->conn));
-}
 
 /* The account's folder name: the id with anything but [A-Za-z0-9_.-] as
  * '_' and no leading dot. */
@@ -80,63 +74,21 @@ static int fsync_path(const char *path, int flags) {
   return rc;
 }
 
-/* Runs one statement with text binds (NULL ends them) and integer binds
- * after them; the statement has no result rows. */
-static int exec_bind(struct ana_report_runner *r, const char *sql, const char *const *texts,
-                     size_t n_texts, const int64_t *ints, size_t n_ints, struct ana_error *err) {
-  sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(r->conn, sql, -1, &st, NULL) != SQLITE_OK)
-    return db_fail(r, err, "prepare");
-  int i = 1;
-  for (size_t k = 0; k < n_texts; k++)
-    sqlite3_bind_text(st, i++, texts[k], -1, SQLITE_TRANSIENT);
-  for (size_t k = 0; k < n_ints; k++)
-    sqlite3_bind_int64(st, i++, ints[k]);
-  int rc = sqlite3_step(st);
-  sqlite3_finalize(st);
-  if (rc != SQLITE_DONE)
-    return db_fail(r, err, "write");
-  return 0;
-}
-
-/* Marks a run's end; under db_lock. */
+/* Marks a run's end. */
 static void finish_run(struct ana_report_runner *r, const char *run_id, const char *state,
                        const char *error, const char *path, int64_t size) {
   struct ana_error err;
-  const char *t[] = {state, error, path, run_id};
-  int64_t ints[] = {size, ana_clock_wall_ms()};
-  pthread_mutex_lock(&r->db_lock);
-  if (exec_bind(r,
-                "UPDATE report_runs SET state = ?1, error = ?2, path = ?3, size_bytes = ?5, "
-                "finished_at = ?6 WHERE run_id = ?4",
-                t, 4, ints, 2, &err) < 0)
+  if (ana_local_runs_finish(r->runs, run_id, state, error, path, size, ana_clock_wall_ms(), &err) <
+      0)
     ANA_WARN("reports", "run %s: %s", run_id, err.message);
-  pthread_mutex_unlock(&r->db_lock);
 }
 
 /* Takes a queued run: running, one more attempt. Returns false when the run
  * is gone or not pending any more. */
 static bool start_run(struct ana_report_runner *r, const char *run_id, char *account,
                       size_t acc_size, char *report, size_t rep_size) {
-  bool ok = false;
-  pthread_mutex_lock(&r->db_lock);
-  sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(r->conn,
-                         "UPDATE report_runs SET state = 'running', attempts = attempts + 1, "
-                         "started_at = ?2 WHERE run_id = ?1 AND state = 'pending' "
-                         "RETURNING account_id, report_id",
-                         -1, &st, NULL) == SQLITE_OK) {
-    sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, ana_clock_wall_ms());
-    if (sqlite3_step(st) == SQLITE_ROW) {
-      snprintf(account, acc_size, "%s", (const char *)sqlite3_column_text(st, 0));
-      snprintf(report, rep_size, "%s", (const char *)sqlite3_column_text(st, 1));
-      ok = true;
-    }
-    sqlite3_finalize(st);
-  }
-  pthread_mutex_unlock(&r->db_lock);
-  return ok;
+  return ana_local_runs_start(r->runs, run_id, ana_clock_wall_ms(), account, acc_size, report,
+                              rep_size);
 }
 
 static void generate(struct ana_report_runner *r, const char *run_id) {
@@ -188,24 +140,16 @@ static void generate(struct ana_report_runner *r, const char *run_id) {
   finish_run(r, run_id, "completed", "", final, (int64_t)sb.st_size);
 }
 
+static void remove_file(void *ctx, const char *path) {
+  (void)ctx;
+  if (unlink(path) < 0 && errno != ENOENT)
+    ANA_WARN("reports", "cannot remove %s: %s", path, strerror(errno));
+}
+
 /* Removes the files of runs completed before the retention cutoff. */
 static void expire(struct ana_report_runner *r) {
   int64_t cutoff = ana_clock_wall_ms() - (int64_t)r->o.retention_days * 86400000;
-  pthread_mutex_lock(&r->db_lock);
-  sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(r->conn,
-                         "UPDATE report_runs SET state = 'expired', path = '' "
-                         "WHERE state = 'completed' AND finished_at < ?1 RETURNING path",
-                         -1, &st, NULL) == SQLITE_OK) {
-    sqlite3_bind_int64(st, 1, cutoff);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-      const char *path = (const char *)sqlite3_column_text(st, 0);
-      if (path && *path && unlink(path) < 0 && errno != ENOENT)
-        ANA_WARN("reports", "cannot remove %s: %s", path, strerror(errno));
-    }
-    sqlite3_finalize(st);
-  }
-  pthread_mutex_unlock(&r->db_lock);
+  ana_local_runs_expire(r->runs, cutoff, remove_file, NULL);
 }
 
 static void *worker(void *arg) {
@@ -288,33 +232,19 @@ static void sweep_tmp(const char *dir) {
 
 /* After a stop: runs left running run again, or fail after max_attempts;
  * every pending run is queued, oldest first. */
+static int push_pending(void *ctx, const char *run_id) {
+  return push(ctx, run_id, true);
+}
+
 static int recover(struct ana_report_runner *r, struct ana_error *err) {
   char msg[256];
   snprintf(msg, sizeof msg,
            "generation was interrupted %d times (the server stopped while it ran); giving up",
            r->o.max_attempts);
-  const char *t[] = {msg};
-  int64_t ints[] = {(int64_t)r->o.max_attempts, ana_clock_wall_ms()};
-  if (exec_bind(r,
-                "UPDATE report_runs SET state = 'failed', error = ?1, finished_at = ?3 "
-                "WHERE state = 'running' AND attempts >= ?2",
-                t, 1, ints, 2, err) < 0 ||
-      exec_bind(r, "UPDATE report_runs SET state = 'pending' WHERE state = 'running'", NULL, 0,
-                NULL, 0, err) < 0)
-    return ANA_ERR_INTERNAL;
-  sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(r->conn,
-                         "SELECT run_id FROM report_runs WHERE state = 'pending' "
-                         "ORDER BY created_at, run_id",
-                         -1, &st, NULL) != SQLITE_OK)
-    return db_fail(r, err, "read");
-  int n = 0;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    if (push(r, (const char *)sqlite3_column_text(st, 0), true) < 0)
-      break;
-    n++;
-  }
-  sqlite3_finalize(st);
+  int n = ana_local_runs_recover(r->runs, r->o.max_attempts, msg, ana_clock_wall_ms(), push_pending,
+                                 r, err);
+  if (n < 0)
+    return n;
   if (n)
     ANA_INFO("reports", "%d report runs resumed", n);
   return 0;
@@ -332,13 +262,12 @@ struct ana_report_runner *ana_report_runner_create(const struct ana_report_runne
   r->cap = (size_t)(o->queue_max > 0 ? o->queue_max : 1);
   r->queue = calloc(r->cap, sizeof *r->queue);
   pthread_mutex_init(&r->lock, NULL);
-  pthread_mutex_init(&r->db_lock, NULL);
   pthread_cond_init(&r->cond, NULL);
   if (!r->dir || !r->queue) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  if (!(r->conn = ana_local_db_connect(o->db, err)))
+  if (!(r->runs = ana_local_runs_open(o->db, err)))
     goto fail;
   if (make_dir(r->dir) < 0) {
     ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION, "REPORTS_DIR: cannot create %s: %s", r->dir,
@@ -373,11 +302,9 @@ void ana_report_runner_destroy(struct ana_report_runner *r) {
   pthread_mutex_unlock(&r->lock);
   for (int i = 0; i < r->n_threads; i++)
     pthread_join(r->threads[i], NULL);
-  if (r->conn)
-    sqlite3_close_v2(r->conn);
+  ana_local_runs_close(r->runs);
   pthread_cond_destroy(&r->cond);
   pthread_mutex_destroy(&r->lock);
-  pthread_mutex_destroy(&r->db_lock);
   free(r->queue);
   free(r->dir);
   free(r);
@@ -394,43 +321,35 @@ int ana_report_runner_submit(struct ana_report_runner *r, const char *account_id
                          "%d report runs are waiting (REPORT_QUEUE_MAX); retry later",
                          r->o.queue_max);
   }
-  const char *t[] = {run_id, account_id, report_id};
-  int64_t ints[] = {ana_clock_wall_ms()};
-  pthread_mutex_lock(&r->db_lock);
-  int rc = exec_bind(r,
-                     "INSERT INTO report_runs (run_id, account_id, report_id, state, created_at) "
-                     "VALUES (?1, ?2, ?3, 'pending', ?4)",
-                     t, 3, ints, 1, err);
-  pthread_mutex_unlock(&r->db_lock);
+  int rc = ana_local_runs_insert(r->runs, run_id, account_id, report_id, ana_clock_wall_ms(), err);
   if (rc == 0)
     push(r, run_id, false);
   pthread_mutex_unlock(&r->lock);
   return rc;
 }
 
-static const char *col(sqlite3_stmt *st, int i, struct ana_arena *a) {
-  const char *s = (const char *)sqlite3_column_text(st, i);
-  return ana_arena_strdup(a, s ? s : "");
-}
+struct fill_ctx {
+  struct ana_arena *a;
+  struct ana_report_run *runs;
+  int n;
+};
 
-static void fill(sqlite3_stmt *st, struct ana_arena *a, struct ana_report_run *run) {
+static void fill(void *ctx, const struct ana_local_run *from) {
+  struct fill_ctx *f = ctx;
+  struct ana_report_run *run = &f->runs[f->n++];
   memset(run, 0, sizeof *run);
-  snprintf(run->run_id, sizeof run->run_id, "%s", (const char *)sqlite3_column_text(st, 0));
-  snprintf(run->report_id, sizeof run->report_id, "%s", (const char *)sqlite3_column_text(st, 1));
-  run->account_id = col(st, 2, a);
-  run->state = col(st, 3, a);
-  run->attempts = sqlite3_column_int(st, 4);
-  run->error = col(st, 5, a);
-  run->path = col(st, 6, a);
-  run->size_bytes = sqlite3_column_int64(st, 7);
-  run->created_at_ms = sqlite3_column_int64(st, 8);
-  run->started_at_ms = sqlite3_column_int64(st, 9);
-  run->finished_at_ms = sqlite3_column_int64(st, 10);
+  snprintf(run->run_id, sizeof run->run_id, "%s", from->run_id);
+  snprintf(run->report_id, sizeof run->report_id, "%s", from->report_id);
+  run->account_id = ana_arena_strdup(f->a, from->account_id);
+  run->state = ana_arena_strdup(f->a, from->state);
+  run->attempts = from->attempts;
+  run->error = ana_arena_strdup(f->a, from->error);
+  run->path = ana_arena_strdup(f->a, from->path);
+  run->size_bytes = from->size_bytes;
+  run->created_at_ms = from->created_at_ms;
+  run->started_at_ms = from->started_at_ms;
+  run->finished_at_ms = from->finished_at_ms;
 }
-
-#define COLUMNS                                                                                    \
-  "run_id, report_id, account_id, state, attempts, error, path, size_bytes, created_at, "          \
-  "started_at, finished_at"
 
 int ana_report_runner_runs(struct ana_report_runner *r, const char *account_id,
                            const char *report_id, int limit, struct ana_arena *arena,
@@ -438,54 +357,21 @@ int ana_report_runner_runs(struct ana_report_runner *r, const char *account_id,
   *out = ana_arena_calloc(arena, (size_t)(limit > 0 ? limit : 1), sizeof **out);
   if (!*out)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  pthread_mutex_lock(&r->db_lock);
-  sqlite3_stmt *st;
-  int n = 0;
-  if (sqlite3_prepare_v2(r->conn,
-                         "SELECT " COLUMNS " FROM report_runs WHERE account_id = ?1 AND "
-                         "report_id = ?2 ORDER BY created_at DESC, run_id DESC LIMIT ?3",
-                         -1, &st, NULL) != SQLITE_OK) {
-    n = db_fail(r, err, "read");
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, report_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 3, limit);
-  while (n < limit && sqlite3_step(st) == SQLITE_ROW)
-    fill(st, arena, &(*out)[n++]);
-  sqlite3_finalize(st);
-out:
-  pthread_mutex_unlock(&r->db_lock);
-  return n;
+  struct fill_ctx f = {arena, *out, 0};
+  return ana_local_runs_list(r->runs, account_id, report_id, limit, fill, &f, err);
 }
 
 int ana_report_runner_get(struct ana_report_runner *r, const char *account_id,
                           const char *report_id, const char *run_id, struct ana_arena *arena,
                           struct ana_report_run *out, struct ana_error *err) {
-  pthread_mutex_lock(&r->db_lock);
-  sqlite3_stmt *st;
-  int rc;
-  if (sqlite3_prepare_v2(r->conn,
-                         "SELECT " COLUMNS " FROM report_runs WHERE account_id = ?1 AND "
-                         "report_id = ?2 AND run_id = ?3",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_fail(r, err, "read");
-    goto out;
-  }
-  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, report_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 3, run_id, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    fill(st, arena, out);
-    rc = 0;
-  } else {
-    rc = ana_error_set(err, ANA_STATUS_NOT_FOUND, "runId: run %.64s of this report not found",
-                       run_id);
-  }
-  sqlite3_finalize(st);
-out:
-  pthread_mutex_unlock(&r->db_lock);
-  return rc;
+  struct fill_ctx f = {arena, out, 0};
+  int rc = ana_local_runs_get(r->runs, account_id, report_id, run_id, fill, &f, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return ana_error_set(err, ANA_STATUS_NOT_FOUND, "runId: run %.64s of this report not found",
+                         run_id);
+  return 0;
 }
 
 int ana_report_runner_queued(struct ana_report_runner *r) {

@@ -146,8 +146,13 @@ static int parse_range(const Google__Protobuf__Struct *params, struct range *r,
   if (r->last_day - r->first_day >= MAX_DAYS)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "parameters.dateRange: at most %d days",
                          MAX_DAYS);
-  if (local_midnight(r->first_day, r->tz, &r->from_ms, err) < 0 ||
-      local_midnight(r->last_day + 1, r->tz, &r->to_ms, err) < 0)
+  return ana_report_date_range(r->first_day, r->last_day, r->tz, &r->from_ms, &r->to_ms, err);
+}
+
+int ana_report_date_range(int64_t first_day, int64_t last_day, const char *tz, int64_t *from_ms,
+                          int64_t *to_ms, struct ana_error *err) {
+  if (local_midnight(first_day, tz, from_ms, err) < 0 ||
+      local_midnight(last_day + 1, tz, to_ms, err) < 0)
     return ANA_ERR_INVALID;
   return 0;
 }

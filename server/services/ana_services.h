@@ -13,14 +13,17 @@
 
 struct ana_event_service_options {
   struct ana_committer *committer;
-  const struct ana_event_store_ops *store_ops;
-  void *store;
-  struct ana_workers *workers; /* for searches */
+  const struct ana_store_roles *roles; /* searches (borrowed) */
+  struct ana_workers *workers;         /* for searches */
   struct ana_ingest_limits limits;
   const char *trusted_proxies; /* borrowed; NULL = none */
   int search_max_page_size;
   int stream_max_in_flight;            /* batches of one stream being committed at once */
   struct ana_event_names *event_names; /* ListEventNames; NULL: UNIMPLEMENTED */
+  /* ENCRYPTED_FIELDS (NULL: none), sealed at ingest; search results show
+   * them in clear to principals with pii:read, masked to others. */
+  const struct ana_crypto_fields *encrypted;
+  struct ana_crypto *crypto;
 };
 
 /* Binds EventService (TrackEvent, TrackEvents, IngestEvents, ImportEvents,
@@ -29,7 +32,7 @@ int ana_event_service_bind(const struct ana_event_service_options *o);
 
 /* Binds RealtimeService.StreamAnalytics to the hub (borrowed; must outlive
  * the transports). StreamMetric is bound by ana_metric_service_bind_streams. */
-int ana_realtime_service_bind(struct ana_realtime *hub);
+int ana_realtime_service_bind(struct ana_realtime *hub, const struct ana_crypto_fields *encrypted);
 
 struct ana_rollups;
 
@@ -41,6 +44,10 @@ struct ana_metric_service_options {
   struct ana_workers *workers;
   struct ana_rollups *rollups;         /* NULL: every query reads raw events */
   struct ana_event_names *event_names; /* seen names for bare formula names; NULL: none */
+  /* ENCRYPTED_FIELDS (NULL: none): filters on them are stored as, and
+   * dimension filters compared with, their blind indexes. */
+  const struct ana_crypto_fields *encrypted;
+  struct ana_crypto *crypto;
 };
 
 /* Binds MetricService (create, list, get, update, delete, data). */

@@ -6,6 +6,7 @@
 #include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
+#include "ana_auth.h"
 #include "ana_call.h"
 #include "ana_client_ip.h"
 #include "ana_event_names.h"
@@ -60,6 +61,8 @@ static void fill_request(struct ana_call *call, struct ana_ingest_request *r, ch
   r->locale = ana_call_metadata(call, "x-client-locale");
   r->now_ms = ana_clock_wall_ms();
   r->limits = &opts.limits;
+  r->encrypted = opts.encrypted;
+  r->crypto = opts.crypto;
 }
 
 static void commit_done(struct ana_commit_request *req, int rc, const struct ana_error *err) {
@@ -555,7 +558,9 @@ struct search {
   bool more;
   int64_t last_ts;
   const char *last_id;
-  int failed;
+  int failed;                  /* 1: an event does not unpack; 2: reveal_err */
+  bool pii;                    /* the caller has pii:read */
+  struct ana_error reveal_err; /* an encrypted field that does not open */
 };
 
 static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -638,6 +643,12 @@ static int on_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, con
     s->failed = 1;
     return 1;
   }
+  /* Encrypted fields: in clear for pii:read, masked for the others. */
+  if (opts.encrypted && ana_crypto_event_reveal(opts.crypto, opts.encrypted, s->q.account_id, ev,
+                                                s->pii, a, &s->reveal_err) < 0) {
+    s->failed = 2;
+    return 1;
+  }
   s->events[s->n_events++] = ev;
   s->last_ts = ts;
   s->last_id = ana_arena_strdup(a, event_id);
@@ -647,9 +658,13 @@ static int on_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, con
 static void search_job(void *arg) {
   struct search *s = arg;
   struct ana_error err;
-  int rc = opts.store_ops->search(opts.store, &s->q, on_hit, s, &err);
+  int rc = ana_store_search(opts.roles, &s->q, on_hit, s, &err);
   if (rc < 0) {
     ana_call_finish(s->call, NULL, &err);
+    return;
+  }
+  if (s->failed == 2) {
+    ana_call_finish(s->call, NULL, &s->reveal_err);
     return;
   }
   if (s->failed) {
@@ -677,6 +692,7 @@ static void search_events(struct ana_call *call, const ProtobufCMessage *request
   if (!s)
     goto nomem;
   s->call = call;
+  s->pii = ana_auth_permits(ana_call_principal(call), "pii:read");
   s->page_size = req->page_size ? req->page_size : DEFAULT_PAGE_SIZE;
   s->events = ana_arena_calloc(a, (size_t)s->page_size, sizeof *s->events);
   if (!s->events)
@@ -703,6 +719,11 @@ static void search_events(struct ana_call *call, const ProtobufCMessage *request
     for (size_t i = 0; i < req->n_properties; i++) {
       keys[i] = req->properties[i]->key;
       values[i] = req->properties[i]->value;
+      /* An encrypted property is stored as its blind index. */
+      const char *name = ana_crypto_fields_property(opts.encrypted, keys[i]);
+      if (name && !(values[i] = ana_crypto_blind_text(opts.crypto, q->account_id, name,
+                                                      values[i] ? values[i] : "", a)))
+        goto nomem;
     }
     q->property_keys = keys;
     q->property_values = values;

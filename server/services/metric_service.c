@@ -7,6 +7,7 @@
 #include "ana_proto_walk.h"
 
 #include "ana_call.h"
+#include "ana_crypto_fields.h"
 #include "ana_id.h"
 #include "ana_log.h"
 #include "ana_metric_query.h"
@@ -379,6 +380,73 @@ static const char *const aggregations[] = {"avg", "sum", "min", "max", "last", "
 
 /* Validates and normalises a definition (defaults for type and
  * aggregation). */
+/* A filter value on an encrypted field, as its blind index (a Value in
+ * arena); one given as a blind index already stays. NULL with err filled. */
+static Google__Protobuf__Value *blind_value(const char *account, const char *name,
+                                            Google__Protobuf__Value *v, struct ana_arena *a,
+                                            const char *field, struct ana_error *err) {
+  char num[64];
+  const char *text = NULL;
+  switch (v ? v->kind_case : GOOGLE__PROTOBUF__VALUE__KIND__NOT_SET) {
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+    if (!strncmp(v->string_value, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1))
+      return v;
+    text = v->string_value;
+    break;
+  case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
+    snprintf(num, sizeof num, "%.15g", v->number_value);
+    text = num;
+    break;
+  case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE: text = v->bool_value ? "true" : "false"; break;
+  default:
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                  "%s: must be a string, number or boolean (the field is encrypted)", field);
+    return NULL;
+  }
+  Google__Protobuf__Value *out = ana_arena_alloc(a, sizeof *out);
+  char *blind = ana_crypto_blind_text(opts.crypto, account, name, text, a);
+  if (!out || !blind) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "%s: no blind index for the encrypted field", field);
+    return NULL;
+  }
+  google__protobuf__value__init(out);
+  out->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+  out->string_value = blind;
+  return out;
+}
+
+/* Filters on encrypted fields (ENCRYPTED_FIELDS) compare blind indexes:
+ * their values are replaced (so the stored definition holds no clear
+ * value); only eq, neq, in and exists apply to them. */
+static int blind_filters(const char *account, Analytics__V1__Metric *m, struct ana_arena *a,
+                         struct ana_error *err) {
+  for (size_t i = 0; opts.encrypted && i < m->n_filters; i++) {
+    Analytics__V1__MetricFilter *f = m->filters[i];
+    const char *name = ana_crypto_fields_property(opts.encrypted, f->field);
+    if (!name || strcmp(f->op, "exists") == 0)
+      continue;
+    char field[64];
+    snprintf(field, sizeof field, "filters[%zu].value", i);
+    if (strcmp(f->op, "eq") == 0 || strcmp(f->op, "neq") == 0) {
+      if (!(f->value = blind_value(account, name, f->value, a, field, err)))
+        return ANA_ERR_INVALID;
+    } else if (strcmp(f->op, "in") == 0 && f->value &&
+               f->value->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE &&
+               f->value->list_value) {
+      Google__Protobuf__ListValue *l = f->value->list_value;
+      for (size_t j = 0; j < l->n_values; j++)
+        if (!(l->values[j] = blind_value(account, name, l->values[j], a, field, err)))
+          return ANA_ERR_INVALID;
+    } else {
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "filters[%zu].op: \"%.16s\" does not apply to %s, an encrypted "
+                           "field (ENCRYPTED_FIELDS): eq, neq, in or exists",
+                           i, f->op, f->field);
+    }
+  }
+  return 0;
+}
+
 static int check_metric(struct ana_call *call, Analytics__V1__Metric *m, struct ana_error *err) {
   const char *account = ana_call_principal(call)->account_id;
   if (m->account_id && m->account_id[0] && strcmp(m->account_id, account) != 0)
@@ -414,7 +482,8 @@ static int check_metric(struct ana_call *call, Analytics__V1__Metric *m, struct 
       return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                            "variables: \"%.64s\" is not a name (letters, digits, _)", k);
   }
-  if (ana_metric_check_filters_and_dimensions(m, err) < 0)
+  if (ana_metric_check_filters_and_dimensions(m, err) < 0 ||
+      blind_filters(account, m, ana_call_arena(call), err) < 0)
     return ANA_ERR_INVALID;
   /* Bare names are resolved against the event names seen now; what the
    * client sent in the server-set fields is ignored. */
@@ -817,6 +886,15 @@ static void do_data(struct ana_call *call, const ProtobufCMessage *request) {
   for (size_t i = 0; i < req->n_dimension_filter && i < 16; i++) {
     keys[i] = req->dimension_filter[i]->key;
     values[i] = req->dimension_filter[i]->value;
+    /* An encrypted dimension's values are its blind indexes. */
+    const char *name = ana_crypto_fields_property(opts.encrypted, keys[i]);
+    if (name && strncmp(values[i], ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1) &&
+        !(values[i] = ana_crypto_blind_text(opts.crypto, ana_call_principal(call)->account_id, name,
+                                            values[i], ana_call_arena(call)))) {
+      ana_error_set(&err, ANA_STATUS_UNAVAILABLE, "dimensionFilter: no blind index for %s", name);
+      fail_with(call, &err);
+      return;
+    }
   }
   q.dimension_keys = keys;
   q.dimension_values = values;

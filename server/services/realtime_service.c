@@ -4,15 +4,19 @@
  * the same hub. */
 #include "ana_services.h"
 
+#include "ana_auth.h"
 #include "ana_call.h"
+#include "ana_crypto_fields.h"
 #include "ana_log.h"
 #include "analytics/v1/realtime.pb-c.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define MAX_PROPERTY_FILTERS 16
 
 static struct ana_realtime *hub;
+static const struct ana_crypto_fields *encrypted;
 
 static void stream_analytics(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__StreamAnalyticsRequest *req = (const void *)request;
@@ -28,6 +32,7 @@ static void stream_analytics(struct ana_call *call, const ProtobufCMessage *requ
       .event_type = req->event_type,
       .event_name = req->event_name,
       .include_events = req->include_events,
+      .clear_pii = ana_auth_permits(ana_call_principal(call), "pii:read"),
   };
   if (req->n_properties) {
     const char **keys = ana_arena_calloc(a, req->n_properties, sizeof *keys);
@@ -35,6 +40,16 @@ static void stream_analytics(struct ana_call *call, const ProtobufCMessage *requ
     if (!keys || !values)
       goto nomem;
     for (size_t i = 0; i < req->n_properties; i++) {
+      if (ana_crypto_fields_property(encrypted, req->properties[i]->key)) {
+        char field[64];
+        snprintf(field, sizeof field, "properties[%zu].key", i);
+        ana_call_add_violation(call, field, "is an encrypted field (ENCRYPTED_FIELDS)");
+        ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT,
+                      "%s: \"%.64s\" is an encrypted field (ENCRYPTED_FIELDS): live streams "
+                      "cannot filter on it",
+                      field, req->properties[i]->key);
+        return;
+      }
       keys[i] = req->properties[i]->key;
       values[i] = req->properties[i]->value;
     }
@@ -67,8 +82,9 @@ static const struct ana_handler stream_analytics_handler = {
     .on_drain = stream_drain,
 };
 
-int ana_realtime_service_bind(struct ana_realtime *rt) {
+int ana_realtime_service_bind(struct ana_realtime *rt, const struct ana_crypto_fields *fields) {
   hub = rt;
+  encrypted = fields;
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ANALYTICS,
                &stream_analytics_handler);
   return 0;

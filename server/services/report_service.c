@@ -89,6 +89,21 @@ static int load_report(struct ana_arena *arena, const char *account, const char 
 
 /* The file name offered: the report's name and the run's day, in
  * [A-Za-z0-9._-]. */
+/* The length of the UTF-8 sequence of a letter outside ASCII at p (2 to 4
+ * bytes, well formed and past U+00BF, so no Latin-1 punctuation), or 0. */
+static size_t utf8_letter_len(const unsigned char *p) {
+  size_t len = p[0] >= 0xc3 && p[0] <= 0xdf   ? 2
+               : p[0] >= 0xe0 && p[0] <= 0xef ? 3
+               : p[0] >= 0xf0 && p[0] <= 0xf4 ? 4
+                                              : 0;
+  for (size_t i = 1; i < len; i++)
+    if ((p[i] & 0xc0) != 0x80)
+      return 0;
+  if (len == 3 && p[0] == 0xe2 && p[1] < 0xb0)
+    return 0; /* U+2000..U+2BFF: punctuation, symbols, arrows */
+  return len;
+}
+
 static char *file_name(struct ana_arena *a, const Analytics__V1__Report *r,
                        const struct ana_report_run *run, const char *ext) {
   char *buf = ana_arena_alloc(a, 128);
@@ -99,7 +114,17 @@ static char *file_name(struct ana_arena *a, const Analytics__V1__Report *r,
   for (const char *p = r->name ? r->name : "report"; *p && n < 80; p++) {
     char c = *p;
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-    if (ok) {
+    size_t len = utf8_letter_len((const unsigned char *)p);
+    if (len) {
+      /* A name in another script keeps its letters (the bridge sends them
+       * as filename*=UTF-8''...), whole characters only. */
+      if (n + len > 80)
+        break;
+      memcpy(buf + n, p, len);
+      n += len;
+      p += len - 1;
+      dash = false;
+    } else if (ok) {
       buf[n++] = c;
       dash = false;
     } else if (!dash && n) {

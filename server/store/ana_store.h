@@ -1,10 +1,15 @@
-/* Storage roles. Each role is a table of operations a backend implements;
- * backends register in registry.c and are selected by configuration. Every
- * operation takes the account it acts for: no call reads across accounts.
+/* Storage roles: the event store, the search index and the catalog (and the
+ * API-key and audit stores, declared with the keys and the audit log). Each
+ * role is a table of operations a backend implements, with the role's
+ * version; backends live one folder each (store/sqlite/, and the coming
+ * store/clickhouse/, store/elasticsearch/, store/mongodb/), register in
+ * registry.c and are chosen by configuration. Every operation takes the
+ * account it acts for: no call reads across accounts.
  *
- * The embedded SQLite database (the "local database") is always present: it
- * holds the deduplication keys and, with the embedded backend, the events
- * themselves, so that an event and its key commit in one transaction. */
+ * The local SQLite database (store/local/ana_local_db.h) is always present:
+ * it holds the deduplication keys and the spool of committed events, so that
+ * an event and its key commit in one transaction whatever the event store.
+ * With the embedded (sqlite) event store the spool is the event store. */
 #ifndef ANA_STORE_H
 #define ANA_STORE_H
 
@@ -15,6 +20,7 @@
 #include <stdint.h>
 
 struct ana_local_db;
+struct ana_store_settings;
 
 /* One validated, enriched event ready to be stored. Strings and payload are
  * borrowed from the request for the duration of the append. */
@@ -73,18 +79,61 @@ struct ana_scanned_event {
 /* Receives one scanned event. Non-zero stops the scan. */
 typedef int (*ana_event_scan_fn)(void *ctx, const struct ana_scanned_event *ev);
 
-/* The event store role. */
+/* One committed event as the spool hands it to a shipper; pointers are
+ * valid during the call that hands it. */
+struct ana_spooled_event {
+  uint64_t seq; /* commit sequence number, increasing */
+  const char *account_id;
+  const char *event_id;
+  const char *session_id;
+  const char *event_type;
+  const char *event_name;
+  int64_t timestamp_ms;
+  int64_t received_at_ms;
+  const char *properties_json;
+  const char *search_text;
+  const uint8_t *payload;
+  size_t payload_len;
+};
+
+/* Role versions: a backend's table carries the version it was written
+ * against; the registry refuses to start with any other. Raise one when a
+ * role's operations or their contract change. */
+#define ANA_EVENT_STORE_VERSION 2
+#define ANA_SEARCH_INDEX_VERSION 1
+#define ANA_CATALOG_VERSION 1
+
+/* The event store role.
+ *
+ * Acknowledgement and shipping: the committer acknowledges an event once it
+ * is committed to the local database's spool with its deduplication key
+ * (ana_local_spool_append, in one transaction with ana_local_dedupe_claim).
+ * A store that is not the local database drains the spool in commit-sequence
+ * order through the shipper contract: the shipper (ana_store_ship_batch,
+ * below) takes a batch of spooled events after the sequence the store last
+ * confirmed (ana_local_spool_take), hands it to ship, and the store confirms the
+ * highest sequence it holds durably (shipped_seq); the shipper never skips a
+ * sequence and may hand a batch again after a crash, so ship must be
+ * idempotent on seq. Reads (search, scan, scan_seq, last_seq) see only
+ * shipped events. The embedded store keeps its events in the spool itself:
+ * its ship has nothing to do and shipped_seq is the spool's last sequence. */
 struct ana_event_store_ops {
+  int version; /* ANA_EVENT_STORE_VERSION */
   const char *name;
   /* Opens the store on the local database (and its own server, if any).
    * Called once at start-up; may block. Returns NULL with err filled. */
   void *(*open)(struct ana_local_db *db, struct ana_error *err);
-  /* Stores records[i] for each i with !records[i].duplicate, setting seq.
-   * Runs inside the transaction the committer opened on the local database
-   * and may block; nothing is durable until that transaction commits. */
-  int (*append)(void *store, struct ana_event_record *records, size_t n, struct ana_error *err);
+  /* Stores events[0..n) (consecutive spool entries, increasing seq), off the
+   * commit path, on the shipper's thread; may block. Returns 0 when all are
+   * durable, or a negative error (the shipper hands them again later). */
+  int (*ship)(void *store, const struct ana_spooled_event *events, size_t n, struct ana_error *err);
+  /* The highest sequence number the store holds durably, every one below it
+   * included (0 when none): where the shipper resumes. Thread-safe; may
+   * block. */
+  int (*shipped_seq)(void *store, uint64_t *out, struct ana_error *err);
   /* Calls hit for each match, newest first (timestamp, then eventId,
-   * descending), at most q->limit times. Thread-safe; blocks. */
+   * descending), at most q->limit times. Free text (q->text) is the search
+   * index's: the store refuses it (INVALID_ARGUMENT). Thread-safe; blocks. */
   int (*search)(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                 struct ana_error *err);
   /* Calls fn for every event of the account with from_ms <= timestamp <
@@ -101,18 +150,62 @@ struct ana_event_store_ops {
   /* The highest commit sequence number stored (0 when none). Thread-safe;
    * blocks. */
   int (*last_seq)(void *store, uint64_t *out, struct ana_error *err);
-  /* Deletes at most max_rows events with timestamp < cutoff_ms, in the
-   * committer's transaction; returns how many, or a negative error. */
-  int (*expire)(void *store, int64_t cutoff_ms, int max_rows, struct ana_error *err);
+  /* Deletes at most max_rows events with timestamp < cutoff_ms and seq <=
+   * upto_seq, calling before_delete (when not NULL) with their sequence
+   * numbers first; a failing before_delete deletes nothing. Called on the
+   * committer's thread between commits, inside its transaction on the local
+   * database; may block. Returns how many, or a negative error. */
+  int (*expire)(void *store, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
+                int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
+                                     struct ana_error *err),
+                void *ctx, struct ana_error *err);
   /* Closes the store; NULL does nothing. */
   void (*close)(void *store);
 };
 
-/* The catalog role: user-defined objects (metrics, reports, alerts) of one
- * account, each stored whole as a serialized message, with a name that is
- * unique per account and kind. */
+/* The search index role: free text over the events' names and property
+ * values, built after commit (off the commit path) from the committed
+ * events, with a watermark: every event up to indexed_seq is indexed. */
+struct ana_search_index_ops {
+  int version; /* ANA_SEARCH_INDEX_VERSION */
+  const char *name;
+  /* Opens (creating or rebuilding if needed) the index of the events
+   * committed to the local database and starts indexing. Called once at
+   * start-up; may block. Returns NULL with err filled. */
+  void *(*open)(struct ana_local_db *db, struct ana_error *err);
+  /* Optional (NULL: the index follows the committed events by itself).
+   * Events up to seq are committed: index them soon. Called on the commit
+   * thread after each commit; must not block. */
+  void (*committed)(void *index, uint64_t seq);
+  /* The watermark: the highest commit sequence number indexed so far (all
+   * below it are). Thread-safe; does not block. */
+  uint64_t (*indexed_seq)(void *index);
+  /* Waits until every event up to seq is indexed, at most timeout_ms; on
+   * time-out fails with UNAVAILABLE saying how far the index is. */
+  int (*wait)(void *index, uint64_t seq, int timeout_ms, struct ana_error *err);
+  /* Like the event store's search, with q->text: calls hit for each match,
+   * newest first, at most q->limit times. Thread-safe; blocks. */
+  int (*search)(void *index, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                struct ana_error *err);
+  /* Removes the entries of these (indexed) events, durably, before the
+   * event store deletes them (retention). The events are still stored. */
+  int (*remove)(void *index, const int64_t *seqs, size_t n, struct ana_error *err);
+  void (*close)(void *index);
+};
+
+/* The catalog role: user-defined objects of one account, each stored whole
+ * as a serialized message, with a name that is unique per account and
+ * kind. The kinds: */
+#define ANA_CATALOG_METRIC "metric"
+#define ANA_CATALOG_REPORT "report"
+#define ANA_CATALOG_REPORT_RUN "report_run"
+#define ANA_CATALOG_REPORT_TEMPLATE "report_template"
+#define ANA_CATALOG_ALERT "alert"
+#define ANA_CATALOG_CHANNEL "channel"
+#define ANA_CATALOG_API_KEY "api_key"
+
 struct ana_catalog_object {
-  const char *kind; /* "metric", "report", "alert" */
+  const char *kind; /* one of ANA_CATALOG_* */
   const char *account_id;
   const char *id;
   const char *name;    /* unique per (account, kind); NULL = unnamed */
@@ -125,6 +218,7 @@ struct ana_catalog_object {
 typedef int (*ana_catalog_object_fn)(void *ctx, const struct ana_catalog_object *o);
 
 struct ana_catalog_ops {
+  int version; /* ANA_CATALOG_VERSION */
   const char *name;
   void *(*open)(struct ana_local_db *db, struct ana_error *err);
   /* Inserts (create = true: ALREADY_EXISTS when the id or the name is taken)
@@ -147,6 +241,12 @@ struct ana_catalog_ops {
   void (*close)(void *cat);
 };
 
+/* --- the registry (registry.c) --- */
+
+/* A backend of a role by name ("sqlite"), checked (see below); NULL when
+ * none has that name or it fails the checks (err says why; may be NULL). */
+const struct ana_event_store_ops *ana_store_event_backend(const char *name);
+const struct ana_search_index_ops *ana_store_search_backend(const char *name);
 const struct ana_catalog_ops *ana_store_catalog_backend(const char *name);
 
 /* The API key store role (struct ana_api_key_store_ops, declared with the
@@ -158,76 +258,70 @@ const struct ana_api_key_store_ops *ana_store_api_key_backend(const char *name);
 struct ana_audit_store_ops;
 const struct ana_audit_store_ops *ana_store_audit_backend(const char *name);
 
-/* The event store selected by configuration ("sqlite" today). */
-const struct ana_event_store_ops *ana_store_event_backend(const char *name);
+/* The data key store role (struct ana_data_key_store_ops, in server/crypto/ana_crypto.h). */
+struct ana_data_key_store_ops;
+const struct ana_data_key_store_ops *ana_store_data_key_backend(const char *name);
 
-/* --- the local database --- */
+/* Checks a backend's table: its version is the role's, and every mandatory
+ * operation is set. Returns 0, or ANA_ERR_INVALID with err saying
+ * "storage backend \"<name>\" (<role>): ..." naming the operation or the
+ * versions. */
+int ana_store_check_event_store(const struct ana_event_store_ops *ops, struct ana_error *err);
+int ana_store_check_search_index(const struct ana_search_index_ops *ops, struct ana_error *err);
+int ana_store_check_catalog(const struct ana_catalog_ops *ops, struct ana_error *err);
+int ana_store_check_api_key_store(const struct ana_api_key_store_ops *ops, struct ana_error *err);
+int ana_store_check_audit_store(const struct ana_audit_store_ops *ops, struct ana_error *err);
 
-/* Opens (creating if needed) DATA_DIR/analytics.db in WAL mode with
- * synchronous=FULL and applies pending schema migrations. Returns NULL with
- * err filled: its code is RESOURCE_EXHAUSTED and its message starts with
- * "the disk is full" when SQLite could not write for lack of space (a new
- * database on a full disk), which a later try may overcome. */
-struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err);
-void ana_local_db_close(struct ana_local_db *db);
+/* The backends configuration chooses, one per role. */
+struct ana_store_selection {
+  const struct ana_event_store_ops *events;
+  const struct ana_search_index_ops *search;
+  const struct ana_catalog_ops *catalog;
+  const struct ana_api_key_store_ops *api_keys;
+  const struct ana_audit_store_ops *audit;
+};
 
-/* Pages appended to the WAL after which the checkpoint thread copies them
- * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). */
-void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
+/* Chooses each role's backend from the settings: CLICKHOUSE_HOST -> the
+ * "clickhouse" event store, ELASTICSEARCH_NODE -> the "elasticsearch" search
+ * index, MONGODB_URI -> the "mongodb" catalog, "sqlite" otherwise (also
+ * while a configured backend is not built in: its variable is then reported
+ * as not yet supported at start-up and ignored), and checks each. Returns 0,
+ * or a negative error with err naming backend, role and operation. */
+int ana_store_select(const struct ana_store_settings *cfg, struct ana_store_selection *out,
+                     struct ana_error *err);
 
-/* How long a free-text search waits for the search index to reach the last
- * committed event (SEARCH_INDEX_WAIT; 5,000 ms until set; 0: not at all). */
-void ana_local_db_set_search_index_wait_ms(struct ana_local_db *db, int ms);
-int ana_local_db_search_index_wait_ms(struct ana_local_db *db);
+/* --- the shipper --- */
 
-/* Path of the database file (borrowed). */
-const char *ana_local_db_path(const struct ana_local_db *db);
+/* One step of the shipper: hands ops->ship the (at most max) spooled
+ * events after the store's shipped_seq, in sequence order. Returns how many
+ * were handed (0: the store has everything), or a negative error (nothing
+ * is confirmed; the next step hands them again). On the shipper's thread;
+ * blocks. */
+int ana_store_ship_batch(struct ana_local_db *db, const struct ana_event_store_ops *ops,
+                         void *store, int max, struct ana_error *err);
 
-/* Schema version after migrations. */
-int ana_local_db_schema_version(struct ana_local_db *db);
+/* --- the roles together --- */
 
-/* Write transactions, used only by the committer thread: BEGIN IMMEDIATE,
- * COMMIT (durable when it returns 0), ROLLBACK. */
-int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err);
-int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err);
-void ana_local_db_rollback(struct ana_local_db *db);
+/* The open roles that reads and retention use together. Borrowed. */
+struct ana_store_roles {
+  const struct ana_event_store_ops *events;
+  void *event_store;
+  const struct ana_search_index_ops *search; /* NULL: no free-text search */
+  void *search_index;
+  int search_wait_ms; /* SEARCH_INDEX_WAIT: how long free text waits for the index */
+};
 
-/* A new read-write connection with the same settings, for a role that
- * writes on its own (the catalog, rollups); it never checkpoints (the local
- * database's checkpoint thread does, for every connection). Close it with
- * sqlite3_close before the local database. */
-void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err);
+/* A search: without free text the event store's; with it, the search
+ * index's, once the index has every event committed so far (waiting at most
+ * search_wait_ms, then UNAVAILABLE saying how far the index is). */
+int ana_store_search(const struct ana_store_roles *r, const struct ana_event_query *q,
+                     ana_event_hit_fn hit, void *ctx, struct ana_error *err);
 
-/* The writer connection (for the committer's stages) and a pooled reader
- * (for searches; return it with ana_local_db_release_reader). The reader
- * call blocks while all readers are busy. Both are sqlite3 handles. */
-void *ana_local_db_writer(struct ana_local_db *db);
-
-/* A statement on the writer connection, prepared on first use and kept
- * until close, found by the address of sql (a string with static storage:
- * the same text at two addresses is two entries). Reset, bindings cleared.
- * For statements run inside every commit; only on the committer's thread.
- * NULL when it cannot be prepared (sqlite3_errmsg of the writer says why). */
-void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql);
-void *ana_local_db_acquire_reader(struct ana_local_db *db);
-void ana_local_db_release_reader(struct ana_local_db *db, void *reader);
-
-/* Whether the store cannot write (for readiness): the last commit failed
- * for lack of space or an I/O error (cleared by the next successful commit,
- * or by ana_local_db_check_space finding room 5 s later), or DATA_DIR has
- * less free space than the minimum. */
-bool ana_local_db_degraded(const struct ana_local_db *db);
-
-/* The free space DATA_DIR must have for commits (STORE_MIN_FREE_MB in
- * bytes); below it ana_local_db_begin fails with UNAVAILABLE. 0: no check. */
-void ana_local_db_set_min_free_bytes(struct ana_local_db *db, int64_t bytes);
-
-/* Whether the filesystem of dir has at least min_free_bytes available
- * (statvfs; true when min_free_bytes <= 0 or it cannot tell). */
-bool ana_local_db_dir_has_room(const char *dir, int64_t min_free_bytes);
-
-/* Measures DATA_DIR's free space (statvfs) against the minimum; returns
- * true when there is room. Cheap; call it about once a second. */
-bool ana_local_db_check_space(struct ana_local_db *db);
+/* Retention: deletes at most max_rows events older than cutoff_ms, each
+ * after its search-index entry, and only indexed ones (so the index can
+ * never add an entry for a deleted event; the rest follow in a later round).
+ * Inside the committer's transaction; returns how many, or an error. */
+int ana_store_expire(const struct ana_store_roles *r, int64_t cutoff_ms, int max_rows,
+                     struct ana_error *err);
 
 #endif

@@ -24,5 +24,9 @@ struct ana_store_settings {
 };
 
 extern const struct ana_config_table ana_store_config_table;
+/* Each remote backend's rows, from its folder; they fill struct ana_store_settings too. */
+extern const struct ana_config_table ana_store_mongodb_config_table;
+extern const struct ana_config_table ana_store_elasticsearch_config_table;
+extern const struct ana_config_table ana_store_clickhouse_config_table;
 
 #endif

@@ -1,38 +1,12 @@
-/* Configuration rows: storage settings: data directories, retention, the embedded store, remote
- * backends. Adding a variable = a row here and a member in struct ana_store_settings. */
+/* Configuration rows: storage settings: data directories, retention, the local database, shared
+ * state. A backend's own rows are in its folder (clickhouse/, elasticsearch/, mongodb/), filling
+ * the same struct. Adding a variable = a row here (or in the backend's folder) and a member in
+ * struct ana_store_settings. */
 #include "ana_store_config.h"
 
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_store_settings, member)
 
 static const struct ana_config_row rows[] = {
-    {.name = "MONGODB_URI",
-     .type = ANA_CONFIG_URL,
-     .def = "",
-     .help = "MongoDB connection string, for the catalog of metrics, reports and alerts.",
-     .schemes = "mongodb mongodb+srv",
-     .status = ANA_CONFIG_NOT_YET_SUPPORTED,
-     .feature = "the MongoDB backend",
-     .instead = "using the embedded store",
-     ROW(mongodb_uri)},
-    {.name = "ELASTICSEARCH_NODE",
-     .type = ANA_CONFIG_URL,
-     .def = "",
-     .help = "Elasticsearch URL, for event search.",
-     .schemes = "http https",
-     .status = ANA_CONFIG_NOT_YET_SUPPORTED,
-     .feature = "the Elasticsearch backend",
-     .instead = "using the embedded store",
-     ROW(elasticsearch_node)},
-    {.name = "CLICKHOUSE_HOST",
-     .type = ANA_CONFIG_STRING,
-     .def = "",
-     .help = "ClickHouse server, for events and analytics queries.",
-     .check = ana_config_valid_host_or_url,
-     .expect = "a host, host:port or http(s):// URL (e.g. localhost:8123)",
-     .status = ANA_CONFIG_NOT_YET_SUPPORTED,
-     .feature = "the ClickHouse backend",
-     .instead = "using the embedded store",
-     ROW(clickhouse_host)},
     {.name = "REDIS_URL",
      .type = ANA_CONFIG_URL,
      .def = "",

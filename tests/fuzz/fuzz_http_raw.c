@@ -42,5 +42,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (a.ended != b.ended || a.phase != b.phase || a.body_left != b.body_left ||
       a.ws_unmasked != b.ws_unmasked || (!a.ws_unmasked && a.ws_left != b.ws_left))
     abort();
+  /* The Sec-WebSocket-Protocol list read so far: the same either way. */
+  if (!a.ws_unmasked &&
+      (a.protocols_len != b.protocols_len || a.protocols_long != b.protocols_long ||
+       (a.protocols_len && memcmp(a.protocols, b.protocols, a.protocols_len))))
+    abort();
+  rb_framer_fini(&a);
+  rb_framer_fini(&b);
   return 0;
 }

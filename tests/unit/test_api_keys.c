@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "ana_api_keys.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 
 #include <openssl/sha.h>

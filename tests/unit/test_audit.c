@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "ana_audit.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 
 #include <stdio.h>

@@ -62,6 +62,7 @@ static const char *const all_names[] = {
     "AUDIT_SIGN_INTERVAL",
     "AUDIT_QUEUE_MAX",
     "ENCRYPTION_KEY_FILE",
+    "ENCRYPTED_FIELDS",
     "RATE_LIMIT_DEFAULT",
     "RATE_LIMIT_ROLES",
     "RATE_LIMIT_ACCOUNTS",

@@ -282,12 +282,15 @@ static void full_buffer_drops_events_and_the_snapshot_reports_them(void **state)
   WAIT_FOR(count_events(NULL) == 4);
   assert_int_equal(count_events(NULL), 4);
   /* The pending snapshot went first, once, with the count of dropped events. */
+  /* Read under the lock, checked after it: a failed check must not leave the
+   * lock held (the pump thread and the next test would wait on it forever). */
   pthread_mutex_lock(&rec.mu);
-  assert_int_equal(rec.sent[0]->update_case, ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_AGGREGATES);
-  assert_int_equal(rec.sent[0]->aggregates->dropped_events, 6);
-  assert_true(rec.sent[0]->aggregates->rates[0]->per_second >= 10.0); /* all counted */
-  assert_int_equal(rec.sent[1]->update_case, ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT);
+  Analytics__V1__AnalyticsUpdate *first = rec.sent[0], *second = rec.sent[1];
   pthread_mutex_unlock(&rec.mu);
+  assert_int_equal(first->update_case, ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_AGGREGATES);
+  assert_int_equal(first->aggregates->dropped_events, 6);
+  assert_true(first->aggregates->rates[0]->per_second >= 10.0); /* all counted */
+  assert_int_equal(second->update_case, ANALYTICS__V1__ANALYTICS_UPDATE__UPDATE_EVENT);
   /* The next snapshot starts from zero again. */
   size_t idx = 0;
   WAIT_FOR(snapshot_at(1, &idx) != NULL);

@@ -23,6 +23,7 @@
 #include "ana_prom.h"
 #include "ana_rollup.h"
 #include "ana_sketch.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 #include "ana_clock.h"
 
@@ -166,7 +167,7 @@ static void add_events_in(int n, const char *const *accounts, size_t n_accounts)
   }
   struct ana_error err;
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ops->append(store, recs, (size_t)n, &err), 0);
+  assert_int_equal(ana_local_spool_append(db, recs, (size_t)n, &err), 0);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   if (rollups)
     ana_rollup_on_commit(rollups, recs, (size_t)n);
@@ -727,7 +728,7 @@ static void expired_cells_are_deleted(void **state) {
   int deleted;
   do {
     assert_int_equal(ana_local_db_begin(db, &err), 0);
-    deleted = ops->expire(store, cutoff, 500, &err);
+    deleted = ops->expire(store, cutoff, UINT64_MAX, 500, NULL, NULL, &err);
     assert_true(deleted >= 0);
     assert_int_equal(ana_local_db_commit(db, &err), 0);
   } while (deleted > 0);

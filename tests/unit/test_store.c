@@ -13,8 +13,10 @@
 #include <cmocka.h>
 
 #include "ana_ingest.h"
+#include "ana_local_db.h"
 #include "ana_store.h"
 #include "ana_clock.h"
+#include "local_db_sql.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -32,6 +34,32 @@ static char dir[64];
 static struct ana_local_db *db;
 static const struct ana_event_store_ops *ops;
 static void *store;
+static const struct ana_search_index_ops *sops;
+static void *sindex;
+static struct ana_store_roles roles; /* store and sindex */
+
+/* Opens the event store and the search index on db; returns the store. */
+static void *open_both(struct ana_error *err) {
+  ops = ana_store_event_backend("sqlite");
+  sops = ana_store_search_backend("sqlite");
+  void *st = ops->open(db, err);
+  sindex = st ? sops->open(db, err) : NULL;
+  if (!sindex) {
+    if (st)
+      ops->close(st);
+    return NULL;
+  }
+  roles = (struct ana_store_roles){ops, st, sops, sindex, 5000};
+  return st;
+}
+
+static void close_both(void) {
+  if (sindex)
+    sops->close(sindex);
+  sindex = NULL;
+  if (store)
+    ops->close(store);
+}
 static struct ana_committer *committer;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -63,14 +91,13 @@ static int setup(void **state) {
     return -1;
   struct ana_error err;
   db = ana_local_db_open(dir, &err);
-  ops = ana_store_event_backend("sqlite");
-  store = db ? ops->open(db, &err) : NULL;
+  store = db ? open_both(&err) : NULL;
   struct ana_committer_options o = {.batch_size = 1000,
                                     .processing_interval_ms = 2,
                                     .queue_max = 100000,
                                     .retention_days = 90,
                                     .retention_sweep_interval_ms = 3600000};
-  committer = store ? ana_committer_create(db, ops, store, &o, &err) : NULL;
+  committer = store ? ana_committer_create(db, &roles, &o, &err) : NULL;
   done_count = 0;
   return committer ? 0 : -1;
 }
@@ -78,8 +105,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   ana_committer_destroy(committer);
-  if (store)
-    ops->close(store);
+  close_both();
   ana_local_db_close(db);
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -175,7 +201,7 @@ static struct hits search(struct ana_event_query q) {
     q.from_ms = INT64_MIN;
     q.to_ms = INT64_MAX;
   }
-  assert_int_equal(ops->search(store, &q, collect, &h, &err), 0);
+  assert_int_equal(ana_store_search(&roles, &q, collect, &h, &err), 0);
   return h;
 }
 
@@ -237,7 +263,7 @@ static int query_int(sqlite3 *conn, const char *sql) {
 static void close_store(void) {
   ana_committer_destroy(committer);
   committer = NULL;
-  ops->close(store);
+  close_both();
   store = NULL;
   ana_local_db_close(db);
   db = NULL;
@@ -247,17 +273,81 @@ static void open_store(void) {
   struct ana_error err;
   db = ana_local_db_open(dir, &err);
   assert_non_null(db);
-  store = ops->open(db, &err);
+  store = open_both(&err);
   assert_non_null(store);
+}
+
+/* A remote event store as the shipper sees it: what it was handed, in order,
+ * and the highest sequence it confirmed. */
+struct fake_remote {
+  uint64_t confirmed;
+  uint64_t seqs[16];
+  char ids[16][16];
+  size_t n;
+  bool fail_next;
+};
+
+static int fake_ship(void *p, const struct ana_spooled_event *ev, size_t n, struct ana_error *err) {
+  struct fake_remote *f = p;
+  if (f->fail_next) {
+    f->fail_next = false;
+    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "remote store unreachable");
+  }
+  for (size_t i = 0; i < n && f->n < 16; i++) {
+    assert_true(ev[i].seq == f->confirmed + 1); /* no gap, no repeat */
+    assert_int_equal(ev[i].payload_len, 3);
+    f->seqs[f->n] = ev[i].seq;
+    snprintf(f->ids[f->n++], sizeof f->ids[0], "%s", ev[i].event_id);
+    f->confirmed = ev[i].seq;
+  }
+  return 0;
+}
+
+static int fake_shipped_seq(void *p, uint64_t *out, struct ana_error *err) {
+  (void)err;
+  *out = ((struct fake_remote *)p)->confirmed;
+  return 0;
+}
+
+/* The shipper contract: a store that is not the local database gets the
+ * committed events in commit-sequence order, in batches after what it
+ * confirmed; a batch it failed is handed again; the embedded store has
+ * nothing to ship. */
+static void a_remote_event_store_drains_the_spool_in_order(void **state) {
+  (void)state;
+  commit_records(5, "ship", "shipped words");
+  struct ana_event_store_ops remote = *ops;
+  remote.name = "remote";
+  remote.ship = fake_ship;
+  remote.shipped_seq = fake_shipped_seq;
+  struct ana_error err;
+  assert_int_equal(ana_store_check_event_store(&remote, &err), 0);
+  struct fake_remote f = {0};
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 2);
+  assert_int_equal(f.confirmed, 2);
+  f.fail_next = true;
+  assert_true(ana_store_ship_batch(db, &remote, &f, 2, &err) < 0);
+  assert_int_equal(f.confirmed, 2);
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 2);
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 1);
+  assert_int_equal(ana_store_ship_batch(db, &remote, &f, 2, &err), 0);
+  assert_int_equal(f.n, 5);
+  for (size_t i = 0; i < 5; i++) {
+    char want[16];
+    snprintf(want, sizeof want, "ship-%zu", i);
+    assert_int_equal(f.seqs[i], i + 1);
+    assert_string_equal(f.ids[i], want);
+  }
+  assert_int_equal(ana_store_ship_batch(db, ops, store, 100, &err), 0);
 }
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 10);
+  assert_int_equal(ana_local_db_schema_version(db), 12);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 10);
+  assert_int_equal(ana_local_db_schema_version(again), 12);
   ana_local_db_close(again);
 }
 
@@ -373,8 +463,8 @@ static void retention_deletes_events_keys_and_index(void **state) {
   committer = NULL;
   struct ana_error err;
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ops->expire(store, NOW - 90 * DAY, 1000, &err), 1);
-  assert_int_equal(ana_dedupe_expire(db, NOW, 1000, &err), 1);
+  assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 1);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   h = search((struct ana_event_query){.account_id = "acct-1"});
   assert_int_equal(h.n, 1);
@@ -386,14 +476,14 @@ static void retention_deletes_events_keys_and_index(void **state) {
   /* Its key expired with it: the same id may be stored again. */
   struct ana_event_record again = record("acct-1", "old", "sent", NOW, "{}", "again");
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_dedupe_claim(db, &again, 1, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &again, 1, &err), 0);
   assert_false(again.duplicate);
   ana_local_db_rollback(db);
   struct ana_committer_options o = {.batch_size = 1000,
                                     .queue_max = 1000,
                                     .retention_days = 90,
                                     .retention_sweep_interval_ms = 3600000};
-  committer = ana_committer_create(db, ops, store, &o, &err);
+  committer = ana_committer_create(db, &roles, &o, &err);
 }
 
 /* Retention removes an event's index entry durably before it deletes the
@@ -417,11 +507,11 @@ static void repeated_retention_step_removes_an_index_entry_once(void **state) {
   /* The "crash": the entry is removed, the events' transaction is not
    * committed. */
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ops->expire(store, NOW - 90 * DAY, 1000, &err), 1);
+  assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
   ana_local_db_rollback(db);
   assert_int_equal(text_index_documents(), 1);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ops->expire(store, NOW - 90 * DAY, 1000, &err), 1);
+  assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(text_index_documents(), 1);
   assert_int_equal(text_index_entries("ancient"), 0);
@@ -465,7 +555,7 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
   open_store();
   assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
                    3);
-  ops->close(store);
+  close_both();
   store = NULL;
 
   char path[128];
@@ -480,7 +570,7 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
   sqlite3_close(conn);
   assert_int_equal(text_index_entries("stale"), 1);
   struct ana_error err;
-  store = ops->open(db, &err);
+  store = open_both(&err);
   assert_non_null(store);
   assert_int_equal(text_index_entries("stale"), 0);
   assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n,
@@ -531,7 +621,7 @@ static void text_index_of_the_first_format_is_rebuilt_contentless(void **state) 
  * still answer. */
 static void free_text_search_says_when_the_index_lags(void **state) {
   (void)state;
-  ana_local_db_set_search_index_wait_ms(db, 300);
+  roles.search_wait_ms = 300;
   struct ana_event_record r = record("acct-1", "late", "sent", NOW, "{}", "laggard");
   char path[128];
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
@@ -551,7 +641,7 @@ static void free_text_search_says_when_the_index_lags(void **state) {
   struct ana_error err;
   ana_error_clear(&err);
   int64_t t0 = ana_clock_mono_ms();
-  assert_true(ops->search(store, &q, collect, &h, &err) < 0);
+  assert_true(ana_store_search(&roles, &q, collect, &h, &err) < 0);
   /* It waited for the index as long as configured, not less. */
   assert_true(ana_clock_mono_ms() - t0 >= 290);
   assert_int_equal(err.code, ANA_STATUS_UNAVAILABLE);
@@ -579,7 +669,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
                    "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
                    "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
-                   "DROP TABLE audit_log; DROP TABLE audit_anchor;"
+                   "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;"
                    "DELETE FROM schema_migrations WHERE version >= 4;",
                    NULL, NULL, NULL),
       SQLITE_OK);
@@ -587,12 +677,48 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 10);
+  assert_int_equal(ana_local_db_schema_version(db), 12);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);
   struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "upgraded"});
   assert_int_equal(h.n, 2);
+}
+
+/* A database of schema 10 whose alert tables the evaluator created itself
+ * (earlier builds did): migration 11 keeps them and what they hold. */
+static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
+  (void)state;
+  close_store();
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(conn,
+                   "DROP TABLE alert_accounts; DROP TABLE alert_instances;"
+                   "DROP TABLE alert_history; DROP TABLE data_keys;"
+                   "DELETE FROM schema_migrations WHERE version >= 11;"
+                   "CREATE TABLE alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
+                   "CREATE TABLE alert_instances (alert_id TEXT NOT NULL,"
+                   "  group_key TEXT NOT NULL, state INTEGER NOT NULL, since INTEGER NOT NULL,"
+                   "  last_notified INTEGER NOT NULL, notified INTEGER NOT NULL,"
+                   "  value REAL NOT NULL, has_value INTEGER NOT NULL,"
+                   "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
+                   "INSERT INTO alert_accounts VALUES ('acct-1');"
+                   "INSERT INTO alert_instances VALUES ('a1', '', 2, 5, 5, 1, 7.5, 1);",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), 12);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM alert_accounts"), 1);
+  assert_int_equal(query_int(w, "SELECT state FROM alert_instances WHERE alert_id = 'a1'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM alert_history"), 0);
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'alert_history_by_time'"), 1);
 }
 
 static void full_database_gives_no_ack_and_stays_intact(void **state) {
@@ -797,6 +923,8 @@ static void catalog_objects_by_account_kind_and_name(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(schema_is_migrated_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_remote_event_store_drains_the_spool_in_order, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(commits_dedupe_and_sequence, setup, teardown),
       cmocka_unit_test_setup_teardown(search_filters_paging_and_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
@@ -810,6 +938,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(upgrade_keeps_alert_tables_an_earlier_build_created, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup, teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),
       cmocka_unit_test_setup_teardown(wal_starts_over_under_steady_commits, setup, teardown),

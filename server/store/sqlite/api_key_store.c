@@ -3,6 +3,7 @@
  * connection, like the catalog. */
 #include "ana_api_keys.h"
 #include "ana_store.h"
+#include "local_db_sql.h"
 #include "locked_conn.h"
 #include "sqlite_backends.h"
 
@@ -192,6 +193,7 @@ static int keys_count_active(void *p, int64_t *out, struct ana_error *err) {
 }
 
 const struct ana_api_key_store_ops ana_sqlite_api_key_store = {
+    .version = ANA_API_KEY_STORE_VERSION,
     .name = "sqlite",
     .open = sqlite_locked_conn_open,
     .insert = keys_insert,

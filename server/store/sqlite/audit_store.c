@@ -2,6 +2,7 @@
  * retention anchor audit_anchor, on a connection of its own. */
 #include "ana_audit.h"
 #include "ana_store.h"
+#include "local_db_sql.h"
 #include "locked_conn.h"
 #include "sqlite_backends.h"
 
@@ -251,6 +252,7 @@ out:
 }
 
 const struct ana_audit_store_ops ana_sqlite_audit_store = {
+    .version = ANA_AUDIT_STORE_VERSION,
     .name = "sqlite",
     .open = sqlite_locked_conn_open,
     .head = audit_head,

@@ -2,7 +2,7 @@
  * (account, kind, id), names unique per account and kind. It writes on its
  * own connection, so catalog changes never wait behind the event committer
  * for longer than one commit. */
-#include "ana_store.h"
+#include "local_db_sql.h"
 #include "sqlite_backends.h"
 
 #include "ana_alloc.h"
@@ -199,6 +199,7 @@ out:
 }
 
 const struct ana_catalog_ops ana_sqlite_catalog = {
+    .version = ANA_CATALOG_VERSION,
     .name = "sqlite",
     .open = cat_open,
     .put = cat_put,

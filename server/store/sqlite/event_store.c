@@ -1,21 +1,17 @@
-/* The embedded event store: events in the local SQLite database, with a
- * free-text index over names and property values kept beside it
- * (text_index.c). */
-#include "ana_store.h"
+/* The embedded event store: events in the local database's spool (table
+ * events), read in place. Its free-text search is the search index's
+ * (search_index.c, over text_index.c), which shares the query below. */
+#include "ana_local_db.h"
+#include "local_db_sql.h"
 #include "sqlite_backends.h"
-#include "text_index.h"
 
 #include "ana_alloc.h"
 
-#include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
 struct sqlite_event_store {
   struct ana_local_db *db;
-  sqlite3_stmt *insert_event; /* a writer statement, used by the committer only */
-  struct ana_text_index *text;
 };
 
 static int prepare_error(sqlite3 *db, struct ana_error *err) {
@@ -24,12 +20,7 @@ static int prepare_error(sqlite3 *db, struct ana_error *err) {
 }
 
 static void store_close(void *p) {
-  struct sqlite_event_store *s = p;
-  if (!s)
-    return;
-  ana_text_index_close(s->text);
-  sqlite3_finalize(s->insert_event);
-  ana_free(s);
+  ana_free(p);
 }
 
 static void *store_open(struct ana_local_db *db, struct ana_error *err) {
@@ -39,53 +30,22 @@ static void *store_open(struct ana_local_db *db, struct ana_error *err) {
     return NULL;
   }
   s->db = db;
-  sqlite3 *w = ana_local_db_writer(db);
-  if (sqlite3_prepare_v3(w,
-                         "INSERT INTO events (account_id, event_id, session_id, event_type,"
-                         " event_name, ts, received_at, properties, search_text, payload)"
-                         " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                         -1, SQLITE_PREPARE_PERSISTENT, &s->insert_event, NULL) != SQLITE_OK) {
-    prepare_error(w, err);
-    store_close(s);
-    return NULL;
-  }
-  s->text = ana_text_index_open(ana_local_db_path(db), err);
-  if (!s->text) {
-    store_close(s);
-    return NULL;
-  }
   return s;
 }
 
-static int store_append(void *p, struct ana_event_record *records, size_t n,
-                        struct ana_error *err) {
-  struct sqlite_event_store *s = p;
-  sqlite3 *w = ana_local_db_writer(s->db);
-  for (size_t i = 0; i < n; i++) {
-    struct ana_event_record *r = &records[i];
-    if (r->duplicate)
-      continue;
-    sqlite3_stmt *st = s->insert_event;
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, r->account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, r->event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, r->event_type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, r->event_name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, r->timestamp_ms);
-    sqlite3_bind_int64(st, 7, r->received_at_ms);
-    sqlite3_bind_text(st, 8, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 9, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 10, r->payload, (int)r->payload_len, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
-                    sqlite3_errmsg(w));
-      sqlite3_reset(st);
-      return ANA_ERR_IO;
-    }
-    r->seq = (uint64_t)sqlite3_last_insert_rowid(w);
-  }
+/* The shipper contract, trivially: the committer's spool is this store. */
+static int store_ship(void *p, const struct ana_spooled_event *events, size_t n,
+                      struct ana_error *err) {
+  (void)p;
+  (void)events;
+  (void)n;
+  (void)err;
   return 0;
+}
+
+static int store_last_seq(void *p, uint64_t *out, struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  return ana_local_spool_last_seq(s->db, out, err);
 }
 
 /* Free text as an FTS5 query: every word must appear; each is quoted so
@@ -138,39 +98,22 @@ static char *property_path(const char *key) {
 
 #define MAX_PROPERTY_FILTERS 16
 
-static int store_last_seq(void *p, uint64_t *out, struct ana_error *err);
-
-/* Before a free-text search: waits (holding no reader) until the index has
- * every event committed so far, at most SEARCH_INDEX_WAIT. The index is
- * normally at most INDEX_INTERVAL_MS behind; only a first build over a
- * large store (an upgrade, a lost index) takes longer, and searches say so
- * meanwhile. */
-static int wait_for_text_index(struct sqlite_event_store *s, struct ana_error *err) {
-  uint64_t last;
-  if (store_last_seq(s, &last, err) < 0)
-    return ANA_ERR_IO;
-  int wait_ms = ana_local_db_search_index_wait_ms(s->db);
-  return ana_text_index_wait(s->text, last, wait_ms, err) < 0 ? ANA_ERR_IO : 0;
-}
-
-/* Lets a reader see the index, as `text` (once per reader). */
-static int attach_text_index(struct sqlite_event_store *s, sqlite3 *r, struct ana_error *err) {
+/* Lets a reader see the index at text_path, as `text` (once per reader). */
+static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error *err) {
   if (sqlite3_db_filename(r, "text"))
     return 0;
-  char *path = ana_text_index_path(ana_local_db_path(s->db));
-  char *attach = path ? sqlite3_mprintf("ATTACH DATABASE %Q AS text", path) : NULL;
+  char *attach = sqlite3_mprintf("ATTACH DATABASE %Q AS text", text_path);
   int rc = attach && sqlite3_exec(r, attach, NULL, NULL, NULL) == SQLITE_OK
                ? 0
                : ana_error_set(err, ANA_STATUS_UNAVAILABLE,
                                "event store: cannot open the search index: %s", sqlite3_errmsg(r));
   sqlite3_free(attach);
-  ana_free(path);
   return rc;
 }
 
-static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
-                        struct ana_error *err) {
-  struct sqlite_event_store *s = p;
+int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
+                            const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                            struct ana_error *err) {
   char sql[4096];
   size_t len = 0;
   char *fts = NULL, *paths[MAX_PROPERTY_FILTERS] = {0};
@@ -180,7 +123,7 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
                          "properties: at most %d property filters", MAX_PROPERTY_FILTERS);
 
 #define APPEND(...) len += (size_t)snprintf(sql + len, sizeof sql - len, __VA_ARGS__)
-  if (q->text && q->text[0]) {
+  if (q->text && q->text[0] && text_path) {
     fts = fts_query(q->text);
     if (!fts)
       goto nomem;
@@ -213,11 +156,9 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
   APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
 #undef APPEND
 
-  if (fts && fts[0] && (rc = wait_for_text_index(s, err)) < 0)
-    goto out;
-  sqlite3 *r = ana_local_db_acquire_reader(s->db);
+  sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
-  if (fts && fts[0] && (rc = attach_text_index(s, r, err)) < 0)
+  if (fts && fts[0] && (rc = attach_text_index(r, text_path, err)) < 0)
     goto release;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
@@ -256,7 +197,7 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
   }
   sqlite3_finalize(st);
 release:
-  ana_local_db_release_reader(s->db, r);
+  ana_local_db_release_reader(db, r);
   goto out;
 nomem:
   rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -265,6 +206,16 @@ out:
   for (size_t i = 0; i < MAX_PROPERTY_FILTERS; i++)
     ana_free(paths[i]);
   return rc;
+}
+
+static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                        struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  for (const char *t = q->text; t && *t; t++)
+    if (*t != ' ' && *t != '\t' && *t != '\n')
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "event store: free text is the search index's");
+  return ana_sqlite_query_events(s->db, NULL, q, hit, ctx, err);
 }
 
 /* A row of the scans' SELECT (ts, event_id, event_type, event_name,
@@ -362,32 +313,13 @@ out:
   return rc;
 }
 
-static int store_last_seq(void *p, uint64_t *out, struct ana_error *err) {
-  struct sqlite_event_store *s = p;
-  sqlite3 *r = ana_local_db_acquire_reader(s->db);
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  *out = 0;
-  if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
-      SQLITE_OK) {
-    rc = prepare_error(r, err);
-  } else if (sqlite3_step(st) == SQLITE_ROW) {
-    *out = (uint64_t)sqlite3_column_int64(st, 0);
-  } else {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
-  }
-  sqlite3_finalize(st);
-  ana_local_db_release_reader(s->db, r);
-  return rc;
-}
-
-/* Deletes up to max_rows events older than cutoff_ms, each after its
- * free-text entry. Only indexed events are taken, so the index thread can
- * never add an entry for a deleted event afterwards; the others follow in
- * a later round. If this transaction then fails, the events stay a little
- * longer without their entries (they are past retention already). */
-static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_error *err) {
+/* Deletes up to max_rows events older than cutoff_ms (up to upto_seq),
+ * after before_delete saw them. If this transaction then fails, the events
+ * stay a little longer (they are past retention already). */
+static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
+                        int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
+                                             struct ana_error *err),
+                        void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
   sqlite3_stmt *st = NULL;
@@ -400,7 +332,7 @@ static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_err
     rc = prepare_error(w, err);
   if (rc == 0) {
     sqlite3_bind_int64(st, 1, cutoff_ms);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)ana_text_index_indexed_seq(s->text));
+    sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
     sqlite3_bind_int(st, 3, max_rows);
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW)
@@ -411,8 +343,8 @@ static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_err
   }
   sqlite3_finalize(st);
   st = NULL;
-  if (rc == 0 && n > 0)
-    rc = ana_text_index_remove(s->text, seqs, n, err);
+  if (rc == 0 && n > 0 && before_delete)
+    rc = before_delete(ctx, seqs, n, err);
   if (rc == 0 && n > 0 &&
       sqlite3_prepare_v2(w, "DELETE FROM events WHERE seq = ?", -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
@@ -429,9 +361,11 @@ static int store_expire(void *p, int64_t cutoff_ms, int max_rows, struct ana_err
 }
 
 const struct ana_event_store_ops ana_sqlite_event_store = {
+    .version = ANA_EVENT_STORE_VERSION,
     .name = "sqlite",
     .open = store_open,
-    .append = store_append,
+    .ship = store_ship,
+    .shipped_seq = store_last_seq,
     .search = store_search,
     .scan = store_scan,
     .scan_seq = store_scan_seq,

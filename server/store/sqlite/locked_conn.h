@@ -5,7 +5,7 @@
 #define ANA_SQLITE_LOCKED_CONN_H
 
 #include "ana_error.h"
-#include "ana_store.h"
+#include "local_db_sql.h"
 
 #include <pthread.h>
 #include <sqlite3.h>

@@ -26,7 +26,7 @@
 #include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
-#include "wal_write_vfs.h"
+#include "../local/wal_write_vfs.h"
 
 #include <pthread.h>
 #include <sched.h>

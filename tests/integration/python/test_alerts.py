@@ -121,6 +121,122 @@ class AlertsRestTest(harness.ServerTestCase):
         self.assertEqual(resolved[0]["previousState"], "firing")
         self.assertEqual(resolved[0].get("value", 0), 0)
 
+    def states(self, alert_id):
+        return self.req("GET", "/api/alerts/" + alert_id).get("instanceStates", {})
+
+    def test_rules_over_one_metric_step_by_their_own_thresholds(self):
+        """Rules over one metric with operators of every kind: each event
+        steps exactly the rules its value concerns (thresholds reached, and
+        the instances pending or firing), whatever the others do."""
+        name = "t_" + uuid.uuid4().hex[:8]
+        self.req("POST", "/api/metrics", {"name": name, "type": "counter",
+                                          "formula": "count(%s)" % name, "dimensions": ["g"],
+                                          "aggregation": "sum"})
+        rules = {}
+        for label, op, threshold in [("gt2", ">", 2), ("ge4", ">=", 4), ("lt2", "<", 2),
+                                     ("le1", "<=", 1), ("eq3", "==", 3), ("ne1", "!=", 1),
+                                     ("gt100", ">", 100), ("lt0", "<", 0)]:
+            rules[label] = self.req("POST", "/api/alerts", {
+                "name": "%s %s" % (label, name), "metric": name, "threshold": threshold,
+                "condition": {"type": "threshold", "op": op, "window": "1m"},
+                "cooldown": 0})["alertId"]
+        expected = [  # per count of events in group "a"
+            {"lt2", "le1"},
+            {"ne1"},
+            {"gt2", "eq3", "ne1"},
+            {"gt2", "ge4", "ne1"},
+        ]
+        for count, firing in enumerate(expected, 1):
+            self.track(name, 1, g="a")
+            want = {label: ({"firing": 1} if label in firing else None) for label in rules}
+
+            def now():
+                return {label: ({"firing": 1} if self.states(aid).get("firing") else None)
+                        for label, aid in rules.items()}
+            got = wait_for(lambda: now() == want and now())
+            self.assertEqual(now(), want, "after %d events" % count)
+        # another group steps its own instances only
+        self.track(name, 1, g="b")
+        self.assertTrue(wait_for(lambda: self.states(rules["lt2"]).get("firing") == 1 and
+                                 self.states(rules["lt2"]).get("resolved") == 1))
+        self.assertEqual(self.states(rules["ge4"]).get("firing"), 1)
+        resolved = self.history(rules["ne1"], "resolved")
+        self.assertEqual(resolved, [])
+
+    def test_firing_resolves_when_the_window_slides_below_the_line(self):
+        """Events leave the window (a pane closes), the value drops below
+        the threshold but the group still has data: resolved with that value."""
+        name = "s_" + uuid.uuid4().hex[:8]
+        self.metric(name, "count(%s)" % name)
+        alert = self.req("POST", "/api/alerts", {
+            "name": "slide " + name, "metric": name, "threshold": 2, "cooldown": 0,
+            "condition": {"type": "threshold", "op": ">=", "window": "2s"}})
+        self.track(name, 2)
+        self.assertTrue(wait_for(lambda: self.history(alert["alertId"], "firing")))
+        time.sleep(1.0)
+        self.track(name, 1)
+        resolved = wait_for(lambda: self.history(alert["alertId"], "resolved"), timeout=5)
+        self.assertTrue(resolved, self.history(alert["alertId"]))
+        self.assertEqual(resolved[-1].get("value"), 1, resolved)
+
+    def test_recovery_threshold_holds_a_firing_alert(self):
+        """Hysteresis: with recoveryThreshold 1 a firing `>= 2` alert stays
+        firing at 1 and resolves only below it (here: no data)."""
+        name = "h_" + uuid.uuid4().hex[:8]
+        self.metric(name, "count(%s)" % name)
+        alert = self.req("POST", "/api/alerts", {
+            "name": "hyst " + name, "metric": name, "threshold": 2, "cooldown": 0,
+            "condition": {"type": "threshold", "op": ">=", "window": "2s",
+                          "recoveryThreshold": 1}})
+        t0 = time.time()
+        self.track(name, 2)
+        self.assertTrue(wait_for(lambda: self.history(alert["alertId"], "firing")))
+        time.sleep(max(0, t0 + 1.0 - time.time()))
+        self.track(name, 1)
+        # the first two leave the window: 1 is not below the recovery line
+        time.sleep(max(0, t0 + 2.5 - time.time()))
+        self.assertEqual(self.history(alert["alertId"], "resolved"), [])
+        self.assertEqual(self.states(alert["alertId"]), {"firing": 1})
+        resolved = wait_for(lambda: self.history(alert["alertId"], "resolved"), timeout=5)
+        self.assertTrue(resolved, self.history(alert["alertId"]))
+
+    def test_no_data_alerting_fires_when_a_group_leaves_the_window(self):
+        name = "n_" + uuid.uuid4().hex[:8]
+        self.req("POST", "/api/metrics", {"name": name, "type": "counter",
+                                          "formula": "count(%s)" % name, "dimensions": ["g"],
+                                          "aggregation": "sum"})
+        alert = self.req("POST", "/api/alerts", {
+            "name": "nodata " + name, "metric": name, "threshold": 100, "cooldown": 0,
+            "noData": "alerting", "message": "{{g}} silent",
+            "condition": {"type": "threshold", "op": ">", "window": "1s"}})
+        self.track(name, 1, g="quiet")
+        self.assertTrue(wait_for(lambda: self.states(alert["alertId"]) == {"ok": 1}))
+        firing = wait_for(lambda: self.history(alert["alertId"], "firing"), timeout=5)
+        self.assertTrue(firing, self.history(alert["alertId"]))
+        self.assertFalse(firing[0].get("hasValue", False))
+        self.assertEqual(firing[0]["message"], "quiet silent")
+        self.assertEqual(firing[0]["group"], {"g": "quiet"})
+
+    def test_for_pends_then_fires_by_the_timer_and_reminds(self):
+        name = "p_" + uuid.uuid4().hex[:8]
+        self.metric(name, "count(%s)" % name)
+        alert = self.req("POST", "/api/alerts", {
+            "name": "pend " + name, "metric": name, "threshold": 1, "cooldown": 0,
+            "renotifyInterval": 1,
+            "condition": {"type": "threshold", "op": ">=", "window": "1m", "for": "1s"}})
+        t0 = time.time()
+        self.track(name, 1)
+        self.assertTrue(wait_for(lambda: self.history(alert["alertId"], "pending")))
+        # no further event: the timer ends the `for` period
+        firing = wait_for(lambda: self.history(alert["alertId"], "firing"), timeout=5)
+        self.assertTrue(firing, self.history(alert["alertId"]))
+        self.assertGreaterEqual(time.time() - t0, 0.9)
+        self.assertEqual(firing[0]["previousState"], "pending")
+        # and reminds while firing, once a second
+        reminders = wait_for(lambda: self.history(alert["alertId"], "notification"), timeout=5)
+        self.assertTrue(reminders, self.history(alert["alertId"]))
+        self.assertEqual(reminders[0]["state"], "firing")
+
     def get_total(self, metric_id, frm, to):
         """GetMetricData's total per group over [frm, to) ms."""
         iso = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + \

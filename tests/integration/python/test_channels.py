@@ -261,6 +261,51 @@ class ChannelsTest(harness.ServerTestCase):
         self.assertEqual(res["outcome"], "delivered", res)
         self.receiver.wait_for(lambda r: r[0] == "/bot999:secret-token/sendMessage")
 
+    def test_secrets_are_sealed_at_rest(self):
+        """Every secret a channel holds is stored sealed (AES-256-GCM under the
+        account's data key): no file under DATA_DIR, nor the log, holds it in
+        clear; it still works for delivery; altered in the database, the
+        channel's test fails with DATA_LOSS instead of sending garbage."""
+        token, hook_path = "4242:sealed-bot-token-xyz", "/services/T9/B9/sealed-slack-path"
+        tg = self.create({"name": "sealed-tg",
+                          "telegram": {"botToken": token, "chatId": "9"}})
+        slack = self.create({"name": "sealed-slack",
+                             "slack": {"webhookUrl": self.receiver.url(hook_path)}})
+        hook = self.create({"name": "sealed-hook", "webhook": {"url": self.receiver.url("/s")}})
+        secret = hook["webhook"]["signingSecret"]
+        self.assertEqual(self.run_test(tg["channelId"])["outcome"], "delivered")
+        self.receiver.wait_for(lambda r: r[0] == "/bot%s/sendMessage" % token)
+        self.assertEqual(self.run_test(slack["channelId"])["outcome"], "delivered")
+        self.receiver.wait_for(lambda r: r[0] == hook_path)
+        clear = [token.encode(), b"sealed-slack-path", secret.encode()]
+        for root, _, files in os.walk(self.server.data_dir):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    data = f.read()
+                for c in clear:
+                    self.assertFalse(c in data, "%s holds %r in clear" % (name, c))
+        logs = "\n".join(self.server.raw_log_lines())
+        for c in clear:
+            self.assertNotIn(c.decode(), logs)
+        db = sqlite3.connect(os.path.join(self.server.data_dir, "analytics.db"), timeout=10)
+        try:
+            (body,) = db.execute("SELECT body FROM catalog_objects WHERE kind = 'channel' AND"
+                                 " id = ?", (tg["channelId"],)).fetchone()
+            at = body.index(b"ana:enc:") + len(b"ana:enc:") + 20
+            changed = body[:at] + (b"B" if body[at:at + 1] != b"B" else b"C") + body[at + 1:]
+            db.execute("UPDATE catalog_objects SET body = ? WHERE kind = 'channel' AND id = ?",
+                       (changed, tg["channelId"]))
+            db.commit()
+        finally:
+            db.close()
+        status, _, body = self.rest.request("POST", "/api/channels/%s/test" % tg["channelId"], {})
+        self.assertNotEqual(status, 200, body)
+        self.assertIn("does not authenticate", json.dumps(body))
+        # Other channels are still made and listed beside it.
+        self.create({"name": "after-tamper", "telegram": {"botToken": "1:x", "chatId": "1"}})
+        status, _, listed = self.rest.request("GET", "/api/channels?pageSize=1000")
+        self.assertEqual(status, 200, listed)
+
     def test_bad_channels_name_the_field(self):
         for channel, field in (({"name": "x", "webhook": {"url": "ftp://example.com/"}},
                                 "webhook.url"),

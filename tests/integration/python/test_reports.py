@@ -271,6 +271,51 @@ class ReportsTest(ReportsMixin, harness.ServerTestCase):
         self.assertIn("Delivery rate", pdf_text(data))
 
 
+class ReportsCyrillicTest(ReportsMixin, harness.ServerTestCase):
+    """Its own server: its events would change the other tests' totals."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.rest = RestClient(cls.rest_port)
+
+    def test_cyrillic_data_through_the_service_in_pdf_and_xlsx(self):
+        # Telegram campaigns are often not in English: campaign, groups and
+        # message types in Cyrillic, sent as events, come out as text in the
+        # PDF (pypdf extracts them back, so the embedded font maps them) and
+        # as cell values in the XLSX.
+        import openpyxl
+        campaign, group, mtype = "Весенняя рассылка", "Группа Север", "голосовое"
+        when = day(-1) + "T09:00:00Z"
+        events = [{"eventType": "track", "eventName": name, "timestamp": when,
+                   "properties": {"campaignId": campaign, "groupId": group,
+                                  "messageType": mtype}}
+                  for name in ("message_sent", "message_sent", "message_delivered")]
+        status, _, r = self.rest.request("POST", "/api/events/batch", {"events": events})
+        self.assertEqual((status, r["accepted"]), (200, 3), r)
+        params = {"campaignId": campaign, "dateRange": {"start": day(-6), "end": day(0)}}
+        name = "Отчёт: " + campaign
+        pdf = self.generate(dict(SPEC_REPORT, name=name, parameters=params))
+        xlsx = self.generate(dict(SPEC_REPORT, name=name, parameters=params, format="xlsx"))
+        self.assertEqual(self.wait_done(pdf["reportId"])["status"], "completed")
+        self.assertEqual(self.wait_done(xlsx["reportId"])["status"], "completed")
+        status, h, body = get(self.rest_port, "/api/reports/%s/download" % pdf["reportId"])
+        self.assertEqual(status, 200)
+        text = pdf_text(body)
+        for want in (group, mtype, "%s 2 1" % group, "%s 2 1" % mtype):
+            self.assertIn(want, text)
+        # The file is named after the report, in its own script.
+        self.assertIn("filename*=UTF-8''%D0%9E%D1%82%D1%87%D1%91%D1%82-%D0%92%D0%B5%D1%81",
+                      h["content-disposition"])
+        status, _, body = get(self.rest_port, "/api/reports/%s/download" % xlsx["reportId"])
+        self.assertEqual(status, 200)
+        wb = openpyxl.load_workbook(io.BytesIO(body))
+        values = [v for ws in wb.worksheets for row in ws.iter_rows(values_only=True)
+                  for v in row]
+        self.assertIn(group, values)
+        self.assertIn(mtype, values)
+
+
 class ReportsTenancyTest(ReportsMixin, harness.ServerTestCase):
     SERVER_ENV = {"JWT_HS256_SECRET": authkit.SECRET}
 

@@ -1,8 +1,9 @@
 /* The local SQLite database: connections, pragmas for durable commits, and
  * versioned schema migrations. */
-#include "ana_store.h"
+#include "local_db_sql.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
 #include "wal_write_vfs.h"
@@ -33,8 +34,7 @@ struct ana_local_db {
    * last ana_local_db_check_space: new commits are refused up front. */
   atomic_bool low_space;
   _Atomic int64_t min_free_bytes;
-  _Atomic int64_t degraded_at_ms;  /* when the last failed commit set degraded */
-  atomic_int search_index_wait_ms; /* SEARCH_INDEX_WAIT, read by free-text searches */
+  _Atomic int64_t degraded_at_ms; /* when the last failed commit set degraded */
   /* Checkpoints run on their own thread and connection, so a commit never
    * pays for copying the WAL into the database (that is SQLite's default:
    * the commit that crosses 1,000 pages checkpoints, a latency spike). It
@@ -88,7 +88,6 @@ struct ana_local_db {
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
-#define DEFAULT_SEARCH_INDEX_WAIT_MS 5000
 #define CHECKPOINT_EVERY_MS 5000
 /* A failed commit keeps the store degraded at least this long. */
 #define DEGRADED_RETRY_MS 5000
@@ -266,15 +265,52 @@ static const char *const migrations[] = {
 
     /* 10: an API key's own rate limit, as text ("" = its account's). */
     "ALTER TABLE api_keys ADD COLUMN rate_limit TEXT NOT NULL DEFAULT '';",
+
+    /* 11: alert evaluation (server/alerts/evaluator.c): the accounts with
+     * rules, each instance's state, and the history of state changes. IF
+     * NOT EXISTS: data directories of earlier builds may hold them already
+     * (the evaluator created them itself before this step). */
+    "CREATE TABLE IF NOT EXISTS alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS alert_instances ("
+    "  alert_id TEXT NOT NULL,"
+    "  group_key TEXT NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  since INTEGER NOT NULL,"
+    "  last_notified INTEGER NOT NULL,"
+    "  notified INTEGER NOT NULL,"
+    "  value REAL NOT NULL,"
+    "  has_value INTEGER NOT NULL,"
+    "  PRIMARY KEY (alert_id, group_key)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS alert_history ("
+    "  entry_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  alert_id TEXT NOT NULL,"
+    "  account_id TEXT NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  previous_state TEXT NOT NULL,"
+    "  value REAL NOT NULL,"
+    "  has_value INTEGER NOT NULL,"
+    "  threshold REAL NOT NULL,"
+    "  severity TEXT NOT NULL,"
+    "  group_json TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  channels TEXT NOT NULL,"
+    "  failed TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS alert_history_by_alert ON alert_history(alert_id, entry_id);"
+    "CREATE INDEX IF NOT EXISTS alert_history_by_time ON alert_history(at);",
+
+    /* 12: each account's data keys (server/crypto/), wrapped by the master
+     * key; the highest key id is the current one. */
+    "CREATE TABLE data_keys ("
+    "  account_id TEXT NOT NULL,"
+    "  key_id INTEGER NOT NULL,"
+    "  wrapped BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, key_id)) WITHOUT ROWID;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int sql_error(sqlite3 *db, const char *what, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s: %s", what, sqlite3_errmsg(db));
@@ -465,9 +501,7 @@ static void *checkpoint_loop(void *arg) {
   struct ana_local_db *db = arg;
   pthread_mutex_lock(&db->checkpoint_mu);
   while (!db->checkpoint_stop) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
+    struct timespec ts = ana_clock_deadline(CLOCK_REALTIME, CHECKPOINT_EVERY_MS);
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
     if (blocked || db->new_pages < db->checkpoint_pages)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
@@ -501,7 +535,6 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
   db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
-  atomic_init(&db->search_index_wait_ms, DEFAULT_SEARCH_INDEX_WAIT_MS);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -598,14 +631,6 @@ void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
-void ana_local_db_set_search_index_wait_ms(struct ana_local_db *db, int ms) {
-  atomic_store(&db->search_index_wait_ms, ms > 0 ? ms : 0);
-}
-
-int ana_local_db_search_index_wait_ms(struct ana_local_db *db) {
-  return atomic_load(&db->search_index_wait_ms);
-}
-
 const char *ana_local_db_path(const struct ana_local_db *db) {
   return db->path;
 }
@@ -614,7 +639,7 @@ int ana_local_db_schema_version(struct ana_local_db *db) {
   return schema_version(db->writer);
 }
 
-void *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
+sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
   int i = 0;
   for (; i < WRITER_STATEMENTS && db->writer_statements[i].sql; i++) {
     if (db->writer_statements[i].sql == sql) {
@@ -692,7 +717,7 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     if (!sqlite3_get_autocommit(db->writer))
       run_writer(db, sql_rollback);
     writer_txn_ended(db);
-    atomic_store(&db->degraded_at_ms, mono_ms());
+    atomic_store(&db->degraded_at_ms, ana_clock_mono_ms());
     atomic_store(&db->degraded, true);
     if ((code & 0xff) == SQLITE_FULL)
       ana_error_set(err, ANA_STATUS_UNAVAILABLE,
@@ -710,11 +735,11 @@ void ana_local_db_rollback(struct ana_local_db *db) {
   writer_txn_ended(db);
 }
 
-void *ana_local_db_writer(struct ana_local_db *db) {
+sqlite3 *ana_local_db_writer(struct ana_local_db *db) {
   return db->writer;
 }
 
-void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
+sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   sqlite3 *conn = NULL;
   if (open_connection(db->path, SQLITE_OPEN_READWRITE, &conn, err) < 0)
     return NULL;
@@ -723,7 +748,7 @@ void *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
   return conn;
 }
 
-void *ana_local_db_acquire_reader(struct ana_local_db *db) {
+sqlite3 *ana_local_db_acquire_reader(struct ana_local_db *db) {
   pthread_mutex_lock(&db->mu);
   for (;;) {
     for (int i = 0; i < READERS; i++) {
@@ -737,7 +762,7 @@ void *ana_local_db_acquire_reader(struct ana_local_db *db) {
   }
 }
 
-void ana_local_db_release_reader(struct ana_local_db *db, void *reader) {
+void ana_local_db_release_reader(struct ana_local_db *db, sqlite3 *reader) {
   pthread_mutex_lock(&db->mu);
   for (int i = 0; i < READERS; i++)
     if (db->readers[i] == reader)
@@ -780,7 +805,7 @@ bool ana_local_db_check_space(struct ana_local_db *db) {
    * once it is old: the next commit shows whether writing works (without
    * this, a store nobody writes to would stay unready for good). */
   if (!low && atomic_load(&db->degraded) &&
-      mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
+      ana_clock_mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
     atomic_store(&db->degraded, false);
   return !low;
 }

@@ -2,15 +2,13 @@
  * store. Keys live in the local database and are claimed in the same
  * transaction as the events (or the spool) they admit, so a crash can never
  * keep one without the other. A key lives as long as its event is retained. */
-#include "ana_ingest.h"
-
-#include <sqlite3.h>
+#include "local_db_sql.h"
 
 static const char sql_claim[] = "INSERT INTO dedupe_keys (account_id, event_id, expires_at)"
                                 " VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
 
-int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
-                     struct ana_error *err) {
+int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+                           struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_claim);
   if (!st) {
@@ -34,8 +32,8 @@ int ana_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, 
   return rc;
 }
 
-int ana_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
-                      struct ana_error *err) {
+int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
+                            struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(w,

@@ -1,0 +1,104 @@
+/* Envelope encryption: per-account data keys (AES-256-GCM) wrapped by a key
+ * derived from the master key, kept wrapped by the store's data key role;
+ * sealed values name the key that sealed them, so keys rotate and old
+ * values stay readable; keyed blind indexes (HMAC-SHA256) for equality. */
+#ifndef ANA_CRYPTO_H
+#define ANA_CRYPTO_H
+
+#include "ana_error.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ana_local_db;
+
+/* A sealed value as text: this prefix, then standard base64 of
+ * version (1) | key id (4, big-endian) | nonce (12) | ciphertext | tag (16). */
+#define ANA_CRYPTO_SEALED_PREFIX "ana:enc:"
+/* A blind index as text: this prefix, then 22 base64url characters (the
+ * first 16 bytes of the HMAC). */
+#define ANA_CRYPTO_BLIND_PREFIX "ana:bi:"
+#define ANA_CRYPTO_BLIND_CHARS (sizeof ANA_CRYPTO_BLIND_PREFIX - 1 + 22)
+/* What a principal without pii:read sees in place of an encrypted value. */
+#define ANA_CRYPTO_MASK "***"
+
+/* One wrapped data key as stored (nonce | wrapped key | tag, 60 bytes). */
+struct ana_data_key_record {
+  const char *account_id;
+  uint32_t key_id; /* 1, 2, ...: the highest is the account's current key */
+  const uint8_t *wrapped;
+  size_t wrapped_len;
+  int64_t created_at_ms;
+};
+
+/* Called per record; non-zero stops. */
+typedef int (*ana_data_key_fn)(void *ctx, const struct ana_data_key_record *r);
+
+/* The data key store role, implemented by server/store (sqlite: table
+ * data_keys). Every operation is thread-safe. */
+struct ana_data_key_store_ops {
+  const char *name;
+  void *(*open)(struct ana_local_db *db, struct ana_error *err);
+  void (*close)(void *store);
+  /* Inserts r; ANA_ERR_EXISTS when (account, key id) is taken. */
+  int (*insert)(void *store, const struct ana_data_key_record *r, struct ana_error *err);
+  /* Every key of the account, ascending key id. */
+  int (*list)(void *store, const char *account_id, ana_data_key_fn fn, void *ctx,
+              struct ana_error *err);
+  /* The accounts that have keys, each once (fn gets account_id only). */
+  int (*accounts)(void *store, ana_data_key_fn fn, void *ctx, struct ana_error *err);
+};
+
+struct ana_crypto;
+
+struct ana_crypto_options {
+  const uint8_t *master_key; /* copied; the wrapping and index keys are derived from it */
+  size_t master_key_len;     /* at least 16 */
+  const struct ana_data_key_store_ops *ops;
+  void *store; /* borrowed */
+  /* How long a cached account's keys are trusted before the store is read
+   * again (a rotation by another process is seen after at most this). */
+  int refresh_ms;
+};
+
+/* Returns the context, or NULL with err filled. */
+struct ana_crypto *ana_crypto_create(const struct ana_crypto_options *o, struct ana_error *err);
+void ana_crypto_destroy(struct ana_crypto *c);
+
+/* Seals n bytes of pt with the account's current data key (made on first
+ * use), bound to (account, context): opening it under another account or
+ * context fails. *out is a NUL-terminated ANA_CRYPTO_SEALED_PREFIX text the
+ * caller frees with ana_free. Returns 0 or a negative error. Thread-safe. */
+int ana_crypto_seal(struct ana_crypto *c, const char *account_id, const char *context,
+                    const void *pt, size_t n, char **out, struct ana_error *err);
+
+/* Opens a sealed text: *out (NUL-terminated, caller frees with ana_free),
+ * *n_out its length. A value altered, sealed under another account or
+ * context, or by a key not in the store, is an error (DATA_LOSS), never
+ * garbage. Thread-safe. */
+int ana_crypto_open(struct ana_crypto *c, const char *account_id, const char *context,
+                    const char *sealed, char **out, size_t *n_out, struct ana_error *err);
+
+/* True when s is a sealed text (by its prefix). */
+bool ana_crypto_is_sealed(const char *s);
+
+/* The key id a sealed text names, or 0 when it is not one. */
+uint32_t ana_crypto_sealed_key_id(const char *sealed);
+
+/* The blind index of (account, context, value): the same inputs give the
+ * same text, keyed per account by a key derived from the master key (not
+ * rotated with the data keys, so filters keep matching). out receives
+ * ANA_CRYPTO_BLIND_CHARS + 1 bytes. Returns 0 or -1. */
+int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const char *context,
+                           const void *value, size_t n, char *out);
+
+/* Makes a new data key the account's current one; values sealed before stay
+ * readable. *key_id receives its id. Returns 0 or a negative error. */
+int ana_crypto_rotate(struct ana_crypto *c, const char *account_id, uint32_t *key_id,
+                      struct ana_error *err);
+
+/* The account's current key id (0 when it has none yet). */
+uint32_t ana_crypto_current_key_id(struct ana_crypto *c, const char *account_id);
+
+#endif

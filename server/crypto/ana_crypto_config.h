@@ -1,0 +1,14 @@
+/* Field encryption's settings: the struct its configuration rows fill. */
+#ifndef ANA_CRYPTO_CONFIG_H
+#define ANA_CRYPTO_CONFIG_H
+
+#include "ana_config_table.h"
+
+/* Filled by ana_crypto_config_table (config_rows.c); strings owned by the struct. */
+struct ana_crypto_settings {
+  char *encrypted_fields; /* ENCRYPTED_FIELDS */
+};
+
+extern const struct ana_config_table ana_crypto_config_table;
+
+#endif

@@ -1,0 +1,31 @@
+/* Configuration rows: field encryption's settings. Adding a variable = a row here and a member in
+ * struct ana_crypto_settings. */
+#include "ana_crypto_config.h"
+#include "ana_crypto_fields.h"
+
+static bool fields_ok(const char *value) {
+  struct ana_crypto_fields *f = NULL;
+  struct ana_error err;
+  bool ok = ana_crypto_fields_parse(value, &f, &err) == 0;
+  ana_crypto_fields_free(f);
+  return ok;
+}
+
+#define ROW(member) ANA_CONFIG_FIELD(struct ana_crypto_settings, member)
+
+static const struct ana_config_row rows[] = {
+    {.name = "ENCRYPTED_FIELDS",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Event fields stored encrypted (AES-256-GCM under the account's data key), "
+             "comma-separated: context.ip, context.userAgent, context.locale, "
+             "properties.<key>[.<key>...] (e.g. context.ip,properties.email). Not in the "
+             "free-text index; filters and dimensions on them use a keyed blind index; shown "
+             "in clear only to principals with pii:read, masked (***) to others.",
+     .check = fields_ok,
+     .expect = "a comma-separated list of context.ip, context.userAgent, context.locale and "
+               "properties.<key>[.<key>...] (at most 32)",
+     ROW(encrypted_fields)},
+};
+
+const struct ana_config_table ana_crypto_config_table = ANA_CONFIG_TABLE("crypto", rows);

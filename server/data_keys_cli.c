@@ -1,0 +1,157 @@
+/* `analyticsd data-keys rotate|list`: the accounts' data keys, on the store
+ * under DATA_DIR directly (WAL lets it write beside a running server, which
+ * seals with the new key within 10 s). Needs the master key the server
+ * uses (ENCRYPTION_KEY_FILE, or DATA_DIR/master.key). */
+#include "data_keys_cli.h"
+
+#include "ana_audit.h"
+#include "ana_config.h"
+#include "ana_crypto.h"
+#include "ana_local_db.h"
+#include "ana_store.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: analyticsd data-keys rotate (--account ACCOUNT | --all)\n"
+               "       analyticsd data-keys list [--account ACCOUNT]\n\n"
+               "Field encryption's data keys (one set per account, wrapped by the master key\n"
+               "in ENCRYPTION_KEY_FILE). `rotate` makes a new key current: new values are\n"
+               "sealed with it (a running server picks it up within 10 s), values sealed\n"
+               "before stay readable with their own key. `list` shows the keys' ids.\n");
+}
+
+struct accounts {
+  char **ids;
+  size_t n, cap;
+  bool nomem;
+};
+
+static int note_account(void *ctx, const struct ana_data_key_record *r) {
+  struct accounts *a = ctx;
+  if (a->n == a->cap) {
+    size_t cap = a->cap ? a->cap * 2 : 16;
+    char **ids = realloc(a->ids, cap * sizeof *ids);
+    if (!ids) {
+      a->nomem = true;
+      return 1;
+    }
+    a->ids = ids;
+    a->cap = cap;
+  }
+  if (!(a->ids[a->n] = strdup(r->account_id))) {
+    a->nomem = true;
+    return 1;
+  }
+  a->n++;
+  return 0;
+}
+
+static int print_key(void *ctx, const struct ana_data_key_record *r) {
+  (void)ctx;
+  char when[32];
+  time_t s = (time_t)(r->created_at_ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  printf("%s  key %u  created %s\n", r->account_id, r->key_id, when);
+  return 0;
+}
+
+int ana_data_keys_cli_main(int argc, char **argv) {
+  const char *verb = argc > 1 ? argv[1] : "", *account = NULL;
+  bool all = false;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--account") == 0 && i + 1 < argc && !account) {
+      account = argv[++i];
+    } else if (strcmp(argv[i], "--all") == 0) {
+      all = true;
+    } else {
+      fprintf(stderr, "analyticsd data-keys: unexpected argument %s\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  bool rotate = strcmp(verb, "rotate") == 0, list = strcmp(verb, "list") == 0;
+  if ((!rotate && !list) || (rotate && !all == !account) || (list && all) ||
+      (account && !account[0])) {
+    usage(stderr);
+    return 2;
+  }
+  setenv("LOG_LEVEL", "warn", 0);
+  struct ana_config cfg;
+  if (ana_config_load_at_startup(&cfg) < 0)
+    return 2;
+  int rc = 1;
+  struct ana_error err;
+  ana_error_clear(&err);
+  struct accounts acc = {0};
+  uint8_t master[4096];
+  const struct ana_data_key_store_ops *ops = ana_store_data_key_backend("sqlite");
+  struct ana_local_db *db = ana_local_db_open(cfg.store.data_dir, &err);
+  void *store = db ? ops->open(db, &err) : NULL;
+  struct ana_crypto *crypto = NULL;
+  if (!store) {
+    fprintf(stderr, "analyticsd data-keys: cannot open the store in %s: %s\n", cfg.store.data_dir,
+            err.message);
+    goto out;
+  }
+  if (list) {
+    if (account)
+      rc = ops->list(store, account, print_key, NULL, &err);
+    else if ((rc = ops->accounts(store, note_account, &acc, &err)) == 0)
+      for (size_t i = 0; i < acc.n && rc == 0; i++)
+        rc = ops->list(store, acc.ids[i], print_key, NULL, &err);
+    if (rc < 0 || acc.nomem)
+      fprintf(stderr, "analyticsd data-keys: %s\n", acc.nomem ? "out of memory" : err.message);
+    rc = rc < 0 || acc.nomem;
+    goto out;
+  }
+  int n = ana_audit_master_key(cfg.auth.encryption_key_file, cfg.store.data_dir, master,
+                               sizeof master, &err);
+  if (n >= 0) {
+    struct ana_crypto_options o = {master, (size_t)n, ops, store, 0};
+    crypto = ana_crypto_create(&o, &err);
+  }
+  OPENSSL_cleanse(master, sizeof master);
+  if (!crypto) {
+    fprintf(stderr, "analyticsd data-keys: %s\n", err.message);
+    goto out;
+  }
+  if (all && (ops->accounts(store, note_account, &acc, &err) < 0 || acc.nomem)) {
+    fprintf(stderr, "analyticsd data-keys: %s\n", acc.nomem ? "out of memory" : err.message);
+    goto out;
+  }
+  if (account && note_account(&acc, &(struct ana_data_key_record){.account_id = account})) {
+    fprintf(stderr, "analyticsd data-keys: out of memory\n");
+    goto out;
+  }
+  rc = 0;
+  for (size_t i = 0; i < acc.n; i++) {
+    uint32_t id = 0;
+    if (ana_crypto_rotate(crypto, acc.ids[i], &id, &err) < 0) {
+      fprintf(stderr, "analyticsd data-keys: %s: %s\n", acc.ids[i], err.message);
+      rc = 1;
+      continue;
+    }
+    printf("%s  key %u is current\n", acc.ids[i], id);
+  }
+out:
+  for (size_t i = 0; i < acc.n; i++)
+    free(acc.ids[i]);
+  free(acc.ids);
+  ana_crypto_destroy(crypto);
+  if (store)
+    ops->close(store);
+  ana_local_db_close(db);
+  ana_config_fini(&cfg);
+  return rc;
+}

@@ -1,0 +1,343 @@
+/* The local database: the always-present SQLite database in DATA_DIR (its
+ * file analytics.db) that holds what must commit together with an event's
+ * acknowledgement, whatever the event store: the deduplication keys and the
+ * spool of committed events (which a remote event store drains; the embedded
+ * event store reads it in place), and the state of rollups, jobs and the
+ * outbox. This header is its typed API; the raw SQLite connections are the
+ * store's own (local_db_sql.h). */
+#ifndef ANA_LOCAL_DB_H
+#define ANA_LOCAL_DB_H
+
+#include "ana_store.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct ana_local_db;
+
+/* Opens (creating if needed) DATA_DIR/analytics.db in WAL mode with
+ * synchronous=FULL and applies pending schema migrations. Returns NULL with
+ * err filled: its code is RESOURCE_EXHAUSTED and its message starts with
+ * "the disk is full" when SQLite could not write for lack of space (a new
+ * database on a full disk), which a later try may overcome. */
+struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err);
+void ana_local_db_close(struct ana_local_db *db);
+
+/* Pages appended to the WAL after which the checkpoint thread copies them
+ * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). */
+void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
+
+/* Path of the database file (borrowed). */
+const char *ana_local_db_path(const struct ana_local_db *db);
+
+/* Schema version after migrations. */
+int ana_local_db_schema_version(struct ana_local_db *db);
+
+/* Write transactions, used only by the committer thread: BEGIN IMMEDIATE,
+ * COMMIT (durable when it returns 0), ROLLBACK. */
+int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err);
+int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err);
+void ana_local_db_rollback(struct ana_local_db *db);
+
+/* Whether the store cannot write (for readiness): the last commit failed
+ * for lack of space or an I/O error (cleared by the next successful commit,
+ * or by ana_local_db_check_space finding room 5 s later), or DATA_DIR has
+ * less free space than the minimum. */
+bool ana_local_db_degraded(const struct ana_local_db *db);
+
+/* The free space DATA_DIR must have for commits (STORE_MIN_FREE_MB in
+ * bytes); below it ana_local_db_begin fails with UNAVAILABLE. 0: no check. */
+void ana_local_db_set_min_free_bytes(struct ana_local_db *db, int64_t bytes);
+
+/* Whether the filesystem of dir has at least min_free_bytes available
+ * (statvfs; true when min_free_bytes <= 0 or it cannot tell). */
+bool ana_local_db_dir_has_room(const char *dir, int64_t min_free_bytes);
+
+/* Measures DATA_DIR's free space (statvfs) against the minimum; returns
+ * true when there is room. Cheap; call it about once a second. */
+bool ana_local_db_check_space(struct ana_local_db *db);
+
+/* --- deduplication keys (dedupe_keys.c) --- */
+
+/* Claims (account, eventId) for each record inside the open transaction
+ * (ana_local_db_begin); records whose key exists get duplicate = true (also
+ * a repeat within the same batch). Committer thread only. Returns 0 or a
+ * negative error. */
+int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+                           struct ana_error *err);
+
+/* Deletes at most max_rows keys expired at now_ms, inside the open
+ * transaction; returns how many, or a negative error. */
+int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
+                            struct ana_error *err);
+
+/* --- the spool of committed events (spool.c) --- */
+
+/* Writes records[i] for each i with !records[i].duplicate into the spool,
+ * setting seq (increasing), inside the open transaction: nothing is durable
+ * until it commits. Committer thread only. */
+int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+                           struct ana_error *err);
+
+/* Receives a batch of spooled events, in sequence order; valid during the
+ * call. Returns 0 or a negative error (which the take returns). */
+typedef int (*ana_spool_batch_fn)(void *ctx, const struct ana_spooled_event *events, size_t n,
+                                  struct ana_error *err);
+
+/* The shipper's side: calls fn once with at most max spooled events with
+ * seq > after_seq, in sequence order (not at all when there are none).
+ * Thread-safe; blocks. Returns how many, or a negative error. */
+int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
+                         ana_spool_batch_fn fn, void *ctx, struct ana_error *err);
+
+/* The highest sequence number in the spool (0 when empty). */
+int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);
+
+/* --- the catalog of event names (event_names_table.c) --- */
+
+struct ana_local_names;
+
+/* One (account, name) and its events; strings borrowed. */
+struct ana_local_name_count {
+  const char *account, *name;
+  int64_t count, first_ms, last_ms;
+  bool added; /* set by ana_local_names_store: new to the account */
+};
+
+/* Receives one row; valid during the call. Non-zero stops a listing. */
+typedef int (*ana_local_name_count_fn)(void *ctx, const struct ana_local_name_count *c);
+/* Hears a name refused because its account has max_names already. */
+typedef void (*ana_local_names_full_fn)(void *ctx, const char *account, const char *name);
+
+/* Opens the catalog's own writing connection; *watermark receives the
+ * stored watermark, *last_seq the spool's last sequence. NULL with err. */
+struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *watermark,
+                                             uint64_t *last_seq, struct ana_error *err);
+void ana_local_names_close(struct ana_local_names *ln);
+
+/* Adds items (sorted by account) to the catalog, new names only while their
+ * account has fewer than max_names (full hears the others), and stores the
+ * watermark, in one transaction; sets each item's added. Blocks. */
+int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_count *items, size_t n,
+                          int max_names, uint64_t watermark, ana_local_names_full_fn full,
+                          void *ctx, struct ana_error *err);
+
+/* Calls fn with each (account, name) of the spooled events with after_seq <
+ * seq <= upto_seq and their count, first and last receive time. Returns how
+ * many, or a negative error. */
+int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint64_t upto_seq,
+                            ana_local_name_count_fn fn, void *ctx, struct ana_error *err);
+
+/* The account's names > after starting with prefix, by name, at most limit
+ * (a pooled reader; thread-safe). */
+int ana_local_names_list(struct ana_local_db *db, const char *account_id, const char *prefix,
+                         const char *after, int limit, ana_local_name_count_fn fn, void *ctx,
+                         struct ana_error *err);
+
+/* --- rollup cells and definitions (rollup_cells.c) --- */
+
+struct ana_rollup_cells;
+/* A connection to read cells from: the rollups' own, or a snapshot. */
+struct ana_local_reader;
+
+/* One stored definition; pointers valid during the call. */
+struct ana_rollup_def {
+  const char *metric_id, *account_id;
+  int64_t version;
+  const void *def;
+  size_t len;
+  uint64_t watermark, backfill_to;
+};
+typedef void (*ana_rollup_def_fn)(void *ctx, const struct ana_rollup_def *d);
+/* A stored cell's state; valid during the call. Returns 0 or what the
+ * caller wants returned. */
+typedef int (*ana_rollup_blob_fn)(void *ctx, const void *state, size_t len);
+/* One cell of a scan; valid during the call. Non-zero stops the scan and
+ * is returned. */
+typedef int (*ana_rollup_cell_fn)(void *ctx, int64_t bucket, const char *group_key,
+                                  const void *state, size_t len);
+
+/* Opens the rollups' two connections (the thread's, with busy as its busy
+ * handler and synchronous=NORMAL, and one for definitions). NULL with err. */
+struct ana_rollup_cells *ana_rollup_cells_open(struct ana_local_db *db,
+                                               int (*busy)(void *ctx, int count), void *busy_ctx,
+                                               struct ana_error *err);
+void ana_rollup_cells_close(struct ana_rollup_cells *h);
+
+/* Definitions (on their connection; the caller serializes these calls). */
+int ana_rollup_cells_put_def(struct ana_rollup_cells *h, const char *metric_id,
+                             const char *account_id, int64_t version, const void *def, size_t len,
+                             uint64_t backfill_to, struct ana_error *err);
+int ana_rollup_cells_forget_def(struct ana_rollup_cells *h, const char *metric_id,
+                                struct ana_error *err);
+int ana_rollup_cells_each_def(struct ana_rollup_cells *h, ana_rollup_def_fn fn, void *ctx,
+                              struct ana_error *err);
+/* The first stored (metric, version) of cells after (after_metric,
+ * after_version): 1 with it, 0 when none, or a negative error. */
+int ana_rollup_cells_next_version(struct ana_rollup_cells *h, const char *after_metric,
+                                  int64_t after_version, char *metric_out, size_t cap,
+                                  int64_t *version_out, struct ana_error *err);
+
+/* The rollup thread's rounds, on its connection. prepare before the
+ * others; a read transaction (begin_read/end_read) around merges, a write
+ * transaction (begin_write, mark and put, commit or rollback). */
+int ana_rollup_cells_prepare(struct ana_rollup_cells *h, struct ana_error *err);
+bool ana_rollup_cells_begin_read(struct ana_rollup_cells *h);
+void ana_rollup_cells_end_read(struct ana_rollup_cells *h);
+/* Calls fn with the stored state of the cell and returns what it returns;
+ * 0 when there is none; a negative error when it cannot be read. */
+int ana_rollup_cells_merge(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                           int level, int64_t bucket, const char *group_key, ana_rollup_blob_fn fn,
+                           void *ctx, struct ana_error *err);
+int ana_rollup_cells_begin_write(struct ana_rollup_cells *h, struct ana_error *err);
+/* Moves the version's watermark: 1, 0 when the version is no longer stored
+ * (redefined or deleted), or a negative error. */
+int ana_rollup_cells_mark(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                          uint64_t watermark, struct ana_error *err);
+int ana_rollup_cells_put(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                         int level, int64_t bucket, const char *group_key, const void *state,
+                         size_t len, struct ana_error *err);
+int ana_rollup_cells_commit(struct ana_rollup_cells *h, struct ana_error *err);
+void ana_rollup_cells_rollback(struct ana_rollup_cells *h);
+/* Deletes at most limit cells of the metric's versions below `below`;
+ * returns how many (0 also when it cannot). */
+int ana_rollup_cells_drop_versions(struct ana_rollup_cells *h, const char *metric_id, int64_t below,
+                                   int limit);
+/* Deletes at most limit cells of the version's level with bucket <=
+ * last_bucket; returns how many, or a negative error. */
+int ana_rollup_cells_expire(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                            int level, int64_t last_bucket, int limit, struct ana_error *err);
+
+/* Reading: the thread's own connection (borrowed from h), or a snapshot
+ * of a pooled reader (ana_local_snapshot_begin; end it with
+ * ana_local_snapshot_end). */
+struct ana_local_reader *ana_rollup_cells_reader(struct ana_rollup_cells *h);
+struct ana_local_reader *ana_local_snapshot_begin(struct ana_local_db *db, struct ana_error *err);
+void ana_local_snapshot_end(struct ana_local_db *db, struct ana_local_reader *rd);
+/* The version's watermark and backfill target: 1, 0 when it is not
+ * stored, or a negative error. */
+int ana_rollup_cells_version(struct ana_local_reader *rd, const char *metric_id, int64_t version,
+                             uint64_t *watermark, uint64_t *backfill_to, struct ana_error *err);
+/* Calls fn for each cell of the version's level with lo <= bucket < hi,
+ * by bucket ascending. Returns 0, fn's non-zero result, or a negative
+ * error. */
+int ana_rollup_cells_scan(struct ana_local_reader *rd, const char *metric_id, int64_t version,
+                          int level, int64_t lo, int64_t hi, ana_rollup_cell_fn fn, void *ctx,
+                          struct ana_error *err);
+
+/* --- report runs: job state (report_runs.c) --- */
+
+struct ana_local_runs;
+
+/* One run; strings valid during the call that hands it. */
+struct ana_local_run {
+  const char *run_id, *report_id, *account_id;
+  const char *state; /* pending, running, completed, failed, expired */
+  const char *error, *path;
+  int attempts;
+  int64_t size_bytes;
+  int64_t created_at_ms, started_at_ms, finished_at_ms;
+};
+typedef void (*ana_local_run_fn)(void *ctx, const struct ana_local_run *run);
+
+/* Opens the runs' own connection; every call below is thread-safe (one at
+ * a time) and blocks. */
+struct ana_local_runs *ana_local_runs_open(struct ana_local_db *db, struct ana_error *err);
+void ana_local_runs_close(struct ana_local_runs *h);
+/* A new pending run. */
+int ana_local_runs_insert(struct ana_local_runs *h, const char *run_id, const char *account_id,
+                          const char *report_id, int64_t created_ms, struct ana_error *err);
+/* Takes a pending run: running, one more attempt; copies its account and
+ * report. false when it is gone or not pending. */
+bool ana_local_runs_start(struct ana_local_runs *h, const char *run_id, int64_t now_ms,
+                          char *account, size_t acc_size, char *report, size_t rep_size);
+/* A run's end: its state, error, file and size. */
+int ana_local_runs_finish(struct ana_local_runs *h, const char *run_id, const char *state,
+                          const char *error, const char *path, int64_t size, int64_t now_ms,
+                          struct ana_error *err);
+/* Marks runs completed before cutoff_ms expired, calling fn with each one's
+ * file path (to remove it). */
+void ana_local_runs_expire(struct ana_local_runs *h, int64_t cutoff_ms,
+                           void (*fn)(void *ctx, const char *path), void *ctx);
+/* After a stop: runs left running fail with error after max_attempts, the
+ * others are pending again; calls fn with every pending run, oldest first
+ * (a negative return stops). Returns how many, or a negative error. */
+int ana_local_runs_recover(struct ana_local_runs *h, int max_attempts, const char *error,
+                           int64_t now_ms, int (*fn)(void *ctx, const char *run_id), void *ctx,
+                           struct ana_error *err);
+/* The report's runs, newest first, at most limit: how many, or an error. */
+int ana_local_runs_list(struct ana_local_runs *h, const char *account_id, const char *report_id,
+                        int limit, ana_local_run_fn fn, void *ctx, struct ana_error *err);
+/* One run: 1 when found (fn called), 0 when not, or a negative error. */
+int ana_local_runs_get(struct ana_local_runs *h, const char *account_id, const char *report_id,
+                       const char *run_id, ana_local_run_fn fn, void *ctx, struct ana_error *err);
+
+/* --- a connection of a module's own, for its transactions (outbox.c) --- */
+
+struct ana_local_conn;
+
+/* A new read-write connection (it never checkpoints); one user at a time
+ * (the caller serializes). Close it before the local database. */
+struct ana_local_conn *ana_local_conn_open(struct ana_local_db *db, struct ana_error *err);
+void ana_local_conn_close(struct ana_local_conn *c);
+/* BEGIN IMMEDIATE, COMMIT, ROLLBACK. */
+int ana_local_conn_begin(struct ana_local_conn *c, struct ana_error *err);
+int ana_local_conn_commit(struct ana_local_conn *c, struct ana_error *err);
+void ana_local_conn_rollback(struct ana_local_conn *c);
+/* Why the last call on c failed (borrowed, until the next call). */
+const char *ana_local_conn_errmsg(struct ana_local_conn *c);
+
+/* --- the notification outbox and delivery log (outbox.c) --- */
+
+/* One pending notification; strings valid during the call. */
+struct ana_local_outbox_row {
+  int64_t id;
+  const char *key, *account_id, *channel_id, *source, *payload;
+  int attempts;
+  int64_t created_ms, next_attempt_ms;
+};
+/* Non-zero stops. */
+typedef int (*ana_local_outbox_fn)(void *ctx, const struct ana_local_outbox_row *row);
+
+/* One delivery attempt; strings valid during the call. */
+struct ana_local_attempt {
+  int64_t outbox_id;
+  const char *idempotency_key, *channel_id, *source;
+  const char *state;
+  int attempt;
+  int64_t at_ms;
+  const char *outcome;
+  int status;
+  const char *error;
+  int64_t duration_ms;
+};
+/* Non-zero stops. */
+typedef int (*ana_local_attempt_fn)(void *ctx, const struct ana_local_attempt *a);
+
+/* Adds a pending notification (none when the key exists) inside the
+ * caller's transaction on c. */
+int ana_local_outbox_insert(struct ana_local_conn *c, const char *key, const char *account_id,
+                            const char *channel_id, const char *source, const char *payload,
+                            int64_t now_ms, struct ana_error *err);
+/* Calls fn with the pending notifications, soonest due first, at most
+ * limit (nothing when they cannot be read). */
+void ana_local_outbox_pending(struct ana_local_conn *c, int limit, ana_local_outbox_fn fn,
+                              void *ctx);
+/* Records an attempt and the notification's new state in one transaction. */
+int ana_local_outbox_record(struct ana_local_conn *c, int64_t id, int attempt, int64_t at_ms,
+                            const char *outcome, int status, const char *error, int64_t duration_ms,
+                            const char *state, int64_t next_due_ms, struct ana_error *err);
+/* The account's attempts (source, channel_id: exact or NULL for any; before
+ * at_ms < before_ms unless 0), newest first, at most limit. */
+int ana_local_outbox_attempts(struct ana_local_conn *c, const char *account_id, const char *source,
+                              const char *channel_id, int64_t before_ms, int limit,
+                              ana_local_attempt_fn fn, void *ctx, struct ana_error *err);
+/* A notification's state and attempts: 1, 0 when there is none, or an error. */
+int ana_local_outbox_state(struct ana_local_conn *c, const char *account_id, const char *key,
+                           char *state, size_t state_size, int *attempts, struct ana_error *err);
+/* Calls fn with the first attempt of the notification with that key, if
+ * made; whether it was. */
+bool ana_local_outbox_first_attempt(struct ana_local_conn *c, const char *key,
+                                    ana_local_attempt_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,159 @@
+/* The spool: committed events in the local database (table events), in
+ * commit-sequence order. The committer appends to it in the transaction that
+ * claims the events' deduplication keys; a remote event store drains it
+ * through the shipper contract (ana_store.h); the embedded event store reads
+ * it in place. */
+#include "local_db_sql.h"
+
+#include "ana_alloc.h"
+
+#include <string.h>
+
+static const char sql_append[] = "INSERT INTO events (account_id, event_id, session_id, event_type,"
+                                 " event_name, ts, received_at, properties, search_text, payload)"
+                                 " VALUES (?,?,?,?,?,?,?,?,?,?)";
+
+int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+                           struct ana_error *err) {
+  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_append);
+  if (!st) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct ana_event_record *r = &records[i];
+    if (r->duplicate)
+      continue;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, r->account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->event_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->event_name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, r->timestamp_ms);
+    sqlite3_bind_int64(st, 7, r->received_at_ms);
+    sqlite3_bind_text(st, 8, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 10, r->payload, (int)r->payload_len, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
+                    sqlite3_errmsg(w));
+      sqlite3_reset(st);
+      return ANA_ERR_IO;
+    }
+    r->seq = (uint64_t)sqlite3_last_insert_rowid(w);
+  }
+  sqlite3_reset(st);
+  return 0;
+}
+
+/* A column's text copied to the heap ("" for NULL); NULL when out of memory. */
+static char *copy_text(sqlite3_stmt *st, int col) {
+  const unsigned char *t = sqlite3_column_text(st, col);
+  size_t n = (size_t)sqlite3_column_bytes(st, col);
+  char *c = ana_malloc(n + 1);
+  if (c) {
+    if (t)
+      memcpy(c, t, n);
+    c[n] = '\0';
+  }
+  return c;
+}
+
+static void free_batch(struct ana_spooled_event *ev, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    ana_free((void *)ev[i].account_id);
+    ana_free((void *)ev[i].event_id);
+    ana_free((void *)ev[i].session_id);
+    ana_free((void *)ev[i].event_type);
+    ana_free((void *)ev[i].event_name);
+    ana_free((void *)ev[i].properties_json);
+    ana_free((void *)ev[i].search_text);
+    ana_free((void *)ev[i].payload);
+  }
+  ana_free(ev);
+}
+
+int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
+                         ana_spool_batch_fn fn, void *ctx, struct ana_error *err) {
+  if (max <= 0)
+    return 0;
+  struct ana_spooled_event *ev = ana_calloc((size_t)max, sizeof *ev);
+  if (!ev) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return ANA_ERR_NOMEM;
+  }
+  sqlite3 *r = ana_local_db_acquire_reader(db);
+  sqlite3_stmt *st = NULL;
+  size_t n = 0;
+  int rc = 0;
+  if (sqlite3_prepare_v2(r,
+                         "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
+                         " ts, received_at, properties, search_text, payload FROM events"
+                         " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_INTERNAL;
+    goto out;
+  }
+  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
+  sqlite3_bind_int(st, 2, max);
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct ana_spooled_event *e = &ev[n++];
+    e->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    e->account_id = copy_text(st, 1);
+    e->event_id = copy_text(st, 2);
+    e->session_id = copy_text(st, 3);
+    e->event_type = copy_text(st, 4);
+    e->event_name = copy_text(st, 5);
+    e->timestamp_ms = sqlite3_column_int64(st, 6);
+    e->received_at_ms = sqlite3_column_int64(st, 7);
+    e->properties_json = copy_text(st, 8);
+    e->search_text = copy_text(st, 9);
+    e->payload_len = (size_t)sqlite3_column_bytes(st, 10);
+    uint8_t *payload = ana_malloc(e->payload_len ? e->payload_len : 1);
+    if (payload && e->payload_len)
+      memcpy(payload, sqlite3_column_blob(st, 10), e->payload_len);
+    e->payload = payload;
+    if (!e->account_id || !e->event_id || !e->session_id || !e->event_type || !e->event_name ||
+        !e->properties_json || !e->search_text || !e->payload) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      rc = ANA_ERR_NOMEM;
+      goto out;
+    }
+  }
+  if (step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+    goto out;
+  }
+out:
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(db, r);
+  if (rc == 0 && n > 0)
+    rc = fn(ctx, ev, n, err);
+  free_batch(ev, n);
+  return rc < 0 ? rc : (int)n;
+}
+
+int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
+  sqlite3 *r = ana_local_db_acquire_reader(db);
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  *out = 0;
+  if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
+      SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_INTERNAL;
+  } else if (sqlite3_step(st) == SQLITE_ROW) {
+    *out = (uint64_t)sqlite3_column_int64(st, 0);
+  } else {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(db, r);
+  return rc;
+}
