@@ -129,9 +129,12 @@ struct ana_process_settings {
   int shutdown_grace_ms;        /* SHUTDOWN_GRACE_MS */
   enum ana_log_level log_level; /* LOG_LEVEL */
   int proto_max_depth;          /* PROTO_MAX_DEPTH: nested messages in a decoded Protobuf message */
+  char *access_log_sample;      /* ACCESS_LOG_SAMPLE: share of successful requests logged */
+  int access_log_max_per_s;     /* ACCESS_LOG_MAX_PER_S: access lines per second at most */
 };
 
-/* SHUTDOWN_GRACE_MS, LOG_LEVEL and PROTO_MAX_DEPTH, filling struct ana_process_settings. */
+/* SHUTDOWN_GRACE_MS, LOG_LEVEL, ACCESS_LOG_SAMPLE and PROTO_MAX_DEPTH, filling struct
+ * ana_process_settings. */
 extern const struct ana_config_table ana_process_config_table;
 
 #endif

@@ -54,6 +54,55 @@ void ana_log_write(enum ana_log_level level, const char *component, const char *
 void ana_log_fields(enum ana_log_level level, const char *component, const char *msg, ...)
     __attribute__((sentinel));
 
+/* --- request ids --- */
+
+/* The request id of the call this thread is working on (borrowed: it must
+ * stay valid until cleared, and is read when each line is written, so a
+ * buffer filled later counts); every line the thread writes meanwhile
+ * carries it as "requestId" (not while it is ""). NULL clears it.
+ * Transports set it around the handler callbacks they run. */
+void ana_log_set_request_id(const char *id);
+
+/* This thread's current request id, or NULL. */
+const char *ana_log_request_id(void);
+
+/* --- access log --- */
+
+/* One finished request or call, as one access-log line:
+ * {"ts","level":"info","component":"access","msg":"<method> <route> <status>",
+ *  "requestId","transport","method","route","status","code","bytesIn","bytesOut",
+ *  "durationMs","peer"}. */
+struct ana_access_entry {
+  const char *transport;  /* "http", "websocket" or "grpc" */
+  const char *request_id; /* NULL: none */
+  const char *method;     /* HTTP method; for gRPC the RPC path */
+  const char *route;      /* the route's template or the request path; NULL for gRPC */
+  int status;             /* HTTP status, WebSocket close code, or gRPC status code */
+  const char *code;       /* gRPC status name (also REST's answer, when known); NULL: none */
+  long long bytes_in;     /* request bytes (bodies, messages) */
+  long long bytes_out;    /* answer bytes (bodies, messages) */
+  double duration_ms;
+  const char *peer; /* the client's address */
+  bool success;     /* 2xx, a WebSocket closed with 1000/1001, gRPC OK: sampled */
+};
+
+/* ACCESS_LOG_SAMPLE: the share (0 to 1) of successful requests logged;
+ * every other one is. Parses "0.01", "1", "0". Returns 0 or ANA_ERR_INVALID. */
+int ana_log_access_sample_parse(const char *s, double *out);
+/* Sets the share; the default is 0.01. Thread-safe. */
+void ana_log_access_set_sample(double share);
+/* Whether a request with this outcome gets a line (the sampling draw for a
+ * successful one). Cheap; thread-safe. */
+bool ana_log_access_sampled(bool success);
+/* Writes e's line at info level. At most ACCESS_LOG_MAX_PER_S lines a
+ * second (a flood of failures is not sampled): the rest are counted in
+ * ana_log_suppressed_total and reported in one warn line, {"component":
+ * "access","msg":"suppressed access lines (over ACCESS_LOG_MAX_PER_S)",
+ * "suppressed":"N"}, once the second is over. */
+void ana_log_access(const struct ana_access_entry *e);
+/* ACCESS_LOG_MAX_PER_S (default 100; 0 counts as 1). Thread-safe. */
+void ana_log_access_set_max_per_second(unsigned n);
+
 /* Flood control: each call site of the ANA_* macros writes at most
  * ANA_LOG_SITE_LINES_PER_S lines per second. The rest are counted, added to
  * the Prometheus counter ana_log_suppressed_total, and reported in one line

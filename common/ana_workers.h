@@ -13,7 +13,9 @@ struct ana_workers;
 struct ana_workers *ana_workers_create(int threads, size_t queue_max);
 
 /* Queues fn(arg). Returns 0, or ANA_ERR_FULL when queue_max jobs wait, or
- * ANA_ERR_CLOSED when stopping. Thread-safe; never blocks. */
+ * ANA_ERR_CLOSED when stopping. Thread-safe; never blocks. The job runs
+ * with the submitting thread's request id (ana_log_set_request_id), so its
+ * log lines carry the call's id. */
 int ana_workers_submit(struct ana_workers *w, void (*fn)(void *arg), void *arg);
 
 /* Runs every queued job, then joins the threads. NULL does nothing. */

@@ -1,8 +1,14 @@
 /* Configuration rows: settings every program shares. Adding a variable = a row here and a member in
  * struct ana_process_settings. */
 #include "ana_config_table.h"
+#include "ana_log.h"
 
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_process_settings, member)
+
+static bool valid_share(const char *s) {
+  double v;
+  return ana_log_access_sample_parse(s, &v) == 0;
+}
 
 static const struct ana_config_row rows[] = {
     {.name = "SHUTDOWN_GRACE_MS",
@@ -17,6 +23,25 @@ static const struct ana_config_row rows[] = {
      .def = "info",
      .help = "Most verbose level logged.",
      ROW(log_level)},
+    {.name = "ACCESS_LOG_SAMPLE",
+     .type = ANA_CONFIG_STRING,
+     .def = "0.01",
+     .check = valid_share,
+     .expect = "a number from 0 to 1",
+     .help = "Share of successful requests (REST 2xx, WebSocket closed with 1000 or 1001, gRPC "
+             "OK) written to the access log (one JSON line per request, component \"access\"); "
+             "every other request is always written. 1 logs every request, 0 only failures; "
+             "LOG_LEVEL=warn turns the access log off.",
+     ROW(access_log_sample)},
+    {.name = "ACCESS_LOG_MAX_PER_S",
+     .type = ANA_CONFIG_INT,
+     .def = "100",
+     .min = 1,
+     .max = 1000000,
+     .help = "Most access-log lines written per second (a flood of failing requests is not "
+             "sampled); the rest are counted in ana_log_suppressed_total and reported in one "
+             "line per second.",
+     ROW(access_log_max_per_s)},
     {.name = "PROTO_MAX_DEPTH",
      .type = ANA_CONFIG_INT,
      .def = "100",

@@ -6,10 +6,12 @@
 #include "ana_clock.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -206,7 +208,20 @@ static void format_timestamp(char *out, size_t size) {
   snprintf(out + n, size - n, ".%03dZ", (int)(ms % 1000));
 }
 
-/* Starts a line in this thread's buffer with ts, level, component and msg. */
+static _Thread_local const char *current_request_id;
+
+void ana_log_set_request_id(const char *id) {
+  current_request_id = id;
+}
+
+const char *ana_log_request_id(void) {
+  return current_request_id && current_request_id[0] ? current_request_id : NULL;
+}
+
+static bool line_field(struct line *l, const char *key, const char *value);
+
+/* Starts a line in this thread's buffer with ts, level, component and msg
+ * (and the thread's request id). */
 static void line_begin(struct line *l, enum ana_log_level level, const char *component,
                        const char *msg, size_t msg_len, bool msg_truncated) {
   char ts[48];
@@ -230,6 +245,8 @@ static void line_begin(struct line *l, enum ana_log_level level, const char *com
   put_json_string(l, component, component_len);
   put_str(l, ",\"msg\":");
   put_json_string(l, msg, msg_len);
+  if (current_request_id && current_request_id[0])
+    line_field(l, "requestId", current_request_id);
 }
 
 /* Adds "key":"value" (or null) whole, or not at all. Returns false once the
@@ -239,7 +256,9 @@ static bool line_field(struct line *l, const char *key, const char *value) {
   bool ok;
 
   assert(strcmp(key, "ts") != 0 && strcmp(key, "level") != 0 && strcmp(key, "component") != 0 &&
-         strcmp(key, "msg") != 0 && strcmp(key, "truncated") != 0);
+         strcmp(key, "msg") != 0 && strcmp(key, "truncated") != 0 &&
+         (strcmp(key, "requestId") != 0 || !current_request_id ||
+          value == current_request_id)); /* line_begin wrote it */
   ok = put_str(l, ",") && put_json_string(l, key, strlen(key)) && put_str(l, ":");
   if (ok)
     ok = value ? put_json_string(l, value, strlen(value)) : put_str(l, "null");
@@ -320,9 +339,147 @@ void ana_log_fields(enum ana_log_level level, const char *component, const char 
 }
 
 /* ------------------------------------------------------------------ */
+/* access log */
+
+/* Share of successful requests logged, in millionths (an integer, so one
+ * atomic load per request). */
+static atomic_uint access_sample_ppm = 10000;
+
+int ana_log_access_sample_parse(const char *s, double *out) {
+  char *end;
+  if (!s || !*s)
+    return ANA_ERR_INVALID;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || *end || !(v >= 0.0 && v <= 1.0))
+    return ANA_ERR_INVALID;
+  *out = v;
+  return 0;
+}
+
+void ana_log_access_set_sample(double share) {
+  if (!(share >= 0.0))
+    share = 0.0;
+  if (share > 1.0)
+    share = 1.0;
+  atomic_store_explicit(&access_sample_ppm, (unsigned)(share * 1e6 + 0.5), memory_order_relaxed);
+}
+
+bool ana_log_access_sampled(bool success) {
+  if (!ana_log_enabled(ANA_LOG_INFO))
+    return false;
+  if (!success)
+    return true;
+  unsigned ppm = atomic_load_explicit(&access_sample_ppm, memory_order_relaxed);
+  if (ppm >= 1000000)
+    return true;
+  if (ppm == 0)
+    return false;
+  /* xorshift64*, one state per thread, seeded from the clock and the
+   * state's own address (threads differ). */
+  static _Thread_local uint64_t x;
+  if (x == 0) {
+    uint64_t ns = (uint64_t)ana_clock_mono_ns();
+    x = (ns << 20) ^ (ns >> 30) ^ (uint64_t)(uintptr_t)&x;
+    if (x == 0)
+      x = 0x9E3779B97F4A7C15ull;
+  }
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  return (unsigned)((x * 0x2545F4914F6CDD1Dull >> 32) % 1000000u) < ppm;
+}
+
+static bool line_number(struct line *l, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Adds "key":<number> whole, or not at all. */
+static bool line_number(struct line *l, const char *key, const char *fmt, ...) {
+  char num[48];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(num, sizeof num, fmt, ap);
+  va_end(ap);
+  size_t saved = l->len;
+  bool ok =
+      put_str(l, ",") && put_json_string(l, key, strlen(key)) && put_str(l, ":") && put_str(l, num);
+  if (!ok) {
+    l->len = saved;
+    l->truncated = true;
+  }
+  return ok;
+}
+
+static long long mono_second(void);
+static _Atomic unsigned long long suppressed_total;
+
+/* At most access_max access lines per (monotonic) second; the rest are
+ * counted, in ana_log_suppressed_total too, and reported in one line when
+ * the second is over. */
+static atomic_uint access_max = 100;
+static _Atomic long long access_second;
+static atomic_uint access_count, access_suppressed;
+
+void ana_log_access_set_max_per_second(unsigned n) {
+  atomic_store_explicit(&access_max, n ? n : 1, memory_order_relaxed);
+}
+
+static void access_report(void) {
+  unsigned n = atomic_exchange_explicit(&access_suppressed, 0, memory_order_relaxed);
+  if (n == 0)
+    return;
+  char count[16], max[16];
+  snprintf(count, sizeof count, "%u", n);
+  snprintf(max, sizeof max, "%u", atomic_load_explicit(&access_max, memory_order_relaxed));
+  ana_log_fields(ANA_LOG_WARN, "access", "suppressed access lines (over ACCESS_LOG_MAX_PER_S)",
+                 "suppressed", count, "max_per_s", max, NULL);
+}
+
+static void access_roll(long long now) {
+  long long seen = atomic_load_explicit(&access_second, memory_order_relaxed);
+  if (seen == now || !atomic_compare_exchange_strong(&access_second, &seen, now))
+    return;
+  atomic_store_explicit(&access_count, 0, memory_order_relaxed);
+  access_report();
+}
+
+void ana_log_access(const struct ana_access_entry *e) {
+  struct line l;
+  char msg[512];
+  if (!ana_log_enabled(ANA_LOG_INFO))
+    return;
+  access_roll(mono_second());
+  if (atomic_fetch_add_explicit(&access_count, 1, memory_order_relaxed) >=
+      atomic_load_explicit(&access_max, memory_order_relaxed)) {
+    atomic_fetch_add_explicit(&access_suppressed, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&suppressed_total, 1, memory_order_relaxed);
+    return;
+  }
+  if (e->code)
+    snprintf(msg, sizeof msg, "%s%s%s %s", e->method ? e->method : "?", e->route ? " " : "",
+             e->route ? e->route : "", e->code);
+  else
+    snprintf(msg, sizeof msg, "%s%s%s %d", e->method ? e->method : "?", e->route ? " " : "",
+             e->route ? e->route : "", e->status);
+  const char *saved = current_request_id;
+  current_request_id = NULL; /* the entry's own id goes in its place */
+  line_begin(&l, ANA_LOG_INFO, "access", msg, utf8_trim(msg, strlen(msg)), false);
+  (void)(line_field(&l, "requestId", e->request_id) &&
+         line_field(&l, "transport", e->transport ? e->transport : "?") &&
+         line_field(&l, "method", e->method ? e->method : "?") &&
+         (!e->route || line_field(&l, "route", e->route)) &&
+         line_number(&l, "status", "%d", e->status) &&
+         (!e->code || line_field(&l, "code", e->code)) &&
+         line_number(&l, "bytesIn", "%lld", e->bytes_in) &&
+         line_number(&l, "bytesOut", "%lld", e->bytes_out) &&
+         line_number(&l, "durationMs", "%.3f", e->duration_ms) && line_field(&l, "peer", e->peer));
+  current_request_id = saved;
+  line_finish(&l);
+}
+
+/* ------------------------------------------------------------------ */
 /* flood control */
 
-static _Atomic unsigned long long suppressed_total;
 /* Sites that suppressed something, pushed once each (never removed: sites
  * are statics). */
 static struct ana_log_site *_Atomic suppressing_sites;
@@ -379,6 +536,8 @@ bool ana_log_site_admit(struct ana_log_site *site, const char *component) {
 
 void ana_log_flush_suppressed(void) {
   long long now = mono_second();
+  if (atomic_load_explicit(&access_suppressed, memory_order_relaxed) > 0)
+    access_roll(now);
   for (struct ana_log_site *s = atomic_load(&suppressing_sites); s; s = s->next)
     if (atomic_load_explicit(&s->suppressed, memory_order_relaxed) > 0)
       roll_second(s, now);

@@ -2,13 +2,19 @@
 #include "ana_workers.h"
 
 #include "ana_alloc.h"
+#include "ana_log.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdbool.h>
+
+/* Longest request id a job carries (longer ones are cut). */
+#define JOB_REQUEST_ID_MAX 96
 
 struct job {
   void (*fn)(void *);
   void *arg;
+  char request_id[JOB_REQUEST_ID_MAX]; /* the submitter's, for the job's log lines */
 };
 
 struct ana_workers {
@@ -33,7 +39,9 @@ static void *worker(void *arg) {
     w->head = (w->head + 1) % w->cap;
     w->len--;
     pthread_mutex_unlock(&w->mu);
+    ana_log_set_request_id(j.request_id);
     j.fn(j.arg);
+    ana_log_set_request_id(NULL);
     pthread_mutex_lock(&w->mu);
   }
   pthread_mutex_unlock(&w->mu);
@@ -71,7 +79,11 @@ int ana_workers_submit(struct ana_workers *w, void (*fn)(void *), void *arg) {
   else if (w->len == w->cap)
     rc = ANA_ERR_FULL;
   else {
-    w->ring[(w->head + w->len) % w->cap] = (struct job){fn, arg};
+    struct job *j = &w->ring[(w->head + w->len) % w->cap];
+    j->fn = fn;
+    j->arg = arg;
+    const char *rid = ana_log_request_id();
+    snprintf(j->request_id, sizeof j->request_id, "%s", rid ? rid : "");
     w->len++;
     pthread_cond_signal(&w->cond);
   }

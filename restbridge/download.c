@@ -445,6 +445,7 @@ int rb_download_write(struct lws *wsi, struct rb_conn *conn) {
     return -1;
   conn->dl_left -= (int64_t)n;
   conn->dl_msg_off += n;
+  conn->bytes_out += (long long)n;
   if (conn->dl_msg_off == m->len) {
     pthread_mutex_lock(&c->mu);
     c->q_head = m->next;

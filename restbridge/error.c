@@ -3,6 +3,8 @@
  * google.rpc.BadRequest detail. */
 #include "restbridge_internal.h"
 
+#include "ana_log.h"
+
 #include "ana_alloc.h"
 
 #include <stdio.h>
@@ -151,7 +153,15 @@ struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error
              (long long)(p->rate.retry_after_ns % 1000000000LL));
     rc = append_cstr(&b, delay);
   }
-  rc = rc < 0 ? rc : append_cstr(&b, "]}");
+  rc = rc < 0 ? rc : append_cstr(&b, "]");
+  /* The request id (X-Request-Id, or the one made for the request), as in
+   * the response header and the log lines of the request. */
+  const char *rid = call ? ana_call_metadata(call, "x-request-id") : ana_log_request_id();
+  if (rid && rid[0] && rc == 0) {
+    rc = append_cstr(&b, ",\"requestId\":");
+    rc = rc < 0 ? rc : rb_json_append_string(&b, rid);
+  }
+  rc = rc < 0 ? rc : append_cstr(&b, "}");
   rc = rc < 0 ? rc : append_cstr(&b, suffix ? suffix : "");
   if (rc == 0)
     m = rb_msg_from_buf(&b);

@@ -284,8 +284,36 @@ static int add_header(struct lws *wsi, const char *name, const char *value, unsi
 
 /* The connection is done with this request: release the call, then keep
  * the connection for the next request or hang up. */
+void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool success) {
+  if (!conn->method_name || !ana_log_access_sampled(success))
+    return;
+  char peer[64] = "";
+  struct lws *net = lws_get_network_wsi(wsi);
+  lws_get_peer_simple(net ? net : wsi, peer, sizeof peer);
+  if (strncmp(peer, "::ffff:", 7) == 0 && strchr(peer, '.')) /* an IPv4 client, as such */
+    memmove(peer, peer + 7, strlen(peer + 7) + 1);
+  const struct ana_route *r = conn->route;
+  bool ws = conn->state == RB_CONN_WS_OPEN || conn->state == RB_CONN_WS_CLOSING;
+  struct ana_access_entry e = {
+      .transport = ws ? "websocket" : "http",
+      .request_id = conn->request_id[0] ? conn->request_id : NULL,
+      .method = conn->method_name,
+      .route = r ? r->pattern : conn->log_path,
+      .status = status,
+      .bytes_in = ws ? conn->bytes_in : (long long)conn->body_len,
+      .bytes_out = conn->bytes_out,
+      .duration_ms = (double)(rb_now_ns() - conn->started_ns) / 1e6,
+      .peer = peer,
+      .success = success,
+  };
+  ana_log_access(&e);
+}
+
 static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   bool close_after = conn->reply.close_after;
+  int st = conn->reply.http_status;
+  rb_access_log(wsi, conn, st, st >= 200 && st < 300);
+  conn->method_name = NULL;
   if (conn->metric_route >= 0)
     rb_stats_request(conn->bridge->stats, (size_t)conn->metric_route, conn->reply.http_status,
                      (double)(rb_now_ns() - conn->started_ns) / 1e9);
@@ -413,6 +441,7 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
                 last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) != (int)n)
     return -1;
   conn->body_off += n;
+  conn->bytes_out += (long long)n;
   if (!last) {
     lws_callback_on_writable(wsi);
     return 0;
@@ -564,6 +593,7 @@ static bool answer_ops(struct lws *wsi, struct rb_conn *conn, const char *path, 
     fn(wsi, conn);
   } else {
     answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false, "method not allowed on %s", path);
+    conn->reply.http_status = 405;
     conn->reply.allow = ana_strdup("GET, OPTIONS");
   }
   return true;
@@ -673,6 +703,9 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   conn->route = NULL;
   conn->started_ns = rb_now_ns();
   conn->metric_route = (long)ana_route_count;
+  conn->method_name = method;
+  conn->bytes_in = conn->bytes_out = 0;
+  snprintf(conn->log_path, sizeof conn->log_path, "%s", path);
   take_request_id(wsi, conn);
   conn->origin[0] = '\0';
   if (lws_hdr_copy(wsi, conn->origin, sizeof conn->origin, WSI_TOKEN_ORIGIN) < 0)
@@ -755,6 +788,7 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
     } else if (m.path_known) {
       answer_status(wsi, conn, ANA_STATUS_UNIMPLEMENTED, false,
                     "method %s is not allowed on this path", method);
+      conn->reply.http_status = 405; /* RFC 9110 15.5.6, with Allow */
       conn->reply.allow = ana_strdup(m.allow);
     } else {
       answer_status(wsi, conn, ANA_STATUS_NOT_FOUND, false, "no route for %s", path);

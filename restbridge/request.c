@@ -143,6 +143,35 @@ static bool is_plain(const char *key) {
   return false;
 }
 
+/* s when it is printable ASCII (RFC 9110 field values are in practice; gRPC
+ * metadata values must be), else NULL. */
+static const char *client_text(const char *s) {
+  if (!s || !s[0])
+    return NULL;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p < 0x20 || *p > 0x7e)
+      return NULL;
+  return s;
+}
+
+/* The first language tag of an Accept-Language value (RFC 9110 12.5.4),
+ * cut in place: "de-DE,de;q=0.9" gives "de-DE". NULL when absent, "*", or
+ * not a tag (letters, digits and hyphens, at most 35 characters: BCP 47's
+ * longest well-formed tags fit). */
+static const char *first_language(char *s) {
+  if (!s)
+    return NULL;
+  while (*s == ' ' || *s == '\t')
+    s++;
+  size_t n = 0;
+  while (s[n] && (isalnum((unsigned char)s[n]) || s[n] == '-'))
+    n++;
+  if (n == 0 || n > 35 || (s[n] && s[n] != ',' && s[n] != ';' && s[n] != ' ' && s[n] != '\t'))
+    return NULL;
+  s[n] = '\0';
+  return s;
+}
+
 /* Fills the call's metadata, peer and deadline. Returns 0, ANA_ERR_NOMEM,
  * or ANA_ERR_INVALID with st filled (a bad Grpc-Timeout). */
 static int capture_headers(struct rb_call *c, struct lws *wsi, struct rb_conn *conn,
@@ -194,6 +223,10 @@ static int capture_headers(struct rb_call *c, struct lws *wsi, struct rb_conn *c
   }
   md_add(&md, "x-forwarded-for", xff);
   md_add(&md, "x-forwarded-host", header(wsi, a, WSI_TOKEN_HOST));
+  /* The client's User-Agent and language: TrackEvent(s) fill an event's
+   * context.userAgent / locale with them when it has none. */
+  md_add(&md, "x-client-user-agent", client_text(header(wsi, a, WSI_TOKEN_HTTP_USER_AGENT)));
+  md_add(&md, "x-client-locale", first_language(header(wsi, a, WSI_TOKEN_HTTP_ACCEPT_LANGUAGE)));
 
   call->metadata = ana_arena_calloc(a, md.n ? md.n : 1, sizeof *call->metadata);
   if (!call->metadata)

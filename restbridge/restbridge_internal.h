@@ -41,7 +41,7 @@ struct rb_reply {
   int http_status;
   struct rb_msg *body;      /* owned; NULL = empty body */
   char *www_auth;           /* 401: WWW-Authenticate value (owned copy) */
-  char *allow;              /* 501 on a known path: the Allow header (owned) */
+  char *allow;              /* 405 on a known path: the Allow header (owned) */
   bool close_after;         /* Connection: close, then hang up */
   const char *content_type; /* static string; NULL = application/json */
   bool gzip;                /* the body is gzip-compressed: Content-Encoding, Vary */
@@ -82,10 +82,10 @@ struct rb_call {
   pthread_mutex_t mu; /* guards everything below up to `wsi` */
   struct rb_msg *q_head, *q_tail;
   size_t q_len;
-  bool finished;          /* transport finish ran */
-  struct rb_reply reply;  /* HTTP: the answer, once finished */
-  struct rb_msg *ws_last; /* WebSocket: the error frame, once finished */
-  int ws_close_code;      /* WebSocket: 1000 / 1011 (1008 for RESOURCE_EXHAUSTED) once finished */
+  bool finished;             /* transport finish ran */
+  struct rb_reply reply;     /* HTTP: the answer, once finished */
+  struct rb_msg *ws_last;    /* WebSocket: the error frame, once finished */
+  int ws_close_code;         /* WebSocket: rb_ws_close_code_of the finish status, once finished */
   char ws_close_reason[124]; /* WebSocket: the error's message, cut to fit a close frame */
   int64_t full_since_ms;     /* WebSocket: queue full since (0 = not full) */
   bool dl_head;              /* download: the first FileChunk came (its headers below) */
@@ -151,10 +151,14 @@ struct rb_conn {
   bool headers_sent;
   size_t body_off;
 
-  /* metrics */
-  int64_t started_ns; /* when the request's headers were in */
-  long metric_route;  /* index into ana_routes, ana_route_count = no route, -1 = not counted */
-  bool ws_counted;    /* counted in the open WebSockets gauge */
+  /* metrics and the access log */
+  int64_t started_ns;      /* when the request's headers were in */
+  const char *method_name; /* "GET"... (static), NULL before a request */
+  char log_path[128];      /* the request path, cut (for a request without a route) */
+  long long bytes_in;      /* WebSocket: client message bytes */
+  long long bytes_out;     /* body bytes written (HTTP), frame payload bytes (WebSocket) */
+  long metric_route;       /* index into ana_routes, ana_route_count = no route, -1 = not counted */
+  bool ws_counted;         /* counted in the open WebSockets gauge */
 
   /* download (download.c) */
   bool dl_range;                /* one Range was asked for (dl_offset, dl_length) */
@@ -171,9 +175,11 @@ struct rb_conn {
 
   /* websocket */
   int ws_close_code;
-  char ws_close_reason[64];
+  char ws_close_reason[124]; /* fits a close frame (123 bytes) */
+  int ws_logged_code;        /* the close code sent or echoed (access log); 0 = none yet */
   bool slow_timer_armed;
   struct ana_utf8_state ws_utf8; /* the client's text message so far */
+  size_t ws_msg_len;             /* bytes of the client's message so far */
 };
 
 struct ana_restbridge {
@@ -273,8 +279,10 @@ int rb_route_match(const char *path, const char *method, bool websocket, struct 
 
 /* --- errors (error.c) --- */
 int rb_http_status_of(enum ana_status code);
-/* The JSON error body {"code","message","details"} (details carry the
- * call's violations as google.rpc.BadRequest when call is not NULL). */
+/* The JSON error body {"code","message","details","requestId"} (details
+ * carry the call's violations as google.rpc.BadRequest when call is not
+ * NULL; requestId is the call's x-request-id, or without a call this
+ * thread's ana_log_request_id, and is left out when there is none). */
 struct rb_msg *rb_error_json(const struct ana_call *call, const struct ana_error *status,
                              const char *prefix, const char *suffix);
 /* Fills reply for an error status (status, body, WWW-Authenticate). */
@@ -338,6 +346,11 @@ void rb_http_on_deadline(struct rb_conn *conn);
  * framer held back a pipelined request (lws thread). */
 void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
 
+/* Writes the access-log line of the connection's request (HTTP: when
+ * answered, status its HTTP status; WebSocket: when closed, status its close
+ * code), if ACCESS_LOG_SAMPLE picks it (lws thread). */
+void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool success);
+
 /* --- downloads (download.c) --- */
 extern const struct ana_call_transport rb_download_transport;
 /* Reads Range and If-None-Match of a download request into conn. */
@@ -365,6 +378,12 @@ int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_
                    void *in, size_t len);
 void rb_ws_on_wake(struct rb_conn *conn);
 void rb_ws_close(struct rb_conn *conn, int code, const char *reason);
+/* A stream that ended with an error closes with 4000 + its gRPC status
+ * (NOT_FOUND 4005, RESOURCE_EXHAUSTED 4008, UNAUTHENTICATED 4016), except a
+ * slow consumer's (ANA_SLOW_CONSUMER_MESSAGE) with 1008 and UNAVAILABLE while
+ * the bridge shuts down with 1001; OK closes with 1000. */
+#define RB_WS_CLOSE_STATUS_BASE 4000
+int rb_ws_close_code_of(const struct ana_error *status, bool shutting_down);
 
 /* --- the live dashboard (static.c) --- */
 /* Answers GET / and /dashboard[/...] with the dashboard's files (from

@@ -10,6 +10,7 @@
 
 #include "ana_alloc.h"
 #include "ana_clock.h"
+#include "ana_listen.h"
 #include "ana_log.h"
 #include "ana_tls_files.h"
 
@@ -204,7 +205,7 @@ static void conn_release(struct rb_conn *conn) {
   conn->body_len = 0;
 }
 
-static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+static int dispatch(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len) {
   struct ana_restbridge *b = lws_context_user(lws_get_context(wsi));
   /* TLS callbacks first: their user pointer is no connection's. */
@@ -286,6 +287,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
   default: break;
   }
   return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* Every line logged while a connection's callback runs carries its request id. */
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len) {
+  struct rb_conn *conn = user;
+  ana_log_set_request_id(conn ? conn->request_id : NULL);
+  int rc = dispatch(wsi, reason, user, in, len);
+  ana_log_set_request_id(NULL);
+  return rc;
 }
 
 static void lws_log_emit(int level, const char *line) {
@@ -467,8 +478,10 @@ struct ana_restbridge *ana_restbridge_create(const struct ana_restbridge_options
   }
   b->vhost = lws_create_vhost(b->ctx, &info);
   if (!b->vhost) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "cannot listen on %s:%d", b->host ? b->host : "*",
-                  o->port);
+    char why[128];
+    ana_listen_error(any ? NULL : b->host, o->port, why, sizeof why);
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "PORT %d: cannot listen on %s:%d: %s", o->port,
+                  b->host ? b->host : "*", o->port, why);
     goto fail;
   }
   b->port = lws_get_vhost_listen_port(b->vhost);

@@ -81,6 +81,7 @@ bool rb_static_answer(struct lws *wsi, struct rb_conn *conn, const char *path, b
     struct ana_error st;
     ana_error_set(&st, ANA_STATUS_UNIMPLEMENTED, "only GET is allowed on %s", path);
     rb_reply_error(&conn->reply, NULL, &st);
+    conn->reply.http_status = 405;
     conn->reply.allow = ana_strdup("GET");
     rb_http_answer(wsi, conn);
     return true;

@@ -220,6 +220,20 @@ static size_t ws_send_queue_length(struct ana_call *call) {
   return n;
 }
 
+int rb_ws_close_code_of(const struct ana_error *status, bool shutting_down) {
+  if (!status || status->code == ANA_STATUS_OK)
+    return LWS_CLOSE_STATUS_NORMAL;
+  /* A stream the handler ended for being too slow closes like the bridge's
+   * own slow-consumer close. */
+  if (status->code == ANA_STATUS_RESOURCE_EXHAUSTED &&
+      strncmp(status->message, ANA_SLOW_CONSUMER_MESSAGE, strlen(ANA_SLOW_CONSUMER_MESSAGE)) == 0)
+    return LWS_CLOSE_STATUS_POLICY_VIOLATION;
+  /* Long streams end with UNAVAILABLE when the server drains. */
+  if (status->code == ANA_STATUS_UNAVAILABLE && shutting_down)
+    return LWS_CLOSE_STATUS_GOINGAWAY;
+  return RB_WS_CLOSE_STATUS_BASE + (int)status->code;
+}
+
 static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
                       const struct ana_error *status) {
   struct rb_call *c = (struct rb_call *)call;
@@ -228,10 +242,7 @@ static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
   char reason[sizeof c->ws_close_reason] = "";
   if (status && status->code != ANA_STATUS_OK) {
     last = rb_error_json(call, status, "{\"error\":", "}");
-    /* A stream ended for being too slow (RESOURCE_EXHAUSTED) closes like
-     * the bridge's own slow-consumer close; the message is the reason. */
-    code = status->code == ANA_STATUS_RESOURCE_EXHAUSTED ? LWS_CLOSE_STATUS_POLICY_VIOLATION
-                                                         : LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    code = rb_ws_close_code_of(status, atomic_load(&c->bridge->shutting_down));
     utf8_cut(reason, sizeof reason, status->message);
   } else if (response) {
     int rc;
@@ -505,6 +516,9 @@ static void on_slow_timer(struct lws *wsi, struct rb_conn *conn) {
 }
 
 static int close_now(struct lws *wsi, int code, const char *reason) {
+  struct rb_conn *conn = lws_wsi_user(wsi);
+  if (conn)
+    conn->ws_logged_code = code; /* for the access log */
   lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)reason, strlen(reason));
   return -1;
 }
@@ -583,8 +597,11 @@ static int write_frames(struct lws *wsi, struct rb_conn *conn, struct rb_msg *li
   size_t len = (size_t)(p - start);
   rc = lws_write(wsi, start, len, LWS_WRITE_RAW) == (int)len ? 0 : -1;
 out:
-  if (rc == 0)
+  if (rc == 0) {
     rb_stats_ws_messages(b->stats, n);
+    for (struct rb_msg *m = list; m; m = m->next)
+      conn->bytes_out += (long long)m->len;
+  }
   rb_msg_free(list);
   return rc;
 }
@@ -669,6 +686,11 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
   /* Back to the canonical name until the next upgrade. */
   snprintf(b->ws_name, sizeof b->ws_name, "%s", RB_WS_PROTOCOL);
   conn->state = RB_CONN_WS_OPEN;
+  conn->started_ns = rb_now_ns();
+  conn->method_name = "GET";
+  conn->route = NULL;
+  conn->bytes_in = conn->bytes_out = 0;
+  conn->ws_logged_code = 0;
   if (!conn->ws_counted) {
     conn->ws_counted = true;
     rb_stats_websocket(b->stats, 1);
@@ -678,18 +700,24 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     memcpy(conn->request_id, id, (size_t)n + 1);
   else if (ana_uuid7_generate(conn->request_id) < 0)
     conn->request_id[0] = '\0';
-  if (lws_http_get_uri_and_method(wsi, &uri, &uri_len) < 0 || !uri ||
-      rb_route_match(uri, "GET", true, NULL, &m) < 0) {
+  int got = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
+  snprintf(conn->log_path, sizeof conn->log_path, "%.*s", uri ? uri_len : 0, uri ? uri : "");
+  char *q = strchr(conn->log_path, '?');
+  if (q)
+    *q = '\0';
+  if (got < 0 || !uri || rb_route_match(uri, "GET", true, NULL, &m) < 0) {
     rb_ws_close(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "route lost");
     lws_callback_on_writable(wsi);
     return;
   }
+  conn->route = m.route;
   const char *list = protocol_list(wsi, fallback, sizeof fallback, &too_long);
   const char *token = bearer_subprotocol(list, sub, sizeof sub, &bearer) ? sub : NULL;
   rb_framer_drop_protocols(lws_get_socket_fd(wsi));
   struct rb_call *c = rb_request_start(b, wsi, conn, m.route, uri, NULL, 0, true, token, &early);
   if (!c) {
-    conn->ws_close_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+    conn->ws_close_code = rb_ws_close_code_of(&early, atomic_load(&b->shutting_down));
+    utf8_cut(conn->ws_close_reason, sizeof conn->ws_close_reason, early.message);
     lws_callback_on_writable(wsi);
   }
 }
@@ -710,9 +738,21 @@ bool rb_ws_on_unmasked(struct lws *wsi) {
  * has already failed bad framing (a continuation without a start, a new
  * message inside a fragmented one) with 1002. */
 static int on_receive(struct lws *wsi, struct rb_conn *conn, const void *in, size_t len) {
+  bool final = lws_is_final_fragment(wsi) != 0;
+  conn->bytes_in += (long long)len;
+  /* The streams take no client messages; one larger than a request body
+   * may be fails with 1009 (RFC 6455 7.4.1), however it is fragmented. */
+  size_t max = conn->bridge->opt.max_body_bytes;
+  conn->ws_msg_len += len;
+  if (conn->ws_msg_len > max) {
+    char reason[64];
+    snprintf(reason, sizeof reason, "message over HTTP_MAX_BODY_BYTES (%zu bytes)", max);
+    return close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, reason);
+  }
+  if (final)
+    conn->ws_msg_len = 0;
   if (lws_frame_is_binary(wsi))
     return 0;
-  bool final = lws_is_final_fragment(wsi) != 0;
   bool ok = ana_utf8_feed(&conn->ws_utf8, in, len) && (!final || ana_utf8_complete(&conn->ws_utf8));
   if (final || !ok)
     memset(&conn->ws_utf8, 0, sizeof conn->ws_utf8);
@@ -731,6 +771,9 @@ static int on_peer_close(struct lws *wsi, const unsigned char *in, size_t len) {
   if (len < 2)
     return 0;
   unsigned code = (unsigned)in[0] << 8 | in[1];
+  struct rb_conn *conn = lws_wsi_user(wsi);
+  if (conn && !conn->ws_logged_code)
+    conn->ws_logged_code = (int)code; /* lws echoes it */
   if (code >= 5000)
     return close_now(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, "invalid close code");
   struct ana_utf8_state st = {0};
@@ -749,7 +792,13 @@ int rb_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_
   case LWS_CALLBACK_TIMER: on_slow_timer(wsi, conn); return 0;
   case LWS_CALLBACK_RECEIVE: return on_receive(wsi, conn, in, len);
   case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return on_peer_close(wsi, in, len);
-  case LWS_CALLBACK_CLOSED:
+  case LWS_CALLBACK_CLOSED: {
+    /* 1006: the connection ended without a close frame. */
+    int code = conn->ws_logged_code ? conn->ws_logged_code : LWS_CLOSE_STATUS_ABNORMAL_CLOSE;
+    rb_access_log(wsi, conn, code,
+                  code == LWS_CLOSE_STATUS_NORMAL || code == LWS_CLOSE_STATUS_GOINGAWAY);
+    conn->method_name = NULL;
+  }
     if (conn->ws_counted) {
       conn->ws_counted = false;
       rb_stats_websocket(conn->bridge->stats, -1);

@@ -53,6 +53,10 @@ int ana_config_load_at_startup(struct ana_config *cfg) {
   if (rc < 0)
     return rc;
   ana_log_set_level(cfg->process.log_level);
+  double share;
+  if (ana_log_access_sample_parse(cfg->process.access_log_sample, &share) == 0)
+    ana_log_access_set_sample(share);
+  ana_log_access_set_max_per_second((unsigned)cfg->process.access_log_max_per_s);
   return 0;
 }
 

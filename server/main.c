@@ -3,6 +3,7 @@
  * in-flight work within the grace period. SIGHUP reloads the TLS files. */
 #include "ana_builtin_services.h"
 #include "ana_config.h"
+#include "ana_grpc_log.h"
 #include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_prom_process.h"
@@ -77,6 +78,7 @@ int main(int argc, char **argv) {
   if (ana_config_load_at_startup(&cfg) < 0)
     return 2;
   ana_config_each_unsupported(&cfg, warn_unsupported, NULL);
+  ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
 
   /* Signals are taken synchronously by this thread (sigwait), so every other
    * thread must start with them blocked. */

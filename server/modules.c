@@ -624,8 +624,10 @@ static int grpc_start(struct ana_server *s, const struct ana_config *cfg, struct
 static int grpc_stop(struct ana_server *s, int64_t deadline_ms) {
   if (!s->grpc)
     return 0;
-  if (s->draining) {
-    int64_t left = deadline_ms - ana_heartbeat_now_ms();
+  /* Also when a later module failed to start: core aborts when a server
+   * that listens is destroyed without a shutdown. */
+  {
+    int64_t left = s->draining ? deadline_ms - ana_heartbeat_now_ms() : 1000;
     if (ana_grpc_server_shutdown(s->grpc, left > 0 ? (int)left : 0) < 0) {
       /* Some call never ended: tearing down now could crash. */
       if (!s->forced)

@@ -9,6 +9,7 @@
  * host:port (or RESTBRIDGE_UPSTREAM) and TLS to it (RESTBRIDGE_UPSTREAM_*).
  * SIGHUP reloads the HTTP_TLS_* files. */
 #include "ana_config_table.h"
+#include "ana_grpc_log.h"
 #include "ana_log.h"
 #include "ana_prom_process.h"
 #include "ana_restbridge.h"
@@ -120,6 +121,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   ana_log_set_level(cfg.process.log_level);
+  double share;
+  if (ana_log_access_sample_parse(cfg.process.access_log_sample, &share) == 0)
+    ana_log_access_set_sample(share);
+  ana_log_access_set_max_per_second((unsigned)cfg.process.access_log_max_per_s);
+  ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
   if (!upstream || !upstream[0])
     upstream = cfg.bridge.restbridge_upstream;
   if (!upstream || !upstream[0]) {

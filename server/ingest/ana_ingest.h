@@ -34,6 +34,11 @@ struct ana_ingest_request {
   const char *client_ip;  /* "" when unknown */
   int64_t now_ms;         /* receive time */
   const struct ana_ingest_limits *limits;
+  /* The client's User-Agent and first Accept-Language tag, as the REST
+   * bridge passes them (x-client-user-agent, x-client-locale): an event's
+   * context.userAgent / locale when it has none. NULL = not known. */
+  const char *user_agent;
+  const char *locale;
   /* ENCRYPTED_FIELDS (NULL: none) and the keys that seal them. */
   const struct ana_crypto_fields *encrypted;
   struct ana_crypto *crypto;

@@ -248,6 +248,27 @@ static Google__Protobuf__Timestamp *make_timestamp(struct ana_arena *arena, int6
   return t;
 }
 
+/* A context default (the request's User-Agent or locale) as an event's
+ * context field: copied into arena and cut to CONTEXT_MAX_CHARS characters;
+ * "" when it is not printable UTF-8. NULL only when out of memory. */
+static char *context_default(struct ana_arena *arena, const char *value) {
+  size_t chars = 0;
+  if (!ana_utf8_valid(value, &chars) || !ana_text_printable(value))
+    return (char *)"";
+  size_t n = 0;
+  for (size_t c = 0; value[n] && c < CONTEXT_MAX_CHARS; c++) {
+    n++;
+    while (((unsigned char)value[n] & 0xC0) == 0x80)
+      n++;
+  }
+  char *out = ana_arena_alloc(arena, n + 1);
+  if (!out)
+    return NULL;
+  memcpy(out, value, n);
+  out[n] = '\0';
+  return out;
+}
+
 int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1__Event *ev,
                        const char *path, struct ana_arena *arena, struct ana_ingest_item *item) {
   const struct ana_ingest_limits *lim = req->limits;
@@ -298,6 +319,12 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
     *ctx = *ev->context;
   /* The address comes from the connection, never from the body. */
   ctx->ip = (char *)(req->client_ip ? req->client_ip : "");
+  if ((!ctx->user_agent || !ctx->user_agent[0]) && req->user_agent &&
+      !(ctx->user_agent = context_default(arena, req->user_agent)))
+    return ANA_ERR_NOMEM;
+  if ((!ctx->locale || !ctx->locale[0]) && req->locale &&
+      !(ctx->locale = context_default(arena, req->locale)))
+    return ANA_ERR_NOMEM;
   out->context = ctx;
   out->account_id = (char *)req->account_id;
 

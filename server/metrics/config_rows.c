@@ -27,7 +27,7 @@ static const struct ana_config_row rows[] = {
      .min = 1,
      .max = 100000,
      .help = "Live metric streams (StreamMetric, /ws/metrics/{id}) one client address may hold "
-             "open at once; further ones get RESOURCE_EXHAUSTED (a WebSocket closes with 1008).",
+             "open at once; further ones get RESOURCE_EXHAUSTED (a WebSocket closes with 4008).",
      ROW(metric_streams_per_peer)},
     {.name = "ROLLUP_CACHE_MB",
      .type = ANA_CONFIG_INT,

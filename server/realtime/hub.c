@@ -749,11 +749,11 @@ static void *pump_main(void *arg) {
         char msg[160];
         if (s->feed)
           snprintf(msg, sizeof msg,
-                   "subscriber too slow: %" PRIu64 " updates coalesced; resume with "
-                   "afterSequence=%" PRIu64,
+                   ANA_SLOW_CONSUMER_MESSAGE ": %" PRIu64 " updates coalesced; resume with "
+                                             "afterSequence=%" PRIu64,
                    s->coalesced, s->last_seq_sent);
         else
-          snprintf(msg, sizeof msg, "subscriber too slow: %" PRIu64 " updates dropped",
+          snprintf(msg, sizeof msg, ANA_SLOW_CONSUMER_MESSAGE ": %" PRIu64 " updates dropped",
                    s->dropped_total);
         if (sub_close_locked(rt, s, ANA_STATUS_RESOURCE_EXHAUSTED, msg)) {
           rt->stats.slow_consumers++;

@@ -105,6 +105,11 @@ void ana_call_resume_reading(struct ana_call *call);
 
 /* --- Answering --- */
 
+/* A handler that ends a stream because its client does not keep up finishes
+ * it with RESOURCE_EXHAUSTED and a message starting with this; the REST
+ * bridge then closes the WebSocket with 1008 (policy) instead of 4008. */
+#define ANA_SLOW_CONSUMER_MESSAGE "subscriber too slow"
+
 /* Server-streaming and bidi: queues one message (serialised before return,
  * so it stays the caller's). Thread-safe. Returns 0, ANA_ERR_CLOSED when the
  * call is cancelled or finished, ANA_ERR_FULL when the outbound queue holds

@@ -5,7 +5,10 @@
 #include "ana_grpc_server.h"
 
 #include "ana_alloc.h"
+#include "ana_grpc_log.h"
 #include "ana_heartbeat.h"
+#include "ana_id.h"
+#include "ana_listen.h"
 #include "ana_log.h"
 #include "ana_proto_walk.h"
 #include "ana_tls_files.h"
@@ -19,6 +22,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -74,8 +78,17 @@ struct gcall {
   grpc_metadata trailer;
   grpc_metadata_array request_md;
   int64_t started_mono_ms;
-  struct gcall *prev, *next; /* the server's live list */
-  struct peer_streams *peer; /* counted in it (server-streaming); srv->mu */
+  /* The client's x-request-id (printable, shorter than the buffer), else one
+   * made here; sent back in the initial metadata, carried by the call's log
+   * lines and its access-log line. */
+  char request_id[96];
+  grpc_metadata request_id_md;
+  _Atomic long long bytes_in; /* request messages */
+  long long bytes_out;        /* answer messages queued (under mu) */
+  int64_t started_ns;         /* CLOCK_MONOTONIC */
+  const char *unknown_path;   /* an unknown method's path (arena), for the access log */
+  struct gcall *prev, *next;  /* the server's live list */
+  struct peer_streams *peer;  /* counted in it (server-streaming); srv->mu */
 };
 
 /* Open server-streaming calls of one client IP address. */
@@ -254,6 +267,12 @@ static void pump_locked(struct gcall *g) {
   memset(ops, 0, sizeof ops);
   if (!g->md_sent) {
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (g->request_id[0]) {
+      g->request_id_md.key = grpc_slice_from_static_string("x-request-id");
+      g->request_id_md.value = grpc_slice_from_static_string(g->request_id);
+      ops[n].data.send_initial_metadata.count = 1;
+      ops[n].data.send_initial_metadata.metadata = &g->request_id_md;
+    }
     n++;
     g->md_sent = true;
   }
@@ -295,6 +314,7 @@ static int queue_push_locked(struct gcall *g, grpc_byte_buffer *bb, bool over_li
   size_t limit = (size_t)g->srv->send_queue_max;
   if (!over_limit_ok && g->q_len >= limit)
     return ANA_ERR_FULL;
+  g->bytes_out += (long long)grpc_byte_buffer_length(bb);
   if (g->q_len == g->q_cap) {
     size_t cap = g->q_cap ? g->q_cap * 2 : 4;
     grpc_byte_buffer **q = ana_malloc(cap * sizeof *q);
@@ -426,12 +446,28 @@ static void t_finish(struct ana_call *call, const ProtobufCMessage *response,
   pump_locked(g);
   pthread_mutex_unlock(&g->mu);
 
-  if (ana_log_enabled(ANA_LOG_DEBUG)) {
-    char ms[32];
-    snprintf(ms, sizeof ms, "%lld", (long long)(ana_call_now_mono_ms() - g->started_mono_ms));
-    ana_log_fields(ANA_LOG_DEBUG, "rpc", "call finished", "method",
-                   call->method ? call->method->path : "?", "code",
-                   ok ? "OK" : ana_status_name(status->code), "duration_ms", ms, NULL);
+  if (ana_log_access_sampled(ok)) {
+    char ip[64];
+    ana_call_peer_ip(call, ip, sizeof ip);
+    pthread_mutex_lock(&g->mu);
+    long long out = g->bytes_out;
+    pthread_mutex_unlock(&g->mu);
+    enum ana_status code = ok ? ANA_STATUS_OK : status->code;
+    struct ana_access_entry e = {
+        .transport = "grpc",
+        .request_id = g->request_id[0] ? g->request_id : NULL,
+        .method = call->method      ? call->method->path
+                  : g->unknown_path ? g->unknown_path
+                                    : "?",
+        .status = (int)code,
+        .code = ana_status_name(code),
+        .bytes_in = atomic_load(&g->bytes_in),
+        .bytes_out = out,
+        .duration_ms = (double)(ana_clock_mono_ns() - g->started_ns) / 1e6,
+        .peer = ip,
+        .success = ok,
+    };
+    ana_log_access(&e);
   }
   gcall_release(g); /* the handler's reference */
 }
@@ -492,6 +528,8 @@ static void on_recv_message(struct gcall *g, bool ok) {
     if (call->handler->on_half_close)
       call->handler->on_half_close(call);
   } else {
+    atomic_fetch_add(&g->bytes_in, (long long)grpc_byte_buffer_length(bb));
+    ana_log_set_request_id(g->request_id);
     call->message_arena = ana_arena_create(8192, 0);
     struct ana_proto_violation v;
     ProtobufCMessage *m = call->message_arena
@@ -506,6 +544,7 @@ static void on_recv_message(struct gcall *g, bool ok) {
       call->handler->on_message(call, m);
     ana_arena_destroy(call->message_arena);
     call->message_arena = NULL;
+    ana_log_set_request_id(NULL);
     post_read(g);
   }
   gcall_release(g); /* the read's reference */
@@ -558,6 +597,7 @@ static struct gcall *gcall_create(struct ana_grpc_server *srv, const struct ana_
   g->send_tag = (struct tag){TAG_SEND, g};
   g->status_details = grpc_empty_slice();
   g->started_mono_ms = ana_call_now_mono_ms();
+  g->started_ns = ana_clock_mono_ns();
   grpc_metadata_array_init(&g->request_md);
 
   pthread_mutex_lock(&srv->mu);
@@ -579,11 +619,36 @@ static struct gcall *gcall_create(struct ana_grpc_server *srv, const struct ana_
   return g;
 }
 
+/* The client's x-request-id when it is printable and fits, else a new one
+ * (UUIDv7), added to the call's metadata so handlers see it too. */
+static void take_request_id(struct gcall *g) {
+  struct ana_call *call = &g->base;
+  const char *id = ana_call_metadata(call, "x-request-id");
+  bool ok = id && id[0] && strlen(id) < sizeof g->request_id;
+  for (const char *p = id; ok && *p; p++)
+    ok = isgraph((unsigned char)*p) != 0;
+  if (ok) {
+    memcpy(g->request_id, id, strlen(id) + 1);
+    return;
+  }
+  if (ana_uuid7_generate(g->request_id) < 0) {
+    g->request_id[0] = '\0';
+    return;
+  }
+  if (!id) {
+    struct ana_metadata_entry *e = &call->metadata[call->n_metadata];
+    e->key = "x-request-id";
+    e->value = g->request_id;
+    e->value_len = strlen(g->request_id);
+    call->n_metadata++;
+  }
+}
+
 /* Copies metadata, peer and deadline into the call's arena. */
 static int capture_request(struct gcall *g, grpc_metadata_array *md, gpr_timespec deadline) {
   struct ana_call *call = &g->base;
-  call->metadata =
-      ana_arena_calloc(&call->arena, md->count ? md->count : 1, sizeof *call->metadata);
+  /* One more entry: the x-request-id made here when the client sent none. */
+  call->metadata = ana_arena_calloc(&call->arena, md->count + 1, sizeof *call->metadata);
   if (!call->metadata)
     return ANA_ERR_NOMEM;
   for (size_t i = 0; i < md->count; i++) {
@@ -598,6 +663,7 @@ static int capture_request(struct gcall *g, grpc_metadata_array *md, gpr_timespe
       return ANA_ERR_NOMEM;
     call->n_metadata++;
   }
+  take_request_id(g);
   char *peer = grpc_call_get_peer(g->call);
   if (peer) {
     call->peer = ana_arena_strdup(&call->arena, peer);
@@ -669,6 +735,10 @@ static void dispatch(struct ana_grpc_server *srv, struct request_slot *slot) {
   struct ana_error status;
   ana_error_clear(&status);
 
+  if (payload)
+    atomic_store(&g->bytes_in, (long long)grpc_byte_buffer_length(payload));
+  /* Read when each line is written: capture_request fills it. */
+  ana_log_set_request_id(g->request_id);
   if (capture_request(g, &g->request_md, deadline) < 0) {
     ana_call_fail(c, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   } else if (ana_call_admit(c, &status) < 0) {
@@ -691,6 +761,7 @@ static void dispatch(struct ana_grpc_server *srv, struct request_slot *slot) {
       c->handler->on_open(c);
     post_read(g);
   }
+  ana_log_set_request_id(NULL);
   if (payload)
     grpc_byte_buffer_destroy(payload);
   gcall_release(g); /* the dispatcher's reference */
@@ -714,6 +785,9 @@ static void reject_unknown(struct ana_grpc_server *srv, struct request_slot *slo
     md.metadata = NULL;
     struct ana_error status;
     ana_error_set(&status, ANA_STATUS_UNIMPLEMENTED, "unknown method %s", path);
+    g->unknown_path = ana_arena_strdup(&g->base.arena, path);
+    /* Its request id and peer, for the access log. */
+    capture_request(g, &g->request_md, gpr_inf_future(GPR_CLOCK_REALTIME));
     ANA_DEBUG("rpc", "unknown method %s", path);
     ana_call_finish(&g->base, NULL, &status);
     gcall_release(g);
@@ -928,16 +1002,6 @@ static void tls_free(struct ana_grpc_server *srv) {
   ana_free(srv->tls_ca_file);
 }
 
-/* Core's own log lines (failed TLS handshakes among them) as JSON lines of
- * component "grpc": its errors at warn (a peer's doing, mostly), the rest
- * at debug; rate-limited per level like every log site. */
-static void core_log(gpr_log_func_args *a) {
-  if (a->severity == GPR_LOG_SEVERITY_ERROR)
-    ANA_LOG(ANA_LOG_WARN, "grpc", "%s (%s:%d)", a->message, a->file, a->line);
-  else
-    ANA_LOG(ANA_LOG_DEBUG, "grpc", "%s (%s:%d)", a->message, a->file, a->line);
-}
-
 static char *dup_set(const char *s) {
   return s && s[0] ? ana_strdup(s) : NULL;
 }
@@ -965,7 +1029,7 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   srv->tls_ca_file = dup_set(o->tls_client_ca_file);
   srv->tls = srv->tls_cert_file || srv->tls_key_file || srv->tls_ca_file;
 
-  gpr_set_log_function(core_log);
+  ana_grpc_log_route(); /* analyticsd's main did already; tests and tools too */
   grpc_init();
   grpc_arg args[] = {
       {.type = GRPC_ARG_INTEGER,
@@ -1019,7 +1083,10 @@ struct ana_grpc_server *ana_grpc_server_create(const struct ana_grpc_server_opti
   srv->port = grpc_server_add_http2_port(srv->server, addr, creds);
   grpc_server_credentials_release(creds);
   if (srv->port == 0) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "GRPC_PORT: cannot listen on %s", addr);
+    char why[128];
+    ana_listen_error(o->host && o->host[0] ? o->host : NULL, o->port, why, sizeof why);
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "GRPC_PORT %d: cannot listen on %s: %s", o->port,
+                  addr, why);
     goto fail;
   }
   grpc_server_start(srv->server);

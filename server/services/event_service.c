@@ -55,6 +55,10 @@ static void fill_request(struct ana_call *call, struct ana_ingest_request *r, ch
                 opts.trusted_proxies, ip, ip_size);
   r->account_id = ana_call_principal(call)->account_id;
   r->client_ip = ip;
+  /* The REST bridge's (in-process or remote) reading of User-Agent and
+   * Accept-Language; gRPC's own user-agent names the library, not the client. */
+  r->user_agent = ana_call_metadata(call, "x-client-user-agent");
+  r->locale = ana_call_metadata(call, "x-client-locale");
   r->now_ms = ana_clock_wall_ms();
   r->limits = &opts.limits;
   r->encrypted = opts.encrypted;

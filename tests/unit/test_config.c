@@ -71,6 +71,8 @@ static const char *const all_names[] = {
     "HTTP_HOST",
     "HTTP_ALLOWED_HOSTS",
     "LOG_LEVEL",
+    "ACCESS_LOG_SAMPLE",
+    "ACCESS_LOG_MAX_PER_S",
     "EVENT_MAX_BYTES",
     "EVENT_MAX_PROPERTIES",
     "EVENT_MAX_DEPTH",

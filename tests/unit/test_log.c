@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "ana_clock.h"
 #include "ana_error.h"
 #include "ana_log.h"
 #include "ana_test_util.h"
@@ -258,6 +259,116 @@ static void test_fields(void **state) {
   assert_string_equal(str_field(obj, "quote"), "say \"hi\"");
   assert_null(json_object_get(obj, "truncated"));
   json_decref(obj);
+}
+
+static void test_request_id_on_every_line_of_the_thread(void **state) {
+  char id[16] = "";
+  (void)state;
+
+  ana_log_set_request_id(id); /* read when each line is written */
+  ana_log_write(ANA_LOG_INFO, "rpc", "before the id");
+  json_t *obj = only_line();
+  assert_null(json_object_get(obj, "requestId"));
+  json_decref(obj);
+  capture_reset();
+  snprintf(id, sizeof id, "rid-1");
+  ana_log_fields(ANA_LOG_INFO, "rpc", "with fields", "k", "v", NULL);
+  obj = only_line();
+  assert_string_equal(str_field(obj, "requestId"), "rid-1");
+  assert_string_equal(str_field(obj, "k"), "v");
+  json_decref(obj);
+  capture_reset();
+  ana_log_set_request_id(NULL);
+  ana_log_write(ANA_LOG_INFO, "rpc", "after");
+  obj = only_line();
+  assert_null(json_object_get(obj, "requestId"));
+  json_decref(obj);
+}
+
+static void test_access_line(void **state) {
+  (void)state;
+  ana_log_set_request_id("other"); /* the entry's id wins, once */
+  struct ana_access_entry e = {.transport = "http",
+                               .request_id = "r-7",
+                               .method = "GET",
+                               .route = "/api/metrics/{metric_id}",
+                               .status = 404,
+                               .code = NULL,
+                               .bytes_in = 0,
+                               .bytes_out = 123,
+                               .duration_ms = 1.5,
+                               .peer = "127.0.0.1"};
+  ana_log_access(&e);
+  ana_log_set_request_id(NULL);
+  json_t *obj = only_line();
+  assert_string_equal(str_field(obj, "component"), "access");
+  assert_string_equal(str_field(obj, "msg"), "GET /api/metrics/{metric_id} 404");
+  assert_string_equal(str_field(obj, "requestId"), "r-7");
+  assert_string_equal(str_field(obj, "route"), "/api/metrics/{metric_id}");
+  assert_int_equal(json_integer_value(json_object_get(obj, "status")), 404);
+  assert_int_equal(json_integer_value(json_object_get(obj, "bytesOut")), 123);
+  assert_true(json_real_value(json_object_get(obj, "durationMs")) == 1.5);
+  assert_null(json_object_get(obj, "code"));
+  json_decref(obj);
+}
+
+/* Sleeps until the monotonic second changes (the log's windows are those). */
+static void next_second(void) {
+  int64_t s0 = ana_clock_mono_coarse_ms() / 1000;
+  while (ana_clock_mono_coarse_ms() / 1000 == s0) {
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+}
+
+static void test_access_lines_are_capped_per_second(void **state) {
+  (void)state;
+  struct ana_access_entry e = {.transport = "grpc", .method = "/x/Y", .status = 5, .peer = "p"};
+  unsigned long long before = ana_log_suppressed_total();
+  ana_log_access_set_max_per_second(3);
+  next_second();
+  for (int i = 0; i < 10; i++)
+    ana_log_access(&e);
+  assert_int_equal(line_count(output()), 3);
+  assert_int_equal(ana_log_suppressed_total() - before, 7);
+  capture_reset();
+  next_second();
+  ana_log_flush_suppressed();
+  json_t *obj = only_line();
+  assert_string_equal(str_field(obj, "msg"), "suppressed access lines (over ACCESS_LOG_MAX_PER_S)");
+  assert_string_equal(str_field(obj, "suppressed"), "7");
+  json_decref(obj);
+  ana_log_access_set_max_per_second(100);
+}
+
+static void test_access_sampling(void **state) {
+  double v = -1;
+  (void)state;
+  assert_int_equal(ana_log_access_sample_parse("0.01", &v), 0);
+  assert_true(v == 0.01);
+  assert_int_equal(ana_log_access_sample_parse("1", &v), 0);
+  assert_int_equal(ana_log_access_sample_parse("1.5", &v), ANA_ERR_INVALID);
+  assert_int_equal(ana_log_access_sample_parse("-0.1", &v), ANA_ERR_INVALID);
+  assert_int_equal(ana_log_access_sample_parse("nan", &v), ANA_ERR_INVALID);
+  assert_int_equal(ana_log_access_sample_parse("", &v), ANA_ERR_INVALID);
+  assert_int_equal(ana_log_access_sample_parse("0.1x", &v), ANA_ERR_INVALID);
+
+  ana_log_access_set_sample(0);
+  for (int i = 0; i < 1000; i++) {
+    assert_false(ana_log_access_sampled(true));
+    assert_true(ana_log_access_sampled(false)); /* failures always */
+  }
+  ana_log_access_set_sample(0.1);
+  int n = 0;
+  for (int i = 0; i < 100000; i++)
+    n += ana_log_access_sampled(true);
+  assert_in_range(n, 9000, 11000);
+  ana_log_access_set_sample(1);
+  assert_true(ana_log_access_sampled(true));
+  ana_log_set_level(ANA_LOG_WARN); /* the access log is info */
+  assert_false(ana_log_access_sampled(false));
+  ana_log_set_level(ANA_LOG_INFO);
+  ana_log_access_set_sample(0.01);
 }
 
 static void test_component_edge_cases(void **state) {
@@ -525,6 +636,12 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_invalid_utf8_is_replaced, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_level_filtering, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_fields, capture_start, capture_stop),
+      cmocka_unit_test_setup_teardown(test_request_id_on_every_line_of_the_thread, capture_start,
+                                      capture_stop),
+      cmocka_unit_test_setup_teardown(test_access_line, capture_start, capture_stop),
+      cmocka_unit_test(test_access_sampling),
+      cmocka_unit_test_setup_teardown(test_access_lines_are_capped_per_second, capture_start,
+                                      capture_stop),
       cmocka_unit_test_setup_teardown(test_component_edge_cases, capture_start, capture_stop),
       cmocka_unit_test_setup_teardown(test_long_message_is_cut_at_a_character, capture_start,
                                       capture_stop),

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -108,7 +109,66 @@ class UnsupportedBackendTest(unittest.TestCase):
         self.assertEqual(server.stop(), 0)
 
 
+def json_lines_or_fail(test, err):
+    """Every stderr line parsed as a JSON object (the test fails on raw text)."""
+    lines = []
+    for line in err.splitlines():
+        if not line.strip():
+            continue
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            test.fail("a stderr line is not JSON: %r" % line[:300])
+    return lines
+
+
+class StartupFailureTest(unittest.TestCase):
+
+    def assertPortInUse(self, var):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            rc, _, err, _ = run_once({var: port})
+        self.assertEqual(rc, 1, "%s busy: exit %s (a negative code is a signal); stderr:\n%s"
+                         % (var, rc, err[-3000:]))
+        lines = json_lines_or_fail(self, err)
+        failed = [l for l in lines if l.get("msg") == "start-up failed"]
+        self.assertEqual(len(failed), 1, err[-3000:])
+        self.assertIn("%s %d" % (var, port), failed[0]["error"])
+        self.assertIn("already in use", failed[0]["error"])
+
+    def test_busy_rest_port_exits_1_with_a_clear_message(self):
+        self.assertPortInUse("PORT")
+
+    def test_busy_grpc_port_exits_1_with_a_clear_message(self):
+        self.assertPortInUse("GRPC_PORT")
+
+    def test_every_bad_variable_is_listed(self):
+        rc, _, err, _ = run_once({"GRPC_PORT": "x", "RETENTION_DAYS": "-1", "LOG_LEVEL": "loud"})
+        self.assertEqual(rc, 2, err)
+        for name in ("GRPC_PORT", "RETENTION_DAYS", "LOG_LEVEL"):
+            self.assertIn(name, err)
+
+
 class LogFormatTest(unittest.TestCase):
+
+    def test_grpc_core_lines_are_json(self):
+        # gRPC core logs through gpr_log; with GRPC_VERBOSITY=debug and a tracer on it writes
+        # many lines, which must come out as our JSON lines (component "grpc").
+        server = harness.start_server(self, env={"GRPC_VERBOSITY": "debug",
+                                                 "GRPC_TRACE": "server_channel",
+                                                 "LOG_LEVEL": "debug"})
+        ns = stubs.load()
+        ch = server.channel()
+        ns.health_pb2_grpc.HealthStub(ch).Check(ns.health_pb2.HealthCheckRequest(), timeout=5)
+        ch.close()
+        self.assertEqual(server.stop(), 0)
+        lines = json_lines_or_fail(self, "\n".join(server.raw_log_lines()))
+        core = [l for l in lines if l.get("component") == "grpc"]
+        self.assertTrue(core, "no gRPC core line in the log")
+        for l in core:
+            self.assertRegex(l.get("source", ""), r"\.(cc|c|h):\d+$", l)
 
     def test_every_stderr_line_is_structured_json(self):
         ns = stubs.load()

@@ -547,7 +547,7 @@ class MetricStreamWebSocketTest(MetricStreamBase):
                 return frames, ws.close_code
 
         frames, code = asyncio.run(asyncio.wait_for(go(), 30))
-        self.assertEqual(code, 1011)
+        self.assertEqual(code, 4005)
         self.assertEqual(frames[-1]["error"]["code"], 5)
 
 

@@ -182,7 +182,7 @@ class OpsTest(harness.ServerTestCase):
     def test_ops_endpoints_take_get_only(self):
         for path in ("/metrics", "/openapi.json", "/health"):
             status, h, _ = get(self.rest_port, path, "DELETE")
-            self.assertEqual(status, 501, path)
+            self.assertEqual(status, 405, path)
             self.assertEqual(h.get("allow"), "GET, OPTIONS")
 
 

@@ -334,7 +334,7 @@ class RealtimeWebSocketTest(RealtimeBase):
                 return frames, ws.close_code, ws.close_reason
 
         frames, code, reason = asyncio.run(asyncio.wait_for(go(), 30))
-        self.assertEqual(code, 1011)
+        self.assertEqual(code, 4003)
         self.assertEqual(frames[-1]["error"]["code"], 3)
         self.assertIn("bogus", reason)
 

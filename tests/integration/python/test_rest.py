@@ -15,6 +15,7 @@ import re
 import socket
 import time
 import unittest
+import uuid
 
 import grpc
 
@@ -98,7 +99,7 @@ class RestTest(harness.ServerTestCase):
     def assertJsonError(self, status, body, http_status, code=None):
         self.assertEqual(status, http_status, body)
         self.assertIsInstance(body, dict, body)
-        self.assertEqual(set(body), {"code", "message", "details"}, body)
+        self.assertEqual(set(body), {"code", "message", "details", "requestId"}, body)
         if code is not None:
             self.assertEqual(body["code"], code, body)
         self.assertIsInstance(body["details"], list)
@@ -154,10 +155,10 @@ class RestTest(harness.ServerTestCase):
         if not todo:
             self.skipTest("every feature with a REST route is implemented")
         m, template = todo[0]
-        status, _, body = self.rest.request("GET", fill_path(template)[0])
+        status, h, body = self.rest.request("GET", fill_path(template)[0])
         self.assertEqual(status, 501, body)
         self.assertEqual(body, {"code": 12, "message": "%s are not implemented yet" % m.feature,
-                                "details": []})
+                                "details": [], "requestId": h["x-request-id"]})
 
     def test_health(self):
         status, h, body = self.rest.request("GET", "/health")
@@ -170,6 +171,27 @@ class RestTest(harness.ServerTestCase):
         self.assertEqual(h.get("x-request-id"), "rid-42")
         status, h, _ = self.rest.request("GET", "/api/metrics")
         self.assertTrue(h.get("x-request-id"), "a request id is made when none is sent")
+
+    def test_user_agent_and_language_fill_the_context(self):
+        # An event without userAgent / locale gets the request's User-Agent and the first tag
+        # of its Accept-Language; one that has them keeps its own.
+        name = "ua_" + uuid.uuid4().hex[:12]
+        hdrs = {"User-Agent": "shop-app/2.1 (iPhone)", "Accept-Language": "de-DE,de;q=0.9,en;q=0.5"}
+        for ctx in (None, {"userAgent": "own/1", "locale": "fr"}):
+            ev = {"eventType": "t", "eventName": name}
+            if ctx:
+                ev["context"] = ctx
+            status, _, body = self.rest.request("POST", "/api/events", body=ev, headers=hdrs)
+            self.assertEqual(status, 200, body)
+        deadline = time.monotonic() + 10
+        while True:
+            status, _, body = self.rest.request("GET", "/api/events/search?eventName=" + name)
+            got = sorted((e.get("context", {}).get("userAgent"), e.get("context", {}).get("locale"))
+                         for e in (body or {}).get("events", []))
+            if len(got) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(got, [("own/1", "fr"), ("shop-app/2.1 (iPhone)", "de-DE")])
 
     def test_cors_preflight(self):
         status, h, _ = self.rest.request("OPTIONS", "/api/metrics", headers={
@@ -243,8 +265,9 @@ class RestTest(harness.ServerTestCase):
         self.assertJsonError(status, body, 404, 5)
 
     def test_wrong_method(self):
+        # RFC 9110 15.5.6: a known path with another method is 405 with Allow.
         status, h, body = self.rest.request("PATCH", "/api/metrics", body={})
-        self.assertJsonError(status, body, 501, 12)
+        self.assertJsonError(status, body, 405, 12)
         self.assertEqual(h.get("allow"), "GET, POST")
 
     def test_headers_over_limit(self):

@@ -267,7 +267,7 @@ class MutualTlsTest(TlsTestCase):
 
     def test_wss_stream_with_a_client_certificate(self):
         frames, code = wss_frames(self.server.rest_port, self.pki.ssl_context())
-        self.assertEqual(code, 1011)
+        self.assertEqual(code, 4005)  # 4000 + NOT_FOUND
         self.assertEqual(frames[0]["error"]["code"], 5)
 
     def test_analyticsctl_flags_and_environment(self):
@@ -307,7 +307,7 @@ class MutualTlsTest(TlsTestCase):
         self.assertEqual(status, 200)
         self.assertEqual([r["status"] for r in body["results"]], ["ACCEPTED"] * 2)
         frames, code = wss_frames(bridge.port, pki.ssl_context())  # a stream upstream
-        self.assertEqual((code, frames[0]["error"]["code"]), (1011, 5))
+        self.assertEqual((code, frames[0]["error"]["code"]), (4005, 5))
         with self.assertRaises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
             https(bridge.port, pki.ssl_context(client_cert=False))
 
@@ -330,7 +330,7 @@ class ServerTlsTest(TlsTestCase):
                           BATCH)
         self.assertEqual(status, 200)
         frames, code = wss_frames(self.server.rest_port, self.pki.ssl_context(False))
-        self.assertEqual(code, 1011)
+        self.assertEqual(code, 4005)  # 4000 + NOT_FOUND
 
     def test_a_client_trusting_another_ca_is_refused(self):
         r = ctl(self.server.target, "--tls", "health")  # the system's roots

@@ -1,7 +1,8 @@
 """Server-streaming RPCs over WebSocket, with python3-websockets.
 
 Against a live analyticsd: the streaming routes upgrade, answer the
-handler's error (an unknown metric: NOT_FOUND) as {"error":{...}} and close with 1011, accept a token in
+handler's error (an unknown metric: NOT_FOUND) as {"error":{...}} and close with 4000 + the gRPC
+status (4005) and its message as the reason, accept a token in
 the subprotocol list "bearer, <token>" (answering "bearer" only), and refuse unknown paths.
 
 Against tests/integration/test_restbridge --serve (the bridge in-process
@@ -20,6 +21,7 @@ import unittest
 
 import websockets
 
+import authkit
 import harness
 
 TIMEOUT_S = 10
@@ -47,10 +49,11 @@ class WebSocketServerTest(harness.ServerTestCase):
     def uri(self, path):
         return "ws://127.0.0.1:%d%s" % (self.rest_port, path)
 
-    def test_stream_metric_of_an_unknown_metric_answers_not_found_then_1011(self):
+    def test_stream_metric_of_an_unknown_metric_answers_not_found_then_4005(self):
         # Implemented (tested in test_metric_stream.py): an unknown id is an error frame.
-        frames, code, _ = run(collect(self.uri("/ws/metrics/abc")))
-        self.assertEqual(code, 1011)
+        frames, code, ws = run(collect(self.uri("/ws/metrics/abc")))
+        self.assertEqual(code, 4005)  # 4000 + NOT_FOUND
+        self.assertEqual(ws.close_reason, frames[0]["error"]["message"])
         self.assertEqual(len(frames), 1, frames)
         err = frames[0]["error"]
         self.assertEqual(err["code"], 5)
@@ -69,14 +72,14 @@ class WebSocketServerTest(harness.ServerTestCase):
 
     def test_unknown_query_parameter_is_an_error_frame(self):
         frames, code, _ = run(collect(self.uri("/ws/metrics/abc?bogus=1")))
-        self.assertEqual(code, 1011)
+        self.assertEqual(code, 4003)  # 4000 + INVALID_ARGUMENT
         self.assertEqual(frames[0]["error"]["code"], 3)
         self.assertIn("bogus", frames[0]["error"]["message"])
 
     def test_bearer_subprotocol_is_accepted(self):
         frames, code, ws = run(collect(self.uri("/ws/metrics/abc"), subprotocols=["bearer", "x"]))
         self.assertEqual(ws.subprotocol, "bearer")
-        self.assertEqual(code, 1011)
+        self.assertEqual(code, 4005)
 
     def test_unknown_path_is_refused(self):
         async def go():
@@ -91,6 +94,46 @@ class WebSocketServerTest(harness.ServerTestCase):
 class WebSocketServerRemoteTest(WebSocketServerTest):
     """The same against analytics-restbridge (remote mode) in front of analyticsd."""
 
+    BRIDGE = "remote"
+
+
+class WebSocketCloseCodeTest(harness.ServerTestCase):
+    """Close codes: 4000 + the gRPC status of an ended call (with its message as the
+    reason), 1009 for a client message over HTTP_MAX_BODY_BYTES."""
+
+    SERVER_ENV = {"JWT_HS256_SECRET": authkit.SECRET, "HTTP_MAX_BODY_BYTES": "4096"}
+
+    def uri(self, path):
+        return "ws://127.0.0.1:%d%s" % (self.rest_port, path)
+
+    def test_unauthenticated_closes_with_4016(self):
+        frames, code, ws = run(collect(self.uri("/ws/analytics"),
+                                       extra_headers={"Authorization": "Bearer nope"}))
+        self.assertEqual(code, 4016)  # 4000 + UNAUTHENTICATED
+        self.assertEqual(ws.close_reason, frames[-1]["error"]["message"])
+        self.assertEqual(frames[-1]["error"]["code"], 16)
+
+    def test_oversized_client_message_closes_with_1009(self):
+        token = authkit.hs256(authkit.claims())
+
+        async def go():
+            async with websockets.connect(self.uri("/ws/analytics"), open_timeout=TIMEOUT_S,
+                                          extra_headers={"Authorization": "Bearer " + token}) \
+                    as ws:
+                await asyncio.wait_for(ws.recv(), TIMEOUT_S)  # the first snapshot
+                await ws.send("x" * 5000)
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+                except websockets.ConnectionClosed:
+                    pass
+                return ws.close_code, ws.close_reason
+        code, reason = run(go())
+        self.assertEqual(code, 1009)
+        self.assertIn("HTTP_MAX_BODY_BYTES", reason)
+
+
+class WebSocketCloseCodeRemoteTest(WebSocketCloseCodeTest):
     BRIDGE = "remote"
 
 
@@ -158,9 +201,10 @@ class WebSocketBridgeTest(unittest.TestCase):
         self.assertEqual(frames[0]["result"]["metricId"], "count-100")
         self.assertIsNone(ws.subprotocol)
 
-    def test_error_after_messages_then_1011(self):
-        frames, code, _ = run(collect(self.uri("/ws/metrics/fail")))
-        self.assertEqual(code, 1011)
+    def test_error_after_messages_then_4013(self):
+        frames, code, ws = run(collect(self.uri("/ws/metrics/fail")))
+        self.assertEqual(code, 4013)  # 4000 + INTERNAL
+        self.assertEqual(ws.close_reason, "boom")
         self.assertEqual([f.get("result", {}).get("sequence") for f in frames[:2]], ["1", "2"])
         err = frames[2]["error"]
         self.assertEqual(err["code"], 13)
