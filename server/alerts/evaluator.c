@@ -11,11 +11,10 @@
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 #include "ana_clock.h"
+#include "ana_local_db.h"
 
 #include <jansson.h>
 #include <pthread.h>
-#include "local_db_sql.h"
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,8 +237,8 @@ struct touched {
 
 struct ana_alerts {
   struct ana_alerts_options o;
-  struct ana_local_conn *lconn; /* its transactions, which the outbox joins */
-  sqlite3 *conn;                /* lconn's */
+  struct ana_local_conn *lconn;   /* its transactions, which the outbox joins */
+  struct ana_local_alerts *state; /* its tables, on lconn */
   pthread_t thread;
   bool started;
   /* the hook's queue */
@@ -1204,7 +1203,6 @@ static void build_entry(struct ana_arena *a, const struct rule *r, const struct 
 static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
   if (n == 0)
     return 0;
-  sqlite3 *db = al->conn;
   uint64_t *ids = ana_calloc(n, sizeof *ids);
   char(*msgs)[1024] = ana_calloc(n, sizeof *msgs);
   if (!ids || !msgs) {
@@ -1212,26 +1210,10 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
     ana_free(msgs);
     return ANA_ERR_NOMEM;
   }
-  int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-  sqlite3_stmt *up = NULL, *hist = NULL, *note = NULL;
+  struct ana_error err;
+  int rc = ana_local_conn_begin(al->lconn, &err);
   int queued = 0;
-  if (rc == SQLITE_OK)
-    rc = sqlite3_prepare_v2(db,
-                            "UPDATE alert_history SET channels = ?, failed = ? WHERE entry_id = ?",
-                            -1, &note, NULL);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_prepare_v2(db,
-                            "INSERT OR REPLACE INTO alert_instances (alert_id, group_key, state,"
-                            " since, last_notified, notified, value, has_value)"
-                            " VALUES (?,?,?,?,?,?,?,?)",
-                            -1, &up, NULL);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_prepare_v2(db,
-                            "INSERT INTO alert_history (alert_id, account_id, at, kind, state,"
-                            " previous_state, value, has_value, threshold, severity, group_json,"
-                            " message, channels, failed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            -1, &hist, NULL);
-  for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
+  for (size_t i = 0; i < n && rc == 0; i++) {
     struct change *c = &cs[i];
     struct rule *r = c->r;
     struct instance *in = &r->inst[c->ii];
@@ -1243,66 +1225,57 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
                      ana_alert_state_name(c->step.to), ana_alert_severity_name(r->p.severity),
                      in->st.has_value, in->st.value, r->p.threshold, names,
                      (const char *const *)in->vals, nd, msgs[i], sizeof msgs[i]);
-    sqlite3_reset(up);
-    sqlite3_bind_text(up, 1, r->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(up, 2, in->key, -1, SQLITE_STATIC);
-    sqlite3_bind_int(up, 3, (int)in->st.state);
-    sqlite3_bind_int64(up, 4, in->st.since_ms);
-    sqlite3_bind_int64(up, 5, in->st.last_notified_ms);
-    sqlite3_bind_int(up, 6, in->st.notified);
-    sqlite3_bind_double(up, 7, in->st.value);
-    sqlite3_bind_int(up, 8, in->st.has_value);
-    if (sqlite3_step(up) != SQLITE_DONE) {
-      rc = SQLITE_ERROR;
+    struct ana_local_alert_instance li = {
+        .alert_id = r->id,
+        .group_key = in->key,
+        .state = (int)in->st.state,
+        .since_ms = in->st.since_ms,
+        .last_notified_ms = in->st.last_notified_ms,
+        .notified = in->st.notified,
+        .value = in->st.value,
+        .has_value = in->st.has_value,
+    };
+    if ((rc = ana_local_alerts_put_instance(al->state, &li, &err)) < 0)
       break;
-    }
     char channels[1024], failed[2048];
     channels[0] = failed[0] = '\0';
     if (c->step.suppressed)
       snprintf(failed, sizeof failed, "cooldown: not notified");
     char *gj = group_json(r, in);
-    sqlite3_reset(hist);
-    sqlite3_bind_text(hist, 1, r->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(hist, 2, r->account, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(hist, 3, c->at);
-    sqlite3_bind_text(hist, 4, c->step.changed ? "state" : "notification", -1, SQLITE_STATIC);
-    sqlite3_bind_text(hist, 5, ana_alert_state_name(c->step.to), -1, SQLITE_STATIC);
-    sqlite3_bind_text(hist, 6, ana_alert_state_name(c->step.from), -1, SQLITE_STATIC);
-    sqlite3_bind_double(hist, 7, in->st.value);
-    sqlite3_bind_int(hist, 8, in->st.has_value);
-    sqlite3_bind_double(hist, 9, r->p.threshold);
-    sqlite3_bind_text(hist, 10, ana_alert_severity_name(r->p.severity), -1, SQLITE_STATIC);
-    sqlite3_bind_text(hist, 11, gj ? gj : "{}", -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(hist, 12, msgs[i], -1, SQLITE_STATIC);
-    sqlite3_bind_text(hist, 13, channels, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(hist, 14, failed, -1, SQLITE_TRANSIENT);
+    struct ana_local_alert_entry e = {
+        .alert_id = r->id,
+        .account_id = r->account,
+        .at_ms = c->at,
+        .kind = c->step.changed ? "state" : "notification",
+        .state = ana_alert_state_name(c->step.to),
+        .previous_state = ana_alert_state_name(c->step.from),
+        .value = in->st.value,
+        .has_value = in->st.has_value,
+        .threshold = r->p.threshold,
+        .severity = ana_alert_severity_name(r->p.severity),
+        .group_json = gj ? gj : "{}",
+        .message = msgs[i],
+        .channels = channels,
+        .failed = failed,
+    };
+    int64_t id = 0;
+    rc = ana_local_alerts_append(al->state, &e, &id, &err);
     free(gj);
-    if (sqlite3_step(hist) != SQLITE_DONE) {
-      rc = SQLITE_ERROR;
+    if (rc < 0)
       break;
-    }
-    ids[i] = (uint64_t)sqlite3_last_insert_rowid(db);
+    ids[i] = (uint64_t)id;
     if (c->step.notify && r->alert->n_channels) {
       queued += notify_in_txn(al, r, in, c, ids[i], msgs[i], channels, sizeof channels, failed,
                               sizeof failed);
-      sqlite3_reset(note);
-      sqlite3_bind_text(note, 1, channels, -1, SQLITE_STATIC);
-      sqlite3_bind_text(note, 2, failed, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(note, 3, (int64_t)ids[i]);
-      if (sqlite3_step(note) != SQLITE_DONE) {
-        rc = SQLITE_ERROR;
+      if ((rc = ana_local_alerts_note(al->state, id, channels, failed, &err)) < 0)
         break;
-      }
     }
   }
-  sqlite3_finalize(up);
-  sqlite3_finalize(hist);
-  sqlite3_finalize(note);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-  if (rc != SQLITE_OK) {
-    ANA_ERROR("alerts", "cannot store %zu alert state changes: %s", n, sqlite3_errmsg(db));
-    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  if (rc == 0)
+    rc = ana_local_conn_commit(al->lconn, &err);
+  if (rc < 0) {
+    ANA_ERROR("alerts", "cannot store %zu alert state changes: %s", n, err.message);
+    ana_local_conn_rollback(al->lconn);
   } else {
     if (queued && al->o.notify)
       ana_notify_wake(al->o.notify);
@@ -1322,7 +1295,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
   }
   ana_free(ids);
   ana_free(msgs);
-  return rc == SQLITE_OK ? 0 : ANA_ERR_IO;
+  return rc < 0 ? ANA_ERR_IO : 0;
 }
 
 /* A growing list of changes of one pass. */
@@ -1627,13 +1600,9 @@ static void sweep_history(struct ana_alerts *al, int64_t now) {
   if (now - al->last_sweep_ms < HISTORY_SWEEP_MS)
     return;
   al->last_sweep_ms = now;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(al->conn, "DELETE FROM alert_history WHERE at < ?", -1, &st, NULL) ==
-      SQLITE_OK) {
-    sqlite3_bind_int64(st, 1, now - (int64_t)al->o.history_days * 86400000LL);
-    sqlite3_step(st);
-  }
-  sqlite3_finalize(st);
+  struct ana_error err;
+  if (ana_local_alerts_expire(al->state, now - (int64_t)al->o.history_days * 86400000LL, &err) < 0)
+    ANA_WARN("alerts", "alert history not expired: %s", err.message);
 }
 
 static void *run(void *arg) {
@@ -1772,14 +1741,10 @@ static int note_account(struct ana_alerts *al, const char *account) {
   pthread_mutex_unlock(&al->qmu);
   if (!added)
     return rc;
-  sqlite3_stmt *st = NULL;
+  struct ana_error err;
   pthread_mutex_lock(&al->mu);
-  if (sqlite3_prepare_v2(al->conn, "INSERT OR IGNORE INTO alert_accounts VALUES (?)", -1, &st,
-                         NULL) == SQLITE_OK) {
-    sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC);
-    sqlite3_step(st);
-  }
-  sqlite3_finalize(st);
+  if (ana_local_alerts_add_account(al->state, account, &err) < 0)
+    ANA_WARN("alerts", "account %s not noted: %s", account, err.message);
   pthread_mutex_unlock(&al->mu);
   return rc;
 }
@@ -1894,29 +1859,32 @@ fail:
   return NULL;
 }
 
+struct restore_ctx {
+  struct ana_alerts *al;
+  struct rule *r;
+};
+
+static int restore_one(void *ctx, const struct ana_local_alert_instance *li) {
+  struct restore_ctx *rc = ctx;
+  struct instance *in = rule_instance_of_key(rc->al, rc->r, li->group_key);
+  if (!in)
+    return 0;
+  in->st.state = (enum ana_alert_state)li->state;
+  in->st.since_ms = li->since_ms;
+  in->st.last_notified_ms = li->last_notified_ms;
+  in->st.notified = li->notified;
+  in->st.value = li->value;
+  in->st.has_value = li->has_value;
+  act_track(rc->r, (size_t)(in - rc->r->inst), false);
+  return 0;
+}
+
 /* Restores the persisted instances of r. */
 static void restore_instances(struct ana_alerts *al, struct rule *r) {
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(al->conn,
-                         "SELECT group_key, state, since, last_notified, notified, value,"
-                         " has_value FROM alert_instances WHERE alert_id = ?",
-                         -1, &st, NULL) != SQLITE_OK)
-    return;
-  sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    const char *key = (const char *)sqlite3_column_text(st, 0);
-    struct instance *in = rule_instance_of_key(al, r, key ? key : "");
-    if (!in)
-      continue;
-    in->st.state = (enum ana_alert_state)sqlite3_column_int(st, 1);
-    in->st.since_ms = sqlite3_column_int64(st, 2);
-    in->st.last_notified_ms = sqlite3_column_int64(st, 3);
-    in->st.notified = sqlite3_column_int(st, 4) != 0;
-    in->st.value = sqlite3_column_double(st, 5);
-    in->st.has_value = sqlite3_column_int(st, 6) != 0;
-    act_track(r, (size_t)(in - r->inst), false);
-  }
-  sqlite3_finalize(st);
+  struct restore_ctx rc = {al, r};
+  struct ana_error err;
+  if (ana_local_alerts_instances(al->state, r->id, restore_one, &rc, &err) < 0)
+    ANA_WARN("alerts", "alert %s: instances not restored: %s", r->id, err.message);
 }
 
 int ana_alerts_put(struct ana_alerts *al, const Analytics__V1__Alert *a, struct ana_error *err) {
@@ -2052,16 +2020,9 @@ void ana_alerts_remove(struct ana_alerts *al, const char *account, const char *a
     smap_del(&al->rules, r->id);
     rule_free(al, r);
   }
-  static const char *const sql[] = {"DELETE FROM alert_instances WHERE alert_id = ?",
-                                    "DELETE FROM alert_history WHERE alert_id = ?"};
-  for (size_t i = 0; i < 2; i++) {
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(al->conn, sql[i], -1, &st, NULL) == SQLITE_OK) {
-      sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
-      sqlite3_step(st);
-    }
-    sqlite3_finalize(st);
-  }
+  struct ana_error err;
+  if (ana_local_alerts_forget(al->state, alert_id, &err) < 0)
+    ANA_WARN("alerts", "alert %s: state not deleted: %s", alert_id, err.message);
   pthread_mutex_unlock(&al->mu);
 }
 
@@ -2078,11 +2039,6 @@ void ana_alerts_counts(struct ana_alerts *al, const char *alert_id, int counts[4
 /* ------------------------------------------------------------------ */
 /* history */
 
-static char *col_text(struct ana_arena *a, sqlite3_stmt *st, int i) {
-  const char *s = (const char *)sqlite3_column_text(st, i);
-  return ana_arena_strdup(a, s ? s : "");
-}
-
 static void split_lines(struct ana_arena *a, char *text, char ***out, size_t *n) {
   *n = 0;
   if (!text || !*text)
@@ -2098,27 +2054,80 @@ static void split_lines(struct ana_arena *a, char *text, char ***out, size_t *n)
     (*out)[(*n)++] = t;
 }
 
-/* The history and the delivery log as one list, newest first: (at, k, id)
- * orders it (k 0 a state change, id its entry; k 1 an attempt, id outbox
- * row * 1000 + attempt). */
-#define HISTORY_COLS                                                                               \
-  "at, k, id, kind, state, previous_state, value, has_value, threshold, severity, group_json,"     \
-  " message, channels, failed, channel_id, ikey, attempt, status, error, duration_ms"
-#define HISTORY_STATES                                                                             \
-  "SELECT at, 0 AS k, entry_id AS id, kind, state, previous_state, value, has_value, threshold,"   \
-  " severity, group_json, message, channels, failed, '' AS channel_id, '' AS ikey, 0 AS attempt,"  \
-  " 0 AS status, '' AS error, 0 AS duration_ms FROM alert_history"                                 \
-  " WHERE alert_id = ?1 AND account_id = ?2"
-#define HISTORY_DELIVERIES                                                                         \
-  " UNION ALL SELECT a.at, 1, a.outbox_id * 1000 + a.attempt, 'delivery', a.outcome, o.state, 0,"  \
-  " 0, 0, '', '{}', '', CASE a.outcome WHEN 'delivered' THEN o.channel_id ELSE '' END,"            \
-  " CASE a.outcome WHEN 'delivered' THEN '' ELSE o.channel_id || ': ' || a.error END,"             \
-  " o.channel_id, o.idempotency_key, a.attempt, a.status, a.error, a.duration_ms"                  \
-  " FROM notify_outbox o JOIN notify_attempts a ON a.outbox_id = o.id"                             \
-  " WHERE o.account_id = ?2 AND o.source = ?8"
-#define HISTORY_WHERE                                                                              \
-  " WHERE (at, k, id) < (?3, ?9, ?10) AND at >= ?4 AND at < ?5"                                    \
-  " AND (?6 = '' OR state = ?6 OR kind = ?6) ORDER BY at DESC, k DESC, id DESC LIMIT ?7"
+struct history_ctx {
+  struct ana_arena *arena;
+  const char *alert_id;
+  Analytics__V1__AlertHistoryEntry **out;
+  int n, limit;
+  char **next_token;
+  int64_t last_at, last_id;
+  int last_k;
+};
+
+/* Converts one stored entry; the one past the limit gives the next page's
+ * token. */
+static int history_one(void *ctx, const struct ana_local_alert_entry *le) {
+  struct history_ctx *h = ctx;
+  struct ana_arena *arena = h->arena;
+  if (h->n == h->limit) {
+    *h->next_token = ana_arena_alloc(arena, 72);
+    if (*h->next_token)
+      snprintf(*h->next_token, 72, "%lld.%d.%lld", (long long)h->last_at, h->last_k,
+               (long long)h->last_id);
+    return 1;
+  }
+  Analytics__V1__AlertHistoryEntry *e = ana_arena_alloc(arena, sizeof *e);
+  if (!e)
+    return 1;
+  analytics__v1__alert_history_entry__init(e);
+  e->alert_id = ana_arena_strdup(arena, h->alert_id);
+  h->last_at = le->at_ms;
+  h->last_k = le->k;
+  h->last_id = le->id;
+  e->entry_id = le->k == 0 ? (uint64_t)le->id : 0;
+  e->at = ana_arena_alloc(arena, sizeof *e->at);
+  if (e->at) {
+    google__protobuf__timestamp__init(e->at);
+    e->at->seconds = le->at_ms / 1000;
+    e->at->nanos = (int32_t)(le->at_ms % 1000) * 1000000;
+  }
+  e->kind = ana_arena_strdup(arena, le->kind);
+  e->state = ana_arena_strdup(arena, le->state);
+  e->previous_state = ana_arena_strdup(arena, le->previous_state);
+  e->value = le->value;
+  e->has_value = le->has_value;
+  e->threshold = le->threshold;
+  e->severity = ana_arena_strdup(arena, le->severity);
+  json_t *g = json_loads(le->group_json, 0, NULL);
+  if (json_is_object(g) && json_object_size(g)) {
+    e->group = ana_arena_calloc(arena, json_object_size(g), sizeof *e->group);
+    const char *k;
+    json_t *v;
+    json_object_foreach(g, k, v) {
+      Analytics__V1__AlertHistoryEntry__GroupEntry *ge = ana_arena_alloc(arena, sizeof *ge);
+      if (!ge || !e->group)
+        break;
+      analytics__v1__alert_history_entry__group_entry__init(ge);
+      ge->key = ana_arena_strdup(arena, k);
+      ge->value = ana_arena_strdup(arena, json_string_value(v) ? json_string_value(v) : "");
+      e->group[e->n_group++] = ge;
+    }
+  }
+  json_decref(g);
+  e->message = ana_arena_strdup(arena, le->message);
+  split_lines(arena, ana_arena_strdup(arena, le->channels), &e->notified_channels,
+              &e->n_notified_channels);
+  split_lines(arena, ana_arena_strdup(arena, le->failed), &e->failed_channels,
+              &e->n_failed_channels);
+  e->channel_id = ana_arena_strdup(arena, le->channel_id);
+  e->idempotency_key = ana_arena_strdup(arena, le->idempotency_key);
+  e->attempt = le->attempt;
+  e->status_code = le->status;
+  e->error = ana_arena_strdup(arena, le->error);
+  e->duration_ms = le->duration_ms;
+  h->out[h->n++] = e;
+  return 0;
+}
 
 int ana_alerts_history(struct ana_alerts *al, const char *account, const char *alert_id,
                        const char *page_token, int64_t from_ms, int64_t to_ms, const char *state,
@@ -2135,94 +2144,24 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
   *out = ana_arena_calloc(arena, (size_t)limit + 1, sizeof **out);
   if (!*out)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  sqlite3 *db = ana_local_db_acquire_reader(al->o.db);
-  sqlite3_stmt *st = NULL;
-  int n = 0;
-  const char *sql = al->o.notify ? "SELECT " HISTORY_COLS
-                                   " FROM (" HISTORY_STATES HISTORY_DELIVERIES ")" HISTORY_WHERE
-                                 : "SELECT " HISTORY_COLS " FROM (" HISTORY_STATES
-                                   ")" HISTORY_WHERE;
-  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alert history: %s", sqlite3_errmsg(db));
-    ana_local_db_release_reader(al->o.db, db);
-    return ANA_ERR_IO;
-  }
   char source[80];
   snprintf(source, sizeof source, "alert:%s", alert_id);
-  sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, t_at);
-  sqlite3_bind_int64(st, 4, from_ms);
-  sqlite3_bind_int64(st, 5, to_ms);
-  sqlite3_bind_text(st, 6, state ? state : "", -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 7, limit + 1);
-  if (al->o.notify)
-    sqlite3_bind_text(st, 8, source, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 9, t_k);
-  sqlite3_bind_int64(st, 10, t_id);
-  int64_t last_at = 0, last_k = 0, last_id = 0;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    if (n == limit) {
-      *next_token = ana_arena_alloc(arena, 72);
-      if (*next_token)
-        snprintf(*next_token, 72, "%lld.%lld.%lld", (long long)last_at, (long long)last_k,
-                 (long long)last_id);
-      break;
-    }
-    Analytics__V1__AlertHistoryEntry *e = ana_arena_alloc(arena, sizeof *e);
-    if (!e)
-      break;
-    analytics__v1__alert_history_entry__init(e);
-    e->alert_id = ana_arena_strdup(arena, alert_id);
-    int64_t at = sqlite3_column_int64(st, 0);
-    last_at = at;
-    last_k = sqlite3_column_int64(st, 1);
-    last_id = sqlite3_column_int64(st, 2);
-    e->entry_id = last_k == 0 ? (uint64_t)last_id : 0;
-    e->at = ana_arena_alloc(arena, sizeof *e->at);
-    if (e->at) {
-      google__protobuf__timestamp__init(e->at);
-      e->at->seconds = at / 1000;
-      e->at->nanos = (int32_t)(at % 1000) * 1000000;
-    }
-    e->kind = col_text(arena, st, 3);
-    e->state = col_text(arena, st, 4);
-    e->previous_state = col_text(arena, st, 5);
-    e->value = sqlite3_column_double(st, 6);
-    e->has_value = sqlite3_column_int(st, 7) != 0;
-    e->threshold = sqlite3_column_double(st, 8);
-    e->severity = col_text(arena, st, 9);
-    const char *gj = (const char *)sqlite3_column_text(st, 10);
-    json_t *g = gj ? json_loads(gj, 0, NULL) : NULL;
-    if (json_is_object(g) && json_object_size(g)) {
-      e->group = ana_arena_calloc(arena, json_object_size(g), sizeof *e->group);
-      const char *k;
-      json_t *v;
-      json_object_foreach(g, k, v) {
-        Analytics__V1__AlertHistoryEntry__GroupEntry *ge = ana_arena_alloc(arena, sizeof *ge);
-        if (!ge || !e->group)
-          break;
-        analytics__v1__alert_history_entry__group_entry__init(ge);
-        ge->key = ana_arena_strdup(arena, k);
-        ge->value = ana_arena_strdup(arena, json_string_value(v) ? json_string_value(v) : "");
-        e->group[e->n_group++] = ge;
-      }
-    }
-    json_decref(g);
-    e->message = col_text(arena, st, 11);
-    split_lines(arena, col_text(arena, st, 12), &e->notified_channels, &e->n_notified_channels);
-    split_lines(arena, col_text(arena, st, 13), &e->failed_channels, &e->n_failed_channels);
-    e->channel_id = col_text(arena, st, 14);
-    e->idempotency_key = col_text(arena, st, 15);
-    e->attempt = sqlite3_column_int(st, 16);
-    e->status_code = sqlite3_column_int(st, 17);
-    e->error = col_text(arena, st, 18);
-    e->duration_ms = sqlite3_column_int64(st, 19);
-    (*out)[n++] = e;
-  }
-  sqlite3_finalize(st);
-  ana_local_db_release_reader(al->o.db, db);
-  return n;
+  struct ana_local_alert_page q = {
+      .account_id = account,
+      .alert_id = alert_id,
+      .deliveries_source = al->o.notify ? source : NULL,
+      .before_at_ms = t_at,
+      .before_k = (int)t_k,
+      .before_id = t_id,
+      .from_ms = from_ms,
+      .to_ms = to_ms,
+      .state = state,
+      .limit = limit + 1,
+  };
+  struct history_ctx h = {
+      .arena = arena, .alert_id = alert_id, .out = *out, .limit = limit, .next_token = next_token};
+  int rc = ana_local_alerts_history(al->o.db, &q, history_one, &h, err);
+  return rc < 0 ? rc : h.n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -2249,7 +2188,8 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
   al->lconn = ana_local_conn_open(o->db, err);
   if (!al->lconn)
     goto fail;
-  al->conn = ana_local_conn_sqlite(al->lconn);
+  if (!(al->state = ana_local_alerts_open(al->lconn, err)))
+    goto fail;
   if (pthread_create(&al->thread, NULL, run, al) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "alerts: cannot start the evaluator thread");
     goto fail;
@@ -2277,23 +2217,34 @@ static int load_one(void *ctx, const struct ana_catalog_object *o) {
   return lc->n == 100;
 }
 
+struct accounts_ctx {
+  char **v;
+  size_t n, cap;
+};
+
+static int account_one(void *ctx, const char *account) {
+  struct accounts_ctx *a = ctx;
+  if (a->n == a->cap) {
+    size_t cap = a->cap ? a->cap * 2 : 8;
+    char **nn = ana_realloc(a->v, cap * sizeof *nn);
+    if (!nn)
+      return 1;
+    a->v = nn;
+    a->cap = cap;
+  }
+  a->v[a->n++] = ana_strdup(account);
+  return 0;
+}
+
 void ana_alerts_load_all(struct ana_alerts *al) {
-  sqlite3_stmt *st = NULL;
-  char **accounts = NULL;
-  size_t n = 0, cap = 0;
-  if (sqlite3_prepare_v2(al->conn, "SELECT account_id FROM alert_accounts", -1, &st, NULL) ==
-      SQLITE_OK)
-    while (sqlite3_step(st) == SQLITE_ROW) {
-      if (n == cap) {
-        cap = cap ? cap * 2 : 8;
-        char **nn = ana_realloc(accounts, cap * sizeof *nn);
-        if (!nn)
-          break;
-        accounts = nn;
-      }
-      accounts[n++] = ana_strdup((const char *)sqlite3_column_text(st, 0));
-    }
-  sqlite3_finalize(st);
+  struct accounts_ctx ac = {0};
+  struct ana_error aerr;
+  pthread_mutex_lock(&al->mu);
+  if (ana_local_alerts_accounts(al->state, account_one, &ac, &aerr) < 0)
+    ANA_WARN("alerts", "accounts with alerts not read: %s", aerr.message);
+  pthread_mutex_unlock(&al->mu);
+  char **accounts = ac.v;
+  size_t n = ac.n;
   for (size_t i = 0; i < n; i++) {
     struct load_ctx lc = {"", 0, {0}};
     struct ana_error err;
@@ -2366,6 +2317,7 @@ void ana_alerts_destroy(struct ana_alerts *al) {
     al->subs = s->next;
     ana_free(s);
   }
+  ana_local_alerts_close(al->state);
   ana_local_conn_close(al->lconn);
   pthread_mutex_destroy(&al->qmu);
   pthread_mutex_destroy(&al->mu);

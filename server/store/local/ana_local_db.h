@@ -340,4 +340,93 @@ int ana_local_outbox_state(struct ana_local_conn *c, const char *account_id, con
 bool ana_local_outbox_first_attempt(struct ana_local_conn *c, const char *key,
                                     ana_local_attempt_fn fn, void *ctx);
 
+/* --- the alert evaluator's state (alert_state.c) --- */
+
+/* On the evaluator's connection (ana_local_conn_open), one caller at a
+ * time: the writes join the caller's transaction on it (begun with
+ * ana_local_conn_begin), in which the outbox takes its notifications too.
+ * Close it before the connection. */
+struct ana_local_alerts;
+
+/* An instance's persisted state; strings borrowed (valid during the call
+ * that hands it). */
+struct ana_local_alert_instance {
+  const char *alert_id, *group_key;
+  int state; /* enum ana_alert_state */
+  int64_t since_ms, last_notified_ms;
+  bool notified;
+  double value;
+  bool has_value;
+};
+/* Non-zero stops. */
+typedef int (*ana_local_alert_instance_fn)(void *ctx, const struct ana_local_alert_instance *in);
+typedef int (*ana_local_alert_account_fn)(void *ctx, const char *account_id);
+
+/* A history entry (a state change or a notification). Appended: the fields
+ * up to failed. Read back (ana_local_alerts_history): every field, strings
+ * valid during the call; k 0 is a state change with id its entry id, k 1 a
+ * delivery attempt (kind "delivery", state its outcome) with id outbox row
+ * * 1000 + attempt. */
+struct ana_local_alert_entry {
+  const char *alert_id, *account_id;
+  int64_t at_ms;
+  const char *kind, *state, *previous_state;
+  double value;
+  bool has_value;
+  double threshold;
+  const char *severity, *group_json, *message;
+  const char *channels, *failed; /* one per line */
+  int k;
+  int64_t id;
+  const char *channel_id, *idempotency_key, *error;
+  int attempt, status;
+  int64_t duration_ms;
+};
+typedef int (*ana_local_alert_entry_fn)(void *ctx, const struct ana_local_alert_entry *e);
+
+/* A page of one rule's history, newest first: entries ordered by (at, k,
+ * id) below (before_at_ms, before_k, before_id), with from_ms <= at <
+ * to_ms, state "" or NULL = any (else a state, a kind or an outcome), at
+ * most limit; deliveries_source non-NULL also lists the delivery attempts
+ * of the outbox's notifications of that source ("alert:<id>"). */
+struct ana_local_alert_page {
+  const char *account_id, *alert_id;
+  const char *deliveries_source;
+  int64_t before_at_ms, before_id;
+  int before_k;
+  int64_t from_ms, to_ms;
+  const char *state;
+  int limit;
+};
+
+struct ana_local_alerts *ana_local_alerts_open(struct ana_local_conn *c, struct ana_error *err);
+void ana_local_alerts_close(struct ana_local_alerts *h);
+/* Notes an account with rules (nothing when noted already). */
+int ana_local_alerts_add_account(struct ana_local_alerts *h, const char *account_id,
+                                 struct ana_error *err);
+/* Calls fn with every noted account: how many, or a negative error. */
+int ana_local_alerts_accounts(struct ana_local_alerts *h, ana_local_alert_account_fn fn, void *ctx,
+                              struct ana_error *err);
+/* Inserts or replaces an instance's state. */
+int ana_local_alerts_put_instance(struct ana_local_alerts *h,
+                                  const struct ana_local_alert_instance *in, struct ana_error *err);
+/* Calls fn with each stored instance of the rule: how many, or an error. */
+int ana_local_alerts_instances(struct ana_local_alerts *h, const char *alert_id,
+                               ana_local_alert_instance_fn fn, void *ctx, struct ana_error *err);
+/* Appends a history entry; *entry_id receives its id. */
+int ana_local_alerts_append(struct ana_local_alerts *h, const struct ana_local_alert_entry *e,
+                            int64_t *entry_id, struct ana_error *err);
+/* Sets an entry's notified and failed channels. */
+int ana_local_alerts_note(struct ana_local_alerts *h, int64_t entry_id, const char *channels,
+                          const char *failed, struct ana_error *err);
+/* Deletes a rule's instances and history. */
+int ana_local_alerts_forget(struct ana_local_alerts *h, const char *alert_id,
+                            struct ana_error *err);
+/* Deletes the history entries with at < cutoff_ms: how many, or an error. */
+int ana_local_alerts_expire(struct ana_local_alerts *h, int64_t cutoff_ms, struct ana_error *err);
+/* One page (q) of a rule's history on a pooled reader (thread-safe): fn
+ * with each entry (non-zero stops); how many, or a negative error. */
+int ana_local_alerts_history(struct ana_local_db *db, const struct ana_local_alert_page *q,
+                             ana_local_alert_entry_fn fn, void *ctx, struct ana_error *err);
+
 #endif
