@@ -463,6 +463,7 @@ static int alerts_start(struct ana_server *s, const struct ana_config *cfg, stru
       .resolve = ana_metric_service_resolve,
       .max_instances = cfg->alerts.alert_max_instances,
       .history_days = cfg->alerts.alert_history_days,
+      .queue_max = cfg->alerts.alert_queue_max,
   };
   s->alerts = ana_alerts_create(&aopts, err);
   if (!s->alerts)

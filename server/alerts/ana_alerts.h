@@ -50,6 +50,7 @@ struct ana_alerts_options {
   ana_alerts_resolve_fn resolve;
   int max_instances; /* ALERT_MAX_INSTANCES */
   int history_days;  /* ALERT_HISTORY_DAYS */
+  int queue_max;     /* ALERT_QUEUE_MAX: events the hook queues for the evaluator */
 };
 
 /* Connects to the local database (its tables are schema migration 11 of
@@ -99,7 +100,17 @@ struct ana_alerts_stats {
   uint64_t events;      /* events folded into some rule's panes */
   uint64_t transitions; /* history entries written */
   uint64_t notifications;
+  uint64_t dropped; /* events the hook's full queue refused (ana_alert_events_dropped_total) */
 };
 void ana_alerts_stats(struct ana_alerts *al, struct ana_alerts_stats *out);
+
+/* For tests: calls fn with each instance of the rule and its window's value
+ * now (has false: no data); *from_ms and *to_ms receive the window's range
+ * (ANA_ALERT_PANES panes up to the end of the current one). Returns how
+ * many instances, or -1 when the rule is not loaded. */
+typedef void (*ana_alerts_window_fn)(void *ctx, const char *const *vals, size_t n_vals, bool other,
+                                     bool has, double value);
+int ana_alerts_window(struct ana_alerts *al, const char *alert_id, ana_alerts_window_fn fn,
+                      void *ctx, int64_t *from_ms, int64_t *to_ms);
 
 #endif

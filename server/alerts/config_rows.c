@@ -20,6 +20,15 @@ static const struct ana_config_row rows[] = {
      .max = 36500,
      .help = "Days an alert's history (state changes, delivery attempts) is kept.",
      ROW(alert_history_days)},
+    {.name = "ALERT_QUEUE_MAX",
+     .type = ANA_CONFIG_INT,
+     .def = "1000000",
+     .min = 1,
+     .max = 100000000,
+     .help = "Committed events of accounts with alerts waiting for the evaluator; when it is "
+             "full further events are not evaluated (counted in "
+             "ana_alert_events_dropped_total and logged).",
+     ROW(alert_queue_max)},
 };
 
 const struct ana_config_table ana_alerts_config_table = ANA_CONFIG_TABLE("alerts", rows);

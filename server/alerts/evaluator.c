@@ -8,6 +8,7 @@
 #include "ana_log.h"
 #include "ana_metric_acc.h"
 #include "ana_notify.h"
+#include "ana_prom.h"
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 #include "ana_clock.h"
@@ -21,7 +22,6 @@
 #include <time.h>
 
 #define KIND "alert"
-#define QUEUE_MAX 1000000
 #define TICK_MS 1000
 #define OTHER_KEY "\x1e(other)"
 #define HISTORY_SWEEP_MS 600000
@@ -246,7 +246,9 @@ struct ana_alerts {
   pthread_cond_t qcond;
   struct qev *head, *tail;
   size_t queued;
-  uint64_t dropped;
+  struct ana_prom_counter dropped; /* events the full queue refused */
+  uint64_t dropped_logged;         /* the evaluator's thread's: as last logged */
+  bool metrics_registered;
   struct smap accounts; /* accounts with rules (never shrinks): key -> the key */
   bool stop;
   /* the rules (evaluator thread and rule changes) */
@@ -1635,6 +1637,15 @@ static void *run(void *arg) {
       }
       break;
     }
+    uint64_t dropped = ana_prom_counter_get(&al->dropped);
+    if (dropped != al->dropped_logged) {
+      ANA_WARN("alerts",
+               "%llu events of accounts with alerts dropped (%llu in all): the evaluator's queue "
+               "held ALERT_QUEUE_MAX (%d); their rules' windows miss them",
+               (unsigned long long)(dropped - al->dropped_logged), (unsigned long long)dropped,
+               al->o.queue_max);
+      al->dropped_logged = dropped;
+    }
     int64_t now = ana_clock_wall_ms();
     pthread_mutex_lock(&al->mu);
     cs.n = 0;
@@ -1685,8 +1696,8 @@ void ana_alerts_on_commit(void *ctx, const struct ana_event_record *records, siz
     const struct ana_event_record *rec = &records[i];
     if (rec->duplicate || !has_account(al, rec->account_id))
       continue;
-    if (al->queued >= QUEUE_MAX) {
-      al->dropped++;
+    if (al->queued >= (size_t)al->o.queue_max) {
+      ana_prom_counter_add(&al->dropped, 1);
       continue;
     }
     size_t len = sizeof(struct qev) + strlen(rec->account_id) + strlen(rec->event_id) +
@@ -1695,7 +1706,7 @@ void ana_alerts_on_commit(void *ctx, const struct ana_event_record *records, siz
                  strlen(rec->properties_json ? rec->properties_json : "{}") + 6;
     struct qev *q = ana_malloc(len);
     if (!q) {
-      al->dropped++;
+      ana_prom_counter_add(&al->dropped, 1);
       continue;
     }
     char *p = (char *)(q + 1);
@@ -2167,6 +2178,14 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
 /* ------------------------------------------------------------------ */
 /* life cycle */
 
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_alerts *al = ctx;
+  ana_prom_write_family(w, "ana_alert_events_dropped_total", "counter",
+                        "Committed events the alert evaluator did not evaluate: its queue held "
+                        "ALERT_QUEUE_MAX events.");
+  ana_prom_write_u64(w, "ana_alert_events_dropped_total", NULL, ana_prom_counter_get(&al->dropped));
+}
+
 struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct ana_error *err) {
   struct ana_alerts *al = ana_calloc(1, sizeof *al);
   if (!al) {
@@ -2178,6 +2197,8 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
     al->o.max_instances = 1000;
   if (al->o.history_days <= 0)
     al->o.history_days = 90;
+  if (al->o.queue_max <= 0)
+    al->o.queue_max = 1000000;
   pthread_mutex_init(&al->qmu, NULL);
   pthread_mutex_init(&al->mu, NULL);
   pthread_mutex_init(&al->smu, NULL);
@@ -2195,6 +2216,7 @@ struct ana_alerts *ana_alerts_create(const struct ana_alerts_options *o, struct 
     goto fail;
   }
   al->started = true;
+  al->metrics_registered = ana_prom_register(collect, al) == 0;
   return al;
 fail:
   ana_alerts_destroy(al);
@@ -2269,6 +2291,8 @@ void ana_alerts_load_all(struct ana_alerts *al) {
 void ana_alerts_destroy(struct ana_alerts *al) {
   if (!al)
     return;
+  if (al->metrics_registered)
+    ana_prom_unregister(collect, al);
   if (al->started) {
     pthread_mutex_lock(&al->qmu);
     al->stop = true;
@@ -2330,4 +2354,24 @@ void ana_alerts_stats(struct ana_alerts *al, struct ana_alerts_stats *out) {
   pthread_mutex_lock(&al->mu);
   *out = al->stats;
   pthread_mutex_unlock(&al->mu);
+  out->dropped = ana_prom_counter_get(&al->dropped);
+}
+
+int ana_alerts_window(struct ana_alerts *al, const char *alert_id, ana_alerts_window_fn fn,
+                      void *ctx, int64_t *from_ms, int64_t *to_ms) {
+  pthread_mutex_lock(&al->mu);
+  struct rule *r = smap_get(&al->rules, alert_id);
+  int n = 0;
+  if (r && r->ps) {
+    *to_ms = r->ps->cur_start + r->ps->pane_ms;
+    *from_ms = *to_ms - ANA_ALERT_PANES * r->ps->pane_ms;
+    for (size_t i = 0; i < r->n_inst; i++) {
+      double v = 0;
+      bool has = window_value(r, &r->inst[i], &v) == 1;
+      fn(ctx, (const char *const *)r->inst[i].vals, r->n_dims, r->inst[i].other, has, v);
+      n++;
+    }
+  }
+  pthread_mutex_unlock(&al->mu);
+  return r ? n : -1;
 }

@@ -106,6 +106,7 @@ static const char *const all_names[] = {
     "ROLLUP_CACHE_MB",
     "ALERT_MAX_INSTANCES",
     "ALERT_HISTORY_DAYS",
+    "ALERT_QUEUE_MAX",
     "REPORT_WORKERS",
     "REPORT_QUEUE_MAX",
     "REPORT_RETENTION_DAYS",

@@ -9,7 +9,16 @@
 
 #include <stdio.h>
 
-enum { ST_ACCOUNT, ST_INSTANCE, ST_APPEND, ST_NOTE, ST_EXPIRE, ST_N };
+enum {
+  ST_ACCOUNT,
+  ST_INSTANCE,
+  ST_APPEND,
+  ST_NOTE,
+  ST_EXPIRE,
+  ST_EXPIRE_TRIES,
+  ST_EXPIRE_DONE,
+  ST_N
+};
 
 static const char *const sqls[ST_N] = {
     [ST_ACCOUNT] = "INSERT OR IGNORE INTO alert_accounts VALUES (?1)",
@@ -20,6 +29,14 @@ static const char *const sqls[ST_N] = {
                   " channels, failed) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
     [ST_NOTE] = "UPDATE alert_history SET channels = ?1, failed = ?2 WHERE entry_id = ?3",
     [ST_EXPIRE] = "DELETE FROM alert_history WHERE at < ?1",
+    /* the delivery attempts of alerts' notifications, part of their
+     * history; a notification still pending keeps its attempts and row */
+    [ST_EXPIRE_TRIES] = "DELETE FROM notify_attempts WHERE at < ?1 AND outbox_id IN (SELECT id"
+                        " FROM notify_outbox WHERE source LIKE 'alert:%' AND state <> 'pending'"
+                        " AND updated_at < ?1)",
+    [ST_EXPIRE_DONE] = "DELETE FROM notify_outbox WHERE source LIKE 'alert:%' AND state <>"
+                       " 'pending' AND updated_at < ?1 AND NOT EXISTS (SELECT 1 FROM"
+                       " notify_attempts a WHERE a.outbox_id = notify_outbox.id)",
 };
 
 struct ana_local_alerts {
@@ -202,12 +219,19 @@ int ana_local_alerts_forget(struct ana_local_alerts *h, const char *alert_id,
 }
 
 int ana_local_alerts_expire(struct ana_local_alerts *h, int64_t cutoff_ms, struct ana_error *err) {
-  sqlite3_stmt *st = stmt(h, ST_EXPIRE, err);
-  if (!st)
-    return ANA_ERR_IO;
-  sqlite3_bind_int64(st, 1, cutoff_ms);
-  int rc = run_done(h, st, err);
-  return rc < 0 ? rc : sqlite3_changes(h->conn);
+  int n = 0;
+  for (int k = ST_EXPIRE; k <= ST_EXPIRE_DONE; k++) {
+    sqlite3_stmt *st = stmt(h, k, err);
+    if (!st)
+      return ANA_ERR_IO;
+    sqlite3_bind_int64(st, 1, cutoff_ms);
+    int rc = run_done(h, st, err);
+    if (rc < 0)
+      return rc;
+    if (k != ST_EXPIRE_DONE)
+      n += sqlite3_changes(h->conn);
+  }
+  return n;
 }
 
 /* The history and the delivery log as one list, newest first: (at, k, id)

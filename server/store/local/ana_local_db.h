@@ -422,7 +422,10 @@ int ana_local_alerts_note(struct ana_local_alerts *h, int64_t entry_id, const ch
 /* Deletes a rule's instances and history. */
 int ana_local_alerts_forget(struct ana_local_alerts *h, const char *alert_id,
                             struct ana_error *err);
-/* Deletes the history entries with at < cutoff_ms: how many, or an error. */
+/* Deletes the history entries with at < cutoff_ms, and the delivery
+ * attempts made before it of alerts' notifications no longer pending (with
+ * their outbox rows once none is left): how many entries and attempts, or
+ * an error. */
 int ana_local_alerts_expire(struct ana_local_alerts *h, int64_t cutoff_ms, struct ana_error *err);
 /* One page (q) of a rule's history on a pooled reader (thread-safe): fn
  * with each entry (non-zero stops); how many, or a negative error. */
