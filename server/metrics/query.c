@@ -1,6 +1,6 @@
 /* Metric queries: per-group and per-bucket accumulators for every term of
  * the formula, fed by raw events (one scan of the range and of the previous
- * period) or by rollup cells (rollup.c), then the formula per bucket, the
+ * period) or by rollup cells (rollup_query.c), then the formula per bucket, the
  * summary, the total, the change, and top-N groups with the rest folded into
  * "other". The same accumulators, in sketch form, are the rollup cells; the
  * rollup cache keeps cells packed (only the scalars each term reads).
