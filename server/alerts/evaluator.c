@@ -11,6 +11,7 @@
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -1182,11 +1183,8 @@ static void build_entry(struct ana_arena *a, const struct rule *r, const struct 
   e->severity = (char *)ana_alert_severity_name(r->p.severity);
   e->message = (char *)message;
   e->at = ana_arena_alloc(a, sizeof *e->at);
-  if (e->at) {
-    google__protobuf__timestamp__init(e->at);
-    e->at->seconds = c->at / 1000;
-    e->at->nanos = (int32_t)(c->at % 1000) * 1000000;
-  }
+  if (e->at)
+    ana_timestamp_set(e->at, c->at);
   if (r->n_dims) {
     e->group = ana_arena_calloc(a, r->n_dims, sizeof *e->group);
     for (size_t d = 0; e->group && d < r->n_dims; d++) {
@@ -2180,11 +2178,8 @@ int ana_alerts_history(struct ana_alerts *al, const char *account, const char *a
     last_id = sqlite3_column_int64(st, 2);
     e->entry_id = last_k == 0 ? (uint64_t)last_id : 0;
     e->at = ana_arena_alloc(arena, sizeof *e->at);
-    if (e->at) {
-      google__protobuf__timestamp__init(e->at);
-      e->at->seconds = at / 1000;
-      e->at->nanos = (int32_t)(at % 1000) * 1000000;
-    }
+    if (e->at)
+      ana_timestamp_set(e->at, at);
     e->kind = col_text(arena, st, 3);
     e->state = col_text(arena, st, 4);
     e->previous_state = col_text(arena, st, 5);
