@@ -21,6 +21,7 @@
 #include "bench_common.h"
 #include "results_file.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -209,8 +210,8 @@ static double raw_insert_rate(const char *dir, int batch, long total, long id_ba
       Analytics__V1__Event e = ANALYTICS__V1__EVENT__INIT;
       Google__Protobuf__Timestamp ets = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
       Google__Protobuf__Timestamp rts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-      ets.seconds = ts / 1000;
-      rts.seconds = now_ms / 1000;
+      ana_timestamp_set(&ets, ts);
+      ana_timestamp_set(&rts, now_ms);
       e.event_id = id;
       e.account_id = "default";
       e.session_id = "s";

@@ -9,6 +9,7 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -615,9 +616,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
     int64_t sent_ms = ana_clock_wall_ms(), deadline = 0;
     Google__Protobuf__Timestamp *sent_at = ana_arena_alloc(&b->arena, sizeof *sent_at);
     if (sent_at) {
-      google__protobuf__timestamp__init(sent_at);
-      sent_at->seconds = sent_ms / 1000;
-      sent_at->nanos = (int32_t)(sent_ms % 1000) * 1000000;
+      ana_timestamp_set(sent_at, sent_ms);
       for (size_t i = 0; i < n; i++)
         b->events[i]->sent_at = sent_at;
     }

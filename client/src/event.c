@@ -6,6 +6,7 @@
 #include "json_internal.h"
 #include "analytics/v1/events.pb-c.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -256,9 +257,7 @@ int analytics_event_build(const analytics_event_t *ev, struct ana_arena *arena,
     return 0;
   }
   ms = ev->has_ts ? ev->ts_ms : ana_clock_wall_ms();
-  google__protobuf__timestamp__init(ts);
-  ts->seconds = ms / 1000;
-  ts->nanos = (int32_t)(ms % 1000) * 1000000;
+  ana_timestamp_set(ts, ms);
   e->timestamp = ts;
   *out = &e->base;
   return 0;
@@ -281,7 +280,7 @@ int analytics_parse_timestamp(const char *text, int64_t *unix_ms, analytics_erro
                                    : "\"%.64s\": not an RFC 3339 timestamp "
                                      "(e.g. 2024-05-01T10:00:00Z)",
                           text);
-  *unix_ms = seconds * 1000 + nanos / 1000000;
+  *unix_ms = ana_timestamp_parts_ms(seconds, nanos);
   analytics_clear(err);
   return 0;
 }

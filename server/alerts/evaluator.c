@@ -13,6 +13,7 @@
 #include "analytics/v1/realtime.pb-c.h"
 #include "ana_clock.h"
 #include "ana_local_db.h"
+#include "ana_timestamp.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -1183,11 +1184,8 @@ static void build_entry(struct ana_arena *a, const struct rule *r, const struct 
   e->severity = (char *)ana_alert_severity_name(r->p.severity);
   e->message = (char *)message;
   e->at = ana_arena_alloc(a, sizeof *e->at);
-  if (e->at) {
-    google__protobuf__timestamp__init(e->at);
-    e->at->seconds = c->at / 1000;
-    e->at->nanos = (int32_t)(c->at % 1000) * 1000000;
-  }
+  if (e->at)
+    ana_timestamp_set(e->at, c->at);
   if (r->n_dims) {
     e->group = ana_arena_calloc(a, r->n_dims, sizeof *e->group);
     for (size_t d = 0; e->group && d < r->n_dims; d++) {
@@ -2097,11 +2095,8 @@ static int history_one(void *ctx, const struct ana_local_alert_entry *le) {
   h->last_id = le->id;
   e->entry_id = le->k == 0 ? (uint64_t)le->id : 0;
   e->at = ana_arena_alloc(arena, sizeof *e->at);
-  if (e->at) {
-    google__protobuf__timestamp__init(e->at);
-    e->at->seconds = le->at_ms / 1000;
-    e->at->nanos = (int32_t)(le->at_ms % 1000) * 1000000;
-  }
+  if (e->at)
+    ana_timestamp_set(e->at, le->at_ms);
   e->kind = ana_arena_strdup(arena, le->kind);
   e->state = ana_arena_strdup(arena, le->state);
   e->previous_state = ana_arena_strdup(arena, le->previous_state);

@@ -4,10 +4,10 @@
  * only when the commit holding its events has returned, i.e. is on disk.
  * The commit thread sends the answers itself, right after the commit:
  * handing them to another thread put a wake-up on every request's path,
- * which cost more at the tail (on 2 CPUs at half the unary peak, ack p99
- * 2.78-3.20 ms with the hand-over, 2.35-2.82 ms without) than sending them
- * delays the next commit (microseconds per request). Between commits the commit thread deletes
- * expired events in small chunks, so retention never holds the write lock for long. */
+ * which cost more at the tail (the ack p99) than sending them delays the
+ * next commit (microseconds per request; figures in bench/RESULTS.md). Between commits the commit
+ * thread deletes expired events in small chunks, so retention never holds the write lock for long.
+ */
 #include "ana_ingest.h"
 #include "ana_local_db.h"
 

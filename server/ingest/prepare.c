@@ -7,6 +7,7 @@
 #include "ana_id.h"
 #include "ana_json.h"
 #include "ana_text.h"
+#include "ana_timestamp.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -86,10 +87,6 @@ static int check_event_id(struct checker *c, const char *id) {
 static bool timestamp_valid(const Google__Protobuf__Timestamp *t) {
   return t->seconds >= TS_MIN_SECONDS && t->seconds <= TS_MAX_SECONDS && t->nanos >= 0 &&
          t->nanos <= 999999999;
-}
-
-static int64_t timestamp_ms(const Google__Protobuf__Timestamp *t) {
-  return t->seconds * 1000 + t->nanos / 1000000;
 }
 
 /* Walks properties: counts keys, measures depth, checks text. */
@@ -233,21 +230,6 @@ static void search_words(struct words *b, const Google__Protobuf__Value *v) {
   }
 }
 
-static Google__Protobuf__Timestamp *make_timestamp(struct ana_arena *arena, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(arena, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    int64_t s = ms / 1000, r = ms % 1000;
-    if (r < 0) {
-      r += 1000;
-      s--;
-    }
-    t->seconds = s;
-    t->nanos = (int32_t)(r * 1000000);
-  }
-  return t;
-}
-
 /* A context default (the request's User-Agent or locale) as an event's
  * context field: copied into arena and cut to CONTEXT_MAX_CHARS characters;
  * "" when it is not printable UTF-8. NULL only when out of memory. */
@@ -337,11 +319,11 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   out->event_id = (char *)item->event_id;
 
   int64_t now = req->now_ms;
-  int64_t ts = ev->timestamp ? timestamp_ms(ev->timestamp) : now;
+  int64_t ts = ev->timestamp ? ana_timestamp_ms(ev->timestamp) : now;
   int64_t original = ts;
   if (ev->timestamp && ev->sent_at) {
     /* Segment's formula: the client clock is off by (sentAt - receivedAt). */
-    int64_t skew = now - timestamp_ms(ev->sent_at);
+    int64_t skew = now - ana_timestamp_ms(ev->sent_at);
     if (skew > lim->clock_skew_tolerance_ms || -skew > lim->clock_skew_tolerance_ms) {
       ts += skew;
       item->status = ANALYTICS__V1__EVENT_RESULT__STATUS__CORRECTED;
@@ -366,8 +348,8 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   }
   item->stored_ts_ms = ts;
   item->skew_ms = ts - original;
-  out->timestamp = make_timestamp(arena, ts);
-  out->received_at = make_timestamp(arena, now);
+  out->timestamp = ana_timestamp_new(arena, ts);
+  out->received_at = ana_timestamp_new(arena, now);
   if (!out->timestamp || !out->received_at)
     return ANA_ERR_NOMEM;
 

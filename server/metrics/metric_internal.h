@@ -1,8 +1,8 @@
 /* Internals shared by the two ways of answering a metric query: the raw path
- * (query.c scanning events) and the rollup path (rollup.c merging stored
- * cells). Both feed the same accumulators and the same answer-building code,
- * so summary, total, change, top-N + "other", counter rates and histogram
- * percentiles cannot drift apart. Not for other modules. */
+ * (query.c scanning events) and the rollup path (rollup_advance.c and
+ * rollup_query.c merging stored cells). Both feed the same accumulators and
+ * the same answer-building code, so summary, total, change, top-N + "other",
+ * counter rates and histogram percentiles cannot drift apart. Not for other modules. */
 #ifndef ANA_METRIC_INTERNAL_H
 #define ANA_METRIC_INTERNAL_H
 

@@ -1,6 +1,6 @@
 /* Metric queries: per-group and per-bucket accumulators for every term of
  * the formula, fed by raw events (one scan of the range and of the previous
- * period) or by rollup cells (rollup.c), then the formula per bucket, the
+ * period) or by rollup cells (rollup_query.c), then the formula per bucket, the
  * summary, the total, the change, and top-N groups with the rest folded into
  * "other". The same accumulators, in sketch form, are the rollup cells; the
  * rollup cache keeps cells packed (only the scalars each term reads).
@@ -11,6 +11,7 @@
 #include "acc_internal.h"
 #include "ana_alloc.h"
 #include "ana_sketch.h"
+#include "ana_timestamp.h"
 #include "metric_internal.h"
 
 #include <math.h>
@@ -675,20 +676,6 @@ static Google__Protobuf__DoubleValue *boxed(struct ana_arena *a, bool ok, double
   return d;
 }
 
-static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-    if (t->nanos < 0) {
-      t->nanos += 1000000000;
-      t->seconds--;
-    }
-  }
-  return t;
-}
-
 static int rank_cmp(const void *pa, const void *pb) {
   const struct group *a = *(struct group *const *)pa, *b = *(struct group *const *)pb;
   if (a->has_rank != b->has_rank)
@@ -899,13 +886,7 @@ int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__Metr
       ana_arena_calloc(arena, s->n_buckets ? s->n_buckets : 1, sizeof *stamps);
   for (size_t b = 0; stamps && b < s->n_buckets; b++) {
     int64_t ms = s->starts[b];
-    google__protobuf__timestamp__init(&stamps[b]);
-    stamps[b].seconds = ms / 1000;
-    stamps[b].nanos = (int32_t)(ms % 1000) * 1000000;
-    if (stamps[b].nanos < 0) {
-      stamps[b].nanos += 1000000000;
-      stamps[b].seconds--;
-    }
+    ana_timestamp_set(&stamps[b], ms);
   }
   out->n_series = shown + (s->other ? 1 : 0);
   out->series = ana_arena_calloc(arena, out->n_series ? out->n_series : 1, sizeof *out->series);
@@ -917,8 +898,8 @@ int ana_mq_answer(struct ana_mq *s, struct ana_arena *arena, Analytics__V1__Metr
   if (s->other && rc == 0)
     if (!(out->series[shown] = series_of(s, s->other, arena, true, stamps)))
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  out->from = timestamp_of(arena, q->from_ms);
-  out->to = timestamp_of(arena, q->to_ms);
+  out->from = ana_timestamp_new(arena, q->from_ms);
+  out->to = ana_timestamp_new(arena, q->to_ms);
   out->interval = (char *)ana_interval_name(q->interval);
   out->time_zone = (char *)(q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
   return rc;

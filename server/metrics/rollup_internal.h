@@ -5,7 +5,8 @@
  * watermark under the write lock, so a query holding the read lock sees a
  * consistent (cells, watermark) pair without reading the database. A query
  * that finds no loaded level reads the same structure from the database for
- * its range only (a private set). Used by rollup.c; not for other modules. */
+ * its range only (a private set). Used by the rollup_*.c files; not for other
+ * modules. */
 #ifndef ANA_ROLLUP_INTERNAL_H
 #define ANA_ROLLUP_INTERNAL_H
 

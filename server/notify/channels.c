@@ -10,6 +10,7 @@
 #include "ana_id.h"
 #include "ana_proto_walk.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -18,16 +19,6 @@
 
 #define KIND "channel"
 #define NAME_MAX_CHARS 200
-
-static Google__Protobuf__Timestamp *ts_of(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-  }
-  return t;
-}
 
 static int nomem(struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -230,10 +221,8 @@ static int save(struct ana_notify *n, const Analytics__V1__Channel *in, struct a
       .name = c->name,
       .body = body,
       .body_len = len,
-      .created_at_ms =
-          c->created_at ? c->created_at->seconds * 1000 + c->created_at->nanos / 1000000 : 0,
-      .updated_at_ms =
-          c->updated_at ? c->updated_at->seconds * 1000 + c->updated_at->nanos / 1000000 : 0,
+      .created_at_ms = ana_timestamp_ms(c->created_at),
+      .updated_at_ms = ana_timestamp_ms(c->updated_at),
   };
   rc = n->o.catalog_ops->put(n->o.catalog, &o, create, err);
   if (rc == ANA_ERR_EXISTS)
@@ -323,7 +312,7 @@ static int on_default(void *ctx, Analytics__V1__Channel *c) {
   if (!d->clear)
     return 1;
   c->is_default = false;
-  c->updated_at = ts_of(d->arena, ana_clock_wall_ms());
+  c->updated_at = ana_timestamp_new(d->arena, ana_clock_wall_ms());
   if (!c->updated_at)
     return d->rc = nomem(d->err), 1;
   if ((d->rc = save(d->n, c, d->arena, false, d->err)) < 0)
@@ -397,8 +386,8 @@ int ana_notify_channel_create(struct ana_notify *n, const char *account_id,
   c->channel_id = ana_arena_strdup(arena, id);
   c->account_id = ana_arena_strdup(arena, account_id);
   int64_t now = ana_clock_wall_ms();
-  c->created_at = ts_of(arena, now);
-  c->updated_at = ts_of(arena, now);
+  c->created_at = ana_timestamp_new(arena, now);
+  c->updated_at = ana_timestamp_new(arena, now);
   if (!c->channel_id || !c->account_id || !c->created_at || !c->updated_at)
     return nomem(err);
   pthread_mutex_lock(&n->channels_mu);
@@ -451,7 +440,7 @@ int ana_notify_channel_update(struct ana_notify *n, const char *account_id, cons
   c->channel_id = old->channel_id;
   c->account_id = old->account_id;
   c->created_at = old->created_at;
-  if (!(c->updated_at = ts_of(arena, ana_clock_wall_ms()))) {
+  if (!(c->updated_at = ana_timestamp_new(arena, ana_clock_wall_ms()))) {
     rc = nomem(err);
     goto out;
   }

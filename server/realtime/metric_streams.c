@@ -10,6 +10,7 @@
 #include "ana_log.h"
 #include "ana_metric_acc.h"
 #include "ana_metric_query.h"
+#include "ana_timestamp.h"
 #include "analytics/v1/realtime.pb-c.h"
 
 #include <errno.h>
@@ -150,16 +151,6 @@ static int bucket_bounds(enum ana_interval iv, const char *tz, int64_t ts, int64
 /* ------------------------------------------------------------------ */
 /* updates */
 
-static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = floor_div(ms, 1000);
-    t->nanos = (int32_t)(ms - t->seconds * 1000) * 1000000;
-  }
-  return t;
-}
-
 /* A MetricUpdate message ready to push; NULL when out of memory. */
 static struct ana_realtime_msg *make_update(const char *metric_id, int64_t start, int64_t end,
                                             uint64_t seq, bool final, bool has_value, double value,
@@ -175,8 +166,8 @@ static struct ana_realtime_msg *make_update(const char *metric_id, int64_t start
   analytics__v1__metric_update__init(u);
   u->sequence = seq;
   u->metric_id = ana_arena_strdup(a, metric_id);
-  u->bucket_start = timestamp_of(a, start);
-  u->bucket_end = timestamp_of(a, end);
+  u->bucket_start = ana_timestamp_new(a, start);
+  u->bucket_end = ana_timestamp_new(a, end);
   u->final = final;
   if (!u->metric_id || !u->bucket_start || !u->bucket_end)
     goto fail;
@@ -464,10 +455,6 @@ static void stream_free(struct mstream *st) {
   ana_free(st);
 }
 
-static int64_t ms_of(const Google__Protobuf__Timestamp *t) {
-  return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
-}
-
 static struct mstream *stream_new(struct ana_metric_streams *ms,
                                   struct ana_metric_stream_request *req, struct ana_error *err) {
   struct mstream *st = ana_calloc(1, sizeof *st);
@@ -478,7 +465,7 @@ static struct mstream *stream_new(struct ana_metric_streams *ms,
   st->account_id = ana_strdup(req->account_id);
   st->metric_id = ana_strdup(req->metric->metric_id);
   st->tz = ana_strdup(req->time_zone ? req->time_zone : "");
-  st->version = ms_of(req->metric->updated_at);
+  st->version = ana_timestamp_ms(req->metric->updated_at);
   st->iv = req->interval;
   size_t len = protobuf_c_message_get_packed_size(&req->metric->base);
   buf = ana_malloc(len ? len : 1);
@@ -775,8 +762,8 @@ static int recompute(struct ana_metric_streams *ms, struct mstream *st, int64_t 
   }
   qsort(refs, data.n_series, sizeof *refs, cmp_series);
   for (size_t k = 0; k < n_b; k++) {
-    int64_t start = ms_of(data.series[0]->buckets[k]->start);
-    int64_t end = k + 1 < n_b ? ms_of(data.series[0]->buckets[k + 1]->start) : to;
+    int64_t start = ana_timestamp_ms(data.series[0]->buckets[k]->start);
+    int64_t end = k + 1 < n_b ? ana_timestamp_ms(data.series[0]->buckets[k + 1]->start) : to;
     for (size_t i = 0; i < data.n_series; i++) {
       uint64_t seq = seq_base(start) + OFFSET_SPAN - data.n_series + i;
       if (seq <= after || k >= refs[i].s->n_buckets)
@@ -827,7 +814,7 @@ static void on_sub_end(void *ctx, struct ana_realtime_sub *sub) {
 
 static struct mstream *find_stream(struct ana_metric_streams *ms,
                                    const struct ana_metric_stream_request *req) {
-  int64_t version = ms_of(req->metric->updated_at);
+  int64_t version = ana_timestamp_ms(req->metric->updated_at);
   const char *tz = req->time_zone ? req->time_zone : "";
   for (struct mstream *st = ms->streams; st; st = st->next)
     if (!st->failed && st->version == version && st->iv == req->interval &&

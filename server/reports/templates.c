@@ -6,6 +6,7 @@
 
 #include "ana_buckets.h"
 #include "ana_metric_query.h"
+#include "ana_timestamp.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -650,7 +651,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
     if (!x || !series)
       return nomem(err);
     for (size_t k = 0; k < np; k++) {
-      int64_t ms = s0->buckets[k]->start ? s0->buckets[k]->start->seconds * 1000 : 0;
+      int64_t ms = ana_timestamp_ms(s0->buckets[k]->start);
       /* local wall clock: the bucket's offset from the range's local start */
       x[k] = sm->range.first_day * 86400 + (ms - sm->range.from_ms) / 1000;
     }

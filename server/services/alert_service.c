@@ -11,6 +11,7 @@
 #include "ana_proto_walk.h"
 #include "analytics/v1/realtime.pb-c.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,20 +24,6 @@
 #define MAX_STREAM_IDS 100
 
 static struct ana_alert_service_options opts;
-
-static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-  }
-  return t;
-}
-
-static int64_t ms_of(const Google__Protobuf__Timestamp *t) {
-  return t->seconds * 1000 + t->nanos / 1000000;
-}
 
 /* Fails the call with err, the field before ": " as a violation. */
 static void fail_with(struct ana_call *call, const struct ana_error *err) {
@@ -61,8 +48,8 @@ static int keep_alert(void *ctx, const struct ana_catalog_object *o) {
   l->alert = (void *)ana_proto_unpack(&analytics__v1__alert__descriptor, &l->arena->pb, o->body,
                                       o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
   if (l->alert) {
-    l->alert->created_at = timestamp_of(l->arena, o->created_at_ms);
-    l->alert->updated_at = timestamp_of(l->arena, o->updated_at_ms);
+    l->alert->created_at = ana_timestamp_new(l->arena, o->created_at_ms);
+    l->alert->updated_at = ana_timestamp_new(l->arena, o->updated_at_ms);
   }
   return 1;
 }
@@ -178,8 +165,8 @@ static int store_rule(struct ana_call *call, Analytics__V1__Alert *a, bool creat
   }
   if ((rc = ana_alerts_put(opts.alerts, a, err)) < 0)
     return rc;
-  a->created_at = timestamp_of(ana_call_arena(call), o.created_at_ms);
-  a->updated_at = timestamp_of(ana_call_arena(call), o.updated_at_ms);
+  a->created_at = ana_timestamp_new(ana_call_arena(call), o.created_at_ms);
+  a->updated_at = ana_timestamp_new(ana_call_arena(call), o.updated_at_ms);
   decorate(call, a);
   return 0;
 }
@@ -285,7 +272,7 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   a->alert_id = req->alert_id;
-  if (store_rule(call, a, false, ms_of(old->created_at), &err) < 0) {
+  if (store_rule(call, a, false, ana_timestamp_ms(old->created_at), &err) < 0) {
     fail_with(call, &err);
     return;
   }
@@ -332,8 +319,8 @@ static void do_history(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
-  int64_t from = req->from ? ms_of(req->from) : INT64_MIN;
-  int64_t to = req->to ? ms_of(req->to) : INT64_MAX;
+  int64_t from = req->from ? ana_timestamp_ms(req->from) : INT64_MIN;
+  int64_t to = req->to ? ana_timestamp_ms(req->to) : INT64_MAX;
   int limit = req->page_size ? req->page_size : DEFAULT_PAGE;
   Analytics__V1__ListAlertHistoryResponse resp = ANALYTICS__V1__LIST_ALERT_HISTORY_RESPONSE__INIT;
   char *next = NULL;

@@ -6,6 +6,7 @@
 #include "analytics/v1/audit.pb-c.h"
 #include "ana_audit.h"
 #include "ana_call.h"
+#include "ana_timestamp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,9 +120,7 @@ static int add_record(void *ctx, const struct ana_audit_record *r) {
   m->peer = dup(a, r->peer);
   m->request_id = dup(a, r->request_id);
   if (!r->redacted) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = r->at_ms / 1000;
-    t->nanos = (int32_t)(r->at_ms % 1000) * 1000000;
+    ana_timestamp_set(t, r->at_ms);
     m->time = t;
   }
   if (!m->prev_hash || !m->hash || !m->kind || !m->account_id || !m->subject || !m->key_id ||
@@ -132,10 +131,6 @@ static int add_record(void *ctx, const struct ana_audit_record *r) {
   pg->records[pg->n++] = m;
   pg->last_seq = r->seq;
   return 0;
-}
-
-static int64_t ms_of(const Google__Protobuf__Timestamp *t) {
-  return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
 }
 
 static int code_of(const char *name) {
@@ -182,8 +177,8 @@ static void do_list(void *arg) {
   ana_audit_flush(opts.audit, 2000);
   struct ana_audit_query q = {
       .account_id = ana_call_principal(call)->account_id,
-      .from_ms = ms_of(req->start_time),
-      .to_ms = ms_of(req->end_time),
+      .from_ms = ana_timestamp_ms(req->start_time),
+      .to_ms = ana_timestamp_ms(req->end_time),
       .subject = req->subject,
       .method = req->method,
       .code = code,

@@ -13,6 +13,7 @@
 #include "ana_log.h"
 #include "ana_rate_limit.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -128,20 +129,6 @@ static int check_batch_limits(const ProtobufCMessage *msg, size_t n_events, cons
   return 0;
 }
 
-static Google__Protobuf__Timestamp *timestamp_in(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-    if (t->nanos < 0) {
-      t->nanos += 1000000000;
-      t->seconds--;
-    }
-  }
-  return t;
-}
-
 /* The EventResult of one item, allocated in arena. */
 static Analytics__V1__EventResult *result_of(struct ana_arena *a, const struct ana_ingest_item *it,
                                              size_t index) {
@@ -167,7 +154,7 @@ static Analytics__V1__EventResult *result_of(struct ana_arena *a, const struct a
       r->violations[v] = &fv[v];
     }
   } else if (it->status != ST_DUPLICATE) {
-    r->stored_timestamp = timestamp_in(a, it->stored_ts_ms);
+    r->stored_timestamp = ana_timestamp_new(a, it->stored_ts_ms);
     r->skew_ms = it->skew_ms;
   }
   return r;
@@ -624,10 +611,6 @@ static int decode_cursor(struct ana_arena *a, const char *token, int64_t *ts, co
   return *id ? 0 : -1;
 }
 
-static int64_t ts_ms(const Google__Protobuf__Timestamp *t) {
-  return t->seconds * 1000 + t->nanos / 1000000;
-}
-
 static int on_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *event_id,
                   uint64_t seq) {
   (void)seq;
@@ -699,8 +682,8 @@ static void search_events(struct ana_call *call, const ProtobufCMessage *request
     goto nomem;
   struct ana_event_query *q = &s->q;
   q->account_id = ana_call_principal(call)->account_id;
-  q->from_ms = req->from ? ts_ms(req->from) : INT64_MIN;
-  q->to_ms = req->to ? ts_ms(req->to) : INT64_MAX;
+  q->from_ms = req->from ? ana_timestamp_ms(req->from) : INT64_MIN;
+  q->to_ms = req->to ? ana_timestamp_ms(req->to) : INT64_MAX;
   if (req->from && req->to && q->from_ms >= q->to_ms) {
     ana_call_add_violation(call, "to", "must be after from");
     ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "to: must be after from");
@@ -761,16 +744,6 @@ struct names_page {
   bool more, failed;
 };
 
-static Google__Protobuf__Timestamp *names_ts(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-  }
-  return t;
-}
-
 static int on_name(void *ctx, const struct ana_event_name_info *info) {
   struct names_page *p = ctx;
   if (p->n == p->size) {
@@ -785,8 +758,8 @@ static int on_name(void *ctx, const struct ana_event_name_info *info) {
   }
   analytics__v1__event_name__init(e);
   e->name = ana_arena_strdup(a, info->name);
-  e->first_seen = names_ts(a, info->first_seen_ms);
-  e->last_seen = names_ts(a, info->last_seen_ms);
+  e->first_seen = ana_timestamp_new(a, info->first_seen_ms);
+  e->last_seen = ana_timestamp_new(a, info->last_seen_ms);
   e->count = info->count;
   if (!e->name || !e->first_seen || !e->last_seen) {
     p->failed = true;

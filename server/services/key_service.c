@@ -9,6 +9,7 @@
 #include "ana_rate_limit.h"
 #include "ana_call.h"
 #include "ana_log.h"
+#include "ana_timestamp.h"
 
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -20,15 +21,7 @@
 static struct ana_key_service_options opts;
 
 static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
-  if (!ms)
-    return NULL; /* never */
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-  }
-  return t;
+  return ms ? ana_timestamp_new(a, ms) : NULL; /* 0: never */
 }
 
 /* Fails the call with err, recording the field (the text before ':') as a

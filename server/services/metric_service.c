@@ -15,6 +15,7 @@
 #include "ana_rollup.h"
 #include "ana_text.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -36,20 +37,6 @@ static struct ana_metric_streams *streams_engine; /* StreamMetric */
 static struct ana_realtime *stream_hub;
 /* Serialises storing a metric's resolved names against a PUT. */
 static pthread_mutex_t resolve_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-  }
-  return t;
-}
-
-static int64_t ms_of(const Google__Protobuf__Timestamp *t) {
-  return t->seconds * 1000 + t->nanos / 1000000;
-}
 
 /* Fails the call with err, recording the field (the text before ':') as a
  * violation so REST and gRPC clients get it as BadRequest details. */
@@ -522,8 +509,8 @@ static int save(struct ana_arena *arena, Analytics__V1__Metric *m, bool create,
       .name = m->name,
       .body = body,
       .body_len = n,
-      .created_at_ms = ms_of(m->created_at),
-      .updated_at_ms = ms_of(m->updated_at),
+      .created_at_ms = ana_timestamp_ms(m->created_at),
+      .updated_at_ms = ana_timestamp_ms(m->updated_at),
   };
   int rc = opts.catalog_ops->put(opts.catalog, &o, create, err);
   if (rc == ANA_ERR_EXISTS)
@@ -721,7 +708,7 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   }
   int64_t now = ana_clock_wall_ms();
   m->metric_id = id;
-  m->created_at = timestamp_of(ana_call_arena(call), now);
+  m->created_at = ana_timestamp_new(ana_call_arena(call), now);
   m->updated_at = m->created_at;
   if (save(ana_call_arena(call), m, true, &err) < 0) {
     fail_with(call, &err);
@@ -823,7 +810,7 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
   int rc;
   m->metric_id = old->metric_id;
   m->created_at = old->created_at;
-  m->updated_at = timestamp_of(ana_call_arena(call), ana_clock_wall_ms());
+  m->updated_at = ana_timestamp_new(ana_call_arena(call), ana_clock_wall_ms());
   pthread_mutex_lock(&resolve_mu);
   rc = save(ana_call_arena(call), m, false, &err);
   pthread_mutex_unlock(&resolve_mu);
@@ -864,8 +851,8 @@ static void do_data(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   struct ana_metric_query q = {.metric = m, .account_id = ana_call_principal(call)->account_id};
-  q.to_ms = req->to ? ms_of(req->to) : ana_clock_wall_ms();
-  q.from_ms = req->from ? ms_of(req->from) : q.to_ms - DAY_MS;
+  q.to_ms = req->to ? ana_timestamp_ms(req->to) : ana_clock_wall_ms();
+  q.from_ms = req->from ? ana_timestamp_ms(req->from) : q.to_ms - DAY_MS;
   if (q.from_ms >= q.to_ms) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "to: must be after from");
     fail_with(call, &err);

@@ -13,6 +13,7 @@
 #include "ana_report_templates.h"
 #include "ana_report_writer.h"
 #include "ana_clock.h"
+#include "ana_timestamp.h"
 
 #include <libgen.h>
 #include <stdio.h>
@@ -35,15 +36,7 @@ static const char scheduled_note[] =
     "implemented yet)";
 
 static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
-  if (!ms)
-    return NULL;
-  Google__Protobuf__Timestamp *t = ana_arena_alloc(a, sizeof *t);
-  if (t) {
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-  }
-  return t;
+  return ms ? ana_timestamp_new(a, ms) : NULL;
 }
 
 /* Fails the call with err, the field before ": " as a violation. */

@@ -10,6 +10,7 @@
 #include "ana_id.h"
 #include "ana_client_ip.h"
 #include "ana_ingest.h"
+#include "ana_timestamp.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -60,11 +61,6 @@ static void prepare_with(const struct ana_ingest_limits *lim, const char *path) 
 
 static void prepare(const char *path) {
   prepare_with(&limits, path);
-}
-
-static void set_ms(Google__Protobuf__Timestamp *t, int64_t ms) {
-  t->seconds = ms / 1000;
-  t->nanos = (int32_t)(ms % 1000) * 1000000;
 }
 
 static bool has_violation(const char *field, const char *fragment) {
@@ -247,8 +243,8 @@ static void oversized_event_is_rejected(void **state) {
 static void skew_is_corrected_with_segments_formula(void **state) {
   (void)state;
   /* The client clock is 1 h behind: it says it sent at NOW-1h. */
-  set_ms(&ts, NOW - 3600000 - 5000);
-  set_ms(&sent, NOW - 3600000);
+  ana_timestamp_set(&ts, NOW - 3600000 - 5000);
+  ana_timestamp_set(&sent, NOW - 3600000);
   ev.timestamp = &ts;
   ev.sent_at = &sent;
   prepare("");
@@ -257,8 +253,8 @@ static void skew_is_corrected_with_segments_formula(void **state) {
   assert_int_equal(item.skew_ms, 3600000);
   setup(NULL);
   /* Within the tolerance: kept as sent. */
-  set_ms(&ts, NOW - 5000);
-  set_ms(&sent, NOW - 1000);
+  ana_timestamp_set(&ts, NOW - 5000);
+  ana_timestamp_set(&sent, NOW - 1000);
   ev.timestamp = &ts;
   ev.sent_at = &sent;
   prepare("");
@@ -269,12 +265,12 @@ static void skew_is_corrected_with_segments_formula(void **state) {
 
 static void timestamps_outside_the_window(void **state) {
   (void)state;
-  set_ms(&ts, NOW - 91 * DAY);
+  ana_timestamp_set(&ts, NOW - 91 * DAY);
   ev.timestamp = &ts;
   prepare("");
   assert_true(has_violation("timestamp", "older than the retention period of 90 days"));
   setup(NULL);
-  set_ms(&ts, NOW + 2 * DAY);
+  ana_timestamp_set(&ts, NOW + 2 * DAY);
   ev.timestamp = &ts;
   prepare("");
   assert_int_equal(item.status, ANALYTICS__V1__EVENT_RESULT__STATUS__CORRECTED);
@@ -283,7 +279,7 @@ static void timestamps_outside_the_window(void **state) {
   setup(NULL);
   struct ana_ingest_limits strict = limits;
   strict.reject_future = true;
-  set_ms(&ts, NOW + 2 * DAY);
+  ana_timestamp_set(&ts, NOW + 2 * DAY);
   ev.timestamp = &ts;
   prepare_with(&strict, "");
   assert_true(has_violation("timestamp", "in the future"));

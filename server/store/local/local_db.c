@@ -568,7 +568,7 @@ fail:
 
 /* A fresh WAL file grows with every commit until the first checkpoint lets
  * it start over, and an fsync after an append also writes the file's new
- * size (0.27 against 0.16 ms here for a commit-sized write), so the WAL is
+ * size (slower than an overwrite in place: bench/RESULTS.md), so the WAL is
  * kept at its size between runs. So that the next start has nothing to
  * replay from it, everything is copied into the database and one small
  * write (the user_version cookie, set to itself) starts the WAL over: the

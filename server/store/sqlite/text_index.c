@@ -61,7 +61,7 @@ struct ana_text_index {
 
 /* Contentless (content=''): the index keeps the words and which events hold
  * them, not a copy of each event's text (the events table has it), which
- * made it 2.5 times smaller (500,000 events: 15 MB against 38 MB). A search
+ * makes it much smaller (figures in bench/RESULTS.md). A search
  * needs only the matching sequence numbers; removing an entry takes the
  * event's original text, read from the events before they are deleted. */
 static const char schema[] =
@@ -182,9 +182,9 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err) {
 static void *index_thread(void *arg) {
   struct ana_text_index *ti = arg;
   /* Its batches are background work: as SCHED_BATCH it keeps its share of
-   * the CPU but does not preempt the request threads when it wakes (ack p99
-   * medians over 3 interleaved rounds at half the unary peak: 2.73 ms, 3.07
-   * with the index inside the commit). */
+   * the CPU but does not preempt the request threads when it wakes, and the
+   * ack p99 is lower than with the index inside the commit (figures in
+   * bench/RESULTS.md). */
   struct sched_param normal = {0};
   if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &normal) != 0)
     ANA_DEBUG("store", "search index thread: SCHED_BATCH refused; left as it is");
