@@ -1,6 +1,8 @@
 /* A server's TLS files: all-or-nothing checks, reading and PEM parsing (OpenSSL). */
 #include "ana_tls_files.h"
 
+#include "ana_file.h"
+
 #include "ana_alloc.h"
 
 #include <errno.h>
@@ -25,41 +27,9 @@ bool ana_tls_paths_any(const struct ana_tls_paths *p) {
   return set(p->cert) || set(p->key) || set(p->ca);
 }
 
-/* Reads path whole into a new NUL-terminated buffer. */
 static int read_file(const char *var, const char *path, char **out, size_t *len,
                      struct ana_error *err) {
-  int rc = ANA_ERR_INVALID;
-  char *buf = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: cannot read %s: %s", var, path,
-                         strerror(errno));
-  buf = ana_malloc(MAX_PEM_BYTES + 1);
-  if (!buf) {
-    rc = ANA_ERR_NOMEM;
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto out;
-  }
-  size_t n = fread(buf, 1, MAX_PEM_BYTES + 1, f);
-  if (ferror(f)) {
-    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: cannot read %s: %s", var, path,
-                  strerror(errno ? errno : EIO));
-    goto out;
-  }
-  if (n > MAX_PEM_BYTES) {
-    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: %s is larger than %d bytes", var, path,
-                  MAX_PEM_BYTES);
-    goto out;
-  }
-  buf[n] = '\0';
-  *out = buf;
-  *len = n;
-  buf = NULL;
-  rc = 0;
-out:
-  ana_free(buf);
-  fclose(f);
-  return rc;
+  return ana_file_read_whole(var, path, MAX_PEM_BYTES, out, len, err);
 }
 
 /* The certificates of a PEM buffer: how many (0: none or malformed), and

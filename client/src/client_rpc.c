@@ -3,6 +3,7 @@
 #include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
+#include "ana_file.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -271,30 +272,13 @@ static bool set(const char *s) {
 
 /* Reads a PEM file whole into *out (NUL-terminated; caller frees). */
 static int read_pem(const char *what, const char *path, char **out, struct ana_error *err) {
-  int rc = ANA_ERR_INVALID;
-  char *buf = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "TLS %s %s: cannot read: %s", what, path,
-                         strerror(errno));
-  buf = ana_malloc(MAX_PEM_BYTES + 1);
-  if (!buf) {
-    rc = nomem(err);
-    goto out;
+  int rc = ana_file_read_whole(what, path, MAX_PEM_BYTES, out, NULL, err);
+  if (rc == 0 && !strstr(*out, "-----BEGIN ")) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: %s holds no PEM data", what, path);
+    ana_free(*out);
+    *out = NULL;
+    rc = ANA_ERR_INVALID;
   }
-  size_t n = fread(buf, 1, MAX_PEM_BYTES + 1, f);
-  buf[n > MAX_PEM_BYTES ? MAX_PEM_BYTES : n] = '\0';
-  if (ferror(f) || n > MAX_PEM_BYTES || !strstr(buf, "-----BEGIN ")) {
-    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "TLS %s %s: %s", what, path,
-                  ferror(f) ? "cannot read" : "holds no PEM data");
-    goto out;
-  }
-  *out = buf;
-  buf = NULL;
-  rc = 0;
-out:
-  ana_free(buf);
-  fclose(f);
   return rc;
 }
 
@@ -312,9 +296,9 @@ static grpc_channel_credentials *channel_credentials(const struct ana_client_tls
                   set(tls->cert_file) ? "key" : "certificate");
     goto out;
   }
-  if ((set(tls->ca_file) && read_pem("CA file", tls->ca_file, &ca, err) < 0) ||
-      (set(tls->cert_file) && read_pem("certificate file", tls->cert_file, &cert, err) < 0) ||
-      (set(tls->key_file) && read_pem("key file", tls->key_file, &key, err) < 0))
+  if ((set(tls->ca_file) && read_pem("TLS CA file", tls->ca_file, &ca, err) < 0) ||
+      (set(tls->cert_file) && read_pem("TLS certificate file", tls->cert_file, &cert, err) < 0) ||
+      (set(tls->key_file) && read_pem("TLS key file", tls->key_file, &key, err) < 0))
     goto out;
   grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
   /* Core copies the PEM strings. */

@@ -4,6 +4,7 @@
 #include "auth_internal.h"
 
 #include "ana_alloc.h"
+#include "ana_file.h"
 #include "ana_jwt.h"
 #include "ana_log.h"
 
@@ -23,32 +24,9 @@ static void jwt_log(void *ctx, int level, const char *msg) {
   ANA_LOG((enum ana_log_level)level, "auth", "%s", msg);
 }
 
-/* Reads the whole file at path into *out (NUL-terminated; caller frees).
- * Returns 0, or ANA_ERR_INVALID with err naming var. */
 static int read_file(const char *var, const char *path, char **out, size_t *len,
                      struct ana_error *err) {
-  *out = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: cannot read %s: %s", var, path,
-                         strerror(errno)),
-           ANA_ERR_INVALID;
-  char *buf = ana_malloc(AUTH_FILE_MAX + 1);
-  size_t n = buf ? fread(buf, 1, AUTH_FILE_MAX + 1, f) : 0;
-  bool failed = buf && ferror(f);
-  fclose(f);
-  if (!buf)
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
-  if (failed || n > AUTH_FILE_MAX) {
-    ana_free(buf);
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s: %s is %s", var, path,
-                         failed ? "unreadable" : "larger than 1 MiB"),
-           ANA_ERR_INVALID;
-  }
-  buf[n] = '\0';
-  *out = buf;
-  *len = n;
-  return 0;
+  return ana_file_read_whole(var, path, AUTH_FILE_MAX, out, len, err);
 }
 
 static bool jwt_configured(void *ctx) {
