@@ -715,7 +715,9 @@ char *gen_emit_openapi_json(const struct gen_model *m) {
                  "\"integer\",\"format\":\"int32\",\"description\":\"gRPC status code\"},"
                  "\"message\":{\"type\":\"string\"},\"details\":{\"type\":\"array\",\"items\":{"
                  "\"type\":\"object\",\"properties\":{\"@type\":{\"type\":\"string\"}},"
-                 "\"additionalProperties\":true}}}}");
+                 "\"additionalProperties\":true}},\"requestId\":{\"type\":\"string\","
+                 "\"description\":\"the request's id: the client's X-Request-Id, or one generated "
+                 "(also in the X-Request-Id response header and the log lines of the call)\"}}}");
   /* Schemas may name further messages: the worklist grows as it is walked. */
   for (size_t i = 0; i < w.n; i++) {
     const struct gen_message *msg = gen_model_message(m, w.v[i]);

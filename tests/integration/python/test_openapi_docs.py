@@ -60,6 +60,14 @@ class OpenApiDocsTest(harness.ServerTestCase):
                          "When the event happened (client clock).")
         self.assertIn("$ref", json.dumps(props["context"]))
 
+    def test_error_schema_declares_every_key_of_an_error_body(self):
+        status, _, body = get(self.rest_port, "/api/metrics/no-such-metric")
+        self.assertEqual(status, 404, body)
+        declared = self.doc["components"]["schemas"]["google.rpc.Status"]["properties"]
+        for key in json.loads(body):
+            self.assertIn(key, declared, "error body key %r is not in the Error schema" % key)
+        self.assertIn("requestId", json.loads(body))
+
     def test_required_and_read_only_fields(self):
         schemas = self.doc["components"]["schemas"]
         event = schemas["analytics.v1.Event"]
