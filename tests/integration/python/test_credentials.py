@@ -1,6 +1,6 @@
-"""Credentials pass through every client: libanalytics (through ctypes),
-analyticsctl and analytics-restbridge --upstream send the caller's token,
-API key and account as gRPC metadata to a grpcio server that records what
+"""Credentials pass through every client: libanalytics (through ctypes, in a
+child process), analyticsctl and analytics-restbridge --upstream send the
+caller's token, API key and account as gRPC metadata to a grpcio server that records what
 it receives; analyticsctl token mints an HS256 JWT that verifies; the CORS
 preflight allows the credential headers.
 
@@ -10,13 +10,13 @@ client reports that status."""
 
 import asyncio
 import base64
-import ctypes
 import hashlib
 import hmac
 import http.client
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -207,22 +207,6 @@ class AnalyticsctlTokenTest(unittest.TestCase):
             self.assertEqual(r.stdout, "")
 
 
-class Options(ctypes.Structure):
-    """analytics_options_t."""
-    _fields_ = [("target", ctypes.c_char_p), ("token", ctypes.c_char_p),
-                ("timeout_ms", ctypes.c_int64), ("queue_capacity", ctypes.c_size_t),
-                ("batch_size", ctypes.c_size_t), ("flush_interval_ms", ctypes.c_int64),
-                ("max_retries", ctypes.c_int), ("backoff_base_ms", ctypes.c_int64),
-                ("backoff_max_ms", ctypes.c_int64), ("close_timeout_ms", ctypes.c_int64),
-                ("on_delivery_failure", ctypes.c_void_p), ("delivery_ctx", ctypes.c_void_p),
-                ("proto_max_depth", ctypes.c_int),
-                ("api_key", ctypes.c_char_p), ("account_id", ctypes.c_char_p)]
-
-
-class Error(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_int), ("message", ctypes.c_char * 512)]
-
-
 ERR_INVALID = -1
 ERR_UNAUTHENTICATED = -10
 
@@ -235,86 +219,62 @@ def sanitizer_build(path):
 
 
 class LibanalyticsCredentialsTest(RecorderTestCase):
-    """The C library: options, token refresh, the UNAUTHENTICATED code."""
+    """The C library: options, token refresh, the UNAUTHENTICATED code.
+
+    libanalytics is driven in a child process (libanalytics_calls.py): it
+    links Debian's gRPC core, which must not share a process with grpcio's."""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        path = os.path.join(build_dir(), "client", "libanalytics.so")
-        if sanitizer_build(path):
+        cls.path = os.path.join(build_dir(), "client", "libanalytics.so")
+        if sanitizer_build(cls.path):
             # A sanitizer's runtime must be the process's first library: it
-            # cannot be loaded into Python (it aborts the whole process). The
-            # plain build runs these tests.
+            # cannot be loaded into Python. The plain build runs these tests.
             cls.tearDownClass()
             raise unittest.SkipTest("libanalytics is a sanitizer build")
-        lib = ctypes.CDLL(path)
-        lib.analytics_client_new.restype = ctypes.c_void_p
-        lib.analytics_client_new.argtypes = [ctypes.POINTER(Options), ctypes.POINTER(Error)]
-        lib.analytics_client_destroy.argtypes = [ctypes.c_void_p]
-        lib.analytics_call.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
-                                       ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(Error)]
-        lib.analytics_client_set_token.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
-                                                   ctypes.POINTER(Error)]
-        cls.lib = lib
 
-    def client(self, **kw):
-        o = Options()
-        self.lib.analytics_options_init(ctypes.byref(o))
-        o.target = self.target.encode()
-        o.close_timeout_ms = 1
-        for k, v in kw.items():
-            setattr(o, k, v.encode() if v is not None else None)
-        err = Error()
-        c = self.lib.analytics_client_new(ctypes.byref(o), ctypes.byref(err))
-        return c, err
+    def run_scenario(self, name):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "libanalytics_calls.py")
+        r = subprocess.run([sys.executable, script, self.path, self.target, name],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
 
-    def call(self, c):
-        err = Error()
-        out = ctypes.c_char_p()
-        rc = self.lib.analytics_call(c, b"/analytics.v1.MetricService/ListMetrics", None,
-                                     ctypes.byref(out), ctypes.byref(err))
-        return rc, err
+    def recorded(self, n):
+        """The metadata of the first n recorded calls, as dicts."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self.recorder.lock:
+                if len(self.recorder.calls) >= n:
+                    return [{k: v for k, v in md} for _, md in self.recorder.calls[:n]]
+            time.sleep(0.02)
+        self.fail("the recording server saw fewer than %d calls" % n)
 
     def test_token_account_and_refresh(self):
-        c, err = self.client(token="first", account_id="acct-7")
-        self.assertTrue(c, err.message)
-        try:
-            rc, err = self.call(c)
-            self.assertEqual(rc, ERR_UNAUTHENTICATED)
-            self.assertEqual(err.code, 16)
-            self.assertEqual(err.message, b"recorded")
-            _, md = self.recorder.last()
-            self.assertEqual(md.get("authorization"), "Bearer first")
-            self.assertEqual(md.get("x-account-id"), "acct-7")
-            self.assertEqual(self.lib.analytics_client_set_token(c, b"second", None), 0)
-            self.recorder.clear()
-            self.call(c)
-            _, md = self.recorder.last()
-            self.assertEqual(md.get("authorization"), "Bearer second")
-            self.assertEqual(self.lib.analytics_client_set_token(c, None, None), 0)
-            self.recorder.clear()
-            self.call(c)
-            _, md = self.recorder.last()
-            self.assertNotIn("authorization", md)
-            self.assertEqual(self.lib.analytics_client_set_token(c, b"bad\ntoken", None),
-                             ERR_INVALID)
-        finally:
-            self.lib.analytics_client_destroy(c)
+        steps = self.run_scenario("token_refresh")
+        self.assertTrue(steps["created"], steps)
+        self.assertEqual(steps["first"], {"rc": ERR_UNAUTHENTICATED, "code": 16,
+                                          "message": "recorded"})
+        self.assertEqual(steps["set_second"], 0)
+        self.assertEqual(steps["set_none"], 0)
+        self.assertEqual(steps["set_bad"], ERR_INVALID)
+        first, second, none = self.recorded(3)
+        self.assertEqual(first.get("authorization"), "Bearer first")
+        self.assertEqual(first.get("x-account-id"), "acct-7")
+        self.assertEqual(second.get("authorization"), "Bearer second")
+        self.assertNotIn("authorization", none)
 
     def test_api_key_is_sent_and_exclusive_with_a_token(self):
-        c, err = self.client(api_key="ana_abc_def")
-        self.assertTrue(c, err.message)
-        try:
-            self.call(c)
-            _, md = self.recorder.last()
-            self.assertEqual(md.get("x-api-key"), "ana_abc_def")
-            self.assertNotIn("authorization", md)
-            self.assertEqual(self.lib.analytics_client_set_token(c, b"t", None), ERR_INVALID)
-        finally:
-            self.lib.analytics_client_destroy(c)
-        c, err = self.client(api_key="ana_abc_def", token="t")
-        self.assertFalse(c)
-        self.assertIn(b"exclusive", err.message)
+        steps = self.run_scenario("api_key")
+        self.assertTrue(steps["created"], steps)
+        (md,) = self.recorded(1)
+        self.assertEqual(md.get("x-api-key"), "ana_abc_def")
+        self.assertNotIn("authorization", md)
+        self.assertEqual(steps["set_token"], ERR_INVALID)
+        self.assertFalse(steps["both_created"])
+        self.assertIn("exclusive", steps["both_message"])
 
 
 class RemoteBridgePassThroughTest(RecorderTestCase):
