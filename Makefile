@@ -45,6 +45,7 @@ fuzz-long:
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
 bench: build
+	./scripts/install-deps.sh bench
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --search-events $${BENCH_SEARCH_EVENTS:-10000000} \
 	  --out bench/RESULTS.md
