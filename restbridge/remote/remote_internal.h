@@ -8,7 +8,7 @@
 #include "ana_prom.h"
 #include "ana_restbridge_remote.h"
 #include "ana_workers.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
