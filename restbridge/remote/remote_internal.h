@@ -1,6 +1,7 @@
 /* What the files of the remote upstream share: upstream.c (the handler the
  * bridge drives, unary calls on a worker pool, health and metrics) and
- * streams.c (server streams, all on one completion queue and thread). */
+ * streams.c (server streams, all on one thread through the client runtime's
+ * stream multiplexer). */
 #ifndef ANA_RESTBRIDGE_REMOTE_INTERNAL_H
 #define ANA_RESTBRIDGE_REMOTE_INTERNAL_H
 
