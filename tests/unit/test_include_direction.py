@@ -16,6 +16,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_store_layering as layering  # noqa: E402 (its tree walk)
+
 GRPC_FILES = {"server/rpc/grpc_server.c", "client/src/client_rpc.c"}
 # Module tests that exercise a folder's internals on purpose.
 INTERNAL_TESTS = {
@@ -38,11 +41,18 @@ def module_of(folder):
 
 def sources(root):
     for top in TOPS:
-        for d, _, files in os.walk(os.path.join(root, top)):
-            for f in files:
-                if f.endswith((".c", ".h")):
-                    path = os.path.join(d, f)
-                    yield os.path.relpath(path, root), path
+        yield from layering.sources(root, top)
+
+
+def report(breaches):
+    """Prints the breaches; the exit status."""
+    for b in breaches:
+        print(b)
+    if breaches:
+        print("%d include-direction breaches (DESIGN section 9)" % len(breaches))
+        return 1
+    print("includes point the right way")
+    return 0
 
 
 def main():
@@ -79,13 +89,7 @@ def main():
                     if bad and not any(h.startswith(("common", "restbridge")) for h in homes):
                         breaches.append("%s:%d: includes %s from %s (the bridge uses the call "
                                         "runtime and auth only)" % (rel, n, name, bad[0]))
-    for b in breaches:
-        print(b)
-    if breaches:
-        print("%d include-direction breaches (DESIGN section 9)" % len(breaches))
-        return 1
-    print("includes point the right way")
-    return 0
+    return report(breaches)
 
 
 if __name__ == "__main__":
