@@ -93,10 +93,11 @@ int ana_alert_service_bind(const struct ana_alert_service_options *o);
 struct ana_key_service_options {
   struct ana_api_keys *keys; /* borrowed; must outlive the transports */
   struct ana_workers *workers;
+  struct ana_crypto *crypto; /* borrowed; field encryption's data keys */
 };
 
-/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey). The options are
- * copied. */
+/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey, ListDataKeys,
+ * RotateDataKey). The options are copied. */
 int ana_key_service_bind(const struct ana_key_service_options *o);
 
 struct ana_audit;
