@@ -65,8 +65,14 @@ struct rr_message {
   struct ana_call_shared *shared;
 };
 
+/* Channels replaced by a reload, kept for the streams still on them; past
+ * this many the oldest is destroyed (reloads are an operator's SIGHUP). */
+#define RETIRED_MAX 4
+
 struct rr_streams {
+  pthread_mutex_t channel_mu; /* guards channel and retired */
   grpc_channel *channel;
+  grpc_channel *retired[RETIRED_MAX]; /* oldest first */
   grpc_completion_queue *cq;
   pthread_t thread;
   bool thread_started;
@@ -506,9 +512,11 @@ int rr_streams_open(struct rr_streams *ss, struct fwd *f, struct ana_error *err)
     deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                             gpr_time_from_millis(opts.timeout_ms, GPR_TIMESPAN));
   /* The method path lives in the static method table. */
+  pthread_mutex_lock(&ss->channel_mu);
   s->gcall = grpc_channel_create_call(ss->channel, NULL, GRPC_PROPAGATE_DEFAULTS, ss->cq,
                                       grpc_slice_from_static_string(call->method->path), NULL,
                                       deadline, NULL);
+  pthread_mutex_unlock(&ss->channel_mu);
   if (!s->gcall) {
     rc = ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a call to %s", call->method->path);
     goto fail;
@@ -568,6 +576,7 @@ struct rr_streams *rr_streams_create(const char *target, const struct ana_client
     return NULL;
   }
   ss->max_depth = max_depth;
+  pthread_mutex_init(&ss->channel_mu, NULL);
   grpc_init(); /* released by destroy */
   /* Its own connection, so that the unary calls' answers are not queued
    * behind the streams' traffic (channels with the same target and
@@ -608,6 +617,27 @@ void rr_streams_destroy(struct rr_streams *ss) {
     message_unref(ss->cache[i]);
   if (ss->channel)
     grpc_channel_destroy(ss->channel);
+  for (size_t i = 0; i < RETIRED_MAX; i++)
+    if (ss->retired[i])
+      grpc_channel_destroy(ss->retired[i]);
+  pthread_mutex_destroy(&ss->channel_mu);
   ana_free(ss);
   grpc_shutdown();
+}
+
+int rr_streams_reload(struct rr_streams *ss, const char *target, const struct ana_client_tls *tls,
+                      struct ana_error *err) {
+  grpc_channel *fresh = ana_client_grpc_channel_create(target, tls, true, err);
+  if (!fresh)
+    return ANA_ERR_INVALID;
+  grpc_channel *oldest = NULL;
+  pthread_mutex_lock(&ss->channel_mu);
+  oldest = ss->retired[0];
+  memmove(ss->retired, ss->retired + 1, (RETIRED_MAX - 1) * sizeof *ss->retired);
+  ss->retired[RETIRED_MAX - 1] = ss->channel;
+  ss->channel = fresh;
+  pthread_mutex_unlock(&ss->channel_mu);
+  if (oldest)
+    grpc_channel_destroy(oldest);
+  return 0;
 }
