@@ -20,6 +20,7 @@
 
 #include "ana_api_keys.h"
 #include "ana_client_rpc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_local_db.h"
 #include "ana_store.h"
@@ -181,11 +182,8 @@ static double run(struct ana_client_channel *ch, double seconds, const char *(*a
 
 /* CPU seconds pid has used so far (every thread, user and system). */
 static double cpu_s(pid_t pid) {
-  clockid_t clk;
-  struct timespec ts;
-  if (clock_getcpuclockid(pid, &clk) != 0 || clock_gettime(clk, &ts) != 0)
-    return NAN;
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  int64_t ns = ana_clock_process_cpu_ns(pid);
+  return ns < 0 ? NAN : (double)ns / 1e9;
 }
 
 /* One phase on srv: its rate (calls/s) and the server's CPU microseconds per
@@ -279,7 +277,11 @@ int main(int argc, char **argv) {
       setenv("JWT_JWKS_FILE", path, 1);
       setenv("JWT_ALGORITHMS", "HS256,RS256", 1);
     }
+    /* Authentication alone: the rate limiter (on by default once credentials
+     * exist) stays off on every server. */
+    setenv("RATE_LIMIT_DEFAULT", "off", 1);
     srv[k] = bench_server_start(server_path, d, NULL, NULL);
+    unsetenv("RATE_LIMIT_DEFAULT");
     unsetenv("JWT_HS256_SECRET");
     unsetenv("JWT_JWKS_FILE");
     unsetenv("JWT_ALGORITHMS");
@@ -377,7 +379,8 @@ int main(int argc, char **argv) {
            "side for the whole run, each on its own data directory: one without authentication "
            "(protected mode, loopback), two verifying HS256 and RS256 (2048-bit, JWKS file), "
            "one with API keys only (%d ingest keys), and a second one without authentication "
-           "as a control (its ratio shows what the method itself cannot tell apart). Phases of %g "
+           "as a control (its ratio shows what the method itself cannot tell apart); "
+           "RATE_LIMIT_DEFAULT=off on all. Phases of %g "
            "s alternate between them, "
            "each case between two phases of the server without authentication, the cases' order "
            "rotating from round to round; a case's ratio "
