@@ -338,11 +338,18 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_budget_body_free(conn);
   conn->body_len = 0;
   conn->body_too_large = false;
-  /* Over TLS, a pipelined request already decrypted would wait for ever. */
-  if (close_after || rb_framer_tls_pipelined(lws_get_socket_fd(wsi)))
+  if (close_after)
+    return -1;
+  /* Over TLS, a pipelined request already decrypted would wait for ever:
+   * the bridge reads it at the next turn of the loop (or, with too many
+   * such connections at once, closes this one: RFC 9112 9.3.2, the client
+   * retries). */
+  int fd = lws_get_socket_fd(wsi);
+  bool pipelined = rb_framer_tls_pipelined(fd);
+  if (pipelined && !rb_kick_pipelined(conn->bridge, wsi))
     return -1;
   /* The next request (pipelined or not) may be read now. */
-  rb_framer_answered(lws_get_socket_fd(wsi));
+  rb_framer_answered(fd);
   if (lws_http_transaction_completed(wsi))
     return -1;
   lws_rx_flow_control(wsi, 1);

@@ -183,8 +183,22 @@ struct rb_conn {
   size_t ws_msg_len;             /* bytes of the client's message so far */
 };
 
+/* HTTPS connections whose next (pipelined) request is already decrypted
+ * in OpenSSL's buffer when the previous answer is done: lws is never woken
+ * for it by the socket, so the bridge services them itself (lws thread). */
+#define RB_KICKS_MAX 64
+
+struct rb_kick {
+  int fd;
+  struct lws *wsi;
+  int tries;
+};
+
 struct ana_restbridge {
   struct ana_restbridge_options opt;
+  struct rb_kick kicks[RB_KICKS_MAX];
+  size_t n_kicks;
+  lws_sorted_usec_list_t kick_sul;
   char *host, *cors;   /* owned copies of the option strings */
   char *web_root;      /* owned copy; NULL = the built-in dashboard */
   char *allowed_hosts; /* owned copy of HTTP_ALLOWED_HOSTS; NULL = none */
@@ -350,6 +364,11 @@ void rb_http_on_wake(struct rb_conn *conn);
 void rb_http_on_deadline(struct rb_conn *conn);
 /* The connection's timer: the call's deadline, or input back on after the
  * framer held back a pipelined request (lws thread). */
+/* Queues wsi (an HTTPS connection with a pipelined request already
+ * decrypted) to be read at the next turn of the lws loop; false when the
+ * queue is full (the caller closes the connection instead). lws thread. */
+bool rb_kick_pipelined(struct ana_restbridge *b, struct lws *wsi);
+
 void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
 
 /* Writes the access-log line of the connection's request (HTTP: when

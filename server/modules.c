@@ -535,7 +535,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .crypto = s->crypto,
   };
   ana_event_service_bind(&eopts);
-  ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
+  ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers, s->crypto});
   ana_audit_service_bind(
       &(struct ana_audit_service_options){s->audit, s->workers, cfg->auth.default_account_id});
   ana_channel_service_bind(&(struct ana_channel_service_options){s->notify, s->workers});

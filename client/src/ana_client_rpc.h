@@ -250,6 +250,13 @@ struct ana_client_mux_event {
 struct ana_client_mux *ana_client_mux_create(const char *target, const struct ana_client_tls *tls,
                                              struct ana_error *err);
 
+/* Puts a new connection to target with tls in place (its files are read
+ * here: a new client certificate) for the streams created from now on;
+ * streams already created keep theirs. Any thread. Returns 0, or a negative
+ * error with err filled (the connection in use stays). */
+int ana_client_mux_reload(struct ana_client_mux *mux, const char *target,
+                          const struct ana_client_tls *tls, struct ana_error *err);
+
 /* Prepares server-streaming method m with its request (borrowed; encoded
  * here) and options (the deadline runs from here); user is handed back with
  * each of its events. Nothing is sent until ana_client_mux_start. Any

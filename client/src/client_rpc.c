@@ -930,8 +930,15 @@ struct mux_tag {
   enum mux_op op;
 };
 
+/* Channels replaced by ana_client_mux_reload, kept while streams may still
+ * be on them; past this many the oldest is destroyed (its calls hold their
+ * own references to what they need, and reloads are an operator's SIGHUP). */
+#define MUX_RETIRED_MAX 4
+
 struct ana_client_mux {
+  pthread_mutex_t channel_mu; /* guards channel and retired */
   grpc_channel *channel;
+  grpc_channel *retired[MUX_RETIRED_MAX]; /* oldest first */
   grpc_completion_queue *cq;
   atomic_bool shut;
   /* driver thread only */
@@ -971,6 +978,7 @@ struct ana_client_mux *ana_client_mux_create(const char *target, const struct an
     return NULL;
   }
   grpc_init(); /* released by destroy */
+  pthread_mutex_init(&mux->channel_mu, NULL);
   mux->current = grpc_empty_slice();
   mux->channel = grpc_channel_to(target, tls, true, err);
   if (!mux->channel)
@@ -1034,9 +1042,11 @@ struct ana_client_mux_stream *ana_client_mux_stream_create(struct ana_client_mux
   if (metadata_build(opts, &s->md, err) < 0)
     goto fail;
   /* The method path lives in the static method table. */
+  pthread_mutex_lock(&mux->channel_mu);
   s->call = grpc_channel_create_call(mux->channel, NULL, GRPC_PROPAGATE_DEFAULTS, mux->cq,
                                      grpc_slice_from_static_string(m->path), NULL,
                                      deadline_of(opts), NULL);
+  pthread_mutex_unlock(&mux->channel_mu);
   if (!s->call) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a call to %s", m->path);
     goto fail;
@@ -1247,6 +1257,26 @@ void ana_client_mux_destroy(struct ana_client_mux *mux) {
   grpc_slice_unref(mux->current);
   if (mux->channel)
     grpc_channel_destroy(mux->channel);
+  for (size_t i = 0; i < MUX_RETIRED_MAX; i++)
+    if (mux->retired[i])
+      grpc_channel_destroy(mux->retired[i]);
+  pthread_mutex_destroy(&mux->channel_mu);
   ana_free(mux);
   grpc_shutdown();
+}
+
+int ana_client_mux_reload(struct ana_client_mux *mux, const char *target,
+                          const struct ana_client_tls *tls, struct ana_error *err) {
+  grpc_channel *fresh = grpc_channel_to(target, tls, true, err);
+  if (!fresh)
+    return ANA_ERR_INVALID;
+  pthread_mutex_lock(&mux->channel_mu);
+  grpc_channel *oldest = mux->retired[0];
+  memmove(mux->retired, mux->retired + 1, (MUX_RETIRED_MAX - 1) * sizeof *mux->retired);
+  mux->retired[MUX_RETIRED_MAX - 1] = mux->channel;
+  mux->channel = fresh;
+  pthread_mutex_unlock(&mux->channel_mu);
+  if (oldest)
+    grpc_channel_destroy(oldest);
+  return 0;
 }

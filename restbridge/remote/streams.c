@@ -381,3 +381,8 @@ void rr_streams_destroy(struct rr_streams *ss) {
     message_unref(ss->cache[i]);
   ana_free(ss);
 }
+
+int rr_streams_reload(struct rr_streams *ss, const char *target, const struct ana_client_tls *tls,
+                      struct ana_error *err) {
+  return ana_client_mux_reload(ss->mux, target, tls, err);
+}

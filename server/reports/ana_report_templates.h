@@ -21,6 +21,10 @@ struct ana_report_template_env {
   int (*resolve_metric)(const char *account, const char *id_or_name, struct ana_arena *arena,
                         Analytics__V1__Metric **metric, struct ana_formula **formula,
                         struct ana_error *err);
+  /* Turns ad hoc filters on encrypted fields into blind index filters (as
+   * ana_metric_service_blind_filters); NULL: filters are used as given. */
+  int (*blind_filters)(const char *account, Analytics__V1__MetricFilter **filters, size_t n,
+                       struct ana_arena *arena, struct ana_error *err);
 };
 
 /* "campaign_performance or metric_summary", for error messages. */

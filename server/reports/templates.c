@@ -488,6 +488,9 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
   Analytics__V1__MetricFilter **filters = campaign_filter(a, c);
   if (!filters)
     return nomem(err);
+  /* An encrypted campaignId is matched through its blind index. */
+  if (env->blind_filters && env->blind_filters(account, filters, 1, a, err) < 0)
+    return ANA_ERR_INVALID;
   /* Every number in one pass over the events: the four counts day by day
    * (0-3), the three rates (4-6), the counts by groupId (7-10) and by
    * messageType (11-14). */

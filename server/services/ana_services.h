@@ -71,6 +71,14 @@ int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct a
  * with err NOT_FOUND naming "metric", FAILED_PRECONDITION (the formula no
  * longer holds) or the catalog's. Blocks. Call after
  * ana_metric_service_bind. */
+/* Turns the values of filters on encrypted fields (ENCRYPTED_FIELDS) into
+ * their blind indexes, in place (new values in a), as a metric's stored
+ * filters are; INVALID_ARGUMENT naming filters[i] for an operator other
+ * than eq, neq, in or exists on such a field. A no-op without
+ * ENCRYPTED_FIELDS. */
+int ana_metric_service_blind_filters(const char *account, Analytics__V1__MetricFilter **filters,
+                                     size_t n, struct ana_arena *a, struct ana_error *err);
+
 int ana_metric_service_resolve(const char *account, const char *id_or_name, struct ana_arena *arena,
                                Analytics__V1__Metric **metric, struct ana_formula **formula,
                                struct ana_error *err);
@@ -93,10 +101,11 @@ int ana_alert_service_bind(const struct ana_alert_service_options *o);
 struct ana_key_service_options {
   struct ana_api_keys *keys; /* borrowed; must outlive the transports */
   struct ana_workers *workers;
+  struct ana_crypto *crypto; /* borrowed; field encryption's data keys */
 };
 
-/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey). The options are
- * copied. */
+/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey, ListDataKeys,
+ * RotateDataKey). The options are copied. */
 int ana_key_service_bind(const struct ana_key_service_options *o);
 
 struct ana_audit;

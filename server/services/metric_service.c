@@ -397,10 +397,10 @@ static Google__Protobuf__Value *blind_value(const char *account, const char *nam
 /* Filters on encrypted fields (ENCRYPTED_FIELDS) compare blind indexes:
  * their values are replaced (so the stored definition holds no clear
  * value); only eq, neq, in and exists apply to them. */
-static int blind_filters(const char *account, Analytics__V1__Metric *m, struct ana_arena *a,
-                         struct ana_error *err) {
-  for (size_t i = 0; opts.encrypted && i < m->n_filters; i++) {
-    Analytics__V1__MetricFilter *f = m->filters[i];
+int ana_metric_service_blind_filters(const char *account, Analytics__V1__MetricFilter **filters,
+                                     size_t n, struct ana_arena *a, struct ana_error *err) {
+  for (size_t i = 0; opts.encrypted && i < n; i++) {
+    Analytics__V1__MetricFilter *f = filters[i];
     const char *name = ana_crypto_fields_property(opts.encrypted, f->field);
     if (!name || strcmp(f->op, "exists") == 0)
       continue;
@@ -424,6 +424,11 @@ static int blind_filters(const char *account, Analytics__V1__Metric *m, struct a
     }
   }
   return 0;
+}
+
+static int blind_filters(const char *account, Analytics__V1__Metric *m, struct ana_arena *a,
+                         struct ana_error *err) {
+  return ana_metric_service_blind_filters(account, m->filters, m->n_filters, a, err);
 }
 
 static int check_metric(struct ana_call *call, Analytics__V1__Metric *m, struct ana_error *err) {
