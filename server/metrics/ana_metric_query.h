@@ -29,6 +29,7 @@ struct ana_metric_query {
   const char *const *dimension_keys; /* restricts groups to these dimension values */
   const char *const *dimension_values;
   size_t n_dimension_filters;
+  bool omit_empty_buckets; /* leave out the buckets no event counted in */
 };
 
 /* Answers q from the raw events (a scan of the range and of the previous

@@ -38,6 +38,19 @@ static bool acc_has_values(const struct ana_acc_agg *a) {
 /* ------------------------------------------------------------------ */
 /* groups */
 
+/* A row of flat bucket accumulators (ana_mq_adopt_flat) for one group. */
+struct flat_ref {
+  const double *row; /* n_buckets packed cells */
+  struct flat_ref *next;
+};
+
+/* Flat accumulators handed over by the rollup path, owned by the query. */
+struct flat {
+  double *acc;
+  struct flat_ref *refs;
+  struct flat *next;
+};
+
 struct group {
   char *key;     /* dimension values joined by '\x1f' */
   char **values; /* one per dimension */
@@ -50,12 +63,14 @@ struct group {
   struct ana_acc_agg *previous; /* n_terms */
   double rank;
   bool has_rank;
-  bool folded; /* ranked below the top N: its buckets go to "other" */
+  bool folded;           /* ranked below the top N: its buckets go to "other" */
+  struct flat_ref *flat; /* rows of flat bucket accumulators, in s->flats */
 };
 
-/* How a term is packed (ana_mq_cell_pack): the scalars its function reads,
+/* How a term is packed (ana_mq_cell_pack): the scalars its function reads
+ * (a sum packs as an average: its count tells an empty bucket),
  * or its sketch segment verbatim. */
-enum pack_kind { PACK_COUNT, PACK_SUM, PACK_AVG, PACK_MIN, PACK_MAX, PACK_SKETCH };
+enum pack_kind { PACK_COUNT, PACK_AVG, PACK_MIN, PACK_MAX, PACK_SKETCH };
 
 struct ana_mq {
   const struct ana_metric_query *q;
@@ -72,6 +87,7 @@ struct ana_mq {
   size_t index_cap;
   bool ranked;
   struct group *other; /* the groups below the top N, folded; NULL when none */
+  struct flat *flats;  /* ana_mq_adopt_flat's */
   /* The packed cell layout: per term its kind and first double slot. */
   uint8_t pack_kind[ANA_ACC_MAX_TERMS];
   uint16_t pack_slot[ANA_ACC_MAX_TERMS];
@@ -403,7 +419,9 @@ static void pack_layout(struct ana_mq *s) {
     size_t n;
     switch (s->spec.terms[t]->fn) {
     case ANA_AGG_COUNT: k = PACK_COUNT, n = 1; break;
-    case ANA_AGG_SUM: k = PACK_SUM, n = 1; break;
+    /* A sum keeps its count too: a bucket with events whose values add up
+     * to 0 is not empty (omit_empty_buckets), on either path. */
+    case ANA_AGG_SUM: k = PACK_AVG, n = 2; break;
     case ANA_AGG_AVG: k = PACK_AVG, n = 2; break;
     case ANA_AGG_MIN: k = PACK_MIN, n = 2; break;
     case ANA_AGG_MAX: k = PACK_MAX, n = 2; break;
@@ -417,8 +435,7 @@ static void pack_layout(struct ana_mq *s) {
   s->n_slots = slot;
   s->additive = !s->any_sketch;
   for (size_t t = 0; t < s->spec.n_terms; t++)
-    s->additive &=
-        s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_SUM || s->pack_kind[t] == PACK_AVG;
+    s->additive &= s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_AVG;
 }
 
 bool ana_mq_packed_fixed(const struct ana_mq *s, size_t *size, bool *additive) {
@@ -440,7 +457,6 @@ void ana_mq_packed_merge(const struct ana_mq *s, double *into, const uint8_t *fr
     size_t k = s->pack_slot[t];
     switch ((enum pack_kind)s->pack_kind[t]) {
     case PACK_COUNT:
-    case PACK_SUM:
       memcpy(v, from + k * sizeof(double), sizeof(double));
       into[k] += v[0];
       break;
@@ -506,7 +522,6 @@ int ana_mq_cell_pack(const struct ana_mq *s, const uint8_t *in, size_t len, uint
     size_t n = 0;
     switch ((enum pack_kind)s->pack_kind[t]) {
     case PACK_COUNT: v[0] = d[0], n = 1; break;
-    case PACK_SUM: v[0] = d[1], n = 1; break;
     case PACK_AVG: v[0] = d[0], v[1] = d[1], n = 2; break;
     case PACK_MIN: v[0] = d[0], v[1] = d[2], n = 2; break;
     case PACK_MAX: v[0] = d[0], v[1] = d[3], n = 2; break;
@@ -537,10 +552,6 @@ static int merge_packed(const struct ana_mq *s, struct ana_acc_agg *accs, const 
     case PACK_COUNT:
       memcpy(v, q, sizeof(double));
       a->count += v[0];
-      break;
-    case PACK_SUM:
-      memcpy(v, q, sizeof(double));
-      a->sum += v[0];
       break;
     case PACK_AVG:
       memcpy(v, q, 2 * sizeof(double));
@@ -655,8 +666,37 @@ int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket, enu
   return s->rc;
 }
 
+int ana_mq_adopt_flat(struct ana_mq *s, struct ana_mq_group *const *groups, size_t n, double *acc) {
+  struct flat *f = ana_calloc(1, sizeof *f);
+  struct flat_ref *refs = ana_calloc(n ? n : 1, sizeof *refs);
+  if (!f || !refs) {
+    ana_free(f);
+    ana_free(refs);
+    ana_free(acc);
+    return ana_mq_nomem(s);
+  }
+  *f = (struct flat){acc, refs, s->flats};
+  s->flats = f;
+  for (size_t i = 0; i < n; i++) {
+    struct group *g = (struct group *)groups[i];
+    if (g->folded) /* a folded group stands for "other" */
+      g = s->other;
+    refs[i] = (struct flat_ref){acc + i * s->n_buckets * s->n_slots, g->flat};
+    g->flat = &refs[i];
+  }
+  return s->rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* answers */
+
+/* No event counted in any term of these aggregates. */
+static bool accs_empty(const struct ana_mq *s, const struct ana_acc_agg *accs) {
+  for (size_t t = 0; t < s->spec.n_terms; t++)
+    if (accs[t].count > 0 || acc_has_values(&accs[t]))
+      return false;
+  return true;
+}
 
 static bool eval(const struct ana_mq *s, struct ana_acc_agg *accs, double *out) {
   double values[ANA_ACC_MAX_TERMS];
@@ -727,17 +767,42 @@ static bool summarise(const char *aggregation, const double *v, const bool *ok, 
   return true;
 }
 
+/* The aggregates of bucket b of g: its own (the raw path, cells one by
+ * one) or, when it has none, its rows of flat accumulators merged into
+ * scratch (n_terms, no sketch: nothing to free). */
+static struct ana_acc_agg *bucket_accs(struct ana_mq *s, struct group *g, size_t b,
+                                       struct ana_acc_agg *scratch) {
+  size_t nt = s->spec.n_terms;
+  if (g->buckets)
+    return &g->buckets[b * nt];
+  memset(scratch, 0, nt * sizeof *scratch);
+  for (struct flat_ref *r = g->flat; r; r = r->next)
+    if (merge_packed(s, scratch, (const uint8_t *)(r->row + b * s->n_slots),
+                     s->n_slots * sizeof(double)) < 0)
+      break; /* cannot happen: the layout is the query's own */
+  return scratch;
+}
+
 /* One series. Its buckets, their values and the bucket start times (shared
- * by every series: stamps) are arrays, not one arena allocation a point. */
+ * by every series: stamps) are arrays, not one arena allocation a point;
+ * with omit_empty_buckets only the buckets kept are allocated. */
 static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
                                               struct ana_arena *a, bool other,
                                               Google__Protobuf__Timestamp *stamps) {
   const struct ana_metric_query *q = s->q;
-  size_t nb = s->n_buckets;
+  size_t nb = s->n_buckets, nt = s->spec.n_terms;
   Analytics__V1__MetricSeries *ser = ana_arena_alloc(a, sizeof *ser);
-  struct ana_acc_agg *accs_all = group_buckets(s, g);
-  if (!ser || !accs_all)
+  if (!ser)
     return NULL;
+  /* Flat rows beside cells of its own (a tail of raw events): into its own. */
+  if (g->buckets && g->flat) {
+    for (struct flat_ref *r = g->flat; r; r = r->next)
+      for (size_t b = 0; b < nb; b++)
+        if (merge_packed(s, &g->buckets[b * nt], (const uint8_t *)(r->row + b * s->n_slots),
+                         s->n_slots * sizeof(double)) < 0)
+          return NULL;
+    g->flat = NULL;
+  }
   analytics__v1__metric_series__init(ser);
   ser->n_dimensions = s->spec.n_dims;
   ser->dimensions =
@@ -756,28 +821,40 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
   bool counter = strcmp(q->metric->type, "counter") == 0;
   bool histogram = strcmp(q->metric->type, "histogram") == 0;
   /* Histograms report percentiles of their first field term. */
-  size_t hist_term = s->spec.n_terms;
-  for (size_t t = 0; histogram && t < s->spec.n_terms; t++)
+  size_t hist_term = nt;
+  for (size_t t = 0; histogram && t < nt; t++)
     if (s->spec.term_fields[t] && s->spec.terms[t]->fn != ANA_AGG_UNIQ) {
       hist_term = t;
       break;
     }
   size_t n1 = nb ? nb : 1;
-  double *vals = ana_arena_calloc(a, n1, sizeof *vals);
-  bool *oks = ana_arena_calloc(a, n1, sizeof *oks);
-  Analytics__V1__MetricBucket *mbs = ana_arena_calloc(a, n1, sizeof *mbs);
-  /* value, and rate for counters */
-  Google__Protobuf__DoubleValue *boxes = ana_arena_calloc(a, n1 * (counter ? 2 : 1), sizeof *boxes);
-  ser->n_buckets = nb;
-  ser->buckets = ana_arena_calloc(a, n1, sizeof *ser->buckets);
-  if (!vals || !oks || !mbs || !boxes || !ser->buckets)
+  double *vals = ana_arena_alloc(a, n1 * sizeof *vals);
+  bool *oks = ana_arena_alloc(a, n1 * sizeof *oks);
+  bool *kept = ana_arena_alloc(a, n1 * sizeof *kept);
+  if (!vals || !oks || !kept)
     return NULL;
-  size_t nbox = 0;
+  /* First the values (the summary reads every bucket), then the points. */
+  struct ana_acc_agg scratch[ANA_ACC_MAX_TERMS];
+  size_t n_kept = 0;
   for (size_t b = 0; b < nb; b++) {
-    Analytics__V1__MetricBucket *mb = &mbs[b];
-    analytics__v1__metric_bucket__init(mb);
-    struct ana_acc_agg *accs = &accs_all[b * s->spec.n_terms];
+    struct ana_acc_agg *accs = bucket_accs(s, g, b, scratch);
     oks[b] = eval(s, accs, &vals[b]);
+    kept[b] = !q->omit_empty_buckets || !accs_empty(s, accs);
+    n_kept += kept[b];
+  }
+  size_t k1 = n_kept ? n_kept : 1;
+  Analytics__V1__MetricBucket *mbs = ana_arena_alloc(a, k1 * sizeof *mbs);
+  /* value, and rate for counters */
+  Google__Protobuf__DoubleValue *boxes = ana_arena_alloc(a, k1 * (counter ? 2 : 1) * sizeof *boxes);
+  ser->buckets = ana_arena_alloc(a, k1 * sizeof *ser->buckets);
+  if (!mbs || !boxes || !ser->buckets)
+    return NULL;
+  size_t nbox = 0, k = 0;
+  for (size_t b = 0; b < nb; b++) {
+    if (!kept[b])
+      continue;
+    Analytics__V1__MetricBucket *mb = &mbs[k];
+    analytics__v1__metric_bucket__init(mb);
     mb->start = &stamps[b];
     if (oks[b]) {
       google__protobuf__double_value__init(&boxes[nbox]);
@@ -793,7 +870,9 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
         mb->rate = &boxes[nbox++];
       }
     }
-    if (hist_term < s->spec.n_terms && acc_has_values(&accs[hist_term])) {
+    /* Percentiles need values or a sketch: cells of its own, never flat rows. */
+    struct ana_acc_agg *accs = g->buckets ? &g->buckets[b * nt] : NULL;
+    if (accs && hist_term < nt && acc_has_values(&accs[hist_term])) {
       static const char *const names[] = {"p50", "p90", "p95", "p99"};
       static const double ps[] = {50, 90, 95, 99};
       Analytics__V1__MetricBucket__PercentilesEntry *es = ana_arena_calloc(a, 4, sizeof *es);
@@ -808,8 +887,9 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
         mb->percentiles[i] = &es[i];
       }
     }
-    ser->buckets[b] = mb;
+    ser->buckets[k++] = mb;
   }
+  ser->n_buckets = k;
   double summary, total, prev;
   bool has_summary = summarise(q->metric->aggregation, vals, oks, nb, &summary);
   bool has_total = eval(s, g->total, &total);
@@ -914,6 +994,12 @@ void ana_mq_destroy(struct ana_mq *s) {
   for (size_t i = 0; i < s->n_groups; i++)
     group_free(s->groups[i], s->n_buckets, s->spec.n_terms);
   group_free(s->other, s->n_buckets, s->spec.n_terms);
+  for (struct flat *f = s->flats, *next; f; f = next) {
+    next = f->next;
+    ana_free(f->acc);
+    ana_free(f->refs);
+    ana_free(f);
+  }
   ana_free(s->groups);
   ana_free(s->index);
   ana_acc_spec_fini(&s->spec);

@@ -869,6 +869,7 @@ static void do_data(struct ana_call *call, const ProtobufCMessage *request) {
   }
   q.time_zone = req->time_zone;
   q.top_n = req->top_n;
+  q.omit_empty_buckets = req->omit_empty_buckets;
   const char *keys[16], *values[16];
   for (size_t i = 0; i < req->n_dimension_filter && i < 16; i++) {
     keys[i] = req->dimension_filter[i]->key;
