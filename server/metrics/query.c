@@ -88,6 +88,10 @@ struct ana_mq {
   bool ranked;
   struct group *other; /* the groups below the top N, folded; NULL when none */
   struct flat *flats;  /* ana_mq_adopt_flat's */
+  /* The formula on a bucket no event counted in: the same for every one. */
+  bool empty_known, empty_ok;
+  double empty_val;
+  double *vals; /* series_of's scratch: n_buckets values, then oks, then kept */
   /* The packed cell layout: per term its kind and first double slot. */
   uint8_t pack_kind[ANA_ACC_MAX_TERMS];
   uint16_t pack_slot[ANA_ACC_MAX_TERMS];
@@ -827,19 +831,29 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
       hist_term = t;
       break;
     }
+  /* Per bucket scratch, the same for every series (not part of the answer). */
   size_t n1 = nb ? nb : 1;
-  double *vals = ana_arena_alloc(a, n1 * sizeof *vals);
-  bool *oks = ana_arena_alloc(a, n1 * sizeof *oks);
-  bool *kept = ana_arena_alloc(a, n1 * sizeof *kept);
-  if (!vals || !oks || !kept)
+  if (!s->vals && !(s->vals = ana_malloc(n1 * (sizeof(double) + 2 * sizeof(bool)))))
     return NULL;
+  double *vals = s->vals;
+  bool *oks = (bool *)(vals + n1), *kept = oks + n1;
   /* First the values (the summary reads every bucket), then the points. */
   struct ana_acc_agg scratch[ANA_ACC_MAX_TERMS];
   size_t n_kept = 0;
   for (size_t b = 0; b < nb; b++) {
     struct ana_acc_agg *accs = bucket_accs(s, g, b, scratch);
-    oks[b] = eval(s, accs, &vals[b]);
-    kept[b] = !q->omit_empty_buckets || !accs_empty(s, accs);
+    bool empty = accs_empty(s, accs);
+    if (empty && !s->empty_known) {
+      s->empty_ok = eval(s, accs, &s->empty_val);
+      s->empty_known = true;
+    }
+    if (empty) {
+      oks[b] = s->empty_ok;
+      vals[b] = s->empty_val;
+    } else {
+      oks[b] = eval(s, accs, &vals[b]);
+    }
+    kept[b] = !q->omit_empty_buckets || !empty;
     n_kept += kept[b];
   }
   size_t k1 = n_kept ? n_kept : 1;
@@ -1000,6 +1014,7 @@ void ana_mq_destroy(struct ana_mq *s) {
     ana_free(f->refs);
     ana_free(f);
   }
+  ana_free(s->vals);
   ana_free(s->groups);
   ana_free(s->index);
   ana_acc_spec_fini(&s->spec);
