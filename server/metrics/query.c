@@ -1177,6 +1177,136 @@ out:
 
 /* ------------------------------------------------------------------ */
 
+/* The group key of series ser for the dimensions of s: its values of
+ * them joined by '\x1f'. False when ser lacks one. */
+static bool series_key(const struct ana_mq *s, const Analytics__V1__MetricSeries *ser, char *key,
+                       size_t cap) {
+  size_t o = 0;
+  key[0] = '\0';
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
+    const char *v = NULL;
+    for (size_t k = 0; k < ser->n_dimensions && !v; k++)
+      if (strcmp(ser->dimensions[k]->key, s->spec.dims[d]) == 0)
+        v = ser->dimensions[k]->value;
+    if (!v)
+      return false;
+    int n = snprintf(key + o, cap - o, "%s%s", d ? "\x1f" : "", v);
+    if (n < 0 || (size_t)n >= cap - o)
+      return false;
+    o += (size_t)n;
+  }
+  return true;
+}
+
+/* Adds count to term t of group key's part (bucket b, or ANA_MQ_PREVIOUS). */
+static int add_count(struct ana_mq *s, const char *key, size_t t, size_t b, enum ana_mq_part part,
+                     double count) {
+  struct ana_mq_group *g;
+  double packed[ANA_ACC_MAX_TERMS] = {0};
+  int rc = ana_mq_group(s, key, &g);
+  if (rc < 0 || !g || count == 0)
+    return rc;
+  packed[s->pack_slot[t]] = count;
+  return ana_mq_add_packed(s, g, b, part, (const uint8_t *)packed, s->n_slots * sizeof(double));
+}
+
+/* 1 when every series of d holds no "other" and nb buckets. */
+static bool source_usable(const Analytics__V1__MetricData *d, size_t nb, bool buckets) {
+  /* An answer asked with topN 1000 folds groups only past 1000 series. */
+  if (!d || d->n_series > 1000)
+    return false;
+  for (size_t i = 0; buckets && i < d->n_series; i++)
+    if (d->series[i]->n_buckets != nb)
+      return false;
+  return true;
+}
+
+int ana_metric_query_adhoc_from(const struct ana_metric_adhoc *a, const struct ana_metric_query *q,
+                                const struct ana_metric_adhoc_source *src, size_t n_src,
+                                struct ana_arena *arena, Analytics__V1__MetricData *out,
+                                struct ana_error *err) {
+  Analytics__V1__Metric m = ANALYTICS__V1__METRIC__INIT;
+  m.name = "ad hoc";
+  m.type = "gauge";
+  m.formula = (char *)a->formula;
+  m.aggregation = (char *)(a->aggregation ? a->aggregation : "sum");
+  m.filters = (Analytics__V1__MetricFilter **)a->filters;
+  m.n_filters = a->n_filters;
+  m.dimensions = (char **)a->dimensions;
+  m.n_dimensions = a->n_dimensions;
+  struct ana_metric_query query = *q;
+  struct ana_mq *s = NULL;
+  int rc = 0;
+  if (ana_metric_check_filters_and_dimensions(&m, err) < 0 ||
+      !(query.formula = ana_formula_parse(a->formula, NULL, err, NULL)))
+    return ANA_ERR_INVALID;
+  query.metric = &m;
+  if (!(s = ana_mq_create(&query, false, err))) {
+    rc = ANA_ERR_INVALID;
+    goto out;
+  }
+  /* Every term a count with a source, every source complete. */
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    bool found = false;
+    for (size_t i = 0; i < n_src && !found; i++)
+      found = src[i].term == t;
+    if (s->pack_kind[t] != PACK_COUNT || !found)
+      goto out;
+  }
+  for (size_t i = 0; i < n_src; i++)
+    if (src[i].term >= s->spec.n_terms || !source_usable(src[i].current, s->n_buckets, true) ||
+        !source_usable(src[i].previous, 0, false))
+      goto out;
+  char key[KEY_MAX];
+  /* Totals first (the groups are those of the current answers: events of
+   * the range or of the previous period), then the ranking, then buckets. */
+  for (size_t i = 0; i < n_src && rc == 0; i++)
+    for (size_t k = 0; k < src[i].current->n_series && rc == 0; k++) {
+      const Analytics__V1__MetricSeries *ser = src[i].current->series[k];
+      if (!series_key(s, ser, key, sizeof key))
+        goto out;
+      rc = add_count(s, key, src[i].term, 0, ANA_MQ_TOTALS, ser->total ? ser->total->value : 0);
+    }
+  for (size_t i = 0; i < n_src && rc == 0; i++)
+    for (size_t k = 0; k < src[i].previous->n_series && rc == 0; k++) {
+      const Analytics__V1__MetricSeries *ser = src[i].previous->series[k];
+      if (!series_key(s, ser, key, sizeof key))
+        goto out;
+      /* Only into groups of the range's answers: a group of the period
+       * before the previous one has no events here. */
+      uint64_t h = ana_acc_hash_text(key);
+      bool known = false;
+      for (size_t j = h & (s->index_cap - 1); s->index_cap && s->index[j] && !known;
+           j = (j + 1) & (s->index_cap - 1))
+        known = s->index[j]->hash == h && group_is(s, s->index[j], key);
+      if (known && ser->total)
+        rc = add_count(s, key, src[i].term, ANA_MQ_PREVIOUS, ANA_MQ_TOTALS, ser->total->value);
+    }
+  if (rc == 0)
+    rc = ana_mq_rank(s);
+  for (size_t i = 0; i < n_src && rc == 0; i++)
+    for (size_t k = 0; k < src[i].current->n_series && rc == 0; k++) {
+      const Analytics__V1__MetricSeries *ser = src[i].current->series[k];
+      if (!series_key(s, ser, key, sizeof key))
+        goto out;
+      for (size_t b = 0; b < s->n_buckets && rc == 0; b++) {
+        const Analytics__V1__MetricBucket *bk = ser->buckets[b];
+        if (bk->start && ana_timestamp_ms(bk->start) != s->starts[b])
+          goto out;
+        if (bk->value)
+          rc = add_count(s, key, src[i].term, b, ANA_MQ_BUCKETS, bk->value->value);
+      }
+    }
+  if (rc == 0)
+    rc = ana_mq_answer(s, arena, out, err) < 0 ? ANA_ERR_INVALID : 1;
+  else
+    *err = *s->err;
+out:
+  ana_mq_destroy(s);
+  ana_formula_free((struct ana_formula *)query.formula);
+  return rc;
+}
+
 static const char *const filter_ops[] = {"eq", "neq", "in",       "gt",    "gte",
                                          "lt", "lte", "contains", "exists"};
 
