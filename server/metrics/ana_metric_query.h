@@ -30,7 +30,18 @@ struct ana_metric_query {
   const char *const *dimension_values;
   size_t n_dimension_filters;
   bool omit_empty_buckets; /* leave out the buckets no event counted in */
+  /* Where the previous period (of change) starts, e.g. the local midnight
+   * as many calendar days before from; 0 (or not before from_ms): the
+   * same length in milliseconds, from_ms - (to_ms - from_ms). */
+  int64_t previous_from_ms;
 };
+
+/* The start of q's previous period, which ends at q->from_ms. */
+static inline int64_t ana_metric_query_previous_from(const struct ana_metric_query *q) {
+  return q->previous_from_ms && q->previous_from_ms < q->from_ms
+             ? q->previous_from_ms
+             : q->from_ms - (q->to_ms - q->from_ms);
+}
 
 /* Answers q from the raw events (a scan of the range and of the previous
  * period of the same length). The answer is allocated in arena. Blocks. */

@@ -1080,9 +1080,8 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
   struct ana_mq *s = ana_mq_create(q, false, err);
   if (!s)
     return ANA_ERR_INVALID;
-  int64_t span = q->to_ms - q->from_ms;
-  int rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, s->any ? NULL : s->names,
-                     s->any ? 0 : s->n_names, on_event, s, err);
+  int rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
+                     s->any ? NULL : s->names, s->any ? 0 : s->n_names, on_event, s, err);
   if (rc == 0)
     rc = ana_mq_answer(s, arena, out, err);
   ana_mq_destroy(s);
@@ -1155,9 +1154,8 @@ int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *st
     }
   }
   struct batch b = {states, n};
-  int64_t span = q->to_ms - q->from_ms;
-  rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, any ? NULL : names,
-                 any ? 0 : n_names, on_batch_event, &b, err);
+  rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
+                 any ? NULL : names, any ? 0 : n_names, on_batch_event, &b, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     analytics__v1__metric_data__init(&outs[i]);
     rc = ana_mq_answer(states[i], arena, &outs[i], err);

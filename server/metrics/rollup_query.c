@@ -401,7 +401,7 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   /* The plan: the previous period, then each bucket clipped to [from, to). */
   size_t nb = 0;
   const int64_t *starts = ana_mq_bucket_starts(mq, &nb);
-  rc = plan_range(&plan, q->from_ms - (q->to_ms - q->from_ms), q->from_ms);
+  rc = plan_range(&plan, ana_metric_query_previous_from(q), q->from_ms);
   for (size_t b = 0; b < nb && rc == 0; b++) {
     int64_t a = starts[b] > q->from_ms ? starts[b] : q->from_ms;
     int64_t e = b + 1 < nb && starts[b + 1] < q->to_ms ? starts[b + 1] : q->to_ms;
@@ -415,7 +415,7 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
    * fit (day cells for a month), far fewer than the buckets' cells. That
    * plan is usable when its raw pieces are the bucket plan's, so that the
    * same raw and tail events complete both. */
-  if (plan_range(&tplan, q->from_ms - (q->to_ms - q->from_ms), q->from_ms) < 0 ||
+  if (plan_range(&tplan, ana_metric_query_previous_from(q), q->from_ms) < 0 ||
       plan_range(&tplan, q->from_ms, q->to_ms) < 0) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;

@@ -1225,8 +1225,9 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
         mq.omit_empty_buckets = false;
         rc = ana_rollup_query(opts.rollups, &mq, arena, &ans->current, err);
         if (rc > 0) {
+          mq.from_ms = ana_metric_query_previous_from(q);
           mq.to_ms = q->from_ms;
-          mq.from_ms = q->from_ms - (q->to_ms - q->from_ms);
+          mq.previous_from_ms = 0;
           rc = ana_rollup_query(opts.rollups, &mq, arena, &ans->previous, err);
         }
         if (rc < 0)

@@ -99,3 +99,25 @@ class ReportRollupsTest(ReportsMixin, harness.ServerTestCase):
         flat = [c for row in scanned[0] for c in row]
         self.assertIn("Sent", flat)
         self.assertTrue(any(c.endswith("%") for c in flat) or "Delivery rate" in flat)
+
+    def test_previous_period_is_as_many_local_days_across_dst(self):
+        # 2026-10-26 to 2026-11-01 in New York: 7 days, the last 25 hours
+        # (the clock went back). The previous period is 2026-10-19 00:00 to
+        # 2026-10-26 00:00 local (EDT, UTC-4), not 169 hours before.
+        utc = datetime.timezone.utc
+        at = [datetime.datetime(2026, 10, 28, 16, tzinfo=utc)]  # in the range
+        at += [datetime.datetime(2026, 10, 19, 3, 30, tzinfo=utc)] * 2  # 18th, 23:30 local
+        at += [datetime.datetime(2026, 10, 19, 4, 30, tzinfo=utc)] * 4  # 19th, 00:30 local
+        req = self.epb.TrackEventsRequest()
+        for i, t in enumerate(at):
+            e = req.events.add(event_type="track", event_name="message_sent",
+                               event_id="dst-%d" % i)
+            e.timestamp.FromDatetime(t)
+            e.properties.update({"campaignId": "dst", "groupId": "g0"})
+        _, egrpc = self.ns.analytics["events"]
+        egrpc.EventServiceStub(self.channel).TrackEvents(req, timeout=30)
+        rows = self.csv_report({"campaignId": "dst", "timeZone": ZONE,
+                                "dateRange": {"start": "2026-10-26", "end": "2026-11-01"}})
+        sent = [r for r in rows if r[:1] == ["Sent"]][0]
+        self.assertEqual(sent[1], "1")
+        self.assertAlmostEqual(float(sent[3]), -0.75)  # (1 - 4) / 4
