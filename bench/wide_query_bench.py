@@ -237,7 +237,7 @@ def main():
         getattr(req, "from").seconds = frm
         req.to.seconds = to
         raw_req = req.SerializeToString()
-        grpc_call = server.channel().unary_unary(
+        grpc_call = server.channel(options=[("grpc.max_receive_message_length", 1 << 30)]).unary_unary(
             "/analytics.v1.MetricService/GetMetricData")
         t0 = time.perf_counter()
         while True:  # until the backfill completed
