@@ -244,9 +244,10 @@ def main():
         st = scanned[(label, fmt)]
         rows.append("| campaign_performance, %s, %s of campaign c1 (one of 5), request to "
                     "`completed`, median of 3 (min / max); file %s bytes | %.2f s (%.2f / %.2f); "
-                    "scanning the events %.2f s (%.2f / %.2f): %.2fx | %s | %s |"
+                    "scanning the events %.2f s (%.2f / %.2f): %.3fx (%.0f times faster) | %s | %s |"
                     % (fmt.upper(), label, g.get("sizeBytes", "?"), times[1], times[0],
-                       times[2], st[1], st[0], st[2], times[1] / st[1], target, met))
+                       times[2], st[1], st[0], st[2], times[1] / st[1], st[1] / times[1],
+                       target, met))
     ratio = (mb / t_rest) / (mb / t_grpc)
     rows.append("| Download of the same %d-byte file, %d times each, alternating: REST `GET "
                 ".../download` (new connection each) vs gRPC `DownloadReport` (one channel) | "
