@@ -300,7 +300,12 @@ def main():
         print("answers agree: %d series, %d non-empty buckets; raw path %.2f s"
               % (n_series, len(cells), raw_secs), flush=True)
 
-        times = {"rest": [], "grpc": [], "ch": []}
+        # Every bucket (omitEmptyBuckets false, the default): 720,000 points.
+        full_req = mpb.GetMetricDataRequest.FromString(raw_req)
+        full_req.omit_empty_buckets = False
+        full_raw = full_req.SerializeToString()
+        full_path = rest_path.replace("&omitEmptyBuckets=true", "")
+        times = {"rest": [], "grpc": [], "ch": [], "rest_full": [], "grpc_full": []}
         sizes = {"rest": len(rest_body), "grpc": len(grpc_body)}
         for _ in range(a.rounds):
             took, body = timed_http(server.http_port, rest_path)
@@ -308,6 +313,12 @@ def main():
             t0 = time.perf_counter()
             grpc_call(raw_req, timeout=300)
             times["grpc"].append(time.perf_counter() - t0)
+            took, body = timed_http(server.http_port, full_path)
+            times["rest_full"].append(took)
+            sizes["rest_full"] = len(body)
+            t0 = time.perf_counter()
+            sizes["grpc_full"] = len(grpc_call(full_raw, timeout=300))
+            times["grpc_full"].append(time.perf_counter() - t0)
             if ch:
                 took, body = timed_http(ch.http, "/?query=" + urllib.parse.quote(sql))
                 times["ch"].append(took)
@@ -325,7 +336,10 @@ def main():
                                                        max(times[k]) * 1000))
     rows = []
     for k, label in (("rest", "analyticsd REST `GET /api/metrics/{id}/data`"),
-                     ("grpc", "analyticsd gRPC `GetMetricData`")):
+                     ("grpc", "analyticsd gRPC `GetMetricData`"),
+                     ("rest_full", "analyticsd REST, every bucket (no `omitEmptyBuckets`: "
+                      "720,000 points)"),
+                     ("grpc_full", "analyticsd gRPC, every bucket (720,000 points)")):
         ratio = ""
         met = ""
         if "ch" in p50:
