@@ -841,6 +841,18 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
   struct ana_acc_agg scratch[ANA_ACC_MAX_TERMS];
   size_t n_kept = 0;
   for (size_t b = 0; b < nb; b++) {
+    /* Flat rows all zero: an empty bucket, without building its aggregates. */
+    bool zero = !g->buckets;
+    for (struct flat_ref *r = g->flat; zero && r; r = r->next)
+      for (size_t k = 0; zero && k < s->n_slots; k++)
+        zero = r->row[b * s->n_slots + k] == 0;
+    if (zero && s->empty_known) {
+      oks[b] = s->empty_ok;
+      vals[b] = s->empty_val;
+      kept[b] = !q->omit_empty_buckets;
+      n_kept += kept[b];
+      continue;
+    }
     struct ana_acc_agg *accs = bucket_accs(s, g, b, scratch);
     bool empty = accs_empty(s, accs);
     if (empty && !s->empty_known) {
