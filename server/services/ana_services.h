@@ -6,6 +6,7 @@
 #include "ana_api_keys.h"
 #include "ana_event_names.h"
 #include "ana_ingest.h"
+#include "ana_metric_query.h"
 #include "ana_metric_streams.h"
 #include "ana_realtime.h"
 #include "ana_store.h"
@@ -64,6 +65,18 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
  * (borrowed; must outlive the transports). Call after
  * ana_metric_service_bind. */
 int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct ana_realtime *hub);
+
+/* Answers the n ad-hoc queries a over q (their outs, allocated in arena)
+ * from the rollups of the account's stored metrics instead of the events,
+ * when each term of each is count(<name>) and a stored metric without
+ * filters counts that name alone with every dimension the query needs (its
+ * dimensions, and those its filters name: each "eq" with a text value on a
+ * property that is not encrypted), its rollups complete. Returns 1 when all
+ * are answered so, 0 when not (then the events must), or a negative error.
+ * Blocks. Call after ana_metric_service_bind. */
+int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                    const struct ana_metric_query *q, struct ana_arena *arena,
+                                    Analytics__V1__MetricData *outs, struct ana_error *err);
 
 /* Loads the account's metric by id, else by name, into arena, with its
  * formula parsed as the metric recorded its names (free it with
@@ -140,6 +153,7 @@ struct ana_report_service_options {
   struct ana_workers *workers;
   const char *reports_dir; /* REPORTS_DIR */
   int report_workers, queue_max, retention_days, max_attempts;
+  bool rollups; /* REPORT_ROLLUPS: counts from matching metrics' rollups */
 };
 
 /* Starts the report runner (resuming the runs a stop interrupted) and binds
