@@ -32,9 +32,14 @@ const char *ana_clickhouse_database(const struct ana_clickhouse *ch);
 int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_db,
                          const char *query_id, char **out, struct ana_error *err);
 
-/* Sends an INSERT whose rows (data, in the statement's format) travel gzip-compressed in the
- * body. Same returns as ana_clickhouse_query. */
-int ana_clickhouse_insert(struct ana_clickhouse *ch, const char *insert_sql, const void *data,
-                          size_t len, const char *query_id, struct ana_error *err);
+/* gzip (zlib, level 1) of data[0..len) into *out (owned by the caller, ana_free). */
+int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
+                        struct ana_error *err);
+
+/* Sends an INSERT whose rows (in the statement's format) are body, gzip-compressed
+ * (ana_clickhouse_gzip). Same returns as ana_clickhouse_query. */
+int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,
+                                  const void *body, size_t len, const char *query_id,
+                                  struct ana_error *err);
 
 #endif

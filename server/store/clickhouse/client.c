@@ -198,8 +198,8 @@ int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_d
 }
 
 /* gzip (zlib's deflate with a gzip wrapper) of data; *out owned by the caller. */
-static int gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
-                struct ana_error *err) {
+int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
+                        struct ana_error *err) {
   z_stream z;
   memset(&z, 0, sizeof z);
   if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
@@ -225,17 +225,12 @@ static int gzip(const void *data, size_t len, unsigned char **out, size_t *out_l
   return 0;
 }
 
-int ana_clickhouse_insert(struct ana_clickhouse *ch, const char *insert_sql, const void *data,
-                          size_t len, const char *query_id, struct ana_error *err) {
+int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,
+                                  const void *body, size_t len, const char *query_id,
+                                  struct ana_error *err) {
   char params[1024];
   if (params_for(ch, true, query_id, insert_sql, params, sizeof params) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
            ANA_ERR_INTERNAL;
-  unsigned char *z = NULL;
-  size_t zlen = 0;
-  int rc = gzip(data, len, &z, &zlen, err);
-  if (rc == 0)
-    rc = post(ch, params, z, zlen, true, NULL, err);
-  ana_free(z);
-  return rc;
+  return post(ch, params, body, len, true, NULL, err);
 }

@@ -59,7 +59,7 @@ struct ch_store {
   atomic_int_fast64_t pending_bytes;
   atomic_int_fast64_t oldest_ms; /* receive time of the oldest event not shipped; 0: none */
   atomic_bool degraded, ready, full;
-  uint64_t uncertain_hi; /* shipper thread: sequences up to it may be in ClickHouse already */
+  atomic_uint_fast64_t uncertain_hi; /* sequences up to it may be in ClickHouse already */
 
   struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out;
   bool metrics;
@@ -241,10 +241,10 @@ static int setup(struct ch_store *s, struct ana_error *err) {
       return rc;
     max_ch = 0;
   }
-  s->uncertain_hi = max_ch > atomic_load(&s->shipped) ? max_ch : 0;
+  atomic_store(&s->uncertain_hi, max_ch > atomic_load(&s->shipped) ? max_ch : 0);
   ANA_INFO("clickhouse", "instance %s: confirmed up to %" PRIu64 ", %s", s->instance,
            (uint64_t)atomic_load(&s->shipped),
-           s->uncertain_hi ? "checking the rows sent after it" : "nothing uncertain");
+           atomic_load(&s->uncertain_hi) ? "checking the rows sent after it" : "nothing uncertain");
   return 0;
 }
 
@@ -417,86 +417,210 @@ static bool contains(const uint64_t *v, size_t n, uint64_t x) {
   return bsearch(&x, v, n, sizeof *v, by_u64) != NULL;
 }
 
-/* The shipper contract's ship: events[0..n) after the confirmed sequence. */
+/* A batch ready to send: one gzip-compressed RowBinary body per day partition. */
+struct job {
+  struct ch_store *s;
+  uint64_t first, last;
+  int64_t bytes, oldest_ms; /* what the bound counts of the batch; its first receive time */
+  size_t n, rows;           /* events of the batch; rows to send (not held already) */
+  struct group {
+    int day;
+    unsigned char *body;
+    size_t len;
+  } * groups;
+  size_t n_groups;
+  /* the send's outcome (send_thread) */
+  pthread_t thread;
+  int rc;
+  struct ana_error err;
+};
+
+static void job_free(struct job *j) {
+  if (!j)
+    return;
+  for (size_t i = 0; i < j->n_groups; i++)
+    ana_free(j->groups[i].body);
+  ana_free(j->groups);
+  ana_free(j);
+}
+
+/* Encodes ev[0..n) but the held sequences into a job (NULL with err when out of memory). */
+static struct job *encode(struct ch_store *s, const struct ana_spooled_event *ev, size_t n,
+                          const uint64_t *held, size_t n_held, struct ana_error *err) {
+  struct job *j = ana_calloc(1, sizeof *j);
+  struct order *ord = ana_malloc(n * sizeof *ord);
+  struct buf b = {0};
+  if (!j || !ord || !(j->groups = ana_calloc(n, sizeof *j->groups)))
+    goto nomem;
+  j->s = s;
+  j->n = n;
+  j->first = ev[0].seq;
+  j->last = ev[n - 1].seq;
+  j->oldest_ms = ev[0].received_at_ms;
+  for (size_t i = 0; i < n; i++) {
+    ord[i] = (struct order){day_of(ev[i].timestamp_ms), i};
+    j->bytes +=
+        event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].search_text, ev[i].event_id);
+  }
+  qsort(ord, n, sizeof *ord, by_day);
+  for (size_t i = 0, k; i < n; i = k) {
+    b.len = 0;
+    size_t in_group = 0;
+    for (k = i; k < n && ord[k].day == ord[i].day; k++) {
+      const struct ana_spooled_event *e = &ev[ord[k].i];
+      if (n_held && contains(held, n_held, e->seq))
+        continue;
+      put_row(&b, s->instance, e);
+      in_group++;
+    }
+    if (b.failed)
+      goto nomem;
+    if (!in_group)
+      continue;
+    struct group *g = &j->groups[j->n_groups];
+    if (ana_clickhouse_gzip(b.p, b.len, &g->body, &g->len, err) < 0)
+      goto fail;
+    g->day = ord[i].day;
+    j->n_groups++;
+    j->rows += in_group;
+    ana_prom_counter_add(&s->bytes_out, b.len);
+  }
+  ana_free(b.p);
+  ana_free(ord);
+  return j;
+nomem:
+  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+fail:
+  ana_free(b.p);
+  ana_free(ord);
+  job_free(j);
+  return NULL;
+}
+
+/* Sends a job's inserts in order. Confirmed: every row up to j->last is in ClickHouse. Failed:
+ * some of the day groups may be in ClickHouse, or all, or none: the range is uncertain. */
+static int send(struct job *j, struct ana_error *err) {
+  struct ch_store *s = j->s;
+  for (size_t i = 0; i < j->n_groups; i++) {
+    char qid[96];
+    snprintf(qid, sizeof qid, "ana-%s-%" PRIu64 "-%d", s->instance, j->first, j->groups[i].day);
+    int rc = ana_clickhouse_insert_gzipped(s->ch, insert_sql, j->groups[i].body, j->groups[i].len,
+                                           qid, err);
+    if (rc < 0) {
+      if (j->last > atomic_load(&s->uncertain_hi))
+        atomic_store(&s->uncertain_hi, j->last);
+      return rc;
+    }
+    ana_prom_counter_add(&s->inserts, 1);
+  }
+  atomic_fetch_sub(&s->pending_bytes, j->bytes);
+  atomic_store(&s->shipped, j->last);
+  if (atomic_load(&s->uncertain_hi) <= j->last)
+    atomic_store(&s->uncertain_hi, 0);
+  ana_prom_counter_add(&s->rows, j->rows);
+  ana_prom_counter_add(&s->skipped, j->n - j->rows);
+  ana_prom_counter_add(&s->batches, 1);
+  if (atomic_load(&s->committed) <= j->last)
+    atomic_store(&s->oldest_ms, 0);
+  struct ana_error e2;
+  if (save_state(s, &e2) < 0)
+    ANA_WARN("clickhouse", "%s (the rows after the last saved sequence will be checked)",
+             e2.message);
+  return 0;
+}
+
+/* The shipper contract's ship: events[0..n) after the confirmed sequence, checking first which
+ * of an uncertain range ClickHouse holds. (The shipper thread also pipelines batches: below.) */
 static int ch_ship(void *store, const struct ana_spooled_event *ev, size_t n,
                    struct ana_error *err) {
   struct ch_store *s = store;
   uint64_t first = ev[0].seq, last = ev[n - 1].seq;
   uint64_t *held = NULL;
   size_t n_held = 0;
-  struct order *ord = NULL;
-  struct buf b = {0};
   int rc = 0;
   atomic_store(&s->oldest_ms, ev[0].received_at_ms);
-  if (s->uncertain_hi >= first) {
+  uint64_t uncertain = atomic_load(&s->uncertain_hi);
+  if (uncertain >= first) {
     /* Part of this range may be there already: resend only what is missing. */
     if ((rc = settle(s, err)) < 0 ||
-        (rc = held_seqs(s, first, last < s->uncertain_hi ? last : s->uncertain_hi, &held, &n_held,
-                        err)) < 0)
+        (rc = held_seqs(s, first, last < uncertain ? last : uncertain, &held, &n_held, err)) < 0)
       goto out;
   }
-  if (!(ord = ana_malloc(n * sizeof *ord))) {
-    rc = (ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM);
+  struct job *j = encode(s, ev, n, held, n_held, err);
+  if (!j) {
+    rc = ANA_ERR_NOMEM;
     goto out;
   }
-  for (size_t i = 0; i < n; i++)
-    ord[i] = (struct order){day_of(ev[i].timestamp_ms), i};
-  qsort(ord, n, sizeof *ord, by_day);
-  size_t rows = 0;
-  for (size_t i = 0; i < n;) {
-    size_t j = i;
-    b.len = 0;
-    size_t in_group = 0;
-    for (; j < n && ord[j].day == ord[i].day; j++) {
-      const struct ana_spooled_event *e = &ev[ord[j].i];
-      if (n_held && contains(held, n_held, e->seq))
-        continue;
-      put_row(&b, s->instance, e);
-      in_group++;
-    }
-    if (b.failed) {
-      rc = (ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM);
-      goto fail;
-    }
-    if (in_group) {
-      char qid[96];
-      snprintf(qid, sizeof qid, "ana-%s-%" PRIu64 "-%d", s->instance, first, ord[i].day);
-      if ((rc = ana_clickhouse_insert(s->ch, insert_sql, b.p, b.len, qid, err)) < 0)
-        goto fail;
-      ana_prom_counter_add(&s->inserts, 1);
-      ana_prom_counter_add(&s->bytes_out, b.len);
-    }
-    rows += in_group;
-    i = j;
-  }
-  /* Confirmed: every row up to last is in ClickHouse. */
-  int64_t bytes = 0;
-  for (size_t i = 0; i < n; i++)
-    bytes +=
-        event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].search_text, ev[i].event_id);
-  atomic_fetch_sub(&s->pending_bytes, bytes);
-  atomic_store(&s->shipped, last);
-  if (s->uncertain_hi <= last)
-    s->uncertain_hi = 0;
-  ana_prom_counter_add(&s->rows, rows);
-  ana_prom_counter_add(&s->skipped, n - rows);
-  ana_prom_counter_add(&s->batches, 1);
-  if (atomic_load(&s->committed) <= last)
-    atomic_store(&s->oldest_ms, 0);
-  if (save_state(s, err) < 0)
-    ANA_WARN("clickhouse", "%s (the rows after the last saved sequence will be checked)",
-             err->message);
-  rc = 0;
-  goto out;
-fail:
-  /* Some of the day groups may be in ClickHouse, or all, or none. */
-  if (last > s->uncertain_hi)
-    s->uncertain_hi = last;
+  rc = send(j, err);
+  job_free(j);
 out:
-  ana_free(b.p);
-  ana_free(ord);
   ana_free(held);
   return rc;
+}
+
+/* --- the pipeline: the next batch is read and encoded while the last one is inserted --- */
+
+static void *send_thread(void *arg) {
+  struct job *j = arg;
+  ana_error_clear(&j->err);
+  j->rc = send(j, &j->err);
+  return NULL;
+}
+
+struct take_ctx {
+  struct ch_store *s;
+  struct job *job;
+};
+
+static int take_encode(void *ctx, const struct ana_spooled_event *ev, size_t n,
+                       struct ana_error *err) {
+  struct take_ctx *c = ctx;
+  c->job = encode(c->s, ev, n, NULL, 0, err);
+  return c->job ? 0 : ANA_ERR_NOMEM;
+}
+
+/* Waits for the batch in flight (if any); its result, 0 when none. */
+static int finish_inflight(struct job **inflight, struct ana_error *err) {
+  struct job *j = *inflight;
+  if (!j)
+    return 0;
+  pthread_join(j->thread, NULL);
+  int rc = j->rc;
+  if (rc < 0)
+    *err = j->err;
+  job_free(j);
+  *inflight = NULL;
+  return rc;
+}
+
+/* One step with nothing uncertain: reads and encodes the batch after *cursor while the one in
+ * flight is inserted, then sends it in the background. Returns how many events it took, or the
+ * error of the batch that was in flight (then nothing is in flight). */
+static int pipeline_step(struct ch_store *s, struct job **inflight, uint64_t *cursor,
+                         struct ana_error *err) {
+  struct take_ctx c = {s, NULL};
+  uint64_t shipped = atomic_load(&s->shipped);
+  if (*cursor < shipped || !*inflight)
+    *cursor = shipped;
+  int n = ana_local_spool_take(s->db, *cursor, s->batch_rows, take_encode, &c, err);
+  struct ana_error prev;
+  ana_error_clear(&prev);
+  int rc = finish_inflight(inflight, &prev);
+  if (rc < 0 || n <= 0) {
+    job_free(c.job);
+    if (rc < 0)
+      *err = prev;
+    return rc < 0 ? rc : n;
+  }
+  atomic_store(&s->oldest_ms, c.job->oldest_ms);
+  if (pthread_create(&c.job->thread, NULL, send_thread, c.job) != 0) {
+    job_free(c.job);
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start a ClickHouse insert"),
+           ANA_ERR_INTERNAL;
+  }
+  *inflight = c.job;
+  *cursor = c.job->last;
+  return n;
 }
 
 static int ch_shipped_seq(void *store, uint64_t *out, struct ana_error *err) {
@@ -540,6 +664,8 @@ static void drop_partitions(struct ch_store *s) {
 static void *ship_thread(void *arg) {
   struct ch_store *s = arg;
   int64_t backoff = 0, last_ship = 0, next_sweep = 0;
+  struct job *inflight = NULL;
+  uint64_t cursor = 0;
   for (;;) {
     if (nap(s, backoff))
       break;
@@ -556,18 +682,33 @@ static void *ship_thread(void *arg) {
       atomic_store(&s->ready, true);
     }
     int64_t now = ana_clock_mono_ms();
-    if (now >= next_sweep) {
+    if (now >= next_sweep && !inflight) {
       drop_partitions(s);
       next_sweep = now + s->sweep_ms;
     }
     uint64_t shipped = atomic_load(&s->shipped), committed = atomic_load(&s->committed);
     uint64_t waiting = committed > shipped ? committed - shipped : 0;
-    if (!s->uncertain_hi && waiting < (uint64_t)s->batch_rows && now - last_ship < s->interval_ms) {
+    if (!atomic_load(&s->uncertain_hi) && waiting < (uint64_t)s->batch_rows &&
+        now - last_ship < s->interval_ms) {
       backoff = s->interval_ms - (now - last_ship);
       continue;
     }
     last_ship = now;
-    int rc = ana_store_ship_batch(s->db, &ana_clickhouse_event_store, s, s->batch_rows, &err);
+    int rc;
+    if (!atomic_load(&s->uncertain_hi)) {
+      rc = pipeline_step(s, &inflight, &cursor, &err);
+      /* Not a full batch: let it land before waiting for more. */
+      if (rc >= 0 && rc < s->batch_rows) {
+        int r2 = finish_inflight(&inflight, &err);
+        if (r2 < 0)
+          rc = r2;
+      }
+    } else {
+      /* Something is uncertain: check it, one batch at a time, nothing in flight. */
+      rc = finish_inflight(&inflight, &err);
+      if (rc == 0)
+        rc = ana_store_ship_batch(s->db, &ana_clickhouse_event_store, s, s->batch_rows, &err);
+    }
     if (rc < 0) {
       ana_prom_counter_add(&s->failures, 1);
       if (!atomic_load(&s->degraded))
@@ -583,9 +724,11 @@ static void *ship_thread(void *arg) {
     set_reason(s, "");
     /* A full batch: more are waiting, go on at once. */
     backoff = rc >= s->batch_rows ? 0 : s->interval_ms;
-    if (rc == 0)
+    if (rc == 0 && !inflight)
       atomic_store(&s->oldest_ms, 0);
   }
+  struct ana_error err;
+  finish_inflight(&inflight, &err);
   return NULL;
 }
 
@@ -774,9 +917,9 @@ static void ch_committed(void *store, const struct ana_event_record *r, size_t n
   if (!last)
     return;
   atomic_fetch_add(&s->pending_bytes, bytes);
-  atomic_store(&s->committed, last);
-  uint64_t shipped = atomic_load(&s->shipped);
-  if (last - shipped == (uint64_t)s->batch_rows) { /* a full batch waits: wake the shipper */
+  uint64_t before = atomic_exchange(&s->committed, last);
+  uint64_t shipped = atomic_load(&s->shipped), full = shipped + (uint64_t)s->batch_rows;
+  if (before < full && last >= full) { /* a full batch waits now: wake the shipper */
     pthread_mutex_lock(&s->mu);
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->mu);

@@ -193,6 +193,23 @@ class ClickHouseStoreTest(unittest.TestCase):
         self.assertEqual(self.ch.rows("SELECT max(version) FROM %s.schema_migrations" % self.db),
                          [["1"]])
 
+    def test_retention_drops_day_partitions_past_retention_days(self):
+        s = self.server(RETENTION_DAYS=2)
+        acked = self.track(s, ["today-%d" % i for i in range(5)])
+        self.wait_shipped(s)
+        s.stop()
+        self.ch.query("INSERT INTO %s.events (day, event_id, ts) VALUES ('2020-01-01', 'old', 0),"
+                      " (today() - 1, 'yesterday', 0)" % self.db)
+        s = self.server(data_dir=s.data_dir, RETENTION_DAYS=2)
+        deadline = time.time() + 20
+        while time.time() < deadline and self.ch.rows(
+                "SELECT count() FROM %s.events WHERE event_id = 'old'" % self.db) != [["0"]]:
+            time.sleep(0.1)
+        ids = {r[0] for r in self.ch.rows("SELECT event_id FROM %s.events" % self.db)}
+        self.assertNotIn("old", ids)
+        self.assertIn("yesterday", ids)
+        self.assertTrue(acked <= ids)
+
     def test_kill9_during_shipping_loses_and_repeats_nothing(self):
         rnd = random.Random(22)
         s = self.server()
