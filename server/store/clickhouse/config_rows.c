@@ -77,8 +77,8 @@ static const struct ana_config_row rows[] = {
      .def = "4294967296",
      .min = 1024,
      .max = 1099511627776LL,
-     .help = "Bound of the events committed but not yet shipped to ClickHouse (their payload, "
-             "properties and text, in bytes): past it event writes answer UNAVAILABLE until "
+     .help = "Bound of the events committed but not yet shipped to ClickHouse (their payload "
+             "and properties, in bytes): past it event writes answer UNAVAILABLE until "
              "ClickHouse catches up; nothing is dropped.",
      ROW(spool_max_bytes)},
 };

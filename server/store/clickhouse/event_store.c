@@ -257,7 +257,7 @@ struct buf {
 };
 
 static void put(struct buf *b, const void *data, size_t n) {
-  if (b->failed)
+  if (b->failed || n == 0)
     return;
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap * 2 : 65536;
@@ -352,26 +352,13 @@ static void put_row(struct buf *b, const char *instance, const struct ana_spoole
 }
 
 /* An event's size as the spool bound counts it. */
-static int64_t event_bytes(size_t payload, const char *props, const char *text, const char *id) {
-  return (int64_t)(payload + (props ? strlen(props) : 0) + (text ? strlen(text) : 0) +
-                   (id ? strlen(id) : 0) + 64);
+static int64_t event_bytes(size_t payload, const char *props, const char *id) {
+  return (int64_t)(payload + (props ? strlen(props) : 0) + (id ? strlen(id) : 0) + 64);
 }
 
 static const char insert_sql[] =
     "INSERT INTO events (instance, seq, account_id, event_id, session_id, event_type,"
     " event_name, ts, received_at, day, prop_keys, prop_values, payload) FORMAT RowBinary";
-
-struct order {
-  int day;
-  size_t i;
-};
-
-static int by_day(const void *a, const void *b) {
-  const struct order *x = a, *y = b;
-  if (x->day != y->day)
-    return x->day < y->day ? -1 : 1;
-  return x->i < y->i ? -1 : x->i > y->i;
-}
 
 static int by_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -444,63 +431,118 @@ static void job_free(struct job *j) {
   ana_free(j);
 }
 
+/* A batch being encoded: one RowBinary buffer per day partition. */
+struct encoder {
+  struct ch_store *s;
+  struct job *job;
+  struct day_buf {
+    int day;
+    struct buf b;
+    size_t rows;
+  } * days;
+  size_t n_days, cap_days;
+  bool failed;
+};
+
+static int enc_start(struct encoder *e, struct ch_store *s, struct ana_error *err) {
+  memset(e, 0, sizeof *e);
+  e->s = s;
+  if (!(e->job = ana_calloc(1, sizeof *e->job)))
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  e->job->s = s;
+  return 0;
+}
+
+/* Counts ev in the batch and, unless held, adds its row to its day's buffer. */
+static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool held) {
+  struct job *j = e->job;
+  if (j->n++ == 0) {
+    j->first = ev->seq;
+    j->oldest_ms = ev->received_at_ms;
+  }
+  j->last = ev->seq;
+  j->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
+  if (held)
+    return 0;
+  int day = day_of(ev->timestamp_ms);
+  struct day_buf *d = NULL;
+  for (size_t i = e->n_days; i > 0; i--) /* few days per batch; the last one most often */
+    if (e->days[i - 1].day == day) {
+      d = &e->days[i - 1];
+      break;
+    }
+  if (!d) {
+    if (e->n_days == e->cap_days) {
+      size_t cap = e->cap_days ? e->cap_days * 2 : 8;
+      struct day_buf *nd = ana_realloc(e->days, cap * sizeof *nd);
+      if (!nd)
+        return e->failed = true, ANA_ERR_NOMEM;
+      e->days = nd;
+      e->cap_days = cap;
+    }
+    d = &e->days[e->n_days++];
+    memset(d, 0, sizeof *d);
+    d->day = day;
+  }
+  put_row(&d->b, e->s->instance, ev);
+  d->rows++;
+  j->rows++;
+  if (d->b.failed)
+    e->failed = true;
+  return e->failed ? ANA_ERR_NOMEM : 0;
+}
+
+static int by_day_buf(const void *a, const void *b) {
+  const struct day_buf *x = a, *y = b;
+  return x->day < y->day ? -1 : x->day > y->day;
+}
+
+/* The job (compressed, by day ascending), or NULL with err; frees the encoder either way. */
+static struct job *enc_finish(struct encoder *e, struct ana_error *err) {
+  struct job *j = e->job;
+  if (e->failed || !(j->groups = ana_calloc(e->n_days ? e->n_days : 1, sizeof *j->groups))) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  if (e->n_days > 1)
+    qsort(e->days, e->n_days, sizeof *e->days, by_day_buf);
+  for (size_t i = 0; i < e->n_days; i++) {
+    struct group *g = &j->groups[j->n_groups];
+    if (ana_clickhouse_gzip(e->days[i].b.p, e->days[i].b.len, &g->body, &g->len, err) < 0)
+      goto fail;
+    g->day = e->days[i].day;
+    j->n_groups++;
+    ana_prom_counter_add(&e->s->bytes_out, e->days[i].b.len);
+  }
+  for (size_t i = 0; i < e->n_days; i++)
+    ana_free(e->days[i].b.p);
+  ana_free(e->days);
+  return j;
+fail:
+  for (size_t i = 0; i < e->n_days; i++)
+    ana_free(e->days[i].b.p);
+  ana_free(e->days);
+  job_free(j);
+  return NULL;
+}
+
 /* Encodes ev[0..n) but the held sequences into a job (NULL with err when out of memory). */
 static struct job *encode(struct ch_store *s, const struct ana_spooled_event *ev, size_t n,
                           const uint64_t *held, size_t n_held, struct ana_error *err) {
-  struct job *j = ana_calloc(1, sizeof *j);
-  struct order *ord = ana_malloc(n * sizeof *ord);
-  struct buf b = {0};
-  if (!j || !ord || !(j->groups = ana_calloc(n, sizeof *j->groups)))
-    goto nomem;
-  j->s = s;
-  j->n = n;
-  j->first = ev[0].seq;
-  j->last = ev[n - 1].seq;
-  j->oldest_ms = ev[0].received_at_ms;
-  for (size_t i = 0; i < n; i++) {
-    ord[i] = (struct order){day_of(ev[i].timestamp_ms), i};
-    j->bytes +=
-        event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].search_text, ev[i].event_id);
-  }
-  qsort(ord, n, sizeof *ord, by_day);
-  for (size_t i = 0, k; i < n; i = k) {
-    b.len = 0;
-    size_t in_group = 0;
-    for (k = i; k < n && ord[k].day == ord[i].day; k++) {
-      const struct ana_spooled_event *e = &ev[ord[k].i];
-      if (n_held && contains(held, n_held, e->seq))
-        continue;
-      put_row(&b, s->instance, e);
-      in_group++;
-    }
-    if (b.failed)
-      goto nomem;
-    if (!in_group)
-      continue;
-    struct group *g = &j->groups[j->n_groups];
-    if (ana_clickhouse_gzip(b.p, b.len, &g->body, &g->len, err) < 0)
-      goto fail;
-    g->day = ord[i].day;
-    j->n_groups++;
-    j->rows += in_group;
-    ana_prom_counter_add(&s->bytes_out, b.len);
-  }
-  ana_free(b.p);
-  ana_free(ord);
-  return j;
-nomem:
-  ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-fail:
-  ana_free(b.p);
-  ana_free(ord);
-  job_free(j);
-  return NULL;
+  struct encoder e;
+  if (enc_start(&e, s, err) < 0)
+    return NULL;
+  for (size_t i = 0; i < n; i++)
+    if (enc_add(&e, &ev[i], n_held && contains(held, n_held, ev[i].seq)) < 0)
+      break;
+  return enc_finish(&e, err);
 }
 
 /* Sends a job's inserts in order. Confirmed: every row up to j->last is in ClickHouse. Failed:
  * some of the day groups may be in ClickHouse, or all, or none: the range is uncertain. */
 static int send(struct job *j, struct ana_error *err) {
   struct ch_store *s = j->s;
+  int64_t t0 = ana_clock_mono_ms();
   for (size_t i = 0; i < j->n_groups; i++) {
     char qid[96];
     snprintf(qid, sizeof qid, "ana-%s-%" PRIu64 "-%d", s->instance, j->first, j->groups[i].day);
@@ -520,6 +562,8 @@ static int send(struct job *j, struct ana_error *err) {
   ana_prom_counter_add(&s->rows, j->rows);
   ana_prom_counter_add(&s->skipped, j->n - j->rows);
   ana_prom_counter_add(&s->batches, 1);
+  ANA_DEBUG("clickhouse", "sequences %" PRIu64 "-%" PRIu64 ": %zu rows inserted in %lld ms",
+            j->first, j->last, j->rows, (long long)(ana_clock_mono_ms() - t0));
   if (atomic_load(&s->committed) <= j->last)
     atomic_store(&s->oldest_ms, 0);
   struct ana_error e2;
@@ -567,16 +611,10 @@ static void *send_thread(void *arg) {
   return NULL;
 }
 
-struct take_ctx {
-  struct ch_store *s;
-  struct job *job;
-};
-
-static int take_encode(void *ctx, const struct ana_spooled_event *ev, size_t n,
-                       struct ana_error *err) {
-  struct take_ctx *c = ctx;
-  c->job = encode(c->s, ev, n, NULL, 0, err);
-  return c->job ? 0 : ANA_ERR_NOMEM;
+static int take_row(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  if (enc_add(ctx, ev, false) < 0)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  return 0;
 }
 
 /* Waits for the batch in flight (if any); its result, 0 when none. */
@@ -598,28 +636,41 @@ static int finish_inflight(struct job **inflight, struct ana_error *err) {
  * error of the batch that was in flight (then nothing is in flight). */
 static int pipeline_step(struct ch_store *s, struct job **inflight, uint64_t *cursor,
                          struct ana_error *err) {
-  struct take_ctx c = {s, NULL};
+  int64_t t0 = ana_clock_mono_ms();
   uint64_t shipped = atomic_load(&s->shipped);
   if (*cursor < shipped || !*inflight)
     *cursor = shipped;
-  int n = ana_local_spool_take(s->db, *cursor, s->batch_rows, take_encode, &c, err);
+  struct encoder e;
+  struct job *job = NULL;
+  if (enc_start(&e, s, err) < 0)
+    return ANA_ERR_NOMEM;
+  int n = ana_local_spool_each(s->db, *cursor, s->batch_rows, take_row, &e, err);
+  struct ana_error scratch;
+  if (n < 0)
+    e.failed = true;
+  job = enc_finish(&e, n < 0 ? &scratch : err);
+  if (!job && n >= 0)
+    n = ANA_ERR_NOMEM;
+  if (n > 0)
+    ANA_DEBUG("clickhouse", "%d events read and encoded in %lld ms", n,
+              (long long)(ana_clock_mono_ms() - t0));
   struct ana_error prev;
   ana_error_clear(&prev);
   int rc = finish_inflight(inflight, &prev);
   if (rc < 0 || n <= 0) {
-    job_free(c.job);
+    job_free(job);
     if (rc < 0)
       *err = prev;
     return rc < 0 ? rc : n;
   }
-  atomic_store(&s->oldest_ms, c.job->oldest_ms);
-  if (pthread_create(&c.job->thread, NULL, send_thread, c.job) != 0) {
-    job_free(c.job);
+  atomic_store(&s->oldest_ms, job->oldest_ms);
+  if (pthread_create(&job->thread, NULL, send_thread, job) != 0) {
+    job_free(job);
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start a ClickHouse insert"),
            ANA_ERR_INTERNAL;
   }
-  *inflight = c.job;
-  *cursor = c.job->last;
+  *inflight = job;
+  *cursor = job->last;
   return n;
 }
 
@@ -794,8 +845,7 @@ static int sum_backlog(void *ctx, const struct ana_spooled_event *ev, size_t n,
   if (!b->oldest_ms && n)
     b->oldest_ms = ev[0].received_at_ms;
   for (size_t i = 0; i < n; i++)
-    b->bytes +=
-        event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].search_text, ev[i].event_id);
+    b->bytes += event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].event_id);
   b->after = ev[n - 1].seq;
   return 0;
 }
@@ -848,6 +898,8 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   if (n < 0)
     goto fail;
   atomic_store(&s->pending_bytes, b.bytes);
+  if (b.bytes)
+    ANA_INFO("clickhouse", "%lld bytes of events in the spool not yet shipped", (long long)b.bytes);
   atomic_store(&s->oldest_ms, b.oldest_ms);
   if (pthread_create(&s->thread, NULL, ship_thread, s) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the ClickHouse shipper");
@@ -909,7 +961,7 @@ static void ch_committed(void *store, const struct ana_event_record *r, size_t n
   for (size_t i = 0; i < n; i++) {
     if (r[i].duplicate)
       continue;
-    bytes += event_bytes(r[i].payload_len, r[i].properties_json, r[i].search_text, r[i].event_id);
+    bytes += event_bytes(r[i].payload_len, r[i].properties_json, r[i].event_id);
     last = r[i].seq;
     int64_t zero = 0;
     atomic_compare_exchange_strong(&s->oldest_ms, &zero, r[i].received_at_ms);
