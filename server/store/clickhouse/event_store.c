@@ -108,7 +108,8 @@ static int load_state(struct ch_store *s, struct ana_error *err) {
     return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
                          "%s is damaged (expected \"instance <uuid>\" and \"shipped <n>\")",
                          s->state_path);
-  snprintf(s->instance, sizeof s->instance, "%s", id);
+  memcpy(s->instance, id, ANA_UUID_STR_LEN); /* valid: exactly that long */
+  s->instance[ANA_UUID_STR_LEN] = '\0';
   atomic_store(&s->shipped, (uint64_t)shipped);
   return 0;
 }
