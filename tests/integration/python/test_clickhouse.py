@@ -165,7 +165,13 @@ class ClickHouseStoreTest(unittest.TestCase):
         counts = {r[0]: int(r[1]) for r in rows}
         twice = [i for i, n in counts.items() if n > 1]
         missing = [i for i in acked if i not in counts]
-        self.assertEqual(twice, [], "events in ClickHouse more than once")
+        if twice:
+            rows = self.ch.rows("SELECT event_id, groupArray(seq), groupArray(instance) FROM"
+                                " %s.events GROUP BY event_id HAVING count() > 1 LIMIT 5" % self.db)
+            for s in getattr(self, "servers", []):
+                print(harness.tail("\n".join(l for l in s.stderr().splitlines()
+                                              if "clickhouse" in l), 12))
+            self.fail("events in ClickHouse more than once: %s" % rows)
         self.assertEqual(missing, [], "acknowledged events missing from ClickHouse")
         self.assertGreater(len(acked), 0)
         return counts
