@@ -142,16 +142,16 @@ static uint64_t first_number(const char *text) {
 /* Waits until no insert of this instance is running in ClickHouse (an earlier process's, or one
  * this process gave up on): after it, what ClickHouse holds of them is final. */
 static int settle(struct ch_store *s, struct ana_error *err) {
-  char sql[256];
-  snprintf(sql, sizeof sql, "KILL QUERY WHERE query_id LIKE 'ana-%s-%%' SYNC", s->instance);
+  char kill[256], count[256];
+  snprintf(kill, sizeof kill, "KILL QUERY WHERE query_id LIKE 'ana-%s-%%' SYNC", s->instance);
+  snprintf(count, sizeof count,
+           "SELECT count() FROM system.processes WHERE query_id LIKE 'ana-%s-%%'", s->instance);
   for (int i = 0; i < 50; i++) {
-    int rc = ana_clickhouse_query(s->ch, sql, false, NULL, NULL, err);
+    int rc = ana_clickhouse_query(s->ch, kill, false, NULL, NULL, err);
     if (rc < 0)
       return rc;
     char *out = NULL;
-    snprintf(sql, sizeof sql,
-             "SELECT count() FROM system.processes WHERE query_id LIKE 'ana-%s-%%'", s->instance);
-    rc = ana_clickhouse_query(s->ch, sql, false, NULL, &out, err);
+    rc = ana_clickhouse_query(s->ch, count, false, NULL, &out, err);
     uint64_t n = rc == 0 ? first_number(out) : 1;
     ana_free(out);
     if (rc < 0)
