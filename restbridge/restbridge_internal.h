@@ -10,7 +10,7 @@
 
 #include "ana_routes.h"
 #include "ana_text.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 
 #include <libwebsockets.h>
 #include <pthread.h>
@@ -158,6 +158,7 @@ struct rb_conn {
   long long bytes_in;      /* WebSocket: client message bytes */
   long long bytes_out;     /* body bytes written (HTTP), frame payload bytes (WebSocket) */
   long metric_route;       /* index into ana_routes, ana_route_count = no route, -1 = not counted */
+  char peer_ip[64];        /* the client address (rb_access_take_peer); "" = the socket's */
   bool ws_counted;         /* counted in the open WebSockets gauge */
 
   /* download (download.c) */
@@ -326,6 +327,11 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
  * Returns 0, or a negative error with st filled. lws thread. */
 int rb_request_admit_plain(struct lws *wsi, struct ana_error *st);
 
+/* The socket peer of wsi as gRPC spells peers ("ipv4:1.2.3.4:5678",
+ * "ipv6:[::1]:5678"; an IPv4 client of a dual-stack socket as IPv4) into
+ * out, and its address alone into ip; both "" when unknown. */
+void rb_request_peer(struct lws *wsi, char *out, size_t size, char *ip, size_t ip_size);
+
 /* --- HTTP (http.c) --- */
 extern const struct ana_call_transport rb_http_transport;
 int rb_http_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
@@ -350,6 +356,10 @@ void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
  * answered, status its HTTP status; WebSocket: when closed, status its close
  * code), if ACCESS_LOG_SAMPLE picks it (lws thread). */
 void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool success);
+/* Notes the client address of the request whose headers are in (the access
+ * log's peer): the socket peer, or behind TRUSTED_PROXIES the X-Forwarded-For
+ * hop they did not write, as the call runtime judges a gRPC call's. */
+void rb_access_take_peer(struct lws *wsi, struct rb_conn *conn);
 
 /* --- downloads (download.c) --- */
 extern const struct ana_call_transport rb_download_transport;

@@ -63,7 +63,7 @@ static int rpc_start(struct ana_server *s, const struct ana_config *cfg, struct 
   (void)s;
   if (ana_reflection_bind() < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot load the reflection descriptors");
-  ana_rpc_set_trusted_proxies(cfg->ingest.trusted_proxies); /* per-client limits behind proxies */
+  ana_rpc_set_trusted_proxies(cfg->process.trusted_proxies); /* per-client limits behind proxies */
   ana_log_register_metrics();
   ana_health_bind();
   return 0;
@@ -527,7 +527,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
               .reject_future = strcmp(cfg->ingest.timestamp_policy, "reject") == 0,
               .clock_skew_tolerance_ms = cfg->ingest.clock_skew_tolerance_ms,
           },
-      .trusted_proxies = cfg->ingest.trusted_proxies,
+      .trusted_proxies = cfg->process.trusted_proxies,
       .search_max_page_size = cfg->store.search_max_page_size,
       .stream_max_in_flight = cfg->ingest.ingest_stream_max_in_flight,
       .event_names = s->names,

@@ -8,6 +8,7 @@
  * bridge's own rows and the shared ones, nothing else) plus --upstream
  * host:port (or RESTBRIDGE_UPSTREAM) and TLS to it (RESTBRIDGE_UPSTREAM_*).
  * SIGHUP reloads the HTTP_TLS_* files. */
+#include "ana_call.h"
 #include "ana_config_table.h"
 #include "ana_grpc_log.h"
 #include "ana_log.h"
@@ -126,6 +127,8 @@ int main(int argc, char **argv) {
     ana_log_access_set_sample(share);
   ana_log_access_set_max_per_second((unsigned)cfg.process.access_log_max_per_s);
   ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
+  /* The access log's peer behind proxies, judged as analyticsd judges it. */
+  ana_rpc_set_trusted_proxies(cfg.process.trusted_proxies);
   if (!upstream || !upstream[0])
     upstream = cfg.bridge.restbridge_upstream;
   if (!upstream || !upstream[0]) {

@@ -1,6 +1,7 @@
 /* What the files of the remote upstream share: upstream.c (the handler the
  * bridge drives, unary calls on a worker pool, health and metrics) and
- * streams.c (server streams, all on one completion queue and thread). */
+ * streams.c (server streams, all on one thread through the client runtime's
+ * stream multiplexer). */
 #ifndef ANA_RESTBRIDGE_REMOTE_INTERNAL_H
 #define ANA_RESTBRIDGE_REMOTE_INTERNAL_H
 
@@ -8,7 +9,7 @@
 #include "ana_prom.h"
 #include "ana_restbridge_remote.h"
 #include "ana_workers.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -1,8 +1,8 @@
 /* The remote upstream of the bridge: each call admitted by the bridge is
  * forwarded to analyticsd over gRPC. Unary calls use the generic client
  * runtime, whose calls block, so they run on a worker pool, never on the
- * lws thread; server streams run on gRPC core directly, all on one
- * completion queue and thread (streams.c). Metadata passed on:
+ * lws thread; server streams all run on one thread, through the runtime's
+ * stream multiplexer (streams.c). Metadata passed on:
  * authorization, x-request-id, x-forwarded-for/-host and the other headers the bridge captured; the
  * deadline is what is left of the call's (Grpc-Timeout). The upstream's
  * status code and message come back verbatim, and google.rpc.BadRequest

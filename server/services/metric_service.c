@@ -4,6 +4,7 @@
  * same definitions. Every call touches the database, so it runs on the
  * worker pool, never on a transport thread. */
 #include "ana_services.h"
+#include "service_jobs.h"
 #include "ana_proto_walk.h"
 
 #include "ana_call.h"
@@ -38,18 +39,9 @@ static struct ana_realtime *stream_hub;
 /* Serialises storing a metric's resolved names against a PUT. */
 static pthread_mutex_t resolve_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* Fails the call with err, recording the field (the text before ':') as a
- * violation so REST and gRPC clients get it as BadRequest details. */
+/* Fails the call with err (ana_service_fail). */
 static void fail_with(struct ana_call *call, const struct ana_error *err) {
-  if (err->code == ANA_STATUS_INVALID_ARGUMENT) {
-    const char *colon = strstr(err->message, ": ");
-    if (colon) {
-      char field[256];
-      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
-      ana_call_add_violation(call, field, colon + 2);
-    }
-  }
-  ana_call_finish(call, NULL, err);
+  ana_service_fail(call, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -664,30 +656,6 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
 /* ------------------------------------------------------------------ */
 /* handlers (run on the worker pool) */
 
-typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
-
-struct job {
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  job_fn fn;
-};
-
-static void run_job(void *arg) {
-  struct job *j = arg;
-  j->fn(j->call, j->request);
-}
-
-static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
-  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
-  if (!j) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  *j = (struct job){call, request, fn};
-  if (ana_workers_submit(opts.workers, run_job, j) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
-
 static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__CreateMetricRequest *req = (const void *)request;
   struct ana_error err;
@@ -755,13 +723,9 @@ static int collect(void *ctx, const struct ana_catalog_object *o) {
 static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__ListMetricsRequest *req = (const void *)request;
   struct ana_error err;
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t size = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!size)
     return;
-  }
-  size_t size = req->page_size ? (size_t)req->page_size : DEFAULT_PAGE;
   struct ana_arena *a = ana_call_arena(call);
   struct page p = {a, ana_arena_calloc(a, size + 1, sizeof *p.items), 0, size + 1, NULL};
   if (!p.items) {
@@ -774,10 +738,8 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   Analytics__V1__ListMetricsResponse resp = ANALYTICS__V1__LIST_METRICS_RESPONSE__INIT;
-  if (p.n > size) {
-    p.n = size;
+  if (ana_service_page_more(&p.n, size))
     resp.next_page_token = p.items[size - 1]->metric_id;
-  }
   resp.n_metrics = p.n;
   resp.metrics = p.items;
   ana_call_reply(call, &resp.base);
@@ -980,18 +942,13 @@ static void stream_drain(struct ana_call *call) {
   ana_realtime_unsubscribe(stream_hub, call, &st);
 }
 
-#define ASYNC(name, fn)                                                                            \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
-    submit(call, request, fn);                                                                     \
-  }
-
-ASYNC(create_metric, do_create)
-ASYNC(get_metric, do_get)
-ASYNC(list_metrics, do_list)
-ASYNC(update_metric, do_update)
-ASYNC(delete_metric, do_delete)
-ASYNC(get_metric_data, do_data)
-ASYNC(stream_metric, do_stream)
+ANA_SERVICE_ASYNC(create_metric, do_create, opts.workers)
+ANA_SERVICE_ASYNC(get_metric, do_get, opts.workers)
+ANA_SERVICE_ASYNC(list_metrics, do_list, opts.workers)
+ANA_SERVICE_ASYNC(update_metric, do_update, opts.workers)
+ANA_SERVICE_ASYNC(delete_metric, do_delete, opts.workers)
+ANA_SERVICE_ASYNC(get_metric_data, do_data, opts.workers)
+ANA_SERVICE_ASYNC(stream_metric, do_stream, opts.workers)
 
 static const struct ana_handler create_h = {.on_request = create_metric};
 static const struct ana_handler get_h = {.on_request = get_metric};

@@ -794,13 +794,15 @@ static void test_ingestion_values(void **state) {
                    0);
   assert_int_equal(cfg.ingest.event_max_future_ms, 7200000L);
   assert_string_equal(cfg.ingest.timestamp_policy, "reject");
-  assert_string_equal(cfg.ingest.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
+  assert_string_equal(cfg.process.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
   ana_config_fini(&cfg);
   assert_int_equal(LOAD(&cfg, &err, "TIMESTAMP_POLICY=sometimes"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "TIMESTAMP_POLICY"));
   assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.0/33"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "TRUSTED_PROXIES"));
   assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=proxy.local"), ANA_ERR_INVALID);
+  assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.0/-1"), ANA_ERR_INVALID);
+  assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.1,,10.0.0.2"), ANA_ERR_INVALID);
   assert_int_equal(LOAD(&cfg, &err, "EVENT_MAX_BYTES=100"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "EVENT_MAX_BYTES"));
 }
