@@ -664,7 +664,10 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   struct ana_committer_stats st = {0};
   if (open && s->committer)
     ana_committer_stats(s->committer, &st);
-  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && open && !degraded;
+  struct ana_event_store_status ship = {0};
+  if (open && s->store_ops->status)
+    s->store_ops->status(s->store, &ship);
+  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && open && !degraded && !ship.full;
   if (!open && ana_restbridge_health_add(extra, "storeError", s->store_wait_reason) < 0)
     return ANA_ERR_NOMEM;
   if (ana_restbridge_health_add(extra, "store",
@@ -675,6 +678,20 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
       ana_restbridge_health_add_int(extra, "schemaVersion", open ? s->schema_version : 0) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
+    return ANA_ERR_NOMEM;
+  /* An event store that ships from the spool: how far behind it is. */
+  if (open && s->store_ops->status &&
+      (ana_restbridge_health_add(extra, "eventShipping",
+                                 ship.full       ? "full"
+                                 : ship.degraded ? "degraded"
+                                                 : "ok") < 0 ||
+       (ship.reason[0] &&
+        ana_restbridge_health_add(extra, "eventShippingError", ship.reason) < 0) ||
+       ana_restbridge_health_add_int(extra, "shippingLagEvents", (long long)ship.lag_events) < 0 ||
+       ana_restbridge_health_add_int(extra, "shippingLagSeconds", (long long)ship.lag_seconds) <
+           0 ||
+       ana_restbridge_health_add_int(extra, "spoolPendingBytes", (long long)ship.pending_bytes) <
+           0))
     return ANA_ERR_NOMEM;
   return 0;
 }
