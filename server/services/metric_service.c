@@ -1022,12 +1022,19 @@ struct counter_metric {
   const char *event_name;
 };
 
+#define ADHOC_LIST_PAGE 200
+
 struct counters {
   struct ana_arena *arena;
   const char *account;
   struct counter_metric *items;
   size_t n, cap, listed;
   const char *last_id;
+  /* The page's metrics without filters, parsed once the listing has
+   * returned: resolving a formula reads the catalog, which must not be
+   * entered again from inside its own listing (its lock is held there). */
+  Analytics__V1__Metric *page[ADHOC_LIST_PAGE];
+  size_t n_page;
 };
 
 /* Whether f is count(name) alone (its value the count itself). */
@@ -1047,28 +1054,36 @@ static bool counts_one_name(const struct ana_formula *f, const char **name) {
   return true;
 }
 
-static int keep_counter(void *ctx, const struct ana_catalog_object *o) {
+static int keep_candidate(void *ctx, const struct ana_catalog_object *o) {
   struct counters *c = ctx;
   c->listed++;
   c->last_id = ana_arena_strdup(c->arena, o->id);
   Analytics__V1__Metric *m =
       (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, &c->arena->pb, o->body,
                                o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
-  if (!m || m->n_filters || !c->last_id)
-    return 0;
-  struct lookup_ctx *lctx = ana_arena_calloc(c->arena, 1, sizeof *lctx);
-  struct vars *own = ana_arena_calloc(c->arena, 1, sizeof *own);
-  struct ana_error err;
-  struct ana_formula *f =
-      lctx && own ? parse_formula_as(c->arena, c->account, m, lctx, own, RESOLVE_APPLY, NULL, &err)
-                  : NULL;
-  const char *name;
-  if (!f || !counts_one_name(f, &name) || c->n == c->cap) {
-    ana_formula_free(f);
-    return 0;
-  }
-  c->items[c->n++] = (struct counter_metric){m, f, name};
+  if (m && !m->n_filters && c->last_id && c->n_page < ADHOC_LIST_PAGE)
+    c->page[c->n_page++] = m;
   return 0;
+}
+
+/* Keeps the page's metrics that are count(<name>) alone. */
+static void keep_counters(struct counters *c) {
+  for (size_t i = 0; i < c->n_page && c->n < c->cap; i++) {
+    Analytics__V1__Metric *m = c->page[i];
+    struct lookup_ctx *lctx = ana_arena_calloc(c->arena, 1, sizeof *lctx);
+    struct vars *own = ana_arena_calloc(c->arena, 1, sizeof *own);
+    struct ana_error err;
+    struct ana_formula *f = lctx && own ? parse_formula_as(c->arena, c->account, m, lctx, own,
+                                                           RESOLVE_APPLY, NULL, &err)
+                                        : NULL;
+    const char *name;
+    if (!f || !counts_one_name(f, &name)) {
+      ana_formula_free(f);
+      continue;
+    }
+    c->items[c->n++] = (struct counter_metric){m, f, name};
+  }
+  c->n_page = 0;
 }
 
 /* A property path without its "properties." prefix. */
@@ -1099,7 +1114,7 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
                                     Analytics__V1__MetricData *outs, struct ana_error *err) {
   if (!opts.rollups)
     return 0;
-  struct counters c = {arena, account, NULL, 0, ADHOC_MAX_COUNTERS, 0, NULL};
+  struct counters c = {.arena = arena, .account = account, .cap = ADHOC_MAX_COUNTERS};
   struct counter_answer *answers = ana_arena_calloc(arena, ADHOC_MAX_ANSWERS, sizeof *answers);
   size_t n_answers = 0;
   int rc = 0;
@@ -1108,12 +1123,13 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
   /* The account's counter metrics, a page at a time. */
   for (;;) {
     size_t before = c.listed;
-    if (opts.catalog_ops->list(opts.catalog, KIND, account, c.last_id, 200, keep_counter, &c, err) <
-        0) {
+    if (opts.catalog_ops->list(opts.catalog, KIND, account, c.last_id, ADHOC_LIST_PAGE,
+                               keep_candidate, &c, err) < 0) {
       rc = ANA_ERR_INVALID;
       goto out;
     }
-    if (c.listed - before < 200 || c.n == c.cap)
+    keep_counters(&c);
+    if (c.listed - before < ADHOC_LIST_PAGE || c.n == c.cap)
       break;
   }
   for (size_t i = 0; i < n && rc == 0; i++) {

@@ -100,6 +100,16 @@ class ReportRollupsTest(ReportsMixin, harness.ServerTestCase):
         self.assertIn("Sent", flat)
         self.assertTrue(any(c.endswith("%") for c in flat) or "Delivery rate" in flat)
 
+    def test_a_stored_metric_over_bare_names_leaves_the_server_answering(self):
+        # Resolving a bare name reads the catalog: it must not happen while
+        # the report lists the stored metrics (the catalog's lock is held
+        # there), or the report and every later catalog call hang.
+        m = self.mpb.Metric(name="bare ratio %s" % uuid.uuid4().hex[:6], type="gauge",
+                            formula="(sent / delivered) * 100", aggregation="avg")
+        self.metrics.CreateMetric(self.mpb.CreateMetricRequest(metric=m), timeout=30)
+        self.csv_report({"campaignId": "c1", "dateRange": {"start": day(-9), "end": day(0)}})
+        self.metrics.ListMetrics(self.mpb.ListMetricsRequest(), timeout=10)
+
     def test_previous_period_is_as_many_local_days_across_dst(self):
         # 2026-10-26 to 2026-11-01 in New York: 7 days, the last 25 hours
         # (the clock went back). The previous period is 2026-10-19 00:00 to
