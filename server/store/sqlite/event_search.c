@@ -8,7 +8,7 @@
  * million events (a million) cannot be sorted by timestamp for each page.
  * Instead the search asks the index for the matches of one stretch of time
  * at a time, newest first: each entry holds the tokens of its day, hour,
- * minute and second (and of its account and event name). It counts the
+ * minute and second (and of its event name). It counts the
  * matches of the whole query, up to PROBE_ROWS (reading that many rowids
  * costs little); under that it reads them all (joined with the events,
  * sorted, as the query without the index does); at or over it, it goes
@@ -179,7 +179,7 @@ struct text_search {
   struct ana_error *err;
   fts5_tokenizer tokenizer;
   Fts5Tokenizer *tok;
-  char *base;             /* the FTS5 query: the words' tokens, account, name */
+  char *base;             /* the FTS5 query: the words' tokens, the name's */
   struct tokens *phrases; /* the query's words of several tokens */
   size_t n_phrases;
   sqlite3_stmt *probe, *rows;
@@ -241,9 +241,9 @@ static bool append_quoted(char **q, size_t *len, size_t *cap, const char *tok) {
 }
 
 /* The FTS5 query of the free text: every token of every word (a word of
- * several tokens, a phrase before, is checked by phrases_match), the
- * account's and the name's tokens. Returns 1 when a word has tokens, 0
- * when none has (nothing matches), < 0 on error. */
+ * several tokens, a phrase before, is checked by phrases_match) and the
+ * name's token. Returns 1 when a word has tokens, 0 when none has (nothing
+ * matches), < 0 on error. */
 static int build_query(struct text_search *s) {
   size_t len = 0, cap = 0;
   int words = 0;
@@ -289,9 +289,6 @@ static int build_query(struct text_search *s) {
   if (!words)
     return 0;
   char tok[ANA_TEXT_TOKEN_MAX];
-  ana_text_index_account_token(s->q->account_id, tok);
-  if (!append_quoted(&s->base, &len, &cap, tok))
-    goto nomem;
   if (s->q->event_name && s->q->event_name[0]) {
     ana_text_index_name_token(s->q->event_name, tok);
     if (!append_quoted(&s->base, &len, &cap, tok))
@@ -379,10 +376,14 @@ static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, in
   char *match = ana_malloc(base_len + sizeof tok + 4);
   if (!match)
     return ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  memcpy(match, s->base, base_len + 1);
   if (level > 0) {
+    /* The bucket first: FTS5 then steps through the words' doclists from
+     * one of its events to the next (several times faster). */
     ana_text_index_bucket_token(level, bucket, tok);
-    snprintf(match + base_len, sizeof tok + 4, " \"%s\"", tok);
+    size_t n = (size_t)snprintf(match, sizeof tok + 4, "\"%s\" ", tok);
+    memcpy(match + n, s->base, base_len + 1);
+  } else {
+    memcpy(match, s->base, base_len + 1);
   }
   int rc = probe(s, match);
   if (rc > 0 && (rc < PROBE_ROWS || level == ANA_TEXT_INDEX_LEVELS)) {

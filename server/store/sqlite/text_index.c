@@ -21,7 +21,7 @@
  * `detail=none` (which events hold a word, not where: a query's word of
  * several tokens is checked against the event's text by the search) and
  * no column sizes. Each entry also holds the reserved tokens of
- * text_index.h (account, event name, day, hour, minute, second), which is
+ * text_index.h (event name, day, hour, minute, second), which is
  * what lets a search walk the matches newest first a stretch of time at a
  * time (event_search.c). An index of an earlier format is built again.
  *
@@ -111,10 +111,6 @@ static uint64_t fnv1a(const char *s) {
   return h;
 }
 
-void ana_text_index_account_token(const char *account_id, char out[ANA_TEXT_TOKEN_MAX]) {
-  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "a%016llx", (unsigned long long)fnv1a(account_id));
-}
-
 void ana_text_index_name_token(const char *event_name, char out[ANA_TEXT_TOKEN_MAX]) {
   snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "n%016llx", (unsigned long long)fnv1a(event_name));
 }
@@ -150,9 +146,9 @@ char *ana_text_index_fold(const char *text) {
 
 /* An event's entry: its words, folded, then its reserved tokens; in
  * ti->doc. Returns false when out of memory. */
-static bool entry_text(struct ana_text_index *ti, const char *words, const char *account_id,
-                       const char *event_name, int64_t ts) {
-  size_t need = strlen(words) + (ANA_TEXT_INDEX_LEVELS + 2) * (ANA_TEXT_TOKEN_MAX + 1) + 1;
+static bool entry_text(struct ana_text_index *ti, const char *words, const char *event_name,
+                       int64_t ts) {
+  size_t need = strlen(words) + (ANA_TEXT_INDEX_LEVELS + 1) * (ANA_TEXT_TOKEN_MAX + 1) + 1;
   if (need > ti->doc_cap) {
     char *d = ana_realloc(ti->doc, need);
     if (!d)
@@ -162,8 +158,6 @@ static bool entry_text(struct ana_text_index *ti, const char *words, const char 
   }
   size_t n = fold_into(ti->doc, words);
   char tok[ANA_TEXT_TOKEN_MAX];
-  ana_text_index_account_token(account_id, tok);
-  n += (size_t)sprintf(ti->doc + n, " %s", tok);
   ana_text_index_name_token(event_name, tok);
   n += (size_t)sprintf(ti->doc + n, " %s", tok);
   for (int level = 1; level <= ANA_TEXT_INDEX_LEVELS; level++) {
@@ -223,12 +217,11 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
     n++;
     if (sqlite3_column_bytes(ti->select_new, 1) == 0)
       continue; /* no words: nothing to index, but passed */
-    int64_t ts = sqlite3_column_int64(ti->select_new, 4);
+    int64_t ts = sqlite3_column_int64(ti->select_new, 3);
     min_ts = ts < min_ts ? ts : min_ts;
     max_ts = ts > max_ts ? ts : max_ts;
     if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_new, 1),
-                    (const char *)sqlite3_column_text(ti->select_new, 2),
-                    (const char *)sqlite3_column_text(ti->select_new, 3), ts)) {
+                    (const char *)sqlite3_column_text(ti->select_new, 2), ts)) {
       rc = SQLITE_NOMEM;
       break;
     }
@@ -374,7 +367,8 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
 
 /* Removes the entry of event seq, if it has one: removing one twice (a
  * retention step repeated after a crash) would remove its words twice.
- * Every entry holds its account's token, which tells whether it is there. */
+ * Every entry holds the token of its second, which tells whether it is
+ * there. */
 static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *err) {
   sqlite3_reset(ti->select_one);
   sqlite3_bind_int64(ti->select_one, 1, seq);
@@ -387,9 +381,10 @@ static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *
     sqlite3_reset(ti->select_one);
     return 0; /* no words: never indexed */
   }
-  const char *account = (const char *)sqlite3_column_text(ti->select_one, 1);
+  int64_t ts = sqlite3_column_int64(ti->select_one, 2);
   char tok[ANA_TEXT_TOKEN_MAX], match[ANA_TEXT_TOKEN_MAX + 2];
-  ana_text_index_account_token(account ? account : "", tok);
+  ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
+                              ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
   snprintf(match, sizeof match, "\"%s\"", tok);
   sqlite3_reset(ti->exists);
   sqlite3_bind_int64(ti->exists, 1, seq);
@@ -402,9 +397,8 @@ static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *
   }
   if (rc != SQLITE_ROW)
     goto failed;
-  if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0), account,
-                  (const char *)sqlite3_column_text(ti->select_one, 2),
-                  sqlite3_column_int64(ti->select_one, 3))) {
+  if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0),
+                  (const char *)sqlite3_column_text(ti->select_one, 1), ts)) {
     sqlite3_reset(ti->select_one);
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
@@ -513,7 +507,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
   }
   ti->indexed_seq = (uint64_t)indexed;
   if (sqlite3_prepare_v3(ti->conn,
-                         "SELECT seq, search_text, account_id, event_name, ts FROM ev.events"
+                         "SELECT seq, search_text, event_name, ts FROM ev.events"
                          " WHERE seq > ? ORDER BY seq LIMIT ?",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
@@ -524,7 +518,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
                          " max_ts = max(coalesce(max_ts, ?3), coalesce(?3, max_ts))",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->set_progress, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
-                         "SELECT search_text, account_id, event_name, ts FROM ev.events"
+                         "SELECT search_text, event_name, ts FROM ev.events"
                          " WHERE seq = ?",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
