@@ -27,6 +27,7 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int prepare_error(sqlite3 *db, struct ana_error *err) {
@@ -73,15 +74,21 @@ static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error
  * fewer than this; a bucket with more is read by its smaller buckets. */
 #define PROBE_ROWS 400
 
+enum rows_of { ALL_EVENTS, INDEX_MATCHES, ONE_EVENT };
+
 /* The SELECT of the events matching q (without its free text), newest
- * first; with `text`, restricted to the index's matches of ?9; with `words`,
- * also the event's text (column 4). */
-static void rows_sql(const struct ana_event_query *q, bool text, bool words, char *sql,
+ * first: of all the events, of the index's matches of ?9, or (ONE_EVENT,
+ * not ordered, no payload: column 0 is NULL) the event whose sequence
+ * number is ?9. With `words`, also the event's text (column 4). */
+static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool words, char *sql,
                      size_t size) {
   size_t len = 0;
 #define APPEND(...) len += (size_t)snprintf(sql + len, size - len, __VA_ARGS__)
-  APPEND("SELECT payload, ts, event_id, seq%s FROM", words ? ", search_text" : "");
-  if (text)
+  APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : "payload",
+         words ? ", search_text" : "");
+  if (of == ONE_EVENT)
+    APPEND(" events WHERE seq = ?9 AND");
+  else if (of == INDEX_MATCHES)
     /* Start from the matches and sort them; CROSS JOIN keeps SQLite from
      * walking the whole time index instead, probing each event against the
      * match set. */
@@ -100,7 +107,8 @@ static void rows_sql(const struct ana_event_query *q, bool text, bool words, cha
     APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
   for (size_t i = 0; i < q->n_properties; i++)
     APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
-  APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
+  if (of != ONE_EVENT)
+    APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
 #undef APPEND
 }
 
@@ -182,7 +190,8 @@ struct text_search {
   char *base;             /* the FTS5 query: the words' tokens, the name's */
   struct tokens *phrases; /* the query's words of several tokens */
   size_t n_phrases;
-  sqlite3_stmt *probe, *rows;
+  sqlite3_stmt *probe, *rows, *one, *payload;
+  int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
   int emitted;
   bool done;
 };
@@ -323,14 +332,86 @@ static int phrases_match(struct text_search *s, const char *text) {
   return all;
 }
 
-/* The matches of `match`, at most PROBE_ROWS. */
+/* The matches of `match` (at most PROBE_ROWS, in s->seqs): how many. */
 static int probe(struct text_search *s, const char *match) {
   sqlite3_reset(s->probe);
   sqlite3_bind_text(s->probe, 1, match, -1, SQLITE_STATIC);
   sqlite3_bind_int(s->probe, 2, PROBE_ROWS);
-  int n = sqlite3_step(s->probe) == SQLITE_ROW ? sqlite3_column_int(s->probe, 0) : -1;
+  int n = 0, step;
+  while (n < PROBE_ROWS && (step = sqlite3_step(s->probe)) == SQLITE_ROW)
+    s->seqs[n++] = sqlite3_column_int64(s->probe, 0);
+  if (n < PROBE_ROWS && step != SQLITE_DONE)
+    n = search_failed(s->r, s->err);
   sqlite3_reset(s->probe);
-  return n < 0 ? search_failed(s->r, s->err) : n;
+  return n;
+}
+
+/* One of a bucket's events that passed the filters. */
+struct candidate {
+  int64_t ts, seq;
+  char *event_id;
+};
+
+/* Newest first: timestamp, then event id (bytes, as SQLite's BINARY
+ * collation compares them), descending. */
+static int newest_first(const void *a, const void *b) {
+  const struct candidate *x = a, *y = b;
+  if (x->ts != y->ts)
+    return x->ts > y->ts ? -1 : 1;
+  return -strcmp(x->event_id, y->event_id);
+}
+
+/* Hands on the events of the n matches in s->seqs that pass the filters,
+ * newest first, until the page is full: the filters (and the words of
+ * several tokens) on each event, looked up by its sequence number, then
+ * the payloads of those handed on. */
+static int emit_matches(struct text_search *s, int n) {
+  struct candidate *c = ana_calloc((size_t)n, sizeof *c);
+  size_t k = 0;
+  int rc = c ? 0 : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (int i = 0; i < n && rc == 0; i++) {
+    sqlite3_reset(s->one);
+    sqlite3_bind_int64(s->one, 9, s->seqs[i]);
+    int step = sqlite3_step(s->one);
+    if (step == SQLITE_ROW) {
+      int m = s->n_phrases ? phrases_match(s, (const char *)sqlite3_column_text(s->one, 4)) : 1;
+      if (m < 0) {
+        rc = m;
+      } else if (m) {
+        c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
+                                  .seq = s->seqs[i],
+                                  .event_id =
+                                      ana_strdup((const char *)sqlite3_column_text(s->one, 2))};
+        if (!c[k++].event_id)
+          rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      }
+    } else if (step != SQLITE_DONE) {
+      rc = search_failed(s->r, s->err);
+    }
+  }
+  sqlite3_reset(s->one);
+  if (rc == 0)
+    qsort(c, k, sizeof *c, newest_first);
+  for (size_t i = 0; i < k && rc == 0 && !s->done; i++) {
+    sqlite3_reset(s->payload);
+    sqlite3_bind_int64(s->payload, 1, c[i].seq);
+    if (sqlite3_step(s->payload) != SQLITE_ROW) {
+      rc = search_failed(s->r, s->err);
+      break;
+    }
+    s->emitted++;
+    if (s->hit(s->ctx, sqlite3_column_blob(s->payload, 0),
+               (size_t)sqlite3_column_bytes(s->payload, 0), c[i].ts, c[i].event_id,
+               (uint64_t)c[i].seq) ||
+        (s->q->limit > 0 && s->emitted >= s->q->limit))
+      s->done = true;
+  }
+  if (s->payload)
+    sqlite3_reset(s->payload);
+  for (size_t i = 0; i < k; i++)
+    ana_free(c[i].event_id);
+  ana_free(c);
+  return rc;
 }
 
 /* Hands on the events matching `match` and the filters, newest first,
@@ -386,8 +467,10 @@ static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, in
     memcpy(match, s->base, base_len + 1);
   }
   int rc = probe(s, match);
-  if (rc > 0 && (rc < PROBE_ROWS || level == ANA_TEXT_INDEX_LEVELS)) {
-    rc = emit_rows(s, match);
+  if (rc > 0 && rc < PROBE_ROWS) {
+    rc = emit_matches(s, rc);
+  } else if (rc > 0 && level == ANA_TEXT_INDEX_LEVELS) {
+    rc = emit_rows(s, match); /* one second with more: all of them, sorted */
   } else if (rc > 0) {
     rc = 0;
     int child = level + 1;
@@ -427,15 +510,19 @@ static int text_search(struct text_search *s, char *const *paths) {
   int rc = open_tokenizer(s);
   if (rc < 0 || (rc = build_query(s)) <= 0)
     return rc;
-  char sql[4096];
-  rows_sql(q, true, s->n_phrases > 0, sql, sizeof sql);
+  char sql[4096], one[4096];
+  rows_sql(q, INDEX_MATCHES, s->n_phrases > 0, sql, sizeof sql);
+  rows_sql(q, ONE_EVENT, s->n_phrases > 0, one, sizeof one);
   if (sqlite3_prepare_v2(s->r, sql, -1, &s->rows, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(s->r, one, -1, &s->one, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(s->r, "SELECT payload FROM events WHERE seq = ?", -1, &s->payload, NULL) !=
+          SQLITE_OK ||
       sqlite3_prepare_v2(s->r,
-                         "SELECT count(*) FROM (SELECT 1 FROM text.events_fts"
-                         " WHERE events_fts MATCH ?1 LIMIT ?2)",
-                         -1, &s->probe, NULL) != SQLITE_OK)
+                         "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2", -1,
+                         &s->probe, NULL) != SQLITE_OK)
     return prepare_error(s->r, s->err);
   bind_filters(s->rows, q, paths);
+  bind_filters(s->one, q, paths);
   int64_t lo = q->from_ms, hi = q->to_ms, min_ts = 0, max_ts = 0;
   if (q->after_cursor && q->cursor_ts < hi)
     hi = q->cursor_ts + 1; /* the cursor's own timestamp still has events after it */
@@ -477,6 +564,8 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
     if (rc == 0) {
       rc = text_search(&s, paths);
       sqlite3_finalize(s.rows);
+      sqlite3_finalize(s.one);
+      sqlite3_finalize(s.payload);
       sqlite3_finalize(s.probe);
       sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
     }
@@ -490,7 +579,7 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   }
   char sql[4096];
   sqlite3_stmt *st = NULL;
-  rows_sql(q, false, false, sql, sizeof sql);
+  rows_sql(q, ALL_EVENTS, false, sql, sizeof sql);
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto release;
