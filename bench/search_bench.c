@@ -369,16 +369,19 @@ int main(int argc, char **argv) {
   bench_machine(mach, sizeof mach);
   double load = 0;
   getloadavg(&load, 1);
+  char filled[64] = ", the store of an earlier run with --dir";
+  if (!reuse)
+    snprintf(filled, sizeof filled, ", filled in %.0f s", fill_s);
   OUT("## Common-word search\n\n");
   OUT("`build/bench/search_bench --events %ld` on %s: %ld events (4 names, 50 campaigns x 20 "
-      "groups, random timestamps over 30 days, filled in %.0f s), pages of %d, words t0..t9 "
+      "groups, random timestamps over 30 days%s), pages of %d, words t0..t9 "
       "and u0..u9 each in 10%% of the events (two words: both, 1%%); eventName message_read "
       "(25%%); a 1-day range. In the same process, alternating per run: the query of the "
       "index's format 1 (every match joined with its event and sorted; %d runs) and the current "
       "one (%d runs). Wall time, and in parentheses the thread's CPU time (getrusage), which "
       "the machine's other load does not inflate (load average %.1f at the start). Equal pages: "
       "every page of the old query was compared with the new one's.\n\n",
-      n_events, mach, n_events, fill_s, PAGE, old_runs, runs, load);
+      n_events, mach, n_events, filled, PAGE, old_runs, runs, load);
   OUT("| case | format 1 p50 / p99 (CPU p50) | current p50 / p99 (CPU p50 / p99) | target "
       "|\n|---|---|---|---|\n");
   int mismatches = 0;
