@@ -507,6 +507,8 @@ static int indexed_span(struct text_search *s, int64_t *min_ts, int64_t *max_ts)
 
 static int text_search(struct text_search *s, char *const *paths) {
   const struct ana_event_query *q = s->q;
+  if (q->limit == 0)
+    return 0; /* LIMIT 0, as the query without free text */
   int rc = open_tokenizer(s);
   if (rc < 0 || (rc = build_query(s)) <= 0)
     return rc;
