@@ -5,6 +5,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
 .PHONY: all deps build run test test-unit test-integration asan fuzz fuzz-long crash-long bench \
+	test-clickhouse-long \
         format format-check docs install clean
 
 all: build
@@ -68,6 +69,12 @@ bench: build
 	  --out bench/RESULTS.md
 	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+
+# kill -9 of analyticsd while it ships to a real ClickHouse (started on loopback): KILLS cycles
+# (default 30) with an out-of-order import; every acknowledged event in ClickHouse exactly once.
+test-clickhouse-long: build
+	/usr/bin/python3 tests/integration/clickhouse_crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $(or $(KILLS),30)
 
 # The long crash test: KILLS kill -9 cycles under load (default 500).
 crash-long: build
