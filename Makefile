@@ -42,7 +42,8 @@ fuzz-long:
 # Benchmarks: ingest throughput, ack latency, search; metric rollups (their
 # rows are appended); writes bench/RESULTS.md.
 # BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store,
-# BENCH_METRIC_EVENTS events for the metric benchmark.
+# BENCH_METRIC_EVENTS events for the metric benchmark, BENCH_WORD_EVENTS events for the
+# common-word search benchmark.
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
 bench: build
@@ -50,6 +51,7 @@ bench: build
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --search-events $${BENCH_SEARCH_EVENTS:-10000000} \
 	  --out bench/RESULTS.md
+	./$(BUILD)/bench/search_bench --events $${BENCH_WORD_EVENTS:-1000000} --out bench/RESULTS.md
 	./$(BUILD)/bench/rest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/tls_bench --server ./$(BUILD)/server/analyticsd \
