@@ -29,6 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
+#define SCHEMA_VERSION 13
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -343,11 +344,11 @@ static void a_remote_event_store_drains_the_spool_in_order(void **state) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 12);
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 12);
+  assert_int_equal(ana_local_db_schema_version(again), SCHEMA_VERSION);
   ana_local_db_close(again);
 }
 
@@ -652,6 +653,90 @@ static void free_text_search_says_when_the_index_lags(void **state) {
                    1);
 }
 
+/* SQL that turns this build's events table back into the one of schemas 1
+ * to 12 (rowid = seq, AUTOINCREMENT, an index per field), with what it
+ * holds, and forgets migration 13. */
+#define EVENTS_OF_SCHEMA_12                                                                        \
+  "CREATE TABLE old_events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"                                \
+  "  account_id TEXT NOT NULL, event_id TEXT NOT NULL, session_id TEXT NOT NULL DEFAULT '',"       \
+  "  event_type TEXT NOT NULL, event_name TEXT NOT NULL, ts INTEGER NOT NULL,"                     \
+  "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
+  "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
+  "INSERT INTO old_events SELECT seq, account_id, event_id, session_id, event_type, event_name,"   \
+  "  ts, received_at, properties, search_text, payload FROM events ORDER BY seq;"                  \
+  "DROP TABLE events; DROP TABLE event_seq; ALTER TABLE old_events RENAME TO events;"              \
+  "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
+  "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"                   \
+  "CREATE INDEX events_by_type ON events(account_id, event_type, ts, event_id);"                   \
+  "CREATE INDEX events_by_session ON events(account_id, session_id, ts, event_id);"                \
+  "CREATE INDEX events_expiry ON events(ts);"                                                      \
+  "DROP INDEX dedupe_keys_by_day;"                                                                 \
+  "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"                                    \
+  "DELETE FROM schema_migrations WHERE version >= 13;"
+
+/* A store of schema 12 (events in seq order, an index per field) holding
+ * events at random times, some of them deleted at the top of the sequence
+ * (so that only sqlite_sequence knows the last number handed out): opened,
+ * it is migrated, every event keeps its sequence number and is found by
+ * time, by sequence and by search, and new events continue the sequence. */
+static void old_format_store_is_migrated_on_start(void **state) {
+  (void)state;
+  struct ana_event_record r[6];
+  char ids[6][16];
+  for (int i = 0; i < 6; i++) {
+    snprintf(ids[i], sizeof ids[i], "m%d", i);
+    /* out of order: days 5, 0, 3, 1, 4, 2 ago */
+    r[i] = record("acct-1", ids[i], i % 2 ? "sent" : "read", NOW - ((i * 5) % 6) * DAY - i, "{}",
+                  "migrated words");
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 6, &req), 0);
+  wait_done(1);
+  close_store();
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(conn, EVENTS_OF_SCHEMA_12, NULL, NULL, NULL), SQLITE_OK);
+  /* The newest event deleted: its number must not be handed out again. */
+  assert_int_equal(sqlite3_exec(conn, "DELETE FROM events WHERE seq = 6", NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(query_int(conn, "SELECT seq FROM sqlite_sequence WHERE name = 'events'"), 6);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 5);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE key >> 40 != ts / 86400000"
+                                "  OR key % 1099511627776 != seq"),
+                   0);
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name IN ('events_by_time',"
+                   " 'events_by_name', 'events_by_type', 'events_by_session', 'events_expiry',"
+                   " 'dedupe_keys_expiry')"),
+      0);
+  /* Newest first across the days, page by page. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .limit = 2});
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ids[0], "m0");
+  assert_string_equal(h.ids[1], "m4");
+  h = search((struct ana_event_query){.account_id = "acct-1", .text = "migrated"});
+  assert_int_equal(h.n, 5);
+  /* The next event continues after the deleted number. */
+  struct ana_event_record next = record("acct-1", "m6", "sent", NOW - 7 * DAY, "{}", "later");
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &next, 1, &err), 0);
+  assert_int_equal(ana_local_spool_append(db, &next, 1, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(next.seq, 7);
+  assert_int_equal(query_int(w, "SELECT seq FROM events WHERE event_id = 'm6'"), 7);
+  uint64_t last = 0;
+  assert_int_equal(ana_local_spool_last_seq(db, &last, &err), 0);
+  assert_int_equal(last, 7);
+}
+
 /* A database of schema 3 kept its free-text index inside: the upgrade
  * drops it there, and the index file is built from the stored events. */
 static void upgrade_moves_the_text_index_out_of_the_events_database(void **state) {
@@ -670,14 +755,14 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
                    "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
                    "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;"
-                   "DELETE FROM schema_migrations WHERE version >= 4;",
+                   EVENTS_OF_SCHEMA_12 "DELETE FROM schema_migrations WHERE version >= 4;",
                    NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(conn);
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 12);
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);
@@ -697,7 +782,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   assert_int_equal(
       sqlite3_exec(conn,
                    "DROP TABLE alert_accounts; DROP TABLE alert_instances;"
-                   "DROP TABLE alert_history; DROP TABLE data_keys;"
+                   "DROP TABLE alert_history; DROP TABLE data_keys;" EVENTS_OF_SCHEMA_12
                    "DELETE FROM schema_migrations WHERE version >= 11;"
                    "CREATE TABLE alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
                    "CREATE TABLE alert_instances (alert_id TEXT NOT NULL,"
@@ -712,7 +797,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   sqlite3_close(conn);
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 12);
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM alert_accounts"), 1);
   assert_int_equal(query_int(w, "SELECT state FROM alert_instances WHERE alert_id = 'a1'"), 2);
@@ -936,6 +1021,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(text_index_of_the_first_format_is_rebuilt_contentless, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
+      cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_keeps_alert_tables_an_earlier_build_created, setup,

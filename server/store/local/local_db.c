@@ -308,6 +308,44 @@ static const char *const migrations[] = {
     "  wrapped BLOB NOT NULL,"
     "  created_at INTEGER NOT NULL,"
     "  PRIMARY KEY (account_id, key_id)) WITHOUT ROWID;",
+
+    /* 13: events laid out by day (ana_local_db.h, "event layout"): the
+     * rowid is the event's UTC day times 2^40 plus its commit sequence, so
+     * that an import at random times appends at the end of each day's range
+     * rather than at random places, and retention deletes whole days; seq
+     * has its own (append-only) index, and the last one handed out its
+     * row. One index finds an account's days; the per-field indexes
+     * (name, type, session, expiry), whose inserts landed at random places
+     * and which filtered what the day index finds, are gone. The keys'
+     * expiry index is by day too. */
+    "CREATE TABLE events_by_day_layout ("
+    "  key INTEGER PRIMARY KEY,"
+    "  seq INTEGER NOT NULL,"
+    "  account_id TEXT NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  session_id TEXT NOT NULL DEFAULT '',"
+    "  event_type TEXT NOT NULL,"
+    "  event_name TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  properties TEXT NOT NULL DEFAULT '{}',"
+    "  search_text TEXT NOT NULL DEFAULT '',"
+    "  payload BLOB NOT NULL);"
+    "INSERT INTO events_by_day_layout SELECT (ts / 86400000) * 1099511627776 + seq, seq,"
+    "  account_id, event_id, session_id, event_type, event_name, ts, received_at, properties,"
+    "  search_text, payload FROM events ORDER BY ts / 86400000, seq;"
+    "CREATE TABLE event_seq ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  last INTEGER NOT NULL);"
+    "INSERT INTO event_seq VALUES (1, MAX("
+    "  COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+    "  COALESCE((SELECT MAX(seq) FROM events), 0)));"
+    "DROP TABLE events;"
+    "ALTER TABLE events_by_day_layout RENAME TO events;"
+    "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
+    "CREATE INDEX events_by_day ON events(account_id, ts / 86400000);"
+    "DROP INDEX dedupe_keys_expiry;"
+    "CREATE INDEX dedupe_keys_by_day ON dedupe_keys(expires_at / 86400000);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

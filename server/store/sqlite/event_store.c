@@ -7,6 +7,7 @@
 
 #include "ana_alloc.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -137,8 +138,10 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
            " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
            " AND ts >= ?2 AND ts < ?3");
   else
+    /* The account's days from the newest (events_by_day), each sorted on its
+     * own: ORDER BY the day first lets SQLite stop after the page. */
     APPEND("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ?1"
-           " AND ts >= ?2 AND ts < ?3");
+           " AND " ANA_EVENT_DAY_SQL " BETWEEN ?11 AND ?12 AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = ?4");
   if (q->event_name && q->event_name[0])
@@ -153,7 +156,8 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
       goto nomem;
     APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
   }
-  APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
+  APPEND(" ORDER BY %sts DESC, event_id DESC LIMIT ?10",
+         fts && fts[0] ? "" : ANA_EVENT_DAY_SQL " DESC, ");
 #undef APPEND
 
   sqlite3 *r = ana_local_db_acquire_reader(db);
@@ -180,6 +184,13 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   if (fts && fts[0])
     sqlite3_bind_text(st, 9, fts, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 10, q->limit);
+  if (!(fts && fts[0])) {
+    int64_t last = q->to_ms > INT64_MIN ? q->to_ms - 1 : INT64_MIN;
+    if (q->after_cursor && q->cursor_ts < last)
+      last = q->cursor_ts;
+    sqlite3_bind_int64(st, 11, ana_event_day(q->from_ms));
+    sqlite3_bind_int64(st, 12, ana_event_day(last));
+  }
   for (size_t i = 0; i < q->n_properties; i++) {
     sqlite3_bind_text(st, (int)(20 + 2 * i), paths[i], -1, SQLITE_STATIC);
     sqlite3_bind_text(st, (int)(21 + 2 * i), q->property_values[i], -1, SQLITE_STATIC);
@@ -232,18 +243,25 @@ static struct ana_scanned_event scanned_row(sqlite3_stmt *st) {
   };
 }
 
+static bool name_wanted(const char *name, const char *const *names, size_t n_names) {
+  if (!n_names)
+    return true;
+  for (size_t i = 0; i < n_names; i++)
+    if (name && strcmp(name, names[i]) == 0)
+      return true;
+  return false;
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* One indexed range per event name (events_by_name), or the account's
-   * time range (events_by_time) when every event counts. */
+  /* The account's days in the range (events_by_day), read once; the names
+   * filter what it finds. */
   const char *sql =
-      n_names
-          ? "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-            " WHERE account_id = ?1 AND event_name = ?4 AND ts >= ?2 AND ts < ?3"
-          : "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-            " WHERE account_id = ?1 AND ts >= ?2 AND ts < ?3";
+      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
+      " WHERE account_id = ?1 AND " ANA_EVENT_DAY_SQL " BETWEEN ?4 AND ?5"
+      " AND ts >= ?2 AND ts < ?3";
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -251,27 +269,22 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     rc = prepare_error(r, err);
     goto out;
   }
-  bool stop = false;
-  for (size_t i = 0; i < (n_names ? n_names : 1) && !stop; i++) {
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, from_ms);
-    sqlite3_bind_int64(st, 3, to_ms);
-    if (n_names)
-      sqlite3_bind_text(st, 4, names[i], -1, SQLITE_STATIC);
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = scanned_row(st);
-      if (fn(ctx, &ev)) {
-        stop = true;
-        break;
-      }
-    }
-    if (!stop && step != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-      rc = ANA_ERR_IO;
+  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, from_ms);
+  sqlite3_bind_int64(st, 3, to_ms);
+  sqlite3_bind_int64(st, 4, ana_event_day(from_ms));
+  sqlite3_bind_int64(st, 5, ana_event_day(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
+      continue;
+    struct ana_scanned_event ev = scanned_row(st);
+    if (fn(ctx, &ev))
       break;
-    }
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
   }
 out:
   sqlite3_finalize(st);
@@ -313,9 +326,12 @@ out:
   return rc;
 }
 
-/* Deletes up to max_rows events older than cutoff_ms (up to upto_seq),
- * after before_delete saw them. If this transaction then fails, the events
- * stay a little longer (they are past retention already). */
+/* Deletes up to max_rows events of the UTC days that ended by cutoff_ms
+ * (up to upto_seq), after before_delete saw them: the first rows of the
+ * table (its rowid starts with the day), so that retention removes whole
+ * days and rewrites no page of the days it keeps. An event is thus deleted
+ * within a day after it passed cutoff_ms. If this transaction then fails,
+ * the events stay a little longer (they are past retention already). */
 static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
                         int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
                                              struct ana_error *err),
@@ -323,21 +339,27 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
   sqlite3_stmt *st = NULL;
-  int64_t *seqs = ana_malloc(sizeof *seqs * (size_t)(max_rows > 0 ? max_rows : 1));
+  size_t cap = (size_t)(max_rows > 0 ? max_rows : 1);
+  int64_t *seqs = ana_malloc(sizeof *seqs * cap);
+  int64_t *keys = ana_malloc(sizeof *keys * cap);
   size_t n = 0;
-  int rc = seqs ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc == 0 &&
-      sqlite3_prepare_v2(w, "SELECT seq FROM events WHERE ts < ? AND seq <= ? ORDER BY ts LIMIT ?",
-                         -1, &st, NULL) != SQLITE_OK)
+  int rc = seqs && keys ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && sqlite3_prepare_v2(w,
+                                    "SELECT key, seq FROM events WHERE key < ?1 AND seq <= ?2"
+                                    " ORDER BY key LIMIT ?3",
+                                    -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   if (rc == 0) {
-    sqlite3_bind_int64(st, 1, cutoff_ms);
+    /* The first key of the day of cutoff_ms: the first day that is kept. */
+    sqlite3_bind_int64(st, 1, ana_event_key(cutoff_ms, 0));
     sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
     sqlite3_bind_int(st, 3, max_rows);
     int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW)
-      seqs[n++] = sqlite3_column_int64(st, 0);
-    if (step != SQLITE_DONE)
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && n < cap) {
+      keys[n] = sqlite3_column_int64(st, 0);
+      seqs[n++] = sqlite3_column_int64(st, 1);
+    }
+    if (step != SQLITE_DONE && step != SQLITE_ROW)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
   }
@@ -346,17 +368,18 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   if (rc == 0 && n > 0 && before_delete)
     rc = before_delete(ctx, seqs, n, err);
   if (rc == 0 && n > 0 &&
-      sqlite3_prepare_v2(w, "DELETE FROM events WHERE seq = ?", -1, &st, NULL) != SQLITE_OK)
+      sqlite3_prepare_v2(w, "DELETE FROM events WHERE key = ?", -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, seqs[i]);
+    sqlite3_bind_int64(st, 1, keys[i]);
     if (sqlite3_step(st) != SQLITE_DONE)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
   }
   sqlite3_finalize(st);
   ana_free(seqs);
+  ana_free(keys);
   return rc < 0 ? rc : (int)n;
 }
 
