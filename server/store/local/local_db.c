@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,7 +74,11 @@ struct ana_local_db {
   bool waiting_for_reset;
   bool gate_closed;   /* a catch-up holds the event writer at BEGIN */
   bool writer_in_txn; /* the event writer is between BEGIN and its end */
-  uint64_t checkpoints, catch_ups;
+  /* The bound on the WAL (see wal_over): the event writer waits at BEGIN
+   * while the WAL holds limit_pages or more that are not all copied. */
+  int limit_pages;
+  bool writer_held;
+  uint64_t checkpoints, catch_ups, writer_waits;
   bool metrics_registered;
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
@@ -89,6 +94,10 @@ struct ana_local_db {
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
 #define CHECKPOINT_EVERY_MS 5000
+/* While the event writer waits for the WAL to be copied, the checkpoint
+ * thread tries again this often (a reader may hold pages back). */
+#define HELD_RETRY_MS 5
+#define PAGE_BYTES 4096
 /* A failed commit keeps the store degraded at least this long. */
 #define DEGRADED_RETRY_MS 5000
 /* A catch-up holds the event writer only for the last pages appended (at
@@ -396,6 +405,16 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   return 0;
 }
 
+/* A WAL that starts over is cut to this size (SQLite truncates it at the
+ * first commit after the restart): not to zero, because appending to a
+ * file costs more than overwriting it (see leave_wal_for_next_start). */
+static void set_journal_limit(sqlite3 *conn, int pages) {
+  char sql[64];
+  snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld",
+           pages < 0 ? -1LL : (long long)pages * PAGE_BYTES);
+  sqlite3_exec(conn, sql, NULL, NULL, NULL);
+}
+
 static int schema_version(sqlite3 *db) {
   sqlite3_stmt *st = NULL;
   int v = 0;
@@ -408,6 +427,11 @@ static int schema_version(sqlite3 *db) {
 }
 
 static int migrate(sqlite3 *db, struct ana_error *err) {
+  /* A new database gives the pages that retention frees back to the file
+   * system (ana_local_db_reclaim); SQLite takes this only before the first
+   * table (an older database keeps its free pages for reuse). */
+  if (exec(db, "PRAGMA auto_vacuum = INCREMENTAL", err) < 0)
+    return ANA_ERR_IO;
   if (exec(db,
            "CREATE TABLE IF NOT EXISTS schema_migrations ("
            "  version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
@@ -477,6 +501,16 @@ static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) 
   return SQLITE_OK;
 }
 
+/* Whether the WAL holds limit_pages or more and a commit could not start it
+ * over yet: not all of it was copied since the last commit (a reader held
+ * pages back, or the checkpoint thread has not run). The event writer waits
+ * at BEGIN while this holds, so the WAL grows past limit_pages by one commit
+ * at most. Called with checkpoint_mu held. */
+static bool wal_over(const struct ana_local_db *db) {
+  return db->wal_pages >= db->limit_pages &&
+         !(db->waiting_for_reset && db->commits == db->complete_commits);
+}
+
 /* One PASSIVE checkpoint (it never waits for the writer or readers: it
  * copies what it can). Called and returns with checkpoint_mu held. Returns
  * true when it copied the whole WAL as it was when it began. */
@@ -490,6 +524,8 @@ static bool checkpoint_once(struct ana_local_db *db, int *log) {
    * after the copy was complete. */
   db->waiting_for_reset = rc == SQLITE_OK && done == *log;
   db->complete_commits = db->commits;
+  if (db->waiting_for_reset)
+    pthread_cond_broadcast(&db->gate_cond); /* a held writer may start the WAL over */
   return db->waiting_for_reset;
 }
 
@@ -520,9 +556,13 @@ static void catch_up(struct ana_local_db *db, int log) {
 static void collect(struct ana_prom_writer *w, void *ctx) {
   struct ana_local_db *db = ctx;
   pthread_mutex_lock(&db->checkpoint_mu);
-  uint64_t background = db->checkpoints, catch_ups = db->catch_ups;
+  uint64_t background = db->checkpoints, catch_ups = db->catch_ups, waits = db->writer_waits;
   uint64_t wal_pages = (uint64_t)db->wal_pages;
   pthread_mutex_unlock(&db->checkpoint_mu);
+  char wal[4200];
+  snprintf(wal, sizeof wal, "%s-wal", db->path);
+  struct stat st;
+  uint64_t wal_bytes = stat(wal, &st) == 0 ? (uint64_t)st.st_size : 0;
   ana_prom_write_family(w, "ana_store_checkpoints_total", "counter",
                         "WAL checkpoints of the local database: in the background, and "
                         "catch-ups that held event commits back briefly to restart the WAL.");
@@ -533,19 +573,28 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_family(w, "ana_store_wal_pages", "gauge",
                         "Pages in the local database's WAL after the last commit.");
   ana_prom_write_u64(w, "ana_store_wal_pages", NULL, wal_pages);
+  ana_prom_write_family(w, "ana_store_wal_bytes", "gauge",
+                        "Size of the local database's WAL file in bytes (at most 2 x "
+                        "WAL_CHECKPOINT_MB; trimmed to WAL_CHECKPOINT_MB when it starts over).");
+  ana_prom_write_u64(w, "ana_store_wal_bytes", NULL, wal_bytes);
+  ana_prom_write_family(w, "ana_store_wal_waits_total", "counter",
+                        "Event commits that waited for the WAL to be copied because it held "
+                        "1.5 x WAL_CHECKPOINT_MB (readers kept the checkpoint from finishing).");
+  ana_prom_write_u64(w, "ana_store_wal_waits_total", NULL, waits);
 }
 
 static void *checkpoint_loop(void *arg) {
   struct ana_local_db *db = arg;
   pthread_mutex_lock(&db->checkpoint_mu);
   while (!db->checkpoint_stop) {
-    struct timespec ts = ana_clock_deadline(CLOCK_REALTIME, CHECKPOINT_EVERY_MS);
+    struct timespec ts = ana_clock_deadline(
+        CLOCK_REALTIME, db->writer_held && !db->gate_closed ? HELD_RETRY_MS : CHECKPOINT_EVERY_MS);
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
     if (blocked || db->new_pages < db->checkpoint_pages)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
-    if (db->new_pages == 0)
+    if (db->new_pages == 0 && !wal_over(db))
       continue; /* idle: nothing appended since the last checkpoint */
     if (db->waiting_for_reset && db->commits == db->complete_commits)
       continue; /* no commit since the WAL was copied whole: see above */
@@ -573,6 +622,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
   db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
+  db->limit_pages = DEFAULT_CHECKPOINT_PAGES / 2 * 3;
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -592,6 +642,8 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
     goto fail;
   /* The hook replaces SQLite's automatic checkpoint on the writer. */
   sqlite3_wal_hook(db->writer, on_wal_commit, db);
+  set_journal_limit(db->writer, db->checkpoint_pages);
+  set_journal_limit(db->checkpointer, db->checkpoint_pages);
   if (pthread_create(&db->checkpoint_thread, NULL, checkpoint_loop, db) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the checkpoint thread");
     goto fail;
@@ -648,6 +700,12 @@ void ana_local_db_close(struct ana_local_db *db) {
     sqlite3_wal_hook(db->writer, NULL, NULL);
   if (db->checkpoint_started) /* opened in full: a failed open writes nothing */
     leave_wal_for_next_start(db->writer);
+  /* With a size limit, the last connection to close would cut the WAL it
+   * keeps to nothing (SQLite does so for a persistent WAL). */
+  if (db->writer)
+    set_journal_limit(db->writer, -1);
+  if (db->checkpointer)
+    set_journal_limit(db->checkpointer, -1);
   for (int i = 0; i < WRITER_STATEMENTS; i++)
     sqlite3_finalize(db->writer_statements[i].stmt);
   sqlite3_close(db->checkpointer);
@@ -666,6 +724,10 @@ void ana_local_db_close(struct ana_local_db *db) {
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_lock(&db->checkpoint_mu);
   db->checkpoint_pages = pages > 0 ? pages : 1;
+  db->limit_pages = db->checkpoint_pages + (db->checkpoint_pages + 1) / 2;
+  set_journal_limit(db->writer, db->checkpoint_pages);
+  set_journal_limit(db->checkpointer, db->checkpoint_pages);
+  pthread_cond_broadcast(&db->gate_cond);
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
@@ -717,8 +779,16 @@ static const char sql_rollback[] = "ROLLBACK";
  * which holds new ones back during a catch-up (see struct ana_local_db). */
 static void writer_txn_started(struct ana_local_db *db) {
   pthread_mutex_lock(&db->checkpoint_mu);
-  while (db->gate_closed)
+  if (wal_over(db) && !db->checkpoint_stop)
+    db->writer_waits++;
+  while ((db->gate_closed || wal_over(db)) && !db->checkpoint_stop) {
+    if (!db->writer_held) {
+      db->writer_held = true;
+      pthread_cond_signal(&db->checkpoint_cond);
+    }
     pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
+  }
+  db->writer_held = false;
   db->writer_in_txn = true;
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
@@ -783,6 +853,9 @@ sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
     return NULL;
   /* Only the checkpoint thread checkpoints; commits here count for it. */
   sqlite3_wal_hook(conn, on_wal_commit, db);
+  pthread_mutex_lock(&db->checkpoint_mu);
+  set_journal_limit(conn, db->checkpoint_pages);
+  pthread_mutex_unlock(&db->checkpoint_mu);
   return conn;
 }
 
@@ -846,4 +919,30 @@ bool ana_local_db_check_space(struct ana_local_db *db) {
       ana_clock_mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
     atomic_store(&db->degraded, false);
   return !low;
+}
+
+int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err) {
+  char sql[64];
+  snprintf(sql, sizeof sql, "PRAGMA incremental_vacuum(%d)", max_pages > 0 ? max_pages : 1);
+  int before = 0, after = 0;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(db->writer, "PRAGMA page_count", -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    before = sqlite3_column_int(st, 0);
+  if (ana_local_db_begin(db, err) < 0)
+    goto fail;
+  if (exec(db->writer, sql, err) < 0) {
+    ana_local_db_rollback(db);
+    goto fail;
+  }
+  if (ana_local_db_commit(db, err) < 0)
+    goto fail;
+  sqlite3_reset(st);
+  if (st && sqlite3_step(st) == SQLITE_ROW)
+    after = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return before > after ? before - after : 0;
+fail:
+  sqlite3_finalize(st);
+  return ANA_ERR_IO;
 }
