@@ -67,10 +67,13 @@ bench: build
 	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 
-# The long crash test: KILLS kill -9 cycles under load (default 500).
+# The long crash tests: KILLS kill -9 cycles under load (default 500), then
+# IMPORT_KILLS during an import at random times (default 30).
 crash-long: build
 	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
 	  --kills $${KILLS:-500}
+	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $${IMPORT_KILLS:-30} --out-of-order
 
 install: build
 	cmake --install $(BUILD)

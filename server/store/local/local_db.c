@@ -78,7 +78,7 @@ struct ana_local_db {
    * while the WAL holds limit_pages or more that are not all copied. */
   int limit_pages;
   bool writer_held;
-  uint64_t checkpoints, catch_ups, writer_waits;
+  uint64_t checkpoints, catch_ups, writer_waits, restarts;
   bool metrics_registered;
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
@@ -98,6 +98,7 @@ struct ana_local_db {
  * thread tries again this often (a reader may hold pages back). */
 #define HELD_RETRY_MS 5
 #define PAGE_BYTES 4096
+#define COMMIT_ROOM_PAGES 1024
 /* A failed commit keeps the store degraded at least this long. */
 #define DEGRADED_RETRY_MS 5000
 /* A catch-up holds the event writer only for the last pages appended (at
@@ -501,14 +502,56 @@ static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) 
   return SQLITE_OK;
 }
 
-/* Whether the WAL holds limit_pages or more and a commit could not start it
- * over yet: not all of it was copied since the last commit (a reader held
- * pages back, or the checkpoint thread has not run). The event writer waits
- * at BEGIN while this holds, so the WAL grows past limit_pages by one commit
- * at most. Called with checkpoint_mu held. */
+/* Whether the WAL holds limit_pages or more and was not started over since:
+ * readers of old snapshots kept the checkpoints from copying it all, or
+ * kept the commits from starting it over (a commit restarts the WAL only
+ * when no reader still reads frames of it). The event writer waits at BEGIN
+ * while this holds and the checkpoint thread restarts the WAL (restart_wal),
+ * so the WAL grows past limit_pages by one commit at most. Called with
+ * checkpoint_mu held. */
+/* The WAL's size at which the event writer waits: twice the checkpoint
+ * size less room for one commit (half of it, or 4 MiB, or all of it when it
+ * is smaller), so that the commit that crosses it stays within twice. */
+static int limit_pages(int checkpoint_pages) {
+  int room = checkpoint_pages / 2;
+  if (room < COMMIT_ROOM_PAGES)
+    room = checkpoint_pages < COMMIT_ROOM_PAGES ? checkpoint_pages : COMMIT_ROOM_PAGES;
+  return 2 * checkpoint_pages - room;
+}
+
 static bool wal_over(const struct ana_local_db *db) {
   return db->wal_pages >= db->limit_pages &&
          !(db->waiting_for_reset && db->commits == db->complete_commits);
+}
+
+/* Copies the whole WAL and starts it over (a RESTART checkpoint: it takes
+ * the write lock, so no commit runs beside it, and waits for the readers of
+ * older snapshots to end). Called and returns with checkpoint_mu held. */
+static void restart_wal(struct ana_local_db *db) {
+  int log = 0, done = 0;
+  db->new_pages = 0;
+  pthread_mutex_unlock(&db->checkpoint_mu);
+  int rc = sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+  pthread_mutex_lock(&db->checkpoint_mu);
+  if (rc != SQLITE_OK)
+    return; /* a reader held on past the busy timeout: tried again */
+  db->restarts++;
+  db->wal_pages = 0;
+  /* Copied whole: the next checkpoint waits for a commit (the WAL-reset
+   * note above), and the held writer goes on. */
+  db->waiting_for_reset = true;
+  db->complete_commits = db->commits;
+  pthread_cond_broadcast(&db->gate_cond);
+}
+
+/* The checkpoint connection waits for readers and the write lock in 1 ms
+ * steps, up to BUSY_TIMEOUT_MS, and not at all once the database closes. */
+static int checkpointer_busy(void *arg, int tries) {
+  struct ana_local_db *db = arg;
+  if (__atomic_load_n(&db->checkpoint_stop, __ATOMIC_RELAXED) || tries >= BUSY_TIMEOUT_MS)
+    return 0;
+  usleep(1000);
+  return 1;
 }
 
 /* One PASSIVE checkpoint (it never waits for the writer or readers: it
@@ -557,6 +600,7 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   struct ana_local_db *db = ctx;
   pthread_mutex_lock(&db->checkpoint_mu);
   uint64_t background = db->checkpoints, catch_ups = db->catch_ups, waits = db->writer_waits;
+  uint64_t restarts = db->restarts;
   uint64_t wal_pages = (uint64_t)db->wal_pages;
   pthread_mutex_unlock(&db->checkpoint_mu);
   char wal[4200];
@@ -570,6 +614,8 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
                      (const char *const[]){"kind", "background", NULL}, background);
   ana_prom_write_u64(w, "ana_store_checkpoints_total",
                      (const char *const[]){"kind", "catch_up", NULL}, catch_ups);
+  ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                     (const char *const[]){"kind", "restart", NULL}, restarts);
   ana_prom_write_family(w, "ana_store_wal_pages", "gauge",
                         "Pages in the local database's WAL after the last commit.");
   ana_prom_write_u64(w, "ana_store_wal_pages", NULL, wal_pages);
@@ -578,8 +624,8 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
                         "WAL_CHECKPOINT_MB; trimmed to WAL_CHECKPOINT_MB when it starts over).");
   ana_prom_write_u64(w, "ana_store_wal_bytes", NULL, wal_bytes);
   ana_prom_write_family(w, "ana_store_wal_waits_total", "counter",
-                        "Event commits that waited for the WAL to be copied because it held "
-                        "1.5 x WAL_CHECKPOINT_MB (readers kept the checkpoint from finishing).");
+                        "Event commits that waited for the WAL to start over because it held "
+                        "its bound (readers of old snapshots kept it from starting over).");
   ana_prom_write_u64(w, "ana_store_wal_waits_total", NULL, waits);
 }
 
@@ -598,6 +644,11 @@ static void *checkpoint_loop(void *arg) {
       continue; /* idle: nothing appended since the last checkpoint */
     if (db->waiting_for_reset && db->commits == db->complete_commits)
       continue; /* no commit since the WAL was copied whole: see above */
+    if (wal_over(db)) {
+      restart_wal(db);
+      db->checkpoints++;
+      continue;
+    }
     int log = 0;
     bool whole = checkpoint_once(db, &log);
     db->checkpoints++;
@@ -622,7 +673,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
   db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
-  db->limit_pages = DEFAULT_CHECKPOINT_PAGES / 2 * 3;
+  db->limit_pages = limit_pages(DEFAULT_CHECKPOINT_PAGES);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -640,6 +691,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
       goto fail;
   if (open_connection(db->path, SQLITE_OPEN_READWRITE, &db->checkpointer, err) < 0)
     goto fail;
+  sqlite3_busy_handler(db->checkpointer, checkpointer_busy, db);
   /* The hook replaces SQLite's automatic checkpoint on the writer. */
   sqlite3_wal_hook(db->writer, on_wal_commit, db);
   set_journal_limit(db->writer, db->checkpoint_pages);
@@ -724,7 +776,7 @@ void ana_local_db_close(struct ana_local_db *db) {
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_lock(&db->checkpoint_mu);
   db->checkpoint_pages = pages > 0 ? pages : 1;
-  db->limit_pages = db->checkpoint_pages + (db->checkpoint_pages + 1) / 2;
+  db->limit_pages = limit_pages(db->checkpoint_pages);
   set_journal_limit(db->writer, db->checkpoint_pages);
   set_journal_limit(db->checkpointer, db->checkpoint_pages);
   pthread_cond_broadcast(&db->gate_cond);

@@ -252,16 +252,28 @@ static bool name_wanted(const char *name, const char *const *names, size_t n_nam
   return false;
 }
 
+/* A long scan reads in several snapshots, each ended after about this many
+ * rows: a read snapshot keeps the checkpoint from copying what was
+ * committed after it, and so the WAL from starting over (the event writer
+ * then waits, see ana_local_db_set_checkpoint_pages). */
+#define SCAN_SNAPSHOT_ROWS 50000
+
+static int scan_error(sqlite3 *r, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
+  return ANA_ERR_IO;
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* The account's days in the range (events_by_day), read once; the names
-   * filter what it finds. */
+  /* The account's days in the range (events_by_day), in day order; the
+   * names filter what it finds. After SCAN_SNAPSHOT_ROWS rows the scan
+   * ends its snapshot at the next day and goes on from that day. */
   const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-      " WHERE account_id = ?1 AND " ANA_EVENT_DAY_SQL " BETWEEN ?4 AND ?5"
-      " AND ts >= ?2 AND ts < ?3";
+      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq, " ANA_EVENT_DAY_SQL
+      " FROM events WHERE account_id = ?1 AND " ANA_EVENT_DAY_SQL " BETWEEN ?4 AND ?5"
+      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_DAY_SQL;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -274,18 +286,29 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   sqlite3_bind_int64(st, 3, to_ms);
   sqlite3_bind_int64(st, 4, ana_event_day(from_ms));
   sqlite3_bind_int64(st, 5, ana_event_day(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
+  int64_t day = INT64_MIN;
+  long rows = 0;
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    int64_t d = sqlite3_column_int64(st, 7);
+    if (d != day && rows >= SCAN_SNAPSHOT_ROWS) {
+      /* A new day: start a new snapshot there (this row is read again). */
+      sqlite3_reset(st);
+      sqlite3_bind_int64(st, 4, d);
+      rows = 0;
+      day = d;
+      continue;
+    }
+    day = d;
+    rows++;
     if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
       continue;
     struct ana_scanned_event ev = scanned_row(st);
     if (fn(ctx, &ev))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
-  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = scan_error(r, err);
 out:
   sqlite3_finalize(st);
   ana_local_db_release_reader(s->db, r);
@@ -295,30 +318,43 @@ out:
 static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                           ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* A range of the rowid (seq): each row is read once, in commit order.
-   * "+account_id" keeps SQLite from walking the account's time index instead. */
+  /* A range of seq (events_by_seq): each row is read once, in commit
+   * order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up to the last
+   * one stored when it began. "+account_id" keeps SQLite from walking the
+   * account's day index instead. */
   const char *sql =
       "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
       " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
+  uint64_t last = 0;
+  int rc = ana_local_spool_last_seq(s->db, &last, err);
+  if (rc < 0)
+    return rc;
+  if (upto_seq > last)
+    upto_seq = last;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
-  int rc = 0;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
   }
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
-  sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_scanned_event ev = scanned_row(st);
-    if (fn(ctx, &ev))
-      break;
-  }
-  if (step != SQLITE_ROW && step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
+  bool stop = false;
+  for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
+    uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)lo);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)hi);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+      struct ana_scanned_event ev = scanned_row(st);
+      if (fn(ctx, &ev)) {
+        stop = true;
+        break;
+      }
+    }
+    if (!stop && step != SQLITE_DONE)
+      rc = scan_error(r, err);
+    lo = hi;
   }
 out:
   sqlite3_finalize(st);
