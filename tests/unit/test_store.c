@@ -653,6 +653,100 @@ static void free_text_search_says_when_the_index_lags(void **state) {
                    1);
 }
 
+/* Out-of-order events for the next test: ids o000..., over 40 days, a few
+ * sharing a timestamp (the cursor's tie-break is the id). */
+#define OOO_N 300
+static char ooo_ids[OOO_N][16];
+static int64_t ooo_ts[OOO_N];
+
+static int ooo_newest_first(const void *a, const void *b) {
+  int i = *(const int *)a, j = *(const int *)b;
+  if (ooo_ts[i] != ooo_ts[j])
+    return ooo_ts[i] < ooo_ts[j] ? 1 : -1;
+  return -strcmp(ooo_ids[i], ooo_ids[j]);
+}
+
+/* Pages (limit 37) through the account's events from..to, newest first, by
+ * cursor; checks them against the expected order of those with keep(i). */
+static void check_pages(int64_t from, int64_t to, const char *name, bool (*keep)(int i)) {
+  int order[OOO_N], n = 0;
+  for (int i = 0; i < OOO_N; i++)
+    if (ooo_ts[i] >= from && ooo_ts[i] < to && (!name || (i % 3 == 0) == !strcmp(name, "read")) &&
+        (!keep || keep(i)))
+      order[n++] = i;
+  qsort(order, (size_t)n, sizeof order[0], ooo_newest_first);
+  struct ana_event_query q = {
+      .account_id = "acct-1", .from_ms = from, .to_ms = to, .event_name = name, .limit = 37};
+  char cursor_id[32];
+  int seen = 0;
+  for (;;) {
+    struct hits h = search(q);
+    for (int k = 0; k < h.n; k++, seen++) {
+      assert_true(seen < n);
+      assert_string_equal(h.ids[k], ooo_ids[order[seen]]);
+      assert_int_equal(h.ts[k], ooo_ts[order[seen]]);
+    }
+    if (h.n < 37)
+      break;
+    snprintf(cursor_id, sizeof cursor_id, "%s", h.ids[h.n - 1]);
+    q.after_cursor = true;
+    q.cursor_ts = h.ts[h.n - 1];
+    q.cursor_event_id = cursor_id;
+  }
+  assert_int_equal(seen, n);
+}
+
+static int64_t ooo_cutoff;
+static bool ooo_kept(int i) {
+  return ooo_ts[i] / DAY >= ooo_cutoff / DAY;
+}
+
+/* Events committed in random time order over 40 days, as an import of
+ * history: every page newest first by cursor has the right events in the
+ * right order (across days, with equal timestamps, with a name filter and a
+ * time range); retention then deletes exactly the days before the cutoff's
+ * and the pages stay right. */
+static void retention_and_cursors_on_out_of_order_events(void **state) {
+  (void)state;
+  static struct ana_event_record r[OOO_N];
+  unsigned seed = 21;
+  for (int i = 0; i < OOO_N; i++) {
+    snprintf(ooo_ids[i], sizeof ooo_ids[i], "o%03d", (i * 7919) % OOO_N);
+    ooo_ts[i] = i % 10 == 9 ? ooo_ts[i - 1]
+                            : NOW - (int64_t)(rand_r(&seed) % 40) * DAY -
+                                  (int64_t)(rand_r(&seed) % (unsigned)DAY);
+    r[i] = record("acct-1", ooo_ids[i], i % 3 == 0 ? "read" : "sent", ooo_ts[i], "{}", "ooo");
+  }
+  struct ana_commit_request req[OOO_N / 50];
+  for (int b = 0; b < OOO_N / 50; b++)
+    assert_int_equal(submit(&r[b * 50], 50, &req[b]), 0);
+  wait_done(OOO_N / 50);
+  check_pages(INT64_MIN, INT64_MAX, NULL, NULL);
+  check_pages(NOW - 10 * DAY, NOW - 3 * DAY, NULL, NULL);
+  check_pages(INT64_MIN, INT64_MAX, "read", NULL);
+  /* Wait until the free-text index has them all (retention takes only
+   * indexed events), then one retention step by hand. */
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "ooo"}).n, 64);
+  ana_committer_destroy(committer);
+  committer = NULL;
+  ooo_cutoff = NOW - 20 * DAY - DAY / 2;
+  int expired = 0;
+  for (int i = 0; i < OOO_N; i++)
+    expired += !ooo_kept(i);
+  assert_true(expired > 50 && expired < OOO_N - 50);
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_store_expire(&roles, ooo_cutoff, 1000, &err), expired);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  check_pages(INT64_MIN, INT64_MAX, NULL, ooo_kept);
+  check_pages(INT64_MIN, INT64_MAX, "read", ooo_kept);
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 1000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  committer = ana_committer_create(db, &roles, &o, &err);
+}
+
 /* SQL that turns this build's events table back into the one of schemas 1
  * to 12 (rowid = seq, AUTOINCREMENT, an index per field), with what it
  * holds, and forgets migration 13. */
@@ -748,15 +842,16 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
   assert_int_equal(
-      sqlite3_exec(conn,
-                   "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
-                   "  content_rowid='seq');"
-                   "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
-                   "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
-                   "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
-                   "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;"
-                   EVENTS_OF_SCHEMA_12 "DELETE FROM schema_migrations WHERE version >= 4;",
-                   NULL, NULL, NULL),
+      sqlite3_exec(
+          conn,
+          "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
+          "  content_rowid='seq');"
+          "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
+          "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
+          "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
+          "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;" EVENTS_OF_SCHEMA_12
+          "DELETE FROM schema_migrations WHERE version >= 4;",
+          NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(conn);
   remove_text_index();
@@ -1022,6 +1117,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_keeps_alert_tables_an_earlier_build_created, setup,

@@ -531,7 +531,8 @@ static void restart_wal(struct ana_local_db *db) {
   int log = 0, done = 0;
   db->new_pages = 0;
   pthread_mutex_unlock(&db->checkpoint_mu);
-  int rc = sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+  int rc =
+      sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
   pthread_mutex_lock(&db->checkpoint_mu);
   if (rc != SQLITE_OK)
     return; /* a reader held on past the busy timeout: tried again */
