@@ -393,6 +393,14 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
    * it): see ana_local_db_close. */
   int persist_wal = 1;
   sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
+  /* A new database gives the pages that retention frees back to the file
+   * system (ana_local_db_reclaim); SQLite takes this only while the file is
+   * empty, before the switch to WAL writes its first page (an older
+   * database keeps its free pages for reuse). */
+  if ((flags & SQLITE_OPEN_CREATE) && exec(db, "PRAGMA auto_vacuum = INCREMENTAL", err) < 0) {
+    sqlite3_close(db);
+    return ANA_ERR_IO;
+  }
   /* WAL lets searches read while the committer writes; FULL syncs the WAL
    * on every commit, so a commit that returned is on disk. */
   if (exec(db,
@@ -428,11 +436,6 @@ static int schema_version(sqlite3 *db) {
 }
 
 static int migrate(sqlite3 *db, struct ana_error *err) {
-  /* A new database gives the pages that retention frees back to the file
-   * system (ana_local_db_reclaim); SQLite takes this only before the first
-   * table (an older database keeps its free pages for reuse). */
-  if (exec(db, "PRAGMA auto_vacuum = INCREMENTAL", err) < 0)
-    return ANA_ERR_IO;
   if (exec(db,
            "CREATE TABLE IF NOT EXISTS schema_migrations ("
            "  version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
