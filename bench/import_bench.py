@@ -268,6 +268,8 @@ def main():
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--one-client", action="store_true",
+                    help="only the alternating one-client rounds (no 4 clients, no raw SQLite)")
     args = ap.parse_args()
     if args.binary:
         os.environ["ANALYTICSD"] = os.path.abspath(args.binary)
@@ -284,6 +286,8 @@ def main():
         print(lines[-1], flush=True)
         lines.append("random/ordered rate: %.2f" % (rate_r / rate_o))
         print(lines[-1], flush=True)
+    if args.one_client:
+        return
     # 4 clients over gRPC (the same batches of 1,000), then the raw insert.
     rate_4, s_4 = run_server(args.binary, rnd_events, 4, "grpc")
     raw = raw_sqlite(rnd_events)

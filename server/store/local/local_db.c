@@ -324,10 +324,12 @@ static const char *const migrations[] = {
      * that an import at random times appends at the end of each day's range
      * rather than at random places, and retention deletes whole days; seq
      * has its own (append-only) index, and the last one handed out its
-     * row. One index finds an account's days; the per-field indexes
-     * (name, type, session, expiry), whose inserts landed at random places
-     * and which filtered what the day index finds, are gone. The keys'
-     * expiry index is by day too. */
+     * row. One index, events_by_slot, finds an account's events by 6-hour
+     * slot (appended to within each slot, in seq order) and holds what a
+     * search sorts and filters a page on (ts, event_name, event_id); the
+     * per-field indexes (time, name, type, session, expiry), whose inserts
+     * landed at random places, are gone. The keys' expiry index is by
+     * day. */
     "CREATE TABLE events_by_day_layout ("
     "  key INTEGER PRIMARY KEY,"
     "  seq INTEGER NOT NULL,"
@@ -353,7 +355,8 @@ static const char *const migrations[] = {
     "DROP TABLE events;"
     "ALTER TABLE events_by_day_layout RENAME TO events;"
     "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
-    "CREATE INDEX events_by_day ON events(account_id, ts / 86400000);"
+    "CREATE INDEX events_by_slot ON events(account_id, ts / 21600000, seq, ts, event_name,"
+    "  event_id);"
     "DROP INDEX dedupe_keys_expiry;"
     "CREATE INDEX dedupe_keys_by_day ON dedupe_keys(expires_at / 86400000);",
 };

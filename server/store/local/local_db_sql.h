@@ -9,15 +9,21 @@
 
 /* The events table's layout (migration 13): the rowid `key` is the event's
  * UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
- * 2^40 plus its commit sequence; seq has a unique index; events_by_day is
- * (account_id, ts / 86400000). A query reaches an account's days through
- * that expression, written as in the index. */
+ * 2^40 plus its commit sequence; seq has a unique index; events_by_slot is
+ * (account_id, ts / 21600000, seq, ts, event_name, event_id): 6-hour slots
+ * of an account, each in commit order. A query reaches an account's slots
+ * through that expression, written as in the index. */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
-#define ANA_EVENT_DAY_SQL "ts / 86400000"
+#define ANA_EVENT_SLOT_MS INT64_C(21600000)
+#define ANA_EVENT_SLOT_SQL "ts / 21600000"
 #define ANA_EVENT_SEQ_BITS 40
 
 static inline int64_t ana_event_day(int64_t ts_ms) {
   return ts_ms / ANA_EVENT_DAY_MS;
+}
+
+static inline int64_t ana_event_slot(int64_t ts_ms) {
+  return ts_ms / ANA_EVENT_SLOT_MS;
 }
 
 static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {

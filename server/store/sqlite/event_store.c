@@ -138,10 +138,12 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
            " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
            " AND ts >= ?2 AND ts < ?3");
   else
-    /* The account's days from the newest (events_by_day), each sorted on its
-     * own: ORDER BY the day first lets SQLite stop after the page. */
-    APPEND("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ?1"
-           " AND " ANA_EVENT_DAY_SQL " BETWEEN ?11 AND ?12 AND ts >= ?2 AND ts < ?3");
+    /* The account's slots from the newest (events_by_slot), each sorted on
+     * its own from the index alone (ORDER BY the slot first lets SQLite stop
+     * after the page); then only the page's rows are read. */
+    APPEND("SELECT payload, ts, event_id, seq FROM events WHERE rowid IN (SELECT rowid FROM events"
+           " WHERE account_id = ?1 AND " ANA_EVENT_SLOT_SQL " BETWEEN ?11 AND ?12"
+           " AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = ?4");
   if (q->event_name && q->event_name[0])
@@ -156,8 +158,11 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
       goto nomem;
     APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
   }
-  APPEND(" ORDER BY %sts DESC, event_id DESC LIMIT ?10",
-         fts && fts[0] ? "" : ANA_EVENT_DAY_SQL " DESC, ");
+  if (fts && fts[0])
+    APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
+  else
+    APPEND(" ORDER BY " ANA_EVENT_SLOT_SQL " DESC, ts DESC, event_id DESC LIMIT ?10)"
+           " ORDER BY ts DESC, event_id DESC");
 #undef APPEND
 
   sqlite3 *r = ana_local_db_acquire_reader(db);
@@ -188,8 +193,8 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
     int64_t last = q->to_ms > INT64_MIN ? q->to_ms - 1 : INT64_MIN;
     if (q->after_cursor && q->cursor_ts < last)
       last = q->cursor_ts;
-    sqlite3_bind_int64(st, 11, ana_event_day(q->from_ms));
-    sqlite3_bind_int64(st, 12, ana_event_day(last));
+    sqlite3_bind_int64(st, 11, ana_event_slot(q->from_ms));
+    sqlite3_bind_int64(st, 12, ana_event_slot(last));
   }
   for (size_t i = 0; i < q->n_properties; i++) {
     sqlite3_bind_text(st, (int)(20 + 2 * i), paths[i], -1, SQLITE_STATIC);
@@ -267,13 +272,14 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* The account's days in the range (events_by_day), in day order; the
+  /* The account's slots in the range (events_by_slot), in slot order; the
    * names filter what it finds. After SCAN_SNAPSHOT_ROWS rows the scan
-   * ends its snapshot at the next day and goes on from that day. */
+   * ends its snapshot at the next slot and goes on from that slot. */
   const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq, " ANA_EVENT_DAY_SQL
-      " FROM events WHERE account_id = ?1 AND " ANA_EVENT_DAY_SQL " BETWEEN ?4 AND ?5"
-      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_DAY_SQL;
+      "SELECT ts, event_id, event_type, event_name, session_id, properties, "
+      "seq, " ANA_EVENT_SLOT_SQL " FROM events WHERE account_id = ?1 AND " ANA_EVENT_SLOT_SQL
+      " BETWEEN ?4 AND ?5"
+      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_SLOT_SQL;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -284,22 +290,22 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, from_ms);
   sqlite3_bind_int64(st, 3, to_ms);
-  sqlite3_bind_int64(st, 4, ana_event_day(from_ms));
-  sqlite3_bind_int64(st, 5, ana_event_day(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
-  int64_t day = INT64_MIN;
+  sqlite3_bind_int64(st, 4, ana_event_slot(from_ms));
+  sqlite3_bind_int64(st, 5, ana_event_slot(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
+  int64_t slot = INT64_MIN;
   long rows = 0;
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t d = sqlite3_column_int64(st, 7);
-    if (d != day && rows >= SCAN_SNAPSHOT_ROWS) {
-      /* A new day: start a new snapshot there (this row is read again). */
+    if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
+      /* A new slot: start a new snapshot there (this row is read again). */
       sqlite3_reset(st);
       sqlite3_bind_int64(st, 4, d);
       rows = 0;
-      day = d;
+      slot = d;
       continue;
     }
-    day = d;
+    slot = d;
     rows++;
     if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
       continue;
@@ -321,7 +327,7 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   /* A range of seq (events_by_seq): each row is read once, in commit
    * order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up to the last
    * one stored when it began. "+account_id" keeps SQLite from walking the
-   * account's day index instead. */
+   * account's slot index instead. */
   const char *sql =
       "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
       " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
