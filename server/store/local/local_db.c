@@ -508,13 +508,6 @@ static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) 
   return SQLITE_OK;
 }
 
-/* Whether the WAL holds limit_pages or more and was not started over since:
- * readers of old snapshots kept the checkpoints from copying it all, or
- * kept the commits from starting it over (a commit restarts the WAL only
- * when no reader still reads frames of it). The event writer waits at BEGIN
- * while this holds and the checkpoint thread restarts the WAL (restart_wal),
- * so the WAL grows past limit_pages by one commit at most. Called with
- * checkpoint_mu held. */
 /* The WAL's size at which the event writer waits: twice the checkpoint
  * size less room for one commit (half of it, or 4 MiB, or all of it when it
  * is smaller), so that the commit that crosses it stays within twice. */
@@ -525,6 +518,13 @@ static int limit_pages(int checkpoint_pages) {
   return 2 * checkpoint_pages - room;
 }
 
+/* Whether the WAL holds limit_pages or more and was not started over since:
+ * readers of old snapshots kept the checkpoints from copying it all, or
+ * kept the commits from starting it over (a commit restarts the WAL only
+ * when no reader still reads frames of it). The event writer waits at BEGIN
+ * while this holds and the checkpoint thread restarts the WAL (restart_wal),
+ * so the WAL grows past limit_pages by one commit at most. Called with
+ * checkpoint_mu held. */
 static bool wal_over(const struct ana_local_db *db) {
   return db->wal_pages >= db->limit_pages &&
          !(db->waiting_for_reset && db->commits == db->complete_commits);
@@ -988,6 +988,7 @@ int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_erro
   if (sqlite3_prepare_v2(db->writer, "PRAGMA page_count", -1, &st, NULL) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
     before = sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
   if (ana_local_db_begin(db, err) < 0)
     goto fail;
   if (exec(db->writer, sql, err) < 0) {
@@ -996,7 +997,6 @@ int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_erro
   }
   if (ana_local_db_commit(db, err) < 0)
     goto fail;
-  sqlite3_reset(st);
   if (st && sqlite3_step(st) == SQLITE_ROW)
     after = sqlite3_column_int(st, 0);
   sqlite3_finalize(st);
