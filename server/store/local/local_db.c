@@ -518,21 +518,22 @@ static int limit_pages(int checkpoint_pages) {
   return 2 * checkpoint_pages - room;
 }
 
-/* Whether the WAL holds limit_pages or more and was not started over since:
- * readers of old snapshots kept the checkpoints from copying it all, or
- * kept the commits from starting it over (a commit restarts the WAL only
- * when no reader still reads frames of it). The event writer waits at BEGIN
- * while this holds and the checkpoint thread restarts the WAL (restart_wal),
- * so the WAL grows past limit_pages by one commit at most. Called with
- * checkpoint_mu held. */
+/* Whether the WAL holds limit_pages or more: readers of old snapshots kept
+ * the checkpoints from copying it all, or the commits from starting it over
+ * (a commit restarts the WAL only when no reader still reads frames of it;
+ * a checkpoint that copied it all is not enough). The event writer waits at
+ * BEGIN while this holds and the checkpoint thread starts the WAL over
+ * itself (restart_wal), so the WAL grows past limit_pages by one commit at
+ * most. Called with checkpoint_mu held. */
 static bool wal_over(const struct ana_local_db *db) {
-  return db->wal_pages >= db->limit_pages &&
-         !(db->waiting_for_reset && db->commits == db->complete_commits);
+  return db->wal_pages >= db->limit_pages;
 }
 
-/* Copies the whole WAL and starts it over (a RESTART checkpoint: it takes
- * the write lock, so no commit runs beside it, and waits for the readers of
- * older snapshots to end). Called and returns with checkpoint_mu held. */
+/* Copies the whole WAL and has it start over (a RESTART checkpoint: it takes
+ * the write lock, so no commit runs beside it, which also keeps it clear of
+ * the WAL-reset race above, and waits for the readers of older snapshots to
+ * end; the next commit then writes from the WAL's start). Called and
+ * returns with checkpoint_mu held. */
 static void restart_wal(struct ana_local_db *db) {
   int log = 0, done = 0;
   db->new_pages = 0;
@@ -647,15 +648,15 @@ static void *checkpoint_loop(void *arg) {
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
-    if (db->new_pages == 0 && !wal_over(db))
-      continue; /* idle: nothing appended since the last checkpoint */
-    if (db->waiting_for_reset && db->commits == db->complete_commits)
-      continue; /* no commit since the WAL was copied whole: see above */
     if (wal_over(db)) {
       restart_wal(db);
       db->checkpoints++;
       continue;
     }
+    if (db->new_pages == 0)
+      continue; /* idle: nothing appended since the last checkpoint */
+    if (db->waiting_for_reset && db->commits == db->complete_commits)
+      continue; /* no commit since the WAL was copied whole: see above */
     int log = 0;
     bool whole = checkpoint_once(db, &log);
     db->checkpoints++;
