@@ -329,7 +329,8 @@ static const char *const migrations[] = {
      * search sorts and filters a page on (ts, event_name, event_id); the
      * per-field indexes (time, name, type, session, expiry), whose inserts
      * landed at random places, are gone. The keys' expiry index is by
-     * day. */
+     * day. The rows are copied in seq order (no sort: temp_store is
+     * MEMORY), which is about day order for events tracked live. */
     "CREATE TABLE events_by_day_layout ("
     "  key INTEGER PRIMARY KEY,"
     "  seq INTEGER NOT NULL,"
@@ -345,7 +346,7 @@ static const char *const migrations[] = {
     "  payload BLOB NOT NULL);"
     "INSERT INTO events_by_day_layout SELECT (ts / 86400000) * 1099511627776 + seq, seq,"
     "  account_id, event_id, session_id, event_type, event_name, ts, received_at, properties,"
-    "  search_text, payload FROM events ORDER BY ts / 86400000, seq;"
+    "  search_text, payload FROM events;"
     "CREATE TABLE event_seq ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  last INTEGER NOT NULL);"
