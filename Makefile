@@ -41,7 +41,8 @@ fuzz-long:
 # Benchmarks: ingest throughput, ack latency, search; metric rollups (their
 # rows are appended); writes bench/RESULTS.md.
 # BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store,
-# BENCH_METRIC_EVENTS events for the metric benchmark.
+# BENCH_METRIC_EVENTS events for the metric benchmark, BENCH_IMPORT_EVENTS for the
+# historical import (random against time-ordered timestamps).
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
 bench: build
@@ -66,6 +67,8 @@ bench: build
 	  --out bench/RESULTS.md
 	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+	/usr/bin/python3 bench/import_bench.py --binary ./$(BUILD)/server/analyticsd \
+	  --events $${BENCH_IMPORT_EVENTS:-1000000} --rounds 2 --out bench/RESULTS.md
 
 # The long crash tests: KILLS kill -9 cycles under load (default 500), then
 # IMPORT_KILLS during an import at random times (default 30).

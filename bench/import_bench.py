@@ -302,7 +302,7 @@ def main():
         from metric_stream_bench import replace_section  # noqa: E402
         replace_section(args.out, HEADING,
                         "%s\n\n%d events, 1,000 per request, one client over %s.\n\n```\n%s\n```\n"
-                        % (HEADING, n, args.transport.upper(), "\n".join(lines)))
+                        % (HEADING, n, {"grpc": "gRPC", "rest": "REST"}[args.transport], "\n".join(lines)))
 
 
 if __name__ == "__main__":
