@@ -5,6 +5,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
 .PHONY: all deps build run test test-unit test-integration asan fuzz fuzz-long crash-long bench \
+	test-clickhouse-long \
         format format-check docs install clean
 
 all: build
@@ -69,6 +70,12 @@ bench: build
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	/usr/bin/python3 bench/import_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --events $${BENCH_IMPORT_EVENTS:-1000000} --rounds 2 --out bench/RESULTS.md
+
+# kill -9 of analyticsd while it ships to a real ClickHouse (started on loopback): KILLS cycles
+# (default 30) with an out-of-order import; every acknowledged event in ClickHouse exactly once.
+test-clickhouse-long: build
+	/usr/bin/python3 tests/integration/clickhouse_crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $(or $(KILLS),30)
 
 # The long crash tests: KILLS kill -9 cycles under load (default 500), then
 # IMPORT_KILLS during an import at random times (default 30).

@@ -14,7 +14,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=/usr/bin/python3
 BIN=$BUILD/server/analyticsd
 # Features whose RPCs are implemented no longer answer UNIMPLEMENTED (every suite below).
-export ANA_IMPLEMENTED_FEATURES="events,metrics,API keys,channels,alerts,reports,audit records"
+export ANA_IMPLEMENTED_FEATURES="events,metrics,API keys,channels,alerts,reports,audit records,field encryption"
 # Methods implemented ahead of the rest of their feature ("real-time streams":
 # StreamAnalytics and StreamMetric both work).
 export ANA_IMPLEMENTED_METHODS=/analytics.v1.RealtimeService/StreamAnalytics,/analytics.v1.RealtimeService/StreamMetric,/analytics.v1.RealtimeService/StreamAlerts

@@ -100,6 +100,17 @@ typedef int (*ana_spool_batch_fn)(void *ctx, const struct ana_spooled_event *eve
 int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
                          ana_spool_batch_fn fn, void *ctx, struct ana_error *err);
 
+/* Receives one spooled event (search_text is ""), valid during the call.
+ * Non-zero stops (a negative value is returned as the error). */
+typedef int (*ana_spool_row_fn)(void *ctx, const struct ana_spooled_event *ev,
+                                struct ana_error *err);
+
+/* Like ana_local_spool_take without copies: calls fn for each of at most
+ * max spooled events with seq > after_seq, in sequence order, on one read
+ * snapshot. Thread-safe; blocks. Returns how many, or a negative error. */
+int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
+                         void *ctx, struct ana_error *err);
+
 /* The highest sequence number in the spool (0 when empty). */
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);
 

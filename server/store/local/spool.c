@@ -174,6 +174,51 @@ out:
   return rc < 0 ? rc : (int)n;
 }
 
+int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
+                         void *ctx, struct ana_error *err) {
+  sqlite3 *r = ana_local_db_acquire_reader(db);
+  sqlite3_stmt *st = NULL;
+  int n = 0, rc = 0, step;
+  if (sqlite3_prepare_v2(r,
+                         "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
+                         " ts, received_at, properties, payload FROM events"
+                         " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_INTERNAL;
+    goto out;
+  }
+  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
+  sqlite3_bind_int(st, 2, max);
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct ana_spooled_event e = {
+        .seq = (uint64_t)sqlite3_column_int64(st, 0),
+        .account_id = (const char *)sqlite3_column_text(st, 1),
+        .event_id = (const char *)sqlite3_column_text(st, 2),
+        .session_id = (const char *)sqlite3_column_text(st, 3),
+        .event_type = (const char *)sqlite3_column_text(st, 4),
+        .event_name = (const char *)sqlite3_column_text(st, 5),
+        .timestamp_ms = sqlite3_column_int64(st, 6),
+        .received_at_ms = sqlite3_column_int64(st, 7),
+        .properties_json = (const char *)sqlite3_column_text(st, 8),
+        .search_text = "",
+        .payload = sqlite3_column_blob(st, 9),
+    };
+    e.payload_len = (size_t)sqlite3_column_bytes(st, 9);
+    if ((rc = fn(ctx, &e, err)) != 0)
+      goto out;
+    n++;
+  }
+  if (step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+out:
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(db, r);
+  return rc < 0 ? rc : n;
+}
+
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
