@@ -43,7 +43,8 @@ fuzz-long:
 # rows are appended); writes bench/RESULTS.md.
 # BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store,
 # BENCH_METRIC_EVENTS events for the metric benchmark, BENCH_WORD_EVENTS events for the
-# common-word search benchmark.
+# common-word search benchmark, BENCH_IMPORT_EVENTS for the historical import (random
+# against time-ordered timestamps).
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
 bench: build
@@ -69,6 +70,8 @@ bench: build
 	  --out bench/RESULTS.md
 	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+	/usr/bin/python3 bench/import_bench.py --binary ./$(BUILD)/server/analyticsd \
+	  --events $${BENCH_IMPORT_EVENTS:-1000000} --rounds 2 --out bench/RESULTS.md
 
 # kill -9 of analyticsd while it ships to a real ClickHouse (started on loopback): KILLS cycles
 # (default 30) with an out-of-order import; every acknowledged event in ClickHouse exactly once.
@@ -76,10 +79,13 @@ test-clickhouse-long: build
 	/usr/bin/python3 tests/integration/clickhouse_crash_test.py --binary ./$(BUILD)/server/analyticsd \
 	  --kills $(or $(KILLS),30)
 
-# The long crash test: KILLS kill -9 cycles under load (default 500).
+# The long crash tests: KILLS kill -9 cycles under load (default 500), then
+# IMPORT_KILLS during an import at random times (default 30).
 crash-long: build
 	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
 	  --kills $${KILLS:-500}
+	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $${IMPORT_KILLS:-30} --out-of-order
 
 install: build
 	cmake --install $(BUILD)

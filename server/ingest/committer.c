@@ -23,6 +23,8 @@
 
 #define DAY_MS 86400000LL
 #define RETENTION_CHUNK 1000
+/* Free pages given back after each retention step, at most (16 MiB). */
+#define RECLAIM_PAGES 4096
 /* An idle commit thread wakes at least this often to beat (liveness). */
 #define IDLE_BEAT_MS 1000
 
@@ -189,8 +191,13 @@ static void sweep_retention(struct ana_committer *c) {
     c->next_sweep_ms = now + c->o.retention_sweep_interval_ms;
     return;
   }
-  if (deleted > 0 || keys > 0)
+  if (deleted > 0 || keys > 0) {
     ANA_DEBUG("ingest", "retention deleted %d events and %d keys", deleted, keys);
+    /* The pages they held go back to the file system (a failure leaves
+     * them free for reuse: nothing lost). */
+    if (ana_local_db_reclaim(c->db, RECLAIM_PAGES, &err) < 0)
+      ANA_WARN("ingest", "retention could not shrink the database: %s", err.message);
+  }
   /* A full chunk means more is due: continue soon, between commits. */
   c->next_sweep_ms = (deleted == RETENTION_CHUNK || keys == RETENTION_CHUNK)
                          ? now

@@ -107,5 +107,8 @@ esac
 echo "--- kill -9 under load (${CRASH_KILLS:-30} kills)"
 $PYTHON "$HERE/crash_test.py" --binary "$BIN" --kills "${CRASH_KILLS:-30}"
 
+echo "--- kill -9 during an out-of-order import (${CRASH_IMPORT_KILLS:-6} kills)"
+$PYTHON "$HERE/crash_test.py" --binary "$BIN" --kills "${CRASH_IMPORT_KILLS:-6}" --out-of-order
+
 echo "--- kill -9 under load with a metric: rollups equal raw events (${CRASH_METRIC_KILLS:-6} kills)"
 $PYTHON "$HERE/crash_test.py" --binary "$BIN" --kills "${CRASH_METRIC_KILLS:-6}" --metric

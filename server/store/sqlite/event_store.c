@@ -69,18 +69,38 @@ static struct ana_scanned_event scanned_row(sqlite3_stmt *st) {
   };
 }
 
+static bool name_wanted(const char *name, const char *const *names, size_t n_names) {
+  if (!n_names)
+    return true;
+  for (size_t i = 0; i < n_names; i++)
+    if (name && strcmp(name, names[i]) == 0)
+      return true;
+  return false;
+}
+
+/* A long scan reads in several snapshots, each ended after about this many
+ * rows: a read snapshot keeps the checkpoint from copying what was
+ * committed after it, and so the WAL from starting over (the event writer
+ * then waits, see ana_local_db_set_checkpoint_pages). */
+#define SCAN_SNAPSHOT_ROWS 50000
+
+static int scan_error(sqlite3 *r, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
+  return ANA_ERR_IO;
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* One indexed range per event name (events_by_name), or the account's
-   * time range (events_by_time) when every event counts. */
+  /* The account's slots in the range (events_by_slot), in slot order; the
+   * names filter what it finds. After SCAN_SNAPSHOT_ROWS rows the scan
+   * ends its snapshot at the next slot and goes on from that slot. */
   const char *sql =
-      n_names
-          ? "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-            " WHERE account_id = ?1 AND event_name = ?4 AND ts >= ?2 AND ts < ?3"
-          : "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-            " WHERE account_id = ?1 AND ts >= ?2 AND ts < ?3";
+      "SELECT ts, event_id, event_type, event_name, session_id, properties, "
+      "seq, " ANA_EVENT_SLOT_SQL " FROM events WHERE account_id = ?1 AND " ANA_EVENT_SLOT_SQL
+      " BETWEEN ?4 AND ?5"
+      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_SLOT_SQL;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -88,28 +108,34 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     rc = prepare_error(r, err);
     goto out;
   }
-  bool stop = false;
-  for (size_t i = 0; i < (n_names ? n_names : 1) && !stop; i++) {
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, from_ms);
-    sqlite3_bind_int64(st, 3, to_ms);
-    if (n_names)
-      sqlite3_bind_text(st, 4, names[i], -1, SQLITE_STATIC);
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = scanned_row(st);
-      if (fn(ctx, &ev)) {
-        stop = true;
-        break;
-      }
+  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, from_ms);
+  sqlite3_bind_int64(st, 3, to_ms);
+  sqlite3_bind_int64(st, 4, ana_event_slot(from_ms));
+  sqlite3_bind_int64(st, 5, ana_event_slot(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
+  int64_t slot = INT64_MIN;
+  long rows = 0;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    int64_t d = sqlite3_column_int64(st, 7);
+    if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
+      /* A new slot: start a new snapshot there (this row is read again). */
+      sqlite3_reset(st);
+      sqlite3_bind_int64(st, 4, d);
+      rows = 0;
+      slot = d;
+      continue;
     }
-    if (!stop && step != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-      rc = ANA_ERR_IO;
+    slot = d;
+    rows++;
+    if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
+      continue;
+    struct ana_scanned_event ev = scanned_row(st);
+    if (fn(ctx, &ev))
       break;
-    }
   }
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = scan_error(r, err);
 out:
   sqlite3_finalize(st);
   ana_local_db_release_reader(s->db, r);
@@ -119,30 +145,43 @@ out:
 static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                           ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* A range of the rowid (seq): each row is read once, in commit order.
-   * "+account_id" keeps SQLite from walking the account's time index instead. */
+  /* A range of seq (events_by_seq): each row is read once, in commit
+   * order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up to the last
+   * one stored when it began. "+account_id" keeps SQLite from walking the
+   * account's slot index instead. */
   const char *sql =
       "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
       " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
+  uint64_t last = 0;
+  int rc = ana_local_spool_last_seq(s->db, &last, err);
+  if (rc < 0)
+    return rc;
+  if (upto_seq > last)
+    upto_seq = last;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
-  int rc = 0;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
   }
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
-  sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_scanned_event ev = scanned_row(st);
-    if (fn(ctx, &ev))
-      break;
-  }
-  if (step != SQLITE_ROW && step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
+  bool stop = false;
+  for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
+    uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)lo);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)hi);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+      struct ana_scanned_event ev = scanned_row(st);
+      if (fn(ctx, &ev)) {
+        stop = true;
+        break;
+      }
+    }
+    if (!stop && step != SQLITE_DONE)
+      rc = scan_error(r, err);
+    lo = hi;
   }
 out:
   sqlite3_finalize(st);
@@ -150,9 +189,12 @@ out:
   return rc;
 }
 
-/* Deletes up to max_rows events older than cutoff_ms (up to upto_seq),
- * after before_delete saw them. If this transaction then fails, the events
- * stay a little longer (they are past retention already). */
+/* Deletes up to max_rows events of the UTC days that ended by cutoff_ms
+ * (up to upto_seq), after before_delete saw them: the first rows of the
+ * table (its rowid starts with the day), so that retention removes whole
+ * days and rewrites no page of the days it keeps. An event is thus deleted
+ * within a day after it passed cutoff_ms. If this transaction then fails,
+ * the events stay a little longer (they are past retention already). */
 static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
                         int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
                                              struct ana_error *err),
@@ -160,21 +202,27 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
   sqlite3_stmt *st = NULL;
-  int64_t *seqs = ana_malloc(sizeof *seqs * (size_t)(max_rows > 0 ? max_rows : 1));
+  size_t cap = (size_t)(max_rows > 0 ? max_rows : 1);
+  int64_t *seqs = ana_malloc(sizeof *seqs * cap);
+  int64_t *keys = ana_malloc(sizeof *keys * cap);
   size_t n = 0;
-  int rc = seqs ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc == 0 &&
-      sqlite3_prepare_v2(w, "SELECT seq FROM events WHERE ts < ? AND seq <= ? ORDER BY ts LIMIT ?",
-                         -1, &st, NULL) != SQLITE_OK)
+  int rc = seqs && keys ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && sqlite3_prepare_v2(w,
+                                    "SELECT key, seq FROM events WHERE key < ?1 AND seq <= ?2"
+                                    " ORDER BY key LIMIT ?3",
+                                    -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   if (rc == 0) {
-    sqlite3_bind_int64(st, 1, cutoff_ms);
+    /* The first key of the day of cutoff_ms: the first day that is kept. */
+    sqlite3_bind_int64(st, 1, ana_event_key(cutoff_ms, 0));
     sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
     sqlite3_bind_int(st, 3, max_rows);
     int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW)
-      seqs[n++] = sqlite3_column_int64(st, 0);
-    if (step != SQLITE_DONE)
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && n < cap) {
+      keys[n] = sqlite3_column_int64(st, 0);
+      seqs[n++] = sqlite3_column_int64(st, 1);
+    }
+    if (step != SQLITE_DONE && step != SQLITE_ROW)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
   }
@@ -183,17 +231,18 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   if (rc == 0 && n > 0 && before_delete)
     rc = before_delete(ctx, seqs, n, err);
   if (rc == 0 && n > 0 &&
-      sqlite3_prepare_v2(w, "DELETE FROM events WHERE seq = ?", -1, &st, NULL) != SQLITE_OK)
+      sqlite3_prepare_v2(w, "DELETE FROM events WHERE key = ?", -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, seqs[i]);
+    sqlite3_bind_int64(st, 1, keys[i]);
     if (sqlite3_step(st) != SQLITE_DONE)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
   }
   sqlite3_finalize(st);
   ana_free(seqs);
+  ana_free(keys);
   return rc < 0 ? rc : (int)n;
 }
 
