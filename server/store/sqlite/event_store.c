@@ -7,6 +7,9 @@
 
 #include "ana_alloc.h"
 
+#include <stdbool.h>
+#include <string.h>
+
 struct sqlite_event_store {
   struct ana_local_db *db;
 };
