@@ -91,10 +91,15 @@ static void decode(struct rb_decode_job *j) {
     c->base.request = j->req;
     j->handler->on_request(&c->base, j->req);
   }
-  atomic_store(&j->done, true);
   ana_prom_gauge_add(&j->pool->pending, -1);
   ana_prom_counter_add(&j->pool->decoded, 1);
+  /* Once `done` is set the lws thread may settle j (freeing it) and drop
+   * the job's reference on a wake of its own (the handler's finish): a
+   * reference of this thread's keeps c alive until its wake is made. */
+  atomic_fetch_add(&c->refs, 1);
+  atomic_store(&j->done, true);
   rb_call_wake(c);
+  rb_call_unref(c);
 }
 
 static void collect(struct ana_prom_writer *w, void *ctx) {
