@@ -44,6 +44,8 @@ fuzz-long:
 # BENCH_METRIC_EVENTS events for the metric benchmark.
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
+# BENCH_PEERS_EVENTS: the event counts of the peers benchmark (analyticsd
+# against InfluxDB and ClickHouse, bench/peers), one run and section each.
 bench: build
 	./scripts/install-deps.sh bench
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
@@ -66,6 +68,10 @@ bench: build
 	  --out bench/RESULTS.md
 	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+	for n in $${BENCH_PEERS_EVENTS:-1000000 10000000}; do \
+	  /usr/bin/python3 bench/peers/peers_bench.py --binary ./$(BUILD)/server/analyticsd \
+	    --events $$n --out bench/RESULTS.md || exit 1; \
+	done
 
 # The long crash test: KILLS kill -9 cycles under load (default 500).
 crash-long: build
