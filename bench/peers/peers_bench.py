@@ -889,7 +889,7 @@ def disk_median(disks, key):
     return med(vals) if vals else None
 
 
-def report(a, events, results, started, load_avgs):
+def report(a, events, results, started, load_avgs, rounds):
     n = events.n
     exp = "10^%d" % (len(str(n)) - 1) if str(n).strip("0") == "1" else "{:,}".format(n)
     heading = "## Peers at %s events (`bench/peers/peers_bench.py`)" % exp
@@ -909,8 +909,10 @@ def report(a, events, results, started, load_avgs):
         "Run %s UTC, %s events, %d round%s%s. Machine: %d CPUs, %s %s; %s. Load average at "
         "the start of each round: %s. Command: `make bench` (`/usr/bin/python3 "
         "bench/peers/peers_bench.py --events %d --rounds %d --queries %d`)." % (
-            started, "{:,}".format(n), a.rounds, "s" if a.rounds > 1 else "",
-            " (each figure the median, every round in brackets)" if a.rounds > 1 else "",
+            started, "{:,}".format(n), rounds, ("s" if rounds > 1 else "") + (
+                " of the %d asked (the run was cut short)" % a.rounds if rounds < a.rounds
+                else ""),
+            " (each figure the median, every round in brackets)" if rounds > 1 else "",
             os.cpu_count(), platform.system(), platform.release(),
             a.note or "client and servers share the machine",
             ", ".join("%.1f" % x for x in load_avgs), n, a.rounds, a.queries))
@@ -995,6 +997,7 @@ def report(a, events, results, started, load_avgs):
 
 
 def main():
+    from metric_stream_bench import replace_section  # noqa: E402
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--binary", default=os.path.join(REPO, "build", "server", "analyticsd"))
     p.add_argument("--events", type=int, default=1000000)
@@ -1047,16 +1050,16 @@ def main():
                     log("sqlite: 4 threads %.0f ev/s, %.0f bytes/event" % (rate, size / a.events))
                 else:
                     run_system(s, root, a.binary, events, a.queries, results[s])
+            # Written after every round: a run cut short keeps the rounds it finished.
+            heading, section = report(a, events, results, started, load_avgs, rnd + 1)
+            if a.out:
+                replace_section(a.out, heading, section)
+                log("wrote %s (%d round%s)" % (a.out, rnd + 1, "s" if rnd else ""))
     finally:
         if events:
             events.cleanup()
         shutil.rmtree(root, ignore_errors=True)
-    from metric_stream_bench import replace_section  # noqa: E402
-    heading, section = report(a, events, results, started, load_avgs)
     print(section)
-    if a.out:
-        replace_section(a.out, heading, section)
-        log("wrote %s" % a.out)
 
 
 if __name__ == "__main__":
