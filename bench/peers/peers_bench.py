@@ -73,8 +73,6 @@ HTTP_TIMEOUT_S = 900
 QUIESCE_TIMEOUT_S = 600
 BACKFILL_TIMEOUT_S = 3600
 SYSTEMS = ("ours", "influxdb", "clickhouse", "sqlite")
-LABELS = {"ours": "analyticsd", "influxdb": "InfluxDB 1.6.7", "clickhouse": "ClickHouse 18.16",
-          "sqlite": "raw SQLite (schema 4)"}
 
 
 class BenchError(RuntimeError):
