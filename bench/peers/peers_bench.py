@@ -344,8 +344,21 @@ class ClickHouse(Peer):
         return [line.split("\t") for line in out.splitlines() if line]
 
     def quiesce(self):
-        for p in sorted({p for p, _ in self.parts()}):
-            self.query("OPTIMIZE TABLE bench.events PARTITION %s FINAL" % p)
+        """OPTIMIZE ... FINAL each partition until it is one part (an OPTIMIZE
+        that meets a background merge of the same parts does nothing)."""
+        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        while True:
+            parts = self.parts()
+            left = sorted({p for p, _ in parts if sum(1 for q, _ in parts if q == p) > 1})
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                log("clickhouse: partitions %s still in several parts after %d s; measured "
+                    "anyway" % (", ".join(left), QUIESCE_TIMEOUT_S))
+                return
+            for p in left:
+                self.query("OPTIMIZE TABLE bench.events PARTITION %s FINAL" % p)
+            time.sleep(0.5)
 
     def disk(self):
         """The table's active parts (merged-away parts wait 8 minutes to be deleted)."""
