@@ -1425,8 +1425,9 @@ int ana_alerts_subscribe(struct ana_alerts *al, struct ana_call *call, const cha
   }
   s->next = al->subs;
   al->subs = s;
+  struct ana_realtime_sub *rs = s->rs;
   pthread_mutex_unlock(&al->smu);
-  ana_realtime_check_cancelled(al->o.hub, call);
+  ana_realtime_feed_ready(al->o.hub, rs); /* call and s may be gone after this */
   return 0;
 }
 

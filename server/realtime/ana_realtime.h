@@ -120,15 +120,16 @@ typedef void (*ana_realtime_end_fn)(void *ctx, struct ana_realtime_sub *sub);
 
 /* Makes call a fed subscriber. The hub finishes the call as for
  * ana_realtime_subscribe (on_cancel and on_drain use
- * ana_realtime_unsubscribe). Unlike ana_realtime_subscribe it does not look
- * at cancellation: the owner registers sub, then calls
- * ana_realtime_check_cancelled (on_end may run from there). Returns NULL
+ * ana_realtime_unsubscribe), but not before the owner, having registered
+ * sub (and pushed what it had), calls ana_realtime_feed_ready. Returns NULL
  * when out of memory (the caller still owns the call). */
 struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt, struct ana_call *call,
                                                      ana_realtime_end_fn on_end, void *ctx);
 
-/* Ends call's subscription with CANCELLED if the client has gone already. */
-void ana_realtime_check_cancelled(struct ana_realtime *rt, struct ana_call *call);
+/* Ends the owner's setup of sub: ends it with CANCELLED if the client has
+ * gone already (on_end may run from here), and lets the hub finish the call
+ * from now on. The owner must not touch the call afterwards. */
+void ana_realtime_feed_ready(struct ana_realtime *rt, struct ana_realtime_sub *sub);
 
 /* Queues m for sub (takes its own reference). Returns 0, or ANA_ERR_CLOSED
  * when sub is ending. Does not block; call ana_realtime_kick after a batch

@@ -312,7 +312,7 @@ struct sub {
   struct sub *prev, *next; /* the hub's list, while active */
   struct ana_call *call;
   struct ana_realtime_filter f;
-  int refs;                /* the list's, plus the pump's while it sends (hub mu) */
+  int refs;                /* the list's, the pump's while it sends, the setup's (hub mu) */
   bool active;             /* in the list; false once closing */
   struct ana_error status; /* how the call ends */
 
@@ -779,7 +779,10 @@ static void *pump_main(void *arg) {
 /* ------------------------------------------------------------------ */
 /* subscribe, unsubscribe, lifecycle                                    */
 
-/* Lists s as call's subscriber. */
+/* Lists s as call's subscriber. The caller holds one more reference than
+ * the list's (s->refs == 2) until it has finished setting up, so that the
+ * pump cannot end s and finish the call meanwhile; it lets go with
+ * setup_done. */
 static void sub_list(struct ana_realtime *rt, struct ana_call *call, struct sub *s) {
   pthread_mutex_lock(&rt->mu);
   ana_call_set_user(call, s);
@@ -792,6 +795,21 @@ static void sub_list(struct ana_realtime *rt, struct ana_call *call, struct sub 
   pthread_mutex_unlock(&rt->mu);
 }
 
+/* Ends the setup: a cancel that came before s was listed found nothing to
+ * end, so it is ended now; then the setup's reference is dropped. The call
+ * is alive until then (the setup reference keeps the pump from finishing
+ * it), and only then: the caller must not touch the call or s afterwards. */
+static void setup_done(struct ana_realtime *rt, struct sub *s) {
+  struct sub *last = NULL;
+  pthread_mutex_lock(&rt->mu);
+  if (s->active && ana_call_is_cancelled(s->call) &&
+      sub_close_locked(rt, s, ANA_STATUS_CANCELLED, "cancelled"))
+    sub_unref_locked(s); /* the list's; never the last: ours is held */
+  last = sub_unref_locked(s);
+  pthread_mutex_unlock(&rt->mu);
+  sub_end(last);
+}
+
 int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
                            const struct ana_realtime_filter *f) {
   struct sub *s = ana_calloc(1, sizeof *s);
@@ -799,16 +817,10 @@ int ana_realtime_subscribe(struct ana_realtime *rt, struct ana_call *call,
     return ANA_ERR_NOMEM;
   s->call = call;
   s->f = *f;
-  s->refs = 1;
+  s->refs = 2; /* the list's and the setup's */
   s->active = true;
   sub_list(rt, call, s);
-  /* A cancel that came before the subscriber was listed found nothing to
-   * end: end it now. */
-  if (ana_call_is_cancelled(call)) {
-    struct ana_error st;
-    ana_error_set(&st, ANA_STATUS_CANCELLED, "cancelled");
-    ana_realtime_unsubscribe(rt, call, &st);
-  }
+  setup_done(rt, s);
   return 0;
 }
 
@@ -818,7 +830,7 @@ struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt, st
   if (!s)
     return NULL;
   s->call = call;
-  s->refs = 1;
+  s->refs = 2; /* the list's and the owner's setup (ana_realtime_feed_ready) */
   s->active = true;
   s->feed = true;
   s->on_end = on_end;
@@ -827,12 +839,8 @@ struct ana_realtime_sub *ana_realtime_subscribe_feed(struct ana_realtime *rt, st
   return (struct ana_realtime_sub *)s;
 }
 
-void ana_realtime_check_cancelled(struct ana_realtime *rt, struct ana_call *call) {
-  if (ana_call_is_cancelled(call)) {
-    struct ana_error st;
-    ana_error_set(&st, ANA_STATUS_CANCELLED, "cancelled");
-    ana_realtime_unsubscribe(rt, call, &st);
-  }
+void ana_realtime_feed_ready(struct ana_realtime *rt, struct ana_realtime_sub *sub) {
+  setup_done(rt, (struct sub *)sub);
 }
 
 int ana_realtime_push(struct ana_realtime *rt, struct ana_realtime_sub *sub,

@@ -980,8 +980,6 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
    * open buckets' latest values. */
   int64_t oldest = st->hist_len ? st->hist[st->hist_head].start : st->open[0].start;
   for (size_t i = 0; i < n_missed; i++) {
-    const Analytics__V1__MetricUpdate *u = NULL;
-    (void)u;
     if (ana_metric_stream_seq_minute_ms(ana_realtime_msg_seq(missed[i])) < oldest)
       ana_realtime_push(ms->o.hub, sub, missed[i]);
   }
@@ -1024,7 +1022,7 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
   ms->pushed = false;
   pthread_mutex_unlock(&ms->mu);
   ana_realtime_kick(ms->o.hub);
-  ana_realtime_check_cancelled(ms->o.hub, call);
+  ana_realtime_feed_ready(ms->o.hub, sub); /* call and sub may be gone after this */
 
 out:
   for (size_t i = 0; i < n_missed; i++)

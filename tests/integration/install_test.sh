@@ -23,8 +23,11 @@ esac
 case "$RUNPATH" in *"$BUILD"*) echo "RUNPATH names the build tree: $RUNPATH"; exit 1 ;; esac
 mv "$PREFIX" "$TMP/moved" && PREFIX=$TMP/moved
 env -u LD_LIBRARY_PATH "$PREFIX/bin/analyticsctl" --version
-env -u LD_LIBRARY_PATH ldd "$PREFIX/bin/analyticsctl" | grep -q "$PREFIX/.*libanalytics.so" ||
-  { echo "installed analyticsctl does not load the installed libanalytics"; exit 1; }
+# ldd's output is kept first: `ldd | grep -q` fails under pipefail whenever
+# grep exits before ldd has written everything (SIGPIPE).
+LIBS=$(env -u LD_LIBRARY_PATH ldd "$PREFIX/bin/analyticsctl")
+grep -q "$PREFIX/.*libanalytics.so" <<<"$LIBS" ||
+  { echo "installed analyticsctl does not load the installed libanalytics:"; echo "$LIBS"; exit 1; }
 
 cat >"$TMP/consumer.c" <<'C'
 #include <analytics/analytics.h>

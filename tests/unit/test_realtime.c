@@ -358,6 +358,55 @@ static void cancel_and_drain_finish_once(void **state) {
   stop(rt);
 }
 
+static int ended_feeds;
+static void count_ended_feed(void *ctx, struct ana_realtime_sub *sub) {
+  (void)ctx;
+  (void)sub;
+  ended_feeds++;
+}
+
+/* A fed subscriber's owner is still setting up (pushing what the client
+ * missed) when the stream ends from elsewhere: the hub must not finish the
+ * call under the owner, only at ana_realtime_feed_ready. */
+static void a_feed_ended_during_setup_is_finished_at_ready(void **state) {
+  (void)state;
+  struct ana_realtime *rt = start(8, 50, 10000);
+  ended_feeds = 0;
+  struct ana_realtime_sub *sub = ana_realtime_subscribe_feed(rt, &call, count_ended_feed, NULL);
+  assert_non_null(sub);
+  struct ana_error st;
+  ana_error_set(&st, ANA_STATUS_PERMISSION_DENIED, "revoked");
+  ana_realtime_unsubscribe(rt, &call, &st);
+  ana_test_sleep_ms(100);
+  assert_int_equal(finish_count(), 0);
+  assert_int_equal(ended_feeds, 0);
+  ana_realtime_feed_ready(rt, sub);
+  assert_int_equal(finish_count(), 1);
+  assert_int_equal(ended_feeds, 1);
+  assert_int_equal(rec.status.code, ANA_STATUS_PERMISSION_DENIED);
+  stop(rt);
+}
+
+/* The client went away before the subscriber was listed (the cancel found
+ * nothing to end): ready ends it with CANCELLED. */
+static void a_feed_cancelled_before_listing_ends_at_ready(void **state) {
+  (void)state;
+  struct ana_realtime *rt = start(8, 50, 10000);
+  ended_feeds = 0;
+  ana_call_mark_cancelled(&call);
+  struct ana_realtime_sub *sub = ana_realtime_subscribe_feed(rt, &call, count_ended_feed, NULL);
+  assert_non_null(sub);
+  assert_int_equal(finish_count(), 0);
+  ana_realtime_feed_ready(rt, sub);
+  assert_int_equal(finish_count(), 1);
+  assert_int_equal(ended_feeds, 1);
+  assert_int_equal(rec.status.code, ANA_STATUS_CANCELLED);
+  struct ana_realtime_stats s;
+  ana_realtime_stats(rt, &s);
+  assert_int_equal(s.subscribers, 0);
+  stop(rt);
+}
+
 static void destroy_ends_the_remaining_subscribers(void **state) {
   (void)state;
   struct ana_realtime *rt = start(8, 50, 10000);
@@ -515,6 +564,8 @@ int main(void) {
       cmocka_unit_test(a_subscriber_behind_too_long_is_ended),
       cmocka_unit_test(a_slow_but_catching_up_subscriber_stays),
       cmocka_unit_test(cancel_and_drain_finish_once),
+      cmocka_unit_test(a_feed_ended_during_setup_is_finished_at_ready),
+      cmocka_unit_test(a_feed_cancelled_before_listing_ends_at_ready),
       cmocka_unit_test(destroy_ends_the_remaining_subscribers),
       cmocka_unit_test(every_subscriber_gets_the_events_one_shared_message),
       cmocka_unit_test(property_values_compare_like_search),
