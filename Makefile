@@ -5,6 +5,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
 .PHONY: all deps build run test test-unit test-integration asan fuzz fuzz-long crash-long bench \
+	test-clickhouse-long \
         format format-check docs install clean
 
 all: build
@@ -41,7 +42,9 @@ fuzz-long:
 # Benchmarks: ingest throughput, ack latency, search; metric rollups (their
 # rows are appended); writes bench/RESULTS.md.
 # BENCH_SECONDS per load run, BENCH_SEARCH_EVENTS events in the search store,
-# BENCH_METRIC_EVENTS events for the metric benchmark.
+# BENCH_METRIC_EVENTS events for the metric benchmark, BENCH_WORD_EVENTS events for the
+# common-word search benchmark, BENCH_IMPORT_EVENTS for the historical import (random
+# against time-ordered timestamps).
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
 # BENCH_PEERS_EVENTS: the event counts of the peers benchmark (analyticsd
@@ -51,6 +54,7 @@ bench: build
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --search-events $${BENCH_SEARCH_EVENTS:-10000000} \
 	  --out bench/RESULTS.md
+	./$(BUILD)/bench/search_bench --events $${BENCH_WORD_EVENTS:-1000000} --out bench/RESULTS.md
 	./$(BUILD)/bench/rest_bench --server ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	./$(BUILD)/bench/tls_bench --server ./$(BUILD)/server/analyticsd \
@@ -68,15 +72,26 @@ bench: build
 	  --out bench/RESULTS.md
 	/usr/bin/python3 bench/alerts_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
+	/usr/bin/python3 bench/import_bench.py --binary ./$(BUILD)/server/analyticsd \
+	  --events $${BENCH_IMPORT_EVENTS:-1000000} --rounds 2 --out bench/RESULTS.md
 	for n in $${BENCH_PEERS_EVENTS:-1000000 10000000}; do \
 	  /usr/bin/python3 bench/peers/peers_bench.py --binary ./$(BUILD)/server/analyticsd \
 	    --events $$n --out bench/RESULTS.md || exit 1; \
 	done
 
-# The long crash test: KILLS kill -9 cycles under load (default 500).
+# kill -9 of analyticsd while it ships to a real ClickHouse (started on loopback): KILLS cycles
+# (default 30) with an out-of-order import; every acknowledged event in ClickHouse exactly once.
+test-clickhouse-long: build
+	/usr/bin/python3 tests/integration/clickhouse_crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $(or $(KILLS),30)
+
+# The long crash tests: KILLS kill -9 cycles under load (default 500), then
+# IMPORT_KILLS during an import at random times (default 30).
 crash-long: build
 	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
 	  --kills $${KILLS:-500}
+	/usr/bin/python3 tests/integration/crash_test.py --binary ./$(BUILD)/server/analyticsd \
+	  --kills $${IMPORT_KILLS:-30} --out-of-order
 
 install: build
 	cmake --install $(BUILD)

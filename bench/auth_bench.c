@@ -1,13 +1,18 @@
 /* What authentication costs on the ingest path: unary TrackEvent from 16
  * clients against a server without authentication (protected mode, loopback)
- * and, in the same run, against one verifying JWTs: a cached HS256 token per
- * client, a cached RS256 token per client, and a fresh RS256 token per call
- * (a signature check every call; the tokens are minted before the clock
- * starts); and against one with API keys only, an ingest key per client
- * (made with `analyticsd keys create` before the server starts). Rounds
- * alternate the cases; each figure is the median round. Then, in-process,
- * what one key verification costs on a cache miss (one SQLite point read on
- * the calling thread) and with the key cached.
+ * and, in the same run, against servers verifying a cached HS256 token per
+ * client, a cached RS256 token per client, a fresh RS256 token per call (a
+ * signature check every call; the tokens are minted before the clock starts)
+ * and an API key per client (made with `analyticsd keys create` before the
+ * server starts), and a second server without authentication as a control.
+ * All servers run side by side for the whole run and short
+ * phases alternate between them, each case between two phases of the server
+ * without authentication (N H N R N K N F N C N, the order rotating from
+ * round to round): a case's ratio is its rate
+ * over the mean of the two phases around it, so load from elsewhere on the
+ * machine moves both; each figure is the median of the rounds' ratios. Then,
+ * in-process, what one key verification costs on a cache miss (one SQLite
+ * point read on the calling thread) and with the key cached.
  * usage: auth_bench [--server PATH] [--seconds S] [--rounds N] [--out RESULTS.md] */
 #include "bench_common.h"
 #include "jwt_mint.h"
@@ -15,10 +20,12 @@
 
 #include "ana_api_keys.h"
 #include "ana_client_rpc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_local_db.h"
 #include "ana_store.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +37,7 @@
 #define HEADING "## Authentication on the ingest path"
 #define SECRET "bench-secret-bench-secret-bench-secret"
 #define CLIENTS 16
-#define MAX_ROUNDS 9
+#define MAX_ROUNDS 31
 /* Fresh RS256 tokens minted up front: more than a fresh run can use. */
 #define FRESH_TOKENS 15000
 #define FRESH_SECONDS 0.5
@@ -86,7 +93,7 @@ static char *make_key(const char *server_path, const char *data_dir) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd,
            "DATA_DIR='%s' LOG_LEVEL=error '%s' keys create --account acme --role "
-           "ingest",
+           "ingest 2>/dev/null",
            data_dir, server_path);
   FILE *p = popen(cmd, "r");
   char key[ANA_API_KEY_CHARS + 2] = "";
@@ -173,13 +180,31 @@ static double run(struct ana_client_channel *ch, double seconds, const char *(*a
   return bench_grpc_ingest_rate(ch, &load, NULL, p99);
 }
 
+/* CPU seconds pid has used so far (every thread, user and system). */
+static double cpu_s(pid_t pid) {
+  int64_t ns = ana_clock_process_cpu_ns(pid);
+  return ns < 0 ? NAN : (double)ns / 1e9;
+}
+
+/* One phase on srv: its rate (calls/s) and the server's CPU microseconds per
+ * accepted call, which other load on the machine moves much less than the
+ * rate. */
+static double phase(const struct bench_proc *srv, struct ana_client_channel *ch, double seconds,
+                    const char *(*auth)(void *, int), void *ctx, double *p99, double *cpu_us) {
+  double c0 = cpu_s(srv->pid), t0 = bench_now_s();
+  double rate = run(ch, seconds, auth, ctx, p99);
+  double calls = rate * (bench_now_s() - t0), c1 = cpu_s(srv->pid);
+  *cpu_us = calls > 0 ? (c1 - c0) * 1e6 / calls : NAN;
+  return rate;
+}
+
 static double median(double *v, int n) {
   return bench_percentile(v, (size_t)n, 50);
 }
 
 int main(int argc, char **argv) {
-  double seconds = 3;
-  int rounds = 3;
+  double seconds = 1;
+  int rounds = 9;
   const char *out = NULL, *server_path = "build/server/analyticsd";
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--server") == 0 && i + 1 < argc)
@@ -197,7 +222,9 @@ int main(int argc, char **argv) {
     }
   }
   if (rounds < 1 || rounds > MAX_ROUNDS)
-    rounds = 3;
+    rounds = 9;
+  if (seconds <= 0)
+    seconds = 1;
   bench_pin_client();
 
   char dir[] = "/tmp/ana-auth-bench-XXXXXX";
@@ -217,7 +244,7 @@ int main(int argc, char **argv) {
     return 1;
   }
 
-  struct tokens hs = {0}, rs = {0}, fr = {0};
+  struct tokens hs = {0}, rs = {0}, fr = {0}, ak = {0};
   for (int i = 0; i < CLIENTS; i++) {
     hs.per_client[i] = bearer("HS256", i);
     rs.per_client[i] = bearer("RS256", i);
@@ -230,90 +257,161 @@ int main(int argc, char **argv) {
   fprintf(stderr, "auth_bench: minted %d RS256 tokens in %.1f s\n", FRESH_TOKENS,
           bench_now_s() - mint_start);
 
-  /* Every case of every round gets a fresh server on a fresh directory (the
-   * store's growth would otherwise favour whichever case ran first): in
-   * protected mode (no credential source) for "none", verifying HS256 and
-   * RS256 for the others. */
-  double r_none[MAX_ROUNDS], r_hs[MAX_ROUNDS], r_rs[MAX_ROUNDS], r_fresh[MAX_ROUNDS],
-      r_key[MAX_ROUNDS];
-  double p_none[MAX_ROUNDS], p_hs[MAX_ROUNDS], p_rs[MAX_ROUNDS], p_fresh[MAX_ROUNDS],
-      p_key[MAX_ROUNDS];
-  struct tokens ak = {0};
+  /* One server per case, each on its own data directory, all running for the
+   * whole benchmark: none (protected mode), HS256 and RS256 (each verifying
+   * both algorithms; the RS256 one also takes the fresh-token phases), API
+   * keys only (one ingest key per client, made offline). */
+  enum { NONE, HS, RS, KEY, CONTROL, N_SERVERS };
+  static const char *const names[N_SERVERS] = {"none", "hs256", "rs256", "apikey", "control"};
+  struct bench_proc srv[N_SERVERS];
+  struct ana_client_channel *ch[N_SERVERS];
+  for (int k = 0; k < N_SERVERS; k++) {
+    char d[300];
+    snprintf(d, sizeof d, "%s/%s", dir, names[k]);
+    mkdir(d, 0700);
+    if (k == KEY)
+      for (int i = 0; i < CLIENTS; i++)
+        ak.per_client[i] = make_key(server_path, d);
+    if (k == HS || k == RS) {
+      setenv("JWT_HS256_SECRET", SECRET, 1);
+      setenv("JWT_JWKS_FILE", path, 1);
+      setenv("JWT_ALGORITHMS", "HS256,RS256", 1);
+    }
+    /* Authentication alone: the rate limiter (on by default once credentials
+     * exist) stays off on every server. */
+    setenv("RATE_LIMIT_DEFAULT", "off", 1);
+    srv[k] = bench_server_start(server_path, d, NULL, NULL);
+    unsetenv("RATE_LIMIT_DEFAULT");
+    unsetenv("JWT_HS256_SECRET");
+    unsetenv("JWT_JWKS_FILE");
+    unsetenv("JWT_ALGORITHMS");
+    ch[k] = bench_channel_create(&srv[k]);
+  }
+  /* The cases in the order each round runs them, each between two phases of
+   * the server without authentication. */
+  enum { C_HS, C_RS, C_KEY, C_FRESH, C_CONTROL, N_CASES };
+  struct {
+    int server;
+    struct tokens *tokens;
+    const char *(*auth)(void *, int);
+    double seconds;
+  } cases[N_CASES] = {
+      {HS, &hs, per_client, seconds},  {RS, &rs, per_client, seconds},
+      {KEY, &ak, per_client, seconds}, {RS, &fr, fresh, FRESH_SECONDS},
+      {CONTROL, NULL, NULL, seconds},
+  };
+  /* Warm-up: connections, and the cached cases' tokens into the caches. */
+  run(ch[NONE], 0.3, NULL, NULL, NULL);
+  for (int c = 0; c < N_CASES; c++)
+    if (c != C_FRESH)
+      run(ch[cases[c].server], 0.3, cases[c].auth, cases[c].tokens, NULL);
+
+  double rate[N_CASES][MAX_ROUNDS], ratio[N_CASES][MAX_ROUNDS], p99[N_CASES][MAX_ROUNDS];
+  double cpu[N_CASES][MAX_ROUNDS], cpu_ratio[N_CASES][MAX_ROUNDS];
+  double none_rate[MAX_ROUNDS * (N_CASES + 1)], none_p99[MAX_ROUNDS * (N_CASES + 1)],
+      none_cpu[MAX_ROUNDS * (N_CASES + 1)];
+  int n_none = 0;
   long per_round = FRESH_TOKENS / rounds;
+  double before =
+      phase(&srv[NONE], ch[NONE], seconds, NULL, NULL, &none_p99[n_none], &none_cpu[n_none]);
+  double cpu_before = none_cpu[n_none];
+  none_rate[n_none++] = before;
   for (int r = 0; r < rounds; r++) {
-    for (int k = 0; k < 5; k++) {
-      char d[300];
-      snprintf(d, sizeof d, "%s/r%d-%d", dir, r, k);
-      mkdir(d, 0700);
-      if (k == 4) /* API keys only: one ingest key per client, made offline */
-        for (int i = 0; i < CLIENTS; i++) {
-          free(ak.per_client[i]);
-          ak.per_client[i] = make_key(server_path, d);
-        }
-      if (k > 0 && k < 4) {
-        setenv("JWT_HS256_SECRET", SECRET, 1);
-        setenv("JWT_JWKS_FILE", path, 1);
-        setenv("JWT_ALGORITHMS", "HS256,RS256", 1);
-      }
-      struct bench_proc srv = bench_server_start(server_path, d, NULL, NULL);
-      unsetenv("JWT_HS256_SECRET");
-      unsetenv("JWT_JWKS_FILE");
-      unsetenv("JWT_ALGORITHMS");
-      struct ana_client_channel *ch = bench_channel_create(&srv);
-      struct tokens *t = k == 1 ? &hs : k == 4 ? &ak : &rs;
-      /* Warm-up: connections, and the cached cases' tokens into the cache. */
-      run(ch, 0.3, k == 0 ? NULL : per_client, k == 0 ? NULL : t, NULL);
-      if (k == 0) {
-        r_none[r] = run(ch, seconds, NULL, NULL, &p_none[r]);
-      } else if (k == 4) {
-        r_key[r] = run(ch, seconds, per_client, t, &p_key[r]);
-      } else if (k < 3) {
-        double *rate = k == 1 ? &r_hs[r] : &r_rs[r], *p99 = k == 1 ? &p_hs[r] : &p_rs[r];
-        *rate = run(ch, seconds, per_client, t, p99);
-      } else {
-        /* Each fresh token used once: this round's share of the pool. */
+    printf("round %d:", r);
+    /* The order rotates from round to round, so that no case always follows
+     * the same one. */
+    for (int i = 0; i < N_CASES; i++) {
+      int c = (i + r) % N_CASES;
+      if (c == C_FRESH) { /* each fresh token used once: this round's share */
         atomic_store(&fr.next, (long)r * per_round);
         fr.n_fresh = (long)(r + 1) * per_round;
-        r_fresh[r] = run(ch, FRESH_SECONDS, fresh, &fr, &p_fresh[r]);
-        if (atomic_load(&fr.next) > fr.n_fresh)
-          fprintf(stderr, "auth_bench: round %d ran out of fresh tokens\n", r);
       }
-      ana_client_channel_destroy(ch);
-      bench_proc_stop(&srv);
+      rate[c][r] = phase(&srv[cases[c].server], ch[cases[c].server], cases[c].seconds,
+                         cases[c].auth, cases[c].tokens, &p99[c][r], &cpu[c][r]);
+      if (c == C_FRESH && atomic_load(&fr.next) > fr.n_fresh)
+        fprintf(stderr, "auth_bench: round %d ran out of fresh tokens\n", r);
+      double after =
+          phase(&srv[NONE], ch[NONE], seconds, NULL, NULL, &none_p99[n_none], &none_cpu[n_none]);
+      double cpu_after = none_cpu[n_none];
+      none_rate[n_none++] = after;
+      ratio[c][r] = rate[c][r] / ((before + after) / 2);
+      /* Calls per CPU second, against none's: above 1 is cheaper. */
+      cpu_ratio[c][r] = ((cpu_before + cpu_after) / 2) / cpu[c][r];
+      printf(" %s %.0f/s %.2fx cpu %.0f us %.2fx", c == C_FRESH ? "fresh" : names[cases[c].server],
+             rate[c][r], ratio[c][r], cpu[c][r], cpu_ratio[c][r]);
+      before = after;
+      cpu_before = cpu_after;
     }
-    printf("round %d: none %.0f/s, HS256 cached %.0f/s, RS256 cached %.0f/s, RS256 fresh "
-           "%.0f/s, API key %.0f/s\n",
-           r, r_none[r], r_hs[r], r_rs[r], r_fresh[r], r_key[r]);
+    printf("\n");
+    fflush(stdout);
+  }
+  for (int k = 0; k < N_SERVERS; k++) {
+    ana_client_channel_destroy(ch[k]);
+    bench_proc_stop(&srv[k]);
   }
   double miss_med, miss_p99, hit_med;
   measure_verify(dir, &miss_med, &miss_p99, &hit_med);
-  double key_m = median(r_key, rounds), pk = median(p_key, rounds);
-  double none_m = median(r_none, rounds), hs_m = median(r_hs, rounds), rs_m = median(r_rs, rounds),
-         fr_m = median(r_fresh, rounds);
-  double pn = median(p_none, rounds), ph = median(p_hs, rounds), pr = median(p_rs, rounds),
-         pf = median(p_fresh, rounds);
 
-  char machine[256], section[6144];
+  double m_rate[N_CASES], m_ratio[N_CASES], m_p99[N_CASES], m_cpu[N_CASES], m_cpu_ratio[N_CASES];
+  char spread[N_CASES][160];
+  for (int c = 0; c < N_CASES; c++) {
+    double v[MAX_ROUNDS];
+    memcpy(v, ratio[c], sizeof v);
+    m_cpu[c] = median(cpu[c], rounds);
+    m_cpu_ratio[c] = median(cpu_ratio[c], rounds);
+    size_t len = 0;
+    spread[c][0] = '\0';
+    for (int r = 0; r < rounds && len + 8 < sizeof spread[c]; r++)
+      len += (size_t)snprintf(spread[c] + len, sizeof spread[c] - len, "%s%.2f", r ? ", " : "",
+                              ratio[c][r]);
+    m_ratio[c] = median(v, rounds);
+    m_rate[c] = median(rate[c], rounds);
+    m_p99[c] = median(p99[c], rounds);
+  }
+  double none_m = median(none_rate, n_none), pn = median(none_p99, n_none),
+         none_cpu_m = median(none_cpu, n_none);
+
+  char machine[256], section[8192];
   bench_machine(machine, sizeof machine);
   snprintf(section, sizeof section,
-           "%s\n\nMachine: %s. Command: `build/bench/auth_bench --seconds %.0f --rounds %d`. "
-           "Unary TrackEvent, %d clients on one channel, the median of %d alternating rounds "
-           "(a fresh-token run lasts %.1f s: each of %d pre-minted RS256 tokens is used "
-           "at most once), each case on a fresh server and data directory. The server without "
-           "authentication is in protected mode (loopback); the others verify HS256 and RS256 "
-           "(2048-bit, JWKS file); the API-key server has no JWT settings and %d ingest keys.\n\n"
-           "| Credentials | calls/s | vs none | p99 ms |\n|---|---|---|---|\n"
-           "| none (protected mode) | %.0f | 1.00x | %.2f |\n"
-           "| HS256, one cached token per client | %.0f | %.2fx | %.2f |\n"
-           "| RS256, one cached token per client | %.0f | %.2fx | %.2f |\n"
-           "| RS256, a fresh token per call | %.0f | %.2fx | %.2f |\n"
-           "| API key, one per client | %.0f | %.2fx | %.2f |\n\n"
+           "%s\n\nMachine: %s. Command: `build/bench/auth_bench --seconds %g --rounds %d`. "
+           "Unary TrackEvent, %d clients on one channel per server. Five servers run side by "
+           "side for the whole run, each on its own data directory: one without authentication "
+           "(protected mode, loopback), two verifying HS256 and RS256 (2048-bit, JWKS file), "
+           "one with API keys only (%d ingest keys), and a second one without authentication "
+           "as a control (its ratio shows what the method itself cannot tell apart); "
+           "RATE_LIMIT_DEFAULT=off on all. Phases of %g "
+           "s alternate between them, "
+           "each case between two phases of the server without authentication, the cases' order "
+           "rotating from round to round; a case's ratio "
+           "is its rate over the mean of those two, and the figure is the median of %d rounds' "
+           "ratios (per round in brackets). A fresh-token phase lasts %.1f s: each of %d "
+           "pre-minted RS256 tokens is used at most once. Target: >= 0.90x for the cached "
+           "tokens and API keys. Server CPU per call is the server process's CPU time over "
+           "the phase's accepted calls; its ratio is none's over the case's (calls per CPU "
+           "second against none's), also a median of per-round ratios.\n\n"
+           "| Credentials | calls/s (median) | vs none (median of ratios) | p99 ms | server CPU "
+           "us/call | calls per CPU s vs none |\n"
+           "|---|---|---|---|---|---|\n"
+           "| none (protected mode) | %.0f | 1.00x | %.2f | %.0f | 1.00x |\n"
+           "| HS256, one cached token per client | %.0f | %.2fx (%s) | %.2f | %.0f | %.2fx |\n"
+           "| RS256, one cached token per client | %.0f | %.2fx (%s) | %.2f | %.0f | %.2fx |\n"
+           "| API key, one per client | %.0f | %.2fx (%s) | %.2f | %.0f | %.2fx |\n"
+           "| RS256, a fresh token per call | %.0f | %.2fx (%s) | %.2f | %.0f | %.2fx |\n"
+           "| control: none again, on a second server | %.0f | %.2fx (%s) | %.2f | %.0f | %.2fx "
+           "|\n\n"
            "One API-key verification in-process (%d keys stored, %d calls): %.1f us median, "
            "%.1f us p99 on a cache miss (one SQLite point read on the calling thread); %.1f us "
            "median when cached.\n",
-           HEADING, machine, seconds, rounds, CLIENTS, rounds, FRESH_SECONDS, FRESH_TOKENS, CLIENTS,
-           none_m, pn, hs_m, hs_m / none_m, ph, rs_m, rs_m / none_m, pr, fr_m, fr_m / none_m, pf,
-           key_m, key_m / none_m, pk, MISS_KEYS, MISS_CALLS, miss_med, miss_p99, hit_med);
+           HEADING, machine, seconds, rounds, CLIENTS, CLIENTS, seconds, rounds, FRESH_SECONDS,
+           FRESH_TOKENS, none_m, pn, none_cpu_m, m_rate[C_HS], m_ratio[C_HS], spread[C_HS],
+           m_p99[C_HS], m_cpu[C_HS], m_cpu_ratio[C_HS], m_rate[C_RS], m_ratio[C_RS], spread[C_RS],
+           m_p99[C_RS], m_cpu[C_RS], m_cpu_ratio[C_RS], m_rate[C_KEY], m_ratio[C_KEY],
+           spread[C_KEY], m_p99[C_KEY], m_cpu[C_KEY], m_cpu_ratio[C_KEY], m_rate[C_FRESH],
+           m_ratio[C_FRESH], spread[C_FRESH], m_p99[C_FRESH], m_cpu[C_FRESH], m_cpu_ratio[C_FRESH],
+           m_rate[C_CONTROL], m_ratio[C_CONTROL], spread[C_CONTROL], m_p99[C_CONTROL],
+           m_cpu[C_CONTROL], m_cpu_ratio[C_CONTROL], MISS_KEYS, MISS_CALLS, miss_med, miss_p99,
+           hit_med);
   fputs(section, stdout);
   if (out)
     bench_results_replace(out, HEADING, section);

@@ -6,7 +6,8 @@ the server itself spends per event (utime + stime from /proc, read before
 and after) does much less. For each setting, interleaved over --rounds
 rounds: a fresh analyticsd, a warm-up, then --batches gRPC TrackEvents
 batches of 100 events (the properties of the ingest benchmark: campaignId,
-groupId, messageType, charactersCount) from 4 client threads; prints the
+groupId, messageType, charactersCount) from 4 client threads, or with
+--mode stream the same batches as IngestEvents messages on 2 streams; prints the
 server's CPU microseconds per event and the ratio encrypted/plain (lower
 is better; its inverse bounds the throughput ratio when the server is
 CPU-bound).
@@ -14,6 +15,7 @@ CPU-bound).
 Usage:
   /usr/bin/python3 bench/encryption_cpu.py --binary build/server/analyticsd
       [--fields properties.campaignId,properties.groupId] [--rounds 3] [--batches 400]
+      [--mode batch|stream]
 """
 
 import argparse
@@ -29,6 +31,7 @@ import harness  # noqa: E402
 import stubs  # noqa: E402
 
 CLIENTS = 4
+STREAMS = 2
 
 
 def cpu_seconds(pid):
@@ -37,7 +40,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(binary, fields, batches):
+def run(binary, fields, batches, mode="batch"):
     os.environ["ANALYTICSD"] = binary
     env = {"ENCRYPTED_FIELDS": fields} if fields else {}
     server = harness.Server(env=env, log_level="warn").start()
@@ -52,22 +55,30 @@ def run(binary, fields, batches):
                                   "messageType": "text", "charactersCount": 150})
             events.append(ev)
         req = pb.TrackEventsRequest(events=events)
-        for _ in range(20):
-            stub.TrackEvents(req, timeout=30)
+        msg = pb.IngestRequest(events=events)
+        clients = CLIENTS if mode == "batch" else STREAMS
 
         def client(n):
-            for _ in range(n):
-                stub.TrackEvents(req, timeout=30)
+            if mode == "batch":
+                for _ in range(n):
+                    stub.TrackEvents(req, timeout=30)
+                return
+            answers = 0
+            for _ in stub.IngestEvents(iter([msg] * n), timeout=60):
+                answers += 1
 
+        for t in [threading.Thread(target=client, args=(10,)) for _ in range(2)]:
+            t.start()
+            t.join()
         before = cpu_seconds(server.proc.pid)
-        threads = [threading.Thread(target=client, args=(batches // CLIENTS,))
-                   for _ in range(CLIENTS)]
+        threads = [threading.Thread(target=client, args=(batches // clients,))
+                   for _ in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         used = cpu_seconds(server.proc.pid) - before
-        return used / (batches // CLIENTS * CLIENTS * 100) * 1e6
+        return used / (batches // clients * clients * 100) * 1e6
     finally:
         server.stop()
         server.cleanup()
@@ -79,11 +90,12 @@ def main():
     p.add_argument("--fields", default="properties.campaignId,properties.groupId")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batches", type=int, default=400)
+    p.add_argument("--mode", choices=("batch", "stream"), default="batch")
     args = p.parse_args()
     ratios = []
     for r in range(args.rounds):
         order = (None, args.fields) if r % 2 == 0 else (args.fields, None)
-        got = {f: run(os.path.abspath(args.binary), f, args.batches) for f in order}
+        got = {f: run(os.path.abspath(args.binary), f, args.batches, args.mode) for f in order}
         ratio = got[args.fields] / got[None]
         ratios.append(ratio)
         print("round %d: plain %.1f us/event, encrypted %.1f us/event, encrypted/plain %.3f"

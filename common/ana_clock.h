@@ -6,6 +6,7 @@
 #define ANA_CLOCK_H
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME): timestamps. */
@@ -21,6 +22,9 @@ int64_t ana_clock_mono_ns(void);
  * cheaper): for once-a-second decisions on every call, such as log
  * rate limits. */
 int64_t ana_clock_mono_coarse_ms(void);
+/* Nanoseconds of CPU time process pid has used (every thread, user and
+ * system), or -1 when it cannot be read: benchmarks' server cost. */
+int64_t ana_clock_process_cpu_ns(pid_t pid);
 
 /* The time on clock ms milliseconds from now (ms < 0 reads as 0). */
 struct timespec ana_clock_deadline(clockid_t clock, int64_t ms);

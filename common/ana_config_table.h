@@ -131,10 +131,11 @@ struct ana_process_settings {
   int proto_max_depth;          /* PROTO_MAX_DEPTH: nested messages in a decoded Protobuf message */
   char *access_log_sample;      /* ACCESS_LOG_SAMPLE: share of successful requests logged */
   int access_log_max_per_s;     /* ACCESS_LOG_MAX_PER_S: access lines per second at most */
+  char *trusted_proxies;        /* TRUSTED_PROXIES: NULL when unset */
 };
 
-/* SHUTDOWN_GRACE_MS, LOG_LEVEL, ACCESS_LOG_SAMPLE and PROTO_MAX_DEPTH, filling struct
- * ana_process_settings. */
+/* SHUTDOWN_GRACE_MS, LOG_LEVEL, ACCESS_LOG_SAMPLE, ACCESS_LOG_MAX_PER_S, PROTO_MAX_DEPTH and
+ * TRUSTED_PROXIES, filling struct ana_process_settings. */
 extern const struct ana_config_table ana_process_config_table;
 
 #endif

@@ -37,28 +37,58 @@ static bool parse_addr(const char *s, size_t n, struct addr *a) {
   return false;
 }
 
-static bool in_range(const struct addr *a, const char *cidr, size_t n) {
-  char buf[64];
-  if (n >= sizeof buf)
+/* One entry of a proxy list: an address, optionally with a /prefix (0 to
+ * 32, or to 128 for IPv6; none means the address alone). */
+static bool parse_cidr(const char *cidr, size_t n, struct addr *net, int *prefix) {
+  const char *slash = memchr(cidr, '/', n);
+  size_t addr_len = slash ? (size_t)(slash - cidr) : n;
+  if (!parse_addr(cidr, addr_len, net))
     return false;
-  memcpy(buf, cidr, n);
-  buf[n] = '\0';
-  char *slash = strchr(buf, '/');
-  int prefix = -1;
-  if (slash) {
-    *slash = '\0';
-    prefix = atoi(slash + 1);
+  int bits = net->family == AF_INET ? 32 : 128;
+  *prefix = bits;
+  if (!slash)
+    return true;
+  const char *p = slash + 1, *end = cidr + n;
+  if (p == end)
+    return false;
+  int v = 0;
+  for (; p < end; p++) {
+    if (*p < '0' || *p > '9' || (v = v * 10 + (*p - '0')) > bits)
+      return false;
   }
+  *prefix = v;
+  return true;
+}
+
+static bool in_range(const struct addr *a, const char *cidr, size_t n) {
   struct addr net;
-  if (!parse_addr(buf, strlen(buf), &net) || net.family != a->family)
+  int prefix;
+  if (!parse_cidr(cidr, n, &net, &prefix) || net.family != a->family)
     return false;
-  int bits = a->family == AF_INET ? 32 : 128;
-  if (prefix < 0 || prefix > bits)
-    prefix = bits;
   for (int i = 0; i < prefix; i++) {
     int byte = i / 8, bit = 7 - i % 8;
     if (((a->bytes[byte] >> bit) & 1) != ((net.bytes[byte] >> bit) & 1))
       return false;
+  }
+  return true;
+}
+
+bool ana_client_ip_list_valid(const char *list) {
+  const char *p = list;
+  while (*p) {
+    while (*p == ' ')
+      p++;
+    size_t n = strcspn(p, ",");
+    size_t len = n;
+    while (len && p[len - 1] == ' ')
+      len--;
+    struct addr net;
+    int prefix;
+    if (!parse_cidr(p, len, &net, &prefix))
+      return false;
+    p += n;
+    if (*p == ',')
+      p++;
   }
   return true;
 }

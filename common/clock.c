@@ -32,6 +32,14 @@ int64_t ana_clock_mono_coarse_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t ana_clock_process_cpu_ns(pid_t pid) {
+  clockid_t clk;
+  struct timespec ts;
+  if (clock_getcpuclockid(pid, &clk) != 0 || clock_gettime(clk, &ts) != 0)
+    return -1;
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 struct timespec ana_clock_deadline(clockid_t clock, int64_t ms) {
   struct timespec ts = now_on(clock);
   if (ms < 0)

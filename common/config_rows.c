@@ -1,5 +1,6 @@
 /* Configuration rows: settings every program shares. Adding a variable = a row here and a member in
  * struct ana_process_settings. */
+#include "ana_client_ip.h"
 #include "ana_config_table.h"
 #include "ana_log.h"
 
@@ -51,6 +52,16 @@ static const struct ana_config_row rows[] = {
              "requests, like string fields holding a NUL byte, get INVALID_ARGUMENT naming the "
              "field. analytics-restbridge applies it to analyticsd's replies (deeper: 500).",
      ROW(proto_max_depth)},
+    {.name = "TRUSTED_PROXIES",
+     .type = ANA_CONFIG_STRING,
+     .def = "",
+     .help = "Comma-separated IP addresses or CIDR ranges of proxies whose X-Forwarded-For "
+             "header is believed for context.ip, for the client address of per-client limits "
+             "(GRPC_STREAMS_PER_PEER, METRIC_STREAMS_PER_PEER) and for the access log's peer "
+             "(gRPC and REST alike; analytics-restbridge reads it too).",
+     .check = ana_client_ip_list_valid,
+     .expect = "IP addresses or CIDR ranges separated by commas",
+     ROW(trusted_proxies)},
 };
 
 const struct ana_config_table ana_process_config_table = ANA_CONFIG_TABLE("process", rows);

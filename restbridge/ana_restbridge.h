@@ -27,7 +27,7 @@ struct ana_restbridge_upstream {
   const char *name; /* "in-process", "remote": for logs */
   /* Called on the bridge thread for every call, once its metadata, peer
    * and deadline are set and before the request message is built. Sets
-   * call->handler (call_internal.h), whose on_request then receives the
+   * call->handler (ana_call_transport.h), whose on_request then receives the
    * request, and may set the call's user pointer. Returns 0, or a negative
    * error with st filled (the call is answered with st). Must not block. */
   int (*admit)(void *ctx, struct ana_call *call, struct ana_error *st);

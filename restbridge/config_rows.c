@@ -196,19 +196,21 @@ static const struct ana_config_row rows[] = {
      .type = ANA_CONFIG_PATH,
      .def = "",
      .help = "analytics-restbridge only: PEM CA certificates the upstream's certificate must "
-             "chain to; its --upstream-ca option wins.",
+             "chain to; its --upstream-ca option wins. Read again on SIGHUP.",
      ROW(upstream_ca_file)},
     {.name = "RESTBRIDGE_UPSTREAM_CERT_FILE",
      .type = ANA_CONFIG_PATH,
      .def = "",
-     .help = "analytics-restbridge only: PEM client certificate presented to the upstream "
-             "(mutual TLS, with RESTBRIDGE_UPSTREAM_KEY_FILE); its --upstream-cert option wins.",
+     .help =
+         "analytics-restbridge only: PEM client certificate presented to the upstream "
+         "(mutual TLS, with RESTBRIDGE_UPSTREAM_KEY_FILE); its --upstream-cert option wins. Read "
+         "again on SIGHUP.",
      ROW(upstream_cert_file)},
     {.name = "RESTBRIDGE_UPSTREAM_KEY_FILE",
      .type = ANA_CONFIG_PATH,
      .def = "",
      .help = "analytics-restbridge only: PEM private key of RESTBRIDGE_UPSTREAM_CERT_FILE; its "
-             "--upstream-key option wins.",
+             "--upstream-key option wins. Read again on SIGHUP.",
      ROW(upstream_key_file)},
     {.name = "RESTBRIDGE_UPSTREAM_SERVER_NAME",
      .type = ANA_CONFIG_STRING,

@@ -308,6 +308,16 @@ const char *rb_framer_ws_protocols(int fd, bool *too_long) {
   return f->protocols && f->protocols_len ? f->protocols : "";
 }
 
+unsigned long rb_framer_requests(int fd) {
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  return f ? (unsigned long)f->ended : 0;
+}
+
+struct lws *rb_framer_wsi(int fd) {
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  return f ? f->wsi : NULL;
+}
+
 void rb_framer_answered(int fd) {
   if (fd < 0 || fd >= MAX_FD)
     return;
@@ -420,15 +430,55 @@ static int real_ssl_read(SSL *ssl, void *buf, int num) {
 
 /* A request is unanswered: nothing for lws now. With no plaintext left, SSL_peek fails with
  * WANT_READ (lws waits) or reports the end; with plaintext there (the
- * client sent more while a request is unanswered) lws cannot be told to
- * wait: -1 without WANT_READ, and lws closes the connection. */
+ * client sent more while a request is unanswered) -1, which SSL_get_error
+ * and SSL_want below report as "wants to read": lws waits, and the bridge
+ * reads the request once the answer is out (rb_kick_pipelined). */
 static int ssl_gated(struct rb_framer *f, SSL *ssl) {
   char next_byte;
   int peeked = SSL_peek(ssl, &next_byte, 1);
   if (peeked <= 0)
     return peeked;
   rb_http_on_gated(f->wsi);
+  f->tls_held = true;
   return -1;
+}
+
+/* The framer of a registered HTTPS connection whose last SSL_read held a
+ * request back, or NULL. */
+static struct rb_framer *held(const SSL *ssl) {
+  int fd = SSL_get_fd(ssl);
+  struct rb_framer *f = fd >= 0 && fd < MAX_FD ? atomic_load(&framers[fd]) : NULL;
+  return f && f->tls && f->tls_held && f->ssl == ssl ? f : NULL;
+}
+
+typedef int (*ssl_get_error_fn)(const SSL *ssl, int ret);
+typedef int (*ssl_want_fn)(const SSL *ssl);
+
+/* SSL_get_error and SSL_want as lws sees them (libwebsockets.so binds to
+ * these, as to SSL_read): the real ones, except right after a held-back
+ * request. */
+int SSL_get_error(const SSL *ssl, int ret) {
+  static _Atomic(ssl_get_error_fn) real;
+  if (ret <= 0 && held(ssl))
+    return SSL_ERROR_WANT_READ;
+  ssl_get_error_fn fn = atomic_load(&real);
+  if (!fn) {
+    fn = (ssl_get_error_fn)dlsym(RTLD_NEXT, "SSL_get_error");
+    atomic_store(&real, fn);
+  }
+  return fn(ssl, ret);
+}
+
+int SSL_want(const SSL *ssl) {
+  static _Atomic(ssl_want_fn) real;
+  if (held(ssl))
+    return SSL_READING;
+  ssl_want_fn fn = atomic_load(&real);
+  if (!fn) {
+    fn = (ssl_want_fn)dlsym(RTLD_NEXT, "SSL_want");
+    atomic_store(&real, fn);
+  }
+  return fn(ssl);
 }
 
 bool rb_framer_tls_pipelined(int fd) {
@@ -447,6 +497,7 @@ int SSL_read(SSL *ssl, void *buf, int num) {
   if (!f || !f->tls || num <= 0 || f->phase == RB_FRAME_PASS)
     return real_ssl_read(ssl, buf, num);
   f->ssl = ssl;
+  f->tls_held = false;
   if (f->ws_unmasked) {
     if (!rb_ws_on_unmasked(f->wsi)) {
       f->phase = RB_FRAME_PASS;

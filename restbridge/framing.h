@@ -61,6 +61,10 @@ struct rb_framer {
    * interposes it), not the socket's */
   bool tls;
   void *ssl; /* the connection's SSL, once read */
+  /* The last SSL_read held a request back (one is unanswered): until the
+   * next, SSL_get_error and SSL_want say "wants to read", so that lws waits
+   * rather than closing the connection. */
+  bool tls_held;
 };
 
 void rb_framer_init(struct rb_framer *f);
@@ -84,9 +88,13 @@ struct lws;
 void rb_framer_register(int fd, struct lws *wsi, bool tls);
 /* Over TLS, whether plaintext beyond the answered requests is already read
  * from the socket (a pipelined request): lws would never be woken for it,
- * so the bridge closes the connection after the answer (RFC 9112 9.3.2:
- * the client retries the rest). lws thread. */
+ * so the bridge services the connection itself after the answer
+ * (rb_kick_pipelined). lws thread. */
 bool rb_framer_tls_pipelined(int fd);
+/* How many requests of the connection on fd were read so far. */
+unsigned long rb_framer_requests(int fd);
+/* The connection registered on fd, or NULL. */
+struct lws *rb_framer_wsi(int fd);
 /* The bridge answered the current request of this connection. */
 void rb_framer_answered(int fd);
 /* recv() held back the next request of wsi (http.c). lws thread. */

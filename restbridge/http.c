@@ -12,6 +12,7 @@
 #include "ana_openapi.h"
 #include "ana_prom.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,10 +289,14 @@ void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool succe
   if (!conn->method_name || !ana_log_access_sampled(success))
     return;
   char peer[64] = "";
-  struct lws *net = lws_get_network_wsi(wsi);
-  lws_get_peer_simple(net ? net : wsi, peer, sizeof peer);
-  if (strncmp(peer, "::ffff:", 7) == 0 && strchr(peer, '.')) /* an IPv4 client, as such */
-    memmove(peer, peer + 7, strlen(peer + 7) + 1);
+  if (conn->peer_ip[0]) {
+    snprintf(peer, sizeof peer, "%s", conn->peer_ip);
+  } else {
+    struct lws *net = lws_get_network_wsi(wsi);
+    lws_get_peer_simple(net ? net : wsi, peer, sizeof peer);
+    if (strncmp(peer, "::ffff:", 7) == 0 && strchr(peer, '.')) /* an IPv4 client, as such */
+      memmove(peer, peer + 7, strlen(peer + 7) + 1);
+  }
   const struct ana_route *r = conn->route;
   bool ws = conn->state == RB_CONN_WS_OPEN || conn->state == RB_CONN_WS_CLOSING;
   struct ana_access_entry e = {
@@ -307,6 +312,14 @@ void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool succe
       .success = success,
   };
   ana_log_access(&e);
+}
+
+void rb_access_take_peer(struct lws *wsi, struct rb_conn *conn) {
+  char peer[INET6_ADDRSTRLEN + 16], ip[INET6_ADDRSTRLEN], xff[2048];
+  struct lws *net = lws_get_network_wsi(wsi);
+  rb_request_peer(net ? net : wsi, peer, sizeof peer, ip, sizeof ip);
+  int n = lws_hdr_copy(wsi, xff, sizeof xff, WSI_TOKEN_X_FORWARDED_FOR);
+  ana_rpc_client_ip(peer, n > 0 ? xff : NULL, conn->peer_ip, sizeof conn->peer_ip);
 }
 
 static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
@@ -325,11 +338,18 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_budget_body_free(conn);
   conn->body_len = 0;
   conn->body_too_large = false;
-  /* Over TLS, a pipelined request already decrypted would wait for ever. */
-  if (close_after || rb_framer_tls_pipelined(lws_get_socket_fd(wsi)))
+  if (close_after)
+    return -1;
+  /* Over TLS, a pipelined request already decrypted would wait for ever:
+   * the bridge reads it at the next turn of the loop (or, with too many
+   * such connections at once, closes this one: RFC 9112 9.3.2, the client
+   * retries). */
+  int fd = lws_get_socket_fd(wsi);
+  bool pipelined = rb_framer_tls_pipelined(fd);
+  if (pipelined && !rb_kick_pipelined(conn->bridge, wsi))
     return -1;
   /* The next request (pipelined or not) may be read now. */
-  rb_framer_answered(lws_get_socket_fd(wsi));
+  rb_framer_answered(fd);
   if (lws_http_transaction_completed(wsi))
     return -1;
   lws_rx_flow_control(wsi, 1);
@@ -707,6 +727,7 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   conn->bytes_in = conn->bytes_out = 0;
   snprintf(conn->log_path, sizeof conn->log_path, "%s", path);
   take_request_id(wsi, conn);
+  rb_access_take_peer(wsi, conn);
   conn->origin[0] = '\0';
   if (lws_hdr_copy(wsi, conn->origin, sizeof conn->origin, WSI_TOKEN_ORIGIN) < 0)
     conn->origin[0] = '\0';

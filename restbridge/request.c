@@ -80,30 +80,34 @@ static const char *query_token(struct lws *wsi, struct ana_arena *a) {
   return v && v[0] ? v : NULL;
 }
 
-/* "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678", as gRPC spells peers. */
-static const char *peer_of(struct lws *wsi, struct ana_arena *a, char *ip, size_t ip_size) {
+void rb_request_peer(struct lws *wsi, char *out, size_t size, char *ip, size_t ip_size) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  char out[INET6_ADDRSTRLEN + 16];
-  ip[0] = '\0';
+  out[0] = ip[0] = '\0';
   if (getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&ss, &len) < 0)
-    return "";
+    return;
   if (ss.ss_family == AF_INET) {
     struct sockaddr_in *in = (struct sockaddr_in *)&ss;
     inet_ntop(AF_INET, &in->sin_addr, ip, (socklen_t)ip_size);
-    snprintf(out, sizeof out, "ipv4:%s:%u", ip, ntohs(in->sin_port));
+    snprintf(out, size, "ipv4:%s:%u", ip, ntohs(in->sin_port));
   } else if (ss.ss_family == AF_INET6) {
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
     if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) { /* a dual-stack socket's IPv4 peer */
       inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], ip, (socklen_t)ip_size);
-      snprintf(out, sizeof out, "ipv4:%s:%u", ip, ntohs(in6->sin6_port));
+      snprintf(out, size, "ipv4:%s:%u", ip, ntohs(in6->sin6_port));
     } else {
       inet_ntop(AF_INET6, &in6->sin6_addr, ip, (socklen_t)ip_size);
-      snprintf(out, sizeof out, "ipv6:[%s]:%u", ip, ntohs(in6->sin6_port));
+      snprintf(out, size, "ipv6:[%s]:%u", ip, ntohs(in6->sin6_port));
     }
-  } else {
-    return "";
   }
+}
+
+/* rb_request_peer's peer, copied into a (NULL: out of memory gives ""). */
+static const char *peer_of(struct lws *wsi, struct ana_arena *a, char *ip, size_t ip_size) {
+  char out[INET6_ADDRSTRLEN + 16];
+  rb_request_peer(wsi, out, sizeof out, ip, ip_size);
+  if (!out[0])
+    return "";
   const char *p = ana_arena_strdup(a, out);
   return p ? p : "";
 }

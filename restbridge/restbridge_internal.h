@@ -10,7 +10,7 @@
 
 #include "ana_routes.h"
 #include "ana_text.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 
 #include <libwebsockets.h>
 #include <pthread.h>
@@ -158,6 +158,7 @@ struct rb_conn {
   long long bytes_in;      /* WebSocket: client message bytes */
   long long bytes_out;     /* body bytes written (HTTP), frame payload bytes (WebSocket) */
   long metric_route;       /* index into ana_routes, ana_route_count = no route, -1 = not counted */
+  char peer_ip[64];        /* the client address (rb_access_take_peer); "" = the socket's */
   bool ws_counted;         /* counted in the open WebSockets gauge */
 
   /* download (download.c) */
@@ -182,8 +183,22 @@ struct rb_conn {
   size_t ws_msg_len;             /* bytes of the client's message so far */
 };
 
+/* HTTPS connections whose next (pipelined) request is already decrypted
+ * in OpenSSL's buffer when the previous answer is done: lws is never woken
+ * for it by the socket, so the bridge services them itself (lws thread). */
+#define RB_KICKS_MAX 64
+
+struct rb_kick {
+  int fd;
+  struct lws *wsi;
+  int tries;
+};
+
 struct ana_restbridge {
   struct ana_restbridge_options opt;
+  struct rb_kick kicks[RB_KICKS_MAX];
+  size_t n_kicks;
+  lws_sorted_usec_list_t kick_sul;
   char *host, *cors;   /* owned copies of the option strings */
   char *web_root;      /* owned copy; NULL = the built-in dashboard */
   char *allowed_hosts; /* owned copy of HTTP_ALLOWED_HOSTS; NULL = none */
@@ -326,6 +341,11 @@ struct rb_call *rb_request_start(struct ana_restbridge *b, struct lws *wsi, stru
  * Returns 0, or a negative error with st filled. lws thread. */
 int rb_request_admit_plain(struct lws *wsi, struct ana_error *st);
 
+/* The socket peer of wsi as gRPC spells peers ("ipv4:1.2.3.4:5678",
+ * "ipv6:[::1]:5678"; an IPv4 client of a dual-stack socket as IPv4) into
+ * out, and its address alone into ip; both "" when unknown. */
+void rb_request_peer(struct lws *wsi, char *out, size_t size, char *ip, size_t ip_size);
+
 /* --- HTTP (http.c) --- */
 extern const struct ana_call_transport rb_http_transport;
 int rb_http_callback(struct lws *wsi, enum lws_callback_reasons reason, struct rb_conn *conn,
@@ -344,12 +364,21 @@ void rb_http_on_wake(struct rb_conn *conn);
 void rb_http_on_deadline(struct rb_conn *conn);
 /* The connection's timer: the call's deadline, or input back on after the
  * framer held back a pipelined request (lws thread). */
+/* Queues wsi (an HTTPS connection with a pipelined request already
+ * decrypted) to be read at the next turn of the lws loop; false when the
+ * queue is full (the caller closes the connection instead). lws thread. */
+bool rb_kick_pipelined(struct ana_restbridge *b, struct lws *wsi);
+
 void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi);
 
 /* Writes the access-log line of the connection's request (HTTP: when
  * answered, status its HTTP status; WebSocket: when closed, status its close
  * code), if ACCESS_LOG_SAMPLE picks it (lws thread). */
 void rb_access_log(struct lws *wsi, struct rb_conn *conn, int status, bool success);
+/* Notes the client address of the request whose headers are in (the access
+ * log's peer): the socket peer, or behind TRUSTED_PROXIES the X-Forwarded-For
+ * hop they did not write, as the call runtime judges a gRPC call's. */
+void rb_access_take_peer(struct lws *wsi, struct rb_conn *conn);
 
 /* --- downloads (download.c) --- */
 extern const struct ana_call_transport rb_download_transport;

@@ -23,6 +23,10 @@
 #include <string.h>
 #include <time.h>
 
+/* Pipelined HTTPS requests (rb_kick_pipelined): how soon, and how many
+ * times, the bridge reads a connection's next request from OpenSSL. */
+#define KICK_US 1000
+#define KICK_TRIES 50
 #define DEFAULT_MAX_BODY (4u << 20)
 #define DEFAULT_MAX_HEADER (16u << 10)
 #define DEFAULT_STREAM_BUFFER 1024
@@ -155,6 +159,48 @@ static int reload_client_ca(struct ana_restbridge *b) {
 
 /* A reload asked for by ana_restbridge_reload_tls: lws loads the files
  * into the vhost's SSL_CTX; handshakes from now on use them. lws thread. */
+static void kick_tick(lws_sorted_usec_list_t *sul);
+
+bool rb_kick_pipelined(struct ana_restbridge *b, struct lws *wsi) {
+  if (b->n_kicks == RB_KICKS_MAX)
+    return false;
+  b->kicks[b->n_kicks].fd = lws_get_socket_fd(wsi);
+  b->kicks[b->n_kicks].wsi = wsi;
+  b->kicks[b->n_kicks].tries = 0;
+  b->n_kicks++;
+  /* At a later turn of the loop: lws finishes the answered transaction
+   * after the callback that ended it returns. */
+  lws_sul_schedule(b->ctx, 0, &b->kick_sul, kick_tick, KICK_US);
+  return true;
+}
+
+/* Services the queued connections' sockets as readable: lws reads their
+ * pipelined request from OpenSSL's buffer (SSL_read, framing.c). A
+ * connection gone meanwhile (its descriptor no longer registered to it) or
+ * with nothing left to read is dropped; one whose request was not read yet
+ * is tried again at the next tick, up to KICK_TRIES times (then the client's
+ * timeout or the idle timeout ends it). */
+static void kick_tick(lws_sorted_usec_list_t *sul) {
+  struct ana_restbridge *b = lws_container_of(sul, struct ana_restbridge, kick_sul);
+  struct rb_kick now[RB_KICKS_MAX];
+  size_t n = b->n_kicks;
+  memcpy(now, b->kicks, n * sizeof now[0]);
+  b->n_kicks = 0; /* reads below may queue their connections again */
+  for (size_t i = 0; i < n; i++) {
+    int fd = now[i].fd;
+    if (rb_framer_wsi(fd) != now[i].wsi || !rb_framer_tls_pipelined(fd))
+      continue;
+    unsigned long before = rb_framer_requests(fd);
+    struct lws_pollfd pfd = {.fd = fd, .events = LWS_POLLIN, .revents = LWS_POLLIN};
+    lws_service_fd(b->ctx, &pfd);
+    if (rb_framer_wsi(fd) == now[i].wsi && rb_framer_requests(fd) == before &&
+        ++now[i].tries < KICK_TRIES && b->n_kicks < RB_KICKS_MAX)
+      b->kicks[b->n_kicks++] = now[i];
+  }
+  if (b->n_kicks)
+    lws_sul_schedule(b->ctx, 0, &b->kick_sul, kick_tick, KICK_US);
+}
+
 static void handle_tls_reload(struct ana_restbridge *b) {
   if (!atomic_exchange(&b->tls_reload, false) || !b->tls_cert)
     return;

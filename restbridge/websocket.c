@@ -700,6 +700,7 @@ static void on_established(struct lws *wsi, struct rb_conn *conn) {
     memcpy(conn->request_id, id, (size_t)n + 1);
   else if (ana_uuid7_generate(conn->request_id) < 0)
     conn->request_id[0] = '\0';
+  rb_access_take_peer(wsi, conn);
   int got = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
   snprintf(conn->log_path, sizeof conn->log_path, "%.*s", uri ? uri_len : 0, uri ? uri : "");
   char *q = strchr(conn->log_path, '?');

@@ -4,10 +4,10 @@
  * uses (ENCRYPTION_KEY_FILE, or DATA_DIR/master.key). */
 #include "data_keys_cli.h"
 
+#include "cli_store.h"
+
 #include "ana_audit.h"
-#include "ana_config.h"
 #include "ana_crypto.h"
-#include "ana_local_db.h"
 #include "ana_store.h"
 
 #include <openssl/crypto.h>
@@ -86,22 +86,19 @@ int ana_data_keys_cli_main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  setenv("LOG_LEVEL", "warn", 0);
-  struct ana_config cfg;
-  if (ana_config_load_at_startup(&cfg) < 0)
-    return 2;
-  int rc = 1;
+  struct ana_cli_store cs;
   struct ana_error err;
-  ana_error_clear(&err);
+  if (ana_cli_store_open(&cs, &err) < 0)
+    return 2;
+  const struct ana_config *cfg = &cs.cfg;
+  int rc = 1;
   struct accounts acc = {0};
   uint8_t master[4096];
   const struct ana_data_key_store_ops *ops = ana_store_data_key_backend("sqlite");
-  struct ana_local_db *db = ana_local_db_open(cfg.store.data_dir, &err);
-  void *store = db ? ops->open(db, &err) : NULL;
+  void *store = cs.db ? ops->open(cs.db, &err) : NULL;
   struct ana_crypto *crypto = NULL;
   if (!store) {
-    fprintf(stderr, "analyticsd data-keys: cannot open the store in %s: %s\n", cfg.store.data_dir,
-            err.message);
+    ana_cli_store_report(&cs, "analyticsd data-keys", &err);
     goto out;
   }
   if (list) {
@@ -115,7 +112,7 @@ int ana_data_keys_cli_main(int argc, char **argv) {
     rc = rc < 0 || acc.nomem;
     goto out;
   }
-  int n = ana_audit_master_key(cfg.auth.encryption_key_file, cfg.store.data_dir, master,
+  int n = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir, master,
                                sizeof master, &err);
   if (n >= 0) {
     struct ana_crypto_options o = {master, (size_t)n, ops, store, 0};
@@ -151,7 +148,6 @@ out:
   ana_crypto_destroy(crypto);
   if (store)
     ops->close(store);
-  ana_local_db_close(db);
-  ana_config_fini(&cfg);
+  ana_cli_store_close(&cs);
   return rc;
 }

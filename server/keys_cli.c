@@ -3,10 +3,11 @@
  * key can be made before anything can authenticate. */
 #include "keys_cli.h"
 
+#include "cli_store.h"
+
 #include "ana_api_keys.h"
 #include "ana_audit.h"
 #include "ana_rate_limit.h"
-#include "ana_config.h"
 #include "ana_local_db.h"
 #include "ana_store.h"
 #include "ana_clock.h"
@@ -134,17 +135,13 @@ int ana_keys_cli_main(int argc, char **argv) {
     return 2;
   }
 
-  /* The store's own start-up lines are noise here unless asked for. */
-  setenv("LOG_LEVEL", "warn", 0);
-  struct ana_config cfg;
-  if (ana_config_load_at_startup(&cfg) < 0)
+  struct ana_cli_store cs;
+  struct ana_error err;
+  if (ana_cli_store_open(&cs, &err) < 0)
     return 2;
   int rc = 1;
-  struct ana_error err;
-  ana_error_clear(&err);
   const struct ana_api_key_store_ops *ops = ana_store_api_key_backend("sqlite");
-  struct ana_local_db *db = ana_local_db_open(cfg.store.data_dir, &err);
-  void *store = db ? ops->open(db, &err) : NULL;
+  void *store = cs.db ? ops->open(cs.db, &err) : NULL;
   struct ana_api_keys *keys = NULL;
   char created_id[ANA_API_KEY_ID_CHARS + 1] = "", key_account[129] = "";
   if (store) {
@@ -157,8 +154,7 @@ int ana_keys_cli_main(int argc, char **argv) {
     keys = ana_api_keys_create(&o, &err);
   }
   if (!keys) {
-    fprintf(stderr, "analyticsd keys: cannot open the store in %s: %s\n", cfg.store.data_dir,
-            err.message);
+    ana_cli_store_report(&cs, "analyticsd keys", &err);
     goto out;
   }
   if (create) {
@@ -199,13 +195,12 @@ int ana_keys_cli_main(int argc, char **argv) {
     rc = 0;
   }
   if (rc == 0 && !list)
-    audit_key_change(db, create ? "analyticsd keys create" : "analyticsd keys revoke",
+    audit_key_change(cs.db, create ? "analyticsd keys create" : "analyticsd keys revoke",
                      create ? account : key_account, create ? created_id : key_id);
 out:
   ana_api_keys_destroy(keys);
   if (store)
     ops->close(store);
-  ana_local_db_close(db);
-  ana_config_fini(&cfg);
+  ana_cli_store_close(&cs);
   return rc;
 }

@@ -63,7 +63,7 @@ static int rpc_start(struct ana_server *s, const struct ana_config *cfg, struct 
   (void)s;
   if (ana_reflection_bind() < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot load the reflection descriptors");
-  ana_rpc_set_trusted_proxies(cfg->ingest.trusted_proxies); /* per-client limits behind proxies */
+  ana_rpc_set_trusted_proxies(cfg->process.trusted_proxies); /* per-client limits behind proxies */
   ana_log_register_metrics();
   ana_health_bind();
   return 0;
@@ -527,7 +527,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
               .reject_future = strcmp(cfg->ingest.timestamp_policy, "reject") == 0,
               .clock_skew_tolerance_ms = cfg->ingest.clock_skew_tolerance_ms,
           },
-      .trusted_proxies = cfg->ingest.trusted_proxies,
+      .trusted_proxies = cfg->process.trusted_proxies,
       .search_max_page_size = cfg->store.search_max_page_size,
       .stream_max_in_flight = cfg->ingest.ingest_stream_max_in_flight,
       .event_names = s->names,
@@ -535,7 +535,7 @@ static int services_start(struct ana_server *s, const struct ana_config *cfg,
       .crypto = s->crypto,
   };
   ana_event_service_bind(&eopts);
-  ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers});
+  ana_key_service_bind(&(struct ana_key_service_options){s->api_keys, s->workers, s->crypto});
   ana_audit_service_bind(
       &(struct ana_audit_service_options){s->audit, s->workers, cfg->auth.default_account_id});
   ana_channel_service_bind(&(struct ana_channel_service_options){s->notify, s->workers});
@@ -584,6 +584,7 @@ static int reports_start(struct ana_server *s, const struct ana_config *cfg,
       .queue_max = cfg->reports.report_queue_max,
       .retention_days = cfg->reports.report_retention_days,
       .max_attempts = cfg->reports.report_max_attempts,
+      .rollups = cfg->reports.report_rollups,
   };
   if (ana_report_service_start(&ro, err) < 0)
     return fail(err, "cannot start the report runner");
@@ -663,7 +664,10 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
   struct ana_committer_stats st = {0};
   if (open && s->committer)
     ana_committer_stats(s->committer, &st);
-  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && open && !degraded;
+  struct ana_event_store_status ship = {0};
+  if (open && s->store_ops->status)
+    s->store_ops->status(s->store, &ship);
+  *serving = atomic_load(&s->serving) && atomic_load(&s->ready) && open && !degraded && !ship.full;
   if (!open && ana_restbridge_health_add(extra, "storeError", s->store_wait_reason) < 0)
     return ANA_ERR_NOMEM;
   if (ana_restbridge_health_add(extra, "store",
@@ -674,6 +678,20 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
       ana_restbridge_health_add_int(extra, "schemaVersion", open ? s->schema_version : 0) < 0 ||
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
+    return ANA_ERR_NOMEM;
+  /* An event store that ships from the spool: how far behind it is. */
+  if (open && s->store_ops->status &&
+      (ana_restbridge_health_add(extra, "eventShipping",
+                                 ship.full       ? "full"
+                                 : ship.degraded ? "degraded"
+                                                 : "ok") < 0 ||
+       (ship.reason[0] &&
+        ana_restbridge_health_add(extra, "eventShippingError", ship.reason) < 0) ||
+       ana_restbridge_health_add_int(extra, "shippingLagEvents", (long long)ship.lag_events) < 0 ||
+       ana_restbridge_health_add_int(extra, "shippingLagSeconds", (long long)ship.lag_seconds) <
+           0 ||
+       ana_restbridge_health_add_int(extra, "spoolPendingBytes", (long long)ship.pending_bytes) <
+           0))
     return ANA_ERR_NOMEM;
   return 0;
 }

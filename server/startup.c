@@ -154,7 +154,10 @@ void ana_server_update_health(struct ana_server *s) {
   }
   char stalled[32];
   int64_t thread_age = ana_heartbeat_oldest_ms(stalled, sizeof stalled);
-  bool store_ok = open && !ana_local_db_degraded(s->db);
+  struct ana_event_store_status ship = {0};
+  if (open && s->store_ops->status)
+    s->store_ops->status(s->store, &ship);
+  bool store_ok = open && !ana_local_db_degraded(s->db) && !ship.full;
   bool bridge_ok = bridge_age < READINESS_BRIDGE_STALL_MS;
   bool ready = atomic_load(&s->serving) && store_ok && bridge_ok;
   bool live = bridge_age < LIVENESS_STALL_MS && thread_age < LIVENESS_STALL_MS;
@@ -167,6 +170,7 @@ void ana_server_update_health(struct ana_server *s) {
     else
       ANA_WARN("main", "not ready: %s",
                !open       ? "the store is not open (no room for its database)"
+               : ship.full ? "the spool of events not yet shipped to ClickHouse is full"
                : !store_ok ? "the store cannot write (disk full or I/O errors)"
                            : "the REST bridge has not turned its loop for 5 s");
   }

@@ -22,6 +22,7 @@
   X(tail)                                                                                          \
   X(health)                                                                                        \
   X(audit)                                                                                         \
+  X(data_keys)                                                                                     \
   X(call)                                                                                          \
   X(token)
 

@@ -91,16 +91,6 @@ struct ana_client_channel *ana_client_channel_create_tls(const char *target,
                                                          const struct ana_client_tls *tls,
                                                          struct ana_error *err);
 
-/* The gRPC core channel underneath, for a caller that drives core itself
- * (the remote bridge's streams): target, TLS as above, and, with
- * own_connection, a connection not shared with other channels to target.
- * Returns a grpc_channel (destroy with grpc_channel_destroy; the caller
- * holds its own grpc_init reference), or NULL with err filled. */
-struct grpc_channel;
-struct grpc_channel *ana_client_grpc_channel_create(const char *target,
-                                                    const struct ana_client_tls *tls,
-                                                    bool own_connection, struct ana_error *err);
-
 /* Nesting limit for the messages received on ch (PROTO_MAX_DEPTH; the wire
  * walk of common/ana_proto_walk.h runs before each unpack): a response
  * nested deeper is refused as malformed (INTERNAL). <= 0 = the default
@@ -212,5 +202,108 @@ int ana_client_stream_status_details(struct ana_client_stream *s, uint8_t **deta
  * CANCELLED. Thread-safe; may be called any number of times until finish,
  * which must still be called. Does not block. NULL does nothing. */
 void ana_client_stream_cancel(struct ana_client_stream *s);
+
+/* --- Many server streams on one thread ---
+ *
+ * A stream multiplexer carries any number of server streams on one
+ * completion queue, driven by one thread of the caller's that waits in
+ * ana_client_mux_next and gets each stream's messages and end there: for a
+ * gateway that forwards many streams (analytics-restbridge) and wants no
+ * thread per stream. Messages come as bytes (the caller unpacks them, and
+ * may share one unpacked message between streams). Each stream has at most
+ * one message read ahead: after a MESSAGE event the caller asks for the next
+ * with ana_client_mux_read when it is ready for it, so a consumer that does
+ * not ask holds the server back through gRPC flow control. Unless noted,
+ * functions on a stream are called on the thread that calls
+ * ana_client_mux_next. */
+
+struct ana_client_mux;
+struct ana_client_mux_stream;
+
+enum ana_client_mux_event_kind {
+  ANA_CLIENT_MUX_TIMEOUT,  /* nothing happened before the timeout */
+  ANA_CLIENT_MUX_MESSAGE,  /* a message of stream: bytes, len */
+  ANA_CLIENT_MUX_END,      /* stream ended: status, details */
+  ANA_CLIENT_MUX_SHUTDOWN, /* ana_client_mux_shutdown was called; nothing more comes */
+};
+
+struct ana_client_mux_event {
+  enum ana_client_mux_event_kind kind;
+  struct ana_client_mux_stream *stream; /* MESSAGE, END */
+  void *user;                           /* the stream's user pointer */
+  /* MESSAGE: the serialized message (borrowed until the next call of
+   * ana_client_mux_next). */
+  const uint8_t *bytes;
+  size_t len;
+  /* END: the stream's status (code ANA_STATUS_OK for a clean end; UNKNOWN
+   * for a code outside gRPC's), and a copy of its grpc-status-details-bin
+   * when it carried one (caller frees with ana_free; NULL otherwise). */
+  struct ana_error status;
+  uint8_t *details;
+  size_t details_len;
+};
+
+/* A multiplexer with its own connection to target (not shared with
+ * channels to the same target, so their calls do not queue behind the
+ * streams' traffic); tls as for ana_client_channel_create_tls (NULL:
+ * plaintext). NULL with err filled on failure. */
+struct ana_client_mux *ana_client_mux_create(const char *target, const struct ana_client_tls *tls,
+                                             struct ana_error *err);
+
+/* Puts a new connection to target with tls in place (its files are read
+ * here: a new client certificate) for the streams created from now on;
+ * streams already created keep theirs. Any thread. Returns 0, or a negative
+ * error with err filled (the connection in use stays). */
+int ana_client_mux_reload(struct ana_client_mux *mux, const char *target,
+                          const struct ana_client_tls *tls, struct ana_error *err);
+
+/* Prepares server-streaming method m with its request (borrowed; encoded
+ * here) and options (the deadline runs from here); user is handed back with
+ * each of its events. Nothing is sent until ana_client_mux_start. Any
+ * thread. NULL with err filled on failure. */
+struct ana_client_mux_stream *ana_client_mux_stream_create(struct ana_client_mux *mux,
+                                                           const struct ana_method *m,
+                                                           const ProtobufCMessage *request,
+                                                           const struct ana_call_options *opts,
+                                                           void *user, struct ana_error *err);
+
+/* Sends the stream's request; its events then come from
+ * ana_client_mux_next, ending with one END (an unreachable server gives END
+ * with UNAVAILABLE at once). Any thread, once; does not block. Returns 0, or
+ * a negative error with err filled when nothing was started (no event will
+ * come: free the stream). */
+int ana_client_mux_start(struct ana_client_mux_stream *s, struct ana_error *err);
+
+/* Waits up to timeout_ms (negative: for ever) for the next event of any
+ * stream and fills ev. Returns ev->kind. One thread at a time. */
+enum ana_client_mux_event_kind ana_client_mux_next(struct ana_client_mux *mux, int64_t timeout_ms,
+                                                   struct ana_client_mux_event *ev);
+
+/* After a MESSAGE event of s: reads its next message (or its end). */
+void ana_client_mux_read(struct ana_client_mux_stream *s);
+
+/* After a MESSAGE event of s, instead of reading on: ends the stream with
+ * code and message (such as INTERNAL "malformed response" for a message the
+ * caller cannot use); its END carries that status. */
+void ana_client_mux_fail(struct ana_client_mux_stream *s, enum ana_status code,
+                         const char *message);
+
+/* Cancels the stream: it ends (END, CANCELLED) once its operations are
+ * done; a read still gets the end. Any thread, until the stream is freed;
+ * does not block. NULL does nothing. */
+void ana_client_mux_cancel(struct ana_client_mux_stream *s);
+
+/* Frees a stream after its END event, or one that was never started (or
+ * failed to start). NULL does nothing. */
+void ana_client_mux_stream_free(struct ana_client_mux_stream *s);
+
+/* Makes ana_client_mux_next return SHUTDOWN once every started stream has
+ * ended and been freed. Any thread; does not block. */
+void ana_client_mux_shutdown(struct ana_client_mux *mux);
+
+/* Shuts down (if not yet), waits for the queue to drain (no thread may be
+ * in ana_client_mux_next any more) and frees the multiplexer. NULL does
+ * nothing. */
+void ana_client_mux_destroy(struct ana_client_mux *mux);
 
 #endif

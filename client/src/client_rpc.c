@@ -180,16 +180,22 @@ static int check_message(const ProtobufCMessage *msg, const struct ana_method *m
   return 0;
 }
 
-static int check_method(struct ana_client_channel *ch, const struct ana_method *m,
-                        enum ana_method_kind kind, struct ana_error *err) {
-  if (!ch || !m)
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "no channel or method");
+/* m (not NULL) is a method of this kind. */
+static int check_kind(const struct ana_method *m, enum ana_method_kind kind,
+                      struct ana_error *err) {
   if (m->kind != kind)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "%s is not a %s method", m->path,
                          kind == ANA_METHOD_UNARY              ? "unary"
                          : kind == ANA_METHOD_SERVER_STREAMING ? "server-streaming"
                                                                : "streaming");
   return 0;
+}
+
+static int check_method(struct ana_client_channel *ch, const struct ana_method *m,
+                        enum ana_method_kind kind, struct ana_error *err) {
+  if (!ch || !m)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "no channel or method");
+  return check_kind(m, kind, err);
 }
 
 /* --- Metadata --- */
@@ -314,9 +320,10 @@ out:
   return creds;
 }
 
-struct grpc_channel *ana_client_grpc_channel_create(const char *target,
-                                                    const struct ana_client_tls *tls,
-                                                    bool own_connection, struct ana_error *err) {
+/* A core channel to target; with own_connection, on a connection not shared
+ * with other channels to target. NULL with err filled on failure. */
+static grpc_channel *grpc_channel_to(const char *target, const struct ana_client_tls *tls,
+                                     bool own_connection, struct ana_error *err) {
   grpc_arg args[2];
   size_t n = 0;
   if (own_connection)
@@ -363,7 +370,7 @@ struct ana_client_channel *ana_client_channel_create_tls(const char *target,
    * grpc_shutdown, so one reference per channel keeps the library up exactly
    * while channels exist, also beside other users in the same process. */
   grpc_init();
-  ch->channel = ana_client_grpc_channel_create(target, tls, false, err);
+  ch->channel = grpc_channel_to(target, tls, false, err);
   if (!ch->channel) {
     ana_client_channel_destroy(ch);
     return NULL;
@@ -910,4 +917,366 @@ int ana_client_server_stream(struct ana_client_channel *ch, const struct ana_met
   if (stopped)
     return 0;
   return rc < 0 ? rc : frc;
+}
+
+/* --- Stream multiplexer --- */
+
+/* Ops of a multiplexed stream that can be in flight, one each; the address
+ * of tags[op] is the completion-queue tag of that op. */
+enum mux_op { MUX_START, MUX_INITIAL_MD, MUX_STATUS, MUX_RECV, MUX_OPS };
+
+struct mux_tag {
+  struct ana_client_mux_stream *s;
+  enum mux_op op;
+};
+
+/* Channels replaced by ana_client_mux_reload, kept while streams may still
+ * be on them; past this many the oldest is destroyed (its calls hold their
+ * own references to what they need, and reloads are an operator's SIGHUP). */
+#define MUX_RETIRED_MAX 4
+
+struct ana_client_mux {
+  pthread_mutex_t channel_mu; /* guards channel and retired */
+  grpc_channel *channel;
+  grpc_channel *retired[MUX_RETIRED_MAX]; /* oldest first */
+  grpc_completion_queue *cq;
+  atomic_bool shut;
+  /* driver thread only */
+  grpc_slice current;                  /* the last MESSAGE's bytes */
+  struct ana_client_mux_stream *ended; /* streams whose END is due (read, fail) */
+};
+
+struct ana_client_mux_stream {
+  struct ana_client_mux *mux;
+  const struct ana_method *method;
+  void *user;
+  grpc_call *call;
+  struct mux_tag tags[MUX_OPS];
+  /* what the start batch sends, freed when it completes */
+  struct call_metadata md;
+  grpc_byte_buffer *request;
+  uint32_t md_flags; /* of SEND_INITIAL_METADATA */
+  /* driver thread only, once started */
+  int in_flight; /* batches started and not completed */
+  grpc_metadata_array initial_md, trailing_md;
+  grpc_status_code status;
+  grpc_slice details;
+  grpc_byte_buffer *recv;
+  bool status_in; /* the status op completed */
+  bool recv_done; /* no more messages will be read */
+  bool delivered; /* a MESSAGE was handed out, not answered by read or fail yet */
+  bool end_due;   /* on the mux's ended list */
+  bool end_sent;  /* its END was handed out */
+  struct ana_client_mux_stream *ended_next;
+};
+
+struct ana_client_mux *ana_client_mux_create(const char *target, const struct ana_client_tls *tls,
+                                             struct ana_error *err) {
+  struct ana_client_mux *mux = ana_calloc(1, sizeof *mux);
+  if (!mux) {
+    nomem(err);
+    return NULL;
+  }
+  grpc_init(); /* released by destroy */
+  pthread_mutex_init(&mux->channel_mu, NULL);
+  mux->current = grpc_empty_slice();
+  mux->channel = grpc_channel_to(target, tls, true, err);
+  if (!mux->channel)
+    goto fail;
+  mux->cq = grpc_completion_queue_create_for_next(NULL);
+  if (!mux->cq) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a completion queue");
+    goto fail;
+  }
+  return mux;
+fail:
+  ana_client_mux_destroy(mux);
+  return NULL;
+}
+
+static void mux_free_start_data(struct ana_client_mux_stream *s) {
+  metadata_fini(&s->md);
+  if (s->request)
+    grpc_byte_buffer_destroy(s->request);
+  s->request = NULL;
+}
+
+void ana_client_mux_stream_free(struct ana_client_mux_stream *s) {
+  if (!s)
+    return;
+  mux_free_start_data(s);
+  if (s->recv)
+    grpc_byte_buffer_destroy(s->recv);
+  grpc_metadata_array_destroy(&s->initial_md);
+  grpc_metadata_array_destroy(&s->trailing_md);
+  grpc_slice_unref(s->details);
+  if (s->call)
+    grpc_call_unref(s->call);
+  ana_free(s);
+}
+
+struct ana_client_mux_stream *ana_client_mux_stream_create(struct ana_client_mux *mux,
+                                                           const struct ana_method *m,
+                                                           const ProtobufCMessage *request,
+                                                           const struct ana_call_options *opts,
+                                                           void *user, struct ana_error *err) {
+  if (!mux || !m) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "no multiplexer or method");
+    return NULL;
+  }
+  if (check_kind(m, ANA_METHOD_SERVER_STREAMING, err) < 0 || check_message(request, m, err) < 0)
+    return NULL;
+  struct ana_client_mux_stream *s = ana_calloc(1, sizeof *s);
+  if (!s) {
+    nomem(err);
+    return NULL;
+  }
+  s->mux = mux;
+  s->method = m;
+  s->user = user;
+  s->details = grpc_empty_slice();
+  grpc_metadata_array_init(&s->initial_md);
+  grpc_metadata_array_init(&s->trailing_md);
+  for (int i = 0; i < MUX_OPS; i++)
+    s->tags[i] = (struct mux_tag){s, (enum mux_op)i};
+  if (metadata_build(opts, &s->md, err) < 0)
+    goto fail;
+  /* The method path lives in the static method table. */
+  pthread_mutex_lock(&mux->channel_mu);
+  s->call = grpc_channel_create_call(mux->channel, NULL, GRPC_PROPAGATE_DEFAULTS, mux->cq,
+                                     grpc_slice_from_static_string(m->path), NULL,
+                                     deadline_of(opts), NULL);
+  pthread_mutex_unlock(&mux->channel_mu);
+  if (!s->call) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a call to %s", m->path);
+    goto fail;
+  }
+  s->request = encode(request);
+  if (!s->request) {
+    nomem(err);
+    goto fail;
+  }
+  s->md_flags = initial_md_flags(opts); /* fail fast unless the options ask to wait */
+  return s;
+fail:
+  ana_client_mux_stream_free(s);
+  return NULL;
+}
+
+int ana_client_mux_start(struct ana_client_mux_stream *s, struct ana_error *err) {
+  grpc_op ops[3];
+  memset(ops, 0, sizeof ops);
+  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[0].flags = s->md_flags;
+  ops[0].data.send_initial_metadata.count = s->md.count;
+  ops[0].data.send_initial_metadata.metadata = s->md.items;
+  ops[1].op = GRPC_OP_SEND_MESSAGE;
+  ops[1].data.send_message.send_message = s->request;
+  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  s->in_flight = 1;
+  /* From here on the stream is the driver thread's, which may take this
+   * batch's completion at once. */
+  return start_batch(s->call, ops, 3, &s->tags[MUX_START], err);
+}
+
+/* Starts one op of s (driver thread). Returns 0 or ANA_ERR_INTERNAL (the
+ * call is cancelled then). */
+static int mux_op_start(struct ana_client_mux_stream *s, grpc_op *op, enum mux_op kind) {
+  struct ana_error err;
+  if (start_batch(s->call, op, 1, &s->tags[kind], &err) < 0)
+    return ANA_ERR_INTERNAL;
+  s->in_flight++;
+  return 0;
+}
+
+static bool mux_end_ready(const struct ana_client_mux_stream *s) {
+  return s->status_in && s->recv_done && !s->delivered && !s->in_flight && !s->end_sent;
+}
+
+/* Queues s's END for the next ana_client_mux_next when it is due. */
+static void mux_maybe_end(struct ana_client_mux_stream *s) {
+  if (!mux_end_ready(s) || s->end_due)
+    return;
+  s->end_due = true;
+  s->ended_next = s->mux->ended;
+  s->mux->ended = s;
+}
+
+void ana_client_mux_read(struct ana_client_mux_stream *s) {
+  grpc_op op;
+  s->delivered = false;
+  if (!s->recv_done) {
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &s->recv;
+    if (mux_op_start(s, &op, MUX_RECV) < 0)
+      s->recv_done = true;
+  }
+  mux_maybe_end(s);
+}
+
+void ana_client_mux_fail(struct ana_client_mux_stream *s, enum ana_status code,
+                         const char *message) {
+  /* The rest of the stream cannot be used; the status becomes the caller's. */
+  grpc_call_cancel_with_status(s->call, (grpc_status_code)code, message, NULL);
+  s->delivered = false;
+  s->recv_done = true;
+  mux_maybe_end(s);
+}
+
+void ana_client_mux_cancel(struct ana_client_mux_stream *s) {
+  if (s)
+    grpc_call_cancel(s->call, NULL); /* thread-safe; does not block */
+}
+
+static void mux_on_start(struct ana_client_mux_stream *s, bool ok) {
+  grpc_op op;
+  mux_free_start_data(s);
+  /* The status comes whatever happened (an unreachable server gives
+   * UNAVAILABLE at once). */
+  memset(&op, 0, sizeof op);
+  op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+  op.data.recv_status_on_client.trailing_metadata = &s->trailing_md;
+  op.data.recv_status_on_client.status = &s->status;
+  op.data.recv_status_on_client.status_details = &s->details;
+  if (mux_op_start(s, &op, MUX_STATUS) < 0) {
+    s->status = GRPC_STATUS_INTERNAL;
+    s->details = grpc_slice_from_static_string("the client cannot read the stream's status");
+    s->status_in = true;
+  }
+  if (!ok) {
+    s->recv_done = true;
+    return;
+  }
+  memset(&op, 0, sizeof op);
+  op.op = GRPC_OP_RECV_INITIAL_METADATA;
+  op.data.recv_initial_metadata.recv_initial_metadata = &s->initial_md;
+  if (mux_op_start(s, &op, MUX_INITIAL_MD) < 0) {
+    s->recv_done = true;
+    return;
+  }
+  ana_client_mux_read(s);
+}
+
+/* A message in (true, with ev filled) or the end of them. */
+static bool mux_on_recv(struct ana_client_mux_stream *s, bool ok, struct ana_client_mux_event *ev) {
+  grpc_byte_buffer *bb = s->recv;
+  s->recv = NULL;
+  if (!ok || !bb) {
+    if (bb)
+      grpc_byte_buffer_destroy(bb);
+    s->recv_done = true;
+    return false;
+  }
+  grpc_byte_buffer_reader reader;
+  grpc_slice slice = grpc_empty_slice();
+  if (grpc_byte_buffer_reader_init(&reader, bb)) {
+    slice = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+  }
+  grpc_byte_buffer_destroy(bb);
+  s->mux->current = slice;
+  s->delivered = true;
+  ev->kind = ANA_CLIENT_MUX_MESSAGE;
+  /* From the kept slice: a small one holds its bytes inline. */
+  ev->bytes = GRPC_SLICE_START_PTR(s->mux->current);
+  ev->len = GRPC_SLICE_LENGTH(s->mux->current);
+  return true;
+}
+
+static void mux_fill_end(struct ana_client_mux_stream *s, struct ana_client_mux_event *ev) {
+  s->end_sent = true;
+  ev->kind = ANA_CLIENT_MUX_END;
+  ev->stream = s;
+  ev->user = s->user;
+  if (s->status == GRPC_STATUS_OK) {
+    ana_error_clear(&ev->status);
+    return;
+  }
+  status_error(s->status, s->details, &ev->status);
+  ev->details = copy_status_details(&s->trailing_md, &ev->details_len);
+}
+
+enum ana_client_mux_event_kind ana_client_mux_next(struct ana_client_mux *mux, int64_t timeout_ms,
+                                                   struct ana_client_mux_event *ev) {
+  memset(ev, 0, sizeof *ev);
+  grpc_slice_unref(mux->current);
+  mux->current = grpc_empty_slice();
+  gpr_timespec deadline = timeout_ms < 0
+                              ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
+                              : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                             gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+  for (;;) {
+    if (mux->ended) {
+      struct ana_client_mux_stream *s = mux->ended;
+      mux->ended = s->ended_next;
+      mux_fill_end(s, ev);
+      return ev->kind;
+    }
+    grpc_event e = grpc_completion_queue_next(mux->cq, deadline, NULL);
+    if (e.type == GRPC_QUEUE_SHUTDOWN)
+      return ev->kind = ANA_CLIENT_MUX_SHUTDOWN;
+    if (e.type != GRPC_OP_COMPLETE)
+      return ev->kind = ANA_CLIENT_MUX_TIMEOUT;
+    struct mux_tag *t = e.tag;
+    struct ana_client_mux_stream *s = t->s;
+    bool ok = e.success != 0;
+    s->in_flight--;
+    switch (t->op) {
+    case MUX_START: mux_on_start(s, ok); break;
+    case MUX_INITIAL_MD: break;
+    case MUX_STATUS: s->status_in = true; break;
+    case MUX_RECV:
+      if (mux_on_recv(s, ok, ev)) {
+        ev->stream = s;
+        ev->user = s->user;
+        return ev->kind;
+      }
+      break;
+    default: break;
+    }
+    mux_maybe_end(s);
+  }
+}
+
+void ana_client_mux_shutdown(struct ana_client_mux *mux) {
+  if (mux && mux->cq && !atomic_exchange(&mux->shut, true))
+    grpc_completion_queue_shutdown(mux->cq);
+}
+
+void ana_client_mux_destroy(struct ana_client_mux *mux) {
+  if (!mux)
+    return;
+  if (mux->cq) {
+    ana_client_mux_shutdown(mux);
+    while (grpc_completion_queue_next(mux->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(mux->cq);
+  }
+  grpc_slice_unref(mux->current);
+  if (mux->channel)
+    grpc_channel_destroy(mux->channel);
+  for (size_t i = 0; i < MUX_RETIRED_MAX; i++)
+    if (mux->retired[i])
+      grpc_channel_destroy(mux->retired[i]);
+  pthread_mutex_destroy(&mux->channel_mu);
+  ana_free(mux);
+  grpc_shutdown();
+}
+
+int ana_client_mux_reload(struct ana_client_mux *mux, const char *target,
+                          const struct ana_client_tls *tls, struct ana_error *err) {
+  grpc_channel *fresh = grpc_channel_to(target, tls, true, err);
+  if (!fresh)
+    return ANA_ERR_INVALID;
+  pthread_mutex_lock(&mux->channel_mu);
+  grpc_channel *oldest = mux->retired[0];
+  memmove(mux->retired, mux->retired + 1, (MUX_RETIRED_MAX - 1) * sizeof *mux->retired);
+  mux->retired[MUX_RETIRED_MAX - 1] = mux->channel;
+  mux->channel = fresh;
+  pthread_mutex_unlock(&mux->channel_mu);
+  if (oldest)
+    grpc_channel_destroy(oldest);
+  return 0;
 }

@@ -3,7 +3,6 @@
 
 #include "ana_id.h"
 #include "ana_json.h"
-#include "json_internal.h"
 #include "analytics/v1/events.pb-c.h"
 #include "ana_clock.h"
 #include "ana_timestamp.h"

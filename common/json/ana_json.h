@@ -7,6 +7,7 @@
 #include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ana_arena.h"
 #include "ana_error.h"
@@ -100,5 +101,11 @@ int ana_json_decode_value(ProtobufCMessage *msg, const json_t *value, struct ana
  * Never blocks. */
 int ana_json_set_field(ProtobufCMessage *msg, const char *path, const char *value,
                        struct ana_arena *arena, struct ana_error *err);
+
+/* A Timestamp's JSON text (len bytes): RFC 3339 with any offset, uppercase T
+ * and Z, up to 9 fractional digits, years 0001 to 9999, as the decoder reads
+ * it (the client library parses times with it too). Returns 0 with
+ * *seconds and *nanos set, -1 if malformed, -2 if out of range. */
+int ana_json_parse_timestamp(const char *s, size_t len, int64_t *seconds, int32_t *nanos);
 
 #endif

@@ -91,13 +91,26 @@ enum ana_json_wkt ana_json_wkt_of(const ProtobufCMessageDescriptor *d) {
       {"StringValue", ANA_JSON_WKT_WRAPPER},
       {"BytesValue", ANA_JSON_WKT_WRAPPER},
   };
-  if (strncmp(d->name, "google.protobuf.", 16) != 0)
-    return ANA_JSON_WKT_NONE;
-  const char *short_name = d->name + 16;
-  for (size_t i = 0; i < sizeof wkts / sizeof wkts[0]; i++)
-    if (strcmp(short_name, wkts[i].name) == 0)
-      return wkts[i].kind;
-  return ANA_JSON_WKT_NONE;
+  /* The last few answers of this thread by descriptor address (descriptors
+   * are static): a wide answer asks about the same three types for each of
+   * hundreds of thousands of points. */
+  static _Thread_local const ProtobufCMessageDescriptor *seen[4];
+  static _Thread_local enum ana_json_wkt seen_kind[4];
+  static _Thread_local unsigned next;
+  for (unsigned i = 0; i < 4; i++)
+    if (seen[i] == d)
+      return seen_kind[i];
+  enum ana_json_wkt kind = ANA_JSON_WKT_NONE;
+  if (strncmp(d->name, "google.protobuf.", 16) == 0)
+    for (size_t i = 0; i < sizeof wkts / sizeof wkts[0]; i++)
+      if (strcmp(d->name + 16, wkts[i].name) == 0) {
+        kind = wkts[i].kind;
+        break;
+      }
+  seen[next] = d;
+  seen_kind[next] = kind;
+  next = (next + 1) % 4;
+  return kind;
 }
 
 const struct ana_json_message *ana_json_names_of(const ProtobufCMessageDescriptor *d) {

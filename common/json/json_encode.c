@@ -184,6 +184,22 @@ static void put_double(struct enc *e, double d) {
     return;
   }
   char buf[40];
+  /* Whole numbers below 10^15 (counts, mostly): their digits are what %.15g
+   * prints, written without printf. */
+  if (d > -1e15 && d < 1e15 && d == (double)(int64_t)d && !(d == 0 && signbit(d))) {
+    int64_t v = (int64_t)d;
+    uint64_t u = v < 0 ? (uint64_t)-v : (uint64_t)v;
+    char *p = buf + sizeof buf;
+    *--p = '\0';
+    do {
+      *--p = (char)('0' + u % 10);
+      u /= 10;
+    } while (u);
+    if (v < 0)
+      *--p = '-';
+    put_str(e, p);
+    return;
+  }
   for (int prec = 15; prec <= 17; prec++) {
     snprintf(buf, sizeof buf, "%.*g", prec, d);
     if (strtod(buf, NULL) == d)

@@ -143,10 +143,6 @@ size_t ana_json_base64_encode(const unsigned char *in, size_t len, char *out);
  * -1 if the value is out of range (years 0001-9999, nanos 0..999999999). */
 int ana_json_format_timestamp(int64_t seconds, int32_t nanos, char out[ANA_JSON_TIME_TEXT_MAX]);
 
-/* RFC 3339 with any offset, uppercase T and Z, up to 9 fractional digits.
- * 0, -1 if malformed, -2 if out of range. */
-int ana_json_parse_timestamp(const char *s, size_t len, int64_t *seconds, int32_t *nanos);
-
 /* "1.5s", "-0.000000001s": 0, 3, 6 or 9 fractional digits. Length or -1 if
  * out of range (|seconds| <= 315576000000, nanos of the same sign). */
 int ana_json_format_duration(int64_t seconds, int32_t nanos, char out[ANA_JSON_TIME_TEXT_MAX]);

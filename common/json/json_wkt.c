@@ -66,8 +66,22 @@ int ana_json_format_timestamp(int64_t seconds, int32_t nanos, char out[ANA_JSON_
   int64_t y;
   unsigned m, d;
   civil_from_days(days, &y, &m, &d);
-  int n = sprintf(out, "%04" PRId64 "-%02u-%02uT%02u:%02u:%02u", y, m, d, (unsigned)(rem / 3600),
-                  (unsigned)(rem / 60 % 60), (unsigned)(rem % 60));
+  /* The years are 0001..9999: "%04d-%02u-%02uT%02u:%02u:%02u" without printf. */
+  unsigned parts[] = {(unsigned)y,         m, d, (unsigned)(rem / 3600), (unsigned)(rem / 60 % 60),
+                      (unsigned)(rem % 60)};
+  static const char seps[] = "--T::";
+  int n = 0;
+  for (int i = 0; i < 6; i++) {
+    unsigned v = parts[i];
+    if (i == 0) {
+      out[n++] = (char)('0' + v / 1000);
+      out[n++] = (char)('0' + v / 100 % 10);
+    }
+    out[n++] = (char)('0' + v / 10 % 10);
+    out[n++] = (char)('0' + v % 10);
+    if (i < 5)
+      out[n++] = seps[i];
+  }
   n += format_nanos((uint32_t)nanos, out + n);
   out[n++] = 'Z';
   out[n] = '\0';

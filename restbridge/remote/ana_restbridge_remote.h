@@ -50,6 +50,13 @@ ana_restbridge_remote_upstream(struct ana_restbridge_remote *r);
  * ,"upstream":"<target>","upstreamStatus":"SERVING|..." to /health. */
 int ana_restbridge_remote_health(void *r, bool *serving, struct ana_json_buf *extra);
 
+/* Reads the upstream TLS files (CA, client certificate and key) again into
+ * new channels: calls and streams started from now on use them, those in
+ * progress finish on the old ones. A file that no longer loads leaves the
+ * channels in use as they were and fails with err naming it. Nothing to do
+ * (0) for a plaintext upstream. For SIGHUP. */
+int ana_restbridge_remote_reload_tls(struct ana_restbridge_remote *r, struct ana_error *err);
+
 /* Stops the health prober, waits up to grace_ms for forwarded calls to end
  * (the bridge cancels its calls when it shuts down, which cancels their
  * streams), then frees everything. Call after ana_restbridge_shutdown.

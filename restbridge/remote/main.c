@@ -7,7 +7,9 @@
  * WS_SLOW_CONSUMER_MS, STREAM_QUEUE_BUDGET_MB, HTTP_TLS_*, SHUTDOWN_GRACE_MS, LOG_LEVEL: the
  * bridge's own rows and the shared ones, nothing else) plus --upstream
  * host:port (or RESTBRIDGE_UPSTREAM) and TLS to it (RESTBRIDGE_UPSTREAM_*).
- * SIGHUP reloads the HTTP_TLS_* files. */
+ * SIGHUP reloads the HTTP_TLS_* files and the upstream's TLS files
+ * (RESTBRIDGE_UPSTREAM_CA/CERT/KEY). */
+#include "ana_call.h"
 #include "ana_config_table.h"
 #include "ana_grpc_log.h"
 #include "ana_log.h"
@@ -126,6 +128,8 @@ int main(int argc, char **argv) {
     ana_log_access_set_sample(share);
   ana_log_access_set_max_per_second((unsigned)cfg.process.access_log_max_per_s);
   ana_grpc_log_route(); /* before any gRPC core use: its lines are JSON too */
+  /* The access log's peer behind proxies, judged as analyticsd judges it. */
+  ana_rpc_set_trusted_proxies(cfg.process.trusted_proxies);
   if (!upstream || !upstream[0])
     upstream = cfg.bridge.restbridge_upstream;
   if (!upstream || !upstream[0]) {
@@ -138,7 +142,7 @@ int main(int argc, char **argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGHUP); /* not a stop: reloads the HTTP_TLS_* files */
+  sigaddset(&stop_signals, SIGHUP); /* not a stop: reloads the TLS files */
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   signal(SIGPIPE, SIG_IGN);
 
@@ -196,6 +200,10 @@ int main(int argc, char **argv) {
     ANA_INFO("main", "SIGHUP: reloading the TLS certificates");
     if (ana_restbridge_reload_tls(rest, &err) < 0)
       ANA_ERROR("restbridge", "TLS reload refused, the certificate in use stays: %s", err.message);
+    if (ana_restbridge_remote_reload_tls(remote, &err) < 0)
+      ANA_ERROR("restbridge",
+                "upstream TLS reload refused, the client certificate in use stays: %s",
+                err.message);
   }
   ana_log_fields(ANA_LOG_INFO, "main", "shutting down", "signal",
                  sig == SIGINT ? "SIGINT" : "SIGTERM", NULL);

@@ -1,6 +1,7 @@
 /* What the files of the remote upstream share: upstream.c (the handler the
  * bridge drives, unary calls on a worker pool, health and metrics) and
- * streams.c (server streams, all on one completion queue and thread). */
+ * streams.c (server streams, all on one thread through the client runtime's
+ * stream multiplexer). */
 #ifndef ANA_RESTBRIDGE_REMOTE_INTERNAL_H
 #define ANA_RESTBRIDGE_REMOTE_INTERNAL_H
 
@@ -8,7 +9,7 @@
 #include "ana_prom.h"
 #include "ana_restbridge_remote.h"
 #include "ana_workers.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -21,10 +22,22 @@
 struct rr_streams;
 struct rr_stream;
 
+/* The channel of unary calls and health checks, and the calls using it:
+ * SIGHUP puts a new one in place (a new client certificate); the old one is
+ * destroyed when its last call ends. */
+struct rr_channel {
+  struct ana_client_channel *ch;
+  int refs; /* the remote's own, plus one per call using it (chan_mu) */
+};
+
 struct ana_restbridge_remote {
   struct ana_restbridge_upstream up;
   char *target;
-  struct ana_client_channel *ch; /* unary calls and health checks */
+  pthread_mutex_t chan_mu; /* guards chan and every rr_channel's refs */
+  struct rr_channel *chan;
+  /* The TLS settings, kept for reloads (strings owned). */
+  struct ana_client_tls tls;
+  char *tls_ca_file, *tls_cert_file, *tls_key_file, *tls_server_name;
   struct ana_workers *workers;
   struct rr_streams *streams;         /* server streams */
   struct ana_prom_gauge active;       /* forwarded calls not finished yet */
@@ -84,6 +97,12 @@ struct rr_streams *rr_streams_create(const char *target, const struct ana_client
  * calls it on its service thread). Returns 0, or a negative error with err
  * filled when nothing was started (the caller finishes the call). */
 int rr_streams_open(struct rr_streams *ss, struct fwd *f, struct ana_error *err);
+
+/* Puts a new channel to target with tls in place for the streams opened
+ * from now on (the files are read here); streams already open keep theirs.
+ * Returns 0, or a negative error with err filled (the old channel stays). */
+int rr_streams_reload(struct rr_streams *ss, const char *target, const struct ana_client_tls *tls,
+                      struct ana_error *err);
 
 /* Cancels f's upstream stream, if it has one (call with f locked). Does not
  * block. */

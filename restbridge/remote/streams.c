@@ -20,23 +20,20 @@
  * control holds the upstream back; it is tried again every RETRY_MS, and the
  * bridge closes a consumer that stays full (1008), which cancels the call.
  *
- * Threads: rr_streams_open (lws thread) creates the call and starts its
- * first batch; everything after that happens on the streams thread, which
- * alone touches a stream's state. rr_stream_cancel may come from any thread
- * (grpc_call_cancel is thread-safe); fwd's lock keeps the stream alive
+ * The streams ride the client runtime's stream multiplexer
+ * (ana_client_mux_*): it carries the gRPC side, this file the forwarding.
+ *
+ * Threads: rr_streams_open (lws thread) creates the stream and starts it;
+ * everything after that happens on the streams thread, which alone touches
+ * a stream's state. rr_stream_cancel may come from any thread
+ * (ana_client_mux_cancel is thread-safe); fwd's lock keeps the stream alive
  * meanwhile. */
 #include "remote_internal.h"
 #include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
-
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
-#include <grpc/slice.h>
-#include <grpc/support/time.h>
 
 #include <string.h>
 
@@ -45,14 +42,6 @@
 /* Messages remembered for the other streams (direct-mapped by hash): the
  * streams of one event are at most a few events apart. */
 #define CACHE_SLOTS 256
-
-enum op_kind { OP_START, OP_INITIAL_MD, OP_STATUS, OP_RECV, OP_KINDS };
-
-/* A completion-queue tag: which op of which stream. */
-struct op {
-  struct rr_stream *s;
-  enum op_kind kind;
-};
 
 /* One message received, kept while streams may still get it. */
 struct rr_message {
@@ -66,8 +55,7 @@ struct rr_message {
 };
 
 struct rr_streams {
-  grpc_channel *channel;
-  grpc_completion_queue *cq;
+  struct ana_client_mux *mux;
   pthread_t thread;
   bool thread_started;
   struct rr_message *cache[CACHE_SLOTS]; /* streams thread only */
@@ -79,22 +67,7 @@ struct rr_stream {
   struct rr_streams *ss;
   struct fwd *f;
   struct ana_call *call;
-  grpc_call *gcall;
-  struct op ops[OP_KINDS];
-  int in_flight; /* batches started and not completed */
-
-  /* what the start batch sends, freed when it completes */
-  grpc_metadata *md;
-  size_t n_md;
-  grpc_byte_buffer *request;
-
-  grpc_metadata_array initial_md, trailing_md;
-  grpc_status_code status;
-  grpc_slice details;
-  bool status_in;
-  grpc_byte_buffer *recv;
-  bool reading;   /* a RECV_MESSAGE is in flight */
-  bool recv_done; /* the last message was read */
+  struct ana_client_mux_stream *up; /* the upstream stream */
 
   /* the message being handed over (kept while the WebSocket is full) */
   struct rr_message *held;
@@ -210,91 +183,24 @@ static struct rr_message *message_get(struct rr_streams *ss, const ProtobufCMess
 
 /* --- streams --- */
 
-static int start(struct rr_stream *s, grpc_op *ops, size_t n, enum op_kind kind) {
-  grpc_call_error e = grpc_call_start_batch(s->gcall, ops, n, &s->ops[kind], NULL);
-  if (e != GRPC_CALL_OK) {
-    ANA_ERROR(RR_COMPONENT, "%s: grpc_call_start_batch failed (%d); cancelling the stream",
-              s->call->method->path, (int)e);
-    grpc_call_cancel(s->gcall, NULL);
-    return ANA_ERR_INTERNAL;
-  }
-  s->in_flight++;
-  return 0;
-}
-
-static void post_read(struct rr_stream *s) {
-  grpc_op op;
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_MESSAGE;
-  op.data.recv_message.recv_message = &s->recv;
-  if (start(s, &op, 1, OP_RECV) == 0)
-    s->reading = true;
-  else
-    s->recv_done = true;
-}
-
-static void free_start_data(struct rr_stream *s) {
-  for (size_t i = 0; i < s->n_md; i++) {
-    grpc_slice_unref(s->md[i].key);
-    grpc_slice_unref(s->md[i].value);
-  }
-  ana_free(s->md);
-  s->md = NULL;
-  s->n_md = 0;
-  if (s->request)
-    grpc_byte_buffer_destroy(s->request);
-  s->request = NULL;
-}
-
 static void stream_free(struct rr_stream *s) {
-  free_start_data(s);
   message_unref(s->held);
-  if (s->recv)
-    grpc_byte_buffer_destroy(s->recv);
-  grpc_metadata_array_destroy(&s->initial_md);
-  grpc_metadata_array_destroy(&s->trailing_md);
-  grpc_slice_unref(s->details);
-  if (s->gcall)
-    grpc_call_unref(s->gcall);
+  ana_client_mux_stream_free(s->up);
   ana_free(s);
 }
 
-/* Finishes the call once everything is in: the status, the last message
- * read and handed over, every batch completed. */
-static void maybe_end(struct rr_stream *s) {
-  if (!s->status_in || !s->recv_done || s->held || s->in_flight)
-    return;
+/* The upstream stream ended (its END): finishes the call with its status. */
+static void on_end(struct rr_stream *s, struct ana_client_mux_event *ev) {
   struct fwd *f = s->f;
   struct ana_restbridge_remote *r = f->r;
   struct ana_call *call = s->call;
   rr_fwd_lock(f);
   f->stream = NULL;
   rr_fwd_unlock(f);
-  if (s->status == GRPC_STATUS_OK) {
+  if (ev->status.code == ANA_STATUS_OK)
     ana_call_finish(call, NULL, NULL);
-  } else {
-    struct ana_error err;
-    enum ana_status code = ANA_STATUS_UNKNOWN;
-    if (s->status > GRPC_STATUS_OK && s->status <= GRPC_STATUS_UNAUTHENTICATED)
-      code = (enum ana_status)s->status; /* enum ana_status mirrors the gRPC codes */
-    ana_error_set(&err, code, "%.*s", (int)GRPC_SLICE_LENGTH(s->details),
-                  (const char *)GRPC_SLICE_START_PTR(s->details));
-    uint8_t *details = NULL;
-    size_t details_len = 0;
-    for (size_t i = 0; i < s->trailing_md.count; i++) {
-      const grpc_metadata *md = &s->trailing_md.metadata[i];
-      if (grpc_slice_str_cmp(md->key, "grpc-status-details-bin") == 0) {
-        details_len = GRPC_SLICE_LENGTH(md->value);
-        details = ana_malloc(details_len ? details_len : 1);
-        if (details)
-          memcpy(details, GRPC_SLICE_START_PTR(md->value), details_len);
-        else
-          details_len = 0;
-        break;
-      }
-    }
-    rr_finish_error(r, call, &err, details, details_len);
-  }
+  else
+    rr_finish_error(r, call, &ev->status, ev->details, ev->details_len);
   rr_call_done(r, true);
   stream_free(s);
 }
@@ -316,93 +222,31 @@ static bool deliver(struct rr_stream *s) {
   message_unref(s->held);
   s->held = NULL;
   if (rc < 0)
-    grpc_call_cancel(s->gcall, NULL); /* the client is gone: the reads end */
+    ana_client_mux_cancel(s->up); /* the client is gone: the reads end */
   return true;
 }
 
-/* One message in (or the end of them); forwards it and reads on. */
-static void on_read(struct rr_stream *s, bool ok) {
-  s->reading = false;
-  grpc_byte_buffer *bb = s->recv;
-  s->recv = NULL;
-  if (!ok || !bb) {
-    if (bb)
-      grpc_byte_buffer_destroy(bb);
-    s->recv_done = true;
-    return;
-  }
-  grpc_byte_buffer_reader reader;
-  grpc_slice slice = grpc_empty_slice();
-  if (grpc_byte_buffer_reader_init(&reader, bb)) {
-    slice = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-  }
-  grpc_byte_buffer_destroy(bb);
+/* One message in; forwards it and reads on. */
+static void on_message(struct rr_stream *s, const uint8_t *p, size_t n) {
   const ProtobufCMessageDescriptor *d = s->call->method->output;
-  const uint8_t *p = GRPC_SLICE_START_PTR(slice);
-  size_t n = GRPC_SLICE_LENGTH(slice);
   size_t skip = has_sequence(d) ? leading_sequence(p, n, &s->held_seq) : 0;
   bool malformed = false;
   s->held = message_get(s->ss, d, p + skip, n - skip, &malformed);
-  grpc_slice_unref(slice);
   if (malformed) {
     /* The rest of the stream cannot be trusted; the status becomes ours. */
-    grpc_call_cancel_with_status(s->gcall, GRPC_STATUS_INTERNAL, "malformed response", NULL);
-    s->recv_done = true;
+    ana_client_mux_fail(s->up, ANA_STATUS_INTERNAL, "malformed response");
     return;
   }
   if (!s->held) {
     ANA_WARN(RR_COMPONENT, "%s: out of memory; a stream message was dropped",
              s->call->method->path);
-    post_read(s);
+    ana_client_mux_read(s->up);
     return;
   }
   if (deliver(s))
-    post_read(s);
+    ana_client_mux_read(s->up);
   else
     block(s);
-}
-
-static void on_start(struct rr_stream *s, bool ok) {
-  grpc_op op;
-  free_start_data(s);
-  /* The status comes whatever happened (an unreachable upstream gives
-   * UNAVAILABLE at once). */
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  op.data.recv_status_on_client.trailing_metadata = &s->trailing_md;
-  op.data.recv_status_on_client.status = &s->status;
-  op.data.recv_status_on_client.status_details = &s->details;
-  if (start(s, &op, 1, OP_STATUS) < 0) {
-    s->status = GRPC_STATUS_INTERNAL;
-    s->details = grpc_slice_from_static_string("the bridge cannot read the stream's status");
-    s->status_in = true;
-  }
-  if (!ok) {
-    s->recv_done = true;
-    return;
-  }
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_INITIAL_METADATA;
-  op.data.recv_initial_metadata.recv_initial_metadata = &s->initial_md;
-  if (start(s, &op, 1, OP_INITIAL_MD) < 0) {
-    s->recv_done = true;
-    return;
-  }
-  post_read(s);
-}
-
-static void on_event(struct op *o, bool ok) {
-  struct rr_stream *s = o->s;
-  s->in_flight--;
-  switch (o->kind) {
-  case OP_START: on_start(s, ok); break;
-  case OP_INITIAL_MD: break;
-  case OP_STATUS: s->status_in = true; break;
-  case OP_RECV: on_read(s, ok); break;
-  default: break;
-  }
-  maybe_end(s);
 }
 
 /* Tries the streams whose WebSocket was full again. */
@@ -418,30 +262,34 @@ static void retry_blocked(struct rr_streams *ss) {
       block(s);
       continue;
     }
-    post_read(s);
-    maybe_end(s);
+    ana_client_mux_read(s->up);
   }
 }
 
 static void *streams_main(void *arg) {
   struct rr_streams *ss = arg;
-  gpr_timespec retry_at = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+  int64_t retry_at = INT64_MAX;
   for (;;) {
-    gpr_timespec wait = ss->blocked ? retry_at : gpr_inf_future(GPR_CLOCK_MONOTONIC);
-    grpc_event ev = grpc_completion_queue_next(ss->cq, wait, NULL);
-    if (ev.type == GRPC_QUEUE_SHUTDOWN)
-      break;
-    if (ev.type == GRPC_OP_COMPLETE) {
-      bool was_blocked = ss->blocked != NULL;
-      on_event(ev.tag, ev.success != 0);
-      if (!was_blocked && ss->blocked)
-        retry_at = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                gpr_time_from_millis(RETRY_MS, GPR_TIMESPAN));
+    int64_t wait = -1;
+    if (ss->blocked) {
+      wait = retry_at - ana_clock_mono_ms();
+      if (wait < 0)
+        wait = 0;
     }
-    if (ss->blocked && gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), retry_at) >= 0) {
+    struct ana_client_mux_event ev;
+    enum ana_client_mux_event_kind kind = ana_client_mux_next(ss->mux, wait, &ev);
+    if (kind == ANA_CLIENT_MUX_SHUTDOWN)
+      break;
+    bool was_blocked = ss->blocked != NULL;
+    if (kind == ANA_CLIENT_MUX_MESSAGE)
+      on_message(ev.user, ev.bytes, ev.len);
+    else if (kind == ANA_CLIENT_MUX_END)
+      on_end(ev.user, &ev);
+    if (!was_blocked && ss->blocked)
+      retry_at = ana_clock_mono_ms() + RETRY_MS;
+    if (ss->blocked && ana_clock_mono_ms() >= retry_at) {
       retry_blocked(ss);
-      retry_at =
-          gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(RETRY_MS, GPR_TIMESPAN));
+      retry_at = ana_clock_mono_ms() + RETRY_MS;
     }
   }
   return NULL;
@@ -449,40 +297,10 @@ static void *streams_main(void *arg) {
 
 /* --- opening --- */
 
-/* The call's metadata as gRPC wants it, checked the way the client runtime
- * checks it (core would refuse a bad key only at start_batch). */
-static int build_metadata(struct rr_stream *s, const struct ana_call_options *opts,
-                          struct ana_error *err) {
-  size_t pairs = 0;
-  while (opts->metadata && opts->metadata[2 * pairs])
-    pairs++;
-  s->md = ana_calloc(pairs + 1, sizeof *s->md);
-  if (!s->md)
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  for (size_t i = 0; i <= pairs; i++) {
-    const char *key = i < pairs ? opts->metadata[2 * i] : "authorization";
-    const char *value = i < pairs ? opts->metadata[2 * i + 1] : opts->authorization;
-    if (!value)
-      continue;
-    grpc_slice k = grpc_slice_from_static_string(key);
-    grpc_slice v = grpc_slice_from_static_string(value);
-    if (!grpc_header_key_is_legal(k) || strncmp(key, "grpc-", 5) == 0)
-      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "invalid metadata key \"%s\"", key);
-    if (!grpc_is_binary_header(k) && !grpc_header_nonbin_value_is_legal(v))
-      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
-                           "invalid value for metadata key \"%s\"", key);
-    s->md[s->n_md].key = grpc_slice_from_copied_string(key);
-    s->md[s->n_md].value = grpc_slice_from_copied_string(value);
-    s->n_md++;
-  }
-  return 0;
-}
-
 int rr_streams_open(struct rr_streams *ss, struct fwd *f, struct ana_error *err) {
   struct ana_call *call = f->call;
   struct ana_call_options opts;
   const char *kv[2 * RR_MAX_FORWARDED_METADATA + 1];
-  int rc;
 
   if (rr_call_options(call, &opts, kv) < 0)
     return ana_error_set(err, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
@@ -492,70 +310,36 @@ int rr_streams_open(struct rr_streams *ss, struct fwd *f, struct ana_error *err)
   s->ss = ss;
   s->f = f;
   s->call = call;
-  s->details = grpc_empty_slice();
-  grpc_metadata_array_init(&s->initial_md);
-  grpc_metadata_array_init(&s->trailing_md);
-  for (int i = 0; i < OP_KINDS; i++)
-    s->ops[i] = (struct op){s, (enum op_kind)i};
-  rc = build_metadata(s, &opts, err);
-  if (rc < 0)
-    goto fail;
-
-  gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
-  if (opts.timeout_ms > 0)
-    deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                            gpr_time_from_millis(opts.timeout_ms, GPR_TIMESPAN));
-  /* The method path lives in the static method table. */
-  s->gcall = grpc_channel_create_call(ss->channel, NULL, GRPC_PROPAGATE_DEFAULTS, ss->cq,
-                                      grpc_slice_from_static_string(call->method->path), NULL,
-                                      deadline, NULL);
-  if (!s->gcall) {
-    rc = ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create a call to %s", call->method->path);
-    goto fail;
+  s->up = ana_client_mux_stream_create(ss->mux, call->method, f->request, &opts, s, err);
+  if (!s->up) {
+    stream_free(s);
+    return ANA_ERR_INTERNAL;
   }
-  size_t n = protobuf_c_message_get_packed_size(f->request);
-  grpc_slice body = grpc_slice_malloc(n);
-  protobuf_c_message_pack(f->request, GRPC_SLICE_START_PTR(body));
-  s->request = grpc_raw_byte_buffer_create(&body, 1);
-  grpc_slice_unref(body);
 
   rr_fwd_lock(f);
   f->stream = s;
   bool cancelled = f->cancelled;
   rr_fwd_unlock(f);
-  if (cancelled) /* before anything started: the batch then fails at once */
-    grpc_call_cancel(s->gcall, NULL);
+  if (cancelled) /* before anything started: the stream then ends at once */
+    ana_client_mux_cancel(s->up);
 
-  /* Only this batch is started here: the rest of the stream's life is the
-   * streams thread's, which may take this batch's completion at once. */
-  grpc_op ops[3];
-  memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET; /* fail fast */
-  ops[0].data.send_initial_metadata.count = s->n_md;
-  ops[0].data.send_initial_metadata.metadata = s->md;
-  ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = s->request;
-  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-  s->in_flight = 1;
-  if (grpc_call_start_batch(s->gcall, ops, 3, &s->ops[OP_START], NULL) != GRPC_CALL_OK) {
+  /* Only the start happens here: the rest of the stream's life is the
+   * streams thread's, which may take its first event at once. */
+  if (ana_client_mux_start(s->up, err) < 0) {
     rr_fwd_lock(f);
     f->stream = NULL;
     rr_fwd_unlock(f);
-    rc = ana_error_set(err, ANA_STATUS_INTERNAL, "%s: cannot start the upstream stream",
-                       call->method->path);
-    goto fail;
+    ana_error_set(err, ANA_STATUS_INTERNAL, "%s: cannot start the upstream stream",
+                  call->method->path);
+    stream_free(s);
+    return ANA_ERR_INTERNAL;
   }
   return 0; /* s is the streams thread's from here on */
-
-fail:
-  stream_free(s);
-  return rc;
 }
 
 void rr_stream_cancel(struct rr_stream *s) {
   if (s)
-    grpc_call_cancel(s->gcall, NULL); /* thread-safe; does not block */
+    ana_client_mux_cancel(s->up); /* thread-safe; does not block */
 }
 
 /* --- lifecycle --- */
@@ -568,18 +352,11 @@ struct rr_streams *rr_streams_create(const char *target, const struct ana_client
     return NULL;
   }
   ss->max_depth = max_depth;
-  grpc_init(); /* released by destroy */
-  /* Its own connection, so that the unary calls' answers are not queued
-   * behind the streams' traffic (channels with the same target and
-   * arguments would share one). */
-  ss->channel = ana_client_grpc_channel_create(target, tls, true, err);
-  if (!ss->channel)
+  /* Its own connection (the multiplexer's), so that the unary calls'
+   * answers are not queued behind the streams' traffic. */
+  ss->mux = ana_client_mux_create(target, tls, err);
+  if (!ss->mux)
     goto fail;
-  ss->cq = grpc_completion_queue_create_for_next(NULL);
-  if (!ss->channel || !ss->cq) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot create the streams' channel to %s", target);
-    goto fail;
-  }
   if (pthread_create(&ss->thread, NULL, streams_main, ss) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the streams thread");
     goto fail;
@@ -594,20 +371,18 @@ fail:
 void rr_streams_destroy(struct rr_streams *ss) {
   if (!ss)
     return;
-  if (ss->cq) {
-    grpc_completion_queue_shutdown(ss->cq);
+  if (ss->mux) {
+    ana_client_mux_shutdown(ss->mux);
     if (ss->thread_started)
       pthread_join(ss->thread, NULL);
-    else
-      while (grpc_completion_queue_next(ss->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-             GRPC_QUEUE_SHUTDOWN) {
-      }
-    grpc_completion_queue_destroy(ss->cq);
+    ana_client_mux_destroy(ss->mux);
   }
   for (size_t i = 0; i < CACHE_SLOTS; i++)
     message_unref(ss->cache[i]);
-  if (ss->channel)
-    grpc_channel_destroy(ss->channel);
   ana_free(ss);
-  grpc_shutdown();
+}
+
+int rr_streams_reload(struct rr_streams *ss, const char *target, const struct ana_client_tls *tls,
+                      struct ana_error *err) {
+  return ana_client_mux_reload(ss->mux, target, tls, err);
 }

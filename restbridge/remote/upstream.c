@@ -1,8 +1,8 @@
 /* The remote upstream of the bridge: each call admitted by the bridge is
  * forwarded to analyticsd over gRPC. Unary calls use the generic client
  * runtime, whose calls block, so they run on a worker pool, never on the
- * lws thread; server streams run on gRPC core directly, all on one
- * completion queue and thread (streams.c). Metadata passed on:
+ * lws thread; server streams all run on one thread, through the runtime's
+ * stream multiplexer (streams.c). Metadata passed on:
  * authorization, x-request-id, x-forwarded-for/-host and the other headers the bridge captured; the
  * deadline is what is left of the call's (Grpc-Timeout). The upstream's
  * status code and message come back verbatim, and google.rpc.BadRequest
@@ -152,6 +152,41 @@ void rr_call_done(struct ana_restbridge_remote *r, bool stream) {
 
 /* --- unary (worker thread) --- */
 
+/* The current unary channel, held until chan_put. */
+static struct rr_channel *chan_get(struct ana_restbridge_remote *r) {
+  pthread_mutex_lock(&r->chan_mu);
+  struct rr_channel *c = r->chan;
+  c->refs++;
+  pthread_mutex_unlock(&r->chan_mu);
+  return c;
+}
+
+static void chan_put(struct ana_restbridge_remote *r, struct rr_channel *c) {
+  pthread_mutex_lock(&r->chan_mu);
+  bool last = --c->refs == 0;
+  pthread_mutex_unlock(&r->chan_mu);
+  if (last) {
+    ana_client_channel_destroy(c->ch);
+    ana_free(c);
+  }
+}
+
+/* A unary channel with r's TLS settings (the files read now). */
+static struct rr_channel *chan_create(struct ana_restbridge_remote *r, struct ana_error *err) {
+  struct rr_channel *c = ana_calloc(1, sizeof *c);
+  if (!c) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  c->refs = 1;
+  if (!(c->ch = ana_client_channel_create_tls(r->target, &r->tls, err))) {
+    ana_free(c);
+    return NULL;
+  }
+  ana_client_channel_set_max_depth(c->ch, r->max_depth);
+  return c;
+}
+
 static void run_unary(void *arg) {
   struct fwd *f = arg;
   struct ana_restbridge_remote *r = f->r;
@@ -171,8 +206,10 @@ static void run_unary(void *arg) {
     ana_call_fail(call, ANA_STATUS_DEADLINE_EXCEEDED, "deadline exceeded");
     goto out;
   }
-  int rc = ana_client_unary_details(r->ch, call->method, f->request, &resp, &opts, &details,
+  struct rr_channel *c = chan_get(r);
+  int rc = ana_client_unary_details(c->ch, call->method, f->request, &resp, &opts, &details,
                                     &details_len, &err);
+  chan_put(r, c);
   if (rc < 0) {
     rr_finish_error(r, call, &err, details, details_len);
     goto out;
@@ -238,8 +275,11 @@ static int probe(struct ana_restbridge_remote *r) {
   ProtobufCMessage *resp = NULL;
   struct ana_call_options opts = {.timeout_ms = 1000};
   req.service = "";
-  if (ana_client_unary(r->ch, &ana_methods[ANA_METHOD_GRPC_HEALTH_V1_HEALTH_CHECK], &req.base,
-                       &resp, &opts, NULL) < 0)
+  struct rr_channel *c = chan_get(r);
+  int rc = ana_client_unary(c->ch, &ana_methods[ANA_METHOD_GRPC_HEALTH_V1_HEALTH_CHECK], &req.base,
+                            &resp, &opts, NULL);
+  chan_put(r, c);
+  if (rc < 0)
     return -1;
   int status = (int)((Grpc__Health__V1__HealthCheckResponse *)resp)->status;
   protobuf_c_message_free_unpacked(resp, NULL);
@@ -321,6 +361,7 @@ ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, stru
   }
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
+  pthread_mutex_init(&r->chan_mu, NULL);
   atomic_init(&r->upstream_status, -1);
   r->health_interval_ms =
       o->health_interval_ms > 0 ? o->health_interval_ms : DEFAULT_HEALTH_INTERVAL_MS;
@@ -331,15 +372,19 @@ ana_restbridge_remote_create(const struct ana_restbridge_remote_options *o, stru
   if (!r->target)
     goto nomem;
   r->max_depth = o->proto_max_depth > 0 ? o->proto_max_depth : ANA_PROTO_DEFAULT_MAX_DEPTH;
-  struct ana_client_tls tls = {.enabled = o->tls,
-                               .ca_file = o->tls_ca_file,
-                               .cert_file = o->tls_cert_file,
-                               .key_file = o->tls_key_file,
-                               .server_name = o->tls_server_name};
-  r->ch = ana_client_channel_create_tls(o->target, &tls, err);
-  if (!r->ch)
+  if ((o->tls_ca_file && !(r->tls_ca_file = ana_strdup(o->tls_ca_file))) ||
+      (o->tls_cert_file && !(r->tls_cert_file = ana_strdup(o->tls_cert_file))) ||
+      (o->tls_key_file && !(r->tls_key_file = ana_strdup(o->tls_key_file))) ||
+      (o->tls_server_name && !(r->tls_server_name = ana_strdup(o->tls_server_name))))
+    goto nomem;
+  r->tls = (struct ana_client_tls){.enabled = o->tls,
+                                   .ca_file = r->tls_ca_file,
+                                   .cert_file = r->tls_cert_file,
+                                   .key_file = r->tls_key_file,
+                                   .server_name = r->tls_server_name};
+  struct ana_client_tls tls = r->tls;
+  if (!(r->chan = chan_create(r, err)))
     goto fail;
-  ana_client_channel_set_max_depth(r->ch, r->max_depth);
   r->workers = ana_workers_create(o->workers > 0 ? o->workers : DEFAULT_WORKERS,
                                   o->queue_max ? o->queue_max : DEFAULT_QUEUE_MAX);
   if (!r->workers)
@@ -388,10 +433,35 @@ int ana_restbridge_remote_destroy(struct ana_restbridge_remote *r, int grace_ms)
     return ANA_ERR_TIMEOUT;
   }
   rr_streams_destroy(r->streams);
-  ana_client_channel_destroy(r->ch);
+  if (r->chan)
+    chan_put(r, r->chan);
   ana_free(r->target);
+  ana_free(r->tls_ca_file);
+  ana_free(r->tls_cert_file);
+  ana_free(r->tls_key_file);
+  ana_free(r->tls_server_name);
+  pthread_mutex_destroy(&r->chan_mu);
   pthread_cond_destroy(&r->cv);
   pthread_mutex_destroy(&r->mu);
   ana_free(r);
+  return 0;
+}
+
+int ana_restbridge_remote_reload_tls(struct ana_restbridge_remote *r, struct ana_error *err) {
+  if (!r->tls.enabled && !r->tls.ca_file && !r->tls.cert_file && !r->tls.key_file)
+    return 0; /* plaintext upstream: nothing to read again */
+  struct rr_channel *fresh = chan_create(r, err);
+  if (!fresh)
+    return ANA_ERR_INVALID;
+  if (rr_streams_reload(r->streams, r->target, &r->tls, err) < 0) {
+    chan_put(r, fresh);
+    return ANA_ERR_INVALID;
+  }
+  pthread_mutex_lock(&r->chan_mu);
+  struct rr_channel *old = r->chan;
+  r->chan = fresh;
+  pthread_mutex_unlock(&r->chan_mu);
+  chan_put(r, old);
+  ANA_INFO(COMPONENT, "upstream TLS files read again: calls from now on use them");
   return 0;
 }

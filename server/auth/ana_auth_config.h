@@ -8,6 +8,12 @@
 
 /* Filled by ana_auth_config_table (config_rows.c); strings owned by the struct
  * (NULL when unset). */
+/* RATE_LIMIT_DEFAULT=auto (the default) once a credential source is
+ * configured: per account, about half of what one node ingests, so that no
+ * account takes a whole server; a burst of 20 full batches. Off in protected
+ * mode (loopback only). */
+#define ANA_AUTH_RATE_AUTO "10000/s burst 20000"
+
 struct ana_auth_settings {
   char *default_account_id;
   char *jwt_hs256_secret;      /* JWT_HS256_SECRET */
@@ -28,7 +34,7 @@ struct ana_auth_settings {
   int audit_sign_interval_ms;  /* AUDIT_SIGN_INTERVAL */
   int audit_queue_max;         /* AUDIT_QUEUE_MAX */
   char *encryption_key_file;   /* ENCRYPTION_KEY_FILE: the master key ("": generated) */
-  char *rate_limit_default;    /* RATE_LIMIT_DEFAULT: "1000/s burst 2000" or "off" */
+  char *rate_limit_default;    /* RATE_LIMIT_DEFAULT: "1000/s burst 2000", "off" or "auto" */
   char *rate_limit_roles;      /* RATE_LIMIT_ROLES: "role=LIMIT,..." */
   char *rate_limit_accounts;   /* RATE_LIMIT_ACCOUNTS: "account=LIMIT,..." */
   char *rate_limit_keys;       /* RATE_LIMIT_KEYS: "keyid=LIMIT,..." */

@@ -50,6 +50,10 @@ static bool valid_rate_limit(const char *s) {
   return ana_rate_limit_parse(s, strlen(s), &lim, why, sizeof why);
 }
 
+static bool valid_default_rate_limit(const char *s) {
+  return strcmp(s, "auto") == 0 || valid_rate_limit(s);
+}
+
 static bool valid_rate_limit_list(const char *s) {
   char why[192];
   return ana_rate_limit_parse_list(s, NULL, NULL, why, sizeof why);
@@ -193,12 +197,13 @@ static const struct ana_config_row rows[] = {
      ROW(encryption_key_file)},
     {.name = "RATE_LIMIT_DEFAULT",
      .type = ANA_CONFIG_STRING,
-     .def = "off",
+     .def = "auto",
      .help = "Rate limit of every account (GCRA, charged by each method's cost and per event of "
              "a batch or stream): \"1000/s burst 2000\" lets 2000 through at once and 1000 a "
-             "second after; off: no limit.",
-     .check = valid_rate_limit,
-     .expect = RATE_LIMIT_EXPECT,
+             "second after; off: no limit; auto: off in protected mode (no credential source: "
+             "loopback only), " ANA_AUTH_RATE_AUTO " once one is configured.",
+     .check = valid_default_rate_limit,
+     .expect = "auto, " RATE_LIMIT_EXPECT,
      ROW(rate_limit_default)},
     {.name = "RATE_LIMIT_ROLES",
      .type = ANA_CONFIG_STRING,

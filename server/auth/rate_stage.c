@@ -27,6 +27,7 @@ struct limit_list {
 static struct {
   bool enabled;
   struct ana_rate_limit def;
+  bool def_auto; /* RATE_LIMIT_DEFAULT=auto: def applies outside protected mode only */
   struct limit_list roles, accounts, keys;
   struct ana_rate_limiter limiter;
 } rl;
@@ -83,7 +84,10 @@ int ana_auth_rate_configure(const struct ana_auth_settings *s, struct ana_error 
   auth_rate_fini();
   char why[192];
   int rc = 0;
-  const char *def = s->rate_limit_default ? s->rate_limit_default : "off";
+  const char *def = s->rate_limit_default ? s->rate_limit_default : "auto";
+  rl.def_auto = strcmp(def, "auto") == 0;
+  if (rl.def_auto)
+    def = ANA_AUTH_RATE_AUTO;
   if (!ana_rate_limit_parse(def, strlen(def), &rl.def, why, sizeof why)) {
     rc = ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "RATE_LIMIT_DEFAULT: %s", why);
     goto out;
@@ -111,8 +115,9 @@ int ana_auth_rate_configure(const struct ana_auth_settings *s, struct ana_error 
   }
   char text[ANA_RATE_LIMIT_MAX_TEXT];
   ana_rate_limit_format(&rl.def, text, sizeof text);
-  ANA_INFO("auth", "rate limits: default %s, %zu role, %zu account and %zu key overrides", text,
-           rl.roles.n, rl.accounts.n, rl.keys.n);
+  ANA_INFO("auth", "rate limits: default %s%s, %zu role, %zu account and %zu key overrides", text,
+           rl.def_auto ? " (auto: off in protected mode)" : "", rl.roles.n, rl.accounts.n,
+           rl.keys.n);
 out:
   if (rc < 0)
     auth_rate_fini();
@@ -190,7 +195,7 @@ int auth_stage_rate_limit(const struct ana_admission_input *in, struct ana_arena
     return 0;
   bool per_key;
   const struct ana_rate_limit *lim = limit_of(p, &per_key);
-  if (lim->emission_ns == 0)
+  if (lim->emission_ns == 0 || (lim == &rl.def && rl.def_auto && ana_auth_protected_mode()))
     return 0;
   const char *who = per_key ? p->subject : p->account_id;
   if (!who)

@@ -73,6 +73,34 @@ void ana_crypto_destroy(struct ana_crypto *c);
 int ana_crypto_seal(struct ana_crypto *c, const char *account_id, const char *context,
                     const void *pt, size_t n, char **out, struct ana_error *err);
 
+/* One account's sealing keys (the current data key and the blind index key),
+ * copied once for the several fields of an event: seals and blind indexes
+ * through it take no lock and allocate only their result. Initialised by
+ * ana_crypto_sealer_init, wiped by ana_crypto_sealer_fini. */
+struct ana_crypto_sealer {
+  const char *account_id; /* borrowed */
+  uint32_t key_id;
+  uint8_t key[32];
+  uint8_t blind_key[32];
+};
+
+/* Fills s with the account's current keys (made on first use). Returns 0
+ * or a negative error with err filled. */
+int ana_crypto_sealer_init(struct ana_crypto *c, const char *account_id,
+                           struct ana_crypto_sealer *s, struct ana_error *err);
+void ana_crypto_sealer_fini(struct ana_crypto_sealer *s);
+
+struct ana_arena;
+
+/* ana_crypto_seal through s, the text in arena. NULL with err filled. */
+char *ana_crypto_sealer_seal(const struct ana_crypto_sealer *s, const char *context, const void *pt,
+                             size_t n, struct ana_arena *arena, struct ana_error *err);
+
+/* ana_crypto_blind_index through s (out: ANA_CRYPTO_BLIND_CHARS + 1 bytes).
+ * Returns 0 or -1. */
+int ana_crypto_sealer_blind(const struct ana_crypto_sealer *s, const char *context,
+                            const void *value, size_t n, char *out);
+
 /* Opens a sealed text: *out (NUL-terminated, caller frees with ana_free),
  * *n_out its length. A value altered, sealed under another account or
  * context, or by a key not in the store, is an error (DATA_LOSS), never
@@ -97,6 +125,11 @@ int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const c
  * readable. *key_id receives its id. Returns 0 or a negative error. */
 int ana_crypto_rotate(struct ana_crypto *c, const char *account_id, uint32_t *key_id,
                       struct ana_error *err);
+
+/* Calls fn on each of the account's data keys as stored (wrapped), ascending
+ * key id. Returns 0 or a negative error. */
+int ana_crypto_list_keys(struct ana_crypto *c, const char *account_id, ana_data_key_fn fn,
+                         void *ctx, struct ana_error *err);
 
 /* The account's current key id (0 when it has none yet). */
 uint32_t ana_crypto_current_key_id(struct ana_crypto *c, const char *account_id);

@@ -4,6 +4,7 @@
 #include "ana_crypto.h"
 
 #include "ana_alloc.h"
+#include "ana_arena.h"
 #include "ana_clock.h"
 #include "ana_log.h"
 
@@ -460,6 +461,35 @@ bool ana_crypto_is_sealed(const char *s) {
   return s && strncmp(s, ANA_CRYPTO_SEALED_PREFIX, sizeof ANA_CRYPTO_SEALED_PREFIX - 1) == 0;
 }
 
+/* Seals pt with (key_id, key) into raw (HEADER_LEN + n + TAG_LEN bytes).
+ * Returns 0 or -1. */
+static int seal_raw(uint32_t key_id, const uint8_t key[KEY_LEN], const char *account_id,
+                    const char *context, const void *pt, size_t n, uint8_t *raw) {
+  raw[0] = VERSION;
+  raw[1] = (uint8_t)(key_id >> 24);
+  raw[2] = (uint8_t)(key_id >> 16);
+  raw[3] = (uint8_t)(key_id >> 8);
+  raw[4] = (uint8_t)key_id;
+  const char *ctx = context ? context : "";
+  if (next_nonce(raw + 5) < 0 || gcm_seal(key, raw + 5, account_id, strlen(account_id) + 1, ctx,
+                                          strlen(ctx), pt, n, raw + HEADER_LEN) < 0)
+    return -1;
+  return 0;
+}
+
+/* The sealed text's length (prefix and base64, without the NUL) for n
+ * bytes of plaintext. */
+static size_t sealed_text_len(size_t n) {
+  return sizeof ANA_CRYPTO_SEALED_PREFIX - 1 + 4 * ((HEADER_LEN + n + TAG_LEN + 2) / 3);
+}
+
+/* Writes the text of raw (raw_len bytes) into text (sealed_text_len + 1). */
+static void sealed_text(const uint8_t *raw, size_t raw_len, char *text) {
+  size_t pre = sizeof ANA_CRYPTO_SEALED_PREFIX - 1;
+  memcpy(text, ANA_CRYPTO_SEALED_PREFIX, pre);
+  EVP_EncodeBlock((unsigned char *)text + pre, raw, (int)raw_len);
+}
+
 int ana_crypto_seal(struct ana_crypto *c, const char *account_id, const char *context,
                     const void *pt, size_t n, char **out, struct ana_error *err) {
   *out = NULL;
@@ -474,26 +504,17 @@ int ana_crypto_seal(struct ana_crypto *c, const char *account_id, const char *co
   pthread_rwlock_unlock(&c->lock);
   size_t raw_len = HEADER_LEN + n + TAG_LEN;
   uint8_t *raw = ana_malloc(raw_len);
-  size_t pre = sizeof ANA_CRYPTO_SEALED_PREFIX - 1;
-  char *text = ana_malloc(pre + 4 * ((raw_len + 2) / 3) + 1);
+  char *text = ana_malloc(sealed_text_len(n) + 1);
   int rc = 0;
   if (!raw || !text) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
-  raw[0] = VERSION;
-  raw[1] = (uint8_t)(k.id >> 24);
-  raw[2] = (uint8_t)(k.id >> 16);
-  raw[3] = (uint8_t)(k.id >> 8);
-  raw[4] = (uint8_t)k.id;
-  const char *ctx = context ? context : "";
-  if (next_nonce(raw + 5) < 0 || gcm_seal(k.key, raw + 5, account_id, strlen(account_id) + 1, ctx,
-                                          strlen(ctx), pt, n, raw + HEADER_LEN) < 0) {
+  if (seal_raw(k.id, k.key, account_id, context, pt, n, raw) < 0) {
     rc = ana_error_set(err, ANA_STATUS_INTERNAL, "cannot seal a value");
     goto out;
   }
-  memcpy(text, ANA_CRYPTO_SEALED_PREFIX, pre);
-  EVP_EncodeBlock((unsigned char *)text + pre, raw, (int)raw_len);
+  sealed_text(raw, raw_len, text);
   *out = text;
   text = NULL;
 out:
@@ -501,6 +522,52 @@ out:
   ana_free(raw);
   ana_free(text);
   return rc;
+}
+
+int ana_crypto_sealer_init(struct ana_crypto *c, const char *account_id,
+                           struct ana_crypto_sealer *s, struct ana_error *err) {
+  memset(s, 0, sizeof *s);
+  struct account_keys *a = acquire(c, account_id, 0, err);
+  if (!a)
+    return ANA_ERR_UNSUPPORTED;
+  _Static_assert(sizeof s->key == KEY_LEN && sizeof s->blind_key == KEY_LEN, "key sizes");
+  s->account_id = account_id;
+  s->key_id = a->keys[a->n - 1].id;
+  memcpy(s->key, a->keys[a->n - 1].key, KEY_LEN);
+  memcpy(s->blind_key, a->blind_key, KEY_LEN);
+  pthread_rwlock_unlock(&c->lock);
+  return 0;
+}
+
+void ana_crypto_sealer_fini(struct ana_crypto_sealer *s) {
+  OPENSSL_cleanse(s, sizeof *s);
+}
+
+/* Plaintexts up to this seal through a buffer on the stack. */
+#define SMALL_VALUE 512
+
+char *ana_crypto_sealer_seal(const struct ana_crypto_sealer *s, const char *context, const void *pt,
+                             size_t n, struct ana_arena *arena, struct ana_error *err) {
+  if (n > SEALED_MAX) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "a value to seal is over %d bytes", SEALED_MAX);
+    return NULL;
+  }
+  uint8_t small[HEADER_LEN + SMALL_VALUE + TAG_LEN];
+  size_t raw_len = HEADER_LEN + n + TAG_LEN;
+  uint8_t *raw = n <= SMALL_VALUE ? small : ana_malloc(raw_len);
+  char *text = ana_arena_alloc(arena, sealed_text_len(n) + 1);
+  if (!raw || !text) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    text = NULL;
+  } else if (seal_raw(s->key_id, s->key, s->account_id, context, pt, n, raw) < 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot seal a value");
+    text = NULL;
+  } else {
+    sealed_text(raw, raw_len, text);
+  }
+  if (raw != small)
+    ana_free(raw);
+  return text;
 }
 
 /* Decodes a sealed text's base64 into a new buffer; NULL when malformed. */
@@ -601,6 +668,35 @@ out:
   return rc;
 }
 
+/* HMAC-SHA256 of (context, NUL, value) under key, as blind index text. */
+static int blind_with(const uint8_t key[KEY_LEN], const char *context, const void *value, size_t n,
+                      char *out) {
+  uint8_t mac[EVP_MAX_MD_SIZE];
+  size_t mac_len = 0;
+  const char *ctx = context ? context : "";
+  struct thread_ctx *t = thread_ctx();
+  if (!t)
+    return -1;
+  bool same = t->mac_keyed && CRYPTO_memcmp(t->mac_key, key, KEY_LEN) == 0;
+  bool ready = EVP_MAC_init(t->mac, same ? NULL : key, same ? 0 : KEY_LEN, NULL) == 1;
+  t->mac_keyed = ready;
+  if (ready && !same)
+    memcpy(t->mac_key, key, KEY_LEN);
+  if (!ready || EVP_MAC_update(t->mac, (const unsigned char *)ctx, strlen(ctx) + 1) != 1 ||
+      EVP_MAC_update(t->mac, value, n) != 1 ||
+      EVP_MAC_final(t->mac, mac, &mac_len, sizeof mac) != 1 || mac_len < 16)
+    return -1;
+  /* base64url of the first 16 bytes, unpadded: 22 characters */
+  char b64[32];
+  EVP_EncodeBlock((unsigned char *)b64, mac, 16);
+  for (int i = 0; i < 22; i++)
+    b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+  memcpy(out, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1);
+  memcpy(out + sizeof ANA_CRYPTO_BLIND_PREFIX - 1, b64, 22);
+  out[ANA_CRYPTO_BLIND_CHARS] = '\0';
+  return 0;
+}
+
 int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const char *context,
                            const void *value, size_t n, char *out) {
   struct ana_error err;
@@ -610,34 +706,14 @@ int ana_crypto_blind_index(struct ana_crypto *c, const char *account_id, const c
   uint8_t key[KEY_LEN];
   memcpy(key, a->blind_key, sizeof key);
   pthread_rwlock_unlock(&c->lock);
-  uint8_t mac[EVP_MAX_MD_SIZE];
-  size_t mac_len = 0;
-  int rc = -1;
-  const char *ctx = context ? context : "";
-  struct thread_ctx *t = thread_ctx();
-  if (t) {
-    bool same = t->mac_keyed && CRYPTO_memcmp(t->mac_key, key, KEY_LEN) == 0;
-    bool ready = EVP_MAC_init(t->mac, same ? NULL : key, same ? 0 : KEY_LEN, NULL) == 1;
-    t->mac_keyed = ready;
-    if (ready && !same)
-      memcpy(t->mac_key, key, KEY_LEN);
-    /* HMAC over context, NUL, value. */
-    if (ready && EVP_MAC_update(t->mac, (const unsigned char *)ctx, strlen(ctx) + 1) == 1 &&
-        EVP_MAC_update(t->mac, value, n) == 1 &&
-        EVP_MAC_final(t->mac, mac, &mac_len, sizeof mac) == 1 && mac_len >= 16) {
-      /* base64url of the first 16 bytes, unpadded: 22 characters */
-      char b64[32];
-      EVP_EncodeBlock((unsigned char *)b64, mac, 16);
-      for (int i = 0; i < 22; i++)
-        b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
-      memcpy(out, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1);
-      memcpy(out + sizeof ANA_CRYPTO_BLIND_PREFIX - 1, b64, 22);
-      out[ANA_CRYPTO_BLIND_CHARS] = '\0';
-      rc = 0;
-    }
-  }
+  int rc = blind_with(key, context, value, n, out);
   OPENSSL_cleanse(key, sizeof key);
   return rc;
+}
+
+int ana_crypto_sealer_blind(const struct ana_crypto_sealer *s, const char *context,
+                            const void *value, size_t n, char *out) {
+  return blind_with(s->blind_key, context, value, n, out);
 }
 
 int ana_crypto_rotate(struct ana_crypto *c, const char *account_id, uint32_t *key_id,
@@ -652,6 +728,13 @@ int ana_crypto_rotate(struct ana_crypto *c, const char *account_id, uint32_t *ke
   }
   pthread_mutex_unlock(&c->load_mu);
   return a ? 0 : ANA_ERR_UNSUPPORTED;
+}
+
+int ana_crypto_list_keys(struct ana_crypto *c, const char *account_id, ana_data_key_fn fn,
+                         void *ctx, struct ana_error *err) {
+  if (!account_id || !account_id[0] || strlen(account_id) >= ACCOUNT_MAX)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "account id: is missing or too long");
+  return c->ops->list(c->store, account_id, fn, ctx, err);
 }
 
 uint32_t ana_crypto_current_key_id(struct ana_crypto *c, const char *account_id) {

@@ -188,21 +188,28 @@ static Google__Protobuf__Value *string_value(const char *s, struct ana_arena *ar
 
 struct sealing {
   struct ana_crypto *c;
-  const char *account, *name;
+  const char *account;
+  /* The account's keys, taken at the event's first encrypted value and
+   * used for the rest of its fields. */
+  struct ana_crypto_sealer *keys;
+  bool have_keys;
+  const char *name;
   struct ana_arena *arena;
   struct ana_error *err;
   bool blind; /* write the blind index instead of the sealed text */
 };
 
-static char *seal_text(struct sealing *s, const char *text) {
-  char *sealed = NULL;
-  if (ana_crypto_seal(s->c, s->account, s->name, text, strlen(text), &sealed, s->err) < 0)
+/* The account's keys; NULL with s->err filled. */
+static const struct ana_crypto_sealer *keys_of(struct sealing *s) {
+  if (!s->have_keys && ana_crypto_sealer_init(s->c, s->account, s->keys, s->err) < 0)
     return NULL;
-  char *copy = ana_arena_strdup(s->arena, sealed);
-  ana_free(sealed);
-  if (!copy)
-    ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  return copy;
+  s->have_keys = true;
+  return s->keys;
+}
+
+static char *seal_text(struct sealing *s, const char *text) {
+  const struct ana_crypto_sealer *k = keys_of(s);
+  return k ? ana_crypto_sealer_seal(k, s->name, text, strlen(text), s->arena, s->err) : NULL;
 }
 
 static int seal_slot(void *ctx, Google__Protobuf__Value **slot) {
@@ -215,8 +222,13 @@ static int seal_slot(void *ctx, Google__Protobuf__Value **slot) {
     return 0; /* null stays null */
   char *out;
   if (s->blind) {
-    out = ana_crypto_blind_text(s->c, s->account, s->name, text, s->arena);
+    out = ana_arena_alloc(s->arena, ANA_CRYPTO_BLIND_CHARS + 1);
     if (!out)
+      return ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    const struct ana_crypto_sealer *k = keys_of(s);
+    if (!k)
+      return ANA_ERR_INVALID;
+    if (ana_crypto_sealer_blind(k, s->name, text, strlen(text), out) < 0)
       return ana_error_set(s->err, ANA_STATUS_UNAVAILABLE, "%s: no blind index key", s->name);
   } else if (!(out = seal_text(s, text))) {
     return ANA_ERR_INVALID;
@@ -228,6 +240,10 @@ static int seal_slot(void *ctx, Google__Protobuf__Value **slot) {
   return 0;
 }
 
+static int seal_fields(const struct ana_crypto_fields *f, Analytics__V1__Event *ev,
+                       struct sealing *sp, Google__Protobuf__Struct **sealed_out,
+                       Google__Protobuf__Struct **blind_out);
+
 int ana_crypto_event_seal(struct ana_crypto *c, const struct ana_crypto_fields *f,
                           const char *account_id, Analytics__V1__Event *ev, struct ana_arena *arena,
                           Google__Protobuf__Struct **blind, struct ana_error *err) {
@@ -235,18 +251,40 @@ int ana_crypto_event_seal(struct ana_crypto *c, const struct ana_crypto_fields *
   if (!f || !c)
     return 0;
   Google__Protobuf__Struct *sealed_props = NULL, *blind_props = NULL;
-  struct sealing s = {c, account_id, NULL, arena, err, false};
+  struct ana_crypto_sealer keys;
+  struct sealing s = {c, account_id, &keys, false, NULL, arena, err, false};
+  int rc = seal_fields(f, ev, &s, &sealed_props, &blind_props);
+  if (s.have_keys)
+    ana_crypto_sealer_fini(&keys);
+  if (rc < 0)
+    return rc;
+  if (sealed_props) {
+    ev->properties = sealed_props;
+    *blind = blind_props;
+  }
+  return 0;
+}
+
+/* The body of ana_crypto_event_seal: seals ev's context fields in place
+ * and its properties into *sealed_props (and their blind indexes into
+ * *blind_props), both copies made on the first encrypted property found. */
+static int seal_fields(const struct ana_crypto_fields *f, Analytics__V1__Event *ev,
+                       struct sealing *sp, Google__Protobuf__Struct **sealed_out,
+                       Google__Protobuf__Struct **blind_out) {
+  struct ana_arena *arena = sp->arena;
+  struct ana_error *err = sp->err;
+  Google__Protobuf__Struct *sealed_props = NULL, *blind_props = NULL;
   for (size_t i = 0; i < f->n; i++) {
-    s.name = f->names[i];
-    if (strncmp(s.name, "context.", 8) == 0) {
+    sp->name = f->names[i];
+    if (strncmp(sp->name, "context.", 8) == 0) {
       if (!ev->context)
         continue;
-      char **slot = strcmp(s.name, "context.ip") == 0          ? &ev->context->ip
-                    : strcmp(s.name, "context.userAgent") == 0 ? &ev->context->user_agent
-                                                               : &ev->context->locale;
+      char **slot = strcmp(sp->name, "context.ip") == 0          ? &ev->context->ip
+                    : strcmp(sp->name, "context.userAgent") == 0 ? &ev->context->user_agent
+                                                                 : &ev->context->locale;
       if (!*slot || !**slot)
         continue;
-      char *out = seal_text(&s, *slot);
+      char *out = seal_text(sp, *slot);
       if (!out)
         return ANA_ERR_INVALID;
       *slot = out;
@@ -260,21 +298,19 @@ int ana_crypto_event_seal(struct ana_crypto *c, const struct ana_crypto_fields *
       if (!sealed_props || !blind_props)
         return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     }
-    s.blind = false;
-    int rc = each_slot(sealed_props, s.name + 11, arena, seal_slot, &s);
+    sp->blind = false;
+    int rc = each_slot(sealed_props, sp->name + 11, arena, seal_slot, sp);
     if (rc == 0) {
-      s.blind = true;
-      rc = each_slot(blind_props, s.name + 11, arena, seal_slot, &s);
+      sp->blind = true;
+      rc = each_slot(blind_props, sp->name + 11, arena, seal_slot, sp);
     }
     if (rc == ANA_ERR_NOMEM)
       return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     if (rc < 0)
       return rc;
   }
-  if (sealed_props) {
-    ev->properties = sealed_props;
-    *blind = blind_props;
-  }
+  *sealed_out = sealed_props;
+  *blind_out = blind_props;
   return 0;
 }
 

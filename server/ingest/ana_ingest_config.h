@@ -17,7 +17,6 @@ struct ana_ingest_settings {
   long event_max_future_ms;
   char *timestamp_policy; /* "correct" or "reject" */
   int clock_skew_tolerance_ms;
-  char *trusted_proxies; /* NULL when unset */
   int ingest_queue_max;
   int ingest_stream_max_in_flight;
   int event_names_max; /* EVENT_NAMES_MAX: names in each account's catalog */

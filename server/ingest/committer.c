@@ -23,6 +23,8 @@
 
 #define DAY_MS 86400000LL
 #define RETENTION_CHUNK 1000
+/* Free pages given back after each retention step, at most (16 MiB). */
+#define RECLAIM_PAGES 4096
 /* An idle commit thread wakes at least this often to beat (liveness). */
 #define IDLE_BEAT_MS 1000
 
@@ -107,6 +109,12 @@ static struct ana_commit_request *take_batch(struct ana_committer *c, size_t *ev
 
 static int commit_batch(struct ana_committer *c, struct ana_commit_request *batch,
                         struct ana_error *err) {
+  /* A store that ships from the spool may refuse more (its bound). */
+  if (c->roles.events && c->roles.events->admit) {
+    int rc = c->roles.events->admit(c->roles.event_store, err);
+    if (rc < 0)
+      return rc;
+  }
   int rc = ana_local_db_begin(c->db, err);
   if (rc < 0)
     return rc;
@@ -145,12 +153,14 @@ static void finish_batch(struct ana_committer *c, struct ana_commit_request *bat
       }
       /* The subscribers see the events of each request, in commit order. */
       ana_post_commit_run(c->o.post_commit, r->records, r->n);
+      if (c->roles.events && c->roles.events->committed)
+        c->roles.events->committed(c->roles.event_store, r->records, r->n);
     }
     /* Index after commit: a search index that is told (the embedded one
      * follows the committed events by itself). */
     if (stored && c->roles.search && c->roles.search->committed)
       c->roles.search->committed(c->roles.search_index, last_seq);
-  } else {
+  } else if (rc != ANA_ERR_FULL) { /* a full spool is answered, not logged per commit */
     ANA_ERROR("ingest", "commit failed, nothing of it was acknowledged: %s", err->message);
   }
   pthread_mutex_lock(&c->mu);
@@ -181,8 +191,13 @@ static void sweep_retention(struct ana_committer *c) {
     c->next_sweep_ms = now + c->o.retention_sweep_interval_ms;
     return;
   }
-  if (deleted > 0 || keys > 0)
+  if (deleted > 0 || keys > 0) {
     ANA_DEBUG("ingest", "retention deleted %d events and %d keys", deleted, keys);
+    /* The pages they held go back to the file system (a failure leaves
+     * them free for reuse: nothing lost). */
+    if (ana_local_db_reclaim(c->db, RECLAIM_PAGES, &err) < 0)
+      ANA_WARN("ingest", "retention could not shrink the database: %s", err.message);
+  }
   /* A full chunk means more is due: continue soon, between commits. */
   c->next_sweep_ms = (deleted == RETENTION_CHUNK || keys == RETENTION_CHUNK)
                          ? now

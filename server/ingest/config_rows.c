@@ -2,55 +2,11 @@
  * variable = a row here and a member in struct ana_ingest_settings. */
 #include "ana_ingest_config.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
 
 static bool valid_timestamp_policy(const char *s) {
   return strcmp(s, "correct") == 0 || strcmp(s, "reject") == 0;
-}
-
-/* One IPv4/IPv6 address, optionally with a /prefix. */
-static bool valid_proxy(const char *s, size_t n) {
-  char buf[64];
-  if (n == 0 || n >= sizeof buf)
-    return false;
-  memcpy(buf, s, n);
-  buf[n] = '\0';
-  char *slash = strchr(buf, '/');
-  long prefix = -1;
-  if (slash) {
-    char *end;
-    *slash = '\0';
-    errno = 0;
-    prefix = strtol(slash + 1, &end, 10);
-    if (slash[1] == '\0' || *end || errno)
-      return false;
-  }
-  unsigned char addr[16];
-  if (inet_pton(AF_INET, buf, addr) == 1)
-    return prefix <= 32;
-  if (inet_pton(AF_INET6, buf, addr) == 1)
-    return prefix <= 128;
-  return false;
-}
-
-static bool valid_proxy_list(const char *s) {
-  while (*s) {
-    while (*s == ' ')
-      s++;
-    size_t n = strcspn(s, ",");
-    size_t len = n;
-    while (len > 0 && s[len - 1] == ' ')
-      len--;
-    if (!valid_proxy(s, len))
-      return false;
-    s += n;
-    if (*s == ',')
-      s++;
-  }
-  return true;
 }
 
 #define ROW(member) ANA_CONFIG_FIELD(struct ana_ingest_settings, member)
@@ -131,15 +87,6 @@ static const struct ana_config_row rows[] = {
      .help = "When an event carries sentAt and the client clock differs from the server's "
              "by more than this, its timestamp is shifted by the difference (answer CORRECTED).",
      ROW(clock_skew_tolerance_ms)},
-    {.name = "TRUSTED_PROXIES",
-     .type = ANA_CONFIG_STRING,
-     .def = "",
-     .help = "Comma-separated IP addresses or CIDR ranges of proxies whose X-Forwarded-For "
-             "header is believed for context.ip and for the client address of per-client limits "
-             "(GRPC_STREAMS_PER_PEER, METRIC_STREAMS_PER_PEER).",
-     .check = valid_proxy_list,
-     .expect = "IP addresses or CIDR ranges separated by commas",
-     ROW(trusted_proxies)},
     {.name = "INGEST_QUEUE_MAX",
      .type = ANA_CONFIG_INT,
      .def = "100000",

@@ -74,6 +74,14 @@ int ana_mq_add_packed(struct ana_mq *s, struct ana_mq_group *g, size_t bucket,
 int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket, enum ana_mq_part part,
                     const struct ana_mq_cell *c);
 
+/* Hands flat bucket accumulators over (layouts of ana_mq_packed_fixed
+ * only): acc holds n rows of n_buckets packed cells, row i adding to the
+ * buckets of groups[i] (a folded group: of "other"). s owns acc from
+ * then on, also on error (ana_mq_destroy frees it); the answer reads the
+ * rows in place, so a wide answer needs no accumulator per bucket.
+ * Returns 0 or a negative error. */
+int ana_mq_adopt_flat(struct ana_mq *s, struct ana_mq_group *const *groups, size_t n, double *acc);
+
 /* Ranks the groups by their totals and folds those below the top N into
  * "other". ana_mq_answer does it when it was not done. Returns 0 or a
  * negative error. */

@@ -38,6 +38,19 @@ static bool acc_has_values(const struct ana_acc_agg *a) {
 /* ------------------------------------------------------------------ */
 /* groups */
 
+/* A row of flat bucket accumulators (ana_mq_adopt_flat) for one group. */
+struct flat_ref {
+  const double *row; /* n_buckets packed cells */
+  struct flat_ref *next;
+};
+
+/* Flat accumulators handed over by the rollup path, owned by the query. */
+struct flat {
+  double *acc;
+  struct flat_ref *refs;
+  struct flat *next;
+};
+
 struct group {
   char *key;     /* dimension values joined by '\x1f' */
   char **values; /* one per dimension */
@@ -50,12 +63,14 @@ struct group {
   struct ana_acc_agg *previous; /* n_terms */
   double rank;
   bool has_rank;
-  bool folded; /* ranked below the top N: its buckets go to "other" */
+  bool folded;           /* ranked below the top N: its buckets go to "other" */
+  struct flat_ref *flat; /* rows of flat bucket accumulators, in s->flats */
 };
 
-/* How a term is packed (ana_mq_cell_pack): the scalars its function reads,
+/* How a term is packed (ana_mq_cell_pack): the scalars its function reads
+ * (a sum packs as an average: its count tells an empty bucket),
  * or its sketch segment verbatim. */
-enum pack_kind { PACK_COUNT, PACK_SUM, PACK_AVG, PACK_MIN, PACK_MAX, PACK_SKETCH };
+enum pack_kind { PACK_COUNT, PACK_AVG, PACK_MIN, PACK_MAX, PACK_SKETCH };
 
 struct ana_mq {
   const struct ana_metric_query *q;
@@ -72,6 +87,11 @@ struct ana_mq {
   size_t index_cap;
   bool ranked;
   struct group *other; /* the groups below the top N, folded; NULL when none */
+  struct flat *flats;  /* ana_mq_adopt_flat's */
+  /* The formula on a bucket no event counted in: the same for every one. */
+  bool empty_known, empty_ok;
+  double empty_val;
+  double *vals; /* series_of's scratch: n_buckets values, then oks, then kept */
   /* The packed cell layout: per term its kind and first double slot. */
   uint8_t pack_kind[ANA_ACC_MAX_TERMS];
   uint16_t pack_slot[ANA_ACC_MAX_TERMS];
@@ -403,7 +423,9 @@ static void pack_layout(struct ana_mq *s) {
     size_t n;
     switch (s->spec.terms[t]->fn) {
     case ANA_AGG_COUNT: k = PACK_COUNT, n = 1; break;
-    case ANA_AGG_SUM: k = PACK_SUM, n = 1; break;
+    /* A sum keeps its count too: a bucket with events whose values add up
+     * to 0 is not empty (omit_empty_buckets), on either path. */
+    case ANA_AGG_SUM: k = PACK_AVG, n = 2; break;
     case ANA_AGG_AVG: k = PACK_AVG, n = 2; break;
     case ANA_AGG_MIN: k = PACK_MIN, n = 2; break;
     case ANA_AGG_MAX: k = PACK_MAX, n = 2; break;
@@ -417,8 +439,7 @@ static void pack_layout(struct ana_mq *s) {
   s->n_slots = slot;
   s->additive = !s->any_sketch;
   for (size_t t = 0; t < s->spec.n_terms; t++)
-    s->additive &=
-        s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_SUM || s->pack_kind[t] == PACK_AVG;
+    s->additive &= s->pack_kind[t] == PACK_COUNT || s->pack_kind[t] == PACK_AVG;
 }
 
 bool ana_mq_packed_fixed(const struct ana_mq *s, size_t *size, bool *additive) {
@@ -440,7 +461,6 @@ void ana_mq_packed_merge(const struct ana_mq *s, double *into, const uint8_t *fr
     size_t k = s->pack_slot[t];
     switch ((enum pack_kind)s->pack_kind[t]) {
     case PACK_COUNT:
-    case PACK_SUM:
       memcpy(v, from + k * sizeof(double), sizeof(double));
       into[k] += v[0];
       break;
@@ -506,7 +526,6 @@ int ana_mq_cell_pack(const struct ana_mq *s, const uint8_t *in, size_t len, uint
     size_t n = 0;
     switch ((enum pack_kind)s->pack_kind[t]) {
     case PACK_COUNT: v[0] = d[0], n = 1; break;
-    case PACK_SUM: v[0] = d[1], n = 1; break;
     case PACK_AVG: v[0] = d[0], v[1] = d[1], n = 2; break;
     case PACK_MIN: v[0] = d[0], v[1] = d[2], n = 2; break;
     case PACK_MAX: v[0] = d[0], v[1] = d[3], n = 2; break;
@@ -537,10 +556,6 @@ static int merge_packed(const struct ana_mq *s, struct ana_acc_agg *accs, const 
     case PACK_COUNT:
       memcpy(v, q, sizeof(double));
       a->count += v[0];
-      break;
-    case PACK_SUM:
-      memcpy(v, q, sizeof(double));
-      a->sum += v[0];
       break;
     case PACK_AVG:
       memcpy(v, q, 2 * sizeof(double));
@@ -655,8 +670,37 @@ int ana_mq_add_cell(struct ana_mq *s, struct ana_mq_group *g, size_t bucket, enu
   return s->rc;
 }
 
+int ana_mq_adopt_flat(struct ana_mq *s, struct ana_mq_group *const *groups, size_t n, double *acc) {
+  struct flat *f = ana_calloc(1, sizeof *f);
+  struct flat_ref *refs = ana_calloc(n ? n : 1, sizeof *refs);
+  if (!f || !refs) {
+    ana_free(f);
+    ana_free(refs);
+    ana_free(acc);
+    return ana_mq_nomem(s);
+  }
+  *f = (struct flat){acc, refs, s->flats};
+  s->flats = f;
+  for (size_t i = 0; i < n; i++) {
+    struct group *g = (struct group *)groups[i];
+    if (g->folded) /* a folded group stands for "other" */
+      g = s->other;
+    refs[i] = (struct flat_ref){acc + i * s->n_buckets * s->n_slots, g->flat};
+    g->flat = &refs[i];
+  }
+  return s->rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* answers */
+
+/* No event counted in any term of these aggregates. */
+static bool accs_empty(const struct ana_mq *s, const struct ana_acc_agg *accs) {
+  for (size_t t = 0; t < s->spec.n_terms; t++)
+    if (accs[t].count > 0 || acc_has_values(&accs[t]))
+      return false;
+  return true;
+}
 
 static bool eval(const struct ana_mq *s, struct ana_acc_agg *accs, double *out) {
   double values[ANA_ACC_MAX_TERMS];
@@ -727,17 +771,42 @@ static bool summarise(const char *aggregation, const double *v, const bool *ok, 
   return true;
 }
 
+/* The aggregates of bucket b of g: its own (the raw path, cells one by
+ * one) or, when it has none, its rows of flat accumulators merged into
+ * scratch (n_terms, no sketch: nothing to free). */
+static struct ana_acc_agg *bucket_accs(struct ana_mq *s, struct group *g, size_t b,
+                                       struct ana_acc_agg *scratch) {
+  size_t nt = s->spec.n_terms;
+  if (g->buckets)
+    return &g->buckets[b * nt];
+  memset(scratch, 0, nt * sizeof *scratch);
+  for (struct flat_ref *r = g->flat; r; r = r->next)
+    if (merge_packed(s, scratch, (const uint8_t *)(r->row + b * s->n_slots),
+                     s->n_slots * sizeof(double)) < 0)
+      break; /* cannot happen: the layout is the query's own */
+  return scratch;
+}
+
 /* One series. Its buckets, their values and the bucket start times (shared
- * by every series: stamps) are arrays, not one arena allocation a point. */
+ * by every series: stamps) are arrays, not one arena allocation a point;
+ * with omit_empty_buckets only the buckets kept are allocated. */
 static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
                                               struct ana_arena *a, bool other,
                                               Google__Protobuf__Timestamp *stamps) {
   const struct ana_metric_query *q = s->q;
-  size_t nb = s->n_buckets;
+  size_t nb = s->n_buckets, nt = s->spec.n_terms;
   Analytics__V1__MetricSeries *ser = ana_arena_alloc(a, sizeof *ser);
-  struct ana_acc_agg *accs_all = group_buckets(s, g);
-  if (!ser || !accs_all)
+  if (!ser)
     return NULL;
+  /* Flat rows beside cells of its own (a tail of raw events): into its own. */
+  if (g->buckets && g->flat) {
+    for (struct flat_ref *r = g->flat; r; r = r->next)
+      for (size_t b = 0; b < nb; b++)
+        if (merge_packed(s, &g->buckets[b * nt], (const uint8_t *)(r->row + b * s->n_slots),
+                         s->n_slots * sizeof(double)) < 0)
+          return NULL;
+    g->flat = NULL;
+  }
   analytics__v1__metric_series__init(ser);
   ser->n_dimensions = s->spec.n_dims;
   ser->dimensions =
@@ -756,28 +825,62 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
   bool counter = strcmp(q->metric->type, "counter") == 0;
   bool histogram = strcmp(q->metric->type, "histogram") == 0;
   /* Histograms report percentiles of their first field term. */
-  size_t hist_term = s->spec.n_terms;
-  for (size_t t = 0; histogram && t < s->spec.n_terms; t++)
+  size_t hist_term = nt;
+  for (size_t t = 0; histogram && t < nt; t++)
     if (s->spec.term_fields[t] && s->spec.terms[t]->fn != ANA_AGG_UNIQ) {
       hist_term = t;
       break;
     }
+  /* Per bucket scratch, the same for every series (not part of the answer). */
   size_t n1 = nb ? nb : 1;
-  double *vals = ana_arena_calloc(a, n1, sizeof *vals);
-  bool *oks = ana_arena_calloc(a, n1, sizeof *oks);
-  Analytics__V1__MetricBucket *mbs = ana_arena_calloc(a, n1, sizeof *mbs);
-  /* value, and rate for counters */
-  Google__Protobuf__DoubleValue *boxes = ana_arena_calloc(a, n1 * (counter ? 2 : 1), sizeof *boxes);
-  ser->n_buckets = nb;
-  ser->buckets = ana_arena_calloc(a, n1, sizeof *ser->buckets);
-  if (!vals || !oks || !mbs || !boxes || !ser->buckets)
+  if (!s->vals && !(s->vals = ana_malloc(n1 * (sizeof(double) + 2 * sizeof(bool)))))
     return NULL;
-  size_t nbox = 0;
+  double *vals = s->vals;
+  bool *oks = (bool *)(vals + n1), *kept = oks + n1;
+  /* First the values (the summary reads every bucket), then the points. */
+  struct ana_acc_agg scratch[ANA_ACC_MAX_TERMS];
+  size_t n_kept = 0;
   for (size_t b = 0; b < nb; b++) {
-    Analytics__V1__MetricBucket *mb = &mbs[b];
+    /* Flat rows all zero: an empty bucket, without building its aggregates. */
+    bool zero = !g->buckets;
+    for (struct flat_ref *r = g->flat; zero && r; r = r->next)
+      for (size_t k = 0; zero && k < s->n_slots; k++)
+        zero = r->row[b * s->n_slots + k] == 0;
+    if (zero && s->empty_known) {
+      oks[b] = s->empty_ok;
+      vals[b] = s->empty_val;
+      kept[b] = !q->omit_empty_buckets;
+      n_kept += kept[b];
+      continue;
+    }
+    struct ana_acc_agg *accs = bucket_accs(s, g, b, scratch);
+    bool empty = accs_empty(s, accs);
+    if (empty && !s->empty_known) {
+      s->empty_ok = eval(s, accs, &s->empty_val);
+      s->empty_known = true;
+    }
+    if (empty) {
+      oks[b] = s->empty_ok;
+      vals[b] = s->empty_val;
+    } else {
+      oks[b] = eval(s, accs, &vals[b]);
+    }
+    kept[b] = !q->omit_empty_buckets || !empty;
+    n_kept += kept[b];
+  }
+  size_t k1 = n_kept ? n_kept : 1;
+  Analytics__V1__MetricBucket *mbs = ana_arena_alloc(a, k1 * sizeof *mbs);
+  /* value, and rate for counters */
+  Google__Protobuf__DoubleValue *boxes = ana_arena_alloc(a, k1 * (counter ? 2 : 1) * sizeof *boxes);
+  ser->buckets = ana_arena_alloc(a, k1 * sizeof *ser->buckets);
+  if (!mbs || !boxes || !ser->buckets)
+    return NULL;
+  size_t nbox = 0, k = 0;
+  for (size_t b = 0; b < nb; b++) {
+    if (!kept[b])
+      continue;
+    Analytics__V1__MetricBucket *mb = &mbs[k];
     analytics__v1__metric_bucket__init(mb);
-    struct ana_acc_agg *accs = &accs_all[b * s->spec.n_terms];
-    oks[b] = eval(s, accs, &vals[b]);
     mb->start = &stamps[b];
     if (oks[b]) {
       google__protobuf__double_value__init(&boxes[nbox]);
@@ -793,7 +896,9 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
         mb->rate = &boxes[nbox++];
       }
     }
-    if (hist_term < s->spec.n_terms && acc_has_values(&accs[hist_term])) {
+    /* Percentiles need values or a sketch: cells of its own, never flat rows. */
+    struct ana_acc_agg *accs = g->buckets ? &g->buckets[b * nt] : NULL;
+    if (accs && hist_term < nt && acc_has_values(&accs[hist_term])) {
       static const char *const names[] = {"p50", "p90", "p95", "p99"};
       static const double ps[] = {50, 90, 95, 99};
       Analytics__V1__MetricBucket__PercentilesEntry *es = ana_arena_calloc(a, 4, sizeof *es);
@@ -808,8 +913,9 @@ static Analytics__V1__MetricSeries *series_of(struct ana_mq *s, struct group *g,
         mb->percentiles[i] = &es[i];
       }
     }
-    ser->buckets[b] = mb;
+    ser->buckets[k++] = mb;
   }
+  ser->n_buckets = k;
   double summary, total, prev;
   bool has_summary = summarise(q->metric->aggregation, vals, oks, nb, &summary);
   bool has_total = eval(s, g->total, &total);
@@ -914,6 +1020,13 @@ void ana_mq_destroy(struct ana_mq *s) {
   for (size_t i = 0; i < s->n_groups; i++)
     group_free(s->groups[i], s->n_buckets, s->spec.n_terms);
   group_free(s->other, s->n_buckets, s->spec.n_terms);
+  for (struct flat *f = s->flats, *next; f; f = next) {
+    next = f->next;
+    ana_free(f->acc);
+    ana_free(f->refs);
+    ana_free(f);
+  }
+  ana_free(s->vals);
   ana_free(s->groups);
   ana_free(s->index);
   ana_acc_spec_fini(&s->spec);
@@ -979,9 +1092,8 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
   struct ana_mq *s = ana_mq_create(q, false, err);
   if (!s)
     return ANA_ERR_INVALID;
-  int64_t span = q->to_ms - q->from_ms;
-  int rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, s->any ? NULL : s->names,
-                     s->any ? 0 : s->n_names, on_event, s, err);
+  int rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
+                     s->any ? NULL : s->names, s->any ? 0 : s->n_names, on_event, s, err);
   if (rc == 0)
     rc = ana_mq_answer(s, arena, out, err);
   ana_mq_destroy(s);
@@ -1054,9 +1166,8 @@ int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *st
     }
   }
   struct batch b = {states, n};
-  int64_t span = q->to_ms - q->from_ms;
-  rc = ops->scan(store, q->account_id, q->from_ms - span, q->to_ms, any ? NULL : names,
-                 any ? 0 : n_names, on_batch_event, &b, err);
+  rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
+                 any ? NULL : names, any ? 0 : n_names, on_batch_event, &b, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     analytics__v1__metric_data__init(&outs[i]);
     rc = ana_mq_answer(states[i], arena, &outs[i], err);
@@ -1075,6 +1186,136 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+
+/* The group key of series ser for the dimensions of s: its values of
+ * them joined by '\x1f'. False when ser lacks one. */
+static bool series_key(const struct ana_mq *s, const Analytics__V1__MetricSeries *ser, char *key,
+                       size_t cap) {
+  size_t o = 0;
+  key[0] = '\0';
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
+    const char *v = NULL;
+    for (size_t k = 0; k < ser->n_dimensions && !v; k++)
+      if (strcmp(ser->dimensions[k]->key, s->spec.dims[d]) == 0)
+        v = ser->dimensions[k]->value;
+    if (!v)
+      return false;
+    int n = snprintf(key + o, cap - o, "%s%s", d ? "\x1f" : "", v);
+    if (n < 0 || (size_t)n >= cap - o)
+      return false;
+    o += (size_t)n;
+  }
+  return true;
+}
+
+/* Adds count to term t of group key's part (bucket b, or ANA_MQ_PREVIOUS). */
+static int add_count(struct ana_mq *s, const char *key, size_t t, size_t b, enum ana_mq_part part,
+                     double count) {
+  struct ana_mq_group *g;
+  double packed[ANA_ACC_MAX_TERMS] = {0};
+  int rc = ana_mq_group(s, key, &g);
+  if (rc < 0 || !g || count == 0)
+    return rc;
+  packed[s->pack_slot[t]] = count;
+  return ana_mq_add_packed(s, g, b, part, (const uint8_t *)packed, s->n_slots * sizeof(double));
+}
+
+/* 1 when every series of d holds no "other" and nb buckets. */
+static bool source_usable(const Analytics__V1__MetricData *d, size_t nb, bool buckets) {
+  /* An answer asked with topN 1000 folds groups only past 1000 series. */
+  if (!d || d->n_series > 1000)
+    return false;
+  for (size_t i = 0; buckets && i < d->n_series; i++)
+    if (d->series[i]->n_buckets != nb)
+      return false;
+  return true;
+}
+
+int ana_metric_query_adhoc_from(const struct ana_metric_adhoc *a, const struct ana_metric_query *q,
+                                const struct ana_metric_adhoc_source *src, size_t n_src,
+                                struct ana_arena *arena, Analytics__V1__MetricData *out,
+                                struct ana_error *err) {
+  Analytics__V1__Metric m = ANALYTICS__V1__METRIC__INIT;
+  m.name = "ad hoc";
+  m.type = "gauge";
+  m.formula = (char *)a->formula;
+  m.aggregation = (char *)(a->aggregation ? a->aggregation : "sum");
+  m.filters = (Analytics__V1__MetricFilter **)a->filters;
+  m.n_filters = a->n_filters;
+  m.dimensions = (char **)a->dimensions;
+  m.n_dimensions = a->n_dimensions;
+  struct ana_metric_query query = *q;
+  struct ana_mq *s = NULL;
+  int rc = 0;
+  if (ana_metric_check_filters_and_dimensions(&m, err) < 0 ||
+      !(query.formula = ana_formula_parse(a->formula, NULL, err, NULL)))
+    return ANA_ERR_INVALID;
+  query.metric = &m;
+  if (!(s = ana_mq_create(&query, false, err))) {
+    rc = ANA_ERR_INVALID;
+    goto out;
+  }
+  /* Every term a count with a source, every source complete. */
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    bool found = false;
+    for (size_t i = 0; i < n_src && !found; i++)
+      found = src[i].term == t;
+    if (s->pack_kind[t] != PACK_COUNT || !found)
+      goto out;
+  }
+  for (size_t i = 0; i < n_src; i++)
+    if (src[i].term >= s->spec.n_terms || !source_usable(src[i].current, s->n_buckets, true) ||
+        !source_usable(src[i].previous, 0, false))
+      goto out;
+  char key[KEY_MAX];
+  /* Totals first (the groups are those of the current answers: events of
+   * the range or of the previous period), then the ranking, then buckets. */
+  for (size_t i = 0; i < n_src && rc == 0; i++)
+    for (size_t k = 0; k < src[i].current->n_series && rc == 0; k++) {
+      const Analytics__V1__MetricSeries *ser = src[i].current->series[k];
+      if (!series_key(s, ser, key, sizeof key))
+        goto out;
+      rc = add_count(s, key, src[i].term, 0, ANA_MQ_TOTALS, ser->total ? ser->total->value : 0);
+    }
+  for (size_t i = 0; i < n_src && rc == 0; i++)
+    for (size_t k = 0; k < src[i].previous->n_series && rc == 0; k++) {
+      const Analytics__V1__MetricSeries *ser = src[i].previous->series[k];
+      if (!series_key(s, ser, key, sizeof key))
+        goto out;
+      /* Only into groups of the range's answers: a group of the period
+       * before the previous one has no events here. */
+      uint64_t h = ana_acc_hash_text(key);
+      bool known = false;
+      for (size_t j = h & (s->index_cap - 1); s->index_cap && s->index[j] && !known;
+           j = (j + 1) & (s->index_cap - 1))
+        known = s->index[j]->hash == h && group_is(s, s->index[j], key);
+      if (known && ser->total)
+        rc = add_count(s, key, src[i].term, ANA_MQ_PREVIOUS, ANA_MQ_TOTALS, ser->total->value);
+    }
+  if (rc == 0)
+    rc = ana_mq_rank(s);
+  for (size_t i = 0; i < n_src && rc == 0; i++)
+    for (size_t k = 0; k < src[i].current->n_series && rc == 0; k++) {
+      const Analytics__V1__MetricSeries *ser = src[i].current->series[k];
+      if (!series_key(s, ser, key, sizeof key))
+        goto out;
+      for (size_t b = 0; b < s->n_buckets && rc == 0; b++) {
+        const Analytics__V1__MetricBucket *bk = ser->buckets[b];
+        if (bk->start && ana_timestamp_ms(bk->start) != s->starts[b])
+          goto out;
+        if (bk->value)
+          rc = add_count(s, key, src[i].term, b, ANA_MQ_BUCKETS, bk->value->value);
+      }
+    }
+  if (rc == 0)
+    rc = ana_mq_answer(s, arena, out, err) < 0 ? ANA_ERR_INVALID : 1;
+  else
+    *err = *s->err;
+out:
+  ana_mq_destroy(s);
+  ana_formula_free((struct ana_formula *)query.formula);
+  return rc;
+}
 
 static const char *const filter_ops[] = {"eq", "neq", "in",       "gt",    "gte",
                                          "lt", "lte", "contains", "exists"};

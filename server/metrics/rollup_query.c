@@ -188,10 +188,10 @@ static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_gr
 
 /* add_set for cells of one size (ana_mq_packed_fixed): merged first into
  * flat accumulators, one per (group index of the set, total or previous)
- * and one per (group shown or "other", bucket), then each added to the
- * query once. Most of a query's time is here: no group lookup and no
- * accumulator structure per cell. Returns 1 when the accumulators would be
- * too large (nothing added: use add_set), else as add_set. */
+ * and one per (group shown or "other", bucket): the totals added to the
+ * query once each, the bucket rows handed over whole (ana_mq_adopt_flat). Most of a query's time is
+ * here: no group lookup and no accumulator structure per cell. Returns 1 when the accumulators
+ * would be too large (nothing added: use add_set), else as add_set. */
 static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
                         const struct plan *plan, const struct ana_metric_query *q,
                         const int64_t *starts, size_t nb, enum ana_mq_part part, size_t size,
@@ -277,14 +277,16 @@ static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_
       }
     }
   }
+  if (part == ANA_MQ_BUCKETS) {
+    /* The answer reads the rows in place: no accumulator per bucket. */
+    rc = ana_mq_adopt_flat(mq, rep, n_targets, acc);
+    acc = NULL;
+    goto out;
+  }
   for (size_t a = 0; a < n_acc && rc == 0; a++) {
     if (!seen[a])
       continue;
     const uint8_t *packed = (const uint8_t *)&acc[a * n_slots];
-    if (part == ANA_MQ_BUCKETS) {
-      rc = ana_mq_add_packed(mq, rep[a / nb], a % nb, part, packed, size);
-      continue;
-    }
     struct ana_mq_group **g = &gmap[a / 2];
     if (!*g) {
       if ((rc = ana_mq_group(mq, set->keys.keys[a / 2], g)) < 0)
@@ -399,7 +401,7 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   /* The plan: the previous period, then each bucket clipped to [from, to). */
   size_t nb = 0;
   const int64_t *starts = ana_mq_bucket_starts(mq, &nb);
-  rc = plan_range(&plan, q->from_ms - (q->to_ms - q->from_ms), q->from_ms);
+  rc = plan_range(&plan, ana_metric_query_previous_from(q), q->from_ms);
   for (size_t b = 0; b < nb && rc == 0; b++) {
     int64_t a = starts[b] > q->from_ms ? starts[b] : q->from_ms;
     int64_t e = b + 1 < nb && starts[b + 1] < q->to_ms ? starts[b + 1] : q->to_ms;
@@ -413,7 +415,7 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
    * fit (day cells for a month), far fewer than the buckets' cells. That
    * plan is usable when its raw pieces are the bucket plan's, so that the
    * same raw and tail events complete both. */
-  if (plan_range(&tplan, q->from_ms - (q->to_ms - q->from_ms), q->from_ms) < 0 ||
+  if (plan_range(&tplan, ana_metric_query_previous_from(q), q->from_ms) < 0 ||
       plan_range(&tplan, q->from_ms, q->to_ms) < 0) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;

@@ -27,6 +27,7 @@ struct ana_http_options {
   int connect_timeout_ms;    /* 0: 5,000 */
   size_t max_response_bytes; /* body bytes kept; the rest is dropped (0: 65,536) */
   int pool_size;             /* idle easy handles kept for reuse (0: 8) */
+  const char *ca_file;       /* PEM CA bundle for https (borrowed; NULL: the system's) */
 };
 
 struct ana_http_client;

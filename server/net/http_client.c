@@ -303,6 +303,8 @@ int ana_http_perform(struct ana_http_client *c, const struct ana_http_request *r
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (c->o.ca_file && c->o.ca_file[0])
+    curl_easy_setopt(h, CURLOPT_CAINFO, c->o.ca_file);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)c->o.connect_timeout_ms);
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
                    (long)(req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS));

@@ -88,6 +88,44 @@ int ana_notify_http_outcome(int rc, const struct ana_http_response *resp,
   return -1;
 }
 
+char *ana_notify_json_text(json_t *doc, struct ana_notify_result *res) {
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (!text)
+    snprintf(res->error, sizeof res->error, "out of memory");
+  return text;
+}
+
+int ana_notify_post_json(const struct ana_notify_env *env, const char *url, const char *field,
+                         const char *body, const char *const *extra, size_t n_extra,
+                         struct ana_notify_result *res, struct ana_http_response *resp) {
+  const char *headers[5] = {"Content-Type: application/json"};
+  size_t n = 1;
+  for (size_t i = 0; i < n_extra && n < sizeof headers / sizeof *headers; i++)
+    headers[n++] = extra[i];
+  struct ana_http_request req = {
+      .method = "POST",
+      .url = url,
+      .headers = headers,
+      .n_headers = n,
+      .body = body,
+      .body_len = strlen(body),
+      .timeout_ms = env->timeout_ms,
+      .refuse_private = env->refuse_private,
+      .field = field,
+  };
+  struct ana_http_response own;
+  if (!resp)
+    resp = &own;
+  struct ana_error err;
+  ana_error_clear(&err);
+  int rc = ana_http_perform(env->http, &req, resp, &err);
+  rc = ana_notify_http_outcome(rc, resp, &err, res);
+  if (resp == &own)
+    ana_http_response_fini(&own);
+  return rc;
+}
+
 char *ana_notify_mask_url(const char *url, struct ana_arena *arena) {
   if (!url || !url[0])
     return ana_arena_strdup(arena, "");

@@ -77,6 +77,17 @@ json_t *ana_notify_message_json(const struct ana_notify_message *m);
 /* Fills res from an HTTP attempt's outcome; returns 0 when delivered (2xx). */
 int ana_notify_http_outcome(int rc, const struct ana_http_response *resp,
                             const struct ana_error *err, struct ana_notify_result *res);
+/* doc (taken; NULL counts as out of memory) as compact JSON text (free()
+ * it), or NULL with res->error "out of memory". */
+char *ana_notify_json_text(json_t *doc, struct ana_notify_result *res);
+/* POSTs body (JSON text, borrowed) to url with Content-Type:
+ * application/json and the n_extra headers extra ("Name: value"; at most
+ * 4); field names the URL in errors. Fills res (ana_notify_http_outcome) and
+ * returns 0 when delivered. resp (may be NULL) is given the response (the
+ * caller calls ana_http_response_fini on it). Blocks for the request. */
+int ana_notify_post_json(const struct ana_notify_env *env, const char *url, const char *field,
+                         const char *body, const char *const *extra, size_t n_extra,
+                         struct ana_notify_result *res, struct ana_http_response *resp);
 /* Masks a URL holding a secret: its scheme and host, then a slash and three stars (arena); "" stays
  * "". */
 char *ana_notify_mask_url(const char *url, struct ana_arena *arena);

@@ -6,6 +6,7 @@
 #include "ana_arena.h"
 #include "ana_error.h"
 #include "ana_formula.h"
+#include "ana_metric_query.h"
 #include "ana_report_model.h"
 #include "ana_store.h"
 #include "analytics/v1/metrics.pb-c.h"
@@ -21,6 +22,16 @@ struct ana_report_template_env {
   int (*resolve_metric)(const char *account, const char *id_or_name, struct ana_arena *arena,
                         Analytics__V1__Metric **metric, struct ana_formula **formula,
                         struct ana_error *err);
+  /* Turns ad hoc filters on encrypted fields into blind index filters (as
+   * ana_metric_service_blind_filters); NULL: filters are used as given. */
+  int (*blind_filters)(const char *account, Analytics__V1__MetricFilter **filters, size_t n,
+                       struct ana_arena *arena, struct ana_error *err);
+  /* Answers a report's ad-hoc count queries from the rollups of stored
+   * metrics that count the same (ana_metric_service_adhoc_counts: 1, or 0
+   * when they cannot and the events must); NULL: always the events. */
+  int (*adhoc_counts)(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                      const struct ana_metric_query *q, struct ana_arena *arena,
+                      Analytics__V1__MetricData *outs, struct ana_error *err);
 };
 
 /* "campaign_performance or metric_summary", for error messages. */

@@ -34,6 +34,13 @@ static const struct ana_config_row rows[] = {
      .max = 100,
      .help = "Generations of one run interrupted by a stop (kill, crash) before it fails.",
      ROW(report_max_attempts)},
+    {.name = "REPORT_ROLLUPS",
+     .type = ANA_CONFIG_BOOL,
+     .def = "true",
+     .help = "A campaign report reads its counts from the rollups of stored metrics that count "
+             "the same event name (no filters, the campaign and table dimensions among theirs) "
+             "instead of scanning the events; false always scans the events.",
+     ROW(report_rollups)},
 };
 
 const struct ana_config_table ana_reports_config_table = ANA_CONFIG_TABLE("reports", rows);

@@ -190,8 +190,15 @@ const char *ana_call_peer(const struct ana_call *call) {
 }
 
 void ana_call_peer_ip(const struct ana_call *call, char *out, size_t size) {
-  const char *peer = call->peer ? call->peer : "", *p = peer;
-  const char *xff = trusted_proxies ? ana_call_metadata(call, "x-forwarded-for") : NULL;
+  ana_rpc_client_ip(call->peer, trusted_proxies ? ana_call_metadata(call, "x-forwarded-for") : NULL,
+                    out, size);
+}
+
+void ana_rpc_client_ip(const char *peer, const char *forwarded_for, char *out, size_t size) {
+  if (!peer)
+    peer = "";
+  const char *p = peer;
+  const char *xff = trusted_proxies ? forwarded_for : NULL;
   if (xff && size) {
     ana_client_ip(peer, xff, trusted_proxies, out, size);
     if (out[0])

@@ -3,6 +3,7 @@
  * (server/alerts) hears every change. Calls touch the database, so they run
  * on the worker pool. */
 #include "ana_services.h"
+#include "service_jobs.h"
 
 #include "ana_alerts.h"
 #include "ana_call.h"
@@ -24,19 +25,6 @@
 #define MAX_STREAM_IDS 100
 
 static struct ana_alert_service_options opts;
-
-/* Fails the call with err, the field before ": " as a violation. */
-static void fail_with(struct ana_call *call, const struct ana_error *err) {
-  if (err->code == ANA_STATUS_INVALID_ARGUMENT || err->code == ANA_STATUS_NOT_FOUND) {
-    const char *colon = strstr(err->message, ": ");
-    if (colon && err->code == ANA_STATUS_INVALID_ARGUMENT) {
-      char field[256];
-      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
-      ana_call_add_violation(call, field, colon + 2);
-    }
-  }
-  ana_call_finish(call, NULL, err);
-}
 
 struct loaded {
   struct ana_arena *arena;
@@ -176,7 +164,7 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   struct ana_error err;
   if (!req->alert) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "alert: is required");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   char *id = ana_arena_alloc(ana_call_arena(call), ANA_UUID_STR_LEN + 1);
@@ -186,7 +174,7 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   }
   req->alert->alert_id = id;
   if (store_rule(call, req->alert, true, 0, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   ana_call_reply(call, &req->alert->base);
@@ -197,7 +185,7 @@ static void do_get(struct ana_call *call, const ProtobufCMessage *request) {
   struct ana_error err;
   Analytics__V1__Alert *a;
   if (load_alert(call, req->alert_id, &a, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   decorate(call, a);
@@ -222,13 +210,9 @@ static int collect(void *ctx, const struct ana_catalog_object *o) {
 static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__ListAlertsRequest *req = (const void *)request;
   struct ana_error err;
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t size = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!size)
     return;
-  }
-  size_t size = req->page_size ? (size_t)req->page_size : DEFAULT_PAGE;
   struct ana_arena *a = ana_call_arena(call);
   struct page p = {a, ana_arena_calloc(a, size + 1, sizeof *p.items), 0, size + 1};
   if (!p.items) {
@@ -237,14 +221,12 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   }
   if (opts.catalog_ops->list(opts.catalog, KIND, ana_call_principal(call)->account_id,
                              req->page_token, (int)size + 1, collect, &p, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   Analytics__V1__ListAlertsResponse resp = ANALYTICS__V1__LIST_ALERTS_RESPONSE__INIT;
-  if (p.n > size) {
-    p.n = size;
+  if (ana_service_page_more(&p.n, size))
     resp.next_page_token = p.items[size - 1]->alert_id;
-  }
   for (size_t i = 0; i < p.n; i++)
     decorate(call, p.items[i]);
   resp.n_alerts = p.n;
@@ -258,22 +240,22 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
   Analytics__V1__Alert *old;
   if (!req->alert) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "alert: is required");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (load_alert(call, req->alert_id, &old, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   Analytics__V1__Alert *a = req->alert;
   if (a->alert_id && a->alert_id[0] && strcmp(a->alert_id, req->alert_id) != 0) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "alertId: does not match the path");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   a->alert_id = req->alert_id;
   if (store_rule(call, a, false, ana_timestamp_ms(old->created_at), &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   ana_call_reply(call, &a->base);
@@ -286,7 +268,7 @@ static void do_delete(struct ana_call *call, const ProtobufCMessage *request) {
   if (opts.catalog_ops->remove(opts.catalog, KIND, account, req->alert_id, &err) < 0) {
     if (err.code == ANA_STATUS_NOT_FOUND)
       ana_error_set(&err, ANA_STATUS_NOT_FOUND, "alert %.64s not found", req->alert_id);
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   ana_alerts_remove(opts.alerts, account, req->alert_id);
@@ -299,15 +281,12 @@ static void do_history(struct ana_call *call, const ProtobufCMessage *request) {
   struct ana_error err;
   Analytics__V1__Alert *a;
   if (load_alert(call, req->alert_id, &a, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t limit = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!limit)
     return;
-  }
   static const char *const kinds[] = {"notification", "delivery", "delivered", "retry", "failed"};
   bool known = !req->state || !*req->state || ana_alert_state_parse(req->state) >= 0;
   for (size_t i = 0; !known && i < sizeof kinds / sizeof *kinds; i++)
@@ -316,19 +295,18 @@ static void do_history(struct ana_call *call, const ProtobufCMessage *request) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT,
                   "state: must be ok, pending, firing, resolved, notification, delivery,"
                   " delivered, retry or failed");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   int64_t from = req->from ? ana_timestamp_ms(req->from) : INT64_MIN;
   int64_t to = req->to ? ana_timestamp_ms(req->to) : INT64_MAX;
-  int limit = req->page_size ? req->page_size : DEFAULT_PAGE;
   Analytics__V1__ListAlertHistoryResponse resp = ANALYTICS__V1__LIST_ALERT_HISTORY_RESPONSE__INIT;
   char *next = NULL;
   int n = ana_alerts_history(opts.alerts, ana_call_principal(call)->account_id, req->alert_id,
-                             req->page_token, from, to, req->state, limit, ana_call_arena(call),
-                             &resp.entries, &next, &err);
+                             req->page_token, from, to, req->state, (int)limit,
+                             ana_call_arena(call), &resp.entries, &next, &err);
   if (n < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   resp.n_entries = (size_t)n;
@@ -339,41 +317,12 @@ static void do_history(struct ana_call *call, const ProtobufCMessage *request) {
 
 /* ------------------------------------------------------------------ */
 
-typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
-
-struct job {
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  job_fn fn;
-};
-
-static void run_job(void *arg) {
-  struct job *j = arg;
-  j->fn(j->call, j->request);
-}
-
-static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
-  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
-  if (!j) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  *j = (struct job){call, request, fn};
-  if (ana_workers_submit(opts.workers, run_job, j) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
-
-#define ASYNC(name, fn)                                                                            \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
-    submit(call, request, fn);                                                                     \
-  }
-
-ASYNC(create_alert, do_create)
-ASYNC(get_alert, do_get)
-ASYNC(list_alerts, do_list)
-ASYNC(update_alert, do_update)
-ASYNC(delete_alert, do_delete)
-ASYNC(alert_history, do_history)
+ANA_SERVICE_ASYNC(create_alert, do_create, opts.workers)
+ANA_SERVICE_ASYNC(get_alert, do_get, opts.workers)
+ANA_SERVICE_ASYNC(list_alerts, do_list, opts.workers)
+ANA_SERVICE_ASYNC(update_alert, do_update, opts.workers)
+ANA_SERVICE_ASYNC(delete_alert, do_delete, opts.workers)
+ANA_SERVICE_ASYNC(alert_history, do_history, opts.workers)
 
 static void stream_alerts(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__StreamAlertsRequest *req = (const void *)request;

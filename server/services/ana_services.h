@@ -6,6 +6,7 @@
 #include "ana_api_keys.h"
 #include "ana_event_names.h"
 #include "ana_ingest.h"
+#include "ana_metric_query.h"
 #include "ana_metric_streams.h"
 #include "ana_realtime.h"
 #include "ana_store.h"
@@ -65,12 +66,32 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
  * ana_metric_service_bind. */
 int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct ana_realtime *hub);
 
+/* Answers the n ad-hoc queries a over q (their outs, allocated in arena)
+ * from the rollups of the account's stored metrics instead of the events,
+ * when each term of each is count(<name>) and a stored metric without
+ * filters counts that name alone with every dimension the query needs (its
+ * dimensions, and those its filters name: each "eq" with a text value on a
+ * property that is not encrypted), its rollups complete. Returns 1 when all
+ * are answered so, 0 when not (then the events must), or a negative error.
+ * Blocks. Call after ana_metric_service_bind. */
+int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                    const struct ana_metric_query *q, struct ana_arena *arena,
+                                    Analytics__V1__MetricData *outs, struct ana_error *err);
+
 /* Loads the account's metric by id, else by name, into arena, with its
  * formula parsed as the metric recorded its names (free it with
  * ana_formula_free; it borrows from arena). Returns 0, or a negative error
  * with err NOT_FOUND naming "metric", FAILED_PRECONDITION (the formula no
  * longer holds) or the catalog's. Blocks. Call after
  * ana_metric_service_bind. */
+/* Turns the values of filters on encrypted fields (ENCRYPTED_FIELDS) into
+ * their blind indexes, in place (new values in a), as a metric's stored
+ * filters are; INVALID_ARGUMENT naming filters[i] for an operator other
+ * than eq, neq, in or exists on such a field. A no-op without
+ * ENCRYPTED_FIELDS. */
+int ana_metric_service_blind_filters(const char *account, Analytics__V1__MetricFilter **filters,
+                                     size_t n, struct ana_arena *a, struct ana_error *err);
+
 int ana_metric_service_resolve(const char *account, const char *id_or_name, struct ana_arena *arena,
                                Analytics__V1__Metric **metric, struct ana_formula **formula,
                                struct ana_error *err);
@@ -93,10 +114,11 @@ int ana_alert_service_bind(const struct ana_alert_service_options *o);
 struct ana_key_service_options {
   struct ana_api_keys *keys; /* borrowed; must outlive the transports */
   struct ana_workers *workers;
+  struct ana_crypto *crypto; /* borrowed; field encryption's data keys */
 };
 
-/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey). The options are
- * copied. */
+/* Binds KeyService (CreateKey, ListKeys, GetKey, RevokeKey, ListDataKeys,
+ * RotateDataKey). The options are copied. */
 int ana_key_service_bind(const struct ana_key_service_options *o);
 
 struct ana_audit;
@@ -131,6 +153,7 @@ struct ana_report_service_options {
   struct ana_workers *workers;
   const char *reports_dir; /* REPORTS_DIR */
   int report_workers, queue_max, retention_days, max_attempts;
+  bool rollups; /* REPORT_ROLLUPS: counts from matching metrics' rollups */
 };
 
 /* Starts the report runner (resuming the runs a stop interrupted) and binds

@@ -2,6 +2,7 @@
  * audited, and every authentication failure, becomes an audit record; admins
  * list their account's records (ListAuditRecords, on the worker pool). */
 #include "ana_services.h"
+#include "service_jobs.h"
 
 #include "analytics/v1/audit.pb-c.h"
 #include "ana_audit.h"
@@ -142,18 +143,14 @@ static int code_of(const char *name) {
   return -2;
 }
 
-static void do_list(void *arg) {
-  struct ana_call *call = arg;
-  const Analytics__V1__ListAuditRecordsRequest *req = (const void *)ana_call_request(call);
+static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
+  const Analytics__V1__ListAuditRecordsRequest *req = (const void *)request;
   struct ana_arena *a = ana_call_arena(call);
   struct ana_error err;
   ana_error_clear(&err);
-  int limit = req->page_size > 0 ? req->page_size : DEFAULT_PAGE;
-  if (req->page_size < 0 || limit > MAX_PAGE) {
-    ana_call_add_violation(call, "pageSize", "must be between 0 and 1000");
-    ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and 1000");
+  size_t limit = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!limit)
     return;
-  }
   int code = code_of(req->outcome);
   if (code == -2) {
     ana_call_add_violation(call, "outcome", "not a status code name (OK, PERMISSION_DENIED, ...)");
@@ -185,9 +182,9 @@ static void do_list(void *arg) {
       .before_seq = req->chain ? 0 : token,
       .chain = req->chain,
       .after_seq = req->chain ? (token ? token : req->after_sequence) : 0,
-      .limit = limit + 1,
+      .limit = (int)limit + 1,
   };
-  struct page pg = {.arena = a, .cap = (size_t)limit + 1};
+  struct page pg = {.arena = a, .cap = limit + 1};
   pg.records = ana_arena_alloc(a, pg.cap * sizeof *pg.records);
   struct ana_audit_anchor anchor;
   if (!pg.records)
@@ -203,10 +200,8 @@ static void do_list(void *arg) {
   }
   Analytics__V1__ListAuditRecordsResponse resp = ANALYTICS__V1__LIST_AUDIT_RECORDS_RESPONSE__INIT;
   char next[24] = "";
-  if (pg.n > (size_t)limit) {
-    pg.n = (size_t)limit;
+  if (ana_service_page_more(&pg.n, limit))
     snprintf(next, sizeof next, "%llu", (unsigned long long)pg.records[limit - 1]->sequence);
-  }
   resp.records = pg.records;
   resp.n_records = pg.n;
   resp.next_page_token = next;
@@ -215,11 +210,7 @@ static void do_list(void *arg) {
   ana_call_reply(call, &resp.base);
 }
 
-static void on_list(struct ana_call *call, const ProtobufCMessage *request) {
-  (void)request;
-  if (ana_workers_submit(opts.workers, do_list, call) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
+ANA_SERVICE_ASYNC(on_list, do_list, opts.workers)
 
 static const struct ana_handler list_handler = {.on_request = on_list};
 

@@ -2,6 +2,7 @@
  * update, delete, test) through server/notify/. Every call touches the
  * catalog (and a test the network), so it runs on the worker pool. */
 #include "ana_services.h"
+#include "service_jobs.h"
 
 #include "analytics/v1/channels.pb-c.h"
 #include "ana_call.h"
@@ -18,44 +19,6 @@
 
 static struct ana_channel_service_options opts;
 
-/* Fails the call with err, recording the field (the text before ':') as a
- * violation so REST and gRPC clients get it as BadRequest details. */
-static void fail_with(struct ana_call *call, const struct ana_error *err) {
-  if (err->code == ANA_STATUS_INVALID_ARGUMENT) {
-    const char *colon = strstr(err->message, ": ");
-    if (colon) {
-      char field[256];
-      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
-      ana_call_add_violation(call, field, colon + 2);
-    }
-  }
-  ana_call_finish(call, NULL, err);
-}
-
-typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
-
-struct job {
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  job_fn fn;
-};
-
-static void run_job(void *arg) {
-  struct job *j = arg;
-  j->fn(j->call, j->request);
-}
-
-static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
-  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
-  if (!j) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  *j = (struct job){call, request, fn};
-  if (ana_workers_submit(opts.workers, run_job, j) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
-
 static const char *account_of(struct ana_call *call) {
   return ana_call_principal(call)->account_id;
 }
@@ -63,7 +26,7 @@ static const char *account_of(struct ana_call *call) {
 static void answer(struct ana_call *call, int rc, Analytics__V1__Channel *c,
                    const struct ana_error *err) {
   if (rc < 0)
-    fail_with(call, err);
+    ana_service_fail(call, err);
   else
     ana_call_reply(call, &c->base);
 }
@@ -106,7 +69,7 @@ static void do_delete(struct ana_call *call, const ProtobufCMessage *request) {
   struct ana_error err;
   ana_error_clear(&err);
   if (ana_notify_channel_delete(opts.notify, account_of(call), req->channel_id, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   Analytics__V1__DeleteChannelResponse resp = ANALYTICS__V1__DELETE_CHANNEL_RESPONSE__INIT;
@@ -117,25 +80,19 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__ListChannelsRequest *req = (const void *)request;
   struct ana_error err;
   ana_error_clear(&err);
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t size = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!size)
     return;
-  }
-  int size = req->page_size ? req->page_size : DEFAULT_PAGE;
   Analytics__V1__Channel **items = NULL;
   size_t n = 0;
-  if (ana_notify_channel_list(opts.notify, account_of(call), req->page_token, size + 1,
+  if (ana_notify_channel_list(opts.notify, account_of(call), req->page_token, (int)size + 1,
                               ana_call_arena(call), &items, &n, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   Analytics__V1__ListChannelsResponse resp = ANALYTICS__V1__LIST_CHANNELS_RESPONSE__INIT;
-  if (n > (size_t)size) {
-    n = (size_t)size;
+  if (ana_service_page_more(&n, size))
     resp.next_page_token = items[size - 1]->channel_id;
-  }
   resp.channels = items;
   resp.n_channels = n;
   ana_call_reply(call, &resp.base);
@@ -148,7 +105,7 @@ static void do_test(struct ana_call *call, const ProtobufCMessage *request) {
   ana_error_clear(&err);
   if (ana_notify_channel_test(opts.notify, account_of(call), req->channel_id, TEST_QUEUE_WAIT_MS,
                               &res, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   Analytics__V1__TestChannelResponse resp = ANALYTICS__V1__TEST_CHANNEL_RESPONSE__INIT;
@@ -160,17 +117,12 @@ static void do_test(struct ana_call *call, const ProtobufCMessage *request) {
   ana_call_reply(call, &resp.base);
 }
 
-#define ASYNC(name, fn)                                                                            \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
-    submit(call, request, fn);                                                                     \
-  }
-
-ASYNC(create_channel, do_create)
-ASYNC(get_channel, do_get)
-ASYNC(update_channel, do_update)
-ASYNC(delete_channel, do_delete)
-ASYNC(list_channels, do_list)
-ASYNC(test_channel, do_test)
+ANA_SERVICE_ASYNC(create_channel, do_create, opts.workers)
+ANA_SERVICE_ASYNC(get_channel, do_get, opts.workers)
+ANA_SERVICE_ASYNC(update_channel, do_update, opts.workers)
+ANA_SERVICE_ASYNC(delete_channel, do_delete, opts.workers)
+ANA_SERVICE_ASYNC(list_channels, do_list, opts.workers)
+ANA_SERVICE_ASYNC(test_channel, do_test, opts.workers)
 
 static const struct ana_handler create_h = {.on_request = create_channel};
 static const struct ana_handler get_h = {.on_request = get_channel};

@@ -3,6 +3,7 @@
  * then queued for a group commit; the answer goes out from the committer's
  * thread once the commit holding the events is durable. */
 #include "ana_services.h"
+#include "service_jobs.h"
 #include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
@@ -797,18 +798,15 @@ static void list_event_names(struct ana_call *call, const ProtobufCMessage *requ
     ana_call_fail(call, ANA_STATUS_UNIMPLEMENTED, "the event names catalog is not enabled");
     return;
   }
-  if (req->page_size < 0 || req->page_size > NAMES_MAX_PAGE) {
-    ana_call_add_violation(call, "pageSize", "must be between 0 and 1000");
-    ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  NAMES_MAX_PAGE);
+  size_t size = ana_service_page_size(call, req->page_size, NAMES_DEFAULT_PAGE, NAMES_MAX_PAGE);
+  if (!size)
     return;
-  }
   struct names_page *p = ana_arena_calloc(a, 1, sizeof *p);
   if (!p)
     goto nomem;
   p->call = call;
   p->req = req;
-  p->size = req->page_size ? (size_t)req->page_size : NAMES_DEFAULT_PAGE;
+  p->size = size;
   p->items = ana_arena_calloc(a, p->size, sizeof *p->items);
   if (!p->items)
     goto nomem;

@@ -1,11 +1,13 @@
 /* KeyService: an account's API keys (create, list, get, revoke) through the
- * key registry. Every call touches the database, so it runs on the worker
- * pool, never on a transport thread. The key itself leaves the server once,
- * in CreateKeyResponse; every other answer carries metadata only. */
+ * key registry, and its field-encryption data keys (list, rotate). Every call touches the database,
+ * so it runs on the worker pool, never on a transport thread. The key itself leaves the server
+ * once, in CreateKeyResponse; every other answer carries metadata only. */
 #include "ana_services.h"
+#include "service_jobs.h"
 
 #include "analytics/v1/keys.pb-c.h"
 #include "ana_api_keys.h"
+#include "ana_crypto.h"
 #include "ana_rate_limit.h"
 #include "ana_call.h"
 #include "ana_log.h"
@@ -22,20 +24,6 @@ static struct ana_key_service_options opts;
 
 static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
   return ms ? ana_timestamp_new(a, ms) : NULL; /* 0: never */
-}
-
-/* Fails the call with err, recording the field (the text before ':') as a
- * violation so REST and gRPC clients get it as BadRequest details. */
-static void fail_with(struct ana_call *call, const struct ana_error *err) {
-  if (err->code == ANA_STATUS_INVALID_ARGUMENT) {
-    const char *colon = strstr(err->message, ": ");
-    if (colon) {
-      char field[256];
-      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
-      ana_call_add_violation(call, field, colon + 2);
-    }
-  }
-  ana_call_finish(call, NULL, err);
 }
 
 /* The message for a record, in the arena (strings copied). NULL: no
@@ -77,30 +65,6 @@ static int keep_one(void *ctx, const struct ana_api_key_record *r) {
 /* ------------------------------------------------------------------ */
 /* handlers (run on the worker pool) */
 
-typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
-
-struct job {
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  job_fn fn;
-};
-
-static void run_job(void *arg) {
-  struct job *j = arg;
-  j->fn(j->call, j->request);
-}
-
-static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
-  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
-  if (!j) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  *j = (struct job){call, request, fn};
-  if (ana_workers_submit(opts.workers, run_job, j) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
-
 static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__CreateKeyRequest *req = (const void *)request;
   const struct ana_principal *who = ana_call_principal(call);
@@ -113,13 +77,13 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   if (req->account_id && req->account_id[0] && strcmp(req->account_id, who->account_id) != 0) {
     ana_error_set(&err, ANA_STATUS_PERMISSION_DENIED,
                   "accountId: keys can be created for your own account only");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (!req->role || !req->role[0]) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "role: is required (one of %s)",
                   ana_api_key_roles_text);
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   struct ana_rate_limit limit;
@@ -127,12 +91,12 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   if (req->rate_limit && req->rate_limit[0] &&
       !ana_rate_limit_parse(req->rate_limit, strlen(req->rate_limit), &limit, why, sizeof why)) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "rateLimit: %s", why);
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (ana_api_keys_issue(opts.keys, who->account_id, req->role, req->name, req->rate_limit,
                          who->subject ? who->subject : "", key, &rec, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   Analytics__V1__CreateKeyResponse resp = ANALYTICS__V1__CREATE_KEY_RESPONSE__INIT;
@@ -154,7 +118,7 @@ static void do_get(struct ana_call *call, const ProtobufCMessage *request) {
   struct one o = {ana_call_arena(call), NULL, false};
   if (ana_api_keys_get(opts.keys, ana_call_principal(call)->account_id, req->key_id, keep_one, &o,
                        &err) < 0)
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
   else if (o.nomem || !o.key)
     ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   else
@@ -183,13 +147,9 @@ static int collect(void *ctx, const struct ana_api_key_record *r) {
 static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__ListKeysRequest *req = (const void *)request;
   struct ana_error err;
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t size = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!size)
     return;
-  }
-  size_t size = req->page_size ? (size_t)req->page_size : DEFAULT_PAGE;
   struct ana_arena *a = ana_call_arena(call);
   struct page p = {a, ana_arena_calloc(a, size + 1, sizeof *p.items), 0, size + 1, false};
   if (!p.items) {
@@ -198,7 +158,7 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   }
   if (ana_api_keys_list(opts.keys, ana_call_principal(call)->account_id, req->page_token,
                         (int)size + 1, collect, &p, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (p.nomem) {
@@ -206,10 +166,8 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   Analytics__V1__ListKeysResponse resp = ANALYTICS__V1__LIST_KEYS_RESPONSE__INIT;
-  if (p.n > size) {
-    p.n = size;
+  if (ana_service_page_more(&p.n, size))
     resp.next_page_token = p.items[size - 1]->key_id;
-  }
   resp.n_keys = p.n;
   resp.keys = p.items;
   ana_call_reply(call, &resp.base);
@@ -222,7 +180,7 @@ static void do_revoke(struct ana_call *call, const ProtobufCMessage *request) {
   struct one o = {ana_call_arena(call), NULL, false};
   if (ana_api_keys_revoke(opts.keys, account, req->key_id, &err) < 0 ||
       ana_api_keys_get(opts.keys, account, req->key_id, keep_one, &o, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (o.nomem || !o.key) {
@@ -233,20 +191,114 @@ static void do_revoke(struct ana_call *call, const ProtobufCMessage *request) {
   ana_call_reply(call, &o.key->base);
 }
 
-#define ASYNC(name, fn)                                                                            \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
-    submit(call, request, fn);                                                                     \
-  }
+/* ------------------------------------------------------------------ */
+/* data keys */
 
-ASYNC(create_key, do_create)
-ASYNC(get_key, do_get)
-ASYNC(list_keys, do_list)
-ASYNC(revoke_key, do_revoke)
+struct data_keys {
+  struct ana_arena *arena;
+  Analytics__V1__DataKey **items;
+  size_t n, cap;
+  bool nomem;
+};
+
+static int collect_data_key(void *ctx, const struct ana_data_key_record *r) {
+  struct data_keys *d = ctx;
+  if (d->n == d->cap) {
+    size_t cap = d->cap ? d->cap * 2 : 8;
+    Analytics__V1__DataKey **items = ana_arena_calloc(d->arena, cap, sizeof *items);
+    if (!items) {
+      d->nomem = true;
+      return 1;
+    }
+    if (d->n)
+      memcpy(items, d->items, d->n * sizeof *items);
+    d->items = items;
+    d->cap = cap;
+  }
+  Analytics__V1__DataKey *m = ana_arena_alloc(d->arena, sizeof *m);
+  if (!m) {
+    d->nomem = true;
+    return 1;
+  }
+  analytics__v1__data_key__init(m);
+  m->account_id = ana_arena_strdup(d->arena, r->account_id);
+  m->key_id = r->key_id;
+  m->created_at = timestamp_of(d->arena, r->created_at_ms);
+  if (!m->account_id || (r->created_at_ms && !m->created_at)) {
+    d->nomem = true;
+    return 1;
+  }
+  d->items[d->n++] = m;
+  return 0;
+}
+
+/* The account's data keys into d, the highest marked current. */
+static int load_data_keys(const char *account, struct data_keys *d, struct ana_error *err) {
+  if (!opts.crypto)
+    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "field encryption is not running");
+  int rc = ana_crypto_list_keys(opts.crypto, account, collect_data_key, d, err);
+  if (rc == 0 && d->nomem)
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && d->n)
+    d->items[d->n - 1]->current = true;
+  return rc;
+}
+
+static void do_list_data_keys(struct ana_call *call, const ProtobufCMessage *request) {
+  (void)request;
+  struct ana_error err;
+  struct data_keys d = {.arena = ana_call_arena(call)};
+  if (load_data_keys(ana_call_principal(call)->account_id, &d, &err) < 0) {
+    ana_service_fail(call, &err);
+    return;
+  }
+  Analytics__V1__ListDataKeysResponse resp = ANALYTICS__V1__LIST_DATA_KEYS_RESPONSE__INIT;
+  resp.n_keys = d.n;
+  resp.keys = d.items;
+  ana_call_reply(call, &resp.base);
+}
+
+static void do_rotate_data_key(struct ana_call *call, const ProtobufCMessage *request) {
+  (void)request;
+  const char *account = ana_call_principal(call)->account_id;
+  struct ana_error err;
+  uint32_t id = 0;
+  struct data_keys d = {.arena = ana_call_arena(call)};
+  if (!opts.crypto) {
+    ana_error_set(&err, ANA_STATUS_UNAVAILABLE, "field encryption is not running");
+    ana_service_fail(call, &err);
+    return;
+  }
+  if (ana_crypto_rotate(opts.crypto, account, &id, &err) < 0 ||
+      load_data_keys(account, &d, &err) < 0) {
+    ana_service_fail(call, &err);
+    return;
+  }
+  Analytics__V1__DataKey *key = NULL;
+  for (size_t i = 0; i < d.n && !key; i++)
+    if (d.items[i]->key_id == id)
+      key = d.items[i];
+  if (!key) {
+    ana_call_fail(call, ANA_STATUS_INTERNAL, "the new data key is not in the store");
+    return;
+  }
+  ANA_INFO("keys", "data key %u of account %s is now current", id, account);
+  ana_call_reply(call, &key->base);
+}
+
+ANA_SERVICE_ASYNC(create_key, do_create, opts.workers)
+ANA_SERVICE_ASYNC(get_key, do_get, opts.workers)
+ANA_SERVICE_ASYNC(list_keys, do_list, opts.workers)
+ANA_SERVICE_ASYNC(revoke_key, do_revoke, opts.workers)
+ANA_SERVICE_ASYNC(list_data_keys, do_list_data_keys, opts.workers)
+ANA_SERVICE_ASYNC(rotate_data_key, do_rotate_data_key, opts.workers)
 
 static const struct ana_handler create_h = {.on_request = create_key};
 static const struct ana_handler get_h = {.on_request = get_key};
 static const struct ana_handler list_h = {.on_request = list_keys};
 static const struct ana_handler revoke_h = {.on_request = revoke_key};
+static const struct ana_handler list_data_h = {.on_request = list_data_keys};
+static const struct ana_handler rotate_data_h = {.on_request = rotate_data_key};
 
 int ana_key_service_bind(const struct ana_key_service_options *o) {
   opts = *o;
@@ -254,5 +306,7 @@ int ana_key_service_bind(const struct ana_key_service_options *o) {
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_GET_KEY, &get_h);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_LIST_KEYS, &list_h);
   ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_REVOKE_KEY, &revoke_h);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_LIST_DATA_KEYS, &list_data_h);
+  ana_rpc_bind(ANA_METHOD_ANALYTICS_V1_KEY_SERVICE_ROTATE_DATA_KEY, &rotate_data_h);
   return 0;
 }

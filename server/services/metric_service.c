@@ -4,6 +4,7 @@
  * same definitions. Every call touches the database, so it runs on the
  * worker pool, never on a transport thread. */
 #include "ana_services.h"
+#include "service_jobs.h"
 #include "ana_proto_walk.h"
 
 #include "ana_call.h"
@@ -38,18 +39,9 @@ static struct ana_realtime *stream_hub;
 /* Serialises storing a metric's resolved names against a PUT. */
 static pthread_mutex_t resolve_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* Fails the call with err, recording the field (the text before ':') as a
- * violation so REST and gRPC clients get it as BadRequest details. */
+/* Fails the call with err (ana_service_fail). */
 static void fail_with(struct ana_call *call, const struct ana_error *err) {
-  if (err->code == ANA_STATUS_INVALID_ARGUMENT) {
-    const char *colon = strstr(err->message, ": ");
-    if (colon) {
-      char field[256];
-      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
-      ana_call_add_violation(call, field, colon + 2);
-    }
-  }
-  ana_call_finish(call, NULL, err);
+  ana_service_fail(call, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -405,10 +397,10 @@ static Google__Protobuf__Value *blind_value(const char *account, const char *nam
 /* Filters on encrypted fields (ENCRYPTED_FIELDS) compare blind indexes:
  * their values are replaced (so the stored definition holds no clear
  * value); only eq, neq, in and exists apply to them. */
-static int blind_filters(const char *account, Analytics__V1__Metric *m, struct ana_arena *a,
-                         struct ana_error *err) {
-  for (size_t i = 0; opts.encrypted && i < m->n_filters; i++) {
-    Analytics__V1__MetricFilter *f = m->filters[i];
+int ana_metric_service_blind_filters(const char *account, Analytics__V1__MetricFilter **filters,
+                                     size_t n, struct ana_arena *a, struct ana_error *err) {
+  for (size_t i = 0; opts.encrypted && i < n; i++) {
+    Analytics__V1__MetricFilter *f = filters[i];
     const char *name = ana_crypto_fields_property(opts.encrypted, f->field);
     if (!name || strcmp(f->op, "exists") == 0)
       continue;
@@ -432,6 +424,11 @@ static int blind_filters(const char *account, Analytics__V1__Metric *m, struct a
     }
   }
   return 0;
+}
+
+static int blind_filters(const char *account, Analytics__V1__Metric *m, struct ana_arena *a,
+                         struct ana_error *err) {
+  return ana_metric_service_blind_filters(account, m->filters, m->n_filters, a, err);
 }
 
 static int check_metric(struct ana_call *call, Analytics__V1__Metric *m, struct ana_error *err) {
@@ -664,30 +661,6 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
 /* ------------------------------------------------------------------ */
 /* handlers (run on the worker pool) */
 
-typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
-
-struct job {
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  job_fn fn;
-};
-
-static void run_job(void *arg) {
-  struct job *j = arg;
-  j->fn(j->call, j->request);
-}
-
-static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
-  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
-  if (!j) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  *j = (struct job){call, request, fn};
-  if (ana_workers_submit(opts.workers, run_job, j) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
-
 static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__CreateMetricRequest *req = (const void *)request;
   struct ana_error err;
@@ -755,13 +728,9 @@ static int collect(void *ctx, const struct ana_catalog_object *o) {
 static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__ListMetricsRequest *req = (const void *)request;
   struct ana_error err;
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t size = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!size)
     return;
-  }
-  size_t size = req->page_size ? (size_t)req->page_size : DEFAULT_PAGE;
   struct ana_arena *a = ana_call_arena(call);
   struct page p = {a, ana_arena_calloc(a, size + 1, sizeof *p.items), 0, size + 1, NULL};
   if (!p.items) {
@@ -774,10 +743,8 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
     return;
   }
   Analytics__V1__ListMetricsResponse resp = ANALYTICS__V1__LIST_METRICS_RESPONSE__INIT;
-  if (p.n > size) {
-    p.n = size;
+  if (ana_service_page_more(&p.n, size))
     resp.next_page_token = p.items[size - 1]->metric_id;
-  }
   resp.n_metrics = p.n;
   resp.metrics = p.items;
   ana_call_reply(call, &resp.base);
@@ -869,6 +836,7 @@ static void do_data(struct ana_call *call, const ProtobufCMessage *request) {
   }
   q.time_zone = req->time_zone;
   q.top_n = req->top_n;
+  q.omit_empty_buckets = req->omit_empty_buckets;
   const char *keys[16], *values[16];
   for (size_t i = 0; i < req->n_dimension_filter && i < 16; i++) {
     keys[i] = req->dimension_filter[i]->key;
@@ -980,18 +948,13 @@ static void stream_drain(struct ana_call *call) {
   ana_realtime_unsubscribe(stream_hub, call, &st);
 }
 
-#define ASYNC(name, fn)                                                                            \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
-    submit(call, request, fn);                                                                     \
-  }
-
-ASYNC(create_metric, do_create)
-ASYNC(get_metric, do_get)
-ASYNC(list_metrics, do_list)
-ASYNC(update_metric, do_update)
-ASYNC(delete_metric, do_delete)
-ASYNC(get_metric_data, do_data)
-ASYNC(stream_metric, do_stream)
+ANA_SERVICE_ASYNC(create_metric, do_create, opts.workers)
+ANA_SERVICE_ASYNC(get_metric, do_get, opts.workers)
+ANA_SERVICE_ASYNC(list_metrics, do_list, opts.workers)
+ANA_SERVICE_ASYNC(update_metric, do_update, opts.workers)
+ANA_SERVICE_ASYNC(delete_metric, do_delete, opts.workers)
+ANA_SERVICE_ASYNC(get_metric_data, do_data, opts.workers)
+ANA_SERVICE_ASYNC(stream_metric, do_stream, opts.workers)
 
 static const struct ana_handler create_h = {.on_request = create_metric};
 static const struct ana_handler get_h = {.on_request = get_metric};
@@ -1047,4 +1010,230 @@ int ana_metric_service_resolve(const char *account, const char *id_or_name, stru
   }
   *metric = l.metric;
   return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* ad-hoc counts from the rollups of stored metrics (reports) */
+
+/* A stored metric without filters whose formula is count(<event name>). */
+struct counter_metric {
+  Analytics__V1__Metric *m;
+  struct ana_formula *f;
+  const char *event_name;
+};
+
+#define ADHOC_LIST_PAGE 200
+
+struct counters {
+  struct ana_arena *arena;
+  const char *account;
+  struct counter_metric *items;
+  size_t n, cap, listed;
+  const char *last_id;
+  /* The page's metrics without filters, parsed once the listing has
+   * returned: resolving a formula reads the catalog, which must not be
+   * entered again from inside its own listing (its lock is held there). */
+  Analytics__V1__Metric *page[ADHOC_LIST_PAGE];
+  size_t n_page;
+};
+
+/* Whether f is count(name) alone (its value the count itself). */
+static bool counts_one_name(const struct ana_formula *f, const char **name) {
+  if (ana_formula_term_count(f) != 1)
+    return false;
+  const struct ana_agg_term *t = ana_formula_term(f, 0);
+  if (t->fn != ANA_AGG_COUNT || !t->event_name || t->field)
+    return false;
+  static const double xs[] = {0, 1, 7, 1e6};
+  for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) {
+    double v;
+    if (!ana_formula_eval(f, &xs[i], &v) || v != xs[i])
+      return false;
+  }
+  *name = t->event_name;
+  return true;
+}
+
+static int keep_candidate(void *ctx, const struct ana_catalog_object *o) {
+  struct counters *c = ctx;
+  c->listed++;
+  c->last_id = ana_arena_strdup(c->arena, o->id);
+  Analytics__V1__Metric *m =
+      (void *)ana_proto_unpack(&analytics__v1__metric__descriptor, &c->arena->pb, o->body,
+                               o->body_len, ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+  if (m && !m->n_filters && c->last_id && c->n_page < ADHOC_LIST_PAGE)
+    c->page[c->n_page++] = m;
+  return 0;
+}
+
+/* Keeps the page's metrics that are count(<name>) alone. */
+static void keep_counters(struct counters *c) {
+  for (size_t i = 0; i < c->n_page && c->n < c->cap; i++) {
+    Analytics__V1__Metric *m = c->page[i];
+    struct lookup_ctx *lctx = ana_arena_calloc(c->arena, 1, sizeof *lctx);
+    struct vars *own = ana_arena_calloc(c->arena, 1, sizeof *own);
+    struct ana_error err;
+    struct ana_formula *f = lctx && own ? parse_formula_as(c->arena, c->account, m, lctx, own,
+                                                           RESOLVE_APPLY, NULL, &err)
+                                        : NULL;
+    const char *name;
+    if (!f || !counts_one_name(f, &name)) {
+      ana_formula_free(f);
+      continue;
+    }
+    c->items[c->n++] = (struct counter_metric){m, f, name};
+  }
+  c->n_page = 0;
+}
+
+/* A property path without its "properties." prefix. */
+static const char *property_name(const char *path) {
+  return strncmp(path, "properties.", 11) == 0 ? path + 11 : path;
+}
+
+static bool has_dimension(const Analytics__V1__Metric *m, const char *name) {
+  for (size_t d = 0; d < m->n_dimensions; d++)
+    if (strcmp(property_name(m->dimensions[d]), name) == 0)
+      return true;
+  return false;
+}
+
+/* The two answers of a counter metric for a filter: the range, and the
+ * previous period of the same length. */
+struct counter_answer {
+  size_t metric;
+  const char *filter; /* the filter's values, as a key */
+  Analytics__V1__MetricData current, previous;
+};
+
+#define ADHOC_MAX_COUNTERS 256
+#define ADHOC_MAX_ANSWERS 64
+
+int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                    const struct ana_metric_query *q, struct ana_arena *arena,
+                                    Analytics__V1__MetricData *outs, struct ana_error *err) {
+  if (!opts.rollups)
+    return 0;
+  struct counters c = {.arena = arena, .account = account, .cap = ADHOC_MAX_COUNTERS};
+  struct counter_answer *answers = ana_arena_calloc(arena, ADHOC_MAX_ANSWERS, sizeof *answers);
+  size_t n_answers = 0;
+  int rc = 0;
+  if (!(c.items = ana_arena_calloc(arena, c.cap, sizeof *c.items)) || !answers)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* The account's counter metrics, a page at a time. */
+  for (;;) {
+    size_t before = c.listed;
+    if (opts.catalog_ops->list(opts.catalog, KIND, account, c.last_id, ADHOC_LIST_PAGE,
+                               keep_candidate, &c, err) < 0) {
+      rc = ANA_ERR_INVALID;
+      goto out;
+    }
+    keep_counters(&c);
+    if (c.listed - before < ADHOC_LIST_PAGE || c.n == c.cap)
+      break;
+  }
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    /* The filters: "eq" on a plain property with a text value, each then a
+     * dimension filter of the counter metrics. */
+    const char *keys[16], *values[16];
+    char sig[1024];
+    size_t o = 0;
+    if (a[i].n_filters > 16)
+      goto out;
+    for (size_t k = 0; k < a[i].n_filters; k++) {
+      const Analytics__V1__MetricFilter *fl = a[i].filters[k];
+      const char *field = property_name(fl->field);
+      if (strcmp(fl->op, "eq") != 0 || !fl->value ||
+          fl->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE ||
+          strcmp(field, "eventType") == 0 || strcmp(field, "eventName") == 0 ||
+          strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0 ||
+          strncmp(field, "context.", 8) == 0 || ana_crypto_fields_property(opts.encrypted, field))
+        goto out;
+      keys[k] = field;
+      values[k] = fl->value->string_value;
+      int w = snprintf(sig + o, sizeof sig - o, "%s=%s\x1f", field, values[k]);
+      if (w < 0 || (size_t)w >= sizeof sig - o)
+        goto out;
+      o += (size_t)w;
+    }
+    for (size_t d = 0; d < a[i].n_dimensions; d++)
+      if (ana_crypto_fields_property(opts.encrypted, property_name(a[i].dimensions[d])))
+        goto out;
+    struct ana_formula *f = ana_formula_parse(a[i].formula, NULL, err, NULL);
+    if (!f) {
+      rc = ANA_ERR_INVALID;
+      goto out;
+    }
+    struct ana_metric_adhoc_source src[ANA_FORMULA_MAX_TERMS];
+    size_t n_src = 0, n_terms = ana_formula_term_count(f);
+    for (size_t t = 0; t < n_terms && rc == 0; t++) {
+      const struct ana_agg_term *term = ana_formula_term(f, t);
+      if (term->fn != ANA_AGG_COUNT || !term->event_name || term->field)
+        break;
+      /* A counter of that name with every dimension the query needs. */
+      size_t m = c.n;
+      for (size_t j = 0; j < c.n && m == c.n; j++) {
+        bool ok = strcmp(c.items[j].event_name, term->event_name) == 0;
+        for (size_t k = 0; ok && k < a[i].n_filters; k++)
+          ok = has_dimension(c.items[j].m, keys[k]);
+        for (size_t d = 0; ok && d < a[i].n_dimensions; d++)
+          ok = has_dimension(c.items[j].m, property_name(a[i].dimensions[d]));
+        if (ok)
+          m = j;
+      }
+      if (m == c.n)
+        break;
+      struct counter_answer *ans = NULL;
+      for (size_t k = 0; k < n_answers && !ans; k++)
+        if (answers[k].metric == m && strcmp(answers[k].filter, sig) == 0)
+          ans = &answers[k];
+      if (!ans && n_answers == ADHOC_MAX_ANSWERS)
+        break;
+      if (!ans) {
+        ans = &answers[n_answers];
+        analytics__v1__metric_data__init(&ans->current);
+        analytics__v1__metric_data__init(&ans->previous);
+        struct ana_metric_query mq = *q;
+        mq.metric = c.items[m].m;
+        mq.formula = c.items[m].f;
+        mq.top_n = 1000;
+        mq.dimension_keys = keys;
+        mq.dimension_values = values;
+        mq.n_dimension_filters = a[i].n_filters;
+        mq.omit_empty_buckets = false;
+        rc = ana_rollup_query(opts.rollups, &mq, arena, &ans->current, err);
+        if (rc > 0) {
+          mq.from_ms = ana_metric_query_previous_from(q);
+          mq.to_ms = q->from_ms;
+          mq.previous_from_ms = 0;
+          rc = ana_rollup_query(opts.rollups, &mq, arena, &ans->previous, err);
+        }
+        if (rc < 0)
+          ANA_WARN("metrics", "report counts from metric %s: %s", mq.metric->metric_id,
+                   err->message);
+        if (rc <= 0) {
+          rc = 0; /* not complete, or failed: the events answer */
+          break;
+        }
+        rc = 0;
+        ans->metric = m;
+        ans->filter = ana_arena_strdup(arena, sig);
+        n_answers++;
+      }
+      src[n_src++] = (struct ana_metric_adhoc_source){t, &ans->current, &ans->previous};
+    }
+    ana_formula_free(f);
+    if (rc < 0 || n_src < n_terms)
+      goto out;
+    analytics__v1__metric_data__init(&outs[i]);
+    rc = ana_metric_query_adhoc_from(&a[i], q, src, n_src, arena, &outs[i], err);
+    if (rc <= 0)
+      goto out;
+    rc = 0;
+  }
+  rc = 1;
+out:
+  for (size_t j = 0; j < c.n; j++)
+    ana_formula_free(c.items[j].f);
+  return rc;
 }

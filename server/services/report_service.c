@@ -3,6 +3,7 @@
  * served by ana_file_stream_start. Calls touch the database, so they run on
  * the worker pool. */
 #include "ana_services.h"
+#include "service_jobs.h"
 
 #include "ana_call.h"
 #include "ana_file_stream.h"
@@ -37,19 +38,6 @@ static const char scheduled_note[] =
 
 static Google__Protobuf__Timestamp *timestamp_of(struct ana_arena *a, int64_t ms) {
   return ms ? ana_timestamp_new(a, ms) : NULL;
-}
-
-/* Fails the call with err, the field before ": " as a violation. */
-static void fail_with(struct ana_call *call, const struct ana_error *err) {
-  if (err->code == ANA_STATUS_INVALID_ARGUMENT) {
-    const char *colon = strstr(err->message, ": ");
-    if (colon) {
-      char field[256];
-      snprintf(field, sizeof field, "%.*s", (int)(colon - err->message), err->message);
-      ana_call_add_violation(call, field, colon + 2);
-    }
-  }
-  ana_call_finish(call, NULL, err);
 }
 
 struct loaded {
@@ -248,11 +236,11 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
   Analytics__V1__Report *r = req->report;
   if (!r) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "report: is required");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (check_report(r, a, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   char *id = ana_arena_alloc(a, ANA_UUID_STR_LEN + 1);
@@ -277,7 +265,7 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
   int64_t now = ana_clock_wall_ms();
   struct ana_catalog_object o = {KIND, account, id, NULL, body, len, now, now};
   if (opts.catalog_ops->put(opts.catalog, &o, true, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   bool scheduled = r->schedule && r->schedule[0];
@@ -286,13 +274,13 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
     if (ana_report_runner_submit(runner, account, id, run_id, &err) < 0) {
       struct ana_error rerr;
       opts.catalog_ops->remove(opts.catalog, KIND, account, id, &rerr);
-      fail_with(call, &err);
+      ana_service_fail(call, &err);
       return;
     }
   }
   r->created_at = timestamp_of(a, now);
   if (decorate(a, account, r, true, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   ana_call_reply(call, &r->base);
@@ -305,7 +293,7 @@ static void do_get(struct ana_call *call, const ProtobufCMessage *request) {
   Analytics__V1__Report *r;
   if (load_report(ana_call_arena(call), account, req->report_id, &r, &err) < 0 ||
       decorate(ana_call_arena(call), account, r, true, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   ana_call_reply(call, &r->base);
@@ -345,12 +333,9 @@ static int collect(void *ctx, const struct ana_catalog_object *o) {
 static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__ListReportsRequest *req = (const void *)request;
   struct ana_error err;
-  if (req->page_size < 0 || req->page_size > MAX_PAGE) {
-    ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "pageSize: must be between 0 and %d",
-                  MAX_PAGE);
-    fail_with(call, &err);
+  size_t size = ana_service_page_size(call, req->page_size, DEFAULT_PAGE, MAX_PAGE);
+  if (!size)
     return;
-  }
   static const char *const states[] = {"pending",   "running", "completed", "failed",
                                        "scheduled", "expired", NULL};
   bool known = !req->status || !req->status[0];
@@ -359,16 +344,15 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   if (!known) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT,
                   "status: must be pending, running, completed, failed, scheduled or expired");
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   if (req->template_ && req->template_[0] && !ana_report_template_title(req->template_)) {
     ana_error_set(&err, ANA_STATUS_INVALID_ARGUMENT, "template: unknown template \"%.64s\" (%s)",
                   req->template_, ana_report_templates_text);
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
-  size_t size = req->page_size ? (size_t)req->page_size : DEFAULT_PAGE;
   struct ana_arena *a = ana_call_arena(call);
   struct page p = {a,
                    ana_call_principal(call)->account_id,
@@ -392,7 +376,7 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
     p.read = 0;
     if (opts.catalog_ops->list(opts.catalog, KIND, p.account, after, batch, collect, &p, &err) <
         0) {
-      fail_with(call, &err);
+      ana_service_fail(call, &err);
       return;
     }
     if (p.read < batch) /* the end */
@@ -418,19 +402,19 @@ static void do_download(struct ana_call *call, const ProtobufCMessage *request) 
   const char *account = ana_call_principal(call)->account_id;
   Analytics__V1__Report *r;
   if (load_report(a, account, req->report_id, &r, &err) < 0) {
-    fail_with(call, &err);
+    ana_service_fail(call, &err);
     return;
   }
   struct ana_report_run run, *runs;
   if (req->run_id && req->run_id[0]) {
     if (ana_report_runner_get(runner, account, req->report_id, req->run_id, a, &run, &err) < 0) {
-      fail_with(call, &err);
+      ana_service_fail(call, &err);
       return;
     }
   } else {
     int n = ana_report_runner_runs(runner, account, req->report_id, MAX_RUNS, a, &runs, &err);
     if (n < 0) {
-      fail_with(call, &err);
+      ana_service_fail(call, &err);
       return;
     }
     int pick = -1;
@@ -492,7 +476,9 @@ static int generate(void *ctx, const char *account, const char *report_id, const
     rc = ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "format: unknown format \"%.32s\"",
                        r->format);
   struct ana_report_document doc;
-  struct ana_report_template_env env = {opts.store_ops, opts.store, ana_metric_service_resolve};
+  struct ana_report_template_env env = {opts.store_ops, opts.store, ana_metric_service_resolve,
+                                        ana_metric_service_blind_filters,
+                                        opts.rollups ? ana_metric_service_adhoc_counts : NULL};
   if (rc == 0)
     rc = ana_report_template_build(&env, r->template_, account, r->name, r->parameters, a, &doc,
                                    err);
@@ -511,39 +497,10 @@ static int generate(void *ctx, const char *account, const char *report_id, const
 
 /* ------------------------------------------------------------------ */
 
-typedef void (*job_fn)(struct ana_call *call, const ProtobufCMessage *request);
-
-struct job {
-  struct ana_call *call;
-  const ProtobufCMessage *request;
-  job_fn fn;
-};
-
-static void run_job(void *arg) {
-  struct job *j = arg;
-  j->fn(j->call, j->request);
-}
-
-static void submit(struct ana_call *call, const ProtobufCMessage *request, job_fn fn) {
-  struct job *j = ana_arena_alloc(ana_call_arena(call), sizeof *j);
-  if (!j) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  *j = (struct job){call, request, fn};
-  if (ana_workers_submit(opts.workers, run_job, j) < 0)
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "the server is busy; retry later");
-}
-
-#define ASYNC(name, fn)                                                                            \
-  static void name(struct ana_call *call, const ProtobufCMessage *request) {                       \
-    submit(call, request, fn);                                                                     \
-  }
-
-ASYNC(generate_report, do_generate)
-ASYNC(get_report, do_get)
-ASYNC(list_reports, do_list)
-ASYNC(download_report, do_download)
+ANA_SERVICE_ASYNC(generate_report, do_generate, opts.workers)
+ANA_SERVICE_ASYNC(get_report, do_get, opts.workers)
+ANA_SERVICE_ASYNC(list_reports, do_list, opts.workers)
+ANA_SERVICE_ASYNC(download_report, do_download, opts.workers)
 
 static const struct ana_handler generate_h = {.on_request = generate_report};
 static const struct ana_handler get_h = {.on_request = get_report};

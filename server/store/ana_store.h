@@ -99,9 +99,20 @@ struct ana_spooled_event {
 /* Role versions: a backend's table carries the version it was written
  * against; the registry refuses to start with any other. Raise one when a
  * role's operations or their contract change. */
-#define ANA_EVENT_STORE_VERSION 2
+#define ANA_EVENT_STORE_VERSION 3
 #define ANA_SEARCH_INDEX_VERSION 1
 #define ANA_CATALOG_VERSION 1
+
+/* How far an event store that ships from the spool is behind (status). */
+struct ana_event_store_status {
+  bool degraded;         /* the last shipping attempt failed, or the store is not reachable */
+  bool full;             /* the spool bound is reached: commits are refused */
+  uint64_t lag_events;   /* committed events not yet confirmed by the store */
+  double lag_seconds;    /* age of the oldest of them (0 when none) */
+  int64_t pending_bytes; /* their size in the spool, as the bound counts it */
+  int64_t max_bytes;     /* the bound (SPOOL_MAX_BYTES) */
+  char reason[512];      /* why degraded or full; "" otherwise */
+};
 
 /* The event store role.
  *
@@ -161,6 +172,16 @@ struct ana_event_store_ops {
                 void *ctx, struct ana_error *err);
   /* Closes the store; NULL does nothing. */
   void (*close)(void *store);
+  /* Optional (NULL: always admits). Whether a commit may add events to the
+   * spool: 0, or ANA_ERR_FULL with err UNAVAILABLE saying why (the events
+   * not yet shipped fill the spool's bound). Called by the committer before
+   * each commit; must not block. */
+  int (*admit)(void *store, struct ana_error *err);
+  /* Optional. Hears each committed request's records (duplicates included,
+   * flagged), on the commit thread after the commit; must not block. */
+  void (*committed)(void *store, const struct ana_event_record *records, size_t n);
+  /* Optional (NULL: never behind). Fills st; thread-safe, does not block. */
+  void (*status)(void *store, struct ana_event_store_status *st);
 };
 
 /* The search index role: free text over the events' names and property

@@ -10,6 +10,14 @@ struct ana_store_settings {
   char *mongodb_uri;
   char *elasticsearch_node;
   char *clickhouse_host; /* host, host:port or http(s) URL */
+  char *clickhouse_database;
+  char *clickhouse_user;
+  char *clickhouse_password;
+  char *clickhouse_ca_file;
+  int clickhouse_timeout_ms;
+  int clickhouse_batch_rows;
+  int clickhouse_batch_interval_ms;
+  long spool_max_bytes; /* SPOOL_MAX_BYTES */
   char *redis_url;
   char *rabbitmq_url;
   char *data_dir;

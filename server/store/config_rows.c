@@ -56,7 +56,9 @@ static const struct ana_config_row rows[] = {
      .help = "MiB appended to the local database's WAL after which a checkpoint copies them "
              "into the database (in the background; event commits are held only while the "
              "last few pages are copied, so that the WAL starts over). Fewer checkpoints "
-             "disturb commits less often; the WAL file grows to about this size.",
+             "disturb commits less often. The WAL file stays under twice this size (event "
+             "commits wait while readers of old snapshots keep it from starting over) and is "
+             "cut to this size when it starts over.",
      ROW(wal_checkpoint_mb)},
     {.name = "STORE_MIN_FREE_MB",
      .type = ANA_CONFIG_INT,

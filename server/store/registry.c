@@ -7,12 +7,14 @@
 #include "ana_crypto.h"
 #include "ana_store.h"
 #include "ana_store_config.h"
+#include "clickhouse/clickhouse_backend.h"
 #include "sqlite/sqlite_backends.h"
 
 #include <string.h>
 
 static const struct ana_event_store_ops *const event_stores[] = {
     &ana_sqlite_event_store,
+    &ana_clickhouse_event_store,
 };
 
 static const struct ana_search_index_ops *const search_indexes[] = {
@@ -226,6 +228,7 @@ static bool has_catalog(const char *name) {
 int ana_store_select(const struct ana_store_settings *cfg, struct ana_store_selection *out,
                      struct ana_error *err) {
   memset(out, 0, sizeof *out);
+  ana_clickhouse_configure(cfg);
   const char *events = chosen(cfg->clickhouse_host, "clickhouse", has_event_store("clickhouse"));
   const char *search =
       chosen(cfg->elasticsearch_node, "elasticsearch", has_search_index("elasticsearch"));

@@ -41,7 +41,7 @@ unimplemented() { grep -q "UNIMPLEMENTED" "$TMP/err"; }
 
 # --- help: every command, both spellings, exit 0 on stdout ---
 expect 0 "--help" -- ctl --help && grep -q "commands:" "$TMP/out" || fail "--help text"
-for c in track search metrics reports alerts tail health call; do
+for c in track search metrics reports alerts tail health data-keys call; do
   expect 0 "$c --help" -- ctl "$c" --help && grep -q "usage: analyticsctl $c" "$TMP/out" ||
     fail "$c --help text"
   expect 0 "help $c" -- ctl help "$c"

@@ -11,7 +11,7 @@
 
 #include "ana_auth.h"
 #include "analytics/v1/realtime.pb-c.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 

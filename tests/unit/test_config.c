@@ -26,6 +26,14 @@ static const char *const all_names[] = {
     "MONGODB_URI",
     "ELASTICSEARCH_NODE",
     "CLICKHOUSE_HOST",
+    "CLICKHOUSE_DATABASE",
+    "CLICKHOUSE_USER",
+    "CLICKHOUSE_PASSWORD",
+    "CLICKHOUSE_CA_FILE",
+    "CLICKHOUSE_TIMEOUT",
+    "CLICKHOUSE_BATCH_ROWS",
+    "CLICKHOUSE_BATCH_INTERVAL",
+    "SPOOL_MAX_BYTES",
     "REDIS_URL",
     "RABBITMQ_URL",
     "DATA_DIR",
@@ -111,6 +119,7 @@ static const char *const all_names[] = {
     "REPORT_QUEUE_MAX",
     "REPORT_RETENTION_DAYS",
     "REPORT_MAX_ATTEMPTS",
+    "REPORT_ROLLUPS",
     "WAL_CHECKPOINT_MB",
     "STORE_MIN_FREE_MB",
     "SMTP_URL",
@@ -720,15 +729,15 @@ static void test_unsupported_reporting(void **state) {
                         "RABBITMQ_URL=amqp://mq"),
                    0);
   ana_config_each_unsupported(&cfg, record_unsupported, &r);
-  assert_int_equal(r.count, 5);
+  /* CLICKHOUSE_HOST is supported: the ClickHouse event store. */
+  assert_int_equal(r.count, 4);
   assert_string_equal(r.names[0], "MONGODB_URI");
   assert_string_equal(r.whats[0],
                       "the MongoDB backend is not yet supported; using the embedded store");
   assert_string_equal(r.names[1], "ELASTICSEARCH_NODE");
-  assert_string_equal(r.names[2], "CLICKHOUSE_HOST");
-  assert_string_equal(r.names[3], "REDIS_URL");
-  assert_non_null(strstr(r.whats[3], "not yet supported"));
-  assert_string_equal(r.names[4], "RABBITMQ_URL");
+  assert_string_equal(r.names[2], "REDIS_URL");
+  assert_non_null(strstr(r.whats[2], "not yet supported"));
+  assert_string_equal(r.names[3], "RABBITMQ_URL");
   ana_config_fini(&cfg);
 }
 
@@ -786,13 +795,15 @@ static void test_ingestion_values(void **state) {
                    0);
   assert_int_equal(cfg.ingest.event_max_future_ms, 7200000L);
   assert_string_equal(cfg.ingest.timestamp_policy, "reject");
-  assert_string_equal(cfg.ingest.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
+  assert_string_equal(cfg.process.trusted_proxies, "10.0.0.0/8, 192.168.1.1,::1,fd00::/8");
   ana_config_fini(&cfg);
   assert_int_equal(LOAD(&cfg, &err, "TIMESTAMP_POLICY=sometimes"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "TIMESTAMP_POLICY"));
   assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.0/33"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "TRUSTED_PROXIES"));
   assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=proxy.local"), ANA_ERR_INVALID);
+  assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.0/-1"), ANA_ERR_INVALID);
+  assert_int_equal(LOAD(&cfg, &err, "TRUSTED_PROXIES=10.0.0.1,,10.0.0.2"), ANA_ERR_INVALID);
   assert_int_equal(LOAD(&cfg, &err, "EVENT_MAX_BYTES=100"), ANA_ERR_INVALID);
   assert_non_null(strstr(err.message, "EVENT_MAX_BYTES"));
 }

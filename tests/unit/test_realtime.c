@@ -12,7 +12,7 @@
 #include "ana_auth.h"
 #include "ana_realtime.h"
 #include "analytics/v1/realtime.pb-c.h"
-#include "call_internal.h"
+#include "ana_call_transport.h"
 #include "ana_test_util.h"
 
 #include <pthread.h>

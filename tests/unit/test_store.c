@@ -29,6 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
+#define SCHEMA_VERSION 13
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -343,11 +344,11 @@ static void a_remote_event_store_drains_the_spool_in_order(void **state) {
 
 static void schema_is_migrated_once(void **state) {
   (void)state;
-  assert_int_equal(ana_local_db_schema_version(db), 12);
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(dir, &err);
   assert_non_null(again);
-  assert_int_equal(ana_local_db_schema_version(again), 12);
+  assert_int_equal(ana_local_db_schema_version(again), SCHEMA_VERSION);
   ana_local_db_close(again);
 }
 
@@ -652,6 +653,190 @@ static void free_text_search_says_when_the_index_lags(void **state) {
                    1);
 }
 
+/* Out-of-order events for the next test: ids o000..., over 40 days, a few
+ * sharing a timestamp (the cursor's tie-break is the id). */
+#define OOO_N 300
+static char ooo_ids[OOO_N][16];
+static int64_t ooo_ts[OOO_N];
+
+static int ooo_newest_first(const void *a, const void *b) {
+  int i = *(const int *)a, j = *(const int *)b;
+  if (ooo_ts[i] != ooo_ts[j])
+    return ooo_ts[i] < ooo_ts[j] ? 1 : -1;
+  return -strcmp(ooo_ids[i], ooo_ids[j]);
+}
+
+/* Pages (limit 37) through the account's events from..to, newest first, by
+ * cursor; checks them against the expected order of those with keep(i). */
+static void check_pages(int64_t from, int64_t to, const char *name, bool (*keep)(int i)) {
+  int order[OOO_N], n = 0;
+  for (int i = 0; i < OOO_N; i++)
+    if (ooo_ts[i] >= from && ooo_ts[i] < to && (!name || (i % 3 == 0) == !strcmp(name, "read")) &&
+        (!keep || keep(i)))
+      order[n++] = i;
+  qsort(order, (size_t)n, sizeof order[0], ooo_newest_first);
+  struct ana_event_query q = {
+      .account_id = "acct-1", .from_ms = from, .to_ms = to, .event_name = name, .limit = 37};
+  char cursor_id[32];
+  int seen = 0;
+  for (;;) {
+    struct hits h = search(q);
+    for (int k = 0; k < h.n; k++, seen++) {
+      assert_true(seen < n);
+      assert_string_equal(h.ids[k], ooo_ids[order[seen]]);
+      assert_int_equal(h.ts[k], ooo_ts[order[seen]]);
+    }
+    if (h.n < 37)
+      break;
+    snprintf(cursor_id, sizeof cursor_id, "%s", h.ids[h.n - 1]);
+    q.after_cursor = true;
+    q.cursor_ts = h.ts[h.n - 1];
+    q.cursor_event_id = cursor_id;
+  }
+  assert_int_equal(seen, n);
+}
+
+static int64_t ooo_cutoff;
+static bool ooo_kept(int i) {
+  return ooo_ts[i] / DAY >= ooo_cutoff / DAY;
+}
+
+/* Events committed in random time order over 40 days, as an import of
+ * history: every page newest first by cursor has the right events in the
+ * right order (across days, with equal timestamps, with a name filter and a
+ * time range); retention then deletes exactly the days before the cutoff's
+ * and the pages stay right. */
+static void retention_and_cursors_on_out_of_order_events(void **state) {
+  (void)state;
+  static struct ana_event_record r[OOO_N];
+  unsigned seed = 21;
+  for (int i = 0; i < OOO_N; i++) {
+    snprintf(ooo_ids[i], sizeof ooo_ids[i], "o%03d", (i * 7919) % OOO_N);
+    ooo_ts[i] = i % 10 == 9 ? ooo_ts[i - 1]
+                            : NOW - (int64_t)(rand_r(&seed) % 40) * DAY -
+                                  (int64_t)(rand_r(&seed) % (unsigned)DAY);
+    r[i] = record("acct-1", ooo_ids[i], i % 3 == 0 ? "read" : "sent", ooo_ts[i], "{}", "ooo");
+  }
+  struct ana_commit_request req[OOO_N / 50];
+  for (int b = 0; b < OOO_N / 50; b++)
+    assert_int_equal(submit(&r[b * 50], 50, &req[b]), 0);
+  wait_done(OOO_N / 50);
+  check_pages(INT64_MIN, INT64_MAX, NULL, NULL);
+  check_pages(NOW - 10 * DAY, NOW - 3 * DAY, NULL, NULL);
+  check_pages(INT64_MIN, INT64_MAX, "read", NULL);
+  /* Wait until the free-text index has them all (retention takes only
+   * indexed events), then one retention step by hand. */
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "ooo"}).n, 64);
+  ana_committer_destroy(committer);
+  committer = NULL;
+  ooo_cutoff = NOW - 20 * DAY - DAY / 2;
+  int expired = 0;
+  for (int i = 0; i < OOO_N; i++)
+    expired += !ooo_kept(i);
+  assert_true(expired > 50 && expired < OOO_N - 50);
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_store_expire(&roles, ooo_cutoff, 1000, &err), expired);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  check_pages(INT64_MIN, INT64_MAX, NULL, ooo_kept);
+  check_pages(INT64_MIN, INT64_MAX, "read", ooo_kept);
+  /* A new database gives the freed pages back to the file system. */
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "PRAGMA auto_vacuum"), 2);
+  assert_true(query_int(w, "PRAGMA freelist_count") > 0);
+  assert_true(ana_local_db_reclaim(db, 4096, &err) > 0);
+  assert_int_equal(query_int(w, "PRAGMA freelist_count"), 0);
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 1000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  committer = ana_committer_create(db, &roles, &o, &err);
+}
+
+/* SQL that turns this build's events table back into the one of schemas 1
+ * to 12 (rowid = seq, AUTOINCREMENT, an index per field), with what it
+ * holds, and forgets migration 13. */
+#define EVENTS_OF_SCHEMA_12                                                                        \
+  "CREATE TABLE old_events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"                                \
+  "  account_id TEXT NOT NULL, event_id TEXT NOT NULL, session_id TEXT NOT NULL DEFAULT '',"       \
+  "  event_type TEXT NOT NULL, event_name TEXT NOT NULL, ts INTEGER NOT NULL,"                     \
+  "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
+  "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
+  "INSERT INTO old_events SELECT seq, account_id, event_id, session_id, event_type, event_name,"   \
+  "  ts, received_at, properties, search_text, payload FROM events ORDER BY seq;"                  \
+  "DROP TABLE events; DROP TABLE event_seq; ALTER TABLE old_events RENAME TO events;"              \
+  "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
+  "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"                   \
+  "CREATE INDEX events_by_type ON events(account_id, event_type, ts, event_id);"                   \
+  "CREATE INDEX events_by_session ON events(account_id, session_id, ts, event_id);"                \
+  "CREATE INDEX events_expiry ON events(ts);"                                                      \
+  "DROP INDEX dedupe_keys_by_day;"                                                                 \
+  "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"                                    \
+  "DELETE FROM schema_migrations WHERE version >= 13;"
+
+/* A store of schema 12 (events in seq order, an index per field) holding
+ * events at random times, some of them deleted at the top of the sequence
+ * (so that only sqlite_sequence knows the last number handed out): opened,
+ * it is migrated, every event keeps its sequence number and is found by
+ * time, by sequence and by search, and new events continue the sequence. */
+static void old_format_store_is_migrated_on_start(void **state) {
+  (void)state;
+  struct ana_event_record r[6];
+  char ids[6][16];
+  for (int i = 0; i < 6; i++) {
+    snprintf(ids[i], sizeof ids[i], "m%d", i);
+    /* out of order: days 5, 0, 3, 1, 4, 2 ago */
+    r[i] = record("acct-1", ids[i], i % 2 ? "sent" : "read", NOW - ((i * 5) % 6) * DAY - i, "{}",
+                  "migrated words");
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 6, &req), 0);
+  wait_done(1);
+  close_store();
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(conn, EVENTS_OF_SCHEMA_12, NULL, NULL, NULL), SQLITE_OK);
+  /* The newest event deleted: its number must not be handed out again. */
+  assert_int_equal(sqlite3_exec(conn, "DELETE FROM events WHERE seq = 6", NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(query_int(conn, "SELECT seq FROM sqlite_sequence WHERE name = 'events'"), 6);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 5);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE key >> 40 != ts / 86400000"
+                                "  OR key % 1099511627776 != seq"),
+                   0);
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name IN ('events_by_time',"
+                   " 'events_by_name', 'events_by_type', 'events_by_session', 'events_expiry',"
+                   " 'dedupe_keys_expiry')"),
+      0);
+  /* Newest first across the days, page by page. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .limit = 2});
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ids[0], "m0");
+  assert_string_equal(h.ids[1], "m4");
+  h = search((struct ana_event_query){.account_id = "acct-1", .text = "migrated"});
+  assert_int_equal(h.n, 5);
+  /* The next event continues after the deleted number. */
+  struct ana_event_record next = record("acct-1", "m6", "sent", NOW - 7 * DAY, "{}", "later");
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &next, 1, &err), 0);
+  assert_int_equal(ana_local_spool_append(db, &next, 1, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(next.seq, 7);
+  assert_int_equal(query_int(w, "SELECT seq FROM events WHERE event_id = 'm6'"), 7);
+  uint64_t last = 0;
+  assert_int_equal(ana_local_spool_last_seq(db, &last, &err), 0);
+  assert_int_equal(last, 7);
+}
+
 /* A database of schema 3 kept its free-text index inside: the upgrade
  * drops it there, and the index file is built from the stored events. */
 static void upgrade_moves_the_text_index_out_of_the_events_database(void **state) {
@@ -663,21 +848,22 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
   assert_int_equal(
-      sqlite3_exec(conn,
-                   "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
-                   "  content_rowid='seq');"
-                   "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
-                   "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
-                   "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
-                   "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;"
-                   "DELETE FROM schema_migrations WHERE version >= 4;",
-                   NULL, NULL, NULL),
+      sqlite3_exec(
+          conn,
+          "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
+          "  content_rowid='seq');"
+          "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
+          "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
+          "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
+          "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;" EVENTS_OF_SCHEMA_12
+          "DELETE FROM schema_migrations WHERE version >= 4;",
+          NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(conn);
   remove_text_index();
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 12);
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   assert_int_equal(query_int(ana_local_db_writer(db),
                              "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'events_fts%'"),
                    0);
@@ -697,7 +883,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   assert_int_equal(
       sqlite3_exec(conn,
                    "DROP TABLE alert_accounts; DROP TABLE alert_instances;"
-                   "DROP TABLE alert_history; DROP TABLE data_keys;"
+                   "DROP TABLE alert_history; DROP TABLE data_keys;" EVENTS_OF_SCHEMA_12
                    "DELETE FROM schema_migrations WHERE version >= 11;"
                    "CREATE TABLE alert_accounts (account_id TEXT PRIMARY KEY) WITHOUT ROWID;"
                    "CREATE TABLE alert_instances (alert_id TEXT NOT NULL,"
@@ -712,7 +898,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   sqlite3_close(conn);
 
   open_store();
-  assert_int_equal(ana_local_db_schema_version(db), 12);
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM alert_accounts"), 1);
   assert_int_equal(query_int(w, "SELECT state FROM alert_instances WHERE alert_id = 'a1'"), 2);
@@ -936,6 +1122,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(text_index_of_the_first_format_is_rebuilt_contentless, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
+      cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_keeps_alert_tables_an_earlier_build_created, setup,

@@ -25,7 +25,8 @@ static void embedded_backends_pass_the_checks(void **state) {
   assert_non_null(ana_store_catalog_backend("sqlite"));
   assert_non_null(ana_store_api_key_backend("sqlite"));
   assert_non_null(ana_store_audit_backend("sqlite"));
-  assert_null(ana_store_event_backend("clickhouse"));
+  assert_non_null(ana_store_event_backend("clickhouse"));
+  assert_int_equal(ana_store_check_event_store(ana_store_event_backend("clickhouse"), &err), 0);
   assert_int_equal(ana_store_check_event_store(ana_store_event_backend("sqlite"), &err), 0);
 }
 
@@ -98,7 +99,7 @@ static void catalog_and_auth_stores_without_an_operation_are_refused(void **stat
 /* CLICKHOUSE_HOST, ELASTICSEARCH_NODE and MONGODB_URI choose their backends
  * once built in; until then the embedded ones serve (the variables are
  * reported as not yet supported at start-up). */
-static void configuration_chooses_the_embedded_backends_until_remote_ones_exist(void **state) {
+static void configuration_chooses_each_built_in_backend(void **state) {
   (void)state;
   struct ana_store_settings cfg = {0};
   struct ana_store_selection sel;
@@ -113,7 +114,7 @@ static void configuration_chooses_the_embedded_backends_until_remote_ones_exist(
   cfg.elasticsearch_node = "http://localhost:9200";
   cfg.mongodb_uri = "mongodb://localhost";
   assert_int_equal(ana_store_select(&cfg, &sel, &err), 0);
-  assert_string_equal(sel.events->name, "sqlite");
+  assert_string_equal(sel.events->name, "clickhouse"); /* built in */
   assert_string_equal(sel.search->name, "sqlite");
   assert_string_equal(sel.catalog->name, "sqlite");
 }
@@ -125,7 +126,7 @@ int main(void) {
       cmocka_unit_test(event_store_without_an_operation_is_refused),
       cmocka_unit_test(search_index_without_an_operation_is_refused),
       cmocka_unit_test(catalog_and_auth_stores_without_an_operation_are_refused),
-      cmocka_unit_test(configuration_chooses_the_embedded_backends_until_remote_ones_exist),
+      cmocka_unit_test(configuration_chooses_each_built_in_backend),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

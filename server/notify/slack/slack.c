@@ -68,32 +68,12 @@ json_t *ana_notify_slack_blocks(const struct ana_notify_message *m) {
 
 static int send_one(const struct ana_notify_env *env, const Analytics__V1__Channel *ch,
                     const struct ana_notify_message *m, struct ana_notify_result *res) {
-  json_t *doc = ana_notify_slack_blocks(m);
-  char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  if (!body) {
-    snprintf(res->error, sizeof res->error, "out of memory");
+  char *body = ana_notify_json_text(ana_notify_slack_blocks(m), res);
+  if (!body)
     return -1;
-  }
-  const char *headers[] = {"Content-Type: application/json"};
-  struct ana_http_request req = {
-      .method = "POST",
-      .url = ch->slack->webhook_url,
-      .headers = headers,
-      .n_headers = 1,
-      .body = body,
-      .body_len = strlen(body),
-      .timeout_ms = env->timeout_ms,
-      .refuse_private = env->refuse_private,
-      .field = "slack.webhookUrl",
-  };
-  struct ana_http_response resp;
-  struct ana_error err;
-  ana_error_clear(&err);
-  int rc = ana_http_perform(env->http, &req, &resp, &err);
-  rc = ana_notify_http_outcome(rc, &resp, &err, res);
-  ana_http_response_fini(&resp);
-  free(body);
+  int rc = ana_notify_post_json(env, ch->slack->webhook_url, "slack.webhookUrl", body, NULL, 0, res,
+                                NULL);
+  free(body); /* jansson's allocator */
   return rc;
 }
 

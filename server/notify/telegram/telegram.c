@@ -72,37 +72,19 @@ static int send_one(const struct ana_notify_env *env, const Analytics__V1__Chann
   for (size_t i = 0; i < m->n_links && n < sizeof text; i++)
     n +=
         (size_t)snprintf(text + n, sizeof text - n, "\n%s: %s", m->links[i].label, m->links[i].url);
-  json_t *doc = json_pack("{s:s, s:s, s:b}", "chat_id", ch->telegram->chat_id, "text", text,
-                          "disable_web_page_preview", 1);
-  char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
+  char *body = ana_notify_json_text(json_pack("{s:s, s:s, s:b}", "chat_id", ch->telegram->chat_id,
+                                              "text", text, "disable_web_page_preview", 1),
+                                    res);
   char url[1024];
   const char *base = env->telegram_api_url ? env->telegram_api_url : "https://api.telegram.org";
   size_t bl = strlen(base);
   while (bl && base[bl - 1] == '/')
     bl--;
   snprintf(url, sizeof url, "%.*s/bot%s/sendMessage", (int)bl, base, ch->telegram->bot_token);
-  if (!body) {
-    snprintf(res->error, sizeof res->error, "out of memory");
+  if (!body)
     return -1;
-  }
-  const char *headers[] = {"Content-Type: application/json"};
-  struct ana_http_request req = {
-      .method = "POST",
-      .url = url,
-      .headers = headers,
-      .n_headers = 1,
-      .body = body,
-      .body_len = strlen(body),
-      .timeout_ms = env->timeout_ms,
-      .refuse_private = env->refuse_private,
-      .field = "TELEGRAM_API_URL",
-  };
   struct ana_http_response resp;
-  struct ana_error err;
-  ana_error_clear(&err);
-  int rc = ana_http_perform(env->http, &req, &resp, &err);
-  rc = ana_notify_http_outcome(rc, &resp, &err, res);
+  int rc = ana_notify_post_json(env, url, "TELEGRAM_API_URL", body, NULL, 0, res, &resp);
   if (rc == 0) { /* the Bot API answers {"ok":true,...} */
     json_t *ans = resp.body ? json_loads(resp.body, 0, NULL) : NULL;
     if (!json_is_true(json_object_get(ans, "ok"))) {

@@ -52,35 +52,15 @@ static void keep_secrets(Analytics__V1__Channel *in, const Analytics__V1__Channe
 
 static int send_one(const struct ana_notify_env *env, const Analytics__V1__Channel *ch,
                     const struct ana_notify_message *m, struct ana_notify_result *res) {
-  json_t *doc = ana_notify_message_json(m);
-  char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  if (!body) {
-    snprintf(res->error, sizeof res->error, "out of memory");
+  char *body = ana_notify_json_text(ana_notify_message_json(m), res);
+  if (!body)
     return -1;
-  }
   char sig[100], sig_h[140], key_h[260];
   ana_notify_sign(ch->webhook->signing_secret, (int64_t)time(NULL), body, strlen(body), sig);
   snprintf(sig_h, sizeof sig_h, "X-Analytics-Signature: %s", sig);
   snprintf(key_h, sizeof key_h, "Idempotency-Key: %s", m->key);
-  const char *headers[] = {"Content-Type: application/json", sig_h, key_h};
-  struct ana_http_request req = {
-      .method = "POST",
-      .url = ch->webhook->url,
-      .headers = headers,
-      .n_headers = 3,
-      .body = body,
-      .body_len = strlen(body),
-      .timeout_ms = env->timeout_ms,
-      .refuse_private = env->refuse_private,
-      .field = "webhook.url",
-  };
-  struct ana_http_response resp;
-  struct ana_error err;
-  ana_error_clear(&err);
-  int rc = ana_http_perform(env->http, &req, &resp, &err);
-  rc = ana_notify_http_outcome(rc, &resp, &err, res);
-  ana_http_response_fini(&resp);
+  const char *headers[] = {sig_h, key_h};
+  int rc = ana_notify_post_json(env, ch->webhook->url, "webhook.url", body, headers, 2, res, NULL);
   free(body); /* jansson's allocator */
   return rc;
 }

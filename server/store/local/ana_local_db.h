@@ -24,8 +24,18 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
 void ana_local_db_close(struct ana_local_db *db);
 
 /* Pages appended to the WAL after which the checkpoint thread copies them
- * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). */
+ * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). It also
+ * bounds the WAL: the event writer waits at BEGIN while the WAL holds 1.5
+ * times as many pages not yet all copied (readers holding old snapshots),
+ * and a WAL that starts over is cut to this size (journal_size_limit). */
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
+
+/* Gives up to max_pages free pages (what retention deleted) back to the
+ * file system, in a transaction of its own on the event writer (a database
+ * created before schema 13 keeps them for reuse instead: nothing to do).
+ * Committer thread only, between commits. Returns how many pages, or a
+ * negative error. */
+int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err);
 
 /* Path of the database file (borrowed). */
 const char *ana_local_db_path(const struct ana_local_db *db);
@@ -89,6 +99,17 @@ typedef int (*ana_spool_batch_fn)(void *ctx, const struct ana_spooled_event *eve
  * Thread-safe; blocks. Returns how many, or a negative error. */
 int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
                          ana_spool_batch_fn fn, void *ctx, struct ana_error *err);
+
+/* Receives one spooled event (search_text is ""), valid during the call.
+ * Non-zero stops (a negative value is returned as the error). */
+typedef int (*ana_spool_row_fn)(void *ctx, const struct ana_spooled_event *ev,
+                                struct ana_error *err);
+
+/* Like ana_local_spool_take without copies: calls fn for each of at most
+ * max spooled events with seq > after_seq, in sequence order, on one read
+ * snapshot. Thread-safe; blocks. Returns how many, or a negative error. */
+int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
+                         void *ctx, struct ana_error *err);
 
 /* The highest sequence number in the spool (0 when empty). */
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);

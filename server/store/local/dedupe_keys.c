@@ -38,8 +38,9 @@ int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_row
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(w,
                          "DELETE FROM dedupe_keys WHERE (account_id, event_id) IN"
-                         " (SELECT account_id, event_id FROM dedupe_keys WHERE expires_at < ?"
-                         "  LIMIT ?)",
+                         " (SELECT account_id, event_id FROM dedupe_keys"
+                         "  WHERE expires_at / 86400000 <= ?1 / 86400000 AND expires_at < ?1"
+                         "  LIMIT ?2)",
                          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;

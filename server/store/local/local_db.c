@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,7 +74,11 @@ struct ana_local_db {
   bool waiting_for_reset;
   bool gate_closed;   /* a catch-up holds the event writer at BEGIN */
   bool writer_in_txn; /* the event writer is between BEGIN and its end */
-  uint64_t checkpoints, catch_ups;
+  /* The bound on the WAL (see wal_over): the event writer waits at BEGIN
+   * while the WAL holds limit_pages or more that are not all copied. */
+  int limit_pages;
+  bool writer_held;
+  uint64_t checkpoints, catch_ups, writer_waits, restarts;
   bool metrics_registered;
   pthread_mutex_t checkpoint_mu;
   pthread_cond_t checkpoint_cond;
@@ -89,6 +94,11 @@ struct ana_local_db {
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
 #define CHECKPOINT_EVERY_MS 5000
+/* While the event writer waits for the WAL to be copied, the checkpoint
+ * thread tries again this often (a reader may hold pages back). */
+#define HELD_RETRY_MS 5
+#define PAGE_BYTES 4096
+#define COMMIT_ROOM_PAGES 1024
 /* A failed commit keeps the store degraded at least this long. */
 #define DEGRADED_RETRY_MS 5000
 /* A catch-up holds the event writer only for the last pages appended (at
@@ -308,6 +318,48 @@ static const char *const migrations[] = {
     "  wrapped BLOB NOT NULL,"
     "  created_at INTEGER NOT NULL,"
     "  PRIMARY KEY (account_id, key_id)) WITHOUT ROWID;",
+
+    /* 13: events laid out by day (ana_local_db.h, "event layout"): the
+     * rowid is the event's UTC day times 2^40 plus its commit sequence, so
+     * that an import at random times appends at the end of each day's range
+     * rather than at random places, and retention deletes whole days; seq
+     * has its own (append-only) index, and the last one handed out its
+     * row. One index, events_by_slot, finds an account's events by 6-hour
+     * slot (appended to within each slot, in seq order) and holds what a
+     * search sorts and filters a page on (ts, event_name, event_id); the
+     * per-field indexes (time, name, type, session, expiry), whose inserts
+     * landed at random places, are gone. The keys' expiry index is by
+     * day. The rows are copied in seq order (no sort: temp_store is
+     * MEMORY), which is about day order for events tracked live. */
+    "CREATE TABLE events_by_day_layout ("
+    "  key INTEGER PRIMARY KEY,"
+    "  seq INTEGER NOT NULL,"
+    "  account_id TEXT NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  session_id TEXT NOT NULL DEFAULT '',"
+    "  event_type TEXT NOT NULL,"
+    "  event_name TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  properties TEXT NOT NULL DEFAULT '{}',"
+    "  search_text TEXT NOT NULL DEFAULT '',"
+    "  payload BLOB NOT NULL);"
+    "INSERT INTO events_by_day_layout SELECT (ts / 86400000) * 1099511627776 + seq, seq,"
+    "  account_id, event_id, session_id, event_type, event_name, ts, received_at, properties,"
+    "  search_text, payload FROM events;"
+    "CREATE TABLE event_seq ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  last INTEGER NOT NULL);"
+    "INSERT INTO event_seq VALUES (1, MAX("
+    "  COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+    "  COALESCE((SELECT MAX(seq) FROM events), 0)));"
+    "DROP TABLE events;"
+    "ALTER TABLE events_by_day_layout RENAME TO events;"
+    "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
+    "CREATE INDEX events_by_slot ON events(account_id, ts / 21600000, seq, ts, event_name,"
+    "  event_id);"
+    "DROP INDEX dedupe_keys_expiry;"
+    "CREATE INDEX dedupe_keys_by_day ON dedupe_keys(expires_at / 86400000);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -345,6 +397,14 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
    * it): see ana_local_db_close. */
   int persist_wal = 1;
   sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
+  /* A new database gives the pages that retention frees back to the file
+   * system (ana_local_db_reclaim); SQLite takes this only while the file is
+   * empty, before the switch to WAL writes its first page (an older
+   * database keeps its free pages for reuse). */
+  if ((flags & SQLITE_OPEN_CREATE) && exec(db, "PRAGMA auto_vacuum = INCREMENTAL", err) < 0) {
+    sqlite3_close(db);
+    return ANA_ERR_IO;
+  }
   /* WAL lets searches read while the committer writes; FULL syncs the WAL
    * on every commit, so a commit that returned is on disk. */
   if (exec(db,
@@ -356,6 +416,16 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   *out = db;
   return 0;
+}
+
+/* A WAL that starts over is cut to this size (SQLite truncates it at the
+ * first commit after the restart): not to zero, because appending to a
+ * file costs more than overwriting it (see leave_wal_for_next_start). */
+static void set_journal_limit(sqlite3 *conn, int pages) {
+  char sql[64];
+  snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld",
+           pages < 0 ? -1LL : (long long)pages * PAGE_BYTES);
+  sqlite3_exec(conn, sql, NULL, NULL, NULL);
 }
 
 static int schema_version(sqlite3 *db) {
@@ -439,6 +509,60 @@ static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) 
   return SQLITE_OK;
 }
 
+/* The WAL's size at which the event writer waits: twice the checkpoint
+ * size less room for one commit (half of it, or 4 MiB, or all of it when it
+ * is smaller), so that the commit that crosses it stays within twice. */
+static int limit_pages(int checkpoint_pages) {
+  int room = checkpoint_pages / 2;
+  if (room < COMMIT_ROOM_PAGES)
+    room = checkpoint_pages < COMMIT_ROOM_PAGES ? checkpoint_pages : COMMIT_ROOM_PAGES;
+  return 2 * checkpoint_pages - room;
+}
+
+/* Whether the WAL holds limit_pages or more: readers of old snapshots kept
+ * the checkpoints from copying it all, or the commits from starting it over
+ * (a commit restarts the WAL only when no reader still reads frames of it;
+ * a checkpoint that copied it all is not enough). The event writer waits at
+ * BEGIN while this holds and the checkpoint thread starts the WAL over
+ * itself (restart_wal), so the WAL grows past limit_pages by one commit at
+ * most. Called with checkpoint_mu held. */
+static bool wal_over(const struct ana_local_db *db) {
+  return db->wal_pages >= db->limit_pages;
+}
+
+/* Copies the whole WAL and has it start over (a RESTART checkpoint: it takes
+ * the write lock, so no commit runs beside it, which also keeps it clear of
+ * the WAL-reset race above, and waits for the readers of older snapshots to
+ * end; the next commit then writes from the WAL's start). Called and
+ * returns with checkpoint_mu held. */
+static void restart_wal(struct ana_local_db *db) {
+  int log = 0, done = 0;
+  db->new_pages = 0;
+  pthread_mutex_unlock(&db->checkpoint_mu);
+  int rc =
+      sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+  pthread_mutex_lock(&db->checkpoint_mu);
+  if (rc != SQLITE_OK)
+    return; /* a reader held on past the busy timeout: tried again */
+  db->restarts++;
+  db->wal_pages = 0;
+  /* Copied whole: the next checkpoint waits for a commit (the WAL-reset
+   * note above), and the held writer goes on. */
+  db->waiting_for_reset = true;
+  db->complete_commits = db->commits;
+  pthread_cond_broadcast(&db->gate_cond);
+}
+
+/* The checkpoint connection waits for readers and the write lock in 1 ms
+ * steps, up to BUSY_TIMEOUT_MS, and not at all once the database closes. */
+static int checkpointer_busy(void *arg, int tries) {
+  struct ana_local_db *db = arg;
+  if (__atomic_load_n(&db->checkpoint_stop, __ATOMIC_RELAXED) || tries >= BUSY_TIMEOUT_MS)
+    return 0;
+  usleep(1000);
+  return 1;
+}
+
 /* One PASSIVE checkpoint (it never waits for the writer or readers: it
  * copies what it can). Called and returns with checkpoint_mu held. Returns
  * true when it copied the whole WAL as it was when it began. */
@@ -452,6 +576,8 @@ static bool checkpoint_once(struct ana_local_db *db, int *log) {
    * after the copy was complete. */
   db->waiting_for_reset = rc == SQLITE_OK && done == *log;
   db->complete_commits = db->commits;
+  if (db->waiting_for_reset)
+    pthread_cond_broadcast(&db->gate_cond); /* a held writer may start the WAL over */
   return db->waiting_for_reset;
 }
 
@@ -482,9 +608,14 @@ static void catch_up(struct ana_local_db *db, int log) {
 static void collect(struct ana_prom_writer *w, void *ctx) {
   struct ana_local_db *db = ctx;
   pthread_mutex_lock(&db->checkpoint_mu);
-  uint64_t background = db->checkpoints, catch_ups = db->catch_ups;
+  uint64_t background = db->checkpoints, catch_ups = db->catch_ups, waits = db->writer_waits;
+  uint64_t restarts = db->restarts;
   uint64_t wal_pages = (uint64_t)db->wal_pages;
   pthread_mutex_unlock(&db->checkpoint_mu);
+  char wal[4200];
+  snprintf(wal, sizeof wal, "%s-wal", db->path);
+  struct stat st;
+  uint64_t wal_bytes = stat(wal, &st) == 0 ? (uint64_t)st.st_size : 0;
   ana_prom_write_family(w, "ana_store_checkpoints_total", "counter",
                         "WAL checkpoints of the local database: in the background, and "
                         "catch-ups that held event commits back briefly to restart the WAL.");
@@ -492,21 +623,37 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
                      (const char *const[]){"kind", "background", NULL}, background);
   ana_prom_write_u64(w, "ana_store_checkpoints_total",
                      (const char *const[]){"kind", "catch_up", NULL}, catch_ups);
+  ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                     (const char *const[]){"kind", "restart", NULL}, restarts);
   ana_prom_write_family(w, "ana_store_wal_pages", "gauge",
                         "Pages in the local database's WAL after the last commit.");
   ana_prom_write_u64(w, "ana_store_wal_pages", NULL, wal_pages);
+  ana_prom_write_family(w, "ana_store_wal_bytes", "gauge",
+                        "Size of the local database's WAL file in bytes (at most 2 x "
+                        "WAL_CHECKPOINT_MB; trimmed to WAL_CHECKPOINT_MB when it starts over).");
+  ana_prom_write_u64(w, "ana_store_wal_bytes", NULL, wal_bytes);
+  ana_prom_write_family(w, "ana_store_wal_waits_total", "counter",
+                        "Event commits that waited for the WAL to start over because it held "
+                        "its bound (readers of old snapshots kept it from starting over).");
+  ana_prom_write_u64(w, "ana_store_wal_waits_total", NULL, waits);
 }
 
 static void *checkpoint_loop(void *arg) {
   struct ana_local_db *db = arg;
   pthread_mutex_lock(&db->checkpoint_mu);
   while (!db->checkpoint_stop) {
-    struct timespec ts = ana_clock_deadline(CLOCK_REALTIME, CHECKPOINT_EVERY_MS);
+    struct timespec ts = ana_clock_deadline(
+        CLOCK_REALTIME, db->writer_held && !db->gate_closed ? HELD_RETRY_MS : CHECKPOINT_EVERY_MS);
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
     if (blocked || db->new_pages < db->checkpoint_pages)
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
+    if (wal_over(db)) {
+      restart_wal(db);
+      db->checkpoints++;
+      continue;
+    }
     if (db->new_pages == 0)
       continue; /* idle: nothing appended since the last checkpoint */
     if (db->waiting_for_reset && db->commits == db->complete_commits)
@@ -535,6 +682,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   pthread_cond_init(&db->checkpoint_cond, NULL);
   pthread_cond_init(&db->gate_cond, NULL);
   db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
+  db->limit_pages = limit_pages(DEFAULT_CHECKPOINT_PAGES);
   size_t n = strlen(data_dir) + sizeof "/analytics.db";
   db->path = ana_malloc(n);
   if (!db->path) {
@@ -552,8 +700,11 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
       goto fail;
   if (open_connection(db->path, SQLITE_OPEN_READWRITE, &db->checkpointer, err) < 0)
     goto fail;
+  sqlite3_busy_handler(db->checkpointer, checkpointer_busy, db);
   /* The hook replaces SQLite's automatic checkpoint on the writer. */
   sqlite3_wal_hook(db->writer, on_wal_commit, db);
+  set_journal_limit(db->writer, db->checkpoint_pages);
+  set_journal_limit(db->checkpointer, db->checkpoint_pages);
   if (pthread_create(&db->checkpoint_thread, NULL, checkpoint_loop, db) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the checkpoint thread");
     goto fail;
@@ -610,6 +761,12 @@ void ana_local_db_close(struct ana_local_db *db) {
     sqlite3_wal_hook(db->writer, NULL, NULL);
   if (db->checkpoint_started) /* opened in full: a failed open writes nothing */
     leave_wal_for_next_start(db->writer);
+  /* With a size limit, the last connection to close would cut the WAL it
+   * keeps to nothing (SQLite does so for a persistent WAL). */
+  if (db->writer)
+    set_journal_limit(db->writer, -1);
+  if (db->checkpointer)
+    set_journal_limit(db->checkpointer, -1);
   for (int i = 0; i < WRITER_STATEMENTS; i++)
     sqlite3_finalize(db->writer_statements[i].stmt);
   sqlite3_close(db->checkpointer);
@@ -628,6 +785,10 @@ void ana_local_db_close(struct ana_local_db *db) {
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
   pthread_mutex_lock(&db->checkpoint_mu);
   db->checkpoint_pages = pages > 0 ? pages : 1;
+  db->limit_pages = limit_pages(db->checkpoint_pages);
+  set_journal_limit(db->writer, db->checkpoint_pages);
+  set_journal_limit(db->checkpointer, db->checkpoint_pages);
+  pthread_cond_broadcast(&db->gate_cond);
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
@@ -679,8 +840,16 @@ static const char sql_rollback[] = "ROLLBACK";
  * which holds new ones back during a catch-up (see struct ana_local_db). */
 static void writer_txn_started(struct ana_local_db *db) {
   pthread_mutex_lock(&db->checkpoint_mu);
-  while (db->gate_closed)
+  if (wal_over(db) && !db->checkpoint_stop)
+    db->writer_waits++;
+  while ((db->gate_closed || wal_over(db)) && !db->checkpoint_stop) {
+    if (!db->writer_held) {
+      db->writer_held = true;
+      pthread_cond_signal(&db->checkpoint_cond);
+    }
     pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
+  }
+  db->writer_held = false;
   db->writer_in_txn = true;
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
@@ -745,6 +914,9 @@ sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
     return NULL;
   /* Only the checkpoint thread checkpoints; commits here count for it. */
   sqlite3_wal_hook(conn, on_wal_commit, db);
+  pthread_mutex_lock(&db->checkpoint_mu);
+  set_journal_limit(conn, db->checkpoint_pages);
+  pthread_mutex_unlock(&db->checkpoint_mu);
   return conn;
 }
 
@@ -808,4 +980,30 @@ bool ana_local_db_check_space(struct ana_local_db *db) {
       ana_clock_mono_ms() - atomic_load(&db->degraded_at_ms) >= DEGRADED_RETRY_MS)
     atomic_store(&db->degraded, false);
   return !low;
+}
+
+int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err) {
+  char sql[64];
+  snprintf(sql, sizeof sql, "PRAGMA incremental_vacuum(%d)", max_pages > 0 ? max_pages : 1);
+  int before = 0, after = 0;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(db->writer, "PRAGMA page_count", -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    before = sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  if (ana_local_db_begin(db, err) < 0)
+    goto fail;
+  if (exec(db->writer, sql, err) < 0) {
+    ana_local_db_rollback(db);
+    goto fail;
+  }
+  if (ana_local_db_commit(db, err) < 0)
+    goto fail;
+  if (st && sqlite3_step(st) == SQLITE_ROW)
+    after = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return before > after ? before - after : 0;
+fail:
+  sqlite3_finalize(st);
+  return ANA_ERR_IO;
 }

@@ -7,6 +7,29 @@
 
 #include <sqlite3.h>
 
+/* The events table's layout (migration 13): the rowid `key` is the event's
+ * UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
+ * 2^40 plus its commit sequence; seq has a unique index; events_by_slot is
+ * (account_id, ts / 21600000, seq, ts, event_name, event_id): 6-hour slots
+ * of an account, each in commit order. A query reaches an account's slots
+ * through that expression, written as in the index. */
+#define ANA_EVENT_DAY_MS INT64_C(86400000)
+#define ANA_EVENT_SLOT_MS INT64_C(21600000)
+#define ANA_EVENT_SLOT_SQL "ts / 21600000"
+#define ANA_EVENT_SEQ_BITS 40
+
+static inline int64_t ana_event_day(int64_t ts_ms) {
+  return ts_ms / ANA_EVENT_DAY_MS;
+}
+
+static inline int64_t ana_event_slot(int64_t ts_ms) {
+  return ts_ms / ANA_EVENT_SLOT_MS;
+}
+
+static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {
+  return ana_event_day(ts_ms) * (INT64_C(1) << ANA_EVENT_SEQ_BITS) + (int64_t)seq;
+}
+
 /* A new read-write connection with the same settings, for a role that
  * writes on its own (the catalog, rollups); it never checkpoints (the local
  * database's checkpoint thread does, for every connection). Close it with

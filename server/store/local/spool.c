@@ -9,43 +9,79 @@
 
 #include <string.h>
 
-static const char sql_append[] = "INSERT INTO events (account_id, event_id, session_id, event_type,"
-                                 " event_name, ts, received_at, properties, search_text, payload)"
-                                 " VALUES (?,?,?,?,?,?,?,?,?,?)";
+static const char sql_append[] =
+    "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
+    " event_name, ts, received_at, properties, search_text, payload)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)";
+static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
+static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
 
+static int spool_error(sqlite3 *w, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
+                sqlite3_errmsg(w));
+  return ANA_ERR_IO;
+}
+
+/* The sequence numbers are handed out from event_seq (so that none is
+ * used twice, even once retention deleted the newest events), and each
+ * event goes to its day's range of the table (see local_db_sql.h). */
 int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
+  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_last_seq);
+  if (!get) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  if (sqlite3_step(get) != SQLITE_ROW) {
+    sqlite3_reset(get);
+    return spool_error(w, err);
+  }
+  uint64_t seq = (uint64_t)sqlite3_column_int64(get, 0);
+  sqlite3_reset(get);
   sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_append);
   if (!st) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
+  size_t stored = 0;
   for (size_t i = 0; i < n; i++) {
     struct ana_event_record *r = &records[i];
     if (r->duplicate)
       continue;
+    seq++;
     sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, r->account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, r->event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, r->event_type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, r->event_name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, r->timestamp_ms);
-    sqlite3_bind_int64(st, 7, r->received_at_ms);
-    sqlite3_bind_text(st, 8, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 9, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 10, r->payload, (int)r->payload_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
+    sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, r->event_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, r->event_name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, r->timestamp_ms);
+    sqlite3_bind_int64(st, 9, r->received_at_ms);
+    sqlite3_bind_text(st, 10, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 11, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 12, r->payload, (int)r->payload_len, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
-                    sqlite3_errmsg(w));
       sqlite3_reset(st);
-      return ANA_ERR_IO;
+      return spool_error(w, err);
     }
-    r->seq = (uint64_t)sqlite3_last_insert_rowid(w);
+    r->seq = seq;
+    stored++;
   }
   sqlite3_reset(st);
-  return 0;
+  if (stored == 0)
+    return 0;
+  sqlite3_stmt *set = ana_local_db_writer_statement(db, sql_set_last_seq);
+  if (!set) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  sqlite3_bind_int64(set, 1, (sqlite3_int64)seq);
+  int rc = sqlite3_step(set);
+  sqlite3_reset(set);
+  return rc == SQLITE_DONE ? 0 : spool_error(w, err);
 }
 
 /* A column's text copied to the heap ("" for NULL); NULL when out of memory. */
@@ -136,6 +172,51 @@ out:
     rc = fn(ctx, ev, n, err);
   free_batch(ev, n);
   return rc < 0 ? rc : (int)n;
+}
+
+int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
+                         void *ctx, struct ana_error *err) {
+  sqlite3 *r = ana_local_db_acquire_reader(db);
+  sqlite3_stmt *st = NULL;
+  int n = 0, rc = 0, step;
+  if (sqlite3_prepare_v2(r,
+                         "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
+                         " ts, received_at, properties, payload FROM events"
+                         " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_INTERNAL;
+    goto out;
+  }
+  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
+  sqlite3_bind_int(st, 2, max);
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct ana_spooled_event e = {
+        .seq = (uint64_t)sqlite3_column_int64(st, 0),
+        .account_id = (const char *)sqlite3_column_text(st, 1),
+        .event_id = (const char *)sqlite3_column_text(st, 2),
+        .session_id = (const char *)sqlite3_column_text(st, 3),
+        .event_type = (const char *)sqlite3_column_text(st, 4),
+        .event_name = (const char *)sqlite3_column_text(st, 5),
+        .timestamp_ms = sqlite3_column_int64(st, 6),
+        .received_at_ms = sqlite3_column_int64(st, 7),
+        .properties_json = (const char *)sqlite3_column_text(st, 8),
+        .search_text = "",
+        .payload = sqlite3_column_blob(st, 9),
+    };
+    e.payload_len = (size_t)sqlite3_column_bytes(st, 9);
+    if ((rc = fn(ctx, &e, err)) != 0)
+      goto out;
+    n++;
+  }
+  if (step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+out:
+  sqlite3_finalize(st);
+  ana_local_db_release_reader(db, r);
+  return rc < 0 ? rc : n;
 }
 
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {

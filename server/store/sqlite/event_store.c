@@ -1,13 +1,13 @@
 /* The embedded event store: events in the local database's spool (table
  * events), read in place. Its free-text search is the search index's
- * (search_index.c, over text_index.c), which shares the query below. */
+ * (search_index.c, over text_index.c); both use the query of event_search.c. */
 #include "ana_local_db.h"
 #include "local_db_sql.h"
 #include "sqlite_backends.h"
 
 #include "ana_alloc.h"
 
-#include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 
 struct sqlite_event_store {
@@ -48,166 +48,6 @@ static int store_last_seq(void *p, uint64_t *out, struct ana_error *err) {
   return ana_local_spool_last_seq(s->db, out, err);
 }
 
-/* Free text as an FTS5 query: every word must appear; each is quoted so
- * user input cannot use FTS5 syntax. */
-static char *fts_query(const char *text) {
-  size_t n = strlen(text);
-  char *q = ana_malloc(n * 3 + 8);
-  if (!q)
-    return NULL;
-  size_t len = 0;
-  const char *p = text;
-  while (*p) {
-    while (*p == ' ' || *p == '\t' || *p == '\n')
-      p++;
-    if (!*p)
-      break;
-    if (len)
-      q[len++] = ' ';
-    q[len++] = '"';
-    while (*p && *p != ' ' && *p != '\t' && *p != '\n') {
-      if (*p == '"')
-        q[len++] = '"';
-      q[len++] = *p++;
-    }
-    q[len++] = '"';
-  }
-  q[len] = '\0';
-  return q;
-}
-
-/* JSON path of a top-level property for json_extract: $."key" */
-static char *property_path(const char *key) {
-  size_t n = strlen(key);
-  char *p = ana_malloc(n * 2 + 8);
-  if (!p)
-    return NULL;
-  size_t len = 0;
-  p[len++] = '$';
-  p[len++] = '.';
-  p[len++] = '"';
-  for (const char *k = key; *k; k++) {
-    if (*k == '"' || *k == '\\')
-      p[len++] = '\\';
-    p[len++] = *k;
-  }
-  p[len++] = '"';
-  p[len] = '\0';
-  return p;
-}
-
-#define MAX_PROPERTY_FILTERS 16
-
-/* Lets a reader see the index at text_path, as `text` (once per reader). */
-static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error *err) {
-  if (sqlite3_db_filename(r, "text"))
-    return 0;
-  char *attach = sqlite3_mprintf("ATTACH DATABASE %Q AS text", text_path);
-  int rc = attach && sqlite3_exec(r, attach, NULL, NULL, NULL) == SQLITE_OK
-               ? 0
-               : ana_error_set(err, ANA_STATUS_UNAVAILABLE,
-                               "event store: cannot open the search index: %s", sqlite3_errmsg(r));
-  sqlite3_free(attach);
-  return rc;
-}
-
-int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
-                            const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
-                            struct ana_error *err) {
-  char sql[4096];
-  size_t len = 0;
-  char *fts = NULL, *paths[MAX_PROPERTY_FILTERS] = {0};
-  int rc = 0;
-  if (q->n_properties > MAX_PROPERTY_FILTERS)
-    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
-                         "properties: at most %d property filters", MAX_PROPERTY_FILTERS);
-
-#define APPEND(...) len += (size_t)snprintf(sql + len, sizeof sql - len, __VA_ARGS__)
-  if (q->text && q->text[0] && text_path) {
-    fts = fts_query(q->text);
-    if (!fts)
-      goto nomem;
-  }
-  if (fts && fts[0])
-    /* Free text: start from the words' matches (usually few) and sort them;
-     * CROSS JOIN keeps SQLite from walking the whole time index instead,
-     * probing each event against the match set. */
-    APPEND("SELECT payload, ts, event_id, seq FROM"
-           " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
-           " AND ts >= ?2 AND ts < ?3");
-  else
-    APPEND("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ?1"
-           " AND ts >= ?2 AND ts < ?3");
-  if (q->event_type && q->event_type[0])
-    APPEND(" AND event_type = ?4");
-  if (q->event_name && q->event_name[0])
-    APPEND(" AND event_name = ?5");
-  if (q->session_id && q->session_id[0])
-    APPEND(" AND session_id = ?6");
-  if (q->after_cursor)
-    APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
-  for (size_t i = 0; i < q->n_properties; i++) {
-    paths[i] = property_path(q->property_keys[i]);
-    if (!paths[i])
-      goto nomem;
-    APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
-  }
-  APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
-#undef APPEND
-
-  sqlite3 *r = ana_local_db_acquire_reader(db);
-  sqlite3_stmt *st = NULL;
-  if (fts && fts[0] && (rc = attach_text_index(r, text_path, err)) < 0)
-    goto release;
-  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = prepare_error(r, err);
-    goto release;
-  }
-  sqlite3_bind_text(st, 1, q->account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, q->from_ms);
-  sqlite3_bind_int64(st, 3, q->to_ms);
-  if (q->event_type && q->event_type[0])
-    sqlite3_bind_text(st, 4, q->event_type, -1, SQLITE_STATIC);
-  if (q->event_name && q->event_name[0])
-    sqlite3_bind_text(st, 5, q->event_name, -1, SQLITE_STATIC);
-  if (q->session_id && q->session_id[0])
-    sqlite3_bind_text(st, 6, q->session_id, -1, SQLITE_STATIC);
-  if (q->after_cursor) {
-    sqlite3_bind_int64(st, 7, q->cursor_ts);
-    sqlite3_bind_text(st, 8, q->cursor_event_id, -1, SQLITE_STATIC);
-  }
-  if (fts && fts[0])
-    sqlite3_bind_text(st, 9, fts, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 10, q->limit);
-  for (size_t i = 0; i < q->n_properties; i++) {
-    sqlite3_bind_text(st, (int)(20 + 2 * i), paths[i], -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, (int)(21 + 2 * i), q->property_values[i], -1, SQLITE_STATIC);
-  }
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    if (hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
-            sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
-            (uint64_t)sqlite3_column_int64(st, 3)))
-      break;
-  }
-  if (step != SQLITE_ROW && step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
-  }
-  sqlite3_finalize(st);
-release:
-  ana_local_db_release_reader(db, r);
-  goto out;
-nomem:
-  rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-out:
-  ana_free(fts);
-  for (size_t i = 0; i < MAX_PROPERTY_FILTERS; i++)
-    ana_free(paths[i]);
-  return rc;
-}
-
 static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                         struct ana_error *err) {
   struct sqlite_event_store *s = p;
@@ -232,18 +72,38 @@ static struct ana_scanned_event scanned_row(sqlite3_stmt *st) {
   };
 }
 
+static bool name_wanted(const char *name, const char *const *names, size_t n_names) {
+  if (!n_names)
+    return true;
+  for (size_t i = 0; i < n_names; i++)
+    if (name && strcmp(name, names[i]) == 0)
+      return true;
+  return false;
+}
+
+/* A long scan reads in several snapshots, each ended after about this many
+ * rows: a read snapshot keeps the checkpoint from copying what was
+ * committed after it, and so the WAL from starting over (the event writer
+ * then waits, see ana_local_db_set_checkpoint_pages). */
+#define SCAN_SNAPSHOT_ROWS 50000
+
+static int scan_error(sqlite3 *r, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
+  return ANA_ERR_IO;
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* One indexed range per event name (events_by_name), or the account's
-   * time range (events_by_time) when every event counts. */
+  /* The account's slots in the range (events_by_slot), in slot order; the
+   * names filter what it finds. After SCAN_SNAPSHOT_ROWS rows the scan
+   * ends its snapshot at the next slot and goes on from that slot. */
   const char *sql =
-      n_names
-          ? "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-            " WHERE account_id = ?1 AND event_name = ?4 AND ts >= ?2 AND ts < ?3"
-          : "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-            " WHERE account_id = ?1 AND ts >= ?2 AND ts < ?3";
+      "SELECT ts, event_id, event_type, event_name, session_id, properties, "
+      "seq, " ANA_EVENT_SLOT_SQL " FROM events WHERE account_id = ?1 AND " ANA_EVENT_SLOT_SQL
+      " BETWEEN ?4 AND ?5"
+      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_SLOT_SQL;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -251,28 +111,34 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     rc = prepare_error(r, err);
     goto out;
   }
-  bool stop = false;
-  for (size_t i = 0; i < (n_names ? n_names : 1) && !stop; i++) {
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, from_ms);
-    sqlite3_bind_int64(st, 3, to_ms);
-    if (n_names)
-      sqlite3_bind_text(st, 4, names[i], -1, SQLITE_STATIC);
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = scanned_row(st);
-      if (fn(ctx, &ev)) {
-        stop = true;
-        break;
-      }
+  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, from_ms);
+  sqlite3_bind_int64(st, 3, to_ms);
+  sqlite3_bind_int64(st, 4, ana_event_slot(from_ms));
+  sqlite3_bind_int64(st, 5, ana_event_slot(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
+  int64_t slot = INT64_MIN;
+  long rows = 0;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    int64_t d = sqlite3_column_int64(st, 7);
+    if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
+      /* A new slot: start a new snapshot there (this row is read again). */
+      sqlite3_reset(st);
+      sqlite3_bind_int64(st, 4, d);
+      rows = 0;
+      slot = d;
+      continue;
     }
-    if (!stop && step != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-      rc = ANA_ERR_IO;
+    slot = d;
+    rows++;
+    if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
+      continue;
+    struct ana_scanned_event ev = scanned_row(st);
+    if (fn(ctx, &ev))
       break;
-    }
   }
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = scan_error(r, err);
 out:
   sqlite3_finalize(st);
   ana_local_db_release_reader(s->db, r);
@@ -282,30 +148,43 @@ out:
 static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                           ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* A range of the rowid (seq): each row is read once, in commit order.
-   * "+account_id" keeps SQLite from walking the account's time index instead. */
+  /* A range of seq (events_by_seq): each row is read once, in commit
+   * order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up to the last
+   * one stored when it began. "+account_id" keeps SQLite from walking the
+   * account's slot index instead. */
   const char *sql =
       "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
       " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
+  uint64_t last = 0;
+  int rc = ana_local_spool_last_seq(s->db, &last, err);
+  if (rc < 0)
+    return rc;
+  if (upto_seq > last)
+    upto_seq = last;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
-  int rc = 0;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
   }
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
-  sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_scanned_event ev = scanned_row(st);
-    if (fn(ctx, &ev))
-      break;
-  }
-  if (step != SQLITE_ROW && step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: scan failed: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
+  bool stop = false;
+  for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
+    uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)lo);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)hi);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+      struct ana_scanned_event ev = scanned_row(st);
+      if (fn(ctx, &ev)) {
+        stop = true;
+        break;
+      }
+    }
+    if (!stop && step != SQLITE_DONE)
+      rc = scan_error(r, err);
+    lo = hi;
   }
 out:
   sqlite3_finalize(st);
@@ -313,9 +192,12 @@ out:
   return rc;
 }
 
-/* Deletes up to max_rows events older than cutoff_ms (up to upto_seq),
- * after before_delete saw them. If this transaction then fails, the events
- * stay a little longer (they are past retention already). */
+/* Deletes up to max_rows events of the UTC days that ended by cutoff_ms
+ * (up to upto_seq), after before_delete saw them: the first rows of the
+ * table (its rowid starts with the day), so that retention removes whole
+ * days and rewrites no page of the days it keeps. An event is thus deleted
+ * within a day after it passed cutoff_ms. If this transaction then fails,
+ * the events stay a little longer (they are past retention already). */
 static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
                         int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
                                              struct ana_error *err),
@@ -323,21 +205,27 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
   sqlite3_stmt *st = NULL;
-  int64_t *seqs = ana_malloc(sizeof *seqs * (size_t)(max_rows > 0 ? max_rows : 1));
+  size_t cap = (size_t)(max_rows > 0 ? max_rows : 1);
+  int64_t *seqs = ana_malloc(sizeof *seqs * cap);
+  int64_t *keys = ana_malloc(sizeof *keys * cap);
   size_t n = 0;
-  int rc = seqs ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc == 0 &&
-      sqlite3_prepare_v2(w, "SELECT seq FROM events WHERE ts < ? AND seq <= ? ORDER BY ts LIMIT ?",
-                         -1, &st, NULL) != SQLITE_OK)
+  int rc = seqs && keys ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && sqlite3_prepare_v2(w,
+                                    "SELECT key, seq FROM events WHERE key < ?1 AND seq <= ?2"
+                                    " ORDER BY key LIMIT ?3",
+                                    -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   if (rc == 0) {
-    sqlite3_bind_int64(st, 1, cutoff_ms);
+    /* The first key of the day of cutoff_ms: the first day that is kept. */
+    sqlite3_bind_int64(st, 1, ana_event_key(cutoff_ms, 0));
     sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
     sqlite3_bind_int(st, 3, max_rows);
     int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW)
-      seqs[n++] = sqlite3_column_int64(st, 0);
-    if (step != SQLITE_DONE)
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && n < cap) {
+      keys[n] = sqlite3_column_int64(st, 0);
+      seqs[n++] = sqlite3_column_int64(st, 1);
+    }
+    if (step != SQLITE_DONE && step != SQLITE_ROW)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
   }
@@ -346,17 +234,18 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   if (rc == 0 && n > 0 && before_delete)
     rc = before_delete(ctx, seqs, n, err);
   if (rc == 0 && n > 0 &&
-      sqlite3_prepare_v2(w, "DELETE FROM events WHERE seq = ?", -1, &st, NULL) != SQLITE_OK)
+      sqlite3_prepare_v2(w, "DELETE FROM events WHERE key = ?", -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, seqs[i]);
+    sqlite3_bind_int64(st, 1, keys[i]);
     if (sqlite3_step(st) != SQLITE_DONE)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
   }
   sqlite3_finalize(st);
   ana_free(seqs);
+  ana_free(keys);
   return rc < 0 ? rc : (int)n;
 }
 

@@ -17,6 +17,14 @@
  * afterwards. An index ahead of its events (a database restored from an
  * older copy) is rebuilt from scratch.
  *
+ * Format 2: an entry per event, its rowid the event's commit sequence,
+ * `detail=none` (which events hold a word, not where: a query's word of
+ * several tokens is checked against the event's text by the search) and
+ * no column sizes. Each entry also holds the reserved tokens of
+ * text_index.h (event name, day, hour, minute, second), which is
+ * what lets a search walk the matches newest first a stretch of time at a
+ * time (event_search.c). An index of an earlier format is built again.
+ *
  * The events are read through the events database attached to the index's
  * connection as `ev`; searches attach the index to their readers as
  * `text`. */
@@ -46,7 +54,9 @@
 struct ana_text_index {
   sqlite3 *conn;           /* the index, with the events attached as `ev` */
   pthread_mutex_t conn_mu; /* one user of conn at a time */
-  sqlite3_stmt *select_new, *insert, *set_progress, *remove;
+  sqlite3_stmt *select_new, *insert, *set_progress, *select_one, *exists, *remove;
+  char *doc; /* an entry's text, built by entry_text */
+  size_t doc_cap;
 
   pthread_mutex_t mu;
   pthread_cond_t wake;       /* a search waits, or stop */
@@ -63,13 +73,99 @@ struct ana_text_index {
  * them, not a copy of each event's text (the events table has it), which
  * makes it much smaller (figures in bench/RESULTS.md). A search
  * needs only the matching sequence numbers; removing an entry takes the
- * event's original text, read from the events before they are deleted. */
+ * event's original text, read from the events before they are deleted.
+ * progress also keeps the oldest and newest timestamps indexed, which bound
+ * a search's walk through time. */
 static const char schema[] =
-    "CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(search_text, content='');"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(search_text, content='',"
+    "  detail=none, columnsize=0);"
     "CREATE TABLE IF NOT EXISTS progress ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
-    "  indexed_seq INTEGER NOT NULL);"
-    "INSERT OR IGNORE INTO progress VALUES (1, 0);";
+    "  indexed_seq INTEGER NOT NULL,"
+    "  min_ts INTEGER,"
+    "  max_ts INTEGER);"
+    "INSERT OR IGNORE INTO progress VALUES (1, 0, NULL, NULL);";
+
+/* U+E000 in UTF-8: the first character of every reserved token. */
+#define RESERVED "\xEE\x80\x80"
+
+static const int64_t bucket_ms[ANA_TEXT_INDEX_LEVELS + 1] = {0, 86400000, 3600000, 60000, 1000};
+static const char bucket_letter[ANA_TEXT_INDEX_LEVELS + 1] = {0, 'd', 'h', 'm', 's'};
+
+int64_t ana_text_index_bucket_ms(int level) {
+  return level >= 1 && level <= ANA_TEXT_INDEX_LEVELS ? bucket_ms[level] : 0;
+}
+
+int64_t ana_text_index_bucket(int level, int64_t ts_ms) {
+  int64_t unit = ana_text_index_bucket_ms(level);
+  int64_t b = ts_ms / unit;
+  return b * unit > ts_ms ? b - 1 : b;
+}
+
+/* FNV-1a, 64 bits: a name's token only narrows the search (the events'
+ * own column decides), so a collision costs time, never a wrong answer. */
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 14695981039346656037ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h;
+}
+
+void ana_text_index_name_token(const char *event_name, char out[ANA_TEXT_TOKEN_MAX]) {
+  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "n%016llx", (unsigned long long)fnv1a(event_name));
+}
+
+void ana_text_index_bucket_token(int level, int64_t bucket, char out[ANA_TEXT_TOKEN_MAX]) {
+  /* Unsigned: a '-' would end the token. */
+  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "%c%llu", bucket_letter[level],
+           (unsigned long long)bucket);
+}
+
+/* Writes text folded (U+E000 -> U+E001) at out, which has room for it;
+ * returns the bytes written. */
+static size_t fold_into(char *out, const char *text) {
+  size_t n = 0;
+  for (const char *p = text; *p; p++) {
+    out[n++] = *p;
+    if (p[0] == '\xEE' && p[1] == '\x80' && p[2] == '\x80') {
+      out[n++] = *++p;
+      out[n++] = '\x81';
+      p++;
+    }
+  }
+  out[n] = '\0';
+  return n;
+}
+
+char *ana_text_index_fold(const char *text) {
+  char *out = ana_malloc(strlen(text) + 1);
+  if (out)
+    fold_into(out, text);
+  return out;
+}
+
+/* An event's entry: its words, folded, then its reserved tokens; in
+ * ti->doc. Returns false when out of memory. */
+static bool entry_text(struct ana_text_index *ti, const char *words, const char *event_name,
+                       int64_t ts) {
+  size_t need = strlen(words) + (ANA_TEXT_INDEX_LEVELS + 1) * (ANA_TEXT_TOKEN_MAX + 1) + 1;
+  if (need > ti->doc_cap) {
+    char *d = ana_realloc(ti->doc, need);
+    if (!d)
+      return false;
+    ti->doc = d;
+    ti->doc_cap = need;
+  }
+  size_t n = fold_into(ti->doc, words);
+  char tok[ANA_TEXT_TOKEN_MAX];
+  ana_text_index_name_token(event_name, tok);
+  n += (size_t)sprintf(ti->doc + n, " %s", tok);
+  for (int level = 1; level <= ANA_TEXT_INDEX_LEVELS; level++) {
+    ana_text_index_bucket_token(level, ana_text_index_bucket(level, ts), tok);
+    n += (size_t)sprintf(ti->doc + n, " %s", tok);
+  }
+  return true;
+}
 
 static int fail(sqlite3 *conn, const char *what, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "search index: %s: %s", what,
@@ -111,7 +207,7 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
     return ANA_ERR_IO;
   int64_t from = query_int(ti->conn, "SELECT indexed_seq FROM progress");
   int n = 0;
-  int64_t last = from;
+  int64_t last = from, min_ts = INT64_MAX, max_ts = INT64_MIN;
   sqlite3_reset(ti->select_new);
   sqlite3_bind_int64(ti->select_new, 1, from);
   sqlite3_bind_int(ti->select_new, 2, INDEX_BATCH);
@@ -121,9 +217,17 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
     n++;
     if (sqlite3_column_bytes(ti->select_new, 1) == 0)
       continue; /* no words: nothing to index, but passed */
+    int64_t ts = sqlite3_column_int64(ti->select_new, 3);
+    min_ts = ts < min_ts ? ts : min_ts;
+    max_ts = ts > max_ts ? ts : max_ts;
+    if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_new, 1),
+                    (const char *)sqlite3_column_text(ti->select_new, 2), ts)) {
+      rc = SQLITE_NOMEM;
+      break;
+    }
     sqlite3_reset(ti->insert);
     sqlite3_bind_int64(ti->insert, 1, last);
-    sqlite3_bind_value(ti->insert, 2, sqlite3_column_value(ti->select_new, 1));
+    sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
     if (sqlite3_step(ti->insert) != SQLITE_DONE) {
       rc = SQLITE_ERROR;
       break;
@@ -135,6 +239,13 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
   if (n > 0) {
     sqlite3_reset(ti->set_progress);
     sqlite3_bind_int64(ti->set_progress, 1, last);
+    if (min_ts <= max_ts) {
+      sqlite3_bind_int64(ti->set_progress, 2, min_ts);
+      sqlite3_bind_int64(ti->set_progress, 3, max_ts);
+    } else {
+      sqlite3_bind_null(ti->set_progress, 2);
+      sqlite3_bind_null(ti->set_progress, 3);
+    }
     if (sqlite3_step(ti->set_progress) != SQLITE_DONE)
       goto failed;
   }
@@ -254,6 +365,56 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
   return v;
 }
 
+/* Removes the entry of event seq, if it has one: removing one twice (a
+ * retention step repeated after a crash) would remove its words twice.
+ * Every entry holds the token of its second, which tells whether it is
+ * there. */
+static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *err) {
+  sqlite3_reset(ti->select_one);
+  sqlite3_bind_int64(ti->select_one, 1, seq);
+  int rc = sqlite3_step(ti->select_one);
+  if (rc == SQLITE_DONE)
+    return 0; /* no such event: nothing indexed */
+  if (rc != SQLITE_ROW)
+    goto failed;
+  if (sqlite3_column_bytes(ti->select_one, 0) == 0) {
+    sqlite3_reset(ti->select_one);
+    return 0; /* no words: never indexed */
+  }
+  int64_t ts = sqlite3_column_int64(ti->select_one, 2);
+  char tok[ANA_TEXT_TOKEN_MAX], match[ANA_TEXT_TOKEN_MAX + 2];
+  ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
+                              ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
+  snprintf(match, sizeof match, "\"%s\"", tok);
+  sqlite3_reset(ti->exists);
+  sqlite3_bind_int64(ti->exists, 1, seq);
+  sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
+  rc = sqlite3_step(ti->exists);
+  sqlite3_reset(ti->exists);
+  if (rc == SQLITE_DONE) {
+    sqlite3_reset(ti->select_one);
+    return 0; /* not indexed (or removed already) */
+  }
+  if (rc != SQLITE_ROW)
+    goto failed;
+  if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0),
+                  (const char *)sqlite3_column_text(ti->select_one, 1), ts)) {
+    sqlite3_reset(ti->select_one);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  sqlite3_reset(ti->remove);
+  sqlite3_bind_int64(ti->remove, 1, seq);
+  sqlite3_bind_text(ti->remove, 2, ti->doc, -1, SQLITE_STATIC);
+  rc = sqlite3_step(ti->remove);
+  sqlite3_reset(ti->remove);
+  sqlite3_reset(ti->select_one);
+  if (rc == SQLITE_DONE)
+    return 0;
+failed:
+  sqlite3_reset(ti->select_one);
+  return fail(ti->conn, "cannot remove an event", err);
+}
+
 int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
                           struct ana_error *err) {
   if (n == 0)
@@ -262,13 +423,8 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
   /* FULL for this one: an entry whose event is gone must not come back
    * after a crash (nothing would remove it again). */
   int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
-  for (size_t i = 0; i < n && rc == 0; i++) {
-    sqlite3_reset(ti->remove);
-    sqlite3_bind_int64(ti->remove, 1, seqs[i]);
-    if (sqlite3_step(ti->remove) != SQLITE_DONE)
-      rc = fail(ti->conn, "cannot remove an event", err);
-  }
-  sqlite3_reset(ti->remove);
+  for (size_t i = 0; i < n && rc == 0; i++)
+    rc = remove_one(ti, seqs[i], err);
   if (rc == 0)
     rc = exec(ti->conn, "COMMIT", err);
   if (rc < 0 && !sqlite3_get_autocommit(ti->conn))
@@ -315,7 +471,21 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
         exec(ti->conn, "VACUUM", err) < 0)
       return ANA_ERR_IO;
   }
-  if (exec(ti->conn, schema, err) < 0)
+  /* An index of the second format (with the words' positions and no
+   * reserved tokens): built again in this one. */
+  if (query_int(ti->conn, "SELECT count(*) FROM sqlite_master WHERE name = 'events_fts'") > 0 &&
+      query_int(ti->conn, "PRAGMA user_version") != ANA_TEXT_INDEX_FORMAT) {
+    ANA_WARN("store", "search index in an earlier format (%lld): rebuilding it in format %d",
+             (long long)query_int(ti->conn, "PRAGMA user_version"), ANA_TEXT_INDEX_FORMAT);
+    if (exec(ti->conn, "BEGIN; DROP TABLE events_fts; DROP TABLE IF EXISTS progress; COMMIT", err) <
+            0 ||
+        exec(ti->conn, "VACUUM", err) < 0)
+      return ANA_ERR_IO;
+  }
+  char *version = sqlite3_mprintf("%s PRAGMA user_version = %d;", schema, ANA_TEXT_INDEX_FORMAT);
+  int src = version ? exec(ti->conn, version, err) : fail(NULL, "cannot create", err);
+  sqlite3_free(version);
+  if (src < 0)
     return ANA_ERR_IO;
   /* Indexed past the last sequence number ever given to an event: the
    * events database was replaced by an older copy. Build the index again.
@@ -330,25 +500,33 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
              (long long)indexed, (long long)last);
     if (exec(ti->conn,
              "BEGIN; INSERT INTO events_fts(events_fts) VALUES ('delete-all');"
-             " UPDATE progress SET indexed_seq = 0; COMMIT",
+             " UPDATE progress SET indexed_seq = 0, min_ts = NULL, max_ts = NULL; COMMIT",
              err) < 0)
       return ANA_ERR_IO;
     indexed = 0;
   }
   ti->indexed_seq = (uint64_t)indexed;
-  if (sqlite3_prepare_v3(
-          ti->conn, "SELECT seq, search_text FROM ev.events WHERE seq > ? ORDER BY seq LIMIT ?", -1,
-          SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v3(ti->conn,
+                         "SELECT seq, search_text, event_name, ts FROM ev.events"
+                         " WHERE seq > ? ORDER BY seq LIMIT ?",
+                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(ti->conn, "UPDATE progress SET indexed_seq = ?", -1,
-                         SQLITE_PREPARE_PERSISTENT, &ti->set_progress, NULL) != SQLITE_OK ||
-      /* Only an entry that is there: removing one twice (a retention step
-       * repeated after a crash) would remove its words twice. */
+      sqlite3_prepare_v3(ti->conn,
+                         "UPDATE progress SET indexed_seq = ?1,"
+                         " min_ts = min(coalesce(min_ts, ?2), coalesce(?2, min_ts)),"
+                         " max_ts = max(coalesce(max_ts, ?3), coalesce(?3, max_ts))",
+                         -1, SQLITE_PREPARE_PERSISTENT, &ti->set_progress, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v3(ti->conn,
+                         "SELECT search_text, event_name, ts FROM ev.events"
+                         " WHERE seq = ?",
+                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v3(ti->conn,
+                         "SELECT 1 FROM events_fts WHERE rowid = ?1 AND events_fts MATCH ?2", -1,
+                         SQLITE_PREPARE_PERSISTENT, &ti->exists, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
                          "INSERT INTO events_fts (events_fts, rowid, search_text)"
-                         " SELECT 'delete', seq, search_text FROM ev.events WHERE seq = ?1"
-                         " AND EXISTS (SELECT 1 FROM events_fts_docsize WHERE id = ?1)",
+                         " VALUES ('delete', ?, ?)",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->remove, NULL) != SQLITE_OK)
     return fail(ti->conn, "cannot prepare", err);
   return 0;
@@ -393,7 +571,10 @@ void ana_text_index_close(struct ana_text_index *ti) {
   sqlite3_finalize(ti->select_new);
   sqlite3_finalize(ti->insert);
   sqlite3_finalize(ti->set_progress);
+  sqlite3_finalize(ti->select_one);
+  sqlite3_finalize(ti->exists);
   sqlite3_finalize(ti->remove);
+  ana_free(ti->doc);
   sqlite3_close(ti->conn);
   pthread_mutex_destroy(&ti->conn_mu);
   pthread_mutex_destroy(&ti->mu);

@@ -36,4 +36,31 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
 /* Indexes every committed event now, on the calling thread. */
 int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err);
 
+/* The index's format, its file's user_version; a file of another format is
+ * built again from the events. */
+#define ANA_TEXT_INDEX_FORMAT 2
+
+/* Besides its words, an event's entry holds reserved tokens (they start
+ * with U+E000, which the words never contain: ana_text_index_fold) for
+ * its event name and the day, hour, minute and second of its timestamp,
+ * so that a search can ask FTS5 for the matches of one name and one
+ * stretch of time. Levels 1 to ANA_TEXT_INDEX_LEVELS. (No account token:
+ * one in every event, in an AND, made FTS5 step through its whole doclist,
+ * tens of ms a query; the account is checked on the events.) */
+#define ANA_TEXT_INDEX_LEVELS 4
+#define ANA_TEXT_TOKEN_MAX 40
+
+/* The length of the time buckets of a level, in ms (1: a day ... 4: a
+ * second). */
+int64_t ana_text_index_bucket_ms(int level);
+/* The bucket of a level holding ts_ms (floor division). */
+int64_t ana_text_index_bucket(int level, int64_t ts_ms);
+/* The reserved tokens, NUL-terminated in out. */
+void ana_text_index_name_token(const char *event_name, char out[ANA_TEXT_TOKEN_MAX]);
+void ana_text_index_bucket_token(int level, int64_t bucket, char out[ANA_TEXT_TOKEN_MAX]);
+/* A copy of text (caller frees) with U+E000 replaced by U+E001, as the
+ * index reads an event's words and a search reads the query's; NULL when
+ * out of memory. */
+char *ana_text_index_fold(const char *text);
+
 #endif

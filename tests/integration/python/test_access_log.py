@@ -140,6 +140,74 @@ class AccessLogRemoteTest(AccessLogTest):
         self.assertEqual([l["code"] for l in lines], ["NOT_FOUND"])
 
 
+class AccessLogPeerTest(harness.ServerTestCase):
+    """The access log's peer is judged the same way for REST, WebSocket and gRPC: behind a
+    proxy listed in TRUSTED_PROXIES, the X-Forwarded-For hop it did not write; from any other
+    peer, the connection's own address (X-Forwarded-For ignored)."""
+
+    CLIENT = "198.51.100.7"
+    SERVER_ENV = {"ACCESS_LOG_SAMPLE": "1", "TRUSTED_PROXIES": "127.0.0.1/32, ::1"}
+    EXPECTED = CLIENT
+
+    def peers(self, forwarded):
+        rid = "acc-" + uuid.uuid4().hex
+        # A client that is not on loopback gets 401 here, which is logged all the same.
+        RestClient(self.rest_port).request(
+            "GET", "/api/metrics?pageSize=1",
+            headers={"X-Request-Id": rid + "-r", "X-Forwarded-For": forwarded})
+        try:
+            self.channel.unary_unary("/analytics.v1.MetricService/ListMetrics")(
+                b"", timeout=5, metadata=[("x-request-id", rid + "-g"),
+                                          ("x-forwarded-for", forwarded)])
+        except grpc.RpcError:
+            pass
+
+        async def ws():
+            async with websockets.connect(
+                    "ws://127.0.0.1:%d/ws/metrics/nope" % self.rest_port, open_timeout=TIMEOUT_S,
+                    extra_headers={"X-Request-Id": rid + "-w",
+                                   "X-Forwarded-For": forwarded}) as conn:
+                try:
+                    while True:
+                        await asyncio.wait_for(conn.recv(), TIMEOUT_S)
+                except websockets.ConnectionClosed:
+                    pass
+        asyncio.run(asyncio.wait_for(ws(), 30))
+        bridge = (lambda: parse(self.bridge.stderr().splitlines())) if self.bridge else \
+            (lambda: parse(self.server.raw_log_lines()))
+        got = {}
+        for suffix, transport, lines in (("-r", "http", bridge), ("-w", "websocket", bridge),
+                                         ("-g", "grpc", lambda: parse(self.server.raw_log_lines()))):
+            deadline = time.monotonic() + 5
+            while True:
+                own = [l for l in lines() if l.get("component") == "access"
+                       and l.get("requestId") == rid + suffix and l.get("transport") == transport]
+                if own or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(len(own), 1, (transport, own))
+            got[transport] = own[0]["peer"]
+        return got
+
+    def test_rest_websocket_and_grpc_name_the_same_peer(self):
+        self.assertEqual(self.peers("203.0.113.1, " + self.CLIENT),
+                         {"http": self.EXPECTED, "websocket": self.EXPECTED,
+                          "grpc": self.EXPECTED})
+
+
+class AccessLogPeerRemoteTest(AccessLogPeerTest):
+    BRIDGE = "remote"
+
+
+class AccessLogUntrustedPeerTest(AccessLogPeerTest):
+    SERVER_ENV = {"ACCESS_LOG_SAMPLE": "1"}
+    EXPECTED = "127.0.0.1"
+
+
+class AccessLogUntrustedPeerRemoteTest(AccessLogUntrustedPeerTest):
+    BRIDGE = "remote"
+
+
 class CallLogLinesTest(harness.ServerTestCase):
     """A line the handler writes carries the call's request id (its own server: an API key
     once created ends anonymous loopback access)."""

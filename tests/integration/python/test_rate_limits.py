@@ -198,6 +198,38 @@ class RateLimitTest(harness.ServerTestCase):
             self.assertEqual(resp.status, self.ns.health_pb2.HealthCheckResponse.SERVING)
 
 
+class ShippedDefaultTest(harness.ServerTestCase):
+    """RATE_LIMIT_DEFAULT unset (auto): 10000/s burst 20000 per account once a
+    credential source is configured."""
+    SERVER_ENV = {"JWT_HS256_SECRET": authkit.SECRET}
+
+    def test_the_shipped_default_limits_every_account(self):
+        code, text, h = rest_call(self.rest_port, "POST", "/api/events",
+                                  headers=headers("shipped"), body=json.dumps(event_json()))
+        self.assertEqual(code, "OK", text)
+        self.assertEqual(h.get("ratelimit-limit"), "20000")
+        self.assertEqual(h.get("ratelimit-remaining"), "19999")
+        # A batch of 1000 events costs 1000 of it.
+        code, text, h = self.batch("shipped", 1000)
+        self.assertEqual(code, "OK", text)
+        self.assertEqual(h.get("ratelimit-limit"), "20000")
+        self.assertLess(int(h.get("ratelimit-remaining")), 19500)  # less refill meanwhile
+
+    def batch(self, account, n):
+        return rest_call(self.rest_port, "POST", "/api/events/batch", headers=headers(account),
+                         body=json.dumps({"events": [event_json() for _ in range(n)]}))
+
+
+class ProtectedModeDefaultTest(harness.ServerTestCase):
+    """RATE_LIMIT_DEFAULT unset (auto) in protected mode (loopback only): no limit."""
+
+    def test_protected_mode_is_not_limited_by_default(self):
+        code, text, h = rest_call(self.rest_port, "POST", "/api/events",
+                                  body=json.dumps(event_json()))
+        self.assertEqual(code, "OK", text)
+        self.assertNotIn("ratelimit-limit", h)
+
+
 class RemoteBridgeRateLimitTest(harness.ServerTestCase):
     """analytics-restbridge --upstream passes the server's refusal on: 429
     with Retry-After and RetryInfo (the RateLimit-* figures stay with the

@@ -439,6 +439,61 @@ class ClientCaReloadTest(TlsTestCase):
         self.assertGrpcRefused(grpc.secure_channel(srv.target, creds1))
 
 
+class UpstreamCertReloadTest(TlsTestCase):
+    """analytics-restbridge reads its upstream client certificate again on SIGHUP."""
+
+    MTLS = True
+
+    def post(self, port):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+        try:
+            conn.request("POST", "/api/events/batch", body=json.dumps(BATCH),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    def reload(self, bridge):
+        mark = len(bridge.stderr())
+        bridge.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT_S
+        while "upstream TLS files read again" not in bridge.stderr()[mark:]:
+            self.assertLess(time.monotonic(), deadline, harness.tail(bridge.stderr()))
+            time.sleep(0.05)
+
+    def test_sighup_reloads_the_upstream_client_certificate(self):
+        pki = self.pki
+        cert, key = pki.path("bridge-client.pem"), pki.path("bridge-client.key")
+        shutil.copy(pki.client, cert)
+        shutil.copy(pki.client_key, key)
+        bridge = self.remote_bridge(["--upstream-ca", pki.ca, "--upstream-cert", cert,
+                                     "--upstream-key", key])
+        self.assertEqual(self.post(bridge.port), 200)
+        # A certificate the upstream does not trust: new calls are refused.
+        shutil.copy(pki.rogue, cert)
+        shutil.copy(pki.rogue_key, key)
+        self.reload(bridge)
+        self.assertEqual(self.post(bridge.port), 503)
+        # A new trusted certificate: served again.
+        client3, client3_key = pki.path("client3.pem"), pki.path("client3.key")
+        pki.issue(client3, client3_key, "client3", 0x2003, "extendedKeyUsage=clientAuth\n")
+        shutil.copy(client3, cert)
+        shutil.copy(client3_key, key)
+        self.reload(bridge)
+        self.assertEqual(self.post(bridge.port), 200)
+        # An unreadable file on reload keeps the certificate in use.
+        with open(cert, "w") as f:
+            f.write("not a certificate\n")
+        bridge.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT_S
+        while "upstream TLS reload refused" not in bridge.stderr():
+            self.assertLess(time.monotonic(), deadline, harness.tail(bridge.stderr()))
+            time.sleep(0.05)
+        self.assertEqual(self.post(bridge.port), 200)
+
+
 class StartRefusedTest(unittest.TestCase):
     """A half-configured or bad TLS setting refuses start, naming the variable and path."""
 

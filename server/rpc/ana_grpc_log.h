@@ -1,4 +1,6 @@
-/* gRPC core's own log lines (gpr_log) written as lines of our JSON log. */
+/* gRPC core's own log lines (gpr_log) written as lines of our JSON log; the
+ * hook lives in the gRPC transport (grpc_server.c), which alone of the server
+ * sees gRPC core, and serves analytics-restbridge too. */
 #ifndef ANA_GRPC_LOG_H
 #define ANA_GRPC_LOG_H
 

@@ -1,0 +1,464 @@
+/* Common-word search benchmark: SearchEvents over the embedded store for
+ * words in 10% of the events, the query of the index's format 1 (every
+ * match joined and sorted) against the current one, in the same process,
+ * alternating, on the same events; and the free-text index's size per
+ * event in each format.
+ *
+ * usage: search_bench [--events N] [--runs R] [--old-runs R] [--dir D] [--out FILE] */
+#include "ana_local_db.h"
+#include "ana_store.h"
+#include "bench_common.h"
+#include "results_file.h"
+
+#include "ana_clock.h"
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DAY_MS 86400000LL
+#define PAGE 50
+
+static long n_events = 1000000;
+static int runs = 200, old_runs = 20;
+static int64_t now_ms;
+
+static double file_bytes(const char *dir, const char *name) {
+  char path[512];
+  struct stat st;
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  return stat(path, &st) == 0 ? (double)st.st_size : 0;
+}
+
+static void die(const char *what, const char *why) {
+  fprintf(stderr, "search_bench: %s: %s\n", what, why);
+  exit(1);
+}
+
+/* Marketing events: four names, 50 campaigns x 20 groups, random
+ * timestamps over 30 days (an import of history), and two words of ten
+ * values each, t0..t9 and u0..u9, each value in 10% of the events. */
+static void fill(const char *dir) {
+  struct ana_error err;
+  struct ana_local_db *db = ana_local_db_open(dir, &err);
+  if (!db)
+    die("open", err.message);
+  static const char *const names[] = {"message_sent", "message_delivered", "message_read",
+                                      "link_clicked"};
+  enum { BATCH = 10000 };
+  struct row {
+    char id[32], text[128], props[96];
+    struct ana_event_record r;
+  } *rows = calloc(BATCH, sizeof *rows);
+  struct ana_event_record *recs = calloc(BATCH, sizeof *recs);
+  uint8_t payload[200];
+  memset(payload, 0x5a, sizeof payload);
+  srand(1);
+  /* Random timestamps touch pages all over the events' indexes: the WAL
+   * would grow by gigabytes between the store's own checkpoints. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *ckpt = NULL;
+  if (sqlite3_open(path, &ckpt) != SQLITE_OK)
+    die("open", sqlite3_errmsg(ckpt));
+  sqlite3_busy_timeout(ckpt, 10000);
+  for (long done = 0, batches = 0; done < n_events; batches++) {
+    if (batches % 20 == 19)
+      sqlite3_exec(ckpt, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+    if (ana_local_db_begin(db, &err) < 0)
+      die("begin", err.message);
+    int k = 0;
+    for (; k < BATCH && done < n_events; k++, done++) {
+      struct row *w = &rows[k];
+      int c = rand() % 50, g = rand() % 20;
+      const char *name = names[(done / 100) % 4]; /* apart from the words */
+      snprintf(w->id, sizeof w->id, "e%ld", done);
+      snprintf(w->text, sizeof w->text, "%s message c%d g%d text 150 t%ld u%ld", name, c, g,
+               done % 10, (done / 10) % 10);
+      snprintf(w->props, sizeof w->props, "{\"campaignId\":\"c%d\",\"groupId\":\"g%d\"}", c, g);
+      int64_t ts = now_ms - (int64_t)(((uint64_t)rand() << 16 ^ (uint64_t)rand()) % (30 * DAY_MS));
+      recs[k] = (struct ana_event_record){
+          .account_id = "default",
+          .event_id = w->id,
+          .session_id = "s",
+          .event_type = "message",
+          .event_name = name,
+          .timestamp_ms = ts,
+          .received_at_ms = now_ms,
+          .expires_at_ms = ts + 90 * DAY_MS,
+          .properties_json = w->props,
+          .search_text = w->text,
+          .payload = payload,
+          .payload_len = sizeof payload,
+      };
+    }
+    if (ana_local_dedupe_claim(db, recs, (size_t)k, &err) < 0 ||
+        ana_local_spool_append(db, recs, (size_t)k, &err) < 0 || ana_local_db_commit(db, &err) < 0)
+      die("insert", err.message);
+  }
+  free(rows);
+  free(recs);
+  sqlite3_close(ckpt);
+  ana_local_db_close(db);
+}
+
+static void checkpoint(const char *dir) {
+  /* Searches read a checkpointed database, as after the store's idle
+   * checkpoint, not one behind gigabytes of WAL. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *c = NULL;
+  if (sqlite3_open(path, &c) != SQLITE_OK ||
+      sqlite3_exec(c, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL) != SQLITE_OK)
+    die("checkpoint", sqlite3_errmsg(c));
+  sqlite3_close(c);
+}
+
+/* The index of format 1 (positions kept, rowid = commit sequence, no
+ * reserved tokens) in old-text.db, filled as its thread did: batches of
+ * 1,000 events. Returns events per second. */
+static double build_old_index(const char *dir) {
+  char path[512], events[512];
+  snprintf(path, sizeof path, "%s/old-text.db", dir);
+  snprintf(events, sizeof events, "%s/analytics.db", dir);
+  sqlite3 *c = NULL;
+  if (sqlite3_open(path, &c) != SQLITE_OK)
+    die("old index", sqlite3_errmsg(c));
+  char *attach = sqlite3_mprintf("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                                 "ATTACH %Q AS ev;"
+                                 "CREATE VIRTUAL TABLE events_fts USING fts5(search_text,"
+                                 " content='')",
+                                 events);
+  double start = bench_now_s();
+  if (sqlite3_exec(c, attach, NULL, NULL, NULL) != SQLITE_OK)
+    die("old index", sqlite3_errmsg(c));
+  sqlite3_free(attach);
+  for (long from = 0; from < n_events; from += 1000) {
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "BEGIN; INSERT INTO events_fts (rowid, search_text) SELECT seq, search_text"
+             " FROM ev.events WHERE seq > %ld ORDER BY seq LIMIT 1000; COMMIT",
+             from);
+    if (sqlite3_exec(c, sql, NULL, NULL, NULL) != SQLITE_OK)
+      die("old index", sqlite3_errmsg(c));
+  }
+  double rate = (double)n_events / (bench_now_s() - start);
+  sqlite3_close(c);
+  return rate;
+}
+
+/* ------------------------------------------------------------------ */
+/* the two queries */
+
+struct page {
+  int n;
+  char ids[PAGE][32];
+  int64_t ts[PAGE];
+};
+
+static int collect(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                   uint64_t seq) {
+  (void)payload;
+  (void)len;
+  (void)seq;
+  struct page *p = ctx;
+  snprintf(p->ids[p->n], sizeof p->ids[0], "%s", id);
+  p->ts[p->n++] = ts;
+  return p->n == PAGE;
+}
+
+static const struct ana_search_index_ops *ops;
+static void *index_handle;
+static sqlite3 *old_conn;
+
+static void new_search(const struct ana_event_query *q, struct page *p) {
+  struct ana_error err;
+  p->n = 0;
+  if (ops->search(index_handle, q, collect, p, &err) < 0)
+    die("search", err.message);
+}
+
+/* The query of format 1, as it was: every match joined with its event and
+ * sorted. */
+static void old_search(const struct ana_event_query *q, struct page *p) {
+  char match[64];
+  const char *w = q->text;
+  size_t len = 0;
+  match[0] = '\0';
+  while (*w) { /* words quoted, as it did */
+    const char *e = strchr(w, ' ');
+    size_t n = e ? (size_t)(e - w) : strlen(w);
+    len +=
+        (size_t)snprintf(match + len, sizeof match - len, "%s\"%.*s\"", len ? " " : "", (int)n, w);
+    w += n + (e ? 1 : 0);
+  }
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "SELECT payload, ts, event_id, seq FROM"
+           " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
+           " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
+           " AND ts >= ?2 AND ts < ?3%s%s ORDER BY ts DESC, event_id DESC LIMIT ?10",
+           q->event_name ? " AND event_name = ?5" : "",
+           q->after_cursor ? " AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))" : "");
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(old_conn, sql, -1, &st, NULL) != SQLITE_OK)
+    die("old search", sqlite3_errmsg(old_conn));
+  sqlite3_bind_text(st, 1, q->account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, q->from_ms);
+  sqlite3_bind_int64(st, 3, q->to_ms);
+  if (q->event_name)
+    sqlite3_bind_text(st, 5, q->event_name, -1, SQLITE_STATIC);
+  if (q->after_cursor) {
+    sqlite3_bind_int64(st, 7, q->cursor_ts);
+    sqlite3_bind_text(st, 8, q->cursor_event_id, -1, SQLITE_STATIC);
+  }
+  sqlite3_bind_text(st, 9, match, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 10, q->limit);
+  p->n = 0;
+  while (sqlite3_step(st) == SQLITE_ROW)
+    if (collect(p, NULL, 0, sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
+                0))
+      break;
+  sqlite3_finalize(st);
+}
+
+/* ------------------------------------------------------------------ */
+/* the cases */
+
+struct search_case {
+  const char *label;
+  bool two_words, by_name, one_day;
+  int page; /* 1 or 10 */
+};
+
+/* Run i's query of case c (its words and day vary with i), positioned at
+ * the case's page by following the cursor of the pages before (read with
+ * the current query, untimed). */
+static void make_query(const struct search_case *c, int i, struct ana_event_query *q, char *text,
+                       size_t cap, char *cursor_id) {
+  if (c->two_words)
+    snprintf(text, cap, "t%d u%d", i % 10, (i * 3 + 1) % 10);
+  else
+    snprintf(text, cap, "t%d", i % 10);
+  *q = (struct ana_event_query){.account_id = "default",
+                                .from_ms = INT64_MIN,
+                                .to_ms = INT64_MAX,
+                                .text = text,
+                                .limit = PAGE};
+  if (c->by_name)
+    q->event_name = "message_read";
+  if (c->one_day) {
+    q->to_ms = now_ms - (int64_t)(i % 28) * DAY_MS;
+    q->from_ms = q->to_ms - DAY_MS;
+  }
+  for (int p = 1; p < c->page; p++) {
+    struct page pg;
+    new_search(q, &pg);
+    if (pg.n == 0)
+      break;
+    q->after_cursor = true;
+    q->cursor_ts = pg.ts[pg.n - 1];
+    snprintf(cursor_id, 32, "%s", pg.ids[pg.n - 1]);
+    q->cursor_event_id = cursor_id;
+  }
+}
+
+/* CPU time of the calling thread, in ms: what a query costs apart from
+ * waiting for a CPU on a shared machine. */
+static double thread_cpu_ms(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_THREAD, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+int main(int argc, char **argv) {
+  const char *out_path = NULL, *dir_arg = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--events") == 0 && i + 1 < argc)
+      n_events = atol(argv[++i]);
+    else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
+      runs = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--old-runs") == 0 && i + 1 < argc)
+      old_runs = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc)
+      dir_arg = argv[++i];
+    else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+      out_path = argv[++i];
+    else {
+      fprintf(stderr, "usage: search_bench [--events N] [--runs R] [--old-runs R] [--dir D] "
+                      "[--out FILE]\n");
+      return 2;
+    }
+  }
+  if (old_runs > runs)
+    old_runs = runs;
+  char dir[256];
+  if (dir_arg)
+    snprintf(dir, sizeof dir, "%s", dir_arg);
+  else
+    snprintf(dir, sizeof dir, "/tmp/search_bench.%d", (int)getpid());
+  now_ms = ana_clock_wall_ms() / 1000 * 1000;
+  char cmd[600];
+  /* --dir with a store already filled (by an earlier run with the same
+   * --events): reused, only the indexes are built again. */
+  bool reuse = dir_arg && file_bytes(dir, "analytics.db") > 0;
+  snprintf(cmd, sizeof cmd, reuse ? "rm -f %s/*text.db*" : "rm -rf %s && mkdir -p %s", dir, dir);
+  if (system(cmd) != 0)
+    die("mkdir", dir);
+
+  double t0 = bench_now_s(), fill_s = 0;
+  if (!reuse) {
+    printf("filling %ld events...\n", n_events);
+    fill(dir);
+    fill_s = bench_now_s() - t0;
+  }
+  checkpoint(dir);
+
+  /* The current index, built as the server builds it (its thread, its
+   * batches): what a rebuild after a format change costs. */
+  struct ana_error err;
+  ops = ana_store_search_backend("sqlite");
+  struct ana_local_db *db = ana_local_db_open(dir, &err);
+  if (!db)
+    die("open", err.message);
+  uint64_t last = 0;
+  ana_local_spool_last_seq(db, &last, &err);
+  t0 = bench_now_s();
+  index_handle = ops->open(db, &err);
+  if (!index_handle || ops->wait(index_handle, last, 3600 * 1000, &err) < 0)
+    die("index", err.message);
+  double new_rate = (double)n_events / (bench_now_s() - t0);
+  ops->close(index_handle);
+  double old_rate = build_old_index(dir);
+  double new_bytes = file_bytes(dir, "analytics-text.db") / (double)n_events;
+  double old_bytes = file_bytes(dir, "old-text.db") / (double)n_events;
+  printf("index: format 2 %.1f B/event built at %.0f ev/s; format 1 %.1f B/event at %.0f ev/s\n",
+         new_bytes, new_rate, old_bytes, old_rate);
+
+  index_handle = ops->open(db, &err);
+  if (!index_handle || ops->wait(index_handle, last, 60000, &err) < 0)
+    die("index", err.message);
+  char path[512];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  if (sqlite3_open_v2(path, &old_conn, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+    die("open", sqlite3_errmsg(old_conn));
+  char *attach = sqlite3_mprintf("ATTACH %Q AS text",
+                                 (snprintf(path, sizeof path, "%s/old-text.db", dir), path));
+  if (sqlite3_exec(old_conn, attach, NULL, NULL, NULL) != SQLITE_OK)
+    die("attach", sqlite3_errmsg(old_conn));
+  sqlite3_free(attach);
+
+  static const struct search_case cases[] = {
+      {"one word, page 1", false, false, false, 1},
+      {"one word, page 10", false, false, false, 10},
+      {"one word, eventName, page 1", false, true, false, 1},
+      {"one word, eventName, page 10", false, true, false, 10},
+      {"one word, 1-day range, page 1", false, false, true, 1},
+      {"one word, 1-day range, page 10", false, false, true, 10},
+      {"one word, eventName + 1-day range, page 1", false, true, true, 1},
+      {"one word, eventName + 1-day range, page 10", false, true, true, 10},
+      {"two words, page 1", true, false, false, 1},
+      {"two words, page 10", true, false, false, 10},
+      {"two words, eventName, page 1", true, true, false, 1},
+      {"two words, eventName, page 10", true, true, false, 10},
+      {"two words, 1-day range, page 1", true, false, true, 1},
+      {"two words, 1-day range, page 10", true, false, true, 10},
+      {"two words, eventName + 1-day range, page 1", true, true, true, 1},
+      {"two words, eventName + 1-day range, page 10", true, true, true, 10},
+  };
+  size_t n_cases = sizeof cases / sizeof cases[0];
+  char section[8192];
+  size_t len = 0;
+#define OUT(...) len += (size_t)snprintf(section + len, sizeof section - len, __VA_ARGS__)
+  char mach[256];
+  bench_machine(mach, sizeof mach);
+  double load = 0;
+  getloadavg(&load, 1);
+  char filled[64] = ", the store of an earlier run with --dir";
+  if (!reuse)
+    snprintf(filled, sizeof filled, ", filled in %.0f s", fill_s);
+  OUT("## Common-word search\n\n");
+  OUT("`build/bench/search_bench --events %ld` on %s: %ld events (4 names, 50 campaigns x 20 "
+      "groups, random timestamps over 30 days%s), pages of %d, words t0..t9 "
+      "and u0..u9 each in 10%% of the events (two words: both, 1%%); eventName message_read "
+      "(25%%); a 1-day range. In the same process, alternating per run: the query of the "
+      "index's format 1 (every match joined with its event and sorted; %d runs) and the current "
+      "one (%d runs). Wall time, and in parentheses the thread's CPU time (getrusage), which "
+      "the machine's other load does not inflate (load average %.1f at the start). Equal pages: "
+      "every page of the old query was compared with the new one's.\n\n",
+      n_events, mach, n_events, filled, PAGE, old_runs, runs, load);
+  OUT("| case | format 1 p50 / p99 (CPU p50) | current p50 / p99 (CPU p50 / p99) | target "
+      "|\n|---|---|---|---|\n");
+  int mismatches = 0;
+  double *lat_new = calloc((size_t)runs, sizeof *lat_new);
+  double *lat_old = calloc((size_t)runs, sizeof *lat_old);
+  double *cpu_new = calloc((size_t)runs, sizeof *cpu_new);
+  double *cpu_old = calloc((size_t)runs, sizeof *cpu_old);
+  for (size_t ci = 0; ci < n_cases; ci++) {
+    const struct search_case *c = &cases[ci];
+    for (int i = 0; i < runs; i++) {
+      struct ana_event_query q;
+      char text[32], cursor_id[32];
+      make_query(c, i, &q, text, sizeof text, cursor_id);
+      struct page a, b;
+      double t = bench_now_s(), cpu = thread_cpu_ms();
+      new_search(&q, &a);
+      lat_new[i] = (bench_now_s() - t) * 1e3;
+      cpu_new[i] = thread_cpu_ms() - cpu;
+      if (i < old_runs) {
+        t = bench_now_s();
+        cpu = thread_cpu_ms();
+        old_search(&q, &b);
+        lat_old[i] = (bench_now_s() - t) * 1e3;
+        cpu_old[i] = thread_cpu_ms() - cpu;
+        bool same = a.n == b.n;
+        for (int k = 0; same && k < a.n; k++)
+          same = strcmp(a.ids[k], b.ids[k]) == 0;
+        if (!same) {
+          mismatches++;
+          fprintf(stderr, "search_bench: %s run %d: pages differ (%d and %d events)\n", c->label, i,
+                  a.n, b.n);
+        }
+      }
+    }
+    double n50 = bench_percentile(lat_new, (size_t)runs, 50),
+           n99 = bench_percentile(lat_new, (size_t)runs, 99);
+    double o50 = bench_percentile(lat_old, (size_t)old_runs, 50),
+           o99 = bench_percentile(lat_old, (size_t)old_runs, 99);
+    double nc50 = bench_percentile(cpu_new, (size_t)runs, 50),
+           nc99 = bench_percentile(cpu_new, (size_t)runs, 99);
+    double oc50 = bench_percentile(cpu_old, (size_t)old_runs, 50);
+    printf("%-48s old %8.2f / %8.2f ms (cpu %7.2f)  new %7.2f / %7.2f ms (cpu %6.2f / %6.2f)\n",
+           c->label, o50, o99, oc50, n50, n99, nc50, nc99);
+    fflush(stdout);
+    OUT("| %s | %.0f / %.0f ms (%.0f ms) | %.1f / %.1f ms (%.1f / %.1f ms) | p99 < 100 ms |\n",
+        c->label, o50, o99, oc50, n50, n99, nc50, nc99);
+  }
+  OUT("\nFree-text index (analytics-text.db) per event: %.1f bytes (format 1: %.1f; target <= "
+      "40). Built from the events (a rebuild after a format change) at %.0f events/s (format "
+      "1: %.0f). Pages that differed between the two queries: %d.\n",
+      new_bytes, old_bytes, new_rate, old_rate, mismatches);
+#undef OUT
+  printf("%s", section);
+  if (out_path)
+    bench_results_replace(out_path, "## Common-word search", section);
+  free(lat_new);
+  free(lat_old);
+  free(cpu_new);
+  free(cpu_old);
+  sqlite3_close(old_conn);
+  ops->close(index_handle);
+  ana_local_db_close(db);
+  if (!dir_arg) {
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+      return 1;
+  }
+  return mismatches ? 1 : 0;
+}

@@ -1,0 +1,236 @@
+/* ClickHouse's HTTP interface over the shared libcurl client: statements in the body, inserts
+ * gzip-compressed, basic authentication, the database and a query_id as URL parameters. */
+#include "ana_alloc.h"
+#include "ana_http.h"
+#include "ana_store_config.h"
+#include "clickhouse_backend.h"
+
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <zlib.h>
+
+/* Answers longer than this are refused (the longest is a batch's list of sequence numbers). */
+#define MAX_ANSWER (64u << 20)
+
+struct ana_clickhouse {
+  struct ana_http_client *http;
+  char base[1024]; /* scheme://[userinfo@]host:port/path?  (ends with '?' or '&') */
+  char auth[768];  /* "Authorization: Basic ..." or "" when the URL carries credentials */
+  char db[80];     /* CLICKHOUSE_DATABASE */
+  char host[256];  /* for messages, without credentials */
+  int timeout_ms;
+};
+
+const char *ana_clickhouse_database(const struct ana_clickhouse *ch) {
+  return ch->db;
+}
+
+/* The URL's authority without credentials, for messages. */
+static void host_for_messages(const char *url, char *out, size_t cap) {
+  const char *a = strstr(url, "://");
+  a = a ? a + 3 : url;
+  size_t n = strcspn(a, "/?#");
+  const char *at = memchr(a, '@', n);
+  if (at) {
+    n -= (size_t)(at + 1 - a);
+    a = at + 1;
+  }
+  snprintf(out, cap, "%.*s", (int)(n < 255 ? n : 255), a);
+}
+
+struct ana_clickhouse *ana_clickhouse_open(const struct ana_store_settings *cfg,
+                                           struct ana_error *err) {
+  struct ana_clickhouse *ch = ana_calloc(1, sizeof *ch);
+  if (!ch) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  const char *h = cfg->clickhouse_host;
+  bool has_scheme = strstr(h, "://") != NULL;
+  const char *authority = has_scheme ? strstr(h, "://") + 3 : h;
+  size_t alen = strcspn(authority, "/?#");
+  bool has_port = false;
+  for (size_t i = alen; i > 0; i--) { /* a ':' after the last ']' or '@' */
+    char c = authority[i - 1];
+    if (c == ':') {
+      has_port = true;
+      break;
+    }
+    if (c == ']' || c == '@')
+      break;
+  }
+  bool creds = memchr(authority, '@', alen) != NULL;
+  bool has_query = strchr(h, '?') != NULL;
+  size_t hl = strlen(h);
+  int n = snprintf(ch->base, sizeof ch->base, "%s%s%s%s%s", has_scheme ? "" : "http://", h,
+                   has_port || has_scheme ? "" : ":8123",
+                   has_query || (hl && h[hl - 1] == '/') || authority[alen] ? "" : "/",
+                   has_query ? "&" : "?");
+  if (n < 0 || (size_t)n >= sizeof ch->base) {
+    ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "CLICKHOUSE_HOST: too long");
+    goto fail;
+  }
+  host_for_messages(ch->base, ch->host, sizeof ch->host);
+  snprintf(ch->db, sizeof ch->db, "%s",
+           cfg->clickhouse_database && cfg->clickhouse_database[0] ? cfg->clickhouse_database
+                                                                   : "analytics");
+  if (!creds) {
+    char userpass[512];
+    int m =
+        snprintf(userpass, sizeof userpass, "%s:%s",
+                 cfg->clickhouse_user && cfg->clickhouse_user[0] ? cfg->clickhouse_user : "default",
+                 cfg->clickhouse_password ? cfg->clickhouse_password : "");
+    if (m < 0 || (size_t)m >= sizeof userpass) {
+      ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                    "CLICKHOUSE_USER, CLICKHOUSE_PASSWORD: too long");
+      goto fail;
+    }
+    unsigned char b64[700];
+    EVP_EncodeBlock(b64, (const unsigned char *)userpass, m);
+    snprintf(ch->auth, sizeof ch->auth, "Authorization: Basic %s", (const char *)b64);
+  }
+  ch->timeout_ms = cfg->clickhouse_timeout_ms > 0 ? cfg->clickhouse_timeout_ms : 30000;
+  struct ana_http_options o = {
+      .connect_timeout_ms = ch->timeout_ms < 5000 ? ch->timeout_ms : 5000,
+      .max_response_bytes = MAX_ANSWER,
+      .pool_size = 4,
+      .ca_file = cfg->clickhouse_ca_file,
+  };
+  if (!(ch->http = ana_http_client_create(&o, err)))
+    goto fail;
+  return ch;
+fail:
+  ana_free(ch);
+  return NULL;
+}
+
+void ana_clickhouse_close(struct ana_clickhouse *ch) {
+  if (!ch)
+    return;
+  ana_http_client_destroy(ch->http);
+  ana_free(ch);
+}
+
+/* POSTs body to the base URL with params (already escaped) appended. */
+static int post(struct ana_clickhouse *ch, const char *params, const void *body, size_t len,
+                bool gzip, char **out, struct ana_error *err) {
+  size_t ul = strlen(ch->base) + strlen(params) + 1;
+  char *url = ana_malloc(ul);
+  if (!url)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  snprintf(url, ul, "%s%s", ch->base, params);
+  const char *headers[3];
+  size_t nh = 0;
+  if (ch->auth[0])
+    headers[nh++] = ch->auth;
+  if (gzip)
+    headers[nh++] = "Content-Encoding: gzip";
+  struct ana_http_request req = {
+      .method = "POST",
+      .url = url,
+      .headers = headers,
+      .n_headers = nh,
+      .body = body,
+      .body_len = len,
+      .timeout_ms = ch->timeout_ms,
+      .field = "CLICKHOUSE_HOST",
+  };
+  struct ana_http_response resp;
+  int rc = ana_http_perform(ch->http, &req, &resp, err);
+  ana_free(url);
+  if (rc == 0 && (resp.status != 200 || resp.truncated)) {
+    size_t n = resp.body_len;
+    while (n > 0 && (resp.body[n - 1] == '\n' || resp.body[n - 1] == ' '))
+      n--;
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse at %s answered %ld: %.*s", ch->host,
+                  resp.status, (int)(n > 300 ? 300 : n), resp.body ? resp.body : "");
+    rc = ANA_ERR_IO;
+  } else if (rc == ANA_ERR_TIMEOUT) {
+    ana_error_set(err, ANA_STATUS_DEADLINE_EXCEEDED,
+                  "ClickHouse at %s did not answer within CLICKHOUSE_TIMEOUT (%d ms)", ch->host,
+                  ch->timeout_ms);
+  } else if (rc < 0) {
+    char detail[sizeof err->message];
+    memcpy(detail, err->message, sizeof detail);
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse: %s", detail);
+    rc = rc == ANA_ERR_NOMEM ? rc : ANA_ERR_IO;
+  }
+  if (rc == 0 && out) {
+    *out = resp.body ? resp.body : NULL;
+    resp.body = NULL;
+    if (!*out && !(*out = ana_calloc(1, 1)))
+      rc = (ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM);
+  }
+  ana_http_response_fini(&resp);
+  return rc;
+}
+
+/* "database=...&query_id=...&" parameters, escaped. */
+static int params_for(struct ana_clickhouse *ch, bool with_db, const char *query_id,
+                      const char *query, char *out, size_t cap) {
+  out[0] = '\0';
+  size_t len = 0;
+  if (with_db)
+    len += (size_t)snprintf(out + len, cap - len, "database=%s&", ch->db);
+  if (query_id && len < cap)
+    len += (size_t)snprintf(out + len, cap - len, "query_id=%s&", query_id);
+  if (query && len < cap) {
+    char *q = curl_easy_escape(NULL, query, 0);
+    if (!q)
+      return -1;
+    len += (size_t)snprintf(out + len, cap - len, "query=%s", q);
+    curl_free(q);
+  }
+  return len < cap ? 0 : -1;
+}
+
+int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_db,
+                         const char *query_id, char **out, struct ana_error *err) {
+  char params[512];
+  if (out)
+    *out = NULL;
+  if (params_for(ch, with_db, query_id, NULL, params, sizeof params) < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
+           ANA_ERR_INTERNAL;
+  return post(ch, params, sql, strlen(sql), false, out, err);
+}
+
+/* gzip (zlib's deflate with a gzip wrapper) of data; *out owned by the caller. */
+int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
+                        struct ana_error *err) {
+  z_stream z;
+  memset(&z, 0, sizeof z);
+  if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "zlib: cannot start"), ANA_ERR_INTERNAL;
+  size_t cap = deflateBound(&z, (uLong)len) + 64;
+  unsigned char *buf = ana_malloc(cap);
+  if (!buf) {
+    deflateEnd(&z);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  }
+  z.next_in = (Bytef *)data;
+  z.avail_in = (uInt)len;
+  z.next_out = buf;
+  z.avail_out = (uInt)cap;
+  int zr = deflate(&z, Z_FINISH);
+  *out_len = cap - z.avail_out;
+  deflateEnd(&z);
+  if (zr != Z_STREAM_END) {
+    ana_free(buf);
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "zlib: cannot compress"), ANA_ERR_INTERNAL;
+  }
+  *out = buf;
+  return 0;
+}
+
+int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,
+                                  const void *body, size_t len, const char *query_id,
+                                  struct ana_error *err) {
+  char params[1024];
+  if (params_for(ch, true, query_id, insert_sql, params, sizeof params) < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
+           ANA_ERR_INTERNAL;
+  return post(ch, params, body, len, true, NULL, err);
+}

@@ -1,0 +1,1052 @@
+/* The ClickHouse event store: a thread ships the local spool to ClickHouse in commit-sequence
+ * order (RowBinary, gzip, one INSERT per day partition of a batch), every row carrying its
+ * commit sequence and this instance's id; after a failed, timed-out or unconfirmed batch, and at
+ * start-up, it asks ClickHouse which sequences of the uncertain range it holds and sends only the
+ * missing rows, so every event reaches ClickHouse exactly once. Reads are served from the local
+ * copy of the events (the spool), retention drops ClickHouse's day partitions, and the spool of
+ * events not yet shipped is bounded (SPOOL_MAX_BYTES). */
+#include "ana_alloc.h"
+#include "ana_clock.h"
+#include "ana_file.h"
+#include "ana_id.h"
+#include "ana_local_db.h"
+#include "ana_log.h"
+#include "ana_prom.h"
+#include "ana_store_config.h"
+#include "clickhouse_backend.h"
+#include "sqlite/sqlite_backends.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DAY_MS 86400000LL
+/* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
+#define SCHEMA_VERSION 1
+#define RETRY_MAX_MS 5000
+
+static const struct ana_store_settings *settings;
+
+void ana_clickhouse_configure(const struct ana_store_settings *cfg) {
+  settings = cfg;
+}
+
+struct ch_store {
+  struct ana_local_db *db;
+  void *local; /* the embedded event store over the spool: reads and local retention */
+  struct ana_clickhouse *ch;
+  char instance[ANA_UUID_STR_LEN + 1];
+  char state_path[4200];
+  int batch_rows, interval_ms, retention_days, sweep_ms;
+  int64_t max_bytes;
+
+  pthread_t thread;
+  bool started;
+  pthread_mutex_t mu; /* guards stopping, reason and the condition; never held across I/O */
+  pthread_cond_t cond;
+  bool stopping;
+  char reason[512];
+
+  atomic_uint_fast64_t shipped;   /* every sequence up to it is in ClickHouse */
+  atomic_uint_fast64_t committed; /* the last committed sequence */
+  atomic_int_fast64_t pending_bytes;
+  atomic_int_fast64_t oldest_ms; /* receive time of the oldest event not shipped; 0: none */
+  atomic_bool degraded, ready, full;
+  atomic_uint_fast64_t uncertain_hi; /* sequences up to it may be in ClickHouse already */
+
+  struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out;
+  bool metrics;
+};
+
+/* --- the state file: this instance's id and the last confirmed sequence --- */
+
+static int save_state(struct ch_store *s, struct ana_error *err) {
+  char tmp[sizeof s->state_path + 8], text[128];
+  snprintf(tmp, sizeof tmp, "%s.tmp", s->state_path);
+  int n = snprintf(text, sizeof text, "instance %s\nshipped %" PRIu64 "\n", s->instance,
+                   (uint64_t)atomic_load(&s->shipped));
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    goto fail;
+  if (write(fd, text, (size_t)n) != n || fdatasync(fd) < 0) {
+    close(fd);
+    goto fail;
+  }
+  close(fd);
+  if (rename(tmp, s->state_path) < 0)
+    goto fail;
+  return 0;
+fail:
+  return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "cannot write %s: %s", s->state_path,
+                       strerror(errno));
+}
+
+/* Reads the state file; a missing one is a new instance (new id, nothing shipped). */
+static int load_state(struct ch_store *s, struct ana_error *err) {
+  FILE *f = fopen(s->state_path, "re");
+  if (!f) {
+    if (errno != ENOENT)
+      return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION, "cannot read %s: %s", s->state_path,
+                           strerror(errno));
+    if (ana_uuid7_generate(s->instance) < 0)
+      return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot generate an instance id");
+    atomic_store(&s->shipped, 0);
+    return save_state(s, err);
+  }
+  char id[64] = "";
+  unsigned long long shipped = 0;
+  int got = fscanf(f, "instance %63s shipped %llu", id, &shipped);
+  fclose(f);
+  if (got != 2 || !ana_uuid_is_valid(id))
+    return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                         "%s is damaged (expected \"instance <uuid>\" and \"shipped <n>\")",
+                         s->state_path);
+  memcpy(s->instance, id, ANA_UUID_STR_LEN); /* valid: exactly that long */
+  s->instance[ANA_UUID_STR_LEN] = '\0';
+  atomic_store(&s->shipped, (uint64_t)shipped);
+  return 0;
+}
+
+/* --- helpers --- */
+
+static void set_reason(struct ch_store *s, const char *why) {
+  pthread_mutex_lock(&s->mu);
+  snprintf(s->reason, sizeof s->reason, "%s", why);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Sleeps up to ms unless stopped; returns whether stopping. */
+static bool nap(struct ch_store *s, int64_t ms) {
+  pthread_mutex_lock(&s->mu);
+  if (!s->stopping && ms > 0) {
+    struct timespec until = ana_clock_deadline(CLOCK_MONOTONIC, ms);
+    pthread_cond_timedwait(&s->cond, &s->mu, &until);
+  }
+  bool stop = s->stopping;
+  pthread_mutex_unlock(&s->mu);
+  return stop;
+}
+
+/* The first unsigned number of text (0 when none). */
+static uint64_t first_number(const char *text) {
+  return text ? strtoull(text, NULL, 10) : 0;
+}
+
+/* Waits until no insert of this instance is running in ClickHouse (an earlier process's, or one
+ * this process gave up on): after it, what ClickHouse holds of them is final. */
+static int settle(struct ch_store *s, struct ana_error *err) {
+  char kill[256], count[256];
+  snprintf(kill, sizeof kill, "KILL QUERY WHERE query_id LIKE 'ana-%s-%%' SYNC", s->instance);
+  snprintf(count, sizeof count,
+           "SELECT count() FROM system.processes WHERE query_id LIKE 'ana-%s-%%'", s->instance);
+  for (int i = 0; i < 50; i++) {
+    int rc = ana_clickhouse_query(s->ch, kill, false, NULL, NULL, err);
+    if (rc < 0)
+      return rc;
+    char *out = NULL;
+    rc = ana_clickhouse_query(s->ch, count, false, NULL, &out, err);
+    uint64_t n = rc == 0 ? first_number(out) : 1;
+    ana_free(out);
+    if (rc < 0)
+      return rc;
+    if (n == 0)
+      return 0;
+    if (nap(s, 100))
+      break;
+  }
+  return ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                       "ClickHouse: an earlier insert of this instance is still running"),
+         ANA_ERR_IO;
+}
+
+/* --- schema --- */
+
+static const char *const migrations[SCHEMA_VERSION] = {
+    /* 1: the events, one partition per UTC day of their timestamp. */
+    "CREATE TABLE IF NOT EXISTS events ("
+    " instance String, seq UInt64, account_id String, event_id String, session_id String,"
+    " event_type String, event_name String, ts Int64, received_at Int64, day Date,"
+    " prop_keys Array(String), prop_values Array(String), payload String)"
+    " ENGINE = MergeTree PARTITION BY day ORDER BY (account_id, ts, event_id)",
+};
+
+static int migrate(struct ch_store *s, struct ana_error *err) {
+  char sql[256];
+  snprintf(sql, sizeof sql, "CREATE DATABASE IF NOT EXISTS %s", ana_clickhouse_database(s->ch));
+  int rc = ana_clickhouse_query(s->ch, sql, false, NULL, NULL, err);
+  if (rc == 0)
+    rc = ana_clickhouse_query(s->ch,
+                              "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32,"
+                              " applied_at DateTime) ENGINE = TinyLog",
+                              true, NULL, NULL, err);
+  char *out = NULL;
+  if (rc == 0)
+    rc = ana_clickhouse_query(s->ch, "SELECT max(version) FROM schema_migrations", true, NULL, &out,
+                              err);
+  if (rc < 0)
+    return rc;
+  uint64_t have = first_number(out);
+  ana_free(out);
+  if (have > SCHEMA_VERSION)
+    return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                         "ClickHouse database %s has schema version %" PRIu64
+                         ", newer than this server's %d",
+                         ana_clickhouse_database(s->ch), have, SCHEMA_VERSION);
+  for (uint64_t v = have + 1; v <= SCHEMA_VERSION; v++) {
+    rc = ana_clickhouse_query(s->ch, migrations[v - 1], true, NULL, NULL, err);
+    snprintf(sql, sizeof sql, "INSERT INTO schema_migrations VALUES (%" PRIu64 ", now())", v);
+    if (rc == 0)
+      rc = ana_clickhouse_query(s->ch, sql, true, NULL, NULL, err);
+    if (rc < 0)
+      return rc;
+    ANA_INFO("clickhouse", "schema migrated to version %" PRIu64, v);
+  }
+  return 0;
+}
+
+/* Start-up: the schema, then what ClickHouse holds of this instance beyond the confirmed
+ * sequence (uncertain until checked). */
+static int setup(struct ch_store *s, struct ana_error *err) {
+  int rc = migrate(s, err);
+  if (rc == 0)
+    rc = settle(s, err);
+  if (rc < 0)
+    return rc;
+  char sql[256], *out = NULL;
+  snprintf(sql, sizeof sql, "SELECT max(seq) FROM events WHERE instance = '%s'", s->instance);
+  if ((rc = ana_clickhouse_query(s->ch, sql, true, NULL, &out, err)) < 0)
+    return rc;
+  uint64_t max_ch = first_number(out);
+  ana_free(out);
+  uint64_t last = 0;
+  if ((rc = ana_local_spool_last_seq(s->db, &last, err)) < 0)
+    return rc;
+  if (max_ch > last) {
+    /* ClickHouse holds sequences this spool never reached: the local database was replaced.
+     * Its sequences start over, so it ships as a new instance. */
+    ANA_WARN("clickhouse",
+             "ClickHouse holds sequence %" PRIu64 " of instance %s but the spool ends at %" PRIu64
+             ": the local database is not the one shipped before; shipping as a new instance",
+             max_ch, s->instance, last);
+    if (ana_uuid7_generate(s->instance) < 0)
+      return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot generate an instance id");
+    atomic_store(&s->shipped, 0);
+    if ((rc = save_state(s, err)) < 0)
+      return rc;
+    max_ch = 0;
+  }
+  atomic_store(&s->uncertain_hi, max_ch > atomic_load(&s->shipped) ? max_ch : 0);
+  ANA_INFO("clickhouse", "instance %s: confirmed up to %" PRIu64 ", %s", s->instance,
+           (uint64_t)atomic_load(&s->shipped),
+           atomic_load(&s->uncertain_hi) ? "checking the rows sent after it" : "nothing uncertain");
+  return 0;
+}
+
+/* --- rows --- */
+
+struct buf {
+  unsigned char *p;
+  size_t len, cap;
+  bool failed;
+};
+
+static void put(struct buf *b, const void *data, size_t n) {
+  if (b->failed || n == 0)
+    return;
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 65536;
+    while (cap < b->len + n)
+      cap *= 2;
+    unsigned char *p = ana_realloc(b->p, cap);
+    if (!p) {
+      b->failed = true;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, n);
+  b->len += n;
+}
+
+static void put_varint(struct buf *b, uint64_t v) {
+  unsigned char t[10];
+  size_t n = 0;
+  do {
+    t[n] = (unsigned char)(v & 0x7f);
+    v >>= 7;
+    if (v)
+      t[n] |= 0x80;
+    n++;
+  } while (v);
+  put(b, t, n);
+}
+
+static void put_bytes(struct buf *b, const void *s, size_t n) {
+  put_varint(b, n);
+  put(b, s, n);
+}
+
+static void put_str(struct buf *b, const char *s) {
+  put_bytes(b, s ? s : "", s ? strlen(s) : 0);
+}
+
+static void put_u64(struct buf *b, uint64_t v) {
+  unsigned char t[8];
+  for (int i = 0; i < 8; i++)
+    t[i] = (unsigned char)(v >> (8 * i));
+  put(b, t, 8);
+}
+
+static int day_of(int64_t ts_ms) {
+  int64_t d = ts_ms >= 0 ? ts_ms / DAY_MS : -((-ts_ms + DAY_MS - 1) / DAY_MS);
+  return d < 0 ? 0 : d > 65535 ? 65535 : (int)d;
+}
+
+/* Properties as parallel arrays of keys and of values as text (strings as they are, other
+ * values as their JSON). */
+static void put_properties(struct buf *b, const char *json) {
+  json_t *o = json ? json_loads(json, JSON_DECODE_ANY, NULL) : NULL;
+  size_t n = json_is_object(o) ? json_object_size(o) : 0;
+  const char *key;
+  json_t *v;
+  put_varint(b, n);
+  if (n)
+    json_object_foreach(o, key, v) put_str(b, key);
+  put_varint(b, n);
+  if (n) {
+    json_object_foreach(o, key, v) {
+      if (json_is_string(v)) {
+        put_bytes(b, json_string_value(v), json_string_length(v));
+      } else {
+        char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        put_str(b, t ? t : "");
+        free(t);
+      }
+    }
+  }
+  json_decref(o);
+}
+
+static void put_row(struct buf *b, const char *instance, const struct ana_spooled_event *e) {
+  put_str(b, instance);
+  put_u64(b, e->seq);
+  put_str(b, e->account_id);
+  put_str(b, e->event_id);
+  put_str(b, e->session_id);
+  put_str(b, e->event_type);
+  put_str(b, e->event_name);
+  put_u64(b, (uint64_t)e->timestamp_ms);
+  put_u64(b, (uint64_t)e->received_at_ms);
+  unsigned char day[2] = {(unsigned char)(day_of(e->timestamp_ms) & 0xff),
+                          (unsigned char)(day_of(e->timestamp_ms) >> 8)};
+  put(b, day, 2);
+  put_properties(b, e->properties_json);
+  put_bytes(b, e->payload, e->payload_len);
+}
+
+/* An event's size as the spool bound counts it. */
+static int64_t event_bytes(size_t payload, const char *props, const char *id) {
+  return (int64_t)(payload + (props ? strlen(props) : 0) + (id ? strlen(id) : 0) + 64);
+}
+
+static const char insert_sql[] =
+    "INSERT INTO events (instance, seq, account_id, event_id, session_id, event_type,"
+    " event_name, ts, received_at, day, prop_keys, prop_values, payload) FORMAT RowBinary";
+
+static int by_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The sequences in [lo, hi] ClickHouse holds of this instance, sorted; *n how many. */
+static int held_seqs(struct ch_store *s, uint64_t lo, uint64_t hi, uint64_t **out, size_t *n,
+                     struct ana_error *err) {
+  char sql[256], *text = NULL;
+  *out = NULL;
+  *n = 0;
+  snprintf(sql, sizeof sql,
+           "SELECT seq FROM events WHERE instance = '%s' AND seq >= %" PRIu64 " AND seq <= %" PRIu64
+           " FORMAT TabSeparated",
+           s->instance, lo, hi);
+  int rc = ana_clickhouse_query(s->ch, sql, true, NULL, &text, err);
+  if (rc < 0)
+    return rc;
+  size_t cap = 0;
+  for (const char *p = text; *p; p++)
+    cap += *p == '\n';
+  uint64_t *v = ana_malloc((cap ? cap : 1) * sizeof *v);
+  if (!v) {
+    ana_free(text);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  }
+  size_t k = 0;
+  for (char *p = text; *p && k < cap;) {
+    char *end;
+    v[k++] = strtoull(p, &end, 10);
+    p = *end ? end + 1 : end;
+  }
+  ana_free(text);
+  qsort(v, k, sizeof *v, by_u64);
+  *out = v;
+  *n = k;
+  ana_prom_counter_add(&s->verified, 1);
+  return 0;
+}
+
+static bool contains(const uint64_t *v, size_t n, uint64_t x) {
+  return bsearch(&x, v, n, sizeof *v, by_u64) != NULL;
+}
+
+/* A batch ready to send: one gzip-compressed RowBinary body per day partition. */
+struct job {
+  struct ch_store *s;
+  uint64_t first, last;
+  int64_t bytes, oldest_ms; /* what the bound counts of the batch; its first receive time */
+  size_t n, rows;           /* events of the batch; rows to send (not held already) */
+  struct group {
+    int day;
+    unsigned char *body;
+    size_t len;
+  } * groups;
+  size_t n_groups;
+  /* the send's outcome (send_thread) */
+  pthread_t thread;
+  int rc;
+  struct ana_error err;
+};
+
+static void job_free(struct job *j) {
+  if (!j)
+    return;
+  for (size_t i = 0; i < j->n_groups; i++)
+    ana_free(j->groups[i].body);
+  ana_free(j->groups);
+  ana_free(j);
+}
+
+/* A batch being encoded: one RowBinary buffer per day partition. */
+struct encoder {
+  struct ch_store *s;
+  struct job *job;
+  struct day_buf {
+    int day;
+    struct buf b;
+    size_t rows;
+  } * days;
+  size_t n_days, cap_days;
+  bool failed;
+};
+
+static int enc_start(struct encoder *e, struct ch_store *s, struct ana_error *err) {
+  memset(e, 0, sizeof *e);
+  e->s = s;
+  if (!(e->job = ana_calloc(1, sizeof *e->job)))
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  e->job->s = s;
+  return 0;
+}
+
+/* Counts ev in the batch and, unless held, adds its row to its day's buffer. */
+static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool held) {
+  struct job *j = e->job;
+  if (j->n++ == 0) {
+    j->first = ev->seq;
+    j->oldest_ms = ev->received_at_ms;
+  }
+  j->last = ev->seq;
+  j->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
+  if (held)
+    return 0;
+  int day = day_of(ev->timestamp_ms);
+  struct day_buf *d = NULL;
+  for (size_t i = e->n_days; i > 0; i--) /* few days per batch; the last one most often */
+    if (e->days[i - 1].day == day) {
+      d = &e->days[i - 1];
+      break;
+    }
+  if (!d) {
+    if (e->n_days == e->cap_days) {
+      size_t cap = e->cap_days ? e->cap_days * 2 : 8;
+      struct day_buf *nd = ana_realloc(e->days, cap * sizeof *nd);
+      if (!nd)
+        return e->failed = true, ANA_ERR_NOMEM;
+      e->days = nd;
+      e->cap_days = cap;
+    }
+    d = &e->days[e->n_days++];
+    memset(d, 0, sizeof *d);
+    d->day = day;
+  }
+  put_row(&d->b, e->s->instance, ev);
+  d->rows++;
+  j->rows++;
+  if (d->b.failed)
+    e->failed = true;
+  return e->failed ? ANA_ERR_NOMEM : 0;
+}
+
+static int by_day_buf(const void *a, const void *b) {
+  const struct day_buf *x = a, *y = b;
+  return x->day < y->day ? -1 : x->day > y->day;
+}
+
+/* The job (compressed, by day ascending), or NULL with err; frees the encoder either way. */
+static struct job *enc_finish(struct encoder *e, struct ana_error *err) {
+  struct job *j = e->job;
+  if (e->failed || !(j->groups = ana_calloc(e->n_days ? e->n_days : 1, sizeof *j->groups))) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
+  if (e->n_days > 1)
+    qsort(e->days, e->n_days, sizeof *e->days, by_day_buf);
+  for (size_t i = 0; i < e->n_days; i++) {
+    struct group *g = &j->groups[j->n_groups];
+    if (ana_clickhouse_gzip(e->days[i].b.p, e->days[i].b.len, &g->body, &g->len, err) < 0)
+      goto fail;
+    g->day = e->days[i].day;
+    j->n_groups++;
+    ana_prom_counter_add(&e->s->bytes_out, e->days[i].b.len);
+  }
+  for (size_t i = 0; i < e->n_days; i++)
+    ana_free(e->days[i].b.p);
+  ana_free(e->days);
+  return j;
+fail:
+  for (size_t i = 0; i < e->n_days; i++)
+    ana_free(e->days[i].b.p);
+  ana_free(e->days);
+  job_free(j);
+  return NULL;
+}
+
+/* Encodes ev[0..n) but the held sequences into a job (NULL with err when out of memory). */
+static struct job *encode(struct ch_store *s, const struct ana_spooled_event *ev, size_t n,
+                          const uint64_t *held, size_t n_held, struct ana_error *err) {
+  struct encoder e;
+  if (enc_start(&e, s, err) < 0)
+    return NULL;
+  for (size_t i = 0; i < n; i++)
+    if (enc_add(&e, &ev[i], n_held && contains(held, n_held, ev[i].seq)) < 0)
+      break;
+  return enc_finish(&e, err);
+}
+
+/* Sends a job's inserts in order. Confirmed: every row up to j->last is in ClickHouse. Failed:
+ * some of the day groups may be in ClickHouse, or all, or none: the range is uncertain. */
+static int send(struct job *j, struct ana_error *err) {
+  struct ch_store *s = j->s;
+  int64_t t0 = ana_clock_mono_ms();
+  for (size_t i = 0; i < j->n_groups; i++) {
+    char qid[96];
+    snprintf(qid, sizeof qid, "ana-%s-%" PRIu64 "-%d", s->instance, j->first, j->groups[i].day);
+    int rc = ana_clickhouse_insert_gzipped(s->ch, insert_sql, j->groups[i].body, j->groups[i].len,
+                                           qid, err);
+    if (rc < 0) {
+      if (j->last > atomic_load(&s->uncertain_hi))
+        atomic_store(&s->uncertain_hi, j->last);
+      return rc;
+    }
+    ana_prom_counter_add(&s->inserts, 1);
+  }
+  atomic_fetch_sub(&s->pending_bytes, j->bytes);
+  atomic_store(&s->shipped, j->last);
+  if (atomic_load(&s->uncertain_hi) <= j->last)
+    atomic_store(&s->uncertain_hi, 0);
+  ana_prom_counter_add(&s->rows, j->rows);
+  ana_prom_counter_add(&s->skipped, j->n - j->rows);
+  ana_prom_counter_add(&s->batches, 1);
+  ANA_DEBUG("clickhouse", "sequences %" PRIu64 "-%" PRIu64 ": %zu rows inserted in %lld ms",
+            j->first, j->last, j->rows, (long long)(ana_clock_mono_ms() - t0));
+  if (atomic_load(&s->committed) <= j->last)
+    atomic_store(&s->oldest_ms, 0);
+  struct ana_error e2;
+  if (save_state(s, &e2) < 0)
+    ANA_WARN("clickhouse", "%s (the rows after the last saved sequence will be checked)",
+             e2.message);
+  return 0;
+}
+
+/* The shipper contract's ship: events[0..n) after the confirmed sequence, checking first which
+ * of an uncertain range ClickHouse holds. (The shipper thread also pipelines batches: below.) */
+static int ch_ship(void *store, const struct ana_spooled_event *ev, size_t n,
+                   struct ana_error *err) {
+  struct ch_store *s = store;
+  uint64_t first = ev[0].seq, last = ev[n - 1].seq;
+  uint64_t *held = NULL;
+  size_t n_held = 0;
+  int rc = 0;
+  atomic_store(&s->oldest_ms, ev[0].received_at_ms);
+  uint64_t uncertain = atomic_load(&s->uncertain_hi);
+  if (uncertain >= first) {
+    /* Part of this range may be there already: resend only what is missing. */
+    if ((rc = settle(s, err)) < 0 ||
+        (rc = held_seqs(s, first, last < uncertain ? last : uncertain, &held, &n_held, err)) < 0)
+      goto out;
+  }
+  struct job *j = encode(s, ev, n, held, n_held, err);
+  if (!j) {
+    rc = ANA_ERR_NOMEM;
+    goto out;
+  }
+  rc = send(j, err);
+  job_free(j);
+out:
+  ana_free(held);
+  return rc;
+}
+
+/* --- the pipeline: the next batch is read and encoded while the last one is inserted --- */
+
+static void *send_thread(void *arg) {
+  struct job *j = arg;
+  ana_error_clear(&j->err);
+  j->rc = send(j, &j->err);
+  return NULL;
+}
+
+static int take_row(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  if (enc_add(ctx, ev, false) < 0)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  return 0;
+}
+
+/* Waits for the batch in flight (if any); its result, 0 when none. */
+static int finish_inflight(struct job **inflight, struct ana_error *err) {
+  struct job *j = *inflight;
+  if (!j)
+    return 0;
+  pthread_join(j->thread, NULL);
+  int rc = j->rc;
+  if (rc < 0)
+    *err = j->err;
+  job_free(j);
+  *inflight = NULL;
+  return rc;
+}
+
+/* One step with nothing uncertain: reads and encodes the batch after *cursor while the one in
+ * flight is inserted, then sends it in the background. Returns how many events it took, or the
+ * error of the batch that was in flight (then nothing is in flight). */
+static int pipeline_step(struct ch_store *s, struct job **inflight, uint64_t *cursor,
+                         struct ana_error *err) {
+  int64_t t0 = ana_clock_mono_ms();
+  uint64_t shipped = atomic_load(&s->shipped);
+  if (*cursor < shipped || !*inflight)
+    *cursor = shipped;
+  struct encoder e;
+  struct job *job = NULL;
+  if (enc_start(&e, s, err) < 0)
+    return ANA_ERR_NOMEM;
+  int n = ana_local_spool_each(s->db, *cursor, s->batch_rows, take_row, &e, err);
+  struct ana_error scratch;
+  if (n < 0)
+    e.failed = true;
+  job = enc_finish(&e, n < 0 ? &scratch : err);
+  if (!job && n >= 0)
+    n = ANA_ERR_NOMEM;
+  if (n > 0)
+    ANA_DEBUG("clickhouse", "%d events read and encoded in %lld ms", n,
+              (long long)(ana_clock_mono_ms() - t0));
+  struct ana_error prev;
+  ana_error_clear(&prev);
+  int rc = finish_inflight(inflight, &prev);
+  if (rc < 0 || n <= 0) {
+    job_free(job);
+    if (rc < 0)
+      *err = prev;
+    return rc < 0 ? rc : n;
+  }
+  atomic_store(&s->oldest_ms, job->oldest_ms);
+  if (pthread_create(&job->thread, NULL, send_thread, job) != 0) {
+    job_free(job);
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start a ClickHouse insert"),
+           ANA_ERR_INTERNAL;
+  }
+  *inflight = job;
+  *cursor = job->last;
+  return n;
+}
+
+static int ch_shipped_seq(void *store, uint64_t *out, struct ana_error *err) {
+  (void)err;
+  *out = atomic_load(&((struct ch_store *)store)->shipped);
+  return 0;
+}
+
+/* --- retention: whole day partitions --- */
+
+static void drop_partitions(struct ch_store *s) {
+  struct ana_error err;
+  int64_t cutoff = ana_clock_wall_ms() - (int64_t)s->retention_days * DAY_MS;
+  int last_day = day_of(cutoff) - 1; /* days ending at or before the cutoff */
+  char sql[512], *out = NULL;
+  snprintf(sql, sizeof sql,
+           "SELECT DISTINCT partition FROM system.parts WHERE database = '%s' AND table = "
+           "'events' AND active AND toUInt16(toDate(partition)) <= %d FORMAT TabSeparated",
+           ana_clickhouse_database(s->ch), last_day);
+  if (ana_clickhouse_query(s->ch, sql, false, NULL, &out, &err) < 0) {
+    ANA_WARN("clickhouse", "retention: %s", err.message);
+    return;
+  }
+  for (char *p = out, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+    nl = strchr(p, '\n');
+    if (nl)
+      *nl = '\0';
+    if (strlen(p) != 10)
+      continue;
+    snprintf(sql, sizeof sql, "ALTER TABLE events DROP PARTITION '%s'", p);
+    if (ana_clickhouse_query(s->ch, sql, true, NULL, NULL, &err) < 0)
+      ANA_WARN("clickhouse", "retention: %s", err.message);
+    else
+      ANA_INFO("clickhouse", "retention dropped the partition of %s", p);
+  }
+  ana_free(out);
+}
+
+/* --- the shipper thread --- */
+
+static void *ship_thread(void *arg) {
+  struct ch_store *s = arg;
+  int64_t backoff = 0, last_ship = 0, next_sweep = 0;
+  struct job *inflight = NULL;
+  uint64_t cursor = 0;
+  for (;;) {
+    if (nap(s, backoff))
+      break;
+    struct ana_error err;
+    ana_error_clear(&err);
+    if (!atomic_load(&s->ready)) {
+      if (setup(s, &err) < 0) {
+        atomic_store(&s->degraded, true);
+        set_reason(s, err.message);
+        ANA_WARN("clickhouse", "not ready, retrying: %s", err.message);
+        backoff = backoff ? (backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2) : 250;
+        continue;
+      }
+      atomic_store(&s->ready, true);
+    }
+    int64_t now = ana_clock_mono_ms();
+    if (now >= next_sweep && !inflight) {
+      drop_partitions(s);
+      next_sweep = now + s->sweep_ms;
+    }
+    uint64_t shipped = atomic_load(&s->shipped), committed = atomic_load(&s->committed);
+    uint64_t waiting = committed > shipped ? committed - shipped : 0;
+    if (!atomic_load(&s->uncertain_hi) && waiting < (uint64_t)s->batch_rows &&
+        now - last_ship < s->interval_ms) {
+      backoff = s->interval_ms - (now - last_ship);
+      continue;
+    }
+    last_ship = now;
+    int rc;
+    if (!atomic_load(&s->uncertain_hi)) {
+      rc = pipeline_step(s, &inflight, &cursor, &err);
+      /* Not a full batch: let it land before waiting for more. */
+      if (rc >= 0 && rc < s->batch_rows) {
+        int r2 = finish_inflight(&inflight, &err);
+        if (r2 < 0)
+          rc = r2;
+      }
+    } else {
+      /* Something is uncertain: check it, one batch at a time, nothing in flight. */
+      rc = finish_inflight(&inflight, &err);
+      if (rc == 0)
+        rc = ana_store_ship_batch(s->db, &ana_clickhouse_event_store, s, s->batch_rows, &err);
+    }
+    if (rc < 0) {
+      ana_prom_counter_add(&s->failures, 1);
+      if (!atomic_load(&s->degraded))
+        ANA_WARN("clickhouse", "shipping failed, the events stay in the spool: %s", err.message);
+      atomic_store(&s->degraded, true);
+      set_reason(s, err.message);
+      backoff = backoff ? (backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2) : 100;
+      continue;
+    }
+    if (atomic_load(&s->degraded))
+      ANA_INFO("clickhouse", "shipping again");
+    atomic_store(&s->degraded, false);
+    set_reason(s, "");
+    /* A full batch: more are waiting, go on at once. */
+    backoff = rc >= s->batch_rows ? 0 : s->interval_ms;
+    if (rc == 0 && !inflight)
+      atomic_store(&s->oldest_ms, 0);
+  }
+  struct ana_error err;
+  finish_inflight(&inflight, &err);
+  return NULL;
+}
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ch_store *s = ctx;
+  struct ana_event_store_status st;
+  ana_clickhouse_event_store.status(s, &st);
+  ana_prom_write_family(w, "ana_clickhouse_shipped_sequence", "gauge",
+                        "Every committed event up to this sequence is in ClickHouse.");
+  ana_prom_write_u64(w, "ana_clickhouse_shipped_sequence", NULL, atomic_load(&s->shipped));
+  ana_prom_write_family(w, "ana_clickhouse_lag_events", "gauge",
+                        "Committed events not yet confirmed by ClickHouse.");
+  ana_prom_write_u64(w, "ana_clickhouse_lag_events", NULL, st.lag_events);
+  ana_prom_write_family(w, "ana_clickhouse_lag_seconds", "gauge",
+                        "Age of the oldest committed event not yet in ClickHouse.");
+  ana_prom_write_double(w, "ana_clickhouse_lag_seconds", NULL, st.lag_seconds);
+  ana_prom_write_family(w, "ana_clickhouse_degraded", "gauge",
+                        "1 while ClickHouse cannot be reached or refuses the batches.");
+  ana_prom_write_u64(w, "ana_clickhouse_degraded", NULL, st.degraded);
+  ana_prom_write_family(w, "ana_spool_pending_bytes", "gauge",
+                        "Bytes of the events in the spool not yet shipped (SPOOL_MAX_BYTES).");
+  ana_prom_write_i64(w, "ana_spool_pending_bytes", NULL, st.pending_bytes);
+  ana_prom_write_family(w, "ana_spool_max_bytes", "gauge", "SPOOL_MAX_BYTES.");
+  ana_prom_write_i64(w, "ana_spool_max_bytes", NULL, st.max_bytes);
+  ana_prom_write_family(w, "ana_spool_refused_commits_total", "counter",
+                        "Commits refused (UNAVAILABLE) because the spool was full.");
+  ana_prom_write_u64(w, "ana_spool_refused_commits_total", NULL, ana_prom_counter_get(&s->refused));
+  ana_prom_write_family(w, "ana_clickhouse_rows_total", "counter", "Rows inserted.");
+  ana_prom_write_u64(w, "ana_clickhouse_rows_total", NULL, ana_prom_counter_get(&s->rows));
+  ana_prom_write_family(w, "ana_clickhouse_rows_found_total", "counter",
+                        "Rows of uncertain batches found in ClickHouse already, not resent.");
+  ana_prom_write_u64(w, "ana_clickhouse_rows_found_total", NULL, ana_prom_counter_get(&s->skipped));
+  ana_prom_write_family(w, "ana_clickhouse_batches_total", "counter", "Batches confirmed.");
+  ana_prom_write_u64(w, "ana_clickhouse_batches_total", NULL, ana_prom_counter_get(&s->batches));
+  ana_prom_write_family(w, "ana_clickhouse_inserts_total", "counter",
+                        "INSERT requests confirmed (one per day partition of a batch).");
+  ana_prom_write_u64(w, "ana_clickhouse_inserts_total", NULL, ana_prom_counter_get(&s->inserts));
+  ana_prom_write_family(w, "ana_clickhouse_insert_bytes_total", "counter",
+                        "Bytes of rows inserted, before compression.");
+  ana_prom_write_u64(w, "ana_clickhouse_insert_bytes_total", NULL,
+                     ana_prom_counter_get(&s->bytes_out));
+  ana_prom_write_family(w, "ana_clickhouse_failures_total", "counter",
+                        "Batches that failed, timed out or were not confirmed.");
+  ana_prom_write_u64(w, "ana_clickhouse_failures_total", NULL, ana_prom_counter_get(&s->failures));
+  ana_prom_write_family(w, "ana_clickhouse_checks_total", "counter",
+                        "Queries asking ClickHouse which rows of an uncertain range it holds.");
+  ana_prom_write_u64(w, "ana_clickhouse_checks_total", NULL, ana_prom_counter_get(&s->verified));
+}
+
+/* --- the role --- */
+
+static void ch_close(void *store);
+
+struct backlog {
+  uint64_t after;
+  int64_t bytes, oldest_ms;
+};
+
+static int sum_backlog(void *ctx, const struct ana_spooled_event *ev, size_t n,
+                       struct ana_error *err) {
+  (void)err;
+  struct backlog *b = ctx;
+  if (!b->oldest_ms && n)
+    b->oldest_ms = ev[0].received_at_ms;
+  for (size_t i = 0; i < n; i++)
+    b->bytes += event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].event_id);
+  b->after = ev[n - 1].seq;
+  return 0;
+}
+
+static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
+  if (!settings || !settings->clickhouse_host || !settings->clickhouse_host[0]) {
+    ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION, "CLICKHOUSE_HOST is not set");
+    return NULL;
+  }
+  struct ch_store *s = ana_calloc(1, sizeof *s);
+  if (!s) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  s->db = db;
+  s->batch_rows = settings->clickhouse_batch_rows > 0 ? settings->clickhouse_batch_rows : 100000;
+  s->interval_ms =
+      settings->clickhouse_batch_interval_ms > 0 ? settings->clickhouse_batch_interval_ms : 1000;
+  s->max_bytes = settings->spool_max_bytes > 0 ? settings->spool_max_bytes : INT64_MAX;
+  s->retention_days = settings->retention_days > 0 ? settings->retention_days : 90;
+  s->sweep_ms =
+      settings->retention_sweep_interval_ms > 0 ? settings->retention_sweep_interval_ms : 60000;
+  snprintf(s->state_path, sizeof s->state_path, "%s/clickhouse.state", settings->data_dir);
+  if (load_state(s, err) < 0 || !(s->ch = ana_clickhouse_open(settings, err)) ||
+      !(s->local = ana_sqlite_event_store.open(db, err)))
+    goto fail;
+  uint64_t last = 0;
+  if (ana_local_spool_last_seq(db, &last, err) < 0)
+    goto fail;
+  if (atomic_load(&s->shipped) > last) {
+    ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
+                  "%s says sequence %" PRIu64 " was shipped but the spool ends at %" PRIu64
+                  ": the local database is not the one it belongs to (remove the file to ship "
+                  "this database as a new instance)",
+                  s->state_path, (uint64_t)atomic_load(&s->shipped), last);
+    goto fail;
+  }
+  atomic_store(&s->committed, last);
+  /* The spool's events not yet shipped count against the bound from the start. */
+  struct backlog b = {atomic_load(&s->shipped), 0, 0};
+  int n;
+  while ((n = ana_local_spool_take(db, b.after, 10000, sum_backlog, &b, err)) > 0)
+    ;
+  if (n < 0)
+    goto fail;
+  atomic_store(&s->pending_bytes, b.bytes);
+  if (b.bytes)
+    ANA_INFO("clickhouse", "%lld bytes of events in the spool not yet shipped", (long long)b.bytes);
+  atomic_store(&s->oldest_ms, b.oldest_ms);
+  if (pthread_create(&s->thread, NULL, ship_thread, s) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the ClickHouse shipper");
+    goto fail;
+  }
+  s->started = true;
+  s->metrics = ana_prom_register(collect, s) == 0;
+  return s;
+fail:
+  ch_close(s);
+  return NULL;
+}
+
+static void ch_close(void *store) {
+  struct ch_store *s = store;
+  if (!s)
+    return;
+  if (s->metrics)
+    ana_prom_unregister(collect, s);
+  if (s->started) {
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+  }
+  if (s->local)
+    ana_sqlite_event_store.close(s->local);
+  ana_clickhouse_close(s->ch);
+  pthread_cond_destroy(&s->cond);
+  pthread_mutex_destroy(&s->mu);
+  ana_free(s);
+}
+
+static int ch_admit(void *store, struct ana_error *err) {
+  struct ch_store *s = store;
+  int64_t pending = atomic_load(&s->pending_bytes);
+  if (pending < s->max_bytes) {
+    atomic_store(&s->full, false);
+    return 0;
+  }
+  if (!atomic_exchange(&s->full, true))
+    ANA_WARN("clickhouse",
+             "the spool is full (%lld bytes not yet shipped, SPOOL_MAX_BYTES = %lld): event "
+             "writes answer UNAVAILABLE until ClickHouse catches up",
+             (long long)pending, (long long)s->max_bytes);
+  ana_prom_counter_add(&s->refused, 1);
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                "the spool of events not yet shipped to ClickHouse is full (%lld bytes, "
+                "SPOOL_MAX_BYTES = %lld); retry later",
+                (long long)pending, (long long)s->max_bytes);
+  return ANA_ERR_FULL;
+}
+
+static void ch_committed(void *store, const struct ana_event_record *r, size_t n) {
+  struct ch_store *s = store;
+  int64_t bytes = 0;
+  uint64_t last = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (r[i].duplicate)
+      continue;
+    bytes += event_bytes(r[i].payload_len, r[i].properties_json, r[i].event_id);
+    last = r[i].seq;
+    int64_t zero = 0;
+    atomic_compare_exchange_strong(&s->oldest_ms, &zero, r[i].received_at_ms);
+  }
+  if (!last)
+    return;
+  atomic_fetch_add(&s->pending_bytes, bytes);
+  uint64_t before = atomic_exchange(&s->committed, last);
+  uint64_t shipped = atomic_load(&s->shipped), full = shipped + (uint64_t)s->batch_rows;
+  if (before < full && last >= full) { /* a full batch waits now: wake the shipper */
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+  }
+}
+
+static void ch_status(void *store, struct ana_event_store_status *st) {
+  struct ch_store *s = store;
+  memset(st, 0, sizeof *st);
+  uint64_t shipped = atomic_load(&s->shipped), committed = atomic_load(&s->committed);
+  st->lag_events = committed > shipped ? committed - shipped : 0;
+  int64_t oldest = atomic_load(&s->oldest_ms);
+  st->lag_seconds = st->lag_events && oldest ? (double)(ana_clock_wall_ms() - oldest) / 1000.0 : 0;
+  if (st->lag_seconds < 0)
+    st->lag_seconds = 0;
+  st->pending_bytes = atomic_load(&s->pending_bytes);
+  st->max_bytes = s->max_bytes;
+  st->full = st->pending_bytes >= s->max_bytes;
+  st->degraded = atomic_load(&s->degraded) || !atomic_load(&s->ready);
+  pthread_mutex_lock(&s->mu);
+  snprintf(st->reason, sizeof st->reason, "%s",
+           st->full       ? "the spool is full (SPOOL_MAX_BYTES)"
+           : st->degraded ? s->reason
+                          : "");
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Reads: the local copy of the events. */
+static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                     struct ana_error *err) {
+  return ana_sqlite_event_store.search(((struct ch_store *)store)->local, q, hit, ctx, err);
+}
+
+static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
+                   const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
+                   struct ana_error *err) {
+  return ana_sqlite_event_store.scan(((struct ch_store *)store)->local, account_id, from_ms, to_ms,
+                                     names, n_names, fn, ctx, err);
+}
+
+static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
+                       ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
+  return ana_sqlite_event_store.scan_seq(((struct ch_store *)store)->local, account_id, after_seq,
+                                         upto_seq, fn, ctx, err);
+}
+
+static int ch_last_seq(void *store, uint64_t *out, struct ana_error *err) {
+  return ana_sqlite_event_store.last_seq(((struct ch_store *)store)->local, out, err);
+}
+
+/* Local retention deletes only shipped events (ClickHouse's own is by day partition). */
+static int ch_expire(void *store, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
+                     int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
+                                          struct ana_error *err),
+                     void *ctx, struct ana_error *err) {
+  struct ch_store *s = store;
+  uint64_t shipped = atomic_load(&s->shipped);
+  return ana_sqlite_event_store.expire(s->local, cutoff_ms, upto_seq < shipped ? upto_seq : shipped,
+                                       max_rows, before_delete, ctx, err);
+}
+
+const struct ana_event_store_ops ana_clickhouse_event_store = {
+    .version = ANA_EVENT_STORE_VERSION,
+    .name = "clickhouse",
+    .open = ch_open,
+    .ship = ch_ship,
+    .shipped_seq = ch_shipped_seq,
+    .search = ch_search,
+    .scan = ch_scan,
+    .scan_seq = ch_scan_seq,
+    .last_seq = ch_last_seq,
+    .expire = ch_expire,
+    .close = ch_close,
+    .admit = ch_admit,
+    .committed = ch_committed,
+    .status = ch_status,
+};

@@ -1,0 +1,619 @@
+/* SearchEvents over the embedded store: the events of the local database,
+ * newest first, with the free-text index (text_index.c) when the query has
+ * free text.
+ *
+ * Free text, newest first, at a cost that does not grow with the number of
+ * matches: the index's entries are in commit order (rowid = commit
+ * sequence), not in time order, so the matches of a word in 10% of ten
+ * million events (a million) cannot be sorted by timestamp for each page.
+ * Instead the search asks the index for the matches of one stretch of time
+ * at a time, newest first: each entry holds the tokens of its day, hour,
+ * minute and second (and of its event name). It counts the
+ * matches of the whole query, up to PROBE_ROWS (reading that many rowids
+ * costs little); under that it reads them all (joined with the events,
+ * sorted, as the query without the index does); at or over it, it goes
+ * down the days of the range, newest first, then the hours of a day that
+ * has too many, its minutes, its seconds. A page thus reads a few
+ * buckets of fewer than PROBE_ROWS matches each, wherever it starts (the
+ * cursor's time), whatever the term's frequency. The results are those of
+ * one query over all the matches: buckets are disjoint stretches of time
+ * read newest first, each sorted by (timestamp, event id) descending. */
+#include "ana_local_db.h"
+#include "local_db_sql.h"
+#include "sqlite_backends.h"
+#include "text_index.h"
+
+#include "ana_alloc.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int prepare_error(sqlite3 *db, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(db));
+  return ANA_ERR_INTERNAL;
+}
+
+/* JSON path of a top-level property for json_extract: $."key" */
+static char *property_path(const char *key) {
+  size_t n = strlen(key);
+  char *p = ana_malloc(n * 2 + 8);
+  if (!p)
+    return NULL;
+  size_t len = 0;
+  p[len++] = '$';
+  p[len++] = '.';
+  p[len++] = '"';
+  for (const char *k = key; *k; k++) {
+    if (*k == '"' || *k == '\\')
+      p[len++] = '\\';
+    p[len++] = *k;
+  }
+  p[len++] = '"';
+  p[len] = '\0';
+  return p;
+}
+
+#define MAX_PROPERTY_FILTERS 16
+
+/* Lets a reader see the index at text_path, as `text` (once per reader). */
+static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error *err) {
+  if (sqlite3_db_filename(r, "text"))
+    return 0;
+  char *attach = sqlite3_mprintf("ATTACH DATABASE %Q AS text", text_path);
+  int rc = attach && sqlite3_exec(r, attach, NULL, NULL, NULL) == SQLITE_OK
+               ? 0
+               : ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                               "event store: cannot open the search index: %s", sqlite3_errmsg(r));
+  sqlite3_free(attach);
+  return rc;
+}
+
+/* A bucket's matches read at once (joined with the events and sorted) are
+ * fewer than this; a bucket with more is read by its smaller buckets. */
+#define PROBE_ROWS 400
+
+enum rows_of { ALL_EVENTS, INDEX_MATCHES, ONE_EVENT };
+
+/* The SELECT of the events matching q (without its free text), newest
+ * first: of all the events, of the index's matches of ?9, or (ONE_EVENT,
+ * not ordered, no payload: column 0 is NULL) the event whose sequence
+ * number is ?9. With `words`, also the event's text (column 4). */
+static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool words, char *sql,
+                     size_t size) {
+  size_t len = 0;
+#define APPEND(...) len += (size_t)snprintf(sql + len, size - len, __VA_ARGS__)
+  APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : "payload",
+         words ? ", search_text" : "");
+  if (of == ONE_EVENT)
+    APPEND(" events WHERE seq = ?9 AND");
+  else if (of == INDEX_MATCHES)
+    /* Start from the matches and sort them; CROSS JOIN keeps SQLite from
+     * walking the whole time index instead, probing each event against the
+     * match set. */
+    APPEND(" (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
+           " CROSS JOIN events ON events.seq = hit WHERE");
+  else
+    /* The account's slots from the newest (events_by_slot), each sorted on
+     * its own from the index alone (ORDER BY the slot first lets SQLite stop
+     * after the page); then only the page's rows are read. */
+    APPEND(" events WHERE rowid IN (SELECT rowid FROM events WHERE " ANA_EVENT_SLOT_SQL
+           " BETWEEN ?11 AND ?12 AND");
+  APPEND(" account_id = ?1 AND ts >= ?2 AND ts < ?3");
+  if (q->event_type && q->event_type[0])
+    APPEND(" AND event_type = ?4");
+  if (q->event_name && q->event_name[0])
+    APPEND(" AND event_name = ?5");
+  if (q->session_id && q->session_id[0])
+    APPEND(" AND session_id = ?6");
+  if (q->after_cursor)
+    APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
+  for (size_t i = 0; i < q->n_properties; i++)
+    APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
+  if (of == INDEX_MATCHES)
+    APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
+  else if (of == ALL_EVENTS)
+    APPEND(" ORDER BY " ANA_EVENT_SLOT_SQL " DESC, ts DESC, event_id DESC LIMIT ?10)"
+           " ORDER BY ts DESC, event_id DESC");
+#undef APPEND
+}
+
+static void bind_filters(sqlite3_stmt *st, const struct ana_event_query *q, char *const *paths) {
+  sqlite3_bind_text(st, 1, q->account_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, q->from_ms);
+  sqlite3_bind_int64(st, 3, q->to_ms);
+  if (q->event_type && q->event_type[0])
+    sqlite3_bind_text(st, 4, q->event_type, -1, SQLITE_STATIC);
+  if (q->event_name && q->event_name[0])
+    sqlite3_bind_text(st, 5, q->event_name, -1, SQLITE_STATIC);
+  if (q->session_id && q->session_id[0])
+    sqlite3_bind_text(st, 6, q->session_id, -1, SQLITE_STATIC);
+  if (q->after_cursor) {
+    sqlite3_bind_int64(st, 7, q->cursor_ts);
+    sqlite3_bind_text(st, 8, q->cursor_event_id, -1, SQLITE_STATIC);
+  }
+  sqlite3_bind_int(st, 10, q->limit);
+  for (size_t i = 0; i < q->n_properties; i++) {
+    sqlite3_bind_text(st, (int)(20 + 2 * i), paths[i], -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, (int)(21 + 2 * i), q->property_values[i], -1, SQLITE_STATIC);
+  }
+}
+
+static int search_failed(sqlite3 *r, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: search failed: %s", sqlite3_errmsg(r));
+  return ANA_ERR_IO;
+}
+
+/* Tokens as the index's tokenizer (FTS5's unicode61) cuts a text. */
+struct tokens {
+  char **v;
+  size_t n, cap;
+  bool failed;
+};
+
+static void tokens_free(struct tokens *t) {
+  for (size_t i = 0; i < t->n; i++)
+    ana_free(t->v[i]);
+  ana_free(t->v);
+  *t = (struct tokens){0};
+}
+
+static int add_token(void *ctx, int tflags, const char *tok, int n, int start, int end) {
+  (void)tflags;
+  (void)start;
+  (void)end;
+  struct tokens *t = ctx;
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 8;
+    char **v = ana_realloc(t->v, cap * sizeof *v);
+    if (!v) {
+      t->failed = true;
+      return SQLITE_NOMEM;
+    }
+    t->v = v;
+    t->cap = cap;
+  }
+  char *copy = ana_malloc((size_t)n + 1);
+  if (!copy) {
+    t->failed = true;
+    return SQLITE_NOMEM;
+  }
+  memcpy(copy, tok, (size_t)n);
+  copy[n] = '\0';
+  t->v[t->n++] = copy;
+  return SQLITE_OK;
+}
+
+/* One free-text search in progress. */
+struct text_search {
+  sqlite3 *r;
+  const struct ana_event_query *q;
+  ana_event_hit_fn hit;
+  void *ctx;
+  struct ana_error *err;
+  fts5_tokenizer tokenizer;
+  Fts5Tokenizer *tok;
+  char *base;             /* the FTS5 query: the words' tokens, the name's */
+  struct tokens *phrases; /* the query's words of several tokens */
+  size_t n_phrases;
+  sqlite3_stmt *probe, *rows, *one, *payload;
+  int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
+  int emitted;
+  bool done;
+};
+
+/* The index's tokenizer, from the reader's FTS5. */
+static int open_tokenizer(struct text_search *s) {
+  fts5_api *api = NULL;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(s->r, "SELECT fts5(?1)", -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_bind_pointer(st, 1, (void *)&api, "fts5_api_ptr", NULL);
+    sqlite3_step(st);
+  }
+  sqlite3_finalize(st);
+  void *user = NULL;
+  if (!api || api->xFindTokenizer(api, "unicode61", &user, &s->tokenizer) != SQLITE_OK ||
+      s->tokenizer.xCreate(user, NULL, 0, &s->tok) != SQLITE_OK) {
+    s->tok = NULL;
+    return ana_error_set(s->err, ANA_STATUS_INTERNAL, "event store: no FTS5 tokenizer");
+  }
+  return 0;
+}
+
+static int tokenize(struct text_search *s, const char *text, int flags, struct tokens *out) {
+  char *folded = ana_text_index_fold(text);
+  int rc = folded
+               ? s->tokenizer.xTokenize(s->tok, out, flags, folded, (int)strlen(folded), add_token)
+               : SQLITE_NOMEM;
+  ana_free(folded);
+  if (rc != SQLITE_OK || out->failed)
+    return ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return 0;
+}
+
+/* Appends `"tok"` (quotes doubled) to the query being built in *q. */
+static bool append_quoted(char **q, size_t *len, size_t *cap, const char *tok) {
+  size_t need = *len + strlen(tok) * 2 + 4;
+  if (need > *cap) {
+    size_t c = need * 2;
+    char *p = ana_realloc(*q, c);
+    if (!p)
+      return false;
+    *q = p;
+    *cap = c;
+  }
+  if (*len)
+    (*q)[(*len)++] = ' ';
+  (*q)[(*len)++] = '"';
+  for (const char *t = tok; *t; t++) {
+    if (*t == '"')
+      (*q)[(*len)++] = '"';
+    (*q)[(*len)++] = *t;
+  }
+  (*q)[(*len)++] = '"';
+  (*q)[*len] = '\0';
+  return true;
+}
+
+/* The FTS5 query of the free text: every token of every word (a word of
+ * several tokens, a phrase before, is checked by phrases_match) and the
+ * name's token. Returns 1 when a word has tokens, 0 when none has (nothing
+ * matches), < 0 on error. */
+static int build_query(struct text_search *s) {
+  size_t len = 0, cap = 0;
+  int words = 0;
+  const char *p = s->q->text;
+  while (*p) {
+    while (*p == ' ' || *p == '\t' || *p == '\n')
+      p++;
+    if (!*p)
+      break;
+    const char *w = p;
+    while (*p && *p != ' ' && *p != '\t' && *p != '\n')
+      p++;
+    char *word = ana_malloc((size_t)(p - w) + 1);
+    if (!word)
+      goto nomem;
+    memcpy(word, w, (size_t)(p - w));
+    word[p - w] = '\0';
+    struct tokens t = {0};
+    int rc = tokenize(s, word, FTS5_TOKENIZE_QUERY, &t);
+    ana_free(word);
+    if (rc < 0) {
+      tokens_free(&t);
+      return rc;
+    }
+    for (size_t i = 0; i < t.n; i++)
+      if (!append_quoted(&s->base, &len, &cap, t.v[i])) {
+        tokens_free(&t);
+        goto nomem;
+      }
+    words += t.n > 0;
+    if (t.n > 1) {
+      struct tokens *ph = ana_realloc(s->phrases, (s->n_phrases + 1) * sizeof *ph);
+      if (!ph) {
+        tokens_free(&t);
+        goto nomem;
+      }
+      s->phrases = ph;
+      s->phrases[s->n_phrases++] = t;
+    } else {
+      tokens_free(&t);
+    }
+  }
+  if (!words)
+    return 0;
+  char tok[ANA_TEXT_TOKEN_MAX];
+  if (s->q->event_name && s->q->event_name[0]) {
+    ana_text_index_name_token(s->q->event_name, tok);
+    if (!append_quoted(&s->base, &len, &cap, tok))
+      goto nomem;
+  }
+  return 1;
+nomem:
+  return ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+/* Whether an event's text holds each of the query's words of several
+ * tokens as consecutive tokens (what FTS5 checked when it kept positions). */
+static int phrases_match(struct text_search *s, const char *text) {
+  struct tokens doc = {0};
+  if (tokenize(s, text ? text : "", FTS5_TOKENIZE_DOCUMENT, &doc) < 0) {
+    tokens_free(&doc);
+    return ANA_ERR_NOMEM;
+  }
+  bool all = true;
+  for (size_t k = 0; k < s->n_phrases && all; k++) {
+    const struct tokens *ph = &s->phrases[k];
+    bool found = false;
+    for (size_t i = 0; i + ph->n <= doc.n && !found; i++) {
+      size_t j = 0;
+      while (j < ph->n && strcmp(doc.v[i + j], ph->v[j]) == 0)
+        j++;
+      found = j == ph->n;
+    }
+    all = found;
+  }
+  tokens_free(&doc);
+  return all;
+}
+
+/* The matches of `match` (at most PROBE_ROWS, in s->seqs): how many. */
+static int probe(struct text_search *s, const char *match) {
+  sqlite3_reset(s->probe);
+  sqlite3_bind_text(s->probe, 1, match, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s->probe, 2, PROBE_ROWS);
+  int n = 0, step;
+  while (n < PROBE_ROWS && (step = sqlite3_step(s->probe)) == SQLITE_ROW)
+    s->seqs[n++] = sqlite3_column_int64(s->probe, 0);
+  if (n < PROBE_ROWS && step != SQLITE_DONE)
+    n = search_failed(s->r, s->err);
+  sqlite3_reset(s->probe);
+  return n;
+}
+
+/* One of a bucket's events that passed the filters. */
+struct candidate {
+  int64_t ts, seq;
+  char *event_id;
+};
+
+/* Newest first: timestamp, then event id (bytes, as SQLite's BINARY
+ * collation compares them), descending. */
+static int newest_first(const void *a, const void *b) {
+  const struct candidate *x = a, *y = b;
+  if (x->ts != y->ts)
+    return x->ts > y->ts ? -1 : 1;
+  return -strcmp(x->event_id, y->event_id);
+}
+
+/* Hands on the events of the n matches in s->seqs that pass the filters,
+ * newest first, until the page is full: the filters (and the words of
+ * several tokens) on each event, looked up by its sequence number, then
+ * the payloads of those handed on. */
+static int emit_matches(struct text_search *s, int n) {
+  struct candidate *c = ana_calloc((size_t)n, sizeof *c);
+  size_t k = 0;
+  int rc = c ? 0 : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (int i = 0; i < n && rc == 0; i++) {
+    sqlite3_reset(s->one);
+    sqlite3_bind_int64(s->one, 9, s->seqs[i]);
+    int step = sqlite3_step(s->one);
+    if (step == SQLITE_ROW) {
+      int m = s->n_phrases ? phrases_match(s, (const char *)sqlite3_column_text(s->one, 4)) : 1;
+      if (m < 0) {
+        rc = m;
+      } else if (m) {
+        c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
+                                  .seq = s->seqs[i],
+                                  .event_id =
+                                      ana_strdup((const char *)sqlite3_column_text(s->one, 2))};
+        if (!c[k++].event_id)
+          rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      }
+    } else if (step != SQLITE_DONE) {
+      rc = search_failed(s->r, s->err);
+    }
+  }
+  sqlite3_reset(s->one);
+  if (rc == 0)
+    qsort(c, k, sizeof *c, newest_first);
+  for (size_t i = 0; i < k && rc == 0 && !s->done; i++) {
+    sqlite3_reset(s->payload);
+    sqlite3_bind_int64(s->payload, 1, c[i].seq);
+    if (sqlite3_step(s->payload) != SQLITE_ROW) {
+      rc = search_failed(s->r, s->err);
+      break;
+    }
+    s->emitted++;
+    if (s->hit(s->ctx, sqlite3_column_blob(s->payload, 0),
+               (size_t)sqlite3_column_bytes(s->payload, 0), c[i].ts, c[i].event_id,
+               (uint64_t)c[i].seq) ||
+        (s->q->limit > 0 && s->emitted >= s->q->limit))
+      s->done = true;
+  }
+  if (s->payload)
+    sqlite3_reset(s->payload);
+  for (size_t i = 0; i < k; i++)
+    ana_free(c[i].event_id);
+  ana_free(c);
+  return rc;
+}
+
+/* Hands on the events matching `match` and the filters, newest first,
+ * until the page is full. */
+static int emit_rows(struct text_search *s, const char *match) {
+  const struct ana_event_query *q = s->q;
+  sqlite3_stmt *st = s->rows;
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 9, match, -1, SQLITE_STATIC);
+  /* With words to check, rows may be passed over: no LIMIT then. */
+  sqlite3_bind_int(st, 10, s->n_phrases || q->limit <= 0 ? -1 : q->limit - s->emitted);
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (s->n_phrases) {
+      int m = phrases_match(s, (const char *)sqlite3_column_text(st, 4));
+      if (m < 0) {
+        sqlite3_reset(st);
+        return m;
+      }
+      if (!m)
+        continue;
+    }
+    s->emitted++;
+    if (s->hit(s->ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+               sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
+               (uint64_t)sqlite3_column_int64(st, 3)) ||
+        (q->limit > 0 && s->emitted >= q->limit)) {
+      s->done = true;
+      break;
+    }
+  }
+  int rc = step == SQLITE_ROW || step == SQLITE_DONE ? 0 : search_failed(s->r, s->err);
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* The matches within [lo, hi), bucket `bucket` of `level` (0: the whole
+ * index), newest first: all at once when they are few, else bucket by
+ * bucket of the next level. */
+static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, int64_t hi) {
+  char tok[ANA_TEXT_TOKEN_MAX];
+  size_t base_len = strlen(s->base);
+  char *match = ana_malloc(base_len + sizeof tok + 4);
+  if (!match)
+    return ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (level > 0) {
+    /* The bucket first: FTS5 then steps through the words' doclists from
+     * one of its events to the next (several times faster). */
+    ana_text_index_bucket_token(level, bucket, tok);
+    size_t n = (size_t)snprintf(match, sizeof tok + 4, "\"%s\" ", tok);
+    memcpy(match + n, s->base, base_len + 1);
+  } else {
+    memcpy(match, s->base, base_len + 1);
+  }
+  int rc = probe(s, match);
+  if (rc > 0 && rc < PROBE_ROWS) {
+    rc = emit_matches(s, rc);
+  } else if (rc > 0 && level == ANA_TEXT_INDEX_LEVELS) {
+    rc = emit_rows(s, match); /* one second with more: all of them, sorted */
+  } else if (rc > 0) {
+    rc = 0;
+    int child = level + 1;
+    int64_t unit = ana_text_index_bucket_ms(child);
+    int64_t last = ana_text_index_bucket(child, lo);
+    for (int64_t c = ana_text_index_bucket(child, hi - 1); c >= last && !s->done && rc == 0; c--)
+      rc = walk(s, child, c, c * unit > lo ? c * unit : lo,
+                (c + 1) * unit < hi ? (c + 1) * unit : hi);
+  }
+  ana_free(match);
+  return rc;
+}
+
+/* Two timestamps between which every indexed event lies; false when none
+ * is indexed. */
+static int indexed_span(struct text_search *s, int64_t *min_ts, int64_t *max_ts) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(s->r, "SELECT min_ts, max_ts FROM text.progress", -1, &st, NULL);
+  int found = 0;
+  if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW &&
+      sqlite3_column_type(st, 0) != SQLITE_NULL && sqlite3_column_type(st, 1) != SQLITE_NULL) {
+    *min_ts = sqlite3_column_int64(st, 0);
+    *max_ts = sqlite3_column_int64(st, 1);
+    found = 1;
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return search_failed(s->r, s->err);
+  return found;
+}
+
+/* Far from INT64's ends: a bucket's bounds never overflow. */
+#define TS_BOUND (INT64_C(1) << 60)
+
+static int text_search(struct text_search *s, char *const *paths) {
+  const struct ana_event_query *q = s->q;
+  if (q->limit == 0)
+    return 0; /* LIMIT 0, as the query without free text */
+  int rc = open_tokenizer(s);
+  if (rc < 0 || (rc = build_query(s)) <= 0)
+    return rc;
+  char sql[4096], one[4096];
+  rows_sql(q, INDEX_MATCHES, s->n_phrases > 0, sql, sizeof sql);
+  rows_sql(q, ONE_EVENT, s->n_phrases > 0, one, sizeof one);
+  if (sqlite3_prepare_v2(s->r, sql, -1, &s->rows, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(s->r, one, -1, &s->one, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(s->r, "SELECT payload FROM events WHERE seq = ?", -1, &s->payload, NULL) !=
+          SQLITE_OK ||
+      sqlite3_prepare_v2(s->r,
+                         "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2", -1,
+                         &s->probe, NULL) != SQLITE_OK)
+    return prepare_error(s->r, s->err);
+  bind_filters(s->rows, q, paths);
+  bind_filters(s->one, q, paths);
+  int64_t lo = q->from_ms, hi = q->to_ms, min_ts = 0, max_ts = 0;
+  if (q->after_cursor && q->cursor_ts < hi)
+    hi = q->cursor_ts + 1; /* the cursor's own timestamp still has events after it */
+  if ((rc = indexed_span(s, &min_ts, &max_ts)) <= 0)
+    return rc;
+  lo = lo > min_ts ? lo : min_ts;
+  hi = hi < max_ts + 1 ? hi : max_ts + 1;
+  lo = lo > -TS_BOUND ? lo : -TS_BOUND;
+  hi = hi < TS_BOUND ? hi : TS_BOUND;
+  if (lo >= hi)
+    return 0;
+  return walk(s, 0, 0, lo, hi);
+}
+
+int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
+                            const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
+                            struct ana_error *err) {
+  char *paths[MAX_PROPERTY_FILTERS] = {0};
+  int rc = 0;
+  if (q->n_properties > MAX_PROPERTY_FILTERS)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                         "properties: at most %d property filters", MAX_PROPERTY_FILTERS);
+  for (size_t i = 0; i < q->n_properties; i++)
+    if (!(paths[i] = property_path(q->property_keys[i]))) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto out;
+    }
+  bool text = false;
+  for (const char *t = q->text; text_path && t && *t && !text; t++)
+    text = *t != ' ' && *t != '\t' && *t != '\n';
+
+  sqlite3 *r = ana_local_db_acquire_reader(db);
+  if (text) {
+    struct text_search s = {.r = r, .q = q, .hit = hit, .ctx = ctx, .err = err};
+    /* One snapshot of the events and the index for every bucket. */
+    rc = attach_text_index(r, text_path, err);
+    if (rc == 0 && sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+      rc = search_failed(r, err);
+    if (rc == 0) {
+      rc = text_search(&s, paths);
+      sqlite3_finalize(s.rows);
+      sqlite3_finalize(s.one);
+      sqlite3_finalize(s.payload);
+      sqlite3_finalize(s.probe);
+      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+    }
+    if (s.tok)
+      s.tokenizer.xDelete(s.tok);
+    ana_free(s.base);
+    for (size_t i = 0; i < s.n_phrases; i++)
+      tokens_free(&s.phrases[i]);
+    ana_free(s.phrases);
+    goto release;
+  }
+  char sql[4096];
+  sqlite3_stmt *st = NULL;
+  rows_sql(q, ALL_EVENTS, false, sql, sizeof sql);
+  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+    rc = prepare_error(r, err);
+    goto release;
+  }
+  bind_filters(st, q, paths);
+  /* The slots the page can come from: the range's, below the cursor's. */
+  int64_t last = q->to_ms > INT64_MIN ? q->to_ms - 1 : INT64_MIN;
+  if (q->after_cursor && q->cursor_ts < last)
+    last = q->cursor_ts;
+  sqlite3_bind_int64(st, 11, ana_event_slot(q->from_ms));
+  sqlite3_bind_int64(st, 12, ana_event_slot(last));
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+            sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
+            (uint64_t)sqlite3_column_int64(st, 3)))
+      break;
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = search_failed(r, err);
+  sqlite3_finalize(st);
+release:
+  ana_local_db_release_reader(db, r);
+out:
+  for (size_t i = 0; i < MAX_PROPERTY_FILTERS; i++)
+    ana_free(paths[i]);
+  return rc;
+}
