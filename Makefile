@@ -47,6 +47,8 @@ fuzz-long:
 # against time-ordered timestamps).
 # BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1 pins the server and the load
 # generators to separate CPUs; by default they share the machine's CPUs.
+# BENCH_PEERS_EVENTS: the event counts of the peers benchmark (analyticsd
+# against InfluxDB and ClickHouse, bench/peers), one run and section each.
 bench: build
 	./scripts/install-deps.sh bench
 	./$(BUILD)/bench/ingest_bench --server ./$(BUILD)/server/analyticsd \
@@ -72,6 +74,10 @@ bench: build
 	  --seconds $${BENCH_SECONDS:-5} --out bench/RESULTS.md
 	/usr/bin/python3 bench/import_bench.py --binary ./$(BUILD)/server/analyticsd \
 	  --events $${BENCH_IMPORT_EVENTS:-1000000} --rounds 2 --out bench/RESULTS.md
+	for n in $${BENCH_PEERS_EVENTS:-1000000 10000000}; do \
+	  /usr/bin/python3 bench/peers/peers_bench.py --binary ./$(BUILD)/server/analyticsd \
+	    --events $$n --out bench/RESULTS.md || exit 1; \
+	done
 
 # kill -9 of analyticsd while it ships to a real ClickHouse (started on loopback): KILLS cycles
 # (default 30) with an out-of-order import; every acknowledged event in ClickHouse exactly once.
