@@ -482,17 +482,23 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
         exec(ti->conn, "VACUUM", err) < 0)
       return ANA_ERR_IO;
   }
-  char *version = sqlite3_mprintf("%s PRAGMA user_version = %d;", schema, ANA_TEXT_INDEX_FORMAT);
-  int src = version ? exec(ti->conn, version, err) : fail(NULL, "cannot create", err);
-  sqlite3_free(version);
-  if (src < 0)
-    return ANA_ERR_IO;
+  /* Created only when missing: an index already in this format is opened
+   * without a write, so the server still starts (read-only) on a full disk. */
+  if (query_int(ti->conn, "SELECT count(*) FROM sqlite_master WHERE name IN ('events_fts',"
+                          " 'progress')") != 2 ||
+      query_int(ti->conn, "PRAGMA user_version") != ANA_TEXT_INDEX_FORMAT) {
+    char *version = sqlite3_mprintf("%s PRAGMA user_version = %d;", schema, ANA_TEXT_INDEX_FORMAT);
+    int src = version ? exec(ti->conn, version, err) : fail(NULL, "cannot create", err);
+    sqlite3_free(version);
+    if (src < 0)
+      return ANA_ERR_IO;
+  }
   /* Indexed past the last sequence number ever given to an event: the
    * events database was replaced by an older copy. Build the index again.
    * (Not MAX(seq): retention may have deleted every event.) */
   int64_t indexed = query_int(ti->conn, "SELECT indexed_seq FROM progress");
-  int64_t last = query_int(ti->conn, "SELECT COALESCE((SELECT seq FROM ev.sqlite_sequence"
-                                     " WHERE name = 'events'), 0)");
+  int64_t last =
+      query_int(ti->conn, "SELECT COALESCE((SELECT last FROM ev.event_seq WHERE id = 1), 0)");
   if (indexed < 0 || last < 0)
     return fail(ti->conn, "cannot read the progress", err);
   if (indexed > last) {
