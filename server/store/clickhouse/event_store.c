@@ -839,15 +839,13 @@ struct backlog {
   int64_t bytes, oldest_ms;
 };
 
-static int sum_backlog(void *ctx, const struct ana_spooled_event *ev, size_t n,
-                       struct ana_error *err) {
+static int sum_backlog(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
   (void)err;
   struct backlog *b = ctx;
-  if (!b->oldest_ms && n)
-    b->oldest_ms = ev[0].received_at_ms;
-  for (size_t i = 0; i < n; i++)
-    b->bytes += event_bytes(ev[i].payload_len, ev[i].properties_json, ev[i].event_id);
-  b->after = ev[n - 1].seq;
+  if (!b->oldest_ms)
+    b->oldest_ms = ev->received_at_ms;
+  b->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
+  b->after = ev->seq;
   return 0;
 }
 
@@ -894,7 +892,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   /* The spool's events not yet shipped count against the bound from the start. */
   struct backlog b = {atomic_load(&s->shipped), 0, 0};
   int n;
-  while ((n = ana_local_spool_take(db, b.after, 10000, sum_backlog, &b, err)) > 0)
+  while ((n = ana_local_spool_each(db, b.after, 10000, sum_backlog, &b, err)) > 0)
     ;
   if (n < 0)
     goto fail;

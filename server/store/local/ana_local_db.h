@@ -100,7 +100,7 @@ typedef int (*ana_spool_batch_fn)(void *ctx, const struct ana_spooled_event *eve
 int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
                          ana_spool_batch_fn fn, void *ctx, struct ana_error *err);
 
-/* Receives one spooled event (search_text is ""), valid during the call.
+/* Receives one spooled event, valid during the call.
  * Non-zero stops (a negative value is returned as the error). */
 typedef int (*ana_spool_row_fn)(void *ctx, const struct ana_spooled_event *ev,
                                 struct ana_error *err);

@@ -84,19 +84,6 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
   return rc == SQLITE_DONE ? 0 : spool_error(w, err);
 }
 
-/* A column's text copied to the heap ("" for NULL); NULL when out of memory. */
-static char *copy_text(sqlite3_stmt *st, int col) {
-  const unsigned char *t = sqlite3_column_text(st, col);
-  size_t n = (size_t)sqlite3_column_bytes(st, col);
-  char *c = ana_malloc(n + 1);
-  if (c) {
-    if (t)
-      memcpy(c, t, n);
-    c[n] = '\0';
-  }
-  return c;
-}
-
 static void free_batch(struct ana_spooled_event *ev, size_t n) {
   for (size_t i = 0; i < n; i++) {
     ana_free((void *)ev[i].account_id);
@@ -111,67 +98,61 @@ static void free_batch(struct ana_spooled_event *ev, size_t n) {
   ana_free(ev);
 }
 
+/* A batch being copied out of the spool's rows for ana_local_spool_take. */
+struct take_batch {
+  struct ana_spooled_event *ev;
+  size_t n;
+};
+
+/* A row's text copied to the heap ("" for a NULL column); NULL when out of
+ * memory. */
+static char *copy_str(const char *s) {
+  if (!s)
+    s = "";
+  size_t len = strlen(s) + 1;
+  char *d = ana_malloc(len);
+  if (d)
+    memcpy(d, s, len);
+  return d;
+}
+
+static int copy_row(void *ctx, const struct ana_spooled_event *row, struct ana_error *err) {
+  struct take_batch *t = ctx;
+  struct ana_spooled_event *e = &t->ev[t->n++];
+  *e = *row;
+  e->account_id = copy_str(row->account_id);
+  e->event_id = copy_str(row->event_id);
+  e->session_id = copy_str(row->session_id);
+  e->event_type = copy_str(row->event_type);
+  e->event_name = copy_str(row->event_name);
+  e->properties_json = copy_str(row->properties_json);
+  e->search_text = copy_str(row->search_text);
+  uint8_t *payload = ana_malloc(row->payload_len ? row->payload_len : 1);
+  if (payload && row->payload_len)
+    memcpy(payload, row->payload, row->payload_len);
+  e->payload = payload;
+  if (!e->account_id || !e->event_id || !e->session_id || !e->event_type || !e->event_name ||
+      !e->properties_json || !e->search_text || !e->payload) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return ANA_ERR_NOMEM;
+  }
+  return 0;
+}
+
 int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
                          ana_spool_batch_fn fn, void *ctx, struct ana_error *err) {
   if (max <= 0)
     return 0;
-  struct ana_spooled_event *ev = ana_calloc((size_t)max, sizeof *ev);
-  if (!ev) {
+  struct take_batch t = {ana_calloc((size_t)max, sizeof *t.ev), 0};
+  if (!t.ev) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return ANA_ERR_NOMEM;
   }
-  sqlite3 *r = ana_local_db_acquire_reader(db);
-  sqlite3_stmt *st = NULL;
-  size_t n = 0;
-  int rc = 0;
-  if (sqlite3_prepare_v2(r,
-                         "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
-                         " ts, received_at, properties, search_text, payload FROM events"
-                         " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_INTERNAL;
-    goto out;
-  }
-  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
-  sqlite3_bind_int(st, 2, max);
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_spooled_event *e = &ev[n++];
-    e->seq = (uint64_t)sqlite3_column_int64(st, 0);
-    e->account_id = copy_text(st, 1);
-    e->event_id = copy_text(st, 2);
-    e->session_id = copy_text(st, 3);
-    e->event_type = copy_text(st, 4);
-    e->event_name = copy_text(st, 5);
-    e->timestamp_ms = sqlite3_column_int64(st, 6);
-    e->received_at_ms = sqlite3_column_int64(st, 7);
-    e->properties_json = copy_text(st, 8);
-    e->search_text = copy_text(st, 9);
-    e->payload_len = (size_t)sqlite3_column_bytes(st, 10);
-    uint8_t *payload = ana_malloc(e->payload_len ? e->payload_len : 1);
-    if (payload && e->payload_len)
-      memcpy(payload, sqlite3_column_blob(st, 10), e->payload_len);
-    e->payload = payload;
-    if (!e->account_id || !e->event_id || !e->session_id || !e->event_type || !e->event_name ||
-        !e->properties_json || !e->search_text || !e->payload) {
-      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      rc = ANA_ERR_NOMEM;
-      goto out;
-    }
-  }
-  if (step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
-    goto out;
-  }
-out:
-  sqlite3_finalize(st);
-  ana_local_db_release_reader(db, r);
-  if (rc == 0 && n > 0)
-    rc = fn(ctx, ev, n, err);
-  free_batch(ev, n);
-  return rc < 0 ? rc : (int)n;
+  int rc = ana_local_spool_each(db, after_seq, max, copy_row, &t, err);
+  if (rc > 0)
+    rc = fn(ctx, t.ev, t.n, err);
+  free_batch(t.ev, t.n);
+  return rc < 0 ? rc : (int)t.n;
 }
 
 int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
@@ -181,7 +162,7 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
   int n = 0, rc = 0, step;
   if (sqlite3_prepare_v2(r,
                          "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
-                         " ts, received_at, properties, payload FROM events"
+                         " ts, received_at, properties, search_text, payload FROM events"
                          " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
@@ -201,10 +182,10 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
         .timestamp_ms = sqlite3_column_int64(st, 6),
         .received_at_ms = sqlite3_column_int64(st, 7),
         .properties_json = (const char *)sqlite3_column_text(st, 8),
-        .search_text = "",
-        .payload = sqlite3_column_blob(st, 9),
+        .search_text = (const char *)sqlite3_column_text(st, 9),
+        .payload = sqlite3_column_blob(st, 10),
     };
-    e.payload_len = (size_t)sqlite3_column_bytes(st, 9);
+    e.payload_len = (size_t)sqlite3_column_bytes(st, 10);
     if ((rc = fn(ctx, &e, err)) != 0)
       goto out;
     n++;
