@@ -301,8 +301,8 @@ void rb_budget_stream_enforce(struct rb_budget *bud) {
       break;
     size_t q = atomic_load(&victim->q_bytes);
     ANA_WARN(RB_COMPONENT,
-             "WebSocket queues hold %zu bytes, over STREAM_QUEUE_BUDGET_MB: closing the "
-             "stream of %s with the most (%zu bytes)",
+             "queued stream frames and answers hold %zu bytes, over STREAM_QUEUE_BUDGET_MB: "
+             "closing the %s call with the most (%zu bytes)",
              used, victim->base.method->path, q);
     ana_prom_counter_add(&bud->stream_evicted, 1);
     rb_budget_stream_drop(bud, victim);
