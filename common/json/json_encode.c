@@ -76,20 +76,30 @@ static void grow(struct enc *e, size_t n) {
   b->cap = cap;
 }
 
-static void put(struct enc *e, const char *s, size_t n) {
-  grow(e, n);
-  if (e->rc)
-    return;
-  memcpy(e->b->data + e->b->reserve + e->b->len, s, n);
-  e->b->len += n;
+/* Appends n bytes; the buffer grows only when they do not fit. */
+static inline void put(struct enc *e, const char *s, size_t n) {
+  struct ana_json_buf *b = e->b;
+  if (e->rc || n + 1 > b->cap - b->reserve - b->len || !b->data) {
+    grow(e, n);
+    if (e->rc)
+      return;
+  }
+  memcpy(b->data + b->reserve + b->len, s, n);
+  b->len += n;
 }
 
 static void put_str(struct enc *e, const char *s) {
   put(e, s, strlen(s));
 }
 
-static void put_char(struct enc *e, char c) {
-  put(e, &c, 1);
+static inline void put_char(struct enc *e, char c) {
+  struct ana_json_buf *b = e->b;
+  if (e->rc || 2 > b->cap - b->reserve - b->len || !b->data) {
+    grow(e, 1);
+    if (e->rc)
+      return;
+  }
+  b->data[b->reserve + b->len++] = c;
 }
 
 static void put_fmt(struct enc *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -629,15 +639,18 @@ static void enc_message(struct enc *e, const ProtobufCMessage *m,
       return;
     }
   }
-  char text[ANA_JSON_TIME_TEXT_MAX];
+  char text[ANA_JSON_TIME_TEXT_MAX + 2];
   switch (ana_json_wkt_of(d)) {
   case ANA_JSON_WKT_TIMESTAMP: {
     const Google__Protobuf__Timestamp *t = (const Google__Protobuf__Timestamp *)m;
-    int n = ana_json_format_timestamp(t->seconds, t->nanos, text);
-    if (n < 0)
+    int n = ana_json_format_timestamp(t->seconds, t->nanos, text + 1);
+    if (n < 0) {
       fail(e, ANA_ERR_INVALID);
-    else
-      put_string(e, text, (size_t)n);
+    } else { /* digits and separators only: nothing to escape */
+      text[0] = '"';
+      text[n + 1] = '"';
+      put(e, text, (size_t)n + 2);
+    }
     return;
   }
   case ANA_JSON_WKT_DURATION: {
