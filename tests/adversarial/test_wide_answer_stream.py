@@ -1,15 +1,17 @@
 """Issue 21, point 4: a wide GetMetricData answer over REST is JSON-encoded
 in chunks that go out as they are written, counted in STREAM_QUEUE_BUDGET_MB
 while they wait for the client. Clients that ask for a large answer (1,000
-groups x 300 hourly buckets, every bucket: about 13 MB of JSON) and then do
+groups x 150 hourly buckets, every bucket: about 6.5 MB of JSON) and then do
 not read it pinned the whole answer, encoded in one buffer, for as long as
 they kept the connection open; past the budget they are now cut and their
-memory goes back, while a client that reads gets its answer whole.
+memory goes back, while a client that reads gets its answer whole. The
+same through analytics-restbridge --upstream, whose memory is watched then.
 """
 
 import http.client
 import json
 import random
+import re
 import socket
 import time
 import urllib.parse
@@ -17,9 +19,9 @@ import uuid
 
 import grpc
 
-from adversary import AttackTestCase
+from adversary import AttackTestCase, raw_http, rss_bytes
 
-GROUPS, HOURS, SLOW_CLIENTS = 1000, 300, 6
+GROUPS, HOURS, SLOW_CLIENTS = 1000, 150, 6
 
 
 class WideAnswerStreamTest(AttackTestCase):
@@ -63,6 +65,13 @@ class WideAnswerStreamTest(AttackTestCase):
             "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end)),
             "interval": "1h", "topN": "1000"}))
 
+    def budget_closed(self):
+        """Connections the queue budget closed so far (/metrics)."""
+        data = raw_http(self.rest_port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+                        "Connection: close\r\n\r\n", until_close=True)
+        m = re.search(rb"^ana_websocket_queue_budget_closed_total (\d+)", data, re.M)
+        return int(m.group(1)) if m else 0
+
     def test_slow_readers_of_a_wide_answer_pin_it_whole(self):
         path = self._metric()
         request = ("GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path).encode()
@@ -75,8 +84,11 @@ class WideAnswerStreamTest(AttackTestCase):
                     s.connect(("127.0.0.1", self.rest_port))
                     s.sendall(request)
                     slow.append(s)
-                    time.sleep(0.5)  # one answer encoded at a time: the peak is not theirs
-                time.sleep(2)
+                    # The next one once the budget cut this one (or 4 s): one
+                    # answer built at a time, whatever the machine's load.
+                    deadline = time.monotonic() + 4
+                    while self.budget_closed() < len(slow) and time.monotonic() < deadline:
+                        time.sleep(0.05)
                 # Each was cut (the budget took its queue): reading it to the
                 # end finds the connection closed before the answer's end.
                 for s in slow:
@@ -110,3 +122,25 @@ class WideAnswerStreamTest(AttackTestCase):
         self.assertEqual(len(data["series"]), GROUPS)
         self.assertEqual(sum(len(s.get("buckets", [])) for s in data["series"]), GROUPS)
         self.assert_survived()
+
+
+class WideAnswerStreamRemoteTest(WideAnswerStreamTest):
+    """The same attack on analytics-restbridge --upstream (the answer is
+    encoded on its forwarding worker): the bridge's memory is watched."""
+
+    BRIDGE = "remote"
+
+    def setUp(self):
+        super().setUp()
+        self.baseline_rss = rss_bytes(self.bridge.proc.pid)
+
+    def rss_watch(self):
+        watch = super().rss_watch()
+        watch.pid = self.bridge.proc.pid
+        return watch
+
+    def assert_rss_settles(self, seconds=10.0):
+        deadline = time.monotonic() + seconds
+        while rss_bytes(self.bridge.proc.pid) > self.baseline_rss + 64 * 1024 * 1024:
+            self.assertLess(time.monotonic(), deadline, "the bridge's memory did not settle")
+            time.sleep(0.2)
