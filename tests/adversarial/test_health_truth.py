@@ -15,7 +15,9 @@ The bridge heartbeat part of readiness (REST loop stalled for 5 s): the
 REST bridge's thread alone ("ana-http") is stopped with ptrace (the other
 threads run on), as a callback stuck in it would; gRPC readiness goes
 NOT_SERVING, liveness stays SERVING (stalled 5 s, not 30), and both come
-back when the thread runs again. Skipped where ptrace is not permitted.
+back when the thread runs again; SIGTERM with that thread hung still ends
+the process within SHUTDOWN_GRACE_MS (exit 1, the forced stop). Skipped
+where ptrace is not permitted.
 tests/unit/test_heartbeat.c covers the beats themselves.
 """
 
@@ -206,6 +208,31 @@ class BridgeStallTest(HealthTruthBase):
                             for line in server.log_lines()),
                         "no log line saying why the server is not ready")
         self.assertEqual(server.stop(), 0)
+
+    def test_sigterm_with_a_hung_rest_bridge_ends_within_the_grace_period(self):
+        server = harness.start_server(self, log_level="info")
+        tid = thread_of(server.proc.pid, BRIDGE_THREAD)
+        self.assertIsNotNone(tid, "no thread named %s in analyticsd" % BRIDGE_THREAD)
+        stop = StoppedThread(tid)
+        self.addCleanup(stop.resume)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = started + server.grace_ms / 1000.0 + 3
+        rc = None
+        while rc is None and time.monotonic() < deadline:
+            try:  # the stopped thread is ours to reap once the process ends
+                os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                pass
+            rc = server.proc.poll()
+            time.sleep(0.05)
+        stop.stopped = False  # gone with the process
+        self.assertIsNotNone(rc, "analyticsd still running %.1f s after SIGTERM with its REST "
+                             "thread hung (grace %d ms)" % (time.monotonic() - started,
+                                                            server.grace_ms))
+        self.assertEqual(rc, 1, "a forced stop exits 1")
+        self.assertTrue(any("stopped with" in line.get("msg", "") for line in server.log_lines()),
+                        "no log line saying the stop was forced")
 
 
 def can_mount_tmpfs():
