@@ -218,6 +218,23 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
   s->data_key_store = s->data_key_store_ops->open(s->db, err);
   if (!s->data_key_store)
     return fail(err, "cannot open the data keys");
+  if (cfg->crypto.previous_key_file && cfg->crypto.previous_key_file[0]) {
+    uint8_t old[ANA_CRYPTO_MASTER_MAX];
+    struct ana_crypto_rewrap_result res;
+    int n = ana_audit_master_key(cfg->crypto.previous_key_file, cfg->store.data_dir, old,
+                                 sizeof old, err);
+    int rc =
+        n < 0 ? n
+              : ana_crypto_rewrap_master(old, (size_t)n, s->master_key, (size_t)s->master_key_len,
+                                         s->data_key_store_ops, s->data_key_store, &res, err);
+    OPENSSL_cleanse(old, sizeof old);
+    if (rc < 0)
+      return fail(err, "ENCRYPTION_PREVIOUS_KEY_FILE: cannot change the master key");
+    ANA_WARN("crypto",
+             "master key changed: %zu data keys rewrapped by ENCRYPTION_KEY_FILE's key (%zu "
+             "were already)%s; ENCRYPTION_PREVIOUS_KEY_FILE is no longer needed",
+             res.rewrapped, res.already, res.root_written ? ", key root stored" : "");
+  }
   struct ana_crypto_options o = {
       .master_key = s->master_key,
       .master_key_len = (size_t)s->master_key_len,
@@ -225,7 +242,7 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
       .store = s->data_key_store,
       .refresh_ms = 10000,
   };
-  if (!(s->crypto = ana_crypto_create(&o, err)))
+  if (!(s->crypto = ana_crypto_create(&o, err)) || ana_crypto_check(s->crypto, err) < 0)
     return fail(err, "cannot start the encryption");
   if (ana_crypto_fields_parse(cfg->crypto.encrypted_fields, &s->encrypted, err) < 0)
     return fail(err, "cannot start the encryption");
