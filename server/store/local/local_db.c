@@ -365,7 +365,7 @@ static const char *const migrations[] = {
      * wrapped by the master key: written when the master key changes, so
      * that blind indexes keep matching under the new one. Absent, it is
      * derived from the master key itself. */
-    "CREATE TABLE key_root ("
+    "CREATE TABLE IF NOT EXISTS key_root ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  wrapped BLOB NOT NULL,"
     "  created_at INTEGER NOT NULL);",
