@@ -7,6 +7,7 @@
 #include "ana_server.h"
 
 #include "ana_builtin_services.h"
+#include "ana_clock.h"
 #include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_services.h"
@@ -207,6 +208,29 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* A master key change at start goes to the audit log (DEFAULT_ACCOUNT_ID's,
+ * as changes that belong to no account do), before the audit writer starts
+ * (it continues the chain as stored). */
+static void audit_master_change(struct ana_server *s, const char *account) {
+  const struct ana_audit_store_ops *ops = s->backends.audit;
+  struct ana_error err;
+  ana_error_clear(&err);
+  void *store = ops ? ops->open(s->db, &err) : NULL;
+  struct ana_audit_record r = {
+      .at_ms = ana_clock_wall_ms(),
+      .kind = "call",
+      .account_id = account,
+      .subject = "analyticsd",
+      .method = "ENCRYPTION_PREVIOUS_KEY_FILE",
+      .target_id = "master-key",
+      .peer = "local",
+  };
+  if (!store || ops->append(store, &r, 1, &err) < 0)
+    ANA_ERROR("crypto", "the master key change is not in the audit log: %s", err.message);
+  if (store)
+    ops->close(store);
+}
+
 /* Envelope encryption: reads the master key (generating DATA_DIR/master.key
  * when ENCRYPTION_KEY_FILE is unset) and opens the data key store. */
 static int crypto_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
@@ -234,6 +258,8 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
              "master key changed: %zu data keys rewrapped by ENCRYPTION_KEY_FILE's key (%zu "
              "were already)%s; ENCRYPTION_PREVIOUS_KEY_FILE is no longer needed",
              res.rewrapped, res.already, res.root_written ? ", key root stored" : "");
+    if (res.rewrapped || res.root_written)
+      audit_master_change(s, cfg->auth.default_account_id);
   }
   struct ana_crypto_options o = {
       .master_key = s->master_key,

@@ -6,10 +6,11 @@ restart with only the new key (the old file deleted) an admin reads the
 encrypted fields in clear, a filter on the encrypted e-mail (its blind index)
 still matches the events stored before, and new events seal and open. A
 server started with a new key and no previous one refuses to start, naming
-the cause.
+the cause. The change is in the audit log.
 """
 
 import os
+import sqlite3
 import subprocess
 import unittest
 import uuid
@@ -91,6 +92,16 @@ class MasterKeyRotationTest(unittest.TestCase):
         self.assertEqual([dict(e.properties)["email"] for e in hits], [second])
         return first + [second]
 
+    def audited(self, method):
+        """The master key change's audit record (the default account's)."""
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.server.data_dir,
+                                                               "analytics.db"), uri=True)
+        try:
+            return db.execute("SELECT subject, target_id FROM audit_log WHERE method = ?",
+                              (method,)).fetchall()
+        finally:
+            db.close()
+
     def check_readable(self, emails):
         """Only the new key file exists; an admin reads every value in clear,
         a viewer masked, filters on the blind index match, new values seal."""
@@ -134,6 +145,8 @@ class MasterKeyRotationTest(unittest.TestCase):
         self.assertEqual(again.returncode, 1, again.stdout)
         self.assertIn("holds the current master key", again.stderr)
         self.check_readable(emails)
+        self.assertEqual(self.audited("analyticsd data-keys rotate-master"),
+                         [("cli", "master-key")])
 
     def test_previous_key_at_start_then_only_the_new_key(self):
         emails = self.store_data()
@@ -151,6 +164,8 @@ class MasterKeyRotationTest(unittest.TestCase):
                          sorted(emails))
         self.restart({})
         self.check_readable(emails)
+        self.assertEqual(self.audited("ENCRYPTION_PREVIOUS_KEY_FILE"),
+                         [("analyticsd", "master-key")])
 
 
 if __name__ == "__main__":
