@@ -254,12 +254,16 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
     OPENSSL_cleanse(old, sizeof old);
     if (rc < 0)
       return fail(err, "ENCRYPTION_PREVIOUS_KEY_FILE: cannot change the master key");
-    ANA_WARN("crypto",
-             "master key changed: %zu data keys rewrapped by ENCRYPTION_KEY_FILE's key (%zu "
-             "were already)%s; ENCRYPTION_PREVIOUS_KEY_FILE is no longer needed",
-             res.rewrapped, res.already, res.root_written ? ", key root stored" : "");
-    if (res.rewrapped || res.root_written)
+    if (res.rewrapped || res.root_written) {
+      ANA_WARN("crypto",
+               "master key changed: %zu data keys rewrapped by ENCRYPTION_KEY_FILE's key (%zu "
+               "were already)%s; ENCRYPTION_PREVIOUS_KEY_FILE is no longer needed",
+               res.rewrapped, res.already, res.root_written ? ", key root stored" : "");
       audit_master_change(s, cfg->auth.default_account_id);
+    } else {
+      ANA_WARN("crypto", "ENCRYPTION_PREVIOUS_KEY_FILE: every data key is wrapped by "
+                         "ENCRYPTION_KEY_FILE's key already; remove the variable");
+    }
   }
   struct ana_crypto_options o = {
       .master_key = s->master_key,

@@ -43,7 +43,8 @@ typedef int (*ana_alerts_resolve_fn)(const char *account, const char *id_or_name
  * created with roles (ana_metric_service_reveal), in arena. */
 typedef const char *(*ana_alerts_reveal_fn)(const char *account, const char *const *roles,
                                             size_t n_roles, const char *dimension,
-                                            const char *value, struct ana_arena *arena);
+                                            const char *value, int64_t from_ms, int64_t to_ms,
+                                            struct ana_arena *arena);
 
 struct ana_alerts_options {
   struct ana_local_db *db;

@@ -1277,7 +1277,8 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
       for (size_t d = 0; d < nd; d++) {
         shown[d] = al->o.reveal && in->vals[d] && scratch
                        ? al->o.reveal(r->account, (const char *const *)r->alert->creator_roles,
-                                      r->alert->n_creator_roles, names[d], in->vals[d], scratch)
+                                      r->alert->n_creator_roles, names[d], in->vals[d], INT64_MIN,
+                                      INT64_MAX, scratch)
                        : in->vals[d];
         differs = differs || shown[d] != in->vals[d];
       }

@@ -35,7 +35,8 @@ struct ana_report_template_env {
   /* What a dimension value is shown as to the report's creator's roles
    * (ana_metric_service_reveal); NULL: as aggregated. */
   const char *(*reveal)(const char *account, const char *const *roles, size_t n_roles,
-                        const char *dimension, const char *value, struct ana_arena *arena);
+                        const char *dimension, const char *value, int64_t from_ms, int64_t to_ms,
+                        struct ana_arena *arena);
   const char *const *roles; /* the report creator's */
   size_t n_roles;
 };

@@ -384,14 +384,22 @@ struct doc_builder {
   size_t n, cap;
   const struct ana_report_template_env *env;
   const char *account;
+  int64_t from_ms, to_ms; /* the report's range: where revealed values are looked up */
+  int reveals;            /* lookups so far (REVEAL_MAX) */
 };
+
+/* Blind indexes looked up for their clear value per report; the rest are
+ * shown as aggregated. */
+#define REVEAL_MAX 256
 
 /* A dimension's value as the report shows it: with the report creator's
  * roles (encrypted values masked or in clear, env->reveal). */
-static const char *shown(const struct doc_builder *b, const char *dim, const char *v) {
-  if (!v || !b->env || !b->env->reveal)
+static const char *shown(struct doc_builder *b, const char *dim, const char *v) {
+  if (!v || !b->env || !b->env->reveal || b->reveals >= REVEAL_MAX)
     return v;
-  return b->env->reveal(b->account, b->env->roles, b->env->n_roles, dim, v, b->arena);
+  b->reveals += strncmp(v, "ana:bi:", 7) == 0;
+  return b->env->reveal(b->account, b->env->roles, b->env->n_roles, dim, v, b->from_ms, b->to_ms,
+                        b->arena);
 }
 
 static struct ana_report_section *
@@ -747,7 +755,7 @@ int ana_report_template_build(const struct ana_report_template_env *env, const c
                               const char *account_id, const char *title,
                               const Google__Protobuf__Struct *params, struct ana_arena *arena,
                               struct ana_report_document *doc, struct ana_error *err) {
-  struct doc_builder b = {arena, NULL, 0, 8 + 3 * MAX_METRICS, env, account_id};
+  struct doc_builder b = {arena, NULL, 0, 8 + 3 * MAX_METRICS, env, account_id, 0, 0, 0};
   b.sections = ana_arena_calloc(arena, b.cap, sizeof *b.sections);
   if (!b.sections)
     return nomem(err);
@@ -763,12 +771,16 @@ int ana_report_template_build(const struct ana_report_template_env *env, const c
     if (parse_campaign(params, &c, err) < 0)
       return ANA_ERR_INVALID;
     r = &c.range;
+    b.from_ms = r->from_ms;
+    b.to_ms = r->to_ms;
     snprintf(subtitle, 200, "Campaign %s", c.campaign_text);
     rc = build_campaign(env, account_id, &c, &b, err);
   } else if (name && strcmp(name, "metric_summary") == 0) {
     if (parse_summary(params, &s, err) < 0)
       return ANA_ERR_INVALID;
     r = &s.range;
+    b.from_ms = r->from_ms;
+    b.to_ms = r->to_ms;
     snprintf(subtitle, 200, "%zu metric%s", s.n_metrics, s.n_metrics == 1 ? "" : "s");
     rc = build_summary(env, account_id, &s, &b, err);
   } else {

@@ -96,12 +96,12 @@ int ana_metric_service_blind_filters(const char *account, Analytics__V1__MetricF
  * creator's) shows for value, a value of dimension: value itself unless
  * dimension is encrypted (ENCRYPTED_FIELDS) and value a blind index; then
  * ANA_CRYPTO_MASK without pii:read, else the clear value (that of an event
- * of the account carrying it; value itself when none is found or the field
- * is not a top-level property). In arena. Blocks (one search). Call after
- * ana_metric_service_bind. */
+ * of the account with from_ms <= timestamp < to_ms carrying it; value
+ * itself when none is found or the field is not a top-level property). In
+ * arena. Blocks (one search). Call after ana_metric_service_bind. */
 const char *ana_metric_service_reveal(const char *account, const char *const *roles, size_t n_roles,
-                                      const char *dimension, const char *value,
-                                      struct ana_arena *a);
+                                      const char *dimension, const char *value, int64_t from_ms,
+                                      int64_t to_ms, struct ana_arena *a);
 
 int ana_metric_service_resolve(const char *account, const char *id_or_name, struct ana_arena *arena,
                                Analytics__V1__Metric **metric, struct ana_formula **formula,

@@ -1279,8 +1279,8 @@ static int reveal_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts,
 }
 
 const char *ana_metric_service_reveal(const char *account, const char *const *roles, size_t n_roles,
-                                      const char *dimension, const char *value,
-                                      struct ana_arena *a) {
+                                      const char *dimension, const char *value, int64_t from_ms,
+                                      int64_t to_ms, struct ana_arena *a) {
   const char *name =
       opts.encrypted && value ? ana_crypto_fields_property(opts.encrypted, dimension) : NULL;
   if (!name || strncmp(value, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1) != 0)
@@ -1295,8 +1295,8 @@ const char *ana_metric_service_reveal(const char *account, const char *const *ro
   struct reveal_hit h = {a, account, key, NULL};
   struct ana_event_query q = {
       .account_id = account,
-      .from_ms = INT64_MIN,
-      .to_ms = INT64_MAX,
+      .from_ms = from_ms,
+      .to_ms = to_ms,
       .property_keys = &key,
       .property_values = &value,
       .n_properties = 1,
