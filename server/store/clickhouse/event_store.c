@@ -29,7 +29,7 @@
 
 #define DAY_MS 86400000LL
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define RETRY_MAX_MS 5000
 
 static const struct ana_store_settings *settings;
@@ -175,6 +175,8 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " event_type String, event_name String, ts Int64, received_at Int64, day Date,"
     " prop_keys Array(String), prop_values Array(String), payload String)"
     " ENGINE = MergeTree PARTITION BY day ORDER BY (account_id, ts, event_id)",
+    /* 2: the properties' JSON as committed, which scans hand to metrics and rollups. */
+    "ALTER TABLE events ADD COLUMN properties String AFTER prop_values",
 };
 
 static int migrate(struct ch_store *s, struct ana_error *err) {
@@ -310,25 +312,31 @@ static int day_of(int64_t ts_ms) {
   return d < 0 ? 0 : d > 65535 ? 65535 : (int)d;
 }
 
-/* Properties as parallel arrays of keys and of values as text (strings as they are, other
- * values as their JSON). */
+/* Properties as parallel arrays of keys and of values as text, as the embedded store compares
+ * them (ana_clickhouse_value_text; objects and arrays as their JSON; null ones left out). */
 static void put_properties(struct buf *b, const char *json) {
   json_t *o = json ? json_loads(json, JSON_DECODE_ANY, NULL) : NULL;
-  size_t n = json_is_object(o) ? json_object_size(o) : 0;
+  size_t n = 0;
   const char *key;
   json_t *v;
+  if (json_is_object(o))
+    json_object_foreach(o, key, v) n += !json_is_null(v);
   put_varint(b, n);
   if (n)
-    json_object_foreach(o, key, v) put_str(b, key);
+    json_object_foreach(o, key, v) if (!json_is_null(v)) put_str(b, key);
   put_varint(b, n);
   if (n) {
     json_object_foreach(o, key, v) {
+      char num[64];
+      const char *t = ana_clickhouse_value_text(v, num, sizeof num);
       if (json_is_string(v)) {
         put_bytes(b, json_string_value(v), json_string_length(v));
-      } else {
-        char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        put_str(b, t ? t : "");
-        free(t);
+      } else if (t) {
+        put_str(b, t);
+      } else if (!json_is_null(v)) {
+        char *d = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        put_str(b, d ? d : "");
+        free(d);
       }
     }
   }
@@ -349,6 +357,7 @@ static void put_row(struct buf *b, const char *instance, const struct ana_spoole
                           (unsigned char)(day_of(e->timestamp_ms) >> 8)};
   put(b, day, 2);
   put_properties(b, e->properties_json);
+  put_str(b, e->properties_json && e->properties_json[0] ? e->properties_json : "{}");
   put_bytes(b, e->payload, e->payload_len);
 }
 
@@ -359,7 +368,8 @@ static int64_t event_bytes(size_t payload, const char *props, const char *id) {
 
 static const char insert_sql[] =
     "INSERT INTO events (instance, seq, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_at, day, prop_keys, prop_values, payload) FORMAT RowBinary";
+    " event_name, ts, received_at, day, prop_keys, prop_values, properties, payload)"
+    " FORMAT RowBinary";
 
 static int by_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -998,19 +1008,31 @@ static void ch_status(void *store, struct ana_event_store_status *st) {
   pthread_mutex_unlock(&s->mu);
 }
 
-/* Reads: the local copy of the events. */
+/* Reads: pushed down to ClickHouse (reads.c), with this instance's events not yet shipped read
+ * from the spool; the shipped sequence is read once, so nothing is seen twice or missed. */
+static struct ana_clickhouse_view view_of(struct ch_store *s) {
+  return (struct ana_clickhouse_view){s->ch, s->db, s->instance, atomic_load(&s->shipped)};
+}
+
 static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                      struct ana_error *err) {
-  return ana_sqlite_event_store.search(((struct ch_store *)store)->local, q, hit, ctx, err);
+  for (const char *t = q->text; t && *t; t++)
+    if (*t != ' ' && *t != '\t' && *t != '\n')
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "event store: free text is the search index's");
+  struct ana_clickhouse_view v = view_of(store);
+  return ana_clickhouse_search(&v, q, hit, ctx, err);
 }
 
 static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
                    const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                    struct ana_error *err) {
-  return ana_sqlite_event_store.scan(((struct ch_store *)store)->local, account_id, from_ms, to_ms,
-                                     names, n_names, fn, ctx, err);
+  struct ana_clickhouse_view v = view_of(store);
+  return ana_clickhouse_scan(&v, account_id, from_ms, to_ms, names, n_names, fn, ctx, err);
 }
 
+/* Replays in commit order are this instance's own (rollups' watermark is its sequence): the
+ * local copy. */
 static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                        ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   return ana_sqlite_event_store.scan_seq(((struct ch_store *)store)->local, account_id, after_seq,
