@@ -6,8 +6,9 @@
 
 struct ana_store_settings;
 
-/* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; reads
- * are served from the local copy of the events. */
+/* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; search
+ * and scans are pushed down to ClickHouse (reads.c), replays in commit order (scan_seq) read
+ * the local copy of this instance's events. */
 extern const struct ana_event_store_ops ana_clickhouse_event_store;
 
 /* Hands the store its settings (borrowed; they outlive the store) before open. */
@@ -65,7 +66,8 @@ int ana_clickhouse_search(const struct ana_clickhouse_view *v, const struct ana_
                           ana_event_hit_fn hit, void *ctx, struct ana_error *err);
 
 /* The event store's scan: the spool's events after v->shipped, then ClickHouse's a page at a
- * time. */
+ * time. Rows of other instances carry seq 0 (their sequences are not this instance's: to the
+ * commit hooks' readers they were committed before anything here); so do their search hits. */
 int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account_id,
                         int64_t from_ms, int64_t to_ms, const char *const *names, size_t n_names,
                         ana_event_scan_fn fn, void *ctx, struct ana_error *err);

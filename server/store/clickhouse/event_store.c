@@ -2,9 +2,10 @@
  * order (RowBinary, gzip, one INSERT per day partition of a batch), every row carrying its
  * commit sequence and this instance's id; after a failed, timed-out or unconfirmed batch, and at
  * start-up, it asks ClickHouse which sequences of the uncertain range it holds and sends only the
- * missing rows, so every event reaches ClickHouse exactly once. Reads are served from the local
- * copy of the events (the spool), retention drops ClickHouse's day partitions, and the spool of
- * events not yet shipped is bounded (SPOOL_MAX_BYTES). */
+ * missing rows, so every event reaches ClickHouse exactly once (second copies of a resent range,
+ * from an insert that landed after the check, are deleted). Search and scans are pushed down
+ * (reads.c), retention drops ClickHouse's day partitions, and the spool of events not yet
+ * shipped is bounded (SPOOL_MAX_BYTES). */
 #include "ana_alloc.h"
 #include "ana_clock.h"
 #include "ana_file.h"

@@ -306,7 +306,10 @@ static int search_sql(const struct ana_clickhouse_view *v, const struct ana_even
                       struct sql *s, struct ana_error *err) {
   if (sql_open(s, err) < 0)
     return ANA_ERR_NOMEM;
-  fputs("SELECT payload, ts, event_id, seq FROM events WHERE account_id = ", s->f);
+  /* Other instances' sequence numbers are not this one's: 0 (committed before anything here). */
+  fputs("SELECT payload, ts, event_id, if(instance = ", s->f);
+  sql_str(s, v->instance);
+  fputs(", seq, toUInt64(0)) FROM events WHERE account_id = ", s->f);
   sql_str(s, q->account_id);
   if (q->from_ms != INT64_MIN)
     fprintf(s->f, " AND ts >= %" PRId64, q->from_ms);
@@ -584,7 +587,8 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
           .event_name = sc.p + name,
           .session_id = sc.p + session,
           .properties_json = rebuilt ? rebuilt : sc.p + po,
-          .seq = seq,
+          /* another instance's sequence is not this one's: 0, committed before anything here */
+          .seq = strcmp(sc.p + inst, v->instance) == 0 ? seq : 0,
       };
       stopped = fn(ctx, &ev) != 0;
       free(rebuilt);
