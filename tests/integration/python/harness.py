@@ -119,9 +119,10 @@ def base_env(extra=None):
 
 
 _shared_clickhouse = None
+_clickhouse_databases = {}  # DATA_DIR -> its database: a restart on the same data finds its events
 
 
-def event_store_env():
+def event_store_env(data_dir):
     """The variables that point a Server at the run's ClickHouse when ANA_TEST_EVENT_STORE is
     "clickhouse" (started on first use, stopped at exit); {} otherwise."""
     global _shared_clickhouse
@@ -134,7 +135,8 @@ def event_store_env():
         _shared_clickhouse = clickhouse.ClickHouse().start()
         atexit.register(_shared_clickhouse.cleanup)
     return {"CLICKHOUSE_HOST": _shared_clickhouse.url,
-            "CLICKHOUSE_DATABASE": "t_" + uuid.uuid4().hex[:12],
+            "CLICKHOUSE_DATABASE": _clickhouse_databases.setdefault(
+                os.path.realpath(data_dir), "t_" + uuid.uuid4().hex[:12]),
             "CLICKHOUSE_BATCH_INTERVAL": "50ms"}
 
 
@@ -175,14 +177,15 @@ class Server:
             "LOG_LEVEL": log_level,
             "SHUTDOWN_GRACE_MS": grace_ms,
         })
-        if not (env and "CLICKHOUSE_HOST" in env):
-            self.env.update(event_store_env())
         if env:
             for k, v in env.items():
                 if v is None:
                     self.env.pop(k, None)
                 else:
                     self.env[k] = str(v)
+        if not (env and "CLICKHOUSE_HOST" in env):
+            for k, v in event_store_env(self.env.get("DATA_DIR", self.data_dir)).items():
+                self.env.setdefault(k, v)
         self.args = list(args)
         self.preexec = preexec  # run in the child before exec (resource limits)
         self.proc = None
