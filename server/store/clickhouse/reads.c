@@ -240,7 +240,8 @@ static void hits_free(struct hits *h) {
 
 /* Keeps the newest h->keep. */
 static void hits_trim(struct hits *h) {
-  qsort(h->v, h->n, sizeof *h->v, hit_order);
+  if (h->n > 1)
+    qsort(h->v, h->n, sizeof *h->v, hit_order);
   while (h->n > h->keep) {
     h->n--;
     ana_free(h->v[h->n].event_id);
