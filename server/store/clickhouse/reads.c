@@ -488,8 +488,11 @@ static int scan_sql(const struct ana_clickhouse_view *v, const char *account_id,
                     int page, struct sql *s, struct ana_error *err) {
   if (sql_open(s, err) < 0)
     return ANA_ERR_NOMEM;
-  fputs("SELECT ts, event_id, event_type, event_name, session_id, properties, prop_keys,"
-        " prop_values, instance, seq FROM events WHERE account_id = ",
+  /* The arrays only for rows shipped before the properties column (schema 1). */
+  fputs("SELECT ts, event_id, event_type, event_name, session_id, properties,"
+        " if(properties = '', prop_keys, emptyArrayString()),"
+        " if(properties = '', prop_values, emptyArrayString()), instance, seq FROM events"
+        " WHERE account_id = ",
         s->f);
   sql_str(s, account_id);
   fprintf(s->f, " AND ts >= %" PRId64 " AND ts < %" PRId64, from_ms, to_ms);

@@ -250,21 +250,35 @@ class PushedDownReadsTest(unittest.TestCase):
             while time.time() < deadline and self.ch.rows(
                     "SELECT count() FROM shared.events") != [["11"]]:
                 time.sleep(0.1)
+            # A row as a schema-1 build shipped it (no properties column yet: the arrays).
+            old = self.epb.Event(event_id="old-1", event_name="shared", event_type="t")
+            old.timestamp.FromMilliseconds(at * 1000 + 500)
+            old.properties.update({"k": "v"})
+            self.ch.query(
+                "INSERT INTO shared.events (instance, seq, account_id, event_id, session_id,"
+                " event_type, event_name, ts, received_at, day, prop_keys, prop_values, payload)"
+                " SELECT 'old', 1, 'default', 'old-1', '', 't', 'shared', %d, %d,"
+                " toDate(%d), ['k'], ['v'], unhex('%s')"
+                % (at * 1000 + 500, at * 1000 + 500, at, old.SerializeToString().hex()))
             for s in pair:
                 found = egrpc.EventServiceStub(s.channel()).SearchEvents(
                     self.epb.SearchEventsRequest(event_name="shared", page_size=100), timeout=10)
                 self.assertEqual(sorted(e.event_id for e in found.events),
                                  sorted(["i0-%d" % i for i in range(5)] +
-                                        ["i1-%d" % i for i in range(6)]))
+                                        ["i1-%d" % i for i in range(6)] + ["old-1"]))
+                found = egrpc.EventServiceStub(s.channel()).SearchEvents(
+                    self.epb.SearchEventsRequest(properties={"k": "v"}), timeout=10)
+                self.assertEqual([e.event_id for e in found.events], ["old-1"])
                 mt = mgrpc.MetricServiceStub(s.channel())
                 m = mt.CreateMetric(self.mpb.CreateMetricRequest(metric=self.mpb.Metric(
-                    name="shared", formula="count(shared)")), timeout=10)
+                    name="shared", formula="count(shared)", dimensions=["k"])), timeout=10)
                 # The raw path (rollups follow each instance's own commit sequence).
                 d = mt.GetMetricData(self.mpb.GetMetricDataRequest(
                     metric_id=m.metric_id, interval="1h", **{"from": ts(at - 60),
                                                              "to": ts(at + 3600)}), timeout=10,
                     metadata=[("x-metric-source", "raw")])
-                self.assertEqual(d.series[0].total.value, 11)
+                self.assertEqual(sorted((dict(x.dimensions).get("k"), x.total.value)
+                                        for x in d.series), [("", 11), ("v", 1)])
         finally:
             for s in pair:
                 s.stop()
