@@ -12,7 +12,8 @@
  * 2^40 plus its commit sequence; seq has a unique index; events_by_slot is
  * (account_id, ts / 21600000, seq, ts, event_name, event_id): 6-hour slots
  * of an account, each in commit order. A query reaches an account's slots
- * through that expression, written as in the index. */
+ * through that expression, written as in the index. The free text and the
+ * payload are in the column body (migration 14; see event_body.c). */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
 #define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SLOT_SQL "ts / 21600000"
