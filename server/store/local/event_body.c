@@ -19,10 +19,10 @@
 
 /* The dictionary is trained once TRAIN_SAMPLES events (or TRAIN_BYTES of
  * content) were stored raw; DICT_BYTES at most. */
-#define TRAIN_SAMPLES 4096
-#define TRAIN_BYTES (4 << 20)
-#define DICT_BYTES (32 << 10)
-#define LEVEL 3
+#define TRAIN_SAMPLES 1024
+#define TRAIN_BYTES (1 << 20)
+#define DICT_BYTES (16 << 10)
+#define LEVEL 1
 
 struct ana_event_codec {
   bool loaded; /* event_dicts was read */
