@@ -32,6 +32,13 @@ struct ana_report_template_env {
   int (*adhoc_counts)(const char *account, const struct ana_metric_adhoc *a, size_t n,
                       const struct ana_metric_query *q, struct ana_arena *arena,
                       Analytics__V1__MetricData *outs, struct ana_error *err);
+  /* What a dimension value is shown as to the report's creator's roles
+   * (ana_metric_service_reveal); NULL: as aggregated. */
+  const char *(*reveal)(const char *account, const char *const *roles, size_t n_roles,
+                        const char *dimension, const char *value, int64_t from_ms, int64_t to_ms,
+                        struct ana_arena *arena);
+  const char *const *roles; /* the report creator's */
+  size_t n_roles;
 };
 
 /* "campaign_performance or metric_summary", for error messages. */
