@@ -431,7 +431,6 @@ struct receiver {
   int fd, port;
   pthread_t thread;
   pthread_mutex_t mu;
-  pthread_cond_t cond;
   bool stop;
   int n;
   struct received req[RECEIVER_MAX];
@@ -520,7 +519,6 @@ static void *receiver_main(void *arg) {
       if (rv->n < RECEIVER_MAX)
         rv->req[rv->n] = r;
       rv->n++;
-      pthread_cond_broadcast(&rv->cond);
       pthread_mutex_unlock(&rv->mu);
     }
     close(fd);
@@ -534,7 +532,6 @@ static bool receiver_start(struct receiver *rv) {
 
   memset(rv, 0, sizeof *rv);
   pthread_mutex_init(&rv->mu, NULL);
-  pthread_cond_init(&rv->cond, NULL);
   rv->fd = socket(AF_INET, SOCK_STREAM, 0);
   if (rv->fd < 0 || bind(rv->fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(rv->fd, 8) < 0 ||
       getsockname(rv->fd, (struct sockaddr *)&a, &len) < 0)
@@ -545,21 +542,16 @@ static bool receiver_start(struct receiver *rv) {
 
 /* Waits up to ms for the receiver to have more than n requests. */
 static bool receiver_wait(struct receiver *rv, int n, int ms) {
-  struct timespec until;
-  bool got;
+  bool got = false;
 
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += ms / 1000;
-  until.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
+  for (int waited = 0; !got; waited += 20) {
+    pthread_mutex_lock(&rv->mu);
+    got = rv->n > n;
+    pthread_mutex_unlock(&rv->mu);
+    if (got || waited >= ms)
+      break;
+    usleep(20 * 1000);
   }
-  pthread_mutex_lock(&rv->mu);
-  while (rv->n <= n && pthread_cond_timedwait(&rv->cond, &rv->mu, &until) == 0)
-    ;
-  got = rv->n > n;
-  pthread_mutex_unlock(&rv->mu);
   return got;
 }
 
@@ -569,7 +561,6 @@ static void receiver_stop(struct receiver *rv) {
   pthread_mutex_unlock(&rv->mu);
   pthread_join(rv->thread, NULL);
   close(rv->fd);
-  pthread_cond_destroy(&rv->cond);
   pthread_mutex_destroy(&rv->mu);
 }
 
