@@ -68,7 +68,8 @@ static int create(analytics_client_t *c, const struct cli_args *a) {
     ch.email_to = to->v;
     ch.email_to_count = to->n;
   }
-  return cli_finish(analytics_create_channel(c, &ch, &json, &err), json, &err, NULL);
+  int rc = analytics_create_channel(c, &ch, &json, &err); /* before json is read */
+  return cli_finish(rc, json, &err, NULL);
 }
 
 /* Prints the outcome; exit 1 unless delivered. */
@@ -116,7 +117,8 @@ static int run(analytics_client_t *c, const struct cli_args *a) {
       return test(c, id);
     if (verb[0] == 'd')
       return cli_deleted(analytics_delete_channel(c, id, &err), "channelId", id, &err);
-    return cli_finish(analytics_get_channel(c, id, &json, &err), json, &err, NULL);
+    status = analytics_get_channel(c, id, &json, &err);
+    return cli_finish(status, json, &err, NULL);
   }
   return cli_usage(a, "unknown verb \"%s\": create, list, get, delete, test", verb);
 }
