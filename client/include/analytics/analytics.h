@@ -639,11 +639,12 @@ int analytics_stream_call(analytics_client_t *client, const char *method, const 
                           analytics_stream_fn on_message, void *ctx, analytics_error_t *err);
 
 /* Ends every stream of this client in progress (analytics_stream_metric,
- * analytics_stream_analytics, analytics_stream_alerts, analytics_stream_call), from any thread:
- * each returns 0 promptly, as if its callback had returned non-zero. Streams started after the call
- * are not affected. Not async-signal-safe: from a signal, call it on a thread that waited for the
- * signal (sigwait). Never blocks beyond a mutex. Returns the number of streams cancelled, or
- * ANALYTICS_ERR_INVALID for a NULL client. */
+ * analytics_stream_analytics, analytics_stream_alerts,
+ * analytics_stream_call), from any thread: each returns 0 promptly, as if
+ * its callback had returned non-zero. Streams started after the call are not
+ * affected. Not async-signal-safe: from a signal, call it on a thread that
+ * waited for the signal (sigwait). Never blocks beyond a mutex. Returns the
+ * number of streams cancelled, or ANALYTICS_ERR_INVALID for a NULL client. */
 int analytics_client_cancel_streams(analytics_client_t *client);
 
 /* --- Other --- */
