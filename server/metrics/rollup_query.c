@@ -147,12 +147,17 @@ static size_t cell_bucket(const struct ana_metric_query *q, const int64_t *start
   return start < q->from_ms ? ANA_MQ_PREVIOUS : ana_bucket_index(starts, nb, q->to_ms, start);
 }
 
-/* Adds the cells of set in the plan's spans to one part of the query.
- * gmap (one slot per key of set, zeroed at first) maps the set's groups to
- * the query's. Returns 0 or a negative error (in mq). */
-static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
-                   const struct plan *plan, const struct ana_metric_query *q, const int64_t *starts,
-                   size_t nb, enum ana_mq_part part) {
+/* Receives one cell of a walk: its bucket (ANA_MQ_PREVIOUS: the previous
+ * period), its group (an index into the set's keys) and its packed bytes.
+ * Non-zero stops the walk and is returned. */
+typedef int (*cell_fn)(void *ctx, size_t bucket, uint32_t group, const uint8_t *packed,
+                       uint32_t len);
+
+/* Calls fn for each cell of set in the plan's spans that one part of the
+ * query reads (the buckets part: the cells of [from, to) only). */
+static int walk_cells(const struct rc_set *set, const struct plan *plan,
+                      const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                      enum ana_mq_part part, cell_fn fn, void *ctx) {
   for (size_t i = 0; i < plan->n; i++) {
     const struct span *sp = &plan->spans[i];
     if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
@@ -162,19 +167,15 @@ static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_gr
       const struct rc_bucket *bk = &lv->buckets[k];
       /* A merged span may cover several buckets; a cell lies in one. */
       size_t b = cell_bucket(q, starts, nb, bk->start);
+      if (part == ANA_MQ_BUCKETS && b >= nb)
+        continue;
       for (size_t o = 0; o < bk->len;) {
         struct rc_record h;
         memcpy(&h, bk->cells + o, sizeof h);
         const uint8_t *packed = bk->cells + o + sizeof h;
         o += rc_record_size(h.len);
-        struct ana_mq_group *g = gmap[h.group];
-        int rc;
-        if (!g) {
-          if ((rc = ana_mq_group(mq, set->keys.keys[h.group], &g)) < 0)
-            return rc;
-          gmap[h.group] = g = g ? g : FILTERED;
-        }
-        if (g != FILTERED && (rc = ana_mq_add_packed(mq, g, b, part, packed, h.len)) < 0)
+        int rc = fn(ctx, b, h.group, packed, h.len);
+        if (rc)
           return rc;
       }
     }
@@ -182,9 +183,77 @@ static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_gr
   return 0;
 }
 
+/* add_set's walk: each cell added to its group, one by one. */
+struct set_walk {
+  struct ana_mq *mq;
+  const struct rc_set *set;
+  struct ana_mq_group **gmap;
+  enum ana_mq_part part;
+};
+
+static int add_set_cell(void *ctx, size_t b, uint32_t group, const uint8_t *packed, uint32_t len) {
+  struct set_walk *w = ctx;
+  struct ana_mq_group *g = w->gmap[group];
+  int rc;
+  if (!g) {
+    if ((rc = ana_mq_group(w->mq, w->set->keys.keys[group], &g)) < 0)
+      return rc;
+    w->gmap[group] = g = g ? g : FILTERED;
+  }
+  if (g != FILTERED && (rc = ana_mq_add_packed(w->mq, g, b, w->part, packed, len)) < 0)
+    return rc;
+  return 0;
+}
+
+/* Adds the cells of set in the plan's spans to one part of the query.
+ * gmap (one slot per key of set, zeroed at first) maps the set's groups to
+ * the query's. Returns 0 or a negative error (in mq). */
+static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
+                   const struct plan *plan, const struct ana_metric_query *q, const int64_t *starts,
+                   size_t nb, enum ana_mq_part part) {
+  struct set_walk w = {mq, set, gmap, part};
+  return walk_cells(set, plan, q, starts, nb, part, add_set_cell, &w);
+}
+
 /* The most bytes of flat bucket accumulators (shown groups x buckets) a
  * query uses; beyond (a top N in the thousands) cells go one by one. */
 #define FLAT_MAX_BYTES (64u << 20)
+
+/* add_set_flat's walk: each cell merged into its flat accumulator. */
+struct flat_walk {
+  struct ana_mq *mq;
+  double *acc;
+  uint8_t *seen;
+  const int32_t *target; /* the buckets part: each group's row, < 0 none */
+  size_t nb, n_slots;
+  enum ana_mq_part part;
+  bool additive;
+};
+
+static int add_flat_cell(void *ctx, size_t b, uint32_t group, const uint8_t *packed, uint32_t len) {
+  struct flat_walk *w = ctx;
+  (void)len; /* every cell has n_slots doubles (ana_mq_packed_fixed) */
+  size_t a;
+  if (w->part == ANA_MQ_TOTALS) {
+    a = 2 * (size_t)group + (b == ANA_MQ_PREVIOUS);
+  } else {
+    if (w->target[group] < 0)
+      return 0;
+    a = (size_t)w->target[group] * w->nb + b;
+  }
+  double *into = &w->acc[a * w->n_slots];
+  if (w->additive) {
+    for (size_t j = 0; j < w->n_slots; j++) {
+      double v;
+      memcpy(&v, packed + j * sizeof v, sizeof v);
+      into[j] += v;
+    }
+  } else {
+    ana_mq_packed_merge(w->mq, into, packed);
+  }
+  w->seen[a] = 1;
+  return 0;
+}
 
 /* add_set for cells of one size (ana_mq_packed_fixed): merged first into
  * flat accumulators, one per (group index of the set, total or previous)
@@ -240,43 +309,8 @@ static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_
   seen = ana_calloc(n_acc ? n_acc : 1, 1);
   if (!acc || !seen)
     goto nomem;
-  for (size_t i = 0; i < plan->n; i++) {
-    const struct span *sp = &plan->spans[i];
-    if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
-      continue;
-    const struct rc_level *lv = &set->levels[sp->level];
-    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi; k++) {
-      const struct rc_bucket *bk = &lv->buckets[k];
-      size_t b = cell_bucket(q, starts, nb, bk->start);
-      if (part == ANA_MQ_BUCKETS && b >= nb)
-        continue;
-      for (size_t o = 0; o < bk->len;) {
-        struct rc_record h;
-        memcpy(&h, bk->cells + o, sizeof h);
-        const uint8_t *packed = bk->cells + o + sizeof h;
-        o += rc_record_size(h.len);
-        size_t a;
-        if (part == ANA_MQ_TOTALS) {
-          a = 2 * (size_t)h.group + (b == ANA_MQ_PREVIOUS);
-        } else {
-          if (target[h.group] < 0)
-            continue;
-          a = (size_t)target[h.group] * nb + b;
-        }
-        double *into = &acc[a * n_slots];
-        if (additive) {
-          for (size_t j = 0; j < n_slots; j++) {
-            double v;
-            memcpy(&v, packed + j * sizeof v, sizeof v);
-            into[j] += v;
-          }
-        } else {
-          ana_mq_packed_merge(mq, into, packed);
-        }
-        seen[a] = 1;
-      }
-    }
-  }
+  struct flat_walk w = {mq, acc, seen, target, nb, n_slots, part, additive};
+  walk_cells(set, plan, q, starts, nb, part, add_flat_cell, &w);
   if (part == ANA_MQ_BUCKETS) {
     /* The answer reads the rows in place: no accumulator per bucket. */
     rc = ana_mq_adopt_flat(mq, rep, n_targets, acc);
