@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The most dimensions a regrouped query's metric may have (the metric's). */
+#define ANA_ROLLUP_MAX_DIMS ANA_ACC_MAX_DIMENSIONS
+
 /* A piece of the query's time line: read from cells of a level, or from
  * raw events (level -1). */
 struct span {
@@ -147,6 +150,47 @@ static size_t cell_bucket(const struct ana_metric_query *q, const int64_t *start
   return start < q->from_ms ? ANA_MQ_PREVIOUS : ana_bucket_index(starts, nb, q->to_ms, start);
 }
 
+/* How the groups of a stored metric's cells map to a query's: for each of
+ * the query's dimensions, its place among the metric's (the query groups
+ * by some of them); NULL: the same dimensions. */
+struct key_proj {
+  const int8_t *place;
+  size_t n;
+};
+
+/* The query's group key of the set's key k: its values of the query's
+ * dimensions, joined by '\x1f' (in buf). */
+static const char *query_key(const struct key_proj *p, const char *k, char *buf) {
+  if (!p->place)
+    return k;
+  const char *vals[ANA_ROLLUP_MAX_DIMS];
+  size_t lens[ANA_ROLLUP_MAX_DIMS], n = 0;
+  for (const char *c = k; n < ANA_ROLLUP_MAX_DIMS; n++) {
+    size_t len = strcspn(c, "\x1f");
+    vals[n] = c;
+    lens[n] = len;
+    if (!c[len]) {
+      n++;
+      break;
+    }
+    c += len + 1;
+  }
+  size_t o = 0;
+  for (size_t d = 0; d < p->n; d++) {
+    size_t i = (size_t)p->place[d];
+    size_t len = i < n ? lens[i] : 0;
+    if (o + len + 2 > ANA_MQ_KEY_MAX)
+      break;
+    if (d)
+      buf[o++] = '\x1f';
+    if (len)
+      memcpy(buf + o, vals[i], len);
+    o += len;
+  }
+  buf[o] = '\0';
+  return buf;
+}
+
 /* Receives one cell of a walk: its bucket (ANA_MQ_PREVIOUS: the previous
  * period), its group (an index into the set's keys) and its packed bytes.
  * Non-zero stops the walk and is returned. */
@@ -187,6 +231,7 @@ static int walk_cells(const struct rc_set *set, const struct plan *plan,
 struct set_walk {
   struct ana_mq *mq;
   const struct rc_set *set;
+  const struct key_proj *proj;
   struct ana_mq_group **gmap;
   enum ana_mq_part part;
 };
@@ -196,7 +241,8 @@ static int add_set_cell(void *ctx, size_t b, uint32_t group, const uint8_t *pack
   struct ana_mq_group *g = w->gmap[group];
   int rc;
   if (!g) {
-    if ((rc = ana_mq_group(w->mq, w->set->keys.keys[group], &g)) < 0)
+    char buf[ANA_MQ_KEY_MAX];
+    if ((rc = ana_mq_group(w->mq, query_key(w->proj, w->set->keys.keys[group], buf), &g)) < 0)
       return rc;
     w->gmap[group] = g = g ? g : FILTERED;
   }
@@ -208,10 +254,11 @@ static int add_set_cell(void *ctx, size_t b, uint32_t group, const uint8_t *pack
 /* Adds the cells of set in the plan's spans to one part of the query.
  * gmap (one slot per key of set, zeroed at first) maps the set's groups to
  * the query's. Returns 0 or a negative error (in mq). */
-static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
-                   const struct plan *plan, const struct ana_metric_query *q, const int64_t *starts,
-                   size_t nb, enum ana_mq_part part) {
-  struct set_walk w = {mq, set, gmap, part};
+static int add_set(struct ana_mq *mq, const struct rc_set *set, const struct key_proj *proj,
+                   struct ana_mq_group **gmap, const struct plan *plan,
+                   const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                   enum ana_mq_part part) {
+  struct set_walk w = {mq, set, proj, gmap, part};
   return walk_cells(set, plan, q, starts, nb, part, add_set_cell, &w);
 }
 
@@ -261,10 +308,10 @@ static int add_flat_cell(void *ctx, size_t b, uint32_t group, const uint8_t *pac
  * query once each, the bucket rows handed over whole (ana_mq_adopt_flat). Most of a query's time is
  * here: no group lookup and no accumulator structure per cell. Returns 1 when the accumulators
  * would be too large (nothing added: use add_set), else as add_set. */
-static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
-                        const struct plan *plan, const struct ana_metric_query *q,
-                        const int64_t *starts, size_t nb, enum ana_mq_part part, size_t size,
-                        bool additive) {
+static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, const struct key_proj *proj,
+                        struct ana_mq_group **gmap, const struct plan *plan,
+                        const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                        enum ana_mq_part part, size_t size, bool additive) {
   size_t n_slots = size / sizeof(double), n_keys = set->keys.n;
   double *acc = NULL;
   uint8_t *seen = NULL;
@@ -323,7 +370,8 @@ static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_
     const uint8_t *packed = (const uint8_t *)&acc[a * n_slots];
     struct ana_mq_group **g = &gmap[a / 2];
     if (!*g) {
-      if ((rc = ana_mq_group(mq, set->keys.keys[a / 2], g)) < 0)
+      char buf[ANA_MQ_KEY_MAX];
+      if ((rc = ana_mq_group(mq, query_key(proj, set->keys.keys[a / 2], buf), g)) < 0)
         break;
       if (!*g)
         *g = FILTERED;
@@ -397,6 +445,27 @@ done:
   return rc;
 }
 
+static const char *dim_name(const char *path) {
+  return strncmp(path, "properties.", 11) == 0 ? path + 11 : path;
+}
+
+/* Whether want's dimensions are some of stored's (place[d]: where). */
+static bool projects(const Analytics__V1__Metric *stored, const Analytics__V1__Metric *want,
+                     int8_t *place) {
+  if (stored->n_dimensions > ANA_ROLLUP_MAX_DIMS || want->n_dimensions >= stored->n_dimensions)
+    return false;
+  for (size_t d = 0; d < want->n_dimensions; d++) {
+    size_t i = 0;
+    while (i < stored->n_dimensions &&
+           strcmp(dim_name(stored->dimensions[i]), dim_name(want->dimensions[d])) != 0)
+      i++;
+    if (i == stored->n_dimensions)
+      return false;
+    place[d] = (int8_t)i;
+  }
+  return true;
+}
+
 int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
                      struct ana_arena *arena, Analytics__V1__MetricData *out,
                      struct ana_error *err) {
@@ -413,10 +482,23 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   int rc = 0;
   if (!def)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  int8_t place[ANA_ROLLUP_MAX_DIMS];
+  struct key_proj proj = {NULL, q->metric->n_dimensions};
   pthread_mutex_lock(&r->mu);
   struct rmetric *m = *ru_find_metric(r, q->metric->metric_id);
-  bool usable = m && m->def_len == def_len && memcmp(m->def, def, def_len) == 0 &&
-                m->watermark >= m->backfill_to;
+  bool same = m && m->def_len == def_len && memcmp(m->def, def, def_len) == 0;
+  /* Grouped by some of the metric's dimensions: its cells, regrouped. */
+  if (m && !same && projects(m->metric, q->metric, place)) {
+    Analytics__V1__Metric alt = *q->metric;
+    alt.dimensions = m->metric->dimensions;
+    alt.n_dimensions = m->metric->n_dimensions;
+    size_t alt_len = 0;
+    uint8_t *alt_def = ru_pack_definition(&alt, q->formula, &alt_len);
+    same = alt_def && m->def_len == alt_len && memcmp(m->def, alt_def, alt_len) == 0;
+    ana_free(alt_def);
+    proj.place = same ? place : NULL;
+  }
+  bool usable = same && m->watermark >= m->backfill_to;
   int64_t version = usable ? m->version : 0;
   /* The cells' terms are those of the canonical formula, in its order. */
   const char *canonical = usable ? m->metric->formula : NULL;
@@ -534,9 +616,10 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   const struct plan *plans[2] = {coarse_totals ? &tplan : &plan, &plan};
   for (int k = 0; k < 2 && rc == 0; k++) {
     int added =
-        flat ? add_set_flat(mq, set, gmap, plans[k], q, starts, nb, parts[k], size, additive) : 1;
+        flat ? add_set_flat(mq, set, &proj, gmap, plans[k], q, starts, nb, parts[k], size, additive)
+             : 1;
     if (added == 1)
-      added = add_set(mq, set, gmap, plans[k], q, starts, nb, parts[k]);
+      added = add_set(mq, set, &proj, gmap, plans[k], q, starts, nb, parts[k]);
     if (added < 0 || add_raw_cells(mq, &raw, parts[k]) < 0 ||
         (parts[k] == ANA_MQ_TOTALS && ana_mq_rank(mq) < 0))
       break; /* the error is in mq */

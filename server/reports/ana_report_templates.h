@@ -32,6 +32,11 @@ struct ana_report_template_env {
   int (*adhoc_counts)(const char *account, const struct ana_metric_adhoc *a, size_t n,
                       const struct ana_metric_query *q, struct ana_arena *arena,
                       Analytics__V1__MetricData *outs, struct ana_error *err);
+  /* Answers a stored metric's query as GetMetricData does: from its
+   * rollups where they match (ana_metric_service_query: 0 or a negative
+   * error); NULL: always the events. */
+  int (*metric_query)(const struct ana_metric_query *q, struct ana_arena *arena,
+                      Analytics__V1__MetricData *out, struct ana_error *err);
 };
 
 /* "campaign_performance or metric_summary", for error messages. */

@@ -1109,6 +1109,16 @@ struct counter_answer {
 #define ADHOC_MAX_COUNTERS 256
 #define ADHOC_MAX_ANSWERS 64
 
+int ana_metric_service_query(const struct ana_metric_query *q, struct ana_arena *arena,
+                             Analytics__V1__MetricData *out, struct ana_error *err) {
+  int rc = opts.rollups ? ana_rollup_query(opts.rollups, q, arena, out, err) : 0;
+  if (rc == 0)
+    rc = ana_metric_query_raw(opts.store_ops, opts.store, q, arena, out, err);
+  else if (rc > 0)
+    ANA_DEBUG("metrics", "metric %s: answered from its rollups", q->metric->metric_id);
+  return rc < 0 ? rc : 0;
+}
+
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
                                     Analytics__V1__MetricData *outs, struct ana_error *err) {
@@ -1147,7 +1157,14 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
           fl->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE ||
           strcmp(field, "eventType") == 0 || strcmp(field, "eventName") == 0 ||
           strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0 ||
-          strncmp(field, "context.", 8) == 0 || ana_crypto_fields_property(opts.encrypted, field))
+          strncmp(field, "context.", 8) == 0)
+        goto out;
+      /* An encrypted property's value is its blind index here (as the scan
+       * compares it, ana_metric_service_blind_filters), and so are the
+       * values a counter groups it by. */
+      if (ana_crypto_fields_property(opts.encrypted, field) &&
+          strncmp(fl->value->string_value, ANA_CRYPTO_BLIND_PREFIX,
+                  sizeof ANA_CRYPTO_BLIND_PREFIX - 1) != 0)
         goto out;
       keys[k] = field;
       values[k] = fl->value->string_value;
@@ -1156,9 +1173,6 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
         goto out;
       o += (size_t)w;
     }
-    for (size_t d = 0; d < a[i].n_dimensions; d++)
-      if (ana_crypto_fields_property(opts.encrypted, property_name(a[i].dimensions[d])))
-        goto out;
     struct ana_formula *f = ana_formula_parse(a[i].formula, NULL, err, NULL);
     if (!f) {
       rc = ANA_ERR_INVALID;
