@@ -452,7 +452,10 @@ static const char *dim_name(const char *path) {
 /* Whether want's dimensions are some of stored's (place[d]: where). */
 static bool projects(const Analytics__V1__Metric *stored, const Analytics__V1__Metric *want,
                      int8_t *place) {
-  if (stored->n_dimensions > ANA_ROLLUP_MAX_DIMS || want->n_dimensions >= stored->n_dimensions)
+  /* A key of more dimensions may be cut short (ANA_ACC_KEY_MAX): a value
+   * it lost would be missing from the query's groups. */
+  if (stored->n_dimensions > ANA_ROLLUP_MAX_DIMS || want->n_dimensions >= stored->n_dimensions ||
+      stored->n_dimensions * ANA_ACC_VALUE_MAX > ANA_ACC_KEY_MAX)
     return false;
   for (size_t d = 0; d < want->n_dimensions; d++) {
     size_t i = 0;
