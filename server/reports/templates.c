@@ -534,7 +534,7 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
    * the same numbers without a scan of the events. */
   int rc = env->adhoc_counts ? env->adhoc_counts(account, qs, N_QUERIES, &q, a, all, err) : 0;
   if (rc > 0)
-    ANA_DEBUG("reports", "campaign report: counts from the rollups of stored metrics");
+    ANA_DEBUG("reports", "campaign report: counts from the rollups of metrics counting them");
   if (rc < 0 || (rc == 0 && ana_metric_query_adhoc_batch(env->store_ops, env->store, qs, N_QUERIES,
                                                          &q, a, all, err) < 0))
     return ANA_ERR_INVALID;

@@ -77,6 +77,16 @@ int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct a
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
                                     Analytics__V1__MetricData *outs, struct ana_error *err);
+/* ana_metric_service_adhoc_counts, and a count(<name>) that no stored metric
+ * holds is kept as rollups of the account's own (REPORT_AUTO_ROLLUPS): a
+ * counter of that name by every dimension the queries name (their
+ * dimensions and filter fields), defined now and backfilled in the
+ * background, read like a stored metric's once complete. No catalog
+ * object: ListMetrics does not show it. */
+int ana_metric_service_adhoc_counts_kept(const char *account, const struct ana_metric_adhoc *a,
+                                         size_t n, const struct ana_metric_query *q,
+                                         struct ana_arena *arena, Analytics__V1__MetricData *outs,
+                                         struct ana_error *err);
 
 /* Answers q, a stored metric's query (q->metric->metric_id names it), as
  * GetMetricData does: from its rollups when they are complete and its
@@ -160,7 +170,8 @@ struct ana_report_service_options {
   struct ana_workers *workers;
   const char *reports_dir; /* REPORTS_DIR */
   int report_workers, queue_max, retention_days, max_attempts;
-  bool rollups; /* REPORT_ROLLUPS: counts from matching metrics' rollups */
+  bool rollups;      /* REPORT_ROLLUPS: counts from matching metrics' rollups */
+  bool auto_rollups; /* REPORT_AUTO_ROLLUPS: counts no metric holds kept as rollups */
 };
 
 /* Starts the report runner (resuming the runs a stop interrupted) and binds

@@ -1119,9 +1119,111 @@ int ana_metric_service_query(const struct ana_metric_query *q, struct ana_arena 
   return rc < 0 ? rc : 0;
 }
 
+/* The dimensions the queries a name (their filter fields and dimensions,
+ * without "properties."), in the order first named; false when more than
+ * max. */
+static bool adhoc_dimensions(const struct ana_metric_adhoc *a, size_t n, const char **dims,
+                             size_t max, size_t *n_dims) {
+  *n_dims = 0;
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < a[i].n_filters + a[i].n_dimensions; k++) {
+      const char *d = property_name(k < a[i].n_filters ? a[i].filters[k]->field
+                                                       : a[i].dimensions[k - a[i].n_filters]);
+      bool seen = false;
+      for (size_t j = 0; j < *n_dims && !seen; j++)
+        seen = strcmp(dims[j], d) == 0;
+      if (seen)
+        continue;
+      if (*n_dims == max)
+        return false;
+      dims[(*n_dims)++] = d;
+    }
+  return true;
+}
+
+/* Adds to c a counter of the account's own for each name the queries a
+ * count that no counter of c holds by every dimension they name, and
+ * defines its rollups (the same definition again does nothing). */
+static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc *a, size_t n) {
+  const char *dims[16];
+  size_t n_dims, n_stored = c->n;
+  if (!adhoc_dimensions(a, n, dims, 16, &n_dims))
+    return;
+  for (size_t i = 0; i < n; i++) {
+    struct ana_error err;
+    struct ana_formula *f = ana_formula_parse(a[i].formula, NULL, &err, NULL);
+    for (size_t t = 0; f && t < ana_formula_term_count(f) && c->n < c->cap; t++) {
+      const struct ana_agg_term *term = ana_formula_term(f, t);
+      if (term->fn != ANA_AGG_COUNT || !term->event_name || term->field)
+        continue;
+      bool held = false;
+      for (size_t j = 0; j < c->n && !held; j++) {
+        held = strcmp(c->items[j].event_name, term->event_name) == 0;
+        for (size_t d = 0; held && j < n_stored && d < n_dims; d++)
+          held = has_dimension(c->items[j].m, dims[d]);
+      }
+      if (held)
+        continue;
+      Analytics__V1__Metric *m = ana_arena_alloc(c->arena, sizeof *m);
+      char *id = ana_arena_alloc(c->arena, 600), *formula = ana_arena_alloc(c->arena, 300);
+      if (!m || !id || !formula)
+        break;
+      analytics__v1__metric__init(m);
+      /* One id per account, name and dimensions: the same report finds
+       * the same rollups. */
+      int o = snprintf(id, 600, "report-counts:%s:%s", c->account, term->event_name);
+      for (size_t d = 0; d < n_dims && o > 0 && o < 600; d++)
+        o += snprintf(id + o, 600 - (size_t)o, ":%s", dims[d]);
+      if (o <= 0 || o >= 600 || snprintf(formula, 300, "count(%s)", term->event_name) >= 300)
+        continue;
+      m->metric_id = id;
+      m->account_id = (char *)c->account;
+      m->name = id;
+      m->type = "counter";
+      m->aggregation = "sum";
+      m->formula = formula;
+      m->dimensions = (char **)ana_arena_calloc(c->arena, n_dims, sizeof *m->dimensions);
+      if (!m->dimensions)
+        break;
+      memcpy(m->dimensions, dims, n_dims * sizeof *dims);
+      m->n_dimensions = n_dims;
+      struct ana_formula *own = ana_formula_parse(formula, NULL, &err, NULL);
+      const char *name;
+      if (!own || !counts_one_name(own, &name)) {
+        ana_formula_free(own);
+        continue;
+      }
+      if (ana_rollup_define(opts.rollups, c->account, m, own, &err) < 0) {
+        ANA_WARN("metrics", "report counts of %s: rollups: %s", name, err.message);
+        ana_formula_free(own);
+        continue;
+      }
+      c->items[c->n++] = (struct counter_metric){m, own, name};
+    }
+    ana_formula_free(f);
+  }
+}
+
+static int adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                        const struct ana_metric_query *q, struct ana_arena *arena,
+                        Analytics__V1__MetricData *outs, bool keep, struct ana_error *err);
+
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
                                     Analytics__V1__MetricData *outs, struct ana_error *err) {
+  return adhoc_counts(account, a, n, q, arena, outs, false, err);
+}
+
+int ana_metric_service_adhoc_counts_kept(const char *account, const struct ana_metric_adhoc *a,
+                                         size_t n, const struct ana_metric_query *q,
+                                         struct ana_arena *arena, Analytics__V1__MetricData *outs,
+                                         struct ana_error *err) {
+  return adhoc_counts(account, a, n, q, arena, outs, true, err);
+}
+
+static int adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                        const struct ana_metric_query *q, struct ana_arena *arena,
+                        Analytics__V1__MetricData *outs, bool keep, struct ana_error *err) {
   if (!opts.rollups)
     return 0;
   struct counters c = {.arena = arena, .account = account, .cap = ADHOC_MAX_COUNTERS};
@@ -1142,6 +1244,8 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
     if (c.listed - before < ADHOC_LIST_PAGE || c.n == c.cap)
       break;
   }
+  if (keep)
+    keep_report_counts(&c, a, n);
   for (size_t i = 0; i < n && rc == 0; i++) {
     /* The filters: "eq" on a plain property with a text value, each then a
      * dimension filter of the counter metrics. */

@@ -480,7 +480,9 @@ static int generate(void *ctx, const char *account, const char *report_id, const
                                         opts.store,
                                         ana_metric_service_resolve,
                                         ana_metric_service_blind_filters,
-                                        opts.rollups ? ana_metric_service_adhoc_counts : NULL,
+                                        !opts.rollups       ? NULL
+                                        : opts.auto_rollups ? ana_metric_service_adhoc_counts_kept
+                                                            : ana_metric_service_adhoc_counts,
                                         opts.rollups ? ana_metric_service_query : NULL};
   if (rc == 0)
     rc = ana_report_template_build(&env, r->template_, account, r->name, r->parameters, a, &doc,

@@ -120,6 +120,7 @@ static const char *const all_names[] = {
     "REPORT_RETENTION_DAYS",
     "REPORT_MAX_ATTEMPTS",
     "REPORT_ROLLUPS",
+    "REPORT_AUTO_ROLLUPS",
     "WAL_CHECKPOINT_MB",
     "STORE_MIN_FREE_MB",
     "SMTP_URL",

@@ -27,6 +27,8 @@ ZONE = "America/New_York"  # its clock went back on 2026-11-01
 
 class ReportRollupsTest(ReportsMixin, harness.ServerTestCase):
 
+    SERVER_ENV = {"REPORT_AUTO_ROLLUPS": "false"}  # stored metrics only
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -186,7 +188,8 @@ class EncryptedReportRollupsTest(ReportsMixin, harness.ServerTestCase):
     """An encrypted campaignId (and groupId): the counters' rollups are
     filtered through the campaign's blind index, as the scan is."""
 
-    SERVER_ENV = {"ENCRYPTED_FIELDS": "properties.campaignId,properties.groupId"}
+    SERVER_ENV = {"ENCRYPTED_FIELDS": "properties.campaignId,properties.groupId",
+                  "REPORT_AUTO_ROLLUPS": "false"}
 
     def test_encrypted_campaign_counts_from_rollups_equal_the_scan(self):
         rest = RestClient(self.rest_port)
@@ -266,3 +269,39 @@ class SummaryRollupsTest(ReportsMixin, harness.ServerTestCase):
                     if "answered from its rollups" in l.get("msg", "")]
             # Each metric's query and its tile over every group.
             self.assertEqual(len(used), 2 * len(params["metrics"]), params)
+
+
+class AutoRollupsTest(ReportsMixin, harness.ServerTestCase):
+    """No stored metric counts the campaign's events: the first report scans
+    them and keeps its counts as rollups of its own; once backfilled, the
+    next reports read those, with the numbers of the scan (an encrypted
+    campaignId through its blind index)."""
+
+    SERVER_ENV = {"ENCRYPTED_FIELDS": "properties.campaignId"}
+
+    def test_report_counts_kept_as_rollups_equal_the_scan(self):
+        rest = RestClient(self.rest_port)
+        epb, egrpc = self.ns.analytics["events"]
+        load_campaign_events(self.channel, epb, egrpc, 3000, 40)
+        body = {"template": "campaign_performance", "format": "csv",
+                "parameters": {"campaignId": "c1", "timeZone": ZONE,
+                               "dateRange": {"start": day(-14), "end": day(0)}}}
+        mark = self.server.log_mark()
+        scanned = csv_of(self, rest, self.rest_port, body)
+        self.assertFalse([l for l in self.server.log_lines(mark)
+                          if "from the rollups" in l.get("msg", "")])
+        self.assertIn("Sent", [row[0] for row in scanned if row])
+        deadline = time.time() + 60
+        while True:  # until the rollups kept by the first report are complete
+            mark = self.server.log_mark()
+            got = csv_of(self, rest, self.rest_port, body)
+            self.assertEqual(got, scanned)
+            if [l for l in self.server.log_lines(mark) if "from the rollups" in l.get("msg", "")]:
+                break
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        # Not a stored metric: the account's list is unchanged.
+        mpb, mgrpc = self.ns.analytics["metrics"]
+        listed = mgrpc.MetricServiceStub(self.channel).ListMetrics(mpb.ListMetricsRequest(),
+                                                                   timeout=10)
+        self.assertEqual(len(listed.metrics), 0)
