@@ -1149,6 +1149,19 @@ static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc
   size_t n_dims, n_stored = c->n;
   if (!adhoc_dimensions(a, n, dims, 16, &n_dims))
     return;
+  /* Only filters rollups can answer (adhoc_counts): "eq" with a text value
+   * on a property. */
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < a[i].n_filters; k++) {
+      const Analytics__V1__MetricFilter *fl = a[i].filters[k];
+      const char *field = property_name(fl->field);
+      if (strcmp(fl->op, "eq") != 0 || !fl->value ||
+          fl->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE ||
+          strcmp(field, "eventType") == 0 || strcmp(field, "eventName") == 0 ||
+          strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0 ||
+          strncmp(field, "context.", 8) == 0)
+        return;
+    }
   for (size_t i = 0; i < n; i++) {
     struct ana_error err;
     struct ana_formula *f = ana_formula_parse(a[i].formula, NULL, &err, NULL);
