@@ -283,6 +283,13 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
     ana_service_fail(call, &err);
     return;
   }
+  /* The answer is the report as submitted: its run pending, even when a
+   * generation thread has taken it already. */
+  if (!scheduled && r->n_runs && strcmp(r->status, "running") == 0) {
+    r->status = "pending";
+    r->runs[0]->status = "pending";
+    r->runs[0]->started_at = NULL;
+  }
   ana_call_reply(call, &r->base);
 }
 
