@@ -37,6 +37,10 @@ struct ana_report_template_env {
    * error); NULL: always the events. */
   int (*metric_query)(const struct ana_metric_query *q, struct ana_arena *arena,
                       Analytics__V1__MetricData *out, struct ana_error *err);
+  /* After a scan: keeps the counts no stored metric holds as rollups for
+   * the next report (ana_metric_service_keep_counts); NULL: does not. */
+  int (*keep_counts)(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                     struct ana_arena *arena, struct ana_error *err);
 };
 
 /* "campaign_performance or metric_summary", for error messages. */

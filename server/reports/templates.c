@@ -538,6 +538,11 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
   if (rc < 0 || (rc == 0 && ana_metric_query_adhoc_batch(env->store_ops, env->store, qs, N_QUERIES,
                                                          &q, a, all, err) < 0))
     return ANA_ERR_INVALID;
+  /* Scanned: the next report may read rollups instead (their backfill
+   * starts now, not during this scan). */
+  struct ana_error kerr;
+  if (rc == 0 && env->keep_counts && env->keep_counts(account, qs, N_QUERIES, a, &kerr) < 0)
+    ANA_WARN("reports", "campaign report: keeping its counts as rollups: %s", kerr.message);
   const Analytics__V1__MetricData *counts = all, *rates = all + 4;
   struct ana_report_kpi *tiles = ana_arena_calloc(a, 7, sizeof *tiles);
   if (!tiles)

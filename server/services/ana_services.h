@@ -77,12 +77,16 @@ int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct a
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
                                     Analytics__V1__MetricData *outs, struct ana_error *err);
-/* ana_metric_service_adhoc_counts, and a count(<name>) that no stored metric
- * holds is kept as rollups of the account's own (REPORT_AUTO_ROLLUPS): a
- * counter of that name by every dimension the queries name (their
- * dimensions and filter fields), defined now and backfilled in the
- * background, read like a stored metric's once complete. No catalog
- * object: ListMetrics does not show it. */
+/* ana_metric_service_adhoc_counts, also from the rollups the account keeps
+ * of its own (ana_metric_service_keep_counts) once complete. */
+/* Keeps each count(<name>) of the queries a that no stored metric holds
+ * as rollups of the account's own (REPORT_AUTO_ROLLUPS): a counter of that
+ * name by every dimension the queries name (their dimensions and filter
+ * fields), defined now (the same again does nothing) and backfilled in
+ * the background. No catalog object: ListMetrics does not show it. Returns
+ * 0 or a negative error. Blocks. */
+int ana_metric_service_keep_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                   struct ana_arena *arena, struct ana_error *err);
 int ana_metric_service_adhoc_counts_kept(const char *account, const struct ana_metric_adhoc *a,
                                          size_t n, const struct ana_metric_query *q,
                                          struct ana_arena *arena, Analytics__V1__MetricData *outs,

@@ -1142,9 +1142,10 @@ static bool adhoc_dimensions(const struct ana_metric_adhoc *a, size_t n, const c
 }
 
 /* Adds to c a counter of the account's own for each name the queries a
- * count that no counter of c holds by every dimension they name, and
- * defines its rollups (the same definition again does nothing). */
-static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc *a, size_t n) {
+ * count that no counter of c holds by every dimension they name; define:
+ * and defines its rollups (the same definition again does nothing). */
+static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc *a, size_t n,
+                               bool define) {
   const char *dims[16];
   size_t n_dims, n_stored = c->n;
   if (!adhoc_dimensions(a, n, dims, 16, &n_dims))
@@ -1206,7 +1207,7 @@ static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc
         ana_formula_free(own);
         continue;
       }
-      if (ana_rollup_define(opts.rollups, c->account, m, own, &err) < 0) {
+      if (define && ana_rollup_define(opts.rollups, c->account, m, own, &err) < 0) {
         ANA_WARN("metrics", "report counts of %s: rollups: %s", name, err.message);
         ana_formula_free(own);
         continue;
@@ -1220,6 +1221,34 @@ static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc
 static int adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                         const struct ana_metric_query *q, struct ana_arena *arena,
                         Analytics__V1__MetricData *outs, bool keep, struct ana_error *err);
+
+/* The account's counter metrics into c, a page at a time. */
+static int list_counters(struct counters *c, struct ana_error *err) {
+  for (;;) {
+    size_t before = c->listed;
+    if (opts.catalog_ops->list(opts.catalog, KIND, c->account, c->last_id, ADHOC_LIST_PAGE,
+                               keep_candidate, c, err) < 0)
+      return ANA_ERR_INVALID;
+    keep_counters(c);
+    if (c->listed - before < ADHOC_LIST_PAGE || c->n == c->cap)
+      return 0;
+  }
+}
+
+int ana_metric_service_keep_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                   struct ana_arena *arena, struct ana_error *err) {
+  if (!opts.rollups)
+    return 0;
+  struct counters c = {.arena = arena, .account = account, .cap = ADHOC_MAX_COUNTERS};
+  if (!(c.items = ana_arena_calloc(arena, c.cap, sizeof *c.items)))
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  int rc = list_counters(&c, err);
+  if (rc == 0)
+    keep_report_counts(&c, a, n, true);
+  for (size_t j = 0; j < c.n; j++)
+    ana_formula_free(c.items[j].f);
+  return rc;
+}
 
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
@@ -1245,20 +1274,12 @@ static int adhoc_counts(const char *account, const struct ana_metric_adhoc *a, s
   int rc = 0;
   if (!(c.items = ana_arena_calloc(arena, c.cap, sizeof *c.items)) || !answers)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  /* The account's counter metrics, a page at a time. */
-  for (;;) {
-    size_t before = c.listed;
-    if (opts.catalog_ops->list(opts.catalog, KIND, account, c.last_id, ADHOC_LIST_PAGE,
-                               keep_candidate, &c, err) < 0) {
-      rc = ANA_ERR_INVALID;
-      goto out;
-    }
-    keep_counters(&c);
-    if (c.listed - before < ADHOC_LIST_PAGE || c.n == c.cap)
-      break;
+  if (list_counters(&c, err) < 0) {
+    rc = ANA_ERR_INVALID;
+    goto out;
   }
   if (keep)
-    keep_report_counts(&c, a, n);
+    keep_report_counts(&c, a, n, false);
   for (size_t i = 0; i < n && rc == 0; i++) {
     /* The filters: "eq" on a plain property with a text value, each then a
      * dimension filter of the counter metrics. */

@@ -483,14 +483,16 @@ static int generate(void *ctx, const char *account, const char *report_id, const
     rc = ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "format: unknown format \"%.32s\"",
                        r->format);
   struct ana_report_document doc;
-  struct ana_report_template_env env = {opts.store_ops,
-                                        opts.store,
-                                        ana_metric_service_resolve,
-                                        ana_metric_service_blind_filters,
-                                        !opts.rollups       ? NULL
-                                        : opts.auto_rollups ? ana_metric_service_adhoc_counts_kept
-                                                            : ana_metric_service_adhoc_counts,
-                                        opts.rollups ? ana_metric_service_query : NULL};
+  struct ana_report_template_env env = {
+      opts.store_ops,
+      opts.store,
+      ana_metric_service_resolve,
+      ana_metric_service_blind_filters,
+      !opts.rollups       ? NULL
+      : opts.auto_rollups ? ana_metric_service_adhoc_counts_kept
+                          : ana_metric_service_adhoc_counts,
+      opts.rollups ? ana_metric_service_query : NULL,
+      opts.rollups && opts.auto_rollups ? ana_metric_service_keep_counts : NULL};
   if (rc == 0)
     rc = ana_report_template_build(&env, r->template_, account, r->name, r->parameters, a, &doc,
                                    err);
