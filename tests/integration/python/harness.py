@@ -14,6 +14,10 @@ Environment:
   ANALYTICS_RESTBRIDGE  path of analytics-restbridge (default: beside the
                   build's analyticsd, <build>/restbridge/analytics-restbridge)
   ANA_TEST_KEEP   if set, temporary directories (data, logs, stubs) are kept
+  ANA_TEST_EVENT_STORE  "clickhouse": every Server that does not set
+                  CLICKHOUSE_HOST itself stores its events in a clickhouse-server
+                  started once for the run (on loopback), each in its own
+                  database; unset or "sqlite": the embedded store
 """
 
 import json
@@ -114,6 +118,28 @@ def base_env(extra=None):
     return env
 
 
+_shared_clickhouse = None
+_clickhouse_databases = {}  # DATA_DIR -> its database: a restart on the same data finds its events
+
+
+def event_store_env(data_dir):
+    """The variables that point a Server at the run's ClickHouse when ANA_TEST_EVENT_STORE is
+    "clickhouse" (started on first use, stopped at exit); {} otherwise."""
+    global _shared_clickhouse
+    if os.environ.get("ANA_TEST_EVENT_STORE", "sqlite") != "clickhouse":
+        return {}
+    import atexit
+    import uuid
+    import clickhouse  # imports this module: only when asked for
+    if _shared_clickhouse is None:
+        _shared_clickhouse = clickhouse.ClickHouse().start()
+        atexit.register(_shared_clickhouse.cleanup)
+    return {"CLICKHOUSE_HOST": _shared_clickhouse.url,
+            "CLICKHOUSE_DATABASE": _clickhouse_databases.setdefault(
+                os.path.realpath(data_dir), "t_" + uuid.uuid4().hex[:12]),
+            "CLICKHOUSE_BATCH_INTERVAL": "50ms"}
+
+
 def tail(text, lines=40):
     return "\n".join(text.splitlines()[-lines:])
 
@@ -157,6 +183,9 @@ class Server:
                     self.env.pop(k, None)
                 else:
                     self.env[k] = str(v)
+        if not (env and "CLICKHOUSE_HOST" in env):
+            for k, v in event_store_env(self.env.get("DATA_DIR", self.data_dir)).items():
+                self.env.setdefault(k, v)
         self.args = list(args)
         self.preexec = preexec  # run in the child before exec (resource limits)
         self.proc = None
