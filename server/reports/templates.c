@@ -382,7 +382,25 @@ struct doc_builder {
   struct ana_arena *arena;
   struct ana_report_section *sections;
   size_t n, cap;
+  const struct ana_report_template_env *env;
+  const char *account;
+  int64_t from_ms, to_ms; /* the report's range: where revealed values are looked up */
+  int reveals;            /* lookups so far (REVEAL_MAX) */
 };
+
+/* Blind indexes looked up for their clear value per report; the rest are
+ * shown as aggregated. */
+#define REVEAL_MAX 256
+
+/* A dimension's value as the report shows it: with the report creator's
+ * roles (encrypted values masked or in clear, env->reveal). */
+static const char *shown(struct doc_builder *b, const char *dim, const char *v) {
+  if (!v || !b->env || !b->env->reveal || b->reveals >= REVEAL_MAX)
+    return v;
+  b->reveals += strncmp(v, "ana:bi:", 7) == 0;
+  return b->env->reveal(b->account, b->env->roles, b->env->n_roles, dim, v, b->from_ms, b->to_ms,
+                        b->arena);
+}
 
 static struct ana_report_section *
 add_section(struct doc_builder *b, enum ana_report_section_kind kind, const char *title) {
@@ -469,7 +487,7 @@ static int campaign_table(const Analytics__V1__MetricData *data, const char *dim
     return nomem(err);
   for (size_t j = 0; j < n; j++) {
     struct ana_report_cell *row = t->cells + j * 6;
-    row[0].text = keys[j][0] ? keys[j] : "(none)";
+    row[0].text = keys[j][0] ? shown(b, dim, keys[j]) : "(none)";
     double v[4];
     for (int i = 0; i < 4; i++) {
       v[i] = group_value(&data[i], dim, keys[j]);
@@ -697,7 +715,8 @@ static int build_summary(const struct ana_report_template_env *env, const char *
       int off = snprintf(label, 200, "%s", name);
       for (size_t k = 0; k < s->n_dimensions && off < 190; k++)
         off += snprintf(label + off, 200 - (size_t)off, "%s%s=%s", k ? ", " : " (",
-                        s->dimensions[k]->key, s->dimensions[k]->value);
+                        s->dimensions[k]->key,
+                        shown(b, s->dimensions[k]->key, s->dimensions[k]->value));
       if (s->n_dimensions && off < 199)
         snprintf(label + off, 200 - (size_t)off, ")");
       for (size_t k = 0; k < np; k++)
@@ -730,7 +749,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
     for (size_t j = 0; j < d.n_series; j++) {
       struct ana_report_cell *row = t->cells + j * nc;
       for (size_t k = 0; k < n_dims; k++)
-        row[k].text = series_dim(d.series[j], dims[k]);
+        row[k].text = shown(b, dims[k], series_dim(d.series[j], dims[k]));
       row[nc - 3].text = name;
       double v = total_of(d.series[j]);
       row[nc - 2].null = !isfinite(v);
@@ -750,7 +769,7 @@ int ana_report_template_build(const struct ana_report_template_env *env, const c
                               const char *account_id, const char *title,
                               const Google__Protobuf__Struct *params, struct ana_arena *arena,
                               struct ana_report_document *doc, struct ana_error *err) {
-  struct doc_builder b = {arena, NULL, 0, 8 + 3 * MAX_METRICS};
+  struct doc_builder b = {arena, NULL, 0, 8 + 3 * MAX_METRICS, env, account_id, 0, 0, 0};
   b.sections = ana_arena_calloc(arena, b.cap, sizeof *b.sections);
   if (!b.sections)
     return nomem(err);
@@ -766,12 +785,16 @@ int ana_report_template_build(const struct ana_report_template_env *env, const c
     if (parse_campaign(params, &c, err) < 0)
       return ANA_ERR_INVALID;
     r = &c.range;
+    b.from_ms = r->from_ms;
+    b.to_ms = r->to_ms;
     snprintf(subtitle, 200, "Campaign %s", c.campaign_text);
     rc = build_campaign(env, account_id, &c, &b, err);
   } else if (name && strcmp(name, "metric_summary") == 0) {
     if (parse_summary(params, &s, err) < 0)
       return ANA_ERR_INVALID;
     r = &s.range;
+    b.from_ms = r->from_ms;
+    b.to_ms = r->to_ms;
     snprintf(subtitle, 200, "%zu metric%s", s.n_metrics, s.n_metrics == 1 ? "" : "s");
     rc = build_summary(env, account_id, &s, &b, err);
   } else {

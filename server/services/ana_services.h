@@ -113,6 +113,17 @@ int ana_metric_service_query(const struct ana_metric_query *q, struct ana_arena 
 int ana_metric_service_blind_filters(const char *account, Analytics__V1__MetricFilter **filters,
                                      size_t n, struct ana_arena *a, struct ana_error *err);
 
+/* What background work running with roles (a report's or an alert's
+ * creator's) shows for value, a value of dimension: value itself unless
+ * dimension is encrypted (ENCRYPTED_FIELDS) and value a blind index; then
+ * ANA_CRYPTO_MASK without pii:read, else the clear value (that of an event
+ * of the account with from_ms <= timestamp < to_ms carrying it; value
+ * itself when none is found or the field is not a top-level property). In
+ * arena. Blocks (one search). Call after ana_metric_service_bind. */
+const char *ana_metric_service_reveal(const char *account, const char *const *roles, size_t n_roles,
+                                      const char *dimension, const char *value, int64_t from_ms,
+                                      int64_t to_ms, struct ana_arena *a);
+
 int ana_metric_service_resolve(const char *account, const char *id_or_name, struct ana_arena *arena,
                                Analytics__V1__Metric **metric, struct ana_formula **formula,
                                struct ana_error *err);
@@ -176,6 +187,9 @@ struct ana_report_service_options {
   int report_workers, queue_max, retention_days, max_attempts;
   bool rollups;      /* REPORT_ROLLUPS: counts from matching metrics' rollups */
   bool auto_rollups; /* REPORT_AUTO_ROLLUPS: counts no metric holds kept as rollups */
+  /* ENCRYPTED_FIELDS configured: a report rendered with pii:read (its
+   * creator's) is downloaded only with pii:read. */
+  bool encrypted;
 };
 
 /* Starts the report runner (resuming the runs a stop interrupted) and binds

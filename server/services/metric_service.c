@@ -1389,3 +1389,73 @@ out:
     ana_formula_free(c.items[j].f);
   return rc;
 }
+
+/* ------------------------------------------------------------------ */
+/* encrypted dimension values in background work                        */
+
+struct reveal_hit {
+  struct ana_arena *a;
+  const char *account, *key;
+  const char *out;
+};
+
+static int reveal_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts,
+                      const char *event_id, uint64_t seq) {
+  (void)ts;
+  (void)event_id;
+  (void)seq;
+  struct reveal_hit *h = ctx;
+  struct ana_error err;
+  Analytics__V1__Event *ev =
+      (void *)ana_proto_unpack(&analytics__v1__event__descriptor, &h->a->pb, payload, len,
+                               ANA_PROTO_MAX_DEPTH_CEILING, NULL);
+  if (!ev ||
+      ana_crypto_event_reveal(opts.crypto, opts.encrypted, h->account, ev, true, h->a, &err) < 0 ||
+      !ev->properties)
+    return 1;
+  for (size_t i = 0; i < ev->properties->n_fields; i++) {
+    const Google__Protobuf__Value *v = ev->properties->fields[i]->value;
+    if (strcmp(ev->properties->fields[i]->key, h->key) != 0 || !v)
+      continue;
+    if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE) {
+      h->out = ana_arena_strdup(h->a, v->string_value);
+    } else if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE) {
+      char num[32];
+      snprintf(num, sizeof num, "%.17g", v->number_value);
+      h->out = ana_arena_strdup(h->a, num);
+    } else if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE) {
+      h->out = v->bool_value ? "true" : "false";
+    }
+  }
+  return 1;
+}
+
+const char *ana_metric_service_reveal(const char *account, const char *const *roles, size_t n_roles,
+                                      const char *dimension, const char *value, int64_t from_ms,
+                                      int64_t to_ms, struct ana_arena *a) {
+  const char *name =
+      opts.encrypted && value ? ana_crypto_fields_property(opts.encrypted, dimension) : NULL;
+  if (!name || strncmp(value, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1) != 0)
+    return value;
+  struct ana_principal p = {.account_id = account, .roles = roles, .n_roles = n_roles};
+  if (!ana_auth_permits(&p, "pii:read"))
+    return ANA_CRYPTO_MASK;
+  /* A blind index is one way: the value is that of an event that has it. */
+  const char *key = name + strlen("properties.");
+  if (strncmp(name, "properties.", 11) != 0 || strchr(key, '.'))
+    return value;
+  struct reveal_hit h = {a, account, key, NULL};
+  struct ana_event_query q = {
+      .account_id = account,
+      .from_ms = from_ms,
+      .to_ms = to_ms,
+      .property_keys = &key,
+      .property_values = &value,
+      .n_properties = 1,
+      .limit = 1,
+  };
+  struct ana_error err;
+  if (opts.store_ops->search(opts.store, &q, reveal_hit, &h, &err) < 0 || !h.out)
+    return value;
+  return h.out;
+}

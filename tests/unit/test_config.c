@@ -71,6 +71,7 @@ static const char *const all_names[] = {
     "AUDIT_QUEUE_MAX",
     "ENCRYPTION_KEY_FILE",
     "ENCRYPTED_FIELDS",
+    "ENCRYPTION_PREVIOUS_KEY_FILE",
     "RATE_LIMIT_DEFAULT",
     "RATE_LIMIT_ROLES",
     "RATE_LIMIT_ACCOUNTS",

@@ -360,6 +360,15 @@ static const char *const migrations[] = {
     "  event_id);"
     "DROP INDEX dedupe_keys_expiry;"
     "CREATE INDEX dedupe_keys_by_day ON dedupe_keys(expires_at / 86400000);",
+
+    /* The secret the blind index keys are derived from (server/crypto/),
+     * wrapped by the master key: written when the master key changes, so
+     * that blind indexes keep matching under the new one. Absent, it is
+     * derived from the master key itself. */
+    "CREATE TABLE IF NOT EXISTS key_root ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  wrapped BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
