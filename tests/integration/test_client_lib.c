@@ -802,7 +802,7 @@ static void test_alert_stream(void) {
   pthread_mutex_init(&w.mu, NULL);
   started = pthread_create(&t, NULL, alert_stream_main, &w) == 0;
   CHECK(started);
-  usleep(500 * 1000); /* the subscription is open before the events */
+  usleep(1000 * 1000); /* the subscription is open before the events */
 
   for (int i = 0; i < 2; i++) {
     analytics_event_t *ev = analytics_event_new("app", ev_name);
