@@ -124,6 +124,11 @@ bool ana_config_valid_bind_host(const char *s);
 /* Checks for rows: host, host:port or an http(s):// URL. */
 bool ana_config_valid_host_or_url(const char *s);
 
+/* Checks for rows: a list of items separated by commas and/or spaces, at
+ * least one, each accepted by item_ok (given the item's len bytes, not
+ * NUL-terminated). */
+bool ana_config_valid_list(const char *s, bool (*item_ok)(const char *item, size_t len));
+
 /* The settings every program shares (common/config_rows.c). */
 struct ana_process_settings {
   int shutdown_grace_ms;        /* SHUTDOWN_GRACE_MS */

@@ -146,6 +146,24 @@ bool ana_config_valid_host_or_url(const char *s) {
   return is_host_port(authority, n);
 }
 
+bool ana_config_valid_list(const char *s, bool (*item_ok)(const char *item, size_t len)) {
+  bool any = false;
+  for (const char *p = s; *p;) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    const char *start = p;
+    while (*p && *p != ',' && *p != ' ')
+      p++;
+    size_t n = (size_t)(p - start);
+    if (n == 0)
+      continue;
+    if (!item_ok(start, n))
+      return false;
+    any = true;
+  }
+  return any;
+}
+
 static bool valid_path(const char *s) {
   if (strlen(s) > PATH_MAX_LEN)
     return false;

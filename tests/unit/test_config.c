@@ -644,6 +644,39 @@ static void test_account_id(void **state) {
   rejects("DEFAULT_ACCOUNT_ID=caf\xc3\xa9", NULL);
 }
 
+/* An item accepted by test_comma_lists: "a" or "bb". */
+static bool list_item_ok(const char *item, size_t len) {
+  return (len == 1 && item[0] == 'a') || (len == 2 && strncmp(item, "bb", 2) == 0);
+}
+
+static void test_comma_lists(void **state) {
+  static const char *const good[] = {"a", "a,bb", " a , bb ", "a bb", ",,a,,", "bb,a,a"};
+  static const char *const bad[] = {"", " ", ",", ", ,", "c", "a,c", "abb", "a,b b", "aa"};
+  struct ana_config cfg;
+  (void)state;
+
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+    if (!ana_config_valid_list(good[i], list_item_ok))
+      fail_msg("\"%s\" rejected", good[i]);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (ana_config_valid_list(bad[i], list_item_ok))
+      fail_msg("\"%s\" accepted", bad[i]);
+
+  /* The rows that use it. */
+  accepts("JWT_ALGORITHMS=HS256, ES256", &cfg);
+  assert_string_equal(cfg.auth.jwt_algorithms, "HS256, ES256");
+  ana_config_fini(&cfg);
+  rejects("JWT_ALGORITHMS=HS256,none", "a comma-separated list of HS256, RS256, ES256");
+  rejects("JWT_ALGORITHMS=,", NULL);
+  accepts("CORS_ALLOWED_ORIGINS=https://app.example.com, http://localhost:3000", &cfg);
+  ana_config_fini(&cfg);
+  accepts("CORS_ALLOWED_ORIGINS=*", &cfg);
+  ana_config_fini(&cfg);
+  rejects("CORS_ALLOWED_ORIGINS=https://a.example.com/path", "a comma-separated list of origins");
+  rejects("CORS_ALLOWED_ORIGINS=https://", NULL);
+  rejects("CORS_ALLOWED_ORIGINS=ftp://x", NULL);
+}
+
 static void test_first_error_wins_and_cfg_stays_zeroed(void **state) {
   struct ana_config cfg;
   struct ana_error err = {0};
@@ -963,6 +996,7 @@ int main(void) {
       cmocka_unit_test(test_clickhouse_host),
       cmocka_unit_test(test_grpc_host),
       cmocka_unit_test(test_account_id),
+      cmocka_unit_test(test_comma_lists),
       cmocka_unit_test(test_first_error_wins_and_cfg_stays_zeroed),
       cmocka_unit_test(test_value_in_message_is_cut_and_escaped),
       cmocka_unit_test(test_allocation_failures),
