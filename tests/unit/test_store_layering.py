@@ -19,7 +19,7 @@ import re
 import sys
 
 # Headers only server/store/ may include.
-INTERNAL = {"local_db_sql.h", "sqlite_backends.h", "text_index.h", "wal_write_vfs.h",
+INTERNAL = {"local_db_sql.h", "sqlite_backends.h", "text_index.h", "wal_write_vfs.h", "sql_stmt.h",
             "locked_conn.h"}
 # bench/'s one raw-SQLite file: the retired format-1 index it compares against.
 BENCH_SQLITE = {"bench/search_format1.c"}

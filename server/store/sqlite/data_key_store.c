@@ -6,26 +6,19 @@
 #include "locked_conn.h"
 #include "sqlite_backends.h"
 
-#include <pthread.h>
 #include <sqlite3.h>
 
-static int db_error(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "data keys: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
-}
+#define WHAT "data keys"
 
 static int data_keys_insert(void *p, const struct ana_data_key_record *r, struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st = sqlite_locked_prepare(s,
+                                           "INSERT INTO data_keys (account_id, key_id, wrapped,"
+                                           " created_at) VALUES (?1, ?2, ?3, ?4)",
+                                           WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn,
-                         "INSERT INTO data_keys (account_id, key_id, wrapped, created_at)"
-                         " VALUES (?1, ?2, ?3, ?4)",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
   sqlite3_bind_text(st, 1, r->account_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, r->key_id);
   sqlite3_bind_blob(st, 3, r->wrapped, (int)r->wrapped_len, SQLITE_STATIC);
@@ -36,23 +29,18 @@ static int data_keys_insert(void *p, const struct ana_data_key_record *r, struct
                   r->key_id, r->account_id);
     rc = ANA_ERR_EXISTS;
   } else if (step != SQLITE_DONE) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
   }
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
+  sqlite_locked_finish(s, st);
   return rc;
 }
 
 static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char *account_id,
                        ana_data_key_fn fn, void *ctx, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st = sqlite_locked_prepare(s, sql, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
   if (account_id)
     sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
   int step;
@@ -68,10 +56,8 @@ static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char
       break;
   }
   if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_error(s->conn, err);
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
+    rc = ana_sql_fail(s->conn, WHAT, err);
+  sqlite_locked_finish(s, st);
   return rc;
 }
 
