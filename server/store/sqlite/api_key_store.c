@@ -52,14 +52,9 @@ static int select_keys(struct sqlite_locked_conn *s, const char *sql, const char
                        int n_args, int limit, ana_api_key_record_fn fn, void *ctx,
                        struct ana_error *err, int *count) {
   *count = 0;
-  sqlite3_stmt *st = sqlite_locked_prepare(s, sql, WHAT, err);
+  sqlite3_stmt *st = sqlite_locked_select(s, sql, args, n_args, limit, WHAT, err);
   if (!st)
     return ANA_ERR_IO;
-  int rc = 0;
-  for (int i = 0; i < n_args; i++)
-    sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
-  if (limit > 0)
-    sqlite3_bind_int(st, n_args + 1, limit);
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_api_key_record r = {
@@ -82,10 +77,7 @@ static int select_keys(struct sqlite_locked_conn *s, const char *sql, const char
     if (fn(ctx, &r))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = ana_sql_fail(s->conn, WHAT, err);
-  sqlite_locked_finish(s, st);
-  return rc;
+  return sqlite_locked_rows_end(s, st, step, WHAT, err);
 }
 
 static int keys_get(void *p, const char *key_id, ana_api_key_record_fn fn, void *ctx,

@@ -177,7 +177,6 @@ static int audit_list(void *p, const struct ana_audit_query *q, ana_audit_record
   sqlite3_stmt *st = sqlite_locked_prepare(s, sql, WHAT, err);
   if (!st)
     return ANA_ERR_IO;
-  int rc = 0;
   sqlite3_bind_int64(st, 1, (sqlite3_int64)(q->chain ? q->after_seq : q->before_seq));
   sqlite3_bind_int(st, 2, q->limit);
   if (!q->chain) {
@@ -213,10 +212,7 @@ static int audit_list(void *p, const struct ana_audit_query *q, ana_audit_record
     if (fn(ctx, &r) != 0)
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = ana_sql_fail(s->conn, WHAT, err);
-  sqlite_locked_finish(s, st);
-  return rc;
+  return sqlite_locked_rows_end(s, st, step, WHAT, err);
 }
 
 const struct ana_audit_store_ops ana_sqlite_audit_store = {

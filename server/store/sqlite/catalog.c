@@ -52,14 +52,9 @@ static int select_objects(struct sqlite_locked_conn *c, const char *sql, const c
                           int n_args, int limit, ana_catalog_object_fn fn, void *ctx,
                           struct ana_error *err, int *count) {
   *count = 0;
-  sqlite3_stmt *st = sqlite_locked_prepare(c, sql, WHAT, err);
+  sqlite3_stmt *st = sqlite_locked_select(c, sql, args, n_args, limit, WHAT, err);
   if (!st)
     return ANA_ERR_IO;
-  int rc = 0;
-  for (int i = 0; i < n_args; i++)
-    sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
-  if (limit > 0)
-    sqlite3_bind_int(st, n_args + 1, limit);
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_catalog_object o = {
@@ -76,10 +71,7 @@ static int select_objects(struct sqlite_locked_conn *c, const char *sql, const c
     if (fn(ctx, &o))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = ana_sql_fail(c->conn, WHAT, err);
-  sqlite_locked_finish(c, st);
-  return rc;
+  return sqlite_locked_rows_end(c, st, step, WHAT, err);
 }
 
 #define COLUMNS "account_id, kind, id, name, body, created_at, updated_at"

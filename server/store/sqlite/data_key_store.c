@@ -37,12 +37,9 @@ static int data_keys_insert(void *p, const struct ana_data_key_record *r, struct
 
 static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char *account_id,
                        ana_data_key_fn fn, void *ctx, struct ana_error *err) {
-  sqlite3_stmt *st = sqlite_locked_prepare(s, sql, WHAT, err);
+  sqlite3_stmt *st = sqlite_locked_select(s, sql, &account_id, account_id ? 1 : 0, 0, WHAT, err);
   if (!st)
     return ANA_ERR_IO;
-  int rc = 0;
-  if (account_id)
-    sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_data_key_record r = {
@@ -55,10 +52,7 @@ static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char
     if (fn(ctx, &r))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = ana_sql_fail(s->conn, WHAT, err);
-  sqlite_locked_finish(s, st);
-  return rc;
+  return sqlite_locked_rows_end(s, st, step, WHAT, err);
 }
 
 static int data_keys_list(void *p, const char *account_id, ana_data_key_fn fn, void *ctx,

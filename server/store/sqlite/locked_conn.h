@@ -31,8 +31,21 @@ void sqlite_locked_conn_close(void *handle);
 sqlite3_stmt *sqlite_locked_prepare(struct sqlite_locked_conn *s, const char *sql, const char *what,
                                     struct ana_error *err);
 
+/* sqlite_locked_prepare, then args[0..n_args) bound as text to ?1.. (the
+ * strings must outlive the statement) and, when limit > 0, limit to
+ * ?n_args+1. */
+sqlite3_stmt *sqlite_locked_select(struct sqlite_locked_conn *s, const char *sql,
+                                   const char *const *args, int n_args, int limit, const char *what,
+                                   struct ana_error *err);
+
 /* Finalizes st (NULL is fine) and unlocks s. */
 void sqlite_locked_finish(struct sqlite_locked_conn *s, sqlite3_stmt *st);
+
+/* Ends a loop over st's rows whose last sqlite3_step returned step:
+ * sqlite_locked_finish, and returns 0 when step is SQLITE_ROW (the loop
+ * stopped early) or SQLITE_DONE, else ANA_ERR_IO with err filled. */
+int sqlite_locked_rows_end(struct sqlite_locked_conn *s, sqlite3_stmt *st, int step,
+                           const char *what, struct ana_error *err);
 
 /* Locks s and begins a write transaction (BEGIN IMMEDIATE). Returns 0 with
  * the lock held (end with sqlite_locked_end), or ANA_ERR_IO with the lock
