@@ -74,11 +74,7 @@ static void http_finish(struct ana_call *call, const ProtobufCMessage *response,
   rb_reply_rate(&r, call);
   pthread_mutex_lock(&c->mu);
   c->reply = r;
-  c->finished = true;
-  pthread_mutex_unlock(&c->mu);
-  atomic_fetch_sub(&c->bridge->inflight, 1);
-  rb_call_wake(c);
-  rb_call_unref(c); /* the handler's reference */
+  rb_call_settle(c);
 }
 
 const struct ana_call_transport rb_http_transport = {
