@@ -558,6 +558,25 @@ static void test_url_password_is_masked(void **state) {
   assert_null(strstr(err.message, "pw"));
 }
 
+/* Each good value of the string variable name is accepted and read back
+ * from the char * member at offset of struct ana_config; each bad one is
+ * rejected with a message containing fragment. */
+static void check_values(const char *name, size_t offset, const char *const *good, size_t n_good,
+                         const char *const *bad, size_t n_bad, const char *fragment) {
+  struct ana_config cfg;
+  char assignment[128];
+  for (size_t i = 0; i < n_good; i++) {
+    snprintf(assignment, sizeof assignment, "%s=%s", name, good[i]);
+    accepts(assignment, &cfg);
+    assert_string_equal(*(char **)((char *)&cfg + offset), good[i]);
+    ana_config_fini(&cfg);
+  }
+  for (size_t i = 0; i < n_bad; i++) {
+    snprintf(assignment, sizeof assignment, "%s=%s", name, bad[i]);
+    rejects(assignment, fragment);
+  }
+}
+
 static void test_clickhouse_host(void **state) {
   static const char *const good[] = {
       "localhost",
@@ -585,40 +604,20 @@ static void test_clickhouse_host(void **state) {
       "http://host:port",
       "host/path",
   };
-  struct ana_config cfg;
-  char assignment[128];
   (void)state;
-
-  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-    snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", good[i]);
-    accepts(assignment, &cfg);
-    assert_string_equal(cfg.store.clickhouse_host, good[i]);
-    ana_config_fini(&cfg);
-  }
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", bad[i]);
-    rejects(assignment, "is not a host, host:port or http(s):// URL");
-  }
+  check_values("CLICKHOUSE_HOST", offsetof(struct ana_config, store.clickhouse_host), good,
+               sizeof good / sizeof good[0], bad, sizeof bad / sizeof bad[0],
+               "is not a host, host:port or http(s):// URL");
 }
 
 static void test_grpc_host(void **state) {
   static const char *const good[] = {"0.0.0.0",   "::",      "[::]",         "localhost",
                                      "127.0.0.1", "fe80::1", "grpc.internal"};
   static const char *const bad[] = {"a b", "host:50051", "-bad", "[::", "http://x"};
-  struct ana_config cfg;
-  char assignment[128];
   (void)state;
-
-  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-    snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", good[i]);
-    accepts(assignment, &cfg);
-    assert_string_equal(cfg.rpc.grpc_host, good[i]);
-    ana_config_fini(&cfg);
-  }
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", bad[i]);
-    rejects(assignment, "is not a host name or IP address");
-  }
+  check_values("GRPC_HOST", offsetof(struct ana_config, rpc.grpc_host), good,
+               sizeof good / sizeof good[0], bad, sizeof bad / sizeof bad[0],
+               "is not a host name or IP address");
 }
 
 static void test_account_id(void **state) {
