@@ -37,7 +37,8 @@ static int data_keys_insert(void *p, const struct ana_data_key_record *r, struct
 
 static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char *account_id,
                        ana_data_key_fn fn, void *ctx, struct ana_error *err) {
-  sqlite3_stmt *st = sqlite_locked_select(s, sql, &account_id, account_id ? 1 : 0, 0, WHAT, err);
+  const char *const args[] = {account_id};
+  sqlite3_stmt *st = sqlite_locked_select(s, sql, args, account_id ? 1 : 0, 0, WHAT, err);
   if (!st)
     return ANA_ERR_IO;
   int step;
