@@ -661,6 +661,18 @@ static void test_comma_lists(void **state) {
     if (ana_config_valid_list(bad[i], list_item_ok))
       fail_msg("\"%s\" accepted", bad[i]);
 
+  /* The items one at a time. */
+  const char *cursor = " ,a, bb ,", *item;
+  size_t len;
+  assert_non_null(item = ana_config_list_next(&cursor, &len));
+  assert_int_equal(len, 1);
+  assert_memory_equal(item, "a", 1);
+  assert_non_null(item = ana_config_list_next(&cursor, &len));
+  assert_int_equal(len, 2);
+  assert_memory_equal(item, "bb", 2);
+  assert_null(ana_config_list_next(&cursor, &len));
+  assert_null(ana_config_list_next(&cursor, &len));
+
   /* The rows that use it. */
   accepts("JWT_ALGORITHMS=HS256, ES256", &cfg);
   assert_string_equal(cfg.auth.jwt_algorithms, "HS256, ES256");
