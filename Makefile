@@ -81,9 +81,14 @@ bench: build
 
 # kill -9 of analyticsd while it ships to a real ClickHouse (started on loopback): KILLS cycles
 # (default 30) with an out-of-order import; every acknowledged event in ClickHouse exactly once.
+# Then the event, search, metric and rollup suites with their events in ClickHouse
+# (ANA_TEST_EVENT_STORE=clickhouse: reads pushed down).
 test-clickhouse-long: build
 	/usr/bin/python3 tests/integration/clickhouse_crash_test.py --binary ./$(BUILD)/server/analyticsd \
 	  --kills $(or $(KILLS),30)
+	ANA_TEST_EVENT_STORE=clickhouse /usr/bin/python3 tests/integration/python/run_all.py \
+	  --binary ./$(BUILD)/server/analyticsd -q -k test_events -k test_metrics -k test_rollups \
+	  -k test_metric_stream -k test_report_rollups -k test_alerts
 
 # The long crash tests: KILLS kill -9 cycles under load (default 500), then
 # IMPORT_KILLS during an import at random times (default 30).

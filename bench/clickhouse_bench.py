@@ -6,12 +6,17 @@
    start until ClickHouse confirmed the last event gives the shipping rate. Against it, in the
    same run and alternating (A B A B), clickhouse-client inserts the same rows in the same format
    (RowBinary, exported from the shipped table) into an empty copy of the table.
-2. Durable ingest with ClickHouse configured against the embedded store: bench/ab_throughput.py
+2. The raw-path metric query (GetMetricData with x-metric-source: raw, the hourly count of
+   message_sent per campaignId and groupId over the shipped events) three ways, alternating
+   per round: analyticsd with ClickHouse configured (reads pushed down), clickhouse-client
+   running the same aggregation as one SQL statement, analyticsd on the embedded store (a copy
+   of the same spool).
+3. Durable ingest with ClickHouse configured against the embedded store: bench/ab_throughput.py
    (the gRPC rates of build/bench/ingest_bench), A = embedded, B = CLICKHOUSE_HOST set, rounds
    interleaved.
 
 Usage: /usr/bin/python3 bench/clickhouse_bench.py [--build build] [--events 1000000]
-           [--rounds 2] [--seconds 5] [--skip-ingest]
+           [--rounds 2] [--seconds 5] [--skip-ingest] [--skip-query]
 """
 
 import argparse
@@ -34,8 +39,8 @@ import clickhouse  # noqa: E402
 import harness  # noqa: E402
 import stubs  # noqa: E402
 
-COLUMNS = ("instance, seq, account_id, event_id, session_id, event_type, event_name, ts,"
-           " received_at, day, prop_keys, prop_values, payload")
+COLUMNS = ("instance, seq, attempt, account_id, event_id, session_id, event_type, event_name, ts,"
+           " received_at, day, prop_keys, prop_values, properties, payload")
 
 
 def health(port):
@@ -81,8 +86,9 @@ def fill_spool(n):
     return data, accepted
 
 
-def ship_once(ch, spool, n, db):
-    """Seconds from analyticsd's start until ClickHouse holds all n events."""
+def ship_once(ch, spool, n, db, keep=False):
+    """Seconds from analyticsd's start until ClickHouse holds all n events (and the server, still
+    running, when keep)."""
     s = harness.Server(log_level="warn", env={"CLICKHOUSE_HOST": ch.url, "CLICKHOUSE_DATABASE": db})
     shutil.rmtree(s.data_dir)
     shutil.copytree(spool, s.data_dir)
@@ -95,10 +101,12 @@ def ship_once(ch, spool, n, db):
             break
         time.sleep(0.02)
     took = time.time() - t0
-    s.stop()
-    s.cleanup()
     got = int(ch.query("SELECT count() FROM %s.events" % db))
     assert got == n, (got, n)
+    if keep:
+        return took, s
+    s.stop()
+    s.cleanup()
     return took
 
 
@@ -115,6 +123,73 @@ def client_once(ch, rows_file, src_db, db):
     return time.time() - t0
 
 
+def metric_query(server, metric_id, span):
+    """Seconds of one GetMetricData over the raw path, and its answer's totals."""
+    ns = stubs.load()
+    mpb, mgrpc = ns.analytics["metrics"]
+    stub = mgrpc.MetricServiceStub(server.channel())
+    t0 = time.time()
+    d = stub.GetMetricData(mpb.GetMetricDataRequest(metric_id=metric_id, interval="1h",
+                                                    top_n=1000, **span),
+                           timeout=3600, metadata=[("x-metric-source", "raw")])
+    took = time.time() - t0
+    return took, sorted((tuple(sorted(x.dimensions.items())), x.total.value) for x in d.series)
+
+
+def create_metric(server):
+    ns = stubs.load()
+    mpb, mgrpc = ns.analytics["metrics"]
+    m = mpb.Metric(name="bench", formula="count(message_sent)",
+                   dimensions=["campaignId", "groupId"])
+    return mgrpc.MetricServiceStub(server.channel()).CreateMetric(
+        mpb.CreateMetricRequest(metric=m), timeout=60).metric_id
+
+
+def query_bench(ch, spool, pushed, rounds):
+    """Rounds of A (embedded), B (pushed down), C (clickhouse-client, same SQL), alternating."""
+    from google.protobuf import timestamp_pb2
+    embedded = harness.Server(log_level="warn", env={"CLICKHOUSE_HOST": None})
+    shutil.rmtree(embedded.data_dir)
+    shutil.copytree(spool, embedded.data_dir)
+    embedded.start()
+    lo, hi = (int(x) for x in ch.query("SELECT min(ts), max(ts) FROM ship0.events").split())
+    frm, to = (lo // 3600000) * 3600, (hi // 3600000 + 1) * 3600
+    span = {"from": timestamp_pb2.Timestamp(seconds=frm), "to": timestamp_pb2.Timestamp(seconds=to)}
+    sql = ("SELECT prop_values[indexOf(prop_keys, 'campaignId')] AS c,"
+           " prop_values[indexOf(prop_keys, 'groupId')] AS g,"
+           " toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC') AS b, count()"
+           " FROM ship0.events WHERE account_id = 'default' AND event_name = 'message_sent'"
+           " AND ts >= %d AND ts < %d GROUP BY c, g, b FORMAT Null" % (frm * 1000, to * 1000))
+    ids = {"A": create_metric(embedded), "B": create_metric(pushed)}
+    times = {"A": [], "B": [], "C": []}
+    answers = {}
+    try:
+        for r in range(rounds):
+            for phase in "BCA" if r % 2 else "ACB":
+                if phase == "C":
+                    t0 = time.time()
+                    subprocess.run(["clickhouse-client", "--port", str(ch.tcp_port), "--query",
+                                    sql], check=True)
+                    times["C"].append(time.time() - t0)
+                else:
+                    took, answers[phase] = metric_query(embedded if phase == "A" else pushed,
+                                                        ids[phase], span)
+                    times[phase].append(took)
+                print("round %d %s: %.3f s" % (r, phase, times[phase][-1]), flush=True)
+        assert answers["A"] == answers["B"], "the two answers differ"
+        print("raw-path metric query, %d groups: pushed down %s s, clickhouse-client (same"
+              " aggregation in SQL) %s s, embedded %s s" % (
+                  len(answers["A"]), ", ".join("%.3f" % x for x in times["B"]),
+                  ", ".join("%.3f" % x for x in times["C"]),
+                  ", ".join("%.3f" % x for x in times["A"])), flush=True)
+        print("per round: pushed / clickhouse-client %s (target <= 1.2); pushed / embedded %s"
+              % (", ".join("%.1f" % (b / c) for b, c in zip(times["B"], times["C"])),
+                 ", ".join("%.2f" % (b / a) for b, a in zip(times["B"], times["A"]))), flush=True)
+    finally:
+        embedded.stop()
+        embedded.cleanup()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -122,17 +197,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--skip-query", action="store_true")
     args = ap.parse_args()
     os.environ["ANALYTICSD"] = os.path.abspath(os.path.join(args.build, "server", "analyticsd"))
     ch = clickhouse.ClickHouse().start()
     spool = None
+    pushed = None
     try:
         spool, n = fill_spool(args.events)
         ship_s, client_s = [], []
         rows_file = os.path.join(ch.dir, "rows.bin")
         for r in range(args.rounds):
             db = "ship%d" % r
-            ship_s.append(ship_once(ch, spool, n, db))
+            if r == 0 and not args.skip_query:
+                took, pushed = ship_once(ch, spool, n, db, keep=True)
+                ship_s.append(took)
+            else:
+                ship_s.append(ship_once(ch, spool, n, db))
             print("round %d: shipped %d events in %.2f s (%.0f ev/s)"
                   % (r, n, ship_s[-1], n / ship_s[-1]), flush=True)
             if r == 0:
@@ -146,7 +227,12 @@ def main():
         ratios = [c / s for s, c in zip(ship_s, client_s)]
         print("shipping / clickhouse-client throughput per round: %s (target >= 0.5)"
               % ", ".join("%.2f" % x for x in ratios), flush=True)
+        if pushed:
+            query_bench(ch, spool, pushed, args.rounds)
     finally:
+        if pushed:
+            pushed.stop()
+            pushed.cleanup()
         if spool:
             shutil.rmtree(spool, ignore_errors=True)
     if not args.skip_ingest:

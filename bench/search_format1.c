@@ -33,9 +33,12 @@ double search_format1_build(const char *dir, long n_events) {
     die("old index", c);
   sqlite3_free(attach);
   for (long from = 0; from < n_events; from += 1000) {
-    char sql[256];
+    char sql[512];
     snprintf(sql, sizeof sql,
-             "BEGIN; INSERT INTO events_fts (rowid, search_text) SELECT seq, search_text"
+             "BEGIN; INSERT INTO events_fts (rowid, search_text) SELECT seq,"
+             " event_name || ' message ' || json_extract(properties, '$.campaignId') || ' ' ||"
+             " json_extract(properties, '$.groupId') || ' text 150 t' || ((seq - 1) %% 10) ||"
+             " ' u' || ((seq - 1) / 10 %% 10)"
              " FROM ev.events WHERE seq > %ld ORDER BY seq LIMIT 1000; COMMIT",
              from);
     if (sqlite3_exec(c, sql, NULL, NULL, NULL) != SQLITE_OK)
@@ -77,7 +80,7 @@ void search_format1_search(const struct ana_event_query *q, ana_event_hit_fn hit
   }
   char sql[512];
   snprintf(sql, sizeof sql,
-           "SELECT payload, ts, event_id, seq FROM"
+           "SELECT body, ts, event_id, seq FROM"
            " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
            " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
            " AND ts >= ?2 AND ts < ?3%s%s ORDER BY ts DESC, event_id DESC LIMIT ?10",

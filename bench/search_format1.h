@@ -8,7 +8,9 @@
 #include "ana_store.h"
 
 /* Builds DIR/old-text.db from DIR/analytics.db's n_events events, in batches of 1,000 as its
- * thread did. Returns events per second; exits on failure. */
+ * thread did, each event's text made again from its columns as search_bench's fill writes it
+ * (the store keeps it compressed in the event's body). Returns events per second; exits on
+ * failure. */
 double search_format1_build(const char *dir, long n_events);
 
 /* Opens DIR/analytics.db read-only with DIR/old-text.db attached, for search_format1_search;

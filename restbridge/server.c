@@ -362,6 +362,9 @@ static void lws_log_emit(int level, const char *line) {
 /* Wakes an idle service loop once a second, so its heartbeat goes on. */
 #define HEARTBEAT_US LWS_US_PER_SEC
 
+/* The service thread's name (at most 15 characters). */
+#define RB_THREAD_NAME "ana-http"
+
 static void heartbeat_tick(lws_sorted_usec_list_t *sul) {
   struct ana_restbridge *b = lws_container_of(sul, struct ana_restbridge, heartbeat_sul);
   lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
@@ -372,6 +375,8 @@ _Thread_local bool rb_lws_thread;
 static void *service_thread(void *arg) {
   struct ana_restbridge *b = arg;
   rb_lws_thread = true;
+  /* Named for operators (top -H, /proc/<pid>/task/<tid>/comm). */
+  pthread_setname_np(pthread_self(), RB_THREAD_NAME);
   atomic_store(&b->last_loop_ms, ana_call_now_mono_ms());
   lws_sul_schedule(b->ctx, 0, &b->heartbeat_sul, heartbeat_tick, HEARTBEAT_US);
   while (!atomic_load(&b->stop)) {

@@ -10,6 +10,8 @@
 #include "ana_crypto.h"
 #include "ana_store.h"
 
+#include "ana_clock.h"
+
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,11 +20,15 @@
 
 static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd data-keys rotate (--account ACCOUNT | --all)\n"
-               "       analyticsd data-keys list [--account ACCOUNT]\n\n"
+               "       analyticsd data-keys list [--account ACCOUNT]\n"
+               "       analyticsd data-keys rotate-master --new-key-file FILE\n\n"
                "Field encryption's data keys (one set per account, wrapped by the master key\n"
                "in ENCRYPTION_KEY_FILE). `rotate` makes a new key current: new values are\n"
                "sealed with it (a running server picks it up within 10 s), values sealed\n"
-               "before stay readable with their own key. `list` shows the keys' ids.\n");
+               "before stay readable with their own key. `list` shows the keys' ids.\n"
+               "`rotate-master` rewraps every data key by the master key in FILE in one\n"
+               "transaction (stop the server first); then start it with\n"
+               "ENCRYPTION_KEY_FILE=FILE: the old key is no longer needed.\n");
 }
 
 struct accounts {
@@ -62,12 +68,59 @@ static int print_key(void *ctx, const struct ana_data_key_record *r) {
   return 0;
 }
 
+/* The master key change goes to the audit log (DEFAULT_ACCOUNT_ID's, as
+ * changes that belong to no account do), chained to the head as stored. */
+static void audit_master_change(struct ana_local_db *db, const char *account) {
+  const struct ana_audit_store_ops *ops = ana_store_audit_backend("sqlite");
+  struct ana_error err;
+  ana_error_clear(&err);
+  void *store = ops->open(db, &err);
+  struct ana_audit_record r = {
+      .at_ms = ana_clock_wall_ms(),
+      .kind = "call",
+      .account_id = account,
+      .subject = "cli",
+      .method = "analyticsd data-keys rotate-master",
+      .target_id = "master-key",
+      .peer = "local",
+  };
+  if (!store || ops->append(store, &r, 1, &err) < 0)
+    fprintf(stderr, "analyticsd data-keys: the change is not in the audit log: %s\n", err.message);
+  if (store)
+    ops->close(store);
+}
+
+/* Rewraps the store's data keys from master (the current key) to the key
+ * in path; says what it did. Returns 0 or a negative error. */
+static int rotate_master(const uint8_t *master, size_t master_len, const char *path,
+                         const struct ana_data_key_store_ops *ops, void *store,
+                         struct ana_error *err) {
+  uint8_t next[ANA_CRYPTO_MASTER_MAX];
+  struct ana_crypto_rewrap_result res;
+  int n = ana_audit_master_key(path, "", next, sizeof next, err);
+  int rc = n;
+  if (n >= 0 && (size_t)n == master_len && CRYPTO_memcmp(next, master, master_len) == 0)
+    rc = ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                       "--new-key-file: %s holds the current master key", path);
+  else if (n >= 0)
+    rc = ana_crypto_rewrap_master(master, master_len, next, (size_t)n, ops, store, &res, err);
+  OPENSSL_cleanse(next, sizeof next);
+  if (rc < 0)
+    return rc;
+  printf("%zu data keys rewrapped by the new master key (%zu were already)%s\n"
+         "start the server with ENCRYPTION_KEY_FILE=%s; the previous key is no longer needed\n",
+         res.rewrapped, res.already, res.root_written ? "; key root stored" : "", path);
+  return 0;
+}
+
 int ana_data_keys_cli_main(int argc, char **argv) {
-  const char *verb = argc > 1 ? argv[1] : "", *account = NULL;
+  const char *verb = argc > 1 ? argv[1] : "", *account = NULL, *new_key = NULL;
   bool all = false;
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--account") == 0 && i + 1 < argc && !account) {
       account = argv[++i];
+    } else if (strcmp(argv[i], "--new-key-file") == 0 && i + 1 < argc && !new_key) {
+      new_key = argv[++i];
     } else if (strcmp(argv[i], "--all") == 0) {
       all = true;
     } else {
@@ -81,8 +134,10 @@ int ana_data_keys_cli_main(int argc, char **argv) {
     return 0;
   }
   bool rotate = strcmp(verb, "rotate") == 0, list = strcmp(verb, "list") == 0;
-  if ((!rotate && !list) || (rotate && !all == !account) || (list && all) ||
-      (account && !account[0])) {
+  bool master_verb = strcmp(verb, "rotate-master") == 0;
+  if ((!rotate && !list && !master_verb) || (rotate && !all == !account) || (list && all) ||
+      (account && !account[0]) || (master_verb && (!new_key || !new_key[0] || all || account)) ||
+      (!master_verb && new_key)) {
     usage(stderr);
     return 2;
   }
@@ -114,6 +169,16 @@ int ana_data_keys_cli_main(int argc, char **argv) {
   }
   int n = ana_audit_master_key(cfg->auth.encryption_key_file, cfg->store.data_dir, master,
                                sizeof master, &err);
+  if (master_verb) {
+    rc = n < 0 ? n : rotate_master(master, (size_t)n, new_key, ops, store, &err);
+    OPENSSL_cleanse(master, sizeof master);
+    if (rc < 0)
+      fprintf(stderr, "analyticsd data-keys rotate-master: %s\n", err.message);
+    else
+      audit_master_change(cs.db, cfg->auth.default_account_id);
+    rc = rc < 0;
+    goto out;
+  }
   if (n >= 0) {
     struct ana_crypto_options o = {master, (size_t)n, ops, store, 0};
     crypto = ana_crypto_create(&o, &err);

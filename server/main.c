@@ -25,8 +25,8 @@ static void usage(FILE *out) {
   fprintf(out, "usage: analyticsd [--help | --version | --print-env-example | "
                "--print-config-markdown]\n"
                "       analyticsd keys create|list|revoke ...   (API keys; keys --help)\n"
-               "       analyticsd data-keys rotate|list ...     (encryption keys; data-keys "
-               "--help)\n"
+               "       analyticsd data-keys rotate|list|rotate-master ...  (encryption keys; "
+               "data-keys --help)\n"
                "       analyticsd healthcheck   (exit 0 if GET /health on PORT answers 200)\n\n"
                "Analytics service: event ingestion, metrics, reports and alerts over gRPC\n"
                "and REST. Configured from environment variables:\n\n");

@@ -7,6 +7,7 @@
 #include "ana_server.h"
 
 #include "ana_builtin_services.h"
+#include "ana_clock.h"
 #include "ana_heartbeat.h"
 #include "ana_log.h"
 #include "ana_services.h"
@@ -207,6 +208,29 @@ static int api_keys_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* A master key change at start goes to the audit log (DEFAULT_ACCOUNT_ID's,
+ * as changes that belong to no account do), before the audit writer starts
+ * (it continues the chain as stored). */
+static void audit_master_change(struct ana_server *s, const char *account) {
+  const struct ana_audit_store_ops *ops = s->backends.audit;
+  struct ana_error err;
+  ana_error_clear(&err);
+  void *store = ops ? ops->open(s->db, &err) : NULL;
+  struct ana_audit_record r = {
+      .at_ms = ana_clock_wall_ms(),
+      .kind = "call",
+      .account_id = account,
+      .subject = "analyticsd",
+      .method = "ENCRYPTION_PREVIOUS_KEY_FILE",
+      .target_id = "master-key",
+      .peer = "local",
+  };
+  if (!store || ops->append(store, &r, 1, &err) < 0)
+    ANA_ERROR("crypto", "the master key change is not in the audit log: %s", err.message);
+  if (store)
+    ops->close(store);
+}
+
 /* Envelope encryption: reads the master key (generating DATA_DIR/master.key
  * when ENCRYPTION_KEY_FILE is unset) and opens the data key store. */
 static int crypto_start(struct ana_server *s, const struct ana_config *cfg, struct ana_error *err) {
@@ -218,6 +242,29 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
   s->data_key_store = s->data_key_store_ops->open(s->db, err);
   if (!s->data_key_store)
     return fail(err, "cannot open the data keys");
+  if (cfg->crypto.previous_key_file && cfg->crypto.previous_key_file[0]) {
+    uint8_t old[ANA_CRYPTO_MASTER_MAX];
+    struct ana_crypto_rewrap_result res;
+    int n = ana_audit_master_key(cfg->crypto.previous_key_file, cfg->store.data_dir, old,
+                                 sizeof old, err);
+    int rc =
+        n < 0 ? n
+              : ana_crypto_rewrap_master(old, (size_t)n, s->master_key, (size_t)s->master_key_len,
+                                         s->data_key_store_ops, s->data_key_store, &res, err);
+    OPENSSL_cleanse(old, sizeof old);
+    if (rc < 0)
+      return fail(err, "ENCRYPTION_PREVIOUS_KEY_FILE: cannot change the master key");
+    if (res.rewrapped || res.root_written) {
+      ANA_WARN("crypto",
+               "master key changed: %zu data keys rewrapped by ENCRYPTION_KEY_FILE's key (%zu "
+               "were already)%s; ENCRYPTION_PREVIOUS_KEY_FILE is no longer needed",
+               res.rewrapped, res.already, res.root_written ? ", key root stored" : "");
+      audit_master_change(s, cfg->auth.default_account_id);
+    } else {
+      ANA_WARN("crypto", "ENCRYPTION_PREVIOUS_KEY_FILE: every data key is wrapped by "
+                         "ENCRYPTION_KEY_FILE's key already; remove the variable");
+    }
+  }
   struct ana_crypto_options o = {
       .master_key = s->master_key,
       .master_key_len = (size_t)s->master_key_len,
@@ -225,7 +272,7 @@ static int crypto_start(struct ana_server *s, const struct ana_config *cfg, stru
       .store = s->data_key_store,
       .refresh_ms = 10000,
   };
-  if (!(s->crypto = ana_crypto_create(&o, err)))
+  if (!(s->crypto = ana_crypto_create(&o, err)) || ana_crypto_check(s->crypto, err) < 0)
     return fail(err, "cannot start the encryption");
   if (ana_crypto_fields_parse(cfg->crypto.encrypted_fields, &s->encrypted, err) < 0)
     return fail(err, "cannot start the encryption");
@@ -461,6 +508,7 @@ static int alerts_start(struct ana_server *s, const struct ana_config *cfg, stru
       .hub = s->realtime,
       .notify = s->notify,
       .resolve = ana_metric_service_resolve,
+      .reveal = ana_metric_service_reveal,
       .max_instances = cfg->alerts.alert_max_instances,
       .history_days = cfg->alerts.alert_history_days,
       .queue_max = cfg->alerts.alert_queue_max,
@@ -580,11 +628,13 @@ static int reports_start(struct ana_server *s, const struct ana_config *cfg,
       .db = s->db,
       .workers = s->workers,
       .reports_dir = reports_dir,
+      .encrypted = s->encrypted != NULL,
       .report_workers = cfg->reports.report_workers,
       .queue_max = cfg->reports.report_queue_max,
       .retention_days = cfg->reports.report_retention_days,
       .max_attempts = cfg->reports.report_max_attempts,
       .rollups = cfg->reports.report_rollups,
+      .auto_rollups = cfg->reports.report_auto_rollups,
   };
   if (ana_report_service_start(&ro, err) < 0)
     return fail(err, "cannot start the report runner");

@@ -482,18 +482,21 @@ static bool retryable(int status) {
 #define RATE_LIMIT_FIELD "rate_limit"
 
 /* The delay of a google.rpc.RetryInfo among the details (a serialized
- * google.rpc.Status) in ms, rounded up; -1 when there is none. */
-static int64_t retry_info_ms(const uint8_t *details, size_t len) {
+ * google.rpc.Status) in ms, rounded up; -1 when there is none. Decoded
+ * through the wire walk (max_depth, no NUL in strings) as every reply is. */
+static int64_t retry_info_ms(const uint8_t *details, size_t len, int max_depth) {
   int64_t ms = -1;
   if (!details)
     return -1;
-  Google__Rpc__Status *st = google__rpc__status__unpack(NULL, len, details);
+  Google__Rpc__Status *st = (Google__Rpc__Status *)ana_proto_unpack(
+      &google__rpc__status__descriptor, NULL, details, len, max_depth, NULL);
   for (size_t i = 0; st && i < st->n_details && ms < 0; i++) {
     const Google__Protobuf__Any *any = st->details[i];
     if (!any->type_url || strcmp(any->type_url, "type.googleapis.com/google.rpc.RetryInfo") != 0)
       continue;
-    Google__Rpc__RetryInfo *ri =
-        google__rpc__retry_info__unpack(NULL, any->value.len, any->value.data);
+    Google__Rpc__RetryInfo *ri = (Google__Rpc__RetryInfo *)ana_proto_unpack(
+        &google__rpc__retry_info__descriptor, NULL, any->value.data, any->value.len, max_depth,
+        NULL);
     if (ri && ri->retry_delay && ri->retry_delay->seconds >= 0 && ri->retry_delay->nanos >= 0)
       ms = ri->retry_delay->seconds * 1000 + (ri->retry_delay->nanos + 999999) / 1000000;
     if (ri)
@@ -642,7 +645,7 @@ static void deliver(analytics_client_t *c, struct batch *b) {
     resp = (Analytics__V1__TrackEventsResponse *)out;
     int64_t server_wait_ms = -1;
     if (rc < 0 && aerr.code == ANA_STATUS_RESOURCE_EXHAUSTED)
-      server_wait_ms = retry_info_ms(details, details_len);
+      server_wait_ms = retry_info_ms(details, details_len, c->cfg.o.proto_max_depth);
     ana_free(details);
     if (rc == 0) {
       size_t k = account(c, b, resp, &server_wait_ms);

@@ -39,6 +39,13 @@ typedef int (*ana_alerts_resolve_fn)(const char *account, const char *id_or_name
                                      struct ana_arena *arena, Analytics__V1__Metric **metric,
                                      struct ana_formula **formula, struct ana_error *err);
 
+/* What a notification shows for value, a value of dimension, to an alert
+ * created with roles (ana_metric_service_reveal), in arena. */
+typedef const char *(*ana_alerts_reveal_fn)(const char *account, const char *const *roles,
+                                            size_t n_roles, const char *dimension,
+                                            const char *value, int64_t from_ms, int64_t to_ms,
+                                            struct ana_arena *arena);
+
 struct ana_alerts_options {
   struct ana_local_db *db;
   const struct ana_event_store_ops *store_ops; /* seeding scans */
@@ -48,9 +55,10 @@ struct ana_alerts_options {
   struct ana_realtime *hub;  /* StreamAlerts; NULL: none */
   struct ana_notify *notify; /* the outbox; NULL: every firing records "no channel" */
   ana_alerts_resolve_fn resolve;
-  int max_instances; /* ALERT_MAX_INSTANCES */
-  int history_days;  /* ALERT_HISTORY_DAYS */
-  int queue_max;     /* ALERT_QUEUE_MAX: events the hook queues for the evaluator */
+  ana_alerts_reveal_fn reveal; /* NULL: dimension values are shown as aggregated */
+  int max_instances;           /* ALERT_MAX_INSTANCES */
+  int history_days;            /* ALERT_HISTORY_DAYS */
+  int queue_max;               /* ALERT_QUEUE_MAX: events the hook queues for the evaluator */
 };
 
 /* Connects to the local database (its tables are schema migration 11 of

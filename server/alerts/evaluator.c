@@ -1112,7 +1112,8 @@ static void add_line(char *buf, size_t size, const char *fmt, const char *a, con
  * Returns how many rows were written. */
 static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const struct instance *in,
                          const struct change *c, uint64_t entry_id, const char *text,
-                         char *channels, size_t csize, char *failed, size_t fsize) {
+                         const char *const *shown, bool sensitive, char *channels, size_t csize,
+                         char *failed, size_t fsize) {
   channels[0] = failed[0] = '\0';
   int queued = 0;
   char source[80], title[512], vbuf[32], tbuf[32];
@@ -1127,7 +1128,7 @@ static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const stru
   vals[nv++] = (struct ana_notify_value){"threshold", tbuf};
   vals[nv++] = (struct ana_notify_value){"state", ana_alert_state_name(c->step.to)};
   for (size_t d = 0; d < r->n_dims && d < 16; d++)
-    vals[nv++] = (struct ana_notify_value){r->metric->dimensions[d], in->vals[d]};
+    vals[nv++] = (struct ana_notify_value){r->metric->dimensions[d], shown[d]};
   for (size_t i = 0; i < r->alert->n_channels; i++) {
     const char *name = r->alert->channels[i];
     char id[40];
@@ -1156,6 +1157,7 @@ static int notify_in_txn(struct ana_alerts *al, const struct rule *r, const stru
         .severity = ana_alert_severity_name(r->p.severity),
         .values = vals,
         .n_values = nv,
+        .sensitive = sensitive,
     };
     if (ana_notify_enqueue_in_txn(al->o.notify, al->lconn, &nt, NULL, &err) < 0) {
       add_line(failed, fsize, "%s: %s", name, err.message);
@@ -1211,6 +1213,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
     return ANA_ERR_NOMEM;
   }
   struct ana_error err;
+  struct ana_arena *scratch = al->o.reveal ? ana_arena_create(4096, 0) : NULL;
   int rc = ana_local_conn_begin(al->lconn, &err);
   int queued = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
@@ -1265,8 +1268,29 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
       break;
     ids[i] = (uint64_t)id;
     if (c->step.notify && r->alert->n_channels) {
-      queued += notify_in_txn(al, r, in, c, ids[i], msgs[i], channels, sizeof channels, failed,
-                              sizeof failed);
+      /* The notification shows the dimension values as the alert's creator
+       * may see them (encrypted ones masked or in clear); the history
+       * keeps them as aggregated. */
+      const char *shown[16];
+      char *text = msgs[i], clear[1024];
+      bool differs = false;
+      for (size_t d = 0; d < nd; d++) {
+        shown[d] = al->o.reveal && in->vals[d] && scratch
+                       ? al->o.reveal(r->account, (const char *const *)r->alert->creator_roles,
+                                      r->alert->n_creator_roles, names[d], in->vals[d], INT64_MIN,
+                                      INT64_MAX, scratch)
+                       : in->vals[d];
+        differs = differs || shown[d] != in->vals[d];
+      }
+      if (differs) {
+        ana_alert_render(r->alert->message, r->alert->name, r->alert->metric,
+                         ana_alert_state_name(c->step.to), ana_alert_severity_name(r->p.severity),
+                         in->st.has_value, in->st.value, r->p.threshold, names, shown, nd, clear,
+                         sizeof clear);
+        text = clear;
+      }
+      queued += notify_in_txn(al, r, in, c, ids[i], text, shown, differs, channels, sizeof channels,
+                              failed, sizeof failed);
       if ((rc = ana_local_alerts_note(al->state, id, channels, failed, &err)) < 0)
         break;
     }
@@ -1295,6 +1319,7 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
   }
   ana_free(ids);
   ana_free(msgs);
+  ana_arena_destroy(scratch);
   return rc < 0 ? ANA_ERR_IO : 0;
 }
 

@@ -35,8 +35,15 @@ struct ana_data_key_record {
 /* Called per record; non-zero stops. */
 typedef int (*ana_data_key_fn)(void *ctx, const struct ana_data_key_record *r);
 
-/* The data key store role, implemented by server/store (sqlite: table
- * data_keys). Every operation is thread-safe. */
+/* Called by the rewrap operation per stored key: writes its new wrapping
+ * (at most cap bytes) to out and its length to *out_len (0: store none, for
+ * the key root only). Returns 0 or a negative error with err filled, which
+ * rolls the whole rewrap back. */
+typedef int (*ana_data_key_rewrap_fn)(void *ctx, const struct ana_data_key_record *r, uint8_t *out,
+                                      size_t cap, size_t *out_len, struct ana_error *err);
+
+/* The data key store role, implemented by server/store (sqlite: tables
+ * data_keys and key_root). Every operation is thread-safe. */
 struct ana_data_key_store_ops {
   const char *name;
   void *(*open)(struct ana_local_db *db, struct ana_error *err);
@@ -48,9 +55,20 @@ struct ana_data_key_store_ops {
               struct ana_error *err);
   /* The accounts that have keys, each once (fn gets account_id only). */
   int (*accounts)(void *store, ana_data_key_fn fn, void *ctx, struct ana_error *err);
+  /* The wrapped key root (the secret blind index keys derive from), *len
+   * bytes into out: 1 when stored, 0 when none is, or a negative error. */
+  int (*get_root)(void *store, uint8_t *out, size_t cap, size_t *len, struct ana_error *err);
+  /* In one transaction holding the write lock: fn on every data key, then
+   * on the key root (account_id "", key_id 0, wrapped_len 0 when none is
+   * stored); each result replaces what was stored. An error rolls it all
+   * back. */
+  int (*rewrap)(void *store, ana_data_key_rewrap_fn fn, void *ctx, struct ana_error *err);
 };
 
 struct ana_crypto;
+
+/* The longest master key (ENCRYPTION_KEY_FILE) in bytes. */
+#define ANA_CRYPTO_MASTER_MAX 4096
 
 struct ana_crypto_options {
   const uint8_t *master_key; /* copied; the wrapping and index keys are derived from it */
@@ -133,5 +151,28 @@ int ana_crypto_list_keys(struct ana_crypto *c, const char *account_id, ana_data_
 
 /* The account's current key id (0 when it has none yet). */
 uint32_t ana_crypto_current_key_id(struct ana_crypto *c, const char *account_id);
+
+/* Checks that the store's data keys open with this master key (the first
+ * account's are read): 0, or DATA_LOSS naming the cause with err filled. */
+int ana_crypto_check(struct ana_crypto *c, struct ana_error *err);
+
+/* What ana_crypto_rewrap_master did. */
+struct ana_crypto_rewrap_result {
+  size_t rewrapped;  /* data keys that were wrapped by the old master key */
+  size_t already;    /* keys (and the key root) wrapped by the new one already */
+  bool root_written; /* the key root was stored (or rewrapped) under the new key */
+};
+
+/* Changes the master key of the store: in one transaction every data key
+ * wrapped by old_master is rewrapped by new_master (one already wrapped by
+ * new_master is kept: running it again is harmless), and the key root (the
+ * secret blind index keys derive from) is stored wrapped by new_master, so
+ * blind indexes made before keep matching. Afterwards old_master is not
+ * needed. A key that opens with neither is DATA_LOSS and nothing changes.
+ * Call with no process using the store under the old key. Returns 0 or a
+ * negative error with err filled. */
+int ana_crypto_rewrap_master(const uint8_t *old_master, size_t old_len, const uint8_t *new_master,
+                             size_t new_len, const struct ana_data_key_store_ops *ops, void *store,
+                             struct ana_crypto_rewrap_result *res, struct ana_error *err);
 
 #endif

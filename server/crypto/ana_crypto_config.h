@@ -6,7 +6,8 @@
 
 /* Filled by ana_crypto_config_table (config_rows.c); strings owned by the struct. */
 struct ana_crypto_settings {
-  char *encrypted_fields; /* ENCRYPTED_FIELDS */
+  char *encrypted_fields;  /* ENCRYPTED_FIELDS */
+  char *previous_key_file; /* ENCRYPTION_PREVIOUS_KEY_FILE */
 };
 
 extern const struct ana_config_table ana_crypto_config_table;

@@ -26,6 +26,14 @@ static const struct ana_config_row rows[] = {
      .expect = "a comma-separated list of context.ip, context.userAgent, context.locale and "
                "properties.<key>[.<key>...] (at most 32)",
      ROW(encrypted_fields)},
+    {.name = "ENCRYPTION_PREVIOUS_KEY_FILE",
+     .type = ANA_CONFIG_PATH,
+     .def = "",
+     .help = "The master key ENCRYPTION_KEY_FILE replaces, given once when changing it: at "
+             "start every data key still wrapped by it is rewrapped by the new key in one "
+             "transaction (blind indexes keep matching); afterwards it is not needed and can "
+             "be removed. Offline instead: analyticsd data-keys rotate-master.",
+     ROW(previous_key_file)},
 };
 
 const struct ana_config_table ana_crypto_config_table = ANA_CONFIG_TABLE("crypto", rows);

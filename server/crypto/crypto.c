@@ -45,8 +45,10 @@ struct account_keys {
 };
 
 struct ana_crypto {
-  uint8_t master[4096];
-  size_t master_len;
+  /* The HKDF pseudorandom key the blind index keys are expanded from: the
+   * extract of the master key, or the one stored wrapped in the key root
+   * (the first master key's, kept across master key changes). */
+  uint8_t root[KEY_LEN];
   uint8_t kek[KEY_LEN];
   const struct ana_data_key_store_ops *ops;
   void *store;
@@ -143,19 +145,29 @@ static int next_nonce(uint8_t nonce[NONCE_LEN]) {
   return 0;
 }
 
-static int hkdf(const uint8_t *master, size_t master_len, const char *info, size_t info_len,
-                uint8_t out[KEY_LEN]) {
+/* HKDF-SHA256 (salt "analyticsd") in mode: extract and expand (key the
+ * master, info given), extract only (out: the pseudorandom key) or expand
+ * only (key a pseudorandom key). Extract then expand equals both at once. */
+static int hkdf_mode(int mode, const uint8_t *key, size_t key_len, const char *info,
+                     size_t info_len, uint8_t out[KEY_LEN]) {
   EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
   size_t len = KEY_LEN;
   int rc = -1;
-  if (ctx && EVP_PKEY_derive_init(ctx) > 0 && EVP_PKEY_CTX_set_hkdf_md(ctx, EVP_sha256()) > 0 &&
+  if (ctx && EVP_PKEY_derive_init(ctx) > 0 && EVP_PKEY_CTX_set_hkdf_mode(ctx, mode) > 0 &&
+      EVP_PKEY_CTX_set_hkdf_md(ctx, EVP_sha256()) > 0 &&
       EVP_PKEY_CTX_set1_hkdf_salt(ctx, (const unsigned char *)"analyticsd", 10) > 0 &&
-      EVP_PKEY_CTX_set1_hkdf_key(ctx, master, (int)master_len) > 0 &&
-      EVP_PKEY_CTX_add1_hkdf_info(ctx, (const unsigned char *)info, (int)info_len) > 0 &&
+      EVP_PKEY_CTX_set1_hkdf_key(ctx, key, (int)key_len) > 0 &&
+      (!info_len ||
+       EVP_PKEY_CTX_add1_hkdf_info(ctx, (const unsigned char *)info, (int)info_len) > 0) &&
       EVP_PKEY_derive(ctx, out, &len) > 0 && len == KEY_LEN)
     rc = 0;
   EVP_PKEY_CTX_free(ctx);
   return rc;
+}
+
+static int hkdf(const uint8_t *master, size_t master_len, const char *info, size_t info_len,
+                uint8_t out[KEY_LEN]) {
+  return hkdf_mode(EVP_PKEY_HKDEF_MODE_EXTRACT_AND_EXPAND, master, master_len, info, info_len, out);
 }
 
 static uint32_t hash_of(const char *s) {
@@ -283,7 +295,8 @@ static int unwrap_one(void *ctx, const struct ana_data_key_record *r) {
                k->key) < 0) {
     l->rc = ana_error_set(l->err, ANA_STATUS_DATA_LOSS,
                           "data key %u of account %s does not open with this master key "
-                          "(was ENCRYPTION_KEY_FILE changed?)",
+                          "(was ENCRYPTION_KEY_FILE changed? give the previous key in "
+                          "ENCRYPTION_PREVIOUS_KEY_FILE once)",
                           r->key_id, r->account_id);
     return 1;
   }
@@ -318,7 +331,8 @@ static struct account_keys *load(struct ana_crypto *c, const char *account, bool
   }
   char info[ACCOUNT_MAX + 32];
   int info_len = snprintf(info, sizeof info, "blind-index-v1:%s", account);
-  if (hkdf(c->master, c->master_len, info, (size_t)info_len, a->blind_key) < 0) {
+  if (hkdf_mode(EVP_PKEY_HKDEF_MODE_EXPAND_ONLY, c->root, KEY_LEN, info, (size_t)info_len,
+                a->blind_key) < 0) {
     free_keys(a);
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot derive the blind index key");
     return NULL;
@@ -408,9 +422,51 @@ static struct account_keys *acquire(struct ana_crypto *c, const char *account, u
   return a;
 }
 
+/* The key root's wrapping: like a data key's, as account "" key 0 (no
+ * data key has either). */
+static int wrap_with(const uint8_t kek[KEY_LEN], const char *account, uint32_t id,
+                     const uint8_t key[KEY_LEN], uint8_t wrapped[WRAPPED_LEN]) {
+  uint8_t aad[ACCOUNT_MAX + 8];
+  if (RAND_bytes(wrapped, NONCE_LEN) != 1)
+    return -1;
+  size_t aad_len = wrap_aad(account, id, aad);
+  return gcm_seal(kek, wrapped, aad, aad_len, NULL, 0, key, KEY_LEN, wrapped + NONCE_LEN);
+}
+
+static int unwrap_with(const uint8_t kek[KEY_LEN], const struct ana_data_key_record *r,
+                       uint8_t key[KEY_LEN]) {
+  uint8_t aad[ACCOUNT_MAX + 8];
+  if (r->wrapped_len != WRAPPED_LEN || strlen(r->account_id) >= ACCOUNT_MAX)
+    return -1;
+  size_t aad_len = wrap_aad(r->account_id, r->key_id, aad);
+  return gcm_open(kek, r->wrapped, aad, aad_len, NULL, 0, r->wrapped + NONCE_LEN, KEY_LEN, key);
+}
+
+/* Sets c->root: the stored key root unwrapped, else the master's extract. */
+static int load_root(struct ana_crypto *c, const uint8_t *master, size_t master_len,
+                     struct ana_error *err) {
+  uint8_t wrapped[WRAPPED_LEN + 1];
+  size_t len = 0;
+  int found = c->ops && c->ops->get_root
+                  ? c->ops->get_root(c->store, wrapped, sizeof wrapped, &len, err)
+                  : 0;
+  if (found < 0)
+    return found;
+  if (!found)
+    return hkdf_mode(EVP_PKEY_HKDEF_MODE_EXTRACT_ONLY, master, master_len, NULL, 0, c->root) < 0
+               ? ana_error_set(err, ANA_STATUS_INTERNAL, "cannot derive the key root")
+               : 0;
+  struct ana_data_key_record r = {"", 0, wrapped, len, 0};
+  if (unwrap_with(c->kek, &r, c->root) < 0)
+    return ana_error_set(err, ANA_STATUS_DATA_LOSS,
+                         "the stored key root does not open with this master key (was "
+                         "ENCRYPTION_KEY_FILE changed? give the previous key in "
+                         "ENCRYPTION_PREVIOUS_KEY_FILE once)");
+  return 0;
+}
+
 struct ana_crypto *ana_crypto_create(const struct ana_crypto_options *o, struct ana_error *err) {
-  if (!o->master_key || o->master_key_len < 16 ||
-      o->master_key_len > sizeof(((struct ana_crypto *)0)->master)) {
+  if (!o->master_key || o->master_key_len < 16 || o->master_key_len > ANA_CRYPTO_MASTER_MAX) {
     ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                   "ENCRYPTION_KEY_FILE: a master key needs 16 to 4096 bytes");
     return NULL;
@@ -420,15 +476,17 @@ struct ana_crypto *ana_crypto_create(const struct ana_crypto_options *o, struct 
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return NULL;
   }
-  memcpy(c->master, o->master_key, o->master_key_len);
-  c->master_len = o->master_key_len;
   c->ops = o->ops;
   c->store = o->store;
   c->refresh_ms = o->refresh_ms > 0 ? o->refresh_ms : 10000;
   pthread_rwlock_init(&c->lock, NULL);
   pthread_mutex_init(&c->load_mu, NULL);
-  if (hkdf(c->master, c->master_len, "data-key-wrap-v1", 16, c->kek) < 0) {
+  if (hkdf(o->master_key, o->master_key_len, "data-key-wrap-v1", 16, c->kek) < 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot derive the key wrapping key");
+    ana_crypto_destroy(c);
+    return NULL;
+  }
+  if (load_root(c, o->master_key, o->master_key_len, err) < 0) {
     ana_crypto_destroy(c);
     return NULL;
   }
@@ -745,4 +803,96 @@ uint32_t ana_crypto_current_key_id(struct ana_crypto *c, const char *account_id)
   uint32_t id = a->keys[a->n - 1].id;
   pthread_rwlock_unlock(&c->lock);
   return id;
+}
+
+static int first_account(void *ctx, const struct ana_data_key_record *r) {
+  snprintf(ctx, ACCOUNT_MAX, "%s", r->account_id);
+  return 1;
+}
+
+int ana_crypto_check(struct ana_crypto *c, struct ana_error *err) {
+  char account[ACCOUNT_MAX] = "";
+  int rc = c->ops->accounts(c->store, first_account, account, err);
+  if (rc < 0 || !account[0])
+    return rc;
+  struct account_keys *a = acquire(c, account, 0, err);
+  if (!a)
+    return ANA_ERR_UNSUPPORTED;
+  pthread_rwlock_unlock(&c->lock);
+  return 0;
+}
+
+/* The rewrap's state: both wrapping keys, what was found. */
+struct rewrapping {
+  uint8_t old_kek[KEY_LEN], new_kek[KEY_LEN];
+  uint8_t old_root[KEY_LEN]; /* the previous master's extract */
+  struct ana_crypto_rewrap_result *res;
+};
+
+static int rewrap_one(void *ctx, const struct ana_data_key_record *r, uint8_t *out, size_t cap,
+                      size_t *out_len, struct ana_error *err) {
+  struct rewrapping *w = ctx;
+  uint8_t key[KEY_LEN];
+  bool root = !r->account_id[0];
+  int rc = 0;
+  *out_len = 0;
+  if (cap < WRAPPED_LEN)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "no room for a wrapped key");
+  if (root && !r->wrapped_len) {
+    /* None stored: the blind index keys came from the master key itself.
+     * When the data keys were the previous master's, so were they: keep
+     * that master's extract; else nothing changes. */
+    if (!w->res->rewrapped)
+      return 0;
+    memcpy(key, w->old_root, KEY_LEN);
+  } else if (unwrap_with(w->new_kek, r, key) == 0) {
+    w->res->already++;
+    memcpy(out, r->wrapped, WRAPPED_LEN);
+    *out_len = WRAPPED_LEN;
+    goto out;
+  } else if (unwrap_with(w->old_kek, r, key) < 0) {
+    rc = root ? ana_error_set(err, ANA_STATUS_DATA_LOSS,
+                              "the stored key root opens with neither master key")
+              : ana_error_set(err, ANA_STATUS_DATA_LOSS,
+                              "data key %u of account %s opens with neither master key", r->key_id,
+                              r->account_id);
+    goto out;
+  }
+  if (wrap_with(w->new_kek, r->account_id, r->key_id, key, out) < 0) {
+    rc = ana_error_set(err, ANA_STATUS_INTERNAL, "cannot wrap a data key");
+    goto out;
+  }
+  *out_len = WRAPPED_LEN;
+  if (root)
+    w->res->root_written = true;
+  else
+    w->res->rewrapped++;
+out:
+  OPENSSL_cleanse(key, sizeof key);
+  return rc;
+}
+
+int ana_crypto_rewrap_master(const uint8_t *old_master, size_t old_len, const uint8_t *new_master,
+                             size_t new_len, const struct ana_data_key_store_ops *ops, void *store,
+                             struct ana_crypto_rewrap_result *res, struct ana_error *err) {
+  memset(res, 0, sizeof *res);
+  if (!old_master || old_len < 16 || old_len > ANA_CRYPTO_MASTER_MAX || !new_master ||
+      new_len < 16 || new_len > ANA_CRYPTO_MASTER_MAX)
+    return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "a master key needs 16 to %d bytes",
+                         ANA_CRYPTO_MASTER_MAX);
+  if (!ops->rewrap)
+    return ana_error_set(err, ANA_STATUS_UNIMPLEMENTED,
+                         "the %s data key store cannot rewrap its keys", ops->name);
+  struct rewrapping w = {.res = res};
+  int rc = 0;
+  if (hkdf(old_master, old_len, "data-key-wrap-v1", 16, w.old_kek) < 0 ||
+      hkdf(new_master, new_len, "data-key-wrap-v1", 16, w.new_kek) < 0 ||
+      hkdf_mode(EVP_PKEY_HKDEF_MODE_EXTRACT_ONLY, old_master, old_len, NULL, 0, w.old_root) < 0)
+    rc = ana_error_set(err, ANA_STATUS_INTERNAL, "cannot derive the key wrapping keys");
+  else
+    rc = ops->rewrap(store, rewrap_one, &w, err);
+  OPENSSL_cleanse(&w, sizeof w);
+  if (rc < 0)
+    memset(res, 0, sizeof *res);
+  return rc;
 }

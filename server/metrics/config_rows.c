@@ -26,8 +26,9 @@ static const struct ana_config_row rows[] = {
      .def = "32",
      .min = 1,
      .max = 100000,
-     .help = "Live metric streams (StreamMetric, /ws/metrics/{id}) one client address may hold "
-             "open at once; further ones get RESOURCE_EXHAUSTED (a WebSocket closes with 4008).",
+     .help = "Live metric streams (StreamMetric, /ws/metrics/{id}) one caller may hold open at "
+             "once: per principal (JWT subject or API key), per client address without "
+             "credentials; further ones get RESOURCE_EXHAUSTED (a WebSocket closes with 4008).",
      ROW(metric_streams_per_peer)},
     {.name = "ROLLUP_CACHE_MB",
      .type = ANA_CONFIG_INT,

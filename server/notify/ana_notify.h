@@ -76,6 +76,10 @@ struct ana_notification {
   size_t n_values;
   const struct ana_notify_link *links;
   size_t n_links;
+  /* It carries encrypted values in clear (an alert of a creator with
+   * pii:read): the outbox row holds it sealed with the account's data key
+   * (ana_notify_options.crypto), opened when sent. */
+  bool sensitive;
 };
 
 /* Writes n into the outbox on conn, the caller's connection to the local

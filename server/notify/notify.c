@@ -12,8 +12,13 @@
 #include "ana_id.h"
 #include "ana_log.h"
 #include "ana_clock.h"
+#include "ana_crypto.h"
+
+/* What a sealed outbox payload is bound to (ana_crypto_seal's context). */
+#define PAYLOAD_CONTEXT "notify.payload"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +79,19 @@ int ana_notify_enqueue_in_txn(struct ana_notify *n, struct ana_local_conn *conn,
   char *payload = payload_of(nt);
   if (!payload)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (nt->sensitive && n->o.crypto) {
+    char *sealed = NULL;
+    int src = ana_crypto_seal(n->o.crypto, nt->account_id, PAYLOAD_CONTEXT, payload,
+                              strlen(payload), &sealed, err);
+    OPENSSL_cleanse(payload, strlen(payload));
+    free(payload);
+    if (src < 0)
+      return src;
+    payload = strdup(sealed);
+    ana_free(sealed);
+    if (!payload)
+      return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
   int rc = ana_local_outbox_insert(conn, key, nt->account_id, nt->channel_id,
                                    nt->source ? nt->source : "", payload, ana_clock_wall_ms(), err);
   free(payload);
@@ -193,10 +211,26 @@ static void record(struct ana_notify *n, const struct job *j, int64_t at, int64_
 }
 
 /* Decodes the stored payload into m (pointers into doc). */
-static json_t *message_of(const struct job *j, struct ana_notify_message *m,
+static json_t *message_of(struct ana_notify *n, const struct job *j, struct ana_notify_message *m,
                           struct ana_notify_value *values, size_t max_values,
                           struct ana_notify_link *links, size_t max_links) {
-  json_t *doc = json_loads(j->payload, 0, NULL);
+  json_t *doc = NULL;
+  if (ana_crypto_is_sealed(j->payload)) {
+    char *clear = NULL;
+    size_t len = 0;
+    struct ana_error err;
+    if (n->o.crypto && ana_crypto_open(n->o.crypto, j->account, PAYLOAD_CONTEXT, j->payload, &clear,
+                                       &len, &err) == 0)
+      doc = json_loadb(clear, len, 0, NULL);
+    else
+      ANA_ERROR("notify", "outbox row %s does not open: %s", j->key,
+                n->o.crypto ? err.message : "no master key");
+    if (clear)
+      OPENSSL_cleanse(clear, len);
+    ana_free(clear);
+  } else {
+    doc = json_loads(j->payload, 0, NULL);
+  }
   memset(m, 0, sizeof *m);
   m->key = j->key;
   m->source = j->source;
@@ -235,7 +269,7 @@ static void deliver(struct ana_notify *n, const struct job *j) {
   struct ana_error err;
   struct ana_arena *arena = ana_arena_create(8192, 0);
   Analytics__V1__Channel *ch = NULL;
-  json_t *doc = message_of(j, &m, values, 32, links, 8);
+  json_t *doc = message_of(n, j, &m, values, 32, links, 8);
   int64_t start = ana_clock_wall_ms();
   int rc = -1;
   ana_error_clear(&err);

@@ -53,8 +53,9 @@ struct ana_metric_streams_options {
   int interval_ms; /* METRIC_STREAM_INTERVAL: at most one update per stream per interval; 0 = each
                       commit */
   int history_buckets; /* METRIC_STREAM_HISTORY: closed buckets kept per stream; 0 = 60 */
-  /* METRIC_STREAMS_PER_PEER: subscriptions one client IP may hold over all
-   * streams (so that no client holds all ANA_METRIC_STREAM_MAX_STREAMS); 0 = 32 */
+  /* METRIC_STREAMS_PER_PEER: subscriptions one authenticated principal (or,
+   * without credentials, one client IP) may hold over all streams (so that no
+   * client holds all ANA_METRIC_STREAM_MAX_STREAMS); 0 = 32 */
   int streams_per_peer;
 };
 

@@ -37,13 +37,16 @@
 struct mstream;
 
 /* One subscriber of a stream; the ctx of its hub subscription. */
+/* Room for "principal " + account id + "/" + subject, cut beyond. */
+#define PEER_KEY_MAX 320
+
 struct msub {
   struct msub *next;
   struct ana_metric_streams *ms;
   struct mstream *st;
   struct ana_realtime_sub *sub;
   struct ana_call *call;
-  char peer[64]; /* the client's IP (METRIC_STREAMS_PER_PEER) */
+  char peer[PEER_KEY_MAX]; /* whom METRIC_STREAMS_PER_PEER counts it for (peer_key) */
 };
 
 /* An open bucket: accumulators and, per group, the latest update built. */
@@ -824,18 +827,32 @@ static struct mstream *find_stream(struct ana_metric_streams *ms,
   return NULL;
 }
 
-/* Subscriptions the client at ip holds over every stream; ms->mu held. */
-static int peer_subs_locked(struct ana_metric_streams *ms, const char *ip) {
+/* Whom METRIC_STREAMS_PER_PEER counts a call's subscriptions for: an
+ * authenticated principal (JWT subject or API key, in its account) wherever
+ * it connects from; a call without credentials by its client IP. */
+static void peer_key(const struct ana_call *call, char *out, size_t size) {
+  const struct ana_principal *p = ana_call_principal(call);
+  if (p && p->credential != ANA_CREDENTIAL_NONE && p->subject && p->subject[0]) {
+    snprintf(out, size, "principal %s/%s", p->account_id ? p->account_id : "", p->subject);
+    return;
+  }
+  char ip[64];
+  ana_call_peer_ip(call, ip, sizeof ip);
+  snprintf(out, size, "%s", ip);
+}
+
+/* Subscriptions the client who (peer_key) holds over every stream; ms->mu held. */
+static int peer_subs_locked(struct ana_metric_streams *ms, const char *who) {
   int n = 0;
   for (struct mstream *st = ms->streams; st; st = st->next)
     for (struct msub *s = st->subs; s; s = s->next)
-      n += strcmp(s->peer, ip) == 0;
+      n += strcmp(s->peer, who) == 0;
   return n;
 }
 
-static int peer_limit_error(struct ana_metric_streams *ms, const char *ip, struct ana_error *err) {
+static int peer_limit_error(struct ana_metric_streams *ms, const char *who, struct ana_error *err) {
   return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED,
-                       "METRIC_STREAMS_PER_PEER: %s already holds %d live metric streams", ip,
+                       "METRIC_STREAMS_PER_PEER: %s already holds %d live metric streams", who,
                        ms->o.streams_per_peer);
 }
 
@@ -852,14 +869,14 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
   struct msub *s = NULL;
   uint64_t after = req->after_sequence;
   int rc = 0;
-  char ip[64];
-  ana_call_peer_ip(call, ip, sizeof ip);
+  char who[PEER_KEY_MAX];
+  peer_key(call, who, sizeof who);
 
   pthread_mutex_lock(&ms->mu);
   /* Checked again when subscribing, as others may have come meanwhile. */
-  if (peer_subs_locked(ms, ip) >= ms->o.streams_per_peer) {
+  if (peer_subs_locked(ms, who) >= ms->o.streams_per_peer) {
     pthread_mutex_unlock(&ms->mu);
-    rc = peer_limit_error(ms, ip, err);
+    rc = peer_limit_error(ms, who, err);
     goto out;
   }
   struct mstream *st = find_stream(ms, req);
@@ -958,11 +975,11 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
   s = ana_calloc(1, sizeof *s);
   pthread_mutex_lock(&ms->mu);
   st->waiting--;
-  if (peer_subs_locked(ms, ip) >= ms->o.streams_per_peer) {
+  if (peer_subs_locked(ms, who) >= ms->o.streams_per_peer) {
     pthread_mutex_unlock(&ms->mu);
     ana_free(s);
     s = NULL;
-    rc = peer_limit_error(ms, ip, err);
+    rc = peer_limit_error(ms, who, err);
     goto out;
   }
   struct ana_realtime_sub *sub =
@@ -975,7 +992,7 @@ int ana_metric_streams_subscribe(struct ana_metric_streams *ms, struct ana_call 
     goto out;
   }
   *s = (struct msub){st->subs, ms, st, sub, call, {0}};
-  snprintf(s->peer, sizeof s->peer, "%s", ip);
+  snprintf(s->peer, sizeof s->peer, "%s", who);
   /* What it missed, oldest first: recomputed buckets, the history, then the
    * open buckets' latest values. */
   int64_t oldest = st->hist_len ? st->hist[st->hist_head].start : st->open[0].start;

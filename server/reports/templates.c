@@ -382,7 +382,25 @@ struct doc_builder {
   struct ana_arena *arena;
   struct ana_report_section *sections;
   size_t n, cap;
+  const struct ana_report_template_env *env;
+  const char *account;
+  int64_t from_ms, to_ms; /* the report's range: where revealed values are looked up */
+  int reveals;            /* lookups so far (REVEAL_MAX) */
 };
+
+/* Blind indexes looked up for their clear value per report; the rest are
+ * shown as aggregated. */
+#define REVEAL_MAX 256
+
+/* A dimension's value as the report shows it: with the report creator's
+ * roles (encrypted values masked or in clear, env->reveal). */
+static const char *shown(struct doc_builder *b, const char *dim, const char *v) {
+  if (!v || !b->env || !b->env->reveal || b->reveals >= REVEAL_MAX)
+    return v;
+  b->reveals += strncmp(v, "ana:bi:", 7) == 0;
+  return b->env->reveal(b->account, b->env->roles, b->env->n_roles, dim, v, b->from_ms, b->to_ms,
+                        b->arena);
+}
 
 static struct ana_report_section *
 add_section(struct doc_builder *b, enum ana_report_section_kind kind, const char *title) {
@@ -469,7 +487,7 @@ static int campaign_table(const Analytics__V1__MetricData *data, const char *dim
     return nomem(err);
   for (size_t j = 0; j < n; j++) {
     struct ana_report_cell *row = t->cells + j * 6;
-    row[0].text = keys[j][0] ? keys[j] : "(none)";
+    row[0].text = keys[j][0] ? shown(b, dim, keys[j]) : "(none)";
     double v[4];
     for (int i = 0; i < 4; i++) {
       v[i] = group_value(&data[i], dim, keys[j]);
@@ -534,10 +552,15 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
    * the same numbers without a scan of the events. */
   int rc = env->adhoc_counts ? env->adhoc_counts(account, qs, N_QUERIES, &q, a, all, err) : 0;
   if (rc > 0)
-    ANA_DEBUG("reports", "campaign report: counts from the rollups of stored metrics");
+    ANA_DEBUG("reports", "campaign report: counts from the rollups of metrics counting them");
   if (rc < 0 || (rc == 0 && ana_metric_query_adhoc_batch(env->store_ops, env->store, qs, N_QUERIES,
                                                          &q, a, all, err) < 0))
     return ANA_ERR_INVALID;
+  /* Scanned: the next report may read rollups instead (their backfill
+   * starts now, not during this scan). */
+  struct ana_error kerr;
+  if (rc == 0 && env->keep_counts && env->keep_counts(account, qs, N_QUERIES, a, &kerr) < 0)
+    ANA_WARN("reports", "campaign report: keeping its counts as rollups: %s", kerr.message);
   const Analytics__V1__MetricData *counts = all, *rates = all + 4;
   struct ana_report_kpi *tiles = ana_arena_calloc(a, 7, sizeof *tiles);
   if (!tiles)
@@ -599,6 +622,15 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
   return 0;
 }
 
+/* A stored metric's query: from its rollups where they match. */
+static int summary_query(const struct ana_report_template_env *env,
+                         const struct ana_metric_query *q, struct ana_arena *a,
+                         Analytics__V1__MetricData *out, struct ana_error *err) {
+  if (env->metric_query)
+    return env->metric_query(q, a, out, err);
+  return ana_metric_query_raw(env->store_ops, env->store, q, a, out, err);
+}
+
 static int build_summary(const struct ana_report_template_env *env, const char *account,
                          const struct summary *sm, struct doc_builder *b, struct ana_error *err) {
   struct ana_arena *a = b->arena;
@@ -638,7 +670,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
                                  .top_n = sm->top_n,
                                  .previous_from_ms = sm->range.previous_from_ms};
     Analytics__V1__MetricData d = ANALYTICS__V1__METRIC_DATA__INIT;
-    int rc = ana_metric_query_raw(env->store_ops, env->store, &q, a, &d, err);
+    int rc = summary_query(env, &q, a, &d, err);
     if (rc < 0) {
       ana_formula_free(f);
       return rc;
@@ -650,7 +682,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
     if (n_dims) {
       m->n_dimensions = 0;
       analytics__v1__metric_data__init(&whole);
-      rc = ana_metric_query_raw(env->store_ops, env->store, &q, a, &whole, err);
+      rc = summary_query(env, &q, a, &whole, err);
       m->n_dimensions = n_dims;
       if (rc < 0) {
         ana_formula_free(f);
@@ -683,7 +715,8 @@ static int build_summary(const struct ana_report_template_env *env, const char *
       int off = snprintf(label, 200, "%s", name);
       for (size_t k = 0; k < s->n_dimensions && off < 190; k++)
         off += snprintf(label + off, 200 - (size_t)off, "%s%s=%s", k ? ", " : " (",
-                        s->dimensions[k]->key, s->dimensions[k]->value);
+                        s->dimensions[k]->key,
+                        shown(b, s->dimensions[k]->key, s->dimensions[k]->value));
       if (s->n_dimensions && off < 199)
         snprintf(label + off, 200 - (size_t)off, ")");
       for (size_t k = 0; k < np; k++)
@@ -716,7 +749,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
     for (size_t j = 0; j < d.n_series; j++) {
       struct ana_report_cell *row = t->cells + j * nc;
       for (size_t k = 0; k < n_dims; k++)
-        row[k].text = series_dim(d.series[j], dims[k]);
+        row[k].text = shown(b, dims[k], series_dim(d.series[j], dims[k]));
       row[nc - 3].text = name;
       double v = total_of(d.series[j]);
       row[nc - 2].null = !isfinite(v);
@@ -736,7 +769,7 @@ int ana_report_template_build(const struct ana_report_template_env *env, const c
                               const char *account_id, const char *title,
                               const Google__Protobuf__Struct *params, struct ana_arena *arena,
                               struct ana_report_document *doc, struct ana_error *err) {
-  struct doc_builder b = {arena, NULL, 0, 8 + 3 * MAX_METRICS};
+  struct doc_builder b = {arena, NULL, 0, 8 + 3 * MAX_METRICS, env, account_id, 0, 0, 0};
   b.sections = ana_arena_calloc(arena, b.cap, sizeof *b.sections);
   if (!b.sections)
     return nomem(err);
@@ -752,12 +785,16 @@ int ana_report_template_build(const struct ana_report_template_env *env, const c
     if (parse_campaign(params, &c, err) < 0)
       return ANA_ERR_INVALID;
     r = &c.range;
+    b.from_ms = r->from_ms;
+    b.to_ms = r->to_ms;
     snprintf(subtitle, 200, "Campaign %s", c.campaign_text);
     rc = build_campaign(env, account_id, &c, &b, err);
   } else if (name && strcmp(name, "metric_summary") == 0) {
     if (parse_summary(params, &s, err) < 0)
       return ANA_ERR_INVALID;
     r = &s.range;
+    b.from_ms = r->from_ms;
+    b.to_ms = r->to_ms;
     snprintf(subtitle, 200, "%zu metric%s", s.n_metrics, s.n_metrics == 1 ? "" : "s");
     rc = build_summary(env, account_id, &s, &b, err);
   } else {

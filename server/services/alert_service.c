@@ -133,6 +133,12 @@ static int store_rule(struct ana_call *call, Analytics__V1__Alert *a, bool creat
       return ana_error_set(err, ANA_STATUS_NOT_FOUND, "channels[%zu]: channel %.64s not found", i,
                            a->channels[i]);
   a->account_id = (char *)account;
+  /* Notifications run with the roles of who created (or last changed) the
+   * rule, as they are now. */
+  const struct ana_principal *who = ana_call_principal(call);
+  a->created_by = (char *)(who->subject ? who->subject : "");
+  a->creator_roles = (char **)who->roles;
+  a->n_creator_roles = who->n_roles;
   /* output-only fields are not stored */
   a->n_unresolved_channels = 0;
   a->n_instance_states = 0;

@@ -250,6 +250,11 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
   }
   r->report_id = id;
   r->account_id = (char *)account;
+  /* Its runs render with the roles its creator has now. */
+  const struct ana_principal *who = ana_call_principal(call);
+  r->created_by = (char *)(who->subject ? who->subject : "");
+  r->creator_roles = (char **)who->roles;
+  r->n_creator_roles = who->n_roles;
   /* output-only fields are not stored */
   r->status = r->error = "";
   r->created_at = r->completed_at = NULL;
@@ -282,6 +287,13 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
   if (decorate(a, account, r, true, &err) < 0) {
     ana_service_fail(call, &err);
     return;
+  }
+  /* The answer is the report as submitted: its run pending, even when a
+   * generation thread has taken it already. */
+  if (!scheduled && r->n_runs && strcmp(r->status, "running") == 0) {
+    r->status = "pending";
+    r->runs[0]->status = "pending";
+    r->runs[0]->started_at = NULL;
   }
   ana_call_reply(call, &r->base);
 }
@@ -405,6 +417,19 @@ static void do_download(struct ana_call *call, const ProtobufCMessage *request) 
     ana_service_fail(call, &err);
     return;
   }
+  /* Rendered with its creator's pii:read, it may show encrypted values in
+   * clear: only for principals who may see them. */
+  struct ana_principal creator = {.account_id = account,
+                                  .roles = (const char *const *)r->creator_roles,
+                                  .n_roles = r->n_creator_roles};
+  if (opts.encrypted && ana_auth_permits(&creator, "pii:read") &&
+      !ana_auth_permits(ana_call_principal(call), "pii:read")) {
+    ana_call_fail(call, ANA_STATUS_PERMISSION_DENIED,
+                  "report %.64s was rendered with its creator's pii:read (encrypted values in "
+                  "clear): downloading it needs pii:read",
+                  req->report_id);
+    return;
+  }
   struct ana_report_run run, *runs;
   if (req->run_id && req->run_id[0]) {
     if (ana_report_runner_get(runner, account, req->report_id, req->run_id, a, &run, &err) < 0) {
@@ -476,9 +501,20 @@ static int generate(void *ctx, const char *account, const char *report_id, const
     rc = ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "format: unknown format \"%.32s\"",
                        r->format);
   struct ana_report_document doc;
-  struct ana_report_template_env env = {opts.store_ops, opts.store, ana_metric_service_resolve,
-                                        ana_metric_service_blind_filters,
-                                        opts.rollups ? ana_metric_service_adhoc_counts : NULL};
+  struct ana_report_template_env env = {
+      .store_ops = opts.store_ops,
+      .store = opts.store,
+      .resolve_metric = ana_metric_service_resolve,
+      .blind_filters = ana_metric_service_blind_filters,
+      .adhoc_counts = !opts.rollups       ? NULL
+                      : opts.auto_rollups ? ana_metric_service_adhoc_counts_kept
+                                          : ana_metric_service_adhoc_counts,
+      .metric_query = opts.rollups ? ana_metric_service_query : NULL,
+      .keep_counts = opts.rollups && opts.auto_rollups ? ana_metric_service_keep_counts : NULL,
+      .reveal = ana_metric_service_reveal,
+      .roles = rc == 0 ? (const char *const *)r->creator_roles : NULL,
+      .n_roles = rc == 0 ? r->n_creator_roles : 0,
+  };
   if (rc == 0)
     rc = ana_report_template_build(&env, r->template_, account, r->name, r->parameters, a, &doc,
                                    err);

@@ -6,16 +6,26 @@ DATA_LOSS (the reader tried to open every string that looked sealed); only
 the configured fields are opened now, and the forged text comes back as the
 sender wrote it. The same text in an encrypted field is simply sealed like
 any value. A ciphertext altered in the database is DATA_LOSS for an admin
-(the GCM tag), never garbage, and stays masked for a viewer."""
+(the GCM tag), never garbage, and stays masked for a viewer.
 
+An editor who rewrites an admin's alert (its channel now the editor's
+webhook, its message naming the encrypted e-mail) must not receive the
+e-mail in clear: the rule runs with the roles of who last changed it, so the
+webhook gets *** (before, notifications carried the blind index text)."""
+
+import http.server
+import json
 import os
 import sqlite3
+import threading
+import time
 import uuid
 
 import grpc
 
 import adversary
-from authkit import claims, hs256
+from authkit import bearer, claims, hs256
+from test_rest import RestClient
 
 ACCOUNT = "acme-adv-pii"
 FORGED = "ana:enc:AQAAAAGqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq="
@@ -69,12 +79,15 @@ class FieldEncryption(adversary.AttackTestCase):
                          "victim@example.org")
         db = sqlite3.connect(os.path.join(self.server.data_dir, "analytics.db"), timeout=10)
         try:
-            seq, payload = db.execute("SELECT seq, payload FROM events WHERE event_name = ?",
+            # The body: a tag byte (0: not compressed, as few events are),
+            # the free text, then the payload.
+            seq, payload = db.execute("SELECT seq, body FROM events WHERE event_name = ?",
                                       (name,)).fetchone()
+            self.assertEqual(payload[0], 0)
             at = payload.index(b"ana:enc:") + len(b"ana:enc:") + 30
             changed = payload[:at] + (b"B" if payload[at:at + 1] != b"B" else b"C") + \
                 payload[at + 1:]
-            db.execute("UPDATE events SET payload = ? WHERE seq = ?", (changed, seq))
+            db.execute("UPDATE events SET body = ? WHERE seq = ?", (changed, seq))
             db.commit()
         finally:
             db.close()
@@ -85,4 +98,111 @@ class FieldEncryption(adversary.AttackTestCase):
         self.assertIn("properties.email", cm.exception.details())
         self.assertIn("does not authenticate", cm.exception.details())
         self.assertEqual(dict(self.search(name, self.viewer)[0].properties)["email"], "***")
+        self.assert_survived()
+
+
+class Hook:
+    """A webhook receiver on loopback: the bodies POSTed, by path."""
+
+    def __init__(self):
+        self.posts = []
+        self.cond = threading.Condition()
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with hook.cond:
+                    hook.posts.append((self.path, body))
+                    hook.cond.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.httpd.server_address[1], path)
+
+    def wait(self, path, timeout=10):
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                got = [b for p, b in self.posts if p == path]
+                if got or time.time() > deadline:
+                    return got
+                self.cond.wait(0.1)
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class AlertCreatorRoles(adversary.AttackTestCase):
+
+    SERVER_ENV = {
+        "JWT_HS256_SECRET": "analytics-test-secret-0123456789abcdef",
+        "ENCRYPTED_FIELDS": "properties.email",
+        "NOTIFY_ALLOW_PRIVATE_NETWORKS": "true",
+        "NOTIFY_POLL_INTERVAL": "50ms",
+        "NOTIFY_BACKOFF_INITIAL": "50ms",
+    }
+
+    @classmethod
+    def setUpClass(cls):
+        cls.hook = Hook()
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.hook.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.hook.stop()
+
+    def call(self, role, verb, path, body=None):
+        tok = hs256(claims(ACCOUNT + "-alerts", [role], ttl=600))
+        status, _, resp = RestClient(self.server.rest_port).request(verb, path, body,
+                                                                    headers=bearer(tok))
+        self.assertEqual(status, 200, resp)
+        return resp
+
+    def test_editor_rewrote_an_admins_alert_to_read_encrypted_emails(self):
+        metric = "adv_signups_" + uuid.uuid4().hex[:6]
+        self.call("admin", "POST", "/api/metrics", {
+            "name": metric, "type": "counter", "formula": "count(adv_signup)",
+            "aggregation": "sum", "dimensions": ["email"]})
+        own = self.call("admin", "POST", "/api/channels", {
+            "name": "admin hook", "webhook": {"url": self.hook.url("/admin")}})
+        alert = self.call("admin", "POST", "/api/alerts", {
+            "name": "signups", "metric": metric, "threshold": 1,
+            "condition": {"op": ">=", "window": "1m"}, "channels": [own["channelId"]],
+            "message": "signed up: {{email}}"})
+        # The editor points the admin's alert at a webhook of its own.
+        mine = self.call("editor", "POST", "/api/channels", {
+            "name": "editor hook", "webhook": {"url": self.hook.url("/editor")}})
+        changed = dict(alert, channels=[mine["channelId"]], message="got {{email}}")
+        for k in ("alertId", "accountId", "createdAt", "updatedAt", "unresolvedChannels",
+                  "instanceStates", "createdBy", "creatorRoles"):
+            changed.pop(k, None)
+        with self.rss_watch():
+            self.call("editor", "PUT", "/api/alerts/" + alert["alertId"], changed)
+            victim = "victim-%s@example.org" % uuid.uuid4().hex[:6]
+            self.call("admin", "POST", "/api/events/batch", {"events": [
+                {"eventType": "adv", "eventName": "adv_signup",
+                 "properties": {"email": victim}}]})
+            bodies = self.hook.wait("/editor")
+        self.assertTrue(bodies, "the editor's webhook was never called")
+        for body in bodies:
+            self.assertNotIn(victim.encode(), body)
+            self.assertEqual(json.loads(body)["values"]["email"], "***", body)
+        self.assertEqual(self.call("admin", "GET", "/api/alerts/" + alert["alertId"])[
+            "creatorRoles"], ["editor"])
         self.assert_survived()

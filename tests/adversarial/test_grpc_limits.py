@@ -6,14 +6,16 @@ analytics-restbridge, when it is one of TRUSTED_PROXIES, the client IP is
 the one it forwards (x-forwarded-for), not the bridge's.
 
 Small limits keep the attacks cheap. Ping abuse (GRPC_ARG_HTTP2_MAX_PING_STRIKES,
-MIN_RECV_PING_INTERVAL) is not attacked here: grpcio cannot send a ping
-flood and there is no HTTP/2 library to hand-craft one; the arguments are
-set in server/rpc/grpc_server.c.
+MIN_RECV_PING_INTERVAL, set in server/rpc/grpc_server.c): a raw HTTP/2
+connection (hand-built frames: grpcio cannot send a ping flood) sending
+PINGs back to back gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and is
+closed.
 """
 
 import base64
 import os
 import socket
+import struct
 import time
 import unittest
 
@@ -88,6 +90,73 @@ class MetadataSizeTest(GrpcLimitsBase):
             for _ in range(50):
                 with self.assertRaises(grpc.RpcError):
                     self.check_with([("x-big-%d" % i, "b" * 1000) for i in range(8)])
+        self.assert_survived()
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS, H2_PING, H2_GOAWAY = 4, 6, 7
+H2_ENHANCE_YOUR_CALM = 0xB
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack(">I", stream) + payload
+
+
+def h2_frames(sock, timeout):
+    """Yields (type, flags, payload) of the frames read until the peer closes
+    or timeout passes with nothing new."""
+    sock.settimeout(timeout)
+    buf = b""
+    while True:
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            yield buf[3], buf[4], buf[9:9 + n]
+            buf = buf[9 + n:]
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, ConnectionResetError):
+            return
+        if not chunk:
+            return
+        buf += chunk
+
+
+class PingFloodTest(GrpcLimitsBase):
+
+    def test_ping_flood_gets_goaway_too_many_pings(self):
+        host, port = self.server.target.rsplit(":", 1)
+        with self.rss_watch():
+            s = socket.create_connection((host, int(port)), timeout=5)
+            self.addCleanup(s.close)
+            s.sendall(H2_PREFACE + h2_frame(H2_SETTINGS, 0, 0))
+            s.sendall(b"".join(h2_frame(H2_PING, 0, 0, struct.pack(">Q", i))
+                               for i in range(20)))
+            acks, goaway = 0, None
+            frames = h2_frames(s, 5)
+            for ftype, flags, payload in frames:
+                if ftype == H2_SETTINGS and not flags & 1:
+                    s.sendall(h2_frame(H2_SETTINGS, 1, 0))
+                elif ftype == H2_PING and flags & 1:
+                    acks += 1
+                elif ftype == H2_GOAWAY:
+                    goaway = payload
+                    break
+            self.assertIsNotNone(goaway, "20 pings back to back got %d acks and no GOAWAY"
+                                 % acks)
+            code = struct.unpack(">I", goaway[4:8])[0]
+            self.assertEqual(code, H2_ENHANCE_YOUR_CALM, goaway)
+            self.assertIn(b"too_many_pings", goaway[8:])
+            # The connection ends: further pings are not answered.
+            try:
+                s.sendall(b"".join(h2_frame(H2_PING, 0, 0, struct.pack(">Q", 100 + i))
+                                   for i in range(5)))
+            except OSError:
+                pass
+            late = sum(1 for ftype, flags, _ in frames if ftype == H2_PING and flags & 1)
+            self.assertEqual(late, 0, "pings after the GOAWAY were answered")
         self.assert_survived()
 
 

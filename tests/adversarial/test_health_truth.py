@@ -11,11 +11,17 @@ Two ways to fill the disk:
   - a small tmpfs filled to the last block (needs mount rights: root or
     CAP_SYS_ADMIN; skipped otherwise), a real full filesystem.
 
-The bridge heartbeat part of readiness (REST loop stalled for 5 s) has no
-way to be triggered from outside without a debug switch, so it is covered by
-tests/unit/test_heartbeat.c (the bridge loop beats while idle; a thread
-that stops beating is reported).
+The bridge heartbeat part of readiness (REST loop stalled for 5 s): the
+REST bridge's thread alone ("ana-http") is stopped with ptrace (the other
+threads run on), as a callback stuck in it would; gRPC readiness goes
+NOT_SERVING, liveness stays SERVING (stalled 5 s, not 30), and both come
+back when the thread runs again; SIGTERM with that thread hung still ends
+the process within SHUTDOWN_GRACE_MS (exit 1, the forced stop). Skipped
+where ptrace is not permitted.
+tests/unit/test_heartbeat.c covers the beats themselves.
 """
+
+import ctypes
 
 import os
 import resource
@@ -117,6 +123,116 @@ class FileSizeLimitTest(HealthTruthBase):
         self.assertIsNotNone(changed, "Watch(\"\") did not hear the change")
         self.assertEqual(changed.status, NOT_SERVING)
         self.assertTrue(server.alive())
+
+
+PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
+WALL = 0x40000000  # __WALL: wait for a thread that is not a child
+BRIDGE_THREAD = "ana-http"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
+
+
+def thread_of(pid, name):
+    """The id of pid's thread called name (its comm), or None."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if f.read().strip() == name:
+                    return int(tid)
+        except OSError:
+            pass
+    return None
+
+
+def can_ptrace():
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        if _libc.ptrace(PTRACE_SEIZE, child.pid, None, None) != 0:
+            return False
+        _libc.ptrace(PTRACE_DETACH, child.pid, None, None)
+        return True
+    finally:
+        child.kill()
+        child.wait()
+
+
+class StoppedThread:
+    """Stops one thread of another process until resume(): PTRACE_SEIZE and
+    PTRACE_INTERRUPT on its thread id stop that thread only."""
+
+    def __init__(self, tid):
+        self.tid = tid
+        if _libc.ptrace(PTRACE_SEIZE, tid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), "PTRACE_SEIZE %d" % tid)
+        if _libc.ptrace(PTRACE_INTERRUPT, tid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), "PTRACE_INTERRUPT %d" % tid)
+        os.waitpid(tid, WALL)
+        self.stopped = True
+
+    def resume(self):
+        if self.stopped:
+            self.stopped = False
+            _libc.ptrace(PTRACE_DETACH, self.tid, None, None)
+
+
+@unittest.skipUnless(can_ptrace(), "ptrace is not permitted here")
+class BridgeStallTest(HealthTruthBase):
+
+    def test_hung_rest_bridge_left_grpc_readiness_serving(self):
+        server = harness.start_server(self, log_level="info")
+        self.connect(server)
+        SERVING, NOT_SERVING = self.hpb.HealthCheckResponse.SERVING, \
+            self.hpb.HealthCheckResponse.NOT_SERVING
+        self.assertEqual(self.check(""), SERVING)
+        tid = thread_of(server.proc.pid, BRIDGE_THREAD)
+        self.assertIsNotNone(tid, "no thread named %s in analyticsd" % BRIDGE_THREAD)
+
+        stop = StoppedThread(tid)
+        self.addCleanup(stop.resume)
+        started = time.monotonic()
+        # Readiness: NOT_SERVING once the loop has not turned for 5 s.
+        self.wait_status("", NOT_SERVING, timeout=8)
+        self.assertGreaterEqual(time.monotonic() - started, 4.5)
+        # Liveness: a 5 s stall is no reason for a restart.
+        self.assertEqual(self.check(LIVENESS), SERVING)
+        # The rest of the server works on: events are accepted over gRPC.
+        self.assertIsNone(self.track(n=5, size=10, name="while-stalled"))
+
+        stop.resume()
+        self.wait_status("", SERVING, timeout=3)
+        code, data = self.rest_health(server)
+        self.assertEqual(code, 200, data[:300])
+        self.assertTrue(any("REST bridge has not turned its loop" in line.get("msg", "")
+                            for line in server.log_lines()),
+                        "no log line saying why the server is not ready")
+        self.assertEqual(server.stop(), 0)
+
+    def test_sigterm_with_a_hung_rest_bridge_ends_within_the_grace_period(self):
+        server = harness.start_server(self, log_level="info")
+        tid = thread_of(server.proc.pid, BRIDGE_THREAD)
+        self.assertIsNotNone(tid, "no thread named %s in analyticsd" % BRIDGE_THREAD)
+        stop = StoppedThread(tid)
+        self.addCleanup(stop.resume)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = started + server.grace_ms / 1000.0 + 3
+        rc = None
+        while rc is None and time.monotonic() < deadline:
+            try:  # the stopped thread is ours to reap once the process ends
+                os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                pass
+            rc = server.proc.poll()
+            time.sleep(0.05)
+        stop.stopped = False  # gone with the process
+        self.assertIsNotNone(rc, "analyticsd still running %.1f s after SIGTERM with its REST "
+                             "thread hung (grace %d ms)" % (time.monotonic() - started,
+                                                            server.grace_ms))
+        self.assertEqual(rc, 1, "a forced stop exits 1")
+        self.assertTrue(any("stopped with" in line.get("msg", "") for line in server.log_lines()),
+                        "no log line saying the stop was forced")
 
 
 def can_mount_tmpfs():

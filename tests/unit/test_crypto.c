@@ -2,8 +2,8 @@
  * seal/open round trips, tampering with any byte is an error, values bound
  * to their account and field, rotation keeps old values readable, a wrong
  * master key opens nothing, another process's rotation is seen, blind
- * indexes are stable, keyed per account and per field, and the per-event
- * sealer gives what the one-shot calls give. */
+ * indexes are stable, keyed per account and per field, the per-event
+ * sealer gives what the one-shot calls give, and a master key change. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -288,6 +288,120 @@ static void test_sealer(void **state) {
   ana_arena_fini(&arena);
 }
 
+/* Changing the master key: every data key (two accounts, one rotated) and
+ * the key root are rewrapped in one go; afterwards only the new key opens
+ * what was sealed, blind indexes are what they were (the known answer is
+ * HKDF-SHA256 then HMAC-SHA256 as RFC 5869 and 2104 define them), running
+ * it again changes nothing, and a third key opens nothing and changes
+ * nothing. */
+static void test_rotate_master(void **state) {
+  (void)state;
+  struct ana_error err;
+  char *a = NULL, *b = NULL, *c2 = NULL;
+  uint32_t id;
+  char before[ANA_CRYPTO_BLIND_CHARS + 1], after[ANA_CRYPTO_BLIND_CHARS + 1];
+  assert_int_equal(ana_crypto_seal(crypto, "acme", "f", "one", 3, &a, &err), 0);
+  assert_int_equal(ana_crypto_rotate(crypto, "acme", &id, &err), 0);
+  assert_int_equal(ana_crypto_seal(crypto, "acme", "f", "two", 3, &b, &err), 0);
+  assert_int_equal(ana_crypto_seal(crypto, "beta", "f", "three", 5, &c2, &err), 0);
+  assert_int_equal(ana_crypto_blind_index(crypto, "acme", "properties.email", "x@y", 3, before), 0);
+  assert_string_equal(before, "ana:bi:h9tqRR6JLJN7AJAzWE7vBA");
+  static const uint8_t next[40] = "a new master key of forty bytes, exactly";
+  struct ana_crypto_rewrap_result res;
+  assert_int_equal(
+      ana_crypto_rewrap_master(master, sizeof master, next, sizeof next, ops, store, &res, &err),
+      0);
+  assert_int_equal(res.rewrapped, 3);
+  assert_int_equal(res.already, 0);
+  assert_true(res.root_written);
+  struct ana_crypto *n = make(next, sizeof next, 0);
+  assert_non_null(n);
+  char *pt = open_ok(n, "acme", "f", a);
+  assert_string_equal(pt, "one");
+  ana_free(pt);
+  pt = open_ok(n, "acme", "f", b);
+  assert_string_equal(pt, "two");
+  ana_free(pt);
+  pt = open_ok(n, "beta", "f", c2);
+  assert_string_equal(pt, "three");
+  ana_free(pt);
+  assert_int_equal(ana_crypto_blind_index(n, "acme", "properties.email", "x@y", 3, after), 0);
+  assert_string_equal(before, after);
+  assert_int_equal(ana_crypto_current_key_id(n, "acme"), 2);
+  /* The old key no longer opens the store's keys (nor its key root). */
+  struct ana_crypto_options o = {master, sizeof master, ops, store, 0};
+  assert_null(ana_crypto_create(&o, &err));
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  /* Again: nothing to rewrap. */
+  assert_int_equal(
+      ana_crypto_rewrap_master(master, sizeof master, next, sizeof next, ops, store, &res, &err),
+      0);
+  assert_int_equal(res.rewrapped, 0);
+  assert_int_equal(res.already, 4);
+  /* A key that is neither: refused, nothing changed. */
+  static const uint8_t third[32] = "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ";
+  static const uint8_t fourth[32] = "YYYYYYYYYYYYYYYYYYYYYYYYYYYYYYYY";
+  assert_true(ana_crypto_rewrap_master(third, sizeof third, fourth, sizeof fourth, ops, store, &res,
+                                       &err) < 0);
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  pt = open_ok(n, "acme", "f", a);
+  assert_string_equal(pt, "one");
+  ana_free(pt);
+  /* A second change (the root moves along, blind indexes still equal). */
+  assert_int_equal(
+      ana_crypto_rewrap_master(next, sizeof next, third, sizeof third, ops, store, &res, &err), 0);
+  assert_int_equal(res.rewrapped, 3);
+  assert_true(res.root_written);
+  struct ana_crypto *t = make(third, sizeof third, 0);
+  assert_non_null(t);
+  pt = open_ok(t, "beta", "f", c2);
+  assert_string_equal(pt, "three");
+  ana_free(pt);
+  assert_int_equal(ana_crypto_blind_index(t, "acme", "properties.email", "x@y", 3, after), 0);
+  assert_string_equal(before, after);
+  ana_crypto_destroy(t);
+  ana_crypto_destroy(n);
+  ana_free(a);
+  ana_free(b);
+  ana_free(c2);
+}
+
+/* A damaged data key (of an account sorted last): the change fails there
+ * naming it, and the keys rewrapped before it are rolled back (they open
+ * with the old master key, not with the new one). */
+static void test_rotate_master_rolls_back(void **state) {
+  (void)state;
+  struct ana_error err;
+  char *a = NULL, *b = NULL;
+  assert_int_equal(ana_crypto_seal(crypto, "acme", "f", "one", 3, &a, &err), 0);
+  assert_int_equal(ana_crypto_seal(crypto, "beta", "f", "two", 3, &b, &err), 0);
+  uint8_t junk[60] = {0};
+  struct ana_data_key_record bad = {"zzz", 1, junk, sizeof junk, 0};
+  assert_int_equal(ops->insert(store, &bad, &err), 0);
+  static const uint8_t next[32] = "NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN";
+  struct ana_crypto_rewrap_result res;
+  assert_true(ana_crypto_rewrap_master(master, sizeof master, next, sizeof next, ops, store, &res,
+                                       &err) < 0);
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  assert_non_null(strstr(err.message, "zzz"));
+  assert_int_equal(res.rewrapped, 0);
+  struct ana_crypto *old = make(master, sizeof master, 0);
+  assert_non_null(old);
+  char *pt = open_ok(old, "acme", "f", a);
+  assert_string_equal(pt, "one");
+  ana_free(pt);
+  pt = open_ok(old, "beta", "f", b);
+  assert_string_equal(pt, "two");
+  ana_free(pt);
+  ana_crypto_destroy(old);
+  struct ana_crypto *n = make(next, sizeof next, 0);
+  assert_non_null(n); /* no key root stored: it starts, but opens nothing */
+  open_fails(n, "acme", "f", a);
+  ana_crypto_destroy(n);
+  ana_free(a);
+  ana_free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
@@ -296,6 +410,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wrong_master_key, setup, teardown),
       cmocka_unit_test_setup_teardown(test_blind_index, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sealer, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rotate_master, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rotate_master_rolls_back, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,8 +6,9 @@
 
 struct ana_store_settings;
 
-/* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; reads
- * are served from the local copy of the events. */
+/* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; search
+ * and scans are pushed down to ClickHouse (reads.c), replays in commit order (scan_seq) read
+ * the local copy of this instance's events. */
 extern const struct ana_event_store_ops ana_clickhouse_event_store;
 
 /* Hands the store its settings (borrowed; they outlive the store) before open. */
@@ -32,6 +33,12 @@ const char *ana_clickhouse_database(const struct ana_clickhouse *ch);
 int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_db,
                          const char *query_id, char **out, struct ana_error *err);
 
+/* Runs one SELECT in the configured database whose answer may be binary (FORMAT RowBinary):
+ * *out (owned by the caller, ana_free) holds *out_len bytes. Same returns as
+ * ana_clickhouse_query, and ANA_ERR_FULL when the answer exceeds the client's limit (64 MiB). */
+int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **out,
+                             size_t *out_len, struct ana_error *err);
+
 /* gzip (zlib, level 1) of data[0..len) into *out (owned by the caller, ana_free). */
 int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
                         struct ana_error *err);
@@ -41,5 +48,34 @@ int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_
 int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,
                                   const void *body, size_t len, const char *query_id,
                                   struct ana_error *err);
+
+/* --- reads pushed down (reads.c) --- */
+
+/* What one read sees: ClickHouse's rows but this instance's after shipped, which it reads from
+ * the local spool instead (read-your-writes). Borrowed. */
+struct ana_clickhouse_view {
+  struct ana_clickhouse *ch;
+  struct ana_local_db *db;
+  const char *instance;
+  uint64_t shipped;
+};
+
+/* The event store's search (no free text), as SQL merged with the spool's events after
+ * v->shipped: the same hits, in the same order, as the embedded store's. */
+int ana_clickhouse_search(const struct ana_clickhouse_view *v, const struct ana_event_query *q,
+                          ana_event_hit_fn hit, void *ctx, struct ana_error *err);
+
+/* The event store's scan: the spool's events after v->shipped, then ClickHouse's a page at a
+ * time. Rows of other instances carry seq 0 (their sequences are not this instance's: to the
+ * commit hooks' readers they were committed before anything here); so do their search hits. */
+int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account_id,
+                        int64_t from_ms, int64_t to_ms, const char *const *names, size_t n_names,
+                        ana_event_scan_fn fn, void *ctx, struct ana_error *err);
+
+/* A property value as text the way the embedded store compares it (SQLite's CAST of
+ * json_extract AS TEXT): strings as they are, integers in decimal, reals with 15 significant
+ * digits, booleans 1 and 0; NULL for null, objects and arrays. buf (>= 64 bytes) may hold it. */
+struct json_t;
+const char *ana_clickhouse_value_text(const struct json_t *v, char *buf, size_t cap);
 
 #endif

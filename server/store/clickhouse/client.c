@@ -115,7 +115,7 @@ void ana_clickhouse_close(struct ana_clickhouse *ch) {
 
 /* POSTs body to the base URL with params (already escaped) appended. */
 static int post(struct ana_clickhouse *ch, const char *params, const void *body, size_t len,
-                bool gzip, char **out, struct ana_error *err) {
+                bool gzip, char **out, size_t *out_len, struct ana_error *err) {
   size_t ul = strlen(ch->base) + strlen(params) + 1;
   char *url = ana_malloc(ul);
   if (!url)
@@ -144,9 +144,15 @@ static int post(struct ana_clickhouse *ch, const char *params, const void *body,
     size_t n = resp.body_len;
     while (n > 0 && (resp.body[n - 1] == '\n' || resp.body[n - 1] == ' '))
       n--;
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse at %s answered %ld: %.*s", ch->host,
-                  resp.status, (int)(n > 300 ? 300 : n), resp.body ? resp.body : "");
-    rc = ANA_ERR_IO;
+    if (resp.status == 200) { /* truncated */
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse at %s: the answer exceeds %u bytes",
+                    ch->host, MAX_ANSWER);
+      rc = ANA_ERR_FULL;
+    } else {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse at %s answered %ld: %.*s", ch->host,
+                    resp.status, (int)(n > 300 ? 300 : n), resp.body ? resp.body : "");
+      rc = ANA_ERR_IO;
+    }
   } else if (rc == ANA_ERR_TIMEOUT) {
     ana_error_set(err, ANA_STATUS_DEADLINE_EXCEEDED,
                   "ClickHouse at %s did not answer within CLICKHOUSE_TIMEOUT (%d ms)", ch->host,
@@ -158,6 +164,8 @@ static int post(struct ana_clickhouse *ch, const char *params, const void *body,
     rc = rc == ANA_ERR_NOMEM ? rc : ANA_ERR_IO;
   }
   if (rc == 0 && out) {
+    if (out_len)
+      *out_len = resp.body ? resp.body_len : 0;
     *out = resp.body ? resp.body : NULL;
     resp.body = NULL;
     if (!*out && !(*out = ana_calloc(1, 1)))
@@ -194,7 +202,18 @@ int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_d
   if (params_for(ch, with_db, query_id, NULL, params, sizeof params) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
            ANA_ERR_INTERNAL;
-  return post(ch, params, sql, strlen(sql), false, out, err);
+  return post(ch, params, sql, strlen(sql), false, out, NULL, err);
+}
+
+int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **out,
+                             size_t *out_len, struct ana_error *err) {
+  char params[512];
+  *out = NULL;
+  *out_len = 0;
+  if (params_for(ch, true, NULL, NULL, params, sizeof params) < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
+           ANA_ERR_INTERNAL;
+  return post(ch, params, sql, strlen(sql), false, out, out_len, err);
 }
 
 /* gzip (zlib's deflate with a gzip wrapper) of data; *out owned by the caller. */
@@ -232,5 +251,5 @@ int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_
   if (params_for(ch, true, query_id, insert_sql, params, sizeof params) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
            ANA_ERR_INTERNAL;
-  return post(ch, params, body, len, true, NULL, err);
+  return post(ch, params, body, len, true, NULL, NULL, err);
 }

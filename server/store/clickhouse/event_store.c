@@ -2,9 +2,10 @@
  * order (RowBinary, gzip, one INSERT per day partition of a batch), every row carrying its
  * commit sequence and this instance's id; after a failed, timed-out or unconfirmed batch, and at
  * start-up, it asks ClickHouse which sequences of the uncertain range it holds and sends only the
- * missing rows, so every event reaches ClickHouse exactly once. Reads are served from the local
- * copy of the events (the spool), retention drops ClickHouse's day partitions, and the spool of
- * events not yet shipped is bounded (SPOOL_MAX_BYTES). */
+ * missing rows, so every event reaches ClickHouse exactly once (second copies of a resent range,
+ * from an insert that landed after the check, are deleted). Search and scans are pushed down
+ * (reads.c), retention drops ClickHouse's day partitions, and the spool of events not yet
+ * shipped is bounded (SPOOL_MAX_BYTES). */
 #include "ana_alloc.h"
 #include "ana_clock.h"
 #include "ana_file.h"
@@ -25,12 +26,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #define DAY_MS 86400000LL
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define RETRY_MAX_MS 5000
+/* After a range was checked and resent, second copies are looked for during this many
+ * CLICKHOUSE_TIMEOUTs, every DEDUPE_EVERY_MS. */
+#define DEDUPE_TIMEOUTS 3
+#define DEDUPE_EVERY_MS 500
 
 static const struct ana_store_settings *settings;
 
@@ -60,8 +66,15 @@ struct ch_store {
   atomic_int_fast64_t oldest_ms; /* receive time of the oldest event not shipped; 0: none */
   atomic_bool degraded, ready, full;
   atomic_uint_fast64_t uncertain_hi; /* sequences up to it may be in ClickHouse already */
+  /* Sequences from it were checked and resent: an insert ClickHouse had received but not yet
+   * listed as running may still land a second copy of them; until dedupe_until (monotonic ms)
+   * they are looked for and the later copies deleted. 0: none. */
+  atomic_uint_fast64_t dedupe_from;
+  atomic_int_fast64_t dedupe_until;
+  int timeout_ms;
 
-  struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out;
+  struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out,
+      removed;
   bool metrics;
 };
 
@@ -70,8 +83,9 @@ struct ch_store {
 static int save_state(struct ch_store *s, struct ana_error *err) {
   char tmp[sizeof s->state_path + 8], text[128];
   snprintf(tmp, sizeof tmp, "%s.tmp", s->state_path);
-  int n = snprintf(text, sizeof text, "instance %s\nshipped %" PRIu64 "\n", s->instance,
-                   (uint64_t)atomic_load(&s->shipped));
+  int n = snprintf(text, sizeof text, "instance %s\nshipped %" PRIu64 "\ndedupe %" PRIu64 "\n",
+                   s->instance, (uint64_t)atomic_load(&s->shipped),
+                   (uint64_t)atomic_load(&s->dedupe_from));
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
     goto fail;
@@ -101,8 +115,10 @@ static int load_state(struct ch_store *s, struct ana_error *err) {
     return save_state(s, err);
   }
   char id[64] = "";
-  unsigned long long shipped = 0;
+  unsigned long long shipped = 0, dedupe = 0;
   int got = fscanf(f, "instance %63s shipped %llu", id, &shipped);
+  if (got == 2 && fscanf(f, " dedupe %llu", &dedupe) != 1) /* absent in older files */
+    dedupe = 0;
   fclose(f);
   if (got != 2 || !ana_uuid_is_valid(id))
     return ana_error_set(err, ANA_STATUS_FAILED_PRECONDITION,
@@ -111,6 +127,7 @@ static int load_state(struct ch_store *s, struct ana_error *err) {
   memcpy(s->instance, id, ANA_UUID_STR_LEN); /* valid: exactly that long */
   s->instance[ANA_UUID_STR_LEN] = '\0';
   atomic_store(&s->shipped, (uint64_t)shipped);
+  atomic_store(&s->dedupe_from, (uint64_t)dedupe);
   return 0;
 }
 
@@ -175,6 +192,10 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " event_type String, event_name String, ts Int64, received_at Int64, day Date,"
     " prop_keys Array(String), prop_values Array(String), payload String)"
     " ENGINE = MergeTree PARTITION BY day ORDER BY (account_id, ts, event_id)",
+    /* 2: the properties' JSON as committed, which scans hand to metrics and rollups; the
+     * insert that wrote a row (a random id per INSERT), which tells copies of a row apart. */
+    "ALTER TABLE events ADD COLUMN properties String AFTER prop_values,"
+    " ADD COLUMN attempt UInt64 AFTER seq",
 };
 
 static int migrate(struct ch_store *s, struct ana_error *err) {
@@ -238,6 +259,7 @@ static int setup(struct ch_store *s, struct ana_error *err) {
     if (ana_uuid7_generate(s->instance) < 0)
       return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot generate an instance id");
     atomic_store(&s->shipped, 0);
+    atomic_store(&s->dedupe_from, 0);
     if ((rc = save_state(s, err)) < 0)
       return rc;
     max_ch = 0;
@@ -310,34 +332,42 @@ static int day_of(int64_t ts_ms) {
   return d < 0 ? 0 : d > 65535 ? 65535 : (int)d;
 }
 
-/* Properties as parallel arrays of keys and of values as text (strings as they are, other
- * values as their JSON). */
+/* Properties as parallel arrays of keys and of values as text, as the embedded store compares
+ * them (ana_clickhouse_value_text; objects and arrays as their JSON; null ones left out). */
 static void put_properties(struct buf *b, const char *json) {
   json_t *o = json ? json_loads(json, JSON_DECODE_ANY, NULL) : NULL;
-  size_t n = json_is_object(o) ? json_object_size(o) : 0;
+  size_t n = 0;
   const char *key;
   json_t *v;
+  if (json_is_object(o))
+    json_object_foreach(o, key, v) n += !json_is_null(v);
   put_varint(b, n);
   if (n)
-    json_object_foreach(o, key, v) put_str(b, key);
+    json_object_foreach(o, key, v) if (!json_is_null(v)) put_str(b, key);
   put_varint(b, n);
   if (n) {
     json_object_foreach(o, key, v) {
+      char num[64];
+      const char *t = ana_clickhouse_value_text(v, num, sizeof num);
       if (json_is_string(v)) {
         put_bytes(b, json_string_value(v), json_string_length(v));
-      } else {
-        char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        put_str(b, t ? t : "");
-        free(t);
+      } else if (t) {
+        put_str(b, t);
+      } else if (!json_is_null(v)) {
+        char *d = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        put_str(b, d ? d : "");
+        free(d);
       }
     }
   }
   json_decref(o);
 }
 
-static void put_row(struct buf *b, const char *instance, const struct ana_spooled_event *e) {
+static void put_row(struct buf *b, const char *instance, uint64_t attempt,
+                    const struct ana_spooled_event *e) {
   put_str(b, instance);
   put_u64(b, e->seq);
+  put_u64(b, attempt);
   put_str(b, e->account_id);
   put_str(b, e->event_id);
   put_str(b, e->session_id);
@@ -349,6 +379,7 @@ static void put_row(struct buf *b, const char *instance, const struct ana_spoole
                           (unsigned char)(day_of(e->timestamp_ms) >> 8)};
   put(b, day, 2);
   put_properties(b, e->properties_json);
+  put_str(b, e->properties_json && e->properties_json[0] ? e->properties_json : "{}");
   put_bytes(b, e->payload, e->payload_len);
 }
 
@@ -358,8 +389,9 @@ static int64_t event_bytes(size_t payload, const char *props, const char *id) {
 }
 
 static const char insert_sql[] =
-    "INSERT INTO events (instance, seq, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_at, day, prop_keys, prop_values, payload) FORMAT RowBinary";
+    "INSERT INTO events (instance, seq, attempt, account_id, event_id, session_id, event_type,"
+    " event_name, ts, received_at, day, prop_keys, prop_values, properties, payload)"
+    " FORMAT RowBinary";
 
 static int by_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -438,6 +470,7 @@ struct encoder {
   struct job *job;
   struct day_buf {
     int day;
+    uint64_t attempt; /* this INSERT's id, in each of its rows */
     struct buf b;
     size_t rows;
   } * days;
@@ -484,8 +517,11 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
     d = &e->days[e->n_days++];
     memset(d, 0, sizeof *d);
     d->day = day;
+    if (getrandom(&d->attempt, sizeof d->attempt, 0) != sizeof d->attempt)
+      d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
+    d->attempt |= 1; /* never 0, the rows written before the column */
   }
-  put_row(&d->b, e->s->instance, ev);
+  put_row(&d->b, e->s->instance, d->attempt, ev);
   d->rows++;
   j->rows++;
   if (d->b.failed)
@@ -590,6 +626,12 @@ static int ch_ship(void *store, const struct ana_spooled_event *ev, size_t n,
     if ((rc = settle(s, err)) < 0 ||
         (rc = held_seqs(s, first, last < uncertain ? last : uncertain, &held, &n_held, err)) < 0)
       goto out;
+    /* An insert of the range that ClickHouse received but had not yet listed as running can
+     * still land: look for second copies for a while. */
+    uint64_t from = atomic_load(&s->dedupe_from);
+    if (!from || first < from)
+      atomic_store(&s->dedupe_from, first);
+    atomic_store(&s->dedupe_until, ana_clock_mono_ms() + DEDUPE_TIMEOUTS * (int64_t)s->timeout_ms);
   }
   struct job *j = encode(s, ev, n, held, n_held, err);
   if (!j) {
@@ -711,11 +753,105 @@ static void drop_partitions(struct ch_store *s) {
   ana_free(out);
 }
 
+/* --- second copies of resent rows --- */
+
+/* Deletes the later copies of this instance's rows from dedupe_from on (each (seq) keeps the
+ * copy of its lowest attempt); returns how many copies it asked ClickHouse to delete, or a
+ * negative error. Reads never see the copies meanwhile (they keep one row per (instance, seq)). */
+static int dedupe(struct ch_store *s, struct ana_error *err) {
+  char sql[512], *out = NULL;
+  snprintf(
+      sql, sizeof sql,
+      "SELECT seq, arrayStringConcat(arrayMap(a -> toString(a), arraySort(groupArray(attempt))),"
+      " ',') FROM events WHERE instance = '%s' AND seq >= %" PRIu64
+      " GROUP BY seq HAVING count() > 1 LIMIT 10000 FORMAT TabSeparated",
+      s->instance, (uint64_t)atomic_load(&s->dedupe_from));
+  int rc = ana_clickhouse_query(s->ch, sql, true, NULL, &out, err);
+  if (rc < 0)
+    return rc;
+  char *del = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&del, &len);
+  int copies = 0, unmarked = 0;
+  if (!f) {
+    ana_free(out);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  }
+  fprintf(f,
+          "ALTER TABLE events DELETE WHERE instance = '%s' AND"
+          " concat(toString(seq), ':', toString(attempt)) IN (",
+          s->instance);
+  for (char *p = out; p && *p;) {
+    char *end;
+    uint64_t seq = strtoull(p, &end, 10);
+    if (*end != '\t')
+      break;
+    p = end + 1;
+    uint64_t keep = strtoull(p, &end, 10);
+    for (p = end; *p == ',';) {
+      uint64_t a = strtoull(p + 1, &end, 10);
+      p = end;
+      if (a == keep) { /* rows without a distinct attempt cannot be told apart */
+        unmarked++;
+        continue;
+      }
+      fprintf(f, "%s'%" PRIu64 ":%" PRIu64 "'", copies ? ", " : "", seq, a);
+      copies++;
+    }
+    p = strchr(p, '\n');
+    p = p ? p + 1 : NULL;
+  }
+  fputc(')', f);
+  bool bad = ferror(f) != 0;
+  fclose(f);
+  ana_free(out);
+  if (bad || !del) {
+    free(del);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  }
+  if (unmarked)
+    ANA_WARN("clickhouse",
+             "%d rows of instance %s are in ClickHouse twice without an attempt id "
+             "(written before schema 2): left as they are",
+             unmarked, s->instance);
+  if (copies) {
+    rc = ana_clickhouse_query(s->ch, del, true, NULL, NULL, err);
+    if (rc == 0) {
+      ana_prom_counter_add(&s->removed, (uint64_t)copies);
+      ANA_WARN("clickhouse",
+               "%d rows arrived twice (an insert ClickHouse received before the range was "
+               "checked landed after it): the later copies are deleted",
+               copies);
+    }
+  }
+  free(del);
+  return rc < 0 ? rc : copies;
+}
+
+/* While a resent range may still get second copies, looks for them; once the time is over
+ * (and a last look found none), forgets the range. */
+static void dedupe_step(struct ch_store *s, int64_t now) {
+  if (!atomic_load(&s->dedupe_from))
+    return;
+  bool over = now >= atomic_load(&s->dedupe_until);
+  struct ana_error err;
+  int n = dedupe(s, &err);
+  if (n < 0) {
+    ANA_WARN("clickhouse", "looking for second copies: %s", err.message);
+    return;
+  }
+  if (over && n == 0) {
+    atomic_store(&s->dedupe_from, 0);
+    if (save_state(s, &err) < 0)
+      ANA_WARN("clickhouse", "%s", err.message);
+  }
+}
+
 /* --- the shipper thread --- */
 
 static void *ship_thread(void *arg) {
   struct ch_store *s = arg;
-  int64_t backoff = 0, last_ship = 0, next_sweep = 0;
+  int64_t backoff = 0, last_ship = 0, next_sweep = 0, next_dedupe = 0;
   struct job *inflight = NULL;
   uint64_t cursor = 0;
   for (;;) {
@@ -738,11 +874,17 @@ static void *ship_thread(void *arg) {
       drop_partitions(s);
       next_sweep = now + s->sweep_ms;
     }
+    if (now >= next_dedupe && atomic_load(&s->dedupe_from)) {
+      dedupe_step(s, now);
+      next_dedupe = now + DEDUPE_EVERY_MS;
+    }
     uint64_t shipped = atomic_load(&s->shipped), committed = atomic_load(&s->committed);
     uint64_t waiting = committed > shipped ? committed - shipped : 0;
     if (!atomic_load(&s->uncertain_hi) && waiting < (uint64_t)s->batch_rows &&
         now - last_ship < s->interval_ms) {
       backoff = s->interval_ms - (now - last_ship);
+      if (atomic_load(&s->dedupe_from) && backoff > next_dedupe - now)
+        backoff = next_dedupe - now > 0 ? next_dedupe - now : 0;
       continue;
     }
     last_ship = now;
@@ -828,6 +970,11 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_family(w, "ana_clickhouse_checks_total", "counter",
                         "Queries asking ClickHouse which rows of an uncertain range it holds.");
   ana_prom_write_u64(w, "ana_clickhouse_checks_total", NULL, ana_prom_counter_get(&s->verified));
+  ana_prom_write_family(w, "ana_clickhouse_second_copies_deleted_total", "counter",
+                        "Rows that reached ClickHouse twice (an insert received before its range "
+                        "was checked, landing after it) whose later copy was deleted.");
+  ana_prom_write_u64(w, "ana_clickhouse_second_copies_deleted_total", NULL,
+                     ana_prom_counter_get(&s->removed));
 }
 
 /* --- the role --- */
@@ -873,10 +1020,13 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   s->retention_days = settings->retention_days > 0 ? settings->retention_days : 90;
   s->sweep_ms =
       settings->retention_sweep_interval_ms > 0 ? settings->retention_sweep_interval_ms : 60000;
+  s->timeout_ms = settings->clickhouse_timeout_ms > 0 ? settings->clickhouse_timeout_ms : 30000;
   snprintf(s->state_path, sizeof s->state_path, "%s/clickhouse.state", settings->data_dir);
   if (load_state(s, err) < 0 || !(s->ch = ana_clickhouse_open(settings, err)) ||
       !(s->local = ana_sqlite_event_store.open(db, err)))
     goto fail;
+  if (atomic_load(&s->dedupe_from)) /* stopped while looking for second copies: go on */
+    atomic_store(&s->dedupe_until, ana_clock_mono_ms() + DEDUPE_TIMEOUTS * (int64_t)s->timeout_ms);
   uint64_t last = 0;
   if (ana_local_spool_last_seq(db, &last, err) < 0)
     goto fail;
@@ -998,19 +1148,31 @@ static void ch_status(void *store, struct ana_event_store_status *st) {
   pthread_mutex_unlock(&s->mu);
 }
 
-/* Reads: the local copy of the events. */
+/* Reads: pushed down to ClickHouse (reads.c), with this instance's events not yet shipped read
+ * from the spool; the shipped sequence is read once, so nothing is seen twice or missed. */
+static struct ana_clickhouse_view view_of(struct ch_store *s) {
+  return (struct ana_clickhouse_view){s->ch, s->db, s->instance, atomic_load(&s->shipped)};
+}
+
 static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                      struct ana_error *err) {
-  return ana_sqlite_event_store.search(((struct ch_store *)store)->local, q, hit, ctx, err);
+  for (const char *t = q->text; t && *t; t++)
+    if (*t != ' ' && *t != '\t' && *t != '\n')
+      return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
+                           "event store: free text is the search index's");
+  struct ana_clickhouse_view v = view_of(store);
+  return ana_clickhouse_search(&v, q, hit, ctx, err);
 }
 
 static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
                    const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                    struct ana_error *err) {
-  return ana_sqlite_event_store.scan(((struct ch_store *)store)->local, account_id, from_ms, to_ms,
-                                     names, n_names, fn, ctx, err);
+  struct ana_clickhouse_view v = view_of(store);
+  return ana_clickhouse_scan(&v, account_id, from_ms, to_ms, names, n_names, fn, ctx, err);
 }
 
+/* Replays in commit order are this instance's own (rollups' watermark is its sequence): the
+ * local copy. */
 static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                        ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   return ana_sqlite_event_store.scan_seq(((struct ch_store *)store)->local, account_id, after_seq,

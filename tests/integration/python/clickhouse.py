@@ -131,7 +131,10 @@ class FaultProxy:
 
     mode "pass": forward; "error": answer inserts 500 without forwarding;
     "hold": forward inserts, then keep their answer for hold_s (past the
-    client's timeout); "down": refuse every request (close at once).
+    client's timeout); "down": refuse every request (close at once);
+    "late": hold the next insert for hold_s before forwarding it (an insert
+    ClickHouse received but only runs after the client gave up on it and
+    checked), then pass; late_done is set once it was forwarded.
     """
 
     def __init__(self, ch):
@@ -139,6 +142,7 @@ class FaultProxy:
         self.mode = "pass"
         self.hold_s = 3.0
         self.inserts = 0
+        self.late_done = threading.Event()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -192,6 +196,10 @@ class FaultProxy:
                 mode = self.mode
                 if mode == "down":
                     return
+                late = insert and mode == "late"
+                if late:
+                    self.mode = "pass"
+                    time.sleep(self.hold_s)
                 if insert and mode == "error":
                     msg = b"Code: 999, e.displayText() = injected failure\n"
                     c.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n"
@@ -204,6 +212,9 @@ class FaultProxy:
                 r = conn.getresponse()
                 data = r.read()
                 conn.close()
+                if late:
+                    self.late_done.set()
+                    return
                 if insert:
                     self.inserts += 1
                     if mode == "hold":

@@ -14,6 +14,10 @@ Environment:
   ANALYTICS_RESTBRIDGE  path of analytics-restbridge (default: beside the
                   build's analyticsd, <build>/restbridge/analytics-restbridge)
   ANA_TEST_KEEP   if set, temporary directories (data, logs, stubs) are kept
+  ANA_TEST_EVENT_STORE  "clickhouse": every Server that does not set
+                  CLICKHOUSE_HOST itself stores its events in a clickhouse-server
+                  started once for the run (on loopback), each in its own
+                  database; unset or "sqlite": the embedded store
 """
 
 import json
@@ -61,7 +65,7 @@ CONFIG_VARS = (
     "STREAM_QUEUE_BUDGET_MB", "ALERT_MAX_INSTANCES", "ALERT_HISTORY_DAYS",
     "ALERT_QUEUE_MAX",
     "REPORT_WORKERS", "REPORT_QUEUE_MAX", "REPORT_RETENTION_DAYS", "REPORT_MAX_ATTEMPTS",
-    "REPORT_ROLLUPS",
+    "REPORT_ROLLUPS", "REPORT_AUTO_ROLLUPS",
     "SMTP_URL", "SMTP_USER", "SMTP_PASSWORD", "SMTP_PASSWORD_FILE", "SMTP_FROM",
     "TELEGRAM_API_URL", "NOTIFY_ALLOW_PRIVATE_NETWORKS", "NOTIFY_THREADS", "NOTIFY_MAX_ATTEMPTS",
     "NOTIFY_BACKOFF_INITIAL", "NOTIFY_BACKOFF_MAX", "NOTIFY_TIMEOUT", "NOTIFY_POLL_INTERVAL",
@@ -70,6 +74,7 @@ CONFIG_VARS = (
     "JWT_ROLES_CLAIM", "JWT_ACCOUNTS_CLAIM", "JWT_ALLOW_QUERY_TOKEN", "METRICS_REQUIRE_AUTH",
     "HEALTH_REQUIRE_AUTH", "HTTP_HOST", "HTTP_ALLOWED_HOSTS", "AUDIT_RETENTION_DAYS",
     "AUDIT_SIGN_INTERVAL", "AUDIT_QUEUE_MAX", "ENCRYPTION_KEY_FILE", "ENCRYPTED_FIELDS",
+    "ENCRYPTION_PREVIOUS_KEY_FILE",
     "HEALTH_REQUIRE_AUTH", "HTTP_HOST", "HTTP_ALLOWED_HOSTS", "RATE_LIMIT_DEFAULT", "RATE_LIMIT_ROLES",
     "RATE_LIMIT_ACCOUNTS", "RATE_LIMIT_KEYS", "RATE_LIMIT_MAX_ENTRIES",
     "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CLIENT_CA_FILE", "HTTP_TLS_CERT_FILE",
@@ -112,6 +117,28 @@ def base_env(extra=None):
             else:
                 env[k] = str(v)
     return env
+
+
+_shared_clickhouse = None
+_clickhouse_databases = {}  # DATA_DIR -> its database: a restart on the same data finds its events
+
+
+def event_store_env(data_dir):
+    """The variables that point a Server at the run's ClickHouse when ANA_TEST_EVENT_STORE is
+    "clickhouse" (started on first use, stopped at exit); {} otherwise."""
+    global _shared_clickhouse
+    if os.environ.get("ANA_TEST_EVENT_STORE", "sqlite") != "clickhouse":
+        return {}
+    import atexit
+    import uuid
+    import clickhouse  # imports this module: only when asked for
+    if _shared_clickhouse is None:
+        _shared_clickhouse = clickhouse.ClickHouse().start()
+        atexit.register(_shared_clickhouse.cleanup)
+    return {"CLICKHOUSE_HOST": _shared_clickhouse.url,
+            "CLICKHOUSE_DATABASE": _clickhouse_databases.setdefault(
+                os.path.realpath(data_dir), "t_" + uuid.uuid4().hex[:12]),
+            "CLICKHOUSE_BATCH_INTERVAL": "50ms"}
 
 
 def tail(text, lines=40):
@@ -157,6 +184,9 @@ class Server:
                     self.env.pop(k, None)
                 else:
                     self.env[k] = str(v)
+        if not (env and "CLICKHOUSE_HOST" in env):
+            for k, v in event_store_env(self.env.get("DATA_DIR", self.data_dir)).items():
+                self.env.setdefault(k, v)
         self.args = list(args)
         self.preexec = preexec  # run in the child before exec (resource limits)
         self.proc = None

@@ -7,7 +7,9 @@ the delivery log; a notification pending when the server is killed (-9) is
 delivered after the restart with the same Idempotency-Key. The private-network
 policy refuses a webhook to 127.0.0.1 naming `url` unless
 NOTIFY_ALLOW_PRIVATE_NETWORKS is set; secrets are masked on read; another
-account's channel is NOT_FOUND."""
+account's channel is NOT_FOUND. SMTP authentication (SMTP_USER,
+SMTP_PASSWORD_FILE) reaches a relay that requires AUTH, and
+?starttls=required never sends to a relay without STARTTLS."""
 
 import email
 import hashlib
@@ -16,6 +18,7 @@ import http.server
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 import unittest
@@ -376,6 +379,114 @@ class PrivateNetworksTest(harness.ServerTestCase):
             "POST", "/api/channels", {"name": "ssrf", "slack": {"webhookUrl": "http://127.0.0.1/"}})
         self.assertEqual(status, 400, body)
         self.assertIn("slack.webhookUrl", body["message"])
+
+
+class SmtpAuthTest(harness.ServerTestCase):
+    """SMTP_URL with authentication: SMTP_USER and the password from
+    SMTP_PASSWORD_FILE (its first line) are sent to a relay that requires
+    AUTH; a wrong password is a failed delivery naming the refusal."""
+
+    USER, PASSWORD = "relay-user", "s3cret pass"
+
+    @classmethod
+    def setUpClass(cls):
+        from aiosmtpd.smtp import AuthResult
+        cls.logins = []
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            cls.logins.append((mechanism, auth_data.login, auth_data.password))
+            ok = (auth_data.login, auth_data.password) == (cls.USER.encode(),
+                                                           cls.PASSWORD.encode())
+            return AuthResult(success=ok)
+
+        cls.mailbox = Mailbox()
+        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port(),
+                              authenticator=authenticator, auth_required=True,
+                              auth_require_tls=False)
+        cls.smtp.start()
+        cls.pw_dir = tempfile.mkdtemp(prefix="ana-smtp-pw-")
+        cls.pw_file = os.path.join(cls.pw_dir, "smtp-password")
+        with open(cls.pw_file, "w") as f:
+            f.write(cls.PASSWORD + "\nnot part of it\n")
+        cls.SERVER_ENV = {
+            "DEFAULT_ACCOUNT_ID": ACCOUNT,
+            "SMTP_URL": "smtp://127.0.0.1:%d" % cls.smtp.port,
+            "SMTP_USER": cls.USER,
+            "SMTP_PASSWORD": "wrong, SMTP_PASSWORD_FILE wins",
+            "SMTP_PASSWORD_FILE": cls.pw_file,
+            "NOTIFY_MAX_ATTEMPTS": "1",
+            "NOTIFY_TIMEOUT": "2s",
+            "NOTIFY_POLL_INTERVAL": "50ms",
+        }
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.smtp.stop()
+            raise
+        cls.rest = RestClient(cls.rest_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.smtp.stop()
+            os.remove(cls.pw_file)
+            os.rmdir(cls.pw_dir)
+
+    def test_email_is_sent_after_smtp_auth_with_the_password_file(self):
+        status, _, ch = self.rest.request("POST", "/api/channels", {
+            "name": "auth-mail", "email": {"to": ["oncall@example.com"]}})
+        self.assertEqual(status, 200, ch)
+        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
+        self.assertEqual(status, 200, res)
+        self.assertEqual(res["outcome"], "delivered", res)
+        env = self.mailbox.wait()
+        self.assertEqual(env.rcpt_tos, ["oncall@example.com"])
+        self.assertTrue(self.logins, "the relay saw no AUTH")
+        self.assertEqual(self.logins[-1][1:], (self.USER.encode(), self.PASSWORD.encode()))
+
+
+class SmtpStarttlsRequiredTest(harness.ServerTestCase):
+    """SMTP_URL with ?starttls=required against a relay that offers no
+    STARTTLS: nothing is sent in clear text, the delivery fails and says so."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.mailbox = Mailbox()
+        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port())
+        cls.smtp.start()
+        cls.SERVER_ENV = {
+            "DEFAULT_ACCOUNT_ID": ACCOUNT,
+            "SMTP_URL": "smtp://127.0.0.1:%d/?starttls=required" % cls.smtp.port,
+            "NOTIFY_MAX_ATTEMPTS": "1",
+            "NOTIFY_TIMEOUT": "2s",
+            "NOTIFY_POLL_INTERVAL": "50ms",
+        }
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.smtp.stop()
+            raise
+        cls.rest = RestClient(cls.rest_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.smtp.stop()
+
+    def test_required_starttls_refuses_a_relay_without_it(self):
+        status, _, ch = self.rest.request("POST", "/api/channels", {
+            "name": "tls-mail", "email": {"to": ["oncall@example.com"]}})
+        self.assertEqual(status, 200, ch)
+        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
+        self.assertEqual(status, 200, res)
+        self.assertEqual(res["outcome"], "failed", res)
+        self.assertIn("SMTP", res["error"])
+        time.sleep(0.3)
+        self.assertEqual(self.mailbox.messages, [], "an email went out without TLS")
 
 
 class CrashRecoveryTest(unittest.TestCase):

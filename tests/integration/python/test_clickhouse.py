@@ -197,7 +197,9 @@ class ClickHouseStoreTest(unittest.TestCase):
         self.assertTrue(all(abs(int(r[2]) - time.time() * 1000) < 60000 for r in rows))
         self.assertTrue(all(r[3].startswith("c") and r[4] == "2" and r[5] == "1" for r in rows))
         self.assertEqual(self.ch.rows("SELECT max(version) FROM %s.schema_migrations" % self.db),
-                         [["1"]])
+                         [["2"]])
+        props = self.ch.rows("SELECT properties FROM %s.events ORDER BY seq" % self.db)
+        self.assertTrue(all(json.loads(r[0])["n"] == 2 for r in props), props)
 
     def test_retention_drops_day_partitions_past_retention_days(self):
         s = self.server(RETENTION_DAYS=2)
@@ -304,6 +306,28 @@ class ClickHouseStoreTest(unittest.TestCase):
         self.wait_shipped(s)
         self.assertGreater(self.metric(s, "ana_clickhouse_failures_total"), failures)
         self.assert_exactly_once(acked)
+
+    def test_an_insert_landing_after_its_range_was_checked_leaves_one_copy(self):
+        # The insert reaches ClickHouse only after analyticsd gave up on it (CLICKHOUSE_TIMEOUT),
+        # found nothing running and nothing held, and sent the rows again.
+        self.proxy = clickhouse.FaultProxy(self.ch)
+        self.proxy.mode, self.proxy.hold_s = "late", 2.0
+        s = self.server(url=self.proxy.url, CLICKHOUSE_TIMEOUT="1s")
+        acked = self.track(s, ["late-%d" % i for i in range(40)])
+        self.assertTrue(self.proxy.late_done.wait(15))
+        self.wait_shipped(s)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            rows = self.ch.rows("SELECT count(), uniqExact(event_id) FROM %s.events" % self.db)
+            if rows == [["40", "40"]]:
+                break
+            time.sleep(0.2)
+        self.assert_exactly_once(acked)
+        self.assertEqual(self.metric(s, "ana_clickhouse_second_copies_deleted_total"), 40)
+        # Reads never saw the second copies.
+        stub = self.grpc_mod.EventServiceStub(s.channel())
+        found = stub.SearchEvents(self.pb.SearchEventsRequest(page_size=100), timeout=10)
+        self.assertEqual(sorted(e.event_id for e in found.events), sorted(acked))
 
     def test_full_spool_answers_unavailable_and_recovers(self):
         self.proxy = clickhouse.FaultProxy(self.ch)

@@ -2,7 +2,7 @@
 
 Against a live analyticsd: the streaming routes upgrade, answer the
 handler's error (an unknown metric: NOT_FOUND) as {"error":{...}} and close with 4000 + the gRPC
-status (4005) and its message as the reason, accept a token in
+status (4005; a metric stream over METRIC_STREAMS_PER_PEER: 4008) and its message as the reason, accept a token in
 the subprotocol list "bearer, <token>" (answering "bearer" only), and refuse unknown paths.
 
 Against tests/integration/test_restbridge --serve (the bridge in-process
@@ -134,6 +134,40 @@ class WebSocketCloseCodeTest(harness.ServerTestCase):
 
 
 class WebSocketCloseCodeRemoteTest(WebSocketCloseCodeTest):
+    BRIDGE = "remote"
+
+
+class WebSocketResourceExhaustedTest(harness.ServerTestCase):
+    """A metric stream over METRIC_STREAMS_PER_PEER ends RESOURCE_EXHAUSTED: close 4008 with
+    the status message as the reason, while the stream within the limit stays open."""
+
+    SERVER_ENV = {"METRIC_STREAMS_PER_PEER": "1"}
+
+    def uri(self, path):
+        return "ws://127.0.0.1:%d%s" % (self.rest_port, path)
+
+    def test_stream_over_the_per_peer_cap_closes_with_4008(self):
+        from test_rest import RestClient
+        status, _, m = RestClient(self.rest_port).request(
+            "POST", "/api/metrics", {"name": "ws cap %d" % os.getpid(), "formula": "count(x)"})
+        self.assertEqual(status, 200, m)
+        path = "/ws/metrics/" + m["metricId"]
+
+        async def go():
+            async with websockets.connect(self.uri(path), open_timeout=TIMEOUT_S) as held:
+                await asyncio.wait_for(held.recv(), TIMEOUT_S)  # the first update: open
+                frames, code, ws = await collect(self.uri(path))
+                self.assertFalse(held.closed, "the stream within the limit was closed")
+                return frames, code, ws
+        frames, code, ws = run(go())
+        self.assertEqual(code, 4008)  # 4000 + RESOURCE_EXHAUSTED
+        self.assertEqual(frames[-1]["error"]["code"], 8)
+        self.assertIn("METRIC_STREAMS_PER_PEER", frames[-1]["error"]["message"])
+        self.assertEqual(ws.close_reason, frames[-1]["error"]["message"][:len(ws.close_reason)])
+        self.assertTrue(ws.close_reason)
+
+
+class WebSocketResourceExhaustedRemoteTest(WebSocketResourceExhaustedTest):
     BRIDGE = "remote"
 
 
