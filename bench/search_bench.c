@@ -9,10 +9,10 @@
 #include "ana_store.h"
 #include "bench_common.h"
 #include "results_file.h"
+#include "search_format1.h"
 
 #include "ana_clock.h"
 
-#include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,15 +61,9 @@ static void fill(const char *dir) {
   srand(1);
   /* Random timestamps touch pages all over the events' indexes: the WAL
    * would grow by gigabytes between the store's own checkpoints. */
-  char path[512];
-  snprintf(path, sizeof path, "%s/analytics.db", dir);
-  sqlite3 *ckpt = NULL;
-  if (sqlite3_open(path, &ckpt) != SQLITE_OK)
-    die("open", sqlite3_errmsg(ckpt));
-  sqlite3_busy_timeout(ckpt, 10000);
   for (long done = 0, batches = 0; done < n_events; batches++) {
     if (batches % 20 == 19)
-      sqlite3_exec(ckpt, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+      ana_local_db_checkpoint(db, &err);
     if (ana_local_db_begin(db, &err) < 0)
       die("begin", err.message);
     int k = 0;
@@ -103,58 +97,7 @@ static void fill(const char *dir) {
   }
   free(rows);
   free(recs);
-  sqlite3_close(ckpt);
   ana_local_db_close(db);
-}
-
-static void checkpoint(const char *dir) {
-  /* Searches read a checkpointed database, as after the store's idle
-   * checkpoint, not one behind gigabytes of WAL. */
-  char path[512];
-  snprintf(path, sizeof path, "%s/analytics.db", dir);
-  sqlite3 *c = NULL;
-  if (sqlite3_open(path, &c) != SQLITE_OK ||
-      sqlite3_exec(c, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL) != SQLITE_OK)
-    die("checkpoint", sqlite3_errmsg(c));
-  sqlite3_close(c);
-}
-
-/* The index of format 1 (positions kept, rowid = commit sequence, no
- * reserved tokens) in old-text.db, filled as its thread did: batches of
- * 1,000 events, each event's text made again from its columns as fill()
- * wrote it (the store keeps it compressed in the event's body). Returns
- * events per second. */
-static double build_old_index(const char *dir) {
-  char path[512], events[512];
-  snprintf(path, sizeof path, "%s/old-text.db", dir);
-  snprintf(events, sizeof events, "%s/analytics.db", dir);
-  sqlite3 *c = NULL;
-  if (sqlite3_open(path, &c) != SQLITE_OK)
-    die("old index", sqlite3_errmsg(c));
-  char *attach = sqlite3_mprintf("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                 "ATTACH %Q AS ev;"
-                                 "CREATE VIRTUAL TABLE events_fts USING fts5(search_text,"
-                                 " content='')",
-                                 events);
-  double start = bench_now_s();
-  if (sqlite3_exec(c, attach, NULL, NULL, NULL) != SQLITE_OK)
-    die("old index", sqlite3_errmsg(c));
-  sqlite3_free(attach);
-  for (long from = 0; from < n_events; from += 1000) {
-    char sql[512];
-    snprintf(sql, sizeof sql,
-             "BEGIN; INSERT INTO events_fts (rowid, search_text) SELECT seq,"
-             " event_name || ' message ' || json_extract(properties, '$.campaignId') || ' ' ||"
-             " json_extract(properties, '$.groupId') || ' text 150 t' || ((seq - 1) %% 10) ||"
-             " ' u' || ((seq - 1) / 10 %% 10)"
-             " FROM ev.events WHERE seq > %ld ORDER BY seq LIMIT 1000; COMMIT",
-             from);
-    if (sqlite3_exec(c, sql, NULL, NULL, NULL) != SQLITE_OK)
-      die("old index", sqlite3_errmsg(c));
-  }
-  double rate = (double)n_events / (bench_now_s() - start);
-  sqlite3_close(c);
-  return rate;
 }
 
 /* ------------------------------------------------------------------ */
@@ -179,7 +122,6 @@ static int collect(void *ctx, const uint8_t *payload, size_t len, int64_t ts, co
 
 static const struct ana_search_index_ops *ops;
 static void *index_handle;
-static sqlite3 *old_conn;
 
 static void new_search(const struct ana_event_query *q, struct page *p) {
   struct ana_error err;
@@ -188,48 +130,9 @@ static void new_search(const struct ana_event_query *q, struct page *p) {
     die("search", err.message);
 }
 
-/* The query of format 1, as it was: every match joined with its event and
- * sorted. */
 static void old_search(const struct ana_event_query *q, struct page *p) {
-  char match[64];
-  const char *w = q->text;
-  size_t len = 0;
-  match[0] = '\0';
-  while (*w) { /* words quoted, as it did */
-    const char *e = strchr(w, ' ');
-    size_t n = e ? (size_t)(e - w) : strlen(w);
-    len +=
-        (size_t)snprintf(match + len, sizeof match - len, "%s\"%.*s\"", len ? " " : "", (int)n, w);
-    w += n + (e ? 1 : 0);
-  }
-  char sql[512];
-  snprintf(sql, sizeof sql,
-           "SELECT body, ts, event_id, seq FROM"
-           " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
-           " AND ts >= ?2 AND ts < ?3%s%s ORDER BY ts DESC, event_id DESC LIMIT ?10",
-           q->event_name ? " AND event_name = ?5" : "",
-           q->after_cursor ? " AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))" : "");
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(old_conn, sql, -1, &st, NULL) != SQLITE_OK)
-    die("old search", sqlite3_errmsg(old_conn));
-  sqlite3_bind_text(st, 1, q->account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, q->from_ms);
-  sqlite3_bind_int64(st, 3, q->to_ms);
-  if (q->event_name)
-    sqlite3_bind_text(st, 5, q->event_name, -1, SQLITE_STATIC);
-  if (q->after_cursor) {
-    sqlite3_bind_int64(st, 7, q->cursor_ts);
-    sqlite3_bind_text(st, 8, q->cursor_event_id, -1, SQLITE_STATIC);
-  }
-  sqlite3_bind_text(st, 9, match, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 10, q->limit);
   p->n = 0;
-  while (sqlite3_step(st) == SQLITE_ROW)
-    if (collect(p, NULL, 0, sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
-                0))
-      break;
-  sqlite3_finalize(st);
+  search_format1_search(q, collect, p);
 }
 
 /* ------------------------------------------------------------------ */
@@ -323,15 +226,18 @@ int main(int argc, char **argv) {
     fill(dir);
     fill_s = bench_now_s() - t0;
   }
-  checkpoint(dir);
 
   /* The current index, built as the server builds it (its thread, its
-   * batches): what a rebuild after a format change costs. */
+   * batches): what a rebuild after a format change costs. Searches read a
+   * checkpointed database, as after the store's idle checkpoint, not one
+   * behind gigabytes of WAL. */
   struct ana_error err;
   ops = ana_store_search_backend("sqlite");
   struct ana_local_db *db = ana_local_db_open(dir, &err);
   if (!db)
     die("open", err.message);
+  if (ana_local_db_checkpoint(db, &err) < 0)
+    die("checkpoint", err.message);
   uint64_t last = 0;
   ana_local_spool_last_seq(db, &last, &err);
   t0 = bench_now_s();
@@ -340,7 +246,7 @@ int main(int argc, char **argv) {
     die("index", err.message);
   double new_rate = (double)n_events / (bench_now_s() - t0);
   ops->close(index_handle);
-  double old_rate = build_old_index(dir);
+  double old_rate = search_format1_build(dir, n_events);
   double new_bytes = file_bytes(dir, "analytics-text.db") / (double)n_events;
   double old_bytes = file_bytes(dir, "old-text.db") / (double)n_events;
   printf("index: format 2 %.1f B/event built at %.0f ev/s; format 1 %.1f B/event at %.0f ev/s\n",
@@ -349,15 +255,7 @@ int main(int argc, char **argv) {
   index_handle = ops->open(db, &err);
   if (!index_handle || ops->wait(index_handle, last, 60000, &err) < 0)
     die("index", err.message);
-  char path[512];
-  snprintf(path, sizeof path, "%s/analytics.db", dir);
-  if (sqlite3_open_v2(path, &old_conn, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-    die("open", sqlite3_errmsg(old_conn));
-  char *attach = sqlite3_mprintf("ATTACH %Q AS text",
-                                 (snprintf(path, sizeof path, "%s/old-text.db", dir), path));
-  if (sqlite3_exec(old_conn, attach, NULL, NULL, NULL) != SQLITE_OK)
-    die("attach", sqlite3_errmsg(old_conn));
-  sqlite3_free(attach);
+  search_format1_open(dir);
 
   static const struct search_case cases[] = {
       {"one word, page 1", false, false, false, 1},
@@ -457,7 +355,7 @@ int main(int argc, char **argv) {
   free(lat_old);
   free(cpu_new);
   free(cpu_old);
-  sqlite3_close(old_conn);
+  search_format1_close();
   ops->close(index_handle);
   ana_local_db_close(db);
   if (!dir_arg) {

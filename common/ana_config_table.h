@@ -124,6 +124,15 @@ bool ana_config_valid_bind_host(const char *s);
 /* Checks for rows: host, host:port or an http(s):// URL. */
 bool ana_config_valid_host_or_url(const char *s);
 
+/* The next item of a list of items separated by commas and/or spaces:
+ * its start (not NUL-terminated; its length in *len), *cursor moved past
+ * it; NULL at the end. */
+const char *ana_config_list_next(const char **cursor, size_t *len);
+
+/* Checks for rows: such a list, at least one item, each accepted by
+ * item_ok (given the item and its length). */
+bool ana_config_valid_list(const char *s, bool (*item_ok)(const char *item, size_t len));
+
 /* The settings every program shares (common/config_rows.c). */
 struct ana_process_settings {
   int shutdown_grace_ms;        /* SHUTDOWN_GRACE_MS */

@@ -146,6 +146,26 @@ bool ana_config_valid_host_or_url(const char *s) {
   return is_host_port(authority, n);
 }
 
+const char *ana_config_list_next(const char **cursor, size_t *len) {
+  const char *p = *cursor + strspn(*cursor, ", ");
+  if (!*p)
+    return NULL;
+  *len = strcspn(p, ", ");
+  *cursor = p + *len;
+  return p;
+}
+
+bool ana_config_valid_list(const char *s, bool (*item_ok)(const char *item, size_t len)) {
+  bool any = false;
+  size_t n;
+  for (const char *item; (item = ana_config_list_next(&s, &n));) {
+    if (!item_ok(item, n))
+      return false;
+    any = true;
+  }
+  return any;
+}
+
 static bool valid_path(const char *s) {
   if (strlen(s) > PATH_MAX_LEN)
     return false;

@@ -104,6 +104,14 @@ void rb_call_unref(struct rb_call *c) {
   rb_call_free(c);
 }
 
+void rb_call_settle(struct rb_call *c) {
+  c->finished = true;
+  pthread_mutex_unlock(&c->mu);
+  atomic_fetch_sub(&c->bridge->inflight, 1);
+  rb_call_wake(c);
+  rb_call_unref(c); /* the handler's reference */
+}
+
 static void unlist(struct rb_conn *conn) {
   struct ana_restbridge *b = conn->bridge;
   if (!conn->listed)

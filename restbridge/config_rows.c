@@ -19,27 +19,15 @@ static bool valid_grpc_target(const char *s) {
 }
 
 /* CORS_ALLOWED_ORIGINS: "*" or origins (scheme://host[:port]), comma-separated. */
+static bool valid_origin(const char *s, size_t n) {
+  if (n == 1 && *s == '*')
+    return true;
+  size_t scheme = strncmp(s, "https://", 8) == 0 ? 8 : strncmp(s, "http://", 7) == 0 ? 7 : 0;
+  return scheme && n > scheme && !memchr(s + scheme, '/', n - scheme);
+}
+
 static bool valid_origins(const char *s) {
-  bool any = false;
-  for (const char *p = s; *p;) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    const char *start = p;
-    while (*p && *p != ',' && *p != ' ')
-      p++;
-    size_t n = (size_t)(p - start);
-    if (n == 0)
-      continue;
-    any = true;
-    if (n == 1 && *start == '*')
-      continue;
-    size_t scheme = strncmp(start, "https://", 8) == 0  ? 8
-                    : strncmp(start, "http://", 7) == 0 ? 7
-                                                        : 0;
-    if (!scheme || n == scheme || memchr(start + scheme, '/', n - scheme))
-      return false;
-  }
-  return any;
+  return ana_config_valid_list(s, valid_origin);
 }
 
 /* HTTP_ALLOWED_HOSTS: comma-separated host names, printable, no port. */

@@ -115,11 +115,7 @@ static void dl_finish(struct ana_call *call, const ProtobufCMessage *response,
   c->reply = r;
   c->dl_failed = !ok;
   c->dl_code = ok ? ANA_STATUS_OK : status ? status->code : ANA_STATUS_INTERNAL;
-  c->finished = true;
-  pthread_mutex_unlock(&c->mu);
-  atomic_fetch_sub(&c->bridge->inflight, 1);
-  rb_call_wake(c);
-  rb_call_unref(c); /* the handler's reference */
+  rb_call_settle(c);
 }
 
 const struct ana_call_transport rb_download_transport = {

@@ -7,6 +7,7 @@
 #include "framing.h"
 
 #include "ana_alloc.h"
+#include "ana_config_table.h"
 #include "ana_id.h"
 #include "ana_log.h"
 #include "ana_openapi.h"
@@ -300,16 +301,11 @@ void rb_http_on_timer(struct rb_conn *conn, struct lws *wsi) {
 
 /* Whether the n bytes of name equal one entry of the comma-separated list. */
 static bool in_host_list(const char *list, const char *name, size_t n) {
-  for (const char *p = list ? list : ""; *p;) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    const char *start = p;
-    while (*p && *p != ',' && *p != ' ')
-      p++;
-    size_t len = (size_t)(p - start);
-    if (len && len == n && strncasecmp(start, name, n) == 0)
+  const char *p = list ? list : "";
+  size_t len;
+  for (const char *item; (item = ana_config_list_next(&p, &len));)
+    if (len == n && strncasecmp(item, name, n) == 0)
       return true;
-  }
   return false;
 }
 

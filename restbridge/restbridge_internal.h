@@ -264,6 +264,11 @@ void rb_call_wake(struct rb_call *c);
 struct rb_call *rb_call_create(struct ana_restbridge *b, const struct ana_route *route,
                                struct lws *wsi, struct rb_conn *conn, bool websocket);
 void rb_call_unref(struct rb_call *c);
+/* Ends a transport's finish, whose outcome the caller stored under c->mu,
+ * which it still holds: marks c finished, releases mu, gives back the
+ * call's in-flight slot, wakes the lws thread and drops the handler's
+ * reference. Any thread. */
+void rb_call_settle(struct rb_call *c);
 /* Frees c, whose last reference is gone (rb_call_unref, or the decode pool
  * that rb_call_unref handed a large call to). */
 void rb_call_free(struct rb_call *c);

@@ -252,11 +252,7 @@ static void ws_finish(struct ana_call *call, const ProtobufCMessage *response,
   c->ws_last = last;
   c->ws_close_code = code;
   memcpy(c->ws_close_reason, reason, sizeof reason);
-  c->finished = true;
-  pthread_mutex_unlock(&c->mu);
-  atomic_fetch_sub(&c->bridge->inflight, 1);
-  rb_call_wake(c);
-  rb_call_unref(c); /* the handler's reference */
+  rb_call_settle(c);
 }
 
 const struct ana_call_transport rb_ws_transport = {

@@ -21,23 +21,13 @@ static bool valid_account_id(const char *s) {
 }
 
 /* JWT_ALGORITHMS: a comma-separated list of HS256, RS256, ES256. */
+static bool valid_algorithm(const char *s, size_t n) {
+  return n == 5 && (strncmp(s, "HS256", 5) == 0 || strncmp(s, "RS256", 5) == 0 ||
+                    strncmp(s, "ES256", 5) == 0);
+}
+
 static bool valid_algorithms(const char *s) {
-  bool any = false;
-  for (const char *p = s; *p;) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    const char *start = p;
-    while (*p && *p != ',' && *p != ' ')
-      p++;
-    size_t n = (size_t)(p - start);
-    if (n == 0)
-      continue;
-    if (n != 5 || (strncmp(start, "HS256", 5) != 0 && strncmp(start, "RS256", 5) != 0 &&
-                   strncmp(start, "ES256", 5) != 0))
-      return false;
-    any = true;
-  }
-  return any;
+  return ana_config_valid_list(s, valid_algorithm);
 }
 
 static bool valid_claim(const char *s) {

@@ -4,6 +4,7 @@
 #include "jwt_internal.h"
 
 #include "ana_alloc.h"
+#include "ana_config_table.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -119,13 +120,9 @@ static char *opt_strdup(const char *s, bool *nomem) {
 /* Parses "HS256, RS256" into bits; 0 with err naming the bad entry. */
 static unsigned parse_algs(const char *text, struct ana_error *err) {
   unsigned algs = 0;
-  const char *p = text;
-  while (*p) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    if (!*p)
-      break;
-    size_t n = strcspn(p, ", ");
+  const char *cursor = text, *p;
+  size_t n;
+  while ((p = ana_config_list_next(&cursor, &n))) {
     unsigned bit = 0;
     for (size_t i = 0; i < sizeof alg_names / sizeof alg_names[0]; i++)
       if (strlen(alg_names[i].name) == n && strncmp(alg_names[i].name, p, n) == 0)
@@ -137,7 +134,6 @@ static unsigned parse_algs(const char *text, struct ana_error *err) {
       return 0;
     }
     algs |= bit;
-    p += n;
   }
   if (!algs)
     ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT, "JWT_ALGORITHMS: empty");

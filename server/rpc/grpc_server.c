@@ -1002,6 +1002,18 @@ static void tls_free(struct ana_grpc_server *srv) {
   ana_free(srv->tls_ca_file);
 }
 
+/* Frees the server (its core server and queues destroyed already) and
+ * balances ana_grpc_server_create's grpc_init. */
+static void server_free(struct ana_grpc_server *srv) {
+  ana_free(srv->cqs);
+  ana_free(srv->threads);
+  tls_free(srv);
+  pthread_mutex_destroy(&srv->mu);
+  pthread_cond_destroy(&srv->cond);
+  ana_free(srv);
+  grpc_shutdown();
+}
+
 static char *dup_set(const char *s) {
   return s && s[0] ? ana_strdup(s) : NULL;
 }
@@ -1128,13 +1140,7 @@ fail:
       grpc_completion_queue_destroy(srv->cqs[i]);
     }
   }
-  ana_free(srv->cqs);
-  ana_free(srv->threads);
-  tls_free(srv);
-  pthread_mutex_destroy(&srv->mu);
-  pthread_cond_destroy(&srv->cond);
-  ana_free(srv);
-  grpc_shutdown();
+  server_free(srv);
   return NULL;
 }
 
@@ -1217,13 +1223,7 @@ void ana_grpc_server_destroy(struct ana_grpc_server *srv) {
   grpc_server_destroy(srv->server);
   for (int i = 0; i < srv->n_threads; i++)
     grpc_completion_queue_destroy(srv->cqs[i]);
-  ana_free(srv->cqs);
-  ana_free(srv->threads);
-  tls_free(srv);
-  pthread_mutex_destroy(&srv->mu);
-  pthread_cond_destroy(&srv->cond);
-  ana_free(srv);
-  grpc_shutdown();
+  server_free(srv);
 }
 
 /* --- gRPC core's own log lines (ana_grpc_log.h) --- */

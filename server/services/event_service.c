@@ -204,6 +204,20 @@ static void track_event_done(struct batch *b, int rc, const struct ana_error *er
     ana_call_reply(b->call, &resp.base);
 }
 
+/* A batch of call's, in its arena, ended by done; NULL after failing the
+ * call (out of memory). */
+static struct batch *new_batch(struct ana_call *call, batch_done_fn done) {
+  struct batch *b = ana_arena_calloc(ana_call_arena(call), 1, sizeof *b);
+  if (!b) {
+    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  b->call = call;
+  b->arena = ana_call_arena(call);
+  b->done = done;
+  return b;
+}
+
 static void track_event(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__TrackEventRequest *req = (const void *)request;
   struct ana_error err;
@@ -212,14 +226,9 @@ static void track_event(struct ana_call *call, const ProtobufCMessage *request) 
     ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "event: is required");
     return;
   }
-  struct batch *b = ana_arena_calloc(ana_call_arena(call), 1, sizeof *b);
-  if (!b) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  struct batch *b = new_batch(call, track_event_done);
+  if (!b)
     return;
-  }
-  b->call = call;
-  b->arena = ana_call_arena(call);
-  b->done = track_event_done;
   int rc = batch_start(b, &req->event, 1, NULL, &err);
   if (rc < 0) {
     ana_call_finish(call, NULL, &err);
@@ -270,14 +279,9 @@ static void track_events(struct ana_call *call, const ProtobufCMessage *request)
     ana_call_finish(call, NULL, &err);
     return;
   }
-  struct batch *b = ana_arena_calloc(ana_call_arena(call), 1, sizeof *b);
-  if (!b) {
-    ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  struct batch *b = new_batch(call, track_events_done);
+  if (!b)
     return;
-  }
-  b->call = call;
-  b->arena = ana_call_arena(call);
-  b->done = track_events_done;
   int rc = batch_start(b, req->events, req->n_events, "events", &err);
   if (rc < 0)
     ana_call_finish(call, NULL, &err);

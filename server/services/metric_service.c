@@ -661,6 +661,15 @@ void ana_metric_service_names_added(void *ctx, const char *account_id, const cha
 /* ------------------------------------------------------------------ */
 /* handlers (run on the worker pool) */
 
+/* After a metric is saved: rollups refreshed, names that appeared between
+ * the resolution and the save resolved, the metric answered. */
+static void answer_saved(struct ana_call *call, Analytics__V1__Metric *m) {
+  refresh_rollups(ana_call_arena(call), ana_call_principal(call)->account_id);
+  if (m->n_pending_names)
+    resolve_waiting(ana_call_arena(call), ana_call_principal(call)->account_id, NULL, 0);
+  ana_call_reply(call, &m->base);
+}
+
 static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__CreateMetricRequest *req = (const void *)request;
   struct ana_error err;
@@ -687,11 +696,7 @@ static void do_create(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
-  refresh_rollups(ana_call_arena(call), ana_call_principal(call)->account_id);
-  /* A name that appeared between the resolution and the save. */
-  if (m->n_pending_names)
-    resolve_waiting(ana_call_arena(call), ana_call_principal(call)->account_id, NULL, 0);
-  ana_call_reply(call, &m->base);
+  answer_saved(call, m);
 }
 
 static void do_get(struct ana_call *call, const ProtobufCMessage *request) {
@@ -785,11 +790,7 @@ static void do_update(struct ana_call *call, const ProtobufCMessage *request) {
     fail_with(call, &err);
     return;
   }
-  refresh_rollups(ana_call_arena(call), ana_call_principal(call)->account_id);
-  /* A name that appeared between the resolution and the save. */
-  if (m->n_pending_names)
-    resolve_waiting(ana_call_arena(call), ana_call_principal(call)->account_id, NULL, 0);
-  ana_call_reply(call, &m->base);
+  answer_saved(call, m);
 }
 
 static void do_delete(struct ana_call *call, const ProtobufCMessage *request) {

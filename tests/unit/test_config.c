@@ -560,6 +560,25 @@ static void test_url_password_is_masked(void **state) {
   assert_null(strstr(err.message, "pw"));
 }
 
+/* Each good value of the string variable name is accepted and read back
+ * from the char * member at offset of struct ana_config; each bad one is
+ * rejected with a message containing fragment. */
+static void check_values(const char *name, size_t offset, const char *const *good, size_t n_good,
+                         const char *const *bad, size_t n_bad, const char *fragment) {
+  struct ana_config cfg;
+  char assignment[128];
+  for (size_t i = 0; i < n_good; i++) {
+    snprintf(assignment, sizeof assignment, "%s=%s", name, good[i]);
+    accepts(assignment, &cfg);
+    assert_string_equal(*(char **)((char *)&cfg + offset), good[i]);
+    ana_config_fini(&cfg);
+  }
+  for (size_t i = 0; i < n_bad; i++) {
+    snprintf(assignment, sizeof assignment, "%s=%s", name, bad[i]);
+    rejects(assignment, fragment);
+  }
+}
+
 static void test_clickhouse_host(void **state) {
   static const char *const good[] = {
       "localhost",
@@ -587,40 +606,20 @@ static void test_clickhouse_host(void **state) {
       "http://host:port",
       "host/path",
   };
-  struct ana_config cfg;
-  char assignment[128];
   (void)state;
-
-  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-    snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", good[i]);
-    accepts(assignment, &cfg);
-    assert_string_equal(cfg.store.clickhouse_host, good[i]);
-    ana_config_fini(&cfg);
-  }
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    snprintf(assignment, sizeof assignment, "CLICKHOUSE_HOST=%s", bad[i]);
-    rejects(assignment, "is not a host, host:port or http(s):// URL");
-  }
+  check_values("CLICKHOUSE_HOST", offsetof(struct ana_config, store.clickhouse_host), good,
+               sizeof good / sizeof good[0], bad, sizeof bad / sizeof bad[0],
+               "is not a host, host:port or http(s):// URL");
 }
 
 static void test_grpc_host(void **state) {
   static const char *const good[] = {"0.0.0.0",   "::",      "[::]",         "localhost",
                                      "127.0.0.1", "fe80::1", "grpc.internal"};
   static const char *const bad[] = {"a b", "host:50051", "-bad", "[::", "http://x"};
-  struct ana_config cfg;
-  char assignment[128];
   (void)state;
-
-  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-    snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", good[i]);
-    accepts(assignment, &cfg);
-    assert_string_equal(cfg.rpc.grpc_host, good[i]);
-    ana_config_fini(&cfg);
-  }
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    snprintf(assignment, sizeof assignment, "GRPC_HOST=%s", bad[i]);
-    rejects(assignment, "is not a host name or IP address");
-  }
+  check_values("GRPC_HOST", offsetof(struct ana_config, rpc.grpc_host), good,
+               sizeof good / sizeof good[0], bad, sizeof bad / sizeof bad[0],
+               "is not a host name or IP address");
 }
 
 static void test_account_id(void **state) {
@@ -644,6 +643,51 @@ static void test_account_id(void **state) {
   rejects("DEFAULT_ACCOUNT_ID=a b", NULL);
   rejects("DEFAULT_ACCOUNT_ID=a/b", NULL);
   rejects("DEFAULT_ACCOUNT_ID=caf\xc3\xa9", NULL);
+}
+
+/* An item accepted by test_comma_lists: "a" or "bb". */
+static bool list_item_ok(const char *item, size_t len) {
+  return (len == 1 && item[0] == 'a') || (len == 2 && strncmp(item, "bb", 2) == 0);
+}
+
+static void test_comma_lists(void **state) {
+  static const char *const good[] = {"a", "a,bb", " a , bb ", "a bb", ",,a,,", "bb,a,a"};
+  static const char *const bad[] = {"", " ", ",", ", ,", "c", "a,c", "abb", "a,b b", "aa"};
+  struct ana_config cfg;
+  (void)state;
+
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+    if (!ana_config_valid_list(good[i], list_item_ok))
+      fail_msg("\"%s\" rejected", good[i]);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (ana_config_valid_list(bad[i], list_item_ok))
+      fail_msg("\"%s\" accepted", bad[i]);
+
+  /* The items one at a time. */
+  const char *cursor = " ,a, bb ,", *item;
+  size_t len;
+  assert_non_null(item = ana_config_list_next(&cursor, &len));
+  assert_int_equal(len, 1);
+  assert_memory_equal(item, "a", 1);
+  assert_non_null(item = ana_config_list_next(&cursor, &len));
+  assert_int_equal(len, 2);
+  assert_memory_equal(item, "bb", 2);
+  assert_null(ana_config_list_next(&cursor, &len));
+  assert_null(ana_config_list_next(&cursor, &len));
+
+  /* The rows that use it. */
+  accepts("JWT_ALGORITHMS=HS256, ES256", &cfg);
+  assert_string_equal(cfg.auth.jwt_algorithms, "HS256, ES256");
+  ana_config_fini(&cfg);
+  rejects("JWT_ALGORITHMS=HS256,none", "a comma-separated list of HS256, RS256, ES256");
+  rejects("JWT_ALGORITHMS=,", NULL);
+  accepts("CORS_ALLOWED_ORIGINS=https://app.example.com, http://localhost:3000", &cfg);
+  ana_config_fini(&cfg);
+  accepts("CORS_ALLOWED_ORIGINS=*", &cfg);
+  ana_config_fini(&cfg);
+  rejects("CORS_ALLOWED_ORIGINS=https://a.example.com/path", "a comma-separated list of origins");
+  rejects("CORS_ALLOWED_ORIGINS=https://", NULL);
+  rejects("CORS_ALLOWED_ORIGINS=ftp://x", NULL);
 }
 
 static void test_first_error_wins_and_cfg_stays_zeroed(void **state) {
@@ -965,6 +1009,7 @@ int main(void) {
       cmocka_unit_test(test_clickhouse_host),
       cmocka_unit_test(test_grpc_host),
       cmocka_unit_test(test_account_id),
+      cmocka_unit_test(test_comma_lists),
       cmocka_unit_test(test_first_error_wins_and_cfg_stays_zeroed),
       cmocka_unit_test(test_value_in_message_is_cut_and_escaped),
       cmocka_unit_test(test_allocation_failures),

@@ -1119,6 +1119,37 @@ static void wal_starts_over_under_steady_commits(void **state) {
   assert_true(st.st_size <= 3 * 4000 * (4096 + 24));
 }
 
+/* ana_local_db_checkpoint copies the WAL into the database and starts it
+ * over: the file is empty afterwards, the rows still there. */
+static void explicit_checkpoint_empties_the_wal(void **state) {
+  (void)state;
+  struct ana_error err;
+  take_writer();
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(sqlite3_exec(w,
+                                "CREATE TABLE ckpt_probe(b BLOB);"
+                                "INSERT INTO ckpt_probe VALUES (zeroblob(200000))",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  char wal[128];
+  snprintf(wal, sizeof wal, "%s-wal", ana_local_db_path(db));
+  struct stat st;
+  assert_int_equal(stat(wal, &st), 0);
+  assert_true(st.st_size > 200000);
+  if (ana_local_db_checkpoint(db, &err) < 0)
+    fail_msg("checkpoint: %s", err.message);
+  assert_int_equal(stat(wal, &st), 0);
+  assert_int_equal(st.st_size, 0);
+  sqlite3_stmt *q = NULL;
+  assert_int_equal(sqlite3_prepare_v2(w, "SELECT length(b) FROM ckpt_probe", -1, &q, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(q, 0), 200000);
+  sqlite3_finalize(q);
+}
+
 static void *commit_after_30ms(void *conn) {
   usleep(30000);
   sqlite3_exec(conn, "COMMIT", NULL, NULL, NULL);
@@ -1225,6 +1256,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(wal_is_kept_at_its_size_with_nothing_to_replay, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(writer_waits_for_another_writer, setup, teardown),
+      cmocka_unit_test_setup_teardown(explicit_checkpoint_empties_the_wal, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
  * joins, with its statements prepared once; the history's pages read a
  * pooled reader. */
 #include "local_db_sql.h"
+#include "sql_stmt.h"
 
 #include "ana_alloc.h"
 
@@ -45,16 +46,11 @@ struct ana_local_alerts {
   sqlite3_stmt *st[ST_N];   /* prepared on first use */
 };
 
-static int db_fail(sqlite3 *conn, struct ana_error *err, const char *what) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alert state: %s: %s", what, sqlite3_errmsg(conn));
-  return ANA_ERR_IO;
-}
-
 /* The statement k, reset with its bindings cleared; NULL with err. */
 static sqlite3_stmt *stmt(struct ana_local_alerts *h, int k, struct ana_error *err) {
   if (!h->st[k] && sqlite3_prepare_v3(h->conn, sqls[k], -1, SQLITE_PREPARE_PERSISTENT, &h->st[k],
                                       NULL) != SQLITE_OK) {
-    db_fail(h->conn, err, "prepare");
+    ana_sql_fail(h->conn, "alert state: prepare", err);
     return NULL;
   }
   sqlite3_reset(h->st[k]);
@@ -64,7 +60,7 @@ static sqlite3_stmt *stmt(struct ana_local_alerts *h, int k, struct ana_error *e
 
 /* Steps a statement without rows and resets it (releasing its locks). */
 static int run_done(struct ana_local_alerts *h, sqlite3_stmt *st, struct ana_error *err) {
-  int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(h->conn, err, "write");
+  int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ana_sql_fail(h->conn, "alert state: write", err);
   sqlite3_reset(st);
   return rc;
 }
@@ -102,7 +98,7 @@ int ana_local_alerts_accounts(struct ana_local_alerts *h, ana_local_alert_accoun
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(h->conn, "SELECT account_id FROM alert_accounts", -1, &st, NULL) !=
       SQLITE_OK)
-    return db_fail(h->conn, err, "read");
+    return ana_sql_fail(h->conn, "alert state: read", err);
   int n = 0, rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     const char *a = (const char *)sqlite3_column_text(st, 0);
@@ -111,7 +107,7 @@ int ana_local_alerts_accounts(struct ana_local_alerts *h, ana_local_alert_accoun
       break;
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    n = db_fail(h->conn, err, "read");
+    n = ana_sql_fail(h->conn, "alert state: read", err);
   sqlite3_finalize(st);
   return n;
 }
@@ -140,7 +136,7 @@ int ana_local_alerts_instances(struct ana_local_alerts *h, const char *alert_id,
                          "SELECT group_key, state, since, last_notified, notified, value,"
                          " has_value FROM alert_instances WHERE alert_id = ?1",
                          -1, &st, NULL) != SQLITE_OK)
-    return db_fail(h->conn, err, "read");
+    return ana_sql_fail(h->conn, "alert state: read", err);
   sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
   int n = 0, rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -160,7 +156,7 @@ int ana_local_alerts_instances(struct ana_local_alerts *h, const char *alert_id,
       break;
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    n = db_fail(h->conn, err, "read");
+    n = ana_sql_fail(h->conn, "alert state: read", err);
   sqlite3_finalize(st);
   return n;
 }
@@ -209,10 +205,10 @@ int ana_local_alerts_forget(struct ana_local_alerts *h, const char *alert_id,
   for (size_t i = 0; i < 2 && rc == 0; i++) {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(h->conn, sql[i], -1, &st, NULL) != SQLITE_OK)
-      return db_fail(h->conn, err, "delete");
+      return ana_sql_fail(h->conn, "alert state: delete", err);
     sqlite3_bind_text(st, 1, alert_id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
-      rc = db_fail(h->conn, err, "delete");
+      rc = ana_sql_fail(h->conn, "alert state: delete", err);
     sqlite3_finalize(st);
   }
   return rc;

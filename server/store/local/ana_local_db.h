@@ -37,6 +37,13 @@ void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
  * negative error. */
 int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err);
 
+/* Copies every page of the WAL into the database and starts the WAL over
+ * (a TRUNCATE checkpoint), on a connection of its own: for a tool that
+ * fills the database in bulk, between its commits. Waits for a writer or
+ * reader in the way up to the busy timeout. Returns 0, or ANA_ERR_IO with
+ * err filled. */
+int ana_local_db_checkpoint(struct ana_local_db *db, struct ana_error *err);
+
 /* Path of the database file (borrowed). */
 const char *ana_local_db_path(const struct ana_local_db *db);
 

@@ -1,6 +1,7 @@
 /* The catalog of event names in the local database (tables event_names and
  * event_names_progress): what server/ingest/event_names.c stores and lists. */
 #include "local_db_sql.h"
+#include "sql_stmt.h"
 
 #include "ana_alloc.h"
 
@@ -9,12 +10,6 @@
 struct ana_local_names {
   sqlite3 *conn; /* its own writing connection */
 };
-
-static int fail(sqlite3 *conn, const char *what, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event names: %s: %s", what,
-                conn ? sqlite3_errmsg(conn) : "out of memory");
-  return ANA_ERR_IO;
-}
 
 struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *watermark,
                                              uint64_t *last_seq, struct ana_error *err) {
@@ -32,7 +27,7 @@ struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *
                          " (SELECT COALESCE(MAX(seq), 0) FROM events)",
                          -1, &st, NULL) != SQLITE_OK ||
       sqlite3_step(st) != SQLITE_ROW) {
-    fail(ln->conn, "open", err);
+    ana_sql_fail(ln->conn, "event names: open", err);
     sqlite3_finalize(st);
     goto fail;
   }
@@ -70,12 +65,12 @@ int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_coun
   for (size_t i = 0; i < n; i++)
     items[i].added = false;
   if (sqlite3_exec(conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-    return fail(conn, "begin", err);
+    return ana_sql_fail(conn, "event names: begin", err);
   if (sqlite3_prepare_v2(conn, update_sql, -1, &upd, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn, insert_sql, -1, &ins, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn, count_sql, -1, &cnt, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn, mark_sql, -1, &mark, NULL) != SQLITE_OK) {
-    rc = fail(conn, "prepare", err);
+    rc = ana_sql_fail(conn, "event names: prepare", err);
     goto out;
   }
   const char *account = NULL;
@@ -93,7 +88,7 @@ int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_coun
     sqlite3_bind_int64(upd, 4, e->first_ms);
     sqlite3_bind_int64(upd, 5, e->last_ms);
     if (sqlite3_step(upd) != SQLITE_DONE) {
-      rc = fail(conn, "update", err);
+      rc = ana_sql_fail(conn, "event names: update", err);
       break;
     }
     if (sqlite3_changes(conn) > 0)
@@ -102,7 +97,7 @@ int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_coun
       sqlite3_reset(cnt);
       sqlite3_bind_text(cnt, 1, e->account, -1, SQLITE_STATIC);
       if (sqlite3_step(cnt) != SQLITE_ROW) {
-        rc = fail(conn, "count", err);
+        rc = ana_sql_fail(conn, "event names: count", err);
         break;
       }
       have = sqlite3_column_int64(cnt, 0);
@@ -119,7 +114,7 @@ int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_coun
     sqlite3_bind_int64(ins, 4, e->first_ms);
     sqlite3_bind_int64(ins, 5, e->last_ms);
     if (sqlite3_step(ins) != SQLITE_DONE) {
-      rc = fail(conn, "insert", err);
+      rc = ana_sql_fail(conn, "event names: insert", err);
       break;
     }
     have++;
@@ -128,10 +123,10 @@ int ana_local_names_store(struct ana_local_names *ln, struct ana_local_name_coun
   if (rc == 0) {
     sqlite3_bind_int64(mark, 1, (sqlite3_int64)watermark);
     if (sqlite3_step(mark) != SQLITE_DONE)
-      rc = fail(conn, "watermark", err);
+      rc = ana_sql_fail(conn, "event names: watermark", err);
   }
   if (rc == 0 && sqlite3_exec(conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-    rc = fail(conn, "commit", err);
+    rc = ana_sql_fail(conn, "event names: commit", err);
 out:
   if (rc < 0) {
     sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);
@@ -153,7 +148,7 @@ int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint
                          " MAX(received_at) FROM events WHERE seq > ?1 AND seq <= ?2"
                          " GROUP BY account_id, event_name",
                          -1, &st, NULL) != SQLITE_OK)
-    return fail(ln->conn, "rebuild", err);
+    return ana_sql_fail(ln->conn, "event names: rebuild", err);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
   sqlite3_bind_int64(st, 2, (sqlite3_int64)upto_seq);
   int rc, rows = 0;
@@ -171,7 +166,7 @@ int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint
   }
   sqlite3_finalize(st);
   if (rc != SQLITE_DONE)
-    return fail(ln->conn, "rebuild", err);
+    return ana_sql_fail(ln->conn, "event names: rebuild", err);
   return rows;
 }
 
@@ -188,7 +183,7 @@ int ana_local_names_list(struct ana_local_db *db, const char *account_id, const 
                          " WHERE account_id = ?1 AND name > ?2 AND name >= ?3"
                          " ORDER BY name LIMIT ?4",
                          -1, &st, NULL) != SQLITE_OK) {
-    result = fail(conn, "list", err);
+    result = ana_sql_fail(conn, "event names: list", err);
     goto out;
   }
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
@@ -211,7 +206,7 @@ int ana_local_names_list(struct ana_local_db *db, const char *account_id, const 
       break;
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    result = fail(conn, "list", err);
+    result = ana_sql_fail(conn, "event names: list", err);
 out:
   sqlite3_finalize(st);
   ana_local_db_release_reader(db, conn);

@@ -4,6 +4,7 @@
  * state of its own (the alert evaluator) adds to the outbox in the same
  * transaction as that state. */
 #include "local_db_sql.h"
+#include "sql_stmt.h"
 
 #include "ana_alloc.h"
 
@@ -13,10 +14,7 @@ struct ana_local_conn {
   sqlite3 *conn;
 };
 
-static int db_fail(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "notifications: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
-}
+#define WHAT "notifications"
 
 struct ana_local_conn *ana_local_conn_open(struct ana_local_db *db, struct ana_error *err) {
   struct ana_local_conn *c = ana_calloc(1, sizeof *c);
@@ -40,13 +38,13 @@ void ana_local_conn_close(struct ana_local_conn *c) {
 
 int ana_local_conn_begin(struct ana_local_conn *c, struct ana_error *err) {
   if (sqlite3_exec(c->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-    return db_fail(c->conn, err);
+    return ana_sql_fail(c->conn, WHAT, err);
   return 0;
 }
 
 int ana_local_conn_commit(struct ana_local_conn *c, struct ana_error *err) {
   if (sqlite3_exec(c->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-    return db_fail(c->conn, err);
+    return ana_sql_fail(c->conn, WHAT, err);
   return 0;
 }
 
@@ -74,7 +72,7 @@ int ana_local_outbox_insert(struct ana_local_conn *c, const char *key, const cha
                          " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6,"
                          " ?6, ?6)",
                          -1, &st, NULL) != SQLITE_OK)
-    return db_fail(db, err);
+    return ana_sql_fail(db, WHAT, err);
   sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, account_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, channel_id, -1, SQLITE_STATIC);
@@ -82,7 +80,7 @@ int ana_local_outbox_insert(struct ana_local_conn *c, const char *key, const cha
   sqlite3_bind_text(st, 5, payload, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 6, now_ms);
   if (sqlite3_step(st) != SQLITE_DONE)
-    rc = db_fail(db, err);
+    rc = ana_sql_fail(db, WHAT, err);
   sqlite3_finalize(st);
   return rc;
 }
@@ -153,7 +151,7 @@ int ana_local_outbox_record(struct ana_local_conn *c, int64_t id, int attempt, i
   ok = ok && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
   int rc = 0;
   if (!ok) {
-    rc = db_fail(db, err);
+    rc = ana_sql_fail(db, WHAT, err);
     sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
   }
   sqlite3_finalize(a);
@@ -175,7 +173,7 @@ int ana_local_outbox_attempts(struct ana_local_conn *c, const char *account_id, 
                          " AND (?3 IS NULL OR o.channel_id = ?3) AND (?4 = 0 OR a.at < ?4)"
                          " ORDER BY a.at DESC, a.outbox_id DESC, a.attempt DESC LIMIT ?5",
                          -1, &st, NULL) != SQLITE_OK)
-    return db_fail(db, err);
+    return ana_sql_fail(db, WHAT, err);
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
   if (source)
     sqlite3_bind_text(st, 2, source, -1, SQLITE_STATIC);
@@ -202,7 +200,7 @@ int ana_local_outbox_attempts(struct ana_local_conn *c, const char *account_id, 
       break;
   }
   if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_fail(db, err);
+    rc = ana_sql_fail(db, WHAT, err);
   sqlite3_finalize(st);
   return rc;
 }
@@ -216,7 +214,7 @@ int ana_local_outbox_state(struct ana_local_conn *c, const char *account_id, con
                          "SELECT state, attempts FROM notify_outbox WHERE idempotency_key = ?1"
                          " AND account_id = ?2",
                          -1, &st, NULL) != SQLITE_OK)
-    return db_fail(db, err);
+    return ana_sql_fail(db, WHAT, err);
   sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, account_id, -1, SQLITE_STATIC);
   if (sqlite3_step(st) == SQLITE_ROW) {

@@ -1,6 +1,7 @@
 /* Report runs in the local database (table report_runs): the job state of
  * server/reports/runner.c, on a connection of its own, one call at a time. */
 #include "local_db_sql.h"
+#include "sql_stmt.h"
 
 #include "ana_alloc.h"
 
@@ -11,11 +12,6 @@ struct ana_local_runs {
   sqlite3 *conn;
   pthread_mutex_t mu;
 };
-
-static int db_fail(sqlite3 *conn, struct ana_error *err, const char *what) {
-  return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "report runs: %s: %s", what,
-                       sqlite3_errmsg(conn));
-}
 
 struct ana_local_runs *ana_local_runs_open(struct ana_local_db *db, struct ana_error *err) {
   struct ana_local_runs *h = ana_calloc(1, sizeof *h);
@@ -46,7 +42,7 @@ static int exec_bind(sqlite3 *conn, const char *sql, const char *const *texts, s
                      const int64_t *ints, size_t n_ints, struct ana_error *err) {
   sqlite3_stmt *st;
   if (sqlite3_prepare_v2(conn, sql, -1, &st, NULL) != SQLITE_OK)
-    return db_fail(conn, err, "prepare");
+    return ana_sql_fail(conn, "report runs: prepare", err);
   int i = 1;
   for (size_t k = 0; k < n_texts; k++)
     sqlite3_bind_text(st, i++, texts[k], -1, SQLITE_TRANSIENT);
@@ -55,7 +51,7 @@ static int exec_bind(sqlite3 *conn, const char *sql, const char *const *texts, s
   int rc = sqlite3_step(st);
   sqlite3_finalize(st);
   if (rc != SQLITE_DONE)
-    return db_fail(conn, err, "write");
+    return ana_sql_fail(conn, "report runs: write", err);
   return 0;
 }
 
@@ -149,7 +145,7 @@ int ana_local_runs_recover(struct ana_local_runs *h, int max_attempts, const cha
                          "SELECT run_id FROM report_runs WHERE state = 'pending' "
                          "ORDER BY created_at, run_id",
                          -1, &st, NULL) != SQLITE_OK) {
-    n = db_fail(h->conn, err, "read");
+    n = ana_sql_fail(h->conn, "report runs: read", err);
     goto out;
   }
   while (sqlite3_step(st) == SQLITE_ROW) {
@@ -197,7 +193,7 @@ int ana_local_runs_list(struct ana_local_runs *h, const char *account_id, const 
                          "SELECT " COLUMNS " FROM report_runs WHERE account_id = ?1 AND "
                          "report_id = ?2 ORDER BY created_at DESC, run_id DESC LIMIT ?3",
                          -1, &st, NULL) != SQLITE_OK) {
-    n = db_fail(h->conn, err, "read");
+    n = ana_sql_fail(h->conn, "report runs: read", err);
     goto out;
   }
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
@@ -224,7 +220,7 @@ int ana_local_runs_get(struct ana_local_runs *h, const char *account_id, const c
                          "SELECT " COLUMNS " FROM report_runs WHERE account_id = ?1 AND "
                          "report_id = ?2 AND run_id = ?3",
                          -1, &st, NULL) != SQLITE_OK) {
-    rc = db_fail(h->conn, err, "read");
+    rc = ana_sql_fail(h->conn, "report runs: read", err);
     goto out;
   }
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);

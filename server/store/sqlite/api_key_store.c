@@ -9,14 +9,10 @@
 
 #include "ana_alloc.h"
 
-#include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
 
-static int db_error(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "API keys: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
-}
+#define WHAT "API keys"
 
 #define COLUMNS                                                                                    \
   "key_id, account_id, role, name, created_by, secret_sha256, created_at, last_used_at, "          \
@@ -24,16 +20,13 @@ static int db_error(sqlite3 *db, struct ana_error *err) {
 
 static int keys_insert(void *p, const struct ana_api_key_record *r, struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st = sqlite_locked_prepare(s,
+                                           "INSERT INTO api_keys (" COLUMNS ") VALUES (?1, ?2,"
+                                           " ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                           WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn,
-                         "INSERT INTO api_keys (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
-                         " ?8, ?9, ?10)",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
   sqlite3_bind_text(st, 1, r->key_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, r->account_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, r->role, -1, SQLITE_STATIC);
@@ -49,29 +42,19 @@ static int keys_insert(void *p, const struct ana_api_key_record *r, struct ana_e
     ana_error_set(err, ANA_STATUS_ALREADY_EXISTS, "API key %s exists already", r->key_id);
     rc = ANA_ERR_EXISTS;
   } else if (step != SQLITE_DONE) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
   }
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
+  sqlite_locked_finish(s, st);
   return rc;
 }
 
 static int select_keys(struct sqlite_locked_conn *s, const char *sql, const char *const *args,
                        int n_args, int limit, ana_api_key_record_fn fn, void *ctx,
                        struct ana_error *err, int *count) {
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
   *count = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
-  for (int i = 0; i < n_args; i++)
-    sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
-  if (limit > 0)
-    sqlite3_bind_int(st, n_args + 1, limit);
+  sqlite3_stmt *st = sqlite_locked_select(s, sql, args, n_args, limit, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_api_key_record r = {
@@ -94,12 +77,7 @@ static int select_keys(struct sqlite_locked_conn *s, const char *sql, const char
     if (fn(ctx, &r))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_error(s->conn, err);
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
-  return rc;
+  return sqlite_locked_rows_end(s, st, step, WHAT, err);
 }
 
 static int keys_get(void *p, const char *key_id, ana_api_key_record_fn fn, void *ctx,
@@ -129,13 +107,10 @@ static int keys_list(void *p, const char *account_id, const char *after, int lim
  * *changes gets the rows changed. */
 static int write_one(struct sqlite_locked_conn *s, const char *sql, const char *a, const char *b,
                      int64_t v, int *changes, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st = sqlite_locked_prepare(s, sql, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
   sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
   if (b)
     sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
@@ -143,12 +118,10 @@ static int write_one(struct sqlite_locked_conn *s, const char *sql, const char *
     sqlite3_bind_null(st, 2);
   sqlite3_bind_int64(st, 3, v);
   if (sqlite3_step(st) != SQLITE_DONE)
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
   else
     *changes = sqlite3_changes(s->conn);
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
+  sqlite_locked_finish(s, st);
   return rc;
 }
 
@@ -178,17 +151,16 @@ static int keys_touch(void *p, const char *key_id, int64_t at_ms, struct ana_err
 
 static int keys_count_active(void *p, int64_t *out, struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st =
+      sqlite_locked_prepare(s, "SELECT COUNT(*) FROM api_keys WHERE revoked_at = 0", WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn, "SELECT COUNT(*) FROM api_keys WHERE revoked_at = 0", -1, &st,
-                         NULL) != SQLITE_OK ||
-      sqlite3_step(st) != SQLITE_ROW)
-    rc = db_error(s->conn, err);
+  if (sqlite3_step(st) != SQLITE_ROW)
+    rc = ana_sql_fail(s->conn, WHAT, err);
   else
     *out = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
+  sqlite_locked_finish(s, st);
   return rc;
 }
 

@@ -13,10 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int db_error(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "audit log: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
-}
+#define WHAT "audit log"
 
 static void blob32(sqlite3_stmt *st, int col, uint8_t out[ANA_AUDIT_HASH_LEN]) {
   const void *b = sqlite3_column_blob(st, col);
@@ -29,10 +26,10 @@ static void blob32(sqlite3_stmt *st, int col, uint8_t out[ANA_AUDIT_HASH_LEN]) {
 /* One row (seq, hash) from sql into out; found = whether there was one. */
 static int read_pair(struct sqlite_locked_conn *s, const char *sql, struct ana_audit_anchor *out,
                      bool *found, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
   *found = false;
-  if (sqlite3_prepare_v2(s->conn, sql, -1, &st, NULL) != SQLITE_OK)
-    return db_error(s->conn, err);
+  sqlite3_stmt *st = ana_sql_prepare(s->conn, sql, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int step = sqlite3_step(st);
   if (step == SQLITE_ROW) {
     out->seq = (uint64_t)sqlite3_column_int64(st, 0);
@@ -40,7 +37,7 @@ static int read_pair(struct sqlite_locked_conn *s, const char *sql, struct ana_a
     *found = true;
   }
   sqlite3_finalize(st);
-  return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : db_error(s->conn, err);
+  return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : ana_sql_fail(s->conn, WHAT, err);
 }
 
 static int audit_anchor(void *p, struct ana_audit_anchor *out, struct ana_error *err) {
@@ -68,12 +65,9 @@ static int audit_head(void *p, struct ana_audit_anchor *out, struct ana_error *e
 static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
-  int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
+  int rc = sqlite_locked_begin(s, WHAT, err);
+  if (rc < 0)
+    return rc;
   /* Chained inside the write transaction, from the head as stored: another
    * process appending (analyticsd keys) is serialised by SQLite's lock. */
   struct ana_audit_anchor head;
@@ -82,7 +76,7 @@ static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct an
                       err)) < 0 ||
       (!found && (rc = read_pair(s, "SELECT seq, hash FROM audit_anchor WHERE id = 1", &head,
                                  &found, err)) < 0))
-    goto rollback;
+    goto out;
   if (!found)
     memset(&head, 0, sizeof head);
   for (size_t i = 0; i < n; i++) {
@@ -90,18 +84,18 @@ static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct an
     memcpy(r[i].prev_hash, head.hash, ANA_AUDIT_HASH_LEN);
     if (ana_audit_record_hash(&r[i], r[i].hash) < 0) {
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      goto rollback;
+      goto out;
     }
     head.seq = r[i].seq;
     memcpy(head.hash, r[i].hash, ANA_AUDIT_HASH_LEN);
   }
-  if (sqlite3_prepare_v2(s->conn,
-                         "INSERT INTO audit_log (seq, at, kind, account_id, subject, key_id, "
-                         "method, target_id, code, peer, request_id, prev_hash, hash) VALUES "
-                         "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto rollback;
+  if (!(st = ana_sql_prepare(s->conn,
+                             "INSERT INTO audit_log (seq, at, kind, account_id, subject, key_id, "
+                             "method, target_id, code, peer, request_id, prev_hash, hash) VALUES "
+                             "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                             WHAT, err))) {
+    rc = ANA_ERR_IO;
+    goto out;
   }
   for (size_t i = 0; i < n; i++) {
     sqlite3_reset(st);
@@ -117,33 +111,21 @@ static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct an
     sqlite3_bind_blob(st, 12, r[i].prev_hash, ANA_AUDIT_HASH_LEN, SQLITE_STATIC);
     sqlite3_bind_blob(st, 13, r[i].hash, ANA_AUDIT_HASH_LEN, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
-      rc = db_error(s->conn, err);
-      goto rollback;
+      rc = ana_sql_fail(s->conn, WHAT, err);
+      goto out;
     }
   }
-  if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto rollback;
-  }
-  goto out;
-rollback:
-  sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
 out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
-  return rc;
+  return sqlite_locked_end(s, st, rc, WHAT, err);
 }
 
 static int audit_retain(void *p, int64_t before_ms, int64_t *deleted, struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
   sqlite3_stmt *st = NULL;
-  int rc = 0;
   *deleted = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
+  int rc = sqlite_locked_begin(s, WHAT, err);
+  if (rc < 0)
+    return rc;
   /* The records are deleted as a prefix of the chain: up to the last one
    * older than the cut (times only grow along the chain, up to clock steps). */
   struct ana_audit_anchor last;
@@ -153,45 +135,34 @@ static int audit_retain(void *p, int64_t before_ms, int64_t *deleted, struct ana
            "SELECT seq, hash FROM audit_log WHERE at < %lld ORDER BY seq DESC LIMIT 1",
            (long long)before_ms);
   if ((rc = read_pair(s, sql, &last, &found, err)) < 0)
-    goto rollback;
+    goto out;
   if (found) {
-    if (sqlite3_prepare_v2(s->conn, "UPDATE audit_anchor SET seq = ?1, hash = ?2 WHERE id = 1", -1,
-                           &st, NULL) != SQLITE_OK) {
-      rc = db_error(s->conn, err);
-      goto rollback;
+    if (!(st = ana_sql_prepare(s->conn, "UPDATE audit_anchor SET seq = ?1, hash = ?2 WHERE id = 1",
+                               WHAT, err))) {
+      rc = ANA_ERR_IO;
+      goto out;
     }
     sqlite3_bind_int64(st, 1, (sqlite3_int64)last.seq);
     sqlite3_bind_blob(st, 2, last.hash, ANA_AUDIT_HASH_LEN, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
-      rc = db_error(s->conn, err);
-      goto rollback;
+      rc = ana_sql_fail(s->conn, WHAT, err);
+      goto out;
     }
     snprintf(sql, sizeof sql, "DELETE FROM audit_log WHERE seq <= %llu",
              (unsigned long long)last.seq);
     if (sqlite3_exec(s->conn, sql, NULL, NULL, NULL) != SQLITE_OK) {
-      rc = db_error(s->conn, err);
-      goto rollback;
+      rc = ana_sql_fail(s->conn, WHAT, err);
+      goto out;
     }
     *deleted = sqlite3_changes(s->conn);
   }
-  if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto rollback;
-  }
-  goto out;
-rollback:
-  sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
 out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
-  return rc;
+  return sqlite_locked_end(s, st, rc, WHAT, err);
 }
 
 static int audit_list(void *p, const struct ana_audit_query *q, ana_audit_record_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
   const char *cols = "SELECT seq, at, kind, account_id, subject, key_id, method, target_id, code, "
                      "peer, request_id, prev_hash, hash FROM audit_log ";
   char sql[640];
@@ -203,11 +174,9 @@ static int audit_list(void *p, const struct ana_audit_query *q, ana_audit_record
              "(?5 = 0 OR at < ?5) AND (?6 = '' OR subject = ?6) AND (?7 = '' OR method = ?7) AND "
              "(?8 < 0 OR code = ?8) ORDER BY seq DESC LIMIT ?2",
              cols);
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
+  sqlite3_stmt *st = sqlite_locked_prepare(s, sql, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   sqlite3_bind_int64(st, 1, (sqlite3_int64)(q->chain ? q->after_seq : q->before_seq));
   sqlite3_bind_int(st, 2, q->limit);
   if (!q->chain) {
@@ -243,12 +212,7 @@ static int audit_list(void *p, const struct ana_audit_query *q, ana_audit_record
     if (fn(ctx, &r) != 0)
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_error(s->conn, err);
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
-  return rc;
+  return sqlite_locked_rows_end(s, st, step, WHAT, err);
 }
 
 const struct ana_audit_store_ops ana_sqlite_audit_store = {

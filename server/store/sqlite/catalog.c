@@ -2,66 +2,26 @@
  * (account, kind, id), names unique per account and kind. It writes on its
  * own connection, so catalog changes never wait behind the event committer
  * for longer than one commit. */
-#include "local_db_sql.h"
+#include "locked_conn.h"
 #include "sqlite_backends.h"
 
-#include "ana_alloc.h"
-
-#include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
 
-struct sqlite_catalog {
-  struct ana_local_db *db;
-  sqlite3 *conn; /* writes and reads; guarded by mu */
-  pthread_mutex_t mu;
-};
-
-static void cat_close(void *p) {
-  struct sqlite_catalog *c = p;
-  if (!c)
-    return;
-  sqlite3_close(c->conn);
-  pthread_mutex_destroy(&c->mu);
-  ana_free(c);
-}
-
-static void *cat_open(struct ana_local_db *db, struct ana_error *err) {
-  struct sqlite_catalog *c = ana_calloc(1, sizeof *c);
-  if (!c) {
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
-  pthread_mutex_init(&c->mu, NULL);
-  c->db = db;
-  c->conn = ana_local_db_connect(db, err);
-  if (!c->conn) {
-    cat_close(c);
-    return NULL;
-  }
-  return c;
-}
-
-static int db_error(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "catalog: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
-}
+#define WHAT "catalog"
 
 static int cat_put(void *p, const struct ana_catalog_object *o, bool create,
                    struct ana_error *err) {
-  struct sqlite_catalog *c = p;
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  pthread_mutex_lock(&c->mu);
+  struct sqlite_locked_conn *c = p;
   const char *sql =
       create ? "INSERT INTO catalog_objects (account_id, kind, id, name, body, created_at,"
                " updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
              : "UPDATE catalog_objects SET name = ?4, body = ?5, updated_at = ?7"
                " WHERE account_id = ?1 AND kind = ?2 AND id = ?3";
-  if (sqlite3_prepare_v2(c->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(c->conn, err);
-    goto out;
-  }
+  sqlite3_stmt *st = sqlite_locked_prepare(c, sql, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
+  int rc = 0;
   sqlite3_bind_text(st, 1, o->account_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, o->kind, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, o->id, -1, SQLITE_STATIC);
@@ -79,32 +39,22 @@ static int cat_put(void *p, const struct ana_catalog_object *o, bool create,
                        o->kind, o->name ? o->name : "");
     rc = ANA_ERR_EXISTS;
   } else if (step != SQLITE_DONE) {
-    rc = db_error(c->conn, err);
+    rc = ana_sql_fail(c->conn, WHAT, err);
   } else if (!create && sqlite3_changes(c->conn) == 0) {
     ana_error_set(err, ANA_STATUS_NOT_FOUND, "%s %s not found", o->kind, o->id);
     rc = ANA_ERR_NOT_FOUND;
   }
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&c->mu);
+  sqlite_locked_finish(c, st);
   return rc;
 }
 
-static int select_objects(struct sqlite_catalog *c, const char *sql, const char *const *args,
+static int select_objects(struct sqlite_locked_conn *c, const char *sql, const char *const *args,
                           int n_args, int limit, ana_catalog_object_fn fn, void *ctx,
                           struct ana_error *err, int *count) {
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
   *count = 0;
-  pthread_mutex_lock(&c->mu);
-  if (sqlite3_prepare_v2(c->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(c->conn, err);
-    goto out;
-  }
-  for (int i = 0; i < n_args; i++)
-    sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
-  if (limit > 0)
-    sqlite3_bind_int(st, n_args + 1, limit);
+  sqlite3_stmt *st = sqlite_locked_select(c, sql, args, n_args, limit, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_catalog_object o = {
@@ -121,12 +71,7 @@ static int select_objects(struct sqlite_catalog *c, const char *sql, const char 
     if (fn(ctx, &o))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_error(c->conn, err);
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&c->mu);
-  return rc;
+  return sqlite_locked_rows_end(c, st, step, WHAT, err);
 }
 
 #define COLUMNS "account_id, kind, id, name, body, created_at, updated_at"
@@ -173,39 +118,33 @@ static int cat_list(void *p, const char *kind, const char *account_id, const cha
 
 static int cat_remove(void *p, const char *kind, const char *account_id, const char *id,
                       struct ana_error *err) {
-  struct sqlite_catalog *c = p;
-  sqlite3_stmt *st = NULL;
+  struct sqlite_locked_conn *c = p;
+  sqlite3_stmt *st = sqlite_locked_prepare(
+      c, "DELETE FROM catalog_objects WHERE account_id = ? AND kind = ? AND id = ?", WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&c->mu);
-  if (sqlite3_prepare_v2(c->conn,
-                         "DELETE FROM catalog_objects WHERE account_id = ? AND kind = ? AND id = ?",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(c->conn, err);
-    goto out;
-  }
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
   if (sqlite3_step(st) != SQLITE_DONE)
-    rc = db_error(c->conn, err);
+    rc = ana_sql_fail(c->conn, WHAT, err);
   else if (sqlite3_changes(c->conn) == 0) {
     ana_error_set(err, ANA_STATUS_NOT_FOUND, "%s %s not found", kind, id);
     rc = ANA_ERR_NOT_FOUND;
   }
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&c->mu);
+  sqlite_locked_finish(c, st);
   return rc;
 }
 
 const struct ana_catalog_ops ana_sqlite_catalog = {
     .version = ANA_CATALOG_VERSION,
     .name = "sqlite",
-    .open = cat_open,
+    .open = sqlite_locked_conn_open,
     .put = cat_put,
     .get = cat_get,
     .get_by_name = cat_get_by_name,
     .list = cat_list,
     .remove = cat_remove,
-    .close = cat_close,
+    .close = sqlite_locked_conn_close,
 };

@@ -14,23 +14,17 @@
 #include <sqlite3.h>
 #include <string.h>
 
-static int db_error(sqlite3 *db, struct ana_error *err) {
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "data keys: %s", sqlite3_errmsg(db));
-  return ANA_ERR_IO;
-}
+#define WHAT "data keys"
 
 static int data_keys_insert(void *p, const struct ana_data_key_record *r, struct ana_error *err) {
   struct sqlite_locked_conn *s = p;
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st = sqlite_locked_prepare(s,
+                                           "INSERT INTO data_keys (account_id, key_id, wrapped,"
+                                           " created_at) VALUES (?1, ?2, ?3, ?4)",
+                                           WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn,
-                         "INSERT INTO data_keys (account_id, key_id, wrapped, created_at)"
-                         " VALUES (?1, ?2, ?3, ?4)",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
   sqlite3_bind_text(st, 1, r->account_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, r->key_id);
   sqlite3_bind_blob(st, 3, r->wrapped, (int)r->wrapped_len, SQLITE_STATIC);
@@ -41,25 +35,18 @@ static int data_keys_insert(void *p, const struct ana_data_key_record *r, struct
                   r->key_id, r->account_id);
     rc = ANA_ERR_EXISTS;
   } else if (step != SQLITE_DONE) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
   }
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
+  sqlite_locked_finish(s, st);
   return rc;
 }
 
 static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char *account_id,
                        ana_data_key_fn fn, void *ctx, struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  pthread_mutex_lock(&s->mu);
-  if (sqlite3_prepare_v2(s->conn, sql, -1, &st, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
-    goto out;
-  }
-  if (account_id)
-    sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+  const char *const args[] = {account_id};
+  sqlite3_stmt *st = sqlite_locked_select(s, sql, args, account_id ? 1 : 0, 0, WHAT, err);
+  if (!st)
+    return ANA_ERR_IO;
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_data_key_record r = {
@@ -72,12 +59,7 @@ static int select_rows(struct sqlite_locked_conn *s, const char *sql, const char
     if (fn(ctx, &r))
       break;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = db_error(s->conn, err);
-out:
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->mu);
-  return rc;
+  return sqlite_locked_rows_end(s, st, step, WHAT, err);
 }
 
 static int data_keys_list(void *p, const char *account_id, ana_data_key_fn fn, void *ctx,
@@ -104,7 +86,7 @@ static int data_keys_get_root(void *p, uint8_t *out, size_t cap, size_t *len,
   pthread_mutex_lock(&s->mu);
   if (sqlite3_prepare_v2(s->conn, "SELECT wrapped FROM key_root WHERE id = 1", -1, &st, NULL) !=
       SQLITE_OK) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   int step = sqlite3_step(st);
@@ -119,7 +101,7 @@ static int data_keys_get_root(void *p, uint8_t *out, size_t cap, size_t *len,
     *len = n;
     rc = 1;
   } else if (step != SQLITE_DONE) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
   }
 out:
   sqlite3_finalize(st);
@@ -148,7 +130,7 @@ static int read_all(sqlite3 *conn, struct stored_key **keys, size_t *n, struct a
                          "SELECT account_id, key_id, wrapped, created_at FROM data_keys"
                          " ORDER BY account_id, key_id",
                          -1, &st, NULL) != SQLITE_OK)
-    return db_error(conn, err);
+    return ana_sql_fail(conn, WHAT, err);
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     if (*n == cap) {
@@ -177,7 +159,7 @@ static int read_all(sqlite3 *conn, struct stored_key **keys, size_t *n, struct a
       memcpy(k->wrapped, sqlite3_column_blob(st, 2), len);
   }
   if (step != SQLITE_DONE)
-    rc = db_error(conn, err);
+    rc = ana_sql_fail(conn, WHAT, err);
 out:
   sqlite3_finalize(st);
   return rc;
@@ -203,7 +185,7 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
   bool begun = false;
   pthread_mutex_lock(&s->mu);
   if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   begun = true;
@@ -212,7 +194,7 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
   if (sqlite3_prepare_v2(s->conn,
                          "UPDATE data_keys SET wrapped = ?3 WHERE account_id = ?1 AND key_id = ?2",
                          -1, &up, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   for (size_t i = 0; i < n; i++) {
@@ -225,7 +207,7 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
     sqlite3_bind_int64(up, 2, r.key_id);
     sqlite3_bind_blob(up, 3, out, (int)len, SQLITE_STATIC);
     if (sqlite3_step(up) != SQLITE_DONE) {
-      rc = db_error(s->conn, err);
+      rc = ana_sql_fail(s->conn, WHAT, err);
       goto out;
     }
   }
@@ -233,7 +215,7 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(s->conn, "SELECT wrapped FROM key_root WHERE id = 1", -1, &st, NULL) !=
       SQLITE_OK) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   int step = sqlite3_step(st);
@@ -243,7 +225,7 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
       memcpy(root, sqlite3_column_blob(st, 0), root_len);
   } else if (step != SQLITE_DONE) {
     rc = step == SQLITE_ROW ? ana_error_set(err, ANA_STATUS_DATA_LOSS, "the key root is damaged")
-                            : db_error(s->conn, err);
+                            : ana_sql_fail(s->conn, WHAT, err);
   }
   sqlite3_finalize(st);
   if (rc < 0)
@@ -258,7 +240,7 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
                                " VALUES (1, ?1, ?2)"
                              : "DELETE FROM key_root",
                          -1, &up, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   if (len) {
@@ -266,11 +248,11 @@ static int data_keys_rewrap(void *p, ana_data_key_rewrap_fn fn, void *ctx, struc
     sqlite3_bind_int64(up, 2, ana_clock_wall_ms());
   }
   if (sqlite3_step(up) != SQLITE_DONE) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = db_error(s->conn, err);
+    rc = ana_sql_fail(s->conn, WHAT, err);
     goto out;
   }
   begun = false;

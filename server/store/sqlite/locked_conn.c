@@ -26,3 +26,59 @@ void *sqlite_locked_conn_open(struct ana_local_db *db, struct ana_error *err) {
   }
   return s;
 }
+
+sqlite3_stmt *sqlite_locked_prepare(struct sqlite_locked_conn *s, const char *sql, const char *what,
+                                    struct ana_error *err) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st = ana_sql_prepare(s->conn, sql, what, err);
+  if (!st)
+    pthread_mutex_unlock(&s->mu);
+  return st;
+}
+
+sqlite3_stmt *sqlite_locked_select(struct sqlite_locked_conn *s, const char *sql,
+                                   const char *const *args, int n_args, int limit, const char *what,
+                                   struct ana_error *err) {
+  sqlite3_stmt *st = sqlite_locked_prepare(s, sql, what, err);
+  if (!st)
+    return NULL;
+  for (int i = 0; i < n_args; i++)
+    sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
+  if (limit > 0)
+    sqlite3_bind_int(st, n_args + 1, limit);
+  return st;
+}
+
+void sqlite_locked_finish(struct sqlite_locked_conn *s, sqlite3_stmt *st) {
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->mu);
+}
+
+int sqlite_locked_rows_end(struct sqlite_locked_conn *s, sqlite3_stmt *st, int step,
+                           const char *what, struct ana_error *err) {
+  int rc = 0;
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    rc = ana_sql_fail(s->conn, what, err);
+  sqlite_locked_finish(s, st);
+  return rc;
+}
+
+int sqlite_locked_begin(struct sqlite_locked_conn *s, const char *what, struct ana_error *err) {
+  pthread_mutex_lock(&s->mu);
+  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    int rc = ana_sql_fail(s->conn, what, err);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+  }
+  return 0;
+}
+
+int sqlite_locked_end(struct sqlite_locked_conn *s, sqlite3_stmt *st, int rc, const char *what,
+                      struct ana_error *err) {
+  if (rc == 0 && sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    rc = ana_sql_fail(s->conn, what, err);
+  if (rc < 0)
+    sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+  sqlite_locked_finish(s, st);
+  return rc;
+}

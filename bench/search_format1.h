@@ -1,0 +1,25 @@
+/* The free-text index's format 1, rebuilt for search_bench to compare against: a retired layout
+ * (positions kept, rowid = commit sequence) in a file of the benchmark's own, old-text.db, and
+ * its query (every match joined with its event and sorted). Reads analytics.db's events table
+ * directly, as the format did; nothing else may. */
+#ifndef SEARCH_FORMAT1_H
+#define SEARCH_FORMAT1_H
+
+#include "ana_store.h"
+
+/* Builds DIR/old-text.db from DIR/analytics.db's n_events events, in batches of 1,000 as its
+ * thread did, each event's text made again from its columns as search_bench's fill writes it
+ * (the store keeps it compressed in the event's body). Returns events per second; exits on
+ * failure. */
+double search_format1_build(const char *dir, long n_events);
+
+/* Opens DIR/analytics.db read-only with DIR/old-text.db attached, for search_format1_search;
+ * exits on failure. */
+void search_format1_open(const char *dir);
+void search_format1_close(void);
+
+/* q as format 1 answered it: hit for each match, newest first, until it returns non-zero (its
+ * payload NULL and seq 0). */
+void search_format1_search(const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx);
+
+#endif
