@@ -87,6 +87,8 @@ class PushedDownReadsTest(unittest.TestCase):
                      "user": "u%d" % rnd.randint(0, 40)}
             if rnd.random() < 0.2:
                 del props["amount"]
+            if i % 7 == 0:
+                props["qty"] = str(i % 9)  # a number in a string: counted as a number
             e.properties.update(props)
             cls.events.append(e)
 
@@ -115,6 +117,16 @@ class PushedDownReadsTest(unittest.TestCase):
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read())
+
+    def aggregations(self):
+        """How many raw-path metric queries the ClickHouse analyticsd aggregated in SQL."""
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.pushed.rest_port,
+                                    timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('ana_clickhouse_metric_aggregations_total{path="sql"}'):
+                    return int(line.split()[-1])
+        self.fail("no ana_clickhouse_metric_aggregations_total")
 
     def wait_shipped(self):
         deadline = time.time() + 30
@@ -159,12 +171,19 @@ class PushedDownReadsTest(unittest.TestCase):
                 self.assertEqual(a, b)
         self.assertGreater(len(self.search_all(self.stubs[1][0], page_size=1000)), 0)
 
+    # pushed: the raw path aggregates in ClickHouse (SQL); else from its rows (booleans, numbers
+    # in strings, uniq, percentiles, filters).
     METRICS = [
-        dict(formula="count(sent)"),
-        dict(formula="count(sent) + count(open)", dimensions=["campaign"]),
+        dict(formula="count(sent)", pushed=True),
+        dict(formula="count(sent) + count(open)", dimensions=["campaign"], pushed=True),
         dict(formula="sum(buy.amount)", aggregation="sum", dimensions=["campaign", "vip"]),
-        dict(formula="avg(buy.price)", aggregation="avg"),
-        dict(formula="min(open.price) + max(open.amount)", aggregation="max"),
+        dict(formula="avg(buy.price)", aggregation="avg", pushed=True),
+        dict(formula="min(open.price) + max(open.amount)", aggregation="max", pushed=True),
+        dict(formula="sum(buy.amount) - min(sent.price) + count(open.amount)", aggregation="avg",
+             dimensions=["eventType", "campaign", "user"], pushed=True),
+        dict(formula="sum(sent.qty) + count(sent)"),
+        dict(formula="count(sent)", dimensions=["qty"], pushed=True),  # strings as they are
+        dict(formula="count(sent)", dimensions=["amount"]),  # numbers printed %.15g
         dict(formula="uniq(sent.user)", dimensions=["campaign"]),
         dict(formula="p50(buy.amount)"),
         dict(formula="p95(sent.price) - p99(sent.amount)", dimensions=["vip"]),
@@ -177,6 +196,7 @@ class PushedDownReadsTest(unittest.TestCase):
         for i, kw in enumerate(self.METRICS):
             kw = dict(kw)
             filters = kw.pop("filters", ())
+            kw.pop("pushed", None)
             ids = []
             for _, mt in self.stubs:
                 m = self.mpb.Metric(name="cmp-%d" % i, **kw)
@@ -197,12 +217,16 @@ class PushedDownReadsTest(unittest.TestCase):
                 with self.subTest(metric=kw["formula"], ask=ask):
                     for source in ("raw", "auto"):  # the raw path; rollups once complete
                         answers = []
+                        before = self.aggregations()
                         for (_, mt), mid in zip(self.stubs, ids):
                             d = mt.GetMetricData(self.mpb.GetMetricDataRequest(
                                 metric_id=mid, **span, **ask), timeout=20,
                                 metadata=[("x-metric-source", source)])
                             d.metric_id = ""
                             answers.append(json_format.MessageToDict(d))
+                        if source == "raw":
+                            self.assertEqual(self.aggregations() - before,
+                                             1 if kw.get("pushed") else 0)
                         self.assertIsNone(same(answers[0], answers[1]))
                         self.assertTrue(answers[0].get("series"))
 
