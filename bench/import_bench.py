@@ -154,7 +154,7 @@ def sizes(path, groups):
 
 
 def event_group(name):
-    if name == "events":
+    if name in ("events", "event_dicts"):
         return "events"
     if name.startswith("dedupe_keys") or name.startswith("sqlite_autoindex_dedupe"):
         return "dedupe keys"

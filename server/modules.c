@@ -634,6 +634,7 @@ static int reports_start(struct ana_server *s, const struct ana_config *cfg,
       .retention_days = cfg->reports.report_retention_days,
       .max_attempts = cfg->reports.report_max_attempts,
       .rollups = cfg->reports.report_rollups,
+      .auto_rollups = cfg->reports.report_auto_rollups,
   };
   if (ana_report_service_start(&ro, err) < 0)
     return fail(err, "cannot start the report runner");

@@ -454,12 +454,24 @@ void ana_acc_spec_fini(struct ana_acc_spec *sp) {
   sp->filter_refs = NULL;
 }
 
-bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
-                       char key[ANA_ACC_KEY_MAX], char **values,
-                       char (*valbuf)[ANA_ACC_VALUE_MAX]) {
+bool ana_acc_row_passes(const struct ana_acc_spec *sp, struct ana_acc_row *r) {
   for (size_t i = 0; i < sp->metric->n_filters; i++)
     if (!filter_matches(r, &sp->filter_refs[i], sp->filter_ops[i], sp->filter_values[i]))
       return false;
+  return true;
+}
+
+bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
+                       char key[ANA_ACC_KEY_MAX], char **values,
+                       char (*valbuf)[ANA_ACC_VALUE_MAX]) {
+  if (!ana_acc_row_passes(sp, r))
+    return false;
+  ana_acc_row_key(sp, r, key, values, valbuf);
+  return true;
+}
+
+void ana_acc_row_key(const struct ana_acc_spec *sp, struct ana_acc_row *r,
+                     char key[ANA_ACC_KEY_MAX], char **values, char (*valbuf)[ANA_ACC_VALUE_MAX]) {
   /* The values, each cut to VALUE_MAX - 1 bytes, joined by '\x1f' and the
    * whole cut to KEY_MAX - 1 bytes. */
   size_t off = 0;
@@ -478,7 +490,6 @@ bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
     off += len < room ? len : room;
   }
   key[off] = '\0';
-  return true;
 }
 
 /* ------------------------------------------------------------------ */

@@ -89,6 +89,11 @@ void ana_acc_row_fini(struct ana_acc_row *r);
  * the event passes. */
 bool ana_acc_row_group(const struct ana_acc_spec *sp, struct ana_acc_row *r,
                        char key[ANA_ACC_KEY_MAX], char **values, char (*valbuf)[ANA_ACC_VALUE_MAX]);
+/* The two halves of ana_acc_row_group: whether the event passes the
+ * metric's filters, and its group key (whatever the filters say). */
+bool ana_acc_row_passes(const struct ana_acc_spec *sp, struct ana_acc_row *r);
+void ana_acc_row_key(const struct ana_acc_spec *sp, struct ana_acc_row *r,
+                     char key[ANA_ACC_KEY_MAX], char **values, char (*valbuf)[ANA_ACC_VALUE_MAX]);
 
 /* One term's aggregates. Exact form: distinct hashes and every value (raw
  * queries, live values). Sketch form: hll and dd, allocated on first use

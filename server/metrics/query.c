@@ -250,19 +250,19 @@ static bool dimension_kept(const struct ana_mq *s, char *const *values) {
   return true;
 }
 
-int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
+/* Adds the event of r to its group, its filters already passed. */
+static int add_row(struct ana_mq *s, struct ana_acc_row *r) {
   const struct ana_metric_query *q = s->q;
-  struct ana_acc_row r;
-  ana_acc_row_init(&r, ev);
+  const struct ana_scanned_event *ev = r->ev;
   char key[KEY_MAX];
   char *values[MAX_DIMENSIONS];
   char valbuf[MAX_DIMENSIONS][ANA_ACC_VALUE_MAX];
-  if (!wanted(s, ev->event_name) || !ana_acc_row_group(&s->spec, &r, key, values, valbuf) ||
-      !dimension_kept(s, values))
-    goto out;
+  ana_acc_row_key(&s->spec, r, key, values, valbuf);
+  if (!dimension_kept(s, values))
+    return s->rc;
   struct group *g = find_group(s, key, values);
   if (!g)
-    goto out;
+    return s->rc;
   bool previous = ev->timestamp_ms < q->from_ms;
   size_t b = previous ? s->n_buckets
                       : ana_bucket_index(s->starts, s->n_buckets, q->to_ms, ev->timestamp_ms);
@@ -270,13 +270,22 @@ int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
   if (!previous && b < s->n_buckets) {
     struct ana_acc_agg *bs = group_buckets(s, g);
     if (!bs)
-      goto out;
+      return s->rc;
     bucket = &bs[b * s->spec.n_terms];
   }
   struct ana_acc_agg *targets[2] = {previous ? g->previous : g->total, bucket};
-  if (ana_acc_row_add(&s->spec, &r, s->sketches, targets, 2) < 0)
+  if (ana_acc_row_add(&s->spec, r, s->sketches, targets, 2) < 0)
     s->rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-out:
+  return s->rc;
+}
+
+int ana_mq_add_event(struct ana_mq *s, const struct ana_scanned_event *ev) {
+  if (!wanted(s, ev->event_name))
+    return s->rc;
+  struct ana_acc_row r;
+  ana_acc_row_init(&r, ev);
+  if (ana_acc_row_passes(&s->spec, &r))
+    add_row(s, &r);
   ana_acc_row_fini(&r);
   return s->rc;
 }
@@ -1171,18 +1180,47 @@ int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
   return rc;
 }
 
-/* One scan feeding every query of a batch. */
+/* One scan feeding every query of a batch. Each event is read once for
+ * all of them: the queries that read its name are looked up once, its
+ * properties parsed once, and the filters shared by several queries (the
+ * same array) checked once. */
 struct batch {
   struct ana_mq **states;
   size_t n;
+  const char *const *names; /* the union of the queries' names */
+  size_t n_names;
+  /* By name: the queries reading it (wants[k * n .. ], n_wants[k]); the
+   * last row (k = n_names) lists the queries reading any name. */
+  size_t *wants, *n_wants;
+  size_t *leader; /* per query: the first query with the same filters */
+  int8_t *pass;   /* per query, per event: 1, 0, or -1 not yet known */
 };
 
 static int on_batch_event(void *ctx, const struct ana_scanned_event *ev) {
   struct batch *b = ctx;
-  for (size_t i = 0; i < b->n; i++)
-    if (ana_mq_add_event(b->states[i], ev) < 0)
-      return 1;
-  return 0;
+  size_t k = 0;
+  while (k < b->n_names && strcmp(b->names[k], ev->event_name) != 0)
+    k++;
+  /* Names not read by a query that names them: only those reading any. */
+  const size_t *list[2] = {&b->wants[k * b->n], &b->wants[b->n_names * b->n]};
+  size_t n_list[2] = {k < b->n_names ? b->n_wants[k] : 0, b->n_wants[b->n_names]};
+  if (!n_list[0] && !n_list[1])
+    return 0;
+  struct ana_acc_row r;
+  ana_acc_row_init(&r, ev);
+  memset(b->pass, -1, b->n);
+  int rc = 0;
+  for (size_t l = 0; l < 2 && rc == 0; l++)
+    for (size_t j = 0; j < n_list[l] && rc == 0; j++) {
+      struct ana_mq *s = b->states[list[l][j]];
+      size_t lead = b->leader[list[l][j]];
+      if (b->pass[lead] < 0)
+        b->pass[lead] = ana_acc_row_passes(&b->states[lead]->spec, &r);
+      if (b->pass[lead] && add_row(s, &r) < 0)
+        rc = 1;
+    }
+  ana_acc_row_fini(&r);
+  return rc;
 }
 
 int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *store,
@@ -1195,7 +1233,8 @@ int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *st
   struct ana_metric_query *queries = ana_calloc(n ? n : 1, sizeof *queries);
   struct ana_mq **states = ana_calloc(n ? n : 1, sizeof *states);
   const char **names = ana_calloc(n * ANA_FORMULA_MAX_TERMS + 1, sizeof *names);
-  size_t n_names = 0;
+  size_t n_names = 0, *wants = NULL, *n_wants = NULL, *leader = NULL;
+  int8_t *pass = NULL;
   bool any = false;
   if (!metrics || !formulas || !queries || !states || !names) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -1236,7 +1275,34 @@ int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *st
         names[n_names++] = own[j];
     }
   }
-  struct batch b = {states, n};
+  wants = ana_calloc((n_names + 1) * n + 1, sizeof *wants);
+  n_wants = ana_calloc(n_names + 1, sizeof *n_wants);
+  leader = ana_calloc(n + 1, sizeof *leader);
+  pass = ana_calloc(n + 1, 1);
+  if (!wants || !n_wants || !leader || !pass) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    size_t k;
+    bool all;
+    const char *const *own = ana_mq_names(states[i], &k, &all);
+    if (all)
+      wants[n_names * n + n_wants[n_names]++] = i;
+    for (size_t x = 0; x < n_names && !all; x++)
+      for (size_t j = 0; j < k; j++)
+        if (strcmp(names[x], own[j]) == 0) {
+          wants[x * n + n_wants[x]++] = i;
+          break;
+        }
+    leader[i] = i;
+    for (size_t j = 0; j < i; j++)
+      if (a[j].filters == a[i].filters && a[j].n_filters == a[i].n_filters) {
+        leader[i] = j;
+        break;
+      }
+  }
+  struct batch b = {states, n, names, n_names, wants, n_wants, leader, pass};
   rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
                  any ? NULL : names, any ? 0 : n_names, on_batch_event, &b, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -1244,6 +1310,10 @@ int ana_metric_query_adhoc_batch(const struct ana_event_store_ops *ops, void *st
     rc = ana_mq_answer(states[i], arena, &outs[i], err);
   }
 out:
+  ana_free(wants);
+  ana_free(n_wants);
+  ana_free(leader);
+  ana_free(pass);
   for (size_t i = 0; states && i < n; i++)
     ana_mq_destroy(states[i]);
   for (size_t i = 0; formulas && i < n; i++)

@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The most dimensions a regrouped query's metric may have (the metric's). */
+#define ANA_ROLLUP_MAX_DIMS ANA_ACC_MAX_DIMENSIONS
+
 /* A piece of the query's time line: read from cells of a level, or from
  * raw events (level -1). */
 struct span {
@@ -147,12 +150,58 @@ static size_t cell_bucket(const struct ana_metric_query *q, const int64_t *start
   return start < q->from_ms ? ANA_MQ_PREVIOUS : ana_bucket_index(starts, nb, q->to_ms, start);
 }
 
-/* Adds the cells of set in the plan's spans to one part of the query.
- * gmap (one slot per key of set, zeroed at first) maps the set's groups to
- * the query's. Returns 0 or a negative error (in mq). */
-static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
-                   const struct plan *plan, const struct ana_metric_query *q, const int64_t *starts,
-                   size_t nb, enum ana_mq_part part) {
+/* How the groups of a stored metric's cells map to a query's: for each of
+ * the query's dimensions, its place among the metric's (the query groups
+ * by some of them); NULL: the same dimensions. */
+struct key_proj {
+  const int8_t *place;
+  size_t n;
+};
+
+/* The query's group key of the set's key k: its values of the query's
+ * dimensions, joined by '\x1f' (in buf). */
+static const char *query_key(const struct key_proj *p, const char *k, char *buf) {
+  if (!p->place)
+    return k;
+  const char *vals[ANA_ROLLUP_MAX_DIMS];
+  size_t lens[ANA_ROLLUP_MAX_DIMS], n = 0;
+  for (const char *c = k; n < ANA_ROLLUP_MAX_DIMS; n++) {
+    size_t len = strcspn(c, "\x1f");
+    vals[n] = c;
+    lens[n] = len;
+    if (!c[len]) {
+      n++;
+      break;
+    }
+    c += len + 1;
+  }
+  size_t o = 0;
+  for (size_t d = 0; d < p->n; d++) {
+    size_t i = (size_t)p->place[d];
+    size_t len = i < n ? lens[i] : 0;
+    if (o + len + 2 > ANA_MQ_KEY_MAX)
+      break;
+    if (d)
+      buf[o++] = '\x1f';
+    if (len)
+      memcpy(buf + o, vals[i], len);
+    o += len;
+  }
+  buf[o] = '\0';
+  return buf;
+}
+
+/* Receives one cell of a walk: its bucket (ANA_MQ_PREVIOUS: the previous
+ * period), its group (an index into the set's keys) and its packed bytes.
+ * Non-zero stops the walk and is returned. */
+typedef int (*cell_fn)(void *ctx, size_t bucket, uint32_t group, const uint8_t *packed,
+                       uint32_t len);
+
+/* Calls fn for each cell of set in the plan's spans that one part of the
+ * query reads (the buckets part: the cells of [from, to) only). */
+static int walk_cells(const struct rc_set *set, const struct plan *plan,
+                      const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                      enum ana_mq_part part, cell_fn fn, void *ctx) {
   for (size_t i = 0; i < plan->n; i++) {
     const struct span *sp = &plan->spans[i];
     if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
@@ -162,19 +211,15 @@ static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_gr
       const struct rc_bucket *bk = &lv->buckets[k];
       /* A merged span may cover several buckets; a cell lies in one. */
       size_t b = cell_bucket(q, starts, nb, bk->start);
+      if (part == ANA_MQ_BUCKETS && b >= nb)
+        continue;
       for (size_t o = 0; o < bk->len;) {
         struct rc_record h;
         memcpy(&h, bk->cells + o, sizeof h);
         const uint8_t *packed = bk->cells + o + sizeof h;
         o += rc_record_size(h.len);
-        struct ana_mq_group *g = gmap[h.group];
-        int rc;
-        if (!g) {
-          if ((rc = ana_mq_group(mq, set->keys.keys[h.group], &g)) < 0)
-            return rc;
-          gmap[h.group] = g = g ? g : FILTERED;
-        }
-        if (g != FILTERED && (rc = ana_mq_add_packed(mq, g, b, part, packed, h.len)) < 0)
+        int rc = fn(ctx, b, h.group, packed, h.len);
+        if (rc)
           return rc;
       }
     }
@@ -182,9 +227,80 @@ static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_gr
   return 0;
 }
 
+/* add_set's walk: each cell added to its group, one by one. */
+struct set_walk {
+  struct ana_mq *mq;
+  const struct rc_set *set;
+  const struct key_proj *proj;
+  struct ana_mq_group **gmap;
+  enum ana_mq_part part;
+};
+
+static int add_set_cell(void *ctx, size_t b, uint32_t group, const uint8_t *packed, uint32_t len) {
+  struct set_walk *w = ctx;
+  struct ana_mq_group *g = w->gmap[group];
+  int rc;
+  if (!g) {
+    char buf[ANA_MQ_KEY_MAX];
+    if ((rc = ana_mq_group(w->mq, query_key(w->proj, w->set->keys.keys[group], buf), &g)) < 0)
+      return rc;
+    w->gmap[group] = g = g ? g : FILTERED;
+  }
+  if (g != FILTERED && (rc = ana_mq_add_packed(w->mq, g, b, w->part, packed, len)) < 0)
+    return rc;
+  return 0;
+}
+
+/* Adds the cells of set in the plan's spans to one part of the query.
+ * gmap (one slot per key of set, zeroed at first) maps the set's groups to
+ * the query's. Returns 0 or a negative error (in mq). */
+static int add_set(struct ana_mq *mq, const struct rc_set *set, const struct key_proj *proj,
+                   struct ana_mq_group **gmap, const struct plan *plan,
+                   const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                   enum ana_mq_part part) {
+  struct set_walk w = {mq, set, proj, gmap, part};
+  return walk_cells(set, plan, q, starts, nb, part, add_set_cell, &w);
+}
+
 /* The most bytes of flat bucket accumulators (shown groups x buckets) a
  * query uses; beyond (a top N in the thousands) cells go one by one. */
 #define FLAT_MAX_BYTES (64u << 20)
+
+/* add_set_flat's walk: each cell merged into its flat accumulator. */
+struct flat_walk {
+  struct ana_mq *mq;
+  double *acc;
+  uint8_t *seen;
+  const int32_t *target; /* the buckets part: each group's row, < 0 none */
+  size_t nb, n_slots;
+  enum ana_mq_part part;
+  bool additive;
+};
+
+static int add_flat_cell(void *ctx, size_t b, uint32_t group, const uint8_t *packed, uint32_t len) {
+  struct flat_walk *w = ctx;
+  (void)len; /* every cell has n_slots doubles (ana_mq_packed_fixed) */
+  size_t a;
+  if (w->part == ANA_MQ_TOTALS) {
+    a = 2 * (size_t)group + (b == ANA_MQ_PREVIOUS);
+  } else {
+    if (w->target[group] < 0)
+      return 0;
+    a = (size_t)w->target[group] * w->nb + b;
+  }
+  double *into = &w->acc[a * w->n_slots];
+  if (w->additive) {
+    for (size_t j = 0; j < w->n_slots; j++) {
+      double v;
+      memcpy(&v, packed + j * sizeof v, sizeof v);
+      into[j] += v;
+    }
+  } else {
+    ana_mq_packed_merge(w->mq, into, packed);
+  }
+  w->seen[a] = 1;
+  return 0;
+}
 
 /* add_set for cells of one size (ana_mq_packed_fixed): merged first into
  * flat accumulators, one per (group index of the set, total or previous)
@@ -192,10 +308,10 @@ static int add_set(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_gr
  * query once each, the bucket rows handed over whole (ana_mq_adopt_flat). Most of a query's time is
  * here: no group lookup and no accumulator structure per cell. Returns 1 when the accumulators
  * would be too large (nothing added: use add_set), else as add_set. */
-static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_mq_group **gmap,
-                        const struct plan *plan, const struct ana_metric_query *q,
-                        const int64_t *starts, size_t nb, enum ana_mq_part part, size_t size,
-                        bool additive) {
+static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, const struct key_proj *proj,
+                        struct ana_mq_group **gmap, const struct plan *plan,
+                        const struct ana_metric_query *q, const int64_t *starts, size_t nb,
+                        enum ana_mq_part part, size_t size, bool additive) {
   size_t n_slots = size / sizeof(double), n_keys = set->keys.n;
   double *acc = NULL;
   uint8_t *seen = NULL;
@@ -240,43 +356,8 @@ static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_
   seen = ana_calloc(n_acc ? n_acc : 1, 1);
   if (!acc || !seen)
     goto nomem;
-  for (size_t i = 0; i < plan->n; i++) {
-    const struct span *sp = &plan->spans[i];
-    if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
-      continue;
-    const struct rc_level *lv = &set->levels[sp->level];
-    for (size_t k = rc_level_seek(lv, sp->lo); k < lv->n && lv->buckets[k].start < sp->hi; k++) {
-      const struct rc_bucket *bk = &lv->buckets[k];
-      size_t b = cell_bucket(q, starts, nb, bk->start);
-      if (part == ANA_MQ_BUCKETS && b >= nb)
-        continue;
-      for (size_t o = 0; o < bk->len;) {
-        struct rc_record h;
-        memcpy(&h, bk->cells + o, sizeof h);
-        const uint8_t *packed = bk->cells + o + sizeof h;
-        o += rc_record_size(h.len);
-        size_t a;
-        if (part == ANA_MQ_TOTALS) {
-          a = 2 * (size_t)h.group + (b == ANA_MQ_PREVIOUS);
-        } else {
-          if (target[h.group] < 0)
-            continue;
-          a = (size_t)target[h.group] * nb + b;
-        }
-        double *into = &acc[a * n_slots];
-        if (additive) {
-          for (size_t j = 0; j < n_slots; j++) {
-            double v;
-            memcpy(&v, packed + j * sizeof v, sizeof v);
-            into[j] += v;
-          }
-        } else {
-          ana_mq_packed_merge(mq, into, packed);
-        }
-        seen[a] = 1;
-      }
-    }
-  }
+  struct flat_walk w = {mq, acc, seen, target, nb, n_slots, part, additive};
+  walk_cells(set, plan, q, starts, nb, part, add_flat_cell, &w);
   if (part == ANA_MQ_BUCKETS) {
     /* The answer reads the rows in place: no accumulator per bucket. */
     rc = ana_mq_adopt_flat(mq, rep, n_targets, acc);
@@ -289,7 +370,8 @@ static int add_set_flat(struct ana_mq *mq, const struct rc_set *set, struct ana_
     const uint8_t *packed = (const uint8_t *)&acc[a * n_slots];
     struct ana_mq_group **g = &gmap[a / 2];
     if (!*g) {
-      if ((rc = ana_mq_group(mq, set->keys.keys[a / 2], g)) < 0)
+      char buf[ANA_MQ_KEY_MAX];
+      if ((rc = ana_mq_group(mq, query_key(proj, set->keys.keys[a / 2], buf), g)) < 0)
         break;
       if (!*g)
         *g = FILTERED;
@@ -363,6 +445,30 @@ done:
   return rc;
 }
 
+static const char *dim_name(const char *path) {
+  return strncmp(path, "properties.", 11) == 0 ? path + 11 : path;
+}
+
+/* Whether want's dimensions are some of stored's (place[d]: where). */
+static bool projects(const Analytics__V1__Metric *stored, const Analytics__V1__Metric *want,
+                     int8_t *place) {
+  /* A key of more dimensions may be cut short (ANA_ACC_KEY_MAX): a value
+   * it lost would be missing from the query's groups. */
+  if (stored->n_dimensions > ANA_ROLLUP_MAX_DIMS || want->n_dimensions >= stored->n_dimensions ||
+      stored->n_dimensions * ANA_ACC_VALUE_MAX > ANA_ACC_KEY_MAX)
+    return false;
+  for (size_t d = 0; d < want->n_dimensions; d++) {
+    size_t i = 0;
+    while (i < stored->n_dimensions &&
+           strcmp(dim_name(stored->dimensions[i]), dim_name(want->dimensions[d])) != 0)
+      i++;
+    if (i == stored->n_dimensions)
+      return false;
+    place[d] = (int8_t)i;
+  }
+  return true;
+}
+
 int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
                      struct ana_arena *arena, Analytics__V1__MetricData *out,
                      struct ana_error *err) {
@@ -379,10 +485,23 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   int rc = 0;
   if (!def)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  int8_t place[ANA_ROLLUP_MAX_DIMS];
+  struct key_proj proj = {NULL, q->metric->n_dimensions};
   pthread_mutex_lock(&r->mu);
   struct rmetric *m = *ru_find_metric(r, q->metric->metric_id);
-  bool usable = m && m->def_len == def_len && memcmp(m->def, def, def_len) == 0 &&
-                m->watermark >= m->backfill_to;
+  bool same = m && m->def_len == def_len && memcmp(m->def, def, def_len) == 0;
+  /* Grouped by some of the metric's dimensions: its cells, regrouped. */
+  if (m && !same && projects(m->metric, q->metric, place)) {
+    Analytics__V1__Metric alt = *q->metric;
+    alt.dimensions = m->metric->dimensions;
+    alt.n_dimensions = m->metric->n_dimensions;
+    size_t alt_len = 0;
+    uint8_t *alt_def = ru_pack_definition(&alt, q->formula, &alt_len);
+    same = alt_def && m->def_len == alt_len && memcmp(m->def, alt_def, alt_len) == 0;
+    ana_free(alt_def);
+    proj.place = same ? place : NULL;
+  }
+  bool usable = same && m->watermark >= m->backfill_to;
   int64_t version = usable ? m->version : 0;
   /* The cells' terms are those of the canonical formula, in its order. */
   const char *canonical = usable ? m->metric->formula : NULL;
@@ -500,9 +619,10 @@ int ana_rollup_query(struct ana_rollups *r, const struct ana_metric_query *q,
   const struct plan *plans[2] = {coarse_totals ? &tplan : &plan, &plan};
   for (int k = 0; k < 2 && rc == 0; k++) {
     int added =
-        flat ? add_set_flat(mq, set, gmap, plans[k], q, starts, nb, parts[k], size, additive) : 1;
+        flat ? add_set_flat(mq, set, &proj, gmap, plans[k], q, starts, nb, parts[k], size, additive)
+             : 1;
     if (added == 1)
-      added = add_set(mq, set, gmap, plans[k], q, starts, nb, parts[k]);
+      added = add_set(mq, set, &proj, gmap, plans[k], q, starts, nb, parts[k]);
     if (added < 0 || add_raw_cells(mq, &raw, parts[k]) < 0 ||
         (parts[k] == ANA_MQ_TOTALS && ana_mq_rank(mq) < 0))
       break; /* the error is in mq */

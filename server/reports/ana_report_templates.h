@@ -32,6 +32,15 @@ struct ana_report_template_env {
   int (*adhoc_counts)(const char *account, const struct ana_metric_adhoc *a, size_t n,
                       const struct ana_metric_query *q, struct ana_arena *arena,
                       Analytics__V1__MetricData *outs, struct ana_error *err);
+  /* Answers a stored metric's query as GetMetricData does: from its
+   * rollups where they match (ana_metric_service_query: 0 or a negative
+   * error); NULL: always the events. */
+  int (*metric_query)(const struct ana_metric_query *q, struct ana_arena *arena,
+                      Analytics__V1__MetricData *out, struct ana_error *err);
+  /* After a scan: keeps the counts no stored metric holds as rollups for
+   * the next report (ana_metric_service_keep_counts); NULL: does not. */
+  int (*keep_counts)(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                     struct ana_arena *arena, struct ana_error *err);
   /* What a dimension value is shown as to the report's creator's roles
    * (ana_metric_service_reveal); NULL: as aggregated. */
   const char *(*reveal)(const char *account, const char *const *roles, size_t n_roles,

@@ -37,10 +37,19 @@ static const struct ana_config_row rows[] = {
     {.name = "REPORT_ROLLUPS",
      .type = ANA_CONFIG_BOOL,
      .def = "true",
-     .help = "A campaign report reads its counts from the rollups of stored metrics that count "
-             "the same event name (no filters, the campaign and table dimensions among theirs) "
-             "instead of scanning the events; false always scans the events.",
+     .help = "Reports read rollups instead of scanning the events: a campaign report's counts "
+             "from stored metrics that count the same event name (no filters, the campaign and "
+             "table dimensions among theirs), metric_summary its metrics' own; false always "
+             "scans the events.",
      ROW(report_rollups)},
+    {.name = "REPORT_AUTO_ROLLUPS",
+     .type = ANA_CONFIG_BOOL,
+     .def = "true",
+     .help = "A campaign report whose counts no stored metric holds keeps them as rollups of its "
+             "own (count of each event name by the report's dimensions, backfilled in the "
+             "background), so that the next report reads them instead of scanning the events. "
+             "Needs REPORT_ROLLUPS.",
+     ROW(report_auto_rollups)},
 };
 
 const struct ana_config_table ana_reports_config_table = ANA_CONFIG_TABLE("reports", rows);

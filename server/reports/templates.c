@@ -552,10 +552,15 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
    * the same numbers without a scan of the events. */
   int rc = env->adhoc_counts ? env->adhoc_counts(account, qs, N_QUERIES, &q, a, all, err) : 0;
   if (rc > 0)
-    ANA_DEBUG("reports", "campaign report: counts from the rollups of stored metrics");
+    ANA_DEBUG("reports", "campaign report: counts from the rollups of metrics counting them");
   if (rc < 0 || (rc == 0 && ana_metric_query_adhoc_batch(env->store_ops, env->store, qs, N_QUERIES,
                                                          &q, a, all, err) < 0))
     return ANA_ERR_INVALID;
+  /* Scanned: the next report may read rollups instead (their backfill
+   * starts now, not during this scan). */
+  struct ana_error kerr;
+  if (rc == 0 && env->keep_counts && env->keep_counts(account, qs, N_QUERIES, a, &kerr) < 0)
+    ANA_WARN("reports", "campaign report: keeping its counts as rollups: %s", kerr.message);
   const Analytics__V1__MetricData *counts = all, *rates = all + 4;
   struct ana_report_kpi *tiles = ana_arena_calloc(a, 7, sizeof *tiles);
   if (!tiles)
@@ -617,6 +622,15 @@ static int build_campaign(const struct ana_report_template_env *env, const char 
   return 0;
 }
 
+/* A stored metric's query: from its rollups where they match. */
+static int summary_query(const struct ana_report_template_env *env,
+                         const struct ana_metric_query *q, struct ana_arena *a,
+                         Analytics__V1__MetricData *out, struct ana_error *err) {
+  if (env->metric_query)
+    return env->metric_query(q, a, out, err);
+  return ana_metric_query_raw(env->store_ops, env->store, q, a, out, err);
+}
+
 static int build_summary(const struct ana_report_template_env *env, const char *account,
                          const struct summary *sm, struct doc_builder *b, struct ana_error *err) {
   struct ana_arena *a = b->arena;
@@ -656,7 +670,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
                                  .top_n = sm->top_n,
                                  .previous_from_ms = sm->range.previous_from_ms};
     Analytics__V1__MetricData d = ANALYTICS__V1__METRIC_DATA__INIT;
-    int rc = ana_metric_query_raw(env->store_ops, env->store, &q, a, &d, err);
+    int rc = summary_query(env, &q, a, &d, err);
     if (rc < 0) {
       ana_formula_free(f);
       return rc;
@@ -668,7 +682,7 @@ static int build_summary(const struct ana_report_template_env *env, const char *
     if (n_dims) {
       m->n_dimensions = 0;
       analytics__v1__metric_data__init(&whole);
-      rc = ana_metric_query_raw(env->store_ops, env->store, &q, a, &whole, err);
+      rc = summary_query(env, &q, a, &whole, err);
       m->n_dimensions = n_dims;
       if (rc < 0) {
         ana_formula_free(f);

@@ -71,12 +71,33 @@ int ana_metric_service_bind_streams(struct ana_metric_streams *streams, struct a
  * when each term of each is count(<name>) and a stored metric without
  * filters counts that name alone with every dimension the query needs (its
  * dimensions, and those its filters name: each "eq" with a text value on a
- * property that is not encrypted), its rollups complete. Returns 1 when all
+ * property, an encrypted one's a blind index), its rollups complete. Returns 1 when all
  * are answered so, 0 when not (then the events must), or a negative error.
  * Blocks. Call after ana_metric_service_bind. */
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
                                     Analytics__V1__MetricData *outs, struct ana_error *err);
+/* ana_metric_service_adhoc_counts, also from the rollups the account keeps
+ * of its own (ana_metric_service_keep_counts) once complete. */
+/* Keeps each count(<name>) of the queries a that no stored metric holds
+ * as rollups of the account's own (REPORT_AUTO_ROLLUPS): a counter of that
+ * name by every dimension the queries name (their dimensions and filter
+ * fields), defined now (the same again does nothing) and backfilled in
+ * the background. No catalog object: ListMetrics does not show it. Returns
+ * 0 or a negative error. Blocks. */
+int ana_metric_service_keep_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                   struct ana_arena *arena, struct ana_error *err);
+int ana_metric_service_adhoc_counts_kept(const char *account, const struct ana_metric_adhoc *a,
+                                         size_t n, const struct ana_metric_query *q,
+                                         struct ana_arena *arena, Analytics__V1__MetricData *outs,
+                                         struct ana_error *err);
+
+/* Answers q, a stored metric's query (q->metric->metric_id names it), as
+ * GetMetricData does: from its rollups when they are complete and its
+ * definition is the stored one (or groups by some of its dimensions), from
+ * the events otherwise. Returns 0 or a negative error. Blocks. */
+int ana_metric_service_query(const struct ana_metric_query *q, struct ana_arena *arena,
+                             Analytics__V1__MetricData *out, struct ana_error *err);
 
 /* Loads the account's metric by id, else by name, into arena, with its
  * formula parsed as the metric recorded its names (free it with
@@ -164,7 +185,8 @@ struct ana_report_service_options {
   struct ana_workers *workers;
   const char *reports_dir; /* REPORTS_DIR */
   int report_workers, queue_max, retention_days, max_attempts;
-  bool rollups; /* REPORT_ROLLUPS: counts from matching metrics' rollups */
+  bool rollups;      /* REPORT_ROLLUPS: counts from matching metrics' rollups */
+  bool auto_rollups; /* REPORT_AUTO_ROLLUPS: counts no metric holds kept as rollups */
   /* ENCRYPTED_FIELDS configured: a report rendered with pii:read (its
    * creator's) is downloaded only with pii:read. */
   bool encrypted;

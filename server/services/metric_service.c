@@ -1109,9 +1109,163 @@ struct counter_answer {
 #define ADHOC_MAX_COUNTERS 256
 #define ADHOC_MAX_ANSWERS 64
 
+int ana_metric_service_query(const struct ana_metric_query *q, struct ana_arena *arena,
+                             Analytics__V1__MetricData *out, struct ana_error *err) {
+  int rc = opts.rollups ? ana_rollup_query(opts.rollups, q, arena, out, err) : 0;
+  if (rc == 0)
+    rc = ana_metric_query_raw(opts.store_ops, opts.store, q, arena, out, err);
+  else if (rc > 0)
+    ANA_DEBUG("metrics", "metric %s: answered from its rollups", q->metric->metric_id);
+  return rc < 0 ? rc : 0;
+}
+
+/* The dimensions the queries a name (their filter fields and dimensions,
+ * without "properties."), in the order first named; false when more than
+ * max. */
+static bool adhoc_dimensions(const struct ana_metric_adhoc *a, size_t n, const char **dims,
+                             size_t max, size_t *n_dims) {
+  *n_dims = 0;
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < a[i].n_filters + a[i].n_dimensions; k++) {
+      const char *d = property_name(k < a[i].n_filters ? a[i].filters[k]->field
+                                                       : a[i].dimensions[k - a[i].n_filters]);
+      bool seen = false;
+      for (size_t j = 0; j < *n_dims && !seen; j++)
+        seen = strcmp(dims[j], d) == 0;
+      if (seen)
+        continue;
+      if (*n_dims == max)
+        return false;
+      dims[(*n_dims)++] = d;
+    }
+  return true;
+}
+
+/* Adds to c a counter of the account's own for each name the queries a
+ * count that no counter of c holds by every dimension they name; define:
+ * and defines its rollups (the same definition again does nothing). */
+static void keep_report_counts(struct counters *c, const struct ana_metric_adhoc *a, size_t n,
+                               bool define) {
+  const char *dims[16];
+  size_t n_dims, n_stored = c->n;
+  if (!adhoc_dimensions(a, n, dims, 16, &n_dims))
+    return;
+  /* Only filters rollups can answer (adhoc_counts): "eq" with a text value
+   * on a property. */
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < a[i].n_filters; k++) {
+      const Analytics__V1__MetricFilter *fl = a[i].filters[k];
+      const char *field = property_name(fl->field);
+      if (strcmp(fl->op, "eq") != 0 || !fl->value ||
+          fl->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE ||
+          strcmp(field, "eventType") == 0 || strcmp(field, "eventName") == 0 ||
+          strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0 ||
+          strncmp(field, "context.", 8) == 0)
+        return;
+    }
+  for (size_t i = 0; i < n; i++) {
+    struct ana_error err;
+    struct ana_formula *f = ana_formula_parse(a[i].formula, NULL, &err, NULL);
+    for (size_t t = 0; f && t < ana_formula_term_count(f) && c->n < c->cap; t++) {
+      const struct ana_agg_term *term = ana_formula_term(f, t);
+      if (term->fn != ANA_AGG_COUNT || !term->event_name || term->field)
+        continue;
+      bool held = false;
+      for (size_t j = 0; j < c->n && !held; j++) {
+        held = strcmp(c->items[j].event_name, term->event_name) == 0;
+        for (size_t d = 0; held && j < n_stored && d < n_dims; d++)
+          held = has_dimension(c->items[j].m, dims[d]);
+      }
+      if (held)
+        continue;
+      Analytics__V1__Metric *m = ana_arena_alloc(c->arena, sizeof *m);
+      char *id = ana_arena_alloc(c->arena, 600), *formula = ana_arena_alloc(c->arena, 300);
+      if (!m || !id || !formula)
+        break;
+      analytics__v1__metric__init(m);
+      /* One id per account, name and dimensions: the same report finds
+       * the same rollups. */
+      int o = snprintf(id, 600, "report-counts:%s:%s", c->account, term->event_name);
+      for (size_t d = 0; d < n_dims && o > 0 && o < 600; d++)
+        o += snprintf(id + o, 600 - (size_t)o, ":%s", dims[d]);
+      if (o <= 0 || o >= 600 || snprintf(formula, 300, "count(%s)", term->event_name) >= 300)
+        continue;
+      m->metric_id = id;
+      m->account_id = (char *)c->account;
+      m->name = id;
+      m->type = "counter";
+      m->aggregation = "sum";
+      m->formula = formula;
+      m->dimensions = (char **)ana_arena_calloc(c->arena, n_dims, sizeof *m->dimensions);
+      if (!m->dimensions)
+        break;
+      memcpy(m->dimensions, dims, n_dims * sizeof *dims);
+      m->n_dimensions = n_dims;
+      struct ana_formula *own = ana_formula_parse(formula, NULL, &err, NULL);
+      const char *name;
+      if (!own || !counts_one_name(own, &name)) {
+        ana_formula_free(own);
+        continue;
+      }
+      if (define && ana_rollup_define(opts.rollups, c->account, m, own, &err) < 0) {
+        ANA_WARN("metrics", "report counts of %s: rollups: %s", name, err.message);
+        ana_formula_free(own);
+        continue;
+      }
+      c->items[c->n++] = (struct counter_metric){m, own, name};
+    }
+    ana_formula_free(f);
+  }
+}
+
+static int adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                        const struct ana_metric_query *q, struct ana_arena *arena,
+                        Analytics__V1__MetricData *outs, bool keep, struct ana_error *err);
+
+/* The account's counter metrics into c, a page at a time. */
+static int list_counters(struct counters *c, struct ana_error *err) {
+  for (;;) {
+    size_t before = c->listed;
+    if (opts.catalog_ops->list(opts.catalog, KIND, c->account, c->last_id, ADHOC_LIST_PAGE,
+                               keep_candidate, c, err) < 0)
+      return ANA_ERR_INVALID;
+    keep_counters(c);
+    if (c->listed - before < ADHOC_LIST_PAGE || c->n == c->cap)
+      return 0;
+  }
+}
+
+int ana_metric_service_keep_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                                   struct ana_arena *arena, struct ana_error *err) {
+  if (!opts.rollups)
+    return 0;
+  struct counters c = {.arena = arena, .account = account, .cap = ADHOC_MAX_COUNTERS};
+  if (!(c.items = ana_arena_calloc(arena, c.cap, sizeof *c.items)))
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  int rc = list_counters(&c, err);
+  if (rc == 0)
+    keep_report_counts(&c, a, n, true);
+  for (size_t j = 0; j < c.n; j++)
+    ana_formula_free(c.items[j].f);
+  return rc;
+}
+
 int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
                                     const struct ana_metric_query *q, struct ana_arena *arena,
                                     Analytics__V1__MetricData *outs, struct ana_error *err) {
+  return adhoc_counts(account, a, n, q, arena, outs, false, err);
+}
+
+int ana_metric_service_adhoc_counts_kept(const char *account, const struct ana_metric_adhoc *a,
+                                         size_t n, const struct ana_metric_query *q,
+                                         struct ana_arena *arena, Analytics__V1__MetricData *outs,
+                                         struct ana_error *err) {
+  return adhoc_counts(account, a, n, q, arena, outs, true, err);
+}
+
+static int adhoc_counts(const char *account, const struct ana_metric_adhoc *a, size_t n,
+                        const struct ana_metric_query *q, struct ana_arena *arena,
+                        Analytics__V1__MetricData *outs, bool keep, struct ana_error *err) {
   if (!opts.rollups)
     return 0;
   struct counters c = {.arena = arena, .account = account, .cap = ADHOC_MAX_COUNTERS};
@@ -1120,18 +1274,12 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
   int rc = 0;
   if (!(c.items = ana_arena_calloc(arena, c.cap, sizeof *c.items)) || !answers)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  /* The account's counter metrics, a page at a time. */
-  for (;;) {
-    size_t before = c.listed;
-    if (opts.catalog_ops->list(opts.catalog, KIND, account, c.last_id, ADHOC_LIST_PAGE,
-                               keep_candidate, &c, err) < 0) {
-      rc = ANA_ERR_INVALID;
-      goto out;
-    }
-    keep_counters(&c);
-    if (c.listed - before < ADHOC_LIST_PAGE || c.n == c.cap)
-      break;
+  if (list_counters(&c, err) < 0) {
+    rc = ANA_ERR_INVALID;
+    goto out;
   }
+  if (keep)
+    keep_report_counts(&c, a, n, false);
   for (size_t i = 0; i < n && rc == 0; i++) {
     /* The filters: "eq" on a plain property with a text value, each then a
      * dimension filter of the counter metrics. */
@@ -1147,7 +1295,14 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
           fl->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE ||
           strcmp(field, "eventType") == 0 || strcmp(field, "eventName") == 0 ||
           strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0 ||
-          strncmp(field, "context.", 8) == 0 || ana_crypto_fields_property(opts.encrypted, field))
+          strncmp(field, "context.", 8) == 0)
+        goto out;
+      /* An encrypted property's value is its blind index here (as the scan
+       * compares it, ana_metric_service_blind_filters), and so are the
+       * values a counter groups it by. */
+      if (ana_crypto_fields_property(opts.encrypted, field) &&
+          strncmp(fl->value->string_value, ANA_CRYPTO_BLIND_PREFIX,
+                  sizeof ANA_CRYPTO_BLIND_PREFIX - 1) != 0)
         goto out;
       keys[k] = field;
       values[k] = fl->value->string_value;
@@ -1156,9 +1311,6 @@ int ana_metric_service_adhoc_counts(const char *account, const struct ana_metric
         goto out;
       o += (size_t)w;
     }
-    for (size_t d = 0; d < a[i].n_dimensions; d++)
-      if (ana_crypto_fields_property(opts.encrypted, property_name(a[i].dimensions[d])))
-        goto out;
     struct ana_formula *f = ana_formula_parse(a[i].formula, NULL, err, NULL);
     if (!f) {
       rc = ANA_ERR_INVALID;

@@ -288,6 +288,13 @@ static void do_generate(struct ana_call *call, const ProtobufCMessage *request) 
     ana_service_fail(call, &err);
     return;
   }
+  /* The answer is the report as submitted: its run pending, even when a
+   * generation thread has taken it already. */
+  if (!scheduled && r->n_runs && strcmp(r->status, "running") == 0) {
+    r->status = "pending";
+    r->runs[0]->status = "pending";
+    r->runs[0]->started_at = NULL;
+  }
   ana_call_reply(call, &r->base);
 }
 
@@ -495,14 +502,18 @@ static int generate(void *ctx, const char *account, const char *report_id, const
                        r->format);
   struct ana_report_document doc;
   struct ana_report_template_env env = {
-      opts.store_ops,
-      opts.store,
-      ana_metric_service_resolve,
-      ana_metric_service_blind_filters,
-      opts.rollups ? ana_metric_service_adhoc_counts : NULL,
-      ana_metric_service_reveal,
-      rc == 0 ? (const char *const *)r->creator_roles : NULL,
-      rc == 0 ? r->n_creator_roles : 0,
+      .store_ops = opts.store_ops,
+      .store = opts.store,
+      .resolve_metric = ana_metric_service_resolve,
+      .blind_filters = ana_metric_service_blind_filters,
+      .adhoc_counts = !opts.rollups       ? NULL
+                      : opts.auto_rollups ? ana_metric_service_adhoc_counts_kept
+                                          : ana_metric_service_adhoc_counts,
+      .metric_query = opts.rollups ? ana_metric_service_query : NULL,
+      .keep_counts = opts.rollups && opts.auto_rollups ? ana_metric_service_keep_counts : NULL,
+      .reveal = ana_metric_service_reveal,
+      .roles = rc == 0 ? (const char *const *)r->creator_roles : NULL,
+      .n_roles = rc == 0 ? r->n_creator_roles : 0,
   };
   if (rc == 0)
     rc = ana_report_template_build(&env, r->template_, account, r->name, r->parameters, a, &doc,

@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 14
+#define SCHEMA_VERSION 15
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -754,8 +754,9 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
 }
 
 /* SQL that turns this build's events table back into the one of schemas 1
- * to 12 (rowid = seq, AUTOINCREMENT, an index per field), with what it
- * holds, and forgets migration 13. */
+ * to 12 (rowid = seq, AUTOINCREMENT, an index per field, the free text and
+ * the payload in their own columns), with what it holds, and forgets the
+ * migrations from 13 on (run on a connection with ana_event_body_register). */
 #define EVENTS_OF_SCHEMA_12                                                                        \
   "CREATE TABLE old_events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"                                \
   "  account_id TEXT NOT NULL, event_id TEXT NOT NULL, session_id TEXT NOT NULL DEFAULT '',"       \
@@ -763,8 +764,10 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
   "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
   "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
   "INSERT INTO old_events SELECT seq, account_id, event_id, session_id, event_type, event_name,"   \
-  "  ts, received_at, properties, search_text, payload FROM events ORDER BY seq;"                  \
-  "DROP TABLE events; DROP TABLE event_seq; ALTER TABLE old_events RENAME TO events;"              \
+  "  ts, received_at, properties, ana_event_text(body), ana_event_payload(body) FROM events"       \
+  "  ORDER BY seq;"                                                                                \
+  "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts;"                               \
+  "ALTER TABLE old_events RENAME TO events;"                                                       \
   "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
   "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"                   \
   "CREATE INDEX events_by_type ON events(account_id, event_type, ts, event_id);"                   \
@@ -797,6 +800,7 @@ static void old_format_store_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(sqlite3_exec(conn, EVENTS_OF_SCHEMA_12, NULL, NULL, NULL), SQLITE_OK);
   /* The newest event deleted: its number must not be handed out again. */
   assert_int_equal(sqlite3_exec(conn, "DELETE FROM events WHERE seq = 6", NULL, NULL, NULL),
@@ -808,6 +812,13 @@ static void old_format_store_is_migrated_on_start(void **state) {
   assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 5);
+  /* The text and payload are in the body now, the same bytes. */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_table_info('events')"
+                                "  WHERE name IN ('search_text', 'payload')"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_text(body) !="
+                                "  'migrated words' OR ana_event_payload(body) != x'2a0178'"),
+                   0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE key >> 40 != ts / 86400000"
                                 "  OR key % 1099511627776 != seq"),
                    0);
@@ -837,6 +848,81 @@ static void old_format_store_is_migrated_on_start(void **state) {
   assert_int_equal(last, 7);
 }
 
+struct body_check {
+  int n, bad;
+};
+
+/* The free text of event d-<i>, as a campaign event's. */
+static void body_text(char *buf, size_t size, int i) {
+  snprintf(buf, size, "d-%d message_sent message campaign-%d group-%d email", i, i % 50, i % 20);
+}
+
+static int check_body(void *ctx, const struct ana_spooled_event *e, struct ana_error *err) {
+  (void)err;
+  struct body_check *c = ctx;
+  char want[64];
+  body_text(want, sizeof want, atoi(e->event_id + 2));
+  c->bad += e->payload_len != 3 || memcmp(e->payload, "\x2a\x01x", 3) != 0 ||
+            strcmp(e->search_text, want) != 0;
+  c->n++;
+  return 0;
+}
+
+/* Once the store has seen enough events it trains a zstd dictionary on
+ * them, stores it (event_dicts) and compresses the bodies of the next ones
+ * with it; every body reads back as written, after a restart too, which
+ * goes on with the same dictionary. */
+static void event_bodies_are_compressed_with_the_stores_dictionary(void **state) {
+  (void)state;
+  enum { N = 5000 };
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[16] = calloc(N, sizeof *ids);
+  char(*texts)[64] = calloc(N, sizeof *texts);
+  assert_non_null(r);
+  assert_non_null(ids);
+  assert_non_null(texts);
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "d-%d", i);
+    body_text(texts[i], sizeof texts[i], i);
+    r[i] = record("acct-1", ids[i], i % 3 ? "sent" : "read", NOW - (i % 7) * DAY, "{}", texts[i]);
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, N, &req), 0);
+  wait_done(1);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
+  int packed = query_int(w, "SELECT count(*) FROM events WHERE hex(substr(body, 1, 1)) = '01'");
+  assert_true(packed >= N - 4096);
+  struct ana_error err;
+  struct body_check c = {0};
+  assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
+  assert_int_equal(c.bad, 0);
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "d-4999"});
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], "d-4999");
+
+  close_store();
+  open_store();
+  w = ana_local_db_writer(db);
+  char text[64];
+  body_text(text, sizeof text, N);
+  struct ana_event_record next = record("acct-1", "d-5000", "sent", NOW, "{}", text);
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &next, 1, &err), 0);
+  assert_int_equal(ana_local_spool_append(db, &next, 1, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
+  assert_int_equal(
+      query_int(w, "SELECT hex(substr(body, 1, 1)) = '01' FROM events WHERE event_id = 'd-5000'"),
+      1);
+  c = (struct body_check){0};
+  assert_int_equal(ana_local_spool_each(db, 0, N + 1, check_body, &c, &err), N + 1);
+  assert_int_equal(c.bad, 0);
+  free(r);
+  free(ids);
+  free(texts);
+}
+
 /* A database of schema 3 kept its free-text index inside: the upgrade
  * drops it there, and the index file is built from the stored events. */
 static void upgrade_moves_the_text_index_out_of_the_events_database(void **state) {
@@ -847,15 +933,16 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(
       sqlite3_exec(
           conn,
-          "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
-          "  content_rowid='seq');"
-          "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
           "DROP TABLE event_names; DROP TABLE event_names_progress; DROP TABLE api_keys;"
           "DROP TABLE notify_outbox; DROP TABLE notify_attempts; DROP TABLE report_runs;"
           "DROP TABLE audit_log; DROP TABLE audit_anchor; DROP TABLE data_keys;" EVENTS_OF_SCHEMA_12
+          "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='events',"
+          "  content_rowid='seq');"
+          "INSERT INTO events_fts(events_fts) VALUES ('rebuild');"
           "DELETE FROM schema_migrations WHERE version >= 4;",
           NULL, NULL, NULL),
       SQLITE_OK);
@@ -880,6 +967,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(
       sqlite3_exec(conn,
                    "DROP TABLE alert_accounts; DROP TABLE alert_instances;"
@@ -1123,6 +1211,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(event_bodies_are_compressed_with_the_stores_dictionary, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,

@@ -90,6 +90,7 @@ struct ana_local_db {
     const char *sql;
     sqlite3_stmt *stmt;
   } writer_statements[WRITER_STATEMENTS];
+  struct ana_event_codec *codec; /* the event writer's (event_body.c) */
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
@@ -361,7 +362,7 @@ static const char *const migrations[] = {
     "DROP INDEX dedupe_keys_expiry;"
     "CREATE INDEX dedupe_keys_by_day ON dedupe_keys(expires_at / 86400000);",
 
-    /* The secret the blind index keys are derived from (server/crypto/),
+    /* 14: the secret the blind index keys are derived from (server/crypto/),
      * wrapped by the master key: written when the master key changes, so
      * that blind indexes keep matching under the new one. Absent, it is
      * derived from the master key itself. */
@@ -369,6 +370,33 @@ static const char *const migrations[] = {
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  wrapped BLOB NOT NULL,"
     "  created_at INTEGER NOT NULL);",
+    /* 15: an event's free text and payload in one column, body
+     * (event_body.c), compressed with the dictionary of event_dicts that
+     * its first byte names (0: uncompressed, as the rows copied here): the
+     * payload was stored once more beside its columns, uncompressed. */
+    "CREATE TABLE IF NOT EXISTS event_dicts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  dict BLOB NOT NULL);"
+    "CREATE TABLE events_with_body ("
+    "  key INTEGER PRIMARY KEY,"
+    "  seq INTEGER NOT NULL,"
+    "  account_id TEXT NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  session_id TEXT NOT NULL DEFAULT '',"
+    "  event_type TEXT NOT NULL,"
+    "  event_name TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  properties TEXT NOT NULL DEFAULT '{}',"
+    "  body BLOB NOT NULL);"
+    "INSERT INTO events_with_body SELECT key, seq, account_id, event_id, session_id, event_type,"
+    "  event_name, ts, received_at, properties, ana_event_body(search_text, payload)"
+    "  FROM events ORDER BY key;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_with_body RENAME TO events;"
+    "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
+    "CREATE INDEX events_by_slot ON events(account_id, ts / 21600000, seq, ts, event_name,"
+    "  event_id);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -402,6 +430,11 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
   sqlite3_extended_result_codes(db, 1);
+  if (ana_event_body_register(db) < 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "DATA_DIR: %s: %s", path, sqlite3_errmsg(db));
+    sqlite3_close(db);
+    return ANA_ERR_INTERNAL;
+  }
   /* The last connection to close keeps the WAL file (SQLite would delete
    * it): see ana_local_db_close. */
   int persist_wal = 1;
@@ -699,6 +732,10 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
     goto fail;
   }
   snprintf(db->path, n, "%s/analytics.db", data_dir);
+  if (!(db->codec = ana_event_codec_new())) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
   if (open_connection(db->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &db->writer, err) < 0)
     goto fail;
   sqlite3_busy_handler(db->writer, writer_busy, NULL);
@@ -787,8 +824,13 @@ void ana_local_db_close(struct ana_local_db *db) {
   sqlite3_close(db->writer);
   pthread_mutex_destroy(&db->mu);
   pthread_cond_destroy(&db->reader_free);
+  ana_event_codec_free(db->codec);
   ana_free(db->path);
   ana_free(db);
+}
+
+struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db) {
+  return db->codec;
 }
 
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {

@@ -12,7 +12,8 @@
  * 2^40 plus its commit sequence; seq has a unique index; events_by_slot is
  * (account_id, ts / 21600000, seq, ts, event_name, event_id): 6-hour slots
  * of an account, each in commit order. A query reaches an account's slots
- * through that expression, written as in the index. */
+ * through that expression, written as in the index. The free text and the
+ * payload are in the column body (migration 15; see event_body.c). */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
 #define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SLOT_SQL "ts / 21600000"
@@ -29,6 +30,27 @@ static inline int64_t ana_event_slot(int64_t ts_ms) {
 static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {
   return ana_event_day(ts_ms) * (INT64_C(1) << ANA_EVENT_SEQ_BITS) + (int64_t)seq;
 }
+
+/* Event bodies (event_body.c): an event's free text and payload in one
+ * column, events.body, compressed with the store's dictionary (table
+ * event_dicts) once it is trained. Every connection to the local database
+ * (and the search index's) has the SQL functions ana_event_text(body),
+ * ana_event_payload(body) and ana_event_body(text, payload) (an
+ * uncompressed body), from ana_event_body_register. */
+int ana_event_body_register(sqlite3 *conn);
+
+/* The event writer's encoder (one per local database, on the committer's
+ * thread): ana_event_codec_encode sets *out to the body of (text, payload),
+ * valid until the next call; ana_event_codec_persist stores the dictionary
+ * it uses in the current transaction (once; a no-op when stored). */
+struct ana_event_codec;
+struct ana_event_codec *ana_event_codec_new(void);
+void ana_event_codec_free(struct ana_event_codec *c);
+int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *text,
+                           const uint8_t *payload, size_t payload_len, const void **out,
+                           size_t *out_len);
+int ana_event_codec_persist(struct ana_event_codec *c, sqlite3 *w, struct ana_error *err);
+struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db);
 
 /* A new read-write connection with the same settings, for a role that
  * writes on its own (the catalog, rollups); it never checkpoints (the local

@@ -11,8 +11,8 @@
 
 static const char sql_append[] =
     "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_at, properties, search_text, payload)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)";
+    " event_name, ts, received_at, properties, body)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?)";
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
 static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
 
@@ -44,6 +44,7 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
+  struct ana_event_codec *codec = ana_local_db_event_codec(db);
   size_t stored = 0;
   for (size_t i = 0; i < n; i++) {
     struct ana_event_record *r = &records[i];
@@ -61,8 +62,15 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
     sqlite3_bind_int64(st, 8, r->timestamp_ms);
     sqlite3_bind_int64(st, 9, r->received_at_ms);
     sqlite3_bind_text(st, 10, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 11, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 12, r->payload, (int)r->payload_len, SQLITE_STATIC);
+    const void *body = NULL;
+    size_t body_len = 0;
+    if (ana_event_codec_encode(codec, w, r->search_text, r->payload, r->payload_len, &body,
+                               &body_len) < 0) {
+      sqlite3_reset(st);
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      return ANA_ERR_NOMEM;
+    }
+    sqlite3_bind_blob(st, 11, body, (int)body_len, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
       sqlite3_reset(st);
       return spool_error(w, err);
@@ -73,6 +81,8 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
   sqlite3_reset(st);
   if (stored == 0)
     return 0;
+  if (ana_event_codec_persist(codec, w, err) < 0)
+    return ANA_ERR_IO;
   sqlite3_stmt *set = ana_local_db_writer_statement(db, sql_set_last_seq);
   if (!set) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
@@ -160,11 +170,13 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   int n = 0, rc = 0, step;
-  if (sqlite3_prepare_v2(r,
-                         "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
-                         " ts, received_at, properties, search_text, payload FROM events"
-                         " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(
+          r,
+          "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
+          " ts, received_at, properties, ana_event_text(body), ana_event_payload(body)"
+          " FROM events"
+          " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;

@@ -84,8 +84,9 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
                      size_t size) {
   size_t len = 0;
 #define APPEND(...) len += (size_t)snprintf(sql + len, size - len, __VA_ARGS__)
-  APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : "payload",
-         words ? ", search_text" : "");
+  APPEND("SELECT %s, ts, event_id, seq%s FROM",
+         of == ONE_EVENT ? "NULL" : "ana_event_payload(body)",
+         words ? ", ana_event_text(body)" : "");
   if (of == ONE_EVENT)
     APPEND(" events WHERE seq = ?9 AND");
   else if (of == INDEX_MATCHES)
@@ -524,8 +525,8 @@ static int text_search(struct text_search *s, char *const *paths) {
   rows_sql(q, ONE_EVENT, s->n_phrases > 0, one, sizeof one);
   if (sqlite3_prepare_v2(s->r, sql, -1, &s->rows, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->r, one, -1, &s->one, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(s->r, "SELECT payload FROM events WHERE seq = ?", -1, &s->payload, NULL) !=
-          SQLITE_OK ||
+      sqlite3_prepare_v2(s->r, "SELECT ana_event_payload(body) FROM events WHERE seq = ?", -1,
+                         &s->payload, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->r,
                          "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2", -1,
                          &s->probe, NULL) != SQLITE_OK)

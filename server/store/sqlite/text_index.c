@@ -35,6 +35,7 @@
 #include "ana_log.h"
 #include "ana_prom.h"
 #include "../local/wal_write_vfs.h"
+#include "local_db_sql.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -447,6 +448,8 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
     return fail(ti->conn, "cannot open", err);
   sqlite3_busy_timeout(ti->conn, BUSY_TIMEOUT_MS);
   sqlite3_extended_result_codes(ti->conn, 1);
+  if (ana_event_body_register(ti->conn) < 0)
+    return fail(ti->conn, "cannot open", err);
   /* NORMAL: a batch lost in a crash is indexed again from the events. */
   if (exec(ti->conn, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", err) < 0)
     return ANA_ERR_IO;
@@ -513,7 +516,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
   }
   ti->indexed_seq = (uint64_t)indexed;
   if (sqlite3_prepare_v3(ti->conn,
-                         "SELECT seq, search_text, event_name, ts FROM ev.events"
+                         "SELECT seq, ana_event_text(body), event_name, ts FROM ev.events"
                          " WHERE seq > ? ORDER BY seq LIMIT ?",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
@@ -524,7 +527,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
                          " max_ts = max(coalesce(max_ts, ?3), coalesce(?3, max_ts))",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->set_progress, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
-                         "SELECT search_text, event_name, ts FROM ev.events"
+                         "SELECT ana_event_text(body), event_name, ts FROM ev.events"
                          " WHERE seq = ?",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,

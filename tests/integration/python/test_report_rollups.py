@@ -10,7 +10,9 @@ import csv
 import datetime
 import io
 import random
+import shutil
 import time
+import unittest
 import uuid
 
 import grpc
@@ -24,6 +26,8 @@ ZONE = "America/New_York"  # its clock went back on 2026-11-01
 
 
 class ReportRollupsTest(ReportsMixin, harness.ServerTestCase):
+
+    SERVER_ENV = {"REPORT_AUTO_ROLLUPS": "false"}  # stored metrics only
 
     @classmethod
     def setUpClass(cls):
@@ -131,3 +135,173 @@ class ReportRollupsTest(ReportsMixin, harness.ServerTestCase):
         sent = [r for r in rows if r[:1] == ["Sent"]][0]
         self.assertEqual(sent[1], "1")
         self.assertAlmostEqual(float(sent[3]), -0.75)  # (1 - 4) / 4
+
+
+def load_campaign_events(channel, epb, egrpc, n, days):
+    events = epb.TrackEventsRequest()
+    rnd = random.Random(7)
+    now = int(time.time())
+    for i in range(n):
+        e = events.events.add(event_type="track", event_name=NAMES[rnd.randrange(4)],
+                              event_id="ev-%d" % i)
+        e.timestamp.seconds = now - rnd.randrange(days * 86400)
+        e.properties.update({"campaignId": "c%d" % rnd.randrange(3),
+                             "groupId": "g%d" % rnd.randrange(6),
+                             "messageType": ("text", "photo")[rnd.randrange(2)]})
+    stub = egrpc.EventServiceStub(channel)
+    for k in range(0, len(events.events), 1000):
+        r = stub.TrackEvents(epb.TrackEventsRequest(events=events.events[k:k + 1000]),
+                             timeout=60)
+        assert r.rejected == 0, r
+
+
+def wait_rollups(test, stub, mpb, mid):
+    req = mpb.GetMetricDataRequest(metric_id=mid, interval="1d")
+    deadline = time.time() + 60
+    while True:  # until its backfill completed
+        try:
+            stub.GetMetricData(req, timeout=30, metadata=[("x-metric-source", "rollup")])
+            return
+        except grpc.RpcError as e:
+            test.assertEqual(e.code(), grpc.StatusCode.FAILED_PRECONDITION, e.details())
+            test.assertLess(time.time(), deadline)
+            time.sleep(0.1)
+
+
+def csv_of(test, rest, port, body):
+    status, _, r = rest.request("POST", "/api/reports", body)
+    test.assertEqual(status, 200, r)
+    deadline = time.time() + 60
+    while True:
+        status, _, g = rest.request("GET", "/api/reports/" + r["reportId"])
+        if g["status"] in ("completed", "failed"):
+            break
+        test.assertLess(time.time(), deadline)
+        time.sleep(0.05)
+    test.assertEqual(g["status"], "completed", g)
+    status, _, data = get(port, "/api/reports/%s/download" % r["reportId"])
+    test.assertEqual(status, 200)
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+class EncryptedReportRollupsTest(ReportsMixin, harness.ServerTestCase):
+    """An encrypted campaignId (and groupId): the counters' rollups are
+    filtered through the campaign's blind index, as the scan is."""
+
+    SERVER_ENV = {"ENCRYPTED_FIELDS": "properties.campaignId,properties.groupId",
+                  "REPORT_AUTO_ROLLUPS": "false"}
+
+    def test_encrypted_campaign_counts_from_rollups_equal_the_scan(self):
+        rest = RestClient(self.rest_port)
+        mpb, mgrpc = self.ns.analytics["metrics"]
+        epb, egrpc = self.ns.analytics["events"]
+        load_campaign_events(self.channel, epb, egrpc, 3000, 40)
+        body = {"template": "campaign_performance", "format": "csv",
+                "parameters": {"campaignId": "c1",
+                               "dateRange": {"start": day(-14), "end": day(0)}}}
+        scanned = csv_of(self, rest, self.rest_port, body)
+        self.assertIn("Sent", [row[0] for row in scanned if row])
+        stub = mgrpc.MetricServiceStub(self.channel)
+        for name in NAMES:
+            m = mpb.Metric(name="%s enc" % name, type="counter", formula="count(%s)" % name,
+                           aggregation="sum", dimensions=["campaignId", "groupId", "messageType"])
+            wait_rollups(self, stub, mpb, stub.CreateMetric(
+                mpb.CreateMetricRequest(metric=m), timeout=30).metric_id)
+        mark = self.server.log_mark()
+        self.assertEqual(csv_of(self, rest, self.rest_port, body), scanned)
+        self.assertTrue([l for l in self.server.log_lines(mark)
+                         if "from the rollups" in l.get("msg", "")])
+
+
+class SummaryRollupsTest(ReportsMixin, harness.ServerTestCase):
+    """metric_summary reads a stored metric's rollups (also grouped by some
+    of its dimensions, and its tile over every group); its file equals the
+    one a server with REPORT_ROLLUPS=false scans for on a copy of the data."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        mpb, mgrpc = cls.ns.analytics["metrics"]
+        epb, egrpc = cls.ns.analytics["events"]
+        load_campaign_events(cls.channel, epb, egrpc, 4000, 30)
+        stub = mgrpc.MetricServiceStub(cls.channel)
+        cls.ids = []
+        for formula, dims in (("count(message_sent)", ["groupId", "messageType"]),
+                              ("count(message_delivered) / count(message_sent)", ["campaignId"])):
+            m = mpb.Metric(name=formula, type="counter", formula=formula, aggregation="sum",
+                           dimensions=dims)
+            mid = stub.CreateMetric(mpb.CreateMetricRequest(metric=m), timeout=30).metric_id
+            wait_rollups(unittest.TestCase(), stub, mpb, mid)
+            cls.ids.append(mid)
+        # The same data for a server that scans: stopped, copied, restarted.
+        cls.server.stop()
+        cls.scan = harness.Server(env={"REPORT_ROLLUPS": "false"}, log_level="warn")
+        shutil.rmtree(cls.scan.data_dir)
+        shutil.copytree(cls.server.data_dir, cls.scan.data_dir)
+        cls.server.sigterm_at = None
+        cls.server.start()
+        cls.scan.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.scan.stop()
+        cls.scan.cleanup()
+        super().tearDownClass()
+
+    def test_summary_from_rollups_equals_the_scan(self):
+        rest, scan_rest = RestClient(self.rest_port), RestClient(self.scan.http_port)
+        cases = [{"metrics": self.ids, "interval": "1d",
+                  "dateRange": {"start": day(-9), "end": day(0)}},
+                 {"metrics": [self.ids[0]], "interval": "1d", "dimensions": ["groupId"],
+                  "topN": 3, "dateRange": {"start": day(-20), "end": day(-1)},
+                  "timeZone": ZONE}]
+        for params in cases:
+            body = {"template": "metric_summary", "format": "csv", "parameters": params}
+            want = csv_of(self, scan_rest, self.scan.http_port, body)
+            mark = self.server.log_mark()
+            got = csv_of(self, rest, self.rest_port, body)
+            self.assertIn("Total", [c for r in got for c in r])  # a table of groups
+            # The generation time differs; every number must not.
+            strip = [r for r in got if not (r and r[0].startswith("Generated"))]
+            self.assertEqual(strip, [r for r in want if not (r and r[0].startswith("Generated"))],
+                             params)
+            used = [l for l in self.server.log_lines(mark)
+                    if "answered from its rollups" in l.get("msg", "")]
+            # Each metric's query and its tile over every group.
+            self.assertEqual(len(used), 2 * len(params["metrics"]), params)
+
+
+class AutoRollupsTest(ReportsMixin, harness.ServerTestCase):
+    """No stored metric counts the campaign's events: the first report scans
+    them and keeps its counts as rollups of its own; once backfilled, the
+    next reports read those, with the numbers of the scan (an encrypted
+    campaignId through its blind index)."""
+
+    SERVER_ENV = {"ENCRYPTED_FIELDS": "properties.campaignId"}
+
+    def test_report_counts_kept_as_rollups_equal_the_scan(self):
+        rest = RestClient(self.rest_port)
+        epb, egrpc = self.ns.analytics["events"]
+        load_campaign_events(self.channel, epb, egrpc, 3000, 40)
+        body = {"template": "campaign_performance", "format": "csv",
+                "parameters": {"campaignId": "c1", "timeZone": ZONE,
+                               "dateRange": {"start": day(-14), "end": day(0)}}}
+        mark = self.server.log_mark()
+        scanned = csv_of(self, rest, self.rest_port, body)
+        self.assertFalse([l for l in self.server.log_lines(mark)
+                          if "from the rollups" in l.get("msg", "")])
+        self.assertIn("Sent", [row[0] for row in scanned if row])
+        deadline = time.time() + 60
+        while True:  # until the rollups kept by the first report are complete
+            mark = self.server.log_mark()
+            got = csv_of(self, rest, self.rest_port, body)
+            self.assertEqual(got, scanned)
+            if [l for l in self.server.log_lines(mark) if "from the rollups" in l.get("msg", "")]:
+                break
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        # Not a stored metric: the account's list is unchanged.
+        mpb, mgrpc = self.ns.analytics["metrics"]
+        listed = mgrpc.MetricServiceStub(self.channel).ListMetrics(mpb.ListMetricsRequest(),
+                                                                   timeout=10)
+        self.assertEqual(len(listed.metrics), 0)
