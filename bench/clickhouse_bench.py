@@ -157,12 +157,11 @@ def pushed_sql(from_ms, to_ms, instance, shipped):
         return (" OR (has(prop_keys, '%s') AND visitParamExtractRaw(properties, '%s') !="
                 " concat('\"', %s, '\"'))" % (k, k, dim(k)))
     prev = from_ms - (to_ms - from_ms)
-    return ("SELECT concat('', substring(%s, 1, 127), '\\x1f', substring(%s, 1, 127)) AS k,"
-            " ts < %d AS prev, if(prev, toUInt32(0), toUInt32(toStartOfHour(toDateTime("
-            "intDiv(ts, 1000)), 'UTC'))) AS b, countIf(0%s%s),"
-            " toFloat64(countIf((1 AND event_name = 'message_sent'))), toFloat64(0),"
-            " toFloat64(0), toFloat64(0) FROM (SELECT instance, seq, ts, event_id, event_type,"
-            " event_name, session_id, prop_keys, prop_values, properties FROM events WHERE"
+    return ("SELECT k, prev, b, countIf(d), toFloat64(countIf(c0)), toFloat64(0), toFloat64(0),"
+            " toFloat64(0) FROM (SELECT instance, seq, concat('', substring(%s, 1, 127),"
+            " '\\x1f', substring(%s, 1, 127)) AS k, ts < %d AS prev, if(prev, toUInt32(0),"
+            " toUInt32(toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC'))) AS b, (0%s%s) AS d,"
+            " (1 AND event_name = 'message_sent') AS c0 FROM events WHERE"
             " account_id = 'default' AND ts >= %d AND ts < %d AND event_name IN"
             " ('message_sent') AND NOT (instance = '%s' AND seq > %d) LIMIT 1 BY instance, seq)"
             " GROUP BY k, prev, b FORMAT RowBinary"

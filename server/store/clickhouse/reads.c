@@ -692,7 +692,19 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
   for (size_t t = 0; t < q->n_terms; t++)
     if (q->terms[t].property && !plain_key(q->terms[t].property))
       return false;
-  fputs("SELECT ", s->f);
+  /* Outside: per group and bucket, the doubtful rows and each term's aggregates. */
+  fputs("SELECT k, prev, b, countIf(d)", s->f);
+  for (size_t t = 0; t < q->n_terms; t++) {
+    if (q->terms[t].numeric)
+      fprintf(s->f,
+              ", toFloat64(countIf(c%zu)), sumIf(x%zu, c%zu), minIf(x%zu, c%zu), maxIf(x%zu, c%zu)",
+              t, t, t, t, t, t, t);
+    else
+      fprintf(s->f, ", toFloat64(countIf(c%zu)), toFloat64(0), toFloat64(0), toFloat64(0)", t);
+  }
+  /* Inside: each (instance, seq) once (a second copy of a row is not counted twice), read
+   * into its group key, bucket, doubt, and per term whether it counts and its number. */
+  fputs(" FROM (SELECT instance, seq, ", s->f);
   if (!q->n_dimensions)
     fputs("''", s->f);
   for (size_t d = 0; d < q->n_dimensions; d++) {
@@ -707,7 +719,7 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
           " AS prev, if(prev, toUInt32(0), toUInt32(%s(toDateTime(intDiv(ts, 1000)), ",
           q->split_ms, unit);
   sql_str(s, q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
-  fputs("))) AS b, countIf(0", s->f);
+  fputs("))) AS b, (0", s->f);
   for (size_t d = 0; d < q->n_dimensions; d++)
     if (!is_column(q->dimensions[d])) {
       fputs(" OR (has(prop_keys, ", s->f);
@@ -720,9 +732,7 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
     }
   for (size_t t = 0; t < q->n_terms; t++)
     if (q->terms[t].numeric) {
-      fputs(" OR (", s->f);
-      sql_term_cond(s, &q->terms[t]);
-      fputs(" AND NOT (length(", s->f);
+      fprintf(s->f, " OR (c%zu AND NOT (length(", t);
       sql_field(s, q->terms[t].property);
       fputs(") <= 15 AND match(", s->f);
       sql_field(s, q->terms[t].property);
@@ -732,29 +742,18 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
       sql_field(s, q->terms[t].property);
       fputs("))", s->f);
     }
-  fputc(')', s->f);
+  fputs(") AS d", s->f);
   for (size_t t = 0; t < q->n_terms; t++) {
-    const struct ana_event_agg_term *term = &q->terms[t];
-    fputs(", toFloat64(countIf(", s->f);
-    sql_term_cond(s, term);
-    fputs("))", s->f);
-    if (!term->numeric) {
-      fputs(", toFloat64(0), toFloat64(0), toFloat64(0)", s->f);
-      continue;
-    }
-    static const char *const fns[] = {"sumIf", "minIf", "maxIf"};
-    for (size_t i = 0; i < 3; i++) {
-      fprintf(s->f, ", %s(toFloat64OrZero(", fns[i]);
-      sql_field(s, term->property);
-      fputs("), ", s->f);
-      sql_term_cond(s, term);
-      fputc(')', s->f);
+    fputs(", ", s->f);
+    sql_term_cond(s, &q->terms[t]);
+    fprintf(s->f, " AS c%zu", t);
+    if (q->terms[t].numeric) {
+      fputs(", toFloat64OrZero(", s->f);
+      sql_field(s, q->terms[t].property);
+      fprintf(s->f, ") AS x%zu", t);
     }
   }
-  /* Each (instance, seq) once: a second copy of a row is not counted twice. */
-  fputs(" FROM (SELECT instance, seq, ts, event_id, event_type, event_name, session_id,"
-        " prop_keys, prop_values, properties FROM events WHERE account_id = ",
-        s->f);
+  fputs(" FROM events WHERE account_id = ", s->f);
   sql_str(s, q->account_id);
   fprintf(s->f, " AND ts >= %" PRId64 " AND ts < %" PRId64, q->from_ms, q->to_ms);
   if (q->n_names) {
