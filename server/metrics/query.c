@@ -1119,15 +1119,53 @@ static int on_aggregates(void *ctx, const char *key, int64_t bucket_ms, const do
 
 /* The raw path run by the store (ops->aggregate) when the metric reads only what it can
  * aggregate exactly: counts and numeric scalars of top-level properties, dimensions of event
- * fields or top-level properties, no filters. 1 done, 0 not done, or a negative error. */
+ * fields or top-level properties, filters comparing strings or numbers. 1 done, 0 not done, or
+ * a negative error. */
 static int raw_aggregated(const struct ana_event_store_ops *ops, void *store, struct ana_mq *s,
                           struct ana_error *err) {
   static const char *const tops[] = {NULL, "eventType", "eventName", "sessionId", "eventId"};
   const struct ana_metric_query *q = s->q;
   struct ana_event_agg_term terms[ANA_ACC_MAX_TERMS];
   const char *dims[MAX_DIMENSIONS];
-  if (!ops->aggregate || q->metric->n_filters || q->from_ms >= q->to_ms)
+  struct ana_event_agg_filter filters[8];
+  const char *texts[64];
+  size_t n_texts = 0;
+  if (!ops->aggregate || q->metric->n_filters > 8 || q->from_ms >= q->to_ms)
     return 0;
+  /* Filters comparing strings with strings or numbers with a number. */
+  for (size_t i = 0; i < q->metric->n_filters; i++) {
+    const struct ana_acc_field *f = &s->spec.filter_refs[i];
+    json_t *want = s->spec.filter_values[i];
+    const char *op = q->metric->filters[i]->op;
+    if (f->nested || (!f->top && !f->path[0]) || f->top >= sizeof tops / sizeof tops[0])
+      return 0;
+    for (size_t k = 1; !f->top && k < sizeof tops / sizeof tops[0]; k++)
+      if (strcmp(f->path, tops[k]) == 0)
+        return 0; /* a property named like an event field */
+    filters[i] =
+        (struct ana_event_agg_filter){f->top ? tops[f->top] : f->path, op, texts + n_texts, 0, 0};
+    if (strcmp(op, "in") == 0) {
+      size_t j;
+      json_t *item;
+      json_array_foreach(want, j, item) {
+        if (!json_is_string(item) || n_texts == sizeof texts / sizeof texts[0])
+          return 0;
+        texts[n_texts++] = json_string_value(item);
+        filters[i].n_values++;
+      }
+    } else if (strcmp(op, "eq") == 0 || strcmp(op, "neq") == 0 || strcmp(op, "contains") == 0) {
+      if (!json_is_string(want) || n_texts == sizeof texts / sizeof texts[0])
+        return 0;
+      texts[n_texts++] = json_string_value(want);
+      filters[i].n_values = 1;
+    } else if (op[0] == 'g' || op[0] == 'l') {
+      if (!json_is_number(want) || f->top)
+        return 0;
+      filters[i].number = json_number_value(want);
+    } else if (strcmp(op, "exists") != 0) {
+      return 0;
+    }
+  }
   for (size_t t = 0; t < s->spec.n_terms; t++) {
     const struct ana_agg_term *term = s->spec.terms[t];
     const struct ana_acc_field *f = s->spec.term_fields[t] ? &s->spec.term_refs[t] : NULL;
@@ -1158,6 +1196,8 @@ static int raw_aggregated(const struct ana_event_store_ops *ops, void *store, st
       .n_terms = s->spec.n_terms,
       .dimensions = dims,
       .n_dimensions = s->spec.n_dims,
+      .filters = filters,
+      .n_filters = q->metric->n_filters,
   };
   return ops->aggregate(store, &aq, on_aggregates, on_event, s, err);
 }

@@ -88,6 +88,16 @@ struct ana_event_agg_term {
   bool numeric;           /* count, sum, min, max of property's numbers; else count where present */
 };
 
+/* A filter of the aggregation, on an event field or a top-level property (see dimensions). */
+struct ana_event_agg_filter {
+  const char *field;
+  const char *op;            /* "exists", "eq", "neq", "in", "contains" (strings), "gt", "gte",
+                                "lt", "lte" (number) */
+  const char *const *values; /* the strings eq, neq, contains (one) and in compare with */
+  size_t n_values;
+  double number;
+};
+
 struct ana_event_agg_query {
   const char *account_id;
   /* Events with from_ms <= timestamp < split_ms count in the previous period (one cell per
@@ -102,6 +112,8 @@ struct ana_event_agg_query {
   const char *const *dimensions; /* field paths (eventType, eventName, sessionId, eventId or a
                                     property) */
   size_t n_dimensions;
+  const struct ana_event_agg_filter *filters; /* all must match */
+  size_t n_filters;
 };
 
 /* Receives one group's aggregates of one bucket (bucket_ms its start; INT64_MIN: the

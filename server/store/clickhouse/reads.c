@@ -6,6 +6,7 @@
 #include "clickhouse_backend.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <jansson.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -668,6 +669,96 @@ static void sql_term_cond(struct sql *s, const struct ana_event_agg_term *t) {
   fputc(')', s->f);
 }
 
+/* Whether a property's text is its JSON string verbatim (the metric engine reads the string). */
+static void sql_clean_string(struct sql *s, const char *prop) {
+  fputs("visitParamExtractRaw(properties, ", s->f);
+  sql_str(s, prop);
+  fputs(") = concat('\"', ", s->f);
+  sql_field(s, prop);
+  fputs(", '\"')", s->f);
+}
+
+/* Whether a property's text is its JSON number verbatim, at most 15 digits (both read it as the
+ * same double). */
+static void sql_clean_number(struct sql *s, const char *prop) {
+  fputs("(length(", s->f);
+  sql_field(s, prop);
+  fputs(") <= 15 AND match(", s->f);
+  sql_field(s, prop);
+  fputs(", '^-?[0-9]+(\\\\.[0-9]+)?$') AND visitParamExtractRaw(properties, ", s->f);
+  sql_str(s, prop);
+  fputs(") = ", s->f);
+  sql_field(s, prop);
+  fputc(')', s->f);
+}
+
+/* A field present: a non-empty event field, a property that is not null. */
+static void sql_present(struct sql *s, const char *field) {
+  if (is_column(field)) {
+    fputc('(', s->f);
+    sql_field(s, field);
+    fputs(" != '')", s->f);
+  } else {
+    fputs("has(prop_keys, ", s->f);
+    sql_str(s, field);
+    fputc(')', s->f);
+  }
+}
+
+static bool string_op(const char *op) {
+  return strcmp(op, "eq") == 0 || strcmp(op, "neq") == 0 || strcmp(op, "in") == 0 ||
+         strcmp(op, "contains") == 0;
+}
+
+/* Whether the event passes filter f (when its values read as the SQL reads them); false when
+ * it cannot be written exactly. */
+static bool sql_filter(struct sql *s, const struct ana_event_agg_filter *f) {
+  static const char *const cmps[][2] = {{"gt", ">"}, {"gte", ">="}, {"lt", "<"}, {"lte", "<="}};
+  fputc('(', s->f);
+  sql_present(s, f->field);
+  if (strcmp(f->op, "eq") == 0 || strcmp(f->op, "neq") == 0) {
+    fputs(" AND ", s->f);
+    sql_field(s, f->field);
+    fputs(" = ", s->f);
+    sql_str(s, f->values[0]);
+    if (f->op[0] == 'n')
+      fputs(") = 0", s->f); /* absent, or another value */
+    else
+      fputc(')', s->f);
+    return true;
+  }
+  if (strcmp(f->op, "in") == 0) {
+    fputs(" AND ", s->f);
+    sql_field(s, f->field);
+    fputs(" IN (''", s->f); /* present event fields are never "" */
+    for (size_t i = 0; i < f->n_values; i++) {
+      if (!f->values[i][0] && !is_column(f->field))
+        return false; /* a present property may be "" */
+      fputc(',', s->f);
+      sql_str(s, f->values[i]);
+    }
+    fputc(')', s->f);
+  } else if (strcmp(f->op, "contains") == 0) {
+    fputs(" AND position(", s->f);
+    sql_field(s, f->field);
+    fputs(", ", s->f);
+    sql_str(s, f->values[0]);
+    fputs(") > 0", s->f);
+  } else if (strcmp(f->op, "exists") != 0) {
+    const char *cmp = NULL;
+    for (size_t i = 0; i < sizeof cmps / sizeof cmps[0]; i++)
+      if (strcmp(f->op, cmps[i][0]) == 0)
+        cmp = cmps[i][1];
+    if (!cmp || is_column(f->field) || !isfinite(f->number))
+      return false;
+    fputs(" AND toFloat64OrZero(", s->f);
+    sql_field(s, f->field);
+    fprintf(s->f, ") %s %.17g", cmp, f->number);
+  }
+  fputc(')', s->f);
+  return true;
+}
+
 /* The aggregation's SQL; false when it cannot be written exactly. Per group and bucket: the
  * group key, whether the previous period, the bucket start (seconds), the rows whose values
  * the metric engine might read otherwise than the SQL ("doubtful"), and per term count, sum,
@@ -691,6 +782,9 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
       return false;
   for (size_t t = 0; t < q->n_terms; t++)
     if (q->terms[t].property && !plain_key(q->terms[t].property))
+      return false;
+  for (size_t i = 0; i < q->n_filters; i++)
+    if (!is_column(q->filters[i].field) && !plain_key(q->filters[i].field))
       return false;
   /* Outside: per group and bucket, the doubtful rows and each term's aggregates. */
   fputs("SELECT k, prev, b, countIf(d)", s->f);
@@ -724,25 +818,36 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
     if (!is_column(q->dimensions[d])) {
       fputs(" OR (has(prop_keys, ", s->f);
       sql_str(s, q->dimensions[d]);
-      fputs(") AND visitParamExtractRaw(properties, ", s->f);
-      sql_str(s, q->dimensions[d]);
-      fputs(") != concat('\"', ", s->f);
-      sql_field(s, q->dimensions[d]);
-      fputs(", '\"'))", s->f);
+      fputs(") AND NOT ", s->f);
+      sql_clean_string(s, q->dimensions[d]);
+      fputc(')', s->f);
     }
   for (size_t t = 0; t < q->n_terms; t++)
     if (q->terms[t].numeric) {
-      fprintf(s->f, " OR (c%zu AND NOT (length(", t);
-      sql_field(s, q->terms[t].property);
-      fputs(") <= 15 AND match(", s->f);
-      sql_field(s, q->terms[t].property);
-      fputs(", '^-?[0-9]+(\\\\.[0-9]+)?$') AND visitParamExtractRaw(properties, ", s->f);
-      sql_str(s, q->terms[t].property);
-      fputs(") = ", s->f);
-      sql_field(s, q->terms[t].property);
-      fputs("))", s->f);
+      fprintf(s->f, " OR (c%zu AND NOT ", t);
+      sql_clean_number(s, q->terms[t].property);
+      fputc(')', s->f);
     }
-  fputs(") AS d", s->f);
+  for (size_t i = 0; i < q->n_filters; i++) {
+    const struct ana_event_agg_filter *f = &q->filters[i];
+    if (is_column(f->field) || strcmp(f->op, "exists") == 0)
+      continue;
+    fputs(" OR (has(prop_keys, ", s->f);
+    sql_str(s, f->field);
+    fputs(") AND NOT ", s->f);
+    if (string_op(f->op))
+      sql_clean_string(s, f->field);
+    else
+      sql_clean_number(s, f->field);
+    fputc(')', s->f);
+  }
+  fputs(") AS d, (1", s->f);
+  for (size_t i = 0; i < q->n_filters; i++) {
+    fputs(" AND ", s->f);
+    if (!sql_filter(s, &q->filters[i]))
+      return false;
+  }
+  fputs(") AS fl", s->f);
   for (size_t t = 0; t < q->n_terms; t++) {
     fputs(", ", s->f);
     sql_term_cond(s, &q->terms[t]);
@@ -766,7 +871,8 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
     fputc(')', s->f);
   }
   sql_visible(s, v);
-  fputs(" LIMIT 1 BY instance, seq) GROUP BY k, prev, b FORMAT RowBinary", s->f);
+  /* Groups are made by the events that pass the filters (and the doubtful ones: see d). */
+  fputs(" LIMIT 1 BY instance, seq) WHERE fl OR d GROUP BY k, prev, b FORMAT RowBinary", s->f);
   return true;
 }
 

@@ -188,7 +188,13 @@ class PushedDownReadsTest(unittest.TestCase):
         dict(formula="p50(buy.amount)"),
         dict(formula="p95(sent.price) - p99(sent.amount)", dimensions=["vip"]),
         dict(formula="(count(open) / count(sent)) * 100", filters=[("campaign", "in",
-                                                                    ["c0", "c2"])]),
+                                                                    ["c0", "c2"])], pushed=True),
+        dict(formula="sum(buy.amount) + count(*)", dimensions=["campaign"], pushed=True,
+             filters=[("eventType", "eq", "order"), ("user", "neq", "u3"),
+                      ("price", "gte", 20.5), ("campaign", "contains", "c"),
+                      ("amount", "exists", None)]),
+        dict(formula="count(buy)", filters=[("vip", "eq", True)]),  # booleans: from rows
+        dict(formula="count(sent)", filters=[("qty", "gt", 3)]),  # numbers in strings: rows
     ]
 
     def create_metrics(self):
@@ -202,7 +208,14 @@ class PushedDownReadsTest(unittest.TestCase):
                 m = self.mpb.Metric(name="cmp-%d" % i, **kw)
                 for f in filters:
                     mf = m.filters.add(field=f[0], op=f[1])
-                    mf.value.list_value.extend(f[2])
+                    if isinstance(f[2], list):
+                        mf.value.list_value.extend(f[2])
+                    elif isinstance(f[2], bool):
+                        mf.value.bool_value = f[2]
+                    elif isinstance(f[2], (int, float)):
+                        mf.value.number_value = f[2]
+                    elif isinstance(f[2], str):
+                        mf.value.string_value = f[2]
                 ids.append(mt.CreateMetric(self.mpb.CreateMetricRequest(metric=m),
                                            timeout=10).metric_id)
             self.metric_ids.append(ids)
