@@ -976,8 +976,9 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_u64(w, "ana_clickhouse_second_copies_deleted_total", NULL,
                      ana_prom_counter_get(&s->removed));
   ana_prom_write_family(w, "ana_clickhouse_metric_aggregations_total", "counter",
-                        "Metric raw-path queries aggregated in ClickHouse (path=\"sql\") or "
-                        "answered from its rows (path=\"rows\": values SQL cannot read exactly).");
+                        "Metric raw-path queries aggregated in ClickHouse (path=\"sql\") or handed "
+                        "back to be answered from its rows (path=\"rows\": values or a shape "
+                        "SQL cannot read exactly).");
   static const char *const sql_path[] = {"path", "sql", NULL}, *const rows_path[] = {"path", "rows",
                                                                                      NULL};
   ana_prom_write_u64(w, "ana_clickhouse_metric_aggregations_total", sql_path,
