@@ -10,7 +10,7 @@
    message_sent per campaignId and groupId over the shipped events) three ways, alternating
    per round: analyticsd with ClickHouse configured (aggregated in ClickHouse), clickhouse-client
    running the same SQL statement analyticsd sends (pushed_sql), analyticsd on the embedded
-   store (a copy of the same spool).
+   store (a copy of the same spool); over HTTP, the same statement and the bare aggregation.
 3. Durable ingest with ClickHouse configured against the embedded store: bench/ab_throughput.py
    (the gRPC rates of build/bench/ingest_bench), A = embedded, B = CLICKHOUSE_HOST set, rounds
    interleaved.
@@ -148,22 +148,23 @@ def create_metric(server):
 def pushed_sql(from_ms, to_ms, instance, shipped):
     """The statement analyticsd sends for the benchmark's metric (server/store/clickhouse/reads.c,
     agg_sql): count(message_sent) per campaignId, groupId and UTC hour over [from, to) and the
-    previous period of the same length, each (instance, seq) once, with the check that every
-    dimension value is a JSON string as ClickHouse holds it."""
+    previous period of the same length, with the checks that no row is there twice and that
+    every dimension value is a JSON string as ClickHouse holds it."""
     def dim(k):
         return "prop_values[indexOf(prop_keys, '%s')]" % k
 
     def doubt(k):
-        return (" OR (has(prop_keys, '%s') AND visitParamExtractRaw(properties, '%s') !="
+        return (" OR (has(prop_keys, '%s') AND NOT visitParamExtractRaw(properties, '%s') ="
                 " concat('\"', %s, '\"'))" % (k, k, dim(k)))
     prev = from_ms - (to_ms - from_ms)
-    return ("SELECT k, prev, b, countIf(d), toFloat64(countIf(c0)), toFloat64(0), toFloat64(0),"
+    return ("SELECT k, prev, b, countIf(d) + (count() - uniqExact(instance, seq)),"
+            " toFloat64(countIf(c0)), toFloat64(0), toFloat64(0),"
             " toFloat64(0) FROM (SELECT instance, seq, concat('', substring(%s, 1, 127),"
             " '\\x1f', substring(%s, 1, 127)) AS k, ts < %d AS prev, if(prev, toUInt32(0),"
             " toUInt32(toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC'))) AS b, (0%s%s) AS d,"
-            " (1 AND event_name = 'message_sent') AS c0 FROM events WHERE"
+            " (1) AS fl, (1 AND event_name = 'message_sent') AS c0 FROM events WHERE"
             " account_id = 'default' AND ts >= %d AND ts < %d AND event_name IN"
-            " ('message_sent') AND NOT (instance = '%s' AND seq > %d) LIMIT 1 BY instance, seq)"
+            " ('message_sent') AND NOT (instance = '%s' AND seq > %d)) WHERE fl OR d"
             " GROUP BY k, prev, b FORMAT RowBinary"
             % (dim("campaignId"), dim("groupId"), from_ms, doubt("campaignId"), doubt("groupId"),
                prev, to_ms, instance, shipped))
@@ -182,17 +183,25 @@ def query_bench(ch, spool, pushed, rounds):
     inst, shipped = ch.query("SELECT any(instance), max(seq) FROM ship0.events").split()
     sql = pushed_sql(frm * 1000, to * 1000, inst, int(shipped))
     ids = {"A": create_metric(embedded), "B": create_metric(pushed)}
-    times = {"A": [], "B": [], "C": [], "D": []}
+    # E: the bare aggregation (no deduplication of (instance, seq), no check of the values)
+    plain = ("SELECT prop_values[indexOf(prop_keys, 'campaignId')] AS c,"
+             " prop_values[indexOf(prop_keys, 'groupId')] AS g,"
+             " toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC') AS b, count()"
+             " FROM events WHERE account_id = 'default' AND event_name = 'message_sent'"
+             " AND ts >= %d AND ts < %d GROUP BY c, g, b FORMAT RowBinary"
+             % (frm * 1000, to * 1000))
+    times = {"A": [], "B": [], "C": [], "D": [], "E": []}
     answers = {}
     try:
         for r in range(rounds):
-            for phase in "BDCA" if r % 2 else "ACDB":
-                if phase == "D":  # the same statement over HTTP (no client process to start)
+            for phase in "BEDCA" if r % 2 else "ACDEB":
+                if phase in "DE":  # over HTTP (no client process to start)
                     t0 = time.time()
-                    req = urllib.request.Request(ch.url + "/?database=ship0", data=sql.encode())
+                    req = urllib.request.Request(ch.url + "/?database=ship0",
+                                                 data=(sql if phase == "D" else plain).encode())
                     with urllib.request.urlopen(req, timeout=600) as resp:
                         resp.read()
-                    times["D"].append(time.time() - t0)
+                    times[phase].append(time.time() - t0)
                 elif phase == "C":
                     t0 = time.time()
                     subprocess.run(["clickhouse-client", "--port", str(ch.tcp_port),
@@ -215,8 +224,9 @@ def query_bench(ch, spool, pushed, rounds):
                   len(answers["A"]), ", ".join("%.3f" % x for x in times["B"]),
                   ", ".join("%.3f" % x for x in times["C"]),
                   ", ".join("%.3f" % x for x in times["A"])), flush=True)
-        print("the same SQL over HTTP: %s s" % ", ".join("%.3f" % x for x in times["D"]),
-              flush=True)
+        print("the same SQL over HTTP: %s s; the bare aggregation (no deduplication, no value"
+              " check) over HTTP: %s s" % (", ".join("%.3f" % x for x in times["D"]),
+                                           ", ".join("%.3f" % x for x in times["E"])), flush=True)
         print("per round: pushed / clickhouse-client %s (target <= 1.2); pushed / same SQL over"
               " HTTP %s; pushed / embedded %s"
               % (", ".join("%.2f" % (b / c) for b, c in zip(times["B"], times["C"])),

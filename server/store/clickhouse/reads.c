@@ -761,9 +761,11 @@ static bool sql_filter(struct sql *s, const struct ana_event_agg_filter *f) {
 
 /* The aggregation's SQL; false when it cannot be written exactly. Per group and bucket: the
  * group key, whether the previous period, the bucket start (seconds), the rows whose values
- * the metric engine might read otherwise than the SQL ("doubtful"), and per term count, sum,
- * min, max. A value is read the same way when the text ClickHouse holds is the JSON's own:
- * a string dimension's quoted text, a number's decimal digits (at most 15). */
+ * the metric engine might read otherwise than the SQL ("doubtful") and the second copies of
+ * rows (a copy has the same group and bucket as its first: rows of a group less its distinct
+ * (instance, seq); cheaper than deduplicating every row), and per term count, sum, min, max. A
+ * value is read the same way when the text ClickHouse holds is the JSON's own: a string dimension's
+ * quoted text, a number's decimal digits (at most 15). */
 static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_agg_query *q,
                     struct sql *s) {
   static const char *const units[][2] = {{"1m", "toStartOfMinute"},
@@ -787,7 +789,7 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
     if (!is_column(q->filters[i].field) && !plain_key(q->filters[i].field))
       return false;
   /* Outside: per group and bucket, the doubtful rows and each term's aggregates. */
-  fputs("SELECT k, prev, b, countIf(d)", s->f);
+  fputs("SELECT k, prev, b, countIf(d) + (count() - uniqExact(instance, seq))", s->f);
   for (size_t t = 0; t < q->n_terms; t++) {
     if (q->terms[t].numeric)
       fprintf(s->f,
@@ -796,8 +798,8 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
     else
       fprintf(s->f, ", toFloat64(countIf(c%zu)), toFloat64(0), toFloat64(0), toFloat64(0)", t);
   }
-  /* Inside: each (instance, seq) once (a second copy of a row is not counted twice), read
-   * into its group key, bucket, doubt, and per term whether it counts and its number. */
+  /* Inside: each row read into its group key, bucket, doubt, and per term whether it counts
+   * and its number. */
   fputs(" FROM (SELECT instance, seq, ", s->f);
   if (!q->n_dimensions)
     fputs("''", s->f);
@@ -872,7 +874,7 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
   }
   sql_visible(s, v);
   /* Groups are made by the events that pass the filters (and the doubtful ones: see d). */
-  fputs(" LIMIT 1 BY instance, seq) WHERE fl OR d GROUP BY k, prev, b FORMAT RowBinary", s->f);
+  fputs(") WHERE fl OR d GROUP BY k, prev, b FORMAT RowBinary", s->f);
   return true;
 }
 
