@@ -58,16 +58,16 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
   ana_prom_write_u64(w, "ana_http_body_too_slow_total", NULL,
                      ana_prom_counter_get(&bud->body_too_slow));
   ana_prom_write_family(w, "ana_websocket_queue_budget_used_bytes", "gauge",
-                        "Bytes of WebSocket frames queued for their clients "
-                        "(STREAM_QUEUE_BUDGET_MB for all of them together).");
+                        "Bytes of WebSocket frames and REST answer chunks queued for their "
+                        "clients (STREAM_QUEUE_BUDGET_MB for all of them together).");
   ana_prom_write_u64(w, "ana_websocket_queue_budget_used_bytes", NULL,
                      atomic_load(&bud->stream_used));
   ana_prom_write_family(w, "ana_websocket_queue_budget_limit_bytes", "gauge",
                         "STREAM_QUEUE_BUDGET_MB in bytes.");
   ana_prom_write_u64(w, "ana_websocket_queue_budget_limit_bytes", NULL, bud->stream_limit);
   ana_prom_write_family(w, "ana_websocket_queue_budget_closed_total", "counter",
-                        "WebSockets closed with 1008 because the queue budget was passed (the "
-                        "one with the most queued bytes each time).");
+                        "WebSockets closed with 1008, and REST answers cut, because the queue "
+                        "budget was passed (the one with the most queued bytes each time).");
   ana_prom_write_u64(w, "ana_websocket_queue_budget_closed_total", NULL,
                      ana_prom_counter_get(&bud->stream_evicted));
   ana_prom_write_family(w, "ana_websocket_slow_consumer_closed_total", "counter",
@@ -301,8 +301,8 @@ void rb_budget_stream_enforce(struct rb_budget *bud) {
       break;
     size_t q = atomic_load(&victim->q_bytes);
     ANA_WARN(RB_COMPONENT,
-             "WebSocket queues hold %zu bytes, over STREAM_QUEUE_BUDGET_MB: closing the "
-             "stream of %s with the most (%zu bytes)",
+             "queued stream frames and answers hold %zu bytes, over STREAM_QUEUE_BUDGET_MB: "
+             "closing the %s call with the most (%zu bytes)",
              used, victim->base.method->path, q);
     ana_prom_counter_add(&bud->stream_evicted, 1);
     rb_budget_stream_drop(bud, victim);

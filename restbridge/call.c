@@ -134,11 +134,12 @@ void rb_conn_detach(struct rb_conn *conn) {
   pthread_mutex_unlock(&c->mu);
   if (!answered)
     ana_call_mark_cancelled(&c->base);
-  if (c->route->download)
+  if (c->route->download) {
     rb_budget_stream_drop(conn->bridge->budget, c); /* its unwritten chunks go now */
-  if (c->websocket) {
+  } else {
     /* Untracked while the connection's reference still holds the call
-     * (budget.c picks tracked calls by reference); its queue goes now. */
+     * (budget.c picks tracked calls by reference); its queue (frames, or
+     * an answer's JSON chunks) goes now. */
     rb_budget_stream_untrack(conn->bridge->budget, c);
     rb_budget_stream_drop(conn->bridge->budget, c);
   }
@@ -148,7 +149,7 @@ void rb_conn_detach(struct rb_conn *conn) {
 void rb_conn_attach(struct rb_conn *conn, struct rb_call *c) {
   struct ana_restbridge *b = conn->bridge;
   conn->call = c;
-  if (c->websocket)
+  if (!c->route->download) /* frames, or a long answer's JSON chunks */
     rb_budget_stream_track(b->budget, c);
   if (conn->listed)
     return;

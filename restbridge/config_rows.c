@@ -141,8 +141,10 @@ static const struct ana_config_row rows[] = {
      .def = "128",
      .min = 1,
      .max = 1048576,
-     .help = "Memory, in MiB, for the messages queued on all WebSocket connections together; "
-             "past it the connection with the most queued is closed (close code 1008).",
+     .help = "Memory, in MiB, for the messages queued on all WebSocket connections and the "
+             "JSON chunks of REST answers waiting for their clients, together; past it the "
+             "connection with the most queued is closed (WebSocket close code 1008; a REST "
+             "answer is cut).",
      ROW(stream_queue_budget_mb)},
     {.name = "WEB_ROOT",
      .type = ANA_CONFIG_PATH,

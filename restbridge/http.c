@@ -45,7 +45,64 @@ static size_t http_send_queue_length(struct ana_call *call) {
   return 0;
 }
 
-/* Encodes the answer here, on the handler's thread, and hands it over. */
+/* Room kept before each JSON chunk of an answer: the rb_msg that carries
+ * it, LWS_PRE, and its chunk-size line ("\r\n" ending the chunk before,
+ * up to 16 hex digits, "\r\n"). */
+#define CHUNK_LINE_MAX 20
+#define CHUNK_RESERVE (sizeof(struct rb_msg) + LWS_PRE + CHUNK_LINE_MAX)
+
+/* The payload of b as an outbound buffer without a copy: its headroom
+ * becomes the rb_msg (rb_msg_free frees the whole allocation). b is left
+ * empty. */
+static struct rb_msg *chunk_take(struct ana_json_buf *b) {
+  struct rb_msg *m = (struct rb_msg *)(void *)b->data;
+  m->next = NULL;
+  m->len = b->len;
+  m->data = (unsigned char *)b->data + b->reserve;
+  b->data = NULL;
+  b->len = b->cap = 0;
+  return m;
+}
+
+/* Appends m to the call's queue (c->mu held). */
+static void queue_chunk(struct rb_call *c, struct rb_msg *m) {
+  if (c->q_tail)
+    c->q_tail->next = m;
+  else
+    c->q_head = m;
+  c->q_tail = m;
+  c->q_len++;
+  rb_budget_stream_push(c->bridge->budget, c, m->len);
+}
+
+/* The encoder's sink: each chunk of a long answer is queued as it is
+ * written (no copy: the encoder's buffer is the chunk) and the lws thread
+ * woken to send it. The queued chunks count in STREAM_QUEUE_BUDGET_MB; the
+ * encoding stops when the client went away or the budget took the queue. */
+static int flush_chunk(void *ctx, struct ana_json_buf *b) {
+  struct rb_call *c = ctx;
+  if (atomic_load(&c->base.cancelled) || atomic_load(&c->evicted))
+    return ANA_ERR_CLOSED;
+  struct rb_msg *m = chunk_take(b);
+  pthread_mutex_lock(&c->mu);
+  if (!c->streaming) {
+    c->streaming = true;
+    c->reply.http_status = 200;
+    rb_reply_rate(&c->reply, &c->base);
+  }
+  queue_chunk(c, m);
+  pthread_mutex_unlock(&c->mu);
+  rb_budget_stream_enforce(c->bridge->budget);
+  rb_call_wake(c);
+  size_t cap = CHUNK_RESERVE + RB_REPLY_CHUNK + RB_REPLY_CHUNK / 4;
+  if (!(b->data = ana_malloc(cap)))
+    return ANA_ERR_NOMEM;
+  b->cap = cap;
+  return 0;
+}
+
+/* Encodes the answer here, on the handler's thread, and hands it over: a
+ * short one whole, a long one chunk by chunk while it is written. */
 static void http_finish(struct ana_call *call, const ProtobufCMessage *response,
                         const struct ana_error *status) {
   struct rb_call *c = (struct rb_call *)call;
@@ -59,9 +116,27 @@ static void http_finish(struct ana_call *call, const ProtobufCMessage *response,
     rb_reply_error(&r, call, &st);
   } else {
     struct ana_json_buf buf;
-    ana_json_buf_init(&buf, 0);
-    int rc = ana_json_encode(&buf, response, NULL);
-    if (rc == 0 && (r.body = rb_msg_from_buf(&buf)) != NULL) {
+    ana_json_buf_init(&buf, CHUNK_RESERVE);
+    bool flushed = false;
+    int rc = ana_json_encode_stream(&buf, response, NULL, RB_REPLY_CHUNK, flush_chunk, c, &flushed);
+    if (flushed) {
+      /* Streamed: the status went with the first chunk; the rest follows. */
+      if (rc < 0 && rc != ANA_ERR_CLOSED)
+        ANA_WARN(RB_COMPONENT, "cannot encode the response of %s as JSON: %s (answer cut)",
+                 call->method->path, ana_strerror(rc));
+      struct rb_msg *last = rc == 0 && buf.data && buf.len ? chunk_take(&buf) : NULL;
+      ana_json_buf_fini(&buf);
+      pthread_mutex_lock(&c->mu);
+      if (last)
+        queue_chunk(c, last);
+      c->stream_failed = rc < 0;
+      c->finished = true;
+      pthread_mutex_unlock(&c->mu);
+      if (last)
+        rb_budget_stream_enforce(c->bridge->budget);
+      goto handed;
+    }
+    if (rc == 0 && (r.body = buf.data ? chunk_take(&buf) : rb_msg_alloc(0)) != NULL) {
       r.http_status = 200;
     } else {
       struct ana_error st;
@@ -76,6 +151,7 @@ static void http_finish(struct ana_call *call, const ProtobufCMessage *response,
   c->reply = r;
   c->finished = true;
   pthread_mutex_unlock(&c->mu);
+handed:
   atomic_fetch_sub(&c->bridge->inflight, 1);
   rb_call_wake(c);
   rb_call_unref(c); /* the handler's reference */
@@ -138,17 +214,40 @@ void rb_http_on_wake(struct rb_conn *conn) {
       answer(c->wsi, conn);
     return;
   }
-  if (!c || conn->state != RB_CONN_WAITING)
+  if (!c)
     return;
+  if (conn->state == RB_CONN_WRITING && conn->streaming) {
+    if (atomic_load(&c->evicted)) {
+      /* STREAM_QUEUE_BUDGET_MB took the rest of the answer: hang up (the
+       * client sees the body cut). */
+      lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+      return;
+    }
+    lws_callback_on_writable(c->wsi); /* more of the answer */
+    return;
+  }
+  if (conn->state != RB_CONN_WAITING)
+    return;
+  if (atomic_load(&c->evicted)) {
+    struct ana_error st;
+    ana_error_set(&st, ANA_STATUS_UNAVAILABLE,
+                  "the answer does not fit STREAM_QUEUE_BUDGET_MB now; retry later");
+    rb_http_answer_error(c->wsi, conn, &st, true);
+    return;
+  }
   pthread_mutex_lock(&c->mu);
   bool done = c->finished;
-  if (done) {
+  /* A streamed answer starts with its first chunk (HTTP/1.1: chunked);
+   * HTTP/1.0 waits for the whole of it (Content-Length). */
+  bool go = done || (c->streaming && conn->http11);
+  if (go) {
     rb_reply_clear(&conn->reply);
     conn->reply = c->reply;
     memset(&c->reply, 0, sizeof c->reply);
+    conn->streaming = c->streaming;
   }
   pthread_mutex_unlock(&c->mu);
-  if (done)
+  if (go)
     answer(c->wsi, conn);
 }
 
@@ -334,6 +433,7 @@ static int transaction_done(struct lws *wsi, struct rb_conn *conn) {
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
   rb_download_reset(conn);
+  conn->streaming = conn->chunked = conn->chunk_written = false;
   conn->state = RB_CONN_IDLE;
   rb_budget_body_free(conn);
   conn->body_len = 0;
@@ -367,8 +467,28 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
     len = (size_t)conn->dl_left;
     type = conn->dl_type;
   }
-  int rc =
-      lws_add_http_common_headers(wsi, (unsigned)r->http_status, len ? type : NULL, len, &p, end);
+  int rc;
+  if (conn->streaming) {
+    /* All of it already queued: Content-Length; else chunked. */
+    struct rb_call *c = conn->call;
+    pthread_mutex_lock(&c->mu);
+    bool whole = c->finished && !c->stream_failed;
+    len = atomic_load(&c->q_bytes);
+    pthread_mutex_unlock(&c->mu);
+    conn->chunked = !whole;
+    conn->chunk_written = false;
+  }
+  if (conn->streaming && conn->chunked) {
+    static const char te[] = "chunked";
+    rc = lws_add_http_header_status(wsi, (unsigned)r->http_status, &p, end) ||
+         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, (const unsigned char *)type,
+                                      (int)strlen(type), &p, end) ||
+         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING,
+                                      (const unsigned char *)te, (int)sizeof te - 1, &p, end);
+  } else {
+    rc =
+        lws_add_http_common_headers(wsi, (unsigned)r->http_status, len ? type : NULL, len, &p, end);
+  }
   if (!rc && conn->dl_status_headers)
     rc = rb_download_add_headers(wsi, conn, &p, end);
   if (!rc && r->static_file) {
@@ -431,6 +551,65 @@ static int write_headers(struct lws *wsi, struct rb_conn *conn) {
   return 0;
 }
 
+/* The next JSON chunk of a streamed answer, with its chunk-size line
+ * written into the room before it; at the end the last chunk ("0"). */
+static int write_stream(struct lws *wsi, struct rb_conn *conn) {
+  struct rb_call *c = conn->call;
+  struct ana_restbridge *b = conn->bridge;
+  if (!c)
+    return -1;
+  pthread_mutex_lock(&c->mu);
+  struct rb_msg *m = c->q_head;
+  if (m) {
+    c->q_head = m->next;
+    if (!c->q_head)
+      c->q_tail = NULL;
+    m->next = NULL;
+    c->q_len--;
+    rb_budget_stream_pop(b->budget, c, m->len);
+  }
+  bool finished = c->finished, failed = c->stream_failed || atomic_load(&c->evicted);
+  bool last = !c->q_head && finished && !failed;
+  pthread_mutex_unlock(&c->mu);
+  if (!m) {
+    if (!finished)
+      return 0; /* the next chunk wakes us */
+    if (failed)
+      return -1;        /* cut: the client sees no last chunk (or too few bytes) */
+    if (!conn->chunked) /* nothing came after the headers' length: an empty body */
+      return transaction_done(wsi, conn);
+    unsigned char end[LWS_PRE + 8];
+    size_t n = 0;
+    if (conn->chunk_written)
+      end[LWS_PRE + n++] = '\r', end[LWS_PRE + n++] = '\n';
+    memcpy(end + LWS_PRE + n, "0\r\n\r\n", 5);
+    n += 5;
+    if (lws_write(wsi, end + LWS_PRE, n, LWS_WRITE_HTTP_FINAL) != (int)n)
+      return -1;
+    return transaction_done(wsi, conn);
+  }
+  unsigned char *start = m->data;
+  size_t n = m->len;
+  conn->bytes_out += (long long)n;
+  if (conn->chunked && n) {
+    char line[CHUNK_LINE_MAX];
+    int k = snprintf(line, sizeof line, "%s%zx\r\n", conn->chunk_written ? "\r\n" : "", n);
+    start -= k;
+    memcpy(start, line, (size_t)k);
+    n += (size_t)k;
+    conn->chunk_written = true;
+  }
+  bool fin = last && !conn->chunked;
+  int rc = n ? lws_write(wsi, start, n, fin ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) : 0;
+  rb_msg_free(m);
+  if (rc != (int)n)
+    return -1;
+  if (fin)
+    return transaction_done(wsi, conn);
+  lws_callback_on_writable(wsi);
+  return 0;
+}
+
 static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
   if (conn->state != RB_CONN_WRITING)
     return 0;
@@ -439,9 +618,15 @@ static int on_writeable(struct lws *wsi, struct rb_conn *conn) {
     int rc = rb_download_write(wsi, conn);
     return rc == 1 ? transaction_done(wsi, conn) : rc;
   }
+  if (conn->streaming && conn->headers_sent)
+    return write_stream(wsi, conn);
   if (!conn->headers_sent) {
     if (write_headers(wsi, conn) < 0)
       return -1;
+    if (conn->streaming) {
+      lws_callback_on_writable(wsi);
+      return 0;
+    }
     if (conn->dl_streaming) {
       if (conn->dl_left == 0)
         return rb_download_write(wsi, conn) == 1 ? transaction_done(wsi, conn) : 0;
@@ -718,6 +903,10 @@ static void on_http(struct lws *wsi, struct rb_conn *conn, const char *path) {
   rb_conn_detach(conn);
   rb_reply_clear(&conn->reply);
   conn->state = RB_CONN_IDLE;
+  conn->streaming = conn->chunked = conn->chunk_written = false;
+  char version[16];
+  conn->http11 = lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_HTTP) >= 8 &&
+                 version[5] == '1' && version[7] == '1';
   conn->body_len = 0;
   conn->body_too_large = false;
   conn->route = NULL;

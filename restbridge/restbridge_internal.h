@@ -26,6 +26,9 @@
  * (server.c) and reads the whole list from the framer (websocket.c). */
 #define RB_WS_LWS_PROTOCOLS_MAX 126
 #define RB_MAX_PATH_VARS 8
+/* A unary answer's JSON goes out in chunks of about this many bytes once
+ * it is longer (http.c). */
+#define RB_REPLY_CHUNK (64 * 1024)
 /* Bytes of file data a download call queues at most (download.c). */
 #define RB_DOWNLOAD_QUEUE_MAX (256 * 1024)
 
@@ -93,6 +96,9 @@ struct rb_call {
   char *dl_type, *dl_etag, *dl_filename; /* download: owned; NULL = not given */
   bool dl_failed;                        /* download: finished with an error */
   enum ana_status dl_code;               /* download: the finish status */
+  bool streaming;             /* HTTP: the answer's JSON comes in chunks on q_head (reply holds
+                                 its status and headers from the first chunk on) */
+  bool stream_failed;         /* HTTP: the streamed JSON stopped before its end */
   bool dirty;                 /* on the bridge's dirty list (guarded by the bridge's mu) */
   struct rb_call *dirty_next; /* guarded by the bridge's mu */
 
@@ -150,6 +156,10 @@ struct rb_conn {
   struct rb_reply reply;
   bool headers_sent;
   size_t body_off;
+  bool http11;        /* the request is HTTP/1.1 (chunked answers allowed) */
+  bool streaming;     /* the body comes from the call's queue of JSON chunks */
+  bool chunked;       /* ... with Transfer-Encoding: chunked (else Content-Length) */
+  bool chunk_written; /* a chunk went out (the next size line starts with CRLF) */
 
   /* metrics and the access log */
   int64_t started_ns;      /* when the request's headers were in */

@@ -40,74 +40,64 @@ static const struct cli_view list_view = {"channels", columns};
 
 static int page(analytics_client_t *c, const struct cli_args *a, int32_t page_size,
                 const char *token, char **json, analytics_error_t *err) {
-  char req[512];
   (void)a;
-  snprintf(req, sizeof req, "{\"pageSize\":%d,\"pageToken\":\"%.400s\"}", (int)page_size,
-           token ? token : "");
-  return analytics_call(c, "/analytics.v1.ChannelService/ListChannels", req, json, err);
+  return analytics_list_channels(c, page_size, token, json, err);
 }
 
 static int create(analytics_client_t *c, const struct cli_args *a) {
   const struct cli_list *to = cli_list(a, "email");
-  int kinds = (to && to->n) + !!cli_opt(a, "slack") + !!cli_opt(a, "webhook") +
-              !!(cli_opt(a, "telegram-token") || cli_opt(a, "telegram-chat"));
-  json_t *ch;
+  analytics_channel_t ch = {.name = cli_opt(a, "name"),
+                            .is_default = cli_opt(a, "default") != NULL,
+                            .slack_webhook_url = cli_opt(a, "slack"),
+                            .webhook_url = cli_opt(a, "webhook"),
+                            .telegram_bot_token = cli_opt(a, "telegram-token"),
+                            .telegram_chat_id = cli_opt(a, "telegram-chat")};
+  int kinds = (to && to->n) + !!ch.slack_webhook_url + !!ch.webhook_url +
+              !!(ch.telegram_bot_token || ch.telegram_chat_id);
+  analytics_error_t err;
+  char *json = NULL;
 
-  if (!cli_opt(a, "name"))
+  if (!ch.name)
     return cli_usage(a, "channels create needs --name");
   if (kinds != 1)
     return cli_usage(a, "channels create needs one of --email, --slack, --webhook, --telegram-*");
-  ch = json_pack("{ss}", "name", cli_opt(a, "name"));
+  if ((ch.telegram_bot_token || ch.telegram_chat_id) &&
+      (!ch.telegram_bot_token || !ch.telegram_chat_id))
+    return cli_usage(a, "a telegram channel needs --telegram-token and --telegram-chat");
   if (to && to->n) {
-    json_t *o = json_object();
-    cli_set_list(o, "to", to);
-    json_object_set_new(ch, "email", o);
-  } else if (cli_opt(a, "slack")) {
-    json_object_set_new(ch, "slack", json_pack("{ss}", "webhookUrl", cli_opt(a, "slack")));
-  } else if (cli_opt(a, "webhook")) {
-    json_object_set_new(ch, "webhook", json_pack("{ss}", "url", cli_opt(a, "webhook")));
-  } else {
-    if (!cli_opt(a, "telegram-token") || !cli_opt(a, "telegram-chat")) {
-      json_decref(ch);
-      return cli_usage(a, "a telegram channel needs --telegram-token and --telegram-chat");
-    }
-    json_object_set_new(ch, "telegram",
-                        json_pack("{ssss}", "botToken", cli_opt(a, "telegram-token"), "chatId",
-                                  cli_opt(a, "telegram-chat")));
+    ch.email_to = to->v;
+    ch.email_to_count = to->n;
   }
-  if (cli_opt(a, "default"))
-    json_object_set_new(ch, "isDefault", json_true());
-  return cli_call_json(c, "/analytics.v1.ChannelService/CreateChannel",
-                       json_pack("{so}", "channel", ch), NULL);
+  int rc = analytics_create_channel(c, &ch, &json, &err); /* before json is read */
+  return cli_finish(rc, json, &err, NULL);
 }
 
 /* Prints the outcome; exit 1 unless delivered. */
 static int test(analytics_client_t *c, const char *id) {
   analytics_error_t err;
   char *json = NULL;
-  json_t *req = json_pack("{ss}", "channelId", id), *doc;
-  char *text = json_dumps(req, JSON_COMPACT);
-  int rc = analytics_call(c, "/analytics.v1.ChannelService/TestChannel", text, &json, &err);
-  const char *outcome;
+  bool delivered = false;
+  int rc = analytics_test_channel(c, id, &delivered, &json, &err);
+  json_t *doc;
 
-  json_decref(req);
-  free(text);
   if (rc < 0)
     return cli_failed(rc, &err);
-  doc = json_loads(json, 0, NULL);
-  outcome = json_string_value(json_object_get(doc, "outcome"));
-  rc = outcome && strcmp(outcome, "delivered") == 0 ? 0 : 1;
-  if (rc)
+  if (!delivered) {
+    doc = json_loads(json, 0, NULL);
     fprintf(stderr, "analyticsctl: the test notification was not delivered: %s\n",
-            json_string_value(json_object_get(doc, "error")) ?: outcome ?: "no outcome");
-  json_decref(doc);
+            json_string_value(json_object_get(doc, "error"))
+                ?: json_string_value(json_object_get(doc, "outcome")) ?: "no outcome");
+    json_decref(doc);
+  }
   cli_finish(0, json, &err, NULL);
-  return rc;
+  return delivered ? 0 : 1;
 }
 
 static int run(analytics_client_t *c, const struct cli_args *a) {
   static const char *const none[] = {NULL};
   const char *verb = a->n_pos ? a->pos[0] : NULL, *id;
+  analytics_error_t err;
+  char *json = NULL;
   int status;
 
   if (!verb)
@@ -125,16 +115,10 @@ static int run(analytics_client_t *c, const struct cli_args *a) {
       return status;
     if (verb[0] == 't')
       return test(c, id);
-    json_t *req = json_pack("{ss}", "channelId", id);
-    if (verb[0] == 'g')
-      return cli_call_json(c, "/analytics.v1.ChannelService/GetChannel", req, NULL);
-    char *text = json_dumps(req, JSON_COMPACT), *json = NULL;
-    analytics_error_t err;
-    json_decref(req);
-    status = analytics_call(c, "/analytics.v1.ChannelService/DeleteChannel", text, &json, &err);
-    free(text);
-    free(json);
-    return cli_deleted(status, "channelId", id, &err);
+    if (verb[0] == 'd')
+      return cli_deleted(analytics_delete_channel(c, id, &err), "channelId", id, &err);
+    status = analytics_get_channel(c, id, &json, &err);
+    return cli_finish(status, json, &err, NULL);
   }
   return cli_usage(a, "unknown verb \"%s\": create, list, get, delete, test", verb);
 }

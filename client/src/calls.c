@@ -463,6 +463,143 @@ int analytics_list_alert_history(analytics_client_t *c, const char *id, int32_t 
                     page("alertId", id, page_size, page_token), json_out, NULL, err);
 }
 
+/* --- Channels --- */
+
+/* The channel as the contract's JSON, or NULL with err filled when settings
+ * of two kinds are set or they disagree with the type. With no settings the
+ * type's settings object goes empty (an update keeping stored secrets). */
+static json_t *channel_json(const analytics_channel_t *ch, analytics_error_t *err) {
+  static const char *const kinds[] = {"email", "slack", "webhook", "telegram"};
+  const bool set[] = {ch->email_to && ch->email_to_count, ch->slack_webhook_url != NULL,
+                      ch->webhook_url != NULL,
+                      ch->telegram_bot_token != NULL || ch->telegram_chat_id != NULL};
+  const char *kind = NULL;
+  json_t *o, *settings;
+
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    if (!set[i])
+      continue;
+    if (kind) {
+      analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                     "channel: settings of one kind only (%s and %s given)", kind, kinds[i]);
+      return NULL;
+    }
+    kind = kinds[i];
+  }
+  if (kind && ch->type && strcmp(ch->type, kind) != 0) {
+    analytics_fail(err, ANALYTICS_ERR_INVALID, ANALYTICS_STATUS_INVALID_ARGUMENT,
+                   "type: \"%s\" given with %s settings", ch->type, kind);
+    return NULL;
+  }
+  if (!kind)
+    kind = ch->type;
+  o = json_object();
+  put_str(o, "name", ch->name);
+  put_str(o, "type", ch->type);
+  if (ch->is_default)
+    json_object_set_new(o, "isDefault", json_true());
+  if (!kind || !kind[0])
+    return o;
+  settings = json_object();
+  if (!strcmp(kind, "email")) {
+    put_strs(settings, "to", ch->email_to, ch->email_to_count);
+  } else if (!strcmp(kind, "slack")) {
+    put_str(settings, "webhookUrl", ch->slack_webhook_url);
+  } else if (!strcmp(kind, "webhook")) {
+    put_str(settings, "url", ch->webhook_url);
+  } else if (!strcmp(kind, "telegram")) {
+    put_str(settings, "botToken", ch->telegram_bot_token);
+    put_str(settings, "chatId", ch->telegram_chat_id);
+  } else {
+    json_decref(settings);
+    return o; /* an unknown type: the server names it */
+  }
+  json_object_set_new(o, kind, settings);
+  return o;
+}
+
+int analytics_create_channel(analytics_client_t *c, const analytics_channel_t *channel,
+                             char **json_out, analytics_error_t *err) {
+  json_t *ch, *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(channel, "channel", err)) < 0)
+    return rc;
+  if (!(ch = channel_json(channel, err)))
+    return ANALYTICS_ERR_INVALID;
+  o = json_object();
+  json_object_set_new(o, "channel", ch);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_CHANNEL_SERVICE_CREATE_CHANNEL), o, json_out, NULL,
+                    err);
+}
+
+int analytics_list_channels(analytics_client_t *c, int32_t page_size, const char *page_token,
+                            char **json_out, analytics_error_t *err) {
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_CHANNEL_SERVICE_LIST_CHANNELS),
+                    page(NULL, NULL, page_size, page_token), json_out, NULL, err);
+}
+
+int analytics_get_channel(analytics_client_t *c, const char *id, char **json_out,
+                          analytics_error_t *err) {
+  int rc;
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "channel_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_CHANNEL_SERVICE_GET_CHANNEL),
+                    by_id("channelId", id), json_out, NULL, err);
+}
+
+int analytics_update_channel(analytics_client_t *c, const char *id,
+                             const analytics_channel_t *channel, char **json_out,
+                             analytics_error_t *err) {
+  json_t *ch, *o;
+  int rc;
+
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "channel_id", err)) < 0 || (rc = need(channel, "channel", err)) < 0)
+    return rc;
+  if (!(ch = channel_json(channel, err)))
+    return ANALYTICS_ERR_INVALID;
+  o = by_id("channelId", id);
+  json_object_set_new(o, "channel", ch);
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_CHANNEL_SERVICE_UPDATE_CHANNEL), o, json_out, NULL,
+                    err);
+}
+
+int analytics_delete_channel(analytics_client_t *c, const char *id, analytics_error_t *err) {
+  int rc;
+  if ((rc = need(id, "channel_id", err)) < 0)
+    return rc;
+  return call_value(c, M(ANA_METHOD_ANALYTICS_V1_CHANNEL_SERVICE_DELETE_CHANNEL),
+                    by_id("channelId", id), NULL, NULL, err);
+}
+
+int analytics_test_channel(analytics_client_t *c, const char *id, bool *delivered, char **json_out,
+                           analytics_error_t *err) {
+  ProtobufCMessage *resp = NULL;
+  int rc;
+
+  if (delivered)
+    *delivered = false;
+  if (json_out)
+    *json_out = NULL;
+  if ((rc = need(id, "channel_id", err)) < 0)
+    return rc;
+  rc = call_value(c, M(ANA_METHOD_ANALYTICS_V1_CHANNEL_SERVICE_TEST_CHANNEL),
+                  by_id("channelId", id), json_out, &resp, err);
+  if (rc == 0 && delivered) {
+    const Analytics__V1__TestChannelResponse *t = (const Analytics__V1__TestChannelResponse *)resp;
+    *delivered = t->outcome && strcmp(t->outcome, "delivered") == 0;
+  }
+  if (resp)
+    protobuf_c_message_free_unpacked(resp, NULL);
+  return rc;
+}
+
 /* --- Streams --- */
 
 struct stream_ctx {
@@ -716,6 +853,14 @@ int analytics_stream_metric(analytics_client_t *c, const char *metric_id,
     return rc;
   return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_METRIC),
                       by_id("metricId", metric_id), on_update, ctx, err);
+}
+
+int analytics_stream_alerts(analytics_client_t *c, const char *const *alert_ids, size_t n,
+                            analytics_stream_fn on_update, void *ctx, analytics_error_t *err) {
+  json_t *o = json_object();
+  put_strs(o, "alertIds", alert_ids, n);
+  return stream_value(c, M(ANA_METHOD_ANALYTICS_V1_REALTIME_SERVICE_STREAM_ALERTS), o, on_update,
+                      ctx, err);
 }
 
 int analytics_stream_analytics(analytics_client_t *c, const analytics_stream_filter_t *f,

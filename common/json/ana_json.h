@@ -54,6 +54,24 @@ void ana_json_buf_fini(struct ana_json_buf *b);
 int ana_json_encode(struct ana_json_buf *b, const ProtobufCMessage *msg,
                     const struct ana_json_options *opts);
 
+/* Takes the output written so far (b->len >= the chunk size given to
+ * ana_json_encode_stream, ending at a member boundary): copies it out and
+ * sets b->len to 0, or keeps b->data (headroom included) and gives b a new
+ * buffer (data, cap; len 0, reserve unchanged). Returns 0 to go on, or a
+ * negative error that stops the encoding (returned by it). */
+typedef int (*ana_json_flush_fn)(void *ctx, struct ana_json_buf *b);
+
+/* ana_json_encode that hands its output to flush (with ctx) whenever the
+ * buffer holds chunk bytes or more after a member, so that a large message
+ * goes out while it is written, through one buffer of about chunk bytes
+ * (a single string longer than chunk makes it longer). What is left when the
+ * message is done stays in b (the caller sends it). *flushed tells whether
+ * flush took anything: an error after that leaves out the rest of the
+ * document (the bytes already taken are not taken back). */
+int ana_json_encode_stream(struct ana_json_buf *b, const ProtobufCMessage *msg,
+                           const struct ana_json_options *opts, size_t chunk,
+                           ana_json_flush_fn flush, void *ctx, bool *flushed);
+
 /* Parses JSON text (len bytes, need not be NUL-terminated) into a new message
  * of type desc, allocated in arena together with everything it points to.
  * Never blocks. Returns NULL with err filled: INVALID_ARGUMENT with message

@@ -114,10 +114,21 @@ enum ana_json_wkt ana_json_wkt_of(const ProtobufCMessageDescriptor *d) {
 }
 
 const struct ana_json_message *ana_json_names_of(const ProtobufCMessageDescriptor *d) {
+  /* The last few answers of this thread by descriptor address, as above:
+   * the table is searched by name (strcmp) otherwise, once per message. */
+  static _Thread_local const ProtobufCMessageDescriptor *seen[4];
+  static _Thread_local const struct ana_json_message *seen_jm[4];
+  static _Thread_local unsigned next;
+  for (unsigned i = 0; i < 4; i++)
+    if (seen[i] == d)
+      return seen_jm[i];
   const struct ana_json_message *jm = ana_json_message_find(d);
   /* A same-named descriptor of another build would have other fields. */
   if (jm && jm->n_fields != d->n_fields)
-    return NULL;
+    jm = NULL;
+  seen[next] = d;
+  seen_jm[next] = jm;
+  next = (next + 1) % 4;
   return jm;
 }
 

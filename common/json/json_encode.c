@@ -29,6 +29,10 @@ struct enc {
   int max_depth;
   int rc;               /* first error; every writer is a no-op after it */
   struct ana_arena tmp; /* unpacked Any payloads, default instances, map keys */
+  size_t chunk;         /* streaming: hand the output to flush past this many bytes */
+  ana_json_flush_fn flush;
+  void *flush_ctx;
+  bool flushed;
 };
 
 void ana_json_buf_init(struct ana_json_buf *b, size_t reserve) {
@@ -72,20 +76,30 @@ static void grow(struct enc *e, size_t n) {
   b->cap = cap;
 }
 
-static void put(struct enc *e, const char *s, size_t n) {
-  grow(e, n);
-  if (e->rc)
-    return;
-  memcpy(e->b->data + e->b->reserve + e->b->len, s, n);
-  e->b->len += n;
+/* Appends n bytes; the buffer grows only when they do not fit. */
+static inline void put(struct enc *e, const char *s, size_t n) {
+  struct ana_json_buf *b = e->b;
+  if (e->rc || n + 1 > b->cap - b->reserve - b->len || !b->data) {
+    grow(e, n);
+    if (e->rc)
+      return;
+  }
+  memcpy(b->data + b->reserve + b->len, s, n);
+  b->len += n;
 }
 
 static void put_str(struct enc *e, const char *s) {
   put(e, s, strlen(s));
 }
 
-static void put_char(struct enc *e, char c) {
-  put(e, &c, 1);
+static inline void put_char(struct enc *e, char c) {
+  struct ana_json_buf *b = e->b;
+  if (e->rc || 2 > b->cap - b->reserve - b->len || !b->data) {
+    grow(e, 1);
+    if (e->rc)
+      return;
+  }
+  b->data[b->reserve + b->len++] = c;
 }
 
 static void put_fmt(struct enc *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -102,6 +116,17 @@ static void put_fmt(struct enc *e, const char *fmt, ...) {
 static void fail(struct enc *e, int rc) {
   if (!e->rc)
     e->rc = rc;
+}
+
+/* Streaming: after a member, the output so far goes to the sink once it
+ * holds a chunk. */
+static inline void maybe_flush(struct enc *e) {
+  if (e->flush && e->b->len >= e->chunk && !e->rc) {
+    int rc = e->flush(e->flush_ctx, e->b);
+    e->flushed = true;
+    if (rc < 0)
+      fail(e, rc);
+  }
 }
 
 /* Length of the valid UTF-8 sequence at s (n bytes left, s[0] >= 0x80), or 0. */
@@ -431,6 +456,7 @@ static void enc_map(struct enc *e, const ProtobufCMessage *m, const ProtobufCFie
     put_cstring(e, map_key_text(entries[i], kf, buf));
     put_char(e, ':');
     enc_value_at(e, vf, ana_json_member(entries[i], vf), depth + 1);
+    maybe_flush(e);
   }
   put_char(e, '}');
 }
@@ -447,6 +473,7 @@ static void enc_array(struct enc *e, const ProtobufCMessage *m, const ProtobufCF
     if (!next_member(e, &first, depth + 1))
       return;
     enc_value_at(e, f, arr + i * es, depth + 1);
+    maybe_flush(e);
   }
   put_char(e, ']');
 }
@@ -507,6 +534,7 @@ static void enc_fields(struct enc *e, const ProtobufCMessage *m,
       enc_map(e, m, f, level);
     else
       enc_array(e, m, f, level);
+    maybe_flush(e);
   }
 }
 
@@ -611,15 +639,18 @@ static void enc_message(struct enc *e, const ProtobufCMessage *m,
       return;
     }
   }
-  char text[ANA_JSON_TIME_TEXT_MAX];
+  char text[ANA_JSON_TIME_TEXT_MAX + 2];
   switch (ana_json_wkt_of(d)) {
   case ANA_JSON_WKT_TIMESTAMP: {
     const Google__Protobuf__Timestamp *t = (const Google__Protobuf__Timestamp *)m;
-    int n = ana_json_format_timestamp(t->seconds, t->nanos, text);
-    if (n < 0)
+    int n = ana_json_format_timestamp(t->seconds, t->nanos, text + 1);
+    if (n < 0) {
       fail(e, ANA_ERR_INVALID);
-    else
-      put_string(e, text, (size_t)n);
+    } else { /* digits and separators only: nothing to escape */
+      text[0] = '"';
+      text[n + 1] = '"';
+      put(e, text, (size_t)n + 2);
+    }
     return;
   }
   case ANA_JSON_WKT_DURATION: {
@@ -647,8 +678,11 @@ static void enc_message(struct enc *e, const ProtobufCMessage *m,
   put_char(e, '}');
 }
 
-int ana_json_encode(struct ana_json_buf *b, const ProtobufCMessage *msg,
-                    const struct ana_json_options *opts) {
+int ana_json_encode_stream(struct ana_json_buf *b, const ProtobufCMessage *msg,
+                           const struct ana_json_options *opts, size_t chunk,
+                           ana_json_flush_fn flush, void *ctx, bool *flushed) {
+  if (flushed)
+    *flushed = false;
   if (!b || !msg)
     return ANA_ERR_INVALID;
   struct enc e = {
@@ -656,15 +690,25 @@ int ana_json_encode(struct ana_json_buf *b, const ProtobufCMessage *msg,
       .emit_defaults = opts && opts->emit_defaults,
       .proto_names = opts && opts->use_proto_names,
       .max_depth = opts && opts->max_depth > 0 ? opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH,
+      .chunk = chunk ? chunk : 1,
+      .flush = flush,
+      .flush_ctx = ctx,
   };
   ana_arena_init(&e.tmp, 0, 0);
   size_t start = b->len;
   enc_message(&e, msg, msg->descriptor, 0);
   grow(&e, 0);
   ana_arena_fini(&e.tmp);
-  if (e.rc)
+  if (e.rc && !e.flushed)
     b->len = start;
   if (b->data)
     b->data[b->reserve + b->len] = '\0';
+  if (flushed)
+    *flushed = e.flushed;
   return e.rc;
+}
+
+int ana_json_encode(struct ana_json_buf *b, const ProtobufCMessage *msg,
+                    const struct ana_json_options *opts) {
+  return ana_json_encode_stream(b, msg, opts, 0, NULL, NULL, NULL);
 }

@@ -63,25 +63,41 @@ int ana_json_format_timestamp(int64_t seconds, int32_t nanos, char out[ANA_JSON_
     rem += 86400;
     days--;
   }
-  int64_t y;
-  unsigned m, d;
-  civil_from_days(days, &y, &m, &d);
-  /* The years are 0001..9999: "%04d-%02u-%02uT%02u:%02u:%02u" without printf. */
-  unsigned parts[] = {(unsigned)y,         m, d, (unsigned)(rem / 3600), (unsigned)(rem / 60 % 60),
-                      (unsigned)(rem % 60)};
-  static const char seps[] = "--T::";
-  int n = 0;
-  for (int i = 0; i < 6; i++) {
-    unsigned v = parts[i];
-    if (i == 0) {
-      out[n++] = (char)('0' + v / 1000);
-      out[n++] = (char)('0' + v / 100 % 10);
-    }
-    out[n++] = (char)('0' + v / 10 % 10);
-    out[n++] = (char)('0' + v % 10);
-    if (i < 5)
-      out[n++] = seps[i];
+  /* "YYYY-MM-DDT" of the thread's last day (a series' buckets share days);
+   * the years are 0001..9999; no printf. */
+  static _Thread_local int64_t last_day = INT64_MIN;
+  static _Thread_local char day_text[11];
+  if (days != last_day) {
+    int64_t y;
+    unsigned m, d;
+    civil_from_days(days, &y, &m, &d);
+    unsigned yy = (unsigned)y;
+    char *p = day_text;
+    *p++ = (char)('0' + yy / 1000);
+    *p++ = (char)('0' + yy / 100 % 10);
+    *p++ = (char)('0' + yy / 10 % 10);
+    *p++ = (char)('0' + yy % 10);
+    *p++ = '-';
+    *p++ = (char)('0' + m / 10);
+    *p++ = (char)('0' + m % 10);
+    *p++ = '-';
+    *p++ = (char)('0' + d / 10);
+    *p++ = (char)('0' + d % 10);
+    *p = 'T';
+    last_day = days;
   }
+  memcpy(out, day_text, sizeof day_text);
+  unsigned hh = (unsigned)(rem / 3600), mi = (unsigned)(rem / 60 % 60), ss = (unsigned)(rem % 60);
+  char *p = out + sizeof day_text;
+  *p++ = (char)('0' + hh / 10);
+  *p++ = (char)('0' + hh % 10);
+  *p++ = ':';
+  *p++ = (char)('0' + mi / 10);
+  *p++ = (char)('0' + mi % 10);
+  *p++ = ':';
+  *p++ = (char)('0' + ss / 10);
+  *p++ = (char)('0' + ss % 10);
+  int n = (int)(p - out);
   n += format_nanos((uint32_t)nanos, out + n);
   out[n++] = 'Z';
   out[n] = '\0';

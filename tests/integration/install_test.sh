@@ -29,6 +29,22 @@ LIBS=$(env -u LD_LIBRARY_PATH ldd "$PREFIX/bin/analyticsctl")
 grep -q "$PREFIX/.*libanalytics.so" <<<"$LIBS" ||
   { echo "installed analyticsctl does not load the installed libanalytics:"; echo "$LIBS"; exit 1; }
 
+# Symbol versions (client/src/libanalytics.map): the 0.1 API under ANALYTICS_0, what
+# came after under its own node; nothing of gRPC or the generated code exported.
+SO=$(find "$PREFIX" -name 'libanalytics.so.*' -type f -print -quit)
+SYMS=$(objdump -T "$SO")
+for sym in analytics_create_alert analytics_stream_metric; do
+  grep -Eq "ANALYTICS_0 +$sym\$" <<<"$SYMS" || { echo "$sym is not in ANALYTICS_0"; exit 1; }
+done
+for sym in analytics_create_channel analytics_list_channels analytics_get_channel \
+  analytics_update_channel analytics_delete_channel analytics_test_channel analytics_stream_alerts; do
+  grep -Eq "ANALYTICS_0\.2 +$sym\$" <<<"$SYMS" || { echo "$sym is not in ANALYTICS_0.2"; exit 1; }
+done
+if grep -E ' (grpc_|analytics__v1__|protobuf_c_)' <<<"$SYMS" | grep -v '\*UND\*'; then
+  echo "libanalytics exports internals"
+  exit 1
+fi
+
 cat >"$TMP/consumer.c" <<'C'
 #include <analytics/analytics.h>
 #include <stdio.h>

@@ -32,7 +32,9 @@ DATA=$(mktemp -d)
 LOG=$DATA/analyticsd.log
 PORT=$($PYTHON -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HTTP_PORT=$($PYTHON -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-GRPC_PORT=$PORT PORT=$HTTP_PORT DATA_DIR=$DATA LOG_LEVEL=debug "$BIN" 2>"$LOG" &
+# Private networks allowed: test_client_lib's webhook receiver is on loopback.
+GRPC_PORT=$PORT PORT=$HTTP_PORT DATA_DIR=$DATA LOG_LEVEL=debug NOTIFY_ALLOW_PRIVATE_NETWORKS=true \
+  "$BIN" 2>"$LOG" &
 SERVER=$!
 stop_server() {
   kill -TERM "$SERVER" 2>/dev/null || true

@@ -1491,10 +1491,128 @@ static void timestamps_round_trip_everywhere(void **state) {
   }
 }
 
+/* --- streaming encoding --- */
+
+struct sink {
+  char *text;
+  size_t len, cap, calls, min_taken;
+  bool take_buffer; /* keep b->data and give b a new buffer, as the bridge does */
+  int fail_at;      /* return an error at this call (1-based; 0 = never) */
+};
+
+static int sink_flush(void *ctx, struct ana_json_buf *b) {
+  struct sink *k = ctx;
+  k->calls++;
+  if (k->fail_at && (int)k->calls == k->fail_at)
+    return ANA_ERR_CLOSED;
+  if (k->len + b->len > k->cap) {
+    k->cap = (k->len + b->len) * 2;
+    k->text = realloc(k->text, k->cap);
+    assert_non_null(k->text);
+  }
+  memcpy(k->text + k->len, b->data + b->reserve, b->len);
+  k->len += b->len;
+  if (!k->min_taken || b->len < k->min_taken)
+    k->min_taken = b->len;
+  if (k->take_buffer) {
+    free(b->data);
+    b->cap = b->reserve + 64;
+    b->data = malloc(b->cap);
+    assert_non_null(b->data);
+  }
+  b->len = 0;
+  return 0;
+}
+
+/* A wide MetricData (series x hourly buckets over several days) comes out
+ * of the streaming encoder, chunk by chunk, exactly as the whole encoder
+ * writes it; an error from the sink stops it. */
+static void encode_stream_equals_whole(void **state) {
+  (void)state;
+  enum { SERIES = 20, BUCKETS = 100 };
+  Analytics__V1__MetricData d = ANALYTICS__V1__METRIC_DATA__INIT;
+  d.metric_id = "m1";
+  Analytics__V1__MetricSeries series[SERIES], *sp[SERIES];
+  Analytics__V1__MetricBucket buckets[SERIES][BUCKETS], *bp[SERIES][BUCKETS];
+  Google__Protobuf__Timestamp ts[SERIES][BUCKETS];
+  Google__Protobuf__DoubleValue vals[SERIES][BUCKETS];
+  Analytics__V1__MetricSeries__DimensionsEntry dim[SERIES], *dp[SERIES];
+  char names[SERIES][16];
+  for (int i = 0; i < SERIES; i++) {
+    analytics__v1__metric_series__init(&series[i]);
+    analytics__v1__metric_series__dimensions_entry__init(&dim[i]);
+    snprintf(names[i], sizeof names[i], "g\"%02d", i);
+    dim[i].key = "groupId";
+    dim[i].value = names[i];
+    dp[i] = &dim[i];
+    series[i].n_dimensions = 1;
+    series[i].dimensions = &dp[i];
+    for (int j = 0; j < BUCKETS; j++) {
+      analytics__v1__metric_bucket__init(&buckets[i][j]);
+      google__protobuf__timestamp__init(&ts[i][j]);
+      google__protobuf__double_value__init(&vals[i][j]);
+      ts[i][j].seconds = 1796601600 + (int64_t)j * 3600 + 1800 * (i % 2);
+      vals[i][j].value = j % 3 ? j * 0.5 : j;
+      buckets[i][j].start = &ts[i][j];
+      buckets[i][j].value = j % 7 ? &vals[i][j] : NULL;
+      bp[i][j] = &buckets[i][j];
+    }
+    series[i].n_buckets = BUCKETS;
+    series[i].buckets = bp[i];
+    sp[i] = &series[i];
+  }
+  d.n_series = SERIES;
+  d.series = sp;
+
+  struct ana_json_buf whole;
+  ana_json_buf_init(&whole, 0);
+  assert_int_equal(ana_json_encode(&whole, &d.base, NULL), 0);
+  assert_non_null(strstr(whole.data, "\"start\":\"2026-12-07T00:00:00Z\""));
+  assert_non_null(strstr(whole.data, "\"start\":\"2026-12-11T03:30:00Z\""));
+
+  for (int take = 0; take < 2; take++) {
+    struct sink k = {.take_buffer = take};
+    struct ana_json_buf b;
+    ana_json_buf_init(&b, 32);
+    bool flushed = false;
+    assert_int_equal(ana_json_encode_stream(&b, &d.base, NULL, 1000, sink_flush, &k, &flushed), 0);
+    assert_true(flushed);
+    assert_true(k.calls > 10);
+    assert_true(k.min_taken >= 1000);
+    sink_flush(&k, &b); /* the rest */
+    assert_int_equal(k.len, whole.len);
+    assert_memory_equal(k.text, whole.data, whole.len);
+    ana_json_buf_fini(&b);
+    free(k.text);
+  }
+
+  struct sink stop = {.fail_at = 3};
+  struct ana_json_buf b;
+  ana_json_buf_init(&b, 0);
+  bool flushed = false;
+  assert_int_equal(ana_json_encode_stream(&b, &d.base, NULL, 1000, sink_flush, &stop, &flushed),
+                   ANA_ERR_CLOSED);
+  assert_true(flushed);
+  assert_int_equal(stop.calls, 3);
+  ana_json_buf_fini(&b);
+  free(stop.text);
+  ana_json_buf_fini(&whole);
+
+  /* The day text cached per thread follows the day of each value. */
+  char t[ANA_JSON_TIME_TEXT_MAX];
+  assert_int_equal(ana_json_format_timestamp(86399, 0, t), 20);
+  assert_string_equal(t, "1970-01-01T23:59:59Z");
+  ana_json_format_timestamp(86400, 0, t);
+  assert_string_equal(t, "1970-01-02T00:00:00Z");
+  ana_json_format_timestamp(86399, 5000000, t);
+  assert_string_equal(t, "1970-01-01T23:59:59.005Z");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
       T(encode_event_canonical),
+      T(encode_stream_equals_whole),
       T(encode_defaults_and_proto_names),
       T(encode_integers),
       T(encode_floating_point),

@@ -544,6 +544,54 @@ int analytics_list_alert_history(analytics_client_t *client, const char *alert_i
                                  int32_t page_size, const char *page_token, char **json_out,
                                  analytics_error_t *err);
 
+/* A notification channel (ChannelService; the README's "Channels and
+ * notifications"). Strings and arrays are borrowed by the calls that take it.
+ * Set the settings of one kind only: email_to, slack_webhook_url,
+ * webhook_url, or the two telegram_* fields; which one decides the type.
+ * Added in ANALYTICS_0.2 (symbol version), like every channel call and
+ * analytics_stream_alerts. */
+typedef struct analytics_channel {
+  const char *name; /* unique per account */
+  /* email, slack, webhook or telegram; NULL: the kind of settings set. When
+   * given without settings (an update), the stored secrets are kept. */
+  const char *type;
+  bool is_default;             /* the account's channel of its type for alerts naming it */
+  const char *const *email_to; /* email: 1 to 50 recipients */
+  size_t email_to_count;
+  const char *slack_webhook_url;  /* slack: an incoming-webhook URL (a secret) */
+  const char *webhook_url;        /* webhook: the endpoint POSTed to, signed */
+  const char *telegram_bot_token; /* telegram: the bot's token (a secret) */
+  const char *telegram_chat_id;
+} analytics_channel_t;
+
+/* Channels (ChannelService). Answers: the channel (a webhook's signingSecret
+ * shown only in the answer to create; secrets masked otherwise),
+ * {"channels":[..],"nextPageToken":..}, nothing for delete. Another
+ * account's or an unknown id: ANALYTICS_ERR_SERVER with err->code
+ * ANALYTICS_STATUS_NOT_FOUND. Settings of two kinds: ANALYTICS_ERR_INVALID,
+ * nothing sent. */
+int analytics_create_channel(analytics_client_t *client, const analytics_channel_t *channel,
+                             char **json_out, analytics_error_t *err);
+int analytics_list_channels(analytics_client_t *client, int32_t page_size, const char *page_token,
+                            char **json_out, analytics_error_t *err);
+int analytics_get_channel(analytics_client_t *client, const char *channel_id, char **json_out,
+                          analytics_error_t *err);
+/* Replaces the whole channel; a secret left NULL (or sent back masked)
+ * keeps its stored value, the signing secret never changes. */
+int analytics_update_channel(analytics_client_t *client, const char *channel_id,
+                             const analytics_channel_t *channel, char **json_out,
+                             analytics_error_t *err);
+int analytics_delete_channel(analytics_client_t *client, const char *channel_id,
+                             analytics_error_t *err);
+/* Sends a test notification through the channel now and waits for its one
+ * attempt (at most the server's NOTIFY_TIMEOUT). Answer:
+ * {"outcome":"delivered"|"failed"|"pending","status":<receiver's HTTP
+ * status>,"error":..,"durationMs":..,"idempotencyKey":..}. Returns 0 when the
+ * server answered, whatever the outcome; *delivered (may be NULL) tells
+ * whether the outcome was "delivered". */
+int analytics_test_channel(analytics_client_t *client, const char *channel_id, bool *delivered,
+                           char **json_out, analytics_error_t *err);
+
 /* --- Streams ---
  * Called for each message of a stream, on the calling thread, with the
  * message as JSON text (borrowed: valid during the call). A non-zero return
@@ -556,6 +604,16 @@ typedef int (*analytics_stream_fn)(const char *json, void *ctx);
  * timeout). Returns 0 in both cases, otherwise a negative error. */
 int analytics_stream_metric(analytics_client_t *client, const char *metric_id,
                             analytics_stream_fn on_update, void *ctx, analytics_error_t *err);
+
+/* Follows the state changes of the account's alert instances as they happen
+ * (StreamAlerts): calls on_update for each {"sequence":..,"name":..,
+ * "entry":{"alertId":..,"state":"firing",..,"value":..,"threshold":..}}
+ * (an alert history entry). alert_ids (alert_id_count of them) limits it to
+ * those alerts; NULL or 0: every alert. Blocks like analytics_stream_metric.
+ * Added in ANALYTICS_0.2. */
+int analytics_stream_alerts(analytics_client_t *client, const char *const *alert_ids,
+                            size_t alert_id_count, analytics_stream_fn on_update, void *ctx,
+                            analytics_error_t *err);
 
 /* Filters of the live event stream; zeroed fields do not filter. */
 typedef struct analytics_stream_filter {
@@ -581,12 +639,12 @@ int analytics_stream_call(analytics_client_t *client, const char *method, const 
                           analytics_stream_fn on_message, void *ctx, analytics_error_t *err);
 
 /* Ends every stream of this client in progress (analytics_stream_metric,
- * analytics_stream_analytics, analytics_stream_call), from any thread: each
- * returns 0 promptly, as if its callback had returned non-zero. Streams
- * started after the call are not affected. Not async-signal-safe: from a
- * signal, call it on a thread that waited for the signal (sigwait). Never
- * blocks beyond a mutex. Returns the number of streams cancelled, or
- * ANALYTICS_ERR_INVALID for a NULL client. */
+ * analytics_stream_analytics, analytics_stream_alerts,
+ * analytics_stream_call), from any thread: each returns 0 promptly, as if
+ * its callback had returned non-zero. Streams started after the call are not
+ * affected. Not async-signal-safe: from a signal, call it on a thread that
+ * waited for the signal (sigwait). Never blocks beyond a mutex. Returns the
+ * number of streams cancelled, or ANALYTICS_ERR_INVALID for a NULL client. */
 int analytics_client_cancel_streams(analytics_client_t *client);
 
 /* --- Other --- */
