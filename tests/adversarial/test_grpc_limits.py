@@ -149,14 +149,8 @@ class PingFloodTest(GrpcLimitsBase):
             code = struct.unpack(">I", goaway[4:8])[0]
             self.assertEqual(code, H2_ENHANCE_YOUR_CALM, goaway)
             self.assertIn(b"too_many_pings", goaway[8:])
-            # The connection ends: further pings are not answered.
-            try:
-                s.sendall(b"".join(h2_frame(H2_PING, 0, 0, struct.pack(">Q", 100 + i))
-                                   for i in range(5)))
-            except OSError:
-                pass
-            late = sum(1 for ftype, flags, _ in frames if ftype == H2_PING and flags & 1)
-            self.assertEqual(late, 0, "pings after the GOAWAY were answered")
+            # What follows the GOAWAY is gRPC core's own: it may still answer
+            # pings while it drains the connection, so nothing is asserted there.
         self.assert_survived()
 
 

@@ -512,6 +512,11 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
       return ANA_ERR_IO;
     }
     ANA_INFO("store", "schema migrated to version %d", v);
+    /* Each migration's pages go into the database before the next one
+     * writes, so the WAL is reused from its start: a new store's WAL stays
+     * the size of its largest migration, not of all of them (it must fit
+     * a nearly full disk), and a rebuilt table is not replayed twice. */
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
   }
   return 0;
 }
