@@ -8,9 +8,9 @@
    (RowBinary, exported from the shipped table) into an empty copy of the table.
 2. The raw-path metric query (GetMetricData with x-metric-source: raw, the hourly count of
    message_sent per campaignId and groupId over the shipped events) three ways, alternating
-   per round: analyticsd with ClickHouse configured (reads pushed down), clickhouse-client
-   running the same aggregation as one SQL statement, analyticsd on the embedded store (a copy
-   of the same spool).
+   per round: analyticsd with ClickHouse configured (aggregated in ClickHouse), clickhouse-client
+   running the same SQL statement analyticsd sends (pushed_sql), analyticsd on the embedded
+   store (a copy of the same spool); over HTTP, the same statement and the bare aggregation.
 3. Durable ingest with ClickHouse configured against the embedded store: bench/ab_throughput.py
    (the gRPC rates of build/bench/ingest_bench), A = embedded, B = CLICKHOUSE_HOST set, rounds
    interleaved.
@@ -145,6 +145,31 @@ def create_metric(server):
         mpb.CreateMetricRequest(metric=m), timeout=60).metric_id
 
 
+def pushed_sql(from_ms, to_ms, instance, shipped):
+    """The statement analyticsd sends for the benchmark's metric (server/store/clickhouse/reads.c,
+    agg_sql): count(message_sent) per campaignId, groupId and UTC hour over [from, to) and the
+    previous period of the same length, with the checks that no row is there twice and that
+    every dimension value is a JSON string as ClickHouse holds it."""
+    def dim(k):
+        return "prop_values[indexOf(prop_keys, '%s')]" % k
+
+    def doubt(k):
+        return (" OR (has(prop_keys, '%s') AND NOT visitParamExtractRaw(properties, '%s') ="
+                " concat('\"', %s, '\"'))" % (k, k, dim(k)))
+    prev = from_ms - (to_ms - from_ms)
+    return ("SELECT k, prev, b, countIf(d) + (count() - uniqExact(instance, seq)),"
+            " toFloat64(countIf(c0)), toFloat64(0), toFloat64(0),"
+            " toFloat64(0) FROM (SELECT instance, seq, concat('', substring(%s, 1, 127),"
+            " '\\x1f', substring(%s, 1, 127)) AS k, ts < %d AS prev, if(prev, toUInt32(0),"
+            " toUInt32(toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC'))) AS b, (0%s%s) AS d,"
+            " (1) AS fl, (1 AND event_name = 'message_sent') AS c0 FROM events WHERE"
+            " account_id = 'default' AND ts >= %d AND ts < %d AND event_name IN"
+            " ('message_sent') AND NOT (instance = '%s' AND seq > %d)) WHERE fl OR d"
+            " GROUP BY k, prev, b FORMAT RowBinary"
+            % (dim("campaignId"), dim("groupId"), from_ms, doubt("campaignId"), doubt("groupId"),
+               prev, to_ms, instance, shipped))
+
+
 def query_bench(ch, spool, pushed, rounds):
     """Rounds of A (embedded), B (pushed down), C (clickhouse-client, same SQL), alternating."""
     from google.protobuf import timestamp_pb2
@@ -155,21 +180,33 @@ def query_bench(ch, spool, pushed, rounds):
     lo, hi = (int(x) for x in ch.query("SELECT min(ts), max(ts) FROM ship0.events").split())
     frm, to = (lo // 3600000) * 3600, (hi // 3600000 + 1) * 3600
     span = {"from": timestamp_pb2.Timestamp(seconds=frm), "to": timestamp_pb2.Timestamp(seconds=to)}
-    sql = ("SELECT prop_values[indexOf(prop_keys, 'campaignId')] AS c,"
-           " prop_values[indexOf(prop_keys, 'groupId')] AS g,"
-           " toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC') AS b, count()"
-           " FROM ship0.events WHERE account_id = 'default' AND event_name = 'message_sent'"
-           " AND ts >= %d AND ts < %d GROUP BY c, g, b FORMAT Null" % (frm * 1000, to * 1000))
+    inst, shipped = ch.query("SELECT any(instance), max(seq) FROM ship0.events").split()
+    sql = pushed_sql(frm * 1000, to * 1000, inst, int(shipped))
     ids = {"A": create_metric(embedded), "B": create_metric(pushed)}
-    times = {"A": [], "B": [], "C": []}
+    # E: the bare aggregation (no deduplication of (instance, seq), no check of the values)
+    plain = ("SELECT prop_values[indexOf(prop_keys, 'campaignId')] AS c,"
+             " prop_values[indexOf(prop_keys, 'groupId')] AS g,"
+             " toStartOfHour(toDateTime(intDiv(ts, 1000)), 'UTC') AS b, count()"
+             " FROM events WHERE account_id = 'default' AND event_name = 'message_sent'"
+             " AND ts >= %d AND ts < %d GROUP BY c, g, b FORMAT RowBinary"
+             % (frm * 1000, to * 1000))
+    times = {"A": [], "B": [], "C": [], "D": [], "E": []}
     answers = {}
     try:
         for r in range(rounds):
-            for phase in "BCA" if r % 2 else "ACB":
-                if phase == "C":
+            for phase in "BEDCA" if r % 2 else "ACDEB":
+                if phase in "DE":  # over HTTP (no client process to start)
                     t0 = time.time()
-                    subprocess.run(["clickhouse-client", "--port", str(ch.tcp_port), "--query",
-                                    sql], check=True)
+                    req = urllib.request.Request(ch.url + "/?database=ship0",
+                                                 data=(sql if phase == "D" else plain).encode())
+                    with urllib.request.urlopen(req, timeout=600) as resp:
+                        resp.read()
+                    times[phase].append(time.time() - t0)
+                elif phase == "C":
+                    t0 = time.time()
+                    subprocess.run(["clickhouse-client", "--port", str(ch.tcp_port),
+                                    "--database", "ship0", "--query", sql], check=True,
+                                   stdout=subprocess.DEVNULL)
                     times["C"].append(time.time() - t0)
                 else:
                     took, answers[phase] = metric_query(embedded if phase == "A" else pushed,
@@ -177,13 +214,23 @@ def query_bench(ch, spool, pushed, rounds):
                     times[phase].append(took)
                 print("round %d %s: %.3f s" % (r, phase, times[phase][-1]), flush=True)
         assert answers["A"] == answers["B"], "the two answers differ"
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % pushed.rest_port,
+                                    timeout=10) as resp:
+            text = resp.read().decode()
+        assert 'ana_clickhouse_metric_aggregations_total{path="sql"} %d' % rounds in text, \
+            "the pushed phase did not aggregate in ClickHouse"
         print("raw-path metric query, %d groups: pushed down %s s, clickhouse-client (same"
               " aggregation in SQL) %s s, embedded %s s" % (
                   len(answers["A"]), ", ".join("%.3f" % x for x in times["B"]),
                   ", ".join("%.3f" % x for x in times["C"]),
                   ", ".join("%.3f" % x for x in times["A"])), flush=True)
-        print("per round: pushed / clickhouse-client %s (target <= 1.2); pushed / embedded %s"
-              % (", ".join("%.1f" % (b / c) for b, c in zip(times["B"], times["C"])),
+        print("the same SQL over HTTP: %s s; the bare aggregation (no deduplication, no value"
+              " check) over HTTP: %s s" % (", ".join("%.3f" % x for x in times["D"]),
+                                           ", ".join("%.3f" % x for x in times["E"])), flush=True)
+        print("per round: pushed / clickhouse-client %s (target <= 1.2); pushed / same SQL over"
+              " HTTP %s; pushed / embedded %s"
+              % (", ".join("%.2f" % (b / c) for b, c in zip(times["B"], times["C"])),
+                 ", ".join("%.2f" % (b / d) for b, d in zip(times["B"], times["D"])),
                  ", ".join("%.2f" % (b / a) for b, a in zip(times["B"], times["A"]))), flush=True)
     finally:
         embedded.stop()

@@ -1095,14 +1095,125 @@ static int on_event(void *ctx, const struct ana_scanned_event *ev) {
   return ana_mq_add_event(ctx, ev) < 0;
 }
 
+/* The store's aggregates of one group and bucket, as a cell in the totals and the bucket. */
+static int on_aggregates(void *ctx, const char *key, int64_t bucket_ms, const double *aggs) {
+  struct ana_mq *s = ctx;
+  struct ana_mq_group *g;
+  if (ana_mq_group(s, key, &g) < 0 || !g)
+    return s->rc < 0;
+  struct ana_mq_cell *c = ana_mq_cell_new(s);
+  if (!c)
+    return ana_mq_nomem(s);
+  for (size_t t = 0; t < s->spec.n_terms; t++)
+    ana_acc_agg_merge_scalars(&c->accs[t], aggs[4 * t], aggs[4 * t + 1], aggs[4 * t + 2],
+                              aggs[4 * t + 3]);
+  size_t b = bucket_ms == INT64_MIN
+                 ? ANA_MQ_PREVIOUS
+                 : ana_bucket_index(s->starts, s->n_buckets, s->q->to_ms, bucket_ms);
+  ana_mq_add_cell(s, g, b, ANA_MQ_TOTALS, c);
+  if (b != ANA_MQ_PREVIOUS)
+    ana_mq_add_cell(s, g, b, ANA_MQ_BUCKETS, c);
+  ana_mq_cell_free(s, c);
+  return s->rc < 0;
+}
+
+/* The raw path run by the store (ops->aggregate) when the metric reads only what it can
+ * aggregate exactly: counts and numeric scalars of top-level properties, dimensions of event
+ * fields or top-level properties, filters comparing strings or numbers. 1 done, 0 not done, or
+ * a negative error. */
+static int raw_aggregated(const struct ana_event_store_ops *ops, void *store, struct ana_mq *s,
+                          struct ana_error *err) {
+  static const char *const tops[] = {NULL, "eventType", "eventName", "sessionId", "eventId"};
+  const struct ana_metric_query *q = s->q;
+  struct ana_event_agg_term terms[ANA_ACC_MAX_TERMS];
+  const char *dims[MAX_DIMENSIONS];
+  struct ana_event_agg_filter filters[8];
+  const char *texts[64];
+  size_t n_texts = 0;
+  if (!ops->aggregate || q->metric->n_filters > 8 || q->from_ms >= q->to_ms)
+    return 0;
+  /* Filters comparing strings with strings or numbers with a number. */
+  for (size_t i = 0; i < q->metric->n_filters; i++) {
+    const struct ana_acc_field *f = &s->spec.filter_refs[i];
+    json_t *want = s->spec.filter_values[i];
+    const char *op = q->metric->filters[i]->op;
+    if (f->nested || (!f->top && !f->path[0]) || f->top >= sizeof tops / sizeof tops[0])
+      return 0;
+    for (size_t k = 1; !f->top && k < sizeof tops / sizeof tops[0]; k++)
+      if (strcmp(f->path, tops[k]) == 0)
+        return 0; /* a property named like an event field */
+    filters[i] =
+        (struct ana_event_agg_filter){f->top ? tops[f->top] : f->path, op, texts + n_texts, 0, 0};
+    if (strcmp(op, "in") == 0) {
+      size_t j;
+      json_t *item;
+      json_array_foreach(want, j, item) {
+        if (!json_is_string(item) || n_texts == sizeof texts / sizeof texts[0])
+          return 0;
+        texts[n_texts++] = json_string_value(item);
+        filters[i].n_values++;
+      }
+    } else if (strcmp(op, "eq") == 0 || strcmp(op, "neq") == 0 || strcmp(op, "contains") == 0) {
+      if (!json_is_string(want) || n_texts == sizeof texts / sizeof texts[0])
+        return 0;
+      texts[n_texts++] = json_string_value(want);
+      filters[i].n_values = 1;
+    } else if (op[0] == 'g' || op[0] == 'l') {
+      if (!json_is_number(want) || f->top)
+        return 0;
+      filters[i].number = json_number_value(want);
+    } else if (strcmp(op, "exists") != 0) {
+      return 0;
+    }
+  }
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
+    const struct ana_agg_term *term = s->spec.terms[t];
+    const struct ana_acc_field *f = s->spec.term_fields[t] ? &s->spec.term_refs[t] : NULL;
+    bool numeric = term->fn >= ANA_AGG_SUM && term->fn <= ANA_AGG_MAX;
+    if ((term->fn != ANA_AGG_COUNT && !numeric) || (numeric && !f) || (f && (f->top || f->nested)))
+      return 0;
+    terms[t] = (struct ana_event_agg_term){term->event_name, f ? f->path : NULL, numeric};
+  }
+  for (size_t d = 0; d < s->spec.n_dims; d++) {
+    const struct ana_acc_field *f = &s->spec.dim_refs[d];
+    if (f->nested || f->top >= sizeof tops / sizeof tops[0])
+      return 0;
+    dims[d] = f->top ? tops[f->top] : f->path;
+    for (size_t i = 1; !f->top && i < sizeof tops / sizeof tops[0]; i++)
+      if (strcmp(f->path, tops[i]) == 0)
+        return 0; /* a property named like an event field */
+  }
+  struct ana_event_agg_query aq = {
+      .account_id = q->account_id,
+      .from_ms = ana_metric_query_previous_from(q),
+      .split_ms = q->from_ms,
+      .to_ms = q->to_ms,
+      .names = s->any ? NULL : s->names,
+      .n_names = s->any ? 0 : s->n_names,
+      .interval = ana_interval_name(q->interval),
+      .time_zone = q->time_zone,
+      .terms = terms,
+      .n_terms = s->spec.n_terms,
+      .dimensions = dims,
+      .n_dimensions = s->spec.n_dims,
+      .filters = filters,
+      .n_filters = q->metric->n_filters,
+  };
+  return ops->aggregate(store, &aq, on_aggregates, on_event, s, err);
+}
+
 int ana_metric_query_raw(const struct ana_event_store_ops *ops, void *store,
                          const struct ana_metric_query *q, struct ana_arena *arena,
                          Analytics__V1__MetricData *out, struct ana_error *err) {
   struct ana_mq *s = ana_mq_create(q, false, err);
   if (!s)
     return ANA_ERR_INVALID;
-  int rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
-                     s->any ? NULL : s->names, s->any ? 0 : s->n_names, on_event, s, err);
+  int rc = raw_aggregated(ops, store, s, err);
+  if (rc == 0)
+    rc = ops->scan(store, q->account_id, ana_metric_query_previous_from(q), q->to_ms,
+                   s->any ? NULL : s->names, s->any ? 0 : s->n_names, on_event, s, err);
+  else if (rc == 1)
+    rc = 0;
   if (rc == 0)
     rc = ana_mq_answer(s, arena, out, err);
   ana_mq_destroy(s);

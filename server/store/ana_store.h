@@ -79,6 +79,50 @@ struct ana_scanned_event {
 /* Receives one scanned event. Non-zero stops the scan. */
 typedef int (*ana_event_scan_fn)(void *ctx, const struct ana_scanned_event *ev);
 
+/* A metric aggregation a store may run itself (the event store's optional
+ * aggregate): per group of dimension values and per time bucket, each term's
+ * count, sum, min and max. Pointers are borrowed for the call. */
+struct ana_event_agg_term {
+  const char *event_name; /* NULL: every event the query reads */
+  const char *property;   /* NULL: count the events; else a top-level property */
+  bool numeric;           /* count, sum, min, max of property's numbers; else count where present */
+};
+
+/* A filter of the aggregation, on an event field or a top-level property (see dimensions). */
+struct ana_event_agg_filter {
+  const char *field;
+  const char *op;            /* "exists", "eq", "neq", "in", "contains" (strings), "gt", "gte",
+                                "lt", "lte" (number) */
+  const char *const *values; /* the strings eq, neq, contains (one) and in compare with */
+  size_t n_values;
+  double number;
+};
+
+struct ana_event_agg_query {
+  const char *account_id;
+  /* Events with from_ms <= timestamp < split_ms count in the previous period (one cell per
+   * group); split_ms <= timestamp < to_ms in buckets. */
+  int64_t from_ms, split_ms, to_ms;
+  const char *const *names; /* restricts to these event names when n_names > 0 */
+  size_t n_names;
+  const char *interval;  /* "1m", "5m", "1h", "1d": buckets aligned in time_zone */
+  const char *time_zone; /* IANA; "" or NULL: UTC */
+  const struct ana_event_agg_term *terms;
+  size_t n_terms;
+  const char *const *dimensions; /* field paths (eventType, eventName, sessionId, eventId or a
+                                    property) */
+  size_t n_dimensions;
+  const struct ana_event_agg_filter *filters; /* all must match */
+  size_t n_filters;
+};
+
+/* Receives one group's aggregates of one bucket (bucket_ms its start; INT64_MIN: the
+ * previous period): group_key the dimension values joined by '\x1f' (a missing value as "",
+ * each cut to 127 bytes), aggs 4 doubles per term (count, sum, min, max; min and max only
+ * when count > 0). Non-zero stops. */
+typedef int (*ana_event_agg_fn)(void *ctx, const char *group_key, int64_t bucket_ms,
+                                const double *aggs);
+
 /* One committed event as the spool hands it to a shipper; pointers are
  * valid during the call that hands it. */
 struct ana_spooled_event {
@@ -182,6 +226,13 @@ struct ana_event_store_ops {
   void (*committed)(void *store, const struct ana_event_record *records, size_t n);
   /* Optional (NULL: never behind). Fills st; thread-safe, does not block. */
   void (*status)(void *store, struct ana_event_store_status *st);
+  /* Optional (NULL: never). Runs q itself where it can match the metric engine's reading of
+   * events exactly: calls agg with the aggregates of the events it holds and rows with each
+   * event it aggregates no other way (e.g. not yet shipped), which the caller aggregates.
+   * Returns 1 when done, 0 when it cannot answer q exactly (then it called neither, and the
+   * caller scans), or a negative error. Thread-safe; blocks. */
+  int (*aggregate)(void *store, const struct ana_event_agg_query *q, ana_event_agg_fn agg,
+                   ana_event_scan_fn rows, void *ctx, struct ana_error *err);
 };
 
 /* The search index role: free text over the events' names and property

@@ -72,6 +72,13 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
                         int64_t from_ms, int64_t to_ms, const char *const *names, size_t n_names,
                         ana_event_scan_fn fn, void *ctx, struct ana_error *err);
 
+/* The event store's aggregate: the metric aggregation as one SQL statement (GROUP BY group
+ * key, bucket), when every value it reads is read exactly as the metric engine reads it (else
+ * 0, nothing called), then the spool's events after v->shipped handed to rows. */
+int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
+                             const struct ana_event_agg_query *q, ana_event_agg_fn agg,
+                             ana_event_scan_fn rows, void *ctx, struct ana_error *err);
+
 /* A property value as text the way the embedded store compares it (SQLite's CAST of
  * json_extract AS TEXT): strings as they are, integers in decimal, reals with 15 significant
  * digits, booleans 1 and 0; NULL for null, objects and arrays. buf (>= 64 bytes) may hold it. */

@@ -74,7 +74,7 @@ struct ch_store {
   int timeout_ms;
 
   struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out,
-      removed;
+      removed, agg_sql, agg_rows;
   bool metrics;
 };
 
@@ -975,6 +975,16 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
                         "was checked, landing after it) whose later copy was deleted.");
   ana_prom_write_u64(w, "ana_clickhouse_second_copies_deleted_total", NULL,
                      ana_prom_counter_get(&s->removed));
+  ana_prom_write_family(w, "ana_clickhouse_metric_aggregations_total", "counter",
+                        "Metric raw-path queries aggregated in ClickHouse (path=\"sql\") or handed "
+                        "back to be answered from its rows (path=\"rows\": values or a shape "
+                        "SQL cannot read exactly).");
+  static const char *const sql_path[] = {"path", "sql", NULL}, *const rows_path[] = {"path", "rows",
+                                                                                     NULL};
+  ana_prom_write_u64(w, "ana_clickhouse_metric_aggregations_total", sql_path,
+                     ana_prom_counter_get(&s->agg_sql));
+  ana_prom_write_u64(w, "ana_clickhouse_metric_aggregations_total", rows_path,
+                     ana_prom_counter_get(&s->agg_rows));
 }
 
 /* --- the role --- */
@@ -1171,6 +1181,16 @@ static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t
   return ana_clickhouse_scan(&v, account_id, from_ms, to_ms, names, n_names, fn, ctx, err);
 }
 
+static int ch_aggregate(void *store, const struct ana_event_agg_query *q, ana_event_agg_fn agg,
+                        ana_event_scan_fn rows, void *ctx, struct ana_error *err) {
+  struct ch_store *s = store;
+  struct ana_clickhouse_view v = view_of(s);
+  int rc = ana_clickhouse_aggregate(&v, q, agg, rows, ctx, err);
+  if (rc >= 0)
+    ana_prom_counter_add(rc ? &s->agg_sql : &s->agg_rows, 1);
+  return rc;
+}
+
 /* Replays in commit order are this instance's own (rollups' watermark is its sequence): the
  * local copy. */
 static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
@@ -1209,4 +1229,5 @@ const struct ana_event_store_ops ana_clickhouse_event_store = {
     .admit = ch_admit,
     .committed = ch_committed,
     .status = ch_status,
+    .aggregate = ch_aggregate,
 };

@@ -6,6 +6,7 @@
 #include "clickhouse_backend.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <jansson.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -622,5 +623,349 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
   ana_free(sc.p);
   ana_free(last_id);
   ana_free(last_inst);
+  return rc;
+}
+
+/* --- metric aggregation --- */
+
+/* A property name the SQL can name: visitParamExtractRaw looks for "name": verbatim. */
+static bool plain_key(const char *k) {
+  return k && k[0] && !strpbrk(k, "\"\\");
+}
+
+/* The expression of a dimension or term field: an event column, or the property's value. */
+static void sql_field(struct sql *s, const char *field) {
+  static const char *const cols[][2] = {{"eventType", "event_type"},
+                                        {"eventName", "event_name"},
+                                        {"sessionId", "session_id"},
+                                        {"eventId", "event_id"}};
+  for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+    if (strcmp(field, cols[i][0]) == 0) {
+      fputs(cols[i][1], s->f);
+      return;
+    }
+  fputs("prop_values[indexOf(prop_keys, ", s->f);
+  sql_str(s, field);
+  fputs(")]", s->f);
+}
+
+static bool is_column(const char *field) {
+  return strcmp(field, "eventType") == 0 || strcmp(field, "eventName") == 0 ||
+         strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0;
+}
+
+/* The term's condition: its event name, and its property present. */
+static void sql_term_cond(struct sql *s, const struct ana_event_agg_term *t) {
+  fputs("(1", s->f);
+  if (t->event_name) {
+    fputs(" AND event_name = ", s->f);
+    sql_str(s, t->event_name);
+  }
+  if (t->property) {
+    fputs(" AND has(prop_keys, ", s->f);
+    sql_str(s, t->property);
+    fputc(')', s->f);
+  }
+  fputc(')', s->f);
+}
+
+/* Whether a property's text is its JSON string verbatim (the metric engine reads the string). */
+static void sql_clean_string(struct sql *s, const char *prop) {
+  fputs("visitParamExtractRaw(properties, ", s->f);
+  sql_str(s, prop);
+  fputs(") = concat('\"', ", s->f);
+  sql_field(s, prop);
+  fputs(", '\"')", s->f);
+}
+
+/* Whether a property's text is its JSON number verbatim, at most 15 digits (both read it as the
+ * same double). */
+static void sql_clean_number(struct sql *s, const char *prop) {
+  fputs("(length(", s->f);
+  sql_field(s, prop);
+  fputs(") <= 15 AND match(", s->f);
+  sql_field(s, prop);
+  fputs(", '^-?[0-9]+(\\\\.[0-9]+)?$') AND visitParamExtractRaw(properties, ", s->f);
+  sql_str(s, prop);
+  fputs(") = ", s->f);
+  sql_field(s, prop);
+  fputc(')', s->f);
+}
+
+/* A field present: a non-empty event field, a property that is not null. */
+static void sql_present(struct sql *s, const char *field) {
+  if (is_column(field)) {
+    fputc('(', s->f);
+    sql_field(s, field);
+    fputs(" != '')", s->f);
+  } else {
+    fputs("has(prop_keys, ", s->f);
+    sql_str(s, field);
+    fputc(')', s->f);
+  }
+}
+
+static bool string_op(const char *op) {
+  return strcmp(op, "eq") == 0 || strcmp(op, "neq") == 0 || strcmp(op, "in") == 0 ||
+         strcmp(op, "contains") == 0;
+}
+
+/* Whether the event passes filter f (when its values read as the SQL reads them); false when
+ * it cannot be written exactly. */
+static bool sql_filter(struct sql *s, const struct ana_event_agg_filter *f) {
+  static const char *const cmps[][2] = {{"gt", ">"}, {"gte", ">="}, {"lt", "<"}, {"lte", "<="}};
+  fputc('(', s->f);
+  sql_present(s, f->field);
+  if (strcmp(f->op, "eq") == 0 || strcmp(f->op, "neq") == 0) {
+    fputs(" AND ", s->f);
+    sql_field(s, f->field);
+    fputs(" = ", s->f);
+    sql_str(s, f->values[0]);
+    if (f->op[0] == 'n')
+      fputs(") = 0", s->f); /* absent, or another value */
+    else
+      fputc(')', s->f);
+    return true;
+  }
+  if (strcmp(f->op, "in") == 0) {
+    fputs(" AND ", s->f);
+    sql_field(s, f->field);
+    fputs(" IN (''", s->f); /* present event fields are never "" */
+    for (size_t i = 0; i < f->n_values; i++) {
+      if (!f->values[i][0] && !is_column(f->field))
+        return false; /* a present property may be "" */
+      fputc(',', s->f);
+      sql_str(s, f->values[i]);
+    }
+    fputc(')', s->f);
+  } else if (strcmp(f->op, "contains") == 0) {
+    fputs(" AND position(", s->f);
+    sql_field(s, f->field);
+    fputs(", ", s->f);
+    sql_str(s, f->values[0]);
+    fputs(") > 0", s->f);
+  } else if (strcmp(f->op, "exists") != 0) {
+    const char *cmp = NULL;
+    for (size_t i = 0; i < sizeof cmps / sizeof cmps[0]; i++)
+      if (strcmp(f->op, cmps[i][0]) == 0)
+        cmp = cmps[i][1];
+    if (!cmp || is_column(f->field) || !isfinite(f->number))
+      return false;
+    fputs(" AND toFloat64OrZero(", s->f);
+    sql_field(s, f->field);
+    fprintf(s->f, ") %s %.17g", cmp, f->number);
+  }
+  fputc(')', s->f);
+  return true;
+}
+
+/* The aggregation's SQL; false when it cannot be written exactly. Per group and bucket: the
+ * group key, whether the previous period, the bucket start (seconds), the rows whose values
+ * the metric engine might read otherwise than the SQL ("doubtful") and the second copies of
+ * rows (a copy has the same group and bucket as its first: rows of a group less its distinct
+ * (instance, seq); cheaper than deduplicating every row), and per term count, sum, min, max. A
+ * value is read the same way when the text ClickHouse holds is the JSON's own: a string dimension's
+ * quoted text, a number's decimal digits (at most 15). */
+static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_agg_query *q,
+                    struct sql *s) {
+  static const char *const units[][2] = {{"1m", "toStartOfMinute"},
+                                         {"5m", "toStartOfFiveMinute"},
+                                         {"1h", "toStartOfHour"},
+                                         {"1d", "toStartOfDay"}};
+  const char *unit = NULL;
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+    if (q->interval && strcmp(q->interval, units[i][0]) == 0)
+      unit = units[i][1];
+  /* DateTime holds unsigned 32-bit seconds; a joined key stays under 1,024 bytes. */
+  if (!unit || q->from_ms < 0 || q->to_ms > 4294967295000LL || q->n_dimensions > 7)
+    return false;
+  for (size_t d = 0; d < q->n_dimensions; d++)
+    if (!is_column(q->dimensions[d]) && !plain_key(q->dimensions[d]))
+      return false;
+  for (size_t t = 0; t < q->n_terms; t++)
+    if (q->terms[t].property && !plain_key(q->terms[t].property))
+      return false;
+  for (size_t i = 0; i < q->n_filters; i++)
+    if (!is_column(q->filters[i].field) && !plain_key(q->filters[i].field))
+      return false;
+  /* Outside: per group and bucket, the doubtful rows and each term's aggregates. */
+  fputs("SELECT k, prev, b, countIf(d) + (count() - uniqExact(instance, seq))", s->f);
+  for (size_t t = 0; t < q->n_terms; t++) {
+    if (q->terms[t].numeric)
+      fprintf(s->f,
+              ", toFloat64(countIf(c%zu)), sumIf(x%zu, c%zu), minIf(x%zu, c%zu), maxIf(x%zu, c%zu)",
+              t, t, t, t, t, t, t);
+    else
+      fprintf(s->f, ", toFloat64(countIf(c%zu)), toFloat64(0), toFloat64(0), toFloat64(0)", t);
+  }
+  /* Inside: each row read into its group key, bucket, doubt, and per term whether it counts
+   * and its number. */
+  fputs(" FROM (SELECT instance, seq, ", s->f);
+  if (!q->n_dimensions)
+    fputs("''", s->f);
+  for (size_t d = 0; d < q->n_dimensions; d++) {
+    fputs(d ? ", '\\x1f', substring(" : "concat('', substring(", s->f);
+    sql_field(s, q->dimensions[d]);
+    fputs(", 1, 127)", s->f);
+  }
+  if (q->n_dimensions)
+    fputc(')', s->f);
+  fprintf(s->f,
+          " AS k, ts < %" PRId64
+          " AS prev, if(prev, toUInt32(0), toUInt32(%s(toDateTime(intDiv(ts, 1000)), ",
+          q->split_ms, unit);
+  sql_str(s, q->time_zone && q->time_zone[0] ? q->time_zone : "UTC");
+  fputs("))) AS b, (0", s->f);
+  for (size_t d = 0; d < q->n_dimensions; d++)
+    if (!is_column(q->dimensions[d])) {
+      fputs(" OR (has(prop_keys, ", s->f);
+      sql_str(s, q->dimensions[d]);
+      fputs(") AND NOT ", s->f);
+      sql_clean_string(s, q->dimensions[d]);
+      fputc(')', s->f);
+    }
+  for (size_t t = 0; t < q->n_terms; t++)
+    if (q->terms[t].numeric) {
+      fprintf(s->f, " OR (c%zu AND NOT ", t);
+      sql_clean_number(s, q->terms[t].property);
+      fputc(')', s->f);
+    }
+  for (size_t i = 0; i < q->n_filters; i++) {
+    const struct ana_event_agg_filter *f = &q->filters[i];
+    if (is_column(f->field) || strcmp(f->op, "exists") == 0)
+      continue;
+    fputs(" OR (has(prop_keys, ", s->f);
+    sql_str(s, f->field);
+    fputs(") AND NOT ", s->f);
+    if (string_op(f->op))
+      sql_clean_string(s, f->field);
+    else
+      sql_clean_number(s, f->field);
+    fputc(')', s->f);
+  }
+  fputs(") AS d, (1", s->f);
+  for (size_t i = 0; i < q->n_filters; i++) {
+    fputs(" AND ", s->f);
+    if (!sql_filter(s, &q->filters[i]))
+      return false;
+  }
+  fputs(") AS fl", s->f);
+  for (size_t t = 0; t < q->n_terms; t++) {
+    fputs(", ", s->f);
+    sql_term_cond(s, &q->terms[t]);
+    fprintf(s->f, " AS c%zu", t);
+    if (q->terms[t].numeric) {
+      fputs(", toFloat64OrZero(", s->f);
+      sql_field(s, q->terms[t].property);
+      fprintf(s->f, ") AS x%zu", t);
+    }
+  }
+  fputs(" FROM events WHERE account_id = ", s->f);
+  sql_str(s, q->account_id);
+  fprintf(s->f, " AND ts >= %" PRId64 " AND ts < %" PRId64, q->from_ms, q->to_ms);
+  if (q->n_names) {
+    fputs(" AND event_name IN (", s->f);
+    for (size_t i = 0; i < q->n_names; i++) {
+      if (i)
+        fputc(',', s->f);
+      sql_str(s, q->names[i]);
+    }
+    fputc(')', s->f);
+  }
+  sql_visible(s, v);
+  /* Groups are made by the events that pass the filters (and the doubtful ones: see d). */
+  fputs(") WHERE fl OR d GROUP BY k, prev, b FORMAT RowBinary", s->f);
+  return true;
+}
+
+static double rd_f64(struct rd *r) {
+  uint64_t u = rd_u64(r);
+  double d;
+  memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
+                             const struct ana_event_agg_query *q, ana_event_agg_fn agg,
+                             ana_event_scan_fn rows, void *ctx, struct ana_error *err) {
+  struct sql s;
+  char *answer = NULL;
+  size_t alen = 0;
+  double *aggs = NULL;
+  struct scratch sc = {0};
+  int rc = sql_open(&s, err);
+  if (rc < 0)
+    return rc;
+  bool ok = agg_sql(v, q, &s);
+  if ((rc = sql_close(&s, err)) < 0 || !ok)
+    goto out;
+  rc = ana_clickhouse_query_bin(v->ch, s.p, &answer, &alen, err);
+  if (rc == ANA_ERR_FULL) { /* too many groups and buckets for one answer: the rows instead */
+    rc = 0;
+    goto out;
+  }
+  if (rc < 0)
+    goto out;
+  aggs = ana_malloc((4 * q->n_terms + 1) * sizeof *aggs);
+  if (!aggs) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  /* Twice: first whether any row is doubtful (then the caller scans), then the aggregates. */
+  for (int pass = 0; pass < 2; pass++) {
+    struct rd r = {(const unsigned char *)answer, (const unsigned char *)answer + alen, false};
+    while (r.p < r.end && !r.bad) {
+      sc.len = 0;
+      size_t key = rd_str(&r, &sc);
+      bool prev = r.p < r.end && *r.p++ != 0;
+      uint32_t b = 0;
+      if (r.end - r.p >= 4) {
+        b = (uint32_t)r.p[0] | (uint32_t)r.p[1] << 8 | (uint32_t)r.p[2] << 16 |
+            (uint32_t)r.p[3] << 24;
+        r.p += 4;
+      } else {
+        r.bad = true;
+      }
+      uint64_t doubtful = rd_u64(&r);
+      for (size_t i = 0; i < 4 * q->n_terms; i++)
+        aggs[i] = rd_f64(&r);
+      if (r.bad || sc.failed)
+        break;
+      if (pass == 0 && doubtful) {
+        rc = 0;
+        goto out;
+      }
+      if (pass == 1 && agg(ctx, sc.p + key, prev ? INT64_MIN : (int64_t)b * 1000, aggs)) {
+        rc = 1;
+        goto out;
+      }
+    }
+    if (r.bad) {
+      rc = bad_answer(err);
+      goto out;
+    }
+    if (sc.failed) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto out;
+    }
+  }
+  /* This instance's events not yet shipped: the caller aggregates them. */
+  struct spool_scan ss = {q->account_id, q->from_ms, q->to_ms,   q->names, q->n_names,
+                          rows,          ctx,        v->shipped, false};
+  for (;;) {
+    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
+    if (n < 0) {
+      rc = n;
+      goto out;
+    }
+    if (ss.stopped || n < SPOOL_CHUNK)
+      break;
+  }
+  rc = 1;
+out:
+  ana_free(sc.p);
+  ana_free(aggs);
+  ana_free(answer);
+  free(s.p);
   return rc;
 }

@@ -87,6 +87,8 @@ class PushedDownReadsTest(unittest.TestCase):
                      "user": "u%d" % rnd.randint(0, 40)}
             if rnd.random() < 0.2:
                 del props["amount"]
+            if i % 7 == 0:
+                props["qty"] = str(i % 9)  # a number in a string: counted as a number
             e.properties.update(props)
             cls.events.append(e)
 
@@ -115,6 +117,16 @@ class PushedDownReadsTest(unittest.TestCase):
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read())
+
+    def aggregations(self):
+        """How many raw-path metric queries the ClickHouse analyticsd aggregated in SQL."""
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.pushed.rest_port,
+                                    timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('ana_clickhouse_metric_aggregations_total{path="sql"}'):
+                    return int(line.split()[-1])
+        self.fail("no ana_clickhouse_metric_aggregations_total")
 
     def wait_shipped(self):
         deadline = time.time() + 30
@@ -159,17 +171,30 @@ class PushedDownReadsTest(unittest.TestCase):
                 self.assertEqual(a, b)
         self.assertGreater(len(self.search_all(self.stubs[1][0], page_size=1000)), 0)
 
+    # pushed: the raw path aggregates in ClickHouse (SQL); else from its rows (booleans, numbers
+    # in strings, uniq, percentiles, filters).
     METRICS = [
-        dict(formula="count(sent)"),
-        dict(formula="count(sent) + count(open)", dimensions=["campaign"]),
+        dict(formula="count(sent)", pushed=True),
+        dict(formula="count(sent) + count(open)", dimensions=["campaign"], pushed=True),
         dict(formula="sum(buy.amount)", aggregation="sum", dimensions=["campaign", "vip"]),
-        dict(formula="avg(buy.price)", aggregation="avg"),
-        dict(formula="min(open.price) + max(open.amount)", aggregation="max"),
+        dict(formula="avg(buy.price)", aggregation="avg", pushed=True),
+        dict(formula="min(open.price) + max(open.amount)", aggregation="max", pushed=True),
+        dict(formula="sum(buy.amount) - min(sent.price) + count(open.amount)", aggregation="avg",
+             dimensions=["eventType", "campaign", "user"], pushed=True),
+        dict(formula="sum(sent.qty) + count(sent)"),
+        dict(formula="count(sent)", dimensions=["qty"], pushed=True),  # strings as they are
+        dict(formula="count(sent)", dimensions=["amount"]),  # numbers printed %.15g
         dict(formula="uniq(sent.user)", dimensions=["campaign"]),
         dict(formula="p50(buy.amount)"),
         dict(formula="p95(sent.price) - p99(sent.amount)", dimensions=["vip"]),
         dict(formula="(count(open) / count(sent)) * 100", filters=[("campaign", "in",
-                                                                    ["c0", "c2"])]),
+                                                                    ["c0", "c2"])], pushed=True),
+        dict(formula="sum(buy.amount) + count(*)", dimensions=["campaign"], pushed=True,
+             filters=[("eventType", "eq", "order"), ("user", "neq", "u3"),
+                      ("price", "gte", 20.5), ("campaign", "contains", "c"),
+                      ("amount", "exists", None)]),
+        dict(formula="count(buy)", filters=[("vip", "eq", True)]),  # booleans: from rows
+        dict(formula="count(sent)", filters=[("qty", "gt", 3)]),  # numbers in strings: rows
     ]
 
     def create_metrics(self):
@@ -177,12 +202,20 @@ class PushedDownReadsTest(unittest.TestCase):
         for i, kw in enumerate(self.METRICS):
             kw = dict(kw)
             filters = kw.pop("filters", ())
+            kw.pop("pushed", None)
             ids = []
             for _, mt in self.stubs:
                 m = self.mpb.Metric(name="cmp-%d" % i, **kw)
                 for f in filters:
                     mf = m.filters.add(field=f[0], op=f[1])
-                    mf.value.list_value.extend(f[2])
+                    if isinstance(f[2], list):
+                        mf.value.list_value.extend(f[2])
+                    elif isinstance(f[2], bool):
+                        mf.value.bool_value = f[2]
+                    elif isinstance(f[2], (int, float)):
+                        mf.value.number_value = f[2]
+                    elif isinstance(f[2], str):
+                        mf.value.string_value = f[2]
                 ids.append(mt.CreateMetric(self.mpb.CreateMetricRequest(metric=m),
                                            timeout=10).metric_id)
             self.metric_ids.append(ids)
@@ -197,12 +230,16 @@ class PushedDownReadsTest(unittest.TestCase):
                 with self.subTest(metric=kw["formula"], ask=ask):
                     for source in ("raw", "auto"):  # the raw path; rollups once complete
                         answers = []
+                        before = self.aggregations()
                         for (_, mt), mid in zip(self.stubs, ids):
                             d = mt.GetMetricData(self.mpb.GetMetricDataRequest(
                                 metric_id=mid, **span, **ask), timeout=20,
                                 metadata=[("x-metric-source", source)])
                             d.metric_id = ""
                             answers.append(json_format.MessageToDict(d))
+                        if source == "raw":
+                            self.assertEqual(self.aggregations() - before,
+                                             1 if kw.get("pushed") else 0)
                         self.assertIsNone(same(answers[0], answers[1]))
                         self.assertTrue(answers[0].get("series"))
 
@@ -224,6 +261,22 @@ class PushedDownReadsTest(unittest.TestCase):
         self.compare_metrics()
         rows = self.ch.rows("SELECT count() FROM cmp.events")
         self.assertEqual(rows, [[str(len(self.events))]])
+        # A second copy of a row in ClickHouse (an insert that landed twice, before the sweep
+        # deletes it): the aggregation sees it and the query is answered from rows, once.
+        self.ch.query("INSERT INTO cmp.events SELECT * FROM cmp.events WHERE event_name = 'sent'"
+                      " LIMIT 1")
+        ids = self.metric_ids[0]  # count(sent): aggregated in SQL until now
+        before = self.aggregations()
+        answers = []
+        for (_, mt), mid in zip(self.stubs, ids):
+            d = mt.GetMetricData(self.mpb.GetMetricDataRequest(
+                metric_id=mid, interval="1h", **{"from": ts(self.base),
+                                                 "to": ts(self.base + 72 * HOUR)}),
+                timeout=20, metadata=[("x-metric-source", "raw")])
+            d.metric_id = ""
+            answers.append(json_format.MessageToDict(d))
+        self.assertEqual(self.aggregations(), before)
+        self.assertIsNone(same(answers[0], answers[1]))
 
     def test_each_instance_reads_what_every_instance_shipped(self):
         # Two analyticsd on one ClickHouse database (each with its own spool): a search and a
