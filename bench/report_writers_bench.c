@@ -20,6 +20,7 @@
 
 #define HEADING "## Report writers"
 #define PDF_ROWS_PER_PAGE 53 /* what the writer fits on an A4 portrait page */
+#define PDF_ROUNDS 9
 
 static char dir[] = "/tmp/report_writers_bench.XXXXXX";
 
@@ -270,6 +271,11 @@ static int sqlite_cli_csv(const char *path, size_t rows) {
   return system(cmd) == 0 ? 0 : -1;
 }
 
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
 int main(int argc, char **argv) {
   size_t rows = 1000000, pdf_pages = 100;
   const char *out = NULL;
@@ -285,8 +291,26 @@ int main(int argc, char **argv) {
     return 1;
   /* the writer puts the section title above the first page's table */
   size_t pdf_rows = pdf_pages * PDF_ROWS_PER_PAGE - 2;
-  struct result pb = in_child(bare_pdf, "bare.pdf", pdf_rows);
-  struct result po = in_child(ours_pdf, "ours.pdf", pdf_rows);
+  /* A 100-page PDF takes a tenth of a second, where one scheduling hiccup
+   * moves the ratio by half: PDF_ROUNDS alternating rounds (the order
+   * swapped every round), and the round with the median ratio reported. */
+  struct result pdf_bare[PDF_ROUNDS], pdf_ours[PDF_ROUNDS];
+  double pdf_ratio[PDF_ROUNDS], sorted[PDF_ROUNDS];
+  for (int r = 0; r < PDF_ROUNDS; r++) {
+    if (r % 2 == 0) {
+      pdf_bare[r] = in_child(bare_pdf, "bare.pdf", pdf_rows);
+      pdf_ours[r] = in_child(ours_pdf, "ours.pdf", pdf_rows);
+    } else {
+      pdf_ours[r] = in_child(ours_pdf, "ours.pdf", pdf_rows);
+      pdf_bare[r] = in_child(bare_pdf, "bare.pdf", pdf_rows);
+    }
+    sorted[r] = pdf_ratio[r] = pdf_ours[r].seconds / pdf_bare[r].seconds;
+  }
+  qsort(sorted, PDF_ROUNDS, sizeof sorted[0], cmp_double);
+  int median = 0;
+  while (pdf_ratio[median] != sorted[PDF_ROUNDS / 2])
+    median++;
+  struct result pb = pdf_bare[median], po = pdf_ours[median];
   struct result xb = in_child(bare_xlsx, "bare.xlsx", rows);
   struct result xo = in_child(ours_xlsx, "ours.xlsx", rows);
   struct result co = in_child(ours_csv, "ours.csv", rows);
@@ -304,29 +328,30 @@ int main(int argc, char **argv) {
   bench_machine(machine, sizeof machine);
   char section[4096];
   snprintf(section, sizeof section,
-           HEADING "\n\n%s. Each run in its own child process; RSS growth is VmHWM after less "
-                   "before.\n\n"
-                   "| What | Time | Ratio to bare | Peak RSS growth | File |\n"
-                   "|---|---|---|---|---|\n"
-                   "| PDF table, %zu rows (~%zu A4 pages), bare libharu | %.2f s | | %.1f MiB | "
-                   "%.1f MB |\n"
-                   "| PDF table, %zu rows, report writer | %.2f s | %.2fx (target <= 1.5x) | %.1f "
-                   "MiB | %.1f MB |\n"
-                   "| XLSX %zu rows x 10, bare libxlsxwriter (constant_memory) | %.2f s | | %.1f "
-                   "MiB | %.1f MB |\n"
-                   "| XLSX %zu rows x 10, report writer | %.2f s | %.2fx (target <= 1.3x) | %.1f "
-                   "MiB (target <= 32) | %.1f MB |\n"
-                   "| CSV %zu rows x 10, report writer | %.2f s (%.0f rows/s, %.1f MB/s) | "
-                   "%.2fx the CLI's rate (target >= 0.5x) | %.1f MiB | %.1f MB |\n"
-                   "| CSV %zu rows x 10, sqlite3 CLI `-csv` export of a plain table of the same "
-                   "rows | %.2f s (%.0f rows/s, %.1f MB/s) | | | %.1f MB |\n",
+           HEADING
+           "\n\n%s. Each run in its own child process; RSS growth is VmHWM after less "
+           "before.\n\n"
+           "| What | Time | Ratio to bare | Peak RSS growth | File |\n"
+           "|---|---|---|---|---|\n"
+           "| PDF table, %zu rows (~%zu A4 pages), bare libharu | %.2f s | | %.1f MiB | "
+           "%.1f MB |\n"
+           "| PDF table, %zu rows, report writer | %.2f s | %.2fx (target <= 1.5x; median of %d "
+           "alternating rounds) | %.1f MiB | %.1f MB |\n"
+           "| XLSX %zu rows x 10, bare libxlsxwriter (constant_memory) | %.2f s | | %.1f "
+           "MiB | %.1f MB |\n"
+           "| XLSX %zu rows x 10, report writer | %.2f s | %.2fx (target <= 1.3x) | %.1f "
+           "MiB (target <= 32) | %.1f MB |\n"
+           "| CSV %zu rows x 10, report writer | %.2f s (%.0f rows/s, %.1f MB/s) | "
+           "%.2fx the CLI's rate (target >= 0.5x) | %.1f MiB | %.1f MB |\n"
+           "| CSV %zu rows x 10, sqlite3 CLI `-csv` export of a plain table of the same "
+           "rows | %.2f s (%.0f rows/s, %.1f MB/s) | | | %.1f MB |\n",
            machine, pdf_rows, pdf_pages, pb.seconds, pb.hwm_growth_kb / 1024.0, pb.bytes / 1e6,
-           pdf_rows, po.seconds, po.seconds / pb.seconds, po.hwm_growth_kb / 1024.0, po.bytes / 1e6,
-           rows, xb.seconds, xb.hwm_growth_kb / 1024.0, xb.bytes / 1e6, rows, xo.seconds,
-           xo.seconds / xb.seconds, xo.hwm_growth_kb / 1024.0, xo.bytes / 1e6, rows, co.seconds,
-           (double)rows / co.seconds, co.bytes / 1e6 / co.seconds, cs.seconds / co.seconds,
-           co.hwm_growth_kb / 1024.0, co.bytes / 1e6, rows, cs.seconds, (double)rows / cs.seconds,
-           cs.bytes / 1e6 / cs.seconds, cs.bytes / 1e6);
+           pdf_rows, po.seconds, po.seconds / pb.seconds, PDF_ROUNDS, po.hwm_growth_kb / 1024.0,
+           po.bytes / 1e6, rows, xb.seconds, xb.hwm_growth_kb / 1024.0, xb.bytes / 1e6, rows,
+           xo.seconds, xo.seconds / xb.seconds, xo.hwm_growth_kb / 1024.0, xo.bytes / 1e6, rows,
+           co.seconds, (double)rows / co.seconds, co.bytes / 1e6 / co.seconds,
+           cs.seconds / co.seconds, co.hwm_growth_kb / 1024.0, co.bytes / 1e6, rows, cs.seconds,
+           (double)rows / cs.seconds, cs.bytes / 1e6 / cs.seconds, cs.bytes / 1e6);
   fputs(section, stdout);
   if (out)
     bench_results_replace(out, HEADING, section);

@@ -23,10 +23,25 @@ CALLS = 40
 METHOD = "/analytics.v1.EventService/SearchEvents"
 
 
+def dechunk(body):
+    """The body of a `Transfer-Encoding: chunked` answer (long JSON answers
+    are streamed in chunks)."""
+    out = b""
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, body = out + body[:size], body[size + 2:]
+    return out
+
+
 def http_get(port, path):
     data = raw_http(port, "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
                     % path, until_close=True)
     head, _, body = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = dechunk(body)
     return head.split(b" ", 2)[1].decode(), body.decode("utf-8", "replace")
 
 
