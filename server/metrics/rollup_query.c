@@ -198,10 +198,13 @@ typedef int (*cell_fn)(void *ctx, size_t bucket, uint32_t group, const uint8_t *
                        uint32_t len);
 
 /* Calls fn for each cell of set in the plan's spans that one part of the
- * query reads (the buckets part: the cells of [from, to) only). */
-static int walk_cells(const struct rc_set *set, const struct plan *plan,
-                      const struct ana_metric_query *q, const int64_t *starts, size_t nb,
-                      enum ana_mq_part part, cell_fn fn, void *ctx) {
+ * query reads (the buckets part: the cells of [from, to) only). Always
+ * inlined: each caller passes a constant fn, which then inlines into the
+ * loop (a call per cell made the flat walk, most of a query's time, take
+ * about 1.3x as long). */
+static inline __attribute__((always_inline)) int
+walk_cells(const struct rc_set *set, const struct plan *plan, const struct ana_metric_query *q,
+           const int64_t *starts, size_t nb, enum ana_mq_part part, cell_fn fn, void *ctx) {
   for (size_t i = 0; i < plan->n; i++) {
     const struct span *sp = &plan->spans[i];
     if (sp->level < 0 || (part == ANA_MQ_BUCKETS && sp->hi <= q->from_ms))
