@@ -311,31 +311,36 @@ static const uint8_t *content(sqlite3_context *ctx, sqlite3_value *v, size_t *le
   return d->buf;
 }
 
+/* Reads a body's content for one of the two SQL functions: false (with the
+ * error set on ctx) when it is corrupt. */
+static bool body_parts(sqlite3_context *ctx, sqlite3_value *body, const char **text,
+                       size_t *text_len, const uint8_t **payload, size_t *payload_len) {
+  size_t n = 0;
+  const uint8_t *c = content(ctx, body, &n);
+  if (!c)
+    return false;
+  if (!split(c, n, text, text_len, payload, payload_len)) {
+    sqlite3_result_error(ctx, "event body: corrupt", -1);
+    return false;
+  }
+  return true;
+}
+
 static void fn_text(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
-  size_t n = 0, text_len, payload_len;
+  size_t text_len, payload_len;
   const char *text;
   const uint8_t *payload;
-  const uint8_t *c = content(ctx, argv[0], &n);
-  if (!c)
-    return;
-  if (!split(c, n, &text, &text_len, &payload, &payload_len))
-    sqlite3_result_error(ctx, "event body: corrupt", -1);
-  else
+  if (body_parts(ctx, argv[0], &text, &text_len, &payload, &payload_len))
     sqlite3_result_text(ctx, text, (int)text_len, SQLITE_TRANSIENT);
 }
 
 static void fn_payload(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
-  size_t n = 0, text_len, payload_len;
+  size_t text_len, payload_len;
   const char *text;
   const uint8_t *payload;
-  const uint8_t *c = content(ctx, argv[0], &n);
-  if (!c)
-    return;
-  if (!split(c, n, &text, &text_len, &payload, &payload_len))
-    sqlite3_result_error(ctx, "event body: corrupt", -1);
-  else
+  if (body_parts(ctx, argv[0], &text, &text_len, &payload, &payload_len))
     sqlite3_result_blob(ctx, payload_len ? (const void *)payload : "", (int)payload_len,
                         SQLITE_TRANSIENT);
 }
