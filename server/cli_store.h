@@ -27,6 +27,13 @@ int ana_cli_store_open(struct ana_cli_store *s, struct ana_error *err);
 void ana_cli_store_report(const struct ana_cli_store *s, const char *prog,
                           const struct ana_error *err);
 
+/* Appends a change an offline command made to the audit log, like one made
+ * over the API (subject "cli", peer "local", chained to the head as
+ * stored). A failure is said on stderr as "<prog>: the change is not in the
+ * audit log: <why>"; the change itself stands. */
+void ana_cli_store_audit(struct ana_local_db *db, const char *prog, const char *method,
+                         const char *account, const char *target_id);
+
 /* Closes the database and frees the configuration. */
 void ana_cli_store_close(struct ana_cli_store *s);
 

@@ -68,28 +68,6 @@ static int print_key(void *ctx, const struct ana_data_key_record *r) {
   return 0;
 }
 
-/* The master key change goes to the audit log (DEFAULT_ACCOUNT_ID's, as
- * changes that belong to no account do), chained to the head as stored. */
-static void audit_master_change(struct ana_local_db *db, const char *account) {
-  const struct ana_audit_store_ops *ops = ana_store_audit_backend("sqlite");
-  struct ana_error err;
-  ana_error_clear(&err);
-  void *store = ops->open(db, &err);
-  struct ana_audit_record r = {
-      .at_ms = ana_clock_wall_ms(),
-      .kind = "call",
-      .account_id = account,
-      .subject = "cli",
-      .method = "analyticsd data-keys rotate-master",
-      .target_id = "master-key",
-      .peer = "local",
-  };
-  if (!store || ops->append(store, &r, 1, &err) < 0)
-    fprintf(stderr, "analyticsd data-keys: the change is not in the audit log: %s\n", err.message);
-  if (store)
-    ops->close(store);
-}
-
 /* Rewraps the store's data keys from master (the current key) to the key
  * in path; says what it did. Returns 0 or a negative error. */
 static int rotate_master(const uint8_t *master, size_t master_len, const char *path,
@@ -175,7 +153,9 @@ int ana_data_keys_cli_main(int argc, char **argv) {
     if (rc < 0)
       fprintf(stderr, "analyticsd data-keys rotate-master: %s\n", err.message);
     else
-      audit_master_change(cs.db, cfg->auth.default_account_id);
+      /* DEFAULT_ACCOUNT_ID's log, as changes that belong to no account */
+      ana_cli_store_audit(cs.db, "analyticsd data-keys", "analyticsd data-keys rotate-master",
+                          cfg->auth.default_account_id, "master-key");
     rc = rc < 0;
     goto out;
   }

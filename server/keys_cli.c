@@ -42,28 +42,6 @@ static const char *when(int64_t ms, char *buf, size_t size) {
   return buf;
 }
 
-/* A key change made here goes to the audit log like one made over the API
- * (chained to the head as stored, beside a running server's records). */
-static void audit_key_change(struct ana_local_db *db, const char *what, const char *account,
-                             const char *key_id) {
-  const struct ana_audit_store_ops *ops = ana_store_audit_backend("sqlite");
-  struct ana_error err;
-  ana_error_clear(&err);
-  void *store = ops->open(db, &err);
-  struct ana_audit_record r = {
-      .at_ms = ana_clock_wall_ms(),
-      .kind = "call",
-      .account_id = account,
-      .subject = "cli",
-      .method = what,
-      .target_id = key_id,
-      .peer = "local",
-  };
-  if (!store || ops->append(store, &r, 1, &err) < 0)
-    fprintf(stderr, "analyticsd keys: the change is not in the audit log: %s\n", err.message);
-  ops->close(store);
-}
-
 /* Copies a key's account (ctx: 129 bytes). */
 static int note_account(void *ctx, const struct ana_api_key_record *r) {
   snprintf(ctx, 129, "%s", r->account_id);
@@ -195,8 +173,9 @@ int ana_keys_cli_main(int argc, char **argv) {
     rc = 0;
   }
   if (rc == 0 && !list)
-    audit_key_change(cs.db, create ? "analyticsd keys create" : "analyticsd keys revoke",
-                     create ? account : key_account, create ? created_id : key_id);
+    ana_cli_store_audit(cs.db, "analyticsd keys",
+                        create ? "analyticsd keys create" : "analyticsd keys revoke",
+                        create ? account : key_account, create ? created_id : key_id);
 out:
   ana_api_keys_destroy(keys);
   if (store)
