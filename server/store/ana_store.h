@@ -245,6 +245,12 @@ struct ana_event_store_ops {
    * caller scans), or a negative error. Thread-safe; blocks. */
   int (*aggregate)(void *store, const struct ana_event_agg_query *q, ana_event_agg_fn agg,
                    ana_event_scan_fn rows, void *ctx, struct ana_error *err);
+  /* Optional (NULL: none). Calls fn for every event of the account the store holds that this
+   * instance did not commit (other instances' in a shared store; they have no place in its
+   * commit sequence), in no particular order: what a rollup's backfill reads besides its replay
+   * of the commit sequence. Thread-safe; blocks. */
+  int (*scan_others)(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
+                     struct ana_error *err);
 };
 
 /* The search index role: free text over the events' names and property

@@ -8,7 +8,7 @@ struct ana_store_settings;
 
 /* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; search
  * and scans are pushed down to ClickHouse (reads.c), replays in commit order (scan_seq) read
- * the local copy of this instance's events. */
+ * the local copy of this instance's events, scan_others ClickHouse's rows of other instances. */
 extern const struct ana_event_store_ops ana_clickhouse_event_store;
 
 /* Hands the store its settings (borrowed; they outlive the store) before open. */
@@ -58,6 +58,7 @@ struct ana_clickhouse_view {
   struct ana_local_db *db;
   const char *instance;
   uint64_t shipped;
+  bool others; /* scans only: other instances' rows, none of this instance's (nor its spool) */
 };
 
 /* The event store's search (no free text), as SQL merged with the spool's events after

@@ -1199,6 +1199,15 @@ static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, 
                                          upto_seq, fn, ctx, err);
 }
 
+/* A rollup's backfill: the events other instances shipped (this one's are in its commit
+ * sequence, replayed from the local copy). */
+static int ch_scan_others(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
+                          struct ana_error *err) {
+  struct ana_clickhouse_view v = view_of(store);
+  v.others = true;
+  return ana_clickhouse_scan(&v, account_id, INT64_MIN, INT64_MAX, NULL, 0, fn, ctx, err);
+}
+
 static int ch_last_seq(void *store, uint64_t *out, struct ana_error *err) {
   return ana_sqlite_event_store.last_seq(((struct ch_store *)store)->local, out, err);
 }
@@ -1230,4 +1239,5 @@ const struct ana_event_store_ops ana_clickhouse_event_store = {
     .committed = ch_committed,
     .status = ch_status,
     .aggregate = ch_aggregate,
+    .scan_others = ch_scan_others,
 };

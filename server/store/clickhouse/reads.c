@@ -76,6 +76,11 @@ static int sql_close(struct sql *s, struct ana_error *err) {
 /* The rows of the events table a read sees: this instance's up to the shipped sequence (the
  * later ones are read from the spool), every other instance's; each (instance, seq) once. */
 static void sql_visible(struct sql *s, const struct ana_clickhouse_view *v) {
+  if (v->others) {
+    fputs(" AND instance != ", s->f);
+    sql_str(s, v->instance);
+    return;
+  }
   fputs(" AND NOT (instance = ", s->f);
   sql_str(s, v->instance);
   fprintf(s->f, " AND seq > %" PRIu64 ")", v->shipped);
@@ -496,7 +501,10 @@ static int scan_sql(const struct ana_clickhouse_view *v, const char *account_id,
         " WHERE account_id = ",
         s->f);
   sql_str(s, account_id);
-  fprintf(s->f, " AND ts >= %" PRId64 " AND ts < %" PRId64, from_ms, to_ms);
+  if (from_ms != INT64_MIN)
+    fprintf(s->f, " AND ts >= %" PRId64, from_ms);
+  if (to_ms != INT64_MAX)
+    fprintf(s->f, " AND ts < %" PRId64, to_ms);
   if (n_names) {
     fputs(" AND event_name IN (", s->f);
     for (size_t i = 0; i < n_names; i++) {
@@ -529,7 +537,7 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
                         int64_t from_ms, int64_t to_ms, const char *const *names, size_t n_names,
                         ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct spool_scan ss = {account_id, from_ms, to_ms, names, n_names, fn, ctx, v->shipped, false};
-  for (;;) {
+  for (; !v->others;) {
     int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
     if (n < 0)
       return n;
