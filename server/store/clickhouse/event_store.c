@@ -57,7 +57,9 @@ struct ch_store {
   bool started;
   pthread_mutex_t mu; /* guards stopping, reason and the condition; never held across I/O */
   pthread_cond_t cond;
+  pthread_cond_t set_up; /* broadcast after each set-up attempt (ready, or failed) */
   bool stopping;
+  bool tried; /* a set-up attempt ended */
   char reason[512];
 
   atomic_uint_fast64_t shipped;   /* every sequence up to it is in ClickHouse */
@@ -860,14 +862,20 @@ static void *ship_thread(void *arg) {
     struct ana_error err;
     ana_error_clear(&err);
     if (!atomic_load(&s->ready)) {
-      if (setup(s, &err) < 0) {
+      bool ok = setup(s, &err) == 0;
+      if (!ok) {
         atomic_store(&s->degraded, true);
         set_reason(s, err.message);
         ANA_WARN("clickhouse", "not ready, retrying: %s", err.message);
         backoff = backoff ? (backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2) : 250;
-        continue;
       }
-      atomic_store(&s->ready, true);
+      pthread_mutex_lock(&s->mu);
+      atomic_store(&s->ready, ok);
+      s->tried = true;
+      pthread_cond_broadcast(&s->set_up);
+      pthread_mutex_unlock(&s->mu);
+      if (!ok)
+        continue;
     }
     int64_t now = ana_clock_mono_ms();
     if (now >= next_sweep && !inflight) {
@@ -1021,6 +1029,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&s->cond, &ca);
+  pthread_cond_init(&s->set_up, &ca);
   pthread_condattr_destroy(&ca);
   s->db = db;
   s->batch_rows = settings->clickhouse_batch_rows > 0 ? settings->clickhouse_batch_rows : 100000;
@@ -1082,6 +1091,7 @@ static void ch_close(void *store) {
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->set_up);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
   }
@@ -1089,6 +1099,7 @@ static void ch_close(void *store) {
     ana_sqlite_event_store.close(s->local);
   ana_clickhouse_close(s->ch);
   pthread_cond_destroy(&s->cond);
+  pthread_cond_destroy(&s->set_up);
   pthread_mutex_destroy(&s->mu);
   ana_free(s);
 }
@@ -1164,12 +1175,37 @@ static struct ana_clickhouse_view view_of(struct ch_store *s) {
   return (struct ana_clickhouse_view){s->ch, s->db, s->instance, atomic_load(&s->shipped)};
 }
 
+/* Reads wait for the shipper's set-up: until then the events table may lack columns (schema
+ * migrations not applied yet), and this instance's id and confirmed sequence may still change.
+ * They wait while the first attempt runs (at most CLICKHOUSE_TIMEOUT), not for retries after
+ * it failed: UNAVAILABLE then, with its reason. */
+static int wait_ready(struct ch_store *s, struct ana_error *err) {
+  if (atomic_load(&s->ready))
+    return 0;
+  struct timespec until = ana_clock_deadline(CLOCK_MONOTONIC, s->timeout_ms);
+  pthread_mutex_lock(&s->mu);
+  while (!atomic_load(&s->ready) && !s->tried && !s->stopping)
+    if (pthread_cond_timedwait(&s->set_up, &s->mu, &until) == ETIMEDOUT)
+      break;
+  bool ready = atomic_load(&s->ready);
+  char why[sizeof s->reason];
+  snprintf(why, sizeof why, "%s", s->reason[0] ? s->reason : "no answer yet");
+  pthread_mutex_unlock(&s->mu);
+  if (ready)
+    return 0;
+  return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse is not set up yet: %s", why),
+         ANA_ERR_IO;
+}
+
 static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                      struct ana_error *err) {
   for (const char *t = q->text; t && *t; t++)
     if (*t != ' ' && *t != '\t' && *t != '\n')
       return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                            "event store: free text is the search index's");
+  int rc = wait_ready(store, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(store);
   return ana_clickhouse_search(&v, q, hit, ctx, err);
 }
@@ -1177,6 +1213,9 @@ static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit
 static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
                    const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                    struct ana_error *err) {
+  int rc = wait_ready(store, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(store);
   return ana_clickhouse_scan(&v, account_id, from_ms, to_ms, names, n_names, fn, ctx, err);
 }
@@ -1184,8 +1223,11 @@ static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t
 static int ch_aggregate(void *store, const struct ana_event_agg_query *q, ana_event_agg_fn agg,
                         ana_event_scan_fn rows, void *ctx, struct ana_error *err) {
   struct ch_store *s = store;
+  int rc = wait_ready(s, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(s);
-  int rc = ana_clickhouse_aggregate(&v, q, agg, rows, ctx, err);
+  rc = ana_clickhouse_aggregate(&v, q, agg, rows, ctx, err);
   if (rc >= 0)
     ana_prom_counter_add(rc ? &s->agg_sql : &s->agg_rows, 1);
   return rc;
@@ -1203,6 +1245,9 @@ static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, 
  * sequence, replayed from the local copy). */
 static int ch_scan_others(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
                           struct ana_error *err) {
+  int rc = wait_ready(store, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(store);
   v.others = true;
   return ana_clickhouse_scan(&v, account_id, INT64_MIN, INT64_MAX, NULL, 0, fn, ctx, err);
