@@ -147,7 +147,7 @@ struct ana_spooled_event {
   int64_t timestamp_ms;
   int64_t received_at_ms;
   const char *properties_json;
-  const char *search_text;
+  const char *search_text; /* "": the spool does not decode it (nothing shipped reads it) */
   const uint8_t *payload;
   size_t payload_len;
 };
@@ -155,7 +155,7 @@ struct ana_spooled_event {
 /* Role versions: a backend's table carries the version it was written
  * against; the registry refuses to start with any other. Raise one when a
  * role's operations or their contract change. */
-#define ANA_EVENT_STORE_VERSION 3
+#define ANA_EVENT_STORE_VERSION 4
 #define ANA_SEARCH_INDEX_VERSION 1
 #define ANA_CATALOG_VERSION 1
 

@@ -448,7 +448,7 @@ struct job {
   struct group {
     int day;
     unsigned char *body;
-    size_t len;
+    size_t len, raw_len; /* compressed, and before */
   } * groups;
   size_t n_groups;
   /* the send's outcome (send_thread) */
@@ -466,15 +466,19 @@ static void job_free(struct job *j) {
   ana_free(j);
 }
 
-/* A batch being encoded: one RowBinary buffer per day partition. */
+/* Rows are compressed a piece of this many bytes at a time, while still in the cache. */
+#define GZ_PIECE (256 * 1024)
+
+/* A batch being encoded: one RowBinary stream per day partition, compressed as it grows. */
 struct encoder {
   struct ch_store *s;
   struct job *job;
   struct day_buf {
     int day;
     uint64_t attempt; /* this INSERT's id, in each of its rows */
-    struct buf b;
-    size_t rows;
+    struct buf b;     /* rows not compressed yet */
+    struct ana_clickhouse_gz *gz;
+    size_t rows, raw_len;
   } * days;
   size_t n_days, cap_days;
   bool failed;
@@ -519,6 +523,8 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
     d = &e->days[e->n_days++];
     memset(d, 0, sizeof *d);
     d->day = day;
+    if (!(d->gz = ana_clickhouse_gz_new()))
+      return e->failed = true, ANA_ERR_NOMEM;
     if (getrandom(&d->attempt, sizeof d->attempt, 0) != sizeof d->attempt)
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
     d->attempt |= 1; /* never 0, the rows written before the column */
@@ -528,6 +534,12 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
   j->rows++;
   if (d->b.failed)
     e->failed = true;
+  else if (d->b.len >= GZ_PIECE) {
+    if (ana_clickhouse_gz_add(d->gz, d->b.p, d->b.len, false) < 0)
+      e->failed = true;
+    d->raw_len += d->b.len;
+    d->b.len = 0;
+  }
   return e->failed ? ANA_ERR_NOMEM : 0;
 }
 
@@ -546,20 +558,28 @@ static struct job *enc_finish(struct encoder *e, struct ana_error *err) {
   if (e->n_days > 1)
     qsort(e->days, e->n_days, sizeof *e->days, by_day_buf);
   for (size_t i = 0; i < e->n_days; i++) {
+    struct day_buf *d = &e->days[i];
     struct group *g = &j->groups[j->n_groups];
-    if (ana_clickhouse_gzip(e->days[i].b.p, e->days[i].b.len, &g->body, &g->len, err) < 0)
+    if (ana_clickhouse_gz_add(d->gz, d->b.p, d->b.len, true) < 0) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "cannot compress a batch");
       goto fail;
-    g->day = e->days[i].day;
+    }
+    g->day = d->day;
+    g->raw_len = d->raw_len + d->b.len;
+    g->body = ana_clickhouse_gz_take(d->gz, &g->len);
     j->n_groups++;
-    ana_prom_counter_add(&e->s->bytes_out, e->days[i].b.len);
   }
-  for (size_t i = 0; i < e->n_days; i++)
+  for (size_t i = 0; i < e->n_days; i++) {
     ana_free(e->days[i].b.p);
+    ana_clickhouse_gz_free(e->days[i].gz);
+  }
   ana_free(e->days);
   return j;
 fail:
-  for (size_t i = 0; i < e->n_days; i++)
+  for (size_t i = 0; i < e->n_days; i++) {
     ana_free(e->days[i].b.p);
+    ana_clickhouse_gz_free(e->days[i].gz);
+  }
   ana_free(e->days);
   job_free(j);
   return NULL;
@@ -593,6 +613,7 @@ static int send(struct job *j, struct ana_error *err) {
       return rc;
     }
     ana_prom_counter_add(&s->inserts, 1);
+    ana_prom_counter_add(&s->bytes_out, j->groups[i].raw_len);
   }
   atomic_fetch_sub(&s->pending_bytes, j->bytes);
   atomic_store(&s->shipped, j->last);

@@ -170,13 +170,12 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   int n = 0, rc = 0, step;
-  if (sqlite3_prepare_v2(
-          r,
-          "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
-          " ts, received_at, properties, ana_event_text(body), ana_event_payload(body)"
-          " FROM events"
-          " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-          -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(r,
+                         "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
+                         " ts, received_at, properties, '', ana_event_payload(body)"
+                         " FROM events"
+                         " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;
