@@ -147,7 +147,7 @@ struct ana_spooled_event {
   int64_t timestamp_ms;
   int64_t received_at_ms;
   const char *properties_json;
-  const char *search_text; /* "": the spool does not decode it (nothing shipped reads it) */
+  const char *search_text;
   const uint8_t *payload;
   size_t payload_len;
 };

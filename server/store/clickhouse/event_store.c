@@ -710,7 +710,7 @@ static int pipeline_step(struct ch_store *s, struct job **inflight, uint64_t *cu
   struct job *job = NULL;
   if (enc_start(&e, s, err) < 0)
     return ANA_ERR_NOMEM;
-  int n = ana_local_spool_each(s->db, *cursor, s->batch_rows, take_row, &e, err);
+  int n = ana_local_spool_each_untexted(s->db, *cursor, s->batch_rows, take_row, &e, err);
   struct ana_error scratch;
   if (n < 0)
     e.failed = true;
@@ -1082,7 +1082,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   /* The spool's events not yet shipped count against the bound from the start. */
   struct backlog b = {atomic_load(&s->shipped), 0, 0};
   int n;
-  while ((n = ana_local_spool_each(db, b.after, 10000, sum_backlog, &b, err)) > 0)
+  while ((n = ana_local_spool_each_untexted(db, b.after, 10000, sum_backlog, &b, err)) > 0)
     ;
   if (n < 0)
     goto fail;

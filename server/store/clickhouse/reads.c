@@ -363,7 +363,7 @@ int ana_clickhouse_search(const struct ana_clickhouse_view *v, const struct ana_
   /* This instance's events not yet shipped, from the spool. */
   struct spool_search ss = {q, &h, v->shipped};
   for (;;) {
-    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_hit, &ss, err);
+    int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_hit, &ss, err);
     if (n < 0) {
       rc = n;
       goto out;
@@ -538,7 +538,7 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
                         ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct spool_scan ss = {account_id, from_ms, to_ms, names, n_names, fn, ctx, v->shipped, false};
   for (; !v->others;) {
-    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
+    int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
     if (n < 0)
       return n;
     if (ss.stopped)
@@ -1063,7 +1063,7 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
   struct spool_scan ss = {q->account_id, q->from_ms, q->to_ms,   q->names, q->n_names,
                           rows,          ctx,        v->shipped, false};
   for (;;) {
-    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
+    int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
     if (n < 0) {
       rc = n;
       goto out;
