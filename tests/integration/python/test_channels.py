@@ -133,41 +133,68 @@ def delivery_log(data_dir, key):
         db.close()
 
 
-class ChannelsTest(harness.ServerTestCase):
+class RelayTestCase(harness.ServerTestCase):
+    """A server whose SMTP_URL points at an aiosmtpd relay of the class's
+    own (started before the server, stopped after it), with the class's
+    HTTP `receiver` too when it set one."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.receiver = Receiver()
+    def start_with_relay(cls, url_suffix="", env=None, **relay_options):
         cls.mailbox = Mailbox()
-        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port())
+        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port(),
+                              **relay_options)
         cls.smtp.start()
-        cls.SERVER_ENV = {
+        cls.SERVER_ENV = dict({
             "DEFAULT_ACCOUNT_ID": ACCOUNT,
-            "NOTIFY_ALLOW_PRIVATE_NETWORKS": "true",
-            "SMTP_URL": "smtp://127.0.0.1:%d" % cls.smtp.port,
-            "SMTP_FROM": "alerts@analytics.example",
-            "TELEGRAM_API_URL": cls.receiver.url(""),
-            "NOTIFY_MAX_ATTEMPTS": "3",
-            "NOTIFY_BACKOFF_INITIAL": "50ms",
-            "NOTIFY_BACKOFF_MAX": "100ms",
+            "SMTP_URL": "smtp://127.0.0.1:%d%s" % (cls.smtp.port, url_suffix),
+            "NOTIFY_MAX_ATTEMPTS": "1",
             "NOTIFY_TIMEOUT": "2s",
             "NOTIFY_POLL_INTERVAL": "50ms",
-        }
+        }, **(env or {}))
         try:
             super().setUpClass()
         except BaseException:
-            cls.smtp.stop()
-            cls.receiver.stop()
+            cls.stop_receivers()
             raise
         cls.rest = RestClient(cls.rest_port)
+
+    @classmethod
+    def stop_receivers(cls):
+        cls.smtp.stop()
+        if getattr(cls, "receiver", None):
+            cls.receiver.stop()
 
     @classmethod
     def tearDownClass(cls):
         try:
             super().tearDownClass()
         finally:
-            cls.smtp.stop()
-            cls.receiver.stop()
+            cls.stop_receivers()
+
+    def send_test_email(self, name):
+        """Creates an email channel to oncall@example.com and sends its test
+        notification; returns the test's result."""
+        status, _, ch = self.rest.request("POST", "/api/channels", {
+            "name": name, "email": {"to": ["oncall@example.com"]}})
+        self.assertEqual(status, 200, ch)
+        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
+        self.assertEqual(status, 200, res)
+        return res
+
+
+class ChannelsTest(RelayTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.receiver = Receiver()
+        cls.start_with_relay(env={
+            "NOTIFY_ALLOW_PRIVATE_NETWORKS": "true",
+            "SMTP_FROM": "alerts@analytics.example",
+            "TELEGRAM_API_URL": cls.receiver.url(""),
+            "NOTIFY_MAX_ATTEMPTS": "3",
+            "NOTIFY_BACKOFF_INITIAL": "50ms",
+            "NOTIFY_BACKOFF_MAX": "100ms",
+        })
 
     def create(self, channel):
         status, _, body = self.rest.request("POST", "/api/channels", channel)
@@ -379,48 +406,6 @@ class PrivateNetworksTest(harness.ServerTestCase):
             "POST", "/api/channels", {"name": "ssrf", "slack": {"webhookUrl": "http://127.0.0.1/"}})
         self.assertEqual(status, 400, body)
         self.assertIn("slack.webhookUrl", body["message"])
-
-
-class RelayTestCase(harness.ServerTestCase):
-    """A server whose SMTP_URL points at an aiosmtpd relay of the class's
-    own (started before the server, stopped after it)."""
-
-    @classmethod
-    def start_with_relay(cls, url_suffix="", env=None, **relay_options):
-        cls.mailbox = Mailbox()
-        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port(),
-                              **relay_options)
-        cls.smtp.start()
-        cls.SERVER_ENV = dict({
-            "DEFAULT_ACCOUNT_ID": ACCOUNT,
-            "SMTP_URL": "smtp://127.0.0.1:%d%s" % (cls.smtp.port, url_suffix),
-            "NOTIFY_MAX_ATTEMPTS": "1",
-            "NOTIFY_TIMEOUT": "2s",
-            "NOTIFY_POLL_INTERVAL": "50ms",
-        }, **(env or {}))
-        try:
-            super().setUpClass()
-        except BaseException:
-            cls.smtp.stop()
-            raise
-        cls.rest = RestClient(cls.rest_port)
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.smtp.stop()
-
-    def send_test_email(self, name):
-        """Creates an email channel to oncall@example.com and sends its test
-        notification; returns the test's result."""
-        status, _, ch = self.rest.request("POST", "/api/channels", {
-            "name": name, "email": {"to": ["oncall@example.com"]}})
-        self.assertEqual(status, 200, ch)
-        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
-        self.assertEqual(status, 200, res)
-        return res
 
 
 class SmtpAuthTest(RelayTestCase):
