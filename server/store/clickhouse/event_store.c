@@ -33,6 +33,8 @@
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
 #define SCHEMA_VERSION 2
 #define RETRY_MAX_MS 5000
+/* Spool rows read on one read snapshot while a batch is encoded. */
+#define SPOOL_READ_PIECE 10000
 /* After a range was checked and resent, second copies are looked for during this many
  * CLICKHOUSE_TIMEOUTs, every DEDUPE_EVERY_MS. */
 #define DEDUPE_TIMEOUTS 3
@@ -710,7 +712,22 @@ static int pipeline_step(struct ch_store *s, struct job **inflight, uint64_t *cu
   struct job *job = NULL;
   if (enc_start(&e, s, err) < 0)
     return ANA_ERR_NOMEM;
-  int n = ana_local_spool_each_untexted(s->db, *cursor, s->batch_rows, take_row, &e, err);
+  /* In pieces, each on its own read snapshot: a snapshot held while a whole batch is read would
+   * keep the local database's checkpoints from starting the WAL over, and past its limit the
+   * commits wait for it (see local_db.c). */
+  int n = 0;
+  for (uint64_t after = *cursor; n < s->batch_rows;) {
+    int want = s->batch_rows - n < SPOOL_READ_PIECE ? s->batch_rows - n : SPOOL_READ_PIECE;
+    int got = ana_local_spool_each_untexted(s->db, after, want, take_row, &e, err);
+    if (got < 0) {
+      n = got;
+      break;
+    }
+    n += got;
+    if (got < want)
+      break;
+    after = e.job->last;
+  }
   struct ana_error scratch;
   if (n < 0)
     e.failed = true;
