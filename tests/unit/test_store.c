@@ -759,8 +759,9 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
 #define DEDUPE_KEYS_OF_SCHEMA_12                                                                   \
   "CREATE TABLE old_keys (account_id TEXT NOT NULL, event_id TEXT NOT NULL,"                       \
   "  expires_at INTEGER NOT NULL, PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"              \
-  "INSERT INTO old_keys SELECT account_id, event_id, 4102444800000 FROM dedupe_keys;"              \
-  "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry;"                                              \
+  "INSERT INTO old_keys SELECT a.account_id, k.event_id, 4102444800000 FROM dedupe_keys k"         \
+  "  JOIN dedupe_accounts a ON a.id = k.account;"                                                  \
+  "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry; DROP TABLE dedupe_accounts;"                  \
   "ALTER TABLE old_keys RENAME TO dedupe_keys;"                                                    \
   "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"
 
@@ -1014,6 +1015,7 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
   /* The keys, and one expiry list per (commit, day), no index. */
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 4);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 2);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 3);
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'dedupe_keys'"
                                 " AND type = 'index'"),
@@ -1173,7 +1175,10 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 3);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys WHERE account_id = 'acct-2'"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys k JOIN dedupe_accounts a"
+                                "  ON a.id = k.account WHERE a.account_id = 'acct-2'"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 3);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2102);
   /* In a week, all of them, the lists with them. */
   assert_int_equal(ana_local_db_begin(db, &err), 0);

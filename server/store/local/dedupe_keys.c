@@ -4,21 +4,24 @@
  * keep one without the other. A key lives as long as its event is retained,
  * to the end of the UTC day its event expires on.
  *
- * Layout: the table dedupe_keys holds the keys themselves, (account_id,
- * event_id) as the primary key of a WITHOUT ROWID table and nothing else: a
- * claim is one seek, exact (no hash: nothing but the same key is ever taken
- * for a duplicate), and keys that clients number or date (UUIDv7, counters)
- * append at the end of the table, as before. Expiry does not need a second
- * B-tree over every key (the index by day took as many bytes as the keys):
- * the table dedupe_expiry lists the keys by the day they expire, one row per
- * (commit, day) with id = day * 2^32 + n, its keys encoded in one blob
- * (front-coded, zstd-compressed when that pays). A commit appends one row
- * per day its events expire on; a retention step reads the oldest rows of
- * the days that are over, a contiguous range, deletes their keys and the
- * rows. A 128-bit hash in place of the key would make every claim land at a
- * random place of the table (a page written per key per commit once the
- * table outgrows the cache) and would be no smaller for event ids of 16
- * characters or fewer. */
+ * Layout: the table dedupe_keys holds the keys themselves, (account, event
+ * id) as the primary key of a WITHOUT ROWID table and nothing else, the
+ * account as a number (dedupe_accounts maps account ids to numbers, in the
+ * transaction that claims an account's first key). A claim is one seek and
+ * exact: nothing but the same key is ever taken for a duplicate, whatever
+ * its event's timestamp; keys that clients number or date (UUIDv7,
+ * counters) append at the end of the table, as before. Expiry needs no
+ * second B-tree over every key (the index by day took as many bytes as the
+ * keys): the table dedupe_expiry lists the keys by the day they expire, one
+ * row per (commit, day) with id = day * 2^32 + n, its keys in one blob
+ * (front-coded, zstd-compressed when that is smaller). A commit appends one
+ * row per day its events expire on; a retention step reads the oldest rows
+ * of the days that are over, a contiguous range, deletes their keys and the
+ * rows. A 128-bit hash in place of the key (no false duplicate either, in
+ * practice: two of 10^12 keys collide with probability about 10^24 / 2^129,
+ * 1.5e-15) would make every claim land at a random place of the table, a
+ * page written per key per commit once the table outgrows the cache, and
+ * is no smaller for event ids of 16 characters or fewer. */
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
@@ -34,10 +37,9 @@
 /* Keys per list row at most (a retention step deletes whole rows). */
 #define LIST_MAX_KEYS 1024
 /* A list blob: one tag byte, then the entries (LIST_RAW) or a zstd frame
- * of them (LIST_ZSTD). Each entry: varint(account length + 1, or 0 for the
- * previous entry's account), the account, varint(bytes its event id shares
- * with the previous entry's, of the same account), varint(length of the
- * rest), the rest. */
+ * of them (LIST_ZSTD). Each entry: varint(account number, or 0 for the
+ * previous entry's), varint(bytes its event id shares with the previous
+ * entry's of the same account), varint(length of the rest), the rest. */
 #define LIST_RAW 0
 #define LIST_ZSTD 1
 #define LIST_LEVEL 1
@@ -50,8 +52,9 @@ struct day_list {
   uint8_t *buf;
   size_t len, cap;
   int n;
-  uint8_t *prev; /* account, then event id */
-  size_t prev_account, prev_event, prev_cap;
+  int64_t prev_account;
+  uint8_t *prev; /* the event id */
+  size_t prev_len, prev_cap;
 };
 
 struct ana_dedupe_pending {
@@ -63,7 +66,9 @@ struct ana_dedupe_pending {
 };
 
 static const char sql_claim[] =
-    "INSERT INTO dedupe_keys (account_id, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING";
+    "INSERT INTO dedupe_keys (account, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING";
+static const char sql_account[] = "SELECT id FROM dedupe_accounts WHERE account_id = ?";
+static const char sql_new_account[] = "INSERT INTO dedupe_accounts (account_id) VALUES (?)";
 static const char sql_list[] =
     "INSERT INTO dedupe_expiry (id, keys) VALUES ((SELECT COALESCE(MAX(id) + 1, ?1)"
     " FROM dedupe_expiry WHERE id >= ?1 AND id < ?1 + 4294967296), ?2)";
@@ -158,31 +163,25 @@ static struct day_list *day_list(struct ana_dedupe_pending *p, int64_t day) {
   return l;
 }
 
-static bool list_add(struct day_list *l, const char *account, const char *event_id) {
-  size_t alen = strlen(account), elen = strlen(event_id);
-  if (!grow(&l->buf, &l->cap, l->len + 30 + alen + elen) ||
-      !grow(&l->prev, &l->prev_cap, alen + elen + 1))
+static bool list_add(struct day_list *l, int64_t account, const char *event_id) {
+  size_t elen = strlen(event_id);
+  if (!grow(&l->buf, &l->cap, l->len + 40 + elen) || !grow(&l->prev, &l->prev_cap, elen + 1))
     return false;
-  bool same = l->n > 0 && alen == l->prev_account && memcmp(l->prev, account, alen) == 0;
   size_t shared = 0;
-  if (same) {
-    const uint8_t *prev = l->prev + alen;
-    while (shared < elen && shared < l->prev_event && prev[shared] == (uint8_t)event_id[shared])
+  if (l->n > 0 && account == l->prev_account) {
+    while (shared < elen && shared < l->prev_len && l->prev[shared] == (uint8_t)event_id[shared])
       shared++;
     l->buf[l->len++] = 0;
   } else {
-    l->len += put_varint(l->buf + l->len, alen + 1);
-    memcpy(l->buf + l->len, account, alen);
-    l->len += alen;
-    memcpy(l->prev, account, alen);
-    l->prev_account = alen;
+    l->len += put_varint(l->buf + l->len, (uint64_t)account);
+    l->prev_account = account;
   }
   l->len += put_varint(l->buf + l->len, shared);
   l->len += put_varint(l->buf + l->len, elen - shared);
   memcpy(l->buf + l->len, event_id + shared, elen - shared);
   l->len += elen - shared;
-  memcpy(l->prev + alen, event_id, elen);
-  l->prev_event = elen;
+  memcpy(l->prev, event_id, elen);
+  l->prev_len = elen;
   l->n++;
   return true;
 }
@@ -206,10 +205,10 @@ static const uint8_t *list_blob(struct ana_dedupe_pending *p, struct day_list *l
 }
 
 /* Calls fn for each key of a list blob; false when the blob is malformed
- * or out of memory. *scratch (caller frees) holds a decompressed content. */
+ * or out of memory, or fn returned false. *scratch (caller frees) holds a
+ * decompressed content. */
 static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scratch_cap,
-                     bool (*fn)(void *ctx, const char *account, size_t alen, const char *event_id,
-                                size_t elen),
+                     bool (*fn)(void *ctx, int64_t account, const char *event_id, size_t elen),
                      void *ctx) {
   if (n < 1)
     return false;
@@ -228,24 +227,18 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
   } else if (b[0] != LIST_RAW) {
     return false;
   }
-  /* The previous entry's account and event id, as offsets into c: an id
-   * is rebuilt from its shared prefix (of the previous id) and its rest. */
+  /* An id is rebuilt from its shared prefix (of the previous id) and its
+   * rest. */
   uint8_t *id = NULL;
-  size_t id_cap = 0, id_len = 0, account_at = 0, alen = 0;
-  bool ok = true, have_account = false;
-  size_t i = 0;
+  size_t id_cap = 0, id_len = 0, i = 0;
+  int64_t account = 0;
+  bool ok = true;
   while (ok && i < len) {
     uint64_t a = 0, shared = 0, rest = 0;
-    ok = get_varint(c, len, &i, &a);
+    ok = get_varint(c, len, &i, &a) && (a > 0 || account > 0) && a <= INT64_MAX;
     if (ok && a > 0) {
-      ok = a - 1 <= len - i;
-      account_at = i;
-      alen = (size_t)(a - 1);
-      i += ok ? alen : 0;
-      have_account = true;
+      account = (int64_t)a;
       id_len = 0;
-    } else if (ok) {
-      ok = have_account;
     }
     ok = ok && get_varint(c, len, &i, &shared) && get_varint(c, len, &i, &rest) &&
          shared <= id_len && rest <= len - i && grow(&id, &id_cap, (size_t)(shared + rest) + 1);
@@ -254,10 +247,40 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
     memcpy(id + shared, c + i, (size_t)rest);
     i += (size_t)rest;
     id_len = (size_t)(shared + rest);
-    ok = fn(ctx, (const char *)c + account_at, alen, (const char *)id, id_len);
+    ok = fn(ctx, account, (const char *)id, id_len);
   }
   ana_free(id);
   return ok;
+}
+
+/* The number of an account in dedupe_accounts, added when it has none
+ * (in the open transaction). */
+static int account_number(struct ana_local_db *db, const char *account, int64_t *out,
+                          struct ana_error *err) {
+  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_account);
+  sqlite3_stmt *add = get ? ana_local_db_writer_statement(db, sql_new_account) : NULL;
+  if (!get || !add) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  int rc = 0;
+  sqlite3_bind_text(get, 1, account, -1, SQLITE_STATIC);
+  int step = sqlite3_step(get);
+  if (step == SQLITE_ROW) {
+    *out = sqlite3_column_int64(get, 0);
+  } else {
+    sqlite3_bind_text(add, 1, account, -1, SQLITE_STATIC);
+    if (step == SQLITE_DONE && sqlite3_step(add) == SQLITE_DONE)
+      *out = sqlite3_last_insert_rowid(w);
+    else
+      rc = ANA_ERR_IO;
+  }
+  if (rc < 0)
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
+  sqlite3_reset(get);
+  sqlite3_reset(add);
+  return rc;
 }
 
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
@@ -270,9 +293,16 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
     return ANA_ERR_INTERNAL;
   }
   int rc = 0;
+  const char *account = NULL; /* the last record's, and its number */
+  int64_t number = 0;
   for (size_t i = 0; i < n; i++) {
+    if (!account || strcmp(account, records[i].account_id) != 0) {
+      if ((rc = account_number(db, records[i].account_id, &number, err)) < 0)
+        break;
+      account = records[i].account_id;
+    }
     sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, records[i].account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, number);
     sqlite3_bind_text(st, 2, records[i].event_id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
       ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
@@ -284,7 +314,7 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
       continue;
     int64_t e = records[i].expires_at_ms;
     struct day_list *l = day_list(p, e >= 0 ? e / DAY_MS : -((-e + DAY_MS - 1) / DAY_MS));
-    if (!l || !list_add(l, records[i].account_id, records[i].event_id)) {
+    if (!l || !list_add(l, number, records[i].event_id)) {
       ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "deduplication: out of memory");
       rc = ANA_ERR_NOMEM;
       break;
@@ -330,11 +360,10 @@ struct expire_ctx {
   bool failed; /* a DELETE failed (not a malformed list) */
 };
 
-static bool delete_key(void *arg, const char *account, size_t alen, const char *event_id,
-                       size_t elen) {
+static bool delete_key(void *arg, int64_t account, const char *event_id, size_t elen) {
   struct expire_ctx *x = arg;
   sqlite3_reset(x->del);
-  sqlite3_bind_text(x->del, 1, account, (int)alen, SQLITE_STATIC);
+  sqlite3_bind_int64(x->del, 1, account);
   sqlite3_bind_text(x->del, 2, event_id, (int)elen, SQLITE_STATIC);
   if (sqlite3_step(x->del) != SQLITE_DONE) {
     x->failed = true;
@@ -357,7 +386,7 @@ int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_row
                          -1, &next, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(w, "DELETE FROM dedupe_expiry WHERE id = ?", -1, &drop, NULL) !=
           SQLITE_OK ||
-      sqlite3_prepare_v2(w, "DELETE FROM dedupe_keys WHERE account_id = ? AND event_id = ?", -1,
+      sqlite3_prepare_v2(w, "DELETE FROM dedupe_keys WHERE account = ? AND event_id = ?", -1,
                          &x.del, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
     rc = ANA_ERR_INTERNAL;
@@ -402,7 +431,7 @@ out:
   return rc;
 }
 
-/* --- ana_dedupe_list(account_id, event_id): an aggregate for migrations --- */
+/* --- ana_dedupe_list(account, event_id): an aggregate for migrations --- */
 
 static void list_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
@@ -418,9 +447,8 @@ static void list_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     }
     (*l)->buf[(*l)->len++] = LIST_RAW;
   }
-  const char *account = (const char *)sqlite3_value_text(argv[0]);
   const char *event_id = (const char *)sqlite3_value_text(argv[1]);
-  if (!list_add(*l, account ? account : "", event_id ? event_id : ""))
+  if (!list_add(*l, sqlite3_value_int64(argv[0]), event_id ? event_id : ""))
     sqlite3_result_error_nomem(ctx);
 }
 

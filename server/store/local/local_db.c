@@ -400,22 +400,28 @@ static const char *const migrations[] = {
     "  event_id);",
 
     /* The deduplication keys without their expiry index (dedupe_keys.c):
-     * dedupe_keys keeps only (account_id, event_id), and dedupe_expiry
-     * lists the keys by the UTC day they expire on, at most 1,000 a row
-     * here, in rows numbered day * 2^32 + n. */
+     * dedupe_keys keeps only (account number, event_id), dedupe_accounts
+     * numbers the accounts, and dedupe_expiry lists the keys by the UTC day
+     * they expire on, at most 1,000 a row here, in rows numbered
+     * day * 2^32 + n. */
+    "CREATE TABLE dedupe_accounts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  account_id TEXT NOT NULL UNIQUE);"
+    "INSERT INTO dedupe_accounts (account_id) SELECT DISTINCT account_id FROM dedupe_keys"
+    "  ORDER BY account_id;"
     "CREATE TABLE dedupe_keys_by_id ("
-    "  account_id TEXT NOT NULL,"
+    "  account INTEGER NOT NULL,"
     "  event_id TEXT NOT NULL,"
-    "  PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"
-    "INSERT INTO dedupe_keys_by_id SELECT account_id, event_id FROM dedupe_keys"
-    "  ORDER BY account_id, event_id;"
+    "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
+    "INSERT INTO dedupe_keys_by_id SELECT a.id, k.event_id FROM dedupe_keys k"
+    "  JOIN dedupe_accounts a USING (account_id) ORDER BY 1, 2;"
     "CREATE TABLE dedupe_expiry ("
     "  id INTEGER PRIMARY KEY,"
     "  keys BLOB NOT NULL);"
-    "INSERT INTO dedupe_expiry SELECT day * 4294967296 + n, ana_dedupe_list(account_id, event_id)"
-    "  FROM (SELECT expires_at / 86400000 AS day, (row_number() OVER (PARTITION BY"
-    "    expires_at / 86400000 ORDER BY account_id, event_id) - 1) / 1000 AS n, account_id,"
-    "    event_id FROM dedupe_keys)"
+    "INSERT INTO dedupe_expiry SELECT day * 4294967296 + n, ana_dedupe_list(account, event_id)"
+    "  FROM (SELECT k.expires_at / 86400000 AS day, (row_number() OVER (PARTITION BY"
+    "    k.expires_at / 86400000 ORDER BY a.id, k.event_id) - 1) / 1000 AS n, a.id AS account,"
+    "    k.event_id FROM dedupe_keys k JOIN dedupe_accounts a USING (account_id))"
     "  GROUP BY day, n ORDER BY day, n;"
     "DROP TABLE dedupe_keys;"
     "ALTER TABLE dedupe_keys_by_id RENAME TO dedupe_keys;",

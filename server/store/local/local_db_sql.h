@@ -78,7 +78,7 @@ void ana_dedupe_pending_discard(struct ana_dedupe_pending *p);
 struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db);
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
 
-/* The SQL aggregate ana_dedupe_list(account_id, event_id) on conn: the keys
+/* The SQL aggregate ana_dedupe_list(account, event_id) on conn: the keys
  * it was given as one list of dedupe_expiry (for migrations). */
 int ana_dedupe_register(sqlite3 *conn);
 
