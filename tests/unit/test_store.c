@@ -1020,6 +1020,18 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'dedupe_keys'"
                                 " AND type = 'index'"),
                    0);
+  /* An account numbered by a transaction that rolled back is numbered
+   * again by the next one. */
+  struct ana_event_record c = record("acct-9", "z", "sent", NOW, "{}", "");
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &c, 1, &err), 0);
+  ana_local_db_rollback(db);
+  claim(&c, 1);
+  assert_false(c.duplicate);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys k JOIN dedupe_accounts a"
+                                "  ON a.id = k.account WHERE a.account_id = 'acct-9'"),
+                   1);
 }
 
 /* Keys expire by whole UTC days, oldest first, a list at a time: those of

@@ -60,6 +60,13 @@ struct day_list {
 struct ana_dedupe_pending {
   struct day_list *days;
   size_t n_days, cap_days;
+  /* The last account claimed for and its number, so that a commit of many
+   * one-event requests of an account looks it up once; fresh: found while
+   * the open transaction had numbered an account (maybe this one: then it
+   * is forgotten unless the transaction commits). */
+  char *account;
+  int64_t number;
+  bool fresh, txn_numbered;
   ZSTD_CCtx *cctx;
   uint8_t *out;
   size_t out_cap;
@@ -124,10 +131,17 @@ static void clear_days(struct ana_dedupe_pending *p) {
   p->n_days = 0;
 }
 
+static void forget_account(struct ana_dedupe_pending *p) {
+  ana_free(p->account);
+  p->account = NULL;
+  p->fresh = false;
+}
+
 void ana_dedupe_pending_free(struct ana_dedupe_pending *p) {
   if (!p)
     return;
   clear_days(p);
+  forget_account(p);
   ana_free(p->days);
   ana_free(p->out);
   ZSTD_freeCCtx(p->cctx);
@@ -135,8 +149,17 @@ void ana_dedupe_pending_free(struct ana_dedupe_pending *p) {
 }
 
 void ana_dedupe_pending_discard(struct ana_dedupe_pending *p) {
+  if (!p)
+    return;
+  clear_days(p);
+  if (p->fresh)
+    forget_account(p);
+  p->txn_numbered = false;
+}
+
+void ana_dedupe_pending_committed(struct ana_dedupe_pending *p) {
   if (p)
-    clear_days(p);
+    p->fresh = p->txn_numbered = false;
 }
 
 /* The open list of day, added when missing; NULL when out of memory. */
@@ -257,6 +280,11 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
  * (in the open transaction). */
 static int account_number(struct ana_local_db *db, const char *account, int64_t *out,
                           struct ana_error *err) {
+  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
+  if (p->account && strcmp(p->account, account) == 0) {
+    *out = p->number;
+    return 0;
+  }
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_account);
   sqlite3_stmt *add = get ? ana_local_db_writer_statement(db, sql_new_account) : NULL;
@@ -275,11 +303,20 @@ static int account_number(struct ana_local_db *db, const char *account, int64_t 
       *out = sqlite3_last_insert_rowid(w);
     else
       rc = ANA_ERR_IO;
+    p->txn_numbered = true;
   }
   if (rc < 0)
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
   sqlite3_reset(get);
   sqlite3_reset(add);
+  if (rc == 0) {
+    forget_account(p);
+    if ((p->account = ana_malloc(strlen(account) + 1)) != NULL) {
+      strcpy(p->account, account);
+      p->number = *out;
+      p->fresh = p->txn_numbered;
+    }
+  }
   return rc;
 }
 
@@ -431,47 +468,83 @@ out:
   return rc;
 }
 
-/* --- ana_dedupe_list(account, event_id): an aggregate for migrations --- */
+/* --- ana_dedupe_build_lists(): for the migration to this layout --- */
 
-static void list_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  (void)argc;
-  struct day_list **l = sqlite3_aggregate_context(ctx, sizeof *l);
-  if (!l) {
-    sqlite3_result_error_nomem(ctx);
-    return;
+/* Appends a list to dedupe_expiry; false on an error (set on ctx). */
+static bool insert_list(sqlite3_context *ctx, sqlite3_stmt *ins, struct ana_dedupe_pending *p,
+                        struct day_list *l) {
+  size_t len = 0;
+  const uint8_t *blob = list_blob(p, l, &len);
+  sqlite3_reset(ins);
+  sqlite3_bind_int64(ins, 1, l->day * (INT64_C(1) << LIST_DAY_SHIFT));
+  sqlite3_bind_blob(ins, 2, blob, (int)len, SQLITE_STATIC);
+  if (sqlite3_step(ins) != SQLITE_DONE) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(sqlite3_db_handle(ins)), -1);
+    return false;
   }
-  if (!*l) {
-    if (!(*l = ana_calloc(1, sizeof **l)) || !grow(&(*l)->buf, &(*l)->cap, 256)) {
-      sqlite3_result_error_nomem(ctx);
-      return;
-    }
-    (*l)->buf[(*l)->len++] = LIST_RAW;
-  }
-  const char *event_id = (const char *)sqlite3_value_text(argv[1]);
-  if (!list_add(*l, sqlite3_value_int64(argv[0]), event_id ? event_id : ""))
-    sqlite3_result_error_nomem(ctx);
+  l->len = 1; /* the tag only */
+  l->n = 0;
+  return true;
 }
 
-static void list_final(sqlite3_context *ctx) {
-  struct day_list **l = sqlite3_aggregate_context(ctx, 0);
-  if (!l || !*l) {
-    sqlite3_result_blob(ctx, "", 1, SQLITE_STATIC); /* LIST_RAW, no keys */
-    return;
-  }
+/* Lists the keys of the previous layout's dedupe_keys (account_id,
+ * event_id, expires_at) in dedupe_expiry, by their accounts' numbers in
+ * dedupe_accounts: a scan of its index by day (no sort, nothing held in
+ * memory but one list), at most 1,000 keys a list. Returns how many. */
+static void fn_build_lists(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  (void)argv;
+  sqlite3 *conn = sqlite3_context_db_handle(ctx);
+  sqlite3_stmt *scan = NULL, *ins = NULL;
   struct ana_dedupe_pending p = {0};
-  size_t len = 0;
-  const uint8_t *blob = list_blob(&p, *l, &len);
-  sqlite3_result_blob(ctx, blob, (int)len, SQLITE_TRANSIENT);
+  struct day_list l = {0};
+  int64_t listed = 0;
+  if (sqlite3_prepare_v2(
+          conn,
+          "SELECT k.expires_at / 86400000 AS day, a.id, k.event_id FROM dedupe_keys k"
+          " JOIN dedupe_accounts a USING (account_id) ORDER BY day",
+          -1, &scan, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn, sql_list, -1, &ins, NULL) != SQLITE_OK) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+    goto out;
+  }
+  if (!grow(&l.buf, &l.cap, 256)) {
+    sqlite3_result_error_nomem(ctx);
+    goto out;
+  }
+  l.buf[l.len++] = LIST_RAW;
+  int step;
+  while ((step = sqlite3_step(scan)) == SQLITE_ROW) {
+    int64_t day = sqlite3_column_int64(scan, 0);
+    if (l.n > 0 && (day != l.day || l.n >= 1000) && !insert_list(ctx, ins, &p, &l))
+      goto out;
+    l.day = day;
+    const char *id = (const char *)sqlite3_column_text(scan, 2);
+    if (!list_add(&l, sqlite3_column_int64(scan, 1), id ? id : "")) {
+      sqlite3_result_error_nomem(ctx);
+      goto out;
+    }
+    listed++;
+  }
+  if (step != SQLITE_DONE) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+    goto out;
+  }
+  if (l.n > 0 && !insert_list(ctx, ins, &p, &l))
+    goto out;
+  sqlite3_result_int64(ctx, listed);
+out:
+  sqlite3_finalize(scan);
+  sqlite3_finalize(ins);
+  ana_free(l.buf);
+  ana_free(l.prev);
   ana_free(p.out);
   ZSTD_freeCCtx(p.cctx);
-  ana_free((*l)->buf);
-  ana_free((*l)->prev);
-  ana_free(*l);
 }
 
 int ana_dedupe_register(sqlite3 *conn) {
-  return sqlite3_create_function_v2(conn, "ana_dedupe_list", 2, SQLITE_UTF8, NULL, NULL, list_step,
-                                    list_final, NULL) == SQLITE_OK
+  return sqlite3_create_function_v2(conn, "ana_dedupe_build_lists", 0, SQLITE_UTF8, NULL,
+                                    fn_build_lists, NULL, NULL, NULL) == SQLITE_OK
              ? 0
              : ANA_ERR_INTERNAL;
 }

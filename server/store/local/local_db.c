@@ -403,7 +403,8 @@ static const char *const migrations[] = {
      * dedupe_keys keeps only (account number, event_id), dedupe_accounts
      * numbers the accounts, and dedupe_expiry lists the keys by the UTC day
      * they expire on, at most 1,000 a row here, in rows numbered
-     * day * 2^32 + n. */
+     * day * 2^32 + n. Every step reads the old table in an index's order
+     * (no sort of all keys in memory). */
     "CREATE TABLE dedupe_accounts ("
     "  id INTEGER PRIMARY KEY,"
     "  account_id TEXT NOT NULL UNIQUE);"
@@ -413,16 +414,12 @@ static const char *const migrations[] = {
     "  account INTEGER NOT NULL,"
     "  event_id TEXT NOT NULL,"
     "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
-    "INSERT INTO dedupe_keys_by_id SELECT a.id, k.event_id FROM dedupe_keys k"
-    "  JOIN dedupe_accounts a USING (account_id) ORDER BY 1, 2;"
+    "INSERT INTO dedupe_keys_by_id SELECT a.id, k.event_id FROM dedupe_keys AS k NOT INDEXED"
+    "  JOIN dedupe_accounts a USING (account_id) ORDER BY k.account_id, k.event_id;"
     "CREATE TABLE dedupe_expiry ("
     "  id INTEGER PRIMARY KEY,"
     "  keys BLOB NOT NULL);"
-    "INSERT INTO dedupe_expiry SELECT day * 4294967296 + n, ana_dedupe_list(account, event_id)"
-    "  FROM (SELECT k.expires_at / 86400000 AS day, (row_number() OVER (PARTITION BY"
-    "    k.expires_at / 86400000 ORDER BY a.id, k.event_id) - 1) / 1000 AS n, a.id AS account,"
-    "    k.event_id FROM dedupe_keys k JOIN dedupe_accounts a USING (account_id))"
-    "  GROUP BY day, n ORDER BY day, n;"
+    "SELECT ana_dedupe_build_lists();"
     "DROP TABLE dedupe_keys;"
     "ALTER TABLE dedupe_keys_by_id RENAME TO dedupe_keys;",
 };
@@ -1004,6 +1001,7 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     return ANA_ERR_IO;
   }
   writer_txn_ended(db);
+  ana_dedupe_pending_committed(db->dedupe);
   atomic_store(&db->degraded, false);
   return 0;
 }

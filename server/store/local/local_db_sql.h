@@ -69,17 +69,19 @@ int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms);
 /* Deduplication keys (dedupe_keys.c): the keys the writer's open
  * transaction claimed, by the day they expire, written to dedupe_expiry by
  * ana_local_dedupe_flush (ana_local_db_commit calls it before COMMIT) or
- * dropped with the transaction (ana_dedupe_pending_discard). One per local
+ * dropped with the transaction (ana_dedupe_pending_discard; after a commit,
+ * ana_dedupe_pending_committed). One per local
  * database, on the committer's thread. */
 struct ana_dedupe_pending;
 struct ana_dedupe_pending *ana_dedupe_pending_new(void);
 void ana_dedupe_pending_free(struct ana_dedupe_pending *p);
 void ana_dedupe_pending_discard(struct ana_dedupe_pending *p);
+void ana_dedupe_pending_committed(struct ana_dedupe_pending *p);
 struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db);
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
 
-/* The SQL aggregate ana_dedupe_list(account, event_id) on conn: the keys
- * it was given as one list of dedupe_expiry (for migrations). */
+/* The SQL function ana_dedupe_build_lists() on conn, for the migration to
+ * this layout: lists the keys of the previous one in dedupe_expiry. */
 int ana_dedupe_register(sqlite3 *conn);
 
 /* Schema migrations, for tests of an upgrade: the (1-based) number of the
