@@ -880,9 +880,7 @@ static int check_body(void *ctx, const struct ana_spooled_event *e, struct ana_e
 
 /* Waits up to ms for n answers; false when they did not all come. */
 static bool wait_done_for(int n, int ms) {
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += ms / 1000 + 1;
+  struct timespec until = ana_clock_deadline(CLOCK_REALTIME, ms);
   pthread_mutex_lock(&mu);
   int rc = 0;
   while (done_count < n && rc == 0)

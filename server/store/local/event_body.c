@@ -4,13 +4,13 @@
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
-#include <time.h>
 #include <zdict.h>
 #include <zstd.h>
 
@@ -264,14 +264,7 @@ void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold) {
 }
 
 int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms) {
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += wait_ms / 1000;
-  until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
+  struct timespec until = ana_clock_deadline(CLOCK_REALTIME, wait_ms);
   pthread_mutex_lock(&c->mu);
   while (c->trainer_started && !c->finished && wait_ms > 0 &&
          pthread_cond_timedwait(&c->cond, &c->mu, &until) == 0) {
