@@ -333,6 +333,12 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
   const char *account = NULL; /* the last record's, and its number */
   int64_t number = 0;
   for (size_t i = 0; i < n; i++) {
+    if (!records[i].account_id || !records[i].event_id) {
+      ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: an event without %s",
+                    records[i].account_id ? "an eventId" : "an account");
+      rc = ANA_ERR_INVALID;
+      break;
+    }
     if (!account || strcmp(account, records[i].account_id) != 0) {
       if ((rc = account_number(db, records[i].account_id, &number, err)) < 0)
         break;

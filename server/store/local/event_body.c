@@ -127,9 +127,11 @@ static void join_trainer(struct ana_event_codec *c) {
   pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->mu);
   pthread_join(c->trainer, NULL);
+  pthread_mutex_lock(&c->mu);
   c->trainer_started = false;
   ana_free(c->trained);
   c->trained = NULL;
+  pthread_mutex_unlock(&c->mu);
 }
 
 void ana_event_codec_free(struct ana_event_codec *c) {
@@ -242,14 +244,18 @@ static void start_training(struct ana_event_codec *c) {
     c->job_sizes = NULL;
     return;
   }
+  pthread_mutex_lock(&c->mu);
   c->trainer_started = true;
+  pthread_mutex_unlock(&c->mu);
 }
 
 /* Takes the dictionary the training thread left, once it is done. */
 static void adopt(struct ana_event_codec *c) {
+  pthread_mutex_lock(&c->mu);
   void *dict = c->trained;
   size_t len = c->trained_len;
   c->trained = NULL;
+  pthread_mutex_unlock(&c->mu);
   join_trainer(c);
   if (dict && use_dict(c, c->dict_id + 1, dict, len))
     ANA_INFO("store", "event bodies: compressed with dictionary %d from now on", c->dict_id);
