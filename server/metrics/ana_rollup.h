@@ -76,6 +76,14 @@ void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, siz
 int ana_rollup_define(struct ana_rollups *r, const char *account_id, const Analytics__V1__Metric *m,
                       const struct ana_formula *f, struct ana_error *err);
 
+/* Starts a new version of every metric whose definition groups or filters
+ * by a field reads says yes to (a dimension or a filter's field), with the
+ * same definition, backfilled from the events in the background: after the
+ * events were rewritten (re-encryption); the old cells go once the new
+ * version is complete. Returns how many, or a negative error. */
+int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const char *field),
+                       void *ctx, struct ana_error *err);
+
 /* Forgets a deleted metric; its cells are deleted in the background. */
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err);
 
