@@ -190,6 +190,9 @@ struct ana_report_service_options {
   /* ENCRYPTED_FIELDS configured: a report rendered with pii:read (its
    * creator's) is downloaded only with pii:read. */
   bool encrypted;
+  /* With encrypted: report files are sealed at rest with the account's data
+   * key (ana_crypto_file_seal) and opened when downloaded. */
+  struct ana_crypto *crypto;
 };
 
 /* Starts the report runner (resuming the runs a stop interrupted) and binds
