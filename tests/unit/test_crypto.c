@@ -75,6 +75,14 @@ static char *open_ok(struct ana_crypto *c, const char *account, const char *fiel
   return pt;
 }
 
+/* The sealed value opens (with `c`) to exactly `expected`. */
+static void assert_opens_to(struct ana_crypto *c, const char *account, const char *field,
+                            const char *sealed, const char *expected) {
+  char *pt = open_ok(c, account, field, sealed);
+  assert_string_equal(pt, expected);
+  ana_free(pt);
+}
+
 static void open_fails(struct ana_crypto *c, const char *account, const char *field,
                        const char *sealed) {
   struct ana_error err;
@@ -98,24 +106,16 @@ static void test_round_trip(void **state) {
   assert_int_equal(
       ana_crypto_seal(crypto, "acme", "properties.email", "ann@example.com", 15, &b, &err), 0);
   assert_string_not_equal(a, b);
-  char *pt = open_ok(crypto, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
-  pt = open_ok(crypto, "acme", "properties.email", b);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.email", a, "ann@example.com");
+  assert_opens_to(crypto, "acme", "properties.email", b, "ann@example.com");
   /* The empty value too. */
   ana_free(b);
   assert_int_equal(ana_crypto_seal(crypto, "acme", "x", "", 0, &b, &err), 0);
-  pt = open_ok(crypto, "acme", "x", b);
-  assert_string_equal(pt, "");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "x", b, "");
   /* A second context on the same data: the keys came from the store. */
   struct ana_crypto *other = make(master, sizeof master, 0);
   assert_non_null(other);
-  pt = open_ok(other, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(other, "acme", "properties.email", a, "ann@example.com");
   ana_crypto_destroy(other);
   ana_free(a);
   ana_free(b);
@@ -151,9 +151,7 @@ static void test_tamper(void **state) {
   /* Bound to its account and its field. */
   open_fails(crypto, "other", "properties.phone", a);
   open_fails(crypto, "acme", "properties.email", a);
-  char *pt = open_ok(crypto, "acme", "properties.phone", a);
-  assert_string_equal(pt, "+1 555 0100");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.phone", a, "+1 555 0100");
   ana_free(a);
 }
 
@@ -169,12 +167,8 @@ static void test_rotate(void **state) {
   assert_int_equal(ana_crypto_current_key_id(crypto, "rot"), 2);
   assert_int_equal(ana_crypto_seal(crypto, "rot", "f", "after", 5, &new, &err), 0);
   assert_int_equal(ana_crypto_sealed_key_id(new), 2);
-  char *pt = open_ok(crypto, "rot", "f", old);
-  assert_string_equal(pt, "before");
-  ana_free(pt);
-  pt = open_ok(crypto, "rot", "f", new);
-  assert_string_equal(pt, "after");
-  ana_free(pt);
+  assert_opens_to(crypto, "rot", "f", old, "before");
+  assert_opens_to(crypto, "rot", "f", new, "after");
   /* Other accounts keep their keys. */
   assert_int_equal(ana_crypto_current_key_id(crypto, "acme2"), 1);
 
@@ -187,9 +181,7 @@ static void test_rotate(void **state) {
   assert_int_equal(id, 3);
   char *third = NULL;
   assert_int_equal(ana_crypto_seal(crypto, "rot", "f", "third", 5, &third, &err), 0);
-  pt = open_ok(cached, "rot", "f", third);
-  assert_string_equal(pt, "third");
-  ana_free(pt);
+  assert_opens_to(cached, "rot", "f", third, "third");
   assert_int_equal(ana_crypto_current_key_id(cached, "rot"), 3);
   ana_crypto_destroy(cached);
   ana_free(old);
@@ -259,18 +251,14 @@ static void test_sealer(void **state) {
   char *a = ana_crypto_sealer_seal(&s, "properties.email", "ann@example.com", 15, &arena, &err);
   assert_non_null(a);
   assert_int_equal(ana_crypto_sealed_key_id(a), 1);
-  char *pt = open_ok(crypto, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.email", a, "ann@example.com");
   open_fails(crypto, "acme", "properties.phone", a);
   char big[4000];
   memset(big, 'x', sizeof big - 1);
   big[sizeof big - 1] = '\0';
   char *b = ana_crypto_sealer_seal(&s, "properties.note", big, strlen(big), &arena, &err);
   assert_non_null(b);
-  pt = open_ok(crypto, "acme", "properties.note", b);
-  assert_string_equal(pt, big);
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.note", b, big);
   char x[ANA_CRYPTO_BLIND_CHARS + 1], y[ANA_CRYPTO_BLIND_CHARS + 1];
   assert_int_equal(ana_crypto_sealer_blind(&s, "properties.email", "x@y", 3, x), 0);
   assert_int_equal(ana_crypto_blind_index(crypto, "acme", "properties.email", "x@y", 3, y), 0);
@@ -284,9 +272,7 @@ static void test_sealer(void **state) {
   b = ana_crypto_sealer_seal(&s, "properties.email", "bob", 3, &arena, &err);
   assert_int_equal(ana_crypto_sealed_key_id(b), 2);
   ana_crypto_sealer_fini(&s);
-  pt = open_ok(crypto, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.email", a, "ann@example.com");
   ana_arena_fini(&arena);
 }
 
@@ -318,15 +304,9 @@ static void test_rotate_master(void **state) {
   assert_true(res.root_written);
   struct ana_crypto *n = make(next, sizeof next, 0);
   assert_non_null(n);
-  char *pt = open_ok(n, "acme", "f", a);
-  assert_string_equal(pt, "one");
-  ana_free(pt);
-  pt = open_ok(n, "acme", "f", b);
-  assert_string_equal(pt, "two");
-  ana_free(pt);
-  pt = open_ok(n, "beta", "f", c2);
-  assert_string_equal(pt, "three");
-  ana_free(pt);
+  assert_opens_to(n, "acme", "f", a, "one");
+  assert_opens_to(n, "acme", "f", b, "two");
+  assert_opens_to(n, "beta", "f", c2, "three");
   assert_int_equal(ana_crypto_blind_index(n, "acme", "properties.email", "x@y", 3, after), 0);
   assert_string_equal(before, after);
   assert_int_equal(ana_crypto_current_key_id(n, "acme"), 2);
@@ -346,9 +326,7 @@ static void test_rotate_master(void **state) {
   assert_true(ana_crypto_rewrap_master(third, sizeof third, fourth, sizeof fourth, ops, store, &res,
                                        &err) < 0);
   assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
-  pt = open_ok(n, "acme", "f", a);
-  assert_string_equal(pt, "one");
-  ana_free(pt);
+  assert_opens_to(n, "acme", "f", a, "one");
   /* A second change (the root moves along, blind indexes still equal). */
   assert_int_equal(
       ana_crypto_rewrap_master(next, sizeof next, third, sizeof third, ops, store, &res, &err), 0);
@@ -356,9 +334,7 @@ static void test_rotate_master(void **state) {
   assert_true(res.root_written);
   struct ana_crypto *t = make(third, sizeof third, 0);
   assert_non_null(t);
-  pt = open_ok(t, "beta", "f", c2);
-  assert_string_equal(pt, "three");
-  ana_free(pt);
+  assert_opens_to(t, "beta", "f", c2, "three");
   assert_int_equal(ana_crypto_blind_index(t, "acme", "properties.email", "x@y", 3, after), 0);
   assert_string_equal(before, after);
   ana_crypto_destroy(t);
@@ -389,12 +365,8 @@ static void test_rotate_master_rolls_back(void **state) {
   assert_int_equal(res.rewrapped, 0);
   struct ana_crypto *old = make(master, sizeof master, 0);
   assert_non_null(old);
-  char *pt = open_ok(old, "acme", "f", a);
-  assert_string_equal(pt, "one");
-  ana_free(pt);
-  pt = open_ok(old, "beta", "f", b);
-  assert_string_equal(pt, "two");
-  ana_free(pt);
+  assert_opens_to(old, "acme", "f", a, "one");
+  assert_opens_to(old, "beta", "f", b, "two");
   ana_crypto_destroy(old);
   struct ana_crypto *n = make(next, sizeof next, 0);
   assert_non_null(n); /* no key root stored: it starts, but opens nothing */
