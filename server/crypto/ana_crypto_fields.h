@@ -53,10 +53,12 @@ int ana_crypto_event_reveal(struct ana_crypto *c, const struct ana_crypto_fields
 
 /* Re-seals a stored event (unpacked in arena, written in place) under f:
  * when one of f's fields holds a value that is not sealed (stored before
- * the field was configured), every value of f's fields that opens is
- * opened and the event sealed anew as ana_crypto_event_seal does, *blind
- * receiving its properties to index. Returns how many values it found not
- * sealed (0: ev untouched and *blind not set), or a negative error. */
+ * the field was configured; a text that only looks sealed and does not
+ * open counts as not sealed, as at ingest), every value of f's fields that
+ * opens is opened and the event sealed anew as ana_crypto_event_seal does,
+ * *blind receiving its properties to index. Returns how many values it
+ * found not sealed (0: ev untouched and *blind not set), or a negative
+ * error. */
 int ana_crypto_event_reseal(struct ana_crypto *c, const struct ana_crypto_fields *f,
                             const char *account_id, Analytics__V1__Event *ev,
                             struct ana_arena *arena, Google__Protobuf__Struct **blind,

@@ -411,12 +411,28 @@ struct reseal {
   int clear; /* values found not sealed */
 };
 
+/* Whether s is a value of the field stored as it came: not sealed, or a
+ * text that only looks sealed (the sender's, stored before the field was
+ * configured), which does not open. */
+static bool stored_clear(struct reseal *r, const char *s) {
+  if (!ana_crypto_is_sealed(s))
+    return true;
+  char *pt = NULL;
+  size_t n = 0;
+  struct ana_error err;
+  if (ana_crypto_open(r->c, r->account, r->name, s, &pt, &n, &err) < 0)
+    return true;
+  OPENSSL_cleanse(pt, n);
+  ana_free(pt);
+  return false;
+}
+
 static int count_clear_slot(void *ctx, Google__Protobuf__Value **slot) {
   struct reseal *r = ctx;
   const Google__Protobuf__Value *v = *slot;
   switch (v->kind_case) {
   case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
-    r->clear += v->string_value && !ana_crypto_is_sealed(v->string_value);
+    r->clear += v->string_value && stored_clear(r, v->string_value);
     break;
   case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
   case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
@@ -475,7 +491,7 @@ int ana_crypto_event_reseal(struct ana_crypto *c, const struct ana_crypto_fields
         if (!slot || !*slot || !**slot)
           continue;
         if (pass == 0)
-          r.clear += !ana_crypto_is_sealed(*slot);
+          r.clear += stored_clear(&r, *slot);
         else
           rc = open_string(&r, slot);
       } else if (ev->properties) {
