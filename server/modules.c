@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The post-commit pipeline's order: each commit reaches the subscribers in
@@ -564,8 +565,16 @@ static int reencrypt_rebuild(void *ctx, const struct ana_crypto_fields *f, struc
   return ana_rollup_rebuild(ctx, rollup_reads, (void *)f, err);
 }
 
+/* Waits (polling, at most timeout_ms) until the rebuilt versions are
+ * complete and the old cells deleted; commits meanwhile do not matter. */
 static bool reencrypt_settled(void *ctx, int timeout_ms) {
-  return ana_rollup_wait_idle(ctx, timeout_ms);
+  for (int waited = 0; !ana_rollup_backfilled(ctx); waited += 20) {
+    if (waited >= timeout_ms)
+      return false;
+    struct timespec pause = {0, 20000000};
+    nanosleep(&pause, NULL);
+  }
+  return true;
 }
 
 static int reencrypt_start(struct ana_server *s, const struct ana_config *cfg,

@@ -84,6 +84,10 @@ int ana_rollup_define(struct ana_rollups *r, const char *account_id, const Analy
 int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const char *field),
                        void *ctx, struct ana_error *err);
 
+/* Whether every metric's current version is backfilled and the cells of
+ * the versions it replaced are deleted (whatever was committed since). */
+bool ana_rollup_backfilled(struct ana_rollups *r);
+
 /* Forgets a deleted metric; its cells are deleted in the background. */
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err);
 

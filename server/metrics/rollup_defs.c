@@ -230,6 +230,15 @@ int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const cha
   return rc < 0 ? rc : n;
 }
 
+bool ana_rollup_backfilled(struct ana_rollups *r) {
+  pthread_mutex_lock(&r->mu);
+  bool done = r->garbage == NULL;
+  for (struct rmetric *m = r->metrics; m && done; m = m->next)
+    done = m->watermark >= m->backfill_to;
+  pthread_mutex_unlock(&r->mu);
+  return done;
+}
+
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err) {
   int rc = 0;
   pthread_mutex_lock(&r->mu);
