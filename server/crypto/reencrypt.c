@@ -167,7 +167,7 @@ static int run_batch(struct ana_reencrypt *j, struct ana_error *err) {
   struct batch b = {.j = j};
   ana_arena_init(&b.arena, 64 << 10, 0);
   int64_t *pending = NULL, *seqs = NULL;
-  size_t n_pending = 0, n_seqs = 0;
+  size_t n_pending = 0, n_seqs = 0, done = 0;
   int rc = ana_local_reencryption_pending(j->conn, &pending, &n_pending, err);
   if (rc == 0) {
     uint64_t after = j->st.next_seq > 0 ? j->st.next_seq - 1 : 0;
@@ -191,6 +191,7 @@ static int run_batch(struct ana_reencrypt *j, struct ana_error *err) {
       goto out;
     if (b.n > 0 && (rc = j->o.events->rewrite(j->o.event_store, b.records, b.n, err)) < 0)
       goto out;
+    done = b.n > 0 ? (size_t)rc : 0; /* fewer when retention deleted some meanwhile */
     if (j->o.search && j->o.search->reindex &&
         (rc = j->o.search->reindex(j->o.search_index, seqs, n_seqs, err)) < 0)
       goto out;
@@ -198,10 +199,10 @@ static int run_batch(struct ana_reencrypt *j, struct ana_error *err) {
   uint64_t next = b.read ? b.last_seen + 1 : j->st.next_seq;
   if (b.read == 0)
     next = j->st.upto_seq + 1;
-  if ((rc = ana_local_reencryption_advance(j->conn, next, b.n, err)) < 0)
+  if ((rc = ana_local_reencryption_advance(j->conn, next, done, err)) < 0)
     goto out;
   j->st.next_seq = next;
-  j->st.rewritten += b.n;
+  j->st.rewritten += done;
   publish(j);
   ana_prom_counter_add(&j->batches, 1);
   rc = 1;
