@@ -191,7 +191,9 @@ static int run_batch(struct ana_reencrypt *j, struct ana_error *err) {
       goto out;
     if (b.n > 0 && (rc = j->o.events->rewrite(j->o.event_store, b.records, b.n, err)) < 0)
       goto out;
-    done = b.n > 0 ? (size_t)rc : 0; /* fewer when retention deleted some meanwhile */
+    /* Fewer when retention deleted some meanwhile; the noted events not to
+     * rewrite any more were rewritten by a batch a crash interrupted. */
+    done = (b.n > 0 ? (size_t)rc : 0) + (n_seqs - b.n);
     if (j->o.search && j->o.search->reindex &&
         (rc = j->o.search->reindex(j->o.search_index, seqs, n_seqs, err)) < 0)
       goto out;
@@ -244,6 +246,8 @@ static int rewrite_phase(struct ana_reencrypt *j, struct ana_error *err) {
 }
 
 static int finish_phase(struct ana_reencrypt *j, struct ana_error *err) {
+  if (j->st.rewritten == 0)
+    return 1; /* every event was sealed already: nothing to rebuild or compact */
   if (j->o.rebuild_rollups) {
     int n = j->o.rebuild_rollups(j->o.rollups_ctx, j->o.fields, err);
     if (n < 0)
