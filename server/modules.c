@@ -561,8 +561,16 @@ static bool rollup_reads(void *ctx, const char *field) {
   return ana_crypto_fields_reads(ctx, field);
 }
 
+/* Metrics whose filters compare a field with its clear value get blind
+ * indexes instead (a new rollup version each); then the others that group
+ * or filter by a field are rebuilt from the rewritten events. */
 static int reencrypt_rebuild(void *ctx, const struct ana_crypto_fields *f, struct ana_error *err) {
-  return ana_rollup_rebuild(ctx, rollup_reads, (void *)f, err);
+  int64_t since = ana_clock_wall_ms();
+  int blinded = ana_metric_service_blind_stored(err);
+  if (blinded < 0)
+    return blinded;
+  int rebuilt = ana_rollup_rebuild(ctx, rollup_reads, (void *)f, since, err);
+  return rebuilt < 0 ? rebuilt : blinded + rebuilt;
 }
 
 /* Waits (polling, at most timeout_ms) until the rebuilt versions are

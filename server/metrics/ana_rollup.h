@@ -80,9 +80,14 @@ int ana_rollup_define(struct ana_rollups *r, const char *account_id, const Analy
  * by a field reads says yes to (a dimension or a filter's field), with the
  * same definition, backfilled from the events in the background: after the
  * events were rewritten (re-encryption); the old cells go once the new
- * version is complete. Returns how many, or a negative error. */
+ * version is complete. A version begun at since_ms (wall clock) or later
+ * is left as it is. Returns how many, or a negative error. */
 int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const char *field),
-                       void *ctx, struct ana_error *err);
+                       void *ctx, int64_t since_ms, struct ana_error *err);
+
+/* The accounts that have metrics with rollups, each once, in *out (the
+ * caller frees each and the array with ana_free); how many. */
+size_t ana_rollup_accounts(struct ana_rollups *r, char ***out);
 
 /* Whether every metric's current version is backfilled and the cells of
  * the versions it replaced are deleted (whatever was committed since). */

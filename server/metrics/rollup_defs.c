@@ -184,7 +184,7 @@ static bool metric_reads(const Analytics__V1__Metric *m,
 }
 
 int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const char *field),
-                       void *ctx, struct ana_error *err) {
+                       void *ctx, int64_t since_ms, struct ana_error *err) {
   int rc = 0, n = 0;
   uint64_t head = 0;
   if ((rc = r->ops->last_seq(r->store, &head, err)) < 0)
@@ -192,8 +192,8 @@ int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const cha
   pthread_mutex_lock(&r->mu);
   for (struct rmetric **p = &r->metrics; *p && rc == 0; p = &(*p)->next) {
     struct rmetric *old = *p;
-    if (!metric_reads(old->metric, reads, ctx))
-      continue;
+    if (old->version >= since_ms || !metric_reads(old->metric, reads, ctx))
+      continue; /* defined since: backfilled from the rewritten events already */
     int64_t version = ana_clock_wall_ms();
     if (version <= old->version)
       version = old->version + 1;
@@ -228,6 +228,33 @@ int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const cha
   if (n)
     ru_wake(r);
   return rc < 0 ? rc : n;
+}
+
+size_t ana_rollup_accounts(struct ana_rollups *r, char ***out) {
+  size_t n = 0, cap = 0;
+  char **list = NULL;
+  pthread_mutex_lock(&r->mu);
+  for (struct rmetric *m = r->metrics; m; m = m->next) {
+    bool seen = false;
+    for (size_t i = 0; i < n && !seen; i++)
+      seen = strcmp(list[i], m->account_id) == 0;
+    if (seen)
+      continue;
+    if (n == cap) {
+      size_t nc = cap ? cap * 2 : 16;
+      char **p = ana_realloc(list, nc * sizeof *p);
+      if (!p)
+        break;
+      list = p;
+      cap = nc;
+    }
+    if (!(list[n] = ana_strdup(m->account_id)))
+      break;
+    n++;
+  }
+  pthread_mutex_unlock(&r->mu);
+  *out = list;
+  return n;
 }
 
 bool ana_rollup_backfilled(struct ana_rollups *r) {

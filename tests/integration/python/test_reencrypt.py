@@ -10,7 +10,8 @@ log says so, and no event is rewritten twice). Once /health says it is
 done: an admin reads the e-mails in clear and a viewer masked, the blind
 index filter finds each e-mail's events, free text no longer finds them by
 the e-mail but still by their other words, the metric's group is the blind
-index with the same count, and no byte of any file under DATA_DIR
+index with the same count, a metric filtered on an e-mail (its value stored
+in clear) has the blind index as its value and counts the same, and no byte of any file under DATA_DIR
 (databases, WAL, free-text index) holds an e-mail or its distinctive word.
 """
 
@@ -95,12 +96,19 @@ class ReencryptTest(unittest.TestCase):
         return stub.SearchEvents(self.ev_pb.SearchEventsRequest(page_size=100, **kw),
                                  timeout=TIMEOUT_S, metadata=self.md(token)).events
 
-    def metric_series(self, metric_id, base):
+    def metric_data(self, metric_id, base):
         q = urllib.parse.urlencode({"from": rfc3339(base), "to": rfc3339(base + 3600),
                                     "interval": "1h"})
         status, data = self.rest("GET", "/api/metrics/%s/data?%s" % (metric_id, q), self.admin)
         self.assertEqual(status, 200, data)
+        return data
+
+    def metric_series(self, metric_id, base):
+        data = self.metric_data(metric_id, base)
         return {s["dimensions"]["email"]: s["total"] for s in data["series"]}
+
+    def metric_total(self, metric_id, base):
+        return sum(s["total"] for s in self.metric_data(metric_id, base)["series"])
 
     def wait_health(self, pred, timeout=TIMEOUT_S):
         deadline = time.monotonic() + timeout
@@ -134,6 +142,14 @@ class ReencryptTest(unittest.TestCase):
         self.assertEqual(status, 200, metric)
         self.assertEqual(self.metric_series(metric["metricId"], base),
                          {EMAILS[0]: 20, EMAILS[1]: 20, EMAILS[2]: 20})
+        # A metric filtered on one e-mail, its value stored in clear.
+        status, filtered = self.rest("POST", "/api/metrics", self.admin, {
+            "name": "one email " + uuid.uuid4().hex, "type": "counter",
+            "formula": "count(%s)" % name, "aggregation": "sum",
+            "filters": [{"field": "properties.email", "op": "eq", "value": EMAILS[0]}]})
+        self.assertEqual(status, 200, filtered)
+        self.assertEqual(filtered["filters"][0]["value"], EMAILS[0])
+        self.assertEqual(self.metric_total(filtered["metricId"], base), 20)
         self.assertEqual(len(self.search(self.admin, query=WORD)), N)  # in clear so far
         self.assertEqual(self.health()["fieldReencryption"], "none")
 
@@ -188,6 +204,11 @@ class ReencryptTest(unittest.TestCase):
         series = self.metric_series(metric["metricId"], base)
         self.assertEqual(sorted(series.values()), [20, 20, 20], series)
         self.assertTrue(all(k.startswith("ana:bi:") for k in series), series)
+        # The filtered metric's value is stored as a blind index now, and still counts.
+        status, got = self.rest("GET", "/api/metrics/" + filtered["metricId"], self.admin)
+        self.assertEqual(status, 200, got)
+        self.assertTrue(got["filters"][0]["value"].startswith("ana:bi:"), got)
+        self.assertEqual(self.metric_total(filtered["metricId"], base), 20)
 
         # No byte of any file under DATA_DIR holds an e-mail or its word.
         self.assertEqual(self.server.stop(), 0)
