@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 16
+#define SCHEMA_VERSION 17
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -1100,7 +1100,7 @@ struct old_key {
   int64_t expires_at;
 };
 
-/* A store whose keys are in the layout of schemas up to 15 (their expiry
+/* A store whose keys are in the layout before this one (their expiry
  * time in each row, an index by day): opened, the keys are migrated, each
  * still recognised, and they expire by their day as before. */
 static void old_dedupe_keys_are_migrated_on_start(void **state) {
