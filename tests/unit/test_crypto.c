@@ -3,7 +3,8 @@
  * to their account and field, rotation keeps old values readable, a wrong
  * master key opens nothing, another process's rotation is seen, blind
  * indexes are stable, keyed per account and per field, the per-event
- * sealer gives what the one-shot calls give, and a master key change. */
+ * sealer gives what the one-shot calls give, a master key change, and files
+ * sealed in chunks (ranges across chunks, an altered or cut file refused). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #include "ana_local_db.h"
 #include "ana_store.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,6 +376,101 @@ static void test_rotate_master_rolls_back(void **state) {
   ana_free(b);
 }
 
+static void write_bytes(const char *path, const uint8_t *p, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(p, 1, n, f), n);
+  fclose(f);
+}
+
+/* The whole clear content of a sealed file through ranges of `step`
+ * bytes; NULL (err filled) when a chunk does not open. */
+static uint8_t *read_sealed(const char *path, const char *account, size_t step, int64_t *size,
+                            struct ana_error *err) {
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  struct ana_crypto_file *f = ana_crypto_file_open(crypto, account, "report.file", fd, err);
+  uint8_t *out = NULL;
+  if (f) {
+    *size = ana_crypto_file_size(f);
+    out = malloc((size_t)*size + 1);
+    for (int64_t off = 0; out && off < *size;) {
+      int64_t got = ana_crypto_file_pread(f, out + off, step, off, err);
+      if (got <= 0) {
+        free(out);
+        out = NULL;
+        break;
+      }
+      off += got;
+    }
+    ana_crypto_file_close(f);
+  }
+  close(fd);
+  return out;
+}
+
+static void test_file_seal(void **state) {
+  (void)state;
+  char in[128], out[160];
+  snprintf(in, sizeof in, "%s/clear", dir);
+  snprintf(out, sizeof out, "%s/sealed", dir);
+  struct ana_error err;
+  /* Sizes: empty, one byte, exactly one chunk, two and a half chunks. */
+  const size_t sizes[] = {0, 1, ANA_CRYPTO_FILE_CHUNK, 2 * ANA_CRYPTO_FILE_CHUNK + 12345};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    size_t n = sizes[k];
+    uint8_t *clear = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+      clear[i] = (uint8_t)(i * 7 + k);
+    write_bytes(in, clear, n);
+    assert_int_equal(ana_crypto_file_seal(crypto, "acme", "report.file", in, out, &err), 0);
+    int fd = open(out, O_RDONLY);
+    assert_true(ana_crypto_file_is_sealed(fd));
+    close(fd);
+    int64_t size = -1;
+    /* Ranges that cross chunk boundaries (an odd step) and whole chunks. */
+    const size_t steps[] = {1000, ANA_CRYPTO_FILE_CHUNK};
+    for (size_t s = 0; s < 2 && (n <= 1000 || s == 1 || k == 3); s++) {
+      uint8_t *got = read_sealed(out, "acme", steps[s], &size, &err);
+      assert_non_null(got);
+      assert_int_equal(size, (int64_t)n);
+      if (n)
+        assert_memory_equal(got, clear, n);
+      free(got);
+    }
+    /* Another account does not open it. */
+    assert_null(read_sealed(out, "other", 4096, &size, &err));
+    free(clear);
+  }
+  /* The last file (three chunks): a byte altered, then the file cut at a
+   * chunk boundary, each refused with DATA_LOSS. */
+  FILE *f = fopen(out, "rb");
+  fseek(f, 0, SEEK_END);
+  long len = ftell(f);
+  rewind(f);
+  uint8_t *raw = malloc((size_t)len);
+  assert_int_equal(fread(raw, 1, (size_t)len, f), (size_t)len);
+  fclose(f);
+  raw[len / 2] ^= 1;
+  write_bytes(out, raw, (size_t)len);
+  int64_t size;
+  ana_error_clear(&err);
+  assert_null(read_sealed(out, "acme", ANA_CRYPTO_FILE_CHUNK, &size, &err));
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  raw[len / 2] ^= 1;
+  write_bytes(out, raw, 28 + 2 * (ANA_CRYPTO_FILE_CHUNK + 16));
+  ana_error_clear(&err);
+  assert_null(read_sealed(out, "acme", ANA_CRYPTO_FILE_CHUNK, &size, &err));
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  free(raw);
+  /* A file that is not sealed is said to be so. */
+  write_bytes(in, (const uint8_t *)"plain,text\n", 11);
+  int fd = open(in, O_RDONLY);
+  assert_false(ana_crypto_file_is_sealed(fd));
+  assert_null(ana_crypto_file_open(crypto, "acme", "report.file", fd, &err));
+  close(fd);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
@@ -384,6 +481,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_sealer, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rotate_master, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rotate_master_rolls_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_file_seal, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -90,7 +90,8 @@ struct ana_local_db {
     const char *sql;
     sqlite3_stmt *stmt;
   } writer_statements[WRITER_STATEMENTS];
-  struct ana_event_codec *codec; /* the event writer's (event_body.c) */
+  struct ana_event_codec *codec;     /* the event writer's (event_body.c) */
+  struct ana_dedupe_pending *dedupe; /* its transaction's new keys (dedupe_keys.c) */
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
@@ -397,6 +398,43 @@ static const char *const migrations[] = {
     "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
     "CREATE INDEX events_by_slot ON events(account_id, ts / 21600000, seq, ts, event_name,"
     "  event_id);",
+    /* The re-encryption of events stored before a field joined
+     * ENCRYPTED_FIELDS (reencrypt_state.c): the field list the stored events
+     * are sealed under, how far the rewrite is, and the events whose free
+     * text is to be indexed again. */
+    "CREATE TABLE IF NOT EXISTS field_reencryption ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  fields TEXT NOT NULL,"
+    "  upto_seq INTEGER NOT NULL,"
+    "  next_seq INTEGER NOT NULL,"
+    "  phase INTEGER NOT NULL,"
+    "  rewritten INTEGER NOT NULL DEFAULT 0,"
+    "  started_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS field_reencryption_reindex (seq INTEGER PRIMARY KEY);",
+
+    /* The deduplication keys without their expiry index (dedupe_keys.c):
+     * dedupe_keys keeps only (account number, event_id), dedupe_accounts
+     * numbers the accounts, and dedupe_expiry lists the keys by the UTC day
+     * they expire on, at most 1,000 a row here, in rows numbered
+     * day * 2^32 + n. Every step reads the old table in an index's order
+     * (no sort of all keys in memory). */
+    "CREATE TABLE dedupe_accounts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  account_id TEXT NOT NULL UNIQUE);"
+    "INSERT INTO dedupe_accounts (account_id) SELECT DISTINCT account_id FROM dedupe_keys"
+    "  ORDER BY account_id;"
+    "CREATE TABLE dedupe_keys_by_id ("
+    "  account INTEGER NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
+    "INSERT INTO dedupe_keys_by_id SELECT a.id, k.event_id FROM dedupe_keys AS k NOT INDEXED"
+    "  JOIN dedupe_accounts a USING (account_id) ORDER BY k.account_id, k.event_id;"
+    "CREATE TABLE dedupe_expiry ("
+    "  id INTEGER PRIMARY KEY,"
+    "  keys BLOB NOT NULL);"
+    "SELECT ana_dedupe_build_lists();"
+    "DROP TABLE dedupe_keys;"
+    "ALTER TABLE dedupe_keys_by_id RENAME TO dedupe_keys;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -430,7 +468,7 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
   sqlite3_extended_result_codes(db, 1);
-  if (ana_event_body_register(db) < 0) {
+  if (ana_event_body_register(db) < 0 || ana_dedupe_register(db) < 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "DATA_DIR: %s: %s", path, sqlite3_errmsg(db));
     sqlite3_close(db);
     return ANA_ERR_INTERNAL;
@@ -449,9 +487,13 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   /* WAL lets searches read while the committer writes; FULL syncs the WAL
    * on every commit, so a commit that returned is on disk. */
+  /* secure_delete FAST: a deleted row's bytes are zeroed in the pages that
+   * are written anyway (no more I/O), so rewritten or deleted values (the
+   * clear ones re-encryption replaces) linger in no page still in use; whole
+   * free pages go with ana_local_db_scrub. */
   if (exec(db,
            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-           "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+           "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=FAST;",
            err) < 0) {
     sqlite3_close(db);
     return ANA_ERR_IO;
@@ -481,7 +523,14 @@ static int schema_version(sqlite3 *db) {
   return v;
 }
 
-static int migrate(sqlite3 *db, struct ana_error *err) {
+int ana_local_db_migration_containing(const char *text) {
+  for (int i = 0; i < MIGRATION_COUNT; i++)
+    if (strstr(migrations[i], text))
+      return i + 1;
+  return 0;
+}
+
+static int migrate_upto(sqlite3 *db, int upto, struct ana_error *err) {
   if (exec(db,
            "CREATE TABLE IF NOT EXISTS schema_migrations ("
            "  version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
@@ -495,7 +544,7 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
                   have, MIGRATION_COUNT);
     return ANA_ERR_INVALID;
   }
-  for (int v = have + 1; v <= MIGRATION_COUNT; v++) {
+  for (int v = have + 1; v <= upto; v++) {
     char record[128];
     snprintf(
         record, sizeof record,
@@ -519,6 +568,14 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
     sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
   }
   return 0;
+}
+
+static int migrate(sqlite3 *db, struct ana_error *err) {
+  return migrate_upto(db, MIGRATION_COUNT, err);
+}
+
+int ana_local_db_migrate_upto(sqlite3 *conn, int version, struct ana_error *err) {
+  return migrate_upto(conn, version < MIGRATION_COUNT ? version : MIGRATION_COUNT, err);
 }
 
 /* The event writer waits for another connection's write (a rollup round, a
@@ -737,7 +794,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
     goto fail;
   }
   snprintf(db->path, n, "%s/analytics.db", data_dir);
-  if (!(db->codec = ana_event_codec_new())) {
+  if (!(db->codec = ana_event_codec_new()) || !(db->dedupe = ana_dedupe_pending_new())) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
@@ -830,12 +887,17 @@ void ana_local_db_close(struct ana_local_db *db) {
   pthread_mutex_destroy(&db->mu);
   pthread_cond_destroy(&db->reader_free);
   ana_event_codec_free(db->codec);
+  ana_dedupe_pending_free(db->dedupe);
   ana_free(db->path);
   ana_free(db);
 }
 
 struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db) {
   return db->codec;
+}
+
+struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db) {
+  return db->dedupe;
 }
 
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
@@ -926,6 +988,7 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
     return ANA_ERR_IO;
   }
   writer_txn_started(db);
+  ana_dedupe_pending_discard(db->dedupe);
   if (run_writer(db, sql_begin) != SQLITE_OK) {
     writer_txn_ended(db);
     return sql_error(db->writer, "cannot begin a transaction", err);
@@ -934,6 +997,11 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
 }
 
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
+  /* The expiry lists of the keys this transaction claimed. */
+  if (ana_local_dedupe_flush(db, err) < 0) {
+    ana_local_db_rollback(db);
+    return ANA_ERR_IO;
+  }
   if (run_writer(db, sql_commit) != SQLITE_OK) {
     int code = sqlite3_extended_errcode(db->writer);
     sql_error(db->writer, "cannot commit", err);
@@ -950,11 +1018,13 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     return ANA_ERR_IO;
   }
   writer_txn_ended(db);
+  ana_dedupe_pending_committed(db->dedupe);
   atomic_store(&db->degraded, false);
   return 0;
 }
 
 void ana_local_db_rollback(struct ana_local_db *db) {
+  ana_dedupe_pending_discard(db->dedupe);
   if (!sqlite3_get_autocommit(db->writer))
     run_writer(db, sql_rollback);
   writer_txn_ended(db);
