@@ -18,7 +18,10 @@
  * notes dropped and the position moved in one transaction. A batch repeated
  * after a crash finds the rewritten events sealed and indexes the noted ones
  * again. Then the rollups that group or filter by a field are rebuilt, the
- * free-text index compacted and the database's free pages and WAL emptied. */
+ * free-text index compacted, the event bodies compressed with a dictionary
+ * trained before the job began (retired from the writer at its start) stored
+ * uncompressed and those dictionaries deleted, and the database's free pages
+ * and WAL emptied. */
 #include "ana_reencrypt.h"
 
 #include "ana_alloc.h"
@@ -245,10 +248,37 @@ static int rewrite_phase(struct ana_reencrypt *j, struct ana_error *err) {
   }
 }
 
+/* Stores uncompressed every body compressed with a dictionary trained
+ * before the job began (it may hold fragments of the clear values), then
+ * deletes those dictionaries. Repeated from the first event after a stop
+ * (it only reads the bodies done already). Returns 1 when done, 0 when
+ * stopping, or an error. */
+static int undict(struct ana_reencrypt *j, struct ana_error *err) {
+  uint64_t after = 0, total = 0;
+  for (;;) {
+    uint64_t n = 0;
+    int rc = ana_local_reencryption_undict(j->conn, j->st.tainted_dicts, &after, j->o.batch_events,
+                                           &n, err);
+    if (rc < 0)
+      return rc;
+    total += n;
+    if (rc == 0)
+      break;
+    if (pause_or_stop(j, j->o.pause_ms))
+      return 0;
+  }
+  int rc = ana_local_reencryption_drop_dicts(j->conn, j->st.tainted_dicts, err);
+  if (rc < 0)
+    return rc;
+  ANA_INFO("crypto",
+           "re-encryption: %llu event bodies compressed with dictionaries trained before "
+           "(ids up to %d) stored uncompressed, those dictionaries deleted",
+           (unsigned long long)total, j->st.tainted_dicts);
+  return 1;
+}
+
 static int finish_phase(struct ana_reencrypt *j, struct ana_error *err) {
-  if (j->st.rewritten == 0)
-    return 1; /* every event was sealed already: nothing to rebuild or compact */
-  if (j->o.rebuild_rollups) {
+  if (j->st.rewritten > 0 && j->o.rebuild_rollups) {
     int n = j->o.rebuild_rollups(j->o.rollups_ctx, j->o.fields, err);
     if (n < 0)
       return n;
@@ -258,11 +288,18 @@ static int finish_phase(struct ana_reencrypt *j, struct ana_error *err) {
       if (pause_or_stop(j, 0))
         return 0;
   }
-  if (j->o.search && j->o.search->compact) {
+  if (j->st.rewritten > 0 && j->o.search && j->o.search->compact) {
     int rc = j->o.search->compact(j->o.search_index, err);
     if (rc < 0)
       return rc;
   }
+  if (j->st.tainted_dicts > 0) {
+    int rc = undict(j, err);
+    if (rc <= 0)
+      return rc;
+  }
+  if (j->st.rewritten == 0 && j->st.tainted_dicts == 0)
+    return 1; /* every event was sealed already: nothing to rebuild or compact */
   int rc = ana_local_db_scrub(j->conn, SCRUB_TIMEOUT_MS, err);
   return rc < 0 ? rc : 1;
 }
@@ -354,6 +391,9 @@ static int decide(struct ana_reencrypt *j, struct ana_error *err) {
   st->upto_seq = last;
   st->next_seq = 1;
   st->phase = PHASE_REWRITE;
+  /* The dictionaries trained so far may hold fragments of clear values. */
+  if ((rc = ana_local_reencryption_last_dict(j->conn, &st->tainted_dicts, err)) < 0)
+    return rc;
   st->started_at_ms = ana_clock_wall_ms();
   ANA_WARN("crypto",
            "ENCRYPTED_FIELDS (%s) covers fields that events stored so far may hold in clear: "
@@ -389,6 +429,8 @@ struct ana_reencrypt *ana_reencrypt_start(const struct ana_reencrypt_options *o,
   j->metrics_registered = ana_prom_register(collect, j) == 0;
   if (j->st.phase == PHASE_DONE)
     return j;
+  if (j->st.tainted_dicts > 0)
+    ana_local_db_retire_dicts(o->db, j->st.tainted_dicts);
   if (!o->events->rewrite) {
     ANA_WARN("crypto",
              "re-encryption: the %s event store cannot rewrite stored events: those stored "

@@ -19,8 +19,9 @@ int ana_local_reencryption_get(struct ana_local_conn *c, struct ana_local_reencr
   sqlite3_stmt *st = NULL;
   memset(out, 0, sizeof *out);
   if (sqlite3_prepare_v2(conn,
-                         "SELECT fields, upto_seq, next_seq, phase, rewritten, started_at"
-                         " FROM field_reencryption WHERE id = 1",
+                         "SELECT fields, upto_seq, next_seq, phase, rewritten, started_at,"
+                         " (SELECT tainted FROM field_reencryption_dicts WHERE id = 1) FROM "
+                         "field_reencryption WHERE id = 1",
                          -1, &st, NULL) != SQLITE_OK)
     return ana_sql_fail(conn, WHAT, err);
   int rc = sqlite3_step(st);
@@ -32,6 +33,7 @@ int ana_local_reencryption_get(struct ana_local_conn *c, struct ana_local_reencr
     out->phase = sqlite3_column_int(st, 3);
     out->rewritten = (uint64_t)sqlite3_column_int64(st, 4);
     out->started_at_ms = sqlite3_column_int64(st, 5);
+    out->tainted_dicts = sqlite3_column_int(st, 6);
     rc = 1;
   } else {
     rc = rc == SQLITE_DONE ? 0 : ana_sql_fail(conn, WHAT, err);
@@ -43,20 +45,34 @@ int ana_local_reencryption_get(struct ana_local_conn *c, struct ana_local_reencr
 int ana_local_reencryption_put(struct ana_local_conn *c, const struct ana_local_reencryption *s,
                                struct ana_error *err) {
   sqlite3 *conn = ana_local_conn_sqlite(c);
-  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *st = NULL, *dicts = NULL;
   if (sqlite3_prepare_v2(conn,
                          "INSERT OR REPLACE INTO field_reencryption (id, fields, upto_seq,"
                          " next_seq, phase, rewritten, started_at) VALUES (1, ?, ?, ?, ?, ?, ?)",
-                         -1, &st, NULL) != SQLITE_OK)
-    return ana_sql_fail(conn, WHAT, err);
+                         -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn,
+                         "INSERT OR REPLACE INTO field_reencryption_dicts (id, tainted)"
+                         " VALUES (1, ?)",
+                         -1, &dicts, NULL) != SQLITE_OK) {
+    int rc = ana_sql_fail(conn, WHAT, err);
+    sqlite3_finalize(st);
+    return rc;
+  }
   sqlite3_bind_text(st, 1, s->fields, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, (sqlite3_int64)s->upto_seq);
   sqlite3_bind_int64(st, 3, (sqlite3_int64)s->next_seq);
   sqlite3_bind_int(st, 4, s->phase);
   sqlite3_bind_int64(st, 5, (sqlite3_int64)s->rewritten);
   sqlite3_bind_int64(st, 6, s->started_at_ms);
-  int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ana_sql_fail(conn, WHAT, err);
+  sqlite3_bind_int(dicts, 1, s->tainted_dicts);
+  int rc = ana_local_conn_begin(c, err);
+  if (rc == 0 && (sqlite3_step(st) != SQLITE_DONE || sqlite3_step(dicts) != SQLITE_DONE))
+    rc = ana_sql_fail(conn, WHAT, err);
   sqlite3_finalize(st);
+  sqlite3_finalize(dicts);
+  if (rc == 0)
+    return ana_local_conn_commit(c, err);
+  ana_local_conn_rollback(c);
   return rc;
 }
 
@@ -141,6 +157,95 @@ int ana_local_reencryption_advance(struct ana_local_conn *c, uint64_t next_seq, 
   if (rc == 0)
     return ana_local_conn_commit(c, err);
   ana_local_conn_rollback(c);
+  return rc;
+}
+
+int ana_local_reencryption_last_dict(struct ana_local_conn *c, int *out, struct ana_error *err) {
+  sqlite3 *conn = ana_local_conn_sqlite(c);
+  sqlite3_stmt *st = NULL;
+  *out = 0;
+  if (sqlite3_prepare_v2(conn, "SELECT coalesce(max(id), 0) FROM event_dicts", -1, &st, NULL) !=
+      SQLITE_OK)
+    return ana_sql_fail(conn, WHAT, err);
+  int rc = 0;
+  if (sqlite3_step(st) == SQLITE_ROW)
+    *out = sqlite3_column_int(st, 0);
+  else
+    rc = ana_sql_fail(conn, WHAT, err);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+void ana_local_db_retire_dicts(struct ana_local_db *db, int upto_id) {
+  ana_event_codec_retire(ana_local_db_event_codec(db), upto_id);
+}
+
+/* A body's first byte names its dictionary (0: none, event_body.c). */
+int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_t *after_seq,
+                                  int max, uint64_t *rewritten, struct ana_error *err) {
+  sqlite3 *conn = ana_local_conn_sqlite(c);
+  sqlite3_stmt *read = NULL, *update = NULL;
+  uint8_t upto = (uint8_t)(upto_id > 255 ? 255 : upto_id);
+  *rewritten = 0;
+  if (sqlite3_exec(conn, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn,
+                         "SELECT count(*), max(seq) FROM"
+                         " (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+                         -1, &read, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn,
+                         "UPDATE events SET body = ana_event_body(ana_event_text(body),"
+                         " ana_event_payload(body)) WHERE seq IN"
+                         " (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+                         " AND substr(body, 1, 1) BETWEEN x'01' AND ?3",
+                         -1, &update, NULL) != SQLITE_OK) {
+    int rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
+    sqlite3_finalize(read);
+    return rc;
+  }
+  int rc = ana_local_conn_begin(c, err);
+  int n = 0;
+  sqlite3_int64 last = 0;
+  if (rc == 0) {
+    sqlite3_bind_int64(read, 1, (sqlite3_int64)*after_seq);
+    sqlite3_bind_int(read, 2, max);
+    if (sqlite3_step(read) == SQLITE_ROW) {
+      n = sqlite3_column_int(read, 0);
+      last = sqlite3_column_int64(read, 1);
+    } else {
+      rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
+    }
+  }
+  if (rc == 0 && n > 0) {
+    sqlite3_bind_int64(update, 1, (sqlite3_int64)*after_seq);
+    sqlite3_bind_int(update, 2, max);
+    sqlite3_bind_blob(update, 3, &upto, 1, SQLITE_TRANSIENT);
+    if (sqlite3_step(update) != SQLITE_DONE)
+      rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
+    else
+      *rewritten = (uint64_t)sqlite3_changes(conn);
+  }
+  sqlite3_finalize(read);
+  sqlite3_finalize(update);
+  if (rc == 0 && (rc = ana_local_conn_commit(c, err)) == 0) {
+    if (n > 0)
+      *after_seq = (uint64_t)last;
+    return n;
+  }
+  if (rc < 0)
+    ana_local_conn_rollback(c);
+  return rc;
+}
+
+int ana_local_reencryption_drop_dicts(struct ana_local_conn *c, int upto_id,
+                                      struct ana_error *err) {
+  sqlite3 *conn = ana_local_conn_sqlite(c);
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_exec(conn, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn, "DELETE FROM event_dicts WHERE id <= ?", -1, &st, NULL) != SQLITE_OK)
+    return ana_sql_fail(conn, WHAT ": dictionaries", err);
+  sqlite3_bind_int(st, 1, upto_id);
+  int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ana_sql_fail(conn, WHAT ": dictionaries", err);
+  sqlite3_finalize(st);
   return rc;
 }
 
