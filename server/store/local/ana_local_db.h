@@ -364,6 +364,18 @@ int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_
                                   int max, uint64_t *rewritten, struct ana_error *err);
 /* Deletes the dictionaries of id up to upto_id (secure_delete on). */
 int ana_local_reencryption_drop_dicts(struct ana_local_conn *c, int upto_id, struct ana_error *err);
+/* One alert history entry for ana_local_reencryption_alert_history: fn
+ * sets *group_json and *message to new texts (heap, ana_malloc; the caller
+ * frees them) or leaves them NULL (unchanged). */
+typedef int (*ana_local_alert_blind_fn)(void *ctx, const char *account_id, const char *group_json,
+                                        const char *message, char **new_group_json,
+                                        char **new_message, struct ana_error *err);
+/* Passes every alert_history entry to fn, in pages of max, and stores what
+ * it changes (secure_delete on), a transaction per page. Returns how many
+ * entries changed, or a negative error. */
+int ana_local_reencryption_alert_history(struct ana_local_conn *c, int max,
+                                         ana_local_alert_blind_fn fn, void *ctx,
+                                         struct ana_error *err);
 int ana_local_db_scrub(struct ana_local_conn *c, int timeout_ms, struct ana_error *err);
 
 /* --- the notification outbox and delivery log (outbox.c) --- */

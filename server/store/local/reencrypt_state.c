@@ -249,6 +249,140 @@ int ana_local_reencryption_drop_dicts(struct ana_local_conn *c, int upto_id,
   return rc;
 }
 
+struct alert_entry {
+  int64_t id;
+  char *account, *group_json, *message;
+  char *new_group_json, *new_message;
+};
+
+static char *dup_column(sqlite3_stmt *st, int col) {
+  const char *t = (const char *)sqlite3_column_text(st, col);
+  size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
+  char *d = ana_malloc(n + 1);
+  if (d) {
+    if (n)
+      memcpy(d, t, n);
+    d[n] = '\0';
+  }
+  return d;
+}
+
+static void free_entries(struct alert_entry *e, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    ana_free(e[i].account);
+    ana_free(e[i].group_json);
+    ana_free(e[i].message);
+    ana_free(e[i].new_group_json);
+    ana_free(e[i].new_message);
+  }
+  ana_free(e);
+}
+
+/* Reads one page of entries after *after; returns how many. */
+static int read_entries(sqlite3 *conn, int64_t after, int max, struct alert_entry **out,
+                        struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  *out = NULL;
+  if (sqlite3_prepare_v2(conn,
+                         "SELECT entry_id, account_id, group_json, message FROM alert_history"
+                         " WHERE entry_id > ? ORDER BY entry_id LIMIT ?",
+                         -1, &st, NULL) != SQLITE_OK)
+    return ana_sql_fail(conn, WHAT ": alert history", err);
+  struct alert_entry *e = ana_calloc((size_t)max, sizeof *e);
+  int n = 0, rc = 0, step;
+  if (!e) {
+    sqlite3_finalize(st);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  sqlite3_bind_int64(st, 1, after);
+  sqlite3_bind_int(st, 2, max);
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct alert_entry *x = &e[n++];
+    x->id = sqlite3_column_int64(st, 0);
+    x->account = dup_column(st, 1);
+    x->group_json = dup_column(st, 2);
+    x->message = dup_column(st, 3);
+    if (!x->account || !x->group_json || !x->message) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+  }
+  if (rc == 0 && step != SQLITE_DONE)
+    rc = ana_sql_fail(conn, WHAT ": alert history", err);
+  sqlite3_finalize(st);
+  if (rc < 0) {
+    free_entries(e, (size_t)n);
+    return rc;
+  }
+  *out = e;
+  return n;
+}
+
+static int write_entries(struct ana_local_conn *c, struct alert_entry *e, int n,
+                         struct ana_error *err) {
+  sqlite3 *conn = ana_local_conn_sqlite(c);
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_exec(conn, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn,
+                         "UPDATE alert_history SET group_json = coalesce(?2, group_json),"
+                         " message = coalesce(?3, message) WHERE entry_id = ?1",
+                         -1, &st, NULL) != SQLITE_OK)
+    return ana_sql_fail(conn, WHAT ": alert history", err);
+  int rc = ana_local_conn_begin(c, err), changed = 0;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    if (!e[i].new_group_json && !e[i].new_message)
+      continue;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, e[i].id);
+    if (e[i].new_group_json)
+      sqlite3_bind_text(st, 2, e[i].new_group_json, -1, SQLITE_STATIC);
+    else
+      sqlite3_bind_null(st, 2);
+    if (e[i].new_message)
+      sqlite3_bind_text(st, 3, e[i].new_message, -1, SQLITE_STATIC);
+    else
+      sqlite3_bind_null(st, 3);
+    if (sqlite3_step(st) != SQLITE_DONE)
+      rc = ana_sql_fail(conn, WHAT ": alert history", err);
+    else
+      changed++;
+  }
+  sqlite3_finalize(st);
+  if (rc == 0 && (rc = ana_local_conn_commit(c, err)) == 0)
+    return changed;
+  ana_local_conn_rollback(c);
+  return rc;
+}
+
+int ana_local_reencryption_alert_history(struct ana_local_conn *c, int max,
+                                         ana_local_alert_blind_fn fn, void *ctx,
+                                         struct ana_error *err) {
+  sqlite3 *conn = ana_local_conn_sqlite(c);
+  int64_t after = 0;
+  int total = 0;
+  if (max <= 0)
+    max = 500;
+  for (;;) {
+    struct alert_entry *e = NULL;
+    int n = read_entries(conn, after, max, &e, err);
+    if (n <= 0)
+      return n < 0 ? n : total;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < n; i++)
+      rc = fn(ctx, e[i].account, e[i].group_json, e[i].message, &e[i].new_group_json,
+              &e[i].new_message, err);
+    if (rc == 0)
+      rc = write_entries(c, e, n, err);
+    after = e[n - 1].id;
+    free_entries(e, (size_t)n);
+    if (rc < 0)
+      return rc;
+    total += rc;
+    if (n < max)
+      return total;
+  }
+}
+
 /* Gives every free page back to the file system (a database made before
  * schema 13 has none to give: auto_vacuum is off there), then copies the
  * WAL into the database and truncates it (a TRUNCATE checkpoint, retried

@@ -1,4 +1,4 @@
-"""Re-encryption and the event bodies' compression dictionary.
+"""Re-encryption, the event bodies' compression dictionary and alert history.
 
 More than 1,024 events carrying e-mails are stored while no field is
 encrypted: the store trains its zstd dictionary on them (table event_dicts),
@@ -8,8 +8,14 @@ every body compressed with that dictionary uncompressed (those of events
 without an e-mail too) and deletes it; it is killed (SIGKILL) while it does
 so and finishes at the next start. Then every event reads as before and no
 byte of any file under DATA_DIR holds an e-mail's distinctive word.
+
+An alert over a metric grouped by the e-mail fires while the e-mail is
+stored in clear: its history entries hold the e-mail in their group and in
+their message ("{{email}} ..."). After the job both hold the e-mail's blind
+index, the rebuilt metric's group key.
 """
 
+import json
 import os
 import sqlite3
 import time
@@ -34,14 +40,15 @@ class ReencryptDictTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.ns = harness.stubs.load()
-        cls.server = harness.Server(env={"JWT_HS256_SECRET": SECRET})
         cls.admin = hs256(claims(ACCOUNT, ["admin"]))
         cls.viewer = hs256(claims(ACCOUNT, ["viewer"]))
         cls.ev_pb, cls.ev_grpc = cls.ns.analytics["events"]
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
+    def setUp(self):
+        self.server = harness.Server(env={"JWT_HS256_SECRET": SECRET})  # a store of its own
+
+    def tearDown(self):
+        self.server.cleanup()
 
     def md(self, token):
         return [("authorization", "Bearer " + token)]
@@ -67,15 +74,25 @@ class ReencryptDictTest(unittest.TestCase):
         self.server.env.update({k: str(v) for k, v in env.items()})
         self.server.start()
 
-    def health(self):
+    def rest(self, verb, path, body=None):
         import http.client
-        import json
+        from authkit import bearer
         conn = http.client.HTTPConnection("127.0.0.1", self.server.rest_port, timeout=TIMEOUT_S)
+        h = {"Connection": "close"}
+        h.update(bearer(self.admin))
+        if body is not None:
+            h["Content-Type"] = "application/json"
         try:
-            conn.request("GET", "/health")
-            return json.loads(conn.getresponse().read().decode())
+            conn.request(verb, path, body=json.dumps(body) if body is not None else None,
+                         headers=h)
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            return resp.status, json.loads(text) if text and text[0] in "{[" else text
         finally:
             conn.close()
+
+    def health(self):
+        return self.rest("GET", "/health")[1]
 
     def wait_health(self, pred, timeout=TIMEOUT_S):
         deadline = time.monotonic() + timeout
@@ -108,7 +125,7 @@ class ReencryptDictTest(unittest.TestCase):
                 break
             self.assertLess(time.monotonic(), deadline, "no dictionary was trained")
             time.sleep(0.05)
-        self.assertIn(WORD.encode(), dicts[0][1])  # it holds the e-mails
+        self.assertTrue(WORD.encode() in dicts[0][1], "the dictionary holds no e-mail")
         self.track([self.ev_pb.Event(event_name=name + "_plain", event_type="track")])
         with self.db() as db:
             plain = db.execute("SELECT count(*) FROM events WHERE event_name = ?",
@@ -152,6 +169,48 @@ class ReencryptDictTest(unittest.TestCase):
                 (bytes([dicts[-1][0]]),)).fetchone()[0], 0)
         self.assertTrue(any("resuming at event" in line for line in log))
         self.assertTrue(any("those dictionaries deleted" in line for line in log))
+
+    def test_alert_history_written_in_clear_holds_blind_indexes_after_the_job(self):
+        self.server.start()
+        name = "login_" + uuid.uuid4().hex[:8]
+        status, metric = self.rest("POST", "/api/metrics", {
+            "name": name, "type": "counter", "formula": "count(%s)" % name,
+            "aggregation": "sum", "dimensions": ["email"]})
+        self.assertEqual(status, 200, metric)
+        status, alert = self.rest("POST", "/api/alerts", {
+            "name": "logins " + name, "metric": name, "threshold": 1,
+            "condition": {"type": "threshold", "op": ">=", "window": "60s", "for": "0s"},
+            "message": "{{email}} logged in {{value}} times"})
+        self.assertEqual(status, 200, alert)
+        events = []
+        for email in EMAILS[:2]:
+            ev = self.ev_pb.Event(event_name=name, event_type="track")
+            ev.properties.update({"email": email})
+            events.append(ev)
+        self.track(events)
+        path = "/api/alerts/%s/history?state=firing" % alert["alertId"]
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(self.rest("GET", path)[1].get("entries", [])) < 2:
+            self.assertLess(time.monotonic(), deadline, "the alert never fired")
+            time.sleep(0.05)
+        with self.db() as db:
+            rows = db.execute("SELECT group_json, message FROM alert_history").fetchall()
+        self.assertTrue(any(WORD in g and WORD in m for g, m in rows), rows)
+        self.assertEqual(self.server.stop(), 0)
+
+        self.restart({"ENCRYPTED_FIELDS": "properties.email", "REENCRYPT_PAUSE": "0"})
+        self.wait_health(lambda h: h["fieldReencryption"] == "done")
+        entries = self.rest("GET", path)[1]["entries"]
+        self.assertEqual(self.server.stop(), 0)
+        with self.db() as db:
+            rows = db.execute("SELECT group_json, message FROM alert_history").fetchall()
+        for group, message in rows:
+            self.assertNotIn(WORD, group + message)
+        groups = sorted(json.loads(g)["email"] for g, _ in rows)
+        self.assertEqual(len(groups), 2, rows)
+        self.assertTrue(all(g.startswith("ana:bi:") for g in groups), groups)
+        self.assertEqual(sorted(m.split()[0] for _, m in rows), groups)
+        self.assertEqual(len(entries), 2)
 
 
 if __name__ == "__main__":
