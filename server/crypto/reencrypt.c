@@ -18,7 +18,8 @@
  * notes dropped and the position moved in one transaction. A batch repeated
  * after a crash finds the rewritten events sealed and indexes the noted ones
  * again. Then the rollups that group or filter by a field are rebuilt, the
- * free-text index compacted, the event bodies compressed with a dictionary
+ * free-text index compacted, the fields' values in alert history entries
+ * made blind indexes, the event bodies compressed with a dictionary
  * trained before the job began (retired from the writer at its start) stored
  * uncompressed and those dictionaries deleted, and the database's free pages
  * and WAL emptied. */
