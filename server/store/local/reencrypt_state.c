@@ -365,8 +365,10 @@ int ana_local_reencryption_alert_history(struct ana_local_conn *c, int max,
   for (;;) {
     struct alert_entry *e = NULL;
     int n = read_entries(conn, after, max, &e, err);
-    if (n <= 0)
+    if (n <= 0) {
+      free_entries(e, 0);
       return n < 0 ? n : total;
+    }
     int rc = 0;
     for (int i = 0; rc == 0 && i < n; i++)
       rc = fn(ctx, e[i].account, e[i].group_json, e[i].message, &e[i].new_group_json,
