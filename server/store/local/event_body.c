@@ -240,6 +240,11 @@ static void start_training(struct ana_event_codec *c) {
   c->sizes = NULL;
   c->samples_len = c->samples_cap = 0;
   c->n_samples = 0;
+  /* A training after a retired dictionary's is not the first. */
+  pthread_mutex_lock(&c->mu);
+  c->finished = false;
+  atomic_store(&c->trainer_done, false);
+  pthread_mutex_unlock(&c->mu);
   if (pthread_create(&c->trainer, NULL, train, c) != 0) {
     ANA_WARN("store", "event bodies stay uncompressed: cannot start the training thread");
     ana_free(c->job_samples);
