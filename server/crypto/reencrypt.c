@@ -18,7 +18,11 @@
  * notes dropped and the position moved in one transaction. A batch repeated
  * after a crash finds the rewritten events sealed and indexes the noted ones
  * again. Then the rollups that group or filter by a field are rebuilt, the
- * free-text index compacted and the database's free pages and WAL emptied. */
+ * free-text index compacted, the fields' values in alert history entries
+ * made blind indexes, the event bodies compressed with a dictionary
+ * trained before the job began (retired from the writer at its start) stored
+ * uncompressed and those dictionaries deleted, and the database's free pages
+ * and WAL emptied. */
 #include "ana_reencrypt.h"
 
 #include "ana_alloc.h"
@@ -30,6 +34,7 @@
 #include "ana_prom.h"
 #include "ana_proto_walk.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -245,10 +250,122 @@ static int rewrite_phase(struct ana_reencrypt *j, struct ana_error *err) {
   }
 }
 
+/* Stores uncompressed every body compressed with a dictionary trained
+ * before the job began (it may hold fragments of the clear values), then
+ * deletes those dictionaries. Repeated from the first event after a stop
+ * (it only reads the bodies done already). Returns 1 when done, 0 when
+ * stopping, or an error. */
+static int undict(struct ana_reencrypt *j, struct ana_error *err) {
+  uint64_t after = 0, total = 0;
+  for (;;) {
+    uint64_t n = 0;
+    int rc = ana_local_reencryption_undict(j->conn, j->st.tainted_dicts, &after, j->o.batch_events,
+                                           &n, err);
+    if (rc < 0)
+      return rc;
+    total += n;
+    if (rc == 0)
+      break;
+    if (pause_or_stop(j, j->o.pause_ms))
+      return 0;
+  }
+  int rc = ana_local_reencryption_drop_dicts(j->conn, j->st.tainted_dicts, err);
+  if (rc < 0)
+    return rc;
+  ANA_INFO("crypto",
+           "re-encryption: %llu event bodies compressed with dictionaries trained before "
+           "(ids up to %d) stored uncompressed, those dictionaries deleted",
+           (unsigned long long)total, j->st.tainted_dicts);
+  return 1;
+}
+
+/* s with every occurrence of from replaced by to (heap); NULL when out of
+ * memory. */
+static char *replace_all(const char *s, const char *from, const char *to) {
+  size_t fl = strlen(from), tl = strlen(to), n = 0;
+  for (const char *p = strstr(s, from); p; p = strstr(p + fl, from))
+    n++;
+  char *out = ana_malloc(strlen(s) + n * (tl > fl ? tl - fl : 0) + 1);
+  if (!out)
+    return NULL;
+  char *w = out;
+  for (const char *p = s, *q; (q = strstr(p, from)); p = q + fl) {
+    memcpy(w, p, (size_t)(q - p));
+    w += q - p;
+    memcpy(w, to, tl);
+    w += tl;
+    s = q + fl;
+  }
+  strcpy(w, s);
+  return out;
+}
+
+/* An alert history entry written while a dimension that is one of the
+ * fields held clear values: each such value becomes its blind index (as the
+ * rebuilt rollups' group keys are) in the group and in the message. */
+static int blind_alert_entry(void *ctx, const char *account_id, const char *group_json,
+                             const char *message, char **new_group_json, char **new_message,
+                             struct ana_error *err) {
+  struct ana_reencrypt *j = ctx;
+  json_t *g = json_loads(group_json, 0, NULL);
+  if (!json_is_object(g)) {
+    json_decref(g);
+    return 0;
+  }
+  const char *key;
+  json_t *v;
+  char *msg = NULL;
+  int rc = 0;
+  bool changed = false;
+  json_object_foreach(g, key, v) {
+    const char *name = ana_crypto_fields_property(j->o.fields, key);
+    const char *text = json_string_value(v);
+    if (!name || !text || !*text ||
+        strncmp(text, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1) == 0)
+      continue;
+    char blind[ANA_CRYPTO_BLIND_CHARS + 1];
+    if (ana_crypto_blind_index(j->o.crypto, account_id, name, text, strlen(text), blind) < 0) {
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "alert history: no blind index for %s", name);
+      break;
+    }
+    char *m = replace_all(msg ? msg : message, text, blind);
+    if (!m || json_object_set_new(g, key, json_string(blind)) < 0) {
+      ana_free(m);
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    ana_free(msg);
+    msg = m;
+    changed = true;
+  }
+  if (rc == 0 && changed) {
+    char *gj = json_dumps(g, JSON_COMPACT | JSON_SORT_KEYS);
+    size_t n = gj ? strlen(gj) + 1 : 0;
+    if (gj && (*new_group_json = ana_malloc(n)))
+      memcpy(*new_group_json, gj, n);
+    free(gj);
+    if (!*new_group_json)
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    else if (strcmp(msg, message) != 0) {
+      *new_message = msg;
+      msg = NULL;
+    }
+  }
+  ana_free(msg);
+  json_decref(g);
+  return rc;
+}
+
 static int finish_phase(struct ana_reencrypt *j, struct ana_error *err) {
-  if (j->st.rewritten == 0)
-    return 1; /* every event was sealed already: nothing to rebuild or compact */
-  if (j->o.rebuild_rollups) {
+  int blinded =
+      ana_local_reencryption_alert_history(j->conn, j->o.batch_events, blind_alert_entry, j, err);
+  if (blinded < 0)
+    return blinded;
+  if (blinded > 0)
+    ANA_INFO("crypto",
+             "re-encryption: %d alert history entries' values of the fields made blind indexes",
+             blinded);
+  if (j->st.rewritten > 0 && j->o.rebuild_rollups) {
     int n = j->o.rebuild_rollups(j->o.rollups_ctx, j->o.fields, err);
     if (n < 0)
       return n;
@@ -258,11 +375,18 @@ static int finish_phase(struct ana_reencrypt *j, struct ana_error *err) {
       if (pause_or_stop(j, 0))
         return 0;
   }
-  if (j->o.search && j->o.search->compact) {
+  if (j->st.rewritten > 0 && j->o.search && j->o.search->compact) {
     int rc = j->o.search->compact(j->o.search_index, err);
     if (rc < 0)
       return rc;
   }
+  if (j->st.tainted_dicts > 0) {
+    int rc = undict(j, err);
+    if (rc <= 0)
+      return rc;
+  }
+  if (j->st.rewritten == 0 && j->st.tainted_dicts == 0 && blinded == 0)
+    return 1; /* every event was sealed already: nothing to rebuild or compact */
   int rc = ana_local_db_scrub(j->conn, SCRUB_TIMEOUT_MS, err);
   return rc < 0 ? rc : 1;
 }
@@ -354,6 +478,9 @@ static int decide(struct ana_reencrypt *j, struct ana_error *err) {
   st->upto_seq = last;
   st->next_seq = 1;
   st->phase = PHASE_REWRITE;
+  /* The dictionaries trained so far may hold fragments of clear values. */
+  if ((rc = ana_local_reencryption_last_dict(j->conn, &st->tainted_dicts, err)) < 0)
+    return rc;
   st->started_at_ms = ana_clock_wall_ms();
   ANA_WARN("crypto",
            "ENCRYPTED_FIELDS (%s) covers fields that events stored so far may hold in clear: "
@@ -389,6 +516,8 @@ struct ana_reencrypt *ana_reencrypt_start(const struct ana_reencrypt_options *o,
   j->metrics_registered = ana_prom_register(collect, j) == 0;
   if (j->st.phase == PHASE_DONE)
     return j;
+  if (j->st.tainted_dicts > 0)
+    ana_local_db_retire_dicts(o->db, j->st.tainted_dicts);
   if (!o->events->rewrite) {
     ANA_WARN("crypto",
              "re-encryption: the %s event store cannot rewrite stored events: those stored "

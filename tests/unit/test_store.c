@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 17
+#define SCHEMA_VERSION 18
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -907,6 +907,60 @@ static bool commit_bodies(struct ana_event_record *r, char (*ids)[16], char (*te
   return wait_done_for(before + 1, 10000);
 }
 
+/* A dictionary retired (the re-encryption job's, for one trained while a
+ * field was stored in clear) compresses no body from the next commit on:
+ * bodies are stored raw until a new dictionary is trained on the events
+ * committed since. Then the job's pass stores the bodies compressed with the
+ * retired one raw, and it is deleted: every body reads back as written. */
+static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **state) {
+  (void)state;
+  enum { N = 4000 };
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[16] = calloc(N, sizeof *ids);
+  char(*texts)[64] = calloc(N, sizeof *texts);
+  assert_non_null(r);
+  assert_non_null(ids);
+  assert_non_null(texts);
+  struct ana_event_codec *codec = ana_local_db_event_codec(db);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_true(commit_bodies(r, ids, texts, 0, 1500));
+  assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
+  assert_true(commit_bodies(r, ids, texts, 1500, 1600));
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
+  assert_true(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'") > 0);
+
+  ana_local_db_retire_dicts(db, 1);
+  assert_true(commit_bodies(r, ids, texts, 1600, 2700)); /* raw, and sampled */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"
+                                "  AND CAST(substr(event_id, 3) AS INTEGER) >= 1600"),
+                   0);
+  assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
+  assert_true(commit_bodies(r, ids, texts, 2700, N));
+  assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
+  assert_int_equal(query_int(w, "SELECT max(id) FROM event_dicts"), 2);
+  assert_true(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'02'") > 0);
+
+  struct ana_error err;
+  struct ana_local_conn *conn = ana_local_conn_open(db, &err);
+  assert_non_null(conn);
+  uint64_t after = 0, n = 0, total = 0;
+  int rc;
+  while ((rc = ana_local_reencryption_undict(conn, 1, &after, 700, &n, &err)) > 0)
+    total += n;
+  assert_int_equal(rc, 0);
+  assert_true(total > 0);
+  assert_int_equal(ana_local_reencryption_drop_dicts(conn, 1, &err), 0);
+  ana_local_conn_close(conn);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts WHERE id = 1"), 0);
+  struct body_check c = {0};
+  assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
+  assert_int_equal(c.bad, 0);
+  free(r);
+  free(ids);
+  free(texts);
+}
+
 /* Once the store has seen enough events it trains a zstd dictionary on
  * them, on a thread of its own: the commit that took the last sample and
  * the next ones do not wait for it (here the training is held back until
@@ -1521,6 +1575,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(dictionary_training_does_not_hold_commits, setup, teardown),
+      cmocka_unit_test_setup_teardown(retired_dictionary_is_replaced_and_its_bodies_stored_raw,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,

@@ -331,6 +331,7 @@ struct ana_local_reencryption {
   int phase;          /* 0: rewriting events; 1: rebuilding rollups and compacting; 2: done */
   uint64_t rewritten; /* events rewritten so far */
   int64_t started_at_ms;
+  int tainted_dicts; /* event_dicts ids up to it were trained before the job began */
 };
 /* 1 with *out filled, 0 when there is no state yet, or a negative error. */
 int ana_local_reencryption_get(struct ana_local_conn *c, struct ana_local_reencryption *out,
@@ -350,6 +351,31 @@ int ana_local_reencryption_advance(struct ana_local_conn *c, uint64_t next_seq, 
 /* Gives every free page back to the file system and empties the WAL (a
  * TRUNCATE checkpoint, retried for timeout_ms while readers are in the way),
  * so that no page the database no longer uses is left in its files. */
+/* The highest id in event_dicts (0 when none). */
+int ana_local_reencryption_last_dict(struct ana_local_conn *c, int *out, struct ana_error *err);
+/* From now on the event writer compresses with no dictionary of id up to
+ * upto_id (until it trained a new one, bodies are stored uncompressed). */
+void ana_local_db_retire_dicts(struct ana_local_db *db, int upto_id);
+/* Of the (at most max) events after *after_seq, stores uncompressed each
+ * body compressed with a dictionary of id up to upto_id (secure_delete on),
+ * in one transaction, and moves *after_seq to the last one read. Returns how
+ * many it read (0: none left), *rewritten how many it rewrote. */
+int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_t *after_seq,
+                                  int max, uint64_t *rewritten, struct ana_error *err);
+/* Deletes the dictionaries of id up to upto_id (secure_delete on). */
+int ana_local_reencryption_drop_dicts(struct ana_local_conn *c, int upto_id, struct ana_error *err);
+/* One alert history entry for ana_local_reencryption_alert_history: fn
+ * sets *group_json and *message to new texts (heap, ana_malloc; the caller
+ * frees them) or leaves them NULL (unchanged). */
+typedef int (*ana_local_alert_blind_fn)(void *ctx, const char *account_id, const char *group_json,
+                                        const char *message, char **new_group_json,
+                                        char **new_message, struct ana_error *err);
+/* Passes every alert_history entry to fn, in pages of max, and stores what
+ * it changes (secure_delete on), a transaction per page. Returns how many
+ * entries changed, or a negative error. */
+int ana_local_reencryption_alert_history(struct ana_local_conn *c, int max,
+                                         ana_local_alert_blind_fn fn, void *ctx,
+                                         struct ana_error *err);
 int ana_local_db_scrub(struct ana_local_conn *c, int timeout_ms, struct ana_error *err);
 
 /* --- the notification outbox and delivery log (outbox.c) --- */

@@ -35,6 +35,10 @@
 struct ana_event_codec {
   bool loaded; /* event_dicts was read */
   bool gave_up;
+  /* Dictionaries of ids up to it are not to be used (the re-encryption job
+   * retires those trained while a field was stored in clear); set from
+   * another thread. */
+  atomic_int retired_upto;
   int dict_id; /* 0: none yet */
   void *dict;
   size_t dict_len;
@@ -236,6 +240,11 @@ static void start_training(struct ana_event_codec *c) {
   c->sizes = NULL;
   c->samples_len = c->samples_cap = 0;
   c->n_samples = 0;
+  /* A training after a retired dictionary's is not the first. */
+  pthread_mutex_lock(&c->mu);
+  c->finished = false;
+  atomic_store(&c->trainer_done, false);
+  pthread_mutex_unlock(&c->mu);
   if (pthread_create(&c->trainer, NULL, train, c) != 0) {
     ANA_WARN("store", "event bodies stay uncompressed: cannot start the training thread");
     ana_free(c->job_samples);
@@ -260,6 +269,30 @@ static void adopt(struct ana_event_codec *c) {
   if (dict && use_dict(c, c->dict_id + 1, dict, len))
     ANA_INFO("store", "event bodies: compressed with dictionary %d from now on", c->dict_id);
   ana_free(dict);
+}
+
+void ana_event_codec_retire(struct ana_event_codec *c, int upto_id) {
+  atomic_store(&c->retired_upto, upto_id);
+}
+
+/* Stops compressing with a retired dictionary: bodies are stored raw until
+ * one is trained on the bodies stored from now on (sealed ones). */
+static void drop_retired(struct ana_event_codec *c) {
+  ANA_INFO("store",
+           "event bodies: dictionary %d retired (trained before a field was encrypted); "
+           "uncompressed until one is trained on the events stored from now on",
+           c->dict_id);
+  ZSTD_freeCDict(c->cdict);
+  c->cdict = NULL;
+  ana_free(c->dict);
+  c->dict = NULL;
+  c->dict_len = 0;
+  pthread_mutex_lock(&c->mu);
+  c->in_use = false;
+  bool training = c->trainer_started;
+  pthread_mutex_unlock(&c->mu);
+  if (!training && c->dict_id < BODY_MAX_DICT)
+    c->gave_up = false;
 }
 
 void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold) {
@@ -313,6 +346,8 @@ int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *te
   c->raw[0] = BODY_RAW;
   if (!c->loaded)
     load(c, w);
+  if (c->cdict && c->dict_id <= atomic_load(&c->retired_upto))
+    drop_retired(c);
   if (!c->cdict && c->trainer_started && atomic_load(&c->trainer_done))
     adopt(c);
   if (!c->cdict && !c->gave_up)

@@ -435,6 +435,14 @@ static const char *const migrations[] = {
     "SELECT ana_dedupe_build_lists();"
     "DROP TABLE dedupe_keys;"
     "ALTER TABLE dedupe_keys_by_id RENAME TO dedupe_keys;",
+
+    /* The re-encryption job's event dictionaries (event_dicts ids up to
+     * tainted), trained before it began, which may hold fragments of clear
+     * values: the job stores the bodies compressed with them uncompressed and
+     * deletes them (reencrypt_state.c). */
+    "CREATE TABLE IF NOT EXISTS field_reencryption_dicts ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  tainted INTEGER NOT NULL);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

@@ -51,6 +51,10 @@ int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *te
                            size_t *out_len);
 int ana_event_codec_persist(struct ana_event_codec *c, sqlite3 *w, struct ana_error *err);
 struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db);
+/* Thread-safe: dictionaries of ids up to upto_id are not used any more (from
+ * the next encode on); bodies are stored uncompressed until a dictionary is
+ * trained anew on the bodies stored from then on. */
+void ana_event_codec_retire(struct ana_event_codec *c, int upto_id);
 
 /* The dictionary's training runs on a thread of its own (no commit waits
  * for it); the first encode after it ended takes the dictionary. For tests:
