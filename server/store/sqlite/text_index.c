@@ -366,22 +366,22 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
   return v;
 }
 
-/* Removes the entry of event seq, if it has one: removing one twice (a
- * retention step repeated after a crash) would remove its words twice.
- * Every entry holds the token of its second, which tells whether it is
- * there. */
-static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *err) {
+/* Runs `stmt` (remove or insert, bound to the event's sequence and entry
+ * text) for event seq if its entry is there (`if_present`) or is not, which
+ * the token of its second tells: every entry holds it. Events gone or
+ * without words are left alone. Called with conn_mu held, inside a
+ * transaction; `what` names the change in an error. */
+static int change_entry(struct ana_text_index *ti, int64_t seq, bool if_present, sqlite3_stmt *stmt,
+                        const char *what, struct ana_error *err) {
   sqlite3_reset(ti->select_one);
   sqlite3_bind_int64(ti->select_one, 1, seq);
   int rc = sqlite3_step(ti->select_one);
-  if (rc == SQLITE_DONE)
-    return 0; /* no such event: nothing indexed */
+  if (rc == SQLITE_DONE || (rc == SQLITE_ROW && sqlite3_column_bytes(ti->select_one, 0) == 0)) {
+    sqlite3_reset(ti->select_one);
+    return 0; /* gone, or no words: never indexed */
+  }
   if (rc != SQLITE_ROW)
     goto failed;
-  if (sqlite3_column_bytes(ti->select_one, 0) == 0) {
-    sqlite3_reset(ti->select_one);
-    return 0; /* no words: never indexed */
-  }
   int64_t ts = sqlite3_column_int64(ti->select_one, 2);
   char tok[ANA_TEXT_TOKEN_MAX], match[ANA_TEXT_TOKEN_MAX + 2];
   ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
@@ -392,28 +392,34 @@ static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *
   sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
   rc = sqlite3_step(ti->exists);
   sqlite3_reset(ti->exists);
-  if (rc == SQLITE_DONE) {
-    sqlite3_reset(ti->select_one);
-    return 0; /* not indexed (or removed already) */
-  }
-  if (rc != SQLITE_ROW)
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
     goto failed;
+  if ((rc == SQLITE_ROW) != if_present) {
+    sqlite3_reset(ti->select_one);
+    return 0;
+  }
   if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0),
                   (const char *)sqlite3_column_text(ti->select_one, 1), ts)) {
     sqlite3_reset(ti->select_one);
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
-  sqlite3_reset(ti->remove);
-  sqlite3_bind_int64(ti->remove, 1, seq);
-  sqlite3_bind_text(ti->remove, 2, ti->doc, -1, SQLITE_STATIC);
-  rc = sqlite3_step(ti->remove);
-  sqlite3_reset(ti->remove);
+  sqlite3_reset(stmt);
+  sqlite3_bind_int64(stmt, 1, seq);
+  sqlite3_bind_text(stmt, 2, ti->doc, -1, SQLITE_STATIC);
+  rc = sqlite3_step(stmt);
+  sqlite3_reset(stmt);
   sqlite3_reset(ti->select_one);
   if (rc == SQLITE_DONE)
     return 0;
 failed:
   sqlite3_reset(ti->select_one);
-  return fail(ti->conn, "cannot remove an event", err);
+  return fail(ti->conn, what, err);
+}
+
+/* Removes the entry of event seq, if it has one: removing one twice (a
+ * retention step repeated after a crash) would remove its words twice. */
+static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *err) {
+  return change_entry(ti, seq, true, ti->remove, "cannot remove an event", err);
 }
 
 int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
@@ -435,54 +441,14 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
   return rc;
 }
 
-/* Indexes event seq again from its stored text, unless it has an entry
- * (the token of its second), is past indexed_seq (the thread indexes it) or
- * is gone. Called with conn_mu held, inside a transaction. */
+/* Indexes event seq again from its stored text, unless it has an entry,
+ * is past indexed_seq (the thread indexes it) or is gone. Called with
+ * conn_mu held, inside a transaction. */
 static int reindex_one(struct ana_text_index *ti, int64_t seq, uint64_t indexed,
                        struct ana_error *err) {
   if ((uint64_t)seq > indexed)
     return 0;
-  sqlite3_reset(ti->select_one);
-  sqlite3_bind_int64(ti->select_one, 1, seq);
-  int rc = sqlite3_step(ti->select_one);
-  if (rc == SQLITE_DONE || (rc == SQLITE_ROW && sqlite3_column_bytes(ti->select_one, 0) == 0)) {
-    sqlite3_reset(ti->select_one);
-    return 0; /* gone, or no words */
-  }
-  if (rc != SQLITE_ROW)
-    goto failed;
-  int64_t ts = sqlite3_column_int64(ti->select_one, 2);
-  char tok[ANA_TEXT_TOKEN_MAX], match[ANA_TEXT_TOKEN_MAX + 2];
-  ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
-                              ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
-  snprintf(match, sizeof match, "\"%s\"", tok);
-  sqlite3_reset(ti->exists);
-  sqlite3_bind_int64(ti->exists, 1, seq);
-  sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
-  rc = sqlite3_step(ti->exists);
-  sqlite3_reset(ti->exists);
-  if (rc == SQLITE_ROW) {
-    sqlite3_reset(ti->select_one);
-    return 0; /* indexed already */
-  }
-  if (rc != SQLITE_DONE)
-    goto failed;
-  if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0),
-                  (const char *)sqlite3_column_text(ti->select_one, 1), ts)) {
-    sqlite3_reset(ti->select_one);
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  sqlite3_reset(ti->insert);
-  sqlite3_bind_int64(ti->insert, 1, seq);
-  sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
-  rc = sqlite3_step(ti->insert);
-  sqlite3_reset(ti->insert);
-  sqlite3_reset(ti->select_one);
-  if (rc == SQLITE_DONE)
-    return 0;
-failed:
-  sqlite3_reset(ti->select_one);
-  return fail(ti->conn, "cannot index an event again", err);
+  return change_entry(ti, seq, false, ti->insert, "cannot index an event again", err);
 }
 
 int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_t n,
