@@ -22,6 +22,7 @@
  * 1.5e-15) would make every claim land at a random place of the table, a
  * page written per key per commit once the table outgrows the cache, and
  * is no smaller for event ids of 16 characters or fewer. */
+#include "byte_codec.h"
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
@@ -79,45 +80,6 @@ static const char sql_new_account[] = "INSERT INTO dedupe_accounts (account_id) 
 static const char sql_list[] =
     "INSERT INTO dedupe_expiry (id, keys) VALUES ((SELECT COALESCE(MAX(id) + 1, ?1)"
     " FROM dedupe_expiry WHERE id >= ?1 AND id < ?1 + 4294967296), ?2)";
-
-static bool grow(uint8_t **buf, size_t *cap, size_t need) {
-  if (need <= *cap)
-    return true;
-  size_t n = *cap ? *cap : 256;
-  while (n < need)
-    n *= 2;
-  uint8_t *p = ana_realloc(*buf, n);
-  if (!p)
-    return false;
-  *buf = p;
-  *cap = n;
-  return true;
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v) {
-  size_t n = 0;
-  while (v >= 0x80) {
-    p[n++] = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  p[n++] = (uint8_t)v;
-  return n;
-}
-
-static bool get_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *out) {
-  uint64_t v = 0;
-  for (int shift = 0; shift <= 63; shift += 7) {
-    if (*i >= n)
-      return false;
-    uint8_t b = p[(*i)++];
-    v |= (uint64_t)(b & 0x7f) << shift;
-    if (!(b & 0x80)) {
-      *out = v;
-      return true;
-    }
-  }
-  return false;
-}
 
 struct ana_dedupe_pending *ana_dedupe_pending_new(void) {
   return ana_calloc(1, sizeof(struct ana_dedupe_pending));
@@ -178,7 +140,7 @@ static struct day_list *day_list(struct ana_dedupe_pending *p, int64_t day) {
   struct day_list *l = &p->days[p->n_days++];
   memset(l, 0, sizeof *l);
   l->day = day;
-  if (!grow(&l->buf, &l->cap, 256)) {
+  if (!ana_bytes_grow(&l->buf, &l->cap, 256)) {
     p->n_days--;
     return NULL;
   }
@@ -188,7 +150,8 @@ static struct day_list *day_list(struct ana_dedupe_pending *p, int64_t day) {
 
 static bool list_add(struct day_list *l, int64_t account, const char *event_id) {
   size_t elen = strlen(event_id);
-  if (!grow(&l->buf, &l->cap, l->len + 40 + elen) || !grow(&l->prev, &l->prev_cap, elen + 1))
+  if (!ana_bytes_grow(&l->buf, &l->cap, l->len + 40 + elen) ||
+      !ana_bytes_grow(&l->prev, &l->prev_cap, elen + 1))
     return false;
   size_t shared = 0;
   if (l->n > 0 && account == l->prev_account) {
@@ -196,11 +159,11 @@ static bool list_add(struct day_list *l, int64_t account, const char *event_id) 
       shared++;
     l->buf[l->len++] = 0;
   } else {
-    l->len += put_varint(l->buf + l->len, (uint64_t)account);
+    l->len += ana_varint_put(l->buf + l->len, (uint64_t)account);
     l->prev_account = account;
   }
-  l->len += put_varint(l->buf + l->len, shared);
-  l->len += put_varint(l->buf + l->len, elen - shared);
+  l->len += ana_varint_put(l->buf + l->len, shared);
+  l->len += ana_varint_put(l->buf + l->len, elen - shared);
   memcpy(l->buf + l->len, event_id + shared, elen - shared);
   l->len += elen - shared;
   memcpy(l->prev, event_id, elen);
@@ -215,7 +178,7 @@ static const uint8_t *list_blob(struct ana_dedupe_pending *p, struct day_list *l
   *len = l->len;
   size_t content = l->len - 1;
   size_t bound = ZSTD_compressBound(content);
-  if (content < 64 || !grow(&p->out, &p->out_cap, 1 + bound))
+  if (content < 64 || !ana_bytes_grow(&p->out, &p->out_cap, 1 + bound))
     return l->buf;
   if (!p->cctx && !(p->cctx = ZSTD_createCCtx()))
     return l->buf;
@@ -240,7 +203,7 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
   if (b[0] == LIST_ZSTD) {
     unsigned long long size = ZSTD_getFrameContentSize(c, len);
     if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
-        size > LIST_MAX_CONTENT || !grow(scratch, scratch_cap, (size_t)size + 1))
+        size > LIST_MAX_CONTENT || !ana_bytes_grow(scratch, scratch_cap, (size_t)size + 1))
       return false;
     size_t z = ZSTD_decompress(*scratch, *scratch_cap, c, len);
     if (ZSTD_isError(z) || z != size)
@@ -258,13 +221,14 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
   bool ok = true;
   while (ok && i < len) {
     uint64_t a = 0, shared = 0, rest = 0;
-    ok = get_varint(c, len, &i, &a) && (a > 0 || account > 0) && a <= INT64_MAX;
+    ok = ana_varint_get(c, len, &i, &a) && (a > 0 || account > 0) && a <= INT64_MAX;
     if (ok && a > 0) {
       account = (int64_t)a;
       id_len = 0;
     }
-    ok = ok && get_varint(c, len, &i, &shared) && get_varint(c, len, &i, &rest) &&
-         shared <= id_len && rest <= len - i && grow(&id, &id_cap, (size_t)(shared + rest) + 1);
+    ok = ok && ana_varint_get(c, len, &i, &shared) && ana_varint_get(c, len, &i, &rest) &&
+         shared <= id_len && rest <= len - i &&
+         ana_bytes_grow(&id, &id_cap, (size_t)(shared + rest) + 1);
     if (!ok)
       break;
     memcpy(id + shared, c + i, (size_t)rest);
@@ -514,7 +478,7 @@ static void fn_build_lists(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
     goto out;
   }
-  if (!grow(&l.buf, &l.cap, 256)) {
+  if (!ana_bytes_grow(&l.buf, &l.cap, 256)) {
     sqlite3_result_error_nomem(ctx);
     goto out;
   }

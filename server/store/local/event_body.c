@@ -1,6 +1,7 @@
 /* Event bodies: an event's free text and its serialized payload in one
  * column (events.body), compressed with a zstd dictionary trained on the
  * store's own first events, on a thread of its own. */
+#include "byte_codec.h"
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
@@ -68,43 +69,12 @@ struct ana_event_codec {
   size_t trained_len;
 };
 
-static bool grow(uint8_t **buf, size_t *cap, size_t need) {
-  if (need <= *cap)
-    return true;
-  size_t n = *cap ? *cap : 1024;
-  while (n < need)
-    n *= 2;
-  uint8_t *p = ana_realloc(*buf, n);
-  if (!p)
-    return false;
-  *buf = p;
-  *cap = n;
-  return true;
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v) {
-  size_t n = 0;
-  while (v >= 0x80) {
-    p[n++] = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  p[n++] = (uint8_t)v;
-  return n;
-}
-
 /* The text and payload of a content; false when it is malformed. */
 static bool split(const uint8_t *c, size_t n, const char **text, size_t *text_len,
                   const uint8_t **payload, size_t *payload_len) {
   uint64_t len = 0;
   size_t i = 0;
-  for (int shift = 0;; shift += 7) {
-    if (i >= n || shift > 63)
-      return false;
-    len |= (uint64_t)(c[i] & 0x7f) << shift;
-    if (!(c[i++] & 0x80))
-      break;
-  }
-  if (len > n - i)
+  if (!ana_varint_get(c, n, &i, &len) || len > n - i)
     return false;
   *text = (const char *)c + i;
   *text_len = (size_t)len;
@@ -320,7 +290,7 @@ int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms) {
 static void sample(struct ana_event_codec *c, const uint8_t *raw, size_t n) {
   if (!c->sizes && !(c->sizes = ana_malloc(sizeof *c->sizes * TRAIN_SAMPLES)))
     return;
-  if (!grow(&c->samples, &c->samples_cap, c->samples_len + n))
+  if (!ana_bytes_grow(&c->samples, &c->samples_cap, c->samples_len + n))
     return;
   memcpy(c->samples + c->samples_len, raw, n);
   c->samples_len += n;
@@ -334,9 +304,9 @@ int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *te
                            size_t *out_len) {
   size_t text_len = text ? strlen(text) : 0;
   size_t raw_len = 10 + text_len + payload_len;
-  if (!grow(&c->raw, &c->raw_cap, 1 + raw_len))
+  if (!ana_bytes_grow(&c->raw, &c->raw_cap, 1 + raw_len))
     return ANA_ERR_NOMEM;
-  size_t n = 1 + put_varint(c->raw + 1, text_len);
+  size_t n = 1 + ana_varint_put(c->raw + 1, text_len);
   if (text_len)
     memcpy(c->raw + n, text, text_len);
   n += text_len;
@@ -354,7 +324,7 @@ int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *te
     sample(c, c->raw + 1, n - 1);
   if (c->cdict) {
     size_t bound = ZSTD_compressBound(n - 1);
-    if (!grow(&c->out, &c->out_cap, 1 + bound))
+    if (!ana_bytes_grow(&c->out, &c->out_cap, 1 + bound))
       return ANA_ERR_NOMEM;
     ZSTD_CCtx_refCDict(c->cctx, c->cdict);
     size_t z = ZSTD_compress2(c->cctx, c->out + 1, bound, c->raw + 1, n - 1);
@@ -454,7 +424,7 @@ static const uint8_t *content(sqlite3_context *ctx, sqlite3_value *v, size_t *le
     sqlite3_result_error_nomem(ctx);
     return NULL;
   }
-  if (!grow(&d->buf, &d->cap, (size_t)size + 1)) {
+  if (!ana_bytes_grow(&d->buf, &d->cap, (size_t)size + 1)) {
     sqlite3_result_error_nomem(ctx);
     return NULL;
   }
@@ -515,7 +485,7 @@ static void fn_body(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   }
   size_t n = 0;
   b[n++] = BODY_RAW;
-  n += put_varint(b + n, text_len);
+  n += ana_varint_put(b + n, text_len);
   if (text_len)
     memcpy(b + n, text, text_len);
   n += text_len;
