@@ -161,6 +161,24 @@ def rest_call(port, verb, path, headers=None, body=None, host=None):
         conn.close()
 
 
+def rest_json(port, verb, path, token=None, body=None):
+    """A REST call with an optional bearer token and JSON body: returns
+    (HTTP status, the answer parsed when it is JSON, else its text or None)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+    h = {"Connection": "close"}
+    if token:
+        h.update(bearer(token))
+    if body is not None:
+        h["Content-Type"] = "application/json"
+    try:
+        conn.request(verb, path, body=json.dumps(body) if body is not None else None, headers=h)
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        return resp.status, json.loads(text) if text[:1] in ("{", "[") else text or None
+    finally:
+        conn.close()
+
+
 async def _ws(uri, subprotocols, headers):
     try:
         async with websockets.connect(uri, open_timeout=TIMEOUT_S, subprotocols=subprotocols,

@@ -26,7 +26,7 @@ import uuid
 import grpc
 import websockets
 
-from authkit import bearer, claims, hs256
+from authkit import bearer, claims, hs256, rest_json
 import harness
 
 ACCOUNT = "acme-pii"
@@ -78,20 +78,7 @@ class FieldEncryptionTest(unittest.TestCase):
         return self.ev_grpc.EventServiceStub(self.server.channel())
 
     def rest(self, verb, path, token, body=None):
-        import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.rest_port, timeout=TIMEOUT_S)
-        h = {"Connection": "close"}
-        h.update(bearer(token))
-        if body is not None:
-            h["Content-Type"] = "application/json"
-        try:
-            conn.request(verb, path, body=json.dumps(body) if body is not None else None,
-                         headers=h)
-            resp = conn.getresponse()
-            text = resp.read().decode()
-            return resp.status, json.loads(text) if text else None
-        finally:
-            conn.close()
+        return rest_json(self.server.rest_port, verb, path, token, body)
 
     def event(self, name, email, ts=None):
         ev = self.ev_pb.Event(event_name=name, event_type="signup")

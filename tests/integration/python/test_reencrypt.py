@@ -15,7 +15,6 @@ in clear) has the blind index as its value and counts the same, and no byte of a
 (databases, WAL, free-text index) holds an e-mail or its distinctive word.
 """
 
-import json
 import os
 import time
 import unittest
@@ -24,7 +23,7 @@ import uuid
 
 import grpc
 
-from authkit import bearer, claims, hs256
+from authkit import claims, hs256, rest_json
 import harness
 
 ACCOUNT = "acme-reenc"
@@ -71,21 +70,7 @@ class ReencryptTest(unittest.TestCase):
         return [("authorization", "Bearer " + token)]
 
     def rest(self, verb, path, token=None, body=None):
-        import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.rest_port, timeout=TIMEOUT_S)
-        h = {"Connection": "close"}
-        if token:
-            h.update(bearer(token))
-        if body is not None:
-            h["Content-Type"] = "application/json"
-        try:
-            conn.request(verb, path, body=json.dumps(body) if body is not None else None,
-                         headers=h)
-            resp = conn.getresponse()
-            text = resp.read().decode()
-            return resp.status, json.loads(text) if text and text[0] in "{[" else text
-        finally:
-            conn.close()
+        return rest_json(self.server.rest_port, verb, path, token, body)
 
     def health(self):
         status, body = self.rest("GET", "/health")

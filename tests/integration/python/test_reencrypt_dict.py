@@ -22,7 +22,7 @@ import time
 import unittest
 import uuid
 
-from authkit import claims, hs256
+from authkit import claims, hs256, rest_json
 import harness
 
 ACCOUNT = "acme-reenc-dict"
@@ -75,21 +75,7 @@ class ReencryptDictTest(unittest.TestCase):
         self.server.start()
 
     def rest(self, verb, path, body=None):
-        import http.client
-        from authkit import bearer
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.rest_port, timeout=TIMEOUT_S)
-        h = {"Connection": "close"}
-        h.update(bearer(self.admin))
-        if body is not None:
-            h["Content-Type"] = "application/json"
-        try:
-            conn.request(verb, path, body=json.dumps(body) if body is not None else None,
-                         headers=h)
-            resp = conn.getresponse()
-            text = resp.read().decode()
-            return resp.status, json.loads(text) if text and text[0] in "{[" else text
-        finally:
-            conn.close()
+        return rest_json(self.server.rest_port, verb, path, self.admin, body)
 
     def health(self):
         return self.rest("GET", "/health")[1]
