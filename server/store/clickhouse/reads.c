@@ -698,32 +698,30 @@ static void sql_clean_string(struct sql *s, const char *prop) {
   fputs(", '\"')", s->f);
 }
 
-/* Whether a property's text is its JSON number verbatim, at most 15 digits (both read it as the
- * same double). */
-static void sql_clean_number(struct sql *s, const char *prop) {
+/* Whether a property's text is its JSON value verbatim, at most 15 characters, and matches
+ * `pattern` (a ClickHouse regular expression in SQL quoting). */
+static void sql_verbatim(struct sql *s, const char *prop, const char *pattern) {
   fputs("(length(", s->f);
   sql_field(s, prop);
   fputs(") <= 15 AND match(", s->f);
   sql_field(s, prop);
-  fputs(", '^-?[0-9]+(\\\\.[0-9]+)?$') AND visitParamExtractRaw(properties, ", s->f);
+  fprintf(s->f, ", '%s') AND visitParamExtractRaw(properties, ", pattern);
   sql_str(s, prop);
   fputs(") = ", s->f);
   sql_field(s, prop);
   fputc(')', s->f);
 }
 
+/* Whether a property's text is its JSON number verbatim, at most 15 digits (both read it as the
+ * same double). */
+static void sql_clean_number(struct sql *s, const char *prop) {
+  sql_verbatim(s, prop, "^-?[0-9]+(\\\\.[0-9]+)?$");
+}
+
 /* Whether a property's text is its JSON integer verbatim, at most 15 digits, without a sign on
  * zero or leading zeros: the metric engine's text of the number ("%.15g") is the same. */
 static void sql_clean_integer(struct sql *s, const char *prop) {
-  fputs("(length(", s->f);
-  sql_field(s, prop);
-  fputs(") <= 15 AND match(", s->f);
-  sql_field(s, prop);
-  fputs(", '^(0|-?[1-9][0-9]*)$') AND visitParamExtractRaw(properties, ", s->f);
-  sql_str(s, prop);
-  fputs(") = ", s->f);
-  sql_field(s, prop);
-  fputc(')', s->f);
+  sql_verbatim(s, prop, "^(0|-?[1-9][0-9]*)$");
 }
 
 static bool string_op(const char *op) {
