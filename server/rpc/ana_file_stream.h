@@ -21,7 +21,8 @@
 struct ana_file_source {
   /* The reading state for the open file fd (borrowed until close) and the
    * content's size in *size; NULL with err filled (the call fails with its
-   * code). key is the options' source_key. */
+   * code), or NULL with err clear when the file's bytes are its content
+   * (read as they are). key is the options' source_key. */
   void *(*open)(void *ctx, const char *key, int fd, int64_t *size, struct ana_error *err);
   /* Up to n bytes of content at off: how many, or a negative error. */
   int64_t (*read_at)(void *state, void *buf, size_t n, int64_t off, struct ana_error *err);

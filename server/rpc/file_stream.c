@@ -133,12 +133,13 @@ static void *stream_run(void *arg) {
     struct ana_error err;
     ana_error_clear(&err);
     int64_t size = 0;
-    if (!(state = s->source->open(s->source->ctx, s->source_key ? s->source_key : "", fd, &size,
-                                  &err))) {
-      ana_call_fail(call, err.code ? err.code : ANA_STATUS_INTERNAL, "%s", err.message);
+    state = s->source->open(s->source->ctx, s->source_key ? s->source_key : "", fd, &size, &err);
+    if (!state && err.code) {
+      ana_call_fail(call, err.code, "%s", err.message);
       goto out;
     }
-    st.st_size = (off_t)size; /* the content's, as sent */
+    if (state)
+      st.st_size = (off_t)size; /* the content's, as sent */
   }
   if (s->etag) {
     snprintf(etag, sizeof etag, "%s", s->etag);

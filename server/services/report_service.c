@@ -501,51 +501,27 @@ static void do_download(struct ana_call *call, const ProtobufCMessage *request) 
 
 #define FILE_CONTEXT "report.file"
 
-/* The download's reading of a sealed file (one written before sealing, or
- * without ENCRYPTED_FIELDS, is read as it is). */
-struct sealed_read {
-  struct ana_crypto_file *f;
-  int fd;
-};
-
+/* A download reads a sealed file through these; one written before
+ * sealing, or without ENCRYPTED_FIELDS, is read as it is. */
 static void *sealed_open(void *ctx, const char *account, int fd, int64_t *size,
                          struct ana_error *err) {
-  struct sealed_read *r = ana_calloc(1, sizeof *r);
-  if (!r) {
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
-  r->fd = fd;
-  if (ana_crypto_file_is_sealed(fd)) {
-    if (!(r->f = ana_crypto_file_open(ctx, account, FILE_CONTEXT, fd, err))) {
-      ana_free(r);
-      return NULL;
-    }
-    *size = ana_crypto_file_size(r->f);
-  } else {
-    struct stat st;
-    *size = fstat(fd, &st) == 0 ? (int64_t)st.st_size : 0;
-  }
-  return r;
+  if (!ana_crypto_file_is_sealed(fd))
+    return NULL; /* err stays clear */
+  struct ana_crypto_file *f = ana_crypto_file_open(ctx, account, FILE_CONTEXT, fd, err);
+  if (f)
+    *size = ana_crypto_file_size(f);
+  else if (!err->code) /* never sent as if it were clear */
+    ana_error_set(err, ANA_STATUS_DATA_LOSS, "cannot open the sealed report file");
+  return f;
 }
 
 static int64_t sealed_read_at(void *state, void *buf, size_t n, int64_t off,
                               struct ana_error *err) {
-  struct sealed_read *r = state;
-  if (r->f)
-    return ana_crypto_file_pread(r->f, buf, n, off, err);
-  ssize_t got;
-  while ((got = pread(r->fd, buf, n, off)) < 0 && errno == EINTR)
-    ;
-  if (got < 0)
-    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot read the file: %s", strerror(errno));
-  return got;
+  return ana_crypto_file_pread(state, buf, n, off, err);
 }
 
 static void sealed_close(void *state) {
-  struct sealed_read *r = state;
-  ana_crypto_file_close(r->f);
-  ana_free(r);
+  ana_crypto_file_close(state);
 }
 
 static struct ana_file_source sealed_source = {
