@@ -18,6 +18,7 @@
 #include "ana_notify.h"
 #include "ana_post_commit.h"
 #include "ana_realtime.h"
+#include "ana_reencrypt.h"
 #include "ana_restbridge.h"
 #include "ana_rollup.h"
 #include "ana_store.h"
@@ -67,6 +68,7 @@ struct ana_server {
   struct ana_metric_streams *metric_streams;
   struct ana_event_names *names;
   struct ana_alerts *alerts;
+  struct ana_reencrypt *reencrypt; /* events stored before ENCRYPTED_FIELDS covered a field */
   /* transports */
   struct ana_grpc_server *grpc;
   struct ana_restbridge *rest;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The post-commit pipeline's order: each commit reaches the subscribers in
@@ -554,6 +555,64 @@ static int ingest_stop(struct ana_server *s, int64_t deadline_ms) {
   return 0;
 }
 
+/* Re-encryption of events stored before ENCRYPTED_FIELDS covered a field:
+ * the rollups that group or filter by one are rebuilt through these. */
+static bool rollup_reads(void *ctx, const char *field) {
+  return ana_crypto_fields_reads(ctx, field);
+}
+
+/* Metrics whose filters compare a field with its clear value get blind
+ * indexes instead (a new rollup version each); then the others that group
+ * or filter by a field are rebuilt from the rewritten events. */
+static int reencrypt_rebuild(void *ctx, const struct ana_crypto_fields *f, struct ana_error *err) {
+  int64_t since = ana_clock_wall_ms();
+  int blinded = ana_metric_service_blind_stored(err);
+  if (blinded < 0)
+    return blinded;
+  int rebuilt = ana_rollup_rebuild(ctx, rollup_reads, (void *)f, since, err);
+  return rebuilt < 0 ? rebuilt : blinded + rebuilt;
+}
+
+/* Waits (polling, at most timeout_ms) until the rebuilt versions are
+ * complete and the old cells deleted; commits meanwhile do not matter. */
+static bool reencrypt_settled(void *ctx, int timeout_ms) {
+  for (int waited = 0; !ana_rollup_backfilled(ctx); waited += 20) {
+    if (waited >= timeout_ms)
+      return false;
+    struct timespec pause = {0, 20000000};
+    nanosleep(&pause, NULL);
+  }
+  return true;
+}
+
+static int reencrypt_start(struct ana_server *s, const struct ana_config *cfg,
+                           struct ana_error *err) {
+  struct ana_reencrypt_options o = {
+      .db = s->db,
+      .events = s->store_ops,
+      .event_store = s->store,
+      .search = s->search_ops,
+      .search_index = s->search_index,
+      .crypto = s->crypto,
+      .fields = s->encrypted,
+      .batch_events = cfg->crypto.reencrypt_batch_events,
+      .pause_ms = cfg->crypto.reencrypt_pause_ms,
+      .rebuild_rollups = reencrypt_rebuild,
+      .rollups_settled = reencrypt_settled,
+      .rollups_ctx = s->rollups,
+  };
+  s->reencrypt = ana_reencrypt_start(&o, err);
+  return s->reencrypt ? 0 : fail(err, "cannot start the re-encryption of stored events");
+}
+
+/* Before the committer, the rollups and the store it works through. */
+static int reencrypt_stop(struct ana_server *s, int64_t deadline_ms) {
+  (void)deadline_ms;
+  ana_reencrypt_stop(s->reencrypt);
+  s->reencrypt = NULL;
+  return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the services                                                         */
 
@@ -629,6 +688,7 @@ static int reports_start(struct ana_server *s, const struct ana_config *cfg,
       .workers = s->workers,
       .reports_dir = reports_dir,
       .encrypted = s->encrypted != NULL,
+      .crypto = s->crypto,
       .report_workers = cfg->reports.report_workers,
       .queue_max = cfg->reports.report_queue_max,
       .retention_days = cfg->reports.report_retention_days,
@@ -729,6 +789,19 @@ static int rest_health(void *ctx, bool *serving, struct ana_json_buf *extra) {
       ana_restbridge_health_add_int(extra, "ingestQueuedEvents", (long long)st.queued_events) < 0 ||
       ana_restbridge_health_add_int(extra, "lastCommitSequence", (long long)st.last_seq) < 0)
     return ANA_ERR_NOMEM;
+  /* Events stored before ENCRYPTED_FIELDS covered a field: the job's state. */
+  struct ana_reencrypt_status re = {0};
+  if (open && s->reencrypt) {
+    ana_reencrypt_status(s->reencrypt, &re);
+    if (ana_restbridge_health_add(extra, "fieldReencryption", re.state) < 0 ||
+        ana_restbridge_health_add_int(extra, "fieldReencryptionNextSequence",
+                                      (long long)re.next_seq) < 0 ||
+        ana_restbridge_health_add_int(extra, "fieldReencryptionLastSequence",
+                                      (long long)re.upto_seq) < 0 ||
+        ana_restbridge_health_add_int(extra, "fieldReencryptionRewritten",
+                                      (long long)re.rewritten) < 0)
+      return ANA_ERR_NOMEM;
+  }
   /* An event store that ships from the spool: how far behind it is. */
   if (open && s->store_ops->status &&
       (ana_restbridge_health_add(extra, "eventShipping",
@@ -824,6 +897,7 @@ const struct ana_module ana_server_modules[] = {
     {.name = "event_names", .start = event_names_start, .stop = event_names_stop},
     {.name = "alerts", .start = alerts_start, .stop = alerts_stop},
     {.name = "ingest", .start = ingest_start, .stop = ingest_stop},
+    {.name = "reencrypt", .start = reencrypt_start, .stop = reencrypt_stop},
     {.name = "services", .start = services_start},
     {.name = "reports", .start = reports_start, .stop = reports_stop},
     {.name = "grpc", .start = grpc_start, .stop = grpc_stop, .drains = true},

@@ -175,4 +175,35 @@ int ana_crypto_rewrap_master(const uint8_t *old_master, size_t old_len, const ui
                              size_t new_len, const struct ana_data_key_store_ops *ops, void *store,
                              struct ana_crypto_rewrap_result *res, struct ana_error *err);
 
+/* Files sealed at rest (report files), in chunks of this many clear bytes. */
+#define ANA_CRYPTO_FILE_CHUNK (64 * 1024)
+
+/* Seals the file at in_path into out_path (created 0640 or truncated, then
+ * fsynced) with the account's current data key, bound to (account, context)
+ * and each chunk to its place: a file altered, cut or moved to another
+ * account does not open. Memory: three chunks. Returns 0, or a negative
+ * error (out_path removed). Thread-safe. */
+int ana_crypto_file_seal(struct ana_crypto *c, const char *account_id, const char *context,
+                         const char *in_path, const char *out_path, struct ana_error *err);
+
+/* Whether the open file fd starts as a sealed file does. */
+bool ana_crypto_file_is_sealed(int fd);
+
+/* A sealed file open for reading its clear bytes by range (one chunk of it
+ * in memory at a time). */
+struct ana_crypto_file;
+
+/* Reads the header of the sealed file fd (borrowed: it must stay open until
+ * ana_crypto_file_close) and takes its key. NULL with err filled (DATA_LOSS
+ * when it is not a sealed file or its key is not the account's). */
+struct ana_crypto_file *ana_crypto_file_open(struct ana_crypto *c, const char *account_id,
+                                             const char *context, int fd, struct ana_error *err);
+/* Its clear size in bytes. */
+int64_t ana_crypto_file_size(const struct ana_crypto_file *f);
+/* Up to n clear bytes from off into buf: how many (fewer only at the end),
+ * or a negative error (DATA_LOSS when a chunk does not authenticate). */
+int64_t ana_crypto_file_pread(struct ana_crypto_file *f, void *buf, size_t n, int64_t off,
+                              struct ana_error *err);
+void ana_crypto_file_close(struct ana_crypto_file *f);
+
 #endif

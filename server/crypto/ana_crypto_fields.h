@@ -51,4 +51,27 @@ int ana_crypto_event_reveal(struct ana_crypto *c, const struct ana_crypto_fields
                             const char *account_id, Analytics__V1__Event *ev, bool clear,
                             struct ana_arena *arena, struct ana_error *err);
 
+/* Re-seals a stored event (unpacked in arena, written in place) under f:
+ * when one of f's fields holds a value that is not sealed (stored before
+ * the field was configured; a text that only looks sealed and does not
+ * open counts as not sealed, as at ingest), every value of f's fields that
+ * opens is opened and the event sealed anew as ana_crypto_event_seal does,
+ * *blind receiving its properties to index. Returns how many values it
+ * found not sealed (0: ev untouched and *blind not set), or a negative
+ * error. */
+int ana_crypto_event_reseal(struct ana_crypto *c, const struct ana_crypto_fields *f,
+                            const char *account_id, Analytics__V1__Event *ev,
+                            struct ana_arena *arena, Google__Protobuf__Struct **blind,
+                            struct ana_error *err);
+
+/* f's fields sorted and comma-separated in out ("" for none; cut at cap). */
+void ana_crypto_fields_canonical(const struct ana_crypto_fields *f, char *out, size_t cap);
+
+/* Whether every field of f is in canonical (a list ana_crypto_fields_canonical made). */
+bool ana_crypto_fields_covers(const struct ana_crypto_fields *f, const char *canonical);
+
+/* Whether field (a property path with or without "properties.", or a
+ * context field) is one of f's. */
+bool ana_crypto_fields_reads(const struct ana_crypto_fields *f, const char *field);
+
 #endif

@@ -34,6 +34,23 @@ static const struct ana_config_row rows[] = {
              "transaction (blind indexes keep matching); afterwards it is not needed and can "
              "be removed. Offline instead: analyticsd data-keys rotate-master.",
      ROW(previous_key_file)},
+    {.name = "REENCRYPT_BATCH_EVENTS",
+     .type = ANA_CONFIG_INT,
+     .def = "500",
+     .min = 1,
+     .max = 100000,
+     .help = "Events the re-encryption job reads per transaction (and at most rewrites): when "
+             "ENCRYPTED_FIELDS covers fields that events were stored without, those events are "
+             "rewritten sealed in the background at start-up, resuming where a stop left off.",
+     ROW(reencrypt_batch_events)},
+    {.name = "REENCRYPT_PAUSE",
+     .type = ANA_CONFIG_DURATION,
+     .def = "20ms",
+     .min = 0,
+     .max = 60000,
+     .help = "Pause of the re-encryption job between its transactions, which leaves the store "
+             "to commits and searches.",
+     ROW(reencrypt_pause_ms)},
 };
 
 const struct ana_config_table ana_crypto_config_table = ANA_CONFIG_TABLE("crypto", rows);

@@ -2,6 +2,7 @@
  * account's unwrapped data keys over the data key store, sealing, opening,
  * rotation and blind indexes. */
 #include "ana_crypto.h"
+#include "crypto_internal.h"
 
 #include "ana_alloc.h"
 #include "ana_arena.h"
@@ -594,6 +595,26 @@ int ana_crypto_sealer_init(struct ana_crypto *c, const char *account_id,
   memcpy(s->key, a->keys[a->n - 1].key, KEY_LEN);
   memcpy(s->blind_key, a->blind_key, KEY_LEN);
   pthread_rwlock_unlock(&c->lock);
+  return 0;
+}
+
+int ana_crypto_data_key(struct ana_crypto *c, const char *account_id, uint32_t want,
+                        uint32_t *id_out, uint8_t key[32], struct ana_error *err) {
+  struct account_keys *a = acquire(c, account_id, want, err);
+  if (!a)
+    return ANA_ERR_UNSUPPORTED;
+  const struct data_key *k = want ? NULL : &a->keys[a->n - 1];
+  for (size_t i = 0; want && i < a->n; i++)
+    if (a->keys[i].id == want)
+      k = &a->keys[i];
+  if (k) {
+    *id_out = k->id;
+    memcpy(key, k->key, KEY_LEN);
+  }
+  pthread_rwlock_unlock(&c->lock);
+  if (!k)
+    return ana_error_set(err, ANA_STATUS_DATA_LOSS, "sealed by data key %u, which account %s lacks",
+                         want, account_id);
   return 0;
 }
 

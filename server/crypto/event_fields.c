@@ -399,3 +399,163 @@ int ana_crypto_event_reveal(struct ana_crypto *c, const struct ana_crypto_fields
   }
   return r.found;
 }
+
+/* ------------------------------------------------------------------ */
+/* re-sealing a stored event                                            */
+
+struct reseal {
+  struct ana_crypto *c;
+  const char *account;
+  const char *name;
+  struct ana_arena *arena;
+  int clear; /* values found not sealed */
+};
+
+/* Whether s is a value of the field stored as it came: not sealed, or a
+ * text that only looks sealed (the sender's, stored before the field was
+ * configured), which does not open. */
+static bool stored_clear(struct reseal *r, const char *s) {
+  if (!ana_crypto_is_sealed(s))
+    return true;
+  char *pt = NULL;
+  size_t n = 0;
+  struct ana_error err;
+  if (ana_crypto_open(r->c, r->account, r->name, s, &pt, &n, &err) < 0)
+    return true;
+  OPENSSL_cleanse(pt, n);
+  ana_free(pt);
+  return false;
+}
+
+static int count_clear_slot(void *ctx, Google__Protobuf__Value **slot) {
+  struct reseal *r = ctx;
+  const Google__Protobuf__Value *v = *slot;
+  switch (v->kind_case) {
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+    r->clear += v->string_value && stored_clear(r, v->string_value);
+    break;
+  case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
+  case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
+  case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+  case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: r->clear++; break;
+  default: break;
+  }
+  return 0;
+}
+
+/* A sealed text replaced by its clear text when it opens (one that does
+ * not is the sender's text, as at ingest, and is sealed as it is). */
+static int open_string(struct reseal *r, char **s) {
+  if (!*s || !ana_crypto_is_sealed(*s))
+    return 0;
+  char *pt = NULL;
+  size_t n = 0;
+  struct ana_error err;
+  if (ana_crypto_open(r->c, r->account, r->name, *s, &pt, &n, &err) < 0)
+    return 0;
+  char *copy = ana_arena_strndup(r->arena, pt, n);
+  OPENSSL_cleanse(pt, n);
+  ana_free(pt);
+  if (!copy)
+    return ANA_ERR_NOMEM;
+  *s = copy;
+  return 0;
+}
+
+static int open_slot(void *ctx, Google__Protobuf__Value **slot) {
+  Google__Protobuf__Value *v = *slot;
+  return v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE
+             ? open_string(ctx, &v->string_value)
+             : 0;
+}
+
+static char **context_slot(Analytics__V1__Event *ev, const char *name) {
+  return strcmp(name, "context.ip") == 0          ? &ev->context->ip
+         : strcmp(name, "context.userAgent") == 0 ? &ev->context->user_agent
+                                                  : &ev->context->locale;
+}
+
+int ana_crypto_event_reseal(struct ana_crypto *c, const struct ana_crypto_fields *f,
+                            const char *account_id, Analytics__V1__Event *ev,
+                            struct ana_arena *arena, Google__Protobuf__Struct **blind,
+                            struct ana_error *err) {
+  struct reseal r = {c, account_id, NULL, arena, 0};
+  if (!f || !c)
+    return 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < f->n; i++) {
+      r.name = f->names[i];
+      int rc = 0;
+      if (strncmp(r.name, "context.", 8) == 0) {
+        char **slot = ev->context ? context_slot(ev, r.name) : NULL;
+        if (!slot || !*slot || !**slot)
+          continue;
+        if (pass == 0)
+          r.clear += stored_clear(&r, *slot);
+        else
+          rc = open_string(&r, slot);
+      } else if (ev->properties) {
+        rc = each_slot(ev->properties, r.name + 11, arena, pass == 0 ? count_clear_slot : open_slot,
+                       &r);
+      }
+      if (rc < 0)
+        return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    if (pass == 0 && r.clear == 0)
+      return 0;
+  }
+  int rc = ana_crypto_event_seal(c, f, account_id, ev, arena, blind, err);
+  return rc < 0 ? rc : r.clear;
+}
+
+void ana_crypto_fields_canonical(const struct ana_crypto_fields *f, char *out, size_t cap) {
+  /* Sorted, so that the same set is the same text whatever its order. */
+  const char *sorted[MAX_FIELDS];
+  size_t n = f ? f->n : 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t j = i;
+    while (j > 0 && strcmp(sorted[j - 1], f->names[i]) > 0) {
+      sorted[j] = sorted[j - 1];
+      j--;
+    }
+    sorted[j] = f->names[i];
+  }
+  size_t len = 0;
+  if (cap)
+    out[0] = '\0';
+  for (size_t i = 0; i < n && len < cap; i++) {
+    int w = snprintf(out + len, cap - len, "%s%s", i ? "," : "", sorted[i]);
+    if (w < 0)
+      break;
+    len += (size_t)w;
+  }
+}
+
+bool ana_crypto_fields_covers(const struct ana_crypto_fields *f, const char *canonical) {
+  /* Every field of f is in the comma-separated list. */
+  for (size_t i = 0; f && i < f->n; i++) {
+    size_t n = strlen(f->names[i]);
+    bool found = false;
+    for (const char *p = canonical; *p && !found;) {
+      size_t m = strcspn(p, ",");
+      found = m == n && memcmp(p, f->names[i], n) == 0;
+      p += m;
+      if (*p)
+        p++;
+    }
+    if (!found)
+      return false;
+  }
+  return true;
+}
+
+bool ana_crypto_fields_reads(const struct ana_crypto_fields *f, const char *field) {
+  if (!f || !field)
+    return false;
+  if (ana_crypto_fields_property(f, field))
+    return true;
+  for (size_t i = 0; i < f->n; i++)
+    if (strcmp(f->names[i], field) == 0)
+      return true;
+  return false;
+}

@@ -60,6 +60,15 @@ struct ana_ingest_item {
   struct ana_event_record record; /* valid when status != REJECTED */
 };
 
+/* What an event's record stores besides its payload, as ingest makes it:
+ * the properties to index and aggregate (indexed: the event's, with any
+ * encrypted value replaced by its blind index) as JSON, and the free text
+ * (names and indexed values, blind indexes left out), both in arena.
+ * Returns 0 or ANA_ERR_NOMEM. */
+int ana_ingest_record_text(const Analytics__V1__Event *ev, const Google__Protobuf__Struct *indexed,
+                           struct ana_arena *arena, const char **properties_json,
+                           const char **search_text);
+
 /* Validates and enriches one event; `path` prefixes the JSON paths of its
  * violations ("events[3]", or "" for a single event). Everything it makes
  * lives in arena. Returns 0 (item filled, possibly REJECTED) or

@@ -381,22 +381,28 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   r->payload_len = protobuf_c_message_pack(&out->base, payload);
   r->payload = payload;
 
-  r->properties_json = "{}";
+  return ana_ingest_record_text(ev, indexed, arena, &r->properties_json, &r->search_text);
+}
+
+int ana_ingest_record_text(const Analytics__V1__Event *ev, const Google__Protobuf__Struct *indexed,
+                           struct ana_arena *arena, const char **properties_json,
+                           const char **search_text) {
+  *properties_json = "{}";
   if (indexed) {
     struct ana_json_buf b;
     ana_json_buf_init(&b, 0);
     int erc = ana_json_encode(&b, &indexed->base, NULL);
-    r->properties_json = erc < 0 ? NULL : ana_arena_strndup(arena, b.data + b.reserve, b.len);
+    *properties_json = erc < 0 ? NULL : ana_arena_strndup(arena, b.data + b.reserve, b.len);
     ana_json_buf_fini(&b);
   }
   struct words w = {0};
-  append_text(&w, ev->event_name);
-  append_text(&w, ev->event_type);
+  append_text(&w, ev->event_name ? ev->event_name : "");
+  append_text(&w, ev->event_type ? ev->event_type : "");
   if (indexed)
     search_struct(&w, indexed);
-  r->search_text = w.failed ? NULL : ana_arena_strdup(arena, w.data ? w.data : "");
+  *search_text = w.failed ? NULL : ana_arena_strdup(arena, w.data ? w.data : "");
   ana_free(w.data);
-  if (!r->properties_json || !r->search_text)
+  if (!*properties_json || !*search_text)
     return ANA_ERR_NOMEM;
   return 0;
 }

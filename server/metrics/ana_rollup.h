@@ -76,6 +76,23 @@ void ana_rollup_on_commit(void *ctx, const struct ana_event_record *records, siz
 int ana_rollup_define(struct ana_rollups *r, const char *account_id, const Analytics__V1__Metric *m,
                       const struct ana_formula *f, struct ana_error *err);
 
+/* Starts a new version of every metric whose definition groups or filters
+ * by a field reads says yes to (a dimension or a filter's field), with the
+ * same definition, backfilled from the events in the background: after the
+ * events were rewritten (re-encryption); the old cells go once the new
+ * version is complete. A version begun at since_ms (wall clock) or later
+ * is left as it is. Returns how many, or a negative error. */
+int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const char *field),
+                       void *ctx, int64_t since_ms, struct ana_error *err);
+
+/* The accounts that have metrics with rollups, each once, in *out (the
+ * caller frees each and the array with ana_free); how many. */
+size_t ana_rollup_accounts(struct ana_rollups *r, char ***out);
+
+/* Whether every metric's current version is backfilled and the cells of
+ * the versions it replaced are deleted (whatever was committed since). */
+bool ana_rollup_backfilled(struct ana_rollups *r);
+
 /* Forgets a deleted metric; its cells are deleted in the background. */
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err);
 

@@ -171,6 +171,101 @@ out:
   return rc;
 }
 
+/* Whether the metric's definition groups or filters by a field reads names. */
+static bool metric_reads(const Analytics__V1__Metric *m,
+                         bool (*reads)(void *ctx, const char *field), void *ctx) {
+  for (size_t i = 0; i < m->n_dimensions; i++)
+    if (reads(ctx, m->dimensions[i]))
+      return true;
+  for (size_t i = 0; i < m->n_filters; i++)
+    if (m->filters[i]->field && reads(ctx, m->filters[i]->field))
+      return true;
+  return false;
+}
+
+int ana_rollup_rebuild(struct ana_rollups *r, bool (*reads)(void *ctx, const char *field),
+                       void *ctx, int64_t since_ms, struct ana_error *err) {
+  int rc = 0, n = 0;
+  uint64_t head = 0;
+  if ((rc = r->ops->last_seq(r->store, &head, err)) < 0)
+    return rc;
+  pthread_mutex_lock(&r->mu);
+  for (struct rmetric **p = &r->metrics; *p && rc == 0; p = &(*p)->next) {
+    struct rmetric *old = *p;
+    if (old->version >= since_ms || !metric_reads(old->metric, reads, ctx))
+      continue; /* defined since: backfilled from the rewritten events already */
+    int64_t version = ana_clock_wall_ms();
+    if (version <= old->version)
+      version = old->version + 1;
+    struct rmetric *m =
+        ru_metric_new(old->metric_id, old->account_id, version, old->def, old->def_len, err);
+    if (!m) {
+      rc = ANA_ERR_INVALID;
+      break;
+    }
+    m->backfill_to = head;
+    rc = ana_rollup_cells_put_def(r->cells, m->metric_id, m->account_id, version, m->def,
+                                  m->def_len, head, err);
+    if (rc < 0) {
+      ru_metric_free(m);
+      break;
+    }
+    /* The old version's cells go once the new one is complete. */
+    ru_add_garbage(r, m->metric_id, version);
+    m->next = old->next;
+    *p = m;
+    if (old->busy)
+      old->dead = true;
+    else
+      ru_metric_free(old);
+    n++;
+    ANA_INFO("rollups",
+             "metric %s: rebuilt as version %lld (its events were rewritten), backfill "
+             "up to seq %llu",
+             m->metric_id, (long long)version, (unsigned long long)head);
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (n)
+    ru_wake(r);
+  return rc < 0 ? rc : n;
+}
+
+size_t ana_rollup_accounts(struct ana_rollups *r, char ***out) {
+  size_t n = 0, cap = 0;
+  char **list = NULL;
+  pthread_mutex_lock(&r->mu);
+  for (struct rmetric *m = r->metrics; m; m = m->next) {
+    bool seen = false;
+    for (size_t i = 0; i < n && !seen; i++)
+      seen = strcmp(list[i], m->account_id) == 0;
+    if (seen)
+      continue;
+    if (n == cap) {
+      size_t nc = cap ? cap * 2 : 16;
+      char **p = ana_realloc(list, nc * sizeof *p);
+      if (!p)
+        break;
+      list = p;
+      cap = nc;
+    }
+    if (!(list[n] = ana_strdup(m->account_id)))
+      break;
+    n++;
+  }
+  pthread_mutex_unlock(&r->mu);
+  *out = list;
+  return n;
+}
+
+bool ana_rollup_backfilled(struct ana_rollups *r) {
+  pthread_mutex_lock(&r->mu);
+  bool done = r->garbage == NULL;
+  for (struct rmetric *m = r->metrics; m && done; m = m->next)
+    done = m->watermark >= m->backfill_to;
+  pthread_mutex_unlock(&r->mu);
+  return done;
+}
+
 int ana_rollup_forget(struct ana_rollups *r, const char *metric_id, struct ana_error *err) {
   int rc = 0;
   pthread_mutex_lock(&r->mu);

@@ -16,6 +16,19 @@
 /* Bytes per FileChunk unless chunk_size says otherwise. */
 #define ANA_FILE_STREAM_CHUNK (64 * 1024)
 
+/* A file whose bytes on disk are not what is sent (e.g. sealed at rest):
+ * the stream reads its content through these, on its own thread. */
+struct ana_file_source {
+  /* The reading state for the open file fd (borrowed until close) and the
+   * content's size in *size; NULL with err filled (the call fails with its
+   * code). key is the options' source_key. */
+  void *(*open)(void *ctx, const char *key, int fd, int64_t *size, struct ana_error *err);
+  /* Up to n bytes of content at off: how many, or a negative error. */
+  int64_t (*read_at)(void *state, void *buf, size_t n, int64_t off, struct ana_error *err);
+  void (*close)(void *state);
+  void *ctx; /* must outlive every stream */
+};
+
 struct ana_file_stream_options {
   const char *path;          /* the file (required) */
   const char *content_type;  /* NULL = application/octet-stream */
@@ -24,6 +37,8 @@ struct ana_file_stream_options {
   int64_t offset, length;    /* the request's range (see ana_byte_range.h) */
   const char *if_none_match; /* the request's; when it holds the ETag no data is read */
   size_t chunk_size;         /* 0 = ANA_FILE_STREAM_CHUNK */
+  const struct ana_file_source *source; /* NULL: the file's bytes as they are */
+  const char *source_key;               /* handed to source->open (copied) */
 };
 
 /* Streams the file and finishes the call (from the stream's thread): the

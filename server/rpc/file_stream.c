@@ -29,6 +29,8 @@ struct file_stream {
   char *path, *content_type, *filename, *etag, *if_none_match;
   int64_t offset, length;
   size_t chunk_size;
+  const struct ana_file_source *source;
+  char *source_key;
 };
 
 static void stream_free(struct file_stream *s) {
@@ -37,6 +39,7 @@ static void stream_free(struct file_stream *s) {
   ana_free(s->filename);
   ana_free(s->etag);
   ana_free(s->if_none_match);
+  ana_free(s->source_key);
   ana_free(s);
 }
 
@@ -111,6 +114,7 @@ static void *stream_run(void *arg) {
   struct file_stream *s = arg;
   struct ana_call *call = s->call;
   unsigned char *buf = NULL;
+  void *state = NULL; /* s->source's */
   char etag[96];
   int fd = open(s->path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -124,6 +128,17 @@ static void *stream_run(void *arg) {
   if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
     ana_call_fail(call, ANA_STATUS_INTERNAL, "not a regular file");
     goto out;
+  }
+  if (s->source) {
+    struct ana_error err;
+    ana_error_clear(&err);
+    int64_t size = 0;
+    if (!(state = s->source->open(s->source->ctx, s->source_key ? s->source_key : "", fd, &size,
+                                  &err))) {
+      ana_call_fail(call, err.code ? err.code : ANA_STATUS_INTERNAL, "%s", err.message);
+      goto out;
+    }
+    st.st_size = (off_t)size; /* the content's, as sent */
   }
   if (s->etag) {
     snprintf(etag, sizeof etag, "%s", s->etag);
@@ -166,8 +181,19 @@ static void *stream_run(void *arg) {
   do {
     size_t want = end - pos < (int64_t)s->chunk_size ? (size_t)(end - pos) : s->chunk_size;
     ssize_t got = 0;
-    while (want && (got = pread(fd, buf, want, pos)) < 0 && errno == EINTR)
-      ;
+    if (state) {
+      struct ana_error err;
+      ana_error_clear(&err);
+      int64_t r = want ? s->source->read_at(state, buf, want, pos, &err) : 0;
+      if (r < 0) {
+        ana_call_fail(call, err.code ? err.code : ANA_STATUS_INTERNAL, "%s", err.message);
+        goto out;
+      }
+      got = (ssize_t)r;
+    } else {
+      while (want && (got = pread(fd, buf, want, pos)) < 0 && errno == EINTR)
+        ;
+    }
     if (got < 0) {
       ana_call_fail(call, ANA_STATUS_INTERNAL, "cannot read the file: %s", strerror(errno));
       goto out;
@@ -192,6 +218,8 @@ static void *stream_run(void *arg) {
   } while (pos < end);
   ana_call_finish(call, NULL, NULL);
 out:
+  if (state)
+    s->source->close(state);
   if (fd >= 0)
     close(fd);
   ana_free(buf);
@@ -220,6 +248,8 @@ int ana_file_stream_start(struct ana_call *call, const struct ana_file_stream_op
     s->offset = o->offset;
     s->length = o->length;
     s->chunk_size = o->chunk_size ? o->chunk_size : ANA_FILE_STREAM_CHUNK;
+    s->source = o->source;
+    s->source_key = dup_opt(o->source_key, &failed);
   }
   pthread_attr_t attr;
   pthread_t t;

@@ -99,6 +99,14 @@ int ana_metric_service_adhoc_counts_kept(const char *account, const struct ana_m
 int ana_metric_service_query(const struct ana_metric_query *q, struct ana_arena *arena,
                              Analytics__V1__MetricData *out, struct ana_error *err);
 
+/* Metrics stored before a field joined ENCRYPTED_FIELDS may compare it with
+ * a clear value in a filter: each such value (of the accounts that have
+ * metrics) is replaced by its blind index in the stored metric, and its
+ * rollups start a new version (backfilled). For the re-encryption job, once
+ * the events are rewritten. Returns how many metrics changed, or a negative
+ * error. Blocks. */
+int ana_metric_service_blind_stored(struct ana_error *err);
+
 /* Loads the account's metric by id, else by name, into arena, with its
  * formula parsed as the metric recorded its names (free it with
  * ana_formula_free; it borrows from arena). Returns 0, or a negative error
@@ -190,6 +198,9 @@ struct ana_report_service_options {
   /* ENCRYPTED_FIELDS configured: a report rendered with pii:read (its
    * creator's) is downloaded only with pii:read. */
   bool encrypted;
+  /* With encrypted: report files are sealed at rest with the account's data
+   * key (ana_crypto_file_seal) and opened when downloaded. */
+  struct ana_crypto *crypto;
 };
 
 /* Starts the report runner (resuming the runs a stop interrupted) and binds

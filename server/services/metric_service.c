@@ -7,6 +7,7 @@
 #include "service_jobs.h"
 #include "ana_proto_walk.h"
 
+#include "ana_alloc.h"
 #include "ana_call.h"
 #include "ana_crypto_fields.h"
 #include "ana_id.h"
@@ -569,6 +570,86 @@ static void refresh_rollups(struct ana_arena *arena, const char *account) {
       return;
     after = page.last_id;
   }
+}
+
+/* Whether a filter value is a blind index (a list: each of its values). */
+static bool blind_value_text(const Google__Protobuf__Value *v) {
+  if (!v)
+    return true;
+  if (v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE) {
+    for (size_t i = 0; v->list_value && i < v->list_value->n_values; i++)
+      if (!blind_value_text(v->list_value->values[i]))
+        return false;
+    return true;
+  }
+  return v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE && v->string_value &&
+         strncmp(v->string_value, ANA_CRYPTO_BLIND_PREFIX, sizeof ANA_CRYPTO_BLIND_PREFIX - 1) == 0;
+}
+
+/* Whether one of m's filters compares an encrypted field with a value that
+ * is not a blind index: stored before the field joined ENCRYPTED_FIELDS. */
+static bool has_clear_filter(const Analytics__V1__Metric *m) {
+  for (size_t i = 0; i < m->n_filters; i++) {
+    const Analytics__V1__MetricFilter *f = m->filters[i];
+    if (ana_crypto_fields_property(opts.encrypted, f->field) && strcmp(f->op, "exists") != 0 &&
+        !blind_value_text(f->value))
+      return true;
+  }
+  return false;
+}
+
+int ana_metric_service_blind_stored(struct ana_error *err) {
+  if (!opts.encrypted || !opts.rollups)
+    return 0;
+  char **accounts = NULL;
+  size_t n = ana_rollup_accounts(opts.rollups, &accounts);
+  int changed = 0;
+  for (size_t a = 0; a < n; a++) {
+    struct ana_arena *arena = ana_arena_create(64 * 1024, 0);
+    if (!arena) {
+      changed = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    int here = 0;
+    const char *after = NULL;
+    pthread_mutex_lock(&resolve_mu);
+    for (;;) {
+      struct account_metrics page = {.arena = arena};
+      struct ana_error lerr;
+      if (opts.catalog_ops->list(opts.catalog, KIND, accounts[a], after, 256, collect_all, &page,
+                                 &lerr) < 0) {
+        ANA_WARN("metrics", "cannot list metrics to blind their filters: %s", lerr.message);
+        break;
+      }
+      for (size_t i = 0; i < page.n; i++) {
+        Analytics__V1__Metric *m = page.items[i];
+        if (!has_clear_filter(m))
+          continue;
+        if (ana_metric_service_blind_filters(accounts[a], m->filters, m->n_filters, arena, &lerr) <
+                0 ||
+            save(arena, m, false, &lerr) < 0) {
+          ANA_WARN("metrics", "metric %s: its filter on an encrypted field keeps its value: %s",
+                   m->metric_id, lerr.message);
+          continue;
+        }
+        ANA_INFO("metrics", "metric %s: filter values on encrypted fields stored as blind indexes",
+                 m->metric_id);
+        here++;
+      }
+      if (!page.last_id || page.n < 256)
+        break;
+      after = page.last_id;
+    }
+    if (here)
+      refresh_rollups(arena, accounts[a]);
+    pthread_mutex_unlock(&resolve_mu);
+    changed += here;
+    ana_arena_destroy(arena);
+  }
+  for (size_t a = 0; a < n; a++)
+    ana_free(accounts[a]);
+  ana_free(accounts);
+  return changed;
 }
 
 /* Whether a new event name matches a name waiting in pendingNames. */

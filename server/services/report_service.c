@@ -5,6 +5,7 @@
 #include "ana_services.h"
 #include "service_jobs.h"
 
+#include "ana_alloc.h"
 #include "ana_call.h"
 #include "ana_file_stream.h"
 #include "ana_id.h"
@@ -16,11 +17,16 @@
 #include "ana_clock.h"
 #include "ana_timestamp.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define KIND "report"
 #define DEFAULT_PAGE 50
@@ -407,6 +413,9 @@ static void do_list(struct ana_call *call, const ProtobufCMessage *request) {
   ana_call_reply(call, &resp.base);
 }
 
+/* How a download reads a report file (sealed at rest or not): below. */
+static struct ana_file_source sealed_source;
+
 static void do_download(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__DownloadReportRequest *req = (const void *)request;
   struct ana_error err;
@@ -475,6 +484,8 @@ static void do_download(struct ana_call *call, const ProtobufCMessage *request) 
       .offset = req->offset,
       .length = req->length,
       .if_none_match = req->if_none_match,
+      .source = opts.crypto ? &sealed_source : NULL,
+      .source_key = account,
   };
   int rc = ana_file_stream_start(call, &fo);
   if (rc == ANA_ERR_FULL)
@@ -483,6 +494,98 @@ static void do_download(struct ana_call *call, const ProtobufCMessage *request) 
     ana_call_fail(call, ANA_STATUS_INVALID_ARGUMENT, "length: must not be negative");
   else if (rc < 0)
     ana_call_fail(call, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+/* ------------------------------------------------------------------ */
+/* report files sealed at rest                                          */
+
+#define FILE_CONTEXT "report.file"
+
+/* The download's reading of a sealed file (one written before sealing, or
+ * without ENCRYPTED_FIELDS, is read as it is). */
+struct sealed_read {
+  struct ana_crypto_file *f;
+  int fd;
+};
+
+static void *sealed_open(void *ctx, const char *account, int fd, int64_t *size,
+                         struct ana_error *err) {
+  struct sealed_read *r = ana_calloc(1, sizeof *r);
+  if (!r) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  r->fd = fd;
+  if (ana_crypto_file_is_sealed(fd)) {
+    if (!(r->f = ana_crypto_file_open(ctx, account, FILE_CONTEXT, fd, err))) {
+      ana_free(r);
+      return NULL;
+    }
+    *size = ana_crypto_file_size(r->f);
+  } else {
+    struct stat st;
+    *size = fstat(fd, &st) == 0 ? (int64_t)st.st_size : 0;
+  }
+  return r;
+}
+
+static int64_t sealed_read_at(void *state, void *buf, size_t n, int64_t off,
+                              struct ana_error *err) {
+  struct sealed_read *r = state;
+  if (r->f)
+    return ana_crypto_file_pread(r->f, buf, n, off, err);
+  ssize_t got;
+  while ((got = pread(r->fd, buf, n, off)) < 0 && errno == EINTR)
+    ;
+  if (got < 0)
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "cannot read the file: %s", strerror(errno));
+  return got;
+}
+
+static void sealed_close(void *state) {
+  struct sealed_read *r = state;
+  ana_crypto_file_close(r->f);
+  ana_free(r);
+}
+
+static struct ana_file_source sealed_source = {
+    .open = sealed_open, .read_at = sealed_read_at, .close = sealed_close};
+
+/* Overwrites the file at path with zeros (its clear content), best effort. */
+static void zero_file(const char *path) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0)
+    return;
+  static const char zeros[64 * 1024];
+  if (fstat(fd, &st) == 0)
+    for (off_t pos = 0; pos < st.st_size;) {
+      size_t n =
+          (size_t)(st.st_size - pos) < sizeof zeros ? (size_t)(st.st_size - pos) : sizeof zeros;
+      ssize_t w = pwrite(fd, zeros, n, pos);
+      if (w <= 0)
+        break;
+      pos += w;
+    }
+  (void)fdatasync(fd);
+  close(fd);
+}
+
+/* Replaces the rendered file at path by its sealed form (path + ".sealed"
+ * renamed over it); the clear file is zeroed first. */
+static int seal_report_file(const char *account, const char *path, struct ana_error *err) {
+  char sealed[4300];
+  snprintf(sealed, sizeof sealed, "%s.sealed", path);
+  int rc = ana_crypto_file_seal(opts.crypto, account, FILE_CONTEXT, path, sealed, err);
+  if (rc < 0)
+    return rc;
+  zero_file(path);
+  if (rename(sealed, path) < 0) {
+    unlink(sealed);
+    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "cannot rename the sealed file: %s",
+                         strerror(errno));
+  }
+  return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -526,6 +629,8 @@ static int generate(void *ctx, const char *account, const char *report_id, const
     wo.tmpdir = dirname(dir);
     *extension = ops->extension;
     rc = ana_report_write_file(ops, tmp_path, &doc, &wo, err);
+    if (rc == 0 && opts.encrypted && opts.crypto)
+      rc = seal_report_file(account, tmp_path, err);
   }
   ana_arena_destroy(a);
   return rc;
@@ -545,6 +650,7 @@ static const struct ana_handler download_h = {.on_request = download_report};
 
 int ana_report_service_start(const struct ana_report_service_options *o, struct ana_error *err) {
   opts = *o;
+  sealed_source.ctx = o->crypto;
   struct ana_report_runner_options ro = {
       .db = o->db,
       .reports_dir = o->reports_dir,

@@ -143,8 +143,8 @@ struct ana_spooled_event {
 /* Role versions: a backend's table carries the version it was written
  * against; the registry refuses to start with any other. Raise one when a
  * role's operations or their contract change. */
-#define ANA_EVENT_STORE_VERSION 3
-#define ANA_SEARCH_INDEX_VERSION 1
+#define ANA_EVENT_STORE_VERSION 4
+#define ANA_SEARCH_INDEX_VERSION 2
 #define ANA_CATALOG_VERSION 1
 
 /* How far an event store that ships from the spool is behind (status). */
@@ -233,6 +233,14 @@ struct ana_event_store_ops {
    * caller scans), or a negative error. Thread-safe; blocks. */
   int (*aggregate)(void *store, const struct ana_event_agg_query *q, ana_event_agg_fn agg,
                    ana_event_scan_fn rows, void *ctx, struct ana_error *err);
+  /* Optional (NULL: stored events are never rewritten). In one transaction, replaces the
+   * properties, free text and payload of each stored event with commit sequence records[i].seq
+   * of records[i].account_id by the record's (its other fields are not read), leaving no copy
+   * of the old values in the store's free space where it can. An event that is gone (retention)
+   * is skipped. Thread-safe; blocks (a short write: callers keep n small, so that commits are
+   * not held up). Returns how many were rewritten, or a negative error (none was). */
+  int (*rewrite)(void *store, const struct ana_event_record *records, size_t n,
+                 struct ana_error *err);
 };
 
 /* The search index role: free text over the events' names and property
@@ -263,6 +271,14 @@ struct ana_search_index_ops {
    * event store deletes them (retention). The events are still stored. */
   int (*remove)(void *index, const int64_t *seqs, size_t n, struct ana_error *err);
   void (*close)(void *index);
+  /* Optional (NULL: the index cannot follow rewritten events). Indexes these events again
+   * from their stored text, durably: after their entries were removed (remove) and their text
+   * rewritten (the event store's rewrite). An event with an entry, not yet indexed or gone is
+   * skipped, so a repeat after a crash is harmless. Thread-safe; blocks. */
+  int (*reindex)(void *index, const int64_t *seqs, size_t n, struct ana_error *err);
+  /* Optional. Rewrites the index so that nothing of removed entries is left in its files
+   * (merged away, freed pages zeroed, its log emptied). Thread-safe; blocks (long). */
+  int (*compact)(void *index, struct ana_error *err);
 };
 
 /* The catalog role: user-defined objects of one account, each stored whole

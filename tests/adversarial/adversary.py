@@ -16,10 +16,14 @@ gets a tighter bound.
 """
 
 import os
+import random
 import socket
 import sys
 import threading
 import time
+import uuid
+
+import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration", "python"))
@@ -163,6 +167,43 @@ class AttackTestCase(harness.ServerTestCase):
 
         self.watch = _Checked(self.server.proc.pid)
         return self.watch
+
+    def wide_metric(self, name, groups, hours, seed):
+        """A metric counting `name` by (campaignId, groupId) over `groups`
+        groups, one event each at a random hour of the last `hours` hours,
+        with its rollups complete. Returns (metric stub, the GetMetricData
+        request with topN 1000 and omitEmptyBuckets, start, end) in seconds."""
+        mpb, mgrpc = self.ns.analytics["metrics"]
+        epb, egrpc = self.ns.analytics["events"]
+        metrics = mgrpc.MetricServiceStub(self.channel)
+        tag = uuid.uuid4().hex[:8]
+        end = int(time.time()) // 3600 * 3600
+        start = end - hours * 3600
+        rnd = random.Random(seed)
+        req = epb.TrackEventsRequest()
+        for g in range(groups):
+            e = req.events.add(event_type="track", event_name=name, event_id="%s-%d" % (tag, g))
+            e.timestamp.FromSeconds(start + rnd.randrange(hours) * 3600)
+            e.properties.update({"campaignId": "c%02d" % (g // 20), "groupId": "g%02d" % (g % 20)})
+        events = egrpc.EventServiceStub(self.channel)
+        for k in range(0, groups, 500):
+            events.TrackEvents(epb.TrackEventsRequest(events=req.events[k:k + 500]), timeout=30)
+        mid = metrics.CreateMetric(mpb.CreateMetricRequest(metric=mpb.Metric(
+            name="%s %s" % (name, tag), formula="count(%s)" % name, aggregation="sum",
+            dimensions=["campaignId", "groupId"])), timeout=30).metric_id
+        q = mpb.GetMetricDataRequest(metric_id=mid, interval="1h", top_n=1000,
+                                     omit_empty_buckets=True)
+        getattr(q, "from").FromSeconds(start)
+        q.to.FromSeconds(end)
+        deadline = time.time() + 60
+        while True:  # the rollups complete (a small backfill)
+            try:
+                metrics.GetMetricData(q, timeout=60, metadata=[("x-metric-source", "rollup")])
+                return metrics, q, start, end
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.FAILED_PRECONDITION, e.details())
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.1)
 
     def rest_health(self, timeout=5.0):
         """GET /health on a new connection: (status, body)."""

@@ -11,7 +11,17 @@ any value. A ciphertext altered in the database is DATA_LOSS for an admin
 An editor who rewrites an admin's alert (its channel now the editor's
 webhook, its message naming the encrypted e-mail) must not receive the
 e-mail in clear: the rule runs with the roles of who last changed it, so the
-webhook gets *** (before, notifications carried the blind index text)."""
+webhook gets *** (before, notifications carried the blind index text).
+
+A report file rendered with an admin's pii:read lay in REPORTS_DIR with the
+e-mails in clear; it is sealed at rest now, and a byte of it altered on disk
+(or the file cut) is DATA_LOSS on download over gRPC and REST, never garbage
+served as the report.
+
+A sender's text that only looks sealed, stored in a property before the
+property joined ENCRYPTED_FIELDS, made every admin search over its event
+fail with DATA_LOSS; the re-encryption job seals it like any clear value, so
+the admin reads it as sent and the viewer masked."""
 
 import http.server
 import json
@@ -98,6 +108,58 @@ class FieldEncryption(adversary.AttackTestCase):
         self.assertIn("properties.email", cm.exception.details())
         self.assertIn("does not authenticate", cm.exception.details())
         self.assertEqual(dict(self.search(name, self.viewer)[0].properties)["email"], "***")
+        self.assert_survived()
+
+    def test_report_file_altered_on_disk_was_served_as_the_report(self):
+        import glob
+        from test_reports import day, get
+        rest = RestClient(self.rest_port)
+        token = hs256(claims(ACCOUNT, ["admin"]))
+        h = bearer(token)
+        metric = "adv_sealed_" + uuid.uuid4().hex[:8]
+        status, _, m = rest.request("POST", "/api/metrics", {
+            "name": metric, "type": "counter", "formula": "count(adv_sealed)",
+            "aggregation": "sum", "dimensions": ["email"]}, headers=h)
+        self.assertEqual(status, 200, m)
+        self.track("adv_sealed", {"email": "report-victim@example.org"})
+        status, _, r = rest.request("POST", "/api/reports", {
+            "template": "metric_summary", "format": "csv",
+            "parameters": {"metrics": [metric], "dimensions": ["email"],
+                           "dateRange": {"start": day(-1), "end": day(1)}, "interval": "1d"}},
+            headers=h)
+        self.assertEqual(status, 200, r)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            _, _, got = rest.request("GET", "/api/reports/" + r["reportId"], headers=h)
+            if got["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.05)
+        self.assertEqual(got["status"], "completed", got)
+        path = max(glob.glob(os.path.join(self.server.workdir, "reports", "*", "*.csv")),
+                   key=os.path.getmtime)
+        with open(path, "rb") as f:
+            sealed = f.read()
+        self.assertFalse(b"report-victim" in sealed)
+        pb, pb_grpc = self.ns.analytics["reports"]
+        stub = pb_grpc.ReportServiceStub(self.channel)
+        for damaged in (sealed[:40] + bytes([sealed[40] ^ 1]) + sealed[41:], sealed[:-1]):
+            with open(path, "wb") as f:
+                f.write(damaged)
+            with self.rss_watch():
+                with self.assertRaises(grpc.RpcError) as cm:
+                    list(stub.DownloadReport(pb.DownloadReportRequest(report_id=r["reportId"]),
+                                             timeout=10, metadata=self.admin))
+                status, _, body = get(self.rest_port,
+                                      "/api/reports/%s/download" % r["reportId"], headers=h)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.DATA_LOSS)
+            self.assertNotEqual(status, 200, body)
+            self.assertNotIn(b"report-victim", body)
+        with open(path, "wb") as f:
+            f.write(sealed)
+        status, _, body = get(self.rest_port, "/api/reports/%s/download" % r["reportId"],
+                              headers=h)
+        self.assertEqual(status, 200, body)
+        self.assertIn(b"report-victim@example.org", body)
         self.assert_survived()
 
 
@@ -206,3 +268,41 @@ class AlertCreatorRoles(adversary.AttackTestCase):
         self.assertEqual(self.call("admin", "GET", "/api/alerts/" + alert["alertId"])[
             "creatorRoles"], ["editor"])
         self.assert_survived()
+
+
+class ForgedBeforeEncryption(adversary.AttackTestCase):
+
+    SERVER_ENV = {"JWT_HS256_SECRET": "analytics-test-secret-0123456789abcdef"}
+
+    def test_forged_sealed_text_stored_before_the_field_was_encrypted_broke_admin_searches(self):
+        pb, grpc_mod = self.ns.analytics["events"]
+        admin = [("authorization", "Bearer " + hs256(claims(ACCOUNT, ["admin"])))]
+        viewer = [("authorization", "Bearer " + hs256(claims(ACCOUNT, ["viewer"])))]
+        name = "forged_before_" + uuid.uuid4().hex[:8]
+        ev = pb.Event(event_name=name, event_type="adv")
+        ev.properties.update({"email": FORGED, "plan": "pro"})
+        stub = grpc_mod.EventServiceStub(self.server.channel())
+        self.assertEqual(stub.TrackEvent(pb.TrackEventRequest(event=ev), timeout=10,
+                                         metadata=admin).result.status,
+                         pb.EventResult.ACCEPTED)
+        # The field is encrypted from now on: the job rewrites what was stored.
+        self.assertEqual(self.server.stop(), 0)
+        self.server.sigterm_at = None
+        self.server.returncode = self.server.exited_at = None
+        self.server.env.update({"ENCRYPTED_FIELDS": "properties.email", "REENCRYPT_PAUSE": "0"})
+        self.server.start()
+        deadline = time.time() + 15
+        while b'"fieldReencryption":"done"' not in self.rest_health()[1].replace(b" ", b""):
+            self.assertLess(time.time(), deadline, "the job never finished")
+            time.sleep(0.05)
+        self.baseline_rss = adversary.rss_bytes(self.server.proc.pid)
+        stub = grpc_mod.EventServiceStub(self.server.channel())
+        with self.rss_watch():
+            hits = stub.SearchEvents(pb.SearchEventsRequest(event_name=name), timeout=10,
+                                     metadata=admin).events
+        self.assertEqual([dict(e.properties)["email"] for e in hits], [FORGED])
+        hits = stub.SearchEvents(pb.SearchEventsRequest(event_name=name), timeout=10,
+                                 metadata=viewer).events
+        self.assertEqual([dict(e.properties)["email"] for e in hits], ["***"])
+        self.assert_survived()
+

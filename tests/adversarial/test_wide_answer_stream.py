@@ -10,14 +10,10 @@ same through analytics-restbridge --upstream, whose memory is watched then.
 
 import http.client
 import json
-import random
 import re
 import socket
 import time
 import urllib.parse
-import uuid
-
-import grpc
 
 from adversary import AttackTestCase, raw_http, rss_bytes
 
@@ -28,39 +24,8 @@ class WideAnswerStreamTest(AttackTestCase):
     SERVER_ENV = {"HTTP_BODY_BUDGET_MB": 4, "STREAM_QUEUE_BUDGET_MB": 4}
 
     def _metric(self):
-        mpb, mgrpc = self.ns.analytics["metrics"]
-        epb, egrpc = self.ns.analytics["events"]
-        metrics = mgrpc.MetricServiceStub(self.channel)
-        tag = uuid.uuid4().hex[:8]
-        end = int(time.time()) // 3600 * 3600
-        start = end - HOURS * 3600
-        rnd = random.Random(4)
-        req = epb.TrackEventsRequest()
-        for g in range(GROUPS):
-            e = req.events.add(event_type="track", event_name="stream_sent",
-                               event_id="%s-%d" % (tag, g))
-            e.timestamp.FromSeconds(start + rnd.randrange(HOURS) * 3600)
-            e.properties.update({"campaignId": "c%02d" % (g // 20), "groupId": "g%02d" % (g % 20)})
-        events = egrpc.EventServiceStub(self.channel)
-        for k in range(0, GROUPS, 500):
-            events.TrackEvents(epb.TrackEventsRequest(events=req.events[k:k + 500]), timeout=30)
-        mid = metrics.CreateMetric(mpb.CreateMetricRequest(metric=mpb.Metric(
-            name="stream " + tag, formula="count(stream_sent)", aggregation="sum",
-            dimensions=["campaignId", "groupId"])), timeout=30).metric_id
-        q = mpb.GetMetricDataRequest(metric_id=mid, interval="1h", top_n=1000,
-                                     omit_empty_buckets=True)
-        getattr(q, "from").FromSeconds(start)
-        q.to.FromSeconds(end)
-        deadline = time.time() + 60
-        while True:  # the rollups complete (a small backfill)
-            try:
-                metrics.GetMetricData(q, timeout=60, metadata=[("x-metric-source", "rollup")])
-                break
-            except grpc.RpcError as e:
-                self.assertEqual(e.code(), grpc.StatusCode.FAILED_PRECONDITION, e.details())
-                self.assertLess(time.time(), deadline)
-                time.sleep(0.1)
-        return "/api/metrics/%s/data?%s" % (mid, urllib.parse.urlencode({
+        _, q, start, end = self.wide_metric("stream_sent", GROUPS, HOURS, seed=4)
+        return "/api/metrics/%s/data?%s" % (q.metric_id, urllib.parse.urlencode({
             "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
             "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end)),
             "interval": "1h", "topN": "1000"}))

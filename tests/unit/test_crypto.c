@@ -3,7 +3,8 @@
  * to their account and field, rotation keeps old values readable, a wrong
  * master key opens nothing, another process's rotation is seen, blind
  * indexes are stable, keyed per account and per field, the per-event
- * sealer gives what the one-shot calls give, and a master key change. */
+ * sealer gives what the one-shot calls give, a master key change, and files
+ * sealed in chunks (ranges across chunks, an altered or cut file refused). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #include "ana_local_db.h"
 #include "ana_store.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,14 @@ static char *open_ok(struct ana_crypto *c, const char *account, const char *fiel
   return pt;
 }
 
+/* The sealed value opens (with `c`) to exactly `expected`. */
+static void assert_opens_to(struct ana_crypto *c, const char *account, const char *field,
+                            const char *sealed, const char *expected) {
+  char *pt = open_ok(c, account, field, sealed);
+  assert_string_equal(pt, expected);
+  ana_free(pt);
+}
+
 static void open_fails(struct ana_crypto *c, const char *account, const char *field,
                        const char *sealed) {
   struct ana_error err;
@@ -96,24 +106,16 @@ static void test_round_trip(void **state) {
   assert_int_equal(
       ana_crypto_seal(crypto, "acme", "properties.email", "ann@example.com", 15, &b, &err), 0);
   assert_string_not_equal(a, b);
-  char *pt = open_ok(crypto, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
-  pt = open_ok(crypto, "acme", "properties.email", b);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.email", a, "ann@example.com");
+  assert_opens_to(crypto, "acme", "properties.email", b, "ann@example.com");
   /* The empty value too. */
   ana_free(b);
   assert_int_equal(ana_crypto_seal(crypto, "acme", "x", "", 0, &b, &err), 0);
-  pt = open_ok(crypto, "acme", "x", b);
-  assert_string_equal(pt, "");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "x", b, "");
   /* A second context on the same data: the keys came from the store. */
   struct ana_crypto *other = make(master, sizeof master, 0);
   assert_non_null(other);
-  pt = open_ok(other, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(other, "acme", "properties.email", a, "ann@example.com");
   ana_crypto_destroy(other);
   ana_free(a);
   ana_free(b);
@@ -149,9 +151,7 @@ static void test_tamper(void **state) {
   /* Bound to its account and its field. */
   open_fails(crypto, "other", "properties.phone", a);
   open_fails(crypto, "acme", "properties.email", a);
-  char *pt = open_ok(crypto, "acme", "properties.phone", a);
-  assert_string_equal(pt, "+1 555 0100");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.phone", a, "+1 555 0100");
   ana_free(a);
 }
 
@@ -167,12 +167,8 @@ static void test_rotate(void **state) {
   assert_int_equal(ana_crypto_current_key_id(crypto, "rot"), 2);
   assert_int_equal(ana_crypto_seal(crypto, "rot", "f", "after", 5, &new, &err), 0);
   assert_int_equal(ana_crypto_sealed_key_id(new), 2);
-  char *pt = open_ok(crypto, "rot", "f", old);
-  assert_string_equal(pt, "before");
-  ana_free(pt);
-  pt = open_ok(crypto, "rot", "f", new);
-  assert_string_equal(pt, "after");
-  ana_free(pt);
+  assert_opens_to(crypto, "rot", "f", old, "before");
+  assert_opens_to(crypto, "rot", "f", new, "after");
   /* Other accounts keep their keys. */
   assert_int_equal(ana_crypto_current_key_id(crypto, "acme2"), 1);
 
@@ -185,9 +181,7 @@ static void test_rotate(void **state) {
   assert_int_equal(id, 3);
   char *third = NULL;
   assert_int_equal(ana_crypto_seal(crypto, "rot", "f", "third", 5, &third, &err), 0);
-  pt = open_ok(cached, "rot", "f", third);
-  assert_string_equal(pt, "third");
-  ana_free(pt);
+  assert_opens_to(cached, "rot", "f", third, "third");
   assert_int_equal(ana_crypto_current_key_id(cached, "rot"), 3);
   ana_crypto_destroy(cached);
   ana_free(old);
@@ -257,18 +251,14 @@ static void test_sealer(void **state) {
   char *a = ana_crypto_sealer_seal(&s, "properties.email", "ann@example.com", 15, &arena, &err);
   assert_non_null(a);
   assert_int_equal(ana_crypto_sealed_key_id(a), 1);
-  char *pt = open_ok(crypto, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.email", a, "ann@example.com");
   open_fails(crypto, "acme", "properties.phone", a);
   char big[4000];
   memset(big, 'x', sizeof big - 1);
   big[sizeof big - 1] = '\0';
   char *b = ana_crypto_sealer_seal(&s, "properties.note", big, strlen(big), &arena, &err);
   assert_non_null(b);
-  pt = open_ok(crypto, "acme", "properties.note", b);
-  assert_string_equal(pt, big);
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.note", b, big);
   char x[ANA_CRYPTO_BLIND_CHARS + 1], y[ANA_CRYPTO_BLIND_CHARS + 1];
   assert_int_equal(ana_crypto_sealer_blind(&s, "properties.email", "x@y", 3, x), 0);
   assert_int_equal(ana_crypto_blind_index(crypto, "acme", "properties.email", "x@y", 3, y), 0);
@@ -282,9 +272,7 @@ static void test_sealer(void **state) {
   b = ana_crypto_sealer_seal(&s, "properties.email", "bob", 3, &arena, &err);
   assert_int_equal(ana_crypto_sealed_key_id(b), 2);
   ana_crypto_sealer_fini(&s);
-  pt = open_ok(crypto, "acme", "properties.email", a);
-  assert_string_equal(pt, "ann@example.com");
-  ana_free(pt);
+  assert_opens_to(crypto, "acme", "properties.email", a, "ann@example.com");
   ana_arena_fini(&arena);
 }
 
@@ -316,15 +304,9 @@ static void test_rotate_master(void **state) {
   assert_true(res.root_written);
   struct ana_crypto *n = make(next, sizeof next, 0);
   assert_non_null(n);
-  char *pt = open_ok(n, "acme", "f", a);
-  assert_string_equal(pt, "one");
-  ana_free(pt);
-  pt = open_ok(n, "acme", "f", b);
-  assert_string_equal(pt, "two");
-  ana_free(pt);
-  pt = open_ok(n, "beta", "f", c2);
-  assert_string_equal(pt, "three");
-  ana_free(pt);
+  assert_opens_to(n, "acme", "f", a, "one");
+  assert_opens_to(n, "acme", "f", b, "two");
+  assert_opens_to(n, "beta", "f", c2, "three");
   assert_int_equal(ana_crypto_blind_index(n, "acme", "properties.email", "x@y", 3, after), 0);
   assert_string_equal(before, after);
   assert_int_equal(ana_crypto_current_key_id(n, "acme"), 2);
@@ -344,9 +326,7 @@ static void test_rotate_master(void **state) {
   assert_true(ana_crypto_rewrap_master(third, sizeof third, fourth, sizeof fourth, ops, store, &res,
                                        &err) < 0);
   assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
-  pt = open_ok(n, "acme", "f", a);
-  assert_string_equal(pt, "one");
-  ana_free(pt);
+  assert_opens_to(n, "acme", "f", a, "one");
   /* A second change (the root moves along, blind indexes still equal). */
   assert_int_equal(
       ana_crypto_rewrap_master(next, sizeof next, third, sizeof third, ops, store, &res, &err), 0);
@@ -354,9 +334,7 @@ static void test_rotate_master(void **state) {
   assert_true(res.root_written);
   struct ana_crypto *t = make(third, sizeof third, 0);
   assert_non_null(t);
-  pt = open_ok(t, "beta", "f", c2);
-  assert_string_equal(pt, "three");
-  ana_free(pt);
+  assert_opens_to(t, "beta", "f", c2, "three");
   assert_int_equal(ana_crypto_blind_index(t, "acme", "properties.email", "x@y", 3, after), 0);
   assert_string_equal(before, after);
   ana_crypto_destroy(t);
@@ -387,12 +365,8 @@ static void test_rotate_master_rolls_back(void **state) {
   assert_int_equal(res.rewrapped, 0);
   struct ana_crypto *old = make(master, sizeof master, 0);
   assert_non_null(old);
-  char *pt = open_ok(old, "acme", "f", a);
-  assert_string_equal(pt, "one");
-  ana_free(pt);
-  pt = open_ok(old, "beta", "f", b);
-  assert_string_equal(pt, "two");
-  ana_free(pt);
+  assert_opens_to(old, "acme", "f", a, "one");
+  assert_opens_to(old, "beta", "f", b, "two");
   ana_crypto_destroy(old);
   struct ana_crypto *n = make(next, sizeof next, 0);
   assert_non_null(n); /* no key root stored: it starts, but opens nothing */
@@ -400,6 +374,101 @@ static void test_rotate_master_rolls_back(void **state) {
   ana_crypto_destroy(n);
   ana_free(a);
   ana_free(b);
+}
+
+static void write_bytes(const char *path, const uint8_t *p, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(p, 1, n, f), n);
+  fclose(f);
+}
+
+/* The whole clear content of a sealed file through ranges of `step`
+ * bytes; NULL (err filled) when a chunk does not open. */
+static uint8_t *read_sealed(const char *path, const char *account, size_t step, int64_t *size,
+                            struct ana_error *err) {
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  struct ana_crypto_file *f = ana_crypto_file_open(crypto, account, "report.file", fd, err);
+  uint8_t *out = NULL;
+  if (f) {
+    *size = ana_crypto_file_size(f);
+    out = malloc((size_t)*size + 1);
+    for (int64_t off = 0; out && off < *size;) {
+      int64_t got = ana_crypto_file_pread(f, out + off, step, off, err);
+      if (got <= 0) {
+        free(out);
+        out = NULL;
+        break;
+      }
+      off += got;
+    }
+    ana_crypto_file_close(f);
+  }
+  close(fd);
+  return out;
+}
+
+static void test_file_seal(void **state) {
+  (void)state;
+  char in[128], out[160];
+  snprintf(in, sizeof in, "%s/clear", dir);
+  snprintf(out, sizeof out, "%s/sealed", dir);
+  struct ana_error err;
+  /* Sizes: empty, one byte, exactly one chunk, two and a half chunks. */
+  const size_t sizes[] = {0, 1, ANA_CRYPTO_FILE_CHUNK, 2 * ANA_CRYPTO_FILE_CHUNK + 12345};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    size_t n = sizes[k];
+    uint8_t *clear = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+      clear[i] = (uint8_t)(i * 7 + k);
+    write_bytes(in, clear, n);
+    assert_int_equal(ana_crypto_file_seal(crypto, "acme", "report.file", in, out, &err), 0);
+    int fd = open(out, O_RDONLY);
+    assert_true(ana_crypto_file_is_sealed(fd));
+    close(fd);
+    int64_t size = -1;
+    /* Ranges that cross chunk boundaries (an odd step) and whole chunks. */
+    const size_t steps[] = {1000, ANA_CRYPTO_FILE_CHUNK};
+    for (size_t s = 0; s < 2 && (n <= 1000 || s == 1 || k == 3); s++) {
+      uint8_t *got = read_sealed(out, "acme", steps[s], &size, &err);
+      assert_non_null(got);
+      assert_int_equal(size, (int64_t)n);
+      if (n)
+        assert_memory_equal(got, clear, n);
+      free(got);
+    }
+    /* Another account does not open it. */
+    assert_null(read_sealed(out, "other", 4096, &size, &err));
+    free(clear);
+  }
+  /* The last file (three chunks): a byte altered, then the file cut at a
+   * chunk boundary, each refused with DATA_LOSS. */
+  FILE *f = fopen(out, "rb");
+  fseek(f, 0, SEEK_END);
+  long len = ftell(f);
+  rewind(f);
+  uint8_t *raw = malloc((size_t)len);
+  assert_int_equal(fread(raw, 1, (size_t)len, f), (size_t)len);
+  fclose(f);
+  raw[len / 2] ^= 1;
+  write_bytes(out, raw, (size_t)len);
+  int64_t size;
+  ana_error_clear(&err);
+  assert_null(read_sealed(out, "acme", ANA_CRYPTO_FILE_CHUNK, &size, &err));
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  raw[len / 2] ^= 1;
+  write_bytes(out, raw, 28 + 2 * (ANA_CRYPTO_FILE_CHUNK + 16));
+  ana_error_clear(&err);
+  assert_null(read_sealed(out, "acme", ANA_CRYPTO_FILE_CHUNK, &size, &err));
+  assert_int_equal(err.code, ANA_STATUS_DATA_LOSS);
+  free(raw);
+  /* A file that is not sealed is said to be so. */
+  write_bytes(in, (const uint8_t *)"plain,text\n", 11);
+  int fd = open(in, O_RDONLY);
+  assert_false(ana_crypto_file_is_sealed(fd));
+  assert_null(ana_crypto_file_open(crypto, "acme", "report.file", fd, &err));
+  close(fd);
 }
 
 int main(void) {
@@ -412,6 +481,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_sealer, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rotate_master, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rotate_master_rolls_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_file_seal, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

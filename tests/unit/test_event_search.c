@@ -3,7 +3,9 @@
  * one second, equal timestamps, other accounts) equal to the order of the
  * search without free text, with a name, a range and cursors; a word of
  * several tokens matches them adjacent only; the reserved tokens are out of
- * reach of words; an index of the earlier format is built again. */
+ * reach of words; an index of the earlier format is built again; an event
+ * rewritten (re-encryption) is found by its new words only, its entry made
+ * again once however often the steps are repeated (a crash between them). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -247,6 +249,49 @@ static void a_word_of_several_tokens_matches_them_adjacent(void **state) {
   assert_int_equal(h.n, 0); /* no word at all: nothing, as before */
 }
 
+/* The re-encryption steps: remove the entry, rewrite the row (event
+ * store), index it again; each repeated, as after a crash. */
+static void rewritten_event_is_found_by_its_new_words_only(void **state) {
+  (void)state;
+  struct ev evs[] = {
+      {"acct-1", "signup", "signup secretword plan", NOW - 2, "target"},
+      {"acct-1", "signup", "signup secretword other", NOW - 1, "bystander"},
+  };
+  insert(evs, 2);
+  index_all();
+  struct hits h = run((struct ana_event_query){.account_id = "acct-1", .text = "secretword"});
+  assert_int_equal(h.n, 2);
+  int64_t seq = 1; /* the first event committed */
+  struct ana_error err;
+  static const uint8_t payload[] = {0x2a, 0x01, 'y'};
+  struct ana_event_record r = {.account_id = "acct-1",
+                               .seq = 1,
+                               .properties_json = "{\"email\":\"ana:bi:x\"}",
+                               .search_text = "signup plan",
+                               .payload = payload,
+                               .payload_len = sizeof payload};
+  for (int round = 0; round < 2; round++) {
+    assert_int_equal(sops->remove(sindex, &seq, 1, &err), 0);
+    assert_int_equal(eops->rewrite(store, &r, 1, &err), 1);
+    assert_int_equal(sops->reindex(sindex, &seq, 1, &err), 0);
+    assert_int_equal(sops->reindex(sindex, &seq, 1, &err), 0); /* once only */
+  }
+  /* Another account's event of that sequence is not this one: untouched. */
+  r.account_id = "acct-2";
+  assert_int_equal(eops->rewrite(store, &r, 1, &err), 0);
+  assert_int_equal(sops->compact(sindex, &err), 0);
+  h = run((struct ana_event_query){.account_id = "acct-1", .text = "secretword"});
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], "bystander");
+  h = run((struct ana_event_query){.account_id = "acct-1", .text = "plan"});
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], "target");
+  /* Its entry holds its new words exactly once: removing it leaves none. */
+  assert_int_equal(sops->remove(sindex, &seq, 1, &err), 0);
+  h = run((struct ana_event_query){.account_id = "acct-1", .text = "signup"});
+  assert_int_equal(h.n, 1);
+}
+
 /* The index's own tokens (account, name, time) begin with U+E000; a query
  * cannot name them, and an event's U+E000 is still found by its word. */
 static void reserved_tokens_are_out_of_reach_of_words(void **state) {
@@ -316,6 +361,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(reserved_tokens_are_out_of_reach_of_words, setup, teardown),
       cmocka_unit_test_setup_teardown(text_index_of_format_1_is_rebuilt, setup, teardown),
+      cmocka_unit_test_setup_teardown(rewritten_event_is_found_by_its_new_words_only, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1214,6 +1214,13 @@ static int ch_expire(void *store, int64_t cutoff_ms, uint64_t upto_seq, int max_
                                        max_rows, before_delete, ctx, err);
 }
 
+/* The spool's copies only: rows ClickHouse holds already keep what they were shipped with
+ * (README: field-level encryption); an event not yet shipped leaves sealed. */
+static int ch_rewrite(void *store, const struct ana_event_record *records, size_t n,
+                      struct ana_error *err) {
+  return ana_sqlite_event_store.rewrite(((struct ch_store *)store)->local, records, n, err);
+}
+
 const struct ana_event_store_ops ana_clickhouse_event_store = {
     .version = ANA_EVENT_STORE_VERSION,
     .name = "clickhouse",
@@ -1230,4 +1237,5 @@ const struct ana_event_store_ops ana_clickhouse_event_store = {
     .committed = ch_committed,
     .status = ch_status,
     .aggregate = ch_aggregate,
+    .rewrite = ch_rewrite,
 };

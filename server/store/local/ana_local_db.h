@@ -315,6 +315,37 @@ void ana_local_conn_rollback(struct ana_local_conn *c);
 /* Why the last call on c failed (borrowed, until the next call). */
 const char *ana_local_conn_errmsg(struct ana_local_conn *c);
 
+/* --- re-encryption of stored events (reencrypt_state.c) --- */
+
+/* The job's state (one row): on the caller's connection (ana_local_conn_open). */
+struct ana_local_reencryption {
+  char fields[8448];  /* the canonical ENCRYPTED_FIELDS the events are (being) sealed under */
+  uint64_t upto_seq;  /* the job covers the events up to this sequence */
+  uint64_t next_seq;  /* the events below it are done */
+  int phase;          /* 0: rewriting events; 1: rebuilding rollups and compacting; 2: done */
+  uint64_t rewritten; /* events rewritten so far */
+  int64_t started_at_ms;
+};
+/* 1 with *out filled, 0 when there is no state yet, or a negative error. */
+int ana_local_reencryption_get(struct ana_local_conn *c, struct ana_local_reencryption *out,
+                               struct ana_error *err);
+/* Replaces the state. */
+int ana_local_reencryption_put(struct ana_local_conn *c, const struct ana_local_reencryption *s,
+                               struct ana_error *err);
+/* Notes, durably, events whose free text is to be indexed again. */
+int ana_local_reencryption_note(struct ana_local_conn *c, const int64_t *seqs, size_t n,
+                                struct ana_error *err);
+/* The noted events (caller frees *seqs with ana_free). */
+int ana_local_reencryption_pending(struct ana_local_conn *c, int64_t **seqs, size_t *n,
+                                   struct ana_error *err);
+/* In one transaction: forgets the noted events, sets next_seq and adds to rewritten. */
+int ana_local_reencryption_advance(struct ana_local_conn *c, uint64_t next_seq, uint64_t rewritten,
+                                   struct ana_error *err);
+/* Gives every free page back to the file system and empties the WAL (a
+ * TRUNCATE checkpoint, retried for timeout_ms while readers are in the way),
+ * so that no page the database no longer uses is left in its files. */
+int ana_local_db_scrub(struct ana_local_conn *c, int timeout_ms, struct ana_error *err);
+
 /* --- the notification outbox and delivery log (outbox.c) --- */
 
 /* One pending notification; strings valid during the call. */

@@ -397,12 +397,26 @@ static const char *const migrations[] = {
     "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
     "CREATE INDEX events_by_slot ON events(account_id, ts / 21600000, seq, ts, event_name,"
     "  event_id);",
+    /* The re-encryption of events stored before a field joined
+     * ENCRYPTED_FIELDS (reencrypt_state.c): the field list the stored events
+     * are sealed under, how far the rewrite is, and the events whose free
+     * text is to be indexed again. */
+    "CREATE TABLE IF NOT EXISTS field_reencryption ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  fields TEXT NOT NULL,"
+    "  upto_seq INTEGER NOT NULL,"
+    "  next_seq INTEGER NOT NULL,"
+    "  phase INTEGER NOT NULL,"
+    "  rewritten INTEGER NOT NULL DEFAULT 0,"
+    "  started_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS field_reencryption_reindex (seq INTEGER PRIMARY KEY);",
     /* events_by_time_name in place of events_by_slot: an account's events
      * in (ts, event_id) order, with the event name. A page newest first is
      * read in the index's order, without sorting a slot (the eventName
      * checked on the entries), and a scan of some event names reads only
      * their rows. Events tracked live append to it; an import at random
-     * times inserts at random places (as into the table's day ranges). */
+     * times inserts into it at random places (the table still appends to
+     * each day's range). */
     "DROP INDEX events_by_slot;"
     "CREATE INDEX events_by_time_name ON events(account_id, ts, event_id, event_name);",
 };
@@ -457,9 +471,13 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   /* WAL lets searches read while the committer writes; FULL syncs the WAL
    * on every commit, so a commit that returned is on disk. */
+  /* secure_delete FAST: a deleted row's bytes are zeroed in the pages that
+   * are written anyway (no more I/O), so rewritten or deleted values (the
+   * clear ones re-encryption replaces) linger in no page still in use; whole
+   * free pages go with ana_local_db_scrub. */
   if (exec(db,
            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-           "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+           "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=FAST;",
            err) < 0) {
     sqlite3_close(db);
     return ANA_ERR_IO;

@@ -7,12 +7,17 @@
 
 #include "ana_alloc.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 struct sqlite_event_store {
   struct ana_local_db *db;
+  /* The rewrite's connection (secure_delete on), opened on first use. */
+  pthread_mutex_t rewrite_mu;
+  sqlite3 *rewriter;
+  sqlite3_stmt *update;
 };
 
 static int prepare_error(sqlite3 *db, struct ana_error *err) {
@@ -21,7 +26,13 @@ static int prepare_error(sqlite3 *db, struct ana_error *err) {
 }
 
 static void store_close(void *p) {
-  ana_free(p);
+  struct sqlite_event_store *s = p;
+  if (!s)
+    return;
+  sqlite3_finalize(s->update);
+  sqlite3_close(s->rewriter);
+  pthread_mutex_destroy(&s->rewrite_mu);
+  ana_free(s);
 }
 
 static void *store_open(struct ana_local_db *db, struct ana_error *err) {
@@ -31,6 +42,7 @@ static void *store_open(struct ana_local_db *db, struct ana_error *err) {
     return NULL;
   }
   s->db = db;
+  pthread_mutex_init(&s->rewrite_mu, NULL);
   return s;
 }
 
@@ -263,6 +275,59 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   return rc < 0 ? rc : (int)n;
 }
 
+/* The rewrite's connection and statement, under rewrite_mu. secure_delete:
+ * SQLite zeroes what the old row occupied, so the old values stay in no free
+ * space of the file. The body is stored uncompressed (ana_event_body): the
+ * dictionary encoder is the committer's own. */
+static int rewriter(struct sqlite_event_store *s, struct ana_error *err) {
+  if (s->update)
+    return 0;
+  if (!s->rewriter && !(s->rewriter = ana_local_db_connect(s->db, err)))
+    return ANA_ERR_IO;
+  if (sqlite3_exec(s->rewriter, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(s->rewriter,
+                         "UPDATE events SET properties = ?3, body = ana_event_body(?4, ?5)"
+                         " WHERE seq = ?1 AND account_id = ?2",
+                         -1, &s->update, NULL) != SQLITE_OK)
+    return prepare_error(s->rewriter, err);
+  return 0;
+}
+
+static int store_rewrite(void *p, const struct ana_event_record *records, size_t n,
+                         struct ana_error *err) {
+  struct sqlite_event_store *s = p;
+  int done = 0;
+  pthread_mutex_lock(&s->rewrite_mu);
+  int rc = rewriter(s, err);
+  if (rc == 0 && sqlite3_exec(s->rewriter, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: rewrite: %s",
+                       sqlite3_errmsg(s->rewriter));
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    const struct ana_event_record *r = &records[i];
+    sqlite3_stmt *st = s->update;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->seq);
+    sqlite3_bind_text(st, 2, r->account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 5, r->payload_len ? (const void *)r->payload : "", (int)r->payload_len,
+                      SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: rewrite: %s",
+                         sqlite3_errmsg(s->rewriter));
+    else
+      done += sqlite3_changes(s->rewriter);
+    sqlite3_reset(st);
+  }
+  if (rc == 0 && sqlite3_exec(s->rewriter, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: rewrite: %s",
+                       sqlite3_errmsg(s->rewriter));
+  if (rc < 0 && s->rewriter && !sqlite3_get_autocommit(s->rewriter))
+    sqlite3_exec(s->rewriter, "ROLLBACK", NULL, NULL, NULL);
+  pthread_mutex_unlock(&s->rewrite_mu);
+  return rc < 0 ? ANA_ERR_IO : done;
+}
+
 const struct ana_event_store_ops ana_sqlite_event_store = {
     .version = ANA_EVENT_STORE_VERSION,
     .name = "sqlite",
@@ -275,4 +340,5 @@ const struct ana_event_store_ops ana_sqlite_event_store = {
     .last_seq = store_last_seq,
     .expire = store_expire,
     .close = store_close,
+    .rewrite = store_rewrite,
 };

@@ -59,6 +59,16 @@ static int index_remove(void *p, const int64_t *seqs, size_t n, struct ana_error
   return ana_text_index_remove(si->text, seqs, n, err);
 }
 
+static int index_reindex(void *p, const int64_t *seqs, size_t n, struct ana_error *err) {
+  struct sqlite_search_index *si = p;
+  return ana_text_index_reindex(si->text, seqs, n, err);
+}
+
+static int index_compact(void *p, struct ana_error *err) {
+  struct sqlite_search_index *si = p;
+  return ana_text_index_compact(si->text, err);
+}
+
 const struct ana_search_index_ops ana_sqlite_search_index = {
     .version = ANA_SEARCH_INDEX_VERSION,
     .name = "sqlite",
@@ -69,4 +79,6 @@ const struct ana_search_index_ops ana_sqlite_search_index = {
     .search = index_search,
     .remove = index_remove,
     .close = index_close,
+    .reindex = index_reindex,
+    .compact = index_compact,
 };

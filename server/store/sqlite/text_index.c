@@ -435,6 +435,104 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
   return rc;
 }
 
+/* Indexes event seq again from its stored text, unless it has an entry
+ * (the token of its second), is past indexed_seq (the thread indexes it) or
+ * is gone. Called with conn_mu held, inside a transaction. */
+static int reindex_one(struct ana_text_index *ti, int64_t seq, uint64_t indexed,
+                       struct ana_error *err) {
+  if ((uint64_t)seq > indexed)
+    return 0;
+  sqlite3_reset(ti->select_one);
+  sqlite3_bind_int64(ti->select_one, 1, seq);
+  int rc = sqlite3_step(ti->select_one);
+  if (rc == SQLITE_DONE || (rc == SQLITE_ROW && sqlite3_column_bytes(ti->select_one, 0) == 0)) {
+    sqlite3_reset(ti->select_one);
+    return 0; /* gone, or no words */
+  }
+  if (rc != SQLITE_ROW)
+    goto failed;
+  int64_t ts = sqlite3_column_int64(ti->select_one, 2);
+  char tok[ANA_TEXT_TOKEN_MAX], match[ANA_TEXT_TOKEN_MAX + 2];
+  ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
+                              ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
+  snprintf(match, sizeof match, "\"%s\"", tok);
+  sqlite3_reset(ti->exists);
+  sqlite3_bind_int64(ti->exists, 1, seq);
+  sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
+  rc = sqlite3_step(ti->exists);
+  sqlite3_reset(ti->exists);
+  if (rc == SQLITE_ROW) {
+    sqlite3_reset(ti->select_one);
+    return 0; /* indexed already */
+  }
+  if (rc != SQLITE_DONE)
+    goto failed;
+  if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0),
+                  (const char *)sqlite3_column_text(ti->select_one, 1), ts)) {
+    sqlite3_reset(ti->select_one);
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  sqlite3_reset(ti->insert);
+  sqlite3_bind_int64(ti->insert, 1, seq);
+  sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
+  rc = sqlite3_step(ti->insert);
+  sqlite3_reset(ti->insert);
+  sqlite3_reset(ti->select_one);
+  if (rc == SQLITE_DONE)
+    return 0;
+failed:
+  sqlite3_reset(ti->select_one);
+  return fail(ti->conn, "cannot index an event again", err);
+}
+
+int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+                           struct ana_error *err) {
+  if (n == 0)
+    return 0;
+  uint64_t indexed = ana_text_index_indexed_seq(ti);
+  pthread_mutex_lock(&ti->conn_mu);
+  int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
+  for (size_t i = 0; i < n && rc == 0; i++)
+    rc = reindex_one(ti, seqs[i], indexed, err);
+  if (rc == 0)
+    rc = exec(ti->conn, "COMMIT", err);
+  if (rc < 0 && !sqlite3_get_autocommit(ti->conn))
+    sqlite3_exec(ti->conn, "ROLLBACK", NULL, NULL, NULL);
+  sqlite3_exec(ti->conn, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+  pthread_mutex_unlock(&ti->conn_mu);
+  return rc;
+}
+
+/* FTS5 keeps a removed entry's words (and its delete marker, which lists
+ * them again) in its segments until they are merged: 'optimize' merges them
+ * all into one, secure_delete zeroes the pages that frees, and a TRUNCATE
+ * checkpoint empties the index's WAL, which held them too. */
+int ana_text_index_compact(struct ana_text_index *ti, struct ana_error *err) {
+  pthread_mutex_lock(&ti->conn_mu);
+  int rc = exec(ti->conn,
+                "PRAGMA main.secure_delete = ON;"
+                " INSERT INTO events_fts(events_fts) VALUES ('optimize')",
+                err);
+  sqlite3_exec(ti->conn, "PRAGMA main.secure_delete = OFF", NULL, NULL, NULL);
+  for (int i = 0; rc == 0 && i < 50; i++) {
+    int busy = 1;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(ti->conn, "PRAGMA main.wal_checkpoint(TRUNCATE)", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+      busy = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (!busy)
+      break;
+    if (i == 49)
+      rc = fail(ti->conn, "cannot empty the index's WAL (readers in the way)", err);
+    struct timespec pause = {0, 100000000};
+    nanosleep(&pause, NULL);
+  }
+  pthread_mutex_unlock(&ti->conn_mu);
+  return rc;
+}
+
 /* Opens the connection, creates the schema and prepares the statements. */
 static int open_conn(struct ana_text_index *ti, const char *events_db_path, struct ana_error *err) {
   char *path = ana_text_index_path(events_db_path);

@@ -33,6 +33,17 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti);
 int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
                           struct ana_error *err);
 
+/* Indexes these events again from their stored text, durably (after
+ * ana_text_index_remove and a rewrite of their text): one with an entry,
+ * not yet indexed or gone is skipped. */
+int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+                           struct ana_error *err);
+
+/* Leaves nothing of removed entries in the index's files: merges its
+ * segments, zeroes the freed pages and empties its WAL. Long; blocks the
+ * index's thread meanwhile. */
+int ana_text_index_compact(struct ana_text_index *ti, struct ana_error *err);
+
 /* Indexes every committed event now, on the calling thread. */
 int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err);
 

@@ -133,41 +133,68 @@ def delivery_log(data_dir, key):
         db.close()
 
 
-class ChannelsTest(harness.ServerTestCase):
+class RelayTestCase(harness.ServerTestCase):
+    """A server whose SMTP_URL points at an aiosmtpd relay of the class's
+    own (started before the server, stopped after it), with the class's
+    HTTP `receiver` too when it set one."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.receiver = Receiver()
+    def start_with_relay(cls, url_suffix="", env=None, **relay_options):
         cls.mailbox = Mailbox()
-        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port())
+        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port(),
+                              **relay_options)
         cls.smtp.start()
-        cls.SERVER_ENV = {
+        cls.SERVER_ENV = dict({
             "DEFAULT_ACCOUNT_ID": ACCOUNT,
-            "NOTIFY_ALLOW_PRIVATE_NETWORKS": "true",
-            "SMTP_URL": "smtp://127.0.0.1:%d" % cls.smtp.port,
-            "SMTP_FROM": "alerts@analytics.example",
-            "TELEGRAM_API_URL": cls.receiver.url(""),
-            "NOTIFY_MAX_ATTEMPTS": "3",
-            "NOTIFY_BACKOFF_INITIAL": "50ms",
-            "NOTIFY_BACKOFF_MAX": "100ms",
+            "SMTP_URL": "smtp://127.0.0.1:%d%s" % (cls.smtp.port, url_suffix),
+            "NOTIFY_MAX_ATTEMPTS": "1",
             "NOTIFY_TIMEOUT": "2s",
             "NOTIFY_POLL_INTERVAL": "50ms",
-        }
+        }, **(env or {}))
         try:
             super().setUpClass()
         except BaseException:
-            cls.smtp.stop()
-            cls.receiver.stop()
+            cls.stop_receivers()
             raise
         cls.rest = RestClient(cls.rest_port)
+
+    @classmethod
+    def stop_receivers(cls):
+        cls.smtp.stop()
+        if getattr(cls, "receiver", None):
+            cls.receiver.stop()
 
     @classmethod
     def tearDownClass(cls):
         try:
             super().tearDownClass()
         finally:
-            cls.smtp.stop()
-            cls.receiver.stop()
+            cls.stop_receivers()
+
+    def send_test_email(self, name):
+        """Creates an email channel to oncall@example.com and sends its test
+        notification; returns the test's result."""
+        status, _, ch = self.rest.request("POST", "/api/channels", {
+            "name": name, "email": {"to": ["oncall@example.com"]}})
+        self.assertEqual(status, 200, ch)
+        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
+        self.assertEqual(status, 200, res)
+        return res
+
+
+class ChannelsTest(RelayTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.receiver = Receiver()
+        cls.start_with_relay(env={
+            "NOTIFY_ALLOW_PRIVATE_NETWORKS": "true",
+            "SMTP_FROM": "alerts@analytics.example",
+            "TELEGRAM_API_URL": cls.receiver.url(""),
+            "NOTIFY_MAX_ATTEMPTS": "3",
+            "NOTIFY_BACKOFF_INITIAL": "50ms",
+            "NOTIFY_BACKOFF_MAX": "100ms",
+        })
 
     def create(self, channel):
         status, _, body = self.rest.request("POST", "/api/channels", channel)
@@ -381,7 +408,7 @@ class PrivateNetworksTest(harness.ServerTestCase):
         self.assertIn("slack.webhookUrl", body["message"])
 
 
-class SmtpAuthTest(harness.ServerTestCase):
+class SmtpAuthTest(RelayTestCase):
     """SMTP_URL with authentication: SMTP_USER and the password from
     SMTP_PASSWORD_FILE (its first line) are sent to a relay that requires
     AUTH; a wrong password is a failed delivery naming the refusal."""
@@ -399,47 +426,26 @@ class SmtpAuthTest(harness.ServerTestCase):
                                                            cls.PASSWORD.encode())
             return AuthResult(success=ok)
 
-        cls.mailbox = Mailbox()
-        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port(),
-                              authenticator=authenticator, auth_required=True,
-                              auth_require_tls=False)
-        cls.smtp.start()
         cls.pw_dir = tempfile.mkdtemp(prefix="ana-smtp-pw-")
         cls.pw_file = os.path.join(cls.pw_dir, "smtp-password")
         with open(cls.pw_file, "w") as f:
             f.write(cls.PASSWORD + "\nnot part of it\n")
-        cls.SERVER_ENV = {
-            "DEFAULT_ACCOUNT_ID": ACCOUNT,
-            "SMTP_URL": "smtp://127.0.0.1:%d" % cls.smtp.port,
+        cls.start_with_relay(env={
             "SMTP_USER": cls.USER,
             "SMTP_PASSWORD": "wrong, SMTP_PASSWORD_FILE wins",
             "SMTP_PASSWORD_FILE": cls.pw_file,
-            "NOTIFY_MAX_ATTEMPTS": "1",
-            "NOTIFY_TIMEOUT": "2s",
-            "NOTIFY_POLL_INTERVAL": "50ms",
-        }
-        try:
-            super().setUpClass()
-        except BaseException:
-            cls.smtp.stop()
-            raise
-        cls.rest = RestClient(cls.rest_port)
+        }, authenticator=authenticator, auth_required=True, auth_require_tls=False)
 
     @classmethod
     def tearDownClass(cls):
         try:
             super().tearDownClass()
         finally:
-            cls.smtp.stop()
             os.remove(cls.pw_file)
             os.rmdir(cls.pw_dir)
 
     def test_email_is_sent_after_smtp_auth_with_the_password_file(self):
-        status, _, ch = self.rest.request("POST", "/api/channels", {
-            "name": "auth-mail", "email": {"to": ["oncall@example.com"]}})
-        self.assertEqual(status, 200, ch)
-        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
-        self.assertEqual(status, 200, res)
+        res = self.send_test_email("auth-mail")
         self.assertEqual(res["outcome"], "delivered", res)
         env = self.mailbox.wait()
         self.assertEqual(env.rcpt_tos, ["oncall@example.com"])
@@ -447,42 +453,16 @@ class SmtpAuthTest(harness.ServerTestCase):
         self.assertEqual(self.logins[-1][1:], (self.USER.encode(), self.PASSWORD.encode()))
 
 
-class SmtpStarttlsRequiredTest(harness.ServerTestCase):
+class SmtpStarttlsRequiredTest(RelayTestCase):
     """SMTP_URL with ?starttls=required against a relay that offers no
     STARTTLS: nothing is sent in clear text, the delivery fails and says so."""
 
     @classmethod
     def setUpClass(cls):
-        cls.mailbox = Mailbox()
-        cls.smtp = Controller(cls.mailbox, hostname="127.0.0.1", port=harness.free_port())
-        cls.smtp.start()
-        cls.SERVER_ENV = {
-            "DEFAULT_ACCOUNT_ID": ACCOUNT,
-            "SMTP_URL": "smtp://127.0.0.1:%d/?starttls=required" % cls.smtp.port,
-            "NOTIFY_MAX_ATTEMPTS": "1",
-            "NOTIFY_TIMEOUT": "2s",
-            "NOTIFY_POLL_INTERVAL": "50ms",
-        }
-        try:
-            super().setUpClass()
-        except BaseException:
-            cls.smtp.stop()
-            raise
-        cls.rest = RestClient(cls.rest_port)
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.smtp.stop()
+        cls.start_with_relay("/?starttls=required")
 
     def test_required_starttls_refuses_a_relay_without_it(self):
-        status, _, ch = self.rest.request("POST", "/api/channels", {
-            "name": "tls-mail", "email": {"to": ["oncall@example.com"]}})
-        self.assertEqual(status, 200, ch)
-        status, _, res = self.rest.request("POST", "/api/channels/%s/test" % ch["channelId"], {})
-        self.assertEqual(status, 200, res)
+        res = self.send_test_email("tls-mail")
         self.assertEqual(res["outcome"], "failed", res)
         self.assertIn("SMTP", res["error"])
         time.sleep(0.3)
