@@ -98,8 +98,8 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
   else
     /* The account's events from the newest (events_by_time_name), in the
      * index's order (no sort: SQLite stops after the page), the eventName
-     * checked on the index's entries; then only the page's rows are read. */
-    APPEND(" events WHERE rowid IN (SELECT rowid FROM events WHERE");
+     * checked on the index's entries before a row is read. */
+    APPEND(" events WHERE");
   APPEND(" account_id = ?1 AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = ?4");
@@ -112,10 +112,8 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
     APPEND(" AND ts <= ?7 AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
   for (size_t i = 0; i < q->n_properties; i++)
     APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
-  if (of == INDEX_MATCHES)
+  if (of != ONE_EVENT)
     APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
-  else if (of == ALL_EVENTS)
-    APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10) ORDER BY ts DESC, event_id DESC");
 #undef APPEND
 }
 
