@@ -156,7 +156,7 @@ def sizes(path, groups):
 def event_group(name):
     if name in ("events", "event_dicts"):
         return "events"
-    if name.startswith("dedupe_keys") or name.startswith("sqlite_autoindex_dedupe"):
+    if name.startswith("dedupe_") or name.startswith("sqlite_autoindex_dedupe"):
         return "dedupe keys"
     if name.startswith("events_") or name.startswith("sqlite_autoindex_events"):
         return "indexes"

@@ -199,7 +199,7 @@ static void sweep_retention(struct ana_committer *c) {
       ANA_WARN("ingest", "retention could not shrink the database: %s", err.message);
   }
   /* A full chunk means more is due: continue soon, between commits. */
-  c->next_sweep_ms = (deleted == RETENTION_CHUNK || keys == RETENTION_CHUNK)
+  c->next_sweep_ms = (deleted == RETENTION_CHUNK || keys >= RETENTION_CHUNK)
                          ? now
                          : now + c->o.retention_sweep_interval_ms;
 }

@@ -544,6 +544,20 @@ static int add_value(struct ana_acc_agg *a, double x) {
   return 0;
 }
 
+int ana_acc_agg_add_numbers(struct ana_acc_agg *a, const double *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (add_value(a, v[i]) < 0)
+      return ANA_ERR_NOMEM;
+  return 0;
+}
+
+int ana_acc_agg_add_texts(struct ana_acc_agg *a, const char *texts, size_t n) {
+  for (size_t i = 0; i < n; i++, texts += strlen(texts) + 1)
+    if (distinct_add(a, ana_acc_hash_text(texts)) < 0)
+      return ANA_ERR_NOMEM;
+  return 0;
+}
+
 void ana_acc_agg_fini(struct ana_acc_agg *a) {
   /* Most aggregates hold only scalars; a query frees thousands. */
   if (!a->distinct.slots && !a->values && !a->hll && !a->dd)

@@ -116,6 +116,12 @@ struct ana_acc_agg {
 int ana_acc_row_add(const struct ana_acc_spec *sp, struct ana_acc_row *r, bool sketches,
                     struct ana_acc_agg *const *targets, size_t n_targets);
 
+/* Adds numbers (each one, as an exact percentile term's values) or distinct texts (n
+ * NUL-terminated texts one after another, as a uniq term's values) to a, exact form; the
+ * scalars are the caller's. Return 0 or ANA_ERR_NOMEM. */
+int ana_acc_agg_add_numbers(struct ana_acc_agg *a, const double *v, size_t n);
+int ana_acc_agg_add_texts(struct ana_acc_agg *a, const char *texts, size_t n);
+
 void ana_acc_agg_fini(struct ana_acc_agg *a);
 /* Merges from into into (either form). Returns 0 or ANA_ERR_NOMEM. */
 int ana_acc_agg_merge(struct ana_acc_agg *into, const struct ana_acc_agg *from);

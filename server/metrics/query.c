@@ -1096,7 +1096,8 @@ static int on_event(void *ctx, const struct ana_scanned_event *ev) {
 }
 
 /* The store's aggregates of one group and bucket, as a cell in the totals and the bucket. */
-static int on_aggregates(void *ctx, const char *key, int64_t bucket_ms, const double *aggs) {
+static int on_aggregates(void *ctx, const char *key, int64_t bucket_ms, const double *aggs,
+                         const struct ana_event_agg_values *values) {
   struct ana_mq *s = ctx;
   struct ana_mq_group *g;
   if (ana_mq_group(s, key, &g) < 0 || !g)
@@ -1104,9 +1105,17 @@ static int on_aggregates(void *ctx, const char *key, int64_t bucket_ms, const do
   struct ana_mq_cell *c = ana_mq_cell_new(s);
   if (!c)
     return ana_mq_nomem(s);
-  for (size_t t = 0; t < s->spec.n_terms; t++)
+  for (size_t t = 0; t < s->spec.n_terms; t++) {
     ana_acc_agg_merge_scalars(&c->accs[t], aggs[4 * t], aggs[4 * t + 1], aggs[4 * t + 2],
                               aggs[4 * t + 3]);
+    /* percentiles and uniq: the values themselves, merged across buckets and groups as rows'
+     * are (the totals, the previous period, "other") */
+    if (ana_acc_agg_add_numbers(&c->accs[t], values[t].numbers, values[t].n_numbers) < 0 ||
+        ana_acc_agg_add_texts(&c->accs[t], values[t].texts, values[t].n_texts) < 0) {
+      ana_mq_cell_free(s, c);
+      return ana_mq_nomem(s);
+    }
+  }
   size_t b = bucket_ms == INT64_MIN
                  ? ANA_MQ_PREVIOUS
                  : ana_bucket_index(s->starts, s->n_buckets, s->q->to_ms, bucket_ms);
@@ -1118,9 +1127,9 @@ static int on_aggregates(void *ctx, const char *key, int64_t bucket_ms, const do
 }
 
 /* The raw path run by the store (ops->aggregate) when the metric reads only what it can
- * aggregate exactly: counts and numeric scalars of top-level properties, dimensions of event
- * fields or top-level properties, filters comparing strings or numbers. 1 done, 0 not done, or
- * a negative error. */
+ * aggregate exactly: counts, numeric scalars and percentiles of top-level properties, uniq and
+ * counts of top-level properties or event fields, dimensions of event fields or top-level
+ * properties, filters comparing strings or numbers. 1 done, 0 not done, or a negative error. */
 static int raw_aggregated(const struct ana_event_store_ops *ops, void *store, struct ana_mq *s,
                           struct ana_error *err) {
   static const char *const tops[] = {NULL, "eventType", "eventName", "sessionId", "eventId"};
@@ -1169,10 +1178,16 @@ static int raw_aggregated(const struct ana_event_store_ops *ops, void *store, st
   for (size_t t = 0; t < s->spec.n_terms; t++) {
     const struct ana_agg_term *term = s->spec.terms[t];
     const struct ana_acc_field *f = s->spec.term_fields[t] ? &s->spec.term_refs[t] : NULL;
-    bool numeric = term->fn >= ANA_AGG_SUM && term->fn <= ANA_AGG_MAX;
-    if ((term->fn != ANA_AGG_COUNT && !numeric) || (numeric && !f) || (f && (f->top || f->nested)))
+    bool percentile = term->fn >= ANA_AGG_P50 && term->fn <= ANA_AGG_P99;
+    bool numeric = (term->fn >= ANA_AGG_SUM && term->fn <= ANA_AGG_MAX) || percentile;
+    if ((numeric && (!f || f->top)) || (f && (f->nested || f->top >= sizeof tops / sizeof tops[0])))
       return 0;
-    terms[t] = (struct ana_event_agg_term){term->event_name, f ? f->path : NULL, numeric};
+    for (size_t k = 1; f && !f->top && k < sizeof tops / sizeof tops[0]; k++)
+      if (strcmp(f->path, tops[k]) == 0)
+        return 0; /* a property named like an event field */
+    terms[t] =
+        (struct ana_event_agg_term){term->event_name, f ? (f->top ? tops[f->top] : f->path) : NULL,
+                                    numeric, percentile, term->fn == ANA_AGG_UNIQ};
   }
   for (size_t d = 0; d < s->spec.n_dims; d++) {
     const struct ana_acc_field *f = &s->spec.dim_refs[d];

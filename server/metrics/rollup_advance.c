@@ -177,6 +177,12 @@ bool ru_advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t head) 
     int sc = rc < 0
                  ? rc
                  : r->ops->scan_seq(r->store, w[i].m->account_id, w[i].lo, w[i].hi, feed, &s, &err);
+    /* A backfill's first chunk (written with its watermark, so read once) also reads the
+     * events other instances committed to a shared event store, which this instance's
+     * sequence does not hold. Not without an own event: the chunk would not move the
+     * watermark. */
+    if (sc == 0 && s.rc == 0 && w[i].lo == 0 && w[i].hi > 0 && r->ops->scan_others)
+      sc = r->ops->scan_others(r->store, w[i].m->account_id, feed, &s, &err);
     if (sc == 0 && s.rc < 0)
       sc = ana_error_set(&err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     ana_prom_counter_add(&r->events_processed, s.events);

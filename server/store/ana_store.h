@@ -84,8 +84,11 @@ typedef int (*ana_event_scan_fn)(void *ctx, const struct ana_scanned_event *ev);
  * count, sum, min and max. Pointers are borrowed for the call. */
 struct ana_event_agg_term {
   const char *event_name; /* NULL: every event the query reads */
-  const char *property;   /* NULL: count the events; else a top-level property */
+  const char *property;   /* NULL: count the events; else a top-level property, or an event
+                             field (eventType, eventName, sessionId, eventId) when not numeric */
   bool numeric;           /* count, sum, min, max of property's numbers; else count where present */
+  bool numbers;           /* numeric: also every number counted (percentiles) */
+  bool distinct;          /* not numeric: also the distinct texts of the values (uniq) */
 };
 
 /* A filter of the aggregation, on an event field or a top-level property (see dimensions). */
@@ -116,12 +119,21 @@ struct ana_event_agg_query {
   size_t n_filters;
 };
 
+/* One term's values beyond its scalars, in one group and bucket (borrowed for the call). */
+struct ana_event_agg_values {
+  const double *numbers; /* a numbers term's numbers, in no particular order */
+  size_t n_numbers;
+  const char *texts; /* a distinct term's distinct texts, each NUL-terminated, one after another */
+  size_t n_texts;
+};
+
 /* Receives one group's aggregates of one bucket (bucket_ms its start; INT64_MIN: the
  * previous period): group_key the dimension values joined by '\x1f' (a missing value as "",
  * each cut to 127 bytes), aggs 4 doubles per term (count, sum, min, max; min and max only
- * when count > 0). Non-zero stops. */
+ * when count > 0), values one per term (empty for terms that want neither numbers nor
+ * distinct texts). Non-zero stops. */
 typedef int (*ana_event_agg_fn)(void *ctx, const char *group_key, int64_t bucket_ms,
-                                const double *aggs);
+                                const double *aggs, const struct ana_event_agg_values *values);
 
 /* One committed event as the spool hands it to a shipper; pointers are
  * valid during the call that hands it. */
@@ -241,6 +253,12 @@ struct ana_event_store_ops {
    * not held up). Returns how many were rewritten, or a negative error (none was). */
   int (*rewrite)(void *store, const struct ana_event_record *records, size_t n,
                  struct ana_error *err);
+  /* Optional (NULL: none). Calls fn for every event of the account the store holds that this
+   * instance did not commit (other instances' in a shared store; they have no place in its
+   * commit sequence), in no particular order: what a rollup's backfill reads besides its replay
+   * of the commit sequence. Thread-safe; blocks. */
+  int (*scan_others)(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
+                     struct ana_error *err);
 };
 
 /* The search index role: free text over the events' names and property

@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 17
+#define SCHEMA_VERSION 18
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -896,6 +896,17 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
       check_search_by_name(ranges[i][0], ranges[i][1], byname_names[n]);
   }
 }
+/* SQL that turns this build's deduplication keys back into those of
+ * schemas 1 to 12 (an expiry time per key, an index on it), every key
+ * expiring in 2100. */
+#define DEDUPE_KEYS_OF_SCHEMA_12                                                                   \
+  "CREATE TABLE old_keys (account_id TEXT NOT NULL, event_id TEXT NOT NULL,"                       \
+  "  expires_at INTEGER NOT NULL, PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"              \
+  "INSERT INTO old_keys SELECT a.account_id, k.event_id, 4102444800000 FROM dedupe_keys k"         \
+  "  JOIN dedupe_accounts a ON a.id = k.account;"                                                  \
+  "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry; DROP TABLE dedupe_accounts;"                  \
+  "ALTER TABLE old_keys RENAME TO dedupe_keys;"                                                    \
+  "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"
 
 /* SQL that turns this build's events table back into the one of schemas 1
  * to 12 (rowid = seq, AUTOINCREMENT, an index per field, the free text and
@@ -916,9 +927,7 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"                   \
   "CREATE INDEX events_by_type ON events(account_id, event_type, ts, event_id);"                   \
   "CREATE INDEX events_by_session ON events(account_id, session_id, ts, event_id);"                \
-  "CREATE INDEX events_expiry ON events(ts);"                                                      \
-  "DROP INDEX dedupe_keys_by_day;"                                                                 \
-  "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"                                    \
+  "CREATE INDEX events_expiry ON events(ts);" DEDUPE_KEYS_OF_SCHEMA_12                             \
   "DELETE FROM schema_migrations WHERE version >= 13;"
 
 /* A store of schema 12 (events in seq order, an index per field) holding
@@ -1015,52 +1024,93 @@ static int check_body(void *ctx, const struct ana_spooled_event *e, struct ana_e
   return 0;
 }
 
-/* Once the store has seen enough events it trains a zstd dictionary on
- * them, stores it (event_dicts) and compresses the bodies of the next ones
- * with it; every body reads back as written, after a restart too, which
- * goes on with the same dictionary. */
-static void event_bodies_are_compressed_with_the_stores_dictionary(void **state) {
-  (void)state;
-  enum { N = 5000 };
-  struct ana_event_record *r = calloc(N, sizeof *r);
-  char(*ids)[16] = calloc(N, sizeof *ids);
-  char(*texts)[64] = calloc(N, sizeof *texts);
-  assert_non_null(r);
-  assert_non_null(ids);
-  assert_non_null(texts);
-  for (int i = 0; i < N; i++) {
+/* Waits up to ms for n answers; false when they did not all come. */
+static bool wait_done_for(int n, int ms) {
+  struct timespec until = ana_clock_deadline(CLOCK_REALTIME, ms);
+  pthread_mutex_lock(&mu);
+  int rc = 0;
+  while (done_count < n && rc == 0)
+    rc = pthread_cond_timedwait(&cond, &mu, &until);
+  bool all = done_count >= n;
+  pthread_mutex_unlock(&mu);
+  return all;
+}
+
+/* Commits events d-<from> .. d-<to - 1> as one request; false when it was
+ * not answered within 10 s. */
+static bool commit_bodies(struct ana_event_record *r, char (*ids)[16], char (*texts)[64], int from,
+                          int to) {
+  for (int i = from; i < to; i++) {
     snprintf(ids[i], sizeof ids[i], "d-%d", i);
     body_text(texts[i], sizeof texts[i], i);
     r[i] = record("acct-1", ids[i], i % 3 ? "sent" : "read", NOW - (i % 7) * DAY, "{}", texts[i]);
   }
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
   struct ana_commit_request req;
-  assert_int_equal(submit(r, N, &req), 0);
-  wait_done(1);
+  assert_int_equal(submit(r + from, (size_t)(to - from), &req), 0);
+  return wait_done_for(before + 1, 10000);
+}
+
+/* Once the store has seen enough events it trains a zstd dictionary on
+ * them, on a thread of its own: the commit that took the last sample and
+ * the next ones do not wait for it (here the training is held back until
+ * they are answered) and store their bodies raw; the first commit after it
+ * ended stores the dictionary (event_dicts) and compresses with it. Every
+ * body, before and after, reads back as written, after a restart too, which
+ * goes on with the same dictionary. */
+static void dictionary_training_does_not_hold_commits(void **state) {
+  (void)state;
+  enum { N = 7000 };
+  struct ana_event_record *r = calloc(N + 1, sizeof *r);
+  char(*ids)[16] = calloc(N + 1, sizeof *ids);
+  char(*texts)[64] = calloc(N + 1, sizeof *texts);
+  assert_non_null(r);
+  assert_non_null(ids);
+  assert_non_null(texts);
+  struct ana_event_codec *codec = ana_local_db_event_codec(db);
+  ana_event_codec_hold_training(codec, true);
+  assert_true(commit_bodies(r, ids, texts, 0, 5000)); /* takes the samples */
+  assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_TRAINING);
+  assert_true(commit_bodies(r, ids, texts, 5000, 6000)); /* while it trains */
   sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) != x'00'"),
+                   0);
+  ana_event_codec_hold_training(codec, false);
+  assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
+  assert_true(commit_bodies(r, ids, texts, 6000, N));
+  assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
   int packed = query_int(w, "SELECT count(*) FROM events WHERE hex(substr(body, 1, 1)) = '01'");
-  assert_true(packed >= N - 4096);
+  assert_true(packed >= 900 && packed <= 1000);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"
+                                "  AND CAST(substr(event_id, 3) AS INTEGER) < 6000"),
+                   0);
   struct ana_error err;
   struct body_check c = {0};
   assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
   assert_int_equal(c.bad, 0);
-  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "d-4999"});
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "d-6999"});
   assert_int_equal(h.n, 1);
-  assert_string_equal(h.ids[0], "d-4999");
+  assert_string_equal(h.ids[0], "d-6999");
+  h = search((struct ana_event_query){.account_id = "acct-1", .text = "d-4999"});
+  assert_int_equal(h.n, 1);
 
   close_store();
   open_store();
   w = ana_local_db_writer(db);
   char text[64];
   body_text(text, sizeof text, N);
-  struct ana_event_record next = record("acct-1", "d-5000", "sent", NOW, "{}", text);
+  struct ana_event_record next = record("acct-1", "d-7000", "sent", NOW, "{}", text);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_local_dedupe_claim(db, &next, 1, &err), 0);
   assert_int_equal(ana_local_spool_append(db, &next, 1, &err), 0);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
   assert_int_equal(
-      query_int(w, "SELECT hex(substr(body, 1, 1)) = '01' FROM events WHERE event_id = 'd-5000'"),
+      query_int(w, "SELECT hex(substr(body, 1, 1)) = '01' FROM events WHERE event_id = 'd-7000'"),
       1);
   c = (struct body_check){0};
   assert_int_equal(ana_local_spool_each(db, 0, N + 1, check_body, &c, &err), N + 1);
@@ -1068,6 +1118,230 @@ static void event_bodies_are_compressed_with_the_stores_dictionary(void **state)
   free(r);
   free(ids);
   free(texts);
+}
+
+/* Claims keys in a transaction of their own (as the committer does); the
+ * records' duplicate flags say what was found. */
+static void claim(struct ana_event_record *r, size_t n) {
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, r, n, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+}
+
+/* A key claimed stays claimed across a restart, per account; a repeat in
+ * the same batch is a duplicate too, and so is one whose timestamp (and so
+ * expiry day) differs from the first one's. */
+static void dedupe_keys_are_recognised_after_a_restart(void **state) {
+  (void)state;
+  struct ana_event_record a[3] = {
+      record("acct-1", "k-1", "sent", NOW - 5 * DAY, "{}", ""),
+      record("acct-1", "k-2", "sent", NOW, "{}", ""),
+      record("acct-1", "k-1", "sent", NOW, "{}", ""),
+  };
+  claim(a, 3);
+  assert_false(a[0].duplicate);
+  assert_false(a[1].duplicate);
+  assert_true(a[2].duplicate);
+  close_store();
+  open_store();
+  struct ana_event_record b[4] = {
+      record("acct-1", "k-1", "sent", NOW - 2 * DAY, "{}", ""), /* another day */
+      record("acct-1", "k-2", "sent", NOW, "{}", ""),
+      record("acct-2", "k-1", "sent", NOW, "{}", ""), /* another account */
+      record("acct-1", "k-", "sent", NOW, "{}", ""),  /* a prefix of a key */
+  };
+  claim(b, 4);
+  assert_true(b[0].duplicate);
+  assert_true(b[1].duplicate);
+  assert_false(b[2].duplicate);
+  assert_false(b[3].duplicate);
+  /* The keys, and one expiry list per (commit, day), no index. */
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 4);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 3);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'dedupe_keys'"
+                                " AND type = 'index'"),
+                   0);
+  /* An account numbered by a transaction that rolled back is numbered
+   * again by the next one. */
+  struct ana_event_record c = record("acct-9", "z", "sent", NOW, "{}", "");
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &c, 1, &err), 0);
+  ana_local_db_rollback(db);
+  claim(&c, 1);
+  assert_false(c.duplicate);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys k JOIN dedupe_accounts a"
+                                "  ON a.id = k.account WHERE a.account_id = 'acct-9'"),
+                   1);
+}
+
+/* Keys expire by whole UTC days, oldest first, a list at a time: those of
+ * the days before today's go, today's and later stay; an expired key may
+ * be claimed again; a rolled-back claim leaves no list behind. */
+static void dedupe_keys_expire_by_day(void **state) {
+  (void)state;
+  enum { N = 2500 };
+  int64_t today = NOW / DAY * DAY;
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[16] = calloc(N, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "x-%d", i);
+    r[i] = record(i % 2 ? "acct-1" : "acct-2", ids[i], "sent", NOW, "{}", "");
+    /* Expiring 3 days ago, yesterday's last ms, today's first ms, in 5 days. */
+    int64_t at[] = {today - 3 * DAY + 5, today - 1, today, NOW + 5 * DAY};
+    r[i].expires_at_ms = at[i % 4];
+  }
+  claim(r, N);
+  struct ana_error err;
+  /* A claim rolled back: nothing of it stays, no list either. */
+  struct ana_event_record gone = record("acct-1", "rolled-back", "sent", NOW, "{}", "");
+  gone.expires_at_ms = today - 2 * DAY;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, &gone, 1, &err), 0);
+  ana_local_db_rollback(db);
+  sqlite3 *w = ana_local_db_writer(db);
+  int lists = query_int(w, "SELECT count(*) FROM dedupe_expiry");
+  assert_int_equal(lists, 4); /* 625 keys a day: one list each */
+
+  /* Half the keys expired; a step deletes whole lists until it has
+   * deleted at least max_rows keys. */
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 625);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 625);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 2);
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM dedupe_expiry WHERE id < %lld * 4294967296",
+           (long long)(today / DAY));
+  assert_int_equal(query_int(w, sql), 0);
+
+  /* Expired keys are free again; today's and later ones are not. */
+  struct ana_event_record again[4];
+  for (int i = 0; i < 4; i++)
+    again[i] = r[i];
+  claim(again, 4);
+  assert_false(again[0].duplicate);
+  assert_false(again[1].duplicate);
+  assert_true(again[2].duplicate);
+  assert_true(again[3].duplicate);
+  /* Tomorrow, today's go too. */
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_expire(db, today + DAY, 100000, &err), 625 + 2);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 625);
+  free(r);
+  free(ids);
+}
+
+struct old_key {
+  const char *account, *id;
+  int64_t expires_at;
+};
+
+/* A store whose keys are in the layout before this one (their expiry
+ * time in each row, an index by day): opened, the keys are migrated, each
+ * still recognised, and they expire by their day as before. */
+static void old_dedupe_keys_are_migrated_on_start(void **state) {
+  (void)state;
+  close_store();
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -f %s/analytics.db*", dir);
+  assert_int_equal(system(cmd), 0);
+  int v = ana_local_db_migration_containing("CREATE TABLE dedupe_expiry");
+  assert_true(v > 1);
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  struct ana_error err;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_event_body_register(conn), 0);
+  assert_int_equal(ana_local_db_migrate_upto(conn, v - 1, &err), 0);
+  assert_int_equal(query_int(conn, "SELECT count(*) FROM pragma_table_info('dedupe_keys')"
+                                   " WHERE name = 'expires_at'"),
+                   1);
+  int64_t today = NOW / DAY * DAY;
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(
+      sqlite3_prepare_v2(conn, "INSERT INTO dedupe_keys VALUES (?, ?, ?)", -1, &st, NULL),
+      SQLITE_OK);
+  /* 2,100 keys of acct-1 expiring in a week (three lists), with ids that
+   * share prefixes; some of acct-2 that expired; odd ids. */
+  static const struct old_key odd[] = {
+      {"acct-2", "b", 0},  {"acct-2", "", 0},
+      {"acct-2", "bb", 0}, {"acct-3", "\xc3\xa9t\xc3\xa9", 1},
+      {"acct-3", "x", 1},
+  };
+  for (int i = 0; i < 2100 + 5; i++) {
+    char id[32];
+    const char *account = "acct-1";
+    int64_t at = NOW + 7 * DAY;
+    if (i < 2100) {
+      snprintf(id, sizeof id, "imp-%d", i);
+    } else {
+      account = odd[i - 2100].account;
+      snprintf(id, sizeof id, "%s", odd[i - 2100].id);
+      at = odd[i - 2100].expires_at ? NOW + 2 * DAY : today - 2 * DAY + 7;
+    }
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, account, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, at);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2105);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_table_info('dedupe_keys')"
+                                " WHERE name = 'expires_at'"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
+                                " 'dedupe_keys_by_day'"),
+                   0);
+  /* acct-1's week: 3 lists; acct-2's expired day: 1; acct-3's: 1. */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 5);
+  struct ana_event_record r[2105];
+  char ids[2105][32];
+  for (int i = 0; i < 2105; i++) {
+    if (i < 2100) {
+      snprintf(ids[i], sizeof ids[i], "imp-%d", i);
+      r[i] = record("acct-1", ids[i], "sent", NOW, "{}", "");
+    } else {
+      snprintf(ids[i], sizeof ids[i], "%s", odd[i - 2100].id);
+      r[i] = record(odd[i - 2100].account, ids[i], "sent", NOW, "{}", "");
+    }
+  }
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, r, 2105, &err), 0);
+  ana_local_db_rollback(db);
+  for (int i = 0; i < 2105; i++)
+    assert_true(r[i].duplicate);
+  /* The expired day's keys go (and only they), read from the migrated list. */
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 3);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys k JOIN dedupe_accounts a"
+                                "  ON a.id = k.account WHERE a.account_id = 'acct-2'"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 3);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2102);
+  /* In a week, all of them, the lists with them. */
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_true(ana_local_dedupe_expire(db, NOW + 9 * DAY, 100000, &err) == 2102);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 0);
 }
 
 /* A database of schema 3 kept its free-text index inside: the upgrade
@@ -1378,6 +1652,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(a_remote_event_store_drains_the_spool_in_order, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(commits_dedupe_and_sequence, setup, teardown),
+      cmocka_unit_test_setup_teardown(dedupe_keys_are_recognised_after_a_restart, setup, teardown),
+      cmocka_unit_test_setup_teardown(dedupe_keys_expire_by_day, setup, teardown),
+      cmocka_unit_test_setup_teardown(old_dedupe_keys_are_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(search_filters_paging_and_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
       cmocka_unit_test_setup_teardown(repeated_retention_step_removes_an_index_entry_once, setup,
@@ -1391,8 +1668,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(searches_and_scans_by_name_match_unfiltered_ones, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(event_bodies_are_compressed_with_the_stores_dictionary, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(dictionary_training_does_not_hold_commits, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,

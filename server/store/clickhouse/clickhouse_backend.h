@@ -8,7 +8,7 @@ struct ana_store_settings;
 
 /* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; search
  * and scans are pushed down to ClickHouse (reads.c), replays in commit order (scan_seq) read
- * the local copy of this instance's events. */
+ * the local copy of this instance's events, scan_others ClickHouse's rows of other instances. */
 extern const struct ana_event_store_ops ana_clickhouse_event_store;
 
 /* Hands the store its settings (borrowed; they outlive the store) before open. */
@@ -39,12 +39,19 @@ int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_d
 int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **out,
                              size_t *out_len, struct ana_error *err);
 
-/* gzip (zlib, level 1) of data[0..len) into *out (owned by the caller, ana_free). */
-int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
-                        struct ana_error *err);
+/* A gzip stream (zlib, level 1) into a growing buffer, fed piece by piece (the rows of a batch
+ * as they are encoded, while they are still in the cache). */
+struct ana_clickhouse_gz;
+/* NULL when out of memory. */
+struct ana_clickhouse_gz *ana_clickhouse_gz_new(void);
+/* Compresses data[0..len); finish ends the stream. 0, or ANA_ERR_NOMEM / ANA_ERR_INTERNAL. */
+int ana_clickhouse_gz_add(struct ana_clickhouse_gz *g, const void *data, size_t len, bool finish);
+/* The finished stream (owned by the caller, ana_free) and its length; g keeps nothing. */
+unsigned char *ana_clickhouse_gz_take(struct ana_clickhouse_gz *g, size_t *len);
+void ana_clickhouse_gz_free(struct ana_clickhouse_gz *g);
 
 /* Sends an INSERT whose rows (in the statement's format) are body, gzip-compressed
- * (ana_clickhouse_gzip). Same returns as ana_clickhouse_query. */
+ * (ana_clickhouse_gz_*). Same returns as ana_clickhouse_query. */
 int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,
                                   const void *body, size_t len, const char *query_id,
                                   struct ana_error *err);
@@ -58,6 +65,7 @@ struct ana_clickhouse_view {
   struct ana_local_db *db;
   const char *instance;
   uint64_t shipped;
+  bool others; /* scans only: other instances' rows, none of this instance's (nor its spool) */
 };
 
 /* The event store's search (no free text), as SQL merged with the spool's events after

@@ -216,32 +216,67 @@ int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **
   return post(ch, params, sql, strlen(sql), false, out, out_len, err);
 }
 
-/* gzip (zlib's deflate with a gzip wrapper) of data; *out owned by the caller. */
-int ana_clickhouse_gzip(const void *data, size_t len, unsigned char **out, size_t *out_len,
-                        struct ana_error *err) {
+struct ana_clickhouse_gz {
   z_stream z;
-  memset(&z, 0, sizeof z);
-  if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-    return ana_error_set(err, ANA_STATUS_INTERNAL, "zlib: cannot start"), ANA_ERR_INTERNAL;
-  size_t cap = deflateBound(&z, (uLong)len) + 64;
-  unsigned char *buf = ana_malloc(cap);
-  if (!buf) {
-    deflateEnd(&z);
-    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  unsigned char *out;
+  size_t cap;
+  bool ended;
+};
+
+struct ana_clickhouse_gz *ana_clickhouse_gz_new(void) {
+  struct ana_clickhouse_gz *g = ana_calloc(1, sizeof *g);
+  if (g && deflateInit2(&g->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    ana_free(g);
+    g = NULL;
   }
-  z.next_in = (Bytef *)data;
-  z.avail_in = (uInt)len;
-  z.next_out = buf;
-  z.avail_out = (uInt)cap;
-  int zr = deflate(&z, Z_FINISH);
-  *out_len = cap - z.avail_out;
-  deflateEnd(&z);
-  if (zr != Z_STREAM_END) {
-    ana_free(buf);
-    return ana_error_set(err, ANA_STATUS_INTERNAL, "zlib: cannot compress"), ANA_ERR_INTERNAL;
+  return g;
+}
+
+int ana_clickhouse_gz_add(struct ana_clickhouse_gz *g, const void *data, size_t len, bool finish) {
+  if (g->ended)
+    return ANA_ERR_INTERNAL;
+  g->z.next_in = (Bytef *)data;
+  g->z.avail_in = (uInt)len;
+  for (;;) {
+    size_t used = g->cap - g->z.avail_out;
+    if (!g->out || g->z.avail_out < 64) {
+      size_t cap = g->cap ? g->cap * 2 : 256 * 1024;
+      unsigned char *out = ana_realloc(g->out, cap);
+      if (!out)
+        return ANA_ERR_NOMEM;
+      used = g->out ? used : 0;
+      g->out = out;
+      g->cap = cap;
+      g->z.next_out = out + used;
+      g->z.avail_out = (uInt)(cap - used);
+    }
+    int zr = deflate(&g->z, finish ? Z_FINISH : Z_NO_FLUSH);
+    if (zr == Z_STREAM_END) {
+      g->ended = true;
+      return 0;
+    }
+    if (zr != Z_OK && zr != Z_BUF_ERROR)
+      return ANA_ERR_INTERNAL;
+    if (!finish && g->z.avail_in == 0)
+      return 0;
   }
-  *out = buf;
-  return 0;
+}
+
+unsigned char *ana_clickhouse_gz_take(struct ana_clickhouse_gz *g, size_t *len) {
+  unsigned char *out = g->out;
+  *len = g->cap - g->z.avail_out;
+  g->out = NULL;
+  g->cap = 0;
+  g->z.avail_out = 0;
+  return out;
+}
+
+void ana_clickhouse_gz_free(struct ana_clickhouse_gz *g) {
+  if (!g)
+    return;
+  deflateEnd(&g->z);
+  ana_free(g->out);
+  ana_free(g);
 }
 
 int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,

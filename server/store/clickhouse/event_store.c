@@ -33,6 +33,8 @@
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
 #define SCHEMA_VERSION 2
 #define RETRY_MAX_MS 5000
+/* Spool rows read on one read snapshot while a batch is encoded. */
+#define SPOOL_READ_PIECE 10000
 /* After a range was checked and resent, second copies are looked for during this many
  * CLICKHOUSE_TIMEOUTs, every DEDUPE_EVERY_MS. */
 #define DEDUPE_TIMEOUTS 3
@@ -57,7 +59,9 @@ struct ch_store {
   bool started;
   pthread_mutex_t mu; /* guards stopping, reason and the condition; never held across I/O */
   pthread_cond_t cond;
+  pthread_cond_t set_up; /* broadcast after each set-up attempt (ready, or failed) */
   bool stopping;
+  bool tried; /* a set-up attempt ended */
   char reason[512];
 
   atomic_uint_fast64_t shipped;   /* every sequence up to it is in ClickHouse */
@@ -446,7 +450,7 @@ struct job {
   struct group {
     int day;
     unsigned char *body;
-    size_t len;
+    size_t len, raw_len; /* compressed, and before */
   } * groups;
   size_t n_groups;
   /* the send's outcome (send_thread) */
@@ -464,15 +468,19 @@ static void job_free(struct job *j) {
   ana_free(j);
 }
 
-/* A batch being encoded: one RowBinary buffer per day partition. */
+/* Rows are compressed a piece of this many bytes at a time, while still in the cache. */
+#define GZ_PIECE (256 * 1024)
+
+/* A batch being encoded: one RowBinary stream per day partition, compressed as it grows. */
 struct encoder {
   struct ch_store *s;
   struct job *job;
   struct day_buf {
     int day;
     uint64_t attempt; /* this INSERT's id, in each of its rows */
-    struct buf b;
-    size_t rows;
+    struct buf b;     /* rows not compressed yet */
+    struct ana_clickhouse_gz *gz;
+    size_t rows, raw_len;
   } * days;
   size_t n_days, cap_days;
   bool failed;
@@ -517,6 +525,8 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
     d = &e->days[e->n_days++];
     memset(d, 0, sizeof *d);
     d->day = day;
+    if (!(d->gz = ana_clickhouse_gz_new()))
+      return e->failed = true, ANA_ERR_NOMEM;
     if (getrandom(&d->attempt, sizeof d->attempt, 0) != sizeof d->attempt)
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
     d->attempt |= 1; /* never 0, the rows written before the column */
@@ -526,6 +536,12 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
   j->rows++;
   if (d->b.failed)
     e->failed = true;
+  else if (d->b.len >= GZ_PIECE) {
+    if (ana_clickhouse_gz_add(d->gz, d->b.p, d->b.len, false) < 0)
+      e->failed = true;
+    d->raw_len += d->b.len;
+    d->b.len = 0;
+  }
   return e->failed ? ANA_ERR_NOMEM : 0;
 }
 
@@ -544,20 +560,28 @@ static struct job *enc_finish(struct encoder *e, struct ana_error *err) {
   if (e->n_days > 1)
     qsort(e->days, e->n_days, sizeof *e->days, by_day_buf);
   for (size_t i = 0; i < e->n_days; i++) {
+    struct day_buf *d = &e->days[i];
     struct group *g = &j->groups[j->n_groups];
-    if (ana_clickhouse_gzip(e->days[i].b.p, e->days[i].b.len, &g->body, &g->len, err) < 0)
+    if (ana_clickhouse_gz_add(d->gz, d->b.p, d->b.len, true) < 0) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "cannot compress a batch");
       goto fail;
-    g->day = e->days[i].day;
+    }
+    g->day = d->day;
+    g->raw_len = d->raw_len + d->b.len;
+    g->body = ana_clickhouse_gz_take(d->gz, &g->len);
     j->n_groups++;
-    ana_prom_counter_add(&e->s->bytes_out, e->days[i].b.len);
   }
-  for (size_t i = 0; i < e->n_days; i++)
+  for (size_t i = 0; i < e->n_days; i++) {
     ana_free(e->days[i].b.p);
+    ana_clickhouse_gz_free(e->days[i].gz);
+  }
   ana_free(e->days);
   return j;
 fail:
-  for (size_t i = 0; i < e->n_days; i++)
+  for (size_t i = 0; i < e->n_days; i++) {
     ana_free(e->days[i].b.p);
+    ana_clickhouse_gz_free(e->days[i].gz);
+  }
   ana_free(e->days);
   job_free(j);
   return NULL;
@@ -591,6 +615,7 @@ static int send(struct job *j, struct ana_error *err) {
       return rc;
     }
     ana_prom_counter_add(&s->inserts, 1);
+    ana_prom_counter_add(&s->bytes_out, j->groups[i].raw_len);
   }
   atomic_fetch_sub(&s->pending_bytes, j->bytes);
   atomic_store(&s->shipped, j->last);
@@ -687,7 +712,22 @@ static int pipeline_step(struct ch_store *s, struct job **inflight, uint64_t *cu
   struct job *job = NULL;
   if (enc_start(&e, s, err) < 0)
     return ANA_ERR_NOMEM;
-  int n = ana_local_spool_each(s->db, *cursor, s->batch_rows, take_row, &e, err);
+  /* In pieces, each on its own read snapshot: a snapshot held while a whole batch is read would
+   * keep the local database's checkpoints from starting the WAL over, and past its limit the
+   * commits wait for it (see local_db.c). */
+  int n = 0;
+  for (uint64_t after = *cursor; n < s->batch_rows;) {
+    int want = s->batch_rows - n < SPOOL_READ_PIECE ? s->batch_rows - n : SPOOL_READ_PIECE;
+    int got = ana_local_spool_each_untexted(s->db, after, want, take_row, &e, err);
+    if (got < 0) {
+      n = got;
+      break;
+    }
+    n += got;
+    if (got < want)
+      break;
+    after = e.job->last;
+  }
   struct ana_error scratch;
   if (n < 0)
     e.failed = true;
@@ -860,14 +900,20 @@ static void *ship_thread(void *arg) {
     struct ana_error err;
     ana_error_clear(&err);
     if (!atomic_load(&s->ready)) {
-      if (setup(s, &err) < 0) {
+      bool ok = setup(s, &err) == 0;
+      if (!ok) {
         atomic_store(&s->degraded, true);
         set_reason(s, err.message);
         ANA_WARN("clickhouse", "not ready, retrying: %s", err.message);
         backoff = backoff ? (backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2) : 250;
-        continue;
       }
-      atomic_store(&s->ready, true);
+      pthread_mutex_lock(&s->mu);
+      atomic_store(&s->ready, ok);
+      s->tried = true;
+      pthread_cond_broadcast(&s->set_up);
+      pthread_mutex_unlock(&s->mu);
+      if (!ok)
+        continue;
     }
     int64_t now = ana_clock_mono_ms();
     if (now >= next_sweep && !inflight) {
@@ -1021,6 +1067,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&s->cond, &ca);
+  pthread_cond_init(&s->set_up, &ca);
   pthread_condattr_destroy(&ca);
   s->db = db;
   s->batch_rows = settings->clickhouse_batch_rows > 0 ? settings->clickhouse_batch_rows : 100000;
@@ -1052,7 +1099,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   /* The spool's events not yet shipped count against the bound from the start. */
   struct backlog b = {atomic_load(&s->shipped), 0, 0};
   int n;
-  while ((n = ana_local_spool_each(db, b.after, 10000, sum_backlog, &b, err)) > 0)
+  while ((n = ana_local_spool_each_untexted(db, b.after, 10000, sum_backlog, &b, err)) > 0)
     ;
   if (n < 0)
     goto fail;
@@ -1082,6 +1129,7 @@ static void ch_close(void *store) {
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->set_up);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
   }
@@ -1089,6 +1137,7 @@ static void ch_close(void *store) {
     ana_sqlite_event_store.close(s->local);
   ana_clickhouse_close(s->ch);
   pthread_cond_destroy(&s->cond);
+  pthread_cond_destroy(&s->set_up);
   pthread_mutex_destroy(&s->mu);
   ana_free(s);
 }
@@ -1164,12 +1213,37 @@ static struct ana_clickhouse_view view_of(struct ch_store *s) {
   return (struct ana_clickhouse_view){s->ch, s->db, s->instance, atomic_load(&s->shipped)};
 }
 
+/* Reads wait for the shipper's set-up: until then the events table may lack columns (schema
+ * migrations not applied yet), and this instance's id and confirmed sequence may still change.
+ * They wait while the first attempt runs (at most CLICKHOUSE_TIMEOUT), not for retries after
+ * it failed: UNAVAILABLE then, with its reason. */
+static int wait_ready(struct ch_store *s, struct ana_error *err) {
+  if (atomic_load(&s->ready))
+    return 0;
+  struct timespec until = ana_clock_deadline(CLOCK_MONOTONIC, s->timeout_ms);
+  pthread_mutex_lock(&s->mu);
+  while (!atomic_load(&s->ready) && !s->tried && !s->stopping)
+    if (pthread_cond_timedwait(&s->set_up, &s->mu, &until) == ETIMEDOUT)
+      break;
+  bool ready = atomic_load(&s->ready);
+  char why[sizeof s->reason];
+  snprintf(why, sizeof why, "%s", s->reason[0] ? s->reason : "no answer yet");
+  pthread_mutex_unlock(&s->mu);
+  if (ready)
+    return 0;
+  return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "ClickHouse is not set up yet: %s", why),
+         ANA_ERR_IO;
+}
+
 static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                      struct ana_error *err) {
   for (const char *t = q->text; t && *t; t++)
     if (*t != ' ' && *t != '\t' && *t != '\n')
       return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                            "event store: free text is the search index's");
+  int rc = wait_ready(store, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(store);
   return ana_clickhouse_search(&v, q, hit, ctx, err);
 }
@@ -1177,6 +1251,9 @@ static int ch_search(void *store, const struct ana_event_query *q, ana_event_hit
 static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t to_ms,
                    const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                    struct ana_error *err) {
+  int rc = wait_ready(store, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(store);
   return ana_clickhouse_scan(&v, account_id, from_ms, to_ms, names, n_names, fn, ctx, err);
 }
@@ -1184,8 +1261,11 @@ static int ch_scan(void *store, const char *account_id, int64_t from_ms, int64_t
 static int ch_aggregate(void *store, const struct ana_event_agg_query *q, ana_event_agg_fn agg,
                         ana_event_scan_fn rows, void *ctx, struct ana_error *err) {
   struct ch_store *s = store;
+  int rc = wait_ready(s, err);
+  if (rc < 0)
+    return rc;
   struct ana_clickhouse_view v = view_of(s);
-  int rc = ana_clickhouse_aggregate(&v, q, agg, rows, ctx, err);
+  rc = ana_clickhouse_aggregate(&v, q, agg, rows, ctx, err);
   if (rc >= 0)
     ana_prom_counter_add(rc ? &s->agg_sql : &s->agg_rows, 1);
   return rc;
@@ -1197,6 +1277,18 @@ static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, 
                        ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   return ana_sqlite_event_store.scan_seq(((struct ch_store *)store)->local, account_id, after_seq,
                                          upto_seq, fn, ctx, err);
+}
+
+/* A rollup's backfill: the events other instances shipped (this one's are in its commit
+ * sequence, replayed from the local copy). */
+static int ch_scan_others(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
+                          struct ana_error *err) {
+  int rc = wait_ready(store, err);
+  if (rc < 0)
+    return rc;
+  struct ana_clickhouse_view v = view_of(store);
+  v.others = true;
+  return ana_clickhouse_scan(&v, account_id, INT64_MIN, INT64_MAX, NULL, 0, fn, ctx, err);
 }
 
 static int ch_last_seq(void *store, uint64_t *out, struct ana_error *err) {
@@ -1238,4 +1330,5 @@ const struct ana_event_store_ops ana_clickhouse_event_store = {
     .status = ch_status,
     .aggregate = ch_aggregate,
     .rewrite = ch_rewrite,
+    .scan_others = ch_scan_others,
 };

@@ -76,6 +76,11 @@ static int sql_close(struct sql *s, struct ana_error *err) {
 /* The rows of the events table a read sees: this instance's up to the shipped sequence (the
  * later ones are read from the spool), every other instance's; each (instance, seq) once. */
 static void sql_visible(struct sql *s, const struct ana_clickhouse_view *v) {
+  if (v->others) {
+    fputs(" AND instance != ", s->f);
+    sql_str(s, v->instance);
+    return;
+  }
   fputs(" AND NOT (instance = ", s->f);
   sql_str(s, v->instance);
   fprintf(s->f, " AND seq > %" PRIu64 ")", v->shipped);
@@ -358,7 +363,7 @@ int ana_clickhouse_search(const struct ana_clickhouse_view *v, const struct ana_
   /* This instance's events not yet shipped, from the spool. */
   struct spool_search ss = {q, &h, v->shipped};
   for (;;) {
-    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_hit, &ss, err);
+    int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_hit, &ss, err);
     if (n < 0) {
       rc = n;
       goto out;
@@ -496,7 +501,10 @@ static int scan_sql(const struct ana_clickhouse_view *v, const char *account_id,
         " WHERE account_id = ",
         s->f);
   sql_str(s, account_id);
-  fprintf(s->f, " AND ts >= %" PRId64 " AND ts < %" PRId64, from_ms, to_ms);
+  if (from_ms != INT64_MIN)
+    fprintf(s->f, " AND ts >= %" PRId64, from_ms);
+  if (to_ms != INT64_MAX)
+    fprintf(s->f, " AND ts < %" PRId64, to_ms);
   if (n_names) {
     fputs(" AND event_name IN (", s->f);
     for (size_t i = 0; i < n_names; i++) {
@@ -529,8 +537,8 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
                         int64_t from_ms, int64_t to_ms, const char *const *names, size_t n_names,
                         ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct spool_scan ss = {account_id, from_ms, to_ms, names, n_names, fn, ctx, v->shipped, false};
-  for (;;) {
-    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
+  for (; !v->others;) {
+    int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
     if (n < 0)
       return n;
     if (ss.stopped)
@@ -654,7 +662,20 @@ static bool is_column(const char *field) {
          strcmp(field, "sessionId") == 0 || strcmp(field, "eventId") == 0;
 }
 
-/* The term's condition: its event name, and its property present. */
+/* A field present: a non-empty event field, a property that is not null. */
+static void sql_present(struct sql *s, const char *field) {
+  if (is_column(field)) {
+    fputc('(', s->f);
+    sql_field(s, field);
+    fputs(" != '')", s->f);
+  } else {
+    fputs("has(prop_keys, ", s->f);
+    sql_str(s, field);
+    fputc(')', s->f);
+  }
+}
+
+/* The term's condition: its event name, and its field present. */
 static void sql_term_cond(struct sql *s, const struct ana_event_agg_term *t) {
   fputs("(1", s->f);
   if (t->event_name) {
@@ -662,9 +683,8 @@ static void sql_term_cond(struct sql *s, const struct ana_event_agg_term *t) {
     sql_str(s, t->event_name);
   }
   if (t->property) {
-    fputs(" AND has(prop_keys, ", s->f);
-    sql_str(s, t->property);
-    fputc(')', s->f);
+    fputs(" AND ", s->f);
+    sql_present(s, t->property);
   }
   fputc(')', s->f);
 }
@@ -692,17 +712,18 @@ static void sql_clean_number(struct sql *s, const char *prop) {
   fputc(')', s->f);
 }
 
-/* A field present: a non-empty event field, a property that is not null. */
-static void sql_present(struct sql *s, const char *field) {
-  if (is_column(field)) {
-    fputc('(', s->f);
-    sql_field(s, field);
-    fputs(" != '')", s->f);
-  } else {
-    fputs("has(prop_keys, ", s->f);
-    sql_str(s, field);
-    fputc(')', s->f);
-  }
+/* Whether a property's text is its JSON integer verbatim, at most 15 digits, without a sign on
+ * zero or leading zeros: the metric engine's text of the number ("%.15g") is the same. */
+static void sql_clean_integer(struct sql *s, const char *prop) {
+  fputs("(length(", s->f);
+  sql_field(s, prop);
+  fputs(") <= 15 AND match(", s->f);
+  sql_field(s, prop);
+  fputs(", '^(0|-?[1-9][0-9]*)$') AND visitParamExtractRaw(properties, ", s->f);
+  sql_str(s, prop);
+  fputs(") = ", s->f);
+  sql_field(s, prop);
+  fputc(')', s->f);
 }
 
 static bool string_op(const char *op) {
@@ -763,7 +784,8 @@ static bool sql_filter(struct sql *s, const struct ana_event_agg_filter *f) {
  * group key, whether the previous period, the bucket start (seconds), the rows whose values
  * the metric engine might read otherwise than the SQL ("doubtful") and the second copies of
  * rows (a copy has the same group and bucket as its first: rows of a group less its distinct
- * (instance, seq); cheaper than deduplicating every row), and per term count, sum, min, max. A
+ * (instance, seq); cheaper than deduplicating every row), and per term count, sum, min, max (with
+ * a percentile term's numbers, a uniq term's distinct texts). A
  * value is read the same way when the text ClickHouse holds is the JSON's own: a string dimension's
  * quoted text, a number's decimal digits (at most 15). */
 static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_agg_query *q,
@@ -797,6 +819,12 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
               t, t, t, t, t, t, t);
     else
       fprintf(s->f, ", toFloat64(countIf(c%zu)), toFloat64(0), toFloat64(0), toFloat64(0)", t);
+    /* percentiles: every number (the nearest rank is taken over the merged buckets and groups,
+     * as over rows); uniq: the distinct texts */
+    if (q->terms[t].numeric && q->terms[t].numbers)
+      fprintf(s->f, ", groupArrayIf(x%zu, c%zu)", t, t);
+    else if (!q->terms[t].numeric && q->terms[t].distinct)
+      fprintf(s->f, ", groupUniqArrayIf(u%zu, c%zu)", t, t);
   }
   /* Inside: each row read into its group key, bucket, doubt, and per term whether it counts
    * and its number. */
@@ -829,6 +857,13 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
       fprintf(s->f, " OR (c%zu AND NOT ", t);
       sql_clean_number(s, q->terms[t].property);
       fputc(')', s->f);
+    } else if (q->terms[t].distinct && q->terms[t].property && !is_column(q->terms[t].property)) {
+      /* uniq reads a string as it is, a number as "%.15g", a boolean as true/false */
+      fprintf(s->f, " OR (c%zu AND NOT (", t);
+      sql_clean_string(s, q->terms[t].property);
+      fputs(" OR ", s->f);
+      sql_clean_integer(s, q->terms[t].property);
+      fputs("))", s->f);
     }
   for (size_t i = 0; i < q->n_filters; i++) {
     const struct ana_event_agg_filter *f = &q->filters[i];
@@ -858,6 +893,13 @@ static bool agg_sql(const struct ana_clickhouse_view *v, const struct ana_event_
       fputs(", toFloat64OrZero(", s->f);
       sql_field(s, q->terms[t].property);
       fprintf(s->f, ") AS x%zu", t);
+    } else if (q->terms[t].distinct) {
+      fputs(", ", s->f);
+      if (q->terms[t].property)
+        sql_field(s, q->terms[t].property);
+      else
+        fputs("''", s->f); /* no field: every event reads as "" */
+      fprintf(s->f, " AS u%zu", t);
     }
   }
   fputs(" FROM events WHERE account_id = ", s->f);
@@ -885,6 +927,50 @@ static double rd_f64(struct rd *r) {
   return d;
 }
 
+/* The numbers of one answer row, in one growing buffer. */
+struct numbers {
+  double *v;
+  size_t len, cap;
+  bool failed;
+};
+
+/* Appends an Array(Float64) at r; its first number's index in *at, its length in *n. */
+static void rd_numbers(struct rd *r, struct numbers *nb, size_t *at, size_t *n) {
+  uint64_t len = rd_varint(r);
+  *at = nb->len;
+  *n = 0;
+  if (r->bad || len > (uint64_t)(r->end - r->p) / 8) {
+    r->bad = true;
+    return;
+  }
+  if (nb->len + len > nb->cap) {
+    size_t cap = nb->cap ? nb->cap : 256;
+    while (cap < nb->len + len)
+      cap *= 2;
+    double *v = ana_realloc(nb->v, cap * sizeof *v);
+    if (!v) {
+      nb->failed = true;
+      return;
+    }
+    nb->v = v;
+    nb->cap = cap;
+  }
+  for (uint64_t i = 0; i < len; i++)
+    nb->v[nb->len++] = rd_f64(r);
+  *n = (size_t)len;
+}
+
+/* Appends an Array(String) at r to sc, each NUL-terminated; the first's offset in *at. */
+static void rd_texts(struct rd *r, struct scratch *sc, size_t *at, size_t *n) {
+  uint64_t len = rd_varint(r);
+  *at = sc->len;
+  *n = 0;
+  for (uint64_t i = 0; i < len && !r->bad && !sc->failed; i++) {
+    rd_str(r, sc);
+    (*n)++;
+  }
+}
+
 int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
                              const struct ana_event_agg_query *q, ana_event_agg_fn agg,
                              ana_event_scan_fn rows, void *ctx, struct ana_error *err) {
@@ -892,7 +978,10 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
   char *answer = NULL;
   size_t alen = 0;
   double *aggs = NULL;
+  struct ana_event_agg_values *vals = NULL;
+  size_t *offs = NULL;
   struct scratch sc = {0};
+  struct numbers nb = {0};
   int rc = sql_open(&s, err);
   if (rc < 0)
     return rc;
@@ -906,8 +995,11 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
   }
   if (rc < 0)
     goto out;
-  aggs = ana_malloc((4 * q->n_terms + 1) * sizeof *aggs);
-  if (!aggs) {
+  size_t nt = q->n_terms;
+  aggs = ana_malloc((4 * nt + 1) * sizeof *aggs);
+  vals = ana_calloc(nt + 1, sizeof *vals);
+  offs = ana_calloc(nt + 1, sizeof *offs);
+  if (!aggs || !vals || !offs) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
@@ -916,6 +1008,7 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
     struct rd r = {(const unsigned char *)answer, (const unsigned char *)answer + alen, false};
     while (r.p < r.end && !r.bad) {
       sc.len = 0;
+      nb.len = 0;
       size_t key = rd_str(&r, &sc);
       bool prev = r.p < r.end && *r.p++ != 0;
       uint32_t b = 0;
@@ -927,15 +1020,32 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
         r.bad = true;
       }
       uint64_t doubtful = rd_u64(&r);
-      for (size_t i = 0; i < 4 * q->n_terms; i++)
-        aggs[i] = rd_f64(&r);
-      if (r.bad || sc.failed)
+      for (size_t t = 0; t < nt; t++) {
+        for (size_t i = 0; i < 4; i++)
+          aggs[4 * t + i] = rd_f64(&r);
+        vals[t] = (struct ana_event_agg_values){0};
+        offs[t] = 0;
+        if (q->terms[t].numeric && q->terms[t].numbers)
+          rd_numbers(&r, &nb, &offs[t], &vals[t].n_numbers);
+        else if (!q->terms[t].numeric && q->terms[t].distinct)
+          rd_texts(&r, &sc, &offs[t], &vals[t].n_texts);
+      }
+      if (r.bad || sc.failed || nb.failed)
         break;
       if (pass == 0 && doubtful) {
         rc = 0;
         goto out;
       }
-      if (pass == 1 && agg(ctx, sc.p + key, prev ? INT64_MIN : (int64_t)b * 1000, aggs)) {
+      if (pass == 0)
+        continue;
+      /* the buffers are complete: their addresses hold now */
+      for (size_t t = 0; t < nt; t++) {
+        if (vals[t].n_numbers)
+          vals[t].numbers = nb.v + offs[t];
+        if (vals[t].n_texts)
+          vals[t].texts = sc.p + offs[t];
+      }
+      if (agg(ctx, sc.p + key, prev ? INT64_MIN : (int64_t)b * 1000, aggs, vals)) {
         rc = 1;
         goto out;
       }
@@ -944,7 +1054,7 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
       rc = bad_answer(err);
       goto out;
     }
-    if (sc.failed) {
+    if (sc.failed || nb.failed) {
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       goto out;
     }
@@ -953,7 +1063,7 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
   struct spool_scan ss = {q->account_id, q->from_ms, q->to_ms,   q->names, q->n_names,
                           rows,          ctx,        v->shipped, false};
   for (;;) {
-    int n = ana_local_spool_each(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
+    int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
     if (n < 0) {
       rc = n;
       goto out;
@@ -964,6 +1074,9 @@ int ana_clickhouse_aggregate(const struct ana_clickhouse_view *v,
   rc = 1;
 out:
   ana_free(sc.p);
+  ana_free(nb.v);
+  ana_free(vals);
+  ana_free(offs);
   ana_free(aggs);
   ana_free(answer);
   free(s.p);

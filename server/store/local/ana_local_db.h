@@ -83,8 +83,10 @@ bool ana_local_db_check_space(struct ana_local_db *db);
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err);
 
-/* Deletes at most max_rows keys expired at now_ms, inside the open
- * transaction; returns how many, or a negative error. */
+/* Deletes the keys that expired on the UTC days before now_ms's, a list
+ * (the keys one commit claimed for one day, at most 1,024) at a time, until
+ * max_rows or more are deleted, inside the open transaction; returns how
+ * many (max_rows or more: more may be due), or a negative error. */
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
                             struct ana_error *err);
 
@@ -117,6 +119,10 @@ typedef int (*ana_spool_row_fn)(void *ctx, const struct ana_spooled_event *ev,
  * snapshot. Thread-safe; blocks. Returns how many, or a negative error. */
 int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
                          void *ctx, struct ana_error *err);
+/* The same without decoding the search text (search_text is ""): for readers that do not use it
+ * (the ClickHouse shipper and reads), a body decoded once instead of twice. */
+int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, int max,
+                                  ana_spool_row_fn fn, void *ctx, struct ana_error *err);
 
 /* The highest sequence number in the spool (0 when empty). */
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);

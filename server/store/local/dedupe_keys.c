@@ -1,55 +1,556 @@
 /* Deduplication by (accountId, eventId): the stage in front of every event
  * store. Keys live in the local database and are claimed in the same
  * transaction as the events (or the spool) they admit, so a crash can never
- * keep one without the other. A key lives as long as its event is retained. */
+ * keep one without the other. A key lives as long as its event is retained,
+ * to the end of the UTC day its event expires on.
+ *
+ * Layout: the table dedupe_keys holds the keys themselves, (account, event
+ * id) as the primary key of a WITHOUT ROWID table and nothing else, the
+ * account as a number (dedupe_accounts maps account ids to numbers, in the
+ * transaction that claims an account's first key). A claim is one seek and
+ * exact: nothing but the same key is ever taken for a duplicate, whatever
+ * its event's timestamp; keys that clients number or date (UUIDv7,
+ * counters) append at the end of the table, as before. Expiry needs no
+ * second B-tree over every key (the index by day took as many bytes as the
+ * keys): the table dedupe_expiry lists the keys by the day they expire, one
+ * row per (commit, day) with id = day * 2^32 + n, its keys in one blob
+ * (front-coded, zstd-compressed when that is smaller). A commit appends one
+ * row per day its events expire on; a retention step reads the oldest rows
+ * of the days that are over, a contiguous range, deletes their keys and the
+ * rows. A 128-bit hash in place of the key (no false duplicate either, in
+ * practice: two of 10^12 keys collide with probability about 10^24 / 2^129,
+ * 1.5e-15) would make every claim land at a random place of the table, a
+ * page written per key per commit once the table outgrows the cache, and
+ * is no smaller for event ids of 16 characters or fewer. */
 #include "local_db_sql.h"
 
-static const char sql_claim[] = "INSERT INTO dedupe_keys (account_id, event_id, expires_at)"
-                                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+#include "ana_alloc.h"
+#include "ana_log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#define DAY_MS INT64_C(86400000)
+/* A list row's id: its day times 2^32 plus its number within the day. */
+#define LIST_DAY_SHIFT 32
+/* Keys per list row at most (a retention step deletes whole rows). */
+#define LIST_MAX_KEYS 1024
+/* A list blob: one tag byte, then the entries (LIST_RAW) or a zstd frame
+ * of them (LIST_ZSTD). Each entry: varint(account number, or 0 for the
+ * previous entry's), varint(bytes its event id shares with the previous
+ * entry's of the same account), varint(length of the rest), the rest. */
+#define LIST_RAW 0
+#define LIST_ZSTD 1
+#define LIST_LEVEL 1
+#define LIST_MAX_CONTENT (64u << 20)
+
+/* The keys a transaction claimed that expire on one day, encoded; the
+ * last entry's account and event id in full (for the front coding). */
+struct day_list {
+  int64_t day;
+  uint8_t *buf;
+  size_t len, cap;
+  int n;
+  int64_t prev_account;
+  uint8_t *prev; /* the event id */
+  size_t prev_len, prev_cap;
+};
+
+struct ana_dedupe_pending {
+  struct day_list *days;
+  size_t n_days, cap_days;
+  /* The last account claimed for and its number, so that a commit of many
+   * one-event requests of an account looks it up once; fresh: found while
+   * the open transaction had numbered an account (maybe this one: then it
+   * is forgotten unless the transaction commits). */
+  char *account;
+  int64_t number;
+  bool fresh, txn_numbered;
+  ZSTD_CCtx *cctx;
+  uint8_t *out;
+  size_t out_cap;
+};
+
+static const char sql_claim[] =
+    "INSERT INTO dedupe_keys (account, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING";
+static const char sql_account[] = "SELECT id FROM dedupe_accounts WHERE account_id = ?";
+static const char sql_new_account[] = "INSERT INTO dedupe_accounts (account_id) VALUES (?)";
+static const char sql_list[] =
+    "INSERT INTO dedupe_expiry (id, keys) VALUES ((SELECT COALESCE(MAX(id) + 1, ?1)"
+    " FROM dedupe_expiry WHERE id >= ?1 AND id < ?1 + 4294967296), ?2)";
+
+static bool grow(uint8_t **buf, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return true;
+  size_t n = *cap ? *cap : 256;
+  while (n < need)
+    n *= 2;
+  uint8_t *p = ana_realloc(*buf, n);
+  if (!p)
+    return false;
+  *buf = p;
+  *cap = n;
+  return true;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+static bool get_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *out) {
+  uint64_t v = 0;
+  for (int shift = 0; shift <= 63; shift += 7) {
+    if (*i >= n)
+      return false;
+    uint8_t b = p[(*i)++];
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *out = v;
+      return true;
+    }
+  }
+  return false;
+}
+
+struct ana_dedupe_pending *ana_dedupe_pending_new(void) {
+  return ana_calloc(1, sizeof(struct ana_dedupe_pending));
+}
+
+static void clear_days(struct ana_dedupe_pending *p) {
+  for (size_t i = 0; i < p->n_days; i++) {
+    ana_free(p->days[i].buf);
+    ana_free(p->days[i].prev);
+  }
+  p->n_days = 0;
+}
+
+static void forget_account(struct ana_dedupe_pending *p) {
+  ana_free(p->account);
+  p->account = NULL;
+  p->fresh = false;
+}
+
+void ana_dedupe_pending_free(struct ana_dedupe_pending *p) {
+  if (!p)
+    return;
+  clear_days(p);
+  forget_account(p);
+  ana_free(p->days);
+  ana_free(p->out);
+  ZSTD_freeCCtx(p->cctx);
+  ana_free(p);
+}
+
+void ana_dedupe_pending_discard(struct ana_dedupe_pending *p) {
+  if (!p)
+    return;
+  clear_days(p);
+  if (p->fresh)
+    forget_account(p);
+  p->txn_numbered = false;
+}
+
+void ana_dedupe_pending_committed(struct ana_dedupe_pending *p) {
+  if (p)
+    p->fresh = p->txn_numbered = false;
+}
+
+/* The open list of day, added when missing; NULL when out of memory. */
+static struct day_list *day_list(struct ana_dedupe_pending *p, int64_t day) {
+  for (size_t i = p->n_days; i-- > 0;)
+    if (p->days[i].day == day && p->days[i].n < LIST_MAX_KEYS)
+      return &p->days[i];
+  if (p->n_days == p->cap_days) {
+    size_t cap = p->cap_days ? p->cap_days * 2 : 8;
+    struct day_list *d = ana_realloc(p->days, cap * sizeof *d);
+    if (!d)
+      return NULL;
+    p->days = d;
+    p->cap_days = cap;
+  }
+  struct day_list *l = &p->days[p->n_days++];
+  memset(l, 0, sizeof *l);
+  l->day = day;
+  if (!grow(&l->buf, &l->cap, 256)) {
+    p->n_days--;
+    return NULL;
+  }
+  l->buf[l->len++] = LIST_RAW;
+  return l;
+}
+
+static bool list_add(struct day_list *l, int64_t account, const char *event_id) {
+  size_t elen = strlen(event_id);
+  if (!grow(&l->buf, &l->cap, l->len + 40 + elen) || !grow(&l->prev, &l->prev_cap, elen + 1))
+    return false;
+  size_t shared = 0;
+  if (l->n > 0 && account == l->prev_account) {
+    while (shared < elen && shared < l->prev_len && l->prev[shared] == (uint8_t)event_id[shared])
+      shared++;
+    l->buf[l->len++] = 0;
+  } else {
+    l->len += put_varint(l->buf + l->len, (uint64_t)account);
+    l->prev_account = account;
+  }
+  l->len += put_varint(l->buf + l->len, shared);
+  l->len += put_varint(l->buf + l->len, elen - shared);
+  memcpy(l->buf + l->len, event_id + shared, elen - shared);
+  l->len += elen - shared;
+  memcpy(l->prev, event_id, elen);
+  l->prev_len = elen;
+  l->n++;
+  return true;
+}
+
+/* The list's blob (tag and content) in p->out: compressed when that makes
+ * it smaller. NULL when out of memory. */
+static const uint8_t *list_blob(struct ana_dedupe_pending *p, struct day_list *l, size_t *len) {
+  *len = l->len;
+  size_t content = l->len - 1;
+  size_t bound = ZSTD_compressBound(content);
+  if (content < 64 || !grow(&p->out, &p->out_cap, 1 + bound))
+    return l->buf;
+  if (!p->cctx && !(p->cctx = ZSTD_createCCtx()))
+    return l->buf;
+  size_t z = ZSTD_compressCCtx(p->cctx, p->out + 1, bound, l->buf + 1, content, LIST_LEVEL);
+  if (ZSTD_isError(z) || z + 1 >= l->len)
+    return l->buf;
+  p->out[0] = LIST_ZSTD;
+  *len = z + 1;
+  return p->out;
+}
+
+/* Calls fn for each key of a list blob; false when the blob is malformed
+ * or out of memory, or fn returned false. *scratch (caller frees) holds a
+ * decompressed content. */
+static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scratch_cap,
+                     bool (*fn)(void *ctx, int64_t account, const char *event_id, size_t elen),
+                     void *ctx) {
+  if (n < 1)
+    return false;
+  const uint8_t *c = b + 1;
+  size_t len = n - 1;
+  if (b[0] == LIST_ZSTD) {
+    unsigned long long size = ZSTD_getFrameContentSize(c, len);
+    if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
+        size > LIST_MAX_CONTENT || !grow(scratch, scratch_cap, (size_t)size + 1))
+      return false;
+    size_t z = ZSTD_decompress(*scratch, *scratch_cap, c, len);
+    if (ZSTD_isError(z) || z != size)
+      return false;
+    c = *scratch;
+    len = z;
+  } else if (b[0] != LIST_RAW) {
+    return false;
+  }
+  /* An id is rebuilt from its shared prefix (of the previous id) and its
+   * rest. */
+  uint8_t *id = NULL;
+  size_t id_cap = 0, id_len = 0, i = 0;
+  int64_t account = 0;
+  bool ok = true;
+  while (ok && i < len) {
+    uint64_t a = 0, shared = 0, rest = 0;
+    ok = get_varint(c, len, &i, &a) && (a > 0 || account > 0) && a <= INT64_MAX;
+    if (ok && a > 0) {
+      account = (int64_t)a;
+      id_len = 0;
+    }
+    ok = ok && get_varint(c, len, &i, &shared) && get_varint(c, len, &i, &rest) &&
+         shared <= id_len && rest <= len - i && grow(&id, &id_cap, (size_t)(shared + rest) + 1);
+    if (!ok)
+      break;
+    memcpy(id + shared, c + i, (size_t)rest);
+    i += (size_t)rest;
+    id_len = (size_t)(shared + rest);
+    ok = fn(ctx, account, (const char *)id, id_len);
+  }
+  ana_free(id);
+  return ok;
+}
+
+/* The number of an account in dedupe_accounts, added when it has none
+ * (in the open transaction). */
+static int account_number(struct ana_local_db *db, const char *account, int64_t *out,
+                          struct ana_error *err) {
+  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
+  if (p->account && strcmp(p->account, account) == 0) {
+    *out = p->number;
+    return 0;
+  }
+  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_account);
+  sqlite3_stmt *add = get ? ana_local_db_writer_statement(db, sql_new_account) : NULL;
+  if (!get || !add) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  int rc = 0;
+  sqlite3_bind_text(get, 1, account, -1, SQLITE_STATIC);
+  int step = sqlite3_step(get);
+  if (step == SQLITE_ROW) {
+    *out = sqlite3_column_int64(get, 0);
+  } else {
+    sqlite3_bind_text(add, 1, account, -1, SQLITE_STATIC);
+    if (step == SQLITE_DONE && sqlite3_step(add) == SQLITE_DONE)
+      *out = sqlite3_last_insert_rowid(w);
+    else
+      rc = ANA_ERR_IO;
+    p->txn_numbered = true;
+  }
+  if (rc < 0)
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
+  sqlite3_reset(get);
+  sqlite3_reset(add);
+  if (rc == 0) {
+    forget_account(p);
+    if ((p->account = ana_malloc(strlen(account) + 1)) != NULL) {
+      strcpy(p->account, account);
+      p->number = *out;
+      p->fresh = p->txn_numbered;
+    }
+  }
+  return rc;
+}
 
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_claim);
+  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
   if (!st) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
   int rc = 0;
+  const char *account = NULL; /* the last record's, and its number */
+  int64_t number = 0;
   for (size_t i = 0; i < n; i++) {
+    if (!records[i].account_id || !records[i].event_id) {
+      ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: an event without %s",
+                    records[i].account_id ? "an eventId" : "an account");
+      rc = ANA_ERR_INVALID;
+      break;
+    }
+    if (!account || strcmp(account, records[i].account_id) != 0) {
+      if ((rc = account_number(db, records[i].account_id, &number, err)) < 0)
+        break;
+      account = records[i].account_id;
+    }
     sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, records[i].account_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, number);
     sqlite3_bind_text(st, 2, records[i].event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, records[i].expires_at_ms);
     if (sqlite3_step(st) != SQLITE_DONE) {
       ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
       rc = ANA_ERR_IO;
       break;
     }
     records[i].duplicate = sqlite3_changes(w) == 0;
+    if (records[i].duplicate)
+      continue;
+    int64_t e = records[i].expires_at_ms;
+    struct day_list *l = day_list(p, e >= 0 ? e / DAY_MS : -((-e + DAY_MS - 1) / DAY_MS));
+    if (!l || !list_add(l, number, records[i].event_id)) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "deduplication: out of memory");
+      rc = ANA_ERR_NOMEM;
+      break;
+    }
   }
   sqlite3_reset(st);
   return rc;
 }
 
+int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err) {
+  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
+  if (!p || p->n_days == 0)
+    return 0;
+  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_list);
+  int rc = 0;
+  if (!st) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
+    rc = ANA_ERR_INTERNAL;
+    goto out;
+  }
+  for (size_t i = 0; i < p->n_days && rc == 0; i++) {
+    struct day_list *l = &p->days[i];
+    size_t len = 0;
+    const uint8_t *blob = list_blob(p, l, &len);
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, l->day * (INT64_C(1) << LIST_DAY_SHIFT));
+    sqlite3_bind_blob(st, 2, blob, (int)len, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
+      rc = ANA_ERR_IO;
+    }
+  }
+  sqlite3_reset(st);
+out:
+  clear_days(p);
+  return rc;
+}
+
+struct expire_ctx {
+  sqlite3_stmt *del;
+  int deleted;
+  bool failed; /* a DELETE failed (not a malformed list) */
+};
+
+static bool delete_key(void *arg, int64_t account, const char *event_id, size_t elen) {
+  struct expire_ctx *x = arg;
+  sqlite3_reset(x->del);
+  sqlite3_bind_int64(x->del, 1, account);
+  sqlite3_bind_text(x->del, 2, event_id, (int)elen, SQLITE_STATIC);
+  if (sqlite3_step(x->del) != SQLITE_DONE) {
+    x->failed = true;
+    return false;
+  }
+  x->deleted += sqlite3_changes(sqlite3_db_handle(x->del));
+  return true;
+}
+
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
                             struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(w,
-                         "DELETE FROM dedupe_keys WHERE (account_id, event_id) IN"
-                         " (SELECT account_id, event_id FROM dedupe_keys"
-                         "  WHERE expires_at / 86400000 <= ?1 / 86400000 AND expires_at < ?1"
-                         "  LIMIT ?2)",
-                         -1, &st, NULL) != SQLITE_OK) {
+  sqlite3_stmt *next = NULL, *drop = NULL;
+  struct expire_ctx x = {0};
+  uint8_t *scratch = NULL;
+  size_t scratch_cap = 0;
+  int rc = ANA_ERR_IO;
+  /* The lists of the days that are over, oldest first. */
+  if (sqlite3_prepare_v2(w, "SELECT id, keys FROM dedupe_expiry WHERE id < ? ORDER BY id LIMIT 1",
+                         -1, &next, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(w, "DELETE FROM dedupe_expiry WHERE id = ?", -1, &drop, NULL) !=
+          SQLITE_OK ||
+      sqlite3_prepare_v2(w, "DELETE FROM dedupe_keys WHERE account = ? AND event_id = ?", -1,
+                         &x.del, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
-    return ANA_ERR_INTERNAL;
+    rc = ANA_ERR_INTERNAL;
+    goto out;
   }
-  sqlite3_bind_int64(st, 1, now_ms);
-  sqlite3_bind_int(st, 2, max_rows);
-  int rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(w) : ANA_ERR_IO;
-  if (rc < 0)
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
-  sqlite3_finalize(st);
+  int64_t today = now_ms >= 0 ? now_ms / DAY_MS : 0;
+  sqlite3_bind_int64(next, 1, today * (INT64_C(1) << LIST_DAY_SHIFT));
+  while (x.deleted < max_rows) {
+    sqlite3_reset(next);
+    int step = sqlite3_step(next);
+    if (step == SQLITE_DONE)
+      break;
+    if (step != SQLITE_ROW)
+      goto io;
+    int64_t id = sqlite3_column_int64(next, 0);
+    const uint8_t *b = sqlite3_column_blob(next, 1);
+    size_t n = (size_t)sqlite3_column_bytes(next, 1);
+    /* A list that cannot be read is dropped: its keys stay (a retry of
+     * those events keeps being answered DUPLICATE) rather than blocking
+     * every later step. */
+    if (!each_key(b, n, &scratch, &scratch_cap, delete_key, &x)) {
+      if (x.failed)
+        goto io;
+      ANA_WARN("store", "deduplication: expiry list %lld is unreadable; dropped", (long long)id);
+    }
+    sqlite3_reset(next);
+    sqlite3_reset(drop);
+    sqlite3_bind_int64(drop, 1, id);
+    if (sqlite3_step(drop) != SQLITE_DONE)
+      goto io;
+  }
+  rc = x.deleted;
+  goto out;
+io:
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
+  rc = ANA_ERR_IO;
+out:
+  sqlite3_finalize(next);
+  sqlite3_finalize(drop);
+  sqlite3_finalize(x.del);
+  ana_free(scratch);
   return rc;
+}
+
+/* --- ana_dedupe_build_lists(): for the migration to this layout --- */
+
+/* Appends a list to dedupe_expiry; false on an error (set on ctx). */
+static bool insert_list(sqlite3_context *ctx, sqlite3_stmt *ins, struct ana_dedupe_pending *p,
+                        struct day_list *l) {
+  size_t len = 0;
+  const uint8_t *blob = list_blob(p, l, &len);
+  sqlite3_reset(ins);
+  sqlite3_bind_int64(ins, 1, l->day * (INT64_C(1) << LIST_DAY_SHIFT));
+  sqlite3_bind_blob(ins, 2, blob, (int)len, SQLITE_STATIC);
+  if (sqlite3_step(ins) != SQLITE_DONE) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(sqlite3_db_handle(ins)), -1);
+    return false;
+  }
+  l->len = 1; /* the tag only */
+  l->n = 0;
+  return true;
+}
+
+/* Lists the keys of the previous layout's dedupe_keys (account_id,
+ * event_id, expires_at) in dedupe_expiry, by their accounts' numbers in
+ * dedupe_accounts: a scan of its index by day (no sort, nothing held in
+ * memory but one list), at most 1,000 keys a list. Returns how many. */
+static void fn_build_lists(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  (void)argv;
+  sqlite3 *conn = sqlite3_context_db_handle(ctx);
+  sqlite3_stmt *scan = NULL, *ins = NULL;
+  struct ana_dedupe_pending p = {0};
+  struct day_list l = {0};
+  int64_t listed = 0;
+  if (sqlite3_prepare_v2(
+          conn,
+          "SELECT k.expires_at / 86400000 AS day, a.id, k.event_id FROM dedupe_keys k"
+          " JOIN dedupe_accounts a USING (account_id) ORDER BY day",
+          -1, &scan, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn, sql_list, -1, &ins, NULL) != SQLITE_OK) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+    goto out;
+  }
+  if (!grow(&l.buf, &l.cap, 256)) {
+    sqlite3_result_error_nomem(ctx);
+    goto out;
+  }
+  l.buf[l.len++] = LIST_RAW;
+  int step;
+  while ((step = sqlite3_step(scan)) == SQLITE_ROW) {
+    int64_t day = sqlite3_column_int64(scan, 0);
+    if (l.n > 0 && (day != l.day || l.n >= 1000) && !insert_list(ctx, ins, &p, &l))
+      goto out;
+    l.day = day;
+    const char *id = (const char *)sqlite3_column_text(scan, 2);
+    if (!list_add(&l, sqlite3_column_int64(scan, 1), id ? id : "")) {
+      sqlite3_result_error_nomem(ctx);
+      goto out;
+    }
+    listed++;
+  }
+  if (step != SQLITE_DONE) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+    goto out;
+  }
+  if (l.n > 0 && !insert_list(ctx, ins, &p, &l))
+    goto out;
+  sqlite3_result_int64(ctx, listed);
+out:
+  sqlite3_finalize(scan);
+  sqlite3_finalize(ins);
+  ana_free(l.buf);
+  ana_free(l.prev);
+  ana_free(p.out);
+  ZSTD_freeCCtx(p.cctx);
+}
+
+int ana_dedupe_register(sqlite3 *conn) {
+  return sqlite3_create_function_v2(conn, "ana_dedupe_build_lists", 0, SQLITE_UTF8, NULL,
+                                    fn_build_lists, NULL, NULL, NULL) == SQLITE_OK
+             ? 0
+             : ANA_ERR_INTERNAL;
 }

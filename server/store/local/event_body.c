@@ -1,11 +1,14 @@
 /* Event bodies: an event's free text and its serialized payload in one
  * column (events.body), compressed with a zstd dictionary trained on the
- * store's own first events. */
+ * store's own first events, on a thread of its own. */
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
+#include "ana_clock.h"
 #include "ana_log.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 #include <zdict.h>
@@ -24,6 +27,11 @@
 #define DICT_BYTES (16 << 10)
 #define LEVEL 1
 
+/* Training takes 30-100 ms (more on a loaded machine): it runs on a thread
+ * of its own, started by the commit that took the last sample, so that no
+ * commit waits for it. Commits go on storing raw bodies meanwhile; the first
+ * encode after it finished takes the dictionary, and the commit that uses
+ * it first stores it (ana_event_codec_persist), in its own transaction. */
 struct ana_event_codec {
   bool loaded; /* event_dicts was read */
   bool gave_up;
@@ -39,6 +47,21 @@ struct ana_event_codec {
   unsigned n_samples;
   uint8_t *raw, *out;
   size_t raw_cap, out_cap;
+  /* The training thread. It owns the samples handed to it (job_*) and,
+   * once done, hands its dictionary over in trained (NULL: it failed). */
+  pthread_t trainer;
+  bool trainer_started;
+  atomic_bool trainer_done; /* read by every encode without the lock */
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+  bool hold;   /* tests: the thread waits before training */
+  bool in_use; /* cdict is set (for ana_event_codec_training_state) */
+  bool finished;
+  uint8_t *job_samples;
+  size_t *job_sizes;
+  unsigned job_n;
+  void *trained;
+  size_t trained_len;
 };
 
 static bool grow(uint8_t **buf, size_t *cap, size_t need) {
@@ -87,12 +110,36 @@ static bool split(const uint8_t *c, size_t n, const char **text, size_t *text_le
 }
 
 struct ana_event_codec *ana_event_codec_new(void) {
-  return ana_calloc(1, sizeof(struct ana_event_codec));
+  struct ana_event_codec *c = ana_calloc(1, sizeof(struct ana_event_codec));
+  if (!c)
+    return NULL;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cond, NULL);
+  return c;
+}
+
+/* Waits for the training thread to end and frees what it left. */
+static void join_trainer(struct ana_event_codec *c) {
+  if (!c->trainer_started)
+    return;
+  pthread_mutex_lock(&c->mu);
+  c->hold = false;
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+  pthread_join(c->trainer, NULL);
+  pthread_mutex_lock(&c->mu);
+  c->trainer_started = false;
+  ana_free(c->trained);
+  c->trained = NULL;
+  pthread_mutex_unlock(&c->mu);
 }
 
 void ana_event_codec_free(struct ana_event_codec *c) {
   if (!c)
     return;
+  join_trainer(c);
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cond);
   ZSTD_freeCDict(c->cdict);
   ZSTD_freeCCtx(c->cctx);
   ana_free(c->dict);
@@ -122,6 +169,9 @@ static bool use_dict(struct ana_event_codec *c, int id, const void *dict, size_t
   c->dict = copy;
   c->dict_len = len;
   c->dict_id = id;
+  pthread_mutex_lock(&c->mu);
+  c->in_use = true;
+  pthread_mutex_unlock(&c->mu);
   return true;
 }
 
@@ -143,26 +193,95 @@ static void load(struct ana_event_codec *c, sqlite3 *w) {
   sqlite3_finalize(st);
 }
 
-static void train(struct ana_event_codec *c) {
+static void *train(void *arg) {
+  struct ana_event_codec *c = arg;
+  pthread_mutex_lock(&c->mu);
+  while (c->hold)
+    pthread_cond_wait(&c->cond, &c->mu);
+  pthread_mutex_unlock(&c->mu);
   size_t cap = DICT_BYTES;
   void *dict = ana_malloc(cap);
-  c->gave_up = true; /* one attempt per start */
-  if (!dict)
-    return;
-  size_t len = ZDICT_trainFromBuffer(dict, cap, c->samples, c->sizes, c->n_samples);
-  if (ZDICT_isError(len)) {
+  size_t len =
+      dict ? ZDICT_trainFromBuffer(dict, cap, c->job_samples, c->job_sizes, c->job_n) : (size_t)-1;
+  if (!dict) {
+    ANA_WARN("store", "event bodies stay uncompressed: out of memory for a dictionary");
+  } else if (ZDICT_isError(len)) {
     ANA_WARN("store", "event bodies stay uncompressed: no dictionary: %s", ZDICT_getErrorName(len));
-  } else if (use_dict(c, c->dict_id + 1, dict, len)) {
-    ANA_INFO("store", "event bodies: dictionary %d trained (%zu bytes from %u events)", c->dict_id,
-             len, c->n_samples);
+    ana_free(dict);
+    dict = NULL;
+  } else {
+    ANA_INFO("store", "event bodies: dictionary trained (%zu bytes from %u events)", len, c->job_n);
   }
-  ana_free(dict);
-  ana_free(c->samples);
-  ana_free(c->sizes);
+  ana_free(c->job_samples);
+  ana_free(c->job_sizes);
+  c->job_samples = NULL;
+  c->job_sizes = NULL;
+  pthread_mutex_lock(&c->mu);
+  c->trained = dict;
+  c->trained_len = dict ? len : 0;
+  c->finished = true;
+  atomic_store(&c->trainer_done, true);
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+/* Hands the samples to a training thread (one attempt per start). */
+static void start_training(struct ana_event_codec *c) {
+  c->gave_up = true;
+  c->job_samples = c->samples;
+  c->job_sizes = c->sizes;
+  c->job_n = c->n_samples;
   c->samples = NULL;
   c->sizes = NULL;
   c->samples_len = c->samples_cap = 0;
   c->n_samples = 0;
+  if (pthread_create(&c->trainer, NULL, train, c) != 0) {
+    ANA_WARN("store", "event bodies stay uncompressed: cannot start the training thread");
+    ana_free(c->job_samples);
+    ana_free(c->job_sizes);
+    c->job_samples = NULL;
+    c->job_sizes = NULL;
+    return;
+  }
+  pthread_mutex_lock(&c->mu);
+  c->trainer_started = true;
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* Takes the dictionary the training thread left, once it is done. */
+static void adopt(struct ana_event_codec *c) {
+  pthread_mutex_lock(&c->mu);
+  void *dict = c->trained;
+  size_t len = c->trained_len;
+  c->trained = NULL;
+  pthread_mutex_unlock(&c->mu);
+  join_trainer(c);
+  if (dict && use_dict(c, c->dict_id + 1, dict, len))
+    ANA_INFO("store", "event bodies: compressed with dictionary %d from now on", c->dict_id);
+  ana_free(dict);
+}
+
+void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold) {
+  pthread_mutex_lock(&c->mu);
+  c->hold = hold;
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->mu);
+}
+
+int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms) {
+  struct timespec until = ana_clock_deadline(CLOCK_REALTIME, wait_ms);
+  pthread_mutex_lock(&c->mu);
+  while (c->trainer_started && !c->finished && wait_ms > 0 &&
+         pthread_cond_timedwait(&c->cond, &c->mu, &until) == 0) {
+  }
+  int state = c->in_use                            ? ANA_CODEC_IN_USE
+              : c->trainer_started && !c->finished ? ANA_CODEC_TRAINING
+              : c->trainer_started && c->trained   ? ANA_CODEC_TRAINED
+              : c->gave_up                         ? ANA_CODEC_NONE
+                                                   : ANA_CODEC_SAMPLING;
+  pthread_mutex_unlock(&c->mu);
+  return state;
 }
 
 static void sample(struct ana_event_codec *c, const uint8_t *raw, size_t n) {
@@ -174,7 +293,7 @@ static void sample(struct ana_event_codec *c, const uint8_t *raw, size_t n) {
   c->samples_len += n;
   c->sizes[c->n_samples++] = n;
   if (c->n_samples >= TRAIN_SAMPLES || c->samples_len >= TRAIN_BYTES)
-    train(c);
+    start_training(c);
 }
 
 int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *text,
@@ -194,6 +313,8 @@ int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *te
   c->raw[0] = BODY_RAW;
   if (!c->loaded)
     load(c, w);
+  if (!c->cdict && c->trainer_started && atomic_load(&c->trainer_done))
+    adopt(c);
   if (!c->cdict && !c->gave_up)
     sample(c, c->raw + 1, n - 1);
   if (c->cdict) {

@@ -90,7 +90,8 @@ struct ana_local_db {
     const char *sql;
     sqlite3_stmt *stmt;
   } writer_statements[WRITER_STATEMENTS];
-  struct ana_event_codec *codec; /* the event writer's (event_body.c) */
+  struct ana_event_codec *codec;     /* the event writer's (event_body.c) */
+  struct ana_dedupe_pending *dedupe; /* its transaction's new keys (dedupe_keys.c) */
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
@@ -410,6 +411,30 @@ static const char *const migrations[] = {
     "  rewritten INTEGER NOT NULL DEFAULT 0,"
     "  started_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS field_reencryption_reindex (seq INTEGER PRIMARY KEY);",
+
+    /* The deduplication keys without their expiry index (dedupe_keys.c):
+     * dedupe_keys keeps only (account number, event_id), dedupe_accounts
+     * numbers the accounts, and dedupe_expiry lists the keys by the UTC day
+     * they expire on, at most 1,000 a row here, in rows numbered
+     * day * 2^32 + n. Every step reads the old table in an index's order
+     * (no sort of all keys in memory). */
+    "CREATE TABLE dedupe_accounts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  account_id TEXT NOT NULL UNIQUE);"
+    "INSERT INTO dedupe_accounts (account_id) SELECT DISTINCT account_id FROM dedupe_keys"
+    "  ORDER BY account_id;"
+    "CREATE TABLE dedupe_keys_by_id ("
+    "  account INTEGER NOT NULL,"
+    "  event_id TEXT NOT NULL,"
+    "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
+    "INSERT INTO dedupe_keys_by_id SELECT a.id, k.event_id FROM dedupe_keys AS k NOT INDEXED"
+    "  JOIN dedupe_accounts a USING (account_id) ORDER BY k.account_id, k.event_id;"
+    "CREATE TABLE dedupe_expiry ("
+    "  id INTEGER PRIMARY KEY,"
+    "  keys BLOB NOT NULL);"
+    "SELECT ana_dedupe_build_lists();"
+    "DROP TABLE dedupe_keys;"
+    "ALTER TABLE dedupe_keys_by_id RENAME TO dedupe_keys;",
     /* events_by_time_name in place of events_by_slot: an account's events
      * in (ts, event_id) order, with the event name. A page newest first is
      * read in the index's order, without sorting a slot (the eventName
@@ -452,7 +477,7 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
   sqlite3_extended_result_codes(db, 1);
-  if (ana_event_body_register(db) < 0) {
+  if (ana_event_body_register(db) < 0 || ana_dedupe_register(db) < 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "DATA_DIR: %s: %s", path, sqlite3_errmsg(db));
     sqlite3_close(db);
     return ANA_ERR_INTERNAL;
@@ -507,7 +532,14 @@ static int schema_version(sqlite3 *db) {
   return v;
 }
 
-static int migrate(sqlite3 *db, struct ana_error *err) {
+int ana_local_db_migration_containing(const char *text) {
+  for (int i = 0; i < MIGRATION_COUNT; i++)
+    if (strstr(migrations[i], text))
+      return i + 1;
+  return 0;
+}
+
+static int migrate_upto(sqlite3 *db, int upto, struct ana_error *err) {
   if (exec(db,
            "CREATE TABLE IF NOT EXISTS schema_migrations ("
            "  version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
@@ -521,7 +553,7 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
                   have, MIGRATION_COUNT);
     return ANA_ERR_INVALID;
   }
-  for (int v = have + 1; v <= MIGRATION_COUNT; v++) {
+  for (int v = have + 1; v <= upto; v++) {
     char record[128];
     snprintf(
         record, sizeof record,
@@ -545,6 +577,14 @@ static int migrate(sqlite3 *db, struct ana_error *err) {
     sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
   }
   return 0;
+}
+
+static int migrate(sqlite3 *db, struct ana_error *err) {
+  return migrate_upto(db, MIGRATION_COUNT, err);
+}
+
+int ana_local_db_migrate_upto(sqlite3 *conn, int version, struct ana_error *err) {
+  return migrate_upto(conn, version < MIGRATION_COUNT ? version : MIGRATION_COUNT, err);
 }
 
 /* The event writer waits for another connection's write (a rollup round, a
@@ -763,7 +803,7 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
     goto fail;
   }
   snprintf(db->path, n, "%s/analytics.db", data_dir);
-  if (!(db->codec = ana_event_codec_new())) {
+  if (!(db->codec = ana_event_codec_new()) || !(db->dedupe = ana_dedupe_pending_new())) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
@@ -856,12 +896,17 @@ void ana_local_db_close(struct ana_local_db *db) {
   pthread_mutex_destroy(&db->mu);
   pthread_cond_destroy(&db->reader_free);
   ana_event_codec_free(db->codec);
+  ana_dedupe_pending_free(db->dedupe);
   ana_free(db->path);
   ana_free(db);
 }
 
 struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db) {
   return db->codec;
+}
+
+struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db) {
+  return db->dedupe;
 }
 
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
@@ -952,6 +997,7 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
     return ANA_ERR_IO;
   }
   writer_txn_started(db);
+  ana_dedupe_pending_discard(db->dedupe);
   if (run_writer(db, sql_begin) != SQLITE_OK) {
     writer_txn_ended(db);
     return sql_error(db->writer, "cannot begin a transaction", err);
@@ -960,6 +1006,11 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
 }
 
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
+  /* The expiry lists of the keys this transaction claimed. */
+  if (ana_local_dedupe_flush(db, err) < 0) {
+    ana_local_db_rollback(db);
+    return ANA_ERR_IO;
+  }
   if (run_writer(db, sql_commit) != SQLITE_OK) {
     int code = sqlite3_extended_errcode(db->writer);
     sql_error(db->writer, "cannot commit", err);
@@ -976,11 +1027,13 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     return ANA_ERR_IO;
   }
   writer_txn_ended(db);
+  ana_dedupe_pending_committed(db->dedupe);
   atomic_store(&db->degraded, false);
   return 0;
 }
 
 void ana_local_db_rollback(struct ana_local_db *db) {
+  ana_dedupe_pending_discard(db->dedupe);
   if (!sqlite3_get_autocommit(db->writer))
     run_writer(db, sql_rollback);
   writer_txn_ended(db);

@@ -52,6 +52,44 @@ int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *te
 int ana_event_codec_persist(struct ana_event_codec *c, sqlite3 *w, struct ana_error *err);
 struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db);
 
+/* The dictionary's training runs on a thread of its own (no commit waits
+ * for it); the first encode after it ended takes the dictionary. For tests:
+ * hold keeps the thread from starting to train until released; the state
+ * (after waiting up to wait_ms for a running training to end) is one of: */
+enum {
+  ANA_CODEC_SAMPLING, /* keeping samples, no dictionary yet */
+  ANA_CODEC_TRAINING, /* the thread trains (or is held) */
+  ANA_CODEC_TRAINED,  /* trained; the next encode takes it */
+  ANA_CODEC_IN_USE,   /* bodies are compressed with it */
+  ANA_CODEC_NONE,     /* no dictionary this run (training failed) */
+};
+void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold);
+int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms);
+
+/* Deduplication keys (dedupe_keys.c): the keys the writer's open
+ * transaction claimed, by the day they expire, written to dedupe_expiry by
+ * ana_local_dedupe_flush (ana_local_db_commit calls it before COMMIT) or
+ * dropped with the transaction (ana_dedupe_pending_discard; after a commit,
+ * ana_dedupe_pending_committed). One per local
+ * database, on the committer's thread. */
+struct ana_dedupe_pending;
+struct ana_dedupe_pending *ana_dedupe_pending_new(void);
+void ana_dedupe_pending_free(struct ana_dedupe_pending *p);
+void ana_dedupe_pending_discard(struct ana_dedupe_pending *p);
+void ana_dedupe_pending_committed(struct ana_dedupe_pending *p);
+struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db);
+int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
+
+/* The SQL function ana_dedupe_build_lists() on conn, for the migration to
+ * this layout: lists the keys of the previous one in dedupe_expiry. */
+int ana_dedupe_register(sqlite3 *conn);
+
+/* Schema migrations, for tests of an upgrade: the (1-based) number of the
+ * first migration whose SQL contains text (0: none), and applying the
+ * migrations up to that number on a connection of a new database. */
+int ana_local_db_migration_containing(const char *text);
+int ana_local_db_migrate_upto(sqlite3 *conn, int version, struct ana_error *err);
+
 /* A new read-write connection with the same settings, for a role that
  * writes on its own (the catalog, rollups); it never checkpoints (the local
  * database's checkpoint thread does, for every connection). Close it with

@@ -165,18 +165,22 @@ int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
   return rc < 0 ? rc : (int)t.n;
 }
 
-int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
-                         void *ctx, struct ana_error *err) {
+/* text: whether to decode the search text ("" else: the body is decoded once, not twice). */
+static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
+                      void *ctx, bool text, struct ana_error *err) {
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   int n = 0, rc = 0, step;
-  if (sqlite3_prepare_v2(
-          r,
-          "SELECT seq, account_id, event_id, session_id, event_type, event_name,"
-          " ts, received_at, properties, ana_event_text(body), ana_event_payload(body)"
-          " FROM events"
-          " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-          -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(r,
+                         text ? "SELECT seq, account_id, event_id, session_id, event_type,"
+                                " event_name, ts, received_at, properties, ana_event_text(body),"
+                                " ana_event_payload(body) FROM events"
+                                " WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                              : "SELECT seq, account_id, event_id, session_id, event_type,"
+                                " event_name, ts, received_at, properties, '',"
+                                " ana_event_payload(body) FROM events"
+                                " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                         -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;
@@ -210,6 +214,16 @@ out:
   sqlite3_finalize(st);
   ana_local_db_release_reader(db, r);
   return rc < 0 ? rc : n;
+}
+
+int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
+                         void *ctx, struct ana_error *err) {
+  return spool_each(db, after_seq, max, fn, ctx, true, err);
+}
+
+int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, int max,
+                                  ana_spool_row_fn fn, void *ctx, struct ana_error *err) {
+  return spool_each(db, after_seq, max, fn, ctx, false, err);
 }
 
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {

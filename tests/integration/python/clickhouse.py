@@ -134,7 +134,9 @@ class FaultProxy:
     client's timeout); "down": refuse every request (close at once);
     "late": hold the next insert for hold_s before forwarding it (an insert
     ClickHouse received but only runs after the client gave up on it and
-    checked), then pass; late_done is set once it was forwarded.
+    checked), then pass; late_done is set once it was forwarded; "slow_setup":
+    hold the next CREATE DATABASE (the start of a server's set-up) for hold_s
+    before forwarding it, then pass.
     """
 
     def __init__(self, ch):
@@ -196,6 +198,10 @@ class FaultProxy:
                 mode = self.mode
                 if mode == "down":
                     return
+                if mode == "slow_setup" and (query[0] or body.decode("latin-1")).upper(
+                        ).startswith("CREATE DATABASE"):
+                    self.mode = "pass"
+                    time.sleep(self.hold_s)
                 late = insert and mode == "late"
                 if late:
                     self.mode = "pass"

@@ -183,6 +183,20 @@ class ClickHouseStoreTest(unittest.TestCase):
         return {r.event_id for r in resp.results
                 if r.status in (self.pb.EventResult.ACCEPTED, self.pb.EventResult.DUPLICATE)}
 
+    def test_reads_during_the_set_up_wait_for_the_schema(self):
+        # ClickHouse slow to take the set-up (database, migrations): reads made meanwhile wait
+        # for it instead of asking a database or columns that are not there yet.
+        self.proxy = clickhouse.FaultProxy(self.ch)
+        self.proxy.hold_s = 1.5
+        self.proxy.mode = "slow_setup"
+        s = self.server(url=self.proxy.url, CLICKHOUSE_TIMEOUT="5s")
+        acked = self.track(s, ["setup-%d" % i for i in range(3)])
+        stub = self.grpc_mod.EventServiceStub(s.channel())
+        found = stub.SearchEvents(self.pb.SearchEventsRequest(page_size=10), timeout=10)
+        self.assertEqual(sorted(e.event_id for e in found.events), sorted(acked))
+        self.wait_shipped(s)
+        self.assert_exactly_once(acked)
+
     def test_rows_carry_sequence_instance_ms_timestamps_and_property_arrays(self):
         s = self.server()
         acked = self.track(s, ["a1", "a2", "a3"])

@@ -9,6 +9,7 @@ import random
 import time
 import unittest
 
+import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 import clickhouse
@@ -172,7 +173,7 @@ class PushedDownReadsTest(unittest.TestCase):
         self.assertGreater(len(self.search_all(self.stubs[1][0], page_size=1000)), 0)
 
     # pushed: the raw path aggregates in ClickHouse (SQL); else from its rows (booleans, numbers
-    # in strings, uniq, percentiles, filters).
+    # in strings, reals in uniq, filters).
     METRICS = [
         dict(formula="count(sent)", pushed=True),
         dict(formula="count(sent) + count(open)", dimensions=["campaign"], pushed=True),
@@ -184,9 +185,18 @@ class PushedDownReadsTest(unittest.TestCase):
         dict(formula="sum(sent.qty) + count(sent)"),
         dict(formula="count(sent)", dimensions=["qty"], pushed=True),  # strings as they are
         dict(formula="count(sent)", dimensions=["amount"]),  # numbers printed %.15g
-        dict(formula="uniq(sent.user)", dimensions=["campaign"]),
-        dict(formula="p50(buy.amount)"),
+        # uniq: the distinct texts per group and bucket; percentiles: the numbers, ranked over
+        # the merged buckets (totals, previous period, "other") as over rows
+        dict(formula="uniq(sent.user)", dimensions=["campaign"], pushed=True),
+        dict(formula="uniq(*.sessionId) + uniq(open.sessionId)", dimensions=["user"], pushed=True),
+        dict(formula="uniq(buy.amount) + uniq(sent.qty)", pushed=True),  # integers, strings
+        dict(formula="uniq(sent.price)"),  # reals printed %.15g: from rows
+        dict(formula="uniq(buy.vip)", dimensions=["campaign"]),  # booleans: from rows
+        dict(formula="p50(buy.amount)", pushed=True),  # ties
+        dict(formula="p90(buy.amount) + count(sent)", dimensions=["user"], pushed=True),  # empty
+        dict(formula="p95(sent.price) - p99(sent.amount)", dimensions=["campaign"], pushed=True),
         dict(formula="p95(sent.price) - p99(sent.amount)", dimensions=["vip"]),
+        dict(formula="p50(sent.qty)"),  # numbers in strings: from rows
         dict(formula="(count(open) / count(sent)) * 100", filters=[("campaign", "in",
                                                                     ["c0", "c2"])], pushed=True),
         dict(formula="sum(buy.amount) + count(*)", dimensions=["campaign"], pushed=True,
@@ -332,6 +342,24 @@ class PushedDownReadsTest(unittest.TestCase):
                     metadata=[("x-metric-source", "raw")])
                 self.assertEqual(sorted((dict(x.dimensions).get("k"), x.total.value)
                                         for x in d.series), [("", 11), ("v", 1)])
+                # The rollups: their backfill reads the other instances' events from
+                # ClickHouse besides this instance's own commit sequence.
+                raw = json_format.MessageToDict(d)
+                ask = self.mpb.GetMetricDataRequest(
+                    metric_id=m.metric_id, interval="1h", **{"from": ts(at - 60),
+                                                             "to": ts(at + 3600)})
+                deadline = time.time() + 30
+                while True:
+                    try:
+                        r = mt.GetMetricData(ask, timeout=10,
+                                             metadata=[("x-metric-source", "rollup")])
+                        break
+                    except grpc.RpcError as e:
+                        if (e.code() != grpc.StatusCode.FAILED_PRECONDITION
+                                or time.time() > deadline):
+                            raise
+                        time.sleep(0.1)
+                self.assertIsNone(same(json_format.MessageToDict(r), raw))
         finally:
             for s in pair:
                 s.stop()

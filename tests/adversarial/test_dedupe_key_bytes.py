@@ -1,0 +1,79 @@
+"""Issue 21, point 2 (bytes per event): the deduplication keys of an import
+at random times took 66 bytes per event, half of it an index of every key by
+its expiry day. Now the keys table holds only (account number, eventId) and
+the keys are listed by expiry day, one compressed row per commit and day
+(dedupe_expiry); a retry is still recognised whatever its timestamp.
+"""
+
+import http.client
+import json
+import os
+import random
+import sqlite3
+import time
+import unittest
+
+from adversary import AttackTestCase
+
+DAY_MS = 86400 * 1000
+EVENTS = 20000
+BATCH = 1000
+# Bytes per event of the keys, their lists and account numbers at most (the
+# keys' rows of these 12-character ids are about 20).
+MAX_BYTES = 32
+
+
+def batch_body(rnd, first, n, shift_ms=0):
+    now = int(time.time() * 1000)
+    events = []
+    for i in range(first, first + n):
+        ts = now - 3600 * 1000 - rnd.randrange(29 * DAY_MS) + shift_ms
+        events.append({
+            "eventId": "imp-7-%d" % i,
+            "eventType": "track",
+            "eventName": "message_sent",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000))
+                         + ".%03dZ" % (ts % 1000),
+            "properties": {"campaignId": "campaign-%d" % rnd.randrange(50)},
+        })
+    return json.dumps({"events": events})
+
+
+class DedupeKeyBytesTest(AttackTestCase):
+    def post(self, body):
+        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=30)
+        try:
+            conn.request("POST", "/api/events/batch", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.assertEqual(resp.status, 200, data[:300])
+        return json.loads(data)
+
+    def dedupe_bytes(self):
+        path = os.path.join(self.server.data_dir, "analytics.db")
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            return db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'dedupe%'"
+                              " OR name LIKE 'sqlite_autoindex_dedupe%'").fetchone()[0]
+        finally:
+            db.close()
+
+    def test_dedupe_keys_took_66_bytes_per_event_with_their_expiry_index(self):
+        rnd = random.Random(21)
+        with self.rss_watch():
+            for first in range(0, EVENTS, BATCH):
+                out = self.post(batch_body(rnd, first, BATCH))
+                self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+            # The same ids again, two days later: each one a duplicate.
+            again = self.post(batch_body(rnd, 0, BATCH, shift_ms=2 * DAY_MS))
+        self.assertEqual(again.get("duplicates"), BATCH, str(again)[:300])
+        per_event = self.dedupe_bytes() / EVENTS
+        self.assertLessEqual(per_event, MAX_BYTES,
+                             "deduplication keys take %.1f bytes per event" % per_event)
+        self.assert_survived()
+
+
+if __name__ == "__main__":
+    unittest.main()
