@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 18
+#define SCHEMA_VERSION 19
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -753,6 +753,149 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
   committer = ana_committer_create(db, &roles, &o, &err);
 }
 
+/* Events of two accounts and five names at random times over 40 days,
+ * a few sharing a timestamp, for the next test. */
+#define BYNAME_N 600
+static const char *const byname_names[] = {"open", "sent", "read", "click", "bounce"};
+static char byname_ids[BYNAME_N][16];
+
+struct all_hits {
+  int n;
+  char ids[BYNAME_N][16];
+  char names[BYNAME_N][8];
+  int64_t ts[BYNAME_N];
+  uint64_t seq[BYNAME_N];
+};
+
+static int collect_all(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                       uint64_t seq) {
+  (void)payload;
+  (void)len;
+  struct all_hits *h = ctx;
+  assert_true(h->n < BYNAME_N);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", id);
+  h->ts[h->n] = ts;
+  h->seq[h->n++] = seq;
+  return 0;
+}
+
+static int scan_all(void *ctx, const struct ana_scanned_event *ev) {
+  struct all_hits *h = ctx;
+  assert_true(h->n < BYNAME_N);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", ev->event_id);
+  snprintf(h->names[h->n], sizeof h->names[0], "%s", ev->event_name);
+  h->ts[h->n] = ev->timestamp_ms;
+  h->seq[h->n++] = ev->seq;
+  return 0;
+}
+
+static int by_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static bool name_in(const char *name, const char *const *names, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(name, names[i]) == 0)
+      return true;
+  return false;
+}
+
+/* The scan of names (checked on events_by_time_name's entries; more than
+ * 16 on the rows) finds the same events as the scan of every name filtered
+ * here, once each. */
+static void check_scan_by_names(int64_t from, int64_t to, const char *const *names, size_t n) {
+  static struct all_hits all, some;
+  struct ana_error err;
+  all.n = some.n = 0;
+  assert_int_equal(ops->scan(store, "acct-1", from, to, NULL, 0, scan_all, &all, &err), 0);
+  assert_int_equal(ops->scan(store, "acct-1", from, to, names, n, scan_all, &some, &err), 0);
+  uint64_t want[BYNAME_N];
+  int k = 0;
+  for (int i = 0; i < all.n; i++)
+    if (name_in(all.names[i], names, n))
+      want[k++] = all.seq[i];
+  for (int i = 0; i < some.n; i++) {
+    assert_true(name_in(some.names[i], names, n));
+    assert_true(some.ts[i] >= from && some.ts[i] < to);
+  }
+  assert_int_equal(some.n, k);
+  qsort(want, (size_t)k, sizeof want[0], by_u64);
+  qsort(some.seq, (size_t)some.n, sizeof some.seq[0], by_u64);
+  for (int i = 0; i < k; i++)
+    assert_int_equal(some.seq[i], want[i]);
+}
+
+/* A search with a name, page by page (limit 23) by cursor, gives the
+ * search without a name filtered here, in the same order. */
+static void check_search_by_name(int64_t from, int64_t to, const char *name) {
+  static struct all_hits all, page;
+  struct ana_error err;
+  all.n = 0;
+  struct ana_event_query q = {.account_id = "acct-1", .from_ms = from, .to_ms = to, .limit = -1};
+  assert_int_equal(ana_store_search(&roles, &q, collect_all, &all, &err), 0);
+  int want[BYNAME_N], k = 0;
+  for (int i = 0; i < all.n; i++) {
+    int e = atoi(all.ids[i] + 1);
+    if (strcmp(byname_names[e % 5], name) == 0)
+      want[k++] = i;
+  }
+  q.event_name = name;
+  q.limit = 23;
+  char cursor_id[16];
+  int seen = 0;
+  for (;;) {
+    page.n = 0;
+    assert_int_equal(ana_store_search(&roles, &q, collect_all, &page, &err), 0);
+    for (int i = 0; i < page.n; i++, seen++) {
+      assert_true(seen < k);
+      assert_string_equal(page.ids[i], all.ids[want[seen]]);
+      assert_int_equal(page.ts[i], all.ts[want[seen]]);
+    }
+    if (page.n < 23)
+      break;
+    snprintf(cursor_id, sizeof cursor_id, "%s", page.ids[page.n - 1]);
+    q.after_cursor = true;
+    q.cursor_ts = page.ts[page.n - 1];
+    q.cursor_event_id = cursor_id;
+  }
+  assert_int_equal(seen, k);
+}
+
+/* Searches and scans by event name check the name on the time index's
+ * entries; each gives what the unfiltered one gives, filtered by name. */
+static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
+  (void)state;
+  static struct ana_event_record r[BYNAME_N];
+  unsigned seed = 7;
+  int64_t ts = 0;
+  for (int i = 0; i < BYNAME_N; i++) {
+    snprintf(byname_ids[i], sizeof byname_ids[i], "e%d", i);
+    if (i % 7 != 6)
+      ts = NOW - (int64_t)(rand_r(&seed) % 40) * DAY - (int64_t)(rand_r(&seed) % (unsigned)DAY);
+    r[i] = record(i % 11 == 10 ? "acct-2" : "acct-1", byname_ids[i], byname_names[i % 5], ts, "{}",
+                  "byname");
+  }
+  struct ana_commit_request req[BYNAME_N / 50];
+  for (int b = 0; b < BYNAME_N / 50; b++)
+    assert_int_equal(submit(&r[b * 50], 50, &req[b]), 0);
+  wait_done(BYNAME_N / 50);
+  const int64_t ranges[][2] = {{INT64_MIN, INT64_MAX},
+                               {NOW - 10 * DAY, NOW - 3 * DAY},
+                               {NOW - 5 * DAY - DAY / 3, NOW - 5 * DAY + DAY / 5}};
+  const char *const one[] = {"read"}, *const two[] = {"click", "open", "click"},
+                    *const none[] = {"nothing"}, *const many[] = {"a", "b", "c", "d", "e",   "f",
+                                                                  "g", "h", "i", "j", "k",   "l",
+                                                                  "m", "n", "o", "p", "sent"};
+  for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+    check_scan_by_names(ranges[i][0], ranges[i][1], one, 1);
+    check_scan_by_names(ranges[i][0], ranges[i][1], two, 3);
+    check_scan_by_names(ranges[i][0], ranges[i][1], none, 1);
+    check_scan_by_names(ranges[i][0], ranges[i][1], many, 17);
+    for (int n = 0; n < 5; n++)
+      check_search_by_name(ranges[i][0], ranges[i][1], byname_names[n]);
+  }
+}
 /* SQL that turns this build's deduplication keys back into those of
  * schemas 1 to 12 (an expiry time per key, an index on it), every key
  * expiring in 2100. */
@@ -835,8 +978,11 @@ static void old_format_store_is_migrated_on_start(void **state) {
   assert_int_equal(
       query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name IN ('events_by_time',"
                    " 'events_by_name', 'events_by_type', 'events_by_session', 'events_expiry',"
-                   " 'dedupe_keys_expiry')"),
+                   " 'dedupe_keys_expiry', 'events_by_slot')"),
       0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name ="
+                                "  'events_by_time_name'"),
+                   1);
   /* Newest first across the days, page by page. */
   struct hits h = search((struct ana_event_query){.account_id = "acct-1", .limit = 2});
   assert_int_equal(h.n, 2);
@@ -1574,6 +1720,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
       cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(searches_and_scans_by_name_match_unfiltered_ones, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(dictionary_training_does_not_hold_commits, setup, teardown),
       cmocka_unit_test_setup_teardown(retired_dictionary_is_replaced_and_its_bodies_stored_raw,
                                       setup, teardown),

@@ -9,14 +9,14 @@
 
 /* The events table's layout (migration 13): the rowid `key` is the event's
  * UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
- * 2^40 plus its commit sequence; seq has a unique index; events_by_slot is
- * (account_id, ts / 21600000, seq, ts, event_name, event_id): 6-hour slots
- * of an account, each in commit order. A query reaches an account's slots
- * through that expression, written as in the index. The free text and the
- * payload are in the column body (migration 15; see event_body.c). */
+ * 2^40 plus its commit sequence; seq has a unique index; events_by_time_name
+ * is (account_id, ts, event_id, event_name): an account's events in the
+ * order a search pages them (backwards), with the name to check on the
+ * entries. Long scans end their snapshots at 6-hour slots (ana_event_slot).
+ * The free text and the payload are in the column body (migration 15; see
+ * event_body.c). */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
 #define ANA_EVENT_SLOT_MS INT64_C(21600000)
-#define ANA_EVENT_SLOT_SQL "ts / 21600000"
 #define ANA_EVENT_SEQ_BITS 40
 
 static inline int64_t ana_event_day(int64_t ts_ms) {

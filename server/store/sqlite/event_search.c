@@ -96,11 +96,10 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
     APPEND(" (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
            " CROSS JOIN events ON events.seq = hit WHERE");
   else
-    /* The account's slots from the newest (events_by_slot), each sorted on
-     * its own from the index alone (ORDER BY the slot first lets SQLite stop
-     * after the page); then only the page's rows are read. */
-    APPEND(" events WHERE rowid IN (SELECT rowid FROM events WHERE " ANA_EVENT_SLOT_SQL
-           " BETWEEN ?11 AND ?12 AND");
+    /* The account's events from the newest (events_by_time_name), in the
+     * index's order (no sort: SQLite stops after the page), the eventName
+     * checked on the index's entries before a row is read. */
+    APPEND(" events WHERE");
   APPEND(" account_id = ?1 AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = ?4");
@@ -109,14 +108,12 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
   if (q->session_id && q->session_id[0])
     APPEND(" AND session_id = ?6");
   if (q->after_cursor)
-    APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
+    /* ts <= ?7 too: a bound the index seeks to. */
+    APPEND(" AND ts <= ?7 AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
   for (size_t i = 0; i < q->n_properties; i++)
     APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
-  if (of == INDEX_MATCHES)
+  if (of != ONE_EVENT)
     APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
-  else if (of == ALL_EVENTS)
-    APPEND(" ORDER BY " ANA_EVENT_SLOT_SQL " DESC, ts DESC, event_id DESC LIMIT ?10)"
-           " ORDER BY ts DESC, event_id DESC");
 #undef APPEND
 }
 
@@ -595,12 +592,6 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
     goto release;
   }
   bind_filters(st, q, paths);
-  /* The slots the page can come from: the range's, below the cursor's. */
-  int64_t last = q->to_ms > INT64_MIN ? q->to_ms - 1 : INT64_MIN;
-  if (q->after_cursor && q->cursor_ts < last)
-    last = q->cursor_ts;
-  sqlite3_bind_int64(st, 11, ana_event_slot(q->from_ms));
-  sqlite3_bind_int64(st, 12, ana_event_slot(last));
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     if (hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),

@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 struct sqlite_event_store {
@@ -104,18 +105,29 @@ static int scan_error(sqlite3 *r, struct ana_error *err) {
   return ANA_ERR_IO;
 }
 
+/* A scan of up to this many event names checks them on the index's
+ * entries (SQL); of more, on the rows it reads. */
+#define SCAN_NAMES_IN_SQL 16
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* The account's slots in the range (events_by_slot), in slot order; the
-   * names filter what it finds. After SCAN_SNAPSHOT_ROWS rows the scan
-   * ends its snapshot at the next slot and goes on from that slot. */
-  const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, properties, "
-      "seq, " ANA_EVENT_SLOT_SQL " FROM events WHERE account_id = ?1 AND " ANA_EVENT_SLOT_SQL
-      " BETWEEN ?4 AND ?5"
-      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_SLOT_SQL;
+  /* The account's range (events_by_time_name), in time order; the names
+   * (up to SCAN_NAMES_IN_SQL) are checked on the index's entries, so that
+   * only their events' rows are read. After SCAN_SNAPSHOT_ROWS rows the
+   * scan ends its snapshot at the next 6-hour slot and goes on from
+   * there. */
+  char sql[1024];
+  size_t len = (size_t)snprintf(sql, sizeof sql,
+                                "SELECT ts, event_id, event_type, event_name, session_id,"
+                                " properties, seq FROM events WHERE account_id = ?1"
+                                " AND ts >= ?2 AND ts < ?3");
+  bool in_sql = n_names > 0 && n_names <= SCAN_NAMES_IN_SQL;
+  for (size_t i = 0; in_sql && i < n_names; i++)
+    len += (size_t)snprintf(sql + len, sizeof sql - len, "%s?%zu",
+                            i ? ", " : " AND event_name IN (", 4 + i);
+  snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts", in_sql ? ")" : "");
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -126,24 +138,26 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, from_ms);
   sqlite3_bind_int64(st, 3, to_ms);
-  sqlite3_bind_int64(st, 4, ana_event_slot(from_ms));
-  sqlite3_bind_int64(st, 5, ana_event_slot(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
+  for (size_t i = 0; in_sql && i < n_names; i++)
+    sqlite3_bind_text(st, (int)(4 + i), names[i], -1, SQLITE_STATIC);
   int64_t slot = INT64_MIN;
   long rows = 0;
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    int64_t d = sqlite3_column_int64(st, 7);
+    int64_t ts = sqlite3_column_int64(st, 0);
+    int64_t d = ana_event_slot(ts);
     if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
-      /* A new slot: start a new snapshot there (this row is read again). */
+      /* A new slot: start a new snapshot there, from this row's time
+       * (no row of it was handed on yet: this row is read again). */
       sqlite3_reset(st);
-      sqlite3_bind_int64(st, 4, d);
+      sqlite3_bind_int64(st, 2, ts);
       rows = 0;
       slot = d;
       continue;
     }
     slot = d;
     rows++;
-    if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
+    if (!in_sql && !name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
       continue;
     struct ana_scanned_event ev = scanned_row(st);
     if (fn(ctx, &ev))
