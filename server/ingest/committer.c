@@ -115,7 +115,14 @@ static int commit_batch(struct ana_committer *c, struct ana_commit_request *batc
     if (rc < 0)
       return rc;
   }
-  int rc = ana_local_db_begin(c->db, err);
+  /* The staged backlog's bound (the mover's lag), before the write lock. */
+  size_t events = 0;
+  for (struct ana_commit_request *r = batch; r; r = r->next)
+    events += r->n;
+  int rc = ana_local_staging_admit(c->db, events, err);
+  if (rc < 0)
+    return rc;
+  rc = ana_local_db_begin(c->db, err);
   if (rc < 0)
     return rc;
   for (struct ana_commit_request *r = batch; r && rc == 0; r = r->next) {

@@ -94,7 +94,10 @@ int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_row
 
 /* Writes records[i] for each i with !records[i].duplicate into the spool,
  * setting seq (increasing), inside the open transaction: nothing is durable
- * until it commits. Committer thread only. */
+ * until it commits. The events of one transaction are staged as one row of
+ * the table events_staged (staging.c), which the mover moves into events
+ * afterwards; every reader of the spool waits for it (see
+ * ana_local_staging_wait). Committer thread only. */
 int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err);
 
@@ -124,8 +127,42 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
 int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, int max,
                                   ana_spool_row_fn fn, void *ctx, struct ana_error *err);
 
-/* The highest sequence number in the spool (0 when empty). */
+/* The highest sequence number in the spool (0 when empty), once every
+ * event committed before the call was moved (see ana_local_staging_wait). */
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);
+
+/* --- staging (staging.c) --- */
+
+/* Until set: STORE_STAGING_MAX_EVENTS and STORE_STAGING_WAIT's defaults. */
+#define ANA_STAGING_DEFAULT_MAX_EVENTS 200000L
+#define ANA_STAGING_DEFAULT_WAIT_MS 10000
+
+/* The bound of the staged backlog (events committed and not yet moved into
+ * events) and how long a commit waits for room in it. */
+void ana_local_staging_set_limits(struct ana_local_db *db, long max_events, int wait_ms);
+
+/* Before a commit of up to n events (committer thread, outside any
+ * transaction): waits while the backlog holds more than the bound allows,
+ * up to the wait; then 0, or ANA_ERR_FULL with err UNAVAILABLE. */
+int ana_local_staging_admit(struct ana_local_db *db, size_t n, struct ana_error *err);
+
+/* Waits (holding no connection) until every event with seq <= upto_seq
+ * committed before the call is in the table events (UINT64_MAX: every
+ * event committed so far): what a reader of the events table calls first,
+ * so that it reads its writes. 0, or UNAVAILABLE after 60 s. Never call it
+ * inside a write transaction (the mover needs the write lock). */
+int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct ana_error *err);
+
+/* For tests: hold keeps the mover from moving until released. */
+void ana_local_staging_hold(struct ana_local_db *db, bool hold);
+
+struct ana_local_staging_stats {
+  uint64_t staged_events; /* committed, not yet moved */
+  uint64_t staged_upto;   /* last sequence staged */
+  uint64_t moved_upto;    /* every event up to it is in events */
+  uint64_t moves;         /* the mover's transactions */
+};
+void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_stats *out);
 
 /* --- the catalog of event names (event_names_table.c) --- */
 

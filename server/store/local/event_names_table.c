@@ -9,6 +9,7 @@
 
 struct ana_local_names {
   sqlite3 *conn; /* its own writing connection */
+  struct ana_local_db *db;
 };
 
 struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *watermark,
@@ -18,8 +19,10 @@ struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return NULL;
   }
+  ln->db = db;
   ln->conn = ana_local_db_connect(db, err);
-  if (!ln->conn)
+  /* The last sequence counts the staged events once they are moved. */
+  if (!ln->conn || ana_local_staging_wait(db, UINT64_MAX, err) < 0)
     goto fail;
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(ln->conn,
@@ -142,6 +145,10 @@ out:
 
 int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint64_t upto_seq,
                             ana_local_name_count_fn fn, void *ctx, struct ana_error *err) {
+  /* The events up to upto_seq are in events (staging.c). */
+  int wait = ana_local_staging_wait(ln->db, upto_seq, err);
+  if (wait < 0)
+    return wait;
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(ln->conn,
                          "SELECT account_id, event_name, COUNT(*), MIN(received_at),"

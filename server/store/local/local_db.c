@@ -72,8 +72,8 @@ struct ana_local_db {
   uint64_t commits;          /* commits reported by on_wal_commit */
   uint64_t complete_commits; /* commits when a checkpoint last copied all */
   bool waiting_for_reset;
-  bool gate_closed;   /* a catch-up holds the event writer at BEGIN */
-  bool writer_in_txn; /* the event writer is between BEGIN and its end */
+  bool gate_closed;  /* a catch-up holds the event writer at BEGIN */
+  int writer_in_txn; /* event writers (committer, mover) between BEGIN and end */
   /* The bound on the WAL (see wal_over): the event writer waits at BEGIN
    * while the WAL holds limit_pages or more that are not all copied. */
   int limit_pages;
@@ -92,6 +92,7 @@ struct ana_local_db {
   } writer_statements[WRITER_STATEMENTS];
   struct ana_event_codec *codec;     /* the event writer's (event_body.c) */
   struct ana_dedupe_pending *dedupe; /* its transaction's new keys (dedupe_keys.c) */
+  struct ana_staging *staging;       /* its transaction's staged events, the mover */
 };
 
 #define DEFAULT_CHECKPOINT_PAGES 32768
@@ -452,6 +453,17 @@ static const char *const migrations[] = {
      * each day's range). */
     "DROP INDEX events_by_slot;"
     "CREATE INDEX events_by_time_name ON events(account_id, ts, event_id, event_name);",
+
+    /* Staging: a commit's events as one row (first_seq..last_seq, n events,
+     * the batch encoded, raw_len bytes before zstd), moved into events by
+     * the mover in sequence order and deleted in the same transaction
+     * (staging.c). */
+    "CREATE TABLE IF NOT EXISTS events_staged ("
+    "  first_seq INTEGER PRIMARY KEY,"
+    "  last_seq INTEGER NOT NULL,"
+    "  n INTEGER NOT NULL,"
+    "  raw_len INTEGER NOT NULL,"
+    "  batch BLOB NOT NULL);",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -835,6 +847,8 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
     goto fail;
   }
   db->checkpoint_started = true;
+  if (!(db->staging = ana_staging_open(db, err)))
+    goto fail;
   db->metrics_registered = ana_prom_register(collect, db) == 0;
   return db;
 fail:
@@ -874,6 +888,8 @@ void ana_local_db_close(struct ana_local_db *db) {
     return;
   if (db->metrics_registered)
     ana_prom_unregister(collect, db);
+  ana_staging_close(db->staging); /* staged rows stay: the next open moves them */
+  db->staging = NULL;
   if (db->checkpoint_started) {
     pthread_mutex_lock(&db->checkpoint_mu);
     db->checkpoint_stop = true;
@@ -915,6 +931,10 @@ struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db) {
 
 struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db) {
   return db->dedupe;
+}
+
+struct ana_staging *ana_local_db_staging(struct ana_local_db *db) {
+  return db->staging;
 }
 
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
@@ -985,15 +1005,23 @@ static void writer_txn_started(struct ana_local_db *db) {
     pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
   }
   db->writer_held = false;
-  db->writer_in_txn = true;
+  db->writer_in_txn++;
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
 static void writer_txn_ended(struct ana_local_db *db) {
   pthread_mutex_lock(&db->checkpoint_mu);
-  db->writer_in_txn = false;
+  db->writer_in_txn--;
   pthread_cond_broadcast(&db->gate_cond);
   pthread_mutex_unlock(&db->checkpoint_mu);
+}
+
+void ana_local_db_gate_enter(struct ana_local_db *db) {
+  writer_txn_started(db);
+}
+
+void ana_local_db_gate_leave(struct ana_local_db *db) {
+  writer_txn_ended(db);
 }
 
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
@@ -1006,6 +1034,7 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
   }
   writer_txn_started(db);
   ana_dedupe_pending_discard(db->dedupe);
+  ana_staging_discard(db->staging);
   if (run_writer(db, sql_begin) != SQLITE_OK) {
     writer_txn_ended(db);
     return sql_error(db->writer, "cannot begin a transaction", err);
@@ -1015,7 +1044,8 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
 
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
   /* The expiry lists of the keys this transaction claimed. */
-  if (ana_local_dedupe_flush(db, err) < 0) {
+  /* ...and its staged events, one row. */
+  if (ana_local_dedupe_flush(db, err) < 0 || ana_staging_flush(db->staging, err) < 0) {
     ana_local_db_rollback(db);
     return ANA_ERR_IO;
   }
@@ -1036,12 +1066,14 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
   }
   writer_txn_ended(db);
   ana_dedupe_pending_committed(db->dedupe);
+  ana_staging_committed(db->staging);
   atomic_store(&db->degraded, false);
   return 0;
 }
 
 void ana_local_db_rollback(struct ana_local_db *db) {
   ana_dedupe_pending_discard(db->dedupe);
+  ana_staging_discard(db->staging);
   if (!sqlite3_get_autocommit(db->writer))
     run_writer(db, sql_rollback);
   writer_txn_ended(db);

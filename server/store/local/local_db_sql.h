@@ -70,6 +70,30 @@ enum {
 void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold);
 int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms);
 
+/* The events row insert (spool.c): records[i] with !duplicate, their seq
+ * set, into events on w (*stmt: its statement, prepared on first use, the
+ * caller's to finalize), bodies encoded by codec (whose dictionary the
+ * caller persists in the same transaction). The mover calls it. */
+int ana_local_spool_insert(sqlite3 *w, sqlite3_stmt **stmt, struct ana_event_codec *codec,
+                           const struct ana_event_record *records, size_t n, struct ana_error *err);
+
+/* Staging (staging.c): the commit's staged events (one per local database),
+ * written to events_staged by ana_staging_flush (ana_local_db_commit calls
+ * it before COMMIT), published to the mover by ana_staging_committed, or
+ * dropped with the transaction (ana_staging_discard). The mover thread runs
+ * from ana_staging_open to ana_staging_close. */
+struct ana_staging;
+struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *err);
+void ana_staging_close(struct ana_staging *s);
+int ana_staging_flush(struct ana_staging *s, struct ana_error *err);
+void ana_staging_committed(struct ana_staging *s);
+void ana_staging_discard(struct ana_staging *s);
+struct ana_staging *ana_local_db_staging(struct ana_local_db *db);
+/* A writer other than the committer's (the mover) passes the same gate as
+ * its transactions (the WAL's bound, the checkpoint's catch-up). */
+void ana_local_db_gate_enter(struct ana_local_db *db);
+void ana_local_db_gate_leave(struct ana_local_db *db);
+
 /* Deduplication keys (dedupe_keys.c): the keys the writer's open
  * transaction claimed, by the day they expire, written to dedupe_expiry by
  * ana_local_dedupe_flush (ana_local_db_commit calls it before COMMIT) or

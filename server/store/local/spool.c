@@ -1,6 +1,7 @@
 /* The spool: committed events in the local database (table events), in
- * commit-sequence order. The committer appends to it in the transaction that
- * claims the events' deduplication keys; a remote event store drains it
+ * commit-sequence order. The committer stages them in the transaction that
+ * claims the events' deduplication keys, and the mover inserts them here
+ * (staging.c: readers wait for it); a remote event store drains it
  * through the shipper contract (ana_store.h); the embedded event store reads
  * it in place. */
 #include "local_db_sql.h"
@@ -13,44 +14,28 @@ static const char sql_append[] =
     "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
     " event_name, ts, received_at, properties, body)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?)";
-static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
-static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
-
 static int spool_error(sqlite3 *w, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
                 sqlite3_errmsg(w));
   return ANA_ERR_IO;
 }
 
-/* The sequence numbers are handed out from event_seq (so that none is
- * used twice, even once retention deleted the newest events), and each
- * event goes to its day's range of the table (see local_db_sql.h). */
-int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+/* Each event goes to its day's range of the table (see local_db_sql.h),
+ * under the sequence number the commit gave it. */
+int ana_local_spool_insert(sqlite3 *w, sqlite3_stmt **stmt, struct ana_event_codec *codec,
+                           const struct ana_event_record *records, size_t n,
                            struct ana_error *err) {
-  sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_last_seq);
-  if (!get) {
+  if (!*stmt &&
+      sqlite3_prepare_v3(w, sql_append, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
-  if (sqlite3_step(get) != SQLITE_ROW) {
-    sqlite3_reset(get);
-    return spool_error(w, err);
-  }
-  uint64_t seq = (uint64_t)sqlite3_column_int64(get, 0);
-  sqlite3_reset(get);
-  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_append);
-  if (!st) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
-    return ANA_ERR_INTERNAL;
-  }
-  struct ana_event_codec *codec = ana_local_db_event_codec(db);
-  size_t stored = 0;
+  sqlite3_stmt *st = *stmt;
   for (size_t i = 0; i < n; i++) {
-    struct ana_event_record *r = &records[i];
+    const struct ana_event_record *r = &records[i];
     if (r->duplicate)
       continue;
-    seq++;
+    uint64_t seq = r->seq;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
@@ -75,23 +60,9 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
       sqlite3_reset(st);
       return spool_error(w, err);
     }
-    r->seq = seq;
-    stored++;
   }
   sqlite3_reset(st);
-  if (stored == 0)
-    return 0;
-  if (ana_event_codec_persist(codec, w, err) < 0)
-    return ANA_ERR_IO;
-  sqlite3_stmt *set = ana_local_db_writer_statement(db, sql_set_last_seq);
-  if (!set) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
-    return ANA_ERR_INTERNAL;
-  }
-  sqlite3_bind_int64(set, 1, (sqlite3_int64)seq);
-  int rc = sqlite3_step(set);
-  sqlite3_reset(set);
-  return rc == SQLITE_DONE ? 0 : spool_error(w, err);
+  return 0;
 }
 
 static void free_batch(struct ana_spooled_event *ev, size_t n) {
@@ -168,6 +139,10 @@ int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
 /* text: whether to decode the search text ("" else: the body is decoded once, not twice). */
 static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
                       void *ctx, bool text, struct ana_error *err) {
+  /* Every event committed so far is in events first (staging.c). */
+  int wait = ana_local_staging_wait(db, UINT64_MAX, err);
+  if (wait < 0)
+    return wait;
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   int n = 0, rc = 0, step;
@@ -227,10 +202,12 @@ int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, i
 }
 
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
+  *out = 0;
+  int rc = ana_local_staging_wait(db, UINT64_MAX, err);
+  if (rc < 0)
+    return rc;
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
-  int rc = 0;
-  *out = 0;
   if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
       SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(r));

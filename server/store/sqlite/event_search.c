@@ -560,6 +560,9 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   bool text = false;
   for (const char *t = q->text; text_path && t && *t && !text; t++)
     text = *t != ' ' && *t != '\t' && *t != '\n';
+  /* Every event committed so far is in events first (staging.c). */
+  if ((rc = ana_local_staging_wait(db, UINT64_MAX, err)) < 0)
+    goto out;
 
   sqlite3 *r = ana_local_db_acquire_reader(db);
   if (text) {

@@ -128,9 +128,12 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     len += (size_t)snprintf(sql + len, sizeof sql - len, "%s?%zu",
                             i ? ", " : " AND event_name IN (", 4 + i);
   snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts", in_sql ? ")" : "");
+  /* Every event committed so far is in events first (staging.c). */
+  int rc = ana_local_staging_wait(s->db, UINT64_MAX, err);
+  if (rc < 0)
+    return rc;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
-  int rc = 0;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
@@ -181,12 +184,13 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   const char *sql =
       "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
       " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
-  uint64_t last = 0;
-  int rc = ana_local_spool_last_seq(s->db, &last, err);
+  struct ana_local_staging_stats staged;
+  ana_local_staging_stats(s->db, &staged);
+  if (upto_seq > staged.staged_upto)
+    upto_seq = staged.staged_upto;
+  int rc = ana_local_staging_wait(s->db, upto_seq, err);
   if (rc < 0)
     return rc;
-  if (upto_seq > last)
-    upto_seq = last;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -297,8 +301,15 @@ static int store_rewrite(void *p, const struct ana_event_record *records, size_t
                          struct ana_error *err) {
   struct sqlite_event_store *s = p;
   int done = 0;
+  uint64_t upto = 0;
+  for (size_t i = 0; i < n; i++)
+    upto = records[i].seq > upto ? records[i].seq : upto;
+  /* The rows to rewrite are in events (staging.c). */
+  int rc = ana_local_staging_wait(s->db, upto, err);
+  if (rc < 0)
+    return rc;
   pthread_mutex_lock(&s->rewrite_mu);
-  int rc = rewriter(s, err);
+  rc = rewriter(s, err);
   if (rc == 0 && sqlite3_exec(s->rewriter, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
     rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: rewrite: %s",
                        sqlite3_errmsg(s->rewriter));

@@ -1,0 +1,603 @@
+/* Staging: a commit writes its events as ONE row of events_staged (the
+ * batch encoded and zstd-compressed together, in commit order), so that the
+ * acknowledgement inserts nothing into the events table's day layout; the
+ * mover (a thread of its own, on a connection of its own) moves the staged
+ * rows into events in short transactions, each batch sorted by the table's
+ * key, and deletes them in the same transaction. Readers of the events table
+ * first wait until every event committed before they began was moved
+ * (ana_local_staging_wait). */
+#include "byte_codec.h"
+#include "local_db_sql.h"
+
+#include "ana_alloc.h"
+#include "ana_clock.h"
+#include "ana_log.h"
+#include "ana_prom.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+/* One move takes staged rows until it holds this many events (at least one
+ * row): its transaction holds the write lock for a few milliseconds. */
+#define MOVE_EVENTS 4096
+/* How long a reader waits for the mover before it answers UNAVAILABLE. */
+#define READER_WAIT_MS 60000
+/* The mover's pause after a failed move. */
+#define RETRY_MS 200
+
+struct ana_staging {
+  struct ana_local_db *db;
+  /* The commit's side (committer thread only): the events its open
+   * transaction staged, encoded (not yet compressed). */
+  uint8_t *buf;
+  size_t len, cap;
+  uint64_t first_seq, next_seq; /* next_seq: 0 = not read in this transaction */
+  size_t n;
+  uint8_t *zbuf;
+  size_t zcap;
+
+  pthread_mutex_t mu;
+  pthread_cond_t moved_cond;  /* moved_upto or staged_events changed */
+  pthread_cond_t staged_cond; /* something was staged, hold or stop changed */
+  uint64_t staged_upto;       /* last sequence of the committed staged rows */
+  uint64_t moved_upto;        /* every event up to it is in events */
+  long staged_events;         /* committed, not yet moved */
+  uint64_t moves, moved_events, move_failures, failures_at_stop;
+  long max_events; /* STORE_STAGING_MAX_EVENTS */
+  int wait_ms;     /* STORE_STAGING_WAIT */
+  bool hold, stop, started, metrics_registered;
+  pthread_t thread;
+  sqlite3 *conn; /* the mover's */
+  sqlite3_stmt *insert;
+};
+
+static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
+static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
+static const char sql_stage[] =
+    "INSERT INTO events_staged (first_seq, last_seq, n, raw_len, batch) VALUES (?,?,?,?,?)";
+
+static void put_str(struct ana_staging *s, const char *str) {
+  size_t l = str ? strlen(str) : 0;
+  s->len += ana_varint_put(s->buf + s->len, l);
+  if (l)
+    memcpy(s->buf + s->len, str, l);
+  s->len += l;
+}
+
+static size_t str_room(const char *str) {
+  return (str ? strlen(str) : 0) + 10;
+}
+
+/* Appends one record (its seq set) to the transaction's encoded batch:
+ * varints seq, ts (zig-zag), received_at (zig-zag), then the strings and
+ * the payload, each length-prefixed. */
+static bool encode(struct ana_staging *s, const struct ana_event_record *r) {
+  size_t need = s->len + 30 + str_room(r->account_id) + str_room(r->event_id) +
+                str_room(r->session_id) + str_room(r->event_type) + str_room(r->event_name) +
+                str_room(r->properties_json) + str_room(r->search_text) + r->payload_len + 10;
+  if (!ana_bytes_grow(&s->buf, &s->cap, need))
+    return false;
+  s->len += ana_varint_put(s->buf + s->len, r->seq);
+  s->len += ana_varint_put(s->buf + s->len,
+                           ((uint64_t)r->timestamp_ms << 1) ^ (uint64_t)(r->timestamp_ms >> 63));
+  s->len += ana_varint_put(s->buf + s->len, ((uint64_t)r->received_at_ms << 1) ^
+                                                (uint64_t)(r->received_at_ms >> 63));
+  put_str(s, r->account_id);
+  put_str(s, r->event_id);
+  put_str(s, r->session_id);
+  put_str(s, r->event_type);
+  put_str(s, r->event_name);
+  put_str(s, r->properties_json ? r->properties_json : "{}");
+  put_str(s, r->search_text);
+  s->len += ana_varint_put(s->buf + s->len, r->payload_len);
+  if (r->payload_len)
+    memcpy(s->buf + s->len, r->payload, r->payload_len);
+  s->len += r->payload_len;
+  return true;
+}
+
+/* A staged event decoded in place: its strings are copied into text (NUL
+ * terminated), the payload points into the batch. */
+struct staged_event {
+  struct ana_event_record r;
+  int64_t key;
+};
+
+static bool get_i64(const uint8_t *p, size_t n, size_t *i, int64_t *out) {
+  uint64_t v;
+  if (!ana_varint_get(p, n, i, &v))
+    return false;
+  *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+  return true;
+}
+
+/* Reads a string of p at *i into the arena at *a (NUL terminated). */
+static bool get_str(const uint8_t *p, size_t n, size_t *i, char **a, const char **out) {
+  uint64_t l;
+  if (!ana_varint_get(p, n, i, &l) || l > n - *i)
+    return false;
+  memcpy(*a, p + *i, l);
+  (*a)[l] = '\0';
+  *out = *a;
+  *a += l + 1;
+  *i += l;
+  return true;
+}
+
+/* Decodes count events of raw[0..n) into ev (appending at *at); strings go
+ * to the arena (room: n + 8 bytes per event). */
+static bool decode(const uint8_t *raw, size_t n, size_t count, struct staged_event *ev, size_t *at,
+                   char **arena) {
+  size_t i = 0;
+  for (size_t k = 0; k < count; k++) {
+    struct ana_event_record *r = &ev[*at].r;
+    memset(r, 0, sizeof *r);
+    uint64_t seq, plen;
+    if (!ana_varint_get(raw, n, &i, &seq) || !get_i64(raw, n, &i, &r->timestamp_ms) ||
+        !get_i64(raw, n, &i, &r->received_at_ms) || !get_str(raw, n, &i, arena, &r->account_id) ||
+        !get_str(raw, n, &i, arena, &r->event_id) || !get_str(raw, n, &i, arena, &r->session_id) ||
+        !get_str(raw, n, &i, arena, &r->event_type) ||
+        !get_str(raw, n, &i, arena, &r->event_name) ||
+        !get_str(raw, n, &i, arena, &r->properties_json) ||
+        !get_str(raw, n, &i, arena, &r->search_text) || !ana_varint_get(raw, n, &i, &plen) ||
+        plen > n - i)
+      return false;
+    r->seq = seq;
+    r->payload = raw + i;
+    r->payload_len = (size_t)plen;
+    i += plen;
+    ev[*at].key = ana_event_key(r->timestamp_ms, seq);
+    (*at)++;
+  }
+  return i == n;
+}
+
+/* --- the commit's side --- */
+
+int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
+                           struct ana_error *err) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  sqlite3 *w = ana_local_db_writer(db);
+  if (s->next_seq == 0) {
+    sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_last_seq);
+    if (!get || sqlite3_step(get) != SQLITE_ROW) {
+      if (get)
+        sqlite3_reset(get);
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
+                    sqlite3_errmsg(w));
+      return ANA_ERR_IO;
+    }
+    s->next_seq = (uint64_t)sqlite3_column_int64(get, 0) + 1;
+    sqlite3_reset(get);
+    s->first_seq = s->next_seq;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct ana_event_record *r = &records[i];
+    if (r->duplicate)
+      continue;
+    r->seq = s->next_seq;
+    if (!encode(s, r)) {
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      return ANA_ERR_NOMEM;
+    }
+    s->next_seq++;
+    s->n++;
+  }
+  return 0;
+}
+
+void ana_staging_discard(struct ana_staging *s) {
+  s->len = 0;
+  s->n = 0;
+  s->next_seq = 0;
+  s->first_seq = 0;
+}
+
+int ana_staging_flush(struct ana_staging *s, struct ana_error *err) {
+  if (s->n == 0)
+    return 0;
+  struct ana_local_db *db = s->db;
+  sqlite3 *w = ana_local_db_writer(db);
+  size_t bound = ZSTD_compressBound(s->len);
+  if (!ana_bytes_grow(&s->zbuf, &s->zcap, bound)) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return ANA_ERR_NOMEM;
+  }
+  size_t z = ZSTD_compress(s->zbuf, s->zcap, s->buf, s->len, 1);
+  if (ZSTD_isError(z)) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: staging: %s", ZSTD_getErrorName(z));
+    return ANA_ERR_INTERNAL;
+  }
+  uint64_t last = s->next_seq - 1;
+  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_stage);
+  sqlite3_stmt *set = st ? ana_local_db_writer_statement(db, sql_set_last_seq) : NULL;
+  if (!st || !set) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)s->first_seq);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64)last);
+  sqlite3_bind_int64(st, 3, (sqlite3_int64)s->n);
+  sqlite3_bind_int64(st, 4, (sqlite3_int64)s->len);
+  sqlite3_bind_blob(st, 5, s->zbuf, (int)z, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_DONE) {
+    sqlite3_bind_int64(set, 1, (sqlite3_int64)last);
+    rc = sqlite3_step(set);
+    sqlite3_reset(set);
+  }
+  if (rc != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
+                  sqlite3_errmsg(w));
+    return ANA_ERR_IO;
+  }
+  return 0;
+}
+
+void ana_staging_committed(struct ana_staging *s) {
+  if (s->n > 0) {
+    pthread_mutex_lock(&s->mu);
+    s->staged_upto = s->next_seq - 1;
+    s->staged_events += (long)s->n;
+    pthread_cond_signal(&s->staged_cond);
+    pthread_mutex_unlock(&s->mu);
+  }
+  ana_staging_discard(s);
+}
+
+int ana_local_staging_admit(struct ana_local_db *db, size_t n, struct ana_error *err) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  if (s->staged_events > 0 && s->staged_events + (long)n > s->max_events) {
+    struct timespec deadline = ana_deadline_in_ms(s->wait_ms);
+    int rc = 0;
+    while (s->staged_events > 0 && s->staged_events + (long)n > s->max_events && !s->stop &&
+           rc == 0)
+      rc = pthread_cond_timedwait(&s->moved_cond, &s->mu, &deadline);
+  }
+  long staged = s->staged_events;
+  bool full = staged > 0 && staged + (long)n > s->max_events;
+  long max = s->max_events;
+  pthread_mutex_unlock(&s->mu);
+  if (!full)
+    return 0;
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                "event store: the staging backlog is full (%ld events committed and not yet "
+                "moved into the events table, STORE_STAGING_MAX_EVENTS = %ld); nothing of this "
+                "request was stored; retry later",
+                staged, max);
+  return ANA_ERR_FULL;
+}
+
+/* --- the readers' side --- */
+
+int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct ana_error *err) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  uint64_t target = upto_seq < s->staged_upto ? upto_seq : s->staged_upto;
+  if (s->moved_upto < target) {
+    struct timespec deadline = ana_deadline_in_ms(READER_WAIT_MS);
+    int rc = 0;
+    pthread_cond_signal(&s->staged_cond);
+    while (s->moved_upto < target && !s->stop && rc == 0)
+      rc = pthread_cond_timedwait(&s->moved_cond, &s->mu, &deadline);
+  }
+  uint64_t moved = s->moved_upto;
+  pthread_mutex_unlock(&s->mu);
+  if (moved >= target)
+    return 0;
+  return ana_error_set(err, ANA_STATUS_UNAVAILABLE,
+                       "event store: staged events are still being moved into the events table "
+                       "(moved up to event %llu of %llu); retry later",
+                       (unsigned long long)moved, (unsigned long long)target);
+}
+
+void ana_local_staging_hold(struct ana_local_db *db, bool hold) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  s->hold = hold;
+  pthread_cond_broadcast(&s->staged_cond);
+  pthread_mutex_unlock(&s->mu);
+}
+
+void ana_local_staging_set_limits(struct ana_local_db *db, long max_events, int wait_ms) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  s->max_events = max_events > 0 ? max_events : 1;
+  s->wait_ms = wait_ms >= 0 ? wait_ms : 0;
+  pthread_cond_broadcast(&s->moved_cond);
+  pthread_mutex_unlock(&s->mu);
+}
+
+void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_stats *out) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  out->staged_events = (uint64_t)s->staged_events;
+  out->staged_upto = s->staged_upto;
+  out->moved_upto = s->moved_upto;
+  out->moves = s->moves;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* --- the mover --- */
+
+static int by_key(const void *a, const void *b) {
+  int64_t x = ((const struct staged_event *)a)->key, y = ((const struct staged_event *)b)->key;
+  return x < y ? -1 : x > y;
+}
+
+static int mover_fail(struct ana_staging *s, const char *what, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: %s: %s", what, sqlite3_errmsg(s->conn));
+  return ANA_ERR_IO;
+}
+
+/* A staged row read for a move. */
+struct staged_row {
+  uint64_t first, last;
+  size_t n, raw_len;
+  void *z;
+  size_t z_len;
+};
+
+/* One transaction: the oldest staged rows (up to MOVE_EVENTS events) into
+ * events, sorted by key, and their deletion. Returns how many events were
+ * moved (0: none staged), or a negative error. */
+static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *err) {
+  struct staged_row rows[64];
+  size_t n_rows = 0, events = 0, raw_total = 0;
+  struct staged_event *ev = NULL;
+  uint8_t *raw = NULL;
+  char *arena = NULL;
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  ana_local_db_gate_enter(s->db);
+  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = mover_fail(s, "cannot begin", err);
+    ana_local_db_gate_leave(s->db);
+    return rc;
+  }
+  if (sqlite3_prepare_v2(s->conn,
+                         "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
+                         " ORDER BY first_seq LIMIT 64",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = mover_fail(s, "cannot read the staged events", err);
+    goto out;
+  }
+  while (events < MOVE_EVENTS && sqlite3_step(st) == SQLITE_ROW) {
+    struct staged_row *r = &rows[n_rows];
+    r->first = (uint64_t)sqlite3_column_int64(st, 0);
+    r->last = (uint64_t)sqlite3_column_int64(st, 1);
+    r->n = (size_t)sqlite3_column_int64(st, 2);
+    r->raw_len = (size_t)sqlite3_column_int64(st, 3);
+    r->z_len = (size_t)sqlite3_column_bytes(st, 4);
+    r->z = ana_malloc(r->z_len ? r->z_len : 1);
+    if (!r->z) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      goto out;
+    }
+    if (r->z_len)
+      memcpy(r->z, sqlite3_column_blob(st, 4), r->z_len);
+    n_rows++;
+    events += r->n;
+    raw_total += r->raw_len;
+    if (n_rows == sizeof rows / sizeof rows[0])
+      break;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  if (n_rows == 0)
+    goto out;
+  ev = ana_malloc(sizeof *ev * events);
+  raw = ana_malloc(raw_total ? raw_total : 1);
+  arena = ana_malloc(raw_total + 8 * events + 1);
+  if (!ev || !raw || !arena) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  size_t at = 0, off = 0;
+  char *a = arena;
+  for (size_t i = 0; i < n_rows; i++) {
+    size_t got = ZSTD_decompress(raw + off, rows[i].raw_len, rows[i].z, rows[i].z_len);
+    if (ZSTD_isError(got) || got != rows[i].raw_len ||
+        !decode(raw + off, got, rows[i].n, ev, &at, &a)) {
+      rc = ana_error_set(err, ANA_STATUS_INTERNAL,
+                         "staging: the staged events %llu to %llu cannot be decoded",
+                         (unsigned long long)rows[i].first, (unsigned long long)rows[i].last);
+      goto out;
+    }
+    off += got;
+  }
+  /* Key order: each day's range of the table is appended to in sequence
+   * order, and an account's entries of the time index come together. */
+  qsort(ev, events, sizeof *ev, by_key);
+  for (size_t i = 0; i < events && rc == 0; i++)
+    rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), &ev[i].r, 1,
+                                err);
+  if (rc < 0)
+    goto out;
+  if (ana_event_codec_persist(ana_local_db_event_codec(s->db), s->conn, err) < 0) {
+    rc = ANA_ERR_IO;
+    goto out;
+  }
+  if (sqlite3_prepare_v2(s->conn, "DELETE FROM events_staged WHERE first_seq <= ?", -1, &st,
+                         NULL) != SQLITE_OK) {
+    rc = mover_fail(s, "cannot delete the moved events", err);
+    goto out;
+  }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)rows[n_rows - 1].first);
+  if (sqlite3_step(st) != SQLITE_DONE) {
+    rc = mover_fail(s, "cannot delete the moved events", err);
+    goto out;
+  }
+  if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = mover_fail(s, "cannot commit", err);
+    goto out;
+  }
+  *upto = rows[n_rows - 1].last;
+  rc = (int)events;
+out:
+  sqlite3_finalize(st);
+  if (rc <= 0 && !sqlite3_get_autocommit(s->conn))
+    sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+  ana_local_db_gate_leave(s->db);
+  for (size_t i = 0; i < n_rows; i++)
+    ana_free(rows[i].z);
+  ana_free(ev);
+  ana_free(raw);
+  ana_free(arena);
+  return rc;
+}
+
+static void *mover_thread(void *arg) {
+  struct ana_staging *s = arg;
+  pthread_mutex_lock(&s->mu);
+  /* At stop the backlog is moved first (a clean close leaves nothing
+   * staged); a failure then leaves it for the next start. */
+  for (;;) {
+    if (s->stop && (s->staged_events == 0 || s->move_failures > s->failures_at_stop))
+      break;
+    if (!s->stop && (s->hold || s->staged_events == 0)) {
+      struct timespec ts = ana_deadline_in_ms(1000);
+      pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts);
+      continue;
+    }
+    pthread_mutex_unlock(&s->mu);
+    struct ana_error err;
+    ana_error_clear(&err);
+    uint64_t upto = 0;
+    int n = move_once(s, &upto, &err);
+    pthread_mutex_lock(&s->mu);
+    if (n > 0) {
+      s->moves++;
+      s->moved_events += (uint64_t)n;
+      s->staged_events -= n;
+      if (s->staged_events < 0)
+        s->staged_events = 0;
+      if (upto > s->moved_upto)
+        s->moved_upto = upto;
+      pthread_cond_broadcast(&s->moved_cond);
+    } else if (n == 0) {
+      /* Nothing staged after all (counted before its commit was seen). */
+      s->staged_events = 0;
+      if (s->staged_upto > s->moved_upto)
+        s->moved_upto = s->staged_upto;
+      pthread_cond_broadcast(&s->moved_cond);
+    } else {
+      s->move_failures++;
+      pthread_mutex_unlock(&s->mu);
+      ANA_WARN("store", "%s; retrying", err.message);
+      struct timespec ts = ana_deadline_in_ms(RETRY_MS);
+      pthread_mutex_lock(&s->mu);
+      pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_staging *s = ctx;
+  pthread_mutex_lock(&s->mu);
+  uint64_t staged = (uint64_t)s->staged_events, moved = s->moved_upto, upto = s->staged_upto;
+  uint64_t moves = s->moves, failures = s->move_failures;
+  pthread_mutex_unlock(&s->mu);
+  ana_prom_write_family(w, "ana_store_staged_events", "gauge",
+                        "Events committed to the staging table and not yet moved into the "
+                        "events table (the mover's lag; at most STORE_STAGING_MAX_EVENTS).");
+  ana_prom_write_u64(w, "ana_store_staged_events", NULL, staged);
+  ana_prom_write_family(w, "ana_store_moved_sequence", "gauge",
+                        "Commit sequence number up to which every event is in the events table.");
+  ana_prom_write_u64(w, "ana_store_moved_sequence", NULL, moved > upto ? moved : upto);
+  ana_prom_write_family(w, "ana_store_moves_total", "counter",
+                        "Transactions of the mover (staged events into the events table).");
+  ana_prom_write_u64(w, "ana_store_moves_total", NULL, moves);
+  ana_prom_write_family(w, "ana_store_move_failures_total", "counter",
+                        "Moves that failed (retried; nothing is lost).");
+  ana_prom_write_u64(w, "ana_store_move_failures_total", NULL, failures);
+}
+
+struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *err) {
+  struct ana_staging *s = ana_calloc(1, sizeof *s);
+  if (!s) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  s->db = db;
+  s->max_events = ANA_STAGING_DEFAULT_MAX_EVENTS;
+  s->wait_ms = ANA_STAGING_DEFAULT_WAIT_MS;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->moved_cond, NULL);
+  pthread_cond_init(&s->staged_cond, NULL);
+  if (!(s->conn = ana_local_db_connect(db, err)))
+    goto fail;
+  /* A move lost in a crash leaves its staged rows, moved again at the next
+   * start: its commit need not be synced (the next synced commit syncs the
+   * WAL frames before its own). */
+  sqlite3_exec(s->conn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(s->conn,
+                         "SELECT MIN(first_seq), MAX(last_seq), COALESCE(SUM(n), 0)"
+                         " FROM events_staged",
+                         -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW) {
+    mover_fail(s, "cannot read the staged events", err);
+    sqlite3_finalize(st);
+    goto fail;
+  }
+  if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+    s->moved_upto = (uint64_t)sqlite3_column_int64(st, 0) - 1;
+    s->staged_upto = (uint64_t)sqlite3_column_int64(st, 1);
+    s->staged_events = (long)sqlite3_column_int64(st, 2);
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  /* Nothing staged: every sequence handed out so far is moved (or was
+   * deleted by retention). */
+  if (s->staged_events == 0) {
+    if (sqlite3_prepare_v2(s->conn, sql_last_seq, -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+      mover_fail(s, "cannot read the last sequence", err);
+      sqlite3_finalize(st);
+      goto fail;
+    }
+    s->staged_upto = s->moved_upto = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  if (pthread_create(&s->thread, NULL, mover_thread, s) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the staging mover");
+    goto fail;
+  }
+  s->started = true;
+  s->metrics_registered = ana_prom_register(collect, s) == 0;
+  return s;
+fail:
+  ana_staging_close(s);
+  return NULL;
+}
+
+void ana_staging_close(struct ana_staging *s) {
+  if (!s)
+    return;
+  if (s->metrics_registered)
+    ana_prom_unregister(collect, s);
+  if (s->started) {
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    s->failures_at_stop = s->move_failures;
+    pthread_cond_broadcast(&s->staged_cond);
+    pthread_cond_broadcast(&s->moved_cond);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+  }
+  sqlite3_finalize(s->insert);
+  sqlite3_close(s->conn);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->moved_cond);
+  pthread_cond_destroy(&s->staged_cond);
+  ana_free(s->buf);
+  ana_free(s->zbuf);
+  ana_free(s);
+}
