@@ -125,6 +125,8 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
   if (s->db) { /* MiB of WAL in pages of 4 KiB */
     ana_local_db_set_checkpoint_pages(s->db, cfg->store.wal_checkpoint_mb * 256);
     ana_local_db_set_min_free_bytes(s->db, (int64_t)cfg->store.store_min_free_mb << 20);
+    ana_local_staging_set_limits(s->db, cfg->store.store_staging_max_events,
+                                 cfg->store.store_staging_wait_ms);
     ana_local_db_check_space(s->db);
   }
   s->store = s->db ? s->store_ops->open(s->db, err) : NULL;

@@ -29,6 +29,8 @@ struct ana_store_settings {
   int search_max_page_size;
   int search_index_wait_ms; /* SEARCH_INDEX_WAIT */
   int retention_sweep_interval_ms;
+  int store_staging_max_events; /* STORE_STAGING_MAX_EVENTS */
+  int store_staging_wait_ms;    /* STORE_STAGING_WAIT */
 };
 
 extern const struct ana_config_table ana_store_config_table;

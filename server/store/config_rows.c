@@ -85,6 +85,25 @@ static const struct ana_config_row rows[] = {
              "acknowledged event (it is normally at most 100 ms behind); past it the search "
              "answers UNAVAILABLE, saying how far the index is.",
      ROW(search_index_wait_ms)},
+    {.name = "STORE_STAGING_MAX_EVENTS",
+     .type = ANA_CONFIG_INT,
+     .def = "200000",
+     .min = 1000,
+     .max = 100000000,
+     .help = "Events a commit may leave in the staging table before the mover has put them "
+             "in the events table (the acknowledgement writes a commit's events as one "
+             "compressed row; the mover inserts them in time order behind it). When the "
+             "backlog is full a commit waits up to STORE_STAGING_WAIT for room, then answers "
+             "UNAVAILABLE.",
+     ROW(store_staging_max_events)},
+    {.name = "STORE_STAGING_WAIT",
+     .type = ANA_CONFIG_DURATION,
+     .def = "10s",
+     .min = 0,
+     .max = 600000,
+     .help = "Longest wait of a commit for room in a full staging backlog "
+             "(STORE_STAGING_MAX_EVENTS) before it answers UNAVAILABLE.",
+     ROW(store_staging_wait_ms)},
     {.name = "RETENTION_SWEEP_INTERVAL",
      .type = ANA_CONFIG_DURATION,
      .def = "60s",
