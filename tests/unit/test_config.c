@@ -99,6 +99,8 @@ static const char *const all_names[] = {
     "EVENT_NAMES_MAX",
     "SEARCH_INDEX_WAIT",
     "RETENTION_SWEEP_INTERVAL",
+    "STORE_STAGING_MAX_EVENTS",
+    "STORE_STAGING_WAIT",
     "HTTP_MAX_BODY_BYTES",
     "HTTP_BODY_BUDGET_MB",
     "HTTP_BODY_MIN_RATE",
