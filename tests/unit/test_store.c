@@ -1723,6 +1723,16 @@ static int count_scanned(void *ctx, const struct ana_scanned_event *ev) {
   return 0;
 }
 
+/* Spooled events come in sequence order, each once, with their text. */
+static int check_seq_order(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  (void)err;
+  struct body_check *c = ctx;
+  if (ev->seq != (uint64_t)c->n + 1235 || strcmp(ev->search_text, "staged words") != 0)
+    c->bad++;
+  c->n++;
+  return 0;
+}
+
 static void *release_mover_later(void *arg) {
   (void)arg;
   usleep(200 * 1000);
@@ -1751,6 +1761,18 @@ static void staged_events_are_read_right_after_their_commit(void **state) {
   assert_int_equal(st.staged_events, 5000);
   assert_int_equal(st.staged_upto, 5000);
   assert_int_equal(st.moved_upto, 0);
+  /* Readers by sequence read the staged rows in place (nothing moved). */
+  struct ana_error err;
+  int n = 0;
+  assert_int_equal(ops->scan_seq(store, "acct-1", 0, UINT64_MAX, count_scanned, &n, &err), 0);
+  assert_int_equal(n, 5000);
+  n = 0;
+  assert_int_equal(ops->scan_seq(store, "acct-2", 0, UINT64_MAX, count_scanned, &n, &err), 0);
+  assert_int_equal(n, 0);
+  struct body_check c = {0};
+  assert_int_equal(ana_local_spool_each(db, 1234, 10000, check_seq_order, &c, &err), 5000 - 1234);
+  assert_int_equal(c.bad, 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 0);
 
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, release_mover_later, NULL), 0);
@@ -1759,8 +1781,7 @@ static void staged_events_are_read_right_after_their_commit(void **state) {
   pthread_join(t, NULL);
   h = search((struct ana_event_query){.account_id = "acct-1", .text = "staged"});
   assert_int_equal(h.n, 64);
-  int n = 0;
-  struct ana_error err;
+  n = 0;
   assert_int_equal(ops->scan_seq(store, "acct-1", 0, UINT64_MAX, count_scanned, &n, &err), 0);
   assert_int_equal(n, 5000);
   uint64_t last = 0;
@@ -1818,6 +1839,7 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
   uint64_t last = 0;
   assert_int_equal(ana_local_spool_last_seq(again, &last, &err), 0);
   assert_int_equal(last, 1500);
+  assert_int_equal(ana_local_staging_wait(again, UINT64_MAX, &err), 0);
   sqlite3 *w = ana_local_db_writer(again);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 1500);
   assert_int_equal(query_int(w, "SELECT count(DISTINCT event_id) FROM events"), 1500);

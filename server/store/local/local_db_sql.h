@@ -89,6 +89,14 @@ int ana_staging_flush(struct ana_staging *s, struct ana_error *err);
 void ana_staging_committed(struct ana_staging *s);
 void ana_staging_discard(struct ana_staging *s);
 struct ana_staging *ana_local_db_staging(struct ana_local_db *db);
+/* Calls fn with each staged event with after_seq < seq <= upto_seq (of
+ * account_id only, unless NULL), in sequence order, at most max, reading on
+ * r: inside the caller's read transaction, which read the events table too
+ * (a staged event is in exactly one of them in any snapshot). fn's non-zero
+ * result stops and is returned; else how many, or a negative error. */
+typedef int (*ana_staged_fn)(void *ctx, const struct ana_event_record *ev, struct ana_error *err);
+int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, const char *account_id,
+                          int max, ana_staged_fn fn, void *ctx, struct ana_error *err);
 /* A writer other than the committer's (the mover) passes the same gate as
  * its transactions (the WAL's bound, the checkpoint's catch-up). */
 void ana_local_db_gate_enter(struct ana_local_db *db);

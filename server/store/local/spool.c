@@ -137,15 +137,49 @@ int ana_local_spool_take(struct ana_local_db *db, uint64_t after_seq, int max,
 }
 
 /* text: whether to decode the search text ("" else: the body is decoded once, not twice). */
+/* The staged part of a spool_each: each staged event as a spooled one. */
+struct staged_rows {
+  ana_spool_row_fn fn;
+  void *ctx;
+  bool text;
+  int n, stop; /* called; fn's non-zero result */
+};
+
+static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_error *err) {
+  struct staged_rows *s = ctx;
+  struct ana_spooled_event e = {
+      .seq = r->seq,
+      .account_id = r->account_id,
+      .event_id = r->event_id,
+      .session_id = r->session_id,
+      .event_type = r->event_type,
+      .event_name = r->event_name,
+      .timestamp_ms = r->timestamp_ms,
+      .received_at_ms = r->received_at_ms,
+      .properties_json = r->properties_json,
+      .search_text = s->text ? r->search_text : "",
+      .payload = r->payload,
+      .payload_len = r->payload_len,
+  };
+  if ((s->stop = s->fn(s->ctx, &e, err)) != 0)
+    return 1;
+  s->n++;
+  return 0;
+}
+
+/* One read snapshot of the events table, then of the staged events that
+ * follow it (staging.c): in it each committed event is in one of them. */
 static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
                       void *ctx, bool text, struct ana_error *err) {
-  /* Every event committed so far is in events first (staging.c). */
-  int wait = ana_local_staging_wait(db, UINT64_MAX, err);
-  if (wait < 0)
-    return wait;
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   int n = 0, rc = 0, step;
+  uint64_t last = after_seq;
+  if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+    goto out;
+  }
   if (sqlite3_prepare_v2(r,
                          text ? "SELECT seq, account_id, event_id, session_id, event_type,"
                                 " event_name, ts, received_at, properties, ana_event_text(body),"
@@ -180,13 +214,23 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     if ((rc = fn(ctx, &e, err)) != 0)
       goto out;
     n++;
+    last = e.seq;
   }
   if (step != SQLITE_DONE) {
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_IO;
+    goto out;
+  }
+  if (n < max) {
+    struct staged_rows sr = {fn, ctx, text, 0, 0};
+    int got = ana_local_staged_each(r, last, UINT64_MAX, NULL, max - n, staged_row, &sr, err);
+    n += sr.n;
+    rc = sr.stop ? sr.stop : got < 0 ? got : 0;
   }
 out:
   sqlite3_finalize(st);
+  if (!sqlite3_get_autocommit(r))
+    sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
   ana_local_db_release_reader(db, r);
   return rc < 0 ? rc : n;
 }
@@ -203,13 +247,14 @@ int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, i
 
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
   *out = 0;
-  int rc = ana_local_staging_wait(db, UINT64_MAX, err);
-  if (rc < 0)
-    return rc;
+  int rc = 0;
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
-      SQLITE_OK) {
+  /* The staged events (staging.c) follow those in events. */
+  if (sqlite3_prepare_v2(r,
+                         "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),"
+                         " COALESCE((SELECT MAX(last_seq) FROM events_staged), 0))",
+                         -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
   } else if (sqlite3_step(st) == SQLITE_ROW) {

@@ -21,11 +21,26 @@
 
 /* One move takes staged rows until it holds this many events (at least one
  * row): its transaction holds the write lock for a few milliseconds. */
-#define MOVE_EVENTS 4096
+#define MOVE_EVENTS 16384
+/* The mover lets a backlog of fewer events than that gather for up to this
+ * long (unless a reader waits for it): a random-time import's index pages
+ * are then written once for many events, not once per commit. */
+#define GATHER_MS 200
 /* How long a reader waits for the mover before it answers UNAVAILABLE. */
 #define READER_WAIT_MS 60000
 /* The mover's pause after a failed move. */
 #define RETRY_MS 200
+
+/* A staged row read for a move. */
+struct staged_row {
+  uint64_t first, last;
+  size_t n, raw_len;
+  void *z;
+  size_t z_len;
+};
+
+/* Staged rows one move takes at most. */
+#define MOVE_ROWS 512
 
 struct ana_staging {
   struct ana_local_db *db;
@@ -44,6 +59,8 @@ struct ana_staging {
   uint64_t staged_upto;       /* last sequence of the committed staged rows */
   uint64_t moved_upto;        /* every event up to it is in events */
   long staged_events;         /* committed, not yet moved */
+  int64_t staged_since_ms;    /* when staged_events last went above 0 */
+  int waiters;                /* readers waiting for the mover */
   uint64_t moves, moved_events, move_failures, failures_at_stop;
   long max_events; /* STORE_STAGING_MAX_EVENTS */
   int wait_ms;     /* STORE_STAGING_WAIT */
@@ -51,6 +68,7 @@ struct ana_staging {
   pthread_t thread;
   sqlite3 *conn; /* the mover's */
   sqlite3_stmt *insert;
+  struct staged_row rows[MOVE_ROWS]; /* the mover's */
 };
 
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
@@ -241,8 +259,11 @@ void ana_staging_committed(struct ana_staging *s) {
   if (s->n > 0) {
     pthread_mutex_lock(&s->mu);
     s->staged_upto = s->next_seq - 1;
+    if (s->staged_events == 0)
+      s->staged_since_ms = ana_clock_mono_ms();
     s->staged_events += (long)s->n;
-    pthread_cond_signal(&s->staged_cond);
+    if (s->staged_events >= MOVE_EVENTS)
+      pthread_cond_signal(&s->staged_cond);
     pthread_mutex_unlock(&s->mu);
   }
   ana_staging_discard(s);
@@ -254,9 +275,12 @@ int ana_local_staging_admit(struct ana_local_db *db, size_t n, struct ana_error 
   if (s->staged_events > 0 && s->staged_events + (long)n > s->max_events) {
     struct timespec deadline = ana_deadline_in_ms(s->wait_ms);
     int rc = 0;
+    s->waiters++;
+    pthread_cond_signal(&s->staged_cond);
     while (s->staged_events > 0 && s->staged_events + (long)n > s->max_events && !s->stop &&
            rc == 0)
       rc = pthread_cond_timedwait(&s->moved_cond, &s->mu, &deadline);
+    s->waiters--;
   }
   long staged = s->staged_events;
   bool full = staged > 0 && staged + (long)n > s->max_events;
@@ -274,6 +298,81 @@ int ana_local_staging_admit(struct ana_local_db *db, size_t n, struct ana_error 
 
 /* --- the readers' side --- */
 
+int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, const char *account_id,
+                          int max, ana_staged_fn fn, void *ctx, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  struct staged_event *ev = NULL;
+  uint8_t *raw = NULL;
+  char *arena = NULL;
+  size_t ev_cap = 0, raw_cap = 0, arena_cap = 0;
+  int n = 0, rc = 0, step = SQLITE_DONE;
+  if (max <= 0 || upto_seq <= after_seq)
+    return 0;
+  if (sqlite3_prepare_v2(r,
+                         "SELECT first_seq, n, raw_len, batch FROM events_staged"
+                         " WHERE first_seq <= ?2 AND last_seq > ?1 ORDER BY first_seq",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "staging: %s", sqlite3_errmsg(r));
+    return ANA_ERR_INTERNAL;
+  }
+  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
+  sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
+  while (rc == 0 && n < max && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    uint64_t first = (uint64_t)sqlite3_column_int64(st, 0);
+    size_t count = (size_t)sqlite3_column_int64(st, 1);
+    size_t raw_len = (size_t)sqlite3_column_int64(st, 2);
+    const void *z = sqlite3_column_blob(st, 3);
+    size_t z_len = (size_t)sqlite3_column_bytes(st, 3);
+    size_t arena_need = raw_len + 8 * count + 1;
+    if (count > ev_cap) {
+      ana_free(ev);
+      ev_cap = count;
+      ev = ana_malloc(sizeof *ev * (ev_cap ? ev_cap : 1));
+    }
+    if (raw_len + 1 > raw_cap) {
+      ana_free(raw);
+      raw_cap = raw_len + 1;
+      raw = ana_malloc(raw_cap);
+    }
+    if (arena_need > arena_cap) {
+      ana_free(arena);
+      arena_cap = arena_need;
+      arena = ana_malloc(arena_cap);
+    }
+    if (!ev || !raw || !arena) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    size_t at = 0;
+    char *a = arena;
+    size_t got = ZSTD_decompress(raw, raw_len, z, z_len);
+    if (ZSTD_isError(got) || got != raw_len || !decode(raw, got, count, ev, &at, &a)) {
+      rc = ana_error_set(err, ANA_STATUS_INTERNAL,
+                         "staging: the staged events from %llu cannot be decoded",
+                         (unsigned long long)first);
+      break;
+    }
+    for (size_t i = 0; i < count && n < max && rc == 0; i++) {
+      const struct ana_event_record *e = &ev[i].r;
+      if (e->seq <= after_seq || e->seq > upto_seq ||
+          (account_id && strcmp(account_id, e->account_id) != 0))
+        continue;
+      rc = fn(ctx, e, err);
+      if (rc == 0)
+        n++;
+    }
+  }
+  if (rc == 0 && n < max && step != SQLITE_DONE) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: %s", sqlite3_errmsg(r));
+    rc = ANA_ERR_IO;
+  }
+  sqlite3_finalize(st);
+  ana_free(ev);
+  ana_free(raw);
+  ana_free(arena);
+  return rc != 0 ? rc : n;
+}
+
 int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct ana_error *err) {
   struct ana_staging *s = ana_local_db_staging(db);
   pthread_mutex_lock(&s->mu);
@@ -281,9 +380,11 @@ int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct an
   if (s->moved_upto < target) {
     struct timespec deadline = ana_deadline_in_ms(READER_WAIT_MS);
     int rc = 0;
+    s->waiters++;
     pthread_cond_signal(&s->staged_cond);
     while (s->moved_upto < target && !s->stop && rc == 0)
       rc = pthread_cond_timedwait(&s->moved_cond, &s->mu, &deadline);
+    s->waiters--;
   }
   uint64_t moved = s->moved_upto;
   pthread_mutex_unlock(&s->mu);
@@ -324,9 +425,17 @@ void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_s
 
 /* --- the mover --- */
 
-static int by_key(const void *a, const void *b) {
-  int64_t x = ((const struct staged_event *)a)->key, y = ((const struct staged_event *)b)->key;
-  return x < y ? -1 : x > y;
+/* The time index's order (account, ts), then the table's key: the index's
+ * entries of a move go in one pass over its range, and each day's range of
+ * the table is appended to. */
+static int by_time_index(const void *a, const void *b) {
+  const struct staged_event *x = a, *y = b;
+  int c = strcmp(x->r.account_id, y->r.account_id);
+  if (c)
+    return c;
+  if (x->r.timestamp_ms != y->r.timestamp_ms)
+    return x->r.timestamp_ms < y->r.timestamp_ms ? -1 : 1;
+  return x->key < y->key ? -1 : x->key > y->key;
 }
 
 static int mover_fail(struct ana_staging *s, const char *what, struct ana_error *err) {
@@ -334,19 +443,11 @@ static int mover_fail(struct ana_staging *s, const char *what, struct ana_error 
   return ANA_ERR_IO;
 }
 
-/* A staged row read for a move. */
-struct staged_row {
-  uint64_t first, last;
-  size_t n, raw_len;
-  void *z;
-  size_t z_len;
-};
-
 /* One transaction: the oldest staged rows (up to MOVE_EVENTS events) into
  * events, sorted by key, and their deletion. Returns how many events were
  * moved (0: none staged), or a negative error. */
 static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *err) {
-  struct staged_row rows[64];
+  struct staged_row *rows = s->rows;
   size_t n_rows = 0, events = 0, raw_total = 0;
   struct staged_event *ev = NULL;
   uint8_t *raw = NULL;
@@ -361,7 +462,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   }
   if (sqlite3_prepare_v2(s->conn,
                          "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
-                         " ORDER BY first_seq LIMIT 64",
+                         " ORDER BY first_seq LIMIT 512",
                          -1, &st, NULL) != SQLITE_OK) {
     rc = mover_fail(s, "cannot read the staged events", err);
     goto out;
@@ -383,7 +484,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     n_rows++;
     events += r->n;
     raw_total += r->raw_len;
-    if (n_rows == sizeof rows / sizeof rows[0])
+    if (n_rows == MOVE_ROWS)
       break;
   }
   sqlite3_finalize(st);
@@ -410,9 +511,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     }
     off += got;
   }
-  /* Key order: each day's range of the table is appended to in sequence
-   * order, and an account's entries of the time index come together. */
-  qsort(ev, events, sizeof *ev, by_key);
+  qsort(ev, events, sizeof *ev, by_time_index);
   for (size_t i = 0; i < events && rc == 0; i++)
     rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), &ev[i].r, 1,
                                 err);
@@ -464,6 +563,12 @@ static void *mover_thread(void *arg) {
       pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts);
       continue;
     }
+    int64_t gather = s->staged_since_ms + GATHER_MS - ana_clock_mono_ms();
+    if (!s->stop && s->staged_events < MOVE_EVENTS && s->waiters == 0 && gather > 0) {
+      struct timespec ts = ana_deadline_in_ms(gather);
+      pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts);
+      continue;
+    }
     pthread_mutex_unlock(&s->mu);
     struct ana_error err;
     ana_error_clear(&err);
@@ -476,6 +581,7 @@ static void *mover_thread(void *arg) {
       s->staged_events -= n;
       if (s->staged_events < 0)
         s->staged_events = 0;
+      s->staged_since_ms = ana_clock_mono_ms(); /* what is left waits its turn anew */
       if (upto > s->moved_upto)
         s->moved_upto = upto;
       pthread_cond_broadcast(&s->moved_cond);

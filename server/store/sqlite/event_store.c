@@ -7,6 +7,7 @@
 
 #include "ana_alloc.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -174,6 +175,32 @@ out:
   return rc;
 }
 
+/* The staged part of a scan by sequence. */
+struct scan_staged {
+  ana_event_scan_fn fn;
+  void *ctx;
+  bool stop;
+};
+
+static int scanned_staged(void *ctx, const struct ana_event_record *r, struct ana_error *err) {
+  (void)err;
+  struct scan_staged *ss = ctx;
+  struct ana_scanned_event ev = {
+      .timestamp_ms = r->timestamp_ms,
+      .event_id = r->event_id,
+      .event_type = r->event_type,
+      .event_name = r->event_name,
+      .session_id = r->session_id,
+      .properties_json = r->properties_json,
+      .seq = r->seq,
+  };
+  if (ss->fn(ss->ctx, &ev)) {
+    ss->stop = true;
+    return 1;
+  }
+  return 0;
+}
+
 static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                           ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
@@ -184,13 +211,12 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   const char *sql =
       "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
       " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
-  struct ana_local_staging_stats staged;
-  ana_local_staging_stats(s->db, &staged);
-  if (upto_seq > staged.staged_upto)
-    upto_seq = staged.staged_upto;
-  int rc = ana_local_staging_wait(s->db, upto_seq, err);
+  uint64_t last = 0;
+  int rc = ana_local_spool_last_seq(s->db, &last, err);
   if (rc < 0)
     return rc;
+  if (upto_seq > last)
+    upto_seq = last;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -201,12 +227,23 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   bool stop = false;
   for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
     uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
+    /* One snapshot of events and of the staged events after them: in it,
+     * each committed event is in one of the two (staging.c). */
+    struct ana_local_staging_stats staged;
+    ana_local_staging_stats(s->db, &staged);
+    bool all_moved = hi <= staged.moved_upto;
+    if (!all_moved && sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+      rc = scan_error(r, err);
+      break;
+    }
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)lo);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)hi);
     int step;
+    uint64_t seen = lo;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
       struct ana_scanned_event ev = scanned_row(st);
+      seen = ev.seq;
       if (fn(ctx, &ev)) {
         stop = true;
         break;
@@ -214,6 +251,15 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
     }
     if (!stop && step != SQLITE_DONE)
       rc = scan_error(r, err);
+    sqlite3_reset(st);
+    if (!stop && rc == 0 && !all_moved) {
+      struct scan_staged ss = {fn, ctx, false};
+      int got = ana_local_staged_each(r, seen, hi, account_id, INT_MAX, scanned_staged, &ss, err);
+      stop = ss.stop;
+      rc = got < 0 ? got : 0;
+    }
+    if (!sqlite3_get_autocommit(r))
+      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
     lo = hi;
   }
 out:

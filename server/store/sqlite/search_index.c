@@ -45,6 +45,10 @@ static uint64_t index_indexed_seq(void *p) {
 
 static int index_wait(void *p, uint64_t seq, int timeout_ms, struct ana_error *err) {
   struct sqlite_search_index *si = p;
+  /* The index follows the events table: the staged events get there first
+   * (staging.c). */
+  if (ana_local_staging_wait(si->db, seq, err) < 0)
+    return ANA_ERR_IO;
   return ana_text_index_wait(si->text, seq, timeout_ms, err) < 0 ? ANA_ERR_IO : 0;
 }
 
