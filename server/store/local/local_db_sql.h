@@ -39,7 +39,7 @@ static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {
  * uncompressed body), from ana_event_body_register. */
 int ana_event_body_register(sqlite3 *conn);
 
-/* The event writer's encoder (one per local database, on the committer's
+/* The event writer's encoder (one per local database, on the mover's
  * thread): ana_event_codec_encode sets *out to the body of (text, payload),
  * valid until the next call; ana_event_codec_persist stores the dictionary
  * it uses in the current transaction (once; a no-op when stored). */

@@ -425,17 +425,12 @@ void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_s
 
 /* --- the mover --- */
 
-/* The time index's order (account, ts), then the table's key: the index's
- * entries of a move go in one pass over its range, and each day's range of
- * the table is appended to. */
-static int by_time_index(const void *a, const void *b) {
-  const struct staged_event *x = a, *y = b;
-  int c = strcmp(x->r.account_id, y->r.account_id);
-  if (c)
-    return c;
-  if (x->r.timestamp_ms != y->r.timestamp_ms)
-    return x->r.timestamp_ms < y->r.timestamp_ms ? -1 : 1;
-  return x->key < y->key ? -1 : x->key > y->key;
+/* The table's key order: each day's range of the table is appended to in
+ * sequence order, its pages filled (an order by time index left the table's
+ * pages half full, 247 against 214 bytes per event, for no faster move). */
+static int by_key(const void *a, const void *b) {
+  int64_t x = ((const struct staged_event *)a)->key, y = ((const struct staged_event *)b)->key;
+  return x < y ? -1 : x > y;
 }
 
 static int mover_fail(struct ana_staging *s, const char *what, struct ana_error *err) {
@@ -511,7 +506,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     }
     off += got;
   }
-  qsort(ev, events, sizeof *ev, by_time_index);
+  qsort(ev, events, sizeof *ev, by_key);
   for (size_t i = 0; i < events && rc == 0; i++)
     rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), &ev[i].r, 1,
                                 err);
