@@ -78,6 +78,10 @@ struct ana_local_db {
    * while the WAL holds limit_pages or more that are not all copied. */
   int limit_pages;
   bool writer_held;
+  /* The mover waits at the gate until the WAL has room for held_room more
+   * pages within limit_pages (0: it does not wait); the checkpoint thread
+   * then starts the WAL over as for a full WAL. */
+  int held_room;
   uint64_t checkpoints, catch_ups, writer_waits, restarts;
   bool metrics_registered;
   pthread_mutex_t checkpoint_mu;
@@ -663,6 +667,12 @@ static bool wal_over(const struct ana_local_db *db) {
   return db->wal_pages >= db->limit_pages;
 }
 
+/* Whether the WAL has no room for `room` more pages (the mover's move)
+ * within limit_pages. Called with checkpoint_mu held. */
+static bool wal_no_room(const struct ana_local_db *db, int room) {
+  return room > 0 && db->wal_pages + room >= db->limit_pages;
+}
+
 /* Copies the whole WAL and has it start over (a RESTART checkpoint: it takes
  * the write lock, so no commit runs beside it, which also keeps it clear of
  * the WAL-reset race above, and waits for the readers of older snapshots to
@@ -782,7 +792,7 @@ static void *checkpoint_loop(void *arg) {
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
     if (db->checkpoint_stop)
       break;
-    if (wal_over(db)) {
+    if (wal_over(db) || wal_no_room(db, db->held_room)) {
       restart_wal(db);
       db->checkpoints++;
       continue;
@@ -993,17 +1003,21 @@ static const char sql_rollback[] = "ROLLBACK";
 
 /* The event writer's transactions are visible to the checkpoint thread,
  * which holds new ones back during a catch-up (see struct ana_local_db). */
-static void writer_txn_started(struct ana_local_db *db) {
+static void writer_txn_started(struct ana_local_db *db, int room) {
   pthread_mutex_lock(&db->checkpoint_mu);
-  if (wal_over(db) && !db->checkpoint_stop)
+  if ((wal_over(db) || wal_no_room(db, room)) && !db->checkpoint_stop)
     db->writer_waits++;
-  while ((db->gate_closed || wal_over(db)) && !db->checkpoint_stop) {
+  while ((db->gate_closed || wal_over(db) || wal_no_room(db, room)) && !db->checkpoint_stop) {
+    if (room > 0)
+      db->held_room = room;
     if (!db->writer_held) {
       db->writer_held = true;
       pthread_cond_signal(&db->checkpoint_cond);
     }
     pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
   }
+  if (room > 0)
+    db->held_room = 0;
   db->writer_held = false;
   db->writer_in_txn++;
   pthread_mutex_unlock(&db->checkpoint_mu);
@@ -1016,8 +1030,15 @@ static void writer_txn_ended(struct ana_local_db *db) {
   pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
-void ana_local_db_gate_enter(struct ana_local_db *db) {
-  writer_txn_started(db);
+void ana_local_db_gate_enter(struct ana_local_db *db, int pages) {
+  writer_txn_started(db, pages);
+}
+
+int ana_local_db_move_room(struct ana_local_db *db) {
+  pthread_mutex_lock(&db->checkpoint_mu);
+  int room = db->checkpoint_pages / 2;
+  pthread_mutex_unlock(&db->checkpoint_mu);
+  return room > 0 ? room : 1;
 }
 
 void ana_local_db_gate_leave(struct ana_local_db *db) {
@@ -1032,7 +1053,7 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
                   (long long)(atomic_load(&db->min_free_bytes) >> 20));
     return ANA_ERR_IO;
   }
-  writer_txn_started(db);
+  writer_txn_started(db, 0);
   ana_dedupe_pending_discard(db->dedupe);
   ana_staging_discard(db->staging);
   if (run_writer(db, sql_begin) != SQLITE_OK) {

@@ -98,8 +98,14 @@ typedef int (*ana_staged_fn)(void *ctx, const struct ana_event_record *ev, struc
 int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, const char *account_id,
                           int max, ana_staged_fn fn, void *ctx, struct ana_error *err);
 /* A writer other than the committer's (the mover) passes the same gate as
- * its transactions (the WAL's bound, the checkpoint's catch-up). */
-void ana_local_db_gate_enter(struct ana_local_db *db);
+ * its transactions (the WAL's bound, the checkpoint's catch-up), pages: the
+ * most its transaction writes. */
+void ana_local_db_gate_enter(struct ana_local_db *db, int pages);
+/* The WAL pages a move may write (half of WAL_CHECKPOINT_MB's): the mover
+ * passes the gate only while the WAL has room for them within its bound
+ * (the checkpoint thread starts the WAL over when it has not), and takes at
+ * most two events per three of them. */
+int ana_local_db_move_room(struct ana_local_db *db);
 void ana_local_db_gate_leave(struct ana_local_db *db);
 
 /* Deduplication keys (dedupe_keys.c): the keys the writer's open

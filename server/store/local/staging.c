@@ -449,7 +449,11 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   char *arena = NULL;
   sqlite3_stmt *st = NULL;
   int rc = 0;
-  ana_local_db_gate_enter(s->db);
+  int room = ana_local_db_move_room(s->db);
+  size_t max_events = (size_t)room * 2 / 3 < MOVE_EVENTS ? (size_t)room * 2 / 3 : MOVE_EVENTS;
+  if (max_events < 1)
+    max_events = 1;
+  ana_local_db_gate_enter(s->db, room);
   if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
     rc = mover_fail(s, "cannot begin", err);
     ana_local_db_gate_leave(s->db);
@@ -462,7 +466,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     rc = mover_fail(s, "cannot read the staged events", err);
     goto out;
   }
-  while (events < MOVE_EVENTS && sqlite3_step(st) == SQLITE_ROW) {
+  while (events < max_events && sqlite3_step(st) == SQLITE_ROW) {
     struct staged_row *r = &rows[n_rows];
     r->first = (uint64_t)sqlite3_column_int64(st, 0);
     r->last = (uint64_t)sqlite3_column_int64(st, 1);
