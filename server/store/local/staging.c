@@ -52,6 +52,7 @@ struct ana_staging {
   size_t n;
   uint8_t *zbuf;
   size_t zcap;
+  ZSTD_CCtx *cctx; /* kept: a context per commit costs more than the compression */
 
   pthread_mutex_t mu;
   pthread_cond_t moved_cond;  /* moved_upto or staged_events changed */
@@ -68,6 +69,7 @@ struct ana_staging {
   pthread_t thread;
   sqlite3 *conn; /* the mover's */
   sqlite3_stmt *insert;
+  ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
 };
 
@@ -223,7 +225,11 @@ int ana_staging_flush(struct ana_staging *s, struct ana_error *err) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return ANA_ERR_NOMEM;
   }
-  size_t z = ZSTD_compress(s->zbuf, s->zcap, s->buf, s->len, 1);
+  if (!s->cctx && !(s->cctx = ZSTD_createCCtx())) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return ANA_ERR_NOMEM;
+  }
+  size_t z = ZSTD_compressCCtx(s->cctx, s->zbuf, s->zcap, s->buf, s->len, 1);
   if (ZSTD_isError(z)) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: staging: %s", ZSTD_getErrorName(z));
     return ANA_ERR_INTERNAL;
@@ -500,7 +506,8 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   size_t at = 0, off = 0;
   char *a = arena;
   for (size_t i = 0; i < n_rows; i++) {
-    size_t got = ZSTD_decompress(raw + off, rows[i].raw_len, rows[i].z, rows[i].z_len);
+    size_t got = ZSTD_decompressDCtx(s->dctx, raw + off, rows[i].raw_len, rows[i].z,
+                                     rows[i].z_len);
     if (ZSTD_isError(got) || got != rows[i].raw_len ||
         !decode(raw + off, got, rows[i].n, ev, &at, &a)) {
       rc = ana_error_set(err, ANA_STATUS_INTERNAL,
@@ -636,6 +643,10 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->moved_cond, NULL);
   pthread_cond_init(&s->staged_cond, NULL);
+  if (!(s->dctx = ZSTD_createDCtx())) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto fail;
+  }
   if (!(s->conn = ana_local_db_connect(db, err)))
     goto fail;
   /* A move lost in a crash leaves its staged rows, moved again at the next
@@ -702,6 +713,8 @@ void ana_staging_close(struct ana_staging *s) {
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->moved_cond);
   pthread_cond_destroy(&s->staged_cond);
+  ZSTD_freeCCtx(s->cctx);
+  ZSTD_freeDCtx(s->dctx);
   ana_free(s->buf);
   ana_free(s->zbuf);
   ana_free(s);
