@@ -82,6 +82,7 @@ struct ana_local_db {
    * pages within limit_pages (0: it does not wait); the checkpoint thread
    * then starts the WAL over as for a full WAL. */
   int held_room;
+  bool soon; /* ana_local_db_checkpoint_soon: do not wait for CHECKPOINT_EVERY_MS */
   uint64_t checkpoints, catch_ups, writer_waits, restarts;
   bool metrics_registered;
   pthread_mutex_t checkpoint_mu;
@@ -788,8 +789,12 @@ static void *checkpoint_loop(void *arg) {
     struct timespec ts = ana_clock_deadline(
         CLOCK_REALTIME, db->writer_held && !db->gate_closed ? HELD_RETRY_MS : CHECKPOINT_EVERY_MS);
     bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
-    if (blocked || db->new_pages < db->checkpoint_pages)
+    if (blocked || (db->new_pages < db->checkpoint_pages && !db->soon))
       pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
+    /* Asked by the idle mover: also again after a checkpoint that readers
+     * kept from copying everything (never after a whole one: see above). */
+    bool soon = db->soon && !db->waiting_for_reset;
+    db->soon = false;
     if (db->checkpoint_stop)
       break;
     if (wal_over(db) || wal_no_room(db, db->held_room)) {
@@ -797,7 +802,7 @@ static void *checkpoint_loop(void *arg) {
       db->checkpoints++;
       continue;
     }
-    if (db->new_pages == 0)
+    if (db->new_pages == 0 && !soon)
       continue; /* idle: nothing appended since the last checkpoint */
     if (db->waiting_for_reset && db->commits == db->complete_commits)
       continue; /* no commit since the WAL was copied whole: see above */
@@ -1032,6 +1037,13 @@ static void writer_txn_ended(struct ana_local_db *db) {
 
 void ana_local_db_gate_enter(struct ana_local_db *db, int pages) {
   writer_txn_started(db, pages);
+}
+
+void ana_local_db_checkpoint_soon(struct ana_local_db *db) {
+  pthread_mutex_lock(&db->checkpoint_mu);
+  db->soon = true;
+  pthread_cond_signal(&db->checkpoint_cond);
+  pthread_mutex_unlock(&db->checkpoint_mu);
 }
 
 int ana_local_db_move_room(struct ana_local_db *db) {

@@ -106,6 +106,9 @@ void ana_local_db_gate_enter(struct ana_local_db *db, int pages);
  * (the checkpoint thread starts the WAL over when it has not), and takes at
  * most two events per three of them. */
 int ana_local_db_move_room(struct ana_local_db *db);
+/* The mover, idle after moves: the checkpoint thread copies the WAL now
+ * rather than up to 5 s later (the next commit can then start it over). */
+void ana_local_db_checkpoint_soon(struct ana_local_db *db);
 void ana_local_db_gate_leave(struct ana_local_db *db);
 
 /* Deduplication keys (dedupe_keys.c): the keys the writer's open

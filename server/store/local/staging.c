@@ -28,6 +28,9 @@
 #define GATHER_MS 200
 /* How long a reader waits for the mover before it answers UNAVAILABLE. */
 #define READER_WAIT_MS 60000
+/* The mover idle this long after moves has the WAL checkpointed. */
+#define IDLE_MS 1000
+#define IDLE_HINTS 5
 /* The mover's pause after a failed move. */
 #define RETRY_MS 200
 
@@ -66,6 +69,7 @@ struct ana_staging {
   long max_events; /* STORE_STAGING_MAX_EVENTS */
   int wait_ms;     /* STORE_STAGING_WAIT */
   bool hold, stop, started, metrics_registered;
+  int idle_hints; /* checkpoints still to ask for, idle after moves */
   pthread_t thread;
   sqlite3 *conn; /* the mover's */
   sqlite3_stmt *insert;
@@ -506,8 +510,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   size_t at = 0, off = 0;
   char *a = arena;
   for (size_t i = 0; i < n_rows; i++) {
-    size_t got = ZSTD_decompressDCtx(s->dctx, raw + off, rows[i].raw_len, rows[i].z,
-                                     rows[i].z_len);
+    size_t got = ZSTD_decompressDCtx(s->dctx, raw + off, rows[i].raw_len, rows[i].z, rows[i].z_len);
     if (ZSTD_isError(got) || got != rows[i].raw_len ||
         !decode(raw + off, got, rows[i].n, ev, &at, &a)) {
       rc = ana_error_set(err, ANA_STATUS_INTERNAL,
@@ -565,8 +568,16 @@ static void *mover_thread(void *arg) {
     if (s->stop && (s->staged_events == 0 || s->move_failures > s->failures_at_stop))
       break;
     if (!s->stop && (s->hold || s->staged_events == 0)) {
-      struct timespec ts = ana_deadline_in_ms(1000);
-      pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts);
+      struct timespec ts = ana_deadline_in_ms(IDLE_MS);
+      if (pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts) != 0 && s->staged_events == 0 &&
+          s->idle_hints > 0) {
+        /* Idle after moves: the WAL can be copied (and start over); asked
+         * a few times, as readers may keep a checkpoint from copying it all. */
+        s->idle_hints--;
+        pthread_mutex_unlock(&s->mu);
+        ana_local_db_checkpoint_soon(s->db);
+        pthread_mutex_lock(&s->mu);
+      }
       continue;
     }
     int64_t gather = s->staged_since_ms + GATHER_MS - ana_clock_mono_ms();
@@ -583,6 +594,7 @@ static void *mover_thread(void *arg) {
     pthread_mutex_lock(&s->mu);
     if (n > 0) {
       s->moves++;
+      s->idle_hints = IDLE_HINTS;
       s->moved_events += (uint64_t)n;
       s->staged_events -= n;
       if (s->staged_events < 0)
