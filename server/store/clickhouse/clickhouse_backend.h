@@ -56,6 +56,30 @@ int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_
                                   const void *body, size_t len, const char *query_id,
                                   struct ana_error *err);
 
+/* --- rows (rows.c) --- */
+
+/* RowBinary rows of the events table, growing; failed once out of memory (nothing more added). */
+struct ana_ch_rows {
+  unsigned char *p;
+  size_t len, cap;
+  bool failed;
+};
+
+/* The partition (Date: days since 1970, clamped to 0..65535) of a timestamp. */
+int ana_clickhouse_day(int64_t ts_ms);
+
+/* Appends e's row in the columns' order of the shipper's INSERT (event_store.c). */
+void ana_clickhouse_put_row(struct ana_ch_rows *b, const char *instance, uint64_t attempt,
+                            const struct ana_spooled_event *e);
+
+/* Appends the prop_keys and prop_values columns of a properties JSON: the top-level keys and
+ * their values as text (ana_clickhouse_value_text; objects and arrays as their compact JSON,
+ * null ones left out; nothing for text that is not an object). direct: a flat object (strings
+ * without escapes, numbers, booleans, nulls) is copied straight from the text; anything else,
+ * and every object when direct is false, goes through jansson. Both give the same bytes.
+ * Returns whether it was read straight from the text. */
+bool ana_clickhouse_put_props(struct ana_ch_rows *b, const char *json, bool direct);
+
 /* --- reads pushed down (reads.c) --- */
 
 /* What one read sees: ClickHouse's rows but this instance's after shipped, which it reads from

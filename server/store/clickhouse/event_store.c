@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -275,117 +274,7 @@ static int setup(struct ch_store *s, struct ana_error *err) {
   return 0;
 }
 
-/* --- rows --- */
-
-struct buf {
-  unsigned char *p;
-  size_t len, cap;
-  bool failed;
-};
-
-static void put(struct buf *b, const void *data, size_t n) {
-  if (b->failed || n == 0)
-    return;
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 65536;
-    while (cap < b->len + n)
-      cap *= 2;
-    unsigned char *p = ana_realloc(b->p, cap);
-    if (!p) {
-      b->failed = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, n);
-  b->len += n;
-}
-
-static void put_varint(struct buf *b, uint64_t v) {
-  unsigned char t[10];
-  size_t n = 0;
-  do {
-    t[n] = (unsigned char)(v & 0x7f);
-    v >>= 7;
-    if (v)
-      t[n] |= 0x80;
-    n++;
-  } while (v);
-  put(b, t, n);
-}
-
-static void put_bytes(struct buf *b, const void *s, size_t n) {
-  put_varint(b, n);
-  put(b, s, n);
-}
-
-static void put_str(struct buf *b, const char *s) {
-  put_bytes(b, s ? s : "", s ? strlen(s) : 0);
-}
-
-static void put_u64(struct buf *b, uint64_t v) {
-  unsigned char t[8];
-  for (int i = 0; i < 8; i++)
-    t[i] = (unsigned char)(v >> (8 * i));
-  put(b, t, 8);
-}
-
-static int day_of(int64_t ts_ms) {
-  int64_t d = ts_ms >= 0 ? ts_ms / DAY_MS : -((-ts_ms + DAY_MS - 1) / DAY_MS);
-  return d < 0 ? 0 : d > 65535 ? 65535 : (int)d;
-}
-
-/* Properties as parallel arrays of keys and of values as text, as the embedded store compares
- * them (ana_clickhouse_value_text; objects and arrays as their JSON; null ones left out). */
-static void put_properties(struct buf *b, const char *json) {
-  json_t *o = json ? json_loads(json, JSON_DECODE_ANY, NULL) : NULL;
-  size_t n = 0;
-  const char *key;
-  json_t *v;
-  if (json_is_object(o))
-    json_object_foreach(o, key, v) n += !json_is_null(v);
-  put_varint(b, n);
-  if (n)
-    json_object_foreach(o, key, v) if (!json_is_null(v)) put_str(b, key);
-  put_varint(b, n);
-  if (n) {
-    json_object_foreach(o, key, v) {
-      char num[64];
-      const char *t = ana_clickhouse_value_text(v, num, sizeof num);
-      if (json_is_string(v)) {
-        put_bytes(b, json_string_value(v), json_string_length(v));
-      } else if (t) {
-        put_str(b, t);
-      } else if (!json_is_null(v)) {
-        char *d = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        put_str(b, d ? d : "");
-        free(d);
-      }
-    }
-  }
-  json_decref(o);
-}
-
-static void put_row(struct buf *b, const char *instance, uint64_t attempt,
-                    const struct ana_spooled_event *e) {
-  put_str(b, instance);
-  put_u64(b, e->seq);
-  put_u64(b, attempt);
-  put_str(b, e->account_id);
-  put_str(b, e->event_id);
-  put_str(b, e->session_id);
-  put_str(b, e->event_type);
-  put_str(b, e->event_name);
-  put_u64(b, (uint64_t)e->timestamp_ms);
-  put_u64(b, (uint64_t)e->received_at_ms);
-  unsigned char day[2] = {(unsigned char)(day_of(e->timestamp_ms) & 0xff),
-                          (unsigned char)(day_of(e->timestamp_ms) >> 8)};
-  put(b, day, 2);
-  put_properties(b, e->properties_json);
-  put_str(b, e->properties_json && e->properties_json[0] ? e->properties_json : "{}");
-  put_bytes(b, e->payload, e->payload_len);
-}
+/* --- rows (rows.c) --- */
 
 /* An event's size as the spool bound counts it. */
 static int64_t event_bytes(size_t payload, const char *props, const char *id) {
@@ -477,8 +366,8 @@ struct encoder {
   struct job *job;
   struct day_buf {
     int day;
-    uint64_t attempt; /* this INSERT's id, in each of its rows */
-    struct buf b;     /* rows not compressed yet */
+    uint64_t attempt;     /* this INSERT's id, in each of its rows */
+    struct ana_ch_rows b; /* rows not compressed yet */
     struct ana_clickhouse_gz *gz;
     size_t rows, raw_len;
   } * days;
@@ -506,7 +395,7 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
   j->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
   if (held)
     return 0;
-  int day = day_of(ev->timestamp_ms);
+  int day = ana_clickhouse_day(ev->timestamp_ms);
   struct day_buf *d = NULL;
   for (size_t i = e->n_days; i > 0; i--) /* few days per batch; the last one most often */
     if (e->days[i - 1].day == day) {
@@ -531,7 +420,7 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
     d->attempt |= 1; /* never 0, the rows written before the column */
   }
-  put_row(&d->b, e->s->instance, d->attempt, ev);
+  ana_clickhouse_put_row(&d->b, e->s->instance, d->attempt, ev);
   d->rows++;
   j->rows++;
   if (d->b.failed)
@@ -768,7 +657,7 @@ static int ch_shipped_seq(void *store, uint64_t *out, struct ana_error *err) {
 static void drop_partitions(struct ch_store *s) {
   struct ana_error err;
   int64_t cutoff = ana_clock_wall_ms() - (int64_t)s->retention_days * DAY_MS;
-  int last_day = day_of(cutoff) - 1; /* days ending at or before the cutoff */
+  int last_day = ana_clickhouse_day(cutoff) - 1; /* days ending at or before the cutoff */
   char sql[512], *out = NULL;
   snprintf(sql, sizeof sql,
            "SELECT DISTINCT partition FROM system.parts WHERE database = '%s' AND table = "
