@@ -146,6 +146,8 @@ static int write_works(struct ana_rollups *r, struct work *w, size_t n, struct a
                                 w[i].enc + e->enc_off, e->enc_len, err);
       cells++;
     }
+    if (rc == 0 && w[i].others)
+      rc = ru_write_marks(r, &w[i], err);
   }
   if (rc == 0)
     rc = ana_rollup_cells_commit(r->cells, err);
@@ -174,15 +176,20 @@ bool ru_advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t head) 
     while (j < n && w[j].lo == w[i].lo && strcmp(w[j].m->account_id, w[i].m->account_id) == 0)
       j++;
     struct scan s = {.works = &w[i], .n = j - i};
-    int sc = rc < 0
-                 ? rc
-                 : r->ops->scan_seq(r->store, w[i].m->account_id, w[i].lo, w[i].hi, feed, &s, &err);
-    /* A backfill's first chunk (written with its watermark, so read once) also reads the
-     * events other instances committed to a shared event store, which this instance's
-     * sequence does not hold. Not without an own event: the chunk would not move the
-     * watermark. */
-    if (sc == 0 && s.rc == 0 && w[i].lo == 0 && w[i].hi > 0 && r->ops->scan_others)
-      sc = r->ops->scan_others(r->store, w[i].m->account_id, feed, &s, &err);
+    int sc = rc;
+    if (sc == 0 && w[i].lo < w[i].hi)
+      sc = r->ops->scan_seq(r->store, w[i].m->account_id, w[i].lo, w[i].hi, feed, &s, &err);
+    /* The events other instances committed to a shared event store, which this instance's
+     * sequence does not hold: each metric from its own marks (works of their own, lo = hi). */
+    for (size_t k = i; k < j && sc == 0 && s.rc == 0; k++)
+      if (w[k].others) {
+        struct scan one = {.works = &w[k], .n = 1};
+        sc = ru_scan_others(r, &w[k], feed, &one, &err);
+        if (one.rc < 0)
+          s.rc = one.rc;
+        ana_prom_counter_add(&r->other_events, one.events);
+        s.events += one.events;
+      }
     if (sc == 0 && s.rc < 0)
       sc = ana_error_set(&err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     ana_prom_counter_add(&r->events_processed, s.events);
@@ -227,6 +234,8 @@ bool ru_advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t head) 
     if (x->state == WORK_QUIET || x->state == WORK_WRITE) {
       if (x->state == WORK_WRITE)
         m->persisted = x->hi;
+      if (x->others)
+        ru_apply_marks(r, x);
       if (x->set)
         rc_cache_advance(&r->cache, x->set, x->changes_lost ? NULL : &x->changes, x->hi);
       pthread_mutex_lock(&r->mu);

@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 18
+#define SCHEMA_VERSION 19
 
 static char dir[64];
 static struct ana_local_db *db;

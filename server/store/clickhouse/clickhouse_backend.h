@@ -8,7 +8,8 @@ struct ana_store_settings;
 
 /* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; search
  * and scans are pushed down to ClickHouse (reads.c), replays in commit order (scan_seq) read
- * the local copy of this instance's events, scan_others ClickHouse's rows of other instances. */
+ * the local copy of this instance's events, scan_other ClickHouse's rows of another instance
+ * up to the sequence it marked as shipped (table shipped). */
 extern const struct ana_event_store_ops ana_clickhouse_event_store;
 
 /* Hands the store its settings (borrowed; they outlive the store) before open. */
@@ -89,7 +90,10 @@ struct ana_clickhouse_view {
   struct ana_local_db *db;
   const char *instance;
   uint64_t shipped;
-  bool others; /* scans only: other instances' rows, none of this instance's (nor its spool) */
+  /* Scans only, not NULL: that other instance's rows with other_after < seq <= other_upto
+   * instead (none of this instance's, nor its spool). */
+  const char *other;
+  uint64_t other_after, other_upto;
 };
 
 /* The event store's search (no free text), as SQL merged with the spool's events after

@@ -30,7 +30,7 @@
 
 #define DAY_MS 86400000LL
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 4
 #define RETRY_MAX_MS 5000
 /* Spool rows read on one read snapshot while a batch is encoded. */
 #define SPOOL_READ_PIECE 10000
@@ -75,6 +75,12 @@ struct ch_store {
   atomic_uint_fast64_t dedupe_from;
   atomic_int_fast64_t dedupe_until;
   int timeout_ms;
+  /* The shipped table's row of this instance (shipper thread, or the send thread of the batch
+   * in flight): marked is the last sequence written there; the batches confirmed after it
+   * have timestamps from marked_min_ts on (INT64_MAX: none yet; INT64_MIN: not known, as
+   * after a start: the last row may be missing). */
+  uint64_t marked;
+  int64_t marked_min_ts;
 
   struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out,
       removed, agg_sql, agg_rows;
@@ -199,6 +205,13 @@ static const char *const migrations[SCHEMA_VERSION] = {
      * insert that wrote a row (a random id per INSERT), which tells copies of a row apart. */
     "ALTER TABLE events ADD COLUMN properties String AFTER prop_values,"
     " ADD COLUMN attempt UInt64 AFTER seq",
+    /* 3: each instance's confirmed batches: every event it committed up to seq is in events,
+     * and those from the previous row's seq on have ts >= min_ts (what other instances' rollups
+     * read up to, and from where in time). */
+    "CREATE TABLE IF NOT EXISTS shipped (instance String, seq UInt64, min_ts Int64)"
+    " ENGINE = MergeTree ORDER BY (instance, seq)",
+    /* 4: the instances that shipped before 3, at what they shipped by then. */
+    "INSERT INTO shipped SELECT instance, max(seq), min(ts) FROM events GROUP BY instance",
 };
 
 static int migrate(struct ch_store *s, struct ana_error *err) {
@@ -335,6 +348,7 @@ struct job {
   struct ch_store *s;
   uint64_t first, last;
   int64_t bytes, oldest_ms; /* what the bound counts of the batch; its first receive time */
+  int64_t min_ts;           /* the lowest timestamp of its events */
   size_t n, rows;           /* events of the batch; rows to send (not held already) */
   struct group {
     int day;
@@ -390,7 +404,10 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
   if (j->n++ == 0) {
     j->first = ev->seq;
     j->oldest_ms = ev->received_at_ms;
+    j->min_ts = ev->timestamp_ms;
   }
+  if (ev->timestamp_ms < j->min_ts)
+    j->min_ts = ev->timestamp_ms;
   j->last = ev->seq;
   j->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
   if (held)
@@ -488,6 +505,24 @@ static struct job *encode(struct ch_store *s, const struct ana_spooled_event *ev
   return enc_finish(&e, err);
 }
 
+/* Writes this instance's row of the shipped table up to the shipped sequence (once more after
+ * a failure: the shipper thread tries again). Other instances' rollups read up to it. */
+static void mark_shipped(struct ch_store *s) {
+  uint64_t shipped = atomic_load(&s->shipped);
+  if (s->marked >= shipped)
+    return;
+  char sql[256];
+  struct ana_error err;
+  snprintf(sql, sizeof sql, "INSERT INTO shipped VALUES ('%s', %" PRIu64 ", %" PRId64 ")",
+           s->instance, shipped, s->marked_min_ts);
+  if (ana_clickhouse_query(s->ch, sql, true, NULL, NULL, &err) < 0) {
+    ANA_DEBUG("clickhouse", "marking sequence %" PRIu64 " shipped: %s", shipped, err.message);
+    return;
+  }
+  s->marked = shipped;
+  s->marked_min_ts = INT64_MAX;
+}
+
 /* Sends a job's inserts in order. Confirmed: every row up to j->last is in ClickHouse. Failed:
  * some of the day groups may be in ClickHouse, or all, or none: the range is uncertain. */
 static int send(struct job *j, struct ana_error *err) {
@@ -508,6 +543,9 @@ static int send(struct job *j, struct ana_error *err) {
   }
   atomic_fetch_sub(&s->pending_bytes, j->bytes);
   atomic_store(&s->shipped, j->last);
+  if (j->min_ts < s->marked_min_ts)
+    s->marked_min_ts = j->min_ts;
+  mark_shipped(s);
   if (atomic_load(&s->uncertain_hi) <= j->last)
     atomic_store(&s->uncertain_hi, 0);
   ana_prom_counter_add(&s->rows, j->rows);
@@ -804,6 +842,8 @@ static void *ship_thread(void *arg) {
       if (!ok)
         continue;
     }
+    if (!inflight)
+      mark_shipped(s);
     int64_t now = ana_clock_mono_ms();
     if (now >= next_sweep && !inflight) {
       drop_partitions(s);
@@ -959,6 +999,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   pthread_cond_init(&s->set_up, &ca);
   pthread_condattr_destroy(&ca);
   s->db = db;
+  s->marked_min_ts = INT64_MIN;
   s->batch_rows = settings->clickhouse_batch_rows > 0 ? settings->clickhouse_batch_rows : 100000;
   s->interval_ms =
       settings->clickhouse_batch_interval_ms > 0 ? settings->clickhouse_batch_interval_ms : 1000;
@@ -1168,16 +1209,76 @@ static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, 
                                          upto_seq, fn, ctx, err);
 }
 
-/* A rollup's backfill: the events other instances shipped (this one's are in its commit
- * sequence, replayed from the local copy). */
-static int ch_scan_others(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
-                          struct ana_error *err) {
-  int rc = wait_ready(store, err);
+/* Other instances' bounds: the last row each wrote to the shipped table. */
+static int ch_other_bounds(void *store, ana_other_bound_fn fn, void *ctx, struct ana_error *err) {
+  struct ch_store *s = store;
+  int rc = wait_ready(s, err);
   if (rc < 0)
     return rc;
-  struct ana_clickhouse_view v = view_of(store);
-  v.others = true;
-  return ana_clickhouse_scan(&v, account_id, INT64_MIN, INT64_MAX, NULL, 0, fn, ctx, err);
+  char sql[256], *out = NULL;
+  snprintf(sql, sizeof sql,
+           "SELECT instance, max(seq) FROM shipped WHERE instance != '%s' GROUP BY instance"
+           " FORMAT TabSeparated",
+           s->instance);
+  if ((rc = ana_clickhouse_query(s->ch, sql, true, NULL, &out, err)) < 0)
+    return rc;
+  for (char *p = out, *nl; p && *p && rc == 0; p = nl ? nl + 1 : NULL) {
+    nl = strchr(p, '\n');
+    if (nl)
+      *nl = '\0';
+    char *tab = strchr(p, '\t');
+    if (!tab || tab == p || strchr(p, '\\'))
+      continue; /* an instance id is a UUID: nothing TabSeparated escapes */
+    *tab = '\0';
+    rc = fn(ctx, p, strtoull(tab + 1, NULL, 10));
+  }
+  ana_free(out);
+  return rc;
+}
+
+/* Another instance's events (after, upto], from the lowest timestamp its shipped rows after
+ * `after` name (the events table is ordered by time: the recent ones are a short read). */
+static int ch_scan_other(void *store, const char *account_id, const char *instance, uint64_t after,
+                         uint64_t upto, ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
+  struct ch_store *s = store;
+  int rc = wait_ready(s, err);
+  if (rc < 0)
+    return rc;
+  if (upto <= after)
+    return 0;
+  struct sql_text {
+    char *p;
+    size_t len;
+  } q = {0};
+  FILE *f = open_memstream(&q.p, &q.len);
+  if (!f)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  fputs("SELECT min(min_ts), count() FROM shipped WHERE instance = '", f);
+  for (const char *c = instance; *c; c++) {
+    if (*c == '\'' || *c == '\\')
+      fputc('\\', f);
+    fputc(*c, f);
+  }
+  fprintf(f, "' AND seq > %" PRIu64 " FORMAT TabSeparated", after);
+  bool bad = ferror(f) != 0;
+  fclose(f);
+  char *out = NULL;
+  rc = bad ? (ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM)
+           : ana_clickhouse_query(s->ch, q.p, true, NULL, &out, err);
+  free(q.p);
+  if (rc < 0)
+    return rc;
+  char *end = NULL;
+  long long min_ts = out ? strtoll(out, &end, 10) : 0;
+  uint64_t rows = end && *end == '\t' ? strtoull(end + 1, NULL, 10) : 0;
+  ana_free(out);
+  if (rows == 0)
+    return 0; /* nothing marked after `after` */
+  struct ana_clickhouse_view v = view_of(s);
+  v.other = instance;
+  v.other_after = after;
+  v.other_upto = upto;
+  return ana_clickhouse_scan(&v, account_id, (int64_t)min_ts, INT64_MAX, NULL, 0, fn, ctx, err);
 }
 
 static int ch_last_seq(void *store, uint64_t *out, struct ana_error *err) {
@@ -1219,5 +1320,6 @@ const struct ana_event_store_ops ana_clickhouse_event_store = {
     .status = ch_status,
     .aggregate = ch_aggregate,
     .rewrite = ch_rewrite,
-    .scan_others = ch_scan_others,
+    .other_bounds = ch_other_bounds,
+    .scan_other = ch_scan_other,
 };

@@ -443,6 +443,16 @@ static const char *const migrations[] = {
     "CREATE TABLE IF NOT EXISTS field_reencryption_dicts ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  tainted INTEGER NOT NULL);",
+
+    /* How far each metric's rollups include the events other instances
+     * shipped to a shared event store (rollup_cells.c): per metric version
+     * and instance, the sequence up to which they are in its cells. */
+    "CREATE TABLE IF NOT EXISTS metric_rollup_others ("
+    "  metric_id TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  instance TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  PRIMARY KEY (metric_id, instance)) WITHOUT ROWID;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
