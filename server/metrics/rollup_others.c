@@ -15,6 +15,9 @@
 
 /* How often the thread asks the event store for the bounds. */
 #define BOUNDS_EVERY_MS 500
+/* After the store could not say, or was not reachable: not before this long, even for a new
+ * metric. */
+#define BOUNDS_RETRY_MS 2000
 
 uint64_t ru_mark_of(const struct rmetric *m, const char *instance) {
   for (size_t i = 0; i < m->n_marks; i++)
@@ -95,9 +98,20 @@ int ru_refresh_bounds(struct ana_rollups *r, bool now) {
   if (!r->ops->other_bounds || !r->ops->scan_other)
     return -1;
   int64_t t = ana_clock_mono_ms();
+  if (t < r->bounds_retry_ms)
+    return -1;
   if (!now && t < r->next_bounds_ms)
     return (int)r->n_bounds;
   r->next_bounds_ms = t + BOUNDS_EVERY_MS;
+  /* A store that cannot be reached (shipping fails) would hold the round up to its timeout,
+   * and this instance's own events with it: not now. */
+  struct ana_event_store_status st = {0};
+  if (r->ops->status)
+    r->ops->status(r->store, &st);
+  if (st.degraded) {
+    r->bounds_retry_ms = t + BOUNDS_RETRY_MS;
+    return -1;
+  }
   struct bounds_read b = {0};
   struct ana_error err;
   ana_error_clear(&err);
@@ -106,6 +120,7 @@ int ru_refresh_bounds(struct ana_rollups *r, bool now) {
     bounds_free(b.v, b.n);
     ANA_DEBUG("rollups", "other instances' events: %s",
               rc == ANA_ERR_NOMEM ? "out of memory" : err.message);
+    r->bounds_retry_ms = t + BOUNDS_RETRY_MS;
     return -1; /* nothing moves this round: the marks stay where they are */
   }
   bounds_free(r->bounds, r->n_bounds);

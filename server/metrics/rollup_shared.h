@@ -98,7 +98,7 @@ struct ana_rollups {
    * again (rollup_others.c). */
   struct rmark *bounds;
   size_t n_bounds, cap_bounds;
-  int64_t next_bounds_ms;
+  int64_t next_bounds_ms, bounds_retry_ms;
   bool prom_registered;
 };
 
