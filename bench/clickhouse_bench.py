@@ -94,6 +94,13 @@ def fill_spool(n, binary):
     return data, accepted
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a process used so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ship_once(ch, spool, n, db, binary, keep=False):
     """Seconds from analyticsd's start until ClickHouse holds all n events (and the server, still
     running, when keep)."""
@@ -110,13 +117,14 @@ def ship_once(ch, spool, n, db, binary, keep=False):
             break
         time.sleep(0.02)
     took = time.time() - t0
+    cpu = cpu_seconds(s.proc.pid)
     got = int(ch.query("SELECT count() FROM %s.events" % db))
     assert got == n, (got, n)
     if keep:
-        return took, s
+        return took, cpu, s
     s.stop()
     s.cleanup()
-    return took
+    return took, cpu
 
 
 def client_once(ch, rows_file, src_db, db):
@@ -266,6 +274,7 @@ def main():
     try:
         spool, n = fill_spool(args.events, base or ours)
         times = {"ours": [], "base": [], "client": []}
+        cpus = {"ours": [], "base": []}
         rows_file = os.path.join(ch.dir, "rows.bin")
         phases = ["ours", "base", "client"] if base else ["ours", "client"]
         for r in range(args.rounds):
@@ -281,7 +290,7 @@ def main():
                     continue
                 db = "ship%d" % r if phase == "ours" else "base%d" % r
                 if r == 0 and phase == "ours":
-                    took, server = ship_once(ch, spool, n, db, ours, keep=True)
+                    took, cpu, server = ship_once(ch, spool, n, db, ours, keep=True)
                     if args.skip_query:
                         server.stop()
                         server.cleanup()
@@ -293,11 +302,12 @@ def main():
                             open(rows_file, "wb") as f:
                         shutil.copyfileobj(resp, f)
                 else:
-                    took = ship_once(ch, spool, n, db, ours if phase == "ours" else base)
+                    took, cpu = ship_once(ch, spool, n, db, ours if phase == "ours" else base)
                     ch.query("DROP DATABASE %s" % db)
                 times[phase].append(took)
-                print("round %d: %s shipped %d events in %.2f s (%.0f ev/s)"
-                      % (r, phase, n, took, n / took), flush=True)
+                cpus[phase].append(cpu)
+                print("round %d: %s shipped %d events in %.2f s (%.0f ev/s), %.2f CPU s"
+                      % (r, phase, n, took, n / took, cpu), flush=True)
             print("load average: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
 
         def ratios(a, b):
@@ -310,6 +320,10 @@ def main():
                   flush=True)
             print("shipping throughput, this build / base per round: %s" % ratios("ours", "base"),
                   flush=True)
+            v = [a / b for a, b in zip(cpus["ours"], cpus["base"])]
+            print("analyticsd CPU seconds from start to the last event confirmed, this build /"
+                  " base per round: %s, median %.2f" % (", ".join("%.2f" % x for x in v),
+                                                        sorted(v)[len(v) // 2]), flush=True)
         if pushed:
             query_bench(ch, spool, pushed, args.rounds)
     finally:
