@@ -122,7 +122,7 @@ void *ru_thread(void *arg) {
     for (size_t i = 0; i < n; i++)
       fresh |= !todo[i]->others_once; /* (written by this thread only) */
     size_t n_works = 0;
-    if (ru_refresh_bounds(r, fresh) >= 0) {
+    if (n && ru_refresh_bounds(r, fresh) >= 0) {
       pthread_mutex_lock(&r->mu);
       for (size_t i = 0; i < n; i++) {
         struct rmetric *m = todo[i];
