@@ -137,16 +137,26 @@ bool ru_others_behind(const struct ana_rollups *r, const struct rmetric *m) {
   return false;
 }
 
-int ru_scan_others(struct ana_rollups *r, struct work *w, ana_event_scan_fn feed, void *ctx,
-                   struct ana_error *err) {
+bool ru_same_marks(const struct ana_rollups *r, const struct rmetric *a, const struct rmetric *b) {
   for (size_t i = 0; i < r->n_bounds; i++) {
-    uint64_t from = ru_mark_of(w->m, r->bounds[i].instance);
+    uint64_t x = ru_mark_of(a, r->bounds[i].instance), y = ru_mark_of(b, r->bounds[i].instance);
+    if (x != y && (x < r->bounds[i].seq || y < r->bounds[i].seq))
+      return false;
+  }
+  return true;
+}
+
+int ru_scan_others(struct ana_rollups *r, struct work **w, size_t n, ana_event_scan_fn feed,
+                   void *ctx, struct ana_error *err) {
+  for (size_t i = 0; i < r->n_bounds; i++) {
+    uint64_t from = ru_mark_of(w[0]->m, r->bounds[i].instance);
     if (from >= r->bounds[i].seq)
       continue;
-    /* its entry now, so that moving it later cannot fail */
-    if (ru_set_mark(w->m, r->bounds[i].instance, from) < 0)
-      return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    int rc = r->ops->scan_other(r->store, w->m->account_id, r->bounds[i].instance, from,
+    /* their entries now, so that moving them later cannot fail */
+    for (size_t k = 0; k < n; k++)
+      if (ru_set_mark(w[k]->m, r->bounds[i].instance, from) < 0)
+        return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    int rc = r->ops->scan_other(r->store, w[0]->m->account_id, r->bounds[i].instance, from,
                                 r->bounds[i].seq, feed, ctx, err);
     if (rc < 0)
       return rc;

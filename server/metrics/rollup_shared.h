@@ -163,6 +163,7 @@ struct work {
   struct rmetric *m;
   uint64_t lo, hi;
   bool others; /* reads the other instances' events from its marks up to the bounds instead */
+  bool others_read, others_failed; /* (ru_advance's) */
   struct chunk c;
   enum work_state state;
   struct rc_set *set; /* its cells in memory, or NULL */
@@ -201,10 +202,12 @@ int ru_load_marks(struct ana_rollups *r, struct ana_error *err);
 int ru_refresh_bounds(struct ana_rollups *r, bool now);
 /* Whether m's marks are behind the bounds. */
 bool ru_others_behind(const struct ana_rollups *r, const struct rmetric *m);
-/* Feeds w (an others work) every event of the other instances from its marks up to the
- * bounds; 0 or a negative error (err filled). */
-int ru_scan_others(struct ana_rollups *r, struct work *w, ana_event_scan_fn feed, void *ctx,
-                   struct ana_error *err);
+/* Whether a's and b's marks are the same where they are behind the bounds. */
+bool ru_same_marks(const struct ana_rollups *r, const struct rmetric *a, const struct rmetric *b);
+/* Feeds ctx every event of the other instances from the marks of w[0..n) (all the same: each
+ * event read once for all) up to the bounds; 0 or a negative error (err filled). */
+int ru_scan_others(struct ana_rollups *r, struct work **w, size_t n, ana_event_scan_fn feed,
+                   void *ctx, struct ana_error *err);
 /* In the write transaction: w's marks (after its version's watermark was marked). */
 int ru_write_marks(struct ana_rollups *r, const struct work *w, struct ana_error *err);
 /* After w's chunk was applied: its marks move to the bounds. */

@@ -366,7 +366,14 @@ class PushedDownReadsTest(unittest.TestCase):
                         time.sleep(0.1)
                 self.assertIsNone(same(json_format.MessageToDict(r), raw))
             # Both go on ingesting after the backfills: each rollup follows the events the
-            # other instance ships afterwards (not only its own), and answers as the raw path.
+            # other instance ships afterwards (not only its own), and answers as the raw path;
+            # a second metric per instance (defined now: its marks catch up, then both read
+            # the other's new events in one scan).
+            for n, s in enumerate(pair):
+                mt = mgrpc.MetricServiceStub(s.channel())
+                metrics.append(mt.CreateMetric(self.mpb.CreateMetricRequest(
+                    metric=self.mpb.Metric(name="shared-by-type", formula="count(shared)",
+                                           dimensions=["eventType"])), timeout=10).metric_id)
             for rnd in range(3):
                 for n, s in enumerate(pair):
                     evs = []
@@ -384,7 +391,7 @@ class PushedDownReadsTest(unittest.TestCase):
             while time.time() < deadline and self.ch.rows(
                     "SELECT count() FROM shared.events") != [[str(want)]]:
                 time.sleep(0.1)
-            for s, metric_id in zip(pair, metrics):
+            for s, metric_id in zip(pair + pair, metrics):
                 mt = mgrpc.MetricServiceStub(s.channel())
                 ask = self.mpb.GetMetricDataRequest(
                     metric_id=metric_id, interval="1h", **{"from": ts(at - 60),
