@@ -2,12 +2,15 @@
  * walked against the protobuf-c descriptors into messages in an arena. */
 #include "json_internal.h"
 
+#include "ana_alloc.h"
+
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/struct.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,8 +49,13 @@ static size_t push_key(struct dec *d, const char *key, size_t len) {
 static size_t push_index(struct dec *d, size_t i) {
   size_t mark = d->plen;
   char buf[32];
-  int n = snprintf(buf, sizeof buf, "[%zu]", i);
-  path_append(d, buf, (size_t)n);
+  size_t n = sizeof buf;
+  buf[--n] = ']';
+  do
+    buf[--n] = (char)('0' + i % 10);
+  while ((i /= 10) != 0);
+  buf[--n] = '[';
+  path_append(d, buf + n, sizeof buf - n);
   return mark;
 }
 
@@ -731,10 +739,10 @@ static void error_path(const char *s, size_t end, char *out, size_t size) {
   }
 }
 
-ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const char *json,
-                                  size_t len, struct ana_arena *arena,
-                                  const struct ana_json_options *opts, struct ana_error *err,
-                                  char *field_path, size_t field_path_size) {
+static ProtobufCMessage *decode_whole(const ProtobufCMessageDescriptor *desc, const char *json,
+                                      size_t len, struct ana_arena *arena,
+                                      const struct ana_json_options *opts, struct ana_error *err,
+                                      char *field_path, size_t field_path_size) {
   if (!json)
     json = "", len = 0;
   json_error_t jerr;
@@ -790,4 +798,220 @@ ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const 
   }
   json_decref(root);
   return rc ? NULL : msg;
+}
+
+/* ---- large arrays decoded in parallel chunks ---- */
+
+/* Documents this large (and arrays of at least PARALLEL_MIN_ELEMENTS) are
+ * split; each chunk of PARALLEL_CHUNK elements is parsed and decoded on its
+ * own, into an arena of its own. */
+#define PARALLEL_MIN_BYTES (64u << 10)
+#define PARALLEL_MIN_ELEMENTS 128
+#define PARALLEL_CHUNK 64
+
+static size_t skip_ws(const char *s, size_t i, size_t end) {
+  while (i < end && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+    i++;
+  return i;
+}
+
+/* The end of the JSON value starting at s[i] (before end), as far as a
+ * light scan can tell: strings and nesting are followed, nothing is
+ * checked (jansson checks every piece later). 0 when it runs past end. */
+static size_t skip_value(const char *s, size_t i, size_t end) {
+  size_t depth = 0;
+  do {
+    if (i >= end)
+      return 0;
+    char ch = s[i];
+    if (ch == '"') {
+      for (i++; i < end && s[i] != '"'; i++)
+        if (s[i] == '\\')
+          i++;
+      if (i >= end)
+        return 0;
+      i++;
+    } else if (ch == '{' || ch == '[') {
+      depth++;
+      i++;
+    } else if (ch == '}' || ch == ']') {
+      if (!depth)
+        return 0;
+      depth--;
+      i++;
+    } else if (depth) {
+      i++;
+    } else {
+      while (i < end && !strchr(",]} \t\r\n", s[i]))
+        i++;
+    }
+  } while (depth);
+  return i;
+}
+
+struct split {
+  const ProtobufCFieldDescriptor *field; /* the array's field */
+  size_t start, end;                     /* the array, brackets included */
+  size_t n;                              /* its elements */
+  size_t *bounds;                        /* element k: [bounds[2k], bounds[2k+1]) */
+};
+
+/* The top-level object's largest array, when it holds messages (no map, no
+ * well-known type) and it and its surroundings scan cleanly; false
+ * otherwise (then the document is decoded whole). */
+static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, size_t len,
+                       struct ana_arena *arena, struct split *out) {
+  const struct ana_json_message *jm = ana_json_names_of(desc);
+  size_t i = skip_ws(s, 0, len), best = 0;
+  memset(out, 0, sizeof *out);
+  if (i >= len || s[i] != '{')
+    return false;
+  i = skip_ws(s, i + 1, len);
+  while (i < len && s[i] != '}') {
+    if (s[i] != '"')
+      return false;
+    size_t k = i + 1, kend = skip_value(s, i, len);
+    if (!kend || memchr(s + k, '\\', kend - 1 - k))
+      return false;
+    i = skip_ws(s, kend, len);
+    if (i >= len || s[i] != ':')
+      return false;
+    size_t v = skip_ws(s, i + 1, len), vend = skip_value(s, v, len);
+    if (!vend)
+      return false;
+    if (s[v] == '[' && vend - v > best) {
+      const ProtobufCFieldDescriptor *f = ana_json_field_by_name(desc, jm, s + k, kend - 1 - k);
+      if (f && f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+          ana_json_wkt_of(f->descriptor) == ANA_JSON_WKT_NONE &&
+          !ana_json_is_map_entry(f->descriptor, ana_json_names_of(f->descriptor))) {
+        best = vend - v;
+        *out = (struct split){f, v, vend, 0, NULL};
+      }
+    }
+    i = skip_ws(s, vend, len);
+    if (i < len && s[i] == ',')
+      i = skip_ws(s, i + 1, len);
+    else if (i >= len || s[i] != '}')
+      return false;
+  }
+  if (i >= len || skip_ws(s, i + 1, len) != len || !out->field)
+    return false;
+  /* the elements */
+  size_t cap = 0, end = out->end - 1;
+  for (i = skip_ws(s, out->start + 1, end); i < end;) {
+    size_t e = skip_value(s, i, end);
+    if (!e)
+      return false;
+    if (out->n == cap) {
+      size_t ncap = cap ? cap * 2 : 1024;
+      size_t *b = ana_arena_alloc(arena, 2 * ncap * sizeof *b);
+      if (!b)
+        return false;
+      if (cap)
+        memcpy(b, out->bounds, 2 * cap * sizeof *b);
+      out->bounds = b;
+      cap = ncap;
+    }
+    out->bounds[2 * out->n] = i;
+    out->bounds[2 * out->n + 1] = e;
+    out->n++;
+    i = skip_ws(s, e, end);
+    if (i < end && s[i] == ',') {
+      i = skip_ws(s, i + 1, end);
+      if (i >= end)
+        return false; /* a trailing comma */
+    } else if (i < end) {
+      return false;
+    }
+  }
+  return out->n >= PARALLEL_MIN_ELEMENTS;
+}
+
+struct chunked {
+  const struct split *sp;
+  const char *text;
+  const struct ana_json_options *opts;
+  struct ana_arena *arenas; /* one per chunk */
+  ProtobufCMessage **elems;
+  atomic_bool failed;
+};
+
+/* Parses and decodes the elements of chunk c, each as the whole decode
+ * would (a message at nesting level 2: the document, the array). */
+static void decode_chunk(void *ctx, size_t c) {
+  struct chunked *k = ctx;
+  const struct split *sp = k->sp;
+  size_t to = (c + 1) * PARALLEL_CHUNK < sp->n ? (c + 1) * PARALLEL_CHUNK : sp->n;
+  for (size_t e = c * PARALLEL_CHUNK; e < to && !atomic_load(&k->failed); e++) {
+    size_t from = sp->bounds[2 * e];
+    json_error_t jerr;
+    json_t *v = json_loadb(k->text + from, sp->bounds[2 * e + 1] - from,
+                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    struct ana_error err;
+    struct dec d = {
+        .arena = &k->arenas[c],
+        .ignore_unknown = k->opts->ignore_unknown,
+        .max_depth = k->opts->max_depth > 0 ? k->opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH,
+        .err = &err,
+    };
+    ProtobufCMessage *m =
+        v && !json_is_null(v) ? ana_json_new_message(sp->field->descriptor, d.arena) : NULL;
+    if (!m || dec_message(&d, m, v, 2) != 0)
+      atomic_store(&k->failed, true);
+    k->elems[e] = m;
+    json_decref(v);
+  }
+}
+
+/* The document decoded with its largest array split into chunks decoded
+ * through opts->parallel; NULL when that did not work out (any error, even
+ * running out of memory: the whole decode then says what it is). */
+static ProtobufCMessage *decode_split(const ProtobufCMessageDescriptor *desc, const char *json,
+                                      size_t len, struct ana_arena *arena,
+                                      const struct ana_json_options *opts) {
+  struct split sp;
+  int max_depth = opts->max_depth > 0 ? opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH;
+  if (max_depth < 3 || !find_split(desc, json, len, arena, &sp))
+    return NULL;
+  /* The rest of the document, with the array left empty. */
+  size_t rest_len = len - (sp.end - sp.start) + 2;
+  char *rest = ana_malloc(rest_len);
+  if (!rest)
+    return NULL;
+  memcpy(rest, json, sp.start);
+  memcpy(rest + sp.start, "[]", 2);
+  memcpy(rest + sp.start + 2, json + sp.end, len - sp.end);
+  struct ana_error err;
+  ProtobufCMessage *msg = decode_whole(desc, rest, rest_len, arena, opts, &err, NULL, 0);
+  ana_free(rest);
+  size_t chunks = (sp.n + PARALLEL_CHUNK - 1) / PARALLEL_CHUNK;
+  struct chunked k = {&sp, json, opts, NULL, NULL, false};
+  k.arenas = msg ? ana_arena_calloc(arena, chunks, sizeof *k.arenas) : NULL;
+  k.elems = k.arenas ? ana_arena_calloc(arena, sp.n, sizeof *k.elems) : NULL;
+  if (!k.elems)
+    return NULL;
+  for (size_t c = 0; c < chunks; c++)
+    ana_arena_init(&k.arenas[c], 64 * 1024, 0);
+  opts->parallel(opts->runner, chunks, decode_chunk, &k);
+  for (size_t c = 0; c < chunks; c++)
+    ana_arena_adopt(arena, &k.arenas[c]);
+  if (atomic_load(&k.failed))
+    return NULL;
+  *(size_t *)ana_json_quantifier(msg, sp.field) = sp.n;
+  *(ProtobufCMessage ***)ana_json_member(msg, sp.field) = k.elems;
+  return msg;
+}
+
+ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const char *json,
+                                  size_t len, struct ana_arena *arena,
+                                  const struct ana_json_options *opts, struct ana_error *err,
+                                  char *field_path, size_t field_path_size) {
+  if (json && desc && arena && opts && opts->parallel && len >= PARALLEL_MIN_BYTES) {
+    ProtobufCMessage *msg = decode_split(desc, json, len, arena, opts);
+    if (msg) {
+      copy_path(field_path, field_path_size, "");
+      return msg;
+    }
+  }
+  return decode_whole(desc, json, len, arena, opts, err, field_path, field_path_size);
 }
