@@ -37,6 +37,9 @@ void ana_arena_reset(struct ana_arena *arena);
  * Neither arena's limit is checked. */
 void ana_arena_adopt(struct ana_arena *arena, struct ana_arena *from);
 
+/* Bytes of the chunks arena holds (allocated or not yet). */
+size_t ana_arena_capacity(const struct ana_arena *arena);
+
 /* Returns size bytes aligned for any type, or NULL when out of memory or over
  * the limit. The memory lives until _fini/_reset. */
 void *ana_arena_alloc(struct ana_arena *arena, size_t size);

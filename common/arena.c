@@ -138,3 +138,10 @@ void ana_arena_adopt(struct ana_arena *arena, struct ana_arena *from) {
   from->head = NULL;
   from->used = 0;
 }
+
+size_t ana_arena_capacity(const struct ana_arena *arena) {
+  size_t n = 0;
+  for (const struct ana_arena_chunk *c = arena->head; c; c = c->next)
+    n += c->size;
+  return n;
+}

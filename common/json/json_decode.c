@@ -990,12 +990,25 @@ static ProtobufCMessage *decode_split(const ProtobufCMessageDescriptor *desc, co
   k.elems = k.arenas ? ana_arena_calloc(arena, sp.n, sizeof *k.elems) : NULL;
   if (!k.elems)
     return NULL;
-  for (size_t c = 0; c < chunks; c++)
-    ana_arena_init(&k.arenas[c], 64 * 1024, 0);
+  for (size_t c = 0; c < chunks; c++) {
+    /* chunks in proportion to the chunk's text: tiny elements stay cheap */
+    size_t last = (c + 1) * PARALLEL_CHUNK < sp.n ? (c + 1) * PARALLEL_CHUNK : sp.n;
+    size_t text = sp.bounds[2 * last - 1] - sp.bounds[2 * c * PARALLEL_CHUNK];
+    ana_arena_init(&k.arenas[c],
+                   text < 2048           ? 4096
+                   : text < (128u << 10) ? 2 * text
+                                         : 256u << 10,
+                   0);
+  }
   opts->parallel(opts->runner, chunks, decode_chunk, &k);
-  for (size_t c = 0; c < chunks; c++)
-    ana_arena_adopt(arena, &k.arenas[c]);
-  if (atomic_load(&k.failed))
+  bool failed = atomic_load(&k.failed);
+  for (size_t c = 0; c < chunks; c++) {
+    if (failed)
+      ana_arena_fini(&k.arenas[c]); /* nothing points there */
+    else
+      ana_arena_adopt(arena, &k.arenas[c]);
+  }
+  if (failed)
     return NULL;
   *(size_t *)ana_json_quantifier(msg, sp.field) = sp.n;
   *(ProtobufCMessage ***)ana_json_member(msg, sp.field) = k.elems;

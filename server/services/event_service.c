@@ -104,6 +104,19 @@ static void item_path(char *buf, const char *list_name, size_t i) {
   buf[n] = '\0';
 }
 
+/* Helpers for a large batch: one fewer than the CPUs, at most
+ * PREPARE_HELPERS_MAX (the count is read once). */
+static int prepare_helpers(void) {
+  static atomic_int helpers = -1;
+  int h = atomic_load(&helpers);
+  if (h < 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    h = cpus > PREPARE_HELPERS_MAX ? PREPARE_HELPERS_MAX : cpus > 1 ? (int)cpus - 1 : 0;
+    atomic_store(&helpers, h);
+  }
+  return h;
+}
+
 struct prepare_run {
   struct batch *b;
   const struct ana_ingest_request *ir;
@@ -154,10 +167,9 @@ static int batch_start(struct batch *b, Analytics__V1__Event *const *events, con
   if (!b->items || !b->records || !b->record_item || !ir.client_ip)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
   struct prepare_run run = {b, &ir, events, sizes, NULL, list_name, NULL, false};
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  int helpers = cpus > PREPARE_HELPERS_MAX ? PREPARE_HELPERS_MAX : (int)cpus - 1;
   size_t chunks = 1;
-  if (n >= PREPARE_PARALLEL_MIN && opts.workers && helpers > 0) {
+  int helpers = n >= PREPARE_PARALLEL_MIN && opts.workers ? prepare_helpers() : 0;
+  if (helpers > 0) {
     /* Ids made here, in the events' order, as one thread would make them. */
     chunks = (n + PREPARE_CHUNK - 1) / PREPARE_CHUNK;
     run.arenas = ana_arena_calloc(b->arena, chunks, sizeof *run.arenas);
@@ -173,7 +185,7 @@ static int batch_start(struct batch *b, Analytics__V1__Event *const *events, con
       run.new_ids[i] = id;
     }
     for (size_t c = 0; c < chunks; c++)
-      ana_arena_init(&run.arenas[c], 64 * 1024, 0);
+      ana_arena_init(&run.arenas[c], 16 * 1024, 0);
   }
   ana_workers_parallel(run.arenas ? opts.workers : NULL, helpers, chunks, prepare_chunk, &run);
   for (size_t c = 0; run.arenas && c < chunks; c++)

@@ -1731,6 +1731,31 @@ static void decode_in_chunks_errors_as_whole(void **state) {
   free(doc);
 }
 
+/* An array of many tiny elements costs about as much memory split in
+ * chunks as decoded whole. */
+static void decode_tiny_elements_in_chunks(void **state) {
+  (void)state;
+  const ProtobufCMessageDescriptor *d = &analytics__v1__ingest_request__descriptor;
+  size_t n = 30000, len = 0;
+  char *doc = malloc(n * 3 + 32);
+  assert_non_null(doc);
+  len += (size_t)sprintf(doc, "{\"events\":[");
+  for (size_t i = 0; i < n; i++)
+    len += (size_t)sprintf(doc + len, "%s{}", i ? "," : "");
+  sprintf(doc + len, "]}");
+  struct ana_json_options par = {.parallel = reverse_runner};
+  runner_calls = 0;
+  assert_non_null(dec(d, doc, NULL));
+  size_t whole = ana_arena_capacity(&arena);
+  ana_arena_reset(&arena);
+  Analytics__V1__IngestRequest *r = dec(d, doc, &par);
+  assert_non_null(r);
+  assert_int_equal(runner_calls, 1);
+  assert_int_equal(r->n_events, n);
+  assert_true(ana_arena_capacity(&arena) < 3 * whole);
+  free(doc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1783,6 +1808,7 @@ int main(void) {
       T(timestamps_round_trip_everywhere),
       T(decode_large_array_in_chunks),
       T(decode_in_chunks_errors_as_whole),
+      T(decode_tiny_elements_in_chunks),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
