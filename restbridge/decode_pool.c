@@ -165,7 +165,9 @@ static void help_chunk(void *arg, size_t i) {
 void rb_decode_pool_parallel(void *pool, size_t n, void (*fn)(void *ctx, size_t i), void *ctx) {
   struct rb_decode_pool *p = pool;
   struct help h = {fn, ctx};
-  ana_workers_parallel(p->helpers, p->n_threads, n, help_chunk, &h);
+  /* the calling decoder and one helper fewer than the decoders (at least
+   * one): as many threads as decoders */
+  ana_workers_parallel(p->helpers, p->n_threads > 1 ? p->n_threads - 1 : 1, n, help_chunk, &h);
 }
 
 struct rb_decode_pool *rb_decode_pool_create(int threads) {
