@@ -317,7 +317,8 @@ static void client_ip_from_peer_and_trusted_proxies(void **state) {
  * (an id and account given or not, a context, times). */
 static void a_known_size_and_id_make_the_same_payload(void **state) {
   (void)state;
-  struct ana_ingest_request req = {"acct-1", "203.0.113.7", NOW, &limits};
+  struct ana_ingest_request req = {
+      .account_id = "acct-1", .client_ip = "203.0.113.7", .now_ms = NOW, .limits = &limits};
   Analytics__V1__EventContext ctx = ANALYTICS__V1__EVENT_CONTEXT__INIT;
   ctx.locale = "de-DE";
   ctx.ip = "198.51.100.1"; /* replaced by the connection's */
