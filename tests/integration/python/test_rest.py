@@ -312,10 +312,6 @@ class RestRemoteTest(RestTest):
     BRIDGE = "remote"
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class RestLargeBatchTest(harness.ServerTestCase):
     """Batches over 64 KiB, decoded on the bridge's decode pool with their
     events split in chunks: the same answers as one decode of the whole."""
@@ -369,3 +365,14 @@ class RestLargeBatchTest(harness.ServerTestCase):
                          ["big-%d" % i for i in range(800)])
         self.assertEqual([r.get("index", 0) for r in resp["results"]], list(range(800)))
         self.assertTrue(all(r["status"] in ("ACCEPTED", "DUPLICATE") for r in resp["results"]))
+
+
+class RestLargeBatchRemoteTest(RestLargeBatchTest):
+    """The same through analytics-restbridge (remote mode), which decodes
+    large bodies the same way before forwarding them."""
+
+    BRIDGE = "remote"
+
+
+if __name__ == "__main__":
+    unittest.main()
