@@ -815,6 +815,23 @@ static size_t skip_ws(const char *s, size_t i, size_t end) {
   return i;
 }
 
+/* The index after the closing quote of the string whose opening quote is
+ * s[i], or 0 when it runs past end. */
+static size_t skip_string(const char *s, size_t i, size_t end) {
+  for (size_t j = i + 1; j < end;) {
+    const char *q = memchr(s + j, '"', end - j);
+    if (!q)
+      return 0;
+    size_t k = (size_t)(q - s), backslashes = 0;
+    while (k - backslashes > i + 1 && s[k - backslashes - 1] == '\\')
+      backslashes++;
+    if (backslashes % 2 == 0)
+      return k + 1;
+    j = k + 1;
+  }
+  return 0;
+}
+
 /* The end of the JSON value starting at s[i] (before end), as far as a
  * light scan can tell: strings and nesting are followed, nothing is
  * checked (jansson checks every piece later). 0 when it runs past end. */
@@ -825,12 +842,8 @@ static size_t skip_value(const char *s, size_t i, size_t end) {
       return 0;
     char ch = s[i];
     if (ch == '"') {
-      for (i++; i < end && s[i] != '"'; i++)
-        if (s[i] == '\\')
-          i++;
-      if (i >= end)
+      if (!(i = skip_string(s, i, end)))
         return 0;
-      i++;
     } else if (ch == '{' || ch == '[') {
       depth++;
       i++;
@@ -852,9 +865,46 @@ static size_t skip_value(const char *s, size_t i, size_t end) {
 struct split {
   const ProtobufCFieldDescriptor *field; /* the array's field */
   size_t start, end;                     /* the array, brackets included */
-  size_t n;                              /* its elements */
+  size_t n, cap;                         /* its elements */
   size_t *bounds;                        /* element k: [bounds[2k], bounds[2k+1]) */
 };
+
+/* The elements of the array opening at s[start] into sp (bounds in arena);
+ * the index after its closing bracket, or 0 when it does not scan cleanly
+ * (a trailing comma, a missing one, out of memory). */
+static size_t split_array(const char *s, size_t start, size_t len, struct ana_arena *arena,
+                          struct split *sp) {
+  size_t i = skip_ws(s, start + 1, len);
+  if (i < len && s[i] == ']')
+    return i + 1;
+  while (i < len) {
+    size_t e = skip_value(s, i, len);
+    if (!e)
+      return 0;
+    if (sp->n == sp->cap) {
+      size_t cap = sp->cap ? sp->cap * 2 : 1024;
+      size_t *b = ana_arena_alloc(arena, 2 * cap * sizeof *b);
+      if (!b)
+        return 0;
+      if (sp->cap)
+        memcpy(b, sp->bounds, 2 * sp->cap * sizeof *b);
+      sp->bounds = b;
+      sp->cap = cap;
+    }
+    sp->bounds[2 * sp->n] = i;
+    sp->bounds[2 * sp->n + 1] = e;
+    sp->n++;
+    i = skip_ws(s, e, len);
+    if (i < len && s[i] == ']')
+      return i + 1;
+    if (i >= len || s[i] != ',')
+      return 0;
+    i = skip_ws(s, i + 1, len);
+    if (i < len && s[i] == ']')
+      return 0; /* a trailing comma */
+  }
+  return 0;
+}
 
 /* The top-level object's largest array, when it holds messages (no map, no
  * well-known type) and it and its surroundings scan cleanly; false
@@ -862,7 +912,7 @@ struct split {
 static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, size_t len,
                        struct ana_arena *arena, struct split *out) {
   const struct ana_json_message *jm = ana_json_names_of(desc);
-  size_t i = skip_ws(s, 0, len), best = 0;
+  size_t i = skip_ws(s, 0, len);
   memset(out, 0, sizeof *out);
   if (i >= len || s[i] != '{')
     return false;
@@ -870,23 +920,26 @@ static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, si
   while (i < len && s[i] != '}') {
     if (s[i] != '"')
       return false;
-    size_t k = i + 1, kend = skip_value(s, i, len);
+    size_t k = i + 1, kend = skip_string(s, i, len);
     if (!kend || memchr(s + k, '\\', kend - 1 - k))
       return false;
     i = skip_ws(s, kend, len);
     if (i >= len || s[i] != ':')
       return false;
-    size_t v = skip_ws(s, i + 1, len), vend = skip_value(s, v, len);
-    if (!vend)
+    size_t v = skip_ws(s, i + 1, len), vend = 0;
+    const ProtobufCFieldDescriptor *f =
+        v < len && s[v] == '[' ? ana_json_field_by_name(desc, jm, s + k, kend - 1 - k) : NULL;
+    if (f && f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+        ana_json_wkt_of(f->descriptor) == ANA_JSON_WKT_NONE &&
+        !ana_json_is_map_entry(f->descriptor, ana_json_names_of(f->descriptor))) {
+      struct split sp = {f, v, 0, 0, 0, NULL};
+      if (!(vend = split_array(s, v, len, arena, &sp)))
+        return false;
+      sp.end = vend;
+      if (sp.end - sp.start > out->end - out->start)
+        *out = sp;
+    } else if (!(vend = skip_value(s, v, len))) {
       return false;
-    if (s[v] == '[' && vend - v > best) {
-      const ProtobufCFieldDescriptor *f = ana_json_field_by_name(desc, jm, s + k, kend - 1 - k);
-      if (f && f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-          ana_json_wkt_of(f->descriptor) == ANA_JSON_WKT_NONE &&
-          !ana_json_is_map_entry(f->descriptor, ana_json_names_of(f->descriptor))) {
-        best = vend - v;
-        *out = (struct split){f, v, vend, 0, NULL};
-      }
     }
     i = skip_ws(s, vend, len);
     if (i < len && s[i] == ',')
@@ -896,34 +949,6 @@ static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, si
   }
   if (i >= len || skip_ws(s, i + 1, len) != len || !out->field)
     return false;
-  /* the elements */
-  size_t cap = 0, end = out->end - 1;
-  for (i = skip_ws(s, out->start + 1, end); i < end;) {
-    size_t e = skip_value(s, i, end);
-    if (!e)
-      return false;
-    if (out->n == cap) {
-      size_t ncap = cap ? cap * 2 : 1024;
-      size_t *b = ana_arena_alloc(arena, 2 * ncap * sizeof *b);
-      if (!b)
-        return false;
-      if (cap)
-        memcpy(b, out->bounds, 2 * cap * sizeof *b);
-      out->bounds = b;
-      cap = ncap;
-    }
-    out->bounds[2 * out->n] = i;
-    out->bounds[2 * out->n + 1] = e;
-    out->n++;
-    i = skip_ws(s, e, end);
-    if (i < end && s[i] == ',') {
-      i = skip_ws(s, i + 1, end);
-      if (i >= end)
-        return false; /* a trailing comma */
-    } else if (i < end) {
-      return false;
-    }
-  }
   return out->n >= PARALLEL_MIN_ELEMENTS;
 }
 
