@@ -4,6 +4,7 @@
  * rounds alternating. 1,000 events shaped as bench/peers sends them.
  * usage: json_batch_bench [--rounds N] [--bodies N] */
 #include "ana_arena.h"
+#include "ana_clock.h"
 #include "ana_json.h"
 #include "ana_workers.h"
 #include "analytics/v1/events.pb-c.h"
@@ -11,12 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <unistd.h>
 
-static double clock_s(clockid_t id) {
-  struct timespec ts;
-  clock_gettime(id, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+static double mono_s(void) {
+  return (double)ana_clock_mono_ns() / 1e9;
+}
+
+static double cpu_s(void) {
+  return (double)ana_clock_process_cpu_ns(getpid()) / 1e9;
 }
 
 static void run_parallel(void *runner, size_t n, void (*fn)(void *ctx, size_t i), void *ctx) {
@@ -29,7 +32,7 @@ static int cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-  int rounds = 9, bodies = 40;
+  int rounds = 9, bodies = 100;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--rounds") == 0)
       rounds = atoi(argv[i + 1]);
@@ -65,7 +68,7 @@ int main(int argc, char **argv) {
         o.parallel = run_parallel;
         o.runner = w;
       }
-      double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+      double w0 = mono_s(), c0 = cpu_s();
       for (int b = 0; b < bodies; b++) {
         struct ana_arena a;
         struct ana_error err;
@@ -77,8 +80,8 @@ int main(int argc, char **argv) {
         }
         ana_arena_fini(&a);
       }
-      wall[mode][r] = (clock_s(CLOCK_MONOTONIC) - w0) / bodies * 1e3;
-      cpu[mode][r] = (clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0) / bodies * 1e3;
+      wall[mode][r] = (mono_s() - w0) / bodies * 1e3;
+      cpu[mode][r] = (cpu_s() - c0) / bodies * 1e3;
     }
   }
   printf("one body: %zu bytes, 1000 events; %d rounds of %d bodies each way\n", len, rounds,
