@@ -27,6 +27,9 @@ struct ana_json_options {
    * any error, are those of decoding on one thread. */
   void (*parallel)(void *runner, size_t n, void (*fn)(void *ctx, size_t i), void *ctx);
   void *runner;
+  /* decode with parallel: the smallest document (0: 64 KiB) and array (0:
+   * 128 elements) split; an arena with a limit is never split. */
+  size_t parallel_min_bytes, parallel_min_elements;
 };
 
 /* Nesting limit used when ana_json_options.max_depth is 0. */

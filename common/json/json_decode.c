@@ -949,7 +949,7 @@ static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, si
   }
   if (i >= len || skip_ws(s, i + 1, len) != len || !out->field)
     return false;
-  return out->n >= PARALLEL_MIN_ELEMENTS;
+  return out->n > 1;
 }
 
 struct chunked {
@@ -996,7 +996,12 @@ static ProtobufCMessage *decode_split(const ProtobufCMessageDescriptor *desc, co
                                       const struct ana_json_options *opts) {
   struct split sp;
   int max_depth = opts->max_depth > 0 ? opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH;
-  if (max_depth < 3 || !find_split(desc, json, len, arena, &sp))
+  size_t min_elements =
+      opts->parallel_min_elements ? opts->parallel_min_elements : PARALLEL_MIN_ELEMENTS;
+  /* Depth: an element sits at level 2; jansson's own limit (2048) would
+   * count two levels fewer in a chunk than in the whole document. */
+  if (max_depth < 3 || max_depth > 1024 || !find_split(desc, json, len, arena, &sp) ||
+      sp.n < min_elements)
     return NULL;
   /* The rest of the document, with the array left empty. */
   size_t rest_len = len - (sp.end - sp.start) + 2;
@@ -1044,7 +1049,9 @@ ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const 
                                   size_t len, struct ana_arena *arena,
                                   const struct ana_json_options *opts, struct ana_error *err,
                                   char *field_path, size_t field_path_size) {
-  if (json && desc && arena && opts && opts->parallel && len >= PARALLEL_MIN_BYTES) {
+  /* Chunks' arenas are adopted whatever arena's limit: none is split. */
+  if (json && desc && arena && !arena->limit && opts && opts->parallel &&
+      len >= (opts->parallel_min_bytes ? opts->parallel_min_bytes : PARALLEL_MIN_BYTES)) {
     ProtobufCMessage *msg = decode_split(desc, json, len, arena, opts);
     if (msg) {
       copy_path(field_path, field_path_size, "");

@@ -168,7 +168,9 @@ static int batch_start(struct batch *b, Analytics__V1__Event *const *events, con
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
   struct prepare_run run = {b, &ir, events, sizes, NULL, list_name, NULL, false};
   size_t chunks = 1;
-  int helpers = n >= PREPARE_PARALLEL_MIN && opts.workers ? prepare_helpers() : 0;
+  /* (chunk arenas are adopted whatever the limit: a limited arena is not split) */
+  int helpers =
+      n >= PREPARE_PARALLEL_MIN && opts.workers && !b->arena->limit ? prepare_helpers() : 0;
   if (helpers > 0) {
     /* Ids made here, in the events' order, as one thread would make them. */
     chunks = (n + PREPARE_CHUNK - 1) / PREPARE_CHUNK;
