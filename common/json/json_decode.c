@@ -921,7 +921,8 @@ static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, si
     if (s[i] != '"')
       return false;
     size_t k = i + 1, kend = skip_string(s, i, len);
-    if (!kend || memchr(s + k, '\\', kend - 1 - k))
+    /* keys as they are written: no escapes, no NUL (jansson refuses those) */
+    if (!kend || memchr(s + k, '\\', kend - 1 - k) || memchr(s + k, '\0', kend - 1 - k))
       return false;
     i = skip_ws(s, kend, len);
     if (i >= len || s[i] != ':')
