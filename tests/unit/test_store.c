@@ -29,7 +29,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 18
+#define SCHEMA_VERSION 19
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -759,7 +759,8 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
 #define DEDUPE_KEYS_OF_SCHEMA_12                                                                   \
   "CREATE TABLE old_keys (account_id TEXT NOT NULL, event_id TEXT NOT NULL,"                       \
   "  expires_at INTEGER NOT NULL, PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"              \
-  "INSERT INTO old_keys SELECT a.account_id, k.event_id, 4102444800000 FROM dedupe_keys k"         \
+  "INSERT INTO old_keys SELECT a.account_id, ana_event_id(k.event_id), 4102444800000"              \
+  "  FROM dedupe_keys k"                                                                           \
   "  JOIN dedupe_accounts a ON a.id = k.account;"                                                  \
   "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry; DROP TABLE dedupe_accounts;"                  \
   "ALTER TABLE old_keys RENAME TO dedupe_keys;"                                                    \
@@ -775,9 +776,10 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
   "  event_type TEXT NOT NULL, event_name TEXT NOT NULL, ts INTEGER NOT NULL,"                     \
   "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
   "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
-  "INSERT INTO old_events SELECT seq, account_id, event_id, session_id, event_type, event_name,"   \
-  "  ts, received_at, properties, ana_event_text(body), ana_event_payload(body) FROM events"       \
-  "  ORDER BY seq;"                                                                                \
+  "INSERT INTO old_events SELECT seq, (SELECT a.account_id FROM dedupe_accounts a"                 \
+  "  WHERE a.id = events.account_id), ana_event_id(event_id), session_id, event_type, event_name," \
+  "  ts, ts + received_delta, ana_event_props(body), ana_event_text(body),"                        \
+  "  ana_event_payload(body, event_id, ts, ts + received_delta) FROM events ORDER BY seq;"         \
   "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts;"                               \
   "ALTER TABLE old_events RENAME TO events;"                                                       \
   "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
@@ -927,18 +929,18 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
   assert_true(commit_bodies(r, ids, texts, 1500, 1600));
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
-  assert_true(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'") > 0);
+  assert_true(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1") > 0);
 
   ana_local_db_retire_dicts(db, 1);
   assert_true(commit_bodies(r, ids, texts, 1600, 2700)); /* raw, and sampled */
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"
                                 "  AND CAST(substr(event_id, 3) AS INTEGER) >= 1600"),
                    0);
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
   assert_true(commit_bodies(r, ids, texts, 2700, N));
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT max(id) FROM event_dicts"), 2);
-  assert_true(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'02'") > 0);
+  assert_true(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 2") > 0);
 
   struct ana_error err;
   struct ana_local_conn *conn = ana_local_conn_open(db, &err);
@@ -951,7 +953,7 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
   assert_true(total > 0);
   assert_int_equal(ana_local_reencryption_drop_dicts(conn, 1, &err), 0);
   ana_local_conn_close(conn);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts WHERE id = 1"), 0);
   struct body_check c = {0};
   assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
@@ -984,16 +986,15 @@ static void dictionary_training_does_not_hold_commits(void **state) {
   assert_true(commit_bodies(r, ids, texts, 5000, 6000)); /* while it trains */
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 0);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) != x'00'"),
-                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) != 0"), 0);
   ana_event_codec_hold_training(codec, false);
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
   assert_true(commit_bodies(r, ids, texts, 6000, N));
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
-  int packed = query_int(w, "SELECT count(*) FROM events WHERE hex(substr(body, 1, 1)) = '01'");
+  int packed = query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1");
   assert_true(packed >= 900 && packed <= 1000);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"
                                 "  AND CAST(substr(event_id, 3) AS INTEGER) < 6000"),
                    0);
   struct ana_error err;
@@ -1018,8 +1019,7 @@ static void dictionary_training_does_not_hold_commits(void **state) {
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
   assert_int_equal(
-      query_int(w, "SELECT hex(substr(body, 1, 1)) = '01' FROM events WHERE event_id = 'd-7000'"),
-      1);
+      query_int(w, "SELECT ana_event_dict(body) = 1 FROM events WHERE event_id = 'd-7000'"), 1);
   c = (struct body_check){0};
   assert_int_equal(ana_local_spool_each(db, 0, N + 1, check_body, &c, &err), N + 1);
   assert_int_equal(c.bad, 0);

@@ -50,7 +50,10 @@ class FaultBase(unittest.TestCase):
         db = sqlite3.connect(os.path.join(data_dir, "analytics.db"))
         try:
             self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
-            counts = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id"))
+            # A canonical lower-case UUID is stored as its 16 bytes.
+            counts = {(str(uuid.UUID(bytes=i)) if isinstance(i, bytes) else i): n
+                      for i, n in db.execute("SELECT event_id, COUNT(*) FROM events"
+                                             " GROUP BY event_id")}
         finally:
             db.close()
         missing = [i for i in self.acked if counts.get(i) != 1]
