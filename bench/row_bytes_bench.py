@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Bytes per event of the embedded store by part, and the ingest and search
-rates, of two builds in the same run (A B, B A, ...), fed the same events as
+rates and a metric's rollup backfill, of two builds in the same run (A B, B A, ...), fed the same events as
 bench/peers/peers_bench.py (50 campaigns x 20 groups, four event names, UUID
 eventIds, timestamps at random over 30 days, 1,000 per REST request, one
 client). Each round starts each build on a fresh data directory, loads it,
 waits until it is quiescent (after its idle checkpoint), measures its files
-(SQLite's dbstat), the bytes of each column of the events rows, and the p50
-of a search with a property filter and of one without.
+(SQLite's dbstat), the bytes of each column of the events rows, the p50
+of a search with a property filter and of one without, and how long the
+rollups of a metric by (campaignId, groupId) take to build (a scan of every
+event's properties).
 
   /usr/bin/python3 bench/row_bytes_bench.py --a build-base --b build --events 200000
 """
@@ -97,13 +99,18 @@ def one(label, binary, root, events):
         prop = "/api/events/search?" + urllib.parse.urlencode(q)
         s_plain = search_p50(p.port, plain)
         s_prop = search_p50(p.port, prop)
+        # A metric by (campaignId, groupId): its rollups are built by a scan
+        # of every event, reading each one's properties.
+        p.create_metric()
+        backfill = p.wait_rollups(events.t0, events.t1)
     finally:
         p.cleanup()
-    pb.log("%s: %.0f ev/s, %.0f bytes/event (%s); search %.1f / %.1f ms" % (
+    pb.log("%s: %.0f ev/s, %.0f bytes/event (%s); search %.1f / %.1f ms; rollups %.1f s" % (
         label, rate, disk["total"] / events.n,
         ", ".join("%s %.0f" % (k, disk[k] / events.n) for k in PARTS), 1e3 * s_plain,
-        1e3 * s_prop))
-    return {"rate": rate, "disk": disk, "cols": cols, "search": s_plain, "search_prop": s_prop}
+        1e3 * s_prop, backfill))
+    return {"rate": rate, "disk": disk, "cols": cols, "search": s_plain, "search_prop": s_prop,
+            "backfill": backfill}
 
 
 def main():
@@ -140,8 +147,10 @@ def main():
         cols = res[label][0]["cols"]
         print("%s events row: %s" % (label, ", ".join("%s %.1f" % kv for kv in cols.items())))
     for k, name in (("rate", "ingest ev/s"), ("search", "search p50 ms"),
-                    ("search_prop", "search by 2 properties p50 ms")):
-        f = (lambda v: "%.0f" % v) if k == "rate" else (lambda v: "%.1f" % (1e3 * v))
+                    ("search_prop", "search by 2 properties p50 ms"),
+                    ("backfill", "rollups of a metric by 2 properties complete after, s")):
+        f = ((lambda v: "%.0f" % v) if k == "rate" else (lambda v: "%.1f" % v)
+             if k == "backfill" else (lambda v: "%.1f" % (1e3 * v)))
         a = [x[k] for x in res["A"]]
         b = [x[k] for x in res["B"]]
         print("%s: A %s (%s), B %s (%s), B/A %.2f" % (

@@ -7,7 +7,9 @@
  * Layout: the table dedupe_keys holds the keys themselves, (account, event
  * id) as the primary key of a WITHOUT ROWID table and nothing else, the
  * account as a number (dedupe_accounts maps account ids to numbers, in the
- * transaction that claims an account's first key). A claim is one seek and
+ * transaction that claims an account's first key; the events rows hold the
+ * same numbers), the event id as event_ids.c stores it (a canonical UUID in
+ * 16 bytes). A claim is one seek and
  * exact: nothing but the same key is ever taken for a duplicate, whatever
  * its event's timestamp; keys that clients number or date (UUIDv7,
  * counters) append at the end of the table, as before. Expiry needs no
@@ -275,8 +277,8 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
 
 /* The number of an account in dedupe_accounts, added when it has none
  * (in the open transaction). */
-int ana_local_dedupe_account(struct ana_local_db *db, const char *account, int64_t *out,
-                             struct ana_error *err) {
+static int account_number(struct ana_local_db *db, const char *account, int64_t *out,
+                          struct ana_error *err) {
   struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
   if (p->account && strcmp(p->account, account) == 0) {
     *out = p->number;
@@ -337,7 +339,7 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
       break;
     }
     if (!account || strcmp(account, records[i].account_id) != 0) {
-      if ((rc = ana_local_dedupe_account(db, records[i].account_id, &number, err)) < 0)
+      if ((rc = account_number(db, records[i].account_id, &number, err)) < 0)
         break;
       account = records[i].account_id;
     }

@@ -572,6 +572,10 @@ struct decoder {
   ZSTD_DDict *ddicts[BODY_MAX_DICT + 1];
   uint8_t *buf, *pbuf;
   size_t cap, pcap;
+  /* The compressed body whose content buf holds (len), so that the
+   * functions of one row (text, properties, payload) decompress it once. */
+  uint8_t *last;
+  size_t last_len, last_cap, len;
   /* For the migration to content v2 (bodies compressed again with their
    * own dictionary). */
   ZSTD_CCtx *cctx;
@@ -590,6 +594,7 @@ static void decoder_free(void *p) {
   }
   ana_free(d->buf);
   ana_free(d->pbuf);
+  ana_free(d->last);
   ana_free(d);
 }
 
@@ -629,6 +634,11 @@ static const uint8_t *content(sqlite3_context *ctx, sqlite3_value *v, size_t *le
     return b + 1;
   }
   struct decoder *d = sqlite3_user_data(ctx);
+  if (d->last_len == n && memcmp(d->last, b, n) == 0) {
+    *len = d->len;
+    return d->buf;
+  }
+  d->last_len = 0;
   ZSTD_DDict *dd = dict_of(d, sqlite3_context_db_handle(ctx), id, false);
   unsigned long long size = ZSTD_getFrameContentSize(b + 1, n - 1);
   if (!dd || size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
@@ -649,7 +659,11 @@ static const uint8_t *content(sqlite3_context *ctx, sqlite3_value *v, size_t *le
     sqlite3_result_error(ctx, "event body: corrupt", -1);
     return NULL;
   }
-  *len = z;
+  *len = d->len = z;
+  if (ana_bytes_grow(&d->last, &d->last_cap, n)) {
+    memcpy(d->last, b, n);
+    d->last_len = n;
+  }
   return d->buf;
 }
 

@@ -124,10 +124,6 @@ void ana_dedupe_pending_committed(struct ana_dedupe_pending *p);
 struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db);
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
 
-/* The number of an account in dedupe_accounts (events.account_id holds
- * it), added in the open transaction when it has none; writer only. */
-int ana_local_dedupe_account(struct ana_local_db *db, const char *account, int64_t *out,
-                             struct ana_error *err);
 /* The SQL of an account's number from its id in ?N (NULL: none stored). */
 #define ANA_ACCOUNT_NUMBER_SQL(n) "(SELECT id FROM dedupe_accounts WHERE account_id = ?" #n ")"
 /* The SQL of the account id of an events row. */

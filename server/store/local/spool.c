@@ -12,7 +12,7 @@
 static const char sql_append[] =
     "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
     " event_name, ts, received_delta, body)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?)";
+    " VALUES (?1, ?2, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
 static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
 
@@ -46,23 +46,16 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
   }
   struct ana_event_codec *codec = ana_local_db_event_codec(db);
   size_t stored = 0;
-  const char *account = NULL; /* the last record's, and its number */
-  int64_t number = 0;
   for (size_t i = 0; i < n; i++) {
     struct ana_event_record *r = &records[i];
     if (r->duplicate)
       continue;
-    if (!account || strcmp(account, r->account_id) != 0) {
-      int arc = ana_local_dedupe_account(db, r->account_id, &number, err);
-      if (arc < 0)
-        return arc;
-      account = r->account_id;
-    }
     seq++;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
-    sqlite3_bind_int64(st, 3, number);
+    /* Numbered by the claim of its deduplication key (dedupe_keys.c). */
+    sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
     ana_event_id_bind(st, 4, r->event_id, -1);
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, r->event_type, -1, SQLITE_STATIC);
