@@ -179,6 +179,20 @@ def rest_json(port, verb, path, token=None, body=None):
         conn.close()
 
 
+
+def wait_health(port, pred, token=None, timeout=TIMEOUT_S, every=0.01):
+    """Polls GET /health until pred(answer) holds: returns that answer, or
+    raises AssertionError naming the last one (a background job's progress
+    is shown there)."""
+    deadline = time.monotonic() + timeout
+    body = None
+    while time.monotonic() < deadline:
+        body = rest_json(port, "GET", "/health", token)[1]
+        if isinstance(body, dict) and pred(body):
+            return body
+        time.sleep(every)
+    raise AssertionError("/health never matched: %s" % (body,))
+
 async def _ws(uri, subprotocols, headers):
     try:
         async with websockets.connect(uri, open_timeout=TIMEOUT_S, subprotocols=subprotocols,

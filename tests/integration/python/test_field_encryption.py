@@ -23,7 +23,6 @@ import unittest
 import urllib.parse
 import uuid
 
-import grpc
 import websockets
 
 from authkit import bearer, claims, hs256, rest_json

@@ -21,9 +21,7 @@ import unittest
 import urllib.parse
 import uuid
 
-import grpc
-
-from authkit import claims, hs256, rest_json
+from authkit import claims, hs256, rest_json, wait_health
 import harness
 
 ACCOUNT = "acme-reenc"
@@ -96,14 +94,7 @@ class ReencryptTest(unittest.TestCase):
         return sum(s["total"] for s in self.metric_data(metric_id, base)["series"])
 
     def wait_health(self, pred, timeout=TIMEOUT_S):
-        deadline = time.monotonic() + timeout
-        h = None
-        while time.monotonic() < deadline:
-            h = self.health()
-            if isinstance(h, dict) and pred(h):
-                return h
-            time.sleep(0.02)
-        self.fail("health never matched: %s" % h)
+        return wait_health(self.server.rest_port, pred, timeout=timeout, every=0.02)
 
     # --- the test ------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import time
 import unittest
 import uuid
 
-from authkit import claims, hs256, rest_json
+from authkit import claims, hs256, rest_json, wait_health
 import harness
 
 ACCOUNT = "acme-reenc-dict"
@@ -81,14 +81,7 @@ class ReencryptDictTest(unittest.TestCase):
         return self.rest("GET", "/health")[1]
 
     def wait_health(self, pred, timeout=TIMEOUT_S):
-        deadline = time.monotonic() + timeout
-        h = None
-        while time.monotonic() < deadline:
-            h = self.health()
-            if pred(h):
-                return h
-            time.sleep(0.01)
-        self.fail("health never matched: %s" % h)
+        return wait_health(self.server.rest_port, pred, self.admin, timeout)
 
     def test_dictionary_trained_on_clear_values_is_deleted_and_its_bodies_rewritten(self):
         self.server.start()
