@@ -13,6 +13,10 @@ static const char sql_append[] =
     "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
     " event_name, ts, received_delta, body)"
     " VALUES (?1, ?2, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/* An account's number, for the rows (the claim of its deduplication keys
+ * gives it one first, in the same transaction, when there are keys). */
+static const char sql_number_account[] =
+    "INSERT OR IGNORE INTO dedupe_accounts (account_id) VALUES (?)";
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
 static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
 
@@ -46,15 +50,28 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
   }
   struct ana_event_codec *codec = ana_local_db_event_codec(db);
   size_t stored = 0;
+  const char *account = NULL; /* the last one numbered */
   for (size_t i = 0; i < n; i++) {
     struct ana_event_record *r = &records[i];
     if (r->duplicate)
       continue;
+    if (!account || strcmp(account, r->account_id) != 0) {
+      sqlite3_stmt *num = ana_local_db_writer_statement(db, sql_number_account);
+      if (!num) {
+        ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+        return ANA_ERR_INTERNAL;
+      }
+      sqlite3_bind_text(num, 1, r->account_id, -1, SQLITE_STATIC);
+      int nrc = sqlite3_step(num);
+      sqlite3_reset(num);
+      if (nrc != SQLITE_DONE)
+        return spool_error(w, err);
+      account = r->account_id;
+    }
     seq++;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
-    /* Numbered by the claim of its deduplication key (dedupe_keys.c). */
     sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
     ana_event_id_bind(st, 4, r->event_id, -1);
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
