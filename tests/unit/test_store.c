@@ -678,7 +678,7 @@ static void check_pages(int64_t from, int64_t to, const char *name, bool (*keep)
   qsort(order, (size_t)n, sizeof order[0], ooo_newest_first);
   struct ana_event_query q = {
       .account_id = "acct-1", .from_ms = from, .to_ms = to, .event_name = name, .limit = 37};
-  char cursor_id[32];
+  char cursor_id[160];
   int seen = 0;
   for (;;) {
     struct hits h = search(q);
