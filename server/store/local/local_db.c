@@ -450,7 +450,9 @@ static const char *const migrations[] = {
      * hold; the account is its number in dedupe_accounts; a canonical
      * lower-case UUID event id is stored as its 16 bytes (event_ids.c), in
      * the rows and in dedupe_keys; received_at as its distance to ts. Both
-     * tables are copied in their key order (no sort of all rows). */
+     * tables are copied in their key order (no sort of all rows); the
+     * events' indexes are made again as they were (events_by_seq,
+     * events_by_slot), so a migration that changes them comes after. */
     "INSERT OR IGNORE INTO dedupe_accounts (account_id) SELECT DISTINCT account_id FROM events;"
     "CREATE TABLE events_v2 ("
     "  key INTEGER PRIMARY KEY,"
