@@ -180,7 +180,7 @@ void ana_local_db_retire_dicts(struct ana_local_db *db, int upto_id) {
   ana_event_codec_retire(ana_local_db_event_codec(db), upto_id);
 }
 
-/* A body's first byte names its dictionary (0: none, event_body.c). */
+/* ana_event_dict(body): the dictionary a body is compressed with (0: none, event_body.c). */
 int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_t *after_seq,
                                   int max, uint64_t *rewritten, struct ana_error *err) {
   sqlite3 *conn = ana_local_conn_sqlite(c);
