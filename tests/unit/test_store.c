@@ -1475,6 +1475,19 @@ static void event_ids_and_properties_round_trip_in_every_shape(void **state) {
       .account_id = "acct-1", .property_keys = keys, .property_values = vals, .n_properties = 1});
   assert_int_equal(h.n, 1);
   assert_string_equal(h.ids[0], shape_ids[3]);
+  /* A number compares by its text (no substring test first); a value found
+   * in the text but not as the property's matches nothing. */
+  const char *nkeys[] = {"n"}, *nvals[] = {"4"}, *kvals[] = {"v"}, *ovals[] = {"n"};
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = nkeys, .property_values = nvals, .n_properties = 1});
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], s.ids[4]);
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = keys, .property_values = kvals, .n_properties = 1});
+  assert_int_equal(h.n, 0);
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = keys, .property_values = ovals, .n_properties = 1});
+  assert_int_equal(h.n, 0);
 
   /* The same ids again (and the UUID in upper case is another id). */
   assert_int_equal(submit(r, SHAPES, &req), 0);

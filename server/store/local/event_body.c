@@ -1,5 +1,5 @@
-/* Event bodies: an event's free text and its serialized payload in one
- * column (events.body), compressed with a zstd dictionary trained on the
+/* Event bodies: an event's free text, properties and serialized payload in
+ * one column (events.body), compressed with a zstd dictionary trained on the
  * store's own first events, on a thread of its own. */
 #include "byte_codec.h"
 #include "local_db_sql.h"
@@ -697,6 +697,17 @@ static void fn_props(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     sqlite3_result_text(ctx, p.props, (int)p.props_len, SQLITE_TRANSIENT);
 }
 
+/* ana_event_props_has(body, text): whether the properties' JSON holds text
+ * (a cheap test before a filter parses them); NULL for content v1. */
+static void fn_props_has(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  struct content_parts p;
+  const char *t = (const char *)sqlite3_value_text(argv[1]);
+  size_t n = (size_t)sqlite3_value_bytes(argv[1]);
+  if (body_parts(ctx, argv[0], &p) && p.props && t)
+    sqlite3_result_int(ctx, memmem(p.props, p.props_len, t, n) != NULL);
+}
+
 /* ana_event_payload(body) (a payload with no field left out) or
  * ana_event_payload(body, event_id, ts, received_at). */
 static void fn_payload(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
@@ -865,11 +876,11 @@ int ana_event_body_register(sqlite3 *conn) {
     int argc;
     void (*fn)(sqlite3_context *, int, sqlite3_value **);
   } fns[] = {
-      {"ana_event_text", 1, fn_text},       {"ana_event_props", 1, fn_props},
-      {"ana_event_payload", 1, fn_payload}, {"ana_event_payload", 4, fn_payload},
-      {"ana_event_dict", 1, fn_dict},       {"ana_event_body_raw", 1, fn_body_raw},
-      {"ana_event_body", 2, fn_body},       {"ana_event_body", 6, fn_body},
-      {"ana_event_body_v2", 5, fn_body_v2},
+      {"ana_event_text", 1, fn_text},           {"ana_event_props", 1, fn_props},
+      {"ana_event_props_has", 2, fn_props_has}, {"ana_event_payload", 1, fn_payload},
+      {"ana_event_payload", 4, fn_payload},     {"ana_event_dict", 1, fn_dict},
+      {"ana_event_body_raw", 1, fn_body_raw},   {"ana_event_body", 2, fn_body},
+      {"ana_event_body", 6, fn_body},           {"ana_event_body_v2", 5, fn_body_v2},
   };
   size_t n = sizeof fns / sizeof fns[0];
   for (size_t i = 0; i < n; i++)

@@ -60,6 +60,7 @@ int ana_event_id_register(sqlite3 *conn);
  * received_at are left out when the row's columns give them back byte for
  * byte. Every connection to the local database (and the search index's) has
  * the SQL functions ana_event_text(body), ana_event_props(body),
+ * ana_event_props_has(body, text) (whether the properties' JSON holds text),
  * ana_event_payload(body, event_id, ts, received_at) (the columns as stored;
  * ANA_EVENT_PAYLOAD_SQL), ana_event_body_raw(body) (the same body
  * uncompressed), ana_event_dict(body) (its dictionary id, 0: none) and

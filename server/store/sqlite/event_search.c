@@ -57,6 +57,21 @@ static char *property_path(const char *key) {
 
 #define MAX_PROPERTY_FILTERS 16
 
+/* Whether a property equal to v (as the filter compares: the value's text)
+ * has v itself in the properties' JSON text: v is not a number's or a
+ * boolean's text (those compare by their SQL rendering, "1" for true, "1.0"
+ * for 1e0, "Inf"), and has only characters that JSON writes as they are (printable
+ * ASCII but for '"', '\\' and '/'). Such a filter first looks for v in the
+ * text, a cheap test that most rows fail, before it parses the JSON. */
+static bool substring_of_json(const char *v) {
+  if (!v || !*v || strchr("0123456789+-.", v[0]) || strcmp(v, "Inf") == 0)
+    return false;
+  for (const char *c = v; *c; c++)
+    if (*c < 0x20 || *c > 0x7e || *c == '"' || *c == '\\' || *c == '/')
+      return false;
+  return true;
+}
+
 /* Lets a reader see the index at text_path, as `text` (once per reader). */
 static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error *err) {
   if (sqlite3_db_filename(r, "text"))
@@ -109,9 +124,12 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
     APPEND(" AND session_id = ?6");
   if (q->after_cursor)
     APPEND(" AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
-  for (size_t i = 0; i < q->n_properties; i++)
+  for (size_t i = 0; i < q->n_properties; i++) {
+    if (substring_of_json(q->property_values[i]))
+      APPEND(" AND ana_event_props_has(body, ?%zu)", 21 + 2 * i);
     APPEND(" AND CAST(json_extract(ana_event_props(body), ?%zu) AS TEXT) = ?%zu", 20 + 2 * i,
            21 + 2 * i);
+  }
   if (of == INDEX_MATCHES)
     APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
   else if (of == ALL_EVENTS)
