@@ -11,8 +11,12 @@
 
 static const char sql_append[] =
     "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_at, properties, body)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?)";
+    " event_name, ts, received_delta, body)"
+    " VALUES (?1, ?2, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/* An account's number, for the rows (the claim of its deduplication keys
+ * gives it one first, in the same transaction, when there are keys). */
+static const char sql_number_account[] =
+    "INSERT OR IGNORE INTO dedupe_accounts (account_id) VALUES (?)";
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
 static const char sql_set_last_seq[] = "UPDATE event_seq SET last = ? WHERE id = 1";
 
@@ -46,31 +50,52 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
   }
   struct ana_event_codec *codec = ana_local_db_event_codec(db);
   size_t stored = 0;
+  const char *account = NULL; /* the last one numbered */
   for (size_t i = 0; i < n; i++) {
     struct ana_event_record *r = &records[i];
     if (r->duplicate)
       continue;
+    if (!account || strcmp(account, r->account_id) != 0) {
+      sqlite3_stmt *num = ana_local_db_writer_statement(db, sql_number_account);
+      if (!num) {
+        ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+        return ANA_ERR_INTERNAL;
+      }
+      sqlite3_bind_text(num, 1, r->account_id, -1, SQLITE_STATIC);
+      int nrc = sqlite3_step(num);
+      sqlite3_reset(num);
+      if (nrc != SQLITE_DONE)
+        return spool_error(w, err);
+      account = r->account_id;
+    }
     seq++;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
     sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, r->event_id, -1, SQLITE_STATIC);
+    ana_event_id_bind(st, 4, r->event_id, -1);
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, r->event_type, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 7, r->event_name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, r->timestamp_ms);
-    sqlite3_bind_int64(st, 9, r->received_at_ms);
-    sqlite3_bind_text(st, 10, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, r->received_at_ms - r->timestamp_ms);
+    const struct ana_event_body_parts parts = {
+        .text = r->search_text,
+        .properties = r->properties_json ? r->properties_json : "{}",
+        .payload = r->payload,
+        .payload_len = r->payload_len,
+        .event_id = r->event_id,
+        .ts_ms = r->timestamp_ms,
+        .received_at_ms = r->received_at_ms,
+    };
     const void *body = NULL;
     size_t body_len = 0;
-    if (ana_event_codec_encode(codec, w, r->search_text, r->payload, r->payload_len, &body,
-                               &body_len) < 0) {
+    if (ana_event_codec_encode(codec, w, &parts, &body, &body_len) < 0) {
       sqlite3_reset(st);
       ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       return ANA_ERR_NOMEM;
     }
-    sqlite3_bind_blob(st, 11, body, (int)body_len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 10, body, (int)body_len, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
       sqlite3_reset(st);
       return spool_error(w, err);
@@ -171,27 +196,29 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   int n = 0, rc = 0, step;
-  if (sqlite3_prepare_v2(r,
-                         text ? "SELECT seq, account_id, event_id, session_id, event_type,"
-                                " event_name, ts, received_at, properties, ana_event_text(body),"
-                                " ana_event_payload(body) FROM events"
-                                " WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                              : "SELECT seq, account_id, event_id, session_id, event_type,"
-                                " event_name, ts, received_at, properties, '',"
-                                " ana_event_payload(body) FROM events"
-                                " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(
+          r,
+          text ? "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
+                 " event_type, event_name, ts, ts + received_delta,"
+                 " ana_event_props(body), ana_event_text(body), " ANA_EVENT_PAYLOAD_SQL
+                 " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+               : "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
+                 " event_type, event_name, ts, ts + received_delta,"
+                 " ana_event_props(body), '', " ANA_EVENT_PAYLOAD_SQL
+                 " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;
   }
   sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
   sqlite3_bind_int(st, 2, max);
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_spooled_event e = {
         .seq = (uint64_t)sqlite3_column_int64(st, 0),
         .account_id = (const char *)sqlite3_column_text(st, 1),
-        .event_id = (const char *)sqlite3_column_text(st, 2),
+        .event_id = ana_event_id_column(st, 2, id_buf),
         .session_id = (const char *)sqlite3_column_text(st, 3),
         .event_type = (const char *)sqlite3_column_text(st, 4),
         .event_name = (const char *)sqlite3_column_text(st, 5),

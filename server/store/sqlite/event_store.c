@@ -71,11 +71,13 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
 }
 
 /* A row of the scans' SELECT (ts, event_id, event_type, event_name,
- * session_id, properties, seq); its strings live until the next step. */
-static struct ana_scanned_event scanned_row(sqlite3_stmt *st) {
+ * session_id, properties, seq); its strings live until the next step (a
+ * UUID's text in id_buf). */
+static struct ana_scanned_event scanned_row(sqlite3_stmt *st,
+                                            char id_buf[ANA_EVENT_ID_UUID_LEN + 1]) {
   return (struct ana_scanned_event){
       .timestamp_ms = sqlite3_column_int64(st, 0),
-      .event_id = (const char *)sqlite3_column_text(st, 1),
+      .event_id = ana_event_id_column(st, 1, id_buf),
       .event_type = (const char *)sqlite3_column_text(st, 2),
       .event_name = (const char *)sqlite3_column_text(st, 3),
       .session_id = (const char *)sqlite3_column_text(st, 4),
@@ -112,10 +114,10 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
    * names filter what it finds. After SCAN_SNAPSHOT_ROWS rows the scan
    * ends its snapshot at the next slot and goes on from that slot. */
   const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, properties, "
-      "seq, " ANA_EVENT_SLOT_SQL " FROM events WHERE account_id = ?1 AND " ANA_EVENT_SLOT_SQL
-      " BETWEEN ?4 AND ?5"
-      " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_SLOT_SQL;
+      "SELECT ts, event_id, event_type, event_name, session_id, ana_event_props(body), "
+      "seq, " ANA_EVENT_SLOT_SQL " FROM events WHERE account_id = " ANA_ACCOUNT_NUMBER_SQL(
+          1) " AND " ANA_EVENT_SLOT_SQL " BETWEEN ?4 AND ?5"
+             " AND ts >= ?2 AND ts < ?3 ORDER BY " ANA_EVENT_SLOT_SQL;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   int rc = 0;
@@ -130,6 +132,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   sqlite3_bind_int64(st, 5, ana_event_slot(to_ms > INT64_MIN ? to_ms - 1 : to_ms));
   int64_t slot = INT64_MIN;
   long rows = 0;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t d = sqlite3_column_int64(st, 7);
@@ -145,7 +148,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     rows++;
     if (!name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
       continue;
-    struct ana_scanned_event ev = scanned_row(st);
+    struct ana_scanned_event ev = scanned_row(st, id_buf);
     if (fn(ctx, &ev))
       break;
   }
@@ -165,8 +168,9 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
    * one stored when it began. "+account_id" keeps SQLite from walking the
    * account's slot index instead. */
   const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-      " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
+      "SELECT ts, event_id, event_type, event_name, session_id, ana_event_props(body), seq"
+      " FROM events WHERE seq > ?1 AND seq <= ?2 AND +account_id = " ANA_ACCOUNT_NUMBER_SQL(
+          3) " ORDER BY seq";
   uint64_t last = 0;
   int rc = ana_local_spool_last_seq(s->db, &last, err);
   if (rc < 0)
@@ -181,6 +185,7 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   }
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
   bool stop = false;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
     uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
     sqlite3_reset(st);
@@ -188,7 +193,7 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
     sqlite3_bind_int64(st, 2, (sqlite3_int64)hi);
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = scanned_row(st);
+      struct ana_scanned_event ev = scanned_row(st, id_buf);
       if (fn(ctx, &ev)) {
         stop = true;
         break;
@@ -272,8 +277,9 @@ static int rewriter(struct sqlite_event_store *s, struct ana_error *err) {
     return ANA_ERR_IO;
   if (sqlite3_exec(s->rewriter, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->rewriter,
-                         "UPDATE events SET properties = ?3, body = ana_event_body(?4, ?5)"
-                         " WHERE seq = ?1 AND account_id = ?2",
+                         "UPDATE events SET body = ana_event_body(?4, ?3, ?5, event_id, ts,"
+                         " ts + received_delta)"
+                         " WHERE seq = ?1 AND account_id = " ANA_ACCOUNT_NUMBER_SQL(2),
                          -1, &s->update, NULL) != SQLITE_OK)
     return prepare_error(s->rewriter, err);
   return 0;
