@@ -5,7 +5,10 @@
    analyticsd starts on a copy of that DATA_DIR with ClickHouse configured, and the time from its
    start until ClickHouse confirmed the last event gives the shipping rate. Against it, in the
    same run and alternating (A B A B), clickhouse-client inserts the same rows in the same format
-   (RowBinary, exported from the shipped table) into an empty copy of the table.
+   (RowBinary, exported from the shipped table) into an empty copy of the table. With --base
+   BUILD_DIR, a second analyticsd (e.g. main's) ships the same spool in the same rounds, the
+   three taking turns in an order that rotates per round (the spool is then written by the base
+   build: the newer one migrates it as it opens it).
 2. The raw-path metric query (GetMetricData with x-metric-source: raw, the hourly count of
    message_sent per campaignId and groupId over the shipped events) three ways, alternating
    per round: analyticsd with ClickHouse configured (aggregated in ClickHouse), clickhouse-client
@@ -15,8 +18,11 @@
    (the gRPC rates of build/bench/ingest_bench), A = embedded, B = CLICKHOUSE_HOST set, rounds
    interleaved.
 
-Usage: /usr/bin/python3 bench/clickhouse_bench.py [--build build] [--events 1000000]
-           [--rounds 2] [--seconds 5] [--skip-ingest] [--skip-query]
+The events are generated as they are sent (1,000 per request), never held all at once: 10^7
+take about 3 GB of spool per copy (one per shipping round, removed after it) and of RowBinary.
+
+Usage: /usr/bin/python3 bench/clickhouse_bench.py [--build build] [--base BUILD_DIR]
+           [--events 1000000] [--rounds 2] [--seconds 5] [--skip-ingest] [--skip-query]
 """
 
 import argparse
@@ -53,12 +59,14 @@ def health(port):
         return {}
 
 
-def fill_spool(n):
-    """A DATA_DIR whose spool holds n committed events, none shipped."""
+def fill_spool(n, binary):
+    """A DATA_DIR whose spool holds n committed events, none shipped (written by binary)."""
     ns = stubs.load()
     pb, grpc_mod = ns.analytics["events"]
     s = harness.Server(log_level="warn", env={"CLICKHOUSE_HOST": "http://127.0.0.1:9",
-                                              "CLICKHOUSE_TIMEOUT": "200ms"})
+                                              "CLICKHOUSE_TIMEOUT": "200ms",
+                                              "SPOOL_MAX_BYTES": str(64 << 30)})
+    s.binary = binary
     s.start()
     stub = grpc_mod.EventServiceStub(s.channel())
     t0 = time.time()
@@ -86,10 +94,18 @@ def fill_spool(n):
     return data, accepted
 
 
-def ship_once(ch, spool, n, db, keep=False):
+def cpu_seconds(pid):
+    """User + system CPU seconds a process used so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ship_once(ch, spool, n, db, binary, keep=False):
     """Seconds from analyticsd's start until ClickHouse holds all n events (and the server, still
     running, when keep)."""
     s = harness.Server(log_level="warn", env={"CLICKHOUSE_HOST": ch.url, "CLICKHOUSE_DATABASE": db})
+    s.binary = binary
     shutil.rmtree(s.data_dir)
     shutil.copytree(spool, s.data_dir)
     t0 = time.time()
@@ -101,13 +117,14 @@ def ship_once(ch, spool, n, db, keep=False):
             break
         time.sleep(0.02)
     took = time.time() - t0
+    cpu = cpu_seconds(s.proc.pid)
     got = int(ch.query("SELECT count() FROM %s.events" % db))
     assert got == n, (got, n)
     if keep:
-        return took, s
+        return took, cpu, s
     s.stop()
     s.cleanup()
-    return took
+    return took, cpu
 
 
 def client_once(ch, rows_file, src_db, db):
@@ -240,6 +257,7 @@ def query_bench(ch, spool, pushed, rounds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
+    ap.add_argument("--base", help="a second build dir whose analyticsd ships in the same rounds")
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=5)
@@ -247,49 +265,65 @@ def main():
     ap.add_argument("--skip-query", action="store_true")
     args = ap.parse_args()
     os.environ["ANALYTICSD"] = os.path.abspath(os.path.join(args.build, "server", "analyticsd"))
+    ours = os.environ["ANALYTICSD"]
+    base = os.path.abspath(os.path.join(args.base, "server", "analyticsd")) if args.base else None
+    print("load average at the start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     ch = clickhouse.ClickHouse().start()
     spool = None
     pushed = None
     try:
-        spool, n = fill_spool(args.events)
-        ship_s, client_s = [], []
+        spool, n = fill_spool(args.events, base or ours)
+        times = {"ours": [], "base": [], "client": []}
+        cpus = {"ours": [], "base": []}
         rows_file = os.path.join(ch.dir, "rows.bin")
+        phases = ["ours", "base", "client"] if base else ["ours", "client"]
         for r in range(args.rounds):
-            db = "ship%d" % r
-
-            def ship():
-                if r == 0 and not args.skip_query:
-                    took, server = ship_once(ch, spool, n, db, keep=True)
-                else:
-                    took, server = ship_once(ch, spool, n, db), None
-                ship_s.append(took)
-                print("round %d: shipped %d events in %.2f s (%.0f ev/s)"
-                      % (r, n, ship_s[-1], n / ship_s[-1]), flush=True)
-                return server
-
-            def client():
-                client_s.append(client_once(ch, rows_file, "ship0", "client%d" % r))
-                print("round %d: clickhouse-client inserted them in %.2f s (%.0f ev/s)"
-                      % (r, client_s[-1], n / client_s[-1]), flush=True)
-
-            # A B, then B A, ...: round 0 ships first (the rows the client inserts come from it)
-            if r % 2 == 0:
-                got = ship()
-                if r == 0:
-                    pushed = got
+            # round 0 ships first (the rows the client inserts come from it); then the order
+            # rotates: A B C, B C A, C A B, ...
+            order = phases[r % len(phases):] + phases[:r % len(phases)]
+            for phase in order:
+                if phase == "client":
+                    times["client"].append(client_once(ch, rows_file, "ship0", "client%d" % r))
+                    print("round %d: clickhouse-client inserted them in %.2f s (%.0f ev/s)"
+                          % (r, times["client"][-1], n / times["client"][-1]), flush=True)
+                    ch.query("DROP DATABASE client%d" % r)
+                    continue
+                db = "ship%d" % r if phase == "ours" else "base%d" % r
+                if r == 0 and phase == "ours":
+                    took, cpu, server = ship_once(ch, spool, n, db, ours, keep=True)
+                    if args.skip_query:
+                        server.stop()
+                        server.cleanup()
+                    else:
+                        pushed = server
                     req = urllib.request.Request(ch.url + "/", data=(
                         "SELECT %s FROM ship0.events FORMAT RowBinary" % COLUMNS).encode())
-                    with urllib.request.urlopen(req, timeout=600) as resp, \
+                    with urllib.request.urlopen(req, timeout=3600) as resp, \
                             open(rows_file, "wb") as f:
                         shutil.copyfileobj(resp, f)
-                client()
-            else:
-                client()
-                ship()
-        ratios = [c / s for s, c in zip(ship_s, client_s)]
-        print("shipping / clickhouse-client throughput per round: %s, median %.2f (target >= 0.5)"
-              % (", ".join("%.2f" % x for x in ratios), sorted(ratios)[len(ratios) // 2]),
-              flush=True)
+                else:
+                    took, cpu = ship_once(ch, spool, n, db, ours if phase == "ours" else base)
+                    ch.query("DROP DATABASE %s" % db)
+                times[phase].append(took)
+                cpus[phase].append(cpu)
+                print("round %d: %s shipped %d events in %.2f s (%.0f ev/s), %.2f CPU s"
+                      % (r, phase, n, took, n / took, cpu), flush=True)
+            print("load average: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
+
+        def ratios(a, b):
+            v = [y / x for x, y in zip(times[a], times[b])]
+            return "%s, median %.2f" % (", ".join("%.2f" % x for x in v), sorted(v)[len(v) // 2])
+        print("shipping / clickhouse-client throughput per round: %s (target >= 0.5)"
+              % ratios("ours", "client"), flush=True)
+        if base:
+            print("base shipping / clickhouse-client per round: %s" % ratios("base", "client"),
+                  flush=True)
+            print("shipping throughput, this build / base per round: %s" % ratios("ours", "base"),
+                  flush=True)
+            v = [a / b for a, b in zip(cpus["ours"], cpus["base"])]
+            print("analyticsd CPU seconds from start to the last event confirmed, this build /"
+                  " base per round: %s, median %.2f" % (", ".join("%.2f" % x for x in v),
+                                                        sorted(v)[len(v) // 2]), flush=True)
         if pushed:
             query_bench(ch, spool, pushed, args.rounds)
     finally:

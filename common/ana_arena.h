@@ -32,6 +32,14 @@ void ana_arena_fini(struct ana_arena *arena);
 /* Frees every chunk but keeps the arena ready for reuse (same settings). */
 void ana_arena_reset(struct ana_arena *arena);
 
+/* Moves every chunk of `from` into arena: what was allocated in `from`
+ * lives until arena's _fini/_reset; `from` is left empty (same settings).
+ * Neither arena's limit is checked. */
+void ana_arena_adopt(struct ana_arena *arena, struct ana_arena *from);
+
+/* Bytes of the chunks arena holds (allocated or not yet). */
+size_t ana_arena_capacity(const struct ana_arena *arena);
+
 /* Returns size bytes aligned for any type, or NULL when out of memory or over
  * the limit. The memory lives until _fini/_reset. */
 void *ana_arena_alloc(struct ana_arena *arena, size_t size);

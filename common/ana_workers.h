@@ -18,6 +18,16 @@ struct ana_workers *ana_workers_create(int threads, size_t queue_max);
  * log lines carry the call's id. */
 int ana_workers_submit(struct ana_workers *w, void (*fn)(void *arg), void *arg);
 
+/* Runs fn(ctx, i) once for every i in [0, n), on the calling thread and on
+ * at most `helpers` jobs of w's running meanwhile; returns when every call
+ * has returned. Indexes are claimed one at a time, so a helper that starts
+ * late (a busy pool) takes only what is left, and none at all once the
+ * caller has claimed every index: the caller never waits for the queue,
+ * only for calls already running. w NULL or helpers 0: all on the caller.
+ * fn must be thread-safe for distinct i. Returns 0. */
+int ana_workers_parallel(struct ana_workers *w, int helpers, size_t n,
+                         void (*fn)(void *ctx, size_t i), void *ctx);
+
 /* Runs every queued job, then joins the threads. NULL does nothing. */
 void ana_workers_destroy(struct ana_workers *w);
 

@@ -118,3 +118,30 @@ char *ana_arena_strndup(struct ana_arena *arena, const char *s, size_t n) {
 char *ana_arena_strdup(struct ana_arena *arena, const char *s) {
   return ana_arena_strndup(arena, s, strlen(s));
 }
+
+void ana_arena_adopt(struct ana_arena *arena, struct ana_arena *from) {
+  struct ana_arena_chunk *c = from->head;
+  if (!c)
+    return;
+  struct ana_arena_chunk *last = c;
+  while (last->next)
+    last = last->next;
+  if (arena->head) {
+    /* behind the current chunk, whose free space stays usable */
+    last->next = arena->head->next;
+    arena->head->next = c;
+  } else {
+    last->next = NULL;
+    arena->head = c;
+  }
+  arena->used += from->used;
+  from->head = NULL;
+  from->used = 0;
+}
+
+size_t ana_arena_capacity(const struct ana_arena *arena) {
+  size_t n = 0;
+  for (const struct ana_arena_chunk *c = arena->head; c; c = c->next)
+    n += c->size;
+  return n;
+}

@@ -5,8 +5,9 @@
 #include "ana_log.h"
 
 #include <pthread.h>
-#include <stdio.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 /* Longest request id a job carries (longer ones are cut). */
 #define JOB_REQUEST_ID_MAX 96
@@ -105,4 +106,88 @@ void ana_workers_destroy(struct ana_workers *w) {
   ana_free(w->ring);
   ana_free(w->threads);
   ana_free(w);
+}
+
+/* A parallel loop's state, shared by the caller and its helper jobs; freed
+ * by whichever lets go of it last (a helper may start after the loop has
+ * ended). */
+struct parallel {
+  void (*fn)(void *ctx, size_t i);
+  void *ctx;
+  size_t n;
+  atomic_size_t next; /* the next index to claim */
+  size_t done;        /* indexes run (mu) */
+  int refs;           /* the caller's and each queued helper's (mu) */
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+};
+
+static void parallel_release(struct parallel *p) {
+  pthread_mutex_lock(&p->mu);
+  bool last = --p->refs == 0;
+  pthread_mutex_unlock(&p->mu);
+  if (last) {
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cond);
+    ana_free(p);
+  }
+}
+
+/* Runs indexes until none is left unclaimed. */
+static void parallel_run(struct parallel *p) {
+  size_t i, ran = 0;
+  while ((i = atomic_fetch_add(&p->next, 1)) < p->n) {
+    p->fn(p->ctx, i);
+    ran++;
+  }
+  if (!ran)
+    return;
+  pthread_mutex_lock(&p->mu);
+  p->done += ran;
+  if (p->done == p->n)
+    pthread_cond_broadcast(&p->cond);
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void parallel_helper(void *arg) {
+  struct parallel *p = arg;
+  parallel_run(p);
+  parallel_release(p);
+}
+
+int ana_workers_parallel(struct ana_workers *w, int helpers, size_t n,
+                         void (*fn)(void *ctx, size_t i), void *ctx) {
+  struct parallel *p = n > 1 && w && helpers > 0 ? ana_calloc(1, sizeof *p) : NULL;
+  if (!p) {
+    for (size_t i = 0; i < n; i++)
+      fn(ctx, i);
+    return 0;
+  }
+  p->fn = fn;
+  p->ctx = ctx;
+  p->n = n;
+  atomic_init(&p->next, 0);
+  p->refs = 1;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cond, NULL);
+  if ((size_t)helpers > n - 1)
+    helpers = (int)(n - 1);
+  for (int h = 0; h < helpers; h++) {
+    pthread_mutex_lock(&p->mu);
+    p->refs++;
+    pthread_mutex_unlock(&p->mu);
+    if (ana_workers_submit(w, parallel_helper, p) < 0) {
+      pthread_mutex_lock(&p->mu);
+      p->refs--;
+      pthread_mutex_unlock(&p->mu);
+      break; /* a full pool: the caller runs the rest */
+    }
+  }
+  parallel_run(p);
+  pthread_mutex_lock(&p->mu);
+  while (p->done < p->n)
+    pthread_cond_wait(&p->cond, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+  parallel_release(p);
+  return 0;
 }

@@ -12,6 +12,7 @@
 #include "ana_alloc.h"
 #include "ana_log.h"
 #include "ana_prom.h"
+#include "ana_workers.h"
 
 #include <string.h>
 #include <sys/resource.h>
@@ -54,6 +55,7 @@ struct rb_decode_pool {
   bool stop;
   struct ana_prom_gauge pending;   /* handed over, not decoded yet */
   struct ana_prom_counter decoded; /* bodies decoded */
+  struct ana_workers *helpers;     /* chunks of one large body (rb_decode_pool_parallel) */
   int n_threads;
   pthread_t threads[];
 };
@@ -144,6 +146,30 @@ static void *worker(void *arg) {
   return NULL;
 }
 
+/* A chunk of a body's decoding on a helper, at the decoders' niceness. */
+struct help {
+  void (*fn)(void *ctx, size_t i);
+  void *ctx;
+};
+
+static void help_chunk(void *arg, size_t i) {
+  static _Thread_local bool niced;
+  struct help *h = arg;
+  if (!niced) {
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), DECODER_NICE);
+    niced = true;
+  }
+  h->fn(h->ctx, i);
+}
+
+void rb_decode_pool_parallel(void *pool, size_t n, void (*fn)(void *ctx, size_t i), void *ctx) {
+  struct rb_decode_pool *p = pool;
+  struct help h = {fn, ctx};
+  /* the calling decoder and one helper fewer than the decoders (at least
+   * one): as many threads as decoders */
+  ana_workers_parallel(p->helpers, p->n_threads > 1 ? p->n_threads - 1 : 1, n, help_chunk, &h);
+}
+
 struct rb_decode_pool *rb_decode_pool_create(int threads) {
   if (threads < 1)
     threads = 1;
@@ -157,7 +183,8 @@ struct rb_decode_pool *rb_decode_pool_create(int threads) {
       break;
     p->n_threads++;
   }
-  if (!p->n_threads || ana_prom_register(collect, p) < 0) {
+  p->helpers = ana_workers_create(threads, 4 * (size_t)threads);
+  if (!p->n_threads || !p->helpers || ana_prom_register(collect, p) < 0) {
     rb_decode_pool_destroy(p);
     return NULL;
   }
@@ -219,6 +246,7 @@ void rb_decode_pool_destroy(struct rb_decode_pool *p) {
     unlist(p, j);
     settle(j, false);
   }
+  ana_workers_destroy(p->helpers); /* no decode runs any more */
   pthread_cond_destroy(&p->cv);
   pthread_mutex_destroy(&p->mu);
   ana_free(p);
@@ -239,6 +267,7 @@ int rb_decode_pool_submit(struct rb_decode_pool *p, struct rb_call *c, struct rb
   j->query = query;
   j->n_query = n_query;
   j->bo = *bo;
+  j->bo.parallel_pool = p; /* a large array's chunks on the helpers */
   j->body = conn->body;
   j->body_len = conn->body_len;
   j->reserved = conn->body_reserved;

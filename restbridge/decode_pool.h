@@ -42,6 +42,13 @@ int rb_decode_pool_submit(struct rb_decode_pool *p, struct rb_call *c, struct rb
  * away meanwhile. lws thread. */
 void rb_decode_pool_dispatch(struct rb_call *c);
 
+/* Runs fn(ctx, i) for i in [0, n) on the calling thread and the pool's
+ * helper threads (one fewer than its decoders, at least one, as nice as
+ * they are), returning
+ * when all have returned: ana_json_options.parallel for a body decoded on
+ * the pool (pool: the rb_decode_pool). Pool threads only. */
+void rb_decode_pool_parallel(void *pool, size_t n, void (*fn)(void *ctx, size_t i), void *ctx);
+
 /* Frees c (its last reference gone) on a pool thread: a large call's arena
  * takes milliseconds to give back. lws thread, before the pool is
  * destroyed. */

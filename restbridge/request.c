@@ -324,6 +324,10 @@ int rb_request_build(struct ana_call *call, const struct ana_route *r, const str
   struct ana_arena *a = &call->arena;
   const ProtobufCMessageDescriptor *desc = call->method->input;
   struct ana_json_options jo = {.ignore_unknown = bo->ignore_unknown_fields};
+  if (bo->parallel_pool) {
+    jo.parallel = rb_decode_pool_parallel;
+    jo.runner = bo->parallel_pool;
+  }
   struct ana_error err;
   char path[256];
   ProtobufCMessage *msg = NULL;

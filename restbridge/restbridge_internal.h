@@ -328,8 +328,9 @@ struct rb_query_param {
   const char *value;
 };
 struct rb_build_options {
-  bool ignore_unknown_fields;       /* false: 400 naming the JSON field */
-  bool ignore_unknown_query_params; /* false: 400 naming the parameter */
+  bool ignore_unknown_fields;           /* false: 400 naming the JSON field */
+  bool ignore_unknown_query_params;     /* false: 400 naming the parameter */
+  struct rb_decode_pool *parallel_pool; /* decodes a large body in chunks; NULL: one thread */
 };
 /* Builds the request message of route r for call, grpc-gateway style: the
  * JSON body (body "*": the whole request; body "field": that field), then

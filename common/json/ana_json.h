@@ -20,6 +20,16 @@ struct ana_json_options {
   bool use_proto_names; /* emit proto field names instead of lowerCamelCase */
   bool ignore_unknown;  /* decode: skip unknown fields instead of rejecting them */
   int max_depth;        /* decode: nesting limit, 0 = 64 */
+  /* decode: runs fn(ctx, i) for every i in [0, n) and returns when all
+   * have (possibly on other threads, as ana_workers_parallel does), so that
+   * a large document's biggest array of messages is decoded in parallel
+   * chunks; NULL decodes everything on the calling thread. The result, and
+   * any error, are those of decoding on one thread. */
+  void (*parallel)(void *runner, size_t n, void (*fn)(void *ctx, size_t i), void *ctx);
+  void *runner;
+  /* decode with parallel: the smallest document (0: 64 KiB) and array (0:
+   * 128 elements) split; an arena with a limit is never split. */
+  size_t parallel_min_bytes, parallel_min_elements;
 };
 
 /* Nesting limit used when ana_json_options.max_depth is 0. */

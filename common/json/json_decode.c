@@ -2,12 +2,15 @@
  * walked against the protobuf-c descriptors into messages in an arena. */
 #include "json_internal.h"
 
+#include "ana_alloc.h"
+
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/struct.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,8 +49,13 @@ static size_t push_key(struct dec *d, const char *key, size_t len) {
 static size_t push_index(struct dec *d, size_t i) {
   size_t mark = d->plen;
   char buf[32];
-  int n = snprintf(buf, sizeof buf, "[%zu]", i);
-  path_append(d, buf, (size_t)n);
+  size_t n = sizeof buf;
+  buf[--n] = ']';
+  do
+    buf[--n] = (char)('0' + i % 10);
+  while ((i /= 10) != 0);
+  buf[--n] = '[';
+  path_append(d, buf + n, sizeof buf - n);
   return mark;
 }
 
@@ -731,10 +739,10 @@ static void error_path(const char *s, size_t end, char *out, size_t size) {
   }
 }
 
-ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const char *json,
-                                  size_t len, struct ana_arena *arena,
-                                  const struct ana_json_options *opts, struct ana_error *err,
-                                  char *field_path, size_t field_path_size) {
+static ProtobufCMessage *decode_whole(const ProtobufCMessageDescriptor *desc, const char *json,
+                                      size_t len, struct ana_arena *arena,
+                                      const struct ana_json_options *opts, struct ana_error *err,
+                                      char *field_path, size_t field_path_size) {
   if (!json)
     json = "", len = 0;
   json_error_t jerr;
@@ -790,4 +798,266 @@ ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const 
   }
   json_decref(root);
   return rc ? NULL : msg;
+}
+
+/* ---- large arrays decoded in parallel chunks ---- */
+
+/* Documents this large (and arrays of at least PARALLEL_MIN_ELEMENTS) are
+ * split; each chunk of PARALLEL_CHUNK elements is parsed and decoded on its
+ * own, into an arena of its own. */
+#define PARALLEL_MIN_BYTES (64u << 10)
+#define PARALLEL_MIN_ELEMENTS 128
+#define PARALLEL_CHUNK 64
+
+static size_t skip_ws(const char *s, size_t i, size_t end) {
+  while (i < end && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+    i++;
+  return i;
+}
+
+/* The index after the closing quote of the string whose opening quote is
+ * s[i], or 0 when it runs past end. */
+static size_t skip_string(const char *s, size_t i, size_t end) {
+  for (size_t j = i + 1; j < end;) {
+    const char *q = memchr(s + j, '"', end - j);
+    if (!q)
+      return 0;
+    size_t k = (size_t)(q - s), backslashes = 0;
+    while (k - backslashes > i + 1 && s[k - backslashes - 1] == '\\')
+      backslashes++;
+    if (backslashes % 2 == 0)
+      return k + 1;
+    j = k + 1;
+  }
+  return 0;
+}
+
+/* The end of the JSON value starting at s[i] (before end), as far as a
+ * light scan can tell: strings and nesting are followed, nothing is
+ * checked (jansson checks every piece later). 0 when it runs past end. */
+static size_t skip_value(const char *s, size_t i, size_t end) {
+  size_t depth = 0;
+  do {
+    if (i >= end)
+      return 0;
+    char ch = s[i];
+    if (ch == '"') {
+      if (!(i = skip_string(s, i, end)))
+        return 0;
+    } else if (ch == '{' || ch == '[') {
+      depth++;
+      i++;
+    } else if (ch == '}' || ch == ']') {
+      if (!depth)
+        return 0;
+      depth--;
+      i++;
+    } else if (depth) {
+      i++;
+    } else {
+      while (i < end && !strchr(",]} \t\r\n", s[i]))
+        i++;
+    }
+  } while (depth);
+  return i;
+}
+
+struct split {
+  const ProtobufCFieldDescriptor *field; /* the array's field */
+  size_t start, end;                     /* the array, brackets included */
+  size_t n, cap;                         /* its elements */
+  size_t *bounds;                        /* element k: [bounds[2k], bounds[2k+1]) */
+};
+
+/* The elements of the array opening at s[start] into sp (bounds in arena);
+ * the index after its closing bracket, or 0 when it does not scan cleanly
+ * (a trailing comma, a missing one, out of memory). */
+static size_t split_array(const char *s, size_t start, size_t len, struct ana_arena *arena,
+                          struct split *sp) {
+  size_t i = skip_ws(s, start + 1, len);
+  if (i < len && s[i] == ']')
+    return i + 1;
+  while (i < len) {
+    size_t e = skip_value(s, i, len);
+    if (!e)
+      return 0;
+    if (sp->n == sp->cap) {
+      size_t cap = sp->cap ? sp->cap * 2 : 1024;
+      size_t *b = ana_arena_alloc(arena, 2 * cap * sizeof *b);
+      if (!b)
+        return 0;
+      if (sp->cap)
+        memcpy(b, sp->bounds, 2 * sp->cap * sizeof *b);
+      sp->bounds = b;
+      sp->cap = cap;
+    }
+    sp->bounds[2 * sp->n] = i;
+    sp->bounds[2 * sp->n + 1] = e;
+    sp->n++;
+    i = skip_ws(s, e, len);
+    if (i < len && s[i] == ']')
+      return i + 1;
+    if (i >= len || s[i] != ',')
+      return 0;
+    i = skip_ws(s, i + 1, len);
+    if (i < len && s[i] == ']')
+      return 0; /* a trailing comma */
+  }
+  return 0;
+}
+
+/* The top-level object's largest array, when it holds messages (no map, no
+ * well-known type) and it and its surroundings scan cleanly; false
+ * otherwise (then the document is decoded whole). */
+static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, size_t len,
+                       struct ana_arena *arena, struct split *out) {
+  const struct ana_json_message *jm = ana_json_names_of(desc);
+  size_t i = skip_ws(s, 0, len);
+  memset(out, 0, sizeof *out);
+  if (i >= len || s[i] != '{')
+    return false;
+  i = skip_ws(s, i + 1, len);
+  while (i < len && s[i] != '}') {
+    if (s[i] != '"')
+      return false;
+    size_t k = i + 1, kend = skip_string(s, i, len);
+    /* keys as they are written: no escapes, no NUL (jansson refuses those) */
+    if (!kend || memchr(s + k, '\\', kend - 1 - k) || memchr(s + k, '\0', kend - 1 - k))
+      return false;
+    i = skip_ws(s, kend, len);
+    if (i >= len || s[i] != ':')
+      return false;
+    size_t v = skip_ws(s, i + 1, len), vend = 0;
+    const ProtobufCFieldDescriptor *f =
+        v < len && s[v] == '[' ? ana_json_field_by_name(desc, jm, s + k, kend - 1 - k) : NULL;
+    if (f && f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+        ana_json_wkt_of(f->descriptor) == ANA_JSON_WKT_NONE &&
+        !ana_json_is_map_entry(f->descriptor, ana_json_names_of(f->descriptor))) {
+      struct split sp = {f, v, 0, 0, 0, NULL};
+      if (!(vend = split_array(s, v, len, arena, &sp)))
+        return false;
+      sp.end = vend;
+      if (sp.end - sp.start > out->end - out->start)
+        *out = sp;
+    } else if (!(vend = skip_value(s, v, len))) {
+      return false;
+    }
+    i = skip_ws(s, vend, len);
+    if (i < len && s[i] == ',')
+      i = skip_ws(s, i + 1, len);
+    else if (i >= len || s[i] != '}')
+      return false;
+  }
+  if (i >= len || skip_ws(s, i + 1, len) != len || !out->field)
+    return false;
+  return out->n > 1;
+}
+
+struct chunked {
+  const struct split *sp;
+  const char *text;
+  const struct ana_json_options *opts;
+  struct ana_arena *arenas; /* one per chunk */
+  ProtobufCMessage **elems;
+  atomic_bool failed;
+};
+
+/* Parses and decodes the elements of chunk c, each as the whole decode
+ * would (a message at nesting level 2: the document, the array). */
+static void decode_chunk(void *ctx, size_t c) {
+  struct chunked *k = ctx;
+  const struct split *sp = k->sp;
+  size_t to = (c + 1) * PARALLEL_CHUNK < sp->n ? (c + 1) * PARALLEL_CHUNK : sp->n;
+  for (size_t e = c * PARALLEL_CHUNK; e < to && !atomic_load(&k->failed); e++) {
+    size_t from = sp->bounds[2 * e];
+    json_error_t jerr;
+    json_t *v = json_loadb(k->text + from, sp->bounds[2 * e + 1] - from,
+                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    struct ana_error err;
+    struct dec d = {
+        .arena = &k->arenas[c],
+        .ignore_unknown = k->opts->ignore_unknown,
+        .max_depth = k->opts->max_depth > 0 ? k->opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH,
+        .err = &err,
+    };
+    ProtobufCMessage *m =
+        v && !json_is_null(v) ? ana_json_new_message(sp->field->descriptor, d.arena) : NULL;
+    if (!m || dec_message(&d, m, v, 2) != 0)
+      atomic_store(&k->failed, true);
+    k->elems[e] = m;
+    json_decref(v);
+  }
+}
+
+/* The document decoded with its largest array split into chunks decoded
+ * through opts->parallel; NULL when that did not work out (any error, even
+ * running out of memory: the whole decode then says what it is). */
+static ProtobufCMessage *decode_split(const ProtobufCMessageDescriptor *desc, const char *json,
+                                      size_t len, struct ana_arena *arena,
+                                      const struct ana_json_options *opts) {
+  struct split sp;
+  int max_depth = opts->max_depth > 0 ? opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH;
+  size_t min_elements =
+      opts->parallel_min_elements ? opts->parallel_min_elements : PARALLEL_MIN_ELEMENTS;
+  /* Depth: an element sits at level 2; jansson's own limit (2048) would
+   * count two levels fewer in a chunk than in the whole document. */
+  if (max_depth < 3 || max_depth > 1024 || !find_split(desc, json, len, arena, &sp) ||
+      sp.n < min_elements)
+    return NULL;
+  /* The rest of the document, with the array left empty. */
+  size_t rest_len = len - (sp.end - sp.start) + 2;
+  char *rest = ana_malloc(rest_len);
+  if (!rest)
+    return NULL;
+  memcpy(rest, json, sp.start);
+  memcpy(rest + sp.start, "[]", 2);
+  memcpy(rest + sp.start + 2, json + sp.end, len - sp.end);
+  struct ana_error err;
+  ProtobufCMessage *msg = decode_whole(desc, rest, rest_len, arena, opts, &err, NULL, 0);
+  ana_free(rest);
+  size_t chunks = (sp.n + PARALLEL_CHUNK - 1) / PARALLEL_CHUNK;
+  struct chunked k = {&sp, json, opts, NULL, NULL, false};
+  k.arenas = msg ? ana_arena_calloc(arena, chunks, sizeof *k.arenas) : NULL;
+  k.elems = k.arenas ? ana_arena_calloc(arena, sp.n, sizeof *k.elems) : NULL;
+  if (!k.elems)
+    return NULL;
+  for (size_t c = 0; c < chunks; c++) {
+    /* chunks in proportion to the chunk's text: tiny elements stay cheap */
+    size_t last = (c + 1) * PARALLEL_CHUNK < sp.n ? (c + 1) * PARALLEL_CHUNK : sp.n;
+    size_t text = sp.bounds[2 * last - 1] - sp.bounds[2 * c * PARALLEL_CHUNK];
+    ana_arena_init(&k.arenas[c],
+                   text < 2048           ? 4096
+                   : text < (128u << 10) ? 2 * text
+                                         : 256u << 10,
+                   0);
+  }
+  opts->parallel(opts->runner, chunks, decode_chunk, &k);
+  bool failed = atomic_load(&k.failed);
+  for (size_t c = 0; c < chunks; c++) {
+    if (failed)
+      ana_arena_fini(&k.arenas[c]); /* nothing points there */
+    else
+      ana_arena_adopt(arena, &k.arenas[c]);
+  }
+  if (failed)
+    return NULL;
+  *(size_t *)ana_json_quantifier(msg, sp.field) = sp.n;
+  *(ProtobufCMessage ***)ana_json_member(msg, sp.field) = k.elems;
+  return msg;
+}
+
+ProtobufCMessage *ana_json_decode(const ProtobufCMessageDescriptor *desc, const char *json,
+                                  size_t len, struct ana_arena *arena,
+                                  const struct ana_json_options *opts, struct ana_error *err,
+                                  char *field_path, size_t field_path_size) {
+  /* Chunks' arenas are adopted whatever arena's limit: none is split. */
+  if (json && desc && arena && !arena->limit && opts && opts->parallel &&
+      len >= (opts->parallel_min_bytes ? opts->parallel_min_bytes : PARALLEL_MIN_BYTES)) {
+    ProtobufCMessage *msg = decode_split(desc, json, len, arena, opts);
+    if (msg) {
+      copy_path(field_path, field_path_size, "");
+      return msg;
+    }
+  }
+  return decode_whole(desc, json, len, arena, opts, err, field_path, field_path_size);
 }

@@ -76,6 +76,19 @@ int ana_ingest_record_text(const Analytics__V1__Event *ev, const Google__Protobu
 int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1__Event *event,
                        const char *path, struct ana_arena *arena, struct ana_ingest_item *item);
 
+/* One event with what its request knows of it already. */
+struct ana_ingest_event {
+  const Analytics__V1__Event *event; /* borrowed */
+  size_t packed_size;                /* protobuf_c_message_get_packed_size(event) */
+  const char *new_id; /* the id it gets when it has none (borrowed); NULL: a new UUIDv7 */
+};
+
+/* ana_ingest_prepare of in->event without sizing it again. Thread-safe for
+ * distinct items and arenas (a batch's events may be prepared in parallel). */
+int ana_ingest_prepare_known(const struct ana_ingest_request *req,
+                             const struct ana_ingest_event *in, const char *path,
+                             struct ana_arena *arena, struct ana_ingest_item *item);
+
 /* --- group commit --- */
 
 struct ana_committer;

@@ -9,6 +9,7 @@
 #include "ana_text.h"
 #include "ana_timestamp.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -113,8 +114,14 @@ static int walk_struct(struct walk *w, const Google__Protobuf__Struct *s, char *
       return violation(w->c, "properties", "has more than %d properties (nested keys count)",
                        w->lim->event_max_properties);
     }
-    size_t n = (size_t)snprintf(path + len, cap - len, ".%s", key);
+    /* path + "." + key, cut to the buffer (as snprintf would cut it) */
+    size_t n = 1 + strlen(key);
     size_t sub = len + n < cap ? len + n : cap - 1;
+    if (sub > len) {
+      path[len] = '.';
+      memcpy(path + len + 1, key, sub - len - 1);
+    }
+    path[sub] = '\0';
     if (!ana_utf8_valid(key, NULL)) {
       w->failed = true;
       path[len] = '\0';
@@ -251,8 +258,36 @@ static char *context_default(struct ana_arena *arena, const char *value) {
   return out;
 }
 
+/* The packed size of out, a copy of ev (whose packed size is ev_size)
+ * with other context, ids and times: protobuf's encoding is the sum of
+ * its fields', so only those that differ are sized again. */
+static size_t enriched_size(const Analytics__V1__Event *ev, size_t ev_size,
+                            const Analytics__V1__Event *out) {
+  Analytics__V1__Event a = ANALYTICS__V1__EVENT__INIT, b = ANALYTICS__V1__EVENT__INIT;
+  a.event_id = ev->event_id;
+  a.account_id = ev->account_id;
+  a.timestamp = ev->timestamp;
+  a.context = ev->context;
+  a.received_at = ev->received_at;
+  b.event_id = out->event_id;
+  b.account_id = out->account_id;
+  b.timestamp = out->timestamp;
+  b.context = out->context;
+  b.received_at = out->received_at;
+  return ev_size - protobuf_c_message_get_packed_size(&a.base) +
+         protobuf_c_message_get_packed_size(&b.base);
+}
+
 int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1__Event *ev,
                        const char *path, struct ana_arena *arena, struct ana_ingest_item *item) {
+  struct ana_ingest_event in = {ev, protobuf_c_message_get_packed_size(&ev->base), NULL};
+  return ana_ingest_prepare_known(req, &in, path, arena, item);
+}
+
+int ana_ingest_prepare_known(const struct ana_ingest_request *req,
+                             const struct ana_ingest_event *in, const char *path,
+                             struct ana_arena *arena, struct ana_ingest_item *item) {
+  const Analytics__V1__Event *ev = in->event;
   const struct ana_ingest_limits *lim = req->limits;
   struct checker c = {item, arena, path};
   memset(item, 0, sizeof *item);
@@ -282,7 +317,7 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
     struct walk w = {&c, lim, 0, false};
     rc |= walk_struct(&w, ev->properties, ppath, strlen(ppath), sizeof ppath, 1);
   }
-  size_t size = protobuf_c_message_get_packed_size(&ev->base);
+  size_t size = in->packed_size;
   if (size > (size_t)lim->event_max_bytes)
     rc |= violation(&c, "", "is %zu bytes, more than the limit of %d", size, lim->event_max_bytes);
   if (rc < 0)
@@ -310,7 +345,9 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   out->context = ctx;
   out->account_id = (char *)req->account_id;
 
-  if (!item->event_id[0]) {
+  if (!item->event_id[0] && in->new_id) {
+    item->event_id = in->new_id;
+  } else if (!item->event_id[0]) {
     char *id = ana_arena_alloc(arena, ANA_UUID_STR_LEN + 1);
     if (!id || ana_uuid7_generate(id) < 0)
       return ANA_ERR_NOMEM;
@@ -374,11 +411,14 @@ int ana_ingest_prepare(const struct ana_ingest_request *req, const Analytics__V1
   r->timestamp_ms = ts;
   r->received_at_ms = now;
   r->expires_at_ms = ts + (int64_t)lim->retention_days * DAY_MS;
-  size_t n = protobuf_c_message_get_packed_size(&out->base);
+  /* Sealing may change any field: then the whole event is sized again. */
+  size_t n = req->encrypted ? protobuf_c_message_get_packed_size(&out->base)
+                            : enriched_size(ev, size, out);
   uint8_t *payload = ana_arena_alloc(arena, n ? n : 1);
   if (!payload)
     return ANA_ERR_NOMEM;
   r->payload_len = protobuf_c_message_pack(&out->base, payload);
+  assert(r->payload_len == n);
   r->payload = payload;
 
   return ana_ingest_record_text(ev, indexed, arena, &r->properties_json, &r->search_text);

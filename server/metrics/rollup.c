@@ -29,6 +29,11 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
                         "the number of metrics).");
   ana_prom_write_u64(w, "ana_rollup_events_processed_total", NULL,
                      ana_prom_counter_get(&r->events_processed));
+  ana_prom_write_family(w, "ana_rollup_other_events_total", "counter",
+                        "Events other instances committed to the shared event store read into "
+                        "the rollups (once per metric).");
+  ana_prom_write_u64(w, "ana_rollup_other_events_total", NULL,
+                     ana_prom_counter_get(&r->other_events));
   ana_prom_write_family(w, "ana_rollup_cells_written_total", "counter",
                         "Rollup cells written to the database.");
   ana_prom_write_u64(w, "ana_rollup_cells_written_total", NULL,
@@ -112,7 +117,7 @@ struct ana_rollups *ana_rollup_create(struct ana_local_db *db,
   /* (the thread's commits are not synced: see rollup_cells.c) */
   if (!(r->cells = ana_rollup_cells_open(db, ru_busy_wait, r, err)))
     goto fail;
-  if (load(r, err) < 0)
+  if (load(r, err) < 0 || ru_load_marks(r, err) < 0)
     goto fail;
   uint64_t head = 0;
   if (ops->last_seq(store, &head, err) < 0)
@@ -152,6 +157,9 @@ void ana_rollup_destroy(struct ana_rollups *r) {
     ana_free(g);
   }
   rc_cache_fini(&r->cache);
+  for (size_t i = 0; i < r->n_bounds; i++)
+    ana_free(r->bounds[i].instance);
+  ana_free(r->bounds);
   ana_free(r->todo);
   ana_free(r->works);
   ana_rollup_cells_close(r->cells);

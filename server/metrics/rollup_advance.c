@@ -50,9 +50,11 @@ static int work_cmp(const void *a, const void *b) {
   return c ? c : (x->lo > y->lo) - (x->lo < y->lo);
 }
 
-/* The metrics of one scan, each event read once for all of them. */
+/* The metrics of one scan, each event read once for all of them: works[0..n), or picked[0..n)
+ * when not NULL. */
 struct scan {
   struct work *works;
+  struct work **picked;
   size_t n;
   uint64_t events;
   int rc;
@@ -65,12 +67,55 @@ static int feed(void *ctx, const struct ana_scanned_event *ev) {
   ana_acc_row_init(&row, ev);
   s->events++;
   for (size_t i = 0; i < s->n && s->rc == 0; i++) {
-    struct chunk *c = &s->works[i].c;
+    struct chunk *c = s->picked ? &s->picked[i]->c : &s->works[i].c;
     c->ts = ev->timestamp_ms;
     s->rc = ana_mq_feed_row((struct ana_mq *)c->mq, &row, cells_of, c);
   }
   ana_acc_row_fini(&row);
   return s->rc < 0;
+}
+
+/* The events other instances committed to a shared event store, which this instance's sequence
+ * does not hold (works of their own, lo = hi): one scan per account and marks, for every metric
+ * at those marks. A failed scan fails its works (others_failed). */
+static void scan_others(struct ana_rollups *r, struct work *w, size_t n) {
+  struct work **picked = NULL;
+  bool any = false;
+  for (size_t i = 0; i < n; i++)
+    any |= w[i].others;
+  if (!any)
+    return;
+  if (!(picked = ana_malloc(n * sizeof *picked))) {
+    for (size_t i = 0; i < n; i++)
+      w[i].others_failed = w[i].others;
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    w[i].others_read = !w[i].others;
+  for (size_t i = 0; i < n; i++) {
+    if (w[i].others_read)
+      continue;
+    size_t k = 0;
+    for (size_t j = i; j < n; j++)
+      if (!w[j].others_read && strcmp(w[j].m->account_id, w[i].m->account_id) == 0 &&
+          ru_same_marks(r, w[i].m, w[j].m)) {
+        w[j].others_read = true;
+        picked[k++] = &w[j];
+      }
+    struct ana_error err;
+    ana_error_clear(&err);
+    struct scan s = {.picked = picked, .n = k};
+    int sc = ru_scan_others(r, picked, k, feed, &s, &err);
+    if (sc == 0 && s.rc < 0)
+      sc = ana_error_set(&err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ana_prom_counter_add(&r->events_processed, s.events);
+    ana_prom_counter_add(&r->other_events, s.events);
+    for (size_t x = 0; x < k; x++)
+      if ((picked[x]->others_failed = sc < 0))
+        ANA_WARN("rollups", "metric %s: other instances' events: %s", picked[x]->m->metric_id,
+                 err.message);
+  }
+  ana_free(picked);
 }
 
 struct merge_ctx {
@@ -146,6 +191,8 @@ static int write_works(struct ana_rollups *r, struct work *w, size_t n, struct a
                                 w[i].enc + e->enc_off, e->enc_len, err);
       cells++;
     }
+    if (rc == 0 && w[i].others)
+      rc = ru_write_marks(r, &w[i], err);
   }
   if (rc == 0)
     rc = ana_rollup_cells_commit(r->cells, err);
@@ -169,25 +216,21 @@ bool ru_advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t head) 
   bool more = false, reading = false, writing = false;
   qsort(w, n, sizeof *w, work_cmp);
   int rc = ana_rollup_cells_prepare(r->cells, &err);
+  if (rc == 0)
+    scan_others(r, w, n);
   for (size_t i = 0; i < n;) {
     size_t j = i + 1;
     while (j < n && w[j].lo == w[i].lo && strcmp(w[j].m->account_id, w[i].m->account_id) == 0)
       j++;
     struct scan s = {.works = &w[i], .n = j - i};
-    int sc = rc < 0
-                 ? rc
-                 : r->ops->scan_seq(r->store, w[i].m->account_id, w[i].lo, w[i].hi, feed, &s, &err);
-    /* A backfill's first chunk (written with its watermark, so read once) also reads the
-     * events other instances committed to a shared event store, which this instance's
-     * sequence does not hold. Not without an own event: the chunk would not move the
-     * watermark. */
-    if (sc == 0 && s.rc == 0 && w[i].lo == 0 && w[i].hi > 0 && r->ops->scan_others)
-      sc = r->ops->scan_others(r->store, w[i].m->account_id, feed, &s, &err);
+    int sc = rc;
+    if (sc == 0 && w[i].lo < w[i].hi)
+      sc = r->ops->scan_seq(r->store, w[i].m->account_id, w[i].lo, w[i].hi, feed, &s, &err);
     if (sc == 0 && s.rc < 0)
       sc = ana_error_set(&err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     ana_prom_counter_add(&r->events_processed, s.events);
     for (size_t k = i; k < j; k++) {
-      w[k].state = sc < 0 ? WORK_FAILED : WORK_QUIET;
+      w[k].state = sc < 0 || w[k].others_failed ? WORK_FAILED : WORK_QUIET;
       if (sc < 0)
         ANA_WARN("rollups", "metric %s: %s", w[k].m->metric_id, err.message);
     }
@@ -227,6 +270,8 @@ bool ru_advance(struct ana_rollups *r, struct work *w, size_t n, uint64_t head) 
     if (x->state == WORK_QUIET || x->state == WORK_WRITE) {
       if (x->state == WORK_WRITE)
         m->persisted = x->hi;
+      if (x->others)
+        ru_apply_marks(r, x);
       if (x->set)
         rc_cache_advance(&r->cache, x->set, x->changes_lost ? NULL : &x->changes, x->hi);
       pthread_mutex_lock(&r->mu);

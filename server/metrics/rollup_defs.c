@@ -14,6 +14,7 @@ void ru_metric_free(struct rmetric *m) {
   if (!m)
     return;
   ana_mq_destroy(m->mq);
+  ru_marks_free(m);
   ana_formula_free(m->formula);
   if (m->metric)
     analytics__v1__metric__free_unpacked(m->metric, NULL);

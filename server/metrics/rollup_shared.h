@@ -24,6 +24,12 @@
 /* The span of a cell of each level: 15 minutes, an hour, a day. */
 static const int64_t level_ms[LEVELS] = {15 * 60000LL, 3600000LL, 86400000LL};
 
+/* Another instance sharing the event store, and a sequence of its events. */
+struct rmark {
+  char *instance;
+  uint64_t seq;
+};
+
 /* One metric's current definition and progress. */
 struct rmetric {
   struct rmetric *next;
@@ -39,6 +45,11 @@ struct rmetric {
   struct ana_mq *mq;
   bool busy; /* the thread is working on it; free it there when dead */
   bool dead;
+  /* The thread's: per other instance, the sequence up to which its events are in the cells
+   * (rollup_others.c); others_once: they were read once since the start or definition. */
+  struct rmark *marks;
+  size_t n_marks;
+  bool others_once;
 };
 
 /* Rows to delete: versions below `below` of a metric (INT64_MAX: all). */
@@ -82,7 +93,12 @@ struct ana_rollups {
    * complete metric versions (UINT64_MAX: none) and the cache's bytes, as
    * the thread last saw them. */
   atomic_uint_fast64_t committed, low_watermark, cache_bytes;
-  struct ana_prom_counter events_processed, cells_written;
+  struct ana_prom_counter events_processed, cells_written, other_events;
+  /* The thread's: the other instances' bounds the event store last reported, and when to ask
+   * again (rollup_others.c). */
+  struct rmark *bounds;
+  size_t n_bounds, cap_bounds;
+  int64_t next_bounds_ms, bounds_retry_ms;
   bool prom_registered;
 };
 
@@ -146,6 +162,8 @@ enum work_state {
 struct work {
   struct rmetric *m;
   uint64_t lo, hi;
+  bool others; /* reads the other instances' events from its marks up to the bounds instead */
+  bool others_read, others_failed; /* (ru_advance's) */
   struct chunk c;
   enum work_state state;
   struct rc_set *set; /* its cells in memory, or NULL */
@@ -170,6 +188,30 @@ void ru_retire(struct rmetric **p);
 /* Queues the deletion of metric_id's versions below `below` (INT64_MAX:
  * all). Returns 0 or ANA_ERR_NOMEM. */
 int ru_add_garbage(struct ana_rollups *r, const char *metric_id, int64_t below);
+
+/* Other instances' events (rollup_others.c); the thread's. */
+/* The metric's mark of instance (0: none). */
+uint64_t ru_mark_of(const struct rmetric *m, const char *instance);
+/* Sets it; 0 or ANA_ERR_NOMEM. */
+int ru_set_mark(struct rmetric *m, const char *instance, uint64_t seq);
+void ru_marks_free(struct rmetric *m);
+/* Loads the stored marks of the current versions (at start, under mu). */
+int ru_load_marks(struct ana_rollups *r, struct ana_error *err);
+/* Asks the event store for the other instances' bounds when due (now: at once); how many
+ * there are, or -1 when the store cannot say (or has no other instances' events to offer). */
+int ru_refresh_bounds(struct ana_rollups *r, bool now);
+/* Whether m's marks are behind the bounds. */
+bool ru_others_behind(const struct ana_rollups *r, const struct rmetric *m);
+/* Whether a's and b's marks are the same where they are behind the bounds. */
+bool ru_same_marks(const struct ana_rollups *r, const struct rmetric *a, const struct rmetric *b);
+/* Feeds ctx every event of the other instances from the marks of w[0..n) (all the same: each
+ * event read once for all) up to the bounds; 0 or a negative error (err filled). */
+int ru_scan_others(struct ana_rollups *r, struct work **w, size_t n, ana_event_scan_fn feed,
+                   void *ctx, struct ana_error *err);
+/* In the write transaction: w's marks (after its version's watermark was marked). */
+int ru_write_marks(struct ana_rollups *r, const struct work *w, struct ana_error *err);
+/* After w's chunk was applied: its marks move to the bounds. */
+void ru_apply_marks(struct ana_rollups *r, struct work *w);
 
 /* The cell table (rollup_cell_table.c). */
 /* The entry of a cell, made on first sight; NULL when out of memory. */

@@ -114,7 +114,32 @@ void *ru_thread(void *arg) {
       m->busy = true;
       todo[n++] = m;
     }
+    pthread_mutex_unlock(&r->mu);
+    /* First the events other instances committed to a shared event store (a backfill reads
+     * them before its first chunk: complete, it holds them): the metrics whose marks are
+     * behind the bounds, in works of their own (their watermark stays). */
+    bool fresh = false;
+    for (size_t i = 0; i < n; i++)
+      fresh |= !todo[i]->others_once; /* (written by this thread only) */
     size_t n_works = 0;
+    if (n && ru_refresh_bounds(r, fresh) >= 0) {
+      pthread_mutex_lock(&r->mu);
+      for (size_t i = 0; i < n; i++) {
+        struct rmetric *m = todo[i];
+        if (m->dead)
+          continue;
+        if (!ru_others_behind(r, m))
+          m->others_once = true;
+        else
+          r->works[n_works++] = (struct work){
+              .m = m, .lo = m->watermark, .hi = m->watermark, .others = true, .c = {.mq = m->mq}};
+      }
+      pthread_mutex_unlock(&r->mu);
+      if (n_works && ru_advance(r, r->works, n_works, head))
+        more = true;
+      n_works = 0;
+    }
+    pthread_mutex_lock(&r->mu);
     for (size_t i = 0; i < n; i++) {
       struct rmetric *m = todo[i];
       if (m->dead || m->watermark >= head)

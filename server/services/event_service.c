@@ -11,15 +11,19 @@
 #include "ana_call.h"
 #include "ana_client_ip.h"
 #include "ana_event_names.h"
+#include "ana_id.h"
 #include "ana_log.h"
 #include "ana_rate_limit.h"
 #include "ana_clock.h"
 #include "ana_timestamp.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEFAULT_PAGE_SIZE 50
 #define IMPORT_MAX_RESULTS 10000
@@ -76,12 +80,82 @@ static void commit_done(struct ana_commit_request *req, int rc, const struct ana
   b->done(b, rc, err);
 }
 
-/* Prepares every event and queues the valid ones. Returns 1 when a commit
- * was queued (done comes later), 0 when nothing needed a commit (done has
- * not been called: the caller answers now), or a negative error with err
- * filled. */
-static int batch_start(struct batch *b, Analytics__V1__Event *const *events, size_t n,
-                       const char *list_name, struct ana_error *err) {
+/* A batch this large is prepared in chunks of PREPARE_CHUNK events, on
+ * the calling thread and on up to PREPARE_HELPERS_MAX of the workers. */
+#define PREPARE_PARALLEL_MIN 256
+#define PREPARE_CHUNK 64
+#define PREPARE_HELPERS_MAX 3
+
+/* "<list_name>[<i>]" into buf (at least 64 bytes), without printf. */
+static void item_path(char *buf, const char *list_name, size_t i) {
+  size_t n = strlen(list_name);
+  if (n > 40)
+    n = 40;
+  memcpy(buf, list_name, n);
+  buf[n++] = '[';
+  char digits[24];
+  size_t d = 0;
+  do
+    digits[d++] = (char)('0' + i % 10);
+  while ((i /= 10) && d < sizeof digits);
+  while (d)
+    buf[n++] = digits[--d];
+  buf[n++] = ']';
+  buf[n] = '\0';
+}
+
+/* Helpers for a large batch: one fewer than the CPUs, at most
+ * PREPARE_HELPERS_MAX (the count is read once). */
+static int prepare_helpers(void) {
+  static atomic_int helpers = -1;
+  int h = atomic_load(&helpers);
+  if (h < 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    h = cpus > PREPARE_HELPERS_MAX ? PREPARE_HELPERS_MAX : cpus > 1 ? (int)cpus - 1 : 0;
+    atomic_store(&helpers, h);
+  }
+  return h;
+}
+
+struct prepare_run {
+  struct batch *b;
+  const struct ana_ingest_request *ir;
+  Analytics__V1__Event *const *events;
+  const size_t *sizes;  /* NULL: each event is sized when prepared */
+  const char **new_ids; /* NULL: made when prepared */
+  const char *list_name;
+  struct ana_arena *arenas; /* one per chunk; NULL: the batch's */
+  atomic_bool nomem;
+};
+
+/* Prepares chunk c of r (every event when r->arenas is NULL). */
+static void prepare_chunk(void *ctx, size_t c) {
+  struct prepare_run *r = ctx;
+  struct batch *b = r->b;
+  size_t from = r->arenas ? c * PREPARE_CHUNK : 0;
+  size_t to = r->arenas && from + PREPARE_CHUNK < b->n ? from + PREPARE_CHUNK : b->n;
+  struct ana_arena *arena = r->arenas ? &r->arenas[c] : b->arena;
+  for (size_t i = from; i < to; i++) {
+    char path[64] = "";
+    if (r->list_name)
+      item_path(path, r->list_name, i);
+    struct ana_ingest_event in = {
+        r->events[i],
+        r->sizes ? r->sizes[i] : protobuf_c_message_get_packed_size(&r->events[i]->base),
+        r->new_ids ? r->new_ids[i] : NULL};
+    if (ana_ingest_prepare_known(r->ir, &in, path, arena, &b->items[i]) < 0) {
+      atomic_store(&r->nomem, true);
+      return;
+    }
+  }
+}
+
+/* Prepares every event (sizes[i]: events[i]'s packed size, or sizes NULL)
+ * and queues the valid ones. Returns 1 when a commit was queued (done comes
+ * later), 0 when nothing needed a commit (done has not been called: the
+ * caller answers now), or a negative error with err filled. */
+static int batch_start(struct batch *b, Analytics__V1__Event *const *events, const size_t *sizes,
+                       size_t n, const char *list_name, struct ana_error *err) {
   char ip[64];
   struct ana_ingest_request ir;
   fill_request(b->call, &ir, ip, sizeof ip);
@@ -92,13 +166,36 @@ static int batch_start(struct batch *b, Analytics__V1__Event *const *events, siz
   b->record_item = ana_arena_calloc(b->arena, n ? n : 1, sizeof *b->record_item);
   if (!b->items || !b->records || !b->record_item || !ir.client_ip)
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  struct prepare_run run = {b, &ir, events, sizes, NULL, list_name, NULL, false};
+  size_t chunks = 1;
+  /* (chunk arenas are adopted whatever the limit: a limited arena is not split) */
+  int helpers =
+      n >= PREPARE_PARALLEL_MIN && opts.workers && !b->arena->limit ? prepare_helpers() : 0;
+  if (helpers > 0) {
+    /* Ids made here, in the events' order, as one thread would make them. */
+    chunks = (n + PREPARE_CHUNK - 1) / PREPARE_CHUNK;
+    run.arenas = ana_arena_calloc(b->arena, chunks, sizeof *run.arenas);
+    run.new_ids = ana_arena_calloc(b->arena, n, sizeof *run.new_ids);
+    if (!run.arenas || !run.new_ids)
+      return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+      if (events[i]->event_id && events[i]->event_id[0])
+        continue;
+      char *id = ana_arena_alloc(b->arena, ANA_UUID_STR_LEN + 1);
+      if (!id || ana_uuid7_generate(id) < 0)
+        return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+      run.new_ids[i] = id;
+    }
+    for (size_t c = 0; c < chunks; c++)
+      ana_arena_init(&run.arenas[c], 16 * 1024, 0);
+  }
+  ana_workers_parallel(run.arenas ? opts.workers : NULL, helpers, chunks, prepare_chunk, &run);
+  for (size_t c = 0; run.arenas && c < chunks; c++)
+    ana_arena_adopt(b->arena, &run.arenas[c]);
+  if (atomic_load(&run.nomem))
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
-    char path[64] = "";
-    if (list_name)
-      snprintf(path, sizeof path, "%s[%zu]", list_name, i);
-    if (ana_ingest_prepare(&ir, events[i], path, b->arena, &b->items[i]) < 0)
-      return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
     if (b->items[i].status != ST_REJECTED) {
       b->records[k] = b->items[i].record;
       b->record_item[k] = i;
@@ -115,14 +212,52 @@ static int batch_start(struct batch *b, Analytics__V1__Event *const *events, siz
   return rc < 0 ? rc : 1;
 }
 
-/* Checks the batch-level limits. */
-static int check_batch_limits(const ProtobufCMessage *msg, size_t n_events, const char *field,
+/* Bytes of a varint holding v. */
+static size_t varint_size(size_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+/* The packed size of each event of msg's repeated `events` field (in
+ * arena: NULL when out of memory, or when msg has no events) and, in
+ * *total, of msg: the events' sizes are what msg's size is made of, so
+ * each event is sized once. */
+static size_t *batch_sizes(const ProtobufCMessage *msg, Analytics__V1__Event *const *events,
+                           size_t n, struct ana_arena *a, size_t *total) {
+  const ProtobufCFieldDescriptor *f =
+      protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, "events");
+  union {
+    max_align_t align;
+    unsigned char bytes[256];
+  } rest; /* msg without its events */
+  size_t *sizes = n ? ana_arena_alloc(a, n * sizeof *sizes) : NULL;
+  if (!sizes || !f || msg->descriptor->sizeof_message > sizeof rest.bytes) {
+    *total = protobuf_c_message_get_packed_size(msg);
+    return NULL;
+  }
+  memcpy(rest.bytes, msg, msg->descriptor->sizeof_message);
+  *(size_t *)(rest.bytes + f->quantifier_offset) = 0;
+  size_t sum = protobuf_c_message_get_packed_size((const ProtobufCMessage *)rest.bytes);
+  size_t tag = varint_size((size_t)f->id << 3);
+  for (size_t i = 0; i < n; i++) {
+    sizes[i] = protobuf_c_message_get_packed_size(&events[i]->base);
+    sum += tag + varint_size(sizes[i]) + sizes[i];
+  }
+  *total = sum;
+  return sizes;
+}
+
+/* Checks the batch-level limits: n_events, and size (msg's packed size). */
+static int check_batch_limits(size_t size, size_t n_events, const char *field,
                               struct ana_error *err) {
   if (n_events > (size_t)opts.limits.batch_max_events)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                          "%s: the batch has %zu events, more than the limit of %d", field, n_events,
                          opts.limits.batch_max_events);
-  size_t size = protobuf_c_message_get_packed_size(msg);
   if (size > (size_t)opts.limits.batch_max_bytes)
     return ana_error_set(err, ANA_STATUS_INVALID_ARGUMENT,
                          "%s: the batch is %zu bytes, more than the limit of %ld", field, size,
@@ -229,7 +364,7 @@ static void track_event(struct ana_call *call, const ProtobufCMessage *request) 
   struct batch *b = new_batch(call, track_event_done);
   if (!b)
     return;
-  int rc = batch_start(b, &req->event, 1, NULL, &err);
+  int rc = batch_start(b, &req->event, NULL, 1, NULL, &err);
   if (rc < 0) {
     ana_call_finish(call, NULL, &err);
   } else if (rc == 0) {
@@ -267,7 +402,10 @@ static void track_events_done(struct batch *b, int rc, const struct ana_error *e
 static void track_events(struct ana_call *call, const ProtobufCMessage *request) {
   const Analytics__V1__TrackEventsRequest *req = (const void *)request;
   struct ana_error err;
-  if (check_batch_limits(request, req->n_events, "events", &err) < 0) {
+  size_t size = 0, *sizes = NULL;
+  if (req->n_events <= (size_t)opts.limits.batch_max_events)
+    sizes = batch_sizes(request, req->events, req->n_events, ana_call_arena(call), &size);
+  if (check_batch_limits(size, req->n_events, "events", &err) < 0) {
     ana_call_add_violation(call, "events", strchr(err.message, ':') + 2);
     ana_call_finish(call, NULL, &err);
     return;
@@ -282,7 +420,7 @@ static void track_events(struct ana_call *call, const ProtobufCMessage *request)
   struct batch *b = new_batch(call, track_events_done);
   if (!b)
     return;
-  int rc = batch_start(b, req->events, req->n_events, "events", &err);
+  int rc = batch_start(b, req->events, sizes, req->n_events, "events", &err);
   if (rc < 0)
     ana_call_finish(call, NULL, &err);
   else if (rc == 0)
@@ -477,7 +615,10 @@ static void stream_message(struct ana_call *call, const ProtobufCMessage *messag
   b->batch_id = req->batch_id;
   b->done = stream_batch_done;
   const char *field = "events", *reason = NULL;
-  int rc = check_batch_limits(message, req->n_events, "events", &err);
+  size_t size = 0, *sizes = NULL;
+  if (req->n_events <= (size_t)opts.limits.batch_max_events)
+    sizes = batch_sizes(message, req->events, req->n_events, arena, &size);
+  int rc = check_batch_limits(size, req->n_events, "events", &err);
   /* Each message of a stream costs one unit per event (opening the stream
    * cost the method's base). */
   if (rc == 0 && ana_call_rate_charge(call, (int64_t)req->n_events, &err) < 0) {
@@ -487,7 +628,7 @@ static void stream_message(struct ana_call *call, const ProtobufCMessage *messag
     rc = ANA_ERR_FULL;
   }
   if (rc == 0)
-    rc = batch_start(b, req->events, req->n_events, "events", &err);
+    rc = batch_start(b, req->events, sizes, req->n_events, "events", &err);
   if (rc == 0) {
     stream_batch_done(b, 0, NULL);
   } else if (rc < 0) {

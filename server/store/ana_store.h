@@ -78,6 +78,9 @@ struct ana_scanned_event {
 
 /* Receives one scanned event. Non-zero stops the scan. */
 typedef int (*ana_event_scan_fn)(void *ctx, const struct ana_scanned_event *ev);
+/* Another instance sharing an event store, and the sequence up to which its events are all in
+ * it (other_bounds). Non-zero stops and is returned. */
+typedef int (*ana_other_bound_fn)(void *ctx, const char *instance, uint64_t seq);
 
 /* A metric aggregation a store may run itself (the event store's optional
  * aggregate): per group of dimension values and per time bucket, each term's
@@ -155,7 +158,7 @@ struct ana_spooled_event {
 /* Role versions: a backend's table carries the version it was written
  * against; the registry refuses to start with any other. Raise one when a
  * role's operations or their contract change. */
-#define ANA_EVENT_STORE_VERSION 4
+#define ANA_EVENT_STORE_VERSION 5
 #define ANA_SEARCH_INDEX_VERSION 2
 #define ANA_CATALOG_VERSION 1
 
@@ -253,12 +256,16 @@ struct ana_event_store_ops {
    * not held up). Returns how many were rewritten, or a negative error (none was). */
   int (*rewrite)(void *store, const struct ana_event_record *records, size_t n,
                  struct ana_error *err);
-  /* Optional (NULL: none). Calls fn for every event of the account the store holds that this
-   * instance did not commit (other instances' in a shared store; they have no place in its
-   * commit sequence), in no particular order: what a rollup's backfill reads besides its replay
-   * of the commit sequence. Thread-safe; blocks. */
-  int (*scan_others)(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
-                     struct ana_error *err);
+  /* Optional (NULL: the store holds this instance's events only). For each other instance
+   * that commits to the same store (in its own commit sequence), calls fn with the sequence up
+   * to which every event it committed is in the store. Thread-safe; blocks. */
+  int (*other_bounds)(void *store, ana_other_bound_fn fn, void *ctx, struct ana_error *err);
+  /* Optional (with other_bounds). Calls fn for every event of the account that another
+   * instance committed with after_seq < seq <= upto_seq (at most its bound), each once, in no
+   * particular order: what rollups read besides their replay of this instance's commit
+   * sequence. Thread-safe; blocks. */
+  int (*scan_other)(void *store, const char *account_id, const char *instance, uint64_t after_seq,
+                    uint64_t upto_seq, ana_event_scan_fn fn, void *ctx, struct ana_error *err);
 };
 
 /* The search index role: free text over the events' names and property

@@ -21,15 +21,24 @@ BATCH = 1000
 # Bytes per event of the keys, their lists and account numbers at most (the
 # keys' rows of these 12-character ids are about 20).
 MAX_BYTES = 32
+# The same with random UUID eventIds (v4, as most clients send): 36
+# characters of text took 72 bytes per event; as their 16 bytes, in the keys
+# and in the expiry lists, about 50.
+MAX_UUID_BYTES = 56
 
 
-def batch_body(rnd, first, n, shift_ms=0):
+def uuid_of(i):
+    h = "%032x" % random.Random(i).getrandbits(128)
+    return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+def batch_body(rnd, first, n, shift_ms=0, uuids=False):
     now = int(time.time() * 1000)
     events = []
     for i in range(first, first + n):
         ts = now - 3600 * 1000 - rnd.randrange(29 * DAY_MS) + shift_ms
         events.append({
-            "eventId": "imp-7-%d" % i,
+            "eventId": uuid_of(i) if uuids else "imp-7-%d" % i,
             "eventType": "track",
             "eventName": "message_sent",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000))
@@ -71,6 +80,31 @@ class DedupeKeyBytesTest(AttackTestCase):
         self.assertEqual(again.get("duplicates"), BATCH, str(again)[:300])
         per_event = self.dedupe_bytes() / EVENTS
         self.assertLessEqual(per_event, MAX_BYTES,
+                             "deduplication keys take %.1f bytes per event" % per_event)
+        self.assert_survived()
+
+
+class UuidDedupeKeyBytesTest(DedupeKeyBytesTest):
+    """The same on a server of its own, with UUID eventIds."""
+
+    test_dedupe_keys_took_66_bytes_per_event_with_their_expiry_index = None
+
+    def test_uuid_event_ids_took_72_bytes_per_event_as_text_keys(self):
+        rnd = random.Random(22)
+        with self.rss_watch():
+            for first in range(0, EVENTS, BATCH):
+                out = self.post(batch_body(rnd, first, BATCH, uuids=True))
+                self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+            again = self.post(batch_body(rnd, 0, BATCH, shift_ms=2 * DAY_MS, uuids=True))
+            # The same UUIDs in upper case are other ids.
+            upper = json.loads(batch_body(rnd, 0, 10, uuids=True))
+            for e in upper["events"]:
+                e["eventId"] = e["eventId"].upper()
+            other = self.post(json.dumps(upper))
+        self.assertEqual(again.get("duplicates"), BATCH, str(again)[:300])
+        self.assertEqual(other.get("accepted"), 10, str(other)[:300])
+        per_event = self.dedupe_bytes() / EVENTS
+        self.assertLessEqual(per_event, MAX_UUID_BYTES,
                              "deduplication keys take %.1f bytes per event" % per_event)
         self.assert_survived()
 

@@ -89,11 +89,11 @@ class FieldEncryption(adversary.AttackTestCase):
                          "victim@example.org")
         db = sqlite3.connect(os.path.join(self.server.data_dir, "analytics.db"), timeout=10)
         try:
-            # The body: a tag byte (0: not compressed, as few events are),
-            # the free text, then the payload.
+            # The body: a tag byte (0x80: not compressed, as few events are),
+            # the free text, the properties, then the payload.
             seq, payload = db.execute("SELECT seq, body FROM events WHERE event_name = ?",
                                       (name,)).fetchone()
-            self.assertEqual(payload[0], 0)
+            self.assertEqual(payload[0], 0x80)
             at = payload.index(b"ana:enc:") + len(b"ana:enc:") + 30
             changed = payload[:at] + (b"B" if payload[at:at + 1] != b"B" else b"C") + \
                 payload[at + 1:]

@@ -3,7 +3,9 @@
  * response instead of its request), byte 1 the options, the rest is JSON.
  * Whatever decodes must encode, decode again, and encode to the same text.
  * With option bit 0x10 the rest is instead "field.path\0value" for
- * ana_json_set_field, whose result must encode and read back too. */
+ * ana_json_set_field, whose result must encode and read back too. With bit
+ * 0x20 the text is also decoded with its largest array split in chunks,
+ * which must give the same message or the same error. */
 #include "ana_arena.h"
 #include "ana_json.h"
 #include "ana_methods.h"
@@ -54,6 +56,47 @@ static void check_round_trip(const ProtobufCMessage *m, const struct ana_json_op
   free(second);
 }
 
+/* Runs the chunks last first, as other threads may finish them. */
+static void reverse_runner(void *runner, size_t n, void (*fn)(void *ctx, size_t i), void *ctx) {
+  (void)runner;
+  for (size_t i = n; i-- > 0;)
+    fn(ctx, i);
+}
+
+/* The document decoded with its largest array split in chunks (however
+ * small) must give what the whole decode gave: the same message, or the
+ * same error. */
+static void check_split(const ProtobufCMessageDescriptor *desc, const char *text, size_t size,
+                        const struct ana_json_options *o, const ProtobufCMessage *whole,
+                        const struct ana_error *whole_err) {
+  struct ana_json_options po = *o;
+  po.parallel = reverse_runner;
+  po.parallel_min_bytes = 1;
+  po.parallel_min_elements = 2;
+  struct ana_arena arena;
+  ana_arena_init(&arena, 0, 0);
+  struct ana_error err;
+  char path[128];
+  ProtobufCMessage *m = ana_json_decode(desc, text, size, &arena, &po, &err, path, sizeof path);
+  if (!m != !whole)
+    abort();
+  if (!m && (err.code != whole_err->code || strcmp(err.message, whole_err->message) != 0))
+    abort();
+  if (m) {
+    size_t a = protobuf_c_message_get_packed_size(m), b = protobuf_c_message_get_packed_size(whole);
+    uint8_t *pa = malloc(a ? a : 1), *pb = malloc(b ? b : 1);
+    if (!pa || !pb)
+      abort();
+    protobuf_c_message_pack(m, pa);
+    protobuf_c_message_pack(whole, pb);
+    if (a != b || memcmp(pa, pb, a) != 0)
+      abort();
+    free(pa);
+    free(pb);
+  }
+  ana_arena_fini(&arena);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 2)
     return 0;
@@ -94,6 +137,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ProtobufCMessage *m = ana_json_decode(desc, text, size, &arena, &o, &err, path, sizeof path);
     if (m)
       check_round_trip(m, &o, &arena, 0);
+    if (flags & 0x20)
+      check_split(desc, text, size, &o, m, &err);
   }
   ana_arena_fini(&arena);
   return 0;

@@ -90,12 +90,44 @@ static void works_as_protobuf_allocator(void **state) {
   ana_arena_fini(&a);
 }
 
+static void adopted_chunks_live_with_the_adopter(void **state) {
+  (void)state;
+  struct ana_arena a, b;
+  ana_arena_init(&a, 64, 0);
+  ana_arena_init(&b, 64, 0);
+  char *keep = ana_arena_strdup(&a, "first");
+  for (int i = 0; i < 50; i++)
+    assert_non_null(ana_arena_alloc(&b, 40));
+  char *moved = ana_arena_strdup(&b, "moved");
+  size_t used = a.used + b.used;
+  ana_arena_adopt(&a, &b);
+  assert_int_equal(a.used, used);
+  assert_int_equal(b.used, 0);
+  assert_null(b.head);
+  /* a's current chunk stays first: its free space is used next */
+  char *next = ana_arena_alloc(&a, 8);
+  assert_ptr_equal(next, keep + 16);
+  ana_arena_adopt(&a, &b); /* an empty arena: nothing moves */
+  assert_string_equal(moved, "moved");
+  assert_non_null(ana_arena_strdup(&b, "reusable"));
+  ana_arena_fini(&b);
+  ana_arena_fini(&a); /* frees the adopted chunks (ASan: no leak) */
+  struct ana_arena empty;
+  ana_arena_init(&empty, 64, 0);
+  ana_arena_init(&b, 64, 0);
+  assert_non_null(ana_arena_strdup(&b, "x"));
+  ana_arena_adopt(&empty, &b);
+  assert_non_null(empty.head);
+  ana_arena_fini(&empty);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(allocations_are_aligned_and_distinct),
       cmocka_unit_test(large_allocation_keeps_current_chunk),
       cmocka_unit_test(limit_is_enforced),
       cmocka_unit_test(calloc_and_strdup),
+      cmocka_unit_test(adopted_chunks_live_with_the_adopter),
       cmocka_unit_test(out_of_memory_returns_null),
       cmocka_unit_test(works_as_protobuf_allocator),
   };

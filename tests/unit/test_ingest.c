@@ -12,6 +12,7 @@
 #include "ana_ingest.h"
 #include "ana_timestamp.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -311,6 +312,71 @@ static void client_ip_from_peer_and_trusted_proxies(void **state) {
   assert_string_equal(ip, "");
 }
 
+/* The payload of an event prepared from its known size (the batch's sizing)
+ * is the enriched event, sized exactly, whatever the fields it replaces
+ * (an id and account given or not, a context, times). */
+static void a_known_size_and_id_make_the_same_payload(void **state) {
+  (void)state;
+  struct ana_ingest_request req = {
+      .account_id = "acct-1", .client_ip = "203.0.113.7", .now_ms = NOW, .limits = &limits};
+  Analytics__V1__EventContext ctx = ANALYTICS__V1__EVENT_CONTEXT__INIT;
+  ctx.locale = "de-DE";
+  ctx.ip = "198.51.100.1"; /* replaced by the connection's */
+  Google__Protobuf__Timestamp recv = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+  recv.seconds = 5;
+  for (int v = 0; v < 8; v++) {
+    setup(state);
+    ts.seconds = NOW / 1000 - 60;
+    ev.timestamp = v & 1 ? &ts : NULL;
+    ev.context = v & 2 ? &ctx : NULL;
+    ev.account_id = v & 4 ? "acct-1" : NULL;
+    ev.received_at = v & 4 ? &recv : NULL; /* output only: replaced */
+    ev.session_id = "s-1";
+    struct ana_ingest_event in = {&ev, protobuf_c_message_get_packed_size(&ev.base), "given-id"};
+    assert_int_equal(ana_ingest_prepare_known(&req, &in, "events[7]", &arena, &item), 0);
+    assert_int_equal(item.status, ANALYTICS__V1__EVENT_RESULT__STATUS__ACCEPTED);
+    assert_string_equal(item.event_id, "given-id");
+    Analytics__V1__Event *stored =
+        analytics__v1__event__unpack(NULL, item.record.payload_len, item.record.payload);
+    assert_non_null(stored);
+    assert_int_equal(protobuf_c_message_get_packed_size(&stored->base), item.record.payload_len);
+    assert_string_equal(stored->event_id, "given-id");
+    assert_string_equal(stored->account_id, "acct-1");
+    assert_string_equal(stored->context->ip, "203.0.113.7");
+    assert_string_equal(stored->context->locale, v & 2 ? "de-DE" : "");
+    assert_int_equal(stored->received_at->seconds, NOW / 1000);
+    analytics__v1__event__free_unpacked(stored, NULL);
+  }
+  /* A client id is kept over the one offered. */
+  setup(state);
+  ev.event_id = "mine";
+  struct ana_ingest_event in = {&ev, protobuf_c_message_get_packed_size(&ev.base), "given-id"};
+  assert_int_equal(ana_ingest_prepare_known(&req, &in, "", &arena, &item), 0);
+  assert_string_equal(item.event_id, "mine");
+}
+
+/* A long key path is cut to the path buffer as before, never past it. */
+static void a_long_property_path_is_cut(void **state) {
+  (void)state;
+  static char key[700];
+  memset(key, 'k', sizeof key - 1);
+  Google__Protobuf__Value bad = GOOGLE__PROTOBUF__VALUE__INIT;
+  bad.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
+  bad.number_value = INFINITY;
+  Google__Protobuf__Struct__FieldsEntry e = GOOGLE__PROTOBUF__STRUCT__FIELDS_ENTRY__INIT;
+  e.key = key;
+  e.value = &bad;
+  Google__Protobuf__Struct__FieldsEntry *ep = &e;
+  Google__Protobuf__Struct props = GOOGLE__PROTOBUF__STRUCT__INIT;
+  props.n_fields = 1;
+  props.fields = &ep;
+  ev.properties = &props;
+  prepare("events[3]");
+  assert_int_equal(item.status, ANALYTICS__V1__EVENT_RESULT__STATUS__REJECTED);
+  assert_int_equal(strlen(item.violations[0].field), 511); /* the violation's own cut */
+  assert_memory_equal(item.violations[0].field, "events[3].properties.kkk", 24);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(a_minimal_event_is_accepted_and_enriched, setup, teardown),
@@ -325,6 +391,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(skew_is_corrected_with_segments_formula, setup, teardown),
       cmocka_unit_test_setup_teardown(timestamps_outside_the_window, setup, teardown),
       cmocka_unit_test_setup_teardown(client_ip_from_peer_and_trusted_proxies, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_known_size_and_id_make_the_same_payload, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_long_property_path_is_cut, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

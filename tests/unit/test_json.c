@@ -1608,6 +1608,154 @@ static void encode_stream_equals_whole(void **state) {
   assert_string_equal(t, "1970-01-01T23:59:59.005Z");
 }
 
+/* ---- a large array decoded in chunks (ana_json_options.parallel) ---- */
+
+static size_t runner_calls;
+
+/* Runs the chunks last first, as other threads may finish them. */
+static void reverse_runner(void *runner, size_t n, void (*fn)(void *ctx, size_t i), void *ctx) {
+  (void)runner;
+  runner_calls++;
+  for (size_t i = n; i-- > 0;)
+    fn(ctx, i);
+}
+
+/* {"events":[...]} of n events (over 64 KiB for n >= 500); event `odd`
+ * (n: none) ends with the members `extra` instead of its last property. */
+static char *batch_doc(size_t n, size_t odd, const char *extra) {
+  size_t cap = n * 300 + 256, len = 0;
+  char *doc = malloc(cap);
+  assert_non_null(doc);
+  len += (size_t)snprintf(doc + len, cap - len, " { \"batchId\" : \"b-1\", \"events\" : [");
+  for (size_t i = 0; i < n; i++)
+    len += (size_t)snprintf(
+        doc + len, cap - len,
+        "%s{\"eventId\":\"e-%zu\",\"eventType\":\"message\",\"eventName\":\"sent\","
+        "\"timestamp\":\"2026-12-01T10:00:%02zu.%03zuZ\",\"properties\":{\"campaignId\":\"c%zu\","
+        "\"n\":%zu,\"list\":[1,\"two\",{\"three\":null}]%s%s}}",
+        i ? (i % 7 ? "," : " ,\n ") : "", i, i % 60, i % 1000, i % 50, i, i == odd ? "}," : "",
+        i == odd ? extra : ",\"last\":true");
+  len += (size_t)snprintf(doc + len, cap - len, "] }\n");
+  return doc;
+}
+
+/* The packed bytes of m (malloc'd) and their count. */
+static uint8_t *packed(const ProtobufCMessage *m, size_t *n) {
+  *n = protobuf_c_message_get_packed_size(m);
+  uint8_t *b = malloc(*n ? *n : 1);
+  assert_non_null(b);
+  protobuf_c_message_pack(m, b);
+  return b;
+}
+
+static void decode_large_array_in_chunks(void **state) {
+  (void)state;
+  const ProtobufCMessageDescriptor *d = &analytics__v1__ingest_request__descriptor;
+  struct ana_json_options par = {.parallel = reverse_runner};
+  char *doc = batch_doc(700, SIZE_MAX, NULL);
+  assert_true(strlen(doc) > (64u << 10));
+  runner_calls = 0;
+  ProtobufCMessage *whole = dec(d, doc, NULL);
+  assert_non_null(whole);
+  assert_int_equal(runner_calls, 0);
+  ProtobufCMessage *split = dec(d, doc, &par);
+  assert_non_null(split);
+  assert_int_equal(runner_calls, 1); /* decoded in chunks */
+  assert_string_equal(path, "");
+  size_t nw, ns;
+  uint8_t *bw = packed(whole, &nw), *bs = packed(split, &ns);
+  assert_int_equal(nw, ns);
+  assert_memory_equal(bw, bs, nw);
+  free(bw);
+  free(bs);
+  Analytics__V1__IngestRequest *r = (void *)split;
+  assert_int_equal(r->n_events, 700);
+  assert_string_equal(r->batch_id, "b-1");
+  assert_string_equal(r->events[699]->event_id, "e-699");
+  free(doc);
+}
+
+/* Every error of a document split in chunks is the one of decoding it
+ * whole: the same message, naming the same event. */
+static void decode_in_chunks_errors_as_whole(void **state) {
+  (void)state;
+  const ProtobufCMessageDescriptor *d = &analytics__v1__ingest_request__descriptor;
+  static const char *const extras[] = {
+      "\"eventName\":5",            /* a wrong type */
+      "\"bogus\":1",                /* an unknown field */
+      "\"eventId\":\"x\"",          /* a field given twice */
+      "\"timestamp\":\"noon\"",     /* a bad timestamp */
+      "\"eventName\":tru",          /* invalid JSON */
+      "\"eventName\":\"a\\ud800\"", /* a lone surrogate */
+      "\"event_id\":\"again\"",     /* a field named twice by its two names */
+  };
+  for (size_t c = 0; c < sizeof extras / sizeof *extras; c++) {
+    for (int ignore = 0; ignore < 2; ignore++) {
+      char *doc = batch_doc(600, 437, extras[c]);
+      struct ana_json_options one = {.ignore_unknown = ignore};
+      struct ana_json_options par = {.ignore_unknown = ignore, .parallel = reverse_runner};
+      ProtobufCMessage *a = dec(d, doc, &one);
+      char whole_msg[sizeof err.message], whole_path[sizeof path];
+      snprintf(whole_msg, sizeof whole_msg, "%s", a ? "" : err.message);
+      snprintf(whole_path, sizeof whole_path, "%s", path);
+      ProtobufCMessage *b = dec(d, doc, &par);
+      assert_int_equal(a == NULL, b == NULL);
+      if (!a) {
+        assert_string_equal(err.message, whole_msg);
+        assert_string_equal(path, whole_path);
+        assert_non_null(strstr(whole_msg, "events[437]"));
+      }
+      free(doc);
+    }
+  }
+  /* Broken around the array: a trailing comma, the array named twice, a
+   * null element, text after the document, a cut document. */
+  char *doc = batch_doc(600, SIZE_MAX, NULL);
+  size_t len = strlen(doc);
+  char *bad[5];
+  size_t cut = (size_t)(strrchr(doc, ']') - doc);
+  assert_true(asprintf(&bad[0], "%.*s,%s", (int)cut, doc, doc + cut) > 0);
+  assert_true(asprintf(&bad[1], "%.*s,\"events\":[]}", (int)(strrchr(doc, '}') - doc), doc) > 0);
+  assert_true(asprintf(&bad[2], "%.*s,null%s", (int)cut, doc, doc + cut) > 0);
+  assert_true(asprintf(&bad[3], "%s{}", doc) > 0);
+  assert_true(asprintf(&bad[4], "%.*s", (int)(len - 40), doc) > 0);
+  for (size_t c = 0; c < 5; c++) {
+    struct ana_json_options par = {.parallel = reverse_runner};
+    assert_null(dec(d, bad[c], NULL));
+    char whole_msg[sizeof err.message];
+    snprintf(whole_msg, sizeof whole_msg, "%s", err.message);
+    assert_null(dec(d, bad[c], &par));
+    assert_string_equal(err.message, whole_msg);
+    free(bad[c]);
+  }
+  free(doc);
+}
+
+/* An array of many tiny elements costs about as much memory split in
+ * chunks as decoded whole. */
+static void decode_tiny_elements_in_chunks(void **state) {
+  (void)state;
+  const ProtobufCMessageDescriptor *d = &analytics__v1__ingest_request__descriptor;
+  size_t n = 30000, len = 0;
+  char *doc = malloc(n * 3 + 32);
+  assert_non_null(doc);
+  len += (size_t)sprintf(doc, "{\"events\":[");
+  for (size_t i = 0; i < n; i++)
+    len += (size_t)sprintf(doc + len, "%s{}", i ? "," : "");
+  sprintf(doc + len, "]}");
+  struct ana_json_options par = {.parallel = reverse_runner};
+  runner_calls = 0;
+  assert_non_null(dec(d, doc, NULL));
+  size_t whole = ana_arena_capacity(&arena);
+  ana_arena_reset(&arena);
+  Analytics__V1__IngestRequest *r = dec(d, doc, &par);
+  assert_non_null(r);
+  assert_int_equal(runner_calls, 1);
+  assert_int_equal(r->n_events, n);
+  assert_true(ana_arena_capacity(&arena) < 3 * whole);
+  free(doc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1658,6 +1806,9 @@ int main(void) {
       T(integer_text),
       T(base64_and_utf8),
       T(timestamps_round_trip_everywhere),
+      T(decode_large_array_in_chunks),
+      T(decode_in_chunks_errors_as_whole),
+      T(decode_tiny_elements_in_chunks),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,10 +26,11 @@
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 20
+#define SCHEMA_VERSION 22
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -179,7 +180,7 @@ static void remove_text_index(void) {
 
 struct hits {
   int n;
-  char ids[64][32];
+  char ids[64][160];
   int64_t ts[64];
 };
 
@@ -678,7 +679,7 @@ static void check_pages(int64_t from, int64_t to, const char *name, bool (*keep)
   qsort(order, (size_t)n, sizeof order[0], ooo_newest_first);
   struct ana_event_query q = {
       .account_id = "acct-1", .from_ms = from, .to_ms = to, .event_name = name, .limit = 37};
-  char cursor_id[32];
+  char cursor_id[160];
   int seen = 0;
   for (;;) {
     struct hits h = search(q);
@@ -903,7 +904,8 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
 #define DEDUPE_KEYS_OF_SCHEMA_12                                                                   \
   "CREATE TABLE old_keys (account_id TEXT NOT NULL, event_id TEXT NOT NULL,"                       \
   "  expires_at INTEGER NOT NULL, PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"              \
-  "INSERT INTO old_keys SELECT a.account_id, k.event_id, 4102444800000 FROM dedupe_keys k"         \
+  "INSERT INTO old_keys SELECT a.account_id, ana_event_id(k.event_id), 4102444800000"              \
+  "  FROM dedupe_keys k"                                                                           \
   "  JOIN dedupe_accounts a ON a.id = k.account;"                                                  \
   "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry; DROP TABLE dedupe_accounts;"                  \
   "ALTER TABLE old_keys RENAME TO dedupe_keys;"                                                    \
@@ -919,9 +921,10 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "  event_type TEXT NOT NULL, event_name TEXT NOT NULL, ts INTEGER NOT NULL,"                     \
   "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
   "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
-  "INSERT INTO old_events SELECT seq, account_id, event_id, session_id, event_type, event_name,"   \
-  "  ts, received_at, properties, ana_event_text(body), ana_event_payload(body) FROM events"       \
-  "  ORDER BY seq;"                                                                                \
+  "INSERT INTO old_events SELECT seq, (SELECT a.account_id FROM dedupe_accounts a"                 \
+  "  WHERE a.id = events.account_id), ana_event_id(event_id), session_id, event_type, event_name," \
+  "  ts, ts + received_delta, ana_event_props(body), ana_event_text(body),"                        \
+  "  ana_event_payload(body, event_id, ts, ts + received_delta) FROM events ORDER BY seq;"         \
   "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts;"                               \
   "ALTER TABLE old_events RENAME TO events;"                                                       \
   "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
@@ -1079,18 +1082,18 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
   assert_true(commit_bodies(r, ids, texts, 1500, 1600));
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
-  assert_true(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'") > 0);
+  assert_true(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1") > 0);
 
   ana_local_db_retire_dicts(db, 1);
   assert_true(commit_bodies(r, ids, texts, 1600, 2700)); /* raw, and sampled */
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"
                                 "  AND CAST(substr(event_id, 3) AS INTEGER) >= 1600"),
                    0);
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
   assert_true(commit_bodies(r, ids, texts, 2700, N));
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT max(id) FROM event_dicts"), 2);
-  assert_true(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'02'") > 0);
+  assert_true(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 2") > 0);
 
   struct ana_error err;
   struct ana_local_conn *conn = ana_local_conn_open(db, &err);
@@ -1103,7 +1106,7 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
   assert_true(total > 0);
   assert_int_equal(ana_local_reencryption_drop_dicts(conn, 1, &err), 0);
   ana_local_conn_close(conn);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts WHERE id = 1"), 0);
   struct body_check c = {0};
   assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
@@ -1136,16 +1139,15 @@ static void dictionary_training_does_not_hold_commits(void **state) {
   assert_true(commit_bodies(r, ids, texts, 5000, 6000)); /* while it trains */
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 0);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) != x'00'"),
-                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) != 0"), 0);
   ana_event_codec_hold_training(codec, false);
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
   assert_true(commit_bodies(r, ids, texts, 6000, N));
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
-  int packed = query_int(w, "SELECT count(*) FROM events WHERE hex(substr(body, 1, 1)) = '01'");
+  int packed = query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1");
   assert_true(packed >= 900 && packed <= 1000);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'"
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"
                                 "  AND CAST(substr(event_id, 3) AS INTEGER) < 6000"),
                    0);
   struct ana_error err;
@@ -1171,8 +1173,7 @@ static void dictionary_training_does_not_hold_commits(void **state) {
   assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0); /* moved into events */
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
   assert_int_equal(
-      query_int(w, "SELECT hex(substr(body, 1, 1)) = '01' FROM events WHERE event_id = 'd-7000'"),
-      1);
+      query_int(w, "SELECT ana_event_dict(body) = 1 FROM events WHERE event_id = 'd-7000'"), 1);
   c = (struct body_check){0};
   assert_int_equal(ana_local_spool_each(db, 0, N + 1, check_body, &c, &err), N + 1);
   assert_int_equal(c.bad, 0);
@@ -1438,6 +1439,374 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
                    0);
   struct hits h = search((struct ana_event_query){.account_id = "acct-1", .text = "upgraded"});
   assert_int_equal(h.n, 2);
+}
+
+/* --- event ids and properties as the rows store them --- */
+
+/* A payload as the ingest packs one (protobuf-c, fields in number order):
+ * event_id (1), event_name (5), timestamp (6), a Struct-ish field 7 and
+ * received_at (10); ts_nanos_extra makes the timestamp differ from the
+ * row's ms (that field then stays in the payload). Returns its length. */
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+static size_t put_timestamp(uint8_t *p, unsigned field, int64_t ms, int nanos_extra) {
+  uint8_t m[24];
+  size_t k = 0;
+  m[k++] = 0x08;
+  k += put_varint(m + k, (uint64_t)(ms / 1000));
+  if (ms % 1000 || nanos_extra) {
+    m[k++] = 0x10;
+    k += put_varint(m + k, (uint64_t)(ms % 1000 * 1000000 + nanos_extra));
+  }
+  size_t n = put_varint(p, field << 3 | 2);
+  n += put_varint(p + n, k);
+  memcpy(p + n, m, k);
+  return n + k;
+}
+
+static size_t event_payload(uint8_t *p, const char *id, int64_t ts, int nanos_extra, int i) {
+  size_t n = 0, len = strlen(id);
+  if (len) {
+    p[n++] = 0x0a;
+    n += put_varint(p + n, len);
+    memcpy(p + n, id, len);
+    n += len;
+  }
+  p[n++] = 0x2a;
+  p[n++] = 4;
+  memcpy(p + n, "sent", 4);
+  n += 4;
+  n += put_timestamp(p + n, 6, ts, nanos_extra);
+  char other[16];
+  int olen = snprintf(other, sizeof other, "v%d", i);
+  p[n++] = 0x3a;
+  p[n++] = (uint8_t)olen;
+  memcpy(p + n, other, (size_t)olen);
+  n += (size_t)olen;
+  n += put_timestamp(p + n, 10, NOW, 0);
+  return n;
+}
+
+#define SHAPES 10
+static const char *const shape_ids[SHAPES] = {
+    "0f8fad5b-d9cb-469f-a165-70867728950e", /* canonical lower case: 16 bytes */
+    "0F8FAD5B-D9CB-469F-A165-70867728950E", /* upper case: text */
+    "0f8fad5b-d9cb-469f-a165-70867728950E", /* one upper-case digit: text */
+    "0f8fad5bd9cb469fa16570867728950e",     /* no dashes: text */
+    "0f8fad5b-d9cb-469f-a165-70867728950",  /* 35 characters */
+    "0f8fad5b-d9cb-469f-a165-70867728950g", /* not hex */
+    "0f8fad5b-d9cb-469f-a16570867728950e-", /* a dash moved */
+    "",
+    "order-42",
+    NULL, /* 128 characters, below */
+};
+
+struct shape_rows {
+  const char *ids[SHAPES];
+  uint8_t payloads[SHAPES][512];
+  size_t lens[SHAPES];
+  char props[SHAPES][64];
+  int seen[SHAPES], bad;
+};
+
+static int shape_index(struct shape_rows *s, const char *id) {
+  for (int i = 0; i < SHAPES; i++)
+    if (strcmp(s->ids[i], id) == 0)
+      return i;
+  return -1;
+}
+
+static int check_shape_row(void *ctx, const struct ana_spooled_event *e, struct ana_error *err) {
+  (void)err;
+  struct shape_rows *s = ctx;
+  int i = shape_index(s, e->event_id);
+  if (i < 0 || e->payload_len != s->lens[i] || memcmp(e->payload, s->payloads[i], s->lens[i]) ||
+      strcmp(e->properties_json, s->props[i]) || strcmp(e->account_id, "acct-1") ||
+      e->received_at_ms != NOW || e->timestamp_ms != NOW - DAY + (i == 4 ? 7 : 0)) {
+    s->bad++;
+    return 0;
+  }
+  s->seen[i]++;
+  return 0;
+}
+
+static int check_shape_scan(void *ctx, const struct ana_scanned_event *ev) {
+  struct shape_rows *s = ctx;
+  int i = shape_index(s, ev->event_id);
+  if (i < 0 || strcmp(ev->properties_json, s->props[i]) != 0)
+    s->bad++;
+  else
+    s->seen[i]++;
+  return 0;
+}
+
+/* Every shape of event id reads back as it was sent (only a canonical
+ * lower-case UUID is stored as 16 bytes), with its properties and its
+ * payload byte for byte (the fields the columns hold are put back, one
+ * whose timestamp the columns cannot give stays); pages by cursor over
+ * events of one timestamp with mixed id shapes neither skip nor repeat;
+ * the same ids again are duplicates. */
+static void event_ids_and_properties_round_trip_in_every_shape(void **state) {
+  (void)state;
+  static struct shape_rows s;
+  memset(&s, 0, sizeof s);
+  char long_id[129];
+  memset(long_id, 'k', 128);
+  long_id[128] = '\0';
+  struct ana_event_record r[SHAPES];
+  for (int i = 0; i < SHAPES; i++) {
+    s.ids[i] = shape_ids[i] ? shape_ids[i] : long_id;
+    int64_t ts = NOW - DAY + (i == 4 ? 7 : 0);
+    s.lens[i] = event_payload(s.payloads[i], s.ids[i], ts, i == 2 ? 5 : 0, i);
+    snprintf(s.props[i], sizeof s.props[i], "{\"k\":\"v%d\",\"n\":%d}", i, i);
+    r[i] = record("acct-1", s.ids[i], "sent", ts, s.props[i], "shape words");
+    r[i].payload = s.payloads[i];
+    r[i].payload_len = s.lens[i];
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, SHAPES, &req), 0);
+  wait_done(1);
+  assert_int_equal(last_rc, 0);
+  struct ana_error werr;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &werr), 0); /* moved into events */
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_id) = 'blob'"
+                                " AND length(event_id) = 16"),
+                   1);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys WHERE typeof(event_id) = 'blob'"
+                                " AND length(event_id) = 16"),
+                   1);
+  assert_int_equal(query_int(w, "SELECT count(DISTINCT account_id) FROM events"
+                                " WHERE typeof(account_id) = 'integer'"),
+                   1);
+
+  struct ana_error err;
+  assert_int_equal(ana_local_spool_each(db, 0, 100, check_shape_row, &s, &err), SHAPES);
+  assert_int_equal(s.bad, 0);
+  for (int i = 0; i < SHAPES; i++)
+    assert_int_equal(s.seen[i], 1);
+  memset(s.seen, 0, sizeof s.seen);
+  assert_int_equal(
+      ops->scan(store, "acct-1", INT64_MIN, INT64_MAX, NULL, 0, check_shape_scan, &s, &err), 0);
+  assert_int_equal(ops->scan_seq(store, "acct-1", 0, 100, check_shape_scan, &s, &err), 0);
+  assert_int_equal(s.bad, 0);
+  for (int i = 0; i < SHAPES; i++)
+    assert_int_equal(s.seen[i], 2);
+
+  /* Pages of 3 by cursor. */
+  memset(s.seen, 0, sizeof s.seen);
+  struct ana_event_query q = {.account_id = "acct-1", .limit = 3};
+  char cursor[160] = "";
+  for (int page = 0; page < 6; page++) {
+    if (page > 0) {
+      q.after_cursor = true;
+      q.cursor_event_id = cursor;
+    }
+    struct hits h = search(q);
+    for (int k = 0; k < h.n; k++) {
+      int i = shape_index(&s, h.ids[k]);
+      assert_true(i >= 0);
+      s.seen[i]++;
+      q.cursor_ts = h.ts[k];
+      snprintf(cursor, sizeof cursor, "%s", s.ids[i]);
+    }
+    if (h.n < 3)
+      break;
+  }
+  for (int i = 0; i < SHAPES; i++)
+    assert_int_equal(s.seen[i], 1);
+
+  /* By a property, compared in the body's properties. */
+  const char *keys[] = {"k"}, *vals[] = {"v3"};
+  struct hits h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = keys, .property_values = vals, .n_properties = 1});
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], shape_ids[3]);
+  /* A number compares by its text (no substring test first); a value found
+   * in the text but not as the property's matches nothing. */
+  const char *nkeys[] = {"n"}, *nvals[] = {"4"}, *kvals[] = {"v"}, *ovals[] = {"n"};
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = nkeys, .property_values = nvals, .n_properties = 1});
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], s.ids[4]);
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = keys, .property_values = kvals, .n_properties = 1});
+  assert_int_equal(h.n, 0);
+  h = search((struct ana_event_query){
+      .account_id = "acct-1", .property_keys = keys, .property_values = ovals, .n_properties = 1});
+  assert_int_equal(h.n, 0);
+
+  /* The same ids again (and the UUID in upper case is another id). */
+  assert_int_equal(submit(r, SHAPES, &req), 0);
+  wait_done(2);
+  for (int i = 0; i < SHAPES; i++)
+    assert_true(r[i].duplicate);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), SHAPES);
+}
+
+static int check_migrated_row(void *ctx, const struct ana_spooled_event *e, struct ana_error *err) {
+  (void)err;
+  struct shape_rows *s = ctx;
+  int i = (int)e->seq - 1;
+  if (i < 0 || i > 2 || strcmp(e->event_id, s->ids[i]) || e->payload_len != s->lens[i] ||
+      memcmp(e->payload, s->payloads[i], s->lens[i]) || strcmp(e->properties_json, s->props[i]) ||
+      strcmp(e->account_id, "acct-1") || strcmp(e->search_text, "shape words") ||
+      e->received_at_ms != NOW || e->timestamp_ms != NOW - (3 - i) * DAY)
+    s->bad++;
+  return 0;
+}
+
+/* The events rows and dedupe keys of the format before (account id text,
+ * event id text, properties in a column, bodies of content v1, raw or
+ * compressed with a dictionary) are converted on start: every event reads
+ * back the same, a UUID id is 16 bytes, and its key still claims it. */
+static void store_of_the_previous_row_format_is_migrated_on_start(void **state) {
+  (void)state;
+  close_store();
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "rm -f %s/analytics.db* %s/analytics-text.db*", dir, dir);
+  assert_int_equal(system(cmd), 0);
+  int v = ana_local_db_migration_containing("CREATE TABLE events_v2");
+  assert_true(v > 1);
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  struct ana_error err;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_event_body_register(conn), 0);
+  assert_int_equal(ana_dedupe_register(conn), 0);
+  if (ana_local_db_migrate_upto(conn, v - 1, &err) < 0)
+    fail_msg("%s", err.message);
+
+  static struct shape_rows s;
+  memset(&s, 0, sizeof s);
+  static const char *const ids[3] = {"0f8fad5b-d9cb-469f-a165-70867728950e", "Plain-Old-1",
+                                     "7c9e6679-7425-40de-944b-e07fc1f90ae7"};
+  for (int i = 0; i < 3; i++) {
+    s.ids[i] = ids[i];
+    s.lens[i] = event_payload(s.payloads[i], ids[i], NOW - (3 - i) * DAY, 0, i);
+    snprintf(s.props[i], sizeof s.props[i], "{\"k\":\"v%d\"}", i);
+  }
+  /* A raw-content dictionary for the third body: its own words. */
+  uint8_t dict[512];
+  size_t dn = 0;
+  while (dn + 11 + s.lens[2] + 16 < sizeof dict) {
+    memcpy(dict + dn, "shape words", 11);
+    dn += 11;
+    memcpy(dict + dn, s.props[2], strlen(s.props[2]));
+    dn += strlen(s.props[2]);
+    memcpy(dict + dn, s.payloads[2], s.lens[2]);
+    dn += s.lens[2];
+  }
+  memset(dict + dn, 'x', sizeof dict - dn);
+  ZSTD_CDict *cd = ZSTD_createCDict(dict, sizeof dict, 1);
+  ZSTD_CCtx *cctx = ZSTD_createCCtx();
+  assert_non_null(cd);
+  assert_non_null(cctx);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(
+      sqlite3_prepare_v2(conn, "INSERT INTO event_dicts (id, dict) VALUES (1, ?)", -1, &st, NULL),
+      SQLITE_OK);
+  sqlite3_bind_blob(st, 1, dict, sizeof dict, SQLITE_STATIC);
+  assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+  sqlite3_finalize(st);
+  assert_int_equal(sqlite3_exec(conn,
+                                "INSERT INTO dedupe_accounts (id, account_id) VALUES (4, 'acct-1');"
+                                "UPDATE event_seq SET last = 3",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(
+      sqlite3_prepare_v2(conn,
+                         "INSERT INTO events (key, seq, account_id, event_id, session_id,"
+                         " event_type, event_name, ts, received_at, properties, body)"
+                         " VALUES (?1, ?2, 'acct-1', ?3, 's1', 'message', 'sent', ?4, ?5, ?6,"
+                         " CASE WHEN ?7 IS NULL THEN ana_event_body('shape words', ?8) ELSE ?7"
+                         " END)",
+                         -1, &st, NULL),
+      SQLITE_OK);
+  sqlite3_stmt *key = NULL;
+  assert_int_equal(sqlite3_prepare_v2(conn,
+                                      "INSERT INTO dedupe_keys (account, event_id) VALUES (4, ?)",
+                                      -1, &key, NULL),
+                   SQLITE_OK);
+  for (int i = 0; i < 3; i++) {
+    int64_t ts = NOW - (3 - i) * DAY;
+    uint8_t body[1024];
+    size_t blen = 0;
+    if (i == 2) {
+      uint8_t content[600];
+      size_t n = 0;
+      content[n++] = 11;
+      memcpy(content + n, "shape words", 11);
+      n += 11;
+      memcpy(content + n, s.payloads[i], s.lens[i]);
+      n += s.lens[i];
+      body[0] = 1;
+      size_t z = ZSTD_compress_usingCDict(cctx, body + 1, sizeof body - 1, content, n, cd);
+      assert_false(ZSTD_isError(z));
+      blen = z + 1;
+    }
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, ana_event_key(ts, (uint64_t)i + 1));
+    sqlite3_bind_int64(st, 2, i + 1);
+    sqlite3_bind_text(st, 3, ids[i], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, ts);
+    sqlite3_bind_int64(st, 5, NOW);
+    sqlite3_bind_text(st, 6, s.props[i], -1, SQLITE_STATIC);
+    if (blen)
+      sqlite3_bind_blob(st, 7, body, (int)blen, SQLITE_TRANSIENT);
+    else
+      sqlite3_bind_null(st, 7);
+    sqlite3_bind_blob(st, 8, s.payloads[i], (int)s.lens[i], SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_reset(key);
+    sqlite3_bind_text(key, 1, ids[i], -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(key), SQLITE_DONE);
+  }
+  sqlite3_finalize(st);
+  sqlite3_finalize(key);
+  ZSTD_freeCDict(cd);
+  ZSTD_freeCCtx(cctx);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_table_info('events')"
+                                "  WHERE name IN ('properties', 'received_at')"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_id) = 'blob'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"
+                                " WHERE typeof(event_id) = 'blob'"),
+                   2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE account_id = 4"), 3);
+  assert_int_equal(query_int(w, "SELECT ana_event_dict(body) FROM events WHERE seq = 3"), 1);
+  /* The payloads' event ids and timestamps are left out now. */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"
+                                " WHERE instr(ana_event_body_raw(body), 'Plain-Old-1') > 0"),
+                   0);
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1"});
+  assert_int_equal(h.n, 3);
+  for (int i = 0; i < 3; i++)
+    assert_string_equal(h.ids[2 - i], ids[i]);
+  memset(s.seen, 0, sizeof s.seen);
+  assert_int_equal(ana_local_spool_each(db, 0, 10, check_migrated_row, &s, &err), 3);
+  assert_int_equal(s.bad, 0);
+  /* Keys still claim their events, a UUID's too. */
+  struct ana_event_record again[3];
+  for (int i = 0; i < 3; i++)
+    again[i] = record("acct-1", ids[i], "sent", NOW, "{}", "x");
+  claim(again, 3);
+  for (int i = 0; i < 3; i++)
+    assert_true(again[i].duplicate);
 }
 
 /* A database of schema 10 whose alert tables the evaluator created itself
@@ -1910,6 +2279,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(upgrade_keeps_alert_tables_an_earlier_build_created, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(event_ids_and_properties_round_trip_in_every_shape, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(store_of_the_previous_row_format_is_migrated_on_start, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(full_database_gives_no_ack_and_stays_intact, setup, teardown),
       cmocka_unit_test_setup_teardown(catalog_objects_by_account_kind_and_name, setup, teardown),

@@ -8,7 +8,8 @@ struct ana_store_settings;
 
 /* The "clickhouse" event store (event_store.c): ships the spool to ClickHouse over HTTP; search
  * and scans are pushed down to ClickHouse (reads.c), replays in commit order (scan_seq) read
- * the local copy of this instance's events, scan_others ClickHouse's rows of other instances. */
+ * the local copy of this instance's events, scan_other ClickHouse's rows of another instance
+ * up to the sequence it marked as shipped (table shipped). */
 extern const struct ana_event_store_ops ana_clickhouse_event_store;
 
 /* Hands the store its settings (borrowed; they outlive the store) before open. */
@@ -56,6 +57,30 @@ int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_
                                   const void *body, size_t len, const char *query_id,
                                   struct ana_error *err);
 
+/* --- rows (rows.c) --- */
+
+/* RowBinary rows of the events table, growing; failed once out of memory (nothing more added). */
+struct ana_ch_rows {
+  unsigned char *p;
+  size_t len, cap;
+  bool failed;
+};
+
+/* The partition (Date: days since 1970, clamped to 0..65535) of a timestamp. */
+int ana_clickhouse_day(int64_t ts_ms);
+
+/* Appends e's row in the columns' order of the shipper's INSERT (event_store.c). */
+void ana_clickhouse_put_row(struct ana_ch_rows *b, const char *instance, uint64_t attempt,
+                            const struct ana_spooled_event *e);
+
+/* Appends the prop_keys and prop_values columns of a properties JSON: the top-level keys and
+ * their values as text (ana_clickhouse_value_text; objects and arrays as their compact JSON,
+ * null ones left out; nothing for text that is not an object). direct: a flat object (strings
+ * without escapes, numbers, booleans, nulls) is copied straight from the text; anything else,
+ * and every object when direct is false, goes through jansson. Both give the same bytes.
+ * Returns whether it was read straight from the text. */
+bool ana_clickhouse_put_props(struct ana_ch_rows *b, const char *json, bool direct);
+
 /* --- reads pushed down (reads.c) --- */
 
 /* What one read sees: ClickHouse's rows but this instance's after shipped, which it reads from
@@ -65,7 +90,10 @@ struct ana_clickhouse_view {
   struct ana_local_db *db;
   const char *instance;
   uint64_t shipped;
-  bool others; /* scans only: other instances' rows, none of this instance's (nor its spool) */
+  /* Scans only, not NULL: that other instance's rows with other_after < seq <= other_upto
+   * instead (none of this instance's, nor its spool). */
+  const char *other;
+  uint64_t other_after, other_upto;
 };
 
 /* The event store's search (no free text), as SQL merged with the spool's events after

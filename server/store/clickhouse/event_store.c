@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,7 +30,7 @@
 
 #define DAY_MS 86400000LL
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 4
 #define RETRY_MAX_MS 5000
 /* Spool rows read on one read snapshot while a batch is encoded. */
 #define SPOOL_READ_PIECE 10000
@@ -76,6 +75,12 @@ struct ch_store {
   atomic_uint_fast64_t dedupe_from;
   atomic_int_fast64_t dedupe_until;
   int timeout_ms;
+  /* The shipped table's row of this instance (shipper thread, or the send thread of the batch
+   * in flight): marked is the last sequence written there; the batches confirmed after it
+   * have timestamps from marked_min_ts on (INT64_MAX: none yet; INT64_MIN: not known, as
+   * after a start: the last row may be missing). */
+  uint64_t marked;
+  int64_t marked_min_ts;
 
   struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out,
       removed, agg_sql, agg_rows;
@@ -168,11 +173,13 @@ static int settle(struct ch_store *s, struct ana_error *err) {
   snprintf(count, sizeof count,
            "SELECT count() FROM system.processes WHERE query_id LIKE 'ana-%s-%%'", s->instance);
   for (int i = 0; i < 50; i++) {
-    int rc = ana_clickhouse_query(s->ch, kill, false, NULL, NULL, err);
-    if (rc < 0)
-      return rc;
+    /* An insert past the stages KILL can stop (code 380, "unkillable stages") is finishing:
+     * it is waited for like one being killed; ClickHouse unreachable fails the count below. */
+    struct ana_error kill_err;
+    if (ana_clickhouse_query(s->ch, kill, false, NULL, NULL, &kill_err) < 0)
+      ANA_DEBUG("clickhouse", "%s", kill_err.message);
     char *out = NULL;
-    rc = ana_clickhouse_query(s->ch, count, false, NULL, &out, err);
+    int rc = ana_clickhouse_query(s->ch, count, false, NULL, &out, err);
     uint64_t n = rc == 0 ? first_number(out) : 1;
     ana_free(out);
     if (rc < 0)
@@ -200,6 +207,13 @@ static const char *const migrations[SCHEMA_VERSION] = {
      * insert that wrote a row (a random id per INSERT), which tells copies of a row apart. */
     "ALTER TABLE events ADD COLUMN properties String AFTER prop_values,"
     " ADD COLUMN attempt UInt64 AFTER seq",
+    /* 3: each instance's confirmed batches: every event it committed up to seq is in events,
+     * and those from the previous row's seq on have ts >= min_ts (what other instances' rollups
+     * read up to, and from where in time). */
+    "CREATE TABLE IF NOT EXISTS shipped (instance String, seq UInt64, min_ts Int64)"
+    " ENGINE = MergeTree ORDER BY (instance, seq)",
+    /* 4: the instances that shipped before 3, at what they shipped by then. */
+    "INSERT INTO shipped SELECT instance, max(seq), min(ts) FROM events GROUP BY instance",
 };
 
 static int migrate(struct ch_store *s, struct ana_error *err) {
@@ -275,117 +289,7 @@ static int setup(struct ch_store *s, struct ana_error *err) {
   return 0;
 }
 
-/* --- rows --- */
-
-struct buf {
-  unsigned char *p;
-  size_t len, cap;
-  bool failed;
-};
-
-static void put(struct buf *b, const void *data, size_t n) {
-  if (b->failed || n == 0)
-    return;
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 65536;
-    while (cap < b->len + n)
-      cap *= 2;
-    unsigned char *p = ana_realloc(b->p, cap);
-    if (!p) {
-      b->failed = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, data, n);
-  b->len += n;
-}
-
-static void put_varint(struct buf *b, uint64_t v) {
-  unsigned char t[10];
-  size_t n = 0;
-  do {
-    t[n] = (unsigned char)(v & 0x7f);
-    v >>= 7;
-    if (v)
-      t[n] |= 0x80;
-    n++;
-  } while (v);
-  put(b, t, n);
-}
-
-static void put_bytes(struct buf *b, const void *s, size_t n) {
-  put_varint(b, n);
-  put(b, s, n);
-}
-
-static void put_str(struct buf *b, const char *s) {
-  put_bytes(b, s ? s : "", s ? strlen(s) : 0);
-}
-
-static void put_u64(struct buf *b, uint64_t v) {
-  unsigned char t[8];
-  for (int i = 0; i < 8; i++)
-    t[i] = (unsigned char)(v >> (8 * i));
-  put(b, t, 8);
-}
-
-static int day_of(int64_t ts_ms) {
-  int64_t d = ts_ms >= 0 ? ts_ms / DAY_MS : -((-ts_ms + DAY_MS - 1) / DAY_MS);
-  return d < 0 ? 0 : d > 65535 ? 65535 : (int)d;
-}
-
-/* Properties as parallel arrays of keys and of values as text, as the embedded store compares
- * them (ana_clickhouse_value_text; objects and arrays as their JSON; null ones left out). */
-static void put_properties(struct buf *b, const char *json) {
-  json_t *o = json ? json_loads(json, JSON_DECODE_ANY, NULL) : NULL;
-  size_t n = 0;
-  const char *key;
-  json_t *v;
-  if (json_is_object(o))
-    json_object_foreach(o, key, v) n += !json_is_null(v);
-  put_varint(b, n);
-  if (n)
-    json_object_foreach(o, key, v) if (!json_is_null(v)) put_str(b, key);
-  put_varint(b, n);
-  if (n) {
-    json_object_foreach(o, key, v) {
-      char num[64];
-      const char *t = ana_clickhouse_value_text(v, num, sizeof num);
-      if (json_is_string(v)) {
-        put_bytes(b, json_string_value(v), json_string_length(v));
-      } else if (t) {
-        put_str(b, t);
-      } else if (!json_is_null(v)) {
-        char *d = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        put_str(b, d ? d : "");
-        free(d);
-      }
-    }
-  }
-  json_decref(o);
-}
-
-static void put_row(struct buf *b, const char *instance, uint64_t attempt,
-                    const struct ana_spooled_event *e) {
-  put_str(b, instance);
-  put_u64(b, e->seq);
-  put_u64(b, attempt);
-  put_str(b, e->account_id);
-  put_str(b, e->event_id);
-  put_str(b, e->session_id);
-  put_str(b, e->event_type);
-  put_str(b, e->event_name);
-  put_u64(b, (uint64_t)e->timestamp_ms);
-  put_u64(b, (uint64_t)e->received_at_ms);
-  unsigned char day[2] = {(unsigned char)(day_of(e->timestamp_ms) & 0xff),
-                          (unsigned char)(day_of(e->timestamp_ms) >> 8)};
-  put(b, day, 2);
-  put_properties(b, e->properties_json);
-  put_str(b, e->properties_json && e->properties_json[0] ? e->properties_json : "{}");
-  put_bytes(b, e->payload, e->payload_len);
-}
+/* --- rows (rows.c) --- */
 
 /* An event's size as the spool bound counts it. */
 static int64_t event_bytes(size_t payload, const char *props, const char *id) {
@@ -446,6 +350,7 @@ struct job {
   struct ch_store *s;
   uint64_t first, last;
   int64_t bytes, oldest_ms; /* what the bound counts of the batch; its first receive time */
+  int64_t min_ts;           /* the lowest timestamp of its events */
   size_t n, rows;           /* events of the batch; rows to send (not held already) */
   struct group {
     int day;
@@ -477,8 +382,8 @@ struct encoder {
   struct job *job;
   struct day_buf {
     int day;
-    uint64_t attempt; /* this INSERT's id, in each of its rows */
-    struct buf b;     /* rows not compressed yet */
+    uint64_t attempt;     /* this INSERT's id, in each of its rows */
+    struct ana_ch_rows b; /* rows not compressed yet */
     struct ana_clickhouse_gz *gz;
     size_t rows, raw_len;
   } * days;
@@ -501,12 +406,15 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
   if (j->n++ == 0) {
     j->first = ev->seq;
     j->oldest_ms = ev->received_at_ms;
+    j->min_ts = ev->timestamp_ms;
   }
+  if (ev->timestamp_ms < j->min_ts)
+    j->min_ts = ev->timestamp_ms;
   j->last = ev->seq;
   j->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
   if (held)
     return 0;
-  int day = day_of(ev->timestamp_ms);
+  int day = ana_clickhouse_day(ev->timestamp_ms);
   struct day_buf *d = NULL;
   for (size_t i = e->n_days; i > 0; i--) /* few days per batch; the last one most often */
     if (e->days[i - 1].day == day) {
@@ -531,7 +439,7 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
     d->attempt |= 1; /* never 0, the rows written before the column */
   }
-  put_row(&d->b, e->s->instance, d->attempt, ev);
+  ana_clickhouse_put_row(&d->b, e->s->instance, d->attempt, ev);
   d->rows++;
   j->rows++;
   if (d->b.failed)
@@ -599,6 +507,24 @@ static struct job *encode(struct ch_store *s, const struct ana_spooled_event *ev
   return enc_finish(&e, err);
 }
 
+/* Writes this instance's row of the shipped table up to the shipped sequence (once more after
+ * a failure: the shipper thread tries again). Other instances' rollups read up to it. */
+static void mark_shipped(struct ch_store *s) {
+  uint64_t shipped = atomic_load(&s->shipped);
+  if (s->marked >= shipped)
+    return;
+  char sql[256];
+  struct ana_error err;
+  snprintf(sql, sizeof sql, "INSERT INTO shipped VALUES ('%s', %" PRIu64 ", %" PRId64 ")",
+           s->instance, shipped, s->marked_min_ts);
+  if (ana_clickhouse_query(s->ch, sql, true, NULL, NULL, &err) < 0) {
+    ANA_DEBUG("clickhouse", "marking sequence %" PRIu64 " shipped: %s", shipped, err.message);
+    return;
+  }
+  s->marked = shipped;
+  s->marked_min_ts = INT64_MAX;
+}
+
 /* Sends a job's inserts in order. Confirmed: every row up to j->last is in ClickHouse. Failed:
  * some of the day groups may be in ClickHouse, or all, or none: the range is uncertain. */
 static int send(struct job *j, struct ana_error *err) {
@@ -619,6 +545,9 @@ static int send(struct job *j, struct ana_error *err) {
   }
   atomic_fetch_sub(&s->pending_bytes, j->bytes);
   atomic_store(&s->shipped, j->last);
+  if (j->min_ts < s->marked_min_ts)
+    s->marked_min_ts = j->min_ts;
+  mark_shipped(s);
   if (atomic_load(&s->uncertain_hi) <= j->last)
     atomic_store(&s->uncertain_hi, 0);
   ana_prom_counter_add(&s->rows, j->rows);
@@ -768,7 +697,7 @@ static int ch_shipped_seq(void *store, uint64_t *out, struct ana_error *err) {
 static void drop_partitions(struct ch_store *s) {
   struct ana_error err;
   int64_t cutoff = ana_clock_wall_ms() - (int64_t)s->retention_days * DAY_MS;
-  int last_day = day_of(cutoff) - 1; /* days ending at or before the cutoff */
+  int last_day = ana_clickhouse_day(cutoff) - 1; /* days ending at or before the cutoff */
   char sql[512], *out = NULL;
   snprintf(sql, sizeof sql,
            "SELECT DISTINCT partition FROM system.parts WHERE database = '%s' AND table = "
@@ -915,6 +844,8 @@ static void *ship_thread(void *arg) {
       if (!ok)
         continue;
     }
+    if (!inflight)
+      mark_shipped(s);
     int64_t now = ana_clock_mono_ms();
     if (now >= next_sweep && !inflight) {
       drop_partitions(s);
@@ -1070,6 +1001,7 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   pthread_cond_init(&s->set_up, &ca);
   pthread_condattr_destroy(&ca);
   s->db = db;
+  s->marked_min_ts = INT64_MIN;
   s->batch_rows = settings->clickhouse_batch_rows > 0 ? settings->clickhouse_batch_rows : 100000;
   s->interval_ms =
       settings->clickhouse_batch_interval_ms > 0 ? settings->clickhouse_batch_interval_ms : 1000;
@@ -1279,16 +1211,76 @@ static int ch_scan_seq(void *store, const char *account_id, uint64_t after_seq, 
                                          upto_seq, fn, ctx, err);
 }
 
-/* A rollup's backfill: the events other instances shipped (this one's are in its commit
- * sequence, replayed from the local copy). */
-static int ch_scan_others(void *store, const char *account_id, ana_event_scan_fn fn, void *ctx,
-                          struct ana_error *err) {
-  int rc = wait_ready(store, err);
+/* Other instances' bounds: the last row each wrote to the shipped table. */
+static int ch_other_bounds(void *store, ana_other_bound_fn fn, void *ctx, struct ana_error *err) {
+  struct ch_store *s = store;
+  int rc = wait_ready(s, err);
   if (rc < 0)
     return rc;
-  struct ana_clickhouse_view v = view_of(store);
-  v.others = true;
-  return ana_clickhouse_scan(&v, account_id, INT64_MIN, INT64_MAX, NULL, 0, fn, ctx, err);
+  char sql[256], *out = NULL;
+  snprintf(sql, sizeof sql,
+           "SELECT instance, max(seq) FROM shipped WHERE instance != '%s' GROUP BY instance"
+           " FORMAT TabSeparated",
+           s->instance);
+  if ((rc = ana_clickhouse_query(s->ch, sql, true, NULL, &out, err)) < 0)
+    return rc;
+  for (char *p = out, *nl; p && *p && rc == 0; p = nl ? nl + 1 : NULL) {
+    nl = strchr(p, '\n');
+    if (nl)
+      *nl = '\0';
+    char *tab = strchr(p, '\t');
+    if (!tab || tab == p || strchr(p, '\\'))
+      continue; /* an instance id is a UUID: nothing TabSeparated escapes */
+    *tab = '\0';
+    rc = fn(ctx, p, strtoull(tab + 1, NULL, 10));
+  }
+  ana_free(out);
+  return rc;
+}
+
+/* Another instance's events (after, upto], from the lowest timestamp its shipped rows after
+ * `after` name (the events table is ordered by time: the recent ones are a short read). */
+static int ch_scan_other(void *store, const char *account_id, const char *instance, uint64_t after,
+                         uint64_t upto, ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
+  struct ch_store *s = store;
+  int rc = wait_ready(s, err);
+  if (rc < 0)
+    return rc;
+  if (upto <= after)
+    return 0;
+  struct sql_text {
+    char *p;
+    size_t len;
+  } q = {0};
+  FILE *f = open_memstream(&q.p, &q.len);
+  if (!f)
+    return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM;
+  fputs("SELECT min(min_ts), count() FROM shipped WHERE instance = '", f);
+  for (const char *c = instance; *c; c++) {
+    if (*c == '\'' || *c == '\\')
+      fputc('\\', f);
+    fputc(*c, f);
+  }
+  fprintf(f, "' AND seq > %" PRIu64 " FORMAT TabSeparated", after);
+  bool bad = ferror(f) != 0;
+  fclose(f);
+  char *out = NULL;
+  rc = bad ? (ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory"), ANA_ERR_NOMEM)
+           : ana_clickhouse_query(s->ch, q.p, true, NULL, &out, err);
+  free(q.p);
+  if (rc < 0)
+    return rc;
+  char *end = NULL;
+  long long min_ts = out ? strtoll(out, &end, 10) : 0;
+  uint64_t rows = end && *end == '\t' ? strtoull(end + 1, NULL, 10) : 0;
+  ana_free(out);
+  if (rows == 0)
+    return 0; /* nothing marked after `after` */
+  struct ana_clickhouse_view v = view_of(s);
+  v.other = instance;
+  v.other_after = after;
+  v.other_upto = upto;
+  return ana_clickhouse_scan(&v, account_id, (int64_t)min_ts, INT64_MAX, NULL, 0, fn, ctx, err);
 }
 
 static int ch_last_seq(void *store, uint64_t *out, struct ana_error *err) {
@@ -1330,5 +1322,6 @@ const struct ana_event_store_ops ana_clickhouse_event_store = {
     .status = ch_status,
     .aggregate = ch_aggregate,
     .rewrite = ch_rewrite,
-    .scan_others = ch_scan_others,
+    .other_bounds = ch_other_bounds,
+    .scan_other = ch_scan_other,
 };

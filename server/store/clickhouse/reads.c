@@ -76,9 +76,10 @@ static int sql_close(struct sql *s, struct ana_error *err) {
 /* The rows of the events table a read sees: this instance's up to the shipped sequence (the
  * later ones are read from the spool), every other instance's; each (instance, seq) once. */
 static void sql_visible(struct sql *s, const struct ana_clickhouse_view *v) {
-  if (v->others) {
-    fputs(" AND instance != ", s->f);
-    sql_str(s, v->instance);
+  if (v->other) {
+    fputs(" AND instance = ", s->f);
+    sql_str(s, v->other);
+    fprintf(s->f, " AND seq > %" PRIu64 " AND seq <= %" PRIu64, v->other_after, v->other_upto);
     return;
   }
   fputs(" AND NOT (instance = ", s->f);
@@ -537,7 +538,7 @@ int ana_clickhouse_scan(const struct ana_clickhouse_view *v, const char *account
                         int64_t from_ms, int64_t to_ms, const char *const *names, size_t n_names,
                         ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct spool_scan ss = {account_id, from_ms, to_ms, names, n_names, fn, ctx, v->shipped, false};
-  for (; !v->others;) {
+  for (; !v->other;) {
     int n = ana_local_spool_each_untexted(v->db, ss.after, SPOOL_CHUNK, spool_scanned, &ss, err);
     if (n < 0)
       return n;

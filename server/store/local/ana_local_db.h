@@ -243,6 +243,14 @@ int ana_rollup_cells_forget_def(struct ana_rollup_cells *h, const char *metric_i
                                 struct ana_error *err);
 int ana_rollup_cells_each_def(struct ana_rollup_cells *h, ana_rollup_def_fn fn, void *ctx,
                               struct ana_error *err);
+/* A metric version's mark of another instance's events: those up to seq are in its cells.
+ * Non-zero stops and is returned. */
+typedef int (*ana_rollup_other_mark_fn)(void *ctx, const char *metric_id, int64_t version,
+                                        const char *instance, uint64_t seq);
+/* Calls fn for each stored mark of a current version (put_def and forget_def drop a metric's
+ * marks). */
+int ana_rollup_cells_each_other_mark(struct ana_rollup_cells *h, ana_rollup_other_mark_fn fn,
+                                     void *ctx, struct ana_error *err);
 /* The first stored (metric, version) of cells after (after_metric,
  * after_version): 1 with it, 0 when none, or a negative error. */
 int ana_rollup_cells_next_version(struct ana_rollup_cells *h, const char *after_metric,
@@ -265,6 +273,10 @@ int ana_rollup_cells_begin_write(struct ana_rollup_cells *h, struct ana_error *e
  * (redefined or deleted), or a negative error. */
 int ana_rollup_cells_mark(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
                           uint64_t watermark, struct ana_error *err);
+/* In the write transaction, after mark returned 1: the version's cells now include instance's
+ * events up to seq (another instance sharing the event store). */
+int ana_rollup_cells_mark_other(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                                const char *instance, uint64_t seq, struct ana_error *err);
 int ana_rollup_cells_put(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
                          int level, int64_t bucket, const char *group_key, const void *state,
                          size_t len, struct ana_error *err);

@@ -7,7 +7,9 @@
  * Layout: the table dedupe_keys holds the keys themselves, (account, event
  * id) as the primary key of a WITHOUT ROWID table and nothing else, the
  * account as a number (dedupe_accounts maps account ids to numbers, in the
- * transaction that claims an account's first key). A claim is one seek and
+ * transaction that claims an account's first key; the events rows hold the
+ * same numbers), the event id as event_ids.c stores it (a canonical UUID in
+ * 16 bytes). A claim is one seek and
  * exact: nothing but the same key is ever taken for a duplicate, whatever
  * its event's timestamp; keys that clients number or date (UUIDv7,
  * counters) append at the end of the table, as before. Expiry needs no
@@ -43,6 +45,12 @@
  * entry's of the same account), varint(length of the rest), the rest. */
 #define LIST_RAW 0
 #define LIST_ZSTD 1
+/* Lists written since ids are stored packed (event_ids.c): each entry's id
+ * is one kind byte (KIND_TEXT, KIND_UUID) and the id as stored. */
+#define LIST_RAW2 2
+#define LIST_ZSTD2 3
+#define KIND_TEXT 0
+#define KIND_UUID 1
 #define LIST_LEVEL 1
 #define LIST_MAX_CONTENT (64u << 20)
 
@@ -54,8 +62,10 @@ struct day_list {
   size_t len, cap;
   int n;
   int64_t prev_account;
-  uint8_t *prev; /* the event id */
+  uint8_t *prev; /* the event id (kind byte and id as stored) */
   size_t prev_len, prev_cap;
+  uint8_t *scratch;
+  size_t scratch_cap;
 };
 
 struct ana_dedupe_pending {
@@ -89,6 +99,7 @@ static void clear_days(struct ana_dedupe_pending *p) {
   for (size_t i = 0; i < p->n_days; i++) {
     ana_free(p->days[i].buf);
     ana_free(p->days[i].prev);
+    ana_free(p->days[i].scratch);
   }
   p->n_days = 0;
 }
@@ -144,18 +155,33 @@ static struct day_list *day_list(struct ana_dedupe_pending *p, int64_t day) {
     p->n_days--;
     return NULL;
   }
-  l->buf[l->len++] = LIST_RAW;
+  l->buf[l->len++] = LIST_RAW2;
   return l;
 }
 
-static bool list_add(struct day_list *l, int64_t account, const char *event_id) {
-  size_t elen = strlen(event_id);
+static bool list_add(struct day_list *l, int64_t account, const char *id_text) {
+  size_t tlen = strlen(id_text);
+  uint8_t stored[1 + ANA_EVENT_ID_PACKED];
+  const uint8_t *event_id = stored;
+  size_t elen = 1 + ANA_EVENT_ID_PACKED;
+  stored[0] = KIND_UUID;
+  if (!ana_event_id_pack(id_text, tlen, stored + 1)) {
+    /* The kind byte, then the text: written in place below. */
+    event_id = NULL;
+    elen = 1 + tlen;
+  }
   if (!ana_bytes_grow(&l->buf, &l->cap, l->len + 40 + elen) ||
-      !ana_bytes_grow(&l->prev, &l->prev_cap, elen + 1))
+      !ana_bytes_grow(&l->prev, &l->prev_cap, elen + 1) ||
+      !ana_bytes_grow(&l->scratch, &l->scratch_cap, elen + 1))
     return false;
+  if (!event_id) {
+    l->scratch[0] = KIND_TEXT;
+    memcpy(l->scratch + 1, id_text, tlen);
+    event_id = l->scratch;
+  }
   size_t shared = 0;
   if (l->n > 0 && account == l->prev_account) {
-    while (shared < elen && shared < l->prev_len && l->prev[shared] == (uint8_t)event_id[shared])
+    while (shared < elen && shared < l->prev_len && l->prev[shared] == event_id[shared])
       shared++;
     l->buf[l->len++] = 0;
   } else {
@@ -185,7 +211,7 @@ static const uint8_t *list_blob(struct ana_dedupe_pending *p, struct day_list *l
   size_t z = ZSTD_compressCCtx(p->cctx, p->out + 1, bound, l->buf + 1, content, LIST_LEVEL);
   if (ZSTD_isError(z) || z + 1 >= l->len)
     return l->buf;
-  p->out[0] = LIST_ZSTD;
+  p->out[0] = l->buf[0] == LIST_RAW2 ? LIST_ZSTD2 : LIST_ZSTD;
   *len = z + 1;
   return p->out;
 }
@@ -200,7 +226,8 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
     return false;
   const uint8_t *c = b + 1;
   size_t len = n - 1;
-  if (b[0] == LIST_ZSTD) {
+  bool kinds = b[0] == LIST_RAW2 || b[0] == LIST_ZSTD2;
+  if (b[0] == LIST_ZSTD || b[0] == LIST_ZSTD2) {
     unsigned long long size = ZSTD_getFrameContentSize(c, len);
     if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
         size > LIST_MAX_CONTENT || !ana_bytes_grow(scratch, scratch_cap, (size_t)size + 1))
@@ -210,9 +237,10 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
       return false;
     c = *scratch;
     len = z;
-  } else if (b[0] != LIST_RAW) {
+  } else if (b[0] != LIST_RAW && b[0] != LIST_RAW2) {
     return false;
   }
+  char uuid[ANA_EVENT_ID_UUID_LEN + 1];
   /* An id is rebuilt from its shared prefix (of the previous id) and its
    * rest. */
   uint8_t *id = NULL;
@@ -234,7 +262,14 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
     memcpy(id + shared, c + i, (size_t)rest);
     i += (size_t)rest;
     id_len = (size_t)(shared + rest);
-    ok = fn(ctx, account, (const char *)id, id_len);
+    if (!kinds) {
+      ok = fn(ctx, account, (const char *)id, id_len);
+    } else if (id_len == 1 + ANA_EVENT_ID_PACKED && id[0] == KIND_UUID) {
+      ana_event_id_unpack(id + 1, uuid);
+      ok = fn(ctx, account, uuid, ANA_EVENT_ID_UUID_LEN);
+    } else {
+      ok = id_len >= 1 && id[0] == KIND_TEXT && fn(ctx, account, (const char *)id + 1, id_len - 1);
+    }
   }
   ana_free(id);
   return ok;
@@ -310,7 +345,7 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
     }
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, number);
-    sqlite3_bind_text(st, 2, records[i].event_id, -1, SQLITE_STATIC);
+    ana_event_id_bind(st, 2, records[i].event_id, -1);
     if (sqlite3_step(st) != SQLITE_DONE) {
       ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
       rc = ANA_ERR_IO;
@@ -371,7 +406,7 @@ static bool delete_key(void *arg, int64_t account, const char *event_id, size_t 
   struct expire_ctx *x = arg;
   sqlite3_reset(x->del);
   sqlite3_bind_int64(x->del, 1, account);
-  sqlite3_bind_text(x->del, 2, event_id, (int)elen, SQLITE_STATIC);
+  ana_event_id_bind(x->del, 2, event_id, (int)elen);
   if (sqlite3_step(x->del) != SQLITE_DONE) {
     x->failed = true;
     return false;
@@ -482,7 +517,7 @@ static void fn_build_lists(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     sqlite3_result_error_nomem(ctx);
     goto out;
   }
-  l.buf[l.len++] = LIST_RAW;
+  l.buf[l.len++] = LIST_RAW2;
   int step;
   while ((step = sqlite3_step(scan)) == SQLITE_ROW) {
     int64_t day = sqlite3_column_int64(scan, 0);
@@ -508,6 +543,7 @@ out:
   sqlite3_finalize(ins);
   ana_free(l.buf);
   ana_free(l.prev);
+  ana_free(l.scratch);
   ana_free(p.out);
   ZSTD_freeCCtx(p.cctx);
 }

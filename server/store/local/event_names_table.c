@@ -151,9 +151,9 @@ int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint
     return wait;
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(ln->conn,
-                         "SELECT account_id, event_name, COUNT(*), MIN(received_at),"
-                         " MAX(received_at) FROM events WHERE seq > ?1 AND seq <= ?2"
-                         " GROUP BY account_id, event_name",
+                         "SELECT " ANA_ACCOUNT_ID_SQL ", event_name, COUNT(*),"
+                         " MIN(ts + received_delta), MAX(ts + received_delta) FROM events"
+                         " WHERE seq > ?1 AND seq <= ?2 GROUP BY events.account_id, event_name",
                          -1, &st, NULL) != SQLITE_OK)
     return ana_sql_fail(ln->conn, "event names: rebuild", err);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);

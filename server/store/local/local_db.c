@@ -449,6 +449,56 @@ static const char *const migrations[] = {
     "CREATE TABLE IF NOT EXISTS field_reencryption_dicts ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  tainted INTEGER NOT NULL);",
+
+    /* Events rows without a second copy of their values (local_db_sql.h):
+     * the properties move into the body (content v2, event_body.c), whose
+     * payload leaves out the event id and the two timestamps the columns
+     * hold; the account is its number in dedupe_accounts; a canonical
+     * lower-case UUID event id is stored as its 16 bytes (event_ids.c), in
+     * the rows and in dedupe_keys; received_at as its distance to ts. Both
+     * tables are copied in their key order (no sort of all rows); the
+     * events' indexes are made again as they were (events_by_seq,
+     * events_by_slot), so a migration that changes them comes after. */
+    "INSERT OR IGNORE INTO dedupe_accounts (account_id) SELECT DISTINCT account_id FROM events;"
+    "CREATE TABLE events_v2 ("
+    "  key INTEGER PRIMARY KEY,"
+    "  seq INTEGER NOT NULL,"
+    "  account_id INTEGER NOT NULL,"
+    "  event_id BLOB NOT NULL,"
+    "  session_id TEXT NOT NULL DEFAULT '',"
+    "  event_type TEXT NOT NULL,"
+    "  event_name TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  received_delta INTEGER NOT NULL,"
+    "  body BLOB NOT NULL);"
+    "INSERT INTO events_v2 SELECT key, seq,"
+    "  (SELECT a.id FROM dedupe_accounts a WHERE a.account_id = e.account_id),"
+    "  ana_event_id_pack(event_id), session_id, event_type, event_name, ts, received_at - ts,"
+    "  ana_event_body_v2(body, properties, event_id, ts, received_at)"
+    "  FROM events e ORDER BY key;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_v2 RENAME TO events;"
+    "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
+    "CREATE INDEX events_by_slot ON events(account_id, ts / 21600000, seq, ts, event_name,"
+    "  event_id);"
+    "CREATE TABLE dedupe_keys_v2 ("
+    "  account INTEGER NOT NULL,"
+    "  event_id BLOB NOT NULL,"
+    "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
+    "INSERT INTO dedupe_keys_v2 SELECT account, ana_event_id_pack(event_id) FROM dedupe_keys"
+    "  ORDER BY account, event_id;"
+    "DROP TABLE dedupe_keys;"
+    "ALTER TABLE dedupe_keys_v2 RENAME TO dedupe_keys;",
+
+    /* How far each metric's rollups include the events other instances
+     * shipped to a shared event store (rollup_cells.c): per metric version
+     * and instance, the sequence up to which they are in its cells. */
+    "CREATE TABLE IF NOT EXISTS metric_rollup_others ("
+    "  metric_id TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  instance TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  PRIMARY KEY (metric_id, instance)) WITHOUT ROWID;",
     /* events_by_time_name in place of events_by_slot: an account's events
      * in (ts, event_id) order, with the event name. A page newest first is
      * read in the index's order, without sorting a slot (the eventName

@@ -7,7 +7,11 @@
 
 #include <sqlite3.h>
 
-/* The events table's layout (migration 13): the rowid `key` is the event's
+/* The events table's columns (the last migration that rebuilt it): key,
+ * seq, account_id (the account's number in dedupe_accounts), event_id (as
+ * event_ids.c stores it), session_id, event_type, event_name, ts,
+ * received_delta (received_at - ts, in ms), body (event_body.c: the free
+ * text, the properties and the payload). The layout (migration 13): the rowid `key` is the event's
  * UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
  * 2^40 plus its commit sequence; seq has a unique index; events_by_time_name
  * is (account_id, ts, event_id, event_name): an account's events in the
@@ -31,23 +35,60 @@ static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {
   return ana_event_day(ts_ms) * (INT64_C(1) << ANA_EVENT_SEQ_BITS) + (int64_t)seq;
 }
 
-/* Event bodies (event_body.c): an event's free text and payload in one
+/* Event ids as stored (event_ids.c, events.event_id and dedupe_keys): a
+ * canonical lower-case UUID (8-4-4-4-12 of [0-9a-f]) as its 16 bytes, a
+ * blob; any other id (upper case, not a UUID, empty) as its text. The two
+ * never compare equal, and blobs sort after text (SQLite's order), UUIDs
+ * among themselves as their text does. ana_event_id_bind binds an id in its
+ * stored form; ana_event_id_text / ana_event_id_column give the text back
+ * (in buf for a UUID). SQL functions ana_event_id_pack(id) and
+ * ana_event_id(stored), from ana_event_id_register. */
+#define ANA_EVENT_ID_PACKED 16
+#define ANA_EVENT_ID_UUID_LEN 36
+bool ana_event_id_pack(const char *id, size_t len, uint8_t out[ANA_EVENT_ID_PACKED]);
+void ana_event_id_unpack(const uint8_t in[ANA_EVENT_ID_PACKED],
+                         char out[ANA_EVENT_ID_UUID_LEN + 1]);
+int ana_event_id_bind(sqlite3_stmt *st, int i, const char *id, int len);
+const char *ana_event_id_text(sqlite3_value *v, char buf[ANA_EVENT_ID_UUID_LEN + 1]);
+const char *ana_event_id_column(sqlite3_stmt *st, int col, char buf[ANA_EVENT_ID_UUID_LEN + 1]);
+int ana_event_id_register(sqlite3 *conn);
+
+/* Event bodies (event_body.c): an event's free text, its properties (the
+ * JSON that metrics aggregate and filters compare) and its payload in one
  * column, events.body, compressed with the store's dictionary (table
- * event_dicts) once it is trained. Every connection to the local database
- * (and the search index's) has the SQL functions ana_event_text(body),
- * ana_event_payload(body) and ana_event_body(text, payload) (an
+ * event_dicts) once it is trained. The payload's event_id, timestamp and
+ * received_at are left out when the row's columns give them back byte for
+ * byte. Every connection to the local database (and the search index's) has
+ * the SQL functions ana_event_text(body), ana_event_props(body),
+ * ana_event_props_has(body, text) (whether the properties' JSON holds text),
+ * ana_event_payload(body, event_id, ts, received_at) (the columns as stored;
+ * ANA_EVENT_PAYLOAD_SQL), ana_event_body_raw(body) (the same body
+ * uncompressed), ana_event_dict(body) (its dictionary id, 0: none) and
+ * ana_event_body(text, properties, payload, event_id, ts, received_at) (an
  * uncompressed body), from ana_event_body_register. */
 int ana_event_body_register(sqlite3 *conn);
+#define ANA_EVENT_PAYLOAD_SQL "ana_event_payload(body, event_id, ts, ts + received_delta)"
+/* Ids longer than this stay in the payload. */
+#define ANA_EVENT_BODY_ID_MAX 256
 
 /* The event writer's encoder (one per local database, on the mover's
- * thread): ana_event_codec_encode sets *out to the body of (text, payload),
- * valid until the next call; ana_event_codec_persist stores the dictionary
- * it uses in the current transaction (once; a no-op when stored). */
+ * thread): ana_event_codec_encode sets *out to the body of parts, valid
+ * until the next call; ana_event_codec_persist stores the dictionary it uses
+ * in the current transaction (once; a no-op when stored). */
+struct ana_event_body_parts {
+  const char *text;       /* free text */
+  const char *properties; /* JSON */
+  const uint8_t *payload;
+  size_t payload_len;
+  /* The row's columns: the payload's fields equal to them are left out. */
+  const char *event_id;
+  int64_t ts_ms, received_at_ms;
+};
 struct ana_event_codec;
 struct ana_event_codec *ana_event_codec_new(void);
 void ana_event_codec_free(struct ana_event_codec *c);
-int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w, const char *text,
-                           const uint8_t *payload, size_t payload_len, const void **out,
+int ana_event_codec_encode(struct ana_event_codec *c, sqlite3 *w,
+                           const struct ana_event_body_parts *parts, const void **out,
                            size_t *out_len);
 int ana_event_codec_persist(struct ana_event_codec *c, sqlite3 *w, struct ana_error *err);
 struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db);
@@ -71,11 +112,16 @@ void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold);
 int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms);
 
 /* The events row insert (spool.c): records[i] with !duplicate, their seq
- * set, into events on w (*stmt: its statement, prepared on first use, the
+ * set, into events on w (stmts: its statements, prepared on first use, the
  * caller's to finalize), bodies encoded by codec (whose dictionary the
  * caller persists in the same transaction). The mover calls it. */
-int ana_local_spool_insert(sqlite3 *w, sqlite3_stmt **stmt, struct ana_event_codec *codec,
-                           const struct ana_event_record *records, size_t n, struct ana_error *err);
+struct ana_spool_statements {
+  sqlite3_stmt *append, *number;
+};
+int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
+                           struct ana_event_codec *codec, const struct ana_event_record *records,
+                           size_t n, struct ana_error *err);
+void ana_spool_statements_finalize(struct ana_spool_statements *stmts);
 
 /* Staging (staging.c): the commit's staged events (one per local database),
  * written to events_staged by ana_staging_flush (ana_local_db_commit calls
@@ -124,6 +170,12 @@ void ana_dedupe_pending_discard(struct ana_dedupe_pending *p);
 void ana_dedupe_pending_committed(struct ana_dedupe_pending *p);
 struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db);
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
+
+/* The SQL of an account's number from its id in ?N (NULL: none stored). */
+#define ANA_ACCOUNT_NUMBER_SQL(n) "(SELECT id FROM dedupe_accounts WHERE account_id = ?" #n ")"
+/* The SQL of the account id of an events row. */
+#define ANA_ACCOUNT_ID_SQL                                                                         \
+  "(SELECT a.account_id FROM dedupe_accounts a WHERE a.id = events.account_id)"
 
 /* The SQL function ana_dedupe_build_lists() on conn, for the migration to
  * this layout: lists the keys of the previous one in dedupe_expiry. */

@@ -180,12 +180,11 @@ void ana_local_db_retire_dicts(struct ana_local_db *db, int upto_id) {
   ana_event_codec_retire(ana_local_db_event_codec(db), upto_id);
 }
 
-/* A body's first byte names its dictionary (0: none, event_body.c). */
+/* ana_event_dict(body): the dictionary a body is compressed with (0: none, event_body.c). */
 int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_t *after_seq,
                                   int max, uint64_t *rewritten, struct ana_error *err) {
   sqlite3 *conn = ana_local_conn_sqlite(c);
   sqlite3_stmt *read = NULL, *update = NULL;
-  uint8_t upto = (uint8_t)(upto_id > 255 ? 255 : upto_id);
   *rewritten = 0;
   if (sqlite3_exec(conn, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn,
@@ -193,10 +192,9 @@ int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_
                          " (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
                          -1, &read, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn,
-                         "UPDATE events SET body = ana_event_body(ana_event_text(body),"
-                         " ana_event_payload(body)) WHERE seq IN"
+                         "UPDATE events SET body = ana_event_body_raw(body) WHERE seq IN"
                          " (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
-                         " AND substr(body, 1, 1) BETWEEN x'01' AND ?3",
+                         " AND ana_event_dict(body) BETWEEN 1 AND ?3",
                          -1, &update, NULL) != SQLITE_OK) {
     int rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
     sqlite3_finalize(read);
@@ -218,7 +216,7 @@ int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_
   if (rc == 0 && n > 0) {
     sqlite3_bind_int64(update, 1, (sqlite3_int64)*after_seq);
     sqlite3_bind_int(update, 2, max);
-    sqlite3_bind_blob(update, 3, &upto, 1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(update, 3, upto_id);
     if (sqlite3_step(update) != SQLITE_DONE)
       rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
     else

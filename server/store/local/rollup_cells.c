@@ -17,7 +17,7 @@ struct ana_rollup_cells {
   struct ana_local_db *db;
   struct ana_local_reader own; /* the thread's connection */
   sqlite3 *ctl;                /* definitions; the caller serializes */
-  sqlite3_stmt *sel, *put, *mark, *expire;
+  sqlite3_stmt *sel, *put, *mark, *expire, *other;
 };
 
 static int sql_fail(sqlite3 *db, const char *what, struct ana_error *err) {
@@ -63,12 +63,27 @@ void ana_rollup_cells_close(struct ana_rollup_cells *h) {
   sqlite3_finalize(h->put);
   sqlite3_finalize(h->mark);
   sqlite3_finalize(h->expire);
+  sqlite3_finalize(h->other);
   sqlite3_close(h->own.conn);
   sqlite3_close(h->ctl);
   ana_free(h);
 }
 
 /* --- definitions --- */
+
+/* The metric's marks of other instances' events (a new version starts without). */
+static int forget_others(struct ana_rollup_cells *h, const char *metric_id, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(h->ctl, "DELETE FROM metric_rollup_others WHERE metric_id = ?1", -1, &st,
+                         NULL) != SQLITE_OK)
+    return sql_fail(h->ctl, "cannot forget a definition", err);
+  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    rc = sql_fail(h->ctl, "cannot forget a definition", err);
+  sqlite3_finalize(st);
+  return rc;
+}
 
 int ana_rollup_cells_put_def(struct ana_rollup_cells *h, const char *metric_id,
                              const char *account_id, int64_t version, const void *def, size_t len,
@@ -89,6 +104,8 @@ int ana_rollup_cells_put_def(struct ana_rollup_cells *h, const char *metric_id,
   if (sqlite3_step(st) != SQLITE_DONE)
     rc = sql_fail(h->ctl, "cannot record a definition", err);
   sqlite3_finalize(st);
+  if (rc == 0)
+    rc = forget_others(h, metric_id, err);
   return rc;
 }
 
@@ -102,6 +119,25 @@ int ana_rollup_cells_forget_def(struct ana_rollup_cells *h, const char *metric_i
   sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
   if (sqlite3_step(st) != SQLITE_DONE)
     rc = sql_fail(h->ctl, "cannot forget a definition", err);
+  sqlite3_finalize(st);
+  if (rc == 0)
+    rc = forget_others(h, metric_id, err);
+  return rc;
+}
+
+int ana_rollup_cells_each_other_mark(struct ana_rollup_cells *h, ana_rollup_other_mark_fn fn,
+                                     void *ctx, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(h->ctl,
+                         "SELECT o.metric_id, o.version, o.instance, o.seq FROM "
+                         "metric_rollup_others o JOIN metric_rollup_defs d ON d.metric_id = "
+                         "o.metric_id AND d.version = o.version",
+                         -1, &st, NULL) != SQLITE_OK)
+    return sql_fail(h->ctl, "cannot read the marks of other instances", err);
+  int rc = 0;
+  while (rc == 0 && sqlite3_step(st) == SQLITE_ROW)
+    rc = fn(ctx, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1),
+            (const char *)sqlite3_column_text(st, 2), (uint64_t)sqlite3_column_int64(st, 3));
   sqlite3_finalize(st);
   return rc;
 }
@@ -226,6 +262,25 @@ int ana_rollup_cells_mark(struct ana_rollup_cells *h, const char *metric_id, int
   if (step != SQLITE_DONE)
     return sql_fail(h->own.conn, "move the watermark", err);
   return sqlite3_changes(h->own.conn) > 0;
+}
+
+int ana_rollup_cells_mark_other(struct ana_rollup_cells *h, const char *metric_id, int64_t version,
+                                const char *instance, uint64_t seq, struct ana_error *err) {
+  if (!h->other && sqlite3_prepare_v2(h->own.conn,
+                                      "INSERT OR REPLACE INTO metric_rollup_others (metric_id, "
+                                      "version, instance, seq) VALUES (?1, ?2, ?3, ?4)",
+                                      -1, &h->other, NULL) != SQLITE_OK)
+    return sql_fail(h->own.conn, "move the mark of another instance", err);
+  sqlite3_stmt *st = h->other;
+  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, version);
+  sqlite3_bind_text(st, 3, instance, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, (sqlite3_int64)seq);
+  int rc = sqlite3_step(st) != SQLITE_DONE
+               ? sql_fail(h->own.conn, "move the mark of another instance", err)
+               : 0;
+  sqlite3_reset(st);
+  return rc;
 }
 
 int ana_rollup_cells_put(struct ana_rollup_cells *h, const char *metric_id, int64_t version,

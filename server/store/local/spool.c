@@ -1,7 +1,8 @@
 /* The spool: committed events in the local database (table events), in
  * commit-sequence order. The committer stages them in the transaction that
  * claims the events' deduplication keys, and the mover inserts them here
- * (staging.c: readers wait for it); a remote event store drains it
+ * (staging.c: readers wait for it or read the staged rows); a remote event
+ * store drains it
  * through the shipper contract (ana_store.h); the embedded event store reads
  * it in place. */
 #include "local_db_sql.h"
@@ -12,50 +13,80 @@
 
 static const char sql_append[] =
     "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_at, properties, body)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?)";
+    " event_name, ts, received_delta, body)"
+    " VALUES (?1, ?2, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/* An account's number, for the rows (the claim of its deduplication keys
+ * gives it one first, in the same transaction, when there are keys). */
+static const char sql_number_account[] =
+    "INSERT OR IGNORE INTO dedupe_accounts (account_id) VALUES (?)";
 static int spool_error(sqlite3 *w, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
                 sqlite3_errmsg(w));
   return ANA_ERR_IO;
 }
 
+static sqlite3_stmt *prepared(sqlite3 *w, sqlite3_stmt **st, const char *sql) {
+  if (!*st && sqlite3_prepare_v3(w, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK)
+    return NULL;
+  return *st;
+}
+
 /* Each event goes to its day's range of the table (see local_db_sql.h),
  * under the sequence number the commit gave it. */
-int ana_local_spool_insert(sqlite3 *w, sqlite3_stmt **stmt, struct ana_event_codec *codec,
-                           const struct ana_event_record *records, size_t n,
-                           struct ana_error *err) {
-  if (!*stmt &&
-      sqlite3_prepare_v3(w, sql_append, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK) {
+int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
+                           struct ana_event_codec *codec, const struct ana_event_record *records,
+                           size_t n, struct ana_error *err) {
+  sqlite3_stmt *st = prepared(w, &stmts->append, sql_append);
+  if (!st) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
-  sqlite3_stmt *st = *stmt;
+  const char *account = NULL; /* the last one numbered */
   for (size_t i = 0; i < n; i++) {
     const struct ana_event_record *r = &records[i];
     if (r->duplicate)
       continue;
+    if (!account || strcmp(account, r->account_id) != 0) {
+      sqlite3_stmt *num = prepared(w, &stmts->number, sql_number_account);
+      if (!num) {
+        ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+        return ANA_ERR_INTERNAL;
+      }
+      sqlite3_bind_text(num, 1, r->account_id, -1, SQLITE_STATIC);
+      int nrc = sqlite3_step(num);
+      sqlite3_reset(num);
+      if (nrc != SQLITE_DONE)
+        return spool_error(w, err);
+      account = r->account_id;
+    }
     uint64_t seq = r->seq;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
     sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, r->event_id, -1, SQLITE_STATIC);
+    ana_event_id_bind(st, 4, r->event_id, -1);
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, r->event_type, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 7, r->event_name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, r->timestamp_ms);
-    sqlite3_bind_int64(st, 9, r->received_at_ms);
-    sqlite3_bind_text(st, 10, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, r->received_at_ms - r->timestamp_ms);
+    const struct ana_event_body_parts parts = {
+        .text = r->search_text,
+        .properties = r->properties_json ? r->properties_json : "{}",
+        .payload = r->payload,
+        .payload_len = r->payload_len,
+        .event_id = r->event_id,
+        .ts_ms = r->timestamp_ms,
+        .received_at_ms = r->received_at_ms,
+    };
     const void *body = NULL;
     size_t body_len = 0;
-    if (ana_event_codec_encode(codec, w, r->search_text, r->payload, r->payload_len, &body,
-                               &body_len) < 0) {
+    if (ana_event_codec_encode(codec, w, &parts, &body, &body_len) < 0) {
       sqlite3_reset(st);
       ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       return ANA_ERR_NOMEM;
     }
-    sqlite3_bind_blob(st, 11, body, (int)body_len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 10, body, (int)body_len, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
       sqlite3_reset(st);
       return spool_error(w, err);
@@ -63,6 +94,12 @@ int ana_local_spool_insert(sqlite3 *w, sqlite3_stmt **stmt, struct ana_event_cod
   }
   sqlite3_reset(st);
   return 0;
+}
+
+void ana_spool_statements_finalize(struct ana_spool_statements *stmts) {
+  sqlite3_finalize(stmts->append);
+  sqlite3_finalize(stmts->number);
+  stmts->append = stmts->number = NULL;
 }
 
 static void free_batch(struct ana_spooled_event *ev, size_t n) {
@@ -180,27 +217,29 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     rc = ANA_ERR_IO;
     goto out;
   }
-  if (sqlite3_prepare_v2(r,
-                         text ? "SELECT seq, account_id, event_id, session_id, event_type,"
-                                " event_name, ts, received_at, properties, ana_event_text(body),"
-                                " ana_event_payload(body) FROM events"
-                                " WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                              : "SELECT seq, account_id, event_id, session_id, event_type,"
-                                " event_name, ts, received_at, properties, '',"
-                                " ana_event_payload(body) FROM events"
-                                " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                         -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(
+          r,
+          text ? "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
+                 " event_type, event_name, ts, ts + received_delta,"
+                 " ana_event_props(body), ana_event_text(body), " ANA_EVENT_PAYLOAD_SQL
+                 " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+               : "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
+                 " event_type, event_name, ts, ts + received_delta,"
+                 " ana_event_props(body), '', " ANA_EVENT_PAYLOAD_SQL
+                 " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;
   }
   sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
   sqlite3_bind_int(st, 2, max);
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_spooled_event e = {
         .seq = (uint64_t)sqlite3_column_int64(st, 0),
         .account_id = (const char *)sqlite3_column_text(st, 1),
-        .event_id = (const char *)sqlite3_column_text(st, 2),
+        .event_id = ana_event_id_column(st, 2, id_buf),
         .session_id = (const char *)sqlite3_column_text(st, 3),
         .event_type = (const char *)sqlite3_column_text(st, 4),
         .event_name = (const char *)sqlite3_column_text(st, 5),
@@ -246,10 +285,10 @@ int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, i
 }
 
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
-  *out = 0;
-  int rc = 0;
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
+  int rc = 0;
+  *out = 0;
   /* The staged events (staging.c) follow those in events. */
   if (sqlite3_prepare_v2(r,
                          "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),"

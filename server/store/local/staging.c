@@ -72,7 +72,7 @@ struct ana_staging {
   int idle_hints; /* checkpoints still to ask for, idle after moves */
   pthread_t thread;
   sqlite3 *conn; /* the mover's */
-  sqlite3_stmt *insert;
+  struct ana_spool_statements insert;
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
 };
@@ -720,7 +720,7 @@ void ana_staging_close(struct ana_staging *s) {
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
   }
-  sqlite3_finalize(s->insert);
+  ana_spool_statements_finalize(&s->insert);
   sqlite3_close(s->conn);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->moved_cond);

@@ -57,6 +57,21 @@ static char *property_path(const char *key) {
 
 #define MAX_PROPERTY_FILTERS 16
 
+/* Whether a property equal to v (as the filter compares: the value's text)
+ * has v itself in the properties' JSON text: v is not a number's or a
+ * boolean's text (those compare by their SQL rendering, "1" for true, "1.0"
+ * for 1e0, "Inf"), and has only characters that JSON writes as they are (printable
+ * ASCII but for '"', '\\' and '/'). Such a filter first looks for v in the
+ * text, a cheap test that most rows fail, before it parses the JSON. */
+static bool substring_of_json(const char *v) {
+  if (!v || !*v || strchr("0123456789+-.", v[0]) || strcmp(v, "Inf") == 0)
+    return false;
+  for (const char *c = v; *c; c++)
+    if (*c < 0x20 || *c > 0x7e || *c == '"' || *c == '\\' || *c == '/')
+      return false;
+  return true;
+}
+
 /* Lets a reader see the index at text_path, as `text` (once per reader). */
 static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error *err) {
   if (sqlite3_db_filename(r, "text"))
@@ -84,8 +99,7 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
                      size_t size) {
   size_t len = 0;
 #define APPEND(...) len += (size_t)snprintf(sql + len, size - len, __VA_ARGS__)
-  APPEND("SELECT %s, ts, event_id, seq%s FROM",
-         of == ONE_EVENT ? "NULL" : "ana_event_payload(body)",
+  APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : ANA_EVENT_PAYLOAD_SQL,
          words ? ", ana_event_text(body)" : "");
   if (of == ONE_EVENT)
     APPEND(" events WHERE seq = ?9 AND");
@@ -100,7 +114,7 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
      * index's order (no sort: SQLite stops after the page), the eventName
      * checked on the index's entries before a row is read. */
     APPEND(" events WHERE");
-  APPEND(" account_id = ?1 AND ts >= ?2 AND ts < ?3");
+  APPEND(" account_id = " ANA_ACCOUNT_NUMBER_SQL(1) " AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = ?4");
   if (q->event_name && q->event_name[0])
@@ -110,8 +124,12 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
   if (q->after_cursor)
     /* ts <= ?7 too: a bound the index seeks to. */
     APPEND(" AND ts <= ?7 AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))");
-  for (size_t i = 0; i < q->n_properties; i++)
-    APPEND(" AND CAST(json_extract(properties, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i, 21 + 2 * i);
+  for (size_t i = 0; i < q->n_properties; i++) {
+    if (substring_of_json(q->property_values[i]))
+      APPEND(" AND ana_event_props_has(body, ?%zu)", 21 + 2 * i);
+    APPEND(" AND CAST(json_extract(ana_event_props(body), ?%zu) AS TEXT) = ?%zu", 20 + 2 * i,
+           21 + 2 * i);
+  }
   if (of != ONE_EVENT)
     APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
 #undef APPEND
@@ -129,7 +147,7 @@ static void bind_filters(sqlite3_stmt *st, const struct ana_event_query *q, char
     sqlite3_bind_text(st, 6, q->session_id, -1, SQLITE_STATIC);
   if (q->after_cursor) {
     sqlite3_bind_int64(st, 7, q->cursor_ts);
-    sqlite3_bind_text(st, 8, q->cursor_event_id, -1, SQLITE_STATIC);
+    ana_event_id_bind(st, 8, q->cursor_event_id, -1);
   }
   sqlite3_bind_int(st, 10, q->limit);
   for (size_t i = 0; i < q->n_properties; i++) {
@@ -355,14 +373,17 @@ static int probe(struct text_search *s, const char *match) {
 struct candidate {
   int64_t ts, seq;
   char *event_id;
+  bool packed; /* stored as 16 bytes (event_ids.c) */
 };
 
-/* Newest first: timestamp, then event id (bytes, as SQLite's BINARY
- * collation compares them), descending. */
+/* Newest first: timestamp, then event id as SQLite orders the stored ids
+ * (text before blobs; each as their bytes), descending. */
 static int newest_first(const void *a, const void *b) {
   const struct candidate *x = a, *y = b;
   if (x->ts != y->ts)
     return x->ts > y->ts ? -1 : 1;
+  if (x->packed != y->packed)
+    return x->packed ? -1 : 1;
   return -strcmp(x->event_id, y->event_id);
 }
 
@@ -383,10 +404,11 @@ static int emit_matches(struct text_search *s, int n) {
       if (m < 0) {
         rc = m;
       } else if (m) {
+        char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
         c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
                                   .seq = s->seqs[i],
-                                  .event_id =
-                                      ana_strdup((const char *)sqlite3_column_text(s->one, 2))};
+                                  .event_id = ana_strdup(ana_event_id_column(s->one, 2, id_buf)),
+                                  .packed = sqlite3_column_type(s->one, 2) == SQLITE_BLOB};
         if (!c[k++].event_id)
           rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       }
@@ -440,8 +462,9 @@ static int emit_rows(struct text_search *s, const char *match) {
         continue;
     }
     s->emitted++;
+    char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
     if (s->hit(s->ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
-               sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
+               sqlite3_column_int64(st, 1), ana_event_id_column(st, 2, id_buf),
                (uint64_t)sqlite3_column_int64(st, 3)) ||
         (q->limit > 0 && s->emitted >= q->limit)) {
       s->done = true;
@@ -522,7 +545,7 @@ static int text_search(struct text_search *s, char *const *paths) {
   rows_sql(q, ONE_EVENT, s->n_phrases > 0, one, sizeof one);
   if (sqlite3_prepare_v2(s->r, sql, -1, &s->rows, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->r, one, -1, &s->one, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(s->r, "SELECT ana_event_payload(body) FROM events WHERE seq = ?", -1,
+      sqlite3_prepare_v2(s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE seq = ?", -1,
                          &s->payload, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->r,
                          "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2", -1,
@@ -596,9 +619,10 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   }
   bind_filters(st, q, paths);
   int step;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     if (hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
-            sqlite3_column_int64(st, 1), (const char *)sqlite3_column_text(st, 2),
+            sqlite3_column_int64(st, 1), ana_event_id_column(st, 2, id_buf),
             (uint64_t)sqlite3_column_int64(st, 3)))
       break;
   }

@@ -73,11 +73,13 @@ static int store_search(void *p, const struct ana_event_query *q, ana_event_hit_
 }
 
 /* A row of the scans' SELECT (ts, event_id, event_type, event_name,
- * session_id, properties, seq); its strings live until the next step. */
-static struct ana_scanned_event scanned_row(sqlite3_stmt *st) {
+ * session_id, properties, seq); its strings live until the next step (a
+ * UUID's text in id_buf). */
+static struct ana_scanned_event scanned_row(sqlite3_stmt *st,
+                                            char id_buf[ANA_EVENT_ID_UUID_LEN + 1]) {
   return (struct ana_scanned_event){
       .timestamp_ms = sqlite3_column_int64(st, 0),
-      .event_id = (const char *)sqlite3_column_text(st, 1),
+      .event_id = ana_event_id_column(st, 1, id_buf),
       .event_type = (const char *)sqlite3_column_text(st, 2),
       .event_name = (const char *)sqlite3_column_text(st, 3),
       .session_id = (const char *)sqlite3_column_text(st, 4),
@@ -120,10 +122,11 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
    * scan ends its snapshot at the next 6-hour slot and goes on from
    * there. */
   char sql[1024];
-  size_t len = (size_t)snprintf(sql, sizeof sql,
-                                "SELECT ts, event_id, event_type, event_name, session_id,"
-                                " properties, seq FROM events WHERE account_id = ?1"
-                                " AND ts >= ?2 AND ts < ?3");
+  size_t len = (size_t)snprintf(
+      sql, sizeof sql,
+      "SELECT ts, event_id, event_type, event_name, session_id,"
+      " ana_event_props(body), seq FROM events WHERE account_id = " ANA_ACCOUNT_NUMBER_SQL(
+          1) " AND ts >= ?2 AND ts < ?3");
   bool in_sql = n_names > 0 && n_names <= SCAN_NAMES_IN_SQL;
   for (size_t i = 0; in_sql && i < n_names; i++)
     len += (size_t)snprintf(sql + len, sizeof sql - len, "%s?%zu",
@@ -146,6 +149,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     sqlite3_bind_text(st, (int)(4 + i), names[i], -1, SQLITE_STATIC);
   int64_t slot = INT64_MIN;
   long rows = 0;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   int step;
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t ts = sqlite3_column_int64(st, 0);
@@ -163,7 +167,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     rows++;
     if (!in_sql && !name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
       continue;
-    struct ana_scanned_event ev = scanned_row(st);
+    struct ana_scanned_event ev = scanned_row(st, id_buf);
     if (fn(ctx, &ev))
       break;
   }
@@ -209,8 +213,9 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
    * one stored when it began. "+account_id" keeps SQLite from walking the
    * account's slot index instead. */
   const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, properties, seq FROM events"
-      " WHERE seq > ?1 AND seq <= ?2 AND +account_id = ?3 ORDER BY seq";
+      "SELECT ts, event_id, event_type, event_name, session_id, ana_event_props(body), seq"
+      " FROM events WHERE seq > ?1 AND seq <= ?2 AND +account_id = " ANA_ACCOUNT_NUMBER_SQL(
+          3) " ORDER BY seq";
   uint64_t last = 0;
   int rc = ana_local_spool_last_seq(s->db, &last, err);
   if (rc < 0)
@@ -225,6 +230,7 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   }
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
   bool stop = false;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
     uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
     /* One snapshot of events and of the staged events after them: in it,
@@ -242,7 +248,7 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
     int step;
     uint64_t seen = lo;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = scanned_row(st);
+      struct ana_scanned_event ev = scanned_row(st, id_buf);
       seen = ev.seq;
       if (fn(ctx, &ev)) {
         stop = true;
@@ -336,8 +342,9 @@ static int rewriter(struct sqlite_event_store *s, struct ana_error *err) {
     return ANA_ERR_IO;
   if (sqlite3_exec(s->rewriter, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(s->rewriter,
-                         "UPDATE events SET properties = ?3, body = ana_event_body(?4, ?5)"
-                         " WHERE seq = ?1 AND account_id = ?2",
+                         "UPDATE events SET body = ana_event_body(?4, ?3, ?5, event_id, ts,"
+                         " ts + received_delta)"
+                         " WHERE seq = ?1 AND account_id = " ANA_ACCOUNT_NUMBER_SQL(2),
                          -1, &s->update, NULL) != SQLITE_OK)
     return prepare_error(s->rewriter, err);
   return 0;

@@ -211,7 +211,16 @@ class ClickHouseStoreTest(unittest.TestCase):
         self.assertTrue(all(abs(int(r[2]) - time.time() * 1000) < 60000 for r in rows))
         self.assertTrue(all(r[3].startswith("c") and r[4] == "2" and r[5] == "1" for r in rows))
         self.assertEqual(self.ch.rows("SELECT max(version) FROM %s.schema_migrations" % self.db),
-                         [["2"]])
+                         [["4"]])
+        # The shipped table: every sequence up to 3 is in, from the lowest timestamp on.
+        deadline = time.time() + 10
+        while time.time() < deadline and self.ch.rows(
+                "SELECT max(seq) FROM %s.shipped" % self.db) != [["3"]]:
+            time.sleep(0.05)
+        self.assertEqual(self.ch.rows("SELECT instance, max(seq), min(min_ts) <= min(%s) FROM"
+                                      " %s.shipped GROUP BY instance"
+                                      % ("(SELECT min(ts) FROM %s.events)" % self.db, self.db)),
+                         [[rows[0][1], "3", "1"]])
         props = self.ch.rows("SELECT properties FROM %s.events ORDER BY seq" % self.db)
         self.assertTrue(all(json.loads(r[0])["n"] == 2 for r in props), props)
 

@@ -323,6 +323,10 @@ class PushedDownReadsTest(unittest.TestCase):
                 " SELECT 'old', 1, 'default', 'old-1', '', 't', 'shared', %d, %d,"
                 " toDate(%d), ['k'], ['v'], unhex('%s')"
                 % (at * 1000 + 500, at * 1000 + 500, at, old.SerializeToString().hex()))
+            # ... and its row of the shipped table, as the schema migration writes it for the
+            # instances that shipped before the table was there.
+            self.ch.query("INSERT INTO shared.shipped VALUES ('old', 1, %d)" % (at * 1000 + 500))
+            metrics = []
             for s in pair:
                 found = egrpc.EventServiceStub(s.channel()).SearchEvents(
                     self.epb.SearchEventsRequest(event_name="shared", page_size=100), timeout=10)
@@ -335,6 +339,7 @@ class PushedDownReadsTest(unittest.TestCase):
                 mt = mgrpc.MetricServiceStub(s.channel())
                 m = mt.CreateMetric(self.mpb.CreateMetricRequest(metric=self.mpb.Metric(
                     name="shared", formula="count(shared)", dimensions=["k"])), timeout=10)
+                metrics.append(m.metric_id)
                 # The raw path (rollups follow each instance's own commit sequence).
                 d = mt.GetMetricData(self.mpb.GetMetricDataRequest(
                     metric_id=m.metric_id, interval="1h", **{"from": ts(at - 60),
@@ -360,6 +365,68 @@ class PushedDownReadsTest(unittest.TestCase):
                             raise
                         time.sleep(0.1)
                 self.assertIsNone(same(json_format.MessageToDict(r), raw))
+            # Both go on ingesting after the backfills: each rollup follows the events the
+            # other instance ships afterwards (not only its own), and answers as the raw path;
+            # a second metric per instance (defined now: its marks catch up, then both read
+            # the other's new events in one scan).
+            for n, s in enumerate(pair):
+                mt = mgrpc.MetricServiceStub(s.channel())
+                metrics.append(mt.CreateMetric(self.mpb.CreateMetricRequest(
+                    metric=self.mpb.Metric(name="shared-by-type", formula="count(shared)",
+                                           dimensions=["eventType"])), timeout=10).metric_id)
+            sent = [12]  # the events so far: 11 tracked, the old row
+
+            def track_more(tag, senders):
+                for rnd in range(3):
+                    for n, s in senders:
+                        evs = []
+                        for i in range(4 + n + rnd):
+                            e = self.epb.Event(event_id="%s%d-%d-%d" % (tag, rnd, n, i),
+                                               event_name="shared", event_type="t")
+                            e.timestamp.FromMilliseconds((at + 600 * rnd + i) * 1000)
+                            e.properties.update({"k": "w%d" % (i % 2)})
+                            evs.append(e)
+                        egrpc.EventServiceStub(s.channel()).TrackEvents(
+                            self.epb.TrackEventsRequest(events=evs), timeout=10)
+                        sent[0] += len(evs)
+                    time.sleep(0.2)
+                deadline = time.time() + 30
+                while time.time() < deadline and self.ch.rows(
+                        "SELECT count() FROM shared.events") != [[str(sent[0])]]:
+                    time.sleep(0.1)
+
+            def rollups_equal_raw(servers, ids):
+                for s, metric_id in zip(servers, ids):
+                    mt = mgrpc.MetricServiceStub(s.channel())
+                    ask = self.mpb.GetMetricDataRequest(
+                        metric_id=metric_id, interval="1h", **{"from": ts(at - 60),
+                                                                 "to": ts(at + 3600)})
+                    raw = json_format.MessageToDict(mt.GetMetricData(
+                        ask, timeout=10, metadata=[("x-metric-source", "raw")]))
+                    self.assertEqual(sum(x["total"] for x in raw["series"]), sent[0])
+                    deadline = time.time() + 10
+                    while True:
+                        try:
+                            r = json_format.MessageToDict(mt.GetMetricData(
+                                ask, timeout=10, metadata=[("x-metric-source", "rollup")]))
+                            diff = same(r, raw)
+                        except grpc.RpcError as e:  # not complete yet after a restart
+                            diff = str(e)
+                        if diff is None or time.time() > deadline:
+                            break
+                        time.sleep(0.2)
+                    self.assertIsNone(diff, "the rollup of %s misses the other's later events"
+                                      % s.data_dir)
+
+            track_more("r", list(enumerate(pair)))
+            rollups_equal_raw(pair + pair, metrics)
+            # The marks are kept with the cells: after a restart nothing is counted twice, and
+            # what the other shipped meanwhile is read.
+            pair[0].stop()
+            track_more("x", [(1, pair[1])])
+            pair[0].sigterm_at = None  # (a new process: stop sends it SIGTERM again)
+            pair[0].start()
+            rollups_equal_raw([pair[0], pair[0]], metrics[0::2])
         finally:
             for s in pair:
                 s.stop()

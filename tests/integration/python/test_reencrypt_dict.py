@@ -112,7 +112,7 @@ class ReencryptDictTest(unittest.TestCase):
             plain = db.execute("SELECT count(*) FROM events WHERE event_name = ?",
                                (name + "_plain",)).fetchone()[0]
             self.assertGreater(db.execute(
-                "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'01'").fetchone()[0], 0)
+                "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'81'").fetchone()[0], 0)
 
         # The field is configured; the job is killed while it rewrites bodies.
         env = {"ENCRYPTED_FIELDS": "properties.email", "REENCRYPT_BATCH_EVENTS": 100,
@@ -145,8 +145,8 @@ class ReencryptDictTest(unittest.TestCase):
             self.assertEqual(db.execute("SELECT count(*) FROM event_dicts WHERE id <= ?",
                                         (dicts[-1][0],)).fetchone()[0], 0)
             self.assertEqual(db.execute(
-                "SELECT count(*) FROM events WHERE substr(body, 1, 1) BETWEEN x'01' AND ?",
-                (bytes([dicts[-1][0]]),)).fetchone()[0], 0)
+                "SELECT count(*) FROM events WHERE substr(body, 1, 1) BETWEEN x'81' AND ?",
+                (bytes([0x80 | dicts[-1][0]]),)).fetchone()[0], 0)
         self.assertTrue(any("resuming at event" in line for line in log))
         self.assertTrue(any("those dictionaries deleted" in line for line in log))
 

@@ -312,5 +312,67 @@ class RestRemoteTest(RestTest):
     BRIDGE = "remote"
 
 
+class RestLargeBatchTest(harness.ServerTestCase):
+    """Batches over 64 KiB, decoded on the bridge's decode pool with their
+    events split in chunks: the same answers as one decode of the whole."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.rest = RestClient(cls.rest_port)
+
+    assertJsonError = RestTest.assertJsonError
+
+    def large_batch(self, n, odd=None, extra=""):
+        """A batch body of n events (over the 64 KiB decoded on the pool in
+        chunks); event `odd` gets the members `extra` too."""
+        evs = []
+        for i in range(n):
+            e = '{"eventId":"big-%d","eventType":"message","eventName":"sent","properties":' \
+                '{"campaignId":"c%d","groupId":"g%d","n":%d,"tags":["a","b"]}%s}' % (
+                    i, i % 50, i % 20, i, "," + extra if i == odd else "")
+            evs.append(e)
+        return ('{"events":[%s]}' % ",".join(evs)).encode()
+
+    def test_large_batch_errors_name_the_event(self):
+        # Large bodies are decoded in chunks: an error still names its event
+        # and reads as when the whole body is decoded at once.
+        cases = [('"sessionId":5', "events[677].sessionId: expected a string, got a number"),
+                 ('"eventName":"again"', "events[677].eventName: duplicate key"),
+                 ('"bogus":1', "events[677].bogus: unknown field"),
+                 ('"timestamp":"noon"', "events[677].timestamp: ")]
+        for extra, message in cases:
+            with self.subTest(extra=extra):
+                body = self.large_batch(800, 677, extra)
+                self.assertGreater(len(body), 64 << 10)
+                status, _, resp = self.rest.request(
+                    "POST", "/api/events/batch", raw_body=body,
+                    headers={"Content-Type": "application/json"})
+                self.assertJsonError(status, resp, 400, 3)
+                self.assertTrue(resp["message"].startswith(message), resp["message"])
+        body = self.large_batch(800)[:-3] + b",]}"
+        status, _, resp = self.rest.request("POST", "/api/events/batch", raw_body=body,
+                                            headers={"Content-Type": "application/json"})
+        self.assertJsonError(status, resp, 400, 3)
+        self.assertIn("line 1, column", resp["message"])
+
+    def test_large_batch_is_stored_in_order(self):
+        body = self.large_batch(800)
+        status, _, resp = self.rest.request("POST", "/api/events/batch", raw_body=body,
+                                            headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 200, resp)
+        self.assertEqual([r["eventId"] for r in resp["results"]],
+                         ["big-%d" % i for i in range(800)])
+        self.assertEqual([r.get("index", 0) for r in resp["results"]], list(range(800)))
+        self.assertTrue(all(r["status"] in ("ACCEPTED", "DUPLICATE") for r in resp["results"]))
+
+
+class RestLargeBatchRemoteTest(RestLargeBatchTest):
+    """The same through analytics-restbridge (remote mode), which decodes
+    large bodies the same way before forwarding them."""
+
+    BRIDGE = "remote"
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,0 +1,105 @@
+"""Issue 21, point 2 (bytes per event): an events row of a marketing import
+(UUID eventIds, properties {campaignId, groupId}) took 236 bytes: the
+properties in a column and again in the compressed payload, the eventId as
+36 characters in the row and again in the payload, the account id as text.
+Now the properties are only in the compressed body, the payload leaves out
+what the row's columns hold, a canonical UUID is 16 bytes and the account a
+number; the events read back the same (search by property, ids, payloads).
+"""
+
+import http.client
+import json
+import os
+import random
+import sqlite3
+import time
+import unittest
+import urllib.parse
+
+from adversary import AttackTestCase
+
+DAY_MS = 86400 * 1000
+EVENTS = 20000
+BATCH = 1000
+NAMES = ("message_sent", "message_delivered", "message_read", "message_clicked")
+# Bytes per event of the events table (its own B-tree, no index) at most.
+MAX_EVENT_BYTES = 150
+
+
+def uuid4(rnd):
+    h = "%032x" % rnd.getrandbits(128)
+    return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+def batch(rnd, n):
+    now = int(time.time() * 1000)
+    events = []
+    for _ in range(n):
+        ts = now - 3600 * 1000 - rnd.randrange(29 * DAY_MS)
+        events.append({
+            "eventId": uuid4(rnd),
+            "eventType": "message",
+            "eventName": rnd.choice(NAMES),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000))
+                         + ".%03dZ" % (ts % 1000),
+            "properties": {"campaignId": "c%d" % rnd.randrange(50),
+                           "groupId": "g%d" % rnd.randrange(20)},
+        })
+    return events
+
+
+class EventRowBytesTest(AttackTestCase):
+    def call(self, method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=30)
+        try:
+            conn.request(method, path, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.assertEqual(resp.status, 200, data[:300])
+        return json.loads(data)
+
+    def table_bytes(self, name):
+        path = os.path.join(self.server.data_dir, "analytics.db")
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            return db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = ?",
+                              (name,)).fetchone()[0]
+        finally:
+            db.close()
+
+    def test_events_rows_kept_properties_and_uuid_ids_twice(self):
+        rnd = random.Random(21)
+        sent = []
+        with self.rss_watch():
+            for _ in range(0, EVENTS, BATCH):
+                events = batch(rnd, BATCH)
+                sent.extend(events)
+                out = self.call("POST", "/api/events/batch", json.dumps({"events": events}))
+                self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+            # Events read back as sent: by two properties, with their ids.
+            want = sorted(e["eventId"] for e in sent
+                          if e["properties"] == {"campaignId": "c7", "groupId": "g3"})
+            got, token = [], ""
+            while True:
+                q = {"properties[campaignId]": "c7", "properties[groupId]": "g3",
+                     "pageSize": 7}
+                if token:
+                    q["pageToken"] = token
+                page = self.call("GET", "/api/events/search?" + urllib.parse.urlencode(q))
+                for e in page.get("events", []):
+                    self.assertEqual(e["properties"], {"campaignId": "c7", "groupId": "g3"})
+                    got.append(e["eventId"])
+                token = page.get("nextPageToken", "")
+                if not token:
+                    break
+        self.assertEqual(sorted(got), want)
+        per_event = self.table_bytes("events") / EVENTS
+        self.assertLessEqual(per_event, MAX_EVENT_BYTES,
+                             "an events row takes %.1f bytes" % per_event)
+        self.assert_survived()
+
+
+if __name__ == "__main__":
+    unittest.main()
