@@ -1214,6 +1214,34 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
   }
   struct ana_error err;
   struct ana_arena *scratch = al->o.reveal ? ana_arena_create(4096, 0) : NULL;
+  /* The values a notification shows are looked up before the transaction:
+   * a search waits for the store's mover, which needs the write lock this
+   * transaction would hold. */
+  const char *(*shown)[16] = ana_calloc(n, sizeof *shown);
+  bool *differs = ana_calloc(n, sizeof *differs);
+  if (!shown || !differs) {
+    ana_free(shown);
+    ana_free(differs);
+    ana_free(ids);
+    ana_free(msgs);
+    ana_arena_destroy(scratch);
+    return ANA_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct rule *r = cs[i].r;
+    struct instance *in = &r->inst[cs[i].ii];
+    size_t nd = r->n_dims < 16 ? r->n_dims : 16;
+    if (!cs[i].step.notify || !r->alert->n_channels)
+      continue;
+    for (size_t d = 0; d < nd; d++) {
+      shown[i][d] = al->o.reveal && in->vals[d] && scratch
+                        ? al->o.reveal(r->account, (const char *const *)r->alert->creator_roles,
+                                       r->alert->n_creator_roles, r->metric->dimensions[d],
+                                       in->vals[d], INT64_MIN, INT64_MAX, scratch)
+                        : in->vals[d];
+      differs[i] = differs[i] || shown[i][d] != in->vals[d];
+    }
+  }
   int rc = ana_local_conn_begin(al->lconn, &err);
   int queued = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
@@ -1271,26 +1299,16 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
       /* The notification shows the dimension values as the alert's creator
        * may see them (encrypted ones masked or in clear); the history
        * keeps them as aggregated. */
-      const char *shown[16];
       char *text = msgs[i], clear[1024];
-      bool differs = false;
-      for (size_t d = 0; d < nd; d++) {
-        shown[d] = al->o.reveal && in->vals[d] && scratch
-                       ? al->o.reveal(r->account, (const char *const *)r->alert->creator_roles,
-                                      r->alert->n_creator_roles, names[d], in->vals[d], INT64_MIN,
-                                      INT64_MAX, scratch)
-                       : in->vals[d];
-        differs = differs || shown[d] != in->vals[d];
-      }
-      if (differs) {
+      if (differs[i]) {
         ana_alert_render(r->alert->message, r->alert->name, r->alert->metric,
                          ana_alert_state_name(c->step.to), ana_alert_severity_name(r->p.severity),
-                         in->st.has_value, in->st.value, r->p.threshold, names, shown, nd, clear,
+                         in->st.has_value, in->st.value, r->p.threshold, names, shown[i], nd, clear,
                          sizeof clear);
         text = clear;
       }
-      queued += notify_in_txn(al, r, in, c, ids[i], text, shown, differs, channels, sizeof channels,
-                              failed, sizeof failed);
+      queued += notify_in_txn(al, r, in, c, ids[i], text, shown[i], differs[i], channels,
+                              sizeof channels, failed, sizeof failed);
       if ((rc = ana_local_alerts_note(al->state, id, channels, failed, &err)) < 0)
         break;
     }
@@ -1319,6 +1337,8 @@ static int write_changes(struct ana_alerts *al, struct change *cs, size_t n) {
   }
   ana_free(ids);
   ana_free(msgs);
+  ana_free(shown);
+  ana_free(differs);
   ana_arena_destroy(scratch);
   return rc < 0 ? ANA_ERR_IO : 0;
 }
