@@ -45,6 +45,10 @@ struct staged_row {
 /* Staged rows one move takes at most. */
 #define MOVE_ROWS 512
 
+/* Longest wait of a move for the event bodies' first dictionary being
+ * trained (event_body.c; tens of ms), outside any transaction. */
+#define TRAINING_WAIT_MS 2000
+
 struct ana_staging {
   struct ana_local_db *db;
   /* The commit's side (committer thread only): the events its open
@@ -462,6 +466,13 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   int room = ana_local_db_move_room(s->db);
   size_t max_events = (size_t)room * 2 / 3 < MOVE_EVENTS ? (size_t)room * 2 / 3 : MOVE_EVENTS;
   if (max_events < 1)
+    max_events = 1;
+  /* The moves encode the events' bodies: while the codec samples for its
+   * first dictionary a move takes one staged row, and once the samples are
+   * in the next waits for the training, so that a first import is not
+   * stored uncompressed (the training used to overlap a whole move). */
+  int codec = ana_event_codec_training_state(ana_local_db_event_codec(s->db), TRAINING_WAIT_MS);
+  if (codec == ANA_CODEC_SAMPLING)
     max_events = 1;
   ana_local_db_gate_enter(s->db, room);
   if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
