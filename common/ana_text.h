@@ -9,6 +9,11 @@
  * if so and chars is not NULL, stores the number of code points. */
 bool ana_utf8_valid(const char *s, size_t *chars);
 
+/* The length (1-4) of the well-formed UTF-8 sequence at s, n >= 1 bytes
+ * available (SIZE_MAX for NUL-terminated text: a NUL ends any sequence), or
+ * 0 when it is ill-formed (overlong, surrogate, above U+10FFFF, cut). */
+size_t ana_utf8_seq_len(const void *s, size_t n);
+
 /* Validates UTF-8 that arrives in pieces (a code point may be split
  * between them). Zero-initialise, feed each piece with ana_utf8_feed, and
  * at the end check ana_utf8_complete. */

@@ -3,34 +3,42 @@
 
 #include <stdint.h>
 
+size_t ana_utf8_seq_len(const void *p, size_t n) {
+  const unsigned char *s = p;
+  unsigned c = s[0];
+  size_t k;
+  uint32_t cp, min;
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xc2 && c <= 0xdf)
+    k = 1, cp = c & 0x1f, min = 0x80;
+  else if (c >= 0xe0 && c <= 0xef)
+    k = 2, cp = c & 0x0f, min = 0x800;
+  else if (c >= 0xf0 && c <= 0xf4)
+    k = 3, cp = c & 0x07, min = 0x10000;
+  else
+    return 0;
+  if (n <= k)
+    return 0;
+  for (size_t i = 1; i <= k; i++) {
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+    cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;
+  return k + 1;
+}
+
 bool ana_utf8_valid(const char *str, size_t *chars) {
   const unsigned char *s = (const unsigned char *)str;
   size_t n = 0;
   while (*s) {
-    uint32_t c = *s;
-    int len;
-    uint32_t min;
-    if (c < 0x80) {
-      s++;
-      n++;
-      continue;
-    } else if ((c & 0xe0) == 0xc0) {
-      len = 2, min = 0x80, c &= 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      len = 3, min = 0x800, c &= 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      len = 4, min = 0x10000, c &= 0x07;
-    } else {
+    /* A NUL ends any sequence: no length is needed. */
+    size_t k = ana_utf8_seq_len(s, SIZE_MAX);
+    if (!k)
       return false;
-    }
-    for (int i = 1; i < len; i++) {
-      if ((s[i] & 0xc0) != 0x80)
-        return false;
-      c = c << 6 | (s[i] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-      return false;
-    s += len;
+    s += k;
     n++;
   }
   if (chars)

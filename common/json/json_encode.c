@@ -4,6 +4,7 @@
 #include "ana_proto_walk.h"
 
 #include "ana_alloc.h"
+#include "ana_text.h"
 
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
@@ -129,30 +130,6 @@ static inline void maybe_flush(struct enc *e) {
   }
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left, s[0] >= 0x80), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0], cp, min;
-  size_t k;
-  if (c >= 0xc2 && c <= 0xdf)
-    k = 1, cp = c & 0x1f, min = 0x80;
-  else if (c >= 0xe0 && c <= 0xef)
-    k = 2, cp = c & 0x0f, min = 0x800;
-  else if (c >= 0xf0 && c <= 0xf4)
-    k = 3, cp = c & 0x07, min = 0x10000;
-  else
-    return 0;
-  if (n <= k)
-    return 0;
-  for (size_t i = 1; i <= k; i++) {
-    if ((s[i] & 0xc0) != 0x80)
-      return 0;
-    cp = (cp << 6) | (s[i] & 0x3f);
-  }
-  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-    return 0;
-  return k + 1;
-}
-
 /* A JSON string: '"', '\\' and control characters escaped, valid UTF-8
  * copied as is, each invalid byte written as U+FFFD. */
 static void put_string(struct enc *e, const char *str, size_t len) {
@@ -166,7 +143,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
       continue;
     }
     if (c >= 0x80) {
-      size_t k = utf8_seq(s + i, len - i);
+      size_t k = ana_utf8_seq_len(s + i, len - i);
       if (k) {
         i += k;
         continue;

@@ -214,20 +214,6 @@ static void fail_nomem(struct parser *p) {
   ana_error_set(p->err, ANA_STATUS_RESOURCE_EXHAUSTED, "formula: out of memory");
 }
 
-/* Whether n bytes at s start with a valid UTF-8 sequence; its length or 0. */
-static size_t utf8_seq(const char *s, size_t n) {
-  char buf[5] = {0};
-  size_t len;
-  unsigned char c = (unsigned char)s[0];
-  if (c < 0x80)
-    return 1;
-  len = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-  if (len == 0 || len > n)
-    return 0;
-  memcpy(buf, s, len);
-  return ana_utf8_valid(buf, NULL) ? len : 0;
-}
-
 /* What the current token is, for "unexpected ..." (truncated when long). */
 static void describe_token(const struct src *s, char *buf, size_t cap) {
   const struct token *t = &s->tok;
@@ -399,7 +385,7 @@ static bool next(struct parser *p, struct src *s) {
         s->pos++;
       s->tok.kind = T_IDENT;
     } else {
-      size_t n = utf8_seq(t + s->pos, s->len - s->pos);
+      size_t n = ana_utf8_seq_len(t + s->pos, s->len - s->pos);
       if (n > 0 && (unsigned char)c >= 0x80)
         fail_at(p, s, s->pos, "unexpected '%.*s'", (int)n, t + s->pos);
       else if ((unsigned char)c > ' ' && (unsigned char)c < 0x7f)

@@ -2,11 +2,13 @@
  * keys and values as parallel arrays, read straight from the committed JSON text when it is a
  * flat object, through jansson otherwise. */
 #include "ana_alloc.h"
+#include "ana_text.h"
 #include "clickhouse_backend.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -112,30 +114,6 @@ static const char *skip_ws(const char *p) {
   return p;
 }
 
-/* The length of the well-formed UTF-8 sequence at s (jansson's rules: no overlong forms, no
- * surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_len(const unsigned char *s) {
-  unsigned c = s[0];
-  size_t k;
-  uint32_t cp, min;
-  if (c >= 0xc2 && c <= 0xdf)
-    k = 1, cp = c & 0x1f, min = 0x80;
-  else if (c >= 0xe0 && c <= 0xef)
-    k = 2, cp = c & 0x0f, min = 0x800;
-  else if (c >= 0xf0 && c <= 0xf4)
-    k = 3, cp = c & 0x07, min = 0x10000;
-  else
-    return 0;
-  for (size_t i = 1; i <= k; i++) {
-    if ((s[i] & 0xc0) != 0x80)
-      return 0;
-    cp = (cp << 6) | (s[i] & 0x3f);
-  }
-  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-    return 0;
-  return k + 1;
-}
-
 /* A string without escapes at p (its opening quote): its bytes' span, the position after its
  * closing quote; NULL for anything jansson is to read (escapes, control characters, bad UTF-8). */
 static const char *scan_string(const char *p, const char **s, size_t *len) {
@@ -150,7 +128,7 @@ static const char *scan_string(const char *p, const char **s, size_t *len) {
       q++;
       continue;
     }
-    size_t k = utf8_len(q);
+    size_t k = ana_utf8_seq_len(q, SIZE_MAX); /* jansson's rules */
     if (!k)
       return NULL;
     q += k;
