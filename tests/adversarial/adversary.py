@@ -15,6 +15,8 @@ STREAM_QUEUE_BUDGET_MB, 128 MiB each by default), so a test that lowers them
 gets a tighter bound.
 """
 
+import http.client
+import json
 import os
 import random
 import socket
@@ -204,6 +206,18 @@ class AttackTestCase(harness.ServerTestCase):
                 self.assertEqual(e.code(), grpc.StatusCode.FAILED_PRECONDITION, e.details())
                 self.assertLess(time.time(), deadline)
                 time.sleep(0.1)
+
+    def rest_json_ok(self, method, path, body=None, timeout=30):
+        """A REST call on a new connection that must answer 200: its JSON."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=timeout)
+        try:
+            conn.request(method, path, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.assertEqual(resp.status, 200, data[:300])
+        return json.loads(data)
 
     def rest_health(self, timeout=5.0):
         """GET /health on a new connection: (status, body)."""

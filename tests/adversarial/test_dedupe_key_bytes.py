@@ -5,7 +5,6 @@ the keys are listed by expiry day, one compressed row per commit and day
 (dedupe_expiry); a retry is still recognised whatever its timestamp.
 """
 
-import http.client
 import json
 import os
 import random
@@ -50,15 +49,7 @@ def batch_body(rnd, first, n, shift_ms=0, uuids=False):
 
 class DedupeKeyBytesTest(AttackTestCase):
     def post(self, body):
-        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=30)
-        try:
-            conn.request("POST", "/api/events/batch", body, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        self.assertEqual(resp.status, 200, data[:300])
-        return json.loads(data)
+        return self.rest_json_ok("POST", "/api/events/batch", body)
 
     def dedupe_bytes(self):
         path = os.path.join(self.server.data_dir, "analytics.db")

@@ -7,7 +7,6 @@ what the row's columns hold, a canonical UUID is 16 bytes and the account a
 number; the events read back the same (search by property, ids, payloads).
 """
 
-import http.client
 import json
 import os
 import random
@@ -49,17 +48,6 @@ def batch(rnd, n):
 
 
 class EventRowBytesTest(AttackTestCase):
-    def call(self, method, path, body=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=30)
-        try:
-            conn.request(method, path, body, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        self.assertEqual(resp.status, 200, data[:300])
-        return json.loads(data)
-
     def table_bytes(self, name):
         path = os.path.join(self.server.data_dir, "analytics.db")
         db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
@@ -76,7 +64,8 @@ class EventRowBytesTest(AttackTestCase):
             for _ in range(0, EVENTS, BATCH):
                 events = batch(rnd, BATCH)
                 sent.extend(events)
-                out = self.call("POST", "/api/events/batch", json.dumps({"events": events}))
+                out = self.rest_json_ok("POST", "/api/events/batch",
+                                        json.dumps({"events": events}))
                 self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
             # Events read back as sent: by two properties, with their ids.
             want = sorted(e["eventId"] for e in sent
@@ -87,7 +76,8 @@ class EventRowBytesTest(AttackTestCase):
                      "pageSize": 7}
                 if token:
                     q["pageToken"] = token
-                page = self.call("GET", "/api/events/search?" + urllib.parse.urlencode(q))
+                page = self.rest_json_ok("GET",
+                                         "/api/events/search?" + urllib.parse.urlencode(q))
                 for e in page.get("events", []):
                     self.assertEqual(e["properties"], {"campaignId": "c7", "groupId": "g3"})
                     got.append(e["eventId"])

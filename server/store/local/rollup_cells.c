@@ -71,18 +71,24 @@ void ana_rollup_cells_close(struct ana_rollup_cells *h) {
 
 /* --- definitions --- */
 
-/* The metric's marks of other instances' events (a new version starts without). */
-static int forget_others(struct ana_rollup_cells *h, const char *metric_id, struct ana_error *err) {
+/* Runs sql (a DELETE of one metric's rows, its id as ?1) on the control connection. */
+static int delete_of_metric(struct ana_rollup_cells *h, const char *sql, const char *metric_id,
+                            struct ana_error *err) {
   sqlite3_stmt *st = NULL;
   int rc = 0;
-  if (sqlite3_prepare_v2(h->ctl, "DELETE FROM metric_rollup_others WHERE metric_id = ?1", -1, &st,
-                         NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v2(h->ctl, sql, -1, &st, NULL) != SQLITE_OK)
     return sql_fail(h->ctl, "cannot forget a definition", err);
   sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
   if (sqlite3_step(st) != SQLITE_DONE)
     rc = sql_fail(h->ctl, "cannot forget a definition", err);
   sqlite3_finalize(st);
   return rc;
+}
+
+/* The metric's marks of other instances' events (a new version starts without). */
+static int forget_others(struct ana_rollup_cells *h, const char *metric_id, struct ana_error *err) {
+  return delete_of_metric(h, "DELETE FROM metric_rollup_others WHERE metric_id = ?1", metric_id,
+                          err);
 }
 
 int ana_rollup_cells_put_def(struct ana_rollup_cells *h, const char *metric_id,
@@ -111,18 +117,9 @@ int ana_rollup_cells_put_def(struct ana_rollup_cells *h, const char *metric_id,
 
 int ana_rollup_cells_forget_def(struct ana_rollup_cells *h, const char *metric_id,
                                 struct ana_error *err) {
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  if (sqlite3_prepare_v2(h->ctl, "DELETE FROM metric_rollup_defs WHERE metric_id = ?1", -1, &st,
-                         NULL) != SQLITE_OK)
-    return sql_fail(h->ctl, "cannot forget a definition", err);
-  sqlite3_bind_text(st, 1, metric_id, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE)
-    rc = sql_fail(h->ctl, "cannot forget a definition", err);
-  sqlite3_finalize(st);
-  if (rc == 0)
-    rc = forget_others(h, metric_id, err);
-  return rc;
+  int rc =
+      delete_of_metric(h, "DELETE FROM metric_rollup_defs WHERE metric_id = ?1", metric_id, err);
+  return rc == 0 ? forget_others(h, metric_id, err) : rc;
 }
 
 int ana_rollup_cells_each_other_mark(struct ana_rollup_cells *h, ana_rollup_other_mark_fn fn,
