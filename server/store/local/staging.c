@@ -572,6 +572,7 @@ out:
 
 static void *mover_thread(void *arg) {
   struct ana_staging *s = arg;
+  pthread_setname_np(pthread_self(), "ana-mover"); /* top -H, /proc/PID/task/TID/comm */
   pthread_mutex_lock(&s->mu);
   /* At stop the backlog is moved first (a clean close leaves nothing
    * staged); a failure then leaves it for the next start. */

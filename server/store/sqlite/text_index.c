@@ -293,6 +293,7 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err) {
 
 static void *index_thread(void *arg) {
   struct ana_text_index *ti = arg;
+  pthread_setname_np(pthread_self(), "ana-textindex"); /* top -H, /proc/PID/task/TID/comm */
   /* Its batches are background work: as SCHED_BATCH it keeps its share of
    * the CPU but does not preempt the request threads when it wakes, and the
    * ack p99 is lower than with the index inside the commit (figures in
