@@ -17,6 +17,7 @@
 #include "ana_store.h"
 #include "ana_clock.h"
 #include "local_db_sql.h"
+#include "text_index.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -2249,6 +2250,35 @@ static void store_before_staging_is_migrated_on_start(void **state) {
   assert_int_equal(h.n, 11);
 }
 
+/* The free-text index's reserved tokens as format 2 first wrote them with
+ * snprintf (existing indexes hold them; searches spell them again): the
+ * tokens written by hand now are the same bytes. */
+static void text_index_tokens_are_spelled_as_format_2(void **state) {
+  (void)state;
+  static const char *const names[] = {"", "message_sent", "\xC3\xA9v\xC3\xA9nement", "a b"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    uint64_t h = 14695981039346656037ULL;
+    for (const char *p = names[i]; *p; p++)
+      h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    char want[ANA_TEXT_TOKEN_MAX], got[ANA_TEXT_TOKEN_MAX];
+    snprintf(want, sizeof want, "\xEE\x80\x80n%016llx", (unsigned long long)h);
+    ana_text_index_name_token(names[i], got);
+    assert_string_equal(got, want);
+  }
+  static const int64_t buckets[] = {0,          1,  9,      10,        20000,
+                                    1790000000, -1, -20000, INT64_MAX, INT64_MIN};
+  static const char letters[] = {0, 'd', 'h', 'm', 's'};
+  for (int level = 1; level <= ANA_TEXT_INDEX_LEVELS; level++) {
+    for (size_t i = 0; i < sizeof buckets / sizeof buckets[0]; i++) {
+      char want[ANA_TEXT_TOKEN_MAX], got[ANA_TEXT_TOKEN_MAX];
+      snprintf(want, sizeof want, "\xEE\x80\x80%c%llu", letters[level],
+               (unsigned long long)buckets[i]);
+      ana_text_index_bucket_token(level, buckets[i], got);
+      assert_string_equal(got, want);
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(schema_is_migrated_once, setup, teardown),
@@ -2297,6 +2327,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test(text_index_tokens_are_spelled_as_format_2),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

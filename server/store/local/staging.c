@@ -459,6 +459,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   struct staged_row *rows = s->rows;
   size_t n_rows = 0, events = 0, raw_total = 0;
   struct staged_event *ev = NULL;
+  struct ana_event_record *recs = NULL;
   uint8_t *raw = NULL;
   char *arena = NULL;
   sqlite3_stmt *st = NULL;
@@ -532,9 +533,17 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     off += got;
   }
   qsort(ev, events, sizeof *ev, by_key);
-  for (size_t i = 0; i < events && rc == 0; i++)
-    rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), &ev[i].r, 1,
-                                err);
+  /* One call for the whole move: per event, it looked the account's number
+   * up again (a statement of its own). */
+  recs = ana_malloc(sizeof *recs * events);
+  if (!recs) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < events; i++)
+    recs[i] = ev[i].r;
+  rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), recs, events,
+                              err);
   if (rc < 0)
     goto out;
   if (ana_event_codec_persist(ana_local_db_event_codec(s->db), s->conn, err) < 0) {
@@ -565,6 +574,7 @@ out:
   for (size_t i = 0; i < n_rows; i++)
     ana_free(rows[i].z);
   ana_free(ev);
+  ana_free(recs);
   ana_free(raw);
   ana_free(arena);
   return rc;

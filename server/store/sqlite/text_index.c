@@ -112,14 +112,45 @@ static uint64_t fnv1a(const char *s) {
   return h;
 }
 
+/* The tokens are written by hand, not by snprintf: an entry has five of
+ * them, and formatting them took as long as the entry's FTS5 insert. */
+
+/* RESERVED "n" and the name's hash in 16 lower-case hex digits; returns the
+ * length (out has room for ANA_TEXT_TOKEN_MAX bytes, NUL included). */
+static size_t put_name_token(char *out, const char *event_name) {
+  static const char hex[] = "0123456789abcdef";
+  uint64_t h = fnv1a(event_name);
+  memcpy(out, RESERVED "n", 4);
+  for (int i = 0; i < 16; i++)
+    out[4 + i] = hex[(h >> (60 - 4 * i)) & 0xf];
+  out[20] = '\0';
+  return 20;
+}
+
+/* RESERVED, the level's letter and the bucket as an unsigned decimal (a '-'
+ * would end the token); returns the length. */
+static size_t put_bucket_token(char *out, int level, int64_t bucket) {
+  char digits[20];
+  size_t n = 0;
+  uint64_t v = (uint64_t)bucket;
+  do {
+    digits[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  memcpy(out, RESERVED, 3);
+  out[3] = bucket_letter[level];
+  for (size_t i = 0; i < n; i++)
+    out[4 + i] = digits[n - 1 - i];
+  out[4 + n] = '\0';
+  return 4 + n;
+}
+
 void ana_text_index_name_token(const char *event_name, char out[ANA_TEXT_TOKEN_MAX]) {
-  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "n%016llx", (unsigned long long)fnv1a(event_name));
+  put_name_token(out, event_name);
 }
 
 void ana_text_index_bucket_token(int level, int64_t bucket, char out[ANA_TEXT_TOKEN_MAX]) {
-  /* Unsigned: a '-' would end the token. */
-  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "%c%llu", bucket_letter[level],
-           (unsigned long long)bucket);
+  put_bucket_token(out, level, bucket);
 }
 
 /* Writes text folded (U+E000 -> U+E001) at out, which has room for it;
@@ -158,12 +189,11 @@ static bool entry_text(struct ana_text_index *ti, const char *words, const char 
     ti->doc_cap = need;
   }
   size_t n = fold_into(ti->doc, words);
-  char tok[ANA_TEXT_TOKEN_MAX];
-  ana_text_index_name_token(event_name, tok);
-  n += (size_t)sprintf(ti->doc + n, " %s", tok);
+  ti->doc[n++] = ' ';
+  n += put_name_token(ti->doc + n, event_name);
   for (int level = 1; level <= ANA_TEXT_INDEX_LEVELS; level++) {
-    ana_text_index_bucket_token(level, ana_text_index_bucket(level, ts), tok);
-    n += (size_t)sprintf(ti->doc + n, " %s", tok);
+    ti->doc[n++] = ' ';
+    n += put_bucket_token(ti->doc + n, level, ana_text_index_bucket(level, ts));
   }
   return true;
 }
