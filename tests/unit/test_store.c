@@ -15,6 +15,7 @@
 #include "ana_ingest.h"
 #include "ana_local_db.h"
 #include "ana_store.h"
+#include "ana_alloc.h"
 #include "ana_clock.h"
 #include "local_db_sql.h"
 #include "text_index.h"
@@ -2279,6 +2280,65 @@ static void text_index_tokens_are_spelled_as_format_2(void **state) {
   }
 }
 
+/* Rows of the index file at path matching the FTS5 query q. */
+static int fts_matches(const char *path, const char *q) {
+  sqlite3 *c = NULL;
+  sqlite3_stmt *st = NULL;
+  int n = 0;
+  assert_int_equal(sqlite3_open(path, &c), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_prepare_v2(c, "SELECT rowid FROM events_fts WHERE events_fts MATCH ?", -1, &st, NULL),
+      SQLITE_OK);
+  sqlite3_bind_text(st, 1, q, -1, SQLITE_STATIC);
+  while (sqlite3_step(st) == SQLITE_ROW)
+    n++;
+  sqlite3_finalize(st);
+  sqlite3_close(c);
+  return n;
+}
+
+/* The free-text index takes the events the mover hands over without
+ * reading them back (here: events the table does not even hold), only when
+ * they follow what it indexed without a gap; the rest it reads from the
+ * events. */
+static void text_index_indexes_handed_over_events_that_follow_it(void **state) {
+  (void)state;
+  char tdir[64];
+  snprintf(tdir, sizeof tdir, "/tmp/ana-fed-XXXXXX");
+  assert_non_null(mkdtemp(tdir));
+  struct ana_error err;
+  struct ana_local_db *ldb = ana_local_db_open(tdir, &err);
+  assert_non_null(ldb);
+  struct ana_text_index *ti = ana_text_index_open(ana_local_db_path(ldb), &err);
+  assert_non_null(ti);
+  struct ana_event_record r[3];
+  char ids[3][8];
+  for (int i = 0; i < 3; i++) {
+    snprintf(ids[i], sizeof ids[i], "f%d", i);
+    r[i] = record("acct", ids[i], "sent", NOW - i, "{}", i == 1 ? "" : "handed over");
+    r[i].seq = (uint64_t)(3 - i); /* in another order than the sequence */
+  }
+  ana_text_index_follow(ti, r, 3);
+  assert_int_equal(ana_text_index_wait(ti, 3, 10000, &err), 0);
+  char *path = ana_text_index_path(ana_local_db_path(ldb));
+  assert_int_equal(fts_matches(path, "handed"), 2);
+  assert_int_equal(fts_matches(path, "handed AND over"), 2);
+  /* 5 and 6 after a gap: not taken; nothing past 3 in the events either. */
+  r[0].seq = 5;
+  r[1].seq = 6;
+  r[0].search_text = r[1].search_text = "gapped";
+  ana_text_index_follow(ti, r, 2);
+  assert_int_not_equal(ana_text_index_wait(ti, 6, 300, &err), 0);
+  assert_int_equal(ana_text_index_indexed_seq(ti), 3);
+  assert_int_equal(fts_matches(path, "gapped"), 0);
+  ana_free(path);
+  ana_text_index_close(ti);
+  ana_local_db_close(ldb);
+  char cmd[96];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tdir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(schema_is_migrated_once, setup, teardown),
@@ -2328,6 +2388,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
       cmocka_unit_test(text_index_tokens_are_spelled_as_format_2),
+      cmocka_unit_test(text_index_indexes_handed_over_events_that_follow_it),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -79,6 +79,9 @@ struct ana_staging {
   struct ana_spool_statements insert;
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
+  pthread_mutex_t follow_mu;         /* held while the follower is called */
+  ana_local_moved_fn follow;
+  void *follow_ctx;
 };
 
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
@@ -418,6 +421,14 @@ void ana_local_staging_hold(struct ana_local_db *db, bool hold) {
   pthread_mutex_unlock(&s->mu);
 }
 
+void ana_local_db_follow_moves(struct ana_local_db *db, ana_local_moved_fn fn, void *ctx) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->follow_mu);
+  s->follow = fn;
+  s->follow_ctx = fn ? ctx : NULL;
+  pthread_mutex_unlock(&s->follow_mu);
+}
+
 void ana_local_staging_set_limits(struct ana_local_db *db, long max_events, int wait_ms) {
   struct ana_staging *s = ana_local_db_staging(db);
   pthread_mutex_lock(&s->mu);
@@ -566,6 +577,10 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   }
   *upto = rows[n_rows - 1].last;
   rc = (int)events;
+  pthread_mutex_lock(&s->follow_mu);
+  if (s->follow)
+    s->follow(s->follow_ctx, recs, events);
+  pthread_mutex_unlock(&s->follow_mu);
 out:
   sqlite3_finalize(st);
   if (rc <= 0 && !sqlite3_get_autocommit(s->conn))
@@ -675,6 +690,7 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   s->max_events = ANA_STAGING_DEFAULT_MAX_EVENTS;
   s->wait_ms = ANA_STAGING_DEFAULT_WAIT_MS;
   pthread_mutex_init(&s->mu, NULL);
+  pthread_mutex_init(&s->follow_mu, NULL);
   pthread_cond_init(&s->moved_cond, NULL);
   pthread_cond_init(&s->staged_cond, NULL);
   if (!(s->dctx = ZSTD_createDCtx())) {
@@ -745,6 +761,7 @@ void ana_staging_close(struct ana_staging *s) {
   ana_spool_statements_finalize(&s->insert);
   sqlite3_close(s->conn);
   pthread_mutex_destroy(&s->mu);
+  pthread_mutex_destroy(&s->follow_mu);
   pthread_cond_destroy(&s->moved_cond);
   pthread_cond_destroy(&s->staged_cond);
   ZSTD_freeCCtx(s->cctx);
