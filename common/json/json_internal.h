@@ -169,4 +169,22 @@ int ana_json_decode_at(ProtobufCMessage *msg, const json_t *value, struct ana_ar
                        const struct ana_json_options *opts, struct ana_error *err,
                        const char *prefix, char *field_path, size_t field_path_size);
 
+/* ---- elements read straight from the text (json_direct.c) ---- */
+
+/* Reads the simple elements of a large array into their messages without
+ * jansson's tree; one per thread at a time. ana_json_direct_new: NULL when
+ * out of memory. ana_json_direct_free accepts NULL. */
+struct ana_json_direct;
+struct ana_json_direct *ana_json_direct_new(void);
+void ana_json_direct_free(struct ana_json_direct *p);
+
+/* The element text (len bytes: one JSON value, up to its closing brace as
+ * the array's split bounds it) as a new message of desc in arena, exactly
+ * as jansson and the walk would decode it; NULL when it is
+ * not one of the simple ones or is not valid (then nothing of it is used:
+ * decode it with jansson, which says what is wrong). */
+ProtobufCMessage *ana_json_direct_element(struct ana_json_direct *p,
+                                          const ProtobufCMessageDescriptor *desc, const char *text,
+                                          size_t len, struct ana_arena *arena);
+
 #endif

@@ -1811,6 +1811,62 @@ static void decode_direct_elements_as_jansson(void **state) {
       "{\"eventName\":\"x\" \"eventType\":\"y\"}",
       "{\"eventName\":\"x\",}",
       "{\"eventName\" \"x\"}",
+      /* escapes, non-ASCII text, and where yajl and jansson part ways */
+      "{\"eventName\":\"a\\nb\\t\\\\ \\/ \\\" \\b\\f\\r \\u00e9\\u20ac \\u0041\"}",
+      "{\"event\\u004eame\":\"x\",\"properties\":{\"k\\u00e9\":\"v\\u00e9\"}}",
+      "{\"eventName\":\"\\ud83d\\ude00\"}",
+      "{\"eventName\":\"\\ud83d\\u0041\"}",
+      "{\"eventName\":\"\\ud83dx\"}",
+      "{\"eventName\":\"\\ude00\"}",
+      "{\"properties\":{\"s\":\"\\ud800\\udc00\"}}",
+      "{\"properties\":{\"s\":\"\\udbff\"}}",
+      "{\"eventName\":\"\xF0\x9F\x98\x80 raw\"}",
+      "{\"eventName\":\"\xF0\x9F\x98\x80\\n\"}",
+      "{\"eventName\":\"why?\\n\"}",
+      "{\"eventName\":\"why?\"}",
+      "{\"eventName\":\"\xC0\x80\"}",
+      "{\"eventName\":\"\xE0\x80\xAF\"}",
+      "{\"eventName\":\"\xED\xA0\x80\"}",
+      "{\"eventName\":\"\xF4\x90\x80\x80\"}",
+      "{\"eventName\":\"\xF8\x88\x80\x80\x80\"}",
+      "{\"eventName\":\"\x80\"}",
+      "{\"eventName\":\"\xE2\x82\"}",
+      "{\"eventName\":\"a\\u0000b\"}",
+      "{\"properties\":{\"a\\u0000\":\"x\"}}",
+      "{\"properties\":{\"s\":\"a\\u0000b\"}}",
+      "{\"properties\":{\"k\\u00e9\":\"1\",\"k\xC3\xA9\":\"2\"}}",
+      "{\"properties\":{\"\\u0061\":1,\"a\":2}}",
+      "{\"properties\":{\"\xC3\xA9\":\"\xE2\x82\xAC\",\"\xE2\x82\xAC\":\"\xC3\xA9\"}}",
+      "{\"properties\":{\"\xC0\x80\":1}}",
+      "{\"properties\":{\"\xED\xBF\xBF\":1}}",
+      "{\"timestamp\":\"2026-12-01T10:00:00\\u005a\"}",
+      "{\"timestamp\":\"2026-12-01T10:00:00\xC3\xA9Z\"}",
+      "{\"eventName\":\"x\"\f}",
+      "{\"eventName\":\v\"x\"}",
+      "{\"eventName\":\"a\\x\"}",
+      "{\"eventName\":\"\\u12\"}",
+      "{\"eventName\":\"\\u12g4\"}",
+      "{\"eventName\":\"raw\x01ctl\"}",
+      "{\"eventName\":\"del\x7f\\u007f\"}",
+      "{\"properties\":{\"a\":1,\"b\":[]}}",
+      "{\"properties\":{\"a\":-0.0,\"b\":1E+2,\"c\":2.5e-310,\"d\":-1e-2}}",
+      "{\"properties\":{\"a\":1,\"b\":2,}}",
+      "{\"properties\":{\"a\" 1}}",
+      "{\"properties\":{\"a\":1 \"b\":2}}",
+      "{\"properties\":{\"a\":+1}}",
+      "{\"properties\":{\"a\":1}",
+      "{\"eventName\":\"x\"}}",
+      "{\"eventName\":\"x\"}]",
+      "{\"context\":{\"ip\":\"\\u0031.2.3.4\",\"locale\":\"fr\\u002dFR\"}}",
+      "{\"context\":{\"ip\":\"1\",\"ip\":\"2\"}}",
+      "{\"context\":null}",
+      "{\"timestamp\":null,\"eventName\":\"n\"}",
+      "[1]",
+      "\"x\"",
+      "null",
+      "7",
+      "",
+      " ",
   };
   char big[4096];
   size_t n = 0;
@@ -1860,6 +1916,48 @@ static void decode_direct_elements_as_jansson(void **state) {
     }
     free(doc);
   }
+}
+
+/* Which elements are read straight from the text (the rest declined, to
+ * jansson): escapes and non-ASCII text are, surrogate escapes (which yajl
+ * reads otherwise) and \f or \v between tokens (white space to yajl only)
+ * are not; one reader goes on after a decline. */
+static void decode_direct_takes_escapes(void **state) {
+  (void)state;
+  static const struct {
+    const char *text;
+    bool taken;
+  } cases[] = {
+      {"{\"eventName\":\"a\\nb\\t\\\\\\/\\\"\\u00e9\\u20ac\",\"eventType\":\"t\"}", true},
+      {"{\"event\\u004eame\":\"\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\",\"eventType\":\"t\"}", true},
+      {"{\"properties\":{\"k\\u00e9\":\"v\",\"k\xC3\xA9x\":\"w\"}}", true},
+      {"{\"properties\":{\"k\\u00e9\":\"v\",\"k\xC3\xA9\":\"w\"}}", false},
+      {"{\"eventName\":\"\\ud83d\\ude00\"}", false},
+      {"{\"eventName\":\"\\ud83dx\"}", false},
+      {"{\"eventName\":\"\\ude00\"}", false},
+      {"{\"eventName\":\"why?\\n\"}", false},
+      {"{\"eventName\":\"why?\",\"eventType\":\"t\"}", true},
+      {"{\"eventName\":\"\xED\xA0\x80\"}", false},
+      {"{\"eventName\":\"x\",\f\"eventType\":\"t\"}", false},
+      {"{\"eventName\":\"x\",\"eventType\":\"t\"}", true},
+      {"{\"eventName\":\"x\"\v,\"eventType\":\"t\"}", false},
+      {"{\"properties\":{\"a\":1}}", true},
+      {"{\"properties\":{\"a\":1}}x", false},
+      {"{\"properties\":{\"a\":[1]}}", false},
+      {"", false},
+      {"{", false},
+      {"{}", true},
+  };
+  const ProtobufCMessageDescriptor *d = &analytics__v1__event__descriptor;
+  struct ana_json_direct *p = ana_json_direct_new();
+  assert_non_null(p);
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    ProtobufCMessage *m =
+        ana_json_direct_element(p, d, cases[i].text, strlen(cases[i].text), &arena);
+    if ((m != NULL) != cases[i].taken)
+      fail_msg("%s: %s", cases[i].text, m ? "taken" : "declined");
+  }
+  ana_json_direct_free(p);
 }
 
 int main(void) {
@@ -1916,6 +2014,7 @@ int main(void) {
       T(decode_in_chunks_errors_as_whole),
       T(decode_tiny_elements_in_chunks),
       T(decode_direct_elements_as_jansson),
+      T(decode_direct_takes_escapes),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
