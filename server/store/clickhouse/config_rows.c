@@ -72,6 +72,13 @@ static const struct ana_config_row rows[] = {
      .max = 60000,
      .help = "Longest time a committed event waits in the spool before it is shipped.",
      ROW(clickhouse_batch_interval_ms)},
+    {.name = "CLICKHOUSE_GZIP",
+     .type = ANA_CONFIG_BOOL,
+     .def = "true",
+     .help = "Inserts are sent gzip-compressed (zlib level 1); false sends them as they are, "
+             "which costs analyticsd and ClickHouse less CPU and the network more bytes (for "
+             "a ClickHouse on the same host or a fast link).",
+     ROW(clickhouse_gzip)},
     {.name = "CLICKHOUSE_SHIPPED_MERGE",
      .type = ANA_CONFIG_DURATION,
      .def = "1m",

@@ -151,6 +151,7 @@ class FaultProxy:
         self.mode = "pass"
         self.hold_s = 3.0
         self.inserts = 0
+        self.encodings = []  # the Content-Encoding of each insert into events ("": none)
         self.late_done = threading.Event()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,6 +203,8 @@ class FaultProxy:
                 method, path, headers, body = req
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(path).query).get("query", [""])
                 insert = query[0].upper().startswith("INSERT")
+                if insert and query[0].upper().startswith("INSERT INTO EVENTS"):
+                    self.encodings.append(headers.get("content-encoding", ""))
                 mode = self.mode
                 if mode == "down":
                     return

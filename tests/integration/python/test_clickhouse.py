@@ -224,6 +224,26 @@ class ClickHouseStoreTest(unittest.TestCase):
         props = self.ch.rows("SELECT properties FROM %s.events ORDER BY seq" % self.db)
         self.assertTrue(all(json.loads(r[0])["n"] == 2 for r in props), props)
 
+    def test_inserts_sent_without_gzip_when_configured(self):
+        # CLICKHOUSE_GZIP=false: the same rows, sent as they are (no Content-Encoding).
+        self.proxy = clickhouse.FaultProxy(self.ch)
+        s = self.server(url=self.proxy.url, CLICKHOUSE_GZIP="false")
+        acked = self.track(s, ["plain-%d" % i for i in range(300)])
+        self.wait_shipped(s)
+        self.assert_exactly_once(acked)
+        self.assertEqual(self.ch.rows("SELECT count(), countIf(prop_values[indexOf(prop_keys,"
+                                      " 'n')] = toString(length(event_id))) FROM %s.events"
+                                      % self.db), [["300", "300"]])
+        self.assertEqual(set(self.proxy.encodings), {""})
+        # ... and gzip by default
+        self.db += "_gz"
+        s = self.server(url=self.proxy.url)
+        self.proxy.encodings = []
+        acked = self.track(s, ["gz-%d" % i for i in range(10)])
+        self.wait_shipped(s)
+        self.assert_exactly_once(acked)
+        self.assertEqual(set(self.proxy.encodings), {"gzip"})
+
     def test_shipped_table_stays_bounded_as_batches_go_on(self):
         # A row per confirmed batch: older ones are merged (one per CLICKHOUSE_SHIPPED_MERGE),
         # keeping the highest sequence and a lowest timestamp at or below every event's.
