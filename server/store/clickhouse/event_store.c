@@ -961,7 +961,7 @@ static void *ship_thread(void *arg) {
       next_sweep = now + s->sweep_ms;
     }
     if (now >= next_trim) { /* the shipped table only: whether a batch is in flight or not */
-      if (trim_shipped(s, &err) < 0)
+      if (trim_shipped(s, &err) < 0 && !atomic_load(&s->degraded)) /* else said already */
         ANA_WARN("clickhouse", "merging the shipped table's older rows: %s", err.message);
       ana_error_clear(&err);
       next_trim = now + s->merge_ms;
