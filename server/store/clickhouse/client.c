@@ -1,5 +1,6 @@
 /* ClickHouse's HTTP interface over the shared libcurl client: statements in the body, inserts
- * gzip-compressed, basic authentication, the database and a query_id as URL parameters. */
+ * gzip-compressed (unless CLICKHOUSE_GZIP is false), basic authentication, the database and a
+ * query_id as URL parameters. */
 #include "ana_alloc.h"
 #include "ana_http.h"
 #include "ana_store_config.h"
@@ -223,7 +224,7 @@ struct ana_clickhouse_gz {
   unsigned char *out;
   size_t cap;
   bool ended;
-  bool plain; /* not compressed: z.avail_out and z.next_out only track the buffer */
+  bool plain; /* not compressed: only z.avail_out is used, the room left in out */
 };
 
 bool ana_clickhouse_gzip(const struct ana_clickhouse *ch) {
