@@ -30,7 +30,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 22
+#define SCHEMA_VERSION 23
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -922,10 +922,12 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
   "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
   "INSERT INTO old_events SELECT seq, (SELECT a.account_id FROM dedupe_accounts a"                 \
-  "  WHERE a.id = events.account_id), ana_event_id(event_id), session_id, event_type, event_name," \
+  "  WHERE a.id = events.account_id), ana_event_id(event_id), session_id,"                         \
+  "  (SELECT name FROM event_strings WHERE id = event_type),"                                      \
+  "  (SELECT name FROM event_strings WHERE id = event_name),"                                      \
   "  ts, ts + received_delta, ana_event_props(body), ana_event_text(body),"                        \
   "  ana_event_payload(body, event_id, ts, ts + received_delta) FROM events ORDER BY seq;"         \
-  "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts;"                               \
+  "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts; DROP TABLE event_strings;"     \
   "ALTER TABLE old_events RENAME TO events;"                                                       \
   "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
   "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"                   \
@@ -2216,6 +2218,251 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
   ana_local_db_close(again);
 }
 
+/* SQL that turns this build's events table back into the one before the
+ * event type and name were numbered (text columns, seq stored, the event
+ * id in events_by_time_name), with what it holds. */
+#define EVENTS_BEFORE_STRINGS                                                                      \
+  "CREATE TABLE old_events (key INTEGER PRIMARY KEY, seq INTEGER NOT NULL,"                        \
+  "  account_id INTEGER NOT NULL, event_id BLOB NOT NULL, session_id TEXT NOT NULL DEFAULT '',"    \
+  "  event_type TEXT NOT NULL, event_name TEXT NOT NULL, ts INTEGER NOT NULL,"                     \
+  "  received_delta INTEGER NOT NULL, body BLOB NOT NULL);"                                        \
+  "INSERT INTO old_events SELECT key, seq, account_id, event_id, session_id,"                      \
+  "  (SELECT name FROM event_strings WHERE id = event_type),"                                      \
+  "  (SELECT name FROM event_strings WHERE id = event_name),"                                      \
+  "  ts, received_delta, body FROM events ORDER BY key;"                                           \
+  "DROP TABLE events; DROP TABLE event_strings;"                                                   \
+  "ALTER TABLE old_events RENAME TO events;"                                                       \
+  "CREATE UNIQUE INDEX events_by_seq ON events(seq);"                                              \
+  "CREATE INDEX events_by_time_name ON events(account_id, ts, event_id, event_name);"
+
+/* Events as a scan or the spool hands them: id, type, name, time, seq. */
+#define NAMED_MAX 200
+struct named_events {
+  int n;
+  char ids[NAMED_MAX][24];
+  char types[NAMED_MAX][24];
+  char names[NAMED_MAX][24];
+  int64_t ts[NAMED_MAX];
+  uint64_t seq[NAMED_MAX];
+};
+
+static int named_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct named_events *h = ctx;
+  assert_true(h->n < NAMED_MAX);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", ev->event_id);
+  snprintf(h->types[h->n], sizeof h->types[0], "%s", ev->event_type);
+  snprintf(h->names[h->n], sizeof h->names[0], "%s", ev->event_name);
+  h->ts[h->n] = ev->timestamp_ms;
+  h->seq[h->n++] = ev->seq;
+  return 0;
+}
+
+static int named_spooled(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  (void)err;
+  struct named_events *h = ctx;
+  assert_true(h->n < NAMED_MAX);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", ev->event_id);
+  snprintf(h->types[h->n], sizeof h->types[0], "%s", ev->event_type);
+  snprintf(h->names[h->n], sizeof h->names[0], "%s", ev->event_name);
+  h->ts[h->n] = ev->timestamp_ms;
+  h->seq[h->n++] = ev->seq;
+  return 0;
+}
+
+/* The searches, scans and reads by sequence of the events committed by
+ * numbered_names_commit: names and types as sent, ties at one timestamp in
+ * event id order (newest first: descending), pages by cursor. */
+#define NUMBERED_N 12
+static const char *const numbered_names[] = {"sent", "read", "message", ""};
+
+static void numbered_names_commit(int from, int to) {
+  struct ana_event_record r[NUMBERED_N];
+  char ids[NUMBERED_N][16];
+  for (int i = from; i < to; i++) {
+    /* ids out of order within each timestamp; three events per timestamp */
+    snprintf(ids[i - from], sizeof ids[0], "n%02d", (i * 7) % NUMBERED_N);
+    r[i - from] = record(i % 4 == 3 ? "acct-2" : "acct-1", ids[i - from], numbered_names[i % 3],
+                         NOW - DAY + (i / 3) * 1000, "{}", "numbered");
+    r[i - from].event_type = numbered_names[(i + 1) % 4]; /* "" too, and a name as a type */
+  }
+  struct ana_commit_request req;
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
+  assert_int_equal(submit(r, (size_t)(to - from), &req), 0);
+  wait_done(before + 1);
+  assert_int_equal(last_rc, 0);
+}
+
+static void numbered_names_check(int n) {
+  struct ana_error err;
+  /* acct-1's events, newest first, 2 a page, by cursor. */
+  struct ana_event_query q = {.account_id = "acct-1", .limit = 2};
+  char want[NUMBERED_N][16];
+  int64_t want_ts[NUMBERED_N];
+  int k = 0;
+  for (int t = (n - 1) / 3; t >= 0; t--) {
+    char tie[3][16];
+    int m = 0;
+    for (int i = t * 3; i < t * 3 + 3 && i < n; i++)
+      if (i % 4 != 3)
+        snprintf(tie[m++], sizeof tie[0], "n%02d", (i * 7) % NUMBERED_N);
+    qsort(tie, (size_t)m, sizeof tie[0], (int (*)(const void *, const void *))strcmp);
+    for (int j = m - 1; j >= 0; j--) {
+      snprintf(want[k], sizeof want[0], "%s", tie[j]);
+      want_ts[k++] = NOW - DAY + t * 1000;
+    }
+  }
+  char cursor[16];
+  int seen = 0;
+  for (;;) {
+    struct hits h = search(q);
+    for (int i = 0; i < h.n; i++, seen++) {
+      assert_true(seen < k);
+      assert_string_equal(h.ids[i], want[seen]);
+      assert_int_equal(h.ts[i], want_ts[seen]);
+    }
+    if (h.n < 2)
+      break;
+    snprintf(cursor, sizeof cursor, "%s", h.ids[h.n - 1]);
+    q.after_cursor = true;
+    q.cursor_ts = h.ts[h.n - 1];
+    q.cursor_event_id = cursor;
+  }
+  assert_int_equal(seen, k);
+  /* By name and by type, exactly. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .event_name = "read"});
+  int reads = 0;
+  for (int i = 0; i < n; i++)
+    reads += i % 4 != 3 && i % 3 == 1;
+  assert_int_equal(h.n, reads);
+  h = search((struct ana_event_query){.account_id = "acct-1", .event_type = "sent"});
+  int sent_types = 0;
+  for (int i = 0; i < n; i++)
+    sent_types += i % 4 != 3 && (i + 1) % 4 == 0;
+  assert_int_equal(h.n, sent_types);
+  h = search((struct ana_event_query){.account_id = "acct-1", .event_name = "never-sent"});
+  assert_int_equal(h.n, 0);
+  /* The scan of one name, in time order (ties by event id), with its type. */
+  static struct named_events sc;
+  sc.n = 0;
+  const char *names[] = {"sent"};
+  assert_int_equal(
+      ops->scan(store, "acct-1", INT64_MIN, INT64_MAX, names, 1, named_scanned, &sc, &err), 0);
+  for (int i = 0; i < sc.n; i++) {
+    assert_string_equal(sc.names[i], "sent");
+    if (i > 0)
+      assert_true(sc.ts[i] > sc.ts[i - 1] ||
+                  (sc.ts[i] == sc.ts[i - 1] && strcmp(sc.ids[i], sc.ids[i - 1]) > 0));
+  }
+  /* Every event by sequence, its type and name as sent. */
+  static struct named_events sp;
+  sp.n = 0;
+  assert_int_equal(ana_local_spool_each(db, 0, 1000, named_spooled, &sp, &err), n);
+  for (int i = 0; i < sp.n; i++) {
+    assert_int_equal(sp.seq[i], (uint64_t)i + 1);
+    assert_string_equal(sp.names[i], numbered_names[i % 3]);
+    assert_string_equal(sp.types[i], numbered_names[(i + 1) % 4]);
+  }
+  sc.n = 0;
+  assert_int_equal(ops->scan_seq(store, "acct-2", 0, UINT64_MAX, named_scanned, &sc, &err), 0);
+  for (int i = 0; i < sc.n; i++) {
+    int e = (int)sc.seq[i] - 1;
+    assert_int_equal(e % 4, 3);
+    assert_string_equal(sc.names[i], numbered_names[e % 3]);
+    assert_string_equal(sc.types[i], numbered_names[(e + 1) % 4]);
+  }
+  assert_int_equal(sc.n, n / 4);
+}
+
+/* A store whose events rows held their type and name as text, seq in a
+ * column and the event id in events_by_time_name: opened, it is migrated
+ * (each string once in event_strings, seq given by the key), and every
+ * search, scan and read by sequence gives what it gave; new events get
+ * numbers for new names and the same numbers for known ones. */
+static void store_of_text_names_is_migrated_on_start(void **state) {
+  (void)state;
+  numbered_names_commit(0, 9);
+  close_store();
+  char path[128], sql[2048];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  snprintf(sql, sizeof sql,
+           EVENTS_BEFORE_STRINGS "DELETE FROM schema_migrations WHERE version >= %d",
+           ana_local_db_migration_containing("CREATE TABLE event_strings"));
+  assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  assert_int_equal(query_int(conn, "SELECT count(*) FROM events WHERE typeof(event_name) = 'text'"),
+                   9);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 4);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_name) != 'integer'"
+                                "  OR typeof(event_type) != 'integer'"),
+                   0);
+  /* seq is the key's low bits, stored in events_by_seq only. */
+  assert_int_equal(
+      query_int(w, "SELECT hidden FROM pragma_table_xinfo('events') WHERE name = 'seq'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE seq != key % 1099511627776"), 0);
+  assert_int_equal(query_int(w, "SELECT group_concat(name, ',') = 'account_id,ts,event_name'"
+                                "  FROM pragma_index_info('events_by_time_name')"),
+                   1);
+  numbered_names_check(9);
+  /* New events: a known name keeps its number. */
+  close_store();
+  open_store();
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .processing_interval_ms = 2,
+                                    .queue_max = 100000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  struct ana_error err;
+  committer = ana_committer_create(db, &roles, &o, &err);
+  assert_non_null(committer);
+  numbered_names_commit(9, NUMBERED_N);
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 4);
+  numbered_names_check(NUMBERED_N);
+}
+
+/* More distinct event names than the mover keeps numbers of (they share
+ * its slots), in one move: each event keeps its own name. */
+static void many_event_names_are_numbered_each_once(void **state) {
+  (void)state;
+  enum { N = 150 };
+  struct ana_event_record r[N];
+  char ids[N][16], names[N][24];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "m-%d", i);
+    snprintf(names[i], sizeof names[i], "name-%d", i % 130);
+    r[i] = record("acct-1", ids[i], names[i], NOW - i, "{}", "");
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, N, &req), 0);
+  wait_done(1);
+  assert_int_equal(last_rc, 0);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 131); /* and "message" */
+  static struct named_events sp;
+  sp.n = 0;
+  assert_int_equal(ana_local_spool_each(db, 0, 1000, named_spooled, &sp, &err), N);
+  for (int i = 0; i < N; i++) {
+    assert_string_equal(sp.ids[i], ids[i]);
+    assert_string_equal(sp.names[i], names[i]);
+    assert_string_equal(sp.types[i], "message");
+  }
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .event_name = "name-7"});
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ids[0], "m-7");
+  assert_string_equal(h.ids[1], "m-137");
+}
+
 /* A store of the schema before staging (no events_staged) gets the table on
  * start; its events stay, and new commits are staged and read back. */
 static void store_before_staging_is_migrated_on_start(void **state) {
@@ -2227,9 +2474,12 @@ static void store_before_staging_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
-  char sql[160];
+  /* Before staging, the events rows had their names as text (a later
+   * migration numbers them): every migration from staging on runs again. */
+  char sql[2048];
   snprintf(sql, sizeof sql,
-           "DROP TABLE events_staged; DELETE FROM schema_migrations WHERE version = %d",
+           EVENTS_BEFORE_STRINGS "DROP TABLE events_staged;"
+                                 " DELETE FROM schema_migrations WHERE version >= %d",
            ana_local_db_migration_containing("CREATE TABLE IF NOT EXISTS events_staged"));
   assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(conn);
@@ -2297,6 +2547,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(store_of_text_names_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(many_event_names_are_numbered_each_once, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
