@@ -30,7 +30,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 23
+#define SCHEMA_VERSION 24
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -907,7 +907,7 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "INSERT INTO old_keys SELECT a.account_id, ana_event_id(k.event_id), 4102444800000"              \
   "  FROM dedupe_keys k"                                                                           \
   "  JOIN dedupe_accounts a ON a.id = k.account;"                                                  \
-  "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry; DROP TABLE dedupe_accounts;"                  \
+  "DROP TABLE dedupe_keys; DROP TABLE IF EXISTS dedupe_expiry; DROP TABLE dedupe_accounts;"        \
   "ALTER TABLE old_keys RENAME TO dedupe_keys;"                                                    \
   "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"
 
@@ -1220,11 +1220,12 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
   assert_true(b[1].duplicate);
   assert_false(b[2].duplicate);
   assert_false(b[3].duplicate);
-  /* The keys, and one expiry list per (commit, day), no index. */
+  /* The keys with their expiry day, no index, no lists. */
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 4);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 2);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 3);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe_expiry'"),
+                   0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'dedupe_keys'"
                                 " AND type = 'index'"),
                    0);
@@ -1242,9 +1243,9 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
                    1);
 }
 
-/* Keys expire by whole UTC days, oldest first, a list at a time: those of
- * the days before today's go, today's and later stay; an expired key may
- * be claimed again; a rolled-back claim leaves no list behind. */
+/* Keys expire by whole UTC days, at most max_rows a step: those of the days
+ * before today's go, today's and later stay; an expired key may be claimed
+ * again; a rolled-back claim leaves nothing behind. */
 static void dedupe_keys_expire_by_day(void **state) {
   (void)state;
   enum { N = 2500 };
@@ -1262,29 +1263,29 @@ static void dedupe_keys_expire_by_day(void **state) {
   }
   claim(r, N);
   struct ana_error err;
-  /* A claim rolled back: nothing of it stays, no list either. */
+  /* A claim rolled back: nothing of it stays. */
   struct ana_event_record gone = record("acct-1", "rolled-back", "sent", NOW, "{}", "");
   gone.expires_at_ms = today - 2 * DAY;
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_local_dedupe_claim(db, &gone, 1, &err), 0);
   ana_local_db_rollback(db);
   sqlite3 *w = ana_local_db_writer(db);
-  int lists = query_int(w, "SELECT count(*) FROM dedupe_expiry");
-  assert_int_equal(lists, 4); /* 625 keys a day: one list each */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N);
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM dedupe_keys WHERE expires < %lld",
+           (long long)(today / DAY));
+  assert_int_equal(query_int(w, sql), N / 2);
 
-  /* Half the keys expired; a step deletes whole lists until it has
-   * deleted at least max_rows keys. */
+  /* Half the keys expired; a step deletes at most max_rows, the next one
+   * goes on where it ended, and the day's pass then has nothing more. */
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 625);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 600);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 625);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 650);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 2);
-  char sql[160];
-  snprintf(sql, sizeof sql, "SELECT count(*) FROM dedupe_expiry WHERE id < %lld * 4294967296",
-           (long long)(today / DAY));
   assert_int_equal(query_int(w, sql), 0);
 
   /* Expired keys are free again; today's and later ones are not. */
@@ -1301,6 +1302,49 @@ static void dedupe_keys_expire_by_day(void **state) {
   assert_int_equal(ana_local_dedupe_expire(db, today + DAY, 100000, &err), 625 + 2);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 625);
+  free(r);
+  free(ids);
+}
+
+/* The sweep goes on from the key where its last step ended, across
+ * accounts and across text ids and UUIDs (stored as blobs, after text):
+ * small steps delete every expired key once and no live one. */
+static void dedupe_sweep_goes_on_across_accounts_and_id_kinds(void **state) {
+  (void)state;
+  enum { N = 300 };
+  int64_t today = NOW / DAY * DAY;
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[40] = calloc(N, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  for (int i = 0; i < N; i++) {
+    if (i % 3 == 0)
+      snprintf(ids[i], sizeof ids[i], "%08x-0000-4000-8000-%012x", (unsigned)i * 2654435761u,
+               (unsigned)i);
+    else
+      snprintf(ids[i], sizeof ids[i], "t-%d", i);
+    r[i] = record(i % 2 ? "acct-1" : "acct-2", ids[i], "sent", NOW, "{}", "");
+    r[i].expires_at_ms = i % 5 == 0 ? NOW + DAY : today - 1 - (i % 4) * DAY;
+  }
+  claim(r, N);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys WHERE typeof(event_id) = 'blob'"),
+                   N / 3);
+  struct ana_error err;
+  int total = 0, got;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  while ((got = ana_local_dedupe_expire(db, NOW, 7, &err)) > 0) {
+    assert_true(got <= 7);
+    total += got;
+  }
+  assert_int_equal(got, 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(total, N - N / 5);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 5);
+  /* The live ones are still duplicates, the expired ones free again. */
+  claim(r, N);
+  for (int i = 0; i < N; i++)
+    assert_true(r[i].duplicate == (i % 5 == 0));
   free(r);
   free(ids);
 }
@@ -1373,8 +1417,16 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
                                 " 'dedupe_keys_by_day'"),
                    0);
-  /* acct-1's week: 3 lists; acct-2's expired day: 1; acct-3's: 1. */
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 5);
+  /* Each key has the day of its list (the lists are gone). */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe_expiry'"),
+                   0);
+  char sql[200];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM dedupe_keys WHERE expires = %lld OR expires = %lld"
+           " OR expires = %lld",
+           (long long)((NOW + 7 * DAY) / DAY), (long long)((NOW + 2 * DAY) / DAY),
+           (long long)(today / DAY - 2));
+  assert_int_equal(query_int(w, sql), 2105);
   struct ana_event_record r[2105];
   char ids[2105][32];
   for (int i = 0; i < 2105; i++) {
@@ -1400,12 +1452,11 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
                    0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 3);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2102);
-  /* In a week, all of them, the lists with them. */
+  /* In a week, all of them. */
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_true(ana_local_dedupe_expire(db, NOW + 9 * DAY, 100000, &err) == 2102);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 0);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 0);
 }
 
 /* A database of schema 3 kept its free-text index inside: the upgrade
@@ -2235,6 +2286,16 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
   "CREATE UNIQUE INDEX events_by_seq ON events(seq);"                                              \
   "CREATE INDEX events_by_time_name ON events(account_id, ts, event_id, event_name);"
 
+/* SQL that turns this build's deduplication keys back into those before
+ * each key held its expiry day (the keys, and lists by day: empty here, so
+ * that every key never expires once migrated again). */
+#define DEDUPE_KEYS_BEFORE_DAYS                                                                    \
+  "CREATE TABLE dedupe_expiry (id INTEGER PRIMARY KEY, keys BLOB NOT NULL);"                       \
+  "CREATE TABLE old_keys (account INTEGER NOT NULL, event_id BLOB NOT NULL,"                       \
+  "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"                                              \
+  "INSERT INTO old_keys SELECT account, event_id FROM dedupe_keys;"                                \
+  "DROP TABLE dedupe_keys; ALTER TABLE old_keys RENAME TO dedupe_keys;"
+
 /* Events as a scan or the spool hands them: id, type, name, time, seq. */
 #define NAMED_MAX 200
 struct named_events {
@@ -2389,7 +2450,8 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
   snprintf(sql, sizeof sql,
-           EVENTS_BEFORE_STRINGS "DELETE FROM schema_migrations WHERE version >= %d",
+           EVENTS_BEFORE_STRINGS DEDUPE_KEYS_BEFORE_DAYS
+           "DELETE FROM schema_migrations WHERE version >= %d",
            ana_local_db_migration_containing("CREATE TABLE event_strings"));
   assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
   assert_int_equal(query_int(conn, "SELECT count(*) FROM events WHERE typeof(event_name) = 'text'"),
@@ -2478,8 +2540,9 @@ static void store_before_staging_is_migrated_on_start(void **state) {
    * migration numbers them): every migration from staging on runs again. */
   char sql[2048];
   snprintf(sql, sizeof sql,
-           EVENTS_BEFORE_STRINGS "DROP TABLE events_staged;"
-                                 " DELETE FROM schema_migrations WHERE version >= %d",
+           EVENTS_BEFORE_STRINGS DEDUPE_KEYS_BEFORE_DAYS
+           "DROP TABLE events_staged;"
+           " DELETE FROM schema_migrations WHERE version >= %d",
            ana_local_db_migration_containing("CREATE TABLE IF NOT EXISTS events_staged"));
   assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(conn);
@@ -2549,6 +2612,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(store_of_text_names_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(many_event_names_are_numbered_each_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(dedupe_sweep_goes_on_across_accounts_and_id_kinds, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -553,6 +553,23 @@ static const char *const migrations[] = {
     "ALTER TABLE events_v3 RENAME TO events;"
     "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
     "CREATE INDEX events_by_time_name ON events(account_id, ts, event_name);",
+
+    /* The deduplication keys with the day they expire on in each row
+     * (dedupe_keys.c), in place of the lists of dedupe_expiry, which held
+     * every key a second time: the keys are copied in key order, then each
+     * list gives its keys their day (a key in no readable list, as before,
+     * never expires: day 2^40). */
+    "CREATE TABLE dedupe_keys_by_day ("
+    "  account INTEGER NOT NULL,"
+    "  event_id BLOB NOT NULL,"
+    "  expires INTEGER NOT NULL,"
+    "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
+    "INSERT INTO dedupe_keys_by_day SELECT account, event_id, 1099511627776 FROM dedupe_keys"
+    "  ORDER BY account, event_id;"
+    "SELECT ana_dedupe_days_from_lists();"
+    "DROP TABLE dedupe_keys;"
+    "DROP TABLE dedupe_expiry;"
+    "ALTER TABLE dedupe_keys_by_day RENAME TO dedupe_keys;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

@@ -173,12 +173,11 @@ int ana_local_db_move_room(struct ana_local_db *db);
 void ana_local_db_checkpoint_soon(struct ana_local_db *db);
 void ana_local_db_gate_leave(struct ana_local_db *db);
 
-/* Deduplication keys (dedupe_keys.c): the keys the writer's open
- * transaction claimed, by the day they expire, written to dedupe_expiry by
- * ana_local_dedupe_flush (ana_local_db_commit calls it before COMMIT) or
- * dropped with the transaction (ana_dedupe_pending_discard; after a commit,
- * ana_dedupe_pending_committed). One per local
- * database, on the committer's thread. */
+/* Deduplication keys (dedupe_keys.c): the state of the writer's
+ * transactions' claims (the last account numbered, which a rollback
+ * forgets) and of the retention's sweep; ana_local_dedupe_flush
+ * (ana_local_db_commit calls it before COMMIT) has nothing left to write.
+ * One per local database, on the committer's thread. */
 struct ana_dedupe_pending;
 struct ana_dedupe_pending *ana_dedupe_pending_new(void);
 void ana_dedupe_pending_free(struct ana_dedupe_pending *p);
@@ -193,8 +192,10 @@ int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
 #define ANA_ACCOUNT_ID_SQL                                                                         \
   "(SELECT a.account_id FROM dedupe_accounts a WHERE a.id = events.account_id)"
 
-/* The SQL function ana_dedupe_build_lists() on conn, for the migration to
- * this layout: lists the keys of the previous one in dedupe_expiry. */
+/* The SQL functions ana_dedupe_build_lists() (lists the keys of the layout
+ * before the lists in dedupe_expiry) and ana_dedupe_days_from_lists() (gives
+ * each key of dedupe_keys_by_day the day of its list) on conn, for the
+ * migrations. */
 int ana_dedupe_register(sqlite3 *conn);
 
 /* Schema migrations, for tests of an upgrade: the (1-based) number of the
