@@ -1064,6 +1064,91 @@ static bool commit_bodies(struct ana_event_record *r, char (*ids)[16], char (*te
   return ana_local_staging_wait(db, UINT64_MAX, &err) == 0;
 }
 
+/* Bodies compressed before the frames went without zstd's magic number
+ * (with it) read back as those written since (without it), side by side. */
+static void body_frames_with_and_without_the_zstd_magic_read_back(void **state) {
+  (void)state;
+  enum { N = 1600 };
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[16] = calloc(N, sizeof *ids);
+  char(*texts)[64] = calloc(N, sizeof *texts);
+  assert_non_null(r);
+  assert_non_null(ids);
+  assert_non_null(texts);
+  struct ana_event_codec *codec = ana_local_db_event_codec(db);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_true(commit_bodies(r, ids, texts, 0, 1500));
+  assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
+  assert_true(commit_bodies(r, ids, texts, 1500, N));
+  int packed = query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1");
+  assert_true(packed > 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 2, 4) ="
+                                "  x'28b52ffd'"),
+                   0);
+  /* Half of them framed as before (the magic, no dictionary id). */
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(
+      sqlite3_prepare_v2(w, "SELECT dict FROM event_dicts WHERE id = 1", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  ZSTD_CDict *cd =
+      ZSTD_createCDict(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), 1);
+  sqlite3_finalize(st);
+  ZSTD_CCtx *cc = ZSTD_createCCtx();
+  assert_non_null(cd);
+  assert_non_null(cc);
+  ZSTD_CCtx_setParameter(cc, ZSTD_c_dictIDFlag, 0);
+  ZSTD_CCtx_refCDict(cc, cd);
+  assert_int_equal(sqlite3_prepare_v2(w,
+                                      "SELECT key, ana_event_body_raw(body) FROM events"
+                                      " WHERE ana_event_dict(body) = 1 AND key % 2 = 0",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  int64_t *keys = calloc(N, sizeof *keys);
+  uint8_t(*bodies)[512] = calloc(N, sizeof *bodies);
+  size_t *lens = calloc(N, sizeof *lens);
+  int n = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const uint8_t *raw = sqlite3_column_blob(st, 1);
+    size_t len = (size_t)sqlite3_column_bytes(st, 1);
+    keys[n] = sqlite3_column_int64(st, 0);
+    bodies[n][0] = 0x81; /* dictionary 1, content v2 */
+    lens[n] = 1 + ZSTD_compress2(cc, bodies[n] + 1, sizeof bodies[0] - 1, raw + 1, len - 1);
+    assert_false(ZSTD_isError(lens[n] - 1));
+    n++;
+  }
+  sqlite3_finalize(st);
+  assert_true(n > 0 && n < packed);
+  assert_int_equal(
+      sqlite3_prepare_v2(w, "UPDATE events SET body = ?2 WHERE key = ?1", -1, &st, NULL),
+      SQLITE_OK);
+  for (int i = 0; i < n; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, keys[i]);
+    sqlite3_bind_blob(st, 2, bodies[i], (int)lens[i], SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+  }
+  sqlite3_finalize(st);
+  char sql[160];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) = %d FROM events WHERE substr(body, 2, 4) = x'28b52ffd'", n);
+  assert_int_equal(query_int(w, sql), 1);
+  /* Every body reads back: text, properties, payload. */
+  struct body_check c = {0};
+  struct ana_error err;
+  assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
+  assert_int_equal(c.bad, 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_props(body) != '{}'"),
+                   0);
+  ZSTD_freeCCtx(cc);
+  ZSTD_freeCDict(cd);
+  free(keys);
+  free(bodies);
+  free(lens);
+  free(r);
+  free(ids);
+  free(texts);
+}
+
 /* A dictionary retired (the re-encryption job's, for one trained while a
  * field was stored in clear) compresses no body from the next commit on:
  * bodies are stored raw until a new dictionary is trained on the events
@@ -2612,6 +2697,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(store_of_text_names_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(many_event_names_are_numbered_each_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(body_frames_with_and_without_the_zstd_magic_read_back, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(dedupe_sweep_goes_on_across_accounts_and_id_kinds, setup,
                                       teardown),
   };
