@@ -2459,7 +2459,7 @@ static void numbered_names_check(int n) {
       want_ts[k++] = NOW - DAY + t * 1000;
     }
   }
-  char cursor[16];
+  char cursor[sizeof((struct hits *)0)->ids[0]];
   int seen = 0;
   for (;;) {
     struct hits h = search(q);
