@@ -268,6 +268,16 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   return 0;
 }
 
+/* The spool's rows after ?1 in sequence order, at most ?2, with the free
+ * text the SQL `text` gives. */
+#define SPOOL_SELECT(text)                                                                         \
+  "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id, " ANA_EVENT_STRING_SQL(               \
+      "event_type") ", " ANA_EVENT_STRING_SQL("event_name") ", ts, ts + received_delta,"           \
+                                                            " ana_event_props(body), " text        \
+                                                            ", " ANA_EVENT_PAYLOAD_SQL             \
+                                                            " FROM events WHERE seq > ?1"          \
+                                                            " ORDER BY seq LIMIT ?2"
+
 /* One read snapshot of the events table, then of the staged events that
  * follow it (staging.c): in it each committed event is in one of them. */
 static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
@@ -281,22 +291,8 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     rc = ANA_ERR_IO;
     goto out;
   }
-  if (sqlite3_prepare_v2(
-          r,
-          text ? "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
-                 " " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(
-                     "event_name") ","
-                                   " ts, ts + received_delta,"
-                                   " ana_event_props(body), "
-                                   "ana_event_text(body), " ANA_EVENT_PAYLOAD_SQL
-                                   " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-               : "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
-                 " " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(
-                     "event_name") ","
-                                   " ts, ts + received_delta,"
-                                   " ana_event_props(body), '', " ANA_EVENT_PAYLOAD_SQL
-                                   " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-          -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(r, text ? SPOOL_SELECT("ana_event_text(body)") : SPOOL_SELECT("''"), -1,
+                         &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;
