@@ -2554,6 +2554,12 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   assert_int_equal(
       query_int(w, "SELECT hidden FROM pragma_table_xinfo('events') WHERE name = 'seq'"), 2);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE seq != key % 1099511627776"), 0);
+  /* ts too, from the key's day and the time within it. */
+  assert_int_equal(
+      query_int(w, "SELECT hidden FROM pragma_table_xinfo('events') WHERE name = 'ts'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ms < 0 OR ms >= 86400000"
+                                "  OR ts / 86400000 != key >> 40"),
+                   0);
   assert_int_equal(query_int(w, "SELECT group_concat(name, ',') = 'account_id,ts,event_name'"
                                 "  FROM pragma_index_info('events_by_time_name')"),
                    1);
@@ -2574,6 +2580,50 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 4);
   numbered_names_check(NUMBERED_N);
+}
+
+/* ts is generated from the key's day and the time within it: at a day's
+ * first and last millisecond, at 0 and before 1970 each event keeps its
+ * time, by sequence and newest first. */
+static void event_times_at_day_edges_and_before_1970_read_back(void **state) {
+  (void)state;
+  enum { N = 7 };
+  int64_t day0 = NOW / DAY * DAY;
+  const int64_t ts[N] = {day0, day0 - 1, 0, -1, -DAY, -DAY - 1, -3 * DAY + 5};
+  struct ana_event_record r[N];
+  char ids[N][16];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "e-%d", i);
+    r[i] = record("acct-1", ids[i], "sent", ts[i], "{}", "");
+    r[i].expires_at_ms = NOW + DAY;
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, N, &req), 0);
+  wait_done(1);
+  assert_int_equal(last_rc, 0);
+  struct ana_error err;
+  static struct named_events sp;
+  sp.n = 0;
+  assert_int_equal(ana_local_spool_each(db, 0, 100, named_spooled, &sp, &err), N);
+  for (int i = 0; i < N; i++) {
+    assert_string_equal(sp.ids[i], ids[i]);
+    assert_int_equal(sp.ts[i], ts[i]);
+  }
+  /* Newest first: the order of ts above. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1"});
+  assert_int_equal(h.n, N);
+  for (int i = 0; i < N; i++) {
+    assert_string_equal(h.ids[i], ids[i]);
+    assert_int_equal(h.ts[i], ts[i]);
+  }
+  h = search((struct ana_event_query){.account_id = "acct-1", .from_ms = -DAY, .to_ms = 0});
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ids[0], "e-3");
+  assert_string_equal(h.ids[1], "e-4");
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ms <= -86400000"
+                                "  OR ms >= 86400000"),
+                   0);
 }
 
 /* More distinct event names than the mover keeps numbers of (they share
@@ -2697,6 +2747,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(store_of_text_names_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(many_event_names_are_numbered_each_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(event_times_at_day_edges_and_before_1970_read_back, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(body_frames_with_and_without_the_zstd_magic_read_back, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(dedupe_sweep_goes_on_across_accounts_and_id_kinds, setup,

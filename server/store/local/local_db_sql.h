@@ -11,16 +11,16 @@
  * account_id (the account's number in dedupe_accounts), event_id (as
  * event_ids.c stores it), session_id, event_type and event_name (numbers of
  * event_strings: ANA_EVENT_STRING_SQL gives the text back,
- * ANA_EVENT_STRING_ID_SQL the number of a text), ts, received_delta
- * (received_at - ts, in ms), body (event_body.c: the free text, the
- * properties and the payload), and seq, generated from the key (stored in
- * events_by_seq only). The layout (migration 13): the rowid `key` is the
- * event's UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike)
- * times 2^40 plus its commit sequence; seq has a unique index;
- * events_by_time_name is (account_id, ts, event_name): an account's events
- * in time order, with the name's number to check on the entries (ties at
- * one timestamp are sorted by the rows' event_id where the order needs it).
- * Long scans end their snapshots at 6-hour slots (ana_event_slot). */
+ * ANA_EVENT_STRING_ID_SQL the number of a text), ms (ts less the start of
+ * the key's day), received_delta (received_at - ts, in ms), body
+ * (event_body.c: the free text, the properties and the payload), and two
+ * columns generated from them: seq (the key's low 40 bits; stored in
+ * events_by_seq only) and ts ((key >> 40) * ANA_EVENT_DAY_MS + ms). The layout (migration 13): the
+ * rowid `key` is the event's UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
+ * 2^40 plus its commit sequence; seq has a unique index; events_by_time_name is (account_id, ts,
+ * event_name): an account's events in time order, with the name's number to check on the entries
+ * (ties at one timestamp are sorted by the rows' event_id where the order needs it). Long scans end
+ * their snapshots at 6-hour slots (ana_event_slot). */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
 #define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SEQ_BITS 40

@@ -13,7 +13,7 @@
 
 static const char sql_append[] =
     "INSERT INTO events (key, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_delta, body)"
+    " event_name, ms, received_delta, body)"
     " VALUES (?1, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 /* An account's number, for the rows (the claim of its deduplication keys
  * gives it one first, in the same transaction, when there are keys). */
@@ -122,7 +122,8 @@ int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, type);
     sqlite3_bind_int64(st, 7, name);
-    sqlite3_bind_int64(st, 8, r->timestamp_ms);
+    /* ts is generated from the key's day and this */
+    sqlite3_bind_int64(st, 8, r->timestamp_ms - ana_event_day(r->timestamp_ms) * ANA_EVENT_DAY_MS);
     sqlite3_bind_int64(st, 9, r->received_at_ms - r->timestamp_ms);
     const struct ana_event_body_parts parts = {
         .text = r->search_text,
