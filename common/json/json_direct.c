@@ -24,7 +24,8 @@
  * or a number outside a Value, an integer over 18 digits or a number jansson
  * would not read, an unknown, repeated, oneof or duplicated field, a
  * duplicate Struct key, more than DIRECT_MAX_ENTRIES of them, a string whose
- * escapes yajl reads differently (see direct_text_ok), any error. */
+ * escapes yajl reads differently (see direct_text_ok), \f or \v (white
+ * space to yajl only), any error. */
 #define DIRECT_MAX_ENTRIES 64
 #define DIRECT_MAX_FRAMES 4 /* the element, two nested messages, a Struct */
 
