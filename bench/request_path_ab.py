@@ -7,7 +7,9 @@ which goes first, both servers started once with a fresh data directory:
           round N events per server; ev/s and the server's CPU per event.
   search: SearchEvents over gRPC and REST (GET /api/events/search) against
           20,000 events: a word in no event (the request's cost outside the
-          query) and a word in 10% of them, page of 50; p50 per round.
+          query) and a word in 10% of them, page of 50; p50 per round, and
+          the server's CPU per request (its threads' user + system time,
+          which the machine's other load inflates less than the latency).
 
 Usage:
   /usr/bin/python3 bench/request_path_ab.py ingest A_BINARY B_BINARY [EVENTS [ROUNDS]]
@@ -131,6 +133,7 @@ def search(servers, n, rounds):
     kinds = [("gRPC, no match", "zzzz", True), ("gRPC, word in 10%", "w3", True),
              ("REST, no match", "zzzz", False), ("REST, word in 10%", "w3", False)]
     res = {name: {k: [] for k in servers} for name, _, _ in kinds}
+    cpu = {name: {k: [] for k in servers} for name, _, _ in kinds}
     for r in range(rounds):
         for k in (["A", "B"] if r % 2 == 0 else ["B", "A"]):
             p, port = servers[k]
@@ -139,6 +142,7 @@ def search(servers, n, rounds):
             hc = http.client.HTTPConnection("127.0.0.1", port)
             for name, q, over_grpc in kinds:
                 lat = []
+                c0 = cpu_s(p.pid)
                 for _ in range(n):
                     t = time.perf_counter()
                     if over_grpc:
@@ -148,6 +152,7 @@ def search(servers, n, rounds):
                         resp = hc.getresponse()
                         resp.read()
                     lat.append(time.perf_counter() - t)
+                cpu[name][k].append((cpu_s(p.pid) - c0) / n * 1e6)
                 res[name][k].append(statistics.median(lat[n // 10:]) * 1000)
             ch.close()
             hc.close()
@@ -155,6 +160,11 @@ def search(servers, n, rounds):
         a, b = res[name]["A"], res[name]["B"]
         print("%-18s p50 ms A %s | B %s | median B/A %.2f" % (
             name, " ".join("%.3f" % x for x in a), " ".join("%.3f" % x for x in b),
+            statistics.median(b) / statistics.median(a)))
+    for name, _, _ in kinds:
+        a, b = cpu[name]["A"], cpu[name]["B"]
+        print("%-18s server CPU us/request A %s | B %s | median B/A %.2f" % (
+            name, " ".join("%.0f" % x for x in a), " ".join("%.0f" % x for x in b),
             statistics.median(b) / statistics.median(a)))
 
 
