@@ -117,6 +117,7 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
 
 static void *worker(void *arg) {
   struct rb_decode_pool *p = arg;
+  pthread_setname_np(pthread_self(), "ana-decode"); /* top -H, /proc/PID/task/TID/comm */
   /* Linux: the niceness of this thread only. Failing is harmless. */
   (void)setpriority(PRIO_PROCESS, (id_t)gettid(), DECODER_NICE);
   pthread_mutex_lock(&p->mu);

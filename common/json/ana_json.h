@@ -30,6 +30,9 @@ struct ana_json_options {
   /* decode with parallel: the smallest document (0: 64 KiB) and array (0:
    * 128 elements) split; an arena with a limit is never split. */
   size_t parallel_min_bytes, parallel_min_elements;
+  /* decode with parallel: every element through jansson, none read
+   * directly from the text (the same result; for comparisons). */
+  bool no_direct;
 };
 
 /* Nesting limit used when ana_json_options.max_depth is 0. */

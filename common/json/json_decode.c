@@ -9,10 +9,12 @@
 #include "google/protobuf/struct.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Fields of one object tracked on the stack; bigger messages use the arena. */
@@ -953,6 +955,314 @@ static bool find_split(const ProtobufCMessageDescriptor *desc, const char *s, si
   return out->n > 1;
 }
 
+/* ---- simple elements decoded straight from the text ---- */
+
+/* Most elements of a large batch are flat: strings without escapes, a
+ * timestamp, a Struct of plain values. Parsing them with jansson (a tree
+ * of allocations, then walked) was most of the decode's CPU; they are read
+ * here in one pass into the same message the tree would give. Anything
+ * else (an escape, a byte outside ASCII, an array, null, a number outside
+ * a Value, an unknown or repeated field, any error) declines: the element
+ * then goes through jansson and the walk, which say what is wrong. */
+#define DIRECT_MAX_ENTRIES 64
+#define DIRECT_MIN_DEPTH 8
+
+struct direct {
+  const char *s;
+  size_t i, end;
+  struct ana_arena *arena;
+};
+
+static void direct_ws(struct direct *p) {
+  while (p->i < p->end &&
+         (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r'))
+    p->i++;
+}
+
+/* A string of printable ASCII without escapes at p->i (its quotes
+ * excluded into *str, *len); false otherwise. */
+static bool direct_string(struct direct *p, const char **str, size_t *len) {
+  if (p->i >= p->end || p->s[p->i] != '"')
+    return false;
+  size_t j = p->i + 1;
+  while (j < p->end) {
+    unsigned char ch = (unsigned char)p->s[j];
+    if (ch == '"')
+      break;
+    if (ch < 0x20 || ch >= 0x7f || ch == '\\')
+      return false;
+    j++;
+  }
+  if (j >= p->end)
+    return false;
+  *str = p->s + p->i + 1;
+  *len = j - p->i - 1;
+  p->i = j + 1;
+  return true;
+}
+
+static bool direct_literal(struct direct *p, const char *word) {
+  size_t n = strlen(word);
+  if (p->end - p->i < n || memcmp(p->s + p->i, word, n) != 0)
+    return false;
+  p->i += n;
+  return true;
+}
+
+/* A JSON number (its grammar checked) as jansson reads it: an integer of up
+ * to 18 digits through long long, anything else through strtod; false when
+ * malformed, out of range or longer than 40 characters. */
+static bool direct_number(struct direct *p, double *out) {
+  size_t j = p->i, digits = 0;
+  bool real = false;
+  if (j < p->end && p->s[j] == '-')
+    j++;
+  if (j < p->end && p->s[j] == '0') {
+    j++;
+    digits = 1;
+  } else {
+    while (j < p->end && p->s[j] >= '0' && p->s[j] <= '9')
+      j++, digits++;
+  }
+  if (!digits)
+    return false;
+  if (j < p->end && p->s[j] == '.') {
+    size_t frac = 0;
+    for (j++; j < p->end && p->s[j] >= '0' && p->s[j] <= '9'; j++)
+      frac++;
+    if (!frac)
+      return false;
+    real = true;
+  }
+  if (j < p->end && (p->s[j] == 'e' || p->s[j] == 'E')) {
+    size_t exp = 0;
+    j++;
+    if (j < p->end && (p->s[j] == '+' || p->s[j] == '-'))
+      j++;
+    for (; j < p->end && p->s[j] >= '0' && p->s[j] <= '9'; j++)
+      exp++;
+    if (!exp)
+      return false;
+    real = true;
+  }
+  char buf[48];
+  size_t n = j - p->i;
+  if (n > 40 || (!real && digits > 18))
+    return false;
+  memcpy(buf, p->s + p->i, n);
+  buf[n] = '\0';
+  if (real) {
+    errno = 0;
+    double x = strtod(buf, NULL);
+    if (errno == ERANGE || !isfinite(x))
+      return false;
+    *out = x;
+  } else {
+    *out = (double)strtoll(buf, NULL, 10);
+  }
+  p->i = j;
+  return true;
+}
+
+/* A Value of a Struct: a string, a number, true, false or null. */
+static bool direct_value(struct direct *p, Google__Protobuf__Value *val) {
+  if (p->i >= p->end)
+    return false;
+  char ch = p->s[p->i];
+  if (ch == '"') {
+    const char *str;
+    size_t len;
+    bool oom;
+    char *copy;
+    if (!direct_string(p, &str, &len) ||
+        ana_json_scalar_from_text(
+            protobuf_c_message_descriptor_get_field(&google__protobuf__value__descriptor, 3), str,
+            len, false, &copy, p->arena, &oom))
+      return false;
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+    val->string_value = copy;
+    return true;
+  }
+  if (ch == 't' || ch == 'f') {
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
+    val->bool_value = ch == 't';
+    return direct_literal(p, ch == 't' ? "true" : "false");
+  }
+  if (ch == 'n') {
+    val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE;
+    val->null_value = GOOGLE__PROTOBUF__NULL_VALUE__NULL_VALUE;
+    return direct_literal(p, "null");
+  }
+  val->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
+  return direct_number(p, &val->number_value);
+}
+
+/* A Struct's object into its map field (as dec_map fills it). */
+static bool direct_struct(struct direct *p, ProtobufCMessage *m) {
+  const ProtobufCFieldDescriptor *f = &m->descriptor->fields[0];
+  const ProtobufCMessageDescriptor *ed = f->descriptor;
+  const ProtobufCFieldDescriptor *kf = protobuf_c_message_descriptor_get_field(ed, 1);
+  const ProtobufCFieldDescriptor *vf = protobuf_c_message_descriptor_get_field(ed, 2);
+  ProtobufCMessage *entries[DIRECT_MAX_ENTRIES];
+  const char *keys[DIRECT_MAX_ENTRIES];
+  size_t klens[DIRECT_MAX_ENTRIES], n = 0;
+  if (p->i >= p->end || p->s[p->i] != '{')
+    return false;
+  p->i++;
+  direct_ws(p);
+  if (p->i < p->end && p->s[p->i] == '}') {
+    p->i++;
+    return true;
+  }
+  for (;;) {
+    const char *key;
+    size_t klen;
+    bool oom;
+    if (n == DIRECT_MAX_ENTRIES || !direct_string(p, &key, &klen))
+      return false;
+    for (size_t k = 0; k < n; k++)
+      if (klens[k] == klen && memcmp(keys[k], key, klen) == 0)
+        return false; /* a duplicate key: jansson's error */
+    direct_ws(p);
+    if (p->i >= p->end || p->s[p->i] != ':')
+      return false;
+    p->i++;
+    direct_ws(p);
+    ProtobufCMessage *entry = ana_json_new_message(ed, p->arena);
+    Google__Protobuf__Value *val =
+        (Google__Protobuf__Value *)ana_json_new_message(vf->descriptor, p->arena);
+    if (!entry || !val ||
+        ana_json_scalar_from_text(kf, key, klen, false, ana_json_member(entry, kf), p->arena,
+                                  &oom) ||
+        !direct_value(p, val))
+      return false;
+    *(ProtobufCMessage **)ana_json_member(entry, vf) = &val->base;
+    keys[n] = key;
+    klens[n] = klen;
+    entries[n++] = entry;
+    direct_ws(p);
+    if (p->i < p->end && p->s[p->i] == ',') {
+      p->i++;
+      direct_ws(p);
+      continue;
+    }
+    if (p->i < p->end && p->s[p->i] == '}') {
+      p->i++;
+      break;
+    }
+    return false;
+  }
+  ProtobufCMessage **arr = ana_arena_alloc(p->arena, n * sizeof *arr);
+  if (!arr)
+    return false;
+  memcpy(arr, entries, n * sizeof *arr);
+  *(size_t *)ana_json_quantifier(m, f) = n;
+  *(ProtobufCMessage ***)ana_json_member(m, f) = arr;
+  return true;
+}
+
+/* A regular message's object: each field once, no oneof, none repeated. */
+static bool direct_message(struct direct *p, ProtobufCMessage *m, int level) {
+  const ProtobufCMessageDescriptor *desc = m->descriptor;
+  const struct ana_json_message *jm = ana_json_names_of(desc);
+  uint64_t seen = 0;
+  if (level > 2 || desc->n_fields > 64 || p->i >= p->end || p->s[p->i] != '{')
+    return false;
+  p->i++;
+  direct_ws(p);
+  if (p->i < p->end && p->s[p->i] == '}') {
+    p->i++;
+    return true;
+  }
+  for (;;) {
+    const char *key, *str;
+    size_t klen, len;
+    bool oom;
+    if (!direct_string(p, &key, &klen))
+      return false;
+    const ProtobufCFieldDescriptor *f = ana_json_field_by_name(desc, jm, key, klen);
+    if (!f || f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+      return false;
+    uint64_t bit = UINT64_C(1) << (f - desc->fields);
+    if (seen & bit)
+      return false;
+    seen |= bit;
+    direct_ws(p);
+    if (p->i >= p->end || p->s[p->i] != ':')
+      return false;
+    p->i++;
+    direct_ws(p);
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+      ProtobufCMessage **slot = ana_json_message_slot(m, f);
+      if (!*slot && !(*slot = ana_json_new_message(f->descriptor, p->arena)))
+        return false;
+      switch (ana_json_wkt_of(f->descriptor)) {
+      case ANA_JSON_WKT_TIMESTAMP: {
+        Google__Protobuf__Timestamp *t = (Google__Protobuf__Timestamp *)*slot;
+        if (!direct_string(p, &str, &len) ||
+            ana_json_parse_timestamp(str, len, &t->seconds, &t->nanos) != 0)
+          return false;
+        break;
+      }
+      case ANA_JSON_WKT_STRUCT:
+        if (!direct_struct(p, *slot))
+          return false;
+        break;
+      case ANA_JSON_WKT_NONE:
+        if (!direct_message(p, *slot, level + 1))
+          return false;
+        break;
+      default: return false;
+      }
+    } else if (f->type == PROTOBUF_C_TYPE_BOOL) {
+      bool t = p->i < p->end && p->s[p->i] == 't';
+      if (!direct_literal(p, t ? "true" : "false"))
+        return false;
+      *(protobuf_c_boolean *)ana_json_member(m, f) = t;
+    } else {
+      if (!direct_string(p, &str, &len) ||
+          ana_json_scalar_from_text(f, str, len, false, ana_json_member(m, f), p->arena, &oom))
+        return false;
+    }
+    ana_json_mark_set(m, f);
+    direct_ws(p);
+    if (p->i < p->end && p->s[p->i] == ',') {
+      p->i++;
+      direct_ws(p);
+      continue;
+    }
+    if (p->i < p->end && p->s[p->i] == '}') {
+      p->i++;
+      break;
+    }
+    return false;
+  }
+  /* proto2 required fields: check_required's case, left to the walk */
+  for (unsigned i = 0; i < desc->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &desc->fields[i];
+    if (f->label == PROTOBUF_C_LABEL_REQUIRED &&
+        (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) &&
+        !*(void *const *)ana_json_member(m, f))
+      return false;
+  }
+  return true;
+}
+
+/* Element text [from, to) as a new message of desc, or NULL when it is not
+ * one of the simple ones (then nothing of it is used). */
+static ProtobufCMessage *direct_element(const ProtobufCMessageDescriptor *desc, const char *s,
+                                        size_t from, size_t to, struct ana_arena *arena,
+                                        int max_depth) {
+  if (max_depth < DIRECT_MIN_DEPTH || ana_json_wkt_of(desc) != ANA_JSON_WKT_NONE)
+    return NULL;
+  struct direct p = {s, from, to, arena};
+  ProtobufCMessage *m = ana_json_new_message(desc, arena);
+  if (!m || !direct_message(&p, m, 0))
+    return NULL;
+  direct_ws(&p);
+  return p.i == p.end ? m : NULL;
+}
+
 struct chunked {
   const struct split *sp;
   const char *text;
@@ -968,8 +1278,13 @@ static void decode_chunk(void *ctx, size_t c) {
   struct chunked *k = ctx;
   const struct split *sp = k->sp;
   size_t to = (c + 1) * PARALLEL_CHUNK < sp->n ? (c + 1) * PARALLEL_CHUNK : sp->n;
+  int max_depth = k->opts->max_depth > 0 ? k->opts->max_depth : ANA_JSON_DEFAULT_MAX_DEPTH;
   for (size_t e = c * PARALLEL_CHUNK; e < to && !atomic_load(&k->failed); e++) {
     size_t from = sp->bounds[2 * e];
+    if (!k->opts->no_direct &&
+        (k->elems[e] = direct_element(sp->field->descriptor, k->text, from, sp->bounds[2 * e + 1],
+                                      &k->arenas[c], max_depth)))
+      continue;
     json_error_t jerr;
     json_t *v = json_loadb(k->text + from, sp->bounds[2 * e + 1] - from,
                            JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);

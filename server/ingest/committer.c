@@ -213,6 +213,7 @@ static void sweep_retention(struct ana_committer *c) {
 
 static void *commit_thread(void *arg) {
   struct ana_committer *c = arg;
+  pthread_setname_np(pthread_self(), "ana-commit"); /* top -H, /proc/PID/task/TID/comm */
   /* Idle, the thread still wakes every second to beat (liveness). */
   struct ana_heartbeat *hb = ana_heartbeat_register("committer");
   pthread_mutex_lock(&c->mu);

@@ -5,7 +5,9 @@
  * several tokens matches them adjacent only; the reserved tokens are out of
  * reach of words; an index of the earlier format is built again; an event
  * rewritten (re-encryption) is found by its new words only, its entry made
- * again once however often the steps are repeated (a crash between them). */
+ * again once however often the steps are repeated (a crash between them);
+ * an index built from the events the mover hands over holds what one read
+ * back from the events holds. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -353,6 +355,77 @@ static void text_index_of_format_1_is_rebuilt(void **state) {
   sqlite3_close(c);
 }
 
+/* Every (term, entries) of the index file, one line each (malloc'd). */
+static char *index_vocabulary(void) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
+  sqlite3 *c = NULL;
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_open(path, &c), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(c, "CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, events_fts, row)", NULL,
+                   NULL, NULL),
+      SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(c, "SELECT term, doc FROM v ORDER BY term", -1, &st, NULL),
+                   SQLITE_OK);
+  size_t cap = 1 << 16, len = 0;
+  char *out = malloc(cap);
+  assert_non_null(out);
+  out[0] = '\0';
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char *term = (const char *)sqlite3_column_text(st, 0);
+    if (len + strlen(term) + 32 > cap) {
+      cap *= 2;
+      out = realloc(out, cap);
+      assert_non_null(out);
+    }
+    len += (size_t)snprintf(out + len, cap - len, "%s %d\n", term, sqlite3_column_int(st, 1));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(c);
+  return out;
+}
+
+/* The index built while the events are moved (handed over by the mover)
+ * equals the one built again from the events table alone. */
+static void index_of_handed_over_events_equals_one_read_back(void **state) {
+  (void)state;
+  struct ana_error err;
+  sindex = sops->open(db, &err); /* open before the commits: the moves hand them over */
+  assert_non_null(sindex);
+  static const char *const texts[] = {"alpha beta", "",
+                                      "gamma \xEE\x80\x80"
+                                      "d1 delta",
+                                      "caf\xC3\xA9 Alpha", "beta beta"};
+  static const char *const names[] = {"sent", "clicked", "read"};
+  struct ev evs[300];
+  for (int i = 0; i < 300; i++)
+    evs[i] = (struct ev){i % 7 ? "acct-1" : "acct-2", names[i % 3], texts[i % 5],
+                         NOW - (int64_t)i * 3600001 * 7, NULL};
+  for (int i = 0; i < 300; i += 60)
+    insert(evs + i, 60);
+  index_all();
+  char *fed = index_vocabulary();
+  assert_non_null(strstr(fed, "alpha "));
+  close_index();
+  char cmd[sizeof dir * 3 + 96];
+  snprintf(cmd, sizeof cmd,
+           "rm -f %s/analytics-text.db %s/analytics-text.db-wal %s/analytics-text.db-shm", dir, dir,
+           dir);
+  assert_int_equal(system(cmd), 0);
+  index_all(); /* built again: read back from the events */
+  char *read_back = index_vocabulary();
+  assert_string_equal(fed, read_back);
+  free(fed);
+  free(read_back);
+  /* alpha: texts[0] and [3] (case folded), events 0, 3, 5, 8, ... of acct-2 (every 7th) */
+  int want = 0;
+  for (int i = 0; i < 300; i += 7)
+    want += i % 5 == 0 || i % 5 == 3;
+  assert_int_equal(run((struct ana_event_query){.account_id = "acct-2", .text = "alpha"}).n,
+                   want < MAX_HITS ? want : MAX_HITS);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(pages_over_many_matches_are_in_the_unindexed_order, setup,
@@ -362,6 +435,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(reserved_tokens_are_out_of_reach_of_words, setup, teardown),
       cmocka_unit_test_setup_teardown(text_index_of_format_1_is_rebuilt, setup, teardown),
       cmocka_unit_test_setup_teardown(rewritten_event_is_found_by_its_new_words_only, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(index_of_handed_over_events_equals_one_read_back, setup,
                                       teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1756,6 +1756,112 @@ static void decode_tiny_elements_in_chunks(void **state) {
   free(doc);
 }
 
+/* Elements read straight from the text (the simple ones) decode as jansson
+ * and the walk decode them: the same message, or, for every element the
+ * direct read declines, the same error naming the same element. */
+static void decode_direct_elements_as_jansson(void **state) {
+  (void)state;
+  const ProtobufCMessageDescriptor *d = &analytics__v1__track_events_request__descriptor;
+  static const char *const variants[] = {
+      "{\"eventId\":\"e-1\",\"eventType\":\"message\",\"eventName\":\"sent\",\"timestamp\":"
+      "\"2026-12-01T10:00:01.123Z\",\"properties\":{\"campaignId\":\"c1\",\"groupId\":\"g2\"}}",
+      "{ \"eventId\" : \"e-1\" ,\n\t\"eventName\":\"sent\" , \"properties\" : { } }\r\n",
+      "{}",
+      "{\"properties\":{\"a\":1,\"b\":-0,\"c\":1.5,\"d\":1e3,\"e\":-2.5E-3,\"f\":"
+      "123456789012345678,"
+      "\"h\":0.1,\"k\":0,\"l\":-7}}",
+      "{\"properties\":{\"g\":1234567890123456789}}",
+      "{\"properties\":{\"g\":99999999999999999999}}",
+      "{\"properties\":{\"i\":1e400}}",
+      "{\"properties\":{\"j\":1e-400}}",
+      "{\"properties\":{\"t\":true,\"f\":false,\"n\":null}}",
+      "{\"properties\":{\"a\":01}}",
+      "{\"properties\":{\"a\":-}}",
+      "{\"properties\":{\"a\":1.}}",
+      "{\"properties\":{\"a\":.5}}",
+      "{\"properties\":{\"a\":1e}}",
+      "{\"properties\":{\"a\":tru}}",
+      "{\"properties\":{\"a\":\"1\",\"a\":\"2\"}}",
+      "{\"properties\":{\"o\":{\"p\":\"q\"},\"l\":[1,\"two\"]}}",
+      "{\"properties\":{\"\":\"\"},\"eventId\":\"\"}",
+      "{\"properties\":\"x\"}",
+      "{\"properties\":[1]}",
+      "{\"properties\":null}",
+      "{\"eventName\":\"a\\\"b\"}",
+      "{\"eventName\":\"caf\\u00e9\"}",
+      "{\"eventName\":\"caf\xC3\xA9\"}",
+      "{\"eventName\":\"\xC3\"}",
+      "{\"eventName\":\"tab\there\"}",
+      "{\"eventName\":\"del\x7f\"}",
+      "{\"eventName\":\"a\",\"event_name\":\"b\"}",
+      "{\"eventName\":\"a\",\"eventName\":\"a\"}",
+      "{\"eventName\":null}",
+      "{\"eventName\":5}",
+      "{\"eventName\":true}",
+      "{\"bogus\":\"x\",\"eventName\":\"n\"}",
+      "{\"event_id\":\"x\",\"event_type\":\"t\",\"session_id\":\"s\",\"account_id\":\"a\","
+      "\"sent_at\":\"2026-12-01T10:00:00Z\",\"received_at\":\"2026-12-01T10:00:00.5+01:00\"}",
+      "{\"timestamp\":\"noon\"}",
+      "{\"timestamp\":5}",
+      "{\"timestamp\":\"0000-01-01T00:00:00Z\"}",
+      "{\"context\":{\"userAgent\":\"ua\",\"locale\":\"fr\",\"ip\":\"1.2.3.4\"}}",
+      "{\"context\":{\"user_agent\":\"ua\",\"bogus\":\"x\"}}",
+      "{\"context\":\"x\"}",
+      "{\"context\":{}}",
+      "{\"eventName\":\"x\" \"eventType\":\"y\"}",
+      "{\"eventName\":\"x\",}",
+      "{\"eventName\" \"x\"}",
+  };
+  char big[4096];
+  size_t n = 0;
+  n += (size_t)snprintf(big, sizeof big, "{\"properties\":{");
+  for (int i = 0; i < 70; i++)
+    n += (size_t)snprintf(big + n, sizeof big - n, "%s\"k%d\":\"v\"", i ? "," : "", i);
+  snprintf(big + n, sizeof big - n, "}}");
+  for (size_t v = 0; v <= sizeof variants / sizeof *variants; v++) {
+    const char *var = v < sizeof variants / sizeof *variants ? variants[v] : big;
+    size_t cap = 200 * (strlen(var) + strlen(variants[0]) + 4) + 64, len = 0;
+    char *doc = malloc(cap);
+    assert_non_null(doc);
+    len += (size_t)snprintf(doc, cap, "{\"events\":[");
+    for (int i = 0; i < 200; i++)
+      len += (size_t)snprintf(doc + len, cap - len, "%s%s", i ? "," : "",
+                              i % 3 == 1 ? var : variants[0]);
+    snprintf(doc + len, cap - len, "]}");
+    for (int ignore = 0; ignore < 2; ignore++) {
+      struct ana_json_options one = {.ignore_unknown = ignore};
+      struct ana_json_options direct = {
+          .ignore_unknown = ignore, .parallel = reverse_runner, .parallel_min_bytes = 1};
+      struct ana_json_options tree = direct;
+      tree.no_direct = true;
+      ProtobufCMessage *a = dec(d, doc, &one);
+      char msg[sizeof err.message], at[sizeof path];
+      snprintf(msg, sizeof msg, "%s", a ? "" : err.message);
+      snprintf(at, sizeof at, "%s", path);
+      const struct ana_json_options *opts[] = {&direct, &tree};
+      for (int o = 0; o < 2; o++) {
+        ProtobufCMessage *b = dec(d, doc, opts[o]);
+        if ((a == NULL) != (b == NULL))
+          fail_msg("variant %zu (%s), ignore %d, %s: whole %s, split %s", v, var, ignore,
+                   o ? "tree" : "direct", a ? "decodes" : msg, b ? "decodes" : err.message);
+        if (!a) {
+          assert_string_equal(err.message, msg);
+          assert_string_equal(path, at);
+          continue;
+        }
+        size_t na, nb;
+        uint8_t *pa = packed(a, &na), *pb = packed(b, &nb);
+        if (na != nb || memcmp(pa, pb, na) != 0)
+          fail_msg("variant %zu (%s), ignore %d, %s: another message", v, var, ignore,
+                   o ? "tree" : "direct");
+        free(pa);
+        free(pb);
+      }
+    }
+    free(doc);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1809,6 +1915,7 @@ int main(void) {
       T(decode_large_array_in_chunks),
       T(decode_in_chunks_errors_as_whole),
       T(decode_tiny_elements_in_chunks),
+      T(decode_direct_elements_as_jansson),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -158,6 +158,14 @@ int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct an
 /* For tests: hold keeps the mover from moving until released. */
 void ana_local_staging_hold(struct ana_local_db *db, bool hold);
 
+/* The mover's hand-over: after each move's commit, on the mover's thread,
+ * fn(ctx, records, n) gets the events just moved into the table (in its
+ * key order; valid during the call), so that a follower (the free-text
+ * index) need not read them back. One follower at a time; fn NULL removes
+ * it and returns once no call to it is running. */
+typedef void (*ana_local_moved_fn)(void *ctx, const struct ana_event_record *records, size_t n);
+void ana_local_db_follow_moves(struct ana_local_db *db, ana_local_moved_fn fn, void *ctx);
+
 struct ana_local_staging_stats {
   uint64_t staged_events; /* committed, not yet moved */
   uint64_t staged_upto;   /* last sequence staged */

@@ -84,6 +84,9 @@ struct ana_staging {
   struct ana_spool_statements insert;
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
+  pthread_mutex_t follow_mu;         /* held while the follower is called */
+  ana_local_moved_fn follow;
+  void *follow_ctx;
 };
 
 static const char sql_last_seq[] = "SELECT last FROM event_seq WHERE id = 1";
@@ -430,6 +433,14 @@ void ana_local_staging_hold(struct ana_local_db *db, bool hold) {
   pthread_mutex_unlock(&s->mu);
 }
 
+void ana_local_db_follow_moves(struct ana_local_db *db, ana_local_moved_fn fn, void *ctx) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->follow_mu);
+  s->follow = fn;
+  s->follow_ctx = fn ? ctx : NULL;
+  pthread_mutex_unlock(&s->follow_mu);
+}
+
 void ana_local_staging_set_limits(struct ana_local_db *db, long max_events, int wait_ms) {
   struct ana_staging *s = ana_local_db_staging(db);
   pthread_mutex_lock(&s->mu);
@@ -471,6 +482,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   struct staged_row *rows = s->rows;
   size_t n_rows = 0, events = 0, raw_total = 0;
   struct staged_event *ev = NULL;
+  struct ana_event_record *recs = NULL;
   uint8_t *raw = NULL;
   char *arena = NULL;
   sqlite3_stmt *st = NULL;
@@ -544,9 +556,17 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     off += got;
   }
   qsort(ev, events, sizeof *ev, by_key);
-  for (size_t i = 0; i < events && rc == 0; i++)
-    rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), &ev[i].r, 1,
-                                err);
+  /* One call for the whole move: per event, it looked the account's number
+   * up again (a statement of its own). */
+  recs = ana_malloc(sizeof *recs * events);
+  if (!recs) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < events; i++)
+    recs[i] = ev[i].r;
+  rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), recs, events,
+                              err);
   if (rc < 0)
     goto out;
   if (ana_event_codec_persist(ana_local_db_event_codec(s->db), s->conn, err) < 0) {
@@ -569,6 +589,10 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   }
   *upto = rows[n_rows - 1].last;
   rc = (int)events;
+  pthread_mutex_lock(&s->follow_mu);
+  if (s->follow)
+    s->follow(s->follow_ctx, recs, events);
+  pthread_mutex_unlock(&s->follow_mu);
 out:
   sqlite3_finalize(st);
   if (rc <= 0 && !sqlite3_get_autocommit(s->conn))
@@ -577,6 +601,7 @@ out:
   for (size_t i = 0; i < n_rows; i++)
     ana_free(rows[i].z);
   ana_free(ev);
+  ana_free(recs);
   ana_free(raw);
   ana_free(arena);
   return rc;
@@ -584,6 +609,7 @@ out:
 
 static void *mover_thread(void *arg) {
   struct ana_staging *s = arg;
+  pthread_setname_np(pthread_self(), "ana-mover"); /* top -H, /proc/PID/task/TID/comm */
   pthread_mutex_lock(&s->mu);
   /* At stop the backlog is moved first (a clean close leaves nothing
    * staged); a failure then leaves it for the next start. */
@@ -676,6 +702,7 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   s->max_events = ANA_STAGING_DEFAULT_MAX_EVENTS;
   s->wait_ms = ANA_STAGING_DEFAULT_WAIT_MS;
   pthread_mutex_init(&s->mu, NULL);
+  pthread_mutex_init(&s->follow_mu, NULL);
   pthread_cond_init(&s->moved_cond, NULL);
   pthread_cond_init(&s->staged_cond, NULL);
   if (!(s->dctx = ZSTD_createDCtx())) {
@@ -762,6 +789,7 @@ void ana_staging_close(struct ana_staging *s) {
   ana_spool_statements_finalize(&s->insert);
   sqlite3_close(s->conn);
   pthread_mutex_destroy(&s->mu);
+  pthread_mutex_destroy(&s->follow_mu);
   pthread_cond_destroy(&s->moved_cond);
   pthread_cond_destroy(&s->staged_cond);
   ZSTD_freeCCtx(s->cctx);

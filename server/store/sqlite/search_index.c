@@ -17,6 +17,8 @@ static void index_close(void *p) {
   struct sqlite_search_index *si = p;
   if (!si)
     return;
+  if (si->text)
+    ana_local_db_follow_moves(si->db, NULL, NULL);
   ana_text_index_close(si->text);
   ana_free(si->path);
   ana_free(si);
@@ -35,6 +37,7 @@ static void *index_open(struct ana_local_db *db, struct ana_error *err) {
     index_close(si);
     return NULL;
   }
+  ana_local_db_follow_moves(db, ana_text_index_follow, si->text);
   return si;
 }
 

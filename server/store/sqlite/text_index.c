@@ -42,6 +42,7 @@
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -51,6 +52,15 @@
 /* How often the thread looks for new events when no search waits. */
 #define INDEX_INTERVAL_MS 100
 #define BUSY_TIMEOUT_MS 10000
+/* Events handed over by the mover and held for indexing, at most. */
+#define FED_MAX 65536
+
+/* An event the mover handed over: its text and name in one allocation. */
+struct fed_event {
+  int64_t seq, ts;
+  char *words; /* owned; the name follows the words' NUL */
+  const char *name;
+};
 
 struct ana_text_index {
   sqlite3 *conn;           /* the index, with the events attached as `ev` */
@@ -58,6 +68,15 @@ struct ana_text_index {
   sqlite3_stmt *select_new, *insert, *set_progress, *select_one, *exists, *remove;
   char *doc; /* an entry's text, built by entry_text */
   size_t doc_cap;
+
+  /* The events the mover handed over (ana_text_index_follow) and not yet
+   * indexed, in sequence order without a gap: a batch that starts at the
+   * first of them is indexed from here rather than read back from the
+   * events (a row's seek and its body's decompression per event). */
+  pthread_mutex_t fed_mu;
+  struct fed_event *fed;
+  size_t fed_head, fed_n, fed_cap;
+  struct fed_event taken[INDEX_BATCH]; /* the batch's (index thread) */
 
   pthread_mutex_t mu;
   pthread_cond_t wake;       /* a search waits, or stop */
@@ -112,14 +131,45 @@ static uint64_t fnv1a(const char *s) {
   return h;
 }
 
+/* The tokens are written by hand, not by snprintf: an entry has five of
+ * them, and formatting them took as long as the entry's FTS5 insert. */
+
+/* RESERVED "n" and the name's hash in 16 lower-case hex digits; returns the
+ * length (out has room for ANA_TEXT_TOKEN_MAX bytes, NUL included). */
+static size_t put_name_token(char *out, const char *event_name) {
+  static const char hex[] = "0123456789abcdef";
+  uint64_t h = fnv1a(event_name);
+  memcpy(out, RESERVED "n", 4);
+  for (int i = 0; i < 16; i++)
+    out[4 + i] = hex[(h >> (60 - 4 * i)) & 0xf];
+  out[20] = '\0';
+  return 20;
+}
+
+/* RESERVED, the level's letter and the bucket as an unsigned decimal (a '-'
+ * would end the token); returns the length. */
+static size_t put_bucket_token(char *out, int level, int64_t bucket) {
+  char digits[20];
+  size_t n = 0;
+  uint64_t v = (uint64_t)bucket;
+  do {
+    digits[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  memcpy(out, RESERVED, 3);
+  out[3] = bucket_letter[level];
+  for (size_t i = 0; i < n; i++)
+    out[4 + i] = digits[n - 1 - i];
+  out[4 + n] = '\0';
+  return 4 + n;
+}
+
 void ana_text_index_name_token(const char *event_name, char out[ANA_TEXT_TOKEN_MAX]) {
-  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "n%016llx", (unsigned long long)fnv1a(event_name));
+  put_name_token(out, event_name);
 }
 
 void ana_text_index_bucket_token(int level, int64_t bucket, char out[ANA_TEXT_TOKEN_MAX]) {
-  /* Unsigned: a '-' would end the token. */
-  snprintf(out, ANA_TEXT_TOKEN_MAX, RESERVED "%c%llu", bucket_letter[level],
-           (unsigned long long)bucket);
+  put_bucket_token(out, level, bucket);
 }
 
 /* Writes text folded (U+E000 -> U+E001) at out, which has room for it;
@@ -158,12 +208,11 @@ static bool entry_text(struct ana_text_index *ti, const char *words, const char 
     ti->doc_cap = need;
   }
   size_t n = fold_into(ti->doc, words);
-  char tok[ANA_TEXT_TOKEN_MAX];
-  ana_text_index_name_token(event_name, tok);
-  n += (size_t)sprintf(ti->doc + n, " %s", tok);
+  ti->doc[n++] = ' ';
+  n += put_name_token(ti->doc + n, event_name);
   for (int level = 1; level <= ANA_TEXT_INDEX_LEVELS; level++) {
-    ana_text_index_bucket_token(level, ana_text_index_bucket(level, ts), tok);
-    n += (size_t)sprintf(ti->doc + n, " %s", tok);
+    ti->doc[n++] = ' ';
+    n += put_bucket_token(ti->doc + n, level, ana_text_index_bucket(level, ts));
   }
   return true;
 }
@@ -201,40 +250,152 @@ char *ana_text_index_path(const char *events_db_path) {
   return p;
 }
 
+/* --- the events the mover hands over --- */
+
+/* Frees the held events from index i on. Called with fed_mu held. */
+static void fed_drop(struct ana_text_index *ti, size_t i) {
+  for (; i < ti->fed_n; i++)
+    ana_free(ti->fed[i].words);
+  ti->fed_head = ti->fed_n = 0;
+}
+
+static int by_seq(const void *a, const void *b) {
+  int64_t x = ((const struct fed_event *)a)->seq, y = ((const struct fed_event *)b)->seq;
+  return x < y ? -1 : x > y;
+}
+
+void ana_text_index_follow(void *ctx, const struct ana_event_record *records, size_t n) {
+  struct ana_text_index *ti = ctx;
+  if (n == 0 || n > FED_MAX)
+    return;
+  struct fed_event *batch = ana_malloc(n * sizeof *batch);
+  size_t k = 0;
+  for (; batch && k < n; k++) {
+    const struct ana_event_record *r = &records[k];
+    const char *words = r->search_text ? r->search_text : "";
+    const char *name = r->event_name ? r->event_name : "";
+    size_t wl = strlen(words), nl = strlen(name);
+    char *copy = ana_malloc(wl + nl + 2);
+    if (!copy)
+      break;
+    memcpy(copy, words, wl + 1);
+    memcpy(copy + wl + 1, name, nl + 1);
+    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, copy, copy + wl + 1};
+  }
+  pthread_mutex_lock(&ti->fed_mu);
+  if (k == n) {
+    qsort(batch, n, sizeof *batch, by_seq);
+    /* What is held must run on into this batch without a gap, and stays
+     * bounded; else it is dropped (the thread reads those events back). */
+    if (ti->fed_n > ti->fed_head && ti->fed[ti->fed_n - 1].seq + 1 != batch[0].seq)
+      fed_drop(ti, ti->fed_head);
+    if (ti->fed_n - ti->fed_head + n > FED_MAX)
+      fed_drop(ti, ti->fed_head);
+    if (ti->fed_head > 0) {
+      memmove(ti->fed, ti->fed + ti->fed_head, (ti->fed_n - ti->fed_head) * sizeof *ti->fed);
+      ti->fed_n -= ti->fed_head;
+      ti->fed_head = 0;
+    }
+    if (ti->fed_n + n > ti->fed_cap) {
+      size_t cap = ti->fed_n + n < 2 * ti->fed_cap ? 2 * ti->fed_cap : ti->fed_n + n;
+      struct fed_event *f = ana_realloc(ti->fed, cap * sizeof *f);
+      if (f) {
+        ti->fed = f;
+        ti->fed_cap = cap;
+      }
+    }
+    if (ti->fed_n + n <= ti->fed_cap) {
+      memcpy(ti->fed + ti->fed_n, batch, n * sizeof *batch);
+      ti->fed_n += n;
+      k = 0; /* now held */
+    } else {
+      fed_drop(ti, ti->fed_head);
+    }
+  }
+  pthread_mutex_unlock(&ti->fed_mu);
+  for (size_t i = 0; batch && i < k; i++)
+    ana_free(batch[i].words);
+  ana_free(batch);
+}
+
+/* The held events that follow event `from` without a gap, up to
+ * INDEX_BATCH, moved into ti->taken (those up to `from` are dropped);
+ * how many. */
+static size_t fed_take(struct ana_text_index *ti, int64_t from) {
+  size_t n = 0;
+  pthread_mutex_lock(&ti->fed_mu);
+  while (ti->fed_head < ti->fed_n && ti->fed[ti->fed_head].seq <= from)
+    ana_free(ti->fed[ti->fed_head++].words);
+  while (n < INDEX_BATCH && ti->fed_head < ti->fed_n &&
+         ti->fed[ti->fed_head].seq == from + 1 + (int64_t)n)
+    ti->taken[n++] = ti->fed[ti->fed_head++];
+  if (ti->fed_head == ti->fed_n)
+    ti->fed_head = ti->fed_n = 0;
+  pthread_mutex_unlock(&ti->fed_mu);
+  return n;
+}
+
+/* Forgets every held event (their texts may be rewritten: the thread
+ * reads them from the events). */
+static void fed_forget(struct ana_text_index *ti) {
+  pthread_mutex_lock(&ti->fed_mu);
+  fed_drop(ti, ti->fed_head);
+  pthread_mutex_unlock(&ti->fed_mu);
+}
+
+/* The entry of event seq (words, name, ts) into the open transaction;
+ * no words: nothing to index. */
+static int index_one(struct ana_text_index *ti, int64_t seq, const char *words, const char *name,
+                     int64_t ts, int64_t *min_ts, int64_t *max_ts) {
+  if (!words[0])
+    return SQLITE_ROW; /* passed */
+  *min_ts = ts < *min_ts ? ts : *min_ts;
+  *max_ts = ts > *max_ts ? ts : *max_ts;
+  if (!entry_text(ti, words, name, ts))
+    return SQLITE_NOMEM;
+  sqlite3_reset(ti->insert);
+  sqlite3_bind_int64(ti->insert, 1, seq);
+  sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
+  return sqlite3_step(ti->insert) == SQLITE_DONE ? SQLITE_ROW : SQLITE_ERROR;
+}
+
 /* One transaction: indexes up to INDEX_BATCH events committed after
- * indexed_seq. Returns how many, or < 0. Called with conn_mu held. */
+ * indexed_seq, those the mover handed over when they follow it, else read
+ * from the events. Returns how many, or < 0. Called with conn_mu held. */
 static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_error *err) {
   if (exec(ti->conn, "BEGIN", err) < 0)
     return ANA_ERR_IO;
   int64_t from = query_int(ti->conn, "SELECT indexed_seq FROM progress");
   int n = 0;
   int64_t last = from, min_ts = INT64_MAX, max_ts = INT64_MIN;
-  sqlite3_reset(ti->select_new);
-  sqlite3_bind_int64(ti->select_new, 1, from);
-  sqlite3_bind_int(ti->select_new, 2, INDEX_BATCH);
-  int rc;
-  while ((rc = sqlite3_step(ti->select_new)) == SQLITE_ROW) {
-    last = sqlite3_column_int64(ti->select_new, 0);
-    n++;
-    if (sqlite3_column_bytes(ti->select_new, 1) == 0)
-      continue; /* no words: nothing to index, but passed */
-    int64_t ts = sqlite3_column_int64(ti->select_new, 3);
-    min_ts = ts < min_ts ? ts : min_ts;
-    max_ts = ts > max_ts ? ts : max_ts;
-    if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_new, 1),
-                    (const char *)sqlite3_column_text(ti->select_new, 2), ts)) {
-      rc = SQLITE_NOMEM;
-      break;
+  int rc = SQLITE_DONE;
+  size_t taken = from >= 0 ? fed_take(ti, from) : 0;
+  for (size_t i = 0; i < taken; i++) {
+    const struct fed_event *e = &ti->taken[i];
+    if (rc == SQLITE_DONE) {
+      last = e->seq;
+      n++;
+      if (index_one(ti, e->seq, e->words, e->name, e->ts, &min_ts, &max_ts) != SQLITE_ROW)
+        rc = SQLITE_ERROR;
     }
-    sqlite3_reset(ti->insert);
-    sqlite3_bind_int64(ti->insert, 1, last);
-    sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
-    if (sqlite3_step(ti->insert) != SQLITE_DONE) {
-      rc = SQLITE_ERROR;
-      break;
-    }
+    ana_free(e->words);
   }
-  sqlite3_reset(ti->select_new);
+  if (!taken) {
+    sqlite3_reset(ti->select_new);
+    sqlite3_bind_int64(ti->select_new, 1, from);
+    sqlite3_bind_int(ti->select_new, 2, INDEX_BATCH);
+    while ((rc = sqlite3_step(ti->select_new)) == SQLITE_ROW) {
+      last = sqlite3_column_int64(ti->select_new, 0);
+      n++;
+      const char *words = (const char *)sqlite3_column_text(ti->select_new, 1);
+      rc = index_one(ti, last, words ? words : "",
+                     (const char *)sqlite3_column_text(ti->select_new, 2),
+                     sqlite3_column_int64(ti->select_new, 3), &min_ts, &max_ts);
+      if (rc != SQLITE_ROW)
+        break;
+    }
+    sqlite3_reset(ti->select_new);
+  }
   if (rc != SQLITE_DONE || from < 0)
     goto failed;
   if (n > 0) {
@@ -293,6 +454,7 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err) {
 
 static void *index_thread(void *arg) {
   struct ana_text_index *ti = arg;
+  pthread_setname_np(pthread_self(), "ana-textindex"); /* top -H, /proc/PID/task/TID/comm */
   /* Its batches are background work: as SCHED_BATCH it keeps its share of
    * the CPU but does not preempt the request threads when it wakes, and the
    * ack p99 is lower than with the index inside the commit (figures in
@@ -426,6 +588,7 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
                           struct ana_error *err) {
   if (n == 0)
     return 0;
+  fed_forget(ti);
   pthread_mutex_lock(&ti->conn_mu);
   /* FULL for this one: an entry whose event is gone must not come back
    * after a crash (nothing would remove it again). */
@@ -455,6 +618,7 @@ int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_
                            struct ana_error *err) {
   if (n == 0)
     return 0;
+  fed_forget(ti); /* their texts were rewritten */
   uint64_t indexed = ana_text_index_indexed_seq(ti);
   pthread_mutex_lock(&ti->conn_mu);
   int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
@@ -612,6 +776,7 @@ struct ana_text_index *ana_text_index_open(const char *events_db_path, struct an
     return NULL;
   }
   pthread_mutex_init(&ti->conn_mu, NULL);
+  pthread_mutex_init(&ti->fed_mu, NULL);
   pthread_mutex_init(&ti->mu, NULL);
   pthread_cond_init(&ti->wake, NULL);
   pthread_cond_init(&ti->progressed, NULL);
@@ -648,8 +813,11 @@ void ana_text_index_close(struct ana_text_index *ti) {
   sqlite3_finalize(ti->exists);
   sqlite3_finalize(ti->remove);
   ana_free(ti->doc);
+  fed_drop(ti, ti->fed_head);
+  ana_free(ti->fed);
   sqlite3_close(ti->conn);
   pthread_mutex_destroy(&ti->conn_mu);
+  pthread_mutex_destroy(&ti->fed_mu);
   pthread_mutex_destroy(&ti->mu);
   pthread_cond_destroy(&ti->wake);
   pthread_cond_destroy(&ti->progressed);

@@ -7,6 +7,8 @@
 
 #include "ana_error.h"
 
+struct ana_event_record;
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +21,12 @@ char *ana_text_index_path(const char *events_db_path);
  * and starts its thread. */
 struct ana_text_index *ana_text_index_open(const char *events_db_path, struct ana_error *err);
 void ana_text_index_close(struct ana_text_index *ti);
+
+/* The mover's hand-over (ana_local_db_follow_moves): the events just moved
+ * into the events table, held (copied, bounded) so that the thread indexes
+ * them without reading them back. Nothing else depends on it: events not
+ * handed over, or dropped, are read from the events. */
+void ana_text_index_follow(void *ctx, const struct ana_event_record *records, size_t n);
 
 /* Waits until every event up to seq is indexed, at most timeout_ms; on
  * time-out fails with UNAVAILABLE saying how far the index is. */

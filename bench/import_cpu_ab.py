@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""Server CPU per event of a one-client REST import, two builds A/B.
+
+The peers' synthetic events (bench/peers: 50 campaigns x 20 groups, four
+event names, timestamps at random over the last 30 days, a client eventId
+each), 1,000 per POST /api/events/batch, one client, into a fresh server of
+build A, then of build B, alternating (A B B A A B ...) in one run. Per load:
+the rate (events / wall time of the load), the server's CPU (utime + stime
+of /proc/PID/stat) during the load and until it is quiescent (nothing
+staged, the free-text index caught up), per event, and the CPU per thread
+name (/proc/PID/task/*/comm) at the end. Prints every load and the medians.
+
+Usage: /usr/bin/python3 bench/import_cpu_ab.py --a OLD/analyticsd --b NEW/analyticsd
+       [--events 200000] [--rounds 3] [--env NAME=VALUE]...
+"""
+
+import argparse
+import datetime
+import http.client
+import os
+import random
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration", "python"))
+sys.dont_write_bytecode = True
+
+import harness  # noqa: E402
+
+BATCH = 1000
+NAMES = (("message_sent", 0.40), ("message_delivered", 0.36), ("message_read", 0.18),
+         ("message_clicked", 0.06))
+DAY_MS = 86400 * 1000
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def bodies(n, seed=21):
+    """The peers benchmark's REST bodies (same format, same distribution)."""
+    rnd = random.Random(seed)
+    now = int(time.time() * 1000)
+    lo, hi = now - 30 * DAY_MS, now - 1000
+    out, cur = [], []
+    for i in range(n):
+        ts = rnd.randrange(lo, hi)
+        k, acc, name = rnd.random(), 0.0, NAMES[-1][0]
+        for nm, share in NAMES:
+            acc += share
+            if k < acc:
+                name = nm
+                break
+        h = "%032x" % rnd.getrandbits(128)
+        eid = "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+        t = datetime.datetime.fromtimestamp(ts / 1000, datetime.timezone.utc)
+        cur.append('{"eventId":"%s","eventType":"message","eventName":"%s",'
+                   '"timestamp":"%s.%03dZ","properties":{"campaignId":"c%d",'
+                   '"groupId":"g%d"}}' % (eid, name, t.strftime("%Y-%m-%dT%H:%M:%S"), ts % 1000,
+                                         rnd.randrange(50), rnd.randrange(20)))
+        if len(cur) == BATCH or i == n - 1:
+            out.append(('{"events":[' + ",".join(cur) + "]}").encode())
+            cur = []
+    return out
+
+
+def cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def threads_cpu(pid):
+    """{thread name: CPU seconds} summed over the threads of that name."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                name = f.read().strip()
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def metric(port, name):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def load(binary, reqs, n, env):
+    os.environ["ANALYTICSD"] = os.path.abspath(binary)
+    server = harness.Server(log_level="warn", env=dict({"RETENTION_DAYS": 365}, **env))
+    server.start()
+    pid = server.proc.pid
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=600)
+        c0 = cpu_s(pid)
+        t0 = time.perf_counter()
+        for body in reqs:
+            for _ in range(50):
+                conn.request("POST", "/api/events/batch", body,
+                             {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                out = r.read()
+                if r.status == 200:
+                    break
+                if r.status not in (429, 503):
+                    raise RuntimeError("batch: %d %s" % (r.status, out[:300]))
+                time.sleep(0.05)
+        secs = time.perf_counter() - t0
+        c1 = cpu_s(pid)
+        conn.close()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if (metric(server.http_port, "ana_store_staged_events") == 0 and
+                    metric(server.http_port, "ana_search_index_sequence") >=
+                    metric(server.http_port, "ana_ingest_last_commit_sequence")):
+                break
+            time.sleep(0.2)
+        c2 = cpu_s(pid)
+        per_thread = threads_cpu(pid)
+    finally:
+        server.stop(timeout=120)
+        server.cleanup()
+    return {"rate": n / secs, "load_us": (c1 - c0) * 1e6 / n, "total_us": (c2 - c0) * 1e6 / n,
+            "threads": {k: v * 1e6 / n for k, v in per_thread.items()}}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--a", required=True)
+    ap.add_argument("--b", required=True)
+    ap.add_argument("--events", type=int, default=200000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--env", action="append", default=[])
+    args = ap.parse_args()
+    env = dict(kv.split("=", 1) for kv in args.env)
+    reqs = bodies(args.events)
+    res = {"A": [], "B": []}
+    for r in range(args.rounds):
+        order = ("A", "B") if r % 2 == 0 else ("B", "A")
+        for side in order:
+            x = load(args.a if side == "A" else args.b, reqs, args.events, env)
+            res[side].append(x)
+            th = ", ".join("%s %.1f" % kv for kv in sorted(x["threads"].items(),
+                                                          key=lambda kv: -kv[1]) if kv[1] >= 0.5)
+            print("round %d %s: %.0f ev/s; CPU %.1f us/event during the load, %.1f until "
+                  "quiescent; per thread (us/event): %s; load %s"
+                  % (r + 1, side, x["rate"], x["load_us"], x["total_us"], th,
+                     open("/proc/loadavg").read().split()[0]), flush=True)
+    for key, what in (("rate", "ev/s"), ("load_us", "CPU us/event (load)"),
+                      ("total_us", "CPU us/event (until quiescent)")):
+        a = statistics.median(x[key] for x in res["A"])
+        b = statistics.median(x[key] for x in res["B"])
+        print("median %s: A %.1f, B %.1f, B/A %.2f" % (what, a, b, b / a))
+
+
+if __name__ == "__main__":
+    main()
