@@ -153,6 +153,43 @@ def metric_query(server, metric_id, span):
     return took, sorted((tuple(sorted(x.dimensions.items())), x.total.value) for x in d.series)
 
 
+def wait_rollups(server, metric_id, span):
+    """Until the metric's rollups answer (their backfill is over) and stop reading events."""
+    ns = stubs.load()
+    mpb, mgrpc = ns.analytics["metrics"]
+    stub = mgrpc.MetricServiceStub(server.channel())
+    while True:
+        try:
+            stub.GetMetricData(mpb.GetMetricDataRequest(metric_id=metric_id, interval="1h",
+                                                        **span),
+                               timeout=600, metadata=[("x-metric-source", "rollup")])
+            break
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            time.sleep(0.5)
+    last = None
+    while True:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % server.rest_port,
+                                    timeout=10) as resp:
+            now = [l for l in resp.read().decode().splitlines()
+                   if l.startswith("ana_rollup_events_processed_total ")]
+        if now == last:
+            return
+        last = now
+        time.sleep(1)
+
+
+def query_log(ch, like, after):
+    """(duration ms, rows read, interface) of the finished queries starting with like since
+    after (unix seconds), oldest first."""
+    time.sleep(1.2)  # the log is written every 500 ms
+    rows = ch.query("SELECT query_duration_ms, read_rows, interface FROM system.query_log"
+                    " WHERE type = 2 AND event_time >= toDateTime(%d) AND query LIKE '%s%%'"
+                    " ORDER BY event_time FORMAT TabSeparated" % (int(after), like))
+    return [tuple(int(x) for x in line.split("\t")) for line in rows.splitlines()]
+
+
 def create_metric(server):
     ns = stubs.load()
     mpb, mgrpc = ns.analytics["metrics"]
@@ -200,6 +237,37 @@ def query_bench(ch, spool, pushed, rounds):
     inst, shipped = ch.query("SELECT any(instance), max(seq) FROM ship0.events").split()
     sql = pushed_sql(frm * 1000, to * 1000, inst, int(shipped))
     ids = {"A": create_metric(embedded), "B": create_metric(pushed)}
+    # Each server backfills the new metric's rollups (the pushed one from ClickHouse): a scan
+    # of every event, not to be timed with the queries.
+    for phase, server in (("A", embedded), ("B", pushed)):
+        t0 = time.time()
+        wait_rollups(server, ids[phase], span)
+        print("%s: the rollups' backfill ended after %.1f s" % (phase, time.time() - t0),
+              flush=True)
+    # ClickHouse merges the parts of the shipped batches in the background for a while: the
+    # queries are timed once it is done (else they race the merges for the cores).
+    t0 = time.time()
+    quiet = 0
+    while quiet < 3 and time.time() - t0 < 600:
+        quiet = quiet + 1 if ch.query("SELECT count() FROM system.merges").strip() == "0" else 0
+        time.sleep(1)
+    print("ClickHouse's merges ended after %.1f s; %s parts in ship0.events" % (
+        time.time() - t0, ch.query("SELECT count() FROM system.parts WHERE database = 'ship0'"
+                                   " AND table = 'events' AND active").strip()), flush=True)
+    # The statement analyticsd sends, as ClickHouse logged it (an untimed query first, which
+    # also warms the caches the same way for every phase): clickhouse-client and HTTP run that.
+    metric_query(pushed, ids["B"], span)
+    time.sleep(1.2)
+    logged = ch.query("SELECT query FROM system.query_log WHERE type = 2 AND interface = 2 AND"
+                      " query LIKE 'SELECT k, prev, b,%' ORDER BY event_time DESC LIMIT 1"
+                      " FORMAT JSONEachRow")
+    sent = json.loads(logged)["query"].strip() if logged.strip() else None
+    print("the statement analyticsd sends is %s pushed_sql's" % (
+        "the same as" if sent == sql else "not %s" % ("logged" if sent is None else
+                                                      "byte for byte")), flush=True)
+    if sent and sent != sql:
+        print("  pushed_sql: %s\n  analyticsd: %s" % (sql, sent), flush=True)
+        sql = sent
     # E: the bare aggregation (no deduplication of (instance, seq), no check of the values)
     plain = ("SELECT prop_values[indexOf(prop_keys, 'campaignId')] AS c,"
              " prop_values[indexOf(prop_keys, 'groupId')] AS g,"
@@ -208,6 +276,7 @@ def query_bench(ch, spool, pushed, rounds):
              " AND ts >= %d AND ts < %d GROUP BY c, g, b FORMAT RowBinary"
              % (frm * 1000, to * 1000))
     times = {"A": [], "B": [], "C": [], "D": [], "E": []}
+    in_ch = {"B": [], "C": [], "D": []}  # ClickHouse's query_duration_ms of the statement
     answers = {}
     try:
         for r in range(rounds):
@@ -226,15 +295,25 @@ def query_bench(ch, spool, pushed, rounds):
                                    stdout=subprocess.DEVNULL)
                     times["C"].append(time.time() - t0)
                 else:
+                    t0 = time.time()
                     took, answers[phase] = metric_query(embedded if phase == "A" else pushed,
                                                         ids[phase], span)
                     times[phase].append(took)
-                print("round %d %s: %.3f s" % (r, phase, times[phase][-1]), flush=True)
+                took = times[phase][-1]
+                if phase in "BCD":  # ClickHouse's own time for the statement
+                    logged = query_log(ch, "SELECT k, prev, b,", t0 - 1)
+                    ms, rows, iface = logged[-1] if logged else (0, 0, 0)
+                    in_ch[phase].append(ms / 1000)
+                    print("round %d %s: %.3f s (%s; ClickHouse: %d ms, %d rows read, of which"
+                          " the rest is %.3f s)" % (r, phase, took, {1: "tcp", 2: "http"}.get(
+                              iface, "?"), ms, rows, took - ms / 1000), flush=True)
+                else:
+                    print("round %d %s: %.3f s" % (r, phase, took), flush=True)
         assert answers["A"] == answers["B"], "the two answers differ"
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % pushed.rest_port,
                                     timeout=10) as resp:
             text = resp.read().decode()
-        assert 'ana_clickhouse_metric_aggregations_total{path="sql"} %d' % rounds in text, \
+        assert 'ana_clickhouse_metric_aggregations_total{path="sql"} %d' % (rounds + 1) in text, \
             "the pushed phase did not aggregate in ClickHouse"
         print("raw-path metric query, %d groups: pushed down %s s, clickhouse-client (same"
               " aggregation in SQL) %s s, embedded %s s" % (
@@ -249,6 +328,12 @@ def query_bench(ch, spool, pushed, rounds):
               % (", ".join("%.2f" % (b / c) for b, c in zip(times["B"], times["C"])),
                  ", ".join("%.2f" % (b / d) for b, d in zip(times["B"], times["D"])),
                  ", ".join("%.2f" % (b / a) for b, a in zip(times["B"], times["A"]))), flush=True)
+        print("ClickHouse's own time for the statement (system.query_log): pushed %s s,"
+              " clickhouse-client %s s; the rest of the pushed query (analyticsd, HTTP, decode)"
+              " %s s" % (", ".join("%.3f" % x for x in in_ch["B"]),
+                         ", ".join("%.3f" % x for x in in_ch["C"]),
+                         ", ".join("%.3f" % (t - c) for t, c in zip(times["B"], in_ch["B"]))),
+              flush=True)
     finally:
         embedded.stop()
         embedded.cleanup()
@@ -268,7 +353,7 @@ def main():
     ours = os.environ["ANALYTICSD"]
     base = os.path.abspath(os.path.join(args.base, "server", "analyticsd")) if args.base else None
     print("load average at the start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
-    ch = clickhouse.ClickHouse().start()
+    ch = clickhouse.ClickHouse(query_log=True).start()
     spool = None
     pushed = None
     try:

@@ -53,7 +53,8 @@ def column_bytes(data_dir):
     path = os.path.join(data_dir, "analytics.db")
     db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
     try:
-        cols = [r[1] for r in db.execute("PRAGMA table_info(events)")]
+        # Stored columns only (a generated one takes no bytes in the row).
+        cols = [r[1] for r in db.execute("PRAGMA table_xinfo(events)") if r[6] == 0]
         n = db.execute("SELECT COUNT(*) FROM events").fetchone()[0] or 1
         db.create_function("vbytes", 1, record_bytes, deterministic=True)
         sel = ", ".join("SUM(vbytes(%s))" % c for c in cols if c != "key")

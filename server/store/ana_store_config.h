@@ -17,7 +17,9 @@ struct ana_store_settings {
   int clickhouse_timeout_ms;
   int clickhouse_batch_rows;
   int clickhouse_batch_interval_ms;
-  long spool_max_bytes; /* SPOOL_MAX_BYTES */
+  int clickhouse_shipped_merge_ms; /* the shipped table's rows merged past this age */
+  bool clickhouse_gzip;            /* inserts gzip-compressed */
+  long spool_max_bytes;            /* SPOOL_MAX_BYTES */
   char *redis_url;
   char *rabbitmq_url;
   char *data_dir;

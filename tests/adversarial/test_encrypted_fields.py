@@ -91,7 +91,8 @@ class FieldEncryption(adversary.AttackTestCase):
         try:
             # The body: a tag byte (0x80: not compressed, as few events are),
             # the free text, the properties, then the payload.
-            seq, payload = db.execute("SELECT seq, body FROM events WHERE event_name = ?",
+            seq, payload = db.execute("SELECT seq, body FROM events WHERE event_name ="
+                                      " (SELECT id FROM event_strings WHERE name = ?)",
                                       (name,)).fetchone()
             self.assertEqual(payload[0], 0x80)
             at = payload.index(b"ana:enc:") + len(b"ana:enc:") + 30

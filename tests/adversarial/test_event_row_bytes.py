@@ -5,6 +5,10 @@ properties in a column and again in the compressed payload, the eventId as
 Now the properties are only in the compressed body, the payload leaves out
 what the row's columns hold, a canonical UUID is 16 bytes and the account a
 number; the events read back the same (search by property, ids, payloads).
+With the index and the keys (240 bytes per event at 10^6): the event type and
+name are numbers of one strings table, seq is the key's low bits (stored in
+its index only), the time index holds no eventId, and the deduplication keys
+hold their expiry day instead of being listed a second time by day.
 """
 
 import json
@@ -88,6 +92,66 @@ class EventRowBytesTest(AttackTestCase):
         per_event = self.table_bytes("events") / EVENTS
         self.assertLessEqual(per_event, MAX_EVENT_BYTES,
                              "an events row takes %.1f bytes" % per_event)
+        self.assert_survived()
+
+
+# Bytes per event of the events table, its indexes and the deduplication
+# keys together at most (an import of these events took 240: the type and
+# name as text in every row and index entry, seq in a column besides the
+# key, the eventId in every time index entry, and every key a second time
+# in its day's expiry list).
+MAX_STORE_BYTES = 190
+
+
+class EventStoreBytesTest(AttackTestCase):
+    """On a server of its own: the events rows, their indexes and the keys."""
+
+    def store_bytes(self):
+        path = os.path.join(self.server.data_dir, "analytics.db")
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            return dict(db.execute(
+                "SELECT d.name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema s"
+                " ON s.name = d.name WHERE s.tbl_name IN ('events', 'event_strings',"
+                " 'dedupe_keys', 'dedupe_expiry', 'dedupe_accounts') GROUP BY d.name"))
+        finally:
+            db.close()
+
+    def test_names_seq_and_ids_were_stored_in_every_row_entry_and_key_list(self):
+        rnd = random.Random(23)
+        sent = []
+        with self.rss_watch():
+            for _ in range(0, EVENTS, BATCH):
+                events = batch(rnd, BATCH)
+                sent.extend(events)
+                out = self.rest_json_ok("POST", "/api/events/batch",
+                                        json.dumps({"events": events}))
+                self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+            # Newest first by name, page by page: every event of the name once.
+            want = [e for e in sent if e["eventName"] == "message_clicked"]
+            got, token = [], ""
+            while True:
+                q = {"eventName": "message_clicked", "pageSize": 500}
+                if token:
+                    q["pageToken"] = token
+                page = self.rest_json_ok("GET",
+                                         "/api/events/search?" + urllib.parse.urlencode(q))
+                for e in page.get("events", []):
+                    self.assertEqual(e["eventName"], "message_clicked")
+                    self.assertEqual(e["eventType"], "message")
+                    got.append(e)
+                token = page.get("nextPageToken", "")
+                if not token:
+                    break
+        self.assertEqual(sorted(e["eventId"] for e in got), sorted(e["eventId"] for e in want))
+        times = [e["timestamp"] for e in got]
+        self.assertEqual(times, sorted(times, reverse=True))
+        parts = self.store_bytes()
+        per_event = sum(parts.values()) / EVENTS
+        self.assertLessEqual(per_event, MAX_STORE_BYTES,
+                             "events, indexes and keys take %.1f bytes per event (%s)" % (
+                                 per_event, ", ".join("%s %.1f" % (k, v / EVENTS)
+                                                      for k, v in sorted(parts.items()))))
         self.assert_survived()
 
 

@@ -33,6 +33,8 @@ static const char *const all_names[] = {
     "CLICKHOUSE_TIMEOUT",
     "CLICKHOUSE_BATCH_ROWS",
     "CLICKHOUSE_BATCH_INTERVAL",
+    "CLICKHOUSE_GZIP",
+    "CLICKHOUSE_SHIPPED_MERGE",
     "SPOOL_MAX_BYTES",
     "REDIS_URL",
     "RABBITMQ_URL",

@@ -32,7 +32,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 22
+#define SCHEMA_VERSION 24
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -1004,7 +1004,7 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "INSERT INTO old_keys SELECT a.account_id, ana_event_id(k.event_id), 4102444800000"              \
   "  FROM dedupe_keys k"                                                                           \
   "  JOIN dedupe_accounts a ON a.id = k.account;"                                                  \
-  "DROP TABLE dedupe_keys; DROP TABLE dedupe_expiry; DROP TABLE dedupe_accounts;"                  \
+  "DROP TABLE dedupe_keys; DROP TABLE IF EXISTS dedupe_expiry; DROP TABLE dedupe_accounts;"        \
   "ALTER TABLE old_keys RENAME TO dedupe_keys;"                                                    \
   "CREATE INDEX dedupe_keys_expiry ON dedupe_keys(expires_at);"
 
@@ -1019,10 +1019,12 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "  received_at INTEGER NOT NULL, properties TEXT NOT NULL DEFAULT '{}',"                         \
   "  search_text TEXT NOT NULL DEFAULT '', payload BLOB NOT NULL);"                                \
   "INSERT INTO old_events SELECT seq, (SELECT a.account_id FROM dedupe_accounts a"                 \
-  "  WHERE a.id = events.account_id), ana_event_id(event_id), session_id, event_type, event_name," \
+  "  WHERE a.id = events.account_id), ana_event_id(event_id), session_id,"                         \
+  "  (SELECT name FROM event_strings WHERE id = event_type),"                                      \
+  "  (SELECT name FROM event_strings WHERE id = event_name),"                                      \
   "  ts, ts + received_delta, ana_event_props(body), ana_event_text(body),"                        \
   "  ana_event_payload(body, event_id, ts, ts + received_delta) FROM events ORDER BY seq;"         \
-  "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts;"                               \
+  "DROP TABLE events; DROP TABLE event_seq; DROP TABLE event_dicts; DROP TABLE event_strings;"     \
   "ALTER TABLE old_events RENAME TO events;"                                                       \
   "CREATE INDEX events_by_time ON events(account_id, ts, event_id);"                               \
   "CREATE INDEX events_by_name ON events(account_id, event_name, ts, event_id);"                   \
@@ -1157,6 +1159,91 @@ static bool commit_bodies(struct ana_event_record *r, char (*ids)[16], char (*te
   /* The bodies are encoded when the mover moves them into events. */
   struct ana_error err;
   return ana_local_staging_wait(db, UINT64_MAX, &err) == 0;
+}
+
+/* Bodies compressed before the frames went without zstd's magic number
+ * (with it) read back as those written since (without it), side by side. */
+static void body_frames_with_and_without_the_zstd_magic_read_back(void **state) {
+  (void)state;
+  enum { N = 1600 };
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[16] = calloc(N, sizeof *ids);
+  char(*texts)[64] = calloc(N, sizeof *texts);
+  assert_non_null(r);
+  assert_non_null(ids);
+  assert_non_null(texts);
+  struct ana_event_codec *codec = ana_local_db_event_codec(db);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_true(commit_bodies(r, ids, texts, 0, 1500));
+  assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
+  assert_true(commit_bodies(r, ids, texts, 1500, N));
+  int packed = query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1");
+  assert_true(packed > 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 2, 4) ="
+                                "  x'28b52ffd'"),
+                   0);
+  /* Half of them framed as before (the magic, no dictionary id). */
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(
+      sqlite3_prepare_v2(w, "SELECT dict FROM event_dicts WHERE id = 1", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  ZSTD_CDict *cd =
+      ZSTD_createCDict(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), 1);
+  sqlite3_finalize(st);
+  ZSTD_CCtx *cc = ZSTD_createCCtx();
+  assert_non_null(cd);
+  assert_non_null(cc);
+  ZSTD_CCtx_setParameter(cc, ZSTD_c_dictIDFlag, 0);
+  ZSTD_CCtx_refCDict(cc, cd);
+  assert_int_equal(sqlite3_prepare_v2(w,
+                                      "SELECT key, ana_event_body_raw(body) FROM events"
+                                      " WHERE ana_event_dict(body) = 1 AND key % 2 = 0",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  int64_t *keys = calloc(N, sizeof *keys);
+  uint8_t(*bodies)[512] = calloc(N, sizeof *bodies);
+  size_t *lens = calloc(N, sizeof *lens);
+  int n = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const uint8_t *raw = sqlite3_column_blob(st, 1);
+    size_t len = (size_t)sqlite3_column_bytes(st, 1);
+    keys[n] = sqlite3_column_int64(st, 0);
+    bodies[n][0] = 0x81; /* dictionary 1, content v2 */
+    lens[n] = 1 + ZSTD_compress2(cc, bodies[n] + 1, sizeof bodies[0] - 1, raw + 1, len - 1);
+    assert_false(ZSTD_isError(lens[n] - 1));
+    n++;
+  }
+  sqlite3_finalize(st);
+  assert_true(n > 0 && n < packed);
+  assert_int_equal(
+      sqlite3_prepare_v2(w, "UPDATE events SET body = ?2 WHERE key = ?1", -1, &st, NULL),
+      SQLITE_OK);
+  for (int i = 0; i < n; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, keys[i]);
+    sqlite3_bind_blob(st, 2, bodies[i], (int)lens[i], SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+  }
+  sqlite3_finalize(st);
+  char sql[160];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) = %d FROM events WHERE substr(body, 2, 4) = x'28b52ffd'", n);
+  assert_int_equal(query_int(w, sql), 1);
+  /* Every body reads back: text, properties, payload. */
+  struct body_check c = {0};
+  struct ana_error err;
+  assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
+  assert_int_equal(c.bad, 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_props(body) != '{}'"),
+                   0);
+  ZSTD_freeCCtx(cc);
+  ZSTD_freeCDict(cd);
+  free(keys);
+  free(bodies);
+  free(lens);
+  free(r);
+  free(ids);
+  free(texts);
 }
 
 /* A dictionary retired (the re-encryption job's, for one trained while a
@@ -1315,11 +1402,12 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
   assert_true(b[1].duplicate);
   assert_false(b[2].duplicate);
   assert_false(b[3].duplicate);
-  /* The keys, and one expiry list per (commit, day), no index. */
+  /* The keys with their expiry day, no index, no lists. */
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 4);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 2);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 3);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe_expiry'"),
+                   0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'dedupe_keys'"
                                 " AND type = 'index'"),
                    0);
@@ -1337,9 +1425,9 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
                    1);
 }
 
-/* Keys expire by whole UTC days, oldest first, a list at a time: those of
- * the days before today's go, today's and later stay; an expired key may
- * be claimed again; a rolled-back claim leaves no list behind. */
+/* Keys expire by whole UTC days, at most max_rows a step: those of the days
+ * before today's go, today's and later stay; an expired key may be claimed
+ * again; a rolled-back claim leaves nothing behind. */
 static void dedupe_keys_expire_by_day(void **state) {
   (void)state;
   enum { N = 2500 };
@@ -1357,29 +1445,29 @@ static void dedupe_keys_expire_by_day(void **state) {
   }
   claim(r, N);
   struct ana_error err;
-  /* A claim rolled back: nothing of it stays, no list either. */
+  /* A claim rolled back: nothing of it stays. */
   struct ana_event_record gone = record("acct-1", "rolled-back", "sent", NOW, "{}", "");
   gone.expires_at_ms = today - 2 * DAY;
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_local_dedupe_claim(db, &gone, 1, &err), 0);
   ana_local_db_rollback(db);
   sqlite3 *w = ana_local_db_writer(db);
-  int lists = query_int(w, "SELECT count(*) FROM dedupe_expiry");
-  assert_int_equal(lists, 4); /* 625 keys a day: one list each */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N);
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM dedupe_keys WHERE expires < %lld",
+           (long long)(today / DAY));
+  assert_int_equal(query_int(w, sql), N / 2);
 
-  /* Half the keys expired; a step deletes whole lists until it has
-   * deleted at least max_rows keys. */
+  /* Half the keys expired; a step deletes at most max_rows, the next one
+   * goes on where it ended, and the day's pass then has nothing more. */
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 625);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 600);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 625);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 650);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 2);
-  char sql[160];
-  snprintf(sql, sizeof sql, "SELECT count(*) FROM dedupe_expiry WHERE id < %lld * 4294967296",
-           (long long)(today / DAY));
   assert_int_equal(query_int(w, sql), 0);
 
   /* Expired keys are free again; today's and later ones are not. */
@@ -1396,6 +1484,49 @@ static void dedupe_keys_expire_by_day(void **state) {
   assert_int_equal(ana_local_dedupe_expire(db, today + DAY, 100000, &err), 625 + 2);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 625);
+  free(r);
+  free(ids);
+}
+
+/* The sweep goes on from the key where its last step ended, across
+ * accounts and across text ids and UUIDs (stored as blobs, after text):
+ * small steps delete every expired key once and no live one. */
+static void dedupe_sweep_goes_on_across_accounts_and_id_kinds(void **state) {
+  (void)state;
+  enum { N = 300 };
+  int64_t today = NOW / DAY * DAY;
+  struct ana_event_record *r = calloc(N, sizeof *r);
+  char(*ids)[40] = calloc(N, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  for (int i = 0; i < N; i++) {
+    if (i % 3 == 0)
+      snprintf(ids[i], sizeof ids[i], "%08x-0000-4000-8000-%012x", (unsigned)i * 2654435761u,
+               (unsigned)i);
+    else
+      snprintf(ids[i], sizeof ids[i], "t-%d", i);
+    r[i] = record(i % 2 ? "acct-1" : "acct-2", ids[i], "sent", NOW, "{}", "");
+    r[i].expires_at_ms = i % 5 == 0 ? NOW + DAY : today - 1 - (i % 4) * DAY;
+  }
+  claim(r, N);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys WHERE typeof(event_id) = 'blob'"),
+                   N / 3);
+  struct ana_error err;
+  int total = 0, got;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  while ((got = ana_local_dedupe_expire(db, NOW, 7, &err)) > 0) {
+    assert_true(got <= 7);
+    total += got;
+  }
+  assert_int_equal(got, 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(total, N - N / 5);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 5);
+  /* The live ones are still duplicates, the expired ones free again. */
+  claim(r, N);
+  for (int i = 0; i < N; i++)
+    assert_true(r[i].duplicate == (i % 5 == 0));
   free(r);
   free(ids);
 }
@@ -1468,8 +1599,16 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name LIKE"
                                 " 'dedupe_keys_by_day'"),
                    0);
-  /* acct-1's week: 3 lists; acct-2's expired day: 1; acct-3's: 1. */
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 5);
+  /* Each key has the day of its list (the lists are gone). */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe_expiry'"),
+                   0);
+  char sql[200];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM dedupe_keys WHERE expires = %lld OR expires = %lld"
+           " OR expires = %lld",
+           (long long)((NOW + 7 * DAY) / DAY), (long long)((NOW + 2 * DAY) / DAY),
+           (long long)(today / DAY - 2));
+  assert_int_equal(query_int(w, sql), 2105);
   struct ana_event_record r[2105];
   char ids[2105][32];
   for (int i = 0; i < 2105; i++) {
@@ -1495,12 +1634,11 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
                    0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 3);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2102);
-  /* In a week, all of them, the lists with them. */
+  /* In a week, all of them. */
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_true(ana_local_dedupe_expire(db, NOW + 9 * DAY, 100000, &err) == 2102);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 0);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_expiry"), 0);
 }
 
 /* A database of schema 3 kept its free-text index inside: the upgrade
@@ -2313,6 +2451,312 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
   ana_local_db_close(again);
 }
 
+/* SQL that turns this build's events table back into the one before the
+ * event type and name were numbered (text columns, seq stored, the event
+ * id in events_by_time_name), with what it holds. */
+#define EVENTS_BEFORE_STRINGS                                                                      \
+  "CREATE TABLE old_events (key INTEGER PRIMARY KEY, seq INTEGER NOT NULL,"                        \
+  "  account_id INTEGER NOT NULL, event_id BLOB NOT NULL, session_id TEXT NOT NULL DEFAULT '',"    \
+  "  event_type TEXT NOT NULL, event_name TEXT NOT NULL, ts INTEGER NOT NULL,"                     \
+  "  received_delta INTEGER NOT NULL, body BLOB NOT NULL);"                                        \
+  "INSERT INTO old_events SELECT key, seq, account_id, event_id, session_id,"                      \
+  "  (SELECT name FROM event_strings WHERE id = event_type),"                                      \
+  "  (SELECT name FROM event_strings WHERE id = event_name),"                                      \
+  "  ts, received_delta, body FROM events ORDER BY key;"                                           \
+  "DROP TABLE events; DROP TABLE event_strings;"                                                   \
+  "ALTER TABLE old_events RENAME TO events;"                                                       \
+  "CREATE UNIQUE INDEX events_by_seq ON events(seq);"                                              \
+  "CREATE INDEX events_by_time_name ON events(account_id, ts, event_id, event_name);"
+
+/* SQL that turns this build's deduplication keys back into those before
+ * each key held its expiry day (the keys, and lists by day: empty here, so
+ * that every key never expires once migrated again). */
+#define DEDUPE_KEYS_BEFORE_DAYS                                                                    \
+  "CREATE TABLE dedupe_expiry (id INTEGER PRIMARY KEY, keys BLOB NOT NULL);"                       \
+  "CREATE TABLE old_keys (account INTEGER NOT NULL, event_id BLOB NOT NULL,"                       \
+  "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"                                              \
+  "INSERT INTO old_keys SELECT account, event_id FROM dedupe_keys;"                                \
+  "DROP TABLE dedupe_keys; ALTER TABLE old_keys RENAME TO dedupe_keys;"
+
+/* Events as a scan or the spool hands them: id, type, name, time, seq. */
+#define NAMED_MAX 200
+struct named_events {
+  int n;
+  char ids[NAMED_MAX][24];
+  char types[NAMED_MAX][24];
+  char names[NAMED_MAX][24];
+  int64_t ts[NAMED_MAX];
+  uint64_t seq[NAMED_MAX];
+};
+
+static int named_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct named_events *h = ctx;
+  assert_true(h->n < NAMED_MAX);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", ev->event_id);
+  snprintf(h->types[h->n], sizeof h->types[0], "%s", ev->event_type);
+  snprintf(h->names[h->n], sizeof h->names[0], "%s", ev->event_name);
+  h->ts[h->n] = ev->timestamp_ms;
+  h->seq[h->n++] = ev->seq;
+  return 0;
+}
+
+static int named_spooled(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  (void)err;
+  struct named_events *h = ctx;
+  assert_true(h->n < NAMED_MAX);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", ev->event_id);
+  snprintf(h->types[h->n], sizeof h->types[0], "%s", ev->event_type);
+  snprintf(h->names[h->n], sizeof h->names[0], "%s", ev->event_name);
+  h->ts[h->n] = ev->timestamp_ms;
+  h->seq[h->n++] = ev->seq;
+  return 0;
+}
+
+/* The searches, scans and reads by sequence of the events committed by
+ * numbered_names_commit: names and types as sent, ties at one timestamp in
+ * event id order (newest first: descending), pages by cursor. */
+#define NUMBERED_N 12
+static const char *const numbered_names[] = {"sent", "read", "message", ""};
+
+static void numbered_names_commit(int from, int to) {
+  struct ana_event_record r[NUMBERED_N];
+  char ids[NUMBERED_N][16];
+  for (int i = from; i < to; i++) {
+    /* ids out of order within each timestamp; three events per timestamp */
+    snprintf(ids[i - from], sizeof ids[0], "n%02d", (i * 7) % NUMBERED_N);
+    r[i - from] = record(i % 4 == 3 ? "acct-2" : "acct-1", ids[i - from], numbered_names[i % 3],
+                         NOW - DAY + (i / 3) * 1000, "{}", "numbered");
+    r[i - from].event_type = numbered_names[(i + 1) % 4]; /* "" too, and a name as a type */
+  }
+  struct ana_commit_request req;
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
+  assert_int_equal(submit(r, (size_t)(to - from), &req), 0);
+  wait_done(before + 1);
+  assert_int_equal(last_rc, 0);
+}
+
+static void numbered_names_check(int n) {
+  struct ana_error err;
+  /* acct-1's events, newest first, 2 a page, by cursor. */
+  struct ana_event_query q = {.account_id = "acct-1", .limit = 2};
+  char want[NUMBERED_N][16];
+  int64_t want_ts[NUMBERED_N];
+  int k = 0;
+  for (int t = (n - 1) / 3; t >= 0; t--) {
+    char tie[3][16];
+    int m = 0;
+    for (int i = t * 3; i < t * 3 + 3 && i < n; i++)
+      if (i % 4 != 3)
+        snprintf(tie[m++], sizeof tie[0], "n%02d", (i * 7) % NUMBERED_N);
+    qsort(tie, (size_t)m, sizeof tie[0], (int (*)(const void *, const void *))strcmp);
+    for (int j = m - 1; j >= 0; j--) {
+      snprintf(want[k], sizeof want[0], "%s", tie[j]);
+      want_ts[k++] = NOW - DAY + t * 1000;
+    }
+  }
+  char cursor[sizeof((struct hits *)0)->ids[0]];
+  int seen = 0;
+  for (;;) {
+    struct hits h = search(q);
+    for (int i = 0; i < h.n; i++, seen++) {
+      assert_true(seen < k);
+      assert_string_equal(h.ids[i], want[seen]);
+      assert_int_equal(h.ts[i], want_ts[seen]);
+    }
+    if (h.n < 2)
+      break;
+    snprintf(cursor, sizeof cursor, "%s", h.ids[h.n - 1]);
+    q.after_cursor = true;
+    q.cursor_ts = h.ts[h.n - 1];
+    q.cursor_event_id = cursor;
+  }
+  assert_int_equal(seen, k);
+  /* By name and by type, exactly. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .event_name = "read"});
+  int reads = 0;
+  for (int i = 0; i < n; i++)
+    reads += i % 4 != 3 && i % 3 == 1;
+  assert_int_equal(h.n, reads);
+  h = search((struct ana_event_query){.account_id = "acct-1", .event_type = "sent"});
+  int sent_types = 0;
+  for (int i = 0; i < n; i++)
+    sent_types += i % 4 != 3 && (i + 1) % 4 == 0;
+  assert_int_equal(h.n, sent_types);
+  h = search((struct ana_event_query){.account_id = "acct-1", .event_name = "never-sent"});
+  assert_int_equal(h.n, 0);
+  /* The scan of one name, in time order (ties by event id), with its type. */
+  static struct named_events sc;
+  sc.n = 0;
+  const char *names[] = {"sent"};
+  assert_int_equal(
+      ops->scan(store, "acct-1", INT64_MIN, INT64_MAX, names, 1, named_scanned, &sc, &err), 0);
+  for (int i = 0; i < sc.n; i++) {
+    assert_string_equal(sc.names[i], "sent");
+    if (i > 0)
+      assert_true(sc.ts[i] > sc.ts[i - 1] ||
+                  (sc.ts[i] == sc.ts[i - 1] && strcmp(sc.ids[i], sc.ids[i - 1]) > 0));
+  }
+  /* Every event by sequence, its type and name as sent. */
+  static struct named_events sp;
+  sp.n = 0;
+  assert_int_equal(ana_local_spool_each(db, 0, 1000, named_spooled, &sp, &err), n);
+  for (int i = 0; i < sp.n; i++) {
+    assert_int_equal(sp.seq[i], (uint64_t)i + 1);
+    assert_string_equal(sp.names[i], numbered_names[i % 3]);
+    assert_string_equal(sp.types[i], numbered_names[(i + 1) % 4]);
+  }
+  sc.n = 0;
+  assert_int_equal(ops->scan_seq(store, "acct-2", 0, UINT64_MAX, named_scanned, &sc, &err), 0);
+  for (int i = 0; i < sc.n; i++) {
+    int e = (int)sc.seq[i] - 1;
+    assert_int_equal(e % 4, 3);
+    assert_string_equal(sc.names[i], numbered_names[e % 3]);
+    assert_string_equal(sc.types[i], numbered_names[(e + 1) % 4]);
+  }
+  assert_int_equal(sc.n, n / 4);
+}
+
+/* A store whose events rows held their type and name as text, seq in a
+ * column and the event id in events_by_time_name: opened, it is migrated
+ * (each string once in event_strings, seq given by the key), and every
+ * search, scan and read by sequence gives what it gave; new events get
+ * numbers for new names and the same numbers for known ones. */
+static void store_of_text_names_is_migrated_on_start(void **state) {
+  (void)state;
+  numbered_names_commit(0, 9);
+  close_store();
+  char path[128], sql[2048];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  snprintf(sql, sizeof sql,
+           EVENTS_BEFORE_STRINGS DEDUPE_KEYS_BEFORE_DAYS
+           "DELETE FROM schema_migrations WHERE version >= %d",
+           ana_local_db_migration_containing("CREATE TABLE event_strings"));
+  assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  assert_int_equal(query_int(conn, "SELECT count(*) FROM events WHERE typeof(event_name) = 'text'"),
+                   9);
+  sqlite3_close(conn);
+
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 4);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_name) != 'integer'"
+                                "  OR typeof(event_type) != 'integer'"),
+                   0);
+  /* seq is the key's low bits, stored in events_by_seq only. */
+  assert_int_equal(
+      query_int(w, "SELECT hidden FROM pragma_table_xinfo('events') WHERE name = 'seq'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE seq != key % 1099511627776"), 0);
+  /* ts too, from the key's day and the time within it. */
+  assert_int_equal(
+      query_int(w, "SELECT hidden FROM pragma_table_xinfo('events') WHERE name = 'ts'"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ms < 0 OR ms >= 86400000"
+                                "  OR ts / 86400000 != key >> 40"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT group_concat(name, ',') = 'account_id,ts,event_name'"
+                                "  FROM pragma_index_info('events_by_time_name')"),
+                   1);
+  numbered_names_check(9);
+  /* New events: a known name keeps its number. */
+  close_store();
+  open_store();
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .processing_interval_ms = 2,
+                                    .queue_max = 100000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  struct ana_error err;
+  committer = ana_committer_create(db, &roles, &o, &err);
+  assert_non_null(committer);
+  numbered_names_commit(9, NUMBERED_N);
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 4);
+  numbered_names_check(NUMBERED_N);
+}
+
+/* ts is generated from the key's day and the time within it: at a day's
+ * first and last millisecond, at 0 and before 1970 each event keeps its
+ * time, by sequence and newest first. */
+static void event_times_at_day_edges_and_before_1970_read_back(void **state) {
+  (void)state;
+  enum { N = 7 };
+  int64_t day0 = NOW / DAY * DAY;
+  const int64_t ts[N] = {day0, day0 - 1, 0, -1, -DAY, -DAY - 1, -3 * DAY + 5};
+  struct ana_event_record r[N];
+  char ids[N][16];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "e-%d", i);
+    r[i] = record("acct-1", ids[i], "sent", ts[i], "{}", "");
+    r[i].expires_at_ms = NOW + DAY;
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, N, &req), 0);
+  wait_done(1);
+  assert_int_equal(last_rc, 0);
+  struct ana_error err;
+  static struct named_events sp;
+  sp.n = 0;
+  assert_int_equal(ana_local_spool_each(db, 0, 100, named_spooled, &sp, &err), N);
+  for (int i = 0; i < N; i++) {
+    assert_string_equal(sp.ids[i], ids[i]);
+    assert_int_equal(sp.ts[i], ts[i]);
+  }
+  /* Newest first: the order of ts above. */
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1"});
+  assert_int_equal(h.n, N);
+  for (int i = 0; i < N; i++) {
+    assert_string_equal(h.ids[i], ids[i]);
+    assert_int_equal(h.ts[i], ts[i]);
+  }
+  h = search((struct ana_event_query){.account_id = "acct-1", .from_ms = -DAY, .to_ms = 0});
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ids[0], "e-3");
+  assert_string_equal(h.ids[1], "e-4");
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ms <= -86400000"
+                                "  OR ms >= 86400000"),
+                   0);
+}
+
+/* More distinct event names than the mover keeps numbers of (they share
+ * its slots), in one move: each event keeps its own name. */
+static void many_event_names_are_numbered_each_once(void **state) {
+  (void)state;
+  enum { N = 150 };
+  struct ana_event_record r[N];
+  char ids[N][16], names[N][24];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "m-%d", i);
+    snprintf(names[i], sizeof names[i], "name-%d", i % 130);
+    r[i] = record("acct-1", ids[i], names[i], NOW - i, "{}", "");
+  }
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, N, &req), 0);
+  wait_done(1);
+  assert_int_equal(last_rc, 0);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_strings"), 131); /* and "message" */
+  static struct named_events sp;
+  sp.n = 0;
+  assert_int_equal(ana_local_spool_each(db, 0, 1000, named_spooled, &sp, &err), N);
+  for (int i = 0; i < N; i++) {
+    assert_string_equal(sp.ids[i], ids[i]);
+    assert_string_equal(sp.names[i], names[i]);
+    assert_string_equal(sp.types[i], "message");
+  }
+  struct hits h = search((struct ana_event_query){.account_id = "acct-1", .event_name = "name-7"});
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ids[0], "m-7");
+  assert_string_equal(h.ids[1], "m-137");
+}
+
 /* A store of the schema before staging (no events_staged) gets the table on
  * start; its events stay, and new commits are staged and read back. */
 static void store_before_staging_is_migrated_on_start(void **state) {
@@ -2324,9 +2768,13 @@ static void store_before_staging_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
-  char sql[160];
+  /* Before staging, the events rows had their names as text (a later
+   * migration numbers them): every migration from staging on runs again. */
+  char sql[2048];
   snprintf(sql, sizeof sql,
-           "DROP TABLE events_staged; DELETE FROM schema_migrations WHERE version = %d",
+           EVENTS_BEFORE_STRINGS DEDUPE_KEYS_BEFORE_DAYS
+           "DROP TABLE events_staged;"
+           " DELETE FROM schema_migrations WHERE version >= %d",
            ana_local_db_migration_containing("CREATE TABLE IF NOT EXISTS events_staged"));
   assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(conn);
@@ -2486,6 +2934,14 @@ int main(void) {
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(store_of_text_names_is_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(many_event_names_are_numbered_each_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(event_times_at_day_edges_and_before_1970_read_back, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(body_frames_with_and_without_the_zstd_magic_read_back, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(dedupe_sweep_goes_on_across_accounts_and_id_kinds, setup,
+                                      teardown),
       cmocka_unit_test(text_index_tokens_are_spelled_as_format_2),
       cmocka_unit_test(text_index_indexes_handed_over_events_that_follow_it),
   };

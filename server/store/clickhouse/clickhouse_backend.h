@@ -40,11 +40,15 @@ int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_d
 int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **out,
                              size_t *out_len, struct ana_error *err);
 
+/* Whether inserts are sent gzip-compressed (CLICKHOUSE_GZIP). */
+bool ana_clickhouse_gzip(const struct ana_clickhouse *ch);
+
 /* A gzip stream (zlib, level 1) into a growing buffer, fed piece by piece (the rows of a batch
- * as they are encoded, while they are still in the cache). */
+ * as they are encoded, while they are still in the cache); with compress false the data is
+ * only appended (an insert body sent as it is). */
 struct ana_clickhouse_gz;
 /* NULL when out of memory. */
-struct ana_clickhouse_gz *ana_clickhouse_gz_new(void);
+struct ana_clickhouse_gz *ana_clickhouse_gz_new(bool compress);
 /* Compresses data[0..len); finish ends the stream. 0, or ANA_ERR_NOMEM / ANA_ERR_INTERNAL. */
 int ana_clickhouse_gz_add(struct ana_clickhouse_gz *g, const void *data, size_t len, bool finish);
 /* The finished stream (owned by the caller, ana_free) and its length; g keeps nothing. */
@@ -52,7 +56,7 @@ unsigned char *ana_clickhouse_gz_take(struct ana_clickhouse_gz *g, size_t *len);
 void ana_clickhouse_gz_free(struct ana_clickhouse_gz *g);
 
 /* Sends an INSERT whose rows (in the statement's format) are body, gzip-compressed
- * (ana_clickhouse_gz_*). Same returns as ana_clickhouse_query. */
+ * (ana_clickhouse_gz_*) unless CLICKHOUSE_GZIP is false. Same returns as ana_clickhouse_query. */
 int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_sql,
                                   const void *body, size_t len, const char *query_id,
                                   struct ana_error *err);

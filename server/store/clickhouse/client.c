@@ -1,5 +1,6 @@
 /* ClickHouse's HTTP interface over the shared libcurl client: statements in the body, inserts
- * gzip-compressed, basic authentication, the database and a query_id as URL parameters. */
+ * gzip-compressed (unless CLICKHOUSE_GZIP is false), basic authentication, the database and a
+ * query_id as URL parameters. */
 #include "ana_alloc.h"
 #include "ana_http.h"
 #include "ana_store_config.h"
@@ -21,6 +22,7 @@ struct ana_clickhouse {
   char db[80];     /* CLICKHOUSE_DATABASE */
   char host[256];  /* for messages, without credentials */
   int timeout_ms;
+  bool gzip; /* CLICKHOUSE_GZIP */
 };
 
 const char *ana_clickhouse_database(const struct ana_clickhouse *ch) {
@@ -92,6 +94,7 @@ struct ana_clickhouse *ana_clickhouse_open(const struct ana_store_settings *cfg,
     snprintf(ch->auth, sizeof ch->auth, "Authorization: Basic %s", (const char *)b64);
   }
   ch->timeout_ms = cfg->clickhouse_timeout_ms > 0 ? cfg->clickhouse_timeout_ms : 30000;
+  ch->gzip = cfg->clickhouse_gzip;
   struct ana_http_options o = {
       .connect_timeout_ms = ch->timeout_ms < 5000 ? ch->timeout_ms : 5000,
       .max_response_bytes = MAX_ANSWER,
@@ -221,20 +224,51 @@ struct ana_clickhouse_gz {
   unsigned char *out;
   size_t cap;
   bool ended;
+  bool plain; /* not compressed: only z.avail_out is used, the room left in out */
 };
 
-struct ana_clickhouse_gz *ana_clickhouse_gz_new(void) {
+bool ana_clickhouse_gzip(const struct ana_clickhouse *ch) {
+  return ch->gzip;
+}
+
+struct ana_clickhouse_gz *ana_clickhouse_gz_new(bool compress) {
   struct ana_clickhouse_gz *g = ana_calloc(1, sizeof *g);
-  if (g && deflateInit2(&g->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+  if (!g)
+    return NULL;
+  g->plain = !compress;
+  if (compress && deflateInit2(&g->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
     ana_free(g);
     g = NULL;
   }
   return g;
 }
 
+/* Appends data as it is (a body sent without compression). */
+static int plain_add(struct ana_clickhouse_gz *g, const void *data, size_t len) {
+  size_t used = g->cap - g->z.avail_out;
+  if (len > g->z.avail_out) {
+    size_t cap = g->cap ? g->cap : 256 * 1024;
+    while (cap - used < len)
+      cap *= 2;
+    unsigned char *out = ana_realloc(g->out, cap);
+    if (!out)
+      return ANA_ERR_NOMEM;
+    g->out = out;
+    g->cap = cap;
+  }
+  if (len)
+    memcpy(g->out + used, data, len);
+  g->z.avail_out = (uInt)(g->cap - used - len);
+  return 0;
+}
+
 int ana_clickhouse_gz_add(struct ana_clickhouse_gz *g, const void *data, size_t len, bool finish) {
   if (g->ended)
     return ANA_ERR_INTERNAL;
+  if (g->plain) {
+    g->ended = finish;
+    return plain_add(g, data, len);
+  }
   g->z.next_in = (Bytef *)data;
   g->z.avail_in = (uInt)len;
   for (;;) {
@@ -274,7 +308,8 @@ unsigned char *ana_clickhouse_gz_take(struct ana_clickhouse_gz *g, size_t *len) 
 void ana_clickhouse_gz_free(struct ana_clickhouse_gz *g) {
   if (!g)
     return;
-  deflateEnd(&g->z);
+  if (!g->plain)
+    deflateEnd(&g->z);
   ana_free(g->out);
   ana_free(g);
 }
@@ -286,5 +321,5 @@ int ana_clickhouse_insert_gzipped(struct ana_clickhouse *ch, const char *insert_
   if (params_for(ch, true, query_id, insert_sql, params, sizeof params) < 0)
     return ana_error_set(err, ANA_STATUS_INTERNAL, "ClickHouse: parameters too long"),
            ANA_ERR_INTERNAL;
-  return post(ch, params, body, len, true, NULL, NULL, err);
+  return post(ch, params, body, len, ch->gzip, NULL, NULL, err);
 }

@@ -72,6 +72,23 @@ static const struct ana_config_row rows[] = {
      .max = 60000,
      .help = "Longest time a committed event waits in the spool before it is shipped.",
      ROW(clickhouse_batch_interval_ms)},
+    {.name = "CLICKHOUSE_GZIP",
+     .type = ANA_CONFIG_BOOL,
+     .def = "true",
+     .help = "Inserts are sent gzip-compressed (zlib level 1); false sends them as they are, "
+             "which costs analyticsd and ClickHouse less CPU and the network more bytes (for "
+             "a ClickHouse on the same host or a fast link).",
+     ROW(clickhouse_gzip)},
+    {.name = "CLICKHOUSE_SHIPPED_MERGE",
+     .type = ANA_CONFIG_DURATION,
+     .def = "1m",
+     .min = 50,
+     .max = 3600000,
+     .help = "The ClickHouse table shipped (a row per confirmed batch per instance, which "
+             "other instances' rollups read) keeps a row per batch for this long; then one per "
+             "this period, past 60 periods one per 60, past 1,440 one per 1,440, past "
+             "RETENTION_DAYS one in all (checked every period).",
+     ROW(clickhouse_shipped_merge_ms)},
     {.name = "SPOOL_MAX_BYTES",
      .type = ANA_CONFIG_INT,
      .def = "4294967296",

@@ -30,7 +30,7 @@
 
 #define DAY_MS 86400000LL
 /* The ClickHouse schema this server writes: migrations 1..SCHEMA_VERSION (schema_migrations). */
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 #define RETRY_MAX_MS 5000
 /* Spool rows read on one read snapshot while a batch is encoded. */
 #define SPOOL_READ_PIECE 10000
@@ -51,7 +51,7 @@ struct ch_store {
   struct ana_clickhouse *ch;
   char instance[ANA_UUID_STR_LEN + 1];
   char state_path[4200];
-  int batch_rows, interval_ms, retention_days, sweep_ms;
+  int batch_rows, interval_ms, retention_days, sweep_ms, merge_ms;
   int64_t max_bytes;
 
   pthread_t thread;
@@ -214,6 +214,10 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " ENGINE = MergeTree ORDER BY (instance, seq)",
     /* 4: the instances that shipped before 3, at what they shipped by then. */
     "INSERT INTO shipped SELECT instance, max(seq), min(ts) FROM events GROUP BY instance",
+    /* 5: when a row was written (wall ms; 0: before 5), and whether it stands for merged rows
+     * (0: a batch's own; else 1 + the highest of the rows it replaced): older rows are merged
+     * (trim_shipped). */
+    "ALTER TABLE shipped ADD COLUMN at Int64 DEFAULT 0, ADD COLUMN merged UInt32 DEFAULT 0",
 };
 
 static int migrate(struct ch_store *s, struct ana_error *err) {
@@ -433,7 +437,7 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
     d = &e->days[e->n_days++];
     memset(d, 0, sizeof *d);
     d->day = day;
-    if (!(d->gz = ana_clickhouse_gz_new()))
+    if (!(d->gz = ana_clickhouse_gz_new(ana_clickhouse_gzip(e->s->ch))))
       return e->failed = true, ANA_ERR_NOMEM;
     if (getrandom(&d->attempt, sizeof d->attempt, 0) != sizeof d->attempt)
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
@@ -515,8 +519,10 @@ static void mark_shipped(struct ch_store *s) {
     return;
   char sql[256];
   struct ana_error err;
-  snprintf(sql, sizeof sql, "INSERT INTO shipped VALUES ('%s', %" PRIu64 ", %" PRId64 ")",
-           s->instance, shipped, s->marked_min_ts);
+  snprintf(sql, sizeof sql,
+           "INSERT INTO shipped (instance, seq, min_ts, at) VALUES ('%s', %" PRIu64 ", %" PRId64
+           ", %" PRId64 ")",
+           s->instance, shipped, s->marked_min_ts, ana_clock_wall_ms());
   if (ana_clickhouse_query(s->ch, sql, true, NULL, NULL, &err) < 0) {
     ANA_DEBUG("clickhouse", "marking sequence %" PRIu64 " shipped: %s", shipped, err.message);
     return;
@@ -722,6 +728,109 @@ static void drop_partitions(struct ch_store *s) {
   ana_free(out);
 }
 
+/* --- the shipped table: older rows merged --- */
+
+/* The group of a row of the shipped table by its age at now (a literal, so that the SELECT and
+ * the later DELETE group alike), as SQL: one per merge period (its own key modulo 4 is 1),
+ * past 60 periods one per 60 (2), past 1,440 one per 1,440 (3), past the retention one in all
+ * (0). Aligned groups: each lies within one of the next coarser ones. */
+static void shipped_group_sql(const struct ch_store *s, int64_t now, char *buf, size_t cap) {
+  int64_t b = s->merge_ms, old = now - (int64_t)s->retention_days * DAY_MS;
+  snprintf(buf, cap,
+           "multiIf(at < %" PRId64 ", toInt64(0), at < %" PRId64 ", intDiv(at, %" PRId64
+           ") * 4 + 3, at < %" PRId64 ", intDiv(at, %" PRId64 ") * 4 + 2, intDiv(at, %" PRId64
+           ") * 4 + 1)",
+           old, now - 1440 * b, 1440 * b, now - 60 * b, 60 * b, b);
+}
+
+/* Merges this instance's rows of the shipped table older than a merge period, group by group
+ * (shipped_group_sql), into one row each: the group's highest sequence and lowest timestamp.
+ * Readers stay right: other_bounds reads the highest sequence, which stays; scan_other the
+ * lowest min_ts of the rows after its mark, which can only get lower (it reads further back,
+ * never misses an event). The merged row is inserted before the rows it replaces are deleted
+ * (an asynchronous mutation), told apart from them by its higher `merged`; a failure between
+ * the two leaves extra rows that the next round merges. Returns the rows deleted, or a negative
+ * error. */
+static int trim_shipped(struct ch_store *s, struct ana_error *err) {
+  int64_t now = ana_clock_wall_ms(), young = now - s->merge_ms;
+  char group[400];
+  shipped_group_sql(s, now, group, sizeof group);
+  char sql[1024], *out = NULL;
+  snprintf(sql, sizeof sql,
+           "SELECT k, max(seq), min(min_ts), max(at), max(merged) + 1, count() FROM (SELECT %s AS"
+           " k, seq, min_ts, at, merged FROM shipped WHERE instance = '%s' AND at < %" PRId64
+           ") GROUP BY k HAVING count() > 1 ORDER BY k LIMIT 1000 FORMAT TabSeparated",
+           group, s->instance, young);
+  int rc = ana_clickhouse_query(s->ch, sql, true, NULL, &out, err);
+  if (rc < 0)
+    return rc;
+  /* the merged rows (INSERT), and the groups' keys and merged values (the DELETE's) */
+  char *ins = NULL, *del = NULL, *keys = NULL, *gens = NULL;
+  size_t ins_len = 0, del_len = 0, keys_len = 0, gens_len = 0;
+  FILE *fi = open_memstream(&ins, &ins_len), *fd = open_memstream(&del, &del_len);
+  FILE *fk = open_memstream(&keys, &keys_len), *fg = open_memstream(&gens, &gens_len);
+  long long replaced = 0;
+  int groups = 0;
+  if (!fi || !fd || !fk || !fg) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    rc = ANA_ERR_NOMEM;
+    goto out;
+  }
+  fputs("INSERT INTO shipped (instance, seq, min_ts, at, merged) VALUES ", fi);
+  for (char *p = out, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+    nl = strchr(p, '\n');
+    if (nl)
+      *nl = '\0';
+    long long k, ts, at, cnt;
+    unsigned long long seq, gen;
+    if (sscanf(p, "%lld\t%llu\t%lld\t%lld\t%llu\t%lld", &k, &seq, &ts, &at, &gen, &cnt) != 6)
+      continue;
+    fprintf(fi, "%s('%s', %llu, %lld, %lld, %llu)", groups ? ", " : "", s->instance, seq, ts, at,
+            gen);
+    fprintf(fk, "%s%lld", groups ? ", " : "", k);
+    fprintf(fg, "%s%llu", groups ? ", " : "", gen);
+    replaced += cnt;
+    groups++;
+  }
+  bool bad = ferror(fk) || ferror(fg) || ferror(fi);
+  fclose(fk);
+  fclose(fg);
+  fclose(fi);
+  fk = fg = fi = NULL;
+  if (!bad && groups)
+    fprintf(fd,
+            "ALTER TABLE shipped DELETE WHERE instance = '%s' AND at < %" PRId64
+            " AND merged < transform(%s, [%s], [%s], toUInt32(0))",
+            s->instance, young, group, keys, gens);
+  bad |= ferror(fd) != 0;
+  fclose(fd);
+  fd = NULL;
+  if (bad) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    rc = ANA_ERR_NOMEM;
+    goto out;
+  }
+  if (groups && (rc = ana_clickhouse_query(s->ch, ins, true, NULL, NULL, err)) == 0 &&
+      (rc = ana_clickhouse_query(s->ch, del, true, NULL, NULL, err)) == 0)
+    ANA_DEBUG("clickhouse", "shipped table: %lld rows merged into %d", replaced, groups);
+  rc = rc < 0 ? rc : (int)(replaced - groups);
+out:
+  if (fi)
+    fclose(fi);
+  if (fd)
+    fclose(fd);
+  if (fk)
+    fclose(fk);
+  if (fg)
+    fclose(fg);
+  free(ins);
+  free(del);
+  free(keys);
+  free(gens);
+  ana_free(out);
+  return rc;
+}
+
 /* --- second copies of resent rows --- */
 
 /* Deletes the later copies of this instance's rows from dedupe_from on (each (seq) keeps the
@@ -820,7 +929,7 @@ static void dedupe_step(struct ch_store *s, int64_t now) {
 
 static void *ship_thread(void *arg) {
   struct ch_store *s = arg;
-  int64_t backoff = 0, last_ship = 0, next_sweep = 0, next_dedupe = 0;
+  int64_t backoff = 0, last_ship = 0, next_sweep = 0, next_dedupe = 0, next_trim = 0;
   struct job *inflight = NULL;
   uint64_t cursor = 0;
   for (;;) {
@@ -850,6 +959,12 @@ static void *ship_thread(void *arg) {
     if (now >= next_sweep && !inflight) {
       drop_partitions(s);
       next_sweep = now + s->sweep_ms;
+    }
+    if (now >= next_trim) { /* the shipped table only: whether a batch is in flight or not */
+      if (trim_shipped(s, &err) < 0 && !atomic_load(&s->degraded)) /* else said already */
+        ANA_WARN("clickhouse", "merging the shipped table's older rows: %s", err.message);
+      ana_error_clear(&err);
+      next_trim = now + s->merge_ms;
     }
     if (now >= next_dedupe && atomic_load(&s->dedupe_from)) {
       dedupe_step(s, now);
@@ -1010,6 +1125,8 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
   s->sweep_ms =
       settings->retention_sweep_interval_ms > 0 ? settings->retention_sweep_interval_ms : 60000;
   s->timeout_ms = settings->clickhouse_timeout_ms > 0 ? settings->clickhouse_timeout_ms : 30000;
+  s->merge_ms =
+      settings->clickhouse_shipped_merge_ms > 0 ? settings->clickhouse_shipped_merge_ms : 60000;
   snprintf(s->state_path, sizeof s->state_path, "%s/clickhouse.state", settings->data_dir);
   if (load_state(s, err) < 0 || !(s->ch = ana_clickhouse_open(settings, err)) ||
       !(s->local = ana_sqlite_event_store.open(db, err)))

@@ -83,10 +83,10 @@ bool ana_local_db_check_space(struct ana_local_db *db);
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err);
 
-/* Deletes the keys that expired on the UTC days before now_ms's, a list
- * (the keys one commit claimed for one day, at most 1,024) at a time, until
- * max_rows or more are deleted, inside the open transaction; returns how
- * many (max_rows or more: more may be due), or a negative error. */
+/* Deletes keys that expired on the UTC days before now_ms's, inside the
+ * open transaction: of the next slice of the table (dedupe_keys.c: a pass
+ * over every key per day, a slice a step), at most max_rows. Returns how
+ * many (max_rows: more may be due), or a negative error. */
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
                             struct ana_error *err);
 

@@ -9,21 +9,26 @@
  * account as a number (dedupe_accounts maps account ids to numbers, in the
  * transaction that claims an account's first key; the events rows hold the
  * same numbers), the event id as event_ids.c stores it (a canonical UUID in
- * 16 bytes). A claim is one seek and
- * exact: nothing but the same key is ever taken for a duplicate, whatever
- * its event's timestamp; keys that clients number or date (UUIDv7,
+ * 16 bytes), and the UTC day the key expires on (expires). A claim is one
+ * seek and exact: nothing but the same key is ever taken for a duplicate,
+ * whatever its event's timestamp; keys that clients number or date (UUIDv7,
  * counters) append at the end of the table, as before. Expiry needs no
- * second B-tree over every key (the index by day took as many bytes as the
- * keys): the table dedupe_expiry lists the keys by the day they expire, one
- * row per (commit, day) with id = day * 2^32 + n, its keys in one blob
- * (front-coded, zstd-compressed when that is smaller). A commit appends one
- * row per day its events expire on; a retention step reads the oldest rows
- * of the days that are over, a contiguous range, deletes their keys and the
- * rows. A 128-bit hash in place of the key (no false duplicate either, in
- * practice: two of 10^12 keys collide with probability about 10^24 / 2^129,
- * 1.5e-15) would make every claim land at a random place of the table, a
- * page written per key per commit once the table outgrows the cache, and
- * is no smaller for event ids of 16 characters or fewer. */
+ * second B-tree over every key (an index by day took as many bytes as the
+ * keys, and lists of the keys by day, the layout before this one, as many:
+ * random ids do not compress): retention sweeps the table in key order, a
+ * slice of DEDUPE_SWEEP_ROWS keys a step from where the last step ended,
+ * and deletes the keys of the days that are over; a pass that reached the
+ * end starts again once the day changed. A pass over 10^7 keys takes 200
+ * steps (one per RETENTION_SWEEP_INTERVAL, or at once after a step that
+ * deleted its maximum), each reading about 1.5 MB of pages; an expired key
+ * is thus deleted within a pass, and until then still answered DUPLICATE,
+ * as it was until the sweep reached its list. A 128-bit hash in place of
+ * the key (no false duplicate either, in practice: two of 10^12 keys
+ * collide with probability about 10^24 / 2^129, 1.5e-15) would make every
+ * claim land at a random place of the table, a page written per key per
+ * commit once the table outgrows the cache, and is no smaller for event ids
+ * of 16 characters or fewer. The lists (dedupe_expiry) are read and written
+ * here only for the migrations from and to them. */
 #include "byte_codec.h"
 #include "local_db_sql.h"
 
@@ -68,9 +73,18 @@ struct day_list {
   size_t scratch_cap;
 };
 
+/* Keys a sweep step reads at most. */
+#define DEDUPE_SWEEP_ROWS 50000
+
 struct ana_dedupe_pending {
-  struct day_list *days;
-  size_t n_days, cap_days;
+  /* The sweep (committer thread): the last key a step read (none: the
+   * next step starts at the table's beginning), the day its pass began,
+   * whether that pass reached the end. */
+  bool sweep_at_key, pass_done;
+  int64_t pass_day, sweep_account;
+  uint8_t *sweep_id;
+  size_t sweep_id_len, sweep_id_cap;
+  bool sweep_id_blob;
   /* The last account claimed for and its number, so that a commit of many
    * one-event requests of an account looks it up once; fresh: found while
    * the open transaction had numbered an account (maybe this one: then it
@@ -83,8 +97,8 @@ struct ana_dedupe_pending {
   size_t out_cap;
 };
 
-static const char sql_claim[] =
-    "INSERT INTO dedupe_keys (account, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING";
+static const char sql_claim[] = "INSERT INTO dedupe_keys (account, event_id, expires)"
+                                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
 static const char sql_account[] = "SELECT id FROM dedupe_accounts WHERE account_id = ?";
 static const char sql_new_account[] = "INSERT INTO dedupe_accounts (account_id) VALUES (?)";
 static const char sql_list[] =
@@ -93,15 +107,6 @@ static const char sql_list[] =
 
 struct ana_dedupe_pending *ana_dedupe_pending_new(void) {
   return ana_calloc(1, sizeof(struct ana_dedupe_pending));
-}
-
-static void clear_days(struct ana_dedupe_pending *p) {
-  for (size_t i = 0; i < p->n_days; i++) {
-    ana_free(p->days[i].buf);
-    ana_free(p->days[i].prev);
-    ana_free(p->days[i].scratch);
-  }
-  p->n_days = 0;
 }
 
 static void forget_account(struct ana_dedupe_pending *p) {
@@ -113,9 +118,8 @@ static void forget_account(struct ana_dedupe_pending *p) {
 void ana_dedupe_pending_free(struct ana_dedupe_pending *p) {
   if (!p)
     return;
-  clear_days(p);
   forget_account(p);
-  ana_free(p->days);
+  ana_free(p->sweep_id);
   ana_free(p->out);
   ZSTD_freeCCtx(p->cctx);
   ana_free(p);
@@ -124,7 +128,6 @@ void ana_dedupe_pending_free(struct ana_dedupe_pending *p) {
 void ana_dedupe_pending_discard(struct ana_dedupe_pending *p) {
   if (!p)
     return;
-  clear_days(p);
   if (p->fresh)
     forget_account(p);
   p->txn_numbered = false;
@@ -133,30 +136,6 @@ void ana_dedupe_pending_discard(struct ana_dedupe_pending *p) {
 void ana_dedupe_pending_committed(struct ana_dedupe_pending *p) {
   if (p)
     p->fresh = p->txn_numbered = false;
-}
-
-/* The open list of day, added when missing; NULL when out of memory. */
-static struct day_list *day_list(struct ana_dedupe_pending *p, int64_t day) {
-  for (size_t i = p->n_days; i-- > 0;)
-    if (p->days[i].day == day && p->days[i].n < LIST_MAX_KEYS)
-      return &p->days[i];
-  if (p->n_days == p->cap_days) {
-    size_t cap = p->cap_days ? p->cap_days * 2 : 8;
-    struct day_list *d = ana_realloc(p->days, cap * sizeof *d);
-    if (!d)
-      return NULL;
-    p->days = d;
-    p->cap_days = cap;
-  }
-  struct day_list *l = &p->days[p->n_days++];
-  memset(l, 0, sizeof *l);
-  l->day = day;
-  if (!ana_bytes_grow(&l->buf, &l->cap, 256)) {
-    p->n_days--;
-    return NULL;
-  }
-  l->buf[l->len++] = LIST_RAW2;
-  return l;
 }
 
 static bool list_add(struct day_list *l, int64_t account, const char *id_text) {
@@ -275,6 +254,11 @@ static bool each_key(const uint8_t *b, size_t n, uint8_t **scratch, size_t *scra
   return ok;
 }
 
+/* The UTC day of a time (rounded down). */
+static int64_t expiry_day(int64_t ms) {
+  return ms >= 0 ? ms / DAY_MS : -((-ms + DAY_MS - 1) / DAY_MS);
+}
+
 /* The number of an account in dedupe_accounts, added when it has none
  * (in the open transaction). */
 static int account_number(struct ana_local_db *db, const char *account, int64_t *out,
@@ -323,7 +307,6 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
                            struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
   sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_claim);
-  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
   if (!st) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
@@ -346,131 +329,140 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, number);
     ana_event_id_bind(st, 2, records[i].event_id, -1);
+    sqlite3_bind_int64(st, 3, expiry_day(records[i].expires_at_ms));
     if (sqlite3_step(st) != SQLITE_DONE) {
       ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
       rc = ANA_ERR_IO;
       break;
     }
     records[i].duplicate = sqlite3_changes(w) == 0;
-    if (records[i].duplicate)
-      continue;
-    int64_t e = records[i].expires_at_ms;
-    struct day_list *l = day_list(p, e >= 0 ? e / DAY_MS : -((-e + DAY_MS - 1) / DAY_MS));
-    if (!l || !list_add(l, number, records[i].event_id)) {
-      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "deduplication: out of memory");
-      rc = ANA_ERR_NOMEM;
-      break;
-    }
   }
   sqlite3_reset(st);
   return rc;
 }
 
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err) {
-  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
-  if (!p || p->n_days == 0)
-    return 0;
-  sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_list);
-  int rc = 0;
-  if (!st) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
-    rc = ANA_ERR_INTERNAL;
-    goto out;
-  }
-  for (size_t i = 0; i < p->n_days && rc == 0; i++) {
-    struct day_list *l = &p->days[i];
-    size_t len = 0;
-    const uint8_t *blob = list_blob(p, l, &len);
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, l->day * (INT64_C(1) << LIST_DAY_SHIFT));
-    sqlite3_bind_blob(st, 2, blob, (int)len, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
-      rc = ANA_ERR_IO;
-    }
-  }
-  sqlite3_reset(st);
-out:
-  clear_days(p);
-  return rc;
+  (void)db;
+  (void)err;
+  return 0; /* the keys hold their expiry day: nothing else to write */
 }
 
-struct expire_ctx {
-  sqlite3_stmt *del;
-  int deleted;
-  bool failed; /* a DELETE failed (not a malformed list) */
-};
-
-static bool delete_key(void *arg, int64_t account, const char *event_id, size_t elen) {
-  struct expire_ctx *x = arg;
-  sqlite3_reset(x->del);
-  sqlite3_bind_int64(x->del, 1, account);
-  ana_event_id_bind(x->del, 2, event_id, (int)elen);
-  if (sqlite3_step(x->del) != SQLITE_DONE) {
-    x->failed = true;
+/* Remembers the key st's row holds (columns 0, 1) as where the sweep is. */
+static bool sweep_remember(struct ana_dedupe_pending *p, sqlite3_stmt *st) {
+  size_t n = (size_t)sqlite3_column_bytes(st, 1);
+  const void *id = sqlite3_column_blob(st, 1);
+  if (!ana_bytes_grow(&p->sweep_id, &p->sweep_id_cap, n + 1))
     return false;
-  }
-  x->deleted += sqlite3_changes(sqlite3_db_handle(x->del));
+  if (n)
+    memcpy(p->sweep_id, id, n);
+  p->sweep_id_len = n;
+  p->sweep_id_blob = sqlite3_column_type(st, 1) == SQLITE_BLOB;
+  p->sweep_account = sqlite3_column_int64(st, 0);
+  p->sweep_at_key = true;
   return true;
 }
 
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
                             struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *next = NULL, *drop = NULL;
-  struct expire_ctx x = {0};
-  uint8_t *scratch = NULL;
-  size_t scratch_cap = 0;
-  int rc = ANA_ERR_IO;
-  /* The lists of the days that are over, oldest first. */
-  if (sqlite3_prepare_v2(w, "SELECT id, keys FROM dedupe_expiry WHERE id < ? ORDER BY id LIMIT 1",
-                         -1, &next, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(w, "DELETE FROM dedupe_expiry WHERE id = ?", -1, &drop, NULL) !=
-          SQLITE_OK ||
-      sqlite3_prepare_v2(w, "DELETE FROM dedupe_keys WHERE account = ? AND event_id = ?", -1,
-                         &x.del, NULL) != SQLITE_OK) {
+  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
+  sqlite3_stmt *scan = NULL, *del = NULL;
+  int64_t today = expiry_day(now_ms);
+  if (p->pass_done && p->pass_day == today)
+    return 0; /* this day's pass is over: nothing expires before tomorrow */
+  if (p->pass_done) {
+    p->pass_done = false;
+    p->pass_day = today;
+    p->sweep_at_key = false;
+  }
+  /* The next slice of keys in the table's order, the expired ones to
+   * delete collected first (the scan does not read what it deletes). */
+  if (sqlite3_prepare_v2(w,
+                         p->sweep_at_key ? "SELECT account, event_id, expires FROM dedupe_keys"
+                                           " WHERE (account, event_id) > (?1, ?2)"
+                                           " ORDER BY account, event_id LIMIT ?3"
+                                         : "SELECT account, event_id, expires FROM dedupe_keys"
+                                           " ORDER BY account, event_id LIMIT ?3",
+                         -1, &scan, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(w, "DELETE FROM dedupe_keys WHERE account = ?1 AND event_id = ?2", -1,
+                         &del, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
-    rc = ANA_ERR_INTERNAL;
-    goto out;
+    sqlite3_finalize(scan);
+    sqlite3_finalize(del);
+    return ANA_ERR_INTERNAL;
   }
-  int64_t today = now_ms >= 0 ? now_ms / DAY_MS : 0;
-  sqlite3_bind_int64(next, 1, today * (INT64_C(1) << LIST_DAY_SHIFT));
-  while (x.deleted < max_rows) {
-    sqlite3_reset(next);
-    int step = sqlite3_step(next);
-    if (step == SQLITE_DONE)
+  if (p->sweep_at_key) {
+    sqlite3_bind_int64(scan, 1, p->sweep_account);
+    if (p->sweep_id_blob)
+      sqlite3_bind_blob(scan, 2, p->sweep_id, (int)p->sweep_id_len, SQLITE_TRANSIENT);
+    else
+      sqlite3_bind_text(scan, 2, (const char *)p->sweep_id, (int)p->sweep_id_len, SQLITE_TRANSIENT);
+  }
+  sqlite3_bind_int(scan, 3, DEDUPE_SWEEP_ROWS);
+  /* The expired keys: accounts and id kinds, ids one after another. */
+  struct gone_key {
+    int64_t account;
+    size_t at, len;
+    bool blob;
+  } *gone = NULL;
+  uint8_t *ids = NULL;
+  size_t n_gone = 0, cap = 0, ids_len = 0, ids_cap = 0;
+  size_t max = (size_t)(max_rows > 0 ? max_rows : 1);
+  int step = SQLITE_DONE, rc = 0;
+  while (n_gone < max && (step = sqlite3_step(scan)) == SQLITE_ROW) {
+    if (!sweep_remember(p, scan)) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       break;
-    if (step != SQLITE_ROW)
-      goto io;
-    int64_t id = sqlite3_column_int64(next, 0);
-    const uint8_t *b = sqlite3_column_blob(next, 1);
-    size_t n = (size_t)sqlite3_column_bytes(next, 1);
-    /* A list that cannot be read is dropped: its keys stay (a retry of
-     * those events keeps being answered DUPLICATE) rather than blocking
-     * every later step. */
-    if (!each_key(b, n, &scratch, &scratch_cap, delete_key, &x)) {
-      if (x.failed)
-        goto io;
-      ANA_WARN("store", "deduplication: expiry list %lld is unreadable; dropped", (long long)id);
     }
-    sqlite3_reset(next);
-    sqlite3_reset(drop);
-    sqlite3_bind_int64(drop, 1, id);
-    if (sqlite3_step(drop) != SQLITE_DONE)
-      goto io;
+    if (sqlite3_column_int64(scan, 2) >= today)
+      continue; /* live */
+    if (n_gone == cap) {
+      size_t c = cap ? cap * 2 : 64;
+      struct gone_key *g = ana_realloc(gone, c * sizeof *g);
+      if (!g) {
+        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      gone = g;
+      cap = c;
+    }
+    if (!ana_bytes_grow(&ids, &ids_cap, ids_len + p->sweep_id_len + 1)) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    memcpy(ids + ids_len, p->sweep_id, p->sweep_id_len);
+    gone[n_gone++] =
+        (struct gone_key){p->sweep_account, ids_len, p->sweep_id_len, p->sweep_id_blob};
+    ids_len += p->sweep_id_len;
   }
-  rc = x.deleted;
-  goto out;
-io:
-  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
-  rc = ANA_ERR_IO;
-out:
-  sqlite3_finalize(next);
-  sqlite3_finalize(drop);
-  sqlite3_finalize(x.del);
-  ana_free(scratch);
-  return rc;
+  if (rc == 0 && n_gone < max) {
+    if (step == SQLITE_DONE)
+      p->pass_done = true; /* the end of the table: the next pass from its start */
+    else if (step != SQLITE_ROW)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
+  }
+  sqlite3_finalize(scan);
+  int deleted = 0;
+  for (size_t i = 0; rc == 0 && i < n_gone; i++) {
+    sqlite3_reset(del);
+    sqlite3_bind_int64(del, 1, gone[i].account);
+    if (gone[i].blob)
+      sqlite3_bind_blob(del, 2, ids + gone[i].at, (int)gone[i].len, SQLITE_STATIC);
+    else
+      sqlite3_bind_text(del, 2, (const char *)ids + gone[i].at, (int)gone[i].len, SQLITE_STATIC);
+    if (sqlite3_step(del) != SQLITE_DONE)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
+    else
+      deleted += sqlite3_changes(w);
+  }
+  ana_free(ids);
+  sqlite3_finalize(del);
+  ana_free(gone);
+  if (rc < 0) {
+    p->sweep_at_key = false; /* the transaction is rolled back: from the start again */
+    return rc;
+  }
+  return deleted;
 }
 
 /* --- ana_dedupe_build_lists(): for the migration to this layout --- */
@@ -548,9 +540,78 @@ out:
   ZSTD_freeCCtx(p.cctx);
 }
 
+/* --- ana_dedupe_days_from_lists(): for the migration from the lists --- */
+
+struct days_ctx {
+  sqlite3_stmt *set;
+  int64_t day;
+  bool failed;
+};
+
+static bool set_key_day(void *arg, int64_t account, const char *event_id, size_t elen) {
+  struct days_ctx *x = arg;
+  sqlite3_reset(x->set);
+  sqlite3_bind_int64(x->set, 1, x->day);
+  sqlite3_bind_int64(x->set, 2, account);
+  ana_event_id_bind(x->set, 3, event_id, (int)elen);
+  if (sqlite3_step(x->set) != SQLITE_DONE) {
+    x->failed = true;
+    return false;
+  }
+  return true;
+}
+
+/* Gives each key of dedupe_keys_by_day (account, event_id, expires) the day
+ * of the dedupe_expiry list that holds it, list by list in their order (a
+ * key in no readable list keeps the day it has). Returns how many lists. */
+static void fn_days_from_lists(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  (void)argv;
+  sqlite3 *conn = sqlite3_context_db_handle(ctx);
+  sqlite3_stmt *lists = NULL;
+  struct days_ctx x = {0};
+  uint8_t *scratch = NULL;
+  size_t scratch_cap = 0;
+  int64_t n = 0;
+  if (sqlite3_prepare_v2(conn, "SELECT id, keys FROM dedupe_expiry ORDER BY id", -1, &lists,
+                         NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(conn,
+                         "UPDATE dedupe_keys_by_day SET expires = ?1"
+                         " WHERE account = ?2 AND event_id = ?3",
+                         -1, &x.set, NULL) != SQLITE_OK) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+    goto out;
+  }
+  int step;
+  while ((step = sqlite3_step(lists)) == SQLITE_ROW) {
+    int64_t id = sqlite3_column_int64(lists, 0);
+    /* id = day * 2^32 + n, rounded down for a day before 1970 too */
+    x.day = id >= 0 ? id >> LIST_DAY_SHIFT
+                    : -((-id + (INT64_C(1) << LIST_DAY_SHIFT) - 1) >> LIST_DAY_SHIFT);
+    const uint8_t *b = sqlite3_column_blob(lists, 1);
+    size_t len = (size_t)sqlite3_column_bytes(lists, 1);
+    if (!each_key(b, len, &scratch, &scratch_cap, set_key_day, &x) && x.failed) {
+      sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+      goto out;
+    }
+    n++;
+  }
+  if (step != SQLITE_DONE) {
+    sqlite3_result_error(ctx, sqlite3_errmsg(conn), -1);
+    goto out;
+  }
+  sqlite3_result_int64(ctx, n);
+out:
+  sqlite3_finalize(lists);
+  sqlite3_finalize(x.set);
+  ana_free(scratch);
+}
+
 int ana_dedupe_register(sqlite3 *conn) {
   return sqlite3_create_function_v2(conn, "ana_dedupe_build_lists", 0, SQLITE_UTF8, NULL,
-                                    fn_build_lists, NULL, NULL, NULL) == SQLITE_OK
+                                    fn_build_lists, NULL, NULL, NULL) == SQLITE_OK &&
+                 sqlite3_create_function_v2(conn, "ana_dedupe_days_from_lists", 0, SQLITE_UTF8,
+                                            NULL, fn_days_from_lists, NULL, NULL, NULL) == SQLITE_OK
              ? 0
              : ANA_ERR_INTERNAL;
 }

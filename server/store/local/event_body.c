@@ -13,13 +13,20 @@
 #include <stdbool.h>
 #include <string.h>
 #include <zdict.h>
+/* ZSTD_f_zstd1_magicless, ZSTD_getFrameHeader_advanced (exported by the
+ * shared libzstd as well). */
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
 /* A body is one tag byte, then either the raw content (dictionary 0) or a
  * zstd frame of it compressed with the dictionary of id N (1..127) in
  * event_dicts; the tag's low 7 bits are N, its high bit BODY_V2 says which
- * content follows. Content v1 (migration 15, converted on start): varint(text
- * length), the text, the payload. Content v2: varint(text length), the text,
+ * content follows. The frame has neither the dictionary's id (the tag names
+ * it) nor a checksum, and is written without zstd's 4-byte magic number
+ * (ZSTD_f_zstd1_magicless): a frame read with the magic is one written
+ * before, and a frame without it never starts with the magic's first byte
+ * (0x28 as a frame header descriptor sets its reserved bit). Content v1 (migration 15, converted on
+ * start): varint(text length), the text, the payload. Content v2: varint(text length), the text,
  * varint(properties length), the properties (JSON of the aggregated values,
  * blind indexes for encrypted fields), varint(mask), the payload without the
  * fields the mask names (event_id, timestamp, received_at), which equal the
@@ -304,6 +311,20 @@ void ana_event_codec_free(struct ana_event_codec *c) {
   ana_free(c);
 }
 
+/* The frames' form (see the format above). */
+static void set_frame_parameters(ZSTD_CCtx *cctx) {
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_dictIDFlag, 0);
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0);
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_format, ZSTD_f_zstd1_magicless);
+}
+
+/* Whether a frame starts with zstd's magic number (a body written before
+ * the frames went without it). */
+static bool has_magic(const uint8_t *z, size_t n) {
+  return n >= 4 && z[0] == 0x28 && z[1] == 0xb5 && z[2] == 0x2f && z[3] == 0xfd;
+}
+
 static bool use_dict(struct ana_event_codec *c, int id, const void *dict, size_t len) {
   void *copy = ana_malloc(len);
   if (!copy)
@@ -317,9 +338,7 @@ static bool use_dict(struct ana_event_codec *c, int id, const void *dict, size_t
     ana_free(copy);
     return false;
   }
-  ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_dictIDFlag, 0);
-  ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_checksumFlag, 0);
-  ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_contentSizeFlag, 1);
+  set_frame_parameters(c->cctx);
   c->dict = copy;
   c->dict_len = len;
   c->dict_id = id;
@@ -640,7 +659,11 @@ static const uint8_t *content(sqlite3_context *ctx, sqlite3_value *v, size_t *le
   }
   d->last_len = 0;
   ZSTD_DDict *dd = dict_of(d, sqlite3_context_db_handle(ctx), id, false);
-  unsigned long long size = ZSTD_getFrameContentSize(b + 1, n - 1);
+  ZSTD_format_e format = has_magic(b + 1, n - 1) ? ZSTD_f_zstd1 : ZSTD_f_zstd1_magicless;
+  ZSTD_frameHeader fh;
+  unsigned long long size = ZSTD_getFrameHeader_advanced(&fh, b + 1, n - 1, format) == 0
+                                ? fh.frameContentSize
+                                : ZSTD_CONTENTSIZE_ERROR;
   if (!dd || size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
       size > (64u << 20)) {
     sqlite3_result_error(ctx, dd ? "event body: corrupt" : "event body: dictionary missing", -1);
@@ -654,7 +677,11 @@ static const uint8_t *content(sqlite3_context *ctx, sqlite3_value *v, size_t *le
     sqlite3_result_error_nomem(ctx);
     return NULL;
   }
-  size_t z = ZSTD_decompress_usingDDict(d->dctx, d->buf, d->cap, b + 1, n - 1, dd);
+  ZSTD_DCtx_reset(d->dctx, ZSTD_reset_session_only);
+  size_t z = ZSTD_isError(ZSTD_DCtx_setParameter(d->dctx, ZSTD_d_format, format)) ||
+                     ZSTD_isError(ZSTD_DCtx_refDDict(d->dctx, dd))
+                 ? (size_t)-1
+                 : ZSTD_decompressDCtx(d->dctx, d->buf, d->cap, b + 1, n - 1);
   if (ZSTD_isError(z) || z != size) {
     sqlite3_result_error(ctx, "event body: corrupt", -1);
     return NULL;
@@ -849,9 +876,7 @@ static void fn_body_v2(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     size_t zb = ZSTD_compressBound(n);
     uint8_t *z = sqlite3_malloc64(1 + zb);
     ZSTD_CCtx_reset(d->cctx, ZSTD_reset_session_and_parameters);
-    ZSTD_CCtx_setParameter(d->cctx, ZSTD_c_dictIDFlag, 0);
-    ZSTD_CCtx_setParameter(d->cctx, ZSTD_c_checksumFlag, 0);
-    ZSTD_CCtx_setParameter(d->cctx, ZSTD_c_contentSizeFlag, 1);
+    set_frame_parameters(d->cctx);
     ZSTD_CCtx_refCDict(d->cctx, cd);
     size_t zn = z ? ZSTD_compress2(d->cctx, z + 1, zb, raw + 1, n) : 0;
     if (z && !ZSTD_isError(zn) && zn + 1 < n + 1) {

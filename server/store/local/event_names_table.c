@@ -150,11 +150,11 @@ int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint
   if (wait < 0)
     return wait;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(ln->conn,
-                         "SELECT " ANA_ACCOUNT_ID_SQL ", event_name, COUNT(*),"
-                         " MIN(ts + received_delta), MAX(ts + received_delta) FROM events"
-                         " WHERE seq > ?1 AND seq <= ?2 GROUP BY events.account_id, event_name",
-                         -1, &st, NULL) != SQLITE_OK)
+  static const char sql[] = "SELECT " ANA_ACCOUNT_ID_SQL ", " ANA_EVENT_STRING_SQL(
+      "events.event_name") ", COUNT(*), MIN(ts + received_delta), MAX(ts + received_delta)"
+                           " FROM events WHERE seq > ?1 AND seq <= ?2"
+                           " GROUP BY events.account_id, event_name";
+  if (sqlite3_prepare_v2(ln->conn, sql, -1, &st, NULL) != SQLITE_OK)
     return ana_sql_fail(ln->conn, "event names: rebuild", err);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);
   sqlite3_bind_int64(st, 2, (sqlite3_int64)upto_seq);

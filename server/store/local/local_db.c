@@ -531,6 +531,59 @@ static const char *const migrations[] = {
     "  n INTEGER NOT NULL,"
     "  raw_len INTEGER NOT NULL,"
     "  batch BLOB NOT NULL);",
+
+    /* Events rows without what other bytes give back (local_db_sql.h): the
+     * event type and name as numbers of event_strings (one table for both:
+     * a name is stored once, not in every row and index entry); seq as a
+     * generated column of the key (its low 40 bits, which the key always
+     * held), so that only events_by_seq stores it, and ts one too, from the
+     * key's day and the time within it (ms: 4 bytes where ts took 6);
+     * events_by_time_name without the event id (a page's ties at one timestamp are sorted by
+     * the event id of their rows). The strings are numbered in a scan of
+     * the table, which is then copied in key order (no sort of all rows). */
+    "CREATE TABLE event_strings ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE);"
+    "INSERT OR IGNORE INTO event_strings (name) SELECT event_type FROM events;"
+    "INSERT OR IGNORE INTO event_strings (name) SELECT event_name FROM events;"
+    "CREATE TABLE events_v3 ("
+    "  key INTEGER PRIMARY KEY,"
+    "  account_id INTEGER NOT NULL,"
+    "  event_id BLOB NOT NULL,"
+    "  session_id TEXT NOT NULL DEFAULT '',"
+    "  event_type INTEGER NOT NULL,"
+    "  event_name INTEGER NOT NULL,"
+    "  ms INTEGER NOT NULL,"
+    "  received_delta INTEGER NOT NULL,"
+    "  body BLOB NOT NULL,"
+    "  seq INTEGER GENERATED ALWAYS AS (key & 1099511627775) VIRTUAL,"
+    "  ts INTEGER GENERATED ALWAYS AS ((key >> 40) * 86400000 + ms) VIRTUAL);"
+    "INSERT INTO events_v3 (key, account_id, event_id, session_id, event_type, event_name, ms,"
+    "  received_delta, body) SELECT key, account_id, event_id, session_id,"
+    "  (SELECT s.id FROM event_strings s WHERE s.name = e.event_type),"
+    "  (SELECT s.id FROM event_strings s WHERE s.name = e.event_name),"
+    "  ts - (key >> 40) * 86400000, received_delta, body FROM events e ORDER BY key;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_v3 RENAME TO events;"
+    "CREATE UNIQUE INDEX events_by_seq ON events(seq);"
+    "CREATE INDEX events_by_time_name ON events(account_id, ts, event_name);",
+
+    /* The deduplication keys with the day they expire on in each row
+     * (dedupe_keys.c), in place of the lists of dedupe_expiry, which held
+     * every key a second time: the keys are copied in key order, then each
+     * list gives its keys their day (a key in no readable list, as before,
+     * never expires: day 2^40). */
+    "CREATE TABLE dedupe_keys_by_day ("
+    "  account INTEGER NOT NULL,"
+    "  event_id BLOB NOT NULL,"
+    "  expires INTEGER NOT NULL,"
+    "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"
+    "INSERT INTO dedupe_keys_by_day SELECT account, event_id, 1099511627776 FROM dedupe_keys"
+    "  ORDER BY account, event_id;"
+    "SELECT ana_dedupe_days_from_lists();"
+    "DROP TABLE dedupe_keys;"
+    "DROP TABLE dedupe_expiry;"
+    "ALTER TABLE dedupe_keys_by_day RENAME TO dedupe_keys;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))

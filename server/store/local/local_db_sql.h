@@ -8,20 +8,27 @@
 #include <sqlite3.h>
 
 /* The events table's columns (the last migration that rebuilt it): key,
- * seq, account_id (the account's number in dedupe_accounts), event_id (as
- * event_ids.c stores it), session_id, event_type, event_name, ts,
- * received_delta (received_at - ts, in ms), body (event_body.c: the free
- * text, the properties and the payload). The layout (migration 13): the rowid `key` is the event's
- * UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
- * 2^40 plus its commit sequence; seq has a unique index; events_by_time_name
- * is (account_id, ts, event_id, event_name): an account's events in the
- * order a search pages them (backwards), with the name to check on the
- * entries. Long scans end their snapshots at 6-hour slots (ana_event_slot).
- * The free text and the payload are in the column body (migration 15; see
- * event_body.c). */
+ * account_id (the account's number in dedupe_accounts), event_id (as
+ * event_ids.c stores it), session_id, event_type and event_name (numbers of
+ * event_strings: ANA_EVENT_STRING_SQL gives the text back,
+ * ANA_EVENT_STRING_ID_SQL the number of a text), ms (ts less the start of
+ * the key's day), received_delta (received_at - ts, in ms), body
+ * (event_body.c: the free text, the properties and the payload), and two
+ * columns generated from them: seq (the key's low 40 bits; stored in
+ * events_by_seq only) and ts ((key >> 40) * ANA_EVENT_DAY_MS + ms). The layout (migration 13): the
+ * rowid `key` is the event's UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
+ * 2^40 plus its commit sequence; seq has a unique index; events_by_time_name is (account_id, ts,
+ * event_name): an account's events in time order, with the name's number to check on the entries
+ * (ties at one timestamp are sorted by the rows' event_id where the order needs it). Long scans end
+ * their snapshots at 6-hour slots (ana_event_slot). */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
 #define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SEQ_BITS 40
+
+/* The text of an event type or name column (col: its SQL), and the
+ * number of the text bound to ?n (NULL when no event has it). */
+#define ANA_EVENT_STRING_SQL(col) "(SELECT s.name FROM event_strings s WHERE s.id = " col ")"
+#define ANA_EVENT_STRING_ID_SQL(n) "(SELECT s.id FROM event_strings s WHERE s.name = ?" #n ")"
 
 static inline int64_t ana_event_day(int64_t ts_ms) {
   return ts_ms / ANA_EVENT_DAY_MS;
@@ -115,13 +122,22 @@ int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms);
  * set, into events on w (stmts: its statements, prepared on first use, the
  * caller's to finalize), bodies encoded by codec (whose dictionary the
  * caller persists in the same transaction). The mover calls it. */
+#define ANA_SPOOL_STRINGS 64
+struct ana_spool_string {
+  char *name;
+  int64_t id;
+};
 struct ana_spool_statements {
-  sqlite3_stmt *append, *number;
+  sqlite3_stmt *append, *number, *string_add, *string_get;
+  struct ana_spool_string strings[ANA_SPOOL_STRINGS]; /* numbers of event_strings found */
 };
 int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
                            struct ana_event_codec *codec, const struct ana_event_record *records,
                            size_t n, struct ana_error *err);
 void ana_spool_statements_finalize(struct ana_spool_statements *stmts);
+/* After a rollback of the transaction of ana_local_spool_insert: forgets the
+ * numbers of event_strings it kept (some may have been rolled back). */
+void ana_spool_statements_forget(struct ana_spool_statements *stmts);
 
 /* Staging (staging.c): the commit's staged events (one per local database),
  * written to events_staged by ana_staging_flush (ana_local_db_commit calls
@@ -157,12 +173,11 @@ int ana_local_db_move_room(struct ana_local_db *db);
 void ana_local_db_checkpoint_soon(struct ana_local_db *db);
 void ana_local_db_gate_leave(struct ana_local_db *db);
 
-/* Deduplication keys (dedupe_keys.c): the keys the writer's open
- * transaction claimed, by the day they expire, written to dedupe_expiry by
- * ana_local_dedupe_flush (ana_local_db_commit calls it before COMMIT) or
- * dropped with the transaction (ana_dedupe_pending_discard; after a commit,
- * ana_dedupe_pending_committed). One per local
- * database, on the committer's thread. */
+/* Deduplication keys (dedupe_keys.c): the state of the writer's
+ * transactions' claims (the last account numbered, which a rollback
+ * forgets) and of the retention's sweep; ana_local_dedupe_flush
+ * (ana_local_db_commit calls it before COMMIT) has nothing left to write.
+ * One per local database, on the committer's thread. */
 struct ana_dedupe_pending;
 struct ana_dedupe_pending *ana_dedupe_pending_new(void);
 void ana_dedupe_pending_free(struct ana_dedupe_pending *p);
@@ -177,8 +192,10 @@ int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
 #define ANA_ACCOUNT_ID_SQL                                                                         \
   "(SELECT a.account_id FROM dedupe_accounts a WHERE a.id = events.account_id)"
 
-/* The SQL function ana_dedupe_build_lists() on conn, for the migration to
- * this layout: lists the keys of the previous one in dedupe_expiry. */
+/* The SQL functions ana_dedupe_build_lists() (lists the keys of the layout
+ * before the lists in dedupe_expiry) and ana_dedupe_days_from_lists() (gives
+ * each key of dedupe_keys_by_day the day of its list) on conn, for the
+ * migrations. */
 int ana_dedupe_register(sqlite3 *conn);
 
 /* Schema migrations, for tests of an upgrade: the (1-based) number of the

@@ -12,13 +12,17 @@
 #include <string.h>
 
 static const char sql_append[] =
-    "INSERT INTO events (key, seq, account_id, event_id, session_id, event_type,"
-    " event_name, ts, received_delta, body)"
-    " VALUES (?1, ?2, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    "INSERT INTO events (key, account_id, event_id, session_id, event_type,"
+    " event_name, ms, received_delta, body)"
+    " VALUES (?1, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 /* An account's number, for the rows (the claim of its deduplication keys
  * gives it one first, in the same transaction, when there are keys). */
 static const char sql_number_account[] =
     "INSERT OR IGNORE INTO dedupe_accounts (account_id) VALUES (?)";
+/* An event type's or name's number (event_strings). */
+static const char sql_string_add[] = "INSERT OR IGNORE INTO event_strings (name) VALUES (?)";
+static const char sql_string_get[] = "SELECT id FROM event_strings WHERE name = ?";
+
 static int spool_error(sqlite3 *w, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot store an event: %s",
                 sqlite3_errmsg(w));
@@ -31,8 +35,53 @@ static sqlite3_stmt *prepared(sqlite3 *w, sqlite3_stmt **st, const char *sql) {
   return *st;
 }
 
+static uint32_t string_hash(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++)
+    h = (h ^ (uint8_t)*s) * 16777619u;
+  return h;
+}
+
+/* The number of an event type or name in event_strings, added in the open
+ * transaction when it has none; the numbers found are kept in stmts until
+ * ana_spool_statements_forget (a rolled back transaction takes its new
+ * numbers with it). */
+static int string_number(sqlite3 *w, struct ana_spool_statements *stmts, const char *name,
+                         int64_t *out, struct ana_error *err) {
+  struct ana_spool_string *slot = &stmts->strings[string_hash(name) % ANA_SPOOL_STRINGS];
+  if (slot->name && strcmp(slot->name, name) == 0) {
+    *out = slot->id;
+    return 0;
+  }
+  sqlite3_stmt *add = prepared(w, &stmts->string_add, sql_string_add);
+  sqlite3_stmt *get = add ? prepared(w, &stmts->string_get, sql_string_get) : NULL;
+  if (!get) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  sqlite3_bind_text(add, 1, name, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(add);
+  sqlite3_reset(add);
+  if (rc != SQLITE_DONE)
+    return spool_error(w, err);
+  sqlite3_bind_text(get, 1, name, -1, SQLITE_STATIC);
+  rc = sqlite3_step(get);
+  if (rc == SQLITE_ROW)
+    *out = sqlite3_column_int64(get, 0);
+  sqlite3_reset(get);
+  if (rc != SQLITE_ROW)
+    return spool_error(w, err);
+  char *copy = ana_strdup(name);
+  if (copy) { /* else not kept: looked up again next time */
+    ana_free(slot->name);
+    slot->name = copy;
+    slot->id = *out;
+  }
+  return 0;
+}
+
 /* Each event goes to its day's range of the table (see local_db_sql.h),
- * under the sequence number the commit gave it. */
+ * under the sequence number the commit gave it (the key's low bits). */
 int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
                            struct ana_event_codec *codec, const struct ana_event_record *records,
                            size_t n, struct ana_error *err) {
@@ -59,16 +108,22 @@ int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
         return spool_error(w, err);
       account = r->account_id;
     }
+    int64_t type = 0, name = 0;
+    int src = string_number(w, stmts, r->event_type ? r->event_type : "", &type, err);
+    if (src == 0)
+      src = string_number(w, stmts, r->event_name ? r->event_name : "", &name, err);
+    if (src < 0)
+      return src;
     uint64_t seq = r->seq;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
     sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
     ana_event_id_bind(st, 4, r->event_id, -1);
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, r->event_type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, r->event_name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 8, r->timestamp_ms);
+    sqlite3_bind_int64(st, 6, type);
+    sqlite3_bind_int64(st, 7, name);
+    /* ts is generated from the key's day and this */
+    sqlite3_bind_int64(st, 8, r->timestamp_ms - ana_event_day(r->timestamp_ms) * ANA_EVENT_DAY_MS);
     sqlite3_bind_int64(st, 9, r->received_at_ms - r->timestamp_ms);
     const struct ana_event_body_parts parts = {
         .text = r->search_text,
@@ -96,10 +151,20 @@ int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
   return 0;
 }
 
+void ana_spool_statements_forget(struct ana_spool_statements *stmts) {
+  for (int i = 0; i < ANA_SPOOL_STRINGS; i++) {
+    ana_free(stmts->strings[i].name);
+    stmts->strings[i].name = NULL;
+  }
+}
+
 void ana_spool_statements_finalize(struct ana_spool_statements *stmts) {
   sqlite3_finalize(stmts->append);
   sqlite3_finalize(stmts->number);
-  stmts->append = stmts->number = NULL;
+  sqlite3_finalize(stmts->string_add);
+  sqlite3_finalize(stmts->string_get);
+  stmts->append = stmts->number = stmts->string_add = stmts->string_get = NULL;
+  ana_spool_statements_forget(stmts);
 }
 
 static void free_batch(struct ana_spooled_event *ev, size_t n) {
@@ -204,6 +269,16 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   return 0;
 }
 
+/* The spool's rows after ?1 in sequence order, at most ?2, with the free
+ * text the SQL `text` gives. */
+#define SPOOL_SELECT(text)                                                                         \
+  "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id, " ANA_EVENT_STRING_SQL(               \
+      "event_type") ", " ANA_EVENT_STRING_SQL("event_name") ", ts, ts + received_delta,"           \
+                                                            " ana_event_props(body), " text        \
+                                                            ", " ANA_EVENT_PAYLOAD_SQL             \
+                                                            " FROM events WHERE seq > ?1"          \
+                                                            " ORDER BY seq LIMIT ?2"
+
 /* One read snapshot of the events table, then of the staged events that
  * follow it (staging.c): in it each committed event is in one of them. */
 static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
@@ -217,17 +292,8 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     rc = ANA_ERR_IO;
     goto out;
   }
-  if (sqlite3_prepare_v2(
-          r,
-          text ? "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
-                 " event_type, event_name, ts, ts + received_delta,"
-                 " ana_event_props(body), ana_event_text(body), " ANA_EVENT_PAYLOAD_SQL
-                 " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-               : "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id,"
-                 " event_type, event_name, ts, ts + received_delta,"
-                 " ana_event_props(body), '', " ANA_EVENT_PAYLOAD_SQL
-                 " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-          -1, &st, NULL) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(r, text ? SPOOL_SELECT("ana_event_text(body)") : SPOOL_SELECT("''"), -1,
+                         &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));
     rc = ANA_ERR_INTERNAL;
     goto out;

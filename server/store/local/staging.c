@@ -597,6 +597,8 @@ out:
   sqlite3_finalize(st);
   if (rc <= 0 && !sqlite3_get_autocommit(s->conn))
     sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+  if (rc < 0)
+    ana_spool_statements_forget(&s->insert);
   ana_local_db_gate_leave(s->db);
   for (size_t i = 0; i < n_rows; i++)
     ana_free(rows[i].z);

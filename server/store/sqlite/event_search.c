@@ -126,9 +126,9 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
     APPEND(" events WHERE");
   APPEND(" account_id = " ANA_ACCOUNT_NUMBER_SQL(1) " AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
-    APPEND(" AND event_type = ?4");
+    APPEND(" AND event_type = " ANA_EVENT_STRING_ID_SQL(4));
   if (q->event_name && q->event_name[0])
-    APPEND(" AND event_name = ?5");
+    APPEND(" AND event_name = " ANA_EVENT_STRING_ID_SQL(5));
   if (q->session_id && q->session_id[0])
     APPEND(" AND session_id = ?6");
   if (q->after_cursor)

@@ -88,6 +88,11 @@ static struct ana_scanned_event scanned_row(sqlite3_stmt *st,
   };
 }
 
+/* The scans' SELECT (see scanned_row). */
+#define SCAN_SELECT                                                                                \
+  "SELECT ts, event_id, " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(            \
+      "event_name") ", session_id, ana_event_props(body), seq FROM events"
+
 static bool name_wanted(const char *name, const char *const *names, size_t n_names) {
   if (!n_names)
     return true;
@@ -124,14 +129,14 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   char sql[1024];
   size_t len = (size_t)snprintf(
       sql, sizeof sql,
-      "SELECT ts, event_id, event_type, event_name, session_id,"
-      " ana_event_props(body), seq FROM events WHERE account_id = " ANA_ACCOUNT_NUMBER_SQL(
-          1) " AND ts >= ?2 AND ts < ?3");
+      SCAN_SELECT " WHERE account_id = " ANA_ACCOUNT_NUMBER_SQL(1) " AND ts >= ?2 AND ts < ?3");
   bool in_sql = n_names > 0 && n_names <= SCAN_NAMES_IN_SQL;
   for (size_t i = 0; in_sql && i < n_names; i++)
-    len += (size_t)snprintf(sql + len, sizeof sql - len, "%s?%zu",
-                            i ? ", " : " AND event_name IN (", 4 + i);
-  snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts", in_sql ? ")" : "");
+    len += (size_t)snprintf(
+        sql + len, sizeof sql - len, "%s?%zu",
+        i ? ", " : " AND event_name IN (SELECT id FROM event_strings WHERE name IN (", 4 + i);
+  /* Ties at one timestamp in event id order, as when the index held it. */
+  snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts, event_id", in_sql ? "))" : "");
   /* Every event committed so far is in events first (staging.c). */
   int rc = ana_local_staging_wait(s->db, UINT64_MAX, err);
   if (rc < 0)
@@ -212,10 +217,8 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
    * order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up to the last
    * one stored when it began. "+account_id" keeps SQLite from walking the
    * account's slot index instead. */
-  const char *sql =
-      "SELECT ts, event_id, event_type, event_name, session_id, ana_event_props(body), seq"
-      " FROM events WHERE seq > ?1 AND seq <= ?2 AND +account_id = " ANA_ACCOUNT_NUMBER_SQL(
-          3) " ORDER BY seq";
+  const char *sql = SCAN_SELECT " WHERE seq > ?1 AND seq <= ?2"
+                                " AND +account_id = " ANA_ACCOUNT_NUMBER_SQL(3) " ORDER BY seq";
   uint64_t last = 0;
   int rc = ana_local_spool_last_seq(s->db, &last, err);
   if (rc < 0)

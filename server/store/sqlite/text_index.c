@@ -743,10 +743,12 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
     indexed = 0;
   }
   ti->indexed_seq = (uint64_t)indexed;
-  if (sqlite3_prepare_v3(ti->conn,
-                         "SELECT seq, ana_event_text(body), event_name, ts FROM ev.events"
-                         " WHERE seq > ? ORDER BY seq LIMIT ?",
-                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v3(
+          ti->conn,
+          "SELECT seq, ana_event_text(body),"
+          " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
+          " WHERE seq > ? ORDER BY seq LIMIT ?",
+          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
@@ -754,10 +756,12 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
                          " min_ts = min(coalesce(min_ts, ?2), coalesce(?2, min_ts)),"
                          " max_ts = max(coalesce(max_ts, ?3), coalesce(?3, max_ts))",
                          -1, SQLITE_PREPARE_PERSISTENT, &ti->set_progress, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v3(ti->conn,
-                         "SELECT ana_event_text(body), event_name, ts FROM ev.events"
-                         " WHERE seq = ?",
-                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v3(
+          ti->conn,
+          "SELECT ana_event_text(body),"
+          " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
+          " WHERE seq = ?",
+          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
                          "SELECT 1 FROM events_fts WHERE rowid = ?1 AND events_fts MATCH ?2", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->exists, NULL) != SQLITE_OK ||

@@ -31,12 +31,16 @@ CONFIG = """<yandex>
  <users_config>{dir}/users.xml</users_config>
  <default_profile>default</default_profile><default_database>default</default_database>
  <mark_cache_size>5368709</mark_cache_size>
- <max_concurrent_queries>50</max_concurrent_queries>
+ <max_concurrent_queries>50</max_concurrent_queries>{query_log}
 </yandex>
 """
 
+QUERY_LOG = """
+ <query_log><database>system</database><table>query_log</table>
+  <flush_interval_milliseconds>500</flush_interval_milliseconds></query_log>"""
+
 USERS = """<yandex>
- <profiles><default></default></profiles>
+ <profiles><default>{log_queries}</default></profiles>
  <users>
   <default><password></password><networks><ip>127.0.0.1</ip></networks>
    <profile>default</profile><quota>default</quota></default>
@@ -57,16 +61,19 @@ class ClickHouse:
 
     PASSWORD = "s3cret pass"
 
-    def __init__(self):
+    def __init__(self, query_log=False):
+        """query_log: every query logged in system.query_log (for benchmarks)."""
         self.dir = tempfile.mkdtemp(prefix="ana-ch-")
         self.http_port = harness.free_port()
         self.tcp_port = harness.free_port()
         while self.tcp_port == self.http_port:
             self.tcp_port = harness.free_port()
         with open(os.path.join(self.dir, "config.xml"), "w") as f:
-            f.write(CONFIG.format(dir=self.dir, http=self.http_port, tcp=self.tcp_port))
+            f.write(CONFIG.format(dir=self.dir, http=self.http_port, tcp=self.tcp_port,
+                                  query_log=QUERY_LOG if query_log else ""))
         with open(os.path.join(self.dir, "users.xml"), "w") as f:
-            f.write(USERS.format(password=self.PASSWORD))
+            f.write(USERS.format(password=self.PASSWORD,
+                                 log_queries="<log_queries>1</log_queries>" if query_log else ""))
         self.proc = None
 
     @property
@@ -144,6 +151,7 @@ class FaultProxy:
         self.mode = "pass"
         self.hold_s = 3.0
         self.inserts = 0
+        self.encodings = []  # the Content-Encoding of each insert into events ("": none)
         self.late_done = threading.Event()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -195,6 +203,8 @@ class FaultProxy:
                 method, path, headers, body = req
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(path).query).get("query", [""])
                 insert = query[0].upper().startswith("INSERT")
+                if insert and query[0].upper().startswith("INSERT INTO EVENTS"):
+                    self.encodings.append(headers.get("content-encoding", ""))
                 mode = self.mode
                 if mode == "down":
                     return

@@ -211,7 +211,7 @@ class ClickHouseStoreTest(unittest.TestCase):
         self.assertTrue(all(abs(int(r[2]) - time.time() * 1000) < 60000 for r in rows))
         self.assertTrue(all(r[3].startswith("c") and r[4] == "2" and r[5] == "1" for r in rows))
         self.assertEqual(self.ch.rows("SELECT max(version) FROM %s.schema_migrations" % self.db),
-                         [["4"]])
+                         [["5"]])
         # The shipped table: every sequence up to 3 is in, from the lowest timestamp on.
         deadline = time.time() + 10
         while time.time() < deadline and self.ch.rows(
@@ -223,6 +223,52 @@ class ClickHouseStoreTest(unittest.TestCase):
                          [[rows[0][1], "3", "1"]])
         props = self.ch.rows("SELECT properties FROM %s.events ORDER BY seq" % self.db)
         self.assertTrue(all(json.loads(r[0])["n"] == 2 for r in props), props)
+
+    def test_inserts_sent_without_gzip_when_configured(self):
+        # CLICKHOUSE_GZIP=false: the same rows, sent as they are (no Content-Encoding).
+        self.proxy = clickhouse.FaultProxy(self.ch)
+        s = self.server(url=self.proxy.url, CLICKHOUSE_GZIP="false")
+        acked = self.track(s, ["plain-%d" % i for i in range(300)])
+        self.wait_shipped(s)
+        self.assert_exactly_once(acked)
+        self.assertEqual(self.ch.rows("SELECT count(), countIf(prop_values[indexOf(prop_keys,"
+                                      " 'n')] = toString(length(event_id))) FROM %s.events"
+                                      % self.db), [["300", "300"]])
+        self.assertEqual(set(self.proxy.encodings), {""})
+        # ... and gzip by default
+        self.db += "_gz"
+        s = self.server(url=self.proxy.url)
+        self.proxy.encodings = []
+        acked = self.track(s, ["gz-%d" % i for i in range(10)])
+        self.wait_shipped(s)
+        self.assert_exactly_once(acked)
+        self.assertEqual(set(self.proxy.encodings), {"gzip"})
+
+    def test_shipped_table_stays_bounded_as_batches_go_on(self):
+        # A row per confirmed batch: older ones are merged (one per CLICKHOUSE_SHIPPED_MERGE),
+        # keeping the highest sequence and a lowest timestamp at or below every event's.
+        s = self.server(CLICKHOUSE_BATCH_INTERVAL="20ms", CLICKHOUSE_SHIPPED_MERGE="500ms")
+        acked = set()
+        began = time.time()
+        for i in range(40):
+            acked |= self.track(s, ["b-%d" % i])
+            time.sleep(0.03)
+        self.wait_shipped(s)
+        took = time.time() - began
+        self.assert_exactly_once(acked)
+        batches = self.metric(s, "ana_clickhouse_batches_total")
+        # about a row per 500 ms of batches (60 of them before coarser ones), and a few young
+        bound = min(int(took / 0.5) + 4, batches // 2)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            rows = self.ch.rows("SELECT count(), max(seq), min(min_ts) <= (SELECT min(ts) FROM"
+                                " %s.events), max(merged) FROM %s.shipped" % (self.db, self.db))
+            if int(rows[0][0]) <= bound:
+                break
+            time.sleep(0.1)
+        self.assertLessEqual(int(rows[0][0]), bound, (rows, batches, took))
+        self.assertEqual(rows[0][1:3], ["40", "1"])
+        self.assertGreater(int(rows[0][3]), 0)
 
     def test_retention_drops_day_partitions_past_retention_days(self):
         s = self.server(RETENTION_DAYS=2)

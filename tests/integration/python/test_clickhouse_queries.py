@@ -291,8 +291,9 @@ class PushedDownReadsTest(unittest.TestCase):
     def test_each_instance_reads_what_every_instance_shipped(self):
         # Two analyticsd on one ClickHouse database (each with its own spool): a search and a
         # metric on either see both instances' events.
+        # (The shipped table's rows are merged soon: marks fall inside merged rows.)
         env = {"CLICKHOUSE_HOST": self.ch.url, "CLICKHOUSE_DATABASE": "shared",
-               "CLICKHOUSE_BATCH_INTERVAL": "50ms"}
+               "CLICKHOUSE_BATCH_INTERVAL": "50ms", "CLICKHOUSE_SHIPPED_MERGE": "1s"}
         pair = [harness.Server(log_level="info", env=env) for _ in range(2)]
         try:
             for s in pair:
@@ -325,7 +326,8 @@ class PushedDownReadsTest(unittest.TestCase):
                 % (at * 1000 + 500, at * 1000 + 500, at, old.SerializeToString().hex()))
             # ... and its row of the shipped table, as the schema migration writes it for the
             # instances that shipped before the table was there.
-            self.ch.query("INSERT INTO shared.shipped VALUES ('old', 1, %d)" % (at * 1000 + 500))
+            self.ch.query("INSERT INTO shared.shipped (instance, seq, min_ts) VALUES ('old', 1, %d)"
+                          % (at * 1000 + 500))
             metrics = []
             for s in pair:
                 found = egrpc.EventServiceStub(s.channel()).SearchEvents(
@@ -424,9 +426,20 @@ class PushedDownReadsTest(unittest.TestCase):
             # what the other shipped meanwhile is read.
             pair[0].stop()
             track_more("x", [(1, pair[1])])
+            # ... merged meanwhile into fewer rows of the shipped table: pair[0]'s marks are
+            # now within or below rows that stand for several batches.
+            other = self.ch.rows("SELECT any(instance) FROM shared.events WHERE event_id LIKE"
+                                 " 'x%'")[0][0]
+            deadline = time.time() + 10
+            while time.time() < deadline and self.ch.rows(
+                    "SELECT max(merged) FROM shared.shipped WHERE instance = '%s'"
+                    % other) == [["0"]]:
+                time.sleep(0.1)
             pair[0].sigterm_at = None  # (a new process: stop sends it SIGTERM again)
             pair[0].start()
             rollups_equal_raw([pair[0], pair[0]], metrics[0::2])
+            self.assertNotEqual(self.ch.rows("SELECT max(merged) FROM shared.shipped WHERE"
+                                             " instance = '%s'" % other), [["0"]])
         finally:
             for s in pair:
                 s.stop()

@@ -109,7 +109,8 @@ class ReencryptDictTest(unittest.TestCase):
         # (A clean stop has every staged event moved into the events table.)
         self.assertEqual(self.server.stop(), 0)
         with self.db() as db:
-            plain = db.execute("SELECT count(*) FROM events WHERE event_name = ?",
+            plain = db.execute("SELECT count(*) FROM events WHERE event_name ="
+                               " (SELECT id FROM event_strings WHERE name = ?)",
                                (name + "_plain",)).fetchone()[0]
             self.assertGreater(db.execute(
                 "SELECT count(*) FROM events WHERE substr(body, 1, 1) = x'81'").fetchone()[0], 0)
