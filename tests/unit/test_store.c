@@ -657,6 +657,101 @@ static void free_text_search_says_when_the_index_lags(void **state) {
                    1);
 }
 
+/* A free-text search waits for the index to reach the last sequence
+ * committed, kept in memory from the start: the highest one stored, not the
+ * last one ever given. Retention took the newest event (an old timestamp
+ * committed last) and the index was lost: built again, it reaches only the
+ * highest event left, and a search must answer at once rather than wait
+ * for an event that is gone (SEARCH_INDEX_WAIT, here 300 ms, then
+ * UNAVAILABLE). */
+static void rebuilt_index_is_searched_after_retention_took_the_newest_event(void **state) {
+  (void)state;
+  struct ana_event_record r[2] = {
+      record("acct-1", "new", "sent", NOW, "{}", "recent"),
+      record("acct-1", "old", "sent", NOW - 100 * DAY, "{}", "ancient"),
+  };
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 2, &req), 0);
+  wait_done(1);
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "ancient"}).n,
+                   1);
+  ana_committer_destroy(committer);
+  committer = NULL;
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  uint64_t last = 0;
+  assert_int_equal(ana_local_spool_last_seq(db, &last, &err), 0);
+  assert_int_equal(last, 2); /* the last committed, though deleted since */
+  close_store();
+
+  remove_text_index();
+  open_store();
+  assert_int_equal(ana_local_spool_last_seq(db, &last, &err), 0);
+  assert_int_equal(last, 1);
+  roles.search_wait_ms = 300;
+  struct ana_event_query q = {.account_id = "acct-1",
+                              .text = "recent",
+                              .limit = 10,
+                              .from_ms = INT64_MIN,
+                              .to_ms = INT64_MAX};
+  struct hits h = {0};
+  ana_error_clear(&err);
+  int64_t t0 = ana_clock_mono_ms();
+  assert_int_equal(ana_store_search(&roles, &q, collect, &h, &err), 0);
+  assert_true(ana_clock_mono_ms() - t0 < 250);
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ids[0], "new");
+}
+
+/* Searches keep their statements prepared on each reader (a few dozen, the
+ * least recently used ones finalized): more shapes of query than that, one
+ * after the other on the same reader, each twice, all answer right. */
+static void searches_of_more_shapes_than_kept_statements_answer_right(void **state) {
+  (void)state;
+  enum { KEYS = 16 };
+  char props[KEYS * 16 + 4];
+  size_t len = 0;
+  props[len++] = '{';
+  for (int k = 0; k < KEYS; k++)
+    len += (size_t)snprintf(props + len, sizeof props - len, "%s\"p%d\":\"v\"", k ? "," : "", k);
+  snprintf(props + len, sizeof props - len, "}");
+  struct ana_event_record r[3] = {
+      record("acct-1", "a", "sent", NOW - 3, props, "shape words"),
+      record("acct-1", "b", "read", NOW - 2, props, "shape words"),
+      record("acct-1", "c", "sent", NOW - 1, "{}", "shape"),
+  };
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, 3, &req), 0);
+  wait_done(1);
+  const char *keys[KEYS], *values[KEYS];
+  char names[KEYS][8];
+  for (int k = 0; k < KEYS; k++) {
+    snprintf(names[k], sizeof names[k], "p%d", k);
+    keys[k] = names[k];
+    values[k] = "v";
+  }
+  for (int round = 0; round < 2; round++) {
+    for (int n = 0; n <= KEYS; n++) {
+      for (int shape = 0; shape < 4; shape++) {
+        struct ana_event_query q = {.account_id = "acct-1",
+                                    .property_keys = keys,
+                                    .property_values = values,
+                                    .n_properties = (size_t)n,
+                                    .text = shape & 1 ? "shape" : NULL,
+                                    .event_name = shape & 2 ? "sent" : NULL};
+        struct hits h = search(q);
+        int want = n ? 2 : 3;
+        if (shape & 2)
+          want--;
+        assert_int_equal(h.n, want);
+        assert_string_equal(h.ids[h.n - 1], "a");
+      }
+    }
+  }
+}
+
 /* Out-of-order events for the next test: ids o000..., over 40 days, a few
  * sharing a timestamp (the cursor's tie-break is the id). */
 #define OOO_N 300
@@ -2806,6 +2901,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(text_index_of_the_first_format_is_rebuilt_contentless, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(free_text_search_says_when_the_index_lags, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          rebuilt_index_is_searched_after_retention_took_the_newest_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(searches_of_more_shapes_than_kept_statements_answer_right,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(old_format_store_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(searches_and_scans_by_name_match_unfiltered_ones, setup,
                                       teardown),

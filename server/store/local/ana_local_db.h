@@ -127,8 +127,10 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
 int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, int max,
                                   ana_spool_row_fn fn, void *ctx, struct ana_error *err);
 
-/* The highest sequence number in the spool (0 when empty), once every
- * event committed before the call was moved (see ana_local_staging_wait). */
+/* The last sequence number committed (0 when none): at open the highest
+ * stored (staged or not), then each commit's last, kept in memory (no SQL)
+ * and set before the commit is acknowledged, so it covers every event
+ * acknowledged before the call. Retention may since have deleted it. */
 int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err);
 
 /* --- staging (staging.c) --- */

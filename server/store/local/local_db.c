@@ -22,12 +22,24 @@
 #define BUSY_TIMEOUT_MS 10000
 
 #define WRITER_STATEMENTS 16
+/* Statements kept prepared per reader (ana_local_db_reader_statement). */
+#define READER_STATEMENTS 24
 
 struct ana_local_db {
   char *path;
   sqlite3 *writer;
   sqlite3 *readers[READERS];
   bool reader_busy[READERS];
+  /* Each reader's statements kept prepared, found by their text: a search
+   * would otherwise parse and plan its few statements on every request
+   * (most of a short search's CPU). Used only by the reader's holder. */
+  struct reader_statement {
+    char *sql;
+    size_t len;
+    uint64_t hash, used; /* used: the reader's use count at the last use */
+    sqlite3_stmt *stmt;
+  } reader_statements[READERS][READER_STATEMENTS];
+  uint64_t reader_uses[READERS];
   pthread_mutex_t mu;
   pthread_cond_t reader_free;
   atomic_bool degraded;
@@ -1032,8 +1044,13 @@ void ana_local_db_close(struct ana_local_db *db) {
   pthread_mutex_destroy(&db->checkpoint_mu);
   pthread_cond_destroy(&db->checkpoint_cond);
   pthread_cond_destroy(&db->gate_cond);
-  for (int i = 0; i < READERS; i++)
+  for (int i = 0; i < READERS; i++) {
+    for (int k = 0; k < READER_STATEMENTS; k++) {
+      sqlite3_finalize(db->reader_statements[i][k].stmt);
+      ana_free(db->reader_statements[i][k].sql);
+    }
     sqlite3_close(db->readers[i]);
+  }
   sqlite3_close(db->writer);
   pthread_mutex_destroy(&db->mu);
   pthread_cond_destroy(&db->reader_free);
@@ -1245,11 +1262,67 @@ sqlite3 *ana_local_db_acquire_reader(struct ana_local_db *db) {
   }
 }
 
-void ana_local_db_release_reader(struct ana_local_db *db, sqlite3 *reader) {
-  pthread_mutex_lock(&db->mu);
+static int reader_index(const struct ana_local_db *db, const sqlite3 *reader) {
   for (int i = 0; i < READERS; i++)
     if (db->readers[i] == reader)
-      db->reader_busy[i] = false;
+      return i;
+  return -1;
+}
+
+static uint64_t sql_hash(const char *sql, size_t len) {
+  uint64_t h = UINT64_C(14695981039346656037); /* FNV-1a */
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ (unsigned char)sql[i]) * UINT64_C(1099511628211);
+  return h;
+}
+
+sqlite3_stmt *ana_local_db_reader_statement(struct ana_local_db *db, sqlite3 *reader,
+                                            const char *sql) {
+  int r = reader_index(db, reader);
+  if (r < 0)
+    return NULL;
+  size_t len = strlen(sql);
+  uint64_t hash = sql_hash(sql, len);
+  struct reader_statement *cache = db->reader_statements[r], *slot = &cache[0];
+  uint64_t use = ++db->reader_uses[r];
+  for (int k = 0; k < READER_STATEMENTS; k++) {
+    struct reader_statement *e = &cache[k];
+    if (e->stmt && e->hash == hash && e->len == len && memcmp(e->sql, sql, len) == 0) {
+      e->used = use;
+      sqlite3_reset(e->stmt);
+      sqlite3_clear_bindings(e->stmt);
+      return e->stmt;
+    }
+    if (!e->stmt || (slot->stmt && e->used < slot->used))
+      slot = e; /* an empty slot, else the least recently used */
+  }
+  sqlite3_stmt *st = NULL;
+  char *copy = ana_malloc(len + 1);
+  if (!copy)
+    return NULL;
+  memcpy(copy, sql, len + 1);
+  if (sqlite3_prepare_v3(reader, sql, (int)len + 1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+          SQLITE_OK ||
+      !st) {
+    sqlite3_finalize(st);
+    ana_free(copy);
+    return NULL;
+  }
+  sqlite3_finalize(slot->stmt);
+  ana_free(slot->sql);
+  *slot = (struct reader_statement){copy, len, hash, use, st};
+  return st;
+}
+
+void ana_local_db_release_reader(struct ana_local_db *db, sqlite3 *reader) {
+  /* A kept statement left stepping would hold its snapshot. */
+  int r = reader_index(db, reader);
+  for (int k = 0; r >= 0 && k < READER_STATEMENTS; k++)
+    if (db->reader_statements[r][k].stmt && sqlite3_stmt_busy(db->reader_statements[r][k].stmt))
+      sqlite3_reset(db->reader_statements[r][k].stmt);
+  pthread_mutex_lock(&db->mu);
+  if (r >= 0)
+    db->reader_busy[r] = false;
   pthread_cond_signal(&db->reader_free);
   pthread_mutex_unlock(&db->mu);
 }

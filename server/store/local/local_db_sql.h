@@ -224,6 +224,13 @@ sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char 
  * ana_local_db_release_reader). Blocks while all readers are busy. */
 sqlite3 *ana_local_db_acquire_reader(struct ana_local_db *db);
 void ana_local_db_release_reader(struct ana_local_db *db, sqlite3 *reader);
+/* A statement of sql on reader (acquired), kept prepared on it for its
+ * next holders: found by sql's text, the READER_STATEMENTS last used per
+ * reader. Reset, bindings cleared. Not to be finalized; reset it before
+ * the reader is released (the release resets one left stepping). NULL when
+ * it cannot be prepared (sqlite3_errmsg of the reader says why). */
+sqlite3_stmt *ana_local_db_reader_statement(struct ana_local_db *db, sqlite3 *reader,
+                                            const char *sql);
 
 /* The SQLite connection of a module's connection (for the store's typed
  * tables that share its transactions). */

@@ -349,26 +349,3 @@ int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, i
                                   ana_spool_row_fn fn, void *ctx, struct ana_error *err) {
   return spool_each(db, after_seq, max, fn, ctx, false, err);
 }
-
-int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
-  sqlite3 *r = ana_local_db_acquire_reader(db);
-  sqlite3_stmt *st = NULL;
-  int rc = 0;
-  *out = 0;
-  /* The staged events (staging.c) follow those in events. */
-  if (sqlite3_prepare_v2(r,
-                         "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),"
-                         " COALESCE((SELECT MAX(last_seq) FROM events_staged), 0))",
-                         -1, &st, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_INTERNAL;
-  } else if (sqlite3_step(st) == SQLITE_ROW) {
-    *out = (uint64_t)sqlite3_column_int64(st, 0);
-  } else {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
-  }
-  sqlite3_finalize(st);
-  ana_local_db_release_reader(db, r);
-  return rc;
-}

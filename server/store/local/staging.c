@@ -15,6 +15,7 @@
 #include "ana_prom.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -65,10 +66,14 @@ struct ana_staging {
   pthread_cond_t moved_cond;  /* moved_upto or staged_events changed */
   pthread_cond_t staged_cond; /* something was staged, hold or stop changed */
   uint64_t staged_upto;       /* last sequence of the committed staged rows */
-  uint64_t moved_upto;        /* every event up to it is in events */
-  long staged_events;         /* committed, not yet moved */
-  int64_t staged_since_ms;    /* when staged_events last went above 0 */
-  int waiters;                /* readers waiting for the mover */
+  /* The last sequence committed (at open: the highest stored), read
+   * without the lock by ana_local_spool_last_seq: set before the commit's
+   * acknowledgement, so a reader that asks after it sees that commit. */
+  _Atomic uint64_t committed_upto;
+  uint64_t moved_upto;     /* every event up to it is in events */
+  long staged_events;      /* committed, not yet moved */
+  int64_t staged_since_ms; /* when staged_events last went above 0 */
+  int waiters;             /* readers waiting for the mover */
   uint64_t moves, moved_events, move_failures, failures_at_stop;
   long max_events; /* STORE_STAGING_MAX_EVENTS */
   int wait_ms;     /* STORE_STAGING_WAIT */
@@ -276,6 +281,7 @@ void ana_staging_committed(struct ana_staging *s) {
   if (s->n > 0) {
     pthread_mutex_lock(&s->mu);
     s->staged_upto = s->next_seq - 1;
+    atomic_store(&s->committed_upto, s->staged_upto);
     if (s->staged_events == 0)
       s->staged_since_ms = ana_clock_mono_ms();
     s->staged_events += (long)s->n;
@@ -388,6 +394,12 @@ int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, con
   ana_free(raw);
   ana_free(arena);
   return rc != 0 ? rc : n;
+}
+
+int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_error *err) {
+  (void)err;
+  *out = atomic_load(&ana_local_db_staging(db)->committed_upto);
+  return 0;
 }
 
 int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct ana_error *err) {
@@ -733,7 +745,23 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
     }
     s->staged_upto = s->moved_upto = (uint64_t)sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
+    st = NULL;
   }
+  /* The highest sequence stored, staged or not: not event_seq's, which
+   * retention may have left above every stored event (a search index built
+   * again never reaches it, and searches wait for the index to reach it). */
+  if (sqlite3_prepare_v2(s->conn, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
+          SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW) {
+    mover_fail(s, "cannot read the last sequence", err);
+    sqlite3_finalize(st);
+    goto fail;
+  }
+  uint64_t stored = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  if (s->staged_events > 0 && s->staged_upto > stored)
+    stored = s->staged_upto;
+  atomic_init(&s->committed_upto, stored);
   if (pthread_create(&s->thread, NULL, mover_thread, s) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the staging mover");
     goto fail;

@@ -23,21 +23,37 @@ static void blob32(sqlite3_stmt *st, int col, uint8_t out[ANA_AUDIT_HASH_LEN]) {
     memcpy(out, b, n < ANA_AUDIT_HASH_LEN ? (size_t)n : ANA_AUDIT_HASH_LEN);
 }
 
-/* One row (seq, hash) from sql into out; found = whether there was one. */
-static int read_pair(struct sqlite_locked_conn *s, const char *sql, struct ana_audit_anchor *out,
-                     bool *found, struct ana_error *err) {
+/* Kept prepared (sqlite_locked_kept): every append reads the head. */
+static const char sql_head[] = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+static const char sql_anchor[] = "SELECT seq, hash FROM audit_anchor WHERE id = 1";
+static const char sql_insert[] =
+    "INSERT INTO audit_log (seq, at, kind, account_id, subject, key_id, method, target_id, code, "
+    "peer, request_id, prev_hash, hash) VALUES "
+    "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/* One row (seq, hash) of st into out (st reset after); found = whether
+ * there was one. */
+static int read_row(struct sqlite_locked_conn *s, sqlite3_stmt *st, struct ana_audit_anchor *out,
+                    bool *found, struct ana_error *err) {
   *found = false;
-  sqlite3_stmt *st = ana_sql_prepare(s->conn, sql, WHAT, err);
-  if (!st)
-    return ANA_ERR_IO;
   int step = sqlite3_step(st);
   if (step == SQLITE_ROW) {
     out->seq = (uint64_t)sqlite3_column_int64(st, 0);
     blob32(st, 1, out->hash);
     *found = true;
   }
-  sqlite3_finalize(st);
-  return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : ana_sql_fail(s->conn, WHAT, err);
+  int rc = step == SQLITE_ROW || step == SQLITE_DONE ? 0 : ana_sql_fail(s->conn, WHAT, err);
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* One row (seq, hash) of a kept statement (sql_head, sql_anchor); s
+ * locked. */
+static int read_pair(struct sqlite_locked_conn *s, const char *sql, struct ana_audit_anchor *out,
+                     bool *found, struct ana_error *err) {
+  *found = false;
+  sqlite3_stmt *st = sqlite_locked_kept(s, sql, WHAT, err);
+  return st ? read_row(s, st, out, found, err) : ANA_ERR_IO;
 }
 
 static int audit_anchor(void *p, struct ana_audit_anchor *out, struct ana_error *err) {
@@ -45,7 +61,7 @@ static int audit_anchor(void *p, struct ana_audit_anchor *out, struct ana_error 
   bool found;
   memset(out, 0, sizeof *out);
   pthread_mutex_lock(&s->mu);
-  int rc = read_pair(s, "SELECT seq, hash FROM audit_anchor WHERE id = 1", out, &found, err);
+  int rc = read_pair(s, sql_anchor, out, &found, err);
   pthread_mutex_unlock(&s->mu);
   return rc;
 }
@@ -54,8 +70,7 @@ static int audit_head(void *p, struct ana_audit_anchor *out, struct ana_error *e
   struct sqlite_locked_conn *s = p;
   bool found;
   pthread_mutex_lock(&s->mu);
-  int rc =
-      read_pair(s, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", out, &found, err);
+  int rc = read_pair(s, sql_head, out, &found, err);
   pthread_mutex_unlock(&s->mu);
   if (rc == 0 && !found)
     rc = audit_anchor(p, out, err);
@@ -72,10 +87,8 @@ static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct an
    * process appending (analyticsd keys) is serialised by SQLite's lock. */
   struct ana_audit_anchor head;
   bool found;
-  if ((rc = read_pair(s, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &head, &found,
-                      err)) < 0 ||
-      (!found && (rc = read_pair(s, "SELECT seq, hash FROM audit_anchor WHERE id = 1", &head,
-                                 &found, err)) < 0))
+  if ((rc = read_pair(s, sql_head, &head, &found, err)) < 0 ||
+      (!found && (rc = read_pair(s, sql_anchor, &head, &found, err)) < 0))
     goto out;
   if (!found)
     memset(&head, 0, sizeof head);
@@ -89,11 +102,7 @@ static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct an
     head.seq = r[i].seq;
     memcpy(head.hash, r[i].hash, ANA_AUDIT_HASH_LEN);
   }
-  if (!(st = ana_sql_prepare(s->conn,
-                             "INSERT INTO audit_log (seq, at, kind, account_id, subject, key_id, "
-                             "method, target_id, code, peer, request_id, prev_hash, hash) VALUES "
-                             "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                             WHAT, err))) {
+  if (!(st = sqlite_locked_kept(s, sql_insert, WHAT, err))) {
     rc = ANA_ERR_IO;
     goto out;
   }
@@ -116,7 +125,9 @@ static int audit_append(void *p, struct ana_audit_record *r, size_t n, struct an
     }
   }
 out:
-  return sqlite_locked_end(s, st, rc, WHAT, err);
+  if (st)
+    sqlite3_reset(st); /* kept: reset, not finalized */
+  return sqlite_locked_end(s, NULL, rc, WHAT, err);
 }
 
 static int audit_retain(void *p, int64_t before_ms, int64_t *deleted, struct ana_error *err) {
@@ -134,7 +145,10 @@ static int audit_retain(void *p, int64_t before_ms, int64_t *deleted, struct ana
   snprintf(sql, sizeof sql,
            "SELECT seq, hash FROM audit_log WHERE at < %lld ORDER BY seq DESC LIMIT 1",
            (long long)before_ms);
-  if ((rc = read_pair(s, sql, &last, &found, err)) < 0)
+  sqlite3_stmt *q = ana_sql_prepare(s->conn, sql, WHAT, err);
+  rc = q ? read_row(s, q, &last, &found, err) : ANA_ERR_IO;
+  sqlite3_finalize(q);
+  if (rc < 0)
     goto out;
   if (found) {
     if (!(st = ana_sql_prepare(s->conn, "UPDATE audit_anchor SET seq = ?1, hash = ?2 WHERE id = 1",

@@ -72,6 +72,16 @@ static bool substring_of_json(const char *v) {
   return true;
 }
 
+/* Runs sql (BEGIN, COMMIT) on reader r as a kept statement. */
+static int run_kept(struct ana_local_db *db, sqlite3 *r, const char *sql) {
+  sqlite3_stmt *st = ana_local_db_reader_statement(db, r, sql);
+  if (!st)
+    return SQLITE_ERROR;
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* Lets a reader see the index at text_path, as `text` (once per reader). */
 static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error *err) {
   if (sqlite3_db_filename(r, "text"))
@@ -201,8 +211,10 @@ static int add_token(void *ctx, int tflags, const char *tok, int n, int start, i
   return SQLITE_OK;
 }
 
-/* One free-text search in progress. */
+/* One free-text search in progress. Its statements are the reader's, kept
+ * prepared (ana_local_db_reader_statement): reset, never finalized. */
 struct text_search {
+  struct ana_local_db *db;
   sqlite3 *r;
   const struct ana_event_query *q;
   ana_event_hit_fn hit;
@@ -222,12 +234,13 @@ struct text_search {
 /* The index's tokenizer, from the reader's FTS5. */
 static int open_tokenizer(struct text_search *s) {
   fts5_api *api = NULL;
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(s->r, "SELECT fts5(?1)", -1, &st, NULL) == SQLITE_OK) {
+  sqlite3_stmt *st = ana_local_db_reader_statement(s->db, s->r, "SELECT fts5(?1)");
+  if (st) {
     sqlite3_bind_pointer(st, 1, (void *)&api, "fts5_api_ptr", NULL);
     sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
   }
-  sqlite3_finalize(st);
   void *user = NULL;
   if (!api || api->xFindTokenizer(api, "unicode61", &user, &s->tokenizer) != SQLITE_OK ||
       s->tokenizer.xCreate(user, NULL, 0, &s->tok) != SQLITE_OK) {
@@ -515,8 +528,9 @@ static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, in
 /* Two timestamps between which every indexed event lies; false when none
  * is indexed. */
 static int indexed_span(struct text_search *s, int64_t *min_ts, int64_t *max_ts) {
-  sqlite3_stmt *st = NULL;
-  int rc = sqlite3_prepare_v2(s->r, "SELECT min_ts, max_ts FROM text.progress", -1, &st, NULL);
+  sqlite3_stmt *st =
+      ana_local_db_reader_statement(s->db, s->r, "SELECT min_ts, max_ts FROM text.progress");
+  int rc = st ? SQLITE_OK : SQLITE_ERROR;
   int found = 0;
   if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW &&
       sqlite3_column_type(st, 0) != SQLITE_NULL && sqlite3_column_type(st, 1) != SQLITE_NULL) {
@@ -524,7 +538,8 @@ static int indexed_span(struct text_search *s, int64_t *min_ts, int64_t *max_ts)
     *max_ts = sqlite3_column_int64(st, 1);
     found = 1;
   }
-  sqlite3_finalize(st);
+  if (st)
+    sqlite3_reset(st);
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
     return search_failed(s->r, s->err);
   return found;
@@ -543,13 +558,12 @@ static int text_search(struct text_search *s, char *const *paths) {
   char sql[4096], one[4096];
   rows_sql(q, INDEX_MATCHES, s->n_phrases > 0, sql, sizeof sql);
   rows_sql(q, ONE_EVENT, s->n_phrases > 0, one, sizeof one);
-  if (sqlite3_prepare_v2(s->r, sql, -1, &s->rows, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(s->r, one, -1, &s->one, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE seq = ?", -1,
-                         &s->payload, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(s->r,
-                         "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2", -1,
-                         &s->probe, NULL) != SQLITE_OK)
+  if (!(s->rows = ana_local_db_reader_statement(s->db, s->r, sql)) ||
+      !(s->one = ana_local_db_reader_statement(s->db, s->r, one)) ||
+      !(s->payload = ana_local_db_reader_statement(
+            s->db, s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE seq = ?")) ||
+      !(s->probe = ana_local_db_reader_statement(
+            s->db, s->r, "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2")))
     return prepare_error(s->r, s->err);
   bind_filters(s->rows, q, paths);
   bind_filters(s->one, q, paths);
@@ -589,18 +603,19 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
 
   sqlite3 *r = ana_local_db_acquire_reader(db);
   if (text) {
-    struct text_search s = {.r = r, .q = q, .hit = hit, .ctx = ctx, .err = err};
+    struct text_search s = {.db = db, .r = r, .q = q, .hit = hit, .ctx = ctx, .err = err};
     /* One snapshot of the events and the index for every bucket. */
     rc = attach_text_index(r, text_path, err);
-    if (rc == 0 && sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+    if (rc == 0 && run_kept(db, r, "BEGIN") != SQLITE_OK)
       rc = search_failed(r, err);
     if (rc == 0) {
       rc = text_search(&s, paths);
-      sqlite3_finalize(s.rows);
-      sqlite3_finalize(s.one);
-      sqlite3_finalize(s.payload);
-      sqlite3_finalize(s.probe);
-      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+      sqlite3_stmt *used[] = {s.rows, s.one, s.payload, s.probe};
+      for (size_t i = 0; i < sizeof used / sizeof *used; i++)
+        if (used[i])
+          sqlite3_reset(used[i]);
+      if (run_kept(db, r, "COMMIT") != SQLITE_OK && !sqlite3_get_autocommit(r))
+        sqlite3_exec(r, "ROLLBACK", NULL, NULL, NULL); /* a read: ends it all the same */
     }
     if (s.tok)
       s.tokenizer.xDelete(s.tok);
@@ -611,9 +626,9 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
     goto release;
   }
   char sql[4096];
-  sqlite3_stmt *st = NULL;
   rows_sql(q, ALL_EVENTS, false, sql, sizeof sql);
-  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+  sqlite3_stmt *st = ana_local_db_reader_statement(db, r, sql);
+  if (!st) {
     rc = prepare_error(r, err);
     goto release;
   }
@@ -628,7 +643,7 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   }
   if (step != SQLITE_ROW && step != SQLITE_DONE)
     rc = search_failed(r, err);
-  sqlite3_finalize(st);
+  sqlite3_reset(st);
 release:
   ana_local_db_release_reader(db, r);
 out:

@@ -7,6 +7,8 @@ void sqlite_locked_conn_close(void *handle) {
   struct sqlite_locked_conn *s = handle;
   if (!s)
     return;
+  for (int i = 0; i < SQLITE_LOCKED_KEPT; i++)
+    sqlite3_finalize(s->kept[i].stmt);
   sqlite3_close(s->conn);
   pthread_mutex_destroy(&s->mu);
   ana_free(s);
@@ -35,6 +37,47 @@ sqlite3_stmt *sqlite_locked_prepare(struct sqlite_locked_conn *s, const char *sq
     pthread_mutex_unlock(&s->mu);
   return st;
 }
+
+sqlite3_stmt *sqlite_locked_kept(struct sqlite_locked_conn *s, const char *sql, const char *what,
+                                 struct ana_error *err) {
+  int i = 0;
+  for (; i < SQLITE_LOCKED_KEPT && s->kept[i].sql; i++) {
+    if (s->kept[i].sql == sql) {
+      sqlite3_reset(s->kept[i].stmt);
+      sqlite3_clear_bindings(s->kept[i].stmt);
+      return s->kept[i].stmt;
+    }
+  }
+  if (i == SQLITE_LOCKED_KEPT) {
+    /* More statements than slots is a programming error the tests catch. */
+    ana_error_set(err, ANA_STATUS_INTERNAL, "%s: no slot left for a kept statement", what);
+    return NULL;
+  }
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v3(s->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK ||
+      !st) {
+    sqlite3_finalize(st);
+    ana_sql_fail(s->conn, what, err);
+    return NULL;
+  }
+  s->kept[i].sql = sql;
+  s->kept[i].stmt = st;
+  return st;
+}
+
+/* Steps a kept transaction statement once. */
+static int run_kept(struct sqlite_locked_conn *s, const char *sql, const char *what,
+                    struct ana_error *err) {
+  sqlite3_stmt *st = sqlite_locked_kept(s, sql, what, err);
+  if (!st)
+    return ANA_ERR_IO;
+  int step = sqlite3_step(st);
+  sqlite3_reset(st);
+  return step == SQLITE_DONE ? 0 : ana_sql_fail(s->conn, what, err);
+}
+
+static const char sql_begin[] = "BEGIN IMMEDIATE";
+static const char sql_commit[] = "COMMIT";
 
 sqlite3_stmt *sqlite_locked_select(struct sqlite_locked_conn *s, const char *sql,
                                    const char *const *args, int n_args, int limit, const char *what,
@@ -65,19 +108,19 @@ int sqlite_locked_rows_end(struct sqlite_locked_conn *s, sqlite3_stmt *st, int s
 
 int sqlite_locked_begin(struct sqlite_locked_conn *s, const char *what, struct ana_error *err) {
   pthread_mutex_lock(&s->mu);
-  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    int rc = ana_sql_fail(s->conn, what, err);
+  int rc = run_kept(s, sql_begin, what, err);
+  if (rc < 0)
     pthread_mutex_unlock(&s->mu);
-    return rc;
-  }
-  return 0;
+  return rc;
 }
 
 int sqlite_locked_end(struct sqlite_locked_conn *s, sqlite3_stmt *st, int rc, const char *what,
                       struct ana_error *err) {
-  if (rc == 0 && sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-    rc = ana_sql_fail(s->conn, what, err);
-  if (rc < 0)
+  if (st)
+    sqlite3_reset(st); /* a statement left stepping keeps COMMIT from ending the transaction */
+  if (rc == 0)
+    rc = run_kept(s, sql_commit, what, err);
+  if (rc < 0 && !sqlite3_get_autocommit(s->conn))
     sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
   sqlite_locked_finish(s, st);
   return rc;

@@ -12,9 +12,15 @@
 #include <pthread.h>
 #include <sqlite3.h>
 
+#define SQLITE_LOCKED_KEPT 8
+
 struct sqlite_locked_conn {
   sqlite3 *conn; /* guarded by mu */
   pthread_mutex_t mu;
+  struct {
+    const char *sql;
+    sqlite3_stmt *stmt;
+  } kept[SQLITE_LOCKED_KEPT]; /* sqlite_locked_kept's; guarded by mu */
 };
 
 /* Opens a connection (ana_local_db_connect) with its mutex. Returns the
@@ -30,6 +36,14 @@ void sqlite_locked_conn_close(void *handle);
  * released and err filled ("<what>: <SQLite's message>", UNAVAILABLE). */
 sqlite3_stmt *sqlite_locked_prepare(struct sqlite_locked_conn *s, const char *sql, const char *what,
                                     struct ana_error *err);
+
+/* A statement of sql kept prepared on s's connection until it closes,
+ * found by the address of sql (static storage), reset and its bindings
+ * cleared: for statements run often. Call with s locked; reset it after
+ * use, never finalize it. NULL with err filled when it cannot be prepared
+ * or all SQLITE_LOCKED_KEPT slots are taken. */
+sqlite3_stmt *sqlite_locked_kept(struct sqlite_locked_conn *s, const char *sql, const char *what,
+                                 struct ana_error *err);
 
 /* sqlite_locked_prepare, then args[0..n_args) bound as text to ?1.. (the
  * strings must outlive the statement) and, when limit > 0, limit to
