@@ -185,10 +185,16 @@ static void put_double(struct enc *e, double d) {
     put_str(e, d > 0 ? "\"Infinity\"" : "\"-Infinity\"");
     return;
   }
+  /* Negative zero keeps its sign in a reader: "-0" is read as the integer
+   * 0, "-0.0" as a real. */
+  if (d == 0 && signbit(d)) {
+    put_str(e, "-0.0");
+    return;
+  }
   char buf[40];
   /* Whole numbers below 10^15 (counts, mostly): their digits are what %.15g
    * prints, written without printf. */
-  if (d > -1e15 && d < 1e15 && d == (double)(int64_t)d && !(d == 0 && signbit(d))) {
+  if (d > -1e15 && d < 1e15 && d == (double)(int64_t)d) {
     int64_t v = (int64_t)d;
     uint64_t u = v < 0 ? (uint64_t)-v : (uint64_t)v;
     char *p = buf + sizeof buf;

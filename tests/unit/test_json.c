@@ -411,6 +411,11 @@ static void encode_value_kinds(void **state) {
   v.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
   v.number_value = 2.5;
   assert_string_equal(enc(&v, NULL), "2.5");
+  v.number_value = -0.0; /* "-0" would read back as the integer 0 */
+  assert_string_equal(enc(&v, NULL), "-0.0");
+  Google__Protobuf__Value *back = dec(&google__protobuf__value__descriptor, out, NULL);
+  assert_non_null(back);
+  assert_true(back->number_value == 0 && signbit(back->number_value));
   v.number_value = NAN; /* no JSON number: written as python-protobuf does */
   assert_string_equal(enc(&v, NULL), "\"NaN\"");
   v.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE;
