@@ -40,6 +40,35 @@ static void die(const char *what, const char *why) {
   exit(1);
 }
 
+static const char *const names[] = {"message_sent", "message_delivered", "message_read",
+                                    "link_clicked"};
+
+/* Each event's campaign, group and time, drawn once (draw_events): fill
+ * stores them, and format 1's build makes the same texts from them, also
+ * when --dir reuses a store filled by an earlier run. */
+static unsigned char *campaign_of, *group_of;
+static int64_t *ts_of;
+
+static void draw_events(void) {
+  campaign_of = malloc((size_t)n_events);
+  group_of = malloc((size_t)n_events);
+  ts_of = malloc((size_t)n_events * sizeof *ts_of);
+  if (!campaign_of || !group_of || !ts_of)
+    die("draw", "out of memory");
+  srand(1);
+  for (long i = 0; i < n_events; i++) {
+    campaign_of[i] = (unsigned char)(rand() % 50);
+    group_of[i] = (unsigned char)(rand() % 20);
+    ts_of[i] = now_ms - (int64_t)(((uint64_t)rand() << 16 ^ (uint64_t)rand()) % (30 * DAY_MS));
+  }
+}
+
+/* Event number done's free-text, as fill stores it and format 1 indexes it. */
+static void event_text(long done, char *buf, size_t len) {
+  snprintf(buf, len, "%s message c%d g%d text 150 t%ld u%ld", names[(done / 100) % 4],
+           campaign_of[done], group_of[done], done % 10, (done / 10) % 10);
+}
+
 /* Marketing events: four names, 50 campaigns x 20 groups, random
  * timestamps over 30 days (an import of history), and two words of ten
  * values each, t0..t9 and u0..u9, each value in 10% of the events. */
@@ -48,8 +77,6 @@ static void fill(const char *dir) {
   struct ana_local_db *db = ana_local_db_open(dir, &err);
   if (!db)
     die("open", err.message);
-  static const char *const names[] = {"message_sent", "message_delivered", "message_read",
-                                      "link_clicked"};
   enum { BATCH = 10000 };
   struct row {
     char id[32], text[128], props[96];
@@ -58,7 +85,6 @@ static void fill(const char *dir) {
   struct ana_event_record *recs = calloc(BATCH, sizeof *recs);
   uint8_t payload[200];
   memset(payload, 0x5a, sizeof payload);
-  srand(1);
   /* Random timestamps touch pages all over the events' indexes: the WAL
    * would grow by gigabytes between the store's own checkpoints. */
   for (long done = 0, batches = 0; done < n_events; batches++) {
@@ -69,13 +95,12 @@ static void fill(const char *dir) {
     int k = 0;
     for (; k < BATCH && done < n_events; k++, done++) {
       struct row *w = &rows[k];
-      int c = rand() % 50, g = rand() % 20;
+      int c = campaign_of[done], g = group_of[done];
       const char *name = names[(done / 100) % 4]; /* apart from the words */
       snprintf(w->id, sizeof w->id, "e%ld", done);
-      snprintf(w->text, sizeof w->text, "%s message c%d g%d text 150 t%ld u%ld", name, c, g,
-               done % 10, (done / 10) % 10);
+      event_text(done, w->text, sizeof w->text);
       snprintf(w->props, sizeof w->props, "{\"campaignId\":\"c%d\",\"groupId\":\"g%d\"}", c, g);
-      int64_t ts = now_ms - (int64_t)(((uint64_t)rand() << 16 ^ (uint64_t)rand()) % (30 * DAY_MS));
+      int64_t ts = ts_of[done];
       recs[k] = (struct ana_event_record){
           .account_id = "default",
           .event_id = w->id,
@@ -220,6 +245,7 @@ int main(int argc, char **argv) {
   if (system(cmd) != 0)
     die("mkdir", dir);
 
+  draw_events();
   double t0 = bench_now_s(), fill_s = 0;
   if (!reuse) {
     printf("filling %ld events...\n", n_events);
@@ -246,7 +272,7 @@ int main(int argc, char **argv) {
     die("index", err.message);
   double new_rate = (double)n_events / (bench_now_s() - t0);
   ops->close(index_handle);
-  double old_rate = search_format1_build(dir, n_events);
+  double old_rate = search_format1_build(dir, n_events, event_text);
   double new_bytes = file_bytes(dir, "analytics-text.db") / (double)n_events;
   double old_bytes = file_bytes(dir, "old-text.db") / (double)n_events;
   printf("index: format 2 %.1f B/event built at %.0f ev/s; format 1 %.1f B/event at %.0f ev/s\n",

@@ -16,34 +16,40 @@ static void die(const char *what, sqlite3 *c) {
   exit(1);
 }
 
-double search_format1_build(const char *dir, long n_events) {
-  char path[512], events[512];
+double search_format1_build(const char *dir, long n_events, search_format1_text_fn text_of) {
+  char path[512];
   snprintf(path, sizeof path, "%s/old-text.db", dir);
-  snprintf(events, sizeof events, "%s/analytics.db", dir);
   sqlite3 *c = NULL;
   if (sqlite3_open(path, &c) != SQLITE_OK)
     die("old index", c);
-  char *attach = sqlite3_mprintf("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                 "ATTACH %Q AS ev;"
-                                 "CREATE VIRTUAL TABLE events_fts USING fts5(search_text,"
-                                 " content='')",
-                                 events);
   double start = bench_now_s();
-  if (sqlite3_exec(c, attach, NULL, NULL, NULL) != SQLITE_OK)
+  if (sqlite3_exec(c,
+                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                   "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='')",
+                   NULL, NULL, NULL) != SQLITE_OK)
     die("old index", c);
-  sqlite3_free(attach);
+  sqlite3_stmt *ins = NULL;
+  if (sqlite3_prepare_v2(c, "INSERT INTO events_fts (rowid, search_text) VALUES (?1, ?2)", -1, &ins,
+                         NULL) != SQLITE_OK)
+    die("old index", c);
+  /* In batches of 1,000 in sequence order, as its thread indexed them (the
+   * commit sequence of event number i is i + 1: fill commits them in order). */
   for (long from = 0; from < n_events; from += 1000) {
-    char sql[512];
-    snprintf(sql, sizeof sql,
-             "BEGIN; INSERT INTO events_fts (rowid, search_text) SELECT seq,"
-             " event_name || ' message ' || json_extract(properties, '$.campaignId') || ' ' ||"
-             " json_extract(properties, '$.groupId') || ' text 150 t' || ((seq - 1) %% 10) ||"
-             " ' u' || ((seq - 1) / 10 %% 10)"
-             " FROM ev.events WHERE seq > %ld ORDER BY seq LIMIT 1000; COMMIT",
-             from);
-    if (sqlite3_exec(c, sql, NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(c, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+      die("old index", c);
+    for (long i = from; i < from + 1000 && i < n_events; i++) {
+      char text[160];
+      text_of(i, text, sizeof text);
+      sqlite3_bind_int64(ins, 1, i + 1);
+      sqlite3_bind_text(ins, 2, text, -1, SQLITE_TRANSIENT);
+      if (sqlite3_step(ins) != SQLITE_DONE)
+        die("old index", c);
+      sqlite3_reset(ins);
+    }
+    if (sqlite3_exec(c, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
       die("old index", c);
   }
+  sqlite3_finalize(ins);
   double rate = (double)n_events / (bench_now_s() - start);
   sqlite3_close(c);
   return rate;
@@ -82,9 +88,10 @@ void search_format1_search(const struct ana_event_query *q, ana_event_hit_fn hit
   snprintf(sql, sizeof sql,
            "SELECT body, ts, event_id, seq FROM"
            " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.seq = hit WHERE account_id = ?1"
+           " CROSS JOIN events ON events.seq = hit"
+           " WHERE account_id = (SELECT id FROM dedupe_accounts WHERE account_id = ?1)"
            " AND ts >= ?2 AND ts < ?3%s%s ORDER BY ts DESC, event_id DESC LIMIT ?10",
-           q->event_name ? " AND event_name = ?5" : "",
+           q->event_name ? " AND event_name = (SELECT id FROM event_strings WHERE name = ?5)" : "",
            q->after_cursor ? " AND (ts < ?7 OR (ts = ?7 AND event_id < ?8))" : "");
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(old_conn, sql, -1, &st, NULL) != SQLITE_OK)
