@@ -51,45 +51,57 @@ def batch(rnd, n):
     return events
 
 
-class EventRowBytesTest(AttackTestCase):
-    def table_bytes(self, name):
+class StoreBytesCase(AttackTestCase):
+    """A random-time REST import, its search pages and the store's dbstat."""
+
+    def import_batches(self, seed):
+        rnd = random.Random(seed)
+        sent = []
+        for _ in range(0, EVENTS, BATCH):
+            events = batch(rnd, BATCH)
+            sent.extend(events)
+            out = self.rest_json_ok("POST", "/api/events/batch",
+                                    json.dumps({"events": events}))
+            self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+        return sent
+
+    def search_all(self, query):
+        """Every event of GET /api/events/search?query, page by page."""
+        got, token = [], ""
+        while True:
+            q = dict(query)
+            if token:
+                q["pageToken"] = token
+            page = self.rest_json_ok("GET", "/api/events/search?" + urllib.parse.urlencode(q))
+            got.extend(page.get("events", []))
+            token = page.get("nextPageToken", "")
+            if not token:
+                return got
+
+    def query_db(self, sql, args=()):
         path = os.path.join(self.server.data_dir, "analytics.db")
         db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
         try:
-            return db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = ?",
-                              (name,)).fetchone()[0]
+            return db.execute(sql, args).fetchall()
         finally:
             db.close()
 
+
+class EventRowBytesTest(StoreBytesCase):
     def test_events_rows_kept_properties_and_uuid_ids_twice(self):
-        rnd = random.Random(21)
-        sent = []
         with self.rss_watch():
-            for _ in range(0, EVENTS, BATCH):
-                events = batch(rnd, BATCH)
-                sent.extend(events)
-                out = self.rest_json_ok("POST", "/api/events/batch",
-                                        json.dumps({"events": events}))
-                self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+            sent = self.import_batches(21)
             # Events read back as sent: by two properties, with their ids.
             want = sorted(e["eventId"] for e in sent
                           if e["properties"] == {"campaignId": "c7", "groupId": "g3"})
-            got, token = [], ""
-            while True:
-                q = {"properties[campaignId]": "c7", "properties[groupId]": "g3",
-                     "pageSize": 7}
-                if token:
-                    q["pageToken"] = token
-                page = self.rest_json_ok("GET",
-                                         "/api/events/search?" + urllib.parse.urlencode(q))
-                for e in page.get("events", []):
-                    self.assertEqual(e["properties"], {"campaignId": "c7", "groupId": "g3"})
-                    got.append(e["eventId"])
-                token = page.get("nextPageToken", "")
-                if not token:
-                    break
-        self.assertEqual(sorted(got), want)
-        per_event = self.table_bytes("events") / EVENTS
+            got = self.search_all({"properties[campaignId]": "c7",
+                                   "properties[groupId]": "g3", "pageSize": 7})
+            for e in got:
+                self.assertEqual(e["properties"], {"campaignId": "c7", "groupId": "g3"})
+        self.assertEqual(sorted(e["eventId"] for e in got), want)
+        events_bytes = self.query_db("SELECT SUM(pgsize) FROM dbstat WHERE name = ?",
+                                     ("events",))[0][0]
+        per_event = events_bytes / EVENTS
         self.assertLessEqual(per_event, MAX_EVENT_BYTES,
                              "an events row takes %.1f bytes" % per_event)
         self.assert_survived()
@@ -103,50 +115,25 @@ class EventRowBytesTest(AttackTestCase):
 MAX_STORE_BYTES = 190
 
 
-class EventStoreBytesTest(AttackTestCase):
+class EventStoreBytesTest(StoreBytesCase):
     """On a server of its own: the events rows, their indexes and the keys."""
 
-    def store_bytes(self):
-        path = os.path.join(self.server.data_dir, "analytics.db")
-        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
-        try:
-            return dict(db.execute(
-                "SELECT d.name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema s"
-                " ON s.name = d.name WHERE s.tbl_name IN ('events', 'event_strings',"
-                " 'dedupe_keys', 'dedupe_expiry', 'dedupe_accounts') GROUP BY d.name"))
-        finally:
-            db.close()
-
     def test_names_seq_and_ids_were_stored_in_every_row_entry_and_key_list(self):
-        rnd = random.Random(23)
-        sent = []
         with self.rss_watch():
-            for _ in range(0, EVENTS, BATCH):
-                events = batch(rnd, BATCH)
-                sent.extend(events)
-                out = self.rest_json_ok("POST", "/api/events/batch",
-                                        json.dumps({"events": events}))
-                self.assertEqual(out.get("accepted"), BATCH, str(out)[:300])
+            sent = self.import_batches(23)
             # Newest first by name, page by page: every event of the name once.
             want = [e for e in sent if e["eventName"] == "message_clicked"]
-            got, token = [], ""
-            while True:
-                q = {"eventName": "message_clicked", "pageSize": 500}
-                if token:
-                    q["pageToken"] = token
-                page = self.rest_json_ok("GET",
-                                         "/api/events/search?" + urllib.parse.urlencode(q))
-                for e in page.get("events", []):
-                    self.assertEqual(e["eventName"], "message_clicked")
-                    self.assertEqual(e["eventType"], "message")
-                    got.append(e)
-                token = page.get("nextPageToken", "")
-                if not token:
-                    break
+            got = self.search_all({"eventName": "message_clicked", "pageSize": 500})
+            for e in got:
+                self.assertEqual(e["eventName"], "message_clicked")
+                self.assertEqual(e["eventType"], "message")
         self.assertEqual(sorted(e["eventId"] for e in got), sorted(e["eventId"] for e in want))
         times = [e["timestamp"] for e in got]
         self.assertEqual(times, sorted(times, reverse=True))
-        parts = self.store_bytes()
+        parts = dict(self.query_db(
+            "SELECT d.name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema s"
+            " ON s.name = d.name WHERE s.tbl_name IN ('events', 'event_strings',"
+            " 'dedupe_keys', 'dedupe_expiry', 'dedupe_accounts') GROUP BY d.name"))
         per_event = sum(parts.values()) / EVENTS
         self.assertLessEqual(per_event, MAX_STORE_BYTES,
                              "events, indexes and keys take %.1f bytes per event (%s)" % (
