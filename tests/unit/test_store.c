@@ -1140,20 +1140,42 @@ static bool wait_done_for(int n, int ms) {
   return all;
 }
 
+/* Events d-0 .. d-<n - 1> and the strings their records point to. */
+struct bodies {
+  struct ana_event_record *r;
+  char (*ids)[16];
+  char (*texts)[64];
+};
+
+static struct bodies bodies_alloc(int n) {
+  struct bodies b = {calloc((size_t)n, sizeof *b.r), calloc((size_t)n, sizeof *b.ids),
+                     calloc((size_t)n, sizeof *b.texts)};
+  assert_non_null(b.r);
+  assert_non_null(b.ids);
+  assert_non_null(b.texts);
+  return b;
+}
+
+static void bodies_free(struct bodies *b) {
+  free(b->r);
+  free(b->ids);
+  free(b->texts);
+}
+
 /* Commits events d-<from> .. d-<to - 1> as one request; false when it was
  * not answered within 10 s. */
-static bool commit_bodies(struct ana_event_record *r, char (*ids)[16], char (*texts)[64], int from,
-                          int to) {
+static bool commit_bodies(struct bodies *b, int from, int to) {
   for (int i = from; i < to; i++) {
-    snprintf(ids[i], sizeof ids[i], "d-%d", i);
-    body_text(texts[i], sizeof texts[i], i);
-    r[i] = record("acct-1", ids[i], i % 3 ? "sent" : "read", NOW - (i % 7) * DAY, "{}", texts[i]);
+    snprintf(b->ids[i], sizeof b->ids[i], "d-%d", i);
+    body_text(b->texts[i], sizeof b->texts[i], i);
+    b->r[i] = record("acct-1", b->ids[i], i % 3 ? "sent" : "read", NOW - (i % 7) * DAY, "{}",
+                     b->texts[i]);
   }
   pthread_mutex_lock(&mu);
   int before = done_count;
   pthread_mutex_unlock(&mu);
   struct ana_commit_request req;
-  assert_int_equal(submit(r + from, (size_t)(to - from), &req), 0);
+  assert_int_equal(submit(b->r + from, (size_t)(to - from), &req), 0);
   if (!wait_done_for(before + 1, 10000))
     return false;
   /* The bodies are encoded when the mover moves them into events. */
@@ -1166,17 +1188,12 @@ static bool commit_bodies(struct ana_event_record *r, char (*ids)[16], char (*te
 static void body_frames_with_and_without_the_zstd_magic_read_back(void **state) {
   (void)state;
   enum { N = 1600 };
-  struct ana_event_record *r = calloc(N, sizeof *r);
-  char(*ids)[16] = calloc(N, sizeof *ids);
-  char(*texts)[64] = calloc(N, sizeof *texts);
-  assert_non_null(r);
-  assert_non_null(ids);
-  assert_non_null(texts);
+  struct bodies b = bodies_alloc(N);
   struct ana_event_codec *codec = ana_local_db_event_codec(db);
   sqlite3 *w = ana_local_db_writer(db);
-  assert_true(commit_bodies(r, ids, texts, 0, 1500));
+  assert_true(commit_bodies(&b, 0, 1500));
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
-  assert_true(commit_bodies(r, ids, texts, 1500, N));
+  assert_true(commit_bodies(&b, 1500, N));
   int packed = query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1");
   assert_true(packed > 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE substr(body, 2, 4) ="
@@ -1241,9 +1258,7 @@ static void body_frames_with_and_without_the_zstd_magic_read_back(void **state) 
   free(keys);
   free(bodies);
   free(lens);
-  free(r);
-  free(ids);
-  free(texts);
+  bodies_free(&b);
 }
 
 /* A dictionary retired (the re-encryption job's, for one trained while a
@@ -1254,27 +1269,22 @@ static void body_frames_with_and_without_the_zstd_magic_read_back(void **state) 
 static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **state) {
   (void)state;
   enum { N = 4000 };
-  struct ana_event_record *r = calloc(N, sizeof *r);
-  char(*ids)[16] = calloc(N, sizeof *ids);
-  char(*texts)[64] = calloc(N, sizeof *texts);
-  assert_non_null(r);
-  assert_non_null(ids);
-  assert_non_null(texts);
+  struct bodies b = bodies_alloc(N);
   struct ana_event_codec *codec = ana_local_db_event_codec(db);
   sqlite3 *w = ana_local_db_writer(db);
-  assert_true(commit_bodies(r, ids, texts, 0, 1500));
+  assert_true(commit_bodies(&b, 0, 1500));
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
-  assert_true(commit_bodies(r, ids, texts, 1500, 1600));
+  assert_true(commit_bodies(&b, 1500, 1600));
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
   assert_true(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1") > 0);
 
   ana_local_db_retire_dicts(db, 1);
-  assert_true(commit_bodies(r, ids, texts, 1600, 2700)); /* raw, and sampled */
+  assert_true(commit_bodies(&b, 1600, 2700)); /* raw, and sampled */
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1"
                                 "  AND CAST(substr(event_id, 3) AS INTEGER) >= 1600"),
                    0);
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
-  assert_true(commit_bodies(r, ids, texts, 2700, N));
+  assert_true(commit_bodies(&b, 2700, N));
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT max(id) FROM event_dicts"), 2);
   assert_true(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 2") > 0);
@@ -1295,9 +1305,7 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
   struct body_check c = {0};
   assert_int_equal(ana_local_spool_each(db, 0, N, check_body, &c, &err), N);
   assert_int_equal(c.bad, 0);
-  free(r);
-  free(ids);
-  free(texts);
+  bodies_free(&b);
 }
 
 /* Once the store has seen enough events it trains a zstd dictionary on
@@ -1310,23 +1318,18 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
 static void dictionary_training_does_not_hold_commits(void **state) {
   (void)state;
   enum { N = 7000 };
-  struct ana_event_record *r = calloc(N + 1, sizeof *r);
-  char(*ids)[16] = calloc(N + 1, sizeof *ids);
-  char(*texts)[64] = calloc(N + 1, sizeof *texts);
-  assert_non_null(r);
-  assert_non_null(ids);
-  assert_non_null(texts);
+  struct bodies b = bodies_alloc(N + 1);
   struct ana_event_codec *codec = ana_local_db_event_codec(db);
   ana_event_codec_hold_training(codec, true);
-  assert_true(commit_bodies(r, ids, texts, 0, 5000)); /* takes the samples */
+  assert_true(commit_bodies(&b, 0, 5000)); /* takes the samples */
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_TRAINING);
-  assert_true(commit_bodies(r, ids, texts, 5000, 6000)); /* while it trains */
+  assert_true(commit_bodies(&b, 5000, 6000)); /* while it trains */
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) != 0"), 0);
   ana_event_codec_hold_training(codec, false);
   assert_int_equal(ana_event_codec_training_state(codec, 20000), ANA_CODEC_TRAINED);
-  assert_true(commit_bodies(r, ids, texts, 6000, N));
+  assert_true(commit_bodies(&b, 6000, N));
   assert_int_equal(ana_event_codec_training_state(codec, 0), ANA_CODEC_IN_USE);
   assert_int_equal(query_int(w, "SELECT count(*) FROM event_dicts"), 1);
   int packed = query_int(w, "SELECT count(*) FROM events WHERE ana_event_dict(body) = 1");
@@ -1361,9 +1364,7 @@ static void dictionary_training_does_not_hold_commits(void **state) {
   c = (struct body_check){0};
   assert_int_equal(ana_local_spool_each(db, 0, N + 1, check_body, &c, &err), N + 1);
   assert_int_equal(c.bad, 0);
-  free(r);
-  free(ids);
-  free(texts);
+  bodies_free(&b);
 }
 
 /* Claims keys in a transaction of their own (as the committer does); the
