@@ -6,6 +6,7 @@
 #include "ana_clock.h"
 #include "ana_log.h"
 #include "ana_prom.h"
+#include "sql_stmt.h"
 #include "wal_write_vfs.h"
 
 #include <pthread.h>
@@ -103,10 +104,7 @@ struct ana_local_db {
   /* Statements every commit runs, prepared once on the writer: parsing
    * them again each time would sit inside the commit, on every request's
    * acknowledgement path. Keyed by the address of their (static) SQL. */
-  struct {
-    const char *sql;
-    sqlite3_stmt *stmt;
-  } writer_statements[WRITER_STATEMENTS];
+  struct ana_sql_kept writer_statements[WRITER_STATEMENTS];
   struct ana_event_codec *codec;     /* the event writer's (event_body.c) */
   struct ana_dedupe_pending *dedupe; /* its transaction's new keys (dedupe_keys.c) */
   struct ana_staging *staging;       /* its transaction's staged events, the mover */
@@ -1038,8 +1036,7 @@ void ana_local_db_close(struct ana_local_db *db) {
     set_journal_limit(db->writer, -1);
   if (db->checkpointer)
     set_journal_limit(db->checkpointer, -1);
-  for (int i = 0; i < WRITER_STATEMENTS; i++)
-    sqlite3_finalize(db->writer_statements[i].stmt);
+  ana_sql_kept_finalize(db->writer_statements, WRITER_STATEMENTS);
   sqlite3_close(db->checkpointer);
   pthread_mutex_destroy(&db->checkpoint_mu);
   pthread_cond_destroy(&db->checkpoint_cond);
@@ -1091,24 +1088,12 @@ int ana_local_db_schema_version(struct ana_local_db *db) {
 }
 
 sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
-  int i = 0;
-  for (; i < WRITER_STATEMENTS && db->writer_statements[i].sql; i++) {
-    if (db->writer_statements[i].sql == sql) {
-      sqlite3_reset(db->writer_statements[i].stmt);
-      sqlite3_clear_bindings(db->writer_statements[i].stmt);
-      return db->writer_statements[i].stmt;
-    }
-  }
-  if (i == WRITER_STATEMENTS) {
-    /* More statements than slots is a programming error the tests catch. */
-    ANA_ERROR("store", "writer statement cache full; raise WRITER_STATEMENTS");
-    return NULL;
-  }
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v3(db->writer, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK)
-    return NULL;
-  db->writer_statements[i].sql = sql;
-  db->writer_statements[i].stmt = st;
+  struct ana_error err;
+  ana_error_clear(&err);
+  sqlite3_stmt *st = ana_sql_kept(db->writer_statements, WRITER_STATEMENTS, db->writer, sql,
+                                  "writer statement", &err);
+  if (!st && err.code == ANA_STATUS_INTERNAL)
+    ANA_ERROR("store", "%s; raise WRITER_STATEMENTS", err.message);
   return st;
 }
 

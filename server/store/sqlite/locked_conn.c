@@ -7,8 +7,7 @@ void sqlite_locked_conn_close(void *handle) {
   struct sqlite_locked_conn *s = handle;
   if (!s)
     return;
-  for (int i = 0; i < SQLITE_LOCKED_KEPT; i++)
-    sqlite3_finalize(s->kept[i].stmt);
+  ana_sql_kept_finalize(s->kept, SQLITE_LOCKED_KEPT);
   sqlite3_close(s->conn);
   pthread_mutex_destroy(&s->mu);
   ana_free(s);
@@ -40,29 +39,7 @@ sqlite3_stmt *sqlite_locked_prepare(struct sqlite_locked_conn *s, const char *sq
 
 sqlite3_stmt *sqlite_locked_kept(struct sqlite_locked_conn *s, const char *sql, const char *what,
                                  struct ana_error *err) {
-  int i = 0;
-  for (; i < SQLITE_LOCKED_KEPT && s->kept[i].sql; i++) {
-    if (s->kept[i].sql == sql) {
-      sqlite3_reset(s->kept[i].stmt);
-      sqlite3_clear_bindings(s->kept[i].stmt);
-      return s->kept[i].stmt;
-    }
-  }
-  if (i == SQLITE_LOCKED_KEPT) {
-    /* More statements than slots is a programming error the tests catch. */
-    ana_error_set(err, ANA_STATUS_INTERNAL, "%s: no slot left for a kept statement", what);
-    return NULL;
-  }
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v3(s->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK ||
-      !st) {
-    sqlite3_finalize(st);
-    ana_sql_fail(s->conn, what, err);
-    return NULL;
-  }
-  s->kept[i].sql = sql;
-  s->kept[i].stmt = st;
-  return st;
+  return ana_sql_kept(s->kept, SQLITE_LOCKED_KEPT, s->conn, sql, what, err);
 }
 
 /* Steps a kept transaction statement once. */

@@ -17,10 +17,7 @@
 struct sqlite_locked_conn {
   sqlite3 *conn; /* guarded by mu */
   pthread_mutex_t mu;
-  struct {
-    const char *sql;
-    sqlite3_stmt *stmt;
-  } kept[SQLITE_LOCKED_KEPT]; /* sqlite_locked_kept's; guarded by mu */
+  struct ana_sql_kept kept[SQLITE_LOCKED_KEPT]; /* sqlite_locked_kept's; guarded by mu */
 };
 
 /* Opens a connection (ana_local_db_connect) with its mutex. Returns the
