@@ -127,6 +127,7 @@ static int store_start(struct ana_server *s, const struct ana_config *cfg, struc
     ana_local_db_set_min_free_bytes(s->db, (int64_t)cfg->store.store_min_free_mb << 20);
     ana_local_staging_set_limits(s->db, cfg->store.store_staging_max_events,
                                  cfg->store.store_staging_wait_ms);
+    ana_local_dedupe_set_limits(s->db, (size_t)cfg->store.dedupe_filter_mb << 20);
     ana_local_db_check_space(s->db);
   }
   s->store = s->db ? s->store_ops->open(s->db, err) : NULL;

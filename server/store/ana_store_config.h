@@ -33,6 +33,7 @@ struct ana_store_settings {
   int retention_sweep_interval_ms;
   int store_staging_max_events; /* STORE_STAGING_MAX_EVENTS */
   int store_staging_wait_ms;    /* STORE_STAGING_WAIT */
+  int dedupe_filter_mb;         /* DEDUPE_FILTER_MB */
 };
 
 extern const struct ana_config_table ana_store_config_table;

@@ -104,6 +104,17 @@ static const struct ana_config_row rows[] = {
      .help = "Longest wait of a commit for room in a full staging backlog "
              "(STORE_STAGING_MAX_EVENTS) before it answers UNAVAILABLE.",
      ROW(store_staging_wait_ms)},
+    {.name = "DEDUPE_FILTER_MB",
+     .type = ANA_CONFIG_INT,
+     .def = "64",
+     .min = 0,
+     .max = 65536,
+     .help = "MiB of memory the deduplication keys' Bloom filters (one per sorted run, up to "
+             "10 bits a key) take at most; past it new runs get fewer bits a key, and a run "
+             "without a filter is read on every claim (slower, still exact). A merge builds "
+             "its output's filter beside its inputs' until it ends. 64 MiB hold about 5x10^7 "
+             "keys at 10 bits.",
+     ROW(dedupe_filter_mb)},
     {.name = "RETENTION_SWEEP_INTERVAL",
      .type = ANA_CONFIG_DURATION,
      .def = "60s",

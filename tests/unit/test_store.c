@@ -32,7 +32,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 24
+#define SCHEMA_VERSION 25
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -265,6 +265,18 @@ static int query_int(sqlite3 *conn, const char *sql) {
   return v;
 }
 
+/* The keys of the live runs as a temporary table dedupe_keys (account,
+ * event_id as stored, expires: the day) on conn, as they are now. */
+static void keys_table(sqlite3 *conn) {
+  assert_int_equal(sqlite3_exec(conn,
+                                "DROP TABLE IF EXISTS temp.dedupe_keys;"
+                                "CREATE TEMP TABLE dedupe_keys (account INTEGER, event_id,"
+                                "  expires INTEGER);"
+                                "SELECT ana_dedupe_dump('temp.dedupe_keys');",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+}
+
 static void close_store(void) {
   ana_committer_destroy(committer);
   committer = NULL;
@@ -467,6 +479,10 @@ static void retention_deletes_events_keys_and_index(void **state) {
   ana_committer_destroy(committer);
   committer = NULL;
   struct ana_error err;
+  /* The keys' merges (their own thread) drop the expired key once told the
+   * day; done here at once. */
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
+  assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) >= 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 1);
@@ -567,6 +583,7 @@ static void text_index_is_rebuilt_from_the_events(void **state) {
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(sqlite3_exec(conn,
                                 "INSERT INTO events_fts (rowid, search_text) VALUES (999, 'stale');"
                                 "UPDATE progress SET indexed_seq = 999",
@@ -596,6 +613,7 @@ static void text_index_of_the_first_format_is_rebuilt_contentless(void **state) 
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(sqlite3_exec(conn,
                                 "CREATE VIRTUAL TABLE events_fts USING fts5(search_text);"
                                 "CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 1),"
@@ -632,6 +650,7 @@ static void free_text_search_says_when_the_index_lags(void **state) {
   snprintf(path, sizeof path, "%s/analytics-text.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(sqlite3_exec(conn, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
   struct ana_commit_request req;
   assert_int_equal(submit(&r, 1, &req), 0);
@@ -995,10 +1014,20 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
       check_search_by_name(ranges[i][0], ranges[i][1], byname_names[n]);
   }
 }
+/* SQL that turns this build's deduplication keys (runs) back into the
+ * table of schema 24 (one row per key, its day), on a connection with
+ * ana_dedupe_register. */
+#define DEDUPE_KEYS_OF_SCHEMA_24                                                                   \
+  "CREATE TABLE dedupe_keys (account INTEGER NOT NULL, event_id BLOB NOT NULL,"                    \
+  "  expires INTEGER NOT NULL, PRIMARY KEY (account, event_id)) WITHOUT ROWID;"                    \
+  "SELECT ana_dedupe_dump('main.dedupe_keys');"                                                    \
+  "DROP TABLE dedupe_meta; DROP TABLE dedupe_runs; DROP TABLE dedupe_chunks;"
+
 /* SQL that turns this build's deduplication keys back into those of
  * schemas 1 to 12 (an expiry time per key, an index on it), every key
  * expiring in 2100. */
 #define DEDUPE_KEYS_OF_SCHEMA_12                                                                   \
+  DEDUPE_KEYS_OF_SCHEMA_24                                                                         \
   "CREATE TABLE old_keys (account_id TEXT NOT NULL, event_id TEXT NOT NULL,"                       \
   "  expires_at INTEGER NOT NULL, PRIMARY KEY (account_id, event_id)) WITHOUT ROWID;"              \
   "INSERT INTO old_keys SELECT a.account_id, ana_event_id(k.event_id), 4102444800000"              \
@@ -1056,6 +1085,7 @@ static void old_format_store_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(sqlite3_exec(conn, EVENTS_OF_SCHEMA_12, NULL, NULL, NULL), SQLITE_OK);
   /* The newest event deleted: its number must not be handed out again. */
@@ -1403,15 +1433,16 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
   assert_true(b[1].duplicate);
   assert_false(b[2].duplicate);
   assert_false(b[3].duplicate);
-  /* The keys with their expiry day, no index, no lists. */
+  /* The keys with their expiry day, in a run per commit: no table of a
+   * row per key, no lists. */
   sqlite3 *w = ana_local_db_writer(db);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 4);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 2);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'dedupe_expiry'"),
+  assert_int_equal(query_int(w, "SELECT count(*) FROM main.sqlite_schema"
+                                " WHERE name IN ('dedupe_expiry', 'dedupe_keys')"),
                    0);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'dedupe_keys'"
-                                " AND type = 'index'"),
-                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs WHERE state = 0"), 2);
   /* An account numbered by a transaction that rolled back is numbered
    * again by the next one. */
   struct ana_event_record c = record("acct-9", "z", "sent", NOW, "{}", "");
@@ -1421,14 +1452,16 @@ static void dedupe_keys_are_recognised_after_a_restart(void **state) {
   ana_local_db_rollback(db);
   claim(&c, 1);
   assert_false(c.duplicate);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys k JOIN dedupe_accounts a"
                                 "  ON a.id = k.account WHERE a.account_id = 'acct-9'"),
                    1);
 }
 
-/* Keys expire by whole UTC days, at most max_rows a step: those of the days
- * before today's go, today's and later stay; an expired key may be claimed
- * again; a rolled-back claim leaves nothing behind. */
+/* Keys expire by whole UTC days: those of the days before today's go (a run
+ * half of whose keys expired is written again without them), today's and
+ * later stay; retention is told at most max_rows a call; an expired key may
+ * be claimed again; a rolled-back claim leaves nothing behind. */
 static void dedupe_keys_expire_by_day(void **state) {
   (void)state;
   enum { N = 2500 };
@@ -1453,21 +1486,25 @@ static void dedupe_keys_expire_by_day(void **state) {
   assert_int_equal(ana_local_dedupe_claim(db, &gone, 1, &err), 0);
   ana_local_db_rollback(db);
   sqlite3 *w = ana_local_db_writer(db);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N);
   char sql[160];
   snprintf(sql, sizeof sql, "SELECT count(*) FROM dedupe_keys WHERE expires < %lld",
            (long long)(today / DAY));
   assert_int_equal(query_int(w, sql), N / 2);
 
-  /* Half the keys expired; a step deletes at most max_rows, the next one
-   * goes on where it ended, and the day's pass then has nothing more. */
+  /* Half the keys expired: the run is written again without them; the
+   * count is handed out at most max_rows a call. */
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 0);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) >= 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 600, &err), 600);
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 650);
   assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 2);
   assert_int_equal(query_int(w, sql), 0);
 
@@ -1480,18 +1517,19 @@ static void dedupe_keys_expire_by_day(void **state) {
   assert_false(again[1].duplicate);
   assert_true(again[2].duplicate);
   assert_true(again[3].duplicate);
-  /* Tomorrow, today's go too. */
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  /* Tomorrow, today's go too (half the run), and the run of the two
+   * claimed again, expired whole. */
+  assert_true(ana_local_dedupe_maintain(db, today + DAY, 0, &err) >= 0);
   assert_int_equal(ana_local_dedupe_expire(db, today + DAY, 100000, &err), 625 + 2);
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 625);
   free(r);
   free(ids);
 }
 
-/* The sweep goes on from the key where its last step ended, across
- * accounts and across text ids and UUIDs (stored as blobs, after text):
- * small steps delete every expired key once and no live one. */
+/* Expiry across accounts and across text ids and UUIDs (stored as 16
+ * bytes): every expired key is deleted once and no live one, and the count
+ * handed out in small steps adds up. */
 static void dedupe_sweep_goes_on_across_accounts_and_id_kinds(void **state) {
   (void)state;
   enum { N = 300 };
@@ -1511,10 +1549,12 @@ static void dedupe_sweep_goes_on_across_accounts_and_id_kinds(void **state) {
   }
   claim(r, N);
   sqlite3 *w = ana_local_db_writer(db);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys WHERE typeof(event_id) = 'blob'"),
                    N / 3);
   struct ana_error err;
   int total = 0, got;
+  assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) >= 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   while ((got = ana_local_dedupe_expire(db, NOW, 7, &err)) > 0) {
     assert_true(got <= 7);
@@ -1523,6 +1563,7 @@ static void dedupe_sweep_goes_on_across_accounts_and_id_kinds(void **state) {
   assert_int_equal(got, 0);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   assert_int_equal(total, N - N / 5);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 5);
   /* The live ones are still duplicates, the expired ones free again. */
   claim(r, N);
@@ -1553,6 +1594,7 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   sqlite3 *conn = NULL;
   struct ana_error err;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(ana_local_db_migrate_upto(conn, v - 1, &err), 0);
   assert_int_equal(query_int(conn, "SELECT count(*) FROM pragma_table_info('dedupe_keys')"
@@ -1593,6 +1635,7 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   open_store();
   assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   sqlite3 *w = ana_local_db_writer(db);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2105);
   assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_table_info('dedupe_keys')"
                                 " WHERE name = 'expires_at'"),
@@ -1626,20 +1669,25 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   ana_local_db_rollback(db);
   for (int i = 0; i < 2105; i++)
     assert_true(r[i].duplicate);
-  /* The expired day's keys go (and only they), read from the migrated list. */
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 3);
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  /* The migrated keys sit in one run: its 3 expired keys stay until it is
+   * written again (fewer than half of its keys expired: a key lives at
+   * least to the end of its day); the day each got is theirs. */
+  assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) >= 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs"), 1);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys k JOIN dedupe_accounts a"
-                                "  ON a.id = k.account WHERE a.account_id = 'acct-2'"),
-                   0);
+                                "  ON a.id = k.account WHERE a.account_id = 'acct-2'"
+                                "  AND k.expires < 20717"),
+                   3);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_accounts"), 3);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 2102);
-  /* In a week, all of them. */
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
-  assert_true(ana_local_dedupe_expire(db, NOW + 9 * DAY, 100000, &err) == 2102);
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  /* In a week, all of them: the run goes whole. */
+  assert_true(ana_local_dedupe_maintain(db, NOW + 9 * DAY, 0, &err) >= 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW + 9 * DAY, 100000, &err), 2105);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_chunks"), 0);
 }
 
 /* A database of schema 3 kept its free-text index inside: the upgrade
@@ -1652,6 +1700,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(
       sqlite3_exec(
@@ -1817,6 +1866,7 @@ static void event_ids_and_properties_round_trip_in_every_shape(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_id) = 'blob'"
                                 " AND length(event_id) = 16"),
                    1);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys WHERE typeof(event_id) = 'blob'"
                                 " AND length(event_id) = 16"),
                    1);
@@ -1917,6 +1967,7 @@ static void store_of_the_previous_row_format_is_migrated_on_start(void **state) 
   sqlite3 *conn = NULL;
   struct ana_error err;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(ana_dedupe_register(conn), 0);
   if (ana_local_db_migrate_upto(conn, v - 1, &err) < 0)
@@ -2020,6 +2071,7 @@ static void store_of_the_previous_row_format_is_migrated_on_start(void **state) 
                                 "  WHERE name IN ('properties', 'received_at')"),
                    0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_id) = 'blob'"), 2);
+  keys_table(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"
                                 " WHERE typeof(event_id) = 'blob'"),
                    2);
@@ -2054,6 +2106,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(
       sqlite3_exec(conn,
@@ -2473,6 +2526,7 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
  * each key held its expiry day (the keys, and lists by day: empty here, so
  * that every key never expires once migrated again). */
 #define DEDUPE_KEYS_BEFORE_DAYS                                                                    \
+  DEDUPE_KEYS_OF_SCHEMA_24                                                                         \
   "CREATE TABLE dedupe_expiry (id INTEGER PRIMARY KEY, keys BLOB NOT NULL);"                       \
   "CREATE TABLE old_keys (account INTEGER NOT NULL, event_id BLOB NOT NULL,"                       \
   "  PRIMARY KEY (account, event_id)) WITHOUT ROWID;"                                              \
@@ -2632,6 +2686,7 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   snprintf(sql, sizeof sql,
            EVENTS_BEFORE_STRINGS DEDUPE_KEYS_BEFORE_DAYS
            "DELETE FROM schema_migrations WHERE version >= %d",
@@ -2769,6 +2824,7 @@ static void store_before_staging_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  assert_int_equal(ana_dedupe_register(conn), 0);
   /* Before staging, the events rows had their names as text (a later
    * migration numbers them): every migration from staging on runs again. */
   char sql[2048];

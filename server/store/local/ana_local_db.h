@@ -83,12 +83,28 @@ bool ana_local_db_check_space(struct ana_local_db *db);
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err);
 
-/* Deletes keys that expired on the UTC days before now_ms's, inside the
- * open transaction: of the next slice of the table (dedupe_keys.c: a pass
- * over every key per day, a slice a step), at most max_rows. Returns how
- * many (max_rows: more may be due), or a negative error. */
+/* Tells the deduplication keys the UTC day of now_ms (retention's clock:
+ * keys of the days before it may go) and returns how many keys expiry
+ * dropped (whole runs, and keys left out of merges: dedupe_runs.c) since
+ * the last call, at most max_rows; the merge thread does the work, in
+ * transactions of its own. */
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
                             struct ana_error *err);
+
+/* DEDUPE_FILTER_MB: the bound of the runs' filters in memory (bytes). */
+void ana_local_dedupe_set_limits(struct ana_local_db *db, size_t filter_bytes);
+/* Holds (or lets go) the background merges; a merge under way is dropped
+ * and done again later. For tests. */
+void ana_local_dedupe_hold(struct ana_local_db *db, bool hold);
+/* Runs the merges and expiry due at now_ms (UTC day), max_steps
+ * transactions (0: until none is left), the one under way first; returns
+ * the transactions taken, or a negative error. For tests. */
+int ana_local_dedupe_maintain(struct ana_local_db *db, int64_t now_ms, int max_steps,
+                              struct ana_error *err);
+struct ana_dedupe_runs_stats {
+  int64_t runs, keys, filter_bytes, unfiltered, dropped;
+};
+void ana_local_dedupe_stats(struct ana_local_db *db, struct ana_dedupe_runs_stats *out);
 
 /* --- the spool of committed events (spool.c) --- */
 
@@ -137,6 +153,7 @@ int ana_local_spool_last_seq(struct ana_local_db *db, uint64_t *out, struct ana_
 
 /* Until set: STORE_STAGING_MAX_EVENTS and STORE_STAGING_WAIT's defaults. */
 #define ANA_STAGING_DEFAULT_MAX_EVENTS 200000L
+#define ANA_DEDUPE_DEFAULT_FILTER_MB 64
 #define ANA_STAGING_DEFAULT_WAIT_MS 10000
 
 /* The bound of the staged backlog (events committed and not yet moved into

@@ -1,34 +1,17 @@
 /* Deduplication by (accountId, eventId): the stage in front of every event
- * store. Keys live in the local database and are claimed in the same
- * transaction as the events (or the spool) they admit, so a crash can never
- * keep one without the other. A key lives as long as its event is retained,
- * to the end of the UTC day its event expires on.
+ * store. Keys are claimed in the same transaction as the events (or the
+ * spool) they admit, so a crash can never keep one without the other. A key
+ * lives as long as its event is retained, at least to the end of the UTC
+ * day its event expires on.
  *
- * Layout: the table dedupe_keys holds the keys themselves, (account, event
- * id) as the primary key of a WITHOUT ROWID table and nothing else, the
- * account as a number (dedupe_accounts maps account ids to numbers, in the
+ * Here: the claims' front (accounts numbered in dedupe_accounts, in the
  * transaction that claims an account's first key; the events rows hold the
- * same numbers), the event id as event_ids.c stores it (a canonical UUID in
- * 16 bytes), and the UTC day the key expires on (expires). A claim is one
- * seek and exact: nothing but the same key is ever taken for a duplicate,
- * whatever its event's timestamp; keys that clients number or date (UUIDv7,
- * counters) append at the end of the table, as before. Expiry needs no
- * second B-tree over every key (an index by day took as many bytes as the
- * keys, and lists of the keys by day, the layout before this one, as many:
- * random ids do not compress): retention sweeps the table in key order, a
- * slice of DEDUPE_SWEEP_ROWS keys a step from where the last step ended,
- * and deletes the keys of the days that are over; a pass that reached the
- * end starts again once the day changed. A pass over 10^7 keys takes 200
- * steps (one per RETENTION_SWEEP_INTERVAL, or at once after a step that
- * deleted its maximum), each reading about 1.5 MB of pages; an expired key
- * is thus deleted within a pass, and until then still answered DUPLICATE,
- * as it was until the sweep reached its list. A 128-bit hash in place of
- * the key (no false duplicate either, in practice: two of 10^12 keys
- * collide with probability about 10^24 / 2^129, 1.5e-15) would make every
- * claim land at a random place of the table, a page written per key per
- * commit once the table outgrows the cache, and is no smaller for event ids
- * of 16 characters or fewer. The lists (dedupe_expiry) are read and written
- * here only for the migrations from and to them. */
+ * same numbers), and the SQL functions of the migrations from the layouts
+ * before. The keys themselves are sorted runs (dedupe_runs.c): a claim is
+ * exact, nothing but the same key is ever taken for a duplicate, whatever
+ * its event's timestamp, and a commit writes its keys as one run, not a page
+ * per key. The lists (dedupe_expiry, schemas 17-23) and the table of one row
+ * per key (schema 24) are read here only for the migrations from them. */
 #include "byte_codec.h"
 #include "local_db_sql.h"
 
@@ -73,18 +56,8 @@ struct day_list {
   size_t scratch_cap;
 };
 
-/* Keys a sweep step reads at most. */
-#define DEDUPE_SWEEP_ROWS 50000
-
 struct ana_dedupe_pending {
-  /* The sweep (committer thread): the last key a step read (none: the
-   * next step starts at the table's beginning), the day its pass began,
-   * whether that pass reached the end. */
-  bool sweep_at_key, pass_done;
-  int64_t pass_day, sweep_account;
-  uint8_t *sweep_id;
-  size_t sweep_id_len, sweep_id_cap;
-  bool sweep_id_blob;
+  struct ana_dedupe_runs *runs; /* NULL until the database is open */
   /* The last account claimed for and its number, so that a commit of many
    * one-event requests of an account looks it up once; fresh: found while
    * the open transaction had numbered an account (maybe this one: then it
@@ -97,8 +70,7 @@ struct ana_dedupe_pending {
   size_t out_cap;
 };
 
-static const char sql_claim[] = "INSERT INTO dedupe_keys (account, event_id, expires)"
-                                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+static const char sql_chunk[] = "SELECT keys FROM dedupe_chunks WHERE id = ?";
 static const char sql_account[] = "SELECT id FROM dedupe_accounts WHERE account_id = ?";
 static const char sql_new_account[] = "INSERT INTO dedupe_accounts (account_id) VALUES (?)";
 static const char sql_list[] =
@@ -119,23 +91,33 @@ void ana_dedupe_pending_free(struct ana_dedupe_pending *p) {
   if (!p)
     return;
   forget_account(p);
-  ana_free(p->sweep_id);
   ana_free(p->out);
   ZSTD_freeCCtx(p->cctx);
   ana_free(p);
 }
 
+struct ana_dedupe_runs *ana_dedupe_pending_runs(struct ana_dedupe_pending *p) {
+  return p->runs;
+}
+
+void ana_dedupe_pending_set_runs(struct ana_dedupe_pending *p, struct ana_dedupe_runs *d) {
+  p->runs = d;
+}
+
 void ana_dedupe_pending_discard(struct ana_dedupe_pending *p) {
   if (!p)
     return;
+  ana_dedupe_runs_discard(p->runs);
   if (p->fresh)
     forget_account(p);
   p->txn_numbered = false;
 }
 
 void ana_dedupe_pending_committed(struct ana_dedupe_pending *p) {
-  if (p)
-    p->fresh = p->txn_numbered = false;
+  if (!p)
+    return;
+  p->fresh = p->txn_numbered = false;
+  ana_dedupe_runs_committed(p->runs);
 }
 
 static bool list_add(struct day_list *l, int64_t account, const char *id_text) {
@@ -306,9 +288,11 @@ static int account_number(struct ana_local_db *db, const char *account, int64_t 
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *st = ana_local_db_writer_statement(db, sql_claim);
-  if (!st) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
+  struct ana_dedupe_runs *runs = ana_local_db_dedupe_pending(db)->runs;
+  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_chunk);
+  if (!get || !runs) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s",
+                  runs ? sqlite3_errmsg(w) : "the keys are not open");
     return ANA_ERR_INTERNAL;
   }
   int rc = 0;
@@ -326,143 +310,52 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
         break;
       account = records[i].account_id;
     }
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, number);
-    ana_event_id_bind(st, 2, records[i].event_id, -1);
-    sqlite3_bind_int64(st, 3, expiry_day(records[i].expires_at_ms));
-    if (sqlite3_step(st) != SQLITE_DONE) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
-      rc = ANA_ERR_IO;
+    int got = ana_dedupe_runs_claim(runs, w, get, number, records[i].event_id,
+                                    expiry_day(records[i].expires_at_ms), err);
+    if (got < 0) {
+      rc = got;
       break;
     }
-    records[i].duplicate = sqlite3_changes(w) == 0;
+    records[i].duplicate = got == 1;
   }
-  sqlite3_reset(st);
   return rc;
 }
 
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err) {
-  (void)db;
-  (void)err;
-  return 0; /* the keys hold their expiry day: nothing else to write */
-}
-
-/* Remembers the key st's row holds (columns 0, 1) as where the sweep is. */
-static bool sweep_remember(struct ana_dedupe_pending *p, sqlite3_stmt *st) {
-  size_t n = (size_t)sqlite3_column_bytes(st, 1);
-  const void *id = sqlite3_column_blob(st, 1);
-  if (!ana_bytes_grow(&p->sweep_id, &p->sweep_id_cap, n + 1))
-    return false;
-  if (n)
-    memcpy(p->sweep_id, id, n);
-  p->sweep_id_len = n;
-  p->sweep_id_blob = sqlite3_column_type(st, 1) == SQLITE_BLOB;
-  p->sweep_account = sqlite3_column_int64(st, 0);
-  p->sweep_at_key = true;
-  return true;
+  return ana_dedupe_runs_flush(ana_local_db_dedupe_pending(db)->runs, ana_local_db_writer(db), err);
 }
 
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,
                             struct ana_error *err) {
-  sqlite3 *w = ana_local_db_writer(db);
-  struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
-  sqlite3_stmt *scan = NULL, *del = NULL;
-  int64_t today = expiry_day(now_ms);
-  if (p->pass_done && p->pass_day == today)
-    return 0; /* this day's pass is over: nothing expires before tomorrow */
-  if (p->pass_done) {
-    p->pass_done = false;
-    p->pass_day = today;
-    p->sweep_at_key = false;
-  }
-  /* The next slice of keys in the table's order, the expired ones to
-   * delete collected first (the scan does not read what it deletes). */
-  if (sqlite3_prepare_v2(w,
-                         p->sweep_at_key ? "SELECT account, event_id, expires FROM dedupe_keys"
-                                           " WHERE (account, event_id) > (?1, ?2)"
-                                           " ORDER BY account, event_id LIMIT ?3"
-                                         : "SELECT account, event_id, expires FROM dedupe_keys"
-                                           " ORDER BY account, event_id LIMIT ?3",
-                         -1, &scan, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(w, "DELETE FROM dedupe_keys WHERE account = ?1 AND event_id = ?2", -1,
-                         &del, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
-    sqlite3_finalize(scan);
-    sqlite3_finalize(del);
-    return ANA_ERR_INTERNAL;
-  }
-  if (p->sweep_at_key) {
-    sqlite3_bind_int64(scan, 1, p->sweep_account);
-    if (p->sweep_id_blob)
-      sqlite3_bind_blob(scan, 2, p->sweep_id, (int)p->sweep_id_len, SQLITE_TRANSIENT);
-    else
-      sqlite3_bind_text(scan, 2, (const char *)p->sweep_id, (int)p->sweep_id_len, SQLITE_TRANSIENT);
-  }
-  sqlite3_bind_int(scan, 3, DEDUPE_SWEEP_ROWS);
-  /* The expired keys: accounts and id kinds, ids one after another. */
-  struct gone_key {
-    int64_t account;
-    size_t at, len;
-    bool blob;
-  } *gone = NULL;
-  uint8_t *ids = NULL;
-  size_t n_gone = 0, cap = 0, ids_len = 0, ids_cap = 0;
-  size_t max = (size_t)(max_rows > 0 ? max_rows : 1);
-  int step = SQLITE_DONE, rc = 0;
-  while (n_gone < max && (step = sqlite3_step(scan)) == SQLITE_ROW) {
-    if (!sweep_remember(p, scan)) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      break;
-    }
-    if (sqlite3_column_int64(scan, 2) >= today)
-      continue; /* live */
-    if (n_gone == cap) {
-      size_t c = cap ? cap * 2 : 64;
-      struct gone_key *g = ana_realloc(gone, c * sizeof *g);
-      if (!g) {
-        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        break;
-      }
-      gone = g;
-      cap = c;
-    }
-    if (!ana_bytes_grow(&ids, &ids_cap, ids_len + p->sweep_id_len + 1)) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      break;
-    }
-    memcpy(ids + ids_len, p->sweep_id, p->sweep_id_len);
-    gone[n_gone++] =
-        (struct gone_key){p->sweep_account, ids_len, p->sweep_id_len, p->sweep_id_blob};
-    ids_len += p->sweep_id_len;
-  }
-  if (rc == 0 && n_gone < max) {
-    if (step == SQLITE_DONE)
-      p->pass_done = true; /* the end of the table: the next pass from its start */
-    else if (step != SQLITE_ROW)
-      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
-  }
-  sqlite3_finalize(scan);
-  int deleted = 0;
-  for (size_t i = 0; rc == 0 && i < n_gone; i++) {
-    sqlite3_reset(del);
-    sqlite3_bind_int64(del, 1, gone[i].account);
-    if (gone[i].blob)
-      sqlite3_bind_blob(del, 2, ids + gone[i].at, (int)gone[i].len, SQLITE_STATIC);
-    else
-      sqlite3_bind_text(del, 2, (const char *)ids + gone[i].at, (int)gone[i].len, SQLITE_STATIC);
-    if (sqlite3_step(del) != SQLITE_DONE)
-      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
-    else
-      deleted += sqlite3_changes(w);
-  }
-  ana_free(ids);
-  sqlite3_finalize(del);
-  ana_free(gone);
-  if (rc < 0) {
-    p->sweep_at_key = false; /* the transaction is rolled back: from the start again */
-    return rc;
-  }
-  return deleted;
+  (void)err;
+  return (int)ana_dedupe_runs_take_expired(ana_local_db_dedupe_pending(db)->runs, now_ms,
+                                           max_rows > 0 ? max_rows : 1);
+}
+
+void ana_local_dedupe_set_limits(struct ana_local_db *db, size_t filter_bytes) {
+  struct ana_dedupe_runs *d = ana_local_db_dedupe_pending(db)->runs;
+  if (d)
+    ana_dedupe_runs_set_filter_limit(d, filter_bytes);
+}
+
+void ana_local_dedupe_hold(struct ana_local_db *db, bool hold) {
+  struct ana_dedupe_runs *d = ana_local_db_dedupe_pending(db)->runs;
+  if (d)
+    ana_dedupe_runs_hold(d, hold);
+}
+
+int ana_local_dedupe_maintain(struct ana_local_db *db, int64_t now_ms, int max_steps,
+                              struct ana_error *err) {
+  struct ana_dedupe_runs *d = ana_local_db_dedupe_pending(db)->runs;
+  return d ? ana_dedupe_runs_maintain(d, now_ms, max_steps, err) : 0;
+}
+
+void ana_local_dedupe_stats(struct ana_local_db *db, struct ana_dedupe_runs_stats *out) {
+  struct ana_dedupe_runs *d = ana_local_db_dedupe_pending(db)->runs;
+  if (d)
+    ana_dedupe_runs_stats(d, out);
+  else
+    memset(out, 0, sizeof *out);
 }
 
 /* --- ana_dedupe_build_lists(): for the migration to this layout --- */
@@ -608,8 +501,9 @@ out:
 }
 
 int ana_dedupe_register(sqlite3 *conn) {
-  return sqlite3_create_function_v2(conn, "ana_dedupe_build_lists", 0, SQLITE_UTF8, NULL,
-                                    fn_build_lists, NULL, NULL, NULL) == SQLITE_OK &&
+  return ana_dedupe_runs_register(conn) == 0 &&
+                 sqlite3_create_function_v2(conn, "ana_dedupe_build_lists", 0, SQLITE_UTF8, NULL,
+                                            fn_build_lists, NULL, NULL, NULL) == SQLITE_OK &&
                  sqlite3_create_function_v2(conn, "ana_dedupe_days_from_lists", 0, SQLITE_UTF8,
                                             NULL, fn_days_from_lists, NULL, NULL, NULL) == SQLITE_OK
              ? 0

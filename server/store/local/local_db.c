@@ -582,6 +582,25 @@ static const char *const migrations[] = {
     "DROP TABLE dedupe_keys;"
     "DROP TABLE dedupe_expiry;"
     "ALTER TABLE dedupe_keys_by_day RENAME TO dedupe_keys;",
+
+    /* The deduplication keys as sorted runs (dedupe_runs.c): the keys of
+     * dedupe_keys, read in key order, written as runs of at most 65,536
+     * keys (merged later, in the background). */
+    "CREATE TABLE dedupe_meta (id INTEGER PRIMARY KEY, seed INTEGER NOT NULL);"
+    "INSERT INTO dedupe_meta (id, seed) VALUES (1, random());"
+    "CREATE TABLE dedupe_runs ("
+    "  id INTEGER PRIMARY KEY,"
+    "  level INTEGER NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  keys INTEGER NOT NULL,"
+    "  chunks INTEGER NOT NULL,"
+    "  k INTEGER NOT NULL,"
+    "  days BLOB NOT NULL,"
+    "  fences BLOB,"
+    "  filter BLOB);"
+    "CREATE TABLE dedupe_chunks (id INTEGER PRIMARY KEY, keys BLOB NOT NULL);"
+    "SELECT ana_dedupe_runs_from_keys();"
+    "DROP TABLE dedupe_keys;",
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
@@ -977,6 +996,11 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   db->checkpoint_started = true;
   if (!(db->staging = ana_staging_open(db, err)))
     goto fail;
+  struct ana_dedupe_runs *runs =
+      ana_dedupe_runs_open(db, db->writer, (size_t)ANA_DEDUPE_DEFAULT_FILTER_MB << 20, err);
+  if (!runs)
+    goto fail;
+  ana_dedupe_pending_set_runs(db->dedupe, runs);
   db->metrics_registered = ana_prom_register(collect, db) == 0;
   return db;
 fail:
@@ -1016,6 +1040,10 @@ void ana_local_db_close(struct ana_local_db *db) {
     return;
   if (db->metrics_registered)
     ana_prom_unregister(collect, db);
+  if (db->dedupe) { /* a merge under way is done again at the next start */
+    ana_dedupe_runs_close(ana_dedupe_pending_runs(db->dedupe));
+    ana_dedupe_pending_set_runs(db->dedupe, NULL);
+  }
   ana_staging_close(db->staging); /* staged rows stay: the next open moves them */
   db->staging = NULL;
   if (db->checkpoint_started) {

@@ -175,9 +175,9 @@ void ana_local_db_gate_leave(struct ana_local_db *db);
 
 /* Deduplication keys (dedupe_keys.c): the state of the writer's
  * transactions' claims (the last account numbered, which a rollback
- * forgets) and of the retention's sweep; ana_local_dedupe_flush
- * (ana_local_db_commit calls it before COMMIT) has nothing left to write.
- * One per local database, on the committer's thread. */
+ * forgets, and the runs); ana_local_dedupe_flush (ana_local_db_commit calls
+ * it before COMMIT) writes the transaction's keys as a run. One per local
+ * database, on the committer's thread. */
 struct ana_dedupe_pending;
 struct ana_dedupe_pending *ana_dedupe_pending_new(void);
 void ana_dedupe_pending_free(struct ana_dedupe_pending *p);
@@ -185,6 +185,31 @@ void ana_dedupe_pending_discard(struct ana_dedupe_pending *p);
 void ana_dedupe_pending_committed(struct ana_dedupe_pending *p);
 struct ana_dedupe_pending *ana_local_db_dedupe_pending(struct ana_local_db *db);
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
+
+/* The keys as sorted runs (dedupe_runs.c): a commit's claimed keys become
+ * one run at its flush; a thread of its own merges runs in the background.
+ * claim: 1 when the key is stored (or claimed in the open transaction), 0
+ * when it is claimed now, negative on an error; get is the writer's
+ * statement reading a chunk by id. Committer thread: claim, flush,
+ * discard, committed. */
+struct ana_dedupe_runs;
+struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w,
+                                             size_t filter_limit, struct ana_error *err);
+void ana_dedupe_runs_close(struct ana_dedupe_runs *d);
+int ana_dedupe_runs_claim(struct ana_dedupe_runs *d, sqlite3 *w, sqlite3_stmt *get, int64_t account,
+                          const char *event_id, int64_t day, struct ana_error *err);
+int ana_dedupe_runs_flush(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_error *err);
+void ana_dedupe_runs_discard(struct ana_dedupe_runs *d);
+void ana_dedupe_runs_committed(struct ana_dedupe_runs *d);
+int64_t ana_dedupe_runs_take_expired(struct ana_dedupe_runs *d, int64_t now_ms, int64_t max);
+int ana_dedupe_runs_maintain(struct ana_dedupe_runs *d, int64_t now_ms, int max_steps,
+                             struct ana_error *err);
+void ana_dedupe_runs_hold(struct ana_dedupe_runs *d, bool hold);
+void ana_dedupe_runs_set_filter_limit(struct ana_dedupe_runs *d, size_t bytes);
+void ana_dedupe_runs_stats(struct ana_dedupe_runs *d, struct ana_dedupe_runs_stats *out);
+int ana_dedupe_runs_register(sqlite3 *conn);
+struct ana_dedupe_runs *ana_dedupe_pending_runs(struct ana_dedupe_pending *p);
+void ana_dedupe_pending_set_runs(struct ana_dedupe_pending *p, struct ana_dedupe_runs *d);
 
 /* The SQL of an account's number from its id in ?N (NULL: none stored). */
 #define ANA_ACCOUNT_NUMBER_SQL(n) "(SELECT id FROM dedupe_accounts WHERE account_id = ?" #n ")"
