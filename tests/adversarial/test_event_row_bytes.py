@@ -133,7 +133,8 @@ class EventStoreBytesTest(StoreBytesCase):
         parts = dict(self.query_db(
             "SELECT d.name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema s"
             " ON s.name = d.name WHERE s.tbl_name IN ('events', 'event_strings',"
-            " 'dedupe_keys', 'dedupe_expiry', 'dedupe_accounts') GROUP BY d.name"))
+            " 'dedupe_keys', 'dedupe_expiry', 'dedupe_accounts', 'dedupe_runs', 'dedupe_chunks',"
+            " 'dedupe_meta') GROUP BY d.name"))
         per_event = sum(parts.values()) / EVENTS
         self.assertLessEqual(per_event, MAX_STORE_BYTES,
                              "events, indexes and keys take %.1f bytes per event (%s)" % (

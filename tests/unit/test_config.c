@@ -103,6 +103,7 @@ static const char *const all_names[] = {
     "RETENTION_SWEEP_INTERVAL",
     "STORE_STAGING_MAX_EVENTS",
     "STORE_STAGING_WAIT",
+    "DEDUPE_FILTER_MB",
     "HTTP_MAX_BODY_BYTES",
     "HTTP_BODY_BUDGET_MB",
     "HTTP_BODY_MIN_RATE",

@@ -481,7 +481,6 @@ static void retention_deletes_events_keys_and_index(void **state) {
   struct ana_error err;
   /* The keys' merges (their own thread) drop the expired key once told the
    * day; done here at once. */
-  assert_int_equal(ana_local_dedupe_expire(db, NOW, 1000, &err), 0);
   assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) >= 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
@@ -1688,6 +1687,165 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs"), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_chunks"), 0);
+}
+
+/* Claims ids[0..n) of account (now, in a transaction rolled back); returns
+ * how many were duplicates. */
+static int dup_count(const char *account, char (*ids)[40], int n) {
+  struct ana_event_record *r = calloc((size_t)n, sizeof *r);
+  assert_non_null(r);
+  for (int i = 0; i < n; i++)
+    r[i] = record(account, ids[i], "sent", NOW, "{}", "");
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(db, r, (size_t)n, &err), 0);
+  ana_local_db_rollback(db);
+  int dups = 0;
+  for (int i = 0; i < n; i++)
+    dups += r[i].duplicate;
+  free(r);
+  return dups;
+}
+
+/* Commits ids[0..n) of account, their keys expiring at expires (0: their
+ * time's default), one transaction (one run) each `per`. */
+static void commit_keys(const char *account, char (*ids)[40], int n, int per, int64_t expires) {
+  struct ana_event_record *r = calloc((size_t)n, sizeof *r);
+  assert_non_null(r);
+  for (int i = 0; i < n; i++) {
+    r[i] = record(account, ids[i], "sent", NOW, "{}", "");
+    if (expires)
+      r[i].expires_at_ms = expires + (i / per % 4) * DAY;
+  }
+  for (int i = 0; i < n; i += per) {
+    claim(r + i, (size_t)(n - i < per ? n - i : per));
+    for (int k = i; k < i + per && k < n; k++)
+      assert_false(r[k].duplicate);
+  }
+  free(r);
+}
+
+/* A key is a duplicate whichever run holds it: in each commit's run, while
+ * a merge writes their output over several transactions (the inputs stay
+ * live until its last one), after a restart in the middle of it (the
+ * unfinished output is dropped, the merge done again) and after it. */
+static void dedupe_keys_are_found_in_every_run_during_and_after_a_merge(void **state) {
+  (void)state;
+  enum { RUNS = 9, PER = 2000, N = RUNS * PER };
+  char(*ids)[40] = calloc(N + 100, sizeof *ids);
+  assert_non_null(ids);
+  for (int i = 0; i < N + 100; i++)
+    snprintf(ids[i], sizeof ids[i], i % 3 ? "r%d-%d" : "%08x-0000-4000-8000-00000000%04x", i / PER,
+             i % 10000);
+  for (int i = 0; i < N + 100; i += 3) /* UUIDs, each its own */
+    snprintf(ids[i], sizeof ids[i], "%08x-0000-4000-8000-%012x", (unsigned)i * 2654435761u,
+             (unsigned)i);
+  ana_local_dedupe_hold(db, true);
+  ana_local_db_set_checkpoint_pages(db, 24); /* merge steps of a few chunks */
+  commit_keys("acct-1", ids, N, PER, 0);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs WHERE state = 0"), RUNS);
+  assert_int_equal(dup_count("acct-1", ids, N), N);
+  assert_int_equal(dup_count("acct-1", ids + N, 100), 0);
+  assert_int_equal(dup_count("acct-2", ids, 100), 0);
+  /* A merge under way: its output is being written. */
+  struct ana_error err;
+  assert_int_equal(ana_local_dedupe_maintain(db, NOW, 2, &err), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs WHERE state = 1"), 1);
+  assert_int_equal(dup_count("acct-1", ids, N), N);
+  assert_int_equal(dup_count("acct-1", ids + N, 100), 0);
+  /* Closed in the middle (as a crash would leave it). */
+  close_store();
+  open_store();
+  ana_local_dedupe_hold(db, true);
+  ana_local_db_set_checkpoint_pages(db, 24);
+  w = ana_local_db_writer(db);
+  assert_int_equal(dup_count("acct-1", ids, N), N);
+  assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) > 2);
+  /* One run of the eight first, the ninth beside it; nothing else left. */
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs WHERE state = 0"), 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs WHERE state != 0"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_chunks"),
+                   query_int(w, "SELECT sum(chunks) FROM dedupe_runs"));
+  assert_int_equal(query_int(w, "SELECT max(keys) FROM dedupe_runs"), 8 * PER);
+  assert_int_equal(dup_count("acct-1", ids, N), N);
+  assert_int_equal(dup_count("acct-1", ids + N, 100), 0);
+  keys_table(w);
+  assert_int_equal(query_int(w, "SELECT count(DISTINCT event_id) FROM dedupe_keys"), N);
+  close_store();
+  open_store();
+  assert_int_equal(dup_count("acct-1", ids, N), N);
+  free(ids);
+}
+
+/* Merged runs expire by day too: a run of which half the keys expired is
+ * written again without them, one all of whose keys expired goes whole. */
+static void dedupe_merged_runs_expire_by_day(void **state) {
+  (void)state;
+  enum { RUNS = 8, PER = 500, N = RUNS * PER };
+  char(*ids)[40] = calloc(N, sizeof *ids);
+  assert_non_null(ids);
+  for (int i = 0; i < N; i++)
+    snprintf(ids[i], sizeof ids[i], "e-%d", i);
+  ana_local_dedupe_hold(db, true);
+  /* Run k expires on day (k % 4) after NOW's. */
+  commit_keys("acct-1", ids, N, PER, NOW);
+  struct ana_error err;
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_true(ana_local_dedupe_maintain(db, NOW, 0, &err) > 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs"), 1);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW, 100000, &err), 0);
+  /* Two days on, half the keys expired. */
+  assert_true(ana_local_dedupe_maintain(db, NOW + 2 * DAY, 0, &err) > 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW + 2 * DAY, 100000, &err), N / 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs"), 1);
+  keys_table(w);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_keys"), N / 2);
+  int dups = 0;
+  for (int k = 0; k < RUNS; k++) {
+    int d = dup_count("acct-1", ids + k * PER, PER);
+    assert_int_equal(d, k % 4 >= 2 ? PER : 0);
+    dups += d;
+  }
+  assert_int_equal(dups, N / 2);
+  /* Four days on, all of them: the run goes whole, its chunks too. */
+  assert_true(ana_local_dedupe_maintain(db, NOW + 4 * DAY, 0, &err) > 0);
+  assert_int_equal(ana_local_dedupe_expire(db, NOW + 4 * DAY, 100000, &err), N / 2);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs"), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_chunks"), 0);
+  assert_int_equal(dup_count("acct-1", ids, N), 0);
+  free(ids);
+}
+
+/* The runs' filters never take more than the configured memory; a run
+ * left without one is read on every claim, and claims stay exact. */
+static void dedupe_filters_stay_within_their_memory_bound(void **state) {
+  (void)state;
+  enum { RUNS = 3, PER = 2000, N = RUNS * PER };
+  char(*ids)[40] = calloc(N + 100, sizeof *ids);
+  assert_non_null(ids);
+  for (int i = 0; i < N + 100; i++)
+    snprintf(ids[i], sizeof ids[i], "%08x-0000-4000-8000-%012x", (unsigned)i * 2654435761u,
+             (unsigned)i);
+  ana_local_dedupe_hold(db, true);
+  ana_local_dedupe_set_limits(db, 2048);
+  commit_keys("acct-1", ids, N, PER, 0);
+  struct ana_dedupe_runs_stats st;
+  ana_local_dedupe_stats(db, &st);
+  assert_int_equal(st.runs, RUNS);
+  assert_int_equal(st.keys, N);
+  assert_true(st.filter_bytes > 0 && st.filter_bytes <= 2048);
+  assert_int_equal(st.unfiltered, RUNS - 1);
+  assert_int_equal(dup_count("acct-1", ids, N), N);
+  assert_int_equal(dup_count("acct-1", ids + N, 100), 0);
+  /* With room, new runs get filters again, within the bound. */
+  ana_local_dedupe_set_limits(db, 64 << 10);
+  commit_keys("acct-1", ids + N, 100, 100, 0);
+  ana_local_dedupe_stats(db, &st);
+  assert_int_equal(st.unfiltered, RUNS - 1);
+  assert_true(st.filter_bytes > 2048 && st.filter_bytes <= 64 << 10);
+  assert_int_equal(dup_count("acct-1", ids, N + 100), N + 100);
+  free(ids);
 }
 
 /* A database of schema 3 kept its free-text index inside: the upgrade
@@ -2948,6 +3106,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(dedupe_keys_are_recognised_after_a_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(dedupe_keys_expire_by_day, setup, teardown),
       cmocka_unit_test_setup_teardown(old_dedupe_keys_are_migrated_on_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(dedupe_keys_are_found_in_every_run_during_and_after_a_merge,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(dedupe_merged_runs_expire_by_day, setup, teardown),
+      cmocka_unit_test_setup_teardown(dedupe_filters_stay_within_their_memory_bound, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(search_filters_paging_and_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(retention_deletes_events_keys_and_index, setup, teardown),
       cmocka_unit_test_setup_teardown(repeated_retention_step_removes_an_index_entry_once, setup,

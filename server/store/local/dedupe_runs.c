@@ -43,9 +43,9 @@
 
 #define DAY_MS INT64_C(86400000)
 #define CHUNK_SHIFT 24
-#define CHUNK_BYTES 3900
+#define CHUNK_BYTES 4040
 #define FANOUT 8
-#define BASE_KEYS 1024
+#define BASE_KEYS 512
 #define STEP_CHUNKS 256
 #define MAX_BITS_PER_KEY 10
 #define IDLE_MS 1000
@@ -944,9 +944,9 @@ static int set_state(sqlite3 *conn, int64_t id, int state) {
 
 /* One transaction of a merge: up to `chunks` chunks; at the end the output
  * turns live and the inputs dropped. 1: more to do, 0: done, <0 error. */
-static int merge_step(struct ana_dedupe_runs *d, struct merge *m, int chunks) {
+static int merge_step(struct ana_dedupe_runs *d, struct merge *m, int chunks, int room) {
   sqlite3_stmt *get = NULL;
-  int rc = begin_step(d, chunks + 16);
+  int rc = begin_step(d, room);
   if (rc < 0)
     return rc;
   bool bad = false;
@@ -1061,8 +1061,8 @@ out:
 
 /* Deletes a slice of a dropped run's chunks, or its row once none are
  * left. Returns 1 (more to do) or an error. */
-static int drop_step(struct ana_dedupe_runs *d, struct dropped *x, int chunks) {
-  int rc = begin_step(d, chunks + 16);
+static int drop_step(struct ana_dedupe_runs *d, struct dropped *x, int chunks, int room) {
+  int rc = begin_step(d, room);
   if (rc < 0)
     return rc;
   char sql[160];
@@ -1102,16 +1102,17 @@ static int drop_step(struct ana_dedupe_runs *d, struct dropped *x, int chunks) {
  * first, then dropping an expired run, then a merge. 1: it did something,
  * 0: nothing due, <0 error. */
 static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t today) {
-  int chunks = ana_local_db_move_room(d->db) / 2;
-  if (chunks > STEP_CHUNKS)
-    chunks = STEP_CHUNKS;
+  /* The WAL room the mover's moves get; a chunk is a page, plus the
+   * B-tree's and the run row's. */
+  int room = ana_local_db_move_room(d->db);
+  int chunks = room / 3 < STEP_CHUNKS ? room / 3 : STEP_CHUNKS;
   if (chunks < 1)
     chunks = 1;
   pthread_mutex_lock(&d->mu);
   if (d->n_dropped > 0) {
     struct dropped x = d->dropped[0];
     pthread_mutex_unlock(&d->mu);
-    int rc = drop_step(d, &x, chunks);
+    int rc = drop_step(d, &x, chunks, room);
     if (rc < 0)
       return rc;
     pthread_mutex_lock(&d->mu);
@@ -1126,7 +1127,7 @@ static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t tod
   }
   if (m->n_in > 0) {
     pthread_mutex_unlock(&d->mu);
-    int rc = merge_step(d, m, chunks);
+    int rc = merge_step(d, m, chunks, room);
     if (rc < 0)
       merge_fail(d, m);
     return rc < 0 ? rc : 1;
@@ -1139,7 +1140,7 @@ static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t tod
   if (drop) {
     drop->merging = true;
     pthread_mutex_unlock(&d->mu);
-    int rc = begin_step(d, 16);
+    int rc = begin_step(d, 1);
     if (rc == 0) {
       rc = set_state(d->conn, drop->id, STATE_DROPPED);
       rc = end_step(d, rc == 0) < 0 ? ANA_ERR_IO : rc;
@@ -1173,7 +1174,7 @@ static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t tod
     merge_fail(d, m);
     return ANA_ERR_NOMEM;
   }
-  int rc = merge_step(d, m, chunks);
+  int rc = merge_step(d, m, chunks, room);
   if (rc < 0)
     merge_fail(d, m);
   return rc < 0 ? rc : 1;
