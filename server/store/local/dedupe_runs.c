@@ -40,11 +40,13 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DAY_MS INT64_C(86400000)
 #define CHUNK_SHIFT 24
 #define CHUNK_BYTES 4040
 #define FANOUT 8
+#define MAX_LEVELS 24
 #define BASE_KEYS 512
 #define STEP_CHUNKS 256
 #define MAX_BITS_PER_KEY 10
@@ -101,8 +103,8 @@ struct merge;
 
 struct ana_dedupe_runs {
   struct ana_local_db *db;
-  struct merge *merge; /* the merge under way (under step_mu) */
-  int64_t today;       /* the UTC day retention last gave (INT64_MIN: none yet) */
+  struct merge *merges; /* under way, per level, and a compaction (under step_mu) */
+  int64_t today;        /* the UTC day retention last gave (INT64_MIN: none yet) */
   uint64_t seed;
   pthread_mutex_t mu; /* runs, dropped, next_id, filter_bytes, hold, stop */
   pthread_cond_t cond;
@@ -226,11 +228,6 @@ static int key_cmp(const struct dkey *a, const struct dkey *b) {
   return memcmp(a->id, b->id, a->len);
 }
 
-static bool key_same(const struct dkey *a, const struct dkey *b) {
-  return a->account == b->account && a->text == b->text && a->len == b->len &&
-         memcmp(a->id, b->id, a->len) == 0;
-}
-
 static uint64_t zigzag(int64_t v) {
   return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
 }
@@ -283,6 +280,29 @@ static size_t chunk_put(uint8_t *p, int64_t base, const struct dkey *k) {
   return n;
 }
 
+/* Whether chunk c holds k (1), not (0), or is malformed (negative): its
+ * keys compared as they are read, the day skipped. */
+static int chunk_find(const uint8_t *c, size_t n, const struct dkey *k) {
+  size_t i = 0;
+  uint64_t v = 0, want = (uint64_t)k->account * 2 + k->text;
+  if (!ana_varint_get(c, n, &i, &v))
+    return ANA_ERR_INTERNAL;
+  while (i < n) {
+    uint64_t len = ANA_EVENT_ID_PACKED;
+    if (!ana_varint_get(c, n, &i, &v) || ((v & 1) && !ana_varint_get(c, n, &i, &len)) ||
+        len > n - i)
+      return ANA_ERR_INTERNAL;
+    if (v == want && len == k->len && memcmp(c + i, k->id, k->len) == 0)
+      return 1;
+    i += (size_t)len;
+    while (i < n && (c[i] & 0x80)) /* the day */
+      i++;
+    if (i++ >= n)
+      return ANA_ERR_INTERNAL;
+  }
+  return 0;
+}
+
 /* --- runs in memory --- */
 
 static void run_free(struct run *r) {
@@ -296,7 +316,7 @@ static void run_free(struct run *r) {
 
 static int level_of(int64_t keys) {
   int level = 0;
-  for (int64_t size = BASE_KEYS * FANOUT; keys >= size && level < 30; size *= FANOUT)
+  for (int64_t size = BASE_KEYS * FANOUT; keys >= size && level < MAX_LEVELS - 1; size *= FANOUT)
     level++;
   return level;
 }
@@ -447,21 +467,11 @@ static int run_holds(sqlite3_stmt *get, const struct run *r, const struct dkey *
     int step = sqlite3_step(get);
     if (step != SQLITE_ROW)
       return step == SQLITE_DONE ? ANA_ERR_INTERNAL : ANA_ERR_IO;
-    const uint8_t *c = sqlite3_column_blob(get, 0);
-    size_t n = (size_t)sqlite3_column_bytes(get, 0), i = 0;
-    int64_t base = 0;
-    bool bad = false;
-    struct dkey x;
-    if (!chunk_begin(c, n, &i, &base))
-      return ANA_ERR_INTERNAL;
-    while (chunk_next(c, n, &i, base, &x, &bad)) {
-      if (key_same(&x, k)) {
-        sqlite3_reset(get);
-        return 1;
-      }
+    int found = chunk_find(sqlite3_column_blob(get, 0), (size_t)sqlite3_column_bytes(get, 0), k);
+    if (found != 0) {
+      sqlite3_reset(get);
+      return found;
     }
-    if (bad)
-      return ANA_ERR_INTERNAL;
   }
   sqlite3_reset(get);
   return 0;
@@ -870,38 +880,37 @@ static void merge_fail(struct ana_dedupe_runs *d, struct merge *m) {
   pthread_mutex_unlock(&d->mu);
 }
 
-/* Picks the next maintenance work under mu: a run to drop whole (*drop),
- * or a merge's inputs (m). false: nothing to do. */
-static bool pick_work(struct ana_dedupe_runs *d, int64_t today, struct run **drop,
-                      struct merge *m) {
-  *drop = NULL;
+/* A run to drop whole (all its keys' days are over), or NULL. Under mu. */
+static struct run *pick_drop(struct ana_dedupe_runs *d, int64_t today) {
   for (size_t i = 0; i < d->n_runs; i++) {
     struct run *r = d->runs[i];
-    if (!r->merging && r->n_days && max_day(r) < today) {
-      *drop = r;
-      return true;
-    }
+    if (!r->merging && r->n_days && max_day(r) < today)
+      return r;
   }
+  return NULL;
+}
+
+/* Puts in in[0] the input of a compaction (a run half of whose keys
+ * expired); false: none. Under mu. */
+static int pick_compaction(struct ana_dedupe_runs *d, int64_t today, struct run **in) {
   for (size_t i = 0; i < d->n_runs; i++) {
     struct run *r = d->runs[i];
     if (!r->merging && r->keys > 0 && expired_keys(r, today) * 2 >= r->keys) {
-      m->in[0] = r;
-      m->n_in = 1;
-      return true;
+      in[0] = r;
+      return 1;
     }
   }
-  for (int level = 0; level <= 30; level++) {
-    int n = 0;
-    for (size_t i = 0; i < d->n_runs && n < FANOUT; i++)
-      if (!d->runs[i]->merging && d->runs[i]->level == level)
-        m->in[n++] = d->runs[i];
-    if (n == FANOUT) {
-      m->n_in = n;
-      return true;
-    }
-  }
-  m->n_in = 0;
-  return false;
+  return 0;
+}
+
+/* Puts FANOUT runs of level (the oldest) in in; returns FANOUT, or 0 when
+ * there are fewer. Under mu. */
+static int pick_merge(struct ana_dedupe_runs *d, int level, struct run **in) {
+  int n = 0;
+  for (size_t i = 0; i < d->n_runs && n < FANOUT; i++)
+    if (!d->runs[i]->merging && d->runs[i]->level == level)
+      in[n++] = d->runs[i];
+  return n == FANOUT ? n : 0;
 }
 
 /* The input holding the smallest key, or -1 when all are done. */
@@ -1101,7 +1110,58 @@ static int drop_step(struct ana_dedupe_runs *d, struct dropped *x, int chunks, i
 /* One maintenance transaction due at today: deleting dropped runs' chunks
  * first, then dropping an expired run, then a merge. 1: it did something,
  * 0: nothing due, <0 error. */
-static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t today) {
+/* Starts merge m (its inputs chosen) and takes its first step. Called
+ * with mu held; returns without. */
+static int merge_start(struct ana_dedupe_runs *d, struct merge *m, int64_t today, int chunks,
+                       int room) {
+  int64_t keys = 0, base = INT64_MAX;
+  size_t freed = 0;
+  for (int i = 0; i < m->n_in; i++) {
+    m->in[i]->merging = true;
+    keys += m->in[i]->keys;
+    freed += run_filter_bytes(m->in[i]);
+    int64_t lo = min_day(m->in[i]);
+    base = lo < base ? lo : base;
+  }
+  pthread_mutex_unlock(&d->mu);
+  if (base < today)
+    base = today;
+  m->today = today;
+  /* Its output's filter sized for all its inputs' keys. */
+  if (!writer_init(d, &m->wr, take_id(d), keys, base, freed, keys)) {
+    merge_fail(d, m);
+    return ANA_ERR_NOMEM;
+  }
+  int rc = merge_step(d, m, chunks, room);
+  if (rc < 0)
+    merge_fail(d, m);
+  return rc < 0 ? rc : 1;
+}
+
+/* One step of the merge of slot: under way, or started now with the n
+ * runs of in. Called with mu held; returns without. */
+static int merge_slot_step(struct ana_dedupe_runs *d, int slot, struct run **in, int n,
+                           int64_t today, int chunks, int room) {
+  struct merge *m = &d->merges[slot];
+  if (!m->wr.r) {
+    memcpy(m->in, in, (size_t)n * sizeof *in);
+    m->n_in = n;
+    return merge_start(d, m, today, chunks, room);
+  }
+  pthread_mutex_unlock(&d->mu);
+  int rc = merge_step(d, m, chunks, room);
+  if (rc < 0)
+    merge_fail(d, m);
+  return rc < 0 ? rc : 1;
+}
+
+/* One maintenance transaction due at today, the most urgent first: a step
+ * of the merges of the smallest runs (levels 0 and 1: a claim probes every
+ * run, so they must not pile up behind a large merge), dropping a run that
+ * expired whole, deleting dropped runs' chunks, a step of a larger merge
+ * (the lowest level first), then rewriting a run half of whose keys
+ * expired. 1: it did something, 0: nothing due, <0 error. */
+static int maintain_step(struct ana_dedupe_runs *d, int64_t today) {
   /* The WAL room the mover's moves get; a chunk is a page, plus the
    * B-tree's and the run row's. */
   int room = ana_local_db_move_room(d->db);
@@ -1109,34 +1169,15 @@ static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t tod
   if (chunks < 1)
     chunks = 1;
   pthread_mutex_lock(&d->mu);
-  if (d->n_dropped > 0) {
-    struct dropped x = d->dropped[0];
-    pthread_mutex_unlock(&d->mu);
-    int rc = drop_step(d, &x, chunks, room);
-    if (rc < 0)
-      return rc;
-    pthread_mutex_lock(&d->mu);
-    if (rc == 0) {
-      memmove(d->dropped, d->dropped + 1, (d->n_dropped - 1) * sizeof *d->dropped);
-      d->n_dropped--;
-    } else {
-      d->dropped[0] = x;
-    }
-    pthread_mutex_unlock(&d->mu);
-    return 1;
-  }
-  if (m->n_in > 0) {
-    pthread_mutex_unlock(&d->mu);
-    int rc = merge_step(d, m, chunks, room);
-    if (rc < 0)
-      merge_fail(d, m);
-    return rc < 0 ? rc : 1;
-  }
-  struct run *drop = NULL;
-  if (!pick_work(d, today, &drop, m)) {
-    pthread_mutex_unlock(&d->mu);
-    return 0;
-  }
+  /* The lowest level with a merge under way or due. */
+  struct run *in[FANOUT];
+  int level = -1, n = 0;
+  for (int l = 0; l < MAX_LEVELS && level < 0; l++)
+    if (d->merges[l].wr.r || (n = pick_merge(d, l, in)) > 0)
+      level = l;
+  if (level >= 0 && level <= 1)
+    return merge_slot_step(d, level, in, n, today, chunks, room);
+  struct run *drop = pick_drop(d, today);
   if (drop) {
     drop->merging = true;
     pthread_mutex_unlock(&d->mu);
@@ -1156,28 +1197,28 @@ static int maintain_step(struct ana_dedupe_runs *d, struct merge *m, int64_t tod
     pthread_mutex_unlock(&d->mu);
     return rc < 0 ? rc : 1;
   }
-  /* A merge: its output sized for all its inputs' keys. */
-  int64_t keys = 0, base = INT64_MAX;
-  size_t freed = 0;
-  for (int i = 0; i < m->n_in; i++) {
-    m->in[i]->merging = true;
-    keys += m->in[i]->keys;
-    freed += run_filter_bytes(m->in[i]);
-    int64_t lo = min_day(m->in[i]);
-    base = lo < base ? lo : base;
+  if (d->n_dropped > 0) {
+    struct dropped x = d->dropped[0];
+    pthread_mutex_unlock(&d->mu);
+    int rc = drop_step(d, &x, chunks, room);
+    if (rc < 0)
+      return rc;
+    pthread_mutex_lock(&d->mu);
+    if (rc == 0) {
+      memmove(d->dropped, d->dropped + 1, (d->n_dropped - 1) * sizeof *d->dropped);
+      d->n_dropped--;
+    } else {
+      d->dropped[0] = x;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return 1;
   }
+  if (level >= 0)
+    return merge_slot_step(d, level, in, n, today, chunks, room);
+  if (d->merges[MAX_LEVELS].wr.r || (n = pick_compaction(d, today, in)) > 0)
+    return merge_slot_step(d, MAX_LEVELS, in, n, today, chunks, room);
   pthread_mutex_unlock(&d->mu);
-  if (base < today)
-    base = today;
-  m->today = today;
-  if (!writer_init(d, &m->wr, take_id(d), keys, base, freed, keys)) {
-    merge_fail(d, m);
-    return ANA_ERR_NOMEM;
-  }
-  int rc = merge_step(d, m, chunks, room);
-  if (rc < 0)
-    merge_fail(d, m);
-  return rc < 0 ? rc : 1;
+  return 0;
 }
 
 static int64_t today_of(int64_t ms) {
@@ -1197,7 +1238,7 @@ static void *merge_thread(void *arg) {
     int64_t today = d->today;
     pthread_mutex_unlock(&d->mu);
     pthread_mutex_lock(&d->step_mu);
-    int rc = maintain_step(d, d->merge, today);
+    int rc = maintain_step(d, today);
     pthread_mutex_unlock(&d->step_mu);
     pthread_mutex_lock(&d->mu);
     if (rc > 0)
@@ -1230,7 +1271,7 @@ int ana_dedupe_runs_maintain(struct ana_dedupe_runs *d, int64_t now_ms, int max_
   pthread_mutex_lock(&d->mu);
   int64_t today = d->today;
   pthread_mutex_unlock(&d->mu);
-  while ((max_steps <= 0 || steps < max_steps) && (rc = maintain_step(d, d->merge, today)) > 0)
+  while ((max_steps <= 0 || steps < max_steps) && (rc = maintain_step(d, today)) > 0)
     steps++;
   pthread_mutex_unlock(&d->step_mu);
   if (rc < 0) {
@@ -1279,6 +1320,17 @@ void ana_dedupe_runs_stats(struct ana_dedupe_runs *d, struct ana_dedupe_runs_sta
     if (!d->runs[i]->filter)
       out->unfiltered++;
   pthread_mutex_unlock(&d->mu);
+}
+
+/* The merge connection's busy handler: the committer's transactions follow
+ * each other closely, so the lock is polled often (a sleep that grows as
+ * SQLite's does would let it miss every gap between commits), for 30 s. */
+static int merge_busy(void *arg, int tries) {
+  (void)arg;
+  if (tries >= 100000)
+    return 0;
+  usleep(tries < 20 ? 50 : 300);
+  return 1;
 }
 
 /* --- open and close --- */
@@ -1367,7 +1419,7 @@ struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w
   d->db = db;
   d->filter_limit = filter_limit;
   d->today = INT64_MIN;
-  if (!(d->merge = ana_calloc(1, sizeof *d->merge))) {
+  if (!(d->merges = ana_calloc(MAX_LEVELS + 1, sizeof *d->merges))) {
     ana_free(d);
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return NULL;
@@ -1382,6 +1434,7 @@ struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w
   /* A merge lost in a crash is done again (its inputs stay live until its
    * last transaction): its commits need not be synced. */
   sqlite3_exec(d->conn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+  sqlite3_busy_handler(d->conn, merge_busy, NULL);
   if (pthread_create(&d->thread, NULL, merge_thread, d) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the deduplication merges");
     goto fail;
@@ -1405,8 +1458,9 @@ void ana_dedupe_runs_close(struct ana_dedupe_runs *d) {
   }
   /* A merge cut short: its output is dropped at the next start (state 1),
    * its inputs stay live. */
-  merge_end(d->merge);
-  ana_free(d->merge);
+  for (int i = 0; d->merges && i <= MAX_LEVELS; i++)
+    merge_end(&d->merges[i]);
+  ana_free(d->merges);
   sqlite3_close(d->conn);
   ana_dedupe_runs_discard(d);
   for (size_t i = 0; i < d->n_runs; i++)
