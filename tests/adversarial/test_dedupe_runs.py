@@ -7,9 +7,11 @@ merges join the runs in the background; a retry is still a duplicate
 whichever run holds its key.
 """
 
+import http.client
 import json
 import os
 import random
+import re
 import sqlite3
 import struct
 import time
@@ -106,6 +108,14 @@ class DedupeRunsTest(AttackTestCase):
             for b in (0, BATCHES):
                 again = self.post(batch_body(ids[b], shift_ms=2 * DAY_MS, seed=b + 7))
                 self.assertEqual(again.get("duplicates"), BATCH, str(again)[:300])
+        # The merges keep up: few runs for each claim to probe (/metrics).
+        conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=10)
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        conn.close()
+        runs = re.search(r"^ana_dedupe_runs (\d+)", metrics, re.M)
+        self.assertIsNotNone(runs, "/metrics has no ana_dedupe_runs")
+        self.assertLess(int(runs.group(1)), 16, "the keys are in %s runs" % runs.group(1))
         new = after[len(before):] if salts0 == salts1 else after
         pages, size = self.dedupe_pages()
         written = {p for p in new if p in pages}

@@ -35,6 +35,7 @@
 #include "ana_alloc.h"
 #include "ana_clock.h"
 #include "ana_log.h"
+#include "ana_prom.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -115,7 +116,8 @@ struct ana_dedupe_runs {
   int64_t next_id;
   size_t filter_bytes, filter_limit;
   int64_t live_keys;
-  bool hold, stop, started, wake;
+  bool hold, stop, started, wake, metrics_registered;
+  uint64_t merges_done, runs_dropped;
   _Atomic int64_t keys_expired; /* dropped by expiry since the last ask */
   pthread_t thread;
   sqlite3 *conn;           /* the merge thread's */
@@ -1059,6 +1061,7 @@ out:
     m->cur[i].buf = NULL;
   }
   atomic_fetch_add(&d->keys_expired, m->expired);
+  d->merges_done++;
   m->n_in = 0;
   pthread_mutex_unlock(&d->mu);
   if (!added)
@@ -1190,6 +1193,7 @@ static int maintain_step(struct ana_dedupe_runs *d, int64_t today) {
     drop->merging = false;
     if (rc == 0) {
       atomic_fetch_add(&d->keys_expired, drop->keys);
+      d->runs_dropped++;
       runs_remove(d, drop);
       dropped_add(d, drop->id);
       run_free(drop);
@@ -1333,6 +1337,37 @@ static int merge_busy(void *arg, int tries) {
   return 1;
 }
 
+static void collect(struct ana_prom_writer *w, void *ctx) {
+  struct ana_dedupe_runs *d = ctx;
+  struct ana_dedupe_runs_stats st;
+  ana_dedupe_runs_stats(d, &st);
+  pthread_mutex_lock(&d->mu);
+  uint64_t merges = d->merges_done, dropped = d->runs_dropped;
+  pthread_mutex_unlock(&d->mu);
+  static const struct {
+    const char *name, *type, *help;
+  } families[] = {
+      {"ana_dedupe_runs", "gauge", "Sorted runs of deduplication keys (a claim probes each)."},
+      {"ana_dedupe_keys", "gauge", "Deduplication keys in the live runs."},
+      {"ana_dedupe_filter_bytes", "gauge",
+       "Memory of the runs' Bloom filters (at most DEDUPE_FILTER_MB)."},
+      {"ana_dedupe_unfiltered_runs", "gauge",
+       "Runs without a filter (DEDUPE_FILTER_MB was full): read on every claim."},
+      {"ana_dedupe_merges_total", "counter", "Merges of deduplication runs that ended."},
+      {"ana_dedupe_expired_runs_total", "counter", "Runs dropped whole because every key expired."},
+  };
+  const uint64_t values[] = {(uint64_t)st.runs,
+                             (uint64_t)st.keys,
+                             (uint64_t)st.filter_bytes,
+                             (uint64_t)st.unfiltered,
+                             merges,
+                             dropped};
+  for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+    ana_prom_write_family(w, families[i].name, families[i].type, families[i].help);
+    ana_prom_write_u64(w, families[i].name, NULL, values[i]);
+  }
+}
+
 /* --- open and close --- */
 
 /* Loads the live runs' metadata and filters; dropped and unfinished runs
@@ -1440,6 +1475,7 @@ struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w
     goto fail;
   }
   d->started = true;
+  d->metrics_registered = ana_prom_register(collect, d) == 0;
   return d;
 fail:
   ana_dedupe_runs_close(d);
@@ -1449,6 +1485,8 @@ fail:
 void ana_dedupe_runs_close(struct ana_dedupe_runs *d) {
   if (!d)
     return;
+  if (d->metrics_registered)
+    ana_prom_unregister(collect, d);
   if (d->started) {
     pthread_mutex_lock(&d->mu);
     d->stop = true;
