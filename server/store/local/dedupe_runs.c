@@ -25,10 +25,15 @@
  *
  * Merges (thread ana-dedupe, a connection of its own): FANOUT runs of one
  * level (level = log_FANOUT(keys / BASE_KEYS)) into one, dropping the keys
- * whose day is over; a run all of whose keys expired is dropped whole, one
- * of which half the keys expired is rewritten alone. Each transaction
- * writes at most STEP_CHUNKS chunks (and no more than the WAL room the
- * mover gets), so commits are never held for long. */
+ * whose day is over (the day retention last gave: ana_local_dedupe_expire);
+ * a run all of whose keys expired is dropped whole, one of which half the
+ * keys expired is rewritten alone. One merge per level may be under way;
+ * levels 0 and 1 go first (a claim probes every run, so small runs must not
+ * pile up behind a large merge). Each transaction writes at most
+ * STEP_CHUNKS chunks (and no more than the WAL room the mover gets), so
+ * commits are never held for long, and the thread polls for the write lock
+ * every 50-300 us (SQLite's growing sleeps missed every gap between the
+ * committer's transactions: the runs piled up). */
 #include "byte_codec.h"
 #include "local_db_sql.h"
 
