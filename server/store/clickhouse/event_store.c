@@ -447,7 +447,7 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
     d = &e->days[e->n_days++];
     memset(d, 0, sizeof *d);
     d->day = day;
-    if (!(d->gz = ana_clickhouse_gz_new(ana_clickhouse_gzip(e->s->ch))))
+    if (!(d->gz = ana_clickhouse_gz_new(ana_clickhouse_gzip_level(e->s->ch))))
       return e->failed = true, ANA_ERR_NOMEM;
     if (getrandom(&d->attempt, sizeof d->attempt, 0) != sizeof d->attempt)
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
