@@ -1275,6 +1275,8 @@ static void ch_status(void *store, struct ana_event_store_status *st) {
   if (st->lag_seconds < 0)
     st->lag_seconds = 0;
   st->pending_bytes = atomic_load(&s->pending_bytes);
+  if (st->pending_bytes < 0) /* a start-up backlog larger than its estimate, being shipped */
+    st->pending_bytes = 0;
   st->max_bytes = s->max_bytes;
   st->full = st->pending_bytes >= s->max_bytes;
   st->degraded = atomic_load(&s->degraded) || !atomic_load(&s->ready);
