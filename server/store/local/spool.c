@@ -279,33 +279,36 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   " ORDER BY seq LIMIT ?2"
 
 /* The texts of the numbers of accounts (dedupe_accounts) and of event types
- * and names (event_strings) met in one read snapshot, each looked up once. */
+ * and names (event_strings) met in one read snapshot, each looked up once.
+ * Each column has slots of its own: a row's three texts stay valid until the
+ * next row's are looked up. */
 #define NAME_SLOTS 64
+enum { NAME_ACCOUNT, NAME_TYPE, NAME_NAME, NAME_KINDS };
 struct names_of {
   sqlite3 *r;
-  sqlite3_stmt *get[2]; /* 0: accounts, 1: event strings */
+  sqlite3_stmt *get[2]; /* accounts; event strings (types and names) */
   struct name_slot {
     int64_t id;
     char *text; /* NULL: empty slot */
     bool found;
-  } slots[2][NAME_SLOTS];
+  } slots[NAME_KINDS][NAME_SLOTS];
 };
 
 static const char *const name_sql[2] = {"SELECT account_id FROM dedupe_accounts WHERE id = ?",
                                         "SELECT name FROM event_strings WHERE id = ?"};
 
-/* The text of number id of kind (0, 1); NULL when there is none (as the
+/* The text of number id in column kind; NULL when there is none (as the
  * subquery's NULL), or *failed on an error. */
 static const char *name_of(struct names_of *n, int kind, int64_t id, bool *failed) {
   struct name_slot *slot = &n->slots[kind][(uint64_t)id % NAME_SLOTS];
   if (slot->text && slot->id == id)
     return slot->found ? slot->text : NULL;
-  if (!n->get[kind] &&
-      sqlite3_prepare_v2(n->r, name_sql[kind], -1, &n->get[kind], NULL) != SQLITE_OK) {
+  int q = kind == NAME_ACCOUNT ? 0 : 1;
+  if (!n->get[q] && sqlite3_prepare_v2(n->r, name_sql[q], -1, &n->get[q], NULL) != SQLITE_OK) {
     *failed = true;
     return NULL;
   }
-  sqlite3_stmt *st = n->get[kind];
+  sqlite3_stmt *st = n->get[q];
   sqlite3_bind_int64(st, 1, id);
   int rc = sqlite3_step(st);
   const char *t = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
@@ -324,11 +327,11 @@ static const char *name_of(struct names_of *n, int kind, int64_t id, bool *faile
 }
 
 static void names_free(struct names_of *n) {
-  for (int k = 0; k < 2; k++) {
-    sqlite3_finalize(n->get[k]);
+  sqlite3_finalize(n->get[0]);
+  sqlite3_finalize(n->get[1]);
+  for (int k = 0; k < NAME_KINDS; k++)
     for (int i = 0; i < NAME_SLOTS; i++)
       ana_free(n->slots[k][i].text);
-  }
 }
 
 /* One read snapshot of the events table, then of the staged events that
@@ -358,11 +361,11 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     struct ana_spooled_event e = {
         .seq = (uint64_t)sqlite3_column_int64(st, 0),
-        .account_id = name_of(&names, 0, sqlite3_column_int64(st, 1), &failed),
+        .account_id = name_of(&names, NAME_ACCOUNT, sqlite3_column_int64(st, 1), &failed),
         .event_id = ana_event_id_column(st, 2, id_buf),
         .session_id = (const char *)sqlite3_column_text(st, 3),
-        .event_type = name_of(&names, 1, sqlite3_column_int64(st, 4), &failed),
-        .event_name = name_of(&names, 1, sqlite3_column_int64(st, 5), &failed),
+        .event_type = name_of(&names, NAME_TYPE, sqlite3_column_int64(st, 4), &failed),
+        .event_name = name_of(&names, NAME_NAME, sqlite3_column_int64(st, 5), &failed),
         .timestamp_ms = sqlite3_column_int64(st, 6),
         .received_at_ms = sqlite3_column_int64(st, 7),
         .properties_json = (const char *)sqlite3_column_text(st, 8),
