@@ -12,9 +12,10 @@
 #include "ana_clock.h"
 #include "ana_local_db.h"
 #include "ana_store.h"
+#include "dedupe_schema24.h"
 
 #include <dirent.h>
-#include <sqlite3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +24,6 @@
 
 #define COMMIT 1000
 #define SLICE 1000000L
-
-static double thread_cpu_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* CPU seconds of this process's threads named name. */
 static double named_cpu_s(const char *name) {
@@ -73,20 +68,6 @@ static void uuid_of(uint64_t *state, char out[37]) {
            (unsigned long long)(b & 0xffffffffffffULL));
 }
 
-static long long db_bytes(const char *path, const char *like) {
-  sqlite3 *c = NULL;
-  sqlite3_stmt *st = NULL;
-  long long n = -1;
-  char sql[200];
-  snprintf(sql, sizeof sql, "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE '%s'", like);
-  if (sqlite3_open_v2(path, &c, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-      sqlite3_prepare_v2(c, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-    n = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  sqlite3_close(c);
-  return n;
-}
-
 int main(int argc, char **argv) {
   long keys = 10 * SLICE;
   const char *base = "/tmp";
@@ -103,6 +84,7 @@ int main(int argc, char **argv) {
   snprintf(dir, sizeof dir, "%s/dedupe-bench-XXXXXX", base);
   if (!mkdtemp(dir))
     return 1;
+  pthread_setname_np(pthread_self(), "bench-claim");
   struct ana_error err;
   struct ana_local_db *db = ana_local_db_open(dir, &err);
   if (!db) {
@@ -110,19 +92,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   snprintf(old_path, sizeof old_path, "%s/schema24.db", dir);
-  sqlite3 *old = NULL;
-  sqlite3_stmt *ins = NULL;
-  if (sqlite3_open(old_path, &old) != SQLITE_OK ||
-      sqlite3_exec(old,
-                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-65536;"
-                   "CREATE TABLE dedupe_keys (account INTEGER NOT NULL, event_id BLOB NOT NULL,"
-                   " expires INTEGER NOT NULL, PRIMARY KEY (account, event_id)) WITHOUT ROWID;",
-                   NULL, NULL, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(old, "INSERT INTO dedupe_keys VALUES (1, ?, ?) ON CONFLICT DO NOTHING", -1,
-                         &ins, NULL) != SQLITE_OK) {
-    fprintf(stderr, "schema 24 table: %s\n", sqlite3_errmsg(old));
+  struct schema24 *old = schema24_open(old_path);
+  if (!old)
     return 1;
-  }
   struct ana_event_record *r = calloc(COMMIT, sizeof *r);
   char(*ids)[37] = calloc(COMMIT, sizeof *ids);
   int64_t now = ana_clock_wall_ms();
@@ -132,33 +104,22 @@ int main(int argc, char **argv) {
   for (long done = 0; done < keys; done += SLICE) {
     long n = keys - done < SLICE ? keys - done : SLICE;
     /* A: the table of schema 24. */
-    double c0 = thread_cpu_s();
+    double c0 = named_cpu_s("bench-claim");
     int64_t w0 = ana_clock_mono_ns();
     for (long i = 0; i < n && !runs_only; i += COMMIT) {
-      sqlite3_exec(old, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+      char id[37];
+      schema24_begin(old);
       for (int k = 0; k < COMMIT; k++) {
-        char id[37];
-        uint8_t packed[16];
         uuid_of(&seed_a, id);
-        for (int j = 0, h = 0; j < 16; j++) { /* the 16 bytes, as event_ids.c packs them */
-          while (id[h] == '-')
-            h++;
-          unsigned v;
-          sscanf(id + h, "%2x", &v);
-          packed[j] = (uint8_t)v;
-          h += 2;
-        }
-        sqlite3_reset(ins);
-        sqlite3_bind_blob(ins, 1, packed, 16, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(ins, 2, (now + (int64_t)(k % 30) * 86400000) / 86400000 + 90);
-        sqlite3_step(ins);
+        schema24_claim(old, id, (now + (int64_t)(k % 30) * 86400000) / 86400000 + 90);
       }
-      sqlite3_exec(old, "COMMIT", NULL, NULL, NULL);
+      schema24_commit(old);
     }
-    double a_cpu = thread_cpu_s() - c0, a_wall = (double)(ana_clock_mono_ns() - w0) / 1e9;
+    double a_cpu = named_cpu_s("bench-claim") - c0,
+           a_wall = (double)(ana_clock_mono_ns() - w0) / 1e9;
     /* B: the store's runs. */
     double m0 = named_cpu_s("ana-dedupe");
-    c0 = thread_cpu_s();
+    c0 = named_cpu_s("bench-claim");
     w0 = ana_clock_mono_ns();
     for (long i = 0; i < n; i += COMMIT) {
       for (int k = 0; k < COMMIT; k++) {
@@ -174,7 +135,8 @@ int main(int argc, char **argv) {
         return 1;
       }
     }
-    double b_cpu = thread_cpu_s() - c0, b_wall = (double)(ana_clock_mono_ns() - w0) / 1e9;
+    double b_cpu = named_cpu_s("bench-claim") - c0,
+           b_wall = (double)(ana_clock_mono_ns() - w0) / 1e9;
     double b_merge = named_cpu_s("ana-dedupe") - m0;
     struct ana_dedupe_runs_stats rs;
     ana_local_dedupe_stats(db, &rs);
@@ -191,14 +153,13 @@ int main(int argc, char **argv) {
       break;
   }
   ana_local_dedupe_stats(db, &st);
-  sqlite3_finalize(ins);
-  sqlite3_close(old);
+  schema24_close(old);
   ana_local_db_close(db);
   char path[300];
   snprintf(path, sizeof path, "%s/analytics.db", dir);
-  long long runs_bytes = db_bytes(path, "dedupe_%");
-  long long acc = db_bytes(path, "dedupe_accounts");
-  long long old_bytes = db_bytes(old_path, "dedupe_keys");
+  long long runs_bytes = schema24_db_bytes(path, "dedupe_%");
+  long long acc = schema24_db_bytes(path, "dedupe_accounts");
+  long long old_bytes = schema24_db_bytes(old_path, "dedupe_keys");
   int64_t o0 = ana_clock_mono_ns();
   db = ana_local_db_open(dir, &err);
   double open_s = (double)(ana_clock_mono_ns() - o0) / 1e9;

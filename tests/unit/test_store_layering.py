@@ -21,8 +21,9 @@ import sys
 # Headers only server/store/ may include.
 INTERNAL = {"local_db_sql.h", "sqlite_backends.h", "text_index.h", "wal_write_vfs.h", "sql_stmt.h",
             "locked_conn.h"}
-# bench/'s one raw-SQLite file: the retired format-1 index it compares against.
-BENCH_SQLITE = {"bench/search_format1.c"}
+# bench/'s raw-SQLite files: the retired format-1 index and the deduplication keys of
+# schema 24, which benchmarks compare against.
+BENCH_SQLITE = {"bench/search_format1.c", "bench/dedupe_schema24.c"}
 # The store's own unit tests exercise its internals.
 STORE_TESTS = {"tests/unit/test_store.c", "tests/unit/test_wal_write_vfs.c"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
