@@ -13,9 +13,9 @@
  * text's length (text ids only), the id (16 bytes for a canonical UUID,
  * event_ids.c) and varint(expiry day - base day). fences holds each chunk's
  * first hash (8 bytes a chunk), filter a blocked Bloom filter of the keys'
- * hashes (64-byte blocks, k bits of one block per key), days the number of
- * keys per expiry day. The hash only filters: a key is a duplicate only
- * when the same (account, event id) is found in a chunk.
+ * hashes (64-byte blocks, k bits of one block per key), both as 64-bit
+ * words in the host's byte order, days the number of keys per expiry day. The hash only filters: a
+ * key is a duplicate only when the same (account, event id) is found in a chunk.
  *
  * state: 0 live, 1 being built by a merge (its chunks are written over
  * several transactions; the row turns live in the transaction that marks
