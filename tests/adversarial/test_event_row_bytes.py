@@ -134,7 +134,7 @@ class EventStoreBytesTest(StoreBytesCase):
             "SELECT d.name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_schema s"
             " ON s.name = d.name WHERE s.tbl_name IN ('events', 'event_strings',"
             " 'dedupe_keys', 'dedupe_expiry', 'dedupe_accounts', 'dedupe_runs', 'dedupe_chunks',"
-            " 'dedupe_meta') GROUP BY d.name"))
+            " 'dedupe_meta', 'dedupe_filters') GROUP BY d.name"))
         per_event = sum(parts.values()) / EVENTS
         self.assertLessEqual(per_event, MAX_STORE_BYTES,
                              "events, indexes and keys take %.1f bytes per event (%s)" % (

@@ -1020,7 +1020,8 @@ static void searches_and_scans_by_name_match_unfiltered_ones(void **state) {
   "CREATE TABLE dedupe_keys (account INTEGER NOT NULL, event_id BLOB NOT NULL,"                    \
   "  expires INTEGER NOT NULL, PRIMARY KEY (account, event_id)) WITHOUT ROWID;"                    \
   "SELECT ana_dedupe_dump('main.dedupe_keys');"                                                    \
-  "DROP TABLE dedupe_meta; DROP TABLE dedupe_runs; DROP TABLE dedupe_chunks;"
+  "DROP TABLE dedupe_meta; DROP TABLE dedupe_runs; DROP TABLE dedupe_chunks;"                      \
+  "DROP TABLE dedupe_filters;"
 
 /* SQL that turns this build's deduplication keys back into those of
  * schemas 1 to 12 (an expiry time per key, an index on it), every key
@@ -1767,6 +1768,8 @@ static void dedupe_keys_are_found_in_every_run_during_and_after_a_merge(void **s
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_runs WHERE state != 0"), 0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_chunks"),
                    query_int(w, "SELECT sum(chunks) FROM dedupe_runs"));
+  assert_int_equal(query_int(w, "SELECT count(*) FROM dedupe_filters"),
+                   query_int(w, "SELECT sum((filter_bytes + 4031) / 4032) FROM dedupe_runs"));
   assert_int_equal(query_int(w, "SELECT max(keys) FROM dedupe_runs"), 8 * PER);
   assert_int_equal(dup_count("acct-1", ids, N), N);
   assert_int_equal(dup_count("acct-1", ids + N, 100), 0);

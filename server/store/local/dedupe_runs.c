@@ -51,6 +51,8 @@
 #define DAY_MS INT64_C(86400000)
 #define CHUNK_SHIFT 24
 #define CHUNK_BYTES 4040
+/* Bytes of a filter per row of dedupe_filters (63 blocks: one a page). */
+#define FILTER_PIECE 4032
 #define FANOUT 8
 #define MAX_LEVELS 24
 #define BASE_KEYS 512
@@ -692,7 +694,7 @@ static int write_run_row(sqlite3 *conn, const struct run *r, int state) {
     return SQLITE_NOMEM;
   int rc = sqlite3_prepare_v2(conn,
                               "INSERT OR REPLACE INTO dedupe_runs (id, level, state, keys, chunks,"
-                              " k, days, fences, filter) VALUES (?,?,?,?,?,?,?,?,?)",
+                              " k, days, fences, filter_bytes) VALUES (?,?,?,?,?,?,?,?,?)",
                               -1, &st, NULL);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, r->id);
@@ -705,14 +707,40 @@ static int write_run_row(sqlite3 *conn, const struct run *r, int state) {
     if (state == STATE_LIVE) {
       sqlite3_bind_blob(st, 8, r->fences ? (const void *)r->fences : "", (int)(r->chunks * 8),
                         SQLITE_STATIC);
-      if (r->filter)
-        sqlite3_bind_blob64(st, 9, r->filter, (sqlite3_uint64)r->blocks * 64, SQLITE_STATIC);
     }
+    sqlite3_bind_int64(st, 9, (sqlite3_int64)run_filter_bytes(r));
     rc = sqlite3_step(st);
     rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
   }
   sqlite3_finalize(st);
   ana_free(days);
+  return rc;
+}
+
+static uint32_t filter_pieces(const struct run *r) {
+  return (uint32_t)((run_filter_bytes(r) + FILTER_PIECE - 1) / FILTER_PIECE);
+}
+
+/* Writes pieces [*next, *next + max) of r's filter (rows of dedupe_filters,
+ * one a page), advancing *next. */
+static int write_filter_pieces(sqlite3 *conn, const struct run *r, uint32_t *next, uint32_t max) {
+  uint32_t pieces = filter_pieces(r);
+  if (*next >= pieces)
+    return SQLITE_OK;
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(conn, "INSERT INTO dedupe_filters (id, bits) VALUES (?, ?)", -1, &st,
+                              NULL);
+  size_t total = run_filter_bytes(r);
+  for (uint32_t n = 0; rc == SQLITE_OK && *next < pieces && n < max; n++, (*next)++) {
+    size_t at = (size_t)*next * FILTER_PIECE;
+    size_t len = total - at < FILTER_PIECE ? total - at : FILTER_PIECE;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (r->id << CHUNK_SHIFT) + *next);
+    sqlite3_bind_blob(st, 2, (const uint8_t *)r->filter + at, (int)len, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+  sqlite3_finalize(st);
   return rc;
 }
 
@@ -771,6 +799,9 @@ int ana_dedupe_runs_flush(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_erro
     if (rc == SQLITE_OK)
       rc = writer_flush_chunk(&wr);
     sqlite3_finalize(wr.put);
+    uint32_t piece = 0;
+    if (rc == SQLITE_OK)
+      rc = write_filter_pieces(w, wr.r, &piece, UINT32_MAX);
     if (rc == SQLITE_OK) {
       wr.r->level = level_of(wr.r->keys);
       rc = write_run_row(w, wr.r, STATE_LIVE);
@@ -860,7 +891,8 @@ struct merge {
   int n_in;
   struct run_writer wr;
   int64_t today;
-  bool started, active;
+  bool started, keys_done;
+  uint32_t piece; /* the next piece of the output's filter to write */
   int64_t expired;
 };
 
@@ -1012,12 +1044,26 @@ static int merge_step(struct ana_dedupe_runs *d, struct merge *m, int chunks, in
     if (c->has)
       c->cur.h = key_hash(d->seed, c->cur.account, c->cur.text, c->cur.id, c->cur.len);
   }
-  if (merge_min(m) >= 0) {
-    rc = 1;
+  if (!m->keys_done) {
+    if (merge_min(m) >= 0) {
+      rc = 1;
+      goto out;
+    }
+    if ((status = writer_flush_chunk(&m->wr)) != SQLITE_OK) {
+      rc = ANA_ERR_IO;
+      goto out;
+    }
+    written++;
+    m->keys_done = true;
+  }
+  /* The output's filter, a slice a step, once all its keys are in. */
+  if (write_filter_pieces(d->conn, m->wr.r, &m->piece,
+                          written < chunks ? (uint32_t)(chunks - written) : 1) != SQLITE_OK) {
+    rc = ANA_ERR_IO;
     goto out;
   }
-  if ((status = writer_flush_chunk(&m->wr)) != SQLITE_OK) {
-    rc = ANA_ERR_IO;
+  if (m->piece < filter_pieces(m->wr.r)) {
+    rc = 1;
     goto out;
   }
   m->wr.r->level = level_of(m->wr.r->keys);
@@ -1085,23 +1131,26 @@ static int drop_step(struct ana_dedupe_runs *d, struct dropped *x, int chunks, i
   char sql[160];
   int64_t end = (x->id + 1) << CHUNK_SHIFT;
   int64_t to = x->next + chunks < end ? x->next + chunks : end;
-  snprintf(sql, sizeof sql, "DELETE FROM dedupe_chunks WHERE id >= %lld AND id < %lld",
-           (long long)x->next, (long long)to);
-  if (sqlite3_exec(d->conn, sql, NULL, NULL, NULL) != SQLITE_OK) {
-    end_step(d, false);
-    return ANA_ERR_IO;
-  }
-  /* The next chunk left (none: the row goes). */
-  sqlite3_stmt *st = NULL;
   int64_t next = end;
-  if (sqlite3_prepare_v2(d->conn, "SELECT id FROM dedupe_chunks WHERE id >= ? AND id < ? LIMIT 1",
-                         -1, &st, NULL) == SQLITE_OK) {
-    sqlite3_bind_int64(st, 1, to);
-    sqlite3_bind_int64(st, 2, end);
-    if (sqlite3_step(st) == SQLITE_ROW)
-      next = sqlite3_column_int64(st, 0);
+  static const char *const tables[] = {"dedupe_chunks", "dedupe_filters"};
+  for (int t = 0; t < 2; t++) {
+    snprintf(sql, sizeof sql, "DELETE FROM %s WHERE id >= %lld AND id < %lld", tables[t],
+             (long long)x->next, (long long)to);
+    if (sqlite3_exec(d->conn, sql, NULL, NULL, NULL) != SQLITE_OK) {
+      end_step(d, false);
+      return ANA_ERR_IO;
+    }
+    /* The next chunk or piece left (none: the row goes). */
+    sqlite3_stmt *st = NULL;
+    snprintf(sql, sizeof sql, "SELECT id FROM %s WHERE id >= ? AND id < ? LIMIT 1", tables[t]);
+    if (sqlite3_prepare_v2(d->conn, sql, -1, &st, NULL) == SQLITE_OK) {
+      sqlite3_bind_int64(st, 1, to);
+      sqlite3_bind_int64(st, 2, end);
+      if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) < next)
+        next = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
   }
-  sqlite3_finalize(st);
   if (next >= end) {
     snprintf(sql, sizeof sql, "DELETE FROM dedupe_runs WHERE id = %lld", (long long)x->id);
     if (sqlite3_exec(d->conn, sql, NULL, NULL, NULL) != SQLITE_OK) {
@@ -1375,6 +1424,30 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
 
 /* --- open and close --- */
 
+/* Reads run r's filter (bytes long) from its pieces into r->filter. */
+static bool read_filter(sqlite3 *w, struct run *r, size_t bytes) {
+  sqlite3_stmt *st = NULL;
+  size_t at = 0;
+  bool ok = sqlite3_prepare_v2(w,
+                               "SELECT bits FROM dedupe_filters WHERE id >= ? AND id < ?"
+                               " ORDER BY id",
+                               -1, &st, NULL) == SQLITE_OK;
+  if (ok) {
+    sqlite3_bind_int64(st, 1, r->id << CHUNK_SHIFT);
+    sqlite3_bind_int64(st, 2, (r->id + 1) << CHUNK_SHIFT);
+  }
+  while (ok && sqlite3_step(st) == SQLITE_ROW) {
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    ok = n <= bytes - at;
+    if (ok && n) {
+      memcpy((uint8_t *)r->filter + at, sqlite3_column_blob(st, 0), n);
+      at += n;
+    }
+  }
+  sqlite3_finalize(st);
+  return ok && at == bytes;
+}
+
 /* Loads the live runs' metadata and filters; dropped and unfinished runs
  * are listed for deletion. */
 static int load_runs(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_error *err) {
@@ -1390,7 +1463,7 @@ static int load_runs(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_error *er
   d->seed = (uint64_t)sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   if (sqlite3_prepare_v2(w,
-                         "SELECT id, level, state, keys, chunks, k, days, fences, filter"
+                         "SELECT id, level, state, keys, chunks, k, days, fences, filter_bytes"
                          " FROM dedupe_runs ORDER BY id",
                          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
@@ -1418,7 +1491,7 @@ static int load_runs(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_error *er
     r->chunks = (uint32_t)sqlite3_column_int64(st, 4);
     r->k = sqlite3_column_int(st, 5);
     size_t fl = (size_t)sqlite3_column_bytes(st, 7);
-    size_t bl = (size_t)sqlite3_column_bytes(st, 8);
+    size_t bl = (size_t)sqlite3_column_int64(st, 8);
     if (!days_decode(r, sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6)) ||
         fl != (size_t)r->chunks * 8 || (r->chunks && !(r->fences = ana_malloc(fl)))) {
       run_free(r);
@@ -1432,10 +1505,12 @@ static int load_runs(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_error *er
     /* A filter beyond the limit stays on disk: the run is read on every
      * claim until a merge gives it a smaller one. */
     if (bl >= 64 && bl % 64 == 0 && r->k >= 1 && r->k <= 7 &&
-        d->filter_bytes + bl <= d->filter_limit && (r->filter = ana_malloc(bl))) {
-      memcpy(r->filter, sqlite3_column_blob(st, 8), bl);
+        d->filter_bytes + bl <= d->filter_limit && (r->filter = ana_malloc(bl)) &&
+        read_filter(w, r, bl)) {
       r->blocks = (uint32_t)(bl / 64);
     } else {
+      ana_free(r->filter);
+      r->filter = NULL;
       r->k = 0;
     }
     if (!runs_add(d, r)) {
@@ -1563,6 +1638,9 @@ static int mig_write(sqlite3 *conn, struct mig *g) {
     if (rc == SQLITE_OK)
       rc = writer_flush_chunk(&wr);
     sqlite3_finalize(wr.put);
+    uint32_t piece = 0;
+    if (rc == SQLITE_OK)
+      rc = write_filter_pieces(conn, wr.r, &piece, UINT32_MAX);
     if (rc == SQLITE_OK) {
       wr.r->level = level_of(wr.r->keys);
       rc = write_run_row(conn, wr.r, STATE_LIVE);

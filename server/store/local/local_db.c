@@ -597,8 +597,9 @@ static const char *const migrations[] = {
     "  k INTEGER NOT NULL,"
     "  days BLOB NOT NULL,"
     "  fences BLOB,"
-    "  filter BLOB);"
+    "  filter_bytes INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE dedupe_chunks (id INTEGER PRIMARY KEY, keys BLOB NOT NULL);"
+    "CREATE TABLE dedupe_filters (id INTEGER PRIMARY KEY, bits BLOB NOT NULL);"
     "SELECT ana_dedupe_runs_from_keys();"
     "DROP TABLE dedupe_keys;",
 };
