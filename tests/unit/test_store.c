@@ -1848,6 +1848,13 @@ static void dedupe_filters_stay_within_their_memory_bound(void **state) {
   assert_int_equal(st.unfiltered, RUNS - 1);
   assert_true(st.filter_bytes > 2048 && st.filter_bytes <= 64 << 10);
   assert_int_equal(dup_count("acct-1", ids, N + 100), N + 100);
+  /* A smaller bound later (as at start, the filters loaded first): the
+   * largest filters go at once. */
+  ana_local_dedupe_set_limits(db, 1024);
+  ana_local_dedupe_stats(db, &st);
+  assert_true(st.filter_bytes <= 1024);
+  assert_int_equal(dup_count("acct-1", ids, N + 100), N + 100);
+  assert_int_equal(dup_count("acct-2", ids, 100), 0);
   free(ids);
 }
 

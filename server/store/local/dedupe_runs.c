@@ -1364,6 +1364,21 @@ int64_t ana_dedupe_runs_take_expired(struct ana_dedupe_runs *d, int64_t now_ms, 
 void ana_dedupe_runs_set_filter_limit(struct ana_dedupe_runs *d, size_t bytes) {
   pthread_mutex_lock(&d->mu);
   d->filter_limit = bytes;
+  /* Filters loaded under a larger limit: the largest go (those runs are
+   * read on every claim until a merge gives them a smaller one). */
+  while (d->filter_bytes > d->filter_limit) {
+    struct run *big = NULL;
+    for (size_t i = 0; i < d->n_runs; i++)
+      if (d->runs[i]->filter && (!big || d->runs[i]->blocks > big->blocks))
+        big = d->runs[i];
+    if (!big)
+      break;
+    d->filter_bytes -= run_filter_bytes(big);
+    ana_free(big->filter);
+    big->filter = NULL;
+    big->blocks = 0;
+    big->k = 0;
+  }
   pthread_mutex_unlock(&d->mu);
 }
 
