@@ -269,15 +269,46 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   return 0;
 }
 
-/* The spool's rows after ?1 in sequence order, at most ?2, with the free
+/* The spool's rows with ?1 < seq <= ?2 in sequence order (event_seq.c), with the free
  * text the SQL `text` gives. */
 #define SPOOL_SELECT(text)                                                                         \
-  "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id, " ANA_EVENT_STRING_SQL(               \
-      "event_type") ", " ANA_EVENT_STRING_SQL("event_name") ", ts, ts + received_delta,"           \
-                                                            " ana_event_props(body), " text        \
-                                                            ", " ANA_EVENT_PAYLOAD_SQL             \
-                                                            " FROM events WHERE seq > ?1"          \
-                                                            " ORDER BY seq LIMIT ?2"
+  "SELECT seq, " ANA_ACCOUNT_ID_SQL                                                                \
+  ", event_id, session_id, " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(         \
+      "event_name") ", ts, ts + received_delta,"                                                   \
+                    " ana_event_props(body), " text ", " ANA_EVENT_PAYLOAD_SQL                     \
+                    " FROM" ANA_EVENTS_SEQ_WINDOW("") " ORDER BY seq"
+
+/* One row of the events table to fn. */
+struct spool_rows {
+  ana_spool_row_fn fn;
+  void *ctx;
+  struct ana_error *err;
+  int rc;        /* fn's non-zero result */
+  uint64_t last; /* the last seq handed on */
+};
+
+static int spool_row(void *ctx, sqlite3_stmt *st) {
+  struct spool_rows *sr = ctx;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+  struct ana_spooled_event e = {
+      .seq = (uint64_t)sqlite3_column_int64(st, 0),
+      .account_id = (const char *)sqlite3_column_text(st, 1),
+      .event_id = ana_event_id_column(st, 2, id_buf),
+      .session_id = (const char *)sqlite3_column_text(st, 3),
+      .event_type = (const char *)sqlite3_column_text(st, 4),
+      .event_name = (const char *)sqlite3_column_text(st, 5),
+      .timestamp_ms = sqlite3_column_int64(st, 6),
+      .received_at_ms = sqlite3_column_int64(st, 7),
+      .properties_json = (const char *)sqlite3_column_text(st, 8),
+      .search_text = (const char *)sqlite3_column_text(st, 9),
+      .payload = sqlite3_column_blob(st, 10),
+  };
+  e.payload_len = (size_t)sqlite3_column_bytes(st, 10);
+  if ((sr->rc = sr->fn(sr->ctx, &e, sr->err)) != 0)
+    return 1;
+  sr->last = e.seq;
+  return 0;
+}
 
 /* One read snapshot of the events table, then of the staged events that
  * follow it (staging.c): in it each committed event is in one of them. */
@@ -285,7 +316,7 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
                       void *ctx, bool text, struct ana_error *err) {
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
-  int n = 0, rc = 0, step;
+  int n = 0, rc = 0;
   uint64_t last = after_seq;
   if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
@@ -298,34 +329,18 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     rc = ANA_ERR_INTERNAL;
     goto out;
   }
-  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
-  sqlite3_bind_int(st, 2, max);
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_spooled_event e = {
-        .seq = (uint64_t)sqlite3_column_int64(st, 0),
-        .account_id = (const char *)sqlite3_column_text(st, 1),
-        .event_id = ana_event_id_column(st, 2, id_buf),
-        .session_id = (const char *)sqlite3_column_text(st, 3),
-        .event_type = (const char *)sqlite3_column_text(st, 4),
-        .event_name = (const char *)sqlite3_column_text(st, 5),
-        .timestamp_ms = sqlite3_column_int64(st, 6),
-        .received_at_ms = sqlite3_column_int64(st, 7),
-        .properties_json = (const char *)sqlite3_column_text(st, 8),
-        .search_text = (const char *)sqlite3_column_text(st, 9),
-        .payload = sqlite3_column_blob(st, 10),
-    };
-    e.payload_len = (size_t)sqlite3_column_bytes(st, 10);
-    if ((rc = fn(ctx, &e, err)) != 0)
-      goto out;
-    n++;
-    last = e.seq;
-  }
-  if (step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
+  struct spool_rows rows = {fn, ctx, err, 0, after_seq};
+  n = ana_local_events_by_seq(r, "", st, after_seq, UINT64_MAX, max, spool_row, &rows, err);
+  if (rows.rc != 0) {
+    rc = rows.rc;
+    n = n > 0 ? n - 1 : 0; /* the row that stopped is not counted */
     goto out;
   }
+  if (n < 0) {
+    rc = n;
+    goto out;
+  }
+  last = rows.last;
   if (n < max) {
     struct staged_rows sr = {fn, ctx, text, 0, 0};
     int got = ana_local_staged_each(r, last, UINT64_MAX, NULL, max - n, staged_row, &sr, err);

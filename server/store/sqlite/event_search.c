@@ -3,8 +3,9 @@
  * free text.
  *
  * Free text, newest first, at a cost that does not grow with the number of
- * matches: the index's entries are in commit order (rowid = commit
- * sequence), not in time order, so the matches of a word in 10% of ten
+ * matches: the index's entries are by the events' keys (rowid = the event's
+ * UTC day times 2^40 plus its commit sequence, text_index.c), in commit
+ * order within a day, not in time order, so the matches of a word in 10% of ten
  * million events (a million) cannot be sorted by timestamp for each page.
  * Instead the search asks the index for the matches of one stretch of time
  * at a time, newest first: each entry holds the tokens of its day, hour,
@@ -103,8 +104,8 @@ enum rows_of { ALL_EVENTS, INDEX_MATCHES, ONE_EVENT };
 
 /* The SELECT of the events matching q (without its free text), newest
  * first: of all the events, of the index's matches of ?9, or (ONE_EVENT,
- * not ordered, no payload: column 0 is NULL) the event whose sequence
- * number is ?9. With `words`, also the event's text (column 4). */
+ * not ordered, no payload: column 0 is NULL) the event whose key is ?9.
+ * With `words`, also the event's text (column 4). */
 static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool words, char *sql,
                      size_t size) {
   size_t len = 0;
@@ -112,13 +113,13 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
   APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : ANA_EVENT_PAYLOAD_SQL,
          words ? ", ana_event_text(body)" : "");
   if (of == ONE_EVENT)
-    APPEND(" events WHERE seq = ?9 AND");
+    APPEND(" events WHERE key = ?9 AND");
   else if (of == INDEX_MATCHES)
     /* Start from the matches and sort them; CROSS JOIN keeps SQLite from
      * walking the whole time index instead, probing each event against the
      * match set. */
     APPEND(" (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.seq = hit WHERE");
+           " CROSS JOIN events ON events.key = hit WHERE");
   else
     /* The account's events from the newest (events_by_time_name), in the
      * index's order (no sort: SQLite stops after the page), the eventName
@@ -226,7 +227,7 @@ struct text_search {
   struct tokens *phrases; /* the query's words of several tokens */
   size_t n_phrases;
   sqlite3_stmt *probe, *rows, *one, *payload;
-  int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
+  int64_t keys[PROBE_ROWS]; /* a bucket's matches, from probe */
   int emitted;
   bool done;
 };
@@ -368,14 +369,14 @@ static int phrases_match(struct text_search *s, const char *text) {
   return all;
 }
 
-/* The matches of `match` (at most PROBE_ROWS, in s->seqs): how many. */
+/* The matches of `match` (at most PROBE_ROWS, in s->keys): how many. */
 static int probe(struct text_search *s, const char *match) {
   sqlite3_reset(s->probe);
   sqlite3_bind_text(s->probe, 1, match, -1, SQLITE_STATIC);
   sqlite3_bind_int(s->probe, 2, PROBE_ROWS);
   int n = 0, step;
   while (n < PROBE_ROWS && (step = sqlite3_step(s->probe)) == SQLITE_ROW)
-    s->seqs[n++] = sqlite3_column_int64(s->probe, 0);
+    s->keys[n++] = sqlite3_column_int64(s->probe, 0);
   if (n < PROBE_ROWS && step != SQLITE_DONE)
     n = search_failed(s->r, s->err);
   sqlite3_reset(s->probe);
@@ -384,7 +385,7 @@ static int probe(struct text_search *s, const char *match) {
 
 /* One of a bucket's events that passed the filters. */
 struct candidate {
-  int64_t ts, seq;
+  int64_t ts, key;
   char *event_id;
   bool packed; /* stored as 16 bytes (event_ids.c) */
 };
@@ -400,17 +401,17 @@ static int newest_first(const void *a, const void *b) {
   return -strcmp(x->event_id, y->event_id);
 }
 
-/* Hands on the events of the n matches in s->seqs that pass the filters,
+/* Hands on the events of the n matches in s->keys that pass the filters,
  * newest first, until the page is full: the filters (and the words of
- * several tokens) on each event, looked up by its sequence number, then
- * the payloads of those handed on. */
+ * several tokens) on each event, looked up by its key, then the payloads of
+ * those handed on. */
 static int emit_matches(struct text_search *s, int n) {
   struct candidate *c = ana_calloc((size_t)n, sizeof *c);
   size_t k = 0;
   int rc = c ? 0 : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (int i = 0; i < n && rc == 0; i++) {
     sqlite3_reset(s->one);
-    sqlite3_bind_int64(s->one, 9, s->seqs[i]);
+    sqlite3_bind_int64(s->one, 9, s->keys[i]);
     int step = sqlite3_step(s->one);
     if (step == SQLITE_ROW) {
       int m = s->n_phrases ? phrases_match(s, (const char *)sqlite3_column_text(s->one, 4)) : 1;
@@ -419,7 +420,7 @@ static int emit_matches(struct text_search *s, int n) {
       } else if (m) {
         char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
         c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
-                                  .seq = s->seqs[i],
+                                  .key = s->keys[i],
                                   .event_id = ana_strdup(ana_event_id_column(s->one, 2, id_buf)),
                                   .packed = sqlite3_column_type(s->one, 2) == SQLITE_BLOB};
         if (!c[k++].event_id)
@@ -434,7 +435,7 @@ static int emit_matches(struct text_search *s, int n) {
     qsort(c, k, sizeof *c, newest_first);
   for (size_t i = 0; i < k && rc == 0 && !s->done; i++) {
     sqlite3_reset(s->payload);
-    sqlite3_bind_int64(s->payload, 1, c[i].seq);
+    sqlite3_bind_int64(s->payload, 1, c[i].key);
     if (sqlite3_step(s->payload) != SQLITE_ROW) {
       rc = search_failed(s->r, s->err);
       break;
@@ -442,7 +443,7 @@ static int emit_matches(struct text_search *s, int n) {
     s->emitted++;
     if (s->hit(s->ctx, sqlite3_column_blob(s->payload, 0),
                (size_t)sqlite3_column_bytes(s->payload, 0), c[i].ts, c[i].event_id,
-               (uint64_t)c[i].seq) ||
+               (uint64_t)c[i].key & ((UINT64_C(1) << ANA_EVENT_SEQ_BITS) - 1)) ||
         (s->q->limit > 0 && s->emitted >= s->q->limit))
       s->done = true;
   }
@@ -561,7 +562,7 @@ static int text_search(struct text_search *s, char *const *paths) {
   if (!(s->rows = ana_local_db_reader_statement(s->db, s->r, sql)) ||
       !(s->one = ana_local_db_reader_statement(s->db, s->r, one)) ||
       !(s->payload = ana_local_db_reader_statement(
-            s->db, s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE seq = ?")) ||
+            s->db, s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE key = ?")) ||
       !(s->probe = ana_local_db_reader_statement(
             s->db, s->r, "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2")))
     return prepare_error(s->r, s->err);

@@ -17,13 +17,17 @@
  * afterwards. An index ahead of its events (a database restored from an
  * older copy) is rebuilt from scratch.
  *
- * Format 2: an entry per event, its rowid the event's commit sequence,
+ * Format 3: an entry per event, its rowid the event's key in the events
+ * table (its UTC day times 2^40 plus its commit sequence: a search reads a
+ * match's row by its rowid, and the events table needs no index on seq),
  * `detail=none` (which events hold a word, not where: a query's word of
  * several tokens is checked against the event's text by the search) and
  * no column sizes. Each entry also holds the reserved tokens of
  * text_index.h (event name, day, hour, minute, second), which is
  * what lets a search walk the matches newest first a stretch of time at a
- * time (event_search.c). An index of an earlier format is built again.
+ * time (event_search.c). An index of an earlier format (format 2: rowid =
+ * commit sequence) is built again. The watermark stays a commit sequence:
+ * the thread reads the events after it in seq order (event_seq.c).
  *
  * The events are read through the events database attached to the index's
  * connection as `ev`; searches attach the index to their readers as
@@ -57,7 +61,7 @@
 
 /* An event the mover handed over: its text and name in one allocation. */
 struct fed_event {
-  int64_t seq, ts;
+  int64_t seq, ts, key;
   char *words; /* owned; the name follows the words' NUL */
   const char *name;
 };
@@ -280,7 +284,8 @@ void ana_text_index_follow(void *ctx, const struct ana_event_record *records, si
       break;
     memcpy(copy, words, wl + 1);
     memcpy(copy + wl + 1, name, nl + 1);
-    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, copy, copy + wl + 1};
+    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms,
+                                  ana_event_key(r->timestamp_ms, r->seq), copy, copy + wl + 1};
   }
   pthread_mutex_lock(&ti->fed_mu);
   if (k == n) {
@@ -343,9 +348,9 @@ static void fed_forget(struct ana_text_index *ti) {
   pthread_mutex_unlock(&ti->fed_mu);
 }
 
-/* The entry of event seq (words, name, ts) into the open transaction;
- * no words: nothing to index. */
-static int index_one(struct ana_text_index *ti, int64_t seq, const char *words, const char *name,
+/* The entry of the event of key (words, name, ts) into the open
+ * transaction; no words: nothing to index. */
+static int index_one(struct ana_text_index *ti, int64_t key, const char *words, const char *name,
                      int64_t ts, int64_t *min_ts, int64_t *max_ts) {
   if (!words[0])
     return SQLITE_ROW; /* passed */
@@ -354,9 +359,27 @@ static int index_one(struct ana_text_index *ti, int64_t seq, const char *words, 
   if (!entry_text(ti, words, name, ts))
     return SQLITE_NOMEM;
   sqlite3_reset(ti->insert);
-  sqlite3_bind_int64(ti->insert, 1, seq);
+  sqlite3_bind_int64(ti->insert, 1, key);
   sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
   return sqlite3_step(ti->insert) == SQLITE_DONE ? SQLITE_ROW : SQLITE_ERROR;
+}
+
+/* A batch's events read from the events (select_new's rows). */
+struct batch_rows {
+  struct ana_text_index *ti;
+  int64_t last, min_ts, max_ts;
+  int n, rc;
+};
+
+static int index_row(void *ctx, sqlite3_stmt *st) {
+  struct batch_rows *b = ctx;
+  b->last = sqlite3_column_int64(st, 0);
+  b->n++;
+  const char *words = (const char *)sqlite3_column_text(st, 1);
+  b->rc = index_one(b->ti, sqlite3_column_int64(st, 4), words ? words : "",
+                    (const char *)sqlite3_column_text(st, 2), sqlite3_column_int64(st, 3),
+                    &b->min_ts, &b->max_ts);
+  return b->rc != SQLITE_ROW;
 }
 
 /* One transaction: indexes up to INDEX_BATCH events committed after
@@ -375,26 +398,21 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
     if (rc == SQLITE_DONE) {
       last = e->seq;
       n++;
-      if (index_one(ti, e->seq, e->words, e->name, e->ts, &min_ts, &max_ts) != SQLITE_ROW)
+      if (index_one(ti, e->key, e->words, e->name, e->ts, &min_ts, &max_ts) != SQLITE_ROW)
         rc = SQLITE_ERROR;
     }
     ana_free(e->words);
   }
-  if (!taken) {
-    sqlite3_reset(ti->select_new);
-    sqlite3_bind_int64(ti->select_new, 1, from);
-    sqlite3_bind_int(ti->select_new, 2, INDEX_BATCH);
-    while ((rc = sqlite3_step(ti->select_new)) == SQLITE_ROW) {
-      last = sqlite3_column_int64(ti->select_new, 0);
-      n++;
-      const char *words = (const char *)sqlite3_column_text(ti->select_new, 1);
-      rc = index_one(ti, last, words ? words : "",
-                     (const char *)sqlite3_column_text(ti->select_new, 2),
-                     sqlite3_column_int64(ti->select_new, 3), &min_ts, &max_ts);
-      if (rc != SQLITE_ROW)
-        break;
-    }
-    sqlite3_reset(ti->select_new);
+  if (!taken && from >= 0) {
+    struct batch_rows b = {ti, from, min_ts, max_ts, 0, SQLITE_ROW};
+    struct ana_error rerr;
+    int got = ana_local_events_by_seq(ti->conn, "ev.", ti->select_new, (uint64_t)from, UINT64_MAX,
+                                      INDEX_BATCH, index_row, &b, &rerr);
+    rc = got < 0 || b.rc != SQLITE_ROW ? SQLITE_ERROR : SQLITE_DONE;
+    last = b.last;
+    n = b.n;
+    min_ts = b.min_ts;
+    max_ts = b.max_ts;
   }
   if (rc != SQLITE_DONE || from < 0)
     goto failed;
@@ -528,15 +546,15 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
   return v;
 }
 
-/* Runs `stmt` (remove or insert, bound to the event's sequence and entry
- * text) for event seq if its entry is there (`if_present`) or is not, which
+/* Runs `stmt` (remove or insert, bound to the event's key and entry text)
+ * for the event of key if its entry is there (`if_present`) or is not, which
  * the token of its second tells: every entry holds it. Events gone or
  * without words are left alone. Called with conn_mu held, inside a
  * transaction; `what` names the change in an error. */
-static int change_entry(struct ana_text_index *ti, int64_t seq, bool if_present, sqlite3_stmt *stmt,
+static int change_entry(struct ana_text_index *ti, int64_t key, bool if_present, sqlite3_stmt *stmt,
                         const char *what, struct ana_error *err) {
   sqlite3_reset(ti->select_one);
-  sqlite3_bind_int64(ti->select_one, 1, seq);
+  sqlite3_bind_int64(ti->select_one, 1, key);
   int rc = sqlite3_step(ti->select_one);
   if (rc == SQLITE_DONE || (rc == SQLITE_ROW && sqlite3_column_bytes(ti->select_one, 0) == 0)) {
     sqlite3_reset(ti->select_one);
@@ -550,7 +568,7 @@ static int change_entry(struct ana_text_index *ti, int64_t seq, bool if_present,
                               ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
   snprintf(match, sizeof match, "\"%s\"", tok);
   sqlite3_reset(ti->exists);
-  sqlite3_bind_int64(ti->exists, 1, seq);
+  sqlite3_bind_int64(ti->exists, 1, key);
   sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
   rc = sqlite3_step(ti->exists);
   sqlite3_reset(ti->exists);
@@ -566,7 +584,7 @@ static int change_entry(struct ana_text_index *ti, int64_t seq, bool if_present,
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   sqlite3_reset(stmt);
-  sqlite3_bind_int64(stmt, 1, seq);
+  sqlite3_bind_int64(stmt, 1, key);
   sqlite3_bind_text(stmt, 2, ti->doc, -1, SQLITE_STATIC);
   rc = sqlite3_step(stmt);
   sqlite3_reset(stmt);
@@ -578,13 +596,13 @@ failed:
   return fail(ti->conn, what, err);
 }
 
-/* Removes the entry of event seq, if it has one: removing one twice (a
- * retention step repeated after a crash) would remove its words twice. */
-static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *err) {
-  return change_entry(ti, seq, true, ti->remove, "cannot remove an event", err);
+/* Removes the entry of the event of key, if it has one: removing one twice
+ * (a retention step repeated after a crash) would remove its words twice. */
+static int remove_one(struct ana_text_index *ti, int64_t key, struct ana_error *err) {
+  return change_entry(ti, key, true, ti->remove, "cannot remove an event", err);
 }
 
-int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+int ana_text_index_remove(struct ana_text_index *ti, const int64_t *keys, size_t n,
                           struct ana_error *err) {
   if (n == 0)
     return 0;
@@ -594,7 +612,7 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
    * after a crash (nothing would remove it again). */
   int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
   for (size_t i = 0; i < n && rc == 0; i++)
-    rc = remove_one(ti, seqs[i], err);
+    rc = remove_one(ti, keys[i], err);
   if (rc == 0)
     rc = exec(ti->conn, "COMMIT", err);
   if (rc < 0 && !sqlite3_get_autocommit(ti->conn))
@@ -604,17 +622,18 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
   return rc;
 }
 
-/* Indexes event seq again from its stored text, unless it has an entry,
- * is past indexed_seq (the thread indexes it) or is gone. Called with
- * conn_mu held, inside a transaction. */
-static int reindex_one(struct ana_text_index *ti, int64_t seq, uint64_t indexed,
+/* Indexes the event of key again from its stored text, unless it has an
+ * entry, is past indexed_seq (the thread indexes it) or is gone. Called
+ * with conn_mu held, inside a transaction. */
+static int reindex_one(struct ana_text_index *ti, int64_t key, uint64_t indexed,
                        struct ana_error *err) {
-  if ((uint64_t)seq > indexed)
+  uint64_t seq = (uint64_t)key & ((UINT64_C(1) << ANA_EVENT_SEQ_BITS) - 1);
+  if (seq > indexed)
     return 0;
-  return change_entry(ti, seq, false, ti->insert, "cannot index an event again", err);
+  return change_entry(ti, key, false, ti->insert, "cannot index an event again", err);
 }
 
-int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *keys, size_t n,
                            struct ana_error *err) {
   if (n == 0)
     return 0;
@@ -623,7 +642,7 @@ int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_
   pthread_mutex_lock(&ti->conn_mu);
   int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
   for (size_t i = 0; i < n && rc == 0; i++)
-    rc = reindex_one(ti, seqs[i], indexed, err);
+    rc = reindex_one(ti, keys[i], indexed, err);
   if (rc == 0)
     rc = exec(ti->conn, "COMMIT", err);
   if (rc < 0 && !sqlite3_get_autocommit(ti->conn))
@@ -743,12 +762,11 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
     indexed = 0;
   }
   ti->indexed_seq = (uint64_t)indexed;
-  if (sqlite3_prepare_v3(
-          ti->conn,
-          "SELECT seq, ana_event_text(body),"
-          " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
-          " WHERE seq > ? ORDER BY seq LIMIT ?",
-          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v3(ti->conn,
+                         "SELECT seq, ana_event_text(body),"
+                         " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts, key"
+                         " FROM" ANA_EVENTS_SEQ_WINDOW("ev.") " ORDER BY seq",
+                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
@@ -760,7 +778,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
           ti->conn,
           "SELECT ana_event_text(body),"
           " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
-          " WHERE seq = ?",
+          " WHERE key = ?",
           -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
                          "SELECT 1 FROM events_fts WHERE rowid = ?1 AND events_fts MATCH ?2", -1,
