@@ -251,10 +251,8 @@ def main():
     # A contentless detail=none table cannot be scanned: every entry holds
     # exactly one reserved day token (U+E000 'd' <day>), which a prefix
     # query finds.
-    # Its rowids are the events' keys (day * 2^40 + seq).
     entries = [r[0] for r in text.execute(
-        "SELECT rowid & 1099511627775 FROM events_fts WHERE events_fts MATCH ?",
-        ('"\ue000d" *',))]
+        "SELECT rowid FROM events_fts WHERE events_fts MATCH ?", ('"\ue000d" *',))]
     text.close()
     index_ok = (text_integrity == "ok" and len(entries) == len(set(entries))
                 and set(entries) == set(q for q in seqs if q <= indexed))

@@ -33,20 +33,21 @@
  * in seq order. ANA_EVENTS_SEQ_WINDOW(schema) is the FROM ... WHERE of the
  * events (as `events`) of schema ("" or "ev.") with ?1 < seq <= ?2: a seek
  * into each day that may hold some (?2 above 2^40 - 1 reads as that); add
- * " AND ..." and " ORDER BY seq".
- * ana_local_events_by_seq steps such a SELECT (column 0: seq) over after <
- * seq <= upto window by window, in seq order, calling fn with each row (a
- * non-zero result stops and is returned), at most max rows: as "seq > after
- * AND seq <= upto ORDER BY seq LIMIT max" would with an index; returns how
- * many rows, or a negative error. ana_local_events_max_seq: the highest seq
- * in events (0: none). ana_local_event_days_add: the mover's records (sorted
- * by key, duplicates skipped) into event_days, in w's transaction. */
+ * " AND ...". ana_local_events_by_seq reads after < seq <= upto window by
+ * window (each window's keys so, sorted by seq in memory), steps `row` (a
+ * SELECT of the row whose key is ?1, with any filters of its own) for each
+ * key in seq order and calls fn with each row it gives (a non-zero result
+ * stops and is returned), at most max rows: as "seq > after AND seq <= upto
+ * ORDER BY seq LIMIT max" would with an index; returns how many rows, or a
+ * negative error. ana_local_events_max_seq: the highest seq in events (0:
+ * none). ana_local_event_days_add: the mover's records (sorted by key,
+ * duplicates skipped) into event_days, in w's transaction. */
 #define ANA_EVENTS_SEQ_WINDOW(s)                                                                   \
   " " s "event_days d CROSS JOIN " s "events AS events ON events.key > d.day * 1099511627776 + ?1" \
   " AND events.key <= d.day * 1099511627776 + min(?2, 1099511627775)"                              \
   " WHERE d.max_seq > ?1 AND d.min_seq <= ?2"
 typedef int (*ana_local_seq_row_fn)(void *ctx, sqlite3_stmt *st);
-int ana_local_events_by_seq(sqlite3 *conn, const char *schema, sqlite3_stmt *st, uint64_t after,
+int ana_local_events_by_seq(sqlite3 *conn, const char *schema, sqlite3_stmt *row, uint64_t after,
                             uint64_t upto, int max, ana_local_seq_row_fn fn, void *ctx,
                             struct ana_error *err);
 int ana_local_events_max_seq(sqlite3 *conn, const char *schema, uint64_t *out,

@@ -269,14 +269,14 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   return 0;
 }
 
-/* The spool's rows with ?1 < seq <= ?2 in sequence order (event_seq.c), with the free
- * text the SQL `text` gives. */
+/* The spool's row of key ?1 (read in sequence order by event_seq.c), with the free text the
+ * SQL `text` gives. */
 #define SPOOL_SELECT(text)                                                                         \
-  "SELECT seq, " ANA_ACCOUNT_ID_SQL                                                                \
-  ", event_id, session_id, " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(         \
-      "event_name") ", ts, ts + received_delta,"                                                   \
-                    " ana_event_props(body), " text ", " ANA_EVENT_PAYLOAD_SQL                     \
-                    " FROM" ANA_EVENTS_SEQ_WINDOW("") " ORDER BY seq"
+  "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id, " ANA_EVENT_STRING_SQL(               \
+      "event_type") ", " ANA_EVENT_STRING_SQL("event_name") ", ts, ts + received_delta,"           \
+                                                            " ana_event_props(body), " text        \
+                                                            ", " ANA_EVENT_PAYLOAD_SQL             \
+                                                            " FROM events WHERE key = ?1"
 
 /* One row of the events table to fn. */
 struct spool_rows {

@@ -3,9 +3,8 @@
  * free text.
  *
  * Free text, newest first, at a cost that does not grow with the number of
- * matches: the index's entries are by the events' keys (rowid = the event's
- * UTC day times 2^40 plus its commit sequence, text_index.c), in commit
- * order within a day, not in time order, so the matches of a word in 10% of ten
+ * matches: the index's entries are in commit order (rowid = commit
+ * sequence), not in time order, so the matches of a word in 10% of ten
  * million events (a million) cannot be sorted by timestamp for each page.
  * Instead the search asks the index for the matches of one stretch of time
  * at a time, newest first: each entry holds the tokens of its day, hour,
@@ -104,22 +103,27 @@ enum rows_of { ALL_EVENTS, INDEX_MATCHES, ONE_EVENT };
 
 /* The SELECT of the events matching q (without its free text), newest
  * first: of all the events, of the index's matches of ?9, or (ONE_EVENT,
- * not ordered, no payload: column 0 is NULL) the event whose key is ?9.
- * With `words`, also the event's text (column 4). */
+ * not ordered, no payload: column 0 is its key) the event whose sequence
+ * number is ?9. With `words`, also the event's text (column 4). A match's
+ * row is found by its sequence number in each UTC day ?12 to ?13 (its
+ * bucket's) that may hold it (event_days: the table has no index on seq). */
 static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool words, char *sql,
                      size_t size) {
   size_t len = 0;
 #define APPEND(...) len += (size_t)snprintf(sql + len, size - len, __VA_ARGS__)
-  APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : ANA_EVENT_PAYLOAD_SQL,
+  APPEND("SELECT %s, ts, event_id, seq%s FROM",
+         of == ONE_EVENT ? "events.key" : ANA_EVENT_PAYLOAD_SQL,
          words ? ", ana_event_text(body)" : "");
   if (of == ONE_EVENT)
-    APPEND(" events WHERE key = ?9 AND");
+    APPEND(" event_days d CROSS JOIN events ON events.key = d.day * 1099511627776 + ?9"
+           " WHERE d.day BETWEEN ?12 AND ?13 AND d.min_seq <= ?9 AND d.max_seq >= ?9 AND");
   else if (of == INDEX_MATCHES)
     /* Start from the matches and sort them; CROSS JOIN keeps SQLite from
      * walking the whole time index instead, probing each event against the
      * match set. */
     APPEND(" (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.key = hit WHERE");
+           " CROSS JOIN event_days d CROSS JOIN events ON events.key = d.day * 1099511627776 + hit"
+           " WHERE d.day BETWEEN ?12 AND ?13 AND d.min_seq <= hit AND d.max_seq >= hit AND");
   else
     /* The account's events from the newest (events_by_time_name), in the
      * index's order (no sort: SQLite stops after the page), the eventName
@@ -227,7 +231,8 @@ struct text_search {
   struct tokens *phrases; /* the query's words of several tokens */
   size_t n_phrases;
   sqlite3_stmt *probe, *rows, *one, *payload;
-  int64_t keys[PROBE_ROWS]; /* a bucket's matches, from probe */
+  int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
+  int64_t day_lo, day_hi;   /* the UTC days of the bucket's events (as the keys count them) */
   int emitted;
   bool done;
 };
@@ -369,14 +374,14 @@ static int phrases_match(struct text_search *s, const char *text) {
   return all;
 }
 
-/* The matches of `match` (at most PROBE_ROWS, in s->keys): how many. */
+/* The matches of `match` (at most PROBE_ROWS, in s->seqs): how many. */
 static int probe(struct text_search *s, const char *match) {
   sqlite3_reset(s->probe);
   sqlite3_bind_text(s->probe, 1, match, -1, SQLITE_STATIC);
   sqlite3_bind_int(s->probe, 2, PROBE_ROWS);
   int n = 0, step;
   while (n < PROBE_ROWS && (step = sqlite3_step(s->probe)) == SQLITE_ROW)
-    s->keys[n++] = sqlite3_column_int64(s->probe, 0);
+    s->seqs[n++] = sqlite3_column_int64(s->probe, 0);
   if (n < PROBE_ROWS && step != SQLITE_DONE)
     n = search_failed(s->r, s->err);
   sqlite3_reset(s->probe);
@@ -401,7 +406,7 @@ static int newest_first(const void *a, const void *b) {
   return -strcmp(x->event_id, y->event_id);
 }
 
-/* Hands on the events of the n matches in s->keys that pass the filters,
+/* Hands on the events of the n matches in s->seqs that pass the filters,
  * newest first, until the page is full: the filters (and the words of
  * several tokens) on each event, looked up by its key, then the payloads of
  * those handed on. */
@@ -411,7 +416,9 @@ static int emit_matches(struct text_search *s, int n) {
   int rc = c ? 0 : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (int i = 0; i < n && rc == 0; i++) {
     sqlite3_reset(s->one);
-    sqlite3_bind_int64(s->one, 9, s->keys[i]);
+    sqlite3_bind_int64(s->one, 9, s->seqs[i]);
+    sqlite3_bind_int64(s->one, 12, s->day_lo);
+    sqlite3_bind_int64(s->one, 13, s->day_hi);
     int step = sqlite3_step(s->one);
     if (step == SQLITE_ROW) {
       int m = s->n_phrases ? phrases_match(s, (const char *)sqlite3_column_text(s->one, 4)) : 1;
@@ -420,7 +427,7 @@ static int emit_matches(struct text_search *s, int n) {
       } else if (m) {
         char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
         c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
-                                  .key = s->keys[i],
+                                  .key = sqlite3_column_int64(s->one, 0),
                                   .event_id = ana_strdup(ana_event_id_column(s->one, 2, id_buf)),
                                   .packed = sqlite3_column_type(s->one, 2) == SQLITE_BLOB};
         if (!c[k++].event_id)
@@ -462,6 +469,8 @@ static int emit_rows(struct text_search *s, const char *match) {
   sqlite3_stmt *st = s->rows;
   sqlite3_reset(st);
   sqlite3_bind_text(st, 9, match, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 12, s->day_lo);
+  sqlite3_bind_int64(st, 13, s->day_hi);
   /* With words to check, rows may be passed over: no LIMIT then. */
   sqlite3_bind_int(st, 10, s->n_phrases || q->limit <= 0 ? -1 : q->limit - s->emitted);
   int step;
@@ -509,6 +518,9 @@ static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, in
     memcpy(match, s->base, base_len + 1);
   }
   int rc = probe(s, match);
+  /* The days (of the keys) of [lo, hi): its matches' rows are there. */
+  s->day_lo = ana_event_day(lo);
+  s->day_hi = ana_event_day(hi - 1);
   if (rc > 0 && rc < PROBE_ROWS) {
     rc = emit_matches(s, rc);
   } else if (rc > 0 && level == ANA_TEXT_INDEX_LEVELS) {

@@ -232,12 +232,11 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
                           ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   /* A range of seq: a seek into each day's range of the table that may
-   * hold some (event_days), the rows sorted by seq; each row is read once,
-   * in commit order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up
-   * to the last one stored when it began. "+account_id" keeps SQLite from
-   * walking the account's time index instead. */
-  const char *sql = "SELECT " SCAN_COLUMNS " FROM" ANA_EVENTS_SEQ_WINDOW(
-      "") " AND +account_id = " ANA_ACCOUNT_NUMBER_SQL(3) " ORDER BY seq";
+   * hold some (event_days), the keys sorted by seq, each row read by its
+   * key; each row is read once, in commit order, SCAN_SNAPSHOT_ROWS
+   * sequence numbers per snapshot, up to the last one stored when it began. */
+  const char *sql = "SELECT " SCAN_COLUMNS
+                    " FROM events WHERE key = ?1 AND account_id = " ANA_ACCOUNT_NUMBER_SQL(3);
   uint64_t last = 0;
   int rc = ana_local_spool_last_seq(s->db, &last, err);
   if (rc < 0)

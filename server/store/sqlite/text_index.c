@@ -17,17 +17,17 @@
  * afterwards. An index ahead of its events (a database restored from an
  * older copy) is rebuilt from scratch.
  *
- * Format 3: an entry per event, its rowid the event's key in the events
- * table (its UTC day times 2^40 plus its commit sequence: a search reads a
- * match's row by its rowid, and the events table needs no index on seq),
+ * Format 2: an entry per event, its rowid the event's commit sequence,
  * `detail=none` (which events hold a word, not where: a query's word of
  * several tokens is checked against the event's text by the search) and
  * no column sizes. Each entry also holds the reserved tokens of
  * text_index.h (event name, day, hour, minute, second), which is
  * what lets a search walk the matches newest first a stretch of time at a
- * time (event_search.c). An index of an earlier format (format 2: rowid =
- * commit sequence) is built again. The watermark stays a commit sequence:
- * the thread reads the events after it in seq order (event_seq.c).
+ * time (event_search.c). An index of an earlier format is built again. The
+ * events table has no index on seq: the thread reads the events after its
+ * watermark through event_days (event_seq.c), retention and re-encryption
+ * name the events by their keys, and a search finds a match's row from its
+ * bucket's day (event_search.c).
  *
  * The events are read through the events database attached to the index's
  * connection as `ev`; searches attach the index to their readers as
@@ -61,7 +61,7 @@
 
 /* An event the mover handed over: its text and name in one allocation. */
 struct fed_event {
-  int64_t seq, ts, key;
+  int64_t seq, ts;
   char *words; /* owned; the name follows the words' NUL */
   const char *name;
 };
@@ -284,8 +284,7 @@ void ana_text_index_follow(void *ctx, const struct ana_event_record *records, si
       break;
     memcpy(copy, words, wl + 1);
     memcpy(copy + wl + 1, name, nl + 1);
-    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms,
-                                  ana_event_key(r->timestamp_ms, r->seq), copy, copy + wl + 1};
+    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, copy, copy + wl + 1};
   }
   pthread_mutex_lock(&ti->fed_mu);
   if (k == n) {
@@ -348,9 +347,9 @@ static void fed_forget(struct ana_text_index *ti) {
   pthread_mutex_unlock(&ti->fed_mu);
 }
 
-/* The entry of the event of key (words, name, ts) into the open
- * transaction; no words: nothing to index. */
-static int index_one(struct ana_text_index *ti, int64_t key, const char *words, const char *name,
+/* The entry of event seq (words, name, ts) into the open transaction;
+ * no words: nothing to index. */
+static int index_one(struct ana_text_index *ti, int64_t seq, const char *words, const char *name,
                      int64_t ts, int64_t *min_ts, int64_t *max_ts) {
   if (!words[0])
     return SQLITE_ROW; /* passed */
@@ -359,7 +358,7 @@ static int index_one(struct ana_text_index *ti, int64_t key, const char *words, 
   if (!entry_text(ti, words, name, ts))
     return SQLITE_NOMEM;
   sqlite3_reset(ti->insert);
-  sqlite3_bind_int64(ti->insert, 1, key);
+  sqlite3_bind_int64(ti->insert, 1, seq);
   sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
   return sqlite3_step(ti->insert) == SQLITE_DONE ? SQLITE_ROW : SQLITE_ERROR;
 }
@@ -376,9 +375,8 @@ static int index_row(void *ctx, sqlite3_stmt *st) {
   b->last = sqlite3_column_int64(st, 0);
   b->n++;
   const char *words = (const char *)sqlite3_column_text(st, 1);
-  b->rc = index_one(b->ti, sqlite3_column_int64(st, 4), words ? words : "",
-                    (const char *)sqlite3_column_text(st, 2), sqlite3_column_int64(st, 3),
-                    &b->min_ts, &b->max_ts);
+  b->rc = index_one(b->ti, b->last, words ? words : "", (const char *)sqlite3_column_text(st, 2),
+                    sqlite3_column_int64(st, 3), &b->min_ts, &b->max_ts);
   return b->rc != SQLITE_ROW;
 }
 
@@ -398,7 +396,7 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
     if (rc == SQLITE_DONE) {
       last = e->seq;
       n++;
-      if (index_one(ti, e->key, e->words, e->name, e->ts, &min_ts, &max_ts) != SQLITE_ROW)
+      if (index_one(ti, e->seq, e->words, e->name, e->ts, &min_ts, &max_ts) != SQLITE_ROW)
         rc = SQLITE_ERROR;
     }
     ana_free(e->words);
@@ -546,8 +544,8 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
   return v;
 }
 
-/* Runs `stmt` (remove or insert, bound to the event's key and entry text)
- * for the event of key if its entry is there (`if_present`) or is not, which
+/* Runs `stmt` (remove or insert, bound to the event's sequence and entry
+ * text) for the event of key if its entry is there (`if_present`) or is not, which
  * the token of its second tells: every entry holds it. Events gone or
  * without words are left alone. Called with conn_mu held, inside a
  * transaction; `what` names the change in an error. */
@@ -567,8 +565,9 @@ static int change_entry(struct ana_text_index *ti, int64_t key, bool if_present,
   ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
                               ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
   snprintf(match, sizeof match, "\"%s\"", tok);
+  int64_t seq = key & ((INT64_C(1) << ANA_EVENT_SEQ_BITS) - 1);
   sqlite3_reset(ti->exists);
-  sqlite3_bind_int64(ti->exists, 1, key);
+  sqlite3_bind_int64(ti->exists, 1, seq);
   sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
   rc = sqlite3_step(ti->exists);
   sqlite3_reset(ti->exists);
@@ -584,7 +583,7 @@ static int change_entry(struct ana_text_index *ti, int64_t key, bool if_present,
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   sqlite3_reset(stmt);
-  sqlite3_bind_int64(stmt, 1, key);
+  sqlite3_bind_int64(stmt, 1, seq);
   sqlite3_bind_text(stmt, 2, ti->doc, -1, SQLITE_STATIC);
   rc = sqlite3_step(stmt);
   sqlite3_reset(stmt);
@@ -762,11 +761,12 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
     indexed = 0;
   }
   ti->indexed_seq = (uint64_t)indexed;
-  if (sqlite3_prepare_v3(ti->conn,
-                         "SELECT seq, ana_event_text(body),"
-                         " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts, key"
-                         " FROM" ANA_EVENTS_SEQ_WINDOW("ev.") " ORDER BY seq",
-                         -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v3(
+          ti->conn,
+          "SELECT seq, ana_event_text(body),"
+          " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
+          " WHERE key = ?1",
+          -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,

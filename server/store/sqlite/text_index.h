@@ -58,7 +58,7 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err);
 
 /* The index's format, its file's user_version; a file of another format is
  * built again from the events. */
-#define ANA_TEXT_INDEX_FORMAT 3
+#define ANA_TEXT_INDEX_FORMAT 2
 
 /* Besides its words, an event's entry holds reserved tokens (they start
  * with U+E000, which the words never contain: ana_text_index_fold) for
