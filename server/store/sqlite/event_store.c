@@ -254,11 +254,12 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
     uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
     /* One snapshot of events and of the staged events after them: in it,
-     * each committed event is in one of the two (staging.c). */
+     * each committed event is in one of the two (staging.c); and one read
+     * transaction for the chunk's lookups by key, not one each. */
     struct ana_local_staging_stats staged;
     ana_local_staging_stats(s->db, &staged);
     bool all_moved = hi <= staged.moved_upto;
-    if (!all_moved && sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
       rc = scan_error(r, err);
       break;
     }
