@@ -17,7 +17,7 @@ BUILD_PACKAGES="build-essential cmake pkg-config git
   libprotoc-dev libprotobuf-dev grpc-proto golang-github-gogo-googleapis-dev
   libsqlite3-dev libjansson-dev libwebsockets-dev libicu-dev libssl-dev
   libcurl4-openssl-dev libhpdf-dev libxlsxwriter-dev fonts-dejavu-core zlib1g-dev
-  libzstd-dev libyajl-dev"
+  libzstd-dev libyajl-dev libdeflate-dev"
 
 # Packages needed only by the test suite and the sanitizer/fuzz builds.
 # python3-aiosmtpd is the SMTP server the channel tests send to. clang-format checks the house formatting (`make format-check`). chromium, nodejs and npm run the dashboard's browser test (tests/browser/:
@@ -47,11 +47,12 @@ BENCH_PACKAGES="influxdb influxdb-client"
 #   zlib1g         libz.so.1 (gzip-compressed /metrics)
 #   libzstd1       libzstd.so.1 (compressed event payloads)
 #   libyajl2       libyajl.so.2 (the batch elements' JSON read straight into messages)
+#   libdeflate0    libdeflate.so.0 (gzip-compressed ClickHouse inserts)
 # ca-certificates lets the remote backends (ClickHouse, MongoDB, Elasticsearch,
 # Redis, RabbitMQ) verify TLS peers. A library added to the build adds its
 # runtime package here too (check with `dpkg -S libfoo.so.N`).
 RUNTIME_PACKAGES="libgrpc29 libprotobuf-c1 libjansson4 libsqlite3-0 libwebsockets17 libicu72
-  libssl3 libcurl4 libhpdf-2.3.0 libxlsxwriter4 zlib1g libzstd1 libyajl2 fonts-dejavu-core ca-certificates"
+  libssl3 libcurl4 libhpdf-2.3.0 libxlsxwriter4 zlib1g libzstd1 libyajl2 libdeflate0 fonts-dejavu-core ca-certificates"
 
 case "${1:-build}" in
   build) wanted="$BUILD_PACKAGES" ;;

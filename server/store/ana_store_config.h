@@ -19,6 +19,7 @@ struct ana_store_settings {
   int clickhouse_batch_interval_ms;
   int clickhouse_shipped_merge_ms; /* the shipped table's rows merged past this age */
   bool clickhouse_gzip;            /* inserts gzip-compressed */
+  int clickhouse_gzip_level;       /* at this level (1-12) */
   long spool_max_bytes;            /* SPOOL_MAX_BYTES */
   char *redis_url;
   char *rabbitmq_url;

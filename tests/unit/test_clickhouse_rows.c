@@ -1,6 +1,7 @@
 /* Unit tests of the ClickHouse rows' property arrays: read straight from the committed JSON
  * text, they are the same bytes as through jansson, for flat objects and for every text the
- * direct reading hands to jansson (escapes, nesting, big numbers, duplicate keys, bad JSON). */
+ * direct reading hands to jansson (escapes, nesting, big numbers, duplicate keys, bad JSON);
+ * and of the insert bodies' gzip streams (a member per piece) at every level. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 /* Whether json was read straight from the text. */
 static bool same_bytes(const char *json) {
@@ -103,10 +105,84 @@ static void random_flat_objects_give_the_same_bytes(void **state) {
   }
 }
 
+/* Inflates a gzip stream of one or more members into out (cap bytes); its length, or -1. */
+static long gunzip_all(const unsigned char *in, size_t len, unsigned char *out, size_t cap) {
+  z_stream z = {0};
+  assert_int_equal(inflateInit2(&z, 15 + 16), Z_OK);
+  z.next_in = (Bytef *)in;
+  z.avail_in = (uInt)len;
+  z.next_out = out;
+  z.avail_out = (uInt)cap;
+  long n = -1;
+  for (;;) {
+    int rc = inflate(&z, Z_NO_FLUSH);
+    if (rc == Z_STREAM_END && z.avail_in == 0) {
+      n = (long)(cap - z.avail_out);
+      break;
+    }
+    if (rc == Z_STREAM_END) { /* the next member */
+      assert_int_equal(inflateReset(&z), Z_OK);
+      continue;
+    }
+    if (rc != Z_OK)
+      break;
+  }
+  inflateEnd(&z);
+  return n;
+}
+
+static void gzip_streams_of_pieces_inflate_to_the_rows_at_every_level(void **state) {
+  (void)state;
+  enum { LEN = 700000 };
+  unsigned char *rows = ana_malloc(LEN), *back = ana_malloc(LEN + 1);
+  assert_non_null(rows);
+  assert_non_null(back);
+  uint32_t x = 22;
+  for (size_t i = 0; i < LEN; i++) { /* text-like: compressible, not trivially */
+    x = x * 1103515245u + 12345u;
+    rows[i] = (unsigned char)("abcdefgh{}\":,0123"[(x >> 16) % 18]);
+  }
+  size_t sizes[13];
+  for (int level = 0; level <= 12; level++) {
+    struct ana_clickhouse_gz *g = ana_clickhouse_gz_new(level);
+    assert_non_null(g);
+    /* pieces as the encoder hands them over, the last one with the end */
+    assert_int_equal(ana_clickhouse_gz_add(g, rows, 262144, false), 0);
+    assert_int_equal(ana_clickhouse_gz_add(g, rows + 262144, 300000, false), 0);
+    assert_int_equal(ana_clickhouse_gz_add(g, rows + 562144, LEN - 562144, true), 0);
+    size_t len = 0;
+    unsigned char *body = ana_clickhouse_gz_take(g, &len);
+    ana_clickhouse_gz_free(g);
+    sizes[level] = len;
+    if (level == 0) { /* sent as it is */
+      assert_int_equal(len, LEN);
+      assert_memory_equal(body, rows, LEN);
+    } else {
+      assert_true(len < LEN);
+      assert_int_equal(gunzip_all(body, len, back, LEN + 1), LEN);
+      assert_memory_equal(back, rows, LEN);
+    }
+    ana_free(body);
+  }
+  assert_true(sizes[12] < sizes[1]);
+  /* no rows at all: still one (empty) gzip member */
+  struct ana_clickhouse_gz *g = ana_clickhouse_gz_new(1);
+  assert_int_equal(ana_clickhouse_gz_add(g, NULL, 0, true), 0);
+  size_t len = 0;
+  unsigned char *body = ana_clickhouse_gz_take(g, &len);
+  ana_clickhouse_gz_free(g);
+  assert_true(len > 0);
+  assert_int_equal(gunzip_all(body, len, back, LEN + 1), 0);
+  ana_free(body);
+  ana_free(rows);
+  ana_free(back);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(flat_and_odd_objects_give_the_same_bytes),
       cmocka_unit_test(random_flat_objects_give_the_same_bytes),
+      cmocka_unit_test(gzip_streams_of_pieces_inflate_to_the_rows_at_every_level),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

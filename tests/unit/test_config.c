@@ -34,6 +34,7 @@ static const char *const all_names[] = {
     "CLICKHOUSE_BATCH_ROWS",
     "CLICKHOUSE_BATCH_INTERVAL",
     "CLICKHOUSE_GZIP",
+    "CLICKHOUSE_GZIP_LEVEL",
     "CLICKHOUSE_SHIPPED_MERGE",
     "SPOOL_MAX_BYTES",
     "REDIS_URL",

@@ -40,15 +40,15 @@ int ana_clickhouse_query(struct ana_clickhouse *ch, const char *sql, bool with_d
 int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **out,
                              size_t *out_len, struct ana_error *err);
 
-/* Whether inserts are sent gzip-compressed (CLICKHOUSE_GZIP). */
-bool ana_clickhouse_gzip(const struct ana_clickhouse *ch);
+/* The gzip level inserts are sent with (CLICKHOUSE_GZIP_LEVEL), 0 when CLICKHOUSE_GZIP is false. */
+int ana_clickhouse_gzip_level(const struct ana_clickhouse *ch);
 
-/* A gzip stream (zlib, level 1) into a growing buffer, fed piece by piece (the rows of a batch
- * as they are encoded, while they are still in the cache); with compress false the data is
- * only appended (an insert body sent as it is). */
+/* A gzip stream (libdeflate at level, 1-12) into a growing buffer, fed piece by piece (the rows
+ * of a batch as they are encoded, while they are still in the cache): each piece becomes one
+ * gzip member. With level 0 the data is only appended (an insert body sent as it is). */
 struct ana_clickhouse_gz;
 /* NULL when out of memory. */
-struct ana_clickhouse_gz *ana_clickhouse_gz_new(bool compress);
+struct ana_clickhouse_gz *ana_clickhouse_gz_new(int level);
 /* Compresses data[0..len); finish ends the stream. 0, or ANA_ERR_NOMEM / ANA_ERR_INTERNAL. */
 int ana_clickhouse_gz_add(struct ana_clickhouse_gz *g, const void *data, size_t len, bool finish);
 /* The finished stream (owned by the caller, ana_free) and its length; g keeps nothing. */

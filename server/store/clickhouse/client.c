@@ -7,10 +7,10 @@
 #include "clickhouse_backend.h"
 
 #include <curl/curl.h>
+#include <libdeflate.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
-#include <zlib.h>
 
 /* Answers longer than this are refused (the longest is a batch's list of sequence numbers). */
 #define MAX_ANSWER (64u << 20)
@@ -22,7 +22,8 @@ struct ana_clickhouse {
   char db[80];     /* CLICKHOUSE_DATABASE */
   char host[256];  /* for messages, without credentials */
   int timeout_ms;
-  bool gzip; /* CLICKHOUSE_GZIP */
+  bool gzip;      /* CLICKHOUSE_GZIP */
+  int gzip_level; /* CLICKHOUSE_GZIP_LEVEL */
 };
 
 const char *ana_clickhouse_database(const struct ana_clickhouse *ch) {
@@ -95,6 +96,7 @@ struct ana_clickhouse *ana_clickhouse_open(const struct ana_store_settings *cfg,
   }
   ch->timeout_ms = cfg->clickhouse_timeout_ms > 0 ? cfg->clickhouse_timeout_ms : 30000;
   ch->gzip = cfg->clickhouse_gzip;
+  ch->gzip_level = cfg->clickhouse_gzip_level > 0 ? cfg->clickhouse_gzip_level : 1;
   struct ana_http_options o = {
       .connect_timeout_ms = ch->timeout_ms < 5000 ? ch->timeout_ms : 5000,
       .max_response_bytes = MAX_ANSWER,
@@ -220,96 +222,80 @@ int ana_clickhouse_query_bin(struct ana_clickhouse *ch, const char *sql, char **
 }
 
 struct ana_clickhouse_gz {
-  z_stream z;
+  struct libdeflate_compressor *c; /* NULL: not compressed, the data only appended */
   unsigned char *out;
-  size_t cap;
-  bool ended;
-  bool plain; /* not compressed: only z.avail_out is used, the room left in out */
+  size_t len, cap;
+  bool ended, any; /* finished; a member was written */
 };
 
-bool ana_clickhouse_gzip(const struct ana_clickhouse *ch) {
-  return ch->gzip;
+int ana_clickhouse_gzip_level(const struct ana_clickhouse *ch) {
+  return ch->gzip ? ch->gzip_level : 0;
 }
 
-struct ana_clickhouse_gz *ana_clickhouse_gz_new(bool compress) {
+struct ana_clickhouse_gz *ana_clickhouse_gz_new(int level) {
   struct ana_clickhouse_gz *g = ana_calloc(1, sizeof *g);
   if (!g)
     return NULL;
-  g->plain = !compress;
-  if (compress && deflateInit2(&g->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+  if (level > 0 && !(g->c = libdeflate_alloc_compressor(level))) {
     ana_free(g);
     g = NULL;
   }
   return g;
 }
 
-/* Appends data as it is (a body sent without compression). */
-static int plain_add(struct ana_clickhouse_gz *g, const void *data, size_t len) {
-  size_t used = g->cap - g->z.avail_out;
-  if (len > g->z.avail_out) {
-    size_t cap = g->cap ? g->cap : 256 * 1024;
-    while (cap - used < len)
-      cap *= 2;
-    unsigned char *out = ana_realloc(g->out, cap);
-    if (!out)
-      return ANA_ERR_NOMEM;
-    g->out = out;
-    g->cap = cap;
-  }
-  if (len)
-    memcpy(g->out + used, data, len);
-  g->z.avail_out = (uInt)(g->cap - used - len);
+/* Room for n more bytes in g->out. */
+static int reserve(struct ana_clickhouse_gz *g, size_t n) {
+  if (g->cap - g->len >= n)
+    return 0;
+  size_t cap = g->cap ? g->cap : 256 * 1024;
+  while (cap - g->len < n)
+    cap *= 2;
+  unsigned char *out = ana_realloc(g->out, cap);
+  if (!out)
+    return ANA_ERR_NOMEM;
+  g->out = out;
+  g->cap = cap;
   return 0;
 }
 
 int ana_clickhouse_gz_add(struct ana_clickhouse_gz *g, const void *data, size_t len, bool finish) {
   if (g->ended)
     return ANA_ERR_INTERNAL;
-  if (g->plain) {
-    g->ended = finish;
-    return plain_add(g, data, len);
+  g->ended = finish;
+  if (!g->c) {
+    if (reserve(g, len) < 0)
+      return ANA_ERR_NOMEM;
+    if (len)
+      memcpy(g->out + g->len, data, len);
+    g->len += len;
+    return 0;
   }
-  g->z.next_in = (Bytef *)data;
-  g->z.avail_in = (uInt)len;
-  for (;;) {
-    size_t used = g->cap - g->z.avail_out;
-    if (!g->out || g->z.avail_out < 64) {
-      size_t cap = g->cap ? g->cap * 2 : 256 * 1024;
-      unsigned char *out = ana_realloc(g->out, cap);
-      if (!out)
-        return ANA_ERR_NOMEM;
-      used = g->out ? used : 0;
-      g->out = out;
-      g->cap = cap;
-      g->z.next_out = out + used;
-      g->z.avail_out = (uInt)(cap - used);
-    }
-    int zr = deflate(&g->z, finish ? Z_FINISH : Z_NO_FLUSH);
-    if (zr == Z_STREAM_END) {
-      g->ended = true;
-      return 0;
-    }
-    if (zr != Z_OK && zr != Z_BUF_ERROR)
-      return ANA_ERR_INTERNAL;
-    if (!finish && g->z.avail_in == 0)
-      return 0;
-  }
+  if (len == 0 && (g->any || !finish))
+    return 0;
+  /* One gzip member (RFC 1952: a stream is one or more; ClickHouse reads them all). */
+  size_t bound = libdeflate_gzip_compress_bound(g->c, len);
+  if (reserve(g, bound) < 0)
+    return ANA_ERR_NOMEM;
+  size_t n = libdeflate_gzip_compress(g->c, data, len, g->out + g->len, bound);
+  if (n == 0)
+    return ANA_ERR_INTERNAL;
+  g->len += n;
+  g->any = true;
+  return 0;
 }
 
 unsigned char *ana_clickhouse_gz_take(struct ana_clickhouse_gz *g, size_t *len) {
   unsigned char *out = g->out;
-  *len = g->cap - g->z.avail_out;
+  *len = g->len;
   g->out = NULL;
-  g->cap = 0;
-  g->z.avail_out = 0;
+  g->cap = g->len = 0;
   return out;
 }
 
 void ana_clickhouse_gz_free(struct ana_clickhouse_gz *g) {
   if (!g)
     return;
-  if (!g->plain)
-    deflateEnd(&g->z);
+  libdeflate_free_compressor(g->c);
   ana_free(g->out);
   ana_free(g);
 }

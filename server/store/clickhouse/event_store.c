@@ -81,6 +81,12 @@ struct ch_store {
    * after a start: the last row may be missing). */
   uint64_t marked;
   int64_t marked_min_ts;
+  /* The spool's events not yet shipped at open, up to backlog_hi (0: none): pending_bytes
+   * starts with backlog_est for them (a sample's mean times their number; reading them all
+   * would double the cost of shipping a backlog), replaced by the exact sum once they are
+   * confirmed (backlog_seen, theirs so far; the confirming thread only). */
+  atomic_uint_fast64_t backlog_hi;
+  int64_t backlog_est, backlog_seen;
 
   struct ana_prom_counter rows, batches, inserts, failures, verified, skipped, refused, bytes_out,
       removed, agg_sql, agg_rows;
@@ -355,6 +361,7 @@ struct job {
   uint64_t first, last;
   int64_t bytes, oldest_ms; /* what the bound counts of the batch; its first receive time */
   int64_t min_ts;           /* the lowest timestamp of its events */
+  int64_t backlog_bytes;    /* what the bound counts of its events up to s->backlog_hi */
   size_t n, rows;           /* events of the batch; rows to send (not held already) */
   struct group {
     int day;
@@ -415,7 +422,10 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
   if (ev->timestamp_ms < j->min_ts)
     j->min_ts = ev->timestamp_ms;
   j->last = ev->seq;
-  j->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
+  int64_t bytes = event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
+  j->bytes += bytes;
+  if (ev->seq <= atomic_load(&e->s->backlog_hi))
+    j->backlog_bytes += bytes;
   if (held)
     return 0;
   int day = ana_clickhouse_day(ev->timestamp_ms);
@@ -437,7 +447,7 @@ static int enc_add(struct encoder *e, const struct ana_spooled_event *ev, bool h
     d = &e->days[e->n_days++];
     memset(d, 0, sizeof *d);
     d->day = day;
-    if (!(d->gz = ana_clickhouse_gz_new(ana_clickhouse_gzip(e->s->ch))))
+    if (!(d->gz = ana_clickhouse_gz_new(ana_clickhouse_gzip_level(e->s->ch))))
       return e->failed = true, ANA_ERR_NOMEM;
     if (getrandom(&d->attempt, sizeof d->attempt, 0) != sizeof d->attempt)
       d->attempt = (uint64_t)ana_clock_mono_ns() ^ ((uint64_t)day << 48);
@@ -550,6 +560,14 @@ static int send(struct job *j, struct ana_error *err) {
     ana_prom_counter_add(&s->bytes_out, j->groups[i].raw_len);
   }
   atomic_fetch_sub(&s->pending_bytes, j->bytes);
+  uint64_t backlog_hi = atomic_load(&s->backlog_hi);
+  if (backlog_hi) {
+    s->backlog_seen += j->backlog_bytes;
+    if (j->last >= backlog_hi) { /* the estimate becomes the exact sum */
+      atomic_fetch_add(&s->pending_bytes, s->backlog_seen - s->backlog_est);
+      atomic_store(&s->backlog_hi, 0);
+    }
+  }
   atomic_store(&s->shipped, j->last);
   if (j->min_ts < s->marked_min_ts)
     s->marked_min_ts = j->min_ts;
@@ -1083,9 +1101,13 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
 
 static void ch_close(void *store);
 
+/* The spool's events not yet shipped read at open: this many, the rest estimated from them. */
+#define BACKLOG_SAMPLE 2000
+
 struct backlog {
   uint64_t after;
   int64_t bytes, oldest_ms;
+  int n;
 };
 
 static int sum_backlog(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
@@ -1095,6 +1117,7 @@ static int sum_backlog(void *ctx, const struct ana_spooled_event *ev, struct ana
     b->oldest_ms = ev->received_at_ms;
   b->bytes += event_bytes(ev->payload_len, ev->properties_json, ev->event_id);
   b->after = ev->seq;
+  b->n++;
   return 0;
 }
 
@@ -1145,16 +1168,23 @@ static void *ch_open(struct ana_local_db *db, struct ana_error *err) {
     goto fail;
   }
   atomic_store(&s->committed, last);
-  /* The spool's events not yet shipped count against the bound from the start. */
-  struct backlog b = {atomic_load(&s->shipped), 0, 0};
-  int n;
-  while ((n = ana_local_spool_each_untexted(db, b.after, 10000, sum_backlog, &b, err)) > 0)
-    ;
+  /* The spool's events not yet shipped count against the bound from the start: a sample of
+   * them read, the rest estimated until the shipper has read them (send). */
+  struct backlog b = {atomic_load(&s->shipped), 0, 0, 0};
+  int n = ana_local_spool_each_untexted(db, b.after, BACKLOG_SAMPLE, sum_backlog, &b, err);
   if (n < 0)
     goto fail;
+  uint64_t waiting = last - atomic_load(&s->shipped);
+  if (n == BACKLOG_SAMPLE && waiting > (uint64_t)n) { /* more: at the sample's mean each */
+    atomic_store(&s->backlog_hi, last);
+    s->backlog_est = (int64_t)((double)b.bytes / n * (double)waiting);
+    s->backlog_seen = 0;
+    b.bytes = s->backlog_est;
+  }
   atomic_store(&s->pending_bytes, b.bytes);
   if (b.bytes)
-    ANA_INFO("clickhouse", "%lld bytes of events in the spool not yet shipped", (long long)b.bytes);
+    ANA_INFO("clickhouse", "%s%lld bytes of events in the spool not yet shipped",
+             atomic_load(&s->backlog_hi) ? "about " : "", (long long)b.bytes);
   atomic_store(&s->oldest_ms, b.oldest_ms);
   if (pthread_create(&s->thread, NULL, ship_thread, s) != 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the ClickHouse shipper");
@@ -1245,6 +1275,8 @@ static void ch_status(void *store, struct ana_event_store_status *st) {
   if (st->lag_seconds < 0)
     st->lag_seconds = 0;
   st->pending_bytes = atomic_load(&s->pending_bytes);
+  if (st->pending_bytes < 0) /* a start-up backlog larger than its estimate, being shipped */
+    st->pending_bytes = 0;
   st->max_bytes = s->max_bytes;
   st->full = st->pending_bytes >= s->max_bytes;
   st->degraded = atomic_load(&s->degraded) || !atomic_load(&s->ready);

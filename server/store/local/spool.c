@@ -269,34 +269,92 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   return 0;
 }
 
-/* The spool's row of key ?1 (read in sequence order by event_seq.c), with the free text the
- * SQL `text` gives. */
+/* The spool's row of key ?1 (read in sequence order by event_seq.c: the
+ * table has no index on seq), with the free text the SQL `text` gives; the
+ * account, type and name as their numbers (names_of gives their text: a
+ * subquery per row would cost more than the rest of the row's read). */
 #define SPOOL_SELECT(text)                                                                         \
-  "SELECT seq, " ANA_ACCOUNT_ID_SQL ", event_id, session_id, " ANA_EVENT_STRING_SQL(               \
-      "event_type") ", " ANA_EVENT_STRING_SQL("event_name") ", ts, ts + received_delta,"           \
-                                                            " ana_event_props(body), " text        \
-                                                            ", " ANA_EVENT_PAYLOAD_SQL             \
-                                                            " FROM events WHERE key = ?1"
+  "SELECT seq, account_id, event_id, session_id, event_type, event_name, ts, ts + received_delta," \
+  " ana_event_props(body), " text ", " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE key = ?1"
+
+/* The texts of the numbers of accounts (dedupe_accounts) and of event types
+ * and names (event_strings) met in one read snapshot, each looked up once.
+ * Each column has slots of its own: a row's three texts stay valid until the
+ * next row's are looked up. */
+#define NAME_SLOTS 64
+enum { NAME_ACCOUNT, NAME_TYPE, NAME_NAME, NAME_KINDS };
+struct names_of {
+  sqlite3 *r;
+  sqlite3_stmt *get[2]; /* accounts; event strings (types and names) */
+  struct name_slot {
+    int64_t id;
+    char *text; /* NULL: empty slot */
+    bool found;
+  } slots[NAME_KINDS][NAME_SLOTS];
+};
+
+static const char *const name_sql[2] = {"SELECT account_id FROM dedupe_accounts WHERE id = ?",
+                                        "SELECT name FROM event_strings WHERE id = ?"};
+
+/* The text of number id in column kind; NULL when there is none (as the
+ * subquery's NULL), or *failed on an error. */
+static const char *name_of(struct names_of *n, int kind, int64_t id, bool *failed) {
+  struct name_slot *slot = &n->slots[kind][(uint64_t)id % NAME_SLOTS];
+  if (slot->text && slot->id == id)
+    return slot->found ? slot->text : NULL;
+  int q = kind == NAME_ACCOUNT ? 0 : 1;
+  if (!n->get[q] && sqlite3_prepare_v2(n->r, name_sql[q], -1, &n->get[q], NULL) != SQLITE_OK) {
+    *failed = true;
+    return NULL;
+  }
+  sqlite3_stmt *st = n->get[q];
+  sqlite3_bind_int64(st, 1, id);
+  int rc = sqlite3_step(st);
+  const char *t = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+  char *copy = ana_strdup(t ? t : "");
+  sqlite3_reset(st);
+  if ((rc != SQLITE_ROW && rc != SQLITE_DONE) || !copy) {
+    ana_free(copy);
+    *failed = true;
+    return NULL;
+  }
+  ana_free(slot->text);
+  slot->id = id;
+  slot->text = copy;
+  slot->found = rc == SQLITE_ROW;
+  return slot->found ? copy : NULL;
+}
+
+static void names_free(struct names_of *n) {
+  sqlite3_finalize(n->get[0]);
+  sqlite3_finalize(n->get[1]);
+  for (int k = 0; k < NAME_KINDS; k++)
+    for (int i = 0; i < NAME_SLOTS; i++)
+      ana_free(n->slots[k][i].text);
+}
 
 /* One row of the events table to fn. */
 struct spool_rows {
   ana_spool_row_fn fn;
   void *ctx;
   struct ana_error *err;
-  int rc;        /* fn's non-zero result */
+  struct names_of *names;
+  int rc;        /* fn's non-zero result, or an error */
   uint64_t last; /* the last seq handed on */
 };
 
 static int spool_row(void *ctx, sqlite3_stmt *st) {
   struct spool_rows *sr = ctx;
+  struct names_of *names = sr->names;
   char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+  bool failed = false;
   struct ana_spooled_event e = {
       .seq = (uint64_t)sqlite3_column_int64(st, 0),
-      .account_id = (const char *)sqlite3_column_text(st, 1),
+      .account_id = name_of(names, NAME_ACCOUNT, sqlite3_column_int64(st, 1), &failed),
       .event_id = ana_event_id_column(st, 2, id_buf),
       .session_id = (const char *)sqlite3_column_text(st, 3),
-      .event_type = (const char *)sqlite3_column_text(st, 4),
-      .event_name = (const char *)sqlite3_column_text(st, 5),
+      .event_type = name_of(names, NAME_TYPE, sqlite3_column_int64(st, 4), &failed),
+      .event_name = name_of(names, NAME_NAME, sqlite3_column_int64(st, 5), &failed),
       .timestamp_ms = sqlite3_column_int64(st, 6),
       .received_at_ms = sqlite3_column_int64(st, 7),
       .properties_json = (const char *)sqlite3_column_text(st, 8),
@@ -304,6 +362,11 @@ static int spool_row(void *ctx, sqlite3_stmt *st) {
       .payload = sqlite3_column_blob(st, 10),
   };
   e.payload_len = (size_t)sqlite3_column_bytes(st, 10);
+  if (failed) {
+    ana_error_set(sr->err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(names->r));
+    sr->rc = ANA_ERR_IO;
+    return 1;
+  }
   if ((sr->rc = sr->fn(sr->ctx, &e, sr->err)) != 0)
     return 1;
   sr->last = e.seq;
@@ -316,6 +379,7 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
                       void *ctx, bool text, struct ana_error *err) {
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
+  struct names_of names = {.r = r};
   int n = 0, rc = 0;
   uint64_t last = after_seq;
   if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
@@ -329,7 +393,7 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     rc = ANA_ERR_INTERNAL;
     goto out;
   }
-  struct spool_rows rows = {fn, ctx, err, 0, after_seq};
+  struct spool_rows rows = {fn, ctx, err, &names, 0, after_seq};
   n = ana_local_events_by_seq(r, "", st, after_seq, UINT64_MAX, max, spool_row, &rows, err);
   if (rows.rc != 0) {
     rc = rows.rc;
@@ -349,6 +413,7 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
   }
 out:
   sqlite3_finalize(st);
+  names_free(&names);
   if (!sqlite3_get_autocommit(r))
     sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
   ana_local_db_release_reader(db, r);

@@ -152,6 +152,7 @@ class FaultProxy:
         self.hold_s = 3.0
         self.inserts = 0
         self.encodings = []  # the Content-Encoding of each insert into events ("": none)
+        self.insert_bytes = 0  # the bodies of the inserts into events, as sent
         self.late_done = threading.Event()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -205,6 +206,7 @@ class FaultProxy:
                 insert = query[0].upper().startswith("INSERT")
                 if insert and query[0].upper().startswith("INSERT INTO EVENTS"):
                     self.encodings.append(headers.get("content-encoding", ""))
+                    self.insert_bytes += len(body)
                 mode = self.mode
                 if mode == "down":
                     return

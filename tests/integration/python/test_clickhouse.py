@@ -244,6 +244,87 @@ class ClickHouseStoreTest(unittest.TestCase):
         self.assert_exactly_once(acked)
         self.assertEqual(set(self.proxy.encodings), {"gzip"})
 
+    def test_gzip_levels_round_trip_every_property_shape(self):
+        # Each level's inserts (a gzip member per 256 KiB of rows: batches of 600 events of
+        # about 1 KB here) give the same rows as inserts sent without compression.
+        def props(i):
+            return {"s": "plain", "esc": 'q"b\\s\n\t', "uni": "h\u00e9llo \u2713 \U0001d11e",
+                    "i": 42, "neg": -7, "r": 3.25, "big": 1e20, "t": True, "f": False,
+                    "nul": None, "obj": {"a": {"b": [1, 2]}}, "arr": [1, "x", None],
+                    "long": "x" * 600 + str(i)}
+        ids = ["shape-%d" % i for i in range(600)]
+        got, sent = {}, {}
+        self.proxy = clickhouse.FaultProxy(self.ch)
+        base_db = self.db
+        for level in ("plain", "1", "12"):
+            self.db = "%s_%s" % (base_db, level)
+            env = {"CLICKHOUSE_GZIP": "false"} if level == "plain" else \
+                {"CLICKHOUSE_GZIP_LEVEL": level}
+            s = self.server(url=self.proxy.url, CLICKHOUSE_BATCH_INTERVAL="1s", **env)
+            self.proxy.encodings = []
+            self.proxy.insert_bytes = 0
+            stub = self.grpc_mod.EventServiceStub(s.channel())
+            for b in range(0, len(ids), 100):
+                evs = []
+                for i in range(b, b + 100):
+                    e = self.pb.Event(event_id=ids[i], event_name="shape", event_type="test")
+                    e.properties.update(props(i))
+                    evs.append(e)
+                stub.TrackEvents(self.pb.TrackEventsRequest(events=evs), timeout=10)
+            self.wait_shipped(s)
+            self.assert_exactly_once(set(ids))
+            self.assertEqual(set(self.proxy.encodings), {"" if level == "plain" else "gzip"})
+            sent[level] = self.proxy.insert_bytes
+            got[level] = {}  # event id: its property arrays as a map, its properties' JSON
+            for line in self.ch.query("SELECT event_id, prop_keys, prop_values, properties FROM"
+                                      " %s.events FORMAT JSONEachRow" % self.db).splitlines():
+                r = json.loads(line)
+                self.assertEqual(len(r["prop_keys"]), len(set(r["prop_keys"])))
+                got[level][r["event_id"]] = (dict(zip(r["prop_keys"], r["prop_values"])),
+                                             json.loads(r["properties"]))
+        self.assertEqual(len(got["plain"]), 600)
+        self.assertEqual(got["1"], got["plain"])
+        self.assertEqual(got["12"], got["plain"])
+        # The level is the one configured: 12 compresses more than 1.
+        self.assertLess(sent["12"], sent["1"])
+        self.assertLess(sent["1"], sent["plain"] / 3)
+        arrays, as_json = got["12"]["shape-7"]
+        self.assertEqual(as_json, json.loads(json.dumps(props(7))))
+        self.assertEqual(arrays, {
+            "s": "plain", "esc": 'q"b\\s\n\t', "uni": "h\u00e9llo \u2713 \U0001d11e", "i": "42",
+            "neg": "-7", "r": "3.25", "big": "1.0e+20", "t": "1", "f": "0",
+            "obj": '{"a":{"b":[1,2]}}', "arr": '[1,"x",null]', "long": "x" * 600 + "7"})
+
+    def test_a_backlog_found_at_start_ships_and_its_bound_becomes_exact(self):
+        # The events not yet shipped at start count against SPOOL_MAX_BYTES from a sample's
+        # estimate; once shipped, the bound counts exactly what is left (nothing).
+        self.proxy = clickhouse.FaultProxy(self.ch)
+        self.proxy.mode = "down"
+        s = self.server(url=self.proxy.url, CLICKHOUSE_TIMEOUT="500ms")
+        stub = self.grpc_mod.EventServiceStub(s.channel())
+        acked = set()
+        for b in range(0, 5000, 250):
+            ids = ["backlog-%d" % i for i in range(b, b + 250)]
+            stub.TrackEvents(self.pb.TrackEventsRequest(events=make_events(self.pb, ids)),
+                             timeout=10)
+            acked |= set(ids)
+        exact = self.metric(s, "ana_spool_pending_bytes")
+        self.assertGreater(exact, 0)
+        data_dir = s.data_dir
+        s.stop()
+        s = self.server(url=self.proxy.url, data_dir=data_dir, CLICKHOUSE_TIMEOUT="500ms")
+        estimate = self.metric(s, "ana_spool_pending_bytes")
+        self.assertLess(abs(estimate - exact) / exact, 0.2, (estimate, exact))
+        self.proxy.mode = "pass"
+        self.wait_shipped(s)
+        self.assert_exactly_once(acked)
+        self.assertEqual(self.metric(s, "ana_spool_pending_bytes"), 0)
+        self.assertEqual(self.health(s)[1].get("spoolPendingBytes"), 0)
+        more = self.track(s, ["after-%d" % i for i in range(10)])
+        self.wait_shipped(s)
+        self.assertEqual(self.metric(s, "ana_spool_pending_bytes"), 0)
+        self.assert_exactly_once(acked | more)
+
     def test_shipped_table_stays_bounded_as_batches_go_on(self):
         # A row per confirmed batch: older ones are merged (one per CLICKHOUSE_SHIPPED_MERGE),
         # keeping the highest sequence and a lowest timestamp at or below every event's.

@@ -74,6 +74,10 @@ class BadValueTest(unittest.TestCase):
     def test_port_out_of_range(self):
         self.assertRejected("PORT", "70000")
 
+    def test_clickhouse_gzip_level_out_of_range(self):
+        for value in ("0", "13", "fast"):
+            self.assertRejected("CLICKHOUSE_GZIP_LEVEL", value)
+
     def test_search_index_wait_over_a_minute(self):
         self.assertRejected("SEARCH_INDEX_WAIT", "61s")
 
