@@ -275,8 +275,9 @@ int main(int argc, char **argv) {
   double old_rate = search_format1_build(dir, n_events, event_text);
   double new_bytes = file_bytes(dir, "analytics-text.db") / (double)n_events;
   double old_bytes = file_bytes(dir, "old-text.db") / (double)n_events;
-  printf("index: format 2 %.1f B/event built at %.0f ev/s; format 1 %.1f B/event at %.0f ev/s\n",
-         new_bytes, new_rate, old_bytes, old_rate);
+  printf(
+      "index: current format %.1f B/event built at %.0f ev/s; format 1 %.1f B/event at %.0f ev/s\n",
+      new_bytes, new_rate, old_bytes, old_rate);
 
   index_handle = ops->open(db, &err);
   if (!index_handle || ops->wait(index_handle, last, 60000, &err) < 0)

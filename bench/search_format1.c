@@ -28,19 +28,36 @@ double search_format1_build(const char *dir, long n_events, search_format1_text_
                    "CREATE VIRTUAL TABLE events_fts USING fts5(search_text, content='')",
                    NULL, NULL, NULL) != SQLITE_OK)
     die("old index", c);
+  /* Its rowids name the events' rows (the events table has no index on
+   * seq any more): the key of commit sequence i + 1 (fill commits event
+   * number i as i + 1), read from the events. */
+  int64_t *keys = calloc((size_t)n_events + 1, sizeof *keys);
+  sqlite3 *ev = NULL;
+  sqlite3_stmt *st = NULL;
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  if (!keys || sqlite3_open_v2(path, &ev, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(ev, "SELECT key FROM events", -1, &st, NULL) != SQLITE_OK)
+    die("old index: events", ev);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    int64_t key = sqlite3_column_int64(st, 0);
+    int64_t seq = key & ((INT64_C(1) << 40) - 1);
+    if (seq >= 1 && seq <= n_events)
+      keys[seq - 1] = key;
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(ev);
   sqlite3_stmt *ins = NULL;
   if (sqlite3_prepare_v2(c, "INSERT INTO events_fts (rowid, search_text) VALUES (?1, ?2)", -1, &ins,
                          NULL) != SQLITE_OK)
     die("old index", c);
-  /* In batches of 1,000 in sequence order, as its thread indexed them (the
-   * commit sequence of event number i is i + 1: fill commits them in order). */
+  /* In batches of 1,000 in sequence order, as its thread indexed them. */
   for (long from = 0; from < n_events; from += 1000) {
     if (sqlite3_exec(c, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
       die("old index", c);
     for (long i = from; i < from + 1000 && i < n_events; i++) {
       char text[160];
       text_of(i, text, sizeof text);
-      sqlite3_bind_int64(ins, 1, i + 1);
+      sqlite3_bind_int64(ins, 1, keys[i]);
       sqlite3_bind_text(ins, 2, text, -1, SQLITE_TRANSIENT);
       if (sqlite3_step(ins) != SQLITE_DONE)
         die("old index", c);
@@ -50,6 +67,7 @@ double search_format1_build(const char *dir, long n_events, search_format1_text_
       die("old index", c);
   }
   sqlite3_finalize(ins);
+  free(keys);
   double rate = (double)n_events / (bench_now_s() - start);
   sqlite3_close(c);
   return rate;
@@ -88,7 +106,7 @@ void search_format1_search(const struct ana_event_query *q, ana_event_hit_fn hit
   snprintf(sql, sizeof sql,
            "SELECT body, ts, event_id, seq FROM"
            " (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.seq = hit"
+           " CROSS JOIN events ON events.key = hit"
            " WHERE account_id = (SELECT id FROM dedupe_accounts WHERE account_id = ?1)"
            " AND ts >= ?2 AND ts < ?3%s%s ORDER BY ts DESC, event_id DESC LIMIT ?10",
            q->event_name ? " AND event_name = (SELECT id FROM event_strings WHERE name = ?5)" : "",

@@ -1,5 +1,6 @@
 /* The free-text index's format 1, rebuilt for search_bench to compare against: a retired layout
- * (positions kept, rowid = commit sequence) in a file of the benchmark's own, old-text.db, and
+ * (positions kept; its rowid then the commit sequence, here the event's row key, as the events
+ * table has no index on seq any more) in a file of the benchmark's own, old-text.db, and
  * its query (every match joined with its event and sorted). Its query reads analytics.db's
  * events table directly, as the format did; nothing else may. */
 #ifndef SEARCH_FORMAT1_H

@@ -134,6 +134,7 @@ static int take_event(void *ctx, const struct ana_spooled_event *ev, struct ana_
   struct ana_event_record *r = &b->records[b->n];
   memset(r, 0, sizeof *r);
   r->seq = ev->seq;
+  r->timestamp_ms = ev->timestamp_ms;
   r->account_id = ana_arena_strdup(&b->arena, ev->account_id);
   size_t len = protobuf_c_message_get_packed_size(&e->base);
   uint8_t *payload = ana_arena_alloc(&b->arena, len ? len : 1);
@@ -146,24 +147,24 @@ static int take_event(void *ctx, const struct ana_spooled_event *ev, struct ana_
   return 0;
 }
 
-/* The sequences to note and index again: the batch's rewrites and any noted
- * by a batch a crash interrupted. Caller frees. */
-static int64_t *batch_seqs(const struct batch *b, const int64_t *pending, size_t n_pending,
+/* The events to note and index again (their references): the batch's
+ * rewrites and any noted by a batch a crash interrupted. Caller frees. */
+static int64_t *batch_refs(const struct batch *b, const int64_t *pending, size_t n_pending,
                            size_t *n) {
-  int64_t *seqs = ana_malloc((b->n + n_pending + 1) * sizeof *seqs);
+  int64_t *refs = ana_malloc((b->n + n_pending + 1) * sizeof *refs);
   *n = 0;
-  if (!seqs)
+  if (!refs)
     return NULL;
   for (size_t i = 0; i < b->n; i++)
-    seqs[(*n)++] = (int64_t)b->records[i].seq;
+    refs[(*n)++] = ana_local_event_ref(b->records[i].timestamp_ms, b->records[i].seq);
   for (size_t i = 0; i < n_pending; i++) {
     bool dup = false;
     for (size_t k = 0; k < b->n && !dup; k++)
-      dup = (int64_t)b->records[k].seq == pending[i];
+      dup = refs[k] == pending[i];
     if (!dup)
-      seqs[(*n)++] = pending[i];
+      refs[(*n)++] = pending[i];
   }
-  return seqs;
+  return refs;
 }
 
 /* Returns 1 when a batch was done, 0 when the events are all done, or a
@@ -184,7 +185,7 @@ static int run_batch(struct ana_reencrypt *j, struct ana_error *err) {
     rc = 0; /* nothing left up to upto_seq */
     goto out;
   }
-  if (!(seqs = batch_seqs(&b, pending, n_pending, &n_seqs))) {
+  if (!(seqs = batch_refs(&b, pending, n_pending, &n_seqs))) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
@@ -256,7 +257,8 @@ static int rewrite_phase(struct ana_reencrypt *j, struct ana_error *err) {
  * (it only reads the bodies done already). Returns 1 when done, 0 when
  * stopping, or an error. */
 static int undict(struct ana_reencrypt *j, struct ana_error *err) {
-  uint64_t after = 0, total = 0;
+  int64_t after = INT64_MIN;
+  uint64_t total = 0;
   for (;;) {
     uint64_t n = 0;
     int rc = ana_local_reencryption_undict(j->conn, j->st.tainted_dicts, &after, j->o.batch_events,

@@ -221,12 +221,13 @@ struct ana_event_store_ops {
    * blocks. */
   int (*last_seq)(void *store, uint64_t *out, struct ana_error *err);
   /* Deletes at most max_rows events with timestamp < cutoff_ms and seq <=
-   * upto_seq, calling before_delete (when not NULL) with their sequence
-   * numbers first; a failing before_delete deletes nothing. Called on the
-   * committer's thread between commits, inside its transaction on the local
-   * database; may block. Returns how many, or a negative error. */
+   * upto_seq, calling before_delete (when not NULL) with their references
+   * (ana_local_event_ref) first; a failing before_delete deletes nothing.
+   * Called on the committer's thread between commits, inside its
+   * transaction on the local database; may block. Returns how many, or a
+   * negative error. */
   int (*expire)(void *store, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
-                int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
+                int (*before_delete)(void *ctx, const int64_t *refs, size_t n,
                                      struct ana_error *err),
                 void *ctx, struct ana_error *err);
   /* Closes the store; NULL does nothing. */
@@ -250,7 +251,8 @@ struct ana_event_store_ops {
                    ana_event_scan_fn rows, void *ctx, struct ana_error *err);
   /* Optional (NULL: stored events are never rewritten). In one transaction, replaces the
    * properties, free text and payload of each stored event with commit sequence records[i].seq
-   * of records[i].account_id by the record's (its other fields are not read), leaving no copy
+   * and timestamp records[i].timestamp_ms of records[i].account_id by the record's (its other
+   * fields are not read), leaving no copy
    * of the old values in the store's free space where it can. An event that is gone (retention)
    * is skipped. Thread-safe; blocks (a short write: callers keep n small, so that commits are
    * not held up). Returns how many were rewritten, or a negative error (none was). */
@@ -292,15 +294,16 @@ struct ana_search_index_ops {
    * newest first, at most q->limit times. Thread-safe; blocks. */
   int (*search)(void *index, const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                 struct ana_error *err);
-  /* Removes the entries of these (indexed) events, durably, before the
-   * event store deletes them (retention). The events are still stored. */
-  int (*remove)(void *index, const int64_t *seqs, size_t n, struct ana_error *err);
+  /* Removes the entries of these (indexed) events, named by their
+   * references (ana_local_event_ref), durably, before the event store
+   * deletes them (retention). The events are still stored. */
+  int (*remove)(void *index, const int64_t *refs, size_t n, struct ana_error *err);
   void (*close)(void *index);
   /* Optional (NULL: the index cannot follow rewritten events). Indexes these events again
    * from their stored text, durably: after their entries were removed (remove) and their text
    * rewritten (the event store's rewrite). An event with an entry, not yet indexed or gone is
    * skipped, so a repeat after a crash is harmless. Thread-safe; blocks. */
-  int (*reindex)(void *index, const int64_t *seqs, size_t n, struct ana_error *err);
+  int (*reindex)(void *index, const int64_t *refs, size_t n, struct ana_error *err);
   /* Optional. Rewrites the index so that nothing of removed entries is left in its files
    * (merged away, freed pages zeroed, its log emptied). Thread-safe; blocks (long). */
   int (*compact)(void *index, struct ana_error *err);

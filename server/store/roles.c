@@ -39,9 +39,9 @@ struct expire_ctx {
   const struct ana_store_roles *r;
 };
 
-static int remove_entries(void *ctx, const int64_t *seqs, size_t n, struct ana_error *err) {
+static int remove_entries(void *ctx, const int64_t *refs, size_t n, struct ana_error *err) {
   const struct ana_store_roles *r = ((struct expire_ctx *)ctx)->r;
-  return r->search->remove(r->search_index, seqs, n, err);
+  return r->search->remove(r->search_index, refs, n, err);
 }
 
 int ana_store_expire(const struct ana_store_roles *r, int64_t cutoff_ms, int max_rows,

@@ -263,11 +263,13 @@ static void rewritten_event_is_found_by_its_new_words_only(void **state) {
   index_all();
   struct hits h = run((struct ana_event_query){.account_id = "acct-1", .text = "secretword"});
   assert_int_equal(h.n, 2);
-  int64_t seq = 1; /* the first event committed */
+  /* The first event committed, named by its reference (its row's key). */
+  int64_t seq = ana_local_event_ref(NOW - 2, 1);
   struct ana_error err;
   static const uint8_t payload[] = {0x2a, 0x01, 'y'};
   struct ana_event_record r = {.account_id = "acct-1",
                                .seq = 1,
+                               .timestamp_ms = NOW - 2,
                                .properties_json = "{\"email\":\"ana:bi:x\"}",
                                .search_text = "signup plan",
                                .payload = payload,

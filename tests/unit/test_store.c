@@ -32,7 +32,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 25
+#define SCHEMA_VERSION 26
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -289,6 +289,8 @@ static void close_store(void) {
 static void open_store(void) {
   struct ana_error err;
   db = ana_local_db_open(dir, &err);
+  if (!db)
+    fprintf(stderr, "open: %s\n", err.message);
   assert_non_null(db);
   store = open_both(&err);
   assert_non_null(store);
@@ -870,6 +872,157 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
   committer = ana_committer_create(db, &roles, &o, &err);
 }
 
+/* Readers by commit sequence over events moved at random times over 40
+ * days, with no index on seq: each day's range of the table is read by a
+ * seek (event_days), rows in seq order, paged, an account's alone, before
+ * and after retention emptied some days. */
+#define BYSEQ_N 600
+static char byseq_ids[BYSEQ_N][16];
+
+struct seq_list {
+  int n;
+  uint64_t seq[BYSEQ_N];
+};
+
+static int spooled_seq(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  (void)err;
+  struct seq_list *l = ctx;
+  assert_true(l->n < BYSEQ_N);
+  l->seq[l->n++] = ev->seq;
+  return 0;
+}
+
+static int scanned_seq(void *ctx, const struct ana_scanned_event *ev) {
+  struct seq_list *l = ctx;
+  assert_true(l->n < BYSEQ_N);
+  assert_string_equal(ev->event_id, byseq_ids[(ev->seq - 1) % BYSEQ_N]);
+  l->seq[l->n++] = ev->seq;
+  return 0;
+}
+
+/* The seqs of sql (one column), in its order. */
+static void sql_seqs(sqlite3 *c, const char *sql, struct seq_list *out) {
+  sqlite3_stmt *st = NULL;
+  out->n = 0;
+  assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
+  while (sqlite3_step(st) == SQLITE_ROW)
+    out->seq[out->n++] = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+}
+
+static void assert_same_seqs(const struct seq_list *got, const struct seq_list *want) {
+  assert_int_equal(got->n, want->n);
+  for (int i = 0; i < want->n; i++)
+    assert_int_equal(got->seq[i], want->seq[i]);
+}
+
+static void check_event_days(sqlite3 *w);
+
+/* Every reader by seq gives what the table holds, in seq order. */
+static void check_reads_by_seq(sqlite3 *w) {
+  struct ana_error err;
+  struct seq_list want, got;
+  sql_seqs(w, "SELECT seq FROM events ORDER BY seq", &want);
+  /* The spool, 7 at a time (a page ends wherever). */
+  got.n = 0;
+  uint64_t after = 0;
+  int n;
+  while ((n = ana_local_spool_each(db, after, 7, spooled_seq, &got, &err)) > 0)
+    after = got.seq[got.n - 1];
+  assert_int_equal(n, 0);
+  assert_same_seqs(&got, &want);
+  /* One account's, whole and from the middle. */
+  sql_seqs(w,
+           "SELECT seq FROM events WHERE account_id = (SELECT id FROM dedupe_accounts"
+           "  WHERE account_id = 'acct-2') ORDER BY seq",
+           &want);
+  got.n = 0;
+  assert_int_equal(
+      roles.events->scan_seq(roles.event_store, "acct-2", 0, UINT64_MAX, scanned_seq, &got, &err),
+      0);
+  assert_same_seqs(&got, &want);
+  sql_seqs(w,
+           "SELECT seq FROM events WHERE account_id = (SELECT id FROM dedupe_accounts"
+           "  WHERE account_id = 'acct-2') AND seq > 150 AND seq <= 420 ORDER BY seq",
+           &want);
+  got.n = 0;
+  assert_int_equal(
+      roles.events->scan_seq(roles.event_store, "acct-2", 150, 420, scanned_seq, &got, &err), 0);
+  assert_same_seqs(&got, &want);
+  check_event_days(w);
+}
+
+/* event_days bounds each day's seqs exactly (as the mover, the retention
+ * and the migration keep it), one row per day that holds events; no index
+ * of events holds seq. */
+static void check_event_days(sqlite3 *w) {
+  assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_index_list('events') l,"
+                                "  pragma_index_info(l.name) i WHERE i.name = 'seq'"),
+                   0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_days"),
+                   query_int(w, "SELECT count(DISTINCT key >> 40) FROM events"));
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM event_days d WHERE"
+                   "  min_seq > (SELECT min(seq) FROM events WHERE key >> 40 = d.day)"
+                   "  OR max_seq != (SELECT max(seq) FROM events WHERE key >> 40 = d.day)"),
+      0);
+}
+
+/* A free-text search of the last 5 days finds each of their events. */
+static void check_recent_text_matches(sqlite3 *w) {
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM events WHERE ts >= %lld AND account_id = (SELECT id FROM"
+           "  dedupe_accounts WHERE account_id = 'acct-1')",
+           (long long)(NOW - 5 * DAY));
+  int64_t want = query_int(w, sql);
+  assert_true(want > 5 && want < 64);
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1",
+                                                   .text = "byseq",
+                                                   .from_ms = NOW - 5 * DAY,
+                                                   .to_ms = INT64_MAX})
+                       .n,
+                   want);
+}
+
+static void events_are_read_by_seq_without_an_index_on_it(void **state) {
+  (void)state;
+  static struct ana_event_record r[BYSEQ_N];
+  unsigned seed = 2121;
+  for (int i = 0; i < BYSEQ_N; i++) {
+    snprintf(byseq_ids[i], sizeof byseq_ids[i], "q%03d", i);
+    int64_t ts =
+        NOW - (int64_t)(rand_r(&seed) % 40) * DAY - (int64_t)(rand_r(&seed) % (unsigned)DAY);
+    r[i] = record(i % 3 ? "acct-2" : "acct-1", byseq_ids[i], "sent", ts, "{}", "byseq");
+  }
+  struct ana_commit_request req[BYSEQ_N / 60];
+  for (int b = 0; b < BYSEQ_N / 60; b++)
+    assert_int_equal(submit(&r[b * 60], 60, &req[b]), 0);
+  wait_done(BYSEQ_N / 60);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), BYSEQ_N);
+  check_reads_by_seq(w);
+  /* The free text finds them (its entries name the rows' keys). */
+  check_recent_text_matches(w);
+  /* Retention empties the oldest days: their rows of event_days go too. */
+  ana_committer_destroy(committer);
+  committer = NULL;
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  int expired = ana_store_expire(&roles, NOW - 20 * DAY, 1000, &err);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_true(expired > 100 && expired < BYSEQ_N - 100);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), BYSEQ_N - expired);
+  check_reads_by_seq(w);
+  check_recent_text_matches(w);
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 1000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  committer = ana_committer_create(db, &roles, &o, &err);
+}
+
 /* Events of two accounts and five names at random times over 40 days,
  * a few sharing a timestamp, for the next test. */
 #define BYNAME_N 600
@@ -1098,6 +1251,7 @@ static void old_format_store_is_migrated_on_start(void **state) {
   assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   sqlite3 *w = ana_local_db_writer(db);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 5);
+  check_event_days(w);
   /* The text and payload are in the body now, the same bytes. */
   assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_table_info('events')"
                                 "  WHERE name IN ('search_text', 'payload')"),
@@ -1322,7 +1476,8 @@ static void retired_dictionary_is_replaced_and_its_bodies_stored_raw(void **stat
   struct ana_error err;
   struct ana_local_conn *conn = ana_local_conn_open(db, &err);
   assert_non_null(conn);
-  uint64_t after = 0, n = 0, total = 0;
+  int64_t after = INT64_MIN;
+  uint64_t n = 0, total = 0;
   int rc;
   while ((rc = ana_local_reencryption_undict(conn, 1, &after, 700, &n, &err)) > 0)
     total += n;
@@ -2871,9 +3026,10 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE typeof(event_name) != 'integer'"
                                 "  OR typeof(event_type) != 'integer'"),
                    0);
-  /* seq is the key's low bits, stored in events_by_seq only. */
+  /* seq is the key's low bits, in no index: event_days bounds each day's. */
   assert_int_equal(
       query_int(w, "SELECT hidden FROM pragma_table_xinfo('events') WHERE name = 'seq'"), 2);
+  check_event_days(w);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE seq != key % 1099511627776"), 0);
   /* ts too, from the key's day and the time within it. */
   assert_int_equal(
@@ -3142,6 +3298,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(retired_dictionary_is_replaced_and_its_bodies_stored_raw,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(events_are_read_by_seq_without_an_index_on_it, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(upgrade_moves_the_text_index_out_of_the_events_database,
                                       setup, teardown),

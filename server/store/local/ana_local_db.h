@@ -143,6 +143,11 @@ int ana_local_spool_each(struct ana_local_db *db, uint64_t after_seq, int max, a
 int ana_local_spool_each_untexted(struct ana_local_db *db, uint64_t after_seq, int max,
                                   ana_spool_row_fn fn, void *ctx, struct ana_error *err);
 
+/* An event's reference in the local database, by which the event store's
+ * retention and rewrite and the search index's entries name it: its events
+ * row's key (the UTC day of timestamp_ms times 2^40 plus seq). */
+int64_t ana_local_event_ref(int64_t timestamp_ms, uint64_t seq);
+
 /* The last sequence number committed (0 when none): at open the highest
  * stored (staged or not), then each commit's last, kept in memory (no SQL)
  * and set before the commit is acknowledged, so it covers every event
@@ -415,11 +420,12 @@ int ana_local_reencryption_get(struct ana_local_conn *c, struct ana_local_reencr
 /* Replaces the state. */
 int ana_local_reencryption_put(struct ana_local_conn *c, const struct ana_local_reencryption *s,
                                struct ana_error *err);
-/* Notes, durably, events whose free text is to be indexed again. */
-int ana_local_reencryption_note(struct ana_local_conn *c, const int64_t *seqs, size_t n,
+/* Notes, durably, events whose free text is to be indexed again (their
+ * references, ana_local_event_ref). */
+int ana_local_reencryption_note(struct ana_local_conn *c, const int64_t *refs, size_t n,
                                 struct ana_error *err);
-/* The noted events (caller frees *seqs with ana_free). */
-int ana_local_reencryption_pending(struct ana_local_conn *c, int64_t **seqs, size_t *n,
+/* The noted events' references (caller frees *refs with ana_free). */
+int ana_local_reencryption_pending(struct ana_local_conn *c, int64_t **refs, size_t *n,
                                    struct ana_error *err);
 /* In one transaction: forgets the noted events, sets next_seq and adds to rewritten. */
 int ana_local_reencryption_advance(struct ana_local_conn *c, uint64_t next_seq, uint64_t rewritten,
@@ -432,12 +438,13 @@ int ana_local_reencryption_last_dict(struct ana_local_conn *c, int *out, struct 
 /* From now on the event writer compresses with no dictionary of id up to
  * upto_id (until it trained a new one, bodies are stored uncompressed). */
 void ana_local_db_retire_dicts(struct ana_local_db *db, int upto_id);
-/* Of the (at most max) events after *after_seq, stores uncompressed each
- * body compressed with a dictionary of id up to upto_id (secure_delete on),
- * in one transaction, and moves *after_seq to the last one read. Returns how
- * many it read (0: none left), *rewritten how many it rewrote. */
-int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_t *after_seq,
-                                  int max, uint64_t *rewritten, struct ana_error *err);
+/* Of the (at most max) events after the reference *after (in the table's
+ * order; INT64_MIN: from the first), stores uncompressed each body
+ * compressed with a dictionary of id up to upto_id (secure_delete on), in
+ * one transaction, and moves *after to the last one read. Returns how many
+ * it read (0: none left), *rewritten how many it rewrote. */
+int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, int64_t *after, int max,
+                                  uint64_t *rewritten, struct ana_error *err);
 /* Deletes the dictionaries of id up to upto_id (secure_delete on). */
 int ana_local_reencryption_drop_dicts(struct ana_local_conn *c, int upto_id, struct ana_error *err);
 /* One alert history entry for ana_local_reencryption_alert_history: fn

@@ -25,18 +25,17 @@ struct ana_local_names *ana_local_names_open(struct ana_local_db *db, uint64_t *
   if (!ln->conn || ana_local_staging_wait(db, UINT64_MAX, err) < 0)
     goto fail;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(ln->conn,
-                         "SELECT (SELECT watermark FROM event_names_progress WHERE id = 1),"
-                         " (SELECT COALESCE(MAX(seq), 0) FROM events)",
-                         -1, &st, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v2(ln->conn, "SELECT watermark FROM event_names_progress WHERE id = 1", -1,
+                         &st, NULL) != SQLITE_OK ||
       sqlite3_step(st) != SQLITE_ROW) {
     ana_sql_fail(ln->conn, "event names: open", err);
     sqlite3_finalize(st);
     goto fail;
   }
   *watermark = (uint64_t)sqlite3_column_int64(st, 0);
-  *last_seq = (uint64_t)sqlite3_column_int64(st, 1);
   sqlite3_finalize(st);
+  if (ana_local_events_max_seq(ln->conn, "", last_seq, err) < 0)
+    goto fail;
   return ln;
 fail:
   ana_local_names_close(ln);
@@ -152,8 +151,8 @@ int ana_local_names_rebuild(struct ana_local_names *ln, uint64_t after_seq, uint
   sqlite3_stmt *st = NULL;
   static const char sql[] = "SELECT " ANA_ACCOUNT_ID_SQL ", " ANA_EVENT_STRING_SQL(
       "events.event_name") ", COUNT(*), MIN(ts + received_delta), MAX(ts + received_delta)"
-                           " FROM events WHERE seq > ?1 AND seq <= ?2"
-                           " GROUP BY events.account_id, event_name";
+                           " FROM" ANA_EVENTS_SEQ_WINDOW(
+                               "") " GROUP BY events.account_id, event_name";
   if (sqlite3_prepare_v2(ln->conn, sql, -1, &st, NULL) != SQLITE_OK)
     return ana_sql_fail(ln->conn, "event names: rebuild", err);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)after_seq);

@@ -15,15 +15,45 @@
  * the key's day), received_delta (received_at - ts, in ms), body
  * (event_body.c: the free text, the properties and the payload), and two
  * columns generated from them: seq (the key's low 40 bits; stored in
- * events_by_seq only) and ts ((key >> 40) * ANA_EVENT_DAY_MS + ms). The layout (migration 13): the
+ * no index) and ts ((key >> 40) * ANA_EVENT_DAY_MS + ms). The layout (migration 13): the
  * rowid `key` is the event's UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
- * 2^40 plus its commit sequence; seq has a unique index; events_by_time_name is (account_id, ts,
+ * 2^40 plus its commit sequence; seq has no index (event_days below finds it); events_by_time_name
+ * is (account_id, ts,
  * event_name): an account's events in time order, with the name's number to check on the entries
  * (ties at one timestamp are sorted by the rows' event_id where the order needs it). Long scans end
  * their snapshots at 6-hour slots (ana_event_slot). */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
 #define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SEQ_BITS 40
+
+/* Moved events by commit sequence (event_seq.c), without an index on seq:
+ * the table event_days holds, per UTC day of the events table, the lowest
+ * and highest seq of its events (the mover widens it in each move;
+ * retention drops the days it emptied), and a day's range of the table is
+ * in seq order. ANA_EVENTS_SEQ_WINDOW(schema) is the FROM ... WHERE of the
+ * events (as `events`) of schema ("" or "ev.") with ?1 < seq <= ?2: a seek
+ * into each day that may hold some (?2 above 2^40 - 1 reads as that); add
+ * " AND ...". ana_local_events_by_seq reads after < seq <= upto window by
+ * window (each window's keys so, sorted by seq in memory), steps `row` (a
+ * SELECT of the row whose key is ?1, with any filters of its own) for each
+ * key in seq order and calls fn with each row it gives (a non-zero result
+ * stops and is returned), at most max rows: as "seq > after AND seq <= upto
+ * ORDER BY seq LIMIT max" would with an index; returns how many rows, or a
+ * negative error. ana_local_events_max_seq: the highest seq in events (0:
+ * none). ana_local_event_days_add: the mover's records (sorted by key,
+ * duplicates skipped) into event_days, in w's transaction. */
+#define ANA_EVENTS_SEQ_WINDOW(s)                                                                   \
+  " " s "event_days d CROSS JOIN " s "events AS events ON events.key > d.day * 1099511627776 + ?1" \
+  " AND events.key <= d.day * 1099511627776 + min(?2, 1099511627775)"                              \
+  " WHERE d.max_seq > ?1 AND d.min_seq <= ?2"
+typedef int (*ana_local_seq_row_fn)(void *ctx, sqlite3_stmt *st);
+int ana_local_events_by_seq(sqlite3 *conn, const char *schema, sqlite3_stmt *row, uint64_t after,
+                            uint64_t upto, int max, ana_local_seq_row_fn fn, void *ctx,
+                            struct ana_error *err);
+int ana_local_events_max_seq(sqlite3 *conn, const char *schema, uint64_t *out,
+                             struct ana_error *err);
+int ana_local_event_days_add(sqlite3 *w, const struct ana_event_record *records, size_t n,
+                             struct ana_error *err);
 
 /* The text of an event type or name column (col: its SQL), and the
  * number of the text bound to ?n (NULL when no event has it). */

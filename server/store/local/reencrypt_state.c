@@ -76,7 +76,7 @@ int ana_local_reencryption_put(struct ana_local_conn *c, const struct ana_local_
   return rc;
 }
 
-int ana_local_reencryption_note(struct ana_local_conn *c, const int64_t *seqs, size_t n,
+int ana_local_reencryption_note(struct ana_local_conn *c, const int64_t *refs, size_t n,
                                 struct ana_error *err) {
   sqlite3 *conn = ana_local_conn_sqlite(c);
   sqlite3_stmt *st = NULL;
@@ -88,7 +88,7 @@ int ana_local_reencryption_note(struct ana_local_conn *c, const int64_t *seqs, s
   int rc = ana_local_conn_begin(c, err);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, seqs[i]);
+    sqlite3_bind_int64(st, 1, refs[i]);
     if (sqlite3_step(st) != SQLITE_DONE)
       rc = ana_sql_fail(conn, WHAT, err);
   }
@@ -105,7 +105,7 @@ int ana_local_reencryption_pending(struct ana_local_conn *c, int64_t **seqs, siz
   sqlite3_stmt *st = NULL;
   *seqs = NULL;
   *n = 0;
-  if (sqlite3_prepare_v2(conn, "SELECT seq FROM field_reencryption_reindex ORDER BY seq", -1, &st,
+  if (sqlite3_prepare_v2(conn, "SELECT key FROM field_reencryption_reindex ORDER BY key", -1, &st,
                          NULL) != SQLITE_OK)
     return ana_sql_fail(conn, WHAT, err);
   size_t cap = 0;
@@ -181,20 +181,20 @@ void ana_local_db_retire_dicts(struct ana_local_db *db, int upto_id) {
 }
 
 /* ana_event_dict(body): the dictionary a body is compressed with (0: none, event_body.c). */
-int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_t *after_seq,
-                                  int max, uint64_t *rewritten, struct ana_error *err) {
+int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, int64_t *after, int max,
+                                  uint64_t *rewritten, struct ana_error *err) {
   sqlite3 *conn = ana_local_conn_sqlite(c);
   sqlite3_stmt *read = NULL, *update = NULL;
   *rewritten = 0;
+  /* In the table's order (its rowid: no index on seq is needed). */
   if (sqlite3_exec(conn, "PRAGMA secure_delete = ON", NULL, NULL, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn,
-                         "SELECT count(*), max(seq) FROM"
-                         " (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+                         "SELECT count(*), max(key) FROM"
+                         " (SELECT key FROM events WHERE key > ?1 ORDER BY key LIMIT ?2)",
                          -1, &read, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(conn,
-                         "UPDATE events SET body = ana_event_body_raw(body) WHERE seq IN"
-                         " (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
-                         " AND ana_event_dict(body) BETWEEN 1 AND ?3",
+                         "UPDATE events SET body = ana_event_body_raw(body) WHERE key > ?1"
+                         " AND key <= ?2 AND ana_event_dict(body) BETWEEN 1 AND ?3",
                          -1, &update, NULL) != SQLITE_OK) {
     int rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
     sqlite3_finalize(read);
@@ -204,7 +204,7 @@ int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_
   int n = 0;
   sqlite3_int64 last = 0;
   if (rc == 0) {
-    sqlite3_bind_int64(read, 1, (sqlite3_int64)*after_seq);
+    sqlite3_bind_int64(read, 1, *after);
     sqlite3_bind_int(read, 2, max);
     if (sqlite3_step(read) == SQLITE_ROW) {
       n = sqlite3_column_int(read, 0);
@@ -214,8 +214,8 @@ int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_
     }
   }
   if (rc == 0 && n > 0) {
-    sqlite3_bind_int64(update, 1, (sqlite3_int64)*after_seq);
-    sqlite3_bind_int(update, 2, max);
+    sqlite3_bind_int64(update, 1, *after);
+    sqlite3_bind_int64(update, 2, last);
     sqlite3_bind_int(update, 3, upto_id);
     if (sqlite3_step(update) != SQLITE_DONE)
       rc = ana_sql_fail(conn, WHAT ": dictionaries", err);
@@ -226,7 +226,7 @@ int ana_local_reencryption_undict(struct ana_local_conn *c, int upto_id, uint64_
   sqlite3_finalize(update);
   if (rc == 0 && (rc = ana_local_conn_commit(c, err)) == 0) {
     if (n > 0)
-      *after_seq = (uint64_t)last;
+      *after = last;
     return n;
   }
   if (rc < 0)

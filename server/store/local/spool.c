@@ -269,14 +269,13 @@ static int staged_row(void *ctx, const struct ana_event_record *r, struct ana_er
   return 0;
 }
 
-/* The spool's rows after ?1 in sequence order, at most ?2, with the free
- * text the SQL `text` gives; the account, type and name as their numbers
- * (names_of gives their text: a subquery per row would cost more than the
- * rest of the row's read). */
+/* The spool's row of key ?1 (read in sequence order by event_seq.c: the
+ * table has no index on seq), with the free text the SQL `text` gives; the
+ * account, type and name as their numbers (names_of gives their text: a
+ * subquery per row would cost more than the rest of the row's read). */
 #define SPOOL_SELECT(text)                                                                         \
   "SELECT seq, account_id, event_id, session_id, event_type, event_name, ts, ts + received_delta," \
-  " ana_event_props(body), " text ", " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE seq > ?1"         \
-  " ORDER BY seq LIMIT ?2"
+  " ana_event_props(body), " text ", " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE key = ?1"
 
 /* The texts of the numbers of accounts (dedupe_accounts) and of event types
  * and names (event_strings) met in one read snapshot, each looked up once.
@@ -334,6 +333,46 @@ static void names_free(struct names_of *n) {
       ana_free(n->slots[k][i].text);
 }
 
+/* One row of the events table to fn. */
+struct spool_rows {
+  ana_spool_row_fn fn;
+  void *ctx;
+  struct ana_error *err;
+  struct names_of *names;
+  int rc;        /* fn's non-zero result, or an error */
+  uint64_t last; /* the last seq handed on */
+};
+
+static int spool_row(void *ctx, sqlite3_stmt *st) {
+  struct spool_rows *sr = ctx;
+  struct names_of *names = sr->names;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+  bool failed = false;
+  struct ana_spooled_event e = {
+      .seq = (uint64_t)sqlite3_column_int64(st, 0),
+      .account_id = name_of(names, NAME_ACCOUNT, sqlite3_column_int64(st, 1), &failed),
+      .event_id = ana_event_id_column(st, 2, id_buf),
+      .session_id = (const char *)sqlite3_column_text(st, 3),
+      .event_type = name_of(names, NAME_TYPE, sqlite3_column_int64(st, 4), &failed),
+      .event_name = name_of(names, NAME_NAME, sqlite3_column_int64(st, 5), &failed),
+      .timestamp_ms = sqlite3_column_int64(st, 6),
+      .received_at_ms = sqlite3_column_int64(st, 7),
+      .properties_json = (const char *)sqlite3_column_text(st, 8),
+      .search_text = (const char *)sqlite3_column_text(st, 9),
+      .payload = sqlite3_column_blob(st, 10),
+  };
+  e.payload_len = (size_t)sqlite3_column_bytes(st, 10);
+  if (failed) {
+    ana_error_set(sr->err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(names->r));
+    sr->rc = ANA_ERR_IO;
+    return 1;
+  }
+  if ((sr->rc = sr->fn(sr->ctx, &e, sr->err)) != 0)
+    return 1;
+  sr->last = e.seq;
+  return 0;
+}
+
 /* One read snapshot of the events table, then of the staged events that
  * follow it (staging.c): in it each committed event is in one of them. */
 static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_spool_row_fn fn,
@@ -341,7 +380,7 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
   sqlite3 *r = ana_local_db_acquire_reader(db);
   sqlite3_stmt *st = NULL;
   struct names_of names = {.r = r};
-  int n = 0, rc = 0, step;
+  int n = 0, rc = 0;
   uint64_t last = after_seq;
   if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
@@ -354,40 +393,18 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
     rc = ANA_ERR_INTERNAL;
     goto out;
   }
-  sqlite3_bind_int64(st, 1, after_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)after_seq);
-  sqlite3_bind_int(st, 2, max);
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  bool failed = false;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct ana_spooled_event e = {
-        .seq = (uint64_t)sqlite3_column_int64(st, 0),
-        .account_id = name_of(&names, NAME_ACCOUNT, sqlite3_column_int64(st, 1), &failed),
-        .event_id = ana_event_id_column(st, 2, id_buf),
-        .session_id = (const char *)sqlite3_column_text(st, 3),
-        .event_type = name_of(&names, NAME_TYPE, sqlite3_column_int64(st, 4), &failed),
-        .event_name = name_of(&names, NAME_NAME, sqlite3_column_int64(st, 5), &failed),
-        .timestamp_ms = sqlite3_column_int64(st, 6),
-        .received_at_ms = sqlite3_column_int64(st, 7),
-        .properties_json = (const char *)sqlite3_column_text(st, 8),
-        .search_text = (const char *)sqlite3_column_text(st, 9),
-        .payload = sqlite3_column_blob(st, 10),
-    };
-    e.payload_len = (size_t)sqlite3_column_bytes(st, 10);
-    if (failed) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
-      rc = ANA_ERR_IO;
-      goto out;
-    }
-    if ((rc = fn(ctx, &e, err)) != 0)
-      goto out;
-    n++;
-    last = e.seq;
-  }
-  if (step != SQLITE_DONE) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
+  struct spool_rows rows = {fn, ctx, err, &names, 0, after_seq};
+  n = ana_local_events_by_seq(r, "", st, after_seq, UINT64_MAX, max, spool_row, &rows, err);
+  if (rows.rc != 0) {
+    rc = rows.rc;
+    n = n > 0 ? n - 1 : 0; /* the row that stopped is not counted */
     goto out;
   }
+  if (n < 0) {
+    rc = n;
+    goto out;
+  }
+  last = rows.last;
   if (n < max) {
     struct staged_rows sr = {fn, ctx, text, 0, 0};
     int got = ana_local_staged_each(r, last, UINT64_MAX, NULL, max - n, staged_row, &sr, err);

@@ -567,6 +567,9 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     recs[i] = ev[i].r;
   rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), recs, events,
                               err);
+  /* The seqs each day now holds (readers by seq seek them there). */
+  if (rc == 0)
+    rc = ana_local_event_days_add(s->conn, recs, events, err);
   if (rc < 0)
     goto out;
   if (ana_event_codec_persist(ana_local_db_event_codec(s->db), s->conn, err) < 0) {
@@ -750,15 +753,9 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   /* The highest sequence stored, staged or not: not event_seq's, which
    * retention may have left above every stored event (a search index built
    * again never reaches it, and searches wait for the index to reach it). */
-  if (sqlite3_prepare_v2(s->conn, "SELECT COALESCE(MAX(seq), 0) FROM events", -1, &st, NULL) !=
-          SQLITE_OK ||
-      sqlite3_step(st) != SQLITE_ROW) {
-    mover_fail(s, "cannot read the last sequence", err);
-    sqlite3_finalize(st);
+  uint64_t stored = 0;
+  if (ana_local_events_max_seq(s->conn, "", &stored, err) < 0)
     goto fail;
-  }
-  uint64_t stored = (uint64_t)sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
   if (s->staged_events > 0 && s->staged_upto > stored)
     stored = s->staged_upto;
   atomic_init(&s->committed_upto, stored);

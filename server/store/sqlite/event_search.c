@@ -103,22 +103,27 @@ enum rows_of { ALL_EVENTS, INDEX_MATCHES, ONE_EVENT };
 
 /* The SELECT of the events matching q (without its free text), newest
  * first: of all the events, of the index's matches of ?9, or (ONE_EVENT,
- * not ordered, no payload: column 0 is NULL) the event whose sequence
- * number is ?9. With `words`, also the event's text (column 4). */
+ * not ordered, no payload: column 0 is its key) the event whose sequence
+ * number is ?9. With `words`, also the event's text (column 4). A match's
+ * row is found by its sequence number in each UTC day ?12 to ?13 (its
+ * bucket's) that may hold it (event_days: the table has no index on seq). */
 static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool words, char *sql,
                      size_t size) {
   size_t len = 0;
 #define APPEND(...) len += (size_t)snprintf(sql + len, size - len, __VA_ARGS__)
-  APPEND("SELECT %s, ts, event_id, seq%s FROM", of == ONE_EVENT ? "NULL" : ANA_EVENT_PAYLOAD_SQL,
+  APPEND("SELECT %s, ts, event_id, seq%s FROM",
+         of == ONE_EVENT ? "events.key" : ANA_EVENT_PAYLOAD_SQL,
          words ? ", ana_event_text(body)" : "");
   if (of == ONE_EVENT)
-    APPEND(" events WHERE seq = ?9 AND");
+    APPEND(" event_days d CROSS JOIN events ON events.key = d.day * 1099511627776 + ?9"
+           " WHERE d.day BETWEEN ?12 AND ?13 AND d.min_seq <= ?9 AND d.max_seq >= ?9 AND");
   else if (of == INDEX_MATCHES)
     /* Start from the matches and sort them; CROSS JOIN keeps SQLite from
      * walking the whole time index instead, probing each event against the
      * match set. */
     APPEND(" (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
-           " CROSS JOIN events ON events.seq = hit WHERE");
+           " CROSS JOIN event_days d CROSS JOIN events ON events.key = d.day * 1099511627776 + hit"
+           " WHERE d.day BETWEEN ?12 AND ?13 AND d.min_seq <= hit AND d.max_seq >= hit AND");
   else
     /* The account's events from the newest (events_by_time_name), in the
      * index's order (no sort: SQLite stops after the page), the eventName
@@ -227,6 +232,7 @@ struct text_search {
   size_t n_phrases;
   sqlite3_stmt *probe, *rows, *one, *payload;
   int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
+  int64_t day_lo, day_hi;   /* the UTC days of the bucket's events (as the keys count them) */
   int emitted;
   bool done;
 };
@@ -384,7 +390,7 @@ static int probe(struct text_search *s, const char *match) {
 
 /* One of a bucket's events that passed the filters. */
 struct candidate {
-  int64_t ts, seq;
+  int64_t ts, key;
   char *event_id;
   bool packed; /* stored as 16 bytes (event_ids.c) */
 };
@@ -402,8 +408,8 @@ static int newest_first(const void *a, const void *b) {
 
 /* Hands on the events of the n matches in s->seqs that pass the filters,
  * newest first, until the page is full: the filters (and the words of
- * several tokens) on each event, looked up by its sequence number, then
- * the payloads of those handed on. */
+ * several tokens) on each event, looked up by its key, then the payloads of
+ * those handed on. */
 static int emit_matches(struct text_search *s, int n) {
   struct candidate *c = ana_calloc((size_t)n, sizeof *c);
   size_t k = 0;
@@ -411,6 +417,8 @@ static int emit_matches(struct text_search *s, int n) {
   for (int i = 0; i < n && rc == 0; i++) {
     sqlite3_reset(s->one);
     sqlite3_bind_int64(s->one, 9, s->seqs[i]);
+    sqlite3_bind_int64(s->one, 12, s->day_lo);
+    sqlite3_bind_int64(s->one, 13, s->day_hi);
     int step = sqlite3_step(s->one);
     if (step == SQLITE_ROW) {
       int m = s->n_phrases ? phrases_match(s, (const char *)sqlite3_column_text(s->one, 4)) : 1;
@@ -419,7 +427,7 @@ static int emit_matches(struct text_search *s, int n) {
       } else if (m) {
         char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
         c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
-                                  .seq = s->seqs[i],
+                                  .key = sqlite3_column_int64(s->one, 0),
                                   .event_id = ana_strdup(ana_event_id_column(s->one, 2, id_buf)),
                                   .packed = sqlite3_column_type(s->one, 2) == SQLITE_BLOB};
         if (!c[k++].event_id)
@@ -434,7 +442,7 @@ static int emit_matches(struct text_search *s, int n) {
     qsort(c, k, sizeof *c, newest_first);
   for (size_t i = 0; i < k && rc == 0 && !s->done; i++) {
     sqlite3_reset(s->payload);
-    sqlite3_bind_int64(s->payload, 1, c[i].seq);
+    sqlite3_bind_int64(s->payload, 1, c[i].key);
     if (sqlite3_step(s->payload) != SQLITE_ROW) {
       rc = search_failed(s->r, s->err);
       break;
@@ -442,7 +450,7 @@ static int emit_matches(struct text_search *s, int n) {
     s->emitted++;
     if (s->hit(s->ctx, sqlite3_column_blob(s->payload, 0),
                (size_t)sqlite3_column_bytes(s->payload, 0), c[i].ts, c[i].event_id,
-               (uint64_t)c[i].seq) ||
+               (uint64_t)c[i].key & ((UINT64_C(1) << ANA_EVENT_SEQ_BITS) - 1)) ||
         (s->q->limit > 0 && s->emitted >= s->q->limit))
       s->done = true;
   }
@@ -461,6 +469,8 @@ static int emit_rows(struct text_search *s, const char *match) {
   sqlite3_stmt *st = s->rows;
   sqlite3_reset(st);
   sqlite3_bind_text(st, 9, match, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 12, s->day_lo);
+  sqlite3_bind_int64(st, 13, s->day_hi);
   /* With words to check, rows may be passed over: no LIMIT then. */
   sqlite3_bind_int(st, 10, s->n_phrases || q->limit <= 0 ? -1 : q->limit - s->emitted);
   int step;
@@ -508,6 +518,9 @@ static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, in
     memcpy(match, s->base, base_len + 1);
   }
   int rc = probe(s, match);
+  /* The days (of the keys) of [lo, hi): its matches' rows are there. */
+  s->day_lo = ana_event_day(lo);
+  s->day_hi = ana_event_day(hi - 1);
   if (rc > 0 && rc < PROBE_ROWS) {
     rc = emit_matches(s, rc);
   } else if (rc > 0 && level == ANA_TEXT_INDEX_LEVELS) {
@@ -561,7 +574,7 @@ static int text_search(struct text_search *s, char *const *paths) {
   if (!(s->rows = ana_local_db_reader_statement(s->db, s->r, sql)) ||
       !(s->one = ana_local_db_reader_statement(s->db, s->r, one)) ||
       !(s->payload = ana_local_db_reader_statement(
-            s->db, s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE seq = ?")) ||
+            s->db, s->r, "SELECT " ANA_EVENT_PAYLOAD_SQL " FROM events WHERE key = ?")) ||
       !(s->probe = ana_local_db_reader_statement(
             s->db, s->r, "SELECT rowid FROM text.events_fts WHERE events_fts MATCH ?1 LIMIT ?2")))
     return prepare_error(s->r, s->err);

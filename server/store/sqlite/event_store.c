@@ -88,10 +88,11 @@ static struct ana_scanned_event scanned_row(sqlite3_stmt *st,
   };
 }
 
-/* The scans' SELECT (see scanned_row). */
-#define SCAN_SELECT                                                                                \
-  "SELECT ts, event_id, " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(            \
-      "event_name") ", session_id, ana_event_props(body), seq FROM events"
+/* The scans' columns and SELECT (see scanned_row). */
+#define SCAN_COLUMNS                                                                               \
+  "ts, event_id, " ANA_EVENT_STRING_SQL("event_type") ", " ANA_EVENT_STRING_SQL(                   \
+      "event_name") ", session_id, ana_event_props(body), seq"
+#define SCAN_SELECT "SELECT " SCAN_COLUMNS " FROM events"
 
 static bool name_wanted(const char *name, const char *const *names, size_t n_names) {
   if (!n_names)
@@ -210,15 +211,32 @@ static int scanned_staged(void *ctx, const struct ana_event_record *r, struct an
   return 0;
 }
 
+/* One chunk of a scan by sequence: each row handed on, and the last seq. */
+struct scan_rows {
+  ana_event_scan_fn fn;
+  void *ctx;
+  uint64_t seen;
+  bool stopped; /* fn said stop */
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+};
+
+static int scanned_seq_row(void *ctx, sqlite3_stmt *st) {
+  struct scan_rows *sr = ctx;
+  struct ana_scanned_event ev = scanned_row(st, sr->id_buf);
+  sr->seen = ev.seq;
+  sr->stopped = sr->fn(sr->ctx, &ev) != 0;
+  return sr->stopped;
+}
+
 static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, uint64_t upto_seq,
                           ana_event_scan_fn fn, void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* A range of seq (events_by_seq): each row is read once, in commit
-   * order, SCAN_SNAPSHOT_ROWS sequence numbers per snapshot, up to the last
-   * one stored when it began. "+account_id" keeps SQLite from walking the
-   * account's slot index instead. */
-  const char *sql = SCAN_SELECT " WHERE seq > ?1 AND seq <= ?2"
-                                " AND +account_id = " ANA_ACCOUNT_NUMBER_SQL(3) " ORDER BY seq";
+  /* A range of seq: a seek into each day's range of the table that may
+   * hold some (event_days), the keys sorted by seq, each row read by its
+   * key; each row is read once, in commit order, SCAN_SNAPSHOT_ROWS
+   * sequence numbers per snapshot, up to the last one stored when it began. */
+  const char *sql = "SELECT " SCAN_COLUMNS
+                    " FROM events WHERE key = ?1 AND account_id = " ANA_ACCOUNT_NUMBER_SQL(3);
   uint64_t last = 0;
   int rc = ana_local_spool_last_seq(s->db, &last, err);
   if (rc < 0)
@@ -233,39 +251,28 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
   }
   sqlite3_bind_text(st, 3, account_id, -1, SQLITE_STATIC);
   bool stop = false;
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
   for (uint64_t lo = after_seq; lo < upto_seq && !stop && rc == 0;) {
     uint64_t hi = upto_seq - lo > SCAN_SNAPSHOT_ROWS ? lo + SCAN_SNAPSHOT_ROWS : upto_seq;
     /* One snapshot of events and of the staged events after them: in it,
-     * each committed event is in one of the two (staging.c). */
+     * each committed event is in one of the two (staging.c); and one read
+     * transaction for the chunk's lookups by key, not one each. */
     struct ana_local_staging_stats staged;
     ana_local_staging_stats(s->db, &staged);
     bool all_moved = hi <= staged.moved_upto;
-    if (!all_moved && sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
       rc = scan_error(r, err);
       break;
     }
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)lo);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)hi);
-    int step;
-    uint64_t seen = lo;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-      struct ana_scanned_event ev = scanned_row(st, id_buf);
-      seen = ev.seq;
-      if (fn(ctx, &ev)) {
-        stop = true;
-        break;
-      }
-    }
-    if (!stop && step != SQLITE_DONE)
-      rc = scan_error(r, err);
-    sqlite3_reset(st);
-    if (!stop && rc == 0 && !all_moved) {
+    struct scan_rows sr = {.fn = fn, .ctx = ctx, .seen = lo};
+    int got = ana_local_events_by_seq(r, "", st, lo, hi, INT_MAX, scanned_seq_row, &sr, err);
+    if (got < 0)
+      rc = got;
+    stop = sr.stopped;
+    if (rc == 0 && !stop && !all_moved) {
       struct scan_staged ss = {fn, ctx, false};
-      int got = ana_local_staged_each(r, seen, hi, account_id, INT_MAX, scanned_staged, &ss, err);
+      int n = ana_local_staged_each(r, sr.seen, hi, account_id, INT_MAX, scanned_staged, &ss, err);
       stop = ss.stop;
-      rc = got < 0 ? got : 0;
+      rc = n < 0 ? n : 0;
     }
     if (!sqlite3_get_autocommit(r))
       sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
@@ -278,38 +285,37 @@ out:
 }
 
 /* Deletes up to max_rows events of the UTC days that ended by cutoff_ms
- * (up to upto_seq), after before_delete saw them: the first rows of the
- * table (its rowid starts with the day), so that retention removes whole
- * days and rewrites no page of the days it keeps. An event is thus deleted
- * within a day after it passed cutoff_ms. If this transaction then fails,
- * the events stay a little longer (they are past retention already). */
+ * (up to upto_seq), after before_delete saw their keys: the first rows of
+ * the table (its rowid starts with the day), so that retention removes whole
+ * days and rewrites no page of the days it keeps; then the days it emptied
+ * from event_days. An event is thus deleted within a day after it passed
+ * cutoff_ms. If this transaction then fails, the events stay a little
+ * longer (they are past retention already). */
 static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_rows,
-                        int (*before_delete)(void *ctx, const int64_t *seqs, size_t n,
+                        int (*before_delete)(void *ctx, const int64_t *refs, size_t n,
                                              struct ana_error *err),
                         void *ctx, struct ana_error *err) {
   struct sqlite_event_store *s = p;
   sqlite3 *w = ana_local_db_writer(s->db);
   sqlite3_stmt *st = NULL;
   size_t cap = (size_t)(max_rows > 0 ? max_rows : 1);
-  int64_t *seqs = ana_malloc(sizeof *seqs * cap);
   int64_t *keys = ana_malloc(sizeof *keys * cap);
   size_t n = 0;
-  int rc = seqs && keys ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* The first key of the day of cutoff_ms: the first day that is kept. */
+  int64_t first_kept = ana_event_key(cutoff_ms, 0);
+  int rc = keys ? 0 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == 0 && sqlite3_prepare_v2(w,
-                                    "SELECT key, seq FROM events WHERE key < ?1 AND seq <= ?2"
+                                    "SELECT key FROM events WHERE key < ?1 AND seq <= ?2"
                                     " ORDER BY key LIMIT ?3",
                                     -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
   if (rc == 0) {
-    /* The first key of the day of cutoff_ms: the first day that is kept. */
-    sqlite3_bind_int64(st, 1, ana_event_key(cutoff_ms, 0));
+    sqlite3_bind_int64(st, 1, first_kept);
     sqlite3_bind_int64(st, 2, upto_seq > INT64_MAX ? INT64_MAX : (sqlite3_int64)upto_seq);
     sqlite3_bind_int(st, 3, max_rows);
     int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW && n < cap) {
-      keys[n] = sqlite3_column_int64(st, 0);
-      seqs[n++] = sqlite3_column_int64(st, 1);
-    }
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && n < cap)
+      keys[n++] = sqlite3_column_int64(st, 0);
     if (step != SQLITE_DONE && step != SQLITE_ROW)
       rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
                          sqlite3_errmsg(w));
@@ -317,7 +323,7 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   sqlite3_finalize(st);
   st = NULL;
   if (rc == 0 && n > 0 && before_delete)
-    rc = before_delete(ctx, seqs, n, err);
+    rc = before_delete(ctx, keys, n, err);
   if (rc == 0 && n > 0 &&
       sqlite3_prepare_v2(w, "DELETE FROM events WHERE key = ?", -1, &st, NULL) != SQLITE_OK)
     rc = prepare_error(w, err);
@@ -329,7 +335,22 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
                          sqlite3_errmsg(w));
   }
   sqlite3_finalize(st);
-  ana_free(seqs);
+  st = NULL;
+  if (rc == 0 && n > 0) {
+    if (sqlite3_prepare_v2(w,
+                           "DELETE FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
+                           " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
+                           " AND key < (event_days.day + 1) * 1099511627776)",
+                           -1, &st, NULL) != SQLITE_OK)
+      rc = prepare_error(w, err);
+    else {
+      sqlite3_bind_int64(st, 1, first_kept);
+      if (sqlite3_step(st) != SQLITE_DONE)
+        rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                           sqlite3_errmsg(w));
+    }
+    sqlite3_finalize(st);
+  }
   ana_free(keys);
   return rc < 0 ? rc : (int)n;
 }
@@ -347,7 +368,7 @@ static int rewriter(struct sqlite_event_store *s, struct ana_error *err) {
       sqlite3_prepare_v2(s->rewriter,
                          "UPDATE events SET body = ana_event_body(?4, ?3, ?5, event_id, ts,"
                          " ts + received_delta)"
-                         " WHERE seq = ?1 AND account_id = " ANA_ACCOUNT_NUMBER_SQL(2),
+                         " WHERE key = ?1 AND account_id = " ANA_ACCOUNT_NUMBER_SQL(2),
                          -1, &s->update, NULL) != SQLITE_OK)
     return prepare_error(s->rewriter, err);
   return 0;
@@ -373,7 +394,7 @@ static int store_rewrite(void *p, const struct ana_event_record *records, size_t
     const struct ana_event_record *r = &records[i];
     sqlite3_stmt *st = s->update;
     sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->seq);
+    sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, r->seq));
     sqlite3_bind_text(st, 2, r->account_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, r->properties_json ? r->properties_json : "{}", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, r->search_text ? r->search_text : "", -1, SQLITE_STATIC);

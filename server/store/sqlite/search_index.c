@@ -61,14 +61,14 @@ static int index_search(void *p, const struct ana_event_query *q, ana_event_hit_
   return ana_sqlite_query_events(si->db, si->path, q, hit, ctx, err);
 }
 
-static int index_remove(void *p, const int64_t *seqs, size_t n, struct ana_error *err) {
+static int index_remove(void *p, const int64_t *refs, size_t n, struct ana_error *err) {
   struct sqlite_search_index *si = p;
-  return ana_text_index_remove(si->text, seqs, n, err);
+  return ana_text_index_remove(si->text, refs, n, err);
 }
 
-static int index_reindex(void *p, const int64_t *seqs, size_t n, struct ana_error *err) {
+static int index_reindex(void *p, const int64_t *refs, size_t n, struct ana_error *err) {
   struct sqlite_search_index *si = p;
-  return ana_text_index_reindex(si->text, seqs, n, err);
+  return ana_text_index_reindex(si->text, refs, n, err);
 }
 
 static int index_compact(void *p, struct ana_error *err) {

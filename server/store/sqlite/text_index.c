@@ -23,7 +23,11 @@
  * no column sizes. Each entry also holds the reserved tokens of
  * text_index.h (event name, day, hour, minute, second), which is
  * what lets a search walk the matches newest first a stretch of time at a
- * time (event_search.c). An index of an earlier format is built again.
+ * time (event_search.c). An index of an earlier format is built again. The
+ * events table has no index on seq: the thread reads the events after its
+ * watermark through event_days (event_seq.c), retention and re-encryption
+ * name the events by their keys, and a search finds a match's row from its
+ * bucket's day (event_search.c).
  *
  * The events are read through the events database attached to the index's
  * connection as `ev`; searches attach the index to their readers as
@@ -359,6 +363,23 @@ static int index_one(struct ana_text_index *ti, int64_t seq, const char *words, 
   return sqlite3_step(ti->insert) == SQLITE_DONE ? SQLITE_ROW : SQLITE_ERROR;
 }
 
+/* A batch's events read from the events (select_new's rows). */
+struct batch_rows {
+  struct ana_text_index *ti;
+  int64_t last, min_ts, max_ts;
+  int n, rc;
+};
+
+static int index_row(void *ctx, sqlite3_stmt *st) {
+  struct batch_rows *b = ctx;
+  b->last = sqlite3_column_int64(st, 0);
+  b->n++;
+  const char *words = (const char *)sqlite3_column_text(st, 1);
+  b->rc = index_one(b->ti, b->last, words ? words : "", (const char *)sqlite3_column_text(st, 2),
+                    sqlite3_column_int64(st, 3), &b->min_ts, &b->max_ts);
+  return b->rc != SQLITE_ROW;
+}
+
 /* One transaction: indexes up to INDEX_BATCH events committed after
  * indexed_seq, those the mover handed over when they follow it, else read
  * from the events. Returns how many, or < 0. Called with conn_mu held. */
@@ -380,21 +401,16 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
     }
     ana_free(e->words);
   }
-  if (!taken) {
-    sqlite3_reset(ti->select_new);
-    sqlite3_bind_int64(ti->select_new, 1, from);
-    sqlite3_bind_int(ti->select_new, 2, INDEX_BATCH);
-    while ((rc = sqlite3_step(ti->select_new)) == SQLITE_ROW) {
-      last = sqlite3_column_int64(ti->select_new, 0);
-      n++;
-      const char *words = (const char *)sqlite3_column_text(ti->select_new, 1);
-      rc = index_one(ti, last, words ? words : "",
-                     (const char *)sqlite3_column_text(ti->select_new, 2),
-                     sqlite3_column_int64(ti->select_new, 3), &min_ts, &max_ts);
-      if (rc != SQLITE_ROW)
-        break;
-    }
-    sqlite3_reset(ti->select_new);
+  if (!taken && from >= 0) {
+    struct batch_rows b = {ti, from, min_ts, max_ts, 0, SQLITE_ROW};
+    struct ana_error rerr;
+    int got = ana_local_events_by_seq(ti->conn, "ev.", ti->select_new, (uint64_t)from, UINT64_MAX,
+                                      INDEX_BATCH, index_row, &b, &rerr);
+    rc = got < 0 || b.rc != SQLITE_ROW ? SQLITE_ERROR : SQLITE_DONE;
+    last = b.last;
+    n = b.n;
+    min_ts = b.min_ts;
+    max_ts = b.max_ts;
   }
   if (rc != SQLITE_DONE || from < 0)
     goto failed;
@@ -529,14 +545,14 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
 }
 
 /* Runs `stmt` (remove or insert, bound to the event's sequence and entry
- * text) for event seq if its entry is there (`if_present`) or is not, which
+ * text) for the event of key if its entry is there (`if_present`) or is not, which
  * the token of its second tells: every entry holds it. Events gone or
  * without words are left alone. Called with conn_mu held, inside a
  * transaction; `what` names the change in an error. */
-static int change_entry(struct ana_text_index *ti, int64_t seq, bool if_present, sqlite3_stmt *stmt,
+static int change_entry(struct ana_text_index *ti, int64_t key, bool if_present, sqlite3_stmt *stmt,
                         const char *what, struct ana_error *err) {
   sqlite3_reset(ti->select_one);
-  sqlite3_bind_int64(ti->select_one, 1, seq);
+  sqlite3_bind_int64(ti->select_one, 1, key);
   int rc = sqlite3_step(ti->select_one);
   if (rc == SQLITE_DONE || (rc == SQLITE_ROW && sqlite3_column_bytes(ti->select_one, 0) == 0)) {
     sqlite3_reset(ti->select_one);
@@ -549,6 +565,7 @@ static int change_entry(struct ana_text_index *ti, int64_t seq, bool if_present,
   ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
                               ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
   snprintf(match, sizeof match, "\"%s\"", tok);
+  int64_t seq = key & ((INT64_C(1) << ANA_EVENT_SEQ_BITS) - 1);
   sqlite3_reset(ti->exists);
   sqlite3_bind_int64(ti->exists, 1, seq);
   sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
@@ -578,13 +595,13 @@ failed:
   return fail(ti->conn, what, err);
 }
 
-/* Removes the entry of event seq, if it has one: removing one twice (a
- * retention step repeated after a crash) would remove its words twice. */
-static int remove_one(struct ana_text_index *ti, int64_t seq, struct ana_error *err) {
-  return change_entry(ti, seq, true, ti->remove, "cannot remove an event", err);
+/* Removes the entry of the event of key, if it has one: removing one twice
+ * (a retention step repeated after a crash) would remove its words twice. */
+static int remove_one(struct ana_text_index *ti, int64_t key, struct ana_error *err) {
+  return change_entry(ti, key, true, ti->remove, "cannot remove an event", err);
 }
 
-int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+int ana_text_index_remove(struct ana_text_index *ti, const int64_t *keys, size_t n,
                           struct ana_error *err) {
   if (n == 0)
     return 0;
@@ -594,7 +611,7 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
    * after a crash (nothing would remove it again). */
   int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
   for (size_t i = 0; i < n && rc == 0; i++)
-    rc = remove_one(ti, seqs[i], err);
+    rc = remove_one(ti, keys[i], err);
   if (rc == 0)
     rc = exec(ti->conn, "COMMIT", err);
   if (rc < 0 && !sqlite3_get_autocommit(ti->conn))
@@ -604,17 +621,18 @@ int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t
   return rc;
 }
 
-/* Indexes event seq again from its stored text, unless it has an entry,
- * is past indexed_seq (the thread indexes it) or is gone. Called with
- * conn_mu held, inside a transaction. */
-static int reindex_one(struct ana_text_index *ti, int64_t seq, uint64_t indexed,
+/* Indexes the event of key again from its stored text, unless it has an
+ * entry, is past indexed_seq (the thread indexes it) or is gone. Called
+ * with conn_mu held, inside a transaction. */
+static int reindex_one(struct ana_text_index *ti, int64_t key, uint64_t indexed,
                        struct ana_error *err) {
-  if ((uint64_t)seq > indexed)
+  uint64_t seq = (uint64_t)key & ((UINT64_C(1) << ANA_EVENT_SEQ_BITS) - 1);
+  if (seq > indexed)
     return 0;
-  return change_entry(ti, seq, false, ti->insert, "cannot index an event again", err);
+  return change_entry(ti, key, false, ti->insert, "cannot index an event again", err);
 }
 
-int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *keys, size_t n,
                            struct ana_error *err) {
   if (n == 0)
     return 0;
@@ -623,7 +641,7 @@ int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_
   pthread_mutex_lock(&ti->conn_mu);
   int rc = exec(ti->conn, "PRAGMA synchronous=FULL; BEGIN", err);
   for (size_t i = 0; i < n && rc == 0; i++)
-    rc = reindex_one(ti, seqs[i], indexed, err);
+    rc = reindex_one(ti, keys[i], indexed, err);
   if (rc == 0)
     rc = exec(ti->conn, "COMMIT", err);
   if (rc < 0 && !sqlite3_get_autocommit(ti->conn))
@@ -747,7 +765,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
           ti->conn,
           "SELECT seq, ana_event_text(body),"
           " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
-          " WHERE seq > ? ORDER BY seq LIMIT ?",
+          " WHERE key = ?1",
           -1, SQLITE_PREPARE_PERSISTENT, &ti->select_new, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn, "INSERT INTO events_fts (rowid, search_text) VALUES (?, ?)", -1,
                          SQLITE_PREPARE_PERSISTENT, &ti->insert, NULL) != SQLITE_OK ||
@@ -760,7 +778,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
           ti->conn,
           "SELECT ana_event_text(body),"
           " (SELECT s.name FROM ev.event_strings s WHERE s.id = event_name), ts FROM ev.events"
-          " WHERE seq = ?",
+          " WHERE key = ?",
           -1, SQLITE_PREPARE_PERSISTENT, &ti->select_one, NULL) != SQLITE_OK ||
       sqlite3_prepare_v3(ti->conn,
                          "SELECT 1 FROM events_fts WHERE rowid = ?1 AND events_fts MATCH ?2", -1,

@@ -36,15 +36,16 @@ int ana_text_index_wait(struct ana_text_index *ti, uint64_t seq, int timeout_ms,
 /* The highest commit sequence number indexed so far (all below it are). */
 uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti);
 
-/* Removes the entries of these events (retention), durably. The events must
- * still be in the events database: their text says which words to remove. */
-int ana_text_index_remove(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+/* Removes the entries of these events (retention), named by their keys in
+ * the events table, durably. The events must still be in the events
+ * database: their text says which words to remove. */
+int ana_text_index_remove(struct ana_text_index *ti, const int64_t *keys, size_t n,
                           struct ana_error *err);
 
 /* Indexes these events again from their stored text, durably (after
  * ana_text_index_remove and a rewrite of their text): one with an entry,
  * not yet indexed or gone is skipped. */
-int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *seqs, size_t n,
+int ana_text_index_reindex(struct ana_text_index *ti, const int64_t *keys, size_t n,
                            struct ana_error *err);
 
 /* Leaves nothing of removed entries in the index's files: merges its
