@@ -31,13 +31,14 @@ def uuid_of(i):
     return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
-def batch_body(rnd, first, n, shift_ms=0, uuids=False):
+def events_body(rnd, ids, shift_ms=0):
+    """A batch of one event per id, at random times over the last 29 days."""
     now = int(time.time() * 1000)
     events = []
-    for i in range(first, first + n):
+    for eid in ids:
         ts = now - 3600 * 1000 - rnd.randrange(29 * DAY_MS) + shift_ms
         events.append({
-            "eventId": uuid_of(i) if uuids else "imp-7-%d" % i,
+            "eventId": eid,
             "eventType": "track",
             "eventName": "message_sent",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000))
@@ -45,6 +46,11 @@ def batch_body(rnd, first, n, shift_ms=0, uuids=False):
             "properties": {"campaignId": "campaign-%d" % rnd.randrange(50)},
         })
     return json.dumps({"events": events})
+
+
+def batch_body(rnd, first, n, shift_ms=0, uuids=False):
+    return events_body(rnd, [uuid_of(i) if uuids else "imp-7-%d" % i
+                             for i in range(first, first + n)], shift_ms)
 
 
 class DedupeKeyBytesTest(AttackTestCase):

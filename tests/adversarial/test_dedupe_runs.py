@@ -8,7 +8,6 @@ whichever run holds its key.
 """
 
 import http.client
-import json
 import os
 import random
 import re
@@ -18,6 +17,7 @@ import time
 import unittest
 
 from adversary import AttackTestCase
+import test_dedupe_key_bytes
 
 DAY_MS = 86400 * 1000
 BATCH = 1000
@@ -37,20 +37,7 @@ def uuid_of(rnd):
 
 
 def batch_body(ids, shift_ms=0, seed=0):
-    rnd = random.Random(seed)
-    now = int(time.time() * 1000)
-    events = []
-    for eid in ids:
-        ts = now - 3600 * 1000 - rnd.randrange(29 * DAY_MS) + shift_ms
-        events.append({
-            "eventId": eid,
-            "eventType": "track",
-            "eventName": "message_sent",
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000))
-                         + ".%03dZ" % (ts % 1000),
-            "properties": {"campaignId": "campaign-%d" % rnd.randrange(50)},
-        })
-    return json.dumps({"events": events})
+    return test_dedupe_key_bytes.events_body(random.Random(seed), ids, shift_ms)
 
 
 def wal_frames(path):

@@ -60,6 +60,10 @@
 #define MAX_BITS_PER_KEY 10
 #define IDLE_MS 1000
 #define RETRY_MS 200
+/* Checkpoints the merge thread asks for once idle after writing, IDLE_MS
+ * apart (as the mover does: its own hints may have ended before a merge's
+ * last transaction, which would leave the WAL unreset while the store idles). */
+#define IDLE_HINTS 5
 #define STATE_LIVE 0
 #define STATE_BUILDING 1
 #define STATE_DROPPED 2
@@ -744,6 +748,24 @@ static int write_filter_pieces(sqlite3 *conn, const struct run *r, uint32_t *nex
   return rc;
 }
 
+/* Ends a run written whole in one transaction (a commit's keys, a slice of a
+ * migrated table): its last chunk, its filter and its row, live at once.
+ * rc: the writing's result so far; returns SQLITE_OK or an error. */
+static int writer_finish_live(sqlite3 *conn, struct run_writer *wr, int rc) {
+  if (rc == SQLITE_OK)
+    rc = writer_flush_chunk(wr);
+  sqlite3_finalize(wr->put);
+  wr->put = NULL;
+  uint32_t piece = 0;
+  if (rc == SQLITE_OK)
+    rc = write_filter_pieces(conn, wr->r, &piece, UINT32_MAX);
+  if (rc == SQLITE_OK) {
+    wr->r->level = level_of(wr->r->keys);
+    rc = write_run_row(conn, wr->r, STATE_LIVE);
+  }
+  return rc;
+}
+
 static int64_t take_id(struct ana_dedupe_runs *d) {
   pthread_mutex_lock(&d->mu);
   int64_t id = d->next_id++;
@@ -796,16 +818,7 @@ int ana_dedupe_runs_flush(struct ana_dedupe_runs *d, sqlite3 *w, struct ana_erro
       struct dkey k = {p->h, p->account, p->day, pk_id(d, p), p->len, p->text};
       rc = writer_add(&wr, &k, &wrote);
     }
-    if (rc == SQLITE_OK)
-      rc = writer_flush_chunk(&wr);
-    sqlite3_finalize(wr.put);
-    uint32_t piece = 0;
-    if (rc == SQLITE_OK)
-      rc = write_filter_pieces(w, wr.r, &piece, UINT32_MAX);
-    if (rc == SQLITE_OK) {
-      wr.r->level = level_of(wr.r->keys);
-      rc = write_run_row(w, wr.r, STATE_LIVE);
-    }
+    rc = writer_finish_live(w, &wr, rc);
   }
   if (rc != SQLITE_OK) {
     writer_free(&wr);
@@ -1286,6 +1299,7 @@ static int64_t today_of(int64_t ms) {
 static void *merge_thread(void *arg) {
   struct ana_dedupe_runs *d = arg;
   pthread_setname_np(pthread_self(), "ana-dedupe"); /* top -H, /proc/PID/task/TID/comm */
+  int idle_hints = 0;
   pthread_mutex_lock(&d->mu);
   while (!d->stop) {
     if (d->hold) {
@@ -1299,11 +1313,18 @@ static void *merge_thread(void *arg) {
     int rc = maintain_step(d, today);
     pthread_mutex_unlock(&d->step_mu);
     pthread_mutex_lock(&d->mu);
-    if (rc > 0)
+    if (rc > 0) {
+      idle_hints = IDLE_HINTS;
       continue;
+    }
     if (!d->stop && !d->wake) {
       struct timespec ts = ana_deadline_in_ms(rc < 0 ? RETRY_MS : IDLE_MS);
-      pthread_cond_timedwait(&d->cond, &d->mu, &ts);
+      if (pthread_cond_timedwait(&d->cond, &d->mu, &ts) != 0 && rc == 0 && idle_hints > 0) {
+        idle_hints--;
+        pthread_mutex_unlock(&d->mu);
+        ana_local_db_checkpoint_soon(d->db);
+        pthread_mutex_lock(&d->mu);
+      }
     }
   }
   pthread_mutex_unlock(&d->mu);
@@ -1650,16 +1671,7 @@ static int mig_write(sqlite3 *conn, struct mig *g) {
       struct dkey k = {p->h, p->account, p->day, g->ids + p->off, p->len, p->text};
       rc = writer_add(&wr, &k, &wrote);
     }
-    if (rc == SQLITE_OK)
-      rc = writer_flush_chunk(&wr);
-    sqlite3_finalize(wr.put);
-    uint32_t piece = 0;
-    if (rc == SQLITE_OK)
-      rc = write_filter_pieces(conn, wr.r, &piece, UINT32_MAX);
-    if (rc == SQLITE_OK) {
-      wr.r->level = level_of(wr.r->keys);
-      rc = write_run_row(conn, wr.r, STATE_LIVE);
-    }
+    rc = writer_finish_live(conn, &wr, rc);
   }
   writer_free(&wr);
   g->n = 0;
