@@ -70,7 +70,6 @@ struct ana_dedupe_pending {
   size_t out_cap;
 };
 
-static const char sql_chunk[] = "SELECT keys FROM dedupe_chunks WHERE id = ?";
 static const char sql_account[] = "SELECT id FROM dedupe_accounts WHERE account_id = ?";
 static const char sql_new_account[] = "INSERT INTO dedupe_accounts (account_id) VALUES (?)";
 static const char sql_list[] =
@@ -289,7 +288,7 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
                            struct ana_error *err) {
   sqlite3 *w = ana_local_db_writer(db);
   struct ana_dedupe_runs *runs = ana_local_db_dedupe_pending(db)->runs;
-  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_chunk);
+  sqlite3_stmt *get = ana_local_db_writer_statement(db, ana_dedupe_chunk_sql);
   if (!get || !runs) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s",
                   runs ? sqlite3_errmsg(w) : "the keys are not open");

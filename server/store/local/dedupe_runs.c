@@ -490,7 +490,7 @@ static int run_holds(sqlite3_stmt *get, const struct run *r, const struct dkey *
   return 0;
 }
 
-static const char sql_chunk[] = "SELECT keys FROM dedupe_chunks WHERE id = ?";
+const char ana_dedupe_chunk_sql[] = "SELECT keys FROM dedupe_chunks WHERE id = ?";
 
 /* --- the open transaction's keys --- */
 
@@ -1012,7 +1012,7 @@ static int merge_step(struct ana_dedupe_runs *d, struct merge *m, int chunks, in
     return rc;
   bool bad = false;
   int status = SQLITE_OK;
-  if (sqlite3_prepare_v2(d->conn, sql_chunk, -1, &get, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v2(d->conn, ana_dedupe_chunk_sql, -1, &get, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(d->conn, "INSERT INTO dedupe_chunks (id, keys) VALUES (?, ?)", -1,
                          &m->wr.put, NULL) != SQLITE_OK) {
     rc = ANA_ERR_IO;

@@ -220,9 +220,10 @@ int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err);
  * one run at its flush; a thread of its own merges runs in the background.
  * claim: 1 when the key is stored (or claimed in the open transaction), 0
  * when it is claimed now, negative on an error; get is the writer's
- * statement reading a chunk by id. Committer thread: claim, flush,
- * discard, committed. */
+ * statement of ana_dedupe_chunk_sql (reading a chunk by id). Committer
+ * thread: claim, flush, discard, committed. */
 struct ana_dedupe_runs;
+extern const char ana_dedupe_chunk_sql[];
 struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w,
                                              size_t filter_limit, struct ana_error *err);
 void ana_dedupe_runs_close(struct ana_dedupe_runs *d);
