@@ -134,10 +134,15 @@ port_dirs = {}
 
 
 def wal_size(data_dir):
-    try:
-        return os.path.getsize(os.path.join(data_dir, "analytics.db-wal"))
-    except (OSError, TypeError):
-        return 0
+    """The WAL files of the local database's two files (analytics.db and the
+    journal, analytics-journal.db), together."""
+    total = 0
+    for name in ("analytics.db-wal", "analytics-journal.db-wal"):
+        try:
+            total += os.path.getsize(os.path.join(data_dir, name))
+        except (OSError, TypeError):
+            pass
+    return total
 
 
 def sizes(path, groups):
@@ -195,6 +200,12 @@ def run_server(binary, events, clients, transport="rest"):
             secs, peak = post_all(server.http_port, bodies(events), clients)
         wait_idle(server)
         s = sizes(os.path.join(server.data_dir, "analytics.db"), event_group)
+        # The journal: the deduplication keys (and the staged events, none
+        # once idle).
+        journal = os.path.join(server.data_dir, "analytics-journal.db")
+        if os.path.exists(journal):
+            for g, size in sizes(journal, event_group).items():
+                s[g] = s.get(g, 0) + size
         text = os.path.join(server.data_dir, "analytics-text.db")
         s["free-text index"] = (sum(sizes(text, lambda n: "t").values())
                                 if os.path.exists(text) else 0)

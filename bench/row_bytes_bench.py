@@ -5,7 +5,8 @@ bench/peers/peers_bench.py (50 campaigns x 20 groups, four event names, UUID
 eventIds, timestamps at random over 30 days, 1,000 per REST request, one
 client). Each round starts each build on a fresh data directory, loads it,
 waits until it is quiescent (after its idle checkpoint), measures its files
-(SQLite's dbstat), the bytes of each column of the events rows, the p50
+(SQLite's dbstat, every file: analytics.db, the journal analytics-journal.db with
+the deduplication keys, the free-text index), the bytes of each column of the events rows, the p50
 of a search with a property filter and of one without, and how long the
 rollups of a metric by (campaignId, groupId) take to build (a scan of every
 event's properties).

@@ -573,7 +573,10 @@ def classify(db_file, name, tbl_name, kind):
 
 def store_breakdown(data_dir):
     """Bytes on disk of a data directory, by role: SQLite's dbstat gives each
-    table's and index's pages; WAL files and free pages are counted apart."""
+    table's and index's pages, in every SQLite file of it (analyticsd's
+    analytics.db, its journal analytics-journal.db with the deduplication
+    keys, its free-text index analytics-text.db); WAL files and free pages are
+    counted apart."""
     out = {"total": du(data_dir), "events": 0, "dedupe keys": 0, "indexes": 0,
            "free-text index": 0, "WAL files": 0, "other": 0}
     for root, _, files in os.walk(data_dir):

@@ -188,12 +188,19 @@ static void sweep_retention(struct ana_committer *c) {
   struct ana_error err;
   int64_t now = ana_clock_wall_ms();
   int64_t cutoff = now - (int64_t)c->o.retention_days * DAY_MS;
-  if (ana_local_db_begin(c->db, &err) < 0)
+  /* The events are in analytics.db: a transaction there (the keys' expiry
+   * writes nothing; the merges drop them). */
+  if (ana_local_db_store_begin(c->db, &err) < 0)
     return;
   int deleted = ana_store_expire(&c->roles, cutoff, RETENTION_CHUNK, &err);
   int keys = deleted >= 0 ? ana_local_dedupe_expire(c->db, now, RETENTION_CHUNK, &err) : -1;
-  if (deleted < 0 || keys < 0 || ana_local_db_commit(c->db, &err) < 0) {
-    ana_local_db_rollback(c->db);
+  if (deleted < 0 || keys < 0) {
+    ana_local_db_store_rollback(c->db);
+    ANA_WARN("ingest", "retention sweep failed: %s", err.message);
+    c->next_sweep_ms = now + c->o.retention_sweep_interval_ms;
+    return;
+  }
+  if (ana_local_db_store_commit(c->db, &err) < 0) {
     ANA_WARN("ingest", "retention sweep failed: %s", err.message);
     c->next_sweep_ms = now + c->o.retention_sweep_interval_ms;
     return;

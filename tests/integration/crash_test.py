@@ -233,15 +233,26 @@ def main():
 
     db = sqlite3.connect(os.path.join(data_dir, "analytics.db"))
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    # The acknowledged commit's file (staged events, keys, last sequence):
+    # a kill between a move's commit in analytics.db and the deletion of its
+    # staged rows from the journal must neither lose nor double an event.
+    db.execute("ATTACH DATABASE ? AS journal", (os.path.join(data_dir, "analytics-journal.db"),))
+    journal_integrity = db.execute("PRAGMA journal.integrity_check").fetchone()[0]
+    if journal_integrity != "ok":
+        integrity = "journal: %s" % journal_integrity
+    moved = db.execute("SELECT upto FROM main.events_moved").fetchone()[0]
+    # A clean stop moves every staged event and deletes its row.
+    staged_left = db.execute("SELECT COUNT(*) FROM journal.events_staged").fetchone()[0]
     counts = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id"))
-    keys = db.execute("SELECT COALESCE(SUM(keys), 0) FROM dedupe_runs WHERE state = 0").fetchone()[0]
+    keys = db.execute("SELECT COALESCE(SUM(keys), 0) FROM journal.dedupe_runs"
+                      " WHERE state = 0").fetchone()[0]
     seqs = set(r[0] for r in db.execute("SELECT seq FROM events"))
     n_rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     # The layout: each event in its day's range (rowid = day * 2^40 + seq),
     # and no sequence number handed out again.
     misplaced = db.execute("SELECT COUNT(*) FROM events WHERE key >> 40 != ts / 86400000"
                            " OR key % 1099511627776 != seq").fetchone()[0]
-    last_seq = db.execute("SELECT last FROM event_seq").fetchone()[0]
+    last_seq = db.execute("SELECT last FROM journal.event_seq").fetchone()[0]
     wrong_ts = 0
     if OUT_OF_ORDER:
         wrong_ts = sum(1 for i, ts in db.execute("SELECT event_id, ts FROM events")
@@ -292,6 +303,10 @@ def main():
     if len(seqs) != n_rows or (seqs and max(seqs) > last_seq):
         print("FAIL: %d rows but %d sequence numbers (last handed out %d, highest %d)" % (
             n_rows, len(seqs), last_seq, max(seqs)))
+        ok = False
+    if staged_left or moved != last_seq:
+        print("FAIL: after a clean stop, %d staged rows are left in the journal and the events "
+              "are moved up to %d of %d" % (staged_left, moved, last_seq))
         ok = False
     if misplaced:
         print("FAIL: %d events outside their day's range of the table" % misplaced)

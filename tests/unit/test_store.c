@@ -32,7 +32,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 26
+#define SCHEMA_VERSION 27
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -263,6 +263,45 @@ static int query_int(sqlite3 *conn, const char *sql) {
   int v = sqlite3_column_int(st, 0);
   sqlite3_finalize(st);
   return v;
+}
+
+/* Turns the closed store in dir back into one of schema 26, before the
+ * journal file (conn: its analytics.db): the journal's tables copied back
+ * into analytics.db, the watermark and the journal file gone. For the tests
+ * that build older layouts from a current store. */
+static void fold_journal_in(sqlite3 *conn, const char *d) {
+  char jpath[160], sql[512];
+  snprintf(jpath, sizeof jpath, "%s/analytics-journal.db", d);
+  struct stat st;
+  if (stat(jpath, &st) != 0)
+    return;
+  snprintf(sql, sizeof sql, "ATTACH DATABASE '%s' AS journal", jpath);
+  assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_stmt *q = NULL;
+  assert_int_equal(sqlite3_prepare_v2(conn,
+                                      "SELECT name, sql FROM journal.sqlite_schema"
+                                      " WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                                      -1, &q, NULL),
+                   SQLITE_OK);
+  while (sqlite3_step(q) == SQLITE_ROW) {
+    const char *name = (const char *)sqlite3_column_text(q, 0);
+    assert_int_equal(sqlite3_exec(conn, (const char *)sqlite3_column_text(q, 1), NULL, NULL, NULL),
+                     SQLITE_OK);
+    snprintf(sql, sizeof sql, "INSERT INTO main.%s SELECT * FROM journal.%s", name, name);
+    assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  }
+  sqlite3_finalize(q);
+  snprintf(sql, sizeof sql,
+           "DROP TABLE main.events_moved; DELETE FROM schema_migrations WHERE version >= %d;"
+           "DETACH DATABASE journal",
+           ana_local_db_migration_containing("main.events_moved ("));
+  assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  snprintf(sql, sizeof sql, "rm -f %s/analytics-journal.db*", d);
+  assert_int_equal(system(sql), 0);
+}
+
+static void fold_journal(sqlite3 *conn) {
+  fold_journal_in(conn, dir);
 }
 
 /* The keys of the live runs as a temporary table dedupe_keys (account,
@@ -528,13 +567,13 @@ static void repeated_retention_step_removes_an_index_entry_once(void **state) {
   struct ana_error err;
   /* The "crash": the entry is removed, the events' transaction is not
    * committed. */
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_db_store_begin(db, &err), 0);
   assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
-  ana_local_db_rollback(db);
+  ana_local_db_store_rollback(db);
   assert_int_equal(text_index_documents(), 1);
-  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_local_db_store_begin(db, &err), 0);
   assert_int_equal(ana_store_expire(&roles, NOW - 90 * DAY, 1000, &err), 1);
-  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  assert_int_equal(ana_local_db_store_commit(db, &err), 0);
   assert_int_equal(text_index_documents(), 1);
   assert_int_equal(text_index_entries("ancient"), 0);
   assert_int_equal(text_index_entries("recent"), 1);
@@ -1238,6 +1277,7 @@ static void old_format_store_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(sqlite3_exec(conn, EVENTS_OF_SCHEMA_12, NULL, NULL, NULL), SQLITE_OK);
@@ -1739,8 +1779,8 @@ struct old_key {
 static void old_dedupe_keys_are_migrated_on_start(void **state) {
   (void)state;
   close_store();
-  char cmd[160];
-  snprintf(cmd, sizeof cmd, "rm -f %s/analytics.db*", dir);
+  char cmd[320];
+  snprintf(cmd, sizeof cmd, "rm -f %s/analytics.db* %s/analytics-journal.db*", dir, dir);
   assert_int_equal(system(cmd), 0);
   int v = ana_local_db_migration_containing("CREATE TABLE dedupe_expiry");
   assert_true(v > 1);
@@ -1749,6 +1789,7 @@ static void old_dedupe_keys_are_migrated_on_start(void **state) {
   sqlite3 *conn = NULL;
   struct ana_error err;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(ana_local_db_migrate_upto(conn, v - 1, &err), 0);
@@ -2023,6 +2064,7 @@ static void upgrade_moves_the_text_index_out_of_the_events_database(void **state
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(
@@ -2281,7 +2323,8 @@ static void store_of_the_previous_row_format_is_migrated_on_start(void **state) 
   (void)state;
   close_store();
   char cmd[256];
-  snprintf(cmd, sizeof cmd, "rm -f %s/analytics.db* %s/analytics-text.db*", dir, dir);
+  snprintf(cmd, sizeof cmd, "rm -f %s/analytics.db* %s/analytics-journal.db* %s/analytics-text.db*",
+           dir, dir, dir);
   assert_int_equal(system(cmd), 0);
   int v = ana_local_db_migration_containing("CREATE TABLE events_v2");
   assert_true(v > 1);
@@ -2290,6 +2333,7 @@ static void store_of_the_previous_row_format_is_migrated_on_start(void **state) 
   sqlite3 *conn = NULL;
   struct ana_error err;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(ana_dedupe_register(conn), 0);
@@ -2429,6 +2473,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   assert_int_equal(ana_event_body_register(conn), 0);
   assert_int_equal(
@@ -2460,7 +2505,7 @@ static void upgrade_keeps_alert_tables_an_earlier_build_created(void **state) {
 
 static void full_database_gives_no_ack_and_stays_intact(void **state) {
   (void)state;
-  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3 *w = ana_local_db_journal(db); /* the file the commit writes */
   /* Cap the file at its current size: the next commit cannot grow it. */
   sqlite3_stmt *st;
   sqlite3_prepare_v2(w, "PRAGMA page_count", -1, &st, NULL);
@@ -2635,7 +2680,7 @@ static void writer_waits_for_another_writer(void **state) {
   (void)state;
   struct ana_error err;
   take_writer();
-  sqlite3 *other = ana_local_db_connect(db, &err);
+  sqlite3 *other = ana_local_db_connect_journal(db, &err); /* the commit's file */
   assert_non_null(other);
   assert_int_equal(
       sqlite3_exec(other, "BEGIN IMMEDIATE; CREATE TABLE busy_probe(x)", NULL, NULL, NULL),
@@ -2644,7 +2689,7 @@ static void writer_waits_for_another_writer(void **state) {
   assert_int_equal(pthread_create(&t, NULL, commit_after_30ms, other), 0);
   assert_int_equal(ana_local_db_begin(db, &err), 0);
   assert_int_equal(
-      sqlite3_exec(ana_local_db_writer(db), "INSERT INTO busy_probe VALUES (1)", NULL, NULL, NULL),
+      sqlite3_exec(ana_local_db_journal(db), "INSERT INTO busy_probe VALUES (1)", NULL, NULL, NULL),
       SQLITE_OK);
   assert_int_equal(ana_local_db_commit(db, &err), 0);
   pthread_join(t, NULL);
@@ -2813,6 +2858,9 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
   snprintf(cmd, sizeof cmd, "mkdir %s && cp %s/analytics.db %s/analytics.db-wal %s/", copy, dir,
            dir, copy);
   assert_int_equal(system(cmd), 0);
+  snprintf(cmd, sizeof cmd, "cp %s/analytics-journal.db %s/analytics-journal.db-wal %s/", dir, dir,
+           copy);
+  assert_int_equal(system(cmd), 0);
   ana_local_staging_hold(db, false);
   struct ana_error err;
   struct ana_local_db *again = ana_local_db_open(copy, &err);
@@ -2826,6 +2874,130 @@ static void staged_events_left_by_a_crash_are_moved_at_start(void **state) {
   assert_int_equal(query_int(w, "SELECT count(DISTINCT event_id) FROM events"), 1500);
   assert_int_equal(query_int(w, "SELECT count(*) FROM events_staged"), 0);
   ana_local_db_close(again);
+}
+
+static int count_spooled(void *ctx, const struct ana_spooled_event *ev, struct ana_error *err) {
+  (void)ctx;
+  (void)ev;
+  (void)err;
+  return 0;
+}
+
+/* Files as a kill -9 leaves them between the mover's two commits: the move
+ * committed in analytics.db (its events and its watermark), the deletion of
+ * its staged rows from the journal not. The next start moves nothing twice:
+ * the rows at or below the watermark are deleted, not moved again. */
+static void staged_rows_of_a_committed_move_are_not_moved_again(void **state) {
+  (void)state;
+  ana_local_staging_hold(db, true);
+  commit_records(1000, "m0", "moved");
+  commit_records(500, "m1", "moved");
+  assert_int_equal(last_rc, 0);
+  char copy[128], cmd[512];
+  snprintf(copy, sizeof copy, "%s/copy", dir);
+  /* The journal while the rows are staged... */
+  snprintf(cmd, sizeof cmd,
+           "mkdir %s && cp %s/analytics-journal.db %s/analytics-journal.db-wal %s/", copy, dir, dir,
+           copy);
+  assert_int_equal(system(cmd), 0);
+  ana_local_staging_hold(db, false);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  /* ...analytics.db once they are moved. */
+  snprintf(cmd, sizeof cmd, "cp %s/analytics.db %s/analytics.db-wal %s/", dir, dir, copy);
+  assert_int_equal(system(cmd), 0);
+  struct ana_local_db *again = ana_local_db_open(copy, &err);
+  assert_non_null(again);
+  assert_int_equal(ana_local_staging_wait(again, UINT64_MAX, &err), 0);
+  sqlite3 *w = ana_local_db_writer(again);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 1500);
+  assert_int_equal(query_int(w, "SELECT count(DISTINCT event_id) FROM events"), 1500);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM journal.events_staged"), 0);
+  assert_int_equal(query_int(w, "SELECT upto FROM events_moved"), 1500);
+  /* The spool reads each event once (events and staged rows together). */
+  assert_int_equal(ana_local_spool_each(again, 0, 5000, count_spooled, NULL, &err), 1500);
+  ana_local_db_close(again);
+}
+
+/* Claims records like commit_records(n, prefix) on db in a transaction it
+ * rolls back; returns how many were duplicates. */
+static int duplicates_of(struct ana_local_db *d, int n, const char *prefix) {
+  struct ana_event_record *r = calloc((size_t)n, sizeof *r);
+  char(*ids)[16] = calloc((size_t)n, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  fill_records(r, ids, n, prefix, "again");
+  struct ana_error err;
+  assert_int_equal(ana_local_db_begin(d, &err), 0);
+  assert_int_equal(ana_local_dedupe_claim(d, r, (size_t)n, &err), 0);
+  ana_local_db_rollback(d);
+  int dups = 0;
+  for (int i = 0; i < n; i++)
+    dups += r[i].duplicate;
+  free(ids);
+  free(r);
+  return dups;
+}
+
+/* A store of schema 26 (the commit's tables in analytics.db, no journal
+ * file) with staged events opens: the tables move into the journal, the
+ * staged events are moved into events, the keys still find duplicates; and
+ * so does one a kill -9 left after the copy into the journal committed and
+ * before the drop from analytics.db (the tables in both files). */
+static void store_before_the_journal_is_migrated_on_start(void **state) {
+  (void)state;
+  ana_local_staging_hold(db, true);
+  commit_records(800, "j0", "journal");
+  commit_records(200, "j1", "journal");
+  assert_int_equal(last_rc, 0);
+  for (int half = 0; half < 2; half++) {
+    char copy[128], path[160], cmd[1024];
+    snprintf(copy, sizeof copy, "%s/copy%d", dir, half);
+    snprintf(cmd, sizeof cmd,
+             "mkdir %s && cp %s/analytics.db %s/analytics.db-wal %s/analytics-journal.db"
+             " %s/analytics-journal.db-wal %s/",
+             copy, dir, dir, dir, dir, copy);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/analytics.db", copy);
+    sqlite3 *conn = NULL;
+    assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+    fold_journal_in(conn, copy);
+    assert_int_equal(query_int(conn, "SELECT sum(n) FROM events_staged"), 1000);
+    if (half) { /* the copy into the journal committed, the drop not */
+      snprintf(path, sizeof path, "%s/analytics-journal.db", copy);
+      snprintf(cmd, sizeof cmd, "ATTACH DATABASE '%s' AS journal", path);
+      assert_int_equal(sqlite3_exec(conn, cmd, NULL, NULL, NULL), SQLITE_OK);
+      static const char *const tables[] = {"events_staged", "event_seq",     "dedupe_meta",
+                                           "dedupe_runs",   "dedupe_chunks", "dedupe_filters"};
+      for (int t = 0; t < 6; t++) {
+        snprintf(cmd, sizeof cmd,
+                 "CREATE TABLE journal.%s AS SELECT * FROM main.%s WHERE 0;"
+                 "INSERT INTO journal.%s SELECT * FROM main.%s",
+                 tables[t], tables[t], tables[t], tables[t]);
+        assert_int_equal(sqlite3_exec(conn, cmd, NULL, NULL, NULL), SQLITE_OK);
+      }
+    }
+    sqlite3_close(conn);
+    struct ana_error err;
+    struct ana_local_db *again = ana_local_db_open(copy, &err);
+    assert_non_null(again);
+    assert_int_equal(ana_local_db_schema_version(again), SCHEMA_VERSION);
+    assert_int_equal(ana_local_staging_wait(again, UINT64_MAX, &err), 0);
+    sqlite3 *w = ana_local_db_writer(again);
+    assert_int_equal(query_int(w, "SELECT count(*) FROM main.sqlite_schema WHERE name IN"
+                                  " ('events_staged', 'event_seq', 'dedupe_runs', 'dedupe_chunks',"
+                                  " 'dedupe_filters', 'dedupe_meta')"),
+                     0);
+    assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 1000);
+    assert_int_equal(query_int(w, "SELECT count(DISTINCT event_id) FROM events"), 1000);
+    assert_int_equal(query_int(w, "SELECT count(*) FROM journal.events_staged"), 0);
+    assert_int_equal(query_int(w, "SELECT last FROM journal.event_seq"), 1000);
+    assert_int_equal(duplicates_of(again, 800, "j0"), 800);
+    assert_int_equal(duplicates_of(again, 200, "j1"), 200);
+    assert_int_equal(duplicates_of(again, 10, "new"), 0);
+    ana_local_db_close(again);
+  }
+  ana_local_staging_hold(db, false);
 }
 
 /* SQL that turns this build's events table back into the one before the
@@ -3009,6 +3181,7 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   snprintf(sql, sizeof sql,
            EVENTS_BEFORE_STRINGS DEDUPE_KEYS_BEFORE_DAYS
@@ -3148,6 +3321,7 @@ static void store_before_staging_is_migrated_on_start(void **state) {
   snprintf(path, sizeof path, "%s/analytics.db", dir);
   sqlite3 *conn = NULL;
   assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  fold_journal(conn);
   assert_int_equal(ana_dedupe_register(conn), 0);
   /* Before staging, the events rows had their names as text (a later
    * migration numbers them): every migration from staging on runs again. */
@@ -3162,8 +3336,8 @@ static void store_before_staging_is_migrated_on_start(void **state) {
   open_store();
   assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
   sqlite3 *w = ana_local_db_writer(db);
-  assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_staged'"),
-                   1);
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM journal.sqlite_schema WHERE name = 'events_staged'"), 1);
   struct ana_event_record next = record("acct-1", "new-1", "sent", NOW - 3 * DAY, "{}", "after");
   struct ana_error err;
   assert_int_equal(ana_local_db_begin(db, &err), 0);
@@ -3320,6 +3494,10 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(staging_backlog_is_bounded, setup, teardown),
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(staged_rows_of_a_committed_move_are_not_moved_again, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(store_before_the_journal_is_migrated_on_start, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(store_before_staging_is_migrated_on_start, setup, teardown),
       cmocka_unit_test_setup_teardown(store_of_text_names_is_migrated_on_start, setup, teardown),

@@ -1,10 +1,15 @@
-/* The local database: the always-present SQLite database in DATA_DIR (its
- * file analytics.db) that holds what must commit together with an event's
- * acknowledgement, whatever the event store: the deduplication keys and the
- * spool of committed events (which a remote event store drains; the embedded
- * event store reads it in place), and the state of rollups, jobs and the
- * outbox. This header is its typed API; the raw SQLite connections are the
- * store's own (local_db_sql.h). */
+/* The local database: the always-present SQLite database in DATA_DIR that
+ * holds what must commit together with an event's acknowledgement, whatever
+ * the event store: the deduplication keys and the spool of committed events
+ * (which a remote event store drains; the embedded event store reads it in
+ * place), and the state of rollups, jobs and the outbox. It is two files,
+ * each with its own write lock and WAL: the journal (analytics-journal.db),
+ * all that the acknowledged commit writes (the staged events, the
+ * deduplication keys' runs, the last sequence number), and analytics.db,
+ * everything else (the events the mover moves there, the accounts'
+ * numbers, rollups, catalog...), so that a commit never waits for the
+ * mover's long transaction. This header is its typed API; the raw SQLite
+ * connections are the store's own (local_db_sql.h). */
 #ifndef ANA_LOCAL_DB_H
 #define ANA_LOCAL_DB_H
 
@@ -44,17 +49,29 @@ int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_erro
  * err filled. */
 int ana_local_db_checkpoint(struct ana_local_db *db, struct ana_error *err);
 
-/* Path of the database file (borrowed). */
+/* Path of the database file, analytics.db (borrowed). */
 const char *ana_local_db_path(const struct ana_local_db *db);
+/* Path of the journal file beside it (borrowed), and the journal's path
+ * for a database file's (analytics.db -> analytics-journal.db; the
+ * caller frees it; NULL when out of memory). */
+const char *ana_local_db_journal_file(const struct ana_local_db *db);
+char *ana_local_db_journal_path(const char *db_path);
 
 /* Schema version after migrations. */
 int ana_local_db_schema_version(struct ana_local_db *db);
 
 /* Write transactions, used only by the committer thread: BEGIN IMMEDIATE,
- * COMMIT (durable when it returns 0), ROLLBACK. */
+ * COMMIT (durable when it returns 0), ROLLBACK, on the journal (claims of
+ * deduplication keys, staged events): they take the journal's write lock
+ * only. */
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err);
 int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err);
 void ana_local_db_rollback(struct ana_local_db *db);
+/* The same on analytics.db's writer (retention's deletes of events), its
+ * write lock only; committer thread only, outside the transactions above. */
+int ana_local_db_store_begin(struct ana_local_db *db, struct ana_error *err);
+int ana_local_db_store_commit(struct ana_local_db *db, struct ana_error *err);
+void ana_local_db_store_rollback(struct ana_local_db *db);
 
 /* Whether the store cannot write (for readiness): the last commit failed
  * for lack of space or an I/O error (cleared by the next successful commit,

@@ -4,9 +4,9 @@
  * lives as long as its event is retained, at least to the end of the UTC
  * day its event expires on.
  *
- * Here: the claims' front (accounts numbered in dedupe_accounts, in the
- * transaction that claims an account's first key; the events rows hold the
- * same numbers), and the SQL functions of the migrations from the layouts
+ * Here: the claims' front (accounts numbered in dedupe_accounts, in
+ * analytics.db, before the commit claims an account's first key; the events
+ * rows hold the same numbers), and the SQL functions of the migrations from the layouts
  * before. The keys themselves are sorted runs (dedupe_runs.c): a claim is
  * exact, nothing but the same key is ever taken for a duplicate, whatever
  * its event's timestamp, and a commit writes its keys as one run, not a page
@@ -240,8 +240,11 @@ static int64_t expiry_day(int64_t ms) {
   return ms >= 0 ? ms / DAY_MS : -((-ms + DAY_MS - 1) / DAY_MS);
 }
 
-/* The number of an account in dedupe_accounts, added when it has none
- * (in the open transaction). */
+/* The number of an account in dedupe_accounts (analytics.db), added when it
+ * has none: in a short transaction of its own on analytics.db's writer, not
+ * in the commit's (the journal's), which takes no lock of analytics.db; a
+ * number given to an account whose commit then fails is harmless (unused).
+ * The last account's number is kept, so lookups are rare. */
 static int account_number(struct ana_local_db *db, const char *account, int64_t *out,
                           struct ana_error *err) {
   struct ana_dedupe_pending *p = ana_local_db_dedupe_pending(db);
@@ -250,8 +253,8 @@ static int account_number(struct ana_local_db *db, const char *account, int64_t 
     return 0;
   }
   sqlite3 *w = ana_local_db_writer(db);
-  sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_account);
-  sqlite3_stmt *add = get ? ana_local_db_writer_statement(db, sql_new_account) : NULL;
+  sqlite3_stmt *get = ana_local_db_store_statement(db, sql_account);
+  sqlite3_stmt *add = get ? ana_local_db_store_statement(db, sql_new_account) : NULL;
   if (!get || !add) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "deduplication: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
@@ -267,7 +270,6 @@ static int account_number(struct ana_local_db *db, const char *account, int64_t 
       *out = sqlite3_last_insert_rowid(w);
     else
       rc = ANA_ERR_IO;
-    p->txn_numbered = true;
   }
   if (rc < 0)
     ana_error_set(err, ANA_STATUS_UNAVAILABLE, "deduplication: %s", sqlite3_errmsg(w));
@@ -286,7 +288,7 @@ static int account_number(struct ana_local_db *db, const char *account, int64_t 
 
 int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err) {
-  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3 *w = ana_local_db_journal(db);
   struct ana_dedupe_runs *runs = ana_local_db_dedupe_pending(db)->runs;
   sqlite3_stmt *get = ana_local_db_writer_statement(db, ana_dedupe_chunk_sql);
   if (!get || !runs) {
@@ -321,7 +323,8 @@ int ana_local_dedupe_claim(struct ana_local_db *db, struct ana_event_record *rec
 }
 
 int ana_local_dedupe_flush(struct ana_local_db *db, struct ana_error *err) {
-  return ana_dedupe_runs_flush(ana_local_db_dedupe_pending(db)->runs, ana_local_db_writer(db), err);
+  return ana_dedupe_runs_flush(ana_local_db_dedupe_pending(db)->runs, ana_local_db_journal(db),
+                               err);
 }
 
 int ana_local_dedupe_expire(struct ana_local_db *db, int64_t now_ms, int max_rows,

@@ -23,7 +23,11 @@
  * transaction, then the row). A crash keeps either the inputs or the
  * output live, never neither; a run being built at start is dropped.
  *
- * Merges (thread ana-dedupe, a connection of its own): FANOUT runs of one
+ * The tables are in the journal file (ana_local_db.h), with the staged
+ * events: the commit's claims and its run's rows take the journal's write
+ * lock only, and so do the merges.
+ *
+ * Merges (thread ana-dedupe, a connection of its own to the journal): FANOUT runs of one
  * level (level = log_FANOUT(keys / BASE_KEYS)) into one, dropping the keys
  * whose day is over (the day retention last gave: ana_local_dedupe_expire);
  * a run all of whose keys expired is dropped whole, one of which half the
@@ -978,9 +982,9 @@ static int merge_min(struct merge *m) {
 }
 
 static int begin_step(struct ana_dedupe_runs *d, int room) {
-  ana_local_db_gate_enter(d->db, room);
+  ana_local_db_journal_gate_enter(d->db, room);
   if (sqlite3_exec(d->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    ana_local_db_gate_leave(d->db);
+    ana_local_db_journal_gate_leave(d->db);
     return ANA_ERR_IO;
   }
   return 0;
@@ -992,7 +996,7 @@ static int end_step(struct ana_dedupe_runs *d, bool commit) {
     rc = ANA_ERR_IO;
   if (!sqlite3_get_autocommit(d->conn))
     sqlite3_exec(d->conn, "ROLLBACK", NULL, NULL, NULL);
-  ana_local_db_gate_leave(d->db);
+  ana_local_db_journal_gate_leave(d->db);
   return rc;
 }
 
@@ -1232,8 +1236,8 @@ static int merge_slot_step(struct ana_dedupe_runs *d, int slot, struct run **in,
  * (the lowest level first), then rewriting a run half of whose keys
  * expired. 1: it did something, 0: nothing due, <0 error. */
 static int maintain_step(struct ana_dedupe_runs *d, int64_t today) {
-  /* The WAL room the mover's moves get; a chunk is a page, plus the
-   * B-tree's and the run row's. */
+  /* The WAL room the mover's moves get (the journal's WAL has the same
+   * bound); a chunk is a page, plus the B-tree's and the run row's. */
   int room = ana_local_db_move_room(d->db);
   int chunks = room / 3 < STEP_CHUNKS ? room / 3 : STEP_CHUNKS;
   if (chunks < 1)
@@ -1580,7 +1584,7 @@ struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w
   pthread_cond_init(&d->cond, NULL);
   if (load_runs(d, w, err) < 0)
     goto fail;
-  if (!(d->conn = ana_local_db_connect(db, err)))
+  if (!(d->conn = ana_local_db_connect_journal(db, err)))
     goto fail;
   /* A merge lost in a crash is done again (its inputs stay live until its
    * last transaction): its commits need not be synced. */

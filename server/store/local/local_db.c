@@ -26,9 +26,51 @@
 /* Statements kept prepared per reader (ana_local_db_reader_statement). */
 #define READER_STATEMENTS 24
 
+/* A database file's WAL and its checkpoints (see struct ana_local_db):
+ * each file of the local database has its own. */
+struct wal_ckpt {
+  struct ana_local_db *db;
+  const char *path; /* the database file's */
+  sqlite3 *checkpointer;
+  pthread_t checkpoint_thread;
+  bool checkpoint_started, checkpoint_stop;
+  int wal_pages;             /* the WAL's size after the last commit */
+  int new_pages;             /* appended since the last checkpoint began */
+  int checkpoint_pages;      /* new_pages that start a checkpoint */
+  uint64_t commits;          /* commits reported by on_wal_commit */
+  uint64_t complete_commits; /* commits when a checkpoint last copied all */
+  bool waiting_for_reset;
+  bool gate_closed;  /* a catch-up holds the event writer at BEGIN */
+  int writer_in_txn; /* event writers (committer, mover) between BEGIN and end */
+  /* The bound on the WAL (see wal_over): the event writer waits at BEGIN
+   * while the WAL holds limit_pages or more that are not all copied. */
+  int limit_pages;
+  bool writer_held;
+  /* The mover waits at the gate until the WAL has room for held_room more
+   * pages within limit_pages (0: it does not wait); the checkpoint thread
+   * then starts the WAL over as for a full WAL. */
+  int held_room;
+  bool soon; /* ana_local_db_checkpoint_soon: do not wait for CHECKPOINT_EVERY_MS */
+  uint64_t checkpoints, catch_ups, writer_waits, restarts;
+  pthread_mutex_t checkpoint_mu;
+  pthread_cond_t checkpoint_cond;
+  pthread_cond_t gate_cond; /* gate_closed or writer_in_txn changed */
+};
+
+enum { CK_STORE, CK_JOURNAL };
+
 struct ana_local_db {
-  char *path;
+  char *path;         /* analytics.db */
+  char *journal_path; /* analytics-journal.db */
+  /* analytics.db's writer (migrations, tests, retention's reclaim), with
+   * the journal attached as `journal`: never in an acknowledged commit. */
   sqlite3 *writer;
+  /* The acknowledged commit's connection: the journal as its main database
+   * and nothing attached, so that its BEGIN IMMEDIATE takes the journal's
+   * write lock only (never analytics.db's, which the mover holds for a
+   * whole move). */
+  sqlite3 *journal;
+  bool metrics_registered;
   sqlite3 *readers[READERS];
   bool reader_busy[READERS];
   /* Each reader's statements kept prepared, found by their text: a search
@@ -75,37 +117,17 @@ struct ana_local_db {
    * reset impossible until the next complete checkpoint). A catch-up
    * starts only when a commit appended pages after the snapshot the
    * checkpoint copied: those are not copied yet, so no commit can start
-   * the WAL over while the catch-up runs. */
-  sqlite3 *checkpointer;
-  pthread_t checkpoint_thread;
-  bool checkpoint_started, checkpoint_stop;
-  int wal_pages;             /* the WAL's size after the last commit */
-  int new_pages;             /* appended since the last checkpoint began */
-  int checkpoint_pages;      /* new_pages that start a checkpoint */
-  uint64_t commits;          /* commits reported by on_wal_commit */
-  uint64_t complete_commits; /* commits when a checkpoint last copied all */
-  bool waiting_for_reset;
-  bool gate_closed;  /* a catch-up holds the event writer at BEGIN */
-  int writer_in_txn; /* event writers (committer, mover) between BEGIN and end */
-  /* The bound on the WAL (see wal_over): the event writer waits at BEGIN
-   * while the WAL holds limit_pages or more that are not all copied. */
-  int limit_pages;
-  bool writer_held;
-  /* The mover waits at the gate until the WAL has room for held_room more
-   * pages within limit_pages (0: it does not wait); the checkpoint thread
-   * then starts the WAL over as for a full WAL. */
-  int held_room;
-  bool soon; /* ana_local_db_checkpoint_soon: do not wait for CHECKPOINT_EVERY_MS */
-  uint64_t checkpoints, catch_ups, writer_waits, restarts;
-  bool metrics_registered;
-  pthread_mutex_t checkpoint_mu;
-  pthread_cond_t checkpoint_cond;
-  pthread_cond_t gate_cond; /* gate_closed or writer_in_txn changed */
+   * the WAL over while the catch-up runs.
+   *
+   * Each file (analytics.db, the journal) has its own WAL and all of this
+   * for it: a checkpoint thread and connection, its bound, its gate. */
+  struct wal_ckpt ck[2]; /* CK_STORE: analytics.db's, CK_JOURNAL: the journal's */
   /* Statements every commit runs, prepared once on the writer: parsing
    * them again each time would sit inside the commit, on every request's
    * acknowledgement path. Keyed by the address of their (static) SQL. */
-  struct ana_sql_kept writer_statements[WRITER_STATEMENTS];
-  struct ana_event_codec *codec;     /* the event writer's (event_body.c) */
+  struct ana_sql_kept writer_statements[WRITER_STATEMENTS]; /* on journal */
+  struct ana_sql_kept store_statements[WRITER_STATEMENTS];  /* on writer */
+  struct ana_event_codec *codec;                            /* the event writer's (event_body.c) */
   struct ana_dedupe_pending *dedupe; /* its transaction's new keys (dedupe_keys.c) */
   struct ana_staging *staging;       /* its transaction's staged events, the mover */
 };
@@ -632,7 +654,37 @@ static const char *const migrations[] = {
     "DROP TABLE field_reencryption_reindex;"
     "ALTER TABLE field_reencryption_reindex_keys RENAME TO field_reencryption_reindex;"
     "DROP INDEX IF EXISTS events_by_seq;",
+
+    /* The acknowledged commit's tables in a file of their own, the journal
+     * (analytics-journal.db, attached as `journal`): SQLite has one write
+     * lock per file, and the mover's transaction on analytics.db no longer
+     * holds the commits back. The tables are copied into the journal before
+     * this step, in a transaction of the journal's own (move_to_journal:
+     * not SQL of a migration, as a migration commits in analytics.db); this
+     * step records how far the staged events are moved (events_moved: the
+     * mover's watermark in analytics.db, committed with each move; staged
+     * rows at or below it are moved already) and drops analytics.db's
+     * copies. A crash between the two leaves the tables in both files: the
+     * copy in the journal is complete (it committed), and this step runs
+     * again at the next start. */
+    "CREATE TABLE IF NOT EXISTS main.events_moved ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  upto INTEGER NOT NULL);"
+    "INSERT OR REPLACE INTO main.events_moved VALUES (1, COALESCE("
+    "  (SELECT MIN(first_seq) - 1 FROM journal.events_staged),"
+    "  (SELECT last FROM journal.event_seq WHERE id = 1), 0));"
+    "DROP TABLE IF EXISTS main.events_staged;"
+    "DROP TABLE IF EXISTS main.event_seq;"
+    "DROP TABLE IF EXISTS main.dedupe_meta;"
+    "DROP TABLE IF EXISTS main.dedupe_runs;"
+    "DROP TABLE IF EXISTS main.dedupe_chunks;"
+    "DROP TABLE IF EXISTS main.dedupe_filters;",
 };
+
+/* The tables of the journal (the migration above). */
+static const char *const journal_tables[] = {"events_staged", "event_seq",     "dedupe_meta",
+                                             "dedupe_runs",   "dedupe_chunks", "dedupe_filters"};
+#define JOURNAL_TABLES ((int)(sizeof journal_tables / sizeof journal_tables[0]))
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -703,10 +755,15 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
  * first commit after the restart): not to zero, because appending to a
  * file costs more than overwriting it (see leave_wal_for_next_start). */
 static void set_journal_limit(sqlite3 *conn, int pages) {
-  char sql[64];
-  snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld",
-           pages < 0 ? -1LL : (long long)pages * PAGE_BYTES);
+  char sql[80];
+  long long bytes = pages < 0 ? -1LL : (long long)pages * PAGE_BYTES;
+  snprintf(sql, sizeof sql, "PRAGMA main.journal_size_limit = %lld", bytes);
   sqlite3_exec(conn, sql, NULL, NULL, NULL);
+  /* The journal, where it is attached (analytics.db's writer). */
+  if (sqlite3_db_filename(conn, "journal")) {
+    snprintf(sql, sizeof sql, "PRAGMA journal.journal_size_limit = %lld", bytes);
+    sqlite3_exec(conn, sql, NULL, NULL, NULL);
+  }
 }
 
 static int schema_version(sqlite3 *db) {
@@ -724,6 +781,69 @@ int ana_local_db_migration_containing(const char *text) {
   for (int i = 0; i < MIGRATION_COUNT; i++)
     if (strstr(migrations[i], text))
       return i + 1;
+  return 0;
+}
+
+static int table_in(sqlite3 *db, const char *schema, const char *table, char **sql) {
+  char q[128];
+  snprintf(q, sizeof q, "SELECT sql FROM %s.sqlite_schema WHERE type = 'table' AND name = ?",
+           schema);
+  sqlite3_stmt *st = NULL;
+  int found = -1;
+  if (sqlite3_prepare_v2(db, q, -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    found = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+    if (found == 1 && sql)
+      *sql = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(st, 0));
+  }
+  sqlite3_finalize(st);
+  return found;
+}
+
+/* Before the journal's migration: copies each journal table that is in
+ * analytics.db only into the journal (as created there, rows and all), in
+ * one transaction of the journal's own, committed before the migration
+ * drops them from analytics.db. A table already in the journal was copied
+ * whole by an earlier start (its copy committed). */
+static int move_to_journal(sqlite3 *db, struct ana_error *err) {
+  if (!sqlite3_db_filename(db, "journal"))
+    return ana_error_set(err, ANA_STATUS_INTERNAL, "the journal is not attached");
+  if (exec(db, "BEGIN", err) < 0)
+    return ANA_ERR_IO;
+  int rc = 0, copied = 0;
+  for (int t = 0; t < JOURNAL_TABLES && rc == 0; t++) {
+    char *create = NULL;
+    int in_main = table_in(db, "main", journal_tables[t], &create);
+    int in_journal = table_in(db, "journal", journal_tables[t], NULL);
+    if (in_main < 0 || in_journal < 0)
+      rc = sql_error(db, "cannot read the schema", err);
+    /* As SQLite stores it: "CREATE TABLE name(...)". */
+    const char *prefix = "CREATE TABLE ";
+    if (rc == 0 && in_main == 1 && in_journal == 0) {
+      if (!create || strncmp(create, prefix, strlen(prefix)) != 0) {
+        rc = ana_error_set(err, ANA_STATUS_INTERNAL, "the table %s has an unexpected schema",
+                           journal_tables[t]);
+      } else {
+        char *sql = sqlite3_mprintf("CREATE TABLE journal.%s; INSERT INTO journal.%s SELECT *"
+                                    " FROM main.%s;",
+                                    create + strlen(prefix), journal_tables[t], journal_tables[t]);
+        rc = sql ? exec(db, sql, err)
+                 : ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        sqlite3_free(sql);
+        copied++;
+      }
+    }
+    sqlite3_free(create);
+  }
+  if (rc == 0 && exec(db, "COMMIT", err) < 0)
+    rc = ANA_ERR_IO;
+  if (rc < 0) {
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+  }
+  if (copied)
+    ANA_INFO("store", "%d tables copied into the journal", copied);
   return 0;
 }
 
@@ -747,6 +867,8 @@ static int migrate_upto(sqlite3 *db, int upto, struct ana_error *err) {
         record, sizeof record,
         "INSERT INTO schema_migrations VALUES (%d, CAST(strftime('%%s','now') AS INTEGER) * 1000)",
         v);
+    if (strstr(migrations[v - 1], "main.events_moved (") && move_to_journal(db, err) < 0)
+      return ANA_ERR_IO;
     if (exec(db, "BEGIN IMMEDIATE", err) < 0)
       return ANA_ERR_IO;
     if (exec(db, migrations[v - 1], err) < 0 || exec(db, record, err) < 0) {
@@ -797,16 +919,18 @@ static int writer_busy(void *arg, int tries) {
  * WAL's size in pages. */
 static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int pages) {
   (void)conn;
-  (void)name;
-  struct ana_local_db *db = arg;
-  pthread_mutex_lock(&db->checkpoint_mu);
-  db->commits++;
+  struct wal_ckpt *c = arg;
+  /* analytics.db's writer has the journal attached: its commits there. */
+  if (name && strcmp(name, "journal") == 0)
+    c = &c->db->ck[CK_JOURNAL];
+  pthread_mutex_lock(&c->checkpoint_mu);
+  c->commits++;
   /* A WAL smaller than before was started over by this commit. */
-  db->new_pages += pages >= db->wal_pages ? pages - db->wal_pages : pages;
-  db->wal_pages = pages;
-  if (db->new_pages >= db->checkpoint_pages)
-    pthread_cond_signal(&db->checkpoint_cond);
-  pthread_mutex_unlock(&db->checkpoint_mu);
+  c->new_pages += pages >= c->wal_pages ? pages - c->wal_pages : pages;
+  c->wal_pages = pages;
+  if (c->new_pages >= c->checkpoint_pages)
+    pthread_cond_signal(&c->checkpoint_cond);
+  pthread_mutex_unlock(&c->checkpoint_mu);
   return SQLITE_OK;
 }
 
@@ -827,14 +951,14 @@ static int limit_pages(int checkpoint_pages) {
  * BEGIN while this holds and the checkpoint thread starts the WAL over
  * itself (restart_wal), so the WAL grows past limit_pages by one commit at
  * most. Called with checkpoint_mu held. */
-static bool wal_over(const struct ana_local_db *db) {
-  return db->wal_pages >= db->limit_pages;
+static bool wal_over(const struct wal_ckpt *c) {
+  return c->wal_pages >= c->limit_pages;
 }
 
 /* Whether the WAL has no room for `room` more pages (the mover's move)
  * within limit_pages. Called with checkpoint_mu held. */
-static bool wal_no_room(const struct ana_local_db *db, int room) {
-  return room > 0 && db->wal_pages + room >= db->limit_pages;
+static bool wal_no_room(const struct wal_ckpt *c, int room) {
+  return room > 0 && c->wal_pages + room >= c->limit_pages;
 }
 
 /* Copies the whole WAL and has it start over (a RESTART checkpoint: it takes
@@ -842,29 +966,28 @@ static bool wal_no_room(const struct ana_local_db *db, int room) {
  * the WAL-reset race above, and waits for the readers of older snapshots to
  * end; the next commit then writes from the WAL's start). Called and
  * returns with checkpoint_mu held. */
-static void restart_wal(struct ana_local_db *db) {
+static void restart_wal(struct wal_ckpt *c) {
   int log = 0, done = 0;
-  db->new_pages = 0;
-  pthread_mutex_unlock(&db->checkpoint_mu);
-  int rc =
-      sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
-  pthread_mutex_lock(&db->checkpoint_mu);
+  c->new_pages = 0;
+  pthread_mutex_unlock(&c->checkpoint_mu);
+  int rc = sqlite3_wal_checkpoint_v2(c->checkpointer, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+  pthread_mutex_lock(&c->checkpoint_mu);
   if (rc != SQLITE_OK)
     return; /* a reader held on past the busy timeout: tried again */
-  db->restarts++;
-  db->wal_pages = 0;
+  c->restarts++;
+  c->wal_pages = 0;
   /* Copied whole: the next checkpoint waits for a commit (the WAL-reset
    * note above), and the held writer goes on. */
-  db->waiting_for_reset = true;
-  db->complete_commits = db->commits;
-  pthread_cond_broadcast(&db->gate_cond);
+  c->waiting_for_reset = true;
+  c->complete_commits = c->commits;
+  pthread_cond_broadcast(&c->gate_cond);
 }
 
 /* The checkpoint connection waits for readers and the write lock in 1 ms
  * steps, up to BUSY_TIMEOUT_MS, and not at all once the database closes. */
 static int checkpointer_busy(void *arg, int tries) {
-  struct ana_local_db *db = arg;
-  if (__atomic_load_n(&db->checkpoint_stop, __ATOMIC_RELAXED) || tries >= BUSY_TIMEOUT_MS)
+  struct wal_ckpt *c = arg;
+  if (__atomic_load_n(&c->checkpoint_stop, __ATOMIC_RELAXED) || tries >= BUSY_TIMEOUT_MS)
     return 0;
   usleep(1000);
   return 1;
@@ -873,19 +996,19 @@ static int checkpointer_busy(void *arg, int tries) {
 /* One PASSIVE checkpoint (it never waits for the writer or readers: it
  * copies what it can). Called and returns with checkpoint_mu held. Returns
  * true when it copied the whole WAL as it was when it began. */
-static bool checkpoint_once(struct ana_local_db *db, int *log) {
+static bool checkpoint_once(struct wal_ckpt *c, int *log) {
   int done = 0;
-  db->new_pages = 0;
-  pthread_mutex_unlock(&db->checkpoint_mu);
-  int rc = sqlite3_wal_checkpoint_v2(db->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, log, &done);
-  pthread_mutex_lock(&db->checkpoint_mu);
+  c->new_pages = 0;
+  pthread_mutex_unlock(&c->checkpoint_mu);
+  int rc = sqlite3_wal_checkpoint_v2(c->checkpointer, NULL, SQLITE_CHECKPOINT_PASSIVE, log, &done);
+  pthread_mutex_lock(&c->checkpoint_mu);
   /* Counted after the checkpoint returned: a commit counted later ended
    * after the copy was complete. */
-  db->waiting_for_reset = rc == SQLITE_OK && done == *log;
-  db->complete_commits = db->commits;
-  if (db->waiting_for_reset)
-    pthread_cond_broadcast(&db->gate_cond); /* a held writer may start the WAL over */
-  return db->waiting_for_reset;
+  c->waiting_for_reset = rc == SQLITE_OK && done == *log;
+  c->complete_commits = c->commits;
+  if (c->waiting_for_reset)
+    pthread_cond_broadcast(&c->gate_cond); /* a held writer may start the WAL over */
+  return c->waiting_for_reset;
 }
 
 /* Copies what commits appended during the last checkpoint, so that the
@@ -894,91 +1017,188 @@ static bool checkpoint_once(struct ana_local_db *db, int *log) {
  * while the event writer waits at BEGIN. log: the WAL's size in the
  * snapshot the last checkpoint copied whole. Called with checkpoint_mu
  * held. */
-static void catch_up(struct ana_local_db *db, int log) {
-  for (int pass = 0; pass < CATCH_UP_PASSES && db->wal_pages - log > CATCH_UP_HELD_PAGES; pass++) {
-    bool whole = checkpoint_once(db, &log);
-    db->checkpoints++;
-    if (!whole || db->wal_pages <= log)
+static void catch_up(struct wal_ckpt *c, int log) {
+  for (int pass = 0; pass < CATCH_UP_PASSES && c->wal_pages - log > CATCH_UP_HELD_PAGES; pass++) {
+    bool whole = checkpoint_once(c, &log);
+    c->checkpoints++;
+    if (!whole || c->wal_pages <= log)
       return; /* readers kept pages back, or nothing appended: done */
   }
-  db->gate_closed = true;
-  while (db->writer_in_txn && !db->checkpoint_stop)
-    pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
-  if (!db->checkpoint_stop) {
-    checkpoint_once(db, &log);
-    db->catch_ups++;
+  c->gate_closed = true;
+  while (c->writer_in_txn && !c->checkpoint_stop)
+    pthread_cond_wait(&c->gate_cond, &c->checkpoint_mu);
+  if (!c->checkpoint_stop) {
+    checkpoint_once(c, &log);
+    c->catch_ups++;
   }
-  db->gate_closed = false;
-  pthread_cond_broadcast(&db->gate_cond);
+  c->gate_closed = false;
+  pthread_cond_broadcast(&c->gate_cond);
 }
+
+static const char *const ck_files[2] = {"analytics.db", "analytics-journal.db"};
 
 static void collect(struct ana_prom_writer *w, void *ctx) {
   struct ana_local_db *db = ctx;
-  pthread_mutex_lock(&db->checkpoint_mu);
-  uint64_t background = db->checkpoints, catch_ups = db->catch_ups, waits = db->writer_waits;
-  uint64_t restarts = db->restarts;
-  uint64_t wal_pages = (uint64_t)db->wal_pages;
-  pthread_mutex_unlock(&db->checkpoint_mu);
-  char wal[4200];
-  snprintf(wal, sizeof wal, "%s-wal", db->path);
-  struct stat st;
-  uint64_t wal_bytes = stat(wal, &st) == 0 ? (uint64_t)st.st_size : 0;
+  uint64_t background[2], catch_ups[2], waits[2], restarts[2], wal_pages[2], wal_bytes[2];
+  for (int f = 0; f < 2; f++) {
+    struct wal_ckpt *c = &db->ck[f];
+    pthread_mutex_lock(&c->checkpoint_mu);
+    background[f] = c->checkpoints;
+    catch_ups[f] = c->catch_ups;
+    waits[f] = c->writer_waits;
+    restarts[f] = c->restarts;
+    wal_pages[f] = (uint64_t)c->wal_pages;
+    pthread_mutex_unlock(&c->checkpoint_mu);
+    char wal[4200];
+    snprintf(wal, sizeof wal, "%s-wal", c->path);
+    struct stat st;
+    wal_bytes[f] = stat(wal, &st) == 0 ? (uint64_t)st.st_size : 0;
+  }
   ana_prom_write_family(w, "ana_store_checkpoints_total", "counter",
-                        "WAL checkpoints of the local database: in the background, and "
+                        "WAL checkpoints of the local database's files: in the background, and "
                         "catch-ups that held event commits back briefly to restart the WAL.");
-  ana_prom_write_u64(w, "ana_store_checkpoints_total",
-                     (const char *const[]){"kind", "background", NULL}, background);
-  ana_prom_write_u64(w, "ana_store_checkpoints_total",
-                     (const char *const[]){"kind", "catch_up", NULL}, catch_ups);
-  ana_prom_write_u64(w, "ana_store_checkpoints_total",
-                     (const char *const[]){"kind", "restart", NULL}, restarts);
+  for (int f = 0; f < 2; f++) {
+    ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                       (const char *const[]){"file", ck_files[f], "kind", "background", NULL},
+                       background[f]);
+    ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                       (const char *const[]){"file", ck_files[f], "kind", "catch_up", NULL},
+                       catch_ups[f]);
+    ana_prom_write_u64(w, "ana_store_checkpoints_total",
+                       (const char *const[]){"file", ck_files[f], "kind", "restart", NULL},
+                       restarts[f]);
+  }
   ana_prom_write_family(w, "ana_store_wal_pages", "gauge",
-                        "Pages in the local database's WAL after the last commit.");
-  ana_prom_write_u64(w, "ana_store_wal_pages", NULL, wal_pages);
+                        "Pages in the WAL of each file of the local database after its last "
+                        "commit.");
+  for (int f = 0; f < 2; f++)
+    ana_prom_write_u64(w, "ana_store_wal_pages", (const char *const[]){"file", ck_files[f], NULL},
+                       wal_pages[f]);
   ana_prom_write_family(w, "ana_store_wal_bytes", "gauge",
-                        "Size of the local database's WAL file in bytes (at most 2 x "
-                        "WAL_CHECKPOINT_MB; trimmed to WAL_CHECKPOINT_MB when it starts over).");
-  ana_prom_write_u64(w, "ana_store_wal_bytes", NULL, wal_bytes);
+                        "Size of the WAL file of each file of the local database in bytes (each at "
+                        "most 2 x WAL_CHECKPOINT_MB; trimmed to WAL_CHECKPOINT_MB when it starts "
+                        "over).");
+  for (int f = 0; f < 2; f++)
+    ana_prom_write_u64(w, "ana_store_wal_bytes", (const char *const[]){"file", ck_files[f], NULL},
+                       wal_bytes[f]);
   ana_prom_write_family(w, "ana_store_wal_waits_total", "counter",
-                        "Event commits that waited for the WAL to start over because it held "
-                        "its bound (readers of old snapshots kept it from starting over).");
-  ana_prom_write_u64(w, "ana_store_wal_waits_total", NULL, waits);
+                        "Event commits and moves that waited for a WAL to start over because it "
+                        "held its bound (readers of old snapshots kept it from starting over).");
+  for (int f = 0; f < 2; f++)
+    ana_prom_write_u64(w, "ana_store_wal_waits_total",
+                       (const char *const[]){"file", ck_files[f], NULL}, waits[f]);
 }
 
 static void *checkpoint_loop(void *arg) {
-  struct ana_local_db *db = arg;
-  pthread_mutex_lock(&db->checkpoint_mu);
-  while (!db->checkpoint_stop) {
+  struct wal_ckpt *c = arg;
+  pthread_mutex_lock(&c->checkpoint_mu);
+  while (!c->checkpoint_stop) {
     struct timespec ts = ana_clock_deadline(
-        CLOCK_REALTIME, db->writer_held && !db->gate_closed ? HELD_RETRY_MS : CHECKPOINT_EVERY_MS);
-    bool blocked = db->waiting_for_reset && db->commits == db->complete_commits;
-    if (blocked || (db->new_pages < db->checkpoint_pages && !db->soon))
-      pthread_cond_timedwait(&db->checkpoint_cond, &db->checkpoint_mu, &ts);
+        CLOCK_REALTIME, c->writer_held && !c->gate_closed ? HELD_RETRY_MS : CHECKPOINT_EVERY_MS);
+    bool blocked = c->waiting_for_reset && c->commits == c->complete_commits;
+    if (blocked || (c->new_pages < c->checkpoint_pages && !c->soon))
+      pthread_cond_timedwait(&c->checkpoint_cond, &c->checkpoint_mu, &ts);
     /* Asked by the idle mover: also again after a checkpoint that readers
      * kept from copying everything (never after a whole one: see above). */
-    bool soon = db->soon && !db->waiting_for_reset;
-    db->soon = false;
-    if (db->checkpoint_stop)
+    bool soon = c->soon && !c->waiting_for_reset;
+    c->soon = false;
+    if (c->checkpoint_stop)
       break;
-    if (wal_over(db) || wal_no_room(db, db->held_room)) {
-      restart_wal(db);
-      db->checkpoints++;
+    if (wal_over(c) || wal_no_room(c, c->held_room)) {
+      restart_wal(c);
+      c->checkpoints++;
       continue;
     }
-    if (db->new_pages == 0 && !soon)
+    if (c->new_pages == 0 && !soon)
       continue; /* idle: nothing appended since the last checkpoint */
-    if (db->waiting_for_reset && db->commits == db->complete_commits)
+    if (c->waiting_for_reset && c->commits == c->complete_commits)
       continue; /* no commit since the WAL was copied whole: see above */
     int log = 0;
-    bool whole = checkpoint_once(db, &log);
-    db->checkpoints++;
+    bool whole = checkpoint_once(c, &log);
+    c->checkpoints++;
     /* Commits appended pages after the snapshot it copied: catch up (see
      * struct ana_local_db). */
-    if (whole && db->wal_pages > log)
-      catch_up(db, log);
+    if (whole && c->wal_pages > log)
+      catch_up(c, log);
   }
-  pthread_mutex_unlock(&db->checkpoint_mu);
+  pthread_mutex_unlock(&c->checkpoint_mu);
   return NULL;
+}
+
+/* Attaches the journal file to conn as `journal` (its tables are then
+ * found by their bare names too, after main's). */
+static int attach_journal(struct ana_local_db *db, sqlite3 *conn, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(conn, "ATTACH DATABASE ? AS journal", -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, db->journal_path, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "DATA_DIR: cannot attach %s: %s", db->journal_path,
+                  sqlite3_errmsg(conn));
+    return ANA_ERR_IO;
+  }
+  int persist_wal = 1;
+  sqlite3_file_control(conn, "journal", SQLITE_FCNTL_PERSIST_WAL, &persist_wal);
+  sqlite3_exec(conn, "PRAGMA journal.synchronous=FULL", NULL, NULL, NULL);
+  return 0;
+}
+
+static void ck_init(struct ana_local_db *db, struct wal_ckpt *c, const char *path) {
+  c->db = db;
+  c->path = path;
+  pthread_mutex_init(&c->checkpoint_mu, NULL);
+  pthread_cond_init(&c->checkpoint_cond, NULL);
+  pthread_cond_init(&c->gate_cond, NULL);
+  c->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
+  c->limit_pages = limit_pages(DEFAULT_CHECKPOINT_PAGES);
+}
+
+static int ck_start(struct wal_ckpt *c, struct ana_error *err) {
+  if (open_connection(c->path, SQLITE_OPEN_READWRITE, &c->checkpointer, err) < 0)
+    return ANA_ERR_IO;
+  sqlite3_busy_handler(c->checkpointer, checkpointer_busy, c);
+  set_journal_limit(c->checkpointer, c->checkpoint_pages);
+  if (pthread_create(&c->checkpoint_thread, NULL, checkpoint_loop, c) != 0) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the checkpoint thread");
+    return ANA_ERR_INTERNAL;
+  }
+  c->checkpoint_started = true;
+  return 0;
+}
+
+static void ck_stop(struct wal_ckpt *c) {
+  if (!c->checkpoint_started)
+    return;
+  pthread_mutex_lock(&c->checkpoint_mu);
+  c->checkpoint_stop = true;
+  pthread_cond_signal(&c->checkpoint_cond);
+  pthread_cond_broadcast(&c->gate_cond);
+  pthread_mutex_unlock(&c->checkpoint_mu);
+  pthread_join(c->checkpoint_thread, NULL);
+}
+
+static void ck_free(struct wal_ckpt *c) {
+  if (c->checkpointer)
+    set_journal_limit(c->checkpointer, -1);
+  sqlite3_close(c->checkpointer);
+  if (!c->db)
+    return; /* never initialised */
+  pthread_mutex_destroy(&c->checkpoint_mu);
+  pthread_cond_destroy(&c->checkpoint_cond);
+  pthread_cond_destroy(&c->gate_cond);
+}
+
+static char *data_file(const char *data_dir, const char *name, struct ana_error *err) {
+  size_t n = strlen(data_dir) + strlen(name) + 2;
+  char *path = ana_malloc(n);
+  if (!path)
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  else
+    snprintf(path, n, "%s/%s", data_dir, name);
+  return path;
 }
 
 struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err) {
@@ -989,46 +1209,44 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
   }
   pthread_mutex_init(&db->mu, NULL);
   pthread_cond_init(&db->reader_free, NULL);
-  pthread_mutex_init(&db->checkpoint_mu, NULL);
-  pthread_cond_init(&db->checkpoint_cond, NULL);
-  pthread_cond_init(&db->gate_cond, NULL);
-  db->checkpoint_pages = DEFAULT_CHECKPOINT_PAGES;
-  db->limit_pages = limit_pages(DEFAULT_CHECKPOINT_PAGES);
-  size_t n = strlen(data_dir) + sizeof "/analytics.db";
-  db->path = ana_malloc(n);
-  if (!db->path) {
-    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (!(db->path = data_file(data_dir, "analytics.db", err)) ||
+      !(db->journal_path = ana_local_db_journal_path(db->path))) {
+    if (db->path)
+      ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  snprintf(db->path, n, "%s/analytics.db", data_dir);
+  ck_init(db, &db->ck[CK_STORE], db->path);
+  ck_init(db, &db->ck[CK_JOURNAL], db->journal_path);
   if (!(db->codec = ana_event_codec_new()) || !(db->dedupe = ana_dedupe_pending_new())) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
+  /* The journal first: created here (WAL, incremental auto_vacuum) before
+   * analytics.db's writer attaches it. */
+  if (open_connection(db->journal_path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &db->journal,
+                      err) < 0)
+    goto fail;
+  sqlite3_busy_handler(db->journal, writer_busy, NULL);
   if (open_connection(db->path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &db->writer, err) < 0)
     goto fail;
   sqlite3_busy_handler(db->writer, writer_busy, NULL);
-  if (migrate(db->writer, err) < 0)
+  if (attach_journal(db, db->writer, err) < 0 || migrate(db->writer, err) < 0)
     goto fail;
   for (int i = 0; i < READERS; i++)
-    if (open_connection(db->path, SQLITE_OPEN_READONLY, &db->readers[i], err) < 0)
+    if (open_connection(db->path, SQLITE_OPEN_READONLY, &db->readers[i], err) < 0 ||
+        attach_journal(db, db->readers[i], err) < 0)
       goto fail;
-  if (open_connection(db->path, SQLITE_OPEN_READWRITE, &db->checkpointer, err) < 0)
+  /* The hook replaces SQLite's automatic checkpoint on the writers. */
+  sqlite3_wal_hook(db->writer, on_wal_commit, &db->ck[CK_STORE]);
+  sqlite3_wal_hook(db->journal, on_wal_commit, &db->ck[CK_JOURNAL]);
+  set_journal_limit(db->writer, DEFAULT_CHECKPOINT_PAGES);
+  set_journal_limit(db->journal, DEFAULT_CHECKPOINT_PAGES);
+  if (ck_start(&db->ck[CK_STORE], err) < 0 || ck_start(&db->ck[CK_JOURNAL], err) < 0)
     goto fail;
-  sqlite3_busy_handler(db->checkpointer, checkpointer_busy, db);
-  /* The hook replaces SQLite's automatic checkpoint on the writer. */
-  sqlite3_wal_hook(db->writer, on_wal_commit, db);
-  set_journal_limit(db->writer, db->checkpoint_pages);
-  set_journal_limit(db->checkpointer, db->checkpoint_pages);
-  if (pthread_create(&db->checkpoint_thread, NULL, checkpoint_loop, db) != 0) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "cannot start the checkpoint thread");
-    goto fail;
-  }
-  db->checkpoint_started = true;
   if (!(db->staging = ana_staging_open(db, err)))
     goto fail;
   struct ana_dedupe_runs *runs =
-      ana_dedupe_runs_open(db, db->writer, (size_t)ANA_DEDUPE_DEFAULT_FILTER_MB << 20, err);
+      ana_dedupe_runs_open(db, db->journal, (size_t)ANA_DEDUPE_DEFAULT_FILTER_MB << 20, err);
   if (!runs)
     goto fail;
   ana_dedupe_pending_set_runs(db->dedupe, runs);
@@ -1037,6 +1255,18 @@ struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *e
 fail:
   ana_local_db_close(db);
   return NULL;
+}
+
+char *ana_local_db_journal_path(const char *db_path) {
+  size_t n = strlen(db_path);
+  const char *suffix = ".db";
+  size_t keep = n >= 3 && strcmp(db_path + n - 3, suffix) == 0 ? n - 3 : n;
+  char *path = ana_malloc(keep + sizeof "-journal.db");
+  if (path) {
+    memcpy(path, db_path, keep);
+    memcpy(path + keep, "-journal.db", sizeof "-journal.db");
+  }
+  return path;
 }
 
 /* A fresh WAL file grows with every commit until the first checkpoint lets
@@ -1048,20 +1278,21 @@ fail:
  * rest of the file then holds only frames of a past generation, which
  * recovery ignores. The other threads are stopped by now, so no checkpoint
  * runs beside this (see the WAL-reset note above). Best effort: on failure
- * the next start replays the WAL, as after a crash. */
+ * the next start replays the WAL, as after a crash. For w's main database
+ * (each file with its own writer). */
 static void leave_wal_for_next_start(sqlite3 *w) {
   int log = 0, copied = 0;
-  if (sqlite3_wal_checkpoint_v2(w, NULL, SQLITE_CHECKPOINT_RESTART, &log, &copied) != SQLITE_OK ||
+  if (sqlite3_wal_checkpoint_v2(w, "main", SQLITE_CHECKPOINT_RESTART, &log, &copied) != SQLITE_OK ||
       log != copied)
     return;
   sqlite3_stmt *st = NULL;
   int version = 0;
-  if (sqlite3_prepare_v2(w, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+  if (sqlite3_prepare_v2(w, "PRAGMA main.user_version", -1, &st, NULL) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
     version = sqlite3_column_int(st, 0);
   sqlite3_finalize(st);
   char sql[48];
-  snprintf(sql, sizeof sql, "PRAGMA user_version = %d", version);
+  snprintf(sql, sizeof sql, "PRAGMA main.user_version = %d", version);
   if (sqlite3_exec(w, sql, NULL, NULL, NULL) != SQLITE_OK)
     ANA_DEBUG("store", "could not start the WAL over at close: %s", sqlite3_errmsg(w));
 }
@@ -1077,29 +1308,27 @@ void ana_local_db_close(struct ana_local_db *db) {
   }
   ana_staging_close(db->staging); /* staged rows stay: the next open moves them */
   db->staging = NULL;
-  if (db->checkpoint_started) {
-    pthread_mutex_lock(&db->checkpoint_mu);
-    db->checkpoint_stop = true;
-    pthread_cond_signal(&db->checkpoint_cond);
-    pthread_cond_broadcast(&db->gate_cond);
-    pthread_mutex_unlock(&db->checkpoint_mu);
-    pthread_join(db->checkpoint_thread, NULL);
-  }
+  bool opened = db->ck[CK_STORE].checkpoint_started && db->ck[CK_JOURNAL].checkpoint_started;
+  ck_stop(&db->ck[CK_STORE]);
+  ck_stop(&db->ck[CK_JOURNAL]);
   if (db->writer)
     sqlite3_wal_hook(db->writer, NULL, NULL);
-  if (db->checkpoint_started) /* opened in full: a failed open writes nothing */
+  if (db->journal)
+    sqlite3_wal_hook(db->journal, NULL, NULL);
+  if (opened) { /* opened in full: a failed open writes nothing */
     leave_wal_for_next_start(db->writer);
+    leave_wal_for_next_start(db->journal);
+  }
   /* With a size limit, the last connection to close would cut the WAL it
    * keeps to nothing (SQLite does so for a persistent WAL). */
   if (db->writer)
     set_journal_limit(db->writer, -1);
-  if (db->checkpointer)
-    set_journal_limit(db->checkpointer, -1);
+  if (db->journal)
+    set_journal_limit(db->journal, -1);
   ana_sql_kept_finalize(db->writer_statements, WRITER_STATEMENTS);
-  sqlite3_close(db->checkpointer);
-  pthread_mutex_destroy(&db->checkpoint_mu);
-  pthread_cond_destroy(&db->checkpoint_cond);
-  pthread_cond_destroy(&db->gate_cond);
+  ana_sql_kept_finalize(db->store_statements, WRITER_STATEMENTS);
+  ck_free(&db->ck[CK_STORE]);
+  ck_free(&db->ck[CK_JOURNAL]);
   for (int i = 0; i < READERS; i++) {
     for (int k = 0; k < READER_STATEMENTS; k++) {
       sqlite3_finalize(db->reader_statements[i][k].stmt);
@@ -1108,11 +1337,13 @@ void ana_local_db_close(struct ana_local_db *db) {
     sqlite3_close(db->readers[i]);
   }
   sqlite3_close(db->writer);
+  sqlite3_close(db->journal);
   pthread_mutex_destroy(&db->mu);
   pthread_cond_destroy(&db->reader_free);
   ana_event_codec_free(db->codec);
   ana_dedupe_pending_free(db->dedupe);
   ana_free(db->path);
+  ana_free(db->journal_path);
   ana_free(db);
 }
 
@@ -1129,31 +1360,45 @@ struct ana_staging *ana_local_db_staging(struct ana_local_db *db) {
 }
 
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
-  pthread_mutex_lock(&db->checkpoint_mu);
-  db->checkpoint_pages = pages > 0 ? pages : 1;
-  db->limit_pages = limit_pages(db->checkpoint_pages);
-  set_journal_limit(db->writer, db->checkpoint_pages);
-  set_journal_limit(db->checkpointer, db->checkpoint_pages);
-  pthread_cond_broadcast(&db->gate_cond);
-  pthread_mutex_unlock(&db->checkpoint_mu);
+  for (int f = 0; f < 2; f++) {
+    struct wal_ckpt *c = &db->ck[f];
+    pthread_mutex_lock(&c->checkpoint_mu);
+    c->checkpoint_pages = pages > 0 ? pages : 1;
+    c->limit_pages = limit_pages(c->checkpoint_pages);
+    set_journal_limit(f == CK_STORE ? db->writer : db->journal, c->checkpoint_pages);
+    set_journal_limit(c->checkpointer, c->checkpoint_pages);
+    pthread_cond_broadcast(&c->gate_cond);
+    pthread_mutex_unlock(&c->checkpoint_mu);
+  }
 }
 
 const char *ana_local_db_path(const struct ana_local_db *db) {
   return db->path;
 }
 
+const char *ana_local_db_journal_file(const struct ana_local_db *db) {
+  return db->journal_path;
+}
+
 int ana_local_db_schema_version(struct ana_local_db *db) {
   return schema_version(db->writer);
 }
 
-sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
+static sqlite3_stmt *kept(struct ana_sql_kept *k, sqlite3 *conn, const char *sql) {
   struct ana_error err;
   ana_error_clear(&err);
-  sqlite3_stmt *st = ana_sql_kept(db->writer_statements, WRITER_STATEMENTS, db->writer, sql,
-                                  "writer statement", &err);
+  sqlite3_stmt *st = ana_sql_kept(k, WRITER_STATEMENTS, conn, sql, "writer statement", &err);
   if (!st && err.code == ANA_STATUS_INTERNAL)
     ANA_ERROR("store", "%s; raise WRITER_STATEMENTS", err.message);
   return st;
+}
+
+sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql) {
+  return kept(db->writer_statements, db->journal, sql);
+}
+
+sqlite3_stmt *ana_local_db_store_statement(struct ana_local_db *db, const char *sql) {
+  return kept(db->store_statements, db->writer, sql);
 }
 
 /* Runs one of the transaction statements, kept prepared. */
@@ -1172,53 +1417,65 @@ static const char sql_rollback[] = "ROLLBACK";
 
 /* The event writer's transactions are visible to the checkpoint thread,
  * which holds new ones back during a catch-up (see struct ana_local_db). */
-static void writer_txn_started(struct ana_local_db *db, int room) {
-  pthread_mutex_lock(&db->checkpoint_mu);
-  if ((wal_over(db) || wal_no_room(db, room)) && !db->checkpoint_stop)
-    db->writer_waits++;
-  while ((db->gate_closed || wal_over(db) || wal_no_room(db, room)) && !db->checkpoint_stop) {
+static void writer_txn_started(struct wal_ckpt *c, int room) {
+  pthread_mutex_lock(&c->checkpoint_mu);
+  if ((wal_over(c) || wal_no_room(c, room)) && !c->checkpoint_stop)
+    c->writer_waits++;
+  while ((c->gate_closed || wal_over(c) || wal_no_room(c, room)) && !c->checkpoint_stop) {
     if (room > 0)
-      db->held_room = room;
-    if (!db->writer_held) {
-      db->writer_held = true;
-      pthread_cond_signal(&db->checkpoint_cond);
+      c->held_room = room;
+    if (!c->writer_held) {
+      c->writer_held = true;
+      pthread_cond_signal(&c->checkpoint_cond);
     }
-    pthread_cond_wait(&db->gate_cond, &db->checkpoint_mu);
+    pthread_cond_wait(&c->gate_cond, &c->checkpoint_mu);
   }
   if (room > 0)
-    db->held_room = 0;
-  db->writer_held = false;
-  db->writer_in_txn++;
-  pthread_mutex_unlock(&db->checkpoint_mu);
+    c->held_room = 0;
+  c->writer_held = false;
+  c->writer_in_txn++;
+  pthread_mutex_unlock(&c->checkpoint_mu);
 }
 
-static void writer_txn_ended(struct ana_local_db *db) {
-  pthread_mutex_lock(&db->checkpoint_mu);
-  db->writer_in_txn--;
-  pthread_cond_broadcast(&db->gate_cond);
-  pthread_mutex_unlock(&db->checkpoint_mu);
+static void writer_txn_ended(struct wal_ckpt *c) {
+  pthread_mutex_lock(&c->checkpoint_mu);
+  c->writer_in_txn--;
+  pthread_cond_broadcast(&c->gate_cond);
+  pthread_mutex_unlock(&c->checkpoint_mu);
 }
 
 void ana_local_db_gate_enter(struct ana_local_db *db, int pages) {
-  writer_txn_started(db, pages);
-}
-
-void ana_local_db_checkpoint_soon(struct ana_local_db *db) {
-  pthread_mutex_lock(&db->checkpoint_mu);
-  db->soon = true;
-  pthread_cond_signal(&db->checkpoint_cond);
-  pthread_mutex_unlock(&db->checkpoint_mu);
-}
-
-int ana_local_db_move_room(struct ana_local_db *db) {
-  pthread_mutex_lock(&db->checkpoint_mu);
-  int room = db->checkpoint_pages / 2;
-  pthread_mutex_unlock(&db->checkpoint_mu);
-  return room > 0 ? room : 1;
+  writer_txn_started(&db->ck[CK_STORE], pages);
 }
 
 void ana_local_db_gate_leave(struct ana_local_db *db) {
-  writer_txn_ended(db);
+  writer_txn_ended(&db->ck[CK_STORE]);
+}
+
+void ana_local_db_journal_gate_enter(struct ana_local_db *db, int pages) {
+  writer_txn_started(&db->ck[CK_JOURNAL], pages);
+}
+
+void ana_local_db_journal_gate_leave(struct ana_local_db *db) {
+  writer_txn_ended(&db->ck[CK_JOURNAL]);
+}
+
+void ana_local_db_checkpoint_soon(struct ana_local_db *db) {
+  for (int f = 0; f < 2; f++) {
+    struct wal_ckpt *c = &db->ck[f];
+    pthread_mutex_lock(&c->checkpoint_mu);
+    c->soon = true;
+    pthread_cond_signal(&c->checkpoint_cond);
+    pthread_mutex_unlock(&c->checkpoint_mu);
+  }
+}
+
+int ana_local_db_move_room(struct ana_local_db *db) {
+  struct wal_ckpt *c = &db->ck[CK_STORE];
+  pthread_mutex_lock(&c->checkpoint_mu);
+  int room = c->checkpoint_pages / 2;
+  pthread_mutex_unlock(&c->checkpoint_mu);
+  return room > 0 ? room : 1;
 }
 
 int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
@@ -1229,12 +1486,12 @@ int ana_local_db_begin(struct ana_local_db *db, struct ana_error *err) {
                   (long long)(atomic_load(&db->min_free_bytes) >> 20));
     return ANA_ERR_IO;
   }
-  writer_txn_started(db, 0);
+  writer_txn_started(&db->ck[CK_JOURNAL], 0);
   ana_dedupe_pending_discard(db->dedupe);
   ana_staging_discard(db->staging);
   if (run_writer(db, sql_begin) != SQLITE_OK) {
-    writer_txn_ended(db);
-    return sql_error(db->writer, "cannot begin a transaction", err);
+    writer_txn_ended(&db->ck[CK_JOURNAL]);
+    return sql_error(db->journal, "cannot begin a transaction", err);
   }
   return 0;
 }
@@ -1247,13 +1504,13 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
     return ANA_ERR_IO;
   }
   if (run_writer(db, sql_commit) != SQLITE_OK) {
-    int code = sqlite3_extended_errcode(db->writer);
-    sql_error(db->writer, "cannot commit", err);
+    int code = sqlite3_extended_errcode(db->journal);
+    sql_error(db->journal, "cannot commit", err);
     /* A failed COMMIT may leave the transaction open; end it so the next
      * one starts clean. Nothing of it was acknowledged. */
-    if (!sqlite3_get_autocommit(db->writer))
+    if (!sqlite3_get_autocommit(db->journal))
       run_writer(db, sql_rollback);
-    writer_txn_ended(db);
+    writer_txn_ended(&db->ck[CK_JOURNAL]);
     atomic_store(&db->degraded_at_ms, ana_clock_mono_ms());
     atomic_store(&db->degraded, true);
     if ((code & 0xff) == SQLITE_FULL)
@@ -1261,7 +1518,7 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
                     "event store: the disk is full; nothing of this request was stored");
     return ANA_ERR_IO;
   }
-  writer_txn_ended(db);
+  writer_txn_ended(&db->ck[CK_JOURNAL]);
   ana_dedupe_pending_committed(db->dedupe);
   ana_staging_committed(db->staging);
   atomic_store(&db->degraded, false);
@@ -1271,25 +1528,81 @@ int ana_local_db_commit(struct ana_local_db *db, struct ana_error *err) {
 void ana_local_db_rollback(struct ana_local_db *db) {
   ana_dedupe_pending_discard(db->dedupe);
   ana_staging_discard(db->staging);
-  if (!sqlite3_get_autocommit(db->writer))
+  if (!sqlite3_get_autocommit(db->journal))
     run_writer(db, sql_rollback);
-  writer_txn_ended(db);
+  writer_txn_ended(&db->ck[CK_JOURNAL]);
+}
+
+int ana_local_db_store_begin(struct ana_local_db *db, struct ana_error *err) {
+  writer_txn_started(&db->ck[CK_STORE], 0);
+  /* Deferred, then a write to main first: BEGIN IMMEDIATE would take the
+   * attached journal's write lock too. */
+  if (sqlite3_exec(db->writer, "BEGIN; UPDATE main.events_moved SET upto = upto WHERE id = 1", NULL,
+                   NULL, NULL) != SQLITE_OK) {
+    int rc = sql_error(db->writer, "cannot begin a transaction", err);
+    if (!sqlite3_get_autocommit(db->writer))
+      sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+    writer_txn_ended(&db->ck[CK_STORE]);
+    return rc;
+  }
+  return 0;
+}
+
+int ana_local_db_store_commit(struct ana_local_db *db, struct ana_error *err) {
+  int rc = 0;
+  if (sqlite3_exec(db->writer, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = sql_error(db->writer, "cannot commit", err);
+    if (!sqlite3_get_autocommit(db->writer))
+      sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+  }
+  writer_txn_ended(&db->ck[CK_STORE]);
+  return rc;
+}
+
+void ana_local_db_store_rollback(struct ana_local_db *db) {
+  if (!sqlite3_get_autocommit(db->writer))
+    sqlite3_exec(db->writer, "ROLLBACK", NULL, NULL, NULL);
+  writer_txn_ended(&db->ck[CK_STORE]);
 }
 
 sqlite3 *ana_local_db_writer(struct ana_local_db *db) {
   return db->writer;
 }
 
-sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
+sqlite3 *ana_local_db_journal(struct ana_local_db *db) {
+  return db->journal;
+}
+
+static sqlite3 *connect_to(struct ana_local_db *db, int f, struct ana_error *err) {
   sqlite3 *conn = NULL;
-  if (open_connection(db->path, SQLITE_OPEN_READWRITE, &conn, err) < 0)
+  if (open_connection(db->ck[f].path, SQLITE_OPEN_READWRITE, &conn, err) < 0)
     return NULL;
-  /* Only the checkpoint thread checkpoints; commits here count for it. */
-  sqlite3_wal_hook(conn, on_wal_commit, db);
-  pthread_mutex_lock(&db->checkpoint_mu);
-  set_journal_limit(conn, db->checkpoint_pages);
-  pthread_mutex_unlock(&db->checkpoint_mu);
+  /* Only the checkpoint threads checkpoint; commits here count for them. */
+  sqlite3_wal_hook(conn, on_wal_commit, &db->ck[f]);
+  pthread_mutex_lock(&db->ck[f].checkpoint_mu);
+  set_journal_limit(conn, db->ck[f].checkpoint_pages);
+  pthread_mutex_unlock(&db->ck[f].checkpoint_mu);
   return conn;
+}
+
+sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err) {
+  return connect_to(db, CK_STORE, err);
+}
+
+sqlite3 *ana_local_db_connect_journal(struct ana_local_db *db, struct ana_error *err) {
+  return connect_to(db, CK_JOURNAL, err);
+}
+
+int ana_local_read_begin(sqlite3 *r, struct ana_error *err) {
+  /* The journal's snapshot first: see ana_local_db.h. */
+  if (sqlite3_exec(r, "BEGIN; SELECT 1 FROM journal.events_staged LIMIT 1", NULL, NULL, NULL) !=
+      SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: cannot read: %s", sqlite3_errmsg(r));
+    if (!sqlite3_get_autocommit(r))
+      sqlite3_exec(r, "ROLLBACK", NULL, NULL, NULL);
+    return ANA_ERR_IO;
+  }
+  return 0;
 }
 
 sqlite3 *ana_local_db_acquire_reader(struct ana_local_db *db) {
@@ -1410,28 +1723,36 @@ bool ana_local_db_check_space(struct ana_local_db *db) {
   return !low;
 }
 
-int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err) {
-  char sql[64];
-  snprintf(sql, sizeof sql, "PRAGMA incremental_vacuum(%d)", max_pages > 0 ? max_pages : 1);
+/* incremental_vacuum of conn's main database in a transaction of its own,
+ * through the gate of its WAL; adds the pages given back to *freed. */
+static int reclaim_file(struct ana_local_db *db, int f, sqlite3 *conn, int max_pages, int *freed,
+                        struct ana_error *err) {
+  char sql[80];
+  snprintf(sql, sizeof sql, "BEGIN; PRAGMA main.incremental_vacuum(%d); COMMIT",
+           max_pages > 0 ? max_pages : 1);
   int before = 0, after = 0;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(db->writer, "PRAGMA page_count", -1, &st, NULL) == SQLITE_OK &&
+  if (sqlite3_prepare_v2(conn, "PRAGMA main.page_count", -1, &st, NULL) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
     before = sqlite3_column_int(st, 0);
   sqlite3_reset(st);
-  if (ana_local_db_begin(db, err) < 0)
-    goto fail;
-  if (exec(db->writer, sql, err) < 0) {
-    ana_local_db_rollback(db);
-    goto fail;
-  }
-  if (ana_local_db_commit(db, err) < 0)
-    goto fail;
-  if (st && sqlite3_step(st) == SQLITE_ROW)
+  writer_txn_started(&db->ck[f], 0);
+  int rc = exec(conn, sql, err);
+  if (rc < 0 && !sqlite3_get_autocommit(conn))
+    sqlite3_exec(conn, "ROLLBACK", NULL, NULL, NULL);
+  writer_txn_ended(&db->ck[f]);
+  if (rc == 0 && st && sqlite3_step(st) == SQLITE_ROW)
     after = sqlite3_column_int(st, 0);
   sqlite3_finalize(st);
-  return before > after ? before - after : 0;
-fail:
-  sqlite3_finalize(st);
-  return ANA_ERR_IO;
+  if (rc == 0 && before > after)
+    *freed += before - after;
+  return rc;
+}
+
+int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err) {
+  int freed = 0;
+  if (reclaim_file(db, CK_STORE, db->writer, max_pages, &freed, err) < 0 ||
+      reclaim_file(db, CK_JOURNAL, db->journal, max_pages, &freed, err) < 0)
+    return ANA_ERR_IO;
+  return freed;
 }

@@ -183,16 +183,22 @@ void ana_staging_discard(struct ana_staging *s);
 struct ana_staging *ana_local_db_staging(struct ana_local_db *db);
 /* Calls fn with each staged event with after_seq < seq <= upto_seq (of
  * account_id only, unless NULL), in sequence order, at most max, reading on
- * r: inside the caller's read transaction, which read the events table too
- * (a staged event is in exactly one of them in any snapshot). fn's non-zero
- * result stops and is returned; else how many, or a negative error. */
+ * r (a reader: analytics.db, the journal attached): inside the caller's read
+ * transaction (ana_local_read_begin), which read the events table too; the
+ * staged events at or below the mover's watermark in that snapshot are in
+ * the events table, and skipped. fn's non-zero result stops and is
+ * returned; else how many, or a negative error. */
 typedef int (*ana_staged_fn)(void *ctx, const struct ana_event_record *ev, struct ana_error *err);
 int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, const char *account_id,
                           int max, ana_staged_fn fn, void *ctx, struct ana_error *err);
-/* A writer other than the committer's (the mover) passes the same gate as
- * its transactions (the WAL's bound, the checkpoint's catch-up), pages: the
- * most its transaction writes. */
+/* A writer other than the committer's passes the same gate as its
+ * transactions (the WAL's bound, the checkpoint's catch-up), pages: the
+ * most its transaction writes; each file has its own: analytics.db's (the
+ * mover's moves) and the journal's (ana_local_db_journal_gate_*: the
+ * deduplication merges, the mover's deletes of staged rows). */
 void ana_local_db_gate_enter(struct ana_local_db *db, int pages);
+void ana_local_db_journal_gate_enter(struct ana_local_db *db, int pages);
+void ana_local_db_journal_gate_leave(struct ana_local_db *db);
 /* The WAL pages a move may write (half of WAL_CHECKPOINT_MB's): the mover
  * passes the gate only while the WAL has room for them within its bound
  * (the checkpoint thread starts the WAL over when it has not), and takes at
@@ -260,21 +266,46 @@ int ana_dedupe_register(sqlite3 *conn);
 int ana_local_db_migration_containing(const char *text);
 int ana_local_db_migrate_upto(sqlite3 *conn, int version, struct ana_error *err);
 
-/* A new read-write connection with the same settings, for a role that
- * writes on its own (the catalog, rollups); it never checkpoints (the local
- * database's checkpoint thread does, for every connection). Close it with
- * sqlite3_close before the local database. */
+/* A new read-write connection to analytics.db with the same settings, for
+ * a role that writes on its own (the catalog, rollups, the mover); it never
+ * checkpoints (the local database's checkpoint threads do, for every
+ * connection). ana_local_db_connect_journal: the same to the journal (the
+ * deduplication merges, the mover's deletes of staged rows), its main
+ * database, nothing attached. Close it with sqlite3_close before the local
+ * database. */
 sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err);
+sqlite3 *ana_local_db_connect_journal(struct ana_local_db *db, struct ana_error *err);
 
-/* The writer connection (for the committer's stages). */
+/* analytics.db's writer connection, with the journal attached as
+ * `journal` (its tables are found by their bare names too): migrations,
+ * retention (ana_local_db_store_begin), tests. Its BEGIN IMMEDIATE takes
+ * both files' write locks: not for the acknowledged commit. */
 sqlite3 *ana_local_db_writer(struct ana_local_db *db);
+/* The acknowledged commit's connection (ana_local_db_begin): the journal as
+ * its main database, nothing attached. */
+sqlite3 *ana_local_db_journal(struct ana_local_db *db);
 
-/* A statement on the writer connection, prepared on first use and kept
- * until close, found by the address of sql (a string with static storage:
- * the same text at two addresses is two entries). Reset, bindings cleared.
- * For statements run inside every commit; only on the committer's thread.
- * NULL when it cannot be prepared (sqlite3_errmsg of the writer says why). */
+/* A statement on the commit's connection (ana_local_db_journal), prepared
+ * on first use and kept until close, found by the address of sql (a string
+ * with static storage: the same text at two addresses is two entries).
+ * Reset, bindings cleared. For statements run inside every commit; only on
+ * the committer's thread. NULL when it cannot be prepared (sqlite3_errmsg
+ * of the connection says why). ana_local_db_store_statement: the same on
+ * analytics.db's writer (the accounts' numbers), run outside its
+ * transactions (each its own). */
 sqlite3_stmt *ana_local_db_writer_statement(struct ana_local_db *db, const char *sql);
+sqlite3_stmt *ana_local_db_store_statement(struct ana_local_db *db, const char *sql);
+
+/* Begins a read transaction on a pooled reader that reads the staged events
+ * (ana_local_staged_each) beside the events table: the journal's snapshot
+ * is taken first, then analytics.db's when the events are read. The two
+ * files' snapshots are not one: the mover commits a move (and its
+ * watermark, events_moved) in analytics.db, then deletes the staged rows in
+ * the journal. Read in this order, a staged row missing from the journal's
+ * snapshot was moved before it, so its event is in analytics.db's later
+ * one; a staged row present in both is skipped by its seq (at or below the
+ * watermark read in analytics.db's snapshot). End it with COMMIT. */
+int ana_local_read_begin(sqlite3 *r, struct ana_error *err);
 
 /* A pooled reader (for searches; return it with
  * ana_local_db_release_reader). Blocks while all readers are busy. */

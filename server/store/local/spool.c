@@ -382,11 +382,8 @@ static int spool_each(struct ana_local_db *db, uint64_t after_seq, int max, ana_
   struct names_of names = {.r = r};
   int n = 0, rc = 0;
   uint64_t last = after_seq;
-  if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "spool: %s", sqlite3_errmsg(r));
-    rc = ANA_ERR_IO;
+  if ((rc = ana_local_read_begin(r, err)) < 0)
     goto out;
-  }
   if (sqlite3_prepare_v2(r, text ? SPOOL_SELECT("ana_event_text(body)") : SPOOL_SELECT("''"), -1,
                          &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "spool: %s", sqlite3_errmsg(r));

@@ -1,10 +1,16 @@
 /* Staging: a commit writes its events as ONE row of events_staged (the
- * batch encoded and zstd-compressed together, in commit order), so that the
- * acknowledgement inserts nothing into the events table's day layout; the
- * mover (a thread of its own, on a connection of its own) moves the staged
- * rows into events in short transactions, each batch sorted by the table's
- * key, and deletes them in the same transaction. Readers of the events table
- * first wait until every event committed before they began was moved
+ * batch encoded and zstd-compressed together, in commit order), in the
+ * journal file (ana_local_db.h), so that the acknowledgement inserts nothing
+ * into the events table's day layout and takes no lock of analytics.db; the
+ * mover (a thread of its own, on connections of its own) moves the staged
+ * rows into events (analytics.db) in short transactions, each batch sorted
+ * by the table's key, and records in the same transaction how far it moved
+ * (events_moved, its watermark); then it deletes the moved rows from the
+ * journal in a transaction of the journal's. The two files do not commit
+ * together: a staged row at or below the watermark is moved already (a
+ * crash between the two commits leaves it), and the mover and the readers
+ * skip it; the next start deletes it. Readers of the events table first
+ * wait until every event committed before they began was moved
  * (ana_local_staging_wait). */
 #include "byte_codec.h"
 #include "local_db_sql.h"
@@ -80,7 +86,8 @@ struct ana_staging {
   bool hold, stop, started, metrics_registered;
   int idle_hints; /* checkpoints still to ask for, idle after moves */
   pthread_t thread;
-  sqlite3 *conn; /* the mover's */
+  sqlite3 *conn;  /* the mover's, to analytics.db */
+  sqlite3 *jconn; /* the mover's, to the journal (reads and deletes staged rows) */
   struct ana_spool_statements insert;
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
@@ -195,7 +202,7 @@ static bool decode(const uint8_t *raw, size_t n, size_t count, struct staged_eve
 int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
                            struct ana_error *err) {
   struct ana_staging *s = ana_local_db_staging(db);
-  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3 *w = ana_local_db_journal(db);
   if (s->next_seq == 0) {
     sqlite3_stmt *get = ana_local_db_writer_statement(db, sql_last_seq);
     if (!get || sqlite3_step(get) != SQLITE_ROW) {
@@ -235,7 +242,7 @@ int ana_staging_flush(struct ana_staging *s, struct ana_error *err) {
   if (s->n == 0)
     return 0;
   struct ana_local_db *db = s->db;
-  sqlite3 *w = ana_local_db_writer(db);
+  sqlite3 *w = ana_local_db_journal(db);
   size_t bound = ZSTD_compressBound(s->len);
   if (!ana_bytes_grow(&s->zbuf, &s->zcap, bound)) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -331,8 +338,21 @@ int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, con
   int n = 0, rc = 0, step = SQLITE_DONE;
   if (max <= 0 || upto_seq <= after_seq)
     return 0;
+  /* Moved already (in the events table of this snapshot): see
+   * ana_local_read_begin. */
+  if (sqlite3_prepare_v2(r, "SELECT upto FROM main.events_moved WHERE id = 1", -1, &st, NULL) !=
+      SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "staging: %s", sqlite3_errmsg(r));
+    return ANA_ERR_INTERNAL;
+  }
+  if (sqlite3_step(st) == SQLITE_ROW && (uint64_t)sqlite3_column_int64(st, 0) > after_seq)
+    after_seq = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  st = NULL;
+  if (upto_seq <= after_seq)
+    return 0;
   if (sqlite3_prepare_v2(r,
-                         "SELECT first_seq, n, raw_len, batch FROM events_staged"
+                         "SELECT first_seq, n, raw_len, batch FROM journal.events_staged"
                          " WHERE first_seq <= ?2 AND last_seq > ?1 ORDER BY first_seq",
                          -1, &st, NULL) != SQLITE_OK) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "staging: %s", sqlite3_errmsg(r));
@@ -475,9 +495,45 @@ static int mover_fail(struct ana_staging *s, const char *what, struct ana_error 
   return ANA_ERR_IO;
 }
 
+/* The watermark, in the move's transaction on analytics.db. */
+static int set_moved(struct ana_staging *s, uint64_t upto) {
+  sqlite3_stmt *st = NULL;
+  int rc =
+      sqlite3_prepare_v2(s->conn, "UPDATE events_moved SET upto = ? WHERE id = 1", -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)upto);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+  }
+  sqlite3_finalize(st);
+  return rc == SQLITE_OK ? 0 : ANA_ERR_IO;
+}
+
+/* After the move committed: its staged rows (and any left at or below the
+ * watermark) go from the journal, in a short transaction of the journal's
+ * (the commit's lock, taken briefly). Not synced: lost in a crash, they
+ * are skipped and deleted again. A failure leaves them to the next move. */
+static void delete_moved(struct ana_staging *s, uint64_t upto) {
+  sqlite3_stmt *st = NULL;
+  ana_local_db_journal_gate_enter(s->db, 0);
+  int rc =
+      sqlite3_prepare_v2(s->jconn, "DELETE FROM events_staged WHERE first_seq <= ?", -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)upto);
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+  }
+  sqlite3_finalize(st);
+  ana_local_db_journal_gate_leave(s->db);
+  if (rc != SQLITE_OK)
+    ANA_WARN("store",
+             "staging: cannot delete the moved events from the journal (%s); the next "
+             "move does",
+             sqlite3_errmsg(s->jconn));
+}
+
 /* One transaction: the oldest staged rows (up to MOVE_EVENTS events) into
- * events, sorted by key, and their deletion. Returns how many events were
- * moved (0: none staged), or a negative error. */
+ * events, sorted by key, and the watermark; then their deletion from the
+ * journal. Returns how many events were moved (0: none staged), or a
+ * negative error. */
 static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *err) {
   struct staged_row *rows = s->rows;
   size_t n_rows = 0, events = 0, raw_total = 0;
@@ -504,13 +560,19 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     ana_local_db_gate_leave(s->db);
     return rc;
   }
-  if (sqlite3_prepare_v2(s->conn,
+  /* From the journal (its own connection): the rows after the watermark
+   * (those at or below it are moved, their deletion lost in a crash). */
+  pthread_mutex_lock(&s->mu);
+  uint64_t moved = s->moved_upto;
+  pthread_mutex_unlock(&s->mu);
+  if (sqlite3_prepare_v2(s->jconn,
                          "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
-                         " ORDER BY first_seq LIMIT 512",
+                         " WHERE first_seq > ? ORDER BY first_seq LIMIT 512",
                          -1, &st, NULL) != SQLITE_OK) {
     rc = mover_fail(s, "cannot read the staged events", err);
     goto out;
   }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)moved);
   while (events < max_events && sqlite3_step(st) == SQLITE_ROW) {
     struct staged_row *r = &rows[n_rows];
     r->first = (uint64_t)sqlite3_column_int64(st, 0);
@@ -576,14 +638,8 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     rc = ANA_ERR_IO;
     goto out;
   }
-  if (sqlite3_prepare_v2(s->conn, "DELETE FROM events_staged WHERE first_seq <= ?", -1, &st,
-                         NULL) != SQLITE_OK) {
-    rc = mover_fail(s, "cannot delete the moved events", err);
-    goto out;
-  }
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)rows[n_rows - 1].first);
-  if (sqlite3_step(st) != SQLITE_DONE) {
-    rc = mover_fail(s, "cannot delete the moved events", err);
+  if (set_moved(s, rows[n_rows - 1].last) < 0) {
+    rc = mover_fail(s, "cannot record the moved events", err);
     goto out;
   }
   if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -591,6 +647,7 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     goto out;
   }
   *upto = rows[n_rows - 1].last;
+  delete_moved(s, *upto);
   rc = (int)events;
   pthread_mutex_lock(&s->follow_mu);
   if (s->follow)
@@ -714,19 +771,41 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
-  if (!(s->conn = ana_local_db_connect(db, err)))
+  if (!(s->conn = ana_local_db_connect(db, err)) ||
+      !(s->jconn = ana_local_db_connect_journal(db, err)))
     goto fail;
-  /* A move lost in a crash leaves its staged rows, moved again at the next
-   * start: its commit need not be synced (the next synced commit syncs the
-   * WAL frames before its own). */
+  /* A move lost in a crash leaves its staged rows after the watermark,
+   * moved again at the next start: its commit need not be synced (the next
+   * synced commit syncs the WAL frames before its own). Nor the deletes. */
   sqlite3_exec(s->conn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+  sqlite3_exec(s->jconn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(s->conn,
-                         "SELECT MIN(first_seq), MAX(last_seq), COALESCE(SUM(n), 0)"
-                         " FROM events_staged",
-                         -1, &st, NULL) != SQLITE_OK ||
+  /* The watermark: staged rows at or below it were moved before a crash
+   * that kept their deletion from the journal. */
+  if (sqlite3_prepare_v2(s->conn, "SELECT upto FROM events_moved WHERE id = 1", -1, &st, NULL) !=
+          SQLITE_OK ||
       sqlite3_step(st) != SQLITE_ROW) {
-    mover_fail(s, "cannot read the staged events", err);
+    mover_fail(s, "cannot read how far the staged events are moved", err);
+    sqlite3_finalize(st);
+    goto fail;
+  }
+  uint64_t watermark = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  st = NULL;
+  s->moved_upto = watermark;
+  delete_moved(s, watermark);
+  if (sqlite3_prepare_v2(s->jconn,
+                         "SELECT MIN(first_seq), MAX(last_seq), COALESCE(SUM(n), 0)"
+                         " FROM events_staged WHERE first_seq > ?",
+                         -1, &st, NULL) != SQLITE_OK) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: cannot read the staged events: %s",
+                  sqlite3_errmsg(s->jconn));
+    goto fail;
+  }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)watermark);
+  if (sqlite3_step(st) != SQLITE_ROW) {
+    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: cannot read the staged events: %s",
+                  sqlite3_errmsg(s->jconn));
     sqlite3_finalize(st);
     goto fail;
   }
@@ -740,15 +819,18 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   /* Nothing staged: every sequence handed out so far is moved (or was
    * deleted by retention). */
   if (s->staged_events == 0) {
-    if (sqlite3_prepare_v2(s->conn, sql_last_seq, -1, &st, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v2(s->jconn, sql_last_seq, -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW) {
-      mover_fail(s, "cannot read the last sequence", err);
+      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: cannot read the last sequence: %s",
+                    sqlite3_errmsg(s->jconn));
       sqlite3_finalize(st);
       goto fail;
     }
     s->staged_upto = s->moved_upto = (uint64_t)sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     st = NULL;
+    if (s->moved_upto < watermark)
+      s->staged_upto = s->moved_upto = watermark;
   }
   /* The highest sequence stored, staged or not: not event_seq's, which
    * retention may have left above every stored event (a search index built
@@ -787,6 +869,7 @@ void ana_staging_close(struct ana_staging *s) {
   }
   ana_spool_statements_finalize(&s->insert);
   sqlite3_close(s->conn);
+  sqlite3_close(s->jconn);
   pthread_mutex_destroy(&s->mu);
   pthread_mutex_destroy(&s->follow_mu);
   pthread_cond_destroy(&s->moved_cond);

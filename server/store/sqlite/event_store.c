@@ -259,10 +259,8 @@ static int store_scan_seq(void *p, const char *account_id, uint64_t after_seq, u
     struct ana_local_staging_stats staged;
     ana_local_staging_stats(s->db, &staged);
     bool all_moved = hi <= staged.moved_upto;
-    if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-      rc = scan_error(r, err);
+    if ((rc = ana_local_read_begin(r, err)) < 0)
       break;
-    }
     struct scan_rows sr = {.fn = fn, .ctx = ctx, .seen = lo};
     int got = ana_local_events_by_seq(r, "", st, lo, hi, INT_MAX, scanned_seq_row, &sr, err);
     if (got < 0)

@@ -742,12 +742,13 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
     if (src < 0)
       return ANA_ERR_IO;
   }
-  /* Indexed past the last sequence number ever given to an event: the
-   * events database was replaced by an older copy. Build the index again.
-   * (Not MAX(seq): retention may have deleted every event.) */
+  /* Indexed past the last event moved into the events table (the mover's
+   * watermark, events_moved: the index follows the moves): the events
+   * database was replaced by an older copy. Build the index again. (Not
+   * MAX(seq): retention may have deleted every event.) */
   int64_t indexed = query_int(ti->conn, "SELECT indexed_seq FROM progress");
   int64_t last =
-      query_int(ti->conn, "SELECT COALESCE((SELECT last FROM ev.event_seq WHERE id = 1), 0)");
+      query_int(ti->conn, "SELECT COALESCE((SELECT upto FROM ev.events_moved WHERE id = 1), 0)");
   if (indexed < 0 || last < 0)
     return fail(ti->conn, "cannot read the progress", err);
   if (indexed > last) {
