@@ -66,7 +66,8 @@ class DedupeRunsTest(AttackTestCase):
         return self.rest_json_ok("POST", "/api/events/batch", body)
 
     def db_path(self):
-        return os.path.join(self.server.data_dir, "analytics.db")
+        # The keys are in the journal file, beside the staged events.
+        return os.path.join(self.server.data_dir, "analytics-journal.db")
 
     def dedupe_pages(self):
         """{page number: table} of the keys' tables, and their bytes."""

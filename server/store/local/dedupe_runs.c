@@ -1586,6 +1586,7 @@ struct ana_dedupe_runs *ana_dedupe_runs_open(struct ana_local_db *db, sqlite3 *w
     goto fail;
   if (!(d->conn = ana_local_db_connect_journal(db, err)))
     goto fail;
+  ana_local_db_keep_wal_limit(db, d->conn, true);
   /* A merge lost in a crash is done again (its inputs stay live until its
    * last transaction): its commits need not be synced. */
   sqlite3_exec(d->conn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
@@ -1619,6 +1620,8 @@ void ana_dedupe_runs_close(struct ana_dedupe_runs *d) {
   for (int i = 0; d->merges && i <= MAX_LEVELS; i++)
     merge_end(&d->merges[i]);
   ana_free(d->merges);
+  if (d->conn)
+    ana_local_db_keep_wal_limit(d->db, d->conn, false);
   sqlite3_close(d->conn);
   ana_dedupe_runs_discard(d);
   for (size_t i = 0; i < d->n_runs; i++)

@@ -23,6 +23,7 @@
 #define BUSY_TIMEOUT_MS 10000
 
 #define WRITER_STATEMENTS 16
+#define LIMITED_CONNS 8
 /* Statements kept prepared per reader (ana_local_db_reader_statement). */
 #define READER_STATEMENTS 24
 
@@ -122,6 +123,12 @@ struct ana_local_db {
    * Each file (analytics.db, the journal) has its own WAL and all of this
    * for it: a checkpoint thread and connection, its bound, its gate. */
   struct wal_ckpt ck[2]; /* CK_STORE: analytics.db's, CK_JOURNAL: the journal's */
+  /* The store's own writing connections opened before the WAL's size is set
+   * (the mover's, the merges'): ana_local_db_set_checkpoint_pages sets their
+   * journal_size_limit too (whichever connection commits first after the
+   * WAL starts over trims the file to its own limit). Under ck[CK_STORE]'s
+   * checkpoint_mu. */
+  sqlite3 *limited[LIMITED_CONNS];
   /* Statements every commit runs, prepared once on the writer: parsing
    * them again each time would sit inside the commit, on every request's
    * acknowledgement path. Keyed by the address of their (static) SQL. */
@@ -1359,7 +1366,25 @@ struct ana_staging *ana_local_db_staging(struct ana_local_db *db) {
   return db->staging;
 }
 
+void ana_local_db_keep_wal_limit(struct ana_local_db *db, sqlite3 *conn, bool keep) {
+  struct wal_ckpt *c = &db->ck[CK_STORE];
+  pthread_mutex_lock(&c->checkpoint_mu);
+  for (int i = 0; i < LIMITED_CONNS; i++) {
+    if (keep ? !db->limited[i] : db->limited[i] == conn) {
+      db->limited[i] = keep ? conn : NULL;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&c->checkpoint_mu);
+}
+
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages) {
+  struct wal_ckpt *store = &db->ck[CK_STORE];
+  pthread_mutex_lock(&store->checkpoint_mu);
+  for (int i = 0; i < LIMITED_CONNS; i++)
+    if (db->limited[i])
+      set_journal_limit(db->limited[i], pages > 0 ? pages : 1);
+  pthread_mutex_unlock(&store->checkpoint_mu);
   for (int f = 0; f < 2; f++) {
     struct wal_ckpt *c = &db->ck[f];
     pthread_mutex_lock(&c->checkpoint_mu);

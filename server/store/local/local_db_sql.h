@@ -275,6 +275,11 @@ int ana_local_db_migrate_upto(sqlite3 *conn, int version, struct ana_error *err)
  * database. */
 sqlite3 *ana_local_db_connect(struct ana_local_db *db, struct ana_error *err);
 sqlite3 *ana_local_db_connect_journal(struct ana_local_db *db, struct ana_error *err);
+/* A connection of the store's own threads opened with the local database
+ * (the mover's, the merges'), before WAL_CHECKPOINT_MB is set: keep true
+ * has ana_local_db_set_checkpoint_pages set its WAL's size limit too; false
+ * (before it closes) forgets it. */
+void ana_local_db_keep_wal_limit(struct ana_local_db *db, sqlite3 *conn, bool keep);
 
 /* analytics.db's writer connection, with the journal attached as
  * `journal` (its tables are found by their bare names too): migrations,

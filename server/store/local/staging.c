@@ -774,11 +774,15 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   if (!(s->conn = ana_local_db_connect(db, err)) ||
       !(s->jconn = ana_local_db_connect_journal(db, err)))
     goto fail;
-  /* A move lost in a crash leaves its staged rows after the watermark,
-   * moved again at the next start: its commit need not be synced (the next
-   * synced commit syncs the WAL frames before its own). Nor the deletes. */
-  sqlite3_exec(s->conn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+  /* A move is synced before its staged rows are deleted from the journal
+   * (the two files' WALs are synced apart: an unsynced move lost to a power
+   * failure after the journal's next synced commit kept the deletion would
+   * lose its events); one fsync per move. The deletions need no sync: lost,
+   * their rows are at or below the watermark, skipped and deleted again. */
+  sqlite3_exec(s->conn, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
   sqlite3_exec(s->jconn, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+  ana_local_db_keep_wal_limit(db, s->conn, true);
+  ana_local_db_keep_wal_limit(db, s->jconn, true);
   sqlite3_stmt *st = NULL;
   /* The watermark: staged rows at or below it were moved before a crash
    * that kept their deletion from the journal. */
@@ -868,6 +872,8 @@ void ana_staging_close(struct ana_staging *s) {
     pthread_join(s->thread, NULL);
   }
   ana_spool_statements_finalize(&s->insert);
+  ana_local_db_keep_wal_limit(s->db, s->conn, false);
+  ana_local_db_keep_wal_limit(s->db, s->jconn, false);
   sqlite3_close(s->conn);
   sqlite3_close(s->jconn);
   pthread_mutex_destroy(&s->mu);
