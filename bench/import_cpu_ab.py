@@ -8,7 +8,9 @@ build A, then of build B, alternating (A B B A A B ...) in one run. Per load:
 the rate (events / wall time of the load), the server's CPU (utime + stime
 of /proc/PID/stat) during the load and until it is quiescent (nothing
 staged, the free-text index caught up), per event, and the CPU per thread
-name (/proc/PID/task/*/comm) at the end. Prints every load and the medians.
+name (/proc/PID/task/*/comm) at the end, and the acknowledgement's latency
+(each POST's round trip: p50, p99, max; a commit that waits for a lock shows
+here). Prints every load and the medians.
 
 Usage: /usr/bin/python3 bench/import_cpu_ab.py --a OLD/analyticsd --b NEW/analyticsd
        [--events 200000] [--rounds 3] [--env NAME=VALUE]...
@@ -105,7 +107,9 @@ def load(binary, reqs, n, env):
         conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=600)
         c0 = cpu_s(pid)
         t0 = time.perf_counter()
+        acks = []
         for body in reqs:
+            a0 = time.perf_counter()
             for _ in range(50):
                 conn.request("POST", "/api/events/batch", body,
                              {"Content-Type": "application/json"})
@@ -116,6 +120,7 @@ def load(binary, reqs, n, env):
                 if r.status not in (429, 503):
                     raise RuntimeError("batch: %d %s" % (r.status, out[:300]))
                 time.sleep(0.05)
+            acks.append(time.perf_counter() - a0)
         secs = time.perf_counter() - t0
         c1 = cpu_s(pid)
         conn.close()
@@ -131,8 +136,12 @@ def load(binary, reqs, n, env):
     finally:
         server.stop(timeout=120)
         server.cleanup()
+    acks.sort()
     return {"rate": n / secs, "load_us": (c1 - c0) * 1e6 / n, "total_us": (c2 - c0) * 1e6 / n,
-            "threads": {k: v * 1e6 / n for k, v in per_thread.items()}}
+            "threads": {k: v * 1e6 / n for k, v in per_thread.items()},
+            "ack_p50_ms": acks[len(acks) // 2] * 1e3,
+            "ack_p99_ms": acks[min(len(acks) - 1, len(acks) * 99 // 100)] * 1e3,
+            "ack_max_ms": acks[-1] * 1e3}
 
 
 def main():
@@ -154,11 +163,14 @@ def main():
             th = ", ".join("%s %.1f" % kv for kv in sorted(x["threads"].items(),
                                                           key=lambda kv: -kv[1]) if kv[1] >= 0.5)
             print("round %d %s: %.0f ev/s; CPU %.1f us/event during the load, %.1f until "
-                  "quiescent; per thread (us/event): %s; load %s"
-                  % (r + 1, side, x["rate"], x["load_us"], x["total_us"], th,
-                     open("/proc/loadavg").read().split()[0]), flush=True)
+                  "quiescent; per thread (us/event): %s; ack ms p50 %.1f p99 %.1f max %.1f; "
+                  "load %s"
+                  % (r + 1, side, x["rate"], x["load_us"], x["total_us"], th, x["ack_p50_ms"],
+                     x["ack_p99_ms"], x["ack_max_ms"], open("/proc/loadavg").read().split()[0]),
+                  flush=True)
     for key, what in (("rate", "ev/s"), ("load_us", "CPU us/event (load)"),
-                      ("total_us", "CPU us/event (until quiescent)")):
+                      ("total_us", "CPU us/event (until quiescent)"),
+                      ("ack_p50_ms", "ack p50 ms"), ("ack_p99_ms", "ack p99 ms")):
         a = statistics.median(x[key] for x in res["A"])
         b = statistics.median(x[key] for x in res["B"])
         print("median %s: A %.1f, B %.1f, B/A %.2f" % (what, a, b, b / a))

@@ -20,16 +20,19 @@
 
 struct ana_local_db;
 
-/* Opens (creating if needed) DATA_DIR/analytics.db in WAL mode with
- * synchronous=FULL and applies pending schema migrations. Returns NULL with
+/* Opens (creating if needed) DATA_DIR/analytics.db and its journal
+ * DATA_DIR/analytics-journal.db in WAL mode with synchronous=FULL and
+ * applies pending schema migrations (schema 27 moves the commit's tables of
+ * an older store into the journal). Returns NULL with
  * err filled: its code is RESOURCE_EXHAUSTED and its message starts with
  * "the disk is full" when SQLite could not write for lack of space (a new
  * database on a full disk), which a later try may overcome. */
 struct ana_local_db *ana_local_db_open(const char *data_dir, struct ana_error *err);
 void ana_local_db_close(struct ana_local_db *db);
 
-/* Pages appended to the WAL after which the checkpoint thread copies them
- * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set). It also
+/* Pages appended to a WAL after which the checkpoint thread copies them
+ * into the database (WAL_CHECKPOINT_MB; 32,768 pages until set); each file
+ * (analytics.db, the journal) has its own WAL, thread and bound. It also
  * bounds the WAL: the event writer waits at BEGIN while the WAL holds 1.5
  * times as many pages not yet all copied (readers holding old snapshots),
  * and a WAL that starts over is cut to this size (journal_size_limit). */
