@@ -13,7 +13,9 @@ name (/proc/PID/task/*/comm) at the end, and the acknowledgement's latency
 here). Prints every load and the medians.
 
 Usage: /usr/bin/python3 bench/import_cpu_ab.py --a OLD/analyticsd --b NEW/analyticsd
-       [--events 200000] [--rounds 3] [--env NAME=VALUE]...
+       [--events 200000] [--rounds 3] [--steps 1] [--env NAME=VALUE]...
+--steps K: also print each K-th of a load (rate and CPU per thread per event
+of that part alone): whether the cost grows with the store's size.
 """
 
 import argparse
@@ -98,7 +100,18 @@ def metric(port, name):
     return total
 
 
-def load(binary, reqs, n, env):
+def per_event(after, before, n):
+    return {k: (v - before.get(k, 0.0)) * 1e6 / n for k, v in after.items()}
+
+
+def step_line(side, done, n, secs, threads):
+    th = ", ".join("%s %.1f" % kv for kv in sorted(threads.items(), key=lambda kv: -kv[1])
+                   if kv[1] >= 0.5)
+    print("  %s up to %d events: %.0f ev/s; per thread (us/event): %s"
+          % (side, done, n / secs, th), flush=True)
+
+
+def load(binary, reqs, n, env, steps=1, side=""):
     os.environ["ANALYTICSD"] = os.path.abspath(binary)
     server = harness.Server(log_level="warn", env=dict({"RETENTION_DAYS": 365}, **env))
     server.start()
@@ -108,7 +121,9 @@ def load(binary, reqs, n, env):
         c0 = cpu_s(pid)
         t0 = time.perf_counter()
         acks = []
-        for body in reqs:
+        every = max(1, len(reqs) // steps) if steps > 1 else 0
+        ts, th = t0, threads_cpu(pid)
+        for i, body in enumerate(reqs):
             a0 = time.perf_counter()
             for _ in range(50):
                 conn.request("POST", "/api/events/batch", body,
@@ -121,6 +136,11 @@ def load(binary, reqs, n, env):
                     raise RuntimeError("batch: %d %s" % (r.status, out[:300]))
                 time.sleep(0.05)
             acks.append(time.perf_counter() - a0)
+            if every and (i + 1) % every == 0:
+                now, th_now = time.perf_counter(), threads_cpu(pid)
+                part = every * BATCH
+                step_line(side, (i + 1) * BATCH, part, now - ts, per_event(th_now, th, part))
+                ts, th = now, th_now
         secs = time.perf_counter() - t0
         c1 = cpu_s(pid)
         conn.close()
@@ -150,6 +170,7 @@ def main():
     ap.add_argument("--b", required=True)
     ap.add_argument("--events", type=int, default=200000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--env", action="append", default=[])
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
@@ -158,7 +179,7 @@ def main():
     for r in range(args.rounds):
         order = ("A", "B") if r % 2 == 0 else ("B", "A")
         for side in order:
-            x = load(args.a if side == "A" else args.b, reqs, args.events, env)
+            x = load(args.a if side == "A" else args.b, reqs, args.events, env, args.steps, side)
             res[side].append(x)
             th = ", ".join("%s %.1f" % kv for kv in sorted(x["threads"].items(),
                                                           key=lambda kv: -kv[1]) if kv[1] >= 0.5)
