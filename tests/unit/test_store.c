@@ -2883,6 +2883,32 @@ static int count_spooled(void *ctx, const struct ana_spooled_event *ev, struct a
   return 0;
 }
 
+/* The acknowledged commit takes no lock of analytics.db (it writes the
+ * journal only): a writer holding analytics.db's write lock (as the mover
+ * does for a whole move) does not hold it back. An account already numbered
+ * is looked up without a lock. */
+static void commit_is_not_held_by_a_writer_of_analytics_db(void **state) {
+  (void)state;
+  commit_records(10, "first", "numbered"); /* acct-1 gets its number */
+  assert_int_equal(last_rc, 0);
+  struct ana_error err;
+  sqlite3 *other = ana_local_db_connect(db, &err);
+  assert_non_null(other);
+  assert_int_equal(
+      sqlite3_exec(other, "BEGIN IMMEDIATE; CREATE TABLE lock_probe(x)", NULL, NULL, NULL),
+      SQLITE_OK);
+  int64_t t0 = ana_clock_mono_ms();
+  commit_records(1000, "free", "unheld");
+  assert_int_equal(last_rc, 0);
+  commit_records(1000, "free2", "unheld");
+  assert_int_equal(last_rc, 0);
+  assert_true(ana_clock_mono_ms() - t0 < 2000);
+  assert_int_equal(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(other);
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  assert_int_equal(query_int(ana_local_db_writer(db), "SELECT count(*) FROM events"), 2010);
+}
+
 /* Files as a kill -9 leaves them between the mover's two commits: the move
  * committed in analytics.db (its events and its watermark), the deletion of
  * its staged rows from the journal not. The next start moves nothing twice:
@@ -3496,6 +3522,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(staged_rows_of_a_committed_move_are_not_moved_again, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(commit_is_not_held_by_a_writer_of_analytics_db, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(store_before_the_journal_is_migrated_on_start, setup,
                                       teardown),
