@@ -561,10 +561,19 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     return rc;
   }
   /* From the journal (its own connection): the rows after the watermark
-   * (those at or below it are moved, their deletion lost in a crash). */
-  pthread_mutex_lock(&s->mu);
-  uint64_t moved = s->moved_upto;
-  pthread_mutex_unlock(&s->mu);
+   * (those at or below it are moved, their deletion lost in a crash), read
+   * in this transaction, which holds analytics.db's write lock: no other
+   * mover (another process's on the same files) moves beside it. */
+  uint64_t moved = 0;
+  if (sqlite3_prepare_v2(s->conn, "SELECT upto FROM events_moved WHERE id = 1", -1, &st, NULL) !=
+          SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW) {
+    rc = mover_fail(s, "cannot read how far the staged events are moved", err);
+    goto out;
+  }
+  moved = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  st = NULL;
   if (sqlite3_prepare_v2(s->jconn,
                          "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
                          " WHERE first_seq > ? ORDER BY first_seq LIMIT 512",
