@@ -38,9 +38,10 @@ void ana_local_db_close(struct ana_local_db *db);
  * and a WAL that starts over is cut to this size (journal_size_limit). */
 void ana_local_db_set_checkpoint_pages(struct ana_local_db *db, int pages);
 
-/* Gives up to max_pages free pages (what retention deleted) back to the
- * file system, in a transaction of its own on the event writer (a database
- * created before schema 13 keeps them for reuse instead: nothing to do).
+/* Gives up to max_pages free pages (what retention deleted, what the
+ * merges of deduplication keys freed) of each file back to the file system,
+ * in a transaction of its own on each file's writer (a database created
+ * before schema 13 keeps them for reuse instead: nothing to do).
  * Committer thread only, between commits. Returns how many pages, or a
  * negative error. */
 int ana_local_db_reclaim(struct ana_local_db *db, int max_pages, struct ana_error *err);
