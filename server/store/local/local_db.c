@@ -1,5 +1,9 @@
-/* The local SQLite database: connections, pragmas for durable commits, and
- * versioned schema migrations. */
+/* The local SQLite database, two files (ana_local_db.h): analytics.db and
+ * the journal analytics-journal.db, each with its own write lock, WAL and
+ * checkpoint thread; connections (the acknowledged commit's has the journal
+ * only, analytics.db's writer and the readers attach it), pragmas for
+ * durable commits, and versioned schema migrations (the journal's tables
+ * moved there by move_to_journal and the last migration). */
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
