@@ -35,13 +35,30 @@
 /* The mover's pause after a failed move. */
 #define RETRY_MS 200
 
-/* A staged row read for a move. */
+/* A staged row taken by a move: read from events_staged (z, compressed)
+ * or handed off in memory (raw). */
 struct staged_row {
   uint64_t first, last;
   size_t n, raw_len;
   void *z;
   size_t z_len;
+  const uint8_t *raw;
 };
+
+/* The handoff: a commit's batch (its staged row's content, uncompressed),
+ * handed to the mover in memory once committed, so that the mover need not
+ * read and decompress the row (which stays the durable copy until moved).
+ * At most ANA_STAGING_HANDOFF_BYTES wait; beyond, and at start, the mover reads the
+ * rows from events_staged. The mover gives the buffers back to the
+ * commit's side (up to SPARE_BUFFERS kept). */
+struct handoff {
+  struct handoff *next;
+  uint64_t first, last;
+  size_t n, len;
+  uint8_t *buf;
+  size_t cap;
+};
+#define SPARE_BUFFERS 4
 
 /* Staged rows one move takes at most. */
 #define MOVE_ROWS 512
@@ -84,7 +101,16 @@ struct ana_staging {
   struct ana_spool_statements insert;
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
-  pthread_mutex_t follow_mu;         /* held while the follower is called */
+  struct ana_spool_rows prep;        /* the mover's: the events rows of a move */
+  /* The handoff (under mu): batches committed and not taken, oldest first;
+   * their buffers' bytes; buffers given back. */
+  struct handoff *q_head, *q_tail, *spare;
+  size_t q_bytes;
+  int n_spare;
+  size_t handoff_bytes;           /* ANA_STAGING_HANDOFF_BYTES */
+  uint64_t handoffs_missed;       /* batches not handed off (the queue was full) */
+  uint64_t handed_off, read_back; /* events moved from memory, from events_staged */
+  pthread_mutex_t follow_mu;      /* held while the follower is called */
   ana_local_moved_fn follow;
   void *follow_ctx;
 };
@@ -277,9 +303,44 @@ int ana_staging_flush(struct ana_staging *s, struct ana_error *err) {
   return 0;
 }
 
+/* The committed batch to the mover (under mu): its buffer swapped for a
+ * spare one. */
+static void hand_off(struct ana_staging *s) {
+  if (s->q_bytes + s->cap > s->handoff_bytes) {
+    s->handoffs_missed++;
+    return;
+  }
+  struct handoff *h = s->spare;
+  if (h) {
+    s->spare = h->next;
+    s->n_spare--;
+  } else if (!(h = ana_calloc(1, sizeof *h))) {
+    s->handoffs_missed++;
+    return;
+  }
+  uint8_t *spare = h->buf;
+  size_t spare_cap = h->cap;
+  h->buf = s->buf;
+  h->cap = s->cap;
+  s->buf = spare;
+  s->cap = spare_cap;
+  h->first = s->first_seq;
+  h->last = s->next_seq - 1;
+  h->n = s->n;
+  h->len = s->len;
+  h->next = NULL;
+  if (s->q_tail)
+    s->q_tail->next = h;
+  else
+    s->q_head = h;
+  s->q_tail = h;
+  s->q_bytes += h->cap;
+}
+
 void ana_staging_committed(struct ana_staging *s) {
   if (s->n > 0) {
     pthread_mutex_lock(&s->mu);
+    hand_off(s);
     s->staged_upto = s->next_seq - 1;
     atomic_store(&s->committed_upto, s->staged_upto);
     if (s->staged_events == 0)
@@ -441,6 +502,13 @@ void ana_local_db_follow_moves(struct ana_local_db *db, ana_local_moved_fn fn, v
   pthread_mutex_unlock(&s->follow_mu);
 }
 
+void ana_local_staging_set_handoff_bytes(struct ana_local_db *db, size_t max_bytes) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  s->handoff_bytes = max_bytes;
+  pthread_mutex_unlock(&s->mu);
+}
+
 void ana_local_staging_set_limits(struct ana_local_db *db, long max_events, int wait_ms) {
   struct ana_staging *s = ana_local_db_staging(db);
   pthread_mutex_lock(&s->mu);
@@ -457,6 +525,8 @@ void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_s
   out->staged_upto = s->staged_upto;
   out->moved_upto = s->moved_upto;
   out->moves = s->moves;
+  out->handed_off = s->handed_off;
+  out->read_back = s->read_back;
   pthread_mutex_unlock(&s->mu);
 }
 
@@ -475,17 +545,124 @@ static int mover_fail(struct ana_staging *s, const char *what, struct ana_error 
   return ANA_ERR_IO;
 }
 
-/* One transaction: the oldest staged rows (up to MOVE_EVENTS events) into
- * events, sorted by key, and their deletion. Returns how many events were
- * moved (0: none staged), or a negative error. */
+/* The oldest staged rows not moved yet, up to max_events events (at least
+ * one row), into s->rows: the batches handed off in memory when the oldest
+ * is one of them, else the rows of events_staged before the first handed
+ * off (read in a snapshot of their own, outside any transaction). Returns
+ * how many rows (0: none staged), or a negative error. */
+static int take_staged(struct ana_staging *s, size_t max_events, struct handoff **taken,
+                       struct ana_error *err) {
+  size_t n_rows = 0, events = 0;
+  pthread_mutex_lock(&s->mu);
+  /* Batches read from events_staged before they were handed off. */
+  while (s->q_head && s->q_head->last <= s->moved_upto) {
+    struct handoff *h = s->q_head;
+    s->q_head = h->next;
+    s->q_bytes -= h->cap;
+    h->next = *taken;
+    *taken = h;
+  }
+  if (!s->q_head)
+    s->q_tail = NULL;
+  bool from_queue = s->q_head && s->q_head->first == s->moved_upto + 1;
+  uint64_t bound = s->q_head ? s->q_head->first : (uint64_t)INT64_MAX;
+  pthread_mutex_unlock(&s->mu);
+  if (!from_queue) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->conn,
+                           "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
+                           " WHERE first_seq < ? ORDER BY first_seq LIMIT 512",
+                           -1, &st, NULL) != SQLITE_OK)
+      return mover_fail(s, "cannot read the staged events", err);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)bound);
+    int step = SQLITE_DONE;
+    while (events < max_events && n_rows < MOVE_ROWS && (step = sqlite3_step(st)) == SQLITE_ROW) {
+      struct staged_row *r = &s->rows[n_rows];
+      memset(r, 0, sizeof *r);
+      r->first = (uint64_t)sqlite3_column_int64(st, 0);
+      r->last = (uint64_t)sqlite3_column_int64(st, 1);
+      r->n = (size_t)sqlite3_column_int64(st, 2);
+      r->raw_len = (size_t)sqlite3_column_int64(st, 3);
+      r->z_len = (size_t)sqlite3_column_bytes(st, 4);
+      r->z = ana_malloc(r->z_len ? r->z_len : 1);
+      if (!r->z) {
+        sqlite3_finalize(st);
+        return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      }
+      if (r->z_len)
+        memcpy(r->z, sqlite3_column_blob(st, 4), r->z_len);
+      n_rows++;
+      events += r->n;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+      for (size_t i = 0; i < n_rows; i++)
+        ana_free(s->rows[i].z);
+      sqlite3_finalize(st);
+      return mover_fail(s, "cannot read the staged events", err);
+    }
+    sqlite3_finalize(st);
+    if (n_rows > 0 || bound == (uint64_t)INT64_MAX)
+      return (int)n_rows;
+  }
+  pthread_mutex_lock(&s->mu);
+  /* Batches in sequence order with no gap: one not handed off (the queue
+   * was full) is read from events_staged by the next move. */
+  while (s->q_head && events < max_events && n_rows < MOVE_ROWS &&
+         (n_rows == 0 || s->q_head->first == s->rows[n_rows - 1].last + 1)) {
+    struct handoff *h = s->q_head;
+    s->q_head = h->next;
+    s->q_bytes -= h->cap;
+    struct staged_row *r = &s->rows[n_rows++];
+    memset(r, 0, sizeof *r);
+    r->first = h->first;
+    r->last = h->last;
+    r->n = h->n;
+    r->raw_len = h->len;
+    r->raw = h->buf;
+    events += h->n;
+    h->next = *taken;
+    *taken = h;
+  }
+  if (!s->q_head)
+    s->q_tail = NULL;
+  pthread_mutex_unlock(&s->mu);
+  return (int)n_rows;
+}
+
+/* Batches back to the committer's spares (their buffers reused), the rest freed. */
+static void give_back(struct ana_staging *s, struct handoff *list) {
+  pthread_mutex_lock(&s->mu);
+  while (list) {
+    struct handoff *h = list;
+    list = h->next;
+    if (s->n_spare < SPARE_BUFFERS) {
+      h->next = s->spare;
+      s->spare = h;
+      s->n_spare++;
+    } else {
+      ana_free(h->buf);
+      ana_free(h);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* One move: the oldest staged rows (up to MOVE_EVENTS events) gathered,
+ * decoded, sorted by key, numbered and their bodies encoded outside any
+ * transaction; then one transaction inserts them into events and deletes
+ * the staged rows. Returns how many events were moved (0: none staged), or
+ * a negative error. */
 static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *err) {
   struct staged_row *rows = s->rows;
-  size_t n_rows = 0, events = 0, raw_total = 0;
+  struct handoff *taken = NULL;
+  size_t events = 0, raw_total = 0, content_total = 0; /* raw: the decompressed rows' */
   struct staged_event *ev = NULL;
   struct ana_event_record *recs = NULL;
   uint8_t *raw = NULL;
   char *arena = NULL;
   sqlite3_stmt *st = NULL;
+  struct ana_event_codec *codec = ana_local_db_event_codec(s->db);
+  bool gated = false;
   int rc = 0;
   int room = ana_local_db_move_room(s->db);
   size_t max_events = (size_t)room * 2 / 3 < MOVE_EVENTS ? (size_t)room * 2 / 3 : MOVE_EVENTS;
@@ -495,49 +672,23 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
    * first dictionary a move takes one staged row, and once the samples are
    * in the next waits for the training, so that a first import is not
    * stored uncompressed (the training used to overlap a whole move). */
-  int codec = ana_event_codec_training_state(ana_local_db_event_codec(s->db), TRAINING_WAIT_MS);
-  if (codec == ANA_CODEC_SAMPLING)
+  if (ana_event_codec_training_state(codec, TRAINING_WAIT_MS) == ANA_CODEC_SAMPLING)
     max_events = 1;
-  ana_local_db_gate_enter(s->db, room);
-  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-    rc = mover_fail(s, "cannot begin", err);
-    ana_local_db_gate_leave(s->db);
-    return rc;
+  int got = take_staged(s, max_events, &taken, err);
+  if (got <= 0) {
+    give_back(s, taken);
+    return got;
   }
-  if (sqlite3_prepare_v2(s->conn,
-                         "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
-                         " ORDER BY first_seq LIMIT 512",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = mover_fail(s, "cannot read the staged events", err);
-    goto out;
+  size_t n_rows = (size_t)got;
+  for (size_t i = 0; i < n_rows; i++) {
+    events += rows[i].n;
+    content_total += rows[i].raw_len;
+    if (!rows[i].raw)
+      raw_total += rows[i].raw_len;
   }
-  while (events < max_events && sqlite3_step(st) == SQLITE_ROW) {
-    struct staged_row *r = &rows[n_rows];
-    r->first = (uint64_t)sqlite3_column_int64(st, 0);
-    r->last = (uint64_t)sqlite3_column_int64(st, 1);
-    r->n = (size_t)sqlite3_column_int64(st, 2);
-    r->raw_len = (size_t)sqlite3_column_int64(st, 3);
-    r->z_len = (size_t)sqlite3_column_bytes(st, 4);
-    r->z = ana_malloc(r->z_len ? r->z_len : 1);
-    if (!r->z) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      goto out;
-    }
-    if (r->z_len)
-      memcpy(r->z, sqlite3_column_blob(st, 4), r->z_len);
-    n_rows++;
-    events += r->n;
-    raw_total += r->raw_len;
-    if (n_rows == MOVE_ROWS)
-      break;
-  }
-  sqlite3_finalize(st);
-  st = NULL;
-  if (n_rows == 0)
-    goto out;
   ev = ana_malloc(sizeof *ev * events);
   raw = ana_malloc(raw_total ? raw_total : 1);
-  arena = ana_malloc(raw_total + 8 * events + 1);
+  arena = ana_malloc(content_total + 8 * events + 1);
   if (!ev || !raw || !arena) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
@@ -545,19 +696,23 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   size_t at = 0, off = 0;
   char *a = arena;
   for (size_t i = 0; i < n_rows; i++) {
-    size_t got = ZSTD_decompressDCtx(s->dctx, raw + off, rows[i].raw_len, rows[i].z, rows[i].z_len);
-    if (ZSTD_isError(got) || got != rows[i].raw_len ||
-        !decode(raw + off, got, rows[i].n, ev, &at, &a)) {
+    const uint8_t *content = rows[i].raw;
+    size_t len = rows[i].raw_len;
+    if (!content) {
+      size_t z = ZSTD_decompressDCtx(s->dctx, raw + off, len, rows[i].z, rows[i].z_len);
+      content = raw + off;
+      if (ZSTD_isError(z) || z != len)
+        content = NULL;
+      off += len;
+    }
+    if (!content || !decode(content, len, rows[i].n, ev, &at, &a)) {
       rc = ana_error_set(err, ANA_STATUS_INTERNAL,
                          "staging: the staged events %llu to %llu cannot be decoded",
                          (unsigned long long)rows[i].first, (unsigned long long)rows[i].last);
       goto out;
     }
-    off += got;
   }
   qsort(ev, events, sizeof *ev, by_key);
-  /* One call for the whole move: per event, it looked the account's number
-   * up again (a statement of its own). */
   recs = ana_malloc(sizeof *recs * events);
   if (!recs) {
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -565,14 +720,30 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   }
   for (size_t i = 0; i < events; i++)
     recs[i] = ev[i].r;
-  rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), recs, events,
-                              err);
+  /* The numbers already given and the bodies, before the write lock. */
+  rc = ana_local_spool_prepare(s->conn, &s->insert, codec, recs, events, &s->prep, err);
+  if (rc < 0)
+    goto out;
+  /* The room asked for is read again: WAL_CHECKPOINT_MB may have been set
+   * meanwhile (at start), and a room beyond its limit would never come. */
+  ana_local_db_gate_enter(s->db, ana_local_db_move_room(s->db));
+  gated = true;
+  if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = mover_fail(s, "cannot begin", err);
+    goto out;
+  }
+  /* A dictionary retired since (the re-encryption job's start): the bodies
+   * are encoded again, uncompressed. */
+  if (s->prep.dict > 0 && ana_event_codec_retired(codec, s->prep.dict))
+    rc = ana_local_spool_reencode(s->conn, codec, recs, &s->prep, err);
+  if (rc == 0)
+    rc = ana_local_spool_insert(s->conn, &s->insert, recs, &s->prep, err);
   /* The seqs each day now holds (readers by seq seek them there). */
   if (rc == 0)
     rc = ana_local_event_days_add(s->conn, recs, events, err);
   if (rc < 0)
     goto out;
-  if (ana_event_codec_persist(ana_local_db_event_codec(s->db), s->conn, err) < 0) {
+  if (ana_event_codec_persist(codec, s->conn, err) < 0) {
     rc = ANA_ERR_IO;
     goto out;
   }
@@ -592,6 +763,12 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   }
   *upto = rows[n_rows - 1].last;
   rc = (int)events;
+  pthread_mutex_lock(&s->mu);
+  if (rows[0].raw)
+    s->handed_off += events;
+  else
+    s->read_back += events;
+  pthread_mutex_unlock(&s->mu);
   pthread_mutex_lock(&s->follow_mu);
   if (s->follow)
     s->follow(s->follow_ctx, recs, events);
@@ -602,9 +779,11 @@ out:
     sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
   if (rc < 0)
     ana_spool_statements_forget(&s->insert);
-  ana_local_db_gate_leave(s->db);
+  if (gated)
+    ana_local_db_gate_leave(s->db);
   for (size_t i = 0; i < n_rows; i++)
     ana_free(rows[i].z);
+  give_back(s, taken);
   ana_free(ev);
   ana_free(recs);
   ana_free(raw);
@@ -657,12 +836,15 @@ static void *mover_thread(void *arg) {
       if (upto > s->moved_upto)
         s->moved_upto = upto;
       pthread_cond_broadcast(&s->moved_cond);
-    } else if (n == 0) {
-      /* Nothing staged after all (counted before its commit was seen). */
+    } else if (n == 0 && !s->q_head) {
+      /* Nothing staged after all (counted before its commit was seen; a
+       * batch handed off since is moved next). */
       s->staged_events = 0;
       if (s->staged_upto > s->moved_upto)
         s->moved_upto = s->staged_upto;
       pthread_cond_broadcast(&s->moved_cond);
+    } else if (n == 0) {
+      continue;
     } else {
       s->move_failures++;
       pthread_mutex_unlock(&s->mu);
@@ -706,6 +888,7 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   s->db = db;
   s->max_events = ANA_STAGING_DEFAULT_MAX_EVENTS;
   s->wait_ms = ANA_STAGING_DEFAULT_WAIT_MS;
+  s->handoff_bytes = ANA_STAGING_HANDOFF_BYTES;
   pthread_mutex_init(&s->mu, NULL);
   pthread_mutex_init(&s->follow_mu, NULL);
   pthread_cond_init(&s->moved_cond, NULL);
@@ -786,6 +969,16 @@ void ana_staging_close(struct ana_staging *s) {
     pthread_join(s->thread, NULL);
   }
   ana_spool_statements_finalize(&s->insert);
+  ana_spool_rows_free(&s->prep);
+  for (int list = 0; list < 2; list++) {
+    struct handoff *h = list == 0 ? s->q_head : s->spare;
+    while (h) {
+      struct handoff *next = h->next;
+      ana_free(h->buf);
+      ana_free(h);
+      h = next;
+    }
+  }
   sqlite3_close(s->conn);
   pthread_mutex_destroy(&s->mu);
   pthread_mutex_destroy(&s->follow_mu);
