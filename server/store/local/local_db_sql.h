@@ -173,9 +173,11 @@ struct ana_spool_statements {
   struct ana_spool_string strings[ANA_SPOOL_STRINGS];  /* numbers of event_strings found */
   struct ana_spool_string accounts[ANA_SPOOL_STRINGS]; /* numbers of dedupe_accounts found */
 };
+#define ANA_SPOOL_ID_BYTES (1 + ANA_EVENT_ID_PACKED) /* packed or not, the packed id */
 struct ana_spool_rows {
-  size_t n;
+  size_t n, cap;
   int64_t *nums;    /* 3 per record: account, type, name */
+  uint8_t *ids;     /* ANA_SPOOL_ID_BYTES per record */
   size_t *body_off; /* n + 1: record i's body is bodies[body_off[i] .. body_off[i + 1]) */
   uint8_t *bodies;
   size_t bodies_len, bodies_cap;

@@ -131,6 +131,7 @@ static const char *name_of_event(const struct ana_event_record *r) {
 void ana_spool_rows_free(struct ana_spool_rows *rows) {
   ana_free(rows->nums);
   ana_free(rows->body_off);
+  ana_free(rows->ids);
   ana_free(rows->bodies);
   memset(rows, 0, sizeof *rows);
 }
@@ -176,12 +177,20 @@ static int encode_bodies(sqlite3 *w, struct ana_event_codec *codec,
 int ana_local_spool_prepare(sqlite3 *w, struct ana_spool_statements *stmts,
                             struct ana_event_codec *codec, const struct ana_event_record *records,
                             size_t n, struct ana_spool_rows *rows, struct ana_error *err) {
-  ana_free(rows->nums);
-  ana_free(rows->body_off);
-  rows->nums = ana_malloc(sizeof *rows->nums * 3 * (n ? n : 1));
-  rows->body_off = ana_malloc(sizeof *rows->body_off * (n + 1));
+  /* Kept from move to move (grown when needed): fresh pages cost more than
+   * their contents. */
+  if (n + 1 > rows->cap) {
+    ana_free(rows->nums);
+    ana_free(rows->body_off);
+    ana_free(rows->ids);
+    rows->cap = n + 1;
+    rows->nums = ana_malloc(sizeof *rows->nums * 3 * rows->cap);
+    rows->body_off = ana_malloc(sizeof *rows->body_off * rows->cap);
+    rows->ids = ana_malloc(ANA_SPOOL_ID_BYTES * rows->cap);
+  }
   rows->n = n;
-  if (!rows->nums || !rows->body_off) {
+  if (!rows->nums || !rows->body_off || !rows->ids) {
+    rows->cap = 0;
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return ANA_ERR_NOMEM;
   }
@@ -210,6 +219,10 @@ int ana_local_spool_prepare(sqlite3 *w, struct ana_spool_statements *stmts,
     num[0] = account_n;
     num[1] = type_n;
     num[2] = name_n;
+    /* A UUID's stored form (as ana_event_id_bind), here rather than under
+     * the write lock; first byte 0: not one (bound as text). */
+    uint8_t *id = rows->ids + ANA_SPOOL_ID_BYTES * i;
+    id[0] = ana_event_id_pack(r->event_id, strlen(r->event_id), id + 1);
   }
   return encode_bodies(w, codec, records, n, rows, err);
 }
@@ -248,7 +261,11 @@ int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
     uint64_t seq = r->seq;
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 3, num[0]);
-    ana_event_id_bind(st, 4, r->event_id, -1);
+    const uint8_t *id = rows->ids + ANA_SPOOL_ID_BYTES * i;
+    if (id[0])
+      sqlite3_bind_blob(st, 4, id + 1, ANA_EVENT_ID_PACKED, SQLITE_STATIC);
+    else
+      sqlite3_bind_text(st, 4, r->event_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, num[1]);
     sqlite3_bind_int64(st, 7, num[2]);

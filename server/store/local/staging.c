@@ -3,7 +3,11 @@
  * acknowledgement inserts nothing into the events table's day layout; the
  * mover (a thread of its own, on a connection of its own) moves the staged
  * rows into events in short transactions, each batch sorted by the table's
- * key, and deletes them in the same transaction. Readers of the events table
+ * key, and deletes them in the same transaction; it decodes, sorts, numbers
+ * and encodes a move's events before its transaction, which then only
+ * inserts them. A committed batch is handed to the mover in memory too (the
+ * handoff, bounded), so that it need not read its row back; the row stays
+ * the durable copy until moved. Readers of the events table
  * first wait until every event committed before they began was moved
  * (ana_local_staging_wait). */
 #include "byte_codec.h"
@@ -50,7 +54,9 @@ struct staged_row {
  * read and decompress the row (which stays the durable copy until moved).
  * At most ANA_STAGING_HANDOFF_BYTES wait; beyond, and at start, the mover reads the
  * rows from events_staged. The mover gives the buffers back to the
- * commit's side (up to SPARE_BUFFERS kept). */
+ * commit's side (up to SPARE_BYTES kept while the mover is busy: a move
+ * takes some sixteen batches at once, and a fresh buffer grown again on the
+ * commit's path costs more than the copy it saves). */
 struct handoff {
   struct handoff *next;
   uint64_t first, last;
@@ -58,7 +64,7 @@ struct handoff {
   uint8_t *buf;
   size_t cap;
 };
-#define SPARE_BUFFERS 4
+#define SPARE_BYTES ((size_t)32 << 20)
 
 /* Staged rows one move takes at most. */
 #define MOVE_ROWS 512
@@ -102,11 +108,17 @@ struct ana_staging {
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
   struct ana_spool_rows prep;        /* the mover's: the events rows of a move */
+  /* The mover's buffers, kept from move to move while it is busy (fresh
+   * pages cost more than what is written to them). */
+  struct move_buffers {
+    void *ev, *recs, *raw, *arena;
+    size_t ev_cap, recs_cap, raw_cap, arena_cap;
+  } mb;
   /* The handoff (under mu): batches committed and not taken, oldest first;
    * their buffers' bytes; buffers given back. */
   struct handoff *q_head, *q_tail, *spare;
   size_t q_bytes;
-  int n_spare;
+  size_t spare_bytes;
   size_t handoff_bytes;           /* ANA_STAGING_HANDOFF_BYTES */
   uint64_t handoffs_missed;       /* batches not handed off (the queue was full) */
   uint64_t handed_off, read_back; /* events moved from memory, from events_staged */
@@ -313,7 +325,7 @@ static void hand_off(struct ana_staging *s) {
   struct handoff *h = s->spare;
   if (h) {
     s->spare = h->next;
-    s->n_spare--;
+    s->spare_bytes -= h->cap;
   } else if (!(h = ana_calloc(1, sizeof *h))) {
     s->handoffs_missed++;
     return;
@@ -324,6 +336,10 @@ static void hand_off(struct ana_staging *s) {
   h->cap = s->cap;
   s->buf = spare;
   s->cap = spare_cap;
+  if (!s->buf) { /* sized as the last one (not grown again from nothing) */
+    s->buf = ana_malloc(h->cap);
+    s->cap = s->buf ? h->cap : 0;
+  }
   h->first = s->first_seq;
   h->last = s->next_seq - 1;
   h->n = s->n;
@@ -629,16 +645,51 @@ static int take_staged(struct ana_staging *s, size_t max_events, struct handoff 
   return (int)n_rows;
 }
 
+static bool keep(void **buf, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return true;
+  void *b = ana_malloc(need);
+  if (!b)
+    return false;
+  ana_free(*buf);
+  *buf = b;
+  *cap = need;
+  return true;
+}
+
+static void move_buffers_free(struct move_buffers *mb) {
+  ana_free(mb->ev);
+  ana_free(mb->recs);
+  ana_free(mb->raw);
+  ana_free(mb->arena);
+  memset(mb, 0, sizeof *mb);
+}
+
+/* Frees the spare buffers (the mover idle). */
+static void spares_free(struct ana_staging *s) {
+  pthread_mutex_lock(&s->mu);
+  struct handoff *h = s->spare;
+  s->spare = NULL;
+  s->spare_bytes = 0;
+  pthread_mutex_unlock(&s->mu);
+  while (h) {
+    struct handoff *next = h->next;
+    ana_free(h->buf);
+    ana_free(h);
+    h = next;
+  }
+}
+
 /* Batches back to the committer's spares (their buffers reused), the rest freed. */
 static void give_back(struct ana_staging *s, struct handoff *list) {
   pthread_mutex_lock(&s->mu);
   while (list) {
     struct handoff *h = list;
     list = h->next;
-    if (s->n_spare < SPARE_BUFFERS) {
+    if (s->spare_bytes + h->cap <= SPARE_BYTES) {
       h->next = s->spare;
       s->spare = h;
-      s->n_spare++;
+      s->spare_bytes += h->cap;
     } else {
       ana_free(h->buf);
       ana_free(h);
@@ -686,13 +737,19 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     if (!rows[i].raw)
       raw_total += rows[i].raw_len;
   }
-  ev = ana_malloc(sizeof *ev * events);
-  raw = ana_malloc(raw_total ? raw_total : 1);
-  arena = ana_malloc(content_total + 8 * events + 1);
-  if (!ev || !raw || !arena) {
+  struct move_buffers *mb = &s->mb;
+  if (!keep(&mb->ev, &mb->ev_cap, sizeof *ev * events) ||
+      !keep(&mb->recs, &mb->recs_cap, sizeof *recs * events) ||
+      !keep(&mb->raw, &mb->raw_cap, raw_total + 1) ||
+      !keep(&mb->arena, &mb->arena_cap, content_total + 8 * events + 1)) {
+    move_buffers_free(mb);
     rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
+  ev = mb->ev;
+  recs = mb->recs;
+  raw = mb->raw;
+  arena = mb->arena;
   size_t at = 0, off = 0;
   char *a = arena;
   for (size_t i = 0; i < n_rows; i++) {
@@ -713,11 +770,6 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     }
   }
   qsort(ev, events, sizeof *ev, by_key);
-  recs = ana_malloc(sizeof *recs * events);
-  if (!recs) {
-    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto out;
-  }
   for (size_t i = 0; i < events; i++)
     recs[i] = ev[i].r;
   /* The numbers already given and the bodies, before the write lock. */
@@ -784,10 +836,6 @@ out:
   for (size_t i = 0; i < n_rows; i++)
     ana_free(rows[i].z);
   give_back(s, taken);
-  ana_free(ev);
-  ana_free(recs);
-  ana_free(raw);
-  ana_free(arena);
   return rc;
 }
 
@@ -808,6 +856,9 @@ static void *mover_thread(void *arg) {
          * a few times, as readers may keep a checkpoint from copying it all. */
         s->idle_hints--;
         pthread_mutex_unlock(&s->mu);
+        move_buffers_free(&s->mb);
+        ana_spool_rows_free(&s->prep);
+        spares_free(s);
         ana_local_db_checkpoint_soon(s->db);
         pthread_mutex_lock(&s->mu);
       }
@@ -970,6 +1021,7 @@ void ana_staging_close(struct ana_staging *s) {
   }
   ana_spool_statements_finalize(&s->insert);
   ana_spool_rows_free(&s->prep);
+  move_buffers_free(&s->mb);
   for (int list = 0; list < 2; list++) {
     struct handoff *h = list == 0 ? s->q_head : s->spare;
     while (h) {
