@@ -11,9 +11,15 @@ staged, the free-text index caught up), per event, and the CPU per thread
 name (/proc/PID/task/*/comm) at the end, and the acknowledgement's latency
 (each POST's round trip: p50, p99, max; a commit that waits for a lock shows
 here). Prints every load and the medians.
+With --search-every S, a second client searches the free text (GET
+/api/events/search, a campaign's word, page of 50) every S seconds during the
+load: the searches' latency (each waits for the events committed before it to
+be moved and indexed) is printed too (p50, p90, max). --env-a/--env-b: server
+settings of one side only.
 
 Usage: /usr/bin/python3 bench/import_cpu_ab.py --a OLD/analyticsd --b NEW/analyticsd
        [--events 200000] [--rounds 3] [--steps 1] [--env NAME=VALUE]...
+       [--search-every 0.5] [--env-a NAME=VALUE]... [--env-b NAME=VALUE]...
 --steps K: also print each K-th of a load (rate and CPU per thread per event
 of that part alone): whether the cost grows with the store's size.
 """
@@ -25,6 +31,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,11 +118,36 @@ def step_line(side, done, n, secs, threads):
           % (side, done, n / secs, th), flush=True)
 
 
-def load(binary, reqs, n, env, steps=1, side=""):
+def searches(port, every, stop, out):
+    """GET /api/events/search every `every` seconds until stop is set; the
+    latencies (seconds) of those answered 200 into out["lat"], others counted."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    k = 0
+    while not stop.wait(every):
+        t = time.perf_counter()
+        conn.request("GET", "/api/events/search?query=c%d&pageSize=50" % (k % 50))
+        r = conn.getresponse()
+        r.read()
+        k += 1
+        if r.status == 200:
+            out["lat"].append(time.perf_counter() - t)
+        else:
+            out["failed"] += 1
+    conn.close()
+
+
+def load(binary, reqs, n, env, steps=1, side="", search_every=0.0):
     os.environ["ANALYTICSD"] = os.path.abspath(binary)
     server = harness.Server(log_level="warn", env=dict({"RETENTION_DAYS": 365}, **env))
     server.start()
     pid = server.proc.pid
+    found = {"lat": [], "failed": 0}
+    stop = threading.Event()
+    searcher = None
+    if search_every > 0:
+        searcher = threading.Thread(target=searches,
+                                    args=(server.http_port, search_every, stop, found))
+        searcher.start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=600)
         c0 = cpu_s(pid)
@@ -144,6 +176,9 @@ def load(binary, reqs, n, env, steps=1, side=""):
         secs = time.perf_counter() - t0
         c1 = cpu_s(pid)
         conn.close()
+        stop.set()
+        if searcher:
+            searcher.join()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if (metric(server.http_port, "ana_store_staged_events") == 0 and
@@ -154,14 +189,21 @@ def load(binary, reqs, n, env, steps=1, side=""):
         c2 = cpu_s(pid)
         per_thread = threads_cpu(pid)
     finally:
+        stop.set()
+        if searcher:
+            searcher.join()
         server.stop(timeout=120)
         server.cleanup()
     acks.sort()
+    lat = sorted(found["lat"]) or [0.0]
     return {"rate": n / secs, "load_us": (c1 - c0) * 1e6 / n, "total_us": (c2 - c0) * 1e6 / n,
             "threads": {k: v * 1e6 / n for k, v in per_thread.items()},
             "ack_p50_ms": acks[len(acks) // 2] * 1e3,
             "ack_p99_ms": acks[min(len(acks) - 1, len(acks) * 99 // 100)] * 1e3,
-            "ack_max_ms": acks[-1] * 1e3}
+            "ack_max_ms": acks[-1] * 1e3,
+            "search_p50": lat[len(lat) // 2] * 1000, "search_p90": lat[len(lat) * 9 // 10] * 1000,
+            "search_max": lat[-1] * 1000, "searches": len(found["lat"]),
+            "search_failed": found["failed"]}
 
 
 def main():
@@ -172,14 +214,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--env-a", action="append", default=[])
+    ap.add_argument("--env-b", action="append", default=[])
+    ap.add_argument("--search-every", type=float, default=0.0)
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
+    side_env = {"A": dict(env, **dict(kv.split("=", 1) for kv in args.env_a)),
+                "B": dict(env, **dict(kv.split("=", 1) for kv in args.env_b))}
     reqs = bodies(args.events)
     res = {"A": [], "B": []}
     for r in range(args.rounds):
         order = ("A", "B") if r % 2 == 0 else ("B", "A")
         for side in order:
-            x = load(args.a if side == "A" else args.b, reqs, args.events, env, args.steps, side)
+            x = load(args.a if side == "A" else args.b, reqs, args.events, side_env[side],
+                     args.steps, side, args.search_every)
             res[side].append(x)
             th = ", ".join("%s %.1f" % kv for kv in sorted(x["threads"].items(),
                                                           key=lambda kv: -kv[1]) if kv[1] >= 0.5)
@@ -189,9 +237,18 @@ def main():
                   % (r + 1, side, x["rate"], x["load_us"], x["total_us"], th, x["ack_p50_ms"],
                      x["ack_p99_ms"], x["ack_max_ms"], open("/proc/loadavg").read().split()[0]),
                   flush=True)
-    for key, what in (("rate", "ev/s"), ("load_us", "CPU us/event (load)"),
-                      ("total_us", "CPU us/event (until quiescent)"),
-                      ("ack_p50_ms", "ack p50 ms"), ("ack_p99_ms", "ack p99 ms")):
+            if args.search_every > 0:
+                print("round %d %s: %d searches during the load (%d failed): p50 %.0f ms, "
+                      "p90 %.0f ms, max %.0f ms" % (r + 1, side, x["searches"], x["search_failed"],
+                                                    x["search_p50"], x["search_p90"],
+                                                    x["search_max"]), flush=True)
+    keys = [("rate", "ev/s"), ("load_us", "CPU us/event (load)"),
+            ("total_us", "CPU us/event (until quiescent)"),
+            ("ack_p50_ms", "ack p50 ms"), ("ack_p99_ms", "ack p99 ms")]
+    if args.search_every > 0:
+        keys += [("search_p50", "search p50 ms"), ("search_p90", "search p90 ms"),
+                 ("search_max", "search max ms")]
+    for key, what in keys:
         a = statistics.median(x[key] for x in res["A"])
         b = statistics.median(x[key] for x in res["B"])
         print("median %s: A %.1f, B %.1f, B/A %.2f" % (what, a, b, b / a))

@@ -2819,6 +2819,42 @@ static void staged_events_are_read_right_after_their_commit(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM events_staged"), 0);
 }
 
+/* Committed batches go to the mover in memory (not read back from
+ * events_staged); one not handed off (the handoff full) is read back from
+ * events_staged in its turn, between the batches handed off around it:
+ * each event moved once, in sequence order, none lost, nothing left staged. */
+static void staged_batches_are_handed_off_in_memory(void **state) {
+  (void)state;
+  ana_local_staging_hold(db, true);
+  const size_t bounds[6] = {ANA_STAGING_HANDOFF_BYTES, 0, 0,
+                            ANA_STAGING_HANDOFF_BYTES, 0, ANA_STAGING_HANDOFF_BYTES};
+  char prefix[16];
+  for (int k = 0; k < 6; k++) {
+    ana_local_staging_set_handoff_bytes(db, bounds[k]);
+    snprintf(prefix, sizeof prefix, "ho%d", k);
+    commit_records(1000, prefix, "staged words");
+    assert_int_equal(last_rc, 0);
+  }
+  ana_local_staging_set_handoff_bytes(db, ANA_STAGING_HANDOFF_BYTES);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events_staged"), 6);
+  ana_local_staging_hold(db, false);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  struct ana_local_staging_stats st;
+  ana_local_staging_stats(db, &st);
+  assert_int_equal(st.handed_off, 3000);
+  assert_int_equal(st.read_back, 3000);
+  assert_int_equal(st.moved_upto, 6000);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 6000);
+  assert_int_equal(query_int(w, "SELECT count(DISTINCT seq) FROM events"), 6000);
+  assert_int_equal(query_int(w, "SELECT count(DISTINCT event_id) FROM events"), 6000);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events_staged"), 0);
+  struct body_check c = {0};
+  assert_int_equal(ana_local_spool_each(db, 1234, 10000, check_seq_order, &c, &err), 6000 - 1234);
+  assert_int_equal(c.bad, 0);
+}
+
 /* The staged backlog is bounded (STORE_STAGING_MAX_EVENTS): a commit that
  * does not fit waits up to STORE_STAGING_WAIT, then answers UNAVAILABLE,
  * naming the variable, and stores nothing; once the mover made room the
@@ -3518,6 +3554,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(explicit_checkpoint_empties_the_wal, setup, teardown),
       cmocka_unit_test_setup_teardown(staged_events_are_read_right_after_their_commit, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(staged_batches_are_handed_off_in_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(staging_backlog_is_bounded, setup, teardown),
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,
                                       teardown),

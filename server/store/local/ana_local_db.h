@@ -201,6 +201,12 @@ int ana_local_staging_wait(struct ana_local_db *db, uint64_t upto_seq, struct an
 /* For tests: hold keeps the mover from moving until released. */
 void ana_local_staging_hold(struct ana_local_db *db, bool hold);
 
+/* A committed batch is handed to the mover in memory (not read back from
+ * events_staged) while the batches waiting so hold at most this many bytes. */
+#define ANA_STAGING_HANDOFF_BYTES ((size_t)64 << 20)
+/* For tests: that bound. */
+void ana_local_staging_set_handoff_bytes(struct ana_local_db *db, size_t max_bytes);
+
 /* The mover's hand-over: after each move's commit, on the mover's thread,
  * fn(ctx, records, n) gets the events just moved into the table (in its
  * key order; valid during the call), so that a follower (the free-text
@@ -214,6 +220,8 @@ struct ana_local_staging_stats {
   uint64_t staged_upto;   /* last sequence staged */
   uint64_t moved_upto;    /* every event up to it is in events */
   uint64_t moves;         /* the mover's transactions */
+  uint64_t handed_off;    /* events moved from the in-memory handoff */
+  uint64_t read_back;     /* events moved from events_staged (read back) */
 };
 void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_stats *out);
 

@@ -444,6 +444,14 @@ void ana_event_codec_retire(struct ana_event_codec *c, int upto_id) {
   atomic_store(&c->retired_upto, upto_id);
 }
 
+bool ana_event_codec_retired(struct ana_event_codec *c, int dict_id) {
+  return dict_id > 0 && dict_id <= atomic_load(&c->retired_upto);
+}
+
+int ana_event_body_dict(const void *body) {
+  return *(const uint8_t *)body & BODY_MAX_DICT;
+}
+
 /* Stops compressing with a retired dictionary: bodies are stored raw until
  * one is trained on the bodies stored from now on (sealed ones). */
 static void drop_retired(struct ana_event_codec *c) {

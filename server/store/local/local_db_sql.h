@@ -133,6 +133,10 @@ struct ana_event_codec *ana_local_db_event_codec(struct ana_local_db *db);
  * the next encode on); bodies are stored uncompressed until a dictionary is
  * trained anew on the bodies stored from then on. */
 void ana_event_codec_retire(struct ana_event_codec *c, int upto_id);
+/* Whether dictionary dict_id (> 0) is retired (thread-safe). */
+bool ana_event_codec_retired(struct ana_event_codec *c, int dict_id);
+/* The dictionary id of an encoded body (its first byte; 0: uncompressed). */
+int ana_event_body_dict(const void *body);
 
 /* The dictionary's training runs on a thread of its own (no commit waits
  * for it); the first encode after it ended takes the dictionary. For tests:
@@ -148,25 +152,50 @@ enum {
 void ana_event_codec_hold_training(struct ana_event_codec *c, bool hold);
 int ana_event_codec_training_state(struct ana_event_codec *c, int wait_ms);
 
-/* The events row insert (spool.c): records[i] with !duplicate, their seq
- * set, into events on w (stmts: its statements, prepared on first use, the
- * caller's to finalize), bodies encoded by codec (whose dictionary the
- * caller persists in the same transaction). The mover calls it. */
+/* The events rows (spool.c), for the mover: ana_local_spool_prepare, outside
+ * any transaction, gives records[i] (!duplicate, their seq set) the numbers
+ * of their account, type and name already given (ANA_SPOOL_UNKNOWN for the
+ * others) and encodes their bodies with codec into rows;
+ * ana_local_spool_insert then inserts them into events on w in its open
+ * transaction, giving the numbers not given yet (the caller persists the
+ * codec's dictionary in the same transaction). stmts: w's statements,
+ * prepared on first use, the caller's to finalize, and the numbers found.
+ * ana_local_spool_reencode encodes the bodies again (a dictionary they use
+ * was retired meanwhile). */
 #define ANA_SPOOL_STRINGS 64
+#define ANA_SPOOL_UNKNOWN INT64_MIN
 struct ana_spool_string {
   char *name;
   int64_t id;
 };
 struct ana_spool_statements {
-  sqlite3_stmt *append, *number, *string_add, *string_get;
-  struct ana_spool_string strings[ANA_SPOOL_STRINGS]; /* numbers of event_strings found */
+  sqlite3_stmt *append, *add[2], *get[2];              /* add, get: accounts; event strings */
+  struct ana_spool_string strings[ANA_SPOOL_STRINGS];  /* numbers of event_strings found */
+  struct ana_spool_string accounts[ANA_SPOOL_STRINGS]; /* numbers of dedupe_accounts found */
 };
+#define ANA_SPOOL_ID_BYTES (1 + ANA_EVENT_ID_PACKED) /* packed or not, the packed id */
+struct ana_spool_rows {
+  size_t n, cap;
+  int64_t *nums;    /* 3 per record: account, type, name */
+  uint8_t *ids;     /* ANA_SPOOL_ID_BYTES per record */
+  size_t *body_off; /* n + 1: record i's body is bodies[body_off[i] .. body_off[i + 1]) */
+  uint8_t *bodies;
+  size_t bodies_len, bodies_cap;
+  int dict; /* the highest dictionary id the bodies use (0: none) */
+};
+int ana_local_spool_prepare(sqlite3 *w, struct ana_spool_statements *stmts,
+                            struct ana_event_codec *codec, const struct ana_event_record *records,
+                            size_t n, struct ana_spool_rows *rows, struct ana_error *err);
+int ana_local_spool_reencode(sqlite3 *w, struct ana_event_codec *codec,
+                             const struct ana_event_record *records, struct ana_spool_rows *rows,
+                             struct ana_error *err);
 int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
-                           struct ana_event_codec *codec, const struct ana_event_record *records,
-                           size_t n, struct ana_error *err);
+                           const struct ana_event_record *records,
+                           const struct ana_spool_rows *rows, struct ana_error *err);
+void ana_spool_rows_free(struct ana_spool_rows *rows);
 void ana_spool_statements_finalize(struct ana_spool_statements *stmts);
 /* After a rollback of the transaction of ana_local_spool_insert: forgets the
- * numbers of event_strings it kept (some may have been rolled back). */
+ * numbers it kept (some may have been rolled back). */
 void ana_spool_statements_forget(struct ana_spool_statements *stmts);
 
 /* Staging (staging.c): the commit's staged events (one per local database),

@@ -5,6 +5,7 @@
  * store drains it
  * through the shipper contract (ana_store.h); the embedded event store reads
  * it in place. */
+#include "byte_codec.h"
 #include "local_db_sql.h"
 
 #include "ana_alloc.h"
@@ -14,11 +15,13 @@
 static const char sql_append[] =
     "INSERT INTO events (key, account_id, event_id, session_id, event_type,"
     " event_name, ms, received_delta, body)"
-    " VALUES (?1, " ANA_ACCOUNT_NUMBER_SQL(3) ", ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    " VALUES (?1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 /* An account's number, for the rows (the claim of its deduplication keys
- * gives it one first, in the same transaction, when there are keys). */
+ * gives it one first, in the same transaction as its staging, when there
+ * are keys). */
 static const char sql_number_account[] =
     "INSERT OR IGNORE INTO dedupe_accounts (account_id) VALUES (?)";
+static const char sql_account_get[] = "SELECT id FROM dedupe_accounts WHERE account_id = ?";
 /* An event type's or name's number (event_strings). */
 static const char sql_string_add[] = "INSERT OR IGNORE INTO event_strings (name) VALUES (?)";
 static const char sql_string_get[] = "SELECT id FROM event_strings WHERE name = ?";
@@ -42,89 +45,109 @@ static uint32_t string_hash(const char *s) {
   return h;
 }
 
-/* The number of an event type or name in event_strings, added in the open
- * transaction when it has none; the numbers found are kept in stmts until
- * ana_spool_statements_forget (a rolled back transaction takes its new
- * numbers with it). */
-static int string_number(sqlite3 *w, struct ana_spool_statements *stmts, const char *name,
-                         int64_t *out, struct ana_error *err) {
-  struct ana_spool_string *slot = &stmts->strings[string_hash(name) % ANA_SPOOL_STRINGS];
-  if (slot->name && strcmp(slot->name, name) == 0) {
-    *out = slot->id;
-    return 0;
-  }
-  sqlite3_stmt *add = prepared(w, &stmts->string_add, sql_string_add);
-  sqlite3_stmt *get = add ? prepared(w, &stmts->string_get, sql_string_get) : NULL;
-  if (!get) {
-    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
-    return ANA_ERR_INTERNAL;
-  }
-  sqlite3_bind_text(add, 1, name, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(add);
-  sqlite3_reset(add);
-  if (rc != SQLITE_DONE)
-    return spool_error(w, err);
-  sqlite3_bind_text(get, 1, name, -1, SQLITE_STATIC);
-  rc = sqlite3_step(get);
-  if (rc == SQLITE_ROW)
-    *out = sqlite3_column_int64(get, 0);
-  sqlite3_reset(get);
-  if (rc != SQLITE_ROW)
-    return spool_error(w, err);
+/* The two kinds of numbers: accounts (dedupe_accounts) and event types and
+ * names (event_strings). */
+enum { NUM_ACCOUNT, NUM_STRING };
+static const char *const num_add_sql[2] = {sql_number_account, sql_string_add};
+static const char *const num_get_sql[2] = {sql_account_get, sql_string_get};
+
+static struct ana_spool_string *num_slot(struct ana_spool_statements *stmts, int kind,
+                                         const char *name) {
+  struct ana_spool_string *slots = kind == NUM_ACCOUNT ? stmts->accounts : stmts->strings;
+  return &slots[string_hash(name) % ANA_SPOOL_STRINGS];
+}
+
+static void num_keep(struct ana_spool_string *slot, const char *name, int64_t id) {
   char *copy = ana_strdup(name);
   if (copy) { /* else not kept: looked up again next time */
     ana_free(slot->name);
     slot->name = copy;
-    slot->id = *out;
+    slot->id = id;
   }
-  return 0;
 }
 
-/* Each event goes to its day's range of the table (see local_db_sql.h),
- * under the sequence number the commit gave it (the key's low bits). */
-int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
-                           struct ana_event_codec *codec, const struct ana_event_record *records,
-                           size_t n, struct ana_error *err) {
-  sqlite3_stmt *st = prepared(w, &stmts->append, sql_append);
-  if (!st) {
+/* The number of name (kind) already given: kept in stmts, else looked up
+ * on w (outside a transaction: in its own read snapshot; numbers are never
+ * deleted). 1: found; 0: none yet (ANA_SPOOL_UNKNOWN); < 0: an error. */
+static int num_find(sqlite3 *w, struct ana_spool_statements *stmts, int kind, const char *name,
+                    int64_t *out, struct ana_error *err) {
+  struct ana_spool_string *slot = num_slot(stmts, kind, name);
+  if (slot->name && strcmp(slot->name, name) == 0) {
+    *out = slot->id;
+    return 1;
+  }
+  sqlite3_stmt *get = prepared(w, &stmts->get[kind], num_get_sql[kind]);
+  if (!get) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
     return ANA_ERR_INTERNAL;
   }
-  const char *account = NULL; /* the last one numbered */
+  sqlite3_bind_text(get, 1, name, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(get);
+  if (rc == SQLITE_ROW)
+    *out = sqlite3_column_int64(get, 0);
+  sqlite3_reset(get);
+  if (rc == SQLITE_DONE) {
+    *out = ANA_SPOOL_UNKNOWN;
+    return 0;
+  }
+  if (rc != SQLITE_ROW)
+    return spool_error(w, err);
+  num_keep(slot, name, *out);
+  return 1;
+}
+
+/* The number of name (kind), added in the open transaction when it has none;
+ * the numbers found are kept in stmts until ana_spool_statements_forget (a
+ * rolled back transaction takes its new numbers with it). */
+static int num_get(sqlite3 *w, struct ana_spool_statements *stmts, int kind, const char *name,
+                   int64_t *out, struct ana_error *err) {
+  int rc = num_find(w, stmts, kind, name, out, err);
+  if (rc != 0)
+    return rc < 0 ? rc : 0;
+  sqlite3_stmt *add = prepared(w, &stmts->add[kind], num_add_sql[kind]);
+  if (!add) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  sqlite3_bind_text(add, 1, name, -1, SQLITE_STATIC);
+  rc = sqlite3_step(add);
+  sqlite3_reset(add);
+  if (rc != SQLITE_DONE)
+    return spool_error(w, err);
+  rc = num_find(w, stmts, kind, name, out, err);
+  if (rc == 0)
+    return spool_error(w, err);
+  return rc < 0 ? rc : 0;
+}
+
+static const char *type_of(const struct ana_event_record *r) {
+  return r->event_type ? r->event_type : "";
+}
+
+static const char *name_of_event(const struct ana_event_record *r) {
+  return r->event_name ? r->event_name : "";
+}
+
+void ana_spool_rows_free(struct ana_spool_rows *rows) {
+  ana_free(rows->nums);
+  ana_free(rows->body_off);
+  ana_free(rows->ids);
+  ana_free(rows->bodies);
+  memset(rows, 0, sizeof *rows);
+}
+
+/* The bodies of records[0..n) into rows (their dictionaries' highest id in
+ * rows->dict). */
+static int encode_bodies(sqlite3 *w, struct ana_event_codec *codec,
+                         const struct ana_event_record *records, size_t n,
+                         struct ana_spool_rows *rows, struct ana_error *err) {
+  rows->bodies_len = 0;
+  rows->dict = 0;
   for (size_t i = 0; i < n; i++) {
     const struct ana_event_record *r = &records[i];
+    rows->body_off[i] = rows->bodies_len;
     if (r->duplicate)
       continue;
-    if (!account || strcmp(account, r->account_id) != 0) {
-      sqlite3_stmt *num = prepared(w, &stmts->number, sql_number_account);
-      if (!num) {
-        ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
-        return ANA_ERR_INTERNAL;
-      }
-      sqlite3_bind_text(num, 1, r->account_id, -1, SQLITE_STATIC);
-      int nrc = sqlite3_step(num);
-      sqlite3_reset(num);
-      if (nrc != SQLITE_DONE)
-        return spool_error(w, err);
-      account = r->account_id;
-    }
-    int64_t type = 0, name = 0;
-    int src = string_number(w, stmts, r->event_type ? r->event_type : "", &type, err);
-    if (src == 0)
-      src = string_number(w, stmts, r->event_name ? r->event_name : "", &name, err);
-    if (src < 0)
-      return src;
-    uint64_t seq = r->seq;
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
-    sqlite3_bind_text(st, 3, r->account_id, -1, SQLITE_STATIC);
-    ana_event_id_bind(st, 4, r->event_id, -1);
-    sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, type);
-    sqlite3_bind_int64(st, 7, name);
-    /* ts is generated from the key's day and this */
-    sqlite3_bind_int64(st, 8, r->timestamp_ms - ana_event_day(r->timestamp_ms) * ANA_EVENT_DAY_MS);
-    sqlite3_bind_int64(st, 9, r->received_at_ms - r->timestamp_ms);
     const struct ana_event_body_parts parts = {
         .text = r->search_text,
         .properties = r->properties_json ? r->properties_json : "{}",
@@ -136,18 +159,126 @@ int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
     };
     const void *body = NULL;
     size_t body_len = 0;
-    if (ana_event_codec_encode(codec, w, &parts, &body, &body_len) < 0) {
-      sqlite3_reset(st);
+    if (ana_event_codec_encode(codec, w, &parts, &body, &body_len) < 0 ||
+        !ana_bytes_grow(&rows->bodies, &rows->bodies_cap, rows->bodies_len + body_len)) {
       ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       return ANA_ERR_NOMEM;
     }
-    sqlite3_bind_blob(st, 10, body, (int)body_len, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-      sqlite3_reset(st);
-      return spool_error(w, err);
-    }
+    int dict = body_len ? ana_event_body_dict(body) : 0;
+    if (dict > rows->dict)
+      rows->dict = dict;
+    memcpy(rows->bodies + rows->bodies_len, body, body_len);
+    rows->bodies_len += body_len;
   }
-  sqlite3_reset(st);
+  rows->body_off[n] = rows->bodies_len;
+  return 0;
+}
+
+int ana_local_spool_prepare(sqlite3 *w, struct ana_spool_statements *stmts,
+                            struct ana_event_codec *codec, const struct ana_event_record *records,
+                            size_t n, struct ana_spool_rows *rows, struct ana_error *err) {
+  /* Kept from move to move (grown when needed): fresh pages cost more than
+   * their contents. */
+  if (n + 1 > rows->cap) {
+    ana_free(rows->nums);
+    ana_free(rows->body_off);
+    ana_free(rows->ids);
+    rows->cap = n + 1;
+    rows->nums = ana_malloc(sizeof *rows->nums * 3 * rows->cap);
+    rows->body_off = ana_malloc(sizeof *rows->body_off * rows->cap);
+    rows->ids = ana_malloc(ANA_SPOOL_ID_BYTES * rows->cap);
+  }
+  rows->n = n;
+  if (!rows->nums || !rows->body_off || !rows->ids) {
+    rows->cap = 0;
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return ANA_ERR_NOMEM;
+  }
+  const char *account = NULL, *type = NULL, *name = NULL; /* the last ones numbered */
+  int64_t account_n = ANA_SPOOL_UNKNOWN, type_n = ANA_SPOOL_UNKNOWN, name_n = ANA_SPOOL_UNKNOWN;
+  for (size_t i = 0; i < n; i++) {
+    const struct ana_event_record *r = &records[i];
+    int64_t *num = &rows->nums[3 * i];
+    if (r->duplicate)
+      continue;
+    int rc = 0;
+    if (!account || strcmp(account, r->account_id) != 0) {
+      account = r->account_id;
+      rc = num_find(w, stmts, NUM_ACCOUNT, account, &account_n, err);
+    }
+    if (rc >= 0 && (!type || strcmp(type, type_of(r)) != 0)) {
+      type = type_of(r);
+      rc = num_find(w, stmts, NUM_STRING, type, &type_n, err);
+    }
+    if (rc >= 0 && (!name || strcmp(name, name_of_event(r)) != 0)) {
+      name = name_of_event(r);
+      rc = num_find(w, stmts, NUM_STRING, name, &name_n, err);
+    }
+    if (rc < 0)
+      return rc;
+    num[0] = account_n;
+    num[1] = type_n;
+    num[2] = name_n;
+    /* A UUID's stored form (as ana_event_id_bind), here rather than under
+     * the write lock; first byte 0: not one (bound as text). */
+    uint8_t *id = rows->ids + ANA_SPOOL_ID_BYTES * i;
+    id[0] = ana_event_id_pack(r->event_id, strlen(r->event_id), id + 1);
+  }
+  return encode_bodies(w, codec, records, n, rows, err);
+}
+
+int ana_local_spool_reencode(sqlite3 *w, struct ana_event_codec *codec,
+                             const struct ana_event_record *records, struct ana_spool_rows *rows,
+                             struct ana_error *err) {
+  return encode_bodies(w, codec, records, rows->n, rows, err);
+}
+
+/* Each event goes to its day's range of the table (see local_db_sql.h),
+ * under the sequence number the commit gave it (the key's low bits). */
+int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
+                           const struct ana_event_record *records,
+                           const struct ana_spool_rows *rows, struct ana_error *err) {
+  sqlite3_stmt *st = prepared(w, &stmts->append, sql_append);
+  if (!st) {
+    ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
+    return ANA_ERR_INTERNAL;
+  }
+  for (size_t i = 0; i < rows->n; i++) {
+    const struct ana_event_record *r = &records[i];
+    if (r->duplicate)
+      continue;
+    /* Numbers not given before the transaction: given now. */
+    int64_t num[3] = {rows->nums[3 * i], rows->nums[3 * i + 1], rows->nums[3 * i + 2]};
+    int src = 0;
+    if (num[0] == ANA_SPOOL_UNKNOWN)
+      src = num_get(w, stmts, NUM_ACCOUNT, r->account_id, &num[0], err);
+    if (src == 0 && num[1] == ANA_SPOOL_UNKNOWN)
+      src = num_get(w, stmts, NUM_STRING, type_of(r), &num[1], err);
+    if (src == 0 && num[2] == ANA_SPOOL_UNKNOWN)
+      src = num_get(w, stmts, NUM_STRING, name_of_event(r), &num[2], err);
+    if (src < 0)
+      return src;
+    uint64_t seq = r->seq;
+    sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
+    sqlite3_bind_int64(st, 3, num[0]);
+    const uint8_t *id = rows->ids + ANA_SPOOL_ID_BYTES * i;
+    if (id[0])
+      sqlite3_bind_blob(st, 4, id + 1, ANA_EVENT_ID_PACKED, SQLITE_STATIC);
+    else
+      sqlite3_bind_text(st, 4, r->event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->session_id ? r->session_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, num[1]);
+    sqlite3_bind_int64(st, 7, num[2]);
+    /* ts is generated from the key's day and this */
+    sqlite3_bind_int64(st, 8, r->timestamp_ms - ana_event_day(r->timestamp_ms) * ANA_EVENT_DAY_MS);
+    sqlite3_bind_int64(st, 9, r->received_at_ms - r->timestamp_ms);
+    sqlite3_bind_blob(st, 10, rows->bodies + rows->body_off[i],
+                      (int)(rows->body_off[i + 1] - rows->body_off[i]), SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+      return spool_error(w, err);
+  }
   return 0;
 }
 
@@ -155,15 +286,19 @@ void ana_spool_statements_forget(struct ana_spool_statements *stmts) {
   for (int i = 0; i < ANA_SPOOL_STRINGS; i++) {
     ana_free(stmts->strings[i].name);
     stmts->strings[i].name = NULL;
+    ana_free(stmts->accounts[i].name);
+    stmts->accounts[i].name = NULL;
   }
 }
 
 void ana_spool_statements_finalize(struct ana_spool_statements *stmts) {
   sqlite3_finalize(stmts->append);
-  sqlite3_finalize(stmts->number);
-  sqlite3_finalize(stmts->string_add);
-  sqlite3_finalize(stmts->string_get);
-  stmts->append = stmts->number = stmts->string_add = stmts->string_get = NULL;
+  stmts->append = NULL;
+  for (int k = 0; k < 2; k++) {
+    sqlite3_finalize(stmts->add[k]);
+    sqlite3_finalize(stmts->get[k]);
+    stmts->add[k] = stmts->get[k] = NULL;
+  }
   ana_spool_statements_forget(stmts);
 }
 

@@ -9,8 +9,12 @@
  * journal in a transaction of the journal's. The two files do not commit
  * together: a staged row at or below the watermark is moved already (a
  * crash between the two commits leaves it), and the mover and the readers
- * skip it; the next start deletes it. Readers of the events table first
- * wait until every event committed before they began was moved
+ * skip it; the next start deletes it. The mover decodes, sorts, numbers and
+ * encodes a move's events before its transaction, which then only inserts
+ * them. A committed batch is handed to the mover in memory too (the
+ * handoff, bounded), so that it need not read its row back; the row stays
+ * the durable copy until moved. Readers of the events table first wait
+ * until every event committed before they began was moved
  * (ana_local_staging_wait). */
 #include "byte_codec.h"
 #include "local_db_sql.h"
@@ -41,13 +45,32 @@
 /* The mover's pause after a failed move. */
 #define RETRY_MS 200
 
-/* A staged row read for a move. */
+/* A staged row taken by a move: read from events_staged (z, compressed)
+ * or handed off in memory (raw). */
 struct staged_row {
   uint64_t first, last;
   size_t n, raw_len;
   void *z;
   size_t z_len;
+  const uint8_t *raw;
 };
+
+/* The handoff: a commit's batch (its staged row's content, uncompressed),
+ * handed to the mover in memory once committed, so that the mover need not
+ * read and decompress the row (which stays the durable copy until moved).
+ * At most ANA_STAGING_HANDOFF_BYTES wait; beyond, and at start, the mover reads the
+ * rows from events_staged. The mover gives the buffers back to the
+ * commit's side (up to SPARE_BYTES kept while the mover is busy: a move
+ * takes some sixteen batches at once, and a fresh buffer grown again on the
+ * commit's path costs more than the copy it saves). */
+struct handoff {
+  struct handoff *next;
+  uint64_t first, last;
+  size_t n, len;
+  uint8_t *buf;
+  size_t cap;
+};
+#define SPARE_BYTES ((size_t)32 << 20)
 
 /* Staged rows one move takes at most. */
 #define MOVE_ROWS 512
@@ -91,7 +114,22 @@ struct ana_staging {
   struct ana_spool_statements insert;
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
-  pthread_mutex_t follow_mu;         /* held while the follower is called */
+  struct ana_spool_rows prep;        /* the mover's: the events rows of a move */
+  /* The mover's buffers, kept from move to move while it is busy (fresh
+   * pages cost more than what is written to them). */
+  struct move_buffers {
+    void *ev, *recs, *raw, *arena;
+    size_t ev_cap, recs_cap, raw_cap, arena_cap;
+  } mb;
+  /* The handoff (under mu): batches committed and not taken, oldest first;
+   * their buffers' bytes; buffers given back. */
+  struct handoff *q_head, *q_tail, *spare;
+  size_t q_bytes;
+  size_t spare_bytes;
+  size_t handoff_bytes;           /* ANA_STAGING_HANDOFF_BYTES */
+  uint64_t handoffs_missed;       /* batches not handed off (the queue was full) */
+  uint64_t handed_off, read_back; /* events moved from memory, from events_staged */
+  pthread_mutex_t follow_mu;      /* held while the follower is called */
   ana_local_moved_fn follow;
   void *follow_ctx;
 };
@@ -284,9 +322,48 @@ int ana_staging_flush(struct ana_staging *s, struct ana_error *err) {
   return 0;
 }
 
+/* The committed batch to the mover (under mu): its buffer swapped for a
+ * spare one. */
+static void hand_off(struct ana_staging *s) {
+  if (s->q_bytes + s->cap > s->handoff_bytes) {
+    s->handoffs_missed++;
+    return;
+  }
+  struct handoff *h = s->spare;
+  if (h) {
+    s->spare = h->next;
+    s->spare_bytes -= h->cap;
+  } else if (!(h = ana_calloc(1, sizeof *h))) {
+    s->handoffs_missed++;
+    return;
+  }
+  uint8_t *spare = h->buf;
+  size_t spare_cap = h->cap;
+  h->buf = s->buf;
+  h->cap = s->cap;
+  s->buf = spare;
+  s->cap = spare_cap;
+  if (!s->buf) { /* sized as the last one (not grown again from nothing) */
+    s->buf = ana_malloc(h->cap);
+    s->cap = s->buf ? h->cap : 0;
+  }
+  h->first = s->first_seq;
+  h->last = s->next_seq - 1;
+  h->n = s->n;
+  h->len = s->len;
+  h->next = NULL;
+  if (s->q_tail)
+    s->q_tail->next = h;
+  else
+    s->q_head = h;
+  s->q_tail = h;
+  s->q_bytes += h->cap;
+}
+
 void ana_staging_committed(struct ana_staging *s) {
   if (s->n > 0) {
     pthread_mutex_lock(&s->mu);
+    hand_off(s);
     s->staged_upto = s->next_seq - 1;
     atomic_store(&s->committed_upto, s->staged_upto);
     if (s->staged_events == 0)
@@ -461,6 +538,13 @@ void ana_local_db_follow_moves(struct ana_local_db *db, ana_local_moved_fn fn, v
   pthread_mutex_unlock(&s->follow_mu);
 }
 
+void ana_local_staging_set_handoff_bytes(struct ana_local_db *db, size_t max_bytes) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  pthread_mutex_lock(&s->mu);
+  s->handoff_bytes = max_bytes;
+  pthread_mutex_unlock(&s->mu);
+}
+
 void ana_local_staging_set_limits(struct ana_local_db *db, long max_events, int wait_ms) {
   struct ana_staging *s = ana_local_db_staging(db);
   pthread_mutex_lock(&s->mu);
@@ -477,6 +561,8 @@ void ana_local_staging_stats(struct ana_local_db *db, struct ana_local_staging_s
   out->staged_upto = s->staged_upto;
   out->moved_upto = s->moved_upto;
   out->moves = s->moves;
+  out->handed_off = s->handed_off;
+  out->read_back = s->read_back;
   pthread_mutex_unlock(&s->mu);
 }
 
@@ -492,6 +578,11 @@ static int by_key(const void *a, const void *b) {
 
 static int mover_fail(struct ana_staging *s, const char *what, struct ana_error *err) {
   ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: %s: %s", what, sqlite3_errmsg(s->conn));
+  return ANA_ERR_IO;
+}
+
+static int journal_fail(struct ana_staging *s, const char *what, struct ana_error *err) {
+  ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: %s: %s", what, sqlite3_errmsg(s->jconn));
   return ANA_ERR_IO;
 }
 
@@ -530,18 +621,164 @@ static void delete_moved(struct ana_staging *s, uint64_t upto) {
              sqlite3_errmsg(s->jconn));
 }
 
-/* One transaction: the oldest staged rows (up to MOVE_EVENTS events) into
- * events, sorted by key, and the watermark; then their deletion from the
- * journal. Returns how many events were moved (0: none staged), or a
- * negative error. */
+/* The oldest staged rows not moved yet, up to max_events events (at least
+ * one row), into s->rows: the batches handed off in memory when the oldest
+ * is one of them, else the rows of the journal's events_staged after the
+ * watermark and before the first handed off (read in a snapshot of their
+ * own, outside any transaction). Returns how many rows (0: none staged), or
+ * a negative error. */
+static int take_staged(struct ana_staging *s, size_t max_events, struct handoff **taken,
+                       struct ana_error *err) {
+  size_t n_rows = 0, events = 0;
+  pthread_mutex_lock(&s->mu);
+  /* Batches read from events_staged before they were handed off. */
+  while (s->q_head && s->q_head->last <= s->moved_upto) {
+    struct handoff *h = s->q_head;
+    s->q_head = h->next;
+    s->q_bytes -= h->cap;
+    h->next = *taken;
+    *taken = h;
+  }
+  if (!s->q_head)
+    s->q_tail = NULL;
+  bool from_queue = s->q_head && s->q_head->first == s->moved_upto + 1;
+  uint64_t bound = s->q_head ? s->q_head->first : (uint64_t)INT64_MAX;
+  /* Rows at or below it are moved (their deletion from the journal failed
+   * or was lost in a crash). */
+  uint64_t moved = s->moved_upto;
+  pthread_mutex_unlock(&s->mu);
+  if (!from_queue) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->jconn,
+                           "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
+                           " WHERE first_seq > ? AND first_seq < ? ORDER BY first_seq LIMIT 512",
+                           -1, &st, NULL) != SQLITE_OK)
+      return journal_fail(s, "cannot read the staged events", err);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)moved);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)bound);
+    int step = SQLITE_DONE;
+    while (events < max_events && n_rows < MOVE_ROWS && (step = sqlite3_step(st)) == SQLITE_ROW) {
+      struct staged_row *r = &s->rows[n_rows];
+      memset(r, 0, sizeof *r);
+      r->first = (uint64_t)sqlite3_column_int64(st, 0);
+      r->last = (uint64_t)sqlite3_column_int64(st, 1);
+      r->n = (size_t)sqlite3_column_int64(st, 2);
+      r->raw_len = (size_t)sqlite3_column_int64(st, 3);
+      r->z_len = (size_t)sqlite3_column_bytes(st, 4);
+      r->z = ana_malloc(r->z_len ? r->z_len : 1);
+      if (!r->z) {
+        sqlite3_finalize(st);
+        return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      }
+      if (r->z_len)
+        memcpy(r->z, sqlite3_column_blob(st, 4), r->z_len);
+      n_rows++;
+      events += r->n;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+      for (size_t i = 0; i < n_rows; i++)
+        ana_free(s->rows[i].z);
+      sqlite3_finalize(st);
+      return journal_fail(s, "cannot read the staged events", err);
+    }
+    sqlite3_finalize(st);
+    if (n_rows > 0 || bound == (uint64_t)INT64_MAX)
+      return (int)n_rows;
+  }
+  pthread_mutex_lock(&s->mu);
+  /* Batches in sequence order with no gap: one not handed off (the queue
+   * was full) is read from events_staged by the next move. */
+  while (s->q_head && events < max_events && n_rows < MOVE_ROWS &&
+         (n_rows == 0 || s->q_head->first == s->rows[n_rows - 1].last + 1)) {
+    struct handoff *h = s->q_head;
+    s->q_head = h->next;
+    s->q_bytes -= h->cap;
+    struct staged_row *r = &s->rows[n_rows++];
+    memset(r, 0, sizeof *r);
+    r->first = h->first;
+    r->last = h->last;
+    r->n = h->n;
+    r->raw_len = h->len;
+    r->raw = h->buf;
+    events += h->n;
+    h->next = *taken;
+    *taken = h;
+  }
+  if (!s->q_head)
+    s->q_tail = NULL;
+  pthread_mutex_unlock(&s->mu);
+  return (int)n_rows;
+}
+
+static bool keep(void **buf, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return true;
+  void *b = ana_malloc(need);
+  if (!b)
+    return false;
+  ana_free(*buf);
+  *buf = b;
+  *cap = need;
+  return true;
+}
+
+static void move_buffers_free(struct move_buffers *mb) {
+  ana_free(mb->ev);
+  ana_free(mb->recs);
+  ana_free(mb->raw);
+  ana_free(mb->arena);
+  memset(mb, 0, sizeof *mb);
+}
+
+/* Frees the spare buffers (the mover idle). */
+static void spares_free(struct ana_staging *s) {
+  pthread_mutex_lock(&s->mu);
+  struct handoff *h = s->spare;
+  s->spare = NULL;
+  s->spare_bytes = 0;
+  pthread_mutex_unlock(&s->mu);
+  while (h) {
+    struct handoff *next = h->next;
+    ana_free(h->buf);
+    ana_free(h);
+    h = next;
+  }
+}
+
+/* Batches back to the committer's spares (their buffers reused), the rest freed. */
+static void give_back(struct ana_staging *s, struct handoff *list) {
+  pthread_mutex_lock(&s->mu);
+  while (list) {
+    struct handoff *h = list;
+    list = h->next;
+    if (s->spare_bytes + h->cap <= SPARE_BYTES) {
+      h->next = s->spare;
+      s->spare = h;
+      s->spare_bytes += h->cap;
+    } else {
+      ana_free(h->buf);
+      ana_free(h);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* One move: the oldest staged rows (up to MOVE_EVENTS events) gathered,
+ * decoded, sorted by key, numbered and their bodies encoded outside any
+ * transaction; then one transaction inserts them into events and deletes
+ * the staged rows. Returns how many events were moved (0: none staged), or
+ * a negative error. */
 static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *err) {
   struct staged_row *rows = s->rows;
-  size_t n_rows = 0, events = 0, raw_total = 0;
+  struct handoff *taken = NULL;
+  size_t events = 0, raw_total = 0, content_total = 0; /* raw: the decompressed rows' */
   struct staged_event *ev = NULL;
   struct ana_event_record *recs = NULL;
   uint8_t *raw = NULL;
   char *arena = NULL;
   sqlite3_stmt *st = NULL;
+  struct ana_event_codec *codec = ana_local_db_event_codec(s->db);
+  bool gated = false;
   int rc = 0;
   int room = ana_local_db_move_room(s->db);
   size_t max_events = (size_t)room * 2 / 3 < MOVE_EVENTS ? (size_t)room * 2 / 3 : MOVE_EVENTS;
@@ -551,99 +788,99 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
    * first dictionary a move takes one staged row, and once the samples are
    * in the next waits for the training, so that a first import is not
    * stored uncompressed (the training used to overlap a whole move). */
-  int codec = ana_event_codec_training_state(ana_local_db_event_codec(s->db), TRAINING_WAIT_MS);
-  if (codec == ANA_CODEC_SAMPLING)
+  if (ana_event_codec_training_state(codec, TRAINING_WAIT_MS) == ANA_CODEC_SAMPLING)
     max_events = 1;
-  ana_local_db_gate_enter(s->db, room);
+  int got = take_staged(s, max_events, &taken, err);
+  if (got <= 0) {
+    give_back(s, taken);
+    return got;
+  }
+  size_t n_rows = (size_t)got;
+  for (size_t i = 0; i < n_rows; i++) {
+    events += rows[i].n;
+    content_total += rows[i].raw_len;
+    if (!rows[i].raw)
+      raw_total += rows[i].raw_len;
+  }
+  struct move_buffers *mb = &s->mb;
+  if (!keep(&mb->ev, &mb->ev_cap, sizeof *ev * events) ||
+      !keep(&mb->recs, &mb->recs_cap, sizeof *recs * events) ||
+      !keep(&mb->raw, &mb->raw_cap, raw_total + 1) ||
+      !keep(&mb->arena, &mb->arena_cap, content_total + 8 * events + 1)) {
+    move_buffers_free(mb);
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  ev = mb->ev;
+  recs = mb->recs;
+  raw = mb->raw;
+  arena = mb->arena;
+  size_t at = 0, off = 0;
+  char *a = arena;
+  for (size_t i = 0; i < n_rows; i++) {
+    const uint8_t *content = rows[i].raw;
+    size_t len = rows[i].raw_len;
+    if (!content) {
+      size_t z = ZSTD_decompressDCtx(s->dctx, raw + off, len, rows[i].z, rows[i].z_len);
+      content = raw + off;
+      if (ZSTD_isError(z) || z != len)
+        content = NULL;
+      off += len;
+    }
+    if (!content || !decode(content, len, rows[i].n, ev, &at, &a)) {
+      rc = ana_error_set(err, ANA_STATUS_INTERNAL,
+                         "staging: the staged events %llu to %llu cannot be decoded",
+                         (unsigned long long)rows[i].first, (unsigned long long)rows[i].last);
+      goto out;
+    }
+  }
+  qsort(ev, events, sizeof *ev, by_key);
+  for (size_t i = 0; i < events; i++)
+    recs[i] = ev[i].r;
+  /* The numbers already given and the bodies, before the write lock. */
+  rc = ana_local_spool_prepare(s->conn, &s->insert, codec, recs, events, &s->prep, err);
+  if (rc < 0)
+    goto out;
+  /* The room asked for is read again: WAL_CHECKPOINT_MB may have been set
+   * meanwhile (at start), and a room beyond its limit would never come. */
+  ana_local_db_gate_enter(s->db, ana_local_db_move_room(s->db));
+  gated = true;
   if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
     rc = mover_fail(s, "cannot begin", err);
-    ana_local_db_gate_leave(s->db);
-    return rc;
+    goto out;
   }
-  /* From the journal (its own connection): the rows after the watermark
-   * (those at or below it are moved, their deletion lost in a crash), read
-   * in this transaction, which holds analytics.db's write lock: no other
-   * mover (another process's on the same files) moves beside it. */
-  uint64_t moved = 0;
+  /* The watermark read again under analytics.db's write lock: another
+   * process's mover on the same files may have moved these rows since they
+   * were taken; then this move is dropped and the next starts after it. */
   if (sqlite3_prepare_v2(s->conn, "SELECT upto FROM events_moved WHERE id = 1", -1, &st, NULL) !=
           SQLITE_OK ||
       sqlite3_step(st) != SQLITE_ROW) {
     rc = mover_fail(s, "cannot read how far the staged events are moved", err);
     goto out;
   }
-  moved = (uint64_t)sqlite3_column_int64(st, 0);
+  uint64_t watermark = (uint64_t)sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   st = NULL;
-  if (sqlite3_prepare_v2(s->jconn,
-                         "SELECT first_seq, last_seq, n, raw_len, batch FROM events_staged"
-                         " WHERE first_seq > ? ORDER BY first_seq LIMIT 512",
-                         -1, &st, NULL) != SQLITE_OK) {
-    rc = mover_fail(s, "cannot read the staged events", err);
+  if (watermark >= rows[0].first) {
+    pthread_mutex_lock(&s->mu);
+    if (s->moved_upto < watermark)
+      s->moved_upto = watermark;
+    pthread_mutex_unlock(&s->mu);
+    rc = 0;
     goto out;
   }
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)moved);
-  while (events < max_events && sqlite3_step(st) == SQLITE_ROW) {
-    struct staged_row *r = &rows[n_rows];
-    r->first = (uint64_t)sqlite3_column_int64(st, 0);
-    r->last = (uint64_t)sqlite3_column_int64(st, 1);
-    r->n = (size_t)sqlite3_column_int64(st, 2);
-    r->raw_len = (size_t)sqlite3_column_int64(st, 3);
-    r->z_len = (size_t)sqlite3_column_bytes(st, 4);
-    r->z = ana_malloc(r->z_len ? r->z_len : 1);
-    if (!r->z) {
-      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      goto out;
-    }
-    if (r->z_len)
-      memcpy(r->z, sqlite3_column_blob(st, 4), r->z_len);
-    n_rows++;
-    events += r->n;
-    raw_total += r->raw_len;
-    if (n_rows == MOVE_ROWS)
-      break;
-  }
-  sqlite3_finalize(st);
-  st = NULL;
-  if (n_rows == 0)
-    goto out;
-  ev = ana_malloc(sizeof *ev * events);
-  raw = ana_malloc(raw_total ? raw_total : 1);
-  arena = ana_malloc(raw_total + 8 * events + 1);
-  if (!ev || !raw || !arena) {
-    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto out;
-  }
-  size_t at = 0, off = 0;
-  char *a = arena;
-  for (size_t i = 0; i < n_rows; i++) {
-    size_t got = ZSTD_decompressDCtx(s->dctx, raw + off, rows[i].raw_len, rows[i].z, rows[i].z_len);
-    if (ZSTD_isError(got) || got != rows[i].raw_len ||
-        !decode(raw + off, got, rows[i].n, ev, &at, &a)) {
-      rc = ana_error_set(err, ANA_STATUS_INTERNAL,
-                         "staging: the staged events %llu to %llu cannot be decoded",
-                         (unsigned long long)rows[i].first, (unsigned long long)rows[i].last);
-      goto out;
-    }
-    off += got;
-  }
-  qsort(ev, events, sizeof *ev, by_key);
-  /* One call for the whole move: per event, it looked the account's number
-   * up again (a statement of its own). */
-  recs = ana_malloc(sizeof *recs * events);
-  if (!recs) {
-    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto out;
-  }
-  for (size_t i = 0; i < events; i++)
-    recs[i] = ev[i].r;
-  rc = ana_local_spool_insert(s->conn, &s->insert, ana_local_db_event_codec(s->db), recs, events,
-                              err);
+  /* A dictionary retired since (the re-encryption job's start): the bodies
+   * are encoded again, uncompressed. */
+  if (s->prep.dict > 0 && ana_event_codec_retired(codec, s->prep.dict))
+    rc = ana_local_spool_reencode(s->conn, codec, recs, &s->prep, err);
+  if (rc == 0)
+    rc = ana_local_spool_insert(s->conn, &s->insert, recs, &s->prep, err);
   /* The seqs each day now holds (readers by seq seek them there). */
   if (rc == 0)
     rc = ana_local_event_days_add(s->conn, recs, events, err);
   if (rc < 0)
     goto out;
-  if (ana_event_codec_persist(ana_local_db_event_codec(s->db), s->conn, err) < 0) {
+  if (ana_event_codec_persist(codec, s->conn, err) < 0) {
     rc = ANA_ERR_IO;
     goto out;
   }
@@ -658,6 +895,12 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   *upto = rows[n_rows - 1].last;
   delete_moved(s, *upto);
   rc = (int)events;
+  pthread_mutex_lock(&s->mu);
+  if (rows[0].raw)
+    s->handed_off += events;
+  else
+    s->read_back += events;
+  pthread_mutex_unlock(&s->mu);
   pthread_mutex_lock(&s->follow_mu);
   if (s->follow)
     s->follow(s->follow_ctx, recs, events);
@@ -668,13 +911,11 @@ out:
     sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
   if (rc < 0)
     ana_spool_statements_forget(&s->insert);
-  ana_local_db_gate_leave(s->db);
+  if (gated)
+    ana_local_db_gate_leave(s->db);
   for (size_t i = 0; i < n_rows; i++)
     ana_free(rows[i].z);
-  ana_free(ev);
-  ana_free(recs);
-  ana_free(raw);
-  ana_free(arena);
+  give_back(s, taken);
   return rc;
 }
 
@@ -695,6 +936,9 @@ static void *mover_thread(void *arg) {
          * a few times, as readers may keep a checkpoint from copying it all. */
         s->idle_hints--;
         pthread_mutex_unlock(&s->mu);
+        move_buffers_free(&s->mb);
+        ana_spool_rows_free(&s->prep);
+        spares_free(s);
         ana_local_db_checkpoint_soon(s->db);
         pthread_mutex_lock(&s->mu);
       }
@@ -723,12 +967,15 @@ static void *mover_thread(void *arg) {
       if (upto > s->moved_upto)
         s->moved_upto = upto;
       pthread_cond_broadcast(&s->moved_cond);
-    } else if (n == 0) {
-      /* Nothing staged after all (counted before its commit was seen). */
+    } else if (n == 0 && !s->q_head) {
+      /* Nothing staged after all (counted before its commit was seen; a
+       * batch handed off since is moved next). */
       s->staged_events = 0;
       if (s->staged_upto > s->moved_upto)
         s->moved_upto = s->staged_upto;
       pthread_cond_broadcast(&s->moved_cond);
+    } else if (n == 0) {
+      continue;
     } else {
       s->move_failures++;
       pthread_mutex_unlock(&s->mu);
@@ -772,6 +1019,7 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   s->db = db;
   s->max_events = ANA_STAGING_DEFAULT_MAX_EVENTS;
   s->wait_ms = ANA_STAGING_DEFAULT_WAIT_MS;
+  s->handoff_bytes = ANA_STAGING_HANDOFF_BYTES;
   pthread_mutex_init(&s->mu, NULL);
   pthread_mutex_init(&s->follow_mu, NULL);
   pthread_cond_init(&s->moved_cond, NULL);
@@ -883,6 +1131,17 @@ void ana_staging_close(struct ana_staging *s) {
   ana_spool_statements_finalize(&s->insert);
   ana_local_db_keep_wal_limit(s->db, s->conn, false);
   ana_local_db_keep_wal_limit(s->db, s->jconn, false);
+  ana_spool_rows_free(&s->prep);
+  move_buffers_free(&s->mb);
+  for (int list = 0; list < 2; list++) {
+    struct handoff *h = list == 0 ? s->q_head : s->spare;
+    while (h) {
+      struct handoff *next = h->next;
+      ana_free(h->buf);
+      ana_free(h);
+      h = next;
+    }
+  }
   sqlite3_close(s->conn);
   sqlite3_close(s->jconn);
   pthread_mutex_destroy(&s->mu);
