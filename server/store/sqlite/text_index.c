@@ -74,16 +74,33 @@
  * many events of its minute are in its batch; the others hold the token of
  * no second (text_index.h). */
 #define SECOND_MIN_EVENTS 2
+/* The open-addressing table that counts them: a power of two, at most
+ * half full. */
+#define MINUTE_SLOTS 16384
+_Static_assert(MINUTE_SLOTS >= 2 * INDEX_BATCH && (MINUTE_SLOTS & (MINUTE_SLOTS - 1)) == 0,
+               "MINUTE_SLOTS");
 #define BUSY_TIMEOUT_MS 10000
 /* Events handed over by the mover and held for indexing, at most. */
 #define FED_MAX 65536
 
-/* An event the mover handed over: its text and name in one allocation. */
+/* The texts and names of events copied at once (one allocation for a
+ * hand-over, not one per event), freed with the last of them. */
+struct fed_block {
+  size_t refs; /* events not yet indexed or dropped; atomic */
+  char text[];
+};
+
+/* An event the mover handed over (or read back from the events). */
 struct fed_event {
   int64_t seq, ts;
-  char *words; /* owned; the name follows the words' NUL */
-  const char *name;
+  const char *words, *name; /* in block */
+  struct fed_block *block;
 };
+
+static void fed_release(const struct fed_event *e) {
+  if (__atomic_sub_fetch(&e->block->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    ana_free(e->block);
+}
 
 struct ana_text_index {
   sqlite3 *conn;           /* the index, with the events attached as `ev` */
@@ -100,10 +117,11 @@ struct ana_text_index {
   struct fed_event *fed;
   size_t fed_head, fed_n, fed_cap;
   struct fed_event taken[INDEX_BATCH]; /* the batch's (index thread) */
-  struct minute_ref {
+  struct minute_count {
     int64_t minute;
-    size_t i;
-  } minutes[INDEX_BATCH];        /* the batch's events by minute */
+    uint32_t events;             /* 0: a free slot */
+  } minutes[MINUTE_SLOTS];       /* the batch's events per minute */
+  uint32_t slot[INDEX_BATCH];    /* each taken event's minute in minutes[] */
   bool with_second[INDEX_BATCH]; /* whose entry holds its second's token */
 
   pthread_mutex_t mu;
@@ -292,7 +310,7 @@ char *ana_text_index_path(const char *events_db_path) {
 /* Frees the held events from index i on. Called with fed_mu held. */
 static void fed_drop(struct ana_text_index *ti, size_t i) {
   for (; i < ti->fed_n; i++)
-    ana_free(ti->fed[i].words);
+    fed_release(&ti->fed[i]);
   ti->fed_head = ti->fed_n = 0;
 }
 
@@ -305,53 +323,61 @@ void ana_text_index_follow(void *ctx, const struct ana_event_record *records, si
   struct ana_text_index *ti = ctx;
   if (n == 0 || n > FED_MAX)
     return;
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    bytes += strlen(records[i].search_text ? records[i].search_text : "") +
+             strlen(records[i].event_name ? records[i].event_name : "") + 2;
   struct fed_event *batch = ana_malloc(n * sizeof *batch);
-  size_t k = 0;
-  for (; batch && k < n; k++) {
-    const struct ana_event_record *r = &records[k];
+  struct fed_block *block = ana_malloc(sizeof *block + bytes);
+  if (!batch || !block) {
+    ana_free(batch);
+    ana_free(block);
+    return;
+  }
+  block->refs = n;
+  char *at = block->text;
+  for (size_t i = 0; i < n; i++) {
+    const struct ana_event_record *r = &records[i];
     const char *words = r->search_text ? r->search_text : "";
     const char *name = r->event_name ? r->event_name : "";
     size_t wl = strlen(words), nl = strlen(name);
-    char *copy = ana_malloc(wl + nl + 2);
-    if (!copy)
-      break;
-    memcpy(copy, words, wl + 1);
-    memcpy(copy + wl + 1, name, nl + 1);
-    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, copy, copy + wl + 1};
+    memcpy(at, words, wl + 1);
+    memcpy(at + wl + 1, name, nl + 1);
+    batch[i] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, at, at + wl + 1, block};
+    at += wl + nl + 2;
   }
+  bool held = false;
   pthread_mutex_lock(&ti->fed_mu);
-  if (k == n) {
-    qsort(batch, n, sizeof *batch, by_seq);
-    /* What is held must run on into this batch without a gap, and stays
-     * bounded; else it is dropped (the thread reads those events back). */
-    if (ti->fed_n > ti->fed_head && ti->fed[ti->fed_n - 1].seq + 1 != batch[0].seq)
-      fed_drop(ti, ti->fed_head);
-    if (ti->fed_n - ti->fed_head + n > FED_MAX)
-      fed_drop(ti, ti->fed_head);
-    if (ti->fed_head > 0) {
-      memmove(ti->fed, ti->fed + ti->fed_head, (ti->fed_n - ti->fed_head) * sizeof *ti->fed);
-      ti->fed_n -= ti->fed_head;
-      ti->fed_head = 0;
+  qsort(batch, n, sizeof *batch, by_seq);
+  /* What is held must run on into this batch without a gap, and stays
+   * bounded; else it is dropped (the thread reads those events back). */
+  if (ti->fed_n > ti->fed_head && ti->fed[ti->fed_n - 1].seq + 1 != batch[0].seq)
+    fed_drop(ti, ti->fed_head);
+  if (ti->fed_n - ti->fed_head + n > FED_MAX)
+    fed_drop(ti, ti->fed_head);
+  if (ti->fed_head > 0) {
+    memmove(ti->fed, ti->fed + ti->fed_head, (ti->fed_n - ti->fed_head) * sizeof *ti->fed);
+    ti->fed_n -= ti->fed_head;
+    ti->fed_head = 0;
+  }
+  if (ti->fed_n + n > ti->fed_cap) {
+    size_t cap = ti->fed_n + n < 2 * ti->fed_cap ? 2 * ti->fed_cap : ti->fed_n + n;
+    struct fed_event *f = ana_realloc(ti->fed, cap * sizeof *f);
+    if (f) {
+      ti->fed = f;
+      ti->fed_cap = cap;
     }
-    if (ti->fed_n + n > ti->fed_cap) {
-      size_t cap = ti->fed_n + n < 2 * ti->fed_cap ? 2 * ti->fed_cap : ti->fed_n + n;
-      struct fed_event *f = ana_realloc(ti->fed, cap * sizeof *f);
-      if (f) {
-        ti->fed = f;
-        ti->fed_cap = cap;
-      }
-    }
-    if (ti->fed_n + n <= ti->fed_cap) {
-      memcpy(ti->fed + ti->fed_n, batch, n * sizeof *batch);
-      ti->fed_n += n;
-      k = 0; /* now held */
-    } else {
-      fed_drop(ti, ti->fed_head);
-    }
+  }
+  if (ti->fed_n + n <= ti->fed_cap) {
+    memcpy(ti->fed + ti->fed_n, batch, n * sizeof *batch);
+    ti->fed_n += n;
+    held = true;
+  } else {
+    fed_drop(ti, ti->fed_head);
   }
   pthread_mutex_unlock(&ti->fed_mu);
-  for (size_t i = 0; batch && i < k; i++)
-    ana_free(batch[i].words);
+  if (!held)
+    ana_free(block); /* its events are read back */
   ana_free(batch);
 }
 
@@ -362,7 +388,7 @@ static size_t fed_take(struct ana_text_index *ti, int64_t from) {
   size_t n = 0;
   pthread_mutex_lock(&ti->fed_mu);
   while (ti->fed_head < ti->fed_n && ti->fed[ti->fed_head].seq <= from)
-    ana_free(ti->fed[ti->fed_head++].words);
+    fed_release(&ti->fed[ti->fed_head++]);
   while (n < INDEX_BATCH && ti->fed_head < ti->fed_n &&
          ti->fed[ti->fed_head].seq == from + 1 + (int64_t)n)
     ti->taken[n++] = ti->fed[ti->fed_head++];
@@ -396,33 +422,30 @@ static int index_one(struct ana_text_index *ti, const struct fed_event *e, bool 
   return sqlite3_step(ti->insert) == SQLITE_DONE ? SQLITE_ROW : SQLITE_ERROR;
 }
 
-static int by_minute(const void *a, const void *b) {
-  const struct minute_ref *x = a, *y = b;
-  if (x->minute != y->minute)
-    return x->minute < y->minute ? -1 : 1;
-  return x->i < y->i ? -1 : x->i > y->i;
-}
-
 /* Which of the n taken events get their second's token: those of a minute
  * with at least SECOND_MIN_EVENTS events (with words) in the batch. A
  * minute that dense gives a search its seconds; in a sparse one (an import
  * of events spread over months) every second's token would be a term of
  * its own in the segment, merged again and again, for nothing. */
 static void mark_seconds(struct ana_text_index *ti, size_t n) {
-  size_t m = 0;
   for (size_t i = 0; i < n; i++) {
     ti->with_second[i] = false;
+    if (!ti->taken[i].words[0])
+      continue;
+    int64_t minute = ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS - 1, ti->taken[i].ts);
+    uint32_t h = (uint32_t)(((uint64_t)minute * 0x9E3779B97F4A7C15ULL) >> 40) % MINUTE_SLOTS;
+    while (ti->minutes[h].events && ti->minutes[h].minute != minute)
+      h = (h + 1) % MINUTE_SLOTS;
+    ti->minutes[h].minute = minute;
+    ti->minutes[h].events++;
+    ti->slot[i] = h;
+  }
+  for (size_t i = 0; i < n; i++)
     if (ti->taken[i].words[0])
-      ti->minutes[m++] =
-          (struct minute_ref){ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS - 1, ti->taken[i].ts), i};
-  }
-  qsort(ti->minutes, m, sizeof *ti->minutes, by_minute);
-  for (size_t i = 0, j; i < m; i = j) {
-    for (j = i; j < m && ti->minutes[j].minute == ti->minutes[i].minute; j++)
-      ;
-    for (size_t k = i; j - i >= SECOND_MIN_EVENTS && k < j; k++)
-      ti->with_second[ti->minutes[k].i] = true;
-  }
+      ti->with_second[i] = ti->minutes[ti->slot[i]].events >= SECOND_MIN_EVENTS;
+  for (size_t i = 0; i < n; i++)
+    if (ti->taken[i].words[0])
+      ti->minutes[ti->slot[i]].events = 0;
 }
 
 /* A batch's events read from the events (select_new's rows), copied into
@@ -440,15 +463,17 @@ static int take_row(void *ctx, sqlite3_stmt *st) {
   words = words ? words : "";
   name = name ? name : "";
   size_t wl = strlen(words), nl = strlen(name);
-  char *copy = ana_malloc(wl + nl + 2);
-  if (!copy) {
+  struct fed_block *block = ana_malloc(sizeof *block + wl + nl + 2);
+  if (!block) {
     b->failed = true;
     return 1;
   }
-  memcpy(copy, words, wl + 1);
-  memcpy(copy + wl + 1, name, nl + 1);
-  b->ti->taken[b->n++] = (struct fed_event){sqlite3_column_int64(st, 0),
-                                            sqlite3_column_int64(st, 3), copy, copy + wl + 1};
+  block->refs = 1;
+  memcpy(block->text, words, wl + 1);
+  memcpy(block->text + wl + 1, name, nl + 1);
+  b->ti->taken[b->n++] =
+      (struct fed_event){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), block->text,
+                         block->text + wl + 1, block};
   return 0;
 }
 
@@ -478,7 +503,7 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
       if (index_one(ti, e, ti->with_second[i], &min_ts, &max_ts) != SQLITE_ROW)
         rc = SQLITE_ERROR;
     }
-    ana_free(e->words);
+    fed_release(e);
   }
   int n = (int)taken;
   if (rc != SQLITE_DONE || from < 0)
