@@ -63,9 +63,9 @@
  * mean fewer, larger segments and fewer merges, which is most of an
  * event's cost (figures in bench/RESULTS.md, "Free-text index CPU"). */
 #define INDEX_BATCH 5000
-/* How often the thread looks for new events when no search waits: during
- * an import, how many events a transaction gathers. */
-#define INDEX_INTERVAL_MS 200
+/* How often the thread looks for new events when no search waits (it is
+ * at most that far behind). */
+#define INDEX_INTERVAL_MS 100
 /* FTS5 writes its pending entries out as a segment when they pass this
  * many bytes (FTS5's default: 1 MiB, ~1,700 events), also inside a
  * transaction: room for a whole batch. */
