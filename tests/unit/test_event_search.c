@@ -3,7 +3,9 @@
  * one second, equal timestamps, other accounts) equal to the order of the
  * search without free text, with a name, a range and cursors; a word of
  * several tokens matches them adjacent only; the reserved tokens are out of
- * reach of words; an index of the earlier format is built again; an event
+ * reach of words; an index of an earlier format (1, 2) is built again; a
+ * minute of stragglers (entries without their second's token) among a
+ * batch's events pages as the search without free text; an event
  * rewritten (re-encryption) is found by its new words only, its entry made
  * again once however often the steps are repeated (a crash between them);
  * an index built from the events the mover hands over holds what one read

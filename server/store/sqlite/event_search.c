@@ -246,7 +246,7 @@ struct text_search {
   sqlite3_stmt *probe, *rows, *one, *payload;
   int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
   /* In a minute walked second by second, its matches without their
-   * second's token (walk_seconds), newest first, and the minute's query. */
+   * second's token (walk_seconds) and the minute's query. */
   struct candidate *unsplit;
   size_t n_unsplit;
   const char *minute_match;
