@@ -3,9 +3,7 @@
  * one second, equal timestamps, other accounts) equal to the order of the
  * search without free text, with a name, a range and cursors; a word of
  * several tokens matches them adjacent only; the reserved tokens are out of
- * reach of words; an index of an earlier format (1, 2) is built again; a
- * minute of stragglers (entries without their second's token) among a
- * batch's events pages as the search without free text; an event
+ * reach of words; an index of the earlier format is built again; an event
  * rewritten (re-encryption) is found by its new words only, its entry made
  * again once however often the steps are repeated (a crash between them);
  * an index built from the events the mover hands over holds what one read
@@ -354,113 +352,9 @@ static void text_index_of_format_1_is_rebuilt(void **state) {
   sqlite3_stmt *st = NULL;
   assert_int_equal(sqlite3_prepare_v2(c, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
   assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  assert_int_equal(sqlite3_column_int(st, 0), 3);
+  assert_int_equal(sqlite3_column_int(st, 0), 2);
   sqlite3_finalize(st);
   sqlite3_close(c);
-}
-
-/* Entries of the index file at path matching the FTS5 query q. */
-static int index_file_matches(const char *path, const char *q) {
-  sqlite3 *c = NULL;
-  sqlite3_stmt *st = NULL;
-  assert_int_equal(sqlite3_open(path, &c), SQLITE_OK);
-  assert_int_equal(sqlite3_prepare_v2(c, "SELECT count(*) FROM events_fts WHERE events_fts MATCH ?",
-                                      -1, &st, NULL),
-                   SQLITE_OK);
-  sqlite3_bind_text(st, 1, q, -1, SQLITE_STATIC);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  int n = sqlite3_column_int(st, 0);
-  sqlite3_finalize(st);
-  sqlite3_close(c);
-  return n;
-}
-
-/* An index file of format 2 (every entry with its second's token, user_version
- * 2) holding an entry the events do not explain is built again in format 3,
- * where an event indexed alone in its minute holds the token of no second. */
-static void text_index_of_format_2_is_rebuilt(void **state) {
-  (void)state;
-  struct ev evs[] = {{"acct-1", "sent", "durable words", NOW - 5, NULL},
-                     {"acct-1", "sent", "durable", NOW - 4 * 60000, NULL}};
-  insert(evs, 2);
-  char path[128];
-  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
-  sqlite3 *c = NULL;
-  assert_int_equal(sqlite3_open(path, &c), SQLITE_OK);
-  assert_int_equal(sqlite3_exec(c,
-                                "CREATE VIRTUAL TABLE events_fts USING fts5(search_text,"
-                                " content='', detail=none, columnsize=0);"
-                                "CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 1),"
-                                "  indexed_seq INTEGER NOT NULL, min_ts INTEGER, max_ts INTEGER);"
-                                "INSERT INTO progress VALUES (1, 2, 0, 1790000000000);"
-                                "INSERT INTO events_fts (rowid, search_text) VALUES"
-                                "  (1, 'durable words'), (2, 'stale');"
-                                "PRAGMA user_version = 2;",
-                                NULL, NULL, NULL),
-                   SQLITE_OK);
-  sqlite3_close(c);
-  assert_int_equal(index_file_matches(path, "stale"), 1);
-  index_all();
-  assert_int_equal(run((struct ana_event_query){.account_id = "acct-1", .text = "durable"}).n, 2);
-  assert_int_equal(run((struct ana_event_query){.account_id = "acct-1", .text = "stale"}).n, 0);
-  close_index();
-  assert_int_equal(index_file_matches(path, "stale"), 0);
-  assert_int_equal(index_file_matches(path, "\"\xEE\x80\x80x\" durable"), 2);
-  assert_int_equal(sqlite3_open(path, &c), SQLITE_OK);
-  sqlite3_stmt *st = NULL;
-  assert_int_equal(sqlite3_prepare_v2(c, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  assert_int_equal(sqlite3_column_int(st, 0), 3);
-  sqlite3_finalize(st);
-  sqlite3_close(c);
-}
-
-/* A minute of more matches than the search reads at once, whose events
- * were indexed partly one at a time (as stragglers arrive: their entries
- * without their second's token) and partly in one batch (with it): 600 in
- * one second, 30 of the stragglers among them. And a minute of 450
- * stragglers only. The pages, followed by cursor, are those of the search
- * without free text. */
-static void pages_over_a_minute_of_stragglers_are_in_the_unindexed_order(void **state) {
-  (void)state;
-  enum { STRAGGLERS = 250, IN_BURST = 30, BATCH = 1000, BURST = 600, ALONE = 450 };
-  const int64_t minute = (NOW / 60000 - 100) * 60000, other = minute - 5 * 60000;
-  static const char *const names[] = {"sent", "read"};
-  srand(11);
-  index_all();
-  for (int i = 0; i < STRAGGLERS + ALONE; i++) {
-    int64_t ts = i < IN_BURST     ? minute + 10000 + rand() % 1000
-                 : i < STRAGGLERS ? minute + rand() % 60000
-                                  : other + rand() % 60000;
-    struct ev e = {"acct-1", names[i % 2], "common straggler", ts, NULL};
-    insert(&e, 1);
-    index_all(); /* indexed alone in its minute */
-  }
-  struct ev *evs = calloc(BATCH, sizeof *evs);
-  assert_non_null(evs);
-  for (int i = 0; i < BATCH; i++)
-    evs[i] = (struct ev){"acct-1", names[i % 2], "common batch",
-                         i < BURST ? minute + 10000 + rand() % 1000 : minute + rand() % 60000};
-  insert(evs, BATCH);
-  free(evs);
-  index_all();
-  char path[128];
-  snprintf(path, sizeof path, "%s/analytics-text.db", dir);
-  assert_int_equal(index_file_matches(path, "\"\xEE\x80\x80x\" straggler"), STRAGGLERS + ALONE);
-  assert_int_equal(index_file_matches(path, "\"\xEE\x80\x80x\" batch"), 0);
-
-  struct ana_event_query q = {.account_id = "acct-1", .text = "common"};
-  assert_int_equal(pages_equal_without_text(q, 50), STRAGGLERS + ALONE + BATCH);
-  assert_int_equal(pages_equal_without_text(q, 64), STRAGGLERS + ALONE + BATCH);
-  q.event_name = "read";
-  assert_int_equal(pages_equal_without_text(q, 50), (STRAGGLERS + ALONE + BATCH) / 2);
-  q.event_name = NULL;
-  q.from_ms = minute + 10000;
-  q.to_ms = minute + 11000;
-  assert_true(pages_equal_without_text(q, 50) >= BURST + IN_BURST);
-  q.from_ms = minute + 5000;
-  q.to_ms = minute + 30000;
-  assert_true(pages_equal_without_text(q, 64) > BURST + IN_BURST);
 }
 
 /* Every (term, entries) of the index file, one line each (malloc'd). */
@@ -542,9 +436,6 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(reserved_tokens_are_out_of_reach_of_words, setup, teardown),
       cmocka_unit_test_setup_teardown(text_index_of_format_1_is_rebuilt, setup, teardown),
-      cmocka_unit_test_setup_teardown(text_index_of_format_2_is_rebuilt, setup, teardown),
-      cmocka_unit_test_setup_teardown(pages_over_a_minute_of_stragglers_are_in_the_unindexed_order,
-                                      setup, teardown),
       cmocka_unit_test_setup_teardown(rewritten_event_is_found_by_its_new_words_only, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(index_of_handed_over_events_equals_one_read_back, setup,

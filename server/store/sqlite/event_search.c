@@ -17,13 +17,7 @@
  * buckets of fewer than PROBE_ROWS matches each, wherever it starts (the
  * cursor's time), whatever the term's frequency. The results are those of
  * one query over all the matches: buckets are disjoint stretches of time
- * read newest first, each sorted by (timestamp, event id) descending.
- *
- * An entry indexed in a batch with few events of its minute holds the
- * token of no second instead of its second's (text_index.h): a minute
- * walked second by second reads those first (fewer than PROBE_ROWS, else
- * the minute's matches are read at once, sorted) and hands each on with
- * the second it lies in. */
+ * read newest first, each sorted by (timestamp, event id) descending. */
 #include "ana_local_db.h"
 #include "local_db_sql.h"
 #include "sqlite_backends.h"
@@ -222,13 +216,6 @@ static int add_token(void *ctx, int tflags, const char *tok, int n, int start, i
   return SQLITE_OK;
 }
 
-/* One of a bucket's events that passed the filters. */
-struct candidate {
-  int64_t ts, key;
-  char *event_id;
-  bool packed; /* stored as 16 bytes (event_ids.c) */
-};
-
 /* One free-text search in progress. Its statements are the reader's, kept
  * prepared (ana_local_db_reader_statement): reset, never finalized. */
 struct text_search {
@@ -245,12 +232,7 @@ struct text_search {
   size_t n_phrases;
   sqlite3_stmt *probe, *rows, *one, *payload;
   int64_t seqs[PROBE_ROWS]; /* a bucket's matches, from probe */
-  /* In a minute walked second by second, its matches without their
-   * second's token (walk_seconds) and the minute's query. */
-  struct candidate *unsplit;
-  size_t n_unsplit;
-  const char *minute_match;
-  int64_t day_lo, day_hi; /* the UTC days of the bucket's events (as the keys count them) */
+  int64_t day_lo, day_hi;   /* the UTC days of the bucket's events (as the keys count them) */
   int emitted;
   bool done;
 };
@@ -406,6 +388,13 @@ static int probe(struct text_search *s, const char *match) {
   return n;
 }
 
+/* One of a bucket's events that passed the filters. */
+struct candidate {
+  int64_t ts, key;
+  char *event_id;
+  bool packed; /* stored as 16 bytes (event_ids.c) */
+};
+
 /* Newest first: timestamp, then event id as SQLite orders the stored ids
  * (text before blobs; each as their bytes), descending. */
 static int newest_first(const void *a, const void *b) {
@@ -417,10 +406,14 @@ static int newest_first(const void *a, const void *b) {
   return -strcmp(x->event_id, y->event_id);
 }
 
-/* The events of the n matches in s->seqs that pass the filters (and the
- * words of several tokens), each looked up by its key, into c[*k...]. */
-static int collect(struct text_search *s, int n, struct candidate *c, size_t *k) {
-  int rc = 0;
+/* Hands on the events of the n matches in s->seqs that pass the filters,
+ * newest first, until the page is full: the filters (and the words of
+ * several tokens) on each event, looked up by its key, then the payloads of
+ * those handed on. */
+static int emit_matches(struct text_search *s, int n) {
+  struct candidate *c = ana_calloc((size_t)n, sizeof *c);
+  size_t k = 0;
+  int rc = c ? 0 : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (int i = 0; i < n && rc == 0; i++) {
     sqlite3_reset(s->one);
     sqlite3_bind_int64(s->one, 9, s->seqs[i]);
@@ -433,11 +426,11 @@ static int collect(struct text_search *s, int n, struct candidate *c, size_t *k)
         rc = m;
       } else if (m) {
         char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-        c[*k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
-                                   .key = sqlite3_column_int64(s->one, 0),
-                                   .event_id = ana_strdup(ana_event_id_column(s->one, 2, id_buf)),
-                                   .packed = sqlite3_column_type(s->one, 2) == SQLITE_BLOB};
-        if (!c[(*k)++].event_id)
+        c[k] = (struct candidate){.ts = sqlite3_column_int64(s->one, 1),
+                                  .key = sqlite3_column_int64(s->one, 0),
+                                  .event_id = ana_strdup(ana_event_id_column(s->one, 2, id_buf)),
+                                  .packed = sqlite3_column_type(s->one, 2) == SQLITE_BLOB};
+        if (!c[k++].event_id)
           rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       }
     } else if (step != SQLITE_DONE) {
@@ -445,33 +438,6 @@ static int collect(struct text_search *s, int n, struct candidate *c, size_t *k)
     }
   }
   sqlite3_reset(s->one);
-  return rc;
-}
-
-/* Whether a match without its second's token lies in [lo, hi). */
-static bool unsplit_within(const struct text_search *s, int64_t lo, int64_t hi) {
-  for (size_t i = 0; i < s->n_unsplit; i++)
-    if (s->unsplit[i].ts >= lo && s->unsplit[i].ts < hi)
-      return true;
-  return false;
-}
-
-/* Hands on the events of the n matches in s->seqs that pass the filters,
- * with those without their second's token in [lo, hi), newest first,
- * until the page is full: the filters (and the words of several tokens) on
- * each event, looked up by its key, then the payloads of those handed
- * on. */
-static int emit_matches(struct text_search *s, int n, int64_t lo, int64_t hi) {
-  struct candidate *c = ana_calloc((size_t)n + s->n_unsplit + 1, sizeof *c);
-  size_t k = 0;
-  int rc = c ? collect(s, n, c, &k)
-             : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  for (size_t i = 0; i < s->n_unsplit && rc == 0; i++)
-    if (s->unsplit[i].ts >= lo && s->unsplit[i].ts < hi) {
-      c[k] = s->unsplit[i];
-      if (!(c[k++].event_id = ana_strdup(s->unsplit[i].event_id)))
-        rc = ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    }
   if (rc == 0)
     qsort(c, k, sizeof *c, newest_first);
   for (size_t i = 0; i < k && rc == 0 && !s->done; i++) {
@@ -533,56 +499,6 @@ static int emit_rows(struct text_search *s, const char *match) {
   return rc;
 }
 
-/* emit_rows for the events of `match` within [lo, hi) only. */
-static int emit_rows_within(struct text_search *s, const char *match, int64_t lo, int64_t hi) {
-  const struct ana_event_query *q = s->q;
-  sqlite3_bind_int64(s->rows, 2, q->from_ms > lo ? q->from_ms : lo);
-  sqlite3_bind_int64(s->rows, 3, q->to_ms < hi ? q->to_ms : hi);
-  int rc = emit_rows(s, match);
-  sqlite3_bind_int64(s->rows, 2, q->from_ms);
-  sqlite3_bind_int64(s->rows, 3, q->to_ms);
-  return rc;
-}
-
-static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, int64_t hi);
-
-/* The minute [lo, hi) of `match` (its token and the query's), PROBE_ROWS
- * matches or more, second by second. Its entries without their second's
- * token (indexed in a batch with few events of that minute: text_index.c)
- * are read first, once, and each is handed on with the second it lies in;
- * as many as PROBE_ROWS of them: the minute's matches at once, sorted. */
-static int walk_seconds(struct text_search *s, const char *match, int64_t lo, int64_t hi) {
-  size_t len = strlen(match);
-  char *unsplit = ana_malloc(len + sizeof ANA_TEXT_INDEX_NO_SECOND + 4);
-  if (!unsplit)
-    return ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  snprintf(unsplit, len + sizeof ANA_TEXT_INDEX_NO_SECOND + 4, "\"%s\" %s",
-           ANA_TEXT_INDEX_NO_SECOND, match);
-  int rc = probe(s, unsplit);
-  ana_free(unsplit);
-  if (rc >= PROBE_ROWS)
-    return emit_rows(s, match);
-  if (rc > 0) {
-    s->unsplit = ana_calloc((size_t)rc, sizeof *s->unsplit);
-    rc = s->unsplit ? collect(s, rc, s->unsplit, &s->n_unsplit)
-                    : ana_error_set(s->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  s->minute_match = match;
-  int level = ANA_TEXT_INDEX_LEVELS;
-  int64_t unit = ana_text_index_bucket_ms(level);
-  int64_t last = ana_text_index_bucket(level, lo);
-  for (int64_t c = ana_text_index_bucket(level, hi - 1); c >= last && !s->done && rc == 0; c--)
-    rc =
-        walk(s, level, c, c * unit > lo ? c * unit : lo, (c + 1) * unit < hi ? (c + 1) * unit : hi);
-  for (size_t i = 0; i < s->n_unsplit; i++)
-    ana_free(s->unsplit[i].event_id);
-  ana_free(s->unsplit);
-  s->unsplit = NULL;
-  s->n_unsplit = 0;
-  s->minute_match = NULL;
-  return rc;
-}
-
 /* The matches within [lo, hi), bucket `bucket` of `level` (0: the whole
  * index), newest first: all at once when they are few, else bucket by
  * bucket of the next level. */
@@ -605,16 +521,10 @@ static int walk(struct text_search *s, int level, int64_t bucket, int64_t lo, in
   /* The days (of the keys) of [lo, hi): its matches' rows are there. */
   s->day_lo = ana_event_day(lo);
   s->day_hi = ana_event_day(hi - 1);
-  /* A second of a minute walked by walk_seconds: its matches without
-   * their second's token too. */
-  bool unsplit = level == ANA_TEXT_INDEX_LEVELS && unsplit_within(s, lo, hi);
-  if (rc >= 0 && rc < PROBE_ROWS && (rc > 0 || unsplit)) {
-    rc = emit_matches(s, rc, lo, hi);
+  if (rc > 0 && rc < PROBE_ROWS) {
+    rc = emit_matches(s, rc);
   } else if (rc > 0 && level == ANA_TEXT_INDEX_LEVELS) {
-    /* One second with more: all of them, sorted. */
-    rc = unsplit ? emit_rows_within(s, s->minute_match, lo, hi) : emit_rows(s, match);
-  } else if (rc > 0 && level == ANA_TEXT_INDEX_LEVELS - 1) {
-    rc = walk_seconds(s, match, lo, hi);
+    rc = emit_rows(s, match); /* one second with more: all of them, sorted */
   } else if (rc > 0) {
     rc = 0;
     int child = level + 1;

@@ -17,20 +17,13 @@
  * afterwards. An index ahead of its events (a database restored from an
  * older copy) is rebuilt from scratch.
  *
- * Format 3: an entry per event, its rowid the event's commit sequence,
+ * Format 2: an entry per event, its rowid the event's commit sequence,
  * `detail=none` (which events hold a word, not where: a query's word of
  * several tokens is checked against the event's text by the search) and
  * no column sizes. Each entry also holds the reserved tokens of
  * text_index.h (event name, day, hour, minute, second), which is
  * what lets a search walk the matches newest first a stretch of time at a
- * time (event_search.c). The second's token only when the batch holds at
- * least SECOND_MIN_EVENTS events of the event's minute (format 2 always
- * wrote it): an import of events spread over months has about one event
- * per second, and a token per event, a term of its own in every segment
- * merged again and again, was a quarter of the thread's CPU; a search goes
- * down to seconds only in a minute of hundreds of matches, where those
- * without it (stragglers of a dense minute) are read apart. An index of an
- * earlier format is built again. The
+ * time (event_search.c). An index of an earlier format is built again. The
  * events table has no index on seq: the thread reads the events after its
  * watermark through event_days (event_seq.c), retention and re-encryption
  * name the events by their keys, and a search finds a match's row from its
@@ -58,49 +51,20 @@
 #include <time.h>
 
 /* Events per indexing transaction: bounds its memory and how long a
- * retention step, on the commit thread, can wait for it (~10-20 ms). FTS5
- * writes a segment per transaction and merges them later: larger batches
- * mean fewer, larger segments and fewer merges, which is most of an
- * event's cost (figures in bench/RESULTS.md, "Free-text index CPU"). */
-#define INDEX_BATCH 5000
-/* How often the thread looks for new events when no search waits (it is
- * at most that far behind). */
+ * retention step, on the commit thread, can wait for it (a few ms). */
+#define INDEX_BATCH 1000
+/* How often the thread looks for new events when no search waits. */
 #define INDEX_INTERVAL_MS 100
-/* FTS5 writes its pending entries out as a segment when they pass this
- * many bytes (FTS5's default: 1 MiB, ~1,700 events), also inside a
- * transaction: room for a whole batch. */
-#define HASH_BYTES (16 * 1024 * 1024)
-/* An event's entry holds the token of its second only when at least this
- * many events of its minute are in its batch; the others hold the token of
- * no second (text_index.h). */
-#define SECOND_MIN_EVENTS 2
-/* The open-addressing table that counts them: a power of two, at most
- * half full. */
-#define MINUTE_SLOTS 16384
-_Static_assert(MINUTE_SLOTS >= 2 * INDEX_BATCH && (MINUTE_SLOTS & (MINUTE_SLOTS - 1)) == 0,
-               "MINUTE_SLOTS");
 #define BUSY_TIMEOUT_MS 10000
 /* Events handed over by the mover and held for indexing, at most. */
 #define FED_MAX 65536
 
-/* The texts and names of events copied at once (one allocation for a
- * hand-over, not one per event), freed with the last of them. */
-struct fed_block {
-  size_t refs; /* events not yet indexed or dropped; atomic */
-  char text[];
-};
-
-/* An event the mover handed over (or read back from the events). */
+/* An event the mover handed over: its text and name in one allocation. */
 struct fed_event {
   int64_t seq, ts;
-  const char *words, *name; /* in block */
-  struct fed_block *block;
+  char *words; /* owned; the name follows the words' NUL */
+  const char *name;
 };
-
-static void fed_release(const struct fed_event *e) {
-  if (__atomic_sub_fetch(&e->block->refs, 1, __ATOMIC_ACQ_REL) == 0)
-    ana_free(e->block);
-}
 
 struct ana_text_index {
   sqlite3 *conn;           /* the index, with the events attached as `ev` */
@@ -117,12 +81,6 @@ struct ana_text_index {
   struct fed_event *fed;
   size_t fed_head, fed_n, fed_cap;
   struct fed_event taken[INDEX_BATCH]; /* the batch's (index thread) */
-  struct minute_count {
-    int64_t minute;
-    uint32_t events;             /* 0: a free slot */
-  } minutes[MINUTE_SLOTS];       /* the batch's events per minute */
-  uint32_t slot[INDEX_BATCH];    /* each taken event's minute in minutes[] */
-  bool with_second[INDEX_BATCH]; /* whose entry holds its second's token */
 
   pthread_mutex_t mu;
   pthread_cond_t wake;       /* a search waits, or stop */
@@ -241,11 +199,10 @@ char *ana_text_index_fold(const char *text) {
   return out;
 }
 
-/* An event's entry: its words, folded, then its reserved tokens (its
- * second's or that of no second); in ti->doc. Returns false when out of
- * memory. */
+/* An event's entry: its words, folded, then its reserved tokens; in
+ * ti->doc. Returns false when out of memory. */
 static bool entry_text(struct ana_text_index *ti, const char *words, const char *event_name,
-                       int64_t ts, bool second) {
+                       int64_t ts) {
   size_t need = strlen(words) + (ANA_TEXT_INDEX_LEVELS + 1) * (ANA_TEXT_TOKEN_MAX + 1) + 1;
   if (need > ti->doc_cap) {
     char *d = ana_realloc(ti->doc, need);
@@ -257,17 +214,9 @@ static bool entry_text(struct ana_text_index *ti, const char *words, const char 
   size_t n = fold_into(ti->doc, words);
   ti->doc[n++] = ' ';
   n += put_name_token(ti->doc + n, event_name);
-  for (int level = 1; level < ANA_TEXT_INDEX_LEVELS; level++) {
+  for (int level = 1; level <= ANA_TEXT_INDEX_LEVELS; level++) {
     ti->doc[n++] = ' ';
     n += put_bucket_token(ti->doc + n, level, ana_text_index_bucket(level, ts));
-  }
-  ti->doc[n++] = ' ';
-  if (second) {
-    n += put_bucket_token(ti->doc + n, ANA_TEXT_INDEX_LEVELS,
-                          ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts));
-  } else {
-    memcpy(ti->doc + n, ANA_TEXT_INDEX_NO_SECOND, sizeof ANA_TEXT_INDEX_NO_SECOND);
-    n += sizeof ANA_TEXT_INDEX_NO_SECOND - 1;
   }
   return true;
 }
@@ -310,7 +259,7 @@ char *ana_text_index_path(const char *events_db_path) {
 /* Frees the held events from index i on. Called with fed_mu held. */
 static void fed_drop(struct ana_text_index *ti, size_t i) {
   for (; i < ti->fed_n; i++)
-    fed_release(&ti->fed[i]);
+    ana_free(ti->fed[i].words);
   ti->fed_head = ti->fed_n = 0;
 }
 
@@ -323,61 +272,53 @@ void ana_text_index_follow(void *ctx, const struct ana_event_record *records, si
   struct ana_text_index *ti = ctx;
   if (n == 0 || n > FED_MAX)
     return;
-  size_t bytes = 0;
-  for (size_t i = 0; i < n; i++)
-    bytes += strlen(records[i].search_text ? records[i].search_text : "") +
-             strlen(records[i].event_name ? records[i].event_name : "") + 2;
   struct fed_event *batch = ana_malloc(n * sizeof *batch);
-  struct fed_block *block = ana_malloc(sizeof *block + bytes);
-  if (!batch || !block) {
-    ana_free(batch);
-    ana_free(block);
-    return;
-  }
-  block->refs = n;
-  char *at = block->text;
-  for (size_t i = 0; i < n; i++) {
-    const struct ana_event_record *r = &records[i];
+  size_t k = 0;
+  for (; batch && k < n; k++) {
+    const struct ana_event_record *r = &records[k];
     const char *words = r->search_text ? r->search_text : "";
     const char *name = r->event_name ? r->event_name : "";
     size_t wl = strlen(words), nl = strlen(name);
-    memcpy(at, words, wl + 1);
-    memcpy(at + wl + 1, name, nl + 1);
-    batch[i] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, at, at + wl + 1, block};
-    at += wl + nl + 2;
+    char *copy = ana_malloc(wl + nl + 2);
+    if (!copy)
+      break;
+    memcpy(copy, words, wl + 1);
+    memcpy(copy + wl + 1, name, nl + 1);
+    batch[k] = (struct fed_event){(int64_t)r->seq, r->timestamp_ms, copy, copy + wl + 1};
   }
-  bool held = false;
   pthread_mutex_lock(&ti->fed_mu);
-  qsort(batch, n, sizeof *batch, by_seq);
-  /* What is held must run on into this batch without a gap, and stays
-   * bounded; else it is dropped (the thread reads those events back). */
-  if (ti->fed_n > ti->fed_head && ti->fed[ti->fed_n - 1].seq + 1 != batch[0].seq)
-    fed_drop(ti, ti->fed_head);
-  if (ti->fed_n - ti->fed_head + n > FED_MAX)
-    fed_drop(ti, ti->fed_head);
-  if (ti->fed_head > 0) {
-    memmove(ti->fed, ti->fed + ti->fed_head, (ti->fed_n - ti->fed_head) * sizeof *ti->fed);
-    ti->fed_n -= ti->fed_head;
-    ti->fed_head = 0;
-  }
-  if (ti->fed_n + n > ti->fed_cap) {
-    size_t cap = ti->fed_n + n < 2 * ti->fed_cap ? 2 * ti->fed_cap : ti->fed_n + n;
-    struct fed_event *f = ana_realloc(ti->fed, cap * sizeof *f);
-    if (f) {
-      ti->fed = f;
-      ti->fed_cap = cap;
+  if (k == n) {
+    qsort(batch, n, sizeof *batch, by_seq);
+    /* What is held must run on into this batch without a gap, and stays
+     * bounded; else it is dropped (the thread reads those events back). */
+    if (ti->fed_n > ti->fed_head && ti->fed[ti->fed_n - 1].seq + 1 != batch[0].seq)
+      fed_drop(ti, ti->fed_head);
+    if (ti->fed_n - ti->fed_head + n > FED_MAX)
+      fed_drop(ti, ti->fed_head);
+    if (ti->fed_head > 0) {
+      memmove(ti->fed, ti->fed + ti->fed_head, (ti->fed_n - ti->fed_head) * sizeof *ti->fed);
+      ti->fed_n -= ti->fed_head;
+      ti->fed_head = 0;
+    }
+    if (ti->fed_n + n > ti->fed_cap) {
+      size_t cap = ti->fed_n + n < 2 * ti->fed_cap ? 2 * ti->fed_cap : ti->fed_n + n;
+      struct fed_event *f = ana_realloc(ti->fed, cap * sizeof *f);
+      if (f) {
+        ti->fed = f;
+        ti->fed_cap = cap;
+      }
+    }
+    if (ti->fed_n + n <= ti->fed_cap) {
+      memcpy(ti->fed + ti->fed_n, batch, n * sizeof *batch);
+      ti->fed_n += n;
+      k = 0; /* now held */
+    } else {
+      fed_drop(ti, ti->fed_head);
     }
   }
-  if (ti->fed_n + n <= ti->fed_cap) {
-    memcpy(ti->fed + ti->fed_n, batch, n * sizeof *batch);
-    ti->fed_n += n;
-    held = true;
-  } else {
-    fed_drop(ti, ti->fed_head);
-  }
   pthread_mutex_unlock(&ti->fed_mu);
-  if (!held)
-    ana_free(block); /* its events are read back */
+  for (size_t i = 0; batch && i < k; i++)
+    ana_free(batch[i].words);
   ana_free(batch);
 }
 
@@ -388,7 +329,7 @@ static size_t fed_take(struct ana_text_index *ti, int64_t from) {
   size_t n = 0;
   pthread_mutex_lock(&ti->fed_mu);
   while (ti->fed_head < ti->fed_n && ti->fed[ti->fed_head].seq <= from)
-    fed_release(&ti->fed[ti->fed_head++]);
+    ana_free(ti->fed[ti->fed_head++].words);
   while (n < INDEX_BATCH && ti->fed_head < ti->fed_n &&
          ti->fed[ti->fed_head].seq == from + 1 + (int64_t)n)
     ti->taken[n++] = ti->fed[ti->fed_head++];
@@ -406,75 +347,37 @@ static void fed_forget(struct ana_text_index *ti) {
   pthread_mutex_unlock(&ti->fed_mu);
 }
 
-/* The entry of event seq (words, name, ts) into the open transaction,
- * with its second's token or not; no words: nothing to index. */
-static int index_one(struct ana_text_index *ti, const struct fed_event *e, bool second,
-                     int64_t *min_ts, int64_t *max_ts) {
-  if (!e->words[0])
+/* The entry of event seq (words, name, ts) into the open transaction;
+ * no words: nothing to index. */
+static int index_one(struct ana_text_index *ti, int64_t seq, const char *words, const char *name,
+                     int64_t ts, int64_t *min_ts, int64_t *max_ts) {
+  if (!words[0])
     return SQLITE_ROW; /* passed */
-  *min_ts = e->ts < *min_ts ? e->ts : *min_ts;
-  *max_ts = e->ts > *max_ts ? e->ts : *max_ts;
-  if (!entry_text(ti, e->words, e->name, e->ts, second))
+  *min_ts = ts < *min_ts ? ts : *min_ts;
+  *max_ts = ts > *max_ts ? ts : *max_ts;
+  if (!entry_text(ti, words, name, ts))
     return SQLITE_NOMEM;
   sqlite3_reset(ti->insert);
-  sqlite3_bind_int64(ti->insert, 1, e->seq);
+  sqlite3_bind_int64(ti->insert, 1, seq);
   sqlite3_bind_text(ti->insert, 2, ti->doc, -1, SQLITE_STATIC);
   return sqlite3_step(ti->insert) == SQLITE_DONE ? SQLITE_ROW : SQLITE_ERROR;
 }
 
-/* Which of the n taken events get their second's token: those of a minute
- * with at least SECOND_MIN_EVENTS events (with words) in the batch. A
- * minute that dense gives a search its seconds; in a sparse one (an import
- * of events spread over months) every second's token would be a term of
- * its own in the segment, merged again and again, for nothing. */
-static void mark_seconds(struct ana_text_index *ti, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    ti->with_second[i] = false;
-    if (!ti->taken[i].words[0])
-      continue;
-    int64_t minute = ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS - 1, ti->taken[i].ts);
-    uint32_t h = (uint32_t)(((uint64_t)minute * 0x9E3779B97F4A7C15ULL) >> 40) % MINUTE_SLOTS;
-    while (ti->minutes[h].events && ti->minutes[h].minute != minute)
-      h = (h + 1) % MINUTE_SLOTS;
-    ti->minutes[h].minute = minute;
-    ti->minutes[h].events++;
-    ti->slot[i] = h;
-  }
-  for (size_t i = 0; i < n; i++)
-    if (ti->taken[i].words[0])
-      ti->with_second[i] = ti->minutes[ti->slot[i]].events >= SECOND_MIN_EVENTS;
-  for (size_t i = 0; i < n; i++)
-    if (ti->taken[i].words[0])
-      ti->minutes[ti->slot[i]].events = 0;
-}
-
-/* A batch's events read from the events (select_new's rows), copied into
- * ti->taken as the mover's are. */
+/* A batch's events read from the events (select_new's rows). */
 struct batch_rows {
   struct ana_text_index *ti;
-  size_t n;
-  bool failed;
+  int64_t last, min_ts, max_ts;
+  int n, rc;
 };
 
-static int take_row(void *ctx, sqlite3_stmt *st) {
+static int index_row(void *ctx, sqlite3_stmt *st) {
   struct batch_rows *b = ctx;
+  b->last = sqlite3_column_int64(st, 0);
+  b->n++;
   const char *words = (const char *)sqlite3_column_text(st, 1);
-  const char *name = (const char *)sqlite3_column_text(st, 2);
-  words = words ? words : "";
-  name = name ? name : "";
-  size_t wl = strlen(words), nl = strlen(name);
-  struct fed_block *block = ana_malloc(sizeof *block + wl + nl + 2);
-  if (!block) {
-    b->failed = true;
-    return 1;
-  }
-  block->refs = 1;
-  memcpy(block->text, words, wl + 1);
-  memcpy(block->text + wl + 1, name, nl + 1);
-  b->ti->taken[b->n++] =
-      (struct fed_event){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), block->text,
-                         block->text + wl + 1, block};
-  return 0;
+  b->rc = index_one(b->ti, b->last, words ? words : "", (const char *)sqlite3_column_text(st, 2),
+                    sqlite3_column_int64(st, 3), &b->min_ts, &b->max_ts);
+  return b->rc != SQLITE_ROW;
 }
 
 /* One transaction: indexes up to INDEX_BATCH events committed after
@@ -484,28 +387,31 @@ static int index_batch(struct ana_text_index *ti, uint64_t *indexed, struct ana_
   if (exec(ti->conn, "BEGIN", err) < 0)
     return ANA_ERR_IO;
   int64_t from = query_int(ti->conn, "SELECT indexed_seq FROM progress");
+  int n = 0;
   int64_t last = from, min_ts = INT64_MAX, max_ts = INT64_MIN;
   int rc = SQLITE_DONE;
   size_t taken = from >= 0 ? fed_take(ti, from) : 0;
-  if (!taken && from >= 0) {
-    struct batch_rows b = {ti, 0, false};
-    struct ana_error rerr;
-    int got = ana_local_events_by_seq(ti->conn, "ev.", ti->select_new, (uint64_t)from, UINT64_MAX,
-                                      INDEX_BATCH, take_row, &b, &rerr);
-    rc = got < 0 || b.failed ? SQLITE_ERROR : SQLITE_DONE;
-    taken = b.n;
-  }
-  mark_seconds(ti, taken);
   for (size_t i = 0; i < taken; i++) {
     const struct fed_event *e = &ti->taken[i];
     if (rc == SQLITE_DONE) {
       last = e->seq;
-      if (index_one(ti, e, ti->with_second[i], &min_ts, &max_ts) != SQLITE_ROW)
+      n++;
+      if (index_one(ti, e->seq, e->words, e->name, e->ts, &min_ts, &max_ts) != SQLITE_ROW)
         rc = SQLITE_ERROR;
     }
-    fed_release(e);
+    ana_free(e->words);
   }
-  int n = (int)taken;
+  if (!taken && from >= 0) {
+    struct batch_rows b = {ti, from, min_ts, max_ts, 0, SQLITE_ROW};
+    struct ana_error rerr;
+    int got = ana_local_events_by_seq(ti->conn, "ev.", ti->select_new, (uint64_t)from, UINT64_MAX,
+                                      INDEX_BATCH, index_row, &b, &rerr);
+    rc = got < 0 || b.rc != SQLITE_ROW ? SQLITE_ERROR : SQLITE_DONE;
+    last = b.last;
+    n = b.n;
+    min_ts = b.min_ts;
+    max_ts = b.max_ts;
+  }
   if (rc != SQLITE_DONE || from < 0)
     goto failed;
   if (n > 0) {
@@ -638,27 +544,11 @@ uint64_t ana_text_index_indexed_seq(struct ana_text_index *ti) {
   return v;
 }
 
-/* Whether the entry of event seq holds the reserved token tok: 1 or 0, or
- * < 0 on error. */
-static int entry_holds(struct ana_text_index *ti, int64_t seq, const char *tok) {
-  char match[ANA_TEXT_TOKEN_MAX + 2];
-  snprintf(match, sizeof match, "\"%s\"", tok);
-  sqlite3_reset(ti->exists);
-  sqlite3_bind_int64(ti->exists, 1, seq);
-  sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_TRANSIENT);
-  int rc = sqlite3_step(ti->exists);
-  sqlite3_reset(ti->exists);
-  return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
-}
-
 /* Runs `stmt` (remove or insert, bound to the event's sequence and entry
- * text) for the event of key if its entry is there (`if_present`) or is
- * not, which the token of its minute tells: every entry holds it. An
- * entry removed is spelled as it was written, with its second's token
- * unless it holds the token of no second; one inserted has its second's
- * (a search is never slower for it). Events gone or without words are
- * left alone. Called with conn_mu held, inside a transaction; `what` names
- * the change in an error. */
+ * text) for the event of key if its entry is there (`if_present`) or is not, which
+ * the token of its second tells: every entry holds it. Events gone or
+ * without words are left alone. Called with conn_mu held, inside a
+ * transaction; `what` names the change in an error. */
 static int change_entry(struct ana_text_index *ti, int64_t key, bool if_present, sqlite3_stmt *stmt,
                         const char *what, struct ana_error *err) {
   sqlite3_reset(ti->select_one);
@@ -671,22 +561,24 @@ static int change_entry(struct ana_text_index *ti, int64_t key, bool if_present,
   if (rc != SQLITE_ROW)
     goto failed;
   int64_t ts = sqlite3_column_int64(ti->select_one, 2);
-  char tok[ANA_TEXT_TOKEN_MAX];
-  ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS - 1,
-                              ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS - 1, ts), tok);
+  char tok[ANA_TEXT_TOKEN_MAX], match[ANA_TEXT_TOKEN_MAX + 2];
+  ana_text_index_bucket_token(ANA_TEXT_INDEX_LEVELS,
+                              ana_text_index_bucket(ANA_TEXT_INDEX_LEVELS, ts), tok);
+  snprintf(match, sizeof match, "\"%s\"", tok);
   int64_t seq = key & ((INT64_C(1) << ANA_EVENT_SEQ_BITS) - 1);
-  int present = entry_holds(ti, seq, tok);
-  if (present < 0)
+  sqlite3_reset(ti->exists);
+  sqlite3_bind_int64(ti->exists, 1, seq);
+  sqlite3_bind_text(ti->exists, 2, match, -1, SQLITE_STATIC);
+  rc = sqlite3_step(ti->exists);
+  sqlite3_reset(ti->exists);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
     goto failed;
-  if (present != if_present) {
+  if ((rc == SQLITE_ROW) != if_present) {
     sqlite3_reset(ti->select_one);
     return 0;
   }
-  int no_second = present ? entry_holds(ti, seq, ANA_TEXT_INDEX_NO_SECOND) : 0;
-  if (no_second < 0)
-    goto failed;
   if (!entry_text(ti, (const char *)sqlite3_column_text(ti->select_one, 0),
-                  (const char *)sqlite3_column_text(ti->select_one, 1), ts, !no_second)) {
+                  (const char *)sqlite3_column_text(ti->select_one, 1), ts)) {
     sqlite3_reset(ti->select_one);
     return ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
@@ -805,11 +697,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
   if (ana_event_body_register(ti->conn) < 0)
     return fail(ti->conn, "cannot open", err);
   /* NORMAL: a batch lost in a crash is indexed again from the events. */
-  /* The cache: FTS5's merges read back the segments they merge. */
-  if (exec(ti->conn,
-           "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-           " PRAGMA main.cache_size=-16384",
-           err) < 0)
+  if (exec(ti->conn, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", err) < 0)
     return ANA_ERR_IO;
   char *attach = sqlite3_mprintf("ATTACH DATABASE %Q AS ev", events_db_path);
   rc = attach ? exec(ti->conn, attach, err) : fail(NULL, "cannot attach the events", err);
@@ -832,9 +720,8 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
         exec(ti->conn, "VACUUM", err) < 0)
       return ANA_ERR_IO;
   }
-  /* An index of another format (with the words' positions and no
-   * reserved tokens, or format 2 with every second's token): built again
-   * in this one. */
+  /* An index of the second format (with the words' positions and no
+   * reserved tokens): built again in this one. */
   if (query_int(ti->conn, "SELECT count(*) FROM sqlite_master WHERE name = 'events_fts'") > 0 &&
       query_int(ti->conn, "PRAGMA user_version") != ANA_TEXT_INDEX_FORMAT) {
     ANA_WARN("store", "search index in an earlier format (%lld): rebuilding it in format %d",
@@ -849,10 +736,7 @@ static int open_conn(struct ana_text_index *ti, const char *events_db_path, stru
   if (query_int(ti->conn, "SELECT count(*) FROM sqlite_master WHERE name IN ('events_fts',"
                           " 'progress')") != 2 ||
       query_int(ti->conn, "PRAGMA user_version") != ANA_TEXT_INDEX_FORMAT) {
-    char *version =
-        sqlite3_mprintf("%s INSERT INTO events_fts (events_fts, rank) VALUES ('hashsize', %d);"
-                        " PRAGMA user_version = %d;",
-                        schema, HASH_BYTES, ANA_TEXT_INDEX_FORMAT);
+    char *version = sqlite3_mprintf("%s PRAGMA user_version = %d;", schema, ANA_TEXT_INDEX_FORMAT);
     int src = version ? exec(ti->conn, version, err) : fail(NULL, "cannot create", err);
     sqlite3_free(version);
     if (src < 0)

@@ -58,7 +58,7 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err);
 
 /* The index's format, its file's user_version; a file of another format is
  * built again from the events. */
-#define ANA_TEXT_INDEX_FORMAT 3
+#define ANA_TEXT_INDEX_FORMAT 2
 
 /* Besides its words, an event's entry holds reserved tokens (they start
  * with U+E000, which the words never contain: ana_text_index_fold) for
@@ -66,15 +66,9 @@ int ana_text_index_catch_up(struct ana_text_index *ti, struct ana_error *err);
  * so that a search can ask FTS5 for the matches of one name and one
  * stretch of time. Levels 1 to ANA_TEXT_INDEX_LEVELS. (No account token:
  * one in every event, in an AND, made FTS5 step through its whole doclist,
- * tens of ms a query; the account is checked on the events.)
- *
- * Format 3: the token of its second only when its minute is dense in the
- * batch that indexed it (text_index.c); else ANA_TEXT_INDEX_NO_SECOND, one
- * term for all such events, and a search reads those of a minute apart
- * (event_search.c). */
+ * tens of ms a query; the account is checked on the events.) */
 #define ANA_TEXT_INDEX_LEVELS 4
 #define ANA_TEXT_TOKEN_MAX 40
-#define ANA_TEXT_INDEX_NO_SECOND "\xEE\x80\x80x"
 
 /* The length of the time buckets of a level, in ms (1: a day ... 4: a
  * second). */
