@@ -586,6 +586,20 @@ static int journal_fail(struct ana_staging *s, const char *what, struct ana_erro
   return ANA_ERR_IO;
 }
 
+/* The watermark as analytics.db holds it (on the mover's connection). */
+static int get_moved(struct ana_staging *s, uint64_t *out, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(s->conn, "SELECT upto FROM events_moved WHERE id = 1", -1, &st, NULL) !=
+          SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW)
+    rc = mover_fail(s, "cannot read how far the staged events are moved", err);
+  else
+    *out = (uint64_t)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return rc;
+}
+
 /* The watermark, in the move's transaction on analytics.db. */
 static int set_moved(struct ana_staging *s, uint64_t upto) {
   sqlite3_stmt *st = NULL;
@@ -852,15 +866,9 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
   /* The watermark read again under analytics.db's write lock: another
    * process's mover on the same files may have moved these rows since they
    * were taken; then this move is dropped and the next starts after it. */
-  if (sqlite3_prepare_v2(s->conn, "SELECT upto FROM events_moved WHERE id = 1", -1, &st, NULL) !=
-          SQLITE_OK ||
-      sqlite3_step(st) != SQLITE_ROW) {
-    rc = mover_fail(s, "cannot read how far the staged events are moved", err);
+  uint64_t watermark = 0;
+  if ((rc = get_moved(s, &watermark, err)) < 0)
     goto out;
-  }
-  uint64_t watermark = (uint64_t)sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  st = NULL;
   if (watermark >= rows[0].first) {
     pthread_mutex_lock(&s->mu);
     if (s->moved_upto < watermark)
@@ -1043,30 +1051,21 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   sqlite3_stmt *st = NULL;
   /* The watermark: staged rows at or below it were moved before a crash
    * that kept their deletion from the journal. */
-  if (sqlite3_prepare_v2(s->conn, "SELECT upto FROM events_moved WHERE id = 1", -1, &st, NULL) !=
-          SQLITE_OK ||
-      sqlite3_step(st) != SQLITE_ROW) {
-    mover_fail(s, "cannot read how far the staged events are moved", err);
-    sqlite3_finalize(st);
+  uint64_t watermark = 0;
+  if (get_moved(s, &watermark, err) < 0)
     goto fail;
-  }
-  uint64_t watermark = (uint64_t)sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  st = NULL;
   s->moved_upto = watermark;
   delete_moved(s, watermark);
   if (sqlite3_prepare_v2(s->jconn,
                          "SELECT MIN(first_seq), MAX(last_seq), COALESCE(SUM(n), 0)"
                          " FROM events_staged WHERE first_seq > ?",
                          -1, &st, NULL) != SQLITE_OK) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: cannot read the staged events: %s",
-                  sqlite3_errmsg(s->jconn));
+    journal_fail(s, "cannot read the staged events", err);
     goto fail;
   }
   sqlite3_bind_int64(st, 1, (sqlite3_int64)watermark);
   if (sqlite3_step(st) != SQLITE_ROW) {
-    ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: cannot read the staged events: %s",
-                  sqlite3_errmsg(s->jconn));
+    journal_fail(s, "cannot read the staged events", err);
     sqlite3_finalize(st);
     goto fail;
   }
@@ -1082,8 +1081,7 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   if (s->staged_events == 0) {
     if (sqlite3_prepare_v2(s->jconn, sql_last_seq, -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW) {
-      ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: cannot read the last sequence: %s",
-                    sqlite3_errmsg(s->jconn));
+      journal_fail(s, "cannot read the last sequence", err);
       sqlite3_finalize(st);
       goto fail;
     }
