@@ -89,7 +89,7 @@ def search_p50(port, path, times=7):
 def one(label, binary, root, events):
     p = pb.Ours(root, binary).start()
     try:
-        rate, _ = pb.load(events, "ours", 1, pb.KeepAlive(p.port), p.send)
+        rate, _, _ = pb.load(events, "ours", 1, pb.KeepAlive(p.port), p.send)
         p.mark()
         p.quiesce()
         disk = p.disk()

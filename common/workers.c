@@ -29,6 +29,7 @@ struct ana_workers {
 };
 
 static void *worker(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-worker"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_workers *w = arg;
   pthread_mutex_lock(&w->mu);
   for (;;) {

@@ -1652,6 +1652,7 @@ static void sweep_history(struct ana_alerts *al, int64_t now) {
 }
 
 static void *run(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-alerts"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_alerts *al = arg;
   struct changes cs = {0};
   for (;;) {

@@ -181,6 +181,7 @@ void ana_api_keys_flush(struct ana_api_keys *k) {
 }
 
 static void *touch_main(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-keytouch"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_api_keys *k = arg;
   pthread_mutex_lock(&k->mu);
   while (!k->stop) {

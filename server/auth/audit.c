@@ -104,6 +104,7 @@ static void retain(struct ana_audit *a, int64_t now_ms) {
 }
 
 static void *writer(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-audit"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_audit *a = arg;
   int64_t next_sign =
       a->sign_interval_ms > 0 ? ana_clock_mono_ms() + a->sign_interval_ms : INT64_MAX;

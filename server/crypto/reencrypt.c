@@ -394,6 +394,7 @@ static int finish_phase(struct ana_reencrypt *j, struct ana_error *err) {
 }
 
 static void *job_thread(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-reencrypt"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_reencrypt *j = arg;
   int64_t backoff = 100;
   while (!pause_or_stop(j, 0) && j->st.phase != PHASE_DONE) {

@@ -292,6 +292,7 @@ static int rebuild(struct ana_event_names *en, struct ana_error *err) {
 }
 
 static void *names_thread(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-names"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_event_names *en = arg;
   struct ana_error err;
   bool rebuilt = false;

@@ -54,6 +54,7 @@ int ru_busy_wait(void *ctx, int count) {
 }
 
 void *ru_thread(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-rollup"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_rollups *r = arg;
   bool more = true;
   int64_t last_round = 0;

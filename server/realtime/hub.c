@@ -679,6 +679,7 @@ static bool deliver(struct ana_realtime *rt, struct sub *s, struct ana_arena *a)
 }
 
 static void *pump_main(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-realtime"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_realtime *rt = arg;
   struct ana_arena arena;
   ana_arena_init(&arena, 16384, 0);

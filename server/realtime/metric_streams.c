@@ -604,6 +604,7 @@ void ana_metric_streams_on_commit(void *ctx, const struct ana_event_record *reco
 }
 
 static void *ticker_main(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-metricticks"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_metric_streams *ms = arg;
   pthread_mutex_lock(&ms->mu);
   while (!ms->stop) {

@@ -153,6 +153,7 @@ static void expire(struct ana_report_runner *r) {
 }
 
 static void *worker(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-report"); /* top -H, /proc/PID/task/TID/comm */
   struct ana_report_runner *r = arg;
   /* This thread only (Linux: the nice value is per thread). */
   (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), NICE);

@@ -854,6 +854,7 @@ struct thread_arg {
 };
 
 static void *cq_thread(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-grpc"); /* top -H, /proc/PID/task/TID/comm */
   struct thread_arg ta = *(struct thread_arg *)arg;
   ana_free(arg);
   /* Idle, the thread still wakes every second to beat (liveness). */

@@ -946,6 +946,7 @@ static void dedupe_step(struct ch_store *s, int64_t now) {
 /* --- the shipper thread --- */
 
 static void *ship_thread(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-ship"); /* top -H, /proc/PID/task/TID/comm */
   struct ch_store *s = arg;
   int64_t backoff = 0, last_ship = 0, next_sweep = 0, next_dedupe = 0, next_trim = 0;
   struct job *inflight = NULL;

@@ -1101,6 +1101,7 @@ static void collect(struct ana_prom_writer *w, void *ctx) {
 }
 
 static void *checkpoint_loop(void *arg) {
+  pthread_setname_np(pthread_self(), "ana-checkpoint"); /* top -H, /proc/PID/task/TID/comm */
   struct wal_ckpt *c = arg;
   pthread_mutex_lock(&c->checkpoint_mu);
   while (!c->checkpoint_stop) {
