@@ -2996,6 +2996,80 @@ static void plain_search_and_scan_merge_staged_events(void **state) {
   }
 }
 
+/* n events of acct-1 named "sent", ids "<prefix>-<i>", at ts0 + i * step,
+ * committed 1,000 per request. */
+static void commit_spread(int n, const char *prefix, int64_t ts0, int64_t step) {
+  struct ana_event_record *r = calloc(1000, sizeof *r);
+  char(*ids)[24] = calloc(1000, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  for (int done = 0; done < n; done += 1000) {
+    int k = n - done < 1000 ? n - done : 1000;
+    for (int i = 0; i < k; i++) {
+      snprintf(ids[i], sizeof ids[i], "%s-%d", prefix, done + i);
+      r[i] = record("acct-1", ids[i], "sent", ts0 + (done + i) * step, "{}", "spread");
+    }
+    pthread_mutex_lock(&mu);
+    int before = done_count;
+    pthread_mutex_unlock(&mu);
+    struct ana_commit_request req;
+    assert_int_equal(submit(r, (size_t)k, &req), 0);
+    wait_done(before + 1);
+    assert_int_equal(last_rc, 0);
+  }
+  free(ids);
+  free(r);
+}
+
+/* A scan's stream: how many, in time order, and a hash of its order. */
+struct scan_digest {
+  long n;
+  int64_t last_ts;
+  uint64_t hash;
+  bool out_of_order;
+};
+
+static int digest_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct scan_digest *d = ctx;
+  if (d->n && ev->timestamp_ms < d->last_ts)
+    d->out_of_order = true;
+  d->last_ts = ev->timestamp_ms;
+  d->hash = (d->hash ^ (uint64_t)ev->timestamp_ms) * 1099511628211ULL;
+  for (const char *c = ev->event_id; *c; c++)
+    d->hash = (d->hash ^ (uint8_t)*c) * 1099511628211ULL;
+  d->n++;
+  return 0;
+}
+
+/* A scan long enough to read in two snapshots (it starts the second at the
+ * next 6-hour slot after 50,000 rows) hands on each staged event once, in
+ * time order, before and after the slot's edge: as once they are moved. */
+static void long_scan_merges_staged_events_across_its_snapshots(void **state) {
+  (void)state;
+  const int64_t slot = 21600000, t0 = NOW / slot * slot;
+  commit_spread(51000, "a", t0, 10);
+  commit_spread(100, "b", t0 + slot + 5, 10);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  ana_local_staging_hold(db, true);
+  commit_spread(1000, "c", t0 + 3, 500);       /* among the first slot's rows */
+  commit_spread(1000, "d", t0 + slot, 10);     /* around the second's */
+  commit_spread(1000, "e", t0 + 2 * slot, 10); /* after the range */
+  struct scan_digest before = {0}, after = {0};
+  assert_int_equal(
+      ops->scan(store, "acct-1", t0, t0 + 2 * slot, NULL, 0, digest_scanned, &before, &err), 0);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 51100);
+  assert_int_equal(before.n, 51000 + 100 + 1000 + 1000);
+  assert_false(before.out_of_order);
+  ana_local_staging_hold(db, false);
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  assert_int_equal(
+      ops->scan(store, "acct-1", t0, t0 + 2 * slot, NULL, 0, digest_scanned, &after, &err), 0);
+  assert_int_equal(after.n, before.n);
+  assert_true(after.hash == before.hash);
+}
+
 /* Committed batches go to the mover in memory (not read back from
  * events_staged); one not handed off (the handoff full) is read back from
  * events_staged in its turn, between the batches handed off around it:
@@ -3732,6 +3806,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(staged_events_are_read_right_after_their_commit, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(plain_search_and_scan_merge_staged_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(long_scan_merges_staged_events_across_its_snapshots, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(staged_batches_are_handed_off_in_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(staging_backlog_is_bounded, setup, teardown),
       cmocka_unit_test_setup_teardown(staged_events_left_by_a_crash_are_moved_at_start, setup,

@@ -13,9 +13,11 @@
  * encodes a move's events before its transaction, which then only inserts
  * them. A committed batch is handed to the mover in memory too (the
  * handoff, bounded), so that it need not read its row back; the row stays
- * the durable copy until moved. Readers of the events table first wait
- * until every event committed before they began was moved
- * (ana_local_staging_wait). */
+ * the durable copy until moved. Readers by sequence, plain searches and
+ * scans by time read the staged events beside the table in one snapshot
+ * (ana_local_staged_each, ana_local_staged_range); the other readers of
+ * the events table first wait until every event committed before they
+ * began was moved (ana_local_staging_wait). */
 #include "byte_codec.h"
 #include "local_db_sql.h"
 
@@ -239,6 +241,28 @@ static bool decode(const uint8_t *raw, size_t n, size_t count, struct staged_eve
     (*at)++;
   }
   return i == n;
+}
+
+/* Steps over one encoded event of raw[0..n) at *i (see encode), giving its
+ * seq, timestamp and account id (not copied): a reader looks at these
+ * before it decodes the event. */
+static bool peek(const uint8_t *raw, size_t n, size_t *i, uint64_t *seq, int64_t *ts,
+                 const uint8_t **account, size_t *account_len) {
+  int64_t received;
+  uint64_t l;
+  if (!ana_varint_get(raw, n, i, seq) || !get_i64(raw, n, i, ts) ||
+      !get_i64(raw, n, i, &received) || !ana_varint_get(raw, n, i, &l) || l > n - *i)
+    return false;
+  *account = raw + *i;
+  *account_len = (size_t)l;
+  *i += l;
+  /* event id, session, type, name, properties, text, payload */
+  for (int k = 0; k < 7; k++) {
+    if (!ana_varint_get(raw, n, i, &l) || l > n - *i)
+      return false;
+    *i += l;
+  }
+  return true;
 }
 
 /* --- the commit's side --- */
@@ -562,7 +586,8 @@ int ana_local_staged_range(struct ana_local_db *db, sqlite3 *r, struct ana_stage
   struct staged_event *ev = NULL;
   uint8_t *raw = NULL;
   char *arena = NULL;
-  size_t ev_cap = 0, raw_cap = 0, arena_cap = 0, j = 0;
+  size_t raw_cap = 0, arena_cap = 0, j = 0;
+  size_t want_len = range->account_id ? strlen(range->account_id) : 0;
   struct held held = {0};
   ZSTD_DCtx *dctx = NULL;
   int n = 0, rc = 0, step = SQLITE_DONE;
@@ -606,12 +631,9 @@ int ana_local_staged_range(struct ana_local_db *db, sqlite3 *r, struct ana_stage
      * far): the batch is not decoded. */
     if (h && (h->max_ts < range->from_ms || h->min_ts >= range->to_ms))
       continue;
-    size_t arena_need = raw_len + 8 * count + 1;
-    if (count > ev_cap) {
-      ana_free(ev);
-      ev_cap = count;
-      ev = ana_malloc(sizeof *ev * (ev_cap ? ev_cap : 1));
-    }
+    size_t arena_need = raw_len + 8 + 1; /* one event decoded at a time */
+    if (!ev)
+      ev = ana_malloc(sizeof *ev);
     if (!h && raw_len + 1 > raw_cap) {
       ana_free(raw);
       raw_cap = raw_len + 1;
@@ -633,23 +655,37 @@ int ana_local_staged_range(struct ana_local_db *db, sqlite3 *r, struct ana_stage
     if (!h)
       got = ZSTD_decompressDCtx(dctx, raw, raw_len, sqlite3_column_blob(st, 4),
                                 (size_t)sqlite3_column_bytes(st, 4));
-    size_t at = 0;
-    char *a = arena;
-    if (ZSTD_isError(got) || got != raw_len || !decode(content, got, count, ev, &at, &a)) {
+    /* Each event's sequence, time and account first: only those in the
+     * range are decoded (most are not, once a page narrowed it). */
+    size_t i = 0, k = 0;
+    bool bad = ZSTD_isError(got) || got != raw_len;
+    for (; !bad && k < count && rc == 0; k++) {
+      size_t start = i, at = 0, account_len;
+      uint64_t seq;
+      int64_t ts;
+      const uint8_t *account;
+      char *a = arena;
+      if (!peek(content, got, &i, &seq, &ts, &account, &account_len)) {
+        bad = true;
+        break;
+      }
+      if (seq <= range->watermark || ts < range->from_ms || ts >= range->to_ms ||
+          (range->account_id &&
+           (account_len != want_len || memcmp(account, range->account_id, account_len) != 0)))
+        continue;
+      if (!decode(content + start, i - start, 1, ev, &at, &a)) {
+        bad = true;
+        break;
+      }
+      rc = fn(ctx, &ev[0].r, err);
+      if (rc == 0)
+        n++;
+    }
+    if (bad || (rc == 0 && i != got)) {
       rc = ana_error_set(err, ANA_STATUS_INTERNAL,
                          "staging: the staged events from %llu cannot be decoded",
                          (unsigned long long)first);
       break;
-    }
-    for (size_t i = 0; i < count && rc == 0; i++) {
-      const struct ana_event_record *e = &ev[i].r;
-      if (e->seq <= range->watermark || e->timestamp_ms < range->from_ms ||
-          e->timestamp_ms >= range->to_ms ||
-          (range->account_id && strcmp(range->account_id, e->account_id) != 0))
-        continue;
-      rc = fn(ctx, e, err);
-      if (rc == 0)
-        n++;
     }
   }
   if (rc == 0 && step != SQLITE_DONE)

@@ -643,6 +643,12 @@ static void staged_trim(struct staged_page *p) {
  * of rows_sql compares them (SQLite's json_extract and CAST on the same
  * JSON text): 1, 0, or a negative error. */
 static int staged_props_match(struct staged_page *p, const char *json) {
+  /* The SQL's cheap test first (ana_event_props_has): a value that JSON
+   * writes as it is must be in the text. */
+  for (size_t i = 0; i < p->q->n_properties; i++)
+    if (substring_of_json(p->q->property_values[i]) &&
+        !strstr(json ? json : "", p->q->property_values[i]))
+      return 0;
   sqlite3_stmt *st = p->props;
   sqlite3_bind_text(st, 1, json ? json : "{}", -1, SQLITE_STATIC);
   int step = sqlite3_step(st);
@@ -661,6 +667,8 @@ static int staged_hit(void *ctx, const struct ana_event_record *e, struct ana_er
       (q->event_name && q->event_name[0] && strcmp(e->event_name, q->event_name) != 0) ||
       (q->session_id && q->session_id[0] && strcmp(e->session_id, q->session_id) != 0))
     return 0;
+  if (p->full && e->timestamp_ms < p->v[p->keep - 1].key.ts)
+    return 0; /* older than the page's last (the cheap test first) */
   uint8_t packed_id[ANA_EVENT_ID_PACKED];
   struct candidate c = {.ts = e->timestamp_ms,
                         .key = (int64_t)e->seq,
@@ -737,6 +745,8 @@ static int staged_collect(struct ana_local_db *db, sqlite3 *r, const struct ana_
     if (q->cursor_ts < INT64_MAX && q->cursor_ts + 1 < range.to_ms)
       range.to_ms = q->cursor_ts + 1; /* nothing after the cursor's timestamp */
   }
+  if (q->limit == 0)
+    return 0; /* LIMIT 0: nothing to merge */
   if (q->n_properties && !(p->props = props_statement(db, r, q, paths)))
     return prepare_error(r, err);
   int rc = ana_local_staged_range(db, r, &range, staged_hit, p, err);
