@@ -124,21 +124,29 @@ class StagingTest(AttackTestCase):
         q = mpb.GetMetricDataRequest(metric_id=mid, interval="1d")
         getattr(q, "from").FromMilliseconds(now - 31 * DAY_MS)
         q.to.FromMilliseconds(now + DAY_MS)
-        lock = sqlite3.connect(os.path.join(self.server.data_dir, "analytics.db"),
-                               isolation_level=None, timeout=30)
-        try:
-            lock.execute("BEGIN IMMEDIATE")
-            body = json.dumps({"events": [{
-                "eventId": "held-%d" % i, "eventType": "track", "eventName": "held",
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S",
-                                           time.gmtime((now - i * 3600 * 1000) // 1000)) + "Z",
-                "properties": {"k": "v%d" % (i % 3)}} for i in range(300)]})
+        def post(events):
             conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=60)
-            conn.request("POST", "/api/events/batch", body, {"Content-Type": "application/json"})
+            conn.request("POST", "/api/events/batch", json.dumps({"events": events}),
+                         {"Content-Type": "application/json"})
             resp = conn.getresponse()
             self.assertEqual(resp.status, 200, resp.read()[:300])
             resp.read()
             conn.close()
+
+        # The account's number is given in analytics.db at its first event.
+        post([{"eventId": "held-first", "eventType": "track", "eventName": "first",
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now // 1000))}])
+        deadline = time.time() + 30
+        while self.staged_events() and time.time() < deadline:
+            time.sleep(0.05)
+        lock = sqlite3.connect(os.path.join(self.server.data_dir, "analytics.db"),
+                               isolation_level=None, timeout=30)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            post([{"eventId": "held-%d" % i, "eventType": "track", "eventName": "held",
+                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                              time.gmtime((now - i * 3600 * 1000) // 1000)) + "Z",
+                   "properties": {"k": "v%d" % (i % 3)}} for i in range(300)])
             self.assertGreaterEqual(self.staged_events(), 300, "the mover was not held")
             t0 = time.monotonic()
             found = events.SearchEvents(epb.SearchEventsRequest(
