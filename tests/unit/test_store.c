@@ -3070,6 +3070,80 @@ static void long_scan_merges_staged_events_across_its_snapshots(void **state) {
   assert_true(after.hash == before.hash);
 }
 
+/* Commits 30 requests of 1,000 events at times spread over a day. */
+static void *commit_during_reads(void *arg) {
+  (void)arg;
+  for (int b = 0; b < 30; b++) {
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "mv%d", b);
+    commit_spread(1000, prefix, NOW - DAY + b * 997, 86353);
+  }
+  return NULL;
+}
+
+/* Which sequence numbers a read handed on, and whether one came twice. */
+struct seen_seqs {
+  uint8_t seen[30001];
+  long n;
+  bool twice;
+  int64_t last_ts;
+  bool out_of_order;
+};
+
+static int seen_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct seen_seqs *s = ctx;
+  assert_true(ev->seq >= 1 && ev->seq <= 30000);
+  s->twice |= s->seen[ev->seq]++ > 0;
+  s->out_of_order |= s->n > 0 && ev->timestamp_ms < s->last_ts;
+  s->last_ts = ev->timestamp_ms;
+  s->n++;
+  return 0;
+}
+
+static int seen_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                    uint64_t seq) {
+  (void)payload;
+  (void)len;
+  (void)id;
+  struct seen_seqs *s = ctx;
+  assert_true(seq >= 1 && seq <= 30000);
+  s->twice |= s->seen[seq]++ > 0;
+  s->out_of_order |= s->n > 0 && ts > s->last_ts;
+  s->last_ts = ts;
+  s->n++;
+  return 0;
+}
+
+/* Reads while the mover moves what is committed meanwhile (the batches it
+ * was handed in memory read by the readers as the mover takes and gives
+ * them back): each read hands on every event committed before it began,
+ * each once, in order. */
+static void plain_reads_during_moves_see_each_event_once(void **state) {
+  (void)state;
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, commit_during_reads, NULL), 0);
+  static struct seen_seqs s;
+  struct ana_error err;
+  uint64_t last = 0;
+  for (int k = 0; last < 30000; k++) {
+    assert_int_equal(ana_local_spool_last_seq(db, &last, &err), 0);
+    memset(&s, 0, sizeof s);
+    if (k % 2) {
+      assert_int_equal(
+          ops->scan(store, "acct-1", NOW - 2 * DAY, NOW + DAY, NULL, 0, seen_scanned, &s, &err), 0);
+    } else {
+      struct ana_event_query q = {
+          .account_id = "acct-1", .from_ms = INT64_MIN, .to_ms = INT64_MAX, .limit = -1};
+      assert_int_equal(ana_store_search(&roles, &q, seen_hit, &s, &err), 0);
+    }
+    assert_false(s.twice);
+    assert_false(s.out_of_order);
+    for (uint64_t q = 1; q <= last; q++)
+      assert_true(s.seen[q]);
+  }
+  pthread_join(t, NULL);
+}
+
 /* Committed batches go to the mover in memory (not read back from
  * events_staged); one not handed off (the handoff full) is read back from
  * events_staged in its turn, between the batches handed off around it:
@@ -3806,6 +3880,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(staged_events_are_read_right_after_their_commit, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(plain_search_and_scan_merge_staged_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(plain_reads_during_moves_see_each_event_once, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(long_scan_merges_staged_events_across_its_snapshots, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(staged_batches_are_handed_off_in_memory, setup, teardown),

@@ -629,7 +629,8 @@ static void staged_hits_free(struct staged_hit *v, size_t from, size_t to) {
 /* Sorted, the newest `keep` kept; then no event older than the last needs
  * to be looked at (nor any batch whose events all are). */
 static void staged_trim(struct staged_page *p) {
-  qsort(p->v, p->n, sizeof *p->v, hit_newest_first);
+  if (p->n > 1)
+    qsort(p->v, p->n, sizeof *p->v, hit_newest_first);
   if (p->n >= p->keep && p->keep > 0) {
     staged_hits_free(p->v, p->keep, p->n);
     p->n = p->keep;

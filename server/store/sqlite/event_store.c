@@ -269,7 +269,8 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   }
   for (size_t i = 0; i < staged.n; i++)
     staged.v[i].id = staged.buf + staged.v[i].off;
-  qsort(staged.v, staged.n, sizeof *staged.v, by_scan_order);
+  if (staged.n > 1)
+    qsort(staged.v, staged.n, sizeof *staged.v, by_scan_order);
   uint64_t moved_lo = range.watermark, moved_hi = range.staged_upto;
   size_t next = 0; /* the first staged event not handed on */
   int64_t slot = INT64_MIN;
