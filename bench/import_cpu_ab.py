@@ -14,12 +14,14 @@ here). Prints every load and the medians.
 With --search-every S, a second client searches the free text (GET
 /api/events/search, a campaign's word, page of 50) every S seconds during the
 load: the searches' latency (each waits for the events committed before it to
-be moved and indexed) is printed too (p50, p90, max). --env-a/--env-b: server
-settings of one side only.
+be moved and indexed) is printed too (p50, p90, max). --search-plain: the
+searches have no free text instead (one event name, page of 50: they read
+the events not yet moved in place). --env-a/--env-b: server settings of one
+side only.
 
 Usage: /usr/bin/python3 bench/import_cpu_ab.py --a OLD/analyticsd --b NEW/analyticsd
        [--events 200000] [--rounds 3] [--steps 1] [--env NAME=VALUE]...
-       [--search-every 0.5] [--env-a NAME=VALUE]... [--env-b NAME=VALUE]...
+       [--search-every 0.5 [--search-plain]] [--env-a NAME=VALUE]... [--env-b NAME=VALUE]...
 --steps K: also print each K-th of a load (rate and CPU per thread per event
 of that part alone): whether the cost grows with the store's size.
 """
@@ -118,14 +120,18 @@ def step_line(side, done, n, secs, threads):
           % (side, done, n / secs, th), flush=True)
 
 
-def searches(port, every, stop, out):
+def searches(port, every, stop, out, plain=False):
     """GET /api/events/search every `every` seconds until stop is set; the
     latencies (seconds) of those answered 200 into out["lat"], others counted."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     k = 0
     while not stop.wait(every):
         t = time.perf_counter()
-        conn.request("GET", "/api/events/search?query=c%d&pageSize=50" % (k % 50))
+        if plain:
+            conn.request("GET", "/api/events/search?eventName=%s&pageSize=50"
+                         % NAMES[k % len(NAMES)][0])
+        else:
+            conn.request("GET", "/api/events/search?query=c%d&pageSize=50" % (k % 50))
         r = conn.getresponse()
         r.read()
         k += 1
@@ -136,7 +142,7 @@ def searches(port, every, stop, out):
     conn.close()
 
 
-def load(binary, reqs, n, env, steps=1, side="", search_every=0.0):
+def load(binary, reqs, n, env, steps=1, side="", search_every=0.0, search_plain=False):
     os.environ["ANALYTICSD"] = os.path.abspath(binary)
     server = harness.Server(log_level="warn", env=dict({"RETENTION_DAYS": 365}, **env))
     server.start()
@@ -146,7 +152,8 @@ def load(binary, reqs, n, env, steps=1, side="", search_every=0.0):
     searcher = None
     if search_every > 0:
         searcher = threading.Thread(target=searches,
-                                    args=(server.http_port, search_every, stop, found))
+                                    args=(server.http_port, search_every, stop, found,
+                                          search_plain))
         searcher.start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=600)
@@ -217,6 +224,7 @@ def main():
     ap.add_argument("--env-a", action="append", default=[])
     ap.add_argument("--env-b", action="append", default=[])
     ap.add_argument("--search-every", type=float, default=0.0)
+    ap.add_argument("--search-plain", action="store_true")
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
     side_env = {"A": dict(env, **dict(kv.split("=", 1) for kv in args.env_a)),
@@ -227,7 +235,7 @@ def main():
         order = ("A", "B") if r % 2 == 0 else ("B", "A")
         for side in order:
             x = load(args.a if side == "A" else args.b, reqs, args.events, side_env[side],
-                     args.steps, side, args.search_every)
+                     args.steps, side, args.search_every, args.search_plain)
             res[side].append(x)
             th = ", ".join("%s %.1f" % kv for kv in sorted(x["threads"].items(),
                                                           key=lambda kv: -kv[1]) if kv[1] >= 0.5)

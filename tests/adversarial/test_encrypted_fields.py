@@ -91,9 +91,18 @@ class FieldEncryption(adversary.AttackTestCase):
         try:
             # The body: a tag byte (0x80: not compressed, as few events are),
             # the free text, the properties, then the payload.
-            seq, payload = db.execute("SELECT seq, body FROM events WHERE event_name ="
-                                      " (SELECT id FROM event_strings WHERE name = ?)",
-                                      (name,)).fetchone()
+            # The search read it staged maybe: the row is in events once
+            # the mover moved it.
+            deadline = time.time() + 30
+            row = None
+            while row is None and time.time() < deadline:
+                row = db.execute("SELECT seq, body FROM events WHERE event_name ="
+                                 " (SELECT id FROM event_strings WHERE name = ?)",
+                                 (name,)).fetchone()
+                if row is None:
+                    time.sleep(0.05)
+            self.assertIsNotNone(row, "the event was never moved into events")
+            seq, payload = row
             self.assertEqual(payload[0], 0x80)
             at = payload.index(b"ana:enc:") + len(b"ana:enc:") + 30
             changed = payload[:at] + (b"B" if payload[at:at + 1] != b"B" else b"C") + \

@@ -8,8 +8,10 @@ within STORE_STAGING_MAX_EVENTS.
 
 import http.client
 import json
+import os
 import random
 import re
+import sqlite3
 import threading
 import time
 import unittest
@@ -104,6 +106,69 @@ class StagingTest(AttackTestCase):
         while self.staged_events() and time.time() < deadline:
             time.sleep(0.05)
         self.assertEqual(self.staged_events(), 0, "the mover left events staged when idle")
+        self.assert_survived()
+
+    def test_plain_search_and_raw_metric_answer_while_the_mover_is_held(self):
+        """The mover held (another connection holds analytics.db's write
+        lock; the acknowledgement writes only the journal): a search without
+        free text and a metric on the raw path answer at once, with the
+        events acknowledged and not moved (they used to wait for the mover,
+        up to a minute, then UNAVAILABLE)."""
+        mpb, mgrpc = self.ns.analytics["metrics"]
+        epb, egrpc = self.ns.analytics["events"]
+        metrics = mgrpc.MetricServiceStub(self.channel)
+        events = egrpc.EventServiceStub(self.channel)
+        mid = metrics.CreateMetric(mpb.CreateMetricRequest(metric=mpb.Metric(
+            name="held", formula="count(held)", aggregation="sum")), timeout=30).metric_id
+        now = int(time.time() * 1000)
+        q = mpb.GetMetricDataRequest(metric_id=mid, interval="1d")
+        getattr(q, "from").FromMilliseconds(now - 31 * DAY_MS)
+        q.to.FromMilliseconds(now + DAY_MS)
+        def post(events):
+            conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=60)
+            conn.request("POST", "/api/events/batch", json.dumps({"events": events}),
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            self.assertEqual(resp.status, 200, resp.read()[:300])
+            resp.read()
+            conn.close()
+
+        # The account's number is given in analytics.db at its first event.
+        post([{"eventId": "held-first", "eventType": "track", "eventName": "first",
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now // 1000))}])
+        deadline = time.time() + 30
+        while self.staged_events() and time.time() < deadline:
+            time.sleep(0.05)
+        lock = sqlite3.connect(os.path.join(self.server.data_dir, "analytics.db"),
+                               isolation_level=None, timeout=30)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            post([{"eventId": "held-%d" % i, "eventType": "track", "eventName": "held",
+                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                              time.gmtime((now - i * 3600 * 1000) // 1000)) + "Z",
+                   "properties": {"k": "v%d" % (i % 3)}} for i in range(300)])
+            self.assertGreaterEqual(self.staged_events(), 300, "the mover was not held")
+            t0 = time.monotonic()
+            found = events.SearchEvents(epb.SearchEventsRequest(
+                event_name="held", properties={"k": "v1"}, page_size=50), timeout=60).events
+            searched = time.monotonic() - t0
+            self.assertEqual([e.event_id for e in found],
+                             ["held-%d" % i for i in range(300) if i % 3 == 1][:50])
+            t0 = time.monotonic()
+            data = metrics.GetMetricData(q, timeout=60, metadata=[("x-metric-source", "raw")])
+            scanned = time.monotonic() - t0
+            self.assertEqual(sum(s.total.value for s in data.series), 300)
+            self.assertGreaterEqual(self.staged_events(), 300, "the mover was not held")
+            self.assertLess(searched, 5, "the search waited for the mover")
+            self.assertLess(scanned, 5, "the raw metric waited for the mover")
+        finally:
+            if lock.in_transaction:
+                lock.execute("ROLLBACK")
+            lock.close()
+        deadline = time.time() + 30
+        while self.staged_events() and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.staged_events(), 0, "the mover left events staged when released")
         self.assert_survived()
 
 

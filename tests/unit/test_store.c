@@ -2819,6 +2819,331 @@ static void staged_events_are_read_right_after_their_commit(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM events_staged"), 0);
 }
 
+/* Events for the reads that merge staged events with the table's rows:
+ * ids of both stored forms (canonical UUIDs packed, other ids as text) at
+ * a few timestamps (ties across the two), names, sessions, properties
+ * whose filters compare by SQLite's text of the JSON value (1, 1.0, true). */
+#define MIXED_EVENTS 40
+static void commit_mixed(int from) {
+  static char ids[MIXED_EVENTS][40];
+  static const char *const props[] = {"{\"plan\":\"pro\",\"n\":1}", "{\"plan\":\"pro\",\"n\":1.0}",
+                                      "{\"plan\":\"free\",\"flag\":true}",
+                                      "{\"plan\":\"pro\",\"flag\":true,\"n\":\"1\"}"};
+  struct ana_event_record r[MIXED_EVENTS];
+  for (int k = 0; k < MIXED_EVENTS; k++) {
+    int i = from + k;
+    if (i % 3 == 0)
+      snprintf(ids[k], sizeof ids[k], "00000000-0000-4000-8000-%012d", 97 - i);
+    else
+      snprintf(ids[k], sizeof ids[k], i % 3 == 1 ? "ev-%02d" : "EV-%02d", i);
+    r[k] = record("acct-1", ids[k], i % 2 ? "sent" : "opened", NOW - 1000 * (i % 7), props[i % 4],
+                  "mixed");
+    r[k].session_id = i % 5 ? "s1" : "s2";
+  }
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
+  struct ana_commit_request req;
+  assert_int_equal(submit(r, MIXED_EVENTS, &req), 0);
+  wait_done(before + 1);
+  assert_int_equal(last_rc, 0);
+}
+
+/* A read's answer as text: "ts id seq," per event, in its order. */
+struct answer {
+  char text[16384];
+  size_t len;
+  int n;
+  int64_t last_ts;
+  char last_id[64];
+};
+
+static void answer_add(struct answer *a, int64_t ts, const char *id, uint64_t seq) {
+  a->len += (size_t)snprintf(a->text + a->len, sizeof a->text - a->len, "%lld %s %llu,",
+                             (long long)ts, id, (unsigned long long)seq);
+  assert_true(a->len < sizeof a->text);
+  a->n++;
+  a->last_ts = ts;
+  snprintf(a->last_id, sizeof a->last_id, "%s", id);
+}
+
+static int answer_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                      uint64_t seq) {
+  /* The payload is the event's own (record()'s). */
+  assert_int_equal(len, 3);
+  assert_int_equal(payload[0], 0x2a);
+  answer_add(ctx, ts, id, seq);
+  return 0;
+}
+
+static int answer_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  assert_non_null(ev->properties_json);
+  assert_non_null(ev->event_name);
+  answer_add(ctx, ev->timestamp_ms, ev->event_id, ev->seq);
+  return 0;
+}
+
+/* Every page of q (page_size events each), each after the previous one's
+ * last event (the cursor). */
+static struct answer search_pages(struct ana_event_query q, int page_size) {
+  struct answer a = {0};
+  struct ana_error err;
+  q.limit = page_size;
+  for (;;) {
+    int before = a.n;
+    assert_int_equal(ana_store_search(&roles, &q, answer_hit, &a, &err), 0);
+    assert_true(a.n - before <= page_size);
+    if (a.n - before < page_size)
+      return a;
+    q.after_cursor = true;
+    q.cursor_ts = a.last_ts;
+    q.cursor_event_id = a.last_id;
+  }
+}
+
+static const struct ana_event_query mixed_queries[] = {
+    {.account_id = "acct-1", .from_ms = INT64_MIN, .to_ms = INT64_MAX, .limit = 7},
+    {.account_id = "acct-1",
+     .from_ms = INT64_MIN,
+     .to_ms = INT64_MAX,
+     .limit = 3,
+     .event_name = "sent"},
+    {.account_id = "acct-1", .from_ms = NOW - 3000, .to_ms = NOW - 1000, .limit = 2},
+    {.account_id = "acct-1",
+     .from_ms = INT64_MIN,
+     .to_ms = INT64_MAX,
+     .limit = 5,
+     .session_id = "s2",
+     .event_type = "message"},
+    {.account_id = "acct-1", .from_ms = INT64_MIN, .to_ms = INT64_MAX, .limit = 1000},
+    {.account_id = "acct-2", .from_ms = INT64_MIN, .to_ms = INT64_MAX, .limit = 10},
+};
+static const char *const plan_key[] = {"plan"}, *const plan_pro[] = {"pro"};
+static const char *const n_key[] = {"n"}, *const n_one[] = {"1"};
+static const char *const flag_keys[] = {"flag", "plan"}, *const flag_on[] = {"1", "pro"};
+
+/* The answers of the plain searches (each page by page) and of the
+ * time-range scans, one after the other in a. */
+static void mixed_answers(struct answer *a) {
+  size_t k = 0;
+  for (size_t i = 0; i < sizeof mixed_queries / sizeof *mixed_queries; i++)
+    a[k++] = search_pages(mixed_queries[i], mixed_queries[i].limit);
+  struct ana_event_query q = mixed_queries[0];
+  q.property_keys = plan_key;
+  q.property_values = plan_pro;
+  q.n_properties = 1;
+  a[k++] = search_pages(q, 4);
+  q.property_keys = n_key;
+  q.property_values = n_one;
+  a[k++] = search_pages(q, 3);
+  q.property_keys = flag_keys;
+  q.property_values = flag_on;
+  q.n_properties = 2;
+  a[k++] = search_pages(q, 2);
+  /* Scans: every name; one (in SQL); more names than SCAN_NAMES_IN_SQL
+   * (checked on the rows); a range. */
+  const char *names[20] = {"sent"};
+  for (int i = 1; i < 20; i++)
+    names[i] = i == 19 ? "opened" : "other";
+  struct ana_error err;
+  struct answer *s = &a[k++];
+  memset(s, 0, sizeof *s);
+  assert_int_equal(ops->scan(store, "acct-1", NOW - DAY, NOW + 1, NULL, 0, answer_scanned, s, &err),
+                   0);
+  s = &a[k++];
+  memset(s, 0, sizeof *s);
+  assert_int_equal(
+      ops->scan(store, "acct-1", NOW - DAY, NOW + 1, names, 1, answer_scanned, s, &err), 0);
+  s = &a[k++];
+  memset(s, 0, sizeof *s);
+  assert_int_equal(
+      ops->scan(store, "acct-1", NOW - 4000, NOW - 1000, names, 20, answer_scanned, s, &err), 0);
+}
+#define MIXED_ANSWERS 12
+
+/* The plain search and the time-range scan read the events the mover has
+ * not moved yet in place (held here: a read that waited for it would fail
+ * after a minute), merged with the table's rows in their order (ties by
+ * the stored ids' order, across the two and across the pages' cursors),
+ * with every filter; the same answers as once everything is moved. */
+static void plain_search_and_scan_merge_staged_events(void **state) {
+  (void)state;
+  commit_mixed(0);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  ana_local_staging_hold(db, true);
+  commit_mixed(MIXED_EVENTS);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), MIXED_EVENTS);
+  static struct answer before[MIXED_ANSWERS], after[MIXED_ANSWERS];
+  mixed_answers(before);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), MIXED_EVENTS);
+  assert_int_equal(before[0].n, 2 * MIXED_EVENTS);
+  assert_int_equal(before[1].n, MIXED_EVENTS);
+  assert_int_equal(before[4].n, 2 * MIXED_EVENTS);
+  assert_int_equal(before[5].n, 0);
+  assert_int_equal(before[6].n, 60); /* plan pro: 3 of 4 */
+  assert_int_equal(before[7].n, 40); /* n "1": the integer 1 and the string, not 1.0 */
+  assert_int_equal(before[9].n, 2 * MIXED_EVENTS);
+  ana_local_staging_hold(db, false);
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 2 * MIXED_EVENTS);
+  mixed_answers(after);
+  for (int i = 0; i < MIXED_ANSWERS; i++) {
+    if (strcmp(before[i].text, after[i].text) != 0)
+      fprintf(stderr, "answer %d:\n staged: %s\n moved:  %s\n", i, before[i].text, after[i].text);
+    assert_string_equal(before[i].text, after[i].text);
+  }
+}
+
+/* n events of acct-1 named "sent", ids "<prefix>-<i>", at ts0 + i * step,
+ * committed 1,000 per request. */
+static void commit_spread(int n, const char *prefix, int64_t ts0, int64_t step) {
+  struct ana_event_record *r = calloc(1000, sizeof *r);
+  char(*ids)[24] = calloc(1000, sizeof *ids);
+  assert_non_null(r);
+  assert_non_null(ids);
+  for (int done = 0; done < n; done += 1000) {
+    int k = n - done < 1000 ? n - done : 1000;
+    for (int i = 0; i < k; i++) {
+      snprintf(ids[i], sizeof ids[i], "%s-%d", prefix, done + i);
+      r[i] = record("acct-1", ids[i], "sent", ts0 + (done + i) * step, "{}", "spread");
+    }
+    pthread_mutex_lock(&mu);
+    int before = done_count;
+    pthread_mutex_unlock(&mu);
+    struct ana_commit_request req;
+    assert_int_equal(submit(r, (size_t)k, &req), 0);
+    wait_done(before + 1);
+    assert_int_equal(last_rc, 0);
+  }
+  free(ids);
+  free(r);
+}
+
+/* A scan's stream: how many, in time order, and a hash of its order. */
+struct scan_digest {
+  long n;
+  int64_t last_ts;
+  uint64_t hash;
+  bool out_of_order;
+};
+
+static int digest_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct scan_digest *d = ctx;
+  if (d->n && ev->timestamp_ms < d->last_ts)
+    d->out_of_order = true;
+  d->last_ts = ev->timestamp_ms;
+  d->hash = (d->hash ^ (uint64_t)ev->timestamp_ms) * 1099511628211ULL;
+  for (const char *c = ev->event_id; *c; c++)
+    d->hash = (d->hash ^ (uint8_t)*c) * 1099511628211ULL;
+  d->n++;
+  return 0;
+}
+
+/* A scan long enough to read in two snapshots (it starts the second at the
+ * next 6-hour slot after 50,000 rows) hands on each staged event once, in
+ * time order, before and after the slot's edge: as once they are moved. */
+static void long_scan_merges_staged_events_across_its_snapshots(void **state) {
+  (void)state;
+  const int64_t slot = 21600000, t0 = NOW / slot * slot;
+  commit_spread(51000, "a", t0, 10);
+  commit_spread(100, "b", t0 + slot + 5, 10);
+  struct ana_error err;
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  ana_local_staging_hold(db, true);
+  commit_spread(1000, "c", t0 + 3, 500);       /* among the first slot's rows */
+  commit_spread(1000, "d", t0 + slot, 10);     /* around the second's */
+  commit_spread(1000, "e", t0 + 2 * slot, 10); /* after the range */
+  struct scan_digest before = {0}, after = {0};
+  assert_int_equal(
+      ops->scan(store, "acct-1", t0, t0 + 2 * slot, NULL, 0, digest_scanned, &before, &err), 0);
+  sqlite3 *w = ana_local_db_writer(db);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM events"), 51100);
+  assert_int_equal(before.n, 51000 + 100 + 1000 + 1000);
+  assert_false(before.out_of_order);
+  ana_local_staging_hold(db, false);
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  assert_int_equal(
+      ops->scan(store, "acct-1", t0, t0 + 2 * slot, NULL, 0, digest_scanned, &after, &err), 0);
+  assert_int_equal(after.n, before.n);
+  assert_true(after.hash == before.hash);
+}
+
+/* Commits 30 requests of 1,000 events at times spread over a day. */
+static void *commit_during_reads(void *arg) {
+  (void)arg;
+  for (int b = 0; b < 30; b++) {
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "mv%d", b);
+    commit_spread(1000, prefix, NOW - DAY + b * 997, 86353);
+  }
+  return NULL;
+}
+
+/* Which sequence numbers a read handed on, and whether one came twice. */
+struct seen_seqs {
+  uint8_t seen[30001];
+  long n;
+  bool twice;
+  int64_t last_ts;
+  bool out_of_order;
+};
+
+static int seen_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct seen_seqs *s = ctx;
+  assert_true(ev->seq >= 1 && ev->seq <= 30000);
+  s->twice |= s->seen[ev->seq]++ > 0;
+  s->out_of_order |= s->n > 0 && ev->timestamp_ms < s->last_ts;
+  s->last_ts = ev->timestamp_ms;
+  s->n++;
+  return 0;
+}
+
+static int seen_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                    uint64_t seq) {
+  (void)payload;
+  (void)len;
+  (void)id;
+  struct seen_seqs *s = ctx;
+  assert_true(seq >= 1 && seq <= 30000);
+  s->twice |= s->seen[seq]++ > 0;
+  s->out_of_order |= s->n > 0 && ts > s->last_ts;
+  s->last_ts = ts;
+  s->n++;
+  return 0;
+}
+
+/* Reads while the mover moves what is committed meanwhile (the batches it
+ * was handed in memory read by the readers as the mover takes and gives
+ * them back): each read hands on every event committed before it began,
+ * each once, in order. */
+static void plain_reads_during_moves_see_each_event_once(void **state) {
+  (void)state;
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, commit_during_reads, NULL), 0);
+  static struct seen_seqs s;
+  struct ana_error err;
+  uint64_t last = 0;
+  for (int k = 0; last < 30000; k++) {
+    assert_int_equal(ana_local_spool_last_seq(db, &last, &err), 0);
+    memset(&s, 0, sizeof s);
+    if (k % 2) {
+      assert_int_equal(
+          ops->scan(store, "acct-1", NOW - 2 * DAY, NOW + DAY, NULL, 0, seen_scanned, &s, &err), 0);
+    } else {
+      struct ana_event_query q = {
+          .account_id = "acct-1", .from_ms = INT64_MIN, .to_ms = INT64_MAX, .limit = -1};
+      assert_int_equal(ana_store_search(&roles, &q, seen_hit, &s, &err), 0);
+    }
+    assert_false(s.twice);
+    assert_false(s.out_of_order);
+    for (uint64_t q = 1; q <= last; q++)
+      assert_true(s.seen[q]);
+  }
+  pthread_join(t, NULL);
+}
+
 /* Committed batches go to the mover in memory (not read back from
  * events_staged); one not handed off (the handoff full) is read back from
  * events_staged in its turn, between the batches handed off around it:
@@ -3553,6 +3878,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(writer_waits_for_another_writer, setup, teardown),
       cmocka_unit_test_setup_teardown(explicit_checkpoint_empties_the_wal, setup, teardown),
       cmocka_unit_test_setup_teardown(staged_events_are_read_right_after_their_commit, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(plain_search_and_scan_merge_staged_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(plain_reads_during_moves_see_each_event_once, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(long_scan_merges_staged_events_across_its_snapshots, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(staged_batches_are_handed_off_in_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(staging_backlog_is_bounded, setup, teardown),

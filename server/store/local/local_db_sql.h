@@ -220,6 +220,25 @@ struct ana_staging *ana_local_db_staging(struct ana_local_db *db);
 typedef int (*ana_staged_fn)(void *ctx, const struct ana_event_record *ev, struct ana_error *err);
 int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, const char *account_id,
                           int max, ana_staged_fn fn, void *ctx, struct ana_error *err);
+/* Calls fn with each staged event of a time range not yet moved, as the
+ * readers of time ranges (searches, the metrics' scans) merge them with the
+ * table's rows instead of waiting for the mover: on r inside the caller's
+ * read transaction (ana_local_read_begin), as ana_local_staged_each, in no
+ * particular order (sort them). fn may narrow from_ms..to_ms while it runs
+ * (a page of the newest events needs none older than its last): a batch
+ * committed by this process whose events all lie outside is skipped
+ * undecoded, and so is each event outside. The record and its strings are
+ * valid during the call only. Returns how many events fn took, fn's
+ * non-zero result, or a negative error. Sets watermark (the table holds
+ * every event up to it in this snapshot) and staged_upto (the last staged
+ * sequence in it, or the watermark). */
+struct ana_staged_range {
+  const char *account_id; /* NULL: every account's */
+  int64_t from_ms, to_ms; /* from_ms <= ts < to_ms */
+  uint64_t watermark, staged_upto;
+};
+int ana_local_staged_range(struct ana_local_db *db, sqlite3 *r, struct ana_staged_range *range,
+                           ana_staged_fn fn, void *ctx, struct ana_error *err);
 /* A writer other than the committer's passes the same gate as its
  * transactions (the WAL's bound, the checkpoint's catch-up), pages: the
  * most its transaction writes; each file has its own: analytics.db's (the

@@ -13,9 +13,11 @@
  * encodes a move's events before its transaction, which then only inserts
  * them. A committed batch is handed to the mover in memory too (the
  * handoff, bounded), so that it need not read its row back; the row stays
- * the durable copy until moved. Readers of the events table first wait
- * until every event committed before they began was moved
- * (ana_local_staging_wait). */
+ * the durable copy until moved. Readers by sequence, plain searches and
+ * scans by time read the staged events beside the table in one snapshot
+ * (ana_local_staged_each, ana_local_staged_range); the other readers of
+ * the events table first wait until every event committed before they
+ * began was moved (ana_local_staging_wait). */
 #include "byte_codec.h"
 #include "local_db_sql.h"
 
@@ -69,6 +71,11 @@ struct handoff {
   size_t n, len;
   uint8_t *buf;
   size_t cap;
+  int64_t min_ts, max_ts; /* of its events: readers of a time range skip the batch */
+  /* Readers of the batch's buffer (ana_local_staged_range, under mu): the
+   * mover gives it back while read (orphaned), the last reader then does. */
+  int readers;
+  bool orphaned;
 };
 #define SPARE_BYTES ((size_t)32 << 20)
 
@@ -87,6 +94,7 @@ struct ana_staging {
   size_t len, cap;
   uint64_t first_seq, next_seq; /* next_seq: 0 = not read in this transaction */
   size_t n;
+  int64_t min_ts, max_ts; /* of the n events */
   uint8_t *zbuf;
   size_t zcap;
   ZSTD_CCtx *cctx; /* kept: a context per commit costs more than the compression */
@@ -235,6 +243,28 @@ static bool decode(const uint8_t *raw, size_t n, size_t count, struct staged_eve
   return i == n;
 }
 
+/* Steps over one encoded event of raw[0..n) at *i (see encode), giving its
+ * seq, timestamp and account id (not copied): a reader looks at these
+ * before it decodes the event. */
+static bool peek(const uint8_t *raw, size_t n, size_t *i, uint64_t *seq, int64_t *ts,
+                 const uint8_t **account, size_t *account_len) {
+  int64_t received;
+  uint64_t l;
+  if (!ana_varint_get(raw, n, i, seq) || !get_i64(raw, n, i, ts) ||
+      !get_i64(raw, n, i, &received) || !ana_varint_get(raw, n, i, &l) || l > n - *i)
+    return false;
+  *account = raw + *i;
+  *account_len = (size_t)l;
+  *i += l;
+  /* event id, session, type, name, properties, text, payload */
+  for (int k = 0; k < 7; k++) {
+    if (!ana_varint_get(raw, n, i, &l) || l > n - *i)
+      return false;
+    *i += l;
+  }
+  return true;
+}
+
 /* --- the commit's side --- */
 
 int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *records, size_t n,
@@ -259,6 +289,10 @@ int ana_local_spool_append(struct ana_local_db *db, struct ana_event_record *rec
     if (r->duplicate)
       continue;
     r->seq = s->next_seq;
+    if (s->n == 0 || r->timestamp_ms < s->min_ts)
+      s->min_ts = r->timestamp_ms;
+    if (s->n == 0 || r->timestamp_ms > s->max_ts)
+      s->max_ts = r->timestamp_ms;
     if (!encode(s, r)) {
       ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       return ANA_ERR_NOMEM;
@@ -351,6 +385,10 @@ static void hand_off(struct ana_staging *s) {
   h->last = s->next_seq - 1;
   h->n = s->n;
   h->len = s->len;
+  h->min_ts = s->min_ts;
+  h->max_ts = s->max_ts;
+  h->readers = 0;
+  h->orphaned = false;
   h->next = NULL;
   if (s->q_tail)
     s->q_tail->next = h;
@@ -487,6 +525,175 @@ int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, con
     rc = ANA_ERR_IO;
   }
   sqlite3_finalize(st);
+  ana_free(ev);
+  ana_free(raw);
+  ana_free(arena);
+  return rc != 0 ? rc : n;
+}
+
+/* A batch back to the committer's spares, or freed (under mu). */
+static void recycle(struct ana_staging *s, struct handoff *h) {
+  if (s->spare_bytes + h->cap <= SPARE_BYTES) {
+    h->next = s->spare;
+    s->spare = h;
+    s->spare_bytes += h->cap;
+  } else {
+    ana_free(h->buf);
+    ana_free(h);
+  }
+}
+
+/* The batches handed off and not yet moved when a reader began, held for
+ * it: their buffers hold the staged rows' content uncompressed, so that the
+ * reader need not decompress them (the rows taken by a move meanwhile are
+ * read from the journal). */
+struct held {
+  struct handoff **v;
+  size_t n;
+};
+
+static int hold_queue(struct ana_staging *s, struct held *held) {
+  pthread_mutex_lock(&s->mu);
+  size_t n = 0;
+  for (struct handoff *h = s->q_head; h; h = h->next)
+    n++;
+  held->v = n ? ana_malloc(n * sizeof *held->v) : NULL;
+  held->n = 0;
+  for (struct handoff *h = held->v ? s->q_head : NULL; h; h = h->next) {
+    h->readers++;
+    held->v[held->n++] = h;
+  }
+  pthread_mutex_unlock(&s->mu);
+  return n && !held->v ? ANA_ERR_NOMEM : 0;
+}
+
+static void release_queue(struct ana_staging *s, struct held *held) {
+  pthread_mutex_lock(&s->mu);
+  for (size_t i = 0; i < held->n; i++) {
+    struct handoff *h = held->v[i];
+    if (--h->readers == 0 && h->orphaned)
+      recycle(s, h);
+  }
+  pthread_mutex_unlock(&s->mu);
+  ana_free(held->v);
+  *held = (struct held){0};
+}
+
+int ana_local_staged_range(struct ana_local_db *db, sqlite3 *r, struct ana_staged_range *range,
+                           ana_staged_fn fn, void *ctx, struct ana_error *err) {
+  struct ana_staging *s = ana_local_db_staging(db);
+  sqlite3_stmt *st = NULL;
+  struct staged_event *ev = NULL;
+  uint8_t *raw = NULL;
+  char *arena = NULL;
+  size_t raw_cap = 0, arena_cap = 0, j = 0;
+  size_t want_len = range->account_id ? strlen(range->account_id) : 0;
+  struct held held = {0};
+  ZSTD_DCtx *dctx = NULL;
+  int n = 0, rc = 0, step = SQLITE_DONE;
+  range->watermark = range->staged_upto = 0;
+  /* Moved already (in the events table of this snapshot): see
+   * ana_local_read_begin. */
+  if (sqlite3_prepare_v2(r, "SELECT upto FROM main.events_moved WHERE id = 1", -1, &st, NULL) !=
+      SQLITE_OK) {
+    rc = ana_error_set(err, ANA_STATUS_INTERNAL, "staging: %s", sqlite3_errmsg(r));
+    goto out;
+  }
+  if (sqlite3_step(st) == SQLITE_ROW)
+    range->watermark = (uint64_t)sqlite3_column_int64(st, 0);
+  range->staged_upto = range->watermark;
+  sqlite3_finalize(st);
+  st = NULL;
+  /* A staged row is moved whole: one after the watermark starts after it. */
+  if (sqlite3_prepare_v2(r,
+                         "SELECT first_seq, last_seq, n, raw_len, batch FROM journal.events_staged"
+                         " WHERE first_seq > ?1 ORDER BY first_seq",
+                         -1, &st, NULL) != SQLITE_OK) {
+    rc = ana_error_set(err, ANA_STATUS_INTERNAL, "staging: %s", sqlite3_errmsg(r));
+    goto out;
+  }
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)range->watermark);
+  if ((rc = hold_queue(s, &held)) < 0) {
+    rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    uint64_t first = (uint64_t)sqlite3_column_int64(st, 0);
+    uint64_t last = (uint64_t)sqlite3_column_int64(st, 1);
+    size_t count = (size_t)sqlite3_column_int64(st, 2);
+    size_t raw_len = (size_t)sqlite3_column_int64(st, 3);
+    if (last > range->staged_upto)
+      range->staged_upto = last;
+    while (j < held.n && held.v[j]->first < first)
+      j++;
+    const struct handoff *h = j < held.n && held.v[j]->first == first ? held.v[j] : NULL;
+    /* None of its events in the range (as the caller has narrowed it so
+     * far): the batch is not decoded. */
+    if (h && (h->max_ts < range->from_ms || h->min_ts >= range->to_ms))
+      continue;
+    size_t arena_need = raw_len + 8 + 1; /* one event decoded at a time */
+    if (!ev)
+      ev = ana_malloc(sizeof *ev);
+    if (!h && raw_len + 1 > raw_cap) {
+      ana_free(raw);
+      raw_cap = raw_len + 1;
+      raw = ana_malloc(raw_cap);
+    }
+    if (arena_need > arena_cap) {
+      ana_free(arena);
+      arena_cap = arena_need;
+      arena = ana_malloc(arena_cap);
+    }
+    if (!h && !dctx)
+      dctx = ZSTD_createDCtx();
+    if (!ev || !arena || (!h && (!raw || !dctx))) {
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    const uint8_t *content = h ? h->buf : raw;
+    size_t got = raw_len;
+    if (!h)
+      got = ZSTD_decompressDCtx(dctx, raw, raw_len, sqlite3_column_blob(st, 4),
+                                (size_t)sqlite3_column_bytes(st, 4));
+    /* Each event's sequence, time and account first: only those in the
+     * range are decoded (most are not, once a page narrowed it). */
+    size_t i = 0, k = 0;
+    bool bad = ZSTD_isError(got) || got != raw_len;
+    for (; !bad && k < count && rc == 0; k++) {
+      size_t start = i, at = 0, account_len;
+      uint64_t seq;
+      int64_t ts;
+      const uint8_t *account;
+      char *a = arena;
+      if (!peek(content, got, &i, &seq, &ts, &account, &account_len)) {
+        bad = true;
+        break;
+      }
+      if (seq <= range->watermark || ts < range->from_ms || ts >= range->to_ms ||
+          (range->account_id &&
+           (account_len != want_len || memcmp(account, range->account_id, account_len) != 0)))
+        continue;
+      if (!decode(content + start, i - start, 1, ev, &at, &a)) {
+        bad = true;
+        break;
+      }
+      rc = fn(ctx, &ev[0].r, err);
+      if (rc == 0)
+        n++;
+    }
+    if (bad || (rc == 0 && i != got)) {
+      rc = ana_error_set(err, ANA_STATUS_INTERNAL,
+                         "staging: the staged events from %llu cannot be decoded",
+                         (unsigned long long)first);
+      break;
+    }
+  }
+  if (rc == 0 && step != SQLITE_DONE)
+    rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "staging: %s", sqlite3_errmsg(r));
+out:
+  sqlite3_finalize(st);
+  release_queue(s, &held);
+  ZSTD_freeDCtx(dctx);
   ana_free(ev);
   ana_free(raw);
   ana_free(arena);
@@ -765,14 +972,10 @@ static void give_back(struct ana_staging *s, struct handoff *list) {
   while (list) {
     struct handoff *h = list;
     list = h->next;
-    if (s->spare_bytes + h->cap <= SPARE_BYTES) {
-      h->next = s->spare;
-      s->spare = h;
-      s->spare_bytes += h->cap;
-    } else {
-      ana_free(h->buf);
-      ana_free(h);
-    }
+    if (h->readers > 0)
+      h->orphaned = true; /* its last reader gives it back (release_queue) */
+    else
+      recycle(s, h);
   }
   pthread_mutex_unlock(&s->mu);
 }

@@ -594,6 +594,207 @@ static int text_search(struct text_search *s, char *const *paths) {
   return walk(s, 0, 0, lo, hi);
 }
 
+/* --- the plain search's staged events (not yet moved by the mover) --- */
+
+/* A staged event that passed the filters: its id and payload copied (the
+ * decoded batch is gone after the call). */
+struct staged_hit {
+  struct candidate key; /* ts, event id, packed; key.key holds the seq */
+  uint8_t *payload;
+  size_t payload_len;
+};
+
+/* The staged events of a page: at most `keep` of the newest (the query's
+ * limit; every one when it has none), in the search's order once sorted. */
+struct staged_page {
+  const struct ana_event_query *q;
+  sqlite3_stmt *props; /* the property filters on a properties JSON (?1) */
+  struct ana_staged_range *range;
+  struct staged_hit *v;
+  size_t n, cap, keep;
+  bool full;          /* v[keep - 1] is the oldest that can be kept */
+  bool cursor_packed; /* the cursor's id as stored (event_ids.c) */
+  struct ana_error *err;
+};
+
+static int hit_newest_first(const void *a, const void *b) {
+  return newest_first(&((const struct staged_hit *)a)->key, &((const struct staged_hit *)b)->key);
+}
+
+static void staged_hits_free(struct staged_hit *v, size_t from, size_t to) {
+  for (size_t i = from; i < to; i++)
+    ana_free(v[i].payload); /* the id shares the allocation */
+}
+
+/* Sorted, the newest `keep` kept; then no event older than the last needs
+ * to be looked at (nor any batch whose events all are). */
+static void staged_trim(struct staged_page *p) {
+  if (p->n > 1)
+    qsort(p->v, p->n, sizeof *p->v, hit_newest_first);
+  if (p->n >= p->keep && p->keep > 0) {
+    staged_hits_free(p->v, p->keep, p->n);
+    p->n = p->keep;
+    p->full = true;
+    if (p->range)
+      p->range->from_ms = p->v[p->n - 1].key.ts;
+  }
+}
+
+/* Whether the event's properties pass the property filters, as the SQL
+ * of rows_sql compares them (SQLite's json_extract and CAST on the same
+ * JSON text): 1, 0, or a negative error. */
+static int staged_props_match(struct staged_page *p, const char *json) {
+  /* The SQL's cheap test first (ana_event_props_has): a value that JSON
+   * writes as it is must be in the text. */
+  for (size_t i = 0; i < p->q->n_properties; i++)
+    if (substring_of_json(p->q->property_values[i]) &&
+        !strstr(json ? json : "", p->q->property_values[i]))
+      return 0;
+  sqlite3_stmt *st = p->props;
+  sqlite3_bind_text(st, 1, json ? json : "{}", -1, SQLITE_STATIC);
+  int step = sqlite3_step(st);
+  int rc = step == SQLITE_ROW ? sqlite3_column_int(st, 0) != 0 : -1;
+  sqlite3_reset(st);
+  if (rc < 0)
+    rc = search_failed(sqlite3_db_handle(st), p->err);
+  return rc;
+}
+
+static int staged_hit(void *ctx, const struct ana_event_record *e, struct ana_error *err) {
+  (void)err;
+  struct staged_page *p = ctx;
+  const struct ana_event_query *q = p->q;
+  if ((q->event_type && q->event_type[0] && strcmp(e->event_type, q->event_type) != 0) ||
+      (q->event_name && q->event_name[0] && strcmp(e->event_name, q->event_name) != 0) ||
+      (q->session_id && q->session_id[0] && strcmp(e->session_id, q->session_id) != 0))
+    return 0;
+  if (p->full && e->timestamp_ms < p->v[p->keep - 1].key.ts)
+    return 0; /* older than the page's last (the cheap test first) */
+  uint8_t packed_id[ANA_EVENT_ID_PACKED];
+  struct candidate c = {.ts = e->timestamp_ms,
+                        .key = (int64_t)e->seq,
+                        .event_id = (char *)e->event_id,
+                        .packed = ana_event_id_pack(e->event_id, strlen(e->event_id), packed_id)};
+  if (q->after_cursor) {
+    struct candidate cur = {
+        .ts = q->cursor_ts, .event_id = (char *)q->cursor_event_id, .packed = p->cursor_packed};
+    if (newest_first(&c, &cur) <= 0)
+      return 0; /* not after the cursor */
+  }
+  if (p->full && newest_first(&c, &p->v[p->keep - 1].key) >= 0)
+    return 0; /* older than the page's last */
+  if (q->n_properties) {
+    int m = staged_props_match(p, e->properties_json);
+    if (m <= 0)
+      return m;
+  }
+  if (p->n == p->cap) {
+    /* Twice the page: sorted and trimmed when full (amortized). */
+    size_t cap = p->cap ? p->cap * 2 : 64;
+    if (p->keep > 0 && cap > 2 * p->keep)
+      cap = 2 * p->keep;
+    if (cap <= p->n) {
+      staged_trim(p);
+      return staged_hit(ctx, e, err);
+    }
+    struct staged_hit *v = ana_realloc(p->v, cap * sizeof *v);
+    if (!v)
+      return ana_error_set(p->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    p->v = v;
+    p->cap = cap;
+  }
+  size_t id_len = strlen(e->event_id);
+  uint8_t *buf = ana_malloc(e->payload_len + id_len + 1);
+  if (!buf)
+    return ana_error_set(p->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (e->payload_len)
+    memcpy(buf, e->payload, e->payload_len);
+  memcpy(buf + e->payload_len, e->event_id, id_len + 1);
+  c.event_id = (char *)buf + e->payload_len;
+  p->v[p->n++] = (struct staged_hit){.key = c, .payload = buf, .payload_len = e->payload_len};
+  return 0;
+}
+
+/* The statement of the property filters on ?1 (a properties JSON). */
+static sqlite3_stmt *props_statement(struct ana_local_db *db, sqlite3 *r,
+                                     const struct ana_event_query *q, char *const *paths) {
+  char sql[2048];
+  size_t len = (size_t)snprintf(sql, sizeof sql, "SELECT 1");
+  for (size_t i = 0; i < q->n_properties; i++)
+    len += (size_t)snprintf(sql + len, sizeof sql - len,
+                            " AND CAST(json_extract(?1, ?%zu) AS TEXT) = ?%zu", 20 + 2 * i,
+                            21 + 2 * i);
+  sqlite3_stmt *st = ana_local_db_reader_statement(db, r, sql);
+  for (size_t i = 0; st && i < q->n_properties; i++) {
+    sqlite3_bind_text(st, (int)(20 + 2 * i), paths[i], -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, (int)(21 + 2 * i), q->property_values[i], -1, SQLITE_STATIC);
+  }
+  return st;
+}
+
+/* The staged events that pass q's filters, newest first, at most its
+ * limit, in r's read transaction (begun by ana_local_read_begin). */
+static int staged_collect(struct ana_local_db *db, sqlite3 *r, const struct ana_event_query *q,
+                          char *const *paths, struct staged_page *p, struct ana_error *err) {
+  struct ana_staged_range range = {
+      .account_id = q->account_id, .from_ms = q->from_ms, .to_ms = q->to_ms};
+  uint8_t packed[ANA_EVENT_ID_PACKED];
+  *p = (struct staged_page){.q = q, .range = &range, .err = err};
+  p->keep = q->limit > 0 ? (size_t)q->limit : 0;
+  if (q->after_cursor) {
+    p->cursor_packed = ana_event_id_pack(q->cursor_event_id, strlen(q->cursor_event_id), packed);
+    if (q->cursor_ts < INT64_MAX && q->cursor_ts + 1 < range.to_ms)
+      range.to_ms = q->cursor_ts + 1; /* nothing after the cursor's timestamp */
+  }
+  if (q->limit == 0)
+    return 0; /* LIMIT 0: nothing to merge */
+  if (q->n_properties && !(p->props = props_statement(db, r, q, paths)))
+    return prepare_error(r, err);
+  int rc = ana_local_staged_range(db, r, &range, staged_hit, p, err);
+  if (p->props)
+    sqlite3_reset(p->props);
+  p->range = NULL;
+  if (rc < 0)
+    return rc;
+  staged_trim(p);
+  return 0;
+}
+
+/* The table's rows of the plain search merged with the staged events in p
+ * (newest first both), at most q->limit: each staged event is handed on
+ * before the first row it is newer than. */
+static int merge_rows(sqlite3_stmt *st, const struct ana_event_query *q, struct staged_page *p,
+                      ana_event_hit_fn hit, void *ctx) {
+  size_t i = 0;
+  int emitted = 0, step = SQLITE_DONE;
+  bool stop = q->limit == 0;
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+  while (!stop && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    struct candidate row = {.ts = sqlite3_column_int64(st, 1),
+                            .event_id = (char *)ana_event_id_column(st, 2, id_buf),
+                            .packed = sqlite3_column_type(st, 2) == SQLITE_BLOB};
+    for (; i < p->n && !stop && newest_first(&p->v[i].key, &row) < 0; i++) {
+      const struct staged_hit *h = &p->v[i];
+      stop =
+          hit(ctx, h->payload, h->payload_len, h->key.ts, h->key.event_id, (uint64_t)h->key.key) ||
+          (q->limit > 0 && ++emitted >= q->limit);
+    }
+    if (stop)
+      break;
+    stop = hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), row.ts,
+               row.event_id, (uint64_t)sqlite3_column_int64(st, 3)) ||
+           (q->limit > 0 && ++emitted >= q->limit);
+  }
+  if (step != SQLITE_ROW && step != SQLITE_DONE)
+    return step;
+  for (; i < p->n && !stop; i++) {
+    const struct staged_hit *h = &p->v[i];
+    stop = hit(ctx, h->payload, h->payload_len, h->key.ts, h->key.event_id, (uint64_t)h->key.key) ||
+           (q->limit > 0 && ++emitted >= q->limit);
+  }
+  return SQLITE_OK;
+}
+
 int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
                             const struct ana_event_query *q, ana_event_hit_fn hit, void *ctx,
                             struct ana_error *err) {
@@ -610,8 +811,10 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   bool text = false;
   for (const char *t = q->text; text_path && t && *t && !text; t++)
     text = *t != ' ' && *t != '\t' && *t != '\n';
-  /* Every event committed so far is in events first (staging.c). */
-  if ((rc = ana_local_staging_wait(db, UINT64_MAX, err)) < 0)
+  /* The free-text index follows the moved events: every event committed
+   * so far is in events first (staging.c). The plain search reads the
+   * staged events instead (staged_collect). */
+  if (text && (rc = ana_local_staging_wait(db, UINT64_MAX, err)) < 0)
     goto out;
 
   sqlite3 *r = ana_local_db_acquire_reader(db);
@@ -638,25 +841,29 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
     ana_free(s.phrases);
     goto release;
   }
+  /* One snapshot of the staged events and the table (ana_local_read_begin):
+   * each committed event is in one of the two. */
   char sql[4096];
+  struct staged_page staged = {0};
   rows_sql(q, ALL_EVENTS, false, sql, sizeof sql);
   sqlite3_stmt *st = ana_local_db_reader_statement(db, r, sql);
   if (!st) {
     rc = prepare_error(r, err);
     goto release;
   }
-  bind_filters(st, q, paths);
-  int step;
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    if (hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
-            sqlite3_column_int64(st, 1), ana_event_id_column(st, 2, id_buf),
-            (uint64_t)sqlite3_column_int64(st, 3)))
-      break;
+  if ((rc = ana_local_read_begin(r, err)) < 0)
+    goto release;
+  rc = staged_collect(db, r, q, paths, &staged, err);
+  if (rc == 0) {
+    bind_filters(st, q, paths);
+    if (merge_rows(st, q, &staged, hit, ctx) != SQLITE_OK)
+      rc = search_failed(r, err);
+    sqlite3_reset(st);
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = search_failed(r, err);
-  sqlite3_reset(st);
+  if (sqlite3_exec(r, "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !sqlite3_get_autocommit(r))
+    sqlite3_exec(r, "ROLLBACK", NULL, NULL, NULL); /* a read: ends it all the same */
+  staged_hits_free(staged.v, 0, staged.n);
+  ana_free(staged.v);
 release:
   ana_local_db_release_reader(db, r);
 out:

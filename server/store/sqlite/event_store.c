@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct sqlite_event_store {
@@ -118,6 +119,107 @@ static int scan_error(sqlite3 *r, struct ana_error *err) {
  * entries (SQL); of more, on the rows it reads. */
 #define SCAN_NAMES_IN_SQL 16
 
+/* The staged events of a time-range scan (not yet moved by the mover):
+ * copied (the decoded batch is gone after the call), then sorted in the
+ * scan's order. Each event's strings are at buf + off: its id, type, name,
+ * session id and properties, each NUL-terminated. */
+struct staged_item {
+  int64_t ts;
+  uint64_t seq;
+  size_t off;
+  const char *id; /* buf + off, once every event is in */
+  bool packed;    /* the id as stored (event_ids.c): after the ids kept as text */
+};
+struct staged_scan {
+  const char *const *names;
+  size_t n_names;
+  struct staged_item *v;
+  size_t n, cap;
+  char *buf;
+  size_t len, buf_cap;
+  struct ana_error *err;
+};
+
+static bool append_str(struct staged_scan *ss, const char *str) {
+  size_t l = str ? strlen(str) : 0;
+  if (ss->len + l + 1 > ss->buf_cap) {
+    size_t cap = ss->buf_cap ? ss->buf_cap * 2 : 65536;
+    while (cap < ss->len + l + 1)
+      cap *= 2;
+    char *b = ana_realloc(ss->buf, cap);
+    if (!b)
+      return false;
+    ss->buf = b;
+    ss->buf_cap = cap;
+  }
+  if (l)
+    memcpy(ss->buf + ss->len, str, l);
+  ss->buf[ss->len + l] = '\0';
+  ss->len += l + 1;
+  return true;
+}
+
+static int staged_scan_add(void *ctx, const struct ana_event_record *e, struct ana_error *err) {
+  (void)err;
+  struct staged_scan *ss = ctx;
+  if (!name_wanted(e->event_name, ss->names, ss->n_names))
+    return 0;
+  if (ss->n == ss->cap) {
+    size_t cap = ss->cap ? ss->cap * 2 : 256;
+    struct staged_item *v = ana_realloc(ss->v, cap * sizeof *v);
+    if (!v)
+      return ana_error_set(ss->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ss->v = v;
+    ss->cap = cap;
+  }
+  uint8_t packed[ANA_EVENT_ID_PACKED];
+  struct staged_item it = {.ts = e->timestamp_ms,
+                           .seq = e->seq,
+                           .off = ss->len,
+                           .packed = ana_event_id_pack(e->event_id, strlen(e->event_id), packed)};
+  if (!append_str(ss, e->event_id) || !append_str(ss, e->event_type) ||
+      !append_str(ss, e->event_name) || !append_str(ss, e->session_id) ||
+      !append_str(ss, e->properties_json))
+    return ana_error_set(ss->err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  ss->v[ss->n++] = it;
+  return 0;
+}
+
+/* The scan's order: time, then the event id as SQLite orders the stored
+ * ids (text before blobs; each as its bytes). */
+static int scan_order(int64_t ts_a, bool packed_a, const char *id_a, int64_t ts_b, bool packed_b,
+                      const char *id_b) {
+  if (ts_a != ts_b)
+    return ts_a < ts_b ? -1 : 1;
+  if (packed_a != packed_b)
+    return packed_a ? 1 : -1;
+  return strcmp(id_a, id_b);
+}
+
+static int by_scan_order(const void *a, const void *b) {
+  const struct staged_item *x = a, *y = b;
+  return scan_order(x->ts, x->packed, x->id, y->ts, y->packed, y->id);
+}
+
+/* Hands on staged event i (see struct staged_scan). */
+static int staged_scan_emit(const struct staged_scan *ss, size_t i, ana_event_scan_fn fn,
+                            void *ctx) {
+  const struct staged_item *it = &ss->v[i];
+  const char *id = it->id;
+  const char *type = id + strlen(id) + 1;
+  const char *name = type + strlen(type) + 1;
+  const char *session = name + strlen(name) + 1;
+  const char *props = session + strlen(session) + 1;
+  struct ana_scanned_event ev = {.timestamp_ms = it->ts,
+                                 .event_id = id,
+                                 .event_type = type,
+                                 .event_name = name,
+                                 .session_id = session,
+                                 .properties_json = props,
+                                 .seq = it->seq};
+  return fn(ctx, &ev);
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
@@ -138,10 +240,8 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
         i ? ", " : " AND event_name IN (SELECT id FROM event_strings WHERE name IN (", 4 + i);
   /* Ties at one timestamp in event id order, as when the index held it. */
   snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts, event_id", in_sql ? "))" : "");
-  /* Every event committed so far is in events first (staging.c). */
-  int rc = ana_local_staging_wait(s->db, UINT64_MAX, err);
-  if (rc < 0)
-    return rc;
+  int rc = 0;
+  struct staged_scan staged = {.names = names, .n_names = n_names, .err = err};
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -153,17 +253,44 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   sqlite3_bind_int64(st, 3, to_ms);
   for (size_t i = 0; in_sql && i < n_names; i++)
     sqlite3_bind_text(st, (int)(4 + i), names[i], -1, SQLITE_STATIC);
+  /* The events not yet moved are read in the first snapshot, beside the
+   * table (each committed event is in one of the two: staging.c), and
+   * merged into the table's rows in time order. A later snapshot's table
+   * may hold some of them, moved since: its rows of those sequence numbers
+   * (after the first snapshot's watermark, up to its last staged event) are
+   * passed over, handed on from the staged copy already. */
+  if ((rc = ana_local_read_begin(r, err)) < 0)
+    goto out;
+  struct ana_staged_range range = {.account_id = account_id, .from_ms = from_ms, .to_ms = to_ms};
+  int got = ana_local_staged_range(s->db, r, &range, staged_scan_add, &staged, err);
+  if (got < 0) {
+    rc = got;
+    goto out;
+  }
+  for (size_t i = 0; i < staged.n; i++)
+    staged.v[i].id = staged.buf + staged.v[i].off;
+  if (staged.n > 1)
+    qsort(staged.v, staged.n, sizeof *staged.v, by_scan_order);
+  uint64_t moved_lo = range.watermark, moved_hi = range.staged_upto;
+  size_t next = 0; /* the first staged event not handed on */
   int64_t slot = INT64_MIN;
   long rows = 0;
+  bool stop = false;
   char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+  int step = SQLITE_DONE;
+  while (!stop && (step = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t ts = sqlite3_column_int64(st, 0);
     int64_t d = ana_event_slot(ts);
     if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
       /* A new slot: start a new snapshot there, from this row's time
-       * (no row of it was handed on yet: this row is read again). */
+       * (no row of it was handed on yet: this row is read again), after
+       * the staged events before that time. */
+      for (; next < staged.n && staged.v[next].ts < ts && !stop; next++)
+        stop = staged_scan_emit(&staged, next, fn, ctx) != 0;
       sqlite3_reset(st);
+      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+      if (stop || (rc = ana_local_read_begin(r, err)) < 0)
+        break;
       sqlite3_bind_int64(st, 2, ts);
       rows = 0;
       slot = d;
@@ -171,17 +298,32 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     }
     slot = d;
     rows++;
+    uint64_t seq = (uint64_t)sqlite3_column_int64(st, 6);
+    if (seq > moved_lo && seq <= moved_hi)
+      continue; /* moved since the first snapshot: handed on from staged */
     if (!in_sql && !name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
       continue;
     struct ana_scanned_event ev = scanned_row(st, id_buf);
-    if (fn(ctx, &ev))
-      break;
+    bool packed = sqlite3_column_type(st, 1) == SQLITE_BLOB;
+    for (; next < staged.n && !stop &&
+           scan_order(staged.v[next].ts, staged.v[next].packed, staged.v[next].id, ev.timestamp_ms,
+                      packed, ev.event_id) < 0;
+         next++)
+      stop = staged_scan_emit(&staged, next, fn, ctx) != 0;
+    if (!stop && fn(ctx, &ev))
+      stop = true;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
+  if (rc == 0 && step != SQLITE_ROW && step != SQLITE_DONE)
     rc = scan_error(r, err);
+  for (; rc == 0 && next < staged.n && !stop; next++)
+    stop = staged_scan_emit(&staged, next, fn, ctx) != 0;
 out:
   sqlite3_finalize(st);
+  if (!sqlite3_get_autocommit(r))
+    sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
   ana_local_db_release_reader(s->db, r);
+  ana_free(staged.v);
+  ana_free(staged.buf);
   return rc;
 }
 
