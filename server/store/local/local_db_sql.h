@@ -4,6 +4,7 @@
 #define ANA_LOCAL_DB_SQL_H
 
 #include "ana_local_db.h"
+#include "time_runs.h"
 
 #include <sqlite3.h>
 
@@ -54,6 +55,56 @@ int ana_local_events_max_seq(sqlite3 *conn, const char *schema, uint64_t *out,
                              struct ana_error *err);
 int ana_local_event_days_add(sqlite3 *w, const struct ana_event_record *records, size_t n,
                              struct ana_error *err);
+
+/* The time index (time_runs.c, time_runs.h): table event_time_runs
+ * (account_id, hour, run, n, entries) WITHOUT ROWID, PRIMARY KEY (account_id,
+ * hour, run): per account and hour (ana_time_run_hour: ts / 3600000,
+ * truncating), runs of n entries (ts, event name's number, seq) sorted by
+ * (ts, seq), a row's key being ana_event_key(ts, seq). Every event is in
+ * exactly one run of its hour; a reader merges the hour's runs in memory
+ * and reads each candidate's row by key (one whose row is gone, deleted by
+ * retention, is skipped). The mover: ana_time_runs_prepare (outside its
+ * transaction: the move's records in run order), ana_time_runs_write (in
+ * it, after ana_local_spool_insert gave rows their numbers: one new run
+ * per (account, hour), an hour over its bound merged there), then
+ * ana_time_runs_merge_some in transactions of its own while it has no
+ * backlog (the hours the size-tiered rule picked, up to max_entries
+ * rewritten). */
+struct ana_time_runs_writer;
+struct ana_time_runs_writer *ana_time_runs_writer_new(void);
+void ana_time_runs_writer_free(struct ana_time_runs_writer *tw);
+int ana_time_runs_prepare(struct ana_time_runs_writer *tw, const struct ana_event_record *recs,
+                          size_t n, struct ana_error *err);
+struct ana_spool_rows;
+int ana_time_runs_write(struct ana_time_runs_writer *tw, sqlite3 *w,
+                        const struct ana_event_record *recs, const struct ana_spool_rows *rows,
+                        struct ana_error *err);
+bool ana_time_runs_pending(const struct ana_time_runs_writer *tw);
+int ana_time_runs_merge_some(struct ana_time_runs_writer *tw, sqlite3 *w, long max_entries,
+                             struct ana_error *err);
+/* Retention: the runs of every account's hours of UTC day `day`, in w's
+ * open transaction. */
+int ana_time_runs_drop_day(sqlite3 *w, int64_t day, struct ana_error *err);
+/* SQL function ana_time_runs_from_events() (the migration). */
+int ana_time_runs_register(sqlite3 *conn);
+/* A reader's walk over an account's hours: st is a statement of
+ * ANA_TIME_RUNS_SQL (bound: ?1 the account's number, ?2 and ?3 the first
+ * and last hour); each ana_time_cursor_next gives the next hour's entries
+ * merged, sorted by (ts, seq), in e[0..n) (1; 0: no more hours; < 0: an
+ * error). */
+#define ANA_TIME_RUNS_SQL(order)                                                                   \
+  "SELECT hour, n, entries FROM event_time_runs WHERE account_id = ?1 AND hour >= ?2"              \
+  " AND hour <= ?3 ORDER BY hour " order
+struct ana_time_cursor {
+  sqlite3_stmt *st;
+  int step;
+  int64_t hour;
+  struct ana_time_entry *e, *tmp;
+  size_t n, cap, tmp_cap;
+};
+void ana_time_cursor_start(struct ana_time_cursor *c, sqlite3_stmt *st);
+int ana_time_cursor_next(struct ana_time_cursor *c, struct ana_error *err);
+void ana_time_cursor_free(struct ana_time_cursor *c);
 
 /* The text of an event type or name column (col: its SQL), and the
  * number of the text bound to ?n (NULL when no event has it). */
@@ -190,8 +241,8 @@ int ana_local_spool_reencode(sqlite3 *w, struct ana_event_codec *codec,
                              const struct ana_event_record *records, struct ana_spool_rows *rows,
                              struct ana_error *err);
 int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
-                           const struct ana_event_record *records,
-                           const struct ana_spool_rows *rows, struct ana_error *err);
+                           const struct ana_event_record *records, struct ana_spool_rows *rows,
+                           struct ana_error *err);
 void ana_spool_rows_free(struct ana_spool_rows *rows);
 void ana_spool_statements_finalize(struct ana_spool_statements *stmts);
 /* After a rollback of the transaction of ana_local_spool_insert: forgets the

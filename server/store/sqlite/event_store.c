@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct sqlite_event_store {
@@ -94,15 +95,6 @@ static struct ana_scanned_event scanned_row(sqlite3_stmt *st,
       "event_name") ", session_id, ana_event_props(body), seq"
 #define SCAN_SELECT "SELECT " SCAN_COLUMNS " FROM events"
 
-static bool name_wanted(const char *name, const char *const *names, size_t n_names) {
-  if (!n_names)
-    return true;
-  for (size_t i = 0; i < n_names; i++)
-    if (name && strcmp(name, names[i]) == 0)
-      return true;
-  return false;
-}
-
 /* A long scan reads in several snapshots, each ended after about this many
  * rows: a read snapshot keeps the checkpoint from copying what was
  * committed after it, and so the WAL from starting over (the event writer
@@ -114,73 +106,217 @@ static int scan_error(sqlite3 *r, struct ana_error *err) {
   return ANA_ERR_IO;
 }
 
-/* A scan of up to this many event names checks them on the index's
- * entries (SQL); of more, on the rows it reads. */
-#define SCAN_NAMES_IN_SQL 16
+/* A tie at one timestamp: read again in event id order. */
+struct scan_tie {
+  int64_t key;
+  char *event_id;
+  bool packed; /* stored as 16 bytes (event_ids.c) */
+};
+
+/* Ascending as SQLite orders the stored ids: text before blobs, each as
+ * their bytes (a UUID's text in the order of its 16 bytes). */
+static int tie_order(const void *a, const void *b) {
+  const struct scan_tie *x = a, *y = b;
+  if (x->packed != y->packed)
+    return x->packed ? 1 : -1;
+  return strcmp(x->event_id, y->event_id);
+}
+
+static int64_t *wanted_names(sqlite3 *r, const char *const *names, size_t n_names, size_t *n_ids,
+                             struct ana_error *err) {
+  int64_t *ids = ana_malloc(sizeof *ids * (n_names + 1));
+  sqlite3_stmt *st = NULL;
+  *n_ids = 0;
+  if (!ids) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  if (sqlite3_prepare_v2(r, "SELECT id FROM event_strings WHERE name = ?1", -1, &st, NULL) !=
+      SQLITE_OK) {
+    prepare_error(r, err);
+    ana_free(ids);
+    return NULL;
+  }
+  for (size_t i = 0; i < n_names; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, names[i], -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      ids[(*n_ids)++] = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  return ids;
+}
+
+static bool id_wanted(int64_t name, const int64_t *ids, size_t n_ids) {
+  for (size_t i = 0; i < n_ids; i++)
+    if (ids[i] == name)
+      return true;
+  return false;
+}
+
+/* One scan over the time index's runs (local_db_sql.h). */
+struct time_scan {
+  sqlite3 *r;
+  sqlite3_stmt *row; /* SCAN_SELECT of key ?1 */
+  ana_event_scan_fn fn;
+  void *ctx;
+  struct scan_tie *ties;
+  size_t ties_cap;
+  long rows;
+  bool stop;
+};
+
+/* The events of one timestamp, entries e[0..n) (names already checked):
+ * read by key, handed on in event id order. */
+static int scan_tied(struct time_scan *t, int64_t ts, const struct ana_time_entry *e, size_t n,
+                     struct ana_error *err) {
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+  int rc = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n && rc == 0 && !t->stop; i++) {
+    sqlite3_reset(t->row);
+    sqlite3_bind_int64(t->row, 1, ana_event_key(ts, e[i].seq));
+    int step = sqlite3_step(t->row);
+    if (step == SQLITE_DONE)
+      continue; /* deleted by retention */
+    if (step != SQLITE_ROW) {
+      rc = scan_error(t->r, err);
+      break;
+    }
+    t->rows++;
+    if (n == 1) {
+      struct ana_scanned_event ev = scanned_row(t->row, id_buf);
+      t->stop = t->fn(t->ctx, &ev) != 0;
+      break;
+    }
+    if (k == t->ties_cap) {
+      size_t cap = t->ties_cap ? 2 * t->ties_cap : 16;
+      struct scan_tie *p = ana_realloc(t->ties, cap * sizeof *p);
+      if (!p) {
+        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      t->ties = p;
+      t->ties_cap = cap;
+    }
+    t->ties[k] = (struct scan_tie){.key = ana_event_key(ts, e[i].seq),
+                                   .event_id = ana_strdup(ana_event_id_column(t->row, 1, id_buf)),
+                                   .packed = sqlite3_column_type(t->row, 1) == SQLITE_BLOB};
+    if (!t->ties[k++].event_id)
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  sqlite3_reset(t->row);
+  if (rc == 0)
+    qsort(t->ties, k, sizeof *t->ties, tie_order);
+  for (size_t i = 0; i < k && rc == 0 && !t->stop; i++) {
+    sqlite3_reset(t->row);
+    sqlite3_bind_int64(t->row, 1, t->ties[i].key);
+    if (sqlite3_step(t->row) != SQLITE_ROW) {
+      rc = scan_error(t->r, err);
+      break;
+    }
+    struct ana_scanned_event ev = scanned_row(t->row, id_buf);
+    t->stop = t->fn(t->ctx, &ev) != 0;
+  }
+  sqlite3_reset(t->row);
+  for (size_t i = 0; i < k; i++)
+    ana_free(t->ties[i].event_id);
+  return rc;
+}
 
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* The account's range (events_by_time_name), in time order; the names
-   * (up to SCAN_NAMES_IN_SQL) are checked on the index's entries, so that
-   * only their events' rows are read. After SCAN_SNAPSHOT_ROWS rows the
-   * scan ends its snapshot at the next 6-hour slot and goes on from
-   * there. */
-  char sql[1024];
-  size_t len = (size_t)snprintf(
-      sql, sizeof sql,
-      SCAN_SELECT " WHERE account_id = " ANA_ACCOUNT_NUMBER_SQL(1) " AND ts >= ?2 AND ts < ?3");
-  bool in_sql = n_names > 0 && n_names <= SCAN_NAMES_IN_SQL;
-  for (size_t i = 0; in_sql && i < n_names; i++)
-    len += (size_t)snprintf(
-        sql + len, sizeof sql - len, "%s?%zu",
-        i ? ", " : " AND event_name IN (SELECT id FROM event_strings WHERE name IN (", 4 + i);
-  /* Ties at one timestamp in event id order, as when the index held it. */
-  snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts, event_id", in_sql ? "))" : "");
+  /* The account's hours of the range from the first, each hour's runs
+   * merged (local_db_sql.h), the time and the names checked on the entries,
+   * so that only the wanted events' rows are read; ties at one timestamp in
+   * event id order, as ORDER BY ts, event_id. After SCAN_SNAPSHOT_ROWS rows
+   * the scan ends its snapshot at the end of an hour and goes on from the
+   * next (an hour is read whole in one snapshot). */
   /* Every event committed so far is in events first (staging.c). */
   int rc = ana_local_staging_wait(s->db, UINT64_MAX, err);
   if (rc < 0)
     return rc;
+  if (from_ms >= to_ms)
+    return 0;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+  struct time_scan t = {.r = r, .fn = fn, .ctx = ctx};
+  sqlite3_stmt *runs = NULL, *acct = NULL;
+  struct ana_time_cursor cur = {0};
+  int64_t *ids = NULL, account = 0;
+  size_t n_ids = 0;
+  if (sqlite3_prepare_v2(r, SCAN_SELECT " WHERE key = ?1", -1, &t.row, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r, ANA_TIME_RUNS_SQL("ASC"), -1, &runs, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r, "SELECT id FROM dedupe_accounts WHERE account_id = ?1", -1, &acct,
+                         NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
   }
-  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, from_ms);
-  sqlite3_bind_int64(st, 3, to_ms);
-  for (size_t i = 0; in_sql && i < n_names; i++)
-    sqlite3_bind_text(st, (int)(4 + i), names[i], -1, SQLITE_STATIC);
-  int64_t slot = INT64_MIN;
-  long rows = 0;
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    int64_t ts = sqlite3_column_int64(st, 0);
-    int64_t d = ana_event_slot(ts);
-    if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
-      /* A new slot: start a new snapshot there, from this row's time
-       * (no row of it was handed on yet: this row is read again). */
-      sqlite3_reset(st);
-      sqlite3_bind_int64(st, 2, ts);
-      rows = 0;
-      slot = d;
-      continue;
-    }
-    slot = d;
-    rows++;
-    if (!in_sql && !name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
-      continue;
-    struct ana_scanned_event ev = scanned_row(st, id_buf);
-    if (fn(ctx, &ev))
-      break;
+  if (n_names > 0 && !(ids = wanted_names(r, names, n_names, &n_ids, err))) {
+    rc = ANA_ERR_IO;
+    goto out;
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    rc = scan_error(r, err);
+  sqlite3_bind_text(acct, 1, account_id, -1, SQLITE_STATIC);
+  int step = sqlite3_step(acct);
+  if (step != SQLITE_ROW) {
+    rc = step == SQLITE_DONE ? 0 : scan_error(r, err);
+    goto out;
+  }
+  account = sqlite3_column_int64(acct, 0);
+  if (n_names > 0 && n_ids == 0)
+    goto out; /* none of the names was ever stored */
+  int64_t hour = ana_time_run_hour(from_ms), last = ana_time_run_hour(to_ms - 1);
+  while (rc == 0 && !t.stop && hour <= last) {
+    /* One snapshot, from hour on. */
+    if (sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+      rc = scan_error(r, err);
+      break;
+    }
+    sqlite3_reset(runs);
+    sqlite3_bind_int64(runs, 1, account);
+    sqlite3_bind_int64(runs, 2, hour);
+    sqlite3_bind_int64(runs, 3, last);
+    ana_time_cursor_start(&cur, runs);
+    t.rows = 0;
+    int got = 0;
+    while (rc == 0 && !t.stop && t.rows < SCAN_SNAPSHOT_ROWS &&
+           (got = ana_time_cursor_next(&cur, err)) > 0) {
+      hour = cur.hour + 1;
+      for (size_t i = 0; i < cur.n && rc == 0 && !t.stop;) {
+        size_t j = i;
+        int64_t ts = cur.e[i].ts;
+        while (j < cur.n && cur.e[j].ts == ts)
+          j++;
+        if (ts >= from_ms && ts < to_ms) {
+          /* The wanted names' entries of this timestamp, in place. */
+          size_t k = i;
+          for (size_t e = i; e < j; e++)
+            if (n_names == 0 || id_wanted(cur.e[e].name, ids, n_ids))
+              cur.e[k++] = cur.e[e];
+          if (k > i)
+            rc = scan_tied(&t, ts, cur.e + i, k - i, err);
+        }
+        i = j;
+      }
+    }
+    if (rc == 0 && !t.stop && t.rows < SCAN_SNAPSHOT_ROWS) {
+      if (got < 0)
+        rc = got;
+      else
+        hour = last + 1; /* every hour read */
+    }
+    sqlite3_reset(runs);
+    if (!sqlite3_get_autocommit(r))
+      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+  }
 out:
-  sqlite3_finalize(st);
+  ana_time_cursor_free(&cur);
+  ana_free(t.ties);
+  ana_free(ids);
+  sqlite3_finalize(acct);
+  sqlite3_finalize(runs);
+  sqlite3_finalize(t.row);
   ana_local_db_release_reader(s->db, r);
   return rc;
 }
@@ -282,6 +418,24 @@ out:
   return rc;
 }
 
+/* Deletes the days before first_kept that hold no event from event_days. */
+static int drop_days(sqlite3 *w, int64_t first_kept, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(w,
+                         "DELETE FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
+                         " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
+                         " AND key < (event_days.day + 1) * 1099511627776)",
+                         -1, &st, NULL) != SQLITE_OK)
+    return prepare_error(w, err);
+  sqlite3_bind_int64(st, 1, first_kept);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                       sqlite3_errmsg(w));
+  sqlite3_finalize(st);
+  return rc;
+}
+
 /* Deletes up to max_rows events of the UTC days that ended by cutoff_ms
  * (up to upto_seq), after before_delete saw their keys: the first rows of
  * the table (its rowid starts with the day), so that retention removes whole
@@ -334,21 +488,39 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   }
   sqlite3_finalize(st);
   st = NULL;
-  if (rc == 0 && n > 0) {
-    if (sqlite3_prepare_v2(w,
-                           "DELETE FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
-                           " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
-                           " AND key < (event_days.day + 1) * 1099511627776)",
-                           -1, &st, NULL) != SQLITE_OK)
-      rc = prepare_error(w, err);
-    else {
-      sqlite3_bind_int64(st, 1, first_kept);
-      if (sqlite3_step(st) != SQLITE_DONE)
-        rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
-                           sqlite3_errmsg(w));
-    }
-    sqlite3_finalize(st);
+  /* The days emptied: their time index's runs go too (the entries of a day
+   * only partly deleted so far are skipped by the readers until then). */
+  if (rc == 0 && n > 0 &&
+      sqlite3_prepare_v2(w,
+                         "SELECT day FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
+                         " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
+                         " AND key < (event_days.day + 1) * 1099511627776)",
+                         -1, &st, NULL) != SQLITE_OK)
+    rc = prepare_error(w, err);
+  int64_t emptied[64];
+  size_t n_emptied = 0;
+  while (rc == 0 && n > 0) {
+    sqlite3_bind_int64(st, 1, first_kept);
+    int step = SQLITE_DONE;
+    while (n_emptied < 64 && (step = sqlite3_step(st)) == SQLITE_ROW)
+      emptied[n_emptied++] = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                         sqlite3_errmsg(w));
+    for (size_t i = 0; rc == 0 && i < n_emptied; i++)
+      rc = ana_time_runs_drop_day(w, emptied[i], err);
+    if (rc < 0 || n_emptied < 64)
+      break;
+    /* More than 64 days emptied at once: those dropped go from event_days
+     * first (below), the rest the same way. */
+    rc = drop_days(w, first_kept, err);
+    n_emptied = 0;
   }
+  sqlite3_finalize(st);
+  st = NULL;
+  if (rc == 0 && n > 0)
+    rc = drop_days(w, first_kept, err);
   ana_free(keys);
   return rc < 0 ? rc : (int)n;
 }
