@@ -965,10 +965,11 @@ static void *mover_thread(void *arg) {
     if (s->stop && (s->staged_events == 0 || s->move_failures > s->failures_at_stop))
       break;
     /* The time index's merges while the mover would wait anyway: nothing
-     * staged, or a small backlog gathering, no reader waiting. */
-    bool idle = s->staged_events == 0 || (s->staged_events < MOVE_EVENTS &&
+     * staged (no reader waits for a move then), or a small backlog
+     * gathering that no reader waits for. */
+    bool idle = s->staged_events == 0 || (s->waiters == 0 && s->staged_events < MOVE_EVENTS &&
                                           s->staged_since_ms + GATHER_MS > ana_clock_mono_ms());
-    if (!s->hold && !s->stop && s->waiters == 0 && idle && ana_time_runs_pending(s->runs)) {
+    if (!s->hold && !s->stop && idle && ana_time_runs_pending(s->runs)) {
       pthread_mutex_unlock(&s->mu);
       merge_runs(s);
       pthread_mutex_lock(&s->mu);
