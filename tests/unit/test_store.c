@@ -1069,9 +1069,8 @@ static void tr_check_all(void) {
   }
 }
 
-static void time_runs_answer_as_a_brute_force(void **state) {
-  (void)state;
-  static struct ana_event_record r[TR_N];
+/* The events of the time index's tests, into r (none alive yet). */
+static void tr_generate(struct ana_event_record *r) {
   unsigned seed = 7;
   for (int i = 0; i < TR_N; i++) {
     struct tr_event *e = &tr_ev[i];
@@ -1091,6 +1090,12 @@ static void time_runs_answer_as_a_brute_force(void **state) {
     r[i] = record(tr_accts[e->acct], e->id, tr_names[e->name], e->ts, tr_props[e->prop], "tr");
     r[i].session_id = tr_sessions[e->sess];
   }
+}
+
+static void time_runs_answer_as_a_brute_force(void **state) {
+  (void)state;
+  static struct ana_event_record r[TR_N];
+  tr_generate(r);
   /* One move per batch: each hour gets a run per batch. */
   struct ana_commit_request req;
   struct ana_error err;
@@ -1163,6 +1168,62 @@ static void time_runs_answer_as_a_brute_force(void **state) {
                                     .retention_days = 90,
                                     .retention_sweep_interval_ms = 3600000};
   committer = ana_committer_create(db, &roles, &o, &err);
+}
+
+/* A store of the previous layout (the index events_by_time_name, no runs;
+ * here with a table of runs left half built by a crash) is migrated on
+ * start: one run per (account, hour) built from the rows, the index
+ * dropped, searches and scans as before; new moves add runs to it. */
+static void store_of_the_time_index_is_migrated_on_start(void **state) {
+  (void)state;
+  static struct ana_event_record r[TR_N];
+  tr_generate(r);
+  struct ana_commit_request req;
+  struct ana_error err;
+  for (int b = 0; b < TR_N / 100; b++) {
+    assert_int_equal(submit(&r[b * 50], 50, &req), 0);
+    wait_done(b + 1);
+    for (int i = b * 50; i < b * 50 + 50; i++)
+      tr_ev[i].alive = true;
+  }
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  close_store();
+  char path[128], sql[512];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  snprintf(sql, sizeof sql,
+           "DELETE FROM event_time_runs WHERE hour %% 2 = 0;"
+           "CREATE INDEX events_by_time_name ON events(account_id, ts, event_name);"
+           "DELETE FROM schema_migrations WHERE version >= %d",
+           ana_local_db_migration_containing("ana_time_runs_from_events"));
+  assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(conn);
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  check_time_runs(w);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_time_runs WHERE run != 1"), 0);
+  tr_check_all();
+  /* Moves after the migration add runs beside the migrated ones. */
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 100000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  committer = ana_committer_create(db, &roles, &o, &err);
+  assert_non_null(committer);
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
+  for (int b = TR_N / 100; b < TR_N / 50; b++) {
+    assert_int_equal(submit(&r[b * 50], 50, &req), 0);
+    wait_done(before + b - TR_N / 100 + 1);
+    for (int i = b * 50; i < b * 50 + 50; i++)
+      tr_ev[i].alive = true;
+  }
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  check_time_runs(w);
+  tr_check_all();
 }
 
 /* Readers by commit sequence over events moved at random times over 40
@@ -3801,6 +3862,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(retired_dictionary_is_replaced_and_its_bodies_stored_raw,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(time_runs_answer_as_a_brute_force, setup, teardown),
+      cmocka_unit_test_setup_teardown(store_of_the_time_index_is_migrated_on_start, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(events_are_read_by_seq_without_an_index_on_it, setup,
