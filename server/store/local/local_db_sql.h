@@ -18,13 +18,12 @@
  * columns generated from them: seq (the key's low 40 bits; stored in
  * no index) and ts ((key >> 40) * ANA_EVENT_DAY_MS + ms). The layout (migration 13): the
  * rowid `key` is the event's UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
- * 2^40 plus its commit sequence; seq has no index (event_days below finds it); events_by_time_name
- * is (account_id, ts,
- * event_name): an account's events in time order, with the name's number to check on the entries
- * (ties at one timestamp are sorted by the rows' event_id where the order needs it). Long scans end
- * their snapshots at 6-hour slots (ana_event_slot). */
+ * 2^40 plus its commit sequence, and the table has no index (migration 28): seq is found through
+ * event_days (below), an account's time range through the time index's runs (event_time_runs,
+ * below: an account's events of each hour in (ts, seq) order, with the name's number to check on
+ * the entries; ties at one timestamp are sorted by the rows' event_id where the order needs it).
+ * Long scans end their snapshots at the end of an hour. */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
-#define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SEQ_BITS 40
 
 /* Moved events by commit sequence (event_seq.c), without an index on seq:
@@ -113,10 +112,6 @@ void ana_time_cursor_free(struct ana_time_cursor *c);
 
 static inline int64_t ana_event_day(int64_t ts_ms) {
   return ts_ms / ANA_EVENT_DAY_MS;
-}
-
-static inline int64_t ana_event_slot(int64_t ts_ms) {
-  return ts_ms / ANA_EVENT_SLOT_MS;
 }
 
 static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {
