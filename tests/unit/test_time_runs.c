@@ -130,6 +130,15 @@ static void tiered_rule_bounds_runs_and_rewrites(void **state) {
   assert_int_equal(ana_time_run_merge_count(halving, 4, 8), 0);
   assert_int_equal(ana_time_run_merge_count(halving, 4, 3), 2);
   assert_int_equal(ana_time_run_merge_count(halving, 1, 8), 0);
+  /* Full runs stay as they are; the newest below them merge up to the
+   * bound. */
+  int64_t full[5] = {ANA_TIME_RUN_FULL, ANA_TIME_RUN_FULL + 5, ANA_TIME_RUN_FULL - 10, 8, 3};
+  assert_int_equal(ana_time_run_merge_count(full, 5, 8), 0);
+  assert_int_equal(ana_time_run_merge_count(full, 5, 2), 2);
+  assert_int_equal(ana_time_run_merge_count(full, 3, 1), 0);
+  int64_t near[3] = {ANA_TIME_RUN_FULL, ANA_TIME_RUN_FULL / 2 + 1, ANA_TIME_RUN_FULL / 2};
+  assert_int_equal(ana_time_run_merge_count(near, 3, 8), 0);
+  assert_int_equal(ana_time_run_merge_count(near, 3, 1), 2);
 }
 
 static void hours_of_days(void **state) {

@@ -67,15 +67,18 @@ size_t ana_time_run_merge(const struct ana_time_entry *a, size_t na, const struc
 }
 
 size_t ana_time_run_merge_count(const int64_t *sizes, size_t k, size_t max_runs) {
-  if (k < 2)
+  size_t open = 0; /* the newest runs that are not full */
+  while (open < k && sizes[k - 1 - open] < ANA_TIME_RUN_FULL)
+    open++;
+  if (open < 2)
     return 0;
   int64_t sum = sizes[k - 1];
   size_t m = 1;
-  while (m < k && sizes[k - 1 - m] <= 2 * sum) {
+  while (m < open && sizes[k - 1 - m] <= 2 * sum && sum + sizes[k - 1 - m] <= ANA_TIME_RUN_FULL) {
     sum += sizes[k - 1 - m];
     m++;
   }
-  if (m < 2 && k > max_runs)
+  if (m < 2 && open > max_runs)
     m = 2;
   return m >= 2 ? m : 0;
 }

@@ -14,7 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Over this many runs, an hour is merged in the move's own transaction. */
+/* Over this many runs not full, an hour is merged in the move's own
+ * transaction. */
 #define HARD_RUNS 8
 /* Hours waiting for a merge, at most (the rest wait for their next move). */
 #define PENDING_MAX 65536
@@ -266,7 +267,10 @@ int ana_time_runs_write(struct ana_time_runs_writer *tw, sqlite3 *w,
     if (!grow((void **)&tw->sizes, &tw->sizes_cap, k + 2, sizeof *tw->sizes))
       return nomem(err);
     tw->sizes[k++] = (int64_t)(j - i);
-    if (k > HARD_RUNS) {
+    size_t open = 0; /* runs not full */
+    while (open < k && tw->sizes[k - 1 - open] < ANA_TIME_RUN_FULL)
+      open++;
+    if (open > HARD_RUNS) {
       long merged = merge_hour(tw, w, account, hour, err);
       if (merged < 0)
         return (int)merged;

@@ -54,11 +54,18 @@ bool ana_time_run_decode(int64_t base, const uint8_t *p, size_t len, size_t n,
 size_t ana_time_run_merge(const struct ana_time_entry *a, size_t na, const struct ana_time_entry *b,
                           size_t nb, struct ana_time_entry *out);
 
+/* A run of this many entries or more is not merged any more: a merge then
+ * rewrites at most about this many entries (an hour of events tracked live
+ * at a high rate holds several such runs, disjoint in time). */
+#define ANA_TIME_RUN_FULL (INT64_C(1) << 16)
+
 /* The size-tiered rule: given the sizes of an hour's k runs, oldest first,
- * how many of the newest to merge into one (0: none). The newest runs are
- * merged while the next older one is at most twice their sum, so an hour
- * holds O(log n) runs and an entry is rewritten O(log n) times; over
- * max_runs runs at least the two newest are merged. */
+ * how many of the newest to merge into one (0: none). Of the newest runs
+ * below ANA_TIME_RUN_FULL, the newest are merged while the next older one
+ * is at most twice their sum (and the sum stays below ANA_TIME_RUN_FULL),
+ * so an hour holds O(log n) runs besides full ones and an entry is
+ * rewritten O(log n) times; with more than max_runs of them, at least the
+ * two newest are merged. */
 size_t ana_time_run_merge_count(const int64_t *sizes, size_t k, size_t max_runs);
 
 #endif
