@@ -1083,9 +1083,12 @@ static void tr_generate(struct ana_event_record *r) {
       snprintf(e->id, sizeof e->id, "%08x-0000-4000-8000-%012x", (unsigned)rand_r(&seed), i);
     else
       snprintf(e->id, sizeof e->id, "t%05d", (i * 7919) % TR_N);
+    /* acct-2's events are half in time order, as events tracked live (each
+     * move's run of an hour disjoint in time from the others) */
     e->ts = i % 8 == 7 ? tr_ev[i - 1].ts
+            : e->acct  ? NOW - 4 * DAY + (int64_t)i * 10000
                        : NOW - (int64_t)(rand_r(&seed) % 4) * DAY -
-                             (int64_t)(rand_r(&seed) % (unsigned)DAY);
+                            (int64_t)(rand_r(&seed) % (unsigned)DAY);
     e->alive = false; /* until committed */
     r[i] = record(tr_accts[e->acct], e->id, tr_names[e->name], e->ts, tr_props[e->prop], "tr");
     r[i].session_id = tr_sessions[e->sess];

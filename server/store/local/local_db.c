@@ -703,6 +703,8 @@ static const char *const migrations[] = {
     "  hour INTEGER NOT NULL,"
     "  run INTEGER NOT NULL,"
     "  n INTEGER NOT NULL,"
+    "  lo INTEGER NOT NULL,"
+    "  hi INTEGER NOT NULL,"
     "  entries BLOB NOT NULL,"
     "  PRIMARY KEY (account_id, hour, run)) WITHOUT ROWID;"
     "DELETE FROM event_time_runs;"

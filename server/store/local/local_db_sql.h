@@ -86,22 +86,37 @@ int ana_time_runs_merge_some(struct ana_time_runs_writer *tw, sqlite3 *w, long m
 int ana_time_runs_drop_day(sqlite3 *w, int64_t day, struct ana_error *err);
 /* SQL function ana_time_runs_from_events() (the migration). */
 int ana_time_runs_register(sqlite3 *conn);
-/* A reader's walk over an account's hours: st is a statement of
- * ANA_TIME_RUNS_SQL (bound: ?1 the account's number, ?2 and ?3 the first
- * and last hour); each ana_time_cursor_next gives the next hour's entries
- * merged, sorted by (ts, seq), in e[0..n) (1; 0: no more hours; < 0: an
+/* A reader's walk over an account's time range, hour after hour, in
+ * segments of time (a segment holds every entry of the account in its
+ * stretch of time, sorted by (ts, seq), in e[0..n); hour_end: the last of
+ * its hour), going down (desc) or up: st is a statement of
+ * ANA_TIME_RUNS_SQL ("DESC" or "ASC"; bound: ?1 the account's number, ?2
+ * and ?3 the first and last hour), get one of ANA_TIME_RUN_ENTRIES_SQL
+ * (bound by the cursor); runs wholly outside [lo, hi) are not read. Each
+ * ana_time_cursor_next gives the next segment (1; 0: no more; < 0: an
  * error). */
 #define ANA_TIME_RUNS_SQL(order)                                                                   \
-  "SELECT hour, n, entries FROM event_time_runs WHERE account_id = ?1 AND hour >= ?2"              \
+  "SELECT hour, run, n, lo, hi FROM event_time_runs WHERE account_id = ?1 AND hour >= ?2"          \
   " AND hour <= ?3 ORDER BY hour " order
-struct ana_time_cursor {
-  sqlite3_stmt *st;
-  int step;
-  int64_t hour;
-  struct ana_time_entry *e, *tmp;
-  size_t n, cap, tmp_cap;
+#define ANA_TIME_RUN_ENTRIES_SQL                                                                   \
+  "SELECT entries FROM event_time_runs WHERE account_id = ?1 AND hour = ?2 AND run = ?3"
+struct ana_time_run_ref {
+  int64_t run, n, lo, hi;
+  struct ana_time_entry *e; /* decoded (NULL: not yet, or used up) */
+  size_t from, to;          /* the entries not handed on yet */
 };
-void ana_time_cursor_start(struct ana_time_cursor *c, sqlite3_stmt *st);
+struct ana_time_cursor {
+  sqlite3_stmt *st, *get;
+  int step;
+  bool desc, hour_end;
+  int64_t account, lo, hi, hour;
+  struct ana_time_run_ref *runs;
+  size_t n_runs, runs_cap;
+  struct ana_time_entry *e;
+  size_t n, cap;
+};
+void ana_time_cursor_start(struct ana_time_cursor *c, sqlite3_stmt *st, sqlite3_stmt *get,
+                           int64_t account, int64_t lo, int64_t hi, bool desc);
 int ana_time_cursor_next(struct ana_time_cursor *c, struct ana_error *err);
 void ana_time_cursor_free(struct ana_time_cursor *c);
 

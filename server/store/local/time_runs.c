@@ -22,8 +22,8 @@
 
 static const char sql_list[] =
     "SELECT run, n FROM event_time_runs WHERE account_id = ?1 AND hour = ?2 ORDER BY run";
-static const char sql_insert[] =
-    "INSERT INTO event_time_runs (account_id, hour, run, n, entries) VALUES (?1, ?2, ?3, ?4, ?5)";
+static const char sql_insert[] = "INSERT INTO event_time_runs (account_id, hour, run, n, lo, hi,"
+                                 " entries) VALUES (?1, ?2, ?3, ?4, ?6, ?7, ?5)";
 static const char sql_newest[] = "SELECT n, entries FROM event_time_runs"
                                  " WHERE account_id = ?1 AND hour = ?2 AND run >= ?3";
 static const char sql_delete[] =
@@ -173,6 +173,8 @@ static int insert_run(struct ana_time_runs_writer *tw, sqlite3 *w, int64_t accou
   sqlite3_bind_int64(st, 3, run);
   sqlite3_bind_int64(st, 4, (sqlite3_int64)n);
   sqlite3_bind_blob(st, 5, tw->buf, (int)len, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 6, n ? e[0].ts : 0);
+  sqlite3_bind_int64(st, 7, n ? e[n - 1].ts : 0);
   int step = sqlite3_step(st);
   sqlite3_reset(st);
   return step == SQLITE_DONE ? 0 : ana_sql_fail(w, "time index", err);
@@ -303,52 +305,150 @@ int ana_time_runs_merge_some(struct ana_time_runs_writer *tw, sqlite3 *w, long m
 
 /* --- readers --- */
 
-void ana_time_cursor_start(struct ana_time_cursor *c, sqlite3_stmt *st) {
+static void drop_runs(struct ana_time_cursor *c) {
+  for (size_t i = 0; i < c->n_runs; i++)
+    ana_free(c->runs[i].e);
+  c->n_runs = 0;
+}
+
+void ana_time_cursor_start(struct ana_time_cursor *c, sqlite3_stmt *st, sqlite3_stmt *get,
+                           int64_t account, int64_t lo, int64_t hi, bool desc) {
   c->st = st;
+  c->get = get;
+  c->account = account;
+  c->lo = lo;
+  c->hi = hi;
+  c->desc = desc;
+  drop_runs(c);
   c->step = sqlite3_step(st);
 }
 
-int ana_time_cursor_next(struct ana_time_cursor *c, struct ana_error *err) {
-  if (c->step == SQLITE_DONE)
-    return 0;
-  if (c->step != SQLITE_ROW)
-    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: time index: %s",
-                         sqlite3_errmsg(sqlite3_db_handle(c->st)));
+/* The hour's runs that may hold entries of [lo, hi), from the rows of st
+ * (their entries not read yet). */
+static int read_hour(struct ana_time_cursor *c, struct ana_error *err) {
   c->hour = sqlite3_column_int64(c->st, 0);
-  c->n = 0;
   while (c->step == SQLITE_ROW && sqlite3_column_int64(c->st, 0) == c->hour) {
-    size_t k = (size_t)sqlite3_column_int64(c->st, 1);
-    const uint8_t *p = sqlite3_column_blob(c->st, 2);
-    size_t len = (size_t)sqlite3_column_bytes(c->st, 2);
-    if (!grow((void **)&c->e, &c->cap, c->n + k + 1, sizeof *c->e) ||
-        !grow((void **)&c->tmp, &c->tmp_cap, c->n + k + 1, sizeof *c->tmp))
-      return nomem(err);
-    if (!ana_time_run_decode(c->hour * ANA_TIME_RUN_HOUR_MS, p, len, k, c->tmp))
-      return ana_error_set(err, ANA_STATUS_INTERNAL,
-                           "event store: a time index run of hour %lld cannot be decoded",
-                           (long long)c->hour);
-    if (c->n == 0) {
-      memcpy(c->e, c->tmp, k * sizeof *c->e);
-    } else {
-      /* Merged into tmp after the new run, then swapped in. */
-      memmove(c->tmp + c->n, c->tmp, k * sizeof *c->tmp);
-      ana_time_run_merge(c->e, c->n, c->tmp + c->n, k, c->tmp);
-      struct ana_time_entry *t = c->e;
-      size_t tc = c->cap;
-      c->e = c->tmp;
-      c->cap = c->tmp_cap;
-      c->tmp = t;
-      c->tmp_cap = tc;
+    int64_t n = sqlite3_column_int64(c->st, 2), lo = sqlite3_column_int64(c->st, 3),
+            hi = sqlite3_column_int64(c->st, 4);
+    if (n > 0 && hi >= c->lo && lo < c->hi) {
+      if (!grow((void **)&c->runs, &c->runs_cap, c->n_runs + 1, sizeof *c->runs))
+        return nomem(err);
+      c->runs[c->n_runs++] = (struct ana_time_run_ref){
+          .run = sqlite3_column_int64(c->st, 1), .n = n, .lo = lo, .hi = hi, .to = (size_t)n};
     }
-    c->n += k;
     c->step = sqlite3_step(c->st);
   }
-  return 1;
+  if (c->step != SQLITE_ROW && c->step != SQLITE_DONE)
+    return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: time index: %s",
+                         sqlite3_errmsg(sqlite3_db_handle(c->st)));
+  return 0;
+}
+
+/* A run's entries, read and decoded when a segment first needs them. */
+static int decode_run(struct ana_time_cursor *c, struct ana_time_run_ref *r,
+                      struct ana_error *err) {
+  sqlite3_reset(c->get);
+  sqlite3_bind_int64(c->get, 1, c->account);
+  sqlite3_bind_int64(c->get, 2, c->hour);
+  sqlite3_bind_int64(c->get, 3, r->run);
+  int rc = 0;
+  if (sqlite3_step(c->get) != SQLITE_ROW) {
+    rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: time index: %s",
+                       sqlite3_errmsg(sqlite3_db_handle(c->get)));
+  } else if (!(r->e = ana_malloc(sizeof *r->e * (size_t)r->n))) {
+    rc = nomem(err);
+  } else if (!ana_time_run_decode(c->hour * ANA_TIME_RUN_HOUR_MS, sqlite3_column_blob(c->get, 0),
+                                  (size_t)sqlite3_column_bytes(c->get, 0), (size_t)r->n, r->e)) {
+    rc = ana_error_set(err, ANA_STATUS_INTERNAL,
+                       "event store: a time index run of hour %lld cannot be decoded",
+                       (long long)c->hour);
+  }
+  sqlite3_reset(c->get);
+  return rc;
+}
+
+static int64_t run_min(const struct ana_time_run_ref *r) {
+  return r->e ? r->e[r->from].ts : r->lo;
+}
+
+static int64_t run_max(const struct ana_time_run_ref *r) {
+  return r->e ? r->e[r->to - 1].ts : r->hi;
+}
+
+/* The next segment: the entries of every run of the hour at or past T in
+ * the walk's direction, T being the nearest far end of a run (the largest
+ * first time going down, the smallest last time going up), so that the run
+ * of T is used up and a run is read only once a segment reaches its time:
+ * an import's runs, spread over their hour, make one segment; the runs of
+ * events tracked live, disjoint in time, one each (a page reads the newest
+ * runs only). */
+int ana_time_cursor_next(struct ana_time_cursor *c, struct ana_error *err) {
+  for (;;) {
+    bool active = false;
+    for (size_t i = 0; i < c->n_runs && !active; i++)
+      active = c->runs[i].from < c->runs[i].to;
+    if (!active) {
+      drop_runs(c);
+      if (c->step == SQLITE_DONE)
+        return 0;
+      if (c->step != SQLITE_ROW)
+        return ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: time index: %s",
+                             sqlite3_errmsg(sqlite3_db_handle(c->st)));
+      int rc = read_hour(c, err);
+      if (rc < 0)
+        return rc;
+      continue;
+    }
+    int64_t t = c->desc ? INT64_MIN : INT64_MAX;
+    for (size_t i = 0; i < c->n_runs; i++) {
+      struct ana_time_run_ref *r = &c->runs[i];
+      if (r->from < r->to)
+        t = c->desc ? (run_min(r) > t ? run_min(r) : t) : (run_max(r) < t ? run_max(r) : t);
+    }
+    c->n = 0;
+    bool left = false;
+    for (size_t i = 0; i < c->n_runs; i++) {
+      struct ana_time_run_ref *r = &c->runs[i];
+      if (r->from >= r->to || (c->desc ? run_max(r) < t : run_min(r) > t)) {
+        left = left || r->from < r->to;
+        continue;
+      }
+      int rc = r->e ? 0 : decode_run(c, r, err);
+      if (rc < 0)
+        return rc;
+      size_t j = c->desc ? r->to : r->from;
+      if (c->desc)
+        while (j > r->from && r->e[j - 1].ts >= t)
+          j--;
+      else
+        while (j < r->to && r->e[j].ts <= t)
+          j++;
+      size_t k = c->desc ? r->to - j : j - r->from;
+      if (!grow((void **)&c->e, &c->cap, c->n + k + 1, sizeof *c->e))
+        return nomem(err);
+      memcpy(c->e + c->n, r->e + (c->desc ? j : r->from), k * sizeof *c->e);
+      c->n += k;
+      if (c->desc)
+        r->to = j;
+      else
+        r->from = j;
+      if (r->from >= r->to) {
+        ana_free(r->e); /* used up */
+        r->e = NULL;
+      } else {
+        left = true;
+      }
+    }
+    qsort(c->e, c->n, sizeof *c->e, ana_time_entry_cmp);
+    c->hour_end = !left;
+    return 1;
+  }
 }
 
 void ana_time_cursor_free(struct ana_time_cursor *c) {
+  drop_runs(c);
+  ana_free(c->runs);
   ana_free(c->e);
-  ana_free(c->tmp);
   memset(c, 0, sizeof *c);
 }
 
@@ -365,6 +465,8 @@ static int flush_hour(sqlite3 *db, sqlite3_stmt *ins, int64_t account, int64_t h
   sqlite3_bind_int64(ins, 3, 1);
   sqlite3_bind_int64(ins, 4, (sqlite3_int64)n);
   sqlite3_bind_blob(ins, 5, *buf, (int)len, SQLITE_STATIC);
+  sqlite3_bind_int64(ins, 6, e[0].ts);
+  sqlite3_bind_int64(ins, 7, e[n - 1].ts);
   int rc = sqlite3_step(ins);
   sqlite3_reset(ins);
   (void)db;

@@ -639,14 +639,15 @@ static int time_search(struct ana_local_db *db, sqlite3 *r, const struct ana_eve
                               : NULL;
   sqlite3_stmt *runs =
       payload ? ana_local_db_reader_statement(db, r, ANA_TIME_RUNS_SQL("DESC")) : NULL;
-  if (!runs)
+  sqlite3_stmt *get = runs ? ana_local_db_reader_statement(db, r, ANA_TIME_RUN_ENTRIES_SQL) : NULL;
+  if (!get)
     return prepare_error(r, err);
   bind_filters(row, q, paths);
   sqlite3_bind_int64(runs, 1, account);
   sqlite3_bind_int64(runs, 2, ana_time_run_hour(lo));
   sqlite3_bind_int64(runs, 3, ana_time_run_hour(hi - 1));
   struct ana_time_cursor cur = {0};
-  ana_time_cursor_start(&cur, runs);
+  ana_time_cursor_start(&cur, runs, get, account, lo, hi, true);
   struct candidate *ties = NULL;
   size_t ties_cap = 0;
   int emitted = 0;
@@ -728,6 +729,7 @@ static int time_search(struct ana_local_db *db, sqlite3 *r, const struct ana_eve
       break;
   }
   sqlite3_reset(runs);
+  sqlite3_reset(get);
   sqlite3_reset(row);
   ana_time_cursor_free(&cur);
   ana_free(ties);

@@ -242,12 +242,13 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     return 0;
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
   struct time_scan t = {.r = r, .fn = fn, .ctx = ctx};
-  sqlite3_stmt *runs = NULL, *acct = NULL;
+  sqlite3_stmt *runs = NULL, *get = NULL, *acct = NULL;
   struct ana_time_cursor cur = {0};
   int64_t *ids = NULL, account = 0;
   size_t n_ids = 0;
   if (sqlite3_prepare_v2(r, SCAN_SELECT " WHERE key = ?1", -1, &t.row, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(r, ANA_TIME_RUNS_SQL("ASC"), -1, &runs, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r, ANA_TIME_RUN_ENTRIES_SQL, -1, &get, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(r, "SELECT id FROM dedupe_accounts WHERE account_id = ?1", -1, &acct,
                          NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
@@ -277,12 +278,11 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     sqlite3_bind_int64(runs, 1, account);
     sqlite3_bind_int64(runs, 2, hour);
     sqlite3_bind_int64(runs, 3, last);
-    ana_time_cursor_start(&cur, runs);
+    ana_time_cursor_start(&cur, runs, get, account, from_ms, to_ms, false);
     t.rows = 0;
     int got = 0;
-    while (rc == 0 && !t.stop && t.rows < SCAN_SNAPSHOT_ROWS &&
-           (got = ana_time_cursor_next(&cur, err)) > 0) {
-      hour = cur.hour + 1;
+    bool snapshot_end = false;
+    while (rc == 0 && !t.stop && !snapshot_end && (got = ana_time_cursor_next(&cur, err)) > 0) {
       for (size_t i = 0; i < cur.n && rc == 0 && !t.stop;) {
         size_t j = i;
         int64_t ts = cur.e[i].ts;
@@ -299,8 +299,12 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
         }
         i = j;
       }
+      if (cur.hour_end) { /* a new snapshot may start at the next hour */
+        hour = cur.hour + 1;
+        snapshot_end = t.rows >= SCAN_SNAPSHOT_ROWS;
+      }
     }
-    if (rc == 0 && !t.stop && t.rows < SCAN_SNAPSHOT_ROWS) {
+    if (rc == 0 && !t.stop && !snapshot_end) {
       if (got < 0)
         rc = got;
       else
@@ -316,6 +320,7 @@ out:
   ana_free(ids);
   sqlite3_finalize(acct);
   sqlite3_finalize(runs);
+  sqlite3_finalize(get);
   sqlite3_finalize(t.row);
   ana_local_db_release_reader(s->db, r);
   return rc;
