@@ -56,13 +56,14 @@ int ana_local_event_days_add(sqlite3 *w, const struct ana_event_record *records,
                              struct ana_error *err);
 
 /* The time index (time_runs.c, time_runs.h): table event_time_runs
- * (account_id, hour, run, n, entries) WITHOUT ROWID, PRIMARY KEY (account_id,
+ * (account_id, hour, run, n, lo, hi, entries) WITHOUT ROWID, PRIMARY KEY (account_id,
  * hour, run): per account and hour (ana_time_run_hour: ts / 3600000,
  * truncating), runs of n entries (ts, event name's number, seq) sorted by
- * (ts, seq), a row's key being ana_event_key(ts, seq). Every event is in
- * exactly one run of its hour; a reader merges the hour's runs in memory
- * and reads each candidate's row by key (one whose row is gone, deleted by
- * retention, is skipped). The mover: ana_time_runs_prepare (outside its
+ * (ts, seq), a row's key being ana_event_key(ts, seq); lo and hi: the
+ * run's first and last ts. Every event is in exactly one run of its hour; a
+ * reader merges the runs in memory, segment of time by segment
+ * (ana_time_cursor), and reads each candidate's row by key (one whose row
+ * is gone, deleted by retention, is skipped). The mover: ana_time_runs_prepare (outside its
  * transaction: the move's records in run order), ana_time_runs_write (in
  * it, after ana_local_spool_insert gave rows their numbers: one new run
  * per (account, hour), an hour over its bound merged there), then

@@ -4,7 +4,8 @@
  * rows where a B-tree index took an insert at a random page per event; the
  * runs of an hour are merged size-tiered (ana_time_run_merge_count), in
  * transactions of their own while the mover has no backlog, in the move's
- * when an hour holds too many. Readers merge an hour's runs in memory. */
+ * when an hour holds too many. Readers merge an hour's runs in memory,
+ * segment of time by segment (ana_time_cursor_next). */
 #include "local_db_sql.h"
 #include "sql_stmt.h"
 #include "time_runs.h"
