@@ -80,6 +80,9 @@ int ana_time_runs_write(struct ana_time_runs_writer *tw, sqlite3 *w,
                         const struct ana_event_record *recs, const struct ana_spool_rows *rows,
                         struct ana_error *err);
 bool ana_time_runs_pending(const struct ana_time_runs_writer *tw);
+/* After a failed merge: the hours waiting are merged at their next move
+ * (or inline over their bound), not retried in a loop. */
+void ana_time_runs_forget_pending(struct ana_time_runs_writer *tw);
 int ana_time_runs_merge_some(struct ana_time_runs_writer *tw, sqlite3 *w, long max_entries,
                              struct ana_error *err);
 /* Retention: the runs of every account's hours of UTC day `day`, in w's

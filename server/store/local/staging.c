@@ -951,8 +951,11 @@ static void merge_runs(struct ana_staging *s) {
   if (rc < 0 && !sqlite3_get_autocommit(s->conn))
     sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
   ana_local_db_gate_leave(s->db);
-  if (rc < 0)
-    ANA_WARN("store", "time index: merge failed (%s); retried later", err.message);
+  if (rc < 0) {
+    ANA_WARN("store", "time index: merge failed (%s); retried after the hours' next moves",
+             err.message);
+    ana_time_runs_forget_pending(s->runs);
+  }
 }
 
 static void *mover_thread(void *arg) {

@@ -289,6 +289,10 @@ bool ana_time_runs_pending(const struct ana_time_runs_writer *tw) {
   return tw->n_pending > 0;
 }
 
+void ana_time_runs_forget_pending(struct ana_time_runs_writer *tw) {
+  tw->n_pending = 0;
+}
+
 int ana_time_runs_merge_some(struct ana_time_runs_writer *tw, sqlite3 *w, long max_entries,
                              struct ana_error *err) {
   long done = 0;
