@@ -566,6 +566,8 @@ def classify(db_file, name, tbl_name, kind):
         return "dedupe keys"
     if kind == "index" or name.startswith("sqlite_autoindex"):
         return "indexes" if tbl_name.startswith("event") else "other"
+    if tbl_name == "event_time_runs":  # the events' time index, as sorted runs
+        return "indexes"
     if tbl_name.startswith("event") and tbl_name not in ("event_names", "event_names_progress"):
         return "events"
     return "other"

@@ -32,7 +32,7 @@
 
 #define NOW 1790000000000LL
 #define DAY 86400000LL
-#define SCHEMA_VERSION 27
+#define SCHEMA_VERSION 28
 
 static char dir[64];
 static struct ana_local_db *db;
@@ -911,6 +911,324 @@ static void retention_and_cursors_on_out_of_order_events(void **state) {
   committer = ana_committer_create(db, &roles, &o, &err);
 }
 
+static void check_time_runs(sqlite3 *w);
+
+/* The time index's runs against a brute-force answer: events of two
+ * accounts at random times over 4 days (some sharing a timestamp, some ids
+ * UUIDs stored as 16 bytes, which sort after text ids), moved in many
+ * small moves so that each hour gets many runs, merged inline and in the
+ * mover's idle time; every search (filters, time ranges, pages by cursor)
+ * and every scan gives exactly the events and order the brute force does,
+ * before and after retention deleted the first days. */
+#define TR_N 3000
+struct tr_event {
+  char id[40];
+  int64_t ts;
+  int acct, name, sess, prop;
+  bool packed, alive;
+};
+static struct tr_event tr_ev[TR_N];
+static const char *const tr_names[] = {"open", "sent", "read", "click"};
+static const char *const tr_accts[] = {"acct-1", "acct-2"};
+static const char *const tr_sessions[] = {"s1", "s2"};
+static const char *const tr_props[] = {"{\"k\":\"v0\"}", "{\"k\":\"v1\"}", "{\"k\":\"v2\"}"};
+
+/* (ts, event id) ascending as SQLite orders the stored ids. */
+static int tr_asc(const void *a, const void *b) {
+  const struct tr_event *x = &tr_ev[*(const int *)a], *y = &tr_ev[*(const int *)b];
+  if (x->ts != y->ts)
+    return x->ts < y->ts ? -1 : 1;
+  if (x->packed != y->packed)
+    return x->packed ? 1 : -1;
+  return strcmp(x->id, y->id);
+}
+
+static int tr_desc(const void *a, const void *b) {
+  return tr_asc(b, a);
+}
+
+struct tr_filter {
+  int acct;
+  int64_t from, to;
+  int name, sess, prop; /* -1: any */
+};
+
+static int tr_want(const struct tr_filter *f, int *out, bool newest_first) {
+  int n = 0;
+  for (int i = 0; i < TR_N; i++) {
+    const struct tr_event *e = &tr_ev[i];
+    if (e->alive && e->acct == f->acct && e->ts >= f->from && e->ts < f->to &&
+        (f->name < 0 || e->name == f->name) && (f->sess < 0 || e->sess == f->sess) &&
+        (f->prop < 0 || e->prop == f->prop))
+      out[n++] = i;
+  }
+  qsort(out, (size_t)n, sizeof *out, newest_first ? tr_desc : tr_asc);
+  return n;
+}
+
+struct tr_hits {
+  int n;
+  char ids[TR_N][40];
+  int64_t ts[TR_N];
+};
+
+static int tr_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                  uint64_t seq) {
+  (void)payload;
+  (void)len;
+  (void)seq;
+  struct tr_hits *h = ctx;
+  assert_true(h->n < TR_N);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", id);
+  h->ts[h->n++] = ts;
+  return 0;
+}
+
+static int tr_scanned(void *ctx, const struct ana_scanned_event *ev) {
+  struct tr_hits *h = ctx;
+  assert_true(h->n < TR_N);
+  snprintf(h->ids[h->n], sizeof h->ids[0], "%s", ev->event_id);
+  h->ts[h->n++] = ev->timestamp_ms;
+  return 0;
+}
+
+static void tr_check_search(const struct tr_filter *f, int limit) {
+  static int want[TR_N];
+  static struct tr_hits page;
+  int n = tr_want(f, want, true);
+  const char *key = "k", *value = f->prop >= 0 ? (f->prop == 0   ? "v0"
+                                                  : f->prop == 1 ? "v1"
+                                                                 : "v2")
+                                               : NULL;
+  struct ana_event_query q = {.account_id = tr_accts[f->acct],
+                              .from_ms = f->from,
+                              .to_ms = f->to,
+                              .event_name = f->name >= 0 ? tr_names[f->name] : NULL,
+                              .session_id = f->sess >= 0 ? tr_sessions[f->sess] : NULL,
+                              .property_keys = &key,
+                              .property_values = &value,
+                              .n_properties = f->prop >= 0,
+                              .limit = limit};
+  char cursor_id[40];
+  int seen = 0;
+  struct ana_error err;
+  for (;;) {
+    page.n = 0;
+    assert_int_equal(ana_store_search(&roles, &q, tr_hit, &page, &err), 0);
+    for (int i = 0; i < page.n; i++, seen++) {
+      assert_true(seen < n);
+      assert_string_equal(page.ids[i], tr_ev[want[seen]].id);
+      assert_int_equal(page.ts[i], tr_ev[want[seen]].ts);
+    }
+    if (page.n < limit)
+      break;
+    snprintf(cursor_id, sizeof cursor_id, "%s", page.ids[page.n - 1]);
+    q.after_cursor = true;
+    q.cursor_ts = page.ts[page.n - 1];
+    q.cursor_event_id = cursor_id;
+  }
+  assert_int_equal(seen, n);
+}
+
+static void tr_check_scan(const struct tr_filter *filter) {
+  static int want[TR_N];
+  static struct tr_hits got;
+  /* A scan filters by account, time and names only. */
+  struct tr_filter only = *filter, *f = &only;
+  only.sess = only.prop = -1;
+  int n = tr_want(f, want, false);
+  const char *names[1] = {f->name >= 0 ? tr_names[f->name] : NULL};
+  struct ana_error err;
+  got.n = 0;
+  assert_int_equal(ops->scan(store, tr_accts[f->acct], f->from, f->to, names, f->name >= 0,
+                             tr_scanned, &got, &err),
+                   0);
+  assert_int_equal(got.n, n);
+  for (int i = 0; i < n; i++) {
+    assert_string_equal(got.ids[i], tr_ev[want[i]].id);
+    assert_int_equal(got.ts[i], tr_ev[want[i]].ts);
+  }
+}
+
+static void tr_check_all(void) {
+  int64_t start = NOW - 4 * DAY;
+  for (int acct = 0; acct < 2; acct++) {
+    struct tr_filter all = {acct, INT64_MIN, INT64_MAX, -1, -1, -1};
+    tr_check_search(&all, 17);
+    tr_check_search(&all, 500);
+    tr_check_scan(&all);
+    for (int k = 0; k < 6; k++) {
+      /* Ranges that start and end inside hours and days. */
+      int64_t from = start + k * (DAY / 2) + 1234567, to = from + DAY + k * 3599999;
+      struct tr_filter f = {acct, from, to, k % 5 - 1, k % 3 - 1, k == 4 ? 1 : -1};
+      tr_check_search(&f, 13);
+      tr_check_scan(&f);
+      f.name = -1;
+      tr_check_scan(&f);
+    }
+  }
+}
+
+/* The events of the time index's tests, into r (none alive yet). */
+static void tr_generate(struct ana_event_record *r) {
+  unsigned seed = 7;
+  for (int i = 0; i < TR_N; i++) {
+    struct tr_event *e = &tr_ev[i];
+    e->acct = i % 4 == 3;
+    e->name = (int)(rand_r(&seed) % 4);
+    e->sess = (int)(rand_r(&seed) % 2);
+    e->prop = (int)(rand_r(&seed) % 3);
+    e->packed = i % 5 == 0;
+    if (e->packed)
+      snprintf(e->id, sizeof e->id, "%08x-0000-4000-8000-%012x", (unsigned)rand_r(&seed), i);
+    else
+      snprintf(e->id, sizeof e->id, "t%05d", (i * 7919) % TR_N);
+    /* acct-2's events are half in time order, as events tracked live (each
+     * move's run of an hour disjoint in time from the others) */
+    e->ts = i % 8 == 7 ? tr_ev[i - 1].ts
+            : e->acct  ? NOW - 4 * DAY + (int64_t)i * 10000
+                       : NOW - (int64_t)(rand_r(&seed) % 4) * DAY -
+                            (int64_t)(rand_r(&seed) % (unsigned)DAY);
+    e->alive = false; /* until committed */
+    r[i] = record(tr_accts[e->acct], e->id, tr_names[e->name], e->ts, tr_props[e->prop], "tr");
+    r[i].session_id = tr_sessions[e->sess];
+  }
+}
+
+static void time_runs_answer_as_a_brute_force(void **state) {
+  (void)state;
+  static struct ana_event_record r[TR_N];
+  tr_generate(r);
+  /* One move per batch: each hour gets a run per batch. */
+  struct ana_commit_request req;
+  struct ana_error err;
+  for (int b = 0; b < TR_N / 50; b++) {
+    assert_int_equal(submit(&r[b * 50], 50, &req), 0);
+    wait_done(b + 1);
+    assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+    for (int i = b * 50; i < b * 50 + 50; i++)
+      tr_ev[i].alive = true;
+    if (b % 20 == 10)
+      tr_check_all();
+  }
+  tr_check_all();
+  sqlite3 *w = ana_local_db_writer(db);
+  check_time_runs(w);
+  /* Merged: an hour holds a few runs, not one per move (the last moves'
+   * merges are the idle mover's, a moment later). */
+  assert_true(query_int(w, "SELECT max(c) FROM (SELECT count(*) AS c FROM event_time_runs"
+                           "  GROUP BY account_id, hour)") <= 8);
+  int hours = query_int(w, "SELECT count(DISTINCT account_id * 1000000 + ts / 3600000)"
+                           "  FROM events");
+  for (int tries = 0;
+       tries < 200 && query_int(w, "SELECT count(*) FROM event_time_runs") >= hours * 3; tries++)
+    usleep(10000);
+  assert_true(query_int(w, "SELECT count(*) FROM event_time_runs") < hours * 3);
+  /* Retention of the days before the cutoff's (once the free-text index
+   * has every event). */
+  assert_int_equal(search((struct ana_event_query){.account_id = "acct-1", .text = "tr"}).n, 64);
+  ana_committer_destroy(committer);
+  committer = NULL;
+  int64_t cutoff = NOW - 2 * DAY - DAY / 3;
+  int expired = 0;
+  for (int i = 0; i < TR_N; i++) {
+    tr_ev[i].alive = tr_ev[i].ts / DAY >= cutoff / DAY;
+    expired += !tr_ev[i].alive;
+  }
+  assert_true(expired > 200);
+  /* In two steps: the first leaves a day partly deleted (its runs stay,
+   * their deleted entries skipped). */
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_store_expire(&roles, cutoff, expired / 2 + 17, &err), expired / 2 + 17);
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  for (int i = 0; i < TR_N; i++)
+    tr_ev[i].alive = true;
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(w, "SELECT 1 FROM events WHERE key = ?", -1, &st, NULL),
+                   SQLITE_OK);
+  for (int i = 0; i < TR_N; i++) {
+    /* Which are gone: their keys (seq i + 1: one commit sequence, in order). */
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, ana_event_key(tr_ev[i].ts, (uint64_t)i + 1));
+    tr_ev[i].alive = sqlite3_step(st) == SQLITE_ROW;
+  }
+  sqlite3_finalize(st);
+  tr_check_all();
+  assert_int_equal(ana_local_db_begin(db, &err), 0);
+  assert_int_equal(ana_store_expire(&roles, cutoff, TR_N, &err), expired - (expired / 2 + 17));
+  assert_int_equal(ana_local_db_commit(db, &err), 0);
+  for (int i = 0; i < TR_N; i++)
+    tr_ev[i].alive = tr_ev[i].ts / DAY >= cutoff / DAY;
+  tr_check_all();
+  /* The emptied days' runs are gone with them. */
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM event_time_runs WHERE hour < %lld",
+           (long long)(cutoff / DAY * 24));
+  assert_int_equal(query_int(w, sql), 0);
+  check_time_runs(w);
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 1000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  committer = ana_committer_create(db, &roles, &o, &err);
+}
+
+/* A store of the previous layout (the index events_by_time_name, no runs;
+ * here with a table of runs left half built by a crash) is migrated on
+ * start: one run per (account, hour) built from the rows, the index
+ * dropped, searches and scans as before; new moves add runs to it. */
+static void store_of_the_time_index_is_migrated_on_start(void **state) {
+  (void)state;
+  static struct ana_event_record r[TR_N];
+  tr_generate(r);
+  struct ana_commit_request req;
+  struct ana_error err;
+  for (int b = 0; b < TR_N / 100; b++) {
+    assert_int_equal(submit(&r[b * 50], 50, &req), 0);
+    wait_done(b + 1);
+    for (int i = b * 50; i < b * 50 + 50; i++)
+      tr_ev[i].alive = true;
+  }
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  close_store();
+  char path[128], sql[512];
+  snprintf(path, sizeof path, "%s/analytics.db", dir);
+  sqlite3 *conn = NULL;
+  assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+  snprintf(sql, sizeof sql,
+           "DELETE FROM event_time_runs WHERE hour %% 2 = 0;"
+           "CREATE INDEX events_by_time_name ON events(account_id, ts, event_name);"
+           "DELETE FROM schema_migrations WHERE version >= %d",
+           ana_local_db_migration_containing("ana_time_runs_from_events"));
+  assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(conn);
+  open_store();
+  assert_int_equal(ana_local_db_schema_version(db), SCHEMA_VERSION);
+  sqlite3 *w = ana_local_db_writer(db);
+  check_time_runs(w);
+  assert_int_equal(query_int(w, "SELECT count(*) FROM event_time_runs WHERE run != 1"), 0);
+  tr_check_all();
+  /* Moves after the migration add runs beside the migrated ones. */
+  struct ana_committer_options o = {.batch_size = 1000,
+                                    .queue_max = 100000,
+                                    .retention_days = 90,
+                                    .retention_sweep_interval_ms = 3600000};
+  committer = ana_committer_create(db, &roles, &o, &err);
+  assert_non_null(committer);
+  pthread_mutex_lock(&mu);
+  int before = done_count;
+  pthread_mutex_unlock(&mu);
+  for (int b = TR_N / 100; b < TR_N / 50; b++) {
+    assert_int_equal(submit(&r[b * 50], 50, &req), 0);
+    wait_done(before + b - TR_N / 100 + 1);
+    for (int i = b * 50; i < b * 50 + 50; i++)
+      tr_ev[i].alive = true;
+  }
+  assert_int_equal(ana_local_staging_wait(db, UINT64_MAX, &err), 0);
+  check_time_runs(w);
+  tr_check_all();
+}
+
 /* Readers by commit sequence over events moved at random times over 40
  * days, with no index on seq: each day's range of the table is read by a
  * seek (event_days), rows in seq order, paged, an account's alone, before
@@ -1005,6 +1323,21 @@ static void check_event_days(sqlite3 *w) {
                    "  min_seq > (SELECT min(seq) FROM events WHERE key >> 40 = d.day)"
                    "  OR max_seq != (SELECT max(seq) FROM events WHERE key >> 40 = d.day)"),
       0);
+}
+
+/* The time index's runs hold as many entries per (account, hour) as the
+ * events table holds events (none deleted by retention meanwhile), and no
+ * index of events is left on ts. */
+static void check_time_runs(sqlite3 *w) {
+  assert_int_equal(
+      query_int(w, "SELECT count(*) FROM (SELECT account_id, ts / 3600000 AS h, count(*) AS c"
+                   "  FROM events GROUP BY 1, 2) e LEFT JOIN (SELECT account_id, hour,"
+                   "  sum(n) AS s FROM event_time_runs GROUP BY 1, 2) r"
+                   "  ON r.account_id = e.account_id AND r.hour = e.h WHERE r.s IS NOT e.c"),
+      0);
+  assert_int_equal(query_int(w, "SELECT coalesce(sum(n), 0) FROM event_time_runs"),
+                   query_int(w, "SELECT count(*) FROM events"));
+  assert_int_equal(query_int(w, "SELECT count(*) FROM pragma_index_list('events')"), 0);
 }
 
 /* A free-text search of the last 5 days finds each of their events. */
@@ -1110,9 +1443,8 @@ static bool name_in(const char *name, const char *const *names, size_t n) {
   return false;
 }
 
-/* The scan of names (checked on events_by_time_name's entries; more than
- * 16 on the rows) finds the same events as the scan of every name filtered
- * here, once each. */
+/* The scan of names (checked on the time index's entries) finds the same events as the scan of
+ * every name filtered here, once each. */
 static void check_scan_by_names(int64_t from, int64_t to, const char *const *names, size_t n) {
   static struct all_hits all, some;
   struct ana_error err;
@@ -1309,7 +1641,8 @@ static void old_format_store_is_migrated_on_start(void **state) {
       0);
   assert_int_equal(query_int(w, "SELECT count(*) FROM sqlite_schema WHERE name ="
                                 "  'events_by_time_name'"),
-                   1);
+                   0);
+  check_time_runs(w);
   /* Newest first across the days, page by page. */
   struct hits h = search((struct ana_event_query){.account_id = "acct-1", .limit = 2});
   assert_int_equal(h.n, 2);
@@ -3597,9 +3930,7 @@ static void store_of_text_names_is_migrated_on_start(void **state) {
   assert_int_equal(query_int(w, "SELECT count(*) FROM events WHERE ms < 0 OR ms >= 86400000"
                                 "  OR ts / 86400000 != key >> 40"),
                    0);
-  assert_int_equal(query_int(w, "SELECT group_concat(name, ',') = 'account_id,ts,event_name'"
-                                "  FROM pragma_index_info('events_by_time_name')"),
-                   1);
+  check_time_runs(w);
   numbered_names_check(9);
   /* New events: a known name keeps its number. */
   close_store();
@@ -3858,6 +4189,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(dictionary_training_does_not_hold_commits, setup, teardown),
       cmocka_unit_test_setup_teardown(retired_dictionary_is_replaced_and_its_bodies_stored_raw,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(time_runs_answer_as_a_brute_force, setup, teardown),
+      cmocka_unit_test_setup_teardown(store_of_the_time_index_is_migrated_on_start, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(retention_and_cursors_on_out_of_order_events, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(events_are_read_by_seq_without_an_index_on_it, setup,

@@ -690,6 +690,26 @@ static const char *const migrations[] = {
     "DROP TABLE IF EXISTS main.dedupe_runs;"
     "DROP TABLE IF EXISTS main.dedupe_chunks;"
     "DROP TABLE IF EXISTS main.dedupe_filters;",
+
+    /* The time index as sorted runs (time_runs.c) in place of
+     * events_by_time_name: an import at random times inserted into that
+     * index at a random page per event (thousands of pages per move, its
+     * WAL and checkpoint growing with the store); a move now writes one
+     * small run per (account, hour) it touched. Built from the rows in
+     * (account, ts) order, one run per hour; re-run from the start after a
+     * crash (one transaction). */
+    "CREATE TABLE IF NOT EXISTS event_time_runs ("
+    "  account_id INTEGER NOT NULL,"
+    "  hour INTEGER NOT NULL,"
+    "  run INTEGER NOT NULL,"
+    "  n INTEGER NOT NULL,"
+    "  lo INTEGER NOT NULL,"
+    "  hi INTEGER NOT NULL,"
+    "  entries BLOB NOT NULL,"
+    "  PRIMARY KEY (account_id, hour, run)) WITHOUT ROWID;"
+    "DELETE FROM event_time_runs;"
+    "SELECT ana_time_runs_from_events();"
+    "DROP INDEX IF EXISTS events_by_time_name;",
 };
 
 /* The tables of the journal (the migration above). */
@@ -728,7 +748,8 @@ static int open_connection(const char *path, int flags, sqlite3 **out, struct an
   }
   sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
   sqlite3_extended_result_codes(db, 1);
-  if (ana_event_body_register(db) < 0 || ana_dedupe_register(db) < 0) {
+  if (ana_event_body_register(db) < 0 || ana_dedupe_register(db) < 0 ||
+      ana_time_runs_register(db) < 0) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "DATA_DIR: %s: %s", path, sqlite3_errmsg(db));
     sqlite3_close(db);
     return ANA_ERR_INTERNAL;

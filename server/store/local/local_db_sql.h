@@ -4,6 +4,7 @@
 #define ANA_LOCAL_DB_SQL_H
 
 #include "ana_local_db.h"
+#include "time_runs.h"
 
 #include <sqlite3.h>
 
@@ -17,13 +18,12 @@
  * columns generated from them: seq (the key's low 40 bits; stored in
  * no index) and ts ((key >> 40) * ANA_EVENT_DAY_MS + ms). The layout (migration 13): the
  * rowid `key` is the event's UTC day (ts / ANA_EVENT_DAY_MS, SQLite's and C's division alike) times
- * 2^40 plus its commit sequence; seq has no index (event_days below finds it); events_by_time_name
- * is (account_id, ts,
- * event_name): an account's events in time order, with the name's number to check on the entries
- * (ties at one timestamp are sorted by the rows' event_id where the order needs it). Long scans end
- * their snapshots at 6-hour slots (ana_event_slot). */
+ * 2^40 plus its commit sequence, and the table has no index (migration 28): seq is found through
+ * event_days (below), an account's time range through the time index's runs (event_time_runs,
+ * below: an account's events of each hour in (ts, seq) order, with the name's number to check on
+ * the entries; ties at one timestamp are sorted by the rows' event_id where the order needs it).
+ * Long scans end their snapshots at the end of an hour. */
 #define ANA_EVENT_DAY_MS INT64_C(86400000)
-#define ANA_EVENT_SLOT_MS INT64_C(21600000)
 #define ANA_EVENT_SEQ_BITS 40
 
 /* Moved events by commit sequence (event_seq.c), without an index on seq:
@@ -55,6 +55,75 @@ int ana_local_events_max_seq(sqlite3 *conn, const char *schema, uint64_t *out,
 int ana_local_event_days_add(sqlite3 *w, const struct ana_event_record *records, size_t n,
                              struct ana_error *err);
 
+/* The time index (time_runs.c, time_runs.h): table event_time_runs
+ * (account_id, hour, run, n, lo, hi, entries) WITHOUT ROWID, PRIMARY KEY (account_id,
+ * hour, run): per account and hour (ana_time_run_hour: ts / 3600000,
+ * truncating), runs of n entries (ts, event name's number, seq) sorted by
+ * (ts, seq), a row's key being ana_event_key(ts, seq); lo and hi: the
+ * run's first and last ts. Every event is in exactly one run of its hour; a
+ * reader merges the runs in memory, segment of time by segment
+ * (ana_time_cursor), and reads each candidate's row by key (one whose row
+ * is gone, deleted by retention, is skipped). The mover: ana_time_runs_prepare (outside its
+ * transaction: the move's records in run order), ana_time_runs_write (in
+ * it, after ana_local_spool_insert gave rows their numbers: one new run
+ * per (account, hour), an hour over its bound merged there), then
+ * ana_time_runs_merge_some in transactions of its own while it has no
+ * backlog (the hours the size-tiered rule picked, up to max_entries
+ * rewritten). */
+struct ana_time_runs_writer;
+struct ana_time_runs_writer *ana_time_runs_writer_new(void);
+void ana_time_runs_writer_free(struct ana_time_runs_writer *tw);
+int ana_time_runs_prepare(struct ana_time_runs_writer *tw, const struct ana_event_record *recs,
+                          size_t n, struct ana_error *err);
+struct ana_spool_rows;
+int ana_time_runs_write(struct ana_time_runs_writer *tw, sqlite3 *w,
+                        const struct ana_event_record *recs, const struct ana_spool_rows *rows,
+                        struct ana_error *err);
+bool ana_time_runs_pending(const struct ana_time_runs_writer *tw);
+/* After a failed merge: the hours waiting are merged at their next move
+ * (or inline over their bound), not retried in a loop. */
+void ana_time_runs_forget_pending(struct ana_time_runs_writer *tw);
+int ana_time_runs_merge_some(struct ana_time_runs_writer *tw, sqlite3 *w, long max_entries,
+                             struct ana_error *err);
+/* Retention: the runs of every account's hours of UTC day `day`, in w's
+ * open transaction. */
+int ana_time_runs_drop_day(sqlite3 *w, int64_t day, struct ana_error *err);
+/* SQL function ana_time_runs_from_events() (the migration). */
+int ana_time_runs_register(sqlite3 *conn);
+/* A reader's walk over an account's time range, hour after hour, in
+ * segments of time (a segment holds every entry of the account in its
+ * stretch of time, sorted by (ts, seq), in e[0..n); hour_end: the last of
+ * its hour), going down (desc) or up: st is a statement of
+ * ANA_TIME_RUNS_SQL ("DESC" or "ASC"; bound: ?1 the account's number, ?2
+ * and ?3 the first and last hour), get one of ANA_TIME_RUN_ENTRIES_SQL
+ * (bound by the cursor); runs wholly outside [lo, hi) are not read. Each
+ * ana_time_cursor_next gives the next segment (1; 0: no more; < 0: an
+ * error). */
+#define ANA_TIME_RUNS_SQL(order)                                                                   \
+  "SELECT hour, run, n, lo, hi FROM event_time_runs WHERE account_id = ?1 AND hour >= ?2"          \
+  " AND hour <= ?3 ORDER BY hour " order
+#define ANA_TIME_RUN_ENTRIES_SQL                                                                   \
+  "SELECT entries FROM event_time_runs WHERE account_id = ?1 AND hour = ?2 AND run = ?3"
+struct ana_time_run_ref {
+  int64_t run, n, lo, hi;
+  struct ana_time_entry *e; /* decoded (NULL: not yet, or used up) */
+  size_t from, to;          /* the entries not handed on yet */
+};
+struct ana_time_cursor {
+  sqlite3_stmt *st, *get;
+  int step;
+  bool desc, hour_end;
+  int64_t account, lo, hi, hour;
+  struct ana_time_run_ref *runs;
+  size_t n_runs, runs_cap;
+  struct ana_time_entry *e;
+  size_t n, cap;
+};
+void ana_time_cursor_start(struct ana_time_cursor *c, sqlite3_stmt *st, sqlite3_stmt *get,
+                           int64_t account, int64_t lo, int64_t hi, bool desc);
+int ana_time_cursor_next(struct ana_time_cursor *c, struct ana_error *err);
+void ana_time_cursor_free(struct ana_time_cursor *c);
+
 /* The text of an event type or name column (col: its SQL), and the
  * number of the text bound to ?n (NULL when no event has it). */
 #define ANA_EVENT_STRING_SQL(col) "(SELECT s.name FROM event_strings s WHERE s.id = " col ")"
@@ -62,10 +131,6 @@ int ana_local_event_days_add(sqlite3 *w, const struct ana_event_record *records,
 
 static inline int64_t ana_event_day(int64_t ts_ms) {
   return ts_ms / ANA_EVENT_DAY_MS;
-}
-
-static inline int64_t ana_event_slot(int64_t ts_ms) {
-  return ts_ms / ANA_EVENT_SLOT_MS;
 }
 
 static inline int64_t ana_event_key(int64_t ts_ms, uint64_t seq) {
@@ -190,8 +255,8 @@ int ana_local_spool_reencode(sqlite3 *w, struct ana_event_codec *codec,
                              const struct ana_event_record *records, struct ana_spool_rows *rows,
                              struct ana_error *err);
 int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
-                           const struct ana_event_record *records,
-                           const struct ana_spool_rows *rows, struct ana_error *err);
+                           const struct ana_event_record *records, struct ana_spool_rows *rows,
+                           struct ana_error *err);
 void ana_spool_rows_free(struct ana_spool_rows *rows);
 void ana_spool_statements_finalize(struct ana_spool_statements *stmts);
 /* After a rollback of the transaction of ana_local_spool_insert: forgets the

@@ -236,8 +236,8 @@ int ana_local_spool_reencode(sqlite3 *w, struct ana_event_codec *codec,
 /* Each event goes to its day's range of the table (see local_db_sql.h),
  * under the sequence number the commit gave it (the key's low bits). */
 int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
-                           const struct ana_event_record *records,
-                           const struct ana_spool_rows *rows, struct ana_error *err) {
+                           const struct ana_event_record *records, struct ana_spool_rows *rows,
+                           struct ana_error *err) {
   sqlite3_stmt *st = prepared(w, &stmts->append, sql_append);
   if (!st) {
     ana_error_set(err, ANA_STATUS_INTERNAL, "event store: %s", sqlite3_errmsg(w));
@@ -258,6 +258,8 @@ int ana_local_spool_insert(sqlite3 *w, struct ana_spool_statements *stmts,
       src = num_get(w, stmts, NUM_STRING, name_of_event(r), &num[2], err);
     if (src < 0)
       return src;
+    /* Kept for the time index's runs, written in the same transaction. */
+    memcpy(&rows->nums[3 * i], num, sizeof num);
     uint64_t seq = r->seq;
     sqlite3_bind_int64(st, 1, ana_event_key(r->timestamp_ms, seq));
     sqlite3_bind_int64(st, 3, num[0]);

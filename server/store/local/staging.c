@@ -123,6 +123,7 @@ struct ana_staging {
   ZSTD_DCtx *dctx;                   /* the mover's */
   struct staged_row rows[MOVE_ROWS]; /* the mover's */
   struct ana_spool_rows prep;        /* the mover's: the events rows of a move */
+  struct ana_time_runs_writer *runs; /* the mover's: the time index */
   /* The mover's buffers, kept from move to move while it is busy (fresh
    * pages cost more than what is written to them). */
   struct move_buffers {
@@ -1056,6 +1057,8 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     recs[i] = ev[i].r;
   /* The numbers already given and the bodies, before the write lock. */
   rc = ana_local_spool_prepare(s->conn, &s->insert, codec, recs, events, &s->prep, err);
+  if (rc == 0)
+    rc = ana_time_runs_prepare(s->runs, recs, events, err);
   if (rc < 0)
     goto out;
   /* The room asked for is read again: WAL_CHECKPOINT_MB may have been set
@@ -1086,6 +1089,9 @@ static int move_once(struct ana_staging *s, uint64_t *upto, struct ana_error *er
     rc = ana_local_spool_reencode(s->conn, codec, recs, &s->prep, err);
   if (rc == 0)
     rc = ana_local_spool_insert(s->conn, &s->insert, recs, &s->prep, err);
+  /* The time index: a run per (account, hour) of the move. */
+  if (rc == 0)
+    rc = ana_time_runs_write(s->runs, s->conn, recs, &s->prep, err);
   /* The seqs each day now holds (readers by seq seek them there). */
   if (rc == 0)
     rc = ana_local_event_days_add(s->conn, recs, events, err);
@@ -1130,6 +1136,31 @@ out:
   return rc;
 }
 
+/* Entries one merge transaction of the time index rewrites at most (a few
+ * milliseconds of the write lock, well within a move's WAL room). */
+#define MERGE_ENTRIES 65536
+
+/* One transaction of the time index's pending merges (the mover without a
+ * backlog); a failure leaves them to the next one or to the next move. */
+static void merge_runs(struct ana_staging *s) {
+  struct ana_error err;
+  ana_error_clear(&err);
+  ana_local_db_gate_enter(s->db, ana_local_db_move_room(s->db));
+  int rc = sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK
+               ? ana_time_runs_merge_some(s->runs, s->conn, MERGE_ENTRIES, &err)
+               : mover_fail(s, "cannot begin", &err);
+  if (rc == 0 && sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    rc = mover_fail(s, "cannot commit", &err);
+  if (rc < 0 && !sqlite3_get_autocommit(s->conn))
+    sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+  ana_local_db_gate_leave(s->db);
+  if (rc < 0) {
+    ANA_WARN("store", "time index: merge failed (%s); retried after the hours' next moves",
+             err.message);
+    ana_time_runs_forget_pending(s->runs);
+  }
+}
+
 static void *mover_thread(void *arg) {
   struct ana_staging *s = arg;
   pthread_setname_np(pthread_self(), "ana-mover"); /* top -H, /proc/PID/task/TID/comm */
@@ -1139,6 +1170,17 @@ static void *mover_thread(void *arg) {
   for (;;) {
     if (s->stop && (s->staged_events == 0 || s->move_failures > s->failures_at_stop))
       break;
+    /* The time index's merges while the mover would wait anyway: nothing
+     * staged (no reader waits for a move then), or a small backlog
+     * gathering that no reader waits for. */
+    bool idle = s->staged_events == 0 || (s->waiters == 0 && s->staged_events < MOVE_EVENTS &&
+                                          s->staged_since_ms + GATHER_MS > ana_clock_mono_ms());
+    if (!s->hold && !s->stop && idle && ana_time_runs_pending(s->runs)) {
+      pthread_mutex_unlock(&s->mu);
+      merge_runs(s);
+      pthread_mutex_lock(&s->mu);
+      continue;
+    }
     if (!s->stop && (s->hold || s->staged_events == 0)) {
       struct timespec ts = ana_deadline_in_ms(IDLE_MS);
       if (pthread_cond_timedwait(&s->staged_cond, &s->mu, &ts) != 0 && s->staged_events == 0 &&
@@ -1235,7 +1277,7 @@ struct ana_staging *ana_staging_open(struct ana_local_db *db, struct ana_error *
   pthread_mutex_init(&s->follow_mu, NULL);
   pthread_cond_init(&s->moved_cond, NULL);
   pthread_cond_init(&s->staged_cond, NULL);
-  if (!(s->dctx = ZSTD_createDCtx())) {
+  if (!(s->dctx = ZSTD_createDCtx()) || !(s->runs = ana_time_runs_writer_new())) {
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto fail;
   }
@@ -1330,6 +1372,7 @@ void ana_staging_close(struct ana_staging *s) {
     pthread_join(s->thread, NULL);
   }
   ana_spool_statements_finalize(&s->insert);
+  ana_time_runs_writer_free(s->runs);
   ana_local_db_keep_wal_limit(s->db, s->conn, false);
   ana_local_db_keep_wal_limit(s->db, s->jconn, false);
   ana_spool_rows_free(&s->prep);

@@ -99,12 +99,12 @@ static int attach_text_index(sqlite3 *r, const char *text_path, struct ana_error
  * fewer than this; a bucket with more is read by its smaller buckets. */
 #define PROBE_ROWS 400
 
-enum rows_of { ALL_EVENTS, INDEX_MATCHES, ONE_EVENT };
+enum rows_of { INDEX_MATCHES, ONE_EVENT, BY_KEY };
 
-/* The SELECT of the events matching q (without its free text), newest
- * first: of all the events, of the index's matches of ?9, or (ONE_EVENT,
- * not ordered, no payload: column 0 is its key) the event whose sequence
- * number is ?9. With `words`, also the event's text (column 4). A match's
+/* The SELECT of the events matching q (without its free text): of the
+ * index's matches of ?9 (newest first), (ONE_EVENT, not ordered, no
+ * payload: column 0 is its key) the event whose sequence number is ?9, or
+ * (BY_KEY) the event whose key is ?9. With `words`, also the event's text (column 4). A match's
  * row is found by its sequence number in each UTC day ?12 to ?13 (its
  * bucket's) that may hold it (event_days: the table has no index on seq). */
 static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool words, char *sql,
@@ -114,21 +114,19 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
   APPEND("SELECT %s, ts, event_id, seq%s FROM",
          of == ONE_EVENT ? "events.key" : ANA_EVENT_PAYLOAD_SQL,
          words ? ", ana_event_text(body)" : "");
-  if (of == ONE_EVENT)
+  if (of == BY_KEY)
+    /* The row of a time index entry (key ?9), when it passes the filters. */
+    APPEND(" events WHERE key = ?9 AND");
+  else if (of == ONE_EVENT)
     APPEND(" event_days d CROSS JOIN events ON events.key = d.day * 1099511627776 + ?9"
            " WHERE d.day BETWEEN ?12 AND ?13 AND d.min_seq <= ?9 AND d.max_seq >= ?9 AND");
-  else if (of == INDEX_MATCHES)
+  else
     /* Start from the matches and sort them; CROSS JOIN keeps SQLite from
-     * walking the whole time index instead, probing each event against the
+     * walking the whole table instead, probing each event against the
      * match set. */
     APPEND(" (SELECT rowid AS hit FROM text.events_fts WHERE events_fts MATCH ?9)"
            " CROSS JOIN event_days d CROSS JOIN events ON events.key = d.day * 1099511627776 + hit"
            " WHERE d.day BETWEEN ?12 AND ?13 AND d.min_seq <= hit AND d.max_seq >= hit AND");
-  else
-    /* The account's events from the newest (events_by_time_name), in the
-     * index's order (no sort: SQLite stops after the page), the eventName
-     * checked on the index's entries before a row is read. */
-    APPEND(" events WHERE");
   APPEND(" account_id = " ANA_ACCOUNT_NUMBER_SQL(1) " AND ts >= ?2 AND ts < ?3");
   if (q->event_type && q->event_type[0])
     APPEND(" AND event_type = " ANA_EVENT_STRING_ID_SQL(4));
@@ -145,7 +143,7 @@ static void rows_sql(const struct ana_event_query *q, enum rows_of of, bool word
     APPEND(" AND CAST(json_extract(ana_event_props(body), ?%zu) AS TEXT) = ?%zu", 20 + 2 * i,
            21 + 2 * i);
   }
-  if (of != ONE_EVENT)
+  if (of != ONE_EVENT && of != BY_KEY)
     APPEND(" ORDER BY ts DESC, event_id DESC LIMIT ?10");
 #undef APPEND
 }
@@ -760,39 +758,188 @@ static int staged_collect(struct ana_local_db *db, sqlite3 *r, const struct ana_
   return 0;
 }
 
-/* The table's rows of the plain search merged with the staged events in p
- * (newest first both), at most q->limit: each staged event is handed on
- * before the first row it is newer than. */
-static int merge_rows(sqlite3_stmt *st, const struct ana_event_query *q, struct staged_page *p,
-                      ana_event_hit_fn hit, void *ctx) {
-  size_t i = 0;
-  int emitted = 0, step = SQLITE_DONE;
-  bool stop = q->limit == 0;
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  while (!stop && (step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct candidate row = {.ts = sqlite3_column_int64(st, 1),
-                            .event_id = (char *)ana_event_id_column(st, 2, id_buf),
-                            .packed = sqlite3_column_type(st, 2) == SQLITE_BLOB};
-    for (; i < p->n && !stop && newest_first(&p->v[i].key, &row) < 0; i++) {
-      const struct staged_hit *h = &p->v[i];
-      stop =
-          hit(ctx, h->payload, h->payload_len, h->key.ts, h->key.event_id, (uint64_t)h->key.key) ||
-          (q->limit > 0 && ++emitted >= q->limit);
+/* The table's hits of the plain search (time_search, newest first) merged
+ * with the staged events of p (newest first too), at most q->limit: each
+ * staged event is handed on before the first hit it is newer than. */
+struct merged_hits {
+  const struct ana_event_query *q;
+  struct staged_page *p;
+  size_t next; /* p->v[next..) not handed on yet */
+  int emitted;
+  bool stop;
+  ana_event_hit_fn hit;
+  void *ctx;
+};
+
+static bool merged_emit(struct merged_hits *m, const uint8_t *payload, size_t len, int64_t ts,
+                        const char *id, uint64_t seq) {
+  m->stop =
+      m->hit(m->ctx, payload, len, ts, id, seq) || (m->q->limit > 0 && ++m->emitted >= m->q->limit);
+  return m->stop;
+}
+
+/* Every staged event newer than `row` (all of them when row is NULL). */
+static bool merged_staged(struct merged_hits *m, const struct candidate *row) {
+  while (!m->stop && m->next < m->p->n && (!row || newest_first(&m->p->v[m->next].key, row) < 0)) {
+    const struct staged_hit *h = &m->p->v[m->next++];
+    merged_emit(m, h->payload, h->payload_len, h->key.ts, h->key.event_id, (uint64_t)h->key.key);
+  }
+  return m->stop;
+}
+
+static int merged_hit(void *ctx, const uint8_t *payload, size_t len, int64_t ts, const char *id,
+                      uint64_t seq) {
+  struct merged_hits *m = ctx;
+  uint8_t packed[ANA_EVENT_ID_PACKED];
+  struct candidate row = {
+      .ts = ts, .event_id = (char *)id, .packed = ana_event_id_pack(id, strlen(id), packed)};
+  if (merged_staged(m, &row))
+    return 1;
+  return merged_emit(m, payload, len, ts, id, seq);
+}
+
+/* A number of the local database (?1 bound to text): 1 with *out set, 0
+ * when there is none, or a negative error. */
+static int number_of(struct ana_local_db *db, sqlite3 *r, const char *sql, const char *text,
+                     int64_t *out, struct ana_error *err) {
+  sqlite3_stmt *st = ana_local_db_reader_statement(db, r, sql);
+  if (!st)
+    return prepare_error(r, err);
+  sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+  int step = sqlite3_step(st);
+  int found = step == SQLITE_ROW;
+  if (found)
+    *out = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  return step == SQLITE_ROW || step == SQLITE_DONE ? found : search_failed(r, err);
+}
+
+/* The search without free text, newest first, over the time index's runs
+ * (local_db_sql.h): the account's hours from the range's end, each hour's
+ * entries merged, their time and name checked on the entries, then each
+ * candidate's row by its key with the other filters (and the cursor); ties
+ * at one timestamp in event id order, descending, as the query's ORDER BY
+ * ts DESC, event_id DESC. In the caller's read transaction. */
+static int time_search(struct ana_local_db *db, sqlite3 *r, const struct ana_event_query *q,
+                       char *const *paths, ana_event_hit_fn hit, void *ctx, struct ana_error *err) {
+  if (q->limit == 0)
+    return 0;
+  int64_t account = 0, name = 0, lo = q->from_ms, hi = q->to_ms;
+  if (q->after_cursor && q->cursor_ts < hi)
+    hi = q->cursor_ts + 1; /* the cursor's own timestamp still has events after it */
+  if (lo >= hi)
+    return 0;
+  int rc = number_of(db, r, "SELECT id FROM dedupe_accounts WHERE account_id = ?1",
+                     q->account_id ? q->account_id : "", &account, err);
+  if (rc > 0 && q->event_name && q->event_name[0])
+    rc =
+        number_of(db, r, "SELECT id FROM event_strings WHERE name = ?1", q->event_name, &name, err);
+  if (rc <= 0)
+    return rc;
+  char sql[4096];
+  rows_sql(q, BY_KEY, false, sql, sizeof sql);
+  sqlite3_stmt *row = ana_local_db_reader_statement(db, r, sql);
+  sqlite3_stmt *payload = row ? ana_local_db_reader_statement(db, r,
+                                                              "SELECT " ANA_EVENT_PAYLOAD_SQL
+                                                              " FROM events WHERE key = ?")
+                              : NULL;
+  sqlite3_stmt *runs =
+      payload ? ana_local_db_reader_statement(db, r, ANA_TIME_RUNS_SQL("DESC")) : NULL;
+  sqlite3_stmt *get = runs ? ana_local_db_reader_statement(db, r, ANA_TIME_RUN_ENTRIES_SQL) : NULL;
+  if (!get)
+    return prepare_error(r, err);
+  bind_filters(row, q, paths);
+  sqlite3_bind_int64(runs, 1, account);
+  sqlite3_bind_int64(runs, 2, ana_time_run_hour(lo));
+  sqlite3_bind_int64(runs, 3, ana_time_run_hour(hi - 1));
+  struct ana_time_cursor cur = {0};
+  ana_time_cursor_start(&cur, runs, get, account, lo, hi, true);
+  struct candidate *ties = NULL;
+  size_t ties_cap = 0;
+  int emitted = 0;
+  bool done = false;
+  while (!done && (rc = ana_time_cursor_next(&cur, err)) > 0) {
+    rc = 0;
+    size_t i = cur.n;
+    while (i > 0 && !done && rc == 0) {
+      /* The entries of one timestamp: e[j..i). */
+      size_t j = i - 1;
+      int64_t ts = cur.e[j].ts;
+      while (j > 0 && cur.e[j - 1].ts == ts)
+        j--;
+      size_t end = i;
+      i = j;
+      if (ts < lo || ts >= hi)
+        continue;
+      size_t k = 0;
+      for (size_t e = j; e < end && rc == 0 && !done; e++) {
+        if (name && cur.e[e].name != name)
+          continue;
+        sqlite3_reset(row);
+        sqlite3_bind_int64(row, 9, ana_event_key(ts, cur.e[e].seq));
+        int step = sqlite3_step(row);
+        if (step == SQLITE_DONE)
+          continue; /* deleted, or filtered out */
+        if (step != SQLITE_ROW) {
+          rc = search_failed(r, err);
+          break;
+        }
+        char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+        const char *id = ana_event_id_column(row, 2, id_buf);
+        if (end - j == 1) {
+          /* The only event of its timestamp: handed on from this row. */
+          emitted++;
+          done = hit(ctx, sqlite3_column_blob(row, 0), (size_t)sqlite3_column_bytes(row, 0), ts, id,
+                     cur.e[e].seq) ||
+                 (q->limit > 0 && emitted >= q->limit);
+          continue;
+        }
+        if (k == ties_cap) {
+          size_t cap = ties_cap ? 2 * ties_cap : 16;
+          struct candidate *t = ana_realloc(ties, cap * sizeof *t);
+          if (!t) {
+            rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            break;
+          }
+          ties = t;
+          ties_cap = cap;
+        }
+        ties[k] = (struct candidate){.ts = ts,
+                                     .key = ana_event_key(ts, cur.e[e].seq),
+                                     .event_id = ana_strdup(id),
+                                     .packed = sqlite3_column_type(row, 2) == SQLITE_BLOB};
+        if (!ties[k++].event_id)
+          rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      }
+      sqlite3_reset(row);
+      if (rc == 0)
+        qsort(ties, k, sizeof *ties, newest_first);
+      for (size_t t = 0; t < k && rc == 0 && !done; t++) {
+        sqlite3_reset(payload);
+        sqlite3_bind_int64(payload, 1, ties[t].key);
+        if (sqlite3_step(payload) != SQLITE_ROW) {
+          rc = search_failed(r, err);
+          break;
+        }
+        emitted++;
+        done = hit(ctx, sqlite3_column_blob(payload, 0), (size_t)sqlite3_column_bytes(payload, 0),
+                   ts, ties[t].event_id,
+                   (uint64_t)ties[t].key & ((UINT64_C(1) << ANA_EVENT_SEQ_BITS) - 1)) ||
+               (q->limit > 0 && emitted >= q->limit);
+      }
+      sqlite3_reset(payload);
+      for (size_t t = 0; t < k; t++)
+        ana_free(ties[t].event_id);
     }
-    if (stop)
+    if (rc < 0)
       break;
-    stop = hit(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), row.ts,
-               row.event_id, (uint64_t)sqlite3_column_int64(st, 3)) ||
-           (q->limit > 0 && ++emitted >= q->limit);
   }
-  if (step != SQLITE_ROW && step != SQLITE_DONE)
-    return step;
-  for (; i < p->n && !stop; i++) {
-    const struct staged_hit *h = &p->v[i];
-    stop = hit(ctx, h->payload, h->payload_len, h->key.ts, h->key.event_id, (uint64_t)h->key.key) ||
-           (q->limit > 0 && ++emitted >= q->limit);
-  }
-  return SQLITE_OK;
+  sqlite3_reset(runs);
+  sqlite3_reset(get);
+  sqlite3_reset(row);
+  ana_time_cursor_free(&cur);
+  ana_free(ties);
+  return rc < 0 ? rc : 0;
 }
 
 int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
@@ -843,22 +990,15 @@ int ana_sqlite_query_events(struct ana_local_db *db, const char *text_path,
   }
   /* One snapshot of the staged events and the table (ana_local_read_begin):
    * each committed event is in one of the two. */
-  char sql[4096];
   struct staged_page staged = {0};
-  rows_sql(q, ALL_EVENTS, false, sql, sizeof sql);
-  sqlite3_stmt *st = ana_local_db_reader_statement(db, r, sql);
-  if (!st) {
-    rc = prepare_error(r, err);
-    goto release;
-  }
   if ((rc = ana_local_read_begin(r, err)) < 0)
     goto release;
   rc = staged_collect(db, r, q, paths, &staged, err);
   if (rc == 0) {
-    bind_filters(st, q, paths);
-    if (merge_rows(st, q, &staged, hit, ctx) != SQLITE_OK)
-      rc = search_failed(r, err);
-    sqlite3_reset(st);
+    struct merged_hits m = {.q = q, .p = &staged, .hit = hit, .ctx = ctx};
+    rc = time_search(db, r, q, paths, merged_hit, &m, err);
+    if (rc == 0)
+      merged_staged(&m, NULL);
   }
   if (sqlite3_exec(r, "COMMIT", NULL, NULL, NULL) != SQLITE_OK && !sqlite3_get_autocommit(r))
     sqlite3_exec(r, "ROLLBACK", NULL, NULL, NULL); /* a read: ends it all the same */

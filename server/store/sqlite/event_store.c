@@ -115,9 +115,127 @@ static int scan_error(sqlite3 *r, struct ana_error *err) {
   return ANA_ERR_IO;
 }
 
-/* A scan of up to this many event names checks them on the index's
- * entries (SQL); of more, on the rows it reads. */
-#define SCAN_NAMES_IN_SQL 16
+/* A tie at one timestamp: read again in event id order. */
+struct scan_tie {
+  int64_t key;
+  char *event_id;
+  bool packed; /* stored as 16 bytes (event_ids.c) */
+};
+
+/* Ascending as SQLite orders the stored ids: text before blobs, each as
+ * their bytes (a UUID's text in the order of its 16 bytes). */
+static int id_order(bool packed_a, const char *id_a, bool packed_b, const char *id_b) {
+  if (packed_a != packed_b)
+    return packed_a ? 1 : -1;
+  return strcmp(id_a, id_b);
+}
+
+static int tie_order(const void *a, const void *b) {
+  const struct scan_tie *x = a, *y = b;
+  return id_order(x->packed, x->event_id, y->packed, y->event_id);
+}
+
+static int64_t *wanted_names(sqlite3 *r, const char *const *names, size_t n_names, size_t *n_ids,
+                             struct ana_error *err) {
+  int64_t *ids = ana_malloc(sizeof *ids * (n_names + 1));
+  sqlite3_stmt *st = NULL;
+  *n_ids = 0;
+  if (!ids) {
+    ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  if (sqlite3_prepare_v2(r, "SELECT id FROM event_strings WHERE name = ?1", -1, &st, NULL) !=
+      SQLITE_OK) {
+    prepare_error(r, err);
+    ana_free(ids);
+    return NULL;
+  }
+  for (size_t i = 0; i < n_names; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, names[i], -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      ids[(*n_ids)++] = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  return ids;
+}
+
+static bool id_wanted(int64_t name, const int64_t *ids, size_t n_ids) {
+  for (size_t i = 0; i < n_ids; i++)
+    if (ids[i] == name)
+      return true;
+  return false;
+}
+
+/* One scan over the time index's runs (local_db_sql.h). */
+struct time_scan {
+  sqlite3 *r;
+  sqlite3_stmt *row; /* SCAN_SELECT of key ?1 */
+  ana_event_scan_fn fn;
+  void *ctx;
+  struct scan_tie *ties;
+  size_t ties_cap;
+  long rows;
+  bool stop;
+};
+
+/* The events of one timestamp, entries e[0..n) (names already checked):
+ * read by key, handed on in event id order. */
+static int scan_tied(struct time_scan *t, int64_t ts, const struct ana_time_entry *e, size_t n,
+                     struct ana_error *err) {
+  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
+  int rc = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n && rc == 0 && !t->stop; i++) {
+    sqlite3_reset(t->row);
+    sqlite3_bind_int64(t->row, 1, ana_event_key(ts, e[i].seq));
+    int step = sqlite3_step(t->row);
+    if (step == SQLITE_DONE)
+      continue; /* deleted by retention */
+    if (step != SQLITE_ROW) {
+      rc = scan_error(t->r, err);
+      break;
+    }
+    t->rows++;
+    if (n == 1) {
+      struct ana_scanned_event ev = scanned_row(t->row, id_buf);
+      t->stop = t->fn(t->ctx, &ev) != 0;
+      break;
+    }
+    if (k == t->ties_cap) {
+      size_t cap = t->ties_cap ? 2 * t->ties_cap : 16;
+      struct scan_tie *p = ana_realloc(t->ties, cap * sizeof *p);
+      if (!p) {
+        rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      t->ties = p;
+      t->ties_cap = cap;
+    }
+    t->ties[k] = (struct scan_tie){.key = ana_event_key(ts, e[i].seq),
+                                   .event_id = ana_strdup(ana_event_id_column(t->row, 1, id_buf)),
+                                   .packed = sqlite3_column_type(t->row, 1) == SQLITE_BLOB};
+    if (!t->ties[k++].event_id)
+      rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  sqlite3_reset(t->row);
+  if (rc == 0)
+    qsort(t->ties, k, sizeof *t->ties, tie_order);
+  for (size_t i = 0; i < k && rc == 0 && !t->stop; i++) {
+    sqlite3_reset(t->row);
+    sqlite3_bind_int64(t->row, 1, t->ties[i].key);
+    if (sqlite3_step(t->row) != SQLITE_ROW) {
+      rc = scan_error(t->r, err);
+      break;
+    }
+    struct ana_scanned_event ev = scanned_row(t->row, id_buf);
+    t->stop = t->fn(t->ctx, &ev) != 0;
+  }
+  sqlite3_reset(t->row);
+  for (size_t i = 0; i < k; i++)
+    ana_free(t->ties[i].event_id);
+  return rc;
+}
 
 /* The staged events of a time-range scan (not yet moved by the mover):
  * copied (the decoded batch is gone after the call), then sorted in the
@@ -191,9 +309,7 @@ static int scan_order(int64_t ts_a, bool packed_a, const char *id_a, int64_t ts_
                       const char *id_b) {
   if (ts_a != ts_b)
     return ts_a < ts_b ? -1 : 1;
-  if (packed_a != packed_b)
-    return packed_a ? 1 : -1;
-  return strcmp(id_a, id_b);
+  return id_order(packed_a, id_a, packed_b, id_b);
 }
 
 static int by_scan_order(const void *a, const void *b) {
@@ -220,45 +336,68 @@ static int staged_scan_emit(const struct staged_scan *ss, size_t i, ana_event_sc
   return fn(ctx, &ev);
 }
 
+/* A time-range scan's table rows merged with its staged events (sorted in
+ * the scan's order): each staged event is handed on before the first row
+ * it comes before. A row of a later snapshot that the mover moved after the
+ * first one (its seq after that snapshot's watermark, up to its last staged
+ * event) was handed on from its staged copy already. */
+struct merged_scan {
+  ana_event_scan_fn fn;
+  void *ctx;
+  const struct staged_scan *staged;
+  size_t next; /* the first staged event not handed on */
+  uint64_t moved_lo, moved_hi;
+};
+
+static int merged_scan_row(void *ctx, const struct ana_scanned_event *ev) {
+  struct merged_scan *m = ctx;
+  if (ev->seq > m->moved_lo && ev->seq <= m->moved_hi)
+    return 0;
+  uint8_t packed_id[ANA_EVENT_ID_PACKED];
+  bool packed = ana_event_id_pack(ev->event_id, strlen(ev->event_id), packed_id);
+  const struct staged_scan *ss = m->staged;
+  for (; m->next < ss->n && scan_order(ss->v[m->next].ts, ss->v[m->next].packed, ss->v[m->next].id,
+                                       ev->timestamp_ms, packed, ev->event_id) < 0;
+       m->next++)
+    if (staged_scan_emit(ss, m->next, m->fn, m->ctx) != 0) {
+      m->next++;
+      return 1;
+    }
+  return m->fn(m->ctx, ev);
+}
+
 static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t to_ms,
                       const char *const *names, size_t n_names, ana_event_scan_fn fn, void *ctx,
                       struct ana_error *err) {
   struct sqlite_event_store *s = p;
-  /* The account's range (events_by_time_name), in time order; the names
-   * (up to SCAN_NAMES_IN_SQL) are checked on the index's entries, so that
-   * only their events' rows are read. After SCAN_SNAPSHOT_ROWS rows the
-   * scan ends its snapshot at the next 6-hour slot and goes on from
-   * there. */
-  char sql[1024];
-  size_t len = (size_t)snprintf(
-      sql, sizeof sql,
-      SCAN_SELECT " WHERE account_id = " ANA_ACCOUNT_NUMBER_SQL(1) " AND ts >= ?2 AND ts < ?3");
-  bool in_sql = n_names > 0 && n_names <= SCAN_NAMES_IN_SQL;
-  for (size_t i = 0; in_sql && i < n_names; i++)
-    len += (size_t)snprintf(
-        sql + len, sizeof sql - len, "%s?%zu",
-        i ? ", " : " AND event_name IN (SELECT id FROM event_strings WHERE name IN (", 4 + i);
-  /* Ties at one timestamp in event id order, as when the index held it. */
-  snprintf(sql + len, sizeof sql - len, "%s ORDER BY ts, event_id", in_sql ? "))" : "");
+  /* The account's hours of the range from the first, each hour's runs
+   * merged (local_db_sql.h), the time and the names checked on the entries,
+   * so that only the wanted events' rows are read; ties at one timestamp in
+   * event id order, as ORDER BY ts, event_id. After SCAN_SNAPSHOT_ROWS rows
+   * the scan ends its snapshot at the end of an hour and goes on from the
+   * next (an hour is read whole in one snapshot). The events not yet moved
+   * are read in the first snapshot, beside the table (each committed event
+   * is in one of the two: staging.c), and merged into the table's rows in
+   * time order (struct merged_scan). */
+  if (from_ms >= to_ms)
+    return 0;
   int rc = 0;
   struct staged_scan staged = {.names = names, .n_names = n_names, .err = err};
+  struct merged_scan ms = {.fn = fn, .ctx = ctx, .staged = &staged};
   sqlite3 *r = ana_local_db_acquire_reader(s->db);
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(r, sql, -1, &st, NULL) != SQLITE_OK) {
+  struct time_scan t = {.r = r, .fn = merged_scan_row, .ctx = &ms};
+  sqlite3_stmt *runs = NULL, *get = NULL, *acct = NULL;
+  struct ana_time_cursor cur = {0};
+  int64_t *ids = NULL, account = 0;
+  size_t n_ids = 0;
+  if (sqlite3_prepare_v2(r, SCAN_SELECT " WHERE key = ?1", -1, &t.row, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r, ANA_TIME_RUNS_SQL("ASC"), -1, &runs, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r, ANA_TIME_RUN_ENTRIES_SQL, -1, &get, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(r, "SELECT id FROM dedupe_accounts WHERE account_id = ?1", -1, &acct,
+                         NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
   }
-  sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, from_ms);
-  sqlite3_bind_int64(st, 3, to_ms);
-  for (size_t i = 0; in_sql && i < n_names; i++)
-    sqlite3_bind_text(st, (int)(4 + i), names[i], -1, SQLITE_STATIC);
-  /* The events not yet moved are read in the first snapshot, beside the
-   * table (each committed event is in one of the two: staging.c), and
-   * merged into the table's rows in time order. A later snapshot's table
-   * may hold some of them, moved since: its rows of those sequence numbers
-   * (after the first snapshot's watermark, up to its last staged event) are
-   * passed over, handed on from the staged copy already. */
   if ((rc = ana_local_read_begin(r, err)) < 0)
     goto out;
   struct ana_staged_range range = {.account_id = account_id, .from_ms = from_ms, .to_ms = to_ms};
@@ -271,56 +410,86 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     staged.v[i].id = staged.buf + staged.v[i].off;
   if (staged.n > 1)
     qsort(staged.v, staged.n, sizeof *staged.v, by_scan_order);
-  uint64_t moved_lo = range.watermark, moved_hi = range.staged_upto;
-  size_t next = 0; /* the first staged event not handed on */
-  int64_t slot = INT64_MIN;
-  long rows = 0;
-  bool stop = false;
-  char id_buf[ANA_EVENT_ID_UUID_LEN + 1];
-  int step = SQLITE_DONE;
-  while (!stop && (step = sqlite3_step(st)) == SQLITE_ROW) {
-    int64_t ts = sqlite3_column_int64(st, 0);
-    int64_t d = ana_event_slot(ts);
-    if (d != slot && rows >= SCAN_SNAPSHOT_ROWS) {
-      /* A new slot: start a new snapshot there, from this row's time
-       * (no row of it was handed on yet: this row is read again), after
-       * the staged events before that time. */
-      for (; next < staged.n && staged.v[next].ts < ts && !stop; next++)
-        stop = staged_scan_emit(&staged, next, fn, ctx) != 0;
-      sqlite3_reset(st);
-      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
-      if (stop || (rc = ana_local_read_begin(r, err)) < 0)
-        break;
-      sqlite3_bind_int64(st, 2, ts);
-      rows = 0;
-      slot = d;
-      continue;
-    }
-    slot = d;
-    rows++;
-    uint64_t seq = (uint64_t)sqlite3_column_int64(st, 6);
-    if (seq > moved_lo && seq <= moved_hi)
-      continue; /* moved since the first snapshot: handed on from staged */
-    if (!in_sql && !name_wanted((const char *)sqlite3_column_text(st, 3), names, n_names))
-      continue;
-    struct ana_scanned_event ev = scanned_row(st, id_buf);
-    bool packed = sqlite3_column_type(st, 1) == SQLITE_BLOB;
-    for (; next < staged.n && !stop &&
-           scan_order(staged.v[next].ts, staged.v[next].packed, staged.v[next].id, ev.timestamp_ms,
-                      packed, ev.event_id) < 0;
-         next++)
-      stop = staged_scan_emit(&staged, next, fn, ctx) != 0;
-    if (!stop && fn(ctx, &ev))
-      stop = true;
+  ms.moved_lo = range.watermark;
+  ms.moved_hi = range.staged_upto;
+  if (n_names > 0 && !(ids = wanted_names(r, names, n_names, &n_ids, err))) {
+    rc = ANA_ERR_IO;
+    goto out;
   }
-  if (rc == 0 && step != SQLITE_ROW && step != SQLITE_DONE)
+  /* No number for the account, or for any of the names: nothing of it in
+   * the table yet (its staged events may still be). */
+  sqlite3_bind_text(acct, 1, account_id, -1, SQLITE_STATIC);
+  int step = sqlite3_step(acct);
+  if (step != SQLITE_ROW && step != SQLITE_DONE) {
     rc = scan_error(r, err);
-  for (; rc == 0 && next < staged.n && !stop; next++)
-    stop = staged_scan_emit(&staged, next, fn, ctx) != 0;
+    goto out;
+  }
+  bool walk = step == SQLITE_ROW && (n_names == 0 || n_ids > 0);
+  if (walk)
+    account = sqlite3_column_int64(acct, 0);
+  sqlite3_reset(acct);
+  int64_t hour = ana_time_run_hour(from_ms), last = ana_time_run_hour(to_ms - 1);
+  bool first = true; /* the first snapshot is open already */
+  while (walk && rc == 0 && !t.stop && hour <= last) {
+    /* One snapshot, from hour on. */
+    if (!first && sqlite3_exec(r, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+      rc = scan_error(r, err);
+      break;
+    }
+    first = false;
+    sqlite3_reset(runs);
+    sqlite3_bind_int64(runs, 1, account);
+    sqlite3_bind_int64(runs, 2, hour);
+    sqlite3_bind_int64(runs, 3, last);
+    ana_time_cursor_start(&cur, runs, get, account, from_ms, to_ms, false);
+    t.rows = 0;
+    got = 0;
+    bool snapshot_end = false;
+    while (rc == 0 && !t.stop && !snapshot_end && (got = ana_time_cursor_next(&cur, err)) > 0) {
+      for (size_t i = 0; i < cur.n && rc == 0 && !t.stop;) {
+        size_t j = i;
+        int64_t ts = cur.e[i].ts;
+        while (j < cur.n && cur.e[j].ts == ts)
+          j++;
+        if (ts >= from_ms && ts < to_ms) {
+          /* The wanted names' entries of this timestamp, in place. */
+          size_t k = i;
+          for (size_t e = i; e < j; e++)
+            if (n_names == 0 || id_wanted(cur.e[e].name, ids, n_ids))
+              cur.e[k++] = cur.e[e];
+          if (k > i)
+            rc = scan_tied(&t, ts, cur.e + i, k - i, err);
+        }
+        i = j;
+      }
+      if (cur.hour_end) { /* a new snapshot may start at the next hour */
+        hour = cur.hour + 1;
+        snapshot_end = t.rows >= SCAN_SNAPSHOT_ROWS;
+      }
+    }
+    if (rc == 0 && !t.stop && !snapshot_end) {
+      if (got < 0)
+        rc = got;
+      else
+        hour = last + 1; /* every hour read */
+    }
+    sqlite3_reset(runs);
+    if (!sqlite3_get_autocommit(r))
+      sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+  }
+  /* The staged events after the table's last row. */
+  for (; rc == 0 && !t.stop && ms.next < staged.n; ms.next++)
+    t.stop = staged_scan_emit(&staged, ms.next, fn, ctx) != 0;
 out:
-  sqlite3_finalize(st);
   if (!sqlite3_get_autocommit(r))
     sqlite3_exec(r, "COMMIT", NULL, NULL, NULL);
+  ana_time_cursor_free(&cur);
+  ana_free(t.ties);
+  ana_free(ids);
+  sqlite3_finalize(acct);
+  sqlite3_finalize(runs);
+  sqlite3_finalize(get);
+  sqlite3_finalize(t.row);
   ana_local_db_release_reader(s->db, r);
   ana_free(staged.v);
   ana_free(staged.buf);
@@ -424,6 +593,24 @@ out:
   return rc;
 }
 
+/* Deletes the days before first_kept that hold no event from event_days. */
+static int drop_days(sqlite3 *w, int64_t first_kept, struct ana_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = 0;
+  if (sqlite3_prepare_v2(w,
+                         "DELETE FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
+                         " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
+                         " AND key < (event_days.day + 1) * 1099511627776)",
+                         -1, &st, NULL) != SQLITE_OK)
+    return prepare_error(w, err);
+  sqlite3_bind_int64(st, 1, first_kept);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                       sqlite3_errmsg(w));
+  sqlite3_finalize(st);
+  return rc;
+}
+
 /* Deletes up to max_rows events of the UTC days that ended by cutoff_ms
  * (up to upto_seq), after before_delete saw their keys: the first rows of
  * the table (its rowid starts with the day), so that retention removes whole
@@ -476,21 +663,39 @@ static int store_expire(void *p, int64_t cutoff_ms, uint64_t upto_seq, int max_r
   }
   sqlite3_finalize(st);
   st = NULL;
-  if (rc == 0 && n > 0) {
-    if (sqlite3_prepare_v2(w,
-                           "DELETE FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
-                           " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
-                           " AND key < (event_days.day + 1) * 1099511627776)",
-                           -1, &st, NULL) != SQLITE_OK)
-      rc = prepare_error(w, err);
-    else {
-      sqlite3_bind_int64(st, 1, first_kept);
-      if (sqlite3_step(st) != SQLITE_DONE)
-        rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
-                           sqlite3_errmsg(w));
-    }
-    sqlite3_finalize(st);
+  /* The days emptied: their time index's runs go too (the entries of a day
+   * only partly deleted so far are skipped by the readers until then). */
+  if (rc == 0 && n > 0 &&
+      sqlite3_prepare_v2(w,
+                         "SELECT day FROM event_days WHERE day * 1099511627776 < ?1 AND NOT EXISTS"
+                         " (SELECT 1 FROM events WHERE key >= event_days.day * 1099511627776"
+                         " AND key < (event_days.day + 1) * 1099511627776)",
+                         -1, &st, NULL) != SQLITE_OK)
+    rc = prepare_error(w, err);
+  int64_t emptied[64];
+  size_t n_emptied = 0;
+  while (rc == 0 && n > 0) {
+    sqlite3_bind_int64(st, 1, first_kept);
+    int step = SQLITE_DONE;
+    while (n_emptied < 64 && (step = sqlite3_step(st)) == SQLITE_ROW)
+      emptied[n_emptied++] = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+      rc = ana_error_set(err, ANA_STATUS_UNAVAILABLE, "event store: retention failed: %s",
+                         sqlite3_errmsg(w));
+    for (size_t i = 0; rc == 0 && i < n_emptied; i++)
+      rc = ana_time_runs_drop_day(w, emptied[i], err);
+    if (rc < 0 || n_emptied < 64)
+      break;
+    /* More than 64 days emptied at once: those dropped go from event_days
+     * first (below), the rest the same way. */
+    rc = drop_days(w, first_kept, err);
+    n_emptied = 0;
   }
+  sqlite3_finalize(st);
+  st = NULL;
+  if (rc == 0 && n > 0)
+    rc = drop_days(w, first_kept, err);
   ana_free(keys);
   return rc < 0 ? rc : (int)n;
 }
