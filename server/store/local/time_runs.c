@@ -124,7 +124,8 @@ int ana_time_runs_prepare(struct ana_time_runs_writer *tw, const struct ana_even
                                         .i = i};
   }
   tw->n_items = k;
-  qsort(tw->items, k, sizeof *tw->items, by_run_order);
+  if (k > 1)
+    qsort(tw->items, k, sizeof *tw->items, by_run_order);
   return 0;
 }
 
@@ -223,7 +224,8 @@ static long merge_hour(struct ana_time_runs_writer *tw, sqlite3 *w, int64_t acco
   sqlite3_reset(st);
   if (step != SQLITE_DONE)
     return ana_sql_fail(w, "time index", err);
-  qsort(tw->e, n, sizeof *tw->e, ana_time_entry_cmp);
+  if (n > 1)
+    qsort(tw->e, n, sizeof *tw->e, ana_time_entry_cmp);
   if (!(st = kept(tw, w, sql_delete, err)))
     return ANA_ERR_IO;
   sqlite3_bind_int64(st, 1, account);
@@ -444,7 +446,8 @@ int ana_time_cursor_next(struct ana_time_cursor *c, struct ana_error *err) {
         left = true;
       }
     }
-    qsort(c->e, c->n, sizeof *c->e, ana_time_entry_cmp);
+    if (c->n > 1)
+      qsort(c->e, c->n, sizeof *c->e, ana_time_entry_cmp);
     c->hour_end = !left;
     return 1;
   }
@@ -461,7 +464,8 @@ void ana_time_cursor_free(struct ana_time_cursor *c) {
 
 static int flush_hour(sqlite3 *db, sqlite3_stmt *ins, int64_t account, int64_t hour,
                       struct ana_time_entry *e, size_t n, uint8_t **buf, size_t *cap) {
-  qsort(e, n, sizeof *e, ana_time_entry_cmp);
+  if (n > 1)
+    qsort(e, n, sizeof *e, ana_time_entry_cmp);
   if (!grow((void **)buf, cap, ana_time_run_bound(n), 1))
     return SQLITE_NOMEM;
   size_t len = ana_time_run_encode(hour * ANA_TIME_RUN_HOUR_MS, e, n, *buf);

@@ -912,7 +912,7 @@ static int time_search(struct ana_local_db *db, sqlite3 *r, const struct ana_eve
           rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       }
       sqlite3_reset(row);
-      if (rc == 0)
+      if (rc == 0 && k > 1)
         qsort(ties, k, sizeof *ties, newest_first);
       for (size_t t = 0; t < k && rc == 0 && !done; t++) {
         sqlite3_reset(payload);

@@ -219,7 +219,7 @@ static int scan_tied(struct time_scan *t, int64_t ts, const struct ana_time_entr
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   sqlite3_reset(t->row);
-  if (rc == 0)
+  if (rc == 0 && k > 1)
     qsort(t->ties, k, sizeof *t->ties, tie_order);
   for (size_t i = 0; i < k && rc == 0 && !t->stop; i++) {
     sqlite3_reset(t->row);
