@@ -444,6 +444,18 @@ int ana_local_staging_admit(struct ana_local_db *db, size_t n, struct ana_error 
 
 /* --- the readers' side --- */
 
+/* A reader's buffer of at least need bytes: buf when it has them, else a
+ * new one (buf freed; nothing to keep: each batch fills it anew). NULL when
+ * out of memory (*cap then 0). */
+static void *reader_buf(void *buf, size_t *cap, size_t need) {
+  if (buf && need <= *cap)
+    return buf;
+  ana_free(buf);
+  buf = ana_malloc(need);
+  *cap = buf ? need : 0;
+  return buf;
+}
+
 int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, const char *account_id,
                           int max, ana_staged_fn fn, void *ctx, struct ana_error *err) {
   sqlite3_stmt *st = NULL;
@@ -488,16 +500,8 @@ int ana_local_staged_each(sqlite3 *r, uint64_t after_seq, uint64_t upto_seq, con
       ev_cap = count;
       ev = ana_malloc(sizeof *ev * (ev_cap ? ev_cap : 1));
     }
-    if (raw_len + 1 > raw_cap) {
-      ana_free(raw);
-      raw_cap = raw_len + 1;
-      raw = ana_malloc(raw_cap);
-    }
-    if (arena_need > arena_cap) {
-      ana_free(arena);
-      arena_cap = arena_need;
-      arena = ana_malloc(arena_cap);
-    }
+    raw = reader_buf(raw, &raw_cap, raw_len + 1);
+    arena = reader_buf(arena, &arena_cap, arena_need);
     if (!ev || !raw || !arena) {
       rc = ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       break;
@@ -635,16 +639,9 @@ int ana_local_staged_range(struct ana_local_db *db, sqlite3 *r, struct ana_stage
     size_t arena_need = raw_len + 8 + 1; /* one event decoded at a time */
     if (!ev)
       ev = ana_malloc(sizeof *ev);
-    if (!h && raw_len + 1 > raw_cap) {
-      ana_free(raw);
-      raw_cap = raw_len + 1;
-      raw = ana_malloc(raw_cap);
-    }
-    if (arena_need > arena_cap) {
-      ana_free(arena);
-      arena_cap = arena_need;
-      arena = ana_malloc(arena_cap);
-    }
+    if (!h)
+      raw = reader_buf(raw, &raw_cap, raw_len + 1);
+    arena = reader_buf(arena, &arena_cap, arena_need);
     if (!h && !dctx)
       dctx = ZSTD_createDCtx();
     if (!ev || !arena || (!h && (!raw || !dctx))) {
