@@ -807,7 +807,8 @@ static int number_of(struct ana_local_db *db, sqlite3 *r, const char *sql, const
     return prepare_error(r, err);
   sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
   int step = sqlite3_step(st);
-  int found = step == SQLITE_ROW;
+  /* The macros' SQL is a subquery: a row of NULL when there is none. */
+  int found = step == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL;
   if (found)
     *out = sqlite3_column_int64(st, 0);
   sqlite3_reset(st);
@@ -829,11 +830,10 @@ static int time_search(struct ana_local_db *db, sqlite3 *r, const struct ana_eve
     hi = q->cursor_ts + 1; /* the cursor's own timestamp still has events after it */
   if (lo >= hi)
     return 0;
-  int rc = number_of(db, r, "SELECT id FROM dedupe_accounts WHERE account_id = ?1",
-                     q->account_id ? q->account_id : "", &account, err);
+  int rc = number_of(db, r, "SELECT " ANA_ACCOUNT_NUMBER_SQL(1), q->account_id ? q->account_id : "",
+                     &account, err);
   if (rc > 0 && q->event_name && q->event_name[0])
-    rc =
-        number_of(db, r, "SELECT id FROM event_strings WHERE name = ?1", q->event_name, &name, err);
+    rc = number_of(db, r, "SELECT " ANA_EVENT_STRING_ID_SQL(1), q->event_name, &name, err);
   if (rc <= 0)
     return rc;
   char sql[4096];

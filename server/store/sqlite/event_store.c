@@ -144,8 +144,7 @@ static int64_t *wanted_names(sqlite3 *r, const char *const *names, size_t n_name
     ana_error_set(err, ANA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     return NULL;
   }
-  if (sqlite3_prepare_v2(r, "SELECT id FROM event_strings WHERE name = ?1", -1, &st, NULL) !=
-      SQLITE_OK) {
+  if (sqlite3_prepare_v2(r, "SELECT " ANA_EVENT_STRING_ID_SQL(1), -1, &st, NULL) != SQLITE_OK) {
     prepare_error(r, err);
     ana_free(ids);
     return NULL;
@@ -153,7 +152,8 @@ static int64_t *wanted_names(sqlite3 *r, const char *const *names, size_t n_name
   for (size_t i = 0; i < n_names; i++) {
     sqlite3_reset(st);
     sqlite3_bind_text(st, 1, names[i], -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
+    /* A row of NULL (the macro's subquery) for a name never stored. */
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
       ids[(*n_ids)++] = sqlite3_column_int64(st, 0);
   }
   sqlite3_finalize(st);
@@ -393,8 +393,7 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
   if (sqlite3_prepare_v2(r, SCAN_SELECT " WHERE key = ?1", -1, &t.row, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(r, ANA_TIME_RUNS_SQL("ASC"), -1, &runs, NULL) != SQLITE_OK ||
       sqlite3_prepare_v2(r, ANA_TIME_RUN_ENTRIES_SQL, -1, &get, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(r, "SELECT id FROM dedupe_accounts WHERE account_id = ?1", -1, &acct,
-                         NULL) != SQLITE_OK) {
+      sqlite3_prepare_v2(r, "SELECT " ANA_ACCOUNT_NUMBER_SQL(1), -1, &acct, NULL) != SQLITE_OK) {
     rc = prepare_error(r, err);
     goto out;
   }
@@ -424,7 +423,8 @@ static int store_scan(void *p, const char *account_id, int64_t from_ms, int64_t 
     rc = scan_error(r, err);
     goto out;
   }
-  bool walk = step == SQLITE_ROW && (n_names == 0 || n_ids > 0);
+  bool walk = step == SQLITE_ROW && sqlite3_column_type(acct, 0) != SQLITE_NULL &&
+              (n_names == 0 || n_ids > 0);
   if (walk)
     account = sqlite3_column_int64(acct, 0);
   sqlite3_reset(acct);
